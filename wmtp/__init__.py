@@ -1,0 +1,3 @@
+"""wmtp: Weighted Multi-Token Prediction for code LLMs."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,48 @@
+"""What every command shares: consoles, and the boundary that turns errors into exit codes."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from wmtp.errors import WmtpError
+
+console = Console()
+err_console = Console(stderr=True)
+
+USER_ERROR_EXIT = 2
+
+
+def report_error(exc: WmtpError, *, fmt: str = "text") -> None:
+    """Print a user error: its located message as text, or as JSON on stdout for ``--format json``."""
+    if fmt == "json":
+        typer.echo(json.dumps(exc.to_json(), indent=2))
+    else:
+        err_console.print(f"[bold red]error:[/] {exc.render()}", highlight=False, markup=True)
+
+
+def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callable:
+    """Register a Typer command whose ``WmtpError``s become a message and exit code 2.
+
+    The wrapped function may take a ``format`` parameter; when it is ``"json"`` the error is
+    printed as JSON. Bugs (any other exception) keep their traceback.
+    """
+
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kw: Any) -> Any:
+            try:
+                return fn(*args, **kw)
+            except WmtpError as exc:
+                report_error(exc, fmt=str(kw.get("format", "text")))
+                raise typer.Exit(USER_ERROR_EXIT) from None
+
+        app.command(name, **kwargs)(wrapper)
+        return fn
+
+    return decorate

@@ -1,0 +1,40 @@
+"""User-facing error types.
+
+Library code raises these for anything a user can cause (a bad recipe, a checkpoint that does not
+fit, malformed data). The CLI turns every ``WmtpError`` into a located message and exit code 2;
+nothing else in the package decides exit codes. Invariants of our own code stay ``assert``s.
+"""
+
+from __future__ import annotations
+
+
+class WmtpError(Exception):
+    """Base of every error a user can cause; rendered without a traceback, exit code 2."""
+
+    def render(self) -> str:
+        """The message shown to the user (may span several lines)."""
+        return str(self)
+
+    def to_json(self) -> dict:
+        """A machine-readable form for ``--format json``."""
+        return {"error": type(self).__name__, "message": self.render()}
+
+
+class RecipeError(WmtpError):
+    """A recipe that cannot be loaded or validated (see ``wmtp.recipe.errors`` for details)."""
+
+
+class CheckpointError(WmtpError):
+    """A checkpoint that is missing, of an unknown format, or does not fit the model."""
+
+
+class DataError(WmtpError):
+    """A dataset file that is malformed or disagrees with its metadata."""
+
+
+class ComponentError(WmtpError):
+    """An unknown component name, or a component that cannot be built."""
+
+
+class RunError(WmtpError):
+    """A training run that cannot start, resume or continue (NaN loss, refused resume, ...)."""
