@@ -16,7 +16,8 @@ app = typer.Typer(
 
 # One module per area; each defines register(app). Order is the order of `wmtp --help`.
 COMMAND_MODULES = (
-    "wmtp.commands.recipe",  # validate, diff, show, schema, list, run
+    "wmtp.commands.recipe",  # validate, diff, show, schema, list
+    "wmtp.commands.run",  # run (train), with --resume and --nproc-per-node
     "wmtp.commands.data",  # data index, data humaneval
     "wmtp.commands.eval",  # eval, report
     "wmtp.commands.bench",  # bench attention, bench step

@@ -87,9 +87,7 @@ def get(kind: str, name: str) -> Any:
         raise ComponentError(f"no components of kind {kind!r} are registered")
     close = difflib.get_close_matches(name, list(known), n=3)
     hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-    raise ComponentError(
-        f"unknown {kind} {name!r}{hint} (known: {', '.join(sorted(known))})"
-    )
+    raise ComponentError(f"unknown {kind} {name!r}{hint} (known: {', '.join(sorted(known))})")
 
 
 def entries(kind: str | None = None) -> list[Entry]:

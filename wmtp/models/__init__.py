@@ -1,0 +1,27 @@
+"""LLaMA multi-token-prediction models. Torch-free to import: heavy parts load on first use.
+
+``wmtp.models.args`` (sizes, flavours, parameter counts) never imports torch, so recipe commands can
+use it; ``from_pretrained`` and the modules load lazily.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from wmtp.models.args import FLAVOURS, ModelArgs, flavour, param_count
+
+_LAZY = {
+    # name -> module that defines it (filled in as the model package grows)
+    "from_pretrained": "wmtp.models.checkpoint",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'wmtp.models' has no attribute {name!r}")
+
+
+__all__ = ["FLAVOURS", "ModelArgs", "flavour", "from_pretrained", "param_count"]

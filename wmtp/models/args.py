@@ -1,0 +1,183 @@
+"""Model sizes: the flavour table, derived sizes, parameter and FLOP counts. No torch here.
+
+``n_layers`` counts every transformer layer, as Meta's MTP checkpoints do: the trunk has
+``n_layers - n_future_tokens`` layers, head 1 is one more layer (``layers[-1]``), and heads 2..n
+are ``n_future_tokens - 1`` extra layers (``extra_heads``). ``n_future_tokens = 1`` is a plain LLaMA.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """Llama-3 style RoPE frequency scaling (long-context extension)."""
+
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    """Every size of a LLaMA MTP transformer. Derived sizes are properties, computed here only."""
+
+    dim: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: int | None = None
+    """Key/value heads for grouped-query attention; ``None`` means ``n_heads`` (no GQA)."""
+    vocab_size: int = 32000
+    """``-1`` means "take it from the tokenizer" (Meta's params.json convention)."""
+    multiple_of: int = 256
+    ffn_dim_multiplier: float | None = None
+    ffn_dim: int | None = None
+    """Explicit SwiGLU hidden width; overrides the multiple_of / ffn_dim_multiplier rule."""
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    max_seq_len: int = 4096
+    n_future_tokens: int = 1
+
+    def __post_init__(self) -> None:
+        assert self.n_heads > 0 and self.dim % self.n_heads == 0, (self.dim, self.n_heads)
+        assert self.n_heads % self.kv_heads == 0, (self.n_heads, self.kv_heads)
+        assert 1 <= self.n_future_tokens <= self.n_layers, (self.n_future_tokens, self.n_layers)
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        """SwiGLU hidden width: LLaMA's 2/3 * 4 * dim rule, scaled, rounded up to multiple_of."""
+        if self.ffn_dim is not None:
+            return self.ffn_dim
+        hidden = int(2 * (4 * self.dim) / 3)
+        if self.ffn_dim_multiplier is not None:
+            hidden = int(self.ffn_dim_multiplier * hidden)
+        return self.multiple_of * math.ceil(hidden / self.multiple_of)
+
+    @property
+    def n_trunk_layers(self) -> int:
+        return self.n_layers - self.n_future_tokens
+
+    def with_vocab(self, vocab_size: int) -> ModelArgs:
+        return replace(self, vocab_size=vocab_size)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def layer_params(args: ModelArgs) -> int:
+    """Parameters of one transformer block (attention, SwiGLU, two RMSNorm weights)."""
+    d, hd = args.dim, args.head_dim
+    attention = d * args.n_heads * hd + 2 * d * args.kv_heads * hd + args.n_heads * hd * d
+    ffn = 3 * d * args.hidden_dim
+    return attention + ffn + 2 * d
+
+
+def param_count(args: ModelArgs, *, with_unembedding: bool = True) -> int:
+    """Total parameters: embedding, all layers, final norm, and (untied) unembedding."""
+    assert args.vocab_size > 0, "resolve vocab_size (-1 = from the tokenizer) before counting"
+    embed = args.vocab_size * args.dim
+    out = args.vocab_size * args.dim if with_unembedding else 0
+    return embed + args.n_layers * layer_params(args) + args.dim + out
+
+
+def training_flops_per_token(args: ModelArgs, seq_len: int) -> float:
+    """Model FLOPs of forward + backward per trained token (6N + attention), all heads counted.
+
+    Dense matmuls cost 6 FLOPs per parameter per token (2 forward, 4 backward); the embedding
+    lookup costs none; every head runs the unembedding; causal attention adds
+    6 * n_layers * seq_len * dim (QK^T and PV, halved by causality, times 3 for backward).
+    """
+    dense = args.n_layers * layer_params(args) + args.n_future_tokens * args.vocab_size * args.dim
+    attention = 6 * args.n_layers * seq_len * args.dim
+    return 6 * dense + attention
+
+
+FLAVOURS: dict[str, ModelArgs] = {
+    # Trains on a CPU in seconds; vocab from the tokenizer.
+    "tiny": ModelArgs(
+        dim=64,
+        n_layers=4,
+        n_heads=4,
+        n_kv_heads=2,
+        vocab_size=-1,
+        multiple_of=32,
+        max_seq_len=512,
+        n_future_tokens=2,
+    ),
+    "small": ModelArgs(
+        dim=256,
+        n_layers=6,
+        n_heads=8,
+        n_kv_heads=4,
+        vocab_size=-1,
+        multiple_of=64,
+        max_seq_len=1024,
+        n_future_tokens=4,
+    ),
+    # Meta's 7B multi-token model (Llama-2 architecture, 4 heads).
+    "llama2-7b-mtp": ModelArgs(
+        dim=4096,
+        n_layers=32,
+        n_heads=32,
+        vocab_size=32000,
+        multiple_of=256,
+        max_seq_len=4096,
+        n_future_tokens=4,
+    ),
+    "llama2-7b": ModelArgs(dim=4096, n_layers=32, n_heads=32, vocab_size=32000, max_seq_len=4096),
+    # princeton-nlp/Sheared-LLaMA-2.7B: the critic's backbone.
+    "sheared-llama-2.7b": ModelArgs(
+        dim=2560,
+        n_layers=32,
+        n_heads=20,
+        vocab_size=32000,
+        ffn_dim=6912,
+        max_seq_len=4096,
+    ),
+    # The ~1B shape of the GPU benchmarks (hidden 2048, 16 layers, 16 heads, 8 KV heads).
+    "llama-1b-bench": ModelArgs(
+        dim=2048,
+        n_layers=16,
+        n_heads=16,
+        n_kv_heads=8,
+        vocab_size=32000,
+        ffn_dim=5632,
+        max_seq_len=2048,
+    ),
+}
+
+
+def flavour(name: str) -> ModelArgs:
+    """The flavour ``name``; a did-you-mean error for an unknown one."""
+    if name in FLAVOURS:
+        return FLAVOURS[name]
+    import difflib
+
+    from wmtp.errors import ComponentError
+
+    close = difflib.get_close_matches(name, list(FLAVOURS), n=3)
+    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise ComponentError(f"unknown model flavour {name!r}{hint} (known: {', '.join(FLAVOURS)})")
+
+
+__all__ = [
+    "FLAVOURS",
+    "ModelArgs",
+    "RopeScaling",
+    "flavour",
+    "layer_params",
+    "param_count",
+    "training_flops_per_token",
+]
