@@ -1,0 +1,25 @@
+"""Evaluation: sandboxed execution, pass@k, benchmarks, generation and self-speculative decoding.
+
+Torch-free to import: every name loads its module on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_LAZY = {
+    # name -> module that defines it
+    "pass_at_k": "wmtp.eval.passk",
+    "mean_pass_at_k": "wmtp.eval.passk",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'wmtp.eval' has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)
