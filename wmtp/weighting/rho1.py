@@ -1,0 +1,37 @@
+"""Rho-1 token selection: keep the valid tokens whose loss exceeds the reference's the most."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+_CEIL_SLACK = 1e-9
+"""Tolerance below an integer before rounding up, so 0.3 * 10 keeps 3 tokens, not 4."""
+
+
+def n_selected(k_percent: float, n_valid: int) -> int:
+    """``ceil(k_percent * n_valid)``, robust to the float error of the product."""
+    assert 0.0 < k_percent <= 1.0, f"k_percent must be in (0, 1], got {k_percent}"
+    return min(n_valid, math.ceil(k_percent * n_valid - _CEIL_SLACK * max(n_valid, 1)))
+
+
+def rho1_mask(excess: torch.Tensor, mask: torch.Tensor, *, k_percent: float) -> torch.Tensor:
+    """Bool tensor: True at the ``ceil(k_percent * n_valid)`` valid entries of largest ``excess``.
+
+    Counted over the whole tensor (the batch), never True at a masked entry (even when a valid
+    excess is -Inf); ties are broken by position. Infinite excesses are ranked as the largest /
+    smallest finite values; NaN is ranked as 0.
+    """
+    assert excess.shape == mask.shape, f"excess {tuple(excess.shape)} vs mask {tuple(mask.shape)}"
+    assert mask.dtype == torch.bool, f"mask must be bool, got {mask.dtype}"
+    flat_mask = mask.reshape(-1)
+    valid_idx = flat_mask.nonzero().squeeze(1)
+    k = n_selected(k_percent, int(valid_idx.numel()))
+    selected = torch.zeros_like(flat_mask)
+    if k > 0:
+        # Rank among the valid entries only, so a masked entry can never be chosen.
+        valid_excess = torch.nan_to_num(excess.reshape(-1)[valid_idx].float())
+        order = torch.sort(valid_excess, descending=True, stable=True).indices
+        selected[valid_idx[order[:k]]] = True
+    return selected.view(mask.shape)
