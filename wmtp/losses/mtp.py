@@ -1,0 +1,342 @@
+"""Weighted multi-token-prediction cross-entropy whose ``[B, S, n, V]`` logits never exist.
+
+Conventions (../shared/DESIGN.md): labels are *unshifted* (``labels[t] == input_ids[t]``, -100 =
+ignore); head k (k = 1..n) at position t scores ``labels[t + k]``; a token weight belongs to the
+target it scores, so head k uses ``w[t + k]``; each head's loss is ``sum(w * ce) / sum(w)`` over
+valid targets; heads are averaged, optionally with per-depth weights.
+
+Three strategies compute the same gradients (tested to float32 rounding):
+
+- ``"sequential"``: the MTP paper's method. The trunk output is detached; each head runs forward
+  and backward in turn, accumulating its gradient at the trunk output; then one backward runs
+  through the trunk. Only one head's activations are alive at a time.
+- ``"checkpointed"``: one graph, one backward; every head (its layer, the final norm and the loss)
+  is wrapped in activation checkpointing, so the forward keeps only the trunk output per head and
+  the backward recomputes one head at a time. Same peak as ``sequential``, plus one recomputed
+  head forward, and plain single-backward semantics (what FSDP2 hooks and no_sync expect).
+- ``"plain"``: every head kept in the graph; the reference, and the fastest when memory is ample.
+
+Every strategy scores a head through :func:`linear_cross_entropy`, which computes the logits in
+chunks of ``chunk_size`` target tokens (fp32 softmax) and recomputes them in the backward, so
+only one ``[chunk, V]`` block exists at a time (``chunk_size = 0``: one chunk, the whole head).
+
+Because the memory-efficient paths run their own backward, the training step calls
+:func:`loss_and_backward`; it never returns a graph to call ``.backward()`` on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+IGNORE_INDEX = -100
+Strategy = Literal["sequential", "checkpointed", "plain"]
+
+HeadWeightFn = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+"""Per-head weights: ``fn(k, ce_BT, targets_BT) -> w_BT`` with ``T = S - k``.
+
+``ce_BT`` is head k's detached fp32 cross-entropy per target (0 where the target is ignored), so a
+weighting such as Rho-1 can select tokens by the policy's own loss. Called once per head."""
+
+
+@dataclass(frozen=True)
+class MTPLossConfig:
+    """How the MTP loss is computed (numerics: ``depth_weights``; memory/speed: the rest)."""
+
+    strategy: Strategy = "sequential"
+    chunk_size: int = 1024
+    """Target tokens per logits block; 0 computes each head's logits in one block."""
+    depth_weights: tuple[float, ...] | None = None
+    """Relative weight of heads 1..n in the average; ``None`` = equal."""
+
+
+@dataclass
+class MTPStats:
+    """Detached fp32 per-head sums of one micro-batch; the loop sums them over micro-batches/ranks.
+
+    The logged loss of head k is ``weighted_ce[k] / weight_sum[k]``, its accuracy
+    ``n_correct[k] / n_tokens[k]``.
+    """
+
+    weighted_ce_K: torch.Tensor
+    weight_sum_K: torch.Tensor
+    ce_sum_K: torch.Tensor
+    n_tokens_K: torch.Tensor
+    n_correct_K: torch.Tensor
+
+    def as_tensor(self) -> torch.Tensor:
+        """``[5, K]``: one tensor to all-reduce."""
+        return torch.stack(
+            [
+                self.weighted_ce_K,
+                self.weight_sum_K,
+                self.ce_sum_K,
+                self.n_tokens_K,
+                self.n_correct_K,
+            ]
+        )
+
+    @classmethod
+    def from_tensor(cls, stats_5K: torch.Tensor) -> MTPStats:
+        return cls(*stats_5K.unbind(0))
+
+    def __add__(self, other: MTPStats) -> MTPStats:
+        return MTPStats.from_tensor(self.as_tensor() + other.as_tensor())
+
+    def head_losses(self) -> torch.Tensor:
+        """``[K]`` weighted mean cross-entropy of each head (NaN-free: 0 where no weight)."""
+        return self.weighted_ce_K / self.weight_sum_K.clamp_min(1e-12)
+
+    def head_accuracy(self) -> torch.Tensor:
+        return self.n_correct_K / self.n_tokens_K.clamp_min(1)
+
+    def total_loss(self, depth_weights: tuple[float, ...] | None = None) -> torch.Tensor:
+        """The optimised objective: head losses averaged with the per-depth weights."""
+        d_K = _depth_weights(depth_weights, self.weighted_ce_K.numel(), self.weighted_ce_K.device)
+        return (self.head_losses() * d_K).sum()
+
+
+# --- chunked linear cross-entropy ---------------------------------------------------------------
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """``sum_n coef[n] * CE(hidden[n] @ weight.T, target[n])`` without keeping the logits.
+
+    Forward and backward both walk the targets in chunks; the backward recomputes each chunk's
+    logits from the saved hidden states and the saved log-sum-exp.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, hidden_ND, weight_VD, targets_N, coef_N, chunk_size: int):
+        N = hidden_ND.shape[0]
+        lse_N = hidden_ND.new_empty(N, dtype=torch.float32)
+        ce_N = hidden_ND.new_zeros(N, dtype=torch.float32)
+        correct_N = torch.zeros(N, dtype=torch.bool, device=hidden_ND.device)
+        w_VD = weight_VD.to(hidden_ND.dtype)
+        for s in range(0, N, chunk_size or max(N, 1)):
+            e = min(s + (chunk_size or N), N)
+            # fp32 logits: the softmax over 32k+ entries loses too much in bf16.
+            logits_CV = (hidden_ND[s:e] @ w_VD.T).float()
+            lse_N[s:e] = torch.logsumexp(logits_CV, dim=-1)
+            target_logit_C = logits_CV.gather(1, targets_N[s:e, None]).squeeze(1)
+            ce_N[s:e] = lse_N[s:e] - target_logit_C
+            correct_N[s:e] = logits_CV.argmax(dim=-1) == targets_N[s:e]
+        loss = (coef_N * ce_N).sum()
+        ctx.save_for_backward(hidden_ND, weight_VD, targets_N, coef_N, lse_N)
+        ctx.chunk_size = chunk_size
+        ctx.mark_non_differentiable(ce_N, correct_N)
+        return loss, ce_N, correct_N
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss, _grad_ce, _grad_correct):
+        hidden_ND, weight_VD, targets_N, coef_N, lse_N = ctx.saved_tensors
+        N, chunk = hidden_ND.shape[0], ctx.chunk_size or max(hidden_ND.shape[0], 1)
+        w_VD = weight_VD.to(hidden_ND.dtype)
+        grad_hidden_ND = torch.empty_like(hidden_ND)
+        grad_weight_VD = torch.zeros(weight_VD.shape, dtype=torch.float32, device=weight_VD.device)
+        scale_N = coef_N * grad_loss
+        rows = torch.arange(chunk, device=hidden_ND.device)
+        for s in range(0, N, chunk):
+            e = min(s + chunk, N)
+            logits_CV = (hidden_ND[s:e] @ w_VD.T).float()
+            # d ce / d logits = softmax - onehot(target), scaled per token.
+            grad_CV = torch.exp(logits_CV - lse_N[s:e, None])
+            grad_CV[rows[: e - s], targets_N[s:e]] -= 1.0
+            grad_CV = (grad_CV * scale_N[s:e, None]).to(hidden_ND.dtype)
+            grad_hidden_ND[s:e] = grad_CV @ w_VD
+            grad_weight_VD += (grad_CV.T @ hidden_ND[s:e]).float()
+        return grad_hidden_ND, grad_weight_VD.to(weight_VD.dtype), None, None, None
+
+
+def linear_cross_entropy(
+    hidden_ND: torch.Tensor,
+    weight_VD: torch.Tensor,
+    targets_N: torch.Tensor,
+    coef_N: torch.Tensor,
+    chunk_size: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(sum(coef * ce), ce_N, correct_N)`` for valid targets only (no -100 here).
+
+    ``ce_N`` (fp32) and ``correct_N`` (argmax == target) are detached statistics.
+    """
+    with torch.autocast(hidden_ND.device.type, enabled=False):
+        return _LinearCrossEntropy.apply(hidden_ND, weight_VD, targets_N, coef_N, chunk_size)
+
+
+def plain_cross_entropy(
+    hidden_ND: torch.Tensor, weight_VD: torch.Tensor, targets_N: torch.Tensor, coef_N: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The same quantities through autograd with the whole ``[N, V]`` logits (the reference)."""
+    logits_NV = (hidden_ND @ weight_VD.to(hidden_ND.dtype).T).float()
+    ce_N = F.cross_entropy(logits_NV, targets_N, reduction="none")
+    correct_N = logits_NV.detach().argmax(dim=-1) == targets_N
+    return (coef_N * ce_N).sum(), ce_N.detach(), correct_N
+
+
+# --- per-head targets and weights ---------------------------------------------------------------
+
+
+def _depth_weights(depth: tuple[float, ...] | None, n: int, device: torch.device) -> torch.Tensor:
+    if depth is None:
+        return torch.full((n,), 1.0 / n, device=device)
+    assert len(depth) == n, f"depth_weights has {len(depth)} entries for {n} heads"
+    d_K = torch.tensor(depth, dtype=torch.float32, device=device)
+    return d_K / d_K.sum()
+
+
+def head_targets(labels_BS: torch.Tensor, k: int) -> torch.Tensor:
+    """``[B, S-k]`` targets of head k: ``labels[:, t + k]`` for positions t = 0..S-k-1."""
+    return labels_BS[:, k:]
+
+
+def head_weights(weights_BS: torch.Tensor | None, targets_BT: torch.Tensor, k: int) -> torch.Tensor:
+    """``[B, S-k]`` fp32 weights of head k's targets (``w[t + k]``), 0 where ignored."""
+    valid_BT = targets_BT != IGNORE_INDEX
+    if weights_BS is None:
+        return valid_BT.float()
+    return torch.where(valid_BT, weights_BS[:, k:].float(), 0.0)
+
+
+def weight_sums(
+    labels_BS: torch.Tensor, n_heads: int, weights_BS: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``[K]`` sum of weights per head: the loss denominators (sum them over a global batch)."""
+    sums = [
+        head_weights(weights_BS, head_targets(labels_BS, k), k).sum() for k in range(1, n_heads + 1)
+    ]
+    return torch.stack(sums)
+
+
+# --- the loss -----------------------------------------------------------------------------------
+
+
+@dataclass
+class _HeadJob:
+    """What one head needs: its flat valid targets, their positions and loss coefficients."""
+
+    k: int
+    index_N: torch.Tensor  # flat indices into [B*(S-k)] of valid targets
+    targets_N: torch.Tensor
+    weights_N: torch.Tensor
+    coef_N: torch.Tensor
+
+
+def _head_hidden_valid(model, h_BSD, k: int, seq, index_N: torch.Tensor) -> torch.Tensor:
+    """Head k's normed hidden states at the positions of its valid targets: ``[N, D]``."""
+    hk_BSD = model.head_hidden(h_BSD, k, seq=seq)
+    B, S, D = hk_BSD.shape
+    hk_BTD = hk_BSD[:, : S - k]
+    return hk_BTD.reshape(B * (S - k), D).index_select(0, index_N)  # [B*T, D] -> [N, D]
+
+
+def _score_head(model, h_BSD, job: _HeadJob, seq, cfg: MTPLossConfig):
+    hidden_ND = _head_hidden_valid(model, h_BSD, job.k, seq, job.index_N)
+    weight_VD = model.output.weight
+    if cfg.strategy == "plain":
+        return plain_cross_entropy(hidden_ND, weight_VD, job.targets_N, job.coef_N)
+    return linear_cross_entropy(hidden_ND, weight_VD, job.targets_N, job.coef_N, cfg.chunk_size)
+
+
+def _plan_heads(
+    labels_BS, n_heads, weights, denominators_K, depth_K, loss_scale, ce_of_head
+) -> list[_HeadJob]:
+    """Per head: valid targets, weights (tensor or callable) and ``coef = w * d_k * scale / sum``."""
+    jobs = []
+    for k in range(1, n_heads + 1):
+        targets_BT = head_targets(labels_BS, k)
+        valid_flat = (targets_BT != IGNORE_INDEX).reshape(-1)
+        index_N = valid_flat.nonzero().squeeze(1)
+        if callable(weights):
+            ce_BT = ce_of_head(k, targets_BT, index_N)
+            w_BT = torch.where(
+                targets_BT != IGNORE_INDEX, weights(k, ce_BT, targets_BT).float(), 0.0
+            )
+        else:
+            w_BT = head_weights(weights, targets_BT, k)
+        weights_N = w_BT.reshape(-1).index_select(0, index_N)
+        denom = denominators_K[k - 1] if denominators_K is not None else weights_N.sum()
+        coef_N = weights_N * (depth_K[k - 1] * loss_scale / denom.clamp_min(1e-12))
+        jobs.append(_HeadJob(k, index_N, targets_BT.reshape(-1)[index_N], weights_N, coef_N))
+    return jobs
+
+
+def _stats(jobs: list[_HeadJob], results) -> MTPStats:
+    rows = []
+    for job, (_, ce_N, correct_N) in zip(jobs, results, strict=True):
+        rows.append(
+            torch.stack(
+                [
+                    (job.weights_N * ce_N).sum(),
+                    job.weights_N.sum(),
+                    ce_N.sum(),
+                    torch.tensor(float(ce_N.numel()), device=ce_N.device),
+                    correct_N.sum().float(),
+                ]
+            )
+        )
+    return MTPStats.from_tensor(torch.stack(rows, dim=1).detach().float())
+
+
+def loss_and_backward(
+    model,
+    input_ids_BS: torch.Tensor,
+    labels_BS: torch.Tensor,
+    *,
+    n_heads: int,
+    weights: torch.Tensor | HeadWeightFn | None = None,
+    denominators_K: torch.Tensor | None = None,
+    seq=None,
+    config: MTPLossConfig = MTPLossConfig(),
+    loss_scale: float = 1.0,
+    backward: bool = True,
+) -> MTPStats:
+    """Compute the weighted MTP loss of one micro-batch and (unless ``backward=False``) its grads.
+
+    ``model`` provides ``trunk``, ``head_hidden`` and ``output`` (LlamaMTP, possibly FSDP-wrapped).
+    ``weights``: ``None`` (uniform), a ``weights_BS`` tensor of target-token weights, or a
+    :data:`HeadWeightFn`. ``denominators_K``: per-head ``sum(w)`` over the *global* batch (all
+    micro-batches and ranks, see :func:`weight_sums`); ``None`` normalises within this micro-batch.
+    ``loss_scale`` multiplies the gradient (e.g. ``1 / grad_accum`` when normalising locally).
+    Returns the detached per-head sums; gradients accumulate into ``.grad`` as usual.
+    """
+    cfg = config
+    depth_K = _depth_weights(cfg.depth_weights, n_heads, labels_BS.device)
+    grad_ctx = contextlib.nullcontext() if backward else torch.no_grad()
+    with grad_ctx:
+        h_BSD = model.trunk(input_ids_BS, seq=seq)
+        h_in = h_BSD.detach().requires_grad_(backward) if cfg.strategy == "sequential" else h_BSD
+
+        def ce_of_head(k, targets_BT, index_N):
+            with torch.no_grad():
+                zero_N = torch.zeros(index_N.numel(), device=h_BSD.device)
+                job = _HeadJob(k, index_N, targets_BT.reshape(-1)[index_N], zero_N, zero_N)
+                _, ce_N, _ = _score_head(model, h_BSD, job, seq, cfg)
+            ce_BT = torch.zeros(targets_BT.numel(), device=h_BSD.device)
+            return ce_BT.index_copy(0, index_N, ce_N).view_as(targets_BT)
+
+        jobs = _plan_heads(
+            labels_BS, n_heads, weights, denominators_K, depth_K, loss_scale, ce_of_head
+        )
+        results = []
+        for job in jobs:
+            if cfg.strategy == "checkpointed" and backward:
+                out = checkpoint(_score_head, model, h_in, job, seq, cfg, use_reentrant=False)
+            else:
+                out = _score_head(model, h_in, job, seq, cfg)
+            if cfg.strategy == "sequential" and backward:
+                out[0].backward()  # frees head k's graph; grad accumulates in h_in.grad
+            results.append(out)
+        if backward:
+            if cfg.strategy == "sequential":
+                # Every rank runs the trunk backward, even when no head had a target here.
+                grad_BSD = h_in.grad if h_in.grad is not None else torch.zeros_like(h_BSD)
+                h_BSD.backward(grad_BSD)
+            else:
+                torch.stack([r[0] for r in results]).sum().backward()
+    return _stats(jobs, results)
