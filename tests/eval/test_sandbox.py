@@ -1,0 +1,323 @@
+"""The sandbox against hostile programs, under bubblewrap and under the rlimit fallback.
+
+Every program here really runs; nothing is mocked. Items the fallback documents it cannot do
+(setsid survivors, network, writes where the user may write) are tested under bubblewrap only.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from wmtp.errors import WmtpError
+from wmtp.eval import sandbox
+from wmtp.eval.sandbox import CheckJob, check, check_many, execute
+
+HAS_BWRAP = sandbox._probe_bwrap() is None
+KINDS = [
+    pytest.param(
+        "bwrap", marks=pytest.mark.skipif(not HAS_BWRAP, reason="bubblewrap unusable here")
+    ),
+    "rlimits",
+]
+bwrap_only = pytest.mark.skipif(not HAS_BWRAP, reason="bubblewrap unusable here")
+
+TIMEOUT_S = 1.0
+SLACK_S = 5.0  # "within a second or two of the limit", with room for a loaded CI machine
+
+
+def run(kind: str, program: str, **kw):
+    kw.setdefault("timeout_s", TIMEOUT_S)
+    kw.setdefault("memory_mb", 256)
+    return execute(textwrap.dedent(program), isolation_kind=kind, **kw)
+
+
+def live_processes_with(token: str) -> list[int]:
+    """PIDs of live (not zombie) processes whose command line contains ``token``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if token in cmdline and state not in ("Z", "X"):
+            found.append(int(entry.name))
+    return found
+
+
+def survivors_after(token: str, limit_s: float = 5.0) -> list[int]:
+    """Processes with ``token`` still alive; SIGKILL takes effect asynchronously, so allow it."""
+    deadline = time.monotonic() + limit_s
+    while (pids := live_processes_with(token)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pids
+
+
+# --------------------------------------------------------------------------- ordinary programs
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_exit_status_and_output(kind):
+    ok = run(kind, "import sys\nprint('out')\nprint('err', file=sys.stderr)\n")
+    assert (ok.status, ok.stdout, ok.stderr, ok.isolation) == ("passed", "out\n", "err\n", kind)
+    bad = run(kind, "raise ValueError('boom')")
+    assert bad.status == "failed" and "ValueError: boom" in bad.stderr
+    assert run(kind, "import sys; sys.exit(3)").returncode == 3
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_stdin_and_files_reach_the_program(kind):
+    result = run(
+        kind,
+        "import sys; print(sys.stdin.read().upper() + open('data.txt').read())",
+        stdin="abc",
+        files={"data.txt": "xyz"},
+    )
+    assert result.stdout == "ABCxyz\n"
+
+
+# --------------------------------------------------------------------------- hostile programs
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    "program", ["while True:\n    pass\n", "import time\ntime.sleep(600)\n"], ids=["busy", "sleep"]
+)
+def test_busy_loop_and_sleep_end_as_timeout(kind, program):
+    result = run(kind, program)
+    assert result.status == "timeout"
+    assert result.duration_s < TIMEOUT_S + SLACK_S, result.duration_s
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    "program",
+    ["x = bytearray(10**11)\n", "chunks = []\nwhile True:\n    chunks.append(b'x' * 10**7)\n"],
+    ids=["one-shot", "gradual"],
+)
+def test_memory_bomb_ends_as_memory(kind, program):
+    result = run(kind, program, memory_mb=200, timeout_s=20)
+    assert result.status in ("memory", "failed"), result
+    assert result.status == "memory", result.stderr[-300:]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_output_flood_is_capped(kind):
+    cap = 4096
+    result = run(kind, "while True:\n    print('x' * 100000)\n", max_output_bytes=cap)
+    assert result.status in ("failed", "timeout")
+    assert len(result.stdout) <= cap + 100, len(result.stdout)
+    assert "bytes cut" in result.stdout
+
+
+def _fork_program(token: str, new_session: bool) -> str:
+    # The child forks a grandchild and exits (a double fork); the grandchild lingers, its command
+    # line carrying the token so the test can find it from outside any PID namespace.
+    setsid = "os.setsid()" if new_session else "pass"
+    return f"""
+        import os, subprocess, sys
+        if os.fork() == 0:
+            {setsid}
+            if os.fork() == 0:
+                os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(120)", "{token}"])
+            os._exit(0)
+        os.wait()
+        print("parent done")
+    """
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_double_forked_children_do_not_outlive_the_call(kind):
+    token = f"wmtp-survivor-{secrets.token_hex(8)}"
+    result = run(kind, _fork_program(token, new_session=False), timeout_s=10)
+    assert result.stdout == "parent done\n"
+    assert survivors_after(token) == []
+
+
+@bwrap_only
+def test_setsid_children_do_not_outlive_the_call_under_bwrap():
+    token = f"wmtp-survivor-{secrets.token_hex(8)}"
+    result = run("bwrap", _fork_program(token, new_session=True), timeout_s=10)
+    assert result.stdout == "parent done\n"
+    assert survivors_after(token) == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_children_of_a_timed_out_program_are_killed(kind):
+    token = f"wmtp-survivor-{secrets.token_hex(8)}"
+    program = _fork_program(token, new_session=False) + "\n        import time; time.sleep(600)\n"
+    result = run(kind, program)
+    assert result.status == "timeout"
+    assert survivors_after(token) == []
+
+
+def test_the_fallback_says_it_cannot_catch_setsid_children(monkeypatch):
+    monkeypatch.setenv("WMTP_SANDBOX", "rlimits")
+    isolation = sandbox.isolation()
+    assert isolation.kind == "rlimits" and "cannot catch setsid" in isolation.detail
+
+
+@bwrap_only
+def test_nothing_outside_the_folder_is_written_or_deleted(tmp_path):
+    home_dir = Path.home() / f".wmtp-sandbox-test-{secrets.token_hex(4)}"
+    home_dir.mkdir()
+    try:
+        victims = [tmp_path / "victim.txt", home_dir / "victim.txt"]
+        for victim in victims:
+            victim.write_text("keep me")
+        program = f"""
+            import os, shutil
+            for target in {[str(v) for v in victims]!r}:
+                for attempt in (lambda: os.remove(target),
+                                lambda: open(target, "w").write("gone"),
+                                lambda: open(target + ".new", "w").write("new"),
+                                lambda: shutil.rmtree(os.path.dirname(target))):
+                    try:
+                        attempt()
+                        print("managed", target)
+                    except OSError:
+                        pass
+            open("inside.txt", "w").write("fine")
+            print(open("inside.txt").read())
+        """
+        result = run("bwrap", program)
+        assert result.stdout == "fine\n", result
+        for victim in victims:
+            assert victim.read_text() == "keep me"
+            assert not victim.with_name("victim.txt.new").exists()
+    finally:
+        for path in home_dir.iterdir():
+            path.unlink()
+        home_dir.rmdir()
+
+
+@bwrap_only
+def test_no_network_connection_not_even_loopback():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        program = f"""
+            import socket
+            for host in ("127.0.0.1", "localhost", "1.1.1.1"):
+                try:
+                    socket.create_connection((host, {port}), timeout=2).close()
+                    print("connected", host)
+                except OSError as exc:
+                    print("refused", host, type(exc).__name__)
+        """
+        result = run("bwrap", program, timeout_s=10)
+        assert "connected" not in result.stdout and result.stdout.count("refused") == 3, result
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):  # nothing ever reached the listener
+            listener.accept()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_killing_the_parent_or_a_neighbour_does_not_reach_the_caller(kind):
+    neighbour = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        program = f"""
+            import os, signal
+            for pid in (os.getppid(), {neighbour.pid}, {os.getpid()}):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        """
+        if kind == "rlimits" and not sandbox._runner().as_nobody:
+            pytest.skip("the fallback runs as the caller's own user, who may signal the caller")
+        result = run(kind, program)
+        assert result.status in ("passed", "failed")
+        assert neighbour.poll() is None, "the sandbox killed a process outside it"
+    finally:
+        neighbour.send_signal(signal.SIGKILL)
+        neighbour.wait()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fork_bomb_is_contained(kind):
+    if not sandbox._runner().as_nobody and os.geteuid() == 0:
+        pytest.skip("root ignores RLIMIT_NPROC; no interpreter nobody can run here")
+    program = """
+        import os, sys, time
+        first = os.getpid()
+        try:
+            while True:
+                os.fork()
+        except OSError:
+            if os.getpid() == first:
+                print("limited")
+            time.sleep(0.2)
+    """
+    result = run(kind, program, max_processes=32, timeout_s=5)
+    assert "limited" in result.stdout  # fork failed: the process limit held
+
+
+# --------------------------------------------------------------------------- check()
+
+ADD_TEST = (
+    "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(0, 0) == 0\n"
+)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_check_labels_by_running_the_tests(kind):
+    good = "def add(a, b):\n    return a + b\n"
+    wrong = "def add(a, b):\n    return a - b\n"
+    assert check(good, ADD_TEST, "add", isolation_kind=kind).status == "passed"
+    failed = check(wrong, ADD_TEST, "add", isolation_kind=kind)
+    assert failed.status == "failed" and "AssertionError" in failed.stderr
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("exit_call", ["sys.exit(0)", "os._exit(0)", "raise SystemExit", "exit()"])
+def test_exiting_early_counts_as_failed(kind, exit_call):
+    solution = f"import os, sys\n\ndef add(a, b):\n    {exit_call}\n"
+    result = check(solution, ADD_TEST, "add", isolation_kind=kind)
+    assert result.status == "failed", result
+    at_import = f"import os, sys\n\ndef add(a, b):\n    return a + b\n\n{exit_call}\n"
+    assert check(at_import, ADD_TEST, "add", isolation_kind=kind).status == "failed"
+
+
+def test_check_keeps_the_solutions_own_output():
+    result = check("def add(a, b):\n    print('hi')\n    return a + b\n", ADD_TEST, "add")
+    assert result.status == "passed" and result.stdout == "hi\nhi\n"
+
+
+def test_check_many_keeps_order_and_labels():
+    good = "def add(a, b):\n    return a + b\n"
+    jobs = [
+        CheckJob(good, ADD_TEST, "add"),
+        CheckJob("def add(a, b):\n    return 3\n", ADD_TEST, "add"),
+        CheckJob("def add(a, b):\n    while True: pass\n", ADD_TEST, "add"),
+        CheckJob(good, ADD_TEST, "add"),
+    ]
+    results = check_many(jobs, timeout_s=1.0, memory_mb=256, workers=2, progress=False)
+    assert [r.status for r in results] == ["passed", "failed", "timeout", "passed"]
+
+
+# --------------------------------------------------------------------------- isolation choice
+
+
+def test_isolation_can_be_forced_and_rejects_unknown_values(monkeypatch):
+    monkeypatch.setenv("WMTP_SANDBOX", "rlimits")
+    assert sandbox.isolation().kind == "rlimits"
+    assert run(None, "print(1)").isolation == "rlimits"
+    monkeypatch.setenv("WMTP_SANDBOX", "chroot")
+    with pytest.raises(WmtpError, match="WMTP_SANDBOX='chroot'"):
+        sandbox.isolation()
+    monkeypatch.delenv("WMTP_SANDBOX")
+    assert sandbox.isolation().kind == ("bwrap" if HAS_BWRAP else "rlimits")
