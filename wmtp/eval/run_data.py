@@ -1,0 +1,152 @@
+"""What a run directory recorded: its scalar series, its recipe's key settings, its eval summaries.
+
+A run directory (``runs/<experiment>/<id>/``) holds TensorBoard event files, ``metrics.jsonl``
+(one JSON object a line with a ``step`` and scalar values, nested objects flattened with ``/``),
+``recipe.toml`` and ``eval/summary.json``. Both scalar sources are read and merged; where a tag is
+in both, ``metrics.jsonl`` wins (it is the one written without loss of precision).
+Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wmtp.errors import DataError, RunError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+Series = list[tuple[int, float]]
+"""(step, value) pairs sorted by step."""
+
+
+@dataclass
+class RunRecord:
+    """Everything ``wmtp report`` plots or tabulates about one run."""
+
+    path: Path
+    label: str
+    scalars: dict[str, Series] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    """A few recipe values worth a column: pipeline, weighting kind, n_future_tokens, ..."""
+    evals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Benchmark name -> its entry of eval/summary.json."""
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, float]) -> None:
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            _flatten(f"{prefix}/{key}" if prefix else str(key), inner, out)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        out[prefix] = float(value)
+
+
+def read_metrics_jsonl(path: Path) -> dict[str, Series]:
+    """Scalar series of a ``metrics.jsonl``; lines without a ``step`` are skipped (headers)."""
+    series: dict[str, dict[int, float]] = {}
+    with path.open(encoding="utf-8") as lines:
+        for lineno, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not valid JSON: {exc.msg}") from None
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                continue
+            values: dict[str, float] = {}
+            _flatten("", {k: v for k, v in row.items() if k != "step"}, values)
+            for tag, value in values.items():
+                series.setdefault(tag, {})[row["step"]] = value
+    return {tag: sorted(points.items()) for tag, points in series.items()}
+
+
+def read_tensorboard(run_dir: Path) -> dict[str, Series]:
+    """Scalar series of every TensorBoard event file under ``run_dir``."""
+    files = sorted(run_dir.rglob("events.out.tfevents.*"))
+    if not files:
+        return {}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    series: dict[str, dict[int, float]] = {}
+    for file in files:
+        accumulator = EventAccumulator(str(file), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags().get("scalars", []):
+            points = series.setdefault(tag, {})
+            for event in accumulator.Scalars(tag):
+                if math.isfinite(event.value):
+                    points[event.step] = float(event.value)
+    return {tag: sorted(points.items()) for tag, points in series.items()}
+
+
+SETTING_KEYS = (
+    ("experiment", "pipeline"),
+    ("weighting", "kind"),
+    ("model", "policy", "n_future_tokens"),
+    ("training", "lr"),
+    ("training", "max_steps"),
+)
+
+
+def read_settings(recipe_path: Path) -> dict[str, Any]:
+    """The ``SETTING_KEYS`` of a resolved recipe, by dotted key (missing keys are left out)."""
+    try:
+        recipe = tomllib.loads(recipe_path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise DataError(f"{recipe_path}: not valid TOML: {exc}") from None
+    settings = {}
+    for keys in SETTING_KEYS:
+        value: Any = recipe
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is not None:
+            settings[".".join(keys)] = value
+    return settings
+
+
+def read_eval_summary(path: Path) -> dict[str, dict[str, Any]]:
+    """Benchmark -> result of an ``eval/summary.json`` written by ``wmtp eval``."""
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON: {exc.msg}") from None
+    benchmarks = summary.get("benchmarks") if isinstance(summary, dict) else None
+    if not isinstance(benchmarks, dict):
+        raise DataError(f"{path}: expected an object with a 'benchmarks' table")
+    return benchmarks
+
+
+def run_label(run_dir: Path) -> str:
+    """``<experiment>/<run id>``: the last two parts of a ``runs/<experiment>/<id>`` path."""
+    return f"{run_dir.parent.name}/{run_dir.name}" if run_dir.parent.name else run_dir.name
+
+
+def read_run(run_dir: str | Path) -> RunRecord:
+    """Read one run directory; a ``RunError`` when it holds nothing ``wmtp report`` can use."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise RunError(f"{path}: not a run directory")
+    record = RunRecord(path=path, label=run_label(path.resolve()))
+    record.scalars = read_tensorboard(path)
+    if (path / "metrics.jsonl").is_file():
+        record.scalars.update(read_metrics_jsonl(path / "metrics.jsonl"))
+    if (path / "recipe.toml").is_file():
+        record.settings = read_settings(path / "recipe.toml")
+    if (path / "eval" / "summary.json").is_file():
+        record.evals = read_eval_summary(path / "eval" / "summary.json")
+    if not record.scalars and not record.evals:
+        raise RunError(
+            f"{path}: no metrics.jsonl, TensorBoard events or eval/summary.json to report on"
+        )
+    return record
+
+
+__all__ = ["RunRecord", "Series", "read_eval_summary", "read_metrics_jsonl", "read_run"]
