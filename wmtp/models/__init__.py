@@ -13,6 +13,10 @@ from wmtp.models.args import FLAVOURS, ModelArgs, flavour, param_count
 _LAZY = {
     # name -> module that defines it (filled in as the model package grows)
     "from_pretrained": "wmtp.models.checkpoint",
+    "LlamaMTP": "wmtp.models.llama_mtp",
+    "build_llama_mtp": "wmtp.models.llama_mtp",
+    "SeqInfo": "wmtp.models.attention",
+    "resolve_backend": "wmtp.models.attention",
 }
 
 
@@ -24,4 +28,14 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'wmtp.models' has no attribute {name!r}")
 
 
-__all__ = ["FLAVOURS", "ModelArgs", "flavour", "from_pretrained", "param_count"]
+__all__ = [
+    "FLAVOURS",
+    "LlamaMTP",
+    "ModelArgs",
+    "SeqInfo",
+    "build_llama_mtp",
+    "flavour",
+    "from_pretrained",
+    "param_count",
+    "resolve_backend",
+]

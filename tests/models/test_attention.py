@@ -1,0 +1,174 @@
+"""Every backend that runs on this CPU against the eager reference: outputs and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wmtp.errors import ComponentError, DataError
+from wmtp.models.attention import (
+    SeqInfo,
+    eager_attend,
+    flex_attend,
+    resolve_backend,
+    sdpa_attend,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*flex_attention.*:UserWarning")
+
+
+def qkv(B=2, S=12, H=4, K=2, D=8, Sk=None, grad=False):
+    Sk = Sk or S
+    q = torch.randn(B, S, H, D, requires_grad=grad)
+    k = torch.randn(B, Sk, K, D, requires_grad=grad)
+    v = torch.randn(B, Sk, K, D, requires_grad=grad)
+    return q, k, v
+
+
+def naive_attention(q, k, v, allowed_BQK):
+    """Loop-free textbook attention with an explicit allowed mask; GQA by index arithmetic."""
+    H, D = q.shape[2:]
+    out = torch.zeros_like(q)
+    for h in range(H):
+        kv = h // (H // k.shape[2])
+        scores = q[:, :, h] @ k[:, :, kv].transpose(1, 2) / D**0.5  # [B, Sq, Sk]
+        scores = scores.masked_fill(~allowed_BQK, float("-inf"))
+        out[:, :, h] = scores.softmax(-1) @ v[:, :, kv]
+    return out
+
+
+def test_eager_matches_textbook_causal_gqa():
+    q, k, v = qkv()
+    allowed = torch.ones(12, 12).tril().bool().expand(2, 12, 12)
+    torch.testing.assert_close(eager_attend(q, k, v), naive_attention(q, k, v, allowed))
+
+
+def test_eager_bottom_right_alignment_when_keys_are_longer():
+    q, k, v = qkv(S=3, Sk=10)
+    allowed = torch.ones(10, 10).tril().bool()[-3:].expand(2, 3, 10)
+    torch.testing.assert_close(eager_attend(q, k, v), naive_attention(q, k, v, allowed))
+
+
+def test_eager_packed_masks_other_documents():
+    seq = SeqInfo.packed([[5, 4, 3], [12]])
+    q, k, v = qkv()
+    doc = seq.document_ids
+    allowed = torch.ones(12, 12).tril().bool() & (doc[:, :, None] == doc[:, None, :])
+    torch.testing.assert_close(eager_attend(q, k, v, seq), naive_attention(q, k, v, allowed))
+
+
+def grads_of(fn, q, k, v, seq=None):
+    out = fn(q, k, v, seq)
+    torch.manual_seed(1)
+    (out * torch.randn(out.shape)).sum().backward()
+    return out.detach(), [t.grad.clone() for t in (q, k, v)]
+
+
+@pytest.mark.parametrize(
+    "layout",
+    ["plain", "packed", "packed_cu_only", "packed_ids_only", "no_gqa"],
+)
+def test_sdpa_matches_eager_with_gradients(layout):
+    K = 4 if layout == "no_gqa" else 2
+    seq = None
+    if layout.startswith("packed"):
+        full = SeqInfo.packed([[5, 4, 3], [7, 5]])
+        seq = {
+            "packed": full,
+            "packed_cu_only": SeqInfo(cu_seqlens=full.cu_seqlens),
+            "packed_ids_only": SeqInfo(document_ids=full.document_ids),
+        }[layout]
+    base = qkv(K=K, grad=True)
+    twin = [t.detach().clone().requires_grad_() for t in base]
+    out_ref, grads_ref = grads_of(eager_attend, *base, seq)
+    out, grads = grads_of(sdpa_attend, *twin, seq)
+    torch.testing.assert_close(out, out_ref, atol=1e-5, rtol=1e-5)
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_padded_rows_are_exact_for_real_tokens():
+    """Right padding + causal: real tokens of a padded row equal the row alone."""
+    q, k, v = qkv(B=1, S=12)
+    out_padded = sdpa_attend(q, k, v, None)
+    out_alone = eager_attend(q[:, :7], k[:, :7], v[:, :7])
+    torch.testing.assert_close(out_padded[:, :7], out_alone, atol=1e-5, rtol=1e-5)
+
+
+def test_sdpa_decoding_shapes_match_eager():
+    for Sq in (1, 3):
+        q, k, v = qkv(S=Sq, Sk=9)
+        torch.testing.assert_close(
+            sdpa_attend(q, k, v), eager_attend(q, k, v), atol=1e-5, rtol=1e-5
+        )
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_flex_forward_matches_eager_on_cpu(packed):
+    seq = SeqInfo.packed([[5, 4, 3], [7, 5]]) if packed else None
+    q, k, v = qkv()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            flex_attend(q, k, v, seq), eager_attend(q, k, v, seq), atol=1e-5, rtol=1e-5
+        )
+
+
+def test_flex_refuses_gradients_on_cpu_with_a_reason():
+    q, k, v = qkv(grad=True)
+    with pytest.raises(ComponentError, match="no backward on cpu"):
+        flex_attend(q, k, v, None)
+
+
+def test_varlen_on_cpu_is_an_error_naming_why(monkeypatch):
+    monkeypatch.delenv("WMTP_ATTENTION", raising=False)
+    with pytest.raises(ComponentError, match=r"varlen.*(CUDA|no torch\.nn\.attention\.varlen)"):
+        resolve_backend("varlen", "cpu", torch.bfloat16)
+
+
+def test_auto_picks_sdpa_on_cpu_and_says_why(monkeypatch):
+    monkeypatch.delenv("WMTP_ATTENTION", raising=False)
+    choice, reason = resolve_backend("auto", "cpu", torch.float32)
+    assert choice == "sdpa"
+    assert "flash_attn" in reason
+
+
+def test_env_override_wins(monkeypatch):
+    monkeypatch.setenv("WMTP_ATTENTION", "eager")
+    choice, reason = resolve_backend("sdpa", "cpu", torch.float32)
+    assert (choice, "WMTP_ATTENTION=eager" in reason) == ("eager", True)
+
+
+def test_flash_attn_explicit_request_errors_without_cuda():
+    with pytest.raises(ComponentError, match="flash_attn"):
+        resolve_backend("flash_attn", "cpu", torch.bfloat16)
+
+
+def test_unknown_backend_is_a_component_error():
+    with pytest.raises(ComponentError, match="unknown attention"):
+        resolve_backend("flashy", "cpu", torch.float32)
+
+
+def test_from_batch_refuses_left_padding():
+    batch = {
+        "input_ids": torch.zeros(2, 4, dtype=torch.long),
+        "attention_mask": torch.tensor([[1, 1, 1, 0], [0, 1, 1, 1]]).bool(),
+    }
+    with pytest.raises(DataError, match="row 1"):
+        SeqInfo.from_batch(batch)
+    batch["attention_mask"] = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]]).bool()
+    assert SeqInfo.from_batch(batch) is None
+
+
+def test_from_batch_packed_validates_boundaries():
+    seq = SeqInfo.packed([[3, 5], [8]])
+    batch = {
+        "input_ids": torch.zeros(2, 8, dtype=torch.long),
+        "position_ids": seq.position_ids,
+        "cu_seqlens": torch.tensor([0, 3, 10, 16], dtype=torch.int32),  # crosses row start 8
+        "max_seqlen": 7,
+        "document_ids": seq.document_ids,
+    }
+    with pytest.raises(DataError, match="crosses a row start at token 8"):
+        SeqInfo.from_batch(batch)
+    batch["cu_seqlens"] = seq.cu_seqlens
+    assert SeqInfo.from_batch(batch).is_packed

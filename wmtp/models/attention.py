@@ -1,0 +1,465 @@
+"""Every attention kernel behind one signature, chosen once at start-up and logged.
+
+Each backend is a function ``attend(q_BSHD, k_BSKD, v_BSKD, seq) -> out_BSHD`` where ``H`` query
+heads share ``K`` key/value heads (grouped-query attention, ``H % K == 0``; query head ``h`` reads
+key/value head ``h // (H // K)``). Attention is causal. When keys are longer than queries
+(``Sk > Sq``, the KV-cache path) the queries are the *last* ``Sq`` positions: query ``i`` sees keys
+``j <= i + Sk - Sq`` (bottom-right alignment, as flash-attn does).
+
+Batches come in three shapes, described by ``seq`` (:class:`SeqInfo`):
+
+* plain (``seq`` is ``None``): every row is one causal sequence;
+* right-padded (``SeqInfo`` without documents): causal attention is exact for the real tokens,
+  since they never look right; padding positions produce values nobody reads. Left padding is
+  refused by :meth:`SeqInfo.from_batch`;
+* packed (``cu_seqlens`` and/or ``document_ids``): several documents concatenated in a row,
+  attention only within a document. ``flex``, ``varlen`` and ``flash_attn`` do this natively;
+  ``eager`` masks its materialised scores; ``sdpa`` loops over documents (one causal SDPA call per
+  document, exact but slow with many short documents: on CUDA prefer flex/varlen/flash_attn, and
+  a warning says so once).
+
+Training never passes a dense mask to SDPA (cuDNN with masks has given NaN gradients on H100).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import cache
+from itertools import pairwise
+
+import torch
+import torch.nn.functional as F
+
+from wmtp.errors import ComponentError, DataError
+
+log = logging.getLogger(__name__)
+
+BACKEND_NAMES = ("eager", "sdpa", "flash_attn", "flex", "varlen")
+ENV_OVERRIDE = "WMTP_ATTENTION"
+
+AttendFn = Callable[..., torch.Tensor]
+
+
+# --------------------------------------------------------------------------------------------
+# Sequence layout
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SeqInfo:
+    """How the tokens of a ``[B, S]`` batch are laid out (``None`` fields: not given).
+
+    ``cu_seqlens`` (int32 ``[D+1]``) are document boundaries over the *flattened* ``B*S`` tokens;
+    they cover every token (padding at the end of a row is a document of its own) and every row
+    start is a boundary. ``document_ids`` (``[B, S]``) give each token's document, equal ids
+    attend to each other. ``position_ids`` (``[B, S]``) drive RoPE, restarting at 0 per document.
+    """
+
+    position_ids: torch.Tensor | None = None
+    cu_seqlens: torch.Tensor | None = None
+    max_seqlen: int | None = None
+    document_ids: torch.Tensor | None = None
+
+    @property
+    def is_packed(self) -> bool:
+        return self.cu_seqlens is not None or self.document_ids is not None
+
+    @classmethod
+    def from_batch(cls, batch: dict) -> SeqInfo | None:
+        """The layout of a data batch (see the batch contract); ``None`` for a plain batch."""
+        if "cu_seqlens" in batch or "document_ids" in batch:
+            seq = cls(
+                position_ids=batch.get("position_ids"),
+                cu_seqlens=batch.get("cu_seqlens"),
+                max_seqlen=_as_int(batch.get("max_seqlen")),
+                document_ids=batch.get("document_ids"),
+            )
+            seq.validate(tuple(batch["input_ids"].shape))
+            return seq
+        mask = batch.get("attention_mask")
+        if mask is not None:
+            _check_right_padded(mask)
+        if batch.get("position_ids") is not None:
+            return cls(position_ids=batch["position_ids"])
+        return None
+
+    @classmethod
+    def packed(
+        cls, lengths_per_row: list[list[int]], device: str | torch.device = "cpu"
+    ) -> SeqInfo:
+        """A packed layout from document lengths per row (every row must have the same total)."""
+        totals = {sum(row) for row in lengths_per_row}
+        assert len(totals) == 1, f"rows of a packed batch differ in length: {totals}"
+        lengths = [n for row in lengths_per_row for n in row]
+        cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+        positions = torch.cat([torch.arange(n) for n in lengths]).view(len(lengths_per_row), -1)
+        doc_ids = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+        return cls(
+            position_ids=positions.to(device),
+            cu_seqlens=cu.to(device),
+            max_seqlen=max(lengths),
+            document_ids=doc_ids.view(len(lengths_per_row), -1).to(device),
+        )
+
+    def validate(self, shape_BS: tuple[int, int]) -> None:
+        """Raise :class:`DataError` when the fields disagree with each other or the batch shape."""
+        B, S = shape_BS
+        for name in ("position_ids", "document_ids"):
+            t = getattr(self, name)
+            if t is not None and tuple(t.shape) != (B, S):
+                raise DataError(f"{name} has shape {tuple(t.shape)}, input_ids has {(B, S)}")
+        if self.cu_seqlens is not None:
+            cu = self.cu_seqlens.tolist()
+            if cu[0] != 0 or cu[-1] != B * S or any(b <= a for a, b in pairwise(cu)):
+                raise DataError(
+                    f"cu_seqlens must rise strictly from 0 to B*S={B * S}; got {cu[:8]}..{cu[-2:]}"
+                )
+            missing = sorted(set(range(0, B * S, S)) - set(cu))
+            if missing:
+                raise DataError(f"cu_seqlens: a document crosses a row start at token {missing[0]}")
+
+    def cu_seqlens_for(self, B: int, S: int, device: torch.device) -> tuple[torch.Tensor, int]:
+        """Document boundaries over the flattened batch, derived from document_ids if needed."""
+        if self.cu_seqlens is not None:
+            max_len = self.max_seqlen or int(self.cu_seqlens.diff().max())
+            return self.cu_seqlens.to(device=device, dtype=torch.int32), max_len
+        if self.document_ids is None:  # one document per row
+            cu = torch.arange(0, (B + 1) * S, S, device=device, dtype=torch.int32)
+            return cu, S
+        ids_BS = self.document_ids.to(device)
+        starts_BS = torch.ones_like(ids_BS, dtype=torch.bool)
+        starts_BS[:, 1:] = ids_BS[:, 1:] != ids_BS[:, :-1]
+        starts_T = starts_BS.flatten().nonzero().flatten()
+        cu = torch.cat([starts_T, torch.tensor([B * S], device=device)]).to(torch.int32)
+        return cu, int(cu.diff().max())
+
+    def document_ids_for(self, B: int, S: int, device: torch.device) -> torch.Tensor:
+        """Document id of every token ``[B, S]``, derived from cu_seqlens if needed."""
+        if self.document_ids is not None:
+            return self.document_ids.to(device)
+        if self.cu_seqlens is None:
+            return torch.zeros(B, S, dtype=torch.long, device=device)
+        token_T = torch.arange(B * S, device=device)
+        ids_T = torch.searchsorted(self.cu_seqlens.to(device).long()[1:], token_T, right=True)
+        return ids_T.view(B, S)  # [B*S] -> [B, S]
+
+    def to(self, device: torch.device | str) -> SeqInfo:
+        moved = {
+            name: getattr(self, name).to(device)
+            for name in ("position_ids", "cu_seqlens", "document_ids")
+            if getattr(self, name) is not None
+        }
+        return replace(self, **moved)
+
+
+def _as_int(value) -> int | None:
+    if value is None:
+        return None
+    return int(value.max()) if isinstance(value, torch.Tensor) else int(value)
+
+
+def _check_right_padded(mask_BS: torch.Tensor) -> None:
+    mask = mask_BS.bool()
+    if bool((mask[:, 1:] & ~mask[:, :-1]).any()):
+        row = int((mask[:, 1:] & ~mask[:, :-1]).any(dim=1).nonzero()[0])
+        raise DataError(
+            f"attention_mask row {row} has a real token after padding: only right padding is "
+            "supported (causal attention is then exact for the real tokens)"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Backends
+# --------------------------------------------------------------------------------------------
+
+
+def _gqa_groups(q_BSHD: torch.Tensor, k_BSKD: torch.Tensor) -> int:
+    H, K = q_BSHD.shape[2], k_BSKD.shape[2]
+    assert H % K == 0, f"query heads {H} not a multiple of key/value heads {K}"
+    return H // K
+
+
+def _allowed_mask(seq: SeqInfo | None, B: int, Sq: int, Sk: int, device) -> torch.Tensor:
+    """Boolean ``[B, Sq, Sk]`` (or ``[1, Sq, Sk]``): causal, bottom-right, within documents."""
+    q_pos = torch.arange(Sq, device=device)[:, None] + (Sk - Sq)
+    allowed = (torch.arange(Sk, device=device)[None, :] <= q_pos)[None]  # [1, Sq, Sk]
+    if seq is not None and seq.is_packed:
+        assert Sq == Sk, "packed batches have no KV-cache path"
+        doc_BS = seq.document_ids_for(B, Sk, device)
+        allowed = allowed & (doc_BS[:, :, None] == doc_BS[:, None, :])
+    return allowed
+
+
+def eager_attend(q_BSHD, k_BSKD, v_BSKD, seq: SeqInfo | None = None) -> torch.Tensor:
+    """Reference: materialised scores, fp32 softmax, explicit causal and document masks."""
+    B, Sq, _, D = q_BSHD.shape
+    Sk = k_BSKD.shape[1]
+    groups = _gqa_groups(q_BSHD, k_BSKD)
+    k_BSHD = k_BSKD.repeat_interleave(groups, dim=2)
+    v_BSHD = v_BSKD.repeat_interleave(groups, dim=2)
+    # [B, Sq, H, D] x [B, Sk, H, D] -> [B, H, Sq, Sk]; fp32 so the softmax is exact
+    scores_BHQK = torch.einsum("bqhd,bkhd->bhqk", q_BSHD.float(), k_BSHD.float())
+    scores_BHQK = scores_BHQK / math.sqrt(D)
+    allowed = _allowed_mask(seq, B, Sq, Sk, q_BSHD.device)[:, None]  # [B|1, 1, Sq, Sk]
+    scores_BHQK = scores_BHQK.masked_fill(~allowed, float("-inf"))
+    probs_BHQK = torch.softmax(scores_BHQK, dim=-1)
+    out_BSHD = torch.einsum("bhqk,bkhd->bqhd", probs_BHQK, v_BSHD.float())
+    return out_BSHD.to(q_BSHD.dtype)
+
+
+def _sdpa_causal(q_BSHD, k_BSKD, v_BSKD) -> torch.Tensor:
+    """One SDPA call, causal with bottom-right alignment; a mask only for chunked decoding."""
+    Sq, Sk = q_BSHD.shape[1], k_BSKD.shape[1]
+    q, k, v = (t.transpose(1, 2) for t in (q_BSHD, k_BSKD, v_BSKD))  # [B, S, H, D] -> [B, H, S, D]
+    if Sq == Sk:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    elif Sq == 1:  # one new token sees the whole cache
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=False, enable_gqa=True)
+    else:  # inference only: a chunk of queries against a longer cache
+        mask = _allowed_mask(None, 1, Sq, Sk, q.device)[None]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    return out.transpose(1, 2)  # [B, H, S, D] -> [B, S, H, D]
+
+
+def sdpa_attend(q_BSHD, k_BSKD, v_BSKD, seq: SeqInfo | None = None) -> torch.Tensor:
+    """``F.scaled_dot_product_attention(is_causal=True, enable_gqa=True)``; packed: per document."""
+    if seq is None or not seq.is_packed:
+        return _sdpa_causal(q_BSHD, k_BSKD, v_BSKD)
+    if q_BSHD.is_cuda:
+        _warn_once("sdpa on packed batches loops over documents; flex/varlen/flash_attn are faster")
+    return _per_document(_sdpa_causal, q_BSHD, k_BSKD, v_BSKD, seq)
+
+
+def _per_document(fn, q_BSHD, k_BSKD, v_BSKD, seq: SeqInfo) -> torch.Tensor:
+    """Apply ``fn`` to each document of a packed batch on its own, then stitch them back."""
+    B, S, H, D = q_BSHD.shape
+    cu, _ = seq.cu_seqlens_for(B, S, q_BSHD.device)
+    flat = [t.reshape(B * S, 1, *t.shape[2:]) for t in (q_BSHD, k_BSKD, v_BSKD)]  # [T, 1, H, D]
+    bounds = cu.tolist()
+    pieces = [
+        fn(*(t[a:b].transpose(0, 1) for t in flat))  # [1, doc_len, H, D]
+        for a, b in pairwise(bounds)
+    ]
+    return torch.cat(pieces, dim=1).view(B, S, H, D)  # [1, T, H, D] -> [B, S, H, D]
+
+
+# flash-attn ---------------------------------------------------------------------------------
+
+
+@cache
+def _flash_attn_module():
+    try:
+        import flash_attn
+    except Exception as exc:  # ImportError, or a build that fails to load its CUDA library
+        return None, f"flash_attn not importable ({type(exc).__name__}: {exc})"
+    return flash_attn, f"flash_attn {getattr(flash_attn, '__version__', '?')}"
+
+
+def flash_attn_attend(q_BSHD, k_BSKD, v_BSKD, seq: SeqInfo | None = None) -> torch.Tensor:
+    """flash-attn's ``flash_attn_func`` (native BSHD and GQA), varlen for packed batches."""
+    fa, why = _flash_attn_module()
+    if fa is None:
+        raise ComponentError(f"attention 'flash_attn' unavailable: {why}")
+    if seq is None or not seq.is_packed:
+        return fa.flash_attn_func(q_BSHD, k_BSKD, v_BSKD, causal=True)
+    B, S, H, D = q_BSHD.shape
+    cu, max_len = seq.cu_seqlens_for(B, S, q_BSHD.device)
+    q_THD, k_TKD, v_TKD = (t.reshape(B * S, *t.shape[2:]) for t in (q_BSHD, k_BSKD, v_BSKD))
+    out_THD = fa.flash_attn_varlen_func(q_THD, k_TKD, v_TKD, cu, cu, max_len, max_len, causal=True)
+    return out_THD.view(B, S, H, D)  # [B*S, H, D] -> [B, S, H, D]
+
+
+# flex ---------------------------------------------------------------------------------------
+
+
+@cache
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_attend(q_BSHD, k_BSKD, v_BSKD, seq: SeqInfo | None = None) -> torch.Tensor:
+    """FlexAttention with a causal (and, packed, same-document) block mask.
+
+    Compiled on CUDA. On CPU it runs uncompiled, forward only: torch has no flex backward on CPU,
+    and compiling it there takes tens of seconds; asking for gradients is a ComponentError.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    B, Sq = q_BSHD.shape[:2]
+    Sk = k_BSKD.shape[1]
+    if not q_BSHD.is_cuda and torch.is_grad_enabled() and q_BSHD.requires_grad:
+        raise ComponentError(
+            f"attention 'flex' has no backward on {q_BSHD.device.type} in torch {torch.__version__}"
+            "; use eager or sdpa there"
+        )
+    offset = Sk - Sq
+    doc_BS = seq.document_ids_for(B, Sq, q_BSHD.device) if seq and seq.is_packed else None
+
+    def allowed(b, h, q_idx, kv_idx):
+        causal = q_idx + offset >= kv_idx
+        if doc_BS is None:
+            return causal
+        return causal & (doc_BS[b, q_idx] == doc_BS[b, kv_idx])
+
+    mask_b = B if doc_BS is not None else None
+    block_mask = create_block_mask(allowed, mask_b, None, Sq, Sk, device=q_BSHD.device)
+    kernel = _compiled_flex() if q_BSHD.is_cuda else flex_attention
+    q, k, v = (t.transpose(1, 2) for t in (q_BSHD, k_BSKD, v_BSKD))  # -> [B, H, S, D]
+    out = kernel(q, k, v, block_mask=block_mask, enable_gqa=True)
+    return out.transpose(1, 2)  # [B, H, S, D] -> [B, S, H, D]
+
+
+# varlen -------------------------------------------------------------------------------------
+
+
+@cache
+def _varlen_fn():
+    """``(varlen_attn, its keyword style, why)``; the signature changed across torch releases."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except Exception as exc:
+        return None, None, f"torch {torch.__version__} has no torch.nn.attention.varlen ({exc})"
+    params = inspect.signature(varlen_attn).parameters
+    if "is_causal" in params:
+        style = "is_causal"
+    elif "window_size" in params:
+        style = "window_size"
+    else:
+        return None, None, f"unknown varlen_attn signature {list(params)}"
+    return varlen_attn, style, f"varlen_attn ({style}, enable_gqa={'enable_gqa' in params})"
+
+
+def varlen_attend(q_BSHD, k_BSKD, v_BSKD, seq: SeqInfo | None = None) -> torch.Tensor:
+    """``torch.nn.attention.varlen.varlen_attn`` over the flattened batch (rows or documents)."""
+    fn, style, why = _varlen_fn()
+    if fn is None:
+        raise ComponentError(f"attention 'varlen' unavailable: {why}")
+    B, Sq, H, D = q_BSHD.shape
+    Sk = k_BSKD.shape[1]
+    groups = _gqa_groups(q_BSHD, k_BSKD)
+    kwargs = {"is_causal": True} if style == "is_causal" else {"window_size": (-1, 0)}
+    if "enable_gqa" in inspect.signature(fn).parameters:
+        kwargs["enable_gqa"] = True
+    elif groups > 1:
+        k_BSKD, v_BSKD = (t.repeat_interleave(groups, dim=2) for t in (k_BSKD, v_BSKD))
+    if seq is not None and seq.is_packed:
+        cu_q, max_q = seq.cu_seqlens_for(B, Sq, q_BSHD.device)
+        cu_k, max_k = cu_q, max_q
+    else:
+        cu_q = torch.arange(0, (B + 1) * Sq, Sq, device=q_BSHD.device, dtype=torch.int32)
+        cu_k = torch.arange(0, (B + 1) * Sk, Sk, device=q_BSHD.device, dtype=torch.int32)
+        max_q, max_k = Sq, Sk
+    q_T, k_T, v_T = (t.reshape(-1, *t.shape[2:]) for t in (q_BSHD, k_BSKD, v_BSKD))  # [B*S, H, D]
+    out_THD = fn(q_T, k_T, v_T, cu_q, cu_k, max_q, max_k, **kwargs)
+    return out_THD.view(B, Sq, H, D)
+
+
+BACKENDS: dict[str, AttendFn] = {
+    "eager": eager_attend,
+    "sdpa": sdpa_attend,
+    "flash_attn": flash_attn_attend,
+    "flex": flex_attend,
+    "varlen": varlen_attend,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Choosing a backend
+# --------------------------------------------------------------------------------------------
+
+
+def backend_unavailable(name: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why backend ``name`` cannot run on ``device``/``dtype``; ``None`` when it can."""
+    if name in ("eager", "sdpa"):
+        return None
+    if name == "flash_attn":
+        fa, why = _flash_attn_module()
+        if fa is None:
+            return why
+        if device.type != "cuda":
+            return f"flash_attn needs CUDA (device is {device})"
+        if dtype not in (torch.float16, torch.bfloat16):
+            return f"flash_attn needs float16 or bfloat16 (dtype is {dtype})"
+        if torch.cuda.get_device_capability(device)[0] < 8:
+            return "flash_attn needs an Ampere or newer GPU"
+        return None
+    if name == "flex":
+        return None  # CPU: forward only, refused with a clear error when gradients are needed
+    if name == "varlen":
+        fn, _, why = _varlen_fn()
+        if fn is None:
+            return why
+        if device.type != "cuda":
+            return f"varlen_attn runs on CUDA only (device is {device})"
+        if dtype not in (torch.float16, torch.bfloat16):
+            return f"varlen_attn needs float16 or bfloat16 (dtype is {dtype})"
+        return None
+    raise ComponentError(f"unknown attention {name!r} (known: auto, {', '.join(BACKEND_NAMES)})")
+
+
+def resolve_backend(name: str, device: torch.device | str, dtype: torch.dtype) -> tuple[str, str]:
+    """The backend to use for ``name`` (``auto`` or a backend name) and the reason, logged once.
+
+    ``WMTP_ATTENTION`` in the environment overrides ``name``. ``auto`` picks flash_attn where it is
+    importable and supported by the device and dtype, else sdpa. An explicit backend that cannot
+    run here is a ComponentError saying why; nothing falls back silently.
+    """
+    device = torch.device(device)
+    override = os.environ.get(ENV_OVERRIDE)
+    source = f"{ENV_OVERRIDE}={override}" if override else "recipe"
+    name = override or name
+    if name == "auto":
+        why_not = backend_unavailable("flash_attn", device, dtype)
+        if why_not is None:
+            choice, reason = (
+                "flash_attn",
+                f"auto ({source}): flash_attn supports {device.type}/{dtype}",
+            )
+        else:
+            choice, reason = "sdpa", f"auto ({source}): sdpa because {why_not}"
+    else:
+        why_not = backend_unavailable(name, device, dtype)
+        if why_not is not None:
+            raise ComponentError(f"attention {name!r} ({source}) cannot run here: {why_not}")
+        choice, reason = name, f"requested by {source}"
+    _log_choice(choice, reason)
+    return choice, reason
+
+
+@cache
+def _log_choice(choice: str, reason: str) -> None:
+    log.info("attention: %s (%s)", choice, reason)
+
+
+@cache
+def _warn_once(message: str) -> None:
+    log.warning(message)
+
+
+def get_attend(name: str) -> AttendFn:
+    """The function of a resolved backend name."""
+    if name not in BACKENDS:
+        raise ComponentError(f"unknown attention {name!r} (known: {', '.join(BACKEND_NAMES)})")
+    return BACKENDS[name]
+
+
+__all__ = [
+    "BACKENDS",
+    "BACKEND_NAMES",
+    "SeqInfo",
+    "backend_unavailable",
+    "eager_attend",
+    "flash_attn_attend",
+    "flex_attend",
+    "get_attend",
+    "resolve_backend",
+    "sdpa_attend",
+    "varlen_attend",
+]
