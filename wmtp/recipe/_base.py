@@ -1,0 +1,115 @@
+"""The base of every recipe section, and the change categories that ``wmtp diff`` reports.
+
+Every section is a frozen pydantic model that forbids unknown keys and takes each field's
+documentation from the docstring under it. A field's *category* says what changing it does:
+
+- ``numerics``: changes what is computed (learning rate, weighting, data, dtype, ...);
+- ``performance``: same math, other speed or memory (attention backend, sharding, compile, ...);
+- ``cosmetic``: names, descriptions, logging and checkpoint intervals;
+- ``checkpoint``: model shapes; a checkpoint of one recipe does not load into the other.
+
+A section sets its default with ``category = "..."``; a field overrides it with
+``Annotated[type, PERFORMANCE]`` (or ``COSMETIC`` / ``CHECKPOINT`` / ``NUMERICS``).
+
+Cross-field rules are methods decorated with ``@rule("field_a", "field_b")`` that return a message
+naming both fields when the rule is broken (``None`` otherwise). One validator runs every rule of a
+section and reports all broken ones together (pydantic stops at the first raising validator, and a
+recipe's report must hold every problem); each problem carries the fields it concerns, so the
+loader points at the line of the first one.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic_core import PydanticCustomError
+
+CategoryName = Literal["numerics", "performance", "cosmetic", "checkpoint"]
+CATEGORIES: tuple[CategoryName, ...] = ("numerics", "performance", "cosmetic", "checkpoint")
+
+
+@dataclass(frozen=True)
+class Category:
+    """Field metadata: the diff category of a field (see the module docstring)."""
+
+    name: CategoryName
+
+
+NUMERICS = Category("numerics")
+PERFORMANCE = Category("performance")
+COSMETIC = Category("cosmetic")
+CHECKPOINT = Category("checkpoint")
+
+
+RULE_ERROR = "cross_field"
+"""The pydantic error type of broken rules; its ``ctx["problems"]`` lists ``{fields, message}``."""
+
+
+def rule(*fields: str) -> Callable[[Callable[[Any], str | None]], Callable[[Any], str | None]]:
+    """Mark a method as a cross-field rule about ``fields`` (dotted, relative to the section)."""
+
+    def decorate(fn: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
+        fn.__rule_fields__ = fields  # type: ignore[attr-defined]
+        return fn
+
+    return decorate
+
+
+@functools.cache
+def _rules_of(cls: type) -> tuple[Callable[[Any], str | None], ...]:
+    """The rule methods of ``cls`` and its bases, in name order."""
+    found = (getattr(cls, name) for name in sorted(dir(cls)) if not name.startswith("__"))
+    return tuple(fn for fn in found if hasattr(fn, "__rule_fields__"))
+
+
+class Section(BaseModel):
+    """A recipe section: frozen, no unknown keys, fields documented by their docstrings.
+
+    The docstring under each field documents it (``wmtp.recipe.docs`` reads them for the JSON
+    schema, ``wmtp show --explain`` and ``wmtp list``); pydantic's ``use_attribute_docstrings``
+    would read them too, but at import, which costs ``wmtp validate`` a third of its time budget.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        use_attribute_docstrings=False,  # docs are read lazily: wmtp.recipe.docs
+        validate_default=False,
+    )
+
+    category: ClassVar[CategoryName] = "numerics"
+    """The diff category of fields that do not say otherwise."""
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> Section:
+        problems = []
+        for fn in _rules_of(type(self)):
+            if message := fn(self):
+                problems.append({"fields": fn.__rule_fields__, "message": message})
+        if problems:
+            summary = "; ".join(p["message"] for p in problems)
+            raise PydanticCustomError(
+                RULE_ERROR, "{summary}", {"summary": summary, "problems": problems}
+            )
+        return self
+
+    @classmethod
+    def field_category(cls, name: str) -> CategoryName:
+        """The diff category of field ``name``."""
+        for meta in cls.model_fields[name].metadata:
+            if isinstance(meta, Category):
+                return meta.name
+        return cls.category
+
+
+def category_of(section: Any, name: str) -> CategoryName:
+    """The diff category of ``section``'s field ``name`` (``numerics`` for non-sections)."""
+    if isinstance(section, type) and issubclass(section, Section):
+        return section.field_category(name)
+    if isinstance(section, Section):
+        return type(section).field_category(name)
+    return "numerics"

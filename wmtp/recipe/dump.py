@@ -1,0 +1,79 @@
+"""Writing recipes: the resolved recipe as TOML that loads back to the identical object.
+
+A small writer of our own rather than ``tomli_w``: recipes hold only tables, strings, numbers,
+booleans and short arrays, and people read the result (``wmtp show``, every run's
+``recipe.toml``), so arrays stay on one line and ``kind`` comes first in its table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def recipe_data(recipe: Any) -> dict:
+    """The resolved recipe as plain TOML-able data: every value explicit, unset ones left out
+    (TOML has no null, and every field that may be unset defaults to unset); ``kind`` first."""
+    return _kind_first(recipe.model_dump(mode="json", exclude_none=True))
+
+
+def dump_recipe(recipe: Any) -> str:
+    """``recipe`` as TOML text; ``load_recipe`` of that text gives an equal ``Recipe``."""
+    return dumps(recipe_data(recipe))
+
+
+def dumps(data: dict) -> str:
+    """TOML text of ``data``: scalars and arrays of a table, then its sub-tables as sections."""
+    return "\n".join(_table_lines(data, ())).strip() + "\n"
+
+
+def _table_lines(data: dict, path: tuple[str, ...]) -> list[str]:
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    lines: list[str] = []
+    if path and (scalars or not tables):
+        lines.append(f"[{'.'.join(_key(p) for p in path)}]")
+    lines += [f"{_key(k)} = {_value(v)}" for k, v in scalars.items()]
+    if lines:
+        lines.append("")
+    for key, value in tables.items():
+        lines += _table_lines(value, (*path, key))
+    return lines
+
+
+def _key(key: str) -> str:
+    return key if _BARE_KEY.match(key) else json.dumps(key)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # only inside arrays
+        return "{ " + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML: {value!r}")
+
+
+def _kind_first(data: Any) -> Any:
+    if isinstance(data, dict):
+        ordered = {"kind": data["kind"]} if "kind" in data else {}
+        ordered.update({k: _kind_first(v) for k, v in data.items() if k != "kind"})
+        return ordered
+    if isinstance(data, list):
+        return [_kind_first(v) for v in data]
+    return data

@@ -1,0 +1,304 @@
+"""Loading recipes: TOML files, ``extends`` chains, ``--set`` overrides, provenance, validation.
+
+Precedence, in this one place: ``--set`` > the recipe file > the recipes it extends (the later
+of a list first, each after its own bases) > schema defaults. Tables merge key by key; any other
+value (arrays included) replaces the inherited one. Two exceptions keep inheritance useful:
+
+- a table whose ``kind`` differs from the inherited table's replaces it whole (``weighting =
+  {kind = "uniform"}`` over a TD base drops ``gamma`` and friends instead of rejecting them);
+- keys that exclude each other (``training.max_steps`` / ``training.epochs``): setting one drops
+  the other inherited one.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path as FsPath
+from typing import Any, Literal
+
+from wmtp.recipe import _toml
+from wmtp.recipe.errors import Problem, RecipeProblems
+from wmtp.recipe.positions import Path, key_positions
+
+EXCLUSIVE_KEYS: dict[Path, tuple[tuple[str, str], ...]] = {
+    ("training",): (("max_steps", "epochs"),),
+}
+"""Table -> pairs of keys of which a file sets at most one; setting one drops the other."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a value came from: a file position, the command line, or the schema default."""
+
+    kind: Literal["file", "cli", "default"]
+    file: str | None = None
+    line: int | None = None
+    column: int | None = None
+    text: str | None = None
+    """The ``--set`` argument, for command-line values."""
+
+    def __str__(self) -> str:
+        if self.kind == "file":
+            return f"{self.file}:{self.line}:{self.column}"
+        if self.kind == "cli":
+            return f"--set {self.text}"
+        return "default"
+
+
+@dataclass(frozen=True)
+class LoadedRecipe:
+    """A validated recipe with where each value came from."""
+
+    recipe: Any  # wmtp.recipe.schema.Recipe (imported lazily by callers that need it)
+    provenance: dict[str, Source]
+    """Dotted key of every value of the resolved recipe -> its source."""
+    path: str
+    """The recipe file as given."""
+    files: tuple[str, ...]
+    """Every file read, the recipe first, then its bases."""
+
+
+@dataclass
+class _Tree:
+    """A recipe being assembled: the merged data and the source of each of its paths."""
+
+    data: dict
+    sources: dict[Path, Source]
+
+
+def display_path(path: os.PathLike | str) -> str:
+    """``path`` relative to the working directory when it is below it, else absolute."""
+    path = FsPath(path).resolve()
+    try:
+        return str(path.relative_to(FsPath.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def dotted(path: Path) -> str:
+    """``("model", "policy", "dim")`` -> ``"model.policy.dim"`` (indices as ``[i]``)."""
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += ("." if text else "") + part
+    return text
+
+
+# --- reading files ---------------------------------------------------------------------------
+
+
+def read_toml(path: FsPath) -> tuple[dict, dict[Path, Source]]:
+    """One TOML file and the source of each of its paths; a located error if it is malformed."""
+    shown = display_path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise _single(shown, None, "", "file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _single(shown, None, "", f"cannot read: {exc}") from None
+    try:
+        data = _toml.loads(text)
+    except _toml.TOMLDecodeError as exc:
+        line, column = _toml_error_position(exc)
+        message = str(exc).split(" (at ")[0]
+        raise _single(shown, line, "", f"TOML syntax error: {message}", column) from None
+    positions = key_positions(text)
+    sources = {p: Source("file", shown, pos.line, pos.column) for p, pos in positions.items()}
+    return data, sources
+
+
+def _toml_error_position(exc: Exception) -> tuple[int | None, int | None]:
+    line, column = getattr(exc, "lineno", None), getattr(exc, "colno", None)
+    if line is None:  # Python < 3.14 only has the position in the message
+        import re
+
+        found = re.search(r"at line (\d+), column (\d+)", str(exc))
+        if found:
+            line, column = int(found[1]), int(found[2])
+    return line, column
+
+
+def _single(file: str, line: int | None, key: str, message: str, column: int | None = None):
+    return RecipeProblems(
+        file, [Problem(file, line, column or (1 if line else None), key, message)]
+    )
+
+
+def resolve_file(path: os.PathLike | str) -> FsPath:
+    """A recipe path, or a run directory holding the ``recipe.toml`` it was run with."""
+    path = FsPath(path)
+    if path.is_dir() and (path / "recipe.toml").is_file():
+        return path / "recipe.toml"
+    return path
+
+
+# --- extends -----------------------------------------------------------------------------------
+
+
+def load_tree(path: os.PathLike | str, _chain: tuple[FsPath, ...] = ()) -> tuple[_Tree, list[str]]:
+    """The merged data of ``path`` and everything it extends, and the files read."""
+    path = FsPath(path).resolve()
+    if path in _chain:
+        cycle = " -> ".join(display_path(p) for p in (*_chain, path))
+        raise _single(display_path(_chain[0]), None, "extends", f"extends cycle: {cycle}")
+    data, sources = read_toml(path)
+    tree, files = _Tree({}, {}), [display_path(path)]
+    for base in _bases(data, sources, path):
+        if not base.is_file():
+            where = sources.get(("extends",))
+            raise RecipeProblems(
+                display_path(path),
+                [_problem_at(where, "extends", f"extended recipe not found: {display_path(base)}")],
+            )
+        base_tree, base_files = load_tree(base, (*_chain, path))
+        merge(tree, base_tree.data, base_tree.sources)
+        files += [f for f in base_files if f not in files]
+    data.pop("extends", None)
+    merge(tree, data, sources)
+    return tree, files
+
+
+def _bases(data: dict, sources: dict[Path, Source], path: FsPath) -> list[FsPath]:
+    extends = data.get("extends")
+    if extends is None:
+        return []
+    names = [extends] if isinstance(extends, str) else extends
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        where = sources.get(("extends",))
+        raise RecipeProblems(
+            display_path(path),
+            [_problem_at(where, "extends", "extends must be a file name or a list of them")],
+        )
+    return [(path.parent / name).resolve() for name in names]
+
+
+def _problem_at(source: Source | None, key: str, message: str, **extra: Any) -> Problem:
+    if source is None or source.kind == "default":
+        return Problem(None, None, None, key, message, **extra)
+    if source.kind == "cli":
+        return Problem(None, None, None, key, message, origin=str(source), **extra)
+    return Problem(source.file, source.line, source.column, key, message, **extra)
+
+
+# --- merging -----------------------------------------------------------------------------------
+
+
+def merge(tree: _Tree, data: dict, sources: dict[Path, Source], prefix: Path = ()) -> None:
+    """Merge ``data`` (with its ``sources``) into ``tree`` at ``prefix``; ``data`` wins."""
+    target = _table_at(tree.data, prefix)
+    for a, b in EXCLUSIVE_KEYS.get(prefix, ()):
+        for mine, other in ((a, b), (b, a)):
+            if mine in data and other not in data and other in target:
+                del target[other]
+                _drop_sources(tree, (*prefix, other))
+    for key, value in data.items():
+        path = (*prefix, key)
+        old = target.get(key)
+        if isinstance(value, dict) and isinstance(old, dict) and not _kind_changed(old, value):
+            if path in sources:
+                tree.sources[path] = sources[path]
+            merge(tree, value, sources, path)
+            continue
+        _drop_sources(tree, path)
+        target[key] = copy.deepcopy(value)
+        tree.sources.update({p: s for p, s in sources.items() if p[: len(path)] == path})
+
+
+def _kind_changed(old: dict, new: dict) -> bool:
+    return "kind" in new and "kind" in old and new["kind"] != old["kind"]
+
+
+def _table_at(data: dict, prefix: Path) -> dict:
+    for key in prefix:
+        data = data.setdefault(key, {})
+    return data
+
+
+def _drop_sources(tree: _Tree, path: Path) -> None:
+    for p in [p for p in tree.sources if p[: len(path)] == path]:
+        del tree.sources[p]
+
+
+# --- --set overrides ----------------------------------------------------------------------------
+
+
+def parse_override(text: str) -> tuple[Path, Any]:
+    """``"training.lr=2e-5"`` -> ``(("training", "lr"), 2e-5)``; the value is read as TOML, and
+    a bare word that is not TOML (``sdpa``) as a string."""
+    key, sep, raw = text.partition("=")
+    key, raw = key.strip(), raw.strip()
+    if not sep or not key:
+        raise _single("--set", None, key, f"expected KEY=VALUE, got {text!r}")
+    try:
+        path = tuple(part for part, _ in _override_key(key))
+    except (AssertionError, IndexError):
+        raise _single("--set", None, key, f"not a dotted key: {key!r}") from None
+    try:
+        value = _toml.loads(f"v = {raw}")["v"]
+    except _toml.TOMLDecodeError:
+        value = raw
+    return path, value
+
+
+def _override_key(key: str) -> list[tuple[str, int]]:
+    from wmtp.recipe.positions import _Scanner
+
+    parts, end = _Scanner(key + "\n").key(0)
+    assert end == len(key), key
+    return parts
+
+
+def apply_overrides(tree: _Tree, overrides: Iterable[str]) -> None:
+    """Apply ``--set`` overrides in order; each replaces the value at its dotted key."""
+    for text in overrides:
+        path, value = parse_override(text)
+        parent = tree.data
+        for part in path[:-1]:
+            child = parent.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise _single("--set", None, dotted(path), f"{dotted(path[:-1])!r} is not a table")
+            parent = child
+        source = Source("cli", text=text)
+        nested, nested_sources = _nest(path, value, source)
+        merge(tree, nested, nested_sources)
+
+
+def _nest(path: Path, value: Any, source: Source) -> tuple[dict, dict[Path, Source]]:
+    data: Any = value
+    for part in reversed(path):
+        data = {part: data}
+    sources = {path: source}
+    if isinstance(value, dict):
+        sources.update({(*path, *sub): source for sub in _all_paths(value)})
+    return data, sources
+
+
+def _all_paths(data: dict, prefix: Path = ()) -> list[Path]:
+    paths = []
+    for key, value in data.items():
+        paths.append((*prefix, key))
+        if isinstance(value, dict):
+            paths += _all_paths(value, (*prefix, key))
+    return paths
+
+
+# --- the entry point ---------------------------------------------------------------------------
+
+
+def load_recipe(path: os.PathLike | str, overrides: Sequence[str] = ()) -> LoadedRecipe:
+    """Read, merge, override and validate a recipe (or the recipe of a run directory).
+
+    Raises ``RecipeProblems`` (a ``RecipeError``) listing every problem, each located.
+    """
+    from wmtp.recipe.validate import provenance_of, validate_tree
+
+    file = resolve_file(path)
+    tree, files = load_tree(file)
+    apply_overrides(tree, overrides)
+    recipe = validate_tree(tree, display_path(file))
+    return LoadedRecipe(recipe, provenance_of(recipe, tree), str(path), tuple(files))

@@ -1,0 +1,1 @@
+"""The recipe's sections, one module per area; ``wmtp.recipe.schema`` assembles them."""

@@ -1,0 +1,44 @@
+"""``[evaluation]``: pass@k on code benchmarks with sandboxed execution."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from wmtp.recipe._base import PERFORMANCE, Section, rule
+
+
+class EvaluationSpec(Section):
+    """Which benchmarks, how many samples, how they are generated and executed."""
+
+    benchmarks: list[str] = Field(default_factory=lambda: ["humaneval"], min_length=1)
+    """Evaluators from the registry (``wmtp list``), e.g. ``humaneval``."""
+    k: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [1, 10], min_length=1)
+    """pass@k values to report."""
+    n_samples: Annotated[int, Field(gt=0)] = 20
+    """Samples generated per problem (the unbiased pass@k estimator needs n >= k)."""
+    temperature: Annotated[float, Field(ge=0)] = 0.2
+    """Sampling temperature; 0 = greedy."""
+    top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
+    """Nucleus sampling threshold."""
+    max_new_tokens: Annotated[int, Field(gt=0)] = 512
+    """Longest completion."""
+    batch_size: Annotated[int, PERFORMANCE, Field(gt=0)] = 16
+    """Prompts generated together."""
+    timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    """Wall-clock limit of one program's tests."""
+    memory_mb: Annotated[int, Field(gt=0)] = 1024
+    """Memory limit of one program."""
+    workers: Annotated[int, PERFORMANCE, Field(gt=0)] = 4
+    """Programs executed in parallel."""
+    speculative: Annotated[bool, PERFORMANCE] = False
+    """Self-speculative decoding with the extra MTP heads (same samples at temperature 0)."""
+    max_problems: Annotated[int, Field(gt=0)] | None = None
+    """Evaluate only the first N problems (quick checks); unset = all."""
+
+    @rule("k", "n_samples")
+    def _k_fits_samples(self) -> str | None:
+        if max(self.k) > self.n_samples:
+            return f"k = {max(self.k)} needs n_samples >= {max(self.k)}, got {self.n_samples}"
+        return None

@@ -1,0 +1,125 @@
+"""``[parallel]`` and ``[training]``: how the work is spread over devices, and the optimisation."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from wmtp.recipe._base import COSMETIC, NUMERICS, PERFORMANCE, Section, rule
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class ParallelSpec(Section):
+    """Sharding, activation checkpointing and compilation: speed and memory, never the math."""
+
+    category = "performance"
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to train: ``auto`` uses CUDA when available, else the CPU."""
+    sharding: Literal["full_shard", "shard_grad_op", "no_shard"] = "full_shard"
+    """FSDP2 strategy: shard parameters, gradients and optimizer state (``full_shard``), keep
+    parameters whole between forward and backward (``shard_grad_op``), or replicate (``no_shard``,
+    plain data parallel)."""
+    activation_checkpointing: bool | Annotated[int, Field(ge=1)] = False
+    """Recompute activations in the backward pass: ``true`` for every block, an integer k for
+    every k-th block, ``false`` for none."""
+    compile: bool = False
+    """``torch.compile`` each transformer block."""
+    reduce_dtype: Annotated[Literal["float32", "bfloat16"], NUMERICS] = "float32"
+    """Dtype of the gradient reduce-scatter / all-reduce across ranks."""
+
+
+class ScheduleSpec(Section):
+    """Learning-rate schedule: linear warm-up, then the chosen decay."""
+
+    kind: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay after warm-up: cosine or linear to ``min_lr_ratio * lr``, or constant."""
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
+    """Optimizer steps of linear warm-up from 0 to ``lr``."""
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1
+    """Final learning rate as a fraction of ``lr`` (cosine and linear)."""
+
+
+class CriticLossSpec(Section):
+    """Losses of the ``critic`` pipeline: pairwise ranking plus an optional lambda-return term."""
+
+    pairwise: Literal["bradley_terry", "hinge"] = "bradley_terry"
+    """Pairwise loss on mean response scores (pre-sigmoid) of a correct and an incorrect solution
+    of one problem: ``-logsigmoid(v+ - v- - margin)`` or ``relu(margin - (v+ - v-))``."""
+    margin: Annotated[float, Field(ge=0)] = 0.0
+    """Margin of the pairwise loss."""
+    lambda_return_weight: Annotated[float, Field(ge=0)] = 0.0
+    """Weight of the per-token lambda-return Huber loss (reward 1 correct / 0 incorrect); 0 = off."""
+    lam: Annotated[float, Field(ge=0, le=1)] = 0.95
+    """Lambda of the lambda-return targets."""
+    huber_delta: Annotated[float, Field(gt=0)] = 1.0
+    """Huber loss threshold."""
+
+
+class TrainingSpec(Section):
+    """Optimisation: batch, AdamW, schedule, length, clipping, intervals, MTP loss."""
+
+    micro_batch_size: PositiveInt = 4
+    """Sequences per device per forward/backward."""
+    grad_accum_steps: PositiveInt = 1
+    """Micro-batches accumulated per optimizer step."""
+    lr: Annotated[float, Field(gt=0)] = 1e-5
+    """Peak learning rate (AdamW)."""
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    """AdamW decoupled weight decay."""
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
+        0.9,
+        0.95,
+    )
+    """AdamW (beta1, beta2)."""
+    eps: Annotated[float, Field(gt=0)] = 1e-8
+    """AdamW epsilon."""
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    """Learning-rate schedule."""
+    max_steps: PositiveInt | None = None
+    """Optimizer steps to train; give this or ``epochs``, not both (a recipe that sets one
+    replaces the other inherited through ``extends``)."""
+    epochs: Annotated[float, Field(gt=0)] | None = None
+    """Passes over the training data; give this or ``max_steps``, not both."""
+    grad_clip: Annotated[float, Field(ge=0)] = 1.0
+    """Clip the global gradient norm to this; 0 = no clipping."""
+    log_every: Annotated[PositiveInt, COSMETIC] = 10
+    """Optimizer steps between metric logs."""
+    eval_every: Annotated[Annotated[int, Field(ge=0)], COSMETIC] = 0
+    """Optimizer steps between held-out evaluations; 0 = only at the end."""
+    checkpoint_every: Annotated[Annotated[int, Field(ge=0)], COSMETIC] = 0
+    """Optimizer steps between checkpoints; 0 = only at the end."""
+    keep_last: Annotated[PositiveInt, COSMETIC] = 2
+    """Checkpoints kept on disk (older ones are deleted once a newer one is complete)."""
+    head_weights: list[Annotated[float, Field(ge=0)]] | None = None
+    """Weight of each head's loss (head 1 first), one per future token; unset = equal weights."""
+    mtp_loss: Annotated[Literal["per_head", "chunked"], PERFORMANCE] = "per_head"
+    """How the MTP loss avoids the [B, S, n, V] logits: heads one at a time with gradients
+    accumulated at the trunk (``per_head``), or chunked linear cross-entropy (``chunked``)."""
+    skip_invalid_data: bool = False
+    """Skip (and count) malformed examples instead of stopping with an error."""
+    critic_loss: CriticLossSpec = Field(default_factory=CriticLossSpec)
+    """Losses of the ``critic`` pipeline (ignored by the others)."""
+
+    @rule("max_steps", "epochs")
+    def _one_length(self) -> str | None:
+        if self.max_steps is not None and self.epochs is not None:
+            return "give max_steps or epochs, not both"
+        return None
+
+    @rule("schedule.warmup_steps", "max_steps")
+    def _warmup_fits(self) -> str | None:
+        if self.max_steps is not None and self.schedule.warmup_steps > self.max_steps:
+            return (
+                f"schedule.warmup_steps = {self.schedule.warmup_steps} is more than "
+                f"max_steps = {self.max_steps}"
+            )
+        return None
+
+    @rule("head_weights")
+    def _head_weights_positive(self) -> str | None:
+        if self.head_weights is not None and sum(self.head_weights) <= 0:
+            return "head_weights must have a positive sum"
+        return None

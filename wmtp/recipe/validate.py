@@ -1,0 +1,181 @@
+"""Validation of merged recipe data: pydantic errors become located, readable problems.
+
+Pydantic locates errors by model path, with the tag of each tagged union in it
+(``weighting.td.gamma``); the problems here use the recipe's own dotted keys
+(``weighting.gamma``), the position where the key was written, and did-you-mean suggestions
+drawn from the schema.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Any
+
+from wmtp.recipe.errors import Problem, RecipeProblems, did_you_mean
+from wmtp.recipe.load import Source, _problem_at, _Tree, dotted
+from wmtp.recipe.positions import Path
+
+
+def validate_tree(tree: _Tree, name: str) -> Any:
+    """The ``Recipe`` of merged ``tree``; ``RecipeProblems`` with every problem otherwise."""
+    from pydantic import ValidationError
+
+    from wmtp.recipe.schema import Recipe
+
+    try:
+        return Recipe.model_validate(tree.data)
+    except ValidationError as exc:
+        problems = [p for err in exc.errors(include_url=False) for p in _problems(err, tree)]
+        problems.sort(key=lambda p: (p.file or "~", p.line or 0, p.column or 0, p.key))
+        raise RecipeProblems(name, problems) from None
+
+
+def provenance_of(recipe: Any, tree: _Tree) -> dict[str, Source]:
+    """Dotted key of every value of ``recipe`` -> where it came from (file, --set or default)."""
+    from wmtp.recipe.dump import recipe_data
+
+    found: dict[str, Source] = {}
+    for path in leaf_paths(recipe_data(recipe)):
+        found[dotted(path)] = tree.sources.get(path, Source("default"))
+    return found
+
+
+def leaf_paths(data: dict, prefix: Path = ()) -> list[Path]:
+    """Paths of every value that is not a table, in document order."""
+    paths: list[Path] = []
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            paths += leaf_paths(value, (*prefix, key))
+        else:
+            paths.append((*prefix, key))
+    return paths
+
+
+# --- one pydantic error -> problems -------------------------------------------------------------
+
+
+def _problems(err: dict, tree: _Tree) -> list[Problem]:
+    path, section = _recipe_path(err["loc"], tree.data)
+    kind = err["type"]
+    if kind == "cross_field":
+        return [_rule_problem(path, p, tree) for p in err["ctx"]["problems"]]
+    key = dotted(path)
+    where = _source_near(path, tree)
+    if kind == "extra_forbidden":
+        known = _field_names(section)
+        hints = did_you_mean(str(path[-1]), known)
+        expected = None if hints else f"one of {', '.join(known)}" if known else None
+        return [_problem_at(where, key, "unknown key", expected=expected, suggestions=hints)]
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        tags = _split_expected(err["ctx"]["expected_tags"])
+        kind_key = dotted((*path, "kind"))
+        where = tree.sources.get((*path, "kind"), where)
+        if kind == "union_tag_not_found":
+            return [_problem_at(where, kind_key, "missing", expected=f"one of {', '.join(tags)}")]
+        tag = err["ctx"]["tag"]
+        message = f"unknown kind {tag!r}"
+        return [
+            _problem_at(
+                where,
+                kind_key,
+                message,
+                expected=", ".join(tags),
+                suggestions=did_you_mean(tag, tags),
+            )
+        ]
+    if kind == "literal_error":
+        options = _split_expected(err["ctx"]["expected"])
+        value = err["input"]
+        hints = did_you_mean(value, options) if isinstance(value, str) else ()
+        return [
+            _problem_at(
+                where,
+                key,
+                f"{value!r} is not allowed",
+                expected=", ".join(options),
+                suggestions=hints,
+            )
+        ]
+    if kind == "missing":
+        return [_problem_at(where, key, "missing required key")]
+    return [_problem_at(where, key, _describe(err))]
+
+
+def _rule_problem(section_path: Path, problem: dict, tree: _Tree) -> Problem:
+    fields = [(*section_path, *field.split(".")) for field in problem["fields"]]
+    where = next((tree.sources[f] for f in fields if f in tree.sources), None)
+    if where is None:
+        where = _source_near(fields[0], tree)
+    return _problem_at(where, dotted(fields[0]), problem["message"])
+
+
+def _describe(err: dict) -> str:
+    message = err["msg"]
+    value = err.get("input")
+    if isinstance(value, (str, int, float, bool)) and not message.startswith("Value error"):
+        message += f", got {value!r}"
+    return message.removeprefix("Value error, ")
+
+
+def _split_expected(text: str) -> list[str]:
+    """``"'a', 'b' or 'c'"`` -> ``["a", "b", "c"]`` (pydantic's way of listing options)."""
+    parts = text.replace(" or ", ", ").split(", ")
+    return [p.strip().strip("'\"") for p in parts if p.strip()]
+
+
+def _source_near(path: Path, tree: _Tree) -> Source | None:
+    """The source of ``path`` or of its nearest ancestor written somewhere."""
+    for end in range(len(path), 0, -1):
+        if path[:end] in tree.sources:
+            return tree.sources[path[:end]]
+    return None
+
+
+# --- walking the schema beside the data ---------------------------------------------------------
+
+
+def _recipe_path(loc: tuple, data: dict) -> tuple[Path, type | None]:
+    """Pydantic's ``loc`` without union tags, and the section class at its parent."""
+    from wmtp.recipe.schema import Recipe
+
+    path: list[str | int] = []
+    node: Any = data
+    section: Any = Recipe
+    parent_section: Any = Recipe
+    for part in loc:
+        if isinstance(node, dict) and part not in node and node.get("kind") == part:
+            continue  # the tag of a tagged union: not a key of the recipe
+        path.append(part)
+        parent_section = section
+        section = _field_type(section, part, node.get(part) if isinstance(node, dict) else None)
+        node = node.get(part) if isinstance(node, dict) else None
+    return tuple(path), parent_section
+
+
+def _field_type(section: Any, name: Any, value: Any) -> Any:
+    """The section class of field ``name`` of ``section`` (the member chosen by ``value.kind``)."""
+    fields = getattr(section, "model_fields", None)
+    if not fields or name not in fields:
+        return None
+    return _section_class(fields[name].annotation, value)
+
+
+def _section_class(annotation: Any, value: Any) -> Any:
+    from pydantic import BaseModel
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    members = [m for m in typing.get_args(annotation) if m is not type(None)]
+    if typing.get_origin(annotation) is typing.Annotated:
+        members = members[:1]
+    models = [c for m in members if (c := _section_class(m, value)) is not None]
+    kind = value.get("kind") if isinstance(value, dict) else None
+    for model in models:
+        tag = model.model_fields.get("kind")
+        if kind is None or (tag is not None and tag.default == kind):
+            return model
+    return models[0] if models else None
+
+
+def _field_names(section: Any) -> list[str]:
+    return list(getattr(section, "model_fields", {}) or {})
