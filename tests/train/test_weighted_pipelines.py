@@ -1,0 +1,121 @@
+"""The weighted pipelines' steps on tiny real models: Rho-1 selection, critic TD weights."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from wmtp.errors import CheckpointError, DataError
+from wmtp.losses.mtp import MTPLossConfig, loss_and_backward
+from wmtp.models.args import ModelArgs
+from wmtp.models.llama_mtp import LlamaMTP
+from wmtp.train.pipelines.rho1 import Rho1HeadWeights, kept_per_head, reference_ce_by_head
+from wmtp.train.pipelines.verifiable import loss_figures, response_mask_of, rewards_of
+from wmtp.weighting.weightings import Rho1Selection
+
+VOCAB = 50
+
+
+def _model(n_heads: int, seed: int) -> LlamaMTP:
+    torch.manual_seed(seed)
+    args = ModelArgs(
+        dim=32,
+        n_layers=2 + n_heads,
+        n_heads=4,
+        vocab_size=VOCAB,
+        n_future_tokens=n_heads,
+        max_seq_len=64,
+    )
+    return LlamaMTP(args, attention="eager").float()
+
+
+def _batch(seed: int = 0, B: int = 3, S: int = 12):
+    gen = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, VOCAB, (B, S), generator=gen)
+    labels = input_ids.clone()
+    labels[:, :3] = -100  # prompt
+    labels[1, 9:] = -100  # padding
+    return input_ids, labels
+
+
+def _per_head_ce(model, input_ids, labels, k):
+    """Independent reference: full logits of head k, F.cross_entropy per target."""
+    with torch.no_grad():
+        logits = model(input_ids, heads=[k])[:, :, 0]  # [B, S, V]
+    S = input_ids.shape[1]
+    targets = labels[:, k:]
+    ce = F.cross_entropy(
+        logits[:, : S - k].reshape(-1, VOCAB), targets.reshape(-1).clamp_min(0), reduction="none"
+    )
+    return torch.where(targets != -100, ce.view_as(targets), torch.zeros(()))
+
+
+@pytest.mark.parametrize("ref_heads", [1, 2])
+def test_reference_ce_matches_full_logits(ref_heads):
+    reference = _model(ref_heads, seed=1)
+    input_ids, labels = _batch()
+    ce_K = reference_ce_by_head(reference, input_ids, labels, n_heads=2, chunk_size=7)
+    for k in (1, 2):
+        # A one-head reference scores target t+k with its next-token loss at t+k-1.
+        expected = _per_head_ce(reference, input_ids, labels, k if ref_heads == 2 else 1)
+        if ref_heads == 1:
+            expected = expected[:, k - 1 :]
+        torch.testing.assert_close(ce_K[k - 1], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_reference_with_another_head_count_is_an_error():
+    with pytest.raises(CheckpointError, match="heads"):
+        reference_ce_by_head(_model(2, seed=1), *_batch(), n_heads=3)
+
+
+def test_rho1_loss_is_the_mean_ce_of_the_kept_tokens():
+    policy, reference = _model(2, seed=0), _model(2, seed=1)
+    input_ids, labels = _batch()
+    ref_K = reference_ce_by_head(reference, input_ids, labels, n_heads=2)
+    fn = Rho1HeadWeights(Rho1Selection(k_percent=0.3), ref_K)
+    denominators = kept_per_head(labels, 2, 0.3)
+    stats = loss_and_backward(
+        policy,
+        input_ids,
+        labels,
+        n_heads=2,
+        weights=fn,
+        denominators_K=denominators,
+        config=MTPLossConfig(strategy="plain"),
+    )
+    for k in (1, 2):
+        ce = _per_head_ce(policy, input_ids, labels, k)
+        valid = labels[:, k:] != -100
+        excess = (ce - ref_K[k - 1])[valid]
+        n_keep = math.ceil(0.3 * int(valid.sum()))
+        expected = ce[valid][excess.argsort(descending=True)[:n_keep]].mean()
+        assert fn.n_kept[k - 1] == n_keep == float(denominators[k - 1])
+        torch.testing.assert_close(stats.head_losses()[k - 1], expected, atol=1e-5, rtol=1e-5)
+    assert policy.output.weight.grad is not None
+
+
+def test_rewards_and_response_mask_from_a_batch():
+    input_ids, labels = _batch()
+    batch = {"input_ids": input_ids, "labels": labels, "is_correct": [True, False, True]}
+    assert rewards_of(batch).tolist() == [1.0, 0.0, 1.0]
+    assert torch.equal(response_mask_of(batch), labels != -100)
+    with pytest.raises(DataError, match="is_correct"):
+        rewards_of({"input_ids": input_ids, "labels": labels})
+    with pytest.raises(DataError, match="packing"):
+        response_mask_of({**batch, "cu_seqlens": torch.tensor([0, 12], dtype=torch.int32)})
+
+
+def test_weighted_to_unweighted_ratio():
+    from wmtp.losses.mtp import MTPStats
+
+    stats = MTPStats(
+        weighted_ce_K=torch.tensor([4.0, 9.0]),
+        weight_sum_K=torch.tensor([2.0, 3.0]),  # weighted losses 2, 3
+        ce_sum_K=torch.tensor([10.0, 20.0]),
+        n_tokens_K=torch.tensor([5.0, 5.0]),  # unweighted 2, 4
+        n_correct_K=torch.tensor([0.0, 0.0]),
+    )
+    figures = loss_figures(stats)
+    assert figures["loss/head2_weighted"] == 3.0 and figures["loss/head2_unweighted"] == 4.0
+    assert figures["loss/weighted_to_unweighted"] == pytest.approx(2.5 / 3.0)

@@ -1,0 +1,114 @@
+"""The ``rho1`` pipeline: MTP on the tokens where the policy lags a tuned reference the most.
+
+Per micro-batch, a frozen reference model scores every target token (no grad, its own dtype);
+the policy's loss runs head by head, and for head k the excess
+``CE_policy_k(t) - CE_reference(t + k)`` picks the top ``k_percent`` of the valid targets of the
+micro-batch (``wmtp.weighting.rho1_mask``, weight 1, the rest 0). Each head's loss is normalised
+by the number of tokens it keeps over the whole step (every micro-batch and rank).
+
+Which reference head scores head k's targets: a reference with as many heads as the policy
+scores with its head k (like against like); a one-head reference scores every target with its
+next-token loss (Rho-1's original reference loss). Any other head count is an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from wmtp.errors import CheckpointError
+from wmtp.losses.mtp import IGNORE_INDEX, linear_cross_entropy
+from wmtp.weighting.rho1 import n_selected
+from wmtp.weighting.weightings import Rho1Selection
+
+
+def check_reference_heads(policy_heads: int, reference_heads: int) -> None:
+    """A reference scores like against like (same heads) or with its next-token head (one)."""
+    if reference_heads not in (1, policy_heads):
+        raise CheckpointError(
+            f"model.reference has {reference_heads} heads and model.policy {policy_heads}: Rho-1 "
+            "needs a reference with the policy's number of heads (head k scores head k's targets) "
+            "or with one head (its next-token loss scores every target)"
+        )
+
+
+@torch.no_grad()
+def reference_head_ce(
+    reference,
+    h_BSD: torch.Tensor,
+    labels_BS: torch.Tensor,
+    k: int,
+    seq=None,
+    chunk_size: int = 1024,
+) -> torch.Tensor:
+    """``[B, S-k]`` fp32 cross-entropy of the reference's head k on ``labels[:, k:]`` (0 where ignored)."""
+    targets_BT = labels_BS[:, k:]
+    index_N = (targets_BT != IGNORE_INDEX).reshape(-1).nonzero().squeeze(1)
+    hidden_BSD = reference.head_hidden(h_BSD, k, seq=seq)
+    B, S, D = hidden_BSD.shape
+    hidden_ND = (
+        hidden_BSD[:, : S - k].reshape(B * (S - k), D).index_select(0, index_N)
+    )  # [B*T, D] -> [N, D]
+    coef_N = torch.zeros(index_N.numel(), device=h_BSD.device)
+    _, ce_N, _ = linear_cross_entropy(
+        hidden_ND, reference.output.weight, targets_BT.reshape(-1)[index_N], coef_N, chunk_size
+    )
+    ce_flat = torch.zeros(B * (S - k), dtype=torch.float32, device=h_BSD.device)
+    return ce_flat.index_copy(0, index_N, ce_N).view(B, S - k)
+
+
+@torch.no_grad()
+def reference_ce_by_head(
+    reference, input_ids_BS, labels_BS, n_heads: int, seq=None, chunk_size: int = 1024
+) -> list[torch.Tensor]:
+    """Per policy head k (1..n): the reference's ``[B, S-k]`` cross-entropy of head k's targets.
+
+    A one-head reference scores target ``t + k`` with its next-token loss at position
+    ``t + k - 1`` (the same token, from its own prefix).
+    """
+    check_reference_heads(n_heads, reference.n_heads)
+    h_BSD = reference.trunk(input_ids_BS, seq=seq)
+    if reference.n_heads == n_heads:
+        return [
+            reference_head_ce(reference, h_BSD, labels_BS, k, seq, chunk_size)
+            for k in range(1, n_heads + 1)
+        ]
+    next_BT = reference_head_ce(reference, h_BSD, labels_BS, 1, seq, chunk_size)  # target j at j-1
+    return [next_BT[:, k - 1 :] for k in range(1, n_heads + 1)]
+
+
+@dataclass
+class Rho1HeadWeights:
+    """The ``HeadWeightFn`` of one micro-batch: excess loss -> top-k% selection, per head.
+
+    Records, per head, how many valid targets there were and how many were kept.
+    """
+
+    selection: Rho1Selection
+    reference_ce_K: list[torch.Tensor]
+    n_valid: list[float] = field(default_factory=list)
+    n_kept: list[float] = field(default_factory=list)
+
+    def __call__(self, k: int, ce_BT: torch.Tensor, targets_BT: torch.Tensor) -> torch.Tensor:
+        valid_BT = targets_BT != IGNORE_INDEX
+        ref_BT = self.reference_ce_K[k - 1]
+        assert ref_BT.shape == ce_BT.shape, (
+            f"head {k}: reference {tuple(ref_BT.shape)} vs policy {tuple(ce_BT.shape)}"
+        )
+        keep_BT = self.selection(ce_BT.float() - ref_BT, valid_BT)
+        self.n_valid.append(float(valid_BT.sum()))
+        self.n_kept.append(float(keep_BT.sum()))
+        return keep_BT
+
+
+def kept_per_head(labels_BS: torch.Tensor, n_heads: int, k_percent: float) -> torch.Tensor:
+    """``[K]`` tokens Rho-1 keeps per head in this micro-batch: ``ceil(k_percent * n_valid)``.
+
+    Known from the labels alone, so the step's loss denominators exist before any forward.
+    """
+    counts = [
+        n_selected(k_percent, int((labels_BS[:, k:] != IGNORE_INDEX).sum()))
+        for k in range(1, n_heads + 1)
+    ]
+    return torch.tensor(counts, dtype=torch.float32, device=labels_BS.device)
