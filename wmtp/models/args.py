@@ -75,6 +75,26 @@ class ModelArgs:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelArgs:
+        """Inverse of :meth:`to_dict` (a ``rope_scaling`` dict becomes ``RopeScaling``)."""
+        data = dict(data)
+        if isinstance(data.get("rope_scaling"), dict):
+            data["rope_scaling"] = RopeScaling(**data["rope_scaling"])
+        return cls(**data)
+
+    @classmethod
+    def from_params_json(cls, params: dict) -> ModelArgs:
+        """Sizes from a Meta ``params.json`` (unknown keys are ignored by the caller's choice).
+
+        ``use_scaled_rope: true`` (Llama-3.1) turns on the default Llama-3 scaling;
+        ``vocab_size: -1`` stays ``-1`` (take it from the tokenizer or the embedding).
+        """
+        known = {f for f in cls.__dataclass_fields__ if f != "rope_scaling"}
+        sizes = {k: v for k, v in params.items() if k in known}
+        scaling = RopeScaling() if params.get("use_scaled_rope") else None
+        return cls(**sizes, rope_scaling=scaling)
+
 
 def layer_params(args: ModelArgs) -> int:
     """Parameters of one transformer block (attention, SwiGLU, two RMSNorm weights)."""

@@ -1,0 +1,244 @@
+"""Checkpoint formats against independent references: transformers' Llama, a plain MTP forward."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from tests.models.reference import reference_mtp_logits
+from wmtp.errors import CheckpointError
+from wmtp.models.args import ModelArgs
+from wmtp.models.checkpoint import (
+    detect_format,
+    from_pretrained,
+    load_checked,
+    read_checkpoint,
+    save_wmtp,
+    write_hf,
+    write_meta,
+)
+from wmtp.models.llama_mtp import LlamaMTP
+
+transformers = pytest.importorskip("transformers")
+
+PARAMS = {  # a Meta params.json; vocab from the tokenizer (the embedding rows)
+    "dim": 32,
+    "n_layers": 5,
+    "n_heads": 4,
+    "n_kv_heads": 2,
+    "vocab_size": -1,
+    "multiple_of": 16,
+    "norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "n_future_tokens": 3,
+}
+VOCAB = 53
+
+
+def meta_state_dict(params: dict, vocab: int) -> dict[str, torch.Tensor]:
+    """Random weights under Meta's key names, shapes worked out here from params.json."""
+    dim, hd = params["dim"], params["dim"] // params["n_heads"]
+    kv = params["n_kv_heads"] * hd
+    hidden = int(2 * 4 * dim / 3)
+    hidden = params["multiple_of"] * math.ceil(hidden / params["multiple_of"])
+    shapes = {
+        "attention.wq.weight": (dim, dim),
+        "attention.wk.weight": (kv, dim),
+        "attention.wv.weight": (kv, dim),
+        "attention.wo.weight": (dim, dim),
+        "feed_forward.w1.weight": (hidden, dim),
+        "feed_forward.w2.weight": (dim, hidden),
+        "feed_forward.w3.weight": (hidden, dim),
+        "attention_norm.weight": (dim,),
+        "ffn_norm.weight": (dim,),
+    }
+    n = params["n_future_tokens"]
+    prefixes = [f"layers.{i}." for i in range(params["n_layers"] - n + 1)]
+    prefixes += [f"extra_heads.{j}." for j in range(n - 1)]
+    sd = {
+        p + k: torch.randn(s) * (0.3 if len(s) == 2 else 1.0)
+        for p in prefixes
+        for k, s in shapes.items()
+    }
+    sd["tok_embeddings.weight"] = torch.randn(vocab, dim)
+    sd["norm.weight"] = torch.rand(dim) + 0.5
+    sd["output.weight"] = torch.randn(vocab, dim) * 0.3
+    sd["rope.freqs"] = torch.zeros(hd // 2)  # present in some Meta checkpoints, ignored
+    return sd
+
+
+@pytest.fixture
+def meta_dir(tmp_path):
+    sd = meta_state_dict(PARAMS, VOCAB)
+    (tmp_path / "params.json").write_text(json.dumps(PARAMS))
+    torch.save(sd, tmp_path / "consolidated.00.pth")
+    return tmp_path, sd
+
+
+def test_meta_mtp_checkpoint_matches_plain_reference(meta_dir):
+    path, sd = meta_dir
+    model = from_pretrained(path, dtype="float32", attention="eager")
+    assert model.args.vocab_size == VOCAB and model.n_heads == 3
+    tokens = torch.randint(0, VOCAB, (2, 13))
+    expected = reference_mtp_logits(sd, PARAMS, tokens)
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), expected, atol=1e-4, rtol=1e-4)
+
+
+def tiny_hf_llama(**config):
+    cfg = transformers.LlamaConfig(
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=48,
+        vocab_size=VOCAB,
+        rms_norm_eps=1e-5,
+        **config,
+    )
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # HF initialises norms to 1; make them matter
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.mark.parametrize(
+    "rope",
+    [
+        {"rope_theta": 500.0},
+        {
+            "rope_scaling": {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 16,
+                "rope_theta": 500.0,
+            }
+        },
+    ],
+    ids=["plain_rope", "llama3_rope"],
+)
+def test_hf_checkpoint_gives_transformers_logits(tmp_path, rope):
+    hf = tiny_hf_llama(**rope)
+    hf.save_pretrained(tmp_path)
+    assert detect_format(tmp_path) == "hf"
+    model = from_pretrained(tmp_path, dtype="float32", attention="sdpa")
+    tokens = torch.randint(0, VOCAB, (2, 40))
+    with torch.no_grad():
+        expected = hf(tokens).logits
+        torch.testing.assert_close(model(tokens)[:, :, 0], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_hf_writer_round_trips_through_transformers(tmp_path, tiny_args):
+    import dataclasses
+
+    args = dataclasses.replace(tiny_args, n_future_tokens=1)
+    model = LlamaMTP(args, attention="eager")
+    write_hf(model, tmp_path)
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path).eval()
+    tokens = torch.randint(0, args.vocab_size, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(tokens).logits, model(tokens)[:, :, 0], atol=1e-4, rtol=1e-4)
+
+
+def test_wmtp_format_round_trip_keeps_args_and_weights(tmp_path, tiny_args):
+    model = LlamaMTP(tiny_args, attention="sdpa")
+    save_wmtp(model, tmp_path / "ckpt", recipe_toml="[experiment]\nname = 't'\n")
+    assert (tmp_path / "ckpt" / "recipe.toml").read_text().startswith("[experiment]")
+    loaded = from_pretrained(tmp_path / "ckpt", dtype="float32", attention="eager")
+    assert loaded.args == tiny_args
+    tokens = torch.randint(0, tiny_args.vocab_size, (1, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(tokens), model(tokens), atol=1e-5, rtol=1e-5)
+    assert detect_format(tmp_path / "ckpt" / "model.safetensors") == "safetensors"
+
+
+def test_meta_writer_round_trip(tmp_path, tiny_args):
+    model = LlamaMTP(tiny_args, attention="eager")
+    loaded = from_pretrained(write_meta(model, tmp_path), dtype="float32", attention="eager")
+    for (name, p), (_, q) in zip(
+        model.state_dict().items(), loaded.state_dict().items(), strict=True
+    ):
+        assert torch.equal(p, q), name
+
+
+def test_dtype_drives_parameters(meta_dir):
+    model = from_pretrained(meta_dir[0], dtype="bfloat16", attention="sdpa")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    logits = model(torch.randint(0, VOCAB, (1, 5)))
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
+
+
+def test_more_heads_than_the_checkpoint_start_as_copies_of_head_1(meta_dir):
+    model = from_pretrained(meta_dir[0], dtype="float32", attention="eager", n_future_tokens=4)
+    assert model.n_heads == 4 and model.args.n_layers == 6
+    tokens = torch.randint(0, VOCAB, (1, 6))
+    with torch.no_grad():
+        logits = model(tokens)
+    torch.testing.assert_close(logits[:, :, 3], logits[:, :, 0])
+
+
+# Errors -------------------------------------------------------------------------------------
+
+
+def test_unknown_format_lists_what_it_found(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"unknown format.*weights\.bin"):
+        from_pretrained(tmp_path)
+
+
+def test_mismatches_name_the_key_and_both_shapes(tmp_path):
+    params = dict(PARAMS)
+    sd = meta_state_dict(params, VOCAB)
+    sd["layers.0.attention.wk.weight"] = torch.randn(8, 32)  # expects (16, 32)
+    del sd["layers.1.feed_forward.w3.weight"]
+    sd["layers.0.attention.bias"] = torch.zeros(3)
+    (tmp_path / "params.json").write_text(json.dumps(params))
+    torch.save(sd, tmp_path / "consolidated.pth")
+    with pytest.raises(CheckpointError) as err:
+        from_pretrained(tmp_path, dtype="float32")
+    message = str(err.value)
+    assert (
+        "'layers.0.attention.wk.weight': checkpoint has shape (8, 32), model expects (16, 32)"
+        in message
+    )
+    assert "missing key 'layers.1.feed_forward.w3.weight'" in message
+    assert "unexpected key 'layers.0.attention.bias'" in message
+
+
+def test_failed_load_leaves_the_model_untouched(tiny_args):
+    model = LlamaMTP(tiny_args, attention="eager")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    good = {k: torch.zeros_like(v) for k, v in before.items()}
+    bad = dict(good)
+    bad["output.weight"] = torch.zeros(3, 3)
+    with pytest.raises(CheckpointError, match=r"output\.weight"):
+        load_checked(model, bad, "test")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    load_checked(model, good, "test")
+    assert all(torch.equal(v, torch.zeros_like(v)) for v in model.state_dict().values())
+
+
+def test_bad_params_json_is_located(tmp_path):
+    (tmp_path / "params.json").write_text('{"dim": 32,\n "n_layers": }')
+    torch.save({}, tmp_path / "consolidated.pth")
+    with pytest.raises(CheckpointError, match=r"params\.json:2"):
+        read_checkpoint(tmp_path)
+
+
+def test_value_checkpoint_is_refused_as_a_policy(tmp_path, tiny_args):
+    model = LlamaMTP(tiny_args, attention="sdpa")
+    save_wmtp(model, tmp_path, info={"kind": "value_model"})
+    with pytest.raises(CheckpointError, match="value_model"):
+        from_pretrained(tmp_path)
+
+
+def test_args_survive_json(tiny_args):
+    assert ModelArgs.from_dict(json.loads(json.dumps(tiny_args.to_dict()))) == tiny_args

@@ -1,0 +1,348 @@
+"""Checkpoint formats: read Meta, Hugging Face and wmtp weights; write wmtp (and, for tests, all).
+
+* ``meta``: ``params.json`` + ``consolidated.pth`` (or ``consolidated.00.pth``), the layout of
+  Meta's multi-token-prediction release (``layers``, ``extra_heads``, ``n_future_tokens``).
+* ``hf``: ``config.json`` + ``model.safetensors`` or sharded ``model-*.safetensors`` with an index;
+  HF Llama stores q/k rows permuted for its rotate-half RoPE, undone here.
+* ``safetensors`` (wmtp's own): ``model.safetensors`` + ``wmtp_model.json`` (sizes, model kind,
+  value head) beside it, and the resolved ``recipe.toml`` when a run wrote it.
+
+Every reader returns the state dict in wmtp (= Meta) names. Loading checks every key and shape
+before a single parameter changes, so a failed load leaves nothing half-loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from wmtp.errors import CheckpointError
+from wmtp.models.args import ModelArgs
+from wmtp.models.hf_convert import args_from_hf_config, hf_to_wmtp, write_hf
+from wmtp.models.llama_mtp import LlamaMTP, resolve_dtype
+
+log = logging.getLogger(__name__)
+
+ARGS_FILE = "wmtp_model.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+FORMATS = ("meta", "hf", "safetensors")
+IGNORED_META_KEYS = ("rope.freqs",)
+"""Buffers some Meta checkpoints carry that wmtp recomputes."""
+
+
+@dataclass
+class Checkpoint:
+    """Weights read from disk, in wmtp names, with the sizes they need."""
+
+    format: str
+    path: Path
+    args: ModelArgs
+    state_dict: dict[str, torch.Tensor]
+    info: dict = field(default_factory=dict)
+    """wmtp's json beside the weights (model kind, value head); empty for other formats."""
+
+
+# Reading ------------------------------------------------------------------------------------
+
+
+def detect_format(path: str | Path) -> str:
+    """``meta``, ``hf`` or ``safetensors`` from the files at ``path``; CheckpointError otherwise."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".safetensors":
+        return "safetensors"
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path}: no such directory or .safetensors file")
+    names = {p.name for p in path.iterdir()}
+    if ARGS_FILE in names:
+        return "safetensors"
+    if "params.json" in names and any(n.endswith(".pth") for n in names):
+        return "meta"
+    if "config.json" in names and any(n.endswith(".safetensors") for n in names):
+        return "hf"
+    listing = ", ".join(sorted(names)[:12]) or "(empty)"
+    raise CheckpointError(
+        f"checkpoint {path}: unknown format; expected params.json + consolidated.pth (meta), "
+        f"config.json + model*.safetensors (hf) or {ARGS_FILE} + {WEIGHTS_FILE} (wmtp); "
+        f"found {listing}"
+    )
+
+
+def read_checkpoint(path: str | Path, format: str = "auto", dtype=None) -> Checkpoint:
+    """Read any supported format (``auto`` detects it); tensors cast to ``dtype`` when given."""
+    path = Path(path)
+    fmt = detect_format(path) if format == "auto" else format
+    readers = {"meta": read_meta, "hf": read_hf, "safetensors": read_wmtp}
+    if fmt not in readers:
+        raise CheckpointError(f"checkpoint {path}: unknown format {fmt!r} (known: {FORMATS})")
+    ckpt = readers[fmt](path, dtype)
+    if ckpt.args.vocab_size == -1:  # "from the tokenizer": the embedding has exactly its rows
+        rows = _shape(ckpt.state_dict, "tok_embeddings.weight", path)[0]
+        ckpt.args = ckpt.args.with_vocab(rows)
+    return ckpt
+
+
+def read_meta(path: Path, dtype=None) -> Checkpoint:
+    """Meta's ``params.json`` + ``consolidated.pth`` (one model-parallel shard)."""
+    params = _read_json(path / "params.json")
+    shards = sorted(p for p in path.glob("*.pth"))
+    if len(shards) != 1:
+        raise CheckpointError(
+            f"checkpoint {path}: {len(shards)} .pth files ({', '.join(p.name for p in shards)}); "
+            "only single-shard (model-parallel 1) Meta checkpoints are supported"
+        )
+    args = _args_or_error(lambda: ModelArgs.from_params_json(params), path / "params.json")
+    try:
+        raw = torch.load(shards[0], map_location="cpu", mmap=True, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {shards[0]}: cannot be read ({exc})") from exc
+    sd = {k: _cast(v, dtype) for k, v in raw.items() if not k.endswith(IGNORED_META_KEYS)}
+    return Checkpoint("meta", path, args, sd)
+
+
+def read_hf(path: Path, dtype=None) -> Checkpoint:
+    """A Hugging Face Llama: ``config.json`` + safetensors, converted to wmtp names."""
+    config = _read_json(path / "config.json")
+    args = _args_or_error(lambda: args_from_hf_config(config), path / "config.json")
+    hf_sd = {}
+    for file in sorted(path.glob("*.safetensors")):
+        hf_sd.update(_load_safetensors(file, dtype))
+    return Checkpoint("hf", path, args, hf_to_wmtp(hf_sd, args, config, path))
+
+
+def read_wmtp(path: Path, dtype=None) -> Checkpoint:
+    """wmtp's ``model.safetensors`` + ``wmtp_model.json`` (a directory or the .safetensors file)."""
+    directory, weights = (path.parent, path) if path.is_file() else (path, path / WEIGHTS_FILE)
+    info = _read_json(directory / ARGS_FILE)
+    if info.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {directory / ARGS_FILE}: format_version {info.get('format_version')!r}, "
+            f"this wmtp reads {FORMAT_VERSION}"
+        )
+    args = _args_or_error(lambda: ModelArgs.from_dict(info["args"]), directory / ARGS_FILE)
+    return Checkpoint("safetensors", path, args, _load_safetensors(weights, dtype), info)
+
+
+def _read_json(file: Path) -> dict:
+    if not file.is_file():
+        raise CheckpointError(f"checkpoint: {file} is missing")
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{file}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
+
+
+def _args_or_error(make, file: Path) -> ModelArgs:
+    try:
+        return make()
+    except (AssertionError, TypeError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"{file}: sizes do not describe a valid model ({exc})") from exc
+
+
+def _load_safetensors(file: Path, dtype) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not file.is_file():
+        raise CheckpointError(f"checkpoint: {file} is missing")
+    try:
+        return {k: _cast(v, dtype) for k, v in load_file(file).items()}
+    except SafetensorError as exc:
+        raise CheckpointError(f"checkpoint {file}: cannot be read ({exc})") from exc
+
+
+def _cast(t: torch.Tensor, dtype) -> torch.Tensor:
+    return t if dtype is None or not t.is_floating_point() else t.to(dtype)
+
+
+def _shape(sd: dict, key: str, path: Path) -> tuple[int, ...]:
+    if key not in sd:
+        raise CheckpointError(f"checkpoint {path}: key {key!r} is missing")
+    return tuple(sd[key].shape)
+
+
+# Checking and loading -----------------------------------------------------------------------
+
+
+def check_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
+    """CheckpointError listing every missing, extra or mis-shaped key (with both shapes)."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    problems = [
+        f"missing key {k!r} (model expects shape {s})" for k, s in expected.items() if k not in sd
+    ]
+    problems += [
+        f"unexpected key {k!r} (shape {tuple(v.shape)})" for k, v in sd.items() if k not in expected
+    ]
+    problems += [
+        f"key {k!r}: checkpoint has shape {tuple(v.shape)}, model expects {expected[k]}"
+        for k, v in sd.items()
+        if k in expected and tuple(v.shape) != expected[k]
+    ]
+    if problems:
+        more = f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else ""
+        raise CheckpointError(
+            f"checkpoint {source} does not fit the model ({len(problems)} problems):\n  "
+            + "\n  ".join(problems[:12])
+            + more
+        )
+
+
+def load_checked(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
+    """Check everything first, then copy: a failing checkpoint changes no parameter."""
+    check_state_dict(model, sd, source)
+    with torch.no_grad():
+        model.load_state_dict(sd, strict=True)
+
+
+def resize_heads(args: ModelArgs, sd: dict, n_future_tokens: int) -> tuple[ModelArgs, dict]:
+    """Give a checkpoint ``n`` heads: extra heads start as copies of head 1, surplus ones go."""
+    old = args.n_future_tokens
+    if n_future_tokens == old:
+        return args, sd
+    sd = {k: v for k, v in sd.items() if not _is_extra_head(k, n_future_tokens - 1)}
+    head1 = f"layers.{args.n_layers - old}."
+    for j in range(old - 1, n_future_tokens - 1):
+        for key in [k for k in sd if k.startswith(head1)]:
+            sd[f"extra_heads.{j}." + key[len(head1) :]] = sd[key].clone()
+    log.info("checkpoint: %d heads -> %d (new heads copy head 1)", old, n_future_tokens)
+    n_layers = args.n_layers - old + n_future_tokens
+    from dataclasses import replace
+
+    return replace(args, n_layers=n_layers, n_future_tokens=n_future_tokens), sd
+
+
+def _is_extra_head(key: str, keep: int) -> bool:
+    return key.startswith("extra_heads.") and int(key.split(".")[1]) >= keep
+
+
+def build_from_checkpoint(
+    ckpt: Checkpoint, *, dtype, attention: str, device, n_future_tokens: int | None = None
+) -> LlamaMTP:
+    """A LlamaMTP holding ``ckpt``'s weights (built on the meta device, then filled in)."""
+    from wmtp.models.attention import resolve_backend
+
+    if ckpt.info.get("kind", "llama_mtp") != "llama_mtp":
+        raise CheckpointError(
+            f"checkpoint {ckpt.path} holds a {ckpt.info['kind']!r}, not a llama_mtp; "
+            "load it with wmtp.models.value.ValueModel.from_pretrained"
+        )
+    args, sd = ckpt.args, ckpt.state_dict
+    if n_future_tokens is not None:
+        args, sd = resize_heads(args, sd, n_future_tokens)
+    backend, _ = resolve_backend(attention, device, dtype)
+    with torch.device("meta"):
+        model = LlamaMTP(args, attention=backend)
+    check_state_dict(model, sd, str(ckpt.path))
+    sd = {k: v.to(device=device, dtype=dtype) for k, v in sd.items()}
+    model.load_state_dict(sd, strict=True, assign=True)
+    return model
+
+
+def from_pretrained(
+    path: str | Path,
+    *,
+    dtype: torch.dtype | str = "bfloat16",
+    attention: str = "auto",
+    device: torch.device | str = "cpu",
+    format: str = "auto",
+    n_future_tokens: int | None = None,
+) -> LlamaMTP:
+    """Load a LlamaMTP from a Meta, Hugging Face or wmtp checkpoint (the format is detected).
+
+    ``dtype`` sets parameters and compute; ``attention`` is resolved once (``auto``: flash_attn
+    when usable, else sdpa); ``n_future_tokens`` changes the number of heads (new heads start as
+    copies of head 1). ``model(tokens)`` then returns logits ``[batch, seq, n_heads, vocab]``.
+    """
+    dtype = resolve_dtype(dtype)
+    ckpt = read_checkpoint(path, format, dtype)
+    log.info("checkpoint: %s (%s format, %d heads)", path, ckpt.format, ckpt.args.n_future_tokens)
+    model = build_from_checkpoint(
+        ckpt, dtype=dtype, attention=attention, device=device, n_future_tokens=n_future_tokens
+    )
+    return model.eval()
+
+
+# Writing ------------------------------------------------------------------------------------
+
+
+def save_wmtp(
+    model: torch.nn.Module,
+    directory: str | Path,
+    *,
+    args: ModelArgs | None = None,
+    info: dict | None = None,
+    recipe_toml: str | None = None,
+) -> Path:
+    """Write ``model.safetensors`` + ``wmtp_model.json`` (+ ``recipe.toml``), each file atomically."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    args = args or model.args
+    meta = {"format_version": FORMAT_VERSION, "kind": "llama_mtp", **(info or {})}
+    meta["args"] = args.to_dict()
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    _atomic(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp)))
+    _atomic(directory / ARGS_FILE, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
+    if recipe_toml is not None:
+        _atomic(directory / "recipe.toml", lambda tmp: tmp.write_text(recipe_toml))
+    return directory
+
+
+def write_meta(model: LlamaMTP, directory: str | Path) -> Path:
+    """Meta's layout (``params.json`` + ``consolidated.pth``): for tests and exports."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    a = model.args
+    params = {
+        "dim": a.dim,
+        "n_layers": a.n_layers,
+        "n_heads": a.n_heads,
+        "n_kv_heads": a.kv_heads,
+        "vocab_size": a.vocab_size,
+        "multiple_of": a.multiple_of,
+        "ffn_dim_multiplier": a.ffn_dim_multiplier,
+        "norm_eps": a.norm_eps,
+        "rope_theta": a.rope_theta,
+        "max_seq_len": a.max_seq_len,
+        "n_future_tokens": a.n_future_tokens,
+    }
+    if a.ffn_dim is not None:
+        params["ffn_dim"] = a.ffn_dim
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    _atomic(directory / "consolidated.pth", lambda tmp: torch.save(sd, tmp))
+    _atomic(directory / "params.json", lambda tmp: tmp.write_text(json.dumps(params)))
+    return directory
+
+
+def _atomic(target: Path, write) -> None:
+    """Write through a temporary name, then rename: readers never see half a file."""
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+__all__ = [
+    "ARGS_FILE",
+    "FORMATS",
+    "WEIGHTS_FILE",
+    "Checkpoint",
+    "build_from_checkpoint",
+    "check_state_dict",
+    "detect_format",
+    "from_pretrained",
+    "load_checked",
+    "read_checkpoint",
+    "resize_heads",
+    "save_wmtp",
+    "write_hf",
+    "write_meta",
+]

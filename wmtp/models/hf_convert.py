@@ -1,0 +1,194 @@
+"""Hugging Face Llama <-> wmtp: config fields, parameter names, and the q/k RoPE permutation.
+
+HF's Llama applies RoPE to the two *halves* of each head (rotate-half); Meta (and wmtp) rotate
+*consecutive pairs*. HF's conversion script permutes the rows of ``wq``/``wk`` within each head so
+both give the same attention; reading undoes that permutation, writing applies it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from wmtp.errors import CheckpointError
+from wmtp.models.args import ModelArgs, RopeScaling
+
+_LAYER_NAMES = {
+    "self_attn.q_proj.weight": "attention.wq.weight",
+    "self_attn.k_proj.weight": "attention.wk.weight",
+    "self_attn.v_proj.weight": "attention.wv.weight",
+    "self_attn.o_proj.weight": "attention.wo.weight",
+    "mlp.gate_proj.weight": "feed_forward.w1.weight",
+    "mlp.down_proj.weight": "feed_forward.w2.weight",
+    "mlp.up_proj.weight": "feed_forward.w3.weight",
+    "input_layernorm.weight": "attention_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+}
+_TOP_NAMES = {
+    "model.embed_tokens.weight": "tok_embeddings.weight",
+    "model.norm.weight": "norm.weight",
+    "lm_head.weight": "output.weight",
+}
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def args_from_hf_config(config: dict) -> ModelArgs:
+    """ModelArgs from a Llama ``config.json`` (older ``rope_theta``/``rope_scaling`` or v5
+    ``rope_parameters``); features wmtp does not implement are refused, not ignored."""
+    if config.get("model_type", "llama") != "llama":
+        raise ValueError(f"model_type {config.get('model_type')!r} is not 'llama'")
+    for flag in ("attention_bias", "mlp_bias"):
+        if config.get(flag):
+            raise ValueError(f"{flag} = true is not supported")
+    if config.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"hidden_act {config['hidden_act']!r} is not 'silu'")
+    dim, n_heads = config["hidden_size"], config["num_attention_heads"]
+    head_dim = config.get("head_dim") or dim // n_heads
+    if head_dim != dim // n_heads:
+        raise ValueError(f"head_dim {head_dim} != hidden_size / num_attention_heads")
+    rope = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
+    theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
+    return ModelArgs(
+        dim=dim,
+        n_layers=config["num_hidden_layers"],
+        n_heads=n_heads,
+        n_kv_heads=config.get("num_key_value_heads") or n_heads,
+        vocab_size=config["vocab_size"],
+        ffn_dim=config["intermediate_size"],
+        norm_eps=config.get("rms_norm_eps", 1e-6),
+        rope_theta=float(theta),
+        rope_scaling=_rope_scaling(rope),
+        max_seq_len=config.get("max_position_embeddings", 4096),
+        n_future_tokens=1,
+    )
+
+
+def _rope_scaling(rope: dict) -> RopeScaling | None:
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind == "default":
+        return None
+    if kind != "llama3":
+        raise ValueError(f"RoPE type {kind!r} is not supported (only default and llama3)")
+    return RopeScaling(
+        factor=rope["factor"],
+        low_freq_factor=rope["low_freq_factor"],
+        high_freq_factor=rope["high_freq_factor"],
+        original_max_position_embeddings=rope["original_max_position_embeddings"],
+    )
+
+
+def unpermute_qk(w_OI: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """HF rotate-half rows -> Meta interleaved rows, per head."""
+    out, inp = w_OI.shape
+    # [heads * 2 * D/2, in] -> [heads, 2, D/2, in] -> [heads, D/2, 2, in] -> [out, in]
+    return w_OI.view(n_heads, 2, out // n_heads // 2, inp).transpose(1, 2).reshape(out, inp)
+
+
+def permute_qk(w_OI: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Meta interleaved rows -> HF rotate-half rows, per head (inverse of :func:`unpermute_qk`)."""
+    out, inp = w_OI.shape
+    # [heads * D/2 * 2, in] -> [heads, D/2, 2, in] -> [heads, 2, D/2, in] -> [out, in]
+    return w_OI.view(n_heads, out // n_heads // 2, 2, inp).transpose(1, 2).reshape(out, inp)
+
+
+def hf_to_wmtp(hf_sd: dict, args: ModelArgs, config: dict, path: Path) -> dict[str, torch.Tensor]:
+    """HF parameter names and q/k rows -> wmtp's; unknown names are a CheckpointError."""
+    sd: dict[str, torch.Tensor] = {}
+    unknown = []
+    for name, tensor in hf_sd.items():
+        if name.endswith(_IGNORED_SUFFIXES):
+            continue
+        new = _wmtp_name(name)
+        if new is None:
+            unknown.append(name)
+            continue
+        if new.endswith("attention.wq.weight"):
+            tensor = unpermute_qk(tensor, args.n_heads)
+        elif new.endswith("attention.wk.weight"):
+            tensor = unpermute_qk(tensor, args.kv_heads)
+        sd[new] = tensor
+    if unknown:
+        raise CheckpointError(
+            f"checkpoint {path}: unexpected Hugging Face keys {unknown[:5]}"
+            f"{' ...' if len(unknown) > 5 else ''} (not a plain Llama)"
+        )
+    if (
+        "output.weight" not in sd
+        and config.get("tie_word_embeddings")
+        and "tok_embeddings.weight" in sd
+    ):
+        sd["output.weight"] = sd["tok_embeddings.weight"].clone()  # wmtp keeps them untied
+    return sd
+
+
+def _wmtp_name(name: str) -> str | None:
+    if name in _TOP_NAMES:
+        return _TOP_NAMES[name]
+    parts = name.split(".", 3)  # model.layers.{i}.{rest}
+    if len(parts) == 4 and parts[:2] == ["model", "layers"] and parts[3] in _LAYER_NAMES:
+        return f"layers.{parts[2]}.{_LAYER_NAMES[parts[3]]}"
+    return None
+
+
+def write_hf(model, directory: str | Path) -> Path:
+    """A Hugging Face Llama checkpoint of a one-head model (for tests and exports)."""
+    from safetensors.torch import save_file
+
+    a = model.args
+    assert a.n_future_tokens == 1, "Hugging Face Llama has one head; drop the extra heads first"
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    to_hf = {v: k for k, v in _TOP_NAMES.items()}
+    layer_to_hf = {v: k for k, v in _LAYER_NAMES.items()}
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu()
+        if name in to_hf:
+            tensors[to_hf[name]] = tensor.contiguous()
+            continue
+        _, i, rest = name.split(".", 2)
+        if rest == "attention.wq.weight":
+            tensor = permute_qk(tensor, a.n_heads)
+        elif rest == "attention.wk.weight":
+            tensor = permute_qk(tensor, a.kv_heads)
+        tensors[f"model.layers.{i}.{layer_to_hf[rest]}"] = tensor.contiguous()
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    (directory / "config.json").write_text(json.dumps(hf_config(a), indent=2))
+    return directory
+
+
+def hf_config(a: ModelArgs) -> dict:
+    """The Llama ``config.json`` of ``a``."""
+    rope: dict = {"rope_type": "default", "rope_theta": a.rope_theta}
+    if a.rope_scaling is not None:
+        s = a.rope_scaling
+        rope.update(
+            rope_type="llama3",
+            factor=s.factor,
+            low_freq_factor=s.low_freq_factor,
+            high_freq_factor=s.high_freq_factor,
+            original_max_position_embeddings=s.original_max_position_embeddings,
+        )
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": a.dim,
+        "num_hidden_layers": a.n_layers,
+        "num_attention_heads": a.n_heads,
+        "num_key_value_heads": a.kv_heads,
+        "head_dim": a.head_dim,
+        "intermediate_size": a.hidden_dim,
+        "vocab_size": a.vocab_size,
+        "rms_norm_eps": a.norm_eps,
+        "max_position_embeddings": a.max_seq_len,
+        "rope_theta": a.rope_theta,
+        "rope_scaling": None if a.rope_scaling is None else rope,
+        "rope_parameters": rope,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+    }
