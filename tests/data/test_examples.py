@@ -1,0 +1,66 @@
+"""Prompt templates and prompt masking, checked against the text they must spell."""
+
+from __future__ import annotations
+
+from wmtp.data.examples import (
+    IGNORE_INDEX,
+    Example,
+    encode_example,
+    format_prompt,
+)
+from wmtp.data.tokenizers import ByteTokenizer, SentencePieceTokenizer
+
+EXAMPLE = Example(
+    instruction="Add two numbers.",
+    output="def add(a, b):\n    return a + b\n",
+    problem_id="p1",
+    is_correct=True,
+)
+
+
+def test_alpaca_template_spells_the_standard_prompt():
+    assert format_prompt("Do X.", "", "alpaca") == (
+        "Below is an instruction that describes a task. Write a response that appropriately "
+        "completes the request.\n\n### Instruction:\nDo X.\n\n### Response:\n"
+    )
+    with_input = format_prompt("Do X.", "data", "alpaca")
+    assert "paired with an input" in with_input
+    assert with_input.endswith("### Instruction:\nDo X.\n\n### Input:\ndata\n\n### Response:\n")
+    assert format_prompt("Do X.", "", "plain") == "Do X."
+
+
+def test_byte_encoding_masks_bos_and_prompt_and_learns_output_and_eos():
+    tok = ByteTokenizer()
+    enc = encode_example(EXAMPLE, tok)
+    prompt = format_prompt(EXAMPLE.instruction)
+    expected_ids = [256, *(prompt + EXAMPLE.output).encode(), 257]
+    assert enc.input_ids == expected_ids
+    n_prompt = 1 + len(prompt.encode())
+    assert enc.n_prompt == n_prompt
+    assert enc.labels[:n_prompt] == [IGNORE_INDEX] * n_prompt
+    assert enc.labels[n_prompt:] == expected_ids[n_prompt:]  # unshifted: labels[t] == ids[t]
+    assert tok.decode(enc.labels[n_prompt:]) == EXAMPLE.output
+
+
+def test_sentencepiece_encoding_tokenizes_the_text_whole(sentencepiece_model):
+    tok = SentencePieceTokenizer(sentencepiece_model)
+    enc = encode_example(EXAMPLE, tok)
+    prompt = format_prompt(EXAMPLE.instruction)
+    assert enc.input_ids == tok.encode(prompt + EXAMPLE.output, bos=True, eos=True)
+    learned = [y for y in enc.labels if y != IGNORE_INDEX]
+    assert learned[-1] == tok.eos_id
+    # The masked part is exactly the prompt's tokens: the learned part decodes to the output.
+    assert tok.decode(learned).strip() == EXAMPLE.output.strip()
+
+
+def test_truncation_rules():
+    tok = ByteTokenizer()
+    full = encode_example(EXAMPLE, tok)
+    assert encode_example(EXAMPLE, tok, max_length=len(full)) == full
+    assert encode_example(EXAMPLE, tok, max_length=len(full) - 1) is None  # skipped by default
+    cut = encode_example(EXAMPLE, tok, max_length=len(full) - 5, truncate=True)
+    assert cut.input_ids == full.input_ids[:-5] and cut.labels == full.labels[:-5]
+    # Nothing left to learn when the prompt fills the budget: skipped even with truncation.
+    assert encode_example(EXAMPLE, tok, max_length=full.n_prompt, truncate=True) is None
+    one = encode_example(EXAMPLE, tok, max_length=full.n_prompt + 1, truncate=True)
+    assert sum(y != IGNORE_INDEX for y in one.labels) == 1

@@ -1,0 +1,37 @@
+"""Data: tokenizers, JSONL datasets with metadata, samplers, collators, the HumanEval builder.
+
+Torch-free to import: every name loads its module on first use (only ``collate`` needs torch).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_LAZY = {
+    # name -> module that defines it
+    "Tokenizer": "wmtp.data.tokenizers",
+    "ByteTokenizer": "wmtp.data.tokenizers",
+    "SentencePieceTokenizer": "wmtp.data.tokenizers",
+    "HFTokenizer": "wmtp.data.tokenizers",
+    "load_tokenizer": "wmtp.data.tokenizers",
+    "Example": "wmtp.data.examples",
+    "Encoded": "wmtp.data.examples",
+    "IGNORE_INDEX": "wmtp.data.examples",
+    "encode_example": "wmtp.data.examples",
+    "format_prompt": "wmtp.data.examples",
+    "pad_batch": "wmtp.data.collate",
+    "pack_rows": "wmtp.data.collate",
+    "pack_batch": "wmtp.data.collate",
+    "pair_batch": "wmtp.data.collate",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'wmtp.data' has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)

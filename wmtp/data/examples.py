@@ -1,0 +1,103 @@
+"""One training example: its fields, the prompt template, and its tokens with the prompt masked.
+
+A row of ``train.jsonl`` holds ``instruction``, ``input`` (may be empty), ``output`` (the
+solution), ``problem_id``, ``is_correct`` and, when known, ``difficulty``. The prompt (template,
+instruction, input) is context only: its labels are -100, and only the response (``output`` then
+EOS) is learned. Labels are *unshifted*: ``labels[t] == input_ids[t]`` where learned; the loss
+shifts per head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from wmtp.data.tokenizers import Tokenizer
+
+IGNORE_INDEX = -100
+TemplateName = Literal["alpaca", "plain"]
+
+ALPACA_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further "
+    "context. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
+ALPACA_NO_INPUT = (
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One solution of one problem."""
+
+    instruction: str
+    output: str
+    problem_id: str
+    is_correct: bool
+    input: str = ""
+    difficulty: int | None = None
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids and unshifted labels of one example (prompt labels are -100)."""
+
+    input_ids: list[int]
+    labels: list[int]
+    problem_id: str
+    is_correct: bool
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def n_prompt(self) -> int:
+        """Number of leading masked tokens (BOS and prompt)."""
+        return next((i for i, y in enumerate(self.labels) if y != IGNORE_INDEX), len(self.labels))
+
+
+def format_prompt(instruction: str, input: str = "", template: TemplateName = "alpaca") -> str:
+    """The prompt text in front of a response."""
+    if template == "plain":
+        return f"{instruction}\n{input}\n" if input else instruction
+    assert template == "alpaca", template
+    fmt = ALPACA_WITH_INPUT if input else ALPACA_NO_INPUT
+    return fmt.format(instruction=instruction, input=input)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def encode_example(
+    example: Example,
+    tokenizer: Tokenizer,
+    *,
+    template: TemplateName = "alpaca",
+    max_length: int | None = None,
+    truncate: bool = False,
+) -> Encoded | None:
+    """BOS + prompt + output + EOS as ids, the prompt's labels masked to -100.
+
+    The text is tokenized whole (as the model reads it at inference); the prompt's share is the
+    common prefix with the prompt tokenized alone, so a token merged across the boundary counts as
+    response. Over ``max_length``: with ``truncate`` the end is cut (keeping at least one learned
+    token, else ``None``); without, ``None``. Callers count the ``None``s they skip.
+    """
+    prompt = format_prompt(example.instruction, example.input, template)
+    full_ids = tokenizer.encode(prompt + example.output, bos=True, eos=True)
+    prompt_ids = tokenizer.encode(prompt, bos=True)
+    n_prompt = _common_prefix(prompt_ids, full_ids)
+    if max_length is not None and len(full_ids) > max_length:
+        if not truncate or n_prompt >= max_length:
+            return None
+        full_ids = full_ids[:max_length]
+    labels = [IGNORE_INDEX] * n_prompt + full_ids[n_prompt:]
+    return Encoded(full_ids, labels, example.problem_id, example.is_correct)
