@@ -1,0 +1,47 @@
+"""KV-cache decoding equals the full forward, for every backend that runs here."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wmtp.errors import RunError
+from wmtp.models.kv_cache import Decoder
+from wmtp.models.llama_mtp import LlamaMTP
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*flex_attention.*:UserWarning")
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa", "flex"])
+def test_prefill_then_steps_equal_full_forward(tiny_args, attention):
+    model = LlamaMTP(tiny_args, attention=attention).eval()
+    tokens = torch.randint(0, tiny_args.vocab_size, (2, 14))
+    with torch.no_grad():
+        full = model(tokens)
+    decoder = Decoder(model, batch_size=2, max_len=20)
+    pieces = [decoder.prefill(tokens[:, :6])]
+    pieces.append(decoder.step(tokens[:, 6:9]))  # a chunk: 3 queries against 9 keys
+    pieces += [decoder.step(tokens[:, t : t + 1]) for t in range(9, 14)]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_rewind_replays_identically(tiny_args):
+    model = LlamaMTP(tiny_args, attention="sdpa").eval()
+    tokens = torch.randint(0, tiny_args.vocab_size, (1, 8))
+    decoder = Decoder(model, batch_size=1, max_len=8)
+    decoder.prefill(tokens[:, :5])
+    first = decoder.step(tokens[:, 5:8])
+    decoder.rewind(5)
+    assert decoder.length == 5
+    torch.testing.assert_close(decoder.step(tokens[:, 5:8]), first)
+
+
+def test_head_selection_and_overflow(tiny_args):
+    model = LlamaMTP(tiny_args, attention="sdpa").eval()
+    tokens = torch.randint(0, tiny_args.vocab_size, (1, 4))
+    decoder = Decoder(model, batch_size=1, max_len=5)
+    only_2 = decoder.prefill(tokens, heads=[2])
+    with torch.no_grad():
+        torch.testing.assert_close(only_2[:, :, 0], model(tokens)[:, :, 1], atol=1e-5, rtol=1e-5)
+    with pytest.raises(RunError, match="exceeds the cache length 5"):
+        decoder.step(tokens[:, :2])
