@@ -283,6 +283,10 @@ def _stats(jobs: list[_HeadJob], results) -> MTPStats:
     return MTPStats.from_tensor(torch.stack(rows, dim=1).detach().float())
 
 
+def _is_fsdp(model) -> bool:
+    return hasattr(model, "set_reshard_after_backward")
+
+
 def loss_and_backward(
     model,
     input_ids_BS: torch.Tensor,
@@ -295,6 +299,7 @@ def loss_and_backward(
     config: MTPLossConfig = MTPLossConfig(),
     loss_scale: float = 1.0,
     backward: bool = True,
+    sync_grads: bool = True,
 ) -> MTPStats:
     """Compute the weighted MTP loss of one micro-batch and (unless ``backward=False``) its grads.
 
@@ -303,8 +308,13 @@ def loss_and_backward(
     :data:`HeadWeightFn`. ``denominators_K``: per-head ``sum(w)`` over the *global* batch (all
     micro-batches and ranks, see :func:`weight_sums`); ``None`` normalises within this micro-batch.
     ``loss_scale`` multiplies the gradient (e.g. ``1 / grad_accum`` when normalising locally).
-    Returns the detached per-head sums; gradients accumulate into ``.grad`` as usual.
+    ``sync_grads``: under FSDP2, whether this backward reduces gradients across ranks (False on
+    all but the last micro-batch of a step). Returns the detached per-head sums; gradients
+    accumulate into ``.grad`` as usual.
     """
+    set_sync = getattr(model, "set_requires_gradient_sync", None)
+    if set_sync is not None:
+        set_sync(sync_grads)
     cfg = config
     depth_K = _depth_weights(cfg.depth_weights, n_heads, labels_BS.device)
     grad_ctx = contextlib.nullcontext() if backward else torch.no_grad()
@@ -324,6 +334,10 @@ def loss_and_backward(
             labels_BS, n_heads, weights, denominators_K, depth_K, loss_scale, ce_of_head
         )
         results = []
+        fsdp_sequential = cfg.strategy == "sequential" and backward and _is_fsdp(model)
+        if fsdp_sequential:  # head backwards: keep root parameters gathered, reduce nothing yet
+            model.set_reshard_after_backward(False)
+            model.set_requires_gradient_sync(False)
         for job in jobs:
             if cfg.strategy == "checkpointed" and backward:
                 out = checkpoint(_score_head, model, h_in, job, seq, cfg, use_reentrant=False)
@@ -333,6 +347,9 @@ def loss_and_backward(
                 out[0].backward()  # frees head k's graph; grad accumulates in h_in.grad
             results.append(out)
         if backward:
+            if fsdp_sequential:  # the trunk backward reduces everything (unless accumulating)
+                model.set_reshard_after_backward(True)
+                model.set_requires_gradient_sync(sync_grads)
             if cfg.strategy == "sequential":
                 # Every rank runs the trunk backward, even when no head had a target here.
                 grad_BSD = h_in.grad if h_in.grad is not None else torch.zeros_like(h_BSD)

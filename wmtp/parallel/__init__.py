@@ -1,0 +1,77 @@
+"""Parallelism applied from outside the model: process groups, FSDP2, activation checkpointing,
+compilation and mixed precision. Model code holds none of it.
+
+:func:`parallelize` is the one entry point the trainer calls: activation checkpointing, then
+``torch.compile``, then FSDP2 (the order torchtitan uses), each per block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn as nn
+
+from wmtp.parallel.checkpointing import apply_activation_checkpointing, apply_compile
+from wmtp.parallel.dist import (
+    DistContext,
+    all_reduce_sum,
+    barrier,
+    init_distributed,
+    model_init_seed,
+    seed_everything,
+    teardown,
+)
+from wmtp.parallel.fsdp import apply_fsdp, set_gradient_sync, to_dtype
+
+
+def parallelize(
+    model: nn.Module,
+    ctx: DistContext,
+    *,
+    sharding: str = "full_shard",
+    activation_checkpointing: bool | int = False,
+    compile: bool = False,
+    dtype: str = "bfloat16",
+    reduce_dtype: str = "float32",
+) -> nn.Module:
+    """Prepare ``model`` (with ``blocks()``) for training on ``ctx``; parameters stay fp32."""
+    blocks = list(model.blocks())
+    apply_activation_checkpointing(blocks, activation_checkpointing)
+    if compile:
+        apply_compile(blocks)
+    model.to(device=ctx.device, dtype=torch.float32)
+    if ctx.is_distributed:
+        apply_fsdp(
+            model,
+            blocks,
+            ctx,
+            sharding=sharding,
+            param_dtype=to_dtype(dtype),
+            reduce_dtype=to_dtype(reduce_dtype),
+        )
+    return model
+
+
+def compute_context(ctx: DistContext, dtype: str) -> contextlib.AbstractContextManager:
+    """Mixed precision without FSDP: autocast to ``dtype`` (FSDP2 casts parameters itself)."""
+    if ctx.is_distributed or dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(ctx.device.type, dtype=to_dtype(dtype))
+
+
+__all__ = [
+    "DistContext",
+    "all_reduce_sum",
+    "apply_activation_checkpointing",
+    "apply_compile",
+    "apply_fsdp",
+    "barrier",
+    "compute_context",
+    "init_distributed",
+    "model_init_seed",
+    "parallelize",
+    "seed_everything",
+    "set_gradient_sync",
+    "teardown",
+]

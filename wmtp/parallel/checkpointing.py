@@ -1,0 +1,41 @@
+"""Activation checkpointing and ``torch.compile`` per transformer block, keeping parameter names.
+
+Both wrap a block's ``forward`` on the instance instead of replacing the module, so state-dict
+keys (and therefore checkpoints) are the same with and without them.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+
+def selected_blocks(blocks: Sequence[nn.Module], every: bool | int) -> list[nn.Module]:
+    """The blocks to checkpoint: all (``True``), every k-th (``k``: blocks k-1, 2k-1, ...), none."""
+    if every is False or every == 0:
+        return []
+    k = 1 if every is True else int(every)
+    return [b for i, b in enumerate(blocks) if (i + 1) % k == 0]
+
+
+def apply_activation_checkpointing(blocks: Sequence[nn.Module], every: bool | int) -> int:
+    """Recompute the chosen blocks' activations in backward; returns how many were wrapped."""
+    chosen = selected_blocks(blocks, every)
+    for block in chosen:
+        inner = block.forward
+
+        @functools.wraps(inner)
+        def forward(*args, _inner=inner, **kwargs):
+            return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
+
+        block.forward = forward
+    return len(chosen)
+
+
+def apply_compile(blocks: Sequence[nn.Module]) -> None:
+    """``torch.compile`` each block in place (names unchanged)."""
+    for block in blocks:
+        block.compile()

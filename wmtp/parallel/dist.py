@@ -1,0 +1,108 @@
+"""Process groups: one code path for a single process and for torchrun.
+
+Under ``torchrun`` (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` in the environment) :func:`init_distributed`
+creates the default process group (NCCL on GPU, gloo on CPU) with a collective timeout, so a rank
+that dies makes the others fail within ``timeout_s`` instead of hanging; torchrun itself also
+stops the surviving workers when one exits with an error. Without those variables it returns a
+single-process context and creates no group: the trainer then runs the same code minus sharding.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+DEFAULT_TIMEOUT_S = 600.0
+TIMEOUT_ENV = "WMTP_DIST_TIMEOUT_S"
+"""Seconds a collective may wait for the other ranks before failing (default 600)."""
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process sits: rank, world size and its device."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1 or dist.is_initialized()
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    """``auto``: this rank's CUDA device when there is one, else the CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        from wmtp.errors import RunError
+
+        if not torch.cuda.is_available():
+            raise RunError("parallel.device = 'cuda' but no CUDA device is visible")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def init_distributed(device: str = "auto", timeout_s: float | None = None) -> DistContext:
+    """Join the torchrun process group if launched by torchrun; else a single-process context."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(device, local_rank)
+    if world_size == 1 and not dist.is_initialized():
+        return DistContext(device=dev)
+    if not dist.is_initialized():
+        timeout = (
+            timeout_s
+            if timeout_s is not None
+            else float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
+        )
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout))
+    return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, dev)
+
+
+def teardown() -> None:
+    """Leave the process group (no-op without one)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed Python, NumPy and torch; ranks get distinct streams (``seed + rank``).
+
+    Model initialisation must not depend on the rank: build the model under ``seed`` alone
+    (:func:`model_init_seed`) before calling this with the rank.
+    """
+    s = seed + rank
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+
+
+def model_init_seed(seed: int) -> None:
+    """Seed torch identically on every rank, so every rank builds the same initial weights."""
+    torch.manual_seed(seed)
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` over ranks in place (identity without a group); returns ``t``."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
