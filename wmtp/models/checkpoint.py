@@ -171,7 +171,11 @@ def _shape(sd: dict, key: str, path: Path) -> tuple[int, ...]:
 
 def check_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
     """CheckpointError listing every missing, extra or mis-shaped key (with both shapes)."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    check_shapes({k: tuple(v.shape) for k, v in model.state_dict().items()}, sd, source)
+
+
+def check_shapes(expected: dict[str, tuple], sd: dict[str, torch.Tensor], source: str) -> None:
+    """:func:`check_state_dict` against a ``{key: shape}`` table."""
     problems = [
         f"missing key {k!r} (model expects shape {s})" for k, s in expected.items() if k not in sd
     ]
@@ -179,9 +183,9 @@ def check_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], source
         f"unexpected key {k!r} (shape {tuple(v.shape)})" for k, v in sd.items() if k not in expected
     ]
     problems += [
-        f"key {k!r}: checkpoint has shape {tuple(v.shape)}, model expects {expected[k]}"
+        f"key {k!r}: checkpoint has shape {tuple(v.shape)}, model expects {tuple(expected[k])}"
         for k, v in sd.items()
-        if k in expected and tuple(v.shape) != expected[k]
+        if k in expected and tuple(v.shape) != tuple(expected[k])
     ]
     if problems:
         more = f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else ""
@@ -336,6 +340,7 @@ __all__ = [
     "WEIGHTS_FILE",
     "Checkpoint",
     "build_from_checkpoint",
+    "check_shapes",
     "check_state_dict",
     "detect_format",
     "from_pretrained",

@@ -1,0 +1,104 @@
+"""LoRA: what trains, merge/unmerge equality, adapters saved and loaded alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from wmtp.errors import CheckpointError
+from wmtp.models.llama_mtp import LlamaMTP
+from wmtp.models.lora import (
+    LoRALinear,
+    apply_lora,
+    load_lora,
+    lora_state_dict,
+    merge_lora,
+    save_lora,
+    unmerge_lora,
+)
+
+
+def trained_lora_model(args, targets=("wq", "wv", "w2")):
+    model = LlamaMTP(args, attention="sdpa")
+    apply_lora(model, rank=4, alpha=8.0, targets=targets)
+    with torch.no_grad():  # B starts at zero; give it values so the adapters matter
+        for name, p in model.named_parameters():
+            if name.endswith("lora_B"):
+                p.normal_(0, 0.05)
+    return model.eval()
+
+
+def test_only_lora_parameters_train(tiny_args):
+    model = LlamaMTP(tiny_args, attention="sdpa")
+    before = model(torch.zeros(1, 3, dtype=torch.long))
+    adapted = apply_lora(model, rank=4, alpha=8.0, targets=["wq", "w1"])
+    assert len(adapted) == 2 * tiny_args.n_layers
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_" in n for n in trainable)
+    assert len(trainable) == 2 * len(adapted)
+    # zero-initialised B: the adapted model computes exactly what the base did
+    torch.testing.assert_close(model(torch.zeros(1, 3, dtype=torch.long)), before)
+    model(torch.randint(0, tiny_args.vocab_size, (2, 5))).sum().backward()
+    assert all(p.grad is None for n, p in model.named_parameters() if ".lora_" not in n)
+    assert any(
+        p.grad is not None and p.grad.abs().sum() > 0
+        for n, p in model.named_parameters()
+        if n.endswith("lora_A") or n.endswith("lora_B")
+    )
+
+
+def test_merge_and_unmerge_keep_outputs_and_restore_weights(tiny_args):
+    model = trained_lora_model(tiny_args)
+    tokens = torch.randint(0, tiny_args.vocab_size, (2, 6))
+    base = {n: p.clone() for n, p in model.named_parameters() if ".lora_" not in n}
+    with torch.no_grad():
+        adapted = model(tokens)
+        merge_lora(model)
+        merged = model(tokens)
+        unmerge_lora(model)
+        unmerged = model(tokens)
+    torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(unmerged, adapted, atol=1e-5, rtol=1e-5)
+    for n, p in model.named_parameters():
+        if ".lora_" not in n:
+            torch.testing.assert_close(p, base[n], atol=1e-6, rtol=0)
+
+
+def test_merged_weight_is_base_plus_scaled_BA(tiny_args):
+    model = trained_lora_model(tiny_args, targets=("wq",))
+    module = model.layers[0].attention.wq
+    assert isinstance(module, LoRALinear)
+    expected = (
+        module.weight.detach().clone() + (8.0 / 4) * module.lora_B.detach() @ module.lora_A.detach()
+    )
+    merge_lora(model)
+    torch.testing.assert_close(module.weight.detach(), expected)
+
+
+def test_adapters_save_and_load_alone(tmp_path, tiny_args):
+    model = trained_lora_model(tiny_args)
+    save_lora(model, tmp_path)
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "lora.safetensors"))
+    assert set(saved) == set(lora_state_dict(model)) and all(".lora_" in k for k in saved)
+
+    fresh = LlamaMTP(tiny_args, attention="sdpa").eval()
+    fresh.load_state_dict({k: v for k, v in model.state_dict().items() if ".lora_" not in k})
+    load_lora(fresh, tmp_path)
+    tokens = torch.randint(0, tiny_args.vocab_size, (1, 6))
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(tokens), model(tokens))
+
+
+def test_mismatched_adapters_leave_the_model_untouched(tmp_path, tiny_args):
+    save_lora(trained_lora_model(tiny_args), tmp_path)
+    import dataclasses
+
+    other = LlamaMTP(dataclasses.replace(tiny_args, ffn_dim=40), attention="sdpa")
+    with pytest.raises(
+        CheckpointError,
+        match=r"w2\.lora_A': checkpoint has shape \(4, 96\), model expects \(4, 40\)",
+    ):
+        load_lora(other, tmp_path)
+    assert not any(isinstance(m, LoRALinear) for m in other.modules())
