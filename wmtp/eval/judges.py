@@ -70,20 +70,6 @@ class FunctionTests:
         return Verdict(result.status, detail, result.duration_s)
 
 
-def _stdin_harness(program: str, stdin: str) -> str:
-    """A program that runs ``program`` as ``__main__`` with ``stdin`` as its standard input.
-
-    ``exec`` of the compiled source (rather than pasting it below a prelude) keeps the solution's
-    own ``from __future__`` imports and line numbers valid; ``sys.stdin.buffer`` works too.
-    """
-    return (
-        "import io, sys\n"
-        f"sys.stdin = io.TextIOWrapper(io.BytesIO({stdin.encode()!r}), encoding='utf-8')\n"
-        f"_code = compile({program!r}, 'solution.py', 'exec')\n"
-        "exec(_code, {'__name__': '__main__', '__builtins__': __builtins__})\n"
-    )
-
-
 def outputs_match(expected: str, actual: str) -> bool:
     """Judge's comparison: equal as whitespace-separated tokens (trailing spaces, newlines)."""
     return expected.split() == actual.split()
@@ -109,9 +95,7 @@ class StdioTests:
         program = self.prefix + completion
         started = time.perf_counter()
         for index, (stdin, expected) in enumerate(zip(self.inputs, self.outputs, strict=True)):
-            result = sandbox.execute(
-                _stdin_harness(program, stdin), timeout_s=timeout_s, memory_mb=memory_mb
-            )
+            result = sandbox.execute(program, stdin=stdin, timeout_s=timeout_s, memory_mb=memory_mb)
             elapsed = time.perf_counter() - started
             if result.status != "passed":
                 return Verdict(result.status, f"test {index}: {_tail(result.stderr)}", elapsed)

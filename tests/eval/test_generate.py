@@ -1,0 +1,93 @@
+"""Batched generation: greedy against a step-by-step reference, sampling, stops, token limits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tests_eval_helpers import letters, make_tiny_model
+
+from wmtp.eval.generate import Sampling, StopRule, generate, sample_next
+
+PROMPTS = [[1, 2, 3], [5, 9, 11, 12, 30, 4], [7]]
+
+
+def reference_greedy(model, prompt, steps):
+    """Greedy decoding by the plain forward, one row at a time, no batching, no cache."""
+    tokens = list(prompt)
+    with torch.no_grad():
+        for _ in range(steps):
+            logits = model(torch.tensor([tokens]))[0, -1, 0]  # last position, head 1
+            tokens.append(int(logits.argmax()))
+    return tokens[len(prompt) :]
+
+
+def test_batched_greedy_equals_one_row_reference():
+    model = make_tiny_model()
+    outs = generate(model, PROMPTS, StopRule(letters), max_new_tokens=20)
+    for prompt, out in zip(PROMPTS, outs, strict=True):
+        assert out.tokens == reference_greedy(model, prompt, 20)
+        assert out.finish_reason == "length"
+        assert out.text == letters(out.tokens)
+
+
+def test_per_sample_limits_eos_and_stop_strings():
+    model = make_tiny_model()
+    full = [reference_greedy(model, p, 12) for p in PROMPTS]
+    outs = generate(model, PROMPTS, StopRule(letters), max_new_tokens=[3, 7, 0])
+    assert [len(o.tokens) for o in outs] == [3, 7, 0]
+    assert outs[0].tokens == full[0][:3] and outs[1].tokens == full[1][:7]
+
+    # A stop string in the middle of row 0: the completion ends just before it.
+    text0 = letters(full[0])
+    stop = text0[4:6]
+    cut = text0.find(stop)
+    outs = generate(model, PROMPTS[:1], StopRule(letters, stop=[stop]), max_new_tokens=12)
+    assert outs[0].finish_reason == "stop"
+    assert outs[0].text == text0[:cut] and outs[0].tokens == full[0][:cut]
+
+    # The end-of-sequence token ends a row and is not part of the completion.
+    eos = full[1][3]
+    first = full[1].index(eos)
+    outs = generate(model, PROMPTS[1:2], StopRule(letters, eos_id=eos), max_new_tokens=12)
+    assert outs[0].finish_reason == "eos" and outs[0].tokens == full[1][:first]
+
+
+def test_context_length_caps_the_completion():
+    model = make_tiny_model()
+    outs = generate(model, PROMPTS, StopRule(letters), max_new_tokens=50, max_length=8)
+    assert [len(o.tokens) for o in outs] == [5, 2, 7]
+
+
+def test_top_p_keeps_the_nucleus_with_renormalised_probabilities():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(40_000, 1)
+    gen = torch.Generator().manual_seed(0)
+    draws = sample_next(logits, Sampling(temperature=1.0, top_p=0.7), gen)
+    freq = torch.bincount(draws, minlength=4).float() / len(draws)
+    # nucleus {0, 1} (0.5 < 0.7 <= 0.8): probabilities 0.625, 0.375
+    assert freq[2:].sum() == 0
+    assert freq[0].item() == pytest.approx(0.625, abs=0.01)
+    # temperature 0.5 squares the odds: 0.25, 0.09, 0.0225, 0.0025 over their sum
+    draws = sample_next(logits, Sampling(temperature=0.5, top_p=1.0), gen)
+    freq = torch.bincount(draws, minlength=4).float() / len(draws)
+    expected = torch.tensor([0.25, 0.09, 0.0225, 0.0025])
+    assert torch.allclose(freq, expected / expected.sum(), atol=0.01)
+    assert sample_next(logits[:3], Sampling(temperature=0.0)).tolist() == [0, 0, 0]
+
+
+def test_sampling_is_reproducible_with_a_seeded_generator():
+    model = make_tiny_model()
+    sampling = Sampling(temperature=1.0, top_p=0.9)
+    runs = [
+        generate(
+            model,
+            PROMPTS,
+            StopRule(letters),
+            max_new_tokens=10,
+            sampling=sampling,
+            generator=torch.Generator().manual_seed(3),
+        )
+        for _ in range(2)
+    ]
+    assert [o.tokens for o in runs[0]] == [o.tokens for o in runs[1]]
+    greedy = generate(model, PROMPTS, StopRule(letters), max_new_tokens=10)
+    assert [o.tokens for o in runs[0]] != [o.tokens for o in greedy]

@@ -1,0 +1,113 @@
+"""Self-speculative decoding: exactly greedy, with acceptance statistics checked independently."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tests_eval_helpers import letters, make_tiny_model
+
+from wmtp.eval.generate import StopRule, generate
+from wmtp.eval.speculative import speculative_generate
+
+PROMPTS = [[1, 2, 3], [5, 9, 11, 12, 30, 4], [7], [40, 41, 42, 43]]
+
+
+def reference_counts(model, prompt, completion, limit):
+    """Forwards, drafted and accepted tokens, recounted from ONE full forward of the result.
+
+    Heads 2..n at committed position p guess tokens p+2..p+n; head 1's greedy choices are the
+    completion itself, so a guess is accepted while it equals the completion there.
+    """
+    seq = prompt + completion
+    with torch.no_grad():
+        preds_Sn = model(torch.tensor([seq]))[0].argmax(-1).tolist()
+    n = model.n_heads
+    forwards = drafted = accepted = 0
+    generated, p = 0, len(prompt) - 1
+    while True:
+        generated += 1  # head 1's token at p + 1
+        if generated >= limit:
+            break
+        guesses = preds_Sn[p][1 : 1 + min(n - 1, limit - generated)]
+        a = 0
+        while a < len(guesses) and guesses[a] == seq[p + 2 + a]:
+            a += 1
+        forwards, drafted, accepted, generated = (
+            forwards + 1,
+            drafted + len(guesses),
+            accepted + a,
+            generated + a,
+        )
+        if generated >= limit:
+            break
+        p += 1 + a
+    return forwards, drafted, accepted
+
+
+def agreeing_model(n_future_tokens=4):
+    """Heads that mostly agree with head 1's future: every block is the identity (wo = w2 = 0)
+    and the unembedding is the embedding, so each token predicts itself at every depth and greedy
+    decoding repeats the last prompt token."""
+    model = make_tiny_model(n_future_tokens)
+    with torch.no_grad():
+        for block in model.blocks():
+            block.attention.wo.weight.zero_()
+            block.feed_forward.w2.weight.zero_()
+        model.output.weight.copy_(model.tok_embeddings.weight)
+    return model
+
+
+@pytest.mark.parametrize("n_future_tokens", [1, 2, 4])
+def test_speculative_equals_greedy_on_a_random_model(n_future_tokens):
+    model = make_tiny_model(n_future_tokens, seed=n_future_tokens)
+    limit = 24
+    greedy = generate(model, PROMPTS, StopRule(letters), max_new_tokens=limit)
+    for prompt, plain in zip(PROMPTS, greedy, strict=True):
+        out, stats = speculative_generate(model, prompt, StopRule(letters), max_new_tokens=limit)
+        assert out.tokens == plain.tokens and out.finish_reason == "length"
+        assert stats.generated == limit
+        assert (stats.forwards, stats.drafted, stats.accepted) == reference_counts(
+            model, prompt, out.tokens, limit
+        )
+        assert 0 <= stats.acceptance_rate <= 1
+        assert 1 <= stats.tokens_per_forward <= n_future_tokens
+        # one sure token per forward (the last forward's may fall beyond the limit)
+        assert (
+            stats.forwards + stats.accepted
+            <= stats.generated
+            <= stats.forwards + 1 + stats.accepted
+        )
+
+
+def test_agreeing_heads_accept_every_draft():
+    model = agreeing_model(4)
+    prompt = [3, 17, 9]
+    plain = generate(model, [prompt], StopRule(letters), max_new_tokens=21)[0]
+    assert plain.tokens == [9] * 21  # the construction works: greedy repeats the last token
+    out, stats = speculative_generate(model, prompt, StopRule(letters), max_new_tokens=21)
+    assert out.tokens == plain.tokens
+    assert stats.acceptance_rate == 1.0
+    # 1 token from the prompt's forward, then 1 + 3 per forward: 21 = 1 + 5 * 4
+    assert stats.forwards == 5 and stats.tokens_per_forward == pytest.approx(21 / 6)
+
+
+def test_partly_agreeing_heads_and_stops():
+    """Half of the heads copy head 1 of a random model: some drafts accepted, some not."""
+    model = make_tiny_model(3, seed=11)
+    with torch.no_grad():
+        model.extra_heads[0].load_state_dict(model.layers[-1].state_dict())
+    total = [0, 0]
+    for prompt in PROMPTS:
+        plain = generate(model, [prompt], StopRule(letters), max_new_tokens=30)[0]
+        stop = letters(plain.tokens)[20:22]
+        rule = StopRule(letters, stop=[stop])
+        expected = generate(model, [prompt], rule, max_new_tokens=30)[0]
+        out, stats = speculative_generate(model, prompt, rule, max_new_tokens=30)
+        assert (out.tokens, out.text, out.finish_reason) == (
+            expected.tokens,
+            expected.text,
+            expected.finish_reason,
+        )
+        total[0] += stats.accepted
+        total[1] += stats.drafted
+    assert 0 < total[0] < total[1]

@@ -1,0 +1,119 @@
+"""Self-speculative decoding with the MTP heads (Gloeckle et al. 2024; Stern et al. 2018).
+
+At the last committed position ``p`` head 1 gives the next token and heads 2..n guess the
+``n - 1`` after it (the draft). One forward over ``[next, draft...]`` then gives head 1's choice
+after each of them: the longest prefix of the draft that head 1 agrees with is accepted, and the
+same forward already holds the next position's draft. Every forward commits at least one token;
+with greedy head 1 the output is exactly plain greedy decoding, only with fewer forwards.
+
+Batch size 1 (the paper's setting: latency of one request).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from wmtp.eval.decoding import open_state
+from wmtp.eval.generate import Completion, StopRule
+
+
+@dataclass
+class SpeculativeStats:
+    """What the draft heads bought."""
+
+    forwards: int = 0
+    """Model forwards after the prompt's (each verifies one draft)."""
+    drafted: int = 0
+    """Draft tokens offered to head 1 for verification."""
+    accepted: int = 0
+    """Draft tokens head 1 agreed with."""
+    generated: int = 0
+    """Tokens committed (the completion, plus a stop string's tokens)."""
+    seconds: float = 0.0
+    first_token_s: float = 0.0
+    """Time from the call until the first token is known (the prompt's forward)."""
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.generated / max(1, self.forwards + 1)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.generated / self.seconds if self.seconds > 0 else 0.0
+
+    def add(self, other: SpeculativeStats) -> None:
+        for name in ("forwards", "drafted", "accepted", "generated", "seconds", "first_token_s"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "forwards": self.forwards,
+            "drafted": self.drafted,
+            "accepted": self.accepted,
+            "generated": self.generated,
+            "acceptance_rate": self.acceptance_rate,
+            "tokens_per_forward": self.tokens_per_forward,
+            "tokens_per_s": self.tokens_per_s,
+        }
+
+
+def _argmax_heads(model: torch.nn.Module, hidden_nD: torch.Tensor) -> list[int]:
+    return model.output(hidden_nD).argmax(dim=-1).tolist()
+
+
+@torch.inference_mode()
+def speculative_generate(
+    model: torch.nn.Module,
+    prompt: list[int],
+    stop_rule: StopRule,
+    *,
+    max_new_tokens: int,
+    max_length: int | None = None,
+) -> tuple[Completion, SpeculativeStats]:
+    """Greedy continuation of ``prompt`` drafted by heads 2..n and verified by head 1."""
+    assert prompt, "the prompt needs at least one token (BOS)"
+    n = model.n_heads
+    heads = tuple(range(1, n + 1))
+    max_length = max_length or model.args.max_seq_len
+    limit = max(0, min(max_new_tokens, max_length - len(prompt)))
+    stats = SpeculativeStats()
+    started = time.perf_counter()
+    if limit == 0:
+        return Completion([], "", "length"), stats
+    state = open_state(model, 1, max_length=max_length)
+    draft = _argmax_heads(model, state.feed([list(prompt)], heads)[0][-1])  # [next, guesses...]
+    stats.first_token_s = time.perf_counter() - started
+    generated: list[int] = []
+    while True:
+        generated.append(draft[0])
+        if (done := stop_rule.finished(generated, limit)) is not None:
+            break
+        guesses = draft[1 : 1 + min(n - 1, limit - len(generated))]
+        hidden_TnD = state.feed([[draft[0], *guesses]], heads)[0]
+        verified = model.output(hidden_TnD[:, 0]).argmax(dim=-1).tolist()  # head 1 after each
+        accepted = 0
+        while accepted < len(guesses) and verified[accepted] == guesses[accepted]:
+            accepted += 1
+        stats.forwards, stats.drafted = stats.forwards + 1, stats.drafted + len(guesses)
+        stats.accepted += accepted
+        for token in guesses[:accepted]:
+            generated.append(token)
+            if (done := stop_rule.finished(generated, limit)) is not None:
+                break
+        if done is not None:
+            break
+        state.rollback(0, len(prompt) + len(generated))
+        draft = [verified[accepted], *_argmax_heads(model, hidden_TnD[accepted, 1:])]
+    stats.generated = len(generated)
+    stats.seconds = time.perf_counter() - started
+    return done, stats
+
+
+__all__ = ["SpeculativeStats", "speculative_generate"]
