@@ -1,0 +1,82 @@
+"""Timing and memory helpers shared by every benchmark."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Milliseconds of repeated calls: the median is the figure to quote."""
+
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    repeats: int
+
+    def to_dict(self) -> dict:
+        return {
+            "median_ms": self.median_ms,
+            "min_ms": self.min_ms,
+            "max_ms": self.max_ms,
+            "repeats": self.repeats,
+        }
+
+
+def time_call(fn: Callable[[], object], *, warmup: int = 3, repeats: int = 10) -> Timing:
+    """Time ``fn`` after ``warmup`` calls: CUDA events on a GPU, a host clock on the CPU."""
+    for _ in range(warmup):
+        fn()
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    samples = []
+    for _ in range(repeats):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - t0) * 1e3)
+    return Timing(statistics.median(samples), min(samples), max(samples), repeats)
+
+
+def peak_memory_gib(fn: Callable[[], object]) -> float:
+    """Peak CUDA memory allocated while ``fn`` runs, in GiB (above what was allocated before)."""
+    assert torch.cuda.is_available(), "peak_memory_gib measures CUDA memory"
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**30
+
+
+# Dense bf16 tensor-core peaks (no sparsity), TFLOP/s, from the vendors' datasheets.
+BF16_PEAK_TFLOPS = {
+    "H100 SXM": 989.0,
+    "H100 80GB HBM3": 989.0,
+    "H100 PCIe": 756.0,
+    "H200": 989.0,
+    "A100": 312.0,
+}
+
+
+def bf16_peak_tflops(device_name: str | None = None) -> tuple[float, str]:
+    """The bf16 dense peak of the current GPU and the datasheet entry it came from."""
+    name = device_name or torch.cuda.get_device_name()
+    for key, peak in BF16_PEAK_TFLOPS.items():
+        if all(part in name for part in key.split()):
+            return peak, key
+    for key, peak in BF16_PEAK_TFLOPS.items():
+        if key.split()[0] in name:
+            return peak, key
+    raise KeyError(f"no bf16 peak recorded for GPU {name!r}; add it to BF16_PEAK_TFLOPS")

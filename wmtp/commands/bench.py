@@ -1,0 +1,71 @@
+"""``wmtp bench ...``: GPU benchmarks whose figures the project reports (never timed tests)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from wmtp.commands._common import command, console
+from wmtp.errors import WmtpError
+
+bench_app = typer.Typer(
+    help="Benchmarks: attention backends, training steps, a Hugging Face peer, decoding.",
+    no_args_is_help=True,
+)
+
+OutDir = Annotated[Path, typer.Option("--out", help="Folder for the JSON and markdown results.")]
+
+
+def _need_cuda() -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise WmtpError("this benchmark needs a CUDA GPU (torch.cuda.is_available() is False)")
+
+
+@command(bench_app, "attention")
+def attention(
+    out: OutDir = Path("bench/results/attention"),
+    dtype: Annotated[str, typer.Option(help="bfloat16 or float16.")] = "bfloat16",
+    sweep: Annotated[bool, typer.Option(help="Also sweep FlexAttention kernel options.")] = True,
+) -> None:
+    """Every attention backend over training shapes: ms, TFLOP/s, memory, error against eager."""
+    _need_cuda()
+    import torch
+
+    from wmtp.bench.attention import run_attention_bench
+
+    result = run_attention_bench(out, dtype=getattr(torch, dtype), sweep=sweep)
+    console.print(f"{len(result['rows'])} measurements -> {out}/attention.md, attention.json")
+
+
+@command(bench_app, "peer")
+def peer(
+    out: OutDir = Path("bench/results/peer"),
+    flavour: Annotated[str, typer.Option(help="Model shape (a flavour name).")] = "llama-1b-bench",
+    batch: Annotated[int, typer.Option(help="Micro-batch size.")] = 2,
+    seq_len: Annotated[int, typer.Option(help="Sequence length.")] = 2048,
+    compile: Annotated[bool, typer.Option(help="Also run with torch.compile.")] = True,
+) -> None:
+    """A Hugging Face transformers Llama of the same shape: tokens/s and MFU (sdpa, eager)."""
+    _need_cuda()
+    from wmtp.bench.hf_peer import bench_hf
+    from wmtp.models.args import flavour as lookup
+
+    args = lookup(flavour)
+    configs = [("sdpa", False), ("eager", False)] + ([("sdpa", True)] if compile else [])
+    results = [
+        bench_hf(args, batch=batch, seq_len=seq_len, compile=c, attn_implementation=attn)
+        for attn, c in configs
+    ]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "peer.json").write_text(json.dumps([r.to_dict() for r in results], indent=2))
+    for r in results:
+        console.print(f"{r.name:<20} {r.tokens_per_s:10.0f} tokens/s  MFU {r.mfu:6.1%}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(bench_app, name="bench")
