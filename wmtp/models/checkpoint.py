@@ -213,7 +213,7 @@ def resize_heads(args: ModelArgs, sd: dict, n_future_tokens: int) -> tuple[Model
     for j in range(old - 1, n_future_tokens - 1):
         for key in [k for k in sd if k.startswith(head1)]:
             sd[f"extra_heads.{j}." + key[len(head1) :]] = sd[key].clone()
-    log.info("checkpoint: %d heads -> %d (new heads copy head 1)", old, n_future_tokens)
+    log.info("checkpoint: %d heads -> %d (any new head copies head 1)", old, n_future_tokens)
     n_layers = args.n_layers - old + n_future_tokens
     from dataclasses import replace
 
