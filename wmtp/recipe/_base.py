@@ -18,8 +18,6 @@ recipe's report must hold every problem); each problem carries the fields it con
 loader points at the line of the first one.
 """
 
-from __future__ import annotations
-
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -85,7 +83,7 @@ class Section(BaseModel):
     """The diff category of fields that do not say otherwise."""
 
     @model_validator(mode="after")
-    def _check_rules(self) -> Section:
+    def _check_rules(self) -> "Section":
         problems = []
         for fn in _rules_of(type(self)):
             if message := fn(self):

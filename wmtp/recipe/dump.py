@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -26,22 +27,31 @@ def dump_recipe(recipe: Any) -> str:
     return dumps(recipe_data(recipe))
 
 
-def dumps(data: dict) -> str:
-    """TOML text of ``data``: scalars and arrays of a table, then its sub-tables as sections."""
-    return "\n".join(_table_lines(data, ())).strip() + "\n"
+Comment = Callable[[tuple[str, ...]], "str | None"]
 
 
-def _table_lines(data: dict, path: tuple[str, ...]) -> list[str]:
+def dumps(data: dict, comment: Comment | None = None) -> str:
+    """TOML text of ``data``: scalars and arrays of a table, then its sub-tables as sections.
+
+    ``comment(path)`` may return a comment for the value at ``path``, written after it.
+    """
+    return "\n".join(_table_lines(data, (), comment)).strip() + "\n"
+
+
+def _table_lines(data: dict, path: tuple[str, ...], comment: Comment | None) -> list[str]:
     scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
     tables = {k: v for k, v in data.items() if isinstance(v, dict)}
     lines: list[str] = []
     if path and (scalars or not tables):
         lines.append(f"[{'.'.join(_key(p) for p in path)}]")
-    lines += [f"{_key(k)} = {_value(v)}" for k, v in scalars.items()]
+    for key, value in scalars.items():
+        line = f"{_key(key)} = {_value(value)}"
+        note = comment((*path, key)) if comment else None
+        lines.append(f"{line}  # {note}" if note else line)
     if lines:
         lines.append("")
     for key, value in tables.items():
-        lines += _table_lines(value, (*path, key))
+        lines += _table_lines(value, (*path, key), comment)
     return lines
 
 

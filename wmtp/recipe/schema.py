@@ -5,8 +5,6 @@ holds the rules that join sections (a pipeline's models, head weights per head, 
 Builders import their section type from here, e.g. ``from wmtp.recipe.schema import TDWeightingSpec``.
 """
 
-from __future__ import annotations
-
 from typing import Annotated
 
 from pydantic import Field

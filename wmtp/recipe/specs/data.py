@@ -1,7 +1,5 @@
 """``[data]``: which examples train the model, how they are formatted, sampled and paired."""
 
-from __future__ import annotations
-
 import itertools
 from typing import Annotated, Literal, Union
 

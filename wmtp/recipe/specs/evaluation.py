@@ -1,7 +1,5 @@
 """``[evaluation]``: pass@k on code benchmarks with sandboxed execution."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 from pydantic import Field

@@ -1,7 +1,5 @@
 """``[experiment]`` and ``[tokenizer]``: what a run is called, which pipeline runs, the tokenizer."""
 
-from __future__ import annotations
-
 from typing import Annotated, Literal, Union
 
 from pydantic import Field

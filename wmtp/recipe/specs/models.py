@@ -4,8 +4,6 @@ A model's sizes come from a ``flavour`` (a row of ``wmtp.models.args.FLAVOURS``)
 field by field by explicit sizes; with neither, from the checkpoint at ``path``.
 """
 
-from __future__ import annotations
-
 import dataclasses
 from typing import Annotated, Any, Literal, Union
 

@@ -1,7 +1,5 @@
 """``[parallel]`` and ``[training]``: how the work is spread over devices, and the optimisation."""
 
-from __future__ import annotations
-
 from typing import Annotated, Literal
 
 from pydantic import Field

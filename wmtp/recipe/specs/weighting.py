@@ -1,7 +1,5 @@
 """``[weighting]``: how much each target token counts in the MTP loss."""
 
-from __future__ import annotations
-
 from typing import Annotated, Literal, Union
 
 from pydantic import Field

@@ -1,0 +1,260 @@
+"""What a recipe will cost, from its numbers alone (no torch): batch, tokens, parameters, memory.
+
+Batch and tokens
+    effective batch   = micro_batch_size * grad_accum_steps * world_size   (sequences per step;
+                        the critic pipeline's sequences are pairs, so twice that many rows)
+    tokens per step   = effective batch * data.max_length   (an upper bound: padding counted)
+
+Parameters
+    ``wmtp.models.args.param_count`` of each model (value models without the unembedding, plus
+    their head); LoRA adds rank * (in + out) per targeted linear layer of every layer.
+
+Memory per GPU of the trained model, in bytes (S = world_size for full_shard / shard_grad_op,
+1 for no_shard; b = bytes of the model's dtype; P_t trained, P_f frozen parameters)
+
+    states      = 16 * P_t / S               fp32 master weights 4 + fp32 gradients 4 + AdamW m, v 8
+    frozen      = b * P_f / S                frozen base weights under LoRA, stored in the dtype
+    gathered    = b * 2 * block_params       full_shard: two blocks unsharded at a time (prefetch)
+                  b * (P_t + P_f)            shard_grad_op: parameters stay unsharded fwd -> bwd;
+                                             no_shard: the compute copy (0 when dtype = float32)
+    activations = b * T * (L_saved * A_layer + A_layer)   with T = rows * max_length tokens
+                  where A_layer = 6 * dim + 2 * kv_dim + 4 * ffn_dim (per token and layer:
+                  RMSNorm inputs/outputs, q k v, attention output, SwiGLU w1, w3, silu, product),
+                  + 2 * n_heads * max_length for eager attention (scores and probabilities);
+                  with activation checkpointing a checkpointed layer keeps only its input (dim)
+                  and one layer is recomputed at a time (the last A_layer term).
+                  L_saved = trunk layers + 1 head with mtp_loss = per_head (heads run one at a
+                  time), all layers with chunked.
+    logits      = T * V * (b + 4)            per_head: one head's logits plus their fp32 upcast;
+                                             chunked linear cross-entropy: ~0
+    frozen models (critic, reference) = b * P / S each, no gradients or optimizer state.
+
+These are estimates for planning: allocator fragmentation, CUDA context (~0.5-1 GiB),
+communication buffers and temporary tensors come on top.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from wmtp.models.args import ModelArgs, layer_params, param_count
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+BYTE_TOKENIZER_VOCAB = 259
+"""256 bytes + BOS, EOS, PAD (``wmtp.data.tokenizers.ByteTokenizer``)."""
+ASSUMED_VOCAB = 32000
+"""Vocabulary assumed when only the tokenizer file knows it (Llama-2's)."""
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class ModelCount:
+    """Parameters of one model of the recipe."""
+
+    role: str
+    total: int
+    trainable: int
+    """Parameters the pipeline trains (0 for frozen models)."""
+    args: ModelArgs | None
+    """``None`` when the sizes come from the checkpoint."""
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Estimated bytes per GPU of the trained model, by part (see the module docstring)."""
+
+    states: float
+    frozen: float
+    gathered: float
+    activations: float
+    logits: float
+    frozen_models: float
+
+    @property
+    def total(self) -> float:
+        return (
+            self.states
+            + self.frozen
+            + self.gathered
+            + self.activations
+            + self.logits
+            + self.frozen_models
+        )
+
+    def parts(self) -> dict[str, float]:
+        return {
+            "states": self.states,
+            "frozen": self.frozen,
+            "gathered": self.gathered,
+            "activations": self.activations,
+            "logits": self.logits,
+            "frozen_models": self.frozen_models,
+            "total": self.total,
+        }
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Derived quantities of a recipe at a world size."""
+
+    world_size: int
+    effective_batch: int
+    tokens_per_step: int
+    models: list[ModelCount] = field(default_factory=list)
+    memory: Memory | None = None
+    """``None`` for evaluation, or when the trained model's sizes come from its checkpoint."""
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "world_size": self.world_size,
+            "effective_batch": self.effective_batch,
+            "tokens_per_step": self.tokens_per_step,
+            "parameters": {
+                m.role: {"total": m.total, "trainable": m.trainable} for m in self.models
+            },
+            "memory_gib_per_gpu": (
+                {k: round(v / GIB, 3) for k, v in self.memory.parts().items()}
+                if self.memory
+                else None
+            ),
+            "notes": self.notes,
+        }
+
+
+def estimate(recipe: Any, world_size: int = 1) -> Estimate:
+    """Batch, tokens, parameter counts and memory per GPU of ``recipe`` on ``world_size`` GPUs."""
+    assert world_size >= 1, world_size
+    t = recipe.training
+    rows_per_micro = t.micro_batch_size * (2 if recipe.experiment.pipeline == "critic" else 1)
+    effective = t.micro_batch_size * t.grad_accum_steps * world_size
+    tokens = (
+        effective * recipe.data.max_length * (2 if recipe.experiment.pipeline == "critic" else 1)
+    )
+    notes: list[str] = []
+    vocab = _vocab(recipe, notes)
+    trained = recipe.trained_role
+    models = []
+    for role in ("policy", "reference", "critic"):
+        spec = getattr(recipe.model, role)
+        if spec is not None:
+            models.append(count_model(role, spec, vocab, trained=(role == trained), notes=notes))
+    memory = None
+    trained_count = next((m for m in models if m.role == trained), None)
+    if trained_count is not None and trained_count.args is not None:
+        frozen = [m for m in models if m.role != trained and m.role in _used_models(recipe)]
+        memory = _memory(recipe, trained_count, frozen, world_size, rows_per_micro)
+    return Estimate(world_size, effective, tokens, models, memory, notes)
+
+
+def _used_models(recipe: Any) -> tuple[str, ...]:
+    from wmtp.recipe.schema import PIPELINE_MODELS
+
+    return PIPELINE_MODELS[recipe.experiment.pipeline]
+
+
+def _vocab(recipe: Any, notes: list[str]) -> int:
+    if recipe.tokenizer.kind == "byte":
+        return BYTE_TOKENIZER_VOCAB
+    for role in ("policy", "reference", "critic"):
+        spec = getattr(recipe.model, role)
+        vocab = spec.resolved_sizes().get("vocab_size") if spec else None
+        if vocab and vocab > 0:
+            return vocab
+    notes.append(f"vocabulary assumed {ASSUMED_VOCAB} (the tokenizer file knows it)")
+    return ASSUMED_VOCAB
+
+
+def count_model(role: str, spec: Any, vocab: int, *, trained: bool, notes: list[str]) -> ModelCount:
+    """Total and trainable parameters of the model of ``spec``."""
+    try:
+        args = spec.model_args(vocab)
+    except Exception:  # sizes come from the checkpoint: nothing to count without reading it
+        notes.append(f"model.{role}: sizes come from its checkpoint; not counted")
+        return ModelCount(role, 0, 0, None)
+    if spec.kind == "value_model":
+        total = param_count(args, with_unembedding=False) + value_head_params(spec.head, args.dim)
+    else:
+        total = param_count(args)
+    lora = lora_params(spec.lora, args) if spec.lora is not None else 0
+    trainable = (lora if spec.lora is not None else total) if trained else 0
+    if spec.kind == "value_model" and spec.lora is not None and trained:
+        trainable += value_head_params(spec.head, args.dim)
+    return ModelCount(role, total + lora, trainable, args)
+
+
+def lora_params(lora: Any, args: ModelArgs) -> int:
+    """Adapter parameters: rank * (in + out) per targeted linear layer, in every layer."""
+    d, q, kv, f = (
+        args.dim,
+        args.n_heads * args.head_dim,
+        args.kv_heads * args.head_dim,
+        args.hidden_dim,
+    )
+    shapes = {
+        "wq": (d, q),
+        "wk": (d, kv),
+        "wv": (d, kv),
+        "wo": (q, d),
+        "w1": (d, f),
+        "w3": (d, f),
+        "w2": (f, d),
+    }
+    per_layer = sum(lora.rank * sum(shapes[t]) for t in lora.targets)
+    return args.n_layers * per_layer
+
+
+def value_head_params(head: Any, dim: int) -> int:
+    """Weights and biases of a value head from ``dim`` to one value."""
+    widths = [dim, *getattr(head, "hidden", []), 1]
+    return sum(a * b + b for a, b in itertools.pairwise(widths))
+
+
+def _memory(
+    recipe: Any, trained: ModelCount, frozen: list[ModelCount], world: int, rows: int
+) -> Memory:
+    spec = getattr(recipe.model, trained.role)
+    args = trained.args
+    assert args is not None
+    b = DTYPE_BYTES[spec.dtype]
+    sharding = recipe.parallel.sharding
+    shards = 1 if sharding == "no_shard" else world
+    p_t, p_f = trained.trainable, trained.total - trained.trainable
+    states = 16 * p_t / shards
+    frozen_weights = b * p_f / shards
+    if sharding == "full_shard":
+        gathered = b * 2 * layer_params(args)
+    elif sharding == "shard_grad_op" or b != 4:
+        gathered = b * (p_t + p_f)
+    else:
+        gathered = 0.0
+    tokens = rows * recipe.data.max_length
+    activations = b * tokens * _activation_elements(recipe, spec, args)
+    logits = (
+        0.0
+        if recipe.training.mtp_loss == "chunked" or spec.kind == "value_model"
+        else tokens * args.vocab_size * (b + 4)
+    )
+    frozen_models = sum(
+        DTYPE_BYTES[getattr(recipe.model, m.role).dtype] * m.total / shards for m in frozen
+    )
+    return Memory(states, frozen_weights, gathered, activations, logits, frozen_models)
+
+
+def _activation_elements(recipe: Any, spec: Any, args: ModelArgs) -> float:
+    """Saved activation elements per token (see the module docstring)."""
+    per_layer = 6 * args.dim + 2 * args.kv_heads * args.head_dim + 4 * args.hidden_dim
+    if spec.attention == "eager":
+        per_layer += 2 * args.n_heads * recipe.data.max_length
+    if spec.kind == "value_model" or recipe.training.mtp_loss == "chunked":
+        layers = args.n_layers
+    else:
+        layers = args.n_trunk_layers + 1
+    ac = recipe.parallel.activation_checkpointing
+    every = 1 if ac is True else (0 if ac is False else int(ac))
+    checkpointed = math.ceil(layers / every) if every else 0
+    saved = checkpointed * args.dim + (layers - checkpointed) * per_layer
+    return saved + (per_layer if checkpointed else 0)
