@@ -8,7 +8,8 @@ from tests_eval_helpers import letters, make_tiny_model
 
 from wmtp.eval.generate import Sampling, StopRule, generate, sample_next
 
-PROMPTS = [[1, 2, 3], [5, 9, 11, 12, 30, 4], [7]]
+PROMPTS = [[1, 2, 3], [5, 9, 11, 12, 30, 4], [7], [8, 8, 2], [40, 1, 33]]
+"""Three of length 3 decode as one KV-cache batch; the others alone."""
 
 
 def reference_greedy(model, prompt, steps):
@@ -21,9 +22,10 @@ def reference_greedy(model, prompt, steps):
     return tokens[len(prompt) :]
 
 
-def test_batched_greedy_equals_one_row_reference():
+@pytest.mark.parametrize("batch_size", [1, 16])
+def test_batched_greedy_equals_one_row_reference(batch_size):
     model = make_tiny_model()
-    outs = generate(model, PROMPTS, StopRule(letters), max_new_tokens=20)
+    outs = generate(model, PROMPTS, StopRule(letters), max_new_tokens=20, batch_size=batch_size)
     for prompt, out in zip(PROMPTS, outs, strict=True):
         assert out.tokens == reference_greedy(model, prompt, 20)
         assert out.finish_reason == "length"
@@ -33,9 +35,9 @@ def test_batched_greedy_equals_one_row_reference():
 def test_per_sample_limits_eos_and_stop_strings():
     model = make_tiny_model()
     full = [reference_greedy(model, p, 12) for p in PROMPTS]
-    outs = generate(model, PROMPTS, StopRule(letters), max_new_tokens=[3, 7, 0])
-    assert [len(o.tokens) for o in outs] == [3, 7, 0]
-    assert outs[0].tokens == full[0][:3] and outs[1].tokens == full[1][:7]
+    limits = [3, 7, 0, 12, 1]  # rows 0, 3, 4 share a batch but not a limit
+    outs = generate(model, PROMPTS, StopRule(letters), max_new_tokens=limits)
+    assert [o.tokens for o in outs] == [f[:n] for f, n in zip(full, limits, strict=True)]
 
     # A stop string in the middle of row 0: the completion ends just before it.
     text0 = letters(full[0])
@@ -55,7 +57,7 @@ def test_per_sample_limits_eos_and_stop_strings():
 def test_context_length_caps_the_completion():
     model = make_tiny_model()
     outs = generate(model, PROMPTS, StopRule(letters), max_new_tokens=50, max_length=8)
-    assert [len(o.tokens) for o in outs] == [5, 2, 7]
+    assert [len(o.tokens) for o in outs] == [5, 2, 7, 5, 5]
 
 
 def test_top_p_keeps_the_nucleus_with_renormalised_probabilities():

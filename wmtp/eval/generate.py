@@ -1,9 +1,11 @@
 """Batched sampling and greedy decoding with head 1, stop sequences and per-sample token limits.
 
-``generate`` continues a batch of tokenised prompts together: every step feeds each unfinished
-row its last token (see ``wmtp.eval.decoding``: the model's KV cache, or recomputation), samples
-the next token from head 1 and stops a row at its end-of-sequence token, at the first of its stop
-strings (the completion is cut just before it), or at its own token limit.
+``generate`` continues tokenised prompts with the model's KV cache (``wmtp.models.kv_cache``):
+prompts of the same length decode together, up to ``batch_size`` rows (the cache keeps the rows
+of a batch at one position; pass@k's samples of one problem are such a batch). Each step samples
+head 1's next token for every row; a row ends at its end-of-sequence token, at the first of its
+stop strings (the completion is cut just before it), or at its own token limit, and is carried
+along, ignored, until its batch is done.
 """
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-
-from wmtp.eval.decoding import open_state
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,7 @@ def generate(
     sampling: Sampling = Sampling(),
     generator: torch.Generator | None = None,
     max_length: int | None = None,
+    batch_size: int = 16,
 ) -> list[Completion]:
     """Continue every prompt (token ids, BOS included) with head 1; one ``Completion`` each.
 
@@ -124,26 +125,64 @@ def generate(
     ``max_length`` tokens in all (default: the model's ``max_seq_len``).
     """
     assert all(prompts), "every prompt needs at least one token (BOS)"
-    max_length = max_length or model.args.max_seq_len
-    limits = _limits(prompts, max_new_tokens, max_length)
-    state = open_state(model, len(prompts), max_length=max_length)
-    generated: list[list[int]] = [[] for _ in prompts]
+    limits = _limits(prompts, max_new_tokens, max_length or model.args.max_seq_len)
+    results: list[Completion | None] = [None] * len(prompts)
+    for rows in _same_length_batches(prompts, batch_size):
+        outs = _generate_batch(
+            model,
+            [prompts[i] for i in rows],
+            [limits[i] for i in rows],
+            stop_rule,
+            sampling,
+            generator,
+        )
+        for i, out in zip(rows, outs, strict=True):
+            results[i] = out
+    assert all(r is not None for r in results)
+    return results  # type: ignore[return-value]
+
+
+def _same_length_batches(prompts: list[list[int]], batch_size: int) -> list[list[int]]:
+    """Indices of prompts grouped by length (order kept within a group), at most ``batch_size``."""
+    by_length: dict[int, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        by_length.setdefault(len(prompt), []).append(i)
+    return [
+        group[start : start + batch_size]
+        for group in by_length.values()
+        for start in range(0, len(group), batch_size)
+    ]
+
+
+def _generate_batch(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    limits: list[int],
+    stop_rule: StopRule,
+    sampling: Sampling,
+    generator: torch.Generator | None,
+) -> list[Completion]:
+    """Decode rows of one prompt length in lockstep until every row has finished."""
+    from wmtp.models.kv_cache import Decoder
+
+    device = next(model.parameters()).device
     done: list[Completion | None] = [
         Completion([], "", "length") if limit == 0 else None for limit in limits
     ]
-    feed = [list(p) if d is None else [] for p, d in zip(prompts, done, strict=True)]
-    while any(d is None for d in done):
-        hidden = state.feed(feed, heads=(1,))
-        rows = [b for b, d in enumerate(done) if d is None]
-        last_RD = torch.stack([hidden[b][-1, 0] for b in rows])
-        next_R = sample_next(model.output(last_RD), sampling, generator).tolist()
-        feed = [[] for _ in prompts]
-        for b, token in zip(rows, next_R, strict=True):
-            generated[b].append(token)
-            done[b] = stop_rule.finished(generated[b], limits[b])
+    if all(d is not None for d in done):
+        return done  # type: ignore[return-value]
+    decoder = Decoder(model, len(prompts), max_len=len(prompts[0]) + max(limits))
+    logits_BV = decoder.prefill(torch.tensor(prompts, device=device), heads=[1])[:, -1, 0]
+    generated: list[list[int]] = [[] for _ in prompts]
+    while True:
+        next_B = sample_next(logits_BV, sampling, generator)
+        for b, token in enumerate(next_B.tolist()):
             if done[b] is None:
-                feed[b] = [token]
-    return [d for d in done if d is not None]
+                generated[b].append(token)
+                done[b] = stop_rule.finished(generated[b], limits[b])
+        if all(d is not None for d in done):
+            return done  # type: ignore[return-value]
+        logits_BV = decoder.step(next_B[:, None], heads=[1])[:, -1, 0]
 
 
 __all__ = ["Completion", "Sampling", "StopRule", "generate", "sample_next"]

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import torch
 
-from wmtp.eval.decoding import open_state
 from wmtp.eval.generate import Completion, StopRule
 
 
@@ -64,10 +63,6 @@ class SpeculativeStats:
         }
 
 
-def _argmax_heads(model: torch.nn.Module, hidden_nD: torch.Tensor) -> list[int]:
-    return model.output(hidden_nD).argmax(dim=-1).tolist()
-
-
 @torch.inference_mode()
 def speculative_generate(
     model: torch.nn.Module,
@@ -80,15 +75,18 @@ def speculative_generate(
     """Greedy continuation of ``prompt`` drafted by heads 2..n and verified by head 1."""
     assert prompt, "the prompt needs at least one token (BOS)"
     n = model.n_heads
-    heads = tuple(range(1, n + 1))
     max_length = max_length or model.args.max_seq_len
     limit = max(0, min(max_new_tokens, max_length - len(prompt)))
     stats = SpeculativeStats()
     started = time.perf_counter()
     if limit == 0:
         return Completion([], "", "length"), stats
-    state = open_state(model, 1, max_length=max_length)
-    draft = _argmax_heads(model, state.feed([list(prompt)], heads)[0][-1])  # [next, guesses...]
+    from wmtp.models.kv_cache import Decoder
+
+    device = next(model.parameters()).device
+    decoder = Decoder(model, 1, max_len=len(prompt) + limit)
+    logits_SnV = decoder.prefill(torch.tensor([prompt], device=device))[0]
+    draft = logits_SnV[-1].argmax(dim=-1).tolist()  # head k's guess of token k: [next, guesses]
     stats.first_token_s = time.perf_counter() - started
     generated: list[int] = []
     while True:
@@ -96,8 +94,9 @@ def speculative_generate(
         if (done := stop_rule.finished(generated, limit)) is not None:
             break
         guesses = draft[1 : 1 + min(n - 1, limit - len(generated))]
-        hidden_TnD = state.feed([[draft[0], *guesses]], heads)[0]
-        verified = model.output(hidden_TnD[:, 0]).argmax(dim=-1).tolist()  # head 1 after each
+        fed_1T = torch.tensor([[draft[0], *guesses]], device=device)
+        choices_Tn = decoder.step(fed_1T)[0].argmax(dim=-1)  # every head after each fed token
+        verified = choices_Tn[:, 0].tolist()  # head 1: the true greedy token after each
         accepted = 0
         while accepted < len(guesses) and verified[accepted] == guesses[accepted]:
             accepted += 1
@@ -109,8 +108,8 @@ def speculative_generate(
                 break
         if done is not None:
             break
-        state.rollback(0, len(prompt) + len(generated))
-        draft = [verified[accepted], *_argmax_heads(model, hidden_TnD[accepted, 1:])]
+        decoder.rewind(len(prompt) + len(generated))  # drop the rejected guesses' keys
+        draft = choices_Tn[accepted].tolist()  # head 1's next token, heads 2..n's new guesses
     stats.generated = len(generated)
     stats.seconds = time.perf_counter() - started
     return done, stats
