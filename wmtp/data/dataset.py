@@ -1,0 +1,283 @@
+"""A JSONL dataset ready to train on: validated rows, token lengths, split, order and batches.
+
+:class:`JsonlDataset` is one file with its checked metadata. :class:`TrainData` is what a
+pipeline gets from the ``[data]`` section: the training rows after the split, ``n_samples`` and the
+length rule, each epoch's order (or critic pairs) for one rank, and batches in the contract's
+format. Whatever is left out is counted in :meth:`TrainData.report`, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wmtp.data import samplers
+from wmtp.data.examples import Encoded, Example, TemplateName, encode_example
+from wmtp.data.jsonl import JsonlFile
+from wmtp.data.metadata import (
+    RowTable,
+    check_metadata,
+    lengths_from_metadata,
+    metadata_path_for,
+    read_metadata,
+    scan_rows,
+)
+from wmtp.data.tokenizers import Tokenizer
+from wmtp.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+class JsonlDataset:
+    """One JSONL file, validated against its metadata, with every row's token length."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        tokenizer: Tokenizer,
+        *,
+        template: TemplateName = "alpaca",
+        max_length: int | None = None,
+        truncate: bool = False,
+        progress: bool = False,
+    ):
+        self.file = JsonlFile(path)
+        self.tokenizer, self.template = tokenizer, template
+        self.max_length, self.truncate = max_length, truncate
+        self.notes: list[str] = []
+        self.rows = self._load_rows(progress)
+        self.fits = self._rows_that_fit()
+
+    def _load_rows(self, progress: bool) -> RowTable:
+        meta_path = metadata_path_for(self.file.path)
+        meta = read_metadata(meta_path) if meta_path.is_file() else None
+        same_lengths = meta is not None and (meta["tokenizer"], meta["template"]) == (
+            self.tokenizer.identity,
+            self.template,
+        )
+        tokenizer = None if same_lengths else self.tokenizer
+        rows = scan_rows(self.file, tokenizer, self.template, progress=progress)
+        if meta is None:
+            self.notes.append(
+                f"{self.file.path.name}: no {meta_path.name}; token lengths computed "
+                f"(`wmtp data index {self.file.path}` saves them)"
+            )
+        else:
+            check_metadata(meta, rows, self.file, meta_path)
+            if same_lengths:
+                rows.n_tokens = lengths_from_metadata(meta, len(rows))
+            else:
+                self.notes.append(
+                    f"{meta_path.name} has token lengths for tokenizer {meta['tokenizer']!r} and "
+                    f"template {meta['template']!r}; recomputed for {self.tokenizer.identity!r} "
+                    f"and {self.template!r}"
+                )
+        return rows
+
+    def _rows_that_fit(self) -> np.ndarray:
+        """Mask of rows that make a training example under ``max_length`` and ``truncate``."""
+        assert self.rows.n_tokens is not None
+        fits = np.ones(len(self.rows), dtype=bool)
+        if self.max_length is None:
+            return fits
+        too_long = np.flatnonzero(self.rows.n_tokens > self.max_length)
+        for i in too_long:  # with truncation, only rows whose prompt fills the budget drop out
+            fits[i] = self.truncate and self.encode(int(i)) is not None
+        return fits
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def problem_ids(self) -> list[str]:
+        return self.rows.problem_ids
+
+    def rows_of(self, problems: set[str]) -> np.ndarray:
+        """Indices of the rows of ``problems``."""
+        codes = [i for i, p in enumerate(self.rows.problem_ids) if p in problems]
+        return np.flatnonzero(np.isin(self.rows.problem_of_row, codes))
+
+    def example(self, index: int) -> Example:
+        return self.file.example(index)
+
+    def encode(self, index: int) -> Encoded | None:
+        """Row ``index`` as tokens (``None`` when it does not fit ``max_length``)."""
+        return encode_example(
+            self.example(index),
+            self.tokenizer,
+            template=self.template,
+            max_length=self.max_length,
+            truncate=self.truncate,
+        )
+
+
+@dataclass
+class TrainData:
+    """The ``[data]`` section made concrete: which rows train, in what order, in what batches."""
+
+    train: JsonlDataset
+    train_rows: np.ndarray
+    """Rows that train (after split, length rule and ``n_samples``), correct and incorrect."""
+    heldout: JsonlDataset | None
+    heldout_rows: np.ndarray
+    seed: int
+    sampling: Any = None
+    """The sampling section (uniform or difficulty), or None for uniform."""
+    pairs: Any = None
+    """The pairs section, for the critic."""
+    packing: bool = False
+    counts: dict[str, int] = field(default_factory=dict)
+    """What was left out, by reason (reported, never silent)."""
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.train.tokenizer
+
+    @property
+    def heldout_problems(self) -> list[str]:
+        source = self.heldout or self.train
+        codes = np.unique(source.rows.problem_of_row[self.heldout_rows])
+        return sorted(source.rows.problem_ids[c] for c in codes)
+
+    def report(self) -> list[str]:
+        """Lines for the run log: sizes, what was left out and why, notes on metadata."""
+        lines = [
+            f"data: {len(self.train_rows)} training rows "
+            f"({int(self.train.rows.is_correct[self.train_rows].sum())} correct), "
+            f"{len(self.heldout_rows)} held-out rows of {len(self.heldout_problems)} problems"
+        ]
+        lines += [f"data: left out {n} rows: {why}" for why, n in self.counts.items() if n]
+        notes = self.train.notes + (self.heldout.notes if self.heldout else [])
+        return lines + [f"data: {note}" for note in notes]
+
+    def epoch_order(
+        self, epoch: int, *, rank: int = 0, world_size: int = 1, correct_only: bool = True
+    ) -> np.ndarray:
+        """This rank's rows for ``epoch`` (correct solutions only unless told otherwise)."""
+        rows = self.train_rows
+        if correct_only:
+            rows = rows[self.train.rows.is_correct[rows]]
+        if self.sampling is None or self.sampling.kind == "uniform":
+            order = samplers.uniform_order(rows, self.seed, epoch)
+        else:
+            members, _ = samplers.difficulty_bins(
+                rows, self.train.rows.difficulty, self.sampling.bins
+            )
+            order = samplers.difficulty_order(members, self.sampling.weights, self.seed, epoch)
+        return samplers.shard(order, rank, world_size)
+
+    def epoch_pairs(self, epoch: int, *, rank: int = 0, world_size: int = 1) -> np.ndarray:
+        """This rank's (correct, incorrect) row pairs ``[P, 2]`` for ``epoch``."""
+        if self.pairs is None:
+            raise DataError("data.pairs is not set: the critic pipeline needs it")
+        rows = self.train.rows
+        pairs = samplers.length_balanced_pairs(
+            self.train_rows,
+            rows.problem_of_row,
+            rows.is_correct,
+            rows.n_tokens,
+            length_bins=list(self.pairs.length_bins),
+            max_pairs_per_problem=self.pairs.max_pairs_per_problem,
+            unique=self.pairs.unique,
+            seed=self.seed,
+            epoch=epoch,
+        )
+        return samplers.shard(pairs, rank, world_size)
+
+    def batches(self, order: np.ndarray, batch_size: int) -> Iterator[dict]:
+        """Batches of ``batch_size`` rows of ``order`` (the last may be smaller), padded or packed."""
+        from wmtp.data.collate import pack_batch, pack_rows, pad_batch
+
+        pad_id = self.tokenizer.pad_id
+        for start in range(0, len(order), batch_size):
+            examples = [self._encoded(int(i)) for i in order[start : start + batch_size]]
+            if self.packing:
+                row_length = self.train.max_length or max(len(e) for e in examples)
+                yield pack_batch(pack_rows(examples, row_length), pad_id, row_length)
+            else:
+                yield pad_batch(examples, pad_id)
+
+    def pair_batches(self, pairs: np.ndarray, batch_size: int) -> Iterator[dict]:
+        """Critic batches ``{"chosen": ..., "rejected": ...}`` of ``batch_size`` pairs."""
+        from wmtp.data.collate import pair_batch
+
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start : start + batch_size]
+            yield pair_batch(
+                [(self._encoded(int(c)), self._encoded(int(r))) for c, r in chunk],
+                self.tokenizer.pad_id,
+            )
+
+    def heldout_batches(self, batch_size: int) -> Iterator[dict]:
+        """The held-out rows (correct ones), padded, in file order."""
+        source = self.heldout or self.train
+        rows = self.heldout_rows[source.rows.is_correct[self.heldout_rows]]
+        view = TrainData(source, rows, None, rows[:0], self.seed)
+        yield from view.batches(rows, batch_size)
+
+    def _encoded(self, index: int) -> Encoded:
+        encoded = self.train.encode(index)
+        assert encoded is not None, f"row {index} was kept but does not fit"
+        return encoded
+
+
+def make_train_data(
+    path: str | Path,
+    tokenizer: Tokenizer,
+    *,
+    seed: int,
+    template: TemplateName = "alpaca",
+    max_length: int | None = None,
+    truncate: bool = False,
+    heldout_fraction: float = 0.0,
+    heldout_path: str | Path | None = None,
+    n_samples: int | None = None,
+    sampling: Any = None,
+    pairs: Any = None,
+    packing: bool = False,
+    progress: bool = False,
+) -> TrainData:
+    """Load ``path`` (and ``heldout_path``) and decide the training rows, counting what is left out."""
+    kw = dict(template=template, max_length=max_length, truncate=truncate, progress=progress)
+    train = JsonlDataset(path, tokenizer, **kw)
+    counts: dict[str, int] = {}
+    if heldout_path is not None:
+        heldout = JsonlDataset(heldout_path, tokenizer, **kw)
+        _refuse_shared_problems(train, heldout)
+        rows, heldout_rows = np.arange(len(train)), np.arange(len(heldout))
+    else:
+        heldout = None
+        train_ids, heldout_ids = samplers.split_problems(train.problem_ids, heldout_fraction, seed)
+        rows, heldout_rows = train.rows_of(train_ids), train.rows_of(heldout_ids)
+    source = heldout or train
+    heldout_rows = heldout_rows[source.fits[heldout_rows]]
+    too_long = rows[~train.fits[rows]]
+    counts[f"longer than max_length={max_length} (data.truncate = true keeps them cut)"] = len(
+        too_long
+    )
+    rows = rows[train.fits[rows]]
+    kept = samplers.subsample(rows, n_samples, seed)
+    counts[f"beyond n_samples={n_samples}"] = len(rows) - len(kept)
+    if sampling is not None and sampling.kind == "difficulty":
+        _, outside = samplers.difficulty_bins(kept, train.rows.difficulty, sampling.bins)
+        counts["difficulty unknown or in no bin (never drawn)"] = outside
+    data = TrainData(train, kept, heldout, heldout_rows, seed, sampling, pairs, packing, counts)
+    for line in data.report():
+        log.info(line)
+    return data
+
+
+def _refuse_shared_problems(train: JsonlDataset, heldout: JsonlDataset) -> None:
+    shared = set(train.problem_ids) & set(heldout.problem_ids)
+    if shared:
+        example = sorted(shared)[0]
+        first = int(heldout.rows_of({example})[0])
+        raise DataError(
+            f"{heldout.file.where(first)}: problem {example!r} is also in {train.file.path} "
+            f"({len(shared)} shared problems): held-out problems must not train"
+        )

@@ -1,0 +1,160 @@
+"""Random access to a ``train.jsonl`` of millions of lines without loading it whole.
+
+An index of byte offsets (one int64 per line, built by scanning the file in chunks) finds any
+line with one seek. Every line must be a JSON object with the fields of
+:class:`~wmtp.data.examples.Example` (other keys are allowed and ignored); anything else is a :class:`DataError` naming the file and
+line. Blank lines are errors too: nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from wmtp.data.examples import Example
+from wmtp.errors import DataError
+
+CHUNK_BYTES = 1 << 24
+
+REQUIRED_FIELDS = ("instruction", "output", "problem_id", "is_correct")
+OPTIONAL_FIELDS = ("input", "difficulty")
+
+
+def line_offsets(path: Path) -> np.ndarray:
+    """Byte offset of the start of every line of ``path`` (a final line may lack its newline)."""
+    starts = [np.zeros(1, dtype=np.int64)]
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            newlines = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == ord("\n"))
+            starts.append(newlines.astype(np.int64) + size + 1)
+            size += len(chunk)
+    offsets = np.concatenate(starts)
+    if offsets[-1] == size:  # the file ends with a newline: no line starts there
+        offsets = offsets[:-1]
+    return offsets
+
+
+class JsonlFile:
+    """The lines of a JSON Lines file, read one at a time through an offset index."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(f"dataset file not found: {self.path}")
+        self.offsets = line_offsets(self.path)
+        self._size = self.path.stat().st_size
+        self._file = open(self.path, "rb")  # noqa: SIM115 (kept open for random access)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def __del__(self) -> None:
+        if hasattr(self, "_file"):
+            self._file.close()
+
+    def __getstate__(self) -> dict:  # data-loader workers reopen the file
+        return {"path": self.path, "offsets": self.offsets, "_size": self._size}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._file = open(self.path, "rb")  # noqa: SIM115
+
+    def where(self, index: int) -> str:
+        """``file:line`` of row ``index`` (lines count from 1)."""
+        return f"{self.path}:{index + 1}"
+
+    def raw(self, index: int) -> bytes:
+        start = int(self.offsets[index])
+        end = int(self.offsets[index + 1]) if index + 1 < len(self) else self._size
+        self._file.seek(start)
+        return self._file.read(end - start)
+
+    def record(self, index: int) -> dict:
+        """Row ``index`` as a dict; a located :class:`DataError` when it is not a JSON object."""
+        raw = self.raw(index)
+        if not raw.strip():
+            raise DataError(f"{self.where(index)}: empty line")
+        try:
+            record = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f"{self.where(index)}: not valid JSON ({exc})") from None
+        if not isinstance(record, dict):
+            raise DataError(
+                f"{self.where(index)}: expected a JSON object, got {type(record).__name__}"
+            )
+        return record
+
+    def example(self, index: int) -> Example:
+        """Row ``index`` as a validated :class:`Example`."""
+        return example_from_record(self.record(index), self.where(index))
+
+    def __iter__(self) -> Iterator[Example]:
+        """Every row in order, validated, streaming through the file once."""
+        with open(self.path, "rb") as f:
+            for index, raw in enumerate(f):
+                if not raw.strip():
+                    raise DataError(f"{self.where(index)}: empty line")
+                try:
+                    record = json.loads(raw)
+                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                    raise DataError(f"{self.where(index)}: not valid JSON ({exc})") from None
+                if not isinstance(record, dict):
+                    raise DataError(f"{self.where(index)}: expected a JSON object")
+                yield example_from_record(record, self.where(index))
+
+
+def _typed(record: dict, key: str, types: tuple[type, ...], where: str):
+    value = record[key]
+    if isinstance(value, bool) and bool not in types:  # bool is an int subclass: refuse it
+        types = ()
+    if not isinstance(value, types):
+        expected = " or ".join(t.__name__ for t in types) or "not a boolean"
+        raise DataError(f"{where}: field {key!r} must be {expected}, got {value!r:.60}")
+    return value
+
+
+def example_from_record(record: dict, where: str) -> Example:
+    """Validate one parsed line; ``where`` (``file:line``) locates any error."""
+    missing = [k for k in REQUIRED_FIELDS if k not in record]
+    if missing:
+        raise DataError(f"{where}: missing field(s) {', '.join(map(repr, missing))}")
+    difficulty = record.get("difficulty")
+    if difficulty is not None:
+        difficulty = _typed(record, "difficulty", (int,), where)
+    return Example(
+        instruction=_typed(record, "instruction", (str,), where),
+        output=_typed(record, "output", (str,), where),
+        problem_id=str(_typed(record, "problem_id", (str, int), where)),
+        is_correct=_typed(record, "is_correct", (bool,), where),
+        input=_typed(record, "input", (str,), where) if "input" in record else "",
+        difficulty=difficulty,
+    )
+
+
+def example_to_record(example: Example) -> dict:
+    """The JSON object of one line (``difficulty`` only when known)."""
+    record = {
+        "instruction": example.instruction,
+        "input": example.input,
+        "output": example.output,
+        "problem_id": example.problem_id,
+        "is_correct": example.is_correct,
+    }
+    if example.difficulty is not None:
+        record["difficulty"] = example.difficulty
+    return record
+
+
+def write_jsonl(path: str | Path, examples: list[Example]) -> Path:
+    """Write ``examples`` one per line (to a temporary name, then renamed)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for example in examples:
+            f.write(json.dumps(example_to_record(example), ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path
