@@ -67,5 +67,64 @@ def peer(
         console.print(f"{r.name:<20} {r.tokens_per_s:10.0f} tokens/s  MFU {r.mfu:6.1%}")
 
 
+@command(bench_app, "step")
+def step(
+    recipe: Annotated[
+        Path, typer.Argument(help="Recipe whose policy, batch and parallel settings are measured.")
+    ],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a value: dotted.key=toml_value.")
+    ] = None,
+    vocab: Annotated[
+        int | None, typer.Option(help="Vocabulary size when the recipe says -1.")
+    ] = None,
+    out: OutDir = Path("bench/results/step"),
+) -> None:
+    """A recipe's training step on this GPU: tokens/s, MFU, peak memory (median of 20 steps)."""
+    _need_cuda()
+    from wmtp.bench.step import StepConfig, bench_step
+    from wmtp.recipe import load_recipe
+
+    recipe_obj = load_recipe(recipe, overrides=tuple(set_ or ())).recipe
+    policy = recipe_obj.model.policy
+    if policy is None:
+        raise WmtpError(f"{recipe}: the recipe has no [model.policy] to measure")
+    args = policy.model_args(vocab)
+    if args.vocab_size <= 0:
+        raise WmtpError(f"{recipe}: model.policy.vocab_size comes from the tokenizer; pass --vocab")
+    cfg = StepConfig(
+        batch=recipe_obj.training.micro_batch_size,
+        seq_len=recipe_obj.data.max_length,
+        attention=policy.attention,
+        compile=recipe_obj.parallel.compile,
+        activation_checkpointing=recipe_obj.parallel.activation_checkpointing,
+    )
+    result = bench_step(args, cfg, label=recipe.stem)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{recipe.stem}.json").write_text(json.dumps(result.to_dict(), indent=2))
+    console.print(
+        f"{result.label}: {result.tokens_per_s:.0f} tokens/s, MFU {result.mfu:.1%} "
+        f"(of {result.peak_tflops:.0f} TFLOP/s bf16), peak {result.peak_memory_gib:.2f} GiB, "
+        f"step {result.step.median_ms:.1f} ms"
+    )
+
+
+@command(bench_app, "suite")
+def suite(
+    out: OutDir = Path("bench/results"),
+    flavour: Annotated[str, typer.Option(help="Model shape (a flavour name).")] = "llama-1b-bench",
+    seq_len: Annotated[int, typer.Option(help="Sequence length.")] = 2048,
+) -> None:
+    """The project's GPU figures side by side: HF peer, ntp, mtp4 (32k/128k vocab), verifiable."""
+    _need_cuda()
+    from wmtp.bench.suite import run_suite
+
+    result = run_suite(out, base=flavour, seq_len=seq_len)
+    console.print(
+        f"ratio vs HF sdpa+compile: {result['step_tokens_per_s_ratio_vs_hf_compile']:.2f}x, "
+        f"MFU {result['mfu_ntp']:.1%}"
+    )
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(bench_app, name="bench")

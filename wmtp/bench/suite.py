@@ -1,0 +1,127 @@
+"""``wmtp bench suite``: the GPU performance figures of the project, measured side by side.
+
+In one process: the Hugging Face peer (sdpa with and without torch.compile, eager), wmtp's step
+with one head over micro-batches, four heads with the same total layers at vocab 32k and 128k, and
+the verifiable step (policy plus a frozen critic forward). Writes ``<device>.json`` with the
+headline ratios and ``<device>.md`` with the tables.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from wmtp.bench.hf_peer import bench_hf
+from wmtp.bench.step import StepConfig, StepResult, bench_step
+from wmtp.models.args import flavour
+
+
+def _print(result) -> None:
+    name = getattr(result, "label", None) or result.name
+    print(
+        f"{name:<34} {result.tokens_per_s:10.0f} tok/s  MFU {result.mfu:6.1%}  "
+        f"peak {result.peak_memory_gib:6.2f} GiB  step {result.step.median_ms:8.2f} ms",
+        flush=True,
+    )
+
+
+def run_suite(out_dir: Path, *, base: str = "llama-1b-bench", seq_len: int = 2048) -> dict:
+    """Measure everything; returns (and writes) the results dictionary."""
+    args = flavour(base)
+    peers = []
+    for attn, compile in (("sdpa", True), ("sdpa", False), ("eager", False)):
+        peers.append(
+            bench_hf(args, batch=2, seq_len=seq_len, compile=compile, attn_implementation=attn)
+        )
+        _print(peers[-1])
+        torch.cuda.empty_cache()
+
+    def step(label: str, step_args, cfg: StepConfig) -> StepResult:
+        result = bench_step(step_args, cfg, label=label)
+        _print(result)
+        torch.cuda.empty_cache()
+        return result
+
+    ntp = {b: step(f"wmtp ntp b{b}", args, StepConfig(batch=b, seq_len=seq_len)) for b in (2, 4, 8)}
+    best_batch = max(ntp, key=lambda b: ntp[b].tokens_per_s)
+    cfg = StepConfig(batch=best_batch, seq_len=seq_len)
+    mtp = {}
+    for vocab in (32000, 128256):
+        one = (
+            ntp[best_batch]
+            if vocab == 32000
+            else step(f"wmtp ntp v{vocab}", replace(args, vocab_size=vocab), cfg)
+        )
+        four = step(f"wmtp mtp4 v{vocab}", replace(args, vocab_size=vocab, n_future_tokens=4), cfg)
+        mtp[vocab] = (one, four)
+    policy4 = replace(args, n_future_tokens=4)
+    verifiable = step("wmtp verifiable (mtp4 + critic)", policy4, replace(cfg, critic=args))
+    hf_compile = peers[0]
+    best = ntp[best_batch]
+    result = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "command": " ".join(["wmtp", *sys.argv[1:]]) if sys.argv else "",
+        "shape": {"flavour": base, **args.to_dict(), "seq_len": seq_len},
+        "peak_tflops_bf16": best.peak_tflops,
+        "step_tokens_per_s_ratio_vs_hf_compile": best.tokens_per_s / hf_compile.tokens_per_s,
+        "mfu_ntp": best.mfu,
+        "ntp_best_micro_batch": best_batch,
+        "mtp4_step_time_ratio_vs_ntp": {
+            str(v): four.step.median_ms / one.step.median_ms for v, (one, four) in mtp.items()
+        },
+        "mtp4_peak_memory_ratio_vs_ntp": {
+            str(v): four.peak_memory_gib / one.peak_memory_gib for v, (one, four) in mtp.items()
+        },
+        "verifiable_step_time_ratio_vs_baseline": (
+            verifiable.step.median_ms / mtp[32000][1].step.median_ms
+        ),
+        "peers": [p.to_dict() for p in peers],
+        "wmtp": [
+            r.to_dict()
+            for r in (*ntp.values(), *[x for pair in mtp.values() for x in pair], verifiable)
+        ],
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = "h100" if "H100" in result["device"] else "h200" if "H200" in result["device"] else "gpu"
+    (out_dir / f"{stem}_suite.json").write_text(json.dumps(result, indent=2))
+    (out_dir / f"{stem}_suite.md").write_text(markdown(result))
+    return result
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"Training step on {result['device']}, torch {result['torch']}; shape "
+        f"{result['shape']['flavour']} (dim {result['shape']['dim']}, {result['shape']['n_layers']} "
+        f"layers, seq {result['shape']['seq_len']}); MFU against {result['peak_tflops_bf16']:.0f} "
+        "TFLOP/s dense bf16; median of 20 steps after 5 warm-up steps.",
+        "",
+        "| run | tokens/s | MFU | peak GiB | step ms |",
+        "|---|---|---|---|---|",
+    ]
+    for r in result["peers"]:
+        lines.append(
+            f"| {r['name']} (b2) | {r['tokens_per_s']:.0f} | {r['mfu']:.1%} | "
+            f"{r['peak_memory_gib']:.2f} | {r['step']['median_ms']:.1f} |"
+        )
+    for r in result["wmtp"]:
+        lines.append(
+            f"| {r['label']} (b{r['config']['batch']}) | {r['tokens_per_s']:.0f} | "
+            f"{r['mfu']:.1%} | {r['peak_memory_gib']:.2f} | {r['step']['median_ms']:.1f} |"
+        )
+    lines += [
+        "",
+        f"- wmtp ntp / HF sdpa+compile tokens/s: "
+        f"{result['step_tokens_per_s_ratio_vs_hf_compile']:.2f}x",
+        f"- wmtp ntp MFU: {result['mfu_ntp']:.1%}",
+        f"- mtp4 / ntp step time: {result['mtp4_step_time_ratio_vs_ntp']}",
+        f"- mtp4 / ntp peak memory: {result['mtp4_peak_memory_ratio_vs_ntp']}",
+        f"- verifiable / baseline step time: {result['verifiable_step_time_ratio_vs_baseline']:.2f}x",
+    ]
+    return "\n".join(lines) + "\n"
