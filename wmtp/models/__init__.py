@@ -17,6 +17,10 @@ _LAZY = {
     "build_llama_mtp": "wmtp.models.llama_mtp",
     "SeqInfo": "wmtp.models.attention",
     "resolve_backend": "wmtp.models.attention",
+    "ValueModel": "wmtp.models.value",
+    "Decoder": "wmtp.models.kv_cache",
+    "apply_lora": "wmtp.models.lora",
+    "save_wmtp": "wmtp.models.checkpoint",
 }
 
 
@@ -30,12 +34,16 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "FLAVOURS",
+    "Decoder",
     "LlamaMTP",
     "ModelArgs",
     "SeqInfo",
+    "ValueModel",
+    "apply_lora",
     "build_llama_mtp",
     "flavour",
     "from_pretrained",
     "param_count",
     "resolve_backend",
+    "save_wmtp",
 ]
