@@ -105,7 +105,7 @@ def _inputs(shape: Shape, device, dtype, *, grad: bool):
         dtype=dtype,
         generator=g,
     )
-    v = torch.randn_like(k)
+    v = torch.randn(k.shape, device=device, dtype=dtype, generator=g)
     if grad:
         for t in (q, k, v):
             t.requires_grad_(True)
