@@ -1,0 +1,117 @@
+"""The evaluator through the real sandbox: reference solutions pass, broken ones fail."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_benchmarks import CODECONTESTS_ROWS, MBPP_ROWS, write_jsonl
+
+from wmtp.eval.benchmarks import humaneval_canonical, load_codecontests, load_humaneval, load_mbpp
+from wmtp.eval.evaluator import check_completions, print_table, write_results
+
+TASKS = ["HumanEval/0", "HumanEval/2", "HumanEval/12", "HumanEval/53", "HumanEval/101"]
+CHECK = {"timeout_s": 3.0, "memory_mb": 512, "workers": 2, "progress": False}
+BROKEN = {
+    "raises": "    raise NotImplementedError\n",
+    "exits early": "    import sys\n    sys.exit(0)\n",
+    "loops": "    while True:\n        pass\n",
+}
+
+
+@pytest.fixture(scope="module")
+def humaneval5():
+    bench = load_humaneval()
+    return type(bench)(
+        bench.name, tuple(p for p in bench.problems if p.task_id in TASKS), bench.stop
+    )
+
+
+def test_canonical_solutions_pass_and_broken_ones_fail(humaneval5, tmp_path):
+    canonical = humaneval_canonical(TASKS)
+    completions = {
+        task: [canonical[task], canonical[task], BROKEN["raises"], BROKEN["exits early"]]
+        for task in TASKS
+    }
+    completions["HumanEval/53"][3] = BROKEN["loops"]
+    verdicts = check_completions(humaneval5, completions, **CHECK)
+    for task in TASKS:
+        statuses = [v.status for v in verdicts[task]]
+        assert statuses[:3] == ["passed", "passed", "failed"], (task, verdicts[task])
+    assert verdicts["HumanEval/53"][3].status == "timeout"
+    assert verdicts["HumanEval/0"][3].status == "failed"  # sys.exit(0) before the checks ran
+    assert "NotImplementedError" in verdicts["HumanEval/2"][2].detail
+
+    samples = {t: [{"completion": c} for c in cs] for t, cs in completions.items()}
+    entry = write_results(
+        tmp_path,
+        humaneval5,
+        samples,
+        verdicts,
+        ks=[1, 2, 4],
+        settings={"k": [1, 2, 4]},
+        model="ref",
+    )
+    # every problem: n = 4, c = 2 -> pass@1 = 1/2, pass@2 = 1 - C(2,2)/C(4,2) = 5/6, pass@4 = 1
+    assert entry["pass_at_k"] == pytest.approx({"1": 0.5, "2": 5 / 6, "4": 1.0})
+    assert entry["statuses"] == {"passed": 10, "failed": 9, "timeout": 1}
+    lines = [json.loads(line) for line in (tmp_path / "humaneval.jsonl").read_text().splitlines()]
+    assert len(lines) == 20
+    assert {(line["task_id"], line["sample"]) for line in lines} == {
+        (t, i) for t in TASKS for i in range(4)
+    }
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["benchmarks"]["humaneval"]["pass_at_k"]["1"] == pytest.approx(0.5)
+    assert summary["model"] == "ref"
+
+
+def test_all_broken_scores_zero_and_summary_keeps_other_benchmarks(humaneval5, tmp_path):
+    (tmp_path / "summary.json").write_text(json.dumps({"benchmarks": {"mbpp": {"pass_at_k": {}}}}))
+    completions = {task: [BROKEN["raises"], "    return None\n"] for task in TASKS}
+    verdicts = check_completions(humaneval5, completions, **CHECK)
+    assert all(v.status == "failed" for vs in verdicts.values() for v in vs)
+    samples = {t: [{"completion": c} for c in cs] for t, cs in completions.items()}
+    entry = write_results(
+        tmp_path, humaneval5, samples, verdicts, ks=[1, 2], settings={}, model="m"
+    )
+    assert entry["pass_at_k"] == {"1": 0.0, "2": 0.0}
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert set(summary["benchmarks"]) == {"humaneval", "mbpp"}
+
+
+def test_mbpp_and_codecontests_judges_run_programs(tmp_path):
+    mbpp = load_mbpp(write_jsonl(tmp_path / "mbpp.jsonl", MBPP_ROWS))
+    completions = {
+        p.task_id: [row["code"], "def nothing():\n  pass\n"]
+        for p, row in zip(mbpp.problems, MBPP_ROWS, strict=True)
+    }
+    verdicts = check_completions(mbpp, completions, **CHECK)
+    assert [[v.status for v in vs] for vs in verdicts.values()] == [["passed", "failed"]] * 2
+
+    contests = load_codecontests(write_jsonl(tmp_path / "cc.jsonl", CODECONTESTS_ROWS))
+    (problem,) = contests.problems
+    programs = [
+        "a, b = map(int, input().split())\nprint(a + b)\n",
+        "import sys\na, b = map(int, sys.stdin.buffer.read().split())\nprint(a + b)\n",
+        "a, b = map(int, input().split())\nprint(a - b)\n",  # right on "0 0" only
+        "print(3)\n",  # right on the first test only
+    ]
+    verdicts = check_completions(contests, {problem.task_id: programs}, **CHECK)[problem.task_id]
+    assert [v.status for v in verdicts] == ["passed", "passed", "failed", "failed"]
+    assert verdicts[3].detail.startswith("test 1: expected '7")
+
+
+def test_table_prints_every_k(capsys):
+    from rich.console import Console
+
+    console = Console(width=120, force_terminal=False)
+    entry = {
+        "pass_at_k": {"1": 0.25, "10": 0.5},
+        "problems": 3,
+        "samples_per_problem": 10,
+        "statuses": {"passed": 4, "failed": 26},
+    }
+    print_table({"humaneval": entry}, console)
+    out = capsys.readouterr().out
+    assert "pass@1" in out and "pass@10" in out and "25.00" in out and "50.00" in out
+    assert "failed 26, passed 4" in out

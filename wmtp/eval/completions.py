@@ -1,0 +1,149 @@
+"""Completions of a benchmark's prompts by a model: n samples per problem.
+
+Sampling (temperature > 0) decodes a problem's ``n_samples`` together, as one KV-cache batch of
+the replicated prompt (in chunks of ``batch_size``), from a generator seeded by the recipe's seed
+and the problem's index, so a problem's samples do not depend on which problems ran before it.
+Greedy decoding (temperature 0) gives the same text every time: each problem is decoded once
+(self-speculatively when asked) and that completion stands for all ``n_samples``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from wmtp.eval.benchmarks import Benchmark
+from wmtp.eval.generate import Completion, Sampling, StopRule, generate
+from wmtp.eval.speculative import SpeculativeStats, speculative_generate
+
+
+@dataclass
+class GenerationStats:
+    """Totals over a benchmark's generation."""
+
+    completions: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    speculative: SpeculativeStats | None = None
+
+    def as_dict(self) -> dict:
+        out = {
+            "completions": self.completions,
+            "tokens": self.tokens,
+            "seconds": round(self.seconds, 3),
+            "tokens_per_s": round(self.tokens / self.seconds, 2) if self.seconds > 0 else 0.0,
+        }
+        if self.speculative is not None:
+            out["speculative"] = self.speculative.as_dict()
+        return out
+
+
+@dataclass
+class ProblemCompletions:
+    """The ``n`` completions of one problem (greedy: one completion, repeated)."""
+
+    task_id: str
+    completions: list[Completion] = field(default_factory=list)
+
+
+def continuation_decoder(tokenizer, prompt_ids: list[int]) -> Callable[[list[int]], str]:
+    """Text of generated ids as a continuation of the prompt.
+
+    SentencePiece drops a leading space when it decodes ids on their own; decoding prompt and
+    continuation together and cutting the prompt's text keeps the continuation's indentation.
+    """
+    prompt_text = tokenizer.decode(prompt_ids)
+
+    def decode(ids: list[int]) -> str:
+        text = tokenizer.decode(prompt_ids + ids)
+        return text[len(prompt_text) :] if text.startswith(prompt_text) else tokenizer.decode(ids)
+
+    return decode
+
+
+def sample_problem(
+    model: torch.nn.Module,
+    prompt_ids: list[int],
+    stop_rule: StopRule,
+    *,
+    n_samples: int,
+    sampling: Sampling,
+    max_new_tokens: int,
+    batch_size: int,
+    seed: int,
+    speculative: bool,
+) -> tuple[list[Completion], SpeculativeStats | None]:
+    """``n_samples`` completions of one prompt (one, repeated, when greedy)."""
+    if sampling.greedy:
+        if speculative:
+            completion, stats = speculative_generate(
+                model, prompt_ids, stop_rule, max_new_tokens=max_new_tokens
+            )
+            return [completion] * n_samples, stats
+        (completion,) = generate(model, [prompt_ids], stop_rule, max_new_tokens=max_new_tokens)
+        return [completion] * n_samples, None
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    completions = generate(
+        model,
+        [prompt_ids] * n_samples,
+        stop_rule,
+        max_new_tokens=max_new_tokens,
+        sampling=sampling,
+        generator=generator,
+        batch_size=batch_size,
+    )
+    return completions, None
+
+
+def complete_benchmark(
+    model: torch.nn.Module,
+    tokenizer,
+    benchmark: Benchmark,
+    spec,
+    *,
+    seed: int,
+    progress: bool = True,
+) -> tuple[list[ProblemCompletions], GenerationStats]:
+    """Completions of every problem under the ``[evaluation]`` section ``spec``."""
+    from rich.progress import Progress
+
+    sampling = Sampling(temperature=spec.temperature, top_p=spec.top_p)
+    stats = GenerationStats(speculative=SpeculativeStats() if spec.speculative else None)
+    results = []
+    started = time.perf_counter()
+    with Progress(disable=not progress) as bar:
+        task = bar.add_task(f"{benchmark.name}: generating", total=len(benchmark.problems))
+        for index, problem in enumerate(benchmark.problems):
+            prompt_ids = tokenizer.encode(problem.prompt, bos=True)
+            stop_rule = StopRule(
+                continuation_decoder(tokenizer, prompt_ids),
+                stop=benchmark.stop,
+                eos_id=tokenizer.eos_id,
+            )
+            completions, spec_stats = sample_problem(
+                model,
+                prompt_ids,
+                stop_rule,
+                n_samples=spec.n_samples,
+                sampling=sampling,
+                max_new_tokens=spec.max_new_tokens,
+                batch_size=spec.batch_size,
+                seed=seed * 1_000_003 + index,
+                speculative=spec.speculative,
+            )
+            distinct = completions[:1] if sampling.greedy else completions
+            stats.completions += len(distinct)
+            stats.tokens += sum(len(c.tokens) for c in distinct)
+            if spec_stats is not None and stats.speculative is not None:
+                stats.speculative.add(spec_stats)
+            results.append(ProblemCompletions(problem.task_id, completions))
+            bar.advance(task)
+    stats.seconds = time.perf_counter() - started
+    return results, stats
+
+
+__all__ = ["GenerationStats", "ProblemCompletions", "complete_benchmark", "continuation_decoder"]
