@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from toy import ToyMTP
+from tests.parallel.toy import ToyMTP
 
 from wmtp.losses import loss_and_backward
 from wmtp.parallel import compute_context, init_distributed, parallelize

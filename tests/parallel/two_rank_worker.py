@@ -56,6 +56,9 @@ def main(out: str, sharding: str, strategy: str, ac: int) -> None:
             total = stats if total is None else total + stats
         summed = all_reduce_sum(total.as_tensor())
         losses.append(type(stats).from_tensor(summed).total_loss().item())
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        losses.append(norm.item())  # gradients summed over ranks, not averaged
         opt.step()
         opt.zero_grad()
     if ctx.rank == 0:

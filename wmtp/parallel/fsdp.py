@@ -4,7 +4,8 @@ Strategies (``parallel.sharding``): ``full_shard`` reshards each block after its
 memory), ``shard_grad_op`` keeps blocks unsharded from forward to backward (no re-gather),
 ``no_shard`` replicates parameters on a world mesh of one shard group (plain data parallel through
 FSDP2's replicate mesh). Mixed precision: parameters stay fp32 (the optimizer's master weights),
-compute runs in the recipe's dtype, gradients are reduced in ``reduce_dtype``.
+compute runs in the recipe's dtype, gradients are reduced in ``reduce_dtype`` and *summed* over
+ranks (the MTP loss divides by the global weight sum itself, see ``wmtp.losses.mtp``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ def apply_fsdp(
     # The root's own parameters (embedding, final norm, unembedding) stay gathered after forward:
     # the heads use them outside any FSDP forward, and the backward needs them at once anyway.
     fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
+    # The loss is already normalised by the global token count (all ranks and micro-batches),
+    # so gradients are summed across ranks, not averaged.
+    for module in [*blocks, model]:
+        module.set_gradient_divide_factor(1.0)
+        module.set_force_sum_reduction_for_comms(True)  # plain SUM (gloo has no PREMUL_SUM)
     for name in FORWARD_METHODS:
         if hasattr(model, name):
             register_fsdp_forward_method(model, name)
