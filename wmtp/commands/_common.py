@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from wmtp.errors import WmtpError
 
@@ -23,7 +24,9 @@ def report_error(exc: WmtpError, *, fmt: str = "text") -> None:
     if fmt == "json":
         typer.echo(json.dumps(exc.to_json(), indent=2))
     else:
-        err_console.print(f"[bold red]error:[/] {exc.render()}", highlight=False, markup=True)
+        # escape: messages hold TOML table names like [model.critic]; soft_wrap: keep paths whole
+        message = escape(exc.render())
+        err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
 
 
 def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callable:
