@@ -74,6 +74,8 @@ def validate(
     what was expected and did-you-mean suggestions. Valid recipes show the effective batch,
     tokens per optimizer step, parameters of each model and estimated memory per GPU.
     """
+    from rich.markup import escape
+
     from wmtp.estimate import estimate
     from wmtp.recipe import RecipeProblems, load_recipe
 
@@ -89,7 +91,10 @@ def validate(
             failed = True
             results.append({"recipe": str(path), "valid": False, **exc.to_json()})
             if format is OutputFormat.text:
-                err_console.print(f"[bold red]invalid:[/] {exc.render()}", highlight=False)
+                message = escape(exc.render())
+                err_console.print(
+                    f"[bold red]invalid:[/] {message}", highlight=False, soft_wrap=True
+                )
             continue
         cost = estimate(loaded.recipe, world_size)
         env_problems = _environment_problems(loaded.recipe, machine, world_size) if machine else []
@@ -113,6 +118,8 @@ def validate(
 
 
 def _print_estimate(path: str, recipe: Any, cost: Any, env_problems: list[str]) -> None:
+    from rich.markup import escape
+
     from wmtp.estimate import GIB
 
     exp = recipe.experiment
@@ -138,7 +145,9 @@ def _print_estimate(path: str, recipe: Any, cost: Any, env_problems: list[str]) 
     for note in cost.notes:
         typer.echo(f"  note: {note}")
     for problem in env_problems:
-        err_console.print(f"  [bold red]environment:[/] {problem}", highlight=False)
+        err_console.print(
+            f"  [bold red]environment:[/] {escape(problem)}", highlight=False, soft_wrap=True
+        )
 
 
 def _environment() -> dict[str, Any]:
@@ -280,7 +289,9 @@ def schema(
     current = output.read_text(encoding="utf-8") if output.is_file() else None
     if check:
         if current != text:
-            err_console.print(f"{output} is stale: run `wmtp schema`", highlight=False)
+            err_console.print(
+                f"{output} is stale: run `wmtp schema`", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(1)
         typer.echo(f"{output} is up to date")
         return

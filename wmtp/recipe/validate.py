@@ -67,7 +67,7 @@ def _problems(err: dict, tree: _Tree) -> list[Problem]:
         expected = None if hints else f"one of {', '.join(known)}" if known else None
         return [_problem_at(where, key, "unknown key", expected=expected, suggestions=hints)]
     if kind in ("union_tag_invalid", "union_tag_not_found"):
-        tags = _split_expected(err["ctx"]["expected_tags"])
+        tags = _union_tags(section, path[-1])
         kind_key = dotted((*path, "kind"))
         where = tree.sources.get((*path, "kind"), where)
         if kind == "union_tag_not_found":
@@ -175,6 +175,21 @@ def _section_class(annotation: Any, value: Any) -> Any:
         if kind is None or (tag is not None and tag.default == kind):
             return model
     return models[0] if models else None
+
+
+def _union_tags(section: Any, name: Any) -> list[str]:
+    """The ``kind`` values of the tagged union that field ``name`` of ``section`` holds."""
+    field = getattr(section, "model_fields", {}).get(name)
+    tags: list[str] = []
+    todo = [field.annotation] if field is not None else []
+    while todo:
+        annotation = todo.pop(0)
+        kind = getattr(annotation, "model_fields", {}).get("kind")
+        if kind is not None:
+            tags.append(kind.default)
+        else:
+            todo += list(typing.get_args(annotation))
+    return tags
 
 
 def _field_names(section: Any) -> list[str]:

@@ -1,0 +1,221 @@
+"""The recipe commands end to end through Typer's CliRunner, on real recipe files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from wmtp.cli import app
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "recipes" / "tiny.toml"
+
+
+@pytest.fixture
+def cli(monkeypatch):
+    monkeypatch.chdir(REPO)
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(app, [str(a) for a in args])
+
+    return invoke
+
+
+@pytest.fixture
+def bad_recipe(tmp_path) -> Path:
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        textwrap.dedent(
+            f"""\
+            extends = "{TINY}"
+            [training]
+            lr = -1.0
+            grad_acum_steps = 2
+            [weighting]
+            kind = "tdd"
+            """
+        )
+    )
+    return path
+
+
+# --- validate ------------------------------------------------------------------------------------
+
+
+def test_validate_every_recipe_by_default(cli):
+    result = cli("validate")
+    assert result.exit_code == 0, result.stderr
+    for path in sorted((REPO / "recipes").glob("*.toml")):
+        assert f"recipes/{path.name}: ok" in result.stdout
+    assert "memory/GPU" in result.stdout and "tokens/step" in result.stdout
+
+
+def test_validate_prints_derived_quantities(cli):
+    result = cli("validate", "recipes/verifiable.toml", "--world-size", "8")
+    assert result.exit_code == 0
+    assert "batch 256 sequences/step (4 x 8 accum x 8 GPUs), 524,288 tokens/step" in result.stdout
+    assert "model.policy: 6,898,323,456 parameters, 159,907,840 trained" in result.stdout
+    assert "full_shard, world size 8" in result.stdout
+
+
+def test_validate_reports_every_problem_and_exits_2(cli, bad_recipe):
+    result = cli("validate", bad_recipe, "recipes/tiny.toml")
+    assert result.exit_code == 2
+    err = result.stderr
+    assert "3 problems" in err
+    assert "bad.toml:3:1: training.lr" in err
+    assert (
+        "bad.toml:4:1: training.grad_acum_steps: unknown key; did you mean 'grad_accum_steps'?"
+        in err
+    )
+    assert "bad.toml:6:1: weighting.kind: unknown kind 'tdd'" in err and "'td'" in err
+    assert "recipes/tiny.toml: ok" in result.stdout  # the valid one is still checked
+    assert "Traceback" not in err + result.stdout
+
+
+def test_validate_json(cli, bad_recipe):
+    result = cli("validate", "recipes/tiny.toml", bad_recipe, "--format", "json")
+    assert result.exit_code == 2
+    report = json.loads(result.stdout)
+    good, bad = report["recipes"]
+    assert good["valid"] and good["estimate"]["effective_batch"] == 8
+    assert not bad["valid"] and len(bad["problems"]) == 3
+    assert {p["key"] for p in bad["problems"]} == {
+        "training.lr",
+        "training.grad_acum_steps",
+        "weighting.kind",
+    }
+
+
+def test_validate_with_set(cli):
+    result = cli("validate", "recipes/tiny.toml", "--set", "training.micro_batch_size=16")
+    assert "batch 16 sequences/step" in result.stdout
+    result = cli("validate", "recipes/tiny.toml", "--set", "training.micro_batch_size=0")
+    assert result.exit_code == 2 and "--set training.micro_batch_size=0" in result.stderr
+
+
+def test_syntax_error_missing_extends_and_cycle_exit_2_without_traceback(cli, tmp_path):
+    (tmp_path / "syntax.toml").write_text("[experiment\n")
+    (tmp_path / "missing.toml").write_text('extends = "gone.toml"\n')
+    (tmp_path / "a.toml").write_text('extends = "b.toml"\n')
+    (tmp_path / "b.toml").write_text('extends = "a.toml"\n')
+    for name, expected in [
+        ("syntax.toml", "TOML syntax error"),
+        ("missing.toml", "extended recipe not found"),
+        ("a.toml", "extends cycle"),
+    ]:
+        for command in ("validate", "show"):
+            result = cli(command, tmp_path / name)
+            assert result.exit_code == 2, (command, name)
+            assert expected in result.stderr and "Traceback" not in result.stderr
+
+
+def test_validate_env_checks_the_machine(cli):
+    result = cli("validate", "recipes/tiny.toml", "--env", "--format", "json")
+    assert result.exit_code == 0, result.stdout
+    machine = json.loads(result.stdout)["environment"]
+    assert machine["torch"] and machine["cuda"] in (True, False)
+    result = cli("validate", "recipes/tiny.toml", "--env", "--set", "parallel.device=cuda")
+    if not machine["cuda"]:
+        assert result.exit_code == 2 and "no CUDA device" in result.stderr
+
+
+# --- diff ----------------------------------------------------------------------------------------
+
+
+def test_diff_equal_exits_0(cli):
+    result = cli("diff", "recipes/tiny.toml", "recipes/tiny.toml")
+    assert result.exit_code == 0 and "same recipe" in result.stdout
+
+
+def test_diff_classes_changes_and_exits_1(cli):
+    result = cli("diff", "recipes/baseline.toml", "recipes/verifiable.toml")
+    assert result.exit_code == 1
+    out = result.stdout
+    assert "numerics (" in out and "cosmetic (1):" in out
+    assert "weighting.kind" in out and '"uniform" -> "td"' in out
+
+
+def test_diff_json_and_run_directory(cli, tmp_path):
+    run = tmp_path / "runs" / "tiny" / "20260101-000000-0123abcd"
+    run.mkdir(parents=True)
+    shown = cli("show", "recipes/tiny.toml", "--set", "training.lr=1e-3").stdout
+    (run / "recipe.toml").write_text(shown)
+    result = cli("diff", "recipes/tiny.toml", run, "--format", "json")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["changes"] == [
+        {"key": "training.lr", "old": 0.003, "new": 0.001, "category": "numerics"}
+    ]
+
+
+# --- show ----------------------------------------------------------------------------------------
+
+
+def test_show_round_trips(cli, tmp_path):
+    from wmtp.recipe import load_recipe
+
+    result = cli("show", "recipes/rho1.toml")
+    assert result.exit_code == 0
+    out = tmp_path / "resolved.toml"
+    out.write_text(result.stdout)
+    assert load_recipe(out).recipe == load_recipe(REPO / "recipes" / "rho1.toml").recipe
+
+
+def test_show_explain_names_sources(cli):
+    result = cli("show", "recipes/verifiable.toml", "--explain", "--set", "training.lr=2e-5")
+    assert result.exit_code == 0
+    out = result.stdout
+    assert 'name = "verifiable"  # recipes/verifiable.toml:6:1' in out
+    assert "seed = 42  # recipes/base.toml:" in out
+    assert "lr = 2e-05  # --set training.lr=2e-5" in out
+    assert "eps = 1e-08  # default · AdamW epsilon." in out
+
+
+# --- schema --------------------------------------------------------------------------------------
+
+
+def test_schema_check_passes_in_the_repository(cli):
+    result = cli("schema", "--check")
+    assert result.exit_code == 0, result.stderr
+
+
+def test_schema_writes_and_detects_staleness(cli, tmp_path):
+    target = tmp_path / "s" / "recipe.schema.json"
+    assert cli("schema", "--output", target).exit_code == 0
+    assert target.read_text() == (REPO / "schemas" / "recipe.schema.json").read_text()
+    target.write_text("{}")
+    result = cli("schema", "--check", "--output", target)
+    assert result.exit_code == 1 and "stale" in result.stderr
+
+
+# --- list ----------------------------------------------------------------------------------------
+
+
+def test_list_shows_components_with_parameters(cli):
+    result = cli("list", "weighting")
+    assert result.exit_code == 0, result.stderr
+    out = result.stdout
+    assert out.startswith("weighting:")
+    assert "  td  " in out and "gamma = 1.0  Discount of the TD errors." in out
+    assert "  rho1  " in out and "k_percent = 0.6" in out
+
+
+def test_list_json_and_unknown_kind(cli):
+    entries = json.loads(cli("list", "--format", "json").stdout)
+    kinds = {e["kind"] for e in entries}
+    assert {"weighting", "model"} <= kinds
+    result = cli("list", "weightin")
+    assert result.exit_code == 2 and "did you mean 'weighting'" in result.stderr
+
+
+def test_help_of_every_recipe_command(cli):
+    for command in ("validate", "diff", "show", "schema", "list"):
+        result = cli(command, "--help")
+        assert result.exit_code == 0 and "Usage" in result.stdout
+    assert shutil.which("wmtp") is not None

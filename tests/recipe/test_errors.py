@@ -1,0 +1,213 @@
+"""Every kind of user mistake becomes one located report: file:line:column, key, expected, hints."""
+
+from __future__ import annotations
+
+import pytest
+
+from wmtp.errors import RecipeError
+from wmtp.recipe import load_recipe
+from wmtp.recipe.errors import RecipeProblems
+
+from .conftest import MINIMAL
+
+
+def problems_of(path, overrides=()):
+    with pytest.raises(RecipeProblems) as info:
+        load_recipe(path, overrides)
+    assert isinstance(info.value, RecipeError)
+    return info.value.problems
+
+
+def one_problem(path, overrides=()):
+    problems = problems_of(path, overrides)
+    assert len(problems) == 1, [p.render() for p in problems]
+    return problems[0]
+
+
+def test_toml_syntax_error_is_located(write):
+    p = one_problem(write("r.toml", '[experiment]\nname = "unterminated\n'))
+    assert (p.file, p.line) == ("r.toml", 2)
+    assert p.column is not None and "TOML syntax error" in p.message
+
+
+def test_unknown_key_has_position_and_did_you_mean(write):
+    text = MINIMAL.replace("max_steps = 10", "max_steps = 10\ngrad_acum_steps = 2")
+    p = one_problem(write("r.toml", text))
+    assert (p.where, p.key, p.message) == ("r.toml:15:1", "training.grad_acum_steps", "unknown key")
+    assert p.suggestions == ("grad_accum_steps",)
+    assert "did you mean 'grad_accum_steps'?" in p.render()
+
+
+def test_unknown_key_inside_a_tagged_union_uses_the_recipe_key(write):
+    text = MINIMAL + '[model.critic]\nflavour = "tiny"\n[weighting]\nkind = "td"\ngama = 0.9\n'
+    p = one_problem(write("r.toml", text))
+    assert (p.key, p.line, p.suggestions) == ("weighting.gama", 23, ("gamma",))
+
+
+def test_unknown_kind_lists_kinds_and_suggests(write):
+    p = one_problem(write("r.toml", MINIMAL + '[weighting]\nkind = "rho"\n'))
+    assert (p.key, p.line, p.column) == ("weighting.kind", 20, 1)
+    assert p.message == "unknown kind 'rho'"
+    assert "uniform" in p.expected and "random_matched" in p.expected
+    assert p.suggestions[0] == "rho1"
+
+
+def test_missing_kind_of_a_tagged_union(write):
+    p = one_problem(write("r.toml", MINIMAL + "[weighting]\nk_percent = 0.5\n"))
+    assert (p.key, p.message) == ("weighting.kind", "missing")
+    assert "rho1" in p.expected
+
+
+def test_unknown_choice_suggests(write):
+    text = MINIMAL.replace('dtype = "float32"', 'dtype = "float32"\nattention = "spda"')
+    p = one_problem(write("r.toml", text))
+    assert (p.key, p.line) == ("model.policy.attention", 11)
+    assert p.suggestions == ("sdpa",) and "flash_attn" in p.expected
+
+
+def test_unknown_flavour_suggests(write):
+    p = one_problem(write("r.toml", MINIMAL.replace('"tiny"', '"tiny2"')))
+    assert p.key == "model.policy.flavour" and p.suggestions[0] == "tiny"
+
+
+def test_wrong_type_and_out_of_range(write):
+    text = MINIMAL.replace("max_steps = 10", 'max_steps = "ten"\nlr = -1.0')
+    first, second = problems_of(write("r.toml", text))
+    assert (first.key, first.line) == ("training.max_steps", 14)
+    assert "integer" in first.message and "'ten'" in first.message
+    assert (second.key, second.line) == ("training.lr", 15)
+    assert "greater than 0" in second.message
+
+
+def test_missing_required_key_points_at_its_table(write):
+    p = one_problem(write("r.toml", MINIMAL.replace('name = "t"\n', "")))
+    assert (p.key, p.message, p.line) == ("experiment.name", "missing required key", 1)
+
+
+def test_every_problem_in_one_report_in_file_order(write):
+    text = (
+        MINIMAL.replace('name = "t"', 'name = "t"\ncolour = "red"')
+        .replace("max_steps = 10", "max_steps = 0")
+        .replace('kind = "humaneval"', 'kind = "humaneval"\nmax_lenght = 3')
+    )
+    problems = problems_of(write("r.toml", text))
+    assert [p.key for p in problems] == [
+        "experiment.colour",
+        "training.max_steps",
+        "data.max_lenght",
+    ]
+    assert [p.line for p in problems] == sorted(p.line for p in problems)
+    report = RecipeProblems("r.toml", problems).render()
+    assert report.startswith("r.toml: 3 problems")
+
+
+def test_missing_extends_is_located(write):
+    p = one_problem(write("r.toml", 'extends = "nope.toml"\n' + MINIMAL))
+    assert (p.where, p.key) == ("r.toml:1:1", "extends")
+    assert "nope.toml" in p.message
+
+
+def test_extends_cycle_is_named(write):
+    write("a.toml", 'extends = "b.toml"\n')
+    write("b.toml", 'extends = "a.toml"\n')
+    p = one_problem("a.toml")
+    assert p.message == "extends cycle: a.toml -> b.toml -> a.toml"
+
+
+def test_problem_from_set_names_the_override(write):
+    p = one_problem(write("r.toml", MINIMAL), ["training.lr=fast"])
+    assert p.file is None and p.origin == "--set training.lr=fast"
+    assert "training.lr" in p.render() and "--set training.lr=fast" in p.render()
+    bad = one_problem("r.toml", ["training.lr"])
+    assert "expected KEY=VALUE" in bad.message
+
+
+def test_json_form_carries_every_field(write):
+    text = MINIMAL.replace("max_steps = 10", "max_steps = 10\ngrad_acum_steps = 2")
+    with pytest.raises(RecipeProblems) as info:
+        load_recipe(write("r.toml", text))
+    data = info.value.to_json()
+    assert data["error"] == "RecipeProblems" and data["recipe"] == "r.toml"
+    (problem,) = data["problems"]
+    assert problem["file"] == "r.toml" and problem["line"] == 15 and problem["column"] == 1
+    assert problem["key"] == "training.grad_acum_steps"
+    assert problem["suggestions"] == ["grad_accum_steps"]
+
+
+# --- cross-field rules: each names both fields, each located ------------------------------------
+
+
+def rule_problem(write, text, overrides=()):
+    return one_problem(write("r.toml", text), overrides)
+
+
+def test_flash_attn_needs_half_precision(write):
+    p = rule_problem(write, MINIMAL, ["model.policy.attention=flash_attn"])
+    assert p.key == "model.policy.attention" and "dtype" in p.message and "flash_attn" in p.message
+    text = MINIMAL.replace('"float32"', '"bfloat16"\nattention = "flash_attn"')
+    load_recipe(write("ok.toml", text))  # bf16 is fine
+
+
+def test_future_tokens_fit_the_layers(write):
+    p = rule_problem(write, MINIMAL.replace("n_future_tokens = 2", "n_future_tokens = 5"))
+    assert p.key == "model.policy.n_future_tokens" and p.line == 11
+    assert "n_layers = 4" in p.message and "n_future_tokens = 5" in p.message
+
+
+def test_min_weight_below_max_weight(write):
+    text = (
+        MINIMAL
+        + '[model.critic]\nflavour = "tiny"\n[weighting]\nkind = "td"\nmin_weight = 3.0\nmax_weight = 3.0\n'
+    )
+    p = rule_problem(write, text)
+    assert p.key == "weighting.min_weight" and "max_weight" in p.message and p.line == 23
+
+
+@pytest.mark.parametrize("k_percent", [0.0, 1.5, -0.1])
+def test_k_percent_in_unit_interval(write, k_percent):
+    text = (
+        MINIMAL
+        + f'[model.reference]\nflavour = "tiny"\n[weighting]\nkind = "rho1"\nk_percent = {k_percent}\n'
+    )
+    p = rule_problem(write, text)
+    assert p.key == "weighting.k_percent"
+    load_recipe(write("ok.toml", text.replace(f"k_percent = {k_percent}", "k_percent = 1.0")))
+
+
+def test_verifiable_needs_a_critic(write):
+    text = MINIMAL.replace('"baseline"', '"verifiable"') + '[weighting]\nkind = "td"\n'
+    pipeline, weighting = problems_of(write("r.toml", text))
+    assert (pipeline.key, pipeline.line) == ("experiment.pipeline", 3)
+    assert "[model.critic]" in pipeline.message and "'verifiable'" in pipeline.message
+    assert weighting.key == "weighting.kind" and "critic" in weighting.message
+
+
+def test_rho1_needs_a_reference(write):
+    text = MINIMAL.replace('"baseline"', '"rho1"') + '[weighting]\nkind = "rho1"\n'
+    problems = problems_of(write("r.toml", text))
+    assert any(
+        q.key == "experiment.pipeline" and "[model.reference]" in q.message for q in problems
+    )
+
+
+def test_k_values_fit_the_samples(write):
+    p = rule_problem(write, MINIMAL + "[evaluation]\nk = [1, 10]\nn_samples = 5\n")
+    assert p.key == "evaluation.k" and "n_samples" in p.message and p.line == 20
+
+
+def test_head_weights_one_per_head(write):
+    p = rule_problem(
+        write, MINIMAL.replace("max_steps = 10", "max_steps = 10\nhead_weights = [1.0]")
+    )
+    assert p.key == "training.head_weights" and "n_future_tokens = 2" in p.message
+
+
+def test_data_fits_the_context(write):
+    p = rule_problem(write, MINIMAL.replace("max_length = 256", "max_length = 4096"))
+    assert p.key == "data.max_length" and "max_seq_len = 512" in p.message
+
+
+def test_several_broken_rules_of_one_section_are_all_reported(write):
+    text = MINIMAL.replace("n_future_tokens = 2", 'n_future_tokens = 9\nattention = "flash_attn"')
+    keys = {p.key for p in problems_of(write("r.toml", text))}
+    assert {"model.policy.attention", "model.policy.n_future_tokens"} <= keys

@@ -1,0 +1,101 @@
+"""Derived quantities, checked against published sizes and hand computations."""
+
+from __future__ import annotations
+
+import pytest
+
+from wmtp.estimate import BYTE_TOKENIZER_VOCAB, GIB, estimate, lora_params, value_head_params
+from wmtp.recipe import load_recipe
+
+from .conftest import MINIMAL, RECIPES
+
+
+def test_byte_vocab_matches_the_tokenizer():
+    from wmtp.data.tokenizers import ByteTokenizer
+
+    assert ByteTokenizer().vocab_size == BYTE_TOKENIZER_VOCAB
+
+
+def test_batch_and_tokens(write):
+    recipe = load_recipe(write("r.toml", MINIMAL), ["training.grad_accum_steps=3"]).recipe
+    cost = estimate(recipe, world_size=4)
+    assert cost.effective_batch == 4 * 3 * 4  # micro 4 (default) x accum 3 x 4 GPUs
+    assert cost.tokens_per_step == 48 * 256
+
+
+def test_llama2_7b_parameters_match_the_published_count():
+    recipe = load_recipe(RECIPES / "baseline.toml", ["model.policy.flavour=llama2-7b"]).recipe
+    recipe = recipe.model_copy(
+        update={
+            "model": recipe.model.model_copy(
+                update={
+                    "policy": recipe.model.policy.model_copy(
+                        update={"lora": None, "n_future_tokens": 1}
+                    )
+                }
+            )
+        }
+    )
+    (policy,) = estimate(recipe).models
+    assert policy.total == 6_738_415_616  # Llama-2-7B, as published with the weights
+
+
+def test_lora_r64_on_every_linear_of_the_7b():
+    recipe = load_recipe(RECIPES / "baseline.toml").recipe
+    args = recipe.model.policy.model_args(32000)
+    # per layer: attention 4 x 64 x (4096 + 4096); SwiGLU 3 x 64 x (4096 + 11008); 32 layers
+    expected = 32 * (4 * 64 * 8192 + 3 * 64 * (4096 + 11008))
+    assert lora_params(recipe.model.policy.lora, args) == expected == 159_907_840
+    (policy,) = estimate(recipe).models
+    assert policy.trainable == expected
+    assert policy.total == 6_738_415_616 + expected
+
+
+def test_mlp_value_head():
+    recipe = load_recipe(RECIPES / "critic.toml").recipe
+    assert value_head_params(recipe.model.critic.head, 2560) == 2560 * 1024 + 1024 + 1024 + 1
+
+
+def test_memory_of_a_fully_trained_model_by_hand(write):
+    overrides = ["training.micro_batch_size=2", "parallel.sharding=no_shard"]
+    recipe = load_recipe(write("r.toml", MINIMAL), overrides).recipe
+    (policy,) = estimate(recipe).models
+    memory = estimate(recipe, world_size=1).memory
+    dim, layers, heads, kv, ffn, vocab = 64, 4, 4, 2, 192, 259
+    assert policy.args.hidden_dim == ffn
+    assert memory.states == 16 * policy.total  # fp32 master + grad + AdamW m, v; one shard
+    assert memory.frozen == 0 and memory.gathered == 0  # no LoRA, float32 compute
+    tokens = 2 * 256
+    per_layer = 6 * dim + 2 * kv * (dim // heads) + 4 * ffn
+    saved_layers = (layers - 2) + 1  # trunk + one head at a time (per_head)
+    assert memory.activations == 4 * tokens * saved_layers * per_layer
+    assert memory.logits == tokens * vocab * (4 + 4)
+
+
+def test_sharding_and_checkpointing_shrink_memory():
+    recipe = load_recipe(RECIPES / "verifiable.toml").recipe
+    one, eight = estimate(recipe, 1).memory, estimate(recipe, 8).memory
+    assert eight.states == pytest.approx(one.states / 8)
+    assert eight.frozen_models == pytest.approx(one.frozen_models / 8)
+    no_ac = load_recipe(
+        RECIPES / "verifiable.toml", ["parallel.activation_checkpointing=false"]
+    ).recipe
+    assert estimate(no_ac, 8).memory.activations > 5 * eight.activations
+    every_2 = load_recipe(
+        RECIPES / "verifiable.toml", ["parallel.activation_checkpointing=2"]
+    ).recipe
+    assert (
+        eight.activations
+        < estimate(every_2, 8).memory.activations
+        < estimate(no_ac, 8).memory.activations
+    )
+    assert 1 < eight.total / GIB < 80  # fits an 80 GB GPU at 8-way sharding
+
+
+def test_sizes_from_a_checkpoint_are_not_guessed(write):
+    recipe = load_recipe(
+        write("r.toml", MINIMAL.replace('flavour = "tiny"', 'path = "ckpt"'))
+    ).recipe
+    cost = estimate(recipe)
+    assert cost.memory is None and cost.models[0].args is None
+    assert any("checkpoint" in note for note in cost.notes)

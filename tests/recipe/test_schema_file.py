@@ -1,0 +1,81 @@
+"""schemas/recipe.schema.json: fresh, a valid JSON Schema, complete, and it checks recipe files."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+import tomllib
+
+from wmtp.recipe.jsonschema import render_json_schema
+from wmtp.recipe.schema import Recipe, Section
+
+from .conftest import RECIPES, REPO
+
+SCHEMA_FILE = REPO / "schemas" / "recipe.schema.json"
+
+
+@pytest.fixture(scope="module")
+def schema() -> dict:
+    return json.loads(SCHEMA_FILE.read_text())
+
+
+def test_committed_schema_is_fresh():
+    assert SCHEMA_FILE.read_text() == render_json_schema(), "stale: run `wmtp schema`"
+
+
+def test_it_is_a_valid_draft7_schema(schema):
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    jsonschema.Draft7Validator.check_schema(schema)
+
+
+def test_every_property_is_documented(schema):
+    undocumented = [
+        f"{name}.{prop}"
+        for name, definition in [("Recipe", schema), *schema["definitions"].items()]
+        for prop, body in definition.get("properties", {}).items()
+        if not body.get("description")
+    ]
+    assert undocumented == []
+
+
+def test_every_recipe_starts_with_the_schema_line_and_passes_it(schema):
+    validator = jsonschema.Draft7Validator(schema)
+    for path in sorted(RECIPES.glob("*.toml")):
+        text = path.read_text()
+        assert text.startswith("#:schema ../schemas/recipe.schema.json\n"), path.name
+        errors = [e.message for e in validator.iter_errors(tomllib.loads(text))]
+        assert errors == [], path.name
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"experiment": {"nmae": "x"}},  # unknown key
+        {"weighting": {"kind": "tdd"}},  # unknown kind
+        {"weighting": {"kind": "td", "gamma": 2.0}},  # out of range
+        {"training": {"lr": "fast"}},  # wrong type
+        {"model": {"policy": {"attention": "spda"}}},  # unknown choice
+    ],
+)
+def test_the_schema_rejects_what_the_loader_rejects(schema, bad):
+    assert list(jsonschema.Draft7Validator(schema).iter_errors(bad))
+
+
+def test_a_partial_recipe_that_extends_another_passes(schema):
+    partial = {"extends": "base.toml", "weighting": {"gamma": 0.9}}
+    assert list(jsonschema.Draft7Validator(schema).iter_errors(partial)) == []
+
+
+def test_field_docs_exist_for_every_section_field():
+    from wmtp.recipe.docs import field_docs
+    from wmtp.recipe.jsonschema import _sections
+
+    missing = [
+        f"{cls.__name__}.{name}"
+        for cls in _sections(Recipe, Section)
+        for name in cls.model_fields
+        if name not in field_docs(cls)
+    ]
+    assert missing == []
