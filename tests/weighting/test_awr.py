@@ -2,8 +2,8 @@ import math
 
 import torch
 from torch.overrides import TorchFunctionMode
-from weighting_reference import awr_ref
 
+from tests.weighting.weighting_reference import awr_ref
 from wmtp.weighting import awr_weights
 
 

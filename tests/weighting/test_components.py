@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-from weighting_reference import random_rows
 
 from wmtp import registry
 from wmtp.recipe.specs.weighting import (
@@ -13,6 +12,8 @@ from wmtp.recipe.specs.weighting import (
     UniformWeightingSpec,
 )
 from wmtp.weighting import awr_weights, gae, td_errors, whiten
+
+from .weighting_reference import random_rows
 
 
 def test_every_kind_is_registered():

@@ -1,9 +1,10 @@
 import pytest
 import torch
-from weighting_reference import random_rows, whiten_ref
 
 from wmtp.weighting import BatchWhitener, EMAWhitener, whiten
 from wmtp.weighting.normalize import masked_moments
+
+from .weighting_reference import random_rows, whiten_ref
 
 
 def test_whiten_matches_reference_and_ignores_masked_entries(gen):

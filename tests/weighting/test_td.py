@@ -1,7 +1,7 @@
 import pytest
 import torch
-from weighting_reference import gae_ref, random_rows, td_errors_ref
 
+from tests.weighting.weighting_reference import gae_ref, random_rows, td_errors_ref
 from wmtp.weighting import gae, td_errors
 from wmtp.weighting.td import last_response_token
 
