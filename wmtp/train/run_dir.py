@@ -1,0 +1,109 @@
+"""Run directories: ``<runs_dir>/<experiment>/<YYYYmmdd-HHMMSS>-<hash8>/`` and what they hold.
+
+A run directory is created with the resolved ``recipe.toml`` (loads back to the identical recipe)
+and ``fingerprint.json`` (recipe hash, wmtp and torch versions, git SHA, devices); the trainer
+adds ``metrics.jsonl``, TensorBoard events under ``tb/`` and ``checkpoints/step-N/``. A ``latest``
+symlink per experiment points at the newest run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+from wmtp.errors import RunError
+
+RECIPE_FILE = "recipe.toml"
+FINGERPRINT_FILE = "fingerprint.json"
+
+
+def recipe_hash(recipe_text: str) -> str:
+    """sha256 of the resolved recipe's TOML (the run's identity)."""
+    return hashlib.sha256(recipe_text.encode()).hexdigest()
+
+
+def git_sha(cwd: Path | None = None) -> str | None:
+    """The checkout's HEAD commit (with ``-dirty`` when files changed); None outside git."""
+    cwd = cwd or Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return f"{sha}-dirty" if dirty else sha
+
+
+def devices() -> list[str]:
+    """What this process can train on: CUDA device names, else the CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return [f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"]
+
+
+def fingerprint(recipe_text: str, world_size: int = 1) -> dict:
+    import torch
+
+    import wmtp
+
+    return {
+        "recipe_sha256": recipe_hash(recipe_text),
+        "wmtp_version": wmtp.__version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "git_sha": git_sha(),
+        "devices": devices(),
+        "world_size": world_size,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def create_run_dir(
+    recipe_text: str, experiment: str, runs_dir: str | Path, world_size: int = 1
+) -> Path:
+    """Make a new run directory with ``recipe.toml`` and ``fingerprint.json``; point ``latest`` at it."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(runs_dir) / experiment
+    run = base / f"{stamp}-{recipe_hash(recipe_text)[:8]}"
+    suffix = 1
+    while run.exists():  # two runs of one recipe within a second
+        run = base / f"{stamp}-{recipe_hash(recipe_text)[:8]}-{suffix}"
+        suffix += 1
+    run.mkdir(parents=True)
+    (run / RECIPE_FILE).write_text(recipe_text)
+    fp = fingerprint(recipe_text, world_size)
+    (run / FINGERPRINT_FILE).write_text(json.dumps(fp, indent=2) + "\n")
+    point_latest(run)
+    return run
+
+
+def point_latest(run: Path) -> None:
+    """Atomically make ``<experiment>/latest`` a relative symlink to ``run``."""
+    link = run.parent / "latest"
+    tmp = run.parent / f".latest-{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(run.name)
+    os.replace(tmp, link)
+
+
+def check_run_dir(run: str | Path) -> Path:
+    """``run`` as a run directory (a ``latest`` link resolved); a RunError when it is not one."""
+    path = Path(run)
+    if not (path / RECIPE_FILE).is_file():
+        raise RunError(f"{run}: not a run directory (no {RECIPE_FILE} in it)")
+    return path.resolve()
