@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_benchmarks import CODECONTESTS_ROWS, MBPP_ROWS, write_jsonl
 
+from tests.eval.test_benchmarks import CODECONTESTS_ROWS, MBPP_ROWS, write_jsonl
 from wmtp.eval.benchmarks import humaneval_canonical, load_codecontests, load_humaneval, load_mbpp
 from wmtp.eval.evaluator import check_completions, print_table, write_results
 

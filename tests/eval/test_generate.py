@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests_eval_helpers import letters, make_tiny_model
 
+from tests.eval.tests_eval_helpers import letters, make_tiny_model
 from wmtp.eval.generate import Sampling, StopRule, generate, sample_next
 
 PROMPTS = [[1, 2, 3], [5, 9, 11, 12, 30, 4], [7], [8, 8, 2], [40, 1, 33]]

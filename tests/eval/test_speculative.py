@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests_eval_helpers import letters, make_tiny_model
 
+from tests.eval.tests_eval_helpers import letters, make_tiny_model
 from wmtp.eval.generate import StopRule, generate
 from wmtp.eval.speculative import speculative_generate
 

@@ -85,7 +85,11 @@ def pass_at_ks(verdicts: dict[str, list[Verdict]], ks: list[int]) -> dict[str, f
 
 
 def check_settings(spec) -> None:
-    """Reject ``[evaluation]`` settings that cannot work together, naming both keys."""
+    """Reject ``[evaluation]`` settings that cannot work, naming the keys (before any loading)."""
+    from wmtp.registry import get
+
+    for entry in spec.benchmarks:
+        get("evaluator", parse_benchmark(entry, {})[0])  # did-you-mean for unknown names
     if spec.speculative and spec.temperature > 0:
         raise RecipeError(
             f"evaluation.speculative = true decodes greedily, but evaluation.temperature = "

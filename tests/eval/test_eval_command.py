@@ -1,0 +1,184 @@
+"""`wmtp eval` and `wmtp report` end to end on tiny checkpoints the tests write (random weights)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from wmtp.cli import app
+
+RECIPE = """
+[experiment]
+name = "tiny-eval"
+pipeline = "baseline"
+seed = 7
+
+[tokenizer]
+kind = "byte"
+
+[model.policy]
+kind = "llama_mtp"
+flavour = "tiny"
+dtype = "float32"
+attention = "sdpa"
+n_future_tokens = 2
+
+[parallel]
+device = "cpu"
+sharding = "no_shard"
+activation_checkpointing = false
+
+[training]
+micro_batch_size = 2
+max_steps = 3
+
+[data]
+kind = "humaneval"
+max_length = 512
+
+[evaluation]
+benchmarks = ["humaneval"]
+k = [1, 2]
+n_samples = 2
+temperature = 0.8
+max_new_tokens = 12
+max_problems = 2
+workers = 2
+"""
+
+
+def tiny_model():
+    from wmtp.models.args import flavour
+    from wmtp.models.llama_mtp import LlamaMTP
+
+    torch.manual_seed(0)
+    return LlamaMTP(flavour("tiny").with_vocab(259), attention="sdpa")
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """A run directory with a wmtp-format checkpoint at step 3 (and an older one at step 1)."""
+    from wmtp.models.checkpoint import save_wmtp
+
+    run = tmp_path / "runs" / "tiny-eval" / "20261122-060000-0123abcd"
+    run.mkdir(parents=True)
+    (run / "recipe.toml").write_text(RECIPE)
+    model = tiny_model()
+    save_wmtp(model, run / "checkpoints" / "step-1", recipe_toml=RECIPE)
+    save_wmtp(model, run / "checkpoints" / "step-3", recipe_toml=RECIPE)
+    (run / "checkpoints" / ".tmp-step-5").mkdir()  # a torn checkpoint: never picked
+    return run
+
+
+def invoke(*args):
+    """Run ``wmtp ARGS``; the output with rich's line wrapping undone."""
+    result = CliRunner().invoke(app, [*map(str, args)])
+    result.flat = " ".join(result.output.split())
+    return result
+
+
+def test_eval_run_directory_writes_samples_summary_and_table(run_dir):
+    result = invoke("eval", run_dir, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "pass@1" in result.output and "pass@2" in result.output and "humaneval" in result.output
+    lines = [json.loads(x) for x in (run_dir / "eval" / "humaneval.jsonl").read_text().splitlines()]
+    assert [(x["task_id"], x["sample"]) for x in lines] == [
+        ("HumanEval/0", 0),
+        ("HumanEval/0", 1),
+        ("HumanEval/1", 0),
+        ("HumanEval/1", 1),
+    ]
+    for line in lines:
+        assert line["status"] in {"passed", "failed", "timeout", "memory"}
+        assert 0 < line["n_tokens"] <= 12 or line["finish_reason"] in {"eos", "stop"}
+        assert line["finish_reason"] in {"eos", "stop", "length"}
+    summary = json.loads((run_dir / "eval" / "summary.json").read_text())
+    entry = summary["benchmarks"]["humaneval"]
+    assert entry["pass_at_k"] == {"1": 0.0, "2": 0.0}  # random weights
+    assert entry["problems"] == 2 and entry["samples_per_problem"] == 2
+    assert sum(entry["statuses"].values()) == 4
+    assert entry["settings"]["temperature"] == 0.8 and entry["settings"]["seed"] == 7
+    assert entry["generation"]["completions"] == 4 and entry["generation"]["tokens"] > 0
+    assert summary["model"].endswith("checkpoints/step-3")
+
+
+def test_eval_is_reproducible_and_greedy_speculative_matches_greedy(run_dir, tmp_path):
+    def completions(out):
+        return [
+            json.loads(x)["completion"] for x in (out / "humaneval.jsonl").read_text().splitlines()
+        ]
+
+    for name in ("a", "b"):
+        assert invoke("eval", run_dir, "--no-progress", "--out", tmp_path / name).exit_code == 0
+    assert completions(tmp_path / "a") == completions(tmp_path / "b")  # seeded sampling
+
+    greedy = ["--set", "evaluation.temperature=0"]
+    assert invoke("eval", run_dir, "--no-progress", "--out", tmp_path / "g", *greedy).exit_code == 0
+    spec = [*greedy, "--set", "evaluation.speculative=true"]
+    result = invoke(
+        "eval", run_dir / "checkpoints" / "step-3", "--no-progress", "--out", tmp_path / "s", *spec
+    )
+    assert result.exit_code == 0, result.output
+    assert completions(tmp_path / "g") == completions(tmp_path / "s")
+    stats = json.loads((tmp_path / "s" / "summary.json").read_text())["benchmarks"]["humaneval"]
+    assert stats["generation"]["completions"] == 2  # greedy: one per problem, counted n times
+    speculative = stats["generation"]["speculative"]
+    assert 0 <= speculative["acceptance_rate"] <= 1 and speculative["forwards"] > 0
+
+
+def test_training_checkpoint_without_model_json_loads_through_the_recipe(tmp_path):
+    from safetensors.torch import save_file
+
+    run = tmp_path / "run"
+    step = run / "checkpoints" / "step-2"
+    step.mkdir(parents=True)
+    (run / "recipe.toml").write_text(RECIPE)
+    save_file(
+        {k: v.contiguous() for k, v in tiny_model().state_dict().items()},
+        str(step / "model.safetensors"),
+    )
+    result = invoke("eval", run, "--no-progress", "--set", "evaluation.max_problems=1")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((run / "eval" / "summary.json").read_text())
+    assert summary["benchmarks"]["humaneval"]["problems"] == 1
+
+
+def test_user_mistakes_are_located_errors(run_dir, tmp_path):
+    result = invoke("eval", run_dir, "--set", "evaluation.speculative=true")
+    assert result.exit_code == 2
+    assert "evaluation.speculative" in result.flat and "evaluation.temperature" in result.flat
+    result = invoke("eval", run_dir, "--set", "evaluation.k=[1, 5]")
+    assert result.exit_code == 2 and "n_samples" in result.flat
+    result = invoke("eval", tmp_path / "nowhere")
+    assert result.exit_code == 2 and "no such run directory" in result.flat
+    result = invoke("eval", run_dir, "--set", 'evaluation.benchmarks=["humaneva"]')
+    assert result.exit_code == 2 and "did you mean 'humaneval'" in result.flat
+    assert not (run_dir / "eval").exists()
+
+
+def test_report_command_on_two_evaluated_runs(run_dir, tmp_path):
+    other = run_dir.parent / "20261122-070000-4567cdef"
+    other.mkdir()
+    (other / "recipe.toml").write_text(RECIPE.replace("seed = 7", "seed = 8"))
+    (other / "metrics.jsonl").write_text(
+        "".join(
+            json.dumps({"step": s, "train/loss/head_1": 5.0 / s, "train/loss/head_2": 6.0 / s})
+            + "\n"
+            for s in (1, 2, 3)
+        )
+    )
+    (other / "eval").mkdir()
+    (other / "eval" / "summary.json").write_text(
+        json.dumps({"benchmarks": {"humaneval": {"pass_at_k": {"1": 0.5, "2": 0.75}}}})
+    )
+    assert invoke("eval", run_dir, "--no-progress").exit_code == 0
+    result = invoke("report", run_dir, other, "--out", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    written = sorted(p.name for p in (tmp_path / "report").iterdir())
+    assert written == ["loss_per_head.png", "pass_at_k.png", "report.md"]
+    table = (tmp_path / "report" / "report.md").read_text()
+    assert "| tiny-eval/20261122-060000-0123abcd |" in table and "| 50 | 75 |" in table
+    assert invoke("report", tmp_path / "empty-nothing", "--out", tmp_path / "r2").exit_code == 2

@@ -1,0 +1,95 @@
+"""Evaluation commands: ``eval`` (pass@k of a run or checkpoint) and ``report`` (compare runs).
+
+Heavy imports (torch, matplotlib) happen inside the commands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from wmtp.commands._common import command, console
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Override a recipe value, e.g. evaluation.n_samples=5 (read as TOML). Repeatable.",
+    ),
+]
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``eval`` and ``report`` to ``app``."""
+    command(app, "eval", no_args_is_help=True)(eval_command)
+    command(app, "report", no_args_is_help=True)(report_command)
+
+
+def eval_command(
+    target: Annotated[
+        Path,
+        typer.Argument(
+            help="A run directory (its newest checkpoint), a run's checkpoints/step-N, or a "
+            "checkpoint directory with a recipe.toml beside its weights.",
+            show_default=False,
+        ),
+    ],
+    overrides: SetOption = None,
+    recipe: Annotated[
+        Path | None,
+        typer.Option(
+            "--recipe",
+            help="Recipe to use instead of the one beside the checkpoint (tokenizer, "
+            "dtype, \\[evaluation]).",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Folder for <benchmark>.jsonl and summary.json "
+            "(default: <run>/eval or <checkpoint>/eval).",
+        ),
+    ] = None,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Show progress bars.")
+    ] = True,
+) -> None:
+    """pass@k of a trained policy on the recipe's \\[evaluation] benchmarks, in the sandbox.
+
+    Generates n samples per problem, checks each in the sandbox on a worker pool, writes
+    eval/<benchmark>.jsonl (every sample with its status) and eval/summary.json (pass@k per k
+    with the settings used), and prints a table.
+    """
+    from wmtp.eval.target import evaluate_target
+
+    resolved, _ = evaluate_target(
+        target,
+        overrides=overrides or [],
+        recipe=recipe,
+        out=out,
+        progress=progress,
+        console=console,
+    )
+    console.print(f"results in {resolved.out_dir}", highlight=False)
+
+
+def report_command(
+    runs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Run directories to compare (the first is the reference).", show_default=False
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the plots and report.md.")],
+) -> None:
+    """Plots (loss per head, weight statistics, pass@k) and a markdown table comparing runs.
+
+    Reads each run's metrics.jsonl, TensorBoard events, recipe.toml and eval/summary.json.
+    """
+    from wmtp.eval.report import write_report
+
+    for path in write_report(runs, out):
+        console.print(f"wrote {path}", highlight=False)
