@@ -281,13 +281,13 @@ def flash_attn_attend(q_BSHD, k_BSKD, v_BSKD, seq: SeqInfo | None = None) -> tor
 def _compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention, dynamic=False)
+    return torch.compile(flex_attention)
 
 
 def flex_attend(q_BSHD, k_BSKD, v_BSKD, seq: SeqInfo | None = None) -> torch.Tensor:
     """FlexAttention with a causal (and, packed, same-document) block mask.
 
-    Compiled on CUDA. On CPU it runs uncompiled, forward only: torch has no flex backward on CPU,
+    Compiled on CUDA (uncompiled for KV-cache steps). On CPU it runs uncompiled, forward only: torch has no flex backward on CPU,
     and compiling it there takes tens of seconds; asking for gradients is a ComponentError.
     """
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
@@ -310,7 +310,8 @@ def flex_attend(q_BSHD, k_BSKD, v_BSKD, seq: SeqInfo | None = None) -> torch.Ten
 
     mask_b = B if doc_BS is not None else None
     block_mask = create_block_mask(allowed, mask_b, None, Sq, Sk, device=q_BSHD.device)
-    kernel = _compiled_flex() if q_BSHD.is_cuda else flex_attention
+    # compiled for training shapes; decoding steps (Sq != Sk) change shape each call: uncompiled
+    kernel = _compiled_flex() if q_BSHD.is_cuda and Sq == Sk else flex_attention
     q, k, v = (t.transpose(1, 2) for t in (q_BSHD, k_BSKD, v_BSKD))  # -> [B, H, S, D]
     out = kernel(q, k, v, block_mask=block_mask, enable_gqa=True)
     return out.transpose(1, 2)  # [B, H, S, D] -> [B, S, H, D]
