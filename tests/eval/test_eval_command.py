@@ -146,6 +146,19 @@ def test_training_checkpoint_without_model_json_loads_through_the_recipe(tmp_pat
     assert summary["benchmarks"]["humaneval"]["problems"] == 1
 
 
+def test_evaluation_recipe_names_the_run_to_evaluate(run_dir, tmp_path):
+    recipe = tmp_path / "evaluation.toml"
+    evaluation = RECIPE.replace('pipeline = "baseline"', 'pipeline = "evaluation"')
+    evaluation = evaluation.replace(
+        "n_future_tokens = 2", f'n_future_tokens = 2\ncheckpoint = "{run_dir}"'
+    )
+    recipe.write_text(evaluation.replace("max_problems = 2", "max_problems = 1"))
+    result = invoke("eval", recipe, "--no-progress", "--set", "evaluation.n_samples=3")
+    assert result.exit_code == 0, result.output
+    entry = json.loads((run_dir / "eval" / "summary.json").read_text())["benchmarks"]["humaneval"]
+    assert entry["problems"] == 1 and entry["samples_per_problem"] == 3
+
+
 def test_user_mistakes_are_located_errors(run_dir, tmp_path):
     result = invoke("eval", run_dir, "--set", "evaluation.speculative=true")
     assert result.exit_code == 2

@@ -31,8 +31,9 @@ def eval_command(
     target: Annotated[
         Path,
         typer.Argument(
-            help="A run directory (its newest checkpoint), a run's checkpoints/step-N, or a "
-            "checkpoint directory with a recipe.toml beside its weights.",
+            help="A run directory (its newest checkpoint), a run's checkpoints/step-N, a "
+            "checkpoint directory with a recipe.toml beside its weights, or an evaluation recipe "
+            "(its model.policy.checkpoint or .path).",
             show_default=False,
         ),
     ],

@@ -7,7 +7,10 @@ Accepted targets:
 - a checkpoint inside a run (``<run>/checkpoints/step-N``): that checkpoint, results in
   ``<run>/eval/``;
 - any other checkpoint directory (wmtp, Meta or Hugging Face format) with a ``recipe.toml``
-  beside its weights, or with ``--recipe``: results in ``<checkpoint>/eval/``.
+  beside its weights, or with ``--recipe``: results in ``<checkpoint>/eval/``;
+- a recipe (``recipes/evaluation.toml``): the run or checkpoint its ``model.policy.checkpoint``
+  names (else the pretrained ``model.policy.path``), evaluated with this recipe; results where
+  that target keeps them, or ``<runs_dir>/<experiment>/eval/`` for a pretrained model.
 
 The recipe gives the tokenizer, the policy's dtype and attention backend, the device, the seed
 and the ``[evaluation]`` settings (``--set`` overrides any of them).
@@ -86,6 +89,20 @@ def _recipe_of(checkpoint: Path, run: Path | None) -> Path:
         f"{checkpoint}: no recipe.toml beside the weights; give one with --recipe "
         "(it names the tokenizer, dtype and evaluation settings)"
     )
+
+
+def _recipe_target(recipe_file: Path, recipe, out: str | Path | None) -> EvalTarget:
+    """The target of a recipe: its policy's trained checkpoint, else its pretrained path."""
+    policy = recipe.model.policy
+    if policy is None or not (policy.checkpoint or policy.path):
+        raise RunError(
+            f"{recipe_file}: model.policy.checkpoint (a run or checkpoint) or model.policy.path "
+            "(a pretrained model) must name the model to evaluate"
+        )
+    if policy.checkpoint:
+        return resolve_target(policy.checkpoint, recipe=recipe_file, out=out)
+    default_out = Path(recipe.experiment.runs_dir) / recipe.experiment.name / "eval"
+    return EvalTarget(Path(policy.path), recipe_file, Path(out) if out else default_out)
 
 
 def pick_device(setting: str) -> str:
@@ -178,8 +195,14 @@ def evaluate_target(
     from wmtp.eval.evaluator import check_settings, evaluate
     from wmtp.recipe import load_recipe
 
-    target = resolve_target(path, recipe=recipe, out=out)
-    loaded = load_recipe(target.recipe_file, overrides).recipe
+    if Path(path).suffix == ".toml" and Path(path).is_file():
+        if recipe is not None:
+            raise RunError(f"{path} is a recipe already: leave out --recipe {recipe}")
+        loaded = load_recipe(path, overrides).recipe
+        target = _recipe_target(Path(path), loaded, out)
+    else:
+        target = resolve_target(path, recipe=recipe, out=out)
+        loaded = load_recipe(target.recipe_file, overrides).recipe
     check_settings(loaded.evaluation)  # before minutes of model loading
     model, tokenizer = load_policy(target, loaded, pick_device(loaded.parallel.device))
     results = evaluate(
