@@ -172,3 +172,8 @@ def test_from_batch_packed_validates_boundaries():
         SeqInfo.from_batch(batch)
     batch["cu_seqlens"] = seq.cu_seqlens
     assert SeqInfo.from_batch(batch).is_packed
+
+
+def test_max_seqlen_given_as_a_tensor_becomes_an_int():
+    seq = SeqInfo(cu_seqlens=torch.tensor([0, 3, 8], dtype=torch.int32), max_seqlen=torch.tensor(5))
+    assert seq.max_seqlen == 5 and isinstance(seq.max_seqlen, int)

@@ -65,6 +65,10 @@ class SeqInfo:
     max_seqlen: int | None = None
     document_ids: torch.Tensor | None = None
 
+    def __post_init__(self) -> None:
+        # collators may hand max_seqlen over as a tensor; kernels want a Python int
+        object.__setattr__(self, "max_seqlen", _as_int(self.max_seqlen))
+
     @property
     def is_packed(self) -> bool:
         return self.cu_seqlens is not None or self.document_ids is not None
@@ -76,7 +80,7 @@ class SeqInfo:
             seq = cls(
                 position_ids=batch.get("position_ids"),
                 cu_seqlens=batch.get("cu_seqlens"),
-                max_seqlen=_as_int(batch.get("max_seqlen")),
+                max_seqlen=batch.get("max_seqlen"),
                 document_ids=batch.get("document_ids"),
             )
             seq.validate(tuple(batch["input_ids"].shape))
