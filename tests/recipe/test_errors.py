@@ -211,3 +211,13 @@ def test_several_broken_rules_of_one_section_are_all_reported(write):
     text = MINIMAL.replace("n_future_tokens = 2", 'n_future_tokens = 9\nattention = "flash_attn"')
     keys = {p.key for p in problems_of(write("r.toml", text))}
     assert {"model.policy.attention", "model.policy.n_future_tokens"} <= keys
+
+
+def test_missing_tables_of_an_empty_file_belong_to_the_file(write):
+    problems = problems_of(write("empty.toml", ""))
+    assert [(p.where, p.key) for p in problems] == [
+        ("empty.toml", "experiment"),
+        ("empty.toml", "tokenizer"),
+    ]
+    typo = one_problem(write("typo.toml", MINIMAL + "[trainig]\nlr = 1.0\n"))
+    assert (typo.where, typo.suggestions) == ("typo.toml:19:2", ("training",))

@@ -5,7 +5,7 @@ holds the rules that join sections (a pipeline's models, head weights per head, 
 Builders import their section type from here, e.g. ``from wmtp.recipe.schema import TDWeightingSpec``.
 """
 
-from typing import Annotated
+from typing import Annotated, Union
 
 from pydantic import Field
 
@@ -69,6 +69,9 @@ from wmtp.recipe.specs.weighting import (
     UniformWeightingSpec,
     WeightingSpec,
 )
+
+ModelSpec = Union[LlamaMTPSpec, ValueModelSpec]
+"""Any model section; both have ``model_args(vocab_size) -> wmtp.models.args.ModelArgs``."""
 
 PIPELINE_MODELS: dict[str, tuple[str, ...]] = {
     "baseline": ("policy",),
@@ -225,6 +228,7 @@ __all__ = [
     "LlamaMTPSpec",
     "LoraSpec",
     "MLPHeadSpec",
+    "ModelSpec",
     "ModelSpecBase",
     "ModelsSpec",
     "NormalizeSpec",

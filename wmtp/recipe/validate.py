@@ -8,6 +8,7 @@ drawn from the schema.
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 from typing import Any
 
@@ -25,9 +26,17 @@ def validate_tree(tree: _Tree, name: str) -> Any:
     try:
         return Recipe.model_validate(tree.data)
     except ValidationError as exc:
-        problems = [p for err in exc.errors(include_url=False) for p in _problems(err, tree)]
+        errors = exc.errors(include_url=False)
+        problems = [_in_file(p, name) for err in errors for p in _problems(err, tree)]
         problems.sort(key=lambda p: (p.file or "~", p.line or 0, p.column or 0, p.key))
         raise RecipeProblems(name, problems) from None
+
+
+def _in_file(problem: Problem, name: str) -> Problem:
+    """A problem with no position (a missing top-level table) belongs to the recipe file."""
+    if problem.file is None and problem.origin is None:
+        return dataclasses.replace(problem, file=name)
+    return problem
 
 
 def provenance_of(recipe: Any, tree: _Tree) -> dict[str, Source]:
