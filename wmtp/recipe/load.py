@@ -17,11 +17,14 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path as FsPath
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from wmtp.recipe import _toml
 from wmtp.recipe.errors import Problem, RecipeProblems
-from wmtp.recipe.positions import Path, key_positions
+from wmtp.recipe.positions import Path, key_positions, parse_dotted_key
+
+if TYPE_CHECKING:
+    from wmtp.recipe.schema import Recipe
 
 EXCLUSIVE_KEYS: dict[Path, tuple[tuple[str, str], ...]] = {
     ("training",): (("max_steps", "epochs"),),
@@ -52,7 +55,7 @@ class Source:
 class LoadedRecipe:
     """A validated recipe with where each value came from."""
 
-    recipe: Any  # wmtp.recipe.schema.Recipe (imported lazily by callers that need it)
+    recipe: Recipe
     provenance: dict[str, Source]
     """Dotted key of every value of the resolved recipe -> its source."""
     path: str
@@ -62,7 +65,7 @@ class LoadedRecipe:
 
 
 @dataclass
-class _Tree:
+class Tree:
     """A recipe being assembled: the merged data and the source of each of its paths."""
 
     data: dict
@@ -98,15 +101,15 @@ def read_toml(path: FsPath) -> tuple[dict, dict[Path, Source]]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise _single(shown, None, "", "file not found") from None
+        raise single_problem(shown, None, "", "file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise _single(shown, None, "", f"cannot read: {exc}") from None
+        raise single_problem(shown, None, "", f"cannot read: {exc}") from None
     try:
         data = _toml.loads(text)
     except _toml.TOMLDecodeError as exc:
         line, column = _toml_error_position(exc)
         message = str(exc).split(" (at ")[0]
-        raise _single(shown, line, "", f"TOML syntax error: {message}", column) from None
+        raise single_problem(shown, line, "", f"TOML syntax error: {message}", column) from None
     positions = key_positions(text)
     sources = {p: Source("file", shown, pos.line, pos.column) for p, pos in positions.items()}
     return data, sources
@@ -123,7 +126,10 @@ def _toml_error_position(exc: Exception) -> tuple[int | None, int | None]:
     return line, column
 
 
-def _single(file: str, line: int | None, key: str, message: str, column: int | None = None):
+def single_problem(
+    file: str, line: int | None, key: str, message: str, column: int | None = None
+) -> RecipeProblems:
+    """A report of one problem that stops loading (syntax, a missing file, a cycle)."""
     return RecipeProblems(
         file, [Problem(file, line, column or (1 if line else None), key, message)]
     )
@@ -140,20 +146,20 @@ def resolve_file(path: os.PathLike | str) -> FsPath:
 # --- extends -----------------------------------------------------------------------------------
 
 
-def load_tree(path: os.PathLike | str, _chain: tuple[FsPath, ...] = ()) -> tuple[_Tree, list[str]]:
+def load_tree(path: os.PathLike | str, _chain: tuple[FsPath, ...] = ()) -> tuple[Tree, list[str]]:
     """The merged data of ``path`` and everything it extends, and the files read."""
     path = FsPath(path).resolve()
     if path in _chain:
         cycle = " -> ".join(display_path(p) for p in (*_chain, path))
-        raise _single(display_path(_chain[0]), None, "extends", f"extends cycle: {cycle}")
+        raise single_problem(display_path(_chain[0]), None, "extends", f"extends cycle: {cycle}")
     data, sources = read_toml(path)
-    tree, files = _Tree({}, {}), [display_path(path)]
+    tree, files = Tree({}, {}), [display_path(path)]
     for base in _bases(data, sources, path):
         if not base.is_file():
             where = sources.get(("extends",))
             raise RecipeProblems(
                 display_path(path),
-                [_problem_at(where, "extends", f"extended recipe not found: {display_path(base)}")],
+                [problem_at(where, "extends", f"extended recipe not found: {display_path(base)}")],
             )
         base_tree, base_files = load_tree(base, (*_chain, path))
         merge(tree, base_tree.data, base_tree.sources)
@@ -172,12 +178,13 @@ def _bases(data: dict, sources: dict[Path, Source], path: FsPath) -> list[FsPath
         where = sources.get(("extends",))
         raise RecipeProblems(
             display_path(path),
-            [_problem_at(where, "extends", "extends must be a file name or a list of them")],
+            [problem_at(where, "extends", "extends must be a file name or a list of them")],
         )
     return [(path.parent / name).resolve() for name in names]
 
 
-def _problem_at(source: Source | None, key: str, message: str, **extra: Any) -> Problem:
+def problem_at(source: Source | None, key: str, message: str, **extra: Any) -> Problem:
+    """A problem located where ``source`` says (a file position, or the ``--set`` argument)."""
     if source is None or source.kind == "default":
         return Problem(None, None, None, key, message, **extra)
     if source.kind == "cli":
@@ -188,7 +195,7 @@ def _problem_at(source: Source | None, key: str, message: str, **extra: Any) -> 
 # --- merging -----------------------------------------------------------------------------------
 
 
-def merge(tree: _Tree, data: dict, sources: dict[Path, Source], prefix: Path = ()) -> None:
+def merge(tree: Tree, data: dict, sources: dict[Path, Source], prefix: Path = ()) -> None:
     """Merge ``data`` (with its ``sources``) into ``tree`` at ``prefix``; ``data`` wins."""
     target = _table_at(tree.data, prefix)
     for a, b in EXCLUSIVE_KEYS.get(prefix, ()):
@@ -219,7 +226,7 @@ def _table_at(data: dict, prefix: Path) -> dict:
     return data
 
 
-def _drop_sources(tree: _Tree, path: Path) -> None:
+def _drop_sources(tree: Tree, path: Path) -> None:
     for p in [p for p in tree.sources if p[: len(path)] == path]:
         del tree.sources[p]
 
@@ -233,11 +240,11 @@ def parse_override(text: str) -> tuple[Path, Any]:
     key, sep, raw = text.partition("=")
     key, raw = key.strip(), raw.strip()
     if not sep or not key:
-        raise _single("--set", None, key, f"expected KEY=VALUE, got {text!r}")
+        raise single_problem("--set", None, key, f"expected KEY=VALUE, got {text!r}")
     try:
-        path = tuple(part for part, _ in _override_key(key))
-    except (AssertionError, IndexError):
-        raise _single("--set", None, key, f"not a dotted key: {key!r}") from None
+        path = parse_dotted_key(key)
+    except ValueError as exc:
+        raise single_problem("--set", None, key, str(exc)) from None
     try:
         value = _toml.loads(f"v = {raw}")["v"]
     except _toml.TOMLDecodeError:
@@ -245,15 +252,7 @@ def parse_override(text: str) -> tuple[Path, Any]:
     return path, value
 
 
-def _override_key(key: str) -> list[tuple[str, int]]:
-    from wmtp.recipe.positions import _Scanner
-
-    parts, end = _Scanner(key + "\n").key(0)
-    assert end == len(key), key
-    return parts
-
-
-def apply_overrides(tree: _Tree, overrides: Iterable[str]) -> None:
+def apply_overrides(tree: Tree, overrides: Iterable[str]) -> None:
     """Apply ``--set`` overrides in order; each replaces the value at its dotted key."""
     for text in overrides:
         path, value = parse_override(text)
@@ -261,7 +260,9 @@ def apply_overrides(tree: _Tree, overrides: Iterable[str]) -> None:
         for part in path[:-1]:
             child = parent.setdefault(part, {})
             if not isinstance(child, dict):
-                raise _single("--set", None, dotted(path), f"{dotted(path[:-1])!r} is not a table")
+                raise single_problem(
+                    "--set", None, dotted(path), f"{dotted(path[:-1])!r} is not a table"
+                )
             parent = child
         source = Source("cli", text=text)
         nested, nested_sources = _nest(path, value, source)

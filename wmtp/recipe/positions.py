@@ -33,6 +33,17 @@ def key_positions(text: str) -> dict[Path, Pos]:
     return _Scanner(text).scan()
 
 
+def parse_dotted_key(text: str) -> Path:
+    """``'model."odd.name".dim'`` -> ``("model", "odd.name", "dim")``; ``ValueError`` if not a key."""
+    try:
+        parts, end = _Scanner(text + "\n").key(0)
+    except (AssertionError, IndexError):
+        raise ValueError(f"not a dotted key: {text!r}") from None
+    if end != len(text):
+        raise ValueError(f"not a dotted key: {text!r}")
+    return tuple(name for name, _ in parts)
+
+
 class _Scanner:
     def __init__(self, text: str):
         self.s = text

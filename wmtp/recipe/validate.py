@@ -13,11 +13,11 @@ import typing
 from typing import Any
 
 from wmtp.recipe.errors import Problem, RecipeProblems, did_you_mean
-from wmtp.recipe.load import Source, _problem_at, _Tree, dotted
+from wmtp.recipe.load import Source, Tree, dotted, problem_at
 from wmtp.recipe.positions import Path
 
 
-def validate_tree(tree: _Tree, name: str) -> Any:
+def validate_tree(tree: Tree, name: str) -> Any:
     """The ``Recipe`` of merged ``tree``; ``RecipeProblems`` with every problem otherwise."""
     from pydantic import ValidationError
 
@@ -39,7 +39,7 @@ def _in_file(problem: Problem, name: str) -> Problem:
     return problem
 
 
-def provenance_of(recipe: Any, tree: _Tree) -> dict[str, Source]:
+def provenance_of(recipe: Any, tree: Tree) -> dict[str, Source]:
     """Dotted key of every value of ``recipe`` -> where it came from (file, --set or default)."""
     from wmtp.recipe.dump import recipe_data
 
@@ -63,7 +63,7 @@ def leaf_paths(data: dict, prefix: Path = ()) -> list[Path]:
 # --- one pydantic error -> problems -------------------------------------------------------------
 
 
-def _problems(err: dict, tree: _Tree) -> list[Problem]:
+def _problems(err: dict, tree: Tree) -> list[Problem]:
     path, section = _recipe_path(err["loc"], tree.data)
     kind = err["type"]
     if kind == "cross_field":
@@ -74,17 +74,17 @@ def _problems(err: dict, tree: _Tree) -> list[Problem]:
         known = _field_names(section)
         hints = did_you_mean(str(path[-1]), known)
         expected = None if hints else f"one of {', '.join(known)}" if known else None
-        return [_problem_at(where, key, "unknown key", expected=expected, suggestions=hints)]
+        return [problem_at(where, key, "unknown key", expected=expected, suggestions=hints)]
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         tags = _union_tags(section, path[-1])
         kind_key = dotted((*path, "kind"))
         where = tree.sources.get((*path, "kind"), where)
         if kind == "union_tag_not_found":
-            return [_problem_at(where, kind_key, "missing", expected=f"one of {', '.join(tags)}")]
+            return [problem_at(where, kind_key, "missing", expected=f"one of {', '.join(tags)}")]
         tag = err["ctx"]["tag"]
         message = f"unknown kind {tag!r}"
         return [
-            _problem_at(
+            problem_at(
                 where,
                 kind_key,
                 message,
@@ -97,7 +97,7 @@ def _problems(err: dict, tree: _Tree) -> list[Problem]:
         value = err["input"]
         hints = did_you_mean(value, options) if isinstance(value, str) else ()
         return [
-            _problem_at(
+            problem_at(
                 where,
                 key,
                 f"{value!r} is not allowed",
@@ -106,16 +106,16 @@ def _problems(err: dict, tree: _Tree) -> list[Problem]:
             )
         ]
     if kind == "missing":
-        return [_problem_at(where, key, "missing required key")]
-    return [_problem_at(where, key, _describe(err))]
+        return [problem_at(where, key, "missing required key")]
+    return [problem_at(where, key, _describe(err))]
 
 
-def _rule_problem(section_path: Path, problem: dict, tree: _Tree) -> Problem:
+def _rule_problem(section_path: Path, problem: dict, tree: Tree) -> Problem:
     fields = [(*section_path, *field.split(".")) for field in problem["fields"]]
     where = next((tree.sources[f] for f in fields if f in tree.sources), None)
     if where is None:
         where = _source_near(fields[0], tree)
-    return _problem_at(where, dotted(fields[0]), problem["message"])
+    return problem_at(where, dotted(fields[0]), problem["message"])
 
 
 def _describe(err: dict) -> str:
@@ -132,7 +132,7 @@ def _split_expected(text: str) -> list[str]:
     return [p.strip().strip("'\"") for p in parts if p.strip()]
 
 
-def _source_near(path: Path, tree: _Tree) -> Source | None:
+def _source_near(path: Path, tree: Tree) -> Source | None:
     """The source of ``path`` or of its nearest ancestor written somewhere."""
     for end in range(len(path), 0, -1):
         if path[:end] in tree.sources:
