@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from data_rows import problem_rows, write_dataset
 
+from tests.data.data_rows import problem_rows, write_dataset
 from wmtp.data.dataset import make_train_data
 from wmtp.data.examples import IGNORE_INDEX
+from wmtp.data.samplers import DifficultySampler
 from wmtp.data.tokenizers import ByteTokenizer
 from wmtp.errors import DataError
-from wmtp.recipe.specs.data import DifficultySamplingSpec, PairsSpec
+from wmtp.recipe.specs.data import PairsSpec
 
 TOK = ByteTokenizer()
 
@@ -67,10 +68,8 @@ def test_epoch_order_is_correct_only_rank_sliced_and_deterministic(train_path):
 
 
 def test_difficulty_sampling_draws_only_from_weighted_bins(train_path):
-    spec = DifficultySamplingSpec(
-        bins={"easy": (1, 8), "hard": (9, 30)}, weights={"easy": 0, "hard": 1}
-    )
-    data = make_train_data(train_path, TOK, seed=0, sampling=spec)
+    sampler = DifficultySampler({"easy": (1, 8), "hard": (9, 30)}, {"easy": 0, "hard": 1})
+    data = make_train_data(train_path, TOK, seed=0, sampler=sampler)
     order = data.epoch_order(0)
     assert (data.train.rows.difficulty[order] >= 9).all()
 

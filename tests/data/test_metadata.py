@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from data_rows import problem_rows, write_dataset
 
+from tests.data.data_rows import problem_rows, write_dataset
 from wmtp.data.dataset import JsonlDataset
 from wmtp.data.examples import encode_example
 from wmtp.data.jsonl import JsonlFile

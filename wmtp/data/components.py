@@ -1,14 +1,31 @@
-"""Register the data components: tokenizers, datasets and samplers, each built from its section."""
+"""Register the data components: tokenizers, datasets and samplers, each built from its section.
+
+Dataset builders take their ``[data]`` section plus what they cannot know from it: the
+tokenizer (from ``[tokenizer]``) and the experiment seed. Importing this module needs no torch.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from wmtp.data.dataset import TrainData, make_train_data
+from wmtp.data.samplers import DifficultySampler, UniformSampler
 from wmtp.data.tokenizers import Tokenizer, load_tokenizer
+from wmtp.errors import DataError
+from wmtp.recipe.specs.data import (
+    DifficultySamplingSpec,
+    HumanEvalDataSpec,
+    JsonlDataSpec,
+    UniformSamplingSpec,
+)
 from wmtp.recipe.specs.experiment import (
     ByteTokenizerSpec,
     HFTokenizerSpec,
     SentencePieceTokenizerSpec,
 )
-from wmtp.registry import register
+from wmtp.registry import get, register
+
+# --------------------------------------------------------------------------- tokenizers
 
 
 @register("tokenizer", "byte", spec=ByteTokenizerSpec)
@@ -27,3 +44,89 @@ def build_sentencepiece_tokenizer(spec: SentencePieceTokenizerSpec) -> Tokenizer
 def build_hf_tokenizer(spec: HFTokenizerSpec) -> Tokenizer:
     """A Hugging Face ``tokenizer.json``."""
     return load_tokenizer("hf", spec.path)
+
+
+# --------------------------------------------------------------------------- samplers
+
+
+@register("sampler", "uniform", spec=UniformSamplingSpec)
+def build_uniform_sampler(spec: UniformSamplingSpec) -> UniformSampler:
+    """Every training row once per epoch, shuffled anew each epoch."""
+    return UniformSampler()
+
+
+@register("sampler", "difficulty", spec=DifficultySamplingSpec)
+def build_difficulty_sampler(spec: DifficultySamplingSpec) -> DifficultySampler:
+    """Rows drawn by difficulty bin with fixed bin probabilities."""
+    return DifficultySampler(spec.bins, spec.weights)
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def _common(spec, tokenizer: Tokenizer, seed: int, progress: bool) -> dict:
+    return dict(
+        seed=seed,
+        template=spec.template,
+        max_length=spec.max_length,
+        truncate=spec.truncate,
+        n_samples=spec.n_samples,
+        sampler=get("sampler", spec.sampling.kind)(spec.sampling),
+        pairs=spec.pairs,
+        packing=spec.packing,
+        progress=progress,
+    )
+
+
+def jsonl_train_file(path: str | Path) -> Path:
+    """``path`` itself, or ``path/train.jsonl`` for a directory."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        found = sorted(x.name for x in p.glob("*.jsonl"))
+        if not (p / "train.jsonl").is_file():
+            raise DataError(
+                f"{p}: a dataset directory needs train.jsonl (it has: {found or 'none'})"
+            )
+        return p / "train.jsonl"
+    if not p.is_file():
+        raise DataError(f"dataset not found: {p}")
+    return p
+
+
+@register("dataset", "jsonl", spec=JsonlDataSpec)
+def build_jsonl_dataset(
+    spec: JsonlDataSpec, *, tokenizer: Tokenizer, seed: int, progress: bool = True
+) -> TrainData:
+    """A ``train.jsonl`` (with ``train_metadata.json`` when present), split by problem."""
+    return make_train_data(
+        jsonl_train_file(spec.path),
+        tokenizer,
+        heldout_fraction=spec.split.heldout_fraction,
+        heldout_path=spec.split.heldout_path,
+        **_common(spec, tokenizer, seed, progress),
+    )
+
+
+@register("dataset", "humaneval", spec=HumanEvalDataSpec)
+def build_humaneval_dataset(
+    spec: HumanEvalDataSpec, *, tokenizer: Tokenizer, seed: int, progress: bool = True
+) -> TrainData:
+    """HumanEval with sandbox-labelled solutions, built and cached on first use. The builder
+    splits the problems (``split.heldout_fraction``, a fixed seed, so every run holds out the
+    same ones); ``split.heldout_path`` does not apply."""
+    from wmtp.data.humaneval import ensure_humaneval
+
+    if spec.split.heldout_path is not None:
+        raise DataError(
+            "data.split.heldout_path does not apply to kind = 'humaneval': its builder splits "
+            "the problems (set data.split.heldout_fraction)"
+        )
+    built = ensure_humaneval(
+        spec.cache_dir, heldout_fraction=spec.split.heldout_fraction, progress=progress
+    )
+    return make_train_data(
+        built / "train.jsonl",
+        tokenizer,
+        heldout_path=built / "heldout.jsonl",
+        **_common(spec, tokenizer, seed, progress),
+    )

