@@ -93,3 +93,16 @@ def test_sampling_is_reproducible_with_a_seeded_generator():
     assert [o.tokens for o in runs[0]] == [o.tokens for o in runs[1]]
     greedy = generate(model, PROMPTS, StopRule(letters), max_new_tokens=10)
     assert [o.tokens for o in runs[0]] != [o.tokens for o in greedy]
+
+
+def test_next_token_view_shares_weights_and_drops_extra_heads():
+    from wmtp.eval.generate import next_token_view
+
+    model = make_tiny_model(3)
+    view = next_token_view(model)
+    assert view.n_heads == 1 and len(view.extra_heads) == 0 and len(model.extra_heads) == 2
+    assert len(view.blocks()) == len(model.blocks()) - 2
+    assert view.output.weight is model.output.weight
+    tokens = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        torch.testing.assert_close(view(tokens)[:, :, 0], model(tokens)[:, :, 0])

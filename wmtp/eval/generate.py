@@ -97,6 +97,28 @@ class StopRule:
         return []
 
 
+def next_token_view(model: torch.nn.Module) -> torch.nn.Module:
+    """The model with head 1 only, sharing its weights: plain decoding skips the extra heads.
+
+    The KV-cache decoder advances every head's layer at every step; for head-1 decoding the
+    other heads' layers would be wasted work ((n - 1) of n_layers).
+    """
+    if model.n_heads == 1:
+        return model
+    import copy
+    import dataclasses
+
+    from torch import nn
+
+    view = copy.copy(model)
+    view._modules = dict(model._modules)  # copy.copy shares the submodule table
+    view._modules["extra_heads"] = nn.ModuleList()
+    view.args = dataclasses.replace(
+        model.args, n_future_tokens=1, n_layers=model.args.n_layers - (model.n_heads - 1)
+    )
+    return view
+
+
 def _limits(
     prompts: list[list[int]], max_new_tokens: int | Sequence[int], max_length: int
 ) -> list[int]:
@@ -126,6 +148,7 @@ def generate(
     """
     assert all(prompts), "every prompt needs at least one token (BOS)"
     limits = _limits(prompts, max_new_tokens, max_length or model.args.max_seq_len)
+    model = next_token_view(model)
     results: list[Completion | None] = [None] * len(prompts)
     for rows in _same_length_batches(prompts, batch_size):
         outs = _generate_batch(
@@ -185,4 +208,4 @@ def _generate_batch(
         logits_BV = decoder.step(next_B[:, None], heads=[1])[:, -1, 0]
 
 
-__all__ = ["Completion", "Sampling", "StopRule", "generate", "sample_next"]
+__all__ = ["Completion", "Sampling", "StopRule", "generate", "next_token_view", "sample_next"]

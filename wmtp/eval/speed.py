@@ -1,0 +1,213 @@
+"""Decode throughput: plain greedy against self-speculative decoding, and time to first token.
+
+Batch size 1 (one request's latency, the MTP paper's setting), on the same prompts, through the
+functions ``wmtp eval`` uses (``generate`` and ``speculative_generate`` over the model's KV
+cache). Either a flavour with random weights or a trained checkpoint::
+
+    python -m wmtp.eval.speed --flavour llama2-7b-mtp --out speed.json
+    python -m wmtp.eval.speed --checkpoint runs/baseline/latest --out speed.json
+
+Random weights make the draft heads guess at random: their acceptance rate is about 0, so the
+speculative figure is the *overhead* of drafting. ``--agreeing-heads`` rigs the weights (every
+block an identity, unembedding = embedding) so that every draft is accepted: the same FLOPs per
+forward, the upper bound of the speed-up with n heads. A trained MTP model lies in between; the
+MTP paper reports 3.05x on code with 4 heads (7B).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from wmtp.eval.generate import StopRule, generate
+from wmtp.eval.speculative import SpeculativeStats, speculative_generate
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def never_stop() -> StopRule:
+    """Decode exactly ``max_new_tokens``: no text, no stop strings, no EOS."""
+    return StopRule(lambda ids: "", stop=(), eos_id=None)
+
+
+def time_plain(model, prompt: list[int], new_tokens: int) -> dict:
+    """Greedy decoding of one prompt: seconds to the first token, tokens/s over the rest."""
+    device = next(model.parameters()).device
+    _sync(device)
+    start = time.perf_counter()
+    generate(model, [prompt], never_stop(), max_new_tokens=1)
+    _sync(device)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    (out,) = generate(model, [prompt], never_stop(), max_new_tokens=new_tokens)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    return {"ttft_s": first, "seconds": seconds, "tokens": out.tokens}
+
+
+def time_speculative(model, prompt: list[int], new_tokens: int) -> tuple[dict, SpeculativeStats]:
+    device = next(model.parameters()).device
+    _sync(device)
+    start = time.perf_counter()
+    out, stats = speculative_generate(model, prompt, never_stop(), max_new_tokens=new_tokens)
+    _sync(device)
+    return {"seconds": time.perf_counter() - start, "tokens": out.tokens}, stats
+
+
+def benchmark(model, prompts: list[list[int]], new_tokens: int) -> dict:
+    """Plain and speculative figures over ``prompts`` (after one warm-up of each)."""
+    time_plain(model, prompts[0], min(8, new_tokens))
+    time_speculative(model, prompts[0], min(8, new_tokens))
+    plain_runs, spec_runs, totals, identical = [], [], SpeculativeStats(), 0
+    for prompt in prompts:
+        plain = time_plain(model, prompt, new_tokens)
+        spec, stats = time_speculative(model, prompt, new_tokens)
+        identical += plain["tokens"] == spec["tokens"]
+        plain_runs.append(plain)
+        spec_runs.append({**spec, "ttft_s": stats.first_token_s})
+        totals.add(stats)
+    plain_tps = sum(len(r["tokens"]) for r in plain_runs) / sum(r["seconds"] for r in plain_runs)
+    spec_tps = sum(len(r["tokens"]) for r in spec_runs) / sum(r["seconds"] for r in spec_runs)
+    return {
+        "plain": {
+            "tokens_per_s": round(plain_tps, 2),
+            "ttft_s": round(statistics.median(r["ttft_s"] for r in plain_runs), 5),
+        },
+        "speculative": {
+            "tokens_per_s": round(spec_tps, 2),
+            "ttft_s": round(statistics.median(r["ttft_s"] for r in spec_runs), 5),
+            "acceptance_rate": round(totals.acceptance_rate, 4),
+            "tokens_per_forward": round(totals.tokens_per_forward, 3),
+            "speedup": round(spec_tps / plain_tps, 3),
+        },
+        "identical_outputs": f"{identical}/{len(prompts)}",
+    }
+
+
+def rig_agreeing_heads(model) -> None:
+    """Every block an identity and the unembedding the embedding: all heads predict the current
+    token, greedy decoding repeats it, and every draft is accepted (same FLOPs as before)."""
+    with torch.no_grad():
+        for block in model.blocks():
+            block.attention.wo.weight.zero_()
+            block.feed_forward.w2.weight.zero_()
+        model.output.weight.copy_(model.tok_embeddings.weight)
+
+
+def random_prompts(vocab_size: int, n: int, length: int, seed: int = 0) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(3, vocab_size, (n, length), generator=generator).tolist()
+
+
+def model_from_flavour(name: str, *, n_future_tokens: int | None, dtype: str, device: str):
+    import dataclasses
+
+    from wmtp.models.args import flavour
+    from wmtp.models.llama_mtp import build_llama_mtp
+
+    args = flavour(name)
+    if args.vocab_size < 0:
+        args = args.with_vocab(32000)  # Llama-2's vocabulary
+    if n_future_tokens is not None:
+        args = dataclasses.replace(args, n_future_tokens=n_future_tokens)
+    torch.manual_seed(0)
+    return build_llama_mtp(args, attention="auto", dtype=dtype, device=device).eval()
+
+
+def model_from_checkpoint(path: str, recipe: str | None, device: str):
+    """A trained policy with its tokenizer (run dir, step, or checkpoint with a recipe)."""
+    from wmtp.eval.target import load_policy, resolve_target
+    from wmtp.recipe import load_recipe
+
+    target = resolve_target(path, recipe=recipe)
+    loaded = load_recipe(target.recipe_file).recipe
+    return load_policy(target, loaded, device)
+
+
+def humaneval_prompts(tokenizer, n: int) -> list[list[int]]:
+    from wmtp.eval.benchmarks import load_humaneval
+
+    problems = load_humaneval().problems[:n]
+    return [tokenizer.encode(p.prompt, bos=True) for p in problems]
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = (
+        args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    if args.checkpoint:
+        model, tokenizer = model_from_checkpoint(args.checkpoint, args.recipe, device)
+        prompts = humaneval_prompts(tokenizer, args.prompts)
+        source = {"checkpoint": args.checkpoint}
+    else:
+        model = model_from_flavour(
+            args.flavour, n_future_tokens=args.n_future_tokens, dtype=args.dtype, device=device
+        )
+        prompts = random_prompts(model.args.vocab_size, args.prompts, args.prompt_len)
+        source = {"flavour": args.flavour, "weights": "random"}
+    result = {
+        **source,
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "attention": model.attention_backend,
+        "n_future_tokens": model.n_heads,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "prompts": len(prompts),
+        "prompt_tokens_mean": round(statistics.mean(len(p) for p in prompts), 1),
+        "new_tokens": args.new_tokens,
+        "batch_size": 1,
+        "torch": torch.__version__,
+    }
+    with torch.inference_mode():
+        result["as_loaded"] = benchmark(model, prompts, args.new_tokens)
+        if args.agreeing_heads:
+            rig_agreeing_heads(model)
+            result["agreeing_heads"] = benchmark(model, prompts, args.new_tokens)
+    return result
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m wmtp.eval.speed", description=__doc__.split("\n")[0]
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--flavour", help="model flavour with random weights (wmtp.models.args)")
+    source.add_argument("--checkpoint", help="run dir, checkpoints/step-N, or checkpoint dir")
+    parser.add_argument("--recipe", help="recipe for a checkpoint without one beside it")
+    parser.add_argument("--n-future-tokens", type=int, help="heads (flavour only)")
+    parser.add_argument("--dtype", default="bfloat16", help="flavour only (default bfloat16)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--prompts", type=int, default=5, help="prompts to average over")
+    parser.add_argument("--prompt-len", type=int, default=256, help="random prompt length")
+    parser.add_argument("--new-tokens", type=int, default=256, help="tokens decoded per prompt")
+    parser.add_argument("--agreeing-heads", action="store_true", help="also the rigged upper bound")
+    parser.add_argument("--out", type=Path, required=True, help="JSON file for the figures")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from wmtp.errors import WmtpError
+
+    args = parse_args(argv)
+    try:
+        result = run(args)
+    except WmtpError as exc:
+        raise SystemExit(f"error: {exc.render()}") from None
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["benchmark", "main", "rig_agreeing_heads", "run"]
