@@ -25,15 +25,15 @@ def make_run(root, experiment, *, weighting, head_losses, pass_at_1, with_tensor
         for step in range(1, 6):
             row = {
                 "step": step,
-                "train": {
-                    "loss": sum(head_losses) / 2 / step,
-                    "loss/head_1": head_losses[0] / step,
-                    "loss/head_2": head_losses[1] / step,
-                },
+                # the trainer's names (wmtp.train.metrics); nested tables flatten with "/"
+                "loss": sum(head_losses) / 2 / step,
+                "loss/head1": head_losses[0] / step,
+                "loss/head2": head_losses[1] / step,
                 "lr": 1e-3,
             }
             if weighting == "td":
-                row["weights"] = {"mean": 1.0, "std": 0.2 * step, "max": 3.0}
+                row["weight"] = {"mean": 1.0, "std": 0.2 * step, "max": 3.0}
+                row["rho1/kept_fraction_head1"] = 0.5
             out.write(json.dumps(row) + "\n")
     if with_tensorboard:
         from torch.utils.tensorboard import SummaryWriter
@@ -81,7 +81,7 @@ def two_runs(tmp_path):
 def test_reads_metrics_tensorboard_recipe_and_eval(two_runs):
     record = read_run(two_runs[0])
     assert record.label == "baseline/20261122-050000-abcdef12"
-    assert record.scalars["train/loss/head_2"] == [(s, 3.0 / s) for s in range(1, 6)]
+    assert record.scalars["loss/head2"] == [(s, 3.0 / s) for s in range(1, 6)]
     assert record.scalars["eval/loss_head_1"][0] == (1, pytest.approx(4.9))
     assert record.settings["weighting.kind"] == "uniform"
     assert record.settings["model.policy.n_future_tokens"] == 2
@@ -110,8 +110,9 @@ def test_report_writes_plots_and_table(two_runs, tmp_path):
     verif = rows["verifiable/20261122-050000-abcdef12"]
     assert base["weighting.kind"] == "uniform" and verif["weighting.kind"] == "td"
     assert base["steps"] == "5"
-    assert float(base["train/loss/head_1"]) == pytest.approx(2.0 / 5)
-    assert float(verif["train/loss/head_2"]) == pytest.approx(2.5 / 5)
+    assert float(base["loss/head1"]) == pytest.approx(2.0 / 5)
+    assert float(verif["loss/head2"]) == pytest.approx(2.5 / 5)
+    assert float(base["loss"]) == pytest.approx(2.5 / 5)
     assert float(base["humaneval pass@1"]) == 10.0 and float(verif["humaneval pass@10"]) == 60.0
     assert base["eval/loss_head_1"] == "4.5" and verif["eval/loss_head_1"] == "–"
 
@@ -120,3 +121,11 @@ def test_report_refuses_an_empty_directory(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(RunError, match=r"no metrics\.jsonl"):
         write_report([tmp_path / "empty"], tmp_path / "out")
+
+
+def test_which_tags_count_as_weight_statistics():
+    from wmtp.eval.report import _is_weight_stat
+
+    tags = ["weight/mean", "weight/clipped_max", "rho1/kept_fraction_head1", "loss/head1_weighted"]
+    tags += ["optim/weight_decay", "lr", "loss"]
+    assert [t for t in tags if _is_weight_stat(t)] == tags[:3]

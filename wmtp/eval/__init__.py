@@ -11,6 +11,17 @@ _LAZY = {
     # name -> module that defines it
     "pass_at_k": "wmtp.eval.passk",
     "mean_pass_at_k": "wmtp.eval.passk",
+    "Benchmark": "wmtp.eval.benchmarks",
+    "Problem": "wmtp.eval.benchmarks",
+    "load_benchmark": "wmtp.eval.benchmarks",
+    "Sampling": "wmtp.eval.generate",
+    "StopRule": "wmtp.eval.generate",
+    "generate": "wmtp.eval.generate",
+    "speculative_generate": "wmtp.eval.speculative",
+    "check_completions": "wmtp.eval.evaluator",
+    "evaluate": "wmtp.eval.evaluator",
+    "evaluate_target": "wmtp.eval.target",
+    "write_report": "wmtp.eval.report",
 }
 
 

@@ -5,8 +5,8 @@ Writes into the output folder:
 - ``loss_per_head.png``: one panel per head (and per family of per-head loss tags, e.g. training
   and held-out), a line per run;
 - ``loss.png``: every loss tag that is not per head (total loss, eval loss, ...);
-- ``weights.png``: the token-weight statistics (mean, std, min, max, clipped fractions) where
-  runs logged them;
+- ``weights.png``: the token-weight statistics (mean, std, min, max, clipped fractions) and
+  Rho-1's kept fractions, where runs logged them;
 - ``pass_at_k.png``: pass@k per benchmark, runs as grouped bars;
 - ``report.md``: one row per run with its key settings, last losses and pass@k.
 
@@ -29,8 +29,12 @@ def _is_loss(tag: str) -> bool:
 
 
 def _is_weight_stat(tag: str) -> bool:
+    """Token-weight statistics (``weight/mean``, ``weight/clipped_max``, ...) and Rho-1's
+    selection figures (``rho1/kept_fraction_head1``, ...)."""
     lowered = tag.lower()
-    return "weight" in lowered and "decay" not in lowered and not _is_loss(tag)
+    if _is_loss(tag) or "decay" in lowered:
+        return False
+    return "weight" in lowered or lowered.startswith("rho1/")
 
 
 def per_head_loss_tags(runs: list[RunRecord]) -> dict[str, dict[int, str]]:
