@@ -177,3 +177,22 @@ def test_from_batch_packed_validates_boundaries():
 def test_max_seqlen_given_as_a_tensor_becomes_an_int():
     seq = SeqInfo(cu_seqlens=torch.tensor([0, 3, 8], dtype=torch.int32), max_seqlen=torch.tensor(5))
     assert seq.max_seqlen == 5 and isinstance(seq.max_seqlen, int)
+
+
+def test_flex_block_mask_follows_each_new_layout():
+    """Masks are reused across the layers of one batch, never across batches."""
+    q, k, v = qkv()
+    with torch.no_grad():
+        for lengths in ([[5, 4, 3], [7, 5]], [[2, 10], [12]], [[5, 4, 3], [7, 5]]):
+            seq = SeqInfo.packed(lengths)
+            for _ in range(2):  # two "layers"
+                torch.testing.assert_close(
+                    flex_attend(q, k, v, seq), eager_attend(q, k, v, seq), atol=1e-5, rtol=1e-5
+                )
+
+
+def test_eager_stays_fp32_under_autocast():
+    q, k, v = qkv()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = eager_attend(q, k, v)
+    torch.testing.assert_close(out, eager_attend(q, k, v))

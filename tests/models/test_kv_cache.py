@@ -12,7 +12,9 @@ from wmtp.models.llama_mtp import LlamaMTP
 pytestmark = pytest.mark.filterwarnings("ignore:.*flex_attention.*:UserWarning")
 
 
-@pytest.mark.parametrize("attention", ["eager", "sdpa", "flex"])
+@pytest.mark.parametrize(
+    "attention", ["eager", "sdpa", pytest.param("flex", marks=pytest.mark.slow)]
+)
 def test_prefill_then_steps_equal_full_forward(tiny_args, attention):
     model = LlamaMTP(tiny_args, attention=attention).eval()
     tokens = torch.randint(0, tiny_args.vocab_size, (2, 14))

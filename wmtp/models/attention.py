@@ -206,13 +206,14 @@ def eager_attend(q_BSHD, k_BSKD, v_BSKD, seq: SeqInfo | None = None) -> torch.Te
     groups = _gqa_groups(q_BSHD, k_BSKD)
     k_BSHD = k_BSKD.repeat_interleave(groups, dim=2)
     v_BSHD = v_BSKD.repeat_interleave(groups, dim=2)
-    # [B, Sq, H, D] x [B, Sk, H, D] -> [B, H, Sq, Sk]; fp32 so the softmax is exact
-    scores_BHQK = torch.einsum("bqhd,bkhd->bhqk", q_BSHD.float(), k_BSHD.float())
-    scores_BHQK = scores_BHQK / math.sqrt(D)
     allowed = _allowed_mask(seq, B, Sq, Sk, q_BSHD.device)[:, None]  # [B|1, 1, Sq, Sk]
-    scores_BHQK = scores_BHQK.masked_fill(~allowed, float("-inf"))
-    probs_BHQK = torch.softmax(scores_BHQK, dim=-1)
-    out_BSHD = torch.einsum("bhqk,bkhd->bqhd", probs_BHQK, v_BSHD.float())
+    # fp32 throughout, autocast or not: this is the reference the other backends are held to
+    with torch.autocast(q_BSHD.device.type, enabled=False):
+        # [B, Sq, H, D] x [B, Sk, H, D] -> [B, H, Sq, Sk]
+        scores_BHQK = torch.einsum("bqhd,bkhd->bhqk", q_BSHD.float(), k_BSHD.float())
+        scores_BHQK = (scores_BHQK / math.sqrt(D)).masked_fill(~allowed, float("-inf"))
+        probs_BHQK = torch.softmax(scores_BHQK, dim=-1)
+        out_BSHD = torch.einsum("bhqk,bkhd->bqhd", probs_BHQK, v_BSHD.float())
     return out_BSHD.to(q_BSHD.dtype)
 
 
@@ -294,7 +295,7 @@ def flex_attend(q_BSHD, k_BSKD, v_BSKD, seq: SeqInfo | None = None) -> torch.Ten
     Compiled on CUDA (uncompiled for KV-cache steps). On CPU it runs uncompiled, forward only: torch has no flex backward on CPU,
     and compiling it there takes tens of seconds; asking for gradients is a ComponentError.
     """
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from torch.nn.attention.flex_attention import flex_attention
 
     B, Sq = q_BSHD.shape[:2]
     Sk = k_BSKD.shape[1]
@@ -303,8 +304,30 @@ def flex_attend(q_BSHD, k_BSKD, v_BSKD, seq: SeqInfo | None = None) -> torch.Ten
             f"attention 'flex' has no backward on {q_BSHD.device.type} in torch {torch.__version__}"
             "; use eager or sdpa there"
         )
+    block_mask = _flex_block_mask(
+        seq if seq is not None and seq.is_packed else None, B, Sq, Sk, q_BSHD.device
+    )
+    # compiled for training shapes; decoding steps (Sq != Sk) change shape each call: uncompiled
+    kernel = _compiled_flex() if q_BSHD.is_cuda and Sq == Sk else flex_attention
+    q, k, v = (t.transpose(1, 2) for t in (q_BSHD, k_BSKD, v_BSKD))  # -> [B, H, S, D]
+    out = kernel(q, k, v, block_mask=block_mask, enable_gqa=True)
+    return out.transpose(1, 2)  # [B, H, S, D] -> [B, S, H, D]
+
+
+_LAST_BLOCK_MASK: list = []  # [(seq, shape, mask)]: every layer of a step reuses its batch's mask
+
+
+def _flex_block_mask(seq: SeqInfo | None, B: int, Sq: int, Sk: int, device):
+    """The causal (and same-document) BlockMask, built once per batch layout, not per layer."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    shape = (B, Sq, Sk, str(device))
+    if _LAST_BLOCK_MASK:
+        last_seq, last_shape, last_mask = _LAST_BLOCK_MASK[0]
+        if last_seq is seq and last_shape == shape:  # the same SeqInfo object: the same batch
+            return last_mask
     offset = Sk - Sq
-    doc_BS = seq.document_ids_for(B, Sq, q_BSHD.device) if seq and seq.is_packed else None
+    doc_BS = seq.document_ids_for(B, Sq, device) if seq is not None else None
 
     def allowed(b, h, q_idx, kv_idx):
         causal = q_idx + offset >= kv_idx
@@ -312,13 +335,11 @@ def flex_attend(q_BSHD, k_BSKD, v_BSKD, seq: SeqInfo | None = None) -> torch.Ten
             return causal
         return causal & (doc_BS[b, q_idx] == doc_BS[b, kv_idx])
 
-    mask_b = B if doc_BS is not None else None
-    block_mask = create_block_mask(allowed, mask_b, None, Sq, Sk, device=q_BSHD.device)
-    # compiled for training shapes; decoding steps (Sq != Sk) change shape each call: uncompiled
-    kernel = _compiled_flex() if q_BSHD.is_cuda and Sq == Sk else flex_attention
-    q, k, v = (t.transpose(1, 2) for t in (q_BSHD, k_BSKD, v_BSKD))  # -> [B, H, S, D]
-    out = kernel(q, k, v, block_mask=block_mask, enable_gqa=True)
-    return out.transpose(1, 2)  # [B, H, S, D] -> [B, S, H, D]
+    mask = create_block_mask(
+        allowed, B if doc_BS is not None else None, None, Sq, Sk, device=device
+    )
+    _LAST_BLOCK_MASK[:] = [(seq, shape, mask)]
+    return mask
 
 
 # varlen -------------------------------------------------------------------------------------
