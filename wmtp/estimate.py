@@ -138,14 +138,18 @@ def estimate(recipe: Any, world_size: int = 1) -> Estimate:
     vocab = _vocab(recipe, notes)
     trained = recipe.trained_role
     models = []
+    used = _used_models(recipe)
     for role in ("policy", "reference", "critic"):
         spec = getattr(recipe.model, role)
-        if spec is not None:
-            models.append(count_model(role, spec, vocab, trained=(role == trained), notes=notes))
+        if spec is None:
+            continue
+        models.append(count_model(role, spec, vocab, trained=(role == trained), notes=notes))
+        if role not in used:
+            notes.append(f"model.{role} is not used by the {recipe.experiment.pipeline} pipeline")
     memory = None
     trained_count = next((m for m in models if m.role == trained), None)
     if trained_count is not None and trained_count.args is not None:
-        frozen = [m for m in models if m.role != trained and m.role in _used_models(recipe)]
+        frozen = [m for m in models if m.role != trained and m.role in used]
         memory = _memory(recipe, trained_count, frozen, world_size, rows_per_micro)
     return Estimate(world_size, effective, tokens, models, memory, notes)
 

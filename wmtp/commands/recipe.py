@@ -125,7 +125,7 @@ def _print_estimate(path: str, recipe: Any, cost: Any, env_problems: list[str]) 
     exp = recipe.experiment
     typer.echo(f"{path}: ok ({exp.name}, pipeline {exp.pipeline})")
     typer.echo(
-        f"  batch {cost.effective_batch} sequences/step "
+        f"  batch {cost.effective_batch} {'pairs' if exp.pipeline == 'critic' else 'sequences'}/step "
         f"({recipe.training.micro_batch_size} x {recipe.training.grad_accum_steps} accum "
         f"x {cost.world_size} GPUs), {cost.tokens_per_step:,} tokens/step"
     )
