@@ -178,3 +178,19 @@ def test_value_checkpoint_is_refused_as_a_policy(tmp_path, tiny_args):
 
 def test_args_survive_json(tiny_args):
     assert ModelArgs.from_dict(json.loads(json.dumps(tiny_args.to_dict()))) == tiny_args
+
+
+def test_hf_sharded_and_tied_checkpoints(tmp_path):
+    hf = tiny_hf_llama(tie_word_embeddings=True)
+    hf.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert len(list(tmp_path.glob("*.safetensors"))) > 1
+    model = from_pretrained(tmp_path, dtype="float32", attention="sdpa")
+    tokens = torch.randint(0, VOCAB, (1, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens)[:, :, 0], hf(tokens).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_hf_features_wmtp_lacks_are_refused(tmp_path):
+    tiny_hf_llama(attention_bias=True).save_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match="attention_bias"):
+        from_pretrained(tmp_path)

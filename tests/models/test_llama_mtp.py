@@ -110,3 +110,18 @@ def test_bfloat16_smoke_on_cpu(tiny_args):
     assert logits.dtype == torch.bfloat16 and logits.shape == (2, 8, 2, tiny_args.vocab_size)
     assert torch.isfinite(logits.float()).all()
     logits.float().sum().backward()
+
+
+def test_right_padded_rows_match_unpadded_rows(tiny_args):
+    model = LlamaMTP(tiny_args, attention="sdpa")
+    short = torch.randint(1, tiny_args.vocab_size, (1, 5))
+    long = torch.randint(1, tiny_args.vocab_size, (1, 9))
+    batch = {
+        "input_ids": torch.cat([torch.nn.functional.pad(short, (0, 4)), long]),
+        "attention_mask": torch.tensor([[1] * 5 + [0] * 4, [1] * 9]).bool(),
+    }
+    seq = SeqInfo.from_batch(batch)
+    with torch.no_grad():
+        padded = model(batch["input_ids"], seq)
+        torch.testing.assert_close(padded[:1, :5], model(short), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(padded[1:], model(long), atol=1e-5, rtol=1e-5)
