@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 
 import jsonschema
 import pytest
-import tomllib
 
+from wmtp.recipe._toml import loads as toml_loads
 from wmtp.recipe.jsonschema import render_json_schema
 from wmtp.recipe.schema import Recipe, Section
 
@@ -45,7 +47,7 @@ def test_every_recipe_starts_with_the_schema_line_and_passes_it(schema):
     for path in sorted(RECIPES.glob("*.toml")):
         text = path.read_text()
         assert text.startswith("#:schema ../schemas/recipe.schema.json\n"), path.name
-        errors = [e.message for e in validator.iter_errors(tomllib.loads(text))]
+        errors = [e.message for e in validator.iter_errors(toml_loads(text))]
         assert errors == [], path.name
 
 
@@ -79,3 +81,32 @@ def test_field_docs_exist_for_every_section_field():
         if name not in field_docs(cls)
     ]
     assert missing == []
+
+
+def _taplo(*args: str, cwd) -> subprocess.CompletedProcess:
+    taplo = shutil.which("taplo")
+    if taplo is None:
+        pytest.skip("taplo is not installed (pip install taplo, a dev dependency)")
+    return subprocess.run(
+        [taplo, "check", *args], cwd=cwd, capture_output=True, text=True, check=False
+    )
+
+
+def test_taplo_accepts_every_recipe_through_its_schema_line():
+    result = _taplo(*sorted(str(p) for p in RECIPES.glob("*.toml")), cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_taplo_flags_mistakes_through_the_schema(tmp_path):
+    (tmp_path / "schemas").mkdir()
+    shutil.copy(SCHEMA_FILE, tmp_path / "schemas" / "recipe.schema.json")
+    (tmp_path / "recipes").mkdir()
+    bad = tmp_path / "recipes" / "bad.toml"
+    bad.write_text(
+        '#:schema ../schemas/recipe.schema.json\n[experiment]\npipline = "x"\n'
+        '[weighting]\nkind = "td"\ngamma = 2.0\n'
+    )
+    result = _taplo(str(bad), cwd=tmp_path)
+    assert result.returncode != 0
+    assert "'pipline' was unexpected" in result.stderr
+    assert '{"kind":"td","gamma":2.0}' in result.stderr
