@@ -86,3 +86,11 @@ def test_value_model_from_meta_path_with_mlp_head(meta_dir):
 def test_value_head_builders():
     head = registry.get("value_head", "mlp")(MLPHeadSpec(hidden=[5], activation="silu"), 16)
     assert head.score(torch.randn(2, 3, 16)).shape == (2, 3)
+
+
+def test_critic_with_lora_trains_adapters_and_its_head():
+    spec = ValueModelSpec(flavour="tiny", dtype="float32", attention="sdpa", lora={"rank": 2})
+    model = registry.get("model", "value_model")(spec, vocab_size=40)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {n for n in trainable if n.startswith("head.")} == {"head.proj.weight", "head.proj.bias"}
+    assert all(".lora_" in n for n in trainable if not n.startswith("head."))

@@ -129,7 +129,14 @@ def _adapters_and_checkpoint(model, spec):
 
         lora = spec.lora
         apply_lora(
-            model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, targets=lora.targets
+            model,
+            rank=lora.rank,
+            alpha=lora.alpha,
+            dropout=lora.dropout,
+            targets=lora.targets,
+            also_train=("head.",)
+            if hasattr(model, "head_config")
+            else (),  # a critic's head trains
         )
     if spec.checkpoint:
         from wmtp.models.checkpoint import load_checked, read_checkpoint

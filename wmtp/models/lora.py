@@ -68,8 +68,10 @@ def apply_lora(
     alpha: float,
     dropout: float = 0.0,
     targets: tuple[str, ...] | list[str] = TARGETS,
+    also_train: tuple[str, ...] = (),
 ) -> list[str]:
-    """Put adapters on every Linear named in ``targets``; freeze every other parameter.
+    """Put adapters on every Linear named in ``targets``; freeze every other parameter except
+    those whose names start with a prefix in ``also_train`` (a value model's ``head.``).
 
     Returns the names of the adapted modules.
     """
@@ -84,8 +86,14 @@ def apply_lora(
             adapted.append(name)
     assert adapted, f"no Linear named {list(targets)} in the model"
     for pname, param in model.named_parameters():
-        param.requires_grad_(".lora_" in pname)
-    model.lora_config = {"rank": rank, "alpha": alpha, "dropout": dropout, "targets": list(targets)}
+        param.requires_grad_(".lora_" in pname or pname.startswith(tuple(also_train)))
+    model.lora_config = {
+        "rank": rank,
+        "alpha": alpha,
+        "dropout": dropout,
+        "targets": list(targets),
+        "also_train": list(also_train),
+    }
     return adapted
 
 
