@@ -18,6 +18,7 @@ import torch
 
 from wmtp.bench.hf_peer import bench_hf
 from wmtp.bench.step import StepConfig, StepResult, bench_step
+from wmtp.bench.timing import static_compile_shapes
 from wmtp.models.args import flavour
 
 
@@ -32,6 +33,7 @@ def _print(result) -> None:
 
 def run_suite(out_dir: Path, *, base: str = "llama-1b-bench", seq_len: int = 2048) -> dict:
     """Measure everything; returns (and writes) the results dictionary."""
+    static_compile_shapes()
     args = flavour(base)
     peers = []
     for attn, compile in (("sdpa", True), ("sdpa", False), ("eager", False)):

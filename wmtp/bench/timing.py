@@ -28,6 +28,14 @@ class Timing:
         }
 
 
+def static_compile_shapes() -> None:
+    """Benchmarks compile one graph per shape: no dynamic-shape kernels, room for many shapes."""
+    import torch._dynamo
+
+    torch._dynamo.config.automatic_dynamic_shapes = False
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+
+
 def time_call(fn: Callable[[], object], *, warmup: int = 3, repeats: int = 10) -> Timing:
     """Time ``fn`` after ``warmup`` calls: CUDA events on a GPU, a host clock on the CPU."""
     for _ in range(warmup):
