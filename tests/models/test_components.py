@@ -94,3 +94,10 @@ def test_critic_with_lora_trains_adapters_and_its_head():
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert {n for n in trainable if n.startswith("head.")} == {"head.proj.weight", "head.proj.bias"}
     assert all(".lora_" in n for n in trainable if not n.startswith("head."))
+
+
+def test_unresolved_vocab_is_a_clear_error():
+    from wmtp.errors import ComponentError
+
+    with pytest.raises(ComponentError, match="from the tokenizer"):
+        registry.get("model", "llama_mtp")(LlamaMTPSpec(flavour="tiny", dtype="float32"))

@@ -53,7 +53,7 @@ def build_llama_mtp_model(
         )
         _check_sizes_agree(spec, model.args, spec.path)
     else:
-        args = spec.model_args(vocab_size)
+        args = _with_vocab(spec.model_args(vocab_size))
         model = build_llama_mtp(args, attention=spec.attention, dtype=spec.dtype, device=device)
     return _adapters_and_checkpoint(model, spec)
 
@@ -83,9 +83,22 @@ def build_value_model(
         dtype = resolve_dtype(spec.dtype)
         backend, _ = resolve_backend(spec.attention, device, dtype)
         with torch.device(device):
-            model = ValueModel(spec.model_args(vocab_size), head=spec.head, attention=backend)
+            model = ValueModel(
+                _with_vocab(spec.model_args(vocab_size)), head=spec.head, attention=backend
+            )
         model = model.to(dtype)
     return _adapters_and_checkpoint(model, spec)
+
+
+def _with_vocab(args):
+    if args.vocab_size == -1:
+        from wmtp.errors import ComponentError
+
+        raise ComponentError(
+            "vocab_size = -1 means 'from the tokenizer': build the model with the tokenizer's "
+            "vocab_size (builder argument vocab_size=...)"
+        )
+    return args
 
 
 def _check_sizes_agree(spec, args, path) -> None:
