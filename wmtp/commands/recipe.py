@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -74,47 +75,46 @@ def validate(
     what was expected and did-you-mean suggestions. Valid recipes show the effective batch,
     tokens per optimizer step, parameters of each model and estimated memory per GPU.
     """
+    paths = recipes or sorted(Path(DEFAULT_RECIPES).glob("*.toml"))
+    if not paths:
+        raise typer.BadParameter(f"no recipes given and none in {DEFAULT_RECIPES}/")
+    machine = _environment() if env else None
+    text = format is OutputFormat.text
+    results = [_validate_one(p, overrides or (), world_size, machine, text) for p in paths]
+    if not text:
+        typer.echo(json.dumps({"recipes": results, "environment": machine}, indent=2))
+    elif machine:
+        typer.echo("environment: " + ", ".join(f"{k}={v}" for k, v in machine.items()))
+    if not all(r["valid"] for r in results):
+        raise typer.Exit(2)
+
+
+def _validate_one(
+    path: Path, overrides: Sequence[str], world_size: int, machine: dict | None, text: bool
+) -> dict[str, Any]:
+    """Load, estimate and (with a machine) check one recipe; print it when ``text``."""
     from rich.markup import escape
 
     from wmtp.estimate import estimate
     from wmtp.recipe import RecipeProblems, load_recipe
 
-    paths = recipes or sorted(Path(DEFAULT_RECIPES).glob("*.toml"))
-    if not paths:
-        raise typer.BadParameter(f"no recipes given and none in {DEFAULT_RECIPES}/")
-    results, failed = [], False
-    machine = _environment() if env else None
-    for path in paths:
-        try:
-            loaded = load_recipe(path, overrides or ())
-        except RecipeProblems as exc:
-            failed = True
-            results.append({"recipe": str(path), "valid": False, **exc.to_json()})
-            if format is OutputFormat.text:
-                message = escape(exc.render())
-                err_console.print(
-                    f"[bold red]invalid:[/] {message}", highlight=False, soft_wrap=True
-                )
-            continue
-        cost = estimate(loaded.recipe, world_size)
-        env_problems = _environment_problems(loaded.recipe, machine, world_size) if machine else []
-        failed |= bool(env_problems)
-        results.append(
-            {
-                "recipe": str(path),
-                "valid": not env_problems,
-                "estimate": cost.to_json(),
-                "environment_problems": env_problems,
-            }
-        )
-        if format is OutputFormat.text:
-            _print_estimate(str(path), loaded.recipe, cost, env_problems)
-    if format is OutputFormat.json:
-        typer.echo(json.dumps({"recipes": results, "environment": machine}, indent=2))
-    elif machine:
-        typer.echo("environment: " + ", ".join(f"{k}={v}" for k, v in machine.items()))
-    if failed:
-        raise typer.Exit(2)
+    try:
+        loaded = load_recipe(path, overrides)
+    except RecipeProblems as exc:
+        if text:
+            message = escape(exc.render())
+            err_console.print(f"[bold red]invalid:[/] {message}", highlight=False, soft_wrap=True)
+        return {"recipe": str(path), "valid": False, **exc.to_json()}
+    cost = estimate(loaded.recipe, world_size)
+    env_problems = _environment_problems(loaded.recipe, machine, world_size) if machine else []
+    if text:
+        _print_estimate(str(path), loaded.recipe, cost, env_problems)
+    return {
+        "recipe": str(path),
+        "valid": not env_problems,
+        "estimate": cost.to_json(),
+        "environment_problems": env_problems,
+    }
 
 
 def _print_estimate(path: str, recipe: Any, cost: Any, env_problems: list[str]) -> None:

@@ -65,49 +65,57 @@ def leaf_paths(data: dict, prefix: Path = ()) -> list[Path]:
 
 def _problems(err: dict, tree: Tree) -> list[Problem]:
     path, section = _recipe_path(err["loc"], tree.data)
-    kind = err["type"]
-    if kind == "cross_field":
+    if err["type"] == "cross_field":
         return [_rule_problem(path, p, tree) for p in err["ctx"]["problems"]]
-    key = dotted(path)
     where = _source_near(path, tree)
-    if kind == "extra_forbidden":
-        known = _field_names(section)
-        hints = did_you_mean(str(path[-1]), known)
-        expected = None if hints else f"one of {', '.join(known)}" if known else None
-        return [problem_at(where, key, "unknown key", expected=expected, suggestions=hints)]
-    if kind in ("union_tag_invalid", "union_tag_not_found"):
-        tags = _union_tags(section, path[-1])
-        kind_key = dotted((*path, "kind"))
-        where = tree.sources.get((*path, "kind"), where)
-        if kind == "union_tag_not_found":
-            return [problem_at(where, kind_key, "missing", expected=f"one of {', '.join(tags)}")]
-        tag = err["ctx"]["tag"]
-        message = f"unknown kind {tag!r}"
-        return [
-            problem_at(
-                where,
-                kind_key,
-                message,
-                expected=", ".join(tags),
-                suggestions=did_you_mean(tag, tags),
-            )
-        ]
-    if kind == "literal_error":
-        options = _split_expected(err["ctx"]["expected"])
-        value = err["input"]
-        hints = did_you_mean(value, options) if isinstance(value, str) else ()
-        return [
-            problem_at(
-                where,
-                key,
-                f"{value!r} is not allowed",
-                expected=", ".join(options),
-                suggestions=hints,
-            )
-        ]
-    if kind == "missing":
-        return [problem_at(where, key, "missing required key")]
-    return [problem_at(where, key, _describe(err))]
+    explain = _EXPLAINERS.get(err["type"], _other_problem)
+    return [explain(err, path, section, where, tree)]
+
+
+def _unknown_key(err: dict, path: Path, section: Any, where: Any, tree: Tree) -> Problem:
+    known = _field_names(section)
+    hints = did_you_mean(str(path[-1]), known)
+    expected = None if hints or not known else f"one of {', '.join(known)}"
+    return problem_at(where, dotted(path), "unknown key", expected=expected, suggestions=hints)
+
+
+def _unknown_kind(err: dict, path: Path, section: Any, where: Any, tree: Tree) -> Problem:
+    tags = _union_tags(section, path[-1])
+    where = tree.sources.get((*path, "kind"), where)
+    key = dotted((*path, "kind"))
+    if err["type"] == "union_tag_not_found":
+        return problem_at(where, key, "missing", expected=f"one of {', '.join(tags)}")
+    tag = err["ctx"]["tag"]
+    hints = did_you_mean(tag, tags)
+    return problem_at(
+        where, key, f"unknown kind {tag!r}", expected=", ".join(tags), suggestions=hints
+    )
+
+
+def _unknown_choice(err: dict, path: Path, section: Any, where: Any, tree: Tree) -> Problem:
+    options = _split_expected(err["ctx"]["expected"])
+    value = err["input"]
+    hints = did_you_mean(value, options) if isinstance(value, str) else ()
+    message = f"{value!r} is not allowed"
+    return problem_at(where, dotted(path), message, expected=", ".join(options), suggestions=hints)
+
+
+def _missing(err: dict, path: Path, section: Any, where: Any, tree: Tree) -> Problem:
+    return problem_at(where, dotted(path), "missing required key")
+
+
+def _other_problem(err: dict, path: Path, section: Any, where: Any, tree: Tree) -> Problem:
+    return problem_at(where, dotted(path), _describe(err))
+
+
+_EXPLAINERS = {
+    "extra_forbidden": _unknown_key,
+    "union_tag_invalid": _unknown_kind,
+    "union_tag_not_found": _unknown_kind,
+    "literal_error": _unknown_choice,
+    "missing": _missing,
+}
+"""pydantic error type -> the function that turns it into a problem (others: its message)."""
 
 
 def _rule_problem(section_path: Path, problem: dict, tree: Tree) -> Problem:
