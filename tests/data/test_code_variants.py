@@ -11,7 +11,8 @@ SOURCE = '''from typing import List
 
 def count_big(numbers: List[int], limit: int) -> int:
     """How many numbers exceed limit."""
-    total = 0
+    total = 0  # running count
+
     for value in numbers:
         if value > limit:
             total += 1
@@ -29,15 +30,17 @@ def run(source: str, *args):
 
 def test_rewrites_keep_behaviour_and_differ_in_text():
     out = cv.rewrites(SOURCE, "count_big")
-    assert {"renamed", "commented", "reformatted", "no_docstring"} <= set(out)
+    assert {"renamed", "commented", "reformatted", "renamed_reformatted"} <= set(out)
     for name, code in out.items():
         assert code != SOURCE, name
         for args in (([1, 5, 9], 4), ([], 0), ([3, 3], 3)):
             assert run(code, *args) == run(SOURCE, *args), name
     renamed_names = {n.id for n in ast.walk(ast.parse(out["renamed"])) if isinstance(n, ast.Name)}
     assert not {"total", "value"} & renamed_names and {"numbers", "limit"} <= renamed_names
-    assert '"""How many' not in out["no_docstring"]
-    assert "# " in out["commented"]
+    assert "# go through" in out["commented"]
+    assert "# running count" not in out["reformatted"]
+    prompt = SOURCE[: SOURCE.index("    total = 0")]  # imports, signature and docstring
+    assert all(code.startswith(prompt) for code in out.values())  # the prompt stays a prefix
 
 
 def test_mutations_touch_one_site_of_the_body_and_parse():

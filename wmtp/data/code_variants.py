@@ -5,7 +5,8 @@ problem's tests in the sandbox, never by how it was made. Mutations edit the sou
 the mutated node (the rest keeps its formatting), so formatting says nothing about the label;
 rewrites that reformat are mutated too, for the same reason.
 
-Only the function named ``entry_point`` is touched; its docstring never is.
+Only the body of the function named ``entry_point`` is touched (never its signature or docstring),
+so a HumanEval prompt stays a prefix of every variant.
 """
 
 from __future__ import annotations
@@ -57,10 +58,7 @@ def entry_function(tree: ast.Module, entry_point: str) -> ast.FunctionDef | None
 
 def _body_nodes(func: ast.FunctionDef) -> Iterator[ast.AST]:
     """Every node of the function's body, its docstring excluded."""
-    body = func.body
-    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-        body = body[1:]
-    for stmt in body:
+    for stmt in _statements(func):
         yield from ast.walk(stmt)
 
 
@@ -121,9 +119,31 @@ def _names_bound_in_nested_scopes(func: ast.FunctionDef) -> set[str]:
     return bound
 
 
-def reformat(source: str) -> str:
-    """The code as ``ast.unparse`` writes it: comments dropped, spacing and quotes normalised."""
-    return ast.unparse(ast.parse(source)) + "\n"
+def reformat_body(source: str, entry_point: str) -> str | None:
+    """The entry function's body (after its docstring) as ``ast.unparse`` writes it: comments
+    and blank lines dropped, spacing and quotes normalised; everything before it unchanged."""
+    tree = ast.parse(source)
+    func = entry_function(tree, entry_point)
+    if func is None:
+        return None
+    body = list(_statements(func))
+    if not body:
+        return None
+    indent = " " * body[0].col_offset
+    lines = source.splitlines(keepends=True)
+    new_body = "".join(
+        indent + line + "\n" for stmt in body for line in ast.unparse(stmt).splitlines()
+    )
+    return "".join(lines[: body[0].lineno - 1]) + new_body + "".join(lines[func.end_lineno :])
+
+
+def _statements(func: ast.FunctionDef) -> list[ast.stmt]:
+    """The body after the docstring (and whatever precedes it, e.g. an ``import`` above it)."""
+    for i, stmt in enumerate(func.body):
+        is_string = isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
+        if is_string and isinstance(stmt.value.value, str):
+            return func.body[i + 1 :]
+    return func.body
 
 
 def add_comments(source: str, entry_point: str) -> str | None:
@@ -152,28 +172,15 @@ def add_comments(source: str, entry_point: str) -> str | None:
     return "".join(out)
 
 
-def drop_docstring(source: str, entry_point: str) -> str | None:
-    """The entry function without its docstring (the instruction still carries it)."""
-    tree = ast.parse(source)
-    func = entry_function(tree, entry_point)
-    if func is None or len(func.body) < 2:
-        return None
-    first = func.body[0]
-    if not (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)):
-        return None
-    lines = source.splitlines(keepends=True)
-    return "".join(lines[: first.lineno - 1] + lines[first.end_lineno :])
-
-
 def rewrites(source: str, entry_point: str) -> dict[str, str]:
-    """Candidate behaviour-preserving rewrites by name (the source itself excluded)."""
+    """Candidate behaviour-preserving rewrites by name (the source itself excluded). Each
+    changes only the entry function's body, so the prompt (signature, docstring) stays a prefix."""
     renamed = rename_locals(source, entry_point)
     out = {
         "renamed": renamed,
         "commented": add_comments(source, entry_point),
-        "reformatted": reformat(source),
-        "no_docstring": drop_docstring(source, entry_point),
-        "renamed_reformatted": reformat(renamed) if renamed else None,
+        "reformatted": reformat_body(source, entry_point),
+        "renamed_reformatted": reformat_body(renamed, entry_point) if renamed else None,
     }
     return {k: v for k, v in out.items() if v is not None and v != source}
 

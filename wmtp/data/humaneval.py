@@ -1,8 +1,10 @@
 """The built-in dataset: HumanEval's 164 problems with correct and incorrect solutions, each
 labelled by running it against the problem's tests in the sandbox.
 
-Per problem, the candidates are the canonical solution, behaviour-preserving rewrites (renamed
-locals, comments, reformatting, no docstring) and single-site mutations of the canonical solution
+A row's ``input`` is the HumanEval prompt (imports, signature, docstring) and its ``output`` the
+function body that follows, as in HumanEval itself; the program checked is prompt + output.
+Per problem, the candidates are the canonical body, behaviour-preserving rewrites (renamed
+locals, comments, reformatted) and single-site mutations of the canonical solution
 and of each rewrite (swapped comparison or
 arithmetic operators, off-by-one constants and bounds, wrong return values, dropped branches,
 flipped booleans), see :mod:`wmtp.data.code_variants`. How a candidate was made never decides its
@@ -32,10 +34,10 @@ from wmtp.data.jsonl import JsonlFile
 from wmtp.data.metadata import build_metadata, metadata_path_for, scan_rows, write_metadata
 from wmtp.data.tokenizers import ByteTokenizer, Tokenizer
 
-VERSION = 1
+VERSION = 2
 """Bump when candidates or labelling change: cached builds of another version are rebuilt."""
 
-INSTRUCTION = "Write the Python function `{entry_point}` described below. Give the complete code."
+INSTRUCTION = "Complete this Python function."
 MAX_REWRITES = 4
 MUTATIONS_OF_CANONICAL = 5
 MUTATIONS_PER_REWRITE = 1  # so comments or formatting never tell correct from incorrect
@@ -52,7 +54,8 @@ class Candidate:
 
     task_id: str
     origin: str  # "canonical", "rewrite:<name>", "mutation:<kind>"
-    code: str
+    body: str
+    """What follows the problem's prompt (the program is prompt + body)."""
 
 
 def load_problems() -> dict[str, dict]:
@@ -63,9 +66,10 @@ def load_problems() -> dict[str, dict]:
 
 
 def candidates(problem: dict, seed: int = 0) -> list[Candidate]:
-    """The canonical solution, its rewrites and its mutations, distinct by code."""
-    task_id, entry = problem["task_id"], problem["entry_point"]
-    source = problem["prompt"] + problem["canonical_solution"]
+    """The canonical body, its rewrites and its mutations, distinct; only variants that keep the
+    prompt as their prefix (all of them, by construction: asserted)."""
+    task_id, entry, prompt = problem["task_id"], problem["entry_point"], problem["prompt"]
+    source = prompt + problem["canonical_solution"]
     rewrites = code_variants.rewrites(source, entry)
     picked = dict(list(rewrites.items())[:MAX_REWRITES])
     mutated = code_variants.pick_spread(
@@ -80,9 +84,10 @@ def candidates(problem: dict, seed: int = 0) -> list[Candidate]:
         *((f"rewrite:{name}", code) for name, code in picked.items()),
         *((f"mutation:{kind}", code) for kind, code in mutated),
     ]:
+        assert code.startswith(prompt), f"{task_id} {origin}: the variant changed the prompt"
         if code not in seen:
             seen.add(code)
-            out.append(Candidate(task_id, origin, code))
+            out.append(Candidate(task_id, origin, code[len(prompt) :]))
     return out
 
 
@@ -93,7 +98,11 @@ def label(
     from wmtp.eval.sandbox import CheckJob, check_many
 
     jobs = [
-        CheckJob(c.code, problems[c.task_id]["test"], problems[c.task_id]["entry_point"])
+        CheckJob(
+            problems[c.task_id]["prompt"] + c.body,
+            problems[c.task_id]["test"],
+            problems[c.task_id]["entry_point"],
+        )
         for c in cands
     ]
     results = check_many(
@@ -106,9 +115,9 @@ def label(
     )
     return [
         {
-            "instruction": INSTRUCTION.format(entry_point=problems[c.task_id]["entry_point"]),
+            "instruction": INSTRUCTION,
             "input": problems[c.task_id]["prompt"],
-            "output": c.code,
+            "output": c.body,
             "problem_id": c.task_id,
             "is_correct": r.status == "passed",
             "origin": c.origin,

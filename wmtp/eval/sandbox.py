@@ -92,8 +92,11 @@ class _Runner:
     note: str
 
 
+_AS_NOBODY = {"user": NOBODY_UID, "group": NOBODY_UID, "extra_groups": []}  # Popen arguments
+
+
 def _user_kwargs(runner: _Runner) -> dict:
-    return {"user": NOBODY_UID, "group": NOBODY_UID, "extra_groups": []} if runner.as_nobody else {}
+    return _AS_NOBODY if runner.as_nobody else {}
 
 
 @functools.cache
@@ -108,10 +111,14 @@ def _runner() -> _Runner:
     if os.geteuid() != 0:
         return _Runner(explicit or sys.executable, False, "")
     candidates = [explicit] if explicit else [sys.executable, "/usr/bin/python3"]
-    nobody = {"user": NOBODY_UID, "group": NOBODY_UID, "extra_groups": []}
     for python in candidates:
         try:
-            probe = subprocess.run([python, "-I", "-c", "import resource"], timeout=30, **nobody)
+            probe = subprocess.run(
+                [python, "-I", "-c", "import resource"],
+                capture_output=True,
+                timeout=30,
+                **_AS_NOBODY,
+            )
         except (OSError, subprocess.TimeoutExpired):
             continue
         if probe.returncode == 0:
