@@ -69,7 +69,8 @@ def _plot_series(ax, runs: list[RunRecord], tag: str, title: str) -> None:
         points: Series = run.scalars.get(tag, [])
         if points:
             steps, values = zip(*points, strict=True)
-            ax.plot(steps, values, color=_colour(index), linewidth=1.2)
+            marker = "o" if len(points) <= 20 else None  # a lone eval point stays visible
+            ax.plot(steps, values, color=_colour(index), linewidth=1.2, marker=marker, markersize=3)
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("step", fontsize=8)
     ax.tick_params(labelsize=7)

@@ -36,6 +36,9 @@ class EvalTarget:
     checkpoint: Path
     recipe_file: Path
     out_dir: Path
+    pretrained: bool = False
+    """A recipe's ``model.policy.path`` (not a trained checkpoint): its format and head count
+    come from the recipe."""
 
 
 def _is_checkpoint(path: Path) -> bool:
@@ -102,7 +105,9 @@ def _recipe_target(recipe_file: Path, recipe, out: str | Path | None) -> EvalTar
     if policy.checkpoint:
         return resolve_target(policy.checkpoint, recipe=recipe_file, out=out)
     default_out = Path(recipe.experiment.runs_dir) / recipe.experiment.name / "eval"
-    return EvalTarget(Path(policy.path), recipe_file, Path(out) if out else default_out)
+    return EvalTarget(
+        Path(policy.path), recipe_file, Path(out) if out else default_out, pretrained=True
+    )
 
 
 def pick_device(setting: str) -> str:
@@ -137,13 +142,19 @@ def load_policy(target: EvalTarget, recipe, device: str):
     names = {p.name for p in target.checkpoint.iterdir()}
     if names & set(PRETRAINED_MARKERS):
         model = from_pretrained(
-            target.checkpoint, dtype=spec.dtype, attention=spec.attention, device=device
+            target.checkpoint,
+            dtype=spec.dtype,
+            attention=spec.attention,
+            device=device,
+            format=spec.format if target.pretrained else "auto",
+            n_future_tokens=spec.n_future_tokens if target.pretrained else None,
         )
     else:
+        update = {"checkpoint": None}
+        if "model.safetensors" in names:  # the heads it was trained with (ntp trains one)
+            update["n_future_tokens"] = heads_in(target.checkpoint / "model.safetensors")
         model = get("model", spec.kind)(
-            spec.model_copy(update={"checkpoint": None}),
-            vocab_size=tokenizer.vocab_size,
-            device=device,
+            spec.model_copy(update=update), vocab_size=tokenizer.vocab_size, device=device
         )
         _load_training_weights(model, target.checkpoint)
     if model.args.vocab_size < tokenizer.vocab_size:
@@ -152,6 +163,16 @@ def load_policy(target: EvalTarget, recipe, device: str):
             f"the tokenizer ({tok.kind}) {tokenizer.vocab_size} ids"
         )
     return model.eval(), tokenizer
+
+
+def heads_in(weights: Path) -> int:
+    """Number of prediction heads of a wmtp state dict: 1 + its ``extra_heads`` layers."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as f:
+        keys = list(f.keys())
+    extra = {int(m.group(1)) for k in keys if (m := re.match(r"extra_heads\.(\d+)\.", k))}
+    return 1 + (max(extra) + 1 if extra else 0)
 
 
 def _load_training_weights(model, checkpoint: Path) -> None:
