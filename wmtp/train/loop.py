@@ -60,7 +60,7 @@ class Trainer:
     # --- building --------------------------------------------------------------------------------
     def build(self) -> Trainer:
         from wmtp import registry
-        from wmtp.train.data_source import load_examples, prepare_split
+        from wmtp.train.data_source import load_train_data
 
         r = self.recipe
         model_init_seed(r.experiment.seed)
@@ -81,9 +81,8 @@ class Trainer:
             reduce_dtype=p.reduce_dtype,
         )
         self.pipeline.setup(self)
-        examples = self.pipeline.select_examples(load_examples(r.data))
-        self.split = prepare_split(examples, self.tokenizer, r.data)
-        self.batches = self.pipeline.batch_source(self, self.split.train)
+        self.data = load_train_data(r.data, self.tokenizer, r.experiment.seed)
+        self.batches = self.pipeline.batch_source(self, self.data)
         self.max_steps = self._max_steps()
         t = r.training
         self.optimizer = build_optimizer(
@@ -236,19 +235,16 @@ class Trainer:
 
     # --- evaluation and checkpoints --------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
-        from wmtp.train.data_source import heldout_batches
+        """Held-out loss (the pipeline's ``eval_loss``) over every rank's share."""
+        from wmtp.train.data_source import rank_share
 
-        if not self.split.heldout:
+        batches = list(self.data.heldout_batches(self.recipe.training.micro_batch_size))
+        if not batches:
             return {}
         self.model.eval()
-        batches = heldout_batches(
-            self.split.heldout,
-            self.recipe.training.micro_batch_size,
-            self.tokenizer.pad_id,
-            self.ctx.rank,
-            self.ctx.world_size,
+        figures = self.pipeline.eval_loss(
+            self, rank_share(batches, self.ctx.rank, self.ctx.world_size)
         )
-        figures = self.pipeline.eval_loss(self, batches)
         self.model.train()
         return figures
 

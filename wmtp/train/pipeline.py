@@ -3,14 +3,14 @@
 A pipeline is a class registered as ``@register("pipeline", "<name>")`` in
 ``wmtp/train/pipelines/``; the trainer (``wmtp.train.loop.Trainer``) calls its hooks, in order:
 
-1. ``select_examples(examples)``: which examples it trains on (baseline: correct solutions).
+1. ``correct_only``: whether it trains on correct solutions only (class attribute, default True).
 2. ``model_spec()`` / ``n_future_tokens()`` / ``build_model(trainer)``: the model that trains
    (default: ``model.policy``, built fresh from its sizes or loaded from ``path``/``checkpoint``).
 3. ``setup(trainer)``: load frozen helpers (a critic, a reference model) after the trainer has
    its device, tokenizer and distributed context (``trainer.ctx``).
-4. ``batch_source(trainer, examples)``: an object with ``next_step() -> list[batch]`` (this rank's
+4. ``batch_source(trainer, data)``: given the run's ``TrainData`` (``wmtp.data.dataset``), an object with ``next_step() -> list[batch]`` (this rank's
    micro-batches of one optimizer step) and ``state_dict()`` / ``load_state_dict()`` (saved in
-   checkpoints); default :class:`~wmtp.train.data_source.SFTBatches`.
+   checkpoints); default :class:`~wmtp.train.data_source.StepBatches` over the epoch's order.
 5. ``micro_batch_weights(trainer, batch) -> MicroBatchWeights``: per micro-batch token weights:
    ``weights`` is ``None`` (uniform), a ``weights_BS`` tensor (target-token weights, head k uses
    ``w[t + k]``) or a per-head callable ``fn(k, ce_BT, targets_BT) -> w_BT``
@@ -83,10 +83,9 @@ class Pipeline:
     def __init__(self, recipe: Any) -> None:
         self.recipe = recipe
 
-    # --- what trains ---------------------------------------------------------------------------
-    def select_examples(self, examples: list) -> list:
-        return examples
+    correct_only: ClassVar[bool] = True
 
+    # --- what trains ---------------------------------------------------------------------------
     def model_spec(self) -> Any:
         return self.recipe.model.policy
 
@@ -108,18 +107,17 @@ class Pipeline:
         """Load frozen helper models; nothing for the plain pipelines."""
 
     # --- data ------------------------------------------------------------------------------------
-    def batch_source(self, trainer: Trainer, examples: list):
-        from wmtp.train.data_source import SFTBatches
+    def batch_source(self, trainer: Trainer, data):
+        from wmtp.train.data_source import StepBatches
 
         t = self.recipe.training
-        return SFTBatches(
-            examples,
+        return StepBatches(
+            lambda epoch: data.epoch_order(epoch, correct_only=self.correct_only),
+            lambda rows: next(data.batches(rows, len(rows))),
             micro_batch_size=t.micro_batch_size,
             grad_accum_steps=t.grad_accum_steps,
             rank=trainer.ctx.rank,
             world_size=trainer.ctx.world_size,
-            seed=self.recipe.experiment.seed,
-            pad_id=trainer.tokenizer.pad_id,
         )
 
     # --- the loss --------------------------------------------------------------------------------

@@ -17,9 +17,7 @@ class BaselinePipeline(Pipeline):
     """MTP fine-tuning with uniform token weights on correct solutions."""
 
     name = "baseline"
-
-    def select_examples(self, examples: list) -> list:
-        return [e for e in examples if e.is_correct]
+    correct_only = True
 
 
 @register("pipeline", "ntp")
@@ -40,3 +38,7 @@ class RefTuningPipeline(NTPPipeline):
 
 
 __all__ = ["BaselinePipeline", "NTPPipeline", "Pipeline", "RefTuningPipeline"]
+
+# The weighted pipelines (critic, verifiable, rho1) register themselves on import; imported last,
+# since they build on the classes above.
+from wmtp.train.pipelines import critic, rho1, verifiable  # noqa: E402, F401

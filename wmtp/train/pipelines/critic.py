@@ -11,15 +11,17 @@ margin on training and held-out pairs, value statistics of both halves.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
+from wmtp.errors import DataError
 from wmtp.losses.critic import (
-    PairMetrics,
     lambda_return_loss,
     mean_response_score,
-    pair_metrics,
     pairwise_loss,
 )
 from wmtp.losses.mtp import IGNORE_INDEX
+from wmtp.registry import register
+from wmtp.train.pipeline import Pipeline, StepOutput
 
 LAMBDA_RETURN_GAMMA = 1.0
 """Discount of the critic's lambda-return targets (undiscounted, as the TD weighting's default)."""
@@ -74,21 +76,76 @@ def pair_loss(model, pair: dict, loss_spec) -> tuple[torch.Tensor, dict[str, tor
     return loss, parts
 
 
-def pair_figures(parts: list[dict[str, torch.Tensor]], prefix: str) -> dict[str, float]:
-    """Accuracy, mean margin, losses and value statistics of pair batches (one rank's share)."""
-    metrics = PairMetrics(0.0, 0.0, 0.0)
-    for p in parts:
-        metrics = metrics + pair_metrics(p["chosen"], p["rejected"])
+_SUMS = (
+    "pairs",
+    "correct_order",
+    "margin",
+    "pairwise",
+    "lambda_return",
+    "chosen_n",
+    "chosen_sum",
+    "chosen_sq",
+    "rejected_n",
+    "rejected_sum",
+    "rejected_sq",
+)
+
+
+def _sums(parts: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One micro-batch's figures as float64 sums (they add over micro-batches and ranks)."""
+    gap = (parts["chosen"] - parts["rejected"]).double()
+    n_pairs = float(gap.numel())
+    vc, vr = parts["values_chosen"].double(), parts["values_rejected"].double()
+    row = [
+        n_pairs,
+        float((gap > 0).sum()),
+        float(gap.sum()),
+        float(parts["pairwise"]) * n_pairs,
+        float(parts["lambda_return"]) * n_pairs,
+        float(vc.numel()),
+        float(vc.sum()),
+        float((vc * vc).sum()),
+        float(vr.numel()),
+        float(vr.sum()),
+        float((vr * vr).sum()),
+    ]
+    return torch.tensor(row, dtype=torch.float64)
+
+
+def _std(n: float, total: float, total_sq: float) -> float:
+    if n < 2:
+        return 0.0
+    return (max(total_sq - total * total / n, 0.0) / (n - 1)) ** 0.5
+
+
+def pair_figures(
+    parts: list[dict[str, torch.Tensor]], prefix: str, *, all_reduce: bool = True
+) -> dict[str, float]:
+    """Pair accuracy, mean margin, mean losses and value statistics of pair batches.
+
+    Summed over every rank when a process group exists (``all_reduce``), so every rank logs the
+    global figures. Accuracy counts pairs whose correct solution scores strictly higher.
+    """
+    sums = (
+        torch.stack([_sums(p) for p in parts]).sum(0)
+        if parts
+        else torch.zeros(len(_SUMS), dtype=torch.float64)
+    )
+    if all_reduce and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(sums)
+    s = dict(zip(_SUMS, sums.tolist(), strict=True))
+    n = max(s["pairs"], 1.0)
     figures = {
-        f"{prefix}/pair_accuracy": metrics.accuracy,
-        f"{prefix}/pair_margin": metrics.mean_margin,
+        f"{prefix}/pair_accuracy": s["correct_order"] / n,
+        f"{prefix}/pair_margin": s["margin"] / n,
+        f"{prefix}/loss_pairwise": s["pairwise"] / n,
+        f"{prefix}/loss_lambda_return": s["lambda_return"] / n,
+        f"{prefix}/pairs": s["pairs"],
     }
-    for name in ("pairwise", "lambda_return"):
-        figures[f"{prefix}/loss_{name}"] = float(torch.stack([p[name] for p in parts]).mean())
     for half in ("chosen", "rejected"):
-        v = torch.cat([p[f"values_{half}"] for p in parts])
-        figures[f"{prefix}/value_{half}_mean"] = float(v.mean()) if v.numel() else 0.0
-        figures[f"{prefix}/value_{half}_std"] = float(v.std()) if v.numel() > 1 else 0.0
+        count = s[f"{half}_n"]
+        figures[f"{prefix}/value_{half}_mean"] = s[f"{half}_sum"] / count if count else 0.0
+        figures[f"{prefix}/value_{half}_std"] = _std(count, s[f"{half}_sum"], s[f"{half}_sq"])
     return figures
 
 
@@ -102,3 +159,122 @@ def evaluate_pairs(model, pairs, loss_spec) -> dict[str, float]:
     finally:
         model.train(was_training)
     return pair_figures(parts, "heldout") if parts else {}
+
+
+# --- pair batches -------------------------------------------------------------------------------
+
+
+def pair_batches(trainer, data):
+    """Resumable pair micro-batches: each epoch's length-balanced (correct, incorrect) pairs of
+    ``data`` (``TrainData.epoch_pairs``), ``micro * accum * world`` pairs per step, rank r its own."""
+    from wmtp.train.data_source import StepBatches
+
+    if len(data.epoch_pairs(0)) == 0:
+        raise DataError(
+            "no (correct, incorrect) pair of one problem in one length bin among the "
+            f"{len(data.train_rows)} training rows: the critic needs both kinds per problem "
+            f"(data.pairs.length_bins = {list(data.pairs.length_bins)})"
+        )
+    t = trainer.recipe.training
+    # epoch_pairs without a rank is the global draw; StepBatches takes this rank's share of it.
+    return StepBatches(
+        lambda epoch: data.epoch_pairs(epoch),
+        lambda pairs: next(data.pair_batches(pairs, len(pairs))),
+        micro_batch_size=t.micro_batch_size,
+        grad_accum_steps=t.grad_accum_steps,
+        rank=trainer.ctx.rank,
+        world_size=trainer.ctx.world_size,
+    )
+
+
+def heldout_pair_batches(
+    data, *, batch_size: int, rank: int = 0, world_size: int = 1
+) -> list[dict]:
+    """This rank's share of the held-out problems' pairs (the epoch-0 draw), as many batches on
+    every rank (the tail that does not divide by the world size is left out), so no rank waits
+    in a collective the others skip."""
+    from wmtp.data.dataset import TrainData
+    from wmtp.data.samplers import shard
+
+    source = data.heldout or data.train
+    view = TrainData(
+        source, data.heldout_rows, None, data.heldout_rows[:0], data.seed, pairs=data.pairs
+    )
+    mine = shard(view.epoch_pairs(0), rank, world_size)  # the same count on every rank
+    return list(view.pair_batches(mine, batch_size))
+
+
+# --- the pipeline -------------------------------------------------------------------------------
+
+
+@register("pipeline", "critic")
+class CriticPipeline(Pipeline):
+    """Train ``model.critic`` (a value model) on correct/incorrect pairs of the same problem."""
+
+    name = "critic"
+
+    def model_spec(self):
+        return self.recipe.model.critic
+
+    def build_model(self, trainer) -> torch.nn.Module:
+        from wmtp import registry
+
+        spec = self.model_spec()
+        model = registry.get("model", spec.kind)(
+            spec, vocab_size=trainer.tokenizer.vocab_size, device=trainer.ctx.device
+        )
+        # The trainer reads ``model.n_heads`` (MTP heads); a value model has one output per token.
+        model.n_heads = 1
+        return model
+
+    def setup(self, trainer) -> None:
+        if trainer.ctx.is_distributed:
+            from torch.distributed.fsdp import register_fsdp_forward_method
+
+            register_fsdp_forward_method(trainer.model, "scores")  # FSDP gathers for .scores too
+        self._heldout: list[dict] | None = None
+
+    correct_only = False  # pairs need both kinds
+
+    def batch_source(self, trainer, data):
+        return pair_batches(trainer, data)
+
+    def forward_backward(self, trainer, micro_batches: list[dict]) -> StepOutput:
+        """Mean loss over the step's pairs (all micro-batches and ranks); one backward each."""
+        from wmtp.parallel import all_reduce_sum, set_gradient_sync
+
+        spec = self.recipe.training.critic_loss
+        n_pairs = [b["chosen"]["input_ids"].shape[0] for b in micro_batches]
+        total_pairs = float(
+            all_reduce_sum(torch.tensor(float(sum(n_pairs)), device=trainer.ctx.device))
+        )
+        parts, tokens = [], 0
+        for i, (pair, n) in enumerate(zip(micro_batches, n_pairs, strict=True)):
+            set_gradient_sync(trainer.model, i == len(micro_batches) - 1)
+            with trainer.compute_context():
+                loss, p = pair_loss(trainer.model, pair, spec)
+            # Gradients are summed over ranks: weight each micro-batch by its share of all pairs.
+            (loss * (n / total_pairs)).backward()
+            parts.append(p)
+            tokens += int(p["values_chosen"].numel() + p["values_rejected"].numel())
+        figures = pair_figures(parts, "train")
+        total_tokens = int(all_reduce_sum(torch.tensor(float(tokens), device=trainer.ctx.device)))
+        pairwise, lam_loss = figures["train/loss_pairwise"], figures["train/loss_lambda_return"]
+        loss_value = pairwise + spec.lambda_return_weight * lam_loss
+        components = {"loss/pairwise": pairwise, "loss/lambda_return": lam_loss}
+        return StepOutput(loss_value, components, figures, tokens=total_tokens)
+
+    @torch.no_grad()
+    def eval_loss(self, trainer, batches) -> dict[str, float]:
+        """Held-out pair accuracy, margin and losses (the SFT ``batches`` are not used)."""
+        if self._heldout is None:
+            self._heldout = heldout_pair_batches(
+                trainer.data,
+                batch_size=self.recipe.training.micro_batch_size,
+                rank=trainer.ctx.rank,
+                world_size=trainer.ctx.world_size,
+            )
+        spec = self.recipe.training.critic_loss
+        with trainer.compute_context():
+            parts = [pair_loss(trainer.model, pair, spec)[1] for pair in self._heldout]
+        return pair_figures(parts, "heldout")

@@ -17,8 +17,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from wmtp.errors import CheckpointError
-from wmtp.losses.mtp import IGNORE_INDEX, linear_cross_entropy
+from wmtp import registry
+from wmtp.errors import CheckpointError, RecipeError
+from wmtp.losses.mtp import IGNORE_INDEX, MTPStats, linear_cross_entropy
+from wmtp.registry import register
+from wmtp.train.pipeline import MicroBatchWeights
+from wmtp.train.pipelines import BaselinePipeline
 from wmtp.weighting.rho1 import n_selected
 from wmtp.weighting.weightings import Rho1Selection
 
@@ -112,3 +116,53 @@ def kept_per_head(labels_BS: torch.Tensor, n_heads: int, k_percent: float) -> to
         for k in range(1, n_heads + 1)
     ]
     return torch.tensor(counts, dtype=torch.float32, device=labels_BS.device)
+
+
+# --- the pipeline -------------------------------------------------------------------------------
+
+
+@register("pipeline", "rho1")
+class Rho1Pipeline(BaselinePipeline):
+    """MTP on correct solutions, keeping per head the top k% tokens by excess loss."""
+
+    name = "rho1"
+
+    def setup(self, trainer) -> None:
+        from wmtp.train.pipelines.frozen import load_frozen
+
+        spec = self.recipe.weighting
+        if spec.kind != "rho1":
+            raise RecipeError(
+                f"experiment.pipeline = 'rho1' selects tokens with the reference model, but "
+                f"weighting.kind = {spec.kind!r}: set weighting.kind = 'rho1'"
+            )
+        self.reference = load_frozen(
+            "reference",
+            self.recipe,
+            tokenizer=trainer.tokenizer,
+            policy_vocab=trainer.model_args.vocab_size,
+            ctx=trainer.ctx,
+        )
+        check_reference_heads(trainer.n_heads, self.reference.n_heads)
+        self.selection = registry.get("weighting", "rho1")(spec)
+
+    def micro_batch_weights(self, trainer, batch: dict) -> MicroBatchWeights:
+        n = trainer.n_heads
+        ref_K = reference_ce_by_head(
+            self.reference, batch["input_ids"], batch["labels"], n, seq=trainer.seq_info(batch)
+        )
+        return MicroBatchWeights(
+            weights=Rho1HeadWeights(self.selection, ref_K),
+            denominators_K=kept_per_head(batch["labels"], n, self.selection.k_percent),
+        )
+
+    def step_figures(self, trainer, stats: MTPStats) -> dict[str, float]:
+        """k% and, per head, the fraction of valid targets kept (weights are 0/1)."""
+        kept_K = (stats.weight_sum_K / stats.n_tokens_K.clamp_min(1)).tolist()
+        figures = {"rho1/k_percent": self.selection.k_percent}
+        for k, fraction in enumerate(kept_K, start=1):
+            figures[f"rho1/kept_fraction_head{k}"] = fraction
+        unweighted_K = (stats.ce_sum_K / stats.n_tokens_K.clamp_min(1)).tolist()
+        for k, loss in enumerate(unweighted_K, start=1):
+            figures[f"loss/head{k}_all_tokens"] = loss
+        return figures

@@ -12,8 +12,13 @@ from __future__ import annotations
 
 import torch
 
-from wmtp.errors import DataError
+from wmtp import registry
+from wmtp.errors import DataError, RecipeError
 from wmtp.losses.mtp import IGNORE_INDEX, MTPStats
+from wmtp.recipe.specs.weighting import NEEDS_CRITIC
+from wmtp.registry import register
+from wmtp.train.pipeline import MicroBatchWeights
+from wmtp.train.pipelines import BaselinePipeline
 
 
 def rewards_of(batch: dict) -> torch.Tensor:
@@ -76,3 +81,79 @@ def loss_figures(stats: MTPStats) -> dict[str, float]:
         float(weighted_K.mean()) / total_u if total_u > 0 else 0.0
     )
     return figures
+
+
+# --- the pipeline -------------------------------------------------------------------------------
+
+
+class WeightedBatches:
+    """A batch source whose checkpoint state also holds the weighting's (EMA statistics, the
+    controls' random generator), so a resumed run weights exactly as an uninterrupted one."""
+
+    def __init__(self, inner, weighting) -> None:
+        self.inner, self.weighting = inner, weighting
+
+    def steps_per_epoch(self) -> float:
+        return self.inner.steps_per_epoch()
+
+    def next_step(self) -> list[dict]:
+        return self.inner.next_step()
+
+    def state_dict(self) -> dict:
+        state = dict(self.weighting.state_dict())
+        if "generator" in state:  # trainer.json is JSON: the generator state as a list of bytes
+            state["generator"] = state["generator"].tolist()
+        return {"data": self.inner.state_dict(), "weighting": state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state["data"])
+        weighting = dict(state["weighting"])
+        if "generator" in weighting:
+            weighting["generator"] = torch.tensor(weighting["generator"], dtype=torch.uint8)
+        self.weighting.load_state_dict(weighting)
+
+
+@register("pipeline", "verifiable")
+class VerifiablePipeline(BaselinePipeline):
+    """MTP on correct solutions, each target token weighted by the frozen critic's TD advantage.
+
+    The data are the baseline's (correct solutions); only the weights differ, so ``td`` against
+    ``baseline``, ``random_matched`` and ``shuffled`` isolates what the critic's token choice does.
+    """
+
+    name = "verifiable"
+
+    def setup(self, trainer) -> None:
+        from wmtp.train.pipelines.frozen import load_frozen
+
+        kind = self.recipe.weighting.kind
+        if kind not in NEEDS_CRITIC:
+            raise RecipeError(
+                f"experiment.pipeline = 'verifiable' weights tokens with the critic, but "
+                f"weighting.kind = {kind!r}: use one of {', '.join(NEEDS_CRITIC)} "
+                "(or pipeline = 'baseline' for uniform weights)"
+            )
+        self.critic = load_frozen(
+            "critic",
+            self.recipe,
+            tokenizer=trainer.tokenizer,
+            policy_vocab=trainer.model_args.vocab_size,
+            ctx=trainer.ctx,
+        )
+        self.weighting = registry.get("weighting", kind)(self.recipe.weighting)
+        # Each rank draws its own control weights, reproducibly.
+        self.weighting.seed(
+            self.recipe.experiment.seed * 1_000_003 + trainer.ctx.rank, device=trainer.ctx.device
+        )
+
+    def batch_source(self, trainer, examples: list) -> WeightedBatches:
+        return WeightedBatches(super().batch_source(trainer, examples), self.weighting)
+
+    def micro_batch_weights(self, trainer, batch: dict) -> MicroBatchWeights:
+        weights_BS, figures = token_weights(
+            self.critic, self.weighting, batch, trainer.seq_info(batch)
+        )
+        return MicroBatchWeights(weights=weights_BS, figures=figures)
+
+    def step_figures(self, trainer, stats: MTPStats) -> dict[str, float]:
+        return loss_figures(stats)

@@ -1,0 +1,110 @@
+"""``wmtp run``: train a recipe on one process, or on several through torchrun.
+
+Multi-node: run ``torchrun`` yourself on every node with its own flags and the same arguments,
+e.g. ``torchrun --nnodes 2 --node-rank 0 --nproc-per-node 8 --rdzv-backend c10d
+--rdzv-endpoint HOST:29500 -m wmtp.cli run recipes/verifiable.toml`` (node-rank 1 on the other).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from wmtp.commands._common import command, console
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Override a value: dotted.key=VALUE (read as TOML; a bare word is a string). Repeatable.",
+    ),
+]
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``run`` to ``app``."""
+    command(app, "run", no_args_is_help=True)(run)
+
+
+def torchrun_command(argv: list[str], nproc: int) -> list[str]:
+    """The torchrun command line that re-runs ``wmtp run`` with ``argv`` on ``nproc`` processes."""
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--nproc-per-node":
+            skip = True
+            continue
+        if arg.startswith("--nproc-per-node="):
+            continue
+        rest.append(arg)
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "wmtp.cli",
+        "run",
+        *rest,
+    ]
+
+
+def run(
+    recipe: Annotated[
+        Path | None,
+        typer.Argument(
+            help="The recipe to train (optional with --resume: the run's own recipe).",
+            show_default=False,
+        ),
+    ] = None,
+    set_: SetOption = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Build every component, then stop before training.")
+    ] = False,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume", help="Continue RUN_DIR from its newest checkpoint.", metavar="RUN_DIR"
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Resume even when the recipe's numerics changed.")
+    ] = False,
+    nproc_per_node: Annotated[
+        int,
+        typer.Option(
+            "--nproc-per-node", min=1, help="Processes on this machine (> 1 launches torchrun)."
+        ),
+    ] = 1,
+) -> None:
+    """Train RECIPE: a new run directory runs/<experiment>/<YYYYmmdd-HHMMSS>-<hash8>/ with the
+    resolved recipe, fingerprint, metrics, TensorBoard events and checkpoints."""
+    if nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
+        argv = sys.argv[sys.argv.index("run") + 1 :] if "run" in sys.argv else []
+        cmd = torchrun_command(argv, nproc_per_node)
+        console.print(f"launching: {' '.join(cmd)}", highlight=False)
+        raise typer.Exit(subprocess.call(cmd))
+    import logging
+
+    from wmtp.train.runner import run_recipe
+
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
+    result = run_recipe(
+        recipe, list(set_ or ()), resume=resume, force=force, dry_run=dry_run, console=rank == 0
+    )
+    if rank == 0:
+        if result.dry_run:
+            console.print(f"dry run: every component built; run directory {result.run_dir}")
+        else:
+            loss = result.last.get("loss")
+            shown = f", loss {loss:.4f}" if isinstance(loss, float) else ""
+            console.print(f"trained {result.step} steps{shown}; run directory {result.run_dir}")

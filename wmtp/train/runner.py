@@ -1,0 +1,108 @@
+"""``wmtp run`` behind the CLI: resolve the recipe, prepare the run directory, train.
+
+:func:`run_recipe` is the Python entry point (tests call it in-process): it works the same on one
+process and under torchrun, where rank 0 creates the run directory and tells the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from wmtp.errors import RunError
+
+log = logging.getLogger(__name__)
+
+REFUSED_ON_RESUME = ("numerics", "checkpoint")
+"""Change categories (``wmtp diff``) that make a resumed run compute something else."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    step: int
+    last: dict[str, Any]
+    dry_run: bool = False
+
+
+def check_resume(run_dir: Path, recipe: Any, *, force: bool) -> Path:
+    """The checkpoint to resume ``run_dir`` from; refuses a recipe whose numerics differ."""
+    from wmtp.recipe import diff_recipes, load_recipe
+    from wmtp.train.checkpoint import latest_checkpoint
+    from wmtp.train.run_dir import RECIPE_FILE, check_run_dir
+
+    run_dir = check_run_dir(run_dir)
+    saved = load_recipe(run_dir / RECIPE_FILE).recipe
+    refused = [c for c in diff_recipes(saved, recipe) if c.category in REFUSED_ON_RESUME]
+    if refused and not force:
+        lines = "\n".join(f"  {c.key}: {c.old!r} -> {c.new!r} ({c.category})" for c in refused)
+        raise RunError(
+            f"cannot resume {run_dir}: the recipe differs from the run's in what it computes:\n"
+            f"{lines}\nuse the run's recipe, or pass --force to resume anyway"
+        )
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise RunError(f"cannot resume {run_dir}: it has no complete checkpoint under checkpoints/")
+    return ckpt
+
+
+def _shared_run_dir(ctx, make) -> Path:
+    """Rank 0 makes the run directory; every rank gets its path."""
+    import torch.distributed as dist
+
+    path = [str(make()) if ctx.is_main else None]
+    if dist.is_initialized() and ctx.world_size > 1:
+        dist.broadcast_object_list(path, src=0)
+    return Path(path[0])
+
+
+def run_recipe(
+    recipe_path: str | Path | None,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    resume: str | Path | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    stop_at_step: int | None = None,
+    console: bool = True,
+) -> RunResult:
+    """Train ``recipe_path`` (or the resumed run's own recipe) and return where and how far."""
+    from wmtp.parallel import init_distributed, teardown
+    from wmtp.recipe import dump_recipe, load_recipe
+    from wmtp.train.loop import Trainer
+    from wmtp.train.run_dir import RECIPE_FILE, create_run_dir
+
+    if recipe_path is None:
+        if resume is None:
+            raise RunError(
+                "give a RECIPE, or --resume RUN_DIR to continue a run with its own recipe"
+            )
+        recipe_path = Path(resume) / RECIPE_FILE
+    recipe = load_recipe(recipe_path, overrides).recipe
+    if recipe.experiment.pipeline == "evaluation":
+        raise RunError("experiment.pipeline = 'evaluation' does not train: use `wmtp eval`")
+    checkpoint = check_resume(Path(resume), recipe, force=force) if resume is not None else None
+    text = dump_recipe(recipe)
+    ctx = init_distributed(recipe.parallel.device)
+    try:
+        if resume is not None:
+            run_dir = Path(resume).resolve()
+        else:
+            run_dir = _shared_run_dir(
+                ctx,
+                lambda: create_run_dir(
+                    text, recipe.experiment.name, recipe.experiment.runs_dir, ctx.world_size
+                ),
+            )
+        trainer = Trainer(recipe, text, run_dir, ctx, stop_at_step=stop_at_step, console=console)
+        trainer.build()
+        if dry_run:
+            return RunResult(run_dir, 0, {}, dry_run=True)
+        if checkpoint is not None:
+            trainer.resume(checkpoint)
+        out = trainer.run()
+        return RunResult(run_dir, trainer.step, out)
+    finally:
+        teardown()
