@@ -85,3 +85,12 @@ def test_extra_fields_are_allowed_and_problem_ids_may_be_numbers(tmp_path):
 def test_missing_file_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="dataset file not found"):
         JsonlFile(tmp_path / "nope.jsonl")
+
+
+def test_a_pickled_file_reopens_for_data_loader_workers(tmp_path):
+    import pickle
+
+    examples = [Example(f"t{i}", f"o{i}", "p", True) for i in range(5)]
+    f = JsonlFile(write_jsonl(tmp_path / "train.jsonl", examples))
+    clone = pickle.loads(pickle.dumps(f))
+    assert [clone.example(i) for i in (4, 0, 2)] == [examples[4], examples[0], examples[2]]

@@ -23,6 +23,14 @@ _LAZY = {
     "pack_rows": "wmtp.data.collate",
     "pack_batch": "wmtp.data.collate",
     "pair_batch": "wmtp.data.collate",
+    "JsonlFile": "wmtp.data.jsonl",
+    "write_jsonl": "wmtp.data.jsonl",
+    "index_jsonl": "wmtp.data.metadata",
+    "JsonlDataset": "wmtp.data.dataset",
+    "TrainData": "wmtp.data.dataset",
+    "make_train_data": "wmtp.data.dataset",
+    "build_humaneval": "wmtp.data.humaneval",
+    "ensure_humaneval": "wmtp.data.humaneval",
 }
 
 
