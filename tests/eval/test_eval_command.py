@@ -129,21 +129,70 @@ def test_eval_is_reproducible_and_greedy_speculative_matches_greedy(run_dir, tmp
     assert 0 <= speculative["acceptance_rate"] <= 1 and speculative["forwards"] > 0
 
 
-def test_training_checkpoint_without_model_json_loads_through_the_recipe(tmp_path):
+@pytest.mark.parametrize("trained_heads", [2, 1])
+def test_training_checkpoint_without_model_json_loads_through_the_recipe(tmp_path, trained_heads):
+    """A trainer's step-N (bare model.safetensors), also with fewer heads than the recipe says
+    (the ntp pipeline trains one)."""
+    import dataclasses
+
     from safetensors.torch import save_file
+
+    from wmtp.eval.target import load_policy, resolve_target
+    from wmtp.models.llama_mtp import LlamaMTP
+    from wmtp.recipe import load_recipe
 
     run = tmp_path / "run"
     step = run / "checkpoints" / "step-2"
     step.mkdir(parents=True)
     (run / "recipe.toml").write_text(RECIPE)
-    save_file(
-        {k: v.contiguous() for k, v in tiny_model().state_dict().items()},
-        str(step / "model.safetensors"),
-    )
+    args = tiny_model().args
+    args = dataclasses.replace(args, n_future_tokens=trained_heads)  # as the trainer does
+    trained = LlamaMTP(args, attention="sdpa").eval()
+    sd = {k: v.contiguous() for k, v in trained.state_dict().items()}
+    save_file(sd, str(step / "model.safetensors"))
+
+    target = resolve_target(run)
+    model, _ = load_policy(target, load_recipe(target.recipe_file).recipe, "cpu")
+    tokens = torch.tensor([[256, 100, 101, 102]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), trained(tokens))
     result = invoke("eval", run, "--no-progress", "--set", "evaluation.max_problems=1")
     assert result.exit_code == 0, result.output
     summary = json.loads((run / "eval" / "summary.json").read_text())
     assert summary["benchmarks"]["humaneval"]["problems"] == 1
+
+
+def test_lora_checkpoint_loads_over_the_recipes_base_model(tmp_path):
+    from safetensors.torch import save_file
+
+    from wmtp.eval.target import load_policy, resolve_target
+    from wmtp.models.checkpoint import save_wmtp
+    from wmtp.models.lora import apply_lora, lora_state_dict
+    from wmtp.recipe import load_recipe
+
+    base = tmp_path / "base"
+    save_wmtp(tiny_model(), base)
+    lora = 'lora = { rank = 4, alpha = 8.0, targets = ["wq", "wv", "w2"] }'
+    recipe = RECIPE.replace('flavour = "tiny"', f'path = "{base}"\n{lora}')
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step-1").mkdir(parents=True)
+    (run / "recipe.toml").write_text(recipe)
+    tuned = tiny_model()
+    apply_lora(tuned, rank=4, alpha=8.0, dropout=0.0, targets=["wq", "wv", "w2"])
+    with torch.no_grad():
+        for name, param in tuned.named_parameters():
+            if "lora" in name:
+                param.normal_(0, 0.05)
+    lora = {k: v.contiguous() for k, v in lora_state_dict(tuned).items()}
+    assert lora
+    save_file(lora, str(run / "checkpoints" / "step-1" / "lora.safetensors"))
+
+    target = resolve_target(run)
+    loaded = load_recipe(target.recipe_file).recipe
+    model, _ = load_policy(target, loaded, "cpu")
+    tokens = torch.tensor([[256, 100, 101, 102]])
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(tokens), tuned.eval()(tokens))
 
 
 def test_evaluation_recipe_names_the_run_to_evaluate(run_dir, tmp_path):
