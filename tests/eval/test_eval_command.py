@@ -208,6 +208,22 @@ def test_evaluation_recipe_names_the_run_to_evaluate(run_dir, tmp_path):
     assert entry["problems"] == 1 and entry["samples_per_problem"] == 3
 
 
+def test_benchmarks_from_local_files_join_the_summary(run_dir, tmp_path):
+    from tests.eval.test_benchmarks import GSM8K_ROWS, MBPP_ROWS, write_jsonl
+
+    gsm8k = write_jsonl(tmp_path / "gsm8k.jsonl", GSM8K_ROWS)
+    mbpp = write_jsonl(tmp_path / "mbpp.jsonl", MBPP_ROWS)
+    benchmarks = f'evaluation.benchmarks=["gsm8k={gsm8k}", "mbpp={mbpp}"]'
+    result = invoke("eval", run_dir, "--no-progress", "--set", benchmarks)
+    assert result.exit_code == 0, result.output
+    assert "gsm8k" in result.output and "mbpp" in result.output
+    summary = json.loads((run_dir / "eval" / "summary.json").read_text())
+    assert set(summary["benchmarks"]) == {"gsm8k", "mbpp"}
+    assert summary["benchmarks"]["mbpp"]["settings"]["source"] == str(mbpp)
+    lines = (run_dir / "eval" / "gsm8k.jsonl").read_text().splitlines()
+    assert [json.loads(x)["task_id"] for x in lines] == ["gsm8k/1"] * 2 + ["gsm8k/2"] * 2
+
+
 def test_user_mistakes_are_located_errors(run_dir, tmp_path):
     result = invoke("eval", run_dir, "--set", "evaluation.speculative=true")
     assert result.exit_code == 2
