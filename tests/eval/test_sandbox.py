@@ -171,7 +171,7 @@ def test_the_fallback_says_it_cannot_catch_setsid_children(monkeypatch):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_nothing_outside_the_folder_is_written_or_deleted(tmp_path, kind):
-    if kind == "rlimits" and not sandbox._runner().as_nobody:
+    if kind == "rlimits" and not sandbox._runner().drops_root:
         pytest.skip("the fallback runs as the caller's own user, who may write the caller's files")
     home_dir = Path.home() / f".wmtp-sandbox-test-{secrets.token_hex(4)}"
     home_dir.mkdir()
@@ -239,7 +239,7 @@ def test_killing_the_parent_or_a_neighbour_does_not_reach_the_caller(kind):
                 except OSError:
                     pass
         """
-        if kind == "rlimits" and not sandbox._runner().as_nobody:
+        if kind == "rlimits" and not sandbox._runner().drops_root:
             pytest.skip("the fallback runs as the caller's own user, who may signal the caller")
         result = run(kind, program)
         assert result.status in ("passed", "failed")
@@ -251,7 +251,7 @@ def test_killing_the_parent_or_a_neighbour_does_not_reach_the_caller(kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_fork_bomb_is_contained(kind):
-    if not sandbox._runner().as_nobody and os.geteuid() == 0:
+    if not sandbox._runner().drops_root and os.geteuid() == 0:
         pytest.skip("root ignores RLIMIT_NPROC; no interpreter nobody can run here")
     program = """
         import os, sys, time
@@ -266,6 +266,33 @@ def test_fork_bomb_is_contained(kind):
     """
     result = run(kind, program, max_processes=32, timeout_s=5)
     assert "limited" in result.stdout  # fork failed: the process limit held
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_fork_bomb_does_not_starve_a_sandbox_beside_it(kind):
+    if not sandbox._runner().drops_root:
+        pytest.skip("per-call uids need root; as one user, all sandboxes share the process limit")
+    import threading
+
+    bomb = """
+        import os, time
+        try:
+            while True:
+                os.fork()
+        except OSError:
+            print("limited", flush=True)
+            time.sleep(3)
+    """
+    bomb_result = []
+    thread = threading.Thread(target=lambda: bomb_result.append(run(kind, bomb, timeout_s=8)))
+    thread.start()
+    try:
+        time.sleep(1.0)  # let the bomb reach its limit (not an assertion on time)
+        beside = run(kind, "import subprocess, sys; subprocess.run([sys.executable, '-c', ''])")
+        assert beside.status == "passed", beside
+    finally:
+        thread.join()
+    assert "limited" in bomb_result[0].stdout
 
 
 # --------------------------------------------------------------------------- check()

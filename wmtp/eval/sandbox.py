@@ -13,8 +13,10 @@ sets the resource limits and then either
   says so, and ``wmtp validate --env`` reports it.
 
 Both apply rlimits (CPU seconds, address space, file size, number of processes, no core files), a
-wall-clock timeout and an output cap. When the caller is root, the program runs as ``nobody`` so
-that the process limit holds and root-owned files stay out of reach.
+wall-clock timeout and an output cap. When the caller is root, each call runs as its own
+unprivileged uid (a slot of a range no account uses, held with a file lock across processes), so
+that root-owned files stay out of reach and the process limit holds per call: one fork bomb
+cannot starve the sandboxes running beside it.
 
 Set ``WMTP_SANDBOX=rlimits`` (or ``bwrap``) to force an isolation; the default ``auto`` uses
 bubblewrap when it works here.
@@ -23,6 +25,7 @@ bubblewrap when it works here.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import json
 import math
@@ -34,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -43,7 +47,9 @@ from wmtp.errors import WmtpError
 Status = Literal["passed", "failed", "timeout", "memory"]
 IsolationKind = Literal["bwrap", "rlimits"]
 
-NOBODY_UID = 65534
+NOBODY_UID = 65534  # probes whether an unprivileged uid can run the interpreter
+SANDBOX_UID_BASE = 1_600_000_000  # per-call uids: SANDBOX_UID_BASE + slot, used by no account
+UID_SLOTS = 512
 INNER_DIR = "/tmp/sandbox"  # where the call's folder appears inside bubblewrap
 DEFAULT_MAX_OUTPUT_BYTES = 64 * 1024
 DEFAULT_FILE_SIZE_MB = 16
@@ -88,24 +94,42 @@ class _Runner:
     """Which interpreter runs sandboxed programs, and whether as ``nobody`` (when we are root)."""
 
     python: str
-    as_nobody: bool
+    drops_root: bool
     note: str
 
 
-_AS_NOBODY = {"user": NOBODY_UID, "group": NOBODY_UID, "extra_groups": []}  # Popen arguments
+def _as_user(uid: int | None) -> dict:
+    """Popen arguments that run the child as ``uid`` (nothing when None)."""
+    return {} if uid is None else {"user": uid, "group": uid, "extra_groups": []}
 
 
-def _user_kwargs(runner: _Runner) -> dict:
-    return _AS_NOBODY if runner.as_nobody else {}
+@contextlib.contextmanager
+def _uid_slot() -> Iterator[int | None]:
+    """A uid no other sandbox call uses right now (None when we are not root)."""
+    if not _runner().drops_root:
+        yield None
+        return
+    slots = Path(tempfile.gettempdir()) / "wmtp-sandbox-slots"
+    slots.mkdir(mode=0o700, exist_ok=True)
+    for slot in range(UID_SLOTS):
+        with open(slots / f"{slot}.lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            yield SANDBOX_UID_BASE + slot
+            return
+    raise WmtpError(f"more than {UID_SLOTS} sandboxed programs at once")
 
 
 @functools.cache
 def _runner() -> _Runner:
-    """``$WMTP_SANDBOX_PYTHON`` or this interpreter; as root, the first one ``nobody`` can run.
+    """``$WMTP_SANDBOX_PYTHON`` or this interpreter; as root, the first one an unprivileged uid
+    (probed as ``nobody``) can run.
 
-    Root ignores RLIMIT_NPROC, so a root caller runs programs as ``nobody``; an interpreter under
-    a private home (``/root/.pyenv``) is out of nobody's reach, hence the system one as a second
-    choice. Sandboxed programs need only the standard library.
+    Root ignores RLIMIT_NPROC, so a root caller drops to a per-call uid; an interpreter under a
+    private home (``/root/.pyenv``) is out of its reach, hence the system one as a second choice.
+    Sandboxed programs need only the standard library.
     """
     explicit = os.environ.get("WMTP_SANDBOX_PYTHON")
     if os.geteuid() != 0:
@@ -117,12 +141,12 @@ def _runner() -> _Runner:
                 [python, "-I", "-c", "import resource"],
                 capture_output=True,
                 timeout=30,
-                **_AS_NOBODY,
+                **_as_user(NOBODY_UID),
             )
         except (OSError, subprocess.TimeoutExpired):
             continue
         if probe.returncode == 0:
-            return _Runner(python, True, f" as nobody with {python}")
+            return _Runner(python, True, f" as a per-call unprivileged uid with {python}")
     return _Runner(
         explicit or sys.executable,
         False,
@@ -138,7 +162,8 @@ def _probe_bwrap() -> str | None:
         return "bwrap is not installed (Debian package 'bubblewrap')"
     argv = [exe, *_bwrap_flags(), "--", "/bin/true"]
     try:
-        proc = subprocess.run(argv, capture_output=True, timeout=20, **_user_kwargs(_runner()))
+        uid = NOBODY_UID if _runner().drops_root else None
+        proc = subprocess.run(argv, capture_output=True, timeout=20, **_as_user(uid))
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"bwrap cannot start: {exc}"
     if proc.returncode != 0:
@@ -204,7 +229,7 @@ def _bwrap_flags() -> list[str]:
 def _limits(timeout_s: float, memory_mb: int, file_size_mb: int, max_processes: int) -> dict:
     cpu = math.ceil(timeout_s) + 1  # the wall clock normally fires first; this catches the rest
     nproc = max_processes
-    if not _runner().as_nobody:  # RLIMIT_NPROC counts every process of the user, not just ours
+    if not _runner().drops_root:  # RLIMIT_NPROC counts every process of the user, not just ours
         nproc += _count_own_processes()
     mem = memory_mb * 2**20
     fsize = file_size_mb * 2**20
@@ -280,13 +305,14 @@ def execute(
     kind = isolation(isolation_kind).kind
     control = Path(tempfile.mkdtemp(prefix="wmtp-sandbox-"))
     try:
-        workdir = _prepare(control, program, stdin, files or {})
-        argv, exec_it = _program_argv(kind, workdir)
-        limits = _limits(timeout_s, memory_mb, file_size_mb, max_processes)
-        cfg = json.dumps({"limits": limits, "exec": exec_it, "argv": argv})
-        start = time.monotonic()
-        returncode, timed_out = _run_launcher(control, workdir, cfg, timeout_s)
-        duration = time.monotonic() - start
+        with _uid_slot() as uid:  # held until the program's processes are gone
+            workdir = _prepare(control, program, stdin, files or {}, uid)
+            argv, exec_it = _program_argv(kind, workdir)
+            limits = _limits(timeout_s, memory_mb, file_size_mb, max_processes)
+            cfg = json.dumps({"limits": limits, "exec": exec_it, "argv": argv})
+            start = time.monotonic()
+            returncode, timed_out = _run_launcher(control, workdir, cfg, timeout_s, uid)
+            duration = time.monotonic() - start
         stdout = _read_capped(control / "stdout", max_output_bytes)
         stderr = _read_capped(control / "stderr", max_output_bytes)
     finally:
@@ -295,20 +321,26 @@ def execute(
     return SandboxResult(status, stdout, stderr, duration, returncode, kind)
 
 
-def _prepare(control: Path, program: str, stdin: str, files: dict[str, str]) -> Path:
+def _prepare(
+    control: Path, program: str, stdin: str, files: dict[str, str], uid: int | None
+) -> Path:
     workdir = control / "work"
     workdir.mkdir()
     for name, text in {**files, "program.py": program}.items():
         assert "/" not in name and name not in ("", ".", ".."), name
         (workdir / name).write_text(text, encoding="utf-8")
     (control / "stdin").write_text(stdin, encoding="utf-8")
-    if _runner().as_nobody:
-        os.chown(workdir, NOBODY_UID, NOBODY_UID)
-        os.chmod(control, 0o711)  # nobody may reach work/ but not read stdin/stdout files by name
+    if uid is not None:
+        for path in workdir.iterdir():
+            os.chown(path, uid, uid)
+        os.chown(workdir, uid, uid)
+        os.chmod(control, 0o711)  # the uid may reach work/ but not list the control files
     return workdir
 
 
-def _run_launcher(control: Path, workdir: Path, cfg: str, timeout_s: float) -> tuple[int, bool]:
+def _run_launcher(
+    control: Path, workdir: Path, cfg: str, timeout_s: float, uid: int | None
+) -> tuple[int, bool]:
     argv = [_runner().python, "-I", "-S", "-c", _LAUNCHER, cfg]
     with (
         open(control / "stdin", "rb") as fin,
@@ -324,7 +356,7 @@ def _run_launcher(control: Path, workdir: Path, cfg: str, timeout_s: float) -> t
             env=_environment(workdir),
             start_new_session=True,  # its own process group: one killpg ends the tree
             close_fds=True,
-            **_user_kwargs(_runner()),
+            **_as_user(uid),
         )
         timed_out = False
         try:
