@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-from tests.parallel.toy import ToyMTP
 
+from tests.parallel.parallel_toy import ToyMTP
 from wmtp.losses import loss_and_backward
 from wmtp.parallel import compute_context, init_distributed, parallelize
 from wmtp.parallel.checkpointing import selected_blocks

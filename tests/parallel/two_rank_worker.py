@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from toy import ToyMTP
+from parallel_toy import ToyMTP
 
 from wmtp.losses import MTPLossConfig, loss_and_backward, weight_sums
 from wmtp.parallel import (

@@ -1,0 +1,12 @@
+"""Training tests run from the repository root: recipes name the HumanEval cache relative to it."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.train.train_helpers import REPO
+
+
+@pytest.fixture(autouse=True)
+def _in_repo(monkeypatch):
+    monkeypatch.chdir(REPO)

@@ -1,0 +1,25 @@
+"""Helpers of the training tests: the tiny recipe, cheap overrides, losses of a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "recipes" / "tiny.toml"
+
+FAST = (
+    "training.micro_batch_size=2",
+    "training.log_every=1",
+    "training.eval_every=0",
+)
+"""Overrides that make the tiny recipe cheap for tests that compare a run with itself."""
+
+
+def runs_override(tmp_path: Path) -> str:
+    return f"experiment.runs_dir='{tmp_path / 'runs'}'"
+
+
+def losses_of(run_dir: Path) -> list[tuple[int, float]]:
+    from wmtp.train.metrics import read_metrics
+
+    return [(m["step"], m["loss"]) for m in read_metrics(run_dir) if "loss" in m]
