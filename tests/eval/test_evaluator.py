@@ -115,3 +115,24 @@ def test_table_prints_every_k(capsys):
     out = capsys.readouterr().out
     assert "pass@1" in out and "pass@10" in out and "25.00" in out and "50.00" in out
     assert "failed 26, passed 4" in out
+
+
+def test_a_sandbox_that_could_not_start_is_retried_but_a_verdict_never_is():
+    from wmtp.eval.judges import SANDBOX_START_FAILURE, sandboxed
+    from wmtp.eval.sandbox import SandboxResult
+
+    def results(*stderrs):
+        queue = [SandboxResult("failed", "", e, 0.1, 1, "bwrap") for e in stderrs]
+        calls = []
+
+        def run(**kwargs):
+            calls.append(kwargs)
+            return queue.pop(0)
+
+        return run, calls
+
+    refused = f"{SANDBOX_START_FAILURE} for pid 1: Resource temporarily unavailable\n"
+    run, calls = results(refused, refused, "AssertionError\n")
+    assert sandboxed(run, program="x").stderr == "AssertionError\n" and len(calls) == 3
+    run, calls = results("Traceback ... BlockingIOError: fork\n", "unused")
+    assert sandboxed(run, program="x").stderr.startswith("Traceback") and len(calls) == 1

@@ -41,6 +41,25 @@ def _tail(text: str, limit: int = 400) -> str:
     return text if len(text) <= limit else "..." + text[-limit:]
 
 
+SANDBOX_START_FAILURE = "bwrap: Can't fork"
+"""bubblewrap could not start the program: the sandbox's per-user process limit is shared by every
+sandbox running at the same moment, so a busy neighbour can refuse this one its first fork."""
+START_RETRIES = 3
+
+
+def sandboxed(run, **kwargs):
+    """``run(**kwargs)`` (a sandbox call), again when the sandbox itself could not start.
+
+    Only the launcher's own failure is retried (the program never ran), never a program's verdict.
+    """
+    for attempt in range(START_RETRIES + 1):
+        result = run(**kwargs)
+        if not result.stderr.startswith(SANDBOX_START_FAILURE) or attempt == START_RETRIES:
+            return result
+        time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 @dataclass(frozen=True)
 class FunctionTests:
     """HumanEval-style: ``test`` defines ``check(candidate)``, called with ``entry_point``.
@@ -59,10 +78,11 @@ class FunctionTests:
     def judge(self, completion: str, *, timeout_s: float, memory_mb: int) -> Verdict:
         from wmtp.eval import sandbox
 
-        result = sandbox.check(
-            self.program(completion),
-            self.test,
-            self.entry_point,
+        result = sandboxed(
+            sandbox.check,
+            solution=self.program(completion),
+            test=self.test,
+            entry_point=self.entry_point,
             timeout_s=timeout_s,
             memory_mb=memory_mb,
         )
@@ -95,7 +115,13 @@ class StdioTests:
         program = self.prefix + completion
         started = time.perf_counter()
         for index, (stdin, expected) in enumerate(zip(self.inputs, self.outputs, strict=True)):
-            result = sandbox.execute(program, stdin=stdin, timeout_s=timeout_s, memory_mb=memory_mb)
+            result = sandboxed(
+                sandbox.execute,
+                program=program,
+                stdin=stdin,
+                timeout_s=timeout_s,
+                memory_mb=memory_mb,
+            )
             elapsed = time.perf_counter() - started
             if result.status != "passed":
                 return Verdict(result.status, f"test {index}: {_tail(result.stderr)}", elapsed)
