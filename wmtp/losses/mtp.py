@@ -165,7 +165,14 @@ def linear_cross_entropy(
 
     ``ce_N`` (fp32) and ``correct_N`` (argmax == target) are detached statistics.
     """
-    with torch.autocast(hidden_ND.device.type, enabled=False):
+    device_type = hidden_ND.device.type
+    if torch.is_autocast_enabled(device_type):
+        # Under autocast the unembedding matmuls run in the compute dtype (bf16): the final norm
+        # hands over fp32 (its weight is an fp32 master), and an fp32 [N, D] x [D, V] product
+        # would cost several times the bf16 one. Logits are still upcast before the softmax.
+        compute = torch.get_autocast_dtype(device_type)
+        hidden_ND, weight_VD = hidden_ND.to(compute), weight_VD.to(compute)
+    with torch.autocast(device_type, enabled=False):
         return _LinearCrossEntropy.apply(hidden_ND, weight_VD, targets_N, coef_N, chunk_size)
 
 
