@@ -17,10 +17,12 @@ file system.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +91,16 @@ def _broadcast_path(path: Path) -> Path:
     return Path(box[0])
 
 
+@contextlib.contextmanager
+def _single_process_quiet():
+    """DCP warns that it assumes one process when there is no group: that is the intent here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=".*assuming the intent is to (save|load) in a single"
+        )
+        yield
+
+
 def consolidated_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The full (unsharded) model state on CPU; complete on rank 0 (every rank must call it)."""
     return get_model_state_dict(
@@ -118,7 +130,8 @@ def save_checkpoint(
         (tmp / "rng").mkdir(parents=True)
     barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp / "state"))
+    with _single_process_quiet():
+        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp / "state"))
     full = consolidated_state_dict(model) if lora_state is None else None
     torch.save(rng_state(), tmp / "rng" / f"rank{_rank()}.pt")
     if _rank() == 0:
@@ -153,7 +166,8 @@ def load_checkpoint(
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optimizer": optim_sd}
     try:
-        dcp.load(state, checkpoint_id=str(ckpt / "state"))
+        with _single_process_quiet():
+            dcp.load(state, checkpoint_id=str(ckpt / "state"))
     except Exception as exc:  # DCP reports mismatches as generic errors
         raise CheckpointError(
             f"{ckpt / 'state'}: cannot load into this model/optimizer: {exc}"

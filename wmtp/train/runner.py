@@ -72,14 +72,14 @@ def run_recipe(
     from wmtp.parallel import init_distributed, teardown
     from wmtp.recipe import dump_recipe, load_recipe
     from wmtp.train.loop import Trainer
-    from wmtp.train.run_dir import RECIPE_FILE, create_run_dir
+    from wmtp.train.run_dir import RECIPE_FILE, check_run_dir, create_run_dir
 
     if recipe_path is None:
         if resume is None:
             raise RunError(
                 "give a RECIPE, or --resume RUN_DIR to continue a run with its own recipe"
             )
-        recipe_path = Path(resume) / RECIPE_FILE
+        recipe_path = check_run_dir(resume) / RECIPE_FILE
     recipe = load_recipe(recipe_path, overrides).recipe
     if recipe.experiment.pipeline == "evaluation":
         raise RunError("experiment.pipeline = 'evaluation' does not train: use `wmtp eval`")

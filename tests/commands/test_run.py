@@ -1,0 +1,68 @@
+"""``wmtp run`` through the CLI: dry run, refused resume with the differing keys, user errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.train.train_helpers import REPO, TINY
+from wmtp.cli import app
+from wmtp.commands.run import torchrun_command
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _in_repo(monkeypatch):
+    monkeypatch.chdir(REPO)
+
+
+def test_dry_run_builds_everything_and_writes_the_run_dir(tmp_path):
+    result = runner.invoke(
+        app, ["run", str(TINY), "--dry-run", "--set", f"experiment.runs_dir='{tmp_path}'"]
+    )
+    assert result.exit_code == 0, result.output
+    run_dir = (tmp_path / "tiny" / "latest").resolve()
+    assert "dry run" in result.output
+    assert (run_dir / "recipe.toml").is_file()
+    assert json.loads((run_dir / "fingerprint.json").read_text())["world_size"] == 1
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_resume_with_other_numerics_is_refused_listing_the_keys(tmp_path):
+    base = [
+        "--set", f"experiment.runs_dir='{tmp_path}'",
+        "--set", "training.max_steps=1", "--set", "training.micro_batch_size=1",
+        "--set", "training.eval_every=0", "--set", "training.schedule.warmup_steps=0",
+    ]  # fmt: skip
+    assert runner.invoke(app, ["run", str(TINY), *base]).exit_code == 0
+    run_dir = (tmp_path / "tiny" / "latest").resolve()
+    changed = [*base, "--set", "training.lr=0.1", "--set", "training.weight_decay=0.5"]
+    result = runner.invoke(app, ["run", str(TINY), "--resume", str(run_dir), *changed])
+    assert result.exit_code == 2
+    assert "training.lr: 0.003 -> 0.1 (numerics)" in result.output
+    assert "training.weight_decay" in result.output and "--force" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_user_errors_are_located_messages(tmp_path):
+    missing = runner.invoke(app, ["run", "--resume", str(tmp_path)])
+    assert missing.exit_code == 2 and "not a run directory" in missing.output
+    typo = runner.invoke(app, ["run", str(TINY), "--set", "training.lrr=1"])
+    assert typo.exit_code == 2 and "lrr" in typo.output
+
+
+def test_nproc_relaunches_through_torchrun_with_the_same_arguments():
+    cmd = torchrun_command(
+        ["recipes/tiny.toml", "--nproc-per-node", "4", "--set", "training.lr=1"], 4
+    )
+    assert cmd[1:4] == ["-m", "torch.distributed.run", "--standalone"]
+    assert "--nproc-per-node=4" in cmd
+    assert cmd[cmd.index("wmtp.cli") + 1 :] == [
+        "run",
+        "recipes/tiny.toml",
+        "--set",
+        "training.lr=1",
+    ]

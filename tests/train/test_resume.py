@@ -1,0 +1,87 @@
+"""Checkpoints and resume: SIGKILL then --resume gives the uninterrupted loss sequence; NaN stops."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.train.train_helpers import FAST, REPO, TINY, losses_of, runs_override
+from wmtp.errors import RunError
+from wmtp.train.checkpoint import checkpoint_dirs
+
+RESUME = (
+    *FAST,
+    "training.max_steps=8",
+    "training.schedule.warmup_steps=2",
+    "training.checkpoint_every=3",
+    "training.keep_last=2",
+)
+
+
+def _sets(overrides) -> list[str]:
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_the_uninterrupted_losses(tmp_path):
+    from wmtp.train.runner import run_recipe
+
+    whole = run_recipe(TINY, [*RESUME, runs_override(tmp_path / "a")], console=False)
+    expected = losses_of(whole.run_dir)
+    assert [s for s, _ in expected] == list(range(1, 9))
+
+    runs = tmp_path / "b" / "runs"
+    cmd = [
+        sys.executable,
+        "-m",
+        "wmtp.cli",
+        "run",
+        str(TINY),
+        *_sets([*RESUME, runs_override(tmp_path / "b")]),
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    latest = runs / "tiny" / "latest"
+    deadline = time.monotonic() + 300
+    while not (latest.exists() and checkpoint_dirs(latest)):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run_dir = latest.resolve()
+    killed_at = int(checkpoint_dirs(run_dir)[-1].name.split("-")[1])
+    assert killed_at < 8, "the run finished before it was killed; nothing was resumed"
+
+    resumed = run_recipe(None, resume=run_dir, console=False)
+    assert resumed.run_dir == run_dir and resumed.step == 8
+    assert losses_of(run_dir) == expected  # exactly: same batches, RNG, optimizer state
+    assert [p.name for p in checkpoint_dirs(run_dir)] == ["step-6", "step-8"]  # keep_last = 2
+    assert not list((run_dir / "checkpoints").glob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_naming_step_and_component_and_keeps_the_checkpoint(tmp_path):
+    from wmtp.train.runner import run_recipe
+
+    overrides = [
+        *FAST,
+        "training.lr=1e30",  # the first update blows the weights up: step 2 has no finite loss
+        "training.schedule.warmup_steps=0",
+        "training.checkpoint_every=1",
+        "training.max_steps=5",
+        runs_override(tmp_path),
+    ]
+    with pytest.raises(RunError, match=r"step 2: the loss is nan \(component: loss/head1") as err:
+        run_recipe(TINY, overrides, console=False)
+    run_dir = (tmp_path / "runs" / "tiny" / "latest").resolve()
+    assert [p.name for p in checkpoint_dirs(run_dir)] == ["step-1"]
+    assert str(run_dir / "checkpoints" / "step-1") in str(err.value)
+    assert (run_dir / "checkpoints" / "step-1" / "model.safetensors").is_file()
