@@ -101,6 +101,7 @@ def test_eval_run_directory_writes_samples_summary_and_table(run_dir):
     assert entry["problems"] == 2 and entry["samples_per_problem"] == 2
     assert sum(entry["statuses"].values()) == 4
     assert entry["settings"]["temperature"] == 0.8 and entry["settings"]["seed"] == 7
+    assert entry["settings"]["dtype"] == "float32" and entry["settings"]["device"] == "cpu"
     assert entry["generation"]["completions"] == 4 and entry["generation"]["tokens"] > 0
     assert summary["model"].endswith("checkpoints/step-3")
 

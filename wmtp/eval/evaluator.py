@@ -239,7 +239,15 @@ def evaluate(
             ]
             for p in problems
         }
-        settings = {**spec.model_dump(mode="json"), "seed": seed, "source": path}
+        param = next(model.parameters())
+        settings = {
+            **spec.model_dump(mode="json"),
+            "seed": seed,
+            "source": path,
+            "device": str(param.device),
+            "dtype": str(param.dtype).removeprefix("torch."),
+            "attention": getattr(model, "attention_backend", None),
+        }
         results[benchmark.name] = write_results(
             out,
             benchmark,
