@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from wmtp.cli import app
+from wmtp.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "recipes" / "tiny.toml"
@@ -84,7 +85,9 @@ def test_validate_json(cli, bad_recipe):
     assert result.exit_code == 2
     report = json.loads(result.stdout)
     good, bad = report["recipes"]
-    assert good["valid"] and good["estimate"]["effective_batch"] == 8
+    training = load_recipe(TINY).recipe.training
+    expected_batch = training.micro_batch_size * training.grad_accum_steps
+    assert good["valid"] and good["estimate"]["effective_batch"] == expected_batch
     assert not bad["valid"] and len(bad["problems"]) == 3
     assert {p["key"] for p in bad["problems"]} == {
         "training.lr",
@@ -145,12 +148,13 @@ def test_diff_classes_changes_and_exits_1(cli):
 def test_diff_json_and_run_directory(cli, tmp_path):
     run = tmp_path / "runs" / "tiny" / "20260101-000000-0123abcd"
     run.mkdir(parents=True)
-    shown = cli("show", "recipes/tiny.toml", "--set", "training.lr=1e-3").stdout
+    shown = cli("show", "recipes/tiny.toml", "--set", "training.lr=1.234e-3").stdout
     (run / "recipe.toml").write_text(shown)
     result = cli("diff", "recipes/tiny.toml", run, "--format", "json")
     assert result.exit_code == 1
+    old_lr = load_recipe(TINY).recipe.training.lr
     assert json.loads(result.stdout)["changes"] == [
-        {"key": "training.lr", "old": 0.003, "new": 0.001, "category": "numerics"}
+        {"key": "training.lr", "old": old_lr, "new": 0.001234, "category": "numerics"}
     ]
 
 
@@ -158,8 +162,6 @@ def test_diff_json_and_run_directory(cli, tmp_path):
 
 
 def test_show_round_trips(cli, tmp_path):
-    from wmtp.recipe import load_recipe
-
     result = cli("show", "recipes/rho1.toml")
     assert result.exit_code == 0
     out = tmp_path / "resolved.toml"
