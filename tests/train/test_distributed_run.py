@@ -1,0 +1,68 @@
+"""``wmtp run --nproc-per-node 2`` (torchrun, gloo, FSDP2 full_shard) against one process with the
+same global batch; its sharded checkpoint loads into one process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.train.train_helpers import REPO, TINY, losses_of, runs_override
+
+COMMON = (
+    "training.max_steps=3",
+    "training.schedule.warmup_steps=1",
+    "training.log_every=1",
+    "training.eval_every=0",
+    "training.checkpoint_every=3",
+    "parallel.sharding='full_shard'",
+)
+
+
+@pytest.mark.slow
+def test_two_ranks_match_one_process_and_the_checkpoint_reshards(tmp_path):
+    from wmtp.train.runner import run_recipe
+
+    one = run_recipe(
+        TINY,
+        [*COMMON, "training.micro_batch_size=4", runs_override(tmp_path / "one")],
+        console=False,
+    )
+
+    sets = [*COMMON, "training.micro_batch_size=2", runs_override(tmp_path / "two")]
+    cmd = [sys.executable, "-m", "wmtp.cli", "run", str(TINY), "--nproc-per-node", "2"]
+    cmd += [a for s in sets for a in ("--set", s)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", WMTP_DIST_TIMEOUT_S="120")
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    two_dir = (tmp_path / "two" / "runs" / "tiny" / "latest").resolve()
+
+    got, want = losses_of(two_dir), losses_of(one.run_dir)
+    assert [s for s, _ in got] == [1, 2, 3]
+    assert [loss for _, loss in got] == pytest.approx([loss for _, loss in want], rel=1e-4)
+
+    # The 2-rank sharded state (DCP) loads into a single process and equals its consolidated export.
+    from wmtp.parallel import init_distributed
+    from wmtp.recipe import load_recipe
+    from wmtp.train.checkpoint import load_checkpoint
+    from wmtp.train.loop import Trainer
+
+    ckpt = two_dir / "checkpoints" / "step-3"
+    assert sorted(p.name for p in (ckpt / "rng").iterdir()) == ["rank0.pt", "rank1.pt"]
+    recipe = load_recipe(two_dir / "recipe.toml").recipe
+    trainer = Trainer(
+        recipe, "", tmp_path / "scratch", init_distributed("cpu"), console=False
+    ).build()
+    state = load_checkpoint(
+        ckpt, model=trainer.model, optimizer=trainer.optimizer, scheduler=trainer.scheduler
+    )
+    assert state["step"] == 3 and state["world_size"] == 2
+    exported = load_file(str(ckpt / "model.safetensors"))
+    loaded = trainer.model.state_dict()
+    assert exported.keys() == loaded.keys()
+    for key, value in exported.items():
+        torch.testing.assert_close(loaded[key], value, rtol=0, atol=0, msg=key)
