@@ -192,3 +192,13 @@ def test_critic_learns_to_rank_pairs_and_reports_heldout_accuracy():
     assert train["train/pair_accuracy"] == 1.0
     assert after["heldout/value_chosen_mean"] > after["heldout/value_rejected_mean"]
     assert model.training  # evaluation restores training mode
+
+
+def test_vocabulary_checks_of_frozen_models():
+    from wmtp.train.pipelines.frozen import check_vocabulary
+
+    check_vocabulary("critic", 259, 259, 259)
+    with pytest.raises(CheckpointError, match=r"model\.policy has 259"):
+        check_vocabulary("reference", 32000, 259, 259)
+    with pytest.raises(CheckpointError, match="fewer than the tokenizer"):
+        check_vocabulary("critic", 200, 200, 259)
