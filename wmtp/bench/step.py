@@ -27,7 +27,7 @@ class StepConfig:
     compile: bool = True
     activation_checkpointing: bool | int = False
     strategy: str = "sequential"
-    chunk_size: int = 1024
+    chunk_size: int | None = None
     critic: ModelArgs | None = None
     """A frozen value model run forward each step (the verifiable pipeline's extra cost)."""
 

@@ -50,8 +50,9 @@ class MTPLossConfig:
     """How the MTP loss is computed (numerics: ``depth_weights``; memory/speed: the rest)."""
 
     strategy: Strategy = "sequential"
-    chunk_size: int = 1024
-    """Target tokens per logits block; 0 computes each head's logits in one block."""
+    chunk_size: int | None = None
+    """Target tokens per logits block; ``None`` sizes blocks to ``LOGITS_BLOCK_BYTES`` of fp32
+    logits (fewer, larger blocks are faster on a GPU); 0 computes each head in one block."""
     depth_weights: tuple[float, ...] | None = None
     """Relative weight of heads 1..n in the average; ``None`` = equal."""
 
@@ -154,17 +155,30 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_hidden_ND, grad_weight_VD.to(weight_VD.dtype), None, None, None
 
 
+LOGITS_BLOCK_BYTES = 1 << 30
+"""fp32 logits held at once by the chunked cross-entropy when no chunk size is given (1 GiB)."""
+
+
+def auto_chunk_size(vocab_size: int) -> int:
+    """Target tokens per block so that one ``[chunk, V]`` fp32 logits block is ~1 GiB."""
+    return max(256, LOGITS_BLOCK_BYTES // (4 * vocab_size))
+
+
 def linear_cross_entropy(
     hidden_ND: torch.Tensor,
     weight_VD: torch.Tensor,
     targets_N: torch.Tensor,
     coef_N: torch.Tensor,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(sum(coef * ce), ce_N, correct_N)`` for valid targets only (no -100 here).
 
-    ``ce_N`` (fp32) and ``correct_N`` (argmax == target) are detached statistics.
+    ``ce_N`` (fp32) and ``correct_N`` (argmax == target) are detached statistics. ``chunk_size``
+    ``None`` picks :func:`auto_chunk_size`; the same block size serves one head or n, so the
+    peak memory of n heads stays that of one.
     """
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(weight_VD.shape[0])
     device_type = hidden_ND.device.type
     if torch.is_autocast_enabled(device_type):
         # Under autocast the unembedding matmuls run in the compute dtype (bf16): the final norm
