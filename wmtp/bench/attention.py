@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from wmtp.bench.timing import peak_memory_gib, time_call
+from wmtp.bench.timing import peak_memory_gib, static_compile_shapes, time_call
 from wmtp.models.attention import SeqInfo, backend_unavailable, eager_attend, get_attend
 
 
@@ -186,6 +186,7 @@ def flex_sweep(shape: Shape, device, dtype) -> list[dict]:
 def run_attention_bench(out_dir: Path, *, dtype=torch.bfloat16, shapes=None, sweep=True) -> dict:
     """Every backend on every shape; writes attention.json and attention.md under ``out_dir``."""
     assert torch.cuda.is_available(), "wmtp bench attention needs a CUDA GPU"
+    static_compile_shapes()  # flex compiles per shape and grad mode: past the default limit
     device = torch.device("cuda")
     backends = candidates(device, dtype)
     rows = []

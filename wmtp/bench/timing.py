@@ -32,8 +32,11 @@ def static_compile_shapes() -> None:
     """Benchmarks compile one graph per shape: no dynamic-shape kernels, room for many shapes."""
     import torch._dynamo
 
-    torch._dynamo.config.automatic_dynamic_shapes = False
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    config = torch._dynamo.config
+    config.automatic_dynamic_shapes = False
+    for name in ("recompile_limit", "cache_size_limit"):  # renamed across torch releases
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), 256))
 
 
 def time_call(fn: Callable[[], object], *, warmup: int = 3, repeats: int = 10) -> Timing:
