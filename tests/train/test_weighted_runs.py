@@ -221,3 +221,35 @@ def test_reference_with_another_vocabulary_is_refused(reference_run, tmp_path):
     body += '[weighting]\nkind = "rho1"\n'
     with pytest.raises(CheckpointError, match=r"tok_embeddings\.weight"):
         run_recipe(_recipe(tmp_path, "rho1_bad_vocab", "rho1", body), console=False)
+
+
+def test_two_ranks_with_a_sharded_critic_match_one_process(critic_run, tmp_path):
+    """torchrun, gloo, FSDP2 full_shard: the frozen critic is sharded like the policy, the batch
+    whitening is all-reduced, so two ranks of 2 rows weight and train as one process of 4 rows."""
+    import os
+    import subprocess
+    import sys
+
+    tmp, _ = critic_run
+    body = _policy() + _critic(tmp, checkpoint=tmp / "runs" / "critic" / "latest")
+    body += '[weighting]\nkind = "td"\nnormalize = { kind = "batch" }\n'
+    recipe = _recipe(tmp_path, "verifiable_ranks", "verifiable", body)
+    common = [
+        "training.grad_accum_steps=1",
+        "training.max_steps=3",
+        "parallel.sharding='full_shard'",
+    ]
+    one = run_recipe(recipe, [*common, "training.micro_batch_size=4"], console=False)
+    sets = [*common, "training.micro_batch_size=2", f"experiment.runs_dir='{tmp_path / 'two'}'"]
+    cmd = [sys.executable, "-m", "wmtp.cli", "run", str(recipe), "--nproc-per-node", "2"]
+    cmd += [a for s in sets for a in ("--set", s)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", WMTP_DIST_TIMEOUT_S="120")
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=500)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    two = _metrics((tmp_path / "two" / "verifiable_ranks" / "latest").resolve())
+    want = [r for r in _metrics(one.run_dir) if "weight/mean" in r]
+    got = [r for r in two if "weight/mean" in r]
+    assert len(got) == len(want) == 3
+    for g, w in zip(got, want, strict=True):
+        for key in ("loss", "weight/mean", "weight/std", "weight/min", "weight/max"):
+            assert g[key] == pytest.approx(w[key], rel=1e-4, abs=1e-6), key
