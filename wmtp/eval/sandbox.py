@@ -9,14 +9,15 @@ sets the resource limits and then either
   all capabilities dropped, and ``--die-with-parent``; or
 * ``rlimits``: the fallback where bubblewrap is missing or cannot run: the launcher forks the
   program in its own process group and the whole group is killed at the end. It cannot catch
-  children that leave the group (``setsid``), nor stop writes or network access: ``isolation()``
-  says so, and ``wmtp validate --env`` reports it.
+  children that leave the group (``setsid``) unless the caller is root (below), nor stop writes or
+  network access: ``isolation()`` says so, and ``wmtp validate --env`` reports it.
 
 Both apply rlimits (CPU seconds, address space, file size, number of processes, no core files), a
 wall-clock timeout and an output cap. When the caller is root, each call runs as its own
 unprivileged uid (a slot of a range no account uses, held with a file lock across processes), so
-that root-owned files stay out of reach and the process limit holds per call: one fork bomb
-cannot starve the sandboxes running beside it.
+that root-owned files stay out of reach, the process limit holds per call (one fork bomb cannot
+starve the sandboxes beside it), and at the end every process of that uid is killed, whatever
+session or namespace it is in.
 
 Set ``WMTP_SANDBOX=rlimits`` (or ``bwrap``) to force an isolation; the default ``auto`` uses
 bubblewrap when it works here.
@@ -177,8 +178,9 @@ def isolation(requested: str | None = None) -> Isolation:
     if choice not in ("auto", "bwrap", "rlimits"):
         raise WmtpError(f"{ENV_VAR}={choice!r}: expected 'auto', 'bwrap' or 'rlimits'")
     who = _runner().note
+    weak = _WEAK_AS_ROOT if _runner().drops_root else _WEAK
     if choice == "rlimits":
-        return Isolation("rlimits", f"rlimits + process-group kill{who} (forced); {_WEAK}")
+        return Isolation("rlimits", f"rlimits + process-group kill{who} (forced); {weak}")
     problem = _probe_bwrap()
     if problem is None:
         return Isolation(
@@ -187,10 +189,11 @@ def isolation(requested: str | None = None) -> Isolation:
         )
     if choice == "bwrap":
         raise WmtpError(f"{ENV_VAR}=bwrap but {problem}")
-    return Isolation("rlimits", f"rlimits + process-group kill{who} ({problem}); {_WEAK}")
+    return Isolation("rlimits", f"rlimits + process-group kill{who} ({problem}); {weak}")
 
 
-_WEAK = "cannot catch setsid children, nor block network or writes outside the sandbox folder"
+_WEAK = "cannot catch setsid children, cannot block network access, nor writes outside the sandbox folder"
+_WEAK_AS_ROOT = "cannot block network access, nor writes where any user may write"
 
 
 # --------------------------------------------------------------------------- the launcher
@@ -366,6 +369,8 @@ def _run_launcher(
         _kill_group(proc.pid)
         proc.wait()
         _wait_group_gone(proc.pid)
+        if uid is not None:  # the call's own uid: every process of it is ours, setsid or not
+            _kill_uid(uid)
     return proc.returncode, timed_out
 
 
@@ -380,6 +385,28 @@ def _wait_group_gone(pgid: int, limit_s: float = 5.0) -> None:
     while _live_group_members(pgid) and time.monotonic() < deadline:
         _kill_group(pgid)
         time.sleep(0.01)
+
+
+def _kill_uid(uid: int, limit_s: float = 10.0) -> None:
+    """SIGKILL every process of ``uid`` and wait until they are reaped too (zombies still count
+    against the uid's process limit, which the slot's next call starts from)."""
+    deadline = time.monotonic() + limit_s
+    while (pids := _processes_of(uid)) and time.monotonic() < deadline:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.01)
+
+
+def _processes_of(uid: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if entry.stat().st_uid == uid:
+                pids.append(int(entry.name))
+    return pids
 
 
 def _live_group_members(pgid: int) -> int:
