@@ -98,10 +98,9 @@ class TDWeighting:
         w_BS = awr_weights(
             z_BS, response_mask_BS, beta=s.beta, min_weight=s.min_weight, max_weight=s.max_weight
         )
-        figures = self._figures(adv_BS, z_BS, w_BS, response_mask_BS)
         if self.control is not None:
             w_BS = self._apply_control(w_BS, response_mask_BS)
-        return w_BS, figures
+        return w_BS, self._figures(adv_BS, w_BS, response_mask_BS)
 
     def _apply_control(self, w_BS: torch.Tensor, mask_BS: torch.Tensor) -> torch.Tensor:
         assert self.generator is not None, "call .seed(...) before using a control weighting"
@@ -109,11 +108,12 @@ class TDWeighting:
             return random_matched(w_BS, mask_BS, generator=self.generator)
         return shuffled(w_BS, mask_BS, generator=self.generator)
 
-    def _figures(self, adv_BS, z_BS, w_BS, mask_BS) -> dict[str, float]:
+    def _figures(self, adv_BS, w_BS, mask_BS) -> dict[str, float]:
+        """Statistics of the weights used (after a control), the advantages and the whitener."""
         s = self.spec
-        # Clipped = the exponent reached a bound (compared on z / beta, not on the rounded exp).
-        at_min = mask_BS & (z_BS / s.beta <= math.log(s.min_weight))
-        at_max = mask_BS & (z_BS / s.beta >= math.log(s.max_weight))
+        # Clipped = at a bound, up to the float32 rounding of exp(ln(bound)).
+        at_min = mask_BS & (w_BS <= s.min_weight * (1 + 1e-6))
+        at_max = mask_BS & (w_BS >= s.max_weight * (1 - 1e-6))
         weight = masked_summary(w_BS, mask_BS)
         figures = {f"weight/{k}": v for k, v in weight.items() if k != "count"}
         figures["weight/clipped_min"] = masked_summary(at_min.float(), mask_BS)["mean"]
