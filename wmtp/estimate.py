@@ -213,7 +213,8 @@ def lora_params(lora: Any, args: ModelArgs) -> int:
 
 def value_head_params(head: Any, dim: int) -> int:
     """Weights and biases of a value head from ``dim`` to one value."""
-    widths = [dim, *getattr(head, "hidden", []), 1]
+    hidden = head.hidden_widths(dim) if head.kind == "mlp" else []
+    widths = [dim, *hidden, 1]
     return sum(a * b + b for a, b in itertools.pairwise(widths))
 
 

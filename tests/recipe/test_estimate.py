@@ -51,9 +51,22 @@ def test_lora_r64_on_every_linear_of_the_7b():
     assert policy.total == 6_738_415_616 + expected
 
 
-def test_mlp_value_head():
-    recipe = load_recipe(RECIPES / "critic.toml").recipe
-    assert value_head_params(recipe.model.critic.head, 2560) == 2560 * 1024 + 1024 + 1024 + 1
+def test_mlp_value_head_defaults_to_quarter_and_eighth_width():
+    head = load_recipe(RECIPES / "critic.toml").recipe.model.critic.head
+    assert head.hidden is None
+    assert head.hidden_widths(2560) == [640, 320]
+    by_hand = (2560 * 640 + 640) + (640 * 320 + 320) + (320 + 1)
+    assert value_head_params(head, 2560) == by_hand
+
+
+@pytest.mark.parametrize("hidden", [None, [48], [40, 24, 8]])
+def test_value_head_params_match_the_built_module(hidden):
+    from wmtp.models.value import build_value_head
+    from wmtp.recipe.schema import MLPHeadSpec
+
+    spec = MLPHeadSpec(hidden=hidden)
+    module = build_value_head(spec, 64)
+    assert value_head_params(spec, 64) == sum(p.numel() for p in module.parameters())
 
 
 def test_memory_of_a_fully_trained_model_by_hand(write):

@@ -226,12 +226,17 @@ class MLPHeadSpec(Section):
 
     kind: Literal["mlp"] = "mlp"
     """Value head type."""
-    hidden: list[Annotated[int, Field(gt=0)]] = Field(default_factory=lambda: [1024], min_length=1)
-    """Widths of the hidden layers."""
+    hidden: Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)] | None = None
+    """Widths of the hidden layers; unset means dim/4 and dim/8 (dim -> dim/4 -> dim/8 -> 1)."""
     activation: Annotated[Literal["gelu", "relu", "silu"], NUMERICS] = "gelu"
     """Activation between layers."""
     dropout: Annotated[float, NUMERICS, Field(ge=0, lt=1)] = 0.0
     """Dropout between layers during training."""
+
+    def hidden_widths(self, dim: int) -> list[int]:
+        """The hidden widths for a model of width ``dim``: ``hidden``, or dim/4 and dim/8
+        (as ``wmtp.models.value.MLPValueHead`` builds them)."""
+        return list(self.hidden) if self.hidden else [max(dim // 4, 1), max(dim // 8, 1)]
 
 
 ValueHeadSpec = Annotated[
