@@ -202,3 +202,14 @@ def test_vocabulary_checks_of_frozen_models():
         check_vocabulary("reference", 32000, 259, 259)
     with pytest.raises(CheckpointError, match="fewer than the tokenizer"):
         check_vocabulary("critic", 200, 200, 259)
+
+
+def test_critic_pair_without_response_is_a_data_error():
+    from wmtp.recipe.schema import CriticLossSpec
+    from wmtp.train.pipelines.critic import pair_loss
+
+    pair = _pairs(0)
+    pair["rejected"]["labels"][2] = -100
+    pair["chosen"]["problem_id"] = pair["rejected"]["problem_id"] = ["a", "b", "c", "d"]
+    with pytest.raises(DataError, match="'c'"):
+        pair_loss(_value_model(), pair, CriticLossSpec())

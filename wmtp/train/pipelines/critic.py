@@ -34,8 +34,16 @@ def _stack_pair(pair: dict) -> tuple[torch.Tensor, torch.Tensor, int]:
         f"pair halves differ: {tuple(chosen['input_ids'].shape)} vs {tuple(rejected['input_ids'].shape)}"
     )
     input_ids = torch.cat([chosen["input_ids"], rejected["input_ids"]])  # 2 x [P, S] -> [2P, S]
-    labels = torch.cat([chosen["labels"], rejected["labels"]])
-    return input_ids, labels != IGNORE_INDEX, chosen["input_ids"].shape[0]
+    mask = torch.cat([chosen["labels"], rejected["labels"]]) != IGNORE_INDEX
+    empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
+    if empty:
+        ids = [*chosen.get("problem_id", []), *rejected.get("problem_id", [])]
+        named = [ids[i] for i in empty] if len(ids) == mask.shape[0] else empty
+        raise DataError(
+            f"critic pairs without a response token (truncated away?): {named}; "
+            "raise data.max_length or set data.truncate = false"
+        )
+    return input_ids, mask, chosen["input_ids"].shape[0]
 
 
 def pair_loss(model, pair: dict, loss_spec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
