@@ -27,6 +27,7 @@ from wmtp.parallel import (
     seed_everything,
 )
 from wmtp.train import checkpoint as ckpt_io
+from wmtp.train import faults
 from wmtp.train.metrics import MetricsLogger, peak_flops, read_metrics
 from wmtp.train.optim import build_optimizer, build_scheduler
 from wmtp.train.pipeline import Pipeline, StepOutput
@@ -164,6 +165,7 @@ class Trainer:
                     break
                 record = self._one_step(flops)
                 self.step += 1
+                faults.after_step(self)  # testing hooks (WMTP_FAULT, ...); no-op unset
                 last = record
                 if self.step % t.log_every == 0 or self.step == 1 or self.step == self.max_steps:
                     logger.log(self.step, record)

@@ -1,0 +1,114 @@
+"""A failing rank ends the whole run, never a hang: ``WMTP_FAULT`` (wmtp.train.faults) fails rank 1
+of a real 2-process gloo run after step 1, by raising or by SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.parallel.test_fsdp import free_port
+from tests.train.train_helpers import REPO, TINY
+from wmtp.errors import RunError
+from wmtp.train.faults import Fault, parse_fault
+
+SETS = (
+    "training.max_steps=3",
+    "training.schedule.warmup_steps=1",
+    "training.micro_batch_size=2",
+    "training.log_every=1",
+    "training.eval_every=0",
+    "training.checkpoint_every=0",
+    "parallel.sharding='full_shard'",
+)
+MESSAGE = "injected fault (WMTP_FAULT): rank 1 failed after step 1"
+
+
+def _cmd(tmp_path, *launch: str) -> list[str]:
+    sets = [*SETS, f"experiment.runs_dir='{tmp_path / 'runs'}'"]
+    return [
+        sys.executable,
+        "-m",
+        "wmtp.cli",
+        "run",
+        str(TINY),
+        *launch,
+        *(a for s in sets for a in ("--set", s)),
+    ]
+
+
+def _env(fault: str, timeout_s: int) -> dict[str, str]:
+    return dict(
+        os.environ, WMTP_FAULT=fault, OMP_NUM_THREADS="1", WMTP_DIST_TIMEOUT_S=str(timeout_s)
+    )
+
+
+def test_fault_specs_parse_and_bad_ones_say_what_is_wrong():
+    assert parse_fault("rank=0, step=7, kind=sigkill") == Fault(rank=0, step=7, kind="sigkill")
+    assert parse_fault("step=2") == Fault(rank=1, step=2, kind="raise")
+    with pytest.raises(RunError, match="kind must be one of raise, sigkill"):
+        parse_fault("kind=explode")
+    with pytest.raises(RunError, match="'rnak=1' is not one of"):
+        parse_fault("rnak=1")
+    with pytest.raises(RunError, match="step must be an integer"):
+        parse_fault("step=two")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["raise", "sigkill"])
+def test_a_failing_rank_ends_the_torchrun_job(tmp_path, kind):
+    """Under ``wmtp run --nproc-per-node 2`` torchrun stops rank 0 as soon as rank 1 dies; the
+    fault reaching rank 1 at all shows the launcher's environment passes through to workers."""
+    start = time.monotonic()
+    done = subprocess.run(
+        _cmd(tmp_path, "--nproc-per-node", "2"),
+        cwd=REPO,
+        env=_env(f"rank=1,step=1,kind={kind}", 60),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    took = time.monotonic() - start
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output[-3000:]
+    if kind == "raise":  # rank 1's message, once (rank 0 is stopped, it reports nothing)
+        assert output.count(MESSAGE) == 1, output[-3000:]
+        assert "exitcode  : 2" in output  # WmtpError's exit status, in torchrun's summary
+    else:
+        assert "exitcode  : -9" in output, output[-3000:]
+    assert "rank      : 1" in output and "Root Cause" in output
+    # Rank 0 logged step 1 and never finished the run.
+    from wmtp.train.metrics import read_metrics
+
+    run_dir = (tmp_path / "runs" / "tiny" / "latest").resolve()
+    assert [m["step"] for m in read_metrics(run_dir)] == [1]
+    assert took < 120
+
+
+@pytest.mark.slow
+def test_without_torchrun_the_survivor_fails_on_the_collective_timeout(tmp_path):
+    """Ranks started by hand (no torchrun agent to stop them): rank 0's next collective fails
+    after ``WMTP_DIST_TIMEOUT_S`` instead of waiting forever."""
+    port = str(free_port())
+    procs = []
+    for rank in (0, 1):
+        env = _env("rank=1,step=1,kind=raise", 10)
+        env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        procs.append(
+            subprocess.Popen(
+                _cmd(tmp_path),
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = [p.communicate(timeout=150)[0] for p in procs]
+    assert procs[1].returncode == 2 and MESSAGE in outputs[1], outputs[1][-2000:]
+    assert procs[0].returncode != 0, outputs[0][-2000:]
+    assert MESSAGE not in outputs[0]
