@@ -1,38 +1,80 @@
-"""The ``wmtp`` command line: assembles the commands of every area into one Typer app."""
+"""The ``wmtp`` command line: assembles the commands of every area into one Typer app.
+
+Each area's commands live in ``wmtp/commands/<area>.py``, which defines ``register(app)``.
+``wmtp.cli.app`` holds every command (``wmtp --help``, tests through ``CliRunner``); the console
+script imports only the module of the command it runs, so ``wmtp validate`` pays for neither the
+other areas' modules nor what they import.
+"""
 
 from __future__ import annotations
 
+import functools
 import importlib
+import sys
+from collections.abc import Sequence
+from typing import Any
 
 import typer
 
-app = typer.Typer(
-    name="wmtp",
-    help="Weighted Multi-Token Prediction: train and evaluate code LLMs from TOML recipes.",
-    no_args_is_help=True,
-    pretty_exceptions_show_locals=False,
-    rich_markup_mode="rich",
-)
+COMMANDS: dict[str, tuple[str, ...]] = {
+    "wmtp.commands.recipe": ("validate", "diff", "show", "schema", "list"),
+    "wmtp.commands.run": ("run",),  # train, with --resume and --nproc-per-node
+    "wmtp.commands.data": ("data",),  # data index, data humaneval
+    "wmtp.commands.eval": ("eval", "report"),
+    "wmtp.commands.bench": ("bench",),  # bench attention, bench step
+}
+"""Command module -> the top-level commands (or command groups) its ``register`` adds.
+Order is the order of ``wmtp --help``; ``tests/commands/test_cli.py`` checks the names."""
 
-# One module per area; each defines register(app). Order is the order of `wmtp --help`.
-COMMAND_MODULES = (
-    "wmtp.commands.recipe",  # validate, diff, show, schema, list
-    "wmtp.commands.run",  # run (train), with --resume and --nproc-per-node
-    "wmtp.commands.data",  # data index, data humaneval
-    "wmtp.commands.eval",  # eval, report
-    "wmtp.commands.bench",  # bench attention, bench step
-)
 
-for _module in COMMAND_MODULES:
-    try:
-        importlib.import_module(_module).register(app)
-    except ModuleNotFoundError as _exc:  # an area not written yet in this checkout
-        if _exc.name != _module:
-            raise
+def build_app(modules: Sequence[str] = tuple(COMMANDS)) -> typer.Typer:
+    """A Typer app with the commands of ``modules`` (every area by default)."""
+    app = typer.Typer(
+        name="wmtp",
+        help="Weighted Multi-Token Prediction: train and evaluate code LLMs from TOML recipes.",
+        no_args_is_help=True,
+        pretty_exceptions_show_locals=False,
+        rich_markup_mode="rich",
+    )
+    app.callback()(_root)  # always a group of commands, even with a single one registered
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:  # an area not written yet in this checkout
+            if exc.name != name:
+                raise
+            continue
+        module.register(app)
+    return app
+
+
+def _root() -> None:
+    pass
+
+
+def module_of(argv: Sequence[str]) -> str | None:
+    """The command module that owns the command ``argv`` runs; ``None`` when unclear
+    (no command, an option first such as ``--help``, or an unknown name)."""
+    if not argv or argv[0].startswith("-"):
+        return None
+    return next((m for m, names in COMMANDS.items() if argv[0] in names), None)
+
+
+@functools.cache
+def _full_app() -> typer.Typer:
+    return build_app()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # built on first use: importing wmtp.cli stays cheap
+        return _full_app()
+    raise AttributeError(f"module 'wmtp.cli' has no attribute {name!r}")
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: builds only the module of the command it runs."""
+    module = module_of(sys.argv[1:])
+    app = build_app((module,)) if module else _full_app()
     app()
 
 

@@ -8,15 +8,25 @@ from collections.abc import Callable
 from typing import Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from wmtp.errors import WmtpError
 
-console = Console()
-err_console = Console(stderr=True)
-
 USER_ERROR_EXIT = 2
+
+
+@functools.cache
+def _console(stderr: bool) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+def __getattr__(name: str) -> Any:
+    """``console`` (stdout) and ``err_console`` (stderr): rich consoles, made on first use so
+    that commands printing plain text never import rich."""
+    if name in ("console", "err_console"):
+        return _console(stderr=name == "err_console")
+    raise AttributeError(f"module 'wmtp.commands._common' has no attribute {name!r}")
 
 
 def report_error(exc: WmtpError, *, fmt: str = "text") -> None:
@@ -24,9 +34,13 @@ def report_error(exc: WmtpError, *, fmt: str = "text") -> None:
     if fmt == "json":
         typer.echo(json.dumps(exc.to_json(), indent=2))
     else:
+        from rich.markup import escape
+
         # escape: messages hold TOML table names like [model.critic]; soft_wrap: keep paths whole
         message = escape(exc.render())
-        err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        _console(stderr=True).print(
+            f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True
+        )
 
 
 def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callable:

@@ -15,7 +15,8 @@ from typing import Annotated, Any
 
 import typer
 
-from wmtp.commands._common import command, err_console
+from wmtp.commands import _common
+from wmtp.commands._common import command
 
 DEFAULT_RECIPES = "recipes"
 """``wmtp validate`` with no argument checks every ``*.toml`` here."""
@@ -93,8 +94,6 @@ def _validate_one(
     path: Path, overrides: Sequence[str], world_size: int, machine: dict | None, text: bool
 ) -> dict[str, Any]:
     """Load, estimate and (with a machine) check one recipe; print it when ``text``."""
-    from rich.markup import escape
-
     from wmtp.estimate import estimate
     from wmtp.recipe import RecipeProblems, load_recipe
 
@@ -102,8 +101,7 @@ def _validate_one(
         loaded = load_recipe(path, overrides)
     except RecipeProblems as exc:
         if text:
-            message = escape(exc.render())
-            err_console.print(f"[bold red]invalid:[/] {message}", highlight=False, soft_wrap=True)
+            _print_problem("invalid:", exc.render())
         return {"recipe": str(path), "valid": False, **exc.to_json()}
     cost = estimate(loaded.recipe, world_size)
     env_problems = _environment_problems(loaded.recipe, machine, world_size) if machine else []
@@ -118,8 +116,6 @@ def _validate_one(
 
 
 def _print_estimate(path: str, recipe: Any, cost: Any, env_problems: list[str]) -> None:
-    from rich.markup import escape
-
     from wmtp.estimate import GIB
 
     exp = recipe.experiment
@@ -145,9 +141,17 @@ def _print_estimate(path: str, recipe: Any, cost: Any, env_problems: list[str]) 
     for note in cost.notes:
         typer.echo(f"  note: {note}")
     for problem in env_problems:
-        err_console.print(
-            f"  [bold red]environment:[/] {escape(problem)}", highlight=False, soft_wrap=True
-        )
+        _print_problem("environment:", problem, indent="  ")
+
+
+def _print_problem(label: str, message: str, indent: str = "") -> None:
+    """``label message`` on stderr, the label in bold red (rich is imported only for problems:
+    valid recipes print plain text)."""
+    from rich.markup import escape
+
+    _common.err_console.print(
+        f"{indent}[bold red]{label}[/] {escape(message)}", highlight=False, soft_wrap=True
+    )
 
 
 def _environment() -> dict[str, Any]:
@@ -289,7 +293,7 @@ def schema(
     current = output.read_text(encoding="utf-8") if output.is_file() else None
     if check:
         if current != text:
-            err_console.print(
+            _common.err_console.print(
                 f"{output} is stale: run `wmtp schema`", highlight=False, soft_wrap=True
             )
             raise typer.Exit(1)

@@ -77,6 +77,9 @@ class Section(BaseModel):
         frozen=True,
         use_attribute_docstrings=False,  # docs are read lazily: wmtp.recipe.docs
         validate_default=False,
+        # validators are built on first use, and only Recipe's whole one on the validate path
+        # (not one per section class at import: 35 classes, a third of the schema's cost)
+        defer_build=True,
     )
 
     category: ClassVar[CategoryName] = "numerics"

@@ -13,6 +13,7 @@ value (arrays included) replaces the inherited one. Two exceptions keep inherita
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -104,6 +105,16 @@ def read_toml(path: FsPath) -> tuple[dict, dict[Path, Source]]:
         raise single_problem(shown, None, "", "file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise single_problem(shown, None, "", f"cannot read: {exc}") from None
+    return parse_toml(shown, text)
+
+
+@functools.lru_cache(maxsize=64)
+def parse_toml(shown: str, text: str) -> tuple[dict, dict[Path, Source]]:
+    """The data of TOML ``text`` (file ``shown``) and the source of each of its paths.
+
+    Cached by content: ``wmtp validate recipes/*.toml`` reads ``base.toml`` once per recipe.
+    Callers must not mutate what it returns (``load_tree`` and ``merge`` only read it).
+    """
     try:
         data = _toml.loads(text)
     except _toml.TOMLDecodeError as exc:
@@ -164,8 +175,7 @@ def load_tree(path: os.PathLike | str, _chain: tuple[FsPath, ...] = ()) -> tuple
         base_tree, base_files = load_tree(base, (*_chain, path))
         merge(tree, base_tree.data, base_tree.sources)
         files += [f for f in base_files if f not in files]
-    data.pop("extends", None)
-    merge(tree, data, sources)
+    merge(tree, {k: v for k, v in data.items() if k != "extends"}, sources)
     return tree, files
 
 

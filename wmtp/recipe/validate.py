@@ -8,8 +8,11 @@ drawn from the schema.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import typing
+from collections.abc import Iterator
 from typing import Any
 
 from wmtp.recipe.errors import Problem, RecipeProblems, did_you_mean
@@ -24,12 +27,36 @@ def validate_tree(tree: Tree, name: str) -> Any:
     from wmtp.recipe.schema import Recipe
 
     try:
-        return Recipe.model_validate(tree.data)
+        with _without_pydantic_plugins():
+            return Recipe.model_validate(tree.data)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         problems = [_in_file(p, name) for err in errors for p in _problems(err, tree)]
         problems.sort(key=lambda p: (p.file or "~", p.line or 0, p.column or 0, p.key))
         raise RecipeProblems(name, problems) from None
+
+
+@contextlib.contextmanager
+def _without_pydantic_plugins() -> Iterator[None]:
+    """Build the schema's validators without pydantic plugins (as Typer does for its options).
+
+    The recipe schema is built on first use, inside ``model_validate``; with plugins enabled,
+    pydantic first scans the entry points of every installed distribution (about 75 M
+    instructions, more than parsing every recipe). Recipes validate the same wherever wmtp is
+    installed.
+    """
+    previous = os.environ.get(_NO_PLUGINS)
+    os.environ[_NO_PLUGINS] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[_NO_PLUGINS]
+        else:
+            os.environ[_NO_PLUGINS] = previous
+
+
+_NO_PLUGINS = "PYDANTIC_DISABLE_PLUGINS"
 
 
 def _in_file(problem: Problem, name: str) -> Problem:

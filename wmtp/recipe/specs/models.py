@@ -5,6 +5,7 @@ field by field by explicit sizes; with neither, from the checkpoint at ``path``.
 """
 
 import dataclasses
+import functools
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field
@@ -32,6 +33,13 @@ SIZE_FIELDS = (
     "max_seq_len",
 )
 """Fields that override the flavour's sizes one by one (names of ``ModelArgs``)."""
+
+
+@functools.cache
+def _flavour_sizes(flavour: str) -> dict[str, Any]:
+    """``FLAVOURS[flavour]`` as a dict, made once: every rule of a model section asks for it.
+    Callers copy it before changing a key and never change a nested value."""
+    return FLAVOURS[flavour].to_dict()
 
 
 class RopeScalingSpec(Section):
@@ -149,7 +157,7 @@ class ModelSpecBase(Section):
 
     def resolved_sizes(self) -> dict[str, Any]:
         """The flavour's sizes with the explicit ones applied (only what is known)."""
-        sizes = FLAVOURS[self.flavour].to_dict() if self.flavour else {}
+        sizes = dict(_flavour_sizes(self.flavour)) if self.flavour else {}
         for name in (*SIZE_FIELDS, "n_future_tokens"):
             value = getattr(self, name, None)
             if value is not None:

@@ -1,0 +1,91 @@
+"""The command line's assembly: the command table, and the light path of ``wmtp validate``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from wmtp.cli import COMMANDS, build_app, module_of
+
+REPO = Path(__file__).resolve().parents[2]
+
+HEAVY = (
+    "torch",
+    "numpy",
+    "rich",
+    "transformers",
+    "safetensors",
+    "tensorboard",
+    "tokenizers",
+    "sentencepiece",
+    "matplotlib",
+)
+"""Modules ``wmtp validate`` must not import (nor any of their submodules)."""
+
+CONSOLE_SCRIPT = """
+import sys
+from wmtp.cli import main
+sys.argv = ["wmtp", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as exit:
+    code = exit.code
+roots = {name.split(".")[0] for name in sys.modules}
+print("HEAVY", sorted(roots & {heavy}))
+print("COMMANDS", sorted(m for m in sys.modules if m.startswith("wmtp.commands.")))
+print("EXIT", code)
+"""
+
+
+def run_console_script(*args: str) -> dict[str, str]:
+    probe = CONSOLE_SCRIPT.replace("{heavy}", repr(set(HEAVY)))
+    result = subprocess.run(
+        [sys.executable, "-c", probe, *args], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    lines = [line.split(" ", 1) for line in result.stdout.splitlines()[-3:]]
+    return {key: value for key, value in lines}
+
+
+@pytest.mark.parametrize("module", list(COMMANDS))
+def test_the_table_names_what_each_module_registers(module):
+    app = build_app([module])
+    names = [c.name for c in app.registered_commands] + [g.name for g in app.registered_groups]
+    assert tuple(names) == COMMANDS[module]
+
+
+def test_module_of_a_command_line():
+    assert module_of(["validate", "recipes/tiny.toml"]) == "wmtp.commands.recipe"
+    assert module_of(["bench", "attention"]) == "wmtp.commands.bench"
+    assert module_of(["run", "--help"]) == "wmtp.commands.run"
+    assert module_of(["--help"]) is None
+    assert module_of(["validat"]) is None  # the full app suggests the right name
+    assert module_of([]) is None
+
+
+def test_validate_imports_no_heavy_module_and_no_other_area():
+    recipes = sorted(str(p.relative_to(REPO)) for p in (REPO / "recipes").glob("*.toml"))
+    found = run_console_script("validate", *recipes)
+    assert found == {
+        "HEAVY": "[]",
+        "COMMANDS": "['wmtp.commands._common', 'wmtp.commands.recipe']",
+        "EXIT": "0",
+    }
+
+
+def test_an_invalid_recipe_still_reports_through_rich(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[experiment]\nname = "x"\npipeline = "baseline"\nsed = 1\n')
+    found = run_console_script("validate", str(bad))
+    assert found["EXIT"] == "2"
+    assert found["HEAVY"] == "['rich']"  # error messages are rich markup; only then
+
+
+def test_single_command_modules_stay_subcommands():
+    app = build_app(["wmtp.commands.run"])
+    result = CliRunner().invoke(app, ["run", "--help"])
+    assert result.exit_code == 0, result.output
+    assert "run [OPTIONS]" in result.output
