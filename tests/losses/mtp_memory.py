@@ -2,6 +2,9 @@
 
     python tests/losses/mtp_memory.py            # small flavour, vocab 32000, batch 4 x 1024
 
+Chunk ``1024`` target tokens per logits block, or ``auto`` (a ~1 GiB fp32 block: at this size
+one block holds a whole head's logits).
+
 Each configuration runs in a fresh process; the figure is the growth of the process's peak RSS
 (``resource.getrusage``) over its RSS after building the model and the batch, so it counts
 activations, logits and gradients but not the weights. ``forward`` is the naive reference: the
@@ -27,7 +30,7 @@ def rss_mb() -> float:
     raise RuntimeError("no VmRSS")
 
 
-def one(strategy: str, n_heads: int) -> dict:
+def one(strategy: str, n_heads: int, chunk: int | None) -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -53,28 +56,36 @@ def one(strategy: str, n_heads: int) -> dict:
         loss.backward()
     else:
         loss_and_backward(
-            model, tokens, tokens, n_heads=n_heads, config=MTPLossConfig(strategy=strategy)
+            model,
+            tokens,
+            tokens,
+            n_heads=n_heads,
+            config=MTPLossConfig(strategy=strategy, chunk_size=chunk),
         )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"strategy": strategy, "heads": n_heads, "step_peak_mb": round(peak - base)}
+    return {
+        "strategy": strategy,
+        "chunk": chunk,
+        "heads": n_heads,
+        "step_peak_mb": round(peak - base),
+    }
 
 
 def main() -> None:
-    rows = []
-    for strategy in ("sequential", "checkpointed", "plain", "forward"):
+    configs = [("sequential", "1024"), ("sequential", "auto"), ("checkpointed", "1024")]
+    configs += [("plain", "-"), ("forward", "-")]
+    for strategy, chunk in configs:
         for n in (1, 4):
-            out = subprocess.run(
-                [sys.executable, __file__, strategy, str(n)],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(rows[-1], flush=True)
+            cmd = [sys.executable, __file__, "--child", strategy, str(n), chunk]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            print(json.loads(out.stdout.strip().splitlines()[-1]), flush=True)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3:
-        print(json.dumps(one(sys.argv[1], int(sys.argv[2]))))
-    else:
+    if sys.argv[1:2] == ["--child"]:
+        strategy, n, chunk = sys.argv[2], int(sys.argv[3]), sys.argv[4]
+        print(json.dumps(one(strategy, n, None if chunk in ("auto", "-") else int(chunk))))
+    elif len(sys.argv) == 1:
         main()
+    else:
+        sys.exit(f"usage: python {sys.argv[0]}")

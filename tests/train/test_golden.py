@@ -1,6 +1,6 @@
 """The golden loss curve: the tiny recipe's first 20 losses, committed, compared with a tolerance.
 
-Regenerate (after a deliberate change of the numerics) with ``python tests/train/test_golden.py``.
+Regenerate (after a deliberate change of the numerics) with ``python -m tests.train.test_golden``.
 """
 
 from __future__ import annotations
