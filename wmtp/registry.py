@@ -62,19 +62,28 @@ def register(kind: str, name: str, *, spec: type | None = None) -> Callable[[Any
     return decorate
 
 
+# The modules that register wmtp's own components. They are also declared in pyproject's
+# ``wmtp.components`` entry points, but are imported from here too, so a source checkout that was
+# never pip-installed (a GPU machine with the tree on PYTHONPATH) has every component.
+BUILTIN_MODULES = (
+    "wmtp.models.components",
+    "wmtp.data.components",
+    "wmtp.weighting.components",
+    "wmtp.train.pipelines",
+    "wmtp.eval.benchmarks",
+)
+
+
 def load_plugins() -> None:
-    """Import every module of the ``wmtp.components`` entry-point group (once)."""
+    """Import the built-in component modules, then every ``wmtp.components`` plugin (once)."""
     global _PLUGINS_LOADED
     if _PLUGINS_LOADED:
         return
     _PLUGINS_LOADED = True
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        try:
-            importlib.import_module(ep.value.split(":")[0])
-        except ModuleNotFoundError as exc:
-            if exc.name and ep.value.startswith(exc.name):
-                continue  # a built-in area that does not exist yet in this checkout
-            raise
+    plugins = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+    modules = dict.fromkeys([*BUILTIN_MODULES, *(ep.value.split(":")[0] for ep in plugins)])
+    for module in modules:
+        importlib.import_module(module)
 
 
 def get(kind: str, name: str) -> Any:
