@@ -261,3 +261,18 @@ def test_report_command_on_two_evaluated_runs(run_dir, tmp_path):
     table = (tmp_path / "report" / "report.md").read_text()
     assert "| tiny-eval/20261122-060000-0123abcd |" in table and "| 50 | 75 |" in table
     assert invoke("report", tmp_path / "empty-nothing", "--out", tmp_path / "r2").exit_code == 2
+
+
+def test_wmtp_run_of_an_evaluation_recipe_evaluates(run_dir, tmp_path):
+    """`wmtp run` hands an `evaluation` pipeline to the evaluator, like `wmtp eval RECIPE`."""
+    recipe = tmp_path / "evaluation.toml"
+    evaluation = RECIPE.replace('pipeline = "baseline"', 'pipeline = "evaluation"')
+    evaluation = evaluation.replace(
+        "n_future_tokens = 2", f'n_future_tokens = 2\ncheckpoint = "{run_dir}"'
+    )
+    recipe.write_text(evaluation.replace("max_problems = 2", "max_problems = 1"))
+    result = invoke("run", recipe)
+    assert result.exit_code == 0, result.output
+    assert "evaluated; results in" in result.flat
+    summary = json.loads((run_dir / "eval" / "summary.json").read_text())
+    assert set(summary["benchmarks"]["humaneval"]["pass_at_k"]) == {"1", "2"}

@@ -102,7 +102,9 @@ def run(
         recipe, list(set_ or ()), resume=resume, force=force, dry_run=dry_run, console=rank == 0
     )
     if rank == 0:
-        if result.dry_run:
+        if result.evaluated:
+            console.print(f"evaluated; results in {result.run_dir}", highlight=False)
+        elif result.dry_run:
             console.print(f"dry run: every component built; run directory {result.run_dir}")
         else:
             loss = result.last.get("loss")

@@ -215,8 +215,8 @@ class Trainer:
 
     def _clip_gradients(self) -> float:
         params = [p for p in self.model.parameters() if p.grad is not None]
-        clip = self.recipe.training.grad_clip
-        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip is not None else float("inf"))
+        clip = self.recipe.training.grad_clip  # 0 (TOML has no null) = measure, never clip
+        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf"))
         if hasattr(norm, "full_tensor"):
             norm = norm.full_tensor()
         return float(norm)

@@ -25,6 +25,8 @@ class RunResult:
     step: int
     last: dict[str, Any]
     dry_run: bool = False
+    evaluated: bool = False
+    """The ``evaluation`` pipeline ran: ``run_dir`` is where its results are."""
 
 
 def check_resume(run_dir: Path, recipe: Any, *, force: bool) -> Path:
@@ -82,7 +84,9 @@ def run_recipe(
         recipe_path = check_run_dir(resume) / RECIPE_FILE
     recipe = load_recipe(recipe_path, overrides).recipe
     if recipe.experiment.pipeline == "evaluation":
-        raise RunError("experiment.pipeline = 'evaluation' does not train: use `wmtp eval`")
+        if resume is not None:
+            raise RunError("experiment.pipeline = 'evaluation' trains nothing to resume")
+        return _evaluate(recipe_path, overrides, console=console)
     checkpoint = check_resume(Path(resume), recipe, force=force) if resume is not None else None
     text = dump_recipe(recipe)
     ctx = init_distributed(recipe.parallel.device)
@@ -106,3 +110,17 @@ def run_recipe(
         return RunResult(run_dir, trainer.step, out)
     finally:
         teardown()
+
+
+def _evaluate(recipe_path, overrides, *, console: bool) -> RunResult:
+    """The ``evaluation`` pipeline: what ``wmtp eval RECIPE`` does (the recipe names the model)."""
+    from wmtp.commands._common import console as rich_console
+    from wmtp.eval.target import evaluate_target
+
+    target, _ = evaluate_target(
+        recipe_path,
+        overrides=overrides,
+        progress=console,
+        console=rich_console if console else None,
+    )
+    return RunResult(run_dir=Path(target.out_dir), step=0, last={}, evaluated=True)
