@@ -169,3 +169,16 @@ def test_linear_cross_entropy_bf16_close_to_fp32():
     loss16, _, _ = linear_cross_entropy(h.bfloat16(), W.bfloat16(), t, coef, chunk_size=8)
     assert loss16.dtype == torch.float32
     assert abs(loss16.item() - loss32.item()) < 0.05 * loss32.item()
+
+
+def test_packed_batch_heads_never_predict_across_documents():
+    """Head k at the end of one document must not score the next document's first tokens."""
+    from wmtp.losses.mtp import head_targets, weight_sums
+
+    labels_BS = torch.tensor([[10, 11, 12, 13, 20, 21, 22]])  # doc 0: 4 tokens, doc 1: 3 tokens
+    docs_BS = torch.tensor([[0, 0, 0, 0, 1, 1, 1]])
+    t2 = head_targets(labels_BS, 2, docs_BS)
+    # position t scores labels[t + 2]; positions 2 and 3 (doc 0) would reach doc 1's 20 and 21
+    assert t2.tolist() == [[12, 13, -100, -100, 22]]
+    assert head_targets(labels_BS, 2).tolist() == [[12, 13, 20, 21, 22]]  # unpacked: no boundary
+    assert weight_sums(labels_BS, 3, document_ids_BS=docs_BS).tolist() == [5.0, 3.0, 1.0]

@@ -211,9 +211,19 @@ def _depth_weights(depth: tuple[float, ...] | None, n: int, device: torch.device
     return d_K / d_K.sum()
 
 
-def head_targets(labels_BS: torch.Tensor, k: int) -> torch.Tensor:
-    """``[B, S-k]`` targets of head k: ``labels[:, t + k]`` for positions t = 0..S-k-1."""
-    return labels_BS[:, k:]
+def head_targets(
+    labels_BS: torch.Tensor, k: int, document_ids_BS: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``[B, S-k]`` targets of head k: ``labels[:, t + k]`` for positions t = 0..S-k-1.
+
+    In a packed batch (``document_ids_BS`` given) a target in another document than position t
+    is ignored: head k never predicts across a document boundary.
+    """
+    targets_BT = labels_BS[:, k:]
+    if document_ids_BS is None:
+        return targets_BT
+    same_doc_BT = document_ids_BS[:, k:] == document_ids_BS[:, :-k]
+    return torch.where(same_doc_BT, targets_BT, IGNORE_INDEX)
 
 
 def head_weights(weights_BS: torch.Tensor | None, targets_BT: torch.Tensor, k: int) -> torch.Tensor:
@@ -225,13 +235,25 @@ def head_weights(weights_BS: torch.Tensor | None, targets_BT: torch.Tensor, k: i
 
 
 def weight_sums(
-    labels_BS: torch.Tensor, n_heads: int, weights_BS: torch.Tensor | None = None
+    labels_BS: torch.Tensor,
+    n_heads: int,
+    weights_BS: torch.Tensor | None = None,
+    document_ids_BS: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``[K]`` sum of weights per head: the loss denominators (sum them over a global batch)."""
     sums = [
-        head_weights(weights_BS, head_targets(labels_BS, k), k).sum() for k in range(1, n_heads + 1)
+        head_weights(weights_BS, head_targets(labels_BS, k, document_ids_BS), k).sum()
+        for k in range(1, n_heads + 1)
     ]
     return torch.stack(sums)
+
+
+def document_ids(seq, labels_BS: torch.Tensor) -> torch.Tensor | None:
+    """The document of every token of a packed batch (``None`` for plain or padded batches)."""
+    if seq is None or not seq.is_packed:
+        return None
+    B, S = labels_BS.shape
+    return seq.document_ids_for(B, S, labels_BS.device)
 
 
 # --- the loss -----------------------------------------------------------------------------------
@@ -265,12 +287,12 @@ def _score_head(model, h_BSD, job: _HeadJob, seq, cfg: MTPLossConfig):
 
 
 def _plan_heads(
-    labels_BS, n_heads, weights, denominators_K, depth_K, loss_scale, ce_of_head
+    labels_BS, n_heads, weights, denominators_K, depth_K, loss_scale, ce_of_head, document_ids_BS
 ) -> list[_HeadJob]:
     """Per head: valid targets, weights (tensor or callable) and ``coef = w * d_k * scale / sum``."""
     jobs = []
     for k in range(1, n_heads + 1):
-        targets_BT = head_targets(labels_BS, k)
+        targets_BT = head_targets(labels_BS, k, document_ids_BS)
         valid_flat = (targets_BT != IGNORE_INDEX).reshape(-1)
         index_N = valid_flat.nonzero().squeeze(1)
         if callable(weights):
@@ -352,7 +374,14 @@ def loss_and_backward(
             return ce_BT.index_copy(0, index_N, ce_N).view_as(targets_BT)
 
         jobs = _plan_heads(
-            labels_BS, n_heads, weights, denominators_K, depth_K, loss_scale, ce_of_head
+            labels_BS,
+            n_heads,
+            weights,
+            denominators_K,
+            depth_K,
+            loss_scale,
+            ce_of_head,
+            document_ids(seq, labels_BS),
         )
         results = []
         fsdp_sequential = cfg.strategy == "sequential" and backward and _is_fsdp(model)

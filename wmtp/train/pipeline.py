@@ -35,7 +35,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from wmtp.losses.mtp import HeadWeightFn, MTPLossConfig, MTPStats, loss_and_backward, weight_sums
+from wmtp.losses.mtp import (
+    HeadWeightFn,
+    MTPLossConfig,
+    MTPStats,
+    document_ids,
+    loss_and_backward,
+    weight_sums,
+)
 from wmtp.parallel import all_reduce_sum
 
 if TYPE_CHECKING:
@@ -151,7 +158,9 @@ class Pipeline:
                 denom_K += plan.denominators_K.to(denom_K.device)
             else:
                 assert not callable(plan.weights), "a per-head weight callable needs denominators_K"
-                denom_K += weight_sums(b["labels"], n, plan.weights)
+                denom_K += weight_sums(
+                    b["labels"], n, plan.weights, document_ids(trainer.seq_info(b), b["labels"])
+                )
         all_reduce_sum(denom_K)
         total: MTPStats | None = None
         for i, (b, plan) in enumerate(zip(batches, plans, strict=True)):
