@@ -68,7 +68,7 @@ class RandomMatchedWeightingSpec(TDWeightingSpec):
 
 
 class ShuffledWeightingSpec(TDWeightingSpec):
-    """Ablation: the TD weights, shuffled among the valid tokens of each sequence."""
+    """Ablation: the batch's TD weights, permuted among all its valid tokens."""
 
     kind: Literal["shuffled"] = "shuffled"  # type: ignore[assignment]
     """Weighting type."""
