@@ -80,11 +80,11 @@ def test_a_failing_rank_ends_the_torchrun_job(tmp_path, kind):
     else:
         assert "exitcode  : -9" in output, output[-3000:]
     assert "rank      : 1" in output and "Root Cause" in output
-    # Rank 0 logged step 1 and never finished the run.
+    # Rank 0 never got past step 1 (step 2 needs rank 1; it may be stopped before logging step 1).
     from wmtp.train.metrics import read_metrics
 
     run_dir = (tmp_path / "runs" / "tiny" / "latest").resolve()
-    assert [m["step"] for m in read_metrics(run_dir)] == [1]
+    assert {m["step"] for m in read_metrics(run_dir)} <= {1}
     assert took < 120
 
 
