@@ -90,3 +90,18 @@ def test_two_torchrun_nodes_resume_a_single_process_checkpoint(tmp_path):
     assert exported.keys() == reference.keys()
     for key, value in reference.items():
         torch.testing.assert_close(exported[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_two_ranks_train_with_bf16_mixed_precision(tmp_path):
+    """FSDP2 with a bf16 param dtype (fp32 reduce) trains under every sharding strategy."""
+    for sharding in ("full_shard", "shard_grad_op"):
+        cmd = [
+            sys.executable, "-m", "wmtp.cli", "run", str(TINY), "--nproc-per-node", "2",
+            "--set", "model.policy.dtype='bfloat16'", "--set", f"parallel.sharding='{sharding}'",
+            "--set", "training.max_steps=2", "--set", "training.schedule.warmup_steps=1",
+            "--set", "training.checkpoint_every=0", "--set", "training.eval_every=0",
+            "--set", runs_override(tmp_path / sharding),
+        ]  # fmt: skip
+        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "trained 2 steps" in done.stdout

@@ -27,6 +27,7 @@ Because the memory-efficient paths run their own backward, the training step cal
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -359,6 +360,12 @@ def loss_and_backward(
     if set_sync is not None:
         set_sync(sync_grads)
     cfg = config
+    if cfg.strategy == "sequential" and backward and _is_fsdp(model):
+        # FSDP2 keeps per-parameter-group state across backward calls: several backward passes
+        # per step break its low-precision gradient path (an unsharded parameter it never
+        # gathered). The checkpointed strategy keeps one head's activations at a time too, in
+        # one backward: same gradients, same peak, one recomputed head forward.
+        cfg = dataclasses.replace(cfg, strategy="checkpointed")
     depth_K = _depth_weights(cfg.depth_weights, n_heads, labels_BS.device)
     grad_ctx = contextlib.nullcontext() if backward else torch.no_grad()
     with grad_ctx:
@@ -384,10 +391,6 @@ def loss_and_backward(
             document_ids(seq, labels_BS),
         )
         results = []
-        fsdp_sequential = cfg.strategy == "sequential" and backward and _is_fsdp(model)
-        if fsdp_sequential:  # head backwards: keep root parameters gathered, reduce nothing yet
-            model.set_reshard_after_backward(False)
-            model.set_requires_gradient_sync(False)
         for job in jobs:
             if cfg.strategy == "checkpointed" and backward:
                 out = checkpoint(_score_head, model, h_in, job, seq, cfg, use_reentrant=False)
@@ -397,9 +400,6 @@ def loss_and_backward(
                 out[0].backward()  # frees head k's graph; grad accumulates in h_in.grad
             results.append(out)
         if backward:
-            if fsdp_sequential:  # the trunk backward reduces everything (unless accumulating)
-                model.set_reshard_after_backward(True)
-                model.set_requires_gradient_sync(sync_grads)
             if cfg.strategy == "sequential":
                 # Every rank runs the trunk backward, even when no head had a target here.
                 grad_BSD = h_in.grad if h_in.grad is not None else torch.zeros_like(h_BSD)

@@ -108,8 +108,33 @@ def run_recipe(
             trainer.resume(checkpoint)
         out = trainer.run()
         return RunResult(run_dir, trainer.step, out)
+    except BaseException as exc:
+        if ctx.is_distributed:
+            _exit_without_peers(exc, ctx.rank)
+        raise
     finally:
         teardown()
+
+
+def _exit_without_peers(exc: BaseException, rank: int) -> None:
+    """A failing rank of a multi-process run says why once and exits at once.
+
+    Leaving the process group cleanly would wait for peers that are blocked in a collective (NCCL
+    then hangs until its timeout); exiting lets torchrun see the failure and stop every other rank.
+    """
+    import os
+    import sys
+    import traceback
+
+    from wmtp.errors import WmtpError
+
+    if isinstance(exc, WmtpError):
+        print(f"error (rank {rank}): {exc.render()}", file=sys.stderr)
+    elif not isinstance(exc, KeyboardInterrupt | SystemExit):
+        traceback.print_exception(exc, file=sys.stderr)
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(2 if isinstance(exc, WmtpError) else 1)
 
 
 def _evaluate(recipe_path, overrides, *, console: bool) -> RunResult:
