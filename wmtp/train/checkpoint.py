@@ -65,8 +65,10 @@ def rng_state() -> dict[str, Any]:
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # This rank's own device only: a run resumed on another number of GPUs per process
+        # (or with other visible devices) has no use for the others' streams.
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -74,8 +76,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        if isinstance(cuda, list | tuple):  # checkpoints written before: every visible device
+            cuda = (
+                cuda[torch.cuda.current_device()]
+                if len(cuda) > torch.cuda.current_device()
+                else None
+            )
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda)
 
 
 def _rank() -> int:
