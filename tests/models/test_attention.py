@@ -196,3 +196,21 @@ def test_eager_stays_fp32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = eager_attend(q, k, v)
     torch.testing.assert_close(out, eager_attend(q, k, v))
+
+
+def test_auto_on_a_gpu_without_flash_attn_is_sdpa_with_flex_for_packed_batches():
+    from wmtp.models.attention import _flash_attn_module, resolve_backend, sdpa_flex_attend
+
+    if _flash_attn_module()[0] is not None:
+        pytest.skip("flash_attn is importable here: auto picks it")
+    choice, reason = resolve_backend("auto", "cuda", torch.bfloat16)
+    assert choice == "sdpa+flex" and "flex for packed" in reason
+    assert resolve_backend("auto", "cpu", torch.float32)[0] == "sdpa"  # flex has no CPU backward
+
+    torch.manual_seed(0)
+    q = torch.randn(1, 12, 4, 8)
+    k, v = torch.randn(1, 12, 2, 8), torch.randn(1, 12, 2, 8)
+    packed = SeqInfo.packed([[5, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(sdpa_flex_attend(q, k, v, packed), eager_attend(q, k, v, packed))
+        torch.testing.assert_close(sdpa_flex_attend(q, k, v), eager_attend(q, k, v))

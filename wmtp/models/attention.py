@@ -255,12 +255,24 @@ def varlen_attend(q_BSHD, k_BSKD, v_BSKD, seq: SeqInfo | None = None) -> torch.T
     return out_THD.view(B, Sq, H, D)
 
 
+def sdpa_flex_attend(q_BSHD, k_BSKD, v_BSKD, seq: SeqInfo | None = None) -> torch.Tensor:
+    """What ``auto`` runs on a GPU without flash-attn: sdpa, but flex for packed batches.
+
+    Measured on the H100 (bench/results/h100_attention.md): sdpa's default kernel is the fastest
+    on plain batches, and on packed ones sdpa's per-document loop is ~9x slower than flex.
+    """
+    if seq is not None and seq.is_packed:
+        return flex_attend(q_BSHD, k_BSKD, v_BSKD, seq)
+    return sdpa_attend(q_BSHD, k_BSKD, v_BSKD, seq)
+
+
 BACKENDS: dict[str, AttendFn] = {
     "eager": eager_attend,
     "sdpa": sdpa_attend,
     "flash_attn": flash_attn_attend,
     "flex": flex_attend,
     "varlen": varlen_attend,
+    "sdpa+flex": sdpa_flex_attend,  # only as what ``auto`` resolves to
 }
 
 
@@ -302,7 +314,8 @@ def resolve_backend(name: str, device: torch.device | str, dtype: torch.dtype) -
     """The backend to use for ``name`` (``auto`` or a backend name) and the reason, logged once.
 
     ``WMTP_ATTENTION`` in the environment overrides ``name``. ``auto`` picks flash_attn where it is
-    importable and supported by the device and dtype, else sdpa. An explicit backend that cannot
+    importable and supported by the device and dtype; else, on CUDA, sdpa with flex for packed
+    batches (``sdpa+flex``); else sdpa. An explicit backend that cannot
     run here is a ComponentError saying why; nothing falls back silently.
     """
     device = torch.device(device)
@@ -316,6 +329,9 @@ def resolve_backend(name: str, device: torch.device | str, dtype: torch.dtype) -
                 "flash_attn",
                 f"auto ({source}): flash_attn supports {device.type}/{dtype}",
             )
+        elif device.type == "cuda":
+            choice = "sdpa+flex"
+            reason = f"auto ({source}): sdpa, flex for packed batches, because {why_not}"
         else:
             choice, reason = "sdpa", f"auto ({source}): sdpa because {why_not}"
     else:
