@@ -124,6 +124,7 @@ def test_validate_env_checks_the_machine(cli):
     assert result.exit_code == 0, result.stdout
     machine = json.loads(result.stdout)["environment"]
     assert machine["torch"] and machine["cuda"] in (True, False)
+    assert machine["sandbox"].split()[0] in ("bwrap", "rlimits")  # which isolation runs code
     result = cli("validate", "recipes/tiny.toml", "--env", "--set", "parallel.device=cuda")
     if not machine["cuda"]:
         assert result.exit_code == 2 and "no CUDA device" in result.stderr

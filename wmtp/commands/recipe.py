@@ -175,7 +175,16 @@ def _environment() -> dict[str, Any]:
         "gpu_name": torch.cuda.get_device_name(0) if cuda else None,
         "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
         "flash_attn": flash,
+        "sandbox": _sandbox_isolation(),
     }
+
+
+def _sandbox_isolation() -> str:
+    """Which isolation the code-execution sandbox uses here (bubblewrap, or rlimits and why)."""
+    from wmtp.eval.sandbox import isolation
+
+    found = isolation()
+    return f"{found.kind} ({found.detail})"
 
 
 def _environment_problems(recipe: Any, machine: dict, world_size: int) -> list[str]:
