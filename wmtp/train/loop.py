@@ -176,7 +176,8 @@ class Trainer:
                 if t.checkpoint_every and self.step % t.checkpoint_every == 0:
                     self.save()
             if self.step == self.max_steps:
-                logger.log(self.step, self.evaluate())
+                if not (t.eval_every and self.step % t.eval_every == 0):  # not evaluated just now
+                    logger.log(self.step, self.evaluate())
                 if not (t.checkpoint_every and self.step % t.checkpoint_every == 0):
                     self.save()
         finally:
