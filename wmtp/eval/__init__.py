@@ -5,7 +5,7 @@ Torch-free to import: every name loads its module on first use.
 
 from __future__ import annotations
 
-from typing import Any
+from wmtp._lazy import lazy_getattr
 
 _LAZY = {
     # name -> module that defines it
@@ -25,12 +25,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'wmtp.eval' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = sorted(_LAZY)

@@ -6,8 +6,7 @@ use it; ``from_pretrained`` and the modules load lazily.
 
 from __future__ import annotations
 
-from typing import Any
-
+from wmtp._lazy import lazy_getattr
 from wmtp.models.args import FLAVOURS, ModelArgs, flavour, param_count
 
 _LAZY = {
@@ -24,12 +23,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'wmtp.models' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = [

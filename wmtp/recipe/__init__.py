@@ -5,8 +5,7 @@ Importing this package is cheap: the pydantic schema loads on first use of what 
 
 from __future__ import annotations
 
-from typing import Any
-
+from wmtp._lazy import lazy_getattr
 from wmtp.recipe.dump import dump_recipe
 from wmtp.recipe.errors import Problem, RecipeProblems
 from wmtp.recipe.load import LoadedRecipe, Source, load_recipe
@@ -18,12 +17,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'wmtp.recipe' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = [

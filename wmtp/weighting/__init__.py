@@ -6,7 +6,7 @@ functions load on first use. All functions take ``[batch, seq]`` tensors and com
 
 from __future__ import annotations
 
-from typing import Any
+from wmtp._lazy import lazy_getattr
 
 _LAZY = {
     "td_errors": "wmtp.weighting.td",
@@ -21,12 +21,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'wmtp.weighting' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = sorted(_LAZY)
