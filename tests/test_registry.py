@@ -11,7 +11,15 @@ from wmtp.errors import ComponentError
 
 def test_every_builtin_area_registers_components():
     kinds = registry.kinds()
-    for kind in ("model", "attention", "tokenizer", "dataset", "weighting", "pipeline", "evaluator"):
+    for kind in (
+        "model",
+        "attention",
+        "tokenizer",
+        "dataset",
+        "weighting",
+        "pipeline",
+        "evaluator",
+    ):
         assert kind in kinds, f"no {kind} components registered (have {kinds})"
 
 
