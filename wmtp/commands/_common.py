@@ -5,11 +5,21 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from wmtp.errors import WmtpError
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Override a recipe value: dotted.key=VALUE (read as TOML; a bare word is a string). "
+        "Repeatable; wins over the recipe and what it extends.",
+    ),
+]
+"""The ``--set`` option of every command that reads a recipe."""
 
 USER_ERROR_EXIT = 2
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from wmtp.commands._common import command, console
+from wmtp.commands._common import SetOption, command, console
 from wmtp.errors import WmtpError
 
 bench_app = typer.Typer(
@@ -72,9 +72,7 @@ def step(
     recipe: Annotated[
         Path, typer.Argument(help="Recipe whose policy, batch and parallel settings are measured.")
     ],
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a value: dotted.key=toml_value.")
-    ] = None,
+    set_: SetOption = None,
     vocab: Annotated[
         int | None, typer.Option(help="Vocabulary size when the recipe says -1.")
     ] = None,

@@ -10,15 +10,7 @@ from typing import Annotated
 
 import typer
 
-from wmtp.commands._common import command, console
-
-SetOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--set",
-        help="Override a recipe value, e.g. evaluation.n_samples=5 (read as TOML). Repeatable.",
-    ),
-]
+from wmtp.commands._common import SetOption, command, console
 
 
 def register(app: typer.Typer) -> None:

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from wmtp.commands import _common
-from wmtp.commands._common import command
+from wmtp.commands._common import SetOption, command
 
 DEFAULT_RECIPES = "recipes"
 """``wmtp validate`` with no argument checks every ``*.toml`` here."""
@@ -34,13 +34,6 @@ class OutputFormat(str, enum.Enum):
 
 FormatOption = Annotated[
     OutputFormat, typer.Option("--format", help="text for people, json for machines.")
-]
-SetOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--set",
-        help="Override a value: dotted.key=VALUE (read as TOML; a bare word is a string). Repeatable.",
-    ),
 ]
 
 

@@ -15,15 +15,7 @@ from typing import Annotated
 
 import typer
 
-from wmtp.commands._common import command, console
-
-SetOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--set",
-        help="Override a value: dotted.key=VALUE (read as TOML; a bare word is a string). Repeatable.",
-    ),
-]
+from wmtp.commands._common import SetOption, command, console
 
 
 def register(app: typer.Typer) -> None:
