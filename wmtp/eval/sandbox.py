@@ -309,6 +309,8 @@ def execute(
     control = Path(tempfile.mkdtemp(prefix="wmtp-sandbox-"))
     try:
         with _uid_slot() as uid:  # held until the program's processes are gone
+            if uid is not None:
+                _become_subreaper()
             workdir = _prepare(control, program, stdin, files or {}, uid)
             argv, exec_it = _program_argv(kind, workdir)
             limits = _limits(timeout_s, memory_mb, file_size_mb, max_processes)
@@ -389,12 +391,14 @@ def _wait_group_gone(pgid: int, limit_s: float = 5.0) -> None:
 
 def _kill_uid(uid: int, limit_s: float = 10.0) -> None:
     """SIGKILL every process of ``uid`` and wait until they are reaped too (zombies still count
-    against the uid's process limit, which the slot's next call starts from)."""
+    against the uid's process limit, which the slot's next call starts from). Orphans are ours
+    to reap (see :func:`_become_subreaper`)."""
     deadline = time.monotonic() + limit_s
     while (pids := _processes_of(uid)) and time.monotonic() < deadline:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+            _reap(pid)
         time.sleep(0.01)
 
 
@@ -407,6 +411,29 @@ def _processes_of(uid: int) -> list[int]:
             if entry.stat().st_uid == uid:
                 pids.append(int(entry.name))
     return pids
+
+
+@functools.cache
+def _become_subreaper() -> bool:
+    """Make this process the reaper of its orphaned descendants (Linux ``PR_SET_CHILD_SUBREAPER``).
+
+    bubblewrap's inner process outlives the outer one when a call's processes are killed; as an
+    orphan it would go to pid 1, which in some containers reaps late or never, and its zombie
+    would count against the slot uid's process limit in the next call. As our orphan, the call
+    reaps it itself (``_kill_uid``)."""
+    import ctypes
+
+    PR_SET_CHILD_SUBREAPER = 36
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    return False
+
+
+def _reap(pid: int) -> None:
+    """Collect ``pid`` if it is our (adopted) zombie; nothing otherwise."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
 
 
 def _live_group_members(pgid: int) -> int:
