@@ -124,5 +124,37 @@ def suite(
     )
 
 
+@command(bench_app, "decode")
+def decode(
+    flavour: Annotated[
+        str | None, typer.Option(help="Model shape with random weights (a flavour name).")
+    ] = None,
+    checkpoint: Annotated[
+        str | None, typer.Option(help="A trained run directory or checkpoint instead.")
+    ] = None,
+    n_future_tokens: Annotated[int | None, typer.Option(help="Heads (flavour only).")] = None,
+    agreeing_heads: Annotated[
+        bool, typer.Option(help="Also rig the heads to agree: the speed-up's upper bound.")
+    ] = False,
+    prompts: Annotated[int, typer.Option(help="Prompts to average over.")] = 5,
+    new_tokens: Annotated[int, typer.Option(help="Tokens decoded per prompt.")] = 256,
+    out: Annotated[Path, typer.Option("--out", help="JSON file for the figures.")] = Path(
+        "bench/results/decode.json"
+    ),
+) -> None:
+    """Batch-1 decoding: plain greedy vs self-speculative (MTP heads draft), time to first token."""
+    from wmtp.eval import speed
+
+    if (flavour is None) == (checkpoint is None):
+        raise WmtpError("give exactly one of --flavour and --checkpoint")
+    argv = ["--out", str(out), "--prompts", str(prompts), "--new-tokens", str(new_tokens)]
+    argv += ["--flavour", flavour] if flavour else ["--checkpoint", str(checkpoint)]
+    if n_future_tokens is not None:
+        argv += ["--n-future-tokens", str(n_future_tokens)]
+    if agreeing_heads:
+        argv.append("--agreeing-heads")
+    speed.main(argv)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(bench_app, name="bench")
