@@ -75,18 +75,7 @@ class JsonlFile:
 
     def record(self, index: int) -> dict:
         """Row ``index`` as a dict; a located :class:`DataError` when it is not a JSON object."""
-        raw = self.raw(index)
-        if not raw.strip():
-            raise DataError(f"{self.where(index)}: empty line")
-        try:
-            record = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f"{self.where(index)}: not valid JSON ({exc})") from None
-        if not isinstance(record, dict):
-            raise DataError(
-                f"{self.where(index)}: expected a JSON object, got {type(record).__name__}"
-            )
-        return record
+        return _parse_record(self.raw(index), self.where(index))
 
     def example(self, index: int) -> Example:
         """Row ``index`` as a validated :class:`Example`."""
@@ -96,15 +85,21 @@ class JsonlFile:
         """Every row in order, validated, streaming through the file once."""
         with open(self.path, "rb") as f:
             for index, raw in enumerate(f):
-                if not raw.strip():
-                    raise DataError(f"{self.where(index)}: empty line")
-                try:
-                    record = json.loads(raw)
-                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                    raise DataError(f"{self.where(index)}: not valid JSON ({exc})") from None
-                if not isinstance(record, dict):
-                    raise DataError(f"{self.where(index)}: expected a JSON object")
-                yield example_from_record(record, self.where(index))
+                where = self.where(index)
+                yield example_from_record(_parse_record(raw, where), where)
+
+
+def _parse_record(raw: bytes, where: str) -> dict:
+    """One JSONL line as a dict; a :class:`DataError` at ``where`` (file:line) otherwise."""
+    if not raw.strip():
+        raise DataError(f"{where}: empty line")
+    try:
+        record = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{where}: not valid JSON ({exc})") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    return record
 
 
 def _typed(record: dict, key: str, types: tuple[type, ...], where: str):
