@@ -12,7 +12,9 @@ Parameters
 Memory per GPU of the trained model, in bytes (S = world_size for full_shard / shard_grad_op,
 1 for no_shard; b = bytes of the model's dtype; P_t trained, P_f frozen parameters)
 
-    states      = 16 * P_t / S               fp32 master weights 4 + fp32 gradients 4 + AdamW m, v 8
+    states      = 16 * P_t / S               fp32 master weights 4 + fp32 gradients 4 + AdamW m, v 8;
+                  + 4 * P_t * (1 - 1/S)      with grad_accum_steps > 1 on a sharded mesh: the
+                                             unsharded fp32 gradients FSDP2 accumulates in
     frozen      = b * P_f / S                frozen base weights under LoRA, stored in the dtype
     gathered    = b * 2 * block_params       full_shard: two blocks unsharded at a time (prefetch)
                   b * (P_t + P_f)            shard_grad_op: parameters stay unsharded fwd -> bwd;
@@ -24,9 +26,9 @@ Memory per GPU of the trained model, in bytes (S = world_size for full_shard / s
                   with activation checkpointing a checkpointed layer keeps only its input (dim)
                   and one layer is recomputed at a time (the last A_layer term).
                   L_saved = trunk layers + 1 head with mtp_loss = per_head (heads run one at a
-                  time), all layers with chunked.
+                  time), all layers with chunked / joint.
     logits      = T * V * (b + 4)            per_head: one head's logits plus their fp32 upcast;
-                                             chunked linear cross-entropy: ~0
+                                             chunked / joint: ~0 (one logits block at a time)
     frozen models (critic, reference) = b * P / S each, no gradients or optimizer state.
 
 These are estimates for planning: allocator fragmentation, CUDA context (~0.5-1 GiB),
@@ -229,6 +231,10 @@ def _memory(
     shards = 1 if sharding == "no_shard" else world
     p_t, p_f = trained.trainable, trained.total - trained.trainable
     states = 16 * p_t / shards
+    if world > 1 and shards > 1 and recipe.training.grad_accum_steps > 1:
+        # FSDP2 accumulates unsynchronised micro-batches in unsharded fp32 gradients; the sharded
+        # gradients (set to None at every step) are not alive at the same time.
+        states += 4 * p_t - 4 * p_t / shards
     frozen_weights = b * p_f / shards
     if sharding == "full_shard":
         gathered = b * 2 * layer_params(args)
@@ -240,7 +246,7 @@ def _memory(
     activations = b * tokens * _activation_elements(recipe, spec, args)
     logits = (
         0.0
-        if recipe.training.mtp_loss == "chunked" or spec.kind == "value_model"
+        if recipe.training.mtp_loss != "per_head" or spec.kind == "value_model"
         else tokens * args.vocab_size * (b + 4)
     )
     frozen_models = sum(
@@ -254,7 +260,7 @@ def _activation_elements(recipe: Any, spec: Any, args: ModelArgs) -> float:
     per_layer = 6 * args.dim + 2 * args.kv_heads * args.head_dim + 4 * args.hidden_dim
     if spec.attention == "eager":
         per_layer += 2 * args.n_heads * recipe.data.max_length
-    if spec.kind == "value_model" or recipe.training.mtp_loss == "chunked":
+    if spec.kind == "value_model" or recipe.training.mtp_loss != "per_head":
         layers = args.n_layers
     else:
         layers = args.n_trunk_layers + 1

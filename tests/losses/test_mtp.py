@@ -182,3 +182,24 @@ def test_packed_batch_heads_never_predict_across_documents():
     assert t2.tolist() == [[12, 13, -100, -100, 22]]
     assert head_targets(labels_BS, 2).tolist() == [[12, 13, 20, 21, 22]]  # unpacked: no boundary
     assert weight_sums(labels_BS, 3, document_ids_BS=docs_BS).tolist() == [5.0, 3.0, 1.0]
+
+
+@pytest.mark.parametrize("strategy", ["sequential", "checkpointed", "plain"])
+def test_lora_on_a_model_whose_layers_are_all_heads(strategy):
+    """Nothing in the trunk trains (its only module is the frozen embedding): the per-head
+    backward must not run a trunk backward, and the heads' adapters still get gradients."""
+    import dataclasses
+
+    from wmtp.models.args import FLAVOURS
+    from wmtp.models.llama_mtp import LlamaMTP
+    from wmtp.models.lora import apply_lora
+
+    args = dataclasses.replace(FLAVOURS["tiny"], vocab_size=V, n_layers=2, n_future_tokens=2)
+    torch.manual_seed(0)
+    model = LlamaMTP(args, attention="eager")
+    apply_lora(model, rank=2, alpha=4.0, targets=["wq", "wo"])
+    tokens, labels, _ = make_batch()
+    loss_and_backward(model, tokens, labels, n_heads=2, config=MTPLossConfig(strategy=strategy))
+    trained = [p for p in model.parameters() if p.requires_grad]
+    assert trained and all(p.grad is not None for p in trained)
+    assert not any(p.grad is not None for p in model.parameters() if not p.requires_grad)

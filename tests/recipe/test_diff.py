@@ -25,6 +25,7 @@ def test_numerics(write):
     assert changes(write, "training.lr=3e-4") == [Change("training.lr", 1e-5, 3e-4, "numerics")]
     assert changes(write, "model.policy.dtype=bfloat16")[0].category == "numerics"
     assert changes(write, "experiment.seed=1")[0].category == "numerics"
+    assert changes(write, "data.packing=true")[0].category == "numerics"  # other batches
 
 
 def test_performance(write):
@@ -34,7 +35,7 @@ def test_performance(write):
         "parallel.sharding=no_shard",
         "parallel.compile=true",
         "training.mtp_loss=chunked",
-        "data.packing=true",
+        "training.mtp_loss=joint",
     ):
         (change,) = changes(write, override)
         assert change.category == "performance", override

@@ -86,9 +86,14 @@ def test_memory_of_a_fully_trained_model_by_hand(write):
 
 
 def test_sharding_and_checkpointing_shrink_memory():
-    recipe = load_recipe(RECIPES / "verifiable.toml").recipe
+    recipe = load_recipe(RECIPES / "verifiable.toml", ["training.grad_accum_steps=1"]).recipe
     one, eight = estimate(recipe, 1).memory, estimate(recipe, 8).memory
     assert eight.states == pytest.approx(one.states / 8)
+    # Accumulating micro-batches, FSDP2 holds unsharded fp32 gradients instead of sharded ones.
+    accum = load_recipe(RECIPES / "verifiable.toml", ["training.grad_accum_steps=2"]).recipe
+    trained = next(m for m in estimate(accum, 8).models if m.role == "policy").trainable
+    assert estimate(accum, 8).memory.states == pytest.approx(eight.states + 4 * trained * 7 / 8)
+    assert estimate(accum, 1).memory.states == one.states  # one process: plain .grad
     assert eight.frozen_models == pytest.approx(one.frozen_models / 8)
     no_ac = load_recipe(
         RECIPES / "verifiable.toml", ["parallel.activation_checkpointing=false"]

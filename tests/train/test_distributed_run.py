@@ -66,3 +66,15 @@ def test_two_ranks_match_one_process_and_the_checkpoint_reshards(tmp_path):
     assert exported.keys() == loaded.keys()
     for key, value in exported.items():
         torch.testing.assert_close(loaded[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_a_bad_recipe_is_reported_once_before_any_worker_starts(tmp_path):
+    cmd = [sys.executable, "-m", "wmtp.cli", "run", str(TINY), "--nproc-per-node", "2"]
+    cmd += ["--set", "training.max_steps=3", "--set", "training.schedule.warmup_steps=5"]
+    cmd += ["--set", runs_override(tmp_path)]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    out = done.stdout + done.stderr
+    assert done.returncode == 2, out
+    assert "launching" not in out and "Traceback" not in out
+    assert out.count("warmup_steps = 5 is more than max_steps = 3") == 1
+    assert not list(tmp_path.rglob("recipe.toml"))  # no run directory was made

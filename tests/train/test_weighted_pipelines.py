@@ -102,8 +102,10 @@ def test_rewards_and_response_mask_from_a_batch():
     assert torch.equal(response_mask_of(batch), labels != -100)
     with pytest.raises(DataError, match="is_correct"):
         rewards_of({"input_ids": input_ids, "labels": labels})
-    with pytest.raises(DataError, match="packing"):
-        response_mask_of({**batch, "cu_seqlens": torch.tensor([0, 12], dtype=torch.int32)})
+    packed = {**batch, "example_of_document": torch.tensor([0, -1, 1])}  # 2 examples, 1 padding
+    with pytest.raises(DataError, match="each of the 2 sequences"):
+        rewards_of(packed)
+    assert rewards_of({**packed, "is_correct": [False, True]}).tolist() == [0.0, 1.0]
 
 
 def test_weighted_to_unweighted_ratio():
@@ -213,3 +215,39 @@ def test_critic_pair_without_response_is_a_data_error():
     pair["chosen"]["problem_id"] = pair["rejected"]["problem_id"] = ["a", "b", "c", "d"]
     with pytest.raises(DataError, match="'c'"):
         pair_loss(_value_model(), pair, CriticLossSpec())
+
+
+def test_a_packed_batch_gets_the_weights_of_the_same_examples_padded():
+    """The critic scores a packed row within its documents and TD/GAE runs per example: the
+    weights of each example equal those it gets in a padded batch (one sequence per row)."""
+    from wmtp import registry
+    from wmtp.data.collate import pack_batch, pack_rows, pad_batch
+    from wmtp.data.examples import Encoded
+    from wmtp.models.seq import SeqInfo
+    from wmtp.recipe.schema import TDWeightingSpec
+    from wmtp.train.pipelines.verifiable import token_weights
+
+    gen = torch.Generator().manual_seed(3)
+    examples = []
+    for i, (n_prompt, n_response) in enumerate([(3, 4), (2, 3), (4, 5), (2, 2), (3, 6)]):
+        ids = torch.randint(1, VOCAB, (n_prompt + n_response,), generator=gen).tolist()
+        labels = [-100] * n_prompt + ids[n_prompt:]
+        examples.append(Encoded(ids, labels, problem_id=f"p{i}", is_correct=i % 2 == 0))
+    critic = _value_model()
+    padded = pad_batch(examples, pad_id=0)
+    packed = pack_batch(pack_rows(examples, 16), pad_id=0, row_length=16)
+    assert packed["input_ids"].shape[0] < len(examples)  # several examples share a row
+
+    def weights(batch, seq=None):
+        td = registry.get("weighting", "td")(TDWeightingSpec())  # fresh EMA statistics each
+        return token_weights(critic, td, batch, seq)
+
+    w_padded, figures_padded = weights(padded)
+    w_packed, figures_packed = weights(packed, SeqInfo.from_batch(packed))
+    flat = w_packed.reshape(-1)
+    starts = packed["cu_seqlens"][:-1][packed["example_of_document"] >= 0]
+    for i, e in enumerate(examples):
+        start = int(starts[i])
+        torch.testing.assert_close(flat[start : start + len(e)], w_padded[i, : len(e)])
+    assert float(w_packed[packed["labels"] == -100].abs().sum()) == 0.0  # prompts and padding
+    assert figures_packed["value/mean"] == pytest.approx(figures_padded["value/mean"], rel=1e-5)

@@ -80,6 +80,9 @@ def run(
     """Train RECIPE: a new run directory runs/<experiment>/<YYYYmmdd-HHMMSS>-<hash8>/ with the
     resolved recipe, fingerprint, metrics, TensorBoard events and checkpoints."""
     if nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
+        from wmtp.train.runner import check_before_launch
+
+        check_before_launch(recipe, list(set_ or ()), resume=resume, force=force)  # exit 2 here
         argv = sys.argv[sys.argv.index("run") + 1 :] if "run" in sys.argv else []
         cmd = torchrun_command(argv, nproc_per_node)
         console.print(f"launching: {' '.join(cmd)}", highlight=False)

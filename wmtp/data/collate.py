@@ -74,6 +74,7 @@ def pack_batch(rows: list[list[Encoded]], pad_id: int, row_length: int) -> dict:
     position_ids_BS = torch.zeros((B, S), dtype=torch.long)
     document_ids_BS = torch.zeros((B, S), dtype=torch.long)
     lengths: list[int] = []  # every document's length, padding documents included, in order
+    example_of_doc: list[int] = []  # its index in the batch's examples; -1 for padding
     for b, row in enumerate(rows):
         start = 0
         for e in row:
@@ -81,10 +82,12 @@ def pack_batch(rows: list[list[Encoded]], pad_id: int, row_length: int) -> dict:
             assert end <= S, f"row {b} holds {end} tokens, more than {S}"
             input_ids_BS[b, start:end] = torch.tensor(e.input_ids)
             labels_BS[b, start:end] = torch.tensor(e.labels)
+            example_of_doc.append(len(example_of_doc) - example_of_doc.count(-1))
             lengths.append(len(e))
             start = end
         if start < S:
             lengths.append(S - start)
+            example_of_doc.append(-1)
     # Positions restart and document ids advance at every boundary (padding documents included).
     doc = 0
     flat_positions, flat_docs = position_ids_BS.view(-1), document_ids_BS.view(-1)  # [B*S]
@@ -103,6 +106,7 @@ def pack_batch(rows: list[list[Encoded]], pad_id: int, row_length: int) -> dict:
         "document_ids": document_ids_BS,
         "cu_seqlens": cu_seqlens,
         "max_seqlen": max(lengths),
+        "example_of_document": torch.tensor(example_of_doc, dtype=torch.long),
         **_meta(examples),
     }
 

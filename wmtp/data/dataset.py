@@ -215,6 +215,21 @@ class TrainData:
         view = TrainData(source, rows, None, rows[:0], self.seed)
         yield from view.batches(rows, batch_size)
 
+    def example_length(self, index: int) -> int:
+        """Tokens of training row ``index`` as it trains (template, special tokens, truncation)."""
+        cache = self.__dict__.setdefault("_lengths", {})
+        if index not in cache:
+            cache[index] = len(self._encoded(index))
+        return cache[index]
+
+    def packed_batch(self, rows: list[np.ndarray]) -> dict:
+        """One packed batch of ``max_length`` tokens per row from rows of training-row indices."""
+        from wmtp.data.collate import pack_batch
+
+        assert self.train.max_length, "packing by rows needs data.max_length"
+        examples = [[self._encoded(int(i)) for i in row] for row in rows]
+        return pack_batch(examples, self.tokenizer.pad_id, self.train.max_length)
+
     def _encoded(self, index: int) -> Encoded:
         encoded = self.train.encode(index)
         assert encoded is not None, f"row {index} was kept but does not fit"

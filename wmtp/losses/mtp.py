@@ -356,9 +356,10 @@ def loss_and_backward(
     all but the last micro-batch of a step). Returns the detached per-head sums; gradients
     accumulate into ``.grad`` as usual.
     """
-    set_sync = getattr(model, "set_requires_gradient_sync", None)
-    if set_sync is not None:
-        set_sync(sync_grads)
+    if backward:
+        from wmtp.parallel.fsdp import set_gradient_sync
+
+        set_gradient_sync(model, sync_grads)
     cfg = config
     if cfg.strategy == "sequential" and backward and _is_fsdp(model):
         # FSDP2 keeps per-parameter-group state across backward calls: several backward passes
@@ -401,9 +402,11 @@ def loss_and_backward(
             results.append(out)
         if backward:
             if cfg.strategy == "sequential":
-                # Every rank runs the trunk backward, even when no head had a target here.
+                # Every rank runs the trunk backward, even when no head had a target here; none
+                # runs it when the trunk trains nothing (LoRA on a model whose layers are all heads).
                 grad_BSD = h_in.grad if h_in.grad is not None else torch.zeros_like(h_BSD)
-                h_BSD.backward(grad_BSD)
+                if h_BSD.requires_grad:
+                    h_BSD.backward(grad_BSD)
             else:
                 torch.stack([r[0] for r in results]).sum().backward()
     return _stats(jobs, results)

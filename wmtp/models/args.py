@@ -112,16 +112,31 @@ def param_count(args: ModelArgs, *, with_unembedding: bool = True) -> int:
     return embed + args.n_layers * layer_params(args) + args.dim + out
 
 
-def training_flops_per_token(args: ModelArgs, seq_len: int) -> float:
+def training_flops_per_token(
+    args: ModelArgs,
+    seq_len: int,
+    *,
+    weight_grads: bool = True,
+    backward: bool = True,
+    unembedding: bool = True,
+) -> float:
     """Model FLOPs of forward + backward per trained token (6N + attention), all heads counted.
 
-    Dense matmuls cost 6 FLOPs per parameter per token (2 forward, 4 backward); the embedding
-    lookup costs none; every head runs the unembedding; causal attention adds
-    6 * n_layers * seq_len * dim (QK^T and PV, halved by causality, times 3 for backward).
+    Dense matmuls cost 6 FLOPs per parameter per token (2 forward, 4 backward: 2 for the input
+    gradients, 2 for the weight gradients, which a frozen base under LoRA skips:
+    ``weight_grads=False`` counts 4); the embedding lookup costs none; every head runs the
+    unembedding; causal attention adds 2 * n_layers * seq_len * dim forward (QK^T and PV, halved
+    by causality) and twice that backward. ``backward=False``: a frozen model's forward only;
+    ``unembedding=False``: a value model (its head is negligible).
+    Recomputation (activation checkpointing) is never counted: these are model FLOPs.
     """
-    dense = args.n_layers * layer_params(args) + args.n_future_tokens * args.vocab_size * args.dim
-    attention = 6 * args.n_layers * seq_len * args.dim
-    return 6 * dense + attention
+    dense = args.n_layers * (layer_params(args) - 2 * args.dim)  # the norms multiply nothing
+    if unembedding:
+        dense += args.n_future_tokens * args.vocab_size * args.dim
+    attention = 2 * args.n_layers * seq_len * args.dim
+    if not backward:
+        return 2 * dense + attention
+    return (6 if weight_grads else 4) * dense + 3 * attention
 
 
 FLAVOURS: dict[str, ModelArgs] = {

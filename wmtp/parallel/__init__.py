@@ -40,7 +40,7 @@ def parallelize(
     apply_activation_checkpointing(blocks, activation_checkpointing)
     if compile:
         apply_compile(blocks)
-    model.to(device=ctx.device, dtype=torch.float32)
+    cast_parameters(model, ctx.device, to_dtype(dtype))
     if ctx.is_distributed:
         apply_fsdp(
             model,
@@ -51,6 +51,17 @@ def parallelize(
             reduce_dtype=to_dtype(reduce_dtype),
         )
     return model
+
+
+def cast_parameters(model: nn.Module, device: torch.device, compute_dtype: torch.dtype) -> None:
+    """Trained parameters in fp32 (the optimizer's master weights); frozen ones (a LoRA base, a
+    frozen norm) in the compute dtype: they are never updated, so fp32 copies would only double
+    their memory and the bytes FSDP gathers. Buffers move to ``device`` unchanged in dtype."""
+    model.to(device=device)
+    for param in model.parameters():
+        want = torch.float32 if param.requires_grad else compute_dtype
+        if param.dtype != want:
+            param.data = param.data.to(want)
 
 
 def compute_context(ctx: DistContext, dtype: str) -> contextlib.AbstractContextManager:
@@ -67,6 +78,7 @@ __all__ = [
     "apply_compile",
     "apply_fsdp",
     "barrier",
+    "cast_parameters",
     "compute_context",
     "init_distributed",
     "model_init_seed",

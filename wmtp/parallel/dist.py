@@ -97,9 +97,15 @@ def model_init_seed(seed: int) -> None:
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """Sum ``t`` over ranks in place (identity without a group); returns ``t``."""
+    """Sum ``t`` over ranks in place (identity without a group); returns ``t``. A CPU tensor
+    under NCCL (which reduces device memory only) makes a round trip through this rank's GPU."""
     if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        if t.device.type == "cpu" and dist.get_backend() == "nccl":
+            on_device = t.to(torch.device("cuda", torch.cuda.current_device()))
+            dist.all_reduce(on_device, op=dist.ReduceOp.SUM)
+            t.copy_(on_device)
+        else:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 

@@ -118,6 +118,12 @@ def consolidated_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     )
 
 
+def gathered(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Whole tensors of a state dict whose entries may be FSDP2-sharded DTensors (collective:
+    every rank calls it with the same keys)."""
+    return {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in tensors.items()}
+
+
 def save_checkpoint(
     run_dir: Path,
     step: int,
@@ -142,12 +148,11 @@ def save_checkpoint(
     model_sd, optim_sd = get_state_dict(model, optimizer)
     with _single_process_quiet():
         dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp / "state"))
-    full = consolidated_state_dict(model) if lora_state is None else None
+    full = consolidated_state_dict(model) if lora_state is None else gathered(lora_state)
     torch.save(rng_state(), tmp / "rng" / f"rank{_rank()}.pt")
     if _rank() == 0:
-        weights = lora_state if lora_state is not None else full
         name = "lora.safetensors" if lora_state is not None else "model.safetensors"
-        save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / name))
+        save_file({k: v.detach().cpu().contiguous() for k, v in full.items()}, str(tmp / name))
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=2) + "\n")
         (tmp / "recipe.toml").write_text(recipe_text)

@@ -102,6 +102,8 @@ class Trainer:
             min_lr_ratio=t.schedule.min_lr_ratio,
         )
         seed_everything(r.experiment.seed, self.ctx.rank)
+        if self.ctx.device.type == "cuda":  # peak memory counts training, not building
+            torch.cuda.reset_peak_memory_stats(self.ctx.device)
         return self
 
     def _max_steps(self) -> int:
@@ -188,7 +190,9 @@ class Trainer:
         start = time.perf_counter()
         self.model.train()
         micro_batches = self.batches.next_step()
+        data_s = time.perf_counter() - start
         out = self.pipeline.forward_backward(self, micro_batches)
+        tokens = self._input_tokens(micro_batches)
         self._check_finite(out)
         grad_norm = self._clip_gradients()
         if not math.isfinite(grad_norm):
@@ -199,9 +203,20 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - start
         record = {"loss": out.loss, **out.figures, "lr": lr, "grad_norm": grad_norm}
-        record["tokens_per_s"] = out.tokens / elapsed if elapsed > 0 else 0.0
-        record.update(self._utilisation(out.tokens, elapsed, flops_per_token))
+        record["step_time_s"], record["data_time_s"], record["tokens"] = elapsed, data_s, tokens
+        record["tokens_per_s"] = tokens / elapsed if elapsed > 0 else 0.0
+        record["target_tokens_per_s"] = out.tokens / elapsed if elapsed > 0 else 0.0
+        record.update(self._utilisation(tokens, elapsed, flops_per_token))
         return record
+
+    def _input_tokens(self, micro_batches: list[dict]) -> int:
+        """Tokens the model read this step on all ranks (padding left out): the work done."""
+        from wmtp.parallel import all_reduce_sum
+
+        local = sum(input_tokens(b) for b in micro_batches)
+        if not self.ctx.is_distributed:
+            return local
+        return int(all_reduce_sum(torch.tensor(float(local), device=self.ctx.device)).item())
 
     def _check_finite(self, out: StepOutput) -> None:
         for name, value in {"loss": out.loss, **out.components}.items():
@@ -225,7 +240,9 @@ class Trainer:
     def _flops_per_token(self) -> float | None:
         from wmtp.models.args import training_flops_per_token
 
-        return training_flops_per_token(self.model_args, self.recipe.data.max_length)
+        seq = self.recipe.data.max_length
+        trained = training_flops_per_token(self.model_args, seq, weight_grads=not self.lora)
+        return trained + self.pipeline.frozen_flops_per_token(seq)
 
     def _utilisation(self, tokens: int, elapsed: float, flops_per_token: float | None) -> dict:
         out: dict[str, float] = {}
@@ -274,3 +291,15 @@ class Trainer:
             keep_last=self.recipe.training.keep_last,
             lora_state=lora_state,
         )
+
+
+def input_tokens(batch: dict) -> int:
+    """Non-padding input tokens of a micro-batch: padded (``attention_mask``), packed (``cu_seqlens``)
+    or a critic's pairs (``chosen`` / ``rejected``)."""
+    if "chosen" in batch:
+        return input_tokens(batch["chosen"]) + input_tokens(batch["rejected"])
+    if batch.get("attention_mask") is not None:
+        return int(batch["attention_mask"].sum())
+    if batch.get("cu_seqlens") is not None:
+        return int(batch["cu_seqlens"][-1])
+    return int(batch["input_ids"].numel())

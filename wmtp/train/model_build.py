@@ -38,7 +38,10 @@ def build_policy(
         args = spec.model_args(vocab_size=tokenizer.vocab_size)
         if heads is not None:
             args = dataclasses.replace(args, n_future_tokens=heads)
-        model = LlamaMTP(args, attention=backend)
+        # Initialised on the run's device: a 7B model takes seconds on a GPU, minutes on one CPU
+        # thread per rank. Every rank draws the same weights (same seed, same device type).
+        with torch.device(device):
+            model = LlamaMTP(args, attention=backend)
     if model.args.vocab_size < tokenizer.vocab_size:
         raise CheckpointError(
             f"the model's vocab_size {model.args.vocab_size} is smaller than the tokenizer's "

@@ -49,6 +49,10 @@ if TYPE_CHECKING:
     from wmtp.train.loop import Trainer
 
 
+MTP_STRATEGIES = {"per_head": "sequential", "chunked": "checkpointed", "joint": "plain"}
+"""``training.mtp_loss`` -> ``wmtp.losses.mtp`` strategy."""
+
+
 @dataclass
 class MicroBatchWeights:
     """Token weights of one micro-batch (see the module docstring, step 5)."""
@@ -113,11 +117,27 @@ class Pipeline:
     def setup(self, trainer: Trainer) -> None:
         """Load frozen helper models; nothing for the plain pipelines."""
 
+    def frozen_flops_per_token(self, seq_len: int) -> float:
+        """Forward FLOPs per token of the frozen helpers ``setup`` loaded (counted in MFU)."""
+        from wmtp.models.args import training_flops_per_token
+
+        helpers = [getattr(self, name, None) for name in ("critic", "reference")]
+        return sum(
+            training_flops_per_token(
+                m.args, seq_len, backward=False, unembedding=not hasattr(m, "backbone")
+            )
+            for m in helpers
+            if m is not None and hasattr(m, "args")
+        )
+
     # --- data ------------------------------------------------------------------------------------
     def batch_source(self, trainer: Trainer, data):
-        from wmtp.train.data_source import StepBatches
+        from wmtp.train.data_source import PackedRows, StepBatches
 
         t = self.recipe.training
+        packed = None
+        if data.packing:  # micro_batch_size counts rows of max_length tokens
+            packed = PackedRows(data.train.max_length, data.example_length, data.packed_batch)
         return StepBatches(
             lambda epoch: data.epoch_order(epoch, correct_only=self.correct_only),
             lambda rows: next(data.batches(rows, len(rows))),
@@ -125,6 +145,7 @@ class Pipeline:
             grad_accum_steps=t.grad_accum_steps,
             rank=trainer.ctx.rank,
             world_size=trainer.ctx.world_size,
+            packed=packed,
         )
 
     # --- the loss --------------------------------------------------------------------------------
@@ -136,7 +157,7 @@ class Pipeline:
 
     def loss_config(self) -> MTPLossConfig:
         t = self.recipe.training
-        strategy = "sequential" if t.mtp_loss == "per_head" else "checkpointed"
+        strategy = MTP_STRATEGIES[t.mtp_loss]
         depth = tuple(t.head_weights) if t.head_weights is not None else None
         return MTPLossConfig(strategy=strategy, depth_weights=depth)
 

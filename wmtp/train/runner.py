@@ -60,6 +60,37 @@ def _shared_run_dir(ctx, make) -> Path:
     return Path(path[0])
 
 
+def check_before_launch(
+    recipe_path: str | Path | None,
+    overrides: list[str],
+    *,
+    resume: str | Path | None = None,
+    force: bool = False,
+) -> None:
+    """What ``run_recipe`` checks before any process starts: the recipe (or the resumed run's)
+    and the resume; a located error here ends ``--nproc-per-node N`` once, with exit code 2,
+    instead of once per worker under torchrun's summary."""
+    _, recipe = resolve_recipe(recipe_path, overrides, resume)
+    if resume is not None:
+        check_resume(Path(resume), recipe, force=force)
+
+
+def resolve_recipe(
+    recipe_path: str | Path | None, overrides: list[str] | tuple[str, ...], resume
+) -> tuple[Path, Any]:
+    """``(path, recipe)``: RECIPE with its overrides, or without one the resumed run's own."""
+    from wmtp.recipe import load_recipe
+    from wmtp.train.run_dir import RECIPE_FILE, check_run_dir
+
+    if recipe_path is None:
+        if resume is None:
+            raise RunError(
+                "give a RECIPE, or --resume RUN_DIR to continue a run with its own recipe"
+            )
+        recipe_path = check_run_dir(resume) / RECIPE_FILE
+    return Path(recipe_path), load_recipe(recipe_path, overrides).recipe
+
+
 def run_recipe(
     recipe_path: str | Path | None,
     overrides: list[str] | tuple[str, ...] = (),
@@ -72,17 +103,11 @@ def run_recipe(
 ) -> RunResult:
     """Train ``recipe_path`` (or the resumed run's own recipe) and return where and how far."""
     from wmtp.parallel import init_distributed, teardown
-    from wmtp.recipe import dump_recipe, load_recipe
+    from wmtp.recipe import dump_recipe
     from wmtp.train.loop import Trainer
-    from wmtp.train.run_dir import RECIPE_FILE, check_run_dir, create_run_dir
+    from wmtp.train.run_dir import create_run_dir
 
-    if recipe_path is None:
-        if resume is None:
-            raise RunError(
-                "give a RECIPE, or --resume RUN_DIR to continue a run with its own recipe"
-            )
-        recipe_path = check_run_dir(resume) / RECIPE_FILE
-    recipe = load_recipe(recipe_path, overrides).recipe
+    recipe_path, recipe = resolve_recipe(recipe_path, overrides, resume)
     if recipe.experiment.pipeline == "evaluation":
         if resume is not None:
             raise RunError("experiment.pipeline = 'evaluation' trains nothing to resume")

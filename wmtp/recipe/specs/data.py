@@ -5,7 +5,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field
 
-from wmtp.recipe._base import PERFORMANCE, Section, rule
+from wmtp.recipe._base import NUMERICS, PERFORMANCE, Section, rule
 
 
 class UniformSamplingSpec(Section):
@@ -97,8 +97,10 @@ class DataSpecBase(Section):
     """Longest sequence in tokens; longer examples are truncated (or skipped, see below)."""
     truncate: bool = False
     """Truncate examples over ``max_length``; ``false`` skips them (and counts them)."""
-    packing: Annotated[bool, PERFORMANCE] = False
-    """Pack several examples per row with document masks instead of padding."""
+    packing: Annotated[bool, NUMERICS] = False
+    """Pack whole examples into rows of ``max_length`` tokens (document masks, restarting
+    positions) instead of padding one example per row; ``training.micro_batch_size`` then counts
+    such rows, so a step trains on as many examples as fill them."""
     split: SplitSpec = Field(default_factory=SplitSpec)
     """Train / held-out split."""
     sampling: SamplingSpec = Field(default_factory=UniformSamplingSpec)

@@ -93,9 +93,12 @@ class TrainingSpec(Section):
     """Checkpoints kept on disk (older ones are deleted once a newer one is complete)."""
     head_weights: list[Annotated[float, Field(ge=0)]] | None = None
     """Weight of each head's loss (head 1 first), one per future token; unset = equal weights."""
-    mtp_loss: Annotated[Literal["per_head", "chunked"], PERFORMANCE] = "per_head"
-    """How the MTP loss avoids the [B, S, n, V] logits: heads one at a time with gradients
-    accumulated at the trunk (``per_head``), or chunked linear cross-entropy (``chunked``)."""
+    mtp_loss: Annotated[Literal["per_head", "chunked", "joint"], PERFORMANCE] = "per_head"
+    """How the heads' backward runs (every option scores through a chunked linear cross-entropy,
+    so the [B, S, n, V] logits never exist): one head at a time with gradients accumulated at the
+    trunk (``per_head``, the MTP paper's; under FSDP it runs as ``chunked``), one backward with
+    every head checkpointed (``chunked``: one recomputed head forward), or one backward with
+    every head's activations kept (``joint``: no recompute, the fastest when memory allows)."""
     skip_invalid_data: bool = False
     """Skip (and count) malformed examples instead of stopping with an error."""
     critic_loss: CriticLossSpec = Field(default_factory=CriticLossSpec)

@@ -11,7 +11,6 @@ margin on training and held-out pairs, value statistics of both halves.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 
 from wmtp.errors import DataError
 from wmtp.losses.critic import (
@@ -139,8 +138,10 @@ def pair_figures(
         if parts
         else torch.zeros(len(_SUMS), dtype=torch.float64)
     )
-    if all_reduce and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(sums)
+    if all_reduce:
+        from wmtp.parallel import all_reduce_sum
+
+        all_reduce_sum(sums)
     s = dict(zip(_SUMS, sums.tolist(), strict=True))
     n = max(s["pairs"], 1.0)
     figures = {

@@ -22,9 +22,11 @@ from wmtp.train.pipelines import BaselinePipeline
 
 
 def rewards_of(batch: dict) -> torch.Tensor:
-    """``[B]`` float rewards: 1.0 for a correct solution, 0.0 for an incorrect one."""
+    """Float rewards, one per sequence (per example of a packed batch): 1.0 for a correct solution,
+    0.0 for an incorrect one."""
     flags = batch.get("is_correct")
-    n = batch["input_ids"].shape[0]
+    docs = batch.get("example_of_document")
+    n = int((docs >= 0).sum()) if docs is not None else batch["input_ids"].shape[0]
     if flags is None or len(flags) != n:
         raise DataError(
             f"the verifiable pipeline needs 'is_correct' for each of the {n} sequences of a batch; got {flags!r}"
@@ -34,11 +36,21 @@ def rewards_of(batch: dict) -> torch.Tensor:
 
 def response_mask_of(batch: dict) -> torch.Tensor:
     """``[B, S]`` bool: the target tokens (labels are unshifted, prompt and padding -100)."""
-    if "cu_seqlens" in batch and batch["cu_seqlens"] is not None:
-        raise DataError(
-            "the verifiable pipeline needs one sequence per row (a padded batch): set data.packing = false"
-        )
     return batch["labels"] != IGNORE_INDEX
+
+
+def documents_of(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """A packed batch's examples as rows: ``(index_DL, valid_DL)``, where ``index_DL[d, i]`` is the
+    flat ``[B * S]`` position of token i of example d (padding documents left out) and
+    ``valid_DL`` marks the tokens that exist (rows are padded to the longest example)."""
+    cu = batch["cu_seqlens"].long()
+    starts, lengths = cu[:-1], cu[1:] - cu[:-1]
+    real = batch["example_of_document"].to(cu.device) >= 0
+    starts, lengths = starts[real], lengths[real]
+    offsets_L = torch.arange(int(lengths.max()) if lengths.numel() else 0, device=cu.device)
+    valid_DL = offsets_L[None, :] < lengths[:, None]
+    index_DL = torch.where(valid_DL, starts[:, None] + offsets_L[None, :], 0)
+    return index_DL, valid_DL
 
 
 @torch.no_grad()
@@ -54,10 +66,24 @@ def critic_values(critic, batch: dict, seq=None) -> torch.Tensor:
 def token_weights(
     critic, weighting, batch: dict, seq=None
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """``(weights_BS, figures)`` of one micro-batch from the critic's values."""
+    """``(weights_BS, figures)`` of one micro-batch from the critic's values.
+
+    A packed batch is scored as it is (the critic attends within documents), then its examples
+    are laid out one per row for the weighting, whose TD/GAE recursion and statistics run per
+    sequence exactly as on a padded batch, and the weights are put back in place.
+    """
     mask_BS = response_mask_of(batch)
     values_BS = critic_values(critic, batch, seq)
-    weights_BS, figures = weighting(values_BS, rewards_of(batch), mask_BS)
+    rewards = rewards_of(batch)
+    if batch.get("cu_seqlens") is None:
+        weights_BS, figures = weighting(values_BS, rewards, mask_BS)
+    else:
+        index_DL, valid_DL = (t.to(values_BS.device) for t in documents_of(batch))
+        mask_DL = mask_BS.reshape(-1)[index_DL] & valid_DL
+        weights_DL, figures = weighting(values_BS.reshape(-1)[index_DL], rewards, mask_DL)
+        flat = torch.zeros(mask_BS.numel(), dtype=weights_DL.dtype, device=weights_DL.device)
+        flat[index_DL[valid_DL]] = weights_DL[valid_DL]
+        weights_BS = flat.view_as(mask_BS)
     value = values_BS[mask_BS]
     figures["value/mean"] = float(value.mean()) if value.numel() else 0.0
     return weights_BS, figures
