@@ -32,36 +32,8 @@ OUT=${OUT:?set OUT to the folder for the results}
 WORK=${WORK:-/tmp/wmtp_multi_gpu}
 export WMTP_DIST_TIMEOUT_S=${WMTP_DIST_TIMEOUT_S:-60}
 rm -rf "$WORK" && mkdir -p "$WORK" "$OUT/logs"
-STEPS_FILE=$OUT/steps.jsonl
-: > "$STEPS_FILE"
-HE=storage/datasets/humaneval/v$(python3 -c "from wmtp.data.humaneval import VERSION; print(VERSION)")-heldout0.1
-[ -f "$HE/build_info.json" ] || { echo "no built HumanEval at $HE: carry storage/datasets/humaneval"; exit 1; }
-
-# step LABEL TIMEOUT_S CMD...: run CMD bounded by `timeout`, log to $OUT/logs/LABEL.log, record
-# its exit status and wall time in steps.jsonl; never stops the script. No step runs past
-# END_S seconds of the script (its limit is cut; with under 20 s left it is skipped, rc -1), so
-# the summary is written within one 600-second command.
-END_S=${END_S:-560}
-step() {
-  local label=$1 limit=$2; shift 2
-  local start=$(date +%s.%N)
-  local left=$((END_S - SECONDS))
-  [ "$left" -lt "$limit" ] && limit=$left
-  if [ "$limit" -lt 20 ]; then
-    echo "== $label: skipped (${left}s left of END_S=${END_S})" | tee "$OUT/logs/$label.log"
-    printf '{"label": "%s", "rc": -1, "seconds": 0, "limit_s": %d}\n' "$label" "$limit" >> "$STEPS_FILE"
-    return
-  fi
-  echo "== $label: $*" | tee "$OUT/logs/$label.log"
-  timeout -k 10 "$limit" "$@" >> "$OUT/logs/$label.log" 2>&1
-  local rc=$?
-  local took=$(python3 -c "print(round($(date +%s.%N) - $start, 1))")
-  echo "   rc=$rc in ${took}s"
-  printf '{"label": "%s", "rc": %d, "seconds": %s, "limit_s": %d}\n' "$label" "$rc" "$took" "$limit" >> "$STEPS_FILE"
-}
-runs() { echo "experiment.runs_dir='$WORK/$1'"; }
-latest() { readlink -f "$WORK/$1"/*/latest; }
-drop_checkpoints() { rm -rf "$WORK/$1"/*/*/checkpoints; }
+source bench/steps.sh
+need_humaneval
 TINY=(recipes/tiny.toml --set "parallel.device='$DEV'" --set training.micro_batch_size=2
       --set training.schedule.warmup_steps=1 --set training.log_every=1 --set training.eval_every=0)
 

@@ -60,22 +60,26 @@ def loss_gap(a: dict[int, float], b: dict[int, float], steps=None) -> dict:
 
 
 def throughput(records: list[dict]) -> dict:
-    """Target tokens/s over the steps after warm-up (total tokens / total step time) and MFU."""
-    steps = [r for r in records if "tokens_per_s" in r and r["step"] > WARMUP_STEPS]
-    steps = [r for r in steps if r["tokens_per_s"] > 0 and "tokens/head1" in r]
+    """Input tokens/s over the steps after warm-up (their tokens / their step time), target
+    tokens/s, the time-weighted MFU, the median step time and the peak memory, from the trainer's
+    per-step ``tokens``, ``step_time_s``, ``tokens/head1`` and ``mfu``."""
+    steps = [r for r in records if r.get("step_time_s") and r["step"] > WARMUP_STEPS]
     if not steps:
         return {}
-    tokens = sum(r["tokens/head1"] for r in steps)
-    seconds = sum(r["tokens/head1"] / r["tokens_per_s"] for r in steps)
+    seconds = sum(r["step_time_s"] for r in steps)
+    times = sorted(r["step_time_s"] for r in steps)
     out = {
         "steps": len(steps),
-        "tokens": tokens,
+        "tokens": sum(r["tokens"] for r in steps),
         "seconds": seconds,
-        "tokens_per_s": tokens / seconds,
+        "tokens_per_s": sum(r["tokens"] for r in steps) / seconds,
+        "step_time_s_median": times[len(times) // 2],
+        "data_time_s_median": sorted(r.get("data_time_s", 0.0) for r in steps)[len(steps) // 2],
     }
-    mfus = [(r["mfu"], r["tokens/head1"] / r["tokens_per_s"]) for r in steps if "mfu" in r]
-    if mfus:  # time-weighted mean of the per-step MFU
-        out["mfu"] = sum(m * t for m, t in mfus) / sum(t for _, t in mfus)
+    if all("tokens/head1" in r for r in steps):
+        out["target_tokens_per_s"] = sum(r["tokens/head1"] for r in steps) / seconds
+    if all("mfu" in r for r in steps):
+        out["mfu"] = sum(r["mfu"] * r["step_time_s"] for r in steps) / seconds
     peaks = [r["peak_memory_gb"] for r in steps if "peak_memory_gb" in r]
     if peaks:
         out["peak_memory_gb"] = max(peaks)
@@ -90,68 +94,6 @@ def shared_state(state: dict) -> dict:
         "data": state.get("data", state if "position" in state else None),
         "whitener": weighting.get("whitener"),
     }
-
-
-def tokens_per_step(run: Path, steps: int) -> list[dict]:
-    """Non-padding tokens and padded positions of each of the first ``steps`` global batches of
-    ``run``, rebuilt on CPU from its recipe exactly as the trainer batches them (any world size
-    sees the same global batches and micro-batches). The trainer's tokens/s and MFU count only
-    target tokens (prompts are masked), so these give the throughput over every token."""
-    from wmtp import registry
-    from wmtp.recipe import load_recipe
-    from wmtp.train.data_source import StepBatches, load_train_data
-
-    recipe = load_recipe(run / "recipe.toml").recipe
-    tokenizer = registry.get("tokenizer", recipe.tokenizer.kind)(recipe.tokenizer)
-    pipeline = registry.get("pipeline", recipe.experiment.pipeline)(recipe)
-    data = load_train_data(recipe.data, tokenizer, recipe.experiment.seed)
-    t = recipe.training
-    batches = StepBatches(
-        lambda epoch: data.epoch_order(epoch, correct_only=pipeline.correct_only),
-        lambda rows: next(data.batches(rows, len(rows))),
-        micro_batch_size=t.micro_batch_size,
-        grad_accum_steps=t.grad_accum_steps,
-    )
-    out = []
-    for _ in range(steps):
-        micro = batches.next_step()
-        mask = [b.get("attention_mask") for b in micro]
-        tokens = sum(
-            int(m.sum()) if m is not None else b["input_ids"].numel()
-            for m, b in zip(mask, micro, strict=True)
-        )
-        targets = sum(int((b["labels"] != -100).sum()) for b in micro)
-        positions = sum(b["input_ids"].numel() for b in micro)
-        out.append({"tokens": tokens, "positions": positions, "targets": targets})
-    return out
-
-
-def all_token_throughput(records: list[dict], per_step: list[dict]) -> dict:
-    """Every-token tokens/s and MFU of the steps after warm-up (MFU scaled from the trainer's
-    target-token MFU by tokens / target tokens of each step)."""
-    steps = [r for r in records if "tokens_per_s" in r and "tokens/head1" in r]
-    steps = [
-        r for r in steps if WARMUP_STEPS < r["step"] <= len(per_step) and r["tokens_per_s"] > 0
-    ]
-    if not steps:
-        return {}
-    seconds = [r["tokens/head1"] / r["tokens_per_s"] for r in steps]
-    tokens = [per_step[r["step"] - 1]["tokens"] for r in steps]
-    # The rebuilt batches are the trained ones: their label counts bound the logged head-1 targets
-    # (head 1 loses at most one target per sequence to the shift).
-    mismatch = max(abs(per_step[r["step"] - 1]["targets"] - r["tokens/head1"]) for r in steps)
-    out = {
-        "tokens_per_s": sum(tokens) / sum(seconds),
-        "target_fraction": sum(r["tokens/head1"] for r in steps) / sum(tokens),
-        "largest_label_count_gap": mismatch,
-    }
-    if all("mfu" in r for r in steps):
-        scaled = [
-            r["mfu"] * n / r["tokens/head1"] * dt
-            for r, n, dt in zip(steps, tokens, seconds, strict=True)
-        ]
-        out["mfu"] = sum(scaled) / sum(seconds)
-    return out
 
 
 def rank_states(work: Path, name: str) -> dict:
@@ -225,16 +167,6 @@ def summarise(work: Path, out: Path, device: str) -> dict:
     result["throughput"] = {"one": tp_one, "two": tp_two}
     if tp_one and tp_two:
         result["throughput"]["speedup"] = tp_two["tokens_per_s"] / tp_one["tokens_per_s"]
-    one_dir = run_dir(work, "one_gpu")
-    if one_dir is not None and one:
-        try:  # the same global batches in both runs: rebuild them once
-            per_step = tokens_per_step(one_dir, max(r["step"] for r in one))
-            result["throughput"]["all_tokens"] = {
-                "one": all_token_throughput(one, per_step),
-                "two": all_token_throughput(two, per_step),
-            }
-        except Exception as exc:  # the summary must still be written
-            result["throughput"]["all_tokens"] = {"error": repr(exc)}
     result["strategies"] = {
         s: {"rc": steps.get(s, {}).get("rc"), "losses": list(losses(metrics(work, s)).values())}
         for s in ("shard_grad_op", "no_shard")
@@ -296,28 +228,20 @@ def markdown(r: dict) -> str:
         f"(relative {fmt(p['max_rel'])}) at step {p.get('at_step')}",
         f"- first/last loss (2 vs 1): {p.get('first_loss')} / {p.get('last_loss')}",
         "",
-        "| devices | target tokens/s | MFU | peak GiB |",
-        "|---|---|---|---|",
+        "| devices | tokens/s | target tokens/s | MFU | step s (median) | peak GiB |",
+        "|---|---|---|---|---|---|",
     ]
     for name, row in (("1", t.get("one", {})), ("2", t.get("two", {}))):
         lines.append(
-            f"| {name} | {fmt(row.get('tokens_per_s'), 6)} | {fmt(row.get('mfu'))} | {fmt(row.get('peak_memory_gb'))} |"
+            f"| {name} | {fmt(row.get('tokens_per_s'), 6)} | {fmt(row.get('target_tokens_per_s'), 6)} "
+            f"| {fmt(row.get('mfu'))} | {fmt(row.get('step_time_s_median'))} "
+            f"| {fmt(row.get('peak_memory_gb'))} |"
         )
-    everything = t.get("all_tokens", {})
-    for name in ("one", "two"):
-        row = everything.get(name, {})
-        if row:
-            lines.append(
-                f"| {1 if name == 'one' else 2} (all tokens) | {fmt(row.get('tokens_per_s'), 6)} | "
-                f"{fmt(row.get('mfu'))} | target fraction {fmt(row.get('target_fraction'))} |"
-            )
-    if "error" in everything:
-        lines.append(f"| all tokens: not computed ({everything['error']}) | | | |")
     lines += [
         "",
-        f"- speed-up 2 vs 1: {fmt(t.get('speedup'))} (steps > {WARMUP_STEPS}). Target tokens: "
-        "response tokens only (prompts masked), as the trainer logs them; 'all tokens' counts "
-        "every non-padding token of the same batches, rebuilt from the recipe",
+        f"- speed-up 2 vs 1: {fmt(t.get('speedup'))} (steps > {WARMUP_STEPS}). tokens/s: every "
+        "non-padding input token (the work done; MFU counts these); target tokens: the trained "
+        "response tokens (prompts masked)",
         "",
         "## Sharding strategies on 2 devices",
         "",
