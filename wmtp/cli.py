@@ -12,9 +12,10 @@ import functools
 import importlib
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import typer
+if TYPE_CHECKING:
+    import typer
 
 COMMANDS: dict[str, tuple[str, ...]] = {
     "wmtp.commands.recipe": ("validate", "diff", "show", "schema", "list"),
@@ -29,6 +30,8 @@ Order is the order of ``wmtp --help``; ``tests/commands/test_cli.py`` checks the
 
 def build_app(modules: Sequence[str] = tuple(COMMANDS)) -> typer.Typer:
     """A Typer app with the commands of ``modules`` (every area by default)."""
+    import typer
+
     app = typer.Typer(
         name="wmtp",
         help="Weighted Multi-Token Prediction: train and evaluate code LLMs from TOML recipes.",
@@ -72,7 +75,14 @@ def __getattr__(name: str) -> Any:
 
 
 def main() -> None:
-    """Console-script entry point: builds only the module of the command it runs."""
+    """Console-script entry point: builds only the module of the command it runs
+    (``wmtp validate`` first tries its Typer-free path, see ``wmtp.commands._validate``)."""
+    if sys.argv[1:2] == ["validate"]:
+        from wmtp.commands._validate import fast_main
+
+        code = fast_main(sys.argv[2:])
+        if code is not None:
+            sys.exit(code)
     module = module_of(sys.argv[1:])
     app = build_app((module,)) if module else _full_app()
     app()

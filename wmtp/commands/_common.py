@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
 
+from wmtp.commands import _output
+from wmtp.commands._output import USER_ERROR_EXIT, report_error
 from wmtp.errors import WmtpError
 
 SetOption = Annotated[
@@ -21,36 +22,13 @@ SetOption = Annotated[
 ]
 """The ``--set`` option of every command that reads a recipe."""
 
-USER_ERROR_EXIT = 2
-
-
-@functools.cache
-def _console(stderr: bool) -> Any:
-    from rich.console import Console
-
-    return Console(stderr=stderr)
-
 
 def __getattr__(name: str) -> Any:
     """``console`` (stdout) and ``err_console`` (stderr): rich consoles, made on first use so
     that commands printing plain text never import rich."""
     if name in ("console", "err_console"):
-        return _console(stderr=name == "err_console")
+        return _output.console(stderr=name == "err_console")
     raise AttributeError(f"module 'wmtp.commands._common' has no attribute {name!r}")
-
-
-def report_error(exc: WmtpError, *, fmt: str = "text") -> None:
-    """Print a user error: its located message as text, or as JSON on stdout for ``--format json``."""
-    if fmt == "json":
-        typer.echo(json.dumps(exc.to_json(), indent=2))
-    else:
-        from rich.markup import escape
-
-        # escape: messages hold TOML table names like [model.critic]; soft_wrap: keep paths whole
-        message = escape(exc.render())
-        _console(stderr=True).print(
-            f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True
-        )
 
 
 def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callable:

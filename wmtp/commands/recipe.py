@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import enum
 import json
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,9 +15,6 @@ import typer
 
 from wmtp.commands import _common
 from wmtp.commands._common import SetOption, command
-
-DEFAULT_RECIPES = "recipes"
-"""``wmtp validate`` with no argument checks every ``*.toml`` here."""
 
 
 class OutputFormat(str, enum.Enum):
@@ -69,136 +64,14 @@ def validate(
     what was expected and did-you-mean suggestions. Valid recipes show the effective batch,
     tokens per optimizer step, parameters of each model and estimated memory per GPU.
     """
-    paths = recipes or sorted(Path(DEFAULT_RECIPES).glob("*.toml"))
+    from wmtp.commands import _validate
+
+    paths = recipes or _validate.default_recipes()
     if not paths:
-        raise typer.BadParameter(f"no recipes given and none in {DEFAULT_RECIPES}/")
-    machine = _environment() if env else None
-    text = format is OutputFormat.text
-    results = [_validate_one(p, overrides or (), world_size, machine, text) for p in paths]
-    if not text:
-        typer.echo(json.dumps({"recipes": results, "environment": machine}, indent=2))
-    elif machine:
-        typer.echo("environment: " + ", ".join(f"{k}={v}" for k, v in machine.items()))
-    if not all(r["valid"] for r in results):
-        raise typer.Exit(2)
-
-
-def _validate_one(
-    path: Path, overrides: Sequence[str], world_size: int, machine: dict | None, text: bool
-) -> dict[str, Any]:
-    """Load, estimate and (with a machine) check one recipe; print it when ``text``."""
-    from wmtp.estimate import estimate
-    from wmtp.recipe import RecipeProblems, load_recipe
-
-    try:
-        loaded = load_recipe(path, overrides)
-    except RecipeProblems as exc:
-        if text:
-            _print_problem("invalid:", exc.render())
-        return {"recipe": str(path), "valid": False, **exc.to_json()}
-    cost = estimate(loaded.recipe, world_size)
-    env_problems = _environment_problems(loaded.recipe, machine, world_size) if machine else []
-    if text:
-        _print_estimate(str(path), loaded.recipe, cost, env_problems)
-    return {
-        "recipe": str(path),
-        "valid": not env_problems,
-        "estimate": cost.to_json(),
-        "environment_problems": env_problems,
-    }
-
-
-def _print_estimate(path: str, recipe: Any, cost: Any, env_problems: list[str]) -> None:
-    from wmtp.estimate import GIB
-
-    exp = recipe.experiment
-    typer.echo(f"{path}: ok ({exp.name}, pipeline {exp.pipeline})")
-    typer.echo(
-        f"  batch {cost.effective_batch} {'pairs' if exp.pipeline == 'critic' else 'sequences'}/step "
-        f"({recipe.training.micro_batch_size} x {recipe.training.grad_accum_steps} accum "
-        f"x {cost.world_size} GPUs), {cost.tokens_per_step:,} tokens/step"
-    )
-    for model in cost.models:
-        if model.args is not None:
-            typer.echo(
-                f"  model.{model.role}: {model.total:,} parameters, {model.trainable:,} trained"
-            )
-    if cost.memory is not None:
-        parts = ", ".join(
-            f"{k} {v / GIB:.2f}" for k, v in cost.memory.parts().items() if k != "total" and v
-        )
-        typer.echo(
-            f"  memory/GPU ~{cost.memory.total / GIB:.2f} GiB ({recipe.parallel.sharding}, "
-            f"world size {cost.world_size}): {parts}"
-        )
-    for note in cost.notes:
-        typer.echo(f"  note: {note}")
-    for problem in env_problems:
-        _print_problem("environment:", problem, indent="  ")
-
-
-def _print_problem(label: str, message: str, indent: str = "") -> None:
-    """``label message`` on stderr, the label in bold red (rich is imported only for problems:
-    valid recipes print plain text)."""
-    from rich.markup import escape
-
-    _common.err_console.print(
-        f"{indent}[bold red]{label}[/] {escape(message)}", highlight=False, soft_wrap=True
-    )
-
-
-def _environment() -> dict[str, Any]:
-    """What this machine offers: torch version, GPUs, bf16, flash-attn."""
-    import importlib.util
-
-    import torch
-
-    cuda = torch.cuda.is_available()
-    flash = importlib.util.find_spec("flash_attn") is not None
-    if flash:
-        try:
-            import flash_attn  # noqa: F401
-        except Exception:  # installed but broken (wrong CUDA / torch build)
-            flash = False
-    return {
-        "torch": torch.__version__,
-        "python": sys.version.split()[0],
-        "cuda": cuda,
-        "gpus": torch.cuda.device_count() if cuda else 0,
-        "gpu_name": torch.cuda.get_device_name(0) if cuda else None,
-        "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
-        "flash_attn": flash,
-        "sandbox": _sandbox_isolation(),
-    }
-
-
-def _sandbox_isolation() -> str:
-    """Which isolation the code-execution sandbox uses here (bubblewrap, or rlimits and why)."""
-    from wmtp.eval.sandbox import isolation
-
-    found = isolation()
-    return f"{found.kind} ({found.detail})"
-
-
-def _environment_problems(recipe: Any, machine: dict, world_size: int) -> list[str]:
-    problems = []
-    models = [(r, getattr(recipe.model, r)) for r in ("policy", "reference", "critic")]
-    for role, spec in models:
-        if spec is None:
-            continue
-        if spec.attention == "flash_attn" and not machine["flash_attn"]:
-            problems.append(
-                f"model.{role}.attention = 'flash_attn' but flash_attn cannot be imported"
-            )
-        if spec.dtype == "bfloat16" and machine["cuda"] and not machine["bf16"]:
-            problems.append(
-                f"model.{role}.dtype = 'bfloat16' but {machine['gpu_name']} has no bf16"
-            )
-    if recipe.parallel.device == "cuda" and not machine["cuda"]:
-        problems.append("parallel.device = 'cuda' but no CUDA device is available")
-    if machine["cuda"] and world_size > machine["gpus"]:
-        problems.append(f"--world-size {world_size} but this machine has {machine['gpus']} GPUs")
-    return problems
+        raise typer.BadParameter(f"no recipes given and none in {_validate.DEFAULT_RECIPES}/")
+    code = _validate.run(paths, overrides or (), world_size, env, str(format))
+    if code:
+        raise typer.Exit(code)
 
 
 # --- diff --------------------------------------------------------------------------------------

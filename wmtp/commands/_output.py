@@ -1,0 +1,35 @@
+"""Printing shared by every command, with no Typer import (``wmtp validate`` runs without it)."""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+from wmtp.errors import WmtpError
+
+USER_ERROR_EXIT = 2
+
+
+@functools.cache
+def console(stderr: bool = False) -> Any:
+    """A rich console, made on first use: commands printing plain text never import rich."""
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+def err_console() -> Any:
+    return console(stderr=True)
+
+
+def report_error(exc: WmtpError, *, fmt: str = "text") -> None:
+    """Print a user error: its located message as text, or as JSON on stdout for ``--format json``."""
+    if fmt == "json":
+        print(json.dumps(exc.to_json(), indent=2))
+    else:
+        from rich.markup import escape
+
+        # escape: messages hold TOML table names like [model.critic]; soft_wrap: keep paths whole
+        message = escape(exc.render())
+        err_console().print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)

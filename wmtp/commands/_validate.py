@@ -1,0 +1,292 @@
+"""``wmtp validate``: check recipes and print what they cost, without importing Typer or torch.
+
+The Typer command (``wmtp.commands.recipe.validate``) owns the options and the help; it calls
+:func:`run`. The console script calls :func:`fast_main` first: the same options parsed by
+argparse, so the most frequent command starts in a fraction of Typer's import time; anything it
+does not handle goes to Typer (``tests/commands/test_validate_fast.py`` checks both agree).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from wmtp.commands._output import USER_ERROR_EXIT, err_console, report_error
+from wmtp.errors import WmtpError
+
+DEFAULT_RECIPES = "recipes"
+"""``wmtp validate`` with no argument checks every ``*.toml`` here."""
+
+
+def run(
+    paths: Sequence[Path],
+    overrides: Sequence[str],
+    world_size: int,
+    env: bool,
+    fmt: str,
+    read: list[str] | None = None,
+) -> int:
+    """Validate ``paths``, print the report (text or one JSON document); the exit code.
+    ``read`` collects every file the report depends on (recipes, their bases, model configs)."""
+    machine = _environment() if env else None
+    text = fmt == "text"
+    results = [_validate_one(p, overrides, world_size, machine, text, read) for p in paths]
+    if not text:
+        print(json.dumps({"recipes": results, "environment": machine}, indent=2))
+    elif machine:
+        print("environment: " + ", ".join(f"{k}={v}" for k, v in machine.items()))
+    return 0 if all(r["valid"] for r in results) else USER_ERROR_EXIT
+
+
+def fast_main(argv: Sequence[str]) -> int | None:
+    """``wmtp validate ARGS`` without Typer (whose import alone costs more than validating
+    every recipe); ``None`` hands anything else (``--help``, a malformed option, no recipes) to
+    the Typer command, which owns the help text and the error messages."""
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    parser.add_argument("recipes", nargs="*", type=Path)
+    parser.add_argument("--world-size", "-n", type=int, default=1)
+    parser.add_argument("--set", action="append", default=[], dest="overrides")
+    parser.add_argument("--env", action="store_true")
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    if any(a in ("--help", "-h") for a in argv):
+        return None
+    try:
+        args, unknown = parser.parse_known_args(list(argv))
+    except (argparse.ArgumentError, SystemExit):
+        return None
+    paths = args.recipes or default_recipes()
+    if unknown or args.world_size < 1 or not paths:
+        return None
+    cache = None if args.env else ReportCache.for_command(list(argv))  # --env: the machine
+    if cache is not None and (hit := cache.lookup()) is not None:
+        sys.stdout.write(hit["stdout"])
+        return hit["code"]
+    read: list[str] = []
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            code = run(paths, args.overrides, args.world_size, args.env, args.format, read)
+    except WmtpError as exc:
+        sys.stdout.write(out.getvalue())
+        report_error(exc, fmt=args.format)
+        return USER_ERROR_EXIT
+    sys.stdout.write(out.getvalue())
+    if cache is not None and code == 0:  # reports of invalid recipes are never kept
+        cache.store(read, out.getvalue(), code)
+    return code
+
+
+class ReportCache:
+    """The last report of a ``wmtp validate`` command line, kept while nothing it depends on
+    changes: the files it read (recipes, their bases, model configs) and wmtp's recipe and
+    estimate code. Like ruff's or mypy's caches: a repeated validation skips importing pydantic
+    and building the schema (most of its time). Under ``$WMTP_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/wmtp`` or ``~/.cache/wmtp``; ``WMTP_NO_CACHE=1`` turns it off."""
+
+    SOURCES = ("recipe", "estimate.py", "errors.py", "models/args.py", "commands/_validate.py")
+    """wmtp's code that decides a report (under the package directory)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def for_command(cls, argv: list[str]) -> ReportCache | None:
+        if os.environ.get("WMTP_NO_CACHE"):
+            return None
+        root = os.environ.get("WMTP_CACHE_DIR") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "wmtp"
+        )
+        package = Path(__file__).resolve().parents[1]
+        code = sorted(
+            str(f)
+            for name in cls.SOURCES
+            for f in ([package / name] if name.endswith(".py") else (package / name).rglob("*.py"))
+        )
+        code += _pydantic_version_file()
+        key = json.dumps([1, os.getcwd(), argv, _digests(code)])
+        name = hashlib.sha256(key.encode()).hexdigest()[:32]
+        return cls(Path(root) / "validate" / f"{name}.json")
+
+    def lookup(self) -> dict | None:
+        try:
+            entry = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        return entry if _digests(list(entry["inputs"])) == entry["inputs"] else None
+
+    def store(self, read: list[str], stdout: str, code: int) -> None:
+        entry = {"inputs": _digests(sorted(set(read))), "stdout": stdout, "code": code}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(entry))
+            tmp.replace(self.path)  # atomic: a concurrent reader sees the old or the new entry
+        except OSError:
+            pass  # a read-only home: validate without a cache
+
+
+def _pydantic_version_file() -> list[str]:
+    """pydantic's ``version.py`` (found, not imported): another pydantic may judge otherwise."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pydantic")
+    origin = spec.origin if spec is not None else None
+    return [str(Path(origin).with_name("version.py"))] if origin else []
+
+
+def _digests(files: list[str]) -> dict[str, str]:
+    """sha256 of each file's bytes (``missing`` for one that does not exist)."""
+    out = {}
+    for f in files:
+        try:
+            out[f] = hashlib.sha256(Path(f).read_bytes()).hexdigest()
+        except OSError:
+            out[f] = "missing"
+    return out
+
+
+def default_recipes() -> list[Path]:
+    return sorted(Path(DEFAULT_RECIPES).glob("*.toml"))
+
+
+def _validate_one(
+    path: Path,
+    overrides: Sequence[str],
+    world_size: int,
+    machine: dict | None,
+    text: bool,
+    read: list[str] | None = None,
+) -> dict[str, Any]:
+    """Load, estimate and (with a machine) check one recipe; print it when ``text``."""
+    from wmtp.estimate import estimate
+    from wmtp.recipe import RecipeProblems, load_recipe
+
+    try:
+        loaded = load_recipe(path, overrides)
+    except RecipeProblems as exc:
+        if text:
+            _print_problem("invalid:", exc.render())
+        return {"recipe": str(path), "valid": False, **exc.to_json()}
+    if read is not None:
+        read += [str(Path(f).resolve()) for f in loaded.files] + _model_configs(loaded.recipe)
+    cost = estimate(loaded.recipe, world_size)
+    env_problems = _environment_problems(loaded.recipe, machine, world_size) if machine else []
+    if text:
+        _print_estimate(str(path), loaded.recipe, cost, env_problems)
+    return {
+        "recipe": str(path),
+        "valid": not env_problems,
+        "estimate": cost.to_json(),
+        "environment_problems": env_problems,
+    }
+
+
+def _model_configs(recipe: Any) -> list[str]:
+    """The JSON files beside each model's weights (sizes the estimate may read from them)."""
+    found = []
+    for role in ("policy", "reference", "critic"):
+        spec = getattr(recipe.model, role, None)
+        for where in (getattr(spec, "path", None), getattr(spec, "checkpoint", None)):
+            if where and Path(where).is_dir():
+                found += [str(p.resolve()) for p in sorted(Path(where).rglob("*.json"))]
+    return found
+
+
+def _print_estimate(path: str, recipe: Any, cost: Any, env_problems: list[str]) -> None:
+    from wmtp.estimate import GIB
+
+    exp = recipe.experiment
+    print(f"{path}: ok ({exp.name}, pipeline {exp.pipeline})")
+    print(
+        f"  batch {cost.effective_batch} {'pairs' if exp.pipeline == 'critic' else 'sequences'}/step "
+        f"({recipe.training.micro_batch_size} x {recipe.training.grad_accum_steps} accum "
+        f"x {cost.world_size} GPUs), {cost.tokens_per_step:,} tokens/step"
+    )
+    for model in cost.models:
+        if model.args is not None:
+            print(f"  model.{model.role}: {model.total:,} parameters, {model.trainable:,} trained")
+    if cost.memory is not None:
+        parts = ", ".join(
+            f"{k} {v / GIB:.2f}" for k, v in cost.memory.parts().items() if k != "total" and v
+        )
+        print(
+            f"  memory/GPU ~{cost.memory.total / GIB:.2f} GiB ({recipe.parallel.sharding}, "
+            f"world size {cost.world_size}): {parts}"
+        )
+    for note in cost.notes:
+        print(f"  note: {note}")
+    for problem in env_problems:
+        _print_problem("environment:", problem, indent="  ")
+
+
+def _print_problem(label: str, message: str, indent: str = "") -> None:
+    """``label message`` on stderr, the label in bold red (rich is imported only for problems:
+    valid recipes print plain text)."""
+    from rich.markup import escape
+
+    err_console().print(
+        f"{indent}[bold red]{label}[/] {escape(message)}", highlight=False, soft_wrap=True
+    )
+
+
+def _environment() -> dict[str, Any]:
+    """What this machine offers: torch version, GPUs, bf16, flash-attn."""
+    import importlib.util
+
+    import torch
+
+    cuda = torch.cuda.is_available()
+    flash = importlib.util.find_spec("flash_attn") is not None
+    if flash:
+        try:
+            import flash_attn  # noqa: F401
+        except Exception:  # installed but broken (wrong CUDA / torch build)
+            flash = False
+    return {
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "cuda": cuda,
+        "gpus": torch.cuda.device_count() if cuda else 0,
+        "gpu_name": torch.cuda.get_device_name(0) if cuda else None,
+        "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
+        "flash_attn": flash,
+        "sandbox": _sandbox_isolation(),
+    }
+
+
+def _sandbox_isolation() -> str:
+    """Which isolation the code-execution sandbox uses here (bubblewrap, or rlimits and why)."""
+    from wmtp.eval.sandbox import isolation
+
+    found = isolation()
+    return f"{found.kind} ({found.detail})"
+
+
+def _environment_problems(recipe: Any, machine: dict, world_size: int) -> list[str]:
+    problems = []
+    models = [(r, getattr(recipe.model, r)) for r in ("policy", "reference", "critic")]
+    for role, spec in models:
+        if spec is None:
+            continue
+        if spec.attention == "flash_attn" and not machine["flash_attn"]:
+            problems.append(
+                f"model.{role}.attention = 'flash_attn' but flash_attn cannot be imported"
+            )
+        if spec.dtype == "bfloat16" and machine["cuda"] and not machine["bf16"]:
+            problems.append(
+                f"model.{role}.dtype = 'bfloat16' but {machine['gpu_name']} has no bf16"
+            )
+    if recipe.parallel.device == "cuda" and not machine["cuda"]:
+        problems.append("parallel.device = 'cuda' but no CUDA device is available")
+    if machine["cuda"] and world_size > machine["gpus"]:
+        problems.append(f"--world-size {world_size} but this machine has {machine['gpus']} GPUs")
+    return problems
