@@ -57,3 +57,19 @@ def test_resuming_from_the_state_repeats_the_rows():
     resumed.load_state_dict(state)
     assert [resumed.next_step() for _ in range(3)] == expected
     assert 0 < packed_batches().steps_per_epoch() < len(LENGTHS) / 2
+
+
+def test_input_tokens_leave_padding_out():
+    from wmtp.data.collate import pack_batch, pack_rows, pad_batch
+    from wmtp.data.examples import Encoded
+    from wmtp.train.loop import input_tokens
+
+    examples = [
+        Encoded(list(range(1, n + 1)), [-100] + list(range(2, n + 1)), "p", True)
+        for n in (5, 7, 3, 6)
+    ]
+    assert input_tokens(pad_batch(examples, pad_id=0)) == 21
+    packed = pack_batch(pack_rows(examples, 12), pad_id=0, row_length=12)
+    assert packed["input_ids"].numel() > 21 and input_tokens(packed) == 21
+    pairs = {"chosen": pad_batch(examples[:2], 0), "rejected": pad_batch(examples[2:], 0)}
+    assert input_tokens(pairs) == 21

@@ -300,6 +300,9 @@ def input_tokens(batch: dict) -> int:
         return input_tokens(batch["chosen"]) + input_tokens(batch["rejected"])
     if batch.get("attention_mask") is not None:
         return int(batch["attention_mask"].sum())
-    if batch.get("cu_seqlens") is not None:
-        return int(batch["cu_seqlens"][-1])
+    if batch.get("cu_seqlens") is not None:  # the documents that are examples, not padding
+        cu = batch["cu_seqlens"].long()
+        lengths = cu[1:] - cu[:-1]
+        examples = batch.get("example_of_document")
+        return int(lengths[examples >= 0].sum()) if examples is not None else int(cu[-1])
     return int(batch["input_ids"].numel())
