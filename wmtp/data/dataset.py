@@ -133,6 +133,8 @@ class TrainData:
     packing: bool = False
     counts: dict[str, int] = field(default_factory=dict)
     """What was left out, by reason (reported, never silent)."""
+    _lengths: dict[int, int] = field(default_factory=dict, repr=False)
+    """``example_length`` of the rows asked so far."""
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -217,10 +219,9 @@ class TrainData:
 
     def example_length(self, index: int) -> int:
         """Tokens of training row ``index`` as it trains (template, special tokens, truncation)."""
-        cache = self.__dict__.setdefault("_lengths", {})
-        if index not in cache:
-            cache[index] = len(self._encoded(index))
-        return cache[index]
+        if index not in self._lengths:
+            self._lengths[index] = len(self._encoded(index))
+        return self._lengths[index]
 
     def packed_batch(self, rows: list[np.ndarray]) -> dict:
         """One packed batch of ``max_length`` tokens per row from rows of training-row indices."""
