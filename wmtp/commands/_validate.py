@@ -2,8 +2,10 @@
 
 The Typer command (``wmtp.commands.recipe.validate``) owns the options and the help; it calls
 :func:`run`. The console script calls :func:`fast_main` first: the same options parsed by
-argparse, so the most frequent command starts in a fraction of Typer's import time; anything it
-does not handle goes to Typer (``tests/commands/test_validate_fast.py`` checks both agree).
+argparse and, for a command line whose inputs have not changed, the cached report
+(:class:`ReportCache`), printed without importing Typer or pydantic (0.15 s instead of ~0.6 s on
+a 2-core machine). Anything it does not handle goes to Typer (``tests/commands/
+test_validate_fast.py`` checks both print and exit alike).
 """
 
 from __future__ import annotations
@@ -46,9 +48,8 @@ def run(
 
 
 def fast_main(argv: Sequence[str]) -> int | None:
-    """``wmtp validate ARGS`` without Typer (whose import alone costs more than validating
-    every recipe); ``None`` hands anything else (``--help``, a malformed option, no recipes) to
-    the Typer command, which owns the help text and the error messages."""
+    """``wmtp validate ARGS`` without Typer; ``None`` hands anything else (``--help``, a
+    malformed option, no recipes) to the Typer command, which owns the help and its errors."""
     import argparse
 
     parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
