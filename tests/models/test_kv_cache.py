@@ -47,3 +47,20 @@ def test_head_selection_and_overflow(tiny_args):
         torch.testing.assert_close(only_2[:, :, 0], model(tokens)[:, :, 1], atol=1e-5, rtol=1e-5)
     with pytest.raises(RunError, match="exceeds the cache length 5"):
         decoder.step(tokens[:, :2])
+
+
+def test_a_decoder_keeping_head_1_runs_no_other_head(tiny_args):
+    model = LlamaMTP(tiny_args, attention="sdpa").eval()
+    tokens = torch.randint(0, tiny_args.vocab_size, (1, 6))
+    with torch.no_grad():
+        full = model(tokens)[:, :, :1]
+    assert model.n_heads > 1
+    decoder = Decoder(model, batch_size=1, max_len=8, kept_heads=[1])
+    ran = []
+    for k in range(1, model.n_heads + 1):
+        model.head_layer(k).attention.wq.register_forward_pre_hook(lambda *_, k=k: ran.append(k))
+    pieces = [decoder.prefill(tokens[:, :4])] + [decoder.step(tokens[:, t : t + 1]) for t in (4, 5)]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+    assert ran == [1, 1, 1]  # head 1's layer at each call, no other head's
+    with pytest.raises(AssertionError, match="keeps"):
+        decoder.step(tokens[:, :1], heads=[2])

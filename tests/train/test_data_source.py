@@ -65,8 +65,7 @@ def test_input_tokens_leave_padding_out():
     from wmtp.train.loop import input_tokens
 
     examples = [
-        Encoded(list(range(1, n + 1)), [-100] + list(range(2, n + 1)), "p", True)
-        for n in (5, 7, 3, 6)
+        Encoded(list(range(1, n + 1)), [-100, *range(2, n + 1)], "p", True) for n in (5, 7, 3, 6)
     ]
     assert input_tokens(pad_batch(examples, pad_id=0)) == 21
     packed = pack_batch(pack_rows(examples, 12), pad_id=0, row_length=12)

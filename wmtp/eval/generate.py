@@ -194,7 +194,7 @@ def _generate_batch(
     ]
     if all(d is not None for d in done):
         return done  # type: ignore[return-value]
-    decoder = Decoder(model, len(prompts), max_len=len(prompts[0]) + max(limits))
+    decoder = Decoder(model, len(prompts), max_len=len(prompts[0]) + max(limits), kept_heads=[1])
     logits_BV = decoder.prefill(torch.tensor(prompts, device=device), heads=[1])[:, -1, 0]
     generated: list[list[int]] = [[] for _ in prompts]
     while True:

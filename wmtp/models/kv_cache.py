@@ -12,6 +12,8 @@ different lengths are decoded in separate batches.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from wmtp.errors import RunError
@@ -48,12 +50,21 @@ class Decoder:
     """Incremental decoding of a LlamaMTP: ``prefill(prompt)``, then ``step(tokens)``.
 
     ``heads`` picks the heads whose logits are returned (default all: self-speculative decoding
-    drafts with heads 2..n); every head's cache is kept either way so any head can be asked later.
+    drafts with heads 2..n). ``kept_heads`` are the heads whose caches advance at every step (default
+    all, so any head can be asked later); plain decoding keeps head 1 only and runs no other head's
+    layer.
     """
 
-    def __init__(self, model: LlamaMTP, batch_size: int, max_len: int):
+    def __init__(
+        self,
+        model: LlamaMTP,
+        batch_size: int,
+        max_len: int,
+        kept_heads: Sequence[int] | None = None,
+    ):
         self.model = model
         self.max_len = max_len
+        self.kept_heads = tuple(kept_heads or range(1, model.n_heads + 1))
         param = next(model.parameters())
         a = model.args
         self.caches = [
@@ -81,6 +92,10 @@ class Decoder:
         self.length = length
 
     def _advance(self, tokens_BS: torch.Tensor, heads: list[int] | None) -> torch.Tensor:
+        if heads is not None:
+            assert set(heads) <= set(self.kept_heads), (
+                f"heads {heads}: this decoder keeps {self.kept_heads}"
+            )
         B, S = tokens_BS.shape
         start = self.length
         if start + S > self.max_len:
@@ -95,9 +110,9 @@ class Decoder:
         for layer, cache in zip(model.layers[:-1], self.caches[:n_trunk], strict=True):
             h_BSD = cached_block(layer, h_BSD, rope, cache, start)
         head_caches = self.caches[n_trunk:]  # head 1, then extra heads: model.blocks() order
-        ks = heads if heads is not None else range(1, model.n_heads + 1)
+        ks = heads if heads is not None else self.kept_heads
         logits = {}
-        for k in range(1, model.n_heads + 1):  # every head's cache advances, asked for or not
+        for k in self.kept_heads:  # every kept head's cache advances, asked for or not
             hk_BSD = cached_block(model.head_layer(k), h_BSD, rope, head_caches[k - 1], start)
             if k in ks:
                 logits[k] = model.output(model.norm(hk_BSD))
