@@ -1,5 +1,7 @@
 """What a recipe will cost, from its numbers alone (no torch): batch, tokens, parameters, memory.
 
+Only ``row_tokens`` (optional) brings in the data: without it every row is ``data.max_length``.
+
 Batch and tokens
     effective batch   = micro_batch_size * grad_accum_steps * world_size   (sequences per step;
                         the critic pipeline's sequences are pairs, so twice that many rows)
@@ -19,10 +21,13 @@ Memory per GPU of the trained model, in bytes (S = world_size for full_shard / s
     gathered    = b * 2 * block_params       full_shard: two blocks unsharded at a time (prefetch)
                   b * (P_t + P_f)            shard_grad_op: parameters stay unsharded fwd -> bwd;
                                              no_shard: the compute copy (0 when dtype = float32)
-    activations = b * T * (L_saved * A_layer + A_layer)   with T = rows * max_length tokens
-                  where A_layer = 6 * dim + 2 * kv_dim + 4 * ffn_dim (per token and layer:
+    activations = b * T * (L_saved * A_layer + A_layer)   with T = rows * R tokens, where R is
+                  the row length: data.max_length, or ``row_tokens`` when given (the longest row
+                  the data makes, found by ``wmtp validate --data``: padded batches are only as
+                  long as their longest example);
+                  A_layer = 6 * dim + 2 * kv_dim + 4 * ffn_dim (per token and layer:
                   RMSNorm inputs/outputs, q k v, attention output, SwiGLU w1, w3, silu, product),
-                  + 2 * n_heads * max_length for eager attention (scores and probabilities);
+                  + 2 * n_heads * R for eager attention (scores and probabilities);
                   with activation checkpointing a checkpointed layer keeps only its input (dim)
                   and one layer is recomputed at a time (the last A_layer term).
                   L_saved = trunk layers + 1 head with mtp_loss = per_head (heads run one at a
@@ -127,9 +132,15 @@ class Estimate:
         }
 
 
-def estimate(recipe: Any, world_size: int = 1) -> Estimate:
-    """Batch, tokens, parameter counts and memory per GPU of ``recipe`` on ``world_size`` GPUs."""
+def estimate(recipe: Any, world_size: int = 1, *, row_tokens: int | None = None) -> Estimate:
+    """Batch, tokens, parameter counts and memory per GPU of ``recipe`` on ``world_size`` GPUs.
+
+    ``row_tokens`` sizes the activations and logits (rows of that many tokens instead of
+    ``data.max_length``, see the module docstring); tokens per step stay the max_length bound.
+    """
     assert world_size >= 1, world_size
+    assert row_tokens is None or row_tokens >= 1, row_tokens
+    row_length = recipe.data.max_length if row_tokens is None else row_tokens
     t = recipe.training
     rows_per_micro = t.micro_batch_size * (2 if recipe.experiment.pipeline == "critic" else 1)
     effective = t.micro_batch_size * t.grad_accum_steps * world_size
@@ -152,7 +163,7 @@ def estimate(recipe: Any, world_size: int = 1) -> Estimate:
     trained_count = next((m for m in models if m.role == trained), None)
     if trained_count is not None and trained_count.args is not None:
         frozen = [m for m in models if m.role != trained and m.role in used]
-        memory = _memory(recipe, trained_count, frozen, world_size, rows_per_micro)
+        memory = _memory(recipe, trained_count, frozen, world_size, rows_per_micro, row_length)
     return Estimate(world_size, effective, tokens, models, memory, notes)
 
 
@@ -221,7 +232,12 @@ def value_head_params(head: Any, dim: int) -> int:
 
 
 def _memory(
-    recipe: Any, trained: ModelCount, frozen: list[ModelCount], world: int, rows: int
+    recipe: Any,
+    trained: ModelCount,
+    frozen: list[ModelCount],
+    world: int,
+    rows: int,
+    row_length: int,
 ) -> Memory:
     spec = getattr(recipe.model, trained.role)
     args = trained.args
@@ -242,8 +258,8 @@ def _memory(
         gathered = b * (p_t + p_f)
     else:
         gathered = 0.0
-    tokens = rows * recipe.data.max_length
-    activations = b * tokens * _activation_elements(recipe, spec, args)
+    tokens = rows * row_length
+    activations = b * tokens * _activation_elements(recipe, spec, args, row_length)
     logits = (
         0.0
         if recipe.training.mtp_loss != "per_head" or spec.kind == "value_model"
@@ -255,11 +271,11 @@ def _memory(
     return Memory(states, frozen_weights, gathered, activations, logits, frozen_models)
 
 
-def _activation_elements(recipe: Any, spec: Any, args: ModelArgs) -> float:
-    """Saved activation elements per token (see the module docstring)."""
+def _activation_elements(recipe: Any, spec: Any, args: ModelArgs, row_length: int) -> float:
+    """Saved activation elements per token of rows of ``row_length`` (see the module docstring)."""
     per_layer = 6 * args.dim + 2 * args.kv_heads * args.head_dim + 4 * args.hidden_dim
     if spec.attention == "eager":
-        per_layer += 2 * args.n_heads * recipe.data.max_length
+        per_layer += 2 * args.n_heads * row_length
     if spec.kind == "value_model" or recipe.training.mtp_loss != "per_head":
         layers = args.n_layers
     else:

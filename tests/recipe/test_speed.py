@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -39,6 +40,7 @@ def test_importtime_shows_no_torch():
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "wmtp.cli", "validate", "recipes/tiny.toml"],
         cwd=REPO,
+        env={**os.environ, "WMTP_NO_CACHE": "1"},  # a cached report would skip the schema
         capture_output=True,
         text=True,
         check=False,

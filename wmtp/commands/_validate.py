@@ -5,7 +5,8 @@ The Typer command (``wmtp.commands.recipe.validate``) owns the options and the h
 argparse and, for a command line whose inputs have not changed, the cached report
 (:class:`ReportCache`), printed without importing Typer or pydantic (0.15 s instead of ~0.6 s on
 a 2-core machine). Anything it does not handle goes to Typer (``tests/commands/
-test_validate_fast.py`` checks both print and exit alike).
+test_validate_fast.py`` checks both print and exit alike). ``--data`` reads the recipes' data
+(``wmtp.train.lengths``), which the cache does not track: its reports are never cached.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wmtp.commands._output import USER_ERROR_EXIT, err_console, report_error
 from wmtp.errors import WmtpError
+
+if TYPE_CHECKING:
+    from wmtp.train.lengths import LongestRow
 
 DEFAULT_RECIPES = "recipes"
 """``wmtp validate`` with no argument checks every ``*.toml`` here."""
@@ -34,12 +38,15 @@ def run(
     env: bool,
     fmt: str,
     read: list[str] | None = None,
+    *,
+    data: bool = False,
 ) -> int:
     """Validate ``paths``, print the report (text or one JSON document); the exit code.
-    ``read`` collects every file the report depends on (recipes, their bases, model configs)."""
+    ``read`` collects every file the report depends on (recipes, their bases, model configs);
+    ``data`` sizes memory by the longest row of each recipe's data (which it reads)."""
     machine = _environment() if env else None
     text = fmt == "text"
-    results = [_validate_one(p, overrides, world_size, machine, text, read) for p in paths]
+    results = [_validate_one(p, overrides, world_size, machine, text, read, data) for p in paths]
     if not text:
         print(json.dumps({"recipes": results, "environment": machine}, indent=2))
     elif machine:
@@ -57,6 +64,7 @@ def fast_main(argv: Sequence[str]) -> int | None:
     parser.add_argument("--world-size", "-n", type=int, default=1)
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     parser.add_argument("--env", action="store_true")
+    parser.add_argument("--data", action="store_true")
     parser.add_argument("--format", choices=("text", "json"), default="text")
     if any(a in ("--help", "-h") for a in argv):
         return None
@@ -67,7 +75,8 @@ def fast_main(argv: Sequence[str]) -> int | None:
     paths = args.recipes or default_recipes()
     if unknown or args.world_size < 1 or not paths:
         return None
-    cache = None if args.env else ReportCache.for_command(list(argv))  # --env: the machine
+    # --env reads the machine, --data the data files: neither is in the cache's key
+    cache = None if args.env or args.data else ReportCache.for_command(list(argv))
     if cache is not None and (hit := cache.lookup()) is not None:
         sys.stdout.write(hit["stdout"])
         return hit["code"]
@@ -75,7 +84,9 @@ def fast_main(argv: Sequence[str]) -> int | None:
     out = io.StringIO()
     try:
         with contextlib.redirect_stdout(out):
-            code = run(paths, args.overrides, args.world_size, args.env, args.format, read)
+            code = run(
+                paths, args.overrides, args.world_size, args.env, args.format, read, data=args.data
+            )
     except WmtpError as exc:
         sys.stdout.write(out.getvalue())
         report_error(exc, fmt=args.format)
@@ -166,29 +177,53 @@ def _validate_one(
     machine: dict | None,
     text: bool,
     read: list[str] | None = None,
+    data: bool = False,
 ) -> dict[str, Any]:
-    """Load, estimate and (with a machine) check one recipe; print it when ``text``."""
+    """Load, estimate and (with a machine) check one recipe; print it when ``text``. With
+    ``data``, memory is sized by the longest row of the recipe's data."""
     from wmtp.estimate import estimate
     from wmtp.recipe import RecipeProblems, load_recipe
 
     try:
         loaded = load_recipe(path, overrides)
+        row = _longest_row(loaded) if data else None
     except RecipeProblems as exc:
         if text:
             _print_problem("invalid:", exc.render())
         return {"recipe": str(path), "valid": False, **exc.to_json()}
     if read is not None:
         read += [str(Path(f).resolve()) for f in loaded.files] + _model_configs(loaded.recipe)
-    cost = estimate(loaded.recipe, world_size)
+    cost = estimate(loaded.recipe, world_size, row_tokens=row.tokens if row else None)
     env_problems = _environment_problems(loaded.recipe, machine, world_size) if machine else []
     if text:
-        _print_estimate(str(path), loaded.recipe, cost, env_problems)
+        _print_estimate(str(path), loaded.recipe, cost, env_problems, row)
     return {
         "recipe": str(path),
         "valid": not env_problems,
-        "estimate": cost.to_json(),
+        "estimate": cost.to_json() | (row.to_json() if row else {}),
         "environment_problems": env_problems,
     }
+
+
+def _longest_row(loaded: Any) -> LongestRow | None:
+    """``wmtp.train.lengths.longest_row`` of a recipe that trains (``None`` for evaluation);
+    a data problem becomes a problem of the recipe, located where the recipe names the data."""
+    from wmtp.recipe import RecipeProblems
+    from wmtp.recipe.errors import Problem
+    from wmtp.recipe.load import problem_at
+    from wmtp.train.lengths import RecipeDataError, longest_row
+
+    if loaded.recipe.trained_role is None:
+        return None
+    try:
+        return longest_row(loaded.recipe)
+    except RecipeDataError as exc:
+        source = loaded.provenance.get(exc.key)
+        if source is None or source.kind == "default":  # located at the recipe itself
+            problem = Problem(loaded.path, None, None, exc.key, exc.message)
+        else:
+            problem = problem_at(source, exc.key, exc.message)
+        raise RecipeProblems(loaded.path, [problem]) from None
 
 
 def _model_configs(recipe: Any) -> list[str]:
@@ -202,7 +237,9 @@ def _model_configs(recipe: Any) -> list[str]:
     return found
 
 
-def _print_estimate(path: str, recipe: Any, cost: Any, env_problems: list[str]) -> None:
+def _print_estimate(
+    path: str, recipe: Any, cost: Any, env_problems: list[str], row: LongestRow | None = None
+) -> None:
     from wmtp.estimate import GIB
 
     exp = recipe.experiment
@@ -223,10 +260,18 @@ def _print_estimate(path: str, recipe: Any, cost: Any, env_problems: list[str]) 
             f"  memory/GPU ~{cost.memory.total / GIB:.2f} GiB ({recipe.parallel.sharding}, "
             f"world size {cost.world_size}): {parts}"
         )
+        if row is not None:
+            print(f"  memory sized at rows of {row.tokens:,} tokens ({_row_origin(recipe, row)})")
     for note in cost.notes:
         print(f"  note: {note}")
     for problem in env_problems:
         _print_problem("environment:", problem, indent="  ")
+
+
+def _row_origin(recipe: Any, row: LongestRow) -> str:
+    if row.source == "max_length":
+        return row.of
+    return f"longest in the data, of {row.of}; max_length {recipe.data.max_length:,}"
 
 
 def _print_problem(label: str, message: str, indent: str = "") -> None:

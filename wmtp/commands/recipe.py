@@ -57,6 +57,15 @@ def validate(
         bool, typer.Option("--env", help="Also check this machine: GPUs, bf16, flash-attn, torch.")
     ] = False,
     format: FormatOption = OutputFormat.text,
+    data: Annotated[
+        bool,
+        typer.Option(
+            "--data",
+            help="Size activation memory by the longest row of each recipe's training data "
+            "(read and tokenized as training does; padded batches are only as long as their "
+            "longest example) instead of data.max_length. Slower: reads the data, never cached.",
+        ),
+    ] = False,
 ) -> None:
     """Check recipes and print what they will cost; exit 0 when all are valid, 2 otherwise.
 
@@ -69,7 +78,7 @@ def validate(
     paths = recipes or _validate.default_recipes()
     if not paths:
         raise typer.BadParameter(f"no recipes given and none in {_validate.DEFAULT_RECIPES}/")
-    code = _validate.run(paths, overrides or (), world_size, env, str(format))
+    code = _validate.run(paths, overrides or (), world_size, env, str(format), data=data)
     if code:
         raise typer.Exit(code)
 

@@ -226,14 +226,14 @@ def ensure_humaneval(
 
     Concurrent callers (ranks of one job) wait on a lock while one of them builds.
     """
-    base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    out = base / f"v{VERSION}-heldout{heldout_fraction:g}"
-    if _is_built(out):
+    out = built_dir(cache_dir, heldout_fraction)
+    base = out.parent
+    if is_built(out):
         return out
     base.mkdir(parents=True, exist_ok=True)
     with open(base / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if _is_built(out):
+        if is_built(out):
             return out
         staging = base / f".building-{os.getpid()}"
         with contextlib.suppress(FileNotFoundError):
@@ -250,7 +250,16 @@ def ensure_humaneval(
     return out
 
 
-def _is_built(out: Path) -> bool:
+def built_dir(
+    cache_dir: str | Path | None = None, heldout_fraction: float = DEFAULT_HELDOUT_FRACTION
+) -> Path:
+    """Where the dataset of this builder version and split is (or will be) built."""
+    base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return base / f"v{VERSION}-heldout{heldout_fraction:g}"
+
+
+def is_built(out: Path) -> bool:
+    """Whether ``out`` holds a finished build of this builder version."""
     info = out / "build_info.json"
     if not info.is_file():
         return False

@@ -1,0 +1,149 @@
+"""The longest row a training micro-batch can have, from the recipe's data loaded as training does.
+
+``wmtp validate --data`` sizes activation memory with it (``wmtp.estimate.estimate(row_tokens=)``)
+instead of ``data.max_length``. Importing this module and calling :func:`longest_row` need no torch.
+
+- Packed data (``data.packing = true``): rows are always ``max_length`` tokens.
+- Padded examples (``TrainData.batches`` -> ``collate.pad_batch``): a micro-batch is as long as
+  its longest example, so the bound is the longest example an epoch can draw (correct solutions,
+  as every pipeline but the critic trains on; under difficulty sampling, those of a bin of
+  positive weight).
+- Critic pairs (``TrainData.pair_batches`` -> ``collate.pair_batch``): chosen and rejected are
+  padded to the longer of the two over the micro-batch's pairs, so the bound is the longest
+  solution that can be in a pair (a problem with a correct and an incorrect solution in its
+  length bin, as ``samplers.length_balanced_pairs`` pairs them).
+
+Examples are encoded with the recipe's tokenizer and template and truncated at ``max_length`` as
+training does (``TrainData.example_length``); padded lengths round up to ``PAD_MULTIPLE_OF`` and
+the result is capped at ``max_length``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from wmtp.data import samplers
+from wmtp.errors import DataError
+
+PAD_MULTIPLE_OF = 1
+"""Padded lengths round up to this multiple: training pads with collate's default (1)."""
+
+
+class RecipeDataError(DataError):
+    """A data problem traced to the recipe key that names the data (``data.path``,
+    ``tokenizer.path``, ...), so that the caller can locate it in the recipe."""
+
+    def __init__(self, key: str, message: str):
+        self.key, self.message = key, message
+        super().__init__(f"{key}: {message}")
+
+
+@dataclass(frozen=True)
+class LongestRow:
+    """The row length that sizes activation memory, and where it comes from."""
+
+    tokens: int
+    """Tokens of the longest row a micro-batch can have (rounded, at most ``max_length``)."""
+    source: Literal["data", "max_length"]
+    """``data``: the longest example in the data; ``max_length``: packed rows."""
+    of: str
+    """What it is the longest of, for people ("771 correct training rows")."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"row_tokens": self.tokens, "row_tokens_from": self.source}
+
+
+def longest_row(recipe: Any) -> LongestRow:
+    """The longest row of ``recipe``'s training micro-batches (see the module docstring).
+
+    Raises :class:`RecipeDataError` naming the recipe key of a tokenizer or dataset that cannot
+    be read, of a HumanEval dataset that is not built yet, or of data that leaves nothing to train.
+    """
+    spec = recipe.data
+    data = _train_data(spec, _tokenizer(recipe.tokenizer), recipe.experiment.seed)
+    if spec.packing:
+        return LongestRow(spec.max_length, "max_length", "packed rows of max_length")
+    critic = recipe.experiment.pipeline == "critic"
+    rows = pairable_rows(data) if critic else drawn_rows(data)
+    if len(rows) == 0:
+        report = "; ".join(data.report())
+        if critic:
+            raise RecipeDataError(
+                "data.pairs.length_bins",
+                f"no (correct, incorrect) pair of one problem in one length bin ({report})",
+            )
+        raise RecipeDataError(_dataset_key(spec), f"no correct training row to draw ({report})")
+    longest = data.example_length(int(rows[np.argmax(data.train.rows.n_tokens[rows])]))
+    padded = -(-longest // PAD_MULTIPLE_OF) * PAD_MULTIPLE_OF
+    of = f"{len(rows):,} " + ("solutions that can pair" if critic else "correct training rows")
+    return LongestRow(min(padded, spec.max_length), "data", of)
+
+
+def drawn_rows(data: Any) -> np.ndarray:
+    """Rows an epoch can draw for the pipelines that train on correct solutions
+    (``TrainData.epoch_order``): under difficulty sampling, those of a bin of positive weight."""
+    table = data.train.rows
+    rows = data.train_rows[table.is_correct[data.train_rows]]
+    sampler = data.sampler
+    if isinstance(sampler, samplers.DifficultySampler):
+        members, _ = samplers.difficulty_bins(rows, table.difficulty, sampler.bins)
+        drawn = [m for name, m in members.items() if sampler.weights.get(name, 0) > 0]
+        rows = np.concatenate([rows[:0], *drawn])
+    return rows
+
+
+def pairable_rows(data: Any) -> np.ndarray:
+    """Training rows that some epoch's critic pairs can hold: those whose problem has a correct
+    and an incorrect solution in their length bin (``samplers.length_balanced_pairs``)."""
+    assert data.pairs is not None, "the critic pipeline needs data.pairs"
+    table, rows = data.train.rows, data.train_rows
+    edges = list(data.pairs.length_bins)
+    bins = samplers.length_bin(table.n_tokens[rows], edges)
+    group = table.problem_of_row[rows].astype(np.int64) * (len(edges) + 1) + bins
+    correct = table.is_correct[rows]
+    both = np.intersect1d(group[correct], group[~correct])
+    return rows[np.isin(group, both)]
+
+
+def _tokenizer(spec: Any) -> Any:
+    """The tokenizer training builds from ``[tokenizer]`` (``wmtp.data.components``' builders
+    call the same function), without loading the registry's torch components."""
+    from wmtp.data.tokenizers import load_tokenizer
+
+    try:
+        return load_tokenizer(spec.kind, getattr(spec, "path", None))
+    except DataError as exc:
+        raise RecipeDataError("tokenizer.path", exc.render()) from None
+
+
+def _dataset_key(spec: Any) -> str:
+    return "data.path" if spec.kind == "jsonl" else "data.cache_dir"
+
+
+def _train_data(spec: Any, tokenizer: Any, seed: int) -> Any:
+    """``TrainData`` as training loads it (``load_train_data``); HumanEval only when built."""
+    from wmtp.train.data_source import load_train_data
+
+    if spec.kind == "humaneval":
+        _require_built_humaneval(spec)
+    try:
+        return load_train_data(spec, tokenizer, seed)
+    except DataError as exc:
+        raise RecipeDataError(_dataset_key(spec), exc.render()) from None
+
+
+def _require_built_humaneval(spec: Any) -> None:
+    """Refuse to build HumanEval here (minutes of sandboxed runs); training builds it."""
+    from wmtp.data import humaneval
+
+    built = humaneval.built_dir(spec.cache_dir, spec.split.heldout_fraction)
+    if not humaneval.is_built(built):
+        raise RecipeDataError(
+            "data.cache_dir",
+            f"the HumanEval dataset for data.split.heldout_fraction = "
+            f"{spec.split.heldout_fraction:g} is not built in {built} (the first `wmtp run` of "
+            f"this recipe builds it, a few minutes)",
+        )
