@@ -20,7 +20,8 @@ def reference_counts(model, prompt, completion, limit):
     """
     seq = prompt + completion
     with torch.no_grad():
-        preds_Sn = model(torch.tensor([seq]))[0].argmax(-1).tolist()
+        device = next(model.parameters()).device
+        preds_Sn = model(torch.tensor([seq], device=device))[0].argmax(-1).tolist()
     n = model.n_heads
     forwards = drafted = accepted = 0
     generated, p = 0, len(prompt) - 1
@@ -111,3 +112,28 @@ def test_partly_agreeing_heads_and_stops():
         total[0] += stats.accepted
         total[1] += stats.drafted
     assert 0 < total[0] < total[1]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("n_future_tokens", [2, 4])
+def test_cuda_graph_decoding_equals_eager_decoding(n_future_tokens):
+    """On a GPU: plain and speculative decoding from CUDA graphs give the eager tokens, and
+    speculative decoding stays exactly greedy."""
+    model = make_tiny_model(n_future_tokens, seed=n_future_tokens).cuda()
+    limit = 24
+    for graphs in (False, True):
+        greedy = generate(
+            model, PROMPTS, StopRule(letters), max_new_tokens=limit, cuda_graphs=graphs
+        )
+        if not graphs:
+            eager = [g.tokens for g in greedy]
+            continue
+        assert [g.tokens for g in greedy] == eager
+    for prompt, tokens in zip(PROMPTS, eager, strict=True):
+        out, stats = speculative_generate(
+            model, prompt, StopRule(letters), max_new_tokens=limit, cuda_graphs=True
+        )
+        assert out.tokens == tokens
+        assert (stats.forwards, stats.drafted, stats.accepted) == reference_counts(
+            model, prompt, out.tokens, limit
+        )

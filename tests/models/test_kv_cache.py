@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from wmtp.errors import RunError
-from wmtp.models.kv_cache import Decoder
+from wmtp.models.kv_cache import Decoder, StaticDecoder, make_decoder
 from wmtp.models.llama_mtp import LlamaMTP
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*flex_attention.*:UserWarning")
@@ -64,3 +64,66 @@ def test_a_decoder_keeping_head_1_runs_no_other_head(tiny_args):
     assert ran == [1, 1, 1]  # head 1's layer at each call, no other head's
     with pytest.raises(AssertionError, match="keeps"):
         decoder.step(tokens[:, :1], heads=[2])
+
+
+# --------------------------------------------------------------------------------------------
+# StaticDecoder: fixed-shape steps (CUDA graphs on a GPU); the same numbers as the eager decoder
+# --------------------------------------------------------------------------------------------
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+
+
+def _decode_pieces(decoder, tokens):
+    """Prefill 6, a 3-token chunk, single steps, a rewind and a replayed chunk."""
+    pieces = [decoder.prefill(tokens[:, :6]), decoder.step(tokens[:, 6:9])]
+    pieces += [decoder.step(tokens[:, t : t + 1]) for t in range(9, 12)]
+    decoder.rewind(10)
+    pieces.append(decoder.step(tokens[:, 10:14]))  # positions 10-13 again, past the old ones
+    return torch.cat(pieces[:-1], dim=1)[:, :10], pieces[-1]
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_static_steps_equal_full_forward(tiny_args, attention):
+    model = LlamaMTP(tiny_args, attention=attention).eval()
+    tokens = torch.randint(0, tiny_args.vocab_size, (2, 14))
+    with torch.no_grad():
+        full = model(tokens)
+    decoder = StaticDecoder(model, batch_size=2, max_len=16, cuda_graphs=False)
+    head, replayed = _decode_pieces(decoder, tokens)
+    torch.testing.assert_close(head, full[:, :10], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(replayed, full[:, 10:14], atol=1e-5, rtol=1e-5)
+    assert decoder.length == 14
+
+
+def test_static_decoder_keeps_heads_and_checks_room(tiny_args):
+    model = LlamaMTP(tiny_args, attention="sdpa").eval()
+    tokens = torch.randint(0, tiny_args.vocab_size, (1, 6))
+    with torch.no_grad():
+        full = model(tokens)[:, :, :1]
+    decoder = StaticDecoder(model, batch_size=1, max_len=6, kept_heads=[1], cuda_graphs=False)
+    pieces = [decoder.prefill(tokens[:, :4])] + [decoder.step(tokens[:, t : t + 1]) for t in (4, 5)]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+    with pytest.raises(RunError, match="exceeds the cache length 6"):
+        decoder.step(tokens[:, :1])
+
+
+def test_make_decoder_is_eager_on_cpu(tiny_args):
+    model = LlamaMTP(tiny_args, attention="sdpa").eval()
+    assert type(make_decoder(model, 1, 8)) is Decoder
+    assert type(make_decoder(model, 1, 8, cuda_graphs=True)) is Decoder  # no GPU, no graphs
+
+
+@CUDA
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_graph_steps_equal_eager_steps(tiny_args, dtype):
+    torch.manual_seed(0)
+    model = LlamaMTP(tiny_args, attention="sdpa").to("cuda", dtype).eval()
+    tokens = torch.randint(0, tiny_args.vocab_size, (2, 14), device="cuda")
+    with torch.no_grad():
+        eager = _decode_pieces(Decoder(model, batch_size=2, max_len=16), tokens)
+        graphed_decoder = StaticDecoder(model, batch_size=2, max_len=16)
+        graphed = _decode_pieces(graphed_decoder, tokens)
+    assert graphed_decoder._captured, "no step was captured"
+    tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
+    for a, b in zip(graphed, eager, strict=True):
+        torch.testing.assert_close(a, b, **tol)

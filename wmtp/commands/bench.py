@@ -138,6 +138,12 @@ def decode(
     ] = False,
     prompts: Annotated[int, typer.Option(help="Prompts to average over.")] = 5,
     new_tokens: Annotated[int, typer.Option(help="Tokens decoded per prompt.")] = 256,
+    eager: Annotated[
+        bool, typer.Option(help="No CUDA graphs: every decoding step launches its kernels.")
+    ] = False,
+    also_eager: Annotated[
+        bool, typer.Option(help="On a GPU, also time eager steps beside the CUDA graphs.")
+    ] = False,
     out: Annotated[Path, typer.Option("--out", help="JSON file for the figures.")] = Path(
         "bench/results/decode.json"
     ),
@@ -153,6 +159,7 @@ def decode(
         argv += ["--n-future-tokens", str(n_future_tokens)]
     if agreeing_heads:
         argv.append("--agreeing-heads")
+    argv += ["--eager"] * eager + ["--also-eager"] * also_eager
     speed.main(argv)
 
 

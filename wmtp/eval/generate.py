@@ -140,11 +140,13 @@ def generate(
     generator: torch.Generator | None = None,
     max_length: int | None = None,
     batch_size: int = 16,
+    cuda_graphs: bool | None = None,
 ) -> list[Completion]:
     """Continue every prompt (token ids, BOS included) with head 1; one ``Completion`` each.
 
     ``max_new_tokens`` is one limit for all rows or one per row; a row also stops at
-    ``max_length`` tokens in all (default: the model's ``max_seq_len``).
+    ``max_length`` tokens in all (default: the model's ``max_seq_len``). ``cuda_graphs``: replay
+    each decoding step from a CUDA graph (default: on a GPU; see ``StaticDecoder``).
     """
     assert all(prompts), "every prompt needs at least one token (BOS)"
     limits = _limits(prompts, max_new_tokens, max_length or model.args.max_seq_len)
@@ -158,6 +160,7 @@ def generate(
             stop_rule,
             sampling,
             generator,
+            cuda_graphs,
         )
         for i, out in zip(rows, outs, strict=True):
             results[i] = out
@@ -184,9 +187,10 @@ def _generate_batch(
     stop_rule: StopRule,
     sampling: Sampling,
     generator: torch.Generator | None,
+    cuda_graphs: bool | None,
 ) -> list[Completion]:
     """Decode rows of one prompt length in lockstep until every row has finished."""
-    from wmtp.models.kv_cache import Decoder
+    from wmtp.models.kv_cache import make_decoder
 
     device = next(model.parameters()).device
     done: list[Completion | None] = [
@@ -194,7 +198,8 @@ def _generate_batch(
     ]
     if all(d is not None for d in done):
         return done  # type: ignore[return-value]
-    decoder = Decoder(model, len(prompts), max_len=len(prompts[0]) + max(limits), kept_heads=[1])
+    max_len = len(prompts[0]) + max(limits)
+    decoder = make_decoder(model, len(prompts), max_len, kept_heads=[1], cuda_graphs=cuda_graphs)
     logits_BV = decoder.prefill(torch.tensor(prompts, device=device), heads=[1])[:, -1, 0]
     generated: list[list[int]] = [[] for _ in prompts]
     while True:

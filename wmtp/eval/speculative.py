@@ -71,8 +71,10 @@ def speculative_generate(
     *,
     max_new_tokens: int,
     max_length: int | None = None,
+    cuda_graphs: bool | None = None,
 ) -> tuple[Completion, SpeculativeStats]:
-    """Greedy continuation of ``prompt`` drafted by heads 2..n and verified by head 1."""
+    """Greedy continuation of ``prompt`` drafted by heads 2..n and verified by head 1
+    (``cuda_graphs``: replay the verify steps from CUDA graphs; default on a GPU)."""
     assert prompt, "the prompt needs at least one token (BOS)"
     n = model.n_heads
     max_length = max_length or model.args.max_seq_len
@@ -81,10 +83,10 @@ def speculative_generate(
     started = time.perf_counter()
     if limit == 0:
         return Completion([], "", "length"), stats
-    from wmtp.models.kv_cache import Decoder
+    from wmtp.models.kv_cache import make_decoder
 
     device = next(model.parameters()).device
-    decoder = Decoder(model, 1, max_len=len(prompt) + limit)
+    decoder = make_decoder(model, 1, len(prompt) + limit, cuda_graphs=cuda_graphs)
     logits_SnV = decoder.prefill(torch.tensor([prompt], device=device))[0]
     draft = logits_SnV[-1].argmax(dim=-1).tolist()  # head k's guess of token k: [next, guesses]
     stats.first_token_s = time.perf_counter() - started

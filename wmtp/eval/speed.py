@@ -2,7 +2,9 @@
 
 Batch size 1 (one request's latency, the MTP paper's setting), on the same prompts, through the
 functions ``wmtp eval`` uses (``generate`` and ``speculative_generate`` over the model's KV
-cache). Either a flavour with random weights or a trained checkpoint::
+cache; on a GPU each decoding step is replayed from a CUDA graph, ``--eager`` launches every kernel
+instead and ``--also-eager`` times both). Either a flavour with random weights or a trained
+checkpoint::
 
     python -m wmtp.eval.speed --flavour llama2-7b-mtp --out speed.json
     python -m wmtp.eval.speed --checkpoint runs/baseline/latest --out speed.json
@@ -38,38 +40,47 @@ def never_stop() -> StopRule:
     return StopRule(lambda ids: "", stop=(), eos_id=None)
 
 
-def time_plain(model, prompt: list[int], new_tokens: int) -> dict:
+def time_plain(model, prompt: list[int], new_tokens: int, cuda_graphs: bool | None = None) -> dict:
     """Greedy decoding of one prompt: seconds to the first token, tokens/s over the rest."""
     device = next(model.parameters()).device
     _sync(device)
     start = time.perf_counter()
-    generate(model, [prompt], never_stop(), max_new_tokens=1)
+    generate(model, [prompt], never_stop(), max_new_tokens=1, cuda_graphs=cuda_graphs)
     _sync(device)
     first = time.perf_counter() - start
     start = time.perf_counter()
-    (out,) = generate(model, [prompt], never_stop(), max_new_tokens=new_tokens)
+    (out,) = generate(
+        model, [prompt], never_stop(), max_new_tokens=new_tokens, cuda_graphs=cuda_graphs
+    )
     _sync(device)
     seconds = time.perf_counter() - start
     return {"ttft_s": first, "seconds": seconds, "tokens": out.tokens}
 
 
-def time_speculative(model, prompt: list[int], new_tokens: int) -> tuple[dict, SpeculativeStats]:
+def time_speculative(
+    model, prompt: list[int], new_tokens: int, cuda_graphs: bool | None = None
+) -> tuple[dict, SpeculativeStats]:
     device = next(model.parameters()).device
     _sync(device)
     start = time.perf_counter()
-    out, stats = speculative_generate(model, prompt, never_stop(), max_new_tokens=new_tokens)
+    out, stats = speculative_generate(
+        model, prompt, never_stop(), max_new_tokens=new_tokens, cuda_graphs=cuda_graphs
+    )
     _sync(device)
     return {"seconds": time.perf_counter() - start, "tokens": out.tokens}, stats
 
 
-def benchmark(model, prompts: list[list[int]], new_tokens: int) -> dict:
-    """Plain and speculative figures over ``prompts`` (after one warm-up of each)."""
-    time_plain(model, prompts[0], min(8, new_tokens))
-    time_speculative(model, prompts[0], min(8, new_tokens))
+def benchmark(
+    model, prompts: list[list[int]], new_tokens: int, cuda_graphs: bool | None = None
+) -> dict:
+    """Plain and speculative figures over ``prompts`` (after one warm-up of each); decoding
+    steps replayed from CUDA graphs on a GPU unless ``cuda_graphs=False``."""
+    time_plain(model, prompts[0], min(8, new_tokens), cuda_graphs)
+    time_speculative(model, prompts[0], min(8, new_tokens), cuda_graphs)
     plain_runs, spec_runs, totals, identical = [], [], SpeculativeStats(), 0
     for prompt in prompts:
-        plain = time_plain(model, prompt, new_tokens)
-        spec, stats = time_speculative(model, prompt, new_tokens)
+        plain = time_plain(model, prompt, new_tokens, cuda_graphs)
+        spec, stats = time_speculative(model, prompt, new_tokens, cuda_graphs)
         identical += plain["tokens"] == spec["tokens"]
         plain_runs.append(plain)
         spec_runs.append({**spec, "ttft_s": stats.first_token_s})
@@ -166,11 +177,15 @@ def run(args: argparse.Namespace) -> dict:
         "batch_size": 1,
         "torch": torch.__version__,
     }
+    graphs = device == "cuda" and not args.eager
+    result["steps"] = "cuda_graphs" if graphs else "eager"
     with torch.inference_mode():
-        result["as_loaded"] = benchmark(model, prompts, args.new_tokens)
+        result["as_loaded"] = benchmark(model, prompts, args.new_tokens, graphs)
+        if graphs and args.also_eager:
+            result["as_loaded_eager"] = benchmark(model, prompts, args.new_tokens, False)
         if args.agreeing_heads:
             rig_agreeing_heads(model)
-            result["agreeing_heads"] = benchmark(model, prompts, args.new_tokens)
+            result["agreeing_heads"] = benchmark(model, prompts, args.new_tokens, graphs)
     return result
 
 
@@ -189,6 +204,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompt-len", type=int, default=256, help="random prompt length")
     parser.add_argument("--new-tokens", type=int, default=256, help="tokens decoded per prompt")
     parser.add_argument("--agreeing-heads", action="store_true", help="also the rigged upper bound")
+    parser.add_argument("--eager", action="store_true", help="no CUDA graphs: launch every kernel")
+    parser.add_argument(
+        "--also-eager",
+        action="store_true",
+        help="on a GPU, also time eager steps beside the graphs",
+    )
     parser.add_argument("--out", type=Path, required=True, help="JSON file for the figures")
     return parser.parse_args(argv)
 
