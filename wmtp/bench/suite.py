@@ -19,7 +19,7 @@ import torch
 from wmtp.bench.hf_peer import bench_hf
 from wmtp.bench.step import StepConfig, StepResult, bench_step
 from wmtp.bench.timing import static_compile_shapes
-from wmtp.models.args import flavour
+from wmtp.models.args import flavour, training_flops_per_token
 
 
 def _print(result) -> None:
@@ -29,6 +29,13 @@ def _print(result) -> None:
         f"peak {result.peak_memory_gib:6.2f} GiB  step {result.step.median_ms:8.2f} ms",
         flush=True,
     )
+
+
+def _flop_ratio(args, vocab: int, seq_len: int) -> float:
+    """Training FLOPs per token of four heads over one, same total layers, at ``vocab``."""
+    one = replace(args, vocab_size=vocab)
+    four = replace(one, n_future_tokens=4)
+    return training_flops_per_token(four, seq_len) / training_flops_per_token(one, seq_len)
 
 
 def run_suite(out_dir: Path, *, base: str = "llama-1b-bench", seq_len: int = 2048) -> dict:
@@ -49,6 +56,17 @@ def run_suite(out_dir: Path, *, base: str = "llama-1b-bench", seq_len: int = 204
         torch.cuda.empty_cache()
         return result
 
+    out_of_memory: list[str] = []
+
+    def step_if_it_fits(label: str, step_args, cfg: StepConfig) -> StepResult | None:
+        try:
+            return step(label, step_args, cfg)
+        except torch.OutOfMemoryError:
+            print(f"{label:<34} out of memory", flush=True)
+            out_of_memory.append(label)
+            torch.cuda.empty_cache()
+            return None
+
     ntp = {b: step(f"wmtp ntp b{b}", args, StepConfig(batch=b, seq_len=seq_len)) for b in (2, 4, 8)}
     best_batch = max(ntp, key=lambda b: ntp[b].tokens_per_s)
     cfg = StepConfig(batch=best_batch, seq_len=seq_len)
@@ -59,8 +77,12 @@ def run_suite(out_dir: Path, *, base: str = "llama-1b-bench", seq_len: int = 204
             if vocab == 32000
             else step(f"wmtp ntp v{vocab}", replace(args, vocab_size=vocab), cfg)
         )
-        four = step(f"wmtp mtp4 v{vocab}", replace(args, vocab_size=vocab, n_future_tokens=4), cfg)
-        mtp[vocab] = (one, four)
+        args4 = replace(args, vocab_size=vocab, n_future_tokens=4)
+        four = step(f"wmtp mtp4 v{vocab}", args4, cfg)
+        # mtp_loss = "joint": one backward through every head, nothing recomputed (more memory)
+        # (the whole [tokens, vocab] logits of every head: at 128k vocab it may not fit)
+        joint = step_if_it_fits(f"wmtp mtp4 joint v{vocab}", args4, replace(cfg, strategy="plain"))
+        mtp[vocab] = (one, four, joint)
     policy4 = replace(args, n_future_tokens=4)
     verifiable = step("wmtp verifiable (mtp4 + critic)", policy4, replace(cfg, critic=args))
     hf_compile = peers[0]
@@ -76,18 +98,31 @@ def run_suite(out_dir: Path, *, base: str = "llama-1b-bench", seq_len: int = 204
         "mfu_ntp": best.mfu,
         "ntp_best_micro_batch": best_batch,
         "mtp4_step_time_ratio_vs_ntp": {
-            str(v): four.step.median_ms / one.step.median_ms for v, (one, four) in mtp.items()
+            str(v): four.step.median_ms / one.step.median_ms for v, (one, four, _) in mtp.items()
         },
         "mtp4_peak_memory_ratio_vs_ntp": {
-            str(v): four.peak_memory_gib / one.peak_memory_gib for v, (one, four) in mtp.items()
+            str(v): four.peak_memory_gib / one.peak_memory_gib for v, (one, four, _) in mtp.items()
         },
+        "mtp4_joint_step_time_ratio_vs_ntp": {
+            str(v): joint.step.median_ms / one.step.median_ms
+            for v, (one, _, joint) in mtp.items()
+            if joint is not None
+        },
+        "mtp4_joint_peak_memory_ratio_vs_ntp": {
+            str(v): joint.peak_memory_gib / one.peak_memory_gib
+            for v, (one, _, joint) in mtp.items()
+            if joint is not None
+        },
+        "out_of_memory": out_of_memory,
+        "mtp4_flop_ratio_vs_ntp": {str(v): _flop_ratio(args, v, seq_len) for v in mtp},
         "verifiable_step_time_ratio_vs_baseline": (
             verifiable.step.median_ms / mtp[32000][1].step.median_ms
         ),
         "peers": [p.to_dict() for p in peers],
         "wmtp": [
             r.to_dict()
-            for r in (*ntp.values(), *[x for pair in mtp.values() for x in pair], verifiable)
+            for r in (*ntp.values(), *[x for runs in mtp.values() for x in runs], verifiable)
+            if r is not None
         ],
     }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -124,6 +159,11 @@ def markdown(result: dict) -> str:
         f"- wmtp ntp MFU: {result['mfu_ntp']:.1%}",
         f"- mtp4 / ntp step time: {result['mtp4_step_time_ratio_vs_ntp']}",
         f"- mtp4 / ntp peak memory: {result['mtp4_peak_memory_ratio_vs_ntp']}",
+        f"- mtp4 (joint) / ntp step time: {result['mtp4_joint_step_time_ratio_vs_ntp']}",
+        f"- mtp4 (joint) / ntp peak memory: {result['mtp4_joint_peak_memory_ratio_vs_ntp']}",
+        f"- mtp4 / ntp model FLOPs per token (the floor of the step-time ratio): "
+        f"{result['mtp4_flop_ratio_vs_ntp']}",
         f"- verifiable / baseline step time: {result['verifiable_step_time_ratio_vs_baseline']:.2f}x",
+        f"- out of memory (not measured): {', '.join(result['out_of_memory']) or 'none'}",
     ]
     return "\n".join(lines) + "\n"
