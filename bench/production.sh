@@ -14,6 +14,11 @@
 #   resume      baseline's step-50 checkpoint resumed on 2 GPUs (same global batch), steps 51-60
 #   scale2      critic and verifiable, 10 steps on 2 GPUs (same global batch): 2 -> 4 scaling
 #   gpu2x       recipes/gpu_2x.toml on 1 and 2 GPUs (issue 9), padded and packed+compiled
+#   gpu2x_scaling  issue 9 again, packed+compiled: the recipe unchanged on 1 and 2 GPUs (same
+#               per-GPU batch), 1 GPU with 2 accumulation steps (same global batch), and
+#               2 GPUs under shard_grad_op and with bf16 gradient reduction
+#   gpu2x_fast  issue 9 with recipes/gpu_2x_fast.toml as committed (40 steps): 1 GPU, 2 GPUs, and
+#               both again (two measurements of the speed-up)
 #   decode_model  issue 7's model: gpu_2x.toml (4 heads, 1.1B) packed + compiled, 150 steps, GPUs 0-1
 #   lanes       decode_model on GPUs 0-1 beside scale2 on GPUs 2-3
 #   decode      issue 7: plain vs self-speculative decoding of decode_model (or gpu2x's model)
@@ -131,6 +136,40 @@ stage_gpu2x() {  # issue 9: the same global batch on 1 GPU (2 accumulation steps
     step "$label" 180 "${TWO[@]}" python3 -m wmtp.cli run recipes/gpu_2x.toml "${sets[@]}" \
       --nproc-per-node 2 --set training.grad_accum_steps=1 --set "$(runs "$label")"
     [ "$variant" = packed_compiled ] || drop_checkpoints "$label"  # the decode stage's model
+  done
+}
+stage_gpu2x_scaling() {  # issue 9: which sharding and reference the 1.9x is measured against
+  local base=(recipes/gpu_2x.toml --set training.max_steps=30 --set data.packing=true
+              --set parallel.compile=true)
+  local label
+  for label in gpu2x_1gpu gpu2x_1gpu_accum2; do
+    local accum=1
+    [ "$label" = gpu2x_1gpu_accum2 ] && accum=2
+    step "$label" 150 "${ONE[@]}" python3 -m wmtp.cli run "${base[@]}" \
+      --set training.grad_accum_steps=$accum --set "$(runs "$label")"
+    drop_checkpoints "$label"
+  done
+  local variant
+  for variant in full_shard shard_grad_op shard_grad_op:bfloat16; do
+    label=gpu2x_2gpu_${variant/:/_}
+    step "$label" 150 "${TWO[@]}" python3 -m wmtp.cli run "${base[@]}" --nproc-per-node 2 \
+      --set "parallel.sharding='${variant%%:*}'" \
+      --set "parallel.reduce_dtype='$([ "${variant#*:}" = bfloat16 ] && echo bfloat16 || echo float32)'" \
+      --set "$(runs "$label")"
+    drop_checkpoints "$label"
+  done
+}
+stage_gpu2x_fast() {  # issue 9: the committed throughput recipe, 1 and 2 GPUs, twice
+  local round gpus label
+  for round in a b; do
+    for gpus in 1 2; do
+      label=gpu2x_fast_${gpus}_$round
+      local launch=("${ONE[@]}") extra=()
+      [ "$gpus" = 2 ] && launch=("${TWO[@]}") extra=(--nproc-per-node 2)
+      step "$label" 150 "${launch[@]}" python3 -m wmtp.cli run recipes/gpu_2x_fast.toml "${extra[@]}" \
+        --set training.max_steps=40 --set "$(runs "$label")"
+      drop_checkpoints "$label"
+    done
   done
 }
 stage_decode_model() {  # issue 7's model: gpu_2x.toml packed + compiled, 150 steps on GPUs 0-1

@@ -30,6 +30,12 @@ RUNS = {  # label: (recipe, GPUs, first step of the segment)
     "gpu2x_padded_2": ("gpu_2x", 2, 1),
     "gpu2x_packed_compiled_1": ("gpu_2x", 1, 1),
     "gpu2x_packed_compiled_2": ("gpu_2x", 2, 1),
+    "gpu2x_1gpu": ("gpu_2x", 1, 1),
+    "gpu2x_1gpu_accum2": ("gpu_2x", 1, 1),
+    "gpu2x_2gpu_full_shard": ("gpu_2x", 2, 1),
+    "gpu2x_2gpu_shard_grad_op": ("gpu_2x", 2, 1),
+    "gpu2x_2gpu_shard_grad_op_bfloat16": ("gpu_2x", 2, 1),
+    **{f"gpu2x_fast_{g}_{r}": ("gpu_2x_fast", g, 1) for r in "ab" for g in (1, 2)},
 }
 
 
@@ -118,6 +124,13 @@ def summarise(work: Path, out: Path, checkpoint_step: int) -> dict:
         ("baseline", "resume"),
         ("gpu2x_padded_2", "gpu2x_padded_1"),
         ("gpu2x_packed_compiled_2", "gpu2x_packed_compiled_1"),
+        *(
+            (f"gpu2x_2gpu_{variant}", f"gpu2x_1gpu{reference}")
+            for variant in ("full_shard", "shard_grad_op", "shard_grad_op_bfloat16")
+            for reference in ("", "_accum2")
+        ),
+        ("gpu2x_fast_2_a", "gpu2x_fast_1_a"),
+        ("gpu2x_fast_2_b", "gpu2x_fast_1_b"),
     ):
         a, b = runs.get(four, {}), runs.get(two, {})
         if a.get("tokens_per_s") and b.get("tokens_per_s"):
