@@ -31,6 +31,15 @@ def _print(result) -> None:
     )
 
 
+def _once(*results: StepResult | None) -> list[StepResult]:
+    """Each measured run once, in order (ntp at the best micro-batch is also mtp's baseline)."""
+    kept: list[StepResult] = []
+    for r in results:
+        if r is not None and all(r is not k for k in kept):
+            kept.append(r)
+    return kept
+
+
 def _flop_ratio(args, vocab: int, seq_len: int) -> float:
     """Training FLOPs per token of four heads over one, same total layers, at ``vocab``."""
     one = replace(args, vocab_size=vocab)
@@ -121,8 +130,7 @@ def run_suite(out_dir: Path, *, base: str = "llama-1b-bench", seq_len: int = 204
         "peers": [p.to_dict() for p in peers],
         "wmtp": [
             r.to_dict()
-            for r in (*ntp.values(), *[x for runs in mtp.values() for x in runs], verifiable)
-            if r is not None
+            for r in _once(*ntp.values(), *[x for runs in mtp.values() for x in runs], verifiable)
         ],
     }
     out_dir.mkdir(parents=True, exist_ok=True)
