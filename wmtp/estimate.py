@@ -33,11 +33,17 @@ Memory per GPU of the trained model, in bytes (S = world_size for full_shard / s
                   L_saved = trunk layers + 1 head with mtp_loss = per_head (heads run one at a
                   time), all layers with chunked / joint.
     logits      = T * V * (b + 4)            per_head: one head's logits plus their fp32 upcast;
-                                             chunked / joint: ~0 (one logits block at a time)
+                                             chunked: ~0 (one logits block at a time);
+                  + 4 * n * T * V            joint: the whole logits of every head, their fp32
+                                             log-probabilities kept for the one backward (an
+                                             upper bound: only target tokens are scored, and
+                                             masked prompts are not targets)
     frozen models (critic, reference) = b * P / S each, no gradients or optimizer state.
 
 These are estimates for planning: allocator fragmentation, CUDA context (~0.5-1 GiB),
-communication buffers and temporary tensors come on top.
+communication buffers and temporary tensors come on top. ``parallel.compile`` saves fewer
+activations than counted (inductor recomputes pointwise results in the backward): a compiled,
+packed ``recipes/gpu_2x_fast.toml`` peaked at 43.9 GiB on 2 H200s against 65.7 estimated here.
 """
 
 from __future__ import annotations
@@ -164,6 +170,7 @@ def estimate(recipe: Any, world_size: int = 1, *, row_tokens: int | None = None)
     if trained_count is not None and trained_count.args is not None:
         frozen = [m for m in models if m.role != trained and m.role in used]
         memory = _memory(recipe, trained_count, frozen, world_size, rows_per_micro, row_length)
+        notes += _memory_notes(recipe, trained_count)
     return Estimate(world_size, effective, tokens, models, memory, notes)
 
 
@@ -260,15 +267,35 @@ def _memory(
         gathered = 0.0
     tokens = rows * row_length
     activations = b * tokens * _activation_elements(recipe, spec, args, row_length)
-    logits = (
-        0.0
-        if recipe.training.mtp_loss != "per_head" or spec.kind == "value_model"
-        else tokens * args.vocab_size * (b + 4)
-    )
+    logits = _logits_bytes(recipe.training.mtp_loss, spec.kind, tokens, args, b)
     frozen_models = sum(
         DTYPE_BYTES[getattr(recipe.model, m.role).dtype] * m.total / shards for m in frozen
     )
     return Memory(states, frozen_weights, gathered, activations, logits, frozen_models)
+
+
+def _memory_notes(recipe: Any, trained: ModelCount) -> list[str]:
+    """Where the memory estimate is known to be a bound rather than a figure."""
+    notes = []
+    if recipe.training.mtp_loss == "joint" and getattr(recipe.model, trained.role).kind != (
+        "value_model"
+    ):
+        notes.append("mtp_loss = joint: logits counted as if every token were a target (a bound)")
+    if recipe.parallel.compile:
+        notes.append("parallel.compile saves fewer activations than counted (a bound)")
+    return notes
+
+
+def _logits_bytes(mtp_loss: str, kind: str, tokens: int, args: ModelArgs, b: int) -> float:
+    """Logits alive at the peak (see the module docstring); a value model has none."""
+    if kind == "value_model" or mtp_loss == "chunked":
+        return 0.0
+    one_head = tokens * args.vocab_size * (b + 4)  # the logits and their fp32 upcast
+    if mtp_loss == "per_head":
+        return one_head
+    # joint: every head's fp32 log-probabilities wait for the one backward, while the last head
+    # also holds its transients. Every token counted as a target: an upper bound.
+    return args.n_future_tokens * tokens * args.vocab_size * 4 + one_head
 
 
 def _activation_elements(recipe: Any, spec: Any, args: ModelArgs, row_length: int) -> float:

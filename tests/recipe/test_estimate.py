@@ -117,3 +117,18 @@ def test_sizes_from_a_checkpoint_are_not_guessed(write):
     cost = estimate(recipe)
     assert cost.memory is None and cost.models[0].args is None
     assert any("checkpoint" in note for note in cost.notes)
+
+
+def test_joint_mtp_loss_counts_every_heads_logits(write):
+    """``joint`` keeps each head's fp32 log-probabilities for its one backward (by hand)."""
+    base = ["training.micro_batch_size=2", "parallel.sharding=no_shard"]
+    per_head = load_recipe(write("r.toml", MINIMAL), base).recipe
+    joint = load_recipe(write("j.toml", MINIMAL), [*base, "training.mtp_loss=joint"]).recipe
+    chunked = load_recipe(write("c.toml", MINIMAL), [*base, "training.mtp_loss=chunked"]).recipe
+    (policy,) = estimate(joint).models
+    n, tokens, vocab = policy.args.n_future_tokens, 2 * 256, 259
+    assert estimate(chunked).memory.logits == 0
+    assert estimate(per_head).memory.logits == tokens * vocab * (4 + 4)
+    assert estimate(joint).memory.logits == n * tokens * vocab * 4 + tokens * vocab * (4 + 4)
+    assert any("joint" in note for note in estimate(joint).notes)
+    assert not any("joint" in note for note in estimate(per_head).notes)
