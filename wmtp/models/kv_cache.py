@@ -7,7 +7,8 @@ are the last positions of the cached keys, so every backend's bottom-right causa
 applies (sdpa: no mask for one token; a small mask only for multi-token chunks).
 
 The rows of a batch share one position (replicated prompts, as for pass@k sampling); prompts of
-different lengths are decoded in separate batches.
+different lengths are decoded in separate batches. On a GPU, ``make_decoder`` returns a
+``StaticDecoder``, whose steps replay CUDA graphs.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ def planless_attention(device: torch.device) -> contextlib.AbstractContextManage
 
     cuDNN attention builds an execution plan for every new pair of query/key lengths. Training
     meets a few shapes, decoding a new one at every token and every prompt: on the H100 eager
-    decoding of a 0.9B model ran at 15 tokens/s with cuDNN re-planning each step, against ~70
-    with the plans already cached (bench/results/h100_decode.md). The other kernels need no plan.
+    decoding of a 0.9B model ran at 15 tokens/s with cuDNN re-planning each step, and at 79
+    without cuDNN (bench/results/h100_decode.md). The other kernels need no plan.
     """
     if device.type != "cuda":
         return contextlib.nullcontext()
@@ -190,8 +191,8 @@ class _Captured:
 class StaticDecoder(Decoder):
     """A ``Decoder`` whose steps have fixed shapes, replayed from CUDA graphs on a GPU.
 
-    Batch-1 decoding is launch-bound: a step of a 7B model is ~400 small kernels, each costing
-    the host more than the GPU. Here a step of ``S`` tokens attends over the whole cache with a
+    Batch-1 decoding is launch-bound: a plain step of a 0.9B model is ~690 small kernels, 1.75 ms
+    of GPU time but 12.6 ms of host time on the H100 (bench/results/h100_decode.md). Here a step of ``S`` tokens attends over the whole cache with a
     mask of the filled positions and writes its keys at positions held in a device tensor, so its
     shapes never change: each ``(S, heads)`` is captured once as a CUDA graph and every later step
     is one replay. ``prefill`` stays eager (its length changes once per prompt); ``rewind`` works
