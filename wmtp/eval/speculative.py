@@ -97,8 +97,9 @@ def speculative_generate(
             break
         guesses = draft[1 : 1 + min(n - 1, limit - len(generated))]
         fed_1T = torch.tensor([[draft[0], *guesses]], device=device)
-        choices_Tn = decoder.step(fed_1T)[0].argmax(dim=-1)  # every head after each fed token
-        verified = choices_Tn[:, 0].tolist()  # head 1: the true greedy token after each
+        # every head's choice after each fed token, read back once: [T][n]
+        choices = decoder.step(fed_1T)[0].argmax(dim=-1).tolist()
+        verified = [c[0] for c in choices]  # head 1: the true greedy token after each
         accepted = 0
         while accepted < len(guesses) and verified[accepted] == guesses[accepted]:
             accepted += 1
@@ -111,7 +112,7 @@ def speculative_generate(
         if done is not None:
             break
         decoder.rewind(len(prompt) + len(generated))  # drop the rejected guesses' keys
-        draft = choices_Tn[accepted].tolist()  # head 1's next token, heads 2..n's new guesses
+        draft = choices[accepted]  # head 1's next token, heads 2..n's new guesses
     stats.generated = len(generated)
     stats.seconds = time.perf_counter() - started
     return done, stats
