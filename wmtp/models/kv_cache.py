@@ -208,7 +208,10 @@ class StaticDecoder(Decoder):
         self._start = torch.zeros((), dtype=torch.long, device=device)
         self._keys_L = torch.arange(max_len, device=device)
         self._captured: dict[tuple[int, tuple[int, ...]], _Captured] = {}
-        self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
+        self._pool = None
+        if self.cuda_graphs:
+            with torch.cuda.device(device):
+                self._pool = torch.cuda.graph_pool_handle()
 
     @torch.no_grad()
     def step(self, tokens_BS: torch.Tensor, heads: list[int] | None = None) -> torch.Tensor:
@@ -242,15 +245,16 @@ class StaticDecoder(Decoder):
         """Warm up on a side stream (as capture requires), then record one step. The warm-up
         writes keys only at the positions this step is about to overwrite."""
         static_tokens_BS = tokens_BS.clone()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self._static_step(static_tokens_BS, heads)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            logits_BSnV = self._static_step(static_tokens_BS, heads)
+        with torch.cuda.device(static_tokens_BS.device):  # the model's GPU, not the current one
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self._static_step(static_tokens_BS, heads)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                logits_BSnV = self._static_step(static_tokens_BS, heads)
         return _Captured(graph, static_tokens_BS, logits_BSnV)
 
 
