@@ -38,7 +38,7 @@ stage_suite() {
   step suite 420 python3 -m wmtp.cli bench suite --out "$OUT"
 }
 stage_attention() {
-  step attention 300 python3 -m wmtp.cli bench attention --out "$OUT"
+  step attention 480 python3 -m wmtp.cli bench attention --out "$OUT"
 }
 
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$LOG_DIR/gpus.txt" 2>&1

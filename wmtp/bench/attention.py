@@ -1,15 +1,19 @@
 """``wmtp bench attention``: every attention backend over training shapes, on the current GPU.
 
-For each shape and backend: forward and forward+backward time (median of CUDA-event timings),
+For each shape and backend: forward and forward+backward time (CUDA-event timings: the median of
+each round's median, the backends timed in turn round after round so that clock drift hits all),
 TFLOP/s (causal attention FLOPs: 4·B·H·S²·D/2 forward, 2.5× that backward), peak memory, and the
 error against ``eager`` in fp32 on the same inputs. SDPA is measured as PyTorch chooses and with
 each kernel forced (flash, cuDNN, memory-efficient). FlexAttention also gets a sweep of its kernel
-options (block sizes, warps, stages), the way flash-attention kernels are tuned.
+options (block sizes, warps, stages), the way flash-attention kernels are tuned. ``auto`` is
+measured as a backend of its own (what a recipe with ``attention = "auto"`` runs here) and
+compared with the fastest other backend of each shape (``auto_vs_fastest``).
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,7 +21,13 @@ from pathlib import Path
 import torch
 
 from wmtp.bench.timing import peak_memory_gib, static_compile_shapes, time_call
-from wmtp.models.attention import SeqInfo, backend_unavailable, eager_attend, get_attend
+from wmtp.models.attention import (
+    SeqInfo,
+    backend_unavailable,
+    eager_attend,
+    get_attend,
+    resolve_backend,
+)
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,7 @@ def candidates(device: torch.device, dtype: torch.dtype) -> dict[str, Callable |
         out[name] = why if why else get_attend(name)
     for kernel in ("flash", "cudnn", "efficient"):
         out[f"sdpa[{kernel}]"] = _sdpa_forced(kernel)
+    out["auto"] = get_attend(resolve_backend("auto", device, dtype)[0])
     return out
 
 
@@ -128,22 +139,70 @@ def measure(shape: Shape, name: str, attend: Callable, device, dtype, *, referen
         with torch.no_grad():
             out = attend(q, k, v, seq)
         row["rel_error_vs_eager"] = _relative_error(out, reference)
-        fwd = time_call(lambda: attend(q, k, v, seq), warmup=3, repeats=10)
+        row |= {"fwd_ms_rounds": [], "fwd_bwd_ms_rounds": []}
+        time_round(row, attend, (q, k, v, seq, grad_out))
 
         def fwd_bwd():
             attend(q, k, v, seq).backward(grad_out)
 
-        both = time_call(fwd_bwd, warmup=3, repeats=10)
-        row |= {
-            "fwd_ms": fwd.median_ms,
-            "fwd_bwd_ms": both.median_ms,
-            "fwd_tflops": shape.fwd_flops() / (fwd.median_ms * 1e-3) / 1e12,
-            "fwd_bwd_tflops": 3.5 * shape.fwd_flops() / (both.median_ms * 1e-3) / 1e12,
-            "peak_memory_gib": peak_memory_gib(fwd_bwd),
-        }
+        row["peak_memory_gib"] = peak_memory_gib(fwd_bwd)
     except Exception as exc:  # a kernel that refuses this shape: record why, keep going
         row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     return row
+
+
+def time_round(row: dict, attend: Callable, inputs: tuple) -> None:
+    """One round of timings of ``attend`` (forward, forward+backward) appended to ``row``, whose
+    ms and TFLOP/s become the median over its rounds."""
+    q, k, v, seq, grad_out = inputs
+    fwd = time_call(lambda: attend(q, k, v, seq), warmup=3, repeats=10)
+    both = time_call(lambda: attend(q, k, v, seq).backward(grad_out), warmup=3, repeats=10)
+    row["fwd_ms_rounds"].append(fwd.median_ms)
+    row["fwd_bwd_ms_rounds"].append(both.median_ms)
+    flops = _shape_of(row).fwd_flops()
+    row["fwd_ms"] = statistics.median(row["fwd_ms_rounds"])
+    row["fwd_bwd_ms"] = statistics.median(row["fwd_bwd_ms_rounds"])
+    row["fwd_tflops"] = flops / (row["fwd_ms"] * 1e-3) / 1e12
+    row["fwd_bwd_tflops"] = 3.5 * flops / (row["fwd_bwd_ms"] * 1e-3) / 1e12
+
+
+def _shape_of(row: dict) -> Shape:
+    return Shape(**{f: row[f] for f in Shape.__dataclass_fields__})
+
+
+def more_rounds(shape: Shape, rows: list[dict], backends: dict, device, dtype, rounds: int):
+    """Rounds 2..``rounds`` of every backend that ran on ``shape``, in turn."""
+    q, k, v, seq = _inputs(shape, device, dtype, grad=True)
+    inputs = (q, k, v, seq, torch.randn_like(q))
+    for _ in range(rounds - 1):
+        for row in rows:
+            if "error" not in row:
+                time_round(row, backends[row["backend"]], inputs)
+
+
+def auto_vs_fastest(rows: list[dict]) -> list[dict]:
+    """Per shape: ``auto``'s forward+backward time against the fastest other backend's."""
+    by_shape: dict[str, list[dict]] = {}
+    for row in rows:
+        if "error" not in row:
+            by_shape.setdefault(row["shape"], []).append(row)
+    out = []
+    for shape, measured in by_shape.items():
+        auto = next((r for r in measured if r["backend"] == "auto"), None)
+        others = [r for r in measured if r["backend"] != "auto"]
+        if auto is None or not others:
+            continue
+        fastest = min(others, key=lambda r: r["fwd_bwd_ms"])
+        out.append(
+            {
+                "shape": shape,
+                "fastest": fastest["backend"],
+                "fastest_ms": fastest["fwd_bwd_ms"],
+                "auto_ms": auto["fwd_bwd_ms"],
+                "auto_over_fastest": auto["fwd_bwd_ms"] / fastest["fwd_bwd_ms"],
+            }
+        )
+    return out
 
 
 def flex_sweep(shape: Shape, device, dtype) -> list[dict]:
@@ -183,8 +242,11 @@ def flex_sweep(shape: Shape, device, dtype) -> list[dict]:
     return rows
 
 
-def run_attention_bench(out_dir: Path, *, dtype=torch.bfloat16, shapes=None, sweep=True) -> dict:
-    """Every backend on every shape; writes attention.json and attention.md under ``out_dir``."""
+def run_attention_bench(
+    out_dir: Path, *, dtype=torch.bfloat16, shapes=None, sweep=True, rounds: int = 3
+) -> dict:
+    """Every backend on every shape, ``rounds`` times in turn; writes attention.json and
+    attention.md under ``out_dir``."""
     assert torch.cuda.is_available(), "wmtp bench attention needs a CUDA GPU"
     static_compile_shapes()  # flex compiles per shape and grad mode: past the default limit
     device = torch.device("cuda")
@@ -195,20 +257,26 @@ def run_attention_bench(out_dir: Path, *, dtype=torch.bfloat16, shapes=None, swe
         with torch.no_grad():  # the reference: eager in fp32 on the same inputs
             reference = eager_attend(q.float(), k.float(), v.float(), seq).float()
         del q, k, v
+        shape_rows = []
         for name, attend in backends.items():
             if isinstance(attend, str):
-                rows.append({"shape": shape.label, "backend": name, "error": attend})
+                shape_rows.append({"shape": shape.label, "backend": name, "error": attend})
                 continue
-            rows.append(measure(shape, name, attend, device, dtype, reference=reference))
-            print(_row_line(rows[-1]), flush=True)
+            shape_rows.append(measure(shape, name, attend, device, dtype, reference=reference))
         del reference
+        more_rounds(shape, shape_rows, backends, device, dtype, rounds)
+        for row in shape_rows:
+            print(_row_line(row), flush=True)
+        rows += shape_rows
         torch.cuda.empty_cache()
     sweep_rows = flex_sweep(Shape(4, 4096, 16, 8, 128), device, dtype) if sweep else []
     result = {
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
         "dtype": str(dtype).removeprefix("torch."),
+        "rounds": rounds,
         "rows": rows,
+        "auto_vs_fastest": auto_vs_fastest(rows),
         "flex_sweep": sweep_rows,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -230,7 +298,8 @@ def _row_line(row: dict) -> str:
 def markdown_table(result: dict) -> str:
     lines = [
         f"Attention on {result['device']}, torch {result['torch']}, {result['dtype']}; "
-        "median of 10 CUDA-event timings; error = ||out - eager_fp32|| / ||eager_fp32||.",
+        f"median over {result['rounds']} rounds (backends in turn) of the median of 10 CUDA-event "
+        "timings; error = ||out - eager_fp32|| / ||eager_fp32||.",
         "",
         "| shape | backend | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s | peak GiB | rel. error |",
         "|---|---|---|---|---|---|---|---|",
@@ -243,6 +312,18 @@ def markdown_table(result: dict) -> str:
             f"| {r['shape']} | {r['backend']} | {r['fwd_ms']:.3f} | {r['fwd_tflops']:.0f} | "
             f"{r['fwd_bwd_ms']:.3f} | {r['fwd_bwd_tflops']:.0f} | {r['peak_memory_gib']:.2f} | "
             f"{r['rel_error_vs_eager']:.1e} |"
+        )
+    lines += [
+        "",
+        "`auto` against the fastest other backend (forward+backward):",
+        "",
+        "| shape | fastest | ms | auto ms | auto / fastest |",
+        "|---|---|---|---|---|",
+    ]
+    for a in result["auto_vs_fastest"]:
+        lines.append(
+            f"| {a['shape']} | {a['fastest']} | {a['fastest_ms']:.3f} | {a['auto_ms']:.3f} "
+            f"| {a['auto_over_fastest']:.2f}x |"
         )
     if result["flex_sweep"]:
         lines += [

@@ -31,6 +31,9 @@ def attention(
     out: OutDir = Path("bench/results/attention"),
     dtype: Annotated[str, typer.Option(help="bfloat16 or float16.")] = "bfloat16",
     sweep: Annotated[bool, typer.Option(help="Also sweep FlexAttention kernel options.")] = True,
+    rounds: Annotated[
+        int, typer.Option(min=1, help="Rounds of timings, every backend in turn in each.")
+    ] = 3,
 ) -> None:
     """Every attention backend over training shapes: ms, TFLOP/s, memory, error against eager."""
     _need_cuda()
@@ -38,7 +41,7 @@ def attention(
 
     from wmtp.bench.attention import run_attention_bench
 
-    result = run_attention_bench(out, dtype=getattr(torch, dtype), sweep=sweep)
+    result = run_attention_bench(out, dtype=getattr(torch, dtype), sweep=sweep, rounds=rounds)
     console.print(f"{len(result['rows'])} measurements -> {out}/attention.md, attention.json")
 
 
