@@ -13,11 +13,9 @@ import torch
 
 from wmtp.bench.attention import (
     Shape,
-    _inputs,
     auto_vs_fastest,
     candidates,
-    more_rounds,
-    time_round,
+    time_rounds,
 )
 
 SHAPE = Shape(1, 32, 4, 2, 16)
@@ -28,13 +26,12 @@ def test_every_round_is_kept_and_the_median_is_reported():
     backends = {k: v for k, v in candidates(CPU, FP32).items() if k in ("eager", "sdpa", "auto")}
     assert callable(backends["auto"])  # auto is measured as a backend of its own
     rows = []
-    q, k, v, seq = _inputs(SHAPE, CPU, FP32, grad=True)
-    for name, attend in backends.items():
+    for name in backends:
         row = {"shape": SHAPE.label, "backend": name, **asdict(SHAPE)}
-        row |= {"fwd_ms_rounds": [], "fwd_bwd_ms_rounds": []}
-        time_round(row, attend, (q, k, v, seq, torch.randn_like(q)))
-        rows.append(row)
-    more_rounds(SHAPE, rows, backends, CPU, FP32, rounds=3)
+        rows.append(row | {"fwd_ms_rounds": [], "fwd_bwd_ms_rounds": []})
+    rows.append({"shape": SHAPE.label, "backend": "flash_attn", "error": "not importable"})
+    time_rounds(SHAPE, rows, backends, CPU, FP32, rounds=3)
+    assert "fwd_ms_rounds" not in rows.pop()  # a backend that cannot run is never timed
     for row in rows:
         assert len(row["fwd_bwd_ms_rounds"]) == len(row["fwd_ms_rounds"]) == 3
         assert row["fwd_bwd_ms"] == statistics.median(row["fwd_bwd_ms_rounds"])
@@ -64,3 +61,35 @@ def test_auto_vs_fastest_skips_failed_backends_and_shapes_without_auto():
             "auto_over_fastest": 1.03,
         }
     ]
+
+
+def test_each_round_times_every_backend_once_in_a_new_order():
+    calls: list[str] = []
+
+    def recording(name):
+        sdpa = candidates(CPU, FP32)["sdpa"]
+
+        def attend(q, k, v, seq=None):
+            calls.append(name)
+            return sdpa(q, k, v, seq)
+
+        return attend
+
+    names = ["a", "b", "c", "d", "e", "f"]
+    backends = {name: recording(name) for name in names}
+    rows = [
+        {
+            "shape": SHAPE.label,
+            "backend": n,
+            **asdict(SHAPE),
+            "fwd_ms_rounds": [],
+            "fwd_bwd_ms_rounds": [],
+        }
+        for n in names
+    ]
+    time_rounds(SHAPE, rows, backends, CPU, FP32, rounds=4)
+    per_call = len(calls) // (4 * len(names))  # one backend's warm-ups and repeats in a round
+    sequence = calls[::per_call]  # the backend of each block of calls, in the order timed
+    orders = [sequence[r * len(names) : (r + 1) * len(names)] for r in range(4)]
+    assert all(sorted(order) == names for order in orders)
+    assert len({tuple(order) for order in orders}) > 1  # not the same order every round

@@ -199,7 +199,7 @@ def test_eager_stays_fp32_under_autocast():
 
 
 def test_auto_on_a_gpu_without_flash_attn_is_sdpa_with_flex_for_packed_batches():
-    from wmtp.models.attention import _flash_attn_module, resolve_backend, sdpa_flex_attend
+    from wmtp.models.attention import _flash_attn_module, get_attend, resolve_backend
 
     if _flash_attn_module()[0] is not None:
         pytest.skip("flash_attn is importable here: auto picks it")
@@ -211,6 +211,7 @@ def test_auto_on_a_gpu_without_flash_attn_is_sdpa_with_flex_for_packed_batches()
     q = torch.randn(1, 12, 4, 8)
     k, v = torch.randn(1, 12, 2, 8), torch.randn(1, 12, 2, 8)
     packed = SeqInfo.packed([[5, 7]])
+    sdpa_flex = get_attend(choice)
     with torch.no_grad():
-        torch.testing.assert_close(sdpa_flex_attend(q, k, v, packed), eager_attend(q, k, v, packed))
-        torch.testing.assert_close(sdpa_flex_attend(q, k, v), eager_attend(q, k, v))
+        torch.testing.assert_close(sdpa_flex(q, k, v, packed), eager_attend(q, k, v, packed))
+        torch.testing.assert_close(sdpa_flex(q, k, v), eager_attend(q, k, v))

@@ -1,7 +1,9 @@
 """``wmtp bench attention``: every attention backend over training shapes, on the current GPU.
 
-For each shape and backend: forward and forward+backward time (CUDA-event timings: the median of
-each round's median, the backends timed in turn round after round so that clock drift hits all),
+For each shape and backend: forward and forward+backward time (CUDA-event timings of repeats
+launched back to back: the median of each round's median; every round times every backend, in a
+new random order each round, so that neither clock drift nor a backend's place in the round
+favours one),
 TFLOP/s (causal attention FLOPs: 4·B·H·S²·D/2 forward, 2.5× that backward), peak memory, and the
 error against ``eager`` in fp32 on the same inputs. SDPA is measured as PyTorch chooses and with
 each kernel forced (flash, cuDNN, memory-efficient). FlexAttention also gets a sweep of its kernel
@@ -13,9 +15,11 @@ compared with the fastest other backend of each shape (``auto_vs_fastest``).
 from __future__ import annotations
 
 import json
+import random
 import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import date
 from pathlib import Path
 
 import torch
@@ -23,6 +27,7 @@ import torch
 from wmtp.bench.timing import peak_memory_gib, static_compile_shapes, time_call
 from wmtp.models.attention import (
     SeqInfo,
+    _flash_attn_module,
     backend_unavailable,
     eager_attend,
     get_attend,
@@ -62,8 +67,12 @@ def default_shapes() -> list[Shape]:
         shapes.append(Shape(batch, seq_len, 16, 8, 128))
     shapes.append(Shape(8, 2048, 32, 32, 128))  # llama2-7b attention
     shapes.append(Shape(8, 2048, 32, 8, 64))
-    mixed = (1024, 512, 256, 1536, 128, 384, 192, 64)  # 4096 tokens a row, mixed lengths
+    # packed rows of documents of mixed lengths: few long ones to many short ones
+    mixed = (1024, 512, 256, 1536, 128, 384, 192, 64)  # 4096 tokens a row
     shapes.append(Shape(4, 4096, 16, 8, 128, documents=mixed))
+    shapes.append(Shape(8, 2048, 16, 8, 128, documents=(1024, 512, 384, 128)))
+    shapes.append(Shape(4, 4096, 16, 8, 128, documents=(3072, 1024)))
+    shapes.append(Shape(2, 8192, 16, 8, 128, documents=(2048, 96, 1024, 512) * 2 + (52,) * 16))
     return shapes
 
 
@@ -131,7 +140,8 @@ def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def measure(shape: Shape, name: str, attend: Callable, device, dtype, *, reference) -> dict:
-    """One backend on one shape: times, TFLOP/s, memory, error against the fp32 eager output."""
+    """One backend on one shape: memory and error against the fp32 eager output; its times come
+    from :func:`time_rounds`."""
     q, k, v, seq = _inputs(shape, device, dtype, grad=True)
     grad_out = torch.randn_like(q)
     row = {"shape": shape.label, "backend": name, **asdict(shape)}
@@ -140,7 +150,6 @@ def measure(shape: Shape, name: str, attend: Callable, device, dtype, *, referen
             out = attend(q, k, v, seq)
         row["rel_error_vs_eager"] = _relative_error(out, reference)
         row |= {"fwd_ms_rounds": [], "fwd_bwd_ms_rounds": []}
-        time_round(row, attend, (q, k, v, seq, grad_out))
 
         def fwd_bwd():
             attend(q, k, v, seq).backward(grad_out)
@@ -155,8 +164,10 @@ def time_round(row: dict, attend: Callable, inputs: tuple) -> None:
     """One round of timings of ``attend`` (forward, forward+backward) appended to ``row``, whose
     ms and TFLOP/s become the median over its rounds."""
     q, k, v, seq, grad_out = inputs
-    fwd = time_call(lambda: attend(q, k, v, seq), warmup=3, repeats=10)
-    both = time_call(lambda: attend(q, k, v, seq).backward(grad_out), warmup=3, repeats=10)
+    fwd = time_call(lambda: attend(q, k, v, seq), warmup=3, repeats=10, queued=True)
+    both = time_call(
+        lambda: attend(q, k, v, seq).backward(grad_out), warmup=3, repeats=10, queued=True
+    )
     row["fwd_ms_rounds"].append(fwd.median_ms)
     row["fwd_bwd_ms_rounds"].append(both.median_ms)
     flops = _shape_of(row).fwd_flops()
@@ -170,14 +181,20 @@ def _shape_of(row: dict) -> Shape:
     return Shape(**{f: row[f] for f in Shape.__dataclass_fields__})
 
 
-def more_rounds(shape: Shape, rows: list[dict], backends: dict, device, dtype, rounds: int):
-    """Rounds 2..``rounds`` of every backend that ran on ``shape``, in turn."""
+def time_rounds(
+    shape: Shape, rows: list[dict], backends: dict, device, dtype, rounds: int, seed: int = 0
+):
+    """``rounds`` rounds of timings of every backend that ran on ``shape``, in a new random order
+    each round: a backend's place in the round (after a slow one, after a hot one) would
+    otherwise bias it the same way every time."""
     q, k, v, seq = _inputs(shape, device, dtype, grad=True)
     inputs = (q, k, v, seq, torch.randn_like(q))
-    for _ in range(rounds - 1):
-        for row in rows:
-            if "error" not in row:
-                time_round(row, backends[row["backend"]], inputs)
+    order = [row for row in rows if "error" not in row]
+    shuffle = random.Random(seed).shuffle
+    for _ in range(rounds):
+        shuffle(order)
+        for row in order:
+            time_round(row, backends[row["backend"]], inputs)
 
 
 def auto_vs_fastest(rows: list[dict]) -> list[dict]:
@@ -264,7 +281,7 @@ def run_attention_bench(
                 continue
             shape_rows.append(measure(shape, name, attend, device, dtype, reference=reference))
         del reference
-        more_rounds(shape, shape_rows, backends, device, dtype, rounds)
+        time_rounds(shape, shape_rows, backends, device, dtype, rounds)
         for row in shape_rows:
             print(_row_line(row), flush=True)
         rows += shape_rows
@@ -273,6 +290,9 @@ def run_attention_bench(
     result = {
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,
+        "flash_attn": _flash_attn_module()[1],
+        "date": date.today().isoformat(),
+        "auto": resolve_backend("auto", device, dtype)[1],
         "dtype": str(dtype).removeprefix("torch."),
         "rounds": rounds,
         "rows": rows,
@@ -298,8 +318,10 @@ def _row_line(row: dict) -> str:
 def markdown_table(result: dict) -> str:
     lines = [
         f"Attention on {result['device']}, torch {result['torch']}, {result['dtype']}; "
-        f"median over {result['rounds']} rounds (backends in turn) of the median of 10 CUDA-event "
-        "timings; error = ||out - eager_fp32|| / ||eager_fp32||.",
+        f"median over {result['rounds']} rounds (every backend once a round, in a new random "
+        "order) of the median of 10 back-to-back CUDA-event timings; "
+        "error = ||out - eager_fp32|| / ||eager_fp32||.",
+        f"`auto`: {result.get('auto', '?')}; {result.get('flash_attn', '')}.",
         "",
         "| shape | backend | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s | peak GiB | rel. error |",
         "|---|---|---|---|---|---|---|---|",

@@ -39,11 +39,31 @@ def static_compile_shapes() -> None:
             setattr(config, name, max(getattr(config, name), 256))
 
 
-def time_call(fn: Callable[[], object], *, warmup: int = 3, repeats: int = 10) -> Timing:
-    """Time ``fn`` after ``warmup`` calls: CUDA events on a GPU, a host clock on the CPU."""
+def time_call(
+    fn: Callable[[], object], *, warmup: int = 3, repeats: int = 10, queued: bool = False
+) -> Timing:
+    """Time ``fn`` after ``warmup`` calls: CUDA events on a GPU, a host clock on the CPU.
+
+    ``queued``: on a GPU, launch every repeat back to back (an event pair around each) and wait
+    once at the end, as Triton's ``do_bench`` does, so the GPU never idles between repeats
+    (idle gaps let its clock move, which shifts whichever kernel runs next). Otherwise each
+    repeat waits for the GPU, so the time includes the launch from an idle queue.
+    """
     for _ in range(warmup):
         fn()
     cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    if cuda and queued:
+        events = [
+            (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            for _ in range(repeats)
+        ]
+        for start, end in events:
+            start.record()
+            fn()
+            end.record()
+        torch.cuda.synchronize()
+        samples = [start.elapsed_time(end) for start, end in events]
+        return Timing(statistics.median(samples), min(samples), max(samples), repeats)
     samples = []
     for _ in range(repeats):
         if cuda:

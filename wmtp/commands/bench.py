@@ -34,15 +34,58 @@ def attention(
     rounds: Annotated[
         int, typer.Option(min=1, help="Rounds of timings, every backend in turn in each.")
     ] = 3,
+    record: Annotated[
+        Path | None,
+        typer.Option(
+            help="Rank the backends measured here per layout and record them for this GPU in "
+            "this table (auto reads $WMTP_ATTENTION_TABLE, then wmtp/models/attention_table.json)."
+        ),
+    ] = None,
+    from_json: Annotated[
+        Path | None,
+        typer.Option(
+            "--from-json",
+            help="Measure nothing: take the rows of an earlier attention.json (with --record).",
+        ),
+    ] = None,
 ) -> None:
     """Every attention backend over training shapes: ms, TFLOP/s, memory, error against eager."""
-    _need_cuda()
-    import torch
+    if from_json is not None:
+        if record is None:
+            raise WmtpError("--from-json only records a ranking: give --record TABLE too")
+        result = _read_result(from_json)
+        source = f"wmtp bench attention --rounds {result.get('rounds', '?')} ({from_json})"
+    else:
+        _need_cuda()
+        import torch
 
-    from wmtp.bench.attention import run_attention_bench
+        from wmtp.bench.attention import run_attention_bench
 
-    result = run_attention_bench(out, dtype=getattr(torch, dtype), sweep=sweep, rounds=rounds)
-    console.print(f"{len(result['rows'])} measurements -> {out}/attention.md, attention.json")
+        result = run_attention_bench(out, dtype=getattr(torch, dtype), sweep=sweep, rounds=rounds)
+        console.print(f"{len(result['rows'])} measurements -> {out}/attention.md, attention.json")
+        source = f"wmtp bench attention --rounds {rounds}"
+    if record is not None:
+        from wmtp.models.attention_table import record as record_ranking
+
+        try:
+            entry = record_ranking(record, result, source)
+        except (ValueError, KeyError) as exc:
+            raise WmtpError(f"cannot record a ranking in {record}: {exc}") from exc
+        for layout, ranked in entry["layouts"].items():
+            order = ", ".join(f"{r['backend']} {r['geomean_vs_fastest']:.2f}x" for r in ranked)
+            console.print(f"{entry['device']}/{entry['dtype']} {layout}: {order}")
+        console.print(f"recorded in {record}")
+
+
+def _read_result(path: Path) -> dict:
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise WmtpError(f"{path}: cannot read benchmark results ({exc})") from exc
+    missing = [key for key in ("device", "dtype", "rows") if key not in result]
+    if missing:
+        raise WmtpError(f"{path}: not a `wmtp bench attention` result (no {', '.join(missing)})")
+    return result
 
 
 @command(bench_app, "peer")

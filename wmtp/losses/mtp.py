@@ -16,9 +16,11 @@ Three strategies compute the same gradients (tested to float32 rounding):
   head forward, and plain single-backward semantics (what FSDP2 hooks and no_sync expect).
 - ``"plain"``: every head kept in the graph; the reference, and the fastest when memory is ample.
 
-Every strategy scores a head through :func:`linear_cross_entropy`, which computes the logits in
-chunks of ``chunk_size`` target tokens (fp32 softmax) and recomputes them in the backward, so
-only one ``[chunk, V]`` block exists at a time (``chunk_size = 0``: one chunk, the whole head).
+``sequential`` and ``checkpointed`` score a head through :func:`linear_cross_entropy`
+(``linear_ce.py``), which computes the logits in chunks of ``chunk_size`` target tokens (fp32
+softmax), so only one ``[chunk, V]`` block exists at a time (``chunk_size = 0``: one chunk, the
+whole head). ``sequential`` computes each chunk's gradient in the forward (3 matmuls a chunk);
+``checkpointed``, whose head forward runs again in the backward, recomputes the logits there.
 
 Because the memory-efficient paths run their own backward, the training step calls
 :func:`loss_and_backward`; it never returns a graph to call ``.backward()`` on.
@@ -30,11 +32,13 @@ import contextlib
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from wmtp.losses.linear_ce import linear_cross_entropy
 
 IGNORE_INDEX = -100
 Strategy = Literal["sequential", "checkpointed", "plain"]
@@ -102,93 +106,6 @@ class MTPStats:
         """The optimised objective: head losses averaged with the per-depth weights."""
         d_K = _depth_weights(depth_weights, self.weighted_ce_K.numel(), self.weighted_ce_K.device)
         return (self.head_losses() * d_K).sum()
-
-
-# --- chunked linear cross-entropy ---------------------------------------------------------------
-
-
-class _LinearCrossEntropy(torch.autograd.Function):
-    """``sum_n coef[n] * CE(hidden[n] @ weight.T, target[n])`` without keeping the logits.
-
-    Forward and backward both walk the targets in chunks; the backward recomputes each chunk's
-    logits from the saved hidden states and the saved log-sum-exp.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, hidden_ND, weight_VD, targets_N, coef_N, chunk_size: int):
-        N = hidden_ND.shape[0]
-        lse_N = hidden_ND.new_empty(N, dtype=torch.float32)
-        ce_N = hidden_ND.new_zeros(N, dtype=torch.float32)
-        correct_N = torch.zeros(N, dtype=torch.bool, device=hidden_ND.device)
-        w_VD = weight_VD.to(hidden_ND.dtype)
-        for s in range(0, N, chunk_size or max(N, 1)):
-            e = min(s + (chunk_size or N), N)
-            # fp32 logits: the softmax over 32k+ entries loses too much in bf16.
-            logits_CV = (hidden_ND[s:e] @ w_VD.T).float()
-            lse_N[s:e] = torch.logsumexp(logits_CV, dim=-1)
-            target_logit_C = logits_CV.gather(1, targets_N[s:e, None]).squeeze(1)
-            ce_N[s:e] = lse_N[s:e] - target_logit_C
-            correct_N[s:e] = logits_CV.argmax(dim=-1) == targets_N[s:e]
-        loss = (coef_N * ce_N).sum()
-        ctx.save_for_backward(hidden_ND, weight_VD, targets_N, coef_N, lse_N)
-        ctx.chunk_size = chunk_size
-        ctx.mark_non_differentiable(ce_N, correct_N)
-        return loss, ce_N, correct_N
-
-    @staticmethod
-    def backward(ctx: Any, grad_loss, _grad_ce, _grad_correct):
-        hidden_ND, weight_VD, targets_N, coef_N, lse_N = ctx.saved_tensors
-        N, chunk = hidden_ND.shape[0], ctx.chunk_size or max(hidden_ND.shape[0], 1)
-        w_VD = weight_VD.to(hidden_ND.dtype)
-        grad_hidden_ND = torch.empty_like(hidden_ND)
-        grad_weight_VD = torch.zeros(weight_VD.shape, dtype=torch.float32, device=weight_VD.device)
-        scale_N = coef_N * grad_loss
-        rows = torch.arange(chunk, device=hidden_ND.device)
-        for s in range(0, N, chunk):
-            e = min(s + chunk, N)
-            logits_CV = (hidden_ND[s:e] @ w_VD.T).float()
-            # d ce / d logits = softmax - onehot(target), scaled per token.
-            grad_CV = torch.exp(logits_CV - lse_N[s:e, None])
-            grad_CV[rows[: e - s], targets_N[s:e]] -= 1.0
-            grad_CV = (grad_CV * scale_N[s:e, None]).to(hidden_ND.dtype)
-            grad_hidden_ND[s:e] = grad_CV @ w_VD
-            grad_weight_VD += (grad_CV.T @ hidden_ND[s:e]).float()
-        return grad_hidden_ND, grad_weight_VD.to(weight_VD.dtype), None, None, None
-
-
-LOGITS_BLOCK_BYTES = 1 << 30
-"""fp32 logits held at once by the chunked cross-entropy when no chunk size is given (1 GiB)."""
-
-
-def auto_chunk_size(vocab_size: int) -> int:
-    """Target tokens per block so that one ``[chunk, V]`` fp32 logits block is ~1 GiB."""
-    return max(256, LOGITS_BLOCK_BYTES // (4 * vocab_size))
-
-
-def linear_cross_entropy(
-    hidden_ND: torch.Tensor,
-    weight_VD: torch.Tensor,
-    targets_N: torch.Tensor,
-    coef_N: torch.Tensor,
-    chunk_size: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(sum(coef * ce), ce_N, correct_N)`` for valid targets only (no -100 here).
-
-    ``ce_N`` (fp32) and ``correct_N`` (argmax == target) are detached statistics. ``chunk_size``
-    ``None`` picks :func:`auto_chunk_size`; the same block size serves one head or n, so the
-    peak memory of n heads stays that of one.
-    """
-    if chunk_size is None:
-        chunk_size = auto_chunk_size(weight_VD.shape[0])
-    device_type = hidden_ND.device.type
-    if torch.is_autocast_enabled(device_type):
-        # Under autocast the unembedding matmuls run in the compute dtype (bf16): the final norm
-        # hands over fp32 (its weight is an fp32 master), and an fp32 [N, D] x [D, V] product
-        # would cost several times the bf16 one. Logits are still upcast before the softmax.
-        compute = torch.get_autocast_dtype(device_type)
-        hidden_ND, weight_VD = hidden_ND.to(compute), weight_VD.to(compute)
-    with torch.autocast(device_type, enabled=False):
-        return _LinearCrossEntropy.apply(hidden_ND, weight_VD, targets_N, coef_N, chunk_size)
 
 
 def plain_cross_entropy(
@@ -284,7 +201,15 @@ def _score_head(model, h_BSD, job: _HeadJob, seq, cfg: MTPLossConfig):
     weight_VD = model.output.weight
     if cfg.strategy == "plain":
         return plain_cross_entropy(hidden_ND, weight_VD, job.targets_N, job.coef_N)
-    return linear_cross_entropy(hidden_ND, weight_VD, job.targets_N, job.coef_N, cfg.chunk_size)
+    # checkpointed: this call runs again in the backward, so gradients wait for that run
+    return linear_cross_entropy(
+        hidden_ND,
+        weight_VD,
+        job.targets_N,
+        job.coef_N,
+        cfg.chunk_size,
+        grad_in_forward=cfg.strategy != "checkpointed",
+    )
 
 
 def _plan_heads(

@@ -255,25 +255,27 @@ def varlen_attend(q_BSHD, k_BSKD, v_BSKD, seq: SeqInfo | None = None) -> torch.T
     return out_THD.view(B, Sq, H, D)
 
 
-def sdpa_flex_attend(q_BSHD, k_BSKD, v_BSKD, seq: SeqInfo | None = None) -> torch.Tensor:
-    """What ``auto`` runs on a GPU without flash-attn: sdpa, but flex for packed batches.
-
-    Measured on the H100 (bench/results/h100_attention.md): sdpa's default kernel is the fastest
-    on plain batches, and on packed ones sdpa's per-document loop is ~9x slower than flex.
-    """
-    if seq is not None and seq.is_packed:
-        return flex_attend(q_BSHD, k_BSKD, v_BSKD, seq)
-    return sdpa_attend(q_BSHD, k_BSKD, v_BSKD, seq)
-
-
 BACKENDS: dict[str, AttendFn] = {
     "eager": eager_attend,
     "sdpa": sdpa_attend,
     "flash_attn": flash_attn_attend,
     "flex": flex_attend,
     "varlen": varlen_attend,
-    "sdpa+flex": sdpa_flex_attend,  # only as what ``auto`` resolves to
 }
+
+
+@cache
+def by_layout(plain: str, packed: str) -> AttendFn:
+    """One backend for plain (and right-padded) batches, another for packed ones: what ``auto``
+    resolves to when a GPU's fastest backend differs by layout (named ``"plain+packed"``)."""
+    plain_fn, packed_fn = BACKENDS[plain], BACKENDS[packed]
+
+    def attend(q_BSHD, k_BSKD, v_BSKD, seq: SeqInfo | None = None) -> torch.Tensor:
+        fn = packed_fn if seq is not None and seq.is_packed else plain_fn
+        return fn(q_BSHD, k_BSKD, v_BSKD, seq)
+
+    attend.__name__ = f"{plain}_then_{packed}_for_packed"
+    return attend
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,27 +315,17 @@ def backend_unavailable(name: str, device: torch.device, dtype: torch.dtype) -> 
 def resolve_backend(name: str, device: torch.device | str, dtype: torch.dtype) -> tuple[str, str]:
     """The backend to use for ``name`` (``auto`` or a backend name) and the reason, logged once.
 
-    ``WMTP_ATTENTION`` in the environment overrides ``name``. ``auto`` picks flash_attn where it is
-    importable and supported by the device and dtype; else, on CUDA, sdpa with flex for packed
-    batches (``sdpa+flex``); else sdpa. An explicit backend that cannot
-    run here is a ComponentError saying why; nothing falls back silently.
+    ``WMTP_ATTENTION`` in the environment overrides ``name``. ``auto``: see :func:`auto_backend`.
+    An explicit backend that cannot run here is a ComponentError saying why; nothing falls back
+    silently.
     """
     device = torch.device(device)
     override = os.environ.get(ENV_OVERRIDE)
     source = f"{ENV_OVERRIDE}={override}" if override else "recipe"
     name = override or name
     if name == "auto":
-        why_not = backend_unavailable("flash_attn", device, dtype)
-        if why_not is None:
-            choice, reason = (
-                "flash_attn",
-                f"auto ({source}): flash_attn supports {device.type}/{dtype}",
-            )
-        elif device.type == "cuda":
-            choice = "sdpa+flex"
-            reason = f"auto ({source}): sdpa, flex for packed batches, because {why_not}"
-        else:
-            choice, reason = "sdpa", f"auto ({source}): sdpa because {why_not}"
+        choice, why = auto_backend(device, dtype)
+        reason = f"auto ({source}): {why}"
     else:
         why_not = backend_unavailable(name, device, dtype)
         if why_not is not None:
@@ -341,6 +333,50 @@ def resolve_backend(name: str, device: torch.device | str, dtype: torch.dtype) -
         choice, reason = name, f"requested by {source}"
     _log_choice(choice, reason)
     return choice, reason
+
+
+def auto_backend(device: torch.device, dtype: torch.dtype) -> tuple[str, str]:
+    """What ``auto`` runs on ``device``/``dtype``, and why.
+
+    On CUDA, per layout (plain, packed), the first runnable backend of the ranking recorded for
+    this GPU by ``wmtp bench attention --record`` (:mod:`wmtp.models.attention_table`); without
+    one, sdpa for plain batches and flash_attn (else flex) for packed ones. Elsewhere sdpa: flex
+    has no CPU backward, flash_attn and varlen need CUDA. When the two layouts differ, the name
+    is ``"plain+packed"`` (see :func:`by_layout`).
+    """
+    from wmtp.models.attention_table import find_ranking
+
+    flash_why = backend_unavailable("flash_attn", device, dtype)
+    if device.type != "cuda":
+        return "sdpa", f"sdpa on {device.type} ({flash_why})"
+    runnable = {n for n in BACKEND_NAMES if backend_unavailable(n, device, dtype) is None}
+    default = {"plain": "sdpa", "packed": "flash_attn" if flash_why is None else "flex"}
+    ranking = None
+    if torch.cuda.is_available():
+        dtype_name = str(dtype).removeprefix("torch.")
+        try:
+            ranking = find_ranking(torch.cuda.get_device_name(device), dtype_name)
+        except ValueError as exc:
+            raise ComponentError(f"attention 'auto': {exc}") from exc
+    return choose_by_layout(ranking, runnable, default, flash_why)
+
+
+def choose_by_layout(ranking, runnable: set[str], default: dict[str, str], flash_why: str | None):
+    """``(name, reason)`` from a recorded ranking (or ``None``) and the backends runnable here."""
+    if ranking is not None:
+        plain = ranking.first_runnable("plain", runnable) or default["plain"]
+        packed = ranking.first_runnable("packed", runnable) or default["packed"]
+        why = (
+            f"the fastest runnable in the ranking recorded for {ranking.device}/{ranking.dtype}"
+            f" ({ranking.source})"
+        )
+    else:
+        plain, packed = default["plain"], default["packed"]
+        why = "no ranking recorded for this GPU; the default"
+        if flash_why is not None:
+            why += f" ({flash_why})"
+    choice = plain if plain == packed else f"{plain}+{packed}"
+    return choice, f"{plain}, {packed} for packed batches: {why}"
 
 
 @cache
@@ -354,17 +390,22 @@ def _warn_once(message: str) -> None:
 
 
 def get_attend(name: str) -> AttendFn:
-    """The function of a resolved backend name."""
-    if name not in BACKENDS:
-        raise ComponentError(f"unknown attention {name!r} (known: {', '.join(BACKEND_NAMES)})")
-    return BACKENDS[name]
+    """The function of a resolved backend name (``"plain+packed"`` for :func:`by_layout`)."""
+    if name in BACKENDS:
+        return BACKENDS[name]
+    plain, plus, packed = name.partition("+")
+    if plus and plain in BACKENDS and packed in BACKENDS:
+        return by_layout(plain, packed)
+    raise ComponentError(f"unknown attention {name!r} (known: {', '.join(BACKEND_NAMES)})")
 
 
 __all__ = [
     "BACKENDS",
     "BACKEND_NAMES",
     "SeqInfo",
+    "auto_backend",
     "backend_unavailable",
+    "by_layout",
     "eager_attend",
     "flash_attn_attend",
     "flex_attend",

@@ -94,11 +94,12 @@ class TrainingSpec(Section):
     head_weights: list[Annotated[float, Field(ge=0)]] | None = None
     """Weight of each head's loss (head 1 first), one per future token; unset = equal weights."""
     mtp_loss: Annotated[Literal["per_head", "chunked", "joint"], PERFORMANCE] = "per_head"
-    """How the heads' backward runs (every option scores through a chunked linear cross-entropy,
-    so the [B, S, n, V] logits never exist): one head at a time with gradients accumulated at the
-    trunk (``per_head``, the MTP paper's; under FSDP it runs as ``chunked``), one backward with
-    every head checkpointed (``chunked``: one recomputed head forward), or one backward with
-    every head's activations kept (``joint``: no recompute, the fastest when memory allows)."""
+    """How the heads' backward runs: one head at a time with gradients accumulated at the trunk
+    (``per_head``, the MTP paper's; each block of logits gets its gradient as soon as it is
+    computed; under FSDP it runs as ``chunked``), one backward with every head checkpointed
+    (``chunked``: one recomputed head forward), or one backward with every head's activations and
+    logits kept (``joint``: no recompute, the most memory). ``per_head`` and ``chunked`` score
+    through a chunked linear cross-entropy, so no head's [B, S, V] logits exist whole."""
     skip_invalid_data: bool = False
     """Skip (and count) malformed examples instead of stopping with an error."""
     critic_loss: CriticLossSpec = Field(default_factory=CriticLossSpec)
