@@ -10,7 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wmtp.losses.linear_ce import chunk_stats_and_grad, kernel, linear_cross_entropy
+from wmtp.losses.linear_ce import (
+    accumulate_matmul,
+    chunk_stats_and_grad,
+    kernel,
+    linear_cross_entropy,
+)
 
 N, D, V = 37, 16, 53
 
@@ -55,6 +60,18 @@ def test_loss_statistics_and_gradients_match_the_whole_logits(grad_in_forward, c
     torch.testing.assert_close(w.grad, w_ref.grad)
 
 
+@pytest.mark.parametrize("grad_in_forward", [True, False])
+def test_a_frozen_weight_gets_no_gradient_and_the_hidden_one_is_unchanged(grad_in_forward):
+    h_ref, w_ref, targets, coef = inputs()
+    reference(h_ref, w_ref, targets, coef, grad_scale=1.0)
+    h, w, _, _ = inputs()
+    w.requires_grad_(False)  # a frozen unembedding, as under LoRA
+    loss, _, _ = linear_cross_entropy(h, w, targets, coef, 8, grad_in_forward=grad_in_forward)
+    loss.backward()
+    assert w.grad is None
+    torch.testing.assert_close(h.grad, h_ref.grad)
+
+
 def test_without_gradients_nothing_is_computed_for_a_backward():
     h, w, targets, coef = inputs()
     with torch.no_grad():
@@ -73,6 +90,22 @@ def test_bf16_weights_get_bf16_gradients_close_to_fp32():
     assert w16.grad.dtype == h16.grad.dtype == torch.bfloat16
     for g16, g32 in ((h16.grad, h32.grad), (w16.grad, w32.grad)):
         assert (g16.float() - g32).norm() / g32.norm() < 2e-2
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_accumulated_matmul_adds_the_product_in_fp32(device, dtype):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA here")
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randn(40, 30, generator=g), torch.randn(30, 20, generator=g)
+    acc = torch.randn(40, 20, generator=g)
+    a, b, acc = a.to(device, dtype), b.to(device, dtype), acc.to(device)
+    want = acc + a.float() @ b.float()
+    accumulate_matmul(acc, a, b)
+    assert acc.dtype == torch.float32
+    tol = 1e-5 if dtype == torch.float32 or device == "cuda" else 2e-2  # CPU rounds to bf16 first
+    assert (acc - want).norm() / want.norm() < tol
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled kernels run on CUDA")
