@@ -19,6 +19,8 @@ SUITE_KEYS = (
     "mfu_ntp",
     "mtp4_step_time_ratio_vs_ntp",
     "mtp4_peak_memory_ratio_vs_ntp",
+    "mtp4_one_backward_step_time_ratio_vs_ntp",
+    "mtp4_one_backward_peak_memory_ratio_vs_ntp",
     "mtp4_joint_step_time_ratio_vs_ntp",
     "mtp4_joint_peak_memory_ratio_vs_ntp",
     "mtp4_flop_ratio_vs_ntp",
@@ -37,7 +39,7 @@ def headline(results: Path) -> dict:
         "torch": suite["torch"],
         "peak_tflops_bf16": suite["peak_tflops_bf16"],
         "ntp_micro_batch": suite["ntp_best_micro_batch"],
-        **{key: suite[key] for key in SUITE_KEYS},
+        **{key: suite[key] for key in SUITE_KEYS if key in suite},
         "mtp4_step_time_ratio_over_flop_floor": {
             vocab: ratio / floor[vocab]
             for vocab, ratio in suite["mtp4_step_time_ratio_vs_ntp"].items()

@@ -30,8 +30,9 @@ Memory per GPU of the trained model, in bytes (S = world_size for full_shard / s
                   + 2 * n_heads * R for eager attention (scores and probabilities);
                   with activation checkpointing a checkpointed layer keeps only its input (dim)
                   and one layer is recomputed at a time (the last A_layer term).
-                  L_saved = trunk layers + 1 head with mtp_loss = per_head (heads run one at a
-                  time), all layers with chunked / joint.
+                  L_saved = trunk layers + 1 head with mtp_loss = per_head on one GPU (heads
+                  run one at a time), all layers with chunked / joint, and with per_head under
+                  FSDP (world_size > 1: one backward, every head layer kept).
     logits      = T * V * (b + 4)            per_head: one head's logits plus their fp32 upcast;
                                              chunked: ~0 (one logits block at a time);
                   + 4 * n * T * V            joint: the whole logits of every head, their fp32
@@ -266,7 +267,7 @@ def _memory(
     else:
         gathered = 0.0
     tokens = rows * row_length
-    activations = b * tokens * _activation_elements(recipe, spec, args, row_length)
+    activations = b * tokens * _activation_elements(recipe, spec, args, row_length, world)
     logits = _logits_bytes(recipe.training.mtp_loss, spec.kind, tokens, args, b)
     frozen_models = sum(
         DTYPE_BYTES[getattr(recipe.model, m.role).dtype] * m.total / shards for m in frozen
@@ -298,12 +299,15 @@ def _logits_bytes(mtp_loss: str, kind: str, tokens: int, args: ModelArgs, b: int
     return args.n_future_tokens * tokens * args.vocab_size * 4 + one_head
 
 
-def _activation_elements(recipe: Any, spec: Any, args: ModelArgs, row_length: int) -> float:
+def _activation_elements(
+    recipe: Any, spec: Any, args: ModelArgs, row_length: int, world: int = 1
+) -> float:
     """Saved activation elements per token of rows of ``row_length`` (see the module docstring)."""
     per_layer = 6 * args.dim + 2 * args.kv_heads * args.head_dim + 4 * args.hidden_dim
     if spec.attention == "eager":
         per_layer += 2 * args.n_heads * row_length
-    if spec.kind == "value_model" or recipe.training.mtp_loss != "per_head":
+    heads_one_at_a_time = recipe.training.mtp_loss == "per_head" and world == 1
+    if spec.kind == "value_model" or not heads_one_at_a_time:
         layers = args.n_layers
     else:
         layers = args.n_trunk_layers + 1

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from wmtp.losses.linear_ce import (
+    SharedWeightGradient,
     accumulate_matmul,
     chunk_stats_and_grad,
     kernel,
@@ -41,6 +42,31 @@ def reference(hidden, weight, targets, coef, grad_scale):
     loss = (coef * ce).sum()
     (loss * grad_scale).backward()
     return loss.detach(), ce.detach(), logits.argmax(-1) == targets
+
+
+def reference_loss(hidden, weight, targets, coef):
+    return (coef * F.cross_entropy((hidden @ weight.T).float(), targets, reduction="none")).sum()
+
+
+def test_heads_sharing_one_weight_gradient_match_separate_losses():
+    """Two heads add their unembedding gradients into one fp32 buffer in the forward; the
+    hand-over scalar gives it to the weight in the one backward (scaled like the losses)."""
+    h1_ref, w_ref, t1, c1 = inputs(seed=1)
+    h2_ref, _, t2, c2 = inputs(seed=2)
+    loss_ref = (reference_loss(h1_ref, w_ref, t1, c1) + reference_loss(h2_ref, w_ref, t2, c2)) * 2.0
+    loss_ref.backward()
+    h1, w, _, _ = inputs(seed=1)
+    h2, _, _, _ = inputs(seed=2)
+    shared = SharedWeightGradient(w)
+    losses = [
+        linear_cross_entropy(h, w.detach(), t, c, 8, weight_grad_into=shared.buffer)[0]
+        for h, t, c in ((h1, t1, c1), (h2, t2, c2))
+    ]
+    ((losses[0] + losses[1] + shared.hand_over()) * 2.0).backward()
+    torch.testing.assert_close(losses[0] + losses[1], loss_ref.detach() / 2.0)
+    torch.testing.assert_close(h1.grad, h1_ref.grad)
+    torch.testing.assert_close(h2.grad, h2_ref.grad)
+    torch.testing.assert_close(w.grad, w_ref.grad)
 
 
 @pytest.mark.parametrize("grad_in_forward", [True, False])
@@ -119,11 +145,20 @@ def test_compiled_chunk_kernels_match_eager_on_cuda():
             assert (a == b).float().mean() > 0.97  # argmax ties may break either way
         else:
             torch.testing.assert_close(a.float(), b.float(), atol=1e-5, rtol=2e-2)
-    for grad_in_forward in (True, False):
+    for mode in ("grad_in_forward", "recompute", "shared_weight_gradient"):
         h_ref, w_ref, _, _ = inputs(dtype=torch.bfloat16, device="cuda")
         reference(h_ref, w_ref, targets, coef, grad_scale=1.0)
         h2, w2, _, _ = inputs(dtype=torch.bfloat16, device="cuda")
-        loss, _, _ = linear_cross_entropy(h2, w2, targets, coef, 8, grad_in_forward=grad_in_forward)
+        if mode == "shared_weight_gradient":
+            shared = SharedWeightGradient(w2)
+            loss, _, _ = linear_cross_entropy(
+                h2, w2.detach(), targets, coef, 8, weight_grad_into=shared.buffer
+            )
+            loss = loss + shared.hand_over()
+        else:
+            loss, _, _ = linear_cross_entropy(
+                h2, w2, targets, coef, 8, grad_in_forward=mode == "grad_in_forward"
+            )
         loss.backward()
         for got, want in ((h2.grad, h_ref.grad), (w2.grad, w_ref.grad)):
             assert (got.float() - want.float()).norm() / want.float().norm() < 2e-2

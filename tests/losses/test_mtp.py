@@ -73,7 +73,7 @@ def grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("strategy", ["sequential", "checkpointed", "plain"])
+@pytest.mark.parametrize("strategy", ["sequential", "one_backward", "checkpointed", "plain"])
 @pytest.mark.parametrize("chunk_size", [0, 5])
 def test_gradients_equal_all_heads_reference(strategy, chunk_size):
     torch.manual_seed(0)
@@ -184,7 +184,7 @@ def test_packed_batch_heads_never_predict_across_documents():
     assert weight_sums(labels_BS, 3, document_ids_BS=docs_BS).tolist() == [5.0, 3.0, 1.0]
 
 
-@pytest.mark.parametrize("strategy", ["sequential", "checkpointed", "plain"])
+@pytest.mark.parametrize("strategy", ["sequential", "one_backward", "checkpointed", "plain"])
 def test_lora_on_a_model_whose_layers_are_all_heads(strategy):
     """Nothing in the trunk trains (its only module is the frozen embedding): the per-head
     backward must not run a trunk backward, and the heads' adapters still get gradients."""

@@ -132,3 +132,16 @@ def test_joint_mtp_loss_counts_every_heads_logits(write):
     assert estimate(joint).memory.logits == n * tokens * vocab * 4 + tokens * vocab * (4 + 4)
     assert any("joint" in note for note in estimate(joint).notes)
     assert not any("joint" in note for note in estimate(per_head).notes)
+
+
+def test_per_head_under_fsdp_keeps_every_head_layer(write):
+    """On one GPU per_head holds the trunk plus one head layer; under FSDP (one backward) all of
+    them, like chunked, while the per-token activations of a layer stay the same (by hand)."""
+    base = ["training.micro_batch_size=1", "parallel.activation_checkpointing=false"]
+    per_head = load_recipe(write("r.toml", MINIMAL), base).recipe
+    one, two = estimate(per_head, 1).memory, estimate(per_head, 2).memory
+    (policy,) = estimate(per_head).models
+    args = policy.args
+    assert args.n_future_tokens > 1
+    ratio = args.n_layers / (args.n_trunk_layers + 1)
+    assert two.activations == pytest.approx(one.activations * ratio)

@@ -1,10 +1,12 @@
-"""``wmtp bench step``: tokens/s, MFU and peak memory of wmtp's training step on one GPU.
+"""``wmtp bench step``: tokens/s, MFU and peak memory of wmtp's training step.
 
 The step is the trainer's: ``parallelize`` (activation checkpointing, per-block compile, fp32
 master weights), bf16 autocast compute, :func:`wmtp.losses.mtp.loss_and_backward` (heads one at a
 time, chunked linear cross-entropy), fused AdamW. Warm-up steps first, then the median of repeated
 steps timed with CUDA events. MFU counts model FLOPs (6 per parameter per token plus causal
-attention, every head's unembedding included) against the GPU's dense bf16 peak.
+attention, every head's unembedding included) against the GPU's dense bf16 peak. Launched by
+torchrun (``wmtp bench step --nproc-per-node N``) it measures the FSDP2 step: every rank trains
+its own micro-batch; tokens/s counts all of them, MFU is per GPU.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ class StepConfig:
     activation_checkpointing: bool | int = False
     strategy: str = "sequential"
     chunk_size: int | None = None
+    sharding: str = "full_shard"
+    """FSDP2 sharding when launched on several GPUs (torchrun); nothing on one."""
+    reduce_dtype: str = "float32"
     critic: ModelArgs | None = None
     """A frozen value model run forward each step (the verifiable pipeline's extra cost)."""
 
@@ -36,15 +41,19 @@ class StepConfig:
 class StepResult:
     label: str
     tokens_per_s: float
+    """Of the whole job: every GPU's tokens (``world_size`` of them, each with ``batch`` rows)."""
     mfu: float
+    """Per GPU."""
     peak_tflops: float
     peak_memory_gib: float
     step: Timing
     config: dict = field(default_factory=dict)
+    world_size: int = 1
 
     def to_dict(self) -> dict:
         return {
             "label": self.label,
+            "world_size": self.world_size,
             "tokens_per_s": self.tokens_per_s,
             "mfu": self.mfu,
             "peak_tflops": self.peak_tflops,
@@ -84,9 +93,11 @@ def bench_step(
     model = parallelize(
         model,
         ctx,
+        sharding=cfg.sharding,
         activation_checkpointing=cfg.activation_checkpointing,
         compile=cfg.compile,
         dtype="bfloat16",
+        reduce_dtype=cfg.reduce_dtype,
     )
     optim = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=ctx.device.type == "cuda")
     critic = _frozen_critic(cfg.critic, backend, ctx.device) if cfg.critic else None
@@ -111,12 +122,12 @@ def bench_step(
         optim.zero_grad(set_to_none=True)
 
     timing = time_call(step, warmup=warmup, repeats=repeats)
-    tokens_per_s = cfg.batch * cfg.seq_len / (timing.median_ms / 1e3)
+    per_gpu = cfg.batch * cfg.seq_len / (timing.median_ms / 1e3)
     memory, peak, mfu = 0.0, 0.0, 0.0
     if ctx.device.type == "cuda":
         memory = peak_memory_gib(step)
         peak, _ = bf16_peak_tflops()
-        mfu = tokens_per_s * training_flops_per_token(args, cfg.seq_len) / (peak * 1e12)
+        mfu = per_gpu * training_flops_per_token(args, cfg.seq_len) / (peak * 1e12)
     config = {
         **cfg.__dict__,
         "critic": bool(cfg.critic),
@@ -124,4 +135,5 @@ def bench_step(
         "n_future_tokens": args.n_future_tokens,
         "vocab_size": args.vocab_size,
     }
-    return StepResult(label, tokens_per_s, mfu, peak, memory, timing, config)
+    tokens_per_s = per_gpu * ctx.world_size
+    return StepResult(label, tokens_per_s, mfu, peak, memory, timing, config, ctx.world_size)

@@ -47,6 +47,20 @@ def _flop_ratio(args, vocab: int, seq_len: int) -> float:
     return training_flops_per_token(four, seq_len) / training_flops_per_token(one, seq_len)
 
 
+def _ratios(mtp: dict, run: str, what: str) -> dict[str, float]:
+    """``{vocab: run / ntp}`` of step time or peak memory, for the vocabularies where it fitted."""
+    out = {}
+    for vocab, runs in mtp.items():
+        four, one = runs[run], runs["ntp"]
+        if four is None:
+            continue
+        if what == "time":
+            out[str(vocab)] = four.step.median_ms / one.step.median_ms
+        else:
+            out[str(vocab)] = four.peak_memory_gib / one.peak_memory_gib
+    return out
+
+
 def run_suite(out_dir: Path, *, base: str = "llama-1b-bench", seq_len: int = 2048) -> dict:
     """Measure everything; returns (and writes) the results dictionary."""
     static_compile_shapes()
@@ -88,10 +102,14 @@ def run_suite(out_dir: Path, *, base: str = "llama-1b-bench", seq_len: int = 204
         )
         args4 = replace(args, vocab_size=vocab, n_future_tokens=4)
         four = step(f"wmtp mtp4 v{vocab}", args4, cfg)
+        # per_head as it runs under FSDP: one backward, the head layers kept, nothing recomputed
+        one_backward = step(
+            f"wmtp mtp4 one_backward v{vocab}", args4, replace(cfg, strategy="one_backward")
+        )
         # mtp_loss = "joint": one backward through every head, nothing recomputed (more memory)
         # (the whole [tokens, vocab] logits of every head: at 128k vocab it may not fit)
         joint = step_if_it_fits(f"wmtp mtp4 joint v{vocab}", args4, replace(cfg, strategy="plain"))
-        mtp[vocab] = (one, four, joint)
+        mtp[vocab] = {"ntp": one, "per_head": four, "one_backward": one_backward, "joint": joint}
     policy4 = replace(args, n_future_tokens=4)
     verifiable = step("wmtp verifiable (mtp4 + critic)", policy4, replace(cfg, critic=args))
     hf_compile = peers[0]
@@ -106,31 +124,23 @@ def run_suite(out_dir: Path, *, base: str = "llama-1b-bench", seq_len: int = 204
         "step_tokens_per_s_ratio_vs_hf_compile": best.tokens_per_s / hf_compile.tokens_per_s,
         "mfu_ntp": best.mfu,
         "ntp_best_micro_batch": best_batch,
-        "mtp4_step_time_ratio_vs_ntp": {
-            str(v): four.step.median_ms / one.step.median_ms for v, (one, four, _) in mtp.items()
-        },
-        "mtp4_peak_memory_ratio_vs_ntp": {
-            str(v): four.peak_memory_gib / one.peak_memory_gib for v, (one, four, _) in mtp.items()
-        },
-        "mtp4_joint_step_time_ratio_vs_ntp": {
-            str(v): joint.step.median_ms / one.step.median_ms
-            for v, (one, _, joint) in mtp.items()
-            if joint is not None
-        },
-        "mtp4_joint_peak_memory_ratio_vs_ntp": {
-            str(v): joint.peak_memory_gib / one.peak_memory_gib
-            for v, (one, _, joint) in mtp.items()
-            if joint is not None
-        },
+        "mtp4_step_time_ratio_vs_ntp": _ratios(mtp, "per_head", "time"),
+        "mtp4_peak_memory_ratio_vs_ntp": _ratios(mtp, "per_head", "memory"),
+        "mtp4_one_backward_step_time_ratio_vs_ntp": _ratios(mtp, "one_backward", "time"),
+        "mtp4_one_backward_peak_memory_ratio_vs_ntp": _ratios(mtp, "one_backward", "memory"),
+        "mtp4_joint_step_time_ratio_vs_ntp": _ratios(mtp, "joint", "time"),
+        "mtp4_joint_peak_memory_ratio_vs_ntp": _ratios(mtp, "joint", "memory"),
         "out_of_memory": out_of_memory,
         "mtp4_flop_ratio_vs_ntp": {str(v): _flop_ratio(args, v, seq_len) for v in mtp},
         "verifiable_step_time_ratio_vs_baseline": (
-            verifiable.step.median_ms / mtp[32000][1].step.median_ms
+            verifiable.step.median_ms / mtp[32000]["per_head"].step.median_ms
         ),
         "peers": [p.to_dict() for p in peers],
         "wmtp": [
             r.to_dict()
-            for r in _once(*ntp.values(), *[x for runs in mtp.values() for x in runs], verifiable)
+            for r in _once(
+                *ntp.values(), *[x for runs in mtp.values() for x in runs.values()], verifiable
+            )
         ],
     }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -167,6 +177,10 @@ def markdown(result: dict) -> str:
         f"- wmtp ntp MFU: {result['mfu_ntp']:.1%}",
         f"- mtp4 / ntp step time: {result['mtp4_step_time_ratio_vs_ntp']}",
         f"- mtp4 / ntp peak memory: {result['mtp4_peak_memory_ratio_vs_ntp']}",
+        f"- mtp4 (one_backward) / ntp step time: "
+        f"{result['mtp4_one_backward_step_time_ratio_vs_ntp']}",
+        f"- mtp4 (one_backward) / ntp peak memory: "
+        f"{result['mtp4_one_backward_peak_memory_ratio_vs_ntp']}",
         f"- mtp4 (joint) / ntp step time: {result['mtp4_joint_step_time_ratio_vs_ntp']}",
         f"- mtp4 (joint) / ntp peak memory: {result['mtp4_joint_peak_memory_ratio_vs_ntp']}",
         f"- mtp4 / ntp model FLOPs per token (the floor of the step-time ratio): "

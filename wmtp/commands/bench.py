@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -123,13 +126,33 @@ def step(
         int | None, typer.Option(help="Vocabulary size when the recipe says -1.")
     ] = None,
     out: OutDir = Path("bench/results/step"),
+    nproc_per_node: Annotated[
+        int,
+        typer.Option(
+            "--nproc-per-node",
+            min=1,
+            help="GPUs of this machine (> 1 launches torchrun and measures the FSDP2 step).",
+        ),
+    ] = 1,
 ) -> None:
-    """A recipe's training step on this GPU: tokens/s, MFU, peak memory (median of 20 steps)."""
+    """A recipe's training step: tokens/s, MFU, peak memory (median of 20 steps).
+
+    Measures the recipe's policy, micro-batch, sequence length, attention, compile, activation
+    checkpointing, MTP loss and (on several GPUs) sharding, on random tokens."""
     _need_cuda()
-    from wmtp.bench.step import StepConfig, bench_step
     from wmtp.recipe import load_recipe
 
     recipe_obj = load_recipe(recipe, overrides=tuple(set_ or ())).recipe
+    if nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
+        from wmtp.commands.run import torchrun_command
+
+        argv = sys.argv[sys.argv.index("step") + 1 :]
+        cmd = torchrun_command(argv, nproc_per_node, ("bench", "step"))
+        console.print(f"launching: {' '.join(cmd)}", highlight=False)
+        raise typer.Exit(subprocess.call(cmd))
+    from wmtp.bench.step import StepConfig, bench_step
+    from wmtp.train.pipeline import MTP_STRATEGIES
+
     policy = recipe_obj.model.policy
     if policy is None:
         raise WmtpError(f"{recipe}: the recipe has no [model.policy] to measure")
@@ -142,12 +165,22 @@ def step(
         attention=policy.attention,
         compile=recipe_obj.parallel.compile,
         activation_checkpointing=recipe_obj.parallel.activation_checkpointing,
+        strategy=MTP_STRATEGIES[recipe_obj.training.mtp_loss],
+        sharding=recipe_obj.parallel.sharding,
+        reduce_dtype=recipe_obj.parallel.reduce_dtype,
     )
+    from wmtp.parallel import teardown
+
     result = bench_step(args, cfg, label=recipe.stem)
+    teardown()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{recipe.stem}.json").write_text(json.dumps(result.to_dict(), indent=2))
+    stem = recipe.stem if result.world_size == 1 else f"{recipe.stem}-{result.world_size}gpu"
+    (out / f"{stem}.json").write_text(json.dumps(result.to_dict(), indent=2))
+    gpus = f" on {result.world_size} GPUs" if result.world_size > 1 else ""
     console.print(
-        f"{result.label}: {result.tokens_per_s:.0f} tokens/s, MFU {result.mfu:.1%} "
+        f"{result.label}{gpus}: {result.tokens_per_s:.0f} tokens/s, MFU {result.mfu:.1%} "
         f"(of {result.peak_tflops:.0f} TFLOP/s bf16), peak {result.peak_memory_gib:.2f} GiB, "
         f"step {result.step.median_ms:.1f} ms"
     )

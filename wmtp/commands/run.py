@@ -23,8 +23,11 @@ def register(app: typer.Typer) -> None:
     command(app, "run", no_args_is_help=True)(run)
 
 
-def torchrun_command(argv: list[str], nproc: int) -> list[str]:
-    """The torchrun command line that re-runs ``wmtp run`` with ``argv`` on ``nproc`` processes."""
+def torchrun_command(
+    argv: list[str], nproc: int, subcommand: tuple[str, ...] = ("run",)
+) -> list[str]:
+    """The torchrun command line that re-runs ``wmtp SUBCOMMAND`` with ``argv`` (less
+    ``--nproc-per-node``) on ``nproc`` processes."""
     rest, skip = [], False
     for arg in argv:
         if skip:
@@ -44,7 +47,7 @@ def torchrun_command(argv: list[str], nproc: int) -> list[str]:
         f"--nproc-per-node={nproc}",
         "-m",
         "wmtp.cli",
-        "run",
+        *subcommand,
         *rest,
     ]
 

@@ -89,14 +89,25 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, hidden_ND, weight_VD, targets_N, coef_N, chunk_size, grad_in_forward):
+    def forward(
+        ctx: Any,
+        hidden_ND,
+        weight_VD,
+        targets_N,
+        coef_N,
+        chunk_size,
+        grad_in_forward,
+        weight_grad_into=None,
+    ):
         N = hidden_ND.shape[0]
-        wanted = ctx.needs_input_grad[:2]  # (hidden, weight)
-        fused = any(wanted) and grad_in_forward
+        want_hidden, want_weight = ctx.needs_input_grad[:2]
+        fused = (want_hidden or want_weight or weight_grad_into is not None) and grad_in_forward
         ce_N = hidden_ND.new_zeros(N, dtype=torch.float32)
         correct_N = torch.zeros(N, dtype=torch.bool, device=hidden_ND.device)
         lse_N = hidden_ND.new_empty(N, dtype=torch.float32)
-        grads = _Grads(hidden_ND, weight_VD, *wanted) if fused else None
+        grads = None
+        if fused:
+            grads = _Grads(hidden_ND, weight_VD, want_hidden, want_weight, weight_grad_into)
         stats = kernel(chunk_stats_and_grad if fused else chunk_stats, hidden_ND.device)
         for s, e in _chunks(N, chunk_size):
             logits_CV = hidden_ND[s:e] @ weight_VD.T
@@ -109,9 +120,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 lse_N[s:e], ce_N[s:e], correct_N[s:e] = stats(logits_CV, targets_N[s:e])
         loss = (coef_N * ce_N).sum()
         ctx.fused, ctx.chunk_size, ctx.weight_dtype = fused, chunk_size, weight_VD.dtype
-        if fused:  # only the gradients wait for the backward
-            ctx.save_for_backward(grads.hidden, grads.weight)
-        elif any(wanted):
+        if fused:  # only the gradients wait for the backward (a shared weight gradient: not here)
+            ctx.save_for_backward(grads.hidden, grads.weight if want_weight else None)
+        elif want_hidden or want_weight:
             ctx.save_for_backward(hidden_ND, weight_VD, targets_N, coef_N, lse_N)
         ctx.mark_non_differentiable(ce_N, correct_N)
         return loss, ce_N, correct_N
@@ -132,17 +143,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grads.add_chunk(s, e, grad_of(logits_CV, lse_N[s:e], targets_N[s:e], scale_N[s:e]))
             d_hidden, d_weight = grads.hidden, grads.weight
         d_weight = d_weight.to(ctx.weight_dtype) if d_weight is not None else None
-        return d_hidden, d_weight, None, None, None, None
+        return d_hidden, d_weight, None, None, None, None, None
 
 
 class _Grads:
     """The hidden and weight gradients (only those wanted), accumulated chunk by chunk."""
 
-    def __init__(self, hidden_ND, weight_VD, want_hidden: bool, want_weight: bool):
+    def __init__(self, hidden_ND, weight_VD, want_hidden: bool, want_weight: bool, into=None):
+        """``into``: an fp32 ``[V, D]`` buffer the weight gradient is added to (shared by calls)."""
         self._hidden_ND, self._weight_VD = hidden_ND, weight_VD
         self.hidden = torch.empty_like(hidden_ND) if want_hidden else None
-        self.weight = None
-        if want_weight:
+        self.weight = into
+        if want_weight and into is None:
             self.weight = torch.zeros(weight_VD.shape, dtype=torch.float32, device=weight_VD.device)
 
     def add_chunk(self, s: int, e: int, grad_CV: torch.Tensor) -> None:
@@ -173,6 +185,7 @@ def linear_cross_entropy(
     chunk_size: int | None = None,
     *,
     grad_in_forward: bool = True,
+    weight_grad_into: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(sum(coef * ce), ce_N, correct_N)`` for valid targets only (no -100 here).
 
@@ -180,7 +193,12 @@ def linear_cross_entropy(
     ``None`` picks :func:`auto_chunk_size`, 0 one block; the same block size serves one head or n,
     so the peak memory of n heads stays that of one. ``grad_in_forward``: see the module
     docstring (pass False where activation checkpointing recomputes this call).
+
+    ``weight_grad_into``: an fp32 ``[V, D]`` buffer (see :class:`SharedWeightGradient`) that the
+    weight gradient is added to in the forward instead of reaching ``weight_VD`` through this
+    call's backward; pass a detached weight then. Several heads in one graph share one buffer.
     """
+    assert weight_grad_into is None or grad_in_forward, "a shared weight gradient needs the forward"
     if chunk_size is None:
         chunk_size = auto_chunk_size(weight_VD.shape[0])
     device_type = hidden_ND.device.type
@@ -193,5 +211,35 @@ def linear_cross_entropy(
     weight_VD = weight_VD.to(hidden_ND.dtype)
     with torch.autocast(device_type, enabled=False):
         return _LinearCrossEntropy.apply(
-            hidden_ND, weight_VD, targets_N, coef_N, chunk_size, grad_in_forward
+            hidden_ND, weight_VD, targets_N, coef_N, chunk_size, grad_in_forward, weight_grad_into
         )
+
+
+class SharedWeightGradient:
+    """One fp32 weight gradient for several :func:`linear_cross_entropy` calls in one graph.
+
+    Every head's forward adds its ``[V, D]`` unembedding gradient into :attr:`buffer`; the loss
+    then adds :meth:`hand_over`'s zero scalar, whose backward gives ``buffer`` to the weight.
+    Several heads in one backward thus hold one fp32 ``[V, D]`` gradient, not one each. Valid
+    when every head's loss reaches the backward with the same incoming gradient as the scalar
+    (their plain sum does).
+    """
+
+    def __init__(self, weight_VD: torch.Tensor) -> None:
+        self.weight = weight_VD
+        self.buffer = torch.zeros(weight_VD.shape, dtype=torch.float32, device=weight_VD.device)
+
+    def hand_over(self) -> torch.Tensor:
+        """A zero scalar to add to the loss; its backward sets the weight's gradient."""
+        return _HandOver.apply(self.weight, self.buffer)
+
+
+class _HandOver(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, weight_VD, buffer_VD):
+        ctx.buffer, ctx.weight_dtype = buffer_VD, weight_VD.dtype  # filled after this call
+        return weight_VD.new_zeros((), dtype=torch.float32)
+
+    @staticmethod
+    def backward(ctx: Any, grad):
+        return ctx.buffer.mul_(grad).to(ctx.weight_dtype), None  # the buffer is done with

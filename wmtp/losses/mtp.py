@@ -5,22 +5,28 @@ ignore); head k (k = 1..n) at position t scores ``labels[t + k]``; a token weigh
 target it scores, so head k uses ``w[t + k]``; each head's loss is ``sum(w * ce) / sum(w)`` over
 valid targets; heads are averaged, optionally with per-depth weights.
 
-Three strategies compute the same gradients (tested to float32 rounding):
+Four strategies compute the same gradients (tested to float32 rounding):
 
 - ``"sequential"``: the MTP paper's method. The trunk output is detached; each head runs forward
   and backward in turn, accumulating its gradient at the trunk output; then one backward runs
   through the trunk. Only one head's activations are alive at a time.
+- ``"one_backward"``: what ``sequential`` becomes under FSDP2, which wants one backward per
+  micro-batch. One graph: the head layers stay in it (their activations live until the backward,
+  or are checkpointed with the trunk's blocks), while each head's unembedding gradients are still
+  computed in its forward and the heads share one fp32 ``[V, D]`` weight gradient
+  (:class:`~wmtp.losses.linear_ce.SharedWeightGradient`). Nothing is recomputed.
 - ``"checkpointed"``: one graph, one backward; every head (its layer, the final norm and the loss)
   is wrapped in activation checkpointing, so the forward keeps only the trunk output per head and
   the backward recomputes one head at a time. Same peak as ``sequential``, plus one recomputed
   head forward, and plain single-backward semantics (what FSDP2 hooks and no_sync expect).
 - ``"plain"``: every head kept in the graph; the reference, and the fastest when memory is ample.
 
-``sequential`` and ``checkpointed`` score a head through :func:`linear_cross_entropy`
-(``linear_ce.py``), which computes the logits in chunks of ``chunk_size`` target tokens (fp32
-softmax), so only one ``[chunk, V]`` block exists at a time (``chunk_size = 0``: one chunk, the
-whole head). ``sequential`` computes each chunk's gradient in the forward (3 matmuls a chunk);
-``checkpointed``, whose head forward runs again in the backward, recomputes the logits there.
+All but ``plain`` score a head through :func:`linear_cross_entropy` (``linear_ce.py``), which
+computes the logits in chunks of ``chunk_size`` target tokens (fp32 softmax), so only one
+``[chunk, V]`` block exists at a time (``chunk_size = 0``: one chunk, the whole head).
+``sequential`` and ``one_backward`` compute each chunk's gradient in the forward (3 matmuls a
+chunk); ``checkpointed``, whose head forward runs again in the backward, recomputes the logits
+there.
 
 Because the memory-efficient paths run their own backward, the training step calls
 :func:`loss_and_backward`; it never returns a graph to call ``.backward()`` on.
@@ -38,10 +44,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from wmtp.losses.linear_ce import linear_cross_entropy
+from wmtp.losses.linear_ce import SharedWeightGradient, linear_cross_entropy
 
 IGNORE_INDEX = -100
-Strategy = Literal["sequential", "checkpointed", "plain"]
+Strategy = Literal["sequential", "one_backward", "checkpointed", "plain"]
 
 HeadWeightFn = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 """Per-head weights: ``fn(k, ce_BT, targets_BT) -> w_BT`` with ``T = S - k``.
@@ -196,11 +202,22 @@ def _head_hidden_valid(model, h_BSD, k: int, seq, index_N: torch.Tensor) -> torc
     return hk_BTD.reshape(B * (S - k), D).index_select(0, index_N)  # [B*T, D] -> [N, D]
 
 
-def _score_head(model, h_BSD, job: _HeadJob, seq, cfg: MTPLossConfig):
+def _score_head(
+    model, h_BSD, job: _HeadJob, seq, cfg: MTPLossConfig, shared: SharedWeightGradient | None = None
+):
     hidden_ND = _head_hidden_valid(model, h_BSD, job.k, seq, job.index_N)
     weight_VD = model.output.weight
     if cfg.strategy == "plain":
         return plain_cross_entropy(hidden_ND, weight_VD, job.targets_N, job.coef_N)
+    if shared is not None:  # one_backward: the weight's gradient goes through `shared`
+        return linear_cross_entropy(
+            hidden_ND,
+            weight_VD.detach(),
+            job.targets_N,
+            job.coef_N,
+            cfg.chunk_size,
+            weight_grad_into=shared.buffer,
+        )
     # checkpointed: this call runs again in the backward, so gradients wait for that run
     return linear_cross_entropy(
         hidden_ND,
@@ -289,9 +306,8 @@ def loss_and_backward(
     if cfg.strategy == "sequential" and backward and _is_fsdp(model):
         # FSDP2 keeps per-parameter-group state across backward calls: several backward passes
         # per step break its low-precision gradient path (an unsharded parameter it never
-        # gathered). The checkpointed strategy keeps one head's activations at a time too, in
-        # one backward: same gradients, same peak, one recomputed head forward.
-        cfg = dataclasses.replace(cfg, strategy="checkpointed")
+        # gathered). one_backward computes the same gradients with the same matmuls in one.
+        cfg = dataclasses.replace(cfg, strategy="one_backward")
     depth_K = _depth_weights(cfg.depth_weights, n_heads, labels_BS.device)
     grad_ctx = contextlib.nullcontext() if backward else torch.no_grad()
     with grad_ctx:
@@ -316,22 +332,33 @@ def loss_and_backward(
             ce_of_head,
             document_ids(seq, labels_BS),
         )
+        shared = None
+        if cfg.strategy == "one_backward" and backward and model.output.weight.requires_grad:
+            shared = SharedWeightGradient(model.output.weight)
         results = []
         for job in jobs:
             if cfg.strategy == "checkpointed" and backward:
                 out = checkpoint(_score_head, model, h_in, job, seq, cfg, use_reentrant=False)
             else:
-                out = _score_head(model, h_in, job, seq, cfg)
+                out = _score_head(model, h_in, job, seq, cfg, shared)
             if cfg.strategy == "sequential" and backward:
                 out[0].backward()  # frees head k's graph; grad accumulates in h_in.grad
             results.append(out)
         if backward:
-            if cfg.strategy == "sequential":
-                # Every rank runs the trunk backward, even when no head had a target here; none
-                # runs it when the trunk trains nothing (LoRA on a model whose layers are all heads).
-                grad_BSD = h_in.grad if h_in.grad is not None else torch.zeros_like(h_BSD)
-                if h_BSD.requires_grad:
-                    h_BSD.backward(grad_BSD)
-            else:
-                torch.stack([r[0] for r in results]).sum().backward()
+            _backward(cfg.strategy, h_BSD, h_in, [r[0] for r in results], shared)
     return _stats(jobs, results)
+
+
+def _backward(strategy: Strategy, h_BSD, h_in, losses, shared: SharedWeightGradient | None):
+    """The one backward of the single-graph strategies, or the trunk's after ``sequential``."""
+    if strategy == "sequential":
+        # Every rank runs the trunk backward, even when no head had a target here; none runs
+        # it when the trunk trains nothing (LoRA on a model whose layers are all heads).
+        grad_BSD = h_in.grad if h_in.grad is not None else torch.zeros_like(h_BSD)
+        if h_BSD.requires_grad:
+            h_BSD.backward(grad_BSD)
+        return
+    loss = torch.stack(losses).sum()
+    if shared is not None:
+        loss = loss + shared.hand_over()
+    loss.backward()

@@ -96,10 +96,11 @@ class TrainingSpec(Section):
     mtp_loss: Annotated[Literal["per_head", "chunked", "joint"], PERFORMANCE] = "per_head"
     """How the heads' backward runs: one head at a time with gradients accumulated at the trunk
     (``per_head``, the MTP paper's; each block of logits gets its gradient as soon as it is
-    computed; under FSDP it runs as ``chunked``), one backward with every head checkpointed
-    (``chunked``: one recomputed head forward), or one backward with every head's activations and
-    logits kept (``joint``: no recompute, the most memory). ``per_head`` and ``chunked`` score
-    through a chunked linear cross-entropy, so no head's [B, S, V] logits exist whole."""
+    computed; under FSDP, which wants one backward, the head layers' activations are kept for it
+    instead), one backward with every head checkpointed (``chunked``: one recomputed head
+    forward), or one backward with every head's activations and logits kept (``joint``: no
+    recompute, the most memory). ``per_head`` and ``chunked`` score through a chunked linear
+    cross-entropy, so no head's [B, S, V] logits exist whole."""
     skip_invalid_data: bool = False
     """Skip (and count) malformed examples instead of stopping with an error."""
     critic_loss: CriticLossSpec = Field(default_factory=CriticLossSpec)
