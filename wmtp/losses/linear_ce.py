@@ -198,7 +198,9 @@ def linear_cross_entropy(
     weight gradient is added to in the forward instead of reaching ``weight_VD`` through this
     call's backward; pass a detached weight then. Several heads in one graph share one buffer.
     """
-    assert weight_grad_into is None or grad_in_forward, "a shared weight gradient needs the forward"
+    if weight_grad_into is not None:
+        assert grad_in_forward, "a shared weight gradient is computed in the forward"
+        assert not weight_VD.requires_grad, "pass a detached weight with weight_grad_into"
     if chunk_size is None:
         chunk_size = auto_chunk_size(weight_VD.shape[0])
     device_type = hidden_ND.device.type
