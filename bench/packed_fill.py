@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import argparse
 
-from wmtp import registry
+from wmtp import assembly
 from wmtp.recipe import load_recipe
-from wmtp.train.data_source import PackedRows, StepBatches, load_train_data
+from wmtp.train.data_source import PackedRows, StepBatches
 
 
 def fill_per_step(recipe_path: str, sets: list[str], steps: int, rows: int) -> list[float]:
     """Fill of each of the first ``steps`` global batches of ``rows`` rows."""
     recipe = load_recipe(recipe_path, sets).recipe
-    tokenizer = registry.get("tokenizer", recipe.tokenizer.kind)(recipe.tokenizer)
-    pipeline = registry.get("pipeline", recipe.experiment.pipeline)(recipe)
-    data = load_train_data(recipe.data, tokenizer, recipe.experiment.seed)
+    assert recipe.pipeline.examples == "solutions", "packed rows hold solutions, not pairs"
+    data = assembly.dataset(recipe, assembly.tokenizer(recipe), progress=False)
     length = data.train.max_length
     batches = StepBatches(
-        lambda epoch: data.epoch_order(epoch, correct_only=pipeline.correct_only),
+        lambda epoch: data.epoch_order(epoch, correct_only=True),
         lambda indices: indices,
         micro_batch_size=rows,  # the whole global batch as one
         grad_accum_steps=1,

@@ -19,8 +19,6 @@ SUITE_KEYS = (
     "mfu_ntp",
     "mtp4_step_time_ratio_vs_ntp",
     "mtp4_peak_memory_ratio_vs_ntp",
-    "mtp4_one_backward_step_time_ratio_vs_ntp",
-    "mtp4_one_backward_peak_memory_ratio_vs_ntp",
     "mtp4_joint_step_time_ratio_vs_ntp",
     "mtp4_joint_peak_memory_ratio_vs_ntp",
     "mtp4_flop_ratio_vs_ntp",

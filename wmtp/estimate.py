@@ -3,9 +3,10 @@
 Only ``row_tokens`` (optional) brings in the data: without it every row is ``data.max_length``.
 
 Batch and tokens
-    effective batch   = micro_batch_size * grad_accum_steps * world_size   (sequences per step;
-                        the critic pipeline's sequences are pairs, so twice that many rows)
-    tokens per step   = effective batch * data.max_length   (an upper bound: padding counted)
+    effective batch   = micro_batch_size * grad_accum_steps * world_size   (examples per step;
+                        a pair pipeline's examples are two rows each: ``wmtp.pipelines``)
+    tokens per step   = effective batch * rows per example * data.max_length   (an upper bound:
+                        padding counted)
 
 Parameters
     ``wmtp.models.args.param_count`` of each model (value models without the unembedding, plus
@@ -149,16 +150,15 @@ def estimate(recipe: Any, world_size: int = 1, *, row_tokens: int | None = None)
     assert row_tokens is None or row_tokens >= 1, row_tokens
     row_length = recipe.data.max_length if row_tokens is None else row_tokens
     t = recipe.training
-    rows_per_micro = t.micro_batch_size * (2 if recipe.experiment.pipeline == "critic" else 1)
+    pipeline = recipe.pipeline  # wmtp.pipelines: what it uses, trains, and reads per example
+    rows_per_micro = t.micro_batch_size * pipeline.rows_per_example
     effective = t.micro_batch_size * t.grad_accum_steps * world_size
-    tokens = (
-        effective * recipe.data.max_length * (2 if recipe.experiment.pipeline == "critic" else 1)
-    )
+    tokens = effective * recipe.data.max_length * pipeline.rows_per_example
     notes: list[str] = []
     vocab = _vocab(recipe, notes)
-    trained = recipe.trained_role
+    trained = pipeline.trains
     models = []
-    used = _used_models(recipe)
+    used = pipeline.uses
     for role in ("policy", "reference", "critic"):
         spec = getattr(recipe.model, role)
         if spec is None:
@@ -173,12 +173,6 @@ def estimate(recipe: Any, world_size: int = 1, *, row_tokens: int | None = None)
         memory = _memory(recipe, trained_count, frozen, world_size, rows_per_micro, row_length)
         notes += _memory_notes(recipe, trained_count)
     return Estimate(world_size, effective, tokens, models, memory, notes)
-
-
-def _used_models(recipe: Any) -> tuple[str, ...]:
-    from wmtp.recipe.schema import PIPELINE_MODELS
-
-    return PIPELINE_MODELS[recipe.experiment.pipeline]
 
 
 def _vocab(recipe: Any, notes: list[str]) -> int:

@@ -1,15 +1,16 @@
 """One registry for every component kind, with plugins through entry points.
 
 A component is registered under a *kind* (``"model"``, ``"attention"``, ``"weighting"``,
-``"value_head"``, ``"dataset"``, ``"sampler"``, ``"pipeline"``, ``"evaluator"``, ...) and a *name*
-(the recipe's ``kind = "..."`` tag)::
+``"value_head"``, ``"tokenizer"``, ``"dataset"``, ``"sampler"``, ``"pipeline"``, ``"evaluator"``)
+and a *name* (the recipe's ``kind = "..."`` tag)::
 
     @register("weighting", "td", spec=TDWeightingSpec)
     def build_td_weighting(spec: TDWeightingSpec) -> Weighting: ...
 
 Built-in components and third-party plugins load the same way: every module named in the
 ``wmtp.components`` entry-point group is imported once, on first lookup, and registers what it
-defines. Importing this module is cheap (no torch).
+defines. Importing this module, and loading every built-in component module, is cheap (no torch:
+builders import what they need when they run).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class Entry:
 
     @property
     def doc(self) -> str:
-        return inspect.getdoc(self.obj) or ""
+        own = getattr(self.obj, "doc", None)  # table entries (attention, pipeline) carry their doc
+        return own if isinstance(own, str) else inspect.getdoc(self.obj) or ""
 
 
 _ENTRIES: dict[str, dict[str, Entry]] = {}
@@ -69,7 +71,7 @@ BUILTIN_MODULES = (
     "wmtp.models.components",
     "wmtp.data.components",
     "wmtp.weighting.components",
-    "wmtp.train.pipelines",
+    "wmtp.pipelines",
     "wmtp.eval.benchmarks",
 )
 

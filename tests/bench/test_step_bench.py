@@ -1,44 +1,88 @@
-"""The step benchmark's code path on CPU (figures come from GPUs; this checks it runs and counts)."""
+"""``wmtp bench step`` on CPU: it times the trainer's own step (figures come from GPUs; this
+checks that the path runs what `wmtp run` runs, and counts what it should)."""
 
 import json
-from dataclasses import replace
+import subprocess
+import sys
 
 import pytest
-import torch
 
-from wmtp.bench.step import StepConfig, bench_step
-from wmtp.models.args import FLAVOURS
+from tests.train.train_helpers import REPO, TINY
+from wmtp.bench.step import bench_step
+from wmtp.recipe import load_recipe
 
 from ..parallel.test_fsdp import launch
 
+SMALL = [
+    "parallel.device='cpu'",
+    "data.max_length=32",
+    "training.micro_batch_size=2",
+    "training.grad_accum_steps=2",
+]
 
-def test_step_bench_runs_training_steps_on_cpu():
-    args = replace(FLAVOURS["tiny"], vocab_size=97, n_future_tokens=2)
-    cfg = StepConfig(batch=2, seq_len=32, attention="sdpa", compile=False)
-    result = bench_step(args, cfg, label="tiny", warmup=1, repeats=2, device="cpu")
+
+def tiny(*extra: str):
+    return load_recipe(TINY, [*SMALL, *extra]).recipe
+
+
+def test_step_bench_times_the_trainers_step_on_synthetic_batches(monkeypatch):
+    import wmtp.train.loop as loop
+
+    steps = []
+    real = loop.Trainer.train_step
+    monkeypatch.setattr(
+        loop.Trainer, "train_step", lambda self, f: steps.append(1) or real(self, f)
+    )
+    result = bench_step(tiny(), label="tiny", warmup=1, repeats=2)
+    assert len(steps) == 3  # warm-up + repeats, all through Trainer.train_step
     assert result.step.repeats == 2
     assert result.step.min_ms <= result.step.median_ms <= result.step.max_ms
-    assert result.tokens_per_s == 2 * 32 / (result.step.median_ms / 1e3)
-    assert result.config["n_future_tokens"] == 2 and result.config["attention_resolved"] == "sdpa"
+    # every row is data.max_length tokens: micro-batch x accumulation x 32 per step
+    assert result.tokens_per_s == pytest.approx(2 * 2 * 32 / (result.step.median_ms / 1e3))
+    assert result.config["n_future_tokens"] == 2 and result.config["attention"] == "sdpa"
+    assert result.config["mtp_loss"] == "per_head" and not result.config["one_backward"]
 
 
-def test_step_bench_with_frozen_critic_on_cpu():
-    args = replace(FLAVOURS["tiny"], vocab_size=97, n_future_tokens=2)
-    cfg = StepConfig(batch=1, seq_len=16, attention="sdpa", compile=False, critic=args)
-    result = bench_step(args, cfg, label="verifiable", warmup=1, repeats=1, device="cpu")
-    assert result.config["critic"] is True
-    assert torch.isfinite(torch.tensor(result.tokens_per_s))
+def test_step_bench_of_the_verifiable_pipeline_runs_its_frozen_critic():
+    critic = "model.critic={kind='value_model', flavour='tiny', dtype='float32', attention='sdpa'}"
+    recipe = tiny("experiment.pipeline='verifiable'", critic, "weighting={kind='td'}")
+    result = bench_step(recipe, label="verifiable", warmup=1, repeats=1)
+    assert result.config["frozen"] == ["critic"] and result.config["pipeline"] == "verifiable"
+    assert result.tokens_per_s > 0
+
+
+def test_step_bench_of_the_critic_pipeline_reads_pairs():
+    critic = "model.critic={kind='value_model', flavour='tiny', dtype='float32', attention='sdpa'}"
+    pairs = "data.pairs={length_bins=[64]}"
+    recipe = tiny("experiment.pipeline='critic'", critic, pairs)
+    result = bench_step(recipe, label="critic", warmup=0, repeats=1)
+    # a pair is two rows: chosen and rejected
+    assert result.tokens_per_s == pytest.approx(2 * 2 * 2 * 32 / (result.step.median_ms / 1e3))
+
+
+def test_step_bench_command_writes_its_figures(tmp_path):
+    sets = [a for s in SMALL for a in ("--set", s)]
+    cmd = [sys.executable, "-m", "wmtp.cli", "bench", "step", str(TINY), *sets, "--out"]
+    done = subprocess.run(
+        [*cmd, str(tmp_path), "--warmup", "0", "--repeats", "1"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "tiny.json").read_text())
+    assert result["world_size"] == 1 and result["config"]["pipeline"] == "baseline"
+    assert "tokens/s" in done.stdout
 
 
 TWO_RANKS = """
 import json, os, sys
-from dataclasses import replace
-from wmtp.bench.step import StepConfig, bench_step
-from wmtp.models.args import FLAVOURS
+from wmtp.bench.step import bench_step
 from wmtp.parallel import teardown
-args = replace(FLAVOURS["tiny"], vocab_size=97, n_future_tokens=2)
-cfg = StepConfig(batch=1, seq_len=16, attention="sdpa", compile=False, sharding="shard_grad_op")
-result = bench_step(args, cfg, label="fsdp", warmup=1, repeats=2, device="cpu")
+from wmtp.recipe import load_recipe
+recipe = load_recipe(sys.argv[2], sys.argv[3:]).recipe
+result = bench_step(recipe, label="fsdp", warmup=1, repeats=2)
 teardown()
 if os.environ["RANK"] == "0":
     with open(sys.argv[1], "w") as f:
@@ -51,11 +95,12 @@ def test_step_bench_under_two_gloo_ranks_counts_both_ranks_tokens(tmp_path):
     """Launched as two ranks, the step runs FSDP2 and tokens/s is the job's (both ranks')."""
     script = tmp_path / "two_ranks.py"
     script.write_text(TWO_RANKS)
-    procs = launch(2, [str(tmp_path / "result")], script)
+    sets = [*SMALL, "parallel.sharding='shard_grad_op'"]
+    procs = launch(2, [str(tmp_path / "result"), str(TINY), *sets], script)
     for p in procs:
         output, _ = p.communicate(timeout=240)
         assert p.returncode == 0, output
     result = json.loads((tmp_path / "result").read_text())
-    assert result["world_size"] == 2
+    assert result["world_size"] == 2 and result["config"]["one_backward"]
     median_s = result["step"]["median_ms"] / 1e3
-    assert result["tokens_per_s"] == pytest.approx(2 * 1 * 16 / median_s)
+    assert result["tokens_per_s"] == pytest.approx(2 * 2 * 2 * 32 / median_s)

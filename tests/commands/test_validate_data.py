@@ -185,8 +185,8 @@ def test_critic_pairs_size_memory_by_the_longest_solution_that_can_pair(workdir)
 
 def test_the_length_is_what_training_batches_have(workdir):
     """The rows training pads: every drawable example (or pair) in one batch is as long."""
+    from wmtp import assembly
     from wmtp.data.tokenizers import ByteTokenizer
-    from wmtp.train.data_source import load_train_data
     from wmtp.train.lengths import drawn_rows, pairable_rows
 
     for name, rows_of, batches in [
@@ -194,7 +194,7 @@ def test_the_length_is_what_training_batches_have(workdir):
         ("pairs.toml", pairable_rows, None),
     ]:
         recipe = load_recipe(name).recipe
-        data = load_train_data(recipe.data, ByteTokenizer(), recipe.experiment.seed)
+        data = assembly.dataset(recipe, ByteTokenizer(), progress=False)
         rows = rows_of(data)
         if batches is None:  # pairs: every epoch's pairs, padded together
             pairs = [data.epoch_pairs(e) for e in range(20)]

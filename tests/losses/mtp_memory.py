@@ -72,8 +72,8 @@ def one(strategy: str, n_heads: int, chunk: int | None) -> dict:
 
 
 def main() -> None:
-    configs = [("sequential", "1024"), ("sequential", "auto"), ("checkpointed", "1024")]
-    configs += [("plain", "-"), ("forward", "-")]
+    configs = [("per_head", "1024"), ("per_head", "auto"), ("chunked", "1024")]
+    configs += [("joint", "-"), ("forward", "-")]
     for strategy, chunk in configs:
         for n in (1, 4):
             cmd = [sys.executable, __file__, "--child", strategy, str(n), chunk]

@@ -73,9 +73,13 @@ def grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("strategy", ["sequential", "one_backward", "checkpointed", "plain"])
+STRATEGIES = [("per_head", False), ("per_head", True), ("chunked", False), ("joint", False)]
+"""Every ``training.mtp_loss``, and per_head in one backward (as it runs on a sharded model)."""
+
+
+@pytest.mark.parametrize(("strategy", "one_backward"), STRATEGIES)
 @pytest.mark.parametrize("chunk_size", [0, 5])
-def test_gradients_equal_all_heads_reference(strategy, chunk_size):
+def test_gradients_equal_all_heads_reference(strategy, one_backward, chunk_size):
     torch.manual_seed(0)
     model = StandIn()
     tokens, labels, w = make_batch()
@@ -84,7 +88,9 @@ def test_gradients_equal_all_heads_reference(strategy, chunk_size):
     ref.backward()
     ref_grads = grads(model)
     model.zero_grad()
-    cfg = MTPLossConfig(strategy=strategy, chunk_size=chunk_size, depth_weights=depth)
+    cfg = MTPLossConfig(
+        strategy=strategy, one_backward=one_backward, chunk_size=chunk_size, depth_weights=depth
+    )
     stats = loss_and_backward(model, tokens, labels, n_heads=N_HEADS, weights=w, config=cfg)
     assert torch.allclose(stats.total_loss(depth), ref.detach(), atol=1e-6, rtol=1e-6)
     got = grads(model)
@@ -184,8 +190,8 @@ def test_packed_batch_heads_never_predict_across_documents():
     assert weight_sums(labels_BS, 3, document_ids_BS=docs_BS).tolist() == [5.0, 3.0, 1.0]
 
 
-@pytest.mark.parametrize("strategy", ["sequential", "one_backward", "checkpointed", "plain"])
-def test_lora_on_a_model_whose_layers_are_all_heads(strategy):
+@pytest.mark.parametrize(("strategy", "one_backward"), STRATEGIES)
+def test_lora_on_a_model_whose_layers_are_all_heads(strategy, one_backward):
     """Nothing in the trunk trains (its only module is the frozen embedding): the per-head
     backward must not run a trunk backward, and the heads' adapters still get gradients."""
     import dataclasses
@@ -199,7 +205,13 @@ def test_lora_on_a_model_whose_layers_are_all_heads(strategy):
     model = LlamaMTP(args, attention="eager")
     apply_lora(model, rank=2, alpha=4.0, targets=["wq", "wo"])
     tokens, labels, _ = make_batch()
-    loss_and_backward(model, tokens, labels, n_heads=2, config=MTPLossConfig(strategy=strategy))
+    cfg = MTPLossConfig(strategy=strategy, one_backward=one_backward)
+    loss_and_backward(model, tokens, labels, n_heads=2, config=cfg)
     trained = [p for p in model.parameters() if p.requires_grad]
     assert trained and all(p.grad is not None for p in trained)
     assert not any(p.grad is not None for p in model.parameters() if not p.requires_grad)
+
+
+def test_an_unknown_strategy_is_refused():
+    with pytest.raises(AssertionError, match="sequential"):
+        MTPLossConfig(strategy="sequential")  # the old name of per_head

@@ -10,7 +10,7 @@ from wmtp.models.attention import (
     SeqInfo,
     eager_attend,
     flex_attend,
-    resolve_backend,
+    resolve,
     sdpa_attend,
 )
 
@@ -122,30 +122,46 @@ def test_flex_refuses_gradients_on_cpu_with_a_reason():
 def test_varlen_on_cpu_is_an_error_naming_why(monkeypatch):
     monkeypatch.delenv("WMTP_ATTENTION", raising=False)
     with pytest.raises(ComponentError, match=r"varlen.*(CUDA|no torch\.nn\.attention\.varlen)"):
-        resolve_backend("varlen", "cpu", torch.bfloat16)
+        resolve("varlen", "cpu", torch.bfloat16, training=False)
 
 
 def test_auto_picks_sdpa_on_cpu_and_says_why(monkeypatch):
     monkeypatch.delenv("WMTP_ATTENTION", raising=False)
-    choice, reason = resolve_backend("auto", "cpu", torch.float32)
-    assert choice == "sdpa"
-    assert "flash_attn" in reason
+    chosen = resolve("auto", "cpu", torch.float32, training=True)
+    assert (chosen.plain, chosen.packed, chosen.name) == ("sdpa", "sdpa", "sdpa")
+    assert "auto (recipe): sdpa on cpu" in chosen.reason
 
 
 def test_env_override_wins(monkeypatch):
     monkeypatch.setenv("WMTP_ATTENTION", "eager")
-    choice, reason = resolve_backend("sdpa", "cpu", torch.float32)
-    assert (choice, "WMTP_ATTENTION=eager" in reason) == ("eager", True)
+    chosen = resolve("sdpa", "cpu", torch.float32, training=True)
+    assert (chosen.name, "WMTP_ATTENTION=eager" in chosen.reason) == ("eager", True)
 
 
 def test_flash_attn_explicit_request_errors_without_cuda():
     with pytest.raises(ComponentError, match="flash_attn"):
-        resolve_backend("flash_attn", "cpu", torch.bfloat16)
+        resolve("flash_attn", "cpu", torch.bfloat16, training=False)
 
 
-def test_unknown_backend_is_a_component_error():
-    with pytest.raises(ComponentError, match="unknown attention"):
-        resolve_backend("flashy", "cpu", torch.float32)
+def test_flex_on_cpu_runs_frozen_models_but_cannot_train(monkeypatch):
+    monkeypatch.delenv("WMTP_ATTENTION", raising=False)
+    assert resolve("flex", "cpu", "float32", training=False).name == "flex"
+    with pytest.raises(ComponentError, match="flex has no backward on the CPU"):
+        resolve("flex", "cpu", "float32", training=True)
+
+
+def test_unknown_backend_is_a_component_error_with_a_suggestion():
+    with pytest.raises(ComponentError, match=r"unknown attention backend 'flashy'.*'flash_attn'"):
+        resolve("flashy", "cpu", torch.float32, training=False)
+
+
+def test_every_name_the_recipe_accepts_is_a_backend_of_the_table_or_auto():
+    import typing
+
+    from wmtp.models.backends import BACKENDS
+    from wmtp.recipe.schema import Attention
+
+    assert set(typing.get_args(Attention)) == {"auto", *BACKENDS}
 
 
 def test_from_batch_refuses_left_padding():
@@ -198,20 +214,27 @@ def test_eager_stays_fp32_under_autocast():
     torch.testing.assert_close(out, eager_attend(q, k, v))
 
 
-def test_auto_on_a_gpu_without_flash_attn_is_sdpa_with_flex_for_packed_batches():
-    from wmtp.models.attention import _flash_attn_module, get_attend, resolve_backend
+def test_auto_on_a_gpu_without_flash_attn_is_sdpa_with_flex_for_packed_batches(monkeypatch):
+    from wmtp.models.attention import ResolvedAttention, flash_attn_missing
 
-    if _flash_attn_module()[0] is not None:
+    monkeypatch.delenv("WMTP_ATTENTION", raising=False)
+    if not torch.cuda.is_available():
+        pytest.skip("auto consults the GPU's ranking on CUDA only")
+    if flash_attn_missing() is None:
         pytest.skip("flash_attn is importable here: auto picks it")
-    choice, reason = resolve_backend("auto", "cuda", torch.bfloat16)
-    assert choice == "sdpa+flex" and "flex for packed" in reason
-    assert resolve_backend("auto", "cpu", torch.float32)[0] == "sdpa"  # flex has no CPU backward
+    chosen = resolve("auto", "cuda", torch.bfloat16, training=True)
+    assert isinstance(chosen, ResolvedAttention) and chosen.packed == "flex"
+
+
+def test_a_resolved_pair_runs_packed_batches_on_its_second_backend():
+    from wmtp.models.attention import ResolvedAttention
 
     torch.manual_seed(0)
     q = torch.randn(1, 12, 4, 8)
     k, v = torch.randn(1, 12, 2, 8), torch.randn(1, 12, 2, 8)
     packed = SeqInfo.packed([[5, 7]])
-    sdpa_flex = get_attend(choice)
+    pair = ResolvedAttention("sdpa", "eager", "test")
+    assert pair.name == "sdpa (eager for packed batches)"
     with torch.no_grad():
-        torch.testing.assert_close(sdpa_flex(q, k, v, packed), eager_attend(q, k, v, packed))
-        torch.testing.assert_close(sdpa_flex(q, k, v), eager_attend(q, k, v))
+        torch.testing.assert_close(pair.attend(q, k, v, packed), eager_attend(q, k, v, packed))
+        torch.testing.assert_close(pair.attend(q, k, v), eager_attend(q, k, v))

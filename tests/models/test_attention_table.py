@@ -14,13 +14,7 @@ import sys
 import pytest
 import torch
 
-from wmtp.models.attention import (
-    BACKEND_NAMES,
-    choose_by_layout,
-    eager_attend,
-    get_attend,
-    resolve_backend,
-)
+from wmtp.models.attention import choose_by_layout, resolve
 from wmtp.models.attention_table import (
     PACKAGED_TABLE,
     TABLE_ENV,
@@ -29,7 +23,7 @@ from wmtp.models.attention_table import (
     rank_backends,
     record,
 )
-from wmtp.models.seq import SeqInfo
+from wmtp.models.backends import NAMES
 
 GPU = "Test GPU 80GB"
 
@@ -97,15 +91,15 @@ def test_lookup_reads_the_user_table_first_and_falls_back_to_another_dtype(tmp_p
 
 def test_the_choice_is_the_first_runnable_backend_per_layout():
     ranking = Ranking(GPU, "bfloat16", {"plain": ["flash_attn", "sdpa"], "packed": ["flex"]}, "t")
-    default = {"plain": "sdpa", "packed": "flex"}
-    assert choose_by_layout(ranking, set(BACKEND_NAMES), default, None)[0] == "flash_attn+flex"
-    without_fa = set(BACKEND_NAMES) - {"flash_attn"}
-    choice, why = choose_by_layout(ranking, without_fa, default, "flash_attn not importable")
-    assert choice == "sdpa+flex" and GPU in why
+    assert choose_by_layout(ranking, set(NAMES))[:2] == ("flash_attn", "flex")
+    without_fa = set(NAMES) - {"flash_attn"}
+    plain, packed, why = choose_by_layout(ranking, without_fa)
+    assert (plain, packed) == ("sdpa", "flex") and GPU in why
     same = Ranking(GPU, "bfloat16", {"plain": ["sdpa"], "packed": ["sdpa"]}, "t")
-    assert choose_by_layout(same, set(BACKEND_NAMES), default, None)[0] == "sdpa"
-    choice, why = choose_by_layout(None, without_fa, default, "flash_attn not importable")
-    assert choice == "sdpa+flex" and "no ranking recorded" in why
+    assert choose_by_layout(same, set(NAMES))[:2] == ("sdpa", "sdpa")
+    plain, packed, why = choose_by_layout(None, without_fa)
+    assert (plain, packed) == ("sdpa", "flex") and "no ranking recorded" in why
+    assert choose_by_layout(None, set(NAMES))[:2] == ("sdpa", "flash_attn")
 
 
 def test_the_committed_table_names_only_known_backends_and_the_h100():
@@ -113,23 +107,11 @@ def test_the_committed_table_names_only_known_backends_and_the_h100():
     assert entries, "the committed table is empty"
     for entry in entries:
         for ranked in entry["layouts"].values():
-            assert {r["backend"] for r in ranked} <= set(BACKEND_NAMES)
+            assert {r["backend"] for r in ranked} <= set(NAMES)
             ratios = [r["geomean_vs_fastest"] for r in ranked]
             assert ratios == sorted(ratios) and ratios[0] == 1.0
     h100 = find_ranking("NVIDIA H100 80GB HBM3", "bfloat16", [PACKAGED_TABLE])
     assert h100 is not None and set(h100.layouts) == {"plain", "packed"}
-
-
-def test_a_layout_pair_dispatches_packed_batches_to_its_second_backend():
-    torch.manual_seed(0)
-    q = torch.randn(1, 12, 4, 8)
-    k, v = torch.randn(1, 12, 2, 8), torch.randn(1, 12, 2, 8)
-    packed = SeqInfo.packed([[5, 7]])
-    attend = get_attend("sdpa+eager")
-    assert attend is get_attend("sdpa+eager")  # built once
-    with torch.no_grad():
-        torch.testing.assert_close(attend(q, k, v, packed), eager_attend(q, k, v, packed))
-        torch.testing.assert_close(attend(q, k, v), eager_attend(q, k, v))
 
 
 def test_a_broken_user_table_is_a_clear_error(tmp_path, monkeypatch):
@@ -139,7 +121,7 @@ def test_a_broken_user_table_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"bad\.json: not a readable attention table"):
         find_ranking(GPU, "bfloat16")
     monkeypatch.delenv("WMTP_ATTENTION", raising=False)
-    assert resolve_backend("auto", "cpu", torch.float32)[0] == "sdpa"  # no table read off CUDA
+    assert resolve("auto", "cpu", torch.float32, training=True).name == "sdpa"  # no table off CUDA
 
 
 def wmtp(*args: str) -> subprocess.CompletedProcess:

@@ -12,6 +12,7 @@ import torch
 from tests.models.builders import PARAMS, VOCAB, meta_state_dict
 from wmtp import registry
 from wmtp.errors import CheckpointError
+from wmtp.models.backends import BACKENDS, NAMES
 from wmtp.models.checkpoint import save_wmtp
 from wmtp.models.lora import LoRALinear
 from wmtp.recipe.specs.models import LlamaMTPSpec, MLPHeadSpec, ValueModelSpec
@@ -29,9 +30,11 @@ def test_everything_registered():
     assert names == {
         ("model", "llama_mtp"),
         ("model", "value_model"),
-        *(("attention", n) for n in ("eager", "sdpa", "flash_attn", "flex", "varlen")),
         *(("value_head", n) for n in ("linear", "sigmoid", "mlp")),
     }
+    attention = registry.entries("attention")
+    assert [e.name for e in attention] == sorted(NAMES)  # the backend table, entry for entry
+    assert all(e.obj is BACKENDS[e.name] and e.doc == BACKENDS[e.name].doc for e in attention)
 
 
 def test_importing_components_does_not_import_torch():
@@ -44,10 +47,13 @@ def test_fresh_policy_from_flavour_with_lora():
     spec = LlamaMTPSpec(
         flavour="tiny", dtype="float32", attention="sdpa", lora={"rank": 2, "targets": ["wq"]}
     )
-    model = registry.get("model", "llama_mtp")(spec, vocab_size=50)
-    assert model.args.vocab_size == 50 and model.n_heads == 2
+    model = registry.get("model", "llama_mtp")(spec, vocab_size=50, trainable=True)
+    assert model.args.vocab_size == 50 and model.n_heads == 2 and model.training
     assert isinstance(model.layers[0].attention.wq, LoRALinear)
-    assert all(".lora_" in n for n, p in model.named_parameters() if p.requires_grad)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_" in n for n in trainable)
+    frozen = registry.get("model", "llama_mtp")(spec, vocab_size=50)
+    assert not frozen.training and not any(p.requires_grad for p in frozen.parameters())
 
 
 def test_policy_from_meta_path_then_wmtp_checkpoint(meta_dir, tmp_path):
@@ -59,6 +65,8 @@ def test_policy_from_meta_path_then_wmtp_checkpoint(meta_dir, tmp_path):
         for p in model.parameters():
             p.add_(1.0)
     run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "recipe.toml").write_text("")  # a run directory (its recipe is not read here)
     save_wmtp(model, run / "checkpoints" / "step-20")
     save_wmtp(model, run / "checkpoints" / "step-3")
     again = build(
@@ -90,7 +98,7 @@ def test_value_head_builders():
 
 def test_critic_with_lora_trains_adapters_and_its_head():
     spec = ValueModelSpec(flavour="tiny", dtype="float32", attention="sdpa", lora={"rank": 2})
-    model = registry.get("model", "value_model")(spec, vocab_size=40)
+    model = registry.get("model", "value_model")(spec, vocab_size=40, trainable=True)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert {n for n in trainable if n.startswith("head.")} == {"head.proj.weight", "head.proj.bias"}
     assert all(".lora_" in n for n in trainable if not n.startswith("head."))

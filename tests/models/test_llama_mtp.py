@@ -10,7 +10,7 @@ import torch
 from tests.models.reference import reference_mtp_logits
 from wmtp.models.args import ModelArgs, RopeScaling
 from wmtp.models.attention import SeqInfo
-from wmtp.models.llama_mtp import LlamaMTP, build_llama_mtp, rope_frequencies
+from wmtp.models.llama_mtp import LlamaMTP, rope_frequencies
 
 
 def meta_params(args: ModelArgs) -> dict:
@@ -104,7 +104,7 @@ def test_llama3_rope_scaling_keeps_high_and_divides_low_frequencies(tiny_args):
 
 
 def test_bfloat16_smoke_on_cpu(tiny_args):
-    model = build_llama_mtp(tiny_args, attention="sdpa", dtype="bfloat16")
+    model = LlamaMTP(tiny_args, attention="sdpa").to(torch.bfloat16)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     logits = model(torch.randint(0, tiny_args.vocab_size, (2, 8)))
     assert logits.dtype == torch.bfloat16 and logits.shape == (2, 8, 2, tiny_args.vocab_size)
@@ -125,3 +125,17 @@ def test_right_padded_rows_match_unpadded_rows(tiny_args):
         padded = model(batch["input_ids"], seq)
         torch.testing.assert_close(padded[:1, :5], model(short), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(padded[1:], model(long), atol=1e-5, rtol=1e-5)
+
+
+def test_set_heads_drops_heads_and_adds_copies_of_head_one(tiny_args):
+    model = LlamaMTP(tiny_args)  # 2 heads
+    tokens = torch.randint(0, tiny_args.vocab_size, (1, 6))
+    with torch.no_grad():
+        before = model(tokens)
+        model.set_heads(4)
+        after = model(tokens)
+    assert model.n_heads == 4 and model.args.n_layers == tiny_args.n_layers + 2
+    torch.testing.assert_close(after[:, :, :2], before)
+    torch.testing.assert_close(after[:, :, 2], before[:, :, 0])  # a new head is head 1's copy
+    model.set_heads(1)
+    assert model.n_heads == 1 and len(model.extra_heads) == 0

@@ -12,7 +12,7 @@ from tests.models.builders import PARAMS, VOCAB, meta_state_dict, tiny_hf_llama
 from wmtp.errors import CheckpointError
 from wmtp.models.checkpoint import save_wmtp
 from wmtp.models.llama_mtp import LlamaMTP
-from wmtp.models.value import MLPValueHead, ValueModel
+from wmtp.models.value import ValueModel, build_value_head
 
 
 def test_heads_give_per_token_values(tiny_args):
@@ -27,11 +27,21 @@ def test_heads_give_per_token_values(tiny_args):
 
 
 def test_mlp_head_default_widths_and_explicit_ones():
-    default = MLPValueHead(64)
+    default = build_value_head("mlp", 64)  # the registry's builder, as the critic's head
     widths = [m.out_features for m in default.mlp if isinstance(m, torch.nn.Linear)]
     assert widths == [16, 8, 1]
-    explicit = MLPValueHead(64, hidden=[10], activation="relu")
+    explicit = build_value_head({"kind": "mlp", "hidden": [10], "activation": "relu"}, 64)
     assert [m.out_features for m in explicit.mlp if isinstance(m, torch.nn.Linear)] == [10, 1]
+    assert isinstance(explicit.mlp[1], torch.nn.ReLU)
+
+
+def test_a_value_head_the_schema_refuses_is_a_component_error():
+    from wmtp.errors import ComponentError
+
+    with pytest.raises(ComponentError, match="value head"):
+        build_value_head({"kind": "mlp", "hidden": [0]}, 64)
+    with pytest.raises(ComponentError, match="value head"):
+        build_value_head("cubic", 64)
 
 
 def test_values_equal_head_on_the_backbone_hidden_state(tiny_args):

@@ -56,9 +56,9 @@ def run_losses(
 @pytest.mark.parametrize(
     ("sharding", "strategy", "ac"),
     [
-        ("full_shard", "checkpointed", 1),
-        ("shard_grad_op", "sequential", 2),
-        ("no_shard", "plain", 0),
+        ("full_shard", "chunked", 1),
+        ("shard_grad_op", "per_head", 2),
+        ("no_shard", "joint", 0),
     ],
 )
 def test_two_gloo_ranks_match_one_process(tmp_path, sharding, strategy, ac):

@@ -19,6 +19,7 @@ from wmtp.parallel import (
     init_distributed,
     model_init_seed,
     parallelize,
+    set_gradient_sync,
     teardown,
 )
 
@@ -37,13 +38,16 @@ def main(out: str, sharding: str, strategy: str, ac: int) -> None:
     per_rank = 4 // ctx.world_size
     mine = slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)
     losses = []
-    cfg = MTPLossConfig(strategy=strategy, chunk_size=7)
+    # per_head on a sharded model runs in one backward, as the trainer decides it
+    one_backward = strategy == "per_head" and ctx.is_distributed
+    cfg = MTPLossConfig(strategy=strategy, one_backward=one_backward, chunk_size=7)
     for _ in range(3):
         # Micro-batches of one sequence, accumulated: 4 per step on one rank, 2 on each of two.
         denom = all_reduce_sum(weight_sums(labels[mine], 2))
         total = None
         rows = list(range(mine.start, mine.stop))
         for i, row in enumerate(rows):
+            set_gradient_sync(model, i == len(rows) - 1)  # as Trainer.accumulate does
             stats = loss_and_backward(
                 model,
                 tokens[row : row + 1],
@@ -51,7 +55,6 @@ def main(out: str, sharding: str, strategy: str, ac: int) -> None:
                 n_heads=2,
                 denominators_K=denom,
                 config=cfg,
-                sync_grads=i == len(rows) - 1,
             )
             total = stats if total is None else total + stats
         summed = all_reduce_sum(total.as_tensor())

@@ -65,7 +65,8 @@ def test_a_frozen_helper_model_is_not_checkpoint_incompatible(write):
 
 
 def test_changed_kind_lists_the_new_parameters(write):
-    found = {c.key: c for c in changes(write, "weighting={kind='td'}", "model.critic.flavour=tiny")}
+    td = ("experiment.pipeline=verifiable", "weighting={kind='td'}", "model.critic.flavour=tiny")
+    found = {c.key: c for c in changes(write, *td)}
     assert found["weighting.kind"] == Change("weighting.kind", "uniform", "td", "numerics")
     assert found["weighting.gamma"].old is None and found["weighting.gamma"].new == 1.0
 

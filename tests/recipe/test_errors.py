@@ -166,7 +166,7 @@ def test_min_weight_below_max_weight(write):
 @pytest.mark.parametrize("k_percent", [0.0, 1.5, -0.1])
 def test_k_percent_in_unit_interval(write, k_percent):
     text = (
-        MINIMAL
+        MINIMAL.replace('"baseline"', '"rho1"')
         + f'[model.reference]\nflavour = "tiny"\n[weighting]\nkind = "rho1"\nk_percent = {k_percent}\n'
     )
     p = rule_problem(write, text)
@@ -176,10 +176,31 @@ def test_k_percent_in_unit_interval(write, k_percent):
 
 def test_verifiable_needs_a_critic(write):
     text = MINIMAL.replace('"baseline"', '"verifiable"') + '[weighting]\nkind = "td"\n'
-    pipeline, weighting = problems_of(write("r.toml", text))
+    (pipeline,) = problems_of(write("r.toml", text))
     assert (pipeline.key, pipeline.line) == ("experiment.pipeline", 3)
     assert "[model.critic]" in pipeline.message and "'verifiable'" in pipeline.message
-    assert weighting.key == "weighting.kind" and "critic" in weighting.message
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "weighting", "accepted"),
+    [
+        ("baseline", "td", "'uniform'"),
+        ("verifiable", "uniform", "'td' or 'random_matched' or 'shuffled'"),
+        ("rho1", "td", "'rho1'"),
+        ("ntp", "rho1", "'uniform'"),
+    ],
+)
+def test_a_weighting_the_pipeline_does_not_use_is_a_located_error(
+    write, pipeline, weighting, accepted
+):
+    text = MINIMAL.replace('"baseline"', f'"{pipeline}"') + (
+        '[model.critic]\nflavour = "tiny"\n[model.reference]\nflavour = "tiny"\n'
+        f'[weighting]\nkind = "{weighting}"\n'
+    )
+    (problem,) = problems_of(write("r.toml", text))
+    assert problem.key == "weighting.kind" and problem.where.startswith("r.toml:")
+    assert f"experiment.pipeline = '{pipeline}'" in problem.message
+    assert f"takes weighting.kind = {accepted}" in problem.message
 
 
 def test_rho1_needs_a_reference(write):

@@ -60,6 +60,7 @@ def test_set_overrides_beat_the_file(write):
         "training.lr=5e-4",
         "model.policy.attention=eager",  # a bare word is a string
         'experiment.tags=["a", "b"]',
+        "experiment.pipeline=verifiable",
         "weighting={kind = 'td', min_weight = 0.2}",
         "model.critic.flavour=tiny",
     ]
@@ -73,10 +74,11 @@ def test_set_overrides_beat_the_file(write):
 
 def test_a_table_of_another_kind_replaces_the_inherited_one(write):
     td = '\n[model.critic]\nflavour = "tiny"\n[weighting]\nkind = "td"\ngamma = 0.9\n'
-    write("base.toml", MINIMAL + td)
+    write("base.toml", MINIMAL.replace('"baseline"', '"verifiable"') + td)
     child = write(
         "child.toml",
-        'extends = "base.toml"\n[weighting]\nkind = "uniform"\n',
+        'extends = "base.toml"\n[experiment]\npipeline = "baseline"\n'
+        '[weighting]\nkind = "uniform"\n',
     )
     assert isinstance(load_recipe(child).recipe.weighting, UniformWeightingSpec)
     same_kind = write("same.toml", 'extends = "base.toml"\n[weighting]\nlam = 0.5\n')
@@ -128,7 +130,7 @@ def test_provenance_names_file_line_column_cli_and_default(write):
 def test_replaced_table_forgets_the_sources_of_what_it_replaced(write):
     write("base.toml", MINIMAL + '\n[weighting]\nkind = "td"\ngamma = 0.9\n')
     child = write("child.toml", 'extends = "base.toml"\n[weighting]\nkind = "rho1"\n')
-    loaded = load_recipe(child, ["model.reference.flavour=tiny"])
+    loaded = load_recipe(child, ["model.reference.flavour=tiny", "experiment.pipeline=rho1"])
     assert str(loaded.provenance["weighting.kind"]) == "child.toml:3:1"
     assert "weighting.gamma" not in loaded.provenance
     assert str(loaded.provenance["weighting.k_percent"]) == "default"

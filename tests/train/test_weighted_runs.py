@@ -168,6 +168,12 @@ def test_critic_with_another_tokenizer_is_refused(critic_run, tmp_path):
         run_recipe(_recipe(tmp_path, "verifiable_bad_tok", "verifiable", body), console=False)
 
 
+def test_a_frozen_critic_with_another_vocabulary_than_the_policy_is_refused(tmp_path):
+    body = _policy() + _critic(tmp_path, vocab_size=300) + '[weighting]\nkind = "td"\n'
+    with pytest.raises(CheckpointError, match=r"model\.critic has a vocabulary of 300 tokens"):
+        run_recipe(_recipe(tmp_path, "verifiable_bad_vocab", "verifiable", body), console=False)
+
+
 def test_critic_of_another_shape_is_refused(critic_run, tmp_path):
     tmp, _ = critic_run
     critic = _critic(tmp_path, checkpoint=tmp / "runs" / "critic" / "latest").replace(

@@ -28,11 +28,11 @@ from wmtp.bench.timing import peak_memory_gib, static_compile_shapes, time_call
 from wmtp.models.attention import (
     SeqInfo,
     _flash_attn_module,
-    backend_unavailable,
     eager_attend,
-    get_attend,
-    resolve_backend,
+    kernel,
+    resolve,
 )
+from wmtp.models.backends import BACKENDS
 
 
 @dataclass(frozen=True)
@@ -79,29 +79,32 @@ def default_shapes() -> list[Shape]:
 def _sdpa_forced(kernel_name: str) -> Callable:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    kernel = {
+    forced = {
         "flash": SDPBackend.FLASH_ATTENTION,
         "cudnn": SDPBackend.CUDNN_ATTENTION,
         "efficient": SDPBackend.EFFICIENT_ATTENTION,
     }[kernel_name]
-    sdpa = get_attend("sdpa")
+    sdpa = kernel("sdpa")
 
     def attend(q, k, v, seq=None):
-        with sdpa_kernel([kernel]):
+        with sdpa_kernel([forced]):
             return sdpa(q, k, v, seq)
 
     return attend
 
 
 def candidates(device: torch.device, dtype: torch.dtype) -> dict[str, Callable | str]:
-    """Backend label -> attend function, or the reason it cannot run here."""
+    """Backend label -> attend function, or the reason it cannot run here (training: every
+    shape is timed forward and backward). Every backend of the table, sdpa forced to each of its
+    kernels, and ``auto`` (what a recipe's ``attention = "auto"`` runs here)."""
     out: dict[str, Callable | str] = {}
-    for name in ("eager", "sdpa", "flex", "varlen", "flash_attn"):
-        why = backend_unavailable(name, device, dtype)
-        out[name] = why if why else get_attend(name)
-    for kernel in ("flash", "cudnn", "efficient"):
-        out[f"sdpa[{kernel}]"] = _sdpa_forced(kernel)
-    out["auto"] = get_attend(resolve_backend("auto", device, dtype)[0])
+    dtype_name = str(dtype).removeprefix("torch.")
+    for name, entry in BACKENDS.items():
+        why = entry.why_not(torch.device(device).type, dtype_name, training=True)
+        out[name] = why if why else kernel(name)
+    for sdpa_kernel_name in ("flash", "cudnn", "efficient"):
+        out[f"sdpa[{sdpa_kernel_name}]"] = _sdpa_forced(sdpa_kernel_name)
+    out["auto"] = resolve("auto", device, dtype, training=True).attend
     return out
 
 
@@ -292,7 +295,7 @@ def run_attention_bench(
         "torch": torch.__version__,
         "flash_attn": _flash_attn_module()[1],
         "date": date.today().isoformat(),
-        "auto": resolve_backend("auto", device, dtype)[1],
+        "auto": resolve("auto", device, dtype, training=True).reason,
         "dtype": str(dtype).removeprefix("torch."),
         "rounds": rounds,
         "rows": rows,

@@ -1,49 +1,43 @@
-"""``wmtp bench step``: tokens/s, MFU and peak memory of wmtp's training step.
+"""``wmtp bench step``: tokens/s, MFU and peak memory of a recipe's training step.
 
-The step is the trainer's: ``parallelize`` (activation checkpointing, per-block compile, fp32
-master weights), bf16 autocast compute, :func:`wmtp.losses.mtp.loss_and_backward` (heads one at a
-time, chunked linear cross-entropy), fused AdamW. Warm-up steps first, then the median of repeated
-steps timed with CUDA events. MFU counts model FLOPs (6 per parameter per token plus causal
-attention, every head's unembedding included) against the GPU's dense bf16 peak. Launched by
-torchrun (``wmtp bench step --nproc-per-node N``) it measures the FSDP2 step: every rank trains
-its own micro-batch; tokens/s counts all of them, MFU is per GPU.
+The step timed is the trainer's own (:meth:`wmtp.train.loop.Trainer.train_step`): the recipe's
+models built through the registry, its parallelism and MTP loss strategy, frozen models,
+weighting, optimizer, gradient accumulation and clipping. Only the data differ: a synthetic batch
+source (:class:`SyntheticBatches`) hands the trainer random tokens in the recipe's shapes, every
+row ``data.max_length`` tokens (rows of four documents when ``data.packing``; a correct and an
+incorrect solution per pair for the critic), so no dataset has to exist. Warm-up steps first,
+then the median of repeated steps, each waited for on the device (CUDA events). tokens/s counts
+the input tokens of every rank; MFU is the trainer's formula: its model FLOPs per token
+(:meth:`Trainer.flops_per_token`) against the GPUs' dense bf16 peak
+(``wmtp.models.args.BF16_PEAK_TFLOPS``). Launched by torchrun (``--nproc-per-node N``) every rank
+trains its own micro-batches under FSDP2.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 
-from wmtp.bench.timing import Timing, bf16_peak_tflops, peak_memory_gib, time_call
-from wmtp.models.args import ModelArgs, training_flops_per_token
+from wmtp.bench.timing import Timing, peak_memory_gib, time_call
+from wmtp.data.collate import pack_batch, pad_batch, pair_batch
+from wmtp.data.examples import IGNORE_INDEX, Encoded
 
-
-@dataclass(frozen=True)
-class StepConfig:
-    """One measured configuration of the training step."""
-
-    batch: int = 2
-    seq_len: int = 2048
-    attention: str = "auto"
-    compile: bool = True
-    activation_checkpointing: bool | int = False
-    strategy: str = "sequential"
-    chunk_size: int | None = None
-    sharding: str = "full_shard"
-    """FSDP2 sharding when launched on several GPUs (torchrun); nothing on one."""
-    reduce_dtype: str = "float32"
-    critic: ModelArgs | None = None
-    """A frozen value model run forward each step (the verifiable pipeline's extra cost)."""
+PROMPT_FRACTION = 8
+"""A synthetic example masks its first 1/8 tokens as the prompt (and at least one per head)."""
+DOCUMENTS_PER_ROW = 4
 
 
 @dataclass(frozen=True)
 class StepResult:
     label: str
     tokens_per_s: float
-    """Of the whole job: every GPU's tokens (``world_size`` of them, each with ``batch`` rows)."""
+    """Of the whole job: every rank's input tokens."""
     mfu: float
-    """Per GPU."""
+    """Per GPU (0 off CUDA)."""
     peak_tflops: float
     peak_memory_gib: float
     step: Timing
@@ -63,77 +57,105 @@ class StepResult:
         }
 
 
-def _frozen_critic(args: ModelArgs, attention: str, device) -> torch.nn.Module:
-    from wmtp.models.value import ValueModel
+class SyntheticBatches:
+    """A trainer's batch source of random tokens in the recipe's shapes (see the module doc)."""
 
-    critic = ValueModel(replace(args, n_future_tokens=1), head="mlp", attention=attention)
-    critic = critic.to(device=device, dtype=torch.bfloat16).eval().requires_grad_(False)
-    if torch.device(device).type == "cuda":
-        for block in critic.blocks():
-            block.compile()
-    return critic
+    def __init__(self, recipe: Any, *, vocab_size: int, n_heads: int, rank: int, seed: int = 0):
+        self.recipe, self.vocab_size = recipe, vocab_size
+        self.prompt = max(recipe.data.max_length // PROMPT_FRACTION, n_heads)
+        self.generator = torch.Generator().manual_seed(seed + rank)
+
+    def steps_per_epoch(self) -> float:
+        return float("inf")
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def next_step(self) -> list[dict]:
+        t = self.recipe.training
+        return [self._micro_batch(t.micro_batch_size) for _ in range(t.grad_accum_steps)]
+
+    def _example(self, length: int, correct: bool = True) -> Encoded:
+        ids = torch.randint(3, self.vocab_size, (length,), generator=self.generator).tolist()
+        labels = [IGNORE_INDEX] * self.prompt + ids[self.prompt :]
+        return Encoded(ids, labels, problem_id="synthetic", is_correct=correct)
+
+    def _micro_batch(self, rows: int) -> dict:
+        data, length = self.recipe.data, self.recipe.data.max_length
+        if self.recipe.pipeline.examples == "pairs":
+            pairs = [(self._example(length), self._example(length, False)) for _ in range(rows)]
+            return pair_batch(pairs, pad_id=0)
+        if data.packing:
+            doc = length // DOCUMENTS_PER_ROW
+            packed = [[self._example(doc) for _ in range(DOCUMENTS_PER_ROW)] for _ in range(rows)]
+            return pack_batch(packed, pad_id=0, row_length=length)
+        return pad_batch([self._example(length) for _ in range(rows)], pad_id=0)
 
 
 def bench_step(
-    args: ModelArgs, cfg: StepConfig, *, label: str, warmup=5, repeats=20, device: str = "cuda"
+    recipe: Any, *, label: str, warmup: int = 5, repeats: int = 20, device: str | None = None
 ) -> StepResult:
-    """Measure one configuration; returns a :class:`StepResult`.
+    """Build the recipe's trainer on synthetic batches and time its step (see the module doc).
 
-    ``device="cpu"`` runs the same step (for tests of this code); memory and MFU are then 0.
-    """
-    from wmtp.losses.mtp import MTPLossConfig, loss_and_backward
-    from wmtp.models.attention import resolve_backend
-    from wmtp.models.llama_mtp import LlamaMTP
-    from wmtp.parallel import compute_context, init_distributed, parallelize
+    ``device`` overrides ``parallel.device`` (``cpu`` runs the same step, for tests; MFU and
+    memory are then 0)."""
+    from wmtp.models.args import bf16_peak_tflops
+    from wmtp.parallel import init_distributed
+    from wmtp.recipe import dump_recipe
+    from wmtp.train.loop import Trainer
 
-    ctx = init_distributed(device)
-    backend, _ = resolve_backend(cfg.attention, ctx.device, torch.bfloat16)
-    with torch.device(ctx.device):
-        model = LlamaMTP(args, attention=backend)
-    model = parallelize(
-        model,
-        ctx,
-        sharding=cfg.sharding,
-        activation_checkpointing=cfg.activation_checkpointing,
-        compile=cfg.compile,
-        dtype="bfloat16",
-        reduce_dtype=cfg.reduce_dtype,
-    )
-    optim = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=ctx.device.type == "cuda")
-    critic = _frozen_critic(cfg.critic, backend, ctx.device) if cfg.critic else None
-    tokens = torch.randint(0, args.vocab_size, (cfg.batch, cfg.seq_len), device=ctx.device)
-    loss_cfg = MTPLossConfig(strategy=cfg.strategy, chunk_size=cfg.chunk_size)
+    ctx = init_distributed(device or recipe.parallel.device)
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(recipe, dump_recipe(recipe), Path(run_dir), ctx, console=False)
+        trainer.build(batch_source=_synthetic)
+        flops_per_token = trainer.flops_per_token()
+        tokens: list[int] = []
 
-    def step() -> None:
-        weights = None
-        if critic is not None:
-            with torch.no_grad():
-                weights = critic(tokens).float().sigmoid() + 0.5  # stands in for TD weights
-        with compute_context(ctx, "bfloat16"):
-            loss_and_backward(
-                model,
-                tokens,
-                tokens,
-                n_heads=args.n_future_tokens,
-                weights=weights,
-                config=loss_cfg,
-            )
-        optim.step()
-        optim.zero_grad(set_to_none=True)
+        def step() -> None:
+            tokens.append(trainer.train_step(flops_per_token)["tokens"])
 
-    timing = time_call(step, warmup=warmup, repeats=repeats)
-    per_gpu = cfg.batch * cfg.seq_len / (timing.median_ms / 1e3)
-    memory, peak, mfu = 0.0, 0.0, 0.0
-    if ctx.device.type == "cuda":
-        memory = peak_memory_gib(step)
-        peak, _ = bf16_peak_tflops()
-        mfu = per_gpu * training_flops_per_token(args, cfg.seq_len) / (peak * 1e12)
-    config = {
-        **cfg.__dict__,
-        "critic": bool(cfg.critic),
-        "attention_resolved": backend,
-        "n_future_tokens": args.n_future_tokens,
-        "vocab_size": args.vocab_size,
-    }
-    tokens_per_s = per_gpu * ctx.world_size
+        timing = time_call(step, warmup=warmup, repeats=repeats)
+        memory, peak, mfu = 0.0, 0.0, 0.0
+        tokens_per_s = tokens[-1] / (timing.median_ms / 1e3)  # every rank's: one global count
+        if ctx.device.type == "cuda":
+            memory = peak_memory_gib(step)
+            found = bf16_peak_tflops(torch.cuda.get_device_name())
+            peak = found[0] if found else 0.0
+            if peak:
+                mfu = tokens_per_s * flops_per_token / (peak * 1e12 * ctx.world_size)
+        config = _config(recipe, trainer)
     return StepResult(label, tokens_per_s, mfu, peak, memory, timing, config, ctx.world_size)
+
+
+def _synthetic(trainer) -> SyntheticBatches:
+    return SyntheticBatches(
+        trainer.recipe,
+        vocab_size=trainer.tokenizer.vocab_size,
+        n_heads=trainer.n_heads,
+        rank=trainer.ctx.rank,
+    )
+
+
+def _config(recipe: Any, trainer) -> dict:
+    r = recipe
+    return {
+        "pipeline": r.experiment.pipeline,
+        "micro_batch_size": r.training.micro_batch_size,
+        "grad_accum_steps": r.training.grad_accum_steps,
+        "seq_len": r.data.max_length,
+        "packing": r.data.packing,
+        "mtp_loss": r.training.mtp_loss,
+        "one_backward": trainer.loss_config.one_backward,
+        "sharding": r.parallel.sharding,
+        "activation_checkpointing": r.parallel.activation_checkpointing,
+        "compile": r.parallel.compile,
+        "attention": trainer.model.attention.name,
+        "n_future_tokens": trainer.n_heads,
+        "vocab_size": trainer.model_args.vocab_size,
+        "lora": trainer.lora,
+        "frozen": sorted(trainer.frozen),
+        "flops_per_token": trainer.flops_per_token(),
+    }

@@ -1,9 +1,11 @@
 """``wmtp bench suite``: the GPU performance figures of the project, measured side by side.
 
-In one process: the Hugging Face peer (sdpa with and without torch.compile, eager), wmtp's step
-with one head over micro-batches, four heads with the same total layers at vocab 32k and 128k, and
-the verifiable step (policy plus a frozen critic forward). Writes ``<device>.json`` with the
-headline ratios and ``<device>.md`` with the tables.
+In one process: the Hugging Face peer (sdpa with and without torch.compile, eager) and wmtp's
+training step, the trainer's own (``wmtp bench step``), on recipes made here
+(:func:`suite_recipe`): one head over micro-batches, four heads with the same total layers at
+vocab 32k and 128k (``mtp_loss`` per_head and joint), and the verifiable pipeline (the policy plus
+a frozen critic, TD weighting). Writes ``<device>_suite.json`` with the headline ratios and
+``<device>_suite.md`` with the tables.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import torch
 
 from wmtp.bench.hf_peer import bench_hf
-from wmtp.bench.step import StepConfig, StepResult, bench_step
+from wmtp.bench.step import StepResult, bench_step
 from wmtp.bench.timing import static_compile_shapes
 from wmtp.models.args import flavour, training_flops_per_token
 
@@ -61,6 +63,35 @@ def _ratios(mtp: dict, run: str, what: str) -> dict[str, float]:
     return out
 
 
+def suite_recipe(
+    base: str,
+    seq_len: int,
+    *,
+    micro_batch: int,
+    heads: int = 1,
+    vocab: int = 32000,
+    mtp_loss: str = "per_head",
+    verifiable: bool = False,
+):
+    """The recipe of one suite measurement: ``base``'s shape with random weights, bf16, compiled
+    blocks, ``auto`` attention, rows of ``seq_len`` tokens (the data are synthetic)."""
+    from wmtp.recipe.schema import Recipe
+
+    policy = {"flavour": base, "n_future_tokens": heads, "vocab_size": vocab}
+    data = {
+        "experiment": {"name": "bench", "pipeline": "verifiable" if verifiable else "baseline"},
+        "tokenizer": {"kind": "byte"},
+        "model": {"policy": policy},
+        "parallel": {"device": "cuda", "compile": True, "activation_checkpointing": False},
+        "training": {"micro_batch_size": micro_batch, "max_steps": 10_000, "mtp_loss": mtp_loss},
+        "data": {"max_length": seq_len},
+    }
+    if verifiable:
+        data["model"]["critic"] = {"flavour": base, "vocab_size": vocab, "head": {"kind": "mlp"}}
+        data["weighting"] = {"kind": "td"}
+    return Recipe.model_validate(data)
+
+
 def run_suite(out_dir: Path, *, base: str = "llama-1b-bench", seq_len: int = 2048) -> dict:
     """Measure everything; returns (and writes) the results dictionary."""
     static_compile_shapes()
@@ -73,45 +104,46 @@ def run_suite(out_dir: Path, *, base: str = "llama-1b-bench", seq_len: int = 204
         _print(peers[-1])
         torch.cuda.empty_cache()
 
-    def step(label: str, step_args, cfg: StepConfig) -> StepResult:
-        result = bench_step(step_args, cfg, label=label)
+    def step(label: str, **recipe) -> StepResult:
+        result = bench_step(suite_recipe(base, seq_len, **recipe), label=label)
         _print(result)
         torch.cuda.empty_cache()
         return result
 
     out_of_memory: list[str] = []
 
-    def step_if_it_fits(label: str, step_args, cfg: StepConfig) -> StepResult | None:
+    def step_if_it_fits(label: str, **recipe) -> StepResult | None:
         try:
-            return step(label, step_args, cfg)
+            return step(label, **recipe)
         except torch.OutOfMemoryError:
             print(f"{label:<34} out of memory", flush=True)
             out_of_memory.append(label)
             torch.cuda.empty_cache()
             return None
 
-    ntp = {b: step(f"wmtp ntp b{b}", args, StepConfig(batch=b, seq_len=seq_len)) for b in (2, 4, 8)}
+    ntp = {b: step(f"wmtp ntp b{b}", micro_batch=b) for b in (2, 4, 8)}
     best_batch = max(ntp, key=lambda b: ntp[b].tokens_per_s)
-    cfg = StepConfig(batch=best_batch, seq_len=seq_len)
     mtp = {}
     for vocab in (32000, 128256):
         one = (
             ntp[best_batch]
             if vocab == 32000
-            else step(f"wmtp ntp v{vocab}", replace(args, vocab_size=vocab), cfg)
+            else step(f"wmtp ntp v{vocab}", micro_batch=best_batch, vocab=vocab)
         )
-        args4 = replace(args, vocab_size=vocab, n_future_tokens=4)
-        four = step(f"wmtp mtp4 v{vocab}", args4, cfg)
-        # per_head as it runs under FSDP: one backward, the head layers kept, nothing recomputed
-        one_backward = step(
-            f"wmtp mtp4 one_backward v{vocab}", args4, replace(cfg, strategy="one_backward")
-        )
+        four = step(f"wmtp mtp4 v{vocab}", micro_batch=best_batch, heads=4, vocab=vocab)
         # mtp_loss = "joint": one backward through every head, nothing recomputed (more memory)
         # (the whole [tokens, vocab] logits of every head: at 128k vocab it may not fit)
-        joint = step_if_it_fits(f"wmtp mtp4 joint v{vocab}", args4, replace(cfg, strategy="plain"))
-        mtp[vocab] = {"ntp": one, "per_head": four, "one_backward": one_backward, "joint": joint}
-    policy4 = replace(args, n_future_tokens=4)
-    verifiable = step("wmtp verifiable (mtp4 + critic)", policy4, replace(cfg, critic=args))
+        joint = step_if_it_fits(
+            f"wmtp mtp4 joint v{vocab}",
+            micro_batch=best_batch,
+            heads=4,
+            vocab=vocab,
+            mtp_loss="joint",
+        )
+        mtp[vocab] = {"ntp": one, "per_head": four, "joint": joint}
+    verifiable = step(
+        "wmtp verifiable (mtp4 + critic)", micro_batch=best_batch, heads=4, verifiable=True
+    )
     hf_compile = peers[0]
     best = ntp[best_batch]
     result = {
@@ -126,8 +158,6 @@ def run_suite(out_dir: Path, *, base: str = "llama-1b-bench", seq_len: int = 204
         "ntp_best_micro_batch": best_batch,
         "mtp4_step_time_ratio_vs_ntp": _ratios(mtp, "per_head", "time"),
         "mtp4_peak_memory_ratio_vs_ntp": _ratios(mtp, "per_head", "memory"),
-        "mtp4_one_backward_step_time_ratio_vs_ntp": _ratios(mtp, "one_backward", "time"),
-        "mtp4_one_backward_peak_memory_ratio_vs_ntp": _ratios(mtp, "one_backward", "memory"),
         "mtp4_joint_step_time_ratio_vs_ntp": _ratios(mtp, "joint", "time"),
         "mtp4_joint_peak_memory_ratio_vs_ntp": _ratios(mtp, "joint", "memory"),
         "out_of_memory": out_of_memory,
@@ -167,7 +197,7 @@ def markdown(result: dict) -> str:
         )
     for r in result["wmtp"]:
         lines.append(
-            f"| {r['label']} (b{r['config']['batch']}) | {r['tokens_per_s']:.0f} | "
+            f"| {r['label']} (b{r['config']['micro_batch_size']}) | {r['tokens_per_s']:.0f} | "
             f"{r['mfu']:.1%} | {r['peak_memory_gib']:.2f} | {r['step']['median_ms']:.1f} |"
         )
     lines += [
@@ -177,10 +207,6 @@ def markdown(result: dict) -> str:
         f"- wmtp ntp MFU: {result['mfu_ntp']:.1%}",
         f"- mtp4 / ntp step time: {result['mtp4_step_time_ratio_vs_ntp']}",
         f"- mtp4 / ntp peak memory: {result['mtp4_peak_memory_ratio_vs_ntp']}",
-        f"- mtp4 (one_backward) / ntp step time: "
-        f"{result['mtp4_one_backward_step_time_ratio_vs_ntp']}",
-        f"- mtp4 (one_backward) / ntp peak memory: "
-        f"{result['mtp4_one_backward_peak_memory_ratio_vs_ntp']}",
         f"- mtp4 (joint) / ntp step time: {result['mtp4_joint_step_time_ratio_vs_ntp']}",
         f"- mtp4 (joint) / ntp peak memory: {result['mtp4_joint_peak_memory_ratio_vs_ntp']}",
         f"- mtp4 / ntp model FLOPs per token (the floor of the step-time ratio): "

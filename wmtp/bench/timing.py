@@ -91,23 +91,13 @@ def peak_memory_gib(fn: Callable[[], object]) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**30
 
 
-# Dense bf16 tensor-core peaks (no sparsity), TFLOP/s, from the vendors' datasheets.
-BF16_PEAK_TFLOPS = {
-    "H100 SXM": 989.0,
-    "H100 80GB HBM3": 989.0,
-    "H100 PCIe": 756.0,
-    "H200": 989.0,
-    "A100": 312.0,
-}
-
-
 def bf16_peak_tflops(device_name: str | None = None) -> tuple[float, str]:
-    """The bf16 dense peak of the current GPU and the datasheet entry it came from."""
+    """The bf16 dense peak of the current GPU and the datasheet entry it came from
+    (``wmtp.models.args.BF16_PEAK_TFLOPS``, the table the training logs use too)."""
+    from wmtp.models.args import bf16_peak_tflops as lookup
+
     name = device_name or torch.cuda.get_device_name()
-    for key, peak in BF16_PEAK_TFLOPS.items():
-        if all(part in name for part in key.split()):
-            return peak, key
-    for key, peak in BF16_PEAK_TFLOPS.items():
-        if key.split()[0] in name:
-            return peak, key
-    raise KeyError(f"no bf16 peak recorded for GPU {name!r}; add it to BF16_PEAK_TFLOPS")
+    found = lookup(name)
+    if found is None:
+        raise KeyError(f"no bf16 peak recorded for GPU {name!r}; add it to BF16_PEAK_TFLOPS")
+    return found

@@ -245,7 +245,7 @@ def _print_estimate(
     exp = recipe.experiment
     print(f"{path}: ok ({exp.name}, pipeline {exp.pipeline})")
     print(
-        f"  batch {cost.effective_batch} {'pairs' if exp.pipeline == 'critic' else 'sequences'}/step "
+        f"  batch {cost.effective_batch} {'pairs' if recipe.pipeline.examples == 'pairs' else 'sequences'}/step "
         f"({recipe.training.micro_batch_size} x {recipe.training.grad_accum_steps} accum "
         f"x {cost.world_size} GPUs), {cost.tokens_per_step:,} tokens/step"
     )

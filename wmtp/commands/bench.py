@@ -119,13 +119,13 @@ def peer(
 @command(bench_app, "step")
 def step(
     recipe: Annotated[
-        Path, typer.Argument(help="Recipe whose policy, batch and parallel settings are measured.")
+        Path,
+        typer.Argument(help="Recipe whose training step is measured, as `wmtp run` builds it."),
     ],
     set_: SetOption = None,
-    vocab: Annotated[
-        int | None, typer.Option(help="Vocabulary size when the recipe says -1.")
-    ] = None,
     out: OutDir = Path("bench/results/step"),
+    warmup: Annotated[int, typer.Option(min=0, help="Steps run before timing.")] = 5,
+    repeats: Annotated[int, typer.Option(min=1, help="Steps timed (the median is reported).")] = 20,
     nproc_per_node: Annotated[
         int,
         typer.Option(
@@ -135,14 +135,17 @@ def step(
         ),
     ] = 1,
 ) -> None:
-    """A recipe's training step: tokens/s, MFU, peak memory (median of 20 steps).
+    """A recipe's training step: tokens/s, MFU, peak memory (median of the timed steps).
 
-    Measures the recipe's policy, micro-batch, sequence length, attention, compile, activation
-    checkpointing, MTP loss and (on several GPUs) sharding, on random tokens."""
-    _need_cuda()
+    The trainer of `wmtp run` (models, parallelism, MTP loss, frozen models, weighting,
+    optimizer, accumulation) on synthetic batches of the recipe's shapes: no dataset needed.
+    Pretrained weights and trained checkpoints the recipe names are loaded as `wmtp run` would;
+    `--set "model.policy.path=''"` measures the same shapes with random weights."""
     from wmtp.recipe import load_recipe
 
     recipe_obj = load_recipe(recipe, overrides=tuple(set_ or ())).recipe
+    if recipe_obj.pipeline.trains is None:
+        raise WmtpError(f"{recipe}: pipeline {recipe_obj.experiment.pipeline!r} trains nothing")
     if nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
         from wmtp.commands.run import torchrun_command
 
@@ -150,39 +153,25 @@ def step(
         cmd = torchrun_command(argv, nproc_per_node, ("bench", "step"))
         console.print(f"launching: {' '.join(cmd)}", highlight=False)
         raise typer.Exit(subprocess.call(cmd))
-    from wmtp.bench.step import StepConfig, bench_step
-    from wmtp.train.pipeline import MTP_STRATEGIES
-
-    policy = recipe_obj.model.policy
-    if policy is None:
-        raise WmtpError(f"{recipe}: the recipe has no [model.policy] to measure")
-    args = policy.model_args(vocab)
-    if args.vocab_size <= 0:
-        raise WmtpError(f"{recipe}: model.policy.vocab_size comes from the tokenizer; pass --vocab")
-    cfg = StepConfig(
-        batch=recipe_obj.training.micro_batch_size,
-        seq_len=recipe_obj.data.max_length,
-        attention=policy.attention,
-        compile=recipe_obj.parallel.compile,
-        activation_checkpointing=recipe_obj.parallel.activation_checkpointing,
-        strategy=MTP_STRATEGIES[recipe_obj.training.mtp_loss],
-        sharding=recipe_obj.parallel.sharding,
-        reduce_dtype=recipe_obj.parallel.reduce_dtype,
-    )
+    from wmtp.bench.step import bench_step
     from wmtp.parallel import teardown
 
-    result = bench_step(args, cfg, label=recipe.stem)
-    teardown()
+    try:
+        result = bench_step(recipe_obj, label=recipe.stem, warmup=warmup, repeats=repeats)
+    finally:
+        teardown()
     if int(os.environ.get("RANK", "0")) != 0:
         return
     out.mkdir(parents=True, exist_ok=True)
     stem = recipe.stem if result.world_size == 1 else f"{recipe.stem}-{result.world_size}gpu"
     (out / f"{stem}.json").write_text(json.dumps(result.to_dict(), indent=2))
     gpus = f" on {result.world_size} GPUs" if result.world_size > 1 else ""
+    mfu = f", MFU {result.mfu:.1%} (of {result.peak_tflops:.0f} TFLOP/s bf16)" if result.mfu else ""
+    memory = f", peak {result.peak_memory_gib:.2f} GiB" if result.peak_memory_gib else ""
     console.print(
-        f"{result.label}{gpus}: {result.tokens_per_s:.0f} tokens/s, MFU {result.mfu:.1%} "
-        f"(of {result.peak_tflops:.0f} TFLOP/s bf16), peak {result.peak_memory_gib:.2f} GiB, "
-        f"step {result.step.median_ms:.1f} ms"
+        f"{result.label}{gpus}: {result.tokens_per_s:.0f} tokens/s{mfu}{memory}, "
+        f"step {result.step.median_ms:.1f} ms (median of {result.step.repeats}) -> {out}/{stem}.json",
+        highlight=False,
     )
 
 

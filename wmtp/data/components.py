@@ -89,7 +89,9 @@ def jsonl_train_file(path: str | Path) -> Path:
             )
         return p / "train.jsonl"
     if not p.is_file():
-        raise DataError(f"dataset not found: {p}")
+        raise DataError(
+            f"dataset file not found: {p} (give a .jsonl file, or a directory holding train.jsonl)"
+        )
     return p
 
 

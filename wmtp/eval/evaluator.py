@@ -246,7 +246,7 @@ def evaluate(
             "source": path,
             "device": str(param.device),
             "dtype": str(param.dtype).removeprefix("torch."),
-            "attention": getattr(model, "attention_backend", None),
+            "attention": model.attention.name,
         }
         results[benchmark.name] = write_results(
             out,

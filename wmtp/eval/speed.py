@@ -119,18 +119,18 @@ def random_prompts(vocab_size: int, n: int, length: int, seed: int = 0) -> list[
 
 
 def model_from_flavour(name: str, *, n_future_tokens: int | None, dtype: str, device: str):
-    import dataclasses
+    """Random weights of a flavour, built by the registry's ``llama_mtp`` builder as a recipe's
+    ``[model.policy] flavour = name`` would be (attention ``auto``, for inference)."""
+    from wmtp import registry
+    from wmtp.recipe.schema import LlamaMTPSpec
 
-    from wmtp.models.args import flavour
-    from wmtp.models.llama_mtp import build_llama_mtp
-
-    args = flavour(name)
-    if args.vocab_size < 0:
-        args = args.with_vocab(32000)  # Llama-2's vocabulary
+    section = {"flavour": name, "dtype": dtype, "attention": "auto"}
     if n_future_tokens is not None:
-        args = dataclasses.replace(args, n_future_tokens=n_future_tokens)
+        section["n_future_tokens"] = n_future_tokens
+    spec = LlamaMTPSpec.model_validate(section)
     torch.manual_seed(0)
-    return build_llama_mtp(args, attention="auto", dtype=dtype, device=device).eval()
+    build = registry.get("model", spec.kind)
+    return build(spec, vocab_size=32000, device=device)  # vocab -1: Llama-2's vocabulary
 
 
 def model_from_checkpoint(path: str, recipe: str | None, device: str):
@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> dict:
         **source,
         "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-        "attention": model.attention_backend,
+        "attention": model.attention.name,
         "n_future_tokens": model.n_heads,
         "parameters": sum(p.numel() for p in model.parameters()),
         "prompts": len(prompts),

@@ -18,15 +18,23 @@ and the ``[evaluation]`` settings (``--set`` overrides any of them).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from wmtp.errors import CheckpointError, RunError
+from wmtp.models.locate import (
+    CHECKPOINTS,
+    FULL_WEIGHTS,
+    LORA_WEIGHTS,
+    MODEL_INFO,
+    RECIPE_FILE,
+    find_trained_weights,
+    follow_latest,
+    is_run_dir,
+)
 
-STEP_DIR = re.compile(r"^step-(\d+)$")
-WEIGHT_FILES = ("model.safetensors", "lora.safetensors")
-PRETRAINED_MARKERS = ("wmtp_model.json", "params.json", "config.json")
+WEIGHT_FILES = (FULL_WEIGHTS, LORA_WEIGHTS)
+PRETRAINED_MARKERS = (MODEL_INFO, "params.json", "config.json")
 
 
 @dataclass(frozen=True)
@@ -46,29 +54,17 @@ def _is_checkpoint(path: Path) -> bool:
     return bool(names & {*WEIGHT_FILES, *PRETRAINED_MARKERS})
 
 
-def newest_checkpoint(run_dir: Path) -> Path:
-    """The highest ``checkpoints/step-N`` holding weights (temporary ``.tmp-*`` ones are skipped)."""
-    steps = sorted(
-        (int(m.group(1)), p)
-        for p in (run_dir / "checkpoints").glob("step-*")
-        if (m := STEP_DIR.match(p.name)) and _is_checkpoint(p)
-    )
-    if not steps:
-        raise CheckpointError(f"{run_dir}: no checkpoints/step-N with weights to evaluate")
-    return steps[-1][1]
-
-
 def resolve_target(
     path: str | Path, *, recipe: str | Path | None = None, out: str | Path | None = None
 ) -> EvalTarget:
     """Find the checkpoint, the recipe and the output folder of ``path`` (see the module doc)."""
-    path = Path(path)
+    path = follow_latest(path)
     if not path.exists():
         raise RunError(f"{path}: no such run directory or checkpoint")
     path = path.resolve()  # runs/<experiment>/latest -> the run it points at
-    if (path / "checkpoints").is_dir() and (path / "recipe.toml").is_file():
-        run, checkpoint = path, newest_checkpoint(path)
-    elif path.parent.name == "checkpoints" and (path.parent.parent / "recipe.toml").is_file():
+    if is_run_dir(path):
+        run, checkpoint = path, find_trained_weights(path).directory
+    elif path.parent.name == CHECKPOINTS and (path.parent.parent / RECIPE_FILE).is_file():
         run, checkpoint = path.parent.parent, path
     elif _is_checkpoint(path):
         run, checkpoint = None, path
@@ -122,82 +118,41 @@ def pick_device(setting: str) -> str:
 
 
 def load_policy(target: EvalTarget, recipe, device: str):
-    """The policy model of ``recipe`` with the weights of ``target.checkpoint``, in eval mode.
+    """The policy model of ``recipe`` with the weights of ``target.checkpoint``, in eval mode,
+    and the tokenizer: both through ``wmtp.assembly``, as training builds them.
 
-    Pretrained formats (wmtp, Meta, Hugging Face) load with ``from_pretrained``; a training
-    checkpoint's bare ``model.safetensors`` / ``lora.safetensors`` loads into the model the
-    recipe's ``[model.policy]`` builds (its sizes, its pretrained path, its LoRA).
+    A trained checkpoint (``model.safetensors`` / ``lora.safetensors``) becomes the section's
+    ``checkpoint`` (over its pretrained ``path`` and LoRA), evaluated with the heads it trained;
+    a pretrained model directory (wmtp, Meta or Hugging Face) becomes its ``path``.
     """
-    from wmtp.data.tokenizers import load_tokenizer
-    from wmtp.models.checkpoint import from_pretrained
-    from wmtp.registry import get
+    from wmtp import assembly
 
     spec = recipe.model.policy
     if spec is None:
         raise RunError(
             f"{target.recipe_file}: [model.policy] is missing: there is no policy to evaluate"
         )
-    tok = recipe.tokenizer
-    tokenizer = load_tokenizer(tok.kind, getattr(tok, "path", None))
     names = {p.name for p in target.checkpoint.iterdir()}
-    if names & set(PRETRAINED_MARKERS):
-        model = from_pretrained(
-            target.checkpoint,
-            dtype=spec.dtype,
-            attention=spec.attention,
-            device=device,
-            format=spec.format if target.pretrained else "auto",
-            n_future_tokens=spec.n_future_tokens if target.pretrained else None,
-        )
+    heads = None
+    if names & set(WEIGHT_FILES) and not names & set(PRETRAINED_MARKERS):
+        from wmtp.models.checkpoint import heads_in
+
+        update = {"checkpoint": str(target.checkpoint)}
+        heads = heads_in(find_trained_weights(target.checkpoint).file)  # what was trained
     else:
-        update = {"checkpoint": None}
-        if "model.safetensors" in names:  # the heads it was trained with (ntp trains one)
-            update["n_future_tokens"] = heads_in(target.checkpoint / "model.safetensors")
-        model = get("model", spec.kind)(
-            spec.model_copy(update=update), vocab_size=tokenizer.vocab_size, device=device
-        )
-        _load_training_weights(model, target.checkpoint)
-    if model.args.vocab_size < tokenizer.vocab_size:
-        raise CheckpointError(
-            f"{target.checkpoint}: the model has {model.args.vocab_size} token embeddings, "
-            f"the tokenizer ({tok.kind}) {tokenizer.vocab_size} ids"
-        )
-    return model.eval(), tokenizer
-
-
-def heads_in(weights: Path) -> int:
-    """Number of prediction heads of a wmtp state dict: 1 + its ``extra_heads`` layers."""
-    from safetensors import safe_open
-
-    with safe_open(str(weights), framework="pt") as f:
-        keys = list(f.keys())
-    extra = {int(m.group(1)) for k in keys if (m := re.match(r"extra_heads\.(\d+)\.", k))}
-    return 1 + (max(extra) + 1 if extra else 0)
-
-
-def _load_training_weights(model, checkpoint: Path) -> None:
-    from safetensors.torch import load_file
-
-    from wmtp.models.checkpoint import load_checked
-
-    param = next(model.parameters())
-    if (checkpoint / "model.safetensors").is_file():
-        sd = load_file(str(checkpoint / "model.safetensors"))
-        sd = {k: v.to(device=param.device, dtype=param.dtype) for k, v in sd.items()}
-        load_checked(model, sd, str(checkpoint / "model.safetensors"))
-        return
-    sd = load_file(str(checkpoint / "lora.safetensors"))
-    own = model.state_dict()
-    for key, value in sd.items():
-        if key not in own or own[key].shape != value.shape:
-            have = tuple(own[key].shape) if key in own else "no such key"
-            raise CheckpointError(
-                f"{checkpoint / 'lora.safetensors'}: {key} {tuple(value.shape)} does not fit the "
-                f"recipe's model ({have})"
-            )
-    model.load_state_dict(
-        {k: v.to(device=param.device, dtype=param.dtype) for k, v in sd.items()}, strict=False
+        fmt = spec.format if target.pretrained else "auto"
+        update = {"path": str(target.checkpoint), "format": fmt, "checkpoint": None}
+        if not target.pretrained:  # a model directory: its own sizes and heads
+            update.update(flavour=None, n_future_tokens=None, lora=None)
+    policy = spec.model_copy(update=update)
+    evaluated = recipe.model_copy(
+        update={"model": recipe.model.model_copy(update={"policy": policy})}
     )
+    tokenizer = assembly.tokenizer(evaluated)
+    model = assembly.model(
+        evaluated, "policy", tokenizer=tokenizer, device=device, n_future_tokens=heads
+    )
+    return model.eval(), tokenizer
 
 
 def evaluate_target(
@@ -243,7 +198,6 @@ __all__ = [
     "EvalTarget",
     "evaluate_target",
     "load_policy",
-    "newest_checkpoint",
     "pick_device",
     "resolve_target",
 ]

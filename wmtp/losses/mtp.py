@@ -5,37 +5,39 @@ ignore); head k (k = 1..n) at position t scores ``labels[t + k]``; a token weigh
 target it scores, so head k uses ``w[t + k]``; each head's loss is ``sum(w * ce) / sum(w)`` over
 valid targets; heads are averaged, optionally with per-depth weights.
 
-Four strategies compute the same gradients (tested to float32 rounding):
+Three strategies (``training.mtp_loss``, the same names here and in the logs) compute the same
+gradients (tested to float32 rounding):
 
-- ``"sequential"``: the MTP paper's method. The trunk output is detached; each head runs forward
+- ``"per_head"``: the MTP paper's method. The trunk output is detached; each head runs forward
   and backward in turn, accumulating its gradient at the trunk output; then one backward runs
-  through the trunk. Only one head's activations are alive at a time.
-- ``"one_backward"``: what ``sequential`` becomes under FSDP2, which wants one backward per
-  micro-batch. One graph: the head layers stay in it (their activations live until the backward,
+  through the trunk. Only one head's activations are alive at a time. With ``one_backward``
+  (which the trainer sets for a sharded model: FSDP2 wants one backward per micro-batch) it runs
+  as one graph instead: the head layers stay in it (their activations live until the backward,
   or are checkpointed with the trunk's blocks), while each head's unembedding gradients are still
   computed in its forward and the heads share one fp32 ``[V, D]`` weight gradient
   (:class:`~wmtp.losses.linear_ce.SharedWeightGradient`). Nothing is recomputed.
-- ``"checkpointed"``: one graph, one backward; every head (its layer, the final norm and the loss)
-  is wrapped in activation checkpointing, so the forward keeps only the trunk output per head and
-  the backward recomputes one head at a time. Same peak as ``sequential``, plus one recomputed
-  head forward, and plain single-backward semantics (what FSDP2 hooks and no_sync expect).
-- ``"plain"``: every head kept in the graph; the reference, and the fastest when memory is ample.
+- ``"chunked"``: one graph, one backward; every head (its layer, the final norm and the loss) is
+  wrapped in activation checkpointing, so the forward keeps only the trunk output per head and
+  the backward recomputes one head at a time. Same peak as ``per_head``, plus one recomputed head
+  forward.
+- ``"joint"``: every head kept in the graph with its whole logits; the reference, and the fastest
+  when memory is ample.
 
-All but ``plain`` score a head through :func:`linear_cross_entropy` (``linear_ce.py``), which
+All but ``joint`` score a head through :func:`linear_cross_entropy` (``linear_ce.py``), which
 computes the logits in chunks of ``chunk_size`` target tokens (fp32 softmax), so only one
 ``[chunk, V]`` block exists at a time (``chunk_size = 0``: one chunk, the whole head).
-``sequential`` and ``one_backward`` compute each chunk's gradient in the forward (3 matmuls a
-chunk); ``checkpointed``, whose head forward runs again in the backward, recomputes the logits
-there.
+``per_head`` computes each chunk's gradient in the forward (3 matmuls a chunk); ``chunked``,
+whose head forward runs again in the backward, recomputes the logits there.
 
 Because the memory-efficient paths run their own backward, the training step calls
-:func:`loss_and_backward`; it never returns a graph to call ``.backward()`` on.
+:func:`loss_and_backward`; it never returns a graph to call ``.backward()`` on. Gradient
+synchronisation across ranks is the trainer's (``wmtp.train.loop``): nothing here knows of FSDP.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -47,7 +49,7 @@ from torch.utils.checkpoint import checkpoint
 from wmtp.losses.linear_ce import SharedWeightGradient, linear_cross_entropy
 
 IGNORE_INDEX = -100
-Strategy = Literal["sequential", "one_backward", "checkpointed", "plain"]
+Strategy = Literal["per_head", "chunked", "joint"]
 
 HeadWeightFn = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
 """Per-head weights: ``fn(k, ce_BT, targets_BT) -> w_BT`` with ``T = S - k``.
@@ -60,12 +62,18 @@ weighting such as Rho-1 can select tokens by the policy's own loss. Called once 
 class MTPLossConfig:
     """How the MTP loss is computed (numerics: ``depth_weights``; memory/speed: the rest)."""
 
-    strategy: Strategy = "sequential"
+    strategy: Strategy = "per_head"
+    one_backward: bool = False
+    """``per_head`` only: one backward per micro-batch (a sharded model's) instead of one per head."""
     chunk_size: int | None = None
     """Target tokens per logits block; ``None`` sizes blocks to ``LOGITS_BLOCK_BYTES`` of fp32
     logits (fewer, larger blocks are faster on a GPU); 0 computes each head in one block."""
     depth_weights: tuple[float, ...] | None = None
     """Relative weight of heads 1..n in the average; ``None`` = equal."""
+
+    def __post_init__(self) -> None:
+        assert self.strategy in typing.get_args(Strategy), f"unknown strategy {self.strategy!r}"
+        assert not self.one_backward or self.strategy == "per_head", "one_backward is per_head's"
 
 
 @dataclass
@@ -207,9 +215,9 @@ def _score_head(
 ):
     hidden_ND = _head_hidden_valid(model, h_BSD, job.k, seq, job.index_N)
     weight_VD = model.output.weight
-    if cfg.strategy == "plain":
+    if cfg.strategy == "joint":
         return plain_cross_entropy(hidden_ND, weight_VD, job.targets_N, job.coef_N)
-    if shared is not None:  # one_backward: the weight's gradient goes through `shared`
+    if shared is not None:  # per_head in one backward: the weight's gradient goes through `shared`
         return linear_cross_entropy(
             hidden_ND,
             weight_VD.detach(),
@@ -218,14 +226,14 @@ def _score_head(
             cfg.chunk_size,
             weight_grad_into=shared.buffer,
         )
-    # checkpointed: this call runs again in the backward, so gradients wait for that run
+    # chunked: this call runs again in the backward, so gradients wait for that run
     return linear_cross_entropy(
         hidden_ND,
         weight_VD,
         job.targets_N,
         job.coef_N,
         cfg.chunk_size,
-        grad_in_forward=cfg.strategy != "checkpointed",
+        grad_in_forward=cfg.strategy != "chunked",
     )
 
 
@@ -269,10 +277,6 @@ def _stats(jobs: list[_HeadJob], results) -> MTPStats:
     return MTPStats.from_tensor(torch.stack(rows, dim=1).detach().float())
 
 
-def _is_fsdp(model) -> bool:
-    return hasattr(model, "set_reshard_after_backward")
-
-
 def loss_and_backward(
     model,
     input_ids_BS: torch.Tensor,
@@ -285,7 +289,6 @@ def loss_and_backward(
     config: MTPLossConfig = MTPLossConfig(),
     loss_scale: float = 1.0,
     backward: bool = True,
-    sync_grads: bool = True,
 ) -> MTPStats:
     """Compute the weighted MTP loss of one micro-batch and (unless ``backward=False``) its grads.
 
@@ -294,25 +297,15 @@ def loss_and_backward(
     :data:`HeadWeightFn`. ``denominators_K``: per-head ``sum(w)`` over the *global* batch (all
     micro-batches and ranks, see :func:`weight_sums`); ``None`` normalises within this micro-batch.
     ``loss_scale`` multiplies the gradient (e.g. ``1 / grad_accum`` when normalising locally).
-    ``sync_grads``: under FSDP2, whether this backward reduces gradients across ranks (False on
-    all but the last micro-batch of a step). Returns the detached per-head sums; gradients
-    accumulate into ``.grad`` as usual.
+    Returns the detached per-head sums; gradients accumulate into ``.grad`` as usual.
     """
-    if backward:
-        from wmtp.parallel.fsdp import set_gradient_sync
-
-        set_gradient_sync(model, sync_grads)
     cfg = config
-    if cfg.strategy == "sequential" and backward and _is_fsdp(model):
-        # FSDP2 keeps per-parameter-group state across backward calls: several backward passes
-        # per step break its low-precision gradient path (an unsharded parameter it never
-        # gathered). one_backward computes the same gradients with the same matmuls in one.
-        cfg = dataclasses.replace(cfg, strategy="one_backward")
+    sequential = cfg.strategy == "per_head" and not cfg.one_backward
     depth_K = _depth_weights(cfg.depth_weights, n_heads, labels_BS.device)
     grad_ctx = contextlib.nullcontext() if backward else torch.no_grad()
     with grad_ctx:
         h_BSD = model.trunk(input_ids_BS, seq=seq)
-        h_in = h_BSD.detach().requires_grad_(backward) if cfg.strategy == "sequential" else h_BSD
+        h_in = h_BSD.detach().requires_grad_(backward) if sequential else h_BSD
 
         def ce_of_head(k, targets_BT, index_N):
             with torch.no_grad():
@@ -333,25 +326,26 @@ def loss_and_backward(
             document_ids(seq, labels_BS),
         )
         shared = None
-        if cfg.strategy == "one_backward" and backward and model.output.weight.requires_grad:
+        one_graph_per_head = cfg.strategy == "per_head" and cfg.one_backward
+        if one_graph_per_head and backward and model.output.weight.requires_grad:
             shared = SharedWeightGradient(model.output.weight)
         results = []
         for job in jobs:
-            if cfg.strategy == "checkpointed" and backward:
+            if cfg.strategy == "chunked" and backward:
                 out = checkpoint(_score_head, model, h_in, job, seq, cfg, use_reentrant=False)
             else:
                 out = _score_head(model, h_in, job, seq, cfg, shared)
-            if cfg.strategy == "sequential" and backward:
+            if sequential and backward:
                 out[0].backward()  # frees head k's graph; grad accumulates in h_in.grad
             results.append(out)
         if backward:
-            _backward(cfg.strategy, h_BSD, h_in, [r[0] for r in results], shared)
+            _backward(sequential, h_BSD, h_in, [r[0] for r in results], shared)
     return _stats(jobs, results)
 
 
-def _backward(strategy: Strategy, h_BSD, h_in, losses, shared: SharedWeightGradient | None):
-    """The one backward of the single-graph strategies, or the trunk's after ``sequential``."""
-    if strategy == "sequential":
+def _backward(sequential: bool, h_BSD, h_in, losses, shared: SharedWeightGradient | None):
+    """The one backward of the single-graph strategies, or the trunk's after per-head ones."""
+    if sequential:
         # Every rank runs the trunk backward, even when no head had a target here; none runs
         # it when the trunk trains nothing (LoRA on a model whose layers are all heads).
         grad_BSD = h_in.grad if h_in.grad is not None else torch.zeros_like(h_BSD)

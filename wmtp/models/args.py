@@ -139,6 +139,32 @@ def training_flops_per_token(
     return (6 if weight_grads else 4) * dense + 3 * attention
 
 
+BF16_PEAK_TFLOPS = {
+    "H100 SXM": 989.0,
+    "H100 80GB HBM3": 989.0,
+    "H100 PCIe": 756.0,
+    "H200": 989.0,
+    "A100": 312.0,
+    "L4": 121.0,
+    "A10": 125.0,
+}
+"""Dense bf16 tensor-core peaks (no sparsity) per device, TFLOP/s, from the vendors' datasheets:
+the denominator of every MFU wmtp reports (training logs and benchmarks alike)."""
+
+
+def bf16_peak_tflops(device_name: str) -> tuple[float, str] | None:
+    """``(peak, datasheet entry)`` of the GPU called ``device_name``; ``None`` when unknown.
+
+    MFU = tokens/s x :func:`training_flops_per_token` / (peak x 1e12 x GPUs)."""
+    for key, peak in BF16_PEAK_TFLOPS.items():
+        if all(part in device_name for part in key.split()):
+            return peak, key
+    for key, peak in BF16_PEAK_TFLOPS.items():
+        if key.split()[0] in device_name:
+            return peak, key
+    return None
+
+
 FLAVOURS: dict[str, ModelArgs] = {
     # Trains on a CPU in seconds; vocab from the tokenizer.
     "tiny": ModelArgs(
@@ -208,9 +234,11 @@ def flavour(name: str) -> ModelArgs:
 
 
 __all__ = [
+    "BF16_PEAK_TFLOPS",
     "FLAVOURS",
     "ModelArgs",
     "RopeScaling",
+    "bf16_peak_tflops",
     "flavour",
     "layer_params",
     "param_count",

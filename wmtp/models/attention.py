@@ -1,4 +1,9 @@
-"""Every attention kernel behind one signature, chosen once at start-up and logged.
+"""Every attention kernel behind one signature, and the choice of one, made once.
+
+The backends and when each can run are a table (:mod:`wmtp.models.backends`); this module holds
+their kernels and :func:`resolve`, which turns a recipe's ``attention`` (``auto`` or a name) into a
+:class:`ResolvedAttention` for a device, dtype and use (training or inference). That object is
+handed to the model and to the checkpoint loader: no name is resolved twice or parsed back.
 
 Each backend is a function ``attend(q_BSHD, k_BSKD, v_BSKD, seq) -> out_BSHD`` where ``H`` query
 heads share ``K`` key/value heads (grouped-query attention, ``H % K == 0``; query head ``h`` reads
@@ -28,6 +33,7 @@ import logging
 import math
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import cache
 from itertools import pairwise
 
@@ -35,12 +41,13 @@ import torch
 import torch.nn.functional as F
 
 from wmtp.errors import ComponentError
+from wmtp.models.backends import AUTO, BACKENDS, NAMES, backend
 from wmtp.models.seq import SeqInfo
 
 log = logging.getLogger(__name__)
 
-BACKEND_NAMES = ("eager", "sdpa", "flash_attn", "flex", "varlen")
 ENV_OVERRIDE = "WMTP_ATTENTION"
+"""An attention name in the environment overrides every recipe's (``auto`` included)."""
 
 AttendFn = Callable[..., torch.Tensor]
 
@@ -131,6 +138,12 @@ def _flash_attn_module():
     except Exception as exc:  # ImportError, or a build that fails to load its CUDA library
         return None, f"flash_attn not importable ({type(exc).__name__}: {exc})"
     return flash_attn, f"flash_attn {getattr(flash_attn, '__version__', '?')}"
+
+
+def flash_attn_missing() -> str | None:
+    """Why flash-attn cannot be used here (not installed, or broken); ``None`` when it can."""
+    fa, why = _flash_attn_module()
+    return why if fa is None else None
 
 
 def flash_attn_attend(q_BSHD, k_BSKD, v_BSKD, seq: SeqInfo | None = None) -> torch.Tensor:
@@ -230,6 +243,19 @@ def _varlen_fn():
     return varlen_attn, style, f"varlen_attn ({style}, enable_gqa={'enable_gqa' in params})"
 
 
+def varlen_missing() -> str | None:
+    """Why torch's varlen_attn cannot be used here; ``None`` when this torch has it."""
+    fn, _, why = _varlen_fn()
+    return why if fn is None else None
+
+
+def compute_capability() -> int:
+    """Major CUDA compute capability of the current GPU (0 without one)."""
+    if not torch.cuda.is_available():
+        return 0
+    return torch.cuda.get_device_capability()[0]
+
+
 def varlen_attend(q_BSHD, k_BSKD, v_BSKD, seq: SeqInfo | None = None) -> torch.Tensor:
     """``torch.nn.attention.varlen.varlen_attn`` over the flattened batch (rows or documents)."""
     fn, style, why = _varlen_fn()
@@ -255,133 +281,115 @@ def varlen_attend(q_BSHD, k_BSKD, v_BSKD, seq: SeqInfo | None = None) -> torch.T
     return out_THD.view(B, Sq, H, D)
 
 
-BACKENDS: dict[str, AttendFn] = {
-    "eager": eager_attend,
-    "sdpa": sdpa_attend,
-    "flash_attn": flash_attn_attend,
-    "flex": flex_attend,
-    "varlen": varlen_attend,
-}
+# --------------------------------------------------------------------------------------------
+# Choosing the backends, once: a ResolvedAttention handed to the model
+# --------------------------------------------------------------------------------------------
 
 
-@cache
-def by_layout(plain: str, packed: str) -> AttendFn:
-    """One backend for plain (and right-padded) batches, another for packed ones: what ``auto``
-    resolves to when a GPU's fastest backend differs by layout (named ``"plain+packed"``)."""
-    plain_fn, packed_fn = BACKENDS[plain], BACKENDS[packed]
+def kernel(name: str) -> AttendFn:
+    """The function of backend ``name`` (an entry of :data:`wmtp.models.backends.BACKENDS`)."""
+    return globals()[backend(name).kernel]
 
-    def attend(q_BSHD, k_BSKD, v_BSKD, seq: SeqInfo | None = None) -> torch.Tensor:
-        fn = packed_fn if seq is not None and seq.is_packed else plain_fn
+
+@dataclass(frozen=True)
+class ResolvedAttention:
+    """What a model's attention runs: a backend for plain (and right-padded) batches, one for
+    packed batches, and why. Made once by :func:`resolve` (or :meth:`fixed`) and handed to the
+    model and the checkpoint loader; nothing resolves it again."""
+
+    plain: str
+    packed: str
+    reason: str
+    _plain_fn: AttendFn = field(init=False, repr=False, compare=False)
+    _packed_fn: AttendFn = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_plain_fn", kernel(self.plain))
+        object.__setattr__(self, "_packed_fn", kernel(self.packed))
+
+    @classmethod
+    def fixed(cls, name: str) -> ResolvedAttention:
+        """Backend ``name`` for every layout, unchecked (tests, references, benchmarks)."""
+        return cls(name, name, "fixed")
+
+    @property
+    def name(self) -> str:
+        """For logs: ``sdpa``, or ``sdpa (flex for packed batches)``."""
+        if self.plain == self.packed:
+            return self.plain
+        return f"{self.plain} ({self.packed} for packed batches)"
+
+    def attend(self, q_BSHD, k_BSKD, v_BSKD, seq: SeqInfo | None = None) -> torch.Tensor:
+        fn = self._packed_fn if seq is not None and seq.is_packed else self._plain_fn
         return fn(q_BSHD, k_BSKD, v_BSKD, seq)
 
-    attend.__name__ = f"{plain}_then_{packed}_for_packed"
-    return attend
 
+def resolve(
+    name: str, device: torch.device | str, dtype: torch.dtype | str, *, training: bool
+) -> ResolvedAttention:
+    """What ``model.*.attention = name`` runs on ``device`` in ``dtype``, decided once.
 
-# --------------------------------------------------------------------------------------------
-# Choosing a backend
-# --------------------------------------------------------------------------------------------
-
-
-def backend_unavailable(name: str, device: torch.device, dtype: torch.dtype) -> str | None:
-    """Why backend ``name`` cannot run on ``device``/``dtype``; ``None`` when it can."""
-    if name in ("eager", "sdpa"):
-        return None
-    if name == "flash_attn":
-        fa, why = _flash_attn_module()
-        if fa is None:
-            return why
-        if device.type != "cuda":
-            return f"flash_attn needs CUDA (device is {device})"
-        if dtype not in (torch.float16, torch.bfloat16):
-            return f"flash_attn needs float16 or bfloat16 (dtype is {dtype})"
-        if torch.cuda.get_device_capability(device)[0] < 8:
-            return "flash_attn needs an Ampere or newer GPU"
-        return None
-    if name == "flex":
-        return None  # CPU: forward only, refused with a clear error when gradients are needed
-    if name == "varlen":
-        fn, _, why = _varlen_fn()
-        if fn is None:
-            return why
-        if device.type != "cuda":
-            return f"varlen_attn runs on CUDA only (device is {device})"
-        if dtype not in (torch.float16, torch.bfloat16):
-            return f"varlen_attn needs float16 or bfloat16 (dtype is {dtype})"
-        return None
-    raise ComponentError(f"unknown attention {name!r} (known: auto, {', '.join(BACKEND_NAMES)})")
-
-
-def resolve_backend(name: str, device: torch.device | str, dtype: torch.dtype) -> tuple[str, str]:
-    """The backend to use for ``name`` (``auto`` or a backend name) and the reason, logged once.
-
-    ``WMTP_ATTENTION`` in the environment overrides ``name``. ``auto``: see :func:`auto_backend`.
-    An explicit backend that cannot run here is a ComponentError saying why; nothing falls back
-    silently.
+    ``WMTP_ATTENTION`` in the environment overrides ``name``. ``auto``: see :func:`auto`. An
+    explicit backend that cannot run here (:meth:`Backend.why_not`) is a ComponentError saying
+    why; nothing falls back silently. ``training``: gradients flow through attention.
     """
-    device = torch.device(device)
+    device_type = torch.device(device).type
+    dtype_name = _dtype_name(dtype)
     override = os.environ.get(ENV_OVERRIDE)
     source = f"{ENV_OVERRIDE}={override}" if override else "recipe"
     name = override or name
-    if name == "auto":
-        choice, why = auto_backend(device, dtype)
-        reason = f"auto ({source}): {why}"
-    else:
-        why_not = backend_unavailable(name, device, dtype)
-        if why_not is not None:
-            raise ComponentError(f"attention {name!r} ({source}) cannot run here: {why_not}")
-        choice, reason = name, f"requested by {source}"
-    _log_choice(choice, reason)
-    return choice, reason
+    if name == AUTO:
+        return auto(device_type, dtype_name, training=training, source=source)
+    why_not = backend(name).why_not(device_type, dtype_name, training=training)
+    if why_not is not None:
+        raise ComponentError(f"attention {name!r} ({source}) cannot run here: {why_not}")
+    return ResolvedAttention(name, name, f"requested by the {source}")
 
 
-def auto_backend(device: torch.device, dtype: torch.dtype) -> tuple[str, str]:
-    """What ``auto`` runs on ``device``/``dtype``, and why.
+def runnable(device_type: str, dtype: str, *, training: bool) -> list[str]:
+    """Backends of the table that can run here, in table order."""
+    return [n for n in NAMES if BACKENDS[n].why_not(device_type, dtype, training=training) is None]
 
-    On CUDA, per layout (plain, packed), the first runnable backend of the ranking recorded for
-    this GPU by ``wmtp bench attention --record`` (:mod:`wmtp.models.attention_table`); without
-    one, sdpa for plain batches and flash_attn (else flex) for packed ones. Elsewhere sdpa: flex
-    has no CPU backward, flash_attn and varlen need CUDA. When the two layouts differ, the name
-    is ``"plain+packed"`` (see :func:`by_layout`).
-    """
+
+def auto(
+    device_type: str, dtype: str, *, training: bool, source: str = "recipe"
+) -> ResolvedAttention:
+    """What ``auto`` runs: sdpa off CUDA (flash_attn and varlen need CUDA, flex cannot train on
+    the CPU); on CUDA, per layout, :func:`choose_by_layout` from the ranking recorded for this
+    GPU by ``wmtp bench attention --record`` (:mod:`wmtp.models.attention_table`)."""
     from wmtp.models.attention_table import find_ranking
 
-    flash_why = backend_unavailable("flash_attn", device, dtype)
-    if device.type != "cuda":
-        return "sdpa", f"sdpa on {device.type} ({flash_why})"
-    runnable = {n for n in BACKEND_NAMES if backend_unavailable(n, device, dtype) is None}
-    default = {"plain": "sdpa", "packed": "flash_attn" if flash_why is None else "flex"}
-    ranking = None
-    if torch.cuda.is_available():
-        dtype_name = str(dtype).removeprefix("torch.")
-        try:
-            ranking = find_ranking(torch.cuda.get_device_name(device), dtype_name)
-        except ValueError as exc:
-            raise ComponentError(f"attention 'auto': {exc}") from exc
-    return choose_by_layout(ranking, runnable, default, flash_why)
+    if device_type != "cuda":
+        return ResolvedAttention("sdpa", "sdpa", f"auto ({source}): sdpa on {device_type}")
+    try:
+        ranking = find_ranking(torch.cuda.get_device_name(), dtype)
+    except ValueError as exc:
+        raise ComponentError(f"attention 'auto': {exc}") from exc
+    here = set(runnable(device_type, dtype, training=training))
+    plain, packed, why = choose_by_layout(ranking, here)
+    return ResolvedAttention(plain, packed, f"auto ({source}): {why}")
 
 
-def choose_by_layout(ranking, runnable: set[str], default: dict[str, str], flash_why: str | None):
-    """``(name, reason)`` from a recorded ranking (or ``None``) and the backends runnable here."""
-    if ranking is not None:
-        plain = ranking.first_runnable("plain", runnable) or default["plain"]
-        packed = ranking.first_runnable("packed", runnable) or default["packed"]
-        why = (
-            f"the fastest runnable in the ranking recorded for {ranking.device}/{ranking.dtype}"
-            f" ({ranking.source})"
-        )
-    else:
-        plain, packed = default["plain"], default["packed"]
-        why = "no ranking recorded for this GPU; the default"
-        if flash_why is not None:
-            why += f" ({flash_why})"
-    choice = plain if plain == packed else f"{plain}+{packed}"
-    return choice, f"{plain}, {packed} for packed batches: {why}"
+def choose_by_layout(ranking, here: set[str]) -> tuple[str, str, str]:
+    """``(plain, packed, why)``: per layout, the first backend of ``ranking`` in ``here`` (the
+    runnable ones); without a ranking (or a runnable entry), sdpa for plain batches and
+    flash_attn, else flex, for packed ones."""
+    default = {"plain": "sdpa", "packed": "flash_attn" if "flash_attn" in here else "flex"}
+    if ranking is None:
+        return default["plain"], default["packed"], "no ranking recorded for this GPU: the default"
+    chosen = {
+        layout: ranking.first_runnable(layout, here) or default[layout]
+        for layout in ("plain", "packed")
+    }
+    why = (
+        f"the fastest runnable of the ranking for {ranking.device}/{ranking.dtype} "
+        f"({ranking.source})"
+    )
+    return chosen["plain"], chosen["packed"], why
 
 
-@cache
-def _log_choice(choice: str, reason: str) -> None:
-    log.info("attention: %s (%s)", choice, reason)
+def _dtype_name(dtype: torch.dtype | str) -> str:
+    return dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
 
 
 @cache
@@ -389,28 +397,17 @@ def _warn_once(message: str) -> None:
     log.warning(message)
 
 
-def get_attend(name: str) -> AttendFn:
-    """The function of a resolved backend name (``"plain+packed"`` for :func:`by_layout`)."""
-    if name in BACKENDS:
-        return BACKENDS[name]
-    plain, plus, packed = name.partition("+")
-    if plus and plain in BACKENDS and packed in BACKENDS:
-        return by_layout(plain, packed)
-    raise ComponentError(f"unknown attention {name!r} (known: {', '.join(BACKEND_NAMES)})")
-
-
 __all__ = [
-    "BACKENDS",
-    "BACKEND_NAMES",
+    "ResolvedAttention",
     "SeqInfo",
-    "auto_backend",
-    "backend_unavailable",
-    "by_layout",
+    "auto",
+    "choose_by_layout",
     "eager_attend",
     "flash_attn_attend",
     "flex_attend",
-    "get_attend",
-    "resolve_backend",
+    "kernel",
+    "resolve",
+    "runnable",
     "sdpa_attend",
     "varlen_attend",
 ]

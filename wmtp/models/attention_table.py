@@ -26,9 +26,12 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+from wmtp.models.backends import NAMES
+
 TABLE_ENV = "WMTP_ATTENTION_TABLE"
 PACKAGED_TABLE = Path(__file__).with_name("attention_table.json")
-RANKED_BACKENDS = ("eager", "sdpa", "flash_attn", "flex", "varlen")
+RANKED_BACKENDS = NAMES
+"""Every backend of the table (``wmtp.models.backends``) can be ranked."""
 LAYOUTS = ("plain", "packed")
 
 

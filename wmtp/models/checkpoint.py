@@ -23,13 +23,15 @@ import torch
 
 from wmtp.errors import CheckpointError
 from wmtp.models.args import ModelArgs
+from wmtp.models.attention import ResolvedAttention
 from wmtp.models.hf_convert import args_from_hf_config, hf_to_wmtp, write_hf
 from wmtp.models.llama_mtp import LlamaMTP, resolve_dtype
+from wmtp.models.locate import FULL_WEIGHTS, MODEL_INFO, TrainedWeights
 
 log = logging.getLogger(__name__)
 
-ARGS_FILE = "wmtp_model.json"
-WEIGHTS_FILE = "model.safetensors"
+ARGS_FILE = MODEL_INFO
+WEIGHTS_FILE = FULL_WEIGHTS
 FORMAT_VERSION = 1
 FORMATS = ("meta", "hf", "safetensors")
 IGNORED_META_KEYS = ("rope.freqs",)
@@ -203,6 +205,47 @@ def load_checked(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: st
         model.load_state_dict(sd, strict=True)
 
 
+def load_trained(model: torch.nn.Module, trained: TrainedWeights) -> None:
+    """Weights trained by wmtp into ``model``: every parameter (``model.safetensors``), or the
+    LoRA adapters over the base it already holds (``lora.safetensors``). Every key and shape is
+    checked before anything is copied; tensors take the model's device and dtype."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    param = next(model.parameters())
+    try:
+        sd = load_file(str(trained.file), device=str(param.device))
+    except SafetensorError as exc:
+        raise CheckpointError(f"checkpoint {trained.file}: cannot be read ({exc})") from exc
+    sd = {k: v.to(param.dtype) if v.is_floating_point() else v for k, v in sd.items()}
+    if trained.kind == "full":
+        load_checked(model, sd, str(trained.file))
+        return
+    from wmtp.models.lora import lora_state_dict
+
+    trained_keys = {k: tuple(v.shape) for k, v in lora_state_dict(model).items()}
+    if not trained_keys:
+        raise CheckpointError(
+            f"checkpoint {trained.file} holds LoRA adapters, but the recipe's model has none "
+            "(set its lora section as the run that trained them did)"
+        )
+    check_shapes(trained_keys, sd, f"{trained.file} (LoRA adapters)")
+    with torch.no_grad():
+        model.load_state_dict(sd, strict=False)
+
+
+def heads_in(weights: Path) -> int:
+    """Prediction heads of a wmtp weights file (full or LoRA): 1 + its ``extra_heads`` layers."""
+    import re
+
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as f:
+        keys = list(f.keys())
+    extra = {int(m.group(1)) for k in keys if (m := re.match(r"extra_heads\.(\d+)\.", k))}
+    return 1 + (max(extra) + 1 if extra else 0)
+
+
 def resize_heads(args: ModelArgs, sd: dict, n_future_tokens: int) -> tuple[ModelArgs, dict]:
     """Give a checkpoint ``n`` heads: extra heads start as copies of head 1, surplus ones go."""
     old = args.n_future_tokens
@@ -225,11 +268,14 @@ def _is_extra_head(key: str, keep: int) -> bool:
 
 
 def build_from_checkpoint(
-    ckpt: Checkpoint, *, dtype, attention: str, device, n_future_tokens: int | None = None
+    ckpt: Checkpoint,
+    *,
+    dtype,
+    attention: ResolvedAttention,
+    device,
+    n_future_tokens: int | None = None,
 ) -> LlamaMTP:
     """A LlamaMTP holding ``ckpt``'s weights (built on the meta device, then filled in)."""
-    from wmtp.models.attention import resolve_backend
-
     if ckpt.info.get("kind", "llama_mtp") != "llama_mtp":
         raise CheckpointError(
             f"checkpoint {ckpt.path} holds a {ckpt.info['kind']!r}, not a llama_mtp; "
@@ -238,9 +284,8 @@ def build_from_checkpoint(
     args, sd = ckpt.args, ckpt.state_dict
     if n_future_tokens is not None:
         args, sd = resize_heads(args, sd, n_future_tokens)
-    backend, _ = resolve_backend(attention, device, dtype)
     with torch.device("meta"):
-        model = LlamaMTP(args, attention=backend)
+        model = LlamaMTP(args, attention=attention)
     check_state_dict(model, sd, str(ckpt.path))
     sd = {k: v.to(device=device, dtype=dtype) for k, v in sd.items()}
     model.load_state_dict(sd, strict=True, assign=True)
@@ -251,18 +296,23 @@ def from_pretrained(
     path: str | Path,
     *,
     dtype: torch.dtype | str = "bfloat16",
-    attention: str = "auto",
+    attention: ResolvedAttention | str = "auto",
     device: torch.device | str = "cpu",
     format: str = "auto",
     n_future_tokens: int | None = None,
 ) -> LlamaMTP:
     """Load a LlamaMTP from a Meta, Hugging Face or wmtp checkpoint (the format is detected).
 
-    ``dtype`` sets parameters and compute; ``attention`` is resolved once (``auto``: flash_attn
-    when usable, else sdpa); ``n_future_tokens`` changes the number of heads (new heads start as
-    copies of head 1). ``model(tokens)`` then returns logits ``[batch, seq, n_heads, vocab]``.
+    ``dtype`` sets parameters and compute; ``attention`` is a :class:`ResolvedAttention` (a name
+    is resolved here, once, for inference on ``device``); ``n_future_tokens`` changes the number
+    of heads (new heads start as copies of head 1). ``model(tokens)`` then returns logits
+    ``[batch, seq, n_heads, vocab]``.
     """
     dtype = resolve_dtype(dtype)
+    if isinstance(attention, str):
+        from wmtp.models.attention import resolve
+
+        attention = resolve(attention, device, dtype, training=False)
     ckpt = read_checkpoint(path, format, dtype)
     log.info("checkpoint: %s (%s format, %d heads)", path, ckpt.format, ckpt.args.n_future_tokens)
     model = build_from_checkpoint(
@@ -344,7 +394,9 @@ __all__ = [
     "check_state_dict",
     "detect_format",
     "from_pretrained",
+    "heads_in",
     "load_checked",
+    "load_trained",
     "read_checkpoint",
     "resize_heads",
     "save_wmtp",

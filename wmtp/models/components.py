@@ -1,19 +1,35 @@
 """Registers the model area's components (torch loads only when a builder runs).
 
-* ``model``: ``llama_mtp`` (the policy / reference) and ``value_model`` (the critic); each builder
-  receives its ``[model.*]`` section.
-* ``attention``: ``eager``, ``sdpa``, ``flash_attn``, ``flex``, ``varlen``, each
-  ``attend(q_BSHD, k_BSKD, v_BSKD, seq) -> out_BSHD`` (``auto`` is resolved, not registered).
+* ``model``: ``llama_mtp`` (the policy, the reference) and ``value_model`` (the critic). One
+  builder per kind, used by every caller through ``wmtp.assembly.model``: the trainer for the model that trains and for the frozen
+  ones, ``wmtp eval``, ``wmtp bench``. Each receives its ``[model.*]`` section and builds in this
+  order:
+
+  1. attention, resolved once for the device, dtype and use (``wmtp.models.attention.resolve``;
+     ``trainable``: gradients flow through it) and handed to everything below;
+  2. the base model: ``path`` (Meta, Hugging Face or wmtp format, read on the CPU, then moved), or
+     fresh from the flavour and explicit sizes (initialised on the device);
+  3. (value model) its value head, from the registry's ``value_head`` builders, fresh unless
+     ``path`` is a wmtp value checkpoint that holds one;
+  4. LoRA adapters (``lora``);
+  5. the weights trained by wmtp named by ``checkpoint`` (all of them, or the LoRA adapters),
+     every key and shape checked first (``wmtp.models.locate`` finds them);
+  6. the number of heads: the caller's (a pipeline that trains one head), else the section's
+     ``n_future_tokens``, else the trained checkpoint's, else the flavour's or ``path``'s; heads
+     beyond the loaded ones start as copies of head 1.
+
+  Weights are stored in fp32 for a model that trains in full (the optimizer's master weights) and
+  in the section's dtype otherwise (frozen models, a LoRA base).
+* ``attention``: the entries of the backend table (``wmtp.models.backends``).
 * ``value_head``: ``linear``, ``sigmoid``, ``mlp``; each builder takes its spec and the width.
 """
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wmtp.errors import CheckpointError
+from wmtp.models.backends import BACKENDS
 from wmtp.recipe.specs.models import (
     LinearHeadSpec,
     LlamaMTPSpec,
@@ -26,7 +42,9 @@ from wmtp.registry import register
 if TYPE_CHECKING:
     from torch import nn
 
+    from wmtp.models.attention import ResolvedAttention
     from wmtp.models.llama_mtp import LlamaMTP
+    from wmtp.models.locate import TrainedWeights
     from wmtp.models.value import ValueModel
 
 
@@ -35,70 +53,136 @@ if TYPE_CHECKING:
 
 @register("model", "llama_mtp", spec=LlamaMTPSpec)
 def build_llama_mtp_model(
-    spec: LlamaMTPSpec, *, vocab_size: int | None = None, device: Any = "cpu"
+    spec: LlamaMTPSpec,
+    *,
+    vocab_size: int | None = None,
+    device: Any = "cpu",
+    trainable: bool = False,
+    n_future_tokens: int | None = None,
 ) -> LlamaMTP:
-    """LLaMA with n future-token heads: pretrained ``path`` or fresh sizes, then LoRA, then the
-    wmtp ``checkpoint``. ``vocab_size`` fills in ``-1`` (from the tokenizer) for fresh models."""
-    from wmtp.models.checkpoint import from_pretrained
-    from wmtp.models.llama_mtp import build_llama_mtp
+    """LLaMA with n future-token heads, built in the order of the module docstring."""
+    import torch
 
+    from wmtp.models.checkpoint import from_pretrained, heads_in
+    from wmtp.models.llama_mtp import LlamaMTP
+
+    attention = _attention(spec, device, trainable)
+    dtype = _storage_dtype(spec, trainable)
+    trained = _trained_weights(spec)
+    trained_heads = heads_in(trained.file) if trained else None
+    want = n_future_tokens or spec.n_future_tokens or trained_heads or _spec_heads(spec)
+    heads = trained_heads or want
     if spec.path:
         model = from_pretrained(
             spec.path,
             format=spec.format,
-            dtype=spec.dtype,
-            attention=spec.attention,
+            dtype=dtype,
+            attention=attention,
             device=device,
-            n_future_tokens=spec.n_future_tokens,
+            n_future_tokens=heads,
         )
         _check_sizes_agree(spec, model.args, spec.path)
     else:
-        args = _with_vocab(spec.model_args(vocab_size))
-        model = build_llama_mtp(args, attention=spec.attention, dtype=spec.dtype, device=device)
-    return _adapters_and_checkpoint(model, spec)
+        args = _fresh_args(spec, vocab_size, heads)
+        with torch.device(device):  # every rank draws the same weights (same seed and device)
+            model = LlamaMTP(args, attention=attention)
+        model = model.to(dtype)
+    _check_vocabulary(model.args.vocab_size, vocab_size, spec)
+    _adapters_and_trained(model, spec, trained)
+    if want is not None:
+        model.set_heads(want)
+    return _mode(model, trainable)
 
 
 @register("model", "value_model", spec=ValueModelSpec)
 def build_value_model(
-    spec: ValueModelSpec, *, vocab_size: int | None = None, device: Any = "cpu"
+    spec: ValueModelSpec,
+    *,
+    vocab_size: int | None = None,
+    device: Any = "cpu",
+    trainable: bool = False,
+    n_future_tokens: int | None = None,
 ) -> ValueModel:
-    """The critic: a LLaMA backbone (from ``path`` in any format, or fresh) and a value head."""
+    """The critic: a LLaMA backbone (``path`` in any format, or fresh) and a value head, built in
+    the order of the module docstring (``n_future_tokens`` does not apply: one value per token)."""
     import torch
 
-    from wmtp.models.attention import resolve_backend
-    from wmtp.models.llama_mtp import resolve_dtype
     from wmtp.models.value import ValueModel
 
+    attention = _attention(spec, device, trainable)
+    dtype = _storage_dtype(spec, trainable)
     if spec.path:
         model = ValueModel.from_pretrained(
             spec.path,
             head=spec.head,
             format=spec.format,
-            dtype=spec.dtype,
-            attention=spec.attention,
+            dtype=dtype,
+            attention=attention,
             device=device,
         )
         _check_sizes_agree(spec, model.args, spec.path)
     else:
-        dtype = resolve_dtype(spec.dtype)
-        backend, _ = resolve_backend(spec.attention, device, dtype)
         with torch.device(device):
-            model = ValueModel(
-                _with_vocab(spec.model_args(vocab_size)), head=spec.head, attention=backend
-            )
+            model = ValueModel(_fresh_args(spec, vocab_size), head=spec.head, attention=attention)
         model = model.to(dtype)
-    return _adapters_and_checkpoint(model, spec)
+    _check_vocabulary(model.args.vocab_size, vocab_size, spec)
+    _adapters_and_trained(model, spec, _trained_weights(spec))
+    return _mode(model, trainable)
 
 
-def _with_vocab(args):
+def _mode(model, trainable: bool):
+    """Train mode, or eval mode with no parameter asking for gradients (a frozen model)."""
+    if not trainable:
+        model.requires_grad_(False)
+    return model.train(trainable)
+
+
+def _attention(spec, device, trainable: bool) -> ResolvedAttention:
+    from wmtp.models.attention import resolve
+
+    return resolve(spec.attention, device, spec.dtype, training=trainable)
+
+
+def _storage_dtype(spec, trainable: bool):
+    """fp32 masters for a model that trains in full; the section's dtype otherwise."""
+    from wmtp.models.llama_mtp import resolve_dtype
+
+    return resolve_dtype("float32" if trainable and spec.lora is None else spec.dtype)
+
+
+def _spec_heads(spec) -> int | None:
+    return spec.resolved_sizes().get("n_future_tokens")
+
+
+def _fresh_args(spec, vocab_size: int | None, heads: int | None = None):
+    import dataclasses
+
+    from wmtp.errors import ComponentError
+
+    args = spec.model_args(vocab_size)
     if args.vocab_size == -1:
-        from wmtp.errors import ComponentError
-
         raise ComponentError(
             "vocab_size = -1 means 'from the tokenizer': build the model with the tokenizer's "
             "vocab_size (builder argument vocab_size=...)"
         )
-    return args
+    return dataclasses.replace(args, n_future_tokens=heads) if heads else args
+
+
+def _trained_weights(spec) -> TrainedWeights | None:
+    if not spec.checkpoint:
+        return None
+    from wmtp.models.locate import find_trained_weights
+
+    return find_trained_weights(spec.checkpoint)
+
+
+def _check_vocabulary(model_vocab: int, tokenizer_vocab: int | None, spec) -> None:
+    if tokenizer_vocab is not None and model_vocab < tokenizer_vocab:
+        source = spec.path or spec.flavour or "the recipe's sizes"
+        raise CheckpointError(
+            f"{source}: the model has {model_vocab} token embeddings, fewer than the "
+            f"tokenizer's {tokenizer_vocab} ids"
+        )
 
 
 def _check_sizes_agree(spec, args, path) -> None:
@@ -133,10 +217,12 @@ def _check_sizes_agree(spec, args, path) -> None:
         if not (name == "vocab_size" and want == -1) and want != have:
             raise CheckpointError(
                 f"checkpoint {path}: {name} = {have!r}, but the recipe says {want!r}"
+                + (f" (flavour {spec.flavour!r})" if spec.flavour else "")
             )
 
 
-def _adapters_and_checkpoint(model, spec):
+def _adapters_and_trained(model, spec, trained: TrainedWeights | None) -> None:
+    """Steps 4 and 5: LoRA adapters, then the weights wmtp trained."""
     if spec.lora is not None:
         from wmtp.models.lora import apply_lora
 
@@ -147,87 +233,18 @@ def _adapters_and_checkpoint(model, spec):
             alpha=lora.alpha,
             dropout=lora.dropout,
             targets=lora.targets,
-            also_train=("head.",)
-            if hasattr(model, "head_config")
-            else (),  # a critic's head trains
+            also_train=("head.",) if spec.kind == "value_model" else (),  # a critic's head trains
         )
-    if spec.checkpoint:
-        from wmtp.models.checkpoint import load_checked, read_checkpoint
+    if trained is not None:
+        from wmtp.models.checkpoint import load_trained
 
-        directory = resolve_wmtp_checkpoint(spec.checkpoint)
-        param = next(model.parameters())
-        ckpt = read_checkpoint(directory, "safetensors", param.dtype)
-        sd = {k: v.to(param.device) for k, v in ckpt.state_dict.items()}
-        load_checked(model, sd, str(directory))
-    return model
-
-
-def resolve_wmtp_checkpoint(path: str | Path) -> Path:
-    """A directory with wmtp weights from: itself, ``<run>`` (its newest ``checkpoints/step-N``),
-    or ``runs/<experiment>/latest`` (the newest run of the experiment, by name)."""
-    from wmtp.models.checkpoint import ARGS_FILE
-
-    path = Path(path)
-    if path.name == "latest" and not path.exists() and path.parent.is_dir():
-        runs = sorted(p for p in path.parent.iterdir() if p.is_dir())
-        if not runs:
-            raise CheckpointError(f"checkpoint {path}: {path.parent} holds no runs")
-        path = runs[-1]
-    if (path / ARGS_FILE).is_file():
-        return path
-    steps = sorted(
-        (int(m.group(1)), p)
-        for p in (path / "checkpoints").glob("step-*")
-        if (m := re.fullmatch(r"step-(\d+)", p.name)) and (p / ARGS_FILE).is_file()
-    )
-    if not steps:
-        raise CheckpointError(
-            f"checkpoint {path}: neither {ARGS_FILE} nor checkpoints/step-N/{ARGS_FILE} found"
-        )
-    return steps[-1][1]
+        load_trained(model, trained)
 
 
 # Attention ----------------------------------------------------------------------------------
 
-
-@register("attention", "eager")
-def eager(q_BSHD, k_BSKD, v_BSKD, seq=None):
-    """Materialised scores, fp32 softmax, explicit masks: the reference."""
-    from wmtp.models.attention import eager_attend
-
-    return eager_attend(q_BSHD, k_BSKD, v_BSKD, seq)
-
-
-@register("attention", "sdpa")
-def sdpa(q_BSHD, k_BSKD, v_BSKD, seq=None):
-    """torch SDPA with is_causal=True and enable_gqa=True; packed batches per document."""
-    from wmtp.models.attention import sdpa_attend
-
-    return sdpa_attend(q_BSHD, k_BSKD, v_BSKD, seq)
-
-
-@register("attention", "flash_attn")
-def flash_attn(q_BSHD, k_BSKD, v_BSKD, seq=None):
-    """flash-attn (optional install): flash_attn_func, varlen for packed batches."""
-    from wmtp.models.attention import flash_attn_attend
-
-    return flash_attn_attend(q_BSHD, k_BSKD, v_BSKD, seq)
-
-
-@register("attention", "flex")
-def flex(q_BSHD, k_BSKD, v_BSKD, seq=None):
-    """FlexAttention with causal and document block masks (compiled on CUDA)."""
-    from wmtp.models.attention import flex_attend
-
-    return flex_attend(q_BSHD, k_BSKD, v_BSKD, seq)
-
-
-@register("attention", "varlen")
-def varlen(q_BSHD, k_BSKD, v_BSKD, seq=None):
-    """torch.nn.attention.varlen.varlen_attn over rows or documents (CUDA)."""
-    from wmtp.models.attention import varlen_attend
-
-    return varlen_attend(q_BSHD, k_BSKD, v_BSKD, seq)
+for _backend in BACKENDS.values():
+    register("attention", _backend.name)(_backend)
 
 
 # Value heads --------------------------------------------------------------------------------
@@ -236,22 +253,24 @@ def varlen(q_BSHD, k_BSKD, v_BSKD, seq=None):
 @register("value_head", "linear", spec=LinearHeadSpec)
 def linear_head(spec: LinearHeadSpec, dim: int) -> nn.Module:
     """One linear layer from the final hidden state to a value."""
-    from wmtp.models.value import build_value_head
+    from wmtp.models.value import LinearValueHead
 
-    return build_value_head(spec, dim)
+    return LinearValueHead(dim)
 
 
 @register("value_head", "sigmoid", spec=SigmoidHeadSpec)
 def sigmoid_head(spec: SigmoidHeadSpec, dim: int) -> nn.Module:
     """A linear score squashed to (0, 1); losses use the pre-sigmoid score."""
-    from wmtp.models.value import build_value_head
+    from wmtp.models.value import SigmoidValueHead
 
-    return build_value_head(spec, dim)
+    return SigmoidValueHead(dim)
 
 
 @register("value_head", "mlp", spec=MLPHeadSpec)
 def mlp_head(spec: MLPHeadSpec, dim: int) -> nn.Module:
     """A small MLP from the final hidden state to a value."""
-    from wmtp.models.value import build_value_head
+    from wmtp.models.value import MLPValueHead
 
-    return build_value_head(spec, dim)
+    return MLPValueHead(
+        dim, spec.hidden_widths(dim), activation=spec.activation, dropout=spec.dropout
+    )

@@ -25,7 +25,8 @@ import traceback
 
 import torch
 
-from wmtp.models.attention import BACKENDS, SeqInfo, _flash_attn_module, _varlen_fn, eager_attend
+from wmtp.models.attention import SeqInfo, _flash_attn_module, _varlen_fn, eager_attend, kernel
+from wmtp.models.backends import NAMES
 
 SHAPE = {"B": 2, "S": 512, "H": 16, "K": 8, "D": 128}  # the ~1B benchmark's attention shape
 PACKED_LENGTHS = [[100, 250, 37, 125], [512]]
@@ -38,9 +39,9 @@ def sdpa_variants() -> dict[str, list]:
     from torch.nn.attention import SDPBackend
 
     variants = {"sdpa": []}
-    for kernel in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH"):
-        if hasattr(SDPBackend, kernel):
-            variants[f"sdpa[{kernel.lower()}]"] = [getattr(SDPBackend, kernel)]
+    for sdpa_kernel in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH"):
+        if hasattr(SDPBackend, sdpa_kernel):
+            variants[f"sdpa[{sdpa_kernel.lower()}]"] = [getattr(SDPBackend, sdpa_kernel)]
     return variants
 
 
@@ -103,8 +104,8 @@ def compare_one(name, fn, kernels, dtype, layout, seq) -> dict:
 
 
 def attention_rows() -> list[dict]:
-    fns = {name: (BACKENDS["sdpa"], kernels) for name, kernels in sdpa_variants().items()}
-    fns |= {name: (BACKENDS[name], []) for name in ("flex", "varlen", "flash_attn")}
+    fns = {name: (kernel("sdpa"), kernels) for name, kernels in sdpa_variants().items()}
+    fns |= {name: (kernel(name), []) for name in ("flex", "varlen", "flash_attn")}
     fns |= {"eager": (eager_attend, [])}  # the floor: the reference run in the low dtype
     rows = []
     for dtype in (torch.bfloat16, torch.float16):
@@ -132,7 +133,7 @@ def model_rows() -> list[dict]:
         with torch.no_grad():
             ref = model.float()(tokens)
             model.to(dtype)
-        for name in ("eager", "sdpa", "flex", "varlen", "flash_attn"):
+        for name in NAMES:
 
             def check(name=name, model=model, tokens=tokens, ref=ref, dtype=dtype):
                 model.set_attention(name)

@@ -45,7 +45,7 @@ def cached_block(block: TransformerBlock, x_BSD, rope: Rope, cache: KVCache, sta
     attention = block.attention
     q_BSHD, k_BSKD, v_BSKD = attention.project_qkv(block.attention_norm(x_BSD), rope)
     k_all, v_all = cache.append(start, k_BSKD, v_BSKD)
-    out_BSHD = attention._attend(q_BSHD, k_all, v_all, None)
+    out_BSHD = attention.attend(q_BSHD, k_all, v_all, None)
     h_BSD = x_BSD + attention.wo(out_BSHD.flatten(2))  # [B, S, H, D] -> [B, S, H*D]
     return h_BSD + block.feed_forward(block.ffn_norm(h_BSD))
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wmtp.models.args import ModelArgs
-from wmtp.models.attention import SeqInfo, get_attend
+from wmtp.models.attention import ResolvedAttention, SeqInfo
 
 Rope = tuple[torch.Tensor, torch.Tensor]
 """``(cos_BSF, sin_BSF)`` in fp32, ``F = head_dim // 2`` frequencies."""
@@ -83,20 +83,19 @@ def apply_rope(x_BSHD: torch.Tensor, rope: Rope) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    """Grouped-query self-attention; the kernel is a resolved backend name (see attention.py)."""
+    """Grouped-query self-attention; its kernel is a :class:`ResolvedAttention`."""
 
-    def __init__(self, args: ModelArgs, backend: str = "sdpa"):
+    def __init__(self, args: ModelArgs, attention: ResolvedAttention):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.kv_heads, args.head_dim
         self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
         self.wk = nn.Linear(args.dim, args.kv_heads * args.head_dim, bias=False)
         self.wv = nn.Linear(args.dim, args.kv_heads * args.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
-        self.set_backend(backend)
+        self.resolved = attention
 
-    def set_backend(self, backend: str) -> None:
-        self.backend = backend
-        self._attend = get_attend(backend)
+    def attend(self, q_BSHD, k_BSKD, v_BSKD, seq: SeqInfo | None = None) -> torch.Tensor:
+        return self.resolved.attend(q_BSHD, k_BSKD, v_BSKD, seq)
 
     def project_qkv(self, x_BSD: torch.Tensor, rope: Rope):
         """Queries ``[B, S, H, D]`` and keys/values ``[B, S, K, D]``, RoPE applied to q and k."""
@@ -108,7 +107,7 @@ class Attention(nn.Module):
 
     def forward(self, x_BSD: torch.Tensor, rope: Rope, seq: SeqInfo | None = None) -> torch.Tensor:
         q_BSHD, k_BSKD, v_BSKD = self.project_qkv(x_BSD, rope)
-        out_BSHD = self._attend(q_BSHD, k_BSKD, v_BSKD, seq)
+        out_BSHD = self.attend(q_BSHD, k_BSKD, v_BSKD, seq)
         return self.wo(out_BSHD.flatten(2))  # [B, S, H, D] -> [B, S, H*D]
 
 
@@ -128,9 +127,9 @@ class FeedForward(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-norm block: ``x + attention(norm(x))``, then ``+ feed_forward(norm(.))``."""
 
-    def __init__(self, args: ModelArgs, backend: str = "sdpa"):
+    def __init__(self, args: ModelArgs, attention: ResolvedAttention):
         super().__init__()
-        self.attention = Attention(args, backend)
+        self.attention = Attention(args, attention)
         self.feed_forward = FeedForward(args.dim, args.hidden_dim)
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
@@ -146,14 +145,22 @@ class TransformerBlock(nn.Module):
 class LlamaMTP(nn.Module):
     """LLaMA with ``n_future_tokens`` prediction heads (n = 1: a plain LLaMA).
 
-    ``attention`` is a resolved backend name (``eager``, ``sdpa``, ``flash_attn``, ``flex``,
-    ``varlen``); resolve ``auto`` first with :func:`wmtp.models.attention.resolve_backend`.
+    ``attention`` is what :func:`wmtp.models.attention.resolve` chose (or a backend name of the
+    table, :meth:`ResolvedAttention.fixed`, for tests and references).
     ``unembedding=False`` leaves out ``output`` (the value model's backbone).
     """
 
-    def __init__(self, args: ModelArgs, attention: str = "sdpa", *, unembedding: bool = True):
+    def __init__(
+        self,
+        args: ModelArgs,
+        attention: ResolvedAttention | str = "sdpa",
+        *,
+        unembedding: bool = True,
+    ):
         super().__init__()
         assert args.vocab_size > 0, f"resolve vocab_size first (got {args.vocab_size})"
+        if isinstance(attention, str):
+            attention = ResolvedAttention.fixed(attention)
         self.args = args
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
         # trunk layers, then head 1
@@ -173,13 +180,33 @@ class LlamaMTP(nn.Module):
         return self.args.n_future_tokens
 
     @property
-    def attention_backend(self) -> str:
-        return self.layers[0].attention.backend
+    def attention(self) -> ResolvedAttention:
+        """What every block's attention runs."""
+        return self.layers[0].attention.resolved
 
-    def set_attention(self, backend: str) -> None:
-        """Switch every block to another resolved backend (weights untouched)."""
+    def set_attention(self, attention: ResolvedAttention | str) -> None:
+        """Switch every block to another attention (weights untouched)."""
+        if isinstance(attention, str):
+            attention = ResolvedAttention.fixed(attention)
         for block in self.blocks():
-            block.attention.set_backend(backend)
+            block.attention.resolved = attention
+
+    def set_heads(self, n: int) -> None:
+        """Keep heads 1..n; heads beyond the current ones start as copies of head 1 (its adapters
+        included). The trunk is untouched."""
+        import copy
+        import dataclasses
+
+        old = self.n_heads
+        if n == old:
+            return
+        assert n >= 1, n
+        heads = list(self.extra_heads)[: n - 1]
+        heads += [copy.deepcopy(self.layers[-1]) for _ in range(n - old)]
+        self.extra_heads = nn.ModuleList(heads)
+        self.args = dataclasses.replace(
+            self.args, n_layers=self.args.n_layers - old + n, n_future_tokens=n
+        )
 
     def reset_parameters(self, std: float = 0.02) -> None:
         """Fresh weights: normal(0, std) for matrices, ones for norms (for training from scratch)."""
@@ -233,23 +260,6 @@ class LlamaMTP(nn.Module):
         return torch.stack(logits, dim=2)  # n x [B, S, V] -> [B, S, n, V]
 
 
-def build_llama_mtp(
-    args: ModelArgs,
-    *,
-    attention: str = "auto",
-    dtype: torch.dtype | str = torch.float32,
-    device: torch.device | str = "cpu",
-) -> LlamaMTP:
-    """A freshly initialised model on ``device`` in ``dtype``, ``auto`` attention resolved."""
-    from wmtp.models.attention import resolve_backend
-
-    dtype = resolve_dtype(dtype)
-    backend, _ = resolve_backend(attention, device, dtype)
-    with torch.device(device):
-        model = LlamaMTP(args, attention=backend)
-    return model.to(dtype=dtype)
-
-
 def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
     """``"bfloat16"``/``"float32"``/... or a torch dtype -> torch dtype."""
     if isinstance(dtype, torch.dtype):
@@ -269,7 +279,6 @@ __all__ = [
     "RMSNorm",
     "TransformerBlock",
     "apply_rope",
-    "build_llama_mtp",
     "resolve_dtype",
     "rope_frequencies",
     "rope_tables",

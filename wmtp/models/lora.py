@@ -114,8 +114,14 @@ def unmerge_lora(model: nn.Module) -> None:
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Only the adapter tensors, by their parameter names."""
-    return {k: v for k, v in model.state_dict().items() if ".lora_" in k}
+    """What trains under LoRA, by parameter name: the adapters, and the parameters ``apply_lora``
+    kept trainable (``also_train``, e.g. a value model's head). A LoRA checkpoint saves this."""
+    also = tuple(getattr(model, "lora_config", {}).get("also_train", ()))
+    return {
+        k: v
+        for k, v in model.state_dict().items()
+        if ".lora_" in k or (also and k.startswith(also))
+    }
 
 
 def save_lora(model: nn.Module, directory: str | Path) -> Path:

@@ -19,7 +19,7 @@ from torch import nn
 
 from wmtp.errors import CheckpointError, ComponentError
 from wmtp.models.args import ModelArgs
-from wmtp.models.attention import SeqInfo
+from wmtp.models.attention import ResolvedAttention, SeqInfo
 from wmtp.models.llama_mtp import LlamaMTP, resolve_dtype
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,8 @@ ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
 
 
 def head_config(head) -> dict:
-    """A value head description as a plain dict: from a kind name, a dict or a recipe spec."""
+    """A value head description as a plain dict (what a wmtp value checkpoint saves): from a kind
+    name, a dict or a recipe spec; checked against the recipe schema (``ValueHeadSpec``)."""
     if isinstance(head, str):
         config = {"kind": head}
     elif isinstance(head, dict):
@@ -37,11 +38,21 @@ def head_config(head) -> dict:
         config = head.model_dump()
     else:
         raise ComponentError(f"value head must be a kind, a dict or a spec; got {head!r}")
-    if config.get("kind") not in ("linear", "sigmoid", "mlp"):
-        raise ComponentError(
-            f"unknown value head {config.get('kind')!r} (known: linear, sigmoid, mlp)"
-        )
-    return config
+    return head_spec(config).model_dump(exclude_defaults=True) | {"kind": config["kind"]}
+
+
+def head_spec(config: dict):
+    """The recipe spec (``[model.critic] head``) of a head description; a ComponentError for one
+    the schema does not accept."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from wmtp.recipe.specs.models import ValueHeadSpec
+
+    try:
+        return TypeAdapter(ValueHeadSpec).validate_python(config)
+    except ValidationError as exc:
+        problems = "; ".join(e["msg"] for e in exc.errors(include_url=False))
+        raise ComponentError(f"value head {config}: {problems}") from None
 
 
 class LinearValueHead(nn.Module):
@@ -66,17 +77,11 @@ class SigmoidValueHead(LinearValueHead):
 
 
 class MLPValueHead(nn.Module):
-    """An MLP ``dim -> hidden... -> 1`` (default widths dim/4, dim/8)."""
+    """An MLP ``dim -> hidden... -> 1`` (the widths: ``MLPHeadSpec.hidden_widths``)."""
 
-    def __init__(
-        self,
-        dim: int,
-        hidden: list[int] | None = None,
-        activation: str = "gelu",
-        dropout: float = 0.0,
-    ):
+    def __init__(self, dim: int, hidden: list[int], activation: str = "gelu", dropout: float = 0.0):
         super().__init__()
-        widths = [dim, *(hidden or [max(dim // 4, 1), max(dim // 8, 1)])]
+        widths = [dim, *hidden]
         layers: list[nn.Module] = []
         for w_in, w_out in pairwise(widths):
             layers += [nn.Linear(w_in, w_out), ACTIVATIONS[activation]()]
@@ -93,24 +98,18 @@ class MLPValueHead(nn.Module):
 
 
 def build_value_head(head, dim: int) -> nn.Module:
-    """The head module described by ``head`` (kind name, dict or recipe spec)."""
-    config = head_config(head)
-    if config["kind"] == "linear":
-        return LinearValueHead(dim)
-    if config["kind"] == "sigmoid":
-        return SigmoidValueHead(dim)
-    return MLPValueHead(
-        dim,
-        hidden=config.get("hidden"),
-        activation=config.get("activation", "gelu"),
-        dropout=config.get("dropout", 0.0),
-    )
+    """The head module of ``head`` (kind name, dict or recipe spec), built by the registry's
+    ``value_head`` builder of its kind."""
+    from wmtp import registry
+
+    spec = head_spec(head_config(head))
+    return registry.get("value_head", spec.kind)(spec, dim)
 
 
 class ValueModel(nn.Module):
     """Per-token values ``[B, S]``: V[t] is the value after token t."""
 
-    def __init__(self, args: ModelArgs, head="linear", attention: str = "sdpa"):
+    def __init__(self, args: ModelArgs, head="linear", attention: ResolvedAttention | str = "sdpa"):
         super().__init__()
         self.args = dataclasses.replace(args, n_future_tokens=1)
         self.head_config = head_config(head)
@@ -120,6 +119,11 @@ class ValueModel(nn.Module):
     def blocks(self) -> list[nn.Module]:
         """Every TransformerBlock, for sharding and activation checkpointing."""
         return self.backbone.blocks()
+
+    @property
+    def attention(self) -> ResolvedAttention:
+        """What the backbone's attention runs."""
+        return self.backbone.attention
 
     def hidden(self, tokens_BS: torch.Tensor, seq: SeqInfo | None = None) -> torch.Tensor:
         """The backbone's normed final hidden state ``[B, S, D]``."""
@@ -147,18 +151,20 @@ class ValueModel(nn.Module):
         *,
         head=None,
         dtype: torch.dtype | str = "bfloat16",
-        attention: str = "auto",
+        attention: ResolvedAttention | str = "auto",
         device: torch.device | str = "cpu",
         format: str = "auto",
     ) -> ValueModel:
         """A value model from a wmtp value checkpoint (head included) or a backbone from any
-        format (Meta, HF, wmtp policy) with a freshly initialised ``head``."""
-        from wmtp.models.attention import resolve_backend
+        format (Meta, HF, wmtp policy) with a freshly initialised ``head``. ``attention``: a
+        :class:`ResolvedAttention`, or a name resolved here for inference."""
+        from wmtp.models.attention import resolve
         from wmtp.models.checkpoint import check_shapes, read_checkpoint
 
         dtype = resolve_dtype(dtype)
         ckpt = read_checkpoint(path, format, dtype)
-        backend, _ = resolve_backend(attention, device, dtype)
+        if isinstance(attention, str):
+            attention = resolve(attention, device, dtype, training=False)
         if ckpt.info.get("kind") == "value_model":
             saved = ckpt.info["head"]
             if head is not None and head_config(head) != saved:
@@ -169,7 +175,7 @@ class ValueModel(nn.Module):
         else:
             sd, fresh_head = _backbone_state_dict(ckpt), True
         with torch.device("meta"):
-            model = cls(ckpt.args, head=head or "linear", attention=backend)
+            model = cls(ckpt.args, head=head or "linear", attention=attention)
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         if fresh_head:
             expected = {k: s for k, s in expected.items() if not k.startswith("head.")}

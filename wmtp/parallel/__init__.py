@@ -1,8 +1,10 @@
 """Parallelism applied from outside the model: process groups, FSDP2, activation checkpointing,
 compilation and mixed precision. Model code holds none of it.
 
-:func:`parallelize` is the one entry point the trainer calls: activation checkpointing, then
-``torch.compile``, then FSDP2 (the order torchtitan uses), each per block.
+:func:`parallelize` is the one entry point the trainer calls for the model that trains: activation
+checkpointing, then ``torch.compile``, then FSDP2 (the order torchtitan uses), each per block;
+:func:`shard_frozen` shards the frozen models a pipeline uses; :func:`set_gradient_sync` is how
+the trainer switches gradient synchronisation on for the last micro-batch of a step only.
 """
 
 from __future__ import annotations
@@ -53,6 +55,21 @@ def parallelize(
     return model
 
 
+def shard_frozen(model: nn.Module, ctx: DistContext, *, sharding: str, dtype: str) -> nn.Module:
+    """A frozen model sharded per block like the trained one when there is a process group,
+    its parameters kept in their storage dtype (nothing trains: no fp32 masters)."""
+    if not ctx.is_distributed:
+        return model
+    return apply_fsdp(
+        model,
+        list(model.blocks()),
+        ctx,
+        sharding=sharding,
+        param_dtype=to_dtype(dtype),
+        reduce_dtype=to_dtype(dtype),
+    )
+
+
 def cast_parameters(model: nn.Module, device: torch.device, compute_dtype: torch.dtype) -> None:
     """Trained parameters in fp32 (the optimizer's master weights); frozen ones (a LoRA base, a
     frozen norm) in the compute dtype: they are never updated, so fp32 copies would only double
@@ -85,5 +102,6 @@ __all__ = [
     "parallelize",
     "seed_everything",
     "set_gradient_sync",
+    "shard_frozen",
     "teardown",
 ]

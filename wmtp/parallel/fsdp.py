@@ -23,8 +23,9 @@ from wmtp.parallel.dist import DistContext
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-FORWARD_METHODS = ("trunk",)
-"""Model methods that run outside ``forward`` and must trigger FSDP's unshard hooks."""
+FORWARD_METHODS = ("trunk", "scores")
+"""Model methods that run outside ``forward`` and must trigger FSDP's unshard hooks (the MTP
+model's trunk, the value model's pre-activation scores)."""
 
 
 def to_dtype(name: str) -> torch.dtype:

@@ -1,7 +1,8 @@
 """The recipe schema: the ``Recipe`` model and every section, re-exported from one place.
 
 Sections live in ``wmtp.recipe.specs`` (one module per area); this module assembles them and
-holds the rules that join sections (a pipeline's models, head weights per head, lengths).
+holds the rules that join sections (a pipeline's models, weighting and data from its
+``wmtp.pipelines`` descriptor; head weights per head; lengths).
 Builders import their section type from here, e.g. ``from wmtp.recipe.schema import TDWeightingSpec``.
 """
 
@@ -9,6 +10,7 @@ from typing import Annotated, Union
 
 from pydantic import Field
 
+from wmtp.pipelines import PIPELINES, PipelineInfo
 from wmtp.recipe._base import (
     CATEGORIES,
     CHECKPOINT,
@@ -58,7 +60,6 @@ from wmtp.recipe.specs.models import (
 )
 from wmtp.recipe.specs.training import CriticLossSpec, ParallelSpec, ScheduleSpec, TrainingSpec
 from wmtp.recipe.specs.weighting import (
-    NEEDS_CRITIC,
     BatchNormalizeSpec,
     EMANormalizeSpec,
     NormalizeSpec,
@@ -72,19 +73,6 @@ from wmtp.recipe.specs.weighting import (
 
 ModelSpec = Union[LlamaMTPSpec, ValueModelSpec]
 """Any model section; both have ``model_args(vocab_size) -> wmtp.models.args.ModelArgs``."""
-
-PIPELINE_MODELS: dict[str, tuple[str, ...]] = {
-    "baseline": ("policy",),
-    "ref_tuning": ("policy",),
-    "ntp": ("policy",),
-    "critic": ("critic",),
-    "verifiable": ("policy", "critic"),
-    "rho1": ("policy", "reference"),
-    "evaluation": ("policy",),
-}
-"""The models each pipeline needs (``policy`` is the one trained, except for ``critic``)."""
-
-TRAINING_PIPELINES = frozenset(PIPELINE_MODELS) - {"evaluation"}
 
 
 class Recipe(Section):
@@ -110,35 +98,41 @@ class Recipe(Section):
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     """pass@k evaluation."""
 
+    @property
+    def pipeline(self) -> PipelineInfo:
+        """What ``experiment.pipeline`` needs, trains and logs (``wmtp.pipelines``)."""
+        return PIPELINES[self.experiment.pipeline]
+
     @rule("experiment.pipeline", "model")
     def _pipeline_has_its_models(self) -> str | None:
-        pipeline = self.experiment.pipeline
-        missing = [m for m in PIPELINE_MODELS[pipeline] if getattr(self.model, m) is None]
+        pipeline = self.pipeline
+        missing = [m for m in pipeline.uses if getattr(self.model, m) is None]
         if missing:
             tables = ", ".join(f"[model.{m}]" for m in missing)
-            return f"experiment.pipeline = {pipeline!r} needs {tables}"
+            return f"experiment.pipeline = {pipeline.name!r} needs {tables}"
         return None
 
-    @rule("weighting.kind", "model.critic")
-    def _td_weighting_has_critic(self) -> str | None:
-        if self.weighting.kind in NEEDS_CRITIC and self.model.critic is None:
-            return f"weighting.kind = {self.weighting.kind!r} needs a critic: add [model.critic]"
-        return None
-
-    @rule("weighting.kind", "model.reference")
-    def _rho1_weighting_has_reference(self) -> str | None:
-        if self.weighting.kind == "rho1" and self.model.reference is None:
-            return "weighting.kind = 'rho1' needs a reference model: add [model.reference]"
-        return None
+    @rule("weighting.kind", "experiment.pipeline")
+    def _pipeline_accepts_weighting(self) -> str | None:
+        pipeline, kind = self.pipeline, self.weighting.kind
+        if pipeline.accepts(kind):
+            return None
+        allowed = " or ".join(repr(w) for w in pipeline.weightings)
+        users = [p.name for p in PIPELINES.values() if kind in p.weightings]
+        hint = (
+            f" (weighting {kind!r} is for pipeline {' or '.join(map(repr, users))})"
+            if users
+            else ""
+        )
+        return (
+            f"weighting.kind = {kind!r} does nothing in experiment.pipeline = {pipeline.name!r}: "
+            f"it takes weighting.kind = {allowed}{hint}"
+        )
 
     @rule("training.max_steps", "training.epochs")
     def _training_has_length(self) -> str | None:
         t = self.training
-        if (
-            self.experiment.pipeline in TRAINING_PIPELINES
-            and t.max_steps is None
-            and t.epochs is None
-        ):
+        if self.pipeline.trains is not None and t.max_steps is None and t.epochs is None:
             return (
                 f"experiment.pipeline = {self.experiment.pipeline!r} trains: "
                 "give training.max_steps or training.epochs"
@@ -151,7 +145,13 @@ class Recipe(Section):
         if weights is None or policy is None:
             return None
         n = policy.resolved_sizes().get("n_future_tokens")
-        if n is not None and len(weights) != n:
+        if self.pipeline.heads is not None:
+            if len(weights) != self.pipeline.heads:
+                return (
+                    f"training.head_weights has {len(weights)} entries but pipeline "
+                    f"{self.pipeline.name!r} trains {self.pipeline.heads} head(s)"
+                )
+        elif n is not None and len(weights) != n:
             return (
                 f"training.head_weights has {len(weights)} entries but "
                 f"model.policy.n_future_tokens = {n}"
@@ -171,9 +171,12 @@ class Recipe(Section):
         return None
 
     @rule("experiment.pipeline", "data.pairs")
-    def _critic_has_pairs(self) -> str | None:
-        if self.experiment.pipeline == "critic" and self.data.pairs is None:
-            return "experiment.pipeline = 'critic' trains on pairs: add [data.pairs]"
+    def _pairs_for_pair_pipelines(self) -> str | None:
+        if self.pipeline.examples == "pairs" and self.data.pairs is None:
+            return (
+                f"experiment.pipeline = {self.experiment.pipeline!r} trains on pairs: "
+                "add [data.pairs]"
+            )
         return None
 
     @rule("model.reference.vocab_size", "model.policy.vocab_size")
@@ -191,23 +194,17 @@ class Recipe(Section):
 
     @property
     def trained_role(self) -> str | None:
-        """Which model the pipeline trains: ``critic``, ``policy``, or none (evaluation)."""
-        pipeline = self.experiment.pipeline
-        if pipeline == "evaluation":
-            return None
-        return "critic" if pipeline == "critic" else "policy"
+        """Which model the pipeline trains: ``policy``, ``critic``, or none (evaluation)."""
+        return self.pipeline.trains
 
 
 __all__ = [
     "CATEGORIES",
     "CHECKPOINT",
     "COSMETIC",
-    "NEEDS_CRITIC",
     "NUMERICS",
     "PERFORMANCE",
-    "PIPELINE_MODELS",
     "SIZE_FIELDS",
-    "TRAINING_PIPELINES",
     "Attention",
     "BatchNormalizeSpec",
     "ByteTokenizerSpec",

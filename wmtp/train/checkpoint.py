@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-import re
 import shutil
 import warnings
 from pathlib import Path
@@ -39,22 +38,13 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from wmtp.errors import CheckpointError
+from wmtp.models.locate import CHECKPOINTS
+from wmtp.models.locate import step_dirs as checkpoint_dirs
 from wmtp.parallel import barrier
-
-CHECKPOINTS = "checkpoints"
-STEP_RE = re.compile(r"^step-(\d+)$")
-
-
-def checkpoint_dirs(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
-    root = Path(run_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_RE.match(p.name))]
-    return [p for _, p in sorted(found)]
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run (``None`` before the first)."""
     dirs = checkpoint_dirs(run_dir)
     return dirs[-1] if dirs else None
 

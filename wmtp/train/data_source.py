@@ -1,7 +1,6 @@
 """The data a run trains on, and the resumable stream of micro-batches the loop consumes.
 
-:func:`load_train_data` turns the recipe's ``[data]`` section into the data area's
-``TrainData`` (HumanEval is built on first use and cached by ``wmtp.data.humaneval``).
+The trainer gets the run's ``TrainData`` from the ``dataset`` registry (``wmtp.assembly``);
 :class:`StepBatches` is the default batch source of a pipeline: the epoch's global order, one
 global batch (``micro_batch_size * grad_accum_steps * world_size`` rows) per optimizer step,
 rank r taking its own micro-batches of it. Its ``state_dict`` (epoch, position) goes into every
@@ -17,44 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from wmtp.errors import DataError
-
-
-def load_train_data(data_spec, tokenizer, seed: int):
-    """``wmtp.data.dataset.TrainData`` of the ``[data]`` section."""
-    from wmtp.data.dataset import make_train_data
-
-    heldout_path = data_spec.split.heldout_path
-    if data_spec.kind == "humaneval":
-        from wmtp.data.humaneval import ensure_humaneval
-
-        built = ensure_humaneval(
-            data_spec.cache_dir, heldout_fraction=data_spec.split.heldout_fraction
-        )
-        path, heldout_path = built / "train.jsonl", built / "heldout.jsonl"
-    else:
-        path = data_spec.path
-    return make_train_data(
-        path,
-        tokenizer,
-        seed=seed,
-        template=data_spec.template,
-        max_length=data_spec.max_length,
-        truncate=data_spec.truncate,
-        heldout_fraction=data_spec.split.heldout_fraction,
-        heldout_path=heldout_path,
-        n_samples=data_spec.n_samples,
-        sampler=_sampler(data_spec.sampling),
-        pairs=data_spec.pairs,
-        packing=data_spec.packing,
-    )
-
-
-def _sampler(spec):
-    from wmtp.data import samplers
-
-    if spec.kind == "difficulty":
-        return samplers.DifficultySampler(spec.bins, spec.weights)
-    return None
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """The longest row a training micro-batch can have, from the recipe's data loaded as training does.
 
 ``wmtp validate --data`` sizes activation memory with it (``wmtp.estimate.estimate(row_tokens=)``)
-instead of ``data.max_length``. Importing this module and calling :func:`longest_row` need no torch.
+instead of ``data.max_length``. The tokenizer and the data are assembled exactly as training
+assembles them (``wmtp.assembly``). Importing this module and calling :func:`longest_row` need
+no torch.
 
 - Packed data (``data.packing = true``): rows are always ``max_length`` tokens.
 - Padded examples (``TrainData.batches`` -> ``collate.pad_batch``): a micro-batch is as long as
@@ -63,10 +65,10 @@ def longest_row(recipe: Any) -> LongestRow:
     be read, of a HumanEval dataset that is not built yet, or of data that leaves nothing to train.
     """
     spec = recipe.data
-    data = _train_data(spec, _tokenizer(recipe.tokenizer), recipe.experiment.seed)
+    data = _train_data(recipe, _tokenizer(recipe))
     if spec.packing:
         return LongestRow(spec.max_length, "max_length", "packed rows of max_length")
-    critic = recipe.experiment.pipeline == "critic"
+    critic = recipe.pipeline.examples == "pairs"
     rows = pairable_rows(data) if critic else drawn_rows(data)
     if len(rows) == 0:
         report = "; ".join(data.report())
@@ -108,13 +110,12 @@ def pairable_rows(data: Any) -> np.ndarray:
     return rows[np.isin(group, both)]
 
 
-def _tokenizer(spec: Any) -> Any:
-    """The tokenizer training builds from ``[tokenizer]`` (``wmtp.data.components``' builders
-    call the same function), without loading the registry's torch components."""
-    from wmtp.data.tokenizers import load_tokenizer
+def _tokenizer(recipe: Any) -> Any:
+    """The tokenizer training builds (``wmtp.assembly.tokenizer``)."""
+    from wmtp import assembly
 
     try:
-        return load_tokenizer(spec.kind, getattr(spec, "path", None))
+        return assembly.tokenizer(recipe)
     except DataError as exc:
         raise RecipeDataError("tokenizer.path", exc.render()) from None
 
@@ -123,14 +124,15 @@ def _dataset_key(spec: Any) -> str:
     return "data.path" if spec.kind == "jsonl" else "data.cache_dir"
 
 
-def _train_data(spec: Any, tokenizer: Any, seed: int) -> Any:
-    """``TrainData`` as training loads it (``load_train_data``); HumanEval only when built."""
-    from wmtp.train.data_source import load_train_data
+def _train_data(recipe: Any, tokenizer: Any) -> Any:
+    """``TrainData`` as training loads it (``wmtp.assembly.dataset``); HumanEval only when built."""
+    from wmtp import assembly
 
+    spec = recipe.data
     if spec.kind == "humaneval":
         _require_built_humaneval(spec)
     try:
-        return load_train_data(spec, tokenizer, seed)
+        return assembly.dataset(recipe, tokenizer, progress=False)
     except DataError as exc:
         raise RecipeDataError(_dataset_key(spec), exc.render()) from None
 

@@ -1,11 +1,14 @@
 """The training loop: one ``Trainer`` for every pipeline.
 
-``Trainer.run()``: build (tokenizer, pipeline, model, parallelism, optimizer, data), resume if
-asked, then per optimizer step: the pipeline's ``forward_backward`` (weights, loss, one backward
-per micro-batch with gradient sync only on the last), a NaN/Inf check naming the component,
+``Trainer.build()`` assembles the run from its recipe through the registry (``wmtp.assembly``):
+the tokenizer, the model the pipeline trains (``wmtp.pipelines`` says which, and its heads),
+parallelism, the MTP loss strategy, the frozen models it uses, the weighting, the pipeline's
+hooks, the data and the optimizer. ``Trainer.run()`` then runs per optimizer step: the pipeline's
+``forward_backward`` (weights, loss, one backward per micro-batch, gradients synchronised across
+ranks on the last one only: :meth:`Trainer.accumulate`), a NaN/Inf check naming the component,
 gradient clipping, the optimizer and scheduler steps, metrics, periodic held-out loss and
-checkpoints. Pipelines change the loop only through the hooks of ``wmtp.train.pipeline``
-(documented there: batch source, per-token weights or a per-head weight callable, figures).
+checkpoints. Pipelines change the loop only through the hooks of ``wmtp.train.pipeline``.
+``wmtp bench step`` times this same step on synthetic batches (``build(batch_source=...)``).
 """
 
 from __future__ import annotations
@@ -13,22 +16,28 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from wmtp.errors import RunError
+from wmtp import assembly
+from wmtp.errors import CheckpointError, RecipeError, RunError
+from wmtp.losses.mtp import MTPLossConfig
+from wmtp.models.args import bf16_peak_tflops
 from wmtp.parallel import (
     DistContext,
     compute_context,
     model_init_seed,
     parallelize,
     seed_everything,
+    set_gradient_sync,
+    shard_frozen,
 )
 from wmtp.train import checkpoint as ckpt_io
 from wmtp.train import faults
-from wmtp.train.metrics import MetricsLogger, peak_flops, read_metrics
+from wmtp.train.metrics import MetricsLogger, read_metrics
 from wmtp.train.optim import build_optimizer, build_scheduler
 from wmtp.train.pipeline import Pipeline, StepOutput
 
@@ -59,33 +68,88 @@ class Trainer:
         self.step = 0
 
     # --- building --------------------------------------------------------------------------------
-    def build(self) -> Trainer:
-        from wmtp import registry
-        from wmtp.train.data_source import load_train_data
-
+    def build(self, batch_source: Callable[[Trainer], Any] | None = None) -> Trainer:
+        """Assemble the run (see the module docstring). ``batch_source(trainer)`` replaces the
+        recipe's data with another source of micro-batches (``wmtp bench step``'s synthetic
+        ones); it is called once the trainer has its tokenizer and model."""
         r = self.recipe
+        info = r.pipeline
         model_init_seed(r.experiment.seed)
-        self.tokenizer = registry.get("tokenizer", r.tokenizer.kind)(r.tokenizer)
-        self.pipeline: Pipeline = registry.get("pipeline", r.experiment.pipeline)(r)
-        model = self.pipeline.build_model(self)
-        self.n_heads = model.n_heads
+        self.tokenizer = assembly.tokenizer(r)
+        self.model_spec = getattr(r.model, info.trains)
+        model = assembly.model(
+            r,
+            info.trains,
+            tokenizer=self.tokenizer,
+            device=self.ctx.device,
+            trainable=True,
+            n_future_tokens=info.heads,
+        )
+        self.n_heads = getattr(model, "n_heads", 1)  # a value model has one output per token
         self.model_args = model.args
         self.lora = hasattr(model, "lora_config")
-        p = r.parallel
-        self.model = parallelize(
+        self.model = self._parallelize(model)
+        self.loss_config = self._loss_config()
+        self.frozen = {role: self._frozen(role) for role in info.frozen}
+        self.weighting = assembly.weighting(r)
+        self.pipeline: Pipeline = info.load()(r)
+        self.pipeline.setup(self)
+        self.data = None
+        if batch_source is None:
+            self.data = assembly.dataset(r, self.tokenizer, progress=self.console)
+            self.batches = self.pipeline.batch_source(self, self.data)
+        else:
+            self.batches = batch_source(self)
+        self.max_steps = self._max_steps()
+        self._optimizer()
+        seed_everything(r.experiment.seed, self.ctx.rank)
+        if self.ctx.device.type == "cuda":  # peak memory counts training, not building
+            torch.cuda.reset_peak_memory_stats(self.ctx.device)
+        return self
+
+    def _parallelize(self, model: torch.nn.Module) -> torch.nn.Module:
+        p = self.recipe.parallel
+        return parallelize(
             model,
             self.ctx,
             sharding=p.sharding,
             activation_checkpointing=p.activation_checkpointing,
             compile=p.compile,
-            dtype=self.pipeline.model_spec().dtype,
+            dtype=self.model_spec.dtype,
             reduce_dtype=p.reduce_dtype,
         )
-        self.pipeline.setup(self)
-        self.data = load_train_data(r.data, self.tokenizer, r.experiment.seed)
-        self.batches = self.pipeline.batch_source(self, self.data)
-        self.max_steps = self._max_steps()
-        t = r.training
+
+    def _loss_config(self) -> MTPLossConfig:
+        """``training.mtp_loss`` as it runs here: ``per_head`` in one backward under FSDP."""
+        t = self.recipe.training
+        depth = tuple(t.head_weights) if t.head_weights is not None else None
+        if depth is not None and len(depth) != self.n_heads:
+            raise RecipeError(
+                f"training.head_weights has {len(depth)} entries but the trained model has "
+                f"{self.n_heads} heads"
+            )
+        one_backward = t.mtp_loss == "per_head" and self.ctx.is_distributed
+        how = " (one backward: the model is sharded)" if one_backward else ""
+        log.info("mtp_loss: %s%s", t.mtp_loss, how)
+        return MTPLossConfig(strategy=t.mtp_loss, one_backward=one_backward, depth_weights=depth)
+
+    def _frozen(self, role: str) -> torch.nn.Module:
+        """``model.<role>`` frozen: built by the registry, sharing the tokenizer, sharded like the
+        trained model in a process group (its own dtype kept: nothing trains)."""
+        model = assembly.model(self.recipe, role, tokenizer=self.tokenizer, device=self.ctx.device)
+        if model.args.vocab_size != self.model_args.vocab_size:
+            raise CheckpointError(
+                f"model.{role} has a vocabulary of {model.args.vocab_size} tokens but "
+                f"model.{self.recipe.pipeline.trains} has {self.model_args.vocab_size}: every "
+                "model shares one tokenizer"
+            )
+        spec = getattr(self.recipe.model, role)
+        return shard_frozen(
+            model, self.ctx, sharding=self.recipe.parallel.sharding, dtype=spec.dtype
+        )
+
+    def _optimizer(self) -> None:
+        t = self.recipe.training
         self.optimizer = build_optimizer(
             self.model.parameters(),
             lr=t.lr,
@@ -101,10 +165,6 @@ class Trainer:
             max_steps=self.max_steps,
             min_lr_ratio=t.schedule.min_lr_ratio,
         )
-        seed_everything(r.experiment.seed, self.ctx.rank)
-        if self.ctx.device.type == "cuda":  # peak memory counts training, not building
-            torch.cuda.reset_peak_memory_stats(self.ctx.device)
-        return self
 
     def _max_steps(self) -> int:
         t = self.recipe.training
@@ -132,7 +192,15 @@ class Trainer:
         )
 
     def compute_context(self):
-        return compute_context(self.ctx, self.pipeline.model_spec().dtype)
+        return compute_context(self.ctx, self.model_spec.dtype)
+
+    def accumulate(self, micro_batches: list) -> Iterator:
+        """The step's micro-batches in order, gradient synchronisation across ranks switched on
+        for the last one's backward only (the others accumulate locally)."""
+        last = len(micro_batches) - 1
+        for i, batch in enumerate(micro_batches):
+            set_gradient_sync(self.model, i == last)
+            yield batch
 
     # --- resume ----------------------------------------------------------------------------------
     def resume(self, checkpoint: Path) -> None:
@@ -159,13 +227,13 @@ class Trainer:
             enabled=self.ctx.is_main,
             console=self.console,
         )
-        flops = self._flops_per_token()
+        flops = self.flops_per_token()
         last: dict[str, Any] = {}
         try:
             while self.step < self.max_steps:
                 if self.stop_at_step is not None and self.step >= self.stop_at_step:
                     break
-                record = self._one_step(flops)
+                record = self.train_step(flops)
                 self.step += 1
                 faults.after_step(self)  # testing hooks (WMTP_FAULT, ...); no-op unset
                 last = record
@@ -186,7 +254,8 @@ class Trainer:
             logger.close()
         return {"step": self.step, **last}
 
-    def _one_step(self, flops_per_token: float | None) -> dict[str, Any]:
+    def train_step(self, flops_per_token: float | None) -> dict[str, Any]:
+        """One optimizer step on the batch source's next micro-batches; its record of figures."""
         start = time.perf_counter()
         self.model.train()
         micro_batches = self.batches.next_step()
@@ -237,20 +306,28 @@ class Trainer:
             norm = norm.full_tensor()
         return float(norm)
 
-    def _flops_per_token(self) -> float | None:
+    def flops_per_token(self) -> float:
+        """Model FLOPs per input token of a step (``wmtp.models.args.training_flops_per_token``):
+        the trained model's forward and backward (no weight gradients for a frozen LoRA base),
+        plus each frozen model's forward. The numerator of MFU, here and in ``wmtp bench``."""
         from wmtp.models.args import training_flops_per_token
 
+        def flops(model, **kw) -> float:
+            unembedding = getattr(model, "output", None) is not None  # a value model has none
+            return training_flops_per_token(model.args, seq, unembedding=unembedding, **kw)
+
         seq = self.recipe.data.max_length
-        trained = training_flops_per_token(self.model_args, seq, weight_grads=not self.lora)
-        return trained + self.pipeline.frozen_flops_per_token(seq)
+        trained = flops(self.model, weight_grads=not self.lora)
+        return trained + sum(flops(m, backward=False) for m in self.frozen.values())
 
     def _utilisation(self, tokens: int, elapsed: float, flops_per_token: float | None) -> dict:
         out: dict[str, float] = {}
         if self.ctx.device.type == "cuda":
             out["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
-            peak = peak_flops(torch.cuda.get_device_name())
+            peak = bf16_peak_tflops(torch.cuda.get_device_name())
             if peak and flops_per_token and elapsed > 0:
-                out["mfu"] = tokens * flops_per_token / elapsed / (peak * self.ctx.world_size)
+                flops = tokens * flops_per_token / elapsed
+                out["mfu"] = flops / (peak[0] * 1e12 * self.ctx.world_size)
         return out
 
     # --- evaluation and checkpoints --------------------------------------------------------------

@@ -19,17 +19,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 METRICS_FILE = "metrics.jsonl"
 
-BF16_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
-"""Dense bf16 peak of known GPUs (per device), for MFU."""
-
-
-def peak_flops(device_name: str) -> float | None:
-    """bf16 dense peak FLOP/s of a known GPU, None for CPUs and unknown devices (no MFU then)."""
-    for key, value in BF16_PEAK_FLOPS.items():
-        if key in device_name:
-            return value
-    return None
-
 
 class MetricsLogger:
     """Writes records to metrics.jsonl and TensorBoard and drives the console progress bar."""

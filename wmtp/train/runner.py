@@ -108,9 +108,11 @@ def run_recipe(
     from wmtp.train.run_dir import create_run_dir
 
     recipe_path, recipe = resolve_recipe(recipe_path, overrides, resume)
-    if recipe.experiment.pipeline == "evaluation":
+    if recipe.pipeline.trains is None:
         if resume is not None:
-            raise RunError("experiment.pipeline = 'evaluation' trains nothing to resume")
+            raise RunError(
+                f"experiment.pipeline = {recipe.experiment.pipeline!r} trains nothing to resume"
+            )
         return _evaluate(recipe_path, overrides, console=console)
     checkpoint = check_resume(Path(resume), recipe, force=force) if resume is not None else None
     text = dump_recipe(recipe)

@@ -4,9 +4,11 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field
 
+from wmtp.pipelines import NAMES as PIPELINE_NAMES
 from wmtp.recipe._base import NUMERICS, Section
 
-Pipeline = Literal["baseline", "ref_tuning", "ntp", "critic", "verifiable", "rho1", "evaluation"]
+Pipeline = Literal[PIPELINE_NAMES]  # type: ignore[valid-type]
+"""Names of ``wmtp.pipelines.PIPELINES``."""
 
 
 class ExperimentSpec(Section):

@@ -11,11 +11,13 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field
 
 from wmtp.models.args import FLAVOURS, ModelArgs, RopeScaling
+from wmtp.models.backends import CHOICES as ATTENTION_CHOICES
 from wmtp.recipe._base import CHECKPOINT, NUMERICS, PERFORMANCE, Section, rule
 
 Flavour = Literal[tuple(FLAVOURS)]  # type: ignore[valid-type]
 DType = Literal["bfloat16", "float16", "float32"]
-Attention = Literal["auto", "eager", "sdpa", "flash_attn", "flex", "varlen"]
+Attention = Literal[ATTENTION_CHOICES]  # type: ignore[valid-type]
+"""``auto`` and the backends of ``wmtp.models.backends.BACKENDS``."""
 LoraTarget = Literal["wq", "wk", "wv", "wo", "w1", "w2", "w3"]
 
 SIZE_FIELDS = (
@@ -117,7 +119,9 @@ class ModelSpecBase(Section):
     """Compute dtype, and the storage dtype of frozen weights; trained weights keep fp32 masters
     when sharded."""
     attention: Annotated[Attention, PERFORMANCE] = "auto"
-    """Attention backend; ``auto`` picks flash_attn when installed and usable, else sdpa."""
+    """Attention backend (``wmtp list attention``); ``auto`` runs, per layout (plain or packed
+    batches), the fastest backend measured on this GPU that can run here (the ranking of
+    ``wmtp bench attention --record``), sdpa where none was recorded or off CUDA."""
     lora: LoraSpec | None = None
     """Low-rank adapters; unset trains (or keeps) the full weights."""
 

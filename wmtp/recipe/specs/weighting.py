@@ -94,6 +94,3 @@ WeightingSpec = Annotated[
     Field(discriminator="kind"),
 ]
 """Token weighting, chosen by ``kind``."""
-
-NEEDS_CRITIC = ("td", "random_matched", "shuffled")
-"""Weighting kinds computed from the critic's values."""

@@ -19,7 +19,6 @@ from wmtp.losses.critic import (
     pairwise_loss,
 )
 from wmtp.losses.mtp import IGNORE_INDEX
-from wmtp.registry import register
 from wmtp.train.pipeline import Pipeline, StepOutput
 
 LAMBDA_RETURN_GAMMA = 1.0
@@ -216,41 +215,18 @@ def heldout_pair_batches(
 # --- the pipeline -------------------------------------------------------------------------------
 
 
-@register("pipeline", "critic")
 class CriticPipeline(Pipeline):
     """Train ``model.critic`` (a value model) on correct/incorrect pairs of the same problem."""
 
-    name = "critic"
-
-    def model_spec(self):
-        return self.recipe.model.critic
-
-    def build_model(self, trainer) -> torch.nn.Module:
-        from wmtp import registry
-
-        spec = self.model_spec()
-        model = registry.get("model", spec.kind)(
-            spec, vocab_size=trainer.tokenizer.vocab_size, device=trainer.ctx.device
-        )
-        # The trainer reads ``model.n_heads`` (MTP heads); a value model has one output per token.
-        model.n_heads = 1
-        return model
-
     def setup(self, trainer) -> None:
-        if trainer.ctx.is_distributed:
-            from torch.distributed.fsdp import register_fsdp_forward_method
-
-            register_fsdp_forward_method(trainer.model, "scores")  # FSDP gathers for .scores too
         self._heldout: list[dict] | None = None
-
-    correct_only = False  # pairs need both kinds
 
     def batch_source(self, trainer, data):
         return pair_batches(trainer, data)
 
     def forward_backward(self, trainer, micro_batches: list[dict]) -> StepOutput:
         """Mean loss over the step's pairs (all micro-batches and ranks); one backward each."""
-        from wmtp.parallel import all_reduce_sum, set_gradient_sync
+        from wmtp.parallel import all_reduce_sum
 
         spec = self.recipe.training.critic_loss
         n_pairs = [b["chosen"]["input_ids"].shape[0] for b in micro_batches]
@@ -258,8 +234,7 @@ class CriticPipeline(Pipeline):
             all_reduce_sum(torch.tensor(float(sum(n_pairs)), device=trainer.ctx.device))
         )
         parts, tokens = [], 0
-        for i, (pair, n) in enumerate(zip(micro_batches, n_pairs, strict=True)):
-            set_gradient_sync(trainer.model, i == len(micro_batches) - 1)
+        for pair, n in zip(trainer.accumulate(micro_batches), n_pairs, strict=True):
             with trainer.compute_context():
                 loss, p = pair_loss(trainer.model, pair, spec)
             # Gradients are summed over ranks: weight each micro-batch by its share of all pairs.

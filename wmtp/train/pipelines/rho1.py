@@ -17,12 +17,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from wmtp import registry
-from wmtp.errors import CheckpointError, RecipeError
+from wmtp.errors import CheckpointError
 from wmtp.losses.mtp import IGNORE_INDEX, MTPStats, linear_cross_entropy
-from wmtp.registry import register
-from wmtp.train.pipeline import MicroBatchWeights
-from wmtp.train.pipelines import BaselinePipeline
+from wmtp.train.pipeline import MicroBatchWeights, Pipeline
 from wmtp.weighting.rho1 import n_selected
 from wmtp.weighting.weightings import Rho1Selection
 
@@ -121,30 +118,13 @@ def kept_per_head(labels_BS: torch.Tensor, n_heads: int, k_percent: float) -> to
 # --- the pipeline -------------------------------------------------------------------------------
 
 
-@register("pipeline", "rho1")
-class Rho1Pipeline(BaselinePipeline):
+class Rho1Pipeline(Pipeline):
     """MTP on correct solutions, keeping per head the top k% tokens by excess loss."""
 
-    name = "rho1"
-
     def setup(self, trainer) -> None:
-        from wmtp.train.pipelines.frozen import load_frozen
-
-        spec = self.recipe.weighting
-        if spec.kind != "rho1":
-            raise RecipeError(
-                f"experiment.pipeline = 'rho1' selects tokens with the reference model, but "
-                f"weighting.kind = {spec.kind!r}: set weighting.kind = 'rho1'"
-            )
-        self.reference = load_frozen(
-            "reference",
-            self.recipe,
-            tokenizer=trainer.tokenizer,
-            policy_vocab=trainer.model_args.vocab_size,
-            ctx=trainer.ctx,
-        )
+        self.reference = trainer.frozen["reference"]
         check_reference_heads(trainer.n_heads, self.reference.n_heads)
-        self.selection = registry.get("weighting", "rho1")(spec)
+        self.selection = trainer.weighting
 
     def micro_batch_weights(self, trainer, batch: dict) -> MicroBatchWeights:
         n = trainer.n_heads

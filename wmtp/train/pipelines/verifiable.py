@@ -12,13 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from wmtp import registry
-from wmtp.errors import DataError, RecipeError
+from wmtp.errors import DataError
 from wmtp.losses.mtp import IGNORE_INDEX, MTPStats
-from wmtp.recipe.specs.weighting import NEEDS_CRITIC
-from wmtp.registry import register
-from wmtp.train.pipeline import MicroBatchWeights
-from wmtp.train.pipelines import BaselinePipeline
+from wmtp.train.pipeline import MicroBatchWeights, Pipeline
 
 
 def rewards_of(batch: dict) -> torch.Tensor:
@@ -139,41 +135,23 @@ class WeightedBatches:
         self.weighting.load_state_dict(weighting)
 
 
-@register("pipeline", "verifiable")
-class VerifiablePipeline(BaselinePipeline):
+class VerifiablePipeline(Pipeline):
     """MTP on correct solutions, each target token weighted by the frozen critic's TD advantage.
 
     The data are the baseline's (correct solutions); only the weights differ, so ``td`` against
     ``baseline``, ``random_matched`` and ``shuffled`` isolates what the critic's token choice does.
     """
 
-    name = "verifiable"
-
     def setup(self, trainer) -> None:
-        from wmtp.train.pipelines.frozen import load_frozen
-
-        kind = self.recipe.weighting.kind
-        if kind not in NEEDS_CRITIC:
-            raise RecipeError(
-                f"experiment.pipeline = 'verifiable' weights tokens with the critic, but "
-                f"weighting.kind = {kind!r}: use one of {', '.join(NEEDS_CRITIC)} "
-                "(or pipeline = 'baseline' for uniform weights)"
-            )
-        self.critic = load_frozen(
-            "critic",
-            self.recipe,
-            tokenizer=trainer.tokenizer,
-            policy_vocab=trainer.model_args.vocab_size,
-            ctx=trainer.ctx,
-        )
-        self.weighting = registry.get("weighting", kind)(self.recipe.weighting)
+        self.critic = trainer.frozen["critic"]
+        self.weighting = trainer.weighting
         # Each rank draws its own control weights, reproducibly.
         self.weighting.seed(
             self.recipe.experiment.seed * 1_000_003 + trainer.ctx.rank, device=trainer.ctx.device
         )
 
-    def batch_source(self, trainer, examples: list) -> WeightedBatches:
-        return WeightedBatches(super().batch_source(trainer, examples), self.weighting)
+    def batch_source(self, trainer, data) -> WeightedBatches:
+        return WeightedBatches(super().batch_source(trainer, data), self.weighting)
 
     def micro_batch_weights(self, trainer, batch: dict) -> MicroBatchWeights:
         weights_BS, figures = token_weights(

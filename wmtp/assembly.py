@@ -1,0 +1,108 @@
+"""From a recipe to its components: one function per component kind, each through the registry.
+
+Every caller assembles components here, the same way: the trainer (the model that trains, the
+frozen ones, the data, the weighting, the pipeline), ``wmtp eval`` (the policy, the tokenizer),
+``wmtp bench step`` (through the trainer) and ``wmtp validate --data`` (the tokenizer, the
+dataset). Each registered builder receives only its own recipe section, plus what that section
+cannot know (the tokenizer's vocabulary, the device, whether the model trains). Importing this
+module needs no torch; building a model does.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from wmtp import registry
+from wmtp.errors import CheckpointError, RecipeError
+from wmtp.pipelines import Role
+
+if TYPE_CHECKING:
+    from wmtp.data.dataset import TrainData
+    from wmtp.data.tokenizers import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def tokenizer(recipe: Any) -> Tokenizer:
+    """The ``[tokenizer]`` every model of the recipe shares."""
+    spec = recipe.tokenizer
+    return registry.get("tokenizer", spec.kind)(spec)
+
+
+def dataset(recipe: Any, tokenizer: Tokenizer, *, progress: bool = True) -> TrainData:
+    """The ``[data]`` section's training data (its sampler from ``data.sampling``)."""
+    spec = recipe.data
+    build = registry.get("dataset", spec.kind)
+    return build(spec, tokenizer=tokenizer, seed=recipe.experiment.seed, progress=progress)
+
+
+def weighting(recipe: Any) -> Any:
+    """The ``[weighting]`` section's weighting object."""
+    spec = recipe.weighting
+    return registry.get("weighting", spec.kind)(spec)
+
+
+def model(
+    recipe: Any,
+    role: Role,
+    *,
+    tokenizer: Tokenizer,
+    device: Any,
+    trainable: bool = False,
+    n_future_tokens: int | None = None,
+) -> Any:
+    """``[model.<role>]`` built by its kind's builder (``wmtp.models.components``, which says in
+    what order); a trained ``checkpoint`` must have been trained with this recipe's tokenizer."""
+    spec = getattr(recipe.model, role)
+    if spec is None:
+        raise RecipeError(f"the recipe has no [model.{role}]")
+    check_checkpoint_tokenizer(role, spec, recipe.tokenizer)
+    build = registry.get("model", spec.kind)
+    built = build(
+        spec,
+        vocab_size=tokenizer.vocab_size,
+        device=device,
+        trainable=trainable,
+        n_future_tokens=n_future_tokens,
+    )
+    log.info(
+        "model.%s: %s, attention %s (%s)",
+        role,
+        "trains" if trainable else "frozen",
+        built.attention.name,
+        built.attention.reason,
+    )
+    return built
+
+
+def check_checkpoint_tokenizer(role: str, spec: Any, tokenizer_spec: Any) -> None:
+    """A wmtp ``checkpoint`` carries the recipe that trained it; its ``[tokenizer]`` must be this
+    recipe's (another tokenizer gives the same ids other meanings). A CheckpointError if not."""
+    if not spec.checkpoint:
+        return
+    from wmtp.models.locate import find_trained_weights
+    from wmtp.recipe import load_recipe
+
+    trained = find_trained_weights(spec.checkpoint)
+    if trained.recipe_file is None:
+        raise CheckpointError(
+            f"model.{role}.checkpoint = {spec.checkpoint!r}: no recipe.toml beside the weights "
+            f"({trained.directory}), so its tokenizer cannot be checked (wmtp writes one with "
+            "every checkpoint)"
+        )
+    try:
+        theirs = load_recipe(trained.recipe_file).recipe.tokenizer
+    except RecipeError as exc:
+        raise CheckpointError(
+            f"{trained.recipe_file}: the checkpoint's recipe does not load: {exc}"
+        ) from exc
+    if theirs != tokenizer_spec:
+        raise CheckpointError(
+            f"model.{role}.checkpoint = {spec.checkpoint!r} was trained with tokenizer "
+            f"{theirs.model_dump()} ({trained.recipe_file}), but this recipe's [tokenizer] is "
+            f"{tokenizer_spec.model_dump()}"
+        )
+
+
+__all__ = ["check_checkpoint_tokenizer", "dataset", "model", "tokenizer", "weighting"]

@@ -1,0 +1,118 @@
+"""Where trained weights are: run directories, their checkpoints, wmtp model directories.
+
+Torch-free: ``wmtp validate --env`` and ``wmtp run`` use it to report missing inputs before any
+model is built. A reference to weights trained by wmtp (``model.*.checkpoint``, ``wmtp eval``) is:
+
+- a run directory (``recipe.toml`` + ``checkpoints/step-N/``): its newest complete checkpoint;
+- ``<runs_dir>/<experiment>/latest``: the run that link points at; without the link, the newest
+  run directory of the experiment by name;
+- one trainer checkpoint, ``<run>/checkpoints/step-N`` (``model.safetensors`` or, when LoRA
+  trained, ``lora.safetensors``; written under a temporary name and renamed when complete);
+- a wmtp model directory (``wmtp_model.json`` + ``model.safetensors``, from ``save_wmtp``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from wmtp.errors import CheckpointError
+
+CHECKPOINTS = "checkpoints"
+STEP_DIR = re.compile(r"^step-(\d+)$")
+RECIPE_FILE = "recipe.toml"
+MODEL_INFO = "wmtp_model.json"
+FULL_WEIGHTS = "model.safetensors"
+LORA_WEIGHTS = "lora.safetensors"
+
+
+@dataclass(frozen=True)
+class TrainedWeights:
+    """Weights trained by wmtp, found from a reference (see the module docstring)."""
+
+    directory: Path
+    """The checkpoint (or model) directory that holds them."""
+    kind: Literal["full", "lora"]
+    """Every parameter, or the LoRA adapters over a base model."""
+    recipe_file: Path | None
+    """The resolved recipe that trained them (beside them, or in their run directory)."""
+
+    @property
+    def file(self) -> Path:
+        return self.directory / (FULL_WEIGHTS if self.kind == "full" else LORA_WEIGHTS)
+
+
+def step_dirs(run_dir: str | Path) -> list[Path]:
+    """The complete checkpoints of a run (``checkpoints/step-N``), oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / RECIPE_FILE).is_file() and (path / CHECKPOINTS).is_dir()
+
+
+def follow_latest(path: str | Path) -> Path:
+    """``path``, with ``<experiment>/latest`` replaced by the run it names: the link's target, or
+    (no link) the newest run directory of the experiment by name."""
+    path = Path(path)
+    if path.name != "latest" or path.exists() or not path.parent.is_dir():
+        return path
+    runs = sorted(p for p in path.parent.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not runs:
+        raise CheckpointError(f"{path}: {path.parent} holds no runs")
+    return runs[-1]
+
+
+def find_trained_weights(reference: str | Path) -> TrainedWeights:
+    """The weights a reference names (see the module docstring); a CheckpointError saying what
+    was looked for when there are none."""
+    path = follow_latest(reference)
+    if not path.exists():
+        raise CheckpointError(f"{reference}: no such run directory or checkpoint")
+    if is_run_dir(path):
+        steps = [s for s in step_dirs(path) if _weights_kind(s)]
+        if not steps:
+            raise CheckpointError(f"{reference}: the run {path} has no checkpoint with weights yet")
+        path = steps[-1]
+    kind = _weights_kind(path)
+    if kind is None:
+        raise CheckpointError(
+            f"{reference}: neither a run directory (recipe.toml + checkpoints/) nor a checkpoint "
+            f"({FULL_WEIGHTS} or {LORA_WEIGHTS})"
+        )
+    return TrainedWeights(path, kind, _recipe_beside(path))
+
+
+def _weights_kind(directory: Path) -> Literal["full", "lora"] | None:
+    if (directory / FULL_WEIGHTS).is_file():
+        return "full"
+    if (directory / LORA_WEIGHTS).is_file():
+        return "lora"
+    return None
+
+
+def _recipe_beside(directory: Path) -> Path | None:
+    """A checkpoint's resolved recipe: in the checkpoint, else in its run directory."""
+    for candidate in (directory / RECIPE_FILE, directory.parent.parent / RECIPE_FILE):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+__all__ = [
+    "FULL_WEIGHTS",
+    "LORA_WEIGHTS",
+    "MODEL_INFO",
+    "RECIPE_FILE",
+    "TrainedWeights",
+    "find_trained_weights",
+    "follow_latest",
+    "is_run_dir",
+    "step_dirs",
+]
