@@ -38,3 +38,8 @@ class ComponentError(WmtpError):
 
 class RunError(WmtpError):
     """A training run that cannot start, resume or continue (NaN loss, refused resume, ...)."""
+
+
+class SandboxError(WmtpError):
+    """Untrusted code that may not run here: no bubblewrap and no opt-in to rlimits only, or an
+    unknown ``WMTP_SANDBOX`` / ``--sandbox`` value."""

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
 
 import wmtp.data.humaneval as he
 from tests.data.data_rows import problem_rows, write_dataset
+from tests.sandbox.isolations import HAS_BWRAP, child_env, path_without_bwrap
 from wmtp.cli import app
 
 runner = CliRunner()
@@ -44,15 +47,48 @@ def test_index_reports_metadata_that_disagrees(tmp_path):
     assert result.exit_code == 2 and "says n_rows = 4, but" in result.output.replace("\n", "")
 
 
+def test_humaneval_command_without_bubblewrap_stops_before_any_work(tmp_path):
+    out = tmp_path / "he"
+    done = subprocess.run(
+        [sys.executable, "-m", "wmtp.cli", "data", "humaneval", str(out)],
+        env=child_env(path_without_bwrap(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(
+        f"error: sandbox: building the HumanEval dataset in {out} needs bubblewrap, which cannot "
+        "run here: bwrap is not installed: not found on PATH."
+    )
+    assert "apt-get install bubblewrap" in done.stderr and "--sandbox rlimits" in done.stderr
+    assert "Traceback" not in done.stderr and not out.exists()
+
+
 @pytest.mark.slow
-def test_humaneval_command_builds_and_reports(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "opt_in",
+    [
+        pytest.param([], marks=pytest.mark.skipif(not HAS_BWRAP, reason="bubblewrap unusable")),
+        ["--sandbox", "rlimits"],
+    ],
+    ids=["bwrap", "rlimits"],
+)
+def test_humaneval_command_builds_and_reports(tmp_path, monkeypatch, opt_in):
     everything = he.load_problems()
     monkeypatch.setattr(
         he, "load_problems", lambda: {t: everything[t] for t in ["HumanEval/0", "HumanEval/7"]}
     )
+    monkeypatch.setenv("WMTP_SANDBOX", "")  # restored after --sandbox sets it
+    if opt_in:
+        monkeypatch.setenv("PATH", path_without_bwrap(tmp_path))
     result = runner.invoke(
-        app, ["data", "humaneval", str(tmp_path / "he"), "--heldout-fraction", "0.5"]
+        app, ["data", "humaneval", str(tmp_path / "he"), "--heldout-fraction", "0.5", *opt_in]
     )
     assert result.exit_code == 0, result.output
+    kind = "rlimits" if opt_in else "bwrap"
+    assert f"sandbox: {kind}: " in result.output
     assert "train: 1 problems" in result.output and "heldout: 1 problems" in result.output
     assert (tmp_path / "he" / "train_metadata.json").is_file()
+    info = json.loads((tmp_path / "he" / "build_info.json").read_text())
+    assert info["isolation"].startswith("rlimits" if opt_in else "bubblewrap")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
+from tests.sandbox.isolations import child_env, path_without_bwrap
 from wmtp.cli import app
 
 RECIPE = """
@@ -236,6 +239,32 @@ def test_user_mistakes_are_located_errors(run_dir, tmp_path):
     result = invoke("eval", run_dir, "--set", 'evaluation.benchmarks=["humaneva"]')
     assert result.exit_code == 2 and "did you mean 'humaneval'" in result.flat
     assert not (run_dir / "eval").exists()
+
+
+def test_eval_without_bubblewrap_stops_before_decoding(run_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", path_without_bwrap(tmp_path))
+    monkeypatch.setenv("WMTP_SANDBOX", "")
+    result = invoke("eval", run_dir, "--no-progress")
+    assert result.exit_code == 2
+    assert "error: sandbox: checking humaneval completions needs bubblewrap" in result.flat
+    assert "--sandbox rlimits" in result.flat and "Traceback" not in result.output
+    assert not (run_dir / "eval").exists()
+
+
+def test_eval_with_sandbox_rlimits_runs_without_bubblewrap_and_warns(run_dir, tmp_path):
+    args = ["eval", str(run_dir), "--no-progress", "--set", "evaluation.max_problems=1"]
+    done = subprocess.run(
+        [sys.executable, "-m", "wmtp.cli", *args, "--sandbox", "rlimits"],
+        env=child_env(path_without_bwrap(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("sandbox: untrusted code runs without bubblewrap") == 1, done.stderr
+    assert "WMTP_SANDBOX=rlimits" in done.stderr and "does not block network access" in done.stderr
+    summary = json.loads((run_dir / "eval" / "summary.json").read_text())
+    assert sum(summary["benchmarks"]["humaneval"]["statuses"].values()) == 2
 
 
 def test_report_command_on_two_evaluated_runs(run_dir, tmp_path):

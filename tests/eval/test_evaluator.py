@@ -119,7 +119,7 @@ def test_table_prints_every_k(capsys):
 
 def test_a_sandbox_that_could_not_start_is_retried_but_a_verdict_never_is():
     from wmtp.eval.judges import SANDBOX_START_FAILURE, sandboxed
-    from wmtp.eval.sandbox import SandboxResult
+    from wmtp.sandbox import SandboxResult
 
     def results(*stderrs):
         queue = [SandboxResult("failed", "", e, 0.1, 1, "bwrap") for e in stderrs]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -21,6 +22,28 @@ SetOption = Annotated[
     ),
 ]
 """The ``--set`` option of every command that reads a recipe."""
+
+
+class SandboxMode(str, enum.Enum):
+    """The values of ``--sandbox`` (``wmtp.sandbox.MODES``; spelled out so that parsing a
+    command line never imports the sandbox)."""
+
+    bwrap = "bwrap"
+    rlimits = "rlimits"
+
+
+SandboxOption = Annotated[
+    SandboxMode | None,
+    typer.Option(
+        "--sandbox",
+        help="How untrusted code is isolated: bwrap (bubblewrap, the default; an error where "
+        "it cannot run) or rlimits (resource limits only: no network or file isolation). Sets "
+        "WMTP_SANDBOX for this process and its children.",
+        show_default=False,
+    ),
+]
+"""The ``--sandbox`` option of every command that runs untrusted code; the command applies it
+first, with ``wmtp.sandbox.choose(sandbox)``."""
 
 
 def __getattr__(name: str) -> Any:

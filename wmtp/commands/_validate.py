@@ -311,7 +311,7 @@ def _environment() -> dict[str, Any]:
 
 def _sandbox_isolation() -> str:
     """Which isolation the code-execution sandbox uses here (bubblewrap, or rlimits and why)."""
-    from wmtp.eval.sandbox import isolation
+    from wmtp.sandbox import isolation
 
     found = isolation()
     return f"{found.kind} ({found.detail})"

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from wmtp.commands._common import command, console
+from wmtp.commands._common import SandboxOption, command, console
 
 data_app = typer.Typer(
     name="data",
@@ -95,12 +95,15 @@ def humaneval(
     workers: Annotated[
         int | None, typer.Option(min=1, help="Parallel sandboxed checks (default: one per core).")
     ] = None,
+    sandbox: SandboxOption = None,
 ) -> None:
     """Build HumanEval train/held-out JSONL with sandbox-labelled correct and incorrect solutions."""
     from wmtp.data.humaneval import build_humaneval
-    from wmtp.eval.sandbox import isolation
+    from wmtp.sandbox import choose, require
 
-    console.print(f"sandbox: {isolation().detail}")
+    choose(sandbox)
+    found = require(purpose=f"building the HumanEval dataset in {out_dir}")  # before any work
+    console.print(f"sandbox: {found.kind}: {found.detail}", highlight=False)
     out = build_humaneval(out_dir, heldout_fraction=heldout_fraction, workers=workers)
     info = json.loads((out / "build_info.json").read_text())
     for split in ("train", "heldout"):

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from wmtp.commands._common import SetOption, command, console
+from wmtp.commands._common import SandboxOption, SetOption, command, console
 
 
 def register(app: typer.Typer) -> None:
@@ -49,6 +49,7 @@ def eval_command(
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show progress bars.")
     ] = True,
+    sandbox: SandboxOption = None,
 ) -> None:
     """pass@k of a trained policy on the recipe's \\[evaluation] benchmarks, in the sandbox.
 
@@ -57,7 +58,9 @@ def eval_command(
     with the settings used), and prints a table.
     """
     from wmtp.eval.target import evaluate_target
+    from wmtp.sandbox import choose
 
+    choose(sandbox)
     resolved, _ = evaluate_target(
         target,
         overrides=overrides or [],

@@ -95,7 +95,7 @@ def label(
     cands: list[Candidate], problems: dict[str, dict], *, workers: int | None, progress: bool
 ) -> list[dict]:
     """Run every candidate against its problem's tests; one record per candidate."""
-    from wmtp.eval.sandbox import CheckJob, check_many
+    from wmtp.sandbox import CheckJob, check_many
 
     jobs = [
         CheckJob(
@@ -127,9 +127,17 @@ def label(
     ]
 
 
-def _labelled_rows(cache: Path | None, workers: int | None, progress: bool) -> list[dict]:
+def _labelled_rows(
+    cache: Path | None, out: Path, workers: int | None, progress: bool
+) -> list[dict]:
+    """The labelled rows: from ``cache`` when it is there, else by running every candidate, which
+    needs the sandbox (``SandboxError`` before any work where it cannot run)."""
     if cache is not None and cache.is_file():
         return [json.loads(line) for line in cache.read_text(encoding="utf-8").splitlines()]
+    from wmtp import sandbox
+
+    where = cache.parent if cache is not None else out  # the folder the user knows
+    sandbox.require(purpose=f"building the HumanEval dataset in {where}")  # before any work
     problems = load_problems()
     cands = [c for p in problems.values() for c in candidates(p)]
     records = label(cands, problems, workers=workers, progress=progress)
@@ -154,9 +162,9 @@ def build_humaneval(
     ``out_dir``; returns ``out_dir``. ``labelled_cache`` keeps the sandbox's labels for reuse."""
     start = time.monotonic()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     cache = Path(labelled_cache) if labelled_cache is not None else None
-    records = _labelled_rows(cache, workers, progress)
+    records = _labelled_rows(cache, out, workers, progress)
+    out.mkdir(parents=True, exist_ok=True)
     tokenizer = tokenizer or ByteTokenizer()
     task_ids = sorted({r["problem_id"] for r in records})
     train_ids, heldout_ids = samplers.split_problems(task_ids, heldout_fraction, SPLIT_SEED)
@@ -167,7 +175,7 @@ def build_humaneval(
     info["heldout_problems"] = sorted(heldout_ids)
     info["origins"] = dict(Counter(f"{r['origin']} -> {r['sandbox_status']}" for r in records))
     info["build_seconds"] = round(time.monotonic() - start, 1)
-    from wmtp.eval.sandbox import isolation
+    from wmtp.sandbox import isolation
 
     info["isolation"] = isolation().detail
     (out / "build_info.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")

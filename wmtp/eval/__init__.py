@@ -1,4 +1,5 @@
-"""Evaluation: sandboxed execution, pass@k, benchmarks, generation and self-speculative decoding.
+"""Evaluation: pass@k, benchmarks, generation and self-speculative decoding (programs run in
+``wmtp.sandbox``).
 
 Torch-free to import: every name loads its module on first use.
 """

@@ -2,7 +2,7 @@
 
 For every benchmark of the ``[evaluation]`` section: n completions per problem
 (``wmtp.eval.completions``), each judged on a worker pool (programs run in
-``wmtp.eval.sandbox``), then
+``wmtp.sandbox``), then
 
 - ``<out>/<benchmark>.jsonl``: every sample with its completion, status and why it failed;
 - ``<out>/summary.json``: per benchmark, pass@k for each k, status counts, generation speed and
@@ -220,6 +220,10 @@ def evaluate(
     for entry in spec.benchmarks:
         name, path = parse_benchmark(entry, benchmark_paths or {})
         benchmark = load_benchmark(name, path).limited(spec.max_problems)
+        if any(problem.judge.runs_code for problem in benchmark.problems):
+            from wmtp import sandbox
+
+            sandbox.require(purpose=f"checking {name} completions")  # before minutes of decoding
         problems, gen_stats = complete_benchmark(
             model, tokenizer, benchmark, spec, seed=seed, progress=progress
         )

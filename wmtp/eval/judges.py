@@ -2,7 +2,7 @@
 
 A judge is a small frozen dataclass (picklable, so a worker pool can take it) with
 ``judge(completion, *, timeout_s, memory_mb) -> Verdict``. Code runs only in
-``wmtp.eval.sandbox``; nothing generated is ever executed in this process.
+``wmtp.sandbox``; nothing generated is ever executed in this process.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import re
 import time
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 STATUSES = ("passed", "failed", "timeout", "memory")
 """Every verdict's status; the sandbox's statuses, shared by judges that run no code."""
@@ -33,6 +33,9 @@ class Verdict:
 
 
 class Judge(Protocol):
+    runs_code: ClassVar[bool]
+    """Whether judging runs the completion (in the sandbox, which must then be usable)."""
+
     def judge(self, completion: str, *, timeout_s: float, memory_mb: int) -> Verdict: ...
 
 
@@ -71,12 +74,13 @@ class FunctionTests:
     prefix: str
     test: str
     entry_point: str
+    runs_code: ClassVar[bool] = True
 
     def program(self, completion: str) -> str:
         return self.prefix + completion
 
     def judge(self, completion: str, *, timeout_s: float, memory_mb: int) -> Verdict:
-        from wmtp.eval import sandbox
+        from wmtp import sandbox
 
         result = sandboxed(
             sandbox.check,
@@ -105,12 +109,13 @@ class StdioTests:
     prefix: str
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
+    runs_code: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         assert len(self.inputs) == len(self.outputs), (len(self.inputs), len(self.outputs))
 
     def judge(self, completion: str, *, timeout_s: float, memory_mb: int) -> Verdict:
-        from wmtp.eval import sandbox
+        from wmtp import sandbox
 
         program = self.prefix + completion
         started = time.perf_counter()
@@ -158,6 +163,7 @@ class ExactAnswer:
     """GSM8K-style: the completion's final number must equal the reference answer exactly."""
 
     answer: str
+    runs_code: ClassVar[bool] = False
 
     def judge(self, completion: str, *, timeout_s: float, memory_mb: int) -> Verdict:
         found = extract_final_answer(completion)
