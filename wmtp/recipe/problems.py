@@ -1,0 +1,230 @@
+"""Pydantic's errors about a recipe, as located problems that say what to write instead.
+
+Pydantic locates errors by model path, with the tag of each union in it
+(``weighting.td.gamma``, ``parallel.activation_checkpointing.bool``) and words them for Python
+programmers (``Input should be a valid dictionary or instance of ScheduleSpec``). The problems
+here use the recipe's own dotted keys (``weighting.gamma``), the position where the key was
+written, and TOML words: what the key expects, what the recipe gave, and what to write
+(``expected an integer greater than 0, got the string "100" (write max_steps = 100)``), with
+did-you-mean suggestions drawn from the schema.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from wmtp.recipe.annotations import (
+    NO_DEFAULT,
+    child_type,
+    field_default,
+    is_union,
+    section_for,
+    sections,
+    tag_of,
+)
+from wmtp.recipe.dump import toml_value
+from wmtp.recipe.errors import Problem, did_you_mean
+from wmtp.recipe.examples import NOTHING, describe, example, got, intended
+from wmtp.recipe.load import Source, Tree, dotted, problem_at
+from wmtp.recipe.positions import Path
+
+
+def problems_of(errors: list[dict], tree: Tree) -> list[Problem]:
+    """Every problem behind pydantic's ``errors`` about merged ``tree``, each once."""
+    problems = [p for err in errors for p in _problems(err, tree)]
+    return list(dict.fromkeys(problems))
+
+
+# --- where an error is, in the recipe's terms ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spot:
+    """What a pydantic error's ``loc`` points at in the recipe."""
+
+    path: Path
+    """The recipe's keys (and array indices), without union tags."""
+    section: Any
+    """The section class whose key ``path[-1]`` is (``None`` inside arrays and free tables)."""
+    annotation: Any
+    """The type the value at ``path`` must have (``None`` when unknown)."""
+    default: Any = NO_DEFAULT
+    """The default of the field at ``path`` (``NO_DEFAULT`` when required or not a field)."""
+
+
+def locate(loc: tuple, data: dict) -> Spot:
+    """Walk the schema beside ``data`` along pydantic's ``loc``, skipping the union tags in it."""
+    from wmtp.recipe.schema import Recipe
+
+    path: list[str | int] = []
+    node: Any = data
+    tp: Any = Recipe
+    section: Any = Recipe
+    default: Any = NO_DEFAULT
+    for part in loc:
+        if _is_union_tag(tp, node, part):
+            continue
+        section = section_for(tp, node)
+        info = section.model_fields.get(part) if section and isinstance(part, str) else None
+        default = field_default(info) if info is not None else _item(default, part)
+        tp = child_type(tp, part, node) if tp is not None else None
+        node = value_at(node, (part,))
+        path.append(part)
+    return Spot(tuple(path), section, tp, default)
+
+
+def _is_union_tag(tp: Any, node: Any, part: Any) -> bool:
+    """Whether ``part`` names a member of union ``tp`` (the ``kind`` of a tagged union, or
+    pydantic's name of a member type such as ``bool`` or ``constrained-int``)."""
+    if tp is None or not is_union(tp):
+        return False
+    if sections(tp):
+        return isinstance(node, dict) and part not in node and node.get("kind") == part
+    return isinstance(part, str)
+
+
+def _item(default: Any, part: str | int) -> Any:
+    """The default of an array item or table value, from the default of its array or table."""
+    if isinstance(default, (list, tuple)) and isinstance(part, int) and part < len(default):
+        return default[part]
+    if isinstance(default, dict) and part in default:
+        return default[part]
+    return NO_DEFAULT
+
+
+def value_at(data: Any, path: Path) -> Any:
+    """The value at ``path`` inside ``data`` (``None`` where there is none)."""
+    for part in path:
+        in_table = isinstance(data, dict) and part in data
+        in_array = isinstance(data, list) and isinstance(part, int) and part < len(data)
+        if not (in_table or in_array):
+            return None
+        data = data[part]
+    return data
+
+
+def _source_near(path: Path, tree: Tree) -> Source | None:
+    """The source of ``path`` or of its nearest ancestor written somewhere."""
+    for end in range(len(path), 0, -1):
+        if path[:end] in tree.sources:
+            return tree.sources[path[:end]]
+    return None
+
+
+# --- one pydantic error -> problems -------------------------------------------------------------
+
+
+def _problems(err: dict, tree: Tree) -> list[Problem]:
+    spot = locate(err["loc"], tree.data)
+    if err["type"] == "cross_field":
+        return [_rule_problem(spot.path, p, tree) for p in err["ctx"]["problems"]]
+    if err["type"] == "missing" and spot.path and isinstance(spot.path[-1], int):
+        # an item of a tuple is missing: the array is too short
+        return [_wrong_value(err, locate(err["loc"][:-1], tree.data), tree)]
+    explain = _EXPLAINERS.get(err["type"], _wrong_value)
+    return [explain(err, spot, tree)]
+
+
+def _unknown_key(err: dict, spot: Spot, tree: Tree) -> Problem:
+    known = list(getattr(spot.section, "model_fields", {}) or {})
+    hints = did_you_mean(str(spot.path[-1]), known)
+    expected = None if hints or not known else f"one of {', '.join(known)}"
+    where = _source_near(spot.path, tree)
+    return problem_at(where, dotted(spot.path), "unknown key", expected=expected, suggestions=hints)
+
+
+def _unknown_kind(err: dict, spot: Spot, tree: Tree) -> Problem:
+    tags = [tag_of(s) or "" for s in sections(spot.annotation)]
+    where = tree.sources.get((*spot.path, "kind"), _source_near(spot.path, tree))
+    key = dotted((*spot.path, "kind"))
+    if err["type"] == "union_tag_not_found":
+        return problem_at(where, key, "missing", expected=f"one of {', '.join(tags)}")
+    tag = err["ctx"]["tag"]
+    hints = did_you_mean(tag, tags)
+    return problem_at(
+        where, key, f"unknown kind {tag!r}", expected=", ".join(tags), suggestions=hints
+    )
+
+
+def _unknown_choice(err: dict, spot: Spot, tree: Tree) -> Problem:
+    options = _split_expected(err["ctx"]["expected"])
+    value = err["input"]
+    hints = did_you_mean(value, options) if isinstance(value, str) else ()
+    message = f"{value!r} is not allowed"
+    where = _source_near(spot.path, tree)
+    return problem_at(
+        where, dotted(spot.path), message, expected=", ".join(options), suggestions=hints
+    )
+
+
+def _missing(err: dict, spot: Spot, tree: Tree) -> Problem:
+    return problem_at(_source_near(spot.path, tree), dotted(spot.path), "missing required key")
+
+
+def _wrong_value(err: dict, spot: Spot, tree: Tree) -> Problem:
+    """A value of the wrong type, out of bounds or of the wrong length: what the key expects,
+    what the recipe gave and what to write."""
+    where = _source_near(spot.path, tree)
+    if spot.annotation is None:
+        return problem_at(where, dotted(spot.path), _pydantic_message(err))
+    value = value_at(tree.data, spot.path)
+    value = err.get("input") if value is None else value
+    message = f"expected {describe(spot.annotation)}, got {got(value)}"
+    return problem_at(where, dotted(spot.path), f"{message} ({_what_to_write(spot, value, tree)})")
+
+
+def _what_to_write(spot: Spot, value: Any, tree: Tree) -> str:
+    """``write key = <the value meant>`` when ``value`` converts, else ``e.g. key = <example>``;
+    an array item or table value is shown inside the whole value of its key."""
+    meant = intended(value, spot.annotation)
+    if meant is not NOTHING:
+        verb, new = "write", meant
+    else:
+        verb, new = "e.g.", example(spot.annotation, spot.default, value)
+    last = max((i for i, part in enumerate(spot.path) if isinstance(part, str)), default=-1)
+    if last < 0:
+        return f"{verb} {toml_value(new)}"
+    if inner := spot.path[last + 1 :]:
+        whole = copy.deepcopy(value_at(tree.data, spot.path[: last + 1]))
+        _put(whole, inner, new)
+        new = whole
+    return f"{verb} {spot.path[last]} = {toml_value(new)}"
+
+
+def _put(data: Any, path: Path, value: Any) -> None:
+    """Set ``value`` at ``path`` inside ``data`` (every container on the way exists)."""
+    for part in path[:-1]:
+        data = data[part]
+    data[path[-1]] = value
+
+
+def _pydantic_message(err: dict) -> str:
+    """Pydantic's own words, for errors outside the schema's annotations (none are expected)."""
+    message = err["msg"].removeprefix("Value error, ").replace("Input should be", "expected")
+    return message.replace("a valid dictionary", "a table").split(" or instance of")[0]
+
+
+_EXPLAINERS = {
+    "extra_forbidden": _unknown_key,
+    "union_tag_invalid": _unknown_kind,
+    "union_tag_not_found": _unknown_kind,
+    "literal_error": _unknown_choice,
+    "missing": _missing,
+}
+"""pydantic error type -> the function that explains it (every other type: ``_wrong_value``)."""
+
+
+def _rule_problem(section_path: Path, problem: dict, tree: Tree) -> Problem:
+    fields = [(*section_path, *field.split(".")) for field in problem["fields"]]
+    where = next((tree.sources[f] for f in fields if f in tree.sources), None)
+    if where is None:
+        where = _source_near(fields[0], tree)
+    return problem_at(where, dotted(fields[0]), problem["message"])
+
+
+def _split_expected(text: str) -> list[str]:
+    """``"'a', 'b' or 'c'"`` -> ``["a", "b", "c"]`` (pydantic's way of listing options)."""
+    parts = text.replace(" or ", ", ").split(", ")
+    return [p.strip().strip("'\"") for p in parts if p.strip()]
