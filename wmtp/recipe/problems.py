@@ -26,7 +26,7 @@ from wmtp.recipe.annotations import (
 )
 from wmtp.recipe.dump import toml_value
 from wmtp.recipe.errors import Problem, did_you_mean
-from wmtp.recipe.examples import NOTHING, describe, example, got, intended
+from wmtp.recipe.examples import NOTHING, PLACEHOLDER, describe, example, got, intended
 from wmtp.recipe.load import Source, Tree, dotted, problem_at
 from wmtp.recipe.positions import Path
 
@@ -34,6 +34,7 @@ from wmtp.recipe.positions import Path
 def problems_of(errors: list[dict], tree: Tree) -> list[Problem]:
     """Every problem behind pydantic's ``errors`` about merged ``tree``, each once."""
     problems = [p for err in errors for p in _problems(err, tree)]
+    problems += _rules_behind_missing_keys(errors, tree)
     return list(dict.fromkeys(problems))
 
 
@@ -160,7 +161,13 @@ def _unknown_choice(err: dict, spot: Spot, tree: Tree) -> Problem:
 
 
 def _missing(err: dict, spot: Spot, tree: Tree) -> Problem:
-    return problem_at(_source_near(spot.path, tree), dotted(spot.path), "missing required key")
+    value = example(spot.annotation, spot.default)
+    if sections(spot.annotation):
+        entries = ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items())
+        message = f"missing required table (add [{dotted(spot.path)}] {entries})"
+    else:
+        message = f"missing required key (add {spot.path[-1]} = {toml_value(value)})"
+    return problem_at(_source_near(spot.path, tree), dotted(spot.path), message)
 
 
 def _wrong_value(err: dict, spot: Spot, tree: Tree) -> Problem:
@@ -228,3 +235,37 @@ def _split_expected(text: str) -> list[str]:
     """``"'a', 'b' or 'c'"`` -> ``["a", "b", "c"]`` (pydantic's way of listing options)."""
     parts = text.replace(" or ", ", ").split(", ")
     return [p.strip().strip("'\"") for p in parts if p.strip()]
+
+
+# --- the rules behind missing keys --------------------------------------------------------------
+
+
+def _rules_behind_missing_keys(errors: list[dict], tree: Tree) -> list[Problem]:
+    """What a recipe that only misses keys breaks besides: pydantic runs no rule across sections
+    while a key is missing, so a new recipe would learn of ``[model.policy]`` only after adding
+    ``[experiment]``. Validated again with each missing key filled by its example."""
+    from pydantic import ValidationError
+
+    from wmtp.recipe.schema import Recipe
+
+    if any(err["type"] != "missing" for err in errors):
+        return []
+    filled = copy.deepcopy(tree.data)
+    for err in errors:
+        spot = locate(err["loc"], filled)
+        if any(isinstance(part, int) for part in spot.path):
+            return []
+        _put(filled, spot.path, _valid_strings(example(spot.annotation, spot.default)))
+    try:
+        Recipe.model_validate(filled)
+    except ValidationError as exc:
+        filled_tree = Tree(filled, tree.sources)
+        return [p for err in exc.errors(include_url=False) for p in _problems(err, filled_tree)]
+    return []
+
+
+def _valid_strings(value: Any) -> Any:
+    """``value`` with the ``"..."`` placeholder, which no name pattern takes, as ``"x"``."""
+    if isinstance(value, dict):
+        return {k: _valid_strings(v) for k, v in value.items()}
+    return "x" if value == PLACEHOLDER else value
