@@ -257,3 +257,38 @@ def test_rules_wait_for_the_other_problems(write):
     what a rule would read."""
     problems = problems_of(write("r.toml", '[training]\nmax_steps = "100"\n'))
     assert [p.key for p in problems] == ["experiment", "tokenizer", "training.max_steps"]
+
+
+# --- did-you-mean across tables -----------------------------------------------------------------
+
+
+def test_a_key_of_another_table_is_suggested_by_its_dotted_key(write):
+    text = MINIMAL.replace("max_steps = 10", "max_steps = 10\nn_future_tokens = 2")
+    p = one_problem(write("r.toml", text))
+    assert (p.key, p.line, p.message) == ("training.n_future_tokens", 15, "unknown key")
+    assert p.suggestions == ("model.policy.n_future_tokens", "model.reference.n_future_tokens")
+    assert "did you mean 'model.policy.n_future_tokens'" in p.render()
+    assert p.expected is None  # the suggestion says it: no list of the table's keys
+
+
+def test_a_misspelt_key_of_another_table_is_suggested(write):
+    text = MINIMAL.replace("max_steps = 10", "max_steps = 10\nwarmup_step = 5\ngama = 0.9")
+    warmup, gamma = problems_of(write("r.toml", text))
+    assert warmup.suggestions[:2] == (
+        "training.schedule.warmup_steps",
+        "weighting.normalize.warmup_steps",
+    )
+    assert warmup.suggestions[2] == "max_steps"  # of its own table, spelt less alike
+    assert gamma.suggestions == ("weighting.gamma",)
+
+
+def test_a_key_written_above_its_table_is_suggested(write):
+    p = one_problem(write("r.toml", "seed = 1\n" + MINIMAL))
+    assert (p.key, p.suggestions) == ("seed", ("experiment.seed",))
+
+
+def test_same_table_suggestions_come_first_and_unrelated_keys_get_the_list(write):
+    text = MINIMAL.replace("max_steps = 10", "max_steps = 10\nmicro_batch = 2\nzzz = 1")
+    close, unrelated = problems_of(write("r.toml", text))
+    assert close.suggestions[0] == "micro_batch_size"
+    assert unrelated.suggestions == () and "micro_batch_size" in unrelated.expected

@@ -1,5 +1,5 @@
 """Reading the schema's type annotations: what a value should be, its bounds, which section a
-table is.
+table is, and every dotted key the schema knows.
 
 The problem messages (``wmtp.recipe.validate``, ``wmtp.recipe.examples``) walk the schema beside
 a broken recipe with these; a valid recipe never needs them.
@@ -7,6 +7,7 @@ a broken recipe with these; a valid recipe never needs them.
 
 from __future__ import annotations
 
+import functools
 import types
 import typing
 from typing import Annotated, Any, Union
@@ -95,3 +96,15 @@ def child_type(tp: Any, part: str | int, value: Any) -> Any:
     if origin is dict:
         return args[1]
     return None
+
+
+@functools.cache
+def schema_keys(root: type[BaseModel]) -> tuple[str, ...]:
+    """Every dotted key of ``root``'s fields and of its sections' fields, in schema order
+    (the members of a tagged union all contribute theirs)."""
+    keys: list[str] = []
+    for name, info in root.model_fields.items():
+        keys.append(name)
+        for section in sections(info.annotation):
+            keys += [f"{name}.{key}" for key in schema_keys(section) if f"{name}.{key}" not in keys]
+    return tuple(keys)

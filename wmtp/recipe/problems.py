@@ -6,7 +6,7 @@ programmers (``Input should be a valid dictionary or instance of ScheduleSpec``)
 here use the recipe's own dotted keys (``weighting.gamma``), the position where the key was
 written, and TOML words: what the key expects, what the recipe gave, and what to write
 (``expected an integer greater than 0, got the string "100" (write max_steps = 100)``), with
-did-you-mean suggestions drawn from the schema.
+did-you-mean suggestions drawn from the whole schema.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from wmtp.recipe.annotations import (
     child_type,
     field_default,
     is_union,
+    schema_keys,
     section_for,
     sections,
     tag_of,
@@ -130,10 +131,40 @@ def _problems(err: dict, tree: Tree) -> list[Problem]:
 
 def _unknown_key(err: dict, spot: Spot, tree: Tree) -> Problem:
     known = list(getattr(spot.section, "model_fields", {}) or {})
-    hints = did_you_mean(str(spot.path[-1]), known)
+    hints = _keys_like(str(spot.path[-1]), known, spot.path)
     expected = None if hints or not known else f"one of {', '.join(known)}"
     where = _source_near(spot.path, tree)
     return problem_at(where, dotted(spot.path), "unknown key", expected=expected, suggestions=hints)
+
+
+def _keys_like(name: str, known: list[str], path: Path) -> tuple[str, ...]:
+    """Keys spelt like ``name``, best first: of its own table (``known``, bare), and of other
+    tables (dotted: ``model.policy.n_future_tokens``) when they match at least as well; only the
+    keys of that very name when there are some."""
+    from wmtp.recipe.schema import Recipe
+
+    here = dotted(path[:-1])
+    others = [k for k in schema_keys(Recipe) if k.rpartition(".")[0] != here]
+    own = _scored(name, {k: k for k in known})
+    best_own = own[0][0] if own else 0.0
+    elsewhere = _scored(name, {k: k.rpartition(".")[2] for k in others})
+    elsewhere = [s for s in elsewhere if s[0] >= best_own]
+    ranked = sorted([*own, *elsewhere], key=lambda s: -s[0])  # stable: own keys first on ties
+    if ranked and ranked[0][0] == 1.0:
+        ranked = [s for s in ranked if s[0] == 1.0]
+    return tuple(key for _, key in ranked[:3])
+
+
+def _scored(name: str, words: dict[str, str]) -> list[tuple[float, str]]:
+    """``(similarity, key)`` of each key whose word is spelt like ``name``, best first."""
+    scored = [(_similarity(name, word), key) for key, word in words.items()]
+    return sorted((s for s in scored if s[0] >= 0.6), key=lambda s: -s[0])
+
+
+def _similarity(a: str, b: str) -> float:
+    import difflib
+
+    return difflib.SequenceMatcher(None, a.lower(), b.lower()).ratio()
 
 
 def _unknown_kind(err: dict, spot: Spot, tree: Tree) -> Problem:
