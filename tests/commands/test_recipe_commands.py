@@ -75,7 +75,7 @@ def test_validate_reports_every_problem_and_exits_2(cli, bad_recipe):
         "bad.toml:4:1: training.grad_acum_steps: unknown key; did you mean 'grad_accum_steps'?"
         in err
     )
-    assert "bad.toml:6:1: weighting.kind: unknown kind 'tdd'" in err and "'td'" in err
+    assert 'bad.toml:6:1: weighting.kind: unknown kind "tdd"' in err and "'td'" in err
     assert "recipes/tiny.toml: ok" in result.stdout  # the valid one is still checked
     assert "Traceback" not in err + result.stdout
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import types
 import typing
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
@@ -74,6 +74,12 @@ def section_for(tp: Any, value: Any) -> type[BaseModel] | None:
     kind = value.get("kind") if isinstance(value, dict) else None
     chosen = [s for s in found if kind is not None and tag_of(s) == kind]
     return (chosen or found or [None])[0]
+
+
+def literal_values(tp: Any) -> list[Any]:
+    """The values a ``Literal`` type allows (``[]`` for other types)."""
+    base, _ = unwrap(members(tp)[0]) if tp is not None else (None, [])
+    return list(typing.get_args(base)) if typing.get_origin(base) is Literal else []
 
 
 def is_union(tp: Any) -> bool:

@@ -20,6 +20,7 @@ from wmtp.recipe.annotations import (
     child_type,
     field_default,
     is_union,
+    literal_values,
     schema_keys,
     section_for,
     sections,
@@ -168,27 +169,37 @@ def _similarity(a: str, b: str) -> float:
 
 
 def _unknown_kind(err: dict, spot: Spot, tree: Tree) -> Problem:
-    tags = [tag_of(s) or "" for s in sections(spot.annotation)]
+    members = sections(spot.annotation)
+    tags = [tag_of(s) for s in members]
+    expected = "one of " + ", ".join(map(toml_value, tags))
     where = tree.sources.get((*spot.path, "kind"), _source_near(spot.path, tree))
     key = dotted((*spot.path, "kind"))
+    table = value_at(tree.data, spot.path)
     if err["type"] == "union_tag_not_found":
-        return problem_at(where, key, "missing", expected=f"one of {', '.join(tags)}")
-    tag = err["ctx"]["tag"]
-    hints = did_you_mean(tag, tags)
-    return problem_at(
-        where, key, f"unknown kind {tag!r}", expected=", ".join(tags), suggestions=hints
-    )
+        keys = set(table) if isinstance(table, dict) else set()
+        fitting = next((s for s in members if keys <= set(s.model_fields)), members[0])
+        message = f"missing required key (add kind = {toml_value(tag_of(fitting))})"
+        return problem_at(where, key, message, expected=expected)
+    tag = table.get("kind") if isinstance(table, dict) else err["ctx"]["tag"]
+    hints = did_you_mean(tag, tags) if isinstance(tag, str) else ()
+    message = f"unknown kind {_toml_or_got(tag)}"
+    return problem_at(where, key, message, expected=expected, suggestions=hints)
 
 
 def _unknown_choice(err: dict, spot: Spot, tree: Tree) -> Problem:
-    options = _split_expected(err["ctx"]["expected"])
+    options = literal_values(spot.annotation) or _split_expected(err["ctx"]["expected"])
     value = err["input"]
     hints = did_you_mean(value, options) if isinstance(value, str) else ()
-    message = f"{value!r} is not allowed"
+    expected = "one of " + ", ".join(map(toml_value, options))
+    message = f"{_toml_or_got(value)} is not allowed"
     where = _source_near(spot.path, tree)
-    return problem_at(
-        where, dotted(spot.path), message, expected=", ".join(options), suggestions=hints
-    )
+    return problem_at(where, dotted(spot.path), message, expected=expected, suggestions=hints)
+
+
+def _toml_or_got(value: Any) -> str:
+    """A string or number as TOML writes it (``"rho"``, ``16``); anything else in words."""
+    is_scalar = isinstance(value, (str, int, float)) and not isinstance(value, bool)
+    return toml_value(value) if is_scalar else got(value)
 
 
 def _missing(err: dict, spot: Spot, tree: Tree) -> Problem:
