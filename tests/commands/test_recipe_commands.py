@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from wmtp.cli import app
+from wmtp.models.args import FLAVOURS, param_count
 from wmtp.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,7 +78,7 @@ def test_validate_reports_every_problem_and_exits_2(cli, bad_recipe):
         "bad.toml:4:1: training.grad_acum_steps: unknown key; did you mean 'grad_accum_steps'?"
         in err
     )
-    assert "bad.toml:6:1: weighting.kind: unknown kind 'tdd'" in err and "'td'" in err
+    assert 'bad.toml:6:1: weighting.kind: unknown kind "tdd"' in err and "'td'" in err
     assert "recipes/tiny.toml: ok" in result.stdout  # the valid one is still checked
     assert "Traceback" not in err + result.stdout
 
@@ -215,6 +218,44 @@ def test_list_json_and_unknown_kind(cli):
     assert {"weighting", "model"} <= kinds
     result = cli("list", "weightin")
     assert result.exit_code == 2 and "did you mean 'weighting'" in result.stderr
+
+
+def test_list_flavour_shows_the_sizes_and_parameters_of_each_flavour(cli):
+    result = cli("list", "flavour")
+    assert result.exit_code == 0, result.stderr
+    head, *rows = result.stdout.splitlines()[1:]
+    assert head.split()[:4] == ["name", "dim", "layers", "heads"] and "parameters" in head
+    by_name = {row.split()[0]: row.split() for row in rows}
+    assert list(by_name) == list(FLAVOURS)
+    assert by_name["llama2-7b-mtp"][1:] == ["4096", "32", "32", "32", "32000", "4096", "4", "6.7B"]
+    tiny = by_name["tiny"]
+    assert tiny[5] == "tokenizer" and " ".join(tiny[-5:]) == "197.2K + 128 x vocab"
+
+
+def test_list_flavour_as_json_and_among_every_kind(cli):
+    entries = json.loads(cli("list", "flavour", "--format", "json").stdout)
+    assert [e["name"] for e in entries] == list(FLAVOURS)
+    for entry in entries:
+        args = FLAVOURS[entry["name"]]
+        assert entry["kind"] == "flavour"
+        assert entry["sizes"]["n_future_tokens"] == args.n_future_tokens
+        assert entry["sizes"]["n_kv_heads"] == args.kv_heads
+        assert entry["params"] == (param_count(args) if args.vocab_size > 0 else None)
+    every = cli("list").stdout
+    assert "\nflavour:\n  name " in every and "\nweighting:\n" in every
+    kinds = [line for line in every.splitlines() if not line.startswith(" ")]
+    assert kinds == sorted(kinds)
+    assert "flavour" in cli("list", "flavor").stderr  # did you mean
+
+
+def test_list_flavour_never_imports_torch():
+    probe = (
+        "import sys; from wmtp.cli import app\n"
+        "try: app(['list', 'flavour'])\nexcept SystemExit: pass\n"
+        "print('torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True)
+    assert done.stdout.strip().splitlines()[-1] == "False", done.stderr[-2000:]
 
 
 def test_help_of_every_recipe_command(cli):

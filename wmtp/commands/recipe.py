@@ -1,7 +1,7 @@
 """Recipe commands: ``validate``, ``diff``, ``show``, ``schema``, ``list``.
 
 None of them imports torch (``validate --env`` and ``list`` excepted: they inspect the machine
-and the registered components).
+and the registered components; ``list flavour`` reads only the flavour table).
 """
 
 from __future__ import annotations
@@ -193,32 +193,53 @@ def schema(
 
 def list_components(
     kind: Annotated[
-        str | None, typer.Argument(help="Only this kind (model, weighting, pipeline, ...).")
+        str | None,
+        typer.Argument(help="Only this kind (model, weighting, pipeline, flavour, ...)."),
     ] = None,
     format: FormatOption = OutputFormat.text,
 ) -> None:
-    """List registered components by kind, with their recipe parameters and docs."""
-    from wmtp import registry
-    from wmtp.recipe.components import describe_entry
+    """List registered components by kind, with their recipe parameters and docs, and the model
+    flavours (kind ``flavour``: named sizes for ``model.*.flavour``) with their sizes."""
+    from wmtp.recipe.components import FLAVOUR_KIND, describe_flavours
 
-    if kind is not None and kind not in registry.kinds():
-        from wmtp.errors import ComponentError
-        from wmtp.recipe.errors import did_you_mean
-
-        hints = did_you_mean(kind, registry.kinds())
-        hint = f"; did you mean {' or '.join(map(repr, hints))}?" if hints else ""
-        raise ComponentError(
-            f"no components of kind {kind!r}{hint} (kinds: {', '.join(registry.kinds())})"
-        )
-    entries = [describe_entry(e) for e in registry.entries(kind)]
+    # flavours alone need no registry, whose components import torch
+    entries = describe_flavours() if kind == FLAVOUR_KIND else _component_entries(kind)
     if format is OutputFormat.json:
         typer.echo(json.dumps(entries, indent=2, default=str))
         return
-    current = None
-    for entry in entries:
-        if entry["kind"] != current:
-            current = entry["kind"]
-            typer.echo(f"{current}:")
-        typer.echo(f"  {entry['name']}  {entry['summary']}")
-        for param in entry["parameters"]:
-            typer.echo(f"      {param['name']} = {param['default']}  {param['doc']}")
+    _print_entries(entries)
+
+
+def _component_entries(kind: str | None) -> list[dict[str, Any]]:
+    """Registered components (of ``kind``; every kind and the flavours when ``None``)."""
+    from wmtp import registry
+    from wmtp.recipe.components import FLAVOUR_KIND, describe_entry, describe_flavours
+
+    kinds = sorted([*registry.kinds(), FLAVOUR_KIND])
+    if kind is not None and kind not in kinds:
+        from wmtp.errors import ComponentError
+        from wmtp.recipe.errors import did_you_mean
+
+        hints = did_you_mean(kind, kinds)
+        hint = f"; did you mean {' or '.join(map(repr, hints))}?" if hints else ""
+        raise ComponentError(f"no components of kind {kind!r}{hint} (kinds: {', '.join(kinds)})")
+    entries = [describe_entry(e) for e in registry.entries(kind)]
+    if kind is None:  # the flavours in their place among the kinds (sorted is stable)
+        entries = sorted([*entries, *describe_flavours()], key=lambda e: e["kind"])
+    return entries
+
+
+def _print_entries(entries: list[dict[str, Any]]) -> None:
+    from wmtp.recipe.components import FLAVOUR_KIND, flavour_table
+
+    kinds = list(dict.fromkeys(e["kind"] for e in entries))
+    for kind in kinds:
+        typer.echo(f"{kind}:")
+        group = [e for e in entries if e["kind"] == kind]
+        if kind == FLAVOUR_KIND:
+            typer.echo("\n".join(f"  {line}" for line in flavour_table(group)))
+            continue
+        for entry in group:
+            typer.echo(f"  {entry['name']}  {entry['summary']}")
+            for param in entry["parameters"]:
+                typer.echo(f"      {param['name']} = {param['default']}  {param['doc']}")

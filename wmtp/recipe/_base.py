@@ -1,7 +1,10 @@
 """The base of every recipe section, and the change categories that ``wmtp diff`` reports.
 
 Every section is a frozen pydantic model that forbids unknown keys and takes each field's
-documentation from the docstring under it. A field's *category* says what changing it does:
+documentation from the docstring under it. Values are checked strictly: a recipe value must have
+the TOML type its field says (a string is never a number, a bool never an integer); an integer
+is still a number (``lr = 1``), and a TOML array fills a tuple field when annotated
+``Annotated[tuple[...], FROM_ARRAY]`` (its items stay strict). A field's *category* says what changing it does:
 
 - ``numerics``: changes what is computed (learning rate, weighting, data, dtype, ...);
 - ``performance``: same math, other speed or memory (attention backend, sharding, compile, ...);
@@ -23,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, model_validator
 from pydantic_core import PydanticCustomError
 
 CategoryName = Literal["numerics", "performance", "cosmetic", "checkpoint"]
@@ -41,6 +44,15 @@ NUMERICS = Category("numerics")
 PERFORMANCE = Category("performance")
 COSMETIC = Category("cosmetic")
 CHECKPOINT = Category("checkpoint")
+
+
+def _tuple_from_array(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+FROM_ARRAY = BeforeValidator(_tuple_from_array)
+"""Metadata of a tuple field: a TOML array (a list) becomes the tuple, then each item is checked
+strictly (strict mode alone takes only tuples, which TOML never gives)."""
 
 
 RULE_ERROR = "cross_field"
@@ -75,6 +87,7 @@ class Section(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
         frozen=True,
+        strict=True,  # the TOML type must match: "100" is not 100, "yes" is not true
         use_attribute_docstrings=False,  # docs are read lazily: wmtp.recipe.docs
         validate_default=False,
         # validators are built on first use, and only Recipe's whole one on the validate path

@@ -45,7 +45,7 @@ def _table_lines(data: dict, path: tuple[str, ...], comment: Comment | None) -> 
     if path and (scalars or not tables):
         lines.append(f"[{'.'.join(_key(p) for p in path)}]")
     for key, value in scalars.items():
-        line = f"{_key(key)} = {_value(value)}"
+        line = f"{_key(key)} = {toml_value(value)}"
         note = comment((*path, key)) if comment else None
         lines.append(f"{line}  # {note}" if note else line)
     if lines:
@@ -59,7 +59,8 @@ def _key(key: str) -> str:
     return key if _BARE_KEY.match(key) else json.dumps(key)
 
 
-def _value(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """``value`` as TOML (a table inline, as inside arrays)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -73,9 +74,9 @@ def _value(value: Any) -> str:
     if isinstance(value, str):
         return json.dumps(value)  # a JSON string is a valid TOML basic string
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_value(v) for v in value) + "]"
-    if isinstance(value, dict):  # only inside arrays
-        return "{ " + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + " }"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # inside arrays (and inline in problem messages)
+        return "{ " + ", ".join(f"{_key(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
     raise TypeError(f"cannot write {type(value).__name__} to TOML: {value!r}")
 
 

@@ -5,7 +5,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field
 
-from wmtp.recipe._base import NUMERICS, PERFORMANCE, Section, rule
+from wmtp.recipe._base import FROM_ARRAY, NUMERICS, PERFORMANCE, Section, rule
 
 
 class UniformSamplingSpec(Section):
@@ -20,7 +20,7 @@ class DifficultySamplingSpec(Section):
 
     kind: Literal["difficulty"] = "difficulty"
     """Sampler type."""
-    bins: dict[str, tuple[int, int]]
+    bins: dict[str, Annotated[tuple[int, int], FROM_ARRAY]]
     """Bin name -> inclusive [low, high] range of the examples' ``difficulty`` field."""
     weights: dict[str, Annotated[float, Field(ge=0)]]
     """Bin name -> probability weight (normalised to sum to 1); same names as ``bins``."""

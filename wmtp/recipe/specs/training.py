@@ -4,9 +4,10 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from wmtp.recipe._base import COSMETIC, NUMERICS, PERFORMANCE, Section, rule
+from wmtp.recipe._base import COSMETIC, FROM_ARRAY, NUMERICS, PERFORMANCE, Section, rule
 
 PositiveInt = Annotated[int, Field(gt=0)]
+Beta = Annotated[float, Field(ge=0, lt=1)]
 
 
 class ParallelSpec(Section):
@@ -67,10 +68,7 @@ class TrainingSpec(Section):
     """Peak learning rate (AdamW)."""
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     """AdamW decoupled weight decay."""
-    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
-        0.9,
-        0.95,
-    )
+    betas: Annotated[tuple[Beta, Beta], FROM_ARRAY] = (0.9, 0.95)
     """AdamW (beta1, beta2)."""
     eps: Annotated[float, Field(gt=0)] = 1e-8
     """AdamW epsilon."""
