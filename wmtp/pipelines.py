@@ -54,6 +54,18 @@ class PipelineInfo:
         """Sequences a model reads per example (2 for a pair)."""
         return 2 if self.examples == "pairs" else 1
 
+    def facts(self) -> dict[str, str]:
+        """What ``wmtp list pipeline`` shows of it."""
+        heads = f"{self.heads} (fixed)" if self.heads else "model.policy.n_future_tokens"
+        return {
+            "models": ", ".join(
+                f"{role} ({'trains' if role == self.trains else 'frozen'})" for role in self.uses
+            ),
+            "weighting.kind": " | ".join(self.weightings) or "any (unused)",
+            "heads": heads if self.trains == "policy" else "-",
+            "examples": self.examples,
+        }
+
     def accepts(self, weighting: str) -> bool:
         return not self.weightings or weighting in self.weightings
 

@@ -127,10 +127,52 @@ def test_validate_env_checks_the_machine(cli):
     assert result.exit_code == 0, result.stdout
     machine = json.loads(result.stdout)["environment"]
     assert machine["torch"] and machine["cuda"] in (True, False)
-    assert machine["sandbox"].split()[0] in ("bwrap", "rlimits")  # which isolation runs code
+    assert machine["sandbox"].split(":")[0] in ("bwrap", "rlimits")  # which isolation runs code
     result = cli("validate", "recipes/tiny.toml", "--env", "--set", "parallel.device=cuda")
     if not machine["cuda"]:
         assert result.exit_code == 2 and "no CUDA device" in result.stderr
+        assert "--set parallel.device=cuda: parallel.device:" in result.stderr  # located
+
+
+def test_validate_env_says_per_recipe_what_cannot_run_here(cli):
+    """On a CPU machine: an attention backend that needs CUDA (what `wmtp run` would refuse),
+    and flex for a trained model (no CPU backward), each on its recipe, exit 2."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU machine's refusals")
+    varlen = cli("validate", "recipes/tiny.toml", "--env", "--set", "model.policy.attention=varlen")
+    assert varlen.exit_code == 2
+    assert "recipes/tiny.toml: valid, but cannot run here" in varlen.stdout
+    assert "this machine: torch=" in varlen.stdout and "Traceback" not in varlen.stderr
+    assert "model.policy.attention: 'varlen' cannot run here: varlen runs on CUDA" in varlen.stderr
+    flex = cli(
+        "validate", "recipes/tiny_critic.toml", "--env", "--set", "model.critic.attention=flex"
+    )
+    assert flex.exit_code == 2
+    assert "recipes/tiny_critic.toml: valid, but cannot run here" in flex.stdout
+    assert "model.critic.attention: 'flex' cannot run here: flex has no backward" in flex.stderr
+
+
+def test_missing_inputs_are_notes_for_validate_and_problems_for_validate_env(cli, tmp_path):
+    """The production recipes name files a clone does not have: plain validate says so and
+    passes; --env (and `wmtp run`) fail, each input located with the path it resolved to."""
+    plain = cli("validate", "recipes/verifiable.toml")
+    assert plain.exit_code == 0, plain.stderr
+    assert "note: input not found: recipes/verifiable.toml:14:1: model.critic.checkpoint" in (
+        plain.stdout
+    )
+    env = cli("validate", "recipes/verifiable.toml", "--env")
+    assert env.exit_code == 2
+    for located in (
+        "recipes/base.toml:13:1: tokenizer.path",
+        "recipes/base.toml:18:1: model.policy.path",
+        "recipes/verifiable.toml:12:1: model.critic.path",
+        "recipes/verifiable.toml:14:1: model.critic.checkpoint",
+        "recipes/base.toml:49:1: data.path",
+    ):
+        assert located in env.stderr, located
+    assert f"resolved to {REPO / 'storage/datasets/codecontests/processed'}" in env.stderr
 
 
 # --- diff ----------------------------------------------------------------------------------------

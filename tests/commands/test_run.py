@@ -66,3 +66,53 @@ def test_nproc_relaunches_through_torchrun_with_the_same_arguments():
         "--set",
         "training.lr=1",
     ]
+
+
+PROBE = """
+import sys
+from wmtp.cli import app
+try:
+    app(sys.argv[1:])
+except SystemExit as exit:
+    code = exit.code
+print("TORCH", "torch" in sys.modules, "EXIT", code)
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--set", "training.max_steps='100'"], "expected an integer"),
+        (["--set", "model.policy.path='no/such/model'"], "model.policy.path: 'no/such/model'"),
+        (["--set", "data={kind='jsonl', path='no/data', max_length=1024}"], "data.path: 'no/data'"),
+    ],
+)
+def test_run_refuses_a_bad_recipe_or_a_missing_input_before_torch_loads(args, expected):
+    """What `wmtp validate` reports, `wmtp run` reports as fast: before importing torch."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, "run", str(TINY), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stdout.strip().splitlines()[-1] == "TORCH False EXIT 2", done.stderr
+    assert expected in done.stderr and "Traceback" not in done.stderr
+
+
+def test_run_of_a_recipe_whose_frozen_model_was_never_trained_names_the_recipe_to_run(tmp_path):
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            str(REPO / "recipes" / "tiny_verifiable.toml"),
+            "--set",
+            f"model.critic.checkpoint='{tmp_path}/runs/tiny_critic/latest'",
+        ],
+    )
+    assert result.exit_code == 2
+    assert "model.critic.checkpoint" in result.output and "tiny_critic" in result.output
+    assert "Traceback" not in result.output

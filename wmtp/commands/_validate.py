@@ -46,11 +46,11 @@ def run(
     ``data`` sizes memory by the longest row of each recipe's data (which it reads)."""
     machine = _environment() if env else None
     text = fmt == "text"
+    if text and machine:  # what the recipes are checked against, before their verdicts
+        print("this machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()))
     results = [_validate_one(p, overrides, world_size, machine, text, read, data) for p in paths]
     if not text:
         print(json.dumps({"recipes": results, "environment": machine}, indent=2))
-    elif machine:
-        print("environment: " + ", ".join(f"{k}={v}" for k, v in machine.items()))
     return 0 if all(r["valid"] for r in results) else USER_ERROR_EXIT
 
 
@@ -81,20 +81,33 @@ def fast_main(argv: Sequence[str]) -> int | None:
         sys.stdout.write(hit["stdout"])
         return hit["code"]
     read: list[str] = []
-    out = io.StringIO()
+    out = _Tee(sys.stdout)  # printed as it comes (problems on stderr stay in order), and kept
     try:
         with contextlib.redirect_stdout(out):
             code = run(
                 paths, args.overrides, args.world_size, args.env, args.format, read, data=args.data
             )
     except WmtpError as exc:
-        sys.stdout.write(out.getvalue())
         report_error(exc, fmt=args.format)
         return USER_ERROR_EXIT
-    sys.stdout.write(out.getvalue())
     if cache is not None and code == 0:  # reports of invalid recipes are never kept
         cache.store(read, out.getvalue(), code)
     return code
+
+
+class _Tee(io.StringIO):
+    """Keeps what is written and passes it on to ``stream`` at once."""
+
+    def __init__(self, stream) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        return super().write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 class ReportCache:
@@ -104,7 +117,16 @@ class ReportCache:
     and building the schema (most of its time). Under ``$WMTP_CACHE_DIR``, else
     ``$XDG_CACHE_HOME/wmtp`` or ``~/.cache/wmtp``; ``WMTP_NO_CACHE=1`` turns it off."""
 
-    SOURCES = ("recipe", "estimate.py", "errors.py", "models/args.py", "commands/_validate.py")
+    SOURCES = (
+        "recipe",
+        "estimate.py",
+        "errors.py",
+        "pipelines.py",
+        "models/args.py",
+        "models/backends.py",
+        "models/locate.py",
+        "commands/_validate.py",
+    )
     """wmtp's code that decides a report (under the package directory)."""
 
     def __init__(self, path: Path) -> None:
@@ -156,11 +178,17 @@ def _pydantic_version_file() -> list[str]:
 
 
 def _digests(files: list[str]) -> dict[str, str]:
-    """sha256 of each file's bytes (``missing`` for one that does not exist)."""
+    """sha256 of each file's bytes, of a directory's sorted listing (its entries, not their
+    contents), or ``missing`` for a path that does not exist."""
     out = {}
     for f in files:
+        path = Path(f)
         try:
-            out[f] = hashlib.sha256(Path(f).read_bytes()).hexdigest()
+            if path.is_dir():
+                listing = "\n".join(sorted(p.name for p in path.iterdir()))
+                out[f] = "dir:" + hashlib.sha256(listing.encode()).hexdigest()
+            else:
+                out[f] = hashlib.sha256(path.read_bytes()).hexdigest()
         except OSError:
             out[f] = "missing"
     return out
@@ -191,16 +219,25 @@ def _validate_one(
         if text:
             _print_problem("invalid:", exc.render())
         return {"recipe": str(path), "valid": False, **exc.to_json()}
+    from wmtp.recipe.inputs import input_problems, watched_paths
+
     if read is not None:
         read += [str(Path(f).resolve()) for f in loaded.files] + _model_configs(loaded.recipe)
+        read += watched_paths(loaded.recipe)  # the inputs' presence decides the notes
     cost = estimate(loaded.recipe, world_size, row_tokens=row.tokens if row else None)
-    env_problems = _environment_problems(loaded.recipe, machine, world_size) if machine else []
+    missing = [p.render() for p in input_problems(loaded)]
+    env_problems = []
+    if machine:  # --env: the inputs must be here, and the recipe's choices must run here
+        env_problems = missing + _environment_problems(loaded, machine, world_size)
+    else:  # a committed recipe names files a fresh clone does not have: noted, not failed
+        cost.notes.extend(f"input not found: {m}" for m in missing)
     if text:
         _print_estimate(str(path), loaded.recipe, cost, env_problems, row)
     return {
         "recipe": str(path),
         "valid": not env_problems,
         "estimate": cost.to_json() | (row.to_json() if row else {}),
+        "missing_inputs": missing,
         "environment_problems": env_problems,
     }
 
@@ -243,7 +280,10 @@ def _print_estimate(
     from wmtp.estimate import GIB
 
     exp = recipe.experiment
-    print(f"{path}: ok ({exp.name}, pipeline {exp.pipeline})")
+    if env_problems:
+        print(f"{path}: valid, but cannot run here ({exp.name}, pipeline {exp.pipeline})")
+    else:
+        print(f"{path}: ok ({exp.name}, pipeline {exp.pipeline})")
     print(
         f"  batch {cost.effective_batch} {'pairs' if recipe.pipeline.examples == 'pairs' else 'sequences'}/step "
         f"({recipe.training.micro_batch_size} x {recipe.training.grad_accum_steps} accum "
@@ -265,7 +305,7 @@ def _print_estimate(
     for note in cost.notes:
         print(f"  note: {note}")
     for problem in env_problems:
-        _print_problem("environment:", problem, indent="  ")
+        _print_problem("cannot run here:", problem, indent="  ")
 
 
 def _row_origin(recipe: Any, row: LongestRow) -> str:
@@ -279,6 +319,7 @@ def _print_problem(label: str, message: str, indent: str = "") -> None:
     valid recipes print plain text)."""
     from rich.markup import escape
 
+    sys.stdout.flush()  # the report's stdout lines before this one, in a terminal and in a log
     err_console().print(
         f"{indent}[bold red]{label}[/] {escape(message)}", highlight=False, soft_wrap=True
     )
@@ -310,29 +351,55 @@ def _environment() -> dict[str, Any]:
 
 
 def _sandbox_isolation() -> str:
-    """Which isolation the code-execution sandbox uses here (bubblewrap, or rlimits and why)."""
-    from wmtp.sandbox import isolation
+    """The isolation the code-execution sandbox would use here, in one line."""
+    from wmtp.sandbox import isolation_line
 
-    found = isolation()
-    return f"{found.kind} ({found.detail})"
+    return isolation_line()
 
 
-def _environment_problems(recipe: Any, machine: dict, world_size: int) -> list[str]:
+def _environment_problems(loaded: Any, machine: dict, world_size: int) -> list[str]:
+    """What in the recipe cannot run on this machine, each located where the recipe set it:
+    the device, each model's attention backend (for its use: the trained model's gradients
+    flow through it) and dtype, the world size, and code execution for an evaluation."""
+    recipe = loaded.recipe
+    device = recipe.parallel.device
+    if device == "auto":
+        device = "cuda" if machine["cuda"] else "cpu"
     problems = []
-    models = [(r, getattr(recipe.model, r)) for r in ("policy", "reference", "critic")]
-    for role, spec in models:
-        if spec is None:
-            continue
-        if spec.attention == "flash_attn" and not machine["flash_attn"]:
-            problems.append(
-                f"model.{role}.attention = 'flash_attn' but flash_attn cannot be imported"
-            )
-        if spec.dtype == "bfloat16" and machine["cuda"] and not machine["bf16"]:
-            problems.append(
-                f"model.{role}.dtype = 'bfloat16' but {machine['gpu_name']} has no bf16"
-            )
     if recipe.parallel.device == "cuda" and not machine["cuda"]:
-        problems.append("parallel.device = 'cuda' but no CUDA device is available")
+        problems.append(_at(loaded, "parallel.device", "'cuda', but no CUDA device is visible"))
+    for role in recipe.pipeline.uses:
+        spec = getattr(recipe.model, role)
+        if spec is not None:
+            problems += _model_problems(loaded, role, spec, device, machine)
     if machine["cuda"] and world_size > machine["gpus"]:
-        problems.append(f"--world-size {world_size} but this machine has {machine['gpus']} GPUs")
+        problems.append(f"--world-size {world_size}, but this machine has {machine['gpus']} GPUs")
+    if recipe.pipeline.trains is None and machine["sandbox"].startswith("none"):
+        problems.append(f"[evaluation] runs generated code: {machine['sandbox']}")
     return problems
+
+
+def _model_problems(loaded: Any, role: str, spec: Any, device: str, machine: dict) -> list[str]:
+    from wmtp.models.backends import AUTO, BACKENDS
+
+    problems = []
+    training = role == loaded.recipe.pipeline.trains
+    if spec.attention != AUTO:
+        why = BACKENDS[spec.attention].why_not(device, spec.dtype, training=training)
+        if why is not None:
+            key = f"model.{role}.attention"
+            problems.append(_at(loaded, key, f"{spec.attention!r} cannot run here: {why}"))
+    if spec.dtype == "bfloat16" and device == "cuda" and machine["cuda"] and not machine["bf16"]:
+        problems.append(_at(loaded, f"model.{role}.dtype", f"{machine['gpu_name']} has no bf16"))
+    return problems
+
+
+def _at(loaded: Any, key: str, message: str) -> str:
+    """``message`` about ``key``, located where the recipe set it."""
+    from wmtp.recipe.errors import Problem
+    from wmtp.recipe.load import problem_at
+
+    problem = problem_at(loaded.provenance.get(key), key, message)
+    if problem.file is None and problem.origin is None:
+        problem = Problem(loaded.path, None, None, key, f"{message} (the default)")
+    return problem.render()

@@ -241,5 +241,7 @@ def _print_entries(entries: list[dict[str, Any]]) -> None:
             continue
         for entry in group:
             typer.echo(f"  {entry['name']}  {entry['summary']}")
+            for fact, value in entry.get("facts", {}).items():
+                typer.echo(f"      {fact}: {value}")
             for param in entry["parameters"]:
                 typer.echo(f"      {param['name']} = {param['default']}  {param['doc']}")

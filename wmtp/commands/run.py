@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from wmtp.commands._common import SetOption, command, console
+from wmtp.commands._common import SandboxOption, SetOption, command, console
 
 
 def register(app: typer.Typer) -> None:
@@ -79,13 +79,22 @@ def run(
             "--nproc-per-node", min=1, help="Processes on this machine (> 1 launches torchrun)."
         ),
     ] = 1,
+    sandbox: SandboxOption = None,
 ) -> None:
     """Train RECIPE: a new run directory runs/<experiment>/<YYYYmmdd-HHMMSS>-<hash8>/ with the
-    resolved recipe, fingerprint, metrics, TensorBoard events and checkpoints."""
-    if nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
-        from wmtp.train.runner import check_before_launch
+    resolved recipe, fingerprint, metrics, TensorBoard events and checkpoints.
 
-        check_before_launch(recipe, list(set_ or ()), resume=resume, force=force)  # exit 2 here
+    The recipe, every file it names and the resume are checked first, before torch loads: a
+    problem is a located message and exit code 2. The built-in HumanEval dataset (and an
+    evaluation recipe) run code in the sandbox: see --sandbox."""
+    from wmtp.sandbox import choose
+
+    choose(sandbox)
+    if nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
+        from wmtp.train.runner import prepare_run
+
+        # Once here, exit 2 and no torch: not once per worker under torchrun's summary.
+        prepare_run(recipe, list(set_ or ()), resume=resume, force=force)
         argv = sys.argv[sys.argv.index("run") + 1 :] if "run" in sys.argv else []
         cmd = torchrun_command(argv, nproc_per_node)
         console.print(f"launching: {' '.join(cmd)}", highlight=False)

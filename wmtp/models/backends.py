@@ -39,6 +39,25 @@ class Backend:
     min_compute_capability: int = 0
     """Oldest CUDA compute capability (major) it runs on: 8 is Ampere."""
 
+    def facts(self) -> dict[str, str]:
+        """What ``wmtp list attention`` shows of it."""
+        device = (
+            "CUDA"
+            if self.cuda_only
+            else "CUDA; CPU" + ("" if self.cpu_backward else " (forward only)")
+        )
+        if self.min_compute_capability:
+            device += f" (compute capability {self.min_compute_capability}.0+)"
+        return {
+            "runs on": device,
+            "dtypes": "bfloat16, float16" if self.half_only else "any",
+            "packed batches": {
+                "native": "document-aware kernel",
+                "masked": "masked scores",
+                "per_document": "one call per document (slow)",
+            }[self.packed],
+        }
+
     def why_not(self, device_type: str, dtype: str, *, training: bool) -> str | None:
         """Why this backend cannot run on ``device_type`` in ``dtype`` (``None``: it can).
 

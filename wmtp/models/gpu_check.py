@@ -105,7 +105,7 @@ def compare_one(name, fn, kernels, dtype, layout, seq) -> dict:
 
 def attention_rows() -> list[dict]:
     fns = {name: (kernel("sdpa"), kernels) for name, kernels in sdpa_variants().items()}
-    fns |= {name: (kernel(name), []) for name in ("flex", "varlen", "flash_attn")}
+    fns |= {name: (kernel(name), []) for name in NAMES if name not in ("eager", "sdpa")}
     fns |= {"eager": (eager_attend, [])}  # the floor: the reference run in the low dtype
     rows = []
     for dtype in (torch.bfloat16, torch.float16):

@@ -74,6 +74,12 @@ def find_trained_weights(reference: str | Path) -> TrainedWeights:
     was looked for when there are none."""
     path = follow_latest(reference)
     if not path.exists():
+        if path.name == "latest":
+            raise CheckpointError(
+                f"{reference}: no run of experiment {path.parent.name!r} under "
+                f"{path.parent.parent} yet (train the recipe whose experiment.name is "
+                f"{path.parent.name!r} first)"
+            )
         raise CheckpointError(f"{reference}: no such run directory or checkpoint")
     if is_run_dir(path):
         steps = [s for s in step_dirs(path) if _weights_kind(s)]

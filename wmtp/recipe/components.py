@@ -18,6 +18,7 @@ def describe_entry(entry: Any) -> dict[str, Any]:
         "summary": first_sentence(entry.doc) if entry.doc else "",
         "module": entry.module,
         "parameters": spec_parameters(entry.spec) if entry.spec is not None else [],
+        "facts": entry.obj.facts() if hasattr(entry.obj, "facts") else {},
     }
 
 

@@ -1,7 +1,10 @@
-"""``wmtp run`` behind the CLI: resolve the recipe, prepare the run directory, train.
+"""``wmtp run`` behind the CLI: check the recipe and its inputs, prepare the run directory, train.
 
-:func:`run_recipe` is the Python entry point (tests call it in-process): it works the same on one
-process and under torchrun, where rank 0 creates the run directory and tells the others.
+:func:`prepare_run` is everything checked before a process starts, without torch: the recipe (or
+the resumed run's), every input file it names (``wmtp.recipe.inputs``) and the resume. A problem
+there is a located error, exit 2, in about the time ``wmtp validate`` takes. :func:`run_recipe` is
+the Python entry point (tests call it in-process): it prepares, then trains; it works the same
+on one process and under torchrun, where rank 0 creates the run directory and tells the others.
 """
 
 from __future__ import annotations
@@ -29,10 +32,52 @@ class RunResult:
     """The ``evaluation`` pipeline ran: ``run_dir`` is where its results are."""
 
 
+@dataclass(frozen=True)
+class PreparedRun:
+    """A run that passed every check that needs no torch."""
+
+    recipe_path: Path
+    recipe: Any
+    checkpoint: Path | None
+    """The checkpoint to resume from (``--resume``)."""
+
+
+def prepare_run(
+    recipe_path: str | Path | None,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    resume: str | Path | None = None,
+    force: bool = False,
+) -> PreparedRun:
+    """The recipe (or the resumed run's own), its inputs and the resume, checked without torch
+    (see the module docstring); a located ``RecipeProblems`` lists every missing input."""
+    from wmtp.recipe import RecipeProblems, load_recipe
+    from wmtp.recipe.inputs import input_problems
+    from wmtp.train.run_dir import RECIPE_FILE, check_run_dir
+
+    if recipe_path is None:
+        if resume is None:
+            raise RunError(
+                "give a RECIPE, or --resume RUN_DIR to continue a run with its own recipe"
+            )
+        recipe_path = check_run_dir(resume) / RECIPE_FILE
+    loaded = load_recipe(recipe_path, overrides)
+    missing = input_problems(loaded)
+    if missing:
+        raise RecipeProblems(f"{loaded.path} (inputs that are not there)", missing)
+    recipe = loaded.recipe
+    if resume is not None and recipe.pipeline.trains is None:
+        raise RunError(
+            f"experiment.pipeline = {recipe.experiment.pipeline!r} trains nothing to resume"
+        )
+    checkpoint = check_resume(Path(resume), recipe, force=force) if resume is not None else None
+    return PreparedRun(Path(recipe_path), recipe, checkpoint)
+
+
 def check_resume(run_dir: Path, recipe: Any, *, force: bool) -> Path:
     """The checkpoint to resume ``run_dir`` from; refuses a recipe whose numerics differ."""
+    from wmtp.models.locate import step_dirs
     from wmtp.recipe import diff_recipes, load_recipe
-    from wmtp.train.checkpoint import latest_checkpoint
     from wmtp.train.run_dir import RECIPE_FILE, check_run_dir
 
     run_dir = check_run_dir(run_dir)
@@ -44,10 +89,10 @@ def check_resume(run_dir: Path, recipe: Any, *, force: bool) -> Path:
             f"cannot resume {run_dir}: the recipe differs from the run's in what it computes:\n"
             f"{lines}\nuse the run's recipe, or pass --force to resume anyway"
         )
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None:
+    steps = step_dirs(run_dir)
+    if not steps:
         raise RunError(f"cannot resume {run_dir}: it has no complete checkpoint under checkpoints/")
-    return ckpt
+    return steps[-1]
 
 
 def _shared_run_dir(ctx, make) -> Path:
@@ -58,37 +103,6 @@ def _shared_run_dir(ctx, make) -> Path:
     if dist.is_initialized() and ctx.world_size > 1:
         dist.broadcast_object_list(path, src=0)
     return Path(path[0])
-
-
-def check_before_launch(
-    recipe_path: str | Path | None,
-    overrides: list[str],
-    *,
-    resume: str | Path | None = None,
-    force: bool = False,
-) -> None:
-    """What ``run_recipe`` checks before any process starts: the recipe (or the resumed run's)
-    and the resume; a located error here ends ``--nproc-per-node N`` once, with exit code 2,
-    instead of once per worker under torchrun's summary."""
-    _, recipe = resolve_recipe(recipe_path, overrides, resume)
-    if resume is not None:
-        check_resume(Path(resume), recipe, force=force)
-
-
-def resolve_recipe(
-    recipe_path: str | Path | None, overrides: list[str] | tuple[str, ...], resume
-) -> tuple[Path, Any]:
-    """``(path, recipe)``: RECIPE with its overrides, or without one the resumed run's own."""
-    from wmtp.recipe import load_recipe
-    from wmtp.train.run_dir import RECIPE_FILE, check_run_dir
-
-    if recipe_path is None:
-        if resume is None:
-            raise RunError(
-                "give a RECIPE, or --resume RUN_DIR to continue a run with its own recipe"
-            )
-        recipe_path = check_run_dir(resume) / RECIPE_FILE
-    return Path(recipe_path), load_recipe(recipe_path, overrides).recipe
 
 
 def run_recipe(
@@ -102,19 +116,15 @@ def run_recipe(
     console: bool = True,
 ) -> RunResult:
     """Train ``recipe_path`` (or the resumed run's own recipe) and return where and how far."""
+    prepared = prepare_run(recipe_path, overrides, resume=resume, force=force)  # no torch yet
+    recipe, checkpoint = prepared.recipe, prepared.checkpoint
+    if recipe.pipeline.trains is None:
+        return _evaluate(prepared.recipe_path, overrides, console=console)
     from wmtp.parallel import init_distributed, teardown
     from wmtp.recipe import dump_recipe
     from wmtp.train.loop import Trainer
     from wmtp.train.run_dir import create_run_dir
 
-    recipe_path, recipe = resolve_recipe(recipe_path, overrides, resume)
-    if recipe.pipeline.trains is None:
-        if resume is not None:
-            raise RunError(
-                f"experiment.pipeline = {recipe.experiment.pipeline!r} trains nothing to resume"
-            )
-        return _evaluate(recipe_path, overrides, console=console)
-    checkpoint = check_resume(Path(resume), recipe, force=force) if resume is not None else None
     text = dump_recipe(recipe)
     ctx = init_distributed(recipe.parallel.device)
     try:

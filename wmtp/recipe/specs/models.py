@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field
 
 from wmtp.models.args import FLAVOURS, ModelArgs, RopeScaling
+from wmtp.models.backends import BACKENDS, HALF_DTYPES
 from wmtp.models.backends import CHOICES as ATTENTION_CHOICES
 from wmtp.recipe._base import CHECKPOINT, NUMERICS, PERFORMANCE, Section, rule
 
@@ -126,9 +127,13 @@ class ModelSpecBase(Section):
     """Low-rank adapters; unset trains (or keeps) the full weights."""
 
     @rule("attention", "dtype")
-    def _flash_attn_needs_half_precision(self) -> str | None:
-        if self.attention == "flash_attn" and self.dtype == "float32":
-            return "attention = 'flash_attn' needs dtype = 'bfloat16' or 'float16', not 'float32'"
+    def _attention_runs_in_dtype(self) -> str | None:
+        backend = BACKENDS.get(self.attention)
+        if backend is not None and backend.half_only and self.dtype not in HALF_DTYPES:
+            return (
+                f"attention = {self.attention!r} needs dtype = 'bfloat16' or 'float16', "
+                f"not {self.dtype!r}"
+            )
         return None
 
     @rule("flavour", "dim")
