@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The production rehearsal on one GPU (issue 17): every production recipe as written, on
+# stand-in inputs in the documented layouts, through the CLI, with parallel.device = "cuda" and
+# the recipes' own attention = "auto"; then the CUDA tests of the model, loss and benchmark
+# code, the GPU check of every attention backend, and the trainer's step at the production shape.
+#
+#   OUT=results_dir bash bench/rehearsal_gpu.sh      (carry .whl; see bench/device_setup.sh)
+#
+# The GPU machine has no bubblewrap: the evaluation's generated programs run under the rlimit
+# isolation, opted into here (WMTP_SANDBOX=rlimits), which says what it does not block.
+set -u
+source bench/device_setup.sh || exit 1
+OUT=${OUT:?set OUT to the folder for the results}
+nvidia-smi -L | tee "$OUT/gpu.txt"
+python3 -c "import torch, pydantic, typer; print('torch', torch.__version__, 'pydantic', pydantic.VERSION, 'typer', typer.__version__)" | tee -a "$OUT/gpu.txt"
+
+echo "== rehearsal (cuda, attention auto)"
+WMTP_SANDBOX=rlimits WMTP_REHEARSAL_DEVICE=cuda timeout 420 \
+  python3 -m pytest tests/rehearsal -q -p no:cacheprovider -rA -s 2>&1 | tee "$OUT/rehearsal.log" | tail -40
+
+echo "== CUDA tests: models, losses, bench step"
+timeout 240 python3 -m pytest tests/models tests/losses tests/bench/test_step_bench.py \
+  -q -p no:cacheprovider -x 2>&1 | tee "$OUT/cuda_tests.log" | tail -8
+
+echo "== every attention backend against fp32 eager"
+timeout 180 python3 -m wmtp.models.gpu_check --out "$OUT/gpu_check.json" > "$OUT/gpu_check.log" 2>&1
+python3 - "$OUT/gpu_check.json" <<'EOF'
+import json, sys
+report = json.load(open(sys.argv[1]))
+for key, value in report.get("summary", {}).items():
+    print(f"{key:24} {value}")
+EOF
+
+echo "== the trainer's step at the production shape (baseline.toml, random weights)"
+timeout 300 python3 -m wmtp.cli bench step recipes/baseline.toml \
+  --set "model.policy.path=''" --set "tokenizer={kind='byte'}" --set training.grad_accum_steps=1 \
+  --warmup 3 --repeats 10 \
+  --out "$OUT" 2>&1 | grep -v "^\s*$" | tail -4
