@@ -78,39 +78,39 @@ class PipelineInfo:
 
 _MTP_LOGS = ("loss/head{k}", "acc/head{k}", "tokens/head{k}", "eval/loss")
 
+
+def _policy_tuning(name: str, doc: str, *, heads: int | None = None) -> PipelineInfo:
+    """A pipeline that tunes model.policy with uniform weights: the base hooks as they are."""
+    return PipelineInfo(
+        name,
+        doc,
+        uses=("policy",),
+        trains="policy",
+        weightings=("uniform",),
+        heads=heads,
+        logs=_MTP_LOGS,
+        implementation="wmtp.train.pipeline:Pipeline",
+    )
+
+
 PIPELINES: dict[str, PipelineInfo] = {
     p.name: p
     for p in (
-        PipelineInfo(
+        _policy_tuning(
             "baseline",
             "MTP fine-tuning of model.policy with uniform token weights on correct solutions.",
-            uses=("policy",),
-            trains="policy",
-            weightings=("uniform",),
-            logs=_MTP_LOGS,
-            implementation="wmtp.train.pipeline:Pipeline",
         ),
-        PipelineInfo(
+        _policy_tuning(
             "ntp",
             "Next-token fine-tuning of model.policy (one head) on correct solutions: the NTP "
             "baseline.",
-            uses=("policy",),
-            trains="policy",
-            weightings=("uniform",),
             heads=1,
-            logs=_MTP_LOGS,
-            implementation="wmtp.train.pipeline:Pipeline",
         ),
-        PipelineInfo(
+        _policy_tuning(
             "ref_tuning",
             "Tune the Rho-1 reference model: next-token fine-tuning (one head) of model.policy "
             "on correct solutions.",
-            uses=("policy",),
-            trains="policy",
-            weightings=("uniform",),
             heads=1,
-            logs=_MTP_LOGS,
-            implementation="wmtp.train.pipeline:Pipeline",
         ),
         PipelineInfo(
             "critic",

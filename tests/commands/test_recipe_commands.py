@@ -141,7 +141,10 @@ def test_validate_env_says_per_recipe_what_cannot_run_here(cli):
 
     if torch.cuda.is_available():
         pytest.skip("checks the CPU machine's refusals")
-    varlen = cli("validate", "recipes/tiny.toml", "--env", "--set", "model.policy.attention=varlen")
+    varlen = cli(
+        "validate", "recipes/tiny.toml", "--env",
+        "--set", "model.policy.attention=varlen", "--set", "model.policy.dtype=bfloat16",
+    )  # fmt: skip
     assert varlen.exit_code == 2
     assert "recipes/tiny.toml: valid, but cannot run here" in varlen.stdout
     assert "this machine: torch=" in varlen.stdout and "Traceback" not in varlen.stderr
