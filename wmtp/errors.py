@@ -1,8 +1,9 @@
 """User-facing error types.
 
 Library code raises these for anything a user can cause (a bad recipe, a checkpoint that does not
-fit, malformed data). The CLI turns every ``WmtpError`` into a located message and exit code 2;
-nothing else in the package decides exit codes. Invariants of our own code stay ``assert``s.
+fit, malformed data). The CLI turns every ``WmtpError`` into a located message and its
+``exit_code`` (2; 130 / 143 for a run stopped by SIGINT / SIGTERM); nothing else in the package
+decides exit codes. Invariants of our own code stay ``assert``s.
 """
 
 from __future__ import annotations
@@ -10,6 +11,10 @@ from __future__ import annotations
 
 class WmtpError(Exception):
     """Base of every error a user can cause; rendered without a traceback, exit code 2."""
+
+    exit_code: int = 2
+    label: str = "error"
+    """How the CLI introduces the message."""
 
     def render(self) -> str:
         """The message shown to the user (may span several lines)."""
@@ -43,3 +48,13 @@ class RunError(WmtpError):
 class SandboxError(WmtpError):
     """Untrusted code that may not run here: no bubblewrap and no opt-in to rlimits only, or an
     unknown ``WMTP_SANDBOX`` / ``--sandbox`` value."""
+
+
+class Interrupted(RunError):
+    """A run stopped by a signal after a clean step (and a checkpoint): exit 128 + the signal."""
+
+    label = "stopped"
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum

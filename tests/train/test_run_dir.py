@@ -9,10 +9,10 @@ import torch
 
 from tests.train.train_helpers import TINY
 from wmtp.recipe import dump_recipe, load_recipe
-from wmtp.train.run_dir import create_run_dir, recipe_hash
+from wmtp.train.run_dir import create_run_dir, point_latest, recipe_hash
 
 
-def test_run_dir_holds_recipe_fingerprint_and_latest(tmp_path):
+def test_run_dir_holds_recipe_and_fingerprint_and_is_not_latest_yet(tmp_path):
     recipe = load_recipe(TINY).recipe
     text = dump_recipe(recipe)
     first = create_run_dir(text, "tiny", tmp_path)
@@ -25,4 +25,6 @@ def test_run_dir_holds_recipe_fingerprint_and_latest(tmp_path):
     assert fp["recipe_sha256"] == recipe_hash(text)
     assert fp["torch_version"] == torch.__version__
     assert fp["devices"] and "git_sha" in fp
-    assert (tmp_path / "tiny" / "latest").resolve() == second.resolve()
+    assert not (tmp_path / "tiny" / "latest").exists()  # a run becomes latest with a checkpoint
+    point_latest(first)
+    assert (tmp_path / "tiny" / "latest").resolve() == first.resolve()

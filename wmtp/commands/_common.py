@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from wmtp.commands import _output
-from wmtp.commands._output import USER_ERROR_EXIT, report_error
+from wmtp.commands._output import report_error
 from wmtp.errors import WmtpError
 
 SetOption = Annotated[
@@ -55,7 +55,7 @@ def __getattr__(name: str) -> Any:
 
 
 def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callable:
-    """Register a Typer command whose ``WmtpError``s become a message and exit code 2.
+    """Register a Typer command whose ``WmtpError``s become a message and their exit code (2).
 
     The wrapped function may take a ``format`` parameter; when it is ``"json"`` the error is
     printed as JSON. Bugs (any other exception) keep their traceback.
@@ -68,7 +68,7 @@ def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callabl
                 return fn(*args, **kw)
             except WmtpError as exc:
                 report_error(exc, fmt=str(kw.get("format", "text")))
-                raise typer.Exit(USER_ERROR_EXIT) from None
+                raise typer.Exit(exc.exit_code) from None
 
         app.command(name, **kwargs)(wrapper)
         return fn

@@ -32,4 +32,7 @@ def report_error(exc: WmtpError, *, fmt: str = "text") -> None:
 
         # escape: messages hold TOML table names like [model.critic]; soft_wrap: keep paths whole
         message = escape(exc.render())
-        err_console().print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        color = "red" if exc.label == "error" else "yellow"
+        err_console().print(
+            f"[bold {color}]{exc.label}:[/] {message}", highlight=False, soft_wrap=True
+        )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -150,9 +149,11 @@ def step(
         from wmtp.commands.run import torchrun_command
 
         argv = sys.argv[sys.argv.index("step") + 1 :]
+        from wmtp.train.launcher import Launch
+
         cmd = torchrun_command(argv, nproc_per_node, ("bench", "step"))
         console.print(f"launching: {' '.join(cmd)}", highlight=False)
-        raise typer.Exit(subprocess.call(cmd))
+        raise typer.Exit(Launch(cmd).run())
     from wmtp.bench.step import bench_step
     from wmtp.parallel import teardown
 

@@ -8,7 +8,6 @@ e.g. ``torchrun --nnodes 2 --node-rank 0 --nproc-per-node 8 --rdzv-backend c10d
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -87,24 +86,29 @@ def run(
     The recipe, every file it names and the resume are checked first, before torch loads: a
     problem is a located message and exit code 2. The built-in HumanEval dataset (and an
     evaluation recipe) run code in the sandbox: see --sandbox."""
-    from wmtp.sandbox import choose
-
-    choose(sandbox)
-    if nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
-        from wmtp.train.runner import prepare_run
-
-        # Once here, exit 2 and no torch: not once per worker under torchrun's summary.
-        prepare_run(recipe, list(set_ or ()), resume=resume, force=force)
-        argv = sys.argv[sys.argv.index("run") + 1 :] if "run" in sys.argv else []
-        cmd = torchrun_command(argv, nproc_per_node)
-        console.print(f"launching: {' '.join(cmd)}", highlight=False)
-        raise typer.Exit(subprocess.call(cmd))
     import logging
 
-    from wmtp.train.runner import run_recipe
+    from wmtp.sandbox import choose
+    from wmtp.train.launcher import Launch, die_with_parent
 
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
+    choose(sandbox)
+    if nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
+        from wmtp.train.runner import VERIFIED_ENV, prepare_run
+
+        # Once here, exit 2 and no torch: not once per worker under torchrun's summary.
+        prepared = prepare_run(recipe, list(set_ or ()), resume=resume, force=force)
+        if prepared.checkpoint is not None:
+            os.environ[VERIFIED_ENV] = str(prepared.checkpoint)
+        argv = sys.argv[sys.argv.index("run") + 1 :] if "run" in sys.argv else []
+        cmd = torchrun_command(argv, nproc_per_node)
+        console.print(f"launching: {' '.join(cmd)}", highlight=False)
+        raise typer.Exit(Launch(cmd).run())
+    if "WORLD_SIZE" in os.environ:  # a torchrun worker: end with torchrun, even a killed one
+        die_with_parent()
+    from wmtp.train.runner import run_recipe
+
     result = run_recipe(
         recipe, list(set_ or ()), resume=resume, force=force, dry_run=dry_run, console=rank == 0
     )

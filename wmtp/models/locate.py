@@ -59,14 +59,12 @@ def is_run_dir(path: Path) -> bool:
 
 def follow_latest(path: str | Path) -> Path:
     """``path``, with ``<experiment>/latest`` replaced by the run it names: the link's target, or
-    (no link) the newest run directory of the experiment by name."""
+    (no link) the newest run directory of the experiment, by name, that has a checkpoint."""
     path = Path(path)
     if path.name != "latest" or path.exists() or not path.parent.is_dir():
         return path
-    runs = sorted(p for p in path.parent.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not runs:
-        raise CheckpointError(f"{path}: {path.parent} holds no runs")
-    return runs[-1]
+    runs = sorted(p for p in path.parent.iterdir() if p.is_dir() and step_dirs(p))
+    return runs[-1] if runs else path
 
 
 def find_trained_weights(reference: str | Path) -> TrainedWeights:

@@ -17,6 +17,7 @@ import torch.nn as nn
 from wmtp.parallel.checkpointing import apply_activation_checkpointing, apply_compile
 from wmtp.parallel.dist import (
     DistContext,
+    all_reduce_max,
     all_reduce_sum,
     barrier,
     init_distributed,
@@ -90,6 +91,7 @@ def compute_context(ctx: DistContext, dtype: str) -> contextlib.AbstractContextM
 
 __all__ = [
     "DistContext",
+    "all_reduce_max",
     "all_reduce_sum",
     "apply_activation_checkpointing",
     "apply_compile",

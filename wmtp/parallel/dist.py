@@ -99,13 +99,22 @@ def model_init_seed(seed: int) -> None:
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum ``t`` over ranks in place (identity without a group); returns ``t``. A CPU tensor
     under NCCL (which reduces device memory only) makes a round trip through this rank's GPU."""
+    return _all_reduce(t, dist.ReduceOp.SUM)
+
+
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    """The elementwise maximum of ``t`` over ranks, in place (as :func:`all_reduce_sum`)."""
+    return _all_reduce(t, dist.ReduceOp.MAX)
+
+
+def _all_reduce(t: torch.Tensor, op) -> torch.Tensor:
     if dist.is_initialized() and dist.get_world_size() > 1:
         if t.device.type == "cpu" and dist.get_backend() == "nccl":
             on_device = t.to(torch.device("cuda", torch.cuda.current_device()))
-            dist.all_reduce(on_device, op=dist.ReduceOp.SUM)
+            dist.all_reduce(on_device, op=op)
             t.copy_(on_device)
         else:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            dist.all_reduce(t, op=op)
     return t
 
 

@@ -9,10 +9,12 @@ A checkpoint holds
 - ``scheduler.pt``, ``rng/rank{r}.pt`` (Python, NumPy, torch CPU and CUDA generators of every rank),
   ``trainer.json`` (step, data position, counters) and the resolved ``recipe.toml``.
 
-Every rank writes into ``.tmp-step-N/``; after a barrier rank 0 renames it to ``step-N`` and only
-then deletes checkpoints beyond the newest ``keep_last``: a crash never leaves a torn checkpoint
-and never removes the last good one. On a multi-node run ``checkpoints/`` must be on a shared
-file system.
+Every rank writes into ``.tmp-step-N/``; after a barrier rank 0 writes ``manifest.json`` (every
+file's size and SHA-256: ``wmtp.train.manifest``), renames the directory to ``step-N`` and only
+then deletes checkpoints beyond the newest ``keep_last``: a crash never leaves a torn checkpoint,
+never removes the last good one, and a checkpoint damaged later is recognised before it is
+loaded. A write that fails (a full disk) removes the partial directory and says why. On a
+multi-node run ``checkpoints/`` must be on a shared file system.
 """
 
 from __future__ import annotations
@@ -37,10 +39,11 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from wmtp.errors import CheckpointError
-from wmtp.models.locate import CHECKPOINTS
+from wmtp.errors import CheckpointError, RunError
+from wmtp.models.locate import CHECKPOINTS, FULL_WEIGHTS, LORA_WEIGHTS
 from wmtp.models.locate import step_dirs as checkpoint_dirs
 from wmtp.parallel import barrier
+from wmtp.train.manifest import write_manifest
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -126,27 +129,33 @@ def save_checkpoint(
     keep_last: int,
     lora_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write ``step-N`` atomically on every rank (collective); returns its path."""
+    """Write ``step-N`` atomically on every rank (collective); returns its path.
+
+    Every rank writes into ``.tmp-step-N``; then rank 0 writes the manifest (sizes and hashes of
+    every file, last), renames the directory and deletes checkpoints beyond ``keep_last``. A
+    write that fails on any rank (a full disk, an I/O error) fails on every rank alike: the
+    partial directory is removed, earlier checkpoints stay, and a RunError says why and how
+    much space is left.
+    """
     root = Path(run_dir) / CHECKPOINTS
     final = root / f"step-{step}"
     tmp = _broadcast_path(root / f".tmp-step-{step}")
-    if _rank() == 0:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        (tmp / "rng").mkdir(parents=True)
+    failure = _attempt(lambda: _fresh_dir(tmp))
     barrier()
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    with _single_process_quiet():
-        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp / "state"))
+    # DCP's save is collective and fails on every rank alike; the rest are this rank's files.
+    failure = failure or _attempt(lambda: _save_state(tmp, model, optimizer))
     full = consolidated_state_dict(model) if lora_state is None else gathered(lora_state)
-    torch.save(rng_state(), tmp / "rng" / f"rank{_rank()}.pt")
+    failure = failure or _attempt(lambda: torch.save(rng_state(), _rng_file(tmp)))
     if _rank() == 0:
-        name = "lora.safetensors" if lora_state is not None else "model.safetensors"
-        save_file({k: v.detach().cpu().contiguous() for k, v in full.items()}, str(tmp / name))
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=2) + "\n")
-        (tmp / "recipe.toml").write_text(recipe_text)
-    barrier()
+        failure = failure or _attempt(
+            lambda: _write_rank0_files(tmp, full, lora_state, scheduler, trainer_state, recipe_text)
+        )
+        failure = failure or _attempt(lambda: write_manifest(tmp))  # last: all is written
+    if _any_rank(failure is not None):  # every rank reaches this one collective
+        if _rank() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        barrier()
+        raise _write_error(final, failure)
     if _rank() == 0:
         if final.exists():  # a re-run of the same step after a resume
             shutil.rmtree(final)
@@ -157,6 +166,67 @@ def save_checkpoint(
     return final
 
 
+def _fresh_dir(tmp: Path) -> None:
+    if _rank() == 0:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        (tmp / "rng").mkdir(parents=True)
+
+
+def _save_state(tmp: Path, model, optimizer) -> None:
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    with _single_process_quiet():
+        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp / "state"))
+
+
+def _rng_file(tmp: Path) -> Path:
+    return tmp / "rng" / f"rank{_rank()}.pt"
+
+
+def _write_rank0_files(tmp, full, lora_state, scheduler, trainer_state, recipe_text) -> None:
+    name = LORA_WEIGHTS if lora_state is not None else FULL_WEIGHTS
+    save_file({k: v.detach().cpu().contiguous() for k, v in full.items()}, str(tmp / name))
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=2) + "\n")
+    (tmp / "recipe.toml").write_text(recipe_text)
+
+
+def _attempt(write) -> BaseException | None:
+    """Run ``write``; the exception it raised, if any (a user's Ctrl-C is not caught)."""
+    try:
+        write()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # DCP's CheckpointException is a BaseException
+        return exc
+    return None
+
+
+def _any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is true on any rank (every rank learns the same answer)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return flag
+    box = torch.tensor([1.0 if flag else 0.0])
+    if dist.get_backend() == "nccl":
+        box = box.cuda()
+    dist.all_reduce(box, op=dist.ReduceOp.MAX)
+    return bool(box.item())
+
+
+def _write_error(final: Path, failure: BaseException | None) -> RunError:
+    """What failed while writing ``final``, in one message: the cause (no space left, another
+    I/O error, or another rank's failure), the free space there, and what is kept."""
+    from wmtp.train.io_errors import describe_write_error
+
+    cause = describe_write_error(failure, final.parent) if failure else "another rank failed"
+    kept = [p.name for p in checkpoint_dirs(final.parent.parent)]
+    kept_text = f"earlier checkpoints kept: {', '.join(kept)}" if kept else "no earlier checkpoint"
+    return RunError(
+        f"cannot write checkpoint {final}: {cause}; the partial checkpoint was removed, "
+        f"{kept_text}; once fixed, continue with: wmtp run --resume {final.parent.parent}"
+    )
+
+
 def load_checkpoint(
     ckpt: Path,
     *,
@@ -164,32 +234,53 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
 ) -> dict[str, Any]:
-    """Restore model, optimizer, scheduler and this rank's RNG; returns ``trainer.json``."""
+    """Restore model, optimizer, scheduler and this rank's RNG; returns ``trainer.json``.
+
+    The checkpoint was verified against its manifest before (``wmtp.train.runner``); whatever
+    still fails to load becomes one CheckpointError naming the file."""
     ckpt = Path(ckpt)
     if not (ckpt / "trainer.json").is_file() or not (ckpt / "state").is_dir():
         raise CheckpointError(f"{ckpt}: not a complete training checkpoint (no trainer.json/state)")
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optimizer": optim_sd}
-    try:
-        with _single_process_quiet():
-            dcp.load(state, checkpoint_id=str(ckpt / "state"))
-    except Exception as exc:  # DCP reports mismatches as generic errors
-        raise CheckpointError(
-            f"{ckpt / 'state'}: cannot load into this model/optimizer: {exc}"
-        ) from exc
+    _load_part(ckpt / "state", lambda: _dcp_load(state, ckpt / "state"))
     set_state_dict(
         model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
     )
-    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
+    scheduler_state = _load_part(ckpt / "scheduler.pt", lambda: _torch_load(ckpt / "scheduler.pt"))
+    scheduler.load_state_dict(scheduler_state)
+    trainer = _load_part(
+        ckpt / "trainer.json", lambda: json.loads((ckpt / "trainer.json").read_text())
+    )
     rng_file = ckpt / "rng" / f"rank{_rank()}.pt"
-    trainer = json.loads((ckpt / "trainer.json").read_text())
     if rng_file.exists():
-        set_rng_state(torch.load(rng_file, weights_only=False))
+        set_rng_state(_load_part(rng_file, lambda: _torch_load(rng_file)))
     else:  # resumed at a larger world size: this rank had no RNG yet
         from wmtp.parallel import seed_everything
 
         seed_everything(trainer.get("seed", 0) + trainer["step"], _rank())
     return trainer
+
+
+def _dcp_load(state: dict, path: Path) -> None:
+    with _single_process_quiet():
+        dcp.load(state, checkpoint_id=str(path))
+
+
+def _torch_load(path: Path) -> Any:
+    return torch.load(path, weights_only=False)
+
+
+def _load_part(path: Path, load) -> Any:
+    """``load()``, any failure of it (DCP's CheckpointException is a BaseException) one
+    CheckpointError naming ``path``."""
+    try:
+        return load()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:
+        reason = " ".join(str(exc).split())[:500] or type(exc).__name__
+        raise CheckpointError(f"{path}: cannot be loaded into this run ({reason})") from None
 
 
 def export_safetensors(model: torch.nn.Module, path: Path) -> Path:

@@ -5,7 +5,10 @@ so tests and the multi-GPU bench can check that every other rank ends too, with 
 message, instead of hanging in its next collective. Kinds:
 
 - ``raise``: a ``RunError`` ("injected fault ..."), as a user-visible error would be raised;
-- ``sigkill``: the process kills itself with SIGKILL (no clean-up, like an OOM kill).
+- ``sigkill``: the process kills itself with SIGKILL (no clean-up, like an OOM kill);
+- ``nan``: the gradients of head 2 (the first extra head; head 1 in a one-head model) become NaN
+  after the backward of step ``step``, before the optimizer would apply them (the trainer's
+  guard must then refuse the step and name the head).
 
 ``rank`` defaults to 1 and ``step`` to 1. Because the variable reaches the workers only through
 the environment, a fault that fires under ``wmtp run --nproc-per-node N`` also shows that torchrun
@@ -42,7 +45,7 @@ RECORDED_ENV = (
     "WMTP_DIST_TIMEOUT_S",
 )
 """Variables whose value each rank records with its first state line (launcher pass-through)."""
-KINDS = ("raise", "sigkill")
+KINDS = ("raise", "sigkill", "nan")
 
 
 @dataclass(frozen=True)
@@ -82,8 +85,8 @@ def fault_from_env() -> Fault | None:
 
 
 def fire(fault: Fault, rank: int, step: int) -> None:
-    """Fail now if ``fault`` targets this rank and step."""
-    if fault.rank != rank or fault.step != step:
+    """Fail now if ``fault`` targets this rank and step (``nan`` faults fire before the step)."""
+    if fault.rank != rank or fault.step != step or fault.kind == "nan":
         return
     if fault.kind == "sigkill":
         os.kill(os.getpid(), signal.SIGKILL)
@@ -100,6 +103,21 @@ def record_state(directory: Path, rank: int, step: int, state: dict) -> None:
         line["env"] = {k: os.environ.get(k) for k in RECORDED_ENV}
     with path.open("a") as f:
         f.write(json.dumps(line) + "\n")
+
+
+def before_optimizer_step(trainer) -> None:
+    """The trainer's hook between the backward of step ``trainer.step + 1`` and its update."""
+    fault = fault_from_env()
+    if fault is None or fault.kind != "nan":
+        return
+    if fault.rank != trainer.ctx.rank or fault.step != trainer.step + 1:
+        return
+    model = trainer.model
+    heads = getattr(model, "extra_heads", None)
+    layer = heads[0] if heads else model.blocks()[-1]
+    for param in layer.parameters():
+        if param.grad is not None:
+            param.grad.fill_(float("nan"))
 
 
 def after_step(trainer) -> None:

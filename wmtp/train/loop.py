@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from wmtp import assembly
-from wmtp.errors import CheckpointError, RecipeError, RunError
+from wmtp.errors import CheckpointError, Interrupted, RecipeError, RunError
 from wmtp.losses.mtp import MTPLossConfig
 from wmtp.models.args import bf16_peak_tflops
 from wmtp.parallel import (
@@ -37,9 +37,15 @@ from wmtp.parallel import (
 )
 from wmtp.train import checkpoint as ckpt_io
 from wmtp.train import faults
+from wmtp.train.guards import (
+    StopSignals,
+    nonfinite_gradients,
+    nonfinite_loss,
+    nonfinite_parameters,
+)
 from wmtp.train.metrics import MetricsLogger, read_metrics
 from wmtp.train.optim import build_optimizer, build_scheduler
-from wmtp.train.pipeline import Pipeline, StepOutput
+from wmtp.train.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +72,10 @@ class Trainer:
         self.stop_at_step = stop_at_step
         self.console = console
         self.step = 0
+        self.bad_steps = 0
+        """Steps not applied for a non-finite loss or gradient (``training.max_bad_steps``)."""
+        self.saved_step: int | None = None
+        self.last_checkpoint: Path | None = None
 
     # --- building --------------------------------------------------------------------------------
     def build(self, batch_source: Callable[[Trainer], Any] | None = None) -> Trainer:
@@ -204,22 +214,54 @@ class Trainer:
 
     # --- resume ----------------------------------------------------------------------------------
     def resume(self, checkpoint: Path) -> None:
+        """Continue from ``checkpoint`` (verified by the runner): weights, optimizer, scheduler,
+        data position, RNG, counters; then the recipe's optimizer settings are applied, so a
+        change accepted with ``--force`` (learning rate, schedule, AdamW) takes effect."""
         state = ckpt_io.load_checkpoint(
             checkpoint, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler
         )
         self.step = int(state["step"])
+        self.bad_steps = int(state.get("bad_steps", 0))
+        self.saved_step, self.last_checkpoint = self.step, Path(checkpoint)
         self.batches.load_state_dict(state["data"])
+        self._apply_optimizer_settings()
         if self.ctx.is_main:  # metrics after the checkpoint will be written again
-            path = self.run_dir / "metrics.jsonl"
-            kept = [m for m in read_metrics(self.run_dir) if m["step"] <= self.step]
             import json
 
+            path = self.run_dir / "metrics.jsonl"
+            kept = [m for m in read_metrics(self.run_dir) if m["step"] <= self.step]
             path.write_text("".join(json.dumps(m) + "\n" for m in kept))
-        log.info("resumed from %s at step %d", checkpoint, self.step)
+        t = self.recipe.training
+        log.info(
+            "resumed from %s at step %d: lr %.3g now (peak %.3g, %s, warm-up %d), betas %s, "
+            "weight decay %g",
+            checkpoint,
+            self.step,
+            self.scheduler.get_last_lr()[0],
+            t.lr,
+            t.schedule.kind,
+            t.schedule.warmup_steps,
+            tuple(t.betas),
+            t.weight_decay,
+        )
+
+    def _apply_optimizer_settings(self) -> None:
+        """The recipe's AdamW settings and peak learning rate over the restored ones (the
+        optimizer's and scheduler's states carry the values of the run's first recipe)."""
+        t = self.recipe.training
+        for group in self.optimizer.param_groups:
+            group.update(betas=tuple(t.betas), eps=t.eps, weight_decay=t.weight_decay)
+            group["initial_lr"] = t.lr
+        self.scheduler.base_lrs = [t.lr for _ in self.optimizer.param_groups]
+        factors = [fn(self.scheduler.last_epoch) for fn in self.scheduler.lr_lambdas]
+        for group, factor in zip(self.optimizer.param_groups, factors, strict=True):
+            group["lr"] = t.lr * factor
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     # --- the loop --------------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
-        t = self.recipe.training
+    def run(self, signals: StopSignals | None = None) -> dict[str, Any]:
+        """Train to ``max_steps`` (or ``stop_at_step``); with ``signals``, a SIGINT / SIGTERM
+        stops it after the current step with a checkpoint (:class:`wmtp.errors.Interrupted`)."""
         logger = MetricsLogger(
             self.run_dir,
             total_steps=self.max_steps,
@@ -233,39 +275,70 @@ class Trainer:
             while self.step < self.max_steps:
                 if self.stop_at_step is not None and self.step >= self.stop_at_step:
                     break
-                record = self.train_step(flops)
+                last = self.train_step(flops)
                 self.step += 1
                 faults.after_step(self)  # testing hooks (WMTP_FAULT, ...); no-op unset
-                last = record
-                if self.step % t.log_every == 0 or self.step == 1 or self.step == self.max_steps:
-                    logger.log(self.step, record)
-                else:
-                    logger.advance(self.step)
-                if t.eval_every and self.step % t.eval_every == 0:
-                    logger.log(self.step, self.evaluate())
-                if t.checkpoint_every and self.step % t.checkpoint_every == 0:
-                    self.save()
+                self._after_step(logger, last)
+                if signals is not None and (signum := signals.requested()):
+                    self.stop_for_signal(signum)
             if self.step == self.max_steps:
-                if not (t.eval_every and self.step % t.eval_every == 0):  # not evaluated just now
-                    logger.log(self.step, self.evaluate())
-                if not (t.checkpoint_every and self.step % t.checkpoint_every == 0):
-                    self.save()
+                self._finish(logger)
         finally:
             logger.close()
         return {"step": self.step, **last}
 
+    def _after_step(self, logger: MetricsLogger, record: dict[str, Any]) -> None:
+        """Log the step; evaluate and checkpoint when they are due."""
+        t = self.recipe.training
+        if self.step % t.log_every == 0 or self.step == 1 or self.step == self.max_steps:
+            logger.log(self.step, record)
+        else:
+            logger.advance(self.step)
+        if t.eval_every and self.step % t.eval_every == 0:
+            logger.log(self.step, self.evaluate())
+        if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+            self.save()
+
+    def _finish(self, logger: MetricsLogger) -> None:
+        """The last step's held-out loss and checkpoint, unless they were just made."""
+        t = self.recipe.training
+        if not (t.eval_every and self.step % t.eval_every == 0):
+            logger.log(self.step, self.evaluate())
+        if self.saved_step != self.step:
+            self.save()
+
+    def stop_for_signal(self, signum: int) -> None:
+        """A checkpoint of the finished steps (unless one exists), then ``Interrupted``."""
+        import signal
+
+        name = signal.Signals(signum).name
+        if self.step == 0:
+            raise Interrupted(f"{name} before the first step: nothing to checkpoint", signum)
+        checkpoint = self.save() if self.saved_step != self.step else self.last_checkpoint
+        raise Interrupted(
+            f"{name} after step {self.step}: checkpoint {checkpoint} holds every finished step; "
+            f"continue with: wmtp run --resume {self.run_dir}",
+            signum,
+        )
+
     def train_step(self, flops_per_token: float | None) -> dict[str, Any]:
-        """One optimizer step on the batch source's next micro-batches; its record of figures."""
+        """One optimizer step on the batch source's next micro-batches; its record of figures.
+
+        A step whose loss or gradients are not finite is never applied (:meth:`_bad_step`)."""
         start = time.perf_counter()
         self.model.train()
         micro_batches = self.batches.next_step()
         data_s = time.perf_counter() - start
         out = self.pipeline.forward_backward(self, micro_batches)
         tokens = self._input_tokens(micro_batches)
-        self._check_finite(out)
+        bad = nonfinite_loss(out.loss, out.components)
+        if bad:
+            return self._bad_step(f"the loss is {out.loss}", bad)
+        faults.before_optimizer_step(self)  # testing hooks; no-op unset
         grad_norm = self._clip_gradients()
         if not math.isfinite(grad_norm):
-            self._stop(f"the gradient norm is {grad_norm}", "grad_norm")
+            parts = nonfinite_gradients(self.model) or ["the gradient norm"]
+            return self._bad_step(f"the gradient norm is {grad_norm}", parts)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -278,6 +351,40 @@ class Trainer:
         record.update(self._utilisation(tokens, elapsed, flops_per_token))
         return record
 
+    def _bad_step(self, what: str, parts: list[str]) -> dict[str, Any]:
+        """A step with a non-finite loss or gradient: not applied. Skipped (the schedule and the
+        data move on) while ``training.max_bad_steps`` allows, else the run stops, naming the
+        step, the parts and the last checkpoint whose weights trained on finitely."""
+        self.optimizer.zero_grad(set_to_none=True)
+        step, where = self.step + 1, ", ".join(parts)
+        allowed = self.recipe.training.max_bad_steps
+        if self.bad_steps < allowed:
+            self.bad_steps += 1
+            self.scheduler.step()
+            log.warning(
+                "step %d skipped: %s (in %s); %d of training.max_bad_steps = %d used",
+                step, what, where, self.bad_steps, allowed,
+            )  # fmt: skip
+            return {"skipped": 1.0, "bad_steps": float(self.bad_steps)}
+        skipped = f" after {self.bad_steps} skipped bad steps" if self.bad_steps else ""
+        raise RunError(
+            f"step {step}: {what} (in {where}); the step was not applied and the run "
+            f"stopped{skipped}. {self._last_good()}"
+        )
+
+    def _last_good(self) -> str:
+        """The newest checkpoint before the weights this step started from (those may be what
+        went wrong): the one to resume, or to go back to with other settings."""
+        from wmtp.models.locate import step_dirs
+
+        good = [p for p in step_dirs(self.run_dir) if int(p.name.split("-")[1]) < self.step]
+        started = ""
+        if self.saved_step == self.step:
+            started = f" (step-{self.step} holds the weights this step started from)"
+        if not good:
+            return f"No checkpoint was written before these weights{started}."
+        return f"The last good checkpoint is {good[-1]}{started}."
+
     def _input_tokens(self, micro_batches: list[dict]) -> int:
         """Tokens the model read this step on all ranks (padding left out): the work done."""
         from wmtp.parallel import all_reduce_sum
@@ -286,17 +393,6 @@ class Trainer:
         if not self.ctx.is_distributed:
             return local
         return int(all_reduce_sum(torch.tensor(float(local), device=self.ctx.device)).item())
-
-    def _check_finite(self, out: StepOutput) -> None:
-        for name, value in {"loss": out.loss, **out.components}.items():
-            if not math.isfinite(value):
-                bad = [k for k, v in out.components.items() if not math.isfinite(v)]
-                self._stop(f"the loss is {value}", ", ".join(bad) or name)
-
-    def _stop(self, what: str, component: str) -> None:
-        last = ckpt_io.latest_checkpoint(self.run_dir)
-        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
-        raise RunError(f"step {self.step + 1}: {what} (component: {component}); stopped, {kept}")
 
     def _clip_gradients(self) -> float:
         params = [p for p in self.model.parameters() if p.grad is not None]
@@ -346,6 +442,17 @@ class Trainer:
         return figures
 
     def save(self) -> Path:
+        """A checkpoint of the finished steps (collective); its weights must be finite."""
+        from wmtp.parallel import all_reduce_max
+
+        bad = nonfinite_parameters(self.model)
+        flag = torch.tensor(float(bool(bad)), device=self.ctx.device)
+        if all_reduce_max(flag).item():
+            where = ", ".join(bad) or "another rank's shard"
+            raise RunError(
+                f"step {self.step}: the weights of {where} are not finite: no checkpoint written. "
+                f"{self._last_good()}"
+            )
         lora_state = None
         if self.lora:
             from wmtp.models.lora import lora_state_dict
@@ -356,8 +463,9 @@ class Trainer:
             "data": self.batches.state_dict(),
             "seed": self.recipe.experiment.seed,
             "world_size": self.ctx.world_size,
+            "bad_steps": self.bad_steps,
         }
-        return ckpt_io.save_checkpoint(
+        self.last_checkpoint = ckpt_io.save_checkpoint(
             self.run_dir,
             self.step,
             model=self.model,
@@ -368,6 +476,12 @@ class Trainer:
             keep_last=self.recipe.training.keep_last,
             lora_state=lora_state,
         )
+        self.saved_step = self.step
+        if self.ctx.is_main:  # a run becomes latest with its first checkpoint
+            from wmtp.train.run_dir import point_latest
+
+            point_latest(self.run_dir)
+        return self.last_checkpoint
 
 
 def input_tokens(batch: dict) -> int:

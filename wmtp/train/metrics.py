@@ -10,6 +10,7 @@ prompts are masked), ``step_time_s``, ``data_time_s`` (of it, building the batch
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -38,7 +39,8 @@ class MetricsLogger:
         self.progress = None
         if not enabled:
             return
-        self.file = (run_dir / METRICS_FILE).open("a", buffering=1)
+        self.path = run_dir / METRICS_FILE
+        self.file = self.path.open("a", buffering=1)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -66,11 +68,13 @@ class MetricsLogger:
             k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
             for k, v in record.items()
         }
-        self.file.write(json.dumps({"step": step, **clean}) + "\n")
+        with _writing(self.path):
+            self.file.write(json.dumps({"step": step, **clean}) + "\n")
         if self.tb is not None:
-            for key, value in clean.items():
-                if isinstance(value, float) and math.isfinite(value):
-                    self.tb.add_scalar(key, value, step)
+            with _writing(self.path.parent / "tb"):
+                for key, value in clean.items():
+                    if isinstance(value, float) and math.isfinite(value):
+                        self.tb.add_scalar(key, value, step)
         if self.progress is not None and "loss" in clean:
             status = f"loss {clean['loss']:.4f}  {clean.get('tokens_per_s', 0):,.0f} tok/s"
             self.progress.update(self.task, completed=step, status=status)
@@ -83,14 +87,44 @@ class MetricsLogger:
         if self.progress is not None:
             self.progress.stop()
         if self.tb is not None:
-            self.tb.close()
+            with _writing(self.path.parent / "tb"):
+                self.tb.close()
         if self.file is not None:
-            self.file.close()
+            with _writing(self.path):
+                self.file.close()
+
+
+@contextlib.contextmanager
+def _writing(path: Path):
+    """An OSError while writing ``path`` (a full disk) as one RunError saying what and where;
+    the checkpoints written so far are complete and the run resumes from the newest."""
+    try:
+        yield
+    except OSError as exc:
+        from wmtp.errors import RunError
+        from wmtp.train.io_errors import describe_write_error
+
+        raise RunError(
+            f"cannot write {path}: {describe_write_error(exc, path.parent)}; the checkpoints "
+            f"written so far are complete: continue with wmtp run --resume {path.parent}"
+        ) from None
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    """Every record of a run's metrics.jsonl, in order."""
+    """Every record of a run's metrics.jsonl, in order. A torn last line (a crash in the middle
+    of writing it) is left out; a malformed line before the last is a DataError naming it."""
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                break  # torn by a crash while it was written
+            from wmtp.errors import DataError
+
+            raise DataError(f"{path}:{number}: not a JSON record ({exc.msg})") from None
+    return records

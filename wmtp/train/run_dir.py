@@ -2,8 +2,9 @@
 
 A run directory is created with the resolved ``recipe.toml`` (loads back to the identical recipe)
 and ``fingerprint.json`` (recipe hash, wmtp and torch versions, git SHA, devices); the trainer
-adds ``metrics.jsonl``, TensorBoard events under ``tb/`` and ``checkpoints/step-N/``. A ``latest``
-symlink per experiment points at the newest run.
+adds ``metrics.jsonl``, TensorBoard events under ``tb/``, ``checkpoints/step-N/`` and ``run.log``
+(the log of the run, a failed start's included). A ``latest`` symlink per experiment points at the
+newest run that wrote a checkpoint.
 """
 
 from __future__ import annotations
@@ -75,7 +76,9 @@ def fingerprint(recipe_text: str, world_size: int = 1) -> dict:
 def create_run_dir(
     recipe_text: str, experiment: str, runs_dir: str | Path, world_size: int = 1
 ) -> Path:
-    """Make a new run directory with ``recipe.toml`` and ``fingerprint.json``; point ``latest`` at it."""
+    """Make a new run directory with ``recipe.toml`` and ``fingerprint.json``. It becomes
+    ``latest`` only with its first checkpoint (``point_latest``, called by the trainer): a dry
+    run or a failed start never hides the last run that trained."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = Path(runs_dir) / experiment
     run = base / f"{stamp}-{recipe_hash(recipe_text)[:8]}"
@@ -87,7 +90,6 @@ def create_run_dir(
     (run / RECIPE_FILE).write_text(recipe_text)
     fp = fingerprint(recipe_text, world_size)
     (run / FINGERPRINT_FILE).write_text(json.dumps(fp, indent=2) + "\n")
-    point_latest(run)
     return run
 
 

@@ -10,6 +10,7 @@ on one process and under torchrun, where rank 0 creates the run directory and te
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from wmtp.errors import RunError
 log = logging.getLogger(__name__)
 
 REFUSED_ON_RESUME = ("numerics", "checkpoint")
+VERIFIED_ENV = "WMTP_VERIFIED_CHECKPOINT"
+"""Set by ``wmtp run --nproc-per-node N`` for its workers: the checkpoint it verified once."""
 """Change categories (``wmtp diff``) that make a resumed run compute something else."""
 
 
@@ -75,24 +78,73 @@ def prepare_run(
 
 
 def check_resume(run_dir: Path, recipe: Any, *, force: bool) -> Path:
-    """The checkpoint to resume ``run_dir`` from; refuses a recipe whose numerics differ."""
-    from wmtp.models.locate import step_dirs
+    """The checkpoint to resume ``run_dir`` from: the newest one that matches its manifest (a
+    damaged one is named, and the one before it taken, saying so). Refuses a recipe whose
+    numerics differ unless ``force``, and, even forced, a change a resume cannot apply."""
     from wmtp.recipe import diff_recipes, load_recipe
     from wmtp.train.run_dir import RECIPE_FILE, check_run_dir
 
     run_dir = check_run_dir(run_dir)
     saved = load_recipe(run_dir / RECIPE_FILE).recipe
-    refused = [c for c in diff_recipes(saved, recipe) if c.category in REFUSED_ON_RESUME]
+    changes = diff_recipes(saved, recipe)
+    refused = [c for c in changes if c.category in REFUSED_ON_RESUME]
     if refused and not force:
         lines = "\n".join(f"  {c.key}: {c.old!r} -> {c.new!r} ({c.category})" for c in refused)
         raise RunError(
             f"cannot resume {run_dir}: the recipe differs from the run's in what it computes:\n"
             f"{lines}\nuse the run's recipe, or pass --force to resume anyway"
         )
+    _refuse_what_cannot_apply(run_dir, changes, recipe)
+    if refused:
+        listed = ", ".join(f"{c.key} {c.old!r} -> {c.new!r}" for c in refused)
+        log.warning("resuming with --force; applied from the new recipe: %s", listed)
+    return intact_checkpoint(run_dir)
+
+
+def _refuse_what_cannot_apply(run_dir: Path, changes: list, recipe: Any) -> None:
+    """Changes no resume can honour, --force or not: the trained model's shapes (the
+    checkpoint's tensors have the old ones), its weights' source (they come from the
+    checkpoint) and the pipeline (another objective, another model)."""
+    trained = f"model.{recipe.pipeline.trains}."
+    weights = (f"{trained}path", f"{trained}format", f"{trained}checkpoint")
+    why = {}
+    for c in changes:
+        if c.category == "checkpoint":
+            why[c.key] = "the checkpoint holds tensors of the old shapes"
+        elif c.key in weights:
+            why[c.key] = "the trained weights come from the checkpoint being resumed"
+        elif c.key == "experiment.pipeline":
+            why[c.key] = "another pipeline trains another objective: start a new run"
+    if why:
+        lines = "\n".join(f"  {key}: {reason}" for key, reason in why.items())
+        raise RunError(f"cannot resume {run_dir} with these changes, even with --force:\n{lines}")
+
+
+def intact_checkpoint(run_dir: Path) -> Path:
+    """The newest checkpoint of ``run_dir`` whose every file matches its manifest; each damaged
+    one on the way is named (which file, why) in a warning, and none intact is a RunError."""
+    from wmtp.errors import CheckpointError
+    from wmtp.models.locate import step_dirs
+    from wmtp.train.manifest import verify
+
     steps = step_dirs(run_dir)
     if not steps:
         raise RunError(f"cannot resume {run_dir}: it has no complete checkpoint under checkpoints/")
-    return steps[-1]
+    verified = os.environ.get(VERIFIED_ENV)
+    if verified and Path(verified) in steps:  # the launcher verified it for its workers
+        return Path(verified)
+    damaged = []
+    for step in reversed(steps):
+        try:
+            verify(step)
+        except CheckpointError as exc:
+            damaged.append(exc.render())
+            log.warning("%s; trying the checkpoint before it", exc.render())
+            continue
+        if damaged:
+            log.warning("resuming from %s, the newest intact checkpoint", step.name)
+        return step
+    raise RunError(f"cannot resume {run_dir}: no intact checkpoint:\n  " + "\n  ".join(damaged))
 
 
 def _shared_run_dir(ctx, make) -> Path:
@@ -122,56 +174,49 @@ def run_recipe(
         return _evaluate(prepared.recipe_path, overrides, console=console)
     from wmtp.parallel import init_distributed, teardown
     from wmtp.recipe import dump_recipe
+    from wmtp.train.guards import StopSignals
     from wmtp.train.loop import Trainer
-    from wmtp.train.run_dir import create_run_dir
+    from wmtp.train.run_log import RunLog, exit_without_peers
 
     text = dump_recipe(recipe)
     ctx = init_distributed(recipe.parallel.device)
-    try:
-        if resume is not None:
-            run_dir = Path(resume).resolve()
-        else:
-            run_dir = _shared_run_dir(
-                ctx,
-                lambda: create_run_dir(
-                    text, recipe.experiment.name, recipe.experiment.runs_dir, ctx.world_size
-                ),
+    run_dir: Path | None = None
+    with StopSignals(ctx) as signals, RunLog() as run_log:
+        try:
+            run_dir = (
+                Path(resume).resolve() if resume is not None else _new_run_dir(ctx, recipe, text)
             )
-        trainer = Trainer(recipe, text, run_dir, ctx, stop_at_step=stop_at_step, console=console)
-        trainer.build()
-        if dry_run:
-            return RunResult(run_dir, 0, {}, dry_run=True)
-        if checkpoint is not None:
-            trainer.resume(checkpoint)
-        out = trainer.run()
-        return RunResult(run_dir, trainer.step, out)
-    except BaseException as exc:
-        if ctx.is_distributed:
-            _exit_without_peers(exc, ctx.rank)
-        raise
-    finally:
-        teardown()
+            run_log.attach(run_dir, ctx)
+            trainer = Trainer(
+                recipe, text, run_dir, ctx, stop_at_step=stop_at_step, console=console
+            )
+            trainer.build()
+            if signals.requested():
+                trainer.stop_for_signal(signals.requested())
+            if dry_run:
+                return RunResult(run_dir, 0, {}, dry_run=True)
+            if checkpoint is not None:
+                trainer.resume(checkpoint)
+            out = trainer.run(signals)
+            return RunResult(run_dir, trainer.step, out)
+        except BaseException as exc:
+            run_log.failed(exc, run_dir)
+            if ctx.is_distributed:
+                exit_without_peers(exc, ctx.rank)
+            raise
+        finally:
+            teardown()
 
 
-def _exit_without_peers(exc: BaseException, rank: int) -> None:
-    """A failing rank of a multi-process run says why once and exits at once.
+def _new_run_dir(ctx, recipe: Any, text: str) -> Path:
+    from wmtp.train.run_dir import create_run_dir
 
-    Leaving the process group cleanly would wait for peers that are blocked in a collective (NCCL
-    then hangs until its timeout); exiting lets torchrun see the failure and stop every other rank.
-    """
-    import os
-    import sys
-    import traceback
-
-    from wmtp.errors import WmtpError
-
-    if isinstance(exc, WmtpError):
-        print(f"error (rank {rank}): {exc.render()}", file=sys.stderr)
-    elif not isinstance(exc, KeyboardInterrupt | SystemExit):
-        traceback.print_exception(exc, file=sys.stderr)
-    sys.stderr.flush()
-    sys.stdout.flush()
-    os._exit(2 if isinstance(exc, WmtpError) else 1)
+    return _shared_run_dir(
+        ctx,
+        lambda: create_run_dir(
+            text, recipe.experiment.name, recipe.experiment.runs_dir, ctx.world_size
+        ),
+    )
 
 
 def _evaluate(recipe_path, overrides, *, console: bool) -> RunResult:

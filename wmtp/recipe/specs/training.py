@@ -99,6 +99,9 @@ class TrainingSpec(Section):
     forward), or one backward with every head's activations and logits kept (``joint``: no
     recompute, the most memory). ``per_head`` and ``chunked`` score through a chunked linear
     cross-entropy, so no head's [B, S, V] logits exist whole."""
+    max_bad_steps: Annotated[int, Field(ge=0)] = 0
+    """Steps with a NaN or infinite loss or gradient that are skipped (not applied; the schedule
+    and the data move on) before the run stops; 0 stops at the first one."""
     skip_invalid_data: bool = False
     """Skip (and count) malformed examples instead of stopping with an error."""
     critic_loss: CriticLossSpec = Field(default_factory=CriticLossSpec)

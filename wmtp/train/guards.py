@@ -1,0 +1,131 @@
+"""What stops a step, or a run, cleanly: non-finite losses and gradients, and stop signals.
+
+- :func:`nonfinite_loss` and :func:`nonfinite_gradients` name what went wrong before the
+  optimizer step (a loss component such as ``loss/head2``; the model components whose gradients
+  are not finite, such as ``head 2`` or ``layer 3``), so a bad step is never applied.
+- :class:`StopSignals` turns SIGINT / SIGTERM into a request the trainer honours at the next step
+  boundary (every rank agrees on it); a second signal ends the process at once.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+from typing import Any
+
+import torch
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def nonfinite_loss(loss: float, components: dict[str, float]) -> list[str]:
+    """The parts of a step's loss that are NaN or infinite (``loss`` itself when no part is)."""
+    bad = [name for name, value in components.items() if not math.isfinite(value)]
+    return bad or ([] if math.isfinite(loss) else ["loss"])
+
+
+def component_of(name: str, model: Any) -> str:
+    """The model component a parameter belongs to, in words: ``head 1`` (``layers[-1]``),
+    ``head k`` (``extra_heads[k-2]``), ``layer i`` (the trunk's, or a critic's backbone's),
+    ``embedding``, ``final norm``, ``unembedding``, ``value head``."""
+    parts = [p for p in name.split(".") if p not in ("_orig_mod", "_checkpoint_wrapped_module")]
+    if parts[0] == "backbone":
+        parts = parts[1:]
+    if parts[0] == "extra_heads":
+        return f"head {int(parts[1]) + 2}"
+    if parts[0] == "layers":
+        layer, layers = int(parts[1]), getattr(model, "layers", None)  # a critic has no heads
+        return "head 1" if layers is not None and layer == len(layers) - 1 else f"layer {layer}"
+    return {
+        "tok_embeddings": "embedding",
+        "norm": "final norm",
+        "output": "unembedding",
+        "head": "value head",
+    }.get(parts[0], parts[0])
+
+
+def nonfinite_gradients(model: torch.nn.Module) -> list[str]:
+    """The components (:func:`component_of`) holding a NaN or infinite gradient on any rank
+    (collective in a process group: every rank calls it, and all learn the same list)."""
+    import torch.distributed as dist
+
+    flags: dict[str, bool] = {}
+    for name, param in model.named_parameters():
+        if param.grad is None:
+            continue
+        grad = param.grad.to_local() if hasattr(param.grad, "to_local") else param.grad
+        part = component_of(name, model)
+        flags[part] = flags.get(part, False) or not bool(torch.isfinite(grad).all())
+    names = sorted(flags)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        device = next(model.parameters()).device
+        box = torch.tensor([float(flags[n]) for n in names], device=device)
+        dist.all_reduce(box, op=dist.ReduceOp.MAX)
+        return [n for n, bad in zip(names, box.tolist(), strict=True) if bad]
+    return [n for n in names if flags[n]]
+
+
+def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
+    """The components with a NaN or infinite parameter on this rank."""
+    bad = set()
+    for name, param in model.named_parameters():
+        data = param.to_local() if hasattr(param, "to_local") else param
+        if not bool(torch.isfinite(data).all()):
+            bad.add(component_of(name, model))
+    return sorted(bad)
+
+
+class StopSignals:
+    """SIGINT and SIGTERM, while this context is active, request a stop instead of ending the
+    process; :meth:`requested` tells (the same answer on every rank). A second signal ends the
+    process at once with ``128 + signal``. Outside the main thread it installs nothing."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx, self.signum, self._previous = ctx, 0, {}
+
+    def __enter__(self) -> StopSignals:
+        try:
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: leave the handlers alone
+            self._previous.clear()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum:
+            name = signal.Signals(signum).name
+            print(
+                f"\n{name} again: stopping now, without a checkpoint", file=sys.stderr, flush=True
+            )
+            os._exit(128 + signum)
+        self.signum = signum
+        if self.ctx.is_main:
+            name = signal.Signals(signum).name
+            print(
+                f"\n{name}: stopping after this step with a checkpoint (again to stop at once)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def requested(self) -> int:
+        """The signal that asked to stop (0: none), agreed by every rank."""
+        if not self.ctx.is_distributed:
+            return self.signum
+        from wmtp.parallel import all_reduce_max
+
+        return int(all_reduce_max(torch.tensor(float(self.signum), device=self.ctx.device)))
+
+
+__all__ = [
+    "StopSignals",
+    "component_of",
+    "nonfinite_gradients",
+    "nonfinite_loss",
+    "nonfinite_parameters",
+]

@@ -1,0 +1,156 @@
+"""``wmtp run --nproc-per-node N``: start torchrun, stay in charge of it, say what happened.
+
+- **No orphans.** torchrun starts in a session of its own with a parent-death signal, so it (and
+  the workers it stops) ends when the launcher ends, even by SIGKILL. SIGINT and SIGTERM are
+  forwarded to it (its workers then finish their step and write a checkpoint: a clean stop, exit
+  128 + the signal); a second one ends its whole session at once. The launcher waits for it.
+- **One message per failure.** Each failed worker leaves a record (``wmtp.train.run_log``); the
+  launcher prints the first rank that failed by itself with its error, the others in one line,
+  and exits 1. torchrun's own report of the failure (a traceback and a box naming the "Root
+  Cause") is kept out of the way, read only for a worker that left no record (killed by a
+  signal). The workers' own output passes through as it comes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from wmtp.train.run_log import FAILURES_ENV
+
+PR_SET_PDEATHSIG = 1
+TORCHRUN_NOISE = re.compile(r"^\[?[WEI]\d{4} [\d:.]+ \d+ .*torch/distributed/")
+"""torchrun's own log lines (``W1202 09:00:00.123 4567 torch/distributed/elastic/...``)."""
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask Linux to send ``sig`` to this process when its parent dies (no-op elsewhere)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+class Launch:
+    """One torchrun job: started by :meth:`run`, which returns the launcher's exit code."""
+
+    def __init__(self, command: list[str]) -> None:
+        self.command = command
+        self.forwarded = 0
+        self.failures = Path(tempfile.mkdtemp(prefix="wmtp-failures-"))
+        self.report: list[str] = []
+
+    def run(self) -> int:
+        env = dict(os.environ, **{FAILURES_ENV: str(self.failures)})
+        self.process = subprocess.Popen(
+            self.command,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+            start_new_session=True,  # a terminal's Ctrl-C reaches the launcher only
+            preexec_fn=die_with_parent,
+        )
+        previous = {s: signal.signal(s, self._forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        relay = threading.Thread(target=self._relay, daemon=True)
+        relay.start()
+        try:
+            code = self.process.wait()
+            relay.join(timeout=10)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return self._outcome(code)
+
+    def _forward(self, signum: int, frame: object) -> None:
+        if self.forwarded:  # a second signal: everything stops now
+            os.killpg(self.process.pid, signal.SIGKILL)
+            return
+        self.forwarded = signum
+        self.process.send_signal(signum)
+
+    def _relay(self) -> None:
+        """Workers' stderr as it comes; torchrun's log lines and final report held back."""
+        assert self.process.stderr is not None
+        in_report = False
+        for line in self.process.stderr:
+            in_report = in_report or line.startswith("Traceback (most recent call last)")
+            if in_report or TORCHRUN_NOISE.match(line):
+                self.report.append(line)
+                continue
+            sys.stderr.write(line)
+            sys.stderr.flush()
+        if not any("torch.distributed" in line for line in self.report):  # not torchrun's
+            sys.stderr.writelines(line for line in self.report if not TORCHRUN_NOISE.match(line))
+
+    def _outcome(self, code: int) -> int:
+        if self.forwarded:
+            return 128 + self.forwarded
+        if code == 0:
+            return 0
+        print(f"error: {summary(self._records(), self.report)}", file=sys.stderr, flush=True)
+        return 1
+
+    def _records(self) -> list[dict]:
+        records = []
+        for path in sorted(self.failures.glob("rank*.json")):
+            try:
+                records.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                continue
+        return records
+
+
+def summary(records: list[dict], report: list[str]) -> str:
+    """The failed rank and its error, then the others in one line (see the module docstring).
+    A rank that failed without a record (killed by a signal) is named from torchrun's report."""
+    records = sorted(records, key=lambda r: (r["secondary"], r["time"]))
+    primary = [r for r in records if not r["secondary"]]
+    if primary:
+        first = primary[0]
+        text = f"rank {first['rank']} failed: {first['message']}"
+        if first.get("traceback"):
+            text += "\n" + first["traceback"].rstrip()
+        rest = [r for r in records if r is not first]
+    else:  # every record is a peer's loss: the rank that failed left none
+        text, rest = _from_torchrun(report), records
+    if rest:
+        others = "; ".join(f"rank {r['rank']}: {_aftermath(r)}" for r in rest)
+        text += f"\n(the other ranks stopped with it: {others})"
+    return text
+
+
+def _from_torchrun(report: list[str], default: str = "a worker failed (see above)") -> str:
+    """What torchrun's report says of the first failure: the rank and its exit code or signal."""
+    text = "".join(report)
+    rank = re.search(r"Root Cause.*?rank\s*:\s*(\d+)", text, re.S)
+    code = re.search(r"Root Cause.*?exitcode\s*:\s*(-?\d+)", text, re.S)
+    if not rank or not code:
+        return default
+    exit_code = int(code.group(1))
+    how = (
+        f"killed by {signal.Signals(-exit_code).name}"
+        if exit_code < 0
+        else f"exit code {exit_code}"
+    )
+    return f"rank {rank.group(1)} failed: {how}, without a message of its own"
+
+
+def _aftermath(record: dict) -> str:
+    """A secondary failure in a few words (the gloo/NCCL text of a lost peer is noise)."""
+    if record["secondary"]:
+        return "lost its connection to the failed rank"
+    line = record["message"].strip().splitlines()[0] if record["message"].strip() else ""
+    return line if len(line) <= 120 else line[:117] + "..."
+
+
+__all__ = ["Launch", "die_with_parent", "summary"]

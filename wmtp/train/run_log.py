@@ -1,0 +1,138 @@
+"""What a run leaves when it fails: its log in the run directory, and one record per failed rank.
+
+- :class:`RunLog`: rank 0's log lines go to ``<run>/run.log`` as well as the console. When a run
+  fails before its first checkpoint, the log says why and where it is, and the run directory is
+  not made ``latest`` (only a run with a checkpoint is: ``Trainer.save``).
+- :func:`exit_without_peers`: a failing rank of a multi-process run writes what happened to
+  ``$WMTP_FAILURES_DIR/rank<r>.json`` (set by ``wmtp run --nproc-per-node``, whose launcher
+  summarises them: ``wmtp.train.launcher``) and exits at once, without waiting for peers that
+  are blocked in a collective. Started by torchrun directly, it prints its message instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from wmtp.errors import Interrupted, WmtpError
+
+LOG_FILE = "run.log"
+FAILURES_ENV = "WMTP_FAILURES_DIR"
+SECONDARY_MARKS = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Broken pipe",
+    "recvBytes",
+    "NCCL communicator was aborted",
+    "Watchdog caught collective operation timeout",
+    "Timed out",
+)
+"""Words of the errors a rank gets when a peer is gone: the failure of another rank, not its own."""
+
+log = logging.getLogger(__name__)
+
+
+class RunLog:
+    """``<run>/run.log`` on rank 0 while the run lasts (a context manager)."""
+
+    def __init__(self) -> None:
+        self.handler: logging.Handler | None = None
+
+    def __enter__(self) -> RunLog:
+        return self
+
+    def attach(self, run_dir: Path, ctx: Any) -> None:
+        if not ctx.is_main:
+            return
+        self.handler = logging.FileHandler(run_dir / LOG_FILE)
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        self.handler.setLevel(logging.INFO)
+        logging.getLogger().addHandler(self.handler)
+
+    def failed(self, exc: BaseException, run_dir: Path | None) -> None:
+        """Record why the run ended; a run directory without a checkpoint says it was not made
+        ``latest`` and where its log is."""
+        if self.handler is None or run_dir is None or isinstance(exc, Interrupted):
+            return
+        message = (
+            exc.render() if isinstance(exc, WmtpError) else "".join(traceback.format_exception(exc))
+        )
+        self.handler.handle(_record(logging.ERROR, message))
+        if not (run_dir / "checkpoints").is_dir():
+            log.warning(
+                "the run directory %s keeps its log (%s); it has no checkpoint, so "
+                "%s/latest still names the last run that has one",
+                run_dir, LOG_FILE, run_dir.parent,
+            )  # fmt: skip
+
+    def __exit__(self, *exc: object) -> None:
+        if self.handler is not None:
+            logging.getLogger().removeHandler(self.handler)
+            self.handler.close()
+
+
+def _record(level: int, message: str) -> logging.LogRecord:
+    return logging.LogRecord(__name__, level, __file__, 0, message, None, None)
+
+
+def is_secondary(exc: BaseException) -> bool:
+    """Whether ``exc`` is how this rank learnt that a peer failed (a lost connection, a
+    collective's timeout) rather than a failure of its own."""
+    try:
+        from torch.distributed import DistError
+    except ImportError:  # pragma: no cover - every supported torch has it
+        DistError = ()
+    text = f"{type(exc).__name__}: {exc}"
+    return isinstance(exc, DistError) or any(mark in text for mark in SECONDARY_MARKS)
+
+
+def failure_record(exc: BaseException, rank: int) -> dict[str, Any]:
+    """What one rank's failure was, for the launcher's summary."""
+    user_error = isinstance(exc, WmtpError)
+    return {
+        "rank": rank,
+        "time": time.time(),
+        "message": exc.render() if user_error else f"{type(exc).__name__}: {exc}",
+        "secondary": is_secondary(exc),
+        "traceback": None if user_error else "".join(traceback.format_exception(exc)),
+        "exit_code": exc.exit_code if user_error else 1,
+    }
+
+
+def exit_without_peers(exc: BaseException, rank: int) -> None:
+    """A failing rank of a multi-process run: its record (or its message) and ``os._exit``.
+
+    Leaving the process group cleanly would wait for peers blocked in a collective (NCCL then
+    hangs until its timeout); exiting lets torchrun see the failure and stop every other rank.
+    """
+    if isinstance(exc, KeyboardInterrupt | SystemExit):
+        _flush_and_exit(130 if isinstance(exc, KeyboardInterrupt) else 1)
+    if isinstance(exc, Interrupted):  # every rank stopped cleanly; rank 0 says so
+        if rank == 0:
+            print(f"stopped: {exc.render()}", file=sys.stderr)
+        _flush_and_exit(exc.exit_code)
+    record = failure_record(exc, rank)
+    folder = os.environ.get(FAILURES_ENV)
+    if folder:
+        path = Path(folder) / f"rank{rank}.json"
+        path.write_text(json.dumps(record, indent=1))
+    elif record["traceback"]:
+        print(record["traceback"], file=sys.stderr)
+    else:
+        print(f"error (rank {rank}): {record['message']}", file=sys.stderr)
+    _flush_and_exit(record["exit_code"])
+
+
+def _flush_and_exit(code: int) -> None:
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(code)
+
+
+__all__ = ["FAILURES_ENV", "LOG_FILE", "RunLog", "exit_without_peers", "failure_record"]
