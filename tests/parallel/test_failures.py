@@ -4,6 +4,7 @@ of a real 2-process gloo run after step 1, by raising or by SIGKILL."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -132,3 +133,59 @@ def test_without_torchrun_the_survivor_fails_on_the_collective_timeout(tmp_path)
     assert procs[1].returncode == 2 and MESSAGE in outputs[1], outputs[1][-2000:]
     assert procs[0].returncode != 0, outputs[0][-2000:]
     assert MESSAGE not in outputs[0]
+
+
+def _launch(tmp_path, *extra: str) -> subprocess.Popen:
+    sets = [*SETS, "training.max_steps=400", "training.checkpoint_every=0"]
+    sets += [f"experiment.runs_dir='{tmp_path / 'runs'}'"]
+    cmd = [sys.executable, "-m", "wmtp.cli", "run", str(TINY), "--nproc-per-node", "2"]
+    cmd += [a for s in sets for a in ("--set", s)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WMTP_DIST_TIMEOUT_S": "60"}
+    return subprocess.Popen(
+        [*cmd, *extra], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _wait_for_training(tmp_path, proc: subprocess.Popen) -> Path:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        for metrics in (tmp_path / "runs").glob("tiny/2*/metrics.jsonl"):
+            if metrics.read_text().count("\n") >= 2:
+                return metrics.parent
+        time.sleep(0.1)
+    raise AssertionError("training never started")
+
+
+def _gone(marker: str, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while processes_naming(marker):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_stops_every_rank_with_a_checkpoint(tmp_path):
+    """The launcher forwards SIGTERM to torchrun, whose workers finish their step, write a
+    checkpoint together and exit 143; nothing outlives the launcher."""
+    proc = _launch(tmp_path)
+    run = _wait_for_training(tmp_path, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert "stopped: SIGTERM after step" in err and "Traceback" not in err, err[-3000:]
+    assert list((run / "checkpoints").glob("step-*")), "no checkpoint written on the way out"
+    assert _gone(str(tmp_path), within=30), "a process of the run outlived the launcher"
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_launcher_leaves_no_process_behind(tmp_path):
+    """Nothing can catch SIGKILL: torchrun learns of it from the parent-death signal and stops
+    its workers; no process is left training."""
+    proc = _launch(tmp_path)
+    _wait_for_training(tmp_path, proc)
+    proc.kill()
+    proc.wait()
+    assert _gone(str(tmp_path), within=60), processes_naming(str(tmp_path))

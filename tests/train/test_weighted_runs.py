@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from wmtp.errors import CheckpointError
+from wmtp.train.manifest import write_manifest
 from wmtp.train.runner import run_recipe
 
 pytestmark = pytest.mark.slow
@@ -163,6 +164,8 @@ def test_critic_with_another_tokenizer_is_refused(critic_run, tmp_path):
         saved.write_text(
             saved.read_text().replace('kind = "byte"', 'kind = "hf"\npath = "other/tokenizer.json"')
         )
+    for step in (copy / "checkpoints").glob("step-*"):  # a run trained so, not a damaged one
+        write_manifest(step)
     body = _policy() + _critic(tmp_path, checkpoint=copy) + '[weighting]\nkind = "td"\n'
     with pytest.raises(CheckpointError, match="tokenizer"):
         run_recipe(_recipe(tmp_path, "verifiable_bad_tok", "verifiable", body), console=False)

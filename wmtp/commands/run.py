@@ -109,9 +109,13 @@ def run(
         die_with_parent()
     from wmtp.train.runner import run_recipe
 
-    result = run_recipe(
-        recipe, list(set_ or ()), resume=resume, force=force, dry_run=dry_run, console=rank == 0
-    )
+    try:
+        result = run_recipe(
+            recipe, list(set_ or ()), resume=resume, force=force, dry_run=dry_run, console=rank == 0
+        )
+    except KeyboardInterrupt:  # before the run's own handlers were in place: nothing to keep
+        console.print("stopped: SIGINT while starting; nothing was trained", highlight=False)
+        raise typer.Exit(130) from None
     if rank == 0:
         if result.evaluated:
             console.print(f"evaluated; results in {result.run_dir}", highlight=False)

@@ -26,6 +26,7 @@ RECIPE_FILE = "recipe.toml"
 MODEL_INFO = "wmtp_model.json"
 FULL_WEIGHTS = "model.safetensors"
 LORA_WEIGHTS = "lora.safetensors"
+TRAINER_STATE = "trainer.json"
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,20 @@ def find_trained_weights(reference: str | Path) -> TrainedWeights:
             f"{reference}: neither a run directory (recipe.toml + checkpoints/) nor a checkpoint "
             f"({FULL_WEIGHTS} or {LORA_WEIGHTS})"
         )
-    return TrainedWeights(path, kind, _recipe_beside(path))
+    found = TrainedWeights(path, kind, _recipe_beside(path))
+    _verify(found)
+    return found
+
+
+def _verify(found: TrainedWeights) -> None:
+    """A trainer checkpoint's weights and recipe against its manifest (``wmtp.train.manifest``):
+    a truncated or altered file is named before anything loads. Weights without a trainer
+    checkpoint around them (a hand-made directory) have no manifest to check."""
+    from wmtp.train.manifest import has_manifest, verify
+
+    directory = found.directory
+    if has_manifest(directory) or (directory / TRAINER_STATE).is_file():
+        verify(directory, only=[found.file.name, RECIPE_FILE])
 
 
 def _weights_kind(directory: Path) -> Literal["full", "lora"] | None:

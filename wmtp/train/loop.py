@@ -332,13 +332,13 @@ class Trainer:
         out = self.pipeline.forward_backward(self, micro_batches)
         tokens = self._input_tokens(micro_batches)
         bad = nonfinite_loss(out.loss, out.components)
-        if bad:
-            return self._bad_step(f"the loss is {out.loss}", bad)
+        if bad:  # the weights this step started from gave it: they are suspect
+            return self._bad_step(f"the loss is {out.loss}", bad, weights_suspect=True)
         faults.before_optimizer_step(self)  # testing hooks; no-op unset
         grad_norm = self._clip_gradients()
         if not math.isfinite(grad_norm):
             parts = nonfinite_gradients(self.model) or ["the gradient norm"]
-            return self._bad_step(f"the gradient norm is {grad_norm}", parts)
+            return self._bad_step(f"the gradient norm is {grad_norm}", parts, weights_suspect=False)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -351,7 +351,7 @@ class Trainer:
         record.update(self._utilisation(tokens, elapsed, flops_per_token))
         return record
 
-    def _bad_step(self, what: str, parts: list[str]) -> dict[str, Any]:
+    def _bad_step(self, what: str, parts: list[str], *, weights_suspect: bool) -> dict[str, Any]:
         """A step with a non-finite loss or gradient: not applied. Skipped (the schedule and the
         data move on) while ``training.max_bad_steps`` allows, else the run stops, naming the
         step, the parts and the last checkpoint whose weights trained on finitely."""
@@ -369,17 +369,21 @@ class Trainer:
         skipped = f" after {self.bad_steps} skipped bad steps" if self.bad_steps else ""
         raise RunError(
             f"step {step}: {what} (in {where}); the step was not applied and the run "
-            f"stopped{skipped}. {self._last_good()}"
+            f"stopped{skipped}. {self._last_good(weights_suspect)}"
         )
 
-    def _last_good(self) -> str:
-        """The newest checkpoint before the weights this step started from (those may be what
-        went wrong): the one to resume, or to go back to with other settings."""
+    def _last_good(self, weights_suspect: bool = True) -> str:
+        """The newest checkpoint to go back to: before the weights this step started from when
+        they gave a non-finite loss (they may be what went wrong), else the newest."""
         from wmtp.models.locate import step_dirs
 
-        good = [p for p in step_dirs(self.run_dir) if int(p.name.split("-")[1]) < self.step]
+        def step_of(path: Path) -> int:
+            return int(path.name.split("-")[1])
+
+        limit = self.step if weights_suspect else self.step + 1
+        good = [p for p in step_dirs(self.run_dir) if step_of(p) < limit]
         started = ""
-        if self.saved_step == self.step:
+        if weights_suspect and self.saved_step == self.step:
             started = f" (step-{self.step} holds the weights this step started from)"
         if not good:
             return f"No checkpoint was written before these weights{started}."
@@ -395,12 +399,15 @@ class Trainer:
         return int(all_reduce_sum(torch.tensor(float(local), device=self.ctx.device)).item())
 
     def _clip_gradients(self) -> float:
+        """The global gradient norm; the gradients are clipped to ``training.grad_clip`` only
+        when it is finite (a NaN norm would spread over every gradient and hide where it began)."""
         params = [p for p in self.model.parameters() if p.grad is not None]
+        total = torch.nn.utils.get_total_norm([p.grad for p in params])
+        norm = float(total.full_tensor() if hasattr(total, "full_tensor") else total)
         clip = self.recipe.training.grad_clip  # 0 (TOML has no null) = measure, never clip
-        norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf"))
-        if hasattr(norm, "full_tensor"):
-            norm = norm.full_tensor()
-        return float(norm)
+        if clip and math.isfinite(norm):
+            torch.nn.utils.clip_grads_with_norm_(params, clip, total)
+        return norm
 
     def flops_per_token(self) -> float:
         """Model FLOPs per input token of a step (``wmtp.models.args.training_flops_per_token``):
@@ -451,7 +458,7 @@ class Trainer:
             where = ", ".join(bad) or "another rank's shard"
             raise RunError(
                 f"step {self.step}: the weights of {where} are not finite: no checkpoint written. "
-                f"{self._last_good()}"
+                f"{self._last_good(weights_suspect=True)}"
             )
         lora_state = None
         if self.lora:

@@ -1,0 +1,360 @@
+"""Faults lose nothing and say what happened: each through the real CLI in a subprocess.
+
+Damaged checkpoints (truncated, altered, missing files), a full disk (a real small tmpfs in a
+mount namespace), a torn metrics line, NaN gradients, a forced change of the learning rate,
+SIGINT / SIGTERM, and a start that fails: a located message, the stated exit code, no traceback,
+nothing good deleted, and a resume that matches the uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.train.train_helpers import REPO, TINY, losses_of
+from wmtp.models.locate import step_dirs
+
+RUN = (
+    "training.micro_batch_size=2",
+    "training.log_every=1",
+    "training.eval_every=0",
+    "training.max_steps=6",
+    "training.schedule.warmup_steps=1",
+    "training.checkpoint_every=2",
+    "training.keep_last=10",
+)
+
+pytestmark = pytest.mark.slow
+
+
+def wmtp(target: str, *args: str, runs: Path, env: dict | None = None, timeout: int = 300):
+    """``wmtp run TARGET`` with the settings of :data:`RUN` (then ``args``, which win) in a
+    subprocess; ``TARGET`` ``--resume`` takes a run directory and its own recipe instead."""
+    if target == "--resume":
+        cmd = ["--resume", *args]
+    else:
+        sets = [a for s in (*RUN, f"experiment.runs_dir='{runs}'") for a in ("--set", s)]
+        cmd = [target, *sets, *args]
+    return subprocess.run(
+        [sys.executable, "-m", "wmtp.cli", "run", *cmd],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def train(runs: Path, *extra: str, env: dict | None = None) -> Path:
+    done = wmtp(str(TINY), *extra, runs=runs, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return (runs / "tiny" / "latest").resolve()
+
+
+def assert_clean_failure(done, code: int, *expected: str) -> None:
+    assert done.returncode == code, done.stderr[-3000:]
+    for text in expected:
+        assert text in done.stderr, (text, done.stderr[-3000:])
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory) -> Path:
+    """One uninterrupted run, checkpoints at steps 2, 4 and 6 (copied, never changed)."""
+    return train(tmp_path_factory.mktemp("whole"))
+
+
+@pytest.fixture(scope="module")
+def whole(pristine) -> list[tuple[int, float]]:
+    """The uninterrupted run's losses, step by step."""
+    losses = losses_of(pristine)
+    assert [s for s, _ in losses] == list(range(1, 7))
+    return losses
+
+
+@pytest.fixture
+def partial_run(tmp_path, pristine):
+    """``partial_run(n)``: what a crash after step n leaves: a copy of the uninterrupted run
+    without its later checkpoints (the resume rewrites the metrics after its checkpoint)."""
+
+    def make(stop_after: int) -> Path:
+        run = tmp_path / "runs" / "tiny" / pristine.name
+        shutil.copytree(pristine, run, symlinks=True)
+        for step in step_dirs(run):
+            if int(step.name.split("-")[1]) > stop_after:
+                shutil.rmtree(step)
+        return run
+
+    return make
+
+
+# --- damaged checkpoints ------------------------------------------------------------------------
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: max(path.stat().st_size // 2, 1)])
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    for i in range(4):  # four bytes in the middle: same size, other content
+        data[len(data) // 2 + i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "truncated DCP shard": ("state/__0_0.distcp", _truncate, "has "),
+    "flipped bytes in a shard": ("state/__0_0.distcp", _flip, "does not match its checksum"),
+    "truncated scheduler.pt": ("scheduler.pt", _truncate, "has "),
+    "invalid trainer.json": ("trainer.json", lambda p: p.write_text("{not json"), "has "),
+    "deleted .metadata": ("state/.metadata", lambda p: p.unlink(), "is missing"),
+    "no manifest": ("manifest.json", lambda p: p.unlink(), "has no manifest.json"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_checkpoint_is_named_and_the_one_before_it_resumes_exactly(
+    partial_run, tmp_path, whole, damage
+):
+    name, spoil, why = DAMAGE[damage]
+    run = partial_run(4)
+    spoil(run / "checkpoints" / "step-4" / name)
+    done = wmtp("--resume", str(run), runs=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"step-4 is damaged: {name} {why}" in done.stderr or (
+        damage == "no manifest" and "step-4 has no manifest.json" in done.stderr
+    ), done.stderr[-3000:]
+    assert "resuming from step-2, the newest intact checkpoint" in done.stderr
+    assert losses_of(run) == whole  # steps 3-6 again from step-2: exactly the same losses
+
+
+def test_no_intact_checkpoint_is_a_located_error_that_deletes_nothing(partial_run, tmp_path):
+    run = partial_run(4)
+    for step in step_dirs(run):
+        _truncate(step / "scheduler.pt")
+    done = wmtp("--resume", str(run), runs=tmp_path)
+    assert_clean_failure(done, 2, f"cannot resume {run}: no intact checkpoint", "scheduler.pt has")
+    assert [s.name for s in step_dirs(run)] == ["step-2", "step-4"]  # nothing good deleted
+
+
+def test_eval_refuses_a_damaged_model_file_naming_it(partial_run):
+    run = partial_run(6)
+    _truncate(run / "checkpoints" / "step-6" / "model.safetensors")
+    done = subprocess.run(
+        [sys.executable, "-m", "wmtp.cli", "eval", str(run / "checkpoints" / "step-6")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert_clean_failure(done, 2, "step-6 is damaged: model.safetensors has")
+
+
+# --- a full disk, a torn metrics line -------------------------------------------------------------
+
+
+def _namespace_tmpfs_works() -> bool:
+    if not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(
+        ["unshare", "-Urm", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
+        capture_output=True,
+    )
+    return probe.returncode == 0
+
+
+FULL_DISK = """
+set -u
+mount -t tmpfs -o size={size}k tmpfs {runs}
+{wmtp} {tiny} {sets}; echo "FIRST EXIT $?"
+ls -a {runs}/tiny/2*/checkpoints; echo "LISTED"
+mount -o remount,size=64m {runs}
+{wmtp} --resume $(ls -d {runs}/tiny/2*); echo "RESUME EXIT $?"
+cat {runs}/tiny/2*/metrics.jsonl
+"""
+
+
+@pytest.mark.skipif(not _namespace_tmpfs_works(), reason="no mount namespace here for a tmpfs")
+def test_a_full_disk_says_so_keeps_earlier_checkpoints_and_resumes_exactly(
+    tmp_path, pristine, whole
+):
+    """In a mount namespace, the runs directory is a tmpfs with room for one checkpoint and a
+    half: the second fails; then the file system grows and the run resumes."""
+    runs = tmp_path / "small"
+    runs.mkdir()
+    sets = " ".join(f'--set "{s}"' for s in (*RUN, f"experiment.runs_dir='{runs}'"))
+    script = FULL_DISK.format(
+        size=int(1.5 * _kib(step_dirs(pristine)[0])) + 64,
+        runs=runs,
+        wmtp=f"{sys.executable} -m wmtp.cli run",
+        tiny=TINY,
+        sets=sets,
+    )
+    done = subprocess.run(
+        ["unshare", "-Urm", "sh", "-c", script],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    out = done.stdout + done.stderr
+    assert "FIRST EXIT 2" in out, out[-3000:]
+    assert "cannot write checkpoint" in out and "no space left on device" in out, out[-3000:]
+    assert "earlier checkpoints kept: step-2" in out
+    listed = out[out.index("FIRST EXIT") : out.index("LISTED")]
+    assert "step-2" in listed and ".tmp-step" not in listed  # the partial one was removed
+    assert "RESUME EXIT 0" in out, out[-3000:]
+    records = [json.loads(line) for line in out.splitlines() if line.startswith('{"step"')]
+    assert [(r["step"], r["loss"]) for r in records if "loss" in r] == whole
+    assert "Traceback" not in out
+
+
+def _kib(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file()) // 1024
+
+
+def test_a_torn_last_metrics_line_is_dropped_on_resume(partial_run, tmp_path, whole):
+    run = partial_run(4)
+    metrics = run / "metrics.jsonl"
+    lines = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= 4]
+    metrics.write_text("\n".join(lines) + '\n{"step": 5, "loss": 2.')  # a crash mid-write
+    done = wmtp("--resume", str(run), runs=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert losses_of(run) == whole
+
+
+# --- NaN and forced changes ---------------------------------------------------------------------
+
+
+def test_a_nan_gradient_names_the_head_and_is_never_applied(tmp_path):
+    done = wmtp(str(TINY), runs=tmp_path, env={"WMTP_FAULT": "rank=0,step=3,kind=nan"})
+    run = next((tmp_path / "tiny").glob("2*"))
+    assert_clean_failure(
+        done,
+        2,
+        "step 3: the gradient norm is nan (in head 2); the step was not applied",
+        # the loss was finite: the weights step 3 started from are good
+        f"The last good checkpoint is {run / 'checkpoints' / 'step-2'}.",
+    )
+    assert [s.name for s in step_dirs(run)] == ["step-2"]
+
+
+def test_max_bad_steps_skips_a_bad_step_and_goes_on(tmp_path):
+    fault = {"WMTP_FAULT": "rank=0,step=3,kind=nan"}
+    run = train(tmp_path, "--set", "training.max_bad_steps=1", env=fault)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {"step": 3, "skipped": 1.0, "bad_steps": 1.0} in records
+    assert {r["step"] for r in records if "loss" in r} == {1, 2, 4, 5, 6}
+
+
+def test_force_applies_a_new_learning_rate_and_logs_it(partial_run, tmp_path):
+    run = partial_run(4)
+    done = wmtp("--resume", str(run), "--set", "training.lr=0.0005", "--force", runs=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "applied from the new recipe: training.lr 0.003 -> 0.0005" in done.stderr
+    assert "(peak 0.0005, cosine, warm-up 1)" in done.stderr
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    after = [r["lr"] for r in records if r["step"] > 4 and "lr" in r]
+    assert after and all(lr <= 0.0005 for lr in after)  # the cosine decay of the new peak
+
+
+def test_force_refuses_what_a_resume_cannot_apply(partial_run, tmp_path):
+    run = partial_run(4)
+    done = wmtp("--resume", str(run), "--set", "model.policy.dim=128", "--force", runs=tmp_path)
+    assert_clean_failure(done, 2, "even with --force", "model.policy.dim: the checkpoint holds")
+
+
+# --- signals ------------------------------------------------------------------------------------
+
+
+CONSTANT = "training.schedule={kind='constant', warmup_steps=1}"
+"""Signal tests run long and stop early: a learning rate that does not depend on max_steps."""
+
+
+def _start(runs: Path, *extra: str) -> subprocess.Popen:
+    long_run = (*RUN, CONSTANT, "training.max_steps=400", f"experiment.runs_dir='{runs}'")
+    sets = [a for s in long_run for a in ("--set", s)]
+    return subprocess.Popen(
+        [sys.executable, "-m", "wmtp.cli", "run", str(TINY), *sets, *extra],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for_step(runs: Path, proc: subprocess.Popen, step: int) -> Path:
+    deadline = time.monotonic() + 240
+    while True:
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, f"step {step} never came"
+        for metrics in runs.glob("tiny/2*/metrics.jsonl"):
+            text = metrics.read_text()
+            if f'"step": {step}.' in text or f'"step": {step},' in text:
+                return metrics.parent
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_stops_after_the_step_with_a_checkpoint_and_resumes_exactly(tmp_path, sig, code):
+    runs = tmp_path / "runs"
+    proc = _start(runs)
+    run = _wait_for_step(runs, proc, 3)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-3000:]
+    assert "Traceback" not in err and f"stopped: {signal.Signals(sig).name} after step" in err
+    last = step_dirs(run)[-1]
+    assert last.name in err and f"wmtp run --resume {run}" in err
+    stopped_at = int(last.name.split("-")[1])
+    assert [s for s, _ in losses_of(run)] == list(range(1, stopped_at + 1))  # nothing lost
+    assert (runs / "tiny" / "latest").resolve() == run
+    # the resumed run continues where it stopped and matches an uninterrupted one
+    limit = ("--set", f"training.max_steps={stopped_at + 2}")
+    done = wmtp("--resume", str(run), *limit, "--force", runs=runs)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reference = train(tmp_path / "reference", "--set", CONSTANT, *limit)
+    assert losses_of(run) == losses_of(reference), (stopped_at, err[-1500:], done.stderr[-1500:])
+
+
+def test_a_second_signal_stops_at_once(tmp_path):
+    """The first SIGINT, while the run is being built, asks for a stop at the next step; the
+    second, sent once the first was acknowledged, ends the process there and then."""
+    proc = _start(tmp_path / "runs")
+    _read_until(proc, "model.policy: trains")  # building: the handlers are in place
+    proc.send_signal(signal.SIGINT)
+    _read_until(proc, "SIGINT: stopping after this step")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "SIGINT again: stopping now" in err, err[-2000:]
+    assert not list((tmp_path / "runs").glob("tiny/2*/checkpoints/step-*"))
+
+
+def _read_until(proc: subprocess.Popen, text: str) -> None:
+    for line in proc.stderr:
+        if text in line:
+            return
+    raise AssertionError(f"{text!r} never printed (exit {proc.wait()})")
+
+
+# --- a failed start -----------------------------------------------------------------------------
+
+
+def test_a_failed_start_keeps_its_log_and_does_not_take_latest(tmp_path):
+    good = train(tmp_path, "--set", "training.max_steps=2")
+    done = wmtp(str(TINY), "--set", "model.policy.attention='flex'", runs=tmp_path)
+    assert_clean_failure(done, 2, "flex has no backward on the CPU", "keeps its log (run.log)")
+    failed = max((tmp_path / "tiny").glob("2*"))
+    assert failed != good and not (failed / "checkpoints").exists()
+    assert "flex has no backward" in (failed / "run.log").read_text()
+    assert (tmp_path / "tiny" / "latest").resolve() == good  # still the run with a checkpoint
