@@ -57,3 +57,17 @@ def test_tokens_are_summed_when_every_step_was_logged_else_estimated(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("\n".join(logged_every_other))
     estimate = training_summary(tmp_path, 4)
     assert (estimate.tokens, estimate.tokens_exact, estimate.logged_steps) == (400, False, 2)
+
+
+def test_an_export_of_an_export_keeps_its_provenance_and_eval(tiny_run, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert export(tiny_run, "--to", "hf", "--out", first).exit_code == 0
+    results = first / "eval" / "humaneval" / "summary.json"
+    results.parent.mkdir(parents=True)
+    results.write_text(json.dumps({"pass_at_k": {"1": 0.125}}))
+    result = export(first, "--to", "meta", "--out", second)
+    assert result.exit_code == 0, result.output
+    for name in ("training_recipe.toml", "fingerprint.json"):
+        assert (second / name).read_text() == (first / name).read_text(), name
+    assert (second / "training_recipe.toml").read_text() == (tiny_run / "recipe.toml").read_text()
+    assert "| humaneval | 12.5% |" in (second / "README.md").read_text()

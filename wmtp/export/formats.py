@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from wmtp.errors import ExportError
 from wmtp.export.progress import tensor_progress
 
@@ -51,6 +49,8 @@ def meta_params(args) -> dict:
 
 def write_meta_model(model, directory: Path, *, dtype, progress=True, console=None) -> list[str]:
     """``params.json`` + ``consolidated.pth`` (Meta's names are wmtp's) in ``dtype``."""
+    import torch
+
     params = meta_params(model.args)
     sd = model.state_dict()
     total = sum(v.numel() for v in sd.values()) * dtype.itemsize

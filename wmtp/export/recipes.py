@@ -25,13 +25,25 @@ HEADER = (
 
 
 def training_files(src: Source, recipe, staging: Path) -> list[str]:
-    """``training_recipe.toml`` (as the run wrote it) and the run's ``fingerprint.json``."""
-    (staging / TRAINING_RECIPE).write_text(source_recipe_text(src, recipe))
-    files = [TRAINING_RECIPE]
-    if src.run is not None and (src.run / FINGERPRINT).is_file():
-        shutil.copyfile(src.run / FINGERPRINT, staging / FINGERPRINT)
-        files.append(FINGERPRINT)
-    return files
+    """``training_recipe.toml`` (as the run wrote it) and the run's ``fingerprint.json``; an
+    export of an export carries its source's."""
+    earlier = src.weights / TRAINING_RECIPE
+    if earlier.is_file():
+        shutil.copyfile(earlier, staging / TRAINING_RECIPE)
+    else:
+        (staging / TRAINING_RECIPE).write_text(source_recipe_text(src, recipe))
+    fingerprint = _fingerprint_file(src)
+    if fingerprint is None:
+        return [TRAINING_RECIPE]
+    shutil.copyfile(fingerprint, staging / FINGERPRINT)
+    return [TRAINING_RECIPE, FINGERPRINT]
+
+
+def _fingerprint_file(src: Source) -> Path | None:
+    for folder in (src.run, src.weights):
+        if folder is not None and (folder / FINGERPRINT).is_file():
+            return folder / FINGERPRINT
+    return None
 
 
 def reading_recipe(
@@ -103,10 +115,9 @@ def _sizes(args) -> dict[str, int]:
 
 
 def _fingerprint(src: Source) -> dict | None:
-    if src.run is None:
-        return None
+    file = _fingerprint_file(src)
     try:
-        return json.loads((src.run / FINGERPRINT).read_text())
+        return json.loads(file.read_text()) if file is not None else None
     except (OSError, json.JSONDecodeError):
         return None
 

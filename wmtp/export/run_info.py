@@ -4,8 +4,8 @@ unfamiliar file leaves its part out of the card, never fails the export.
 
 Evaluation results are looked for where ``wmtp eval`` writes them, newest layout first:
 ``<run>/eval/step-N/<benchmark>/summary.json`` (one per benchmark), then ``<run>/eval/summary.json``
-when the checkpoint it names is this one, and ``<model dir>/eval/summary.json`` for a model
-directory.
+when the checkpoint it names is this one; for a model directory (an export, say)
+``<dir>/eval/<benchmark>/summary.json``, then ``<dir>/eval/summary.json``.
 """
 
 from __future__ import annotations
@@ -57,9 +57,10 @@ def training_summary(run: Path | None, step: int | None) -> TrainingSummary | No
 
 def eval_results(weights: Path, run: Path | None, step: int | None) -> list[EvalResult]:
     """The latest evaluation of the checkpoint ``weights`` (see the module docstring)."""
-    if run is not None and step is not None:
-        per_step = sorted((run / "eval" / f"step-{step}").glob("*/summary.json"))
-        found = [r for f in per_step for r in _results(f, default_name=f.parent.name)]
+    per_benchmark = run / "eval" / f"step-{step}" if run is not None else weights / "eval"
+    if run is None or step is not None:
+        files = sorted(per_benchmark.glob("*/summary.json"))
+        found = [r for f in files for r in _results(f, default_name=f.parent.name)]
         if found:
             return found
     summary = (run or weights) / "eval" / "summary.json"
