@@ -1,7 +1,8 @@
 """From a recipe to its components: one function per component kind, each through the registry.
 
 Every caller assembles components here, the same way: the trainer (the model that trains, the
-frozen ones, the data, the weighting, the pipeline), ``wmtp eval`` (the policy, the tokenizer),
+frozen ones, the data, the weighting, the pipeline), ``wmtp eval``, ``wmtp bench decode`` and
+``wmtp export`` (a model with given weights: :func:`trained_model`; the tokenizer),
 ``wmtp bench step`` (through the trainer) and ``wmtp validate --data`` (the tokenizer, the
 dataset). Each registered builder receives only its own recipe section, plus what that section
 cannot know (the tokenizer's vocabulary, the device, whether the model trains). Importing this
@@ -11,6 +12,7 @@ module needs no torch; building a model does.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wmtp import registry
@@ -76,6 +78,51 @@ def model(
     return built
 
 
+def trained_model(
+    recipe: Any,
+    role: Role,
+    weights: Path,
+    *,
+    tokenizer: Tokenizer,
+    device: Any,
+    format: str = "auto",
+    own_sizes: bool = True,
+    dtype: str | None = None,
+    attention: str | None = None,
+) -> Any:
+    """``[model.<role>]`` holding the weights in the directory ``weights``, as every caller that
+    loads weights to use them builds it (``wmtp eval``, ``wmtp bench decode``, ``wmtp export``).
+
+    A wmtp training checkpoint (``model.safetensors`` or ``lora.safetensors``, no model
+    description beside) becomes the section's ``checkpoint``, over its pretrained ``path`` and
+    LoRA, with the heads it trained. A model directory (wmtp, Meta or Hugging Face, in ``format``)
+    becomes its ``path``; ``own_sizes``: with that model's own sizes and heads (the section's
+    flavour, heads and LoRA left out). ``dtype`` and ``attention`` replace the section's.
+    """
+    from wmtp.models.locate import FULL_WEIGHTS, LORA_WEIGHTS, find_trained_weights
+    from wmtp.recipe.inputs import MODEL_MARKERS
+
+    spec = getattr(recipe.model, role)
+    if spec is None:
+        raise RecipeError(f"the recipe has no [model.{role}]")
+    names = {p.name for p in Path(weights).iterdir()}
+    heads = None
+    if names & {FULL_WEIGHTS, LORA_WEIGHTS} and not names & set(MODEL_MARKERS):
+        from wmtp.models.checkpoint import heads_in
+
+        update: dict[str, Any] = {"checkpoint": str(weights)}
+        heads = heads_in(find_trained_weights(weights).file)  # what was trained
+    else:
+        update = {"path": str(weights), "format": format, "checkpoint": None}
+        if own_sizes:
+            fields = ("flavour", "n_future_tokens", "lora")
+            update.update({f: None for f in fields if f in type(spec).model_fields})
+    update.update({k: v for k, v in (("dtype", dtype), ("attention", attention)) if v})
+    models = recipe.model.model_copy(update={role: spec.model_copy(update=update)})
+    built = recipe.model_copy(update={"model": models})
+    return model(built, role, tokenizer=tokenizer, device=device, n_future_tokens=heads)
+
+
 def check_checkpoint_tokenizer(role: str, spec: Any, tokenizer_spec: Any) -> None:
     """A wmtp ``checkpoint`` carries the recipe that trained it; its ``[tokenizer]`` must be this
     recipe's (another tokenizer gives the same ids other meanings). A CheckpointError if not."""
@@ -105,4 +152,11 @@ def check_checkpoint_tokenizer(role: str, spec: Any, tokenizer_spec: Any) -> Non
         )
 
 
-__all__ = ["check_checkpoint_tokenizer", "dataset", "model", "tokenizer", "weighting"]
+__all__ = [
+    "check_checkpoint_tokenizer",
+    "dataset",
+    "model",
+    "tokenizer",
+    "trained_model",
+    "weighting",
+]

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "wmtp.commands.run": ("run",),  # train, with --resume and --nproc-per-node
     "wmtp.commands.data": ("data",),  # data index, data humaneval
     "wmtp.commands.eval": ("eval", "report"),
+    "wmtp.commands.export": ("export",),  # a trained model as hf, meta or wmtp files
     "wmtp.commands.bench": ("bench",),  # bench attention, bench step
 }
 """Command module -> the top-level commands (or command groups) its ``register`` adds.

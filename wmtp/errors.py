@@ -45,6 +45,11 @@ class RunError(WmtpError):
     """A training run that cannot start, resume or continue (NaN loss, refused resume, ...)."""
 
 
+class ExportError(WmtpError):
+    """An export that cannot be written as asked: the output folder exists, or the target format
+    cannot hold the model (a value head in a Hugging Face Llama, adapters in Meta's layout)."""
+
+
 class SandboxError(WmtpError):
     """Untrusted code that may not run here: no bubblewrap and no opt-in to rlimits only, or an
     unknown ``WMTP_SANDBOX`` / ``--sandbox`` value."""

@@ -194,3 +194,44 @@ def test_hf_features_wmtp_lacks_are_refused(tmp_path):
     tiny_hf_llama(attention_bias=True).save_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match="attention_bias"):
         from_pretrained(tmp_path)
+
+
+def test_extra_heads_beside_an_hf_model_come_back_as_heads(tmp_path, tiny_args):
+    """``mtp_heads.json`` + ``mtp_heads.safetensors`` (``wmtp export``'s layout) beside a plain HF
+    Llama: the reader adds them; a description whose weights are missing is refused."""
+    import dataclasses
+
+    from safetensors.torch import save_file
+
+    from wmtp.models.hf_convert import MTP_HEADS_INFO, MTP_HEADS_WEIGHTS, mtp_heads_info, to_hf
+
+    model = LlamaMTP(tiny_args, attention="eager").eval()
+    one_head = LlamaMTP(dataclasses.replace(tiny_args, n_layers=3, n_future_tokens=1), "eager")
+    one_head.load_state_dict(
+        {k: v for k, v in model.state_dict().items() if not k.startswith("extra_heads.")}
+    )
+    write_hf(one_head, tmp_path)
+    extra = dict(to_hf(k, v, tiny_args) for k, v in model.state_dict().items() if "extra" in k)
+    save_file(extra, str(tmp_path / MTP_HEADS_WEIGHTS))
+    (tmp_path / MTP_HEADS_INFO).write_text(json.dumps(mtp_heads_info(tiny_args)))
+    back = from_pretrained(tmp_path, dtype="float32", attention="eager")
+    assert (back.n_heads, back.args.n_layers, back.args.hidden_dim) == (2, 4, tiny_args.hidden_dim)
+    tokens = torch.randint(0, tiny_args.vocab_size, (1, 7))
+    with torch.no_grad():
+        assert torch.equal(back(tokens), model(tokens))
+    (tmp_path / MTP_HEADS_WEIGHTS).unlink()
+    with pytest.raises(CheckpointError, match=r"mtp_heads\.safetensors is missing"):
+        from_pretrained(tmp_path)
+
+
+def test_meta_params_json_says_only_what_meta_reads(tiny_args):
+    import dataclasses
+
+    from wmtp.models.args import RopeScaling
+
+    params = tiny_args.to_params_json()
+    assert ModelArgs.from_params_json(params) == tiny_args and "ffn_dim" not in params
+    odd_width = dataclasses.replace(tiny_args, ffn_dim=100)
+    assert ModelArgs.from_params_json(odd_width.to_params_json()) == odd_width
+    with pytest.raises(ValueError, match="use_scaled_rope"):
+        dataclasses.replace(tiny_args, rope_scaling=RopeScaling(factor=2.0)).to_params_json()

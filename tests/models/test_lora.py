@@ -1,4 +1,4 @@
-"""LoRA: what trains, merge/unmerge equality, adapters saved and loaded alone."""
+"""LoRA: what trains, merge/unmerge equality, folding for export, adapters saved and loaded alone."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from wmtp.models.llama_mtp import LlamaMTP
 from wmtp.models.lora import (
     LoRALinear,
     apply_lora,
+    fold_lora,
     load_lora,
+    lora_modules,
     lora_state_dict,
     merge_lora,
     save_lora,
@@ -102,3 +104,23 @@ def test_mismatched_adapters_leave_the_model_untouched(tmp_path, tiny_args):
     ):
         load_lora(other, tmp_path)
     assert not any(isinstance(m, LoRALinear) for m in other.modules())
+
+
+def test_folded_adapters_leave_plain_linears_with_the_same_outputs(tiny_args):
+    import torch.nn as nn
+
+    model = LlamaMTP(tiny_args, attention="eager").eval()
+    base_keys = set(model.state_dict())
+    apply_lora(model, rank=4, alpha=8.0, targets=["wq", "w2"])
+    with torch.no_grad():
+        for module in lora_modules(model):
+            module.lora_B.normal_(0, 0.1)
+    tokens = torch.randint(0, tiny_args.vocab_size, (2, 9))
+    with torch.no_grad():
+        before = model(tokens)
+        assert fold_lora(model) == 2 * tiny_args.n_layers
+        after = model(tokens)
+    assert not lora_modules(model) and not hasattr(model, "lora_config")
+    assert type(model.layers[0].attention.wq) is nn.Linear
+    assert set(model.state_dict()) == base_keys
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)

@@ -199,7 +199,8 @@ def decode(
         str | None, typer.Option(help="Model shape with random weights (a flavour name).")
     ] = None,
     checkpoint: Annotated[
-        str | None, typer.Option(help="A trained run directory or checkpoint instead.")
+        str | None,
+        typer.Option(help="A trained run directory, checkpoint or `wmtp export` instead."),
     ] = None,
     n_future_tokens: Annotated[int | None, typer.Option(help="Heads (flavour only).")] = None,
     agreeing_heads: Annotated[

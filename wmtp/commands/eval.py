@@ -24,7 +24,8 @@ def eval_command(
         Path,
         typer.Argument(
             help="A run directory (its newest checkpoint), a run's checkpoints/step-N, a "
-            "checkpoint directory with a recipe.toml beside its weights, or an evaluation recipe "
+            "checkpoint directory with a recipe.toml beside its weights (a `wmtp export` has "
+            "one), or an evaluation recipe "
             "(its model.policy.checkpoint or .path).",
             show_default=False,
         ),

@@ -106,6 +106,12 @@ class SentencePieceTokenizer(Tokenizer):
     def vocab_size(self) -> int:
         return self._sp.get_piece_size()
 
+    def special_tokens(self) -> dict[str, str]:
+        """The special pieces by Hugging Face's names (``bos_token``, ...), for exports."""
+        ids = {"bos_token": self.bos_id, "eos_token": self.eos_id, "unk_token": self._sp.unk_id()}
+        ids["pad_token"] = self._sp.pad_id()
+        return {name: self._sp.id_to_piece(i) for name, i in ids.items() if i >= 0}
+
     def _encode(self, text: str) -> list[int]:
         return self._sp.encode(text)
 
@@ -171,6 +177,11 @@ class HFTokenizer(Tokenizer):
     @property
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def special_tokens(self) -> dict[str, str]:
+        """The special tokens by Hugging Face's names (``bos_token``, ...), for exports."""
+        ids = {"bos_token": self.bos_id, "eos_token": self.eos_id, "pad_token": self.pad_id}
+        return {name: self._tok.id_to_token(i) for name, i in ids.items()}
 
     def _encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids

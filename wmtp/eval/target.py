@@ -6,8 +6,8 @@ Accepted targets:
   results in ``<run>/eval/``;
 - a checkpoint inside a run (``<run>/checkpoints/step-N``): that checkpoint, results in
   ``<run>/eval/``;
-- any other checkpoint directory (wmtp, Meta or Hugging Face format) with a ``recipe.toml``
-  beside its weights, or with ``--recipe``: results in ``<checkpoint>/eval/``;
+- any other checkpoint directory (wmtp, Meta or Hugging Face format; a ``wmtp export``) with a
+  ``recipe.toml`` beside its weights, or with ``--recipe``: results in ``<checkpoint>/eval/``;
 - a recipe (``recipes/evaluation.toml``): the run or checkpoint its ``model.policy.checkpoint``
   names (else the pretrained ``model.policy.path``), evaluated with this recipe; results where
   that target keeps them, or ``<runs_dir>/<experiment>/eval/`` for a pretrained model.
@@ -132,25 +132,15 @@ def load_policy(target: EvalTarget, recipe, device: str):
         raise RunError(
             f"{target.recipe_file}: [model.policy] is missing: there is no policy to evaluate"
         )
-    names = {p.name for p in target.checkpoint.iterdir()}
-    heads = None
-    if names & set(WEIGHT_FILES) and not names & set(PRETRAINED_MARKERS):
-        from wmtp.models.checkpoint import heads_in
-
-        update = {"checkpoint": str(target.checkpoint)}
-        heads = heads_in(find_trained_weights(target.checkpoint).file)  # what was trained
-    else:
-        fmt = spec.format if target.pretrained else "auto"
-        update = {"path": str(target.checkpoint), "format": fmt, "checkpoint": None}
-        if not target.pretrained:  # a model directory: its own sizes and heads
-            update.update(flavour=None, n_future_tokens=None, lora=None)
-    policy = spec.model_copy(update=update)
-    evaluated = recipe.model_copy(
-        update={"model": recipe.model.model_copy(update={"policy": policy})}
-    )
-    tokenizer = assembly.tokenizer(evaluated)
-    model = assembly.model(
-        evaluated, "policy", tokenizer=tokenizer, device=device, n_future_tokens=heads
+    tokenizer = assembly.tokenizer(recipe)
+    model = assembly.trained_model(
+        recipe,
+        "policy",
+        target.checkpoint,
+        tokenizer=tokenizer,
+        device=device,
+        format=spec.format if target.pretrained else "auto",
+        own_sizes=not target.pretrained,  # a model directory: its own sizes and heads
     )
     return model.eval(), tokenizer
 

@@ -95,6 +95,25 @@ class ModelArgs:
         scaling = RopeScaling() if params.get("use_scaled_rope") else None
         return cls(**sizes, rope_scaling=scaling)
 
+    def to_params_json(self) -> dict:
+        """Meta's ``params.json`` of these sizes (inverse of :meth:`from_params_json`).
+
+        ``ffn_dim`` appears only where ``multiple_of`` / ``ffn_dim_multiplier`` do not give it;
+        RoPE scaling only as ``use_scaled_rope`` (Llama-3.1's factors): a ValueError otherwise.
+        """
+        if self.rope_scaling not in (None, RopeScaling()):
+            raise ValueError(
+                f"RoPE scaling {self.rope_scaling} is not Llama-3.1's: Meta's params.json can "
+                "only say use_scaled_rope = true (factor 8, low 1, high 4, original 8192)"
+            )
+        params = asdict(self)
+        del params["rope_scaling"]
+        if replace(self, ffn_dim=None).hidden_dim == self.hidden_dim:
+            del params["ffn_dim"]
+        if self.rope_scaling is not None:
+            params["use_scaled_rope"] = True
+        return params
+
 
 def layer_params(args: ModelArgs) -> int:
     """Parameters of one transformer block (attention, SwiGLU, two RMSNorm weights)."""

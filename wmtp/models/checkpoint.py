@@ -3,7 +3,8 @@
 * ``meta``: ``params.json`` + ``consolidated.pth`` (or ``consolidated.00.pth``), the layout of
   Meta's multi-token-prediction release (``layers``, ``extra_heads``, ``n_future_tokens``).
 * ``hf``: ``config.json`` + ``model.safetensors`` or sharded ``model-*.safetensors`` with an index;
-  HF Llama stores q/k rows permuted for its rotate-half RoPE, undone here.
+  HF Llama stores q/k rows permuted for its rotate-half RoPE, undone here. Extra heads written
+  beside it by ``wmtp export`` (``mtp_heads.json`` + ``mtp_heads.safetensors``) come back as heads.
 * ``safetensors`` (wmtp's own): ``model.safetensors`` + ``wmtp_model.json`` (sizes, model kind,
   value head) beside it, and the resolved ``recipe.toml`` when a run wrote it.
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -24,7 +25,14 @@ import torch
 from wmtp.errors import CheckpointError
 from wmtp.models.args import ModelArgs
 from wmtp.models.attention import ResolvedAttention
-from wmtp.models.hf_convert import args_from_hf_config, hf_to_wmtp, write_hf
+from wmtp.models.hf_convert import (
+    MTP_HEADS_WEIGHTS,
+    args_from_hf_config,
+    extra_heads_beside,
+    hf_to_wmtp,
+    hf_weight_files,
+    write_hf,
+)
 from wmtp.models.llama_mtp import LlamaMTP, resolve_dtype
 from wmtp.models.locate import FULL_WEIGHTS, MODEL_INFO, TrainedWeights
 
@@ -108,12 +116,17 @@ def read_meta(path: Path, dtype=None) -> Checkpoint:
 
 
 def read_hf(path: Path, dtype=None) -> Checkpoint:
-    """A Hugging Face Llama: ``config.json`` + safetensors, converted to wmtp names."""
+    """A Hugging Face Llama: ``config.json`` + safetensors, converted to wmtp names; with the
+    extra heads beside it when ``mtp_heads.json`` names them."""
     config = _read_json(path / "config.json")
     args = _args_or_error(lambda: args_from_hf_config(config), path / "config.json")
     hf_sd = {}
-    for file in sorted(path.glob("*.safetensors")):
+    for file in hf_weight_files(path):
         hf_sd.update(_load_safetensors(file, dtype))
+    extra = extra_heads_beside(path)
+    if extra:
+        hf_sd.update(_load_safetensors(path / MTP_HEADS_WEIGHTS, dtype))
+        args = replace(args, n_layers=args.n_layers + extra, n_future_tokens=1 + extra)
     return Checkpoint("hf", path, args, hf_to_wmtp(hf_sd, args, config, path))
 
 
@@ -258,8 +271,6 @@ def resize_heads(args: ModelArgs, sd: dict, n_future_tokens: int) -> tuple[Model
             sd[f"extra_heads.{j}." + key[len(head1) :]] = sd[key].clone()
     log.info("checkpoint: %d heads -> %d (any new head copies head 1)", old, n_future_tokens)
     n_layers = args.n_layers - old + n_future_tokens
-    from dataclasses import replace
-
     return replace(args, n_layers=n_layers, n_future_tokens=n_future_tokens), sd
 
 
@@ -349,25 +360,11 @@ def save_wmtp(
 
 
 def write_meta(model: LlamaMTP, directory: str | Path) -> Path:
-    """Meta's layout (``params.json`` + ``consolidated.pth``): for tests and exports."""
+    """Meta's layout (``params.json`` + ``consolidated.pth``), for tests (``wmtp export`` writes
+    the same files with a dtype, progress and checks)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    a = model.args
-    params = {
-        "dim": a.dim,
-        "n_layers": a.n_layers,
-        "n_heads": a.n_heads,
-        "n_kv_heads": a.kv_heads,
-        "vocab_size": a.vocab_size,
-        "multiple_of": a.multiple_of,
-        "ffn_dim_multiplier": a.ffn_dim_multiplier,
-        "norm_eps": a.norm_eps,
-        "rope_theta": a.rope_theta,
-        "max_seq_len": a.max_seq_len,
-        "n_future_tokens": a.n_future_tokens,
-    }
-    if a.ffn_dim is not None:
-        params["ffn_dim"] = a.ffn_dim
+    params = model.args.to_params_json()
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     _atomic(directory / "consolidated.pth", lambda tmp: torch.save(sd, tmp))
     _atomic(directory / "params.json", lambda tmp: tmp.write_text(json.dumps(params)))

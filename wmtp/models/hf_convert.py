@@ -3,6 +3,11 @@
 HF's Llama applies RoPE to the two *halves* of each head (rotate-half); Meta (and wmtp) rotate
 *consecutive pairs*. HF's conversion script permutes the rows of ``wq``/``wk`` within each head so
 both give the same attention; reading undoes that permutation, writing applies it.
+
+A Hugging Face Llama has one head (the next-token model: the trunk and head 1 as its layers).
+Heads 2..n, when kept, sit beside it: ``mtp_heads.safetensors`` holds head k's layer under
+``extra_heads.{k-2}.`` with HF's layer names (``self_attn.q_proj.weight``, ..., q/k permuted the
+same way) and ``mtp_heads.json`` says how they attach (:func:`mtp_heads_info`).
 """
 
 from __future__ import annotations
@@ -32,6 +37,11 @@ _TOP_NAMES = {
     "lm_head.weight": "output.weight",
 }
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+EXTRA_HEADS = "extra_heads."
+MTP_HEADS_WEIGHTS = "mtp_heads.safetensors"
+MTP_HEADS_INFO = "mtp_heads.json"
+MTP_HEADS_FORMAT = "wmtp-mtp-heads"
+HF_INDEX = "model.safetensors.index.json"
 
 
 def args_from_hf_config(config: dict) -> ModelArgs:
@@ -126,41 +136,120 @@ def hf_to_wmtp(hf_sd: dict, args: ModelArgs, config: dict, path: Path) -> dict[s
 def _wmtp_name(name: str) -> str | None:
     if name in _TOP_NAMES:
         return _TOP_NAMES[name]
+    if name.startswith(EXTRA_HEADS):  # extra_heads.{j}.{rest} (mtp_heads.safetensors)
+        _, j, rest = name.split(".", 2)
+        return f"{EXTRA_HEADS}{j}.{_LAYER_NAMES[rest]}" if rest in _LAYER_NAMES else None
     parts = name.split(".", 3)  # model.layers.{i}.{rest}
     if len(parts) == 4 and parts[:2] == ["model", "layers"] and parts[3] in _LAYER_NAMES:
         return f"layers.{parts[2]}.{_LAYER_NAMES[parts[3]]}"
     return None
 
 
+def to_hf(name: str, tensor: torch.Tensor, a: ModelArgs) -> tuple[str, torch.Tensor]:
+    """One wmtp parameter under its HF name (:func:`hf_name`), q/k rows permuted: the inverse
+    of :func:`hf_to_wmtp`."""
+    rest = name.split(".", 2)[-1]
+    if rest == "attention.wq.weight":
+        tensor = permute_qk(tensor, a.n_heads)
+    elif rest == "attention.wk.weight":
+        tensor = permute_qk(tensor, a.kv_heads)
+    return hf_name(name), tensor
+
+
+def hf_name(name: str) -> str:
+    """The HF name of a wmtp parameter; an extra head's layer keeps ``extra_heads.{j}.`` before
+    HF's layer names."""
+    if name in _TO_HF_TOP:
+        return _TO_HF_TOP[name]
+    group, i, rest = name.split(".", 2)  # layers.{i}.{rest} or extra_heads.{j}.{rest}
+    assert group in ("layers", "extra_heads") and rest in _TO_HF_LAYER, name
+    prefix = "model.layers." if group == "layers" else EXTRA_HEADS
+    return f"{prefix}{i}.{_TO_HF_LAYER[rest]}"
+
+
+_TO_HF_TOP = {v: k for k, v in _TOP_NAMES.items()}
+_TO_HF_LAYER = {v: k for k, v in _LAYER_NAMES.items()}
+
+
 def write_hf(model, directory: str | Path) -> Path:
-    """A Hugging Face Llama checkpoint of a one-head model (for tests and exports)."""
+    """A Hugging Face Llama checkpoint of a one-head model (for tests; ``wmtp export`` writes
+    sharded files, the tokenizer and the extra heads)."""
     from safetensors.torch import save_file
 
     a = model.args
     assert a.n_future_tokens == 1, "Hugging Face Llama has one head; drop the extra heads first"
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    to_hf = {v: k for k, v in _TOP_NAMES.items()}
-    layer_to_hf = {v: k for k, v in _LAYER_NAMES.items()}
-    tensors = {}
-    for name, tensor in model.state_dict().items():
-        tensor = tensor.detach().cpu()
-        if name in to_hf:
-            tensors[to_hf[name]] = tensor.contiguous()
-            continue
-        _, i, rest = name.split(".", 2)
-        if rest == "attention.wq.weight":
-            tensor = permute_qk(tensor, a.n_heads)
-        elif rest == "attention.wk.weight":
-            tensor = permute_qk(tensor, a.kv_heads)
-        tensors[f"model.layers.{i}.{layer_to_hf[rest]}"] = tensor.contiguous()
+    tensors = dict(to_hf(k, v.detach().cpu(), a) for k, v in model.state_dict().items())
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
     save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
     (directory / "config.json").write_text(json.dumps(hf_config(a), indent=2))
     return directory
 
 
-def hf_config(a: ModelArgs) -> dict:
-    """The Llama ``config.json`` of ``a``."""
+def hf_weight_files(path: Path) -> list[Path]:
+    """The model's safetensors: those the index names, else every one but the extra heads'."""
+    index = path / HF_INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{index}: not a safetensors index ({exc})") from exc
+        return [path / name for name in sorted(set(weight_map.values()))]
+    return sorted(p for p in path.glob("*.safetensors") if p.name != MTP_HEADS_WEIGHTS)
+
+
+def extra_heads_beside(path: Path) -> int:
+    """How many extra heads ``mtp_heads.json`` says are beside an HF model (0 without one)."""
+    info_file = path / MTP_HEADS_INFO
+    if not info_file.is_file():
+        return 0
+    try:
+        info = json.loads(info_file.read_text())
+        n = int(info["n_future_tokens"]) - 1 if info.get("format") == MTP_HEADS_FORMAT else -1
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CheckpointError(
+            f"{info_file}: not a {MTP_HEADS_FORMAT} description ({exc!r})"
+        ) from exc
+    if n < 0:
+        raise CheckpointError(
+            f"{info_file}: not a {MTP_HEADS_FORMAT} description with n_future_tokens >= 1"
+        )
+    if n and not (path / MTP_HEADS_WEIGHTS).is_file():
+        raise CheckpointError(
+            f"{info_file}: names {n} extra heads, but {MTP_HEADS_WEIGHTS} is missing"
+        )
+    return n
+
+
+def mtp_heads_info(a: ModelArgs) -> dict:
+    """``mtp_heads.json``: how heads 2..n of ``a`` attach to the Hugging Face model beside them."""
+    trunk = a.n_trunk_layers
+    heads = [{"head": 1, "predicts": "token t+1", "weights": f"model.layers.{trunk}."}]
+    heads += [
+        {"head": k, "predicts": f"token t+{k}", "weights": f"{EXTRA_HEADS}{k - 2}."}
+        for k in range(2, a.n_future_tokens + 1)
+    ]
+    return {
+        "format": MTP_HEADS_FORMAT,
+        "format_version": 1,
+        "n_future_tokens": a.n_future_tokens,
+        "trunk_layers": trunk,
+        "weights": MTP_HEADS_WEIGHTS,
+        "heads": heads,
+        "how": (
+            f"Head k is one LlamaDecoderLayer (config.json's sizes) whose weights are the "
+            f"tensors under its prefix (HF names). It reads the trunk output: the hidden state "
+            f"after model.layers[{trunk - 1}] (hidden_states[{trunk}] with "
+            "output_hidden_states=True), then applies its layer, the shared model.norm and the "
+            "shared lm_head. Head 1 is model.layers[-1], so the model alone is the next-token "
+            "model; the heads draft tokens t+2..t+n for self-speculative decoding."
+        ),
+    }
+
+
+def hf_config(a: ModelArgs, dtype: str = "float32") -> dict:
+    """The Llama ``config.json`` of ``a`` (one head: ``a`` must say ``n_future_tokens = 1``)."""
     rope: dict = {"rope_type": "default", "rope_theta": a.rope_theta}
     if a.rope_scaling is not None:
         s = a.rope_scaling
@@ -190,5 +279,5 @@ def hf_config(a: ModelArgs) -> dict:
         "attention_bias": False,
         "mlp_bias": False,
         "tie_word_embeddings": False,
-        "torch_dtype": "float32",
+        "torch_dtype": dtype,
     }

@@ -107,6 +107,25 @@ def merge_lora(model: nn.Module) -> None:
         module.merge()
 
 
+def fold_lora(model: nn.Module) -> int:
+    """Merge every adapter and put a plain ``nn.Linear`` holding the merged weight in its place:
+    the model has no adapters left (its state dict is the base model's names). For exports;
+    returns how many adapters were folded."""
+    folded = 0
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, LoRALinear):
+            continue
+        module.merge()
+        plain = nn.Linear(module.in_features, module.out_features, bias=False, device="meta")
+        plain.weight = module.weight
+        parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+        setattr(parent, name.rsplit(".", 1)[-1], plain)
+        folded += 1
+    if folded:
+        del model.lora_config
+    return folded
+
+
 def unmerge_lora(model: nn.Module) -> None:
     """Take merged adapters back out of the base weights."""
     for module in lora_modules(model):
@@ -175,6 +194,7 @@ __all__ = [
     "TARGETS",
     "LoRALinear",
     "apply_lora",
+    "fold_lora",
     "load_lora",
     "lora_state_dict",
     "merge_lora",

@@ -1,0 +1,99 @@
+"""Bad input to ``wmtp export``: each a located error, exit 2, nothing half-written left behind."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.export.export_helpers import export
+
+
+def leftovers(folder) -> list[str]:
+    """Staging or replaced folders an export may have left (hidden names)."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path):
+    """A copy of the trained run to damage."""
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    return copy
+
+
+def test_a_source_that_is_not_a_checkpoint(tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("train more")
+    result = export(tmp_path / "notes", "--to", "hf", "--out", tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    assert "notes: neither a run directory" in result.flat and "model directory" in result.flat
+    result = export(tmp_path / "nowhere", "--to", "meta", "--out", tmp_path / "out")
+    assert result.exit_code == 2 and "nowhere: no such run directory" in result.flat
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_a_model_directory_without_recipe_or_tokenizer_asks_for_a_recipe(tmp_path):
+    from wmtp.models.args import flavour
+    from wmtp.models.checkpoint import write_meta
+    from wmtp.models.llama_mtp import LlamaMTP
+
+    write_meta(LlamaMTP(flavour("tiny").with_vocab(259), attention="sdpa"), tmp_path / "meta")
+    result = export(tmp_path / "meta", "--to", "hf", "--out", tmp_path / "out")
+    assert result.exit_code == 2 and "no recipe.toml" in result.flat and "--recipe" in result.flat
+
+
+def test_half_written_checkpoints(run_copy, tmp_path):
+    out = tmp_path / "out"
+    checkpoints = run_copy / "checkpoints"
+    shutil.copytree(checkpoints / "step-3", checkpoints / ".tmp-step-6")
+    result = export(checkpoints / ".tmp-step-6", "--to", "hf", "--out", out)
+    assert result.exit_code == 2 and "a half-written checkpoint" in result.flat
+
+    weights = checkpoints / "step-3" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])  # a copy cut short
+    result = export(run_copy, "--to", "hf", "--out", out)
+    assert result.exit_code == 2, result.output
+    assert "model.safetensors" in result.flat and "half-written or damaged" in result.flat
+
+    weights.unlink()
+    (checkpoints / "step-3" / "state" / ".metadata").unlink()  # DCP writes it last
+    result = export(run_copy, "--to", "meta", "--out", out)
+    assert result.exit_code == 2 and "lacks its .metadata" in result.flat
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_an_existing_output_directory_is_kept_unless_forced(tiny_run, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep me")
+    result = export(tiny_run, "--to", "hf", "--out", out)
+    assert result.exit_code == 2, result.output
+    assert "exists and is not empty" in result.flat and "--force" in result.flat
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]
+
+    result = export(tiny_run, "--to", "hf", "--out", out, "--force")
+    assert result.exit_code == 0, result.output
+    assert not (out / "mine.txt").exists() and (out / "config.json").is_file()
+    assert leftovers(tmp_path) == []
+
+    result = export(
+        tiny_run / "checkpoints" / "step-3", "--to", "meta", "--out", tiny_run, "--force"
+    )
+    assert result.exit_code == 2 and "replacing it would delete the source" in result.flat
+    assert (tiny_run / "checkpoints" / "step-3" / "model.safetensors").is_file()
+
+
+def test_command_line_mistakes(tiny_run, tmp_path):
+    result = export(tiny_run, "--to", "onnx", "--out", tmp_path / "out")
+    assert result.exit_code == 2 and "'onnx' is not one of" in result.flat
+    result = export(tiny_run, "--to", "hf", "--out", tmp_path / "out", "--max-shard-size", "big")
+    assert result.exit_code == 2 and "--max-shard-size" in result.flat
+    assert not (tmp_path / "out").exists()
+
+
+def test_sizes_of_max_shard_size():
+    from wmtp.commands.export import parse_size
+
+    assert parse_size("5GB") == 5 * 10**9 and parse_size("2GiB") == 2 * 2**30
+    assert parse_size("500mb") == 500 * 10**6 and parse_size("1000") == 1000

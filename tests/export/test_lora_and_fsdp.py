@@ -1,0 +1,77 @@
+"""A LoRA run and a 2-rank FSDP2 run (gloo), each exported to Hugging Face and Meta: merged LoRA
+equals the unmerged model, and the sharded DCP state alone consolidates on one CPU process."""
+
+from __future__ import annotations
+
+import shutil
+
+import torch
+
+from tests.export.export_helpers import TOKENS, export, logits, wmtp_model
+
+
+def test_merged_lora_equals_the_unmerged_model(lora_run, lora_base, tmp_path):
+    from wmtp.models.checkpoint import from_pretrained
+    from wmtp.models.lora import lora_modules
+
+    unmerged = wmtp_model(lora_run)
+    assert lora_modules(unmerged)  # the adapters apart, as training and eval run them
+    want = logits(unmerged)
+    base = logits(from_pretrained(lora_base, dtype="float32", attention="sdpa"))
+    assert (want - base).abs().max() > 1e-3  # the adapters trained: merging has work to do
+    for to in ("hf", "meta"):
+        out = tmp_path / to
+        result = export(lora_run, "--to", to, "--out", out)
+        assert result.exit_code == 0, result.output
+        merged = wmtp_model(out)
+        assert not lora_modules(merged)
+        largest = (logits(merged) - want).abs().max().item()
+        print(f"--to {to}: largest |merged - unmerged LoRA| logit difference: {largest:.3g}")
+        torch.testing.assert_close(logits(merged), want, rtol=1e-5, atol=1e-5)
+        assert "LoRA adapters: merged into the weights" in (out / "README.md").read_text()
+
+
+def test_lora_kept_apart_is_a_checkpoint_over_the_base(lora_run, tmp_path):
+    out = tmp_path / "adapters"
+    result = export(lora_run, "--to", "wmtp", "--no-merge-lora", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert (out / "lora.safetensors").is_file() and not (out / "model.safetensors").exists()
+    assert torch.equal(logits(wmtp_model(out)), logits(wmtp_model(lora_run)))
+    result = export(lora_run, "--to", "hf", "--no-merge-lora", "--out", tmp_path / "no")
+    assert result.exit_code == 2 and "--merge-lora" in result.flat
+    assert not (tmp_path / "no").exists()
+
+
+def test_a_two_rank_fsdp_run_exports_from_its_consolidated_file(fsdp_run, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    trained = logits(wmtp_model(fsdp_run))
+    for to in ("hf", "meta"):
+        out = tmp_path / to
+        result = export(fsdp_run, "--to", to, "--out", out)
+        assert result.exit_code == 0, result.output
+        assert torch.equal(logits(wmtp_model(out)), trained)
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(hf(TOKENS).logits, trained[:, :, 0])
+    assert '"world_size": 2' in (tmp_path / "hf" / "README.md").read_text()
+
+
+def test_the_sharded_state_alone_consolidates_without_a_process_group(fsdp_run, tmp_path):
+    """Both ranks' DCP files, read in this (non-distributed) process, give the same export."""
+    import torch.distributed as dist
+
+    copy = tmp_path / "run"
+    shutil.copytree(fsdp_run, copy)
+    step = copy / "checkpoints" / "step-3"
+    assert sorted(p.name for p in (step / "state").glob("*.distcp")) == [
+        "__0_0.distcp",
+        "__1_0.distcp",
+    ]
+    (step / "model.safetensors").unlink()
+    assert not dist.is_initialized()
+    for to in ("hf", "meta"):
+        result = export(copy, "--to", to, "--out", tmp_path / to)
+        assert result.exit_code == 0, result.output
+        assert torch.equal(logits(wmtp_model(tmp_path / to)), logits(wmtp_model(fsdp_run)))
+    assert not (step / "model.safetensors").exists()  # the source is left as it was

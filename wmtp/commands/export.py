@@ -1,0 +1,139 @@
+"""``wmtp export``: a trained run, checkpoint or model as Hugging Face, Meta or wmtp files.
+
+Parsing only; the work is ``wmtp.export.export_model`` (torch loads when the command runs).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from wmtp.commands._common import command, console
+
+
+class Target(str, enum.Enum):
+    """The values of ``--to`` (``wmtp.export.formats.TARGETS``)."""
+
+    hf = "hf"
+    meta = "meta"
+    wmtp = "wmtp"
+
+
+class DType(str, enum.Enum):
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+    float32 = "float32"
+
+
+class Heads(str, enum.Enum):
+    all = "all"
+    one = "1"
+
+
+SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10}
+SIZE_UNITS |= {"MIB": 2**20, "GIB": 2**30}
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``export`` to ``app``."""
+    command(app, "export", no_args_is_help=True)(export_command)
+
+
+def export_command(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="A run directory (its newest checkpoint), a checkpoint (checkpoints/step-N; "
+            "sharded state/ alone is enough), or a model directory wmtp loads (Meta, Hugging "
+            "Face, wmtp).",
+            show_default=False,
+        ),
+    ],
+    to: Annotated[
+        Target,
+        typer.Option(
+            "--to",
+            help="hf: a plain LlamaForCausalLM (trunk + head 1; heads 2..n beside it); meta: "
+            "params.json + consolidated.pth, Meta's multi-token layout; wmtp: wmtp's own format.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write (must be new or empty).")],
+    merge_lora: Annotated[
+        bool,
+        typer.Option(
+            "--merge-lora/--no-merge-lora",
+            help="Fold trained LoRA adapters into the weights, or (--to wmtp) keep them apart "
+            "over the recipe's base model.",
+        ),
+    ] = True,
+    dtype: Annotated[
+        DType | None,
+        typer.Option("--dtype", help="dtype of the written weights (default: the recipe's)."),
+    ] = None,
+    heads: Annotated[
+        Heads,
+        typer.Option("--heads", help="all: every prediction head; 1: the next-token model alone."),
+    ] = Heads.all,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace --out when it exists and is not empty.")
+    ] = False,
+    recipe: Annotated[
+        Path | None,
+        typer.Option(
+            "--recipe",
+            help="Recipe of a source without one beside it (its tokenizer and model section).",
+        ),
+    ] = None,
+    max_shard_size: Annotated[
+        str,
+        typer.Option(
+            "--max-shard-size", help="--to hf: largest safetensors file (5GB, 500MB, 2GiB...)."
+        ),
+    ] = "5GB",
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Show progress while writing.")
+    ] = True,
+) -> None:
+    """Write a trained model in a format other tools load, with its tokenizer and a model card.
+
+    The model is built as training and `wmtp eval` build it (its recipe, its checkpoint), on the
+    CPU, then written under a temporary name and renamed when complete. `wmtp eval DIR` and
+    `wmtp bench decode --checkpoint DIR` take the export as they take a run.
+    """
+    from wmtp.export import export_model
+
+    result = export_model(
+        source,
+        to=to.value,
+        out=out,
+        merge_lora=merge_lora,
+        dtype=dtype.value if dtype else None,
+        heads=heads.value,
+        force=force,
+        recipe=recipe,
+        max_shard_bytes=parse_size(max_shard_size),
+        progress=progress,
+        console=console,
+    )
+    step = f" (step {result.source.step})" if result.source.trained else ""
+    console.print(
+        f"exported {result.source.weights}{step} -> {result.out} ({result.to}, {result.dtype}, "
+        f"{result.heads} head{'s' * (result.heads > 1)}): {', '.join(sorted(result.files))}",
+        highlight=False,
+    )
+
+
+def parse_size(text: str) -> int:
+    """Bytes of ``5GB``, ``500MB``, ``2GiB``, ``1000`` (decimal units, as transformers')."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).upper() if match else None
+    if match is None or unit not in SIZE_UNITS or float(match.group(1)) <= 0:
+        raise typer.BadParameter(
+            f"{text!r}: a size such as 5GB, 500MB or 2GiB", param_hint="--max-shard-size"
+        )
+    return int(float(match.group(1)) * SIZE_UNITS[unit])

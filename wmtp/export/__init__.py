@@ -1,0 +1,25 @@
+"""``wmtp export``: a trained run, checkpoint or model as a model other tools load.
+
+``export_model`` (``wmtp.export.run``) is the entry point; each module holds one step:
+``source`` (what SOURCE names, checked whole, its recipe), ``consolidate`` (weights from a
+sharded DCP ``state/`` on the CPU), ``hf`` / ``formats`` (the target formats and what they can
+hold), ``tokenizer_files`` (the tokenizer as ``transformers`` reads it), ``recipes`` and ``card``
+(the recipes, fingerprint and model card beside the weights), ``run_info`` (training tokens and
+eval results for the card), ``output`` (the output folder, written whole or not at all).
+Importing this package needs no torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("export_model", "ExportResult"):
+        from wmtp.export import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module 'wmtp.export' has no attribute {name!r}")
+
+
+__all__ = ["ExportResult", "export_model"]

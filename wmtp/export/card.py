@@ -1,0 +1,149 @@
+"""The model card (``README.md``) of every export: YAML front matter the Hugging Face Hub and
+other tools read, then what the model is, how to use it, how it was trained (recipe, fingerprint,
+steps, tokens) and how it scored (the latest ``wmtp eval`` of that checkpoint)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from wmtp.export.run_info import EvalResult, TrainingSummary
+from wmtp.export.tokenizer_files import TokenizerFiles
+
+FORMAT_NAMES = {
+    "hf": "Hugging Face transformers (`LlamaForCausalLM`)",
+    "meta": "Meta's multi-token-prediction layout (`params.json` + `consolidated.pth`)",
+    "wmtp": "wmtp's own format (`model.safetensors` + `wmtp_model.json`)",
+}
+
+
+@dataclass(frozen=True)
+class CardFacts:
+    """Everything the card says, gathered by the export."""
+
+    title: str
+    to: str
+    out: str
+    """The export directory as the user named it (the card's commands use it)."""
+    kind: str
+    """``llama_mtp`` or ``value_model``."""
+    heads_exported: int
+    heads_trained: int
+    dtype: str
+    parameters: int
+    source: str
+    pipeline: str
+    lora: str | None
+    """How LoRA adapters were exported (``merged``, ``kept apart``), or ``None``."""
+    files: list[str]
+    tokenizer: TokenizerFiles
+    training: TrainingSummary | None
+    results: list[EvalResult]
+    fingerprint: dict | None
+    sizes: dict = field(default_factory=dict)
+
+
+def model_card(f: CardFacts) -> str:
+    """The card's markdown."""
+    parts = [
+        _front_matter(f),
+        f"# {f.title}\n\n{_summary(f)}",
+        "## Use it\n\n" + _usage(f),
+        "## Tokenizer\n\n" + f.tokenizer.note,
+        "## Training\n\n" + _training(f),
+        "## Evaluation\n\n" + _evaluation(f.results),
+        "## Files\n\n" + "\n".join(f"- `{name}`" for name in sorted(set(f.files))),
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
+def _front_matter(f: CardFacts) -> str:
+    lines = ["---"]
+    if f.to == "hf":
+        lines.append("library_name: transformers")
+    lines += ["pipeline_tag: text-generation", "tags:"]
+    tags = ["wmtp", "llama", "code"] + (["multi-token-prediction"] if f.heads_trained > 1 else [])
+    lines += [f"- {tag}" for tag in tags]
+    return "\n".join([*lines, "---"])
+
+
+def _summary(f: CardFacts) -> str:
+    heads = (
+        f"{f.heads_exported} prediction heads (head k predicts token t+k)"
+        if f.heads_exported > 1
+        else "its next-token head"
+        + (f" (of the {f.heads_trained} it trained)" if f.heads_trained > 1 else "")
+    )
+    what = "A value model (critic)" if f.kind == "value_model" else f"A LLaMA model with {heads}"
+    lora = f" LoRA adapters: {f.lora}." if f.lora else ""
+    sizes = ", ".join(f"{k} {v}" for k, v in f.sizes.items())
+    return (
+        f"{what}, trained with wmtp (pipeline `{f.pipeline}`) and exported from `{f.source}` "
+        f"in {FORMAT_NAMES[f.to]}, {f.dtype}, {f.parameters:,} parameters ({sizes}).{lora}"
+    )
+
+
+def _usage(f: CardFacts) -> str:
+    wmtp = (
+        "With wmtp (`recipe.toml` here names this folder and its tokenizer):\n\n"
+        f"```bash\nwmtp eval {f.out}\nwmtp bench decode --checkpoint {f.out}\n```"
+    )
+    if f.to != "hf":
+        return wmtp
+    snippet = (
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+        f'model = AutoModelForCausalLM.from_pretrained("{f.out}")\n'
+        f'tokenizer = AutoTokenizer.from_pretrained("{f.out}")\n'
+        'ids = tokenizer("def fibonacci(n):", return_tensors="pt").input_ids\n'
+        "out = model.generate(ids, max_new_tokens=64, do_sample=False)\n"
+        "print(tokenizer.decode(out[0], skip_special_tokens=True))"
+    )
+    heads = ""
+    if f.heads_exported > 1:
+        heads = (
+            "\n\nHeads 2..n are in `mtp_heads.safetensors`, described by `mtp_heads.json` (which "
+            "layer each is, what it reads): wmtp loads them with the model, so self-speculative "
+            "decoding (`evaluation.speculative = true`) works from this folder."
+        )
+    return f"```python\n{snippet}\n```{heads}\n\n{wmtp}"
+
+
+def _training(f: CardFacts) -> str:
+    lines = []
+    t = f.training
+    if t is not None:
+        lines.append(f"- steps: {t.steps}")
+        if t.tokens is not None:
+            how = "" if t.tokens_exact else f" (estimated from {t.logged_steps} logged steps)"
+            lines.append(f"- input tokens: {t.tokens:,}{how}")
+    lines.append(
+        "- recipe: [`training_recipe.toml`](training_recipe.toml) (the resolved recipe that "
+        "trained it); [`recipe.toml`](recipe.toml) is the same recipe reading this folder"
+    )
+    text = "\n".join(lines)
+    if f.fingerprint:
+        text += "\n\nFingerprint (`fingerprint.json`):\n\n```json\n"
+        text += json.dumps(f.fingerprint, indent=2) + "\n```"
+    return text
+
+
+def _evaluation(results: list[EvalResult]) -> str:
+    if not results:
+        return "No `wmtp eval` results for this checkpoint yet (`wmtp eval` writes them)."
+    ks = sorted(
+        {k for r in results for k in r.pass_at_k}, key=lambda k: int(k) if k.isdigit() else 0
+    )
+    header = "| benchmark | " + " | ".join(f"pass@{k}" for k in ks) + " | details |"
+    rows = [header, "|" + "---|" * (len(ks) + 2)]
+    for r in results:
+        cells = [_percent(r.pass_at_k.get(k)) for k in ks]
+        details = ", ".join(f"{k} {v}" for k, v in r.details.items())
+        rows.append(f"| {r.benchmark} | " + " | ".join(cells) + f" | {details} |")
+    return "Latest `wmtp eval` of this checkpoint:\n\n" + "\n".join(rows)
+
+
+def _percent(value) -> str:
+    return f"{100 * value:.1f}%" if isinstance(value, int | float) else "-"
+
+
+__all__ = ["CardFacts", "model_card"]

@@ -1,0 +1,92 @@
+"""``--to meta`` and ``--to wmtp``, and what each target format can hold.
+
+- ``meta``: ``params.json`` + ``consolidated.pth`` in the layout of Meta's multi-token release
+  (trunk ``layers[:-1]``, head 1 ``layers[-1]``, heads 2..n ``extra_heads``, one ``norm`` and
+  ``output``): the inverse of wmtp's Meta reader. Its ``params.json`` cannot say a value head,
+  adapters, or RoPE scaling other than Llama-3.1's (``use_scaled_rope``).
+- ``wmtp``: ``model.safetensors`` + ``wmtp_model.json`` (``save_wmtp``; a value model with its
+  head), or, with ``--no-merge-lora``, the adapters alone (``lora.safetensors`` + ``lora.json``)
+  as a checkpoint over the recipe's base model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from wmtp.errors import ExportError
+from wmtp.export.progress import tensor_progress
+
+TARGETS = ("hf", "meta", "wmtp")
+RECIPE_FORMAT = {"hf": "hf", "meta": "meta", "wmtp": "safetensors"}
+"""``model.*.format`` of a recipe that reads each export."""
+
+
+def check_target_holds(spec, to: str, merge_lora: bool, where: str) -> None:
+    """An ExportError, before any model is built, when ``to`` cannot hold the recipe section
+    ``spec``'s model as asked."""
+    if spec.kind == "value_model" and to != "wmtp":
+        held = "a Hugging Face LlamaForCausalLM" if to == "hf" else "Meta's params.json layout"
+        raise ExportError(
+            f"--to {to}: {where} is a value model (kind = 'value_model', a {spec.head.kind} "
+            f"value head), which {held} cannot hold; export it with --to wmtp"
+        )
+    if spec.lora is not None and not merge_lora and to != "wmtp":
+        raise ExportError(
+            f"--to {to} --no-merge-lora: {where} trained LoRA adapters, and {to} holds plain "
+            "weights only: merge them (--merge-lora, the default), or keep them apart with "
+            "--to wmtp"
+        )
+
+
+def meta_params(args) -> dict:
+    """``params.json`` of ``args``; an ExportError where Meta's layout cannot say them."""
+    try:
+        return args.to_params_json()
+    except ValueError as exc:
+        raise ExportError(f"--to meta: {exc}; export it with --to hf or --to wmtp") from None
+
+
+def write_meta_model(model, directory: Path, *, dtype, progress=True, console=None) -> list[str]:
+    """``params.json`` + ``consolidated.pth`` (Meta's names are wmtp's) in ``dtype``."""
+    import torch
+
+    params = meta_params(model.args)
+    sd = model.state_dict()
+    total = sum(v.numel() for v in sd.values()) * dtype.itemsize
+    tensors = {}
+    with tensor_progress(total, progress, console) as bar:
+        bar.describe("writing consolidated.pth")
+        for name, tensor in sd.items():
+            tensors[name] = tensor.detach().to("cpu", dtype).contiguous()
+            bar.advance(tensors[name].numel() * dtype.itemsize)
+        torch.save(tensors, directory / "consolidated.pth")
+    (directory / "params.json").write_text(json.dumps(params, indent=2) + "\n")
+    return ["consolidated.pth", "params.json"]
+
+
+def write_wmtp_model(model, directory: Path, *, adapters_only: bool = False) -> list[str]:
+    """wmtp's own format (the model as built, in its dtype), or its LoRA adapters alone."""
+    if adapters_only:
+        from wmtp.models.lora import LORA_CONFIG, LORA_WEIGHTS, save_lora
+
+        save_lora(model, directory)
+        return [LORA_WEIGHTS, LORA_CONFIG]
+    from wmtp.models.checkpoint import ARGS_FILE, WEIGHTS_FILE, save_wmtp
+    from wmtp.models.value import ValueModel
+
+    if isinstance(model, ValueModel):
+        model.save(directory)
+    else:
+        save_wmtp(model, directory)
+    return [WEIGHTS_FILE, ARGS_FILE]
+
+
+__all__ = [
+    "RECIPE_FORMAT",
+    "TARGETS",
+    "check_target_holds",
+    "meta_params",
+    "write_meta_model",
+    "write_wmtp_model",
+]

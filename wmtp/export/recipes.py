@@ -1,0 +1,125 @@
+"""The recipes and facts an export carries: the training recipe as it was, the same recipe reading
+the export (so ``wmtp eval DIR`` and ``wmtp bench decode --checkpoint DIR`` take it like any run),
+the run's fingerprint, and the facts of the model card."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from wmtp.export.card import CardFacts
+from wmtp.export.formats import RECIPE_FORMAT
+from wmtp.export.run_info import eval_results, training_summary
+from wmtp.export.source import Source, source_recipe_text
+from wmtp.recipe.specs.models import SIZE_FIELDS
+
+TRAINING_RECIPE = "training_recipe.toml"
+FINGERPRINT = "fingerprint.json"
+HEADER = (
+    "# Written by `wmtp export`: the recipe that trained this model ({training}), reading the\n"
+    "# exported folder. `wmtp eval` and `wmtp bench decode --checkpoint` use it; when the\n"
+    "# folder moves, give the new paths with --set (model.{role}.path, tokenizer.path).\n"
+)
+
+
+def training_files(src: Source, recipe, staging: Path) -> list[str]:
+    """``training_recipe.toml`` (as the run wrote it) and the run's ``fingerprint.json``; an
+    export of an export carries its source's."""
+    earlier = src.weights / TRAINING_RECIPE
+    if earlier.is_file():
+        shutil.copyfile(earlier, staging / TRAINING_RECIPE)
+    else:
+        (staging / TRAINING_RECIPE).write_text(source_recipe_text(src, recipe))
+    fingerprint = _fingerprint_file(src)
+    if fingerprint is None:
+        return [TRAINING_RECIPE]
+    shutil.copyfile(fingerprint, staging / FINGERPRINT)
+    return [TRAINING_RECIPE, FINGERPRINT]
+
+
+def _fingerprint_file(src: Source) -> Path | None:
+    for folder in (src.run, src.weights):
+        if folder is not None and (folder / FINGERPRINT).is_file():
+            return folder / FINGERPRINT
+    return None
+
+
+def reading_recipe(
+    recipe,
+    role: str,
+    *,
+    to: str,
+    out: Path,
+    tokenizer_file: str | None,
+    adapters_apart: bool,
+) -> str:
+    """The training recipe with ``model.<role>`` reading ``out`` (its sizes and heads from the
+    files there) and, where the tokenizer is a file, ``tokenizer.path`` the exported one. With
+    the adapters kept apart the section keeps its base ``path`` and ``lora``: the folder is then a
+    checkpoint over that base."""
+    from wmtp.recipe.dump import dumps, recipe_data
+
+    data = recipe_data(recipe)
+    section = data["model"][role]
+    section.pop("checkpoint", None)
+    if not adapters_apart:
+        for key in (*SIZE_FIELDS, "flavour", "n_future_tokens", "lora"):
+            section.pop(key, None)
+        section.update(path=str(out), format=RECIPE_FORMAT[to])
+    if tokenizer_file is not None:
+        data["tokenizer"]["path"] = str(out / tokenizer_file)
+    return HEADER.format(training=TRAINING_RECIPE, role=role) + dumps(data)
+
+
+def card_facts(job: Any, model, files: list[str], tokenizer_files) -> CardFacts:
+    """The model card's facts of an export job (``wmtp.export.run._Job``)."""
+    src, recipe = job.src, job.recipe
+    step = src.step if src.trained else None
+    return CardFacts(
+        title=_title(src, recipe, step),
+        to=job.to,
+        out=job.out_as_given,
+        kind=job.spec.kind,
+        heads_exported=job.heads_exported,
+        heads_trained=job.heads_trained,
+        dtype=job.dtype,
+        parameters=sum(p.numel() for p in model.parameters()),
+        source=str(src.weights),
+        pipeline=recipe.experiment.pipeline,
+        lora=job.lora,
+        files=files,
+        tokenizer=tokenizer_files,
+        training=training_summary(src.run, step),
+        results=eval_results(src.weights, src.run, step),
+        fingerprint=_fingerprint(src),
+        sizes=_sizes(model.args),
+    )
+
+
+def _title(src: Source, recipe, step: int | None) -> str:
+    if src.run is None:
+        return f"{recipe.experiment.name}: {src.weights.name}"
+    return f"{recipe.experiment.name}: run {src.run.name}, step {step}"
+
+
+def _sizes(args) -> dict[str, int]:
+    return {
+        "dim": args.dim,
+        "layers": args.n_layers,
+        "attention heads": args.n_heads,
+        "key/value heads": args.kv_heads,
+        "vocabulary": args.vocab_size,
+    }
+
+
+def _fingerprint(src: Source) -> dict | None:
+    file = _fingerprint_file(src)
+    try:
+        return json.loads(file.read_text()) if file is not None else None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+__all__ = ["card_facts", "reading_recipe", "training_files"]

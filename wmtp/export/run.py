@@ -1,0 +1,200 @@
+"""``wmtp export``: a checkpoint or model, built as training and ``wmtp eval`` build it, written in
+another format with its tokenizer, its recipe and a model card.
+
+The steps, in order (every check that needs no model comes before one is built, and everything is
+written under a temporary name, so a refused or failed export leaves nothing behind):
+
+1. the source (``wmtp.export.source``): run, checkpoint or model directory, checked whole, and its
+   recipe; the model section the recipe trains (``policy``, or ``critic``);
+2. what the target format can hold (``wmtp.export.formats.check_target_holds``), the output folder;
+3. the model, on the CPU, in the export dtype: ``wmtp.assembly.trained_model`` over the
+   consolidated weights (read from DCP ``state/`` when the checkpoint has no consolidated file);
+4. LoRA folded into the weights (or kept apart, ``--to wmtp``), heads kept or cut to head 1;
+5. the weights (``hf``, ``meta``, ``wmtp``), the tokenizer files, ``recipe.toml`` (the training
+   recipe reading this folder: ``wmtp eval DIR`` works), ``training_recipe.toml``,
+   ``fingerprint.json`` and ``README.md``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from wmtp.errors import ExportError
+from wmtp.export.formats import TARGETS, check_target_holds
+from wmtp.export.hf import DEFAULT_MAX_SHARD_BYTES
+from wmtp.export.output import check_output, staged_output
+from wmtp.export.source import Source, resolve_source, source_recipe, verify_checkpoint
+
+HEADS = ("all", "1")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What ``export_model`` wrote."""
+
+    out: Path
+    to: str
+    files: list[str]
+    heads: int
+    dtype: str
+    source: Source
+
+
+def export_model(
+    source: str | Path,
+    *,
+    to: str,
+    out: str | Path,
+    merge_lora: bool = True,
+    dtype: str | None = None,
+    heads: str = "all",
+    force: bool = False,
+    recipe: str | Path | None = None,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    progress: bool = True,
+    console: Any = None,
+) -> ExportResult:
+    """Export ``source`` to ``out`` in format ``to`` (the module docstring says how).
+
+    ``dtype``: of the written weights (default: the recipe's model dtype); ``heads``: ``all``, or
+    ``1`` for the next-token model alone; ``recipe``: for a source without one beside it.
+    """
+    assert to in TARGETS and heads in HEADS, (to, heads)
+    src = resolve_source(source, recipe)
+    verify_checkpoint(src)
+    loaded = source_recipe(src)
+    role = loaded.trained_role or "policy"
+    spec = getattr(loaded.model, role)
+    if spec is None:
+        raise ExportError(f"{src.recipe_file}: [model.{role}] is missing: nothing to export")
+    check_target_holds(spec, to, merge_lora, f"{src.weights} (model.{role})")
+    out_dir = check_output(Path(out), force=force, source=src.weights)
+    dtype = dtype or spec.dtype
+    job = _Job(src, loaded, role, spec, to, dtype, str(out), out_dir, progress, console)
+    with staged_output(out_dir) as staging:
+        files = job.run(
+            staging, merge_lora=merge_lora, heads=heads, max_shard_bytes=max_shard_bytes
+        )
+    return ExportResult(out_dir, to, files, job.heads_exported, dtype, src)
+
+
+@dataclass
+class _Job:
+    """One export's settled inputs; ``run`` writes everything into the staging folder."""
+
+    src: Source
+    recipe: Any
+    role: str
+    spec: Any
+    to: str
+    dtype: str
+    out_as_given: str
+    out: Path
+    progress: bool
+    console: Any
+    heads_trained: int = 1
+    heads_exported: int = 1
+    lora: str | None = None
+
+    def run(self, staging: Path, *, merge_lora: bool, heads: str, max_shard_bytes: int):
+        from wmtp.export.tokenizer_files import write_tokenizer
+
+        model, tokenizer = self.build(staging)
+        self.adapt(model, merge_lora=merge_lora, heads=heads)
+        files = self.write_weights(model, tokenizer, staging, max_shard_bytes)
+        written = write_tokenizer(self.recipe.tokenizer, tokenizer, staging, model.args.max_seq_len)
+        files += written.files
+        files += self.write_recipes(staging, written.tokenizer_file)
+        files += self.write_card(model, staging, files, written)
+        return files
+
+    def build(self, staging: Path):
+        """The model as ``wmtp eval`` builds it, on the CPU in the export dtype."""
+        from wmtp import assembly
+        from wmtp.export.consolidate import weights_directory
+
+        weights = weights_directory(self.src, self.spec, staging / ".consolidated")
+        tokenizer = assembly.tokenizer(self.recipe)
+        model = assembly.trained_model(
+            self.recipe,
+            self.role,
+            weights,
+            tokenizer=tokenizer,
+            device="cpu",
+            dtype=self.dtype,
+            attention="sdpa",  # runs anywhere; the export writes weights, not kernels
+        )
+        shutil.rmtree(staging / ".consolidated", ignore_errors=True)
+        return model, tokenizer
+
+    def adapt(self, model, *, merge_lora: bool, heads: str) -> None:
+        """LoRA folded in (or kept), heads kept or cut to head 1."""
+        from wmtp.models.lora import fold_lora
+
+        if self.spec.lora is not None:
+            if merge_lora:
+                fold_lora(model)
+                self.lora = "merged into the weights"
+            else:
+                self.lora = "kept apart (`lora.safetensors` over the recipe's base model)"
+        self.heads_trained = getattr(model, "n_heads", 1)
+        if heads == "1" and self.heads_trained > 1:
+            model.set_heads(1)
+        self.heads_exported = getattr(model, "n_heads", 1)
+
+    def write_weights(self, model, tokenizer, staging: Path, max_shard_bytes: int) -> list[str]:
+        from wmtp.export.formats import write_meta_model, write_wmtp_model
+        from wmtp.export.hf import write_hf_model
+        from wmtp.models.llama_mtp import resolve_dtype
+
+        dtype, shown = (
+            resolve_dtype(self.dtype),
+            {"progress": self.progress, "console": self.console},
+        )
+        if self.to == "hf":
+            ids = {
+                "bos_token_id": tokenizer.bos_id,
+                "eos_token_id": tokenizer.eos_id,
+                "pad_token_id": tokenizer.pad_id,
+            }
+            return write_hf_model(
+                model, staging, dtype=dtype, token_ids=ids, max_shard_bytes=max_shard_bytes, **shown
+            )
+        if self.to == "meta":
+            return write_meta_model(model, staging, dtype=dtype, **shown)
+        return write_wmtp_model(model, staging, adapters_only=self.adapters_apart)
+
+    @property
+    def adapters_apart(self) -> bool:
+        return self.lora is not None and self.lora.startswith("kept")
+
+    def write_recipes(self, staging: Path, tokenizer_file: str | None) -> list[str]:
+        from wmtp.export.recipes import reading_recipe, training_files
+        from wmtp.recipe import load_recipe
+
+        files = training_files(self.src, self.recipe, staging)
+        text = reading_recipe(
+            self.recipe,
+            self.role,
+            to=self.to,
+            out=self.out,
+            tokenizer_file=tokenizer_file,
+            adapters_apart=self.adapters_apart,
+        )
+        (staging / "recipe.toml").write_text(text)
+        load_recipe(staging / "recipe.toml")  # loads back (a RecipeError here is a bug of ours)
+        return [*files, "recipe.toml"]
+
+    def write_card(self, model, staging: Path, files: list[str], tokenizer_files) -> list[str]:
+        from wmtp.export.card import model_card
+        from wmtp.export.recipes import card_facts
+
+        facts = card_facts(self, model, [*files, "README.md"], tokenizer_files)
+        (staging / "README.md").write_text(model_card(facts))
+        return ["README.md"]
+
+
+__all__ = ["HEADS", "ExportResult", "export_model"]

@@ -1,0 +1,221 @@
+"""What ``wmtp export`` reads: the checkpoint or model a SOURCE names, checked whole, and its recipe.
+
+A SOURCE is
+
+- a run directory (``recipe.toml`` + ``checkpoints/step-N/``) or ``<experiment>/latest``: its
+  newest complete checkpoint, with or without consolidated weights (``state/`` alone is enough);
+- one training checkpoint, ``<run>/checkpoints/step-N`` (or any directory with ``model.safetensors``,
+  ``lora.safetensors`` or a DCP ``state/``, and a ``recipe.toml`` beside it or in its run);
+- a model directory wmtp can load (Meta ``params.json``, Hugging Face ``config.json``, wmtp
+  ``wmtp_model.json``), with its ``recipe.toml``, ``--recipe``, or a tokenizer file beside the
+  weights (``tokenizer.model`` or ``tokenizer.json``), from which a recipe is made.
+
+Torch-free: every check here runs before a model is built.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from wmtp.errors import CheckpointError, ExportError
+from wmtp.models.locate import (
+    CHECKPOINTS,
+    FULL_WEIGHTS,
+    LORA_WEIGHTS,
+    RECIPE_FILE,
+    STEP_DIR,
+    follow_latest,
+    is_run_dir,
+    step_dirs,
+)
+from wmtp.recipe.inputs import MODEL_MARKERS, TOKENIZER_FILES
+
+DCP_STATE = "state"
+HALF_WRITTEN = re.compile(r"^\.tmp-step-\d+$")
+"""The name a trainer checkpoint has while it is written (renamed to ``step-N`` when whole)."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """A resolved SOURCE."""
+
+    weights: Path
+    """The training checkpoint or model directory whose weights are exported."""
+    run: Path | None
+    """The run directory it belongs to, if any."""
+    recipe_file: Path | None
+    """Its recipe (``None``: a model directory whose recipe is made from its tokenizer)."""
+    trained: bool
+    """A wmtp training checkpoint (not a model directory)."""
+
+    @property
+    def step(self) -> int | None:
+        """The training step of a checkpoint: ``trainer.json``'s, else its ``step-N`` name."""
+        trainer = self.weights / "trainer.json"
+        if trainer.is_file():
+            try:
+                return int(json.loads(trainer.read_text())["step"])
+            except (ValueError, KeyError, TypeError):
+                pass
+        match = STEP_DIR.match(self.weights.name)
+        return int(match.group(1)) if match else None
+
+    @property
+    def consolidated(self) -> Path | None:
+        """The checkpoint's consolidated weights file, if it has one."""
+        for name in (FULL_WEIGHTS, LORA_WEIGHTS):
+            if (self.weights / name).is_file():
+                return self.weights / name
+        return None
+
+
+def resolve_source(path: str | Path, recipe: str | Path | None = None) -> Source:
+    """The checkpoint or model directory ``path`` names (see the module docstring)."""
+    given = path
+    path = follow_latest(path)
+    if not path.exists():
+        raise CheckpointError(f"{given}: no such run directory, checkpoint or model directory")
+    path = path.resolve()
+    if HALF_WRITTEN.match(path.name):
+        raise CheckpointError(
+            f"{path}: a half-written checkpoint (the trainer writes .tmp-step-N and renames it "
+            "to step-N once every file is there): its run stopped while saving; export a "
+            "complete checkpoint instead"
+        )
+    run, weights = _run_and_checkpoint(path)
+    trained = _is_training_checkpoint(weights)
+    if not trained and not _is_model_dir(weights):
+        raise CheckpointError(
+            f"{given}: neither a run directory (recipe.toml + checkpoints/), a training "
+            f"checkpoint ({FULL_WEIGHTS}, {LORA_WEIGHTS} or {DCP_STATE}/) nor a model directory "
+            f"({', '.join(MODEL_MARKERS)})"
+        )
+    recipe_file = Path(recipe) if recipe is not None else _recipe_beside(weights, run)
+    if recipe_file is None and (trained or not _tokenizer_beside(weights)):
+        raise ExportError(
+            f"{weights}: no recipe.toml beside the weights"
+            + ("" if trained else " and no tokenizer file (tokenizer.model, tokenizer.json)")
+            + "; give one with --recipe (its [tokenizer] and model section describe the model)"
+        )
+    return Source(weights, run, recipe_file, trained)
+
+
+def _run_and_checkpoint(path: Path) -> tuple[Path | None, Path]:
+    if is_run_dir(path):
+        steps = step_dirs(path)
+        if not steps:
+            raise CheckpointError(f"{path}: the run has no complete checkpoint yet")
+        return path, steps[-1]
+    if path.parent.name == CHECKPOINTS and is_run_dir(path.parent.parent):
+        return path.parent.parent, path
+    return None, path
+
+
+def _is_training_checkpoint(directory: Path) -> bool:
+    if _is_model_dir(directory):
+        return False
+    names = {p.name for p in directory.iterdir()} if directory.is_dir() else set()
+    return bool(names & {FULL_WEIGHTS, LORA_WEIGHTS, DCP_STATE})
+
+
+def _is_model_dir(directory: Path) -> bool:
+    return directory.is_dir() and any((directory / m).is_file() for m in MODEL_MARKERS)
+
+
+def _recipe_beside(weights: Path, run: Path | None) -> Path | None:
+    for candidate in (weights / RECIPE_FILE, run / RECIPE_FILE if run else None):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    return None
+
+
+def _tokenizer_beside(directory: Path) -> tuple[str, Path] | None:
+    """``(kind, file)`` of a tokenizer file in a model directory, SentencePiece first."""
+    for kind, name in TOKENIZER_FILES.items():
+        if (directory / name).is_file():
+            return kind, directory / name
+    return None
+
+
+# Completeness ------------------------------------------------------------------------------
+
+
+def verify_checkpoint(source: Source) -> None:
+    """Refuse a training checkpoint that is not whole, before anything is built or written.
+
+    The single place ``wmtp export`` checks a checkpoint: when ``wmtp.train.checkpoint`` gains
+    its manifest check (checksums of every file), call it from here. Until then: the
+    consolidated weights must be as long as their header says, or ``state/`` must be complete.
+    """
+    if not source.trained:
+        return
+    if source.consolidated is not None:
+        check_safetensors_length(source.consolidated)
+    elif not (source.weights / DCP_STATE / ".metadata").is_file():
+        raise CheckpointError(
+            f"{source.weights}: a half-written checkpoint: no {FULL_WEIGHTS} or {LORA_WEIGHTS}, "
+            f"and {DCP_STATE}/ lacks its .metadata (the file DCP writes last)"
+        )
+
+
+def check_safetensors_length(file: Path) -> None:
+    """A CheckpointError unless ``file`` holds every byte its safetensors header promises."""
+    size = file.stat().st_size
+    try:
+        with file.open("rb") as f:
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(header_len)) if 8 + header_len <= size else None
+    except (struct.error, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{file}: not a safetensors file ({exc})") from exc
+    if header is None:
+        raise CheckpointError(f"{file}: truncated ({size} bytes, its header alone needs more)")
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+    want = 8 + header_len + max(ends, default=0)
+    if size != want:
+        raise CheckpointError(
+            f"{file}: {size} bytes, its header describes {want}: a half-written or damaged file"
+        )
+
+
+# The recipe ------------------------------------------------------------------------------
+
+
+def source_recipe(source: Source):
+    """The recipe that describes the source: its own, or one made from a model directory's
+    tokenizer (an ``evaluation`` recipe whose policy is the directory)."""
+    from wmtp.recipe import load_recipe
+    from wmtp.recipe.schema import Recipe
+
+    if source.recipe_file is not None:
+        return load_recipe(source.recipe_file).recipe
+    kind, file = _tokenizer_beside(source.weights)
+    return Recipe.model_validate(
+        {
+            "experiment": {"name": "export", "pipeline": "evaluation"},
+            "tokenizer": {"kind": kind, "path": str(file)},
+            "model": {"policy": {"kind": "llama_mtp", "path": str(source.weights)}},
+        }
+    )
+
+
+def source_recipe_text(source: Source, recipe) -> str:
+    """The recipe as its file says it, or the made one as TOML."""
+    if source.recipe_file is not None:
+        return source.recipe_file.read_text()
+    from wmtp.recipe.dump import dump_recipe
+
+    return dump_recipe(recipe)
+
+
+__all__ = [
+    "Source",
+    "check_safetensors_length",
+    "resolve_source",
+    "source_recipe",
+    "source_recipe_text",
+    "verify_checkpoint",
+]
