@@ -54,12 +54,12 @@ def test_half_written_checkpoints(run_copy, tmp_path):
     weights.write_bytes(weights.read_bytes()[:-1000])  # a copy cut short
     result = export(run_copy, "--to", "hf", "--out", out)
     assert result.exit_code == 2, result.output
-    assert "model.safetensors" in result.flat and "half-written or damaged" in result.flat
+    assert "step-3 is damaged: model.safetensors has" in result.flat  # its manifest says more
 
     weights.unlink()
     (checkpoints / "step-3" / "state" / ".metadata").unlink()  # DCP writes it last
     result = export(run_copy, "--to", "meta", "--out", out)
-    assert result.exit_code == 2 and "lacks its .metadata" in result.flat
+    assert result.exit_code == 2 and "step-3 is damaged: state/.metadata is missing" in result.flat
     assert not out.exists() and leftovers(tmp_path) == []
 
 

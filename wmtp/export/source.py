@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,40 +144,18 @@ def _tokenizer_beside(directory: Path) -> tuple[str, Path] | None:
 
 
 def verify_checkpoint(source: Source) -> None:
-    """Refuse a training checkpoint that is not whole, before anything is built or written.
-
-    The single place ``wmtp export`` checks a checkpoint: when ``wmtp.train.checkpoint`` gains
-    its manifest check (checksums of every file), call it from here. Until then: the
-    consolidated weights must be as long as their header says, or ``state/`` must be complete.
-    """
+    """Refuse a training checkpoint that is not whole, before anything is built or written: the
+    files export reads (its consolidated weights, or its DCP ``state/`` when it has none; its
+    recipe and trainer state) against the checkpoint's manifest (``wmtp.train.manifest``)."""
     if not source.trained:
         return
+    from wmtp.train.manifest import listed, verify
+
     if source.consolidated is not None:
-        check_safetensors_length(source.consolidated)
-    elif not (source.weights / DCP_STATE / ".metadata").is_file():
-        raise CheckpointError(
-            f"{source.weights}: a half-written checkpoint: no {FULL_WEIGHTS} or {LORA_WEIGHTS}, "
-            f"and {DCP_STATE}/ lacks its .metadata (the file DCP writes last)"
-        )
-
-
-def check_safetensors_length(file: Path) -> None:
-    """A CheckpointError unless ``file`` holds every byte its safetensors header promises."""
-    size = file.stat().st_size
-    try:
-        with file.open("rb") as f:
-            (header_len,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(header_len)) if 8 + header_len <= size else None
-    except (struct.error, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{file}: not a safetensors file ({exc})") from exc
-    if header is None:
-        raise CheckpointError(f"{file}: truncated ({size} bytes, its header alone needs more)")
-    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
-    want = 8 + header_len + max(ends, default=0)
-    if size != want:
-        raise CheckpointError(
-            f"{file}: {size} bytes, its header describes {want}: a half-written or damaged file"
-        )
+        read = [source.consolidated.name]
+    else:
+        read = [name for name in listed(source.weights) if name.startswith(f"{DCP_STATE}/")]
+    verify(source.weights, only=[*read, "recipe.toml", "trainer.json"])
 
 
 # The recipe ------------------------------------------------------------------------------
@@ -213,7 +190,6 @@ def source_recipe_text(source: Source, recipe) -> str:
 
 __all__ = [
     "Source",
-    "check_safetensors_length",
     "resolve_source",
     "source_recipe",
     "source_recipe_text",

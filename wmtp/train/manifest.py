@@ -77,6 +77,11 @@ def verify(directory: str | Path, only: Iterable[str] | None = None) -> None:
             raise damaged(directory, name, "does not match its checksum (altered after writing)")
 
 
+def listed(directory: str | Path) -> list[str]:
+    """The files the manifest of ``directory`` records (relative names)."""
+    return list(_read(Path(directory)))
+
+
 def has_manifest(directory: str | Path) -> bool:
     return (Path(directory) / MANIFEST).is_file()
 
@@ -99,4 +104,4 @@ def _read(directory: Path) -> dict[str, dict]:
         raise damaged(directory, MANIFEST, f"cannot be read ({exc})") from None
 
 
-__all__ = ["MANIFEST", "has_manifest", "verify", "write_manifest"]
+__all__ = ["MANIFEST", "has_manifest", "listed", "verify", "write_manifest"]
