@@ -291,31 +291,6 @@ def test_eval_with_sandbox_rlimits_runs_without_bubblewrap_and_warns(run_dir, tm
     assert summary["sandbox"].startswith("rlimits: ")
 
 
-def test_report_command_on_two_evaluated_runs(run_dir, tmp_path):
-    other = run_dir.parent / "20261122-070000-4567cdef"
-    other.mkdir()
-    (other / "recipe.toml").write_text(RECIPE.replace("seed = 7", "seed = 8"))
-    (other / "metrics.jsonl").write_text(
-        "".join(
-            json.dumps({"step": s, "train/loss/head_1": 5.0 / s, "train/loss/head_2": 6.0 / s})
-            + "\n"
-            for s in (1, 2, 3)
-        )
-    )
-    (other / "eval").mkdir()
-    (other / "eval" / "summary.json").write_text(
-        json.dumps({"benchmarks": {"humaneval": {"pass_at_k": {"1": 0.5, "2": 0.75}}}})
-    )
-    assert invoke("eval", run_dir, "--no-progress").exit_code == 0
-    result = invoke("report", run_dir, other, "--out", tmp_path / "report")
-    assert result.exit_code == 0, result.output
-    written = sorted(p.name for p in (tmp_path / "report").iterdir())
-    assert written == ["loss_per_head.png", "pass_at_k.png", "report.md"]
-    table = (tmp_path / "report" / "report.md").read_text()
-    assert "| tiny-eval/20261122-060000-0123abcd |" in table and "| 50 | 75 |" in table
-    assert invoke("report", tmp_path / "empty-nothing", "--out", tmp_path / "r2").exit_code == 2
-
-
 def test_wmtp_run_of_an_evaluation_recipe_evaluates(run_dir, tmp_path):
     """`wmtp run` hands an `evaluation` pipeline to the evaluator, like `wmtp eval RECIPE`."""
     recipe = tmp_path / "evaluation.toml"

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.eval.test_eval_command import heldout_problems, invoke, summary_of
+from tests.eval.tiny_runs import critic, policy, train
 from tests.train.train_helpers import FAST, TINY, runs_override
 from wmtp.errors import RunError
 from wmtp.eval.benchmarks import Benchmark, load_humaneval
@@ -86,90 +87,20 @@ def test_two_checkpoints_of_one_run_keep_both_results(tiny_run):
     assert first["model"].endswith("step-1") and second["model"].endswith("step-2")
 
 
-def write_dataset(path: Path, n_problems: int) -> Path:
-    """Problems named by HumanEval task ids, two correct and one incorrect solution each."""
-    rows = []
-    for p in range(n_problems):
-        for output, ok in (("    return 1\n", True), ("    return  1\n", True), ("", False)):
-            rows.append(
-                {
-                    "instruction": f"Problem {p}.",
-                    "output": output,
-                    "problem_id": f"HumanEval/{p}",
-                    "is_correct": ok,
-                }
-            )
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
-
-
-MODEL = """
-kind = "{kind}"
-flavour = "tiny"
-dim = 32
-n_layers = {layers}
-n_heads = 2
-n_kv_heads = 1
-max_seq_len = 128
-dtype = "float32"
-attention = "sdpa"
-"""
-
-
-def recipe(tmp_path: Path, name: str, pipeline: str, seed: int, models: str) -> Path:
-    data = write_dataset(tmp_path / "train.jsonl", 10)
-    path = tmp_path / f"{name}.toml"
-    path.write_text(
-        f"""
-[experiment]
-name = "{name}"
-pipeline = "{pipeline}"
-seed = {seed}
-runs_dir = "{tmp_path / "runs"}"
-
-[tokenizer]
-kind = "byte"
-
-[parallel]
-device = "cpu"
-
-[training]
-micro_batch_size = 2
-max_steps = 1
-eval_every = 0
-
-[data]
-kind = "jsonl"
-path = "{data}"
-max_length = 128
-template = "plain"
-split = {{ heldout_fraction = 0.3 }}
-pairs = {{ length_bins = [128] }}
-{models}
-"""
-    )
-    return path
-
-
 def test_a_jsonl_split_and_the_runs_behind_a_model(tmp_path):
     """A verifiable run (seed 1) weighted by a critic trained on another split (seed 2): both
     training splits count as seen, each source named."""
-    critic_section = "[model.critic]" + MODEL.format(kind="value_model", layers=2)
-    critic = run_recipe(recipe(tmp_path, "critic", "critic", 2, critic_section), console=False)
-    policy = "[model.policy]" + MODEL.format(kind="llama_mtp", layers=4) + "n_future_tokens = 2\n"
-    frozen = critic_section + f'checkpoint = "{critic.run_dir}"\n'
-    verifiable = recipe(tmp_path, "verifiable", "verifiable", 1, policy + frozen)
-    verifiable = verifiable.read_text() + '\n[weighting]\nkind = "td"\n'
-    (tmp_path / "verifiable.toml").write_text(verifiable)
-    run = run_recipe(tmp_path / "verifiable.toml", console=False).run_dir
+    critic_run = train(tmp_path, "critic", "critic", critic(), seed=2)
+    body = policy() + critic(critic_run) + '[weighting]\nkind = "td"\n'
+    run = train(tmp_path, "verifiable", "verifiable", body, seed=1)
 
     own = training_problems(run / "recipe.toml")
-    alone = training_problems(critic.run_dir / "recipe.toml")
+    alone = training_problems(critic_run / "recipe.toml")
     assert len(alone.seen) == 7  # 10 problems, 3 held out
     assert alone.seen < own.seen <= {f"HumanEval/{p}" for p in range(10)}
     assert own.split.endswith("(held-out fraction 0.3, seed 1)")
     assert own.sources[0].startswith(f"{run}: verifiable run, 7 problems of ")
-    assert own.sources[1].startswith(f"{critic.run_dir}: critic run, 7 problems of ")
+    assert own.sources[1].startswith(f"{critic_run}: critic run, 7 problems of ")
     scored = choose_problems(load_humaneval(), own, include_seen=False, max_problems=None)
     assert scored.available == {"unseen": 164 - len(own.seen), "seen": len(own.seen)}
     assert not {p.task_id for p in scored.problems} & own.seen

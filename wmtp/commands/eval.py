@@ -86,17 +86,26 @@ def eval_command(
 def report_command(
     runs: Annotated[
         list[Path],
-        typer.Argument(
-            help="Run directories to compare (the first is the reference).", show_default=False
-        ),
+        typer.Argument(help="Run directories to compare.", show_default=False),
     ],
-    out: Annotated[Path, typer.Option("--out", help="Folder for the plots and report.md.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the figures and report.md.")],
+    step: Annotated[
+        int | None,
+        typer.Option(
+            "--step",
+            help="Headline pass@k of this checkpoint step (default: each run's newest evaluated).",
+        ),
+    ] = None,
 ) -> None:
-    """Plots (loss per head, weight statistics, pass@k) and a markdown table comparing runs.
+    """Figures (cross-entropy on the same footing, per head, token weights, pass@k by step,
+    throughput, critic) and report.md: a headline table, then each run's details.
 
-    Reads each run's metrics.jsonl, TensorBoard events, recipe.toml and eval/summary.json.
+    Reads each run's metrics.jsonl, TensorBoard events, recipe.toml and eval/step-N/ results.
     """
     from wmtp.eval.report import write_report
 
-    for path in write_report(runs, out):
+    report = write_report(runs, out, step=step)
+    for label, words in report.said.items():
+        console.print(f"{label}: pass@k {words}", highlight=False)
+    for path in report.files:
         console.print(f"wrote {path}", highlight=False)
