@@ -247,6 +247,7 @@ def test_benchmarks_from_local_files_join_the_summary(run_dir, tmp_path):
     assert sorted(p.name for p in step.iterdir()) == ["gsm8k", "mbpp"]
     assert summary_of(step, "mbpp")["settings"]["source"] == str(mbpp)
     assert summary_of(step, "mbpp")["split"]["seen"] == 0  # HumanEval trained: no MBPP id
+    assert "(none of its 148 training problem ids is a mbpp task id)" in result.flat
     lines = (step / "gsm8k" / "samples.jsonl").read_text().splitlines()
     assert [json.loads(x)["task_id"] for x in lines] == ["gsm8k/1"] * 2 + ["gsm8k/2"] * 2
 

@@ -144,7 +144,9 @@ def token_weights(runs: list[Shown]) -> FigureSpec | None:
                 reference=uniform,
             ),
             Panel(
-                "spread of token weights (std)", weight, _tag_lines(runs, [("weight/std", "", "-")])
+                "spread of token weights",
+                "standard deviation of token weights",
+                _tag_lines(runs, [("weight/std", "", "-")]),
             ),
             Panel(
                 "smallest and largest token weight",
@@ -280,6 +282,7 @@ def critic(runs: list[Shown]) -> FigureSpec | None:
                     ],
                 ),
                 axis="fraction",
+                reference=(0.5, "chance"),
             ),
             Panel(
                 "pairwise loss, held-out",

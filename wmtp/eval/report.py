@@ -25,7 +25,7 @@ from wmtp.eval.questions import (
     trains_policy,
 )
 from wmtp.eval.run_data import RunRecord, read_run
-from wmtp.eval.table import percent
+from wmtp.eval.table import percent, problems_cell
 
 HEADLINE_KS = ("1", "10")
 
@@ -198,7 +198,7 @@ def evaluations_table(run: RunRecord) -> str:
                     for k, v in result["pass_at_k"].items()
                 )
                 available = summary.get("split", {}).get(group, result["problems"])
-                problems = f"{result['problems']} of {available} {group}"
+                problems = problems_cell(group, result["problems"], available)
                 rows.append([str(step), name, problems, scores, settings])
     header = ["step", "benchmark", "problems", "pass@k (%) ± s.e.", "decoding"]
     return _table(header, rows)

@@ -124,7 +124,7 @@ def training_problems(recipe_file: Path, *, progress: bool = False) -> TrainingP
 
 def run_of(recipe_file: Path) -> Path:
     """The run directory a resolved recipe belongs to (also for a checkpoint's own copy)."""
-    folder = recipe_file.parent
+    folder = recipe_file.resolve().parent  # runs/<experiment>/latest -> the run it names
     return folder.parent.parent if folder.parent.name == CHECKPOINTS else folder
 
 

@@ -14,9 +14,9 @@ def percent(value: float | None, stderr: float | None = None) -> str:
 
 
 def problems_cell(group: str, scored: int, available: int) -> str:
-    """``8 of 16 unseen``, ``all 16 unseen``, ``148 seen (trained on)``."""
+    """``8 of 16 unseen``, ``all 148 seen``."""
     count = f"all {available}" if scored == available else f"{scored} of {available}"
-    return f"{count} {group}" + (" (trained on)" if group == "seen" else "")
+    return f"{count} {group}"
 
 
 def _ks(summaries: dict[str, dict]) -> list[str]:
@@ -45,11 +45,12 @@ def _rows(name: str, summary: dict[str, Any], ks: list[str]) -> list[list[str]]:
 
 def notes(name: str, summary: dict[str, Any]) -> list[str]:
     """The lines under the table for one benchmark: its split and speculative decoding."""
-    split = summary.get("split", {})
+    split, training = summary.get("split", {}), summary.get("training", {})
     lines = [
         f"split ({name}): {split.get('unseen', '?')} problems unseen, {split.get('seen', '?')} "
-        f"seen in training, from {summary.get('training', {}).get('split', 'unknown data')}"
+        f"seen in training, from {training.get('split', 'unknown data')}"
         + _drawn(split)
+        + _no_match(name, split, training)
     ]
     speculative = summary.get("generation", {}).get("speculative")
     if speculative:
@@ -64,8 +65,16 @@ def notes(name: str, summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _no_match(name: str, split: dict, training: dict) -> str:
+    """A hint when the model trained on problems but none of them is one of the benchmark's."""
+    if split.get("seen") != 0 or not training.get("seen_problems"):
+        return ""
+    return f" (none of its {training['seen_problems']} training problem ids is a {name} task id)"
+
+
 def _drawn(split: dict) -> str:
-    if split.get("max_problems") is None:
+    scored = split.get("scored", {})
+    if split.get("max_problems") is None or all(n == split.get(g) for g, n in scored.items()):
         return ""
     return f"; max_problems = {split['max_problems']} drawn with seed {split['sample_seed']}"
 
