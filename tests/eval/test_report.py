@@ -179,7 +179,7 @@ def test_step_option_reports_that_checkpoint(runs, tmp_path):
     first = summary_of(runs["baseline"] / "eval" / "step-1")["results"]["unseen"]
     expected = percent(first["pass_at_k"]["1"], first["pass_at_k_stderr"]["1"])
     assert rows["baseline"]["humaneval pass@1 (%)"] == expected
-    assert rows["verifiable"]["evaluated"] == "not at step 1 (evaluated: 2)"
+    assert rows["verifiable"]["evaluated"] == "not evaluated at step 1 (evaluated: 2)"
 
 
 def test_constant_and_zero_series_are_drawn_as_such(tmp_path):

@@ -54,7 +54,8 @@ def display_labels(runs: list[RunRecord]) -> list[str]:
 
 
 def picked_step(run: RunRecord, step: int | None) -> int | None:
-    """The evaluated step the headline shows: ``step`` if the run has it, else its newest."""
+    """The evaluated step the headline shows: ``step`` (None where the run has no evaluation
+    there), else the run's newest."""
     if step is not None:
         return step if step in run.evals else None
     return max(run.evals, default=None)
@@ -120,9 +121,7 @@ def _pass_cell(run: RunRecord, step: int | None, benchmark: str, k: str) -> str:
 
 def _evaluated_cell(run: RunRecord, step: int | None, wanted: int | None) -> str:
     if step is None:
-        if wanted is not None and run.evals:
-            return f"not at step {wanted} (evaluated: {', '.join(map(str, run.evals))})"
-        return "–"
+        return step_words(run, None, wanted) if wanted is not None and run.evals else "–"
     parts = []
     for name, summary in run.evals[step].items():
         unseen = summary["results"].get("unseen", {})
@@ -181,6 +180,10 @@ def run_details(s: Shown) -> str:
             lines.append(f"- {name} cross-entropy at its last step: " + ", ".join(values))
     lines += [f"- note: {note}" for note in run.notes]
     if run.evals:
+        newest = next(iter(run.evals[max(run.evals)].values()))
+        split = newest.get("training", {}).get("split", "?")
+        lines.append(f"- split: {split} (its training problems are seen, the others unseen)")
+        lines.append(f"- sandbox (newest evaluation): {newest.get('sandbox', '?')}")
         lines += ["", evaluations_table(run)]
     return "\n".join(lines) + "\n"
 
