@@ -98,28 +98,35 @@ def training_problems(recipe_file: Path, *, progress: bool = False) -> TrainingP
     pending, visited = [recipe_file], set()
     while pending:
         path = pending.pop(0)
-        if path.resolve() in visited:
+        if run_of(path) in visited:
             continue
-        visited.add(path.resolve())
+        visited.add(run_of(path))
         recipe = _load(path)
-        try:
-            problems, split = _training_split(path, recipe, progress)
-        except RunError as exc:
-            if path is recipe_file:  # the evaluated run's own data: no guessing
-                raise
-            sources.append(f"{exc}; its problems are not counted")
-            problems = None
+        problems, split = _problems_of_run(path, recipe, progress, evaluated=path is recipe_file)
         if problems is not None:
             seen |= problems
             splits.append(split)
             pipeline = recipe.experiment.pipeline
             sources.append(f"{run_of(path)}: {pipeline} run, {len(problems)} problems of {split}")
+        elif split:
+            sources.append(split)
         used, notes = _runs_used(recipe)
         pending += used
         sources += notes
     if not splits:
         return untrained(recipe_file.parent, f"{recipe_file.name} trains nothing")
     return TrainingProblems(frozenset(seen), splits[0], tuple(sources))
+
+
+def _problems_of_run(path: Path, recipe, progress: bool, *, evaluated: bool):
+    """``(problems, split name)`` of one run; ``(None, note)`` for a run behind the evaluated
+    one whose data cannot be read (the evaluated run's own must be: no guessing)."""
+    try:
+        return _training_split(path, recipe, progress)
+    except RunError as exc:
+        if evaluated:
+            raise
+        return None, f"{exc}; its problems are not counted"
 
 
 def run_of(recipe_file: Path) -> Path:
