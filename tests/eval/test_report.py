@@ -18,6 +18,8 @@ from wmtp.eval.report import display_labels, write_report
 from wmtp.eval.run_data import read_run
 from wmtp.eval.table import percent
 
+pytestmark = pytest.mark.slow  # five training runs and three evaluations: about 20 s
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NAMES = ("baseline", "verifiable", "ref_tuning", "rho1", "critic")
 
