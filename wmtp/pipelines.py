@@ -2,11 +2,11 @@
 
 A :class:`PipelineInfo` says which models a pipeline uses and which of them trains, the weighting
 kinds it accepts, how many heads the trained model has, what one training example is (a
-solution, or a correct/incorrect pair: two rows), what it logs, and where its implementation
-(the hooks of :mod:`wmtp.train.pipeline`) lives. Everything else reads it: the recipe schema (the
-allowed ``experiment.pipeline`` values and the rules between a pipeline and its models,
-weighting and data), ``wmtp validate`` and its memory estimate, ``validate --data``, the trainer,
-``wmtp list pipeline`` and the docs. The registry holds the same objects (kind ``pipeline``).
+solution, or a correct/incorrect pair: two rows), what it logs (and which of its logs is a plain
+cross-entropy), and where its implementation (the hooks of :mod:`wmtp.train.pipeline`) lives.
+Everything else reads it: the recipe schema (the allowed ``experiment.pipeline`` values and the
+rules between a pipeline and its models, weighting and data), ``wmtp validate`` and its memory
+estimate, ``validate --data``, the trainer, ``wmtp list pipeline``, ``wmtp report`` and the docs. The registry holds the same objects (kind ``pipeline``).
 """
 
 from __future__ import annotations
@@ -41,6 +41,12 @@ class PipelineInfo:
     """A training example: one correct solution, or a (correct, incorrect) pair of one problem."""
     logs: tuple[str, ...] = ()
     """Metric families it logs beside loss, lr, grad_norm, tokens/s."""
+    train_ce: str | None = None
+    """The tag of head k's training loss with every target token weighted 1 (``{k}`` is the
+    head): a cross-entropy in nats/token that ``wmtp report`` compares across pipelines. None
+    when the pipeline trains no language model."""
+    heldout_ce: str | None = None
+    """The tag of head k's cross-entropy on the held-out split, every token weighted 1."""
     implementation: str | None = None
     """``module:Class`` of its hooks (a ``wmtp.train.pipeline.Pipeline``)."""
 
@@ -77,6 +83,7 @@ class PipelineInfo:
 
 
 _MTP_LOGS = ("loss/head{k}", "acc/head{k}", "tokens/head{k}", "eval/loss")
+_HELDOUT_CE = "eval/loss/head{k}"  # the base hooks' eval_loss: uniform weights, every pipeline
 
 
 def _policy_tuning(name: str, doc: str, *, heads: int | None = None) -> PipelineInfo:
@@ -89,6 +96,8 @@ def _policy_tuning(name: str, doc: str, *, heads: int | None = None) -> Pipeline
         weightings=("uniform",),
         heads=heads,
         logs=_MTP_LOGS,
+        train_ce="loss/head{k}",
+        heldout_ce=_HELDOUT_CE,
         implementation="wmtp.train.pipeline:Pipeline",
     )
 
@@ -131,6 +140,8 @@ PIPELINES: dict[str, PipelineInfo] = {
             trains="policy",
             weightings=CRITIC_WEIGHTINGS,
             logs=(*_MTP_LOGS, "weight/*", "loss/head{k}_weighted", "loss/head{k}_unweighted"),
+            train_ce="loss/head{k}_unweighted",
+            heldout_ce=_HELDOUT_CE,
             implementation="wmtp.train.pipelines.verifiable:VerifiablePipeline",
         ),
         PipelineInfo(
@@ -141,6 +152,8 @@ PIPELINES: dict[str, PipelineInfo] = {
             trains="policy",
             weightings=("rho1",),
             logs=(*_MTP_LOGS, "rho1/kept_fraction_head{k}", "loss/head{k}_all_tokens"),
+            train_ce="loss/head{k}_all_tokens",
+            heldout_ce=_HELDOUT_CE,
             implementation="wmtp.train.pipelines.rho1:Rho1Pipeline",
         ),
         PipelineInfo(

@@ -14,3 +14,11 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _in_repo(monkeypatch):
+    """Recipes name the HumanEval cache relative to the repository root."""
+    from tests.train.train_helpers import REPO
+
+    monkeypatch.chdir(REPO)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,6 +42,7 @@ max_steps = 3
 [data]
 kind = "humaneval"
 max_length = 512
+split = { heldout_fraction = 0.1 }               # the built split (storage/datasets/humaneval)
 
 [evaluation]
 benchmarks = ["humaneval"]
@@ -76,6 +78,16 @@ def run_dir(tmp_path):
     return run
 
 
+def heldout_problems() -> set[str]:
+    """The built-in HumanEval split's held-out problems, as its build recorded them."""
+    info = Path("storage/datasets/humaneval/v2-heldout0.1/build_info.json")
+    return set(json.loads(info.read_text())["heldout_problems"])
+
+
+def summary_of(folder: Path, benchmark: str = "humaneval") -> dict:
+    return json.loads((folder / benchmark / "summary.json").read_text())
+
+
 def invoke(*args):
     """Run ``wmtp ARGS``; the output with rich's line wrapping undone."""
     result = CliRunner().invoke(app, [*map(str, args)])
@@ -87,33 +99,42 @@ def test_eval_run_directory_writes_samples_summary_and_table(run_dir):
     result = invoke("eval", run_dir, "--no-progress")
     assert result.exit_code == 0, result.output
     assert "pass@1" in result.output and "pass@2" in result.output and "humaneval" in result.output
-    lines = [json.loads(x) for x in (run_dir / "eval" / "humaneval.jsonl").read_text().splitlines()]
-    assert [(x["task_id"], x["sample"]) for x in lines] == [
-        ("HumanEval/0", 0),
-        ("HumanEval/0", 1),
-        ("HumanEval/1", 0),
-        ("HumanEval/1", 1),
-    ]
+    assert "2 of 16 unseen" in result.flat and "148 seen in training" in result.flat
+    assert "sandbox: " in result.flat
+    folder = run_dir / "eval" / "step-3" / "humaneval"
+    lines = [json.loads(x) for x in (folder / "samples.jsonl").read_text().splitlines()]
+    tasks = list(dict.fromkeys(x["task_id"] for x in lines))
+    assert len(tasks) == 2 and set(tasks) <= heldout_problems()  # max_problems = 2, unseen only
+    assert [(x["task_id"], x["sample"]) for x in lines] == [(t, i) for t in tasks for i in (0, 1)]
     for line in lines:
-        assert line["status"] in {"passed", "failed", "timeout", "memory"}
+        assert line["status"] in {"passed", "failed", "timeout", "memory"} and not line["seen"]
         assert 0 < line["n_tokens"] <= 12 or line["finish_reason"] in {"eos", "stop"}
         assert line["finish_reason"] in {"eos", "stop", "length"}
-    summary = json.loads((run_dir / "eval" / "summary.json").read_text())
-    entry = summary["benchmarks"]["humaneval"]
+    summary = summary_of(run_dir / "eval" / "step-3")
+    entry = summary["results"]["unseen"]
     assert entry["pass_at_k"] == {"1": 0.0, "2": 0.0}  # random weights
+    assert entry["pass_at_k_stderr"] == {"1": 0.0, "2": 0.0}
     assert entry["problems"] == 2 and entry["samples_per_problem"] == 2
-    assert sum(entry["statuses"].values()) == 4
-    assert entry["settings"]["temperature"] == 0.8 and entry["settings"]["seed"] == 7
-    assert entry["settings"]["dtype"] == "float32" and entry["settings"]["device"] == "cpu"
-    assert entry["generation"]["completions"] == 4 and entry["generation"]["tokens"] > 0
-    assert summary["model"].endswith("checkpoints/step-3")
+    assert sum(entry["statuses"].values()) == 4 and set(summary["results"]) == {"unseen"}
+    assert summary["split"] == {
+        "unseen": 16,
+        "seen": 148,
+        "scored": {"unseen": 2},
+        "max_problems": 2,
+        "sample_seed": 0,
+    }
+    assert summary["decoding"]["temperature"] == 0.8 and summary["decoding"]["seed"] == 7
+    assert summary["settings"]["dtype"] == "float32" and summary["settings"]["device"] == "cpu"
+    assert summary["generation"]["completions"] == 4 and summary["generation"]["tokens"] > 0
+    assert summary["sandbox"].startswith(("bwrap: ", "rlimits: "))
+    assert summary["wall_s"]["total"] >= summary["wall_s"]["generate"] > 0
+    assert summary["model"].endswith("checkpoints/step-3") and summary["step"] == 3
 
 
 def test_eval_is_reproducible_and_greedy_speculative_matches_greedy(run_dir, tmp_path):
     def completions(out):
-        return [
-            json.loads(x)["completion"] for x in (out / "humaneval.jsonl").read_text().splitlines()
-        ]
+        samples = out / "humaneval" / "samples.jsonl"
+        return [json.loads(x)["completion"] for x in samples.read_text().splitlines()]
 
     for name in ("a", "b"):
         assert invoke("eval", run_dir, "--no-progress", "--out", tmp_path / name).exit_code == 0
@@ -127,10 +148,12 @@ def test_eval_is_reproducible_and_greedy_speculative_matches_greedy(run_dir, tmp
     )
     assert result.exit_code == 0, result.output
     assert completions(tmp_path / "g") == completions(tmp_path / "s")
-    stats = json.loads((tmp_path / "s" / "summary.json").read_text())["benchmarks"]["humaneval"]
+    stats = summary_of(tmp_path / "s")
     assert stats["generation"]["completions"] == 2  # greedy: one per problem, counted n times
     speculative = stats["generation"]["speculative"]
     assert 0 <= speculative["acceptance_rate"] <= 1 and speculative["forwards"] > 0
+    assert set(speculative["acceptance_by_head"]) == {"2"}  # the tiny model's 2 heads
+    assert "speculative decoding (humaneval): drafts accepted head 2" in result.flat
 
 
 @pytest.mark.parametrize("trained_heads", [2, 1])
@@ -162,8 +185,7 @@ def test_training_checkpoint_without_model_json_loads_through_the_recipe(tmp_pat
         torch.testing.assert_close(model(tokens), trained(tokens))
     result = invoke("eval", run, "--no-progress", "--set", "evaluation.max_problems=1")
     assert result.exit_code == 0, result.output
-    summary = json.loads((run / "eval" / "summary.json").read_text())
-    assert summary["benchmarks"]["humaneval"]["problems"] == 1
+    assert summary_of(run / "eval" / "step-2")["results"]["unseen"]["problems"] == 1
 
 
 def test_lora_checkpoint_loads_over_the_recipes_base_model(tmp_path):
@@ -208,7 +230,7 @@ def test_evaluation_recipe_names_the_run_to_evaluate(run_dir, tmp_path):
     recipe.write_text(evaluation.replace("max_problems = 2", "max_problems = 1"))
     result = invoke("eval", recipe, "--no-progress", "--set", "evaluation.n_samples=3")
     assert result.exit_code == 0, result.output
-    entry = json.loads((run_dir / "eval" / "summary.json").read_text())["benchmarks"]["humaneval"]
+    entry = summary_of(run_dir / "eval" / "step-3")["results"]["unseen"]
     assert entry["problems"] == 1 and entry["samples_per_problem"] == 3
 
 
@@ -221,10 +243,12 @@ def test_benchmarks_from_local_files_join_the_summary(run_dir, tmp_path):
     result = invoke("eval", run_dir, "--no-progress", "--set", benchmarks)
     assert result.exit_code == 0, result.output
     assert "gsm8k" in result.output and "mbpp" in result.output
-    summary = json.loads((run_dir / "eval" / "summary.json").read_text())
-    assert set(summary["benchmarks"]) == {"gsm8k", "mbpp"}
-    assert summary["benchmarks"]["mbpp"]["settings"]["source"] == str(mbpp)
-    lines = (run_dir / "eval" / "gsm8k.jsonl").read_text().splitlines()
+    step = run_dir / "eval" / "step-3"
+    assert sorted(p.name for p in step.iterdir()) == ["gsm8k", "mbpp"]
+    assert summary_of(step, "mbpp")["settings"]["source"] == str(mbpp)
+    assert summary_of(step, "mbpp")["split"]["seen"] == 0  # HumanEval trained: no MBPP id
+    assert "(none of its 148 training problem ids is a mbpp task id)" in result.flat
+    lines = (step / "gsm8k" / "samples.jsonl").read_text().splitlines()
     assert [json.loads(x)["task_id"] for x in lines] == ["gsm8k/1"] * 2 + ["gsm8k/2"] * 2
 
 
@@ -263,33 +287,9 @@ def test_eval_with_sandbox_rlimits_runs_without_bubblewrap_and_warns(run_dir, tm
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("sandbox: untrusted code runs without bubblewrap") == 1, done.stderr
     assert "WMTP_SANDBOX=rlimits" in done.stderr and "does not block network access" in done.stderr
-    summary = json.loads((run_dir / "eval" / "summary.json").read_text())
-    assert sum(summary["benchmarks"]["humaneval"]["statuses"].values()) == 2
-
-
-def test_report_command_on_two_evaluated_runs(run_dir, tmp_path):
-    other = run_dir.parent / "20261122-070000-4567cdef"
-    other.mkdir()
-    (other / "recipe.toml").write_text(RECIPE.replace("seed = 7", "seed = 8"))
-    (other / "metrics.jsonl").write_text(
-        "".join(
-            json.dumps({"step": s, "train/loss/head_1": 5.0 / s, "train/loss/head_2": 6.0 / s})
-            + "\n"
-            for s in (1, 2, 3)
-        )
-    )
-    (other / "eval").mkdir()
-    (other / "eval" / "summary.json").write_text(
-        json.dumps({"benchmarks": {"humaneval": {"pass_at_k": {"1": 0.5, "2": 0.75}}}})
-    )
-    assert invoke("eval", run_dir, "--no-progress").exit_code == 0
-    result = invoke("report", run_dir, other, "--out", tmp_path / "report")
-    assert result.exit_code == 0, result.output
-    written = sorted(p.name for p in (tmp_path / "report").iterdir())
-    assert written == ["loss_per_head.png", "pass_at_k.png", "report.md"]
-    table = (tmp_path / "report" / "report.md").read_text()
-    assert "| tiny-eval/20261122-060000-0123abcd |" in table and "| 50 | 75 |" in table
-    assert invoke("report", tmp_path / "empty-nothing", "--out", tmp_path / "r2").exit_code == 2
+    summary = summary_of(run_dir / "eval" / "step-3")
+    assert sum(summary["results"]["unseen"]["statuses"].values()) == 2
+    assert summary["sandbox"].startswith("rlimits: ")
 
 
 def test_wmtp_run_of_an_evaluation_recipe_evaluates(run_dir, tmp_path):
@@ -303,5 +303,5 @@ def test_wmtp_run_of_an_evaluation_recipe_evaluates(run_dir, tmp_path):
     result = invoke("run", recipe)
     assert result.exit_code == 0, result.output
     assert "evaluated; results in" in result.flat
-    summary = json.loads((run_dir / "eval" / "summary.json").read_text())
-    assert set(summary["benchmarks"]["humaneval"]["pass_at_k"]) == {"1", "2"}
+    summary = summary_of(run_dir / "eval" / "step-3")
+    assert set(summary["results"]["unseen"]["pass_at_k"]) == {"1", "2"}

@@ -8,7 +8,9 @@ import pytest
 
 from tests.eval.test_benchmarks import CODECONTESTS_ROWS, MBPP_ROWS, write_jsonl
 from wmtp.eval.benchmarks import humaneval_canonical, load_codecontests, load_humaneval, load_mbpp
-from wmtp.eval.evaluator import check_completions, print_table, write_results
+from wmtp.eval.evaluator import check_completions
+from wmtp.eval.results import read_eval_dir, write_results
+from wmtp.eval.table import print_table
 
 TASKS = ["HumanEval/0", "HumanEval/2", "HumanEval/12", "HumanEval/53", "HumanEval/101"]
 CHECK = {"timeout_s": 3.0, "memory_mb": 512, "workers": 2, "progress": False}
@@ -43,40 +45,40 @@ def test_canonical_solutions_pass_and_broken_ones_fail(humaneval5, tmp_path):
     assert "NotImplementedError" in verdicts["HumanEval/2"][2].detail
 
     samples = {t: [{"completion": c} for c in cs] for t, cs in completions.items()}
-    entry = write_results(
-        tmp_path,
-        humaneval5,
-        samples,
-        verdicts,
-        ks=[1, 2, 4],
-        settings={"k": [1, 2, 4]},
-        model="ref",
-    )
+    groups = {"unseen": TASKS[:3], "seen": TASKS[3:]}
+    folder = tmp_path / "humaneval"
+    info = {"benchmark": "humaneval", "model": "ref"}
+    summary = write_results(folder, samples, verdicts, groups=groups, ks=[1, 2, 4], info=info)
     # every problem: n = 4, c = 2 -> pass@1 = 1/2, pass@2 = 1 - C(2,2)/C(4,2) = 5/6, pass@4 = 1
-    assert entry["pass_at_k"] == pytest.approx({"1": 0.5, "2": 5 / 6, "4": 1.0})
-    assert entry["statuses"] == {"passed": 10, "failed": 9, "timeout": 1}
-    lines = [json.loads(line) for line in (tmp_path / "humaneval.jsonl").read_text().splitlines()]
+    for group, problems in (("unseen", 3), ("seen", 2)):
+        result = summary["results"][group]
+        assert result["pass_at_k"] == pytest.approx({"1": 0.5, "2": 5 / 6, "4": 1.0})
+        assert result["pass_at_k_stderr"] == pytest.approx({"1": 0, "2": 0, "4": 0})  # all equal
+        assert result["problems"] == problems and result["samples_per_problem"] == 4
+    assert summary["results"]["unseen"]["statuses"] == {"passed": 6, "failed": 6}
+    assert summary["results"]["seen"]["statuses"] == {"passed": 4, "failed": 3, "timeout": 1}
+    lines = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
     assert len(lines) == 20
-    assert {(line["task_id"], line["sample"]) for line in lines} == {
-        (t, i) for t in TASKS for i in range(4)
+    assert {(line["task_id"], line["sample"], line["seen"]) for line in lines} == {
+        (t, i, t in TASKS[3:]) for t in TASKS for i in range(4)
     }
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["benchmarks"]["humaneval"]["pass_at_k"]["1"] == pytest.approx(0.5)
-    assert summary["model"] == "ref"
+    problems = [json.loads(line) for line in (folder / "problems.jsonl").read_text().splitlines()]
+    assert [(p["task_id"], p["passed"], p["seen"]) for p in problems] == [
+        (t, 2, t in TASKS[3:]) for t in TASKS
+    ]
+    assert read_eval_dir(tmp_path)["humaneval"]["model"] == "ref"
 
 
-def test_all_broken_scores_zero_and_summary_keeps_other_benchmarks(humaneval5, tmp_path):
-    (tmp_path / "summary.json").write_text(json.dumps({"benchmarks": {"mbpp": {"pass_at_k": {}}}}))
+def test_all_broken_scores_zero(humaneval5, tmp_path):
     completions = {task: [BROKEN["raises"], "    return None\n"] for task in TASKS}
     verdicts = check_completions(humaneval5, completions, **CHECK)
     assert all(v.status == "failed" for vs in verdicts.values() for v in vs)
     samples = {t: [{"completion": c} for c in cs] for t, cs in completions.items()}
-    entry = write_results(
-        tmp_path, humaneval5, samples, verdicts, ks=[1, 2], settings={}, model="m"
+    summary = write_results(
+        tmp_path, samples, verdicts, groups={"unseen": TASKS}, ks=[1, 2], info={}
     )
-    assert entry["pass_at_k"] == {"1": 0.0, "2": 0.0}
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert set(summary["benchmarks"]) == {"humaneval", "mbpp"}
+    assert summary["results"]["unseen"]["pass_at_k"] == {"1": 0.0, "2": 0.0}
+    assert set(summary["results"]) == {"unseen"}
 
 
 def test_mbpp_and_codecontests_judges_run_programs(tmp_path):
@@ -101,20 +103,37 @@ def test_mbpp_and_codecontests_judges_run_programs(tmp_path):
     assert verdicts[3].detail.startswith("test 1: expected '7")
 
 
-def test_table_prints_every_k(capsys):
+def test_table_prints_every_k_with_its_standard_error_and_the_split(capsys):
     from rich.console import Console
 
-    console = Console(width=120, force_terminal=False)
-    entry = {
+    console = Console(width=200, force_terminal=False)
+    result = {
         "pass_at_k": {"1": 0.25, "10": 0.5},
+        "pass_at_k_stderr": {"1": 0.125, "10": None},
         "problems": 3,
         "samples_per_problem": 10,
         "statuses": {"passed": 4, "failed": 26},
     }
-    print_table({"humaneval": entry}, console)
+    summary = {
+        "results": {"unseen": result},
+        "split": {"unseen": 16, "seen": 148, "max_problems": 3, "sample_seed": 0},
+        "training": {"split": "the built-in HumanEval split", "sources": ["runs/x: baseline"]},
+        "generation": {
+            "speculative": {
+                "acceptance_rate": 0.5,
+                "acceptance_by_head": {"2": 0.75, "3": 0.25},
+                "tokens_per_forward": 1.5,
+            }
+        },
+        "sandbox": "bwrap: bubblewrap ...",
+    }
+    print_table({"humaneval": summary}, console)
     out = capsys.readouterr().out
-    assert "pass@1" in out and "pass@10" in out and "25.00" in out and "50.00" in out
-    assert "failed 26, passed 4" in out
+    assert "pass@1" in out and "pass@10" in out and "25.00 ± 12.50" in out and "50.00 " in out
+    assert "failed 26, passed 4" in out and "3 of 16 unseen" in out
+    assert "16 problems unseen, 148 seen in training, from the built-in HumanEval split" in out
+    assert "head 2 75.0%, head 3 25.0%" in out and "1.50 tokens per forward" in out
+    assert "trained on: runs/x: baseline" in out and "sandbox: bwrap: bubblewrap" in out
 
 
 def test_a_sandbox_that_could_not_start_is_retried_but_a_verdict_never_is():

@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import pytest
 
-from wmtp.eval import mean_pass_at_k, pass_at_k
+from wmtp.eval import mean_pass_at_k, pass_at_k, pass_at_k_stderr
 
 
 def exact_pass_at_k(n: int, c: int, k: int) -> Fraction:
@@ -57,3 +57,21 @@ def test_mean_over_problems():
     assert mean_pass_at_k([(10, 3), (10, 0)], 5) == pytest.approx((11 / 12) / 2)
     with pytest.raises(ValueError):
         mean_pass_at_k([(10, 3), (4, 1)], 5)
+
+
+def test_standard_error_across_problems_by_hand():
+    """Three problems of n = 4: c = 4, 2, 0 -> pass@1 = 1, 1/2, 0 (mean 1/2); their sample
+    variance is ((1/2)^2 + 0 + (1/2)^2) / (3 - 1) = 1/4, so the s.e. is sqrt(1/4 / 3)."""
+    counts = [(4, 4), (4, 2), (4, 0)]
+    assert mean_pass_at_k(counts, 1) == pytest.approx(0.5)
+    assert pass_at_k_stderr(counts, 1) == pytest.approx(math.sqrt(0.25 / 3))
+    # pass@2 per problem: 1, 1 - C(2,2)/C(4,2) = 5/6, 0 -> mean 11/18
+    values = [1.0, 5 / 6, 0.0]
+    mean = sum(values) / 3
+    by_hand = math.sqrt(sum((x - mean) ** 2 for x in values) / 2 / 3)
+    assert pass_at_k_stderr(counts, 2) == pytest.approx(by_hand)
+
+
+def test_standard_error_edges():
+    assert pass_at_k_stderr([(4, 1)], 1) is None  # one problem: no spread to measure
+    assert pass_at_k_stderr([(4, 1), (4, 1)], 1) == 0.0  # identical problems

@@ -1,131 +1,213 @@
-"""`wmtp report` on two tiny run directories the test writes."""
+"""`wmtp report` on real tiny runs of every pipeline: which series share a panel, the PNGs, the
+headline table and the step it reports."""
 
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
 import pytest
 
+from tests.eval.test_eval_command import invoke, summary_of
+from tests.eval.tiny_runs import critic, policy, reference, train
 from wmtp.errors import RunError
-from wmtp.eval.report import write_report
+from wmtp.eval.figures import FigureSpec, Line, Panel, draw
+from wmtp.eval.questions import QUESTIONS, Shown
+from wmtp.eval.report import display_labels, write_report
 from wmtp.eval.run_data import read_run
+from wmtp.eval.table import percent
+
+pytestmark = pytest.mark.slow  # five training runs and three evaluations: about 20 s
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+NAMES = ("baseline", "verifiable", "ref_tuning", "rho1", "critic")
 
 
-def make_run(root, experiment, *, weighting, head_losses, pass_at_1, with_tensorboard):
-    run = root / "runs" / experiment / "20261122-050000-abcdef12"
-    (run / "eval").mkdir(parents=True)
-    (run / "recipe.toml").write_text(
-        f'[experiment]\nname = "{experiment}"\npipeline = "{experiment}"\n\n'
-        f'[weighting]\nkind = "{weighting}"\n\n[model.policy]\nn_future_tokens = 2\n'
-    )
-    with (run / "metrics.jsonl").open("w") as out:
-        out.write(json.dumps({"event": "start"}) + "\n")  # no step: not a metric line
-        for step in range(1, 6):
-            row = {
-                "step": step,
-                # the trainer's names (wmtp.train.metrics); nested tables flatten with "/"
-                "loss": sum(head_losses) / 2 / step,
-                "loss/head1": head_losses[0] / step,
-                "loss/head2": head_losses[1] / step,
-                "lr": 1e-3,
-            }
-            if weighting == "td":
-                row["weight"] = {"mean": 1.0, "std": 0.2 * step, "max": 3.0}
-                row["rho1/kept_fraction_head1"] = 0.5
-            out.write(json.dumps(row) + "\n")
-    if with_tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """Two steps of each pipeline; baseline evaluated at both checkpoints, verifiable at its last."""
+    tmp = tmp_path_factory.mktemp("runs")
+    found = {"critic": train(tmp, "critic", "critic", critic(), steps=2)}
+    found["baseline"] = train(tmp, "baseline", "baseline", policy(), steps=2)
+    td = critic(found["critic"]) + '[weighting]\nkind = "td"\n'
+    found["verifiable"] = train(tmp, "verifiable", "verifiable", policy() + td, steps=2)
+    found["ref_tuning"] = train(tmp, "ref_tuning", "ref_tuning", policy(), steps=2)
+    keep = reference(found["ref_tuning"]) + '[weighting]\nkind = "rho1"\nk_percent = 0.4\n'
+    found["rho1"] = train(tmp, "rho1", "rho1", policy() + keep, steps=2)
+    for target in (
+        found["baseline"] / "checkpoints" / "step-1",
+        found["baseline"],
+        found["verifiable"],
+    ):
+        result = invoke("eval", target, "--no-progress")
+        assert result.exit_code == 0, result.output
+    return {name: found[name] for name in NAMES}
 
-        writer = SummaryWriter(str(run / "tb"))
-        for step in range(1, 6):
-            writer.add_scalar("eval/loss_head_1", 5.0 - step / 10, step)
-            writer.add_scalar("eval/loss_head_2", 6.0 - step / 10, step)
-        writer.close()
-    summary = {
-        "benchmarks": {
-            "humaneval": {
-                "pass_at_k": {"1": pass_at_1, "10": min(1.0, 3 * pass_at_1)},
-                "problems": 164,
-                "samples_per_problem": 10,
-            }
-        },
-        "settings": {"temperature": 0.8},
+
+@pytest.fixture(scope="module")
+def figures(runs) -> dict:
+    records = [read_run(path) for path in runs.values()]
+    shown = [
+        Shown(r, label, f"C{i}") for i, (r, label) in enumerate(zip(records, NAMES, strict=True))
+    ]
+    specs = (question(shown) for question in QUESTIONS)
+    return {spec.file: spec for spec in specs if spec is not None}
+
+
+def panel(figures, file: str, title: str) -> Panel:
+    (found,) = [p for p in figures[file].panels if p.title == title]
+    return found
+
+
+def lines_by_run(found: Panel) -> dict[str, Line]:
+    return {line.label: line for line in found.lines}
+
+
+def test_labels_are_the_experiment_names(runs):
+    assert display_labels([read_run(path) for path in runs.values()]) == list(NAMES)
+
+
+def test_next_token_cross_entropy_puts_only_comparable_series_together(runs, figures):
+    """Each pipeline's head-1 loss with every token weighted 1, and no critic."""
+    training = lines_by_run(panel(figures, "cross_entropy.png", "training batches"))
+    plain_ce = {
+        "baseline": "loss/head1",
+        "verifiable": "loss/head1_unweighted",  # not its weighted objective
+        "ref_tuning": "loss/head1",
+        "rho1": "loss/head1_all_tokens",  # not its kept-token objective
     }
-    (run / "eval" / "summary.json").write_text(json.dumps(summary))
-    return run
-
-
-@pytest.fixture
-def two_runs(tmp_path):
-    baseline = make_run(
-        tmp_path,
-        "baseline",
-        weighting="uniform",
-        head_losses=(2.0, 3.0),
-        pass_at_1=0.1,
-        with_tensorboard=True,
+    assert set(training) == set(plain_ce)
+    for name, tag in plain_ce.items():
+        assert training[name].points == read_run(runs[name]).scalars[tag], name
+    heldout = panel(
+        figures, "cross_entropy.png", "held-out split (every training.eval_every steps)"
     )
-    verifiable = make_run(
-        tmp_path,
-        "verifiable",
-        weighting="td",
-        head_losses=(1.5, 2.5),
-        pass_at_1=0.2,
-        with_tensorboard=False,
-    )
-    return baseline, verifiable
-
-
-def test_reads_metrics_tensorboard_recipe_and_eval(two_runs):
-    record = read_run(two_runs[0])
-    assert record.label == "baseline/20261122-050000-abcdef12"
-    assert record.scalars["loss/head2"] == [(s, 3.0 / s) for s in range(1, 6)]
-    assert record.scalars["eval/loss_head_1"][0] == (1, pytest.approx(4.9))
-    assert record.settings["weighting.kind"] == "uniform"
-    assert record.settings["model.policy.n_future_tokens"] == 2
-    assert record.evals["humaneval"]["pass_at_k"]["1"] == 0.1
-
-
-def test_report_writes_plots_and_table(two_runs, tmp_path):
-    out = tmp_path / "report"
-    written = write_report(list(two_runs), out)
-    names = sorted(p.name for p in written)
-    assert names == ["loss.png", "loss_per_head.png", "pass_at_k.png", "report.md", "weights.png"]
-    for path in written:
-        if path.suffix == ".png":
-            assert path.read_bytes()[:8] == PNG_MAGIC
-            assert path.stat().st_size > 5_000
-    table = (out / "report.md").read_text()
-    lines = [line for line in table.splitlines() if line.startswith("|")]
-    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
-    assert header[0] == "run" and "weighting.kind" in header
-    assert "humaneval pass@1" in header and "humaneval pass@10" in header
-    rows = {
-        cells[0]: dict(zip(header, cells, strict=True))
-        for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])
+    assert {name: line.points for name, line in lines_by_run(heldout).items()} == {
+        name: read_run(runs[name]).scalars["eval/loss/head1"] for name in plain_ce
     }
-    base = rows["baseline/20261122-050000-abcdef12"]
-    verif = rows["verifiable/20261122-050000-abcdef12"]
-    assert base["weighting.kind"] == "uniform" and verif["weighting.kind"] == "td"
-    assert base["steps"] == "5"
-    assert float(base["loss/head1"]) == pytest.approx(2.0 / 5)
-    assert float(verif["loss/head2"]) == pytest.approx(2.5 / 5)
-    assert float(base["loss"]) == pytest.approx(2.5 / 5)
-    assert float(base["humaneval pass@1"]) == 10.0 and float(verif["humaneval pass@10"]) == 60.0
-    assert base["eval/loss_head_1"] == "4.5" and verif["eval/loss_head_1"] == "–"
+    assert "left out (no cross-entropy logged): critic" in figures["cross_entropy.png"].caption
 
 
-def test_report_refuses_an_empty_directory(tmp_path):
+def test_other_questions_keep_their_own_runs(figures):
+    per_head = panel(figures, "cross_entropy_per_head.png", "head 2 (predicts token t+2), held-out")
+    assert set(lines_by_run(per_head)) == {"baseline", "verifiable", "rho1"}  # ref_tuning: 1 head
+    weights = figures["token_weights.png"]
+    for found in weights.panels:
+        runs_drawn = {line.run for line in found.lines}
+        expected = {"rho1"} if found.title.startswith("Rho-1") else {"verifiable"}
+        assert runs_drawn == expected, found.title
+    critic_runs = {line.run for found in figures["critic.png"].panels for line in found.lines}
+    assert critic_runs == {"critic"}
+    speed = lines_by_run(panel(figures, "throughput.png", "training throughput"))
+    assert set(speed) == set(NAMES)
+
+
+def test_pass_at_k_by_step_with_standard_errors(runs, figures):
+    pass_at_1 = panel(figures, "pass_at_k.png", "humaneval: pass@1 on unseen problems")
+    drawn = lines_by_run(pass_at_1)
+    assert set(drawn) == {"baseline", "verifiable"}
+    results = [
+        summary_of(runs["baseline"] / "eval" / f"step-{n}")["results"]["unseen"] for n in (1, 2)
+    ]
+    assert drawn["baseline"].points == [
+        (n, r["pass_at_k"]["1"]) for n, r in zip((1, 2), results, strict=True)
+    ]
+    assert drawn["baseline"].errors == tuple(r["pass_at_k_stderr"]["1"] for r in results)
+    assert [step for step, _ in drawn["verifiable"].points] == [2]
+    assert pass_at_1.note == "not evaluated: ref_tuning, rho1"  # a critic has no pass@k
+    assert pass_at_1.axis == "percent"
+
+
+def test_the_pngs_have_their_panels_and_no_empty_axes(runs, figures, tmp_path):
+    report = write_report(list(runs.values()), tmp_path)
+    written = sorted(p.name for p in report.files)
+    assert written == sorted([*figures, "report.md"])
+    for name, spec in figures.items():
+        path = tmp_path / name
+        assert path.read_bytes()[:8] == PNG_MAGIC and path.stat().st_size > 10_000, name
+        drawn = draw(spec, tmp_path / f"again-{name}")
+        assert [ax.get_title() for ax in drawn.axes] == [p.title for p in spec.panels]
+        assert drawn.get_suptitle().startswith(spec.title)
+        for ax, drawn_panel in zip(drawn.axes, spec.panels, strict=True):
+            assert ax.lines or ax.texts, f"{name}: {ax.get_title()} is empty"
+            assert ax.get_xlabel() == "optimizer step" and ax.get_ylabel(), ax.get_title()
+            legend = {t.get_text() for t in ax.get_legend().get_texts()} if ax.lines else set()
+            expected = {line.label for line in drawn_panel.lines}
+            expected |= {drawn_panel.reference[1]} if drawn_panel.reference else set()
+            assert legend == expected, (name, ax.get_title())  # only runs drawn there
+
+
+def headline_rows(report_md: str) -> dict[str, dict[str, str]]:
+    lines = [line for line in report_md.splitlines() if line.startswith("|")]
+    table = lines[: next(i for i, line in enumerate(lines[1:], 1) if line.startswith("| step"))]
+    header = [cell.strip() for cell in table[0].strip("|").split("|")]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table[2:]]
+    return {row[0]: dict(zip(header, row, strict=True)) for row in rows}
+
+
+def test_headline_table(runs, tmp_path):
+    write_report(list(runs.values()), tmp_path)
+    rows = headline_rows((tmp_path / "report.md").read_text())
+    assert list(rows) == list(NAMES)
+    heads = {name: row["heads trained"] for name, row in rows.items()}
+    assert heads == {
+        "baseline": "2",
+        "verifiable": "2",
+        "ref_tuning": "1",  # one head, though its recipe says n_future_tokens = 2
+        "rho1": "2",
+        "critic": "– (trains model.critic)",
+    }
+    last = summary_of(runs["baseline"] / "eval" / "step-2")["results"]["unseen"]
+    expected = percent(last["pass_at_k"]["1"], last["pass_at_k_stderr"]["1"])
+    assert rows["baseline"]["humaneval pass@1 (%)"] == expected
+    assert rows["baseline"]["evaluated"].startswith("step 2 (newest): humaneval: 3 unseen")
+    assert rows["rho1"]["humaneval pass@1 (%)"] == "not evaluated"
+    assert rows["critic"]["humaneval pass@1 (%)"] == "– (no policy)"
+    assert rows["critic"]["held-out CE (nats/token)"] == "–"
+    ce = read_run(runs["rho1"]).scalars["eval/loss/head1"][-1]
+    assert rows["rho1"]["held-out CE (nats/token)"] == f"{ce[1]:.3f} (step {ce[0]})"
+    tokens = sum(v for _, v in read_run(runs["baseline"]).scalars["tokens"])
+    assert rows["baseline"]["tokens seen"] in (f"{tokens:.0f}", f"{tokens / 1e3:.3g}k")
+
+
+def test_step_option_reports_that_checkpoint(runs, tmp_path):
+    result = invoke("report", *runs.values(), "--out", tmp_path, "--step", "1")
+    assert result.exit_code == 0, result.output
+    assert "baseline: pass@k from step 1" in result.flat
+    assert "verifiable: pass@k not evaluated at step 1 (evaluated: 2)" in result.flat
+    assert "critic: pass@k none (no policy trained)" in result.flat
+    rows = headline_rows((tmp_path / "report.md").read_text())
+    first = summary_of(runs["baseline"] / "eval" / "step-1")["results"]["unseen"]
+    expected = percent(first["pass_at_k"]["1"], first["pass_at_k_stderr"]["1"])
+    assert rows["baseline"]["humaneval pass@1 (%)"] == expected
+    assert rows["verifiable"]["evaluated"] == "not evaluated at step 1 (evaluated: 2)"
+
+
+def test_constant_and_zero_series_are_drawn_as_such(tmp_path):
+    flat = Panel("kept", "tokens", (Line("run", "C0", [(1, 0.4), (2, 0.4), (3, 0.4)]),))
+    zero = Panel(
+        "pass@1",
+        "pass@1 (% of problems)",
+        (Line("run", "C0", [(5, 0.0)], errors=(0.0,)),),
+        axis="percent",
+        note="not evaluated: other",
+    )
+    drawn = draw(FigureSpec("x.png", "t", (flat, zero)), tmp_path / "x.png")
+    flat_ax, zero_ax = drawn.axes
+    low, high = flat_ax.get_ylim()
+    assert math.isclose(low, 0.0, abs_tol=1e-12) and math.isclose(high, 0.8)  # not ±5%
+    assert "constant: 0.4" in [t.get_text() for t in flat_ax.texts]
+    assert zero_ax.get_ylim() == pytest.approx((-0.23, 11.5))  # a zero score sits on a real axis
+    assert "not evaluated: other" in [t.get_text() for t in zero_ax.texts]
+
+
+def test_report_refuses_an_empty_directory_and_notes_the_old_layout(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(RunError, match=r"no metrics\.jsonl"):
         write_report([tmp_path / "empty"], tmp_path / "out")
-
-
-def test_which_tags_count_as_weight_statistics():
-    from wmtp.eval.report import _is_weight_stat
-
-    tags = ["weight/mean", "weight/clipped_max", "rho1/kept_fraction_head1", "loss/head1_weighted"]
-    tags += ["optim/weight_decay", "lr", "loss"]
-    assert [t for t in tags if _is_weight_stat(t)] == tags[:3]
+    old = tmp_path / "old"
+    (old / "eval").mkdir(parents=True)
+    (old / "eval" / "summary.json").write_text(json.dumps({"benchmarks": {}}))
+    (old / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n")
+    assert "older wmtp's layout" in read_run(old).notes[0]

@@ -12,11 +12,12 @@ from wmtp.eval.speculative import speculative_generate
 PROMPTS = [[1, 2, 3], [5, 9, 11, 12, 30, 4], [7], [40, 41, 42, 43]]
 
 
-def reference_counts(model, prompt, completion, limit):
+def reference_counts(model, prompt, completion, limit, by_head=None):
     """Forwards, drafted and accepted tokens, recounted from ONE full forward of the result.
 
     Heads 2..n at committed position p guess tokens p+2..p+n; head 1's greedy choices are the
-    completion itself, so a guess is accepted while it equals the completion there.
+    completion itself, so a guess is accepted while it equals the completion there. ``by_head``
+    (a dict) receives head -> [drafted, accepted].
     """
     seq = prompt + completion
     with torch.no_grad():
@@ -33,6 +34,9 @@ def reference_counts(model, prompt, completion, limit):
         a = 0
         while a < len(guesses) and guesses[a] == seq[p + 2 + a]:
             a += 1
+        for j in range(len(guesses)):
+            counts = (by_head if by_head is not None else {}).setdefault(j + 2, [0, 0])
+            counts[0], counts[1] = counts[0] + 1, counts[1] + (j < a)
         forwards, drafted, accepted, generated = (
             forwards + 1,
             drafted + len(guesses),
@@ -67,9 +71,12 @@ def test_speculative_equals_greedy_on_a_random_model(n_future_tokens):
         out, stats = speculative_generate(model, prompt, StopRule(letters), max_new_tokens=limit)
         assert out.tokens == plain.tokens and out.finish_reason == "length"
         assert stats.generated == limit
+        by_head = {}
         assert (stats.forwards, stats.drafted, stats.accepted) == reference_counts(
-            model, prompt, out.tokens, limit
+            model, prompt, out.tokens, limit, by_head
         )
+        assert stats.acceptance_by_head() == {k: a / d for k, (d, a) in by_head.items() if d}
+        assert set(by_head) == set(range(2, n_future_tokens + 1))
         assert 0 <= stats.acceptance_rate <= 1
         assert 1 <= stats.tokens_per_forward <= n_future_tokens
         # one sure token per forward (the last forward's may fall beyond the limit)
@@ -88,6 +95,7 @@ def test_agreeing_heads_accept_every_draft():
     out, stats = speculative_generate(model, prompt, StopRule(letters), max_new_tokens=21)
     assert out.tokens == plain.tokens
     assert stats.acceptance_rate == 1.0
+    assert stats.acceptance_by_head() == {2: 1.0, 3: 1.0, 4: 1.0}
     # 1 token from the prompt's forward, then 1 + 3 per forward: 21 = 1 + 5 * 4
     assert stats.forwards == 5 and stats.tokens_per_forward == pytest.approx(21 / 6)
 
@@ -111,6 +119,8 @@ def test_partly_agreeing_heads_and_stops():
         )
         total[0] += stats.accepted
         total[1] += stats.drafted
+        by_head = stats.acceptance_by_head()
+        assert by_head[2] >= by_head[3]  # head 3's draft stands only on head 2's
     assert 0 < total[0] < total[1]
 
 

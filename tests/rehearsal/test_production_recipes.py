@@ -133,13 +133,18 @@ def assert_trained(work: Workdir, name: str) -> Path:
     return run
 
 
-def assert_evaluated(out_dir: Path) -> dict:
-    """``summary.json`` has pass@1 and pass@2 of HumanEval over every sample generated."""
-    summary = json.loads((out_dir / "summary.json").read_text())["benchmarks"]["humaneval"]
-    assert set(summary["pass_at_k"]) == {"1", "2"}, summary["pass_at_k"]
-    assert all(0.0 <= p <= 1.0 for p in summary["pass_at_k"].values())
-    assert summary["problems"] == 2 and sum(summary["statuses"].values()) == 4, summary
-    assert (out_dir / "humaneval.jsonl").is_file()
+def assert_evaluated(run: Path) -> dict:
+    """``eval/step-<last>/humaneval/summary.json`` has pass@1 and pass@2 of HumanEval over every
+    sample generated, on problems the run did not train on (the stand-in data names no HumanEval
+    problem, so all 164 are unseen)."""
+    out_dir = run / "eval" / f"step-{STEPS}" / "humaneval"
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["split"]["unseen"] == 164 and summary["split"]["seen"] == 0, summary["split"]
+    result = summary["results"]["unseen"]
+    assert set(result["pass_at_k"]) == {"1", "2"}, result["pass_at_k"]
+    assert all(0.0 <= p <= 1.0 for p in result["pass_at_k"].values())
+    assert result["problems"] == 2 and sum(result["statuses"].values()) == 4, summary
+    assert (out_dir / "samples.jsonl").is_file() and (out_dir / "problems.jsonl").is_file()
     settings = summary["settings"]
     assert settings["device"].split(":")[0] == DEVICE, settings  # cpu, cuda:0
     if DEVICE == "cpu":  # the recipes' attention = "auto" on a CPU
@@ -254,13 +259,14 @@ def test_ref_tuning_then_rho1(ref_tuning_run, rho1_run):
 
 @pytest.mark.slow
 def test_evaluation_recipe_evaluates_the_verifiable_run(workdir, verifiable_run):
-    """evaluation.toml names ``runs/verifiable/latest``; its results go to that run's eval/."""
+    """evaluation.toml names ``runs/verifiable/latest``; its results go to that run's
+    eval/step-N/."""
     name = "evaluation.toml"
     workdir.wmtp("run", str(recipe_file(name)), *set_args(OVERRIDES[name]))
-    assert_evaluated(verifiable_run / "eval")
+    assert_evaluated(verifiable_run)
 
 
 @pytest.mark.slow
 def test_baseline_then_eval(workdir, baseline_run):
     workdir.wmtp("eval", "runs/baseline/latest", "--no-progress", *set_args(EVAL_OF_A_RUN))
-    assert_evaluated(baseline_run / "eval")
+    assert_evaluated(baseline_run)

@@ -43,10 +43,18 @@ def eval_command(
         Path | None,
         typer.Option(
             "--out",
-            help="Folder for <benchmark>.jsonl and summary.json "
-            "(default: <run>/eval or <checkpoint>/eval).",
+            help="Folder for the <benchmark>/ result folders "
+            "(default: <run>/eval/step-N, or <checkpoint>/eval).",
         ),
     ] = None,
+    include_seen: Annotated[
+        bool,
+        typer.Option(
+            "--include-seen",
+            help="Also score the problems the model trained on, reported separately as seen "
+            "(evaluation.include_seen = true).",
+        ),
+    ] = False,
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show progress bars.")
     ] = True,
@@ -54,17 +62,20 @@ def eval_command(
 ) -> None:
     """pass@k of a trained policy on the recipe's \\[evaluation] benchmarks, in the sandbox.
 
-    Generates n samples per problem, checks each in the sandbox on a worker pool, writes
-    eval/<benchmark>.jsonl (every sample with its status) and eval/summary.json (pass@k per k
-    with the settings used), and prints a table.
+    Scores the problems the model did not train on (its run's training split says which;
+    --include-seen adds the others, reported apart). Generates n samples per problem, checks each
+    in the sandbox on a worker pool, writes <run>/eval/step-N/<benchmark>/ (samples.jsonl,
+    problems.jsonl, summary.json: pass@k ± standard error, the split, decoding settings,
+    sandbox, wall times), and prints a table.
     """
     from wmtp.eval.target import evaluate_target
     from wmtp.sandbox import choose
 
     choose(sandbox)
+    seen = ["evaluation.include_seen=true"] if include_seen else []
     resolved, _ = evaluate_target(
         target,
-        overrides=overrides or [],
+        overrides=[*(overrides or []), *seen],
         recipe=recipe,
         out=out,
         progress=progress,
@@ -76,17 +87,26 @@ def eval_command(
 def report_command(
     runs: Annotated[
         list[Path],
-        typer.Argument(
-            help="Run directories to compare (the first is the reference).", show_default=False
-        ),
+        typer.Argument(help="Run directories to compare.", show_default=False),
     ],
-    out: Annotated[Path, typer.Option("--out", help="Folder for the plots and report.md.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the figures and report.md.")],
+    step: Annotated[
+        int | None,
+        typer.Option(
+            "--step",
+            help="Headline pass@k of this checkpoint step (default: each run's newest evaluated).",
+        ),
+    ] = None,
 ) -> None:
-    """Plots (loss per head, weight statistics, pass@k) and a markdown table comparing runs.
+    """Figures (cross-entropy on the same footing, per head, token weights, pass@k by step,
+    throughput, critic) and report.md: a headline table, then each run's details.
 
-    Reads each run's metrics.jsonl, TensorBoard events, recipe.toml and eval/summary.json.
+    Reads each run's metrics.jsonl, TensorBoard events, recipe.toml and eval/step-N/ results.
     """
     from wmtp.eval.report import write_report
 
-    for path in write_report(runs, out):
+    report = write_report(runs, out, step=step)
+    for label, words in report.said.items():
+        console.print(f"{label}: pass@k {words}", highlight=False)
+    for path in report.files:
         console.print(f"wrote {path}", highlight=False)

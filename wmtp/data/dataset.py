@@ -135,6 +135,9 @@ class TrainData:
     """What was left out, by reason (reported, never silent)."""
     _lengths: dict[int, int] = field(default_factory=dict, repr=False)
     """``example_length`` of the rows asked so far."""
+    train_problems: frozenset[str] = frozenset()
+    """Problems of the training split, before the length rule and ``n_samples`` drop rows: what
+    an evaluation must count as seen (``wmtp.eval.splits``)."""
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -261,6 +264,7 @@ def make_train_data(
         heldout = JsonlDataset(heldout_path, tokenizer, **kw)
         _refuse_shared_problems(train, heldout)
         rows, heldout_rows = np.arange(len(train)), np.arange(len(heldout))
+        train_ids = set(train.problem_ids)
     else:
         heldout = None
         train_ids, heldout_ids = samplers.split_problems(train.problem_ids, heldout_fraction, seed)
@@ -277,6 +281,7 @@ def make_train_data(
     if sampler is not None:
         counts.update(sampler.left_out(kept, train.rows.difficulty))
     data = TrainData(train, kept, heldout, heldout_rows, seed, sampler, pairs, packing, counts)
+    data.train_problems = frozenset(train_ids)
     for line in data.report():
         log.info(line)
     return data

@@ -12,6 +12,7 @@ _LAZY = {
     # name -> module that defines it
     "pass_at_k": "wmtp.eval.passk",
     "mean_pass_at_k": "wmtp.eval.passk",
+    "pass_at_k_stderr": "wmtp.eval.passk",
     "Benchmark": "wmtp.eval.benchmarks",
     "Problem": "wmtp.eval.benchmarks",
     "load_benchmark": "wmtp.eval.benchmarks",

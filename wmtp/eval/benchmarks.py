@@ -50,12 +50,6 @@ class Benchmark:
     problems: tuple[Problem, ...]
     stop: tuple[str, ...]
 
-    def limited(self, limit: int | None) -> Benchmark:
-        """The first ``limit`` problems (all of them when ``limit`` is None)."""
-        if limit is None:
-            return self
-        return Benchmark(self.name, self.problems[:limit], self.stop)
-
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, object)`` per non-blank line; a located ``DataError`` for bad JSON."""

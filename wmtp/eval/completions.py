@@ -2,7 +2,7 @@
 
 Sampling (temperature > 0) decodes a problem's ``n_samples`` together, as one KV-cache batch of
 the replicated prompt (in chunks of ``batch_size``), from a generator seeded by the recipe's seed
-and the problem's index, so a problem's samples do not depend on which problems ran before it.
+and the problem's task id, so a problem's samples do not depend on which problems ran with it.
 Greedy decoding (temperature 0) gives the same text every time: each problem is decoded once
 (self-speculatively when asked) and that completion stands for all ``n_samples``.
 """
@@ -10,12 +10,13 @@ Greedy decoding (temperature 0) gives the same text every time: each problem is 
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from wmtp.eval.benchmarks import Benchmark
+from wmtp.eval.benchmarks import Benchmark, Problem
 from wmtp.eval.generate import Completion, Sampling, StopRule, generate
 from wmtp.eval.speculative import SpeculativeStats, speculative_generate
 
@@ -64,6 +65,11 @@ def continuation_decoder(tokenizer, prompt_ids: list[int]) -> Callable[[list[int
     return decode
 
 
+def problem_seed(seed: int, task_id: str) -> int:
+    """The sampling seed of one problem: the recipe's seed and the problem's task id."""
+    return seed * 1_000_003 + zlib.crc32(task_id.encode("utf-8"))
+
+
 def sample_problem(
     model: torch.nn.Module,
     prompt_ids: list[int],
@@ -106,18 +112,22 @@ def complete_benchmark(
     spec,
     *,
     seed: int,
+    problems: tuple[Problem, ...] | None = None,
     progress: bool = True,
 ) -> tuple[list[ProblemCompletions], GenerationStats]:
-    """Completions of every problem under the ``[evaluation]`` section ``spec``."""
+    """Completions of ``problems`` (every problem of ``benchmark`` when None) under the
+    ``[evaluation]`` section ``spec``."""
     from rich.progress import Progress
+
+    problems = benchmark.problems if problems is None else problems
 
     sampling = Sampling(temperature=spec.temperature, top_p=spec.top_p)
     stats = GenerationStats(speculative=SpeculativeStats() if spec.speculative else None)
     results = []
     started = time.perf_counter()
     with Progress(disable=not progress) as bar:
-        task = bar.add_task(f"{benchmark.name}: generating", total=len(benchmark.problems))
-        for index, problem in enumerate(benchmark.problems):
+        task = bar.add_task(f"{benchmark.name}: generating", total=len(problems))
+        for problem in problems:
             prompt_ids = tokenizer.encode(problem.prompt, bos=True)
             stop_rule = StopRule(
                 continuation_decoder(tokenizer, prompt_ids),
@@ -132,7 +142,7 @@ def complete_benchmark(
                 sampling=sampling,
                 max_new_tokens=spec.max_new_tokens,
                 batch_size=spec.batch_size,
-                seed=seed * 1_000_003 + index,
+                seed=problem_seed(seed, problem.task_id),
                 speculative=spec.speculative,
             )
             distinct = completions[:1] if sampling.greedy else completions

@@ -1,46 +1,27 @@
 """pass@k of a model on benchmarks: generate, check in the sandbox, write and print the results.
 
-For every benchmark of the ``[evaluation]`` section: n completions per problem
-(``wmtp.eval.completions``), each judged on a worker pool (programs run in
-``wmtp.sandbox``), then
-
-- ``<out>/<benchmark>.jsonl``: every sample with its completion, status and why it failed;
-- ``<out>/summary.json``: per benchmark, pass@k for each k, status counts, generation speed and
-  the settings used (benchmarks evaluated earlier into the same folder are kept);
-
-and a table on the console. ``check_completions`` and ``write_results`` take completions from
-anywhere (a test's reference solutions, another tool's samples).
+For every benchmark of the ``[evaluation]`` section: the problems to score (the unseen ones, and
+the seen ones when asked: ``wmtp.eval.splits``), n completions per problem
+(``wmtp.eval.completions``), each judged on a worker pool (programs run in ``wmtp.sandbox``),
+then ``<out>/<benchmark>/`` written (``wmtp.eval.results``) and a table printed
+(``wmtp.eval.table``). ``check_completions`` and ``wmtp.eval.results.write_results`` take
+completions from anywhere (a test's reference solutions, another tool's samples).
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import os
-from collections import Counter
+import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from wmtp.errors import RecipeError
 from wmtp.eval.benchmarks import Benchmark, load_benchmark
 from wmtp.eval.judges import Verdict
-from wmtp.eval.passk import pass_at_k
+from wmtp.eval.splits import ScoredProblems, TrainingProblems, choose_problems
 
-
-@dataclass(frozen=True)
-class SampleResult:
-    """One line of ``<benchmark>.jsonl``."""
-
-    task_id: str
-    sample: int
-    completion: str
-    status: str
-    detail: str
-    finish_reason: str = ""
-    n_tokens: int = 0
-    duration_s: float = 0.0
+DECODING_KEYS = ("n_samples", "temperature", "top_p", "max_new_tokens", "speculative")
+"""The ``[evaluation]`` keys that decide the samples (with the seed), recorded as ``decoding``."""
 
 
 def check_completions(
@@ -76,14 +57,6 @@ def check_completions(
     return verdicts  # type: ignore[return-value]
 
 
-def pass_at_ks(verdicts: dict[str, list[Verdict]], ks: list[int]) -> dict[str, float]:
-    """Mean unbiased pass@k over problems, for each k (as ``{"1": ..., "10": ...}``)."""
-    counts = [(len(vs), sum(v.passed for v in vs)) for vs in verdicts.values()]
-    return {
-        str(k): sum(pass_at_k(n, c, k) for n, c in counts) / len(counts) for k in sorted(set(ks))
-    }
-
-
 def check_settings(spec) -> None:
     """Reject ``[evaluation]`` settings that cannot work, naming the keys (before any loading)."""
     from wmtp.registry import get
@@ -102,99 +75,6 @@ def check_settings(spec) -> None:
         )
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    """Write through a temporary name, then rename: a crash never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as out:
-        for row in rows:
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-
-
-def write_summary(out_dir: Path, name: str, entry: dict[str, Any], model: str) -> dict:
-    """Add (or replace) benchmark ``name`` in ``summary.json``; other benchmarks are kept."""
-    path = out_dir / "summary.json"
-    summary: dict[str, Any] = {"benchmarks": {}}
-    if path.is_file():
-        try:
-            summary = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:  # never lose it: keep the unreadable file aside
-            path.replace(path.with_suffix(".json.unreadable"))
-            summary = {"benchmarks": {}}
-    summary.setdefault("benchmarks", {})[name] = entry
-    summary["model"] = model
-    summary["updated"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    tmp = path.with_name(f".summary.json.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return summary
-
-
-def write_results(
-    out_dir: Path,
-    benchmark: Benchmark,
-    samples: dict[str, list[dict]],
-    verdicts: dict[str, list[Verdict]],
-    *,
-    ks: list[int],
-    settings: dict[str, Any],
-    model: str,
-    generation: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Write ``<benchmark>.jsonl`` and update ``summary.json``; the benchmark's summary entry.
-
-    ``samples[task][i]`` holds the sample's ``completion`` (and optionally ``finish_reason``,
-    ``n_tokens``).
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for task, task_samples in samples.items():
-        for index, (sample, verdict) in enumerate(zip(task_samples, verdicts[task], strict=True)):
-            result = SampleResult(
-                task_id=task,
-                sample=index,
-                completion=sample["completion"],
-                status=verdict.status,
-                detail=verdict.detail,
-                finish_reason=sample.get("finish_reason", ""),
-                n_tokens=sample.get("n_tokens", 0),
-                duration_s=round(verdict.duration_s, 4),
-            )
-            rows.append(asdict(result))
-    write_jsonl(out_dir / f"{benchmark.name}.jsonl", rows)
-    entry = {
-        "pass_at_k": pass_at_ks(verdicts, ks),
-        "problems": len(verdicts),
-        "samples_per_problem": min(len(v) for v in verdicts.values()),
-        "statuses": dict(Counter(row["status"] for row in rows)),
-        "settings": settings,
-    }
-    if generation is not None:
-        entry["generation"] = generation
-    write_summary(out_dir, benchmark.name, entry, model)
-    return entry
-
-
-def print_table(results: dict[str, dict[str, Any]], console=None) -> None:
-    """Benchmarks as rows: problems, samples, pass@k (%), status counts."""
-    from rich.console import Console
-    from rich.table import Table
-
-    ks = sorted({k for entry in results.values() for k in entry["pass_at_k"]}, key=int)
-    table = Table(title="pass@k")
-    for column in ["benchmark", "problems", "n", *(f"pass@{k}" for k in ks), "statuses"]:
-        table.add_column(column, justify="left" if column in ("benchmark", "statuses") else "right")
-    for name, entry in results.items():
-        scores = [
-            f"{100 * entry['pass_at_k'][k]:.2f}" if k in entry["pass_at_k"] else "–" for k in ks
-        ]
-        statuses = ", ".join(f"{s} {n}" for s, n in sorted(entry["statuses"].items()))
-        table.add_row(
-            name, str(entry["problems"]), str(entry["samples_per_problem"]), *scores, statuses
-        )
-    (console or Console()).print(table)
-
-
 def evaluate(
     model,
     tokenizer,
@@ -203,67 +83,107 @@ def evaluate(
     *,
     seed: int,
     model_label: str,
+    training: TrainingProblems,
+    step: int | None = None,
     benchmark_paths: dict[str, str] | None = None,
     progress: bool = True,
     console=None,
 ) -> dict[str, dict[str, Any]]:
-    """Evaluate ``model`` on every benchmark of ``spec`` (an ``EvaluationSpec``); write the files.
+    """Evaluate ``model`` on every benchmark of ``spec`` (an ``EvaluationSpec``) into
+    ``<out_dir>/<benchmark>/``; benchmark -> its summary. ``training`` says which problems are
+    seen; ``step`` is the checkpoint's step (None: not a run's checkpoint).
 
     Benchmarks are named as in ``spec.benchmarks``: ``"humaneval"``, or ``"mbpp=PATH"`` for the
     ones read from a local file (``benchmark_paths`` may give the paths instead).
     """
-    from wmtp.eval.completions import complete_benchmark
+    from wmtp.eval.table import print_table
 
     check_settings(spec)
-    out = Path(out_dir)
     results = {}
     for entry in spec.benchmarks:
         name, path = parse_benchmark(entry, benchmark_paths or {})
-        benchmark = load_benchmark(name, path).limited(spec.max_problems)
-        if any(problem.judge.runs_code for problem in benchmark.problems):
-            from wmtp import sandbox
-
-            sandbox.require(purpose=f"checking {name} completions")  # before minutes of decoding
-        problems, gen_stats = complete_benchmark(
-            model, tokenizer, benchmark, spec, seed=seed, progress=progress
+        scored = choose_problems(
+            load_benchmark(name, path),
+            training,
+            include_seen=spec.include_seen,
+            max_problems=spec.max_problems,
         )
-        completions = {p.task_id: [c.text for c in p.completions] for p in problems}
-        verdicts = check_completions(
-            benchmark,
-            completions,
-            timeout_s=spec.timeout_s,
-            memory_mb=spec.memory_mb,
-            workers=spec.workers,
-            progress=progress,
-        )
-        samples = {
-            p.task_id: [
-                {"completion": c.text, "finish_reason": c.finish_reason, "n_tokens": len(c.tokens)}
-                for c in p.completions
-            ]
-            for p in problems
+        context = {
+            "model": model_label,
+            "step": step,
+            "training": training.as_dict(),
+            "settings": {
+                **spec.model_dump(mode="json"),
+                "seed": seed,
+                "source": path,
+                **model_settings(model),
+            },
         }
-        param = next(model.parameters())
-        settings = {
-            **spec.model_dump(mode="json"),
-            "seed": seed,
-            "source": path,
-            "device": str(param.device),
-            "dtype": str(param.dtype).removeprefix("torch."),
-            "attention": model.attention.name,
-        }
-        results[benchmark.name] = write_results(
-            out,
-            benchmark,
-            samples,
-            verdicts,
-            ks=spec.k,
-            settings=settings,
-            model=model_label,
-            generation=gen_stats.as_dict(),
+        results[name] = evaluate_benchmark(
+            model, tokenizer, spec, scored, Path(out_dir) / name, seed, context, progress
         )
-    print_table(results, console)
+    print_table(results, console, title=f" · {model_label}")
     return results
+
+
+def evaluate_benchmark(
+    model, tokenizer, spec, scored: ScoredProblems, folder: Path, seed: int, context, progress
+) -> dict[str, Any]:
+    """Generate, check and write one benchmark's scored problems; its summary."""
+    from wmtp import sandbox
+    from wmtp.eval.completions import complete_benchmark
+    from wmtp.eval.results import write_results
+
+    benchmark = scored.benchmark
+    if any(problem.judge.runs_code for problem in scored.problems):
+        sandbox.require(purpose=f"checking {benchmark.name} completions")  # before decoding
+    started = time.perf_counter()
+    problems, gen_stats = complete_benchmark(
+        model, tokenizer, benchmark, spec, seed=seed, problems=scored.problems, progress=progress
+    )
+    generated = time.perf_counter()
+    completions = {p.task_id: [c.text for c in p.completions] for p in problems}
+    verdicts = check_completions(
+        benchmark,
+        completions,
+        timeout_s=spec.timeout_s,
+        memory_mb=spec.memory_mb,
+        workers=spec.workers,
+        progress=progress,
+    )
+    checked = time.perf_counter()
+    samples = {
+        p.task_id: [
+            {"completion": c.text, "finish_reason": c.finish_reason, "n_tokens": len(c.tokens)}
+            for c in p.completions
+        ]
+        for p in problems
+    }
+    info = {
+        "benchmark": benchmark.name,
+        **context,
+        "split": scored.as_dict(),
+        "decoding": {**{key: getattr(spec, key) for key in DECODING_KEYS}, "seed": seed},
+        "sandbox": sandbox.isolation_line(),
+        "generation": gen_stats.as_dict(),
+        "wall_s": {
+            "generate": round(generated - started, 3),
+            "check": round(checked - generated, 3),
+            "total": round(checked - started, 3),
+        },
+    }
+    groups = {name: [p.task_id for p in group] for name, group in scored.groups.items()}
+    return write_results(folder, samples, verdicts, groups=groups, ks=spec.k, info=info)
+
+
+def model_settings(model) -> dict[str, str]:
+    """Where and how the model ran: device, dtype, attention backend."""
+    param = next(model.parameters())
+    return {
+        "device": str(param.device),
+        "dtype": str(param.dtype).removeprefix("torch."),
+        "attention": model.attention.name,
+    }
 
 
 def parse_benchmark(entry: str, paths: dict[str, str]) -> tuple[str, str | None]:
@@ -272,11 +192,4 @@ def parse_benchmark(entry: str, paths: dict[str, str]) -> tuple[str, str | None]
     return name.strip(), (path.strip() or paths.get(name.strip()))
 
 
-__all__ = [
-    "SampleResult",
-    "check_completions",
-    "evaluate",
-    "pass_at_ks",
-    "print_table",
-    "write_results",
-]
+__all__ = ["check_completions", "check_settings", "evaluate", "evaluate_benchmark"]

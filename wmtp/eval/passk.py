@@ -4,10 +4,14 @@ With ``n`` samples of a problem of which ``c`` pass, pass@k = 1 - C(n - c, k) / 
 chance that at least one of ``k`` samples drawn without replacement from the ``n`` passes. The
 naive ``1 - (1 - c/n)**k`` draws *with* replacement and underestimates it (n=10, c=3, k=5: 0.8319
 against the unbiased 0.9167).
+
+A benchmark's score is the mean of the per-problem values; its standard error
+(:func:`pass_at_k_stderr`) is the standard error of that mean across problems.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 
@@ -45,4 +49,22 @@ def mean_pass_at_k(counts: Iterable[tuple[int, int]], k: int) -> float:
     return sum(values) / len(values)
 
 
-__all__ = ["mean_pass_at_k", "pass_at_k"]
+def pass_at_k_stderr(counts: Iterable[tuple[int, int]], k: int) -> float | None:
+    """Standard error of :func:`mean_pass_at_k` across problems; ``None`` for one problem.
+
+    The estimator: the standard error of the mean of the per-problem unbiased pass@k values
+    ``x_1..x_m``, ``s / sqrt(m)`` with ``s`` their sample standard deviation (``m - 1`` in its
+    denominator). It measures how the score would move with another draw of ``m`` problems like
+    these (the spread within a problem's ``n`` samples is part of each ``x_i``); it is the
+    error bar to put on a comparison of two models on the same problems only as an upper bound
+    (a paired difference is tighter).
+    """
+    values = [pass_at_k(n, c, k) for n, c in counts]
+    if len(values) < 2:
+        return None
+    mean = sum(values) / len(values)
+    variance = sum((x - mean) ** 2 for x in values) / (len(values) - 1)
+    return math.sqrt(variance / len(values))
+
+
+__all__ = ["mean_pass_at_k", "pass_at_k", "pass_at_k_stderr"]

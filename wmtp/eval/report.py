@@ -1,211 +1,255 @@
-"""``wmtp report``: plots and a markdown table that compare runs side by side.
+"""``wmtp report``: figures and a markdown report that compare runs.
 
-Writes into the output folder:
-
-- ``loss_per_head.png``: one panel per head (and per family of per-head loss tags, e.g. training
-  and held-out), a line per run;
-- ``loss.png``: every loss tag that is not per head (total loss, eval loss, ...);
-- ``weights.png``: the token-weight statistics (mean, std, min, max, clipped fractions) and
-  Rho-1's kept fractions, where runs logged them;
-- ``pass_at_k.png``: pass@k per benchmark, runs as grouped bars;
-- ``report.md``: one row per run with its key settings, last losses and pass@k.
-
-Figures are drawn on ``matplotlib.figure.Figure`` with the Agg canvas (no pyplot, no display).
+Writes into the output folder one PNG per question (``wmtp.eval.questions``: next-token
+cross-entropy on the same footing, each head's cross-entropy, the weighting's statistics, pass@k
+by checkpoint, training speed, the critic's ranking) and ``report.md``: a headline table (run,
+pipeline, heads trained, tokens seen, final held-out cross-entropy, pass@k ± standard error on
+unseen problems at the step it picked), the figures, and per run the details (settings, losses
+per head, every evaluation). pass@k comes from each run's newest evaluated checkpoint, or from
+``step`` when given; the table says which.
 """
 
 from __future__ import annotations
 
-import math
-import re
+from dataclasses import dataclass
 from pathlib import Path
 
-from wmtp.eval.run_data import RunRecord, Series, read_run
+from wmtp.eval.figures import draw
+from wmtp.eval.questions import (
+    QUESTIONS,
+    Shown,
+    ce_series,
+    evaluated_ks,
+    heads_logged,
+    pipeline_of,
+    trains_policy,
+)
+from wmtp.eval.run_data import RunRecord, read_run
+from wmtp.eval.table import percent, problems_cell
 
-HEAD_PATTERN = re.compile(r"head[_/\-]?(\d+)")
-
-
-def _is_loss(tag: str) -> bool:
-    return "loss" in tag.lower()
-
-
-def _is_weight_stat(tag: str) -> bool:
-    """Token-weight statistics (``weight/mean``, ``weight/clipped_max``, ...) and Rho-1's
-    selection figures (``rho1/kept_fraction_head1``, ...)."""
-    lowered = tag.lower()
-    if _is_loss(tag) or "decay" in lowered:
-        return False
-    return "weight" in lowered or lowered.startswith("rho1/")
+HEADLINE_KS = ("1", "10")
 
 
-def per_head_loss_tags(runs: list[RunRecord]) -> dict[str, dict[int, str]]:
-    """Family (the tag with its head number as ``*``) -> head -> tag, over all runs."""
-    families: dict[str, dict[int, str]] = {}
-    for tag in sorted({t for run in runs for t in run.scalars}):
-        match = HEAD_PATTERN.search(tag)
-        if match and _is_loss(tag):
-            family = tag[: match.start(1)] + "*" + tag[match.end(1) :]
-            families.setdefault(family, {})[int(match.group(1))] = tag
-    return families
+@dataclass(frozen=True)
+class Report:
+    """What ``write_report`` wrote and which evaluation step each run's headline uses."""
+
+    files: list[Path]
+    steps: dict[str, int | None]
+    """Run label -> the evaluated step in the headline (None: not evaluated there)."""
+    said: dict[str, str]
+    """Run label -> where its headline pass@k comes from, in words."""
 
 
-def _tags(runs: list[RunRecord], keep) -> list[str]:
-    return sorted({t for run in runs for t in run.scalars if keep(t)})
+def display_labels(runs: list[RunRecord]) -> list[str]:
+    """The experiment name where it is unique among ``runs``, else ``experiment/run id``."""
+    experiments = [run.label.split("/")[0] for run in runs]
+    labels = [
+        e if experiments.count(e) == 1 else run.label
+        for e, run in zip(experiments, runs, strict=True)
+    ]
+    return [
+        f"{label} ({i + 1})" if labels.count(label) > 1 else label for i, label in enumerate(labels)
+    ]
 
 
-def _grid(n_panels: int, n_cols: int):
-    from matplotlib.figure import Figure
-
-    n_cols = max(1, min(n_cols, n_panels))
-    n_rows = math.ceil(n_panels / n_cols)
-    figure = Figure(figsize=(4.2 * n_cols, 3.2 * n_rows), layout="constrained")
-    axes = figure.subplots(n_rows, n_cols, squeeze=False).ravel()
-    for extra in axes[n_panels:]:
-        extra.set_visible(False)
-    return figure, axes[:n_panels]
+def picked_step(run: RunRecord, step: int | None) -> int | None:
+    """The evaluated step the headline shows: ``step`` (None where the run has no evaluation
+    there), else the run's newest."""
+    if step is not None:
+        return step if step in run.evals else None
+    return max(run.evals, default=None)
 
 
-def _plot_series(ax, runs: list[RunRecord], tag: str, title: str) -> None:
-    for index, run in enumerate(runs):
-        points: Series = run.scalars.get(tag, [])
-        if points:
-            steps, values = zip(*points, strict=True)
-            marker = "o" if len(points) <= 20 else None  # a lone eval point stays visible
-            ax.plot(steps, values, color=_colour(index), linewidth=1.2, marker=marker, markersize=3)
-    ax.set_title(title, fontsize=9)
-    ax.set_xlabel("step", fontsize=8)
-    ax.tick_params(labelsize=7)
-    ax.grid(alpha=0.3)
+def step_words(run: RunRecord, picked: int | None, wanted: int | None) -> str:
+    """Where a run's headline pass@k comes from: ``from step 120 (newest evaluated)``, ..."""
+    if not trains_policy(run):
+        return "none (no policy trained)"
+    if picked is not None:
+        return f"from step {picked}" + (" (newest evaluated)" if wanted is None else "")
+    if wanted is not None and run.evals:
+        return f"not evaluated at step {wanted} (evaluated: {', '.join(map(str, run.evals))})"
+    return "not evaluated" + (f" at step {wanted}" if wanted is not None else "")
 
 
-def _colour(run_index: int) -> str:
-    """A run keeps its colour in every panel, whether or not earlier runs logged that tag."""
-    return f"C{run_index % 10}"
+def heads_trained(run: RunRecord) -> str:
+    """Heads of the model the run trained: the pipeline's fixed number (ntp, ref_tuning: 1),
+    else the recipe's ``n_future_tokens``; ``–`` for a run that trains no policy."""
+    info = pipeline_of(run)
+    if info is not None and info.trains != "policy":
+        return f"– (trains model.{info.trains})" if info.trains else "– (trains nothing)"
+    if info is not None and info.heads:
+        return str(info.heads)
+    heads = run.settings.get("model.policy.n_future_tokens")
+    return str(heads) if heads is not None else str(heads_logged(run) or "?")
 
 
-def _legend(figure, runs: list[RunRecord], n_cols: int) -> None:
-    from matplotlib.patches import Patch
-
-    handles = [Patch(color=_colour(i), label=run.label) for i, run in enumerate(runs)]
-    figure.legend(handles=handles, loc="outside lower center", fontsize=8, ncols=max(1, n_cols - 1))
-
-
-def plot_loss_per_head(runs: list[RunRecord], path: Path) -> bool:
-    """One panel per (family, head); returns False (and writes nothing) when no run has any."""
-    families = per_head_loss_tags(runs)
-    panels = [(tag, f"{tag}") for heads in families.values() for _, tag in sorted(heads.items())]
-    if not panels:
-        return False
-    n_heads = max(len(heads) for heads in families.values())
-    figure, axes = _grid(len(panels), n_heads)
-    for ax, (tag, title) in zip(axes, panels, strict=True):
-        _plot_series(ax, runs, tag, title)
-    _legend(figure, runs, min(n_heads, len(panels)))
-    figure.savefig(path, dpi=110)
-    return True
-
-
-def plot_tags(runs: list[RunRecord], tags: list[str], path: Path) -> bool:
-    """A panel per tag, a line per run; False when ``tags`` is empty."""
-    if not tags:
-        return False
-    figure, axes = _grid(len(tags), 3)
-    for ax, tag in zip(axes, tags, strict=True):
-        _plot_series(ax, runs, tag, tag)
-    _legend(figure, runs, min(3, len(tags)))
-    figure.savefig(path, dpi=110)
-    return True
-
-
-def pass_at_k_points(runs: list[RunRecord]) -> dict[str, list[str]]:
-    """Benchmark -> its k labels (``pass@1``, ...) in increasing k, over all runs."""
-    found: dict[str, set[str]] = {}
-    for run in runs:
-        for bench, result in run.evals.items():
-            found.setdefault(bench, set()).update(result.get("pass_at_k", {}))
-    return {b: sorted(ks, key=lambda k: int(k)) for b, ks in sorted(found.items())}
-
-
-def plot_pass_at_k(runs: list[RunRecord], path: Path) -> bool:
-    """Grouped bars: a panel per benchmark, a group per k, a bar per run."""
-    benchmarks = pass_at_k_points(runs)
-    if not benchmarks:
-        return False
-    figure, axes = _grid(len(benchmarks), 3)
-    width = 0.8 / len(runs)
-    for ax, (bench, ks) in zip(axes, benchmarks.items(), strict=True):
-        for index, run in enumerate(runs):
-            scores = run.evals.get(bench, {}).get("pass_at_k", {})
-            heights = [100 * scores.get(k, float("nan")) for k in ks]
-            xs = [i + (index - (len(runs) - 1) / 2) * width for i in range(len(ks))]
-            ax.bar(xs, heights, width=width, color=_colour(index))
-        ax.set_xticks(range(len(ks)), [f"pass@{k}" for k in ks], fontsize=8)
-        ax.set_ylabel("%", fontsize=8)
-        ax.set_title(bench, fontsize=9)
-        ax.grid(axis="y", alpha=0.3)
-    _legend(figure, runs, min(3, len(benchmarks)))
-    figure.savefig(path, dpi=110)
-    return True
-
-
-def _cell(value) -> str:
-    if value is None:
+def tokens_seen(run: RunRecord) -> str:
+    """Input tokens trained on: the sum of ``tokens`` when every step was logged, else the mean
+    logged step's times the last step (marked ``≈``)."""
+    points = run.scalars.get("tokens", [])
+    if not points:
         return "–"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value).replace("|", "\\|")
+    last = points[-1][0]
+    if [s for s, _ in points] == list(range(1, last + 1)):
+        return _count(sum(v for _, v in points))
+    return "≈" + _count(sum(v for _, v in points) / len(points) * last)
 
 
-def markdown_table(runs: list[RunRecord], loss_tags: list[str]) -> str:
-    """One row per run: settings, last step, the last value of each loss tag, pass@k (%)."""
-    setting_keys = sorted({key for run in runs for key in run.settings})
-    benchmarks = pass_at_k_points(runs)
-    header = ["run", *setting_keys, "steps", *loss_tags]
-    header += [f"{bench} pass@{k}" for bench, ks in benchmarks.items() for k in ks]
-    rows = []
-    for run in runs:
-        last_step = max((points[-1][0] for points in run.scalars.values() if points), default=None)
-        row = [run.label, *(run.settings.get(key) for key in setting_keys), last_step]
-        row += [run.scalars[tag][-1][1] if run.scalars.get(tag) else None for tag in loss_tags]
-        for bench, ks in benchmarks.items():
-            scores = run.evals.get(bench, {}).get("pass_at_k", {})
-            row += [round(100 * scores[k], 2) if k in scores else None for k in ks]
-        rows.append(row)
+def _count(n: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def final_heldout_ce(run: RunRecord) -> str:
+    points = ce_series(run, 1, "heldout")
+    return f"{points[-1][1]:.3f} (step {points[-1][0]})" if points else "–"
+
+
+def _pass_cell(run: RunRecord, step: int | None, benchmark: str, k: str) -> str:
+    if not trains_policy(run):
+        return "– (no policy)"
+    result = run.evals.get(step, {}).get(benchmark, {}).get("results", {}).get("unseen")
+    if step is None or result is None:
+        return "not evaluated"
+    if k not in result["pass_at_k"]:
+        return "–"
+    return percent(result["pass_at_k"][k], result.get("pass_at_k_stderr", {}).get(k))
+
+
+def _evaluated_cell(run: RunRecord, step: int | None, wanted: int | None) -> str:
+    if step is None:
+        return step_words(run, None, wanted) if wanted is not None and run.evals else "–"
+    parts = []
+    for name, summary in run.evals[step].items():
+        unseen = summary["results"].get("unseen", {})
+        decoding = summary.get("decoding", {})
+        parts.append(
+            f"{name}: {unseen.get('problems', 0)} unseen problems, n = "
+            f"{decoding.get('n_samples', '?')}, T = {decoding.get('temperature', '?')}"
+        )
+    newest = " (newest)" if wanted is None and len(run.evals) > 1 else ""
+    return f"step {step}{newest}: " + "; ".join(parts)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
-def write_report(run_dirs: list[str | Path], out_dir: str | Path) -> list[Path]:
-    """Read every run, write the plots and ``report.md`` into ``out_dir``; the files written."""
+def headline(shown: list[Shown], steps: dict[str, int | None], wanted: int | None) -> str:
+    """The headline table: one row per run."""
+    benchmarks = evaluated_ks(shown)
+    columns = [(b, k) for b, ks in benchmarks.items() for k in ks if k in HEADLINE_KS]
+    columns = columns or [(b, ks[0]) for b, ks in benchmarks.items()] or [("", "k")]
+    header = ["run", "pipeline", "heads trained", "tokens seen", "held-out CE (nats/token)"]
+    header += [f"{b} pass@{k} (%)".strip() for b, k in columns] + ["evaluated"]
+    rows = []
+    for s in shown:
+        step = steps[s.label]
+        row = [s.label, s.run.pipeline or "?", heads_trained(s.run), tokens_seen(s.run)]
+        row += [final_heldout_ce(s.run)]
+        row += [_pass_cell(s.run, step, b, k) for b, k in columns]
+        rows.append([*row, _evaluated_cell(s.run, step, wanted)])
+    return _table(header, rows)
+
+
+HEADLINE_NOTES = (
+    "Held-out CE: head 1's cross-entropy on the run's held-out split with every token weighted 1 "
+    "(comparable across pipelines when the runs share their data and split), at the last step "
+    "it was measured. pass@k: on problems the model never trained on, ± one standard error "
+    "across problems. Heads trained: the heads of the trained model (ntp and ref_tuning train "
+    "one, whatever model.policy.n_future_tokens says). Tokens seen: input tokens of every "
+    "training step (≈: estimated from the logged steps)."
+)
+
+
+def run_details(s: Shown) -> str:
+    """A run's section: settings, cross-entropy per head, every evaluation, notes."""
+    run = s.run
+    settings = " · ".join(f"{key} = {value}" for key, value in run.settings.items())
+    lines = [f"### {s.label}", "", f"- directory: `{run.path.resolve()}`"]
+    lines.append(f"- recipe: {settings or '–'}")
+    for where, name in (("train", "training"), ("heldout", "held-out")):
+        heads = [ce_series(run, k, where) for k in range(1, heads_logged(run) + 1)]
+        values = [f"head {k}: {p[-1][1]:.3f}" for k, p in enumerate(heads, start=1) if p]
+        if values:
+            lines.append(f"- {name} cross-entropy at its last step: " + ", ".join(values))
+    lines += [f"- note: {note}" for note in run.notes]
+    if run.evals:
+        newest = next(iter(run.evals[max(run.evals)].values()))
+        split = newest.get("training", {}).get("split", "?")
+        lines.append(f"- split: {split} (its training problems are seen, the others unseen)")
+        lines.append(f"- sandbox (newest evaluation): {newest.get('sandbox', '?')}")
+        lines += ["", evaluations_table(run)]
+    return "\n".join(lines) + "\n"
+
+
+def evaluations_table(run: RunRecord) -> str:
+    """Every evaluation of the run: step, benchmark, group, problems, pass@k, decoding."""
+    rows = []
+    for step, benchmarks in run.evals.items():
+        for name, summary in benchmarks.items():
+            decoding = summary.get("decoding", {})
+            settings = ", ".join(f"{k} = {v}" for k, v in decoding.items())
+            for group, result in summary["results"].items():
+                scores = ", ".join(
+                    f"pass@{k} {percent(v, result.get('pass_at_k_stderr', {}).get(k))}"
+                    for k, v in result["pass_at_k"].items()
+                )
+                available = summary.get("split", {}).get(group, result["problems"])
+                problems = problems_cell(group, result["problems"], available)
+                rows.append([str(step), name, problems, scores, settings])
+    header = ["step", "benchmark", "problems", "pass@k (%) ± s.e.", "decoding"]
+    return _table(header, rows)
+
+
+def write_report(
+    run_dirs: list[str | Path], out_dir: str | Path, *, step: int | None = None
+) -> Report:
+    """Read every run, write the figures and ``report.md`` into ``out_dir``."""
     runs = [read_run(path) for path in run_dirs]
-    _dedupe_labels(runs)
+    shown = [
+        Shown(r, label, f"C{i % 10}")
+        for i, (r, label) in enumerate(zip(runs, display_labels(runs), strict=True))
+    ]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    head_tags = {tag for heads in per_head_loss_tags(runs).values() for tag in heads.values()}
-    other_losses = [t for t in _tags(runs, _is_loss) if t not in head_tags]
     written = []
-    plots = {
-        "loss_per_head.png": lambda p: plot_loss_per_head(runs, p),
-        "loss.png": lambda p: plot_tags(runs, other_losses, p),
-        "weights.png": lambda p: plot_tags(runs, _tags(runs, _is_weight_stat), p),
-        "pass_at_k.png": lambda p: plot_pass_at_k(runs, p),
-    }
-    for name, draw in plots.items():
-        if draw(out / name):
-            written.append(out / name)
-    table = markdown_table(runs, other_losses + sorted(head_tags))
-    title = "# wmtp report\n\n" + "\n".join(f"- `{run.label}`: {run.path}" for run in runs)
-    images = "\n".join(f"![{p.stem}]({p.name})" for p in written)
-    (out / "report.md").write_text(f"{title}\n\n{table}\n{images}\n", encoding="utf-8")
-    return [*written, out / "report.md"]
+    for question in QUESTIONS:
+        spec = question(shown)
+        if spec is not None:
+            draw(spec, out / spec.file)
+            written.append(out / spec.file)
+    steps = {s.label: picked_step(s.run, step) for s in shown}
+    text = markdown(shown, steps, step, written)
+    (out / "report.md").write_text(text, encoding="utf-8")
+    said = {s.label: step_words(s.run, steps[s.label], step) for s in shown}
+    return Report([*written, out / "report.md"], steps, said)
 
 
-def _dedupe_labels(runs: list[RunRecord]) -> None:
-    seen: dict[str, int] = {}
-    for run in runs:
-        seen[run.label] = seen.get(run.label, 0) + 1
-        if seen[run.label] > 1:
-            run.label = f"{run.label} ({seen[run.label]})"
+def markdown(shown: list[Shown], steps, wanted: int | None, figures: list[Path]) -> str:
+    which = f"step {wanted}" if wanted is not None else "each run's newest evaluated step"
+    parts = [
+        "# wmtp report",
+        "",
+        f"pass@k from {which}.",
+        "",
+        headline(shown, steps, wanted),
+        HEADLINE_NOTES,
+        "",
+        "## Figures",
+        "",
+        *(f"![{p.stem}]({p.name})" for p in figures),
+        "",
+        "## Runs",
+        "",
+        *(run_details(s) for s in shown),
+    ]
+    return "\n".join(parts)
 
 
-__all__ = ["markdown_table", "write_report"]
+__all__ = ["Report", "display_labels", "headline", "tokens_seen", "write_report"]

@@ -1,10 +1,10 @@
-"""What a run directory recorded: its scalar series, its recipe's key settings, its eval summaries.
+"""What a run directory recorded: its scalar series, its recipe, its evaluations per checkpoint.
 
 A run directory (``runs/<experiment>/<id>/``) holds TensorBoard event files, ``metrics.jsonl``
 (one JSON object a line with a ``step`` and scalar values, nested objects flattened with ``/``),
-``recipe.toml`` and ``eval/summary.json``. Both scalar sources are read and merged; where a tag is
-in both, ``metrics.jsonl`` wins (it is the one written without loss of precision).
-Torch-free.
+``recipe.toml`` and ``eval/step-N/<benchmark>/summary.json`` (``wmtp.eval.results``). Both scalar
+sources are read and merged; where a tag is in both, ``metrics.jsonl`` wins (it is the one
+written without loss of precision). Torch-free.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from wmtp.errors import DataError, RunError
+from wmtp.eval.results import checkpoint_results
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -35,9 +36,15 @@ class RunRecord:
     label: str
     scalars: dict[str, Series] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
-    """A few recipe values worth a column: pipeline, weighting kind, n_future_tokens, ..."""
-    evals: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Benchmark name -> its entry of eval/summary.json."""
+    """A few recipe values worth a line: pipeline, weighting kind, n_future_tokens, ..."""
+    evals: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    """Step -> benchmark -> the ``summary.json`` of that checkpoint's evaluation."""
+    notes: list[str] = field(default_factory=list)
+    """What the report should say about this run's files (an old layout, ...)."""
+
+    @property
+    def pipeline(self) -> str | None:
+        return self.settings.get("experiment.pipeline")
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, float]) -> None:
@@ -89,10 +96,14 @@ def read_tensorboard(run_dir: Path) -> dict[str, Series]:
 
 SETTING_KEYS = (
     ("experiment", "pipeline"),
+    ("experiment", "seed"),
     ("weighting", "kind"),
     ("model", "policy", "n_future_tokens"),
     ("training", "lr"),
     ("training", "max_steps"),
+    ("data", "kind"),
+    ("data", "path"),
+    ("data", "split", "heldout_fraction"),
 )
 
 
@@ -112,18 +123,6 @@ def read_settings(recipe_path: Path) -> dict[str, Any]:
     return settings
 
 
-def read_eval_summary(path: Path) -> dict[str, dict[str, Any]]:
-    """Benchmark -> result of an ``eval/summary.json`` written by ``wmtp eval``."""
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON: {exc.msg}") from None
-    benchmarks = summary.get("benchmarks") if isinstance(summary, dict) else None
-    if not isinstance(benchmarks, dict):
-        raise DataError(f"{path}: expected an object with a 'benchmarks' table")
-    return benchmarks
-
-
 def run_label(run_dir: Path) -> str:
     """``<experiment>/<run id>``: the last two parts of a ``runs/<experiment>/<id>`` path."""
     return f"{run_dir.parent.name}/{run_dir.name}" if run_dir.parent.name else run_dir.name
@@ -140,13 +139,17 @@ def read_run(run_dir: str | Path) -> RunRecord:
         record.scalars.update(read_metrics_jsonl(path / "metrics.jsonl"))
     if (path / "recipe.toml").is_file():
         record.settings = read_settings(path / "recipe.toml")
+    record.evals = checkpoint_results(path)
     if (path / "eval" / "summary.json").is_file():
-        record.evals = read_eval_summary(path / "eval" / "summary.json")
+        record.notes.append(
+            "eval/summary.json is an older wmtp's layout and is not read: evaluate again "
+            "(results now go to eval/step-N/<benchmark>/)"
+        )
     if not record.scalars and not record.evals:
         raise RunError(
-            f"{path}: no metrics.jsonl, TensorBoard events or eval/summary.json to report on"
+            f"{path}: no metrics.jsonl, TensorBoard events or eval/step-N/ results to report on"
         )
     return record
 
 
-__all__ = ["RunRecord", "Series", "read_eval_summary", "read_metrics_jsonl", "read_run"]
+__all__ = ["RunRecord", "Series", "read_metrics_jsonl", "read_run"]

@@ -12,7 +12,8 @@ Batch size 1 (the paper's setting: latency of one request).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 import torch
 
@@ -34,10 +35,30 @@ class SpeculativeStats:
     seconds: float = 0.0
     first_token_s: float = 0.0
     """Time from the call until the first token is known (the prompt's forward)."""
+    drafted_by_head: Counter = field(default_factory=Counter)
+    """Head k (2..n) -> drafts of it offered for verification."""
+    accepted_by_head: Counter = field(default_factory=Counter)
+    """Head k -> drafts of it accepted (head 1 agreed with it and with every earlier head's)."""
 
     @property
     def acceptance_rate(self) -> float:
         return self.accepted / self.drafted if self.drafted else 0.0
+
+    def acceptance_by_head(self) -> dict[int, float]:
+        """Head k (2..n) -> the fraction of its drafts accepted. A draft counts as accepted only
+        when every earlier head's was too, so the rates fall with k."""
+        return {
+            head: self.accepted_by_head[head] / drafted
+            for head, drafted in sorted(self.drafted_by_head.items())
+            if drafted
+        }
+
+    def count(self, offered: int, accepted: int) -> None:
+        """One verification: the drafts of heads 2..offered+1, the first ``accepted`` kept."""
+        self.forwards, self.drafted = self.forwards + 1, self.drafted + offered
+        self.accepted += accepted
+        self.drafted_by_head.update(range(2, 2 + offered))
+        self.accepted_by_head.update(range(2, 2 + accepted))
 
     @property
     def tokens_per_forward(self) -> float:
@@ -50,14 +71,17 @@ class SpeculativeStats:
     def add(self, other: SpeculativeStats) -> None:
         for name in ("forwards", "drafted", "accepted", "generated", "seconds", "first_token_s"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.drafted_by_head.update(other.drafted_by_head)
+        self.accepted_by_head.update(other.accepted_by_head)
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, object]:
         return {
             "forwards": self.forwards,
             "drafted": self.drafted,
             "accepted": self.accepted,
             "generated": self.generated,
             "acceptance_rate": self.acceptance_rate,
+            "acceptance_by_head": {str(k): v for k, v in self.acceptance_by_head().items()},
             "tokens_per_forward": self.tokens_per_forward,
             "tokens_per_s": self.tokens_per_s,
         }
@@ -103,8 +127,7 @@ def speculative_generate(
         accepted = 0
         while accepted < len(guesses) and verified[accepted] == guesses[accepted]:
             accepted += 1
-        stats.forwards, stats.drafted = stats.forwards + 1, stats.drafted + len(guesses)
-        stats.accepted += accepted
+        stats.count(len(guesses), accepted)
         for token in guesses[:accepted]:
             generated.append(token)
             if (done := stop_rule.finished(generated, limit)) is not None:

@@ -3,15 +3,17 @@
 Accepted targets:
 
 - a run directory (``recipe.toml`` + ``checkpoints/step-N/``): its newest complete checkpoint,
-  results in ``<run>/eval/``;
+  results in ``<run>/eval/step-N/``;
 - a checkpoint inside a run (``<run>/checkpoints/step-N``): that checkpoint, results in
-  ``<run>/eval/``;
+  ``<run>/eval/step-N/``;
 - any other checkpoint directory (wmtp, Meta or Hugging Face format; a ``wmtp export``) with a
   ``recipe.toml`` beside its weights, or with ``--recipe``: results in ``<checkpoint>/eval/``;
 - a recipe (``recipes/evaluation.toml``): the run or checkpoint its ``model.policy.checkpoint``
   names (else the pretrained ``model.policy.path``), evaluated with this recipe; results where
   that target keeps them, or ``<runs_dir>/<experiment>/eval/`` for a pretrained model.
 
+Each benchmark's results go to ``<that folder>/<benchmark>/`` (``wmtp.eval.results``); which
+problems are scored follows from the run that trained the weights (``wmtp.eval.splits``).
 The recipe gives the tokenizer, the policy's dtype and attention backend, the device, the seed
 and the ``[evaluation]`` settings (``--set`` overrides any of them).
 """
@@ -28,6 +30,7 @@ from wmtp.models.locate import (
     LORA_WEIGHTS,
     MODEL_INFO,
     RECIPE_FILE,
+    STEP_DIR,
     find_trained_weights,
     follow_latest,
     is_run_dir,
@@ -76,7 +79,8 @@ def resolve_target(
     if not _is_checkpoint(checkpoint):
         raise CheckpointError(f"{checkpoint}: holds no weights ({', '.join(WEIGHT_FILES)})")
     recipe_file = Path(recipe) if recipe is not None else _recipe_of(checkpoint, run)
-    out_dir = Path(out) if out is not None else (run if run is not None else checkpoint) / "eval"
+    default_out = run / "eval" / checkpoint.name if run is not None else checkpoint / "eval"
+    out_dir = Path(out) if out is not None else default_out
     return EvalTarget(checkpoint=checkpoint, recipe_file=recipe_file, out_dir=out_dir)
 
 
@@ -159,6 +163,7 @@ def evaluate_target(
     Returns the target and the per-benchmark results written to ``target.out_dir``.
     """
     from wmtp.eval.evaluator import check_settings, evaluate
+    from wmtp.eval.splits import training_of_checkpoint
     from wmtp.recipe import load_recipe
 
     if Path(path).suffix == ".toml" and Path(path).is_file():
@@ -170,6 +175,9 @@ def evaluate_target(
         target = resolve_target(path, recipe=recipe, out=out)
         loaded = load_recipe(target.recipe_file, overrides).recipe
     check_settings(loaded.evaluation)  # before minutes of model loading
+    training = training_of_checkpoint(
+        target.checkpoint, pretrained=target.pretrained, progress=progress
+    )
     model, tokenizer = load_policy(target, loaded, pick_device(loaded.parallel.device))
     results = evaluate(
         model,
@@ -178,10 +186,18 @@ def evaluate_target(
         target.out_dir,
         seed=loaded.experiment.seed,
         model_label=str(target.checkpoint),
+        training=training,
+        step=checkpoint_step(target.checkpoint),
         progress=progress,
         console=console,
     )
     return target, results
+
+
+def checkpoint_step(checkpoint: Path) -> int | None:
+    """N of a run's ``checkpoints/step-N``; None for any other model directory."""
+    match = STEP_DIR.match(checkpoint.name)
+    return int(match.group(1)) if match and checkpoint.parent.name == CHECKPOINTS else None
 
 
 __all__ = [

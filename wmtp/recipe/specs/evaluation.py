@@ -33,7 +33,12 @@ class EvaluationSpec(Section):
     speculative: Annotated[bool, PERFORMANCE] = False
     """Self-speculative decoding with the extra MTP heads (same samples at temperature 0)."""
     max_problems: Annotated[int, Field(gt=0)] | None = None
-    """Evaluate only the first N problems (quick checks); unset = all."""
+    """Score only N of the unseen problems (and N of the seen ones with ``include_seen``), drawn
+    with a fixed seed so every model gets the same ones; unset = all."""
+    include_seen: bool = False
+    """Also score the problems the model trained on (its run's training split, and those of the
+    runs whose weights it used), reported separately as ``seen``; by default only the unseen
+    problems are scored."""
 
     @rule("k", "n_samples")
     def _k_fits_samples(self) -> str | None:
