@@ -22,13 +22,16 @@ def test_the_card_shows_the_latest_eval_of_that_checkpoint(tiny_run, tmp_path):
     assert export(run, "--to", "meta", "--out", tmp_path / "a").exit_code == 0
     card = (tmp_path / "a" / "README.md").read_text()
     assert "| benchmark | pass@1 | details |" in card and "| humaneval | 0.0% |" in card
+    assert "unseen problems 1" in card
 
     per_step = run / "eval" / "step-3" / "mbpp" / "summary.json"  # one summary per benchmark
     per_step.parent.mkdir(parents=True)
-    per_step.write_text(json.dumps({"pass_at_k": {"1": 0.25, "10": 0.5}, "problems": 4}))
+    unseen = {"pass_at_k": {"1": 0.25, "10": 0.5}, "pass_at_k_stderr": {"1": 0.1, "10": 0.2}}
+    unseen.update(problems=4, samples_per_problem=10)
+    per_step.write_text(json.dumps({"benchmark": "mbpp", "results": {"unseen": unseen}}))
     assert export(run, "--to", "meta", "--out", tmp_path / "b").exit_code == 0
     card = (tmp_path / "b" / "README.md").read_text()
-    assert "| mbpp | 25.0% | 50.0% | problems 4 |" in card and "| humaneval |" not in card
+    assert "| mbpp | 25.0% | 50.0% | unseen problems 4, n 10, ± s.e. pass@1 10.0%" in card
 
 
 def test_eval_of_another_checkpoint_is_not_this_ones(tmp_path):
@@ -36,11 +39,14 @@ def test_eval_of_another_checkpoint_is_not_this_ones(tmp_path):
 
     run, step = tmp_path / "run", tmp_path / "run" / "checkpoints" / "step-3"
     step.mkdir(parents=True)
-    (run / "eval").mkdir()
-    summary = {"model": str(run / "checkpoints" / "step-1"), "benchmarks": {}}
-    (run / "eval" / "summary.json").write_text(json.dumps(summary))
+    other = run / "eval" / "step-1" / "humaneval" / "summary.json"  # another checkpoint's
+    other.parent.mkdir(parents=True)
+    unseen = {"pass_at_k": {"1": 0.5}, "problems": 2}
+    other.write_text(json.dumps({"results": {"unseen": unseen}}))
     assert eval_results(step, run, 3) == []
-    (run / "eval" / "summary.json").write_text("{ torn")
+    torn = run / "eval" / "step-3" / "humaneval" / "summary.json"
+    torn.parent.mkdir(parents=True)
+    torn.write_text("{ torn")
     assert eval_results(step, run, 3) == []
 
 
@@ -64,7 +70,7 @@ def test_an_export_of_an_export_keeps_its_provenance_and_eval(tiny_run, tmp_path
     assert export(tiny_run, "--to", "hf", "--out", first).exit_code == 0
     results = first / "eval" / "humaneval" / "summary.json"
     results.parent.mkdir(parents=True)
-    results.write_text(json.dumps({"pass_at_k": {"1": 0.125}}))
+    results.write_text(json.dumps({"results": {"unseen": {"pass_at_k": {"1": 0.125}}}}))
     result = export(first, "--to", "meta", "--out", second)
     assert result.exit_code == 0, result.output
     for name in ("training_recipe.toml", "fingerprint.json"):

@@ -147,8 +147,8 @@ def test_eval_and_bench_decode_take_the_export(hf_export, tmp_path):
     args = ["eval", str(hf_export), "--no-progress", "--sandbox", "rlimits", "--out", str(out)]
     result = CliRunner().invoke(app, [*args, *sets])
     assert result.exit_code == 0, result.output
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["model"] == str(hf_export) and "humaneval" in summary["benchmarks"]
+    summary = json.loads((out / "humaneval" / "summary.json").read_text())
+    assert summary["model"] == str(hf_export) and summary["results"]["unseen"]["problems"] == 1
 
 
 def test_progress_names_each_file_as_it_is_written(tiny_run, tmp_path):

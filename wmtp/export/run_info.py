@@ -2,10 +2,10 @@
 latest ``wmtp eval`` results of that checkpoint. Every reader is tolerant: a missing, torn or
 unfamiliar file leaves its part out of the card, never fails the export.
 
-Evaluation results are looked for where ``wmtp eval`` writes them, newest layout first:
-``<run>/eval/step-N/<benchmark>/summary.json`` (one per benchmark), then ``<run>/eval/summary.json``
-when the checkpoint it names is this one; for a model directory (an export, say)
-``<dir>/eval/<benchmark>/summary.json``, then ``<dir>/eval/summary.json``.
+Evaluation results are read where ``wmtp eval`` writes them (``wmtp.eval.results``):
+``<run>/eval/step-N/<benchmark>/summary.json`` for a run's checkpoint, ``<dir>/eval/<benchmark>/``
+for a model directory (an export, say); the card shows pass@k on the problems the model did not
+train on, with its standard error across problems.
 """
 
 from __future__ import annotations
@@ -56,52 +56,29 @@ def training_summary(run: Path | None, step: int | None) -> TrainingSummary | No
 
 
 def eval_results(weights: Path, run: Path | None, step: int | None) -> list[EvalResult]:
-    """The latest evaluation of the checkpoint ``weights`` (see the module docstring)."""
-    per_benchmark = run / "eval" / f"step-{step}" if run is not None else weights / "eval"
-    if run is None or step is not None:
-        files = sorted(per_benchmark.glob("*/summary.json"))
-        found = [r for f in files for r in _results(f, default_name=f.parent.name)]
-        if found:
-            return found
-    summary = (run or weights) / "eval" / "summary.json"
-    data = _json(summary)
-    if data is None or (run is not None and not _names(data.get("model"), weights)):
-        return []
-    return _results(summary)
+    """The evaluation of the checkpoint ``weights`` (see the module docstring), unseen problems."""
+    from wmtp.errors import DataError
+    from wmtp.eval.results import SUMMARY, read_summary
+
+    folder = run / "eval" / f"step-{step}" if run is not None else weights / "eval"
+    found = []
+    for path in sorted(folder.glob(f"*/{SUMMARY}")) if folder.is_dir() else []:
+        try:
+            unseen = read_summary(path)["results"].get("unseen")
+        except (DataError, OSError):
+            continue  # a torn or foreign file: left out of the card
+        if isinstance(unseen, dict) and isinstance(unseen.get("pass_at_k"), dict):
+            found.append(_result(path, unseen))
+    return found
 
 
-def _names(model, weights: Path) -> bool:
-    """Whether a summary's ``model`` is the checkpoint ``weights``."""
-    if not isinstance(model, str):
-        return False
-    return Path(model).resolve() == weights.resolve() or model.endswith(
-        f"{weights.parent.name}/{weights.name}"
-    )
-
-
-def _results(file: Path, default_name: str | None = None) -> list[EvalResult]:
-    data = _json(file)
-    if not isinstance(data, dict):
-        return []
-    entries = data.get("benchmarks")
-    if not isinstance(entries, dict):
-        entries = {data.get("benchmark", default_name): data}
-    out = []
-    for name, entry in entries.items():
-        if isinstance(entry, dict) and isinstance(entry.get("pass_at_k"), dict) and name:
-            details = {k: entry[k] for k in ("problems", "samples_per_problem") if k in entry}
-            settings = entry.get("settings")
-            if isinstance(settings, dict):
-                details.update({k: settings[k] for k in ("temperature", "dtype") if k in settings})
-            out.append(EvalResult(str(name), dict(entry["pass_at_k"]), file, details))
-    return out
-
-
-def _json(file: Path):
-    try:
-        return json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
+def _result(path: Path, unseen: dict) -> EvalResult:
+    stderr = unseen.get("pass_at_k_stderr", {})
+    details = {"unseen problems": unseen.get("problems"), "n": unseen.get("samples_per_problem")}
+    errors = ", ".join(f"pass@{k} {100 * v:.1f}%" for k, v in stderr.items() if v is not None)
+    if errors:  # one problem has no spread to measure
+        details["± s.e."] = errors
+    return EvalResult(path.parent.name, dict(unseen["pass_at_k"]), path, details)
 
 
 def _json_lines(file: Path) -> list[dict]:

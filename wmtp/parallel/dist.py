@@ -74,8 +74,13 @@ def init_distributed(device: str = "auto", timeout_s: float | None = None) -> Di
 
 
 def teardown() -> None:
-    """Leave the process group (no-op without one)."""
+    """Leave the process group (no-op without one), after every rank got here: a rank that tore
+    its gloo connections down while a peer still finished its last collective made that peer
+    abort at exit ("terminate called without an active exception"). Only on the way out of a
+    run that succeeded: a failing rank leaves at once (``wmtp.train.run_log``)."""
     if dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

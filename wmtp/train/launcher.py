@@ -122,27 +122,28 @@ def summary(records: list[dict], report: list[str]) -> str:
             text += "\n" + first["traceback"].rstrip()
         rest = [r for r in records if r is not first]
     else:  # every record is a peer's loss: the rank that failed left none
-        text, rest = _from_torchrun(report), records
+        text, rest = _from_torchrun(report, records), records
     if rest:
         others = "; ".join(f"rank {r['rank']}: {_aftermath(r)}" for r in rest)
         text += f"\n(the other ranks stopped with it: {others})"
     return text
 
 
-def _from_torchrun(report: list[str], default: str = "a worker failed (see above)") -> str:
-    """What torchrun's report says of the first failure: the rank and its exit code or signal."""
+def _from_torchrun(report: list[str], records: list[dict] | None = None) -> str:
+    """What torchrun's report says of the rank that failed without a record of its own (killed
+    by a signal): its rank and how it ended. torchrun's "Root Cause" is the first failure it
+    observed, which can be a peer that only lost the connection; the ranks that left a record
+    are left out for that reason."""
     text = "".join(report)
-    rank = re.search(r"Root Cause.*?rank\s*:\s*(\d+)", text, re.S)
-    code = re.search(r"Root Cause.*?exitcode\s*:\s*(-?\d+)", text, re.S)
-    if not rank or not code:
-        return default
-    exit_code = int(code.group(1))
-    how = (
-        f"killed by {signal.Signals(-exit_code).name}"
-        if exit_code < 0
-        else f"exit code {exit_code}"
-    )
-    return f"rank {rank.group(1)} failed: {how}, without a message of its own"
+    recorded = {r["rank"] for r in records or []}
+    entry = r"^\s*rank\s*:\s*(\d+)\b.*?^\s*exitcode\s*:\s*(-?\d+)"  # one "[i]:" block
+    entries = re.findall(entry, text, re.S | re.M)
+    failures = [(int(rank), int(code)) for rank, code in entries if int(rank) not in recorded]
+    if not failures:
+        return "a worker failed (see above)"
+    rank, code = sorted(failures, key=lambda f: f[1] >= 0)[0]  # a signal's death first
+    how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+    return f"rank {rank} failed: {how}, without a message of its own"
 
 
 def _aftermath(record: dict) -> str:
