@@ -13,6 +13,7 @@ import pytest
 from tests.train.train_helpers import FAST, REPO, TINY, losses_of, runs_override
 from wmtp.errors import RunError
 from wmtp.train.checkpoint import checkpoint_dirs
+from wmtp.train.metrics import read_metrics
 
 RESUME = (
     *FAST,
@@ -63,6 +64,11 @@ def test_sigkill_then_resume_gives_the_uninterrupted_losses(tmp_path):
     resumed = run_recipe(None, resume=run_dir, console=False)
     assert resumed.run_dir == run_dir and resumed.step == 8
     assert losses_of(run_dir) == expected  # exactly: same batches, RNG, optimizer state
+    counted = [m["tokens_seen"] for m in read_metrics(run_dir) if "tokens_seen" in m]
+    uninterrupted = [m["tokens_seen"] for m in read_metrics(whole.run_dir) if "tokens_seen" in m]
+    assert counted == uninterrupted  # the running count went on from the checkpoint
+    per_step = [m["tokens"] for m in read_metrics(whole.run_dir) if "tokens" in m]
+    assert uninterrupted[-1] == sum(per_step)
     assert [p.name for p in checkpoint_dirs(run_dir)] == ["step-6", "step-8"]  # keep_last = 2
     assert not list((run_dir / "checkpoints").glob(".tmp-*"))
 

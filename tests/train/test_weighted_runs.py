@@ -140,6 +140,10 @@ def test_verifiable_weights_tokens_with_the_trained_critic(critic_run, kind):
         assert 0 <= r["weight/clipped_min"] <= 1 and 0 <= r["weight/clipped_max"] <= 1
         assert r["loss/weighted_to_unweighted"] > 0 and math.isfinite(r["loss"])
         assert {"loss/head1_weighted", "loss/head2_unweighted"} <= r.keys()
+    # the run records which checkpoint `runs/critic/latest` was when it started
+    inputs = json.loads((result.run_dir / "inputs.json").read_text())
+    critic_step = (tmp / "runs" / "critic" / "latest").resolve() / "checkpoints" / "step-4"
+    assert inputs["model.critic.checkpoint"]["resolved"] == str(critic_step)
 
 
 def test_verifiable_resume_continues_the_ema_exactly(critic_run):

@@ -85,8 +85,12 @@ def heads_trained(run: RunRecord) -> str:
 
 
 def tokens_seen(run: RunRecord) -> str:
-    """Input tokens trained on: the sum of ``tokens`` when every step was logged, else the mean
+    """Input tokens trained on: the trainer's running count (``tokens_seen``) at the last logged
+    step; for runs without it, the sum of ``tokens`` when every step was logged, else the mean
     logged step's times the last step (marked ``≈``)."""
+    counted = run.scalars.get("tokens_seen", [])
+    if counted:
+        return _count(counted[-1][1])
     points = run.scalars.get("tokens", [])
     if not points:
         return "–"

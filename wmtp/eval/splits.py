@@ -110,7 +110,7 @@ def training_problems(recipe_file: Path, *, progress: bool = False) -> TrainingP
             sources.append(f"{run_of(path)}: {pipeline} run, {len(problems)} problems of {split}")
         elif split:
             sources.append(split)
-        used, notes = _runs_used(recipe)
+        used, notes = _runs_used(recipe, run_of(path))
         pending += used
         sources += notes
     if not splits:
@@ -173,19 +173,23 @@ def split_name(recipe) -> str:
     return f"data.kind = {spec.kind!r}"
 
 
-def _runs_used(recipe) -> tuple[list[Path], list[str]]:
-    """Recipes of the runs whose weights ``recipe``'s models load (``model.<role>.checkpoint``),
-    and a note for each that cannot be found or read."""
+def _runs_used(recipe, run: Path) -> tuple[list[Path], list[str]]:
+    """Recipes of the runs whose weights ``recipe``'s models load (``model.<role>.checkpoint``,
+    as the run recorded it resolved in ``inputs.json``: a ``latest`` link may name another run
+    by now), and a note for each that cannot be found or read."""
     from wmtp.pipelines import pipeline_info
+    from wmtp.train.run_dir import read_inputs
 
+    resolved = read_inputs(run)
     found, notes = [], []
     for role in pipeline_info(recipe.experiment.pipeline).uses:
         spec = getattr(recipe.model, role, None)
         if spec is None or not spec.checkpoint:
             continue
-        where = f"model.{role}.checkpoint = {spec.checkpoint}"
+        checkpoint = resolved.get(f"model.{role}.checkpoint", spec.checkpoint)
+        where = f"model.{role}.checkpoint = {checkpoint}"
         try:
-            recipe_file = find_trained_weights(spec.checkpoint).recipe_file
+            recipe_file = find_trained_weights(checkpoint).recipe_file
         except WmtpError as exc:
             notes.append(f"{where}: {exc}; its training problems are unknown (not counted)")
             continue

@@ -49,6 +49,8 @@ def training_summary(run: Path | None, step: int | None) -> TrainingSummary | No
     }
     if not by_step:
         return TrainingSummary(step, None, False, 0)
+    if "tokens_seen" in by_step.get(step, {}):  # the trainer's own running count
+        return TrainingSummary(step, int(by_step[step]["tokens_seen"]), True, len(by_step))
     tokens = [int(r["tokens"]) for r in by_step.values()]
     exact = set(by_step) == set(range(1, step + 1))
     total = sum(tokens) if exact else round(sum(tokens) / len(tokens) * step)

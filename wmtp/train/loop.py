@@ -74,6 +74,8 @@ class Trainer:
         self.step = 0
         self.bad_steps = 0
         """Steps not applied for a non-finite loss or gradient (``training.max_bad_steps``)."""
+        self.tokens_seen = 0
+        """Input tokens of every step so far, all ranks (logged as ``tokens_seen``)."""
         self.saved_step: int | None = None
         self.last_checkpoint: Path | None = None
 
@@ -101,6 +103,10 @@ class Trainer:
         self.model = self._parallelize(model)
         self.loss_config = self._loss_config()
         self.frozen = {role: self._frozen(role) for role in info.frozen}
+        if self.ctx.is_main:
+            from wmtp.train.run_dir import write_inputs
+
+            write_inputs(self.run_dir, r)  # what `runs/x/latest` was when this run started
         self.weighting = assembly.weighting(r)
         self.pipeline: Pipeline = info.load()(r)
         self.pipeline.setup(self)
@@ -222,6 +228,7 @@ class Trainer:
         )
         self.step = int(state["step"])
         self.bad_steps = int(state.get("bad_steps", 0))
+        self.tokens_seen = int(state.get("tokens_seen", 0))
         self.saved_step, self.last_checkpoint = self.step, Path(checkpoint)
         self.batches.load_state_dict(state["data"])
         self._apply_optimizer_settings()
@@ -345,7 +352,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - start
         record = {"loss": out.loss, **out.figures, "lr": lr, "grad_norm": grad_norm}
+        self.tokens_seen += tokens
         record["step_time_s"], record["data_time_s"], record["tokens"] = elapsed, data_s, tokens
+        record["tokens_seen"] = self.tokens_seen
         record["tokens_per_s"] = tokens / elapsed if elapsed > 0 else 0.0
         record["target_tokens_per_s"] = out.tokens / elapsed if elapsed > 0 else 0.0
         record.update(self._utilisation(tokens, elapsed, flops_per_token))
@@ -471,6 +480,7 @@ class Trainer:
             "seed": self.recipe.experiment.seed,
             "world_size": self.ctx.world_size,
             "bad_steps": self.bad_steps,
+            "tokens_seen": self.tokens_seen,
         }
         self.last_checkpoint = ckpt_io.save_checkpoint(
             self.run_dir,

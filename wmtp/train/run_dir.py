@@ -2,8 +2,9 @@
 
 A run directory is created with the resolved ``recipe.toml`` (loads back to the identical recipe)
 and ``fingerprint.json`` (recipe hash, wmtp and torch versions, git SHA, devices); the trainer
-adds ``metrics.jsonl``, TensorBoard events under ``tb/``, ``checkpoints/step-N/`` and ``run.log``
-(the log of the run, a failed start's included). A ``latest`` symlink per experiment points at the
+adds ``inputs.json`` (the trained checkpoints its models loaded, resolved), ``metrics.jsonl``,
+TensorBoard events under ``tb/``, ``checkpoints/step-N/`` and ``run.log`` (the log of the run, a
+failed start's included). A ``latest`` symlink per experiment points at the
 newest run that wrote a checkpoint.
 """
 
@@ -16,11 +17,15 @@ import platform
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from wmtp.errors import RunError
 
 RECIPE_FILE = "recipe.toml"
 FINGERPRINT_FILE = "fingerprint.json"
+INPUTS_FILE = "inputs.json"
+"""The trained weights each ``model.<role>.checkpoint`` named when the run started, resolved
+(``runs/critic/latest`` -> the checkpoint it was): what the run really used, for later readers."""
 
 
 def recipe_hash(recipe_text: str) -> str:
@@ -91,6 +96,31 @@ def create_run_dir(
     fp = fingerprint(recipe_text, world_size)
     (run / FINGERPRINT_FILE).write_text(json.dumps(fp, indent=2) + "\n")
     return run
+
+
+def write_inputs(run: Path, recipe: Any) -> None:
+    """Record in ``inputs.json`` the checkpoint each used model's ``checkpoint`` resolved to."""
+    from wmtp.models.locate import find_trained_weights
+
+    resolved = {}
+    for role in recipe.pipeline.uses:
+        spec = getattr(recipe.model, role)
+        if spec is not None and spec.checkpoint:
+            found = find_trained_weights(spec.checkpoint)
+            resolved[f"model.{role}.checkpoint"] = {
+                "written": spec.checkpoint,
+                "resolved": str(found.directory.resolve()),
+            }
+    (run / INPUTS_FILE).write_text(json.dumps(resolved, indent=2) + "\n")
+
+
+def read_inputs(run: Path) -> dict[str, str]:
+    """``inputs.json`` of a run: dotted key -> the resolved checkpoint (empty when absent)."""
+    try:
+        data = json.loads((Path(run) / INPUTS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {key: entry["resolved"] for key, entry in data.items() if "resolved" in entry}
 
 
 def point_latest(run: Path) -> None:
