@@ -3,6 +3,7 @@ critic -> verifiable (td and its controls), ref_tuning -> rho1, and the bad inpu
 
 import json
 import math
+import os
 import shutil
 
 import pytest
@@ -155,7 +156,17 @@ def test_verifiable_resume_continues_the_ema_exactly(critic_run):
     text = recipe.read_text().replace("checkpoint_every = 0", "checkpoint_every = 2")
     recipe.write_text(text)
     first = run_recipe(recipe, stop_at_step=2, console=False)
-    resumed = _metrics(run_recipe(None, resume=first.run_dir, console=False).run_dir)
+    # `latest` moves on (here: to a critic run with no checkpoint); the resume keeps its critic
+    latest = tmp / "runs" / "critic" / "latest"
+    before = os.readlink(latest)
+    (tmp / "runs" / "critic" / "untrained").mkdir()
+    latest.unlink()
+    latest.symlink_to("untrained")
+    try:
+        resumed = _metrics(run_recipe(None, resume=first.run_dir, console=False).run_dir)
+    finally:
+        latest.unlink()
+        latest.symlink_to(before)
     losses = lambda rs: [r["loss"] for r in rs if "weight/mean" in r]  # noqa: E731
     assert losses(resumed) == pytest.approx(losses(whole), rel=1e-6)
 

@@ -9,6 +9,7 @@ single-process context and creates no group: the trainer then runs the same code
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 from dataclasses import dataclass, field
@@ -81,6 +82,10 @@ def teardown() -> None:
     if dist.is_initialized():
         if dist.get_world_size() > 1:
             dist.barrier()
+        # What still holds a process group (a finished trainer's modules, caught in reference
+        # cycles) goes now: destroy_process_group then frees the groups while Python is whole. Left
+        # to interpreter exit, a gloo group's destructor aborted the process now and then.
+        gc.collect()
         dist.destroy_process_group()
 
 

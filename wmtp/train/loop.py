@@ -103,10 +103,6 @@ class Trainer:
         self.model = self._parallelize(model)
         self.loss_config = self._loss_config()
         self.frozen = {role: self._frozen(role) for role in info.frozen}
-        if self.ctx.is_main:
-            from wmtp.train.run_dir import write_inputs
-
-            write_inputs(self.run_dir, r)  # what `runs/x/latest` was when this run started
         self.weighting = assembly.weighting(r)
         self.pipeline: Pipeline = info.load()(r)
         self.pipeline.setup(self)

@@ -114,6 +114,25 @@ def write_inputs(run: Path, recipe: Any) -> None:
     (run / INPUTS_FILE).write_text(json.dumps(resolved, indent=2) + "\n")
 
 
+def pin_inputs(run: Path, recipe: Any) -> Any:
+    """``recipe`` with each model ``checkpoint`` the run recorded in ``inputs.json`` replaced by
+    what it resolved to then, so a resumed run keeps its frozen models when ``latest`` has moved.
+    A checkpoint written differently from the recorded one is the caller's new choice: kept."""
+    try:
+        recorded = json.loads((Path(run) / INPUTS_FILE).read_text())
+    except (OSError, ValueError):
+        return recipe
+    models = {}
+    for key, entry in recorded.items():
+        role = key.split(".")[1]
+        spec = getattr(recipe.model, role, None)
+        if spec is not None and spec.checkpoint == entry.get("written") and "resolved" in entry:
+            models[role] = spec.model_copy(update={"checkpoint": entry["resolved"]})
+    if not models:
+        return recipe
+    return recipe.model_copy(update={"model": recipe.model.model_copy(update=models)})
+
+
 def read_inputs(run: Path) -> dict[str, str]:
     """``inputs.json`` of a run: dotted key -> the resolved checkpoint (empty when absent)."""
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ def prepare_run(
     (see the module docstring); a located ``RecipeProblems`` lists every missing input."""
     from wmtp.recipe import RecipeProblems, load_recipe
     from wmtp.recipe.inputs import input_problems
-    from wmtp.train.run_dir import RECIPE_FILE, check_run_dir
+    from wmtp.train.run_dir import RECIPE_FILE, check_run_dir, pin_inputs
 
     if recipe_path is None:
         if resume is None:
@@ -65,15 +65,20 @@ def prepare_run(
             )
         recipe_path = check_run_dir(resume) / RECIPE_FILE
     loaded = load_recipe(recipe_path, overrides)
+    checkpoint = None
+    if resume is not None:
+        if loaded.recipe.pipeline.trains is None:
+            raise RunError(
+                f"experiment.pipeline = {loaded.recipe.experiment.pipeline!r} "
+                "trains nothing to resume"
+            )
+        checkpoint = check_resume(Path(resume), loaded.recipe, force=force)
+        # the frozen models it started with, wherever `latest` points now
+        loaded = replace(loaded, recipe=pin_inputs(check_run_dir(resume), loaded.recipe))
     missing = input_problems(loaded)
     if missing:
         raise RecipeProblems(f"{loaded.path} (inputs that are not there)", missing)
     recipe = loaded.recipe
-    if resume is not None and recipe.pipeline.trains is None:
-        raise RunError(
-            f"experiment.pipeline = {recipe.experiment.pipeline!r} trains nothing to resume"
-        )
-    checkpoint = check_resume(Path(resume), recipe, force=force) if resume is not None else None
     return PreparedRun(Path(recipe_path), recipe, checkpoint)
 
 
@@ -175,7 +180,6 @@ def run_recipe(
     from wmtp.parallel import init_distributed, teardown
     from wmtp.recipe import dump_recipe
     from wmtp.train.guards import StopSignals
-    from wmtp.train.loop import Trainer
     from wmtp.train.run_log import RunLog, exit_without_peers
 
     text = dump_recipe(recipe)
@@ -187,18 +191,9 @@ def run_recipe(
                 Path(resume).resolve() if resume is not None else _new_run_dir(ctx, recipe, text)
             )
             run_log.attach(run_dir, ctx)
-            trainer = Trainer(
-                recipe, text, run_dir, ctx, stop_at_step=stop_at_step, console=console
+            return _train(
+                recipe, text, run_dir, ctx, signals, checkpoint, dry_run, stop_at_step, console
             )
-            trainer.build()
-            if signals.requested():
-                trainer.stop_for_signal(signals.requested())
-            if dry_run:
-                return RunResult(run_dir, 0, {}, dry_run=True)
-            if checkpoint is not None:
-                trainer.resume(checkpoint)
-            out = trainer.run(signals)
-            return RunResult(run_dir, trainer.step, out)
         except BaseException as exc:
             run_log.failed(exc, run_dir)
             if ctx.is_distributed:
@@ -208,15 +203,34 @@ def run_recipe(
             teardown()
 
 
-def _new_run_dir(ctx, recipe: Any, text: str) -> Path:
-    from wmtp.train.run_dir import create_run_dir
+def _train(recipe, text, run_dir, ctx, signals, checkpoint, dry_run, stop_at_step, console):
+    """Build the trainer, resume it if asked, train. The trainer (its model, optimizer, device
+    mesh) lives only in here, so it is gone before ``teardown`` leaves the process group."""
+    from wmtp.train.loop import Trainer
 
-    return _shared_run_dir(
-        ctx,
-        lambda: create_run_dir(
+    trainer = Trainer(recipe, text, run_dir, ctx, stop_at_step=stop_at_step, console=console)
+    trainer.build()
+    if signals.requested():
+        trainer.stop_for_signal(signals.requested())
+    if dry_run:
+        return RunResult(run_dir, 0, {}, dry_run=True)
+    if checkpoint is not None:
+        trainer.resume(checkpoint)
+    out = trainer.run(signals)
+    return RunResult(run_dir, trainer.step, out)
+
+
+def _new_run_dir(ctx, recipe: Any, text: str) -> Path:
+    from wmtp.train.run_dir import create_run_dir, write_inputs
+
+    def make() -> Path:
+        run = create_run_dir(
             text, recipe.experiment.name, recipe.experiment.runs_dir, ctx.world_size
-        ),
-    )
+        )
+        write_inputs(run, recipe)  # what `runs/x/latest` was when this run started
+        return run
+
+    return _shared_run_dir(ctx, make)
 
 
 def _evaluate(recipe_path, overrides, *, console: bool) -> RunResult:
