@@ -98,27 +98,35 @@ def full1b_figures(results: dict) -> dict:
     }
 
 
+def memory_ratios(rows: list[dict], side: str, peer: str) -> dict[str, float]:
+    """``{micro-batch: side's peak memory / peer's}`` where both measured it."""
+    out = {}
+    for mine in sorted(measured(rows, side), key=lambda r: r["micro_batch"]):
+        theirs = at(rows, peer, mine["micro_batch"])
+        if theirs and theirs["peak_memory_gib"]:
+            out[str(mine["micro_batch"])] = mine["peak_memory_gib"] / theirs["peak_memory_gib"]
+    return out
+
+
 def lora7b_figures(results: dict) -> dict:
     rows = results["rows"]
     four, one, peer = best(rows, "wmtp-4heads"), best(rows, "wmtp-1head"), best_peer(results)
     peer_tps = peer and peer["tokens_per_s"]
+    peer_sides = [s for s in results["sides"] if not s.startswith("wmtp-")]
+    by_peer = {p: memory_ratios(rows, "wmtp-4heads", p) for p in peer_sides}
     memory_batch = peer and common_batch(
         rows, "wmtp-4heads", peer["side"], four and four["micro_batch"]
     )
-    memory = {}
-    if peer:
-        for b in sorted({r["micro_batch"] for r in measured(rows, "wmtp-4heads")}):
-            mine, theirs = at(rows, "wmtp-4heads", b), at(rows, peer["side"], b)
-            if theirs and theirs["peak_memory_gib"]:
-                memory[str(b)] = mine["peak_memory_gib"] / theirs["peak_memory_gib"]
     heads = mtp4(rows)
     return {
         "lora7b_best_peer": peer and f"{peer['side']} at micro-batch {peer['micro_batch']}",
         "lora7b_ratio_vs_best_peer": ratio(four and four["tokens_per_s"], peer_tps),
         "lora7b_ntp_ratio_vs_best_peer": ratio(one and one["tokens_per_s"], peer_tps),
-        "lora7b_peak_memory_ratio_vs_peer": memory.get(str(memory_batch)),
+        "lora7b_peak_memory_ratio_vs_peer": peer and by_peer[peer["side"]].get(str(memory_batch)),
         "lora7b_peak_memory_micro_batch": memory_batch,
-        "lora7b_peak_memory_ratio_vs_peer_by_micro_batch": memory,
+        "lora7b_peak_memory_ratio_vs_peers_by_micro_batch": {
+            p: ratios for p, ratios in by_peer.items() if ratios
+        },
         "lora7b_mfu": {
             "wmtp-4heads": four and four["mfu"],
             "wmtp-1head": one and one["mfu"],
@@ -208,7 +216,7 @@ def markdown(s: dict) -> str:
         ("LoRA 7B: wmtp four heads / best peer", _f(s.get("lora7b_ratio_vs_best_peer"), ".2f", "x")),
         ("LoRA 7B: wmtp one head / best peer",
          _f(s.get("lora7b_ntp_ratio_vs_best_peer"), ".2f", "x")),
-        (f"LoRA 7B: wmtp four heads / best peer peak memory (micro-batch "
+        (f"LoRA 7B: wmtp four heads / best peer peak memory (both at micro-batch "
          f"{s.get('lora7b_peak_memory_micro_batch')})",
          _f(s.get("lora7b_peak_memory_ratio_vs_peer"))),
         ("LoRA 7B: four heads' step time over their FLOP floor",
@@ -217,6 +225,17 @@ def markdown(s: dict) -> str:
         ("`wmtp run` / `wmtp bench step` tokens/s", "not measured"),
     ]  # fmt: skip
     lines += [f"| {name} | {value} |" for name, value in rows]
+    by_peer = s.get("lora7b_peak_memory_ratio_vs_peers_by_micro_batch") or {}
+    if by_peer:
+        lines += [
+            "",
+            "LoRA 7B, wmtp four heads' peak memory over each peer's, per micro-batch:",
+            "",
+        ]
+        lines += [
+            f"- {peer}: " + ", ".join(f"b{b} {r:.2f}" for b, r in ratios.items())
+            for peer, ratios in by_peer.items()
+        ]
     for shape, info in s["shapes"].items():
         lines += ["", f"## {shape}: {info['description']}", "", "Commands:", ""]
         lines += [f"    {c}" for c in info["commands"]] or ["    (not recorded)"]

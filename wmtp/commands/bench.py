@@ -219,7 +219,10 @@ def step(
         ),
     ] = 1,
 ) -> None:
-    """A recipe's training step: tokens/s, MFU, peak memory (median of the timed steps).
+    """A recipe's training step: tokens/s, MFU (median of the timed steps), peak memory.
+
+    Peak memory is the absolute peak allocated since the model and optimizer were built, the
+    figure `wmtp run` logs as peak_memory_gb.
 
     The trainer of `wmtp run` (models, parallelism, MTP loss, frozen models, weighting,
     optimizer, accumulation) on synthetic batches of the recipe's shapes: no dataset needed.
