@@ -19,12 +19,12 @@ of the same shape adds its rows to the same file.
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -216,25 +216,21 @@ def run_shape(
     unknown = [s for s in sides if s not in SIDES[shape]]
     if unknown:
         raise WmtpError(f"unknown side(s) {unknown} of {shape}: {', '.join(SIDES[shape])}")
-    warmup = spec.warmup if warmup is None else warmup
-    repeats = spec.repeats if repeats is None else repeats
     sizes = list(micro_batches or spec.micro_batches)
-
-    def recipe_at(heads: int) -> Callable[[int], Any]:
-        return lambda b: shape_recipe(shape, heads=heads, micro_batch=b, overrides=overrides)
-
-    one_head = recipe_at(1)(sizes[0])
-    args, seq_len = peer_args(one_head), one_head.data.max_length
-    dev = _device(device or one_head.parallel.device)
-    if dev.type == "cuda":
-        from wmtp.bench.timing import static_compile_shapes
-
-        static_compile_shapes()
+    one_head = shape_recipe(shape, heads=1, micro_batch=sizes[0], overrides=overrides)
+    side_of = _Sides(
+        shape,
+        one_head,
+        overrides=overrides,
+        warmup=spec.warmup if warmup is None else warmup,
+        repeats=spec.repeats if repeats is None else repeats,
+        device=device,
+    )
     path = out / f"{shape}.json"
-    results = _header(shape, path, args, seq_len, one_head, dev, command, sides)
+    results = _header(shape, path, side_of.args, one_head, side_of.device, command, sides)
     out.mkdir(parents=True, exist_ok=True)
 
-    def record(row: Row) -> None:
+    def record(row: Row, leftover: float) -> None:
         row["config"]["allocated_before_side_gib"] = leftover  # what earlier sides left, if any
         results["rows"].append(row)
         partial = path.with_suffix(".json.partial")  # a stopped process leaves a whole file
@@ -243,24 +239,49 @@ def run_shape(
         log(_line(row))
 
     for side in sides:
-        leftover = _allocated_gib(dev)
-        if side.startswith("wmtp-"):
-            heads = 1 if side == "wmtp-1head" else 4
-            kw = {"warmup": warmup, "repeats": repeats, "device": device}
-            sweep(side, _wmtp_side(side, recipe_at(heads), **kw), sizes, on_row=record)
+        on_row = functools.partial(record, leftover=_allocated_gib(side_of.device))
+        measure = side_of(side)
+        if isinstance(measure, str):
+            on_row(error_row(side, None, f"not measured: {measure}"))
             continue
-        config = peer_config(shape, side, one_head)
-        reason = hf_peer.unavailable(config, dev)
-        if reason:
-            record(error_row(side, None, f"not measured: {reason}"))
-            continue
-        peer = _PeerSide(args, config, seq_len, warmup=warmup, repeats=repeats, device=dev)
-        sweep(side, peer.measure, sizes, on_row=record)
-        del peer
-        if config.compile:  # the compiled graphs hold the model's weights
+        sweep(side, measure, sizes, on_row=on_row)
+        del measure
+        if side.endswith("+compile"):  # the compiled graphs hold the model's weights
             torch._dynamo.reset()
         free_memory()
     return results
+
+
+class _Sides:
+    """Each side's measuring function at one shape (or why it cannot run here)."""
+
+    def __init__(self, shape: str, one_head, *, overrides, warmup, repeats, device):
+        self.shape, self.one_head, self.overrides = shape, one_head, overrides
+        self.timing = {"warmup": warmup, "repeats": repeats}
+        self.device_name = device  # None: the recipe's parallel.device
+        self.device = _device(device or one_head.parallel.device)
+        self.args, self.seq_len = peer_args(one_head), one_head.data.max_length
+        if self.device.type == "cuda":
+            from wmtp.bench.timing import static_compile_shapes
+
+            static_compile_shapes()
+
+    def __call__(self, side: str) -> Callable[[int], Row] | str:
+        if side.startswith("wmtp-"):
+            heads = 1 if side == "wmtp-1head" else 4
+
+            def recipe_at(b: int):
+                return shape_recipe(
+                    self.shape, heads=heads, micro_batch=b, overrides=self.overrides
+                )
+
+            return _wmtp_side(side, recipe_at, device=self.device_name, **self.timing)
+        config = peer_config(self.shape, side, self.one_head)
+        reason = hf_peer.unavailable(config, self.device)
+        if reason:
+            return reason
+        peer = _PeerSide(self.args, config, self.seq_len, device=self.device, **self.timing)
+        return peer.measure
 
 
 def _allocated_gib(device: torch.device) -> float:
@@ -284,7 +305,7 @@ def _device(name: str) -> torch.device:
     return resolve_device(name)
 
 
-def _header(shape, path: Path, args, seq_len, recipe, device, command, sides) -> dict:
+def _header(shape, path: Path, args, recipe, device, command, sides) -> dict:
     """The results file's description, and the rows of sides not measured now, kept."""
     old = json.loads(path.read_text()) if path.is_file() else {}
     lora = recipe.model.policy.lora if shape == "lora7b" else None
@@ -297,7 +318,7 @@ def _header(shape, path: Path, args, seq_len, recipe, device, command, sides) ->
             "python": platform.python_version(),
             **{name: _version(name) for name in ("torch", "transformers", "peft", "liger-kernel")},
         },
-        "seq_len": seq_len,
+        "seq_len": recipe.data.max_length,
         "model": args.to_dict(),
         "lora": lora.model_dump() if lora is not None else None,
         "mfu_formula": MFU_FORMULA,
