@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from wmtp.bench.timing import peak_memory_gib, static_compile_shapes, time_call
+from wmtp.bench.timing import memory_added_gib, static_compile_shapes, time_call
 from wmtp.models.attention import (
     SeqInfo,
     _flash_attn_module,
@@ -157,7 +157,7 @@ def measure(shape: Shape, name: str, attend: Callable, device, dtype, *, referen
         def fwd_bwd():
             attend(q, k, v, seq).backward(grad_out)
 
-        row["peak_memory_gib"] = peak_memory_gib(fwd_bwd)
+        row["peak_memory_gib"] = memory_added_gib(fwd_bwd)
     except Exception as exc:  # a kernel that refuses this shape: record why, keep going
         row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     return row

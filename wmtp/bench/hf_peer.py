@@ -1,18 +1,244 @@
-"""The peer: a Hugging Face transformers Llama of a given shape, trained the usual way.
+"""The peers: a Hugging Face transformers Llama of a given shape, trained the way its users do.
 
-AdamW, parameters in fp32 under bf16 autocast, ``attn_implementation="sdpa"``, with or without
-``torch.compile``. Run beside ``wmtp bench step`` in the same call so the ratio is side by side.
-transformers is a dev/bench dependency only.
+Full fine-tuning: ``LlamaForCausalLM`` (sdpa attention) with fp32 parameters under bf16
+autocast. LoRA: the same model with frozen bf16 weights and PEFT adapters (``peft.LoraConfig``
+with the recipe's rank, alpha, dropout and targets; fp32 adapters, as PEFT makes them) under bf16
+autocast, with gradient checkpointing (non-reentrant) where the recipe checkpoints activations.
+Both: fused AdamW over what trains, gradients clipped at 1.0 (Hugging Face Trainer's
+``max_grad_norm``, the recipes' ``grad_clip``), the loss from ``labels``. Speed-ups, each its
+own peer: ``torch.compile`` of the whole model (as the Trainer's ``torch_compile``), the batch
+dimension marked dynamic so that one compile serves every micro-batch; Liger kernels
+(``liger_kernel.transformers.apply_liger_kernel_to_llama``: RoPE, RMSNorm, SwiGLU, fused
+linear cross-entropy). transformers, peft and liger-kernel are dev/bench dependencies only.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from wmtp.bench.timing import Timing, bf16_peak_tflops, peak_memory_gib, time_call
+from wmtp.bench.sweep import Row, measured_row
+from wmtp.bench.timing import (
+    Timing,
+    device_peak_tflops,
+    peak_allocated_gib,
+    reset_peak_memory,
+    time_call,
+)
 from wmtp.models.args import ModelArgs, training_flops_per_token
+
+HF_LORA_TARGETS = {
+    "wq": "q_proj",
+    "wk": "k_proj",
+    "wv": "v_proj",
+    "wo": "o_proj",
+    "w1": "gate_proj",
+    "w2": "down_proj",
+    "w3": "up_proj",
+}
+"""wmtp's (Meta's) linear layer names -> transformers' Llama names."""
+GRAD_CLIP = 1.0
+_LIGER_APPLIED: list[bool] = []
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """How a peer trains."""
+
+    name: str
+    lora: Any = None
+    """wmtp's ``LoraSpec`` (rank, alpha, dropout, targets); ``None``: full fine-tuning."""
+    gradient_checkpointing: bool = False
+    compile: bool = False
+    liger: bool = False
+    attn_implementation: str = "sdpa"
+
+
+@dataclass
+class Peer:
+    """A built peer: its model (a PEFT model under LoRA), optimizer and training step."""
+
+    config: PeerConfig
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    step: Callable[[torch.Tensor], int]
+    """One optimizer step on a ``[batch, seq]`` batch of token ids; returns the tokens read."""
+
+
+def liger_unavailable(device: torch.device) -> str | None:
+    """Why Liger kernels cannot run here; ``None`` when they can."""
+    if device.type != "cuda":
+        return "Liger kernels are Triton GPU kernels: measured on CUDA only"
+    try:
+        import liger_kernel.transformers  # noqa: F401
+    except Exception as exc:  # not installed, or an install that cannot load here
+        return f"liger-kernel cannot be imported ({type(exc).__name__}: {exc})"
+    return None
+
+
+def unavailable(config: PeerConfig, device: torch.device) -> str | None:
+    """Why this peer cannot run here (``None`` when it can): the reason its one row records."""
+    if config.liger:
+        return liger_unavailable(device)
+    if _LIGER_APPLIED:
+        return "Liger kernels already patched transformers' Llama in this process: run it first"
+    if config.compile and device.type != "cuda":
+        return "torch.compile peers are measured on CUDA only (the CPU runs are tests)"
+    return None
+
+
+def apply_liger() -> None:
+    """Patch transformers' Llama classes with Liger kernels, Liger's own documented way (before
+    the model is built), for every model built later in this process: it cannot be undone, so
+    the peers without Liger run first (:func:`unavailable` refuses them afterwards)."""
+    from liger_kernel.transformers import apply_liger_kernel_to_llama
+
+    apply_liger_kernel_to_llama(
+        rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=True
+    )
+    _LIGER_APPLIED.append(True)
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def hf_llama(
+    args: ModelArgs,
+    attn_implementation: str = "sdpa",
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> torch.nn.Module:
+    """A randomly initialised ``LlamaForCausalLM`` with exactly ``args``' shape (one head),
+    built in ``dtype`` on ``device``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    assert args.n_future_tokens == 1, f"a Hugging Face Llama has one head, not {args}"
+    config = LlamaConfig(
+        vocab_size=args.vocab_size,
+        hidden_size=args.dim,
+        intermediate_size=args.hidden_dim,
+        num_hidden_layers=args.n_layers,
+        num_attention_heads=args.n_heads,
+        num_key_value_heads=args.kv_heads,
+        max_position_embeddings=args.max_seq_len,
+        rms_norm_eps=args.norm_eps,
+        rope_theta=args.rope_theta,
+        tie_word_embeddings=False,
+        attn_implementation=attn_implementation,
+        use_cache=False,
+    )
+    with torch.device(device), _default_dtype(dtype):
+        model = LlamaForCausalLM(config)
+    return model.to(device)
+
+
+def build_peer(args: ModelArgs, config: PeerConfig, device: torch.device) -> Peer:
+    """The peer's model, optimizer and step (see the module doc)."""
+    if config.liger and not _LIGER_APPLIED:
+        apply_liger()
+    dtype = torch.bfloat16 if config.lora is not None else torch.float32
+    model = hf_llama(args, config.attn_implementation, dtype=dtype, device=device)
+    if config.gradient_checkpointing:
+        _checkpoint_activations(model)
+    if config.lora is not None:
+        model = _with_lora(model, config.lora)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = device.type == "cuda"
+    optimizer = torch.optim.AdamW(
+        params, lr=1e-5, betas=(0.9, 0.95), weight_decay=0.0, fused=fused or None
+    )
+    forward = torch.compile(model) if config.compile else model
+
+    def step(tokens: torch.Tensor) -> int:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = forward(input_ids=tokens, labels=tokens).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return tokens.numel()
+
+    return Peer(config, model, optimizer, step)
+
+
+def _checkpoint_activations(model: torch.nn.Module) -> None:
+    """Hugging Face's gradient checkpointing of every decoder layer, non-reentrant (the name of
+    the call changed in transformers 5.x: the newer one where it exists)."""
+    kwargs = {"use_reentrant": False}
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def _with_lora(model: torch.nn.Module, lora: Any) -> torch.nn.Module:
+    """PEFT adapters on the recipe's targets; everything else frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    peft_config = LoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=[HF_LORA_TARGETS[t] for t in lora.targets],
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_config)
+
+
+def flops_per_token(args: ModelArgs, seq_len: int, *, lora: bool) -> float:
+    """The peer's model FLOPs per token: ``training_flops_per_token`` exactly as the trainer
+    counts its own (no weight gradients for frozen weights; recomputation not counted)."""
+    return training_flops_per_token(args, seq_len, weight_grads=not lora)
+
+
+def measure(
+    peer: Peer,
+    args: ModelArgs,
+    *,
+    micro_batch: int,
+    seq_len: int,
+    warmup: int,
+    repeats: int,
+    device: torch.device,
+) -> Row:
+    """Time the peer's step on random ``[micro_batch, seq_len]`` tokens; its row. Peak memory is
+    the absolute peak since this micro-batch began (the model and optimizer built before)."""
+    tokens = torch.randint(0, args.vocab_size, (micro_batch, seq_len), device=device)
+    if peer.config.compile:
+        torch._dynamo.maybe_mark_dynamic(tokens, 0)
+    counted: list[int] = []
+    reset_peak_memory(device)
+    timing = time_call(lambda: counted.append(peer.step(tokens)), warmup=warmup, repeats=repeats)
+    return measured_row(
+        peer.config.name,
+        micro_batch,
+        tokens_per_step=counted[-1],
+        step=timing,
+        flops_per_token=flops_per_token(args, seq_len, lora=peer.config.lora is not None),
+        peak_tflops=device_peak_tflops(device),
+        peak_memory_gib=peak_allocated_gib(device),
+        lora=peer.config.lora is not None,
+        gradient_checkpointing=peer.config.gradient_checkpointing,
+        compile=peer.config.compile,
+        liger=peer.config.liger,
+        attention=peer.config.attn_implementation,
+        trainable_parameters=sum(p.numel() for p in peer.model.parameters() if p.requires_grad),
+    )
 
 
 @dataclass(frozen=True)
@@ -35,26 +261,6 @@ class PeerResult:
         }
 
 
-def hf_llama(args: ModelArgs, attn_implementation: str) -> torch.nn.Module:
-    """A randomly initialised ``LlamaForCausalLM`` with exactly ``args``' shape."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=args.vocab_size,
-        hidden_size=args.dim,
-        intermediate_size=args.hidden_dim,
-        num_hidden_layers=args.n_layers,
-        num_attention_heads=args.n_heads,
-        num_key_value_heads=args.kv_heads,
-        max_position_embeddings=args.max_seq_len,
-        rms_norm_eps=args.norm_eps,
-        rope_theta=args.rope_theta,
-        tie_word_embeddings=False,
-        attn_implementation=attn_implementation,
-    )
-    return LlamaForCausalLM(config)
-
-
 def bench_hf(
     args: ModelArgs,
     *,
@@ -65,24 +271,21 @@ def bench_hf(
     warmup: int = 5,
     repeats: int = 20,
 ) -> PeerResult:
-    """Tokens/s and MFU of one HF training step (forward, backward, AdamW) on the current GPU."""
+    """Tokens/s, MFU and peak memory of one full fine-tuning peer at one micro-batch (CUDA)."""
     device = torch.device("cuda")
-    model = hf_llama(args, attn_implementation).to(device)
-    optim = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    forward = torch.compile(model) if compile else model
-    tokens = torch.randint(0, args.vocab_size, (batch, seq_len), device=device)
-
-    def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = forward(input_ids=tokens, labels=tokens).loss
-        loss.backward()
-        optim.step()
-        optim.zero_grad(set_to_none=True)
-
-    timing = time_call(step, warmup=warmup, repeats=repeats)
-    memory = peak_memory_gib(step)
-    tokens_per_s = batch * seq_len / (timing.median_ms / 1e3)
-    peak, _ = bf16_peak_tflops()
-    mfu = tokens_per_s * training_flops_per_token(args, seq_len) / (peak * 1e12)
     name = f"hf-{attn_implementation}{'+compile' if compile else ''}"
-    return PeerResult(name, tokens_per_s, mfu, peak, memory, timing)
+    config = PeerConfig(name, compile=compile, attn_implementation=attn_implementation)
+    peer = build_peer(args, config, device)
+    row = measure(
+        peer,
+        args,
+        micro_batch=batch,
+        seq_len=seq_len,
+        warmup=warmup,
+        repeats=repeats,
+        device=device,
+    )
+    timing = Timing(**row["step"])
+    return PeerResult(
+        name, row["tokens_per_s"], row["mfu"], row["peak_tflops"], row["peak_memory_gib"], timing
+    )

@@ -7,10 +7,13 @@ source (:class:`SyntheticBatches`) hands the trainer random tokens in the recipe
 row ``data.max_length`` tokens (rows of four documents when ``data.packing``; a correct and an
 incorrect solution per pair for the critic), so no dataset has to exist. Warm-up steps first,
 then the median of repeated steps, each waited for on the device (CUDA events). tokens/s counts
-the input tokens of every rank; MFU is the trainer's formula: its model FLOPs per token
-(:meth:`Trainer.flops_per_token`) against the GPUs' dense bf16 peak
-(``wmtp.models.args.BF16_PEAK_TFLOPS``). Launched by torchrun (``--nproc-per-node N``) every rank
-trains its own micro-batches under FSDP2.
+the input tokens of every rank; MFU is the one formula (``wmtp.models.args.mfu``): the trainer's
+model FLOPs per token (:meth:`Trainer.flops_per_token`) against the GPUs' dense bf16 peak
+(``wmtp.models.args.BF16_PEAK_TFLOPS``). Peak memory is the absolute peak of
+``torch.cuda.max_memory_allocated()`` since the trainer built its model and optimizer, over the
+warm-up and timed steps: the figure ``wmtp run`` logs as ``peak_memory_gb``
+(:func:`wmtp.bench.timing.peak_allocated_gib`). Launched by torchrun (``--nproc-per-node N``)
+every rank trains its own micro-batches under FSDP2.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 
 import torch
 
-from wmtp.bench.timing import Timing, peak_memory_gib, time_call
+from wmtp.bench.timing import Timing, device_peak_tflops, peak_allocated_gib, time_call
 from wmtp.data.collate import pack_batch, pad_batch, pair_batch
 from wmtp.data.examples import IGNORE_INDEX, Encoded
 
@@ -100,9 +103,9 @@ def bench_step(
 ) -> StepResult:
     """Build the recipe's trainer on synthetic batches and time its step (see the module doc).
 
-    ``device`` overrides ``parallel.device`` (``cpu`` runs the same step, for tests; MFU and
-    memory are then 0)."""
-    from wmtp.models.args import bf16_peak_tflops
+    ``device`` overrides ``parallel.device`` (``cpu`` runs the same step, for tests; memory is
+    then 0, and so is MFU unless the peak of :func:`device_peak_tflops` is known)."""
+    from wmtp.models.args import mfu
     from wmtp.parallel import init_distributed
     from wmtp.recipe import dump_recipe
     from wmtp.train.loop import Trainer
@@ -110,7 +113,7 @@ def bench_step(
     ctx = init_distributed(device or recipe.parallel.device)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(recipe, dump_recipe(recipe), Path(run_dir), ctx, console=False)
-        trainer.build(batch_source=_synthetic)
+        trainer.build(batch_source=_synthetic)  # resets the peak memory once built
         flops_per_token = trainer.flops_per_token()
         tokens: list[int] = []
 
@@ -118,16 +121,14 @@ def bench_step(
             tokens.append(trainer.train_step(flops_per_token)["tokens"])
 
         timing = time_call(step, warmup=warmup, repeats=repeats)
-        memory, peak, mfu = 0.0, 0.0, 0.0
+        memory = peak_allocated_gib(ctx.device)
         tokens_per_s = tokens[-1] / (timing.median_ms / 1e3)  # every rank's: one global count
-        if ctx.device.type == "cuda":
-            memory = peak_memory_gib(step)
-            found = bf16_peak_tflops(torch.cuda.get_device_name())
-            peak = found[0] if found else 0.0
-            if peak:
-                mfu = tokens_per_s * flops_per_token / (peak * 1e12 * ctx.world_size)
+        peak = device_peak_tflops(ctx.device)
+        utilisation = mfu(tokens_per_s, flops_per_token, peak, ctx.world_size)
         config = _config(recipe, trainer)
-    return StepResult(label, tokens_per_s, mfu, peak, memory, timing, config, ctx.world_size)
+    return StepResult(
+        label, tokens_per_s, utilisation, peak, memory, timing, config, ctx.world_size
+    )
 
 
 def _synthetic(trainer) -> SyntheticBatches:

@@ -77,6 +77,29 @@ def suite_recipe(
     blocks, ``auto`` attention, rows of ``seq_len`` tokens (the data are synthetic)."""
     from wmtp.recipe.schema import Recipe
 
+    data = suite_recipe_data(
+        base,
+        seq_len,
+        micro_batch=micro_batch,
+        heads=heads,
+        vocab=vocab,
+        mtp_loss=mtp_loss,
+        verifiable=verifiable,
+    )
+    return Recipe.model_validate(data)
+
+
+def suite_recipe_data(
+    base: str,
+    seq_len: int,
+    *,
+    micro_batch: int,
+    heads: int = 1,
+    vocab: int = 32000,
+    mtp_loss: str = "per_head",
+    verifiable: bool = False,
+) -> dict:
+    """:func:`suite_recipe`'s data, before validation (``wmtp bench peers`` applies ``--set``)."""
     policy = {"flavour": base, "n_future_tokens": heads, "vocab_size": vocab}
     data = {
         "experiment": {"name": "bench", "pipeline": "verifiable" if verifiable else "baseline"},
@@ -84,12 +107,12 @@ def suite_recipe(
         "model": {"policy": policy},
         "parallel": {"device": "cuda", "compile": True, "activation_checkpointing": False},
         "training": {"micro_batch_size": micro_batch, "max_steps": 10_000, "mtp_loss": mtp_loss},
-        "data": {"max_length": seq_len},
+        "data": {"kind": "humaneval", "max_length": seq_len},  # unread: batches are synthetic
     }
     if verifiable:
         data["model"]["critic"] = {"flavour": base, "vocab_size": vocab, "head": {"kind": "mlp"}}
         data["weighting"] = {"kind": "td"}
-    return Recipe.model_validate(data)
+    return data
 
 
 def run_suite(out_dir: Path, *, base: str = "llama-1b-bench", seq_len: int = 2048) -> dict:

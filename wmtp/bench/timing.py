@@ -80,9 +80,11 @@ def time_call(
     return Timing(statistics.median(samples), min(samples), max(samples), repeats)
 
 
-def peak_memory_gib(fn: Callable[[], object]) -> float:
-    """Peak CUDA memory allocated while ``fn`` runs, in GiB (above what was allocated before)."""
-    assert torch.cuda.is_available(), "peak_memory_gib measures CUDA memory"
+def memory_added_gib(fn: Callable[[], object]) -> float:
+    """Peak CUDA memory allocated while ``fn`` runs, in GiB, above what was allocated before: a
+    kernel's working memory (``wmtp bench attention``). Training steps report
+    :func:`peak_allocated_gib` instead."""
+    assert torch.cuda.is_available(), "memory_added_gib measures CUDA memory"
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
@@ -91,13 +93,30 @@ def peak_memory_gib(fn: Callable[[], object]) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**30
 
 
-def bf16_peak_tflops(device_name: str | None = None) -> tuple[float, str]:
-    """The bf16 dense peak of the current GPU and the datasheet entry it came from
-    (``wmtp.models.args.BF16_PEAK_TFLOPS``, the table the training logs use too)."""
-    from wmtp.models.args import bf16_peak_tflops as lookup
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a peak-memory window (CUDA only): call it once the model and optimizer are built."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
 
-    name = device_name or torch.cuda.get_device_name()
-    found = lookup(name)
-    if found is None:
-        raise KeyError(f"no bf16 peak recorded for GPU {name!r}; add it to BF16_PEAK_TFLOPS")
-    return found
+
+def peak_allocated_gib(device: torch.device) -> float:
+    """The absolute peak of ``torch.cuda.max_memory_allocated()`` since :func:`reset_peak_memory`
+    (weights, gradients, optimizer state and activations alike), in GiB: the figure ``wmtp run``
+    logs as ``peak_memory_gb`` and every training benchmark reports as ``peak_memory_gib``.
+    0 off CUDA."""
+    if device.type != "cuda":
+        return 0.0
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) / 2**30
+
+
+def device_peak_tflops(device: torch.device) -> float:
+    """The dense bf16 peak of ``device``'s GPU (``wmtp.models.args.BF16_PEAK_TFLOPS``, the table the
+    training logs use too); 0 off CUDA or for a GPU the table lacks (MFU is then 0)."""
+    from wmtp.models.args import bf16_peak_tflops
+
+    if device.type != "cuda":
+        return 0.0
+    found = bf16_peak_tflops(torch.cuda.get_device_name(device))
+    return found[0] if found else 0.0

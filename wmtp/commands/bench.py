@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import sys
@@ -14,7 +15,7 @@ from wmtp.commands._common import SetOption, command, console
 from wmtp.errors import WmtpError
 
 bench_app = typer.Typer(
-    help="Benchmarks: attention backends, training steps, a Hugging Face peer, decoding.",
+    help="Benchmarks: attention backends, training steps, Hugging Face peers, decoding.",
     no_args_is_help=True,
 )
 
@@ -115,6 +116,90 @@ def peer(
         console.print(f"{r.name:<20} {r.tokens_per_s:10.0f} tokens/s  MFU {r.mfu:6.1%}")
 
 
+class PeerShape(str, enum.Enum):
+    """The shapes of ``wmtp bench peers`` (``wmtp.bench.peers.SHAPES``)."""
+
+    full1b = "full1b"
+    lora7b = "lora7b"
+
+
+@command(bench_app, "peers")
+def peers(
+    shape: Annotated[
+        PeerShape,
+        typer.Option(
+            help="full1b: the 1B full fine-tune (llama-1b-bench); lora7b: the production LoRA "
+            "recipe (recipes/baseline.toml, Llama-2-7B MTP)."
+        ),
+    ],
+    micro_batches: Annotated[
+        str | None,
+        typer.Option(
+            "--micro-batches",
+            help="Comma-separated micro-batches to sweep (default full1b 2,4,8,16; lora7b "
+            "1,2,4,8), or best:SIDE: the best micro-batch of SIDE in --out's results.",
+        ),
+    ] = None,
+    sides: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated sides (default all): full1b wmtp-1head, wmtp-4heads, hf, "
+            "hf+compile, hf+liger; lora7b wmtp-4heads, wmtp-1head, hf-peft, hf-peft+compile, "
+            "hf-peft+liger. Liger peers run last."
+        ),
+    ] = None,
+    set_: SetOption = None,
+    warmup: Annotated[
+        int | None, typer.Option(min=0, help="Steps before timing (full1b 3, lora7b 2).")
+    ] = None,
+    repeats: Annotated[
+        int | None, typer.Option(min=1, help="Steps timed, median reported (full1b 10, lora7b 5).")
+    ] = None,
+    out: OutDir = Path("bench/results/peers"),
+) -> None:
+    """wmtp against the Hugging Face peers at one shape, every side swept over micro-batches.
+
+    Each side (wmtp's trainer with one and four heads; transformers plain, compiled, with Liger
+    kernels; PEFT LoRA at the LoRA shape) runs each micro-batch until one runs out of memory;
+    a side that cannot run here is a row saying why. One MFU formula and one memory measure
+    for all. Rows go to OUT/SHAPE.json as they are measured (`bench/summarise_h200.py` reads
+    them); --set changes the shape's wmtp recipe, which every side takes its shape from."""
+    from wmtp.bench.peers import SIDES, best_micro_batch, run_shape
+    from wmtp.parallel import teardown
+
+    names = [s.strip() for s in sides.split(",")] if sides else list(SIDES[shape.value])
+    sizes = None
+    if micro_batches and micro_batches.startswith("best:"):
+        sizes = [best_micro_batch(out, shape.value, micro_batches.removeprefix("best:"))]
+    elif micro_batches:
+        try:
+            sizes = [int(b) for b in micro_batches.split(",")]
+        except ValueError:
+            raise WmtpError(
+                f"--micro-batches {micro_batches!r}: give integers or best:SIDE"
+            ) from None
+    argv = ["wmtp", "bench", "peers", "--shape", shape.value, "--sides", ",".join(names)]
+    argv += ["--micro-batches", ",".join(map(str, sizes))] if sizes else []
+    for flag, value in (("--warmup", warmup), ("--repeats", repeats)):
+        argv += [flag, str(value)] if value is not None else []
+    argv += [f"--set {s}" for s in set_ or ()]
+    try:
+        run_shape(
+            shape.value,
+            out,
+            sides=names,
+            micro_batches=sizes,
+            warmup=warmup,
+            repeats=repeats,
+            overrides=tuple(set_ or ()),
+            command=" ".join(argv),
+            log=lambda line: console.print(line, highlight=False),
+        )
+    finally:
+        teardown()
+    console.print(f"-> {out}/{shape.value}.json", highlight=False)
+
+
 @command(bench_app, "step")
 def step(
     recipe: Annotated[
@@ -134,7 +219,10 @@ def step(
         ),
     ] = 1,
 ) -> None:
-    """A recipe's training step: tokens/s, MFU, peak memory (median of the timed steps).
+    """A recipe's training step: tokens/s, MFU (median of the timed steps), peak memory.
+
+    Peak memory is the absolute peak allocated since the model and optimizer were built, the
+    figure `wmtp run` logs as peak_memory_gb.
 
     The trainer of `wmtp run` (models, parallelism, MTP loss, frozen models, weighting,
     optimizer, accumulation) on synthetic batches of the recipe's shapes: no dataset needed.

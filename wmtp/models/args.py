@@ -174,7 +174,7 @@ the denominator of every MFU wmtp reports (training logs and benchmarks alike)."
 def bf16_peak_tflops(device_name: str) -> tuple[float, str] | None:
     """``(peak, datasheet entry)`` of the GPU called ``device_name``; ``None`` when unknown.
 
-    MFU = tokens/s x :func:`training_flops_per_token` / (peak x 1e12 x GPUs)."""
+    MFU: :func:`mfu`."""
     for key, peak in BF16_PEAK_TFLOPS.items():
         if all(part in device_name for part in key.split()):
             return peak, key
@@ -182,6 +182,16 @@ def bf16_peak_tflops(device_name: str) -> tuple[float, str] | None:
         if key.split()[0] in device_name:
             return peak, key
     return None
+
+
+def mfu(tokens_per_s: float, flops_per_token: float, peak_tflops: float, gpus: int = 1) -> float:
+    """Model FLOPs utilisation, the one formula of the training logs and of every benchmark side
+    (wmtp's and the peers'): tokens/s x model FLOPs per token (:func:`training_flops_per_token`:
+    no weight gradients for frozen weights, recomputation never counted) / (peak x GPUs), the
+    peak from :data:`BF16_PEAK_TFLOPS`. 0 where the peak is unknown (0)."""
+    if peak_tflops <= 0:
+        return 0.0
+    return tokens_per_s * flops_per_token / (peak_tflops * 1e12 * gpus)
 
 
 FLAVOURS: dict[str, ModelArgs] = {

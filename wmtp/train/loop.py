@@ -25,7 +25,7 @@ import torch
 from wmtp import assembly
 from wmtp.errors import CheckpointError, Interrupted, RecipeError, RunError
 from wmtp.losses.mtp import MTPLossConfig
-from wmtp.models.args import bf16_peak_tflops
+from wmtp.models.args import bf16_peak_tflops, mfu
 from wmtp.parallel import (
     DistContext,
     compute_context,
@@ -434,8 +434,7 @@ class Trainer:
             out["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
             peak = bf16_peak_tflops(torch.cuda.get_device_name())
             if peak and flops_per_token and elapsed > 0:
-                flops = tokens * flops_per_token / elapsed
-                out["mfu"] = flops / (peak[0] * 1e12 * self.ctx.world_size)
+                out["mfu"] = mfu(tokens / elapsed, flops_per_token, peak[0], self.ctx.world_size)
         return out
 
     # --- evaluation and checkpoints --------------------------------------------------------------

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# One H200: issue 20's comparison of wmtp with the peers a user would pick, both shapes, in one
+# command (carry .whl with the default wheels plus liger-kernel; see README "Benchmarks (GPU)"):
+#   bash bench/h200.sh [STAGE...]      (no stage: every stage below, in this order)
+# Stages (none runs past END_S seconds of the call; each writes its rows as they are measured):
+#   lora7b          the production LoRA recipe: wmtp with four heads and one, HF + PEFT LoRA with
+#                   and without Liger, each swept over micro-batches 1, 2, 4, 8 (2 warm-up + 5
+#                   timed steps)
+#   full1b          the 1B full fine-tune: wmtp one head, HF sdpa, HF + Liger, micro-batches
+#                   2, 4, 8, 16 (3 warm-up + 10 timed steps)
+#   full1b_compile  HF + torch.compile at the 1B shape (its own process: compiled graphs)
+#   full1b_mtp4     wmtp with four heads at the best micro-batch of one head (the FLOP floor)
+#   lora7b_compile  HF + PEFT + torch.compile at the LoRA shape
+# Then always: bench/summarise_h200.py -> $OUT/h200.json, h200.md. Results land in $OUT
+# (full1b.json, lora7b.json, h200.json, h200.md, steps.jsonl, logs.tar.gz). PEERS_FROM=DIR first
+# copies an earlier call's full1b.json / lora7b.json into $OUT, so a second call adds its sides.
+set -u
+source bench/device_setup.sh || exit 1
+OUT=${OUT:?set OUT to the folder for the results}
+WORK=${WORK:-/tmp/wmtp_h200}
+mkdir -p "$WORK"
+export STEPS_FILE=$OUT/steps.jsonl LOG_DIR=$WORK/logs
+source bench/steps.sh
+[ -n "${PEERS_FROM:-}" ] && cp "$PEERS_FROM"/full1b.json "$PEERS_FROM"/lora7b.json "$OUT"/ 2>/dev/null
+
+# `timeout` runs commands, not functions; PEERS_ARGS: more arguments for every call (a rehearsal's
+# --set of tiny sizes on the CPU, say; split on spaces)
+PEERS=(python3 -m wmtp.cli bench peers --out "$OUT" ${PEERS_ARGS:-})
+stage_lora7b() {
+  step lora7b 300 "${PEERS[@]}" --shape lora7b --sides wmtp-4heads,wmtp-1head,hf-peft,hf-peft+liger
+}
+stage_full1b() {
+  step full1b 300 "${PEERS[@]}" --shape full1b --sides wmtp-1head,hf,hf+liger
+}
+stage_full1b_compile() {
+  step full1b_compile 200 "${PEERS[@]}" --shape full1b --sides hf+compile
+}
+stage_full1b_mtp4() {
+  step full1b_mtp4 120 "${PEERS[@]}" --shape full1b --sides wmtp-4heads --micro-batches best:wmtp-1head
+}
+stage_lora7b_compile() {
+  step lora7b_compile 240 "${PEERS[@]}" --shape lora7b --sides hf-peft+compile
+}
+
+[ $# -eq 0 ] && set -- lora7b full1b full1b_compile full1b_mtp4 lora7b_compile
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$LOG_DIR/gpus.txt" 2>&1
+for stage in "$@"; do
+  echo "### stage $stage (${SECONDS}s)"
+  "stage_$stage"
+done
+python3 bench/summarise_h200.py --results "$OUT" --script "bash bench/h200.sh $*" \
+  2>&1 | tee "$LOG_DIR/summary.log"
+mkdir -p "$OUT/logs"
+cp "$LOG_DIR"/* "$OUT/logs/" 2>/dev/null
+tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs && rm -rf "$OUT/logs"
+ls -la "$OUT"

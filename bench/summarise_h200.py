@@ -1,0 +1,282 @@
+"""Write h200.json and h200.md (issue 20's figures) from `wmtp bench peers` results.
+
+    python bench/summarise_h200.py --results DIR [--out DIR]
+
+Reads DIR/full1b.json and DIR/lora7b.json (`wmtp bench peers --shape full1b|lora7b`; either may
+be missing) and DIR/steps.jsonl (bench/h200.sh's stages, if there). Every figure is a ratio of
+rows in those files; each side counts at its best micro-batch (most tokens/s), memory ratios at
+one micro-batch both sides measured. Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+NOT_MEASURED = {
+    "float8_ratio_vs_bf16": "not measured: wmtp has no float8 path yet",
+    "run_vs_bench_step": "not measured: `wmtp run` was not timed in this call",
+}
+
+
+def measured(rows: list[dict], side: str) -> list[dict]:
+    return [r for r in rows if r["side"] == side and r["error"] is None]
+
+
+def best(rows: list[dict], side: str) -> dict | None:
+    found = measured(rows, side)
+    return max(found, key=lambda r: r["tokens_per_s"]) if found else None
+
+
+def at(rows: list[dict], side: str, micro_batch: int) -> dict | None:
+    return next((r for r in measured(rows, side) if r["micro_batch"] == micro_batch), None)
+
+
+def common_batch(rows: list[dict], a: str, b: str, prefer: int | None) -> int | None:
+    """``prefer`` when both sides measured it, else the largest micro-batch both measured."""
+    both = {r["micro_batch"] for r in measured(rows, a)} & {
+        r["micro_batch"] for r in measured(rows, b)
+    }
+    if prefer in both:
+        return prefer
+    return max(both) if both else None
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def best_peer(results: dict) -> dict | None:
+    """The peer side with the most tokens/s at its best micro-batch."""
+    rows = results["rows"]
+    peers = [best(rows, side) for side in results["sides"] if not side.startswith("wmtp-")]
+    peers = [r for r in peers if r is not None]
+    return max(peers, key=lambda r: r["tokens_per_s"]) if peers else None
+
+
+def mtp4(rows: list[dict]) -> dict:
+    """Four heads against one at the same micro-batch (one head's best where both ran)."""
+    one = best(rows, "wmtp-1head")
+    b = common_batch(rows, "wmtp-1head", "wmtp-4heads", one and one["micro_batch"])
+    if b is None:
+        return {}
+    one, four = at(rows, "wmtp-1head", b), at(rows, "wmtp-4heads", b)
+    time_ratio = four["step"]["median_ms"] / one["step"]["median_ms"]
+    flop_ratio = four["flops_per_token"] / one["flops_per_token"]
+    return {
+        "micro_batch": b,
+        "step_time_ratio_vs_ntp": time_ratio,
+        "flop_ratio_vs_ntp": flop_ratio,
+        "step_time_over_flop_floor": time_ratio / flop_ratio,
+        "peak_memory_ratio_vs_ntp": ratio(four["peak_memory_gib"], one["peak_memory_gib"]),
+    }
+
+
+def brief(row: dict | None) -> dict | None:
+    if row is None:
+        return None
+    keys = ("side", "micro_batch", "tokens_per_s", "mfu", "peak_memory_gib")
+    return {k: row[k] for k in keys} | {"step_ms": row["step"]["median_ms"]}
+
+
+def full1b_figures(results: dict) -> dict:
+    rows = results["rows"]
+    wmtp, peer = best(rows, "wmtp-1head"), best_peer(results)
+    four = mtp4(rows)
+    return {
+        "best_peer": peer and f"{peer['side']} at micro-batch {peer['micro_batch']}",
+        "ratio_vs_best_peer": ratio(wmtp and wmtp["tokens_per_s"], peer and peer["tokens_per_s"]),
+        "mfu_ntp": wmtp and wmtp["mfu"],
+        "ntp_micro_batch": wmtp and wmtp["micro_batch"],
+        "mtp4_step_time_over_flop_floor": four.get("step_time_over_flop_floor"),
+        "mtp4_peak_memory_ratio_vs_ntp": four.get("peak_memory_ratio_vs_ntp"),
+        "mtp4_step_time_ratio_vs_ntp": four.get("step_time_ratio_vs_ntp"),
+        "mtp4_flop_ratio_vs_ntp": four.get("flop_ratio_vs_ntp"),
+        "mtp4_micro_batch": four.get("micro_batch"),
+        "full1b_best": {"wmtp-1head": brief(wmtp), "peer": brief(peer)},
+    }
+
+
+def memory_ratios(rows: list[dict], side: str, peer: str) -> dict[str, float]:
+    """``{micro-batch: side's peak memory / peer's}`` where both measured it."""
+    out = {}
+    for mine in sorted(measured(rows, side), key=lambda r: r["micro_batch"]):
+        theirs = at(rows, peer, mine["micro_batch"])
+        if theirs and theirs["peak_memory_gib"]:
+            out[str(mine["micro_batch"])] = mine["peak_memory_gib"] / theirs["peak_memory_gib"]
+    return out
+
+
+def lora7b_figures(results: dict) -> dict:
+    rows = results["rows"]
+    four, one, peer = best(rows, "wmtp-4heads"), best(rows, "wmtp-1head"), best_peer(results)
+    peer_tps = peer and peer["tokens_per_s"]
+    peer_sides = [s for s in results["sides"] if not s.startswith("wmtp-")]
+    by_peer = {p: memory_ratios(rows, "wmtp-4heads", p) for p in peer_sides}
+    memory_batch = peer and common_batch(
+        rows, "wmtp-4heads", peer["side"], four and four["micro_batch"]
+    )
+    heads = mtp4(rows)
+    return {
+        "lora7b_best_peer": peer and f"{peer['side']} at micro-batch {peer['micro_batch']}",
+        "lora7b_ratio_vs_best_peer": ratio(four and four["tokens_per_s"], peer_tps),
+        "lora7b_ntp_ratio_vs_best_peer": ratio(one and one["tokens_per_s"], peer_tps),
+        "lora7b_peak_memory_ratio_vs_peer": peer and by_peer[peer["side"]].get(str(memory_batch)),
+        "lora7b_peak_memory_micro_batch": memory_batch,
+        "lora7b_peak_memory_ratio_vs_peers_by_micro_batch": {
+            p: ratios for p, ratios in by_peer.items() if ratios
+        },
+        "lora7b_mfu": {
+            "wmtp-4heads": four and four["mfu"],
+            "wmtp-1head": one and one["mfu"],
+            "best_peer": peer and peer["mfu"],
+        },
+        "lora7b_mtp4_step_time_over_flop_floor": heads.get("step_time_over_flop_floor"),
+        "lora7b_mtp4_peak_memory_ratio_vs_ntp": heads.get("peak_memory_ratio_vs_ntp"),
+        "lora7b_mtp4_micro_batch": heads.get("micro_batch"),
+        "lora7b_best": {"wmtp-4heads": brief(four), "wmtp-1head": brief(one), "peer": brief(peer)},
+    }
+
+
+def not_run(results: dict) -> dict[str, str]:
+    """Sides with no measured row, and why (their error rows, or no row at all)."""
+    out = {}
+    for side in results["sides"]:
+        if measured(results["rows"], side):
+            continue
+        errors = [r["error"] for r in results["rows"] if r["side"] == side]
+        out[side] = errors[-1] if errors else "not measured: no row (not run, or stopped)"
+    return out
+
+
+def summarise(folder: Path) -> dict:
+    shapes = {}
+    for shape in ("full1b", "lora7b"):
+        path = folder / f"{shape}.json"
+        if path.is_file():
+            shapes[shape] = json.loads(path.read_text())
+    if not shapes:
+        raise SystemExit(f"{folder}: no full1b.json or lora7b.json (`wmtp bench peers` results)")
+    first = next(iter(shapes.values()))
+    summary = {
+        "device": first["device"],
+        "gpus": first["gpus"],
+        "versions": first["versions"],
+        "mfu_formula": first["mfu_formula"],
+        "memory_measure": first["memory_measure"],
+    }
+    for key, figures in (("full1b", full1b_figures), ("lora7b", lora7b_figures)):
+        if key in shapes:
+            summary |= figures(shapes[key])
+    summary |= dict.fromkeys(NOT_MEASURED) | {"not_measured": dict(NOT_MEASURED)}
+    summary["unmeasured_sides"] = {shape: not_run(r) for shape, r in shapes.items()}
+    summary["shapes"] = {
+        shape: {k: r[k] for k in ("description", "seq_len", "model", "lora", "sides", "commands")}
+        for shape, r in shapes.items()
+    }
+    summary["rows"] = {shape: r["rows"] for shape, r in shapes.items()}
+    steps = folder / "steps.jsonl"
+    if steps.is_file():
+        summary["stages"] = [json.loads(line) for line in steps.read_text().splitlines() if line]
+    return summary
+
+
+def _f(value, spec: str = ".2f", suffix: str = "") -> str:
+    return "not measured" if value is None else f"{value:{spec}}{suffix}"
+
+
+def markdown(s: dict) -> str:
+    lines = [
+        "# wmtp against the peers a user would pick (issue 20)",
+        "",
+        f"Machine: {s['device']} x {s['gpus']}; "
+        + ", ".join(f"{k} {v}" for k, v in s["versions"].items() if v),
+        "",
+        f"Run: `{s.get('script') or 'wmtp bench peers (the commands of each shape, below)'}`",
+        "",
+        f"- **MFU**: {s['mfu_formula']}.",
+        f"- **Memory**: {s['memory_measure']}.",
+        "- Each side at its best micro-batch (the most tokens/s of its sweep, which stops at the "
+        "first micro-batch that runs out of memory); every measured row is below.",
+        "",
+        "## Headline",
+        "",
+        "| figure | value |",
+        "|---|---|",
+    ]
+    rows = [
+        ("1B full FT: best peer", s.get("best_peer") or "not measured"),
+        ("1B full FT: wmtp one head / best peer", _f(s.get("ratio_vs_best_peer"), ".2f", "x")),
+        ("1B full FT: wmtp one head MFU", _f(s.get("mfu_ntp"), ".1%")),
+        ("1B: four heads' step time over their FLOP floor (vocab 32000)",
+         _f(s.get("mtp4_step_time_over_flop_floor"), ".3f", "x")),
+        ("1B: four heads / one head peak memory", _f(s.get("mtp4_peak_memory_ratio_vs_ntp"))),
+        ("LoRA 7B: best peer (one head)", s.get("lora7b_best_peer") or "not measured"),
+        ("LoRA 7B: wmtp four heads / best peer", _f(s.get("lora7b_ratio_vs_best_peer"), ".2f", "x")),
+        ("LoRA 7B: wmtp one head / best peer",
+         _f(s.get("lora7b_ntp_ratio_vs_best_peer"), ".2f", "x")),
+        (f"LoRA 7B: wmtp four heads / best peer peak memory (both at micro-batch "
+         f"{s.get('lora7b_peak_memory_micro_batch')})",
+         _f(s.get("lora7b_peak_memory_ratio_vs_peer"))),
+        ("LoRA 7B: four heads' step time over their FLOP floor",
+         _f(s.get("lora7b_mtp4_step_time_over_flop_floor"), ".3f", "x")),
+        ("float8 / bf16 tokens/s", "not measured"),
+        ("`wmtp run` / `wmtp bench step` tokens/s", "not measured"),
+    ]  # fmt: skip
+    lines += [f"| {name} | {value} |" for name, value in rows]
+    by_peer = s.get("lora7b_peak_memory_ratio_vs_peers_by_micro_batch") or {}
+    if by_peer:
+        lines += [
+            "",
+            "LoRA 7B, wmtp four heads' peak memory over each peer's, per micro-batch:",
+            "",
+        ]
+        lines += [
+            f"- {peer}: " + ", ".join(f"b{b} {r:.2f}" for b, r in ratios.items())
+            for peer, ratios in by_peer.items()
+        ]
+    for shape, info in s["shapes"].items():
+        lines += ["", f"## {shape}: {info['description']}", "", "Commands:", ""]
+        lines += [f"    {c}" for c in info["commands"]] or ["    (not recorded)"]
+        lines += ["", "Sides:", ""] + [f"- `{k}`: {v}" for k, v in info["sides"].items()]
+        lines += ["", "| side | micro-batch | tokens/s | MFU | peak GiB | step ms |"]
+        lines.append("|---|---|---|---|---|---|")
+        for r in s["rows"][shape]:
+            if r["error"] is not None:
+                lines.append(f"| {r['side']} | {r['micro_batch'] or '-'} | {r['error']} | | | |")
+                continue
+            lines.append(
+                f"| {r['side']} | {r['micro_batch']} | {r['tokens_per_s']:,.0f} | "
+                f"{r['mfu']:.1%} | {r['peak_memory_gib']:.2f} | {r['step']['median_ms']:.1f} |"
+            )
+        missing = s["unmeasured_sides"].get(shape, {})
+        if missing:
+            why = (f"`{k}` ({v.removeprefix('not measured: ')})" for k, v in missing.items())
+            lines += ["", "Sides with no measured row: " + "; ".join(why) + "."]
+    if s.get("stages"):
+        lines += [
+            "",
+            f"Stages of `{s.get('script') or 'bench/h200.sh'}` (wall s, exit status):",
+            "",
+        ]
+        lines += [f"- {st['label']}: {st['seconds']} s, rc {st['rc']}" for st in s["stages"]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--results", type=Path, required=True, help="wmtp bench peers --out DIR")
+    parser.add_argument("--out", type=Path, help="Folder for h200.json/md (default: --results).")
+    parser.add_argument("--script", default="", help="The command that ran the stages.")
+    args = parser.parse_args()
+    out = args.out or args.results
+    summary = summarise(args.results) | ({"script": args.script} if args.script else {})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "h200.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "h200.md").write_text(markdown(summary))
+    print(f"wrote {out / 'h200.json'} and {out / 'h200.md'}")
+
+
+if __name__ == "__main__":
+    main()

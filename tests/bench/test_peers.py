@@ -1,0 +1,280 @@
+"""``wmtp bench peers`` on CPU, tiny shapes, real transformers and PEFT: the peers train what they
+should and count what they read, a sweep records failures and goes on, one MFU formula and one
+memory measure for every side, and the summariser finds every figure in a results folder.
+Figures come from GPUs; the Liger and compile peers only run there (their guards are tested)."""
+
+import json
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tests.train.train_helpers import REPO
+from wmtp.bench import hf_peer, peers
+from wmtp.bench import step as step_bench
+from wmtp.bench.sweep import measured_row, sweep
+from wmtp.cli import app
+
+CPU = ("parallel.device='cpu'", "data.max_length=32", "model.policy.flavour='tiny'")
+TINY = {
+    "lora7b": CPU,
+    "full1b": (*CPU, "parallel.compile=false", "model.policy.vocab_size=512"),
+}
+"""The shapes' recipes at tiny sizes on the CPU (the production LoRA recipe keeps its LoRA,
+activation checkpointing and bf16)."""
+SEQ = 32
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    with warnings.catch_warnings():  # transformers' deprecation notices about its own names
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+def recipe(shape: str, heads: int = 1, micro_batch: int = 2):
+    return peers.shape_recipe(shape, heads=heads, micro_batch=micro_batch, overrides=TINY[shape])
+
+
+def built(shape: str, side: str):
+    r = recipe(shape)
+    args = peers.peer_args(r)
+    return args, hf_peer.build_peer(args, peers.peer_config(shape, side, r), torch.device("cpu"))
+
+
+def measure(peer, args, micro_batch=2):
+    cpu = torch.device("cpu")
+    return hf_peer.measure(
+        peer, args, micro_batch=micro_batch, seq_len=SEQ, warmup=1, repeats=2, device=cpu
+    )
+
+
+def test_the_full_fine_tuning_peer_trains_every_weight_and_counts_its_tokens():
+    args, peer = built("full1b", "hf")
+    assert args.n_future_tokens == 1 and args.vocab_size == 512  # the recipe's shape, one head
+    before = {n: p.detach().clone() for n, p in peer.model.named_parameters()}
+    row = measure(peer, args, micro_batch=3)
+    assert row["error"] is None and row["tokens_per_step"] == 3 * SEQ
+    assert row["tokens_per_s"] == pytest.approx(3 * SEQ / (row["step"]["median_ms"] / 1e3))
+    assert row["step"]["repeats"] == 2 and row["config"]["lora"] is False
+    for name, p in peer.model.named_parameters():
+        assert p.dtype == torch.float32 and not torch.equal(p, before[name]), name
+
+
+def test_the_lora_peer_trains_only_the_recipes_adapters():
+    args, peer = built("lora7b", "hf-peft")
+    named = dict(peer.model.named_parameters())
+    trainable = {n for n, p in named.items() if p.requires_grad}
+    # the recipe's seven targets per layer, A and B each
+    assert len(trainable) == args.n_layers * 7 * 2
+    assert all(".lora_A." in n or ".lora_B." in n for n in trainable)
+    assert {named[n].dtype for n in trainable} == {torch.float32}
+    assert {p.dtype for n, p in named.items() if n not in trainable} == {torch.bfloat16}
+    lora = peer.model.peft_config["default"]
+    assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (64, 128.0, 0.05)
+    assert peer.config.gradient_checkpointing  # the recipe checkpoints activations
+    before = {n: p.detach().clone() for n, p in named.items()}
+    row = measure(peer, args)
+    assert row["config"]["trainable_parameters"] == sum(named[n].numel() for n in trainable)
+    for name, p in named.items():
+        assert torch.equal(p, before[name]) == (name not in trainable), name
+
+
+def _oom_above(limit: int):
+    """``build_peer``, whose model runs out of memory on batches above ``limit`` rows (raised
+    where the allocation would fail: the model's forward)."""
+    real = hf_peer.build_peer
+
+    def build(args, config, device):
+        peer = real(args, config, device)
+
+        def check(module, inputs, kwargs):
+            if kwargs["input_ids"].shape[0] > limit:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+
+        peer.model.register_forward_pre_hook(check, with_kwargs=True)
+        return peer
+
+    return build
+
+
+def test_a_sweep_records_the_size_that_ran_out_of_memory_and_the_sweep_goes_on(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(hf_peer, "build_peer", _oom_above(2))
+    results = peers.run_shape(
+        "full1b",
+        tmp_path,
+        sides=["hf", "wmtp-1head"],
+        micro_batches=[4, 1, 2, 8],
+        warmup=0,
+        repeats=1,
+        overrides=TINY["full1b"],
+        log=lambda line: None,
+    )
+    hf = [(r["micro_batch"], r["error"]) for r in results["rows"] if r["side"] == "hf"]
+    assert [b for b, _ in hf] == [1, 2, 4]  # smallest first; stopped at the first failure
+    assert hf[0][1] is None and hf[1][1] is None
+    assert hf[2][1].startswith("out of memory (CUDA out of memory")
+    wmtp = [r for r in results["rows"] if r["side"] == "wmtp-1head"]
+    assert [r["micro_batch"] for r in wmtp] == [1, 2, 4, 8]  # the next side ran
+    assert json.loads((tmp_path / "full1b.json").read_text()) == results
+
+
+def test_any_other_failure_is_a_row_with_its_reason():
+    def measure_at(micro_batch: int) -> dict:
+        if micro_batch == 2:
+            raise ValueError("the kernel refused this shape")
+        return measured_row("x", micro_batch, **_fake_figures())
+
+    rows = sweep("x", measure_at, [1, 2, 4])
+    assert [r["micro_batch"] for r in rows] == [1, 2]
+    assert rows[1]["error"] == "ValueError: the kernel refused this shape"
+    assert rows[1]["tokens_per_s"] is None and set(rows[1]) == set(rows[0])
+
+
+def _fake_figures() -> dict:
+    from wmtp.bench.timing import Timing
+
+    return {
+        "tokens_per_step": 10,
+        "step": Timing(1.0, 1.0, 1.0, 1),
+        "flops_per_token": 1.0,
+        "peak_tflops": 0.0,
+        "peak_memory_gib": 0.0,
+    }
+
+
+def test_liger_and_compile_are_guarded_with_their_reasons(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setitem(sys.modules, "liger_kernel", None)  # not installed
+    assert hf_peer.liger_unavailable(cuda).startswith("liger-kernel cannot be imported")
+    liger = hf_peer.PeerConfig("hf+liger", liger=True)
+    assert "CUDA only" in hf_peer.unavailable(liger, cpu)
+    compiled = hf_peer.PeerConfig("hf+compile", compile=True)
+    assert "CUDA only" in hf_peer.unavailable(compiled, cpu)
+    assert hf_peer.unavailable(hf_peer.PeerConfig("hf"), cpu) is None
+    monkeypatch.setattr(hf_peer, "_LIGER_APPLIED", [True])  # Liger patched this process
+    assert "already patched" in hf_peer.unavailable(hf_peer.PeerConfig("hf"), cpu)
+    assert peers.ordered(["hf+liger", "wmtp-1head", "hf", "hf+compile"]) == [
+        "wmtp-1head",
+        "hf",
+        "hf+compile",
+        "hf+liger",
+    ]
+
+
+def test_a_peer_that_cannot_run_is_one_row_saying_why(tmp_path):
+    results = peers.run_shape(
+        "lora7b",
+        tmp_path,
+        sides=["hf-peft+liger", "hf-peft+compile"],
+        micro_batches=[1],
+        overrides=TINY["lora7b"],
+        log=lambda line: None,
+    )
+    rows = {r["side"]: r for r in results["rows"]}
+    assert rows["hf-peft+liger"]["micro_batch"] is None
+    assert rows["hf-peft+liger"]["error"].startswith("not measured: Liger kernels")
+    assert rows["hf-peft+compile"]["error"].startswith("not measured: torch.compile")
+
+
+GIB = {"wmtp": 3.0, "peer": 2.0}
+
+
+def _device_figures(monkeypatch):
+    """A known peak (1 GFLOP/s) and peak memory, as a GPU would report them: every other
+    figure comes from the real CPU runs."""
+    monkeypatch.setattr(step_bench, "device_peak_tflops", lambda device: 1e-3)
+    monkeypatch.setattr(hf_peer, "device_peak_tflops", lambda device: 1e-3)
+    monkeypatch.setattr(step_bench, "peak_allocated_gib", lambda device: GIB["wmtp"])
+    monkeypatch.setattr(hf_peer, "peak_allocated_gib", lambda device: GIB["peer"])
+
+
+@pytest.mark.parametrize(("shape", "peer"), [("lora7b", "hf-peft"), ("full1b", "hf")])
+def test_one_mfu_formula_for_wmtp_and_the_peer(tmp_path, monkeypatch, shape, peer):
+    from wmtp.models.args import training_flops_per_token
+
+    _device_figures(monkeypatch)
+    results = peers.run_shape(
+        shape,
+        tmp_path,
+        sides=["wmtp-1head", peer],
+        micro_batches=[2],
+        warmup=0,
+        repeats=1,
+        overrides=TINY[shape],
+        log=lambda line: None,
+    )
+    wmtp, hf = results["rows"]
+    lora = shape == "lora7b"
+    args = peers.peer_args(recipe(shape))
+    # the trainer's own count (Trainer.flops_per_token) is the peer's: the same function
+    expected = training_flops_per_token(args, SEQ, weight_grads=not lora)
+    assert wmtp["flops_per_token"] == hf["flops_per_token"] == expected
+    for row in (wmtp, hf):
+        assert row["mfu"] == pytest.approx(row["tokens_per_s"] * expected / 1e9)
+    assert wmtp["peak_memory_gib"] == GIB["wmtp"] and hf["peak_memory_gib"] == GIB["peer"]
+    # `wmtp bench step`'s own figure: the same formula against the same peak
+    own = step_bench.bench_step(recipe(shape), label="x", warmup=0, repeats=1, device="cpu")
+    assert own.mfu == pytest.approx(own.tokens_per_s * expected / 1e9)
+
+
+def _cli(tmp_path, shape: str, *args: str):
+    sets = [a for s in TINY[shape] for a in ("--set", s)]
+    argv = ["bench", "peers", "--shape", shape, "--out", str(tmp_path), "--warmup", "0"]
+    result = CliRunner().invoke(app, [*argv, "--repeats", "1", *sets, *args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.mark.slow
+def test_the_summariser_finds_every_figure_in_a_results_folder(tmp_path, monkeypatch):
+    _device_figures(monkeypatch)
+    _cli(tmp_path, "full1b", "--micro-batches", "1,2", "--sides", "wmtp-1head,hf,hf+liger")
+    _cli(tmp_path, "full1b", "--micro-batches", "best:wmtp-1head", "--sides", "wmtp-4heads")
+    _cli(tmp_path, "lora7b", "--micro-batches", "1,2")
+    written = json.loads((tmp_path / "full1b.json").read_text())
+    assert len(written["commands"]) == 2  # the second call added its side to the same file
+    assert "--sides wmtp-4heads --micro-batches" in written["commands"][1]
+    script = str(REPO / "bench" / "summarise_h200.py")
+    subprocess.run([sys.executable, script, "--results", str(tmp_path)], check=True)
+    summary = json.loads((tmp_path / "h200.json").read_text())
+    for key in (
+        "ratio_vs_best_peer",
+        "lora7b_ratio_vs_best_peer",
+        "lora7b_ntp_ratio_vs_best_peer",
+        "mfu_ntp",
+        "mtp4_step_time_over_flop_floor",
+    ):
+        assert summary[key] > 0, key
+    assert summary["best_peer"].startswith("hf at micro-batch")
+    assert summary["lora7b_best_peer"].startswith("hf-peft at micro-batch")
+    assert summary["lora7b_peak_memory_ratio_vs_peer"] == GIB["wmtp"] / GIB["peer"]
+    assert summary["mtp4_peak_memory_ratio_vs_ntp"] == 1.0
+    assert summary["float8_ratio_vs_bf16"] is None and summary["run_vs_bench_step"] is None
+    assert summary["unmeasured_sides"]["full1b"]["hf+compile"].startswith("not measured")
+    assert {(r["side"], r["micro_batch"]) for r in summary["rows"]["lora7b"]} >= {
+        ("wmtp-4heads", 1),
+        ("wmtp-4heads", 2),
+        ("hf-peft", 2),
+    }
+    md = (tmp_path / "h200.md").read_text()
+    for text in ("MFU = tokens/s", "max_memory_allocated", "wmtp bench peers --shape lora7b"):
+        assert text in md
+    assert md.count("not measured") >= 2
+
+
+def test_the_command_refuses_what_it_cannot_measure(tmp_path):
+    runner = CliRunner()
+    base = ["bench", "peers", "--shape", "full1b", "--out", str(tmp_path)]
+    for extra, message in (
+        (["--micro-batches", "two"], "give integers or best:SIDE"),
+        (["--micro-batches", "best:hf"], "no measured row of hf"),
+        (["--sides", "hf-peft"], "unknown side"),
+    ):
+        result = runner.invoke(app, [*base, *extra, "--set", "parallel.device='cpu'"])
+        assert result.exit_code == 2 and message in result.output, result.output
