@@ -3,14 +3,22 @@
 # command (carry .whl with the default wheels plus liger-kernel; see README "Benchmarks (GPU)"):
 #   bash bench/h200.sh [STAGE...]      (no stage: every stage below, in this order)
 # Stages (none runs past END_S seconds of the call; each writes its rows as they are measured):
-#   lora7b          the production LoRA recipe: wmtp with four heads and one, HF + PEFT LoRA with
-#                   and without Liger, each swept over micro-batches 1, 2, 4, 8 (2 warm-up + 5
-#                   timed steps)
+#   lora7b          the production LoRA recipe as written (blocks compiled on CUDA): wmtp with four
+#                   heads and one, HF + PEFT LoRA with and without Liger, each swept over
+#                   micro-batches 1, 2, 4, 8 (2 warm-up + 5 timed steps)
 #   full1b          the 1B full fine-tune: wmtp one head, HF sdpa, HF + Liger, micro-batches
 #                   2, 4, 8, 16 (3 warm-up + 10 timed steps)
 #   full1b_compile  HF + torch.compile at the 1B shape (its own process: compiled graphs)
 #   full1b_mtp4     wmtp with four heads at the best micro-batch of one head (the FLOP floor)
 #   lora7b_compile  HF + PEFT + torch.compile at the LoRA shape
+#   lora7b_best     the LoRA recipe as written (blocks compiled on CUDA) with four heads and one,
+#                   and HF + PEFT + Liger, at micro-batches LORA_MB (default 4,8)
+#   lora7b_variants the LoRA recipe's step at micro-batch 4 as written and with one setting
+#                   changed (LoRA dropout 0; activation checkpointing off, every 2nd block):
+#                   where the time goes ($OUT/variants/<name>.json)
+#   lora7b_profile  torch.profiler of the LoRA recipe's step at micro-batch 4, eager and compiled
+#                   (`wmtp bench step --profile 2`: $OUT/profile_{eager,compile}/baseline.txt and
+#                   .trace.json.gz)
 # Then always: bench/summarise_h200.py -> $OUT/h200.json, h200.md. Results land in $OUT
 # (full1b.json, lora7b.json, h200.json, h200.md, steps.jsonl, logs.tar.gz). PEERS_FROM=DIR first
 # copies an earlier call's full1b.json / lora7b.json into $OUT, so a second call adds its sides.
@@ -39,7 +47,30 @@ stage_full1b_mtp4() {
   step full1b_mtp4 120 "${PEERS[@]}" --shape full1b --sides wmtp-4heads --micro-batches best:wmtp-1head
 }
 stage_lora7b_compile() {
-  step lora7b_compile 240 "${PEERS[@]}" --shape lora7b --sides hf-peft+compile
+  step lora7b_compile 240 "${PEERS[@]}" --shape lora7b --sides hf-peft+compile \
+    ${LORA_MB:+--micro-batches $LORA_MB}
+}
+stage_lora7b_best() {  # the recipe as written (compiled on CUDA) and the fastest peers
+  step lora7b_best 300 "${PEERS[@]}" --shape lora7b \
+    --sides wmtp-4heads,wmtp-1head,hf-peft+liger --micro-batches ${LORA_MB:-4,8}
+}
+LORA_STEP=(python3 -m wmtp.cli bench step recipes/baseline.toml --set "model.policy.path=''"
+  --set "tokenizer={kind='byte'}" --set training.grad_accum_steps=1
+  --set training.micro_batch_size=4 --warmup 3 --repeats 5 --profile 2)
+stage_lora7b_profile() {
+  step lora7b_profile_eager 120 "${LORA_STEP[@]}" --set parallel.compile=false \
+    --out "$OUT/profile_eager"
+  step lora7b_profile_compile 200 "${LORA_STEP[@]}" --out "$OUT/profile_compile"
+}
+VARIANTS=('as_written:parallel.compile="auto"' no_dropout:model.policy.lora.dropout=0
+  no_checkpointing:parallel.activation_checkpointing=false
+  checkpoint_every_2nd:parallel.activation_checkpointing=2)
+stage_lora7b_variants() {
+  local v
+  for v in "${VARIANTS[@]}"; do
+    step "variant_${v%%:*}" 100 "${LORA_STEP[@]:0:${#LORA_STEP[@]}-2}" --set "${v#*:}" \
+      --out "$OUT/variants/${v%%:*}"
+  done
 }
 
 [ $# -eq 0 ] && set -- lora7b full1b full1b_compile full1b_mtp4 lora7b_compile

@@ -246,6 +246,7 @@ def test_the_summariser_finds_every_figure_in_a_results_folder(tmp_path, monkeyp
     for key in (
         "ratio_vs_best_peer",
         "lora7b_ratio_vs_best_peer",
+        "lora7b_as_written_ratio_vs_best_peer",
         "lora7b_ntp_ratio_vs_best_peer",
         "mfu_ntp",
         "mtp4_step_time_over_flop_floor",
@@ -257,6 +258,8 @@ def test_the_summariser_finds_every_figure_in_a_results_folder(tmp_path, monkeyp
     assert summary["mtp4_peak_memory_ratio_vs_ntp"] == 1.0
     assert summary["float8_ratio_vs_bf16"] is None and summary["run_vs_bench_step"] is None
     assert summary["unmeasured_sides"]["full1b"]["hf+compile"].startswith("not measured")
+    assert summary["lora7b_best"]["wmtp-4heads"]["side"] == "wmtp-4heads"  # +compile: CUDA only
+    assert "CUDA only" in summary["unmeasured_sides"]["lora7b"]["wmtp-4heads+compile"]
     assert {(r["side"], r["micro_batch"]) for r in summary["rows"]["lora7b"]} >= {
         ("wmtp-4heads", 1),
         ("wmtp-4heads", 2),

@@ -1,6 +1,7 @@
 """``wmtp bench step`` on CPU: it times the trainer's own step (figures come from GPUs; this
 checks that the path runs what `wmtp run` runs, and counts what it should)."""
 
+import gzip
 import json
 import subprocess
 import sys
@@ -64,7 +65,7 @@ def test_step_bench_command_writes_its_figures(tmp_path):
     sets = [a for s in SMALL for a in ("--set", s)]
     cmd = [sys.executable, "-m", "wmtp.cli", "bench", "step", str(TINY), *sets, "--out"]
     done = subprocess.run(
-        [*cmd, str(tmp_path), "--warmup", "0", "--repeats", "1"],
+        [*cmd, str(tmp_path), "--warmup", "0", "--repeats", "1", "--profile", "1"],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -74,6 +75,10 @@ def test_step_bench_command_writes_its_figures(tmp_path):
     result = json.loads((tmp_path / "tiny.json").read_text())
     assert result["world_size"] == 1 and result["config"]["pipeline"] == "baseline"
     assert "tokens/s" in done.stdout
+    table = (tmp_path / "tiny.txt").read_text()  # --profile 1: the operators of one step
+    assert table.startswith("1 steps profiled") and "aten::mm" in table
+    with gzip.open(tmp_path / "tiny.trace.json.gz", "rt") as trace:
+        assert json.load(trace)["traceEvents"]
 
 
 TWO_RANKS = """

@@ -156,6 +156,28 @@ def test_eval_is_reproducible_and_greedy_speculative_matches_greedy(run_dir, tmp
     assert "speculative decoding (humaneval): drafts accepted head 2" in result.flat
 
 
+def test_speculative_sampling_at_the_recipes_temperature(run_dir, tmp_path):
+    """At temperature > 0 the heads draft and head 1 accepts or resamples: n_samples distinct
+    draws per problem, seeded (the same twice), with acceptance per head reported."""
+    spec = ["--no-progress", "--set", "evaluation.speculative=true"]
+    for name in ("a", "b"):
+        result = invoke("eval", run_dir, *spec, "--out", tmp_path / name)
+        assert result.exit_code == 0, result.output
+
+    def drawn(out):
+        lines = (out / "humaneval" / "samples.jsonl").read_text().splitlines()
+        return [(x["task_id"], x["completion"]) for x in map(json.loads, lines)]
+
+    samples = drawn(tmp_path / "a")
+    assert samples == drawn(tmp_path / "b") and len(set(samples)) > 1
+    stats = summary_of(tmp_path / "a")
+    assert stats["settings"]["temperature"] > 0
+    assert stats["generation"]["completions"] == len(samples)  # every sample drawn on its own
+    speculative = stats["generation"]["speculative"]
+    assert speculative["forwards"] > 0 and set(speculative["acceptance_by_head"]) == {"2"}
+    assert "speculative decoding (humaneval): drafts accepted head 2" in result.flat
+
+
 @pytest.mark.parametrize("trained_heads", [2, 1])
 def test_training_checkpoint_without_model_json_loads_through_the_recipe(tmp_path, trained_heads):
     """A trainer's step-N (bare model.safetensors), also with fewer heads than the recipe says
@@ -253,9 +275,6 @@ def test_benchmarks_from_local_files_join_the_summary(run_dir, tmp_path):
 
 
 def test_user_mistakes_are_located_errors(run_dir, tmp_path):
-    result = invoke("eval", run_dir, "--set", "evaluation.speculative=true")
-    assert result.exit_code == 2
-    assert "evaluation.speculative" in result.flat and "evaluation.temperature" in result.flat
     result = invoke("eval", run_dir, "--set", "evaluation.k=[1, 5]")
     assert result.exit_code == 2 and "n_samples" in result.flat
     result = invoke("eval", tmp_path / "nowhere")

@@ -1,13 +1,15 @@
-"""Self-speculative decoding: exactly greedy, with acceptance statistics checked independently."""
+"""Self-speculative decoding: exactly greedy, with acceptance statistics checked independently;
+sampled, exactly head 1's distribution (a chi-square test against the enumerated one)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tests.eval.tests_eval_helpers import letters, make_tiny_model
+from tests.eval.tests_eval_helpers import letters, make_tiny_model, tiny_args
 from wmtp.eval.generate import StopRule, generate
 from wmtp.eval.speculative import speculative_generate
+from wmtp.models.llama_mtp import LlamaMTP
 
 PROMPTS = [[1, 2, 3], [5, 9, 11, 12, 30, 4], [7], [40, 41, 42, 43]]
 
@@ -147,3 +149,82 @@ def test_cuda_graph_decoding_equals_eager_decoding(n_future_tokens):
         assert (stats.forwards, stats.drafted, stats.accepted) == reference_counts(
             model, prompt, out.tokens, limit
         )
+
+
+# --- speculative sampling: head 1's distribution exactly --------------------------------------
+
+SAMPLED = 3
+"""Tokens per sampled continuation: the test compares distributions over all V**3 of them."""
+
+
+def continuation_probs(model, prompt, sampling, vocab):
+    """The exact probability of every ``SAMPLED``-token continuation under plain sampling from
+    head 1 (one forward of them all): ``{tuple: p}``."""
+    import itertools
+
+    from wmtp.eval.generate import next_token_probs
+
+    tails = list(itertools.product(range(vocab), repeat=SAMPLED))
+    rows = torch.tensor([prompt + list(t) for t in tails])
+    with torch.no_grad():
+        head1_BSV = model(rows)[:, len(prompt) - 1 : len(prompt) - 1 + SAMPLED, 0]
+    probs_BSV = next_token_probs(head1_BSV, sampling).double()
+    index_BS1 = torch.tensor(tails)[..., None]
+    return dict(zip(tails, probs_BSV.gather(-1, index_BS1)[..., 0].prod(-1).tolist(), strict=True))
+
+
+def chi_square_p_value(counts: dict, probs: dict) -> float:
+    """Pearson's goodness of fit of ``counts`` to ``probs``, cells expecting under 5 pooled."""
+    total = sum(counts.values())
+    observed, expected, pooled = [], [], [0.0, 0.0]
+    for cell, p in probs.items():
+        if p * total < 5:
+            pooled[0] += counts.get(cell, 0)
+            pooled[1] += p * total
+        else:
+            observed.append(counts.get(cell, 0))
+            expected.append(p * total)
+    if pooled[1] > 0:
+        observed.append(pooled[0])
+        expected.append(pooled[1])
+    stat = sum((o - e) ** 2 / e for o, e in zip(observed, expected, strict=True))
+    dof = torch.tensor((len(observed) - 1) / 2, dtype=torch.float64)
+    return float(torch.special.gammaincc(dof, torch.tensor(stat / 2, dtype=torch.float64)))
+
+
+@pytest.mark.parametrize(("temperature", "top_p"), [(1.5, 1.0), (1.0, 0.8)])
+def test_speculative_sampling_keeps_head_1s_distribution(temperature, top_p):
+    """Continuations drawn by speculative sampling follow plain sampling's exact distribution
+    (a chi-square test over every continuation), while the drafts are both accepted and
+    rejected; the same test rejects what accepting every draft would give."""
+    from collections import Counter
+
+    from wmtp.eval.generate import Sampling, next_token_probs
+
+    vocab, prompt, draws = 4, [1, 3, 0, 2], 3000
+    torch.manual_seed(5)
+    model = LlamaMTP(tiny_args(3, vocab_size=vocab), attention="eager")
+    model.reset_parameters(std=0.3)
+    model.eval()
+    sampling = Sampling(temperature=temperature, top_p=top_p)
+    exact = continuation_probs(model, prompt, sampling, vocab)
+    generator = torch.Generator().manual_seed(0)
+    counts, drafted, accepted = Counter(), 0, 0
+    for _ in range(draws):
+        out, stats = speculative_generate(
+            model, prompt, StopRule(letters), max_new_tokens=SAMPLED,
+            sampling=sampling, generator=generator,
+        )  # fmt: skip
+        counts[tuple(out.tokens)] += 1
+        drafted, accepted = drafted + stats.drafted, accepted + stats.accepted
+    assert 0.2 < accepted / drafted < 0.95  # both branches of the acceptance test ran often
+    assert all(exact[cell] > 0 for cell in counts)  # nothing outside the nucleus
+    assert chi_square_p_value(counts, exact) > 1e-3
+    # what accepting every draft would give: heads 1, 2, 3 at the prompt's last position
+    with torch.no_grad():
+        heads_nV = model(torch.tensor([prompt]))[0, -1]
+    naive = next_token_probs(heads_nV, sampling)
+    wrong = Counter(
+        tuple(torch.multinomial(naive, 1, generator=generator)[:, 0].tolist()) for _ in range(draws)
+    )
+    assert chi_square_p_value(wrong, exact) < 1e-6

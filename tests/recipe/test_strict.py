@@ -61,7 +61,14 @@ def message_of(write, old: str, new: str, overrides=()) -> str:
         (
             "[training]",
             "[parallel]\ncompile = 1\n[training]",
-            "parallel.compile: expected a boolean, got the integer 1 (write compile = true)",
+            'parallel.compile: expected a boolean or one of "auto", got the integer 1 '
+            "(write compile = true)",
+        ),
+        (
+            "[training]",
+            '[parallel]\ncompile = "sometimes"\n[training]',
+            'parallel.compile: expected a boolean or one of "auto", got the string "sometimes" '
+            "(e.g. compile = false)",
         ),
         (
             "max_steps = 10",
@@ -84,6 +91,7 @@ def message_of(write, old: str, new: str, overrides=()) -> str:
         "int-for-string",
         "yes",
         "int-for-bool",
+        "string-for-bool-or-auto",
         "array-item",
         "array-length",
     ],
@@ -132,8 +140,8 @@ def test_set_overrides_are_typed_like_the_file(write):
     assert recipe.training.lr == 2e-5 and recipe.model.policy.attention == "sdpa"
     assert recipe.training.max_steps == 100 and recipe.training.betas == (0.8, 0.9)
     assert recipe.parallel.activation_checkpointing == 2
-    text = message_of(write, "", "", ["parallel.compile=yes"])
+    text = message_of(write, "", "", ["data.packing=yes"])
     assert text == (
-        "--set parallel.compile=yes: parallel.compile: expected a boolean, "
-        'got the string "yes" (write compile = true)'
+        "--set data.packing=yes: data.packing: expected a boolean, "
+        'got the string "yes" (write packing = true)'
     )

@@ -248,6 +248,22 @@ def test_a_nan_gradient_names_the_head_and_is_never_applied(tmp_path):
     assert [s.name for s in step_dirs(run)] == ["step-2"]
 
 
+def test_a_compile_failure_names_the_setting_and_the_log_keeps_its_trace(tmp_path):
+    """A real torch.compile failure (Inductor finds no C++ compiler on the CPU): one message
+    naming ``parallel.compile`` and the way round it, exit 2; run.log keeps Inductor's trace."""
+    no_compiler = {"CXX": "/bin/false", "CC": "/bin/false"}
+    done = wmtp(str(TINY), "--set", "parallel.compile=true", runs=tmp_path, env=no_compiler)
+    assert_clean_failure(
+        done,
+        2,
+        "torch.compile of the transformer blocks failed at step 1 (parallel.compile = true): "
+        "InductorError: InvalidCxxCompiler",
+        "train without compiling: --set parallel.compile=false",
+    )
+    log = next((tmp_path / "tiny").glob("2*/run.log")).read_text()
+    assert "caused by:" in log and "Traceback (most recent call last)" in log
+
+
 def test_max_bad_steps_skips_a_bad_step_and_goes_on(tmp_path):
     fault = {"WMTP_FAULT": "rank=0,step=3,kind=nan"}
     run = train(tmp_path, "--set", "training.max_bad_steps=1", env=fault)

@@ -4,7 +4,7 @@ Two shapes (:data:`SHAPES`), each a wmtp recipe made here, from which every side
 ``full1b``, the suite's 1B full fine-tune (:func:`wmtp.bench.suite.suite_recipe`: compiled
 blocks, bf16, seq 2048), and ``lora7b``, the production LoRA recipe itself
 (``recipes/baseline.toml``: Llama-2-7B MTP, LoRA r64 on wq wk wv wo w1 w2 w3, activation
-checkpointing, bf16, seq 2048) with random weights, a byte tokenizer and no accumulation.
+checkpointing, bf16, seq 2048; wmtp also with ``parallel.compile = true``) with random weights, a byte tokenizer and no accumulation.
 The sides (:data:`SIDES`): wmtp's trainer through ``wmtp bench step``'s :func:`bench_step`, with
 one head and with four; the Hugging Face peers of :mod:`wmtp.bench.hf_peer` (plain, compiled,
 with Liger kernels; PEFT LoRA for ``lora7b``), built as the recipe's model with one head.
@@ -88,6 +88,9 @@ SIDES = {
     "lora7b": {
         "wmtp-4heads": "wmtp's trainer on the recipe as written: four heads",
         "wmtp-1head": "wmtp's trainer, the recipe with one head (n_future_tokens = 1)",
+        "wmtp-4heads+compile": "wmtp's trainer, four heads, parallel.compile = true (the recipe "
+        "as written does not compile)",
+        "wmtp-1head+compile": "wmtp's trainer, one head, parallel.compile = true",
         "hf-peft": "transformers + PEFT LoRA (the recipe's r, alpha, dropout, targets), bf16 "
         "frozen weights, gradient checkpointing",
         "hf-peft+compile": "the same under torch.compile (whole model)",
@@ -267,13 +270,15 @@ class _Sides:
             static_compile_shapes()
 
     def __call__(self, side: str) -> Callable[[int], Row] | str:
+        if side.endswith("+compile") and self.device.type != "cuda":
+            return "torch.compile sides are measured on CUDA only (the CPU runs are tests)"
         if side.startswith("wmtp-"):
-            heads = 1 if side == "wmtp-1head" else 4
+            heads = 1 if side.startswith("wmtp-1head") else 4
+            compiled = ["parallel.compile=true"] if side.endswith("+compile") else []
+            overrides = [*compiled, *self.overrides]
 
             def recipe_at(b: int):
-                return shape_recipe(
-                    self.shape, heads=heads, micro_batch=b, overrides=self.overrides
-                )
+                return shape_recipe(self.shape, heads=heads, micro_batch=b, overrides=overrides)
 
             return _wmtp_side(side, recipe_at, device=self.device_name, **self.timing)
         config = peer_config(self.shape, side, self.one_head)

@@ -99,12 +99,22 @@ class SyntheticBatches:
 
 
 def bench_step(
-    recipe: Any, *, label: str, warmup: int = 5, repeats: int = 20, device: str | None = None
+    recipe: Any,
+    *,
+    label: str,
+    warmup: int = 5,
+    repeats: int = 20,
+    device: str | None = None,
+    profile: Path | None = None,
+    profile_steps: int = 3,
 ) -> StepResult:
     """Build the recipe's trainer on synthetic batches and time its step (see the module doc).
 
     ``device`` overrides ``parallel.device`` (``cpu`` runs the same step, for tests; memory is
-    then 0, and so is MFU unless the peak of :func:`device_peak_tflops` is known)."""
+    then 0, and so is MFU unless the peak of :func:`device_peak_tflops` is known).
+    ``profile``: after timing, run ``profile_steps`` more steps under ``torch.profiler`` and write
+    ``<profile>.trace.json.gz`` (a Chrome / Perfetto trace) and ``<profile>.txt`` (operators by
+    device time, then by host time), on rank 0."""
     from wmtp.models.args import mfu
     from wmtp.parallel import init_distributed
     from wmtp.recipe import dump_recipe
@@ -122,6 +132,8 @@ def bench_step(
 
         timing = time_call(step, warmup=warmup, repeats=repeats)
         memory = peak_allocated_gib(ctx.device)
+        if profile is not None and ctx.rank == 0:
+            profile_calls(step, profile, steps=profile_steps, device=ctx.device)
         tokens_per_s = tokens[-1] / (timing.median_ms / 1e3)  # every rank's: one global count
         peak = device_peak_tflops(ctx.device)
         utilisation = mfu(tokens_per_s, flops_per_token, peak, ctx.world_size)
@@ -129,6 +141,39 @@ def bench_step(
     return StepResult(
         label, tokens_per_s, utilisation, peak, memory, timing, config, ctx.world_size
     )
+
+
+def profile_calls(fn, path: Path, *, steps: int, device: torch.device) -> None:
+    """Run ``fn`` ``steps`` times under ``torch.profiler``: ``<path>.trace.json.gz`` and
+    ``<path>.txt`` (the top operators by self device time, and by self host time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with profile(activities=activities, record_shapes=True) as prof:
+        for _ in range(steps):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    prof.export_chrome_trace(str(path.with_name(path.name + ".trace.json")))
+    _gzip(path.with_name(path.name + ".trace.json"))
+    averages = prof.key_averages()
+    tables = [f"{steps} steps profiled\n"]
+    if device.type == "cuda":
+        tables += ["by self device time:", averages.table("self_device_time_total", row_limit=40)]
+    tables += ["by self host time:", averages.table("self_cpu_time_total", row_limit=25)]
+    path.with_name(path.name + ".txt").write_text("\n".join(tables) + "\n")
+
+
+def _gzip(path: Path) -> None:
+    import gzip
+    import shutil
+
+    with path.open("rb") as src, gzip.open(f"{path}.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    path.unlink()
 
 
 def _synthetic(trainer) -> SyntheticBatches:
@@ -152,7 +197,7 @@ def _config(recipe: Any, trainer) -> dict:
         "one_backward": trainer.loss_config.one_backward,
         "sharding": r.parallel.sharding,
         "activation_checkpointing": r.parallel.activation_checkpointing,
-        "compile": r.parallel.compile,
+        "compile": r.parallel.compiles(trainer.ctx.device.type),
         "attention": trainer.model.attention.name,
         "n_future_tokens": trainer.n_heads,
         "vocab_size": trainer.model_args.vocab_size,

@@ -218,6 +218,14 @@ def step(
             help="GPUs of this machine (> 1 launches torchrun and measures the FSDP2 step).",
         ),
     ] = 1,
+    profile: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="After timing, profile this many steps with torch.profiler: "
+            "OUT/STEM.trace.json.gz (open in Perfetto) and OUT/STEM.txt (operators by time).",
+        ),
+    ] = 0,
 ) -> None:
     """A recipe's training step: tokens/s, MFU (median of the timed steps), peak memory.
 
@@ -245,14 +253,22 @@ def step(
     from wmtp.bench.step import bench_step
     from wmtp.parallel import teardown
 
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    stem = recipe.stem if world == 1 else f"{recipe.stem}-{world}gpu"
     try:
-        result = bench_step(recipe_obj, label=recipe.stem, warmup=warmup, repeats=repeats)
+        result = bench_step(
+            recipe_obj,
+            label=recipe.stem,
+            warmup=warmup,
+            repeats=repeats,
+            profile=out / stem if profile else None,
+            profile_steps=profile,
+        )
     finally:
         teardown()
     if int(os.environ.get("RANK", "0")) != 0:
         return
     out.mkdir(parents=True, exist_ok=True)
-    stem = recipe.stem if result.world_size == 1 else f"{recipe.stem}-{result.world_size}gpu"
     (out / f"{stem}.json").write_text(json.dumps(result.to_dict(), indent=2))
     gpus = f" on {result.world_size} GPUs" if result.world_size > 1 else ""
     mfu = f", MFU {result.mfu:.1%} (of {result.peak_tflops:.0f} TFLOP/s bf16)" if result.mfu else ""
@@ -262,6 +278,8 @@ def step(
         f"step {result.step.median_ms:.1f} ms (median of {result.step.repeats}) -> {out}/{stem}.json",
         highlight=False,
     )
+    if profile:
+        console.print(f"profile of {profile} steps -> {out}/{stem}.txt, {stem}.trace.json.gz")
 
 
 @command(bench_app, "suite")
@@ -302,11 +320,17 @@ def decode(
     also_eager: Annotated[
         bool, typer.Option(help="On a GPU, also time eager steps beside the CUDA graphs.")
     ] = False,
+    temperature: Annotated[
+        float,
+        typer.Option(min=0.0, help="0: greedy; above: sampled, and speculative sampling."),
+    ] = 0.0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus when sampled.")] = 1.0,
     out: Annotated[Path, typer.Option("--out", help="JSON file for the figures.")] = Path(
         "bench/results/decode.json"
     ),
 ) -> None:
-    """Batch-1 decoding: plain greedy vs self-speculative (MTP heads draft), time to first token."""
+    """Batch-1 decoding: plain vs self-speculative (MTP heads draft, head 1 verifies), greedy or
+    sampled; time to first token, acceptance per head."""
     from wmtp.eval import speed
 
     if (flavour is None) == (checkpoint is None):
@@ -318,6 +342,7 @@ def decode(
     if agreeing_heads:
         argv.append("--agreeing-heads")
     argv += ["--eager"] * eager + ["--also-eager"] * also_eager
+    argv += ["--temperature", str(temperature), "--top-p", str(top_p)]
     speed.main(argv)
 
 

@@ -82,7 +82,9 @@ def sample_problem(
     seed: int,
     speculative: bool,
 ) -> tuple[list[Completion], SpeculativeStats | None]:
-    """``n_samples`` completions of one prompt (one, repeated, when greedy)."""
+    """``n_samples`` completions of one prompt (one, repeated, when greedy). Sampled
+    speculatively, the samples are drawn one at a time (batch 1), from the same distribution as
+    plain sampling's but with other draws."""
     if sampling.greedy:
         if speculative:
             completion, stats = speculative_generate(
@@ -93,6 +95,16 @@ def sample_problem(
         return [completion] * n_samples, None
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
+    if speculative:
+        total, completions = SpeculativeStats(), []
+        for _ in range(n_samples):
+            completion, stats = speculative_generate(
+                model, prompt_ids, stop_rule, max_new_tokens=max_new_tokens,
+                sampling=sampling, generator=generator,
+            )  # fmt: skip
+            completions.append(completion)
+            total.add(stats)
+        return completions, total
     completions = generate(
         model,
         [prompt_ids] * n_samples,

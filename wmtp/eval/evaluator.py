@@ -63,11 +63,6 @@ def check_settings(spec) -> None:
 
     for entry in spec.benchmarks:
         get("evaluator", parse_benchmark(entry, {})[0])  # did-you-mean for unknown names
-    if spec.speculative and spec.temperature > 0:
-        raise RecipeError(
-            f"evaluation.speculative = true decodes greedily, but evaluation.temperature = "
-            f"{spec.temperature}; set the temperature to 0 or speculative to false"
-        )
     if max(spec.k) > spec.n_samples:
         raise RecipeError(
             f"evaluation.k = {spec.k} needs evaluation.n_samples >= {max(spec.k)}, "

@@ -31,21 +31,30 @@ class Sampling:
         return self.temperature == 0
 
 
+def next_token_probs(logits_V: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+    """The distribution a sampled token is drawn from, over the last dimension of ``logits_V``
+    (any leading dimensions): softmax at ``temperature``, cut to the top-p nucleus (the smallest
+    set of the most likely tokens whose mass reaches ``top_p``) and normalised again. fp32: a bf16
+    softmax over 32k logits loses the tail mass top-p is about. Not for greedy decoding."""
+    assert not sampling.greedy, "greedy decoding takes the argmax"
+    probs_V = torch.softmax(logits_V.float() / sampling.temperature, dim=-1)
+    if sampling.top_p < 1.0:
+        sorted_V, order_V = probs_V.sort(dim=-1, descending=True)
+        mass_before_V = sorted_V.cumsum(dim=-1) - sorted_V
+        sorted_V = sorted_V.masked_fill(mass_before_V >= sampling.top_p, 0.0)
+        probs_V = torch.zeros_like(probs_V).scatter(-1, order_V, sorted_V)
+        probs_V = probs_V / probs_V.sum(dim=-1, keepdim=True)
+    return probs_V
+
+
 def sample_next(
     logits_BV: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Next tokens ``[B]``: argmax when greedy, else a draw from the top-p nucleus."""
     if sampling.greedy:
         return logits_BV.argmax(dim=-1)
-    # fp32: a bf16 softmax over 32k logits loses the tail mass top-p is about
-    probs_BV = torch.softmax(logits_BV.float() / sampling.temperature, dim=-1)
-    if sampling.top_p < 1.0:
-        sorted_BV, order_BV = probs_BV.sort(dim=-1, descending=True)
-        mass_before_BV = sorted_BV.cumsum(dim=-1) - sorted_BV
-        sorted_BV = sorted_BV.masked_fill(mass_before_BV >= sampling.top_p, 0.0)
-        probs_BV = torch.zeros_like(probs_BV).scatter(-1, order_BV, sorted_BV)
-    choice_B1 = torch.multinomial(probs_BV, 1, generator=generator)
-    return choice_B1.squeeze(-1)
+    probs_BV = next_token_probs(logits_BV, sampling)
+    return torch.multinomial(probs_BV, 1, generator=generator).squeeze(-1)
 
 
 @dataclass
@@ -213,4 +222,12 @@ def _generate_batch(
         logits_BV = decoder.step(next_B[:, None], heads=[1])[:, -1, 0]
 
 
-__all__ = ["Completion", "Sampling", "StopRule", "generate", "next_token_view", "sample_next"]
+__all__ = [
+    "Completion",
+    "Sampling",
+    "StopRule",
+    "generate",
+    "next_token_probs",
+    "next_token_view",
+    "sample_next",
+]

@@ -1,4 +1,4 @@
-"""Decode throughput: plain greedy against self-speculative decoding, and time to first token.
+"""Decode throughput: plain against self-speculative decoding, and time to first token.
 
 Batch size 1 (one request's latency, the MTP paper's setting), on the same prompts, through the
 functions ``wmtp eval`` uses (``generate`` and ``speculative_generate`` over the model's KV
@@ -13,7 +13,9 @@ Random weights make the draft heads guess at random: their acceptance rate is ab
 speculative figure is the *overhead* of drafting. ``--agreeing-heads`` rigs the weights (every
 block an identity, unembedding = embedding) so that every draft is accepted: the same FLOPs per
 forward, the upper bound of the speed-up with n heads. A trained MTP model lies in between; the
-MTP paper reports 3.05x on code with 4 heads (7B).
+MTP paper reports 3.05x on code with 4 heads (7B). ``--temperature T`` (and ``--top-p``) samples
+instead of decoding greedily, speculatively by speculative sampling, and reports each draft
+head's acceptance.
 """
 
 from __future__ import annotations
@@ -26,13 +28,19 @@ from pathlib import Path
 
 import torch
 
-from wmtp.eval.generate import StopRule, generate
-from wmtp.eval.speculative import SpeculativeStats, speculative_generate
+from wmtp.eval.generate import Sampling, StopRule, generate
+from wmtp.eval.speculative import GREEDY, SpeculativeStats, speculative_generate
 
 
-def _sync(device: torch.device) -> None:
+def _timed(device: torch.device, call):
+    """``(call(), seconds)``, the device waited for before and after."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    out = call()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return out, time.perf_counter() - start
 
 
 def never_stop() -> StopRule:
@@ -40,47 +48,67 @@ def never_stop() -> StopRule:
     return StopRule(lambda ids: "", stop=(), eos_id=None)
 
 
-def time_plain(model, prompt: list[int], new_tokens: int, cuda_graphs: bool | None = None) -> dict:
-    """Greedy decoding of one prompt: seconds to the first token, tokens/s over the rest."""
+def time_plain(
+    model,
+    prompt: list[int],
+    new_tokens: int,
+    cuda_graphs: bool | None = None,
+    sampling: Sampling = GREEDY,
+    generator: torch.Generator | None = None,
+) -> dict:
+    """Plain decoding of one prompt: seconds to the first token, tokens/s over the rest."""
     device = next(model.parameters()).device
-    _sync(device)
-    start = time.perf_counter()
-    generate(model, [prompt], never_stop(), max_new_tokens=1, cuda_graphs=cuda_graphs)
-    _sync(device)
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    (out,) = generate(
-        model, [prompt], never_stop(), max_new_tokens=new_tokens, cuda_graphs=cuda_graphs
-    )
-    _sync(device)
-    seconds = time.perf_counter() - start
+    drawn = {"sampling": sampling, "generator": generator, "cuda_graphs": cuda_graphs}
+
+    def decode(tokens: int):
+        return generate(model, [prompt], never_stop(), max_new_tokens=tokens, **drawn)[0]
+
+    _, first = _timed(device, lambda: decode(1))
+    out, seconds = _timed(device, lambda: decode(new_tokens))
     return {"ttft_s": first, "seconds": seconds, "tokens": out.tokens}
 
 
 def time_speculative(
-    model, prompt: list[int], new_tokens: int, cuda_graphs: bool | None = None
+    model,
+    prompt: list[int],
+    new_tokens: int,
+    cuda_graphs: bool | None = None,
+    sampling: Sampling = GREEDY,
+    generator: torch.Generator | None = None,
 ) -> tuple[dict, SpeculativeStats]:
-    device = next(model.parameters()).device
-    _sync(device)
-    start = time.perf_counter()
-    out, stats = speculative_generate(
-        model, prompt, never_stop(), max_new_tokens=new_tokens, cuda_graphs=cuda_graphs
+    drawn = {"sampling": sampling, "generator": generator, "cuda_graphs": cuda_graphs}
+    (out, stats), seconds = _timed(
+        next(model.parameters()).device,
+        lambda: speculative_generate(
+            model, prompt, never_stop(), max_new_tokens=new_tokens, **drawn
+        ),
     )
-    _sync(device)
-    return {"seconds": time.perf_counter() - start, "tokens": out.tokens}, stats
+    return {"seconds": seconds, "tokens": out.tokens}, stats
 
 
 def benchmark(
-    model, prompts: list[list[int]], new_tokens: int, cuda_graphs: bool | None = None
+    model,
+    prompts: list[list[int]],
+    new_tokens: int,
+    cuda_graphs: bool | None = None,
+    sampling: Sampling = GREEDY,
+    seed: int = 0,
 ) -> dict:
     """Plain and speculative figures over ``prompts`` (after one warm-up of each); decoding
-    steps replayed from CUDA graphs on a GPU unless ``cuda_graphs=False``."""
-    time_plain(model, prompts[0], min(8, new_tokens), cuda_graphs)
-    time_speculative(model, prompts[0], min(8, new_tokens), cuda_graphs)
+    steps replayed from CUDA graphs on a GPU unless ``cuda_graphs=False``. Sampled
+    (``sampling`` above temperature 0), both draw with generators seeded by ``seed``."""
+    device = next(model.parameters()).device
+
+    def generator() -> torch.Generator | None:
+        return None if sampling.greedy else torch.Generator(device=device).manual_seed(seed)
+
+    plain_gen, spec_gen = generator(), generator()
+    time_plain(model, prompts[0], min(8, new_tokens), cuda_graphs, sampling, plain_gen)
+    time_speculative(model, prompts[0], min(8, new_tokens), cuda_graphs, sampling, spec_gen)
     plain_runs, spec_runs, totals, identical = [], [], SpeculativeStats(), 0
     for prompt in prompts:
-        plain = time_plain(model, prompt, new_tokens, cuda_graphs)
-        spec, stats = time_speculative(model, prompt, new_tokens, cuda_graphs)
+        plain = time_plain(model, prompt, new_tokens, cuda_graphs, sampling, plain_gen)
+        spec, stats = time_speculative(model, prompt, new_tokens, cuda_graphs, sampling, spec_gen)
         identical += plain["tokens"] == spec["tokens"]
         plain_runs.append(plain)
         spec_runs.append({**spec, "ttft_s": stats.first_token_s})
@@ -88,6 +116,7 @@ def benchmark(
     plain_tps = sum(len(r["tokens"]) for r in plain_runs) / sum(r["seconds"] for r in plain_runs)
     spec_tps = sum(len(r["tokens"]) for r in spec_runs) / sum(r["seconds"] for r in spec_runs)
     return {
+        "sampling": {"temperature": sampling.temperature, "top_p": sampling.top_p},
         "plain": {
             "tokens_per_s": round(plain_tps, 2),
             "ttft_s": round(statistics.median(r["ttft_s"] for r in plain_runs), 5),
@@ -96,10 +125,14 @@ def benchmark(
             "tokens_per_s": round(spec_tps, 2),
             "ttft_s": round(statistics.median(r["ttft_s"] for r in spec_runs), 5),
             "acceptance_rate": round(totals.acceptance_rate, 4),
+            "acceptance_by_head": {
+                str(k): round(v, 4) for k, v in totals.acceptance_by_head().items()
+            },
             "tokens_per_forward": round(totals.tokens_per_forward, 3),
             "speedup": round(spec_tps / plain_tps, 3),
         },
-        "identical_outputs": f"{identical}/{len(prompts)}",
+        # sampled, the two draw differently (the same distribution): nothing to compare
+        "identical_outputs": f"{identical}/{len(prompts)}" if sampling.greedy else None,
     }
 
 
@@ -179,13 +212,14 @@ def run(args: argparse.Namespace) -> dict:
     }
     graphs = device == "cuda" and not args.eager
     result["steps"] = "cuda_graphs" if graphs else "eager"
+    sampling = Sampling(temperature=args.temperature, top_p=args.top_p)
     with torch.inference_mode():
-        result["as_loaded"] = benchmark(model, prompts, args.new_tokens, graphs)
+        result["as_loaded"] = benchmark(model, prompts, args.new_tokens, graphs, sampling)
         if graphs and args.also_eager:
-            result["as_loaded_eager"] = benchmark(model, prompts, args.new_tokens, False)
+            result["as_loaded_eager"] = benchmark(model, prompts, args.new_tokens, False, sampling)
         if args.agreeing_heads:
             rig_agreeing_heads(model)
-            result["agreeing_heads"] = benchmark(model, prompts, args.new_tokens, graphs)
+            result["agreeing_heads"] = benchmark(model, prompts, args.new_tokens, graphs, sampling)
     return result
 
 
@@ -204,6 +238,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompt-len", type=int, default=256, help="random prompt length")
     parser.add_argument("--new-tokens", type=int, default=256, help="tokens decoded per prompt")
     parser.add_argument("--agreeing-heads", action="store_true", help="also the rigged upper bound")
+    parser.add_argument(
+        "--temperature", type=float, default=0.0, help="0: greedy; above: sampled (speculatively)"
+    )
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus of sampled decoding")
     parser.add_argument("--eager", action="store_true", help="no CUDA graphs: launch every kernel")
     parser.add_argument(
         "--also-eager",

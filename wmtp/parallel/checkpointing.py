@@ -39,3 +39,19 @@ def apply_compile(blocks: Sequence[nn.Module]) -> None:
     """``torch.compile`` each block in place (names unchanged)."""
     for block in blocks:
         block.compile()
+
+
+def compile_failure(exc: BaseException) -> str | None:
+    """What went wrong when ``exc`` (or an exception it was raised from) is torch.compile's own
+    failure (Dynamo's or Inductor's): its first line; ``None`` for any other exception. Blocks
+    compile at their first call, so a failure surfaces from the first training step."""
+    from torch._dynamo.exc import TorchDynamoException
+    from torch._inductor.exc import InductorError
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (TorchDynamoException, InductorError)):
+            lines = str(seen).strip().splitlines()
+            return f"{type(seen).__name__}: {lines[0] if lines else ''}".strip()
+        seen = seen.__cause__ or seen.__context__
+    return None

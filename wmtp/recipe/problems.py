@@ -127,6 +127,8 @@ def _problems(err: dict, tree: Tree) -> list[Problem]:
         # an item of a tuple is missing: the array is too short
         return [_wrong_value(err, locate(err["loc"][:-1], tree.data), tree)]
     explain = _EXPLAINERS.get(err["type"], _wrong_value)
+    if err["type"] == "literal_error" and is_union(spot.annotation):
+        explain = _wrong_value  # `true | "auto"`: one message for every member's error
     return [explain(err, spot, tree)]
 
 

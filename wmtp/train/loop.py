@@ -126,7 +126,7 @@ class Trainer:
             self.ctx,
             sharding=p.sharding,
             activation_checkpointing=p.activation_checkpointing,
-            compile=p.compile,
+            compile=p.compiles(self.ctx.device.type),
             dtype=self.model_spec.dtype,
             reduce_dtype=p.reduce_dtype,
         )

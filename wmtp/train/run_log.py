@@ -63,6 +63,10 @@ class RunLog:
         message = (
             exc.render() if isinstance(exc, WmtpError) else "".join(traceback.format_exception(exc))
         )
+        cause = exc.__cause__
+        if isinstance(exc, WmtpError) and cause is not None and not isinstance(cause, WmtpError):
+            # a library's own failure behind the message (torch.compile's): the log keeps its trace
+            message += "\ncaused by:\n" + "".join(traceback.format_exception(cause))
         self.handler.handle(_record(logging.ERROR, message))
         if not (run_dir / "checkpoints").is_dir():
             log.warning(

@@ -216,8 +216,31 @@ def _train(recipe, text, run_dir, ctx, signals, checkpoint, dry_run, stop_at_ste
         return RunResult(run_dir, 0, {}, dry_run=True)
     if checkpoint is not None:
         trainer.resume(checkpoint)
-    out = trainer.run(signals)
+    try:
+        out = trainer.run(signals)
+    except Exception as exc:
+        raise _compile_error(exc, trainer) from exc
     return RunResult(run_dir, trainer.step, out)
+
+
+def _compile_error(exc: Exception, trainer) -> Exception:
+    """A failure of torch.compile as one message naming ``parallel.compile`` (the full trace goes
+    to the run's ``run.log``); any other exception as it is."""
+    from wmtp.parallel.checkpointing import compile_failure
+
+    failure = compile_failure(exc)
+    if failure is None:
+        return exc
+    kept = (
+        f"; its checkpoints up to step {trainer.saved_step} are kept" if trainer.saved_step else ""
+    )
+    setting = trainer.recipe.parallel.compile
+    setting = '"auto"' if setting == "auto" else str(setting).lower()
+    return RunError(
+        f"torch.compile of the transformer blocks failed at step {trainer.step + 1} "
+        f"(parallel.compile = {setting}): {failure}. "
+        f"The run stopped{kept}; train without compiling: --set parallel.compile=false"
+    )
 
 
 def _new_run_dir(ctx, recipe: Any, text: str) -> Path:

@@ -31,7 +31,10 @@ class EvaluationSpec(Section):
     workers: Annotated[int, PERFORMANCE, Field(gt=0)] = 4
     """Programs executed in parallel."""
     speculative: Annotated[bool, PERFORMANCE] = False
-    """Self-speculative decoding with the extra MTP heads (same samples at temperature 0)."""
+    """Self-speculative decoding with the extra MTP heads: at temperature 0 the same completions
+    as plain greedy decoding; above it, speculative sampling, which keeps head 1's distribution
+    exactly (other draws than plain sampling's), one sample at a time. Acceptance per head is
+    reported."""
     max_problems: Annotated[int, Field(gt=0)] | None = None
     """Score only N of the unseen problems (and N of the seen ones with ``include_seen``), drawn
     with a fixed seed so every model gets the same ones; unset = all."""

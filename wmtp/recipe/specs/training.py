@@ -24,8 +24,17 @@ class ParallelSpec(Section):
     activation_checkpointing: bool | Annotated[int, Field(ge=1)] = False
     """Recompute activations in the backward pass: ``true`` for every block, an integer k for
     every k-th block, ``false`` for none."""
-    compile: bool = False
-    """``torch.compile`` each transformer block."""
+    compile: bool | Literal["auto"] = False
+    """``torch.compile`` each transformer block: ``true``, ``false``, or ``auto`` (on CUDA, eager
+    on the CPU, where compiling costs more than it saves). The first steps include the
+    compilation, and each new batch shape compiles again. 1.4x the tokens/s of the production
+    LoRA step on an H200 (``bench/results/h200.md``); the production recipes leave it off, as
+    the verifiable recipe failed in Inductor on CUDA with padded rows of varying length."""
+
+    def compiles(self, device_type: str) -> bool:
+        """Whether blocks are compiled on a ``device_type`` (``cuda``, ``cpu``) device."""
+        return device_type == "cuda" if self.compile == "auto" else self.compile
+
     reduce_dtype: Annotated[Literal["float32", "bfloat16"], NUMERICS] = "float32"
     """Dtype of the gradient reduce-scatter / all-reduce across ranks."""
 
