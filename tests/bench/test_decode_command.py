@@ -34,3 +34,34 @@ def test_bench_decode_sampled_reports_acceptance_per_head(tmp_path):
 def test_bench_decode_needs_one_model_source():
     result = CliRunner().invoke(app, ["bench", "decode"])
     assert result.exit_code == 2 and "exactly one of --flavour and --checkpoint" in result.output
+
+
+def test_bench_decode_against_hugging_face_generate_and_the_bandwidth_limit(tmp_path):
+    """--peers: wmtp's generate and transformers' at batch 1 and at a sampled batch, same shape;
+    the bytes a plain step reads are those of the peer's weights without its embedding."""
+    from wmtp.bench.decode_peers import hf_peer
+    from wmtp.eval.speed import model_from_flavour
+
+    out = tmp_path / "decode.json"
+    args = ["bench", "decode", "--flavour", "tiny", "--n-future-tokens", "2", "--prompts", "1"]
+    more = ["--new-tokens", "5", "--peers", "--batch", "3", "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, *more])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(out.read_text())
+    peers = figures["peers"]
+    assert peers["batch"] == 3 and peers["sampling"] == {"temperature": 0.2, "top_p": 0.95}
+    wmtp, hf = peers["sides"]["wmtp"], peers["sides"]["hf_dynamic_cache"]
+    for side in (wmtp, hf):
+        assert side["batch1_tokens_per_s"] > 0 and side["batch3_tokens_per_s"] > 0
+    assert wmtp["batch3_ratio_vs_hf_dynamic_cache"] == round(
+        wmtp["batch3_tokens_per_s"] / hf["batch3_tokens_per_s"], 3
+    )
+    assert "CUDA only" in peers["sides"]["hf_static_cache_compiled"]["not_measured"]
+    bandwidth = figures["bandwidth"]
+    assert bandwidth["plain_fraction_of_limit"] is None  # the CPU's bandwidth is not measured
+    model = model_from_flavour("tiny", n_future_tokens=2, dtype="bfloat16", device="cpu")
+    peer = hf_peer(model)
+    embedding = peer.get_input_embeddings().weight
+    peer_bytes = sum(p.numel() * p.element_size() for p in peer.parameters())
+    expected = peer_bytes - embedding.numel() * embedding.element_size()
+    assert bandwidth["weight_bytes_per_step"] == expected

@@ -325,6 +325,14 @@ def decode(
         typer.Option(min=0.0, help="0: greedy; above: sampled, and speculative sampling."),
     ] = 0.0,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus when sampled.")] = 1.0,
+    peers: Annotated[
+        bool,
+        typer.Option(
+            help="Also Hugging Face generate of the same shape (dynamic cache; static cache + "
+            "compile on CUDA) against wmtp's generate, at batch 1 and at --batch sampled rows."
+        ),
+    ] = False,
+    batch: Annotated[int, typer.Option(min=1, help="Rows of the batched comparison.")] = 20,
     out: Annotated[Path, typer.Option("--out", help="JSON file for the figures.")] = Path(
         "bench/results/decode.json"
     ),
@@ -342,7 +350,8 @@ def decode(
     if agreeing_heads:
         argv.append("--agreeing-heads")
     argv += ["--eager"] * eager + ["--also-eager"] * also_eager
-    argv += ["--temperature", str(temperature), "--top-p", str(top_p)]
+    argv += ["--temperature", str(temperature), "--top-p", str(top_p), "--batch", str(batch)]
+    argv += ["--peers"] * peers
     speed.main(argv)
 
 

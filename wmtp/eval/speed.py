@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from wmtp.bench import decode_peers
 from wmtp.eval.generate import Sampling, StopRule, generate
 from wmtp.eval.speculative import GREEDY, SpeculativeStats, speculative_generate
 
@@ -215,6 +216,15 @@ def run(args: argparse.Namespace) -> dict:
     sampling = Sampling(temperature=args.temperature, top_p=args.top_p)
     with torch.inference_mode():
         result["as_loaded"] = benchmark(model, prompts, args.new_tokens, graphs, sampling)
+        plain_tps = result["as_loaded"]["plain"]["tokens_per_s"]
+        result["bandwidth"] = decode_peers.bandwidth_figures(model, plain_tps)
+        if args.peers:
+            batch_sampling = (
+                sampling if not sampling.greedy else Sampling(temperature=0.2, top_p=0.95)
+            )
+            result["peers"] = decode_peers.peer_figures(
+                model, prompts[0], args.new_tokens, args.batch, batch_sampling
+            )
         if graphs and args.also_eager:
             result["as_loaded_eager"] = benchmark(model, prompts, args.new_tokens, False, sampling)
         if args.agreeing_heads:
@@ -242,6 +252,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--temperature", type=float, default=0.0, help="0: greedy; above: sampled (speculatively)"
     )
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus of sampled decoding")
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="also Hugging Face generate (dynamic cache; static cache + compile on CUDA) and "
+        "wmtp's generate at batch 1 and at --batch rows (sampled at --temperature, or at the "
+        "recipes' evaluation 0.2 / top-p 0.95 when it is 0)",
+    )
+    parser.add_argument("--batch", type=int, default=20, help="rows of the batched comparison")
     parser.add_argument("--eager", action="store_true", help="no CUDA graphs: launch every kernel")
     parser.add_argument(
         "--also-eager",

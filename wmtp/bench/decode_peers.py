@@ -1,0 +1,188 @@
+"""Decoding against its limit and its peer: the weight-bandwidth bound, and Hugging Face generate.
+
+Plain decoding reads every weight of the next-token path once per step (the trunk, head 1's
+layer, the final norm and the unembedding; one embedding row, left out), so
+``bandwidth / weight bytes`` bounds its tokens/s at batch 1. The bandwidth is measured on the
+device (a large device-to-device copy, bytes read plus written: what the memory really gives),
+and the datasheet figure is stated beside it.
+
+The peer is ``transformers``' ``LlamaForCausalLM`` of exactly the shape plain decoding runs
+(:func:`wmtp.eval.generate.next_token_view`: one head), random weights in the model's dtype,
+decoding with ``generate`` exactly ``new_tokens`` tokens (no end-of-sequence), at batch 1 and at
+batch ``batch`` (sampled as the recipes evaluate: ``n_samples`` rows of one prompt): its dynamic
+cache, and on CUDA its static cache with the forward compiled (``mode="reduce-overhead"``: CUDA
+graphs), as the transformers documentation sets it up for fast generation. wmtp's side is
+``wmtp.eval.generate.generate``, as ``wmtp eval`` calls it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+import torch
+
+from wmtp.eval.generate import Sampling, StopRule, generate, next_token_view
+
+HBM_TB_PER_S = {
+    "H200": 4.8,
+    "H100 SXM": 3.35,
+    "H100 80GB HBM3": 3.35,
+    "H100 PCIe": 2.0,
+    "A100": 2.0,
+}
+"""Datasheet memory bandwidth, TB/s (stated beside the measured figure, never used for it)."""
+
+
+def weight_bytes_per_step(model: torch.nn.Module) -> int:
+    """Bytes of weights one plain decoding step reads: head 1's path without the embedding."""
+    view = next_token_view(model)
+    embedding = {id(p) for p in view.tok_embeddings.parameters()}
+    return sum(p.numel() * p.element_size() for p in view.parameters() if id(p) not in embedding)
+
+
+def copy_bandwidth(device: torch.device, gib: float = 1.0, repeats: int = 10) -> float | None:
+    """Measured device memory bandwidth in bytes/s (median of ``repeats`` copies of ``gib`` GiB,
+    read plus written); ``None`` off CUDA."""
+    if device.type != "cuda":
+        return None
+    source = torch.empty(int(gib * 2**30), dtype=torch.uint8, device=device)
+    target = torch.empty_like(source)
+    target.copy_(source)  # warm-up
+    seconds = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        target.copy_(source)
+        end.record()
+        end.synchronize()
+        seconds.append(start.elapsed_time(end) / 1e3)
+    del source, target
+    return 2 * gib * 2**30 / sorted(seconds)[len(seconds) // 2]
+
+
+def bandwidth_figures(model: torch.nn.Module, plain_tokens_per_s: float) -> dict:
+    """The weight-bandwidth limit of batch-1 plain decoding and the fraction of it reached."""
+    device = next(model.parameters()).device
+    weight_bytes = weight_bytes_per_step(model)
+    measured = copy_bandwidth(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    datasheet = next((tb for key, tb in HBM_TB_PER_S.items() if key.split()[0] in name), None)
+    limit = measured / weight_bytes if measured else None
+    return {
+        "weight_bytes_per_step": weight_bytes,
+        "bandwidth": "measured: a 1 GiB device-to-device copy, bytes read + written",
+        "measured_tb_per_s": round(measured / 1e12, 3) if measured else None,
+        "datasheet_tb_per_s": datasheet,
+        "plain_tokens_per_s_limit": round(limit, 1) if limit else None,
+        "plain_fraction_of_limit": round(plain_tokens_per_s / limit, 4) if limit else None,
+    }
+
+
+def hf_peer(model: torch.nn.Module) -> torch.nn.Module:
+    """A random ``LlamaForCausalLM`` of plain decoding's shape, in the model's dtype and device."""
+    from wmtp.bench.hf_peer import hf_llama
+
+    view = next_token_view(model)
+    args = dataclasses.replace(view.args, n_future_tokens=1)
+    first = next(model.parameters())
+    peer = hf_llama(args, "sdpa", dtype=first.dtype, device=first.device)
+    peer.config.use_cache = True
+    return peer.eval()
+
+
+def _timed(device: torch.device, call: Callable[[], object]) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    call()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def _hf_generate(peer, prompt_BS: torch.Tensor, new_tokens: int, sampling: Sampling, **extra):
+    options = {"do_sample": False}
+    if not sampling.greedy:
+        options = {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p}
+    return peer.generate(
+        prompt_BS,
+        attention_mask=torch.ones_like(prompt_BS),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        eos_token_id=None,
+        pad_token_id=0,
+        top_k=None,
+        **options,
+        **extra,
+    )
+
+
+def peer_figures(
+    model: torch.nn.Module,
+    prompt: list[int],
+    new_tokens: int,
+    batch: int,
+    sampling: Sampling,
+) -> dict:
+    """tokens/s of wmtp's ``generate`` and of each Hugging Face peer at batch 1 (greedy) and at
+    ``batch`` rows of ``prompt`` (``sampling``), each after one warm-up call."""
+    device = next(model.parameters()).device
+    never = StopRule(lambda ids: "", stop=(), eos_id=None)
+
+    def wmtp_side(rows: int, drawn: Sampling) -> Callable[[], object]:
+        generator = None if drawn.greedy else torch.Generator(device=device).manual_seed(0)
+        return lambda: generate(
+            model, [prompt] * rows, never, max_new_tokens=new_tokens, sampling=drawn,
+            generator=generator, batch_size=rows,
+        )  # fmt: skip
+
+    sides: dict[str, Callable[[int, Sampling], Callable[[], object]] | str] = {"wmtp": wmtp_side}
+    for name, setting in _hf_settings(hf_peer(model), device).items():
+        if isinstance(setting, str):
+            sides[name] = setting
+            continue
+
+        def hf_side(rows: int, drawn: Sampling, setting=setting) -> Callable[[], object]:
+            peer, extra = setting
+            prompt_BS = torch.tensor([prompt] * rows, device=device)
+            return lambda: _hf_generate(peer, prompt_BS, new_tokens, drawn, **extra)
+
+        sides[name] = hf_side
+    greedy = Sampling()
+    out: dict[str, dict] = {}
+    for name, side in sides.items():
+        if isinstance(side, str):
+            out[name] = {"not_measured": side}
+            continue
+        figures = {}
+        for label, rows, drawn in (("batch1", 1, greedy), (f"batch{batch}", batch, sampling)):
+            call = side(rows, drawn)
+            call()  # warm-up: cache allocation, compilation, CUDA graph capture
+            figures[f"{label}_tokens_per_s"] = round(rows * new_tokens / _timed(device, call), 2)
+        out[name] = figures
+    for name, figures in out.items():
+        if name != "wmtp" and "batch1_tokens_per_s" in figures:
+            for label in ("batch1", f"batch{batch}"):
+                key = f"{label}_tokens_per_s"
+                out["wmtp"][f"{label}_ratio_vs_{name}"] = round(out["wmtp"][key] / figures[key], 3)
+    return {"batch": batch, "sampling": dataclasses.asdict(sampling), "sides": out}
+
+
+def _hf_settings(peer, device: torch.device) -> dict[str, tuple | str]:
+    """Each Hugging Face setting: ``(model, extra generate arguments)``, or why it is not
+    measured. The compiled one is a shallow copy (the same weights) with its forward compiled."""
+    import copy
+
+    settings: dict[str, tuple | str] = {"hf_dynamic_cache": (peer, {})}
+    if device.type != "cuda":
+        settings["hf_static_cache_compiled"] = "a compiled static cache is measured on CUDA only"
+        return settings
+    compiled = copy.copy(peer)
+    compiled.forward = torch.compile(peer.forward, mode="reduce-overhead", fullgraph=True)
+    settings["hf_static_cache_compiled"] = (compiled, {"cache_implementation": "static"})
+    return settings
+
+
+__all__ = ["bandwidth_figures", "copy_bandwidth", "peer_figures", "weight_bytes_per_step"]
