@@ -65,3 +65,31 @@ def test_bench_decode_against_hugging_face_generate_and_the_bandwidth_limit(tmp_
     peer_bytes = sum(p.numel() * p.element_size() for p in peer.parameters())
     expected = peer_bytes - embedding.numel() * embedding.element_size()
     assert bandwidth["weight_bytes_per_step"] == expected
+
+
+def test_the_decode_summariser_reads_every_figure_it_finds(tmp_path):
+    """bench/summarise_decode.py over one real `wmtp bench decode --peers` file: the figures it
+    holds, ratios taken from it, and "not measured" for the files that are missing."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    args = ["bench", "decode", "--flavour", "tiny", "--n-future-tokens", "2", "--prompts", "1"]
+    more = ["--new-tokens", "3", "--agreeing-heads", "--peers", "--batch", "20"]
+    out = ["--out", str(tmp_path / "decode_1b.json")]
+    assert CliRunner().invoke(app, [*args, *more, *out]).exit_code == 0
+    script = Path(__file__).resolve().parents[2] / "bench" / "summarise_decode.py"
+    subprocess.run([sys.executable, script, "--results", str(tmp_path)], check=True)
+    summary = json.loads((tmp_path / "h200_decode.json").read_text())
+    figures = json.loads((tmp_path / "decode_1b.json").read_text())
+    assert summary["plain_tokens_per_s"] == figures["as_loaded"]["plain"]["tokens_per_s"]
+    sides = figures["peers"]["sides"]
+    expected = (
+        sides["wmtp"]["batch20_tokens_per_s"] / sides["hf_dynamic_cache"]["batch20_tokens_per_s"]
+    )
+    assert summary["batch_best_hf"] == "hf_dynamic_cache"
+    assert summary["batch20_ratio_vs_hf"] == expected
+    assert summary["speculative_speedup_agreeing"] > 0
+    assert summary["speculative_speedup_trained"] is None  # no trained model's file
+    md = (tmp_path / "h200_decode.md").read_text()
+    assert "HumanEval 164 x 20 x 512: generation (s) | not measured" in md

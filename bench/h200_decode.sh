@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# One H200: issue 21's decoding figures in one command (carry .whl and, for `humaneval`,
+# storage/datasets/humaneval; see README "Benchmarks (GPU)"):
+#   bash bench/h200_decode.sh [STAGE...]      (no stage: every stage below, in this order)
+# Stages (none runs past END_S seconds of the call):
+#   decode_1b       llama-1b-bench, 4 heads, random weights, batch 1: plain vs self-speculative
+#                   greedy, rigged agreeing heads, the weight-bandwidth limit, and HF generate
+#                   (dynamic cache; static cache + compile) at batch 1 and 20 ($OUT/decode_1b.json)
+#   decode_1b_sampled  the same sampled at 0.2 / top-p 0.95: speculative sampling's acceptance
+#   decode_7b       llama2-7b-mtp: the bandwidth fraction at 7B ($OUT/decode_7b.json)
+#   decode_model    a 4-head 1.1B model trained here (recipes/gpu_2x.toml, packed, compiled,
+#                   300 steps), as bench/h100.sh does
+#   decode_trained  that model: plain vs speculative, greedy and sampled
+#   humaneval       `wmtp eval` of that model: 164 problems x 20 samples x 512 tokens, wall times
+# Then always: bench/summarise_decode.py -> $OUT/h200_decode.json, h200_decode.md.
+set -u
+source bench/device_setup.sh || exit 1
+OUT=${OUT:?set OUT to the folder for the results}
+WORK=${WORK:-/tmp/wmtp_decode}
+mkdir -p "$WORK"
+export STEPS_FILE=$OUT/steps.jsonl LOG_DIR=$WORK/logs
+source bench/steps.sh
+export WMTP_SANDBOX=rlimits  # no bubblewrap on the GPU machine (the eval says what that means)
+
+DECODE=(python3 -m wmtp.cli bench decode)
+ONE_B=(--flavour llama-1b-bench --n-future-tokens 4 --prompts 3 --new-tokens 256)
+SAMPLED=(--temperature 0.2 --top-p 0.95)
+stage_decode_1b() {
+  step decode_1b 240 "${DECODE[@]}" "${ONE_B[@]}" --agreeing-heads --peers --out "$OUT/decode_1b.json"
+}
+stage_decode_1b_sampled() {
+  step decode_1b_sampled 120 "${DECODE[@]}" "${ONE_B[@]}" --agreeing-heads "${SAMPLED[@]}" \
+    --out "$OUT/decode_1b_sampled.json"
+}
+stage_decode_7b() {
+  step decode_7b 150 "${DECODE[@]}" --flavour llama2-7b-mtp --prompts 2 --new-tokens 128 \
+    --out "$OUT/decode_7b.json"
+}
+stage_decode_model() {
+  local started=$SECONDS
+  step decode_model 300 python3 -m wmtp.cli run recipes/gpu_2x.toml --set data.packing=true \
+    --set parallel.compile=true --set training.max_steps=300 --set "$(runs decode_model)"
+  echo "{\"train_s\": $((SECONDS - started))}" > "$OUT/decode_model.json"
+}
+stage_decode_trained() {
+  step decode_trained 150 "${DECODE[@]}" --checkpoint "$(latest decode_model)" --prompts 5 \
+    --new-tokens 256 --out "$OUT/decode_trained.json"
+  step decode_trained_sampled 150 "${DECODE[@]}" --checkpoint "$(latest decode_model)" \
+    --prompts 5 --new-tokens 256 "${SAMPLED[@]}" --out "$OUT/decode_trained_sampled.json"
+}
+stage_humaneval() {
+  need_humaneval
+  step humaneval 400 python3 -m wmtp.cli eval "$(latest decode_model)" --no-progress \
+    --set evaluation.n_samples=20 --set "evaluation.k=[1,10]" --set evaluation.max_new_tokens=512 \
+    --set evaluation.temperature=0.2 --set evaluation.top_p=0.95 --include-seen \
+    --out "$OUT/humaneval_n20"
+}
+
+[ $# -eq 0 ] && set -- decode_1b decode_1b_sampled decode_7b decode_model decode_trained humaneval
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$LOG_DIR/gpus.txt" 2>&1
+for stage in "$@"; do
+  echo "### stage $stage (${SECONDS}s)"
+  "stage_$stage"
+done
+python3 bench/summarise_decode.py --results "$OUT" --script "bash bench/h200_decode.sh $*" \
+  2>&1 | tee "$LOG_DIR/summary.log"
+mkdir -p "$OUT/logs"
+cp "$LOG_DIR"/* "$OUT/logs/" 2>/dev/null
+tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs && rm -rf "$OUT/logs"
+ls -la "$OUT"
