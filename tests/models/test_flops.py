@@ -38,3 +38,21 @@ def test_a_value_model_has_no_unembedding():
     n = matmul_params(critic) - matmul_params(critic.head)
     got = training_flops_per_token(critic.args, SEQ, backward=False, unembedding=False)
     assert got == pytest.approx(2 * n + attention(critic.args))
+
+
+@pytest.mark.parametrize(
+    ("device_name", "tflops", "tb_per_s"),
+    [
+        ("NVIDIA H200", 989.0, 4.8),
+        ("NVIDIA H100 80GB HBM3", 989.0, 3.35),
+        ("NVIDIA H100 PCIe", 756.0, 2.0),
+        ("NVIDIA A100-SXM4-80GB", 312.0, 2.0),
+        ("Some Future GPU", None, None),
+    ],
+)
+def test_datasheet_figures_are_found_by_the_device_name(device_name, tflops, tb_per_s):
+    from wmtp.models.args import HBM_TB_PER_S, bf16_peak_tflops, datasheet
+
+    peak, bandwidth = bf16_peak_tflops(device_name), datasheet(HBM_TB_PER_S, device_name)
+    assert (peak[0] if peak else None) == tflops
+    assert (bandwidth[0] if bandwidth else None) == tb_per_s

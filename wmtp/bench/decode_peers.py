@@ -18,21 +18,13 @@ graphs), as the transformers documentation sets it up for fast generation. wmtp'
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
 
 import torch
 
+from wmtp.bench.timing import wall_seconds
 from wmtp.eval.generate import Sampling, StopRule, generate, next_token_view
-
-HBM_TB_PER_S = {
-    "H200": 4.8,
-    "H100 SXM": 3.35,
-    "H100 80GB HBM3": 3.35,
-    "H100 PCIe": 2.0,
-    "A100": 2.0,
-}
-"""Datasheet memory bandwidth, TB/s (stated beside the measured figure, never used for it)."""
+from wmtp.models.args import HBM_TB_PER_S, datasheet
 
 
 def weight_bytes_per_step(model: torch.nn.Module) -> int:
@@ -68,13 +60,13 @@ def bandwidth_figures(model: torch.nn.Module, plain_tokens_per_s: float) -> dict
     weight_bytes = weight_bytes_per_step(model)
     measured = copy_bandwidth(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
-    datasheet = next((tb for key, tb in HBM_TB_PER_S.items() if key.split()[0] in name), None)
+    sheet = datasheet(HBM_TB_PER_S, name) if name else None
     limit = measured / weight_bytes if measured else None
     return {
         "weight_bytes_per_step": weight_bytes,
         "bandwidth": "measured: a 1 GiB device-to-device copy, bytes read + written",
         "measured_tb_per_s": round(measured / 1e12, 3) if measured else None,
-        "datasheet_tb_per_s": datasheet,
+        "datasheet_tb_per_s": sheet[0] if sheet else None,
         "plain_tokens_per_s_limit": round(limit, 1) if limit else None,
         "plain_fraction_of_limit": round(plain_tokens_per_s / limit, 4) if limit else None,
     }
@@ -90,16 +82,6 @@ def hf_peer(model: torch.nn.Module) -> torch.nn.Module:
     peer = hf_llama(args, "sdpa", dtype=first.dtype, device=first.device)
     peer.config.use_cache = True
     return peer.eval()
-
-
-def _timed(device: torch.device, call: Callable[[], object]) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    call()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
 
 
 def _hf_generate(peer, prompt_BS: torch.Tensor, new_tokens: int, sampling: Sampling, **extra):
@@ -160,7 +142,8 @@ def peer_figures(
         for label, rows, drawn in (("batch1", 1, greedy), (f"batch{batch}", batch, sampling)):
             call = side(rows, drawn)
             call()  # warm-up: cache allocation, compilation, CUDA graph capture
-            figures[f"{label}_tokens_per_s"] = round(rows * new_tokens / _timed(device, call), 2)
+            _, seconds = wall_seconds(device, call)
+            figures[f"{label}_tokens_per_s"] = round(rows * new_tokens / seconds, 2)
         out[name] = figures
     for name, figures in out.items():
         if name != "wmtp" and "batch1_tokens_per_s" in figures:

@@ -80,6 +80,18 @@ def time_call(
     return Timing(statistics.median(samples), min(samples), max(samples), repeats)
 
 
+def wall_seconds(device: torch.device, call: Callable[[], object]) -> tuple[object, float]:
+    """``(call(), seconds)`` by the host clock, the device waited for before and after: one
+    whole operation of many steps (a generation), where per-repeat events are not the point."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    out = call()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return out, time.perf_counter() - start
+
+
 def memory_added_gib(fn: Callable[[], object]) -> float:
     """Peak CUDA memory allocated while ``fn`` runs, in GiB, above what was allocated before: a
     kernel's working memory (``wmtp bench attention``). Training steps report

@@ -23,25 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
 from wmtp.bench import decode_peers
+from wmtp.bench.timing import wall_seconds
 from wmtp.eval.generate import Sampling, StopRule, generate
 from wmtp.eval.speculative import GREEDY, SpeculativeStats, speculative_generate
-
-
-def _timed(device: torch.device, call):
-    """``(call(), seconds)``, the device waited for before and after."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    out = call()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return out, time.perf_counter() - start
 
 
 def never_stop() -> StopRule:
@@ -64,8 +53,8 @@ def time_plain(
     def decode(tokens: int):
         return generate(model, [prompt], never_stop(), max_new_tokens=tokens, **drawn)[0]
 
-    _, first = _timed(device, lambda: decode(1))
-    out, seconds = _timed(device, lambda: decode(new_tokens))
+    _, first = wall_seconds(device, lambda: decode(1))
+    out, seconds = wall_seconds(device, lambda: decode(new_tokens))
     return {"ttft_s": first, "seconds": seconds, "tokens": out.tokens}
 
 
@@ -78,7 +67,7 @@ def time_speculative(
     generator: torch.Generator | None = None,
 ) -> tuple[dict, SpeculativeStats]:
     drawn = {"sampling": sampling, "generator": generator, "cuda_graphs": cuda_graphs}
-    (out, stats), seconds = _timed(
+    (out, stats), seconds = wall_seconds(
         next(model.parameters()).device,
         lambda: speculative_generate(
             model, prompt, never_stop(), max_new_tokens=new_tokens, **drawn

@@ -171,16 +171,35 @@ BF16_PEAK_TFLOPS = {
 the denominator of every MFU wmtp reports (training logs and benchmarks alike)."""
 
 
+HBM_TB_PER_S = {
+    "H100 SXM": 3.35,
+    "H100 80GB HBM3": 3.35,
+    "H100 PCIe": 2.0,
+    "H200": 4.8,
+    "A100": 2.0,
+    "L4": 0.3,
+    "A10": 0.6,
+}
+"""Device memory bandwidth per device, TB/s, from the vendors' datasheets: stated beside the
+bandwidth ``wmtp bench decode`` measures, never used in its place."""
+
+
 def bf16_peak_tflops(device_name: str) -> tuple[float, str] | None:
     """``(peak, datasheet entry)`` of the GPU called ``device_name``; ``None`` when unknown.
 
     MFU: :func:`mfu`."""
-    for key, peak in BF16_PEAK_TFLOPS.items():
+    return datasheet(BF16_PEAK_TFLOPS, device_name)
+
+
+def datasheet(table: dict[str, float], device_name: str) -> tuple[float, str] | None:
+    """``(figure, entry)`` of ``table``'s entry for the GPU called ``device_name``: the entry
+    whose every word is in the name, else the first whose first word is; ``None`` when unknown."""
+    for key, figure in table.items():
         if all(part in device_name for part in key.split()):
-            return peak, key
-    for key, peak in BF16_PEAK_TFLOPS.items():
+            return figure, key
+    for key, figure in table.items():
         if key.split()[0] in device_name:
-            return peak, key
+            return figure, key
     return None
 
 
