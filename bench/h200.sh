@@ -16,6 +16,9 @@
 #   lora7b_variants the LoRA recipe's step at micro-batch 4 as written and with one setting
 #                   changed (LoRA dropout 0; activation checkpointing off, every 2nd block):
 #                   where the time goes ($OUT/variants/<name>.json)
+#   run_vs_step     `wmtp run` of the LoRA recipe (random weights, byte tokenizer, the built-in
+#                   HumanEval packed to 2048-token rows, 30 steps) against `wmtp bench step` of
+#                   the same settings ($OUT/run_vs_step/; carry storage/datasets/humaneval)
 #   lora7b_profile  torch.profiler of the LoRA recipe's step at micro-batch 4, eager and compiled
 #                   (`wmtp bench step --profile 2`: $OUT/profile_{eager,compile}/baseline.txt and
 #                   .trace.json.gz)
@@ -71,6 +74,18 @@ stage_lora7b_variants() {
     step "variant_${v%%:*}" 100 "${LORA_STEP[@]:0:${#LORA_STEP[@]}-2}" --set "${v#*:}" \
       --out "$OUT/variants/${v%%:*}"
   done
+}
+RUN_SETS=(--set "model.policy.path=''" --set "tokenizer={kind='byte'}"
+  --set training.grad_accum_steps=1 --set "data.kind='humaneval'" --set data.packing=true)
+stage_run_vs_step() {
+  need_humaneval
+  step run_vs_step_bench 150 python3 -m wmtp.cli bench step recipes/baseline.toml "${RUN_SETS[@]}" \
+    --warmup 5 --repeats 10 --out "$OUT/run_vs_step"
+  step run_vs_step_run 300 python3 -m wmtp.cli run recipes/baseline.toml "${RUN_SETS[@]}" \
+    --set training.max_steps=30 --set training.log_every=1 --set training.eval_every=0 \
+    --set training.checkpoint_every=1000 --set training.schedule.warmup_steps=1 \
+    --set "$(runs run_vs_step)"
+  cp "$(latest run_vs_step)/metrics.jsonl" "$OUT/run_vs_step/" 2>/dev/null
 }
 
 [ $# -eq 0 ] && set -- lora7b full1b full1b_compile full1b_mtp4 lora7b_compile

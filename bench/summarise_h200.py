@@ -164,6 +164,35 @@ def not_run(results: dict) -> dict[str, str]:
     return out
 
 
+RUN_WARMUP_STEPS = 5
+"""Steps of a timed `wmtp run` left out (compilation, allocator warm-up), as bench step's warm-up."""
+
+
+def run_vs_step(folder: Path) -> dict | None:
+    """`wmtp run`'s tokens/s (the median of its logged steps after :data:`RUN_WARMUP_STEPS`) over
+    `wmtp bench step`'s on the same recipe and settings: ``folder`` holds bench step's
+    result file (``<recipe stem>.json``) and the run's ``metrics.jsonl`` (bench/h200.sh's stage
+    ``run_vs_step``)."""
+    import statistics
+
+    benches, metrics = sorted(folder.glob("*.json")), folder / "metrics.jsonl"
+    if len(benches) != 1 or not metrics.is_file():
+        return None
+    bench = benches[0]
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    steps = [r for r in records if "tokens_per_s" in r and r["step"] > RUN_WARMUP_STEPS]
+    if not steps:
+        return None
+    run_tps = statistics.median(r["tokens_per_s"] for r in steps)
+    bench_tps = json.loads(bench.read_text())["tokens_per_s"]
+    return {
+        "run_tokens_per_s_median": run_tps,
+        "run_steps": len(steps),
+        "bench_step_tokens_per_s": bench_tps,
+        "ratio": run_tps / bench_tps,
+    }
+
+
 def summarise(folder: Path) -> dict:
     shapes = {}
     for shape in ("full1b", "lora7b"):
@@ -184,6 +213,11 @@ def summarise(folder: Path) -> dict:
         if key in shapes:
             summary |= figures(shapes[key])
     summary |= dict.fromkeys(NOT_MEASURED) | {"not_measured": dict(NOT_MEASURED)}
+    timed = run_vs_step(folder / "run_vs_step")
+    if timed:
+        summary["run_vs_bench_step"] = timed["ratio"]
+        summary["run_vs_bench_step_detail"] = timed
+        del summary["not_measured"]["run_vs_bench_step"]
     summary["unmeasured_sides"] = {shape: not_run(r) for shape, r in shapes.items()}
     summary["shapes"] = {
         shape: {k: r[k] for k in ("description", "seq_len", "model", "lora", "sides", "commands")}
@@ -243,7 +277,8 @@ def markdown(s: dict) -> str:
         ("LoRA 7B: four heads' step time over their FLOP floor",
          _f(s.get("lora7b_mtp4_step_time_over_flop_floor"), ".3f", "x")),
         ("float8 / bf16 tokens/s", "not measured"),
-        ("`wmtp run` / `wmtp bench step` tokens/s", "not measured"),
+        ("`wmtp run` / `wmtp bench step` tokens/s (the LoRA recipe, packed HumanEval)",
+         _f(s.get("run_vs_bench_step"), ".3f")),
     ]  # fmt: skip
     lines += [f"| {name} | {value} |" for name, value in rows]
     by_peer = s.get("lora7b_peak_memory_ratio_vs_peers_by_micro_batch") or {}

@@ -281,3 +281,34 @@ def test_the_command_refuses_what_it_cannot_measure(tmp_path):
     ):
         result = runner.invoke(app, [*base, *extra, "--set", "parallel.device='cpu'"])
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+@pytest.mark.slow
+def test_the_summariser_compares_a_timed_run_with_bench_step(tmp_path):
+    """`run_vs_bench_step`: a real `wmtp run`'s logged tokens/s (median after the warm-up steps)
+    over a real `wmtp bench step` of the same recipe (the tiny one as written), both on the CPU."""
+    import importlib.util
+    import shutil
+    import statistics
+
+    from tests.train.train_helpers import TINY
+
+    folder = tmp_path / "run_vs_step"
+    cli = [sys.executable, "-m", "wmtp.cli"]
+    bench = [*cli, "bench", "step", str(TINY), "--warmup", "1", "--repeats", "2"]
+    subprocess.run([*bench, "--out", str(folder)], check=True, cwd=REPO, capture_output=True)
+    steps = ["--set", "training.max_steps=9", "--set", "training.log_every=1"]
+    steps += ["--set", "training.eval_every=0", "--set", "training.schedule.warmup_steps=1"]
+    runs = ["--set", f"experiment.runs_dir='{tmp_path / 'runs'}'"]
+    run = [*cli, "run", str(TINY), *steps, *runs]
+    subprocess.run(run, check=True, cwd=REPO, capture_output=True)
+    shutil.copy(next((tmp_path / "runs").glob("tiny/2*/metrics.jsonl")), folder)
+    spec = importlib.util.spec_from_file_location("summarise", REPO / "bench/summarise_h200.py")
+    summarise = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summarise)
+    timed = summarise.run_vs_step(folder)
+    records = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    logged = [r["tokens_per_s"] for r in records if "tokens_per_s" in r and r["step"] > 5]
+    bench_tps = json.loads((folder / "tiny.json").read_text())["tokens_per_s"]
+    assert timed["run_steps"] == 4 == len(logged)
+    assert timed["ratio"] == statistics.median(logged) / bench_tps > 0
