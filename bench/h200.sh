@@ -89,14 +89,7 @@ stage_run_vs_step() {
 }
 
 [ $# -eq 0 ] && set -- lora7b full1b full1b_compile full1b_mtp4 lora7b_compile
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$LOG_DIR/gpus.txt" 2>&1
-for stage in "$@"; do
-  echo "### stage $stage (${SECONDS}s)"
-  "stage_$stage"
-done
+run_stages "$@"
 python3 bench/summarise_h200.py --results "$OUT" --script "bash bench/h200.sh $*" \
   2>&1 | tee "$LOG_DIR/summary.log"
-mkdir -p "$OUT/logs"
-cp "$LOG_DIR"/* "$OUT/logs/" 2>/dev/null
-tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs && rm -rf "$OUT/logs"
-ls -la "$OUT"
+pack_logs

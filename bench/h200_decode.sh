@@ -57,14 +57,7 @@ stage_humaneval() {
 }
 
 [ $# -eq 0 ] && set -- decode_1b decode_1b_sampled decode_7b decode_model decode_trained humaneval
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$LOG_DIR/gpus.txt" 2>&1
-for stage in "$@"; do
-  echo "### stage $stage (${SECONDS}s)"
-  "stage_$stage"
-done
+run_stages "$@"
 python3 bench/summarise_decode.py --results "$OUT" --script "bash bench/h200_decode.sh $*" \
   2>&1 | tee "$LOG_DIR/summary.log"
-mkdir -p "$OUT/logs"
-cp "$LOG_DIR"/* "$OUT/logs/" 2>/dev/null
-tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs && rm -rf "$OUT/logs"
-ls -la "$OUT"
+pack_logs

@@ -4,6 +4,7 @@
 #                                script. No step runs past END_S seconds of the script (its limit
 #                                is cut; with under 20 s left it is skipped, rc -1), so a summary is
 #                                always written within one 600-second command.
+#   run_stages STAGE...          each stage_STAGE function in turn; pack_logs: $LOG_DIR -> $OUT/logs.tar.gz
 #   runs LABEL                   the --set that puts a run's directory under $WORK/LABEL
 #   latest LABEL                 that run's directory
 #   drop_checkpoints LABEL       delete its checkpoints (disk)
@@ -35,4 +36,18 @@ drop_checkpoints() { rm -rf "$WORK/$1"/*/*/checkpoints; }
 need_humaneval() {  # the built HumanEval must have travelled (carry storage/datasets/humaneval)
   local he=storage/datasets/humaneval/v$(python3 -c "from wmtp.data.humaneval import VERSION; print(VERSION)")-heldout0.1
   [ -f "$he/build_info.json" ] || { echo "no built HumanEval at $he: carry storage/datasets/humaneval"; exit 1; }
+}
+run_stages() {  # run_stages STAGE...: each function stage_STAGE in turn, the GPUs noted first
+  nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$LOG_DIR/gpus.txt" 2>&1
+  local stage
+  for stage in "$@"; do
+    echo "### stage $stage (${SECONDS}s)"
+    "stage_$stage"
+  done
+}
+pack_logs() {  # $LOG_DIR's files as $OUT/logs.tar.gz, then what $OUT holds
+  mkdir -p "$OUT/logs"
+  cp "$LOG_DIR"/* "$OUT/logs/" 2>/dev/null
+  tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs && rm -rf "$OUT/logs"
+  ls -la "$OUT"
 }
