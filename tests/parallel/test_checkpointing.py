@@ -41,3 +41,17 @@ def test_single_process_bf16_autocasts_and_keeps_fp32_params():
     with compute_context(ctx, "bfloat16"):
         logits = model.output(model.trunk(torch.zeros(1, 3, dtype=torch.long)))
     assert logits.dtype == torch.bfloat16
+
+
+def test_only_torch_compiles_own_failures_are_reworded_and_a_looping_chain_ends():
+    from torch._dynamo.exc import TorchDynamoException
+
+    from wmtp.parallel.checkpointing import compile_failure
+
+    first, second = RuntimeError("out of memory"), ValueError("bad value")
+    first.__cause__, second.__context__ = second, first  # a chain that loops back
+    assert compile_failure(first) is None
+    behind = TorchDynamoException("backend failed\nmore lines")
+    outer = RuntimeError("while training")
+    outer.__cause__ = behind
+    assert compile_failure(outer) == "TorchDynamoException: backend failed"

@@ -48,10 +48,12 @@ def compile_failure(exc: BaseException) -> str | None:
     from torch._dynamo.exc import TorchDynamoException
     from torch._inductor.exc import InductorError
 
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, (TorchDynamoException, InductorError)):
-            lines = str(seen).strip().splitlines()
-            return f"{type(seen).__name__}: {lines[0] if lines else ''}".strip()
-        seen = seen.__cause__ or seen.__context__
+    chain: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and link not in chain:  # a chain can loop back on itself
+        chain.append(link)
+        if isinstance(link, (TorchDynamoException, InductorError)):
+            lines = str(link).strip().splitlines()
+            return f"{type(link).__name__}: {lines[0] if lines else ''}".strip()
+        link = link.__cause__ or link.__context__
     return None

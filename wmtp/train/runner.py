@@ -219,18 +219,21 @@ def _train(recipe, text, run_dir, ctx, signals, checkpoint, dry_run, stop_at_ste
     try:
         out = trainer.run(signals)
     except Exception as exc:
-        raise _compile_error(exc, trainer) from exc
+        error = _compile_error(exc, trainer)
+        if error is None:
+            raise
+        raise error from exc
     return RunResult(run_dir, trainer.step, out)
 
 
-def _compile_error(exc: Exception, trainer) -> Exception:
+def _compile_error(exc: Exception, trainer) -> RunError | None:
     """A failure of torch.compile as one message naming ``parallel.compile`` (the full trace goes
-    to the run's ``run.log``); any other exception as it is."""
+    to the run's ``run.log``); ``None`` for any other exception."""
     from wmtp.parallel.checkpointing import compile_failure
 
     failure = compile_failure(exc)
     if failure is None:
-        return exc
+        return None
     kept = (
         f"; its checkpoints up to step {trainer.saved_step} are kept" if trainer.saved_step else ""
     )
