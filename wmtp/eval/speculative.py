@@ -183,6 +183,9 @@ def verify(
     G, device = len(guesses), logits_TnV.device
     probs_TnV = next_token_probs(logits_TnV, sampling)
     p_TV = probs_TnV[:, 0]
+    # what each position's next token is drawn from if the draft stops there: the residual at a
+    # rejected guess, head 1's p after the last guess
+    next_from_TV = p_TV
     draws = torch.zeros(0, dtype=torch.long, device=device)  # acceptance tests, if any
     if G:
         g_G1 = torch.tensor(guesses, device=device)[:, None]
@@ -192,8 +195,8 @@ def verify(
         residual_GV = (p_TV[:G] - draft.q_GV[:G]).clamp_min(0)
         # p == q (within rounding) leaves nothing: a rejection cannot happen there
         empty_G1 = residual_GV.sum(dim=-1, keepdim=True) <= 0
-        p_TV = torch.cat([torch.where(empty_G1, p_TV[:G], residual_GV), p_TV[G:]])
-    next_T = torch.multinomial(p_TV, 1, generator=generator)[:, 0]
+        next_from_TV = torch.cat([torch.where(empty_G1, p_TV[:G], residual_GV), p_TV[G:]])
+    next_T = torch.multinomial(next_from_TV, 1, generator=generator)[:, 0]
     guesses_TG = (
         torch.multinomial(probs_TnV[:, 1:].reshape(T * (n - 1), V), 1, generator=generator)
         if n > 1
