@@ -63,30 +63,13 @@ def _ratios(mtp: dict, run: str, what: str) -> dict[str, float]:
     return out
 
 
-def suite_recipe(
-    base: str,
-    seq_len: int,
-    *,
-    micro_batch: int,
-    heads: int = 1,
-    vocab: int = 32000,
-    mtp_loss: str = "per_head",
-    verifiable: bool = False,
-):
+def suite_recipe(base: str, seq_len: int, **options):
     """The recipe of one suite measurement: ``base``'s shape with random weights, bf16, compiled
-    blocks, ``auto`` attention, rows of ``seq_len`` tokens (the data are synthetic)."""
+    blocks, ``auto`` attention, rows of ``seq_len`` tokens (the data are synthetic); ``options``
+    are :func:`suite_recipe_data`'s (micro-batch, heads, vocab, MTP loss, verifiable)."""
     from wmtp.recipe.schema import Recipe
 
-    data = suite_recipe_data(
-        base,
-        seq_len,
-        micro_batch=micro_batch,
-        heads=heads,
-        vocab=vocab,
-        mtp_loss=mtp_loss,
-        verifiable=verifiable,
-    )
-    return Recipe.model_validate(data)
+    return Recipe.model_validate(suite_recipe_data(base, seq_len, **options))
 
 
 def suite_recipe_data(
