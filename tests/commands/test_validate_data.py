@@ -183,8 +183,10 @@ def test_critic_pairs_size_memory_by_the_longest_solution_that_can_pair(workdir)
     )
 
 
-def test_the_length_is_what_training_batches_have(workdir):
-    """The rows training pads: every drawable example (or pair) in one batch is as long."""
+@pytest.mark.parametrize("compile", ["false", "true"])
+def test_the_length_is_what_training_batches_have(workdir, compile):
+    """The rows training pads: every drawable example (or pair) in one batch is as long (with
+    compiled blocks, rounded up to their padding multiple as the trainer sets it)."""
     from wmtp import assembly
     from wmtp.data.tokenizers import ByteTokenizer
     from wmtp.train.lengths import drawn_rows, pairable_rows
@@ -193,8 +195,9 @@ def test_the_length_is_what_training_batches_have(workdir):
         ("padded.toml", drawn_rows, lambda data, r: data.batches(r, len(r))),
         ("pairs.toml", pairable_rows, None),
     ]:
-        recipe = load_recipe(name).recipe
+        recipe = load_recipe(name, [f"parallel.compile={compile}"]).recipe
         data = assembly.dataset(recipe, ByteTokenizer(), progress=False)
+        data.pad_multiple = recipe.parallel.pad_multiple("cuda")
         rows = rows_of(data)
         if batches is None:  # pairs: every epoch's pairs, padded together
             pairs = [data.epoch_pairs(e) for e in range(20)]

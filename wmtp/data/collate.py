@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from wmtp.data.examples import IGNORE_INDEX, Encoded
+from wmtp.data.examples import IGNORE_INDEX, Encoded, padded_length
 
 
 def _meta(examples: list[Encoded]) -> dict:
@@ -27,12 +27,18 @@ def _meta(examples: list[Encoded]) -> dict:
 
 
 def pad_batch(
-    examples: list[Encoded], pad_id: int, *, length: int | None = None, multiple_of: int = 1
+    examples: list[Encoded],
+    pad_id: int,
+    *,
+    length: int | None = None,
+    multiple_of: int = 1,
+    max_length: int | None = None,
 ) -> dict:
-    """Right-pad ``examples`` to ``length`` (default: the longest, rounded up to ``multiple_of``)."""
+    """Right-pad ``examples`` to ``length`` (default: the longest, rounded up to ``multiple_of``
+    and capped at ``max_length``: :func:`padded_length`)."""
     assert examples, "an empty batch"
     longest = max(len(e) for e in examples)
-    S = length if length is not None else -(-longest // multiple_of) * multiple_of
+    S = length if length is not None else padded_length(longest, multiple_of, max_length)
     assert longest <= S, f"length {S} is shorter than the longest example ({longest})"
     input_ids_BS = torch.full((len(examples), S), pad_id, dtype=torch.long)
     labels_BS = torch.full((len(examples), S), IGNORE_INDEX, dtype=torch.long)
@@ -111,7 +117,13 @@ def pack_batch(rows: list[list[Encoded]], pad_id: int, row_length: int) -> dict:
     }
 
 
-def pair_batch(pairs: list[tuple[Encoded, Encoded]], pad_id: int, *, multiple_of: int = 1) -> dict:
+def pair_batch(
+    pairs: list[tuple[Encoded, Encoded]],
+    pad_id: int,
+    *,
+    multiple_of: int = 1,
+    max_length: int | None = None,
+) -> dict:
     """Critic pairs: ``{"chosen": batch, "rejected": batch}``, both padded to one length so a
     pipeline may run them as one forward pass."""
     assert pairs, "no pairs"
@@ -119,7 +131,7 @@ def pair_batch(pairs: list[tuple[Encoded, Encoded]], pad_id: int, *, multiple_of
         assert chosen.problem_id == rejected.problem_id, (chosen.problem_id, rejected.problem_id)
         assert chosen.is_correct and not rejected.is_correct, "a pair is (correct, incorrect)"
     longest = max(max(len(c), len(r)) for c, r in pairs)
-    S = -(-longest // multiple_of) * multiple_of
+    S = padded_length(longest, multiple_of, max_length)
     return {
         "chosen": pad_batch([c for c, _ in pairs], pad_id, length=S),
         "rejected": pad_batch([r for _, r in pairs], pad_id, length=S),

@@ -138,6 +138,9 @@ class TrainData:
     train_problems: frozenset[str] = frozenset()
     """Problems of the training split, before the length rule and ``n_samples`` drop rows: what
     an evaluation must count as seen (``wmtp.eval.splits``)."""
+    pad_multiple: int = 1
+    """Padded batches round their length up to this multiple (never past ``max_length``): the
+    trainer sets ``ParallelSpec.pad_multiple``, so compiled blocks see a few fixed shapes."""
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -200,7 +203,7 @@ class TrainData:
                 row_length = self.train.max_length or max(len(e) for e in examples)
                 yield pack_batch(pack_rows(examples, row_length), pad_id, row_length)
             else:
-                yield pad_batch(examples, pad_id)
+                yield pad_batch(examples, pad_id, **self._padding())
 
     def pair_batches(self, pairs: np.ndarray, batch_size: int) -> Iterator[dict]:
         """Critic batches ``{"chosen": ..., "rejected": ...}`` of ``batch_size`` pairs."""
@@ -211,13 +214,17 @@ class TrainData:
             yield pair_batch(
                 [(self._encoded(int(c)), self._encoded(int(r))) for c, r in chunk],
                 self.tokenizer.pad_id,
+                **self._padding(),
             )
+
+    def _padding(self) -> dict[str, int | None]:
+        return {"multiple_of": self.pad_multiple, "max_length": self.train.max_length}
 
     def heldout_batches(self, batch_size: int) -> Iterator[dict]:
         """The held-out rows (correct ones), padded, in file order."""
         source = self.heldout or self.train
         rows = self.heldout_rows[source.rows.is_correct[self.heldout_rows]]
-        view = TrainData(source, rows, None, rows[:0], self.seed)
+        view = TrainData(source, rows, None, rows[:0], self.seed, pad_multiple=self.pad_multiple)
         yield from view.batches(rows, batch_size)
 
     def example_length(self, index: int) -> int:

@@ -101,3 +101,10 @@ def encode_example(
         full_ids = full_ids[:max_length]
     labels = [IGNORE_INDEX] * n_prompt + full_ids[n_prompt:]
     return Encoded(full_ids, labels, example.problem_id, example.is_correct)
+
+
+def padded_length(longest: int, multiple_of: int = 1, max_length: int | None = None) -> int:
+    """``longest`` rounded up to ``multiple_of``, but never past ``max_length`` (which the longest
+    example already fits): the few fixed shapes compiled blocks see (``ParallelSpec.pad_multiple``)."""
+    rounded = -(-longest // multiple_of) * multiple_of
+    return max(longest, min(rounded, max_length)) if max_length else rounded

@@ -35,10 +35,22 @@ def apply_activation_checkpointing(blocks: Sequence[nn.Module], every: bool | in
     return len(chosen)
 
 
+RECOMPILE_LIMIT = 64
+"""Compiled variants a block may have: one per (micro-batch rows, length bucket, grad mode)."""
+
+
 def apply_compile(blocks: Sequence[nn.Module]) -> None:
-    """``torch.compile`` each block in place (names unchanged)."""
+    """``torch.compile`` each block in place (names unchanged), with static shapes: a new batch
+    shape compiles anew (padded lengths come in few buckets: ``ParallelSpec.pad_multiple``).
+
+    Dynamo's default of 8 variants per function is raised to :data:`RECOMPILE_LIMIT`, as past
+    its limit Dynamo runs new shapes eagerly without saying so in the run's output."""
+    import torch._dynamo.config
+
+    limit = torch._dynamo.config.recompile_limit
+    torch._dynamo.config.recompile_limit = max(limit, RECOMPILE_LIMIT)
     for block in blocks:
-        block.compile()
+        block.compile(dynamic=False)
 
 
 def compile_failure(exc: BaseException) -> str | None:

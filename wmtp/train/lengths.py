@@ -16,8 +16,8 @@ no torch.
   length bin, as ``samplers.length_balanced_pairs`` pairs them).
 
 Examples are encoded with the recipe's tokenizer and template and truncated at ``max_length`` as
-training does (``TrainData.example_length``); padded lengths round up to ``PAD_MULTIPLE_OF`` and
-the result is capped at ``max_length``.
+training does (``TrainData.example_length``); padded lengths round up as training pads them
+(``ParallelSpec.pad_multiple``: 256 tokens when blocks compile) and are capped at ``max_length``.
 """
 
 from __future__ import annotations
@@ -28,10 +28,8 @@ from typing import Any, Literal
 import numpy as np
 
 from wmtp.data import samplers
+from wmtp.data.examples import padded_length
 from wmtp.errors import DataError
-
-PAD_MULTIPLE_OF = 1
-"""Padded lengths round up to this multiple: training pads with collate's default (1)."""
 
 
 class RecipeDataError(DataError):
@@ -79,9 +77,16 @@ def longest_row(recipe: Any) -> LongestRow:
             )
         raise RecipeDataError(_dataset_key(spec), f"no correct training row to draw ({report})")
     longest = data.example_length(int(rows[np.argmax(data.train.rows.n_tokens[rows])]))
-    padded = -(-longest // PAD_MULTIPLE_OF) * PAD_MULTIPLE_OF
+    padded = padded_length(longest, _pad_multiple(recipe), spec.max_length)
     of = f"{len(rows):,} " + ("solutions that can pair" if critic else "correct training rows")
-    return LongestRow(min(padded, spec.max_length), "data", of)
+    return LongestRow(padded, "data", of)
+
+
+def _pad_multiple(recipe: Any) -> int:
+    """Training's padding multiple (``ParallelSpec.pad_multiple``) on the device the recipe
+    names; ``device = "auto"`` counts as CUDA, where the estimate matters (the larger bound)."""
+    device = recipe.parallel.device
+    return recipe.parallel.pad_multiple("cuda" if device == "auto" else device)
 
 
 def drawn_rows(data: Any) -> np.ndarray:

@@ -109,6 +109,7 @@ class Trainer:
         self.data = None
         if batch_source is None:
             self.data = assembly.dataset(r, self.tokenizer, progress=self.console)
+            self.data.pad_multiple = r.parallel.pad_multiple(self.ctx.device.type)
             self.batches = self.pipeline.batch_source(self, self.data)
         else:
             self.batches = batch_source(self)

@@ -10,6 +10,10 @@ PositiveInt = Annotated[int, Field(gt=0)]
 Beta = Annotated[float, Field(ge=0, lt=1)]
 
 
+COMPILED_PAD_MULTIPLE = 256
+"""Padded lengths of compiled runs round up to this (``ParallelSpec.pad_multiple``)."""
+
+
 class ParallelSpec(Section):
     """Sharding, activation checkpointing and compilation: speed and memory, never the math."""
 
@@ -26,14 +30,25 @@ class ParallelSpec(Section):
     every k-th block, ``false`` for none."""
     compile: bool | Literal["auto"] = False
     """``torch.compile`` each transformer block: ``true``, ``false``, or ``auto`` (on CUDA, eager
-    on the CPU, where compiling costs more than it saves). The first steps include the
-    compilation, and each new batch shape compiles again. 1.4x the tokens/s of the production
-    LoRA step on an H200 (``bench/results/h200.md``); the production recipes leave it off, as
-    the verifiable recipe failed in Inductor on CUDA with padded rows of varying length."""
+    on the CPU, where compiling costs more than it saves). Compiled blocks have static shapes:
+    padded batches round their length up to a multiple of 256 tokens (never past
+    ``data.max_length``), so a run compiles once per length bucket (at most 8 at 2048 tokens),
+    each in the step that first meets it. 1.4x the tokens/s of the production LoRA step on an
+    H200 (``bench/results/h200.md``). The production recipes leave it off until their GPU
+    rehearsal passes with it (``bench/results/h200_compile_probe.md``)."""
 
     def compiles(self, device_type: str) -> bool:
         """Whether blocks are compiled on a ``device_type`` (``cuda``, ``cpu``) device."""
         return device_type == "cuda" if self.compile == "auto" else self.compile
+
+    def pad_multiple(self, device_type: str) -> int:
+        """What padded batches round their length up to on ``device_type``.
+
+        Compiled blocks trace static shapes: with dynamic ones, Inductor's partitioner fails on
+        the second length of a LoRA-dropout block under activation checkpointing (torch 2.11 on
+        CUDA: "Node convert_element_type_... was invalid, but is output"), and every new length
+        would recompile besides. Eager blocks pad to the longest row only."""
+        return COMPILED_PAD_MULTIPLE if self.compiles(device_type) else 1
 
     reduce_dtype: Annotated[Literal["float32", "bfloat16"], NUMERICS] = "float32"
     """Dtype of the gradient reduce-scatter / all-reduce across ranks."""

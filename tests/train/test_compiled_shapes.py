@@ -1,0 +1,44 @@
+"""Compiled blocks see static shapes: padded rows round up to a few lengths, and every length
+compiles its own graph (dynamic shapes failed in Inductor on CUDA: ``ParallelSpec.pad_multiple``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.parallel.parallel_toy import ToyMTP
+from tests.train.train_helpers import TINY
+from wmtp.parallel import init_distributed, parallelize
+from wmtp.recipe import load_recipe
+from wmtp.recipe.specs.training import COMPILED_PAD_MULTIPLE
+from wmtp.train.loop import Trainer
+
+
+def test_every_new_length_compiles_a_static_graph():
+    """Dynamo's default makes the second length's graph dynamic, serving the third without a
+    compile; static blocks compile one graph per length."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    model = parallelize(ToyMTP(), init_distributed("cpu"), compile=True)
+    before = counters["stats"]["unique_graphs"]
+    with torch.no_grad():
+        for length in (5, 7, 9):
+            model.trunk(torch.zeros(1, length, dtype=torch.long))
+    assert counters["stats"]["unique_graphs"] - before == 3
+    assert torch._dynamo.config.recompile_limit >= 64
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_a_run_pads_its_rows_as_its_blocks_need(tmp_path, compile):
+    overrides = [f"parallel.compile={str(compile).lower()}", "training.micro_batch_size=3"]
+    recipe = load_recipe(TINY, overrides).recipe
+    trainer = Trainer(recipe, "", tmp_path, init_distributed("cpu"), console=False).build()
+    multiple = COMPILED_PAD_MULTIPLE if compile else 1
+    assert trainer.data.pad_multiple == multiple
+    max_length = recipe.data.max_length
+    for _ in range(4):
+        (batch,) = trainer.batches.next_step()
+        longest = int(batch["attention_mask"].sum(1).max())
+        length = batch["input_ids"].shape[1]
+        assert length == min(-(-longest // multiple) * multiple, max_length)
