@@ -22,6 +22,14 @@
 #   lora7b_profile  torch.profiler of the LoRA recipe's step at micro-batch 4, eager and compiled
 #                   (`wmtp bench step --profile 2`: $OUT/profile_{eager,compile}/baseline.txt and
 #                   .trace.json.gz)
+#   float8          parallel.float8 against bf16, both compiled (torchao from .whl/): the LoRA
+#                   recipe's step at micro-batch 4 ($OUT/float8/lora7b_{bf16,float8}/), and the 1B
+#                   full fine-tune's side wmtp-1head+float8 at wmtp-1head's best micro-batch (into
+#                   full1b.json: after the full1b stage, or with PEERS_FROM)
+#   float8_loss     `wmtp run` of recipes/gpu_2x.toml (1.1B, four heads, packed HumanEval,
+#                   compiled, micro-batch 4) for 300 steps in bf16, then in float8: their
+#                   metrics.jsonl as $OUT/float8/loss_{bf16,float8}.jsonl (carry
+#                   storage/datasets/humaneval)
 # Then always: bench/summarise_h200.py -> $OUT/h200.json, h200.md. Results land in $OUT
 # (full1b.json, lora7b.json, h200.json, h200.md, steps.jsonl, logs.tar.gz). PEERS_FROM=DIR first
 # copies an earlier call's full1b.json / lora7b.json into $OUT, so a second call adds its sides.
@@ -86,6 +94,30 @@ stage_run_vs_step() {
     --set training.checkpoint_every=1000 --set training.schedule.warmup_steps=1 \
     --set "$(runs run_vs_step)"
   cp "$(latest run_vs_step)/metrics.jsonl" "$OUT/run_vs_step/" 2>/dev/null
+}
+F8_LORA=("${LORA_STEP[@]:0:${#LORA_STEP[@]}-2}" --set parallel.compile=true)  # no --profile
+stage_float8() {  # tokens/s with and without float8 in one call, both compiled
+  step float8_lora7b_bf16 150 "${F8_LORA[@]}" --out "$OUT/float8/lora7b_bf16"
+  step float8_lora7b_float8 150 "${F8_LORA[@]}" --set parallel.float8=true \
+    --out "$OUT/float8/lora7b_float8"
+  step float8_full1b 150 "${PEERS[@]}" --shape full1b --sides wmtp-1head+float8 \
+    --micro-batches best:wmtp-1head
+}
+F8_RUN=(python3 -m wmtp.cli run recipes/gpu_2x.toml --set data.packing=true
+  --set parallel.compile=true --set training.micro_batch_size=4 --set training.max_steps=300)
+float8_run() {  # float8_run MODE FLOAT8: 300 steps; the newest run's metrics kept (a run cut
+  # short too: the summariser compares the steps both logged), its checkpoint dropped
+  local metrics
+  step "float8_loss_$1" 200 "${F8_RUN[@]}" --set "parallel.float8=$2" --set "$(runs "float8_$1")"
+  metrics=$(ls -t "$WORK/float8_$1"/*/*/metrics.jsonl 2>/dev/null | head -n 1)
+  mkdir -p "$OUT/float8"
+  [ -n "$metrics" ] && cp "$metrics" "$OUT/float8/loss_$1.jsonl"
+  drop_checkpoints "float8_$1"
+}
+stage_float8_loss() {  # the same run (seed, data, order) in bf16 and in float8
+  need_humaneval
+  float8_run bf16 false
+  float8_run float8 true
 }
 
 [ $# -eq 0 ] && set -- lora7b full1b full1b_compile full1b_mtp4 lora7b_compile

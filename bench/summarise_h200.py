@@ -3,9 +3,10 @@
     python bench/summarise_h200.py --results DIR [--out DIR]
 
 Reads DIR/full1b.json and DIR/lora7b.json (`wmtp bench peers --shape full1b|lora7b`; either may
-be missing) and DIR/steps.jsonl (bench/h200.sh's stages, if there). Every figure is a ratio of
-rows in those files; each side counts at its best micro-batch (most tokens/s), memory ratios at
-one micro-batch both sides measured. Standard library only.
+be missing), DIR/float8/ (bench/h200.sh's stages float8 and float8_loss, if there) and
+DIR/steps.jsonl (bench/h200.sh's stages, if there). Every figure is a ratio of rows in those
+files; each side counts at its best micro-batch (most tokens/s), memory ratios at one
+micro-batch both sides measured. Standard library only.
 """
 
 from __future__ import annotations
@@ -15,7 +16,12 @@ import json
 from pathlib import Path
 
 NOT_MEASURED = {
-    "float8_ratio_vs_bf16": "not measured: wmtp has no float8 path yet",
+    "float8_ratio_vs_bf16": "not measured: no wmtp-1head+float8 row beside a wmtp-1head row of "
+    "the same micro-batch in full1b.json (bench/h200.sh float8, after full1b)",
+    "lora7b_float8_ratio_vs_bf16": "not measured: no `wmtp bench step` result in "
+    "float8/lora7b_bf16/ and float8/lora7b_float8/ (bench/h200.sh float8)",
+    "float8_loss_rel_diff": "not measured: no float8/loss_{bf16,float8}.jsonl "
+    "(bench/h200.sh float8_loss)",
     "run_vs_bench_step": "not measured: `wmtp run` was not timed in this call",
 }
 
@@ -169,28 +175,143 @@ RUN_WARMUP_STEPS = 5
 
 
 def run_vs_step(folder: Path) -> dict | None:
-    """`wmtp run`'s tokens/s (the median of its logged steps after :data:`RUN_WARMUP_STEPS`) over
-    `wmtp bench step`'s on the same recipe and settings: ``folder`` holds bench step's
-    result file (``<recipe stem>.json``) and the run's ``metrics.jsonl`` (bench/h200.sh's stage
-    ``run_vs_step``)."""
+    """`wmtp run` against `wmtp bench step` on the same recipe and settings: ``folder`` holds
+    bench step's result file (``<recipe stem>.json``) and the run's ``metrics.jsonl``
+    (bench/h200.sh's stage ``run_vs_step``); the run's figures are medians of its logged steps
+    after :data:`RUN_WARMUP_STEPS`.
+
+    ``ratio``: with packed rows both time the same shapes (micro-batches of ``seq_len``-token
+    rows), so it is bench step's step time over the run's, the loop's own cost (data, clipping,
+    the optimizer, logging inside the step). Padded rows are as long as their longest example in
+    a run, always ``seq_len`` in bench step: then it is only the ratio of their tokens/s. The
+    run's tokens/s counts real tokens (not padding): ``run_fill`` is their share of the rows."""
     import statistics
 
     benches, metrics = sorted(folder.glob("*.json")), folder / "metrics.jsonl"
     if len(benches) != 1 or not metrics.is_file():
         return None
-    bench = benches[0]
+    bench = json.loads(benches[0].read_text())
     records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     steps = [r for r in records if "tokens_per_s" in r and r["step"] > RUN_WARMUP_STEPS]
     if not steps:
         return None
+    config = bench["config"]
+    row_tokens = config["micro_batch_size"] * config["grad_accum_steps"] * config["seq_len"]
+    run_step_s = statistics.median(r["step_time_s"] for r in steps)
+    bench_step_s = bench["step"]["median_ms"] / 1000
     run_tps = statistics.median(r["tokens_per_s"] for r in steps)
-    bench_tps = json.loads(bench.read_text())["tokens_per_s"]
+    same_shapes = bool(config.get("packing"))
     return {
-        "run_tokens_per_s_median": run_tps,
+        "ratio": bench_step_s / run_step_s if same_shapes else run_tps / bench["tokens_per_s"],
+        "compared": "step time, same shapes (packed rows)" if same_shapes else "tokens/s",
         "run_steps": len(steps),
-        "bench_step_tokens_per_s": bench_tps,
-        "ratio": run_tps / bench_tps,
+        "run_step_s_median": run_step_s,
+        "bench_step_s_median": bench_step_s,
+        "run_tokens_per_s_median": run_tps,
+        "bench_step_tokens_per_s": bench["tokens_per_s"],
+        "run_fill": statistics.median(r["tokens"] for r in steps) / row_tokens,
     }
+
+
+def run_vs_step_lines(detail: dict | None) -> list[str]:
+    """The timed run against bench step, in words (``run_vs_step``'s figures)."""
+    if not detail:
+        return []
+    return [
+        "",
+        f"`wmtp run` against `wmtp bench step` ({detail['compared']}): a median step of "
+        f"{detail['run_step_s_median'] * 1000:.0f} ms over {detail['run_steps']} steps against "
+        f"{detail['bench_step_s_median'] * 1000:.0f} ms. The run's rows are "
+        f"{detail['run_fill']:.0%} real tokens, so it trains "
+        f"{detail['run_tokens_per_s_median']:,.0f} real tokens/s where bench step counts "
+        f"{detail['bench_step_tokens_per_s']:,.0f} row tokens/s.",
+    ]
+
+
+def float8_full1b(results: dict) -> dict | None:
+    """wmtp one head with ``parallel.float8`` over the same in bf16, at the float8 side's best
+    micro-batch where both measured it (bench/h200.sh's stage float8 runs it at wmtp-1head's
+    best), and over the best peer at its own best."""
+    rows = results["rows"]
+    float8 = best(rows, "wmtp-1head+float8")
+    bf16 = float8 and at(rows, "wmtp-1head", float8["micro_batch"])
+    if bf16 is None:
+        return None
+    peer = best_peer(results)
+    return {
+        "micro_batch": float8["micro_batch"],
+        "ratio_vs_bf16": float8["tokens_per_s"] / bf16["tokens_per_s"],
+        "ratio_vs_best_peer": ratio(float8["tokens_per_s"], peer and peer["tokens_per_s"]),
+        "peak_memory_ratio_vs_bf16": ratio(float8["peak_memory_gib"], bf16["peak_memory_gib"]),
+        "float8": brief(float8),
+        "bf16": brief(bf16),
+    }
+
+
+def float8_lora7b(folder: Path) -> dict | None:
+    """`wmtp bench step` of the LoRA recipe, compiled, with ``parallel.float8`` over without
+    (``folder``/lora7b_float8/ and lora7b_bf16/, each holding bench step's one result file)."""
+    found = {
+        mode: sorted((folder / f"lora7b_{mode}").glob("*.json")) for mode in ("bf16", "float8")
+    }
+    if any(len(files) != 1 for files in found.values()):
+        return None
+    bf16, float8 = (json.loads(files[0].read_text()) for files in found.values())
+    keys = ("tokens_per_s", "mfu", "peak_memory_gib")
+    return {
+        "micro_batch": float8["config"]["micro_batch_size"],
+        "ratio_vs_bf16": float8["tokens_per_s"] / bf16["tokens_per_s"],
+        "float8": {k: float8[k] for k in keys} | {"step_ms": float8["step"]["median_ms"]},
+        "bf16": {k: bf16[k] for k in keys} | {"step_ms": bf16["step"]["median_ms"]},
+    }
+
+
+LOSS_WINDOW = 20
+"""The final loss of a run: the mean of its last this many logged steps' losses."""
+
+
+def float8_loss(folder: Path) -> dict | None:
+    """The final loss of `wmtp run` with ``parallel.float8`` against the same run in bf16
+    (``folder``/loss_{bf16,float8}.jsonl: their metrics.jsonl), as (float8 - bf16) / bf16; only
+    steps both runs logged count."""
+    paths = {mode: folder / f"loss_{mode}.jsonl" for mode in ("bf16", "float8")}
+    if not all(path.is_file() for path in paths.values()):
+        return None
+    losses = {mode: step_losses(path) for mode, path in paths.items()}
+    steps = sorted(set(losses["bf16"]) & set(losses["float8"]))[-LOSS_WINDOW:]
+    if not steps:
+        return None
+    final = {mode: sum(by_step[s] for s in steps) / len(steps) for mode, by_step in losses.items()}
+    return {
+        "rel_diff": (final["float8"] - final["bf16"]) / final["bf16"],
+        "final_loss": final,
+        "steps": [steps[0], steps[-1]],
+        "last_step": {mode: max(by_step) for mode, by_step in losses.items()},
+    }
+
+
+def step_losses(path: Path) -> dict[int, float]:
+    """``{step: loss}`` of the training steps a metrics.jsonl logged."""
+    records = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def float8_figures(folder: Path, shapes: dict) -> dict:
+    """The float8 keys that were measured (the others stay in ``not_measured``)."""
+    full = float8_full1b(shapes["full1b"]) if "full1b" in shapes else None
+    lora, loss = float8_lora7b(folder / "float8"), float8_loss(folder / "float8")
+    figures = {}
+    if full:
+        figures |= {
+            "float8_ratio_vs_bf16": full["ratio_vs_bf16"],
+            "float8_ratio_vs_best_peer": full["ratio_vs_best_peer"],
+            "float8_full1b": full,
+        }
+    if lora:
+        figures |= {"lora7b_float8_ratio_vs_bf16": lora["ratio_vs_bf16"], "float8_lora7b": lora}
+    if loss:
+        figures |= {"float8_loss_rel_diff": loss["rel_diff"], "float8_loss": loss}
+    return figures
 
 
 def summarise(folder: Path) -> dict:
@@ -213,6 +334,9 @@ def summarise(folder: Path) -> dict:
         if key in shapes:
             summary |= figures(shapes[key])
     summary |= dict.fromkeys(NOT_MEASURED) | {"not_measured": dict(NOT_MEASURED)}
+    for key, value in float8_figures(folder, shapes).items():
+        summary[key] = value
+        summary["not_measured"].pop(key, None)
     timed = run_vs_step(folder / "run_vs_step")
     if timed:
         summary["run_vs_bench_step"] = timed["ratio"]
@@ -276,11 +400,19 @@ def markdown(s: dict) -> str:
          _f(s.get("lora7b_peak_memory_ratio_vs_peer"))),
         ("LoRA 7B: four heads' step time over their FLOP floor",
          _f(s.get("lora7b_mtp4_step_time_over_flop_floor"), ".3f", "x")),
-        ("float8 / bf16 tokens/s", "not measured"),
-        ("`wmtp run` / `wmtp bench step` tokens/s (the LoRA recipe, packed HumanEval)",
+        ("1B full FT: float8 / bf16 tokens/s (wmtp one head, compiled, same micro-batch)",
+         _f(s.get("float8_ratio_vs_bf16"), ".2f", "x")),
+        ("1B full FT: wmtp one head in float8 / best peer",
+         _f(s.get("float8_ratio_vs_best_peer"), ".2f", "x")),
+        ("LoRA 7B: float8 / bf16 tokens/s (four heads, compiled, same micro-batch)",
+         _f(s.get("lora7b_float8_ratio_vs_bf16"), ".2f", "x")),
+        (f"float8 / bf16 final loss - 1 (`wmtp run`, mean of the last {LOSS_WINDOW} steps)",
+         _f(s.get("float8_loss_rel_diff"), "+.2%")),
+        ("`wmtp run` / `wmtp bench step` speed (the LoRA recipe, packed HumanEval: step time)",
          _f(s.get("run_vs_bench_step"), ".3f")),
     ]  # fmt: skip
     lines += [f"| {name} | {value} |" for name, value in rows]
+    lines += run_vs_step_lines(s.get("run_vs_bench_step_detail"))
     by_peer = s.get("lora7b_peak_memory_ratio_vs_peers_by_micro_batch") or {}
     if by_peer:
         lines += [

@@ -285,30 +285,123 @@ def test_the_command_refuses_what_it_cannot_measure(tmp_path):
 
 @pytest.mark.slow
 def test_the_summariser_compares_a_timed_run_with_bench_step(tmp_path):
-    """`run_vs_bench_step`: a real `wmtp run`'s logged tokens/s (median after the warm-up steps)
-    over a real `wmtp bench step` of the same recipe (the tiny one as written), both on the CPU."""
-    import importlib.util
+    """`run_vs_bench_step`: a real `wmtp run` against a real `wmtp bench step` of the same recipe
+    (the tiny one), both on the CPU: with packed rows (the same shapes) the ratio of their median
+    step times; padded, the ratio of their tokens/s."""
     import shutil
     import statistics
 
     from tests.train.train_helpers import TINY
 
-    folder = tmp_path / "run_vs_step"
+    summarise = summarise_module()
     cli = [sys.executable, "-m", "wmtp.cli"]
-    bench = [*cli, "bench", "step", str(TINY), "--warmup", "1", "--repeats", "2"]
-    subprocess.run([*bench, "--out", str(folder)], check=True, cwd=REPO, capture_output=True)
-    steps = ["--set", "training.max_steps=9", "--set", "training.log_every=1"]
-    steps += ["--set", "training.eval_every=0", "--set", "training.schedule.warmup_steps=1"]
-    runs = ["--set", f"experiment.runs_dir='{tmp_path / 'runs'}'"]
-    run = [*cli, "run", str(TINY), *steps, *runs]
-    subprocess.run(run, check=True, cwd=REPO, capture_output=True)
-    shutil.copy(next((tmp_path / "runs").glob("tiny/2*/metrics.jsonl")), folder)
+    for packing in ("true", "false"):
+        folder = tmp_path / packing
+        same = ["--set", f"data.packing={packing}"]
+        bench = [*cli, "bench", "step", str(TINY), *same, "--warmup", "1", "--repeats", "2"]
+        subprocess.run([*bench, "--out", str(folder)], check=True, cwd=REPO, capture_output=True)
+        steps = ["--set", "training.max_steps=9", "--set", "training.log_every=1"]
+        steps += ["--set", "training.eval_every=0", "--set", "training.schedule.warmup_steps=1"]
+        runs = ["--set", f"experiment.runs_dir='{folder / 'runs'}'"]
+        subprocess.run([*cli, "run", str(TINY), *same, *steps, *runs], check=True, cwd=REPO,
+                       capture_output=True)  # fmt: skip
+        shutil.copy(next((folder / "runs").glob("tiny/2*/metrics.jsonl")), folder)
+        timed = summarise.run_vs_step(folder)
+        records = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+        logged = [r for r in records if "tokens_per_s" in r and r["step"] > 5]
+        result = json.loads((folder / "tiny.json").read_text())
+        assert timed["run_steps"] == 4 == len(logged)
+        if packing == "true":
+            run_s = statistics.median(r["step_time_s"] for r in logged)
+            assert timed["ratio"] == result["step"]["median_ms"] / 1000 / run_s > 0
+            row = result["config"]["micro_batch_size"] * result["config"]["seq_len"]
+            assert 0.5 < timed["run_fill"] == statistics.median(r["tokens"] for r in logged) / row
+        else:
+            run_tps = statistics.median(r["tokens_per_s"] for r in logged)
+            assert timed["ratio"] == run_tps / result["tokens_per_s"] > 0
+
+
+def summarise_module():
+    import importlib.util
+
     spec = importlib.util.spec_from_file_location("summarise", REPO / "bench/summarise_h200.py")
-    summarise = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(summarise)
-    timed = summarise.run_vs_step(folder)
-    records = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
-    logged = [r["tokens_per_s"] for r in records if "tokens_per_s" in r and r["step"] > 5]
-    bench_tps = json.loads((folder / "tiny.json").read_text())["tokens_per_s"]
-    assert timed["run_steps"] == 4 == len(logged)
-    assert timed["ratio"] == statistics.median(logged) / bench_tps > 0
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_the_summariser_reports_float8_against_bf16(tmp_path, monkeypatch):
+    """The float8 keys, from the files bench/h200.sh's stages float8 and float8_loss write, made
+    by the real commands on the CPU. The CPU cannot run float8, so there the side
+    wmtp-1head+float8 is a row saying why, and its ratio stays not measured; stand-ins for a
+    GPU's float8 files then follow: a copy of the bf16 row at 1.5x its tokens/s, a second plain
+    `bench step`, and the `wmtp run`'s own metrics with every loss 1% higher, cut after step 5.
+    Each figure must be the ratio of those files."""
+    from tests.train.train_helpers import TINY, losses_of
+    from wmtp.train.runner import run_recipe
+
+    _device_figures(monkeypatch)
+    _cli(tmp_path, "full1b", "--micro-batches", "2", "--sides", "wmtp-1head,hf,wmtp-1head+float8")
+    summarise = summarise_module()
+    refused = summarise.summarise(tmp_path)
+    assert refused["float8_ratio_vs_bf16"] is None
+    assert "wmtp-1head+float8" in refused["not_measured"]["float8_ratio_vs_bf16"]
+    assert refused["unmeasured_sides"]["full1b"]["wmtp-1head+float8"] == (
+        "not measured: parallel.float8 needs a CUDA GPU of compute capability 8.9 or newer "
+        "(H100, H200, L40S); this run is on cpu"
+    )
+
+    path = tmp_path / "full1b.json"
+    results = json.loads(path.read_text())
+    bf16, peer = (summarise.best(results["rows"], side) for side in ("wmtp-1head", "hf"))
+    stand_in = bf16 | {"side": "wmtp-1head+float8", "tokens_per_s": 1.5 * bf16["tokens_per_s"]}
+    path.write_text(json.dumps(results | {"rows": [*results["rows"], stand_in]}))
+
+    folder = tmp_path / "float8"
+    for mode in ("bf16", "float8"):
+        step = ["bench", "step", str(TINY), "--warmup", "0", "--repeats", "1"]
+        result = CliRunner().invoke(app, [*step, "--out", str(folder / f"lora7b_{mode}")])
+        assert result.exit_code == 0, result.output
+    sets = ["training.max_steps=6", "training.log_every=1", "training.eval_every=0"]
+    sets += ["training.micro_batch_size=1", "training.schedule.warmup_steps=1"]
+    sets += [f"experiment.runs_dir='{tmp_path / 'runs'}'"]
+    run = run_recipe(TINY, sets, console=False)
+    (folder / "loss_bf16.jsonl").write_text((run.run_dir / "metrics.jsonl").read_text())
+    losses = dict(losses_of(run.run_dir))
+    assert sorted(losses) == list(range(1, 7))
+    higher = [json.dumps({"step": s, "loss": 1.01 * loss}) for s, loss in losses.items() if s < 6]
+    (folder / "loss_float8.jsonl").write_text("\n".join(higher) + "\n")
+
+    summary = summarise.summarise(tmp_path)
+    assert summary["float8_ratio_vs_bf16"] == pytest.approx(1.5)
+    assert summary["float8_ratio_vs_best_peer"] == pytest.approx(
+        1.5 * bf16["tokens_per_s"] / peer["tokens_per_s"]
+    )
+
+    def bench_step_tps(mode: str) -> float:
+        return json.loads((folder / f"lora7b_{mode}" / "tiny.json").read_text())["tokens_per_s"]
+
+    ratio = bench_step_tps("float8") / bench_step_tps("bf16")
+    assert summary["lora7b_float8_ratio_vs_bf16"] == ratio
+    assert summary["float8_loss"]["steps"] == [1, 5]  # the steps both runs logged (up to 20)
+    assert summary["float8_loss_rel_diff"] == pytest.approx(0.01)
+    for key in ("float8_ratio_vs_bf16", "lora7b_float8_ratio_vs_bf16", "float8_loss_rel_diff"):
+        assert key not in summary["not_measured"], key
+    md = summarise.markdown(summary)
+    assert "float8 / bf16 tokens/s (wmtp one head, compiled, same micro-batch) | 1.50x |" in md
+    assert "mean of the last 20 steps) | +1.00% |" in md
+
+
+def test_the_sides_option_names_every_side():
+    """`wmtp bench peers --sides`'s help lists the sides by hand (the CLI does not import torch to
+    draw it): every side of every shape is in it."""
+    import re
+    import typing
+
+    from wmtp.commands.bench import peers as peers_command
+
+    hints = typing.get_type_hints(peers_command, include_extras=True)
+    (option,) = hints["sides"].__metadata__
+    named = set(re.findall(r"[\w+-]+", option.help))
+    assert {side for sides in peers.SIDES.values() for side in sides} <= named

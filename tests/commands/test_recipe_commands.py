@@ -155,6 +155,12 @@ def test_validate_env_says_per_recipe_what_cannot_run_here(cli):
     assert flex.exit_code == 2
     assert "recipes/tiny_critic.toml: valid, but cannot run here" in flex.stdout
     assert "model.critic.attention: 'flex' cannot run here: flex has no backward" in flex.stderr
+    float8 = cli(
+        "validate", "recipes/tiny.toml", "--env",
+        "--set", "parallel.device=auto", "--set", "parallel.float8=true",
+    )  # fmt: skip
+    assert float8.exit_code == 2 and "Traceback" not in float8.stderr
+    assert "parallel.float8: needs a CUDA GPU of compute capability 8.9" in float8.stderr
 
 
 def test_missing_inputs_are_notes_for_validate_and_problems_for_validate_env(cli, tmp_path):

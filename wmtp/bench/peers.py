@@ -6,8 +6,9 @@ blocks, bf16, seq 2048), and ``lora7b``, the production LoRA recipe itself
 (``recipes/baseline.toml``: Llama-2-7B MTP, LoRA r64 on wq wk wv wo w1 w2 w3, activation
 checkpointing, bf16, seq 2048; wmtp also with ``parallel.compile = true``) with random weights, a byte tokenizer and no accumulation.
 The sides (:data:`SIDES`): wmtp's trainer through ``wmtp bench step``'s :func:`bench_step`, with
-one head and with four; the Hugging Face peers of :mod:`wmtp.bench.hf_peer` (plain, compiled,
-with Liger kernels; PEFT LoRA for ``lora7b``), built as the recipe's model with one head.
+one head and with four (at ``full1b`` also one head with ``parallel.float8``); the Hugging Face
+peers of :mod:`wmtp.bench.hf_peer` (plain, compiled, with Liger kernels; PEFT LoRA for
+``lora7b``), built as the recipe's model with one head.
 Each side is swept over micro-batches until one runs out of memory (:mod:`wmtp.bench.sweep`).
 
 One MFU formula for every side (:data:`MFU_FORMULA`) and one memory measure
@@ -31,6 +32,7 @@ import torch
 from wmtp.bench import hf_peer
 from wmtp.bench.sweep import Row, best, error_row, free_memory, measured_row, sweep
 from wmtp.errors import WmtpError
+from wmtp.parallel import float8
 
 REPO = Path(__file__).resolve().parents[2]
 LORA_RECIPE = REPO / "recipes" / "baseline.toml"
@@ -81,6 +83,8 @@ SIDES = {
     "full1b": {
         "wmtp-1head": "wmtp's trainer (`wmtp bench step`), one head",
         "wmtp-4heads": "wmtp's trainer, four heads (the same 16 layers)",
+        "wmtp-1head+float8": "wmtp's trainer, one head, parallel.float8 = true (torchao's "
+        "tensorwise float8 in the blocks' linears; CUDA compute capability 8.9+)",
         "hf": "transformers LlamaForCausalLM, sdpa, fp32 weights under bf16 autocast",
         "hf+compile": "the same under torch.compile (whole model)",
         "hf+liger": "the same with Liger kernels (RoPE, RMSNorm, SwiGLU, fused linear CE)",
@@ -97,6 +101,9 @@ SIDES = {
         "hf-peft+liger": "the same with Liger kernels (RoPE, RMSNorm, SwiGLU, fused linear CE)",
     },
 }
+
+WMTP_SETTINGS = {"+compile": "parallel.compile=true", "+float8": "parallel.float8=true"}
+"""The ``--set`` of a wmtp side's setting (``wmtp-4heads+compile``), on top of the shape's recipe."""
 
 
 def shape_recipe(shape: str, *, heads: int, micro_batch: int, overrides: Sequence[str] = ()):
@@ -161,6 +168,7 @@ def _wmtp_side(side, recipe_at, *, warmup, repeats, device) -> Callable[[int], R
             lora=c["lora"],
             activation_checkpointing=c["activation_checkpointing"],
             compile=c["compile"],
+            float8=recipe.parallel.float8_scaling(),
             attention=c["attention"],
             mtp_loss=c["mtp_loss"],
             warmup=warmup,
@@ -272,10 +280,12 @@ class _Sides:
     def __call__(self, side: str) -> Callable[[int], Row] | str:
         if side.endswith("+compile") and self.device.type != "cuda":
             return "torch.compile sides are measured on CUDA only (the CPU runs are tests)"
+        if side.endswith("+float8") and (why := float8.why_not(self.device)):
+            return f"parallel.float8 {why}"
         if side.startswith("wmtp-"):
             heads = 1 if side.startswith("wmtp-1head") else 4
-            compiled = ["parallel.compile=true"] if side.endswith("+compile") else []
-            overrides = [*compiled, *self.overrides]
+            settings = [s for suffix, s in WMTP_SETTINGS.items() if side.endswith(suffix)]
+            overrides = [*settings, *self.overrides]
 
             def recipe_at(b: int):
                 return shape_recipe(self.shape, heads=heads, micro_batch=b, overrides=overrides)

@@ -198,6 +198,7 @@ def _config(recipe: Any, trainer) -> dict:
         "sharding": r.parallel.sharding,
         "activation_checkpointing": r.parallel.activation_checkpointing,
         "compile": r.parallel.compiles(trainer.ctx.device.type),
+        "float8": r.parallel.float8_scaling(),
         "attention": trainer.model.attention.name,
         "n_future_tokens": trainer.n_heads,
         "vocab_size": trainer.model_args.vocab_size,

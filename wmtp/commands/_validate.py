@@ -360,7 +360,7 @@ def _sandbox_isolation() -> str:
 def _environment_problems(loaded: Any, machine: dict, world_size: int) -> list[str]:
     """What in the recipe cannot run on this machine, each located where the recipe set it:
     the device, each model's attention backend (for its use: the trained model's gradients
-    flow through it) and dtype, the world size, and code execution for an evaluation."""
+    flow through it) and dtype, float8, the world size, and code execution for an evaluation."""
     recipe = loaded.recipe
     device = recipe.parallel.device
     if device == "auto":
@@ -372,11 +372,24 @@ def _environment_problems(loaded: Any, machine: dict, world_size: int) -> list[s
         spec = getattr(recipe.model, role)
         if spec is not None:
             problems += _model_problems(loaded, role, spec, device, machine)
+    if recipe.parallel.float8 is not False:
+        problems += _float8_problems(loaded, device)
     if machine["cuda"] and world_size > machine["gpus"]:
         problems.append(f"--world-size {world_size}, but this machine has {machine['gpus']} GPUs")
     if recipe.pipeline.trains is None and machine["sandbox"].startswith("none"):
         problems.append(f"[evaluation] runs generated code: {machine['sandbox']}")
     return problems
+
+
+def _float8_problems(loaded: Any, device: str) -> list[str]:
+    """Why ``parallel.float8`` cannot run on ``device`` of this machine (what `wmtp run` would
+    refuse when it starts)."""
+    import torch
+
+    from wmtp.parallel.float8 import why_not
+
+    why = why_not(torch.device(device))
+    return [] if why is None else [_at(loaded, "parallel.float8", why)]
 
 
 def _model_problems(loaded: Any, role: str, spec: Any, device: str, machine: dict) -> list[str]:

@@ -143,9 +143,10 @@ def peers(
     sides: Annotated[
         str | None,
         typer.Option(
-            help="Comma-separated sides (default all): full1b wmtp-1head, wmtp-4heads, hf, "
-            "hf+compile, hf+liger; lora7b wmtp-4heads, wmtp-1head, hf-peft, hf-peft+compile, "
-            "hf-peft+liger. Liger peers run last."
+            help="Comma-separated sides (default all): full1b wmtp-1head, wmtp-4heads, "
+            "wmtp-1head+float8, hf, hf+compile, hf+liger; lora7b wmtp-4heads, wmtp-1head, "
+            "wmtp-4heads+compile, wmtp-1head+compile, hf-peft, hf-peft+compile, hf-peft+liger. "
+            "Liger peers run last."
         ),
     ] = None,
     set_: SetOption = None,
@@ -317,6 +318,9 @@ def decode(
     eager: Annotated[
         bool, typer.Option(help="No CUDA graphs: every decoding step launches its kernels.")
     ] = False,
+    no_compile: Annotated[
+        bool, typer.Option("--no-compile", help="CUDA graphs of the eager kernels, not compiled.")
+    ] = False,
     also_eager: Annotated[
         bool, typer.Option(help="On a GPU, also time eager steps beside the CUDA graphs.")
     ] = False,
@@ -338,7 +342,8 @@ def decode(
     ),
 ) -> None:
     """Batch-1 decoding: plain vs self-speculative (MTP heads draft, head 1 verifies), greedy or
-    sampled; time to first token, acceptance per head."""
+    sampled; time to first token, acceptance per head. On a GPU the steps are compiled and
+    replayed from CUDA graphs, prepared while warming up (their seconds reported apart)."""
     from wmtp.eval import speed
 
     if (flavour is None) == (checkpoint is None):
@@ -349,7 +354,7 @@ def decode(
         argv += ["--n-future-tokens", str(n_future_tokens)]
     if agreeing_heads:
         argv.append("--agreeing-heads")
-    argv += ["--eager"] * eager + ["--also-eager"] * also_eager
+    argv += ["--eager"] * eager + ["--no-compile"] * no_compile + ["--also-eager"] * also_eager
     argv += ["--temperature", str(temperature), "--top-p", str(top_p), "--batch", str(batch)]
     argv += ["--peers"] * peers
     speed.main(argv)

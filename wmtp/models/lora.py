@@ -39,10 +39,14 @@ class LoRALinear(nn.Linear):
         self.merged = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.linear(x, self.weight)
+        return self.with_adapter(x, F.linear(x, self.weight))
+
+    def with_adapter(self, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
+        """``base_out`` (the frozen weight's output for ``x``) plus the adapter's term, unless
+        the adapter is merged into the weight."""
         if self.merged:
-            return out
-        return out + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scale
+            return base_out
+        return base_out + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scale
 
     def delta(self) -> torch.Tensor:
         """``scale * B A`` in fp32 (``[out, in]``)."""

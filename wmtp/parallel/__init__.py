@@ -1,8 +1,9 @@
 """Parallelism applied from outside the model: process groups, FSDP2, activation checkpointing,
 compilation and mixed precision. Model code holds none of it.
 
-:func:`parallelize` is the one entry point the trainer calls for the model that trains: activation
-checkpointing, then ``torch.compile``, then FSDP2 (the order torchtitan uses), each per block;
+:func:`parallelize` is the one entry point the trainer calls for the model that trains: float8
+linears if asked (a module swap, so first), activation checkpointing, then ``torch.compile``, then
+FSDP2 (the order torchtitan uses), each per block;
 :func:`shard_frozen` shards the frozen models a pipeline uses; :func:`set_gradient_sync` is how
 the trainer switches gradient synchronisation on for the last micro-batch of a step only.
 """
@@ -25,6 +26,7 @@ from wmtp.parallel.dist import (
     seed_everything,
     teardown,
 )
+from wmtp.parallel.float8 import apply_float8, check_float8
 from wmtp.parallel.fsdp import apply_fsdp, set_gradient_sync, to_dtype
 
 
@@ -37,9 +39,16 @@ def parallelize(
     compile: bool = False,
     dtype: str = "bfloat16",
     reduce_dtype: str = "float32",
+    float8: str | None = None,
 ) -> nn.Module:
-    """Prepare ``model`` (with ``blocks()``) for training on ``ctx``; parameters stay fp32."""
+    """Prepare ``model`` (with ``blocks()``) for training on ``ctx``; parameters stay fp32.
+
+    ``float8``: torchao's float8 recipe for the blocks' linears (``tensorwise``, ``rowwise``;
+    ``None``: off), refused with a ComponentError where it cannot run."""
     blocks = list(model.blocks())
+    if float8 is not None:
+        check_float8(ctx.device)
+        apply_float8(blocks, float8)
     apply_activation_checkpointing(blocks, activation_checkpointing)
     if compile:
         apply_compile(blocks)

@@ -130,6 +130,7 @@ class Trainer:
             compile=p.compiles(self.ctx.device.type),
             dtype=self.model_spec.dtype,
             reduce_dtype=p.reduce_dtype,
+            float8=p.float8_scaling(),
         )
 
     def _loss_config(self) -> MTPLossConfig:

@@ -15,7 +15,8 @@ COMPILED_PAD_MULTIPLE = 256
 
 
 class ParallelSpec(Section):
-    """Sharding, activation checkpointing and compilation: speed and memory, never the math."""
+    """Sharding, activation checkpointing, compilation and float8: speed and memory; the math only
+    where a field says so (``reduce_dtype``, ``float8``)."""
 
     category = "performance"
 
@@ -52,6 +53,34 @@ class ParallelSpec(Section):
 
     reduce_dtype: Annotated[Literal["float32", "bfloat16"], NUMERICS] = "float32"
     """Dtype of the gradient reduce-scatter / all-reduce across ranks."""
+    float8: Annotated[bool | Literal["tensorwise", "rowwise"], NUMERICS] = False
+    """Float8 matmuls (torchao's float8 training) in the linear layers of every transformer block,
+    trunk and heads (wq wk wv wo w1 w2 w3; under LoRA the frozen base weight's matmul, the
+    adapters staying in the compute dtype). The embedding and the unembedding stay in the compute
+    dtype, as do layers whose sizes are not multiples of 16. ``true`` is ``"tensorwise"`` (one
+    scale per tensor); ``"rowwise"`` scales each row (more accurate, more scaling work). It
+    changes the numerics, not the weights: their names and dtypes stay, so checkpoints load
+    either way. Needs a CUDA GPU of compute capability 8.9 or newer (H100, H200, L40S) and
+    torchao (``pip install 'wmtp[float8]'``); refused elsewhere (with ``device = "cpu"`` by
+    ``wmtp validate``, else when the run starts). Use it with ``parallel.compile``: compiling
+    fuses torchao's scaling and casts, and drops the weight-gradient matmul that torchao's eager
+    backward computes and discards for a frozen LoRA base. Tokens/s and loss against bf16:
+    ``bash bench/h200.sh float8 float8_loss`` (not measured yet)."""
+
+    def float8_scaling(self) -> str | None:
+        """torchao's float8 recipe (``tensorwise``, ``rowwise``), or ``None`` when float8 is off."""
+        return "tensorwise" if self.float8 is True else self.float8 or None
+
+    @rule("float8", "device")
+    def _float8_on_cuda(self) -> str | None:
+        """On ``device = "auto"`` the GPU is checked when the run starts (wmtp.parallel.float8)."""
+        if self.float8 is False or self.device != "cpu":
+            return None
+        setting = "true" if self.float8 is True else f'"{self.float8}"'
+        return (
+            f"float8 = {setting} needs a CUDA GPU of compute capability 8.9 or newer (H100, "
+            'H200, L40S), but device = "cpu"'
+        )
 
 
 class ScheduleSpec(Section):
