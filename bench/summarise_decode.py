@@ -109,7 +109,7 @@ def markdown(s: dict) -> str:
         ("... greedy outputs identical", s["trained_identical_outputs"] or "not measured"),
         ("speculative sampling / plain sampling, agreeing heads", _f(s["sampled_speedup_agreeing"], ".2f", "x")),
         ("speculative sampling / plain sampling, the trained model", _f(s["sampled_speedup_trained"], ".2f", "x")),
-        (f"wmtp / best HF generate ({s['batch_best_hf']}), batch {s['batch']} sampled", _f(s["batch20_ratio_vs_hf"], ".2f", "x")),
+        (f"wmtp / best HF generate{f' ({best})' if (best := s['batch_best_hf']) else ''}, batch {s['batch'] or 20} sampled", _f(s["batch20_ratio_vs_hf"], ".2f", "x")),
         ("wmtp / best HF generate, batch 1 greedy", _f(s["batch1_ratio_vs_hf"], ".2f", "x")),
         ("HumanEval 164 x 20 x 512: generation (s)", _f(s["humaneval_n20_generation_s"], ".1f")),
         ("... checking (s)", _f(s["humaneval_n20_check_s"], ".1f")),

@@ -7,6 +7,7 @@ import torch
 
 from tests.eval.tests_eval_helpers import letters, make_tiny_model
 from wmtp.eval.generate import Sampling, StopRule, generate, sample_next
+from wmtp.models.kv_cache import setup_figures
 
 PROMPTS = [[1, 2, 3], [5, 9, 11, 12, 30, 4], [7], [8, 8, 2], [40, 1, 33]]
 """Three of length 3 decode as one KV-cache batch; the others alone."""
@@ -106,3 +107,40 @@ def test_next_token_view_shares_weights_and_drops_extra_heads():
     tokens = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         torch.testing.assert_close(view(tokens)[:, :, 0], model(tokens)[:, :, 0])
+
+
+def test_a_batch_takes_one_step_per_token_after_the_first():
+    """The next step is queued before the host reads a step's tokens, but never past the row
+    limits: prefill + (limit - 1) steps, as reading first would take; a row ending early (EOS)
+    costs one step the loop did not need."""
+    model = make_tiny_model()
+    forwards = []
+    model.layers[-1].attention.wq.register_forward_pre_hook(lambda *_: forwards.append(1))
+    generate(model, [[1, 2, 3]] * 2, StopRule(letters), max_new_tokens=[5, 3])
+    assert len(forwards) == 1 + 4
+    full = reference_greedy(model, [1, 2, 3], 6)
+    eos = full[1]
+    forwards.clear()
+    out = generate(model, [[1, 2, 3]], StopRule(letters, eos_id=eos), max_new_tokens=6)[0]
+    assert out.finish_reason == "eos" and out.tokens == full[: full.index(eos)]
+    assert len(forwards) == 1 + full.index(eos) + 1
+
+
+def test_compiled_steps_decode_the_eager_tokens_and_compile_once():
+    """Compiled fixed-shape steps (Inductor on the CPU, no CUDA graphs) give the eager
+    decoder's greedy tokens in fp32; a second call, other prompts of the same shape, compiles
+    and prepares nothing new (Dynamo's own count of the graphs it compiled)."""
+    from torch._dynamo.utils import counters
+
+    model = make_tiny_model()
+    prompts = [[1, 2, 3], [8, 8, 2], [40, 1, 33]]  # one batch of 3 rows
+    eager = generate(model, prompts, StopRule(letters), max_new_tokens=12)
+    compiled = generate(model, prompts, StopRule(letters), max_new_tokens=12, compiled=True)
+    assert [c.tokens for c in compiled] == [e.tokens for e in eager]
+    graphs, prepared = counters["stats"]["unique_graphs"], setup_figures(model)
+    assert prepared["prepared_steps"] == 1 and prepared["setup_s"] > 0
+    others = [[5, 9, 11], [7, 7, 7], [2, 30, 4]]
+    again = generate(model, others, StopRule(letters), max_new_tokens=12, compiled=True)
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert setup_figures(model) == prepared
+    assert [a.tokens for a in again] == [reference_greedy(model, p, 12) for p in others]

@@ -126,26 +126,38 @@ def test_partly_agreeing_heads_and_stops():
     assert 0 < total[0] < total[1]
 
 
+def test_compiled_verify_steps_stay_exactly_greedy():
+    """Speculative decoding with compiled fixed-shape verify steps (Inductor on the CPU) gives
+    plain greedy's tokens in fp32, with the recounted statistics."""
+    model = make_tiny_model(2, seed=2)
+    limit = 12
+    greedy = generate(model, PROMPTS, StopRule(letters), max_new_tokens=limit)
+    for prompt, plain in zip(PROMPTS, greedy, strict=True):
+        rule = StopRule(letters)
+        out, stats = speculative_generate(model, prompt, rule, max_new_tokens=limit, compiled=True)
+        assert out.tokens == plain.tokens
+        assert (stats.forwards, stats.drafted, stats.accepted) == reference_counts(
+            model, prompt, out.tokens, limit
+        )
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("n_future_tokens", [2, 4])
-def test_cuda_graph_decoding_equals_eager_decoding(n_future_tokens):
-    """On a GPU: plain and speculative decoding from CUDA graphs give the eager tokens, and
-    speculative decoding stays exactly greedy."""
+@pytest.mark.parametrize("compiled", [False, True])
+def test_cuda_graph_decoding_equals_eager_decoding(n_future_tokens, compiled):
+    """On a GPU: plain and speculative decoding from CUDA graphs (of eager or compiled steps)
+    give the eager decoder's tokens, and speculative decoding stays exactly greedy."""
     model = make_tiny_model(n_future_tokens, seed=n_future_tokens).cuda()
     limit = 24
-    for graphs in (False, True):
-        greedy = generate(
-            model, PROMPTS, StopRule(letters), max_new_tokens=limit, cuda_graphs=graphs
-        )
-        if not graphs:
-            eager = [g.tokens for g in greedy]
-            continue
-        assert [g.tokens for g in greedy] == eager
-    for prompt, tokens in zip(PROMPTS, eager, strict=True):
+    steps = {"cuda_graphs": True, "compiled": compiled}
+    eager = generate(model, PROMPTS, StopRule(letters), max_new_tokens=limit, cuda_graphs=False)
+    graphed = generate(model, PROMPTS, StopRule(letters), max_new_tokens=limit, **steps)
+    assert [g.tokens for g in graphed] == [e.tokens for e in eager]
+    for prompt, plain in zip(PROMPTS, eager, strict=True):
         out, stats = speculative_generate(
-            model, prompt, StopRule(letters), max_new_tokens=limit, cuda_graphs=True
+            model, prompt, StopRule(letters), max_new_tokens=limit, **steps
         )
-        assert out.tokens == tokens
+        assert out.tokens == plain.tokens
         assert (stats.forwards, stats.drafted, stats.accepted) == reference_counts(
             model, prompt, out.tokens, limit
         )

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from wmtp.errors import RunError
-from wmtp.models.kv_cache import Decoder, StaticDecoder, make_decoder
+from wmtp.models.kv_cache import (
+    Decoder,
+    StaticDecoder,
+    cache_length,
+    make_decoder,
+    setup_figures,
+)
 from wmtp.models.llama_mtp import LlamaMTP
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*flex_attention.*:UserWarning")
@@ -66,6 +72,19 @@ def test_a_decoder_keeping_head_1_runs_no_other_head(tiny_args):
         decoder.step(tokens[:, :1], heads=[2])
 
 
+def test_every_head_shares_one_norm_and_unembedding_call(tiny_args):
+    """A verify step's heads go through the final norm and the unembedding together: one
+    matmul for all heads, not one per head."""
+    model = LlamaMTP(tiny_args, attention="sdpa").eval()
+    calls = []
+    model.output.register_forward_hook(lambda _, __, out: calls.append(tuple(out.shape)))
+    decoder = Decoder(model, batch_size=1, max_len=8)
+    decoder.prefill(torch.randint(0, tiny_args.vocab_size, (1, 4)))
+    decoder.step(torch.randint(0, tiny_args.vocab_size, (1, 3)))
+    V = tiny_args.vocab_size
+    assert calls == [(1, 4, 2, V), (1, 3, 2, V)]
+
+
 # --------------------------------------------------------------------------------------------
 # StaticDecoder: fixed-shape steps (CUDA graphs on a GPU); the same numbers as the eager decoder
 # --------------------------------------------------------------------------------------------
@@ -107,10 +126,93 @@ def test_static_decoder_keeps_heads_and_checks_room(tiny_args):
         decoder.step(tokens[:, :1])
 
 
-def test_make_decoder_is_eager_on_cpu(tiny_args):
+def test_make_decoder_is_eager_on_cpu_unless_compiled(tiny_args):
     model = LlamaMTP(tiny_args, attention="sdpa").eval()
     assert type(make_decoder(model, 1, 8)) is Decoder
     assert type(make_decoder(model, 1, 8, cuda_graphs=True)) is Decoder  # no GPU, no graphs
+    compiled = make_decoder(model, 1, 8, compiled=True)
+    assert type(compiled) is StaticDecoder and compiled.compiled and not compiled.cuda_graphs
+
+
+def test_cache_lengths_are_shared_by_nearby_prompts():
+    assert cache_length(20, 2048) == cache_length(256, 2048) == 256
+    assert cache_length(300, 2048) == cache_length(512, 2048) == 512
+    assert cache_length(300, 400) == 400  # never past the model's length ...
+    assert cache_length(3000, 2048) == 3000  # ... unless asked for
+
+
+def test_static_decoders_of_one_shape_share_their_state(tiny_args):
+    """A new decoder of the same model and shape takes over the caches and prepared steps
+    (where the CUDA graphs live), gives the same numbers, and the older one may not go on."""
+    model = LlamaMTP(tiny_args, attention="sdpa").eval()
+    tokens = torch.randint(0, tiny_args.vocab_size, (1, 8))
+    first = StaticDecoder(model, batch_size=1, max_len=8, cuda_graphs=False)
+    first.prefill(tokens[:, :5])
+    expected = first.step(tokens[:, 5:6])
+    second = StaticDecoder(model, batch_size=1, max_len=10, cuda_graphs=False)
+    assert second.trunk_caches is first.trunk_caches
+    assert setup_figures(model)["step_states"] == 1
+    second.prefill(tokens[:, :5])
+    torch.testing.assert_close(second.step(tokens[:, 5:6]), expected)
+    with pytest.raises(AssertionError, match="took over the caches"):
+        first.step(tokens[:, 6:7])
+    other_batch = StaticDecoder(model, batch_size=2, max_len=8, cuda_graphs=False)
+    assert other_batch.trunk_caches is not first.trunk_caches
+
+
+def _storages_read(step) -> tuple[set[int], set[int]]:
+    """The storages ``step()`` reads and those it makes, seen op by op (aten level)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    read, made = set(), set()
+
+    def storages(tree) -> set[int]:
+        leaves = tree_leaves(tree)
+        return {t.untyped_storage().data_ptr() for t in leaves if isinstance(t, torch.Tensor)}
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            read.update(storages((args, kwargs)) - made)
+            out = func(*args, **(kwargs or {}))
+            made.update(storages(out))
+            return out
+
+    with Record():
+        step()
+    return read, made
+
+
+def test_a_step_reads_only_what_outlives_its_decoder(tiny_args):
+    """A CUDA graph replays the addresses its capture read, for every later decoder of the
+    shape: a step may read the model's tensors, its state's and its input, never a tensor of
+    the decoder that captured it (freed with that decoder, its memory reused)."""
+    model = LlamaMTP(tiny_args, attention="sdpa").eval()
+    tokens = torch.randint(0, tiny_args.vocab_size, (1, 6))
+    decoder = StaticDecoder(model, 1, 6, cuda_graphs=False)
+    decoder.prefill(tokens[:, :5])
+    state = decoder._state
+    owned = [*model.parameters(), *model.buffers(), state.start, state.keys_L, state.inv_freq_F]
+    owned += [t for c in [*state.caches[0], *state.caches[1].values()] for t in vars(c).values()]
+    step_input = tokens[:, 5:].clone()
+    allowed = {t.untyped_storage().data_ptr() for t in [*owned, step_input]}
+    with torch.no_grad():
+        read, _ = _storages_read(lambda: decoder.step(step_input))
+    assert read <= allowed, "the step reads tensors that die with its decoder"
+
+
+def test_a_state_made_under_inference_mode_serves_later_decoders(tiny_args):
+    """``generate`` runs under inference mode; the caches it leaves behind are ordinary
+    tensors, which a decoder outside inference mode may still write."""
+    model = LlamaMTP(tiny_args, attention="sdpa").eval()
+    tokens = torch.randint(0, tiny_args.vocab_size, (1, 6))
+    with torch.inference_mode():
+        StaticDecoder(model, 1, 6, cuda_graphs=False).prefill(tokens[:, :5])
+    decoder = StaticDecoder(model, 1, 6, cuda_graphs=False)
+    decoder.prefill(tokens[:, :5])
+    with torch.no_grad():
+        full = model(tokens)
+    torch.testing.assert_close(decoder.step(tokens[:, 5:]), full[:, 5:], atol=1e-5, rtol=1e-5)
 
 
 @CUDA
@@ -121,9 +223,33 @@ def test_cuda_graph_steps_equal_eager_steps(tiny_args, dtype):
     tokens = torch.randint(0, tiny_args.vocab_size, (2, 14), device="cuda")
     with torch.no_grad():
         eager = _decode_pieces(Decoder(model, batch_size=2, max_len=16), tokens)
-        graphed_decoder = StaticDecoder(model, batch_size=2, max_len=16)
-        graphed = _decode_pieces(graphed_decoder, tokens)
-    assert graphed_decoder._captured, "no step was captured"
+        graphed = _decode_pieces(StaticDecoder(model, batch_size=2, max_len=16), tokens)
+    assert setup_figures(model)["prepared_steps"] == 3, "not every step shape was captured"
     tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
     for a, b in zip(graphed, eager, strict=True):
         torch.testing.assert_close(a, b, **tol)
+
+
+@CUDA
+def test_compiled_captured_steps_equal_eager_steps_and_are_captured_once(tiny_args):
+    """Compiled steps captured in CUDA graphs (under inference mode, as ``generate`` runs) give
+    the eager decoder's logits in fp32; a second decoder of the same shape (a new prompt, outside
+    inference mode) replays those graphs: nothing compiled or captured again."""
+    from torch._dynamo.utils import counters
+
+    model = LlamaMTP(tiny_args, attention="sdpa").to("cuda").eval()
+    tokens, other = torch.randint(0, tiny_args.vocab_size, (2, 2, 14), device="cuda")
+    with torch.inference_mode():
+        eager = _decode_pieces(Decoder(model, batch_size=2, max_len=16), tokens)
+        compiled = _decode_pieces(StaticDecoder(model, 2, 16, compiled=True), tokens)
+    for a, b in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    graphs, prepared = counters["stats"]["unique_graphs"], setup_figures(model)
+    assert prepared["prepared_steps"] == 3  # S = 3, 1, 4
+    with torch.no_grad():
+        again = _decode_pieces(StaticDecoder(model, 2, 16, compiled=True), other)
+        eager_again = _decode_pieces(Decoder(model, 2, 16), other)
+    for a, b in zip(again, eager_again, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert counters["stats"]["unique_graphs"] == graphs
+    assert setup_figures(model) == prepared

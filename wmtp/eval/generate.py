@@ -107,11 +107,8 @@ class StopRule:
 
 
 def next_token_view(model: torch.nn.Module) -> torch.nn.Module:
-    """The model with head 1 only, sharing its weights: plain decoding skips the extra heads.
-
-    The KV-cache decoder advances every head's layer at every step; for head-1 decoding the
-    other heads' layers would be wasted work ((n - 1) of n_layers).
-    """
+    """The model with head 1 only, sharing its weights: the shape plain decoding runs (its
+    decoder keeps head 1 alone), for the weights it reads and a peer of that shape."""
     if model.n_heads == 1:
         return model
     import copy
@@ -150,16 +147,17 @@ def generate(
     max_length: int | None = None,
     batch_size: int = 16,
     cuda_graphs: bool | None = None,
+    compiled: bool | None = None,
 ) -> list[Completion]:
     """Continue every prompt (token ids, BOS included) with head 1; one ``Completion`` each.
 
     ``max_new_tokens`` is one limit for all rows or one per row; a row also stops at
     ``max_length`` tokens in all (default: the model's ``max_seq_len``). ``cuda_graphs``: replay
-    each decoding step from a CUDA graph (default: on a GPU; see ``StaticDecoder``).
+    each decoding step from a CUDA graph; ``compiled``: compile the step (defaults: both on a
+    GPU; see ``wmtp.models.kv_cache.make_decoder``). Only head 1's layer runs.
     """
     assert all(prompts), "every prompt needs at least one token (BOS)"
     limits = _limits(prompts, max_new_tokens, max_length or model.args.max_seq_len)
-    model = next_token_view(model)
     results: list[Completion | None] = [None] * len(prompts)
     for rows in _same_length_batches(prompts, batch_size):
         outs = _generate_batch(
@@ -169,7 +167,7 @@ def generate(
             stop_rule,
             sampling,
             generator,
-            cuda_graphs,
+            {"cuda_graphs": cuda_graphs, "compiled": compiled},
         )
         for i, out in zip(rows, outs, strict=True):
             results[i] = out
@@ -196,9 +194,13 @@ def _generate_batch(
     stop_rule: StopRule,
     sampling: Sampling,
     generator: torch.Generator | None,
-    cuda_graphs: bool | None,
+    steps: dict[str, bool | None],
 ) -> list[Completion]:
-    """Decode rows of one prompt length in lockstep until every row has finished."""
+    """Decode rows of one prompt length in lockstep until every row has finished (``steps``:
+    the decoder's ``cuda_graphs`` and ``compiled``). The next step is queued before the host
+    reads this step's tokens, so the device works while the host checks the stop rules; it is
+    skipped when every row ends at these tokens by its limit, so the steps taken are those a
+    read-then-step loop takes, plus one when a row ends early (EOS, stop string)."""
     from wmtp.models.kv_cache import make_decoder
 
     device = next(model.parameters()).device
@@ -208,18 +210,53 @@ def _generate_batch(
     if all(d is not None for d in done):
         return done  # type: ignore[return-value]
     max_len = len(prompts[0]) + max(limits)
-    decoder = make_decoder(model, len(prompts), max_len, kept_heads=[1], cuda_graphs=cuda_graphs)
+    decoder = make_decoder(model, len(prompts), max_len, kept_heads=[1], **steps)
     logits_BV = decoder.prefill(torch.tensor(prompts, device=device), heads=[1])[:, -1, 0]
     generated: list[list[int]] = [[] for _ in prompts]
+    reader = TokenReader(len(prompts), device)
     while True:
         next_B = sample_next(logits_BV, sampling, generator)
-        for b, token in enumerate(next_B.tolist()):
+        reader.start(next_B)
+        if _another_step_needed(done, generated, limits):
+            logits_BV = decoder.step(next_B[:, None], heads=[1])[:, -1, 0]
+        for b, token in enumerate(reader.tokens()):
             if done[b] is None:
                 generated[b].append(token)
                 done[b] = stop_rule.finished(generated[b], limits[b])
         if all(d is not None for d in done):
             return done  # type: ignore[return-value]
-        logits_BV = decoder.step(next_B[:, None], heads=[1])[:, -1, 0]
+
+
+def _another_step_needed(
+    done: list[Completion | None], generated: list[list[int]], limits: list[int]
+) -> bool:
+    """Whether a row may go on after the tokens being read: one not done whose limit lies
+    beyond them (a row at its limit ends there, whatever the tokens are)."""
+    rows = zip(done, generated, limits, strict=True)
+    return any(d is None and len(tokens) + 1 < limit for d, tokens, limit in rows)
+
+
+class TokenReader:
+    """Reads a step's tokens to the host without waiting for the work queued after them: on
+    CUDA a copy into pinned memory and an event, so the next step runs on the GPU while the host
+    checks stop rules (the one read per step). Elsewhere a plain copy."""
+
+    def __init__(self, batch_size: int, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.host_B = torch.empty(batch_size, dtype=torch.long, pin_memory=self.cuda)
+        self.copied = torch.cuda.Event() if self.cuda else None
+
+    def start(self, tokens_B: torch.Tensor) -> None:
+        """Queue the copy of ``tokens_B``."""
+        self.host_B.copy_(tokens_B, non_blocking=self.cuda)
+        if self.copied is not None:
+            self.copied.record(torch.cuda.current_stream(tokens_B.device))
+
+    def tokens(self) -> list[int]:
+        """The tokens of the last ``start``, once copied."""
+        if self.copied is not None:
+            self.copied.synchronize()
+        return self.host_B.tolist()
 
 
 __all__ = [

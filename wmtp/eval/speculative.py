@@ -119,12 +119,14 @@ def speculative_generate(
     max_new_tokens: int,
     max_length: int | None = None,
     cuda_graphs: bool | None = None,
+    compiled: bool | None = None,
     sampling: Sampling = GREEDY,
     generator: torch.Generator | None = None,
 ) -> tuple[Completion, SpeculativeStats]:
     """The continuation of ``prompt`` drafted by heads 2..n and verified by head 1: greedy, or
-    sampled as ``sampling`` says with ``generator`` (see the module doc); ``cuda_graphs``:
-    replay the verify steps from CUDA graphs (default on a GPU)."""
+    sampled as ``sampling`` says with ``generator`` (see the module doc). ``cuda_graphs``:
+    replay the verify steps from CUDA graphs; ``compiled``: compile them (defaults: both on a
+    GPU; see ``wmtp.models.kv_cache.make_decoder``)."""
     assert prompt, "the prompt needs at least one token (BOS)"
     n = model.n_heads
     max_length = max_length or model.args.max_seq_len
@@ -136,7 +138,9 @@ def speculative_generate(
     from wmtp.models.kv_cache import make_decoder
 
     device = next(model.parameters()).device
-    decoder = make_decoder(model, 1, len(prompt) + limit, cuda_graphs=cuda_graphs)
+    decoder = make_decoder(
+        model, 1, len(prompt) + limit, cuda_graphs=cuda_graphs, compiled=compiled
+    )
     logits_SnV = decoder.prefill(torch.tensor([prompt], device=device))[0]
     _, draft = verify(logits_SnV[-1:], Draft(-1, []), sampling, generator)
     stats.first_token_s = time.perf_counter() - started

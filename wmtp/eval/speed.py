@@ -42,13 +42,14 @@ def time_plain(
     model,
     prompt: list[int],
     new_tokens: int,
-    cuda_graphs: bool | None = None,
+    steps: dict | None = None,
     sampling: Sampling = GREEDY,
     generator: torch.Generator | None = None,
 ) -> dict:
-    """Plain decoding of one prompt: seconds to the first token, tokens/s over the rest."""
+    """Plain decoding of one prompt: seconds to the first token, tokens/s over the rest
+    (``steps``: ``cuda_graphs`` and ``compiled`` for the decoder)."""
     device = next(model.parameters()).device
-    drawn = {"sampling": sampling, "generator": generator, "cuda_graphs": cuda_graphs}
+    drawn = {"sampling": sampling, "generator": generator, **(steps or {})}
 
     def decode(tokens: int):
         return generate(model, [prompt], never_stop(), max_new_tokens=tokens, **drawn)[0]
@@ -62,11 +63,11 @@ def time_speculative(
     model,
     prompt: list[int],
     new_tokens: int,
-    cuda_graphs: bool | None = None,
+    steps: dict | None = None,
     sampling: Sampling = GREEDY,
     generator: torch.Generator | None = None,
 ) -> tuple[dict, SpeculativeStats]:
-    drawn = {"sampling": sampling, "generator": generator, "cuda_graphs": cuda_graphs}
+    drawn = {"sampling": sampling, "generator": generator, **(steps or {})}
     (out, stats), seconds = wall_seconds(
         next(model.parameters()).device,
         lambda: speculative_generate(
@@ -80,33 +81,42 @@ def benchmark(
     model,
     prompts: list[list[int]],
     new_tokens: int,
-    cuda_graphs: bool | None = None,
+    steps: dict | None = None,
     sampling: Sampling = GREEDY,
     seed: int = 0,
 ) -> dict:
-    """Plain and speculative figures over ``prompts`` (after one warm-up of each); decoding
-    steps replayed from CUDA graphs on a GPU unless ``cuda_graphs=False``. Sampled
-    (``sampling`` above temperature 0), both draw with generators seeded by ``seed``."""
+    """Plain and speculative figures over ``prompts``; decoding steps as ``steps`` says
+    (``cuda_graphs``, ``compiled``; default: both on a GPU). Every prompt is decoded once of
+    each kind before timing, so compilation and CUDA-graph capture (once per model and step
+    shape) happen there: ``setup`` reports their seconds, and those spent inside the timed
+    runs (0 when the warm-up met every shape). Sampled (``sampling`` above temperature 0),
+    both draw with generators seeded by ``seed``."""
+    from wmtp.models.kv_cache import setup_figures
+
     device = next(model.parameters()).device
 
     def generator() -> torch.Generator | None:
         return None if sampling.greedy else torch.Generator(device=device).manual_seed(seed)
 
     plain_gen, spec_gen = generator(), generator()
-    time_plain(model, prompts[0], min(8, new_tokens), cuda_graphs, sampling, plain_gen)
-    time_speculative(model, prompts[0], min(8, new_tokens), cuda_graphs, sampling, spec_gen)
+    for prompt in prompts:
+        time_plain(model, prompt, new_tokens, steps, sampling, plain_gen)
+        time_speculative(model, prompt, new_tokens, steps, sampling, spec_gen)
+    warmed = setup_figures(model)
     plain_runs, spec_runs, totals, identical = [], [], SpeculativeStats(), 0
     for prompt in prompts:
-        plain = time_plain(model, prompt, new_tokens, cuda_graphs, sampling, plain_gen)
-        spec, stats = time_speculative(model, prompt, new_tokens, cuda_graphs, sampling, spec_gen)
+        plain = time_plain(model, prompt, new_tokens, steps, sampling, plain_gen)
+        spec, stats = time_speculative(model, prompt, new_tokens, steps, sampling, spec_gen)
         identical += plain["tokens"] == spec["tokens"]
         plain_runs.append(plain)
         spec_runs.append({**spec, "ttft_s": stats.first_token_s})
         totals.add(stats)
     plain_tps = sum(len(r["tokens"]) for r in plain_runs) / sum(r["seconds"] for r in plain_runs)
     spec_tps = sum(len(r["tokens"]) for r in spec_runs) / sum(r["seconds"] for r in spec_runs)
+    in_timed_s = setup_figures(model)["setup_s"] - warmed["setup_s"]
     return {
         "sampling": {"temperature": sampling.temperature, "top_p": sampling.top_p},
+        "setup": {**warmed, "setup_s_in_timed_runs": round(in_timed_s, 3)},
         "plain": {
             "tokens_per_s": round(plain_tps, 2),
             "ttft_s": round(statistics.median(r["ttft_s"] for r in plain_runs), 5),
@@ -201,10 +211,11 @@ def run(args: argparse.Namespace) -> dict:
         "torch": torch.__version__,
     }
     graphs = device == "cuda" and not args.eager
-    result["steps"] = "cuda_graphs" if graphs else "eager"
+    steps = {"cuda_graphs": graphs, "compiled": graphs and not args.no_compile}
+    result["steps"] = steps
     sampling = Sampling(temperature=args.temperature, top_p=args.top_p)
     with torch.inference_mode():
-        result["as_loaded"] = benchmark(model, prompts, args.new_tokens, graphs, sampling)
+        result["as_loaded"] = benchmark(model, prompts, args.new_tokens, steps, sampling)
         plain_tps = result["as_loaded"]["plain"]["tokens_per_s"]
         result["bandwidth"] = decode_peers.bandwidth_figures(model, plain_tps)
         if args.peers:
@@ -215,10 +226,11 @@ def run(args: argparse.Namespace) -> dict:
                 model, prompts[0], args.new_tokens, args.batch, batch_sampling
             )
         if graphs and args.also_eager:
-            result["as_loaded_eager"] = benchmark(model, prompts, args.new_tokens, False, sampling)
+            eager = {"cuda_graphs": False, "compiled": False}
+            result["as_loaded_eager"] = benchmark(model, prompts, args.new_tokens, eager, sampling)
         if args.agreeing_heads:
             rig_agreeing_heads(model)
-            result["agreeing_heads"] = benchmark(model, prompts, args.new_tokens, graphs, sampling)
+            result["agreeing_heads"] = benchmark(model, prompts, args.new_tokens, steps, sampling)
     return result
 
 
@@ -250,6 +262,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--batch", type=int, default=20, help="rows of the batched comparison")
     parser.add_argument("--eager", action="store_true", help="no CUDA graphs: launch every kernel")
+    parser.add_argument(
+        "--no-compile", action="store_true", help="CUDA graphs of the eager kernels, not compiled"
+    )
     parser.add_argument(
         "--also-eager",
         action="store_true",

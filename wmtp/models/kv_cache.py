@@ -1,21 +1,26 @@
 """Inference with a key/value cache: prefill a prompt, then decode a few tokens at a time.
 
 Kept apart from the training path: the model's modules are reused, but this file holds the
-cached attention step. Every block (trunk layers and each head's layer) gets its own cache; a
-head's layer attends over its own keys of the trunk output, as in the full forward. New queries
-are the last positions of the cached keys, so every backend's bottom-right causal alignment
-applies (sdpa: no mask for one token; a small mask only for multi-token chunks).
+cached attention step. Every block the decoder runs (the trunk layers and each kept head's
+layer) gets its own cache; a head's layer attends over its own keys of the trunk output, as in
+the full forward. New queries are the last positions of the cached keys, so every backend's
+bottom-right causal alignment applies (sdpa: no mask for one token; a small mask only for
+multi-token chunks).
 
 The rows of a batch share one position (replicated prompts, as for pass@k sampling); prompts of
 different lengths are decoded in separate batches. On a GPU, ``make_decoder`` returns a
-``StaticDecoder``, whose steps replay CUDA graphs.
+``StaticDecoder``: its fixed-shape steps are compiled once (Inductor) and replayed from CUDA
+graphs captured once per model and shape, then reused by every later decoder of that shape.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import time
+import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +72,24 @@ def planless_attention(device: torch.device) -> contextlib.AbstractContextManage
     )
 
 
+BlockCaches = tuple[list[KVCache], dict[int, KVCache]]
+"""The caches of the trunk layers (in order) and of each kept head's layer (head -> cache)."""
+
+
+def block_caches(
+    model: LlamaMTP, batch_size: int, length: int, kept_heads: Sequence[int]
+) -> BlockCaches:
+    """Empty caches of ``length`` positions for the trunk and the ``kept_heads``' layers only."""
+    param = next(model.parameters())
+    a = model.args
+
+    def cache() -> KVCache:
+        shape = (batch_size, length, a.kv_heads, a.head_dim)
+        return KVCache(*shape, dtype=param.dtype, device=param.device)
+
+    return [cache() for _ in model.layers[:-1]], {k: cache() for k in kept_heads}
+
+
 class Decoder:
     """Incremental decoding of a LlamaMTP: ``prefill(prompt)``, then ``step(tokens)``.
 
@@ -86,16 +109,12 @@ class Decoder:
         self.model = model
         self.max_len = max_len
         self.kept_heads = tuple(kept_heads or range(1, model.n_heads + 1))
-        param = next(model.parameters())
-        a = model.args
-        self.caches = [
-            KVCache(
-                batch_size, max_len, a.kv_heads, a.head_dim, dtype=param.dtype, device=param.device
-            )
-            for _ in model.blocks()
-        ]
-        self.inv_freq_F = rope_frequencies(a, param.device)
+        self.inv_freq_F = rope_frequencies(model.args, next(model.parameters()).device)
+        self.trunk_caches, self.head_caches = self._caches(batch_size)
         self.length = 0
+
+    def _caches(self, batch_size: int) -> BlockCaches:
+        return block_caches(self.model, batch_size, self.max_len, self.kept_heads)
 
     @torch.no_grad()
     def prefill(self, tokens_BS: torch.Tensor, heads: list[int] | None = None) -> torch.Tensor:
@@ -125,7 +144,7 @@ class Decoder:
         self.length = start + S
         return logits_BSnV
 
-    def _check_room(self, S: int, heads: list[int] | None) -> int:
+    def _check_room(self, S: int, heads: Sequence[int] | None) -> int:
         """The start position of ``S`` new tokens, after checking the heads and the cache's room."""
         if heads is not None:
             assert set(heads) <= set(self.kept_heads), (
@@ -138,23 +157,21 @@ class Decoder:
         return self.length
 
     def _run_blocks(
-        self, tokens_BS: torch.Tensor, heads: list[int] | None, run_block: BlockStep
+        self, tokens_BS: torch.Tensor, heads: Sequence[int] | None, run_block: BlockStep
     ) -> torch.Tensor:
         """Embed, run the trunk and every kept head's layer through ``run_block``; the logits of
-        ``heads`` (default: the kept ones) as ``[B, S, n, V]``."""
+        ``heads`` (default: the kept ones) as ``[B, S, n, V]``. The heads' hidden states share
+        one final norm and one unembedding matmul (not one per head)."""
         model = self.model
         h_BSD = model.tok_embeddings(tokens_BS)
-        n_trunk = len(model.layers) - 1
-        for layer, cache in zip(model.layers[:-1], self.caches[:n_trunk], strict=True):
+        for layer, cache in zip(model.layers[:-1], self.trunk_caches, strict=True):
             h_BSD = run_block(layer, h_BSD, cache)
-        head_caches = self.caches[n_trunk:]  # head 1, then extra heads: model.blocks() order
+        hidden = {  # every kept head's cache advances, asked for or not
+            k: run_block(model.head_layer(k), h_BSD, self.head_caches[k]) for k in self.kept_heads
+        }
         ks = heads if heads is not None else self.kept_heads
-        logits = {}
-        for k in self.kept_heads:  # every kept head's cache advances, asked for or not
-            hk_BSD = run_block(model.head_layer(k), h_BSD, head_caches[k - 1])
-            if k in ks:
-                logits[k] = model.output(model.norm(hk_BSD))
-        return torch.stack([logits[k] for k in ks], dim=2)  # n x [B, S, V] -> [B, S, n, V]
+        hidden_BSnD = torch.stack([hidden[k] for k in ks], dim=2)  # n x [B, S, D] -> [B, S, n, D]
+        return model.output(model.norm(hidden_BSnD))
 
 
 BlockStep = Callable[[TransformerBlock, torch.Tensor, KVCache], torch.Tensor]
@@ -188,73 +205,210 @@ class _Captured:
     logits_BSnV: torch.Tensor
 
 
-class StaticDecoder(Decoder):
-    """A ``Decoder`` whose steps have fixed shapes, replayed from CUDA graphs on a GPU.
+@dataclass
+class StepState:
+    """What the fixed-shape steps of one model read and write, for one batch size, cache length,
+    set of kept heads and kind of step: the caches, the start position (a device tensor), the
+    RoPE frequencies, and the steps prepared so far (``(S, heads)`` -> its CUDA graph, or None
+    uncaptured). Kept per model and reused by every ``StaticDecoder`` of that shape, so a graph
+    is captured once and replayed for every later prompt and call. A graph holds the addresses of
+    every tensor its step read: each of them must be the state's or the model's, never a
+    decoder's own (freed with the decoder, its memory reused). One decoder uses the state at a
+    time: the newest one to claim it."""
 
-    Batch-1 decoding is launch-bound: a plain step of a 0.9B model is ~690 small kernels, 1.75 ms
-    of GPU time but 12.6 ms of host time on the H100 (bench/results/h100_decode.md). Here a step of ``S`` tokens attends over the whole cache with a
-    mask of the filled positions and writes its keys at positions held in a device tensor, so its
-    shapes never change: each ``(S, heads)`` is captured once as a CUDA graph and every later step
-    is one replay. ``prefill`` stays eager (its length changes once per prompt); ``rewind`` works
-    as before (the mask hides what lies past ``length``). ``cuda_graphs=False`` (or a CPU model)
-    runs the same fixed-shape step without capture: the reference the tests hold it to.
+    caches: BlockCaches
+    start: torch.Tensor
+    keys_L: torch.Tensor
+    inv_freq_F: torch.Tensor
+    pool: tuple | None
+    prepared: dict[tuple[int, tuple[int, ...]], _Captured | None] = field(default_factory=dict)
+    setup_s: float = 0.0
+    """Seconds spent preparing steps (compiling, warming up, capturing), outside their timing."""
+    owner: weakref.ref | None = None
+
+
+_STATES: weakref.WeakKeyDictionary[LlamaMTP, dict[tuple, StepState]] = weakref.WeakKeyDictionary()
+"""Each model's step states, by (batch, cache length, kept heads, graphs, compiled, dtype,
+device); they live as long as the model."""
+
+
+def cache_length(max_len: int, max_seq_len: int) -> int:
+    """The cache length of a step state: ``max_len`` rounded up to a power of two (at least 256,
+    at most the model's ``max_seq_len`` unless ``max_len`` is longer). Prompts of nearby lengths
+    then share one state, its compiled steps and graphs; a step reads every cached position,
+    masked or not: at most twice ``max_len`` (or 256)."""
+    bucket = 1 << (max(max_len, 256) - 1).bit_length()
+    return max(max_len, min(bucket, max_seq_len))
+
+
+def step_state(model: LlamaMTP, batch_size: int, max_len: int, kept_heads: tuple[int, ...],
+               kind: tuple[bool, bool]) -> StepState:  # fmt: skip
+    """The model's state for this shape and ``kind`` (``(cuda_graphs, compiled)``), made on
+    first use."""
+    param = next(model.parameters())
+    length = cache_length(max_len, model.args.max_seq_len)
+    key = (batch_size, length, kept_heads, *kind, param.dtype, param.device)
+    states = _STATES.setdefault(model, {})
+    if key not in states:
+        states[key] = _new_state(model, batch_size, length, kept_heads, cuda_graphs=kind[0])
+    return states[key]
+
+
+@torch.inference_mode(False)
+def _new_state(model: LlamaMTP, batch_size: int, length: int, kept_heads: tuple[int, ...],
+               *, cuda_graphs: bool) -> StepState:  # fmt: skip
+    """Empty caches and positions: ordinary tensors even when made under inference mode
+    (``generate``), so that a later decoder outside it may still write them."""
+    device = next(model.parameters()).device
+    pool = None
+    if cuda_graphs:
+        with torch.cuda.device(device):  # the model's GPU, not the current one
+            pool = torch.cuda.graph_pool_handle()
+    return StepState(
+        caches=block_caches(model, batch_size, length, kept_heads),
+        start=torch.zeros((), dtype=torch.long, device=device),
+        keys_L=torch.arange(length, device=device),
+        inv_freq_F=rope_frequencies(model.args, device),
+        pool=pool,
+    )
+
+
+def setup_figures(model: LlamaMTP) -> dict[str, float | int]:
+    """What fixed-shape decoding of ``model`` has prepared: step states, step shapes prepared
+    (compiled and/or captured) and the seconds spent preparing them."""
+    states = list(_STATES.get(model, {}).values())
+    return {
+        "step_states": len(states),
+        "prepared_steps": sum(len(s.prepared) for s in states),
+        "setup_s": round(sum(s.setup_s for s in states), 3),
+    }
+
+
+_RECOMPILE_LIMIT = 64
+"""Compiled variants of the one step function: one per (batch, cache length, S, heads).
+Dynamo's default limit (8) would fall back to eager steps after a few shapes."""
+
+
+@functools.cache
+def _compiled_static_step() -> Callable[..., torch.Tensor]:
+    """``StaticDecoder._static_step`` compiled by Inductor (whole graph, static shapes), made
+    once per process: a new decoder with a known shape finds its compiled variant."""
+    return torch.compile(StaticDecoder._static_step, fullgraph=True, dynamic=False)
+
+
+class StaticDecoder(Decoder):
+    """A ``Decoder`` whose steps have fixed shapes: compiled, and replayed from CUDA graphs.
+
+    Batch-1 decoding is launch-bound: a plain eager step of a 0.9B model is ~690 small kernels,
+    1.75 ms of GPU time but 12.6 ms of host time on the H100 (bench/results/h100_decode.md).
+    Here a step of ``S`` tokens attends over the whole cache with a mask of the filled positions
+    and writes its keys at positions held in a device tensor, so its shapes never change.
+    ``compiled``: the step is compiled by Inductor (its elementwise work fused into few kernels).
+    ``cuda_graphs`` (on a GPU): each ``(S, heads)`` is captured once as a CUDA graph, its
+    compiled kernels included, and every later step is one replay. Compiled code is made at a
+    step's first use and graphs captured there (``StepState``): every later decoder of the same
+    model and shape reuses them, so warming up once keeps compilation and capture out of timed
+    regions (``setup_figures`` says what it cost). ``prefill`` stays eager (its length changes
+    once per prompt); ``rewind`` works as before (the mask hides what lies past ``length``).
+    Neither (or a CPU model without ``compiled``) runs the same fixed-shape step eagerly: the
+    reference the tests hold it to.
+
+    Capture is manual rather than ``torch.compile(mode="reduce-overhead")``: the caches are
+    written in place at every step, and reduce-overhead's graphs would copy mutated inputs that
+    are not static (the whole cache) or skip the graph; here the graph owns the caches.
     """
 
     def __init__(self, model: LlamaMTP, batch_size: int, max_len: int,
-                 kept_heads: Sequence[int] | None = None, *, cuda_graphs: bool = True):  # fmt: skip
+                 kept_heads: Sequence[int] | None = None, *, cuda_graphs: bool = True,
+                 compiled: bool = False):  # fmt: skip
+        self.cuda_graphs = cuda_graphs and next(model.parameters()).device.type == "cuda"
+        self.compiled = compiled
         super().__init__(model, batch_size, max_len, kept_heads)
-        device = self.inv_freq_F.device
-        self.cuda_graphs = cuda_graphs and device.type == "cuda"
-        self._start = torch.zeros((), dtype=torch.long, device=device)
-        self._keys_L = torch.arange(max_len, device=device)
-        self._captured: dict[tuple[int, tuple[int, ...]], _Captured] = {}
-        self._pool = None
-        if self.cuda_graphs:
-            with torch.cuda.device(device):
-                self._pool = torch.cuda.graph_pool_handle()
+        self._state.owner = weakref.ref(self)
+
+    def _caches(self, batch_size: int) -> BlockCaches:
+        kind = (self.cuda_graphs, self.compiled)
+        self._state = step_state(self.model, batch_size, self.max_len, self.kept_heads, kind)
+        return self._state.caches
+
+    def _advance(self, tokens_BS: torch.Tensor, heads: list[int] | None) -> torch.Tensor:
+        self._check_owner()
+        return super()._advance(tokens_BS, heads)
 
     @torch.no_grad()
     def step(self, tokens_BS: torch.Tensor, heads: list[int] | None = None) -> torch.Tensor:
         start = self._check_room(tokens_BS.shape[1], heads)
-        self._start.fill_(start)
-        if not self.cuda_graphs:
-            logits_BSnV = self._static_step(tokens_BS, heads)
+        self._check_owner()
+        state = self._state
+        state.start.fill_(start)
+        key = (tokens_BS.shape[1], tuple(heads) if heads is not None else self.kept_heads)
+        if key not in state.prepared:
+            state.prepared[key] = self._prepare(tokens_BS, key[1])
+        captured = state.prepared[key]
+        if captured is None:
+            logits_BSnV = self._run_step(tokens_BS, key[1])
         else:
-            key = (tokens_BS.shape[1], tuple(heads) if heads is not None else self.kept_heads)
-            captured = self._captured.get(key) or self._capture(tokens_BS, key[1])
-            self._captured[key] = captured
             captured.tokens_BS.copy_(tokens_BS)
             captured.graph.replay()
             logits_BSnV = captured.logits_BSnV.clone()  # the next replay overwrites it
         self.length = start + tokens_BS.shape[1]
         return logits_BSnV
 
-    def _static_step(self, tokens_BS: torch.Tensor, heads: Sequence[int] | None) -> torch.Tensor:
-        """The step at position ``self._start`` (a device tensor): fixed shapes throughout."""
+    def _check_owner(self) -> None:
+        owner = self._state.owner
+        assert owner is not None and owner() is self, (
+            "a newer decoder of this model and shape took over the caches: decode one at a time"
+        )
+
+    def _static_step(self, tokens_BS: torch.Tensor, heads: tuple[int, ...]) -> torch.Tensor:
+        """The step at position ``start`` (a device tensor): fixed shapes throughout."""
         B, S = tokens_BS.shape
-        positions_S = self._start + torch.arange(S, device=tokens_BS.device)
-        rope = rope_tables(self.inv_freq_F, positions_S.expand(B, S))
-        allowed_SL = self._keys_L[None, :] <= positions_S[:, None]  # causal, bottom-right
+        positions_S = self._state.start + torch.arange(S, device=tokens_BS.device)
+        rope = rope_tables(self._state.inv_freq_F, positions_S.expand(B, S))
+        allowed_SL = self._state.keys_L[None, :] <= positions_S[:, None]  # causal, bottom-right
         return self._run_blocks(
             tokens_BS,
-            list(heads) if heads is not None else None,
+            heads,
             lambda block, x, cache: masked_block(block, x, rope, cache, positions_S, allowed_SL),
         )
 
+    def _run_step(self, tokens_BS: torch.Tensor, heads: tuple[int, ...]) -> torch.Tensor:
+        """The fixed-shape step, compiled or eager."""
+        if not self.compiled:
+            return self._static_step(tokens_BS, heads)
+        with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+            return _compiled_static_step()(self, tokens_BS, heads)
+
+    def _prepare(self, tokens_BS: torch.Tensor, heads: tuple[int, ...]) -> _Captured | None:
+        """A step shape's first use: compile it (run once) and capture it, timed into the state's
+        ``setup_s``. The warm-up writes keys only at the positions this step is about to
+        overwrite."""
+        started = time.perf_counter()
+        if self.cuda_graphs:
+            captured = self._capture(tokens_BS, heads)
+            torch.cuda.synchronize(tokens_BS.device)
+        else:
+            captured = None
+            if self.compiled:
+                self._run_step(tokens_BS, heads)
+        self._state.setup_s += time.perf_counter() - started
+        return captured
+
+    @torch.inference_mode(False)
     def _capture(self, tokens_BS: torch.Tensor, heads: tuple[int, ...]) -> _Captured:
-        """Warm up on a side stream (as capture requires), then record one step. The warm-up
-        writes keys only at the positions this step is about to overwrite."""
+        """Warm up on a side stream (as capture requires; the first run compiles), then record
+        one step. Its input and output are ordinary tensors, as the state's are."""
         static_tokens_BS = tokens_BS.clone()
         with torch.cuda.device(static_tokens_BS.device):  # the model's GPU, not the current one
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(2):
-                    self._static_step(static_tokens_BS, heads)
+                    self._run_step(static_tokens_BS, heads)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
-                logits_BSnV = self._static_step(static_tokens_BS, heads)
+            with torch.cuda.graph(graph, pool=self._state.pool):
+                logits_BSnV = self._run_step(static_tokens_BS, heads)
         return _Captured(graph, static_tokens_BS, logits_BSnV)
 
 
@@ -265,15 +419,30 @@ def make_decoder(
     kept_heads: Sequence[int] | None = None,
     *,
     cuda_graphs: bool | None = None,
+    compiled: bool | None = None,
 ) -> Decoder:
-    """The decoder for ``model``: CUDA-graph steps on a GPU (``cuda_graphs=None``: whenever the
-    model is on one), the eager ``Decoder`` otherwise."""
+    """The decoder for ``model``. ``cuda_graphs=None``: CUDA-graph steps whenever the model is on
+    a GPU; ``compiled=None``: compiled steps where graphs are (``False`` captures eager
+    kernels; ``True`` without graphs compiles the uncaptured fixed-shape step, on a CPU too).
+    With neither, the eager ``Decoder``."""
     on_gpu = next(model.parameters()).device.type == "cuda"
-    if cuda_graphs is None:
-        cuda_graphs = on_gpu
-    if cuda_graphs and on_gpu:
-        return StaticDecoder(model, batch_size, max_len, kept_heads)
+    graphs = on_gpu if cuda_graphs is None else cuda_graphs and on_gpu
+    compiled = graphs if compiled is None else compiled
+    if graphs or compiled:
+        return StaticDecoder(
+            model, batch_size, max_len, kept_heads, cuda_graphs=graphs, compiled=compiled
+        )
     return Decoder(model, batch_size, max_len, kept_heads)
 
 
-__all__ = ["Decoder", "KVCache", "StaticDecoder", "cached_block", "make_decoder", "masked_block"]
+__all__ = [
+    "Decoder",
+    "KVCache",
+    "StaticDecoder",
+    "StepState",
+    "cache_length",
+    "cached_block",
+    "make_decoder",
+    "masked_block",
+    "setup_figures",
+]
