@@ -172,7 +172,7 @@ def test_speculative_sampling_at_the_recipes_temperature(run_dir, tmp_path):
     assert samples == drawn(tmp_path / "b") and len(set(samples)) > 1
     stats = summary_of(tmp_path / "a")
     assert stats["settings"]["temperature"] > 0
-    assert stats["generation"]["completions"] == len(samples)  # every sample drawn on its own
+    assert stats["generation"]["completions"] == len(samples)  # every sample its own row
     speculative = stats["generation"]["speculative"]
     assert speculative["forwards"] > 0 and set(speculative["acceptance_by_head"]) == {"2"}
     assert "speculative decoding (humaneval): drafts accepted head 2" in result.flat

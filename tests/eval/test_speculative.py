@@ -1,5 +1,6 @@
 """Self-speculative decoding: exactly greedy, with acceptance statistics checked independently;
-sampled, exactly head 1's distribution (a chi-square test against the enumerated one)."""
+sampled, exactly head 1's distribution (a chi-square test against the enumerated one); batched,
+every row as it would be alone."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import torch
 
 from tests.eval.tests_eval_helpers import letters, make_tiny_model, tiny_args
 from wmtp.eval.generate import StopRule, generate
-from wmtp.eval.speculative import speculative_generate
+from wmtp.eval.speculative import SpeculativeStats, speculative_generate, speculative_generate_batch
 from wmtp.models.llama_mtp import LlamaMTP
 
 PROMPTS = [[1, 2, 3], [5, 9, 11, 12, 30, 4], [7], [40, 41, 42, 43]]
+SAME_LENGTH = [[40, 41, 42, 43], [1, 2, 3, 4], [40, 41, 42, 43], [7, 7, 7, 7], [5, 9, 11, 12]]
+"""Prompts of one length, one of them twice: a batch of rows that advance apart."""
 
 
 def reference_counts(model, prompt, completion, limit, by_head=None):
@@ -104,9 +107,7 @@ def test_agreeing_heads_accept_every_draft():
 
 def test_partly_agreeing_heads_and_stops():
     """Half of the heads copy head 1 of a random model: some drafts accepted, some not."""
-    model = make_tiny_model(3, seed=11)
-    with torch.no_grad():
-        model.extra_heads[0].load_state_dict(model.layers[-1].state_dict())
+    model = partly_agreeing_model()
     total = [0, 0]
     for prompt in PROMPTS:
         plain = generate(model, [prompt], StopRule(letters), max_new_tokens=30)[0]
@@ -139,6 +140,56 @@ def test_compiled_verify_steps_stay_exactly_greedy():
         assert (stats.forwards, stats.drafted, stats.accepted) == reference_counts(
             model, prompt, out.tokens, limit
         )
+    assert_rows_exactly_greedy(model, SAME_LENGTH, limit, StopRule(letters), compiled=True)
+
+
+def partly_agreeing_model(seed=11):
+    """Head 2 copies head 1 of a random model (head 3 does not): some drafts accepted, some
+    not, so the rows of a batch advance by different numbers of tokens."""
+    model = make_tiny_model(3, seed=seed)
+    with torch.no_grad():
+        model.extra_heads[0].load_state_dict(model.layers[-1].state_dict())
+    return model
+
+
+def assert_rows_exactly_greedy(model, prompts, limit, rule, **steps):
+    """Batched speculative decoding of ``prompts`` gives every row plain greedy's completion,
+    with the acceptance counts recounted for that row alone; the rows' acceptance per head."""
+    outs, stats = speculative_generate_batch(model, prompts, rule, max_new_tokens=limit, **steps)
+    for prompt, out, row in zip(prompts, outs, stats, strict=True):
+        plain = generate(model, [prompt], rule, max_new_tokens=limit)[0]
+        assert (out.tokens, out.text, out.finish_reason) == (
+            plain.tokens, plain.text, plain.finish_reason,
+        )  # fmt: skip
+        if out.finish_reason == "length":  # recounted up to the limit (a stop string cuts it)
+            by_head = {}
+            counted = reference_counts(model, prompt, out.tokens, limit, by_head)
+            assert (row.forwards, row.drafted, row.accepted) == counted
+            assert row.acceptance_by_head() == {k: a / d for k, (d, a) in by_head.items() if d}
+        assert row.generated >= len(out.tokens) and row.rows == 1
+    return outs, stats
+
+
+@pytest.mark.parametrize("n_future_tokens", [1, 2, 4])
+def test_batched_speculative_gives_every_row_greedys_tokens(n_future_tokens):
+    """Rows of different prompts (one of them twice) in one batch: each row's tokens and
+    acceptance counts are those of the row decoded alone."""
+    model = make_tiny_model(n_future_tokens, seed=n_future_tokens)
+    assert_rows_exactly_greedy(model, SAME_LENGTH, 24, StopRule(letters))
+
+
+def test_batched_rows_advance_apart_and_stop_apart():
+    """Partly agreeing heads: the rows accept different numbers of drafts, and stop strings
+    end some rows early while the others go on."""
+    model = partly_agreeing_model()
+    plain = generate(model, SAME_LENGTH[:1], StopRule(letters), max_new_tokens=30)[0]
+    rule = StopRule(letters, stop=[letters(plain.tokens)[12:14]])
+    outs, stats = assert_rows_exactly_greedy(model, SAME_LENGTH, 30, rule)
+    assert {out.finish_reason for out in outs} == {"stop", "length"}
+    assert len({(row.forwards, row.accepted) for row in stats}) > 2  # rows went apart
+    total = SpeculativeStats.of_batch(stats)
+    assert total.rows == len(SAME_LENGTH) and total.seconds == stats[0].seconds
+    assert total.accepted == sum(row.accepted for row in stats) and 0 < total.acceptance_rate < 1
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
@@ -161,6 +212,7 @@ def test_cuda_graph_decoding_equals_eager_decoding(n_future_tokens, compiled):
         assert (stats.forwards, stats.drafted, stats.accepted) == reference_counts(
             model, prompt, out.tokens, limit
         )
+    assert_rows_exactly_greedy(model, SAME_LENGTH, limit, StopRule(letters), **steps)
 
 
 # --- speculative sampling: head 1's distribution exactly --------------------------------------
@@ -204,31 +256,38 @@ def chi_square_p_value(counts: dict, probs: dict) -> float:
     return float(torch.special.gammaincc(dof, torch.tensor(stat / 2, dtype=torch.float64)))
 
 
-@pytest.mark.parametrize(("temperature", "top_p"), [(1.5, 1.0), (1.0, 0.8)])
-def test_speculative_sampling_keeps_head_1s_distribution(temperature, top_p):
-    """Continuations drawn by speculative sampling follow plain sampling's exact distribution
-    (a chi-square test over every continuation), while the drafts are both accepted and
-    rejected; the same test rejects what accepting every draft would give."""
+def sampling_model(vocab):
+    torch.manual_seed(5)
+    model = LlamaMTP(tiny_args(3, vocab_size=vocab), attention="eager")
+    model.reset_parameters(std=0.3)
+    return model.eval()
+
+
+@pytest.mark.parametrize(("temperature", "top_p", "rows"), [(1.5, 1.0, 300), (1.0, 0.8, 100)])
+def test_speculative_sampling_keeps_head_1s_distribution(temperature, top_p, rows):
+    """Continuations drawn by batched speculative sampling (``rows`` rows of one prompt per
+    batch, each accepting its own drafts) follow plain sampling's exact distribution (a
+    chi-square test over every continuation): the rows are independent draws, and so are
+    successive batches. The drafts are both accepted and rejected; the same test rejects what
+    accepting every draft would give."""
     from collections import Counter
 
     from wmtp.eval.generate import Sampling, next_token_probs
 
     vocab, prompt, draws = 4, [1, 3, 0, 2], 3000
-    torch.manual_seed(5)
-    model = LlamaMTP(tiny_args(3, vocab_size=vocab), attention="eager")
-    model.reset_parameters(std=0.3)
-    model.eval()
+    model = sampling_model(vocab)
     sampling = Sampling(temperature=temperature, top_p=top_p)
     exact = continuation_probs(model, prompt, sampling, vocab)
     generator = torch.Generator().manual_seed(0)
     counts, drafted, accepted = Counter(), 0, 0
-    for _ in range(draws):
-        out, stats = speculative_generate(
-            model, prompt, StopRule(letters), max_new_tokens=SAMPLED,
+    for _ in range(draws // rows):
+        outs, stats = speculative_generate_batch(
+            model, [prompt] * rows, StopRule(letters), max_new_tokens=SAMPLED,
             sampling=sampling, generator=generator,
         )  # fmt: skip
-        counts[tuple(out.tokens)] += 1
-        drafted, accepted = drafted + stats.drafted, accepted + stats.accepted
+        counts.update(tuple(out.tokens) for out in outs)
+        total = SpeculativeStats.of_batch(stats)
+        drafted, accepted = drafted + total.drafted, accepted + total.accepted
     assert 0.2 < accepted / drafted < 0.95  # both branches of the acceptance test ran often
     assert all(exact[cell] > 0 for cell in counts)  # nothing outside the nucleus
     assert chi_square_p_value(counts, exact) > 1e-3
@@ -240,3 +299,66 @@ def test_speculative_sampling_keeps_head_1s_distribution(temperature, top_p):
         tuple(torch.multinomial(naive, 1, generator=generator)[:, 0].tolist()) for _ in range(draws)
     )
     assert chi_square_p_value(wrong, exact) < 1e-6
+
+
+def test_seeded_speculative_sampling_is_reproducible():
+    """A seed gives the same batch of samples again; its rows draw apart (one prompt, distinct
+    continuations)."""
+    from wmtp.eval.generate import Sampling
+
+    model, prompt = sampling_model(4), [1, 3, 0, 2]
+    options = {"max_new_tokens": 8, "sampling": Sampling(temperature=1.5)}
+
+    def drawn(rows):
+        generator = torch.Generator().manual_seed(7)
+        outs, stats = speculative_generate_batch(
+            model, [prompt] * rows, StopRule(letters), generator=generator, **options
+        )
+        return [out.tokens for out in outs], [(row.forwards, row.accepted) for row in stats]
+
+    first = drawn(16)
+    assert drawn(16) == first and len({tuple(tokens) for tokens in first[0]}) > 8
+
+
+def test_the_evaluator_draws_its_samples_in_speculative_batches():
+    """``wmtp eval``'s samples of one problem, speculatively: ``batch_size`` rows at a time from
+    the problem's seeded generator (the same samples again), acceptance summed over rows."""
+    from wmtp.eval.completions import sample_problem
+    from wmtp.eval.generate import Sampling
+
+    model, prompt, sampling = sampling_model(4), [1, 3, 0, 2], Sampling(temperature=1.5)
+    options = {"n_samples": 5, "sampling": sampling, "max_new_tokens": 6, "seed": 3}
+
+    def sampled():
+        return sample_problem(
+            model, prompt, StopRule(letters), batch_size=2, speculative=True, **options
+        )
+
+    completions, stats = sampled()
+    generator = torch.Generator().manual_seed(3)
+    by_hand, rows = [], []
+    for batch in (2, 2, 1):
+        outs, batch_rows = speculative_generate_batch(
+            model, [prompt] * batch, StopRule(letters), max_new_tokens=6,
+            sampling=sampling, generator=generator,
+        )  # fmt: skip
+        by_hand, rows = by_hand + outs, rows + batch_rows
+    assert [c.tokens for c in completions] == [c.tokens for c in by_hand]
+    assert [c.tokens for c in sampled()[0]] == [c.tokens for c in completions]
+    assert stats.rows == 5 and stats.generated == sum(row.generated for row in rows) == 30
+    assert stats.accepted == sum(row.accepted for row in rows) and stats.acceptance_by_head()
+
+
+def test_the_decode_benchmark_reports_batched_speculative_figures():
+    """``wmtp bench decode --peers``: batched speculative tokens/s beside plain decoding's, at
+    batch 1 and at ``--batch`` rows, with that batch's acceptance (no timing asserted)."""
+    from wmtp.eval.generate import Sampling
+    from wmtp.eval.speed import speculative_peer_figures
+
+    plain = {"batch1_tokens_per_s": 100.0, "batch4_tokens_per_s": 400.0}
+    figures = speculative_peer_figures(
+        partly_agreeing_model(), [1, 2, 3, 4], 8, 4, Sampling(temperature=1.0), plain
+    )
+    assert figures["batch4_ratio_vs_wmtp"] == round(figures["batch4_tokens_per_s"] / 400, 3)
+    assert figures["batch1_tokens_per_s"] > 0 and 0 < figures["batch4_acceptance_rate"] <= 1
+    assert 1 <= figures["batch4_tokens_per_forward"] <= 3

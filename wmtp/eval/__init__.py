@@ -20,6 +20,7 @@ _LAZY = {
     "StopRule": "wmtp.eval.generate",
     "generate": "wmtp.eval.generate",
     "speculative_generate": "wmtp.eval.speculative",
+    "speculative_generate_batch": "wmtp.eval.speculative",
     "check_completions": "wmtp.eval.evaluator",
     "evaluate": "wmtp.eval.evaluator",
     "evaluate_target": "wmtp.eval.target",

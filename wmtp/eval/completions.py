@@ -3,8 +3,9 @@
 Sampling (temperature > 0) decodes a problem's ``n_samples`` together, as one KV-cache batch of
 the replicated prompt (in chunks of ``batch_size``), from a generator seeded by the recipe's seed
 and the problem's task id, so a problem's samples do not depend on which problems ran with it.
-Greedy decoding (temperature 0) gives the same text every time: each problem is decoded once
-(self-speculatively when asked) and that completion stands for all ``n_samples``.
+Sampled self-speculatively, the samples are batched the same way, each row accepting its own
+drafts. Greedy decoding (temperature 0) gives the same text every time: each problem is decoded
+once (self-speculatively when asked) and that completion stands for all ``n_samples``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ import torch
 
 from wmtp.eval.benchmarks import Benchmark, Problem
 from wmtp.eval.generate import Completion, Sampling, StopRule, generate
-from wmtp.eval.speculative import SpeculativeStats, speculative_generate
+from wmtp.eval.speculative import (
+    SpeculativeStats,
+    speculative_generate,
+    speculative_generate_batch,
+)
 
 
 @dataclass
@@ -82,9 +87,9 @@ def sample_problem(
     seed: int,
     speculative: bool,
 ) -> tuple[list[Completion], SpeculativeStats | None]:
-    """``n_samples`` completions of one prompt (one, repeated, when greedy). Sampled
-    speculatively, the samples are drawn one at a time (batch 1), from the same distribution as
-    plain sampling's but with other draws."""
+    """``n_samples`` completions of one prompt (one, repeated, when greedy), sampled in batches
+    of ``batch_size`` rows. Sampled speculatively, they follow plain sampling's distribution,
+    with other draws."""
     if sampling.greedy:
         if speculative:
             completion, stats = speculative_generate(
@@ -97,13 +102,14 @@ def sample_problem(
     generator = torch.Generator(device=device).manual_seed(seed)
     if speculative:
         total, completions = SpeculativeStats(), []
-        for _ in range(n_samples):
-            completion, stats = speculative_generate(
-                model, prompt_ids, stop_rule, max_new_tokens=max_new_tokens,
+        for start in range(0, n_samples, batch_size):
+            rows = min(batch_size, n_samples - start)
+            batch, rows_stats = speculative_generate_batch(
+                model, [prompt_ids] * rows, stop_rule, max_new_tokens=max_new_tokens,
                 sampling=sampling, generator=generator,
             )  # fmt: skip
-            completions.append(completion)
-            total.add(stats)
+            completions += batch
+            total.add(SpeculativeStats.of_batch(rows_stats))
         return completions, total
     completions = generate(
         model,

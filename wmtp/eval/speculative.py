@@ -17,7 +17,13 @@ forward already holds the next position's draft. Every forward commits at least 
   One verification reads the device once: every acceptance test, every position's possible
   next token and the next draft are drawn together, and the ones used are read back.
 
-Batch size 1 (the paper's setting: latency of one request).
+Batched: ``speculative_generate_batch`` decodes rows of one prompt length together (pass@k's
+samples of one problem), each row verifying its own draft and committing its own number of
+tokens per forward. The verify step is the fixed-shape step with a start position per row
+(``StaticDecoder.step``'s ``starts``), so one forward serves rows that have drifted apart; one
+read per verify step brings every row's accepted count and next draft to the host. Each row
+draws its own random numbers, from one generator in a fixed order. ``speculative_generate`` is
+the batch of one (the paper's setting: latency of one request).
 """
 
 from __future__ import annotations
@@ -37,8 +43,10 @@ GREEDY = Sampling()
 class SpeculativeStats:
     """What the draft heads bought."""
 
+    rows: int = 0
+    """Rows decoded (each row's first token comes from its prompt's forward)."""
     forwards: int = 0
-    """Model forwards after the prompt's (each verifies one draft)."""
+    """Verify forwards after the prompt's, per row: one verifying B rows' drafts counts B."""
     drafted: int = 0
     """Draft tokens offered to head 1 for verification."""
     accepted: int = 0
@@ -75,17 +83,30 @@ class SpeculativeStats:
 
     @property
     def tokens_per_forward(self) -> float:
-        return self.generated / max(1, self.forwards + 1)
+        """Tokens a row commits per forward, the prompt's included."""
+        return self.generated / max(1, self.forwards + self.rows)
 
     @property
     def tokens_per_s(self) -> float:
         return self.generated / self.seconds if self.seconds > 0 else 0.0
 
     def add(self, other: SpeculativeStats) -> None:
-        for name in ("forwards", "drafted", "accepted", "generated", "seconds", "first_token_s"):
+        """Count ``other`` in (decoded after this one: the times add up)."""
+        names = ("rows", "forwards", "drafted", "accepted", "generated", "seconds", "first_token_s")
+        for name in names:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.drafted_by_head.update(other.drafted_by_head)
         self.accepted_by_head.update(other.accepted_by_head)
+
+    @staticmethod
+    def of_batch(rows: list[SpeculativeStats]) -> SpeculativeStats:
+        """A batch's totals: its rows' counts summed, its time once (the rows shared it)."""
+        total = SpeculativeStats()
+        for row in rows:
+            total.add(row)
+        total.seconds = max((row.seconds for row in rows), default=0.0)
+        total.first_token_s = max((row.first_token_s for row in rows), default=0.0)
+        return total
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -101,13 +122,15 @@ class SpeculativeStats:
 
 
 @dataclass
-class Draft:
-    """What one position offers: the next token (committed at once) and the guesses of heads
-    2..n for the tokens after it, with (sampling) the distributions they were drawn from."""
+class Drafts:
+    """What each row's last verified position offers: the next token (committed at once) and
+    heads 2..n's guesses for the tokens after it. ``fed_BT`` (on the device) is the next verify
+    forward's input ``[next, guesses...]``, ``tokens`` the host's copy of it; ``q_BGV``
+    (sampling) the distributions the guesses were drawn from."""
 
-    next: int
-    guesses: list[int]
-    q_GV: torch.Tensor | None = None
+    fed_BT: torch.Tensor
+    tokens: list[list[int]]
+    q_BGV: torch.Tensor | None = None
 
 
 @torch.inference_mode()
@@ -117,99 +140,172 @@ def speculative_generate(
     stop_rule: StopRule,
     *,
     max_new_tokens: int,
+    **options,
+) -> tuple[Completion, SpeculativeStats]:
+    """The continuation of ``prompt``: ``speculative_generate_batch`` of one row (``options``:
+    its keyword arguments)."""
+    (completion,), (stats,) = speculative_generate_batch(
+        model, [prompt], stop_rule, max_new_tokens=max_new_tokens, **options
+    )
+    return completion, stats
+
+
+@torch.inference_mode()
+def speculative_generate_batch(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    stop_rule: StopRule,
+    *,
+    max_new_tokens: int,
     max_length: int | None = None,
     cuda_graphs: bool | None = None,
     compiled: bool | None = None,
     sampling: Sampling = GREEDY,
     generator: torch.Generator | None = None,
-) -> tuple[Completion, SpeculativeStats]:
-    """The continuation of ``prompt`` drafted by heads 2..n and verified by head 1: greedy, or
-    sampled as ``sampling`` says with ``generator`` (see the module doc). ``cuda_graphs``:
-    replay the verify steps from CUDA graphs; ``compiled``: compile them (defaults: both on a
-    GPU; see ``wmtp.models.kv_cache.make_decoder``)."""
-    assert prompt, "the prompt needs at least one token (BOS)"
-    n = model.n_heads
-    max_length = max_length or model.args.max_seq_len
-    limit = max(0, min(max_new_tokens, max_length - len(prompt)))
-    stats = SpeculativeStats()
-    started = time.perf_counter()
+) -> tuple[list[Completion], list[SpeculativeStats]]:
+    """The continuations of ``prompts`` (one length), drafted by heads 2..n and verified by head
+    1, greedy or sampled as ``sampling`` says with ``generator`` (see the module doc), every row
+    in one batch until all have finished; one ``SpeculativeStats`` per row (each with the
+    batch's time: ``SpeculativeStats.of_batch`` sums them). ``cuda_graphs``: replay the verify
+    steps from CUDA graphs; ``compiled``: compile them (defaults: both on a GPU; see
+    ``wmtp.models.kv_cache.make_decoder``)."""
+    assert all(prompts), "every prompt needs at least one token (BOS)"
+    assert len({len(p) for p in prompts}) == 1, "the rows of a batch share a prompt length"
+    B, P, n = len(prompts), len(prompts[0]), model.n_heads
+    limit = max(0, min(max_new_tokens, (max_length or model.args.max_seq_len) - P))
+    stats = [SpeculativeStats(rows=1) for _ in prompts]
     if limit == 0:
-        return Completion([], "", "length"), stats
+        return [Completion([], "", "length") for _ in prompts], stats
+    started = time.perf_counter()
+    decoder, last_B1nV = _prefill(model, prompts, limit, cuda_graphs, compiled)
+    _, drafts = verify_rows(last_B1nV, None, [0] * B, sampling, generator)
+    first_token_s = time.perf_counter() - started
+    generated: list[list[int]] = [[] for _ in prompts]
+    done = [_commit(generated[b], drafts.tokens[b][:1], stop_rule, limit) for b in range(B)]
+    while any(d is None for d in done):
+        active = [b for b in range(B) if done[b] is None]
+        offered = [0] * B  # guesses checked: none for a finished row, fewer near the limit
+        for b in active:
+            offered[b] = min(n - 1, limit - len(generated[b]))
+        starts = [P + len(row) - 1 for row in generated]  # each row's next token's position
+        logits_BTnV = decoder.step(drafts.fed_BT, starts=starts)
+        accepted, following = verify_rows(logits_BTnV, drafts, offered, sampling, generator)
+        for b in active:
+            stats[b].count(offered[b], accepted[b])
+            kept = drafts.tokens[b][1 : 1 + accepted[b]] + following.tokens[b][:1]
+            done[b] = _commit(generated[b], kept, stop_rule, limit)
+        drafts = following
+    seconds = time.perf_counter() - started
+    for row, tokens in zip(stats, generated, strict=True):
+        row.generated, row.seconds, row.first_token_s = len(tokens), seconds, first_token_s
+    return done, stats  # type: ignore[return-value]
+
+
+def _prefill(model, prompts: list[list[int]], limit: int, cuda_graphs, compiled):
+    """A decoder whose rows may advance apart, after the prompts' forward, and that forward's
+    logits at the prompts' last position (``[B, 1, n, V]``). A verify step feeds n tokens to
+    every row, finished or near its limit: the cache has room for them."""
     from wmtp.models.kv_cache import make_decoder
 
-    device = next(model.parameters()).device
+    B, P = len(prompts), len(prompts[0])
     decoder = make_decoder(
-        model, 1, len(prompt) + limit, cuda_graphs=cuda_graphs, compiled=compiled
-    )
-    logits_SnV = decoder.prefill(torch.tensor([prompt], device=device))[0]
-    _, draft = verify(logits_SnV[-1:], Draft(-1, []), sampling, generator)
-    stats.first_token_s = time.perf_counter() - started
-    generated: list[int] = []
-    while True:
-        generated.append(draft.next)
+        model, B, P + limit + model.n_heads - 1, rows_apart=True,
+        cuda_graphs=cuda_graphs, compiled=compiled,
+    )  # fmt: skip
+    prompts_BS = torch.tensor(prompts, device=next(model.parameters()).device)
+    return decoder, decoder.prefill(prompts_BS)[:, -1:]
+
+
+def _commit(
+    generated: list[int], tokens: list[int], stop_rule: StopRule, limit: int
+) -> Completion | None:
+    """Append ``tokens`` to a row one at a time until it ends; its completion then, else None."""
+    for token in tokens:
+        generated.append(token)
         if (done := stop_rule.finished(generated, limit)) is not None:
-            break
-        draft.guesses = draft.guesses[: min(n - 1, limit - len(generated))]
-        fed_1T = torch.tensor([[draft.next, *draft.guesses]], device=device)
-        accepted, following = verify(decoder.step(fed_1T)[0], draft, sampling, generator)
-        stats.count(len(draft.guesses), accepted)
-        for token in draft.guesses[:accepted]:
-            generated.append(token)
-            if (done := stop_rule.finished(generated, limit)) is not None:
-                break
-        if done is not None:
-            break
-        decoder.rewind(len(prompt) + len(generated))  # drop the rejected guesses' keys
-        draft = following
-    stats.generated = len(generated)
-    stats.seconds = time.perf_counter() - started
-    return done, stats
+            return done
+    return None
 
 
-def verify(
-    logits_TnV: torch.Tensor,
-    draft: Draft,
+def verify_rows(
+    logits_BTnV: torch.Tensor,
+    drafts: Drafts | None,
+    offered: list[int],
     sampling: Sampling,
     generator: torch.Generator | None,
-) -> tuple[int, Draft]:
-    """``(accepted, next draft)``: how many of ``draft.guesses`` head 1 accepts, given every
-    head's logits after each fed token (``[T, n, V]``, ``T = 1 + len(guesses)``), and the draft
-    at the position after the last accepted one (the module doc says how, greedy and sampled).
-    With no guesses (``T = 1``: the prompt's last position) it is that position's draft."""
-    guesses = draft.guesses
+) -> tuple[list[int], Drafts]:
+    """``(accepted, next drafts)``: how many of its guesses each row's head 1 accepts, given every
+    head's logits after each fed token (``[B, T, n, V]``: ``drafts.fed_BT``), and each row's
+    draft at the position after its last accepted guess (the module doc says how, greedy and
+    sampled). Row b's first ``offered[b]`` guesses are checked (fewer near its limit, none once
+    it has finished). With no drafts (``T = 1``: the prompts' last position) it is that
+    position's draft. One read of the device for the whole batch."""
+    B, T, n, V = logits_BTnV.shape
+    G, device = T - 1, logits_BTnV.device
+    no_guesses_BG = torch.zeros((B, 0), dtype=torch.long, device=device)
+    guesses_BG = drafts.fed_BT[:, 1:] if drafts is not None else no_guesses_BG
+    offered_B = torch.tensor(offered, device=device)
+    checked_BG = torch.arange(G, device=device) < offered_B[:, None]
+    probs_BTnV = None
     if sampling.greedy:
-        choices_Tn = logits_TnV.argmax(dim=-1).tolist()  # the one read of this verification
-        accepted = 0
-        while accepted < len(guesses) and choices_Tn[accepted][0] == guesses[accepted]:
-            accepted += 1
-        return accepted, Draft(choices_Tn[accepted][0], choices_Tn[accepted][1:])
-    T, n, V = logits_TnV.shape
-    G, device = len(guesses), logits_TnV.device
-    probs_TnV = next_token_probs(logits_TnV, sampling)
-    p_TV = probs_TnV[:, 0]
-    # what each position's next token is drawn from if the draft stops there: the residual at a
-    # rejected guess, head 1's p after the last guess
-    next_from_TV = p_TV
-    draws = torch.zeros(0, dtype=torch.long, device=device)  # acceptance tests, if any
+        choices_BTn = logits_BTnV.argmax(dim=-1)
+        agrees_BG = choices_BTn[:, :G, 0] == guesses_BG
+        next_BT, drafted_BTG = choices_BTn[..., 0], choices_BTn[..., 1:]
+    else:
+        probs_BTnV = next_token_probs(logits_BTnV, sampling)
+        q_BGV = drafts.q_BGV if drafts is not None else None
+        agrees_BG, next_BT, drafted_BTG = _draw_rows(probs_BTnV, guesses_BG, q_BGV, generator)
+    accepted_B = (agrees_BG & checked_BG).long().cumprod(dim=-1).sum(dim=-1)
+    at_B1 = accepted_B[:, None]
+    following_BG = drafted_BTG.gather(1, at_B1[:, :, None].expand(B, 1, n - 1))[:, 0]
+    fed_BT = torch.cat([next_BT.gather(1, at_B1), following_BG], dim=1)
+    read_BT = torch.cat([at_B1, fed_BT], dim=1).tolist()  # the one read of this verification
+    q_BGV = None
+    if probs_BTnV is not None:
+        q_BGV = probs_BTnV[:, :, 1:].gather(1, at_B1[:, :, None, None].expand(B, 1, n - 1, V))[:, 0]
+    return [row[0] for row in read_BT], Drafts(fed_BT, [row[1:] for row in read_BT], q_BGV)
+
+
+def _draw_rows(
+    probs_BTnV: torch.Tensor,
+    guesses_BG: torch.Tensor,
+    q_BGV: torch.Tensor | None,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Speculative sampling's draws for every row and position, in one fixed order (the
+    acceptance tests, each position's next token, each position's guesses): whether each guess
+    passes its test ``[B, G]``, the next token if the row's draft stops at each position
+    ``[B, T]`` (drawn from the residual at a guess, from head 1's p after the last), and the
+    guesses heads 2..n draw after each position ``[B, T, n - 1]``. A row offered fewer guesses
+    (near its limit) may stop after the last one offered, at the residual of an unchecked one:
+    that token lies past its limit and is never committed."""
+    B, T, n, V = probs_BTnV.shape
+    G = T - 1
+    p_BTV = probs_BTnV[:, :, 0]
+    passes_BG = guesses_BG.bool()  # no guesses: no tests
+    next_from_BTV = p_BTV
     if G:
-        g_G1 = torch.tensor(guesses, device=device)[:, None]
-        p_G, q_G = p_TV[:G].gather(-1, g_G1)[:, 0], draft.q_GV[:G].gather(-1, g_G1)[:, 0]
-        u_G = torch.rand(G, device=device, generator=generator)
-        draws = (u_G * q_G <= p_G).long()  # accepted with probability min(1, p / q)
-        residual_GV = (p_TV[:G] - draft.q_GV[:G]).clamp_min(0)
+        g_BG1 = guesses_BG[:, :, None]
+        p_BG, q_BG = p_BTV[:, :G].gather(-1, g_BG1)[..., 0], q_BGV.gather(-1, g_BG1)[..., 0]
+        u_BG = torch.rand(B, G, device=probs_BTnV.device, generator=generator)
+        passes_BG = u_BG * q_BG <= p_BG  # accepted with probability min(1, p / q)
+        residual_BGV = (p_BTV[:, :G] - q_BGV).clamp_min(0)
         # p == q (within rounding) leaves nothing: a rejection cannot happen there
-        empty_G1 = residual_GV.sum(dim=-1, keepdim=True) <= 0
-        next_from_TV = torch.cat([torch.where(empty_G1, p_TV[:G], residual_GV), p_TV[G:]])
-    next_T = torch.multinomial(next_from_TV, 1, generator=generator)[:, 0]
-    guesses_TG = (
-        torch.multinomial(probs_TnV[:, 1:].reshape(T * (n - 1), V), 1, generator=generator)
-        if n > 1
-        else next_T[:0]  # one head: nothing to draft
-    )
-    read = torch.cat([draws, next_T, guesses_TG.view(-1)]).tolist()  # the one read
-    accepted = next((i for i, ok in enumerate(read[:G]) if not ok), G)
-    following = read[G + T :][accepted * (n - 1) : (accepted + 1) * (n - 1)]
-    return accepted, Draft(read[G + accepted], following, probs_TnV[accepted, 1:])
+        use_residual_BG1 = (residual_BGV.sum(dim=-1) > 0)[..., None]
+        next_from_GV = torch.where(use_residual_BG1, residual_BGV, p_BTV[:, :G])
+        next_from_BTV = torch.cat([next_from_GV, p_BTV[:, G:]], dim=1)
+    next_BT = torch.multinomial(next_from_BTV.reshape(B * T, V), 1, generator=generator).view(B, T)
+    if n == 1:  # one head: nothing to draft
+        return passes_BG, next_BT, next_BT[:, :, None][..., :0]
+    heads_V = probs_BTnV[:, :, 1:].reshape(B * T * (n - 1), V)
+    drafted_BTG = torch.multinomial(heads_V, 1, generator=generator).view(B, T, n - 1)
+    return passes_BG, next_BT, drafted_BTG
 
 
-__all__ = ["Draft", "SpeculativeStats", "speculative_generate", "verify"]
+__all__ = [
+    "Drafts",
+    "SpeculativeStats",
+    "speculative_generate",
+    "speculative_generate_batch",
+    "verify_rows",
+]

@@ -30,7 +30,12 @@ import torch
 from wmtp.bench import decode_peers
 from wmtp.bench.timing import wall_seconds
 from wmtp.eval.generate import Sampling, StopRule, generate
-from wmtp.eval.speculative import GREEDY, SpeculativeStats, speculative_generate
+from wmtp.eval.speculative import (
+    GREEDY,
+    SpeculativeStats,
+    speculative_generate,
+    speculative_generate_batch,
+)
 
 
 def never_stop() -> StopRule:
@@ -136,6 +141,35 @@ def benchmark(
     }
 
 
+def speculative_peer_figures(
+    model, prompt: list[int], new_tokens: int, batch: int, sampling: Sampling, plain: dict
+) -> dict:
+    """Batched speculative decoding beside plain decoding's peer figures (``plain``: wmtp's
+    side of ``decode_peers.peer_figures``): tokens/s at batch 1 (greedy) and at ``batch`` rows
+    of ``prompt`` (``sampling``, each row accepting its own drafts), each after one warm-up
+    call, with the acceptance of the batched run and the ratio to plain decoding's figure."""
+    device = next(model.parameters()).device
+    figures: dict[str, object] = {}
+    for label, rows, drawn in (("batch1", 1, GREEDY), (f"batch{batch}", batch, sampling)):
+
+        def call(rows=rows, drawn=drawn):
+            generator = torch.Generator(device=device).manual_seed(0)
+            return speculative_generate_batch(
+                model, [prompt] * rows, never_stop(), max_new_tokens=new_tokens,
+                sampling=drawn, generator=generator,
+            )  # fmt: skip
+
+        call()  # warm-up: step states, compilation, CUDA graph capture
+        (_, row_stats), seconds = wall_seconds(device, call)
+        tokens_per_s = round(rows * new_tokens / seconds, 2)
+        figures[f"{label}_tokens_per_s"] = tokens_per_s
+        figures[f"{label}_ratio_vs_wmtp"] = round(tokens_per_s / plain[f"{label}_tokens_per_s"], 3)
+    total = SpeculativeStats.of_batch(row_stats)
+    figures[f"batch{batch}_acceptance_rate"] = round(total.acceptance_rate, 4)
+    figures[f"batch{batch}_tokens_per_forward"] = round(total.tokens_per_forward, 3)
+    return figures
+
+
 def rig_agreeing_heads(model) -> None:
     """Every block an identity and the unembedding the embedding: all heads predict the current
     token, greedy decoding repeats it, and every draft is accepted (same FLOPs as before)."""
@@ -222,9 +256,14 @@ def run(args: argparse.Namespace) -> dict:
             batch_sampling = (
                 sampling if not sampling.greedy else Sampling(temperature=0.2, top_p=0.95)
             )
-            result["peers"] = decode_peers.peer_figures(
+            peers = decode_peers.peer_figures(
                 model, prompts[0], args.new_tokens, args.batch, batch_sampling
             )
+            peers["sides"]["wmtp_speculative"] = speculative_peer_figures(
+                model, prompts[0], args.new_tokens, args.batch, batch_sampling,
+                peers["sides"]["wmtp"],
+            )  # fmt: skip
+            result["peers"] = peers
         if graphs and args.also_eager:
             eager = {"cuda_graphs": False, "compiled": False}
             result["as_loaded_eager"] = benchmark(model, prompts, args.new_tokens, eager, sampling)
@@ -257,8 +296,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--peers",
         action="store_true",
         help="also Hugging Face generate (dynamic cache; static cache + compile on CUDA) and "
-        "wmtp's generate at batch 1 and at --batch rows (sampled at --temperature, or at the "
-        "recipes' evaluation 0.2 / top-p 0.95 when it is 0)",
+        "wmtp's generate and batched speculative decoding at batch 1 and at --batch rows "
+        "(sampled at --temperature, or at the recipes' evaluation 0.2 / top-p 0.95 when it is 0)",
     )
     parser.add_argument("--batch", type=int, default=20, help="rows of the batched comparison")
     parser.add_argument("--eager", action="store_true", help="no CUDA graphs: launch every kernel")

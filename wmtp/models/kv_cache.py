@@ -11,6 +11,8 @@ The rows of a batch share one position (replicated prompts, as for pass@k sampli
 different lengths are decoded in separate batches. On a GPU, ``make_decoder`` returns a
 ``StaticDecoder``: its fixed-shape steps are compiled once (Inductor) and replayed from CUDA
 graphs captured once per model and shape, then reused by every later decoder of that shape.
+Its steps may also put each row at its own position (``starts``): rows that advance by
+different numbers of tokens per step, as batched speculative decoding's do.
 """
 
 from __future__ import annotations
@@ -144,17 +146,19 @@ class Decoder:
         self.length = start + S
         return logits_BSnV
 
-    def _check_room(self, S: int, heads: Sequence[int] | None) -> int:
-        """The start position of ``S`` new tokens, after checking the heads and the cache's room."""
+    def _check_room(self, S: int, heads: Sequence[int] | None, start: int | None = None) -> int:
+        """The start position of ``S`` new tokens (``length`` unless given), after checking the
+        heads and the cache's room."""
         if heads is not None:
             assert set(heads) <= set(self.kept_heads), (
                 f"heads {heads}: this decoder keeps {self.kept_heads}"
             )
-        if self.length + S > self.max_len:
+        start = self.length if start is None else start
+        if start + S > self.max_len:
             raise RunError(
-                f"decoding to position {self.length + S} exceeds the cache length {self.max_len}"
+                f"decoding to position {start + S} exceeds the cache length {self.max_len}"
             )
-        return self.length
+        return start
 
     def _run_blocks(
         self, tokens_BS: torch.Tensor, heads: Sequence[int] | None, run_block: BlockStep
@@ -179,19 +183,20 @@ BlockStep = Callable[[TransformerBlock, torch.Tensor, KVCache], torch.Tensor]
 
 
 def masked_block(
-    block: TransformerBlock, x_BSD, rope: Rope, cache: KVCache, positions_S, allowed_SL
+    block: TransformerBlock, x_BSD, rope: Rope, cache: KVCache, positions_BS, allowed_BSL
 ):
-    """``cached_block`` with fixed shapes: keys written at ``positions_S`` (a device tensor), and
-    attention over the whole cache, ``allowed_SL`` masking the positions not yet (or no longer)
-    filled. Nothing depends on the position on the host, so a CUDA graph can replay it."""
+    """``cached_block`` with fixed shapes: each row's keys written at its ``positions_BS`` (a
+    device tensor), and attention over the whole cache, ``allowed_BSL`` masking each row's
+    positions not yet (or no longer) filled. Nothing depends on a position on the host, so a
+    CUDA graph can replay it."""
     attention = block.attention
     q_BSHD, k_BSKD, v_BSKD = attention.project_qkv(block.attention_norm(x_BSD), rope)
-    cache.k_BSKD.index_copy_(1, positions_S, k_BSKD)
-    cache.v_BSKD.index_copy_(1, positions_S, v_BSKD)
+    index_BSKD = positions_BS[:, :, None, None].expand_as(k_BSKD)
+    cache.k_BSKD.scatter_(1, index_BSKD, k_BSKD)
+    cache.v_BSKD.scatter_(1, index_BSKD, v_BSKD)
     q, k, v = (t.transpose(1, 2) for t in (q_BSHD, cache.k_BSKD, cache.v_BSKD))  # -> [B, H, S, D]
-    out_BHSD = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=allowed_SL[None, None], enable_gqa=True
-    )
+    mask_B1SL = allowed_BSL[:, None]  # one mask for every head of a row
+    out_BHSD = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_B1SL, enable_gqa=True)
     h_BSD = x_BSD + attention.wo(out_BHSD.transpose(1, 2).flatten(2))
     return h_BSD + block.feed_forward(block.ffn_norm(h_BSD))
 
@@ -208,13 +213,13 @@ class _Captured:
 @dataclass
 class StepState:
     """What the fixed-shape steps of one model read and write, for one batch size, cache length,
-    set of kept heads and kind of step: the caches, the start position (a device tensor), the
-    RoPE frequencies, and the steps prepared so far (``(S, heads)`` -> its CUDA graph, or None
-    uncaptured). Kept per model and reused by every ``StaticDecoder`` of that shape, so a graph
-    is captured once and replayed for every later prompt and call. A graph holds the addresses of
-    every tensor its step read: each of them must be the state's or the model's, never a
-    decoder's own (freed with the decoder, its memory reused). One decoder uses the state at a
-    time: the newest one to claim it."""
+    set of kept heads and kind of step: the caches, each row's start position (a ``[B]`` device
+    tensor), the RoPE frequencies, and the steps prepared so far (``(S, heads)`` -> its CUDA
+    graph, or None uncaptured). Kept per model and reused by every ``StaticDecoder`` of that
+    shape, so a graph is captured once and replayed for every later prompt and call. A graph
+    holds the addresses of every tensor its step read: each of them must be the state's or the
+    model's, never a decoder's own (freed with the decoder, its memory reused). One decoder uses
+    the state at a time: the newest one to claim it."""
 
     caches: BlockCaches
     start: torch.Tensor
@@ -266,7 +271,7 @@ def _new_state(model: LlamaMTP, batch_size: int, length: int, kept_heads: tuple[
             pool = torch.cuda.graph_pool_handle()
     return StepState(
         caches=block_caches(model, batch_size, length, kept_heads),
-        start=torch.zeros((), dtype=torch.long, device=device),
+        start=torch.zeros(batch_size, dtype=torch.long, device=device),
         keys_L=torch.arange(length, device=device),
         inv_freq_F=rope_frequencies(model.args, device),
         pool=pool,
@@ -310,6 +315,7 @@ class StaticDecoder(Decoder):
     model and shape reuses them, so warming up once keeps compilation and capture out of timed
     regions (``setup_figures`` says what it cost). ``prefill`` stays eager (its length changes
     once per prompt); ``rewind`` works as before (the mask hides what lies past ``length``).
+    ``step(..., starts=...)`` puts each row at its own position, in the same fixed shapes.
     Neither (or a CPU model without ``compiled``) runs the same fixed-shape step eagerly: the
     reference the tests hold it to.
 
@@ -336,12 +342,26 @@ class StaticDecoder(Decoder):
         return super()._advance(tokens_BS, heads)
 
     @torch.no_grad()
-    def step(self, tokens_BS: torch.Tensor, heads: list[int] | None = None) -> torch.Tensor:
-        start = self._check_room(tokens_BS.shape[1], heads)
+    def step(
+        self,
+        tokens_BS: torch.Tensor,
+        heads: list[int] | None = None,
+        starts: Sequence[int] | None = None,
+    ) -> torch.Tensor:
+        """``Decoder.step``; with ``starts``, row b's tokens go to positions ``starts[b]`` on
+        (rows apart: each attends to its own first ``starts[b]`` positions and the new ones)
+        and ``length`` is left alone, each row's length being the caller's to keep."""
+        S = tokens_BS.shape[1]
         self._check_owner()
         state = self._state
-        state.start.fill_(start)
-        key = (tokens_BS.shape[1], tuple(heads) if heads is not None else self.kept_heads)
+        if starts is None:
+            start = self._check_room(S, heads)
+            state.start.fill_(start)
+        else:
+            assert len(starts) == len(state.start), (len(starts), len(state.start))
+            self._check_room(S, heads, start=max(starts))
+            state.start.copy_(torch.tensor(starts))
+        key = (S, tuple(heads) if heads is not None else self.kept_heads)
         if key not in state.prepared:
             state.prepared[key] = self._prepare(tokens_BS, key[1])
         captured = state.prepared[key]
@@ -351,7 +371,8 @@ class StaticDecoder(Decoder):
             captured.tokens_BS.copy_(tokens_BS)
             captured.graph.replay()
             logits_BSnV = captured.logits_BSnV.clone()  # the next replay overwrites it
-        self.length = start + tokens_BS.shape[1]
+        if starts is None:
+            self.length = start + S
         return logits_BSnV
 
     def _check_owner(self) -> None:
@@ -361,15 +382,15 @@ class StaticDecoder(Decoder):
         )
 
     def _static_step(self, tokens_BS: torch.Tensor, heads: tuple[int, ...]) -> torch.Tensor:
-        """The step at position ``start`` (a device tensor): fixed shapes throughout."""
-        B, S = tokens_BS.shape
-        positions_S = self._state.start + torch.arange(S, device=tokens_BS.device)
-        rope = rope_tables(self._state.inv_freq_F, positions_S.expand(B, S))
-        allowed_SL = self._state.keys_L[None, :] <= positions_S[:, None]  # causal, bottom-right
+        """The step at each row's position ``start`` (a device tensor): fixed shapes throughout."""
+        S = tokens_BS.shape[1]
+        positions_BS = self._state.start[:, None] + torch.arange(S, device=tokens_BS.device)
+        rope = rope_tables(self._state.inv_freq_F, positions_BS)
+        allowed_BSL = self._state.keys_L <= positions_BS[:, :, None]  # causal, per row
         return self._run_blocks(
             tokens_BS,
             heads,
-            lambda block, x, cache: masked_block(block, x, rope, cache, positions_S, allowed_SL),
+            lambda block, x, cache: masked_block(block, x, rope, cache, positions_BS, allowed_BSL),
         )
 
     def _run_step(self, tokens_BS: torch.Tensor, heads: tuple[int, ...]) -> torch.Tensor:
@@ -420,15 +441,17 @@ def make_decoder(
     *,
     cuda_graphs: bool | None = None,
     compiled: bool | None = None,
+    rows_apart: bool = False,
 ) -> Decoder:
     """The decoder for ``model``. ``cuda_graphs=None``: CUDA-graph steps whenever the model is on
     a GPU; ``compiled=None``: compiled steps where graphs are (``False`` captures eager
     kernels; ``True`` without graphs compiles the uncaptured fixed-shape step, on a CPU too).
-    With neither, the eager ``Decoder``."""
+    With neither, the eager ``Decoder``, unless ``rows_apart``: rows that advance apart need
+    the fixed-shape step (``StaticDecoder.step``'s ``starts``), run eagerly then."""
     on_gpu = next(model.parameters()).device.type == "cuda"
     graphs = on_gpu if cuda_graphs is None else cuda_graphs and on_gpu
     compiled = graphs if compiled is None else compiled
-    if graphs or compiled:
+    if graphs or compiled or rows_apart:
         return StaticDecoder(
             model, batch_size, max_len, kept_heads, cuda_graphs=graphs, compiled=compiled
         )
