@@ -2,7 +2,8 @@
 
     python bench/summarise_decode.py --results DIR [--out DIR] [--script "bash ..."]
 
-Reads DIR/decode_1b.json, decode_1b_sampled.json, decode_7b.json, decode_trained.json,
+Reads DIR/decode_1b.json, decode_1b_peers.json (else decode_1b.json's peers),
+decode_1b_sampled.json, decode_7b.json, decode_trained.json,
 decode_trained_sampled.json (`wmtp bench decode`), decode_model.json (the training's seconds)
 and humaneval_n20/humaneval/summary.json (`wmtp eval`); any may be missing, and its figures are
 then "not measured". Every figure is read from those files, none computed anew except the best
@@ -36,7 +37,7 @@ def best_hf(peers: dict) -> tuple[str | None, dict | None]:
     measured = {
         name: figures
         for name, figures in (peers.get("sides") or {}).items()
-        if name != "wmtp" and key in figures
+        if not name.startswith("wmtp") and key in figures
     }
     if not measured:
         return None, None
@@ -49,10 +50,11 @@ def summarise(folder: Path) -> dict:
     seven_b, trained = load(folder, "decode_7b.json"), load(folder, "decode_trained.json")
     trained_sampled = load(folder, "decode_trained_sampled.json")
     humaneval = load(folder, "humaneval_n20/humaneval/summary.json")
-    peers = one_b.get("peers") or {}
+    peers = load(folder, "decode_1b_peers.json").get("peers") or one_b.get("peers") or {}
     batch = peers.get("batch")
     hf_name, hf = best_hf(peers)
     wmtp = dig(peers, "sides", "wmtp") or {}
+    speculative = dig(peers, "sides", "wmtp_speculative") or {}
     batched = f"batch{batch}_tokens_per_s"
     return {
         "device": one_b.get("device"),
@@ -88,6 +90,8 @@ def summarise(folder: Path) -> dict:
             if hf and wmtp.get("batch1_tokens_per_s")
             else None
         ),
+        "batch_speculative_ratio_vs_plain": speculative.get(f"batch{batch}_ratio_vs_wmtp"),
+        "batch_speculative_acceptance_rate": speculative.get(f"batch{batch}_acceptance_rate"),
         "peers": peers or None,
         "humaneval_n20_generation_s": dig(humaneval, "wall_s", "generate"),
         "humaneval_n20_check_s": dig(humaneval, "wall_s", "check"),
@@ -111,6 +115,7 @@ def markdown(s: dict) -> str:
         ("speculative sampling / plain sampling, the trained model", _f(s["sampled_speedup_trained"], ".2f", "x")),
         (f"wmtp / best HF generate{f' ({best})' if (best := s['batch_best_hf']) else ''}, batch {s['batch'] or 20} sampled", _f(s["batch20_ratio_vs_hf"], ".2f", "x")),
         ("wmtp / best HF generate, batch 1 greedy", _f(s["batch1_ratio_vs_hf"], ".2f", "x")),
+        (f"batched speculative / plain sampling, batch {s['batch'] or 20}", _f(s["batch_speculative_ratio_vs_plain"], ".2f", "x")),
         ("HumanEval 164 x 20 x 512: generation (s)", _f(s["humaneval_n20_generation_s"], ".1f")),
         ("... checking (s)", _f(s["humaneval_n20_check_s"], ".1f")),
         ("training the 4-head model (s)", _f(s["trained_model_train_s"], ".0f")),

@@ -68,8 +68,9 @@ def test_bench_decode_against_hugging_face_generate_and_the_bandwidth_limit(tmp_
 
 
 def test_the_decode_summariser_reads_every_figure_it_finds(tmp_path):
-    """bench/summarise_decode.py over one real `wmtp bench decode --peers` file: the figures it
-    holds, ratios taken from it, and "not measured" for the files that are missing."""
+    """bench/summarise_decode.py over one real `wmtp bench decode --peers` file, its peers moved
+    to decode_1b_peers.json as bench/h200_decode.sh's stages write them: the figures it holds,
+    ratios taken from it, and "not measured" for the files that are missing."""
     import subprocess
     import sys
     from pathlib import Path
@@ -78,17 +79,22 @@ def test_the_decode_summariser_reads_every_figure_it_finds(tmp_path):
     more = ["--new-tokens", "3", "--agreeing-heads", "--peers", "--batch", "20"]
     out = ["--out", str(tmp_path / "decode_1b.json")]
     assert CliRunner().invoke(app, [*args, *more, *out]).exit_code == 0
+    figures = json.loads((tmp_path / "decode_1b.json").read_text())
+    peers_file = {"peers": figures.pop("peers")}
+    (tmp_path / "decode_1b.json").write_text(json.dumps(figures))
+    (tmp_path / "decode_1b_peers.json").write_text(json.dumps(peers_file))
     script = Path(__file__).resolve().parents[2] / "bench" / "summarise_decode.py"
     subprocess.run([sys.executable, script, "--results", str(tmp_path)], check=True)
     summary = json.loads((tmp_path / "h200_decode.json").read_text())
-    figures = json.loads((tmp_path / "decode_1b.json").read_text())
     assert summary["plain_tokens_per_s"] == figures["as_loaded"]["plain"]["tokens_per_s"]
-    sides = figures["peers"]["sides"]
+    sides = peers_file["peers"]["sides"]
     expected = (
         sides["wmtp"]["batch20_tokens_per_s"] / sides["hf_dynamic_cache"]["batch20_tokens_per_s"]
     )
     assert summary["batch_best_hf"] == "hf_dynamic_cache"
     assert summary["batch20_ratio_vs_hf"] == expected
+    speculative = sides["wmtp_speculative"]
+    assert summary["batch_speculative_ratio_vs_plain"] == speculative["batch20_ratio_vs_wmtp"]
     assert summary["speculative_speedup_agreeing"] > 0
     assert summary["speculative_speedup_trained"] is None  # no trained model's file
     md = (tmp_path / "h200_decode.md").read_text()
