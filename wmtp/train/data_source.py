@@ -3,9 +3,10 @@
 The trainer gets the run's ``TrainData`` from the ``dataset`` registry (``wmtp.assembly``);
 :class:`StepBatches` is the default batch source of a pipeline: the epoch's global order, one
 global batch (``micro_batch_size * grad_accum_steps * world_size`` rows) per optimizer step,
-rank r taking its own micro-batches of it. Its ``state_dict`` (epoch, position) goes into every
-checkpoint, so a resumed run sees exactly the batches an uninterrupted one would, and any world
-size sees the same global batches (so the losses agree).
+rank r taking its own micro-batches of it. Its ``state_dict`` (epoch, position and, when packing,
+the rows packed but not handed out yet) goes into every checkpoint, so a resumed run sees exactly
+the batches an uninterrupted one would, and any world size sees the same global batches (so the
+losses agree).
 """
 
 from __future__ import annotations
@@ -21,23 +22,27 @@ from wmtp.errors import DataError
 @dataclass(frozen=True)
 class PackedRows:
     """Packing by rows: a micro-batch is ``micro_batch_size`` rows of ``row_length`` tokens, each
-    filled with whole examples in the epoch's order (next fit: an example that does not fit
-    closes the row and opens the next)."""
+    filled with whole examples of the epoch's order, ``window`` consecutive examples at a time
+    (first fit decreasing, see :meth:`StepBatches._pack_window`; window 1 is next fit)."""
 
     row_length: int
     length_of: Callable[[int], int]
     """Tokens of an example (by row index)."""
     make_batch: Callable[[list[np.ndarray]], dict]
     """A packed batch from rows of example indices."""
+    window: int = 1
+    """Consecutive examples of the order packed together (``data.pack_window``)."""
 
 
 class StepBatches:
     """Deterministic, resumable micro-batches of one rank, step by step.
 
     A step takes the next ``micro * accum * world`` examples of the epoch's order, or with
-    ``packed`` the examples that fill as many rows of ``packed.row_length`` tokens; rank r's
-    micro-batch i is slice ``(i * world + r) * micro`` of them, so every world size trains on the
-    same global batches.
+    ``packed`` as many rows of ``packed.row_length`` tokens filled from the order window by window;
+    rank r's micro-batch i is slice ``(i * world + r) * micro`` of them, so every world size trains
+    on the same global batches. Packing keeps the rows a window filled beyond the step (``ready``)
+    and the row still open for the next window (``open``) in the state, with the position after
+    the last window taken.
     """
 
     def __init__(
@@ -56,6 +61,8 @@ class StepBatches:
         self.rank, self.world = rank, world_size
         self.packed = packed
         self.epoch, self.position = 0, 0
+        self.ready: list[list[int]] = []  # packed rows not handed out yet
+        self.open: list[int] = []  # the row the next window fills first
         self._order_cache: tuple[int, np.ndarray] | None = None
 
     @property
@@ -90,22 +97,34 @@ class StepBatches:
         return np.concatenate(taken)
 
     def _take_rows(self, n: int) -> list[np.ndarray]:
-        """The next examples, packed into ``n`` rows of at most ``packed.row_length`` tokens."""
+        """The next ``n`` rows of at most ``packed.row_length`` tokens, packed window by window."""
+        while len(self.ready) < n:
+            self._pack_window()
+        rows, self.ready = self.ready[:n], self.ready[n:]
+        return [np.asarray(row) for row in rows]
+
+    def _pack_window(self) -> None:
+        """Pack the next ``packed.window`` examples of the order (on into the next epoch) by first
+        fit decreasing: longest first (ties in order), each into the first row with room, the open
+        row first, else into a new row. Every row but the last opened is then ready, in the order
+        opened; the last stays open for the next window (so a window of 1 is next fit)."""
         assert self.packed is not None
-        rows: list[np.ndarray] = []
-        row: list[int] = []
-        used = 0
-        while len(rows) < n:
-            index = int(self._order(self.epoch)[self.position])
-            size = self.packed.length_of(index)
-            if row and used + size > self.packed.row_length:
-                rows.append(np.asarray(row))
-                row, used = [], 0
-                continue
-            row.append(index)
-            used += size
-            self._take(1)
-        return rows
+        rows = [list(self.open)] if self.open else []
+        used = [sum(self.packed.length_of(i) for i in self.open)] if self.open else []
+        window = [int(i) for i in self._take(self.packed.window)]
+        sizes = [self.packed.length_of(i) for i in window]
+        for k in sorted(range(len(window)), key=lambda k: -sizes[k]):
+            row = next(
+                (r for r, u in enumerate(used) if u + sizes[k] <= self.packed.row_length), None
+            )
+            if row is None:
+                rows.append([])
+                used.append(0)
+                row = len(rows) - 1
+            rows[row].append(window[k])
+            used[row] += sizes[k]
+        self.ready += rows[:-1]
+        self.open = rows[-1]
 
     def next_step(self) -> list[dict]:
         """This rank's ``grad_accum_steps`` micro-batches of the next optimizer step."""
@@ -121,10 +140,16 @@ class StepBatches:
         return out
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
+        state = {"epoch": self.epoch, "position": self.position}
+        if self.packed is not None:
+            state |= {"ready": [list(row) for row in self.ready], "open": list(self.open)}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        # a state saved before windows had neither: next fit ended every step with no open row
+        self.ready = [[int(i) for i in row] for row in state.get("ready", [])]
+        self.open = [int(i) for i in state.get("open", [])]
 
 
 def rank_share(batches: list[dict], rank: int, world: int) -> Iterator[dict]:

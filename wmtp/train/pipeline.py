@@ -99,7 +99,10 @@ class Pipeline:
         t = self.recipe.training
         packed = None
         if data.packing:  # micro_batch_size counts rows of max_length tokens
-            packed = PackedRows(data.train.max_length, data.example_length, data.packed_batch)
+            window = self.recipe.data.pack_window
+            packed = PackedRows(
+                data.train.max_length, data.example_length, data.packed_batch, window
+            )
         return StepBatches(
             lambda epoch: data.epoch_order(epoch, correct_only=True),
             lambda rows: next(data.batches(rows, len(rows))),

@@ -101,6 +101,13 @@ class DataSpecBase(Section):
     """Pack whole examples into rows of ``max_length`` tokens (document masks, restarting
     positions) instead of padding one example per row; ``training.micro_batch_size`` then counts
     such rows, so a step trains on as many examples as fill them."""
+    pack_window: Annotated[int, Field(ge=1), NUMERICS] = 64
+    """With ``packing``: rows are filled from this many consecutive examples of the epoch's order
+    at a time, longest first, each into the first row with room (first fit decreasing; the last
+    row stays open for the next window); 1 is next fit, whole examples in order. On HumanEval in
+    bytes (mean 931 tokens, rows of 2048) the rows hold 76% real tokens with 1, 91% with 16, 94%
+    with 64 and 95% with 256: 64 takes most of the gain while the sampler's order changes only
+    within windows of 64 examples."""
     split: SplitSpec = Field(default_factory=SplitSpec)
     """Train / held-out split."""
     sampling: SamplingSpec = Field(default_factory=UniformSamplingSpec)
