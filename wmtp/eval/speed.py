@@ -43,6 +43,13 @@ def never_stop() -> StopRule:
     return StopRule(lambda ids: "", stop=(), eos_id=None)
 
 
+def _decoding_options(
+    steps: dict | None, sampling: Sampling, generator: torch.Generator | None
+) -> dict:
+    """The keyword arguments both decoders take: how to draw, and how steps run."""
+    return {"sampling": sampling, "generator": generator, **(steps or {})}
+
+
 def time_plain(
     model,
     prompt: list[int],
@@ -54,7 +61,7 @@ def time_plain(
     """Plain decoding of one prompt: seconds to the first token, tokens/s over the rest
     (``steps``: ``cuda_graphs`` and ``compiled`` for the decoder)."""
     device = next(model.parameters()).device
-    drawn = {"sampling": sampling, "generator": generator, **(steps or {})}
+    drawn = _decoding_options(steps, sampling, generator)
 
     def decode(tokens: int):
         return generate(model, [prompt], never_stop(), max_new_tokens=tokens, **drawn)[0]
@@ -72,7 +79,8 @@ def time_speculative(
     sampling: Sampling = GREEDY,
     generator: torch.Generator | None = None,
 ) -> tuple[dict, SpeculativeStats]:
-    drawn = {"sampling": sampling, "generator": generator, **(steps or {})}
+    """Self-speculative decoding of one prompt: its seconds and tokens, and its statistics."""
+    drawn = _decoding_options(steps, sampling, generator)
     (out, stats), seconds = wall_seconds(
         next(model.parameters()).device,
         lambda: speculative_generate(
