@@ -405,3 +405,54 @@ def test_the_sides_option_names_every_side():
     (option,) = hints["sides"].__metadata__
     named = set(re.findall(r"[\w+-]+", option.help))
     assert {side for sides in peers.SIDES.values() for side in sides} <= named
+
+
+def test_the_recipe_as_written_is_the_four_head_rows_with_its_compile_setting():
+    """The summariser's "recipe as written" follows the LoRA recipe's own ``parallel.compile``:
+    the constant it keeps agrees with the recipe, and on a GPU only four-head rows with that
+    setting count (rows measured before the recipe changed do not), eager ones on the CPU."""
+    from wmtp.recipe import load_recipe
+
+    summarise = summarise_module()
+    parallel = load_recipe(REPO / "recipes/baseline.toml").recipe.parallel
+    assert parallel.compiles("cuda") == summarise.AS_WRITTEN_COMPILES_ON_CUDA
+    assert not parallel.compiles("cpu")
+
+    def row(side: str, compiled: bool, tokens_per_s: float) -> dict:
+        config = {"compile": compiled}
+        return {"side": side, "error": None, "tokens_per_s": tokens_per_s, "config": config}
+
+    rows = [
+        row("wmtp-4heads", False, 8.0),  # the recipe before it compiled
+        row("wmtp-4heads+compile", True, 11.0),
+        row("wmtp-4heads+float8", True, 14.0),  # opt-in, never "as written"
+        row("wmtp-1head", True, 12.0),
+    ]
+    on_gpu = summarise.as_written({"device": "NVIDIA H200", "rows": rows})
+    assert on_gpu["tokens_per_s"] == 11.0
+    assert summarise.as_written({"device": "cpu", "rows": rows})["tokens_per_s"] == 8.0
+
+
+def test_float8_lora_is_compared_with_the_best_peer_and_its_memory_at_the_same_batch():
+    summarise = summarise_module()
+
+    def row(side: str, micro_batch: int, tokens_per_s: float, gib: float) -> dict:
+        figures = {"tokens_per_s": tokens_per_s, "peak_memory_gib": gib, "error": None}
+        return {"side": side, "micro_batch": micro_batch, **figures}
+
+    results = {
+        "sides": ["wmtp-4heads", "hf-peft", "hf-peft+compile"],
+        "rows": [
+            row("wmtp-4heads", 4, 9.0, 18.0),
+            row("hf-peft", 8, 8.0, 24.0),
+            row("hf-peft+compile", 4, 10.0, 20.0),
+            row("hf-peft+compile", 8, 10.5, 26.0),
+        ],
+    }
+    lora = {"micro_batch": 4, "float8": {"tokens_per_s": 14.0, "peak_memory_gib": 19.0}}
+    vs_peer = summarise.float8_lora7b_vs_peer(lora, results)
+    assert vs_peer == {
+        "best_peer": "hf-peft+compile at micro-batch 8",
+        "ratio_vs_best_peer": 14.0 / 10.5,
+        "peak_memory_ratio_vs_peer": 19.0 / 20.0,
+    }

@@ -92,8 +92,8 @@ SIDES = {
     "lora7b": {
         "wmtp-4heads": "wmtp's trainer on the recipe as written: four heads",
         "wmtp-1head": "wmtp's trainer, the recipe with one head (n_future_tokens = 1)",
-        "wmtp-4heads+compile": "wmtp's trainer, four heads, parallel.compile = true (the recipe "
-        "as written does not compile)",
+        "wmtp-4heads+compile": "wmtp's trainer, four heads, parallel.compile = true (what the "
+        'recipe as written, compile = "auto", does on CUDA)',
         "wmtp-1head+compile": "wmtp's trainer, one head, parallel.compile = true",
         "hf-peft": "transformers + PEFT LoRA (the recipe's r, alpha, dropout, targets), bf16 "
         "frozen weights, gradient checkpointing",
