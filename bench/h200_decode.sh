@@ -5,9 +5,10 @@
 # Stages (none runs past END_S seconds of the call):
 #   decode_1b       llama-1b-bench, 4 heads, random weights, batch 1: plain vs self-speculative
 #                   greedy, rigged agreeing heads, the weight-bandwidth limit ($OUT/decode_1b.json)
-#   decode_1b_peers the same model against HF generate (dynamic cache; static cache + compile) at
-#                   batch 1 and 20, with wmtp's batched speculative sampling beside its plain
-#                   ($OUT/decode_1b_peers.json; its own stage: HF's compilation takes minutes)
+#   decode_1b_peers the same model against HF generate (dynamic cache; static cache compiled by
+#                   generate, and by hand) at batch 1 and 20, with wmtp's batched speculative
+#                   sampling beside its plain ($OUT/decode_1b_peers.json; its own stage: HF's
+#                   compilation takes minutes)
 #   decode_1b_sampled  the same sampled at 0.2 / top-p 0.95: speculative sampling's acceptance
 #   decode_7b       llama2-7b-mtp: the bandwidth fraction at 7B ($OUT/decode_7b.json)
 #   decode_model    a 4-head 1.1B model trained here (recipes/gpu_2x.toml, packed, compiled,
@@ -31,7 +32,7 @@ stage_decode_1b() {
   step decode_1b 240 "${DECODE[@]}" "${ONE_B[@]}" --agreeing-heads --out "$OUT/decode_1b.json"
 }
 stage_decode_1b_peers() {
-  step decode_1b_peers 360 "${DECODE[@]}" "${ONE_B[@]}" --peers --out "$OUT/decode_1b_peers.json"
+  step decode_1b_peers 480 "${DECODE[@]}" "${ONE_B[@]}" --peers --out "$OUT/decode_1b_peers.json"
 }
 stage_decode_1b_sampled() {
   step decode_1b_sampled 120 "${DECODE[@]}" "${ONE_B[@]}" --agreeing-heads "${SAMPLED[@]}" \

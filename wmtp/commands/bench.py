@@ -332,8 +332,9 @@ def decode(
     peers: Annotated[
         bool,
         typer.Option(
-            help="Also Hugging Face generate of the same shape (dynamic cache; static cache + "
-            "compile on CUDA) against wmtp's generate, at batch 1 and at --batch sampled rows."
+            help="Also Hugging Face generate of the same shape (dynamic cache; on CUDA a static "
+            "cache compiled by generate and by hand) against wmtp's generate, at batch 1 and at "
+            "--batch sampled rows."
         ),
     ] = False,
     batch: Annotated[int, typer.Option(min=1, help="Rows of the batched comparison.")] = 20,
