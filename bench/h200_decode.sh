@@ -4,7 +4,8 @@
 #   bash bench/h200_decode.sh [STAGE...]      (no stage: every stage below, in this order)
 # Stages (none runs past END_S seconds of the call):
 #   decode_1b       llama-1b-bench, 4 heads, random weights, batch 1: plain vs self-speculative
-#                   greedy, rigged agreeing heads, the weight-bandwidth limit ($OUT/decode_1b.json)
+#                   greedy, rigged agreeing heads, the weight-bandwidth limit, and the same steps
+#                   without fused projections ($OUT/decode_1b.json)
 #   decode_1b_peers the same model against HF generate (dynamic cache; static cache compiled by
 #                   generate, and by hand) at batch 1 and 20, with wmtp's batched speculative
 #                   sampling beside its plain ($OUT/decode_1b_peers.json; its own stage: HF's
@@ -29,7 +30,8 @@ DECODE=(python3 -m wmtp.cli bench decode)
 ONE_B=(--flavour llama-1b-bench --n-future-tokens 4 --prompts 3 --new-tokens 256)
 SAMPLED=(--temperature 0.2 --top-p 0.95)
 stage_decode_1b() {
-  step decode_1b 240 "${DECODE[@]}" "${ONE_B[@]}" --agreeing-heads --out "$OUT/decode_1b.json"
+  step decode_1b 330 "${DECODE[@]}" "${ONE_B[@]}" --agreeing-heads --also-unfused \
+    --out "$OUT/decode_1b.json"
 }
 stage_decode_1b_peers() {
   step decode_1b_peers 480 "${DECODE[@]}" "${ONE_B[@]}" --peers --out "$OUT/decode_1b_peers.json"

@@ -45,6 +45,13 @@ def best_hf(peers: dict) -> tuple[str | None, dict | None]:
     return name, measured[name]
 
 
+def ratio_of(one_b: dict, kind: str) -> float | None:
+    """``kind``'s tokens/s with fused projections over without (``--also-unfused``)."""
+    fused = dig(one_b, "as_loaded", kind, "tokens_per_s")
+    unfused = dig(one_b, "as_loaded_unfused", kind, "tokens_per_s")
+    return fused / unfused if fused and unfused else None
+
+
 def summarise(folder: Path) -> dict:
     one_b, sampled = load(folder, "decode_1b.json"), load(folder, "decode_1b_sampled.json")
     seven_b, trained = load(folder, "decode_7b.json"), load(folder, "decode_trained.json")
@@ -65,6 +72,8 @@ def summarise(folder: Path) -> dict:
         "bandwidth_fraction_7b": dig(seven_b, "bandwidth", "plain_fraction_of_limit"),
         "plain_tokens_per_s_7b": dig(seven_b, "as_loaded", "plain", "tokens_per_s"),
         "speculative_speedup_random_heads": dig(one_b, "as_loaded", "speculative", "speedup"),
+        "fused_projections_ratio": ratio_of(one_b, "plain"),
+        "fused_projections_speculative_ratio": ratio_of(one_b, "speculative"),
         "speculative_speedup_agreeing": dig(one_b, "agreeing_heads", "speculative", "speedup"),
         "tokens_per_forward_agreeing": dig(
             one_b, "agreeing_heads", "speculative", "tokens_per_forward"
@@ -108,6 +117,7 @@ def markdown(s: dict) -> str:
         ("plain greedy, batch 1, llama-1b-bench (tokens/s)", _f(s["plain_tokens_per_s"], ",.0f")),
         ("... fraction of the weight-bandwidth limit", _f(s["bandwidth_fraction"], ".1%")),
         ("... at llama2-7b-mtp", _f(s["bandwidth_fraction_7b"], ".1%")),
+        ("plain greedy with fused projections / without", _f(s.get("fused_projections_ratio"), ".3f", "x")),
         ("self-speculative / plain, agreeing heads", _f(s["speculative_speedup_agreeing"], ".2f", "x")),
         ("self-speculative / plain, the trained model", _f(s["speculative_speedup_trained"], ".2f", "x")),
         ("... greedy outputs identical", s["trained_identical_outputs"] or "not measured"),

@@ -77,7 +77,7 @@ def test_the_decode_summariser_reads_every_figure_it_finds(tmp_path):
     from pathlib import Path
 
     args = ["bench", "decode", "--flavour", "tiny", "--n-future-tokens", "2", "--prompts", "1"]
-    more = ["--new-tokens", "3", "--agreeing-heads", "--peers", "--batch", "20"]
+    more = ["--new-tokens", "3", "--agreeing-heads", "--peers", "--batch", "20", "--also-unfused"]
     out = ["--out", str(tmp_path / "decode_1b.json")]
     assert CliRunner().invoke(app, [*args, *more, *out]).exit_code == 0
     figures = json.loads((tmp_path / "decode_1b.json").read_text())
@@ -98,5 +98,9 @@ def test_the_decode_summariser_reads_every_figure_it_finds(tmp_path):
     assert summary["batch_speculative_ratio_vs_plain"] == speculative["batch20_ratio_vs_wmtp"]
     assert summary["speculative_speedup_agreeing"] > 0
     assert summary["speculative_speedup_trained"] is None  # no trained model's file
+    plain, unfused = (
+        figures[k]["plain"]["tokens_per_s"] for k in ("as_loaded", "as_loaded_unfused")
+    )
+    assert summary["fused_projections_ratio"] == plain / unfused
     md = (tmp_path / "h200_decode.md").read_text()
     assert "HumanEval 164 x 20 x 512: generation (s) | not measured" in md

@@ -215,7 +215,7 @@ def test_lora_checkpoint_loads_over_the_recipes_base_model(tmp_path):
 
     from wmtp.eval.target import load_policy, resolve_target
     from wmtp.models.checkpoint import save_wmtp
-    from wmtp.models.lora import apply_lora, lora_state_dict
+    from wmtp.models.lora import apply_lora, lora_modules, lora_state_dict
     from wmtp.recipe import load_recipe
 
     base = tmp_path / "base"
@@ -238,6 +238,7 @@ def test_lora_checkpoint_loads_over_the_recipes_base_model(tmp_path):
     target = resolve_target(run)
     loaded = load_recipe(target.recipe_file).recipe
     model, _ = load_policy(target, loaded, "cpu")
+    assert not lora_modules(model)  # folded into the base weights: one matmul per projection
     tokens = torch.tensor([[256, 100, 101, 102]])
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(tokens), tuned.eval()(tokens))

@@ -45,13 +45,15 @@ TOKENS = torch.tensor([[256, *b"def fibonacci(n):\n    return n"]])
 """A prompt in the byte tokenizer's ids (BOS first)."""
 
 
-def wmtp_model(path: Path):
-    """The policy ``wmtp eval`` evaluates for ``path`` (a run, a checkpoint, an export)."""
+def wmtp_model(path: Path, *, fold_adapters: bool = True):
+    """The policy ``wmtp eval`` evaluates for ``path`` (a run, a checkpoint, an export); with
+    ``fold_adapters=False``, a LoRA run's adapters stay apart, as training runs them."""
     from wmtp.eval.target import load_policy, resolve_target
     from wmtp.recipe import load_recipe
 
     target = resolve_target(path)
-    return load_policy(target, load_recipe(target.recipe_file).recipe, "cpu")[0]
+    recipe = load_recipe(target.recipe_file).recipe
+    return load_policy(target, recipe, "cpu", fold_adapters=fold_adapters)[0]
 
 
 def logits(model, tokens=TOKENS) -> torch.Tensor:

@@ -102,12 +102,14 @@ def _decode_pieces(decoder, tokens):
 
 
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
-def test_static_steps_equal_full_forward(tiny_args, attention):
+@pytest.mark.parametrize("fused", [False, True])
+def test_static_steps_equal_full_forward(tiny_args, attention, fused):
     model = LlamaMTP(tiny_args, attention=attention).eval()
     tokens = torch.randint(0, tiny_args.vocab_size, (2, 14))
     with torch.no_grad():
         full = model(tokens)
-    decoder = StaticDecoder(model, batch_size=2, max_len=16, cuda_graphs=False)
+    decoder = StaticDecoder(model, batch_size=2, max_len=16, cuda_graphs=False, fused=fused)
+    assert decoder.fused == fused
     head, replayed = _decode_pieces(decoder, tokens)
     torch.testing.assert_close(head, full[:, :10], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(replayed, full[:, 10:14], atol=1e-5, rtol=1e-5)
@@ -218,17 +220,21 @@ def _storages_read(step) -> tuple[set[int], set[int]]:
     return read, made
 
 
-def test_a_step_reads_only_what_outlives_its_decoder(tiny_args):
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_step_reads_only_what_outlives_its_decoder(tiny_args, fused):
     """A CUDA graph replays the addresses its capture read, for every later decoder of the
-    shape: a step may read the model's tensors, its state's and its input, never a tensor of
-    the decoder that captured it (freed with that decoder, its memory reused)."""
+    shape: a step may read the model's tensors, its state's, the model's fused projections and
+    its input, never a tensor of the decoder that captured it (freed with that decoder, its
+    memory reused)."""
     model = LlamaMTP(tiny_args, attention="sdpa").eval()
     tokens = torch.randint(0, tiny_args.vocab_size, (1, 6))
-    decoder = StaticDecoder(model, 1, 6, cuda_graphs=False)
+    decoder = StaticDecoder(model, 1, 6, cuda_graphs=False, fused=fused)
     decoder.prefill(tokens[:, :5])
     state = decoder._state
     owned = [*model.parameters(), *model.buffers(), state.start, state.keys_L, state.inv_freq_F]
-    owned += [t for c in [*state.caches[0], *state.caches[1].values()] for t in vars(c).values()]
+    for c in [*state.caches[0], *state.caches[1].values()]:
+        owned += [c.k_BSKD, c.v_BSKD, *([c.fused.wqkv, c.fused.w13] if c.fused else [])]
+    assert all(c.fused is not None for c in state.caches[0]) == fused
     step_input = tokens[:, 5:].clone()
     allowed = {t.untyped_storage().data_ptr() for t in [*owned, step_input]}
     with torch.no_grad():
@@ -288,3 +294,60 @@ def test_compiled_captured_steps_equal_eager_steps_and_are_captured_once(tiny_ar
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     assert counters["stats"]["unique_graphs"] == graphs
     assert setup_figures(model) == prepared
+
+
+def test_fused_projections_follow_the_weights_they_copy(tiny_args):
+    """The fused copy is refreshed when a weight it copies changes in place (a training step
+    between evaluations) or is replaced (a loaded checkpoint), and only then; the steps then
+    decode with the new weights."""
+    from wmtp.models.fused_projections import fused_projections
+
+    torch.manual_seed(0)
+    model = LlamaMTP(tiny_args, attention="sdpa").eval()
+    tokens = torch.randint(0, tiny_args.vocab_size, (1, 8))
+    fused = fused_projections(model, force=True)
+    assert fused is not None and fused.refresh() == 0  # nothing changed since it was made
+    block = model.layers[0]
+    with torch.no_grad():
+        block.attention.wk.weight.mul_(1.5)  # in place, as an optimizer step
+        block.feed_forward.w3.weight = torch.nn.Parameter(block.feed_forward.w3.weight * 0.5)
+    assert fused.refresh() == 1  # the one block whose weights changed
+    copy = fused.of(block)
+    kv = copy.kv_size
+    torch.testing.assert_close(copy.wqkv[copy.q_size : copy.q_size + kv], block.attention.wk.weight)
+    torch.testing.assert_close(copy.w13[copy.hidden :], block.feed_forward.w3.weight)
+    with torch.no_grad():
+        block.attention.wq.weight.add_(0.25)
+        full = model(tokens)
+    decoder = StaticDecoder(model, batch_size=1, max_len=8, cuda_graphs=False, fused=True)
+    steps = [decoder.prefill(tokens[:, :5])] + [
+        decoder.step(tokens[:, t : t + 1]) for t in (5, 6, 7)
+    ]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_only_plain_linear_blocks_are_fused_and_never_on_a_cpu_by_default(tiny_args):
+    from wmtp.models.fused_projections import fusable, fused_projections
+    from wmtp.models.lora import apply_lora
+
+    model = LlamaMTP(tiny_args, attention="sdpa").eval()
+    assert fused_projections(model) is None  # a CPU model: no copy unless forced
+    assert StaticDecoder(model, 1, 8, cuda_graphs=False).fused is False
+    apply_lora(model, rank=2, alpha=4.0, targets=["wq", "w1"])
+    assert not any(fusable(b) for b in model.layers)  # the adapters stay on their path
+    assert fused_projections(model, force=True) is None
+
+
+def test_compiled_fused_steps_equal_eager_steps(tiny_args):
+    """The fused projections as Inductor compiles them (on the CPU here; on a GPU they are the
+    default inside the captured graphs): the eager decoder's logits."""
+    torch.manual_seed(0)
+    model = LlamaMTP(tiny_args, attention="sdpa").eval()
+    tokens = torch.randint(0, tiny_args.vocab_size, (2, 14))
+    with torch.no_grad():
+        eager = _decode_pieces(Decoder(model, batch_size=2, max_len=16), tokens)
+        decoder = StaticDecoder(model, 2, 16, cuda_graphs=False, compiled=True, fused=True)
+        compiled = _decode_pieces(decoder, tokens)
+    assert decoder.fused
+    for a, b in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

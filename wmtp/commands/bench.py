@@ -324,6 +324,15 @@ def decode(
     also_eager: Annotated[
         bool, typer.Option(help="On a GPU, also time eager steps beside the CUDA graphs.")
     ] = False,
+    no_fuse: Annotated[
+        bool,
+        typer.Option(
+            "--no-fuse", help="q/k/v and w1/w3 as separate matmuls (on a GPU they run fused)."
+        ),
+    ] = False,
+    also_unfused: Annotated[
+        bool, typer.Option(help="Also time the same steps without fused projections.")
+    ] = False,
     temperature: Annotated[
         float,
         typer.Option(min=0.0, help="0: greedy; above: sampled, and speculative sampling."),
@@ -356,6 +365,7 @@ def decode(
     if agreeing_heads:
         argv.append("--agreeing-heads")
     argv += ["--eager"] * eager + ["--no-compile"] * no_compile + ["--also-eager"] * also_eager
+    argv += ["--no-fuse"] * no_fuse + ["--also-unfused"] * also_unfused
     argv += ["--temperature", str(temperature), "--top-p", str(top_p), "--batch", str(batch)]
     argv += ["--peers"] * peers
     speed.main(argv)

@@ -148,13 +148,15 @@ def generate(
     batch_size: int = 16,
     cuda_graphs: bool | None = None,
     compiled: bool | None = None,
+    fused: bool | None = None,
 ) -> list[Completion]:
     """Continue every prompt (token ids, BOS included) with head 1; one ``Completion`` each.
 
     ``max_new_tokens`` is one limit for all rows or one per row; a row also stops at
     ``max_length`` tokens in all (default: the model's ``max_seq_len``). ``cuda_graphs``: replay
-    each decoding step from a CUDA graph; ``compiled``: compile the step (defaults: both on a
-    GPU; see ``wmtp.models.kv_cache.make_decoder``). Only head 1's layer runs.
+    each decoding step from a CUDA graph; ``compiled``: compile the step; ``fused``: fused
+    projections (defaults: all three on a GPU; see ``wmtp.models.kv_cache.make_decoder``). Only
+    head 1's layer runs.
     """
     assert all(prompts), "every prompt needs at least one token (BOS)"
     limits = _limits(prompts, max_new_tokens, max_length or model.args.max_seq_len)
@@ -167,7 +169,7 @@ def generate(
             stop_rule,
             sampling,
             generator,
-            {"cuda_graphs": cuda_graphs, "compiled": compiled},
+            {"cuda_graphs": cuda_graphs, "compiled": compiled, "fused": fused},
         )
         for i, out in zip(rows, outs, strict=True):
             results[i] = out

@@ -160,6 +160,7 @@ def speculative_generate_batch(
     max_length: int | None = None,
     cuda_graphs: bool | None = None,
     compiled: bool | None = None,
+    fused: bool | None = None,
     sampling: Sampling = GREEDY,
     generator: torch.Generator | None = None,
 ) -> tuple[list[Completion], list[SpeculativeStats]]:
@@ -167,8 +168,8 @@ def speculative_generate_batch(
     1, greedy or sampled as ``sampling`` says with ``generator`` (see the module doc), every row
     in one batch until all have finished; one ``SpeculativeStats`` per row (each with the
     batch's time: ``SpeculativeStats.of_batch`` sums them). ``cuda_graphs``: replay the verify
-    steps from CUDA graphs; ``compiled``: compile them (defaults: both on a GPU; see
-    ``wmtp.models.kv_cache.make_decoder``)."""
+    steps from CUDA graphs; ``compiled``: compile them; ``fused``: fused projections (defaults:
+    all three on a GPU; see ``wmtp.models.kv_cache.make_decoder``)."""
     assert all(prompts), "every prompt needs at least one token (BOS)"
     assert len({len(p) for p in prompts}) == 1, "the rows of a batch share a prompt length"
     B, P, n = len(prompts), len(prompts[0]), model.n_heads
@@ -177,7 +178,8 @@ def speculative_generate_batch(
     if limit == 0:
         return [Completion([], "", "length") for _ in prompts], stats
     started = time.perf_counter()
-    decoder, last_B1nV = _prefill(model, prompts, limit, cuda_graphs, compiled)
+    steps = {"cuda_graphs": cuda_graphs, "compiled": compiled, "fused": fused}
+    decoder, last_B1nV = _prefill(model, prompts, limit, steps)
     _, drafts = verify_rows(last_B1nV, None, [0] * B, sampling, generator)
     first_token_s = time.perf_counter() - started
     generated: list[list[int]] = [[] for _ in prompts]
@@ -201,17 +203,14 @@ def speculative_generate_batch(
     return done, stats  # type: ignore[return-value]
 
 
-def _prefill(model, prompts: list[list[int]], limit: int, cuda_graphs, compiled):
+def _prefill(model, prompts: list[list[int]], limit: int, steps: dict):
     """A decoder whose rows may advance apart, after the prompts' forward, and that forward's
     logits at the prompts' last position (``[B, 1, n, V]``). A verify step feeds n tokens to
     every row, finished or near its limit: the cache has room for them."""
     from wmtp.models.kv_cache import make_decoder
 
     B, P = len(prompts), len(prompts[0])
-    decoder = make_decoder(
-        model, B, P + limit + model.n_heads - 1, rows_apart=True,
-        cuda_graphs=cuda_graphs, compiled=compiled,
-    )  # fmt: skip
+    decoder = make_decoder(model, B, P + limit + model.n_heads - 1, rows_apart=True, **steps)
     prompts_BS = torch.tensor(prompts, device=next(model.parameters()).device)
     return decoder, decoder.prefill(prompts_BS)[:, -1:]
 

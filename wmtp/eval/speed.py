@@ -254,6 +254,7 @@ def run(args: argparse.Namespace) -> dict:
     }
     graphs = device == "cuda" and not args.eager
     steps = {"cuda_graphs": graphs, "compiled": graphs and not args.no_compile}
+    steps["fused"] = False if args.no_fuse else None  # None: where the fused copy fits
     result["steps"] = steps
     sampling = Sampling(temperature=args.temperature, top_p=args.top_p)
     with torch.inference_mode():
@@ -275,6 +276,11 @@ def run(args: argparse.Namespace) -> dict:
         if graphs and args.also_eager:
             eager = {"cuda_graphs": False, "compiled": False}
             result["as_loaded_eager"] = benchmark(model, prompts, args.new_tokens, eager, sampling)
+        if args.also_unfused and not args.no_fuse:
+            unfused = steps | {"fused": False}
+            result["as_loaded_unfused"] = benchmark(
+                model, prompts, args.new_tokens, unfused, sampling
+            )
         if args.agreeing_heads:
             rig_agreeing_heads(model)
             result["agreeing_heads"] = benchmark(model, prompts, args.new_tokens, steps, sampling)
@@ -316,6 +322,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--also-eager",
         action="store_true",
         help="on a GPU, also time eager steps beside the graphs",
+    )
+    parser.add_argument(
+        "--no-fuse",
+        action="store_true",
+        help="run q/k/v and w1/w3 as separate matmuls (by default, fixed-shape steps on a GPU run "
+        "each group as one, from a fused copy of the weights where it fits)",
+    )
+    parser.add_argument(
+        "--also-unfused",
+        action="store_true",
+        help="also time the same steps without fused projections (the fusion's measured effect)",
     )
     parser.add_argument("--out", type=Path, required=True, help="JSON file for the figures")
     return parser.parse_args(argv)

@@ -121,15 +121,19 @@ def pick_device(setting: str) -> str:
     return setting
 
 
-def load_policy(target: EvalTarget, recipe, device: str):
+def load_policy(target: EvalTarget, recipe, device: str, *, fold_adapters: bool = True):
     """The policy model of ``recipe`` with the weights of ``target.checkpoint``, in eval mode,
     and the tokenizer: both through ``wmtp.assembly``, as training builds them.
 
     A trained checkpoint (``model.safetensors`` / ``lora.safetensors``) becomes the section's
     ``checkpoint`` (over its pretrained ``path`` and LoRA), evaluated with the heads it trained;
-    a pretrained model directory (wmtp, Meta or Hugging Face) becomes its ``path``.
+    a pretrained model directory (wmtp, Meta or Hugging Face) becomes its ``path``. LoRA
+    adapters are folded into their base weights (unless ``fold_adapters`` is false: the tests'
+    unmerged reference): decoding then runs one matmul per projection, as for a plain model
+    (and its fused projections apply), instead of three.
     """
     from wmtp import assembly
+    from wmtp.models.lora import fold_lora
 
     spec = recipe.model.policy
     if spec is None:
@@ -146,6 +150,8 @@ def load_policy(target: EvalTarget, recipe, device: str):
         format=spec.format if target.pretrained else "auto",
         own_sizes=not target.pretrained,  # a model directory: its own sizes and heads
     )
+    if fold_adapters:
+        fold_lora(model)
     return model.eval(), tokenizer
 
 

@@ -28,16 +28,26 @@ import torch
 import torch.nn.functional as F
 
 from wmtp.errors import RunError
-from wmtp.models.llama_mtp import LlamaMTP, Rope, TransformerBlock, rope_frequencies, rope_tables
+from wmtp.models.fused_projections import FusedBlock, fused_projections
+from wmtp.models.llama_mtp import (
+    LlamaMTP,
+    Rope,
+    TransformerBlock,
+    apply_rope,
+    rope_frequencies,
+    rope_tables,
+)
 
 
 class KVCache:
-    """Keys and values of one block: ``[B, max_len, K, D]`` each, filled up to ``length``."""
+    """Keys and values of one block: ``[B, max_len, K, D]`` each, filled up to ``length``;
+    ``fused``: the block's fused projections, where a ``StaticDecoder`` runs with them."""
 
     def __init__(self, batch: int, max_len: int, kv_heads: int, head_dim: int, *, dtype, device):
         shape = (batch, max_len, kv_heads, head_dim)
         self.k_BSKD = torch.zeros(shape, dtype=dtype, device=device)
         self.v_BSKD = torch.zeros(shape, dtype=dtype, device=device)
+        self.fused: FusedBlock | None = None
 
     def append(self, start: int, k_BSKD: torch.Tensor, v_BSKD: torch.Tensor):
         """Store new keys/values at ``start``; return every key/value up to them."""
@@ -188,9 +198,9 @@ def masked_block(
     """``cached_block`` with fixed shapes: each row's keys written at its ``positions_BS`` (a
     device tensor), and attention over the whole cache, ``allowed_BSL`` masking each row's
     positions not yet (or no longer) filled. Nothing depends on a position on the host, so a
-    CUDA graph can replay it."""
+    CUDA graph can replay it. With ``cache.fused``, q/k/v and w1/w3 run as one matmul each."""
     attention = block.attention
-    q_BSHD, k_BSKD, v_BSKD = attention.project_qkv(block.attention_norm(x_BSD), rope)
+    q_BSHD, k_BSKD, v_BSKD = _project_qkv(block, block.attention_norm(x_BSD), rope, cache.fused)
     index_BSKD = positions_BS[:, :, None, None].expand_as(k_BSKD)
     cache.k_BSKD.scatter_(1, index_BSKD, k_BSKD)
     cache.v_BSKD.scatter_(1, index_BSKD, v_BSKD)
@@ -198,7 +208,29 @@ def masked_block(
     mask_B1SL = allowed_BSL[:, None]  # one mask for every head of a row
     out_BHSD = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_B1SL, enable_gqa=True)
     h_BSD = x_BSD + attention.wo(out_BHSD.transpose(1, 2).flatten(2))
-    return h_BSD + block.feed_forward(block.ffn_norm(h_BSD))
+    return h_BSD + _feed_forward(block, block.ffn_norm(h_BSD), cache.fused)
+
+
+def _project_qkv(block: TransformerBlock, x_BSD, rope: Rope, fused: FusedBlock | None):
+    """``Attention.project_qkv``, from one matmul with ``fused``."""
+    attention = block.attention
+    if fused is None:
+        return attention.project_qkv(x_BSD, rope)
+    B, S, _ = x_BSD.shape
+    sizes = (fused.q_size, fused.kv_size, fused.kv_size)
+    q, k, v = F.linear(x_BSD, fused.wqkv).split(sizes, dim=-1)
+    q_BSHD = q.view(B, S, attention.n_heads, attention.head_dim)
+    k_BSKD = k.view(B, S, attention.n_kv_heads, attention.head_dim)
+    v_BSKD = v.reshape(B, S, attention.n_kv_heads, attention.head_dim)
+    return apply_rope(q_BSHD, rope), apply_rope(k_BSKD, rope), v_BSKD
+
+
+def _feed_forward(block: TransformerBlock, x_BSD, fused: FusedBlock | None):
+    """``FeedForward``, w1 and w3 from one matmul with ``fused``."""
+    if fused is None:
+        return block.feed_forward(x_BSD)
+    gate, up = F.linear(x_BSD, fused.w13).split(fused.hidden, dim=-1)
+    return block.feed_forward.w2(F.silu(gate) * up)
 
 
 @dataclass
@@ -233,7 +265,7 @@ class StepState:
 
 
 _STATES: weakref.WeakKeyDictionary[LlamaMTP, dict[tuple, StepState]] = weakref.WeakKeyDictionary()
-"""Each model's step states, by (batch, cache length, kept heads, graphs, compiled, dtype,
+"""Each model's step states, by (batch, cache length, kept heads, graphs, compiled, fused, dtype,
 device); they live as long as the model."""
 
 
@@ -247,9 +279,9 @@ def cache_length(max_len: int, max_seq_len: int) -> int:
 
 
 def step_state(model: LlamaMTP, batch_size: int, max_len: int, kept_heads: tuple[int, ...],
-               kind: tuple[bool, bool]) -> StepState:  # fmt: skip
-    """The model's state for this shape and ``kind`` (``(cuda_graphs, compiled)``), made on
-    first use."""
+               kind: tuple[bool, bool, bool]) -> StepState:  # fmt: skip
+    """The model's state for this shape and ``kind`` (``(cuda_graphs, compiled, fused)``), made
+    on first use."""
     param = next(model.parameters())
     length = cache_length(max_len, model.args.max_seq_len)
     key = (batch_size, length, kept_heads, *kind, param.dtype, param.device)
@@ -280,12 +312,16 @@ def _new_state(model: LlamaMTP, batch_size: int, length: int, kept_heads: tuple[
 
 def setup_figures(model: LlamaMTP) -> dict[str, float | int]:
     """What fixed-shape decoding of ``model`` has prepared: step states, step shapes prepared
-    (compiled and/or captured) and the seconds spent preparing them."""
+    (compiled and/or captured), the seconds spent preparing them, and the memory of its fused
+    projections (0 where there are none)."""
+    from wmtp.models.fused_projections import fused_bytes
+
     states = list(_STATES.get(model, {}).values())
     return {
         "step_states": len(states),
         "prepared_steps": sum(len(s.prepared) for s in states),
         "setup_s": round(sum(s.setup_s for s in states), 3),
+        "fused_projections_gib": round(fused_bytes(model) / 2**30, 3),
     }
 
 
@@ -316,8 +352,10 @@ class StaticDecoder(Decoder):
     regions (``setup_figures`` says what it cost). ``prefill`` stays eager (its length changes
     once per prompt); ``rewind`` works as before (the mask hides what lies past ``length``).
     ``step(..., starts=...)`` puts each row at its own position, in the same fixed shapes.
-    Neither (or a CPU model without ``compiled``) runs the same fixed-shape step eagerly: the
-    reference the tests hold it to.
+    ``fused``: q/k/v and w1/w3 as one matmul each, from the model's fused copy of those weights
+    (``wmtp.models.fused_projections``; ``None``: on a GPU where the copy fits, ``True``: on a CPU
+    too). Neither graphs nor compilation (or a CPU model without ``compiled``) runs the same
+    fixed-shape step eagerly: the reference the tests hold it to.
 
     Capture is manual rather than ``torch.compile(mode="reduce-overhead")``: the caches are
     written in place at every step, and reduce-overhead's graphs would copy mutated inputs that
@@ -326,15 +364,23 @@ class StaticDecoder(Decoder):
 
     def __init__(self, model: LlamaMTP, batch_size: int, max_len: int,
                  kept_heads: Sequence[int] | None = None, *, cuda_graphs: bool = True,
-                 compiled: bool = False):  # fmt: skip
+                 compiled: bool = False, fused: bool | None = None):  # fmt: skip
         self.cuda_graphs = cuda_graphs and next(model.parameters()).device.type == "cuda"
         self.compiled = compiled
+        self._fused = None if fused is False else fused_projections(model, force=bool(fused))
+        self.fused = self._fused is not None
         super().__init__(model, batch_size, max_len, kept_heads)
         self._state.owner = weakref.ref(self)
 
     def _caches(self, batch_size: int) -> BlockCaches:
-        kind = (self.cuda_graphs, self.compiled)
+        kind = (self.cuda_graphs, self.compiled, self.fused)
         self._state = step_state(self.model, batch_size, self.max_len, self.kept_heads, kind)
+        trunk, heads = self._state.caches
+        if self._fused is not None:
+            for block, cache in zip(self.model.layers[:-1], trunk, strict=True):
+                cache.fused = self._fused.of(block)
+            for k, cache in heads.items():
+                cache.fused = self._fused.of(self.model.head_layer(k))
         return self._state.caches
 
     def _advance(self, tokens_BS: torch.Tensor, heads: list[int] | None) -> torch.Tensor:
@@ -441,20 +487,23 @@ def make_decoder(
     *,
     cuda_graphs: bool | None = None,
     compiled: bool | None = None,
+    fused: bool | None = None,
     rows_apart: bool = False,
 ) -> Decoder:
     """The decoder for ``model``. ``cuda_graphs=None``: CUDA-graph steps whenever the model is on
     a GPU; ``compiled=None``: compiled steps where graphs are (``False`` captures eager
-    kernels; ``True`` without graphs compiles the uncaptured fixed-shape step, on a CPU too).
-    With neither, the eager ``Decoder``, unless ``rows_apart``: rows that advance apart need
+    kernels; ``True`` without graphs compiles the uncaptured fixed-shape step, on a CPU too);
+    ``fused``: the fixed-shape steps' fused projections (``StaticDecoder``). With neither graphs
+    nor compilation, the eager ``Decoder``, unless ``rows_apart``: rows that advance apart need
     the fixed-shape step (``StaticDecoder.step``'s ``starts``), run eagerly then."""
     on_gpu = next(model.parameters()).device.type == "cuda"
     graphs = on_gpu if cuda_graphs is None else cuda_graphs and on_gpu
     compiled = graphs if compiled is None else compiled
     if graphs or compiled or rows_apart:
         return StaticDecoder(
-            model, batch_size, max_len, kept_heads, cuda_graphs=graphs, compiled=compiled
-        )
+            model, batch_size, max_len, kept_heads, cuda_graphs=graphs, compiled=compiled,
+            fused=fused,
+        )  # fmt: skip
     return Decoder(model, batch_size, max_len, kept_heads)
 
 
