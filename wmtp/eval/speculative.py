@@ -14,8 +14,10 @@ forward already holds the next position's draft. Every forward commits at least 
   normalised, and when every guess is accepted one more token is drawn from ``p``. Every
   committed token is then distributed exactly as plain sampling from head 1 would draw it
   (``q`` may ignore the guesses before it: it only has to be fixed before ``g`` is drawn).
-  One verification reads the device once: every acceptance test, every position's possible
-  next token and the next draft are drawn together, and the ones used are read back.
+  One verification reads the device once: the acceptance tests, then the token at each row's
+  stopping position and the next draft there are drawn on the device (distributions are made
+  only where they are used: head 1's at every position, the drafting heads' at the stopping
+  one), and read back together.
 
 Batched: ``speculative_generate_batch`` decodes rows of one prompt length together (pass@k's
 samples of one problem), each row verifying its own draft and committing its own number of
@@ -239,66 +241,73 @@ def verify_rows(
     sampled). Row b's first ``offered[b]`` guesses are checked (fewer near its limit, none once
     it has finished). With no drafts (``T = 1``: the prompts' last position) it is that
     position's draft. One read of the device for the whole batch."""
-    B, T, n, V = logits_BTnV.shape
+    B, T = logits_BTnV.shape[:2]
     G, device = T - 1, logits_BTnV.device
     no_guesses_BG = torch.zeros((B, 0), dtype=torch.long, device=device)
     guesses_BG = drafts.fed_BT[:, 1:] if drafts is not None else no_guesses_BG
     offered_B = torch.tensor(offered, device=device)
     checked_BG = torch.arange(G, device=device) < offered_B[:, None]
-    probs_BTnV = None
     if sampling.greedy:
         choices_BTn = logits_BTnV.argmax(dim=-1)
-        agrees_BG = choices_BTn[:, :G, 0] == guesses_BG
-        next_BT, drafted_BTG = choices_BTn[..., 0], choices_BTn[..., 1:]
+        accepted_B = _accepted(choices_BTn[:, :G, 0] == guesses_BG, checked_BG)
+        fed_BT, q_BGV = _at(choices_BTn, accepted_B), None  # head 1's token, then the drafts
     else:
-        probs_BTnV = next_token_probs(logits_BTnV, sampling)
         q_BGV = drafts.q_BGV if drafts is not None else None
-        agrees_BG, next_BT, drafted_BTG = _draw_rows(probs_BTnV, guesses_BG, q_BGV, generator)
-    accepted_B = (agrees_BG & checked_BG).long().cumprod(dim=-1).sum(dim=-1)
-    at_B1 = accepted_B[:, None]
-    following_BG = drafted_BTG.gather(1, at_B1[:, :, None].expand(B, 1, n - 1))[:, 0]
-    fed_BT = torch.cat([next_BT.gather(1, at_B1), following_BG], dim=1)
-    read_BT = torch.cat([at_B1, fed_BT], dim=1).tolist()  # the one read of this verification
-    q_BGV = None
-    if probs_BTnV is not None:
-        q_BGV = probs_BTnV[:, :, 1:].gather(1, at_B1[:, :, None, None].expand(B, 1, n - 1, V))[:, 0]
+        p_BTV = next_token_probs(logits_BTnV[:, :, 0], sampling)  # head 1 at every position
+        accepted_B = _accepted(_tests(p_BTV, guesses_BG, q_BGV, generator), checked_BG)
+        next_B1 = _next_token(p_BTV, q_BGV, accepted_B, generator)[:, None]
+        q_BGV = next_token_probs(_at(logits_BTnV[:, :, 1:], accepted_B), sampling)
+        drafted_BG = _draw(q_BGV, generator)
+        fed_BT = torch.cat([next_B1, drafted_BG], dim=1)
+    read_BT = torch.cat([accepted_B[:, None], fed_BT], dim=1).tolist()  # the one read
     return [row[0] for row in read_BT], Drafts(fed_BT, [row[1:] for row in read_BT], q_BGV)
 
 
-def _draw_rows(
-    probs_BTnV: torch.Tensor,
-    guesses_BG: torch.Tensor,
-    q_BGV: torch.Tensor | None,
-    generator: torch.Generator | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Speculative sampling's draws for every row and position, in one fixed order (the
-    acceptance tests, each position's next token, each position's guesses): whether each guess
-    passes its test ``[B, G]``, the next token if the row's draft stops at each position
-    ``[B, T]`` (drawn from the residual at a guess, from head 1's p after the last), and the
-    guesses heads 2..n draw after each position ``[B, T, n - 1]``. A row offered fewer guesses
-    (near its limit) may stop after the last one offered, at the residual of an unchecked one:
-    that token lies past its limit and is never committed."""
-    B, T, n, V = probs_BTnV.shape
-    G = T - 1
-    p_BTV = probs_BTnV[:, :, 0]
-    passes_BG = guesses_BG.bool()  # no guesses: no tests
-    next_from_BTV = p_BTV
+def _accepted(passes_BG: torch.Tensor, checked_BG: torch.Tensor) -> torch.Tensor:
+    """Each row's count of guesses accepted in a row ``[B]``: checked, and passing."""
+    return (passes_BG & checked_BG).long().cumprod(dim=-1).sum(dim=-1)
+
+
+def _at(x_BT_: torch.Tensor, at_B: torch.Tensor) -> torch.Tensor:
+    """``x_BT_[b, at_B[b]]`` for every row: the position after each row's last accepted guess."""
+    index = at_B.view(-1, *[1] * (x_BT_.dim() - 1)).expand(-1, 1, *x_BT_.shape[2:])
+    return x_BT_.gather(1, index)[:, 0]
+
+
+def _tests(p_BTV, guesses_BG, q_BGV, generator) -> torch.Tensor:
+    """Speculative sampling's acceptance test of every guess ``[B, G]``: accepted with
+    probability min(1, p / q), p head 1's and q the drafting head's probability of it."""
+    B, G = guesses_BG.shape
+    if not G:
+        return guesses_BG.bool()
+    g_BG1 = guesses_BG[:, :, None]
+    p_BG, q_BG = p_BTV[:, :G].gather(-1, g_BG1)[..., 0], q_BGV.gather(-1, g_BG1)[..., 0]
+    u_BG = torch.rand(B, G, device=p_BTV.device, generator=generator)
+    return u_BG * q_BG <= p_BG
+
+
+def _next_token(p_BTV, q_BGV, accepted_B, generator) -> torch.Tensor:
+    """Each row's token at its stopping position ``[B]``: from the residual ``max(p - q, 0)`` at a
+    rejected guess, from head 1's p after the last one. A row offered fewer guesses (near its
+    limit) may stop after the last one offered, at the residual of an unchecked one: that token
+    lies past its limit and is never committed."""
+    G = p_BTV.shape[1] - 1
+    p_BV = _at(p_BTV, accepted_B)
     if G:
-        g_BG1 = guesses_BG[:, :, None]
-        p_BG, q_BG = p_BTV[:, :G].gather(-1, g_BG1)[..., 0], q_BGV.gather(-1, g_BG1)[..., 0]
-        u_BG = torch.rand(B, G, device=probs_BTnV.device, generator=generator)
-        passes_BG = u_BG * q_BG <= p_BG  # accepted with probability min(1, p / q)
-        residual_BGV = (p_BTV[:, :G] - q_BGV).clamp_min(0)
+        q_BV = _at(q_BGV, accepted_B.clamp(max=G - 1))
+        residual_BV = (p_BV - q_BV).clamp_min(0)
         # p == q (within rounding) leaves nothing: a rejection cannot happen there
-        use_residual_BG1 = (residual_BGV.sum(dim=-1) > 0)[..., None]
-        next_from_GV = torch.where(use_residual_BG1, residual_BGV, p_BTV[:, :G])
-        next_from_BTV = torch.cat([next_from_GV, p_BTV[:, G:]], dim=1)
-    next_BT = torch.multinomial(next_from_BTV.reshape(B * T, V), 1, generator=generator).view(B, T)
-    if n == 1:  # one head: nothing to draft
-        return passes_BG, next_BT, next_BT[:, :, None][..., :0]
-    heads_V = probs_BTnV[:, :, 1:].reshape(B * T * (n - 1), V)
-    drafted_BTG = torch.multinomial(heads_V, 1, generator=generator).view(B, T, n - 1)
-    return passes_BG, next_BT, drafted_BTG
+        use_residual_B1 = ((accepted_B < G) & (residual_BV.sum(dim=-1) > 0))[:, None]
+        p_BV = torch.where(use_residual_B1, residual_BV, p_BV)
+    return _draw(p_BV[:, None], generator)[:, 0]
+
+
+def _draw(probs_BGV: torch.Tensor, generator) -> torch.Tensor:
+    """One token from each ``[B, G, V]`` distribution: ``[B, G]`` (G may be 0)."""
+    B, G, V = probs_BGV.shape
+    if not G:
+        return probs_BGV.new_zeros((B, 0), dtype=torch.long)
+    return torch.multinomial(probs_BGV.reshape(B * G, V), 1, generator=generator).view(B, G)
 
 
 __all__ = [
