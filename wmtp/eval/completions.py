@@ -144,8 +144,14 @@ def complete_benchmark(
     results = []
     started = time.perf_counter()
     with Progress(disable=not progress) as bar:
-        task = bar.add_task(f"{benchmark.name}: generating", total=len(problems))
-        for problem in problems:
+        generating = f"{benchmark.name}: generating"
+        first = generating
+        if next(model.parameters()).device.type == "cuda":  # compiled, graphed decoding steps
+            first += " (the first batches compile and capture the decoding steps)"
+        task = bar.add_task(first, total=len(problems))
+        for done, problem in enumerate(problems):
+            if done == 1:
+                bar.update(task, description=generating)
             prompt_ids = tokenizer.encode(problem.prompt, bos=True)
             stop_rule = StopRule(
                 continuation_decoder(tokenizer, prompt_ids),
