@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from wmtp.errors import RunError
-from wmtp.models.fused_projections import FusedBlock, fused_projections
+from wmtp.models.fused_projections import FusedBlock, fused_bytes, fused_projections
 from wmtp.models.llama_mtp import (
     LlamaMTP,
     Rope,
@@ -221,7 +221,7 @@ def _project_qkv(block: TransformerBlock, x_BSD, rope: Rope, fused: FusedBlock |
     q, k, v = F.linear(x_BSD, fused.wqkv).split(sizes, dim=-1)
     q_BSHD = q.view(B, S, attention.n_heads, attention.head_dim)
     k_BSKD = k.view(B, S, attention.n_kv_heads, attention.head_dim)
-    v_BSKD = v.reshape(B, S, attention.n_kv_heads, attention.head_dim)
+    v_BSKD = v.view(B, S, attention.n_kv_heads, attention.head_dim)
     return apply_rope(q_BSHD, rope), apply_rope(k_BSKD, rope), v_BSKD
 
 
@@ -314,8 +314,6 @@ def setup_figures(model: LlamaMTP) -> dict[str, float | int]:
     """What fixed-shape decoding of ``model`` has prepared: step states, step shapes prepared
     (compiled and/or captured), the seconds spent preparing them, and the memory of its fused
     projections (0 where there are none)."""
-    from wmtp.models.fused_projections import fused_bytes
-
     states = list(_STATES.get(model, {}).values())
     return {
         "step_states": len(states),
