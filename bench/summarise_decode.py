@@ -127,7 +127,7 @@ def markdown(s: dict) -> str:
         ("wmtp / best HF generate, batch 1 greedy", _f(s["batch1_ratio_vs_hf"], ".2f", "x")),
         (f"batched speculative / plain sampling, batch {s['batch'] or 20}", _f(s["batch_speculative_ratio_vs_plain"], ".2f", "x")),
         ("HumanEval 164 x 20 x 512: generation (s)", _f(s["humaneval_n20_generation_s"], ".1f")),
-        ("... checking (s)", _f(s["humaneval_n20_check_s"], ".1f")),
+        ("... checking, after generation (s; checks overlap generation)", _f(s["humaneval_n20_check_s"], ".1f")),
         ("training the 4-head model (s)", _f(s["trained_model_train_s"], ".0f")),
     ]  # fmt: skip
     lines = [

@@ -127,7 +127,9 @@ def test_eval_run_directory_writes_samples_summary_and_table(run_dir):
     assert summary["settings"]["dtype"] == "float32" and summary["settings"]["device"] == "cpu"
     assert summary["generation"]["completions"] == 4 and summary["generation"]["tokens"] > 0
     assert summary["sandbox"].startswith(("bwrap: ", "rlimits: "))
-    assert summary["wall_s"]["total"] >= summary["wall_s"]["generate"] > 0
+    wall = summary["wall_s"]
+    assert wall["total"] == pytest.approx(wall["generate"] + wall["check"], abs=2e-3)
+    assert wall["generate"] > 0 and wall["judging_summed"] > 0
     assert summary["model"].endswith("checkpoints/step-3") and summary["step"] == 3
 
 

@@ -155,3 +155,30 @@ def test_a_sandbox_that_could_not_start_is_retried_but_a_verdict_never_is():
     assert sandboxed(run, program="x").stderr == "AssertionError\n" and len(calls) == 3
     run, calls = results("Traceback ... BlockingIOError: fork\n", "unused")
     assert sandboxed(run, program="x").stderr.startswith("Traceback") and len(calls) == 1
+
+
+def test_problems_are_checked_while_later_ones_are_still_coming(humaneval5):
+    """The evaluator hands each problem's samples to the checker as soon as they are generated:
+    the first problem's programs finish in the sandbox before the second is submitted, and the
+    verdicts equal judging everything at the end."""
+    from concurrent.futures import wait
+
+    from wmtp.eval.evaluator import Checker
+
+    canonical = humaneval_canonical(TASKS)
+    first, second = TASKS[0], TASKS[1]
+    samples = {first: [canonical[first], BROKEN["raises"]], second: [canonical[second]]}
+    limits = {k: v for k, v in CHECK.items() if k != "progress"}
+    with Checker(humaneval5, **limits) as checker:
+        checker.submit(first, samples[first])
+        pending = wait(checker.futures[first], timeout=60).not_done
+        assert not pending, "the first problem was not checked while the caller went on"
+        checker.submit(second, samples[second])
+        verdicts = checker.verdicts()
+    assert [v.status for v in verdicts[first]] == ["passed", "failed"]
+    at_the_end = check_completions(humaneval5, samples, **CHECK)
+
+    def outcomes(by_task):  # the durations differ from run to run
+        return {task: [(v.status, v.detail) for v in vs] for task, vs in by_task.items()}
+
+    assert outcomes(verdicts) == outcomes(at_the_end)

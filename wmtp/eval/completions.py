@@ -10,6 +10,7 @@ once (self-speculatively when asked) and that completion stands for all ``n_samp
 
 from __future__ import annotations
 
+import contextlib
 import time
 import zlib
 from collections.abc import Callable
@@ -132,9 +133,13 @@ def complete_benchmark(
     seed: int,
     problems: tuple[Problem, ...] | None = None,
     progress: bool = True,
+    bar=None,
+    on_problem: Callable[[ProblemCompletions], None] | None = None,
 ) -> tuple[list[ProblemCompletions], GenerationStats]:
     """Completions of ``problems`` (every problem of ``benchmark`` when None) under the
-    ``[evaluation]`` section ``spec``."""
+    ``[evaluation]`` section ``spec``; ``on_problem`` gets each problem's as soon as they exist
+    (the evaluator checks them meanwhile). ``bar``: a rich ``Progress`` to show progress in
+    (else one of its own, unless ``progress`` is false)."""
     from rich.progress import Progress
 
     problems = benchmark.problems if problems is None else problems
@@ -143,7 +148,7 @@ def complete_benchmark(
     stats = GenerationStats(speculative=SpeculativeStats() if spec.speculative else None)
     results = []
     started = time.perf_counter()
-    with Progress(disable=not progress) as bar:
+    with contextlib.nullcontext(bar) if bar is not None else Progress(disable=not progress) as bar:
         generating = f"{benchmark.name}: generating"
         first = generating
         if next(model.parameters()).device.type == "cuda":  # compiled, graphed decoding steps
@@ -175,6 +180,8 @@ def complete_benchmark(
             if spec_stats is not None and stats.speculative is not None:
                 stats.speculative.add(spec_stats)
             results.append(ProblemCompletions(problem.task_id, completions))
+            if on_problem is not None:
+                on_problem(results[-1])
             bar.advance(task)
     stats.seconds = time.perf_counter() - started
     return results, stats

@@ -2,8 +2,8 @@
 
 For every benchmark of the ``[evaluation]`` section: the problems to score (the unseen ones, and
 the seen ones when asked: ``wmtp.eval.splits``), n completions per problem
-(``wmtp.eval.completions``), each judged on a worker pool (programs run in ``wmtp.sandbox``),
-then ``<out>/<benchmark>/`` written (``wmtp.eval.results``) and a table printed
+(``wmtp.eval.completions``), each problem's judged on a worker pool (programs run in
+``wmtp.sandbox``) while the next problems generate, then ``<out>/<benchmark>/`` written (``wmtp.eval.results``) and a table printed
 (``wmtp.eval.table``). ``check_completions`` and ``wmtp.eval.results.write_results`` take
 completions from anywhere (a test's reference solutions, another tool's samples).
 """
@@ -11,7 +11,7 @@ completions from anywhere (a test's reference solutions, another tool's samples)
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,44 @@ DECODING_KEYS = ("n_samples", "temperature", "top_p", "max_new_tokens", "specula
 """The ``[evaluation]`` keys that decide the samples (with the seed), recorded as ``decoding``."""
 
 
+class Checker:
+    """Judges completions on ``workers`` threads as they arrive: ``submit`` a problem's samples
+    as soon as they exist (generation goes on in the caller's thread, on the GPU, while the
+    sandboxed programs run on the CPUs), ``verdicts`` waits for the rest. Each judge runs its
+    programs in their own sandboxed processes, so threads keep the cores busy. A context
+    manager: leaving it cancels what has not started."""
+
+    def __init__(self, benchmark: Benchmark, *, timeout_s: float, memory_mb: int, workers: int,
+                 bar=None):  # fmt: skip
+        self.name = benchmark.name
+        self.judges = {problem.task_id: problem.judge for problem in benchmark.problems}
+        self.limits = {"timeout_s": timeout_s, "memory_mb": memory_mb}
+        self.pool = ThreadPoolExecutor(max_workers=workers)
+        self.futures: dict[str, list[Future]] = {}
+        self.bar = bar
+        self.bar_task = bar.add_task(f"{self.name}: checking", total=0) if bar else None
+
+    def __enter__(self) -> Checker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown(cancel_futures=True)
+
+    def submit(self, task_id: str, texts: list[str]) -> None:
+        assert task_id in self.judges, f"completions for a problem not in {self.name}: {task_id}"
+        judge = self.judges[task_id].judge
+        futures = [self.pool.submit(judge, text, **self.limits) for text in texts]
+        self.futures.setdefault(task_id, []).extend(futures)
+        if self.bar is not None:
+            self.bar.update(self.bar_task, total=sum(map(len, self.futures.values())))
+            for future in futures:
+                future.add_done_callback(lambda _: self.bar.advance(self.bar_task))
+
+    def verdicts(self) -> dict[str, list[Verdict]]:
+        """Every submitted problem's verdicts, in the order of its samples."""
+        return {task: [f.result() for f in futures] for task, futures in self.futures.items()}
+
+
 def check_completions(
     benchmark: Benchmark,
     completions: dict[str, list[str]],
@@ -33,28 +71,14 @@ def check_completions(
     workers: int,
     progress: bool = True,
 ) -> dict[str, list[Verdict]]:
-    """Judge every completion (task id -> its samples) on ``workers`` threads, in order.
-
-    Each judge runs its programs in their own sandboxed processes, so threads keep the cores busy.
-    """
+    """Judge every completion (task id -> its samples) on ``workers`` threads, in order."""
     from rich.progress import Progress
 
-    judges = {problem.task_id: problem.judge for problem in benchmark.problems}
-    unknown = sorted(set(completions) - set(judges))
-    assert not unknown, f"completions for problems not in {benchmark.name}: {unknown[:5]}"
-    jobs = [(task, i, text) for task, texts in completions.items() for i, text in enumerate(texts)]
-    verdicts: dict[str, list[Verdict | None]] = {t: [None] * len(c) for t, c in completions.items()}
-
-    def judge(job: tuple[str, int, str]) -> tuple[str, int, Verdict]:
-        task, index, text = job
-        return task, index, judges[task].judge(text, timeout_s=timeout_s, memory_mb=memory_mb)
-
-    with ThreadPoolExecutor(max_workers=workers) as pool, Progress(disable=not progress) as bar:
-        bar_task = bar.add_task(f"{benchmark.name}: checking", total=len(jobs))
-        for task, index, verdict in pool.map(judge, jobs):
-            verdicts[task][index] = verdict
-            bar.advance(bar_task)
-    return verdicts  # type: ignore[return-value]
+    limits = {"timeout_s": timeout_s, "memory_mb": memory_mb, "workers": workers}
+    with Progress(disable=not progress) as bar, Checker(benchmark, **limits, bar=bar) as checker:
+        for task, texts in completions.items():
+            checker.submit(task, texts)
+        return checker.verdicts()
 
 
 def check_settings(spec) -> None:
@@ -125,6 +149,8 @@ def evaluate_benchmark(
     model, tokenizer, spec, scored: ScoredProblems, folder: Path, seed: int, context, progress
 ) -> dict[str, Any]:
     """Generate, check and write one benchmark's scored problems; its summary."""
+    from rich.progress import Progress
+
     from wmtp import sandbox
     from wmtp.eval.completions import complete_benchmark
     from wmtp.eval.results import write_results
@@ -132,20 +158,15 @@ def evaluate_benchmark(
     benchmark = scored.benchmark
     if any(problem.judge.runs_code for problem in scored.problems):
         sandbox.require(purpose=f"checking {benchmark.name} completions")  # before decoding
+    limits = {"timeout_s": spec.timeout_s, "memory_mb": spec.memory_mb, "workers": spec.workers}
     started = time.perf_counter()
-    problems, gen_stats = complete_benchmark(
-        model, tokenizer, benchmark, spec, seed=seed, problems=scored.problems, progress=progress
-    )
-    generated = time.perf_counter()
-    completions = {p.task_id: [c.text for c in p.completions] for p in problems}
-    verdicts = check_completions(
-        benchmark,
-        completions,
-        timeout_s=spec.timeout_s,
-        memory_mb=spec.memory_mb,
-        workers=spec.workers,
-        progress=progress,
-    )
+    with Progress(disable=not progress) as bar, Checker(benchmark, **limits, bar=bar) as checker:
+        problems, gen_stats = complete_benchmark(
+            model, tokenizer, benchmark, spec, seed=seed, problems=scored.problems, bar=bar,
+            on_problem=lambda p: checker.submit(p.task_id, [c.text for c in p.completions]),
+        )  # fmt: skip
+        generated = time.perf_counter()
+        verdicts = checker.verdicts()
     checked = time.perf_counter()
     samples = {
         p.task_id: [
@@ -161,10 +182,11 @@ def evaluate_benchmark(
         "decoding": {**{key: getattr(spec, key) for key in DECODING_KEYS}, "seed": seed},
         "sandbox": sandbox.isolation_line(),
         "generation": gen_stats.as_dict(),
-        "wall_s": {
+        "wall_s": {  # checks run while generation goes on: "check" is what they add after it
             "generate": round(generated - started, 3),
             "check": round(checked - generated, 3),
             "total": round(checked - started, 3),
+            "judging_summed": round(sum(v.duration_s for vs in verdicts.values() for v in vs), 3),
         },
     }
     groups = {name: [p.task_id for p in group] for name, group in scored.groups.items()}
@@ -187,4 +209,4 @@ def parse_benchmark(entry: str, paths: dict[str, str]) -> tuple[str, str | None]
     return name.strip(), (path.strip() or paths.get(name.strip()))
 
 
-__all__ = ["check_completions", "check_settings", "evaluate", "evaluate_benchmark"]
+__all__ = ["Checker", "check_completions", "check_settings", "evaluate", "evaluate_benchmark"]
