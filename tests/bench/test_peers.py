@@ -456,3 +456,18 @@ def test_float8_lora_is_compared_with_the_best_peer_and_its_memory_at_the_same_b
         "ratio_vs_best_peer": 14.0 / 10.5,
         "peak_memory_ratio_vs_peer": 19.0 / 20.0,
     }
+
+
+def test_a_compile_side_is_not_measured_twice_where_the_recipe_already_compiles(tmp_path):
+    """The production LoRA recipe compiles its blocks on CUDA as written (compile = "auto"), so
+    there wmtp-4heads+compile would time the same step as wmtp-4heads: its row says so instead.
+    Here the CPU stands in with parallel.compile = true."""
+    compiled = (*TINY["lora7b"], "parallel.compile=true")
+    results = peers.run_shape(
+        "lora7b", tmp_path, sides=["wmtp-4heads+compile"], micro_batches=[1],
+        overrides=compiled, log=lambda line: None,
+    )  # fmt: skip
+    (row,) = results["rows"]
+    assert row["error"] == (
+        "not measured: the recipe as written compiles its blocks here: the side wmtp-4heads"
+    )

@@ -277,7 +277,14 @@ class _Sides:
 
             static_compile_shapes()
 
+    def _compiles(self) -> bool:
+        """Whether the shape's recipe as written compiles its blocks on this device."""
+        return self.one_head.parallel.compiles(self.device.type)
+
     def __call__(self, side: str) -> Callable[[int], Row] | str:
+        as_written = side.removesuffix("+compile")
+        if side.startswith("wmtp-") and side != as_written and self._compiles():
+            return f"the recipe as written compiles its blocks here: the side {as_written}"
         if side.endswith("+compile") and self.device.type != "cuda":
             return "torch.compile sides are measured on CUDA only (the CPU runs are tests)"
         if side.endswith("+float8") and (why := float8.why_not(self.device)):
