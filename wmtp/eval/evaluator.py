@@ -39,7 +39,7 @@ class Checker:
         self.pool = ThreadPoolExecutor(max_workers=workers)
         self.futures: dict[str, list[Future]] = {}
         self.bar = bar
-        self.bar_task = bar.add_task(f"{self.name}: checking", total=0) if bar else None
+        self.bar_task = None if bar is None else bar.add_task(f"{self.name}: checking", total=0)
 
     def __enter__(self) -> Checker:
         return self
