@@ -30,10 +30,15 @@ def test_every_new_length_compiles_a_static_graph():
 
 
 @pytest.mark.parametrize("compile", [False, True])
-def test_a_run_pads_its_rows_as_its_blocks_need(tmp_path, compile):
+def test_a_run_pads_its_rows_as_its_blocks_need(tmp_path, compile, caplog):
+    """Compiled blocks need rows padded to few lengths; the run's log says so, and that a new
+    length compiles."""
     overrides = [f"parallel.compile={str(compile).lower()}", "training.micro_batch_size=3"]
     recipe = load_recipe(TINY, overrides).recipe
-    trainer = Trainer(recipe, "", tmp_path, init_distributed("cpu"), console=False).build()
+    with caplog.at_level("INFO", logger="wmtp"):
+        trainer = Trainer(recipe, "", tmp_path, init_distributed("cpu"), console=False).build()
+    said = any("the first step of each new length compiles" in r.message for r in caplog.records)
+    assert said == compile
     multiple = COMPILED_PAD_MULTIPLE if compile else 1
     assert trainer.data.pad_multiple == multiple
     max_length = recipe.data.max_length

@@ -122,6 +122,12 @@ class Trainer:
 
     def _parallelize(self, model: torch.nn.Module) -> torch.nn.Module:
         p = self.recipe.parallel
+        if p.compiles(self.ctx.device.type):
+            log.info(
+                "parallel.compile: blocks compiled with static shapes (rows padded to a multiple "
+                "of %d tokens): the first step of each new length compiles (tens of seconds)",
+                p.pad_multiple(self.ctx.device.type),
+            )
         return parallelize(
             model,
             self.ctx,
