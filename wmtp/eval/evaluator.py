@@ -38,6 +38,7 @@ class Checker:
         self.limits = {"timeout_s": timeout_s, "memory_mb": memory_mb}
         self.pool = ThreadPoolExecutor(max_workers=workers)
         self.futures: dict[str, list[Future]] = {}
+        self.submitted = 0
         self.bar = bar
         self.bar_task = None if bar is None else bar.add_task(f"{self.name}: checking", total=0)
 
@@ -52,8 +53,9 @@ class Checker:
         judge = self.judges[task_id].judge
         futures = [self.pool.submit(judge, text, **self.limits) for text in texts]
         self.futures.setdefault(task_id, []).extend(futures)
+        self.submitted += len(futures)
         if self.bar is not None:
-            self.bar.update(self.bar_task, total=sum(map(len, self.futures.values())))
+            self.bar.update(self.bar_task, total=self.submitted)
             for future in futures:
                 future.add_done_callback(lambda _: self.bar.advance(self.bar_task))
 

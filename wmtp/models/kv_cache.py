@@ -366,9 +366,13 @@ class StaticDecoder(Decoder):
         self.cuda_graphs = cuda_graphs and next(model.parameters()).device.type == "cuda"
         self.compiled = compiled
         self._fused = None if fused is False else fused_projections(model, force=bool(fused))
-        self.fused = self._fused is not None
         super().__init__(model, batch_size, max_len, kept_heads)
         self._state.owner = weakref.ref(self)
+
+    @property
+    def fused(self) -> bool:
+        """Whether the steps run the fused projections."""
+        return self._fused is not None
 
     def _caches(self, batch_size: int) -> BlockCaches:
         kind = (self.cuda_graphs, self.compiled, self.fused)
