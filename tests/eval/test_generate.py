@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from tests.eval.tests_eval_helpers import letters, make_tiny_model
-from wmtp.eval.generate import Sampling, StopRule, generate, sample_next
+from wmtp.eval.generate import Row, Sampling, StopRule, decode_rows, generate, sample_next
 from wmtp.models.kv_cache import setup_figures
 
 PROMPTS = [[1, 2, 3], [5, 9, 11, 12, 30, 4], [7], [8, 8, 2], [40, 1, 33]]
-"""Three of length 3 decode as one KV-cache batch; the others alone."""
+"""Prompts of several lengths: the rows of one batch sit at different positions."""
 
 
 def reference_greedy(model, prompt, steps):
@@ -23,7 +23,7 @@ def reference_greedy(model, prompt, steps):
     return tokens[len(prompt) :]
 
 
-@pytest.mark.parametrize("batch_size", [1, 16])
+@pytest.mark.parametrize("batch_size", [1, 2, 16])
 def test_batched_greedy_equals_one_row_reference(batch_size):
     model = make_tiny_model()
     outs = generate(model, PROMPTS, StopRule(letters), max_new_tokens=20, batch_size=batch_size)
@@ -64,13 +64,17 @@ def test_context_length_caps_the_completion():
 def test_top_p_keeps_the_nucleus_with_renormalised_probabilities():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(40_000, 1)
     gen = torch.Generator().manual_seed(0)
-    draws = sample_next(logits, Sampling(temperature=1.0, top_p=0.7), gen)
+    draws = sample_next(
+        logits, Sampling(temperature=1.0, top_p=0.7), torch.rand(40_000, generator=gen)
+    )
     freq = torch.bincount(draws, minlength=4).float() / len(draws)
     # nucleus {0, 1} (0.5 < 0.7 <= 0.8): probabilities 0.625, 0.375
     assert freq[2:].sum() == 0
     assert freq[0].item() == pytest.approx(0.625, abs=0.01)
     # temperature 0.5 squares the odds: 0.25, 0.09, 0.0225, 0.0025 over their sum
-    draws = sample_next(logits, Sampling(temperature=0.5, top_p=1.0), gen)
+    draws = sample_next(
+        logits, Sampling(temperature=0.5, top_p=1.0), torch.rand(40_000, generator=gen)
+    )
     freq = torch.bincount(draws, minlength=4).float() / len(draws)
     expected = torch.tensor([0.25, 0.09, 0.0225, 0.0025])
     assert torch.allclose(freq, expected / expected.sum(), atol=0.01)
@@ -135,12 +139,99 @@ def test_compiled_steps_decode_the_eager_tokens_and_compile_once():
     model = make_tiny_model()
     prompts = [[1, 2, 3], [8, 8, 2], [40, 1, 33]]  # one batch of 3 rows
     eager = generate(model, prompts, StopRule(letters), max_new_tokens=12)
+    before = setup_figures(model)
     compiled = generate(model, prompts, StopRule(letters), max_new_tokens=12, compiled=True)
     assert [c.tokens for c in compiled] == [e.tokens for e in eager]
+    assert [c.tokens for c in compiled] == [reference_greedy(model, p, 12) for p in prompts]
     graphs, prepared = counters["stats"]["unique_graphs"], setup_figures(model)
-    assert prepared["prepared_steps"] == 1 and prepared["setup_s"] > 0
+    assert prepared["prepared_steps"] == before["prepared_steps"] + 1
+    assert prepared["setup_s"] > before["setup_s"]
     others = [[5, 9, 11], [7, 7, 7], [2, 30, 4]]
     again = generate(model, others, StopRule(letters), max_new_tokens=12, compiled=True)
     assert counters["stats"]["unique_graphs"] == graphs
     assert setup_figures(model) == prepared
     assert [a.tokens for a in again] == [reference_greedy(model, p, 12) for p in others]
+
+
+def test_a_free_slot_takes_the_next_row_while_a_long_row_decodes():
+    """Continuous batching: with two slots, four 2-token rows pass through one slot while a
+    10-token row holds the other, so the batch takes the long row's 9 steps (plus one prompt
+    forward per distinct prompt), and each short row is reported as soon as it ends."""
+    model = make_tiny_model()
+    forwards, heard = [], []
+    model.layers[-1].attention.wq.register_forward_pre_hook(lambda *_: forwards.append(1))
+    rows = [Row(p, StopRule(letters), n) for p, n in zip(PROMPTS, [10, 2, 2, 2, 2], strict=True)]
+    outs = decode_rows(model, rows, slots=2, on_done=lambda i, _: heard.append(i))
+    assert len(forwards) == len(PROMPTS) + 9
+    assert heard == [1, 2, 3, 4, 0]
+    assert [o.tokens for o in outs] == [reference_greedy(model, r.prompt, r.limit) for r in rows]
+
+
+def test_a_sampled_rows_tokens_depend_only_on_its_seed():
+    """A row draws from its own seeded uniforms: the same row gives the same tokens whatever
+    decodes beside it and however many slots there are; other seeds give other tokens."""
+    model = make_tiny_model()
+    sampling = Sampling(temperature=1.0, top_p=0.95)
+    rule = StopRule(letters)
+    mine = Row(PROMPTS[1], rule, 15, seed=7)
+    others = [Row(p, rule, 9, seed=s) for s, p in enumerate(PROMPTS)]
+    alone = decode_rows(model, [mine], slots=1, sampling=sampling)[0]
+    for slots in (2, 4):
+        crowd = decode_rows(model, [*others[:3], mine, *others[3:]], slots=slots, sampling=sampling)
+        assert crowd[3].tokens == alone.tokens
+    reseeded = [Row(PROMPTS[1], rule, 15, seed=s) for s in range(8, 12)]
+    assert any(
+        o.tokens != alone.tokens for o in decode_rows(model, reseeded, slots=2, sampling=sampling)
+    )
+
+
+def test_rows_of_no_tokens_end_at_once():
+    model = make_tiny_model()
+    rows = [Row([1, 2], StopRule(letters), 0), Row([3], StopRule(letters), 4)]
+    outs = decode_rows(model, rows, slots=1)
+    assert outs[0].tokens == [] and outs[0].finish_reason == "length"
+    assert outs[1].tokens == reference_greedy(model, [3], 4)
+    assert decode_rows(model, rows[:1], slots=1)[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_peeking_at_the_last_tokens_ends_rows_where_decoding_everything_does(seed):
+    """``StopRule.peek`` looks for stop strings in the last tokens' text only: on byte tokens
+    of ASCII and multi-byte characters it ends every row where and as decoding the whole
+    completion at every token does."""
+    from wmtp.data.tokenizers import ByteTokenizer
+
+    tok = ByteTokenizer()
+    prompt = tok.encode("def f(x):\n    ", bos=True)
+    from wmtp.eval.completions import continuation_decoder
+
+    decode = continuation_decoder(tok, prompt)
+    stops = ("\ndef", "\n#", "ré\n", "😀x")
+    pieces = ["a", "b", " ", "\n", "def", "#", "ré", "😀", "x", "é"]
+    rng = torch.Generator().manual_seed(seed)
+    for _ in range(200):
+        picks = torch.randint(len(pieces), (12,), generator=rng).tolist()
+        tokens = list("".join(pieces[i] for i in picks).encode("utf-8"))
+        slow = StopRule(decode, stop=stops)
+        fast = StopRule(decode, stop=stops, peek=tok.decode)
+        for n in range(1, len(tokens) + 1):
+            expected = slow.finished(tokens[:n], len(tokens))
+            assert fast.finished(tokens[:n], len(tokens)) == expected
+            if expected is not None:
+                break
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_rows_refilled_decode_the_eager_tokens():
+    """On a GPU: rows handed from slot to slot, decoded from CUDA graphs of the eager step, give
+    the tokens of the same step run uncaptured, greedy (the plain forward's too) and sampled."""
+    model = make_tiny_model().cuda()
+    rule = StopRule(letters)
+    limits = [20, 3, 9, 14, 5]
+    rows = [Row(p, rule, n, seed=i) for i, (p, n) in enumerate(zip(PROMPTS, limits, strict=True))]
+    for sampling in (Sampling(), Sampling(temperature=1.0, top_p=0.9)):
+        eager = decode_rows(model, rows, slots=2, sampling=sampling, cuda_graphs=False)
+        graphed = decode_rows(model, rows, slots=2, sampling=sampling, compiled=False)
+        assert [g.tokens for g in graphed] == [e.tokens for e in eager]
+    greedy = decode_rows(model, rows, slots=2, compiled=False)
+    assert [g.tokens for g in greedy] == [reference_greedy(model, r.prompt, r.limit) for r in rows]

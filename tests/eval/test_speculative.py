@@ -323,16 +323,14 @@ def test_seeded_speculative_sampling_is_reproducible():
 def test_the_evaluator_draws_its_samples_in_speculative_batches():
     """``wmtp eval``'s samples of one problem, speculatively: ``batch_size`` rows at a time from
     the problem's seeded generator (the same samples again), acceptance summed over rows."""
-    from wmtp.eval.completions import sample_problem
+    from wmtp.eval.completions import speculative_samples
     from wmtp.eval.generate import Sampling
 
     model, prompt, sampling = sampling_model(4), [1, 3, 0, 2], Sampling(temperature=1.5)
     options = {"n_samples": 5, "sampling": sampling, "max_new_tokens": 6, "seed": 3}
 
     def sampled():
-        return sample_problem(
-            model, prompt, StopRule(letters), batch_size=2, speculative=True, **options
-        )
+        return speculative_samples(model, prompt, StopRule(letters), batch_size=2, **options)
 
     completions, stats = sampled()
     generator = torch.Generator().manual_seed(3)

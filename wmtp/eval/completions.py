@@ -1,11 +1,14 @@
 """Completions of a benchmark's prompts by a model: n samples per problem.
 
-Sampling (temperature > 0) decodes a problem's ``n_samples`` together, as one KV-cache batch of
-the replicated prompt (in chunks of ``batch_size``), from a generator seeded by the recipe's seed
-and the problem's task id, so a problem's samples do not depend on which problems ran with it.
-Sampled self-speculatively, the samples are batched the same way, each row accepting its own
-drafts. Greedy decoding (temperature 0) gives the same text every time: each problem is decoded
-once (self-speculatively when asked) and that completion stands for all ``n_samples``.
+Plain decoding puts every problem's rows (``n_samples`` each when sampling) through one
+continuously batched decoder of ``batch_size`` slots (``wmtp.eval.generate.decode_rows``): a row
+that ends hands its slot to the next at once, whatever its problem or prompt length. Each sample
+draws from its own stream, seeded by the recipe's seed, the problem's task id and the sample's
+index, so a problem's samples do not depend on which problems ran with it or on the batch size.
+Self-speculative decoding batches one problem's samples at a time (in chunks of
+``batch_size``), each row accepting its own drafts, drawn from a generator seeded by the
+problem. Greedy decoding (temperature 0) gives the same text every time: each problem is decoded
+once and that completion stands for all ``n_samples``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from wmtp.eval.benchmarks import Benchmark, Problem
-from wmtp.eval.generate import Completion, Sampling, StopRule, generate
+from wmtp.eval.generate import Completion, Row, Sampling, StopRule, decode_rows
 from wmtp.eval.speculative import (
     SpeculativeStats,
     speculative_generate,
@@ -76,7 +79,60 @@ def problem_seed(seed: int, task_id: str) -> int:
     return seed * 1_000_003 + zlib.crc32(task_id.encode("utf-8"))
 
 
-def sample_problem(
+def sample_seed(seed: int, task_id: str, sample: int) -> int:
+    """The random stream of one sample of one problem: the recipe's seed, the problem's task id
+    and the sample's index, and nothing else."""
+    return (problem_seed(seed, task_id) * 1_000_003 + sample) % 2**63
+
+
+@dataclass
+class _Problem:
+    """A problem's prompt, how its completions end, and the rows decoding it."""
+
+    problem: Problem
+    prompt_ids: list[int]
+    stop_rule: StopRule
+    rows: int
+    completions: dict[int, Completion] = field(default_factory=dict)
+
+
+def _prepared(tokenizer, benchmark: Benchmark, problems, spec, sampling) -> list[_Problem]:
+    out = []
+    for problem in problems:
+        prompt_ids = tokenizer.encode(problem.prompt, bos=True)
+        decode = continuation_decoder(tokenizer, prompt_ids)
+        stop_rule = StopRule(
+            decode, stop=benchmark.stop, eos_id=tokenizer.eos_id, peek=tokenizer.decode
+        )
+        rows = 1 if sampling.greedy else spec.n_samples
+        out.append(_Problem(problem, prompt_ids, stop_rule, rows))
+    return out
+
+
+def _continuous(model, prepared: list[_Problem], spec, sampling, seed: int, finished) -> None:
+    """Every problem's rows through one continuously batched decoder (``decode_rows``):
+    ``finished(p)`` hears of problem ``p`` once its last row has ended."""
+    context = model.args.max_seq_len
+    rows, owners = [], []
+    for p, item in enumerate(prepared):
+        limit = max(0, min(spec.max_new_tokens, context - len(item.prompt_ids)))
+        for j in range(item.rows):
+            sample = sample_seed(seed, item.problem.task_id, j)
+            rows.append(Row(item.prompt_ids, item.stop_rule, limit, sample))
+            owners.append((p, j))
+
+    def on_done(i: int, completion: Completion) -> None:
+        p, j = owners[i]
+        prepared[p].completions[j] = completion
+        if len(prepared[p].completions) == prepared[p].rows:
+            finished(p)
+
+    decode_rows(
+        model, rows, slots=min(spec.batch_size, len(rows)), sampling=sampling, on_done=on_done
+    )
+
+
+def speculative_samples(
     model: torch.nn.Module,
     prompt_ids: list[int],
     stop_rule: StopRule,
@@ -86,42 +142,37 @@ def sample_problem(
     max_new_tokens: int,
     batch_size: int,
     seed: int,
-    speculative: bool,
-) -> tuple[list[Completion], SpeculativeStats | None]:
-    """``n_samples`` completions of one prompt (one, repeated, when greedy), sampled in batches
-    of ``batch_size`` rows. Sampled speculatively, they follow plain sampling's distribution,
-    with other draws."""
+) -> tuple[list[Completion], SpeculativeStats]:
+    """One problem's ``n_samples`` completions decoded self-speculatively (greedy: one,
+    repeated), sampled in batches of ``batch_size`` rows from a generator seeded by ``seed``.
+    They follow plain sampling's distribution, with other draws."""
     if sampling.greedy:
-        if speculative:
-            completion, stats = speculative_generate(
-                model, prompt_ids, stop_rule, max_new_tokens=max_new_tokens
-            )
-            return [completion] * n_samples, stats
-        (completion,) = generate(model, [prompt_ids], stop_rule, max_new_tokens=max_new_tokens)
-        return [completion] * n_samples, None
+        completion, stats = speculative_generate(
+            model, prompt_ids, stop_rule, max_new_tokens=max_new_tokens
+        )
+        return [completion] * n_samples, stats
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
-    if speculative:
-        total, completions = SpeculativeStats(), []
-        for start in range(0, n_samples, batch_size):
-            rows = min(batch_size, n_samples - start)
-            batch, rows_stats = speculative_generate_batch(
-                model, [prompt_ids] * rows, stop_rule, max_new_tokens=max_new_tokens,
-                sampling=sampling, generator=generator,
-            )  # fmt: skip
-            completions += batch
-            total.add(SpeculativeStats.of_batch(rows_stats))
-        return completions, total
-    completions = generate(
-        model,
-        [prompt_ids] * n_samples,
-        stop_rule,
-        max_new_tokens=max_new_tokens,
-        sampling=sampling,
-        generator=generator,
-        batch_size=batch_size,
-    )
-    return completions, None
+    total, completions = SpeculativeStats(), []
+    for start in range(0, n_samples, batch_size):
+        batch, rows_stats = speculative_generate_batch(
+            model, [prompt_ids] * min(batch_size, n_samples - start), stop_rule,
+            max_new_tokens=max_new_tokens, sampling=sampling, generator=generator,
+        )  # fmt: skip
+        completions += batch
+        total.add(SpeculativeStats.of_batch(rows_stats))
+    return completions, total
+
+
+def _speculative(model, item: _Problem, spec, sampling, seed: int) -> SpeculativeStats:
+    """One problem's rows through ``speculative_samples``."""
+    completions, stats = speculative_samples(
+        model, item.prompt_ids, item.stop_rule, n_samples=item.rows, sampling=sampling,
+        max_new_tokens=spec.max_new_tokens, batch_size=spec.batch_size,
+        seed=problem_seed(seed, item.problem.task_id),
+    )  # fmt: skip
+    item.completions.update(enumerate(completions))
+    return stats
 
 
 def complete_benchmark(
@@ -143,48 +194,49 @@ def complete_benchmark(
     from rich.progress import Progress
 
     problems = benchmark.problems if problems is None else problems
-
     sampling = Sampling(temperature=spec.temperature, top_p=spec.top_p)
     stats = GenerationStats(speculative=SpeculativeStats() if spec.speculative else None)
-    results = []
+    prepared = _prepared(tokenizer, benchmark, problems, spec, sampling)
     started = time.perf_counter()
     with contextlib.nullcontext(bar) if bar is not None else Progress(disable=not progress) as bar:
         generating = f"{benchmark.name}: generating"
         first = generating
         if next(model.parameters()).device.type == "cuda":  # compiled, graphed decoding steps
-            first += " (the first batches compile and capture the decoding steps)"
+            first += " (the first steps compile and capture the decoding steps)"
         task = bar.add_task(first, total=len(problems))
-        for done, problem in enumerate(problems):
-            if done == 1:
-                bar.update(task, description=generating)
-            prompt_ids = tokenizer.encode(problem.prompt, bos=True)
-            stop_rule = StopRule(
-                continuation_decoder(tokenizer, prompt_ids),
-                stop=benchmark.stop,
-                eos_id=tokenizer.eos_id,
-            )
-            completions, spec_stats = sample_problem(
-                model,
-                prompt_ids,
-                stop_rule,
-                n_samples=spec.n_samples,
-                sampling=sampling,
-                max_new_tokens=spec.max_new_tokens,
-                batch_size=spec.batch_size,
-                seed=problem_seed(seed, problem.task_id),
-                speculative=spec.speculative,
-            )
-            distinct = completions[:1] if sampling.greedy else completions
+
+        def finished(p: int) -> None:
+            item = prepared[p]
+            distinct = [item.completions[j] for j in range(item.rows)]
             stats.completions += len(distinct)
             stats.tokens += sum(len(c.tokens) for c in distinct)
-            if spec_stats is not None and stats.speculative is not None:
-                stats.speculative.add(spec_stats)
-            results.append(ProblemCompletions(problem.task_id, completions))
             if on_problem is not None:
-                on_problem(results[-1])
-            bar.advance(task)
+                repeated = distinct * (spec.n_samples // item.rows)  # greedy: one, n times
+                on_problem(ProblemCompletions(item.problem.task_id, repeated))
+            bar.update(task, advance=1, description=generating)
+
+        if spec.speculative:
+            for p, item in enumerate(prepared):
+                stats.speculative.add(_speculative(model, item, spec, sampling, seed))
+                finished(p)
+        else:
+            _continuous(model, prepared, spec, sampling, seed, finished)
     stats.seconds = time.perf_counter() - started
+    results = [
+        ProblemCompletions(
+            item.problem.task_id,
+            [item.completions[j] for j in range(item.rows)] * (spec.n_samples // item.rows),
+        )
+        for item in prepared
+    ]
     return results, stats
 
 
-__all__ = ["GenerationStats", "ProblemCompletions", "complete_benchmark", "continuation_decoder"]
+__all__ = [
+    "GenerationStats",
+    "ProblemCompletions",
+    "complete_benchmark",
+    "continuation_decoder",
+    "sample_seed",
+    "speculative_samples",
+]

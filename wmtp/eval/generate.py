@@ -1,15 +1,18 @@
-"""Batched sampling and greedy decoding with head 1, stop sequences and per-sample token limits.
+"""Sampling and greedy decoding with head 1, continuously batched, with stop sequences and
+per-row token limits.
 
-``generate`` continues tokenised prompts with the model's KV cache (``wmtp.models.kv_cache``):
-prompts of the same length decode together, up to ``batch_size`` rows (the cache keeps the rows
-of a batch at one position; pass@k's samples of one problem are such a batch). Each step samples
-head 1's next token for every row; a row ends at its end-of-sequence token, at the first of its
-stop strings (the completion is cut just before it), or at its own token limit, and is carried
-along, ignored, until its batch is done.
+``generate`` continues tokenised prompts with the model's KV cache (``wmtp.models.kv_cache``),
+``batch_size`` rows at a time, each row at its own position: a row that ends hands its slot to
+the next prompt at once (``decode_rows``), so pass@k's samples of many problems, of any prompt
+lengths, share every step. Each step draws head 1's next token for every row; a row ends at its
+end-of-sequence token, at the first of its stop strings (the completion is cut just before it),
+or at its own token limit. A sampled row draws from its own seeded stream of uniforms, so its
+tokens do not depend on the rows that decode beside it.
 """
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -48,13 +51,19 @@ def next_token_probs(logits_V: torch.Tensor, sampling: Sampling) -> torch.Tensor
 
 
 def sample_next(
-    logits_BV: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None
+    logits_BV: torch.Tensor, sampling: Sampling, uniforms_B: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Next tokens ``[B]``: argmax when greedy, else a draw from the top-p nucleus."""
+    """Next tokens ``[B]``: argmax when greedy, else a draw from the top-p nucleus by inverting
+    its cumulative distribution at each row's uniform in ``[0, 1)`` (``uniforms_B``: a row's own
+    random numbers make its tokens independent of the rows beside it)."""
     if sampling.greedy:
         return logits_BV.argmax(dim=-1)
-    probs_BV = next_token_probs(logits_BV, sampling)
-    return torch.multinomial(probs_BV, 1, generator=generator).squeeze(-1)
+    assert uniforms_B is not None, "sampling draws from the rows' uniforms"
+    cdf_BV = next_token_probs(logits_BV, sampling).cumsum(dim=-1)
+    # the first token whose cumulative mass passes u: zero-probability tokens are never drawn
+    at_B1 = uniforms_B[:, None].to(cdf_BV.dtype) * cdf_BV[:, -1:]
+    drawn_B = torch.searchsorted(cdf_BV, at_B1, right=True).squeeze(-1)
+    return drawn_B.clamp_(max=logits_BV.shape[-1] - 1)
 
 
 @dataclass
@@ -69,7 +78,12 @@ class Completion:
 
 
 class StopRule:
-    """Decides when a row is finished and what its final text is."""
+    """Decides when a row is finished and what its final text is.
+
+    ``decode`` gives a completion's text (as a continuation of its prompt). ``peek``, where
+    given, decodes a few tokens on their own (the tokenizer's ``decode``): a new stop string
+    ends within the last tokens, so each step looks for one in their text alone and decodes the
+    whole completion only once one shows up, not at every token."""
 
     def __init__(
         self,
@@ -77,8 +91,13 @@ class StopRule:
         *,
         stop: Sequence[str] = (),
         eos_id: int | None = None,
+        peek: Callable[[list[int]], str] | None = None,
     ):
         self.decode, self.stop, self.eos_id = decode, tuple(s for s in stop if s), eos_id
+        self.peek = peek
+        # a token is at least one byte: a stop string's bytes (4 per character at most), the
+        # token that completed it and one before (whose text decoded alone may differ)
+        self.window = 4 * max((len(s) for s in self.stop), default=0) + 2
 
     def first_stop(self, text: str) -> int | None:
         """Index of the earliest stop string in ``text``, or None."""
@@ -86,10 +105,13 @@ class StopRule:
         return min(found) if found else None
 
     def finished(self, tokens: list[int], limit: int) -> Completion | None:
-        """The completion when ``tokens`` (so far) ends the row, else None."""
+        """The completion when ``tokens`` (so far, one more than at the last call) ends the
+        row, else None."""
         if self.eos_id is not None and tokens and tokens[-1] == self.eos_id:
             body = tokens[:-1]
             return Completion(body, self.decode(body), "eos")
+        if len(tokens) < limit and not self._may_stop(tokens):
+            return None
         text = self.decode(tokens)
         cut = self.first_stop(text)
         if cut is not None:
@@ -97,6 +119,15 @@ class StopRule:
         if len(tokens) >= limit:
             return Completion(list(tokens), text, "length")
         return None
+
+    def _may_stop(self, tokens: list[int]) -> bool:
+        """Whether a stop string may have appeared: always without ``peek``."""
+        if not self.stop:
+            return False
+        if self.peek is None:
+            return True
+        tail = self.peek(tokens[-self.window :])
+        return any(s in tail for s in self.stop)
 
     def _tokens_before(self, tokens: list[int], cut: int) -> list[int]:
         """The longest token prefix whose text fits before the stop string."""
@@ -153,89 +184,178 @@ def generate(
     """Continue every prompt (token ids, BOS included) with head 1; one ``Completion`` each.
 
     ``max_new_tokens`` is one limit for all rows or one per row; a row also stops at
-    ``max_length`` tokens in all (default: the model's ``max_seq_len``). ``cuda_graphs``: replay
-    each decoding step from a CUDA graph; ``compiled``: compile the step; ``fused``: fused
-    projections (defaults: all three on a GPU; see ``wmtp.models.kv_cache.make_decoder``). Only
-    head 1's layer runs.
+    ``max_length`` tokens in all (default: the model's ``max_seq_len``). Sampled, each row draws
+    from its own stream, seeded from ``generator``. ``batch_size`` rows decode at once
+    (``decode_rows``). ``cuda_graphs``: replay each decoding step from a CUDA graph;
+    ``compiled``: compile the step; ``fused``: fused projections (defaults: all three on a GPU;
+    see ``wmtp.models.kv_cache.make_decoder``). Only head 1's layer runs.
     """
     assert all(prompts), "every prompt needs at least one token (BOS)"
     limits = _limits(prompts, max_new_tokens, max_length or model.args.max_seq_len)
-    results: list[Completion | None] = [None] * len(prompts)
-    for rows in _same_length_batches(prompts, batch_size):
-        outs = _generate_batch(
-            model,
-            [prompts[i] for i in rows],
-            [limits[i] for i in rows],
-            stop_rule,
-            sampling,
-            generator,
-            {"cuda_graphs": cuda_graphs, "compiled": compiled, "fused": fused},
-        )
-        for i, out in zip(rows, outs, strict=True):
-            results[i] = out
+    seeds = [0] * len(prompts)
+    if not sampling.greedy:
+        device = generator.device if generator is not None else "cpu"
+        drawn = torch.randint(2**62, (len(prompts),), generator=generator, device=device)
+        seeds = drawn.tolist()
+    rows = [Row(p, stop_rule, n, seed) for p, n, seed in zip(prompts, limits, seeds, strict=True)]
+    return decode_rows(
+        model, rows, slots=min(batch_size, len(rows)), sampling=sampling,
+        cuda_graphs=cuda_graphs, compiled=compiled, fused=fused,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Row:
+    """One completion to make."""
+
+    prompt: list[int]
+    """Token ids, BOS included."""
+    stop_rule: StopRule
+    limit: int
+    """New tokens at most (its prompt and these fit the model's context)."""
+    seed: int = 0
+    """Sampled: its random numbers, one uniform per token from a generator seeded by this, so
+    its tokens depend on nothing else that decodes with it."""
+
+
+@torch.inference_mode()
+def decode_rows(
+    model: torch.nn.Module,
+    rows: Sequence[Row],
+    *,
+    slots: int,
+    sampling: Sampling = Sampling(),
+    on_done: Callable[[int, Completion], None] | None = None,
+    **steps: bool | None,
+) -> list[Completion]:
+    """Every row's completion, decoded ``slots`` rows at a time with continuous batching: a slot
+    whose row ends takes the next row at once (its prompt's keys and values copied in, a prompt
+    forwarded once for all the rows that continue it), so a step never waits for a batch's
+    longest row. Each slot sits at its own position (``StaticDecoder.step_rows``). ``on_done(i,
+    completion)`` hears of row ``i`` as soon as it ends; ``steps``: ``cuda_graphs``,
+    ``compiled``, ``fused`` (``wmtp.models.kv_cache.make_decoder``).
+
+    The next step is queued before the host reads this step's tokens, so the device works while
+    the host checks the stop rules; it is skipped when every row ends at these tokens by its
+    limit, so a row takes the steps a read-then-step loop takes, plus one when it ends early
+    (EOS, stop string)."""
+    results: list[Completion | None] = [None] * len(rows)
+
+    def done(i: int, completion: Completion) -> None:
+        results[i] = completion
+        if on_done is not None:
+            on_done(i, completion)
+
+    waiting = collections.deque(range(len(rows)))
+    decoding = [r for r in rows if r.limit > 0]
+    batch = _Slots(model, decoding, slots, sampling, steps) if decoding else None
+    while True:
+        while waiting and (rows[waiting[0]].limit == 0 or batch.free()):  # type: ignore[union-attr]
+            i = waiting.popleft()
+            if rows[i].limit == 0:
+                done(i, Completion([], "", "length"))
+            else:
+                batch.start(i, rows[i])  # type: ignore[union-attr]
+        if batch is None or not batch.busy():
+            break
+        for i, completion in batch.advance():
+            done(i, completion)
     assert all(r is not None for r in results)
     return results  # type: ignore[return-value]
 
 
-def _same_length_batches(prompts: list[list[int]], batch_size: int) -> list[list[int]]:
-    """Indices of prompts grouped by length (order kept within a group), at most ``batch_size``."""
-    by_length: dict[int, list[int]] = {}
-    for i, prompt in enumerate(prompts):
-        by_length.setdefault(len(prompt), []).append(i)
-    return [
-        group[start : start + batch_size]
-        for group in by_length.values()
-        for start in range(0, len(group), batch_size)
-    ]
+class _Slots:
+    """The rows decoding together: a fixed-shape decoder of ``slots`` rows (keeping head 1), the
+    row each slot holds and its tokens so far, and on the device each slot's logits, position
+    and random numbers."""
 
+    def __init__(self, model, rows: list[Row], slots: int, sampling: Sampling, steps: dict):
+        from wmtp.models.kv_cache import make_decoder
 
-def _generate_batch(
-    model: torch.nn.Module,
-    prompts: list[list[int]],
-    limits: list[int],
-    stop_rule: StopRule,
-    sampling: Sampling,
-    generator: torch.Generator | None,
-    steps: dict[str, bool | None],
-) -> list[Completion]:
-    """Decode rows of one prompt length in lockstep until every row has finished (``steps``:
-    the decoder's ``cuda_graphs`` and ``compiled``). The next step is queued before the host
-    reads this step's tokens, so the device works while the host checks the stop rules; it is
-    skipped when every row ends at these tokens by its limit, so the steps taken are those a
-    read-then-step loop takes, plus one when a row ends early (EOS, stop string)."""
-    from wmtp.models.kv_cache import make_decoder
+        self.model, self.sampling = model, sampling
+        self.device = next(model.parameters()).device
+        max_len = max(len(r.prompt) + r.limit for r in rows)
+        self.decoder = make_decoder(model, slots, max_len, [1], rows_apart=True, **steps)
+        self.held: list[tuple[int, Row] | None] = [None] * slots
+        self.generated: list[list[int]] = [[] for _ in range(slots)]
+        dtype = next(model.parameters()).dtype
+        self.logits_BV = torch.zeros(slots, model.args.vocab_size, dtype=dtype, device=self.device)
+        width = max(r.limit for r in rows)
+        self.uniforms_BT = torch.zeros(slots, width, device=self.device)
+        self.drawn_B = torch.zeros(slots, dtype=torch.long, device=self.device)
+        self.reader = TokenReader(slots, self.device)
+        self._prefix: tuple[tuple[int, ...], object, torch.Tensor] | None = None
 
-    device = next(model.parameters()).device
-    done: list[Completion | None] = [
-        Completion([], "", "length") if limit == 0 else None for limit in limits
-    ]
-    if all(d is not None for d in done):
-        return done  # type: ignore[return-value]
-    max_len = len(prompts[0]) + max(limits)
-    decoder = make_decoder(model, len(prompts), max_len, kept_heads=[1], **steps)
-    logits_BV = decoder.prefill(torch.tensor(prompts, device=device), heads=[1])[:, -1, 0]
-    generated: list[list[int]] = [[] for _ in prompts]
-    reader = TokenReader(len(prompts), device)
-    while True:
-        next_B = sample_next(logits_BV, sampling, generator)
-        reader.start(next_B)
-        if _another_step_needed(done, generated, limits):
-            logits_BV = decoder.step(next_B[:, None], heads=[1])[:, -1, 0]
-        for b, token in enumerate(reader.tokens()):
-            if done[b] is None:
-                generated[b].append(token)
-                done[b] = stop_rule.finished(generated[b], limits[b])
-        if all(d is not None for d in done):
-            return done  # type: ignore[return-value]
+    def busy(self) -> bool:
+        return any(h is not None for h in self.held)
 
+    def free(self) -> bool:
+        return any(h is None for h in self.held)
 
-def _another_step_needed(
-    done: list[Completion | None], generated: list[list[int]], limits: list[int]
-) -> bool:
-    """Whether a row may go on after the tokens being read: one not done whose limit lies
-    beyond them (a row at its limit ends there, whatever the tokens are)."""
-    rows = zip(done, generated, limits, strict=True)
-    return any(d is None and len(tokens) + 1 < limit for d, tokens, limit in rows)
+    def start(self, i: int, row: Row) -> None:
+        """Row ``i`` into a free slot: its prompt's keys and values, the logits after it, its
+        position, its random numbers."""
+        b = self.held.index(None)
+        prefix, last_V = self._prefill(row.prompt)
+        self.decoder.load_row(b, prefix)
+        self.decoder.positions[b] = len(row.prompt)
+        self.logits_BV[b] = last_V
+        if not self.sampling.greedy:
+            drawn = torch.rand(row.limit, generator=torch.Generator().manual_seed(row.seed))
+            if self.device.type == "cuda":
+                drawn = drawn.pin_memory()
+            self.uniforms_BT[b, : row.limit].copy_(drawn, non_blocking=True)
+            self.drawn_B[b] = 0
+        self.held[b], self.generated[b] = (i, row), []
+
+    def advance(self) -> list[tuple[int, Completion]]:
+        """Draw every slot's next token, queue the step after it (where a row goes on), and read
+        the tokens: the rows that ended, with their completions; their slots are free."""
+        tokens_B = self._draw()
+        self.reader.start(tokens_B)
+        if self._another_step_needed():
+            self.logits_BV = self.decoder.step_rows(tokens_B[:, None], heads=[1])[:, -1, 0]
+            last = self.decoder.max_len - 1  # idle slots stay inside the cache
+            self.decoder.positions.add_(1).clamp_(max=last)
+        ended = []
+        for b, token in enumerate(self.reader.tokens()):
+            if self.held[b] is None:
+                continue
+            i, row = self.held[b]
+            self.generated[b].append(token)
+            completion = row.stop_rule.finished(self.generated[b], row.limit)
+            if completion is not None:
+                ended.append((i, completion))
+                self.held[b] = None
+        return ended
+
+    def _draw(self) -> torch.Tensor:
+        if self.sampling.greedy:
+            return self.logits_BV.argmax(dim=-1)
+        uniforms_B = self.uniforms_BT.gather(1, self.drawn_B[:, None]).squeeze(1)
+        self.drawn_B.add_(1).clamp_(max=self.uniforms_BT.shape[1] - 1)
+        return sample_next(self.logits_BV, self.sampling, uniforms_B)
+
+    def _another_step_needed(self) -> bool:
+        """Whether a row may go on after the tokens being read: one whose limit lies beyond
+        them (a row at its limit ends there, whatever the tokens are)."""
+        return any(
+            held is not None and len(tokens) + 1 < held[1].limit
+            for held, tokens in zip(self.held, self.generated, strict=True)
+        )
+
+    def _prefill(self, prompt: list[int]):
+        """A one-row decoder holding ``prompt``'s forward and its logits at the last position;
+        the last prompt's is kept (a problem's samples follow one another)."""
+        from wmtp.models.kv_cache import Decoder
+
+        key = tuple(prompt)
+        if self._prefix is None or self._prefix[0] != key:
+            prefix = Decoder(self.model, 1, len(prompt), kept_heads=[1])
+            tokens_1S = torch.tensor([prompt], device=self.device)
+            last_V = prefix.prefill(tokens_1S, heads=[1])[0, -1, 0]
+            self._prefix = (key, prefix, last_V)
+        return self._prefix[1], self._prefix[2]
 
 
 class TokenReader:
@@ -263,8 +383,10 @@ class TokenReader:
 
 __all__ = [
     "Completion",
+    "Row",
     "Sampling",
     "StopRule",
+    "decode_rows",
     "generate",
     "next_token_probs",
     "next_token_view",

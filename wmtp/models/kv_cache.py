@@ -7,12 +7,13 @@ the full forward. New queries are the last positions of the cached keys, so ever
 bottom-right causal alignment applies (sdpa: no mask for one token; a small mask only for
 multi-token chunks).
 
-The rows of a batch share one position (replicated prompts, as for pass@k sampling); prompts of
-different lengths are decoded in separate batches. On a GPU, ``make_decoder`` returns a
-``StaticDecoder``: its fixed-shape steps are compiled once (Inductor) and replayed from CUDA
-graphs captured once per model and shape, then reused by every later decoder of that shape.
-Its steps may also put each row at its own position (``starts``): rows that advance by
-different numbers of tokens per step, as batched speculative decoding's do.
+A ``Decoder`` keeps one position for all its rows (a prompt prefilled once). On a GPU,
+``make_decoder`` returns a ``StaticDecoder``: its fixed-shape steps are compiled once (Inductor)
+and replayed from CUDA graphs captured once per model and shape, then reused by every later
+decoder of that shape. Its rows may each sit at their own position: ``step`` with ``starts``
+(rows that advance by different numbers of tokens, as batched speculative decoding's do), and
+``step_rows`` at positions held on the device, so that continuous batching (``load_row`` copies a
+freshly prefilled prompt into a freed row) reads nothing back to the host between steps.
 """
 
 from __future__ import annotations
@@ -127,6 +128,10 @@ class Decoder:
 
     def _caches(self, batch_size: int) -> BlockCaches:
         return block_caches(self.model, batch_size, self.max_len, self.kept_heads)
+
+    def caches(self) -> list[KVCache]:
+        """Every block's cache: the trunk's in order, then each kept head's."""
+        return [*self.trunk_caches, *(self.head_caches[k] for k in self.kept_heads)]
 
     @torch.no_grad()
     def prefill(self, tokens_BS: torch.Tensor, heads: list[int] | None = None) -> torch.Tensor:
@@ -409,19 +414,49 @@ class StaticDecoder(Decoder):
             assert len(starts) == len(state.start), (len(starts), len(state.start))
             self._check_room(S, heads, start=max(starts))
             state.start.copy_(torch.tensor(starts))
-        key = (S, tuple(heads) if heads is not None else self.kept_heads)
+        logits_BSnV = self._replay(tokens_BS, heads)
+        if starts is None:
+            self.length = start + S
+        return logits_BSnV
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """Each row's next position, ``[B]`` on the device: where ``step_rows`` writes."""
+        return self._state.start
+
+    @torch.no_grad()
+    def step_rows(self, tokens_BS: torch.Tensor, heads: list[int] | None = None) -> torch.Tensor:
+        """``step`` with row b's tokens at ``positions[b]`` on, as the device holds them: no
+        value from the host, no read. The caller advances ``positions`` and keeps every row's
+        ``positions + S`` within ``max_len``; ``length`` is left alone."""
+        self._check_owner()
+        self._check_room(tokens_BS.shape[1], heads, start=0)
+        return self._replay(tokens_BS, heads)
+
+    def load_row(self, row: int, prefix: Decoder) -> None:
+        """Row ``row``'s caches from the first ``prefix.length`` positions of ``prefix``'s only
+        row (a prompt's forward, made once and copied into each row that continues it). Later
+        positions keep what they held: the causal mask hides them until a step writes them."""
+        self._check_owner()
+        assert prefix.kept_heads == self.kept_heads, (prefix.kept_heads, self.kept_heads)
+        n = prefix.length
+        for mine, theirs in zip(self.caches(), prefix.caches(), strict=True):
+            mine.k_BSKD[row, :n].copy_(theirs.k_BSKD[0, :n])
+            mine.v_BSKD[row, :n].copy_(theirs.v_BSKD[0, :n])
+
+    def _replay(self, tokens_BS: torch.Tensor, heads: list[int] | None) -> torch.Tensor:
+        """The step of this shape at the state's positions: its graph replayed (captured at its
+        first use), or run."""
+        state = self._state
+        key = (tokens_BS.shape[1], tuple(heads) if heads is not None else self.kept_heads)
         if key not in state.prepared:
             state.prepared[key] = self._prepare(tokens_BS, key[1])
         captured = state.prepared[key]
         if captured is None:
-            logits_BSnV = self._run_step(tokens_BS, key[1])
-        else:
-            captured.tokens_BS.copy_(tokens_BS)
-            captured.graph.replay()
-            logits_BSnV = captured.logits_BSnV.clone()  # the next replay overwrites it
-        if starts is None:
-            self.length = start + S
-        return logits_BSnV
+            return self._run_step(tokens_BS, key[1])
+        captured.tokens_BS.copy_(tokens_BS)
+        captured.graph.replay()
+        return captured.logits_BSnV.clone()  # the next replay overwrites it
 
     def _check_owner(self) -> None:
         owner = self._state.owner
