@@ -31,6 +31,39 @@ def test_bench_decode_sampled_reports_acceptance_per_head(tmp_path):
     assert figures["identical_outputs"] is None  # sampled: other draws, nothing to compare
 
 
+def test_bench_decode_profiles_plain_decoding_at_batch_one_and_at_the_evaluations_shape(tmp_path):
+    """--profile: a trace and an operator table per case; the batched case's cache spans the
+    model's context (the tiny flavour's 512), its rows' attention reading every position."""
+    import gzip
+
+    out, profile = tmp_path / "decode.json", tmp_path / "prof" / "plain"
+    args = ["bench", "decode", "--flavour", "tiny", "--prompts", "1", "--new-tokens", "4"]
+    more = ["--batch", "3", "--profile", str(profile), "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, *more])
+    assert result.exit_code == 0, result.output
+    cases = json.loads(out.read_text())["profiled"]
+    assert cases == ["batch1", "batch3_context512"]
+    for case in cases:
+        trace = json.loads(
+            gzip.decompress((tmp_path / "prof" / f"plain.{case}.trace.json.gz").read_bytes())
+        )
+        assert any(event.get("name") == "aten::mm" for event in trace["traceEvents"])
+        table = (tmp_path / "prof" / f"plain.{case}.txt").read_text()
+        assert "by self host time" in table and "aten::mm" in table
+    batched = json.loads(
+        gzip.decompress((tmp_path / "prof" / "plain.batch3_context512.trace.json.gz").read_bytes())
+    )
+    key_lengths = {
+        shape[1][2]
+        for event in batched["traceEvents"]
+        if "attention" in event.get("name", "")
+        and (shape := event.get("args", {}).get("Input Dims"))
+        and len(shape) > 1
+        and len(shape[1]) == 4
+    }
+    assert max(key_lengths) == 512, key_lengths  # the steps' (the prompt's forward is shorter)
+
+
 def test_bench_decode_needs_one_model_source():
     result = CliRunner().invoke(app, ["bench", "decode"])
     assert result.exit_code == 2 and "exactly one of --flavour and --checkpoint" in result.output

@@ -15,10 +15,10 @@ PROMPTS = [[1, 2, 3], [5, 9, 11, 12, 30, 4], [7], [8, 8, 2], [40, 1, 33]]
 
 def reference_greedy(model, prompt, steps):
     """Greedy decoding by the plain forward, one row at a time, no batching, no cache."""
-    tokens = list(prompt)
+    tokens, device = list(prompt), next(model.parameters()).device
     with torch.no_grad():
         for _ in range(steps):
-            logits = model(torch.tensor([tokens]))[0, -1, 0]  # last position, head 1
+            logits = model(torch.tensor([tokens], device=device))[0, -1, 0]  # last, head 1
             tokens.append(int(logits.argmax()))
     return tokens[len(prompt) :]
 

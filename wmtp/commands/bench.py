@@ -347,6 +347,13 @@ def decode(
         ),
     ] = False,
     batch: Annotated[int, typer.Option(min=1, help="Rows of the batched comparison.")] = 20,
+    profile: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also torch.profiler traces of plain decoding (batch 1, and --batch sampled rows "
+            "whose cache spans the context): PATH.<case>.trace.json.gz and PATH.<case>.txt."
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option("--out", help="JSON file for the figures.")] = Path(
         "bench/results/decode.json"
     ),
@@ -368,6 +375,7 @@ def decode(
     argv += ["--no-fuse"] * no_fuse + ["--also-unfused"] * also_unfused
     argv += ["--temperature", str(temperature), "--top-p", str(top_p), "--batch", str(batch)]
     argv += ["--peers"] * peers
+    argv += ["--profile", str(profile)] if profile is not None else []
     speed.main(argv)
 
 

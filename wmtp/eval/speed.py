@@ -178,6 +178,36 @@ def speculative_peer_figures(
     return figures
 
 
+def profile_plain(
+    model, prompt: list[int], new_tokens: int, batch: int, sampling: Sampling, path: Path
+) -> list[str]:
+    """``torch.profiler`` traces of plain decoding, each after one warm-up call
+    (``wmtp.bench.step.profile_calls``: ``<path>.<case>.trace.json.gz`` and ``.txt``): batch 1
+    greedy on ``prompt``, and ``batch`` sampled rows whose cache spans the model's context, the
+    shape of an evaluation's longest prompts. The cases' names."""
+    from wmtp.bench.step import profile_calls
+
+    device = next(model.parameters()).device
+    context = model.args.max_seq_len
+    long_prompt = (prompt * (context // len(prompt) + 1))[: context - new_tokens]
+    cases = {
+        "batch1": ([prompt], GREEDY),
+        f"batch{batch}_context{context}": ([long_prompt] * batch, sampling),
+    }
+    for case, (prompts, drawn) in cases.items():
+
+        def call(prompts=prompts, drawn=drawn):
+            generator = torch.Generator(device=device).manual_seed(0)
+            generate(
+                model, prompts, never_stop(), max_new_tokens=new_tokens, sampling=drawn,
+                generator=generator, batch_size=len(prompts),
+            )  # fmt: skip
+
+        call()
+        profile_calls(call, path.with_name(f"{path.name}.{case}"), steps=1, device=device)
+    return list(cases)
+
+
 def rig_agreeing_heads(model) -> None:
     """Every block an identity and the unembedding the embedding: all heads predict the current
     token, greedy decoding repeats it, and every draft is accepted (same FLOPs as before)."""
@@ -273,6 +303,13 @@ def run(args: argparse.Namespace) -> dict:
                 peers["sides"]["wmtp"],
             )  # fmt: skip
             result["peers"] = peers
+        if args.profile is not None:
+            batch_sampling = (
+                sampling if not sampling.greedy else Sampling(temperature=0.2, top_p=0.95)
+            )
+            result["profiled"] = profile_plain(
+                model, prompts[0], args.profile_tokens, args.batch, batch_sampling, args.profile
+            )
         if graphs and args.also_eager:
             eager = {"cuda_graphs": False, "compiled": False}
             result["as_loaded_eager"] = benchmark(model, prompts, args.new_tokens, eager, sampling)
@@ -333,6 +370,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--also-unfused",
         action="store_true",
         help="also time the same steps without fused projections (the fusion's measured effect)",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="also write torch.profiler traces of plain decoding to PATH.<case>.trace.json.gz and "
+        "PATH.<case>.txt: batch 1, and --batch sampled rows with the cache spanning the context",
+    )
+    parser.add_argument(
+        "--profile-tokens", type=int, default=32, help="tokens decoded per profiled call"
     )
     parser.add_argument("--out", type=Path, required=True, help="JSON file for the figures")
     return parser.parse_args(argv)
