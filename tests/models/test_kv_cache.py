@@ -174,8 +174,8 @@ def test_rows_apart_equal_the_full_forward(tiny_args):
 def test_cache_lengths_are_shared_by_nearby_prompts():
     assert cache_length(20, 2048) == cache_length(256, 2048) == 256
     assert cache_length(300, 2048) == cache_length(512, 2048) == 512
-    assert cache_length(300, 400) == 400  # never past the model's length ...
-    assert cache_length(3000, 2048) == 3000  # ... unless asked for
+    assert cache_length(300, 400) == 512  # never past the model's length in whole blocks ...
+    assert cache_length(3000, 2048) == 3072  # ... unless asked for
 
 
 def test_static_decoders_of_one_shape_share_their_state(tiny_args):
@@ -351,3 +351,39 @@ def test_compiled_fused_steps_equal_eager_steps(tiny_args):
     assert decoder.fused
     for a, b in zip(compiled, eager, strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_attention_reading_only_each_rows_blocks_equals_the_masked_whole_cache():
+    """``row_attention``: the block-skipping FlexAttention (what compiled GPU steps run; eager
+    here) gives sdpa's output over the whole masked cache, for rows whose positions lie in
+    different blocks, one of them at the cache's last position, and several new queries."""
+    from wmtp.models.kv_cache import KV_BLOCK, row_attention
+
+    torch.manual_seed(0)
+    B, H, K, S, D, L = 4, 4, 2, 3, 16, 3 * KV_BLOCK
+    keys_L = torch.arange(L)
+    starts_B = torch.tensor([0, KV_BLOCK - 2, 2 * KV_BLOCK + 3, L - S])  # rows' first queries
+    q = torch.randn(B, H, S, D)
+    k, v = torch.randn(B, K, L, D), torch.randn(B, K, L, D)
+    whole = row_attention(starts_B, S, keys_L, skip_blocks=False)(q, k, v)
+    blocks = row_attention(starts_B, S, keys_L, skip_blocks=True)(q, k, v)
+    torch.testing.assert_close(blocks, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_a_step_whose_block_skipping_attention_cannot_compile_falls_back_to_sdpa(tiny_args, caplog):
+    """Block-skipping attention, asked of compiled steps on the CPU (on a GPU it is the default):
+    where this torch's Inductor cannot compile it (its CPU kernel refuses the 3-token step), the
+    state falls back to sdpa for good and says so; either way the logits are the eager ones."""
+    torch.manual_seed(0)
+    model = LlamaMTP(tiny_args, attention="sdpa").eval()
+    tokens = torch.randint(0, tiny_args.vocab_size, (2, 14))
+    with torch.no_grad():
+        eager = _decode_pieces(Decoder(model, batch_size=2, max_len=16), tokens)
+        decoder = StaticDecoder(model, 2, 16, cuda_graphs=False, compiled=True)
+        decoder._state.skip_blocks = True
+        with caplog.at_level("WARNING", logger="wmtp.models.kv_cache"):
+            compiled = _decode_pieces(decoder, tokens)
+    for a, b in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    fell_back = "cannot compile block-skipping attention" in caplog.text
+    assert fell_back == (not decoder._state.skip_blocks), caplog.text

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import time
 import weakref
 from collections.abc import Callable, Sequence
@@ -38,6 +39,8 @@ from wmtp.models.llama_mtp import (
     rope_frequencies,
     rope_tables,
 )
+
+log = logging.getLogger(__name__)
 
 
 class KVCache:
@@ -197,21 +200,60 @@ BlockStep = Callable[[TransformerBlock, torch.Tensor, KVCache], torch.Tensor]
 """One block on the new positions: ``(block, x_BSD, cache) -> x_BSD``."""
 
 
+KV_BLOCK = 128
+"""Cached positions per block of the compiled step's attention; cache lengths are multiples."""
+
+RowAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(q_BHSD, k_BKLD, v_BKLD) -> out_BHSD``: the new queries over the whole cache, each row
+seeing its own positions up to each query's."""
+
+
+def row_attention(
+    starts_B: torch.Tensor, S: int, keys_L: torch.Tensor, *, skip_blocks: bool
+) -> RowAttention:
+    """The attention of a fixed-shape step whose row b's ``S`` queries sit at positions
+    ``starts_B[b]`` on (a device tensor) in a cache of ``len(keys_L)`` positions: causal per
+    row, every position past a query's masked (not yet, or no longer, filled).
+
+    ``skip_blocks``: FlexAttention with a block mask built on the device, so each row reads only
+    its ``KV_BLOCK``-position blocks up to its last query. A batch of rows far apart (continuous
+    batching, whose cache spans the longest prompt) then reads what its rows hold, not the
+    whole cache of every row. For compiled steps on a GPU (one fused kernel there; run eagerly
+    it computes every score). Otherwise sdpa with a boolean mask over every cached position."""
+    if not skip_blocks:
+        positions_BS = starts_B[:, None] + torch.arange(S, device=starts_B.device)
+        mask_B1SL = (keys_L <= positions_BS[:, :, None])[:, None]  # every head of a row alike
+        return lambda q, k, v: F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask_B1SL, enable_gqa=True
+        )
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+    B, L = len(starts_B), len(keys_L)
+    assert L % KV_BLOCK == 0, (L, KV_BLOCK)
+    last_block_B = ((starts_B + S - 1) // KV_BLOCK).clamp(max=L // KV_BLOCK - 1)
+    order = torch.arange(L // KV_BLOCK, dtype=torch.int32, device=starts_B.device)
+    mask = BlockMask.from_kv_blocks(
+        (last_block_B + 1).to(torch.int32)[:, None, None], order.expand(B, 1, 1, -1),
+        BLOCK_SIZE=KV_BLOCK, seq_lengths=(S, L), compute_q_blocks=False,
+        mask_mod=lambda b, h, q, kv: kv <= starts_B[b] + q,  # reads the input buffer only
+    )  # fmt: skip
+    return lambda q, k, v: flex_attention(q, k, v, block_mask=mask, enable_gqa=True)
+
+
 def masked_block(
-    block: TransformerBlock, x_BSD, rope: Rope, cache: KVCache, positions_BS, allowed_BSL
+    block: TransformerBlock, x_BSD, rope: Rope, cache: KVCache, positions_BS, attend: RowAttention
 ):
     """``cached_block`` with fixed shapes: each row's keys written at its ``positions_BS`` (a
-    device tensor), and attention over the whole cache, ``allowed_BSL`` masking each row's
-    positions not yet (or no longer) filled. Nothing depends on a position on the host, so a
-    CUDA graph can replay it. With ``cache.fused``, q/k/v and w1/w3 run as one matmul each."""
+    device tensor), and attention over the cache by ``attend`` (``row_attention``). Nothing
+    depends on a position on the host, so a CUDA graph can replay it. With ``cache.fused``,
+    q/k/v and w1/w3 run as one matmul each."""
     attention = block.attention
     q_BSHD, k_BSKD, v_BSKD = _project_qkv(block, block.attention_norm(x_BSD), rope, cache.fused)
     index_BSKD = positions_BS[:, :, None, None].expand_as(k_BSKD)
     cache.k_BSKD.scatter_(1, index_BSKD, k_BSKD)
     cache.v_BSKD.scatter_(1, index_BSKD, v_BSKD)
     q, k, v = (t.transpose(1, 2) for t in (q_BSHD, cache.k_BSKD, cache.v_BSKD))  # -> [B, H, S, D]
-    mask_B1SL = allowed_BSL[:, None]  # one mask for every head of a row
-    out_BHSD = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_B1SL, enable_gqa=True)
+    out_BHSD = attend(q, k, v)
     h_BSD = x_BSD + attention.wo(out_BHSD.transpose(1, 2).flatten(2))
     return h_BSD + _feed_forward(block, block.ffn_norm(h_BSD), cache.fused)
 
@@ -267,6 +309,10 @@ class StepState:
     setup_s: float = 0.0
     """Seconds spent preparing steps (compiling, warming up, capturing), outside their timing."""
     owner: weakref.ref | None = None
+    skip_blocks: bool = False
+    """Whether compiled steps attend block by block (``row_attention``): on a GPU, until this
+    torch fails to compile that kernel for one of the state's steps. Not on a CPU: Inductor's CPU
+    kernel takes few of the steps' shapes, and the caches there are short."""
 
 
 _STATES: weakref.WeakKeyDictionary[LlamaMTP, dict[tuple, StepState]] = weakref.WeakKeyDictionary()
@@ -276,11 +322,17 @@ device); they live as long as the model."""
 
 def cache_length(max_len: int, max_seq_len: int) -> int:
     """The cache length of a step state: ``max_len`` rounded up to a power of two (at least 256,
-    at most the model's ``max_seq_len`` unless ``max_len`` is longer). Prompts of nearby lengths
-    then share one state, its compiled steps and graphs; a step reads every cached position,
-    masked or not: at most twice ``max_len`` (or 256)."""
+    at most the model's ``max_seq_len`` unless ``max_len`` is longer), in whole ``KV_BLOCK``s.
+    Prompts of nearby lengths then share one state, its compiled steps and graphs. An eager step
+    reads every cached position, masked or not: at most twice ``max_len`` (or 256); a compiled
+    step only each row's blocks up to its position (``row_attention``)."""
     bucket = 1 << (max(max_len, 256) - 1).bit_length()
-    return max(max_len, min(bucket, max_seq_len))
+    return _blocks_of(max(max_len, min(bucket, max_seq_len)))
+
+
+def _blocks_of(length: int) -> int:
+    """``length`` rounded up to whole ``KV_BLOCK``s."""
+    return -(-length // KV_BLOCK) * KV_BLOCK
 
 
 def step_state(model: LlamaMTP, batch_size: int, max_len: int, kept_heads: tuple[int, ...],
@@ -312,6 +364,7 @@ def _new_state(model: LlamaMTP, batch_size: int, length: int, kept_heads: tuple[
         keys_L=torch.arange(length, device=device),
         inv_freq_F=rope_frequencies(model.args, device),
         pool=pool,
+        skip_blocks=device.type == "cuda",
     )
 
 
@@ -467,21 +520,40 @@ class StaticDecoder(Decoder):
     def _static_step(self, tokens_BS: torch.Tensor, heads: tuple[int, ...]) -> torch.Tensor:
         """The step at each row's position ``start`` (a device tensor): fixed shapes throughout."""
         S = tokens_BS.shape[1]
-        positions_BS = self._state.start[:, None] + torch.arange(S, device=tokens_BS.device)
+        starts_B, keys_L = self._state.start, self._state.keys_L
+        positions_BS = starts_B[:, None] + torch.arange(S, device=tokens_BS.device)
         rope = rope_tables(self._state.inv_freq_F, positions_BS)
-        allowed_BSL = self._state.keys_L <= positions_BS[:, :, None]  # causal, per row
+        attend = row_attention(starts_B, S, keys_L, skip_blocks=self._skips_blocks())
         return self._run_blocks(
             tokens_BS,
             heads,
-            lambda block, x, cache: masked_block(block, x, rope, cache, positions_BS, allowed_BSL),
+            lambda block, x, cache: masked_block(block, x, rope, cache, positions_BS, attend),
         )
 
     def _run_step(self, tokens_BS: torch.Tensor, heads: tuple[int, ...]) -> torch.Tensor:
-        """The fixed-shape step, compiled or eager."""
-        if not self.compiled:
-            return self._static_step(tokens_BS, heads)
-        with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
-            return _compiled_static_step()(self, tokens_BS, heads)
+        """The fixed-shape step, compiled or eager; never for gradients (captured outside
+        inference mode, so that any later decoder may replay it)."""
+        with torch.no_grad():
+            if not self.compiled:
+                return self._static_step(tokens_BS, heads)
+            with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+                try:
+                    return _compiled_static_step()(self, tokens_BS, heads)
+                except Exception as exc:  # Inductor's, whichever kind this torch raises
+                    if not self._skips_blocks():
+                        raise
+                    self._state.skip_blocks = False  # compiled again, with sdpa
+                    reason = str(exc).strip().splitlines()[0][:200]
+                    log.warning(
+                        "decoding: this torch cannot compile block-skipping attention for a "
+                        "%d-row step (%s); the decoder's steps read whole caches with sdpa",
+                        len(tokens_BS), reason,
+                    )  # fmt: skip
+                    return _compiled_static_step()(self, tokens_BS, heads)
+
+    def _skips_blocks(self) -> bool:
+        """Compiled GPU steps attend block by block, unless this torch failed to compile it."""
+        return self.compiled and self._state.skip_blocks
 
     def _prepare(self, tokens_BS: torch.Tensor, heads: tuple[int, ...]) -> _Captured | None:
         """A step shape's first use: compile it (run once) and capture it, timed into the state's
