@@ -287,14 +287,13 @@ def run(args: argparse.Namespace) -> dict:
     steps["fused"] = False if args.no_fuse else None  # None: where the fused copy fits
     result["steps"] = steps
     sampling = Sampling(temperature=args.temperature, top_p=args.top_p)
+    # batched rows sample, as `wmtp eval` draws n_samples (the recipes' 0.2 / 0.95 when greedy)
+    batch_sampling = sampling if not sampling.greedy else Sampling(temperature=0.2, top_p=0.95)
     with torch.inference_mode():
         result["as_loaded"] = benchmark(model, prompts, args.new_tokens, steps, sampling)
         plain_tps = result["as_loaded"]["plain"]["tokens_per_s"]
         result["bandwidth"] = decode_peers.bandwidth_figures(model, plain_tps)
         if args.peers:
-            batch_sampling = (
-                sampling if not sampling.greedy else Sampling(temperature=0.2, top_p=0.95)
-            )
             peers = decode_peers.peer_figures(
                 model, prompts[0], args.new_tokens, args.batch, batch_sampling
             )
@@ -304,9 +303,6 @@ def run(args: argparse.Namespace) -> dict:
             )  # fmt: skip
             result["peers"] = peers
         if args.profile is not None:
-            batch_sampling = (
-                sampling if not sampling.greedy else Sampling(temperature=0.2, top_p=0.95)
-            )
             result["profiled"] = profile_plain(
                 model, prompts[0], args.profile_tokens, args.batch, batch_sampling, args.profile
             )
