@@ -69,6 +69,17 @@ def test_exit_status_and_output(kind):
     assert run(kind, "import sys; sys.exit(3)").returncode == 3
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or not runner().drops_root, reason="drops root only as root")
+@pytest.mark.parametrize("kind", KINDS)
+def test_as_root_the_program_runs_as_an_unprivileged_uid_without_groups(kind):
+    """As root, each call's program runs as its own uid, with its group and no other (the
+    launcher drops root before it reads anything; the caller starts it without forking)."""
+    ids = run(kind, "import os; print(os.getuid(), os.geteuid(), os.getgid(), os.getgroups())")
+    assert ids.status == "passed", ids.stderr
+    uid, euid, gid, groups = ids.stdout.split(maxsplit=3)
+    assert uid == euid == gid != "0" and groups.strip() in ("[]", f"[{gid}]"), ids.stdout
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_stdin_and_files_reach_the_program(kind):
     result = run(

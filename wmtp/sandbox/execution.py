@@ -21,7 +21,7 @@ from typing import Literal
 
 from wmtp.sandbox import bwrap, rlimits
 from wmtp.sandbox.policy import IsolationKind, require
-from wmtp.sandbox.users import as_user, become_subreaper, kill_uid, runner, uid_slot
+from wmtp.sandbox.users import become_subreaper, kill_uid, runner, uid_slot
 
 Status = Literal["passed", "failed", "timeout", "memory"]
 DEFAULT_MAX_OUTPUT_BYTES = 64 * 1024
@@ -80,7 +80,7 @@ def execute(
             workdir = _prepare(control, program, stdin, files or {}, uid)
             argv, exec_it = _program_argv(kind, workdir)
             limits = rlimits.limits(timeout_s, memory_mb, file_size_mb, max_processes)
-            cfg = json.dumps({"limits": limits, "exec": exec_it, "argv": argv})
+            cfg = json.dumps({"limits": limits, "exec": exec_it, "argv": argv, "uid": uid})
             start = time.monotonic()
             returncode, timed_out = _run_launcher(control, workdir, cfg, timeout_s, uid)
             duration = time.monotonic() - start
@@ -137,6 +137,10 @@ def _run_launcher(
         open(control / "stdout", "wb") as fout,
         open(control / "stderr", "wb") as ferr,
     ):
+        # No user/group arguments (the launcher drops root itself): Python then starts the launcher
+        # with vfork, which neither copies this process's page tables nor holds the GIL while it
+        # does. A fork of a process holding a model (GiBs mapped) stalls every thread for tens of
+        # milliseconds per check: decoding, which runs beside the checks, waited on each one.
         proc = subprocess.Popen(
             argv,
             stdin=fin,
@@ -146,7 +150,6 @@ def _run_launcher(
             env=_environment(workdir),
             start_new_session=True,  # its own process group: one killpg ends the tree
             close_fds=True,
-            **as_user(uid),
         )
         timed_out = False
         try:

@@ -2,7 +2,8 @@
 rlimit-only isolation, which a user must opt in to, leaves open.
 
 Every call starts a small launcher (``python -I -S -c LAUNCHER CONFIG``) as the first process of
-its own process group. It sets the limits (CPU seconds, address space, file size, number of
+its own process group. As root it first becomes the call's unprivileged uid itself (so the caller
+starts it with ``vfork``: see ``wmtp.sandbox.execution``). It sets the limits (CPU seconds, address space, file size, number of
 processes, no core files), then either execs bubblewrap, or, under ``rlimits``, forks the program
 and relays its fate as an exit code, so that a program killing its parent never reaches the
 caller. The caller adds a wall-clock timeout, an output cap and, at the end, a kill of the whole
@@ -21,6 +22,10 @@ from wmtp.sandbox.users import runner
 LAUNCHER = r"""
 import json, os, resource, sys
 cfg = json.loads(sys.argv[1])
+if cfg["uid"] is not None:  # root: the call's own uid, no groups, before anything else runs
+    os.setgroups([])
+    os.setgid(cfg["uid"])
+    os.setuid(cfg["uid"])
 for name, value in cfg["limits"].items():
     resource.setrlimit(getattr(resource, name), tuple(value))
 if cfg["exec"]:
