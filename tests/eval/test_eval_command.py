@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -29,6 +30,7 @@ flavour = "tiny"
 dtype = "float32"
 attention = "sdpa"
 n_future_tokens = 2
+max_seq_len = 1024                              # room for templated byte prompts and a completion
 
 [parallel]
 device = "cpu"
@@ -60,7 +62,8 @@ def tiny_model():
     from wmtp.models.llama_mtp import LlamaMTP
 
     torch.manual_seed(0)
-    return LlamaMTP(flavour("tiny").with_vocab(259), attention="sdpa")
+    args = dataclasses.replace(flavour("tiny").with_vocab(259), max_seq_len=1024)
+    return LlamaMTP(args, attention="sdpa")
 
 
 @pytest.fixture
@@ -131,6 +134,11 @@ def test_eval_run_directory_writes_samples_summary_and_table(run_dir):
     assert wall["total"] == pytest.approx(wall["generate"] + wall["check"], abs=2e-3)
     assert wall["generate"] > 0 and wall["judging_summed"] > 0
     assert summary["model"].endswith("checkpoints/step-3") and summary["step"] == 3
+    # asked as the run's rows were laid out (its recipe's data.template: the default, alpaca)
+    assert (
+        summary["prompts"]["template"] == "alpaca" and summary["training"]["template"] == "alpaca"
+    )
+    assert "prompts: alpaca template, instruction 'Complete this Python function.'" in result.flat
 
 
 def test_eval_is_reproducible_and_greedy_speculative_matches_greedy(run_dir, tmp_path):
@@ -327,3 +335,19 @@ def test_wmtp_run_of_an_evaluation_recipe_evaluates(run_dir, tmp_path):
     assert "evaluated; results in" in result.flat
     summary = summary_of(run_dir / "eval" / "step-3")
     assert set(summary["results"]["unseen"]["pass_at_k"]) == {"1", "2"}
+
+
+def test_prompts_that_fill_the_models_context_are_named(run_dir, tmp_path, caplog):
+    """A prompt that leaves no room for a completion is scored (as failed) and named, not
+    dropped silently: HumanEval/141 in the alpaca template is over 1,024 bytes."""
+    sets = ["evaluation.max_problems=16", "evaluation.n_samples=1", "evaluation.k=[1]"]
+    sets += ["evaluation.temperature=0", "evaluation.max_new_tokens=2"]
+    args = [x for s in sets for x in ("--set", s)]
+    with caplog.at_level("WARNING", logger="wmtp.eval.completions"):
+        result = invoke("eval", run_dir, "--no-progress", *args, "--out", tmp_path / "eval")
+    assert result.exit_code == 0, result.output
+    assert "1 of 16 prompts fill the model's context of 1024 tokens" in caplog.text
+    assert "HumanEval/141" in caplog.text
+    samples = (tmp_path / "eval" / "humaneval" / "samples.jsonl").read_text().splitlines()
+    full = [json.loads(x) for x in samples if '"HumanEval/141"' in x]
+    assert [(x["n_tokens"], x["status"]) for x in full] == [(0, "failed")]

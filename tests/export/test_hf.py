@@ -149,6 +149,7 @@ def test_eval_and_bench_decode_take_the_export(hf_export, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "humaneval" / "summary.json").read_text())
     assert summary["model"] == str(hf_export) and summary["results"]["unseen"]["problems"] == 1
+    assert summary["prompts"]["template"] == "alpaca"  # the export keeps its training recipe
 
 
 def test_progress_names_each_file_as_it_is_written(tiny_run, tmp_path):

@@ -38,6 +38,8 @@ VERSION = 2
 """Bump when candidates or labelling change: cached builds of another version are rebuilt."""
 
 INSTRUCTION = "Complete this Python function."
+"""Every row's instruction; also what an evaluation shows a templated HumanEval problem with
+(``wmtp.eval.prompting``), so a model trained on these rows is asked as it learned."""
 MAX_REWRITES = 4
 MUTATIONS_OF_CANONICAL = 5
 MUTATIONS_PER_REWRITE = 1  # so comments or formatting never tell correct from incorrect

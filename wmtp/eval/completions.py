@@ -14,6 +14,7 @@ once and that completion stands for all ``n_samples``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import zlib
 from collections.abc import Callable
@@ -23,11 +24,14 @@ import torch
 
 from wmtp.eval.benchmarks import Benchmark, Problem
 from wmtp.eval.generate import Completion, Row, Sampling, StopRule, decode_rows
+from wmtp.eval.prompting import PromptFormat
 from wmtp.eval.speculative import (
     SpeculativeStats,
     speculative_generate,
     speculative_generate_batch,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -96,10 +100,12 @@ class _Problem:
     completions: dict[int, Completion] = field(default_factory=dict)
 
 
-def _prepared(tokenizer, benchmark: Benchmark, problems, spec, sampling) -> list[_Problem]:
+def _prepared(
+    tokenizer, benchmark: Benchmark, problems, spec, sampling, shown: PromptFormat
+) -> list[_Problem]:
     out = []
     for problem in problems:
-        prompt_ids = tokenizer.encode(problem.prompt, bos=True)
+        prompt_ids = tokenizer.encode(shown.text(problem.prompt), bos=True)
         decode = continuation_decoder(tokenizer, prompt_ids)
         stop_rule = StopRule(
             decode, stop=benchmark.stop, eos_id=tokenizer.eos_id, peek=tokenizer.decode
@@ -107,6 +113,18 @@ def _prepared(tokenizer, benchmark: Benchmark, problems, spec, sampling) -> list
         rows = 1 if sampling.greedy else spec.n_samples
         out.append(_Problem(problem, prompt_ids, stop_rule, rows))
     return out
+
+
+def _warn_of_full_contexts(prepared: list[_Problem], context: int, name: str) -> None:
+    """Say which prompts leave no room for a completion in the model's context (they get empty
+    ones, scored as failed), rather than let them fail unexplained."""
+    full = [item.problem.task_id for item in prepared if len(item.prompt_ids) >= context]
+    if full:
+        log.warning(
+            "%s: %d of %d prompts fill the model's context of %d tokens (max_seq_len) and get "
+            "empty completions: %s", name, len(full), len(prepared), context, ", ".join(full[:5])
+            + (", ..." if len(full) > 5 else ""),
+        )  # fmt: skip
 
 
 def _continuous(model, prepared: list[_Problem], spec, sampling, seed: int, finished) -> None:
@@ -182,13 +200,14 @@ def complete_benchmark(
     spec,
     *,
     seed: int,
+    shown: PromptFormat,
     problems: tuple[Problem, ...] | None = None,
     progress: bool = True,
     bar=None,
     on_problem: Callable[[ProblemCompletions], None] | None = None,
 ) -> tuple[list[ProblemCompletions], GenerationStats]:
-    """Completions of ``problems`` (every problem of ``benchmark`` when None) under the
-    ``[evaluation]`` section ``spec``; ``on_problem`` gets each problem's as soon as they exist
+    """Completions of ``problems`` (every problem of ``benchmark`` when None), each prompt shown
+    as ``shown`` lays it out, under the ``[evaluation]`` section ``spec``; ``on_problem`` gets each problem's as soon as they exist
     (the evaluator checks them meanwhile). ``bar``: a rich ``Progress`` to show progress in
     (else one of its own, unless ``progress`` is false)."""
     from rich.progress import Progress
@@ -196,7 +215,8 @@ def complete_benchmark(
     problems = benchmark.problems if problems is None else problems
     sampling = Sampling(temperature=spec.temperature, top_p=spec.top_p)
     stats = GenerationStats(speculative=SpeculativeStats() if spec.speculative else None)
-    prepared = _prepared(tokenizer, benchmark, problems, spec, sampling)
+    prepared = _prepared(tokenizer, benchmark, problems, spec, sampling, shown)
+    _warn_of_full_contexts(prepared, model.args.max_seq_len, benchmark.name)
     started = time.perf_counter()
     with contextlib.nullcontext(bar) if bar is not None else Progress(disable=not progress) as bar:
         generating = f"{benchmark.name}: generating"

@@ -18,6 +18,7 @@ from typing import Any
 from wmtp.errors import RecipeError
 from wmtp.eval.benchmarks import Benchmark, load_benchmark
 from wmtp.eval.judges import Verdict
+from wmtp.eval.prompting import PromptFormat, prompt_format
 from wmtp.eval.splits import ScoredProblems, TrainingProblems, choose_problems
 
 DECODING_KEYS = ("n_samples", "temperature", "top_p", "max_new_tokens", "speculative")
@@ -120,6 +121,7 @@ def evaluate(
     from wmtp.eval.table import print_table
 
     check_settings(spec)
+    shown = prompt_format(spec, training.template)
     results = {}
     for entry in spec.benchmarks:
         name, path = parse_benchmark(entry, benchmark_paths or {})
@@ -130,6 +132,7 @@ def evaluate(
             max_problems=spec.max_problems,
         )
         context = {
+            "prompts": shown.as_dict(),
             "model": model_label,
             "step": step,
             "training": training.as_dict(),
@@ -141,16 +144,25 @@ def evaluate(
             },
         }
         results[name] = evaluate_benchmark(
-            model, tokenizer, spec, scored, Path(out_dir) / name, seed, context, progress
+            model, tokenizer, spec, scored, shown, Path(out_dir) / name, seed, context, progress
         )
     print_table(results, console, title=f" · {model_label}")
     return results
 
 
 def evaluate_benchmark(
-    model, tokenizer, spec, scored: ScoredProblems, folder: Path, seed: int, context, progress
+    model,
+    tokenizer,
+    spec,
+    scored: ScoredProblems,
+    shown: PromptFormat,
+    folder: Path,
+    seed: int,
+    context,
+    progress,
 ) -> dict[str, Any]:
-    """Generate, check and write one benchmark's scored problems; its summary."""
+    """Generate, check and write one benchmark's scored problems, shown to the model as ``shown``
+    says; its summary."""
     from rich.progress import Progress
 
     from wmtp import sandbox
@@ -164,7 +176,8 @@ def evaluate_benchmark(
     started = time.perf_counter()
     with Progress(disable=not progress) as bar, Checker(benchmark, **limits, bar=bar) as checker:
         problems, gen_stats = complete_benchmark(
-            model, tokenizer, benchmark, spec, seed=seed, problems=scored.problems, bar=bar,
+            model, tokenizer, benchmark, spec, seed=seed, problems=scored.problems, shown=shown,
+            bar=bar,
             on_problem=lambda p: checker.submit(p.task_id, [c.text for c in p.completions]),
         )  # fmt: skip
         generated = time.perf_counter()

@@ -239,20 +239,25 @@ def model_from_flavour(name: str, *, n_future_tokens: int | None, dtype: str, de
 
 
 def model_from_checkpoint(path: str, recipe: str | None, device: str):
-    """A trained policy with its tokenizer (run dir, step, or checkpoint with a recipe)."""
+    """A trained policy, its tokenizer and how ``wmtp eval`` would show it a problem (run dir,
+    step, or checkpoint with a recipe)."""
+    from wmtp.eval.prompting import prompt_format
     from wmtp.eval.target import load_policy, resolve_target
     from wmtp.recipe import load_recipe
 
     target = resolve_target(path, recipe=recipe)
     loaded = load_recipe(target.recipe_file).recipe
-    return load_policy(target, loaded, device)
+    trained_template = None if target.pretrained else loaded.data.template
+    shown = prompt_format(loaded.evaluation, trained_template)
+    return (*load_policy(target, loaded, device), shown)
 
 
-def humaneval_prompts(tokenizer, n: int) -> list[list[int]]:
+def humaneval_prompts(tokenizer, n: int, shown) -> list[list[int]]:
+    """The first ``n`` HumanEval problems as ``shown`` (a ``PromptFormat``) lays them out."""
     from wmtp.eval.benchmarks import load_humaneval
 
     problems = load_humaneval().problems[:n]
-    return [tokenizer.encode(p.prompt, bos=True) for p in problems]
+    return [tokenizer.encode(shown.text(p.prompt), bos=True) for p in problems]
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -260,9 +265,9 @@ def run(args: argparse.Namespace) -> dict:
         args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     )
     if args.checkpoint:
-        model, tokenizer = model_from_checkpoint(args.checkpoint, args.recipe, device)
-        prompts = humaneval_prompts(tokenizer, args.prompts)
-        source = {"checkpoint": args.checkpoint}
+        model, tokenizer, shown = model_from_checkpoint(args.checkpoint, args.recipe, device)
+        prompts = humaneval_prompts(tokenizer, args.prompts, shown)
+        source = {"checkpoint": args.checkpoint, "prompts": shown.as_dict()}
     else:
         model = model_from_flavour(
             args.flavour, n_future_tokens=args.n_future_tokens, dtype=args.dtype, device=device

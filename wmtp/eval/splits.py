@@ -48,9 +48,17 @@ class TrainingProblems:
     """The evaluated run's split in a few words (``built-in HumanEval split (held-out ...)``)."""
     sources: tuple[str, ...]
     """A line per run read (and per model whose training could not be read)."""
+    template: str | None = None
+    """The evaluated run's ``data.template``: how its training rows laid out a prompt (None:
+    no wmtp training behind the weights)."""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"split": self.split, "seen_problems": len(self.seen), "sources": list(self.sources)}
+        return {
+            "split": self.split,
+            "seen_problems": len(self.seen),
+            "sources": list(self.sources),
+            "template": self.template,
+        }
 
 
 def untrained(path: str | Path, why: str) -> TrainingProblems:
@@ -95,6 +103,7 @@ def training_problems(recipe_file: Path, *, progress: bool = False) -> TrainingP
     seen: set[str] = set()
     sources: list[str] = []
     splits: list[str] = []
+    template: str | None = None
     pending, visited = [recipe_file], set()
     while pending:
         path = pending.pop(0)
@@ -106,6 +115,8 @@ def training_problems(recipe_file: Path, *, progress: bool = False) -> TrainingP
         if problems is not None:
             seen |= problems
             splits.append(split)
+            if path is recipe_file:
+                template = recipe.data.template
             pipeline = recipe.experiment.pipeline
             sources.append(f"{run_of(path)}: {pipeline} run, {len(problems)} problems of {split}")
         elif split:
@@ -115,7 +126,7 @@ def training_problems(recipe_file: Path, *, progress: bool = False) -> TrainingP
         sources += notes
     if not splits:
         return untrained(recipe_file.parent, f"{recipe_file.name} trains nothing")
-    return TrainingProblems(frozenset(seen), splits[0], tuple(sources))
+    return TrainingProblems(frozenset(seen), splits[0], tuple(sources), template)
 
 
 def _problems_of_run(path: Path, recipe, progress: bool, *, evaluated: bool):

@@ -96,6 +96,7 @@ def print_table(summaries: dict[str, dict[str, Any]], console=None, *, title: st
     lines = [line for name, summary in summaries.items() for line in notes(name, summary)]
     first = next(iter(summaries.values()), {})
     lines += [f"trained on: {source}" for source in first.get("training", {}).get("sources", [])]
+    lines += [f"prompts: {first['prompts']['description']}"] if first.get("prompts") else []
     lines += [f"sandbox: {first['sandbox']}"] if first.get("sandbox") else []
     for line in lines:
         console.print(line, highlight=False, soft_wrap=True)

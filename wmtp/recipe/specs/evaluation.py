@@ -1,6 +1,6 @@
 """``[evaluation]``: pass@k on code benchmarks with sandboxed execution."""
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -27,6 +27,15 @@ class EvaluationSpec(Section):
     most this many (the default covers the recipes' 20: with 16, the last 4 samples of every
     problem took a whole second decoding pass of their own), else in batches of this many. Each
     row holds a KV cache of its prompt and ``max_new_tokens`` (0.5 MiB per position at 7B)."""
+    prompt_template: Literal["auto", "none", "alpaca", "plain"] = "auto"
+    """How a problem is shown to the model (``wmtp.eval.prompting``). ``auto``: in the
+    ``data.template`` of the run that trained the evaluated weights (the instruction, the
+    problem's prompt as the input, the response header), as the model learned to answer; the bare
+    prompt for weights wmtp did not train. ``none``: always the bare prompt (how base models are
+    scored on HumanEval); ``alpaca`` / ``plain``: that template."""
+    instruction: str | None = None
+    """The instruction of a templated prompt; unset: the built-in HumanEval dataset's
+    (``Complete this Python function.``). Set it to your dataset's when it trained the model."""
     timeout_s: Annotated[float, Field(gt=0)] = 10.0
     """Wall-clock limit of one program's tests."""
     memory_mb: Annotated[int, Field(gt=0)] = 1024
