@@ -7,7 +7,8 @@
 #                 compiled cross-entropy kernels = eager) and the attention and loss tests
 #   decode_model  recipes/gpu_2x.toml (1.1B, 4 heads) packed + compiled, 300 steps on this GPU
 #   decode        `wmtp bench decode` of that model: plain vs self-speculative, CUDA graphs and eager
-#   profile       bench/decode_profile.py: kernels and host/GPU time of an eager decoding step
+#   profile       `wmtp bench decode --profile` of that model: torch.profiler traces of plain
+#                 decoding at batch 1 and at an evaluation's batch ($OUT/decode_profile.*)
 #   suite         `wmtp bench suite` (HF peer, ntp, mtp4 per-head and joint, verifiable)
 #   flash_attn    flash-attn into /tmp/fa_site (later stages and later calls of a warm machine
 #                 import it): unpacked from .fa/fa_site-*.tar.xz when an earlier lease built it,
@@ -42,7 +43,8 @@ stage_decode() {
     --prompts 5 --new-tokens 256 --also-eager --out "$OUT/decode.json"
 }
 stage_profile() {
-  step profile 120 python3 bench/decode_profile.py --checkpoint "$(latest decode_model)" --out "$OUT"
+  step profile 180 python3 -m wmtp.cli bench decode --checkpoint "$(latest decode_model)" \
+    --prompts 1 --new-tokens 64 --profile "$OUT/decode_profile" --out "$OUT/decode_profiled.json"
 }
 stage_suite() {
   step suite 420 python3 -m wmtp.cli bench suite --out "$OUT"

@@ -16,6 +16,8 @@
 #                   300 steps), as bench/h100.sh does
 #   decode_trained  that model: plain vs speculative, greedy and sampled
 #   humaneval       `wmtp eval` of that model: 164 problems x 20 samples x 512 tokens, wall times
+#                   (the recipe's `evaluation.batch_size`, 32 rows per step)
+#   humaneval_wide  the same at 128 rows per step ($OUT/humaneval_n20_b128)
 # Then always: bench/summarise_decode.py -> $OUT/h200_decode.json, h200_decode.md.
 set -u
 source bench/device_setup.sh || exit 1
@@ -56,12 +58,18 @@ stage_decode_trained() {
   step decode_trained_sampled 150 "${DECODE[@]}" --checkpoint "$(latest decode_model)" \
     --prompts 5 --new-tokens 256 "${SAMPLED[@]}" --out "$OUT/decode_trained_sampled.json"
 }
+HUMANEVAL=(--no-progress --set evaluation.n_samples=20 --set "evaluation.k=[1,10]"
+  --set evaluation.max_new_tokens=512 --set evaluation.temperature=0.2 --set evaluation.top_p=0.95
+  --include-seen)
 stage_humaneval() {
   need_humaneval
-  step humaneval 400 python3 -m wmtp.cli eval "$(latest decode_model)" --no-progress \
-    --set evaluation.n_samples=20 --set "evaluation.k=[1,10]" --set evaluation.max_new_tokens=512 \
-    --set evaluation.temperature=0.2 --set evaluation.top_p=0.95 --include-seen \
+  step humaneval 400 python3 -m wmtp.cli eval "$(latest decode_model)" "${HUMANEVAL[@]}" \
     --out "$OUT/humaneval_n20"
+}
+stage_humaneval_wide() {
+  need_humaneval
+  step humaneval_wide 300 python3 -m wmtp.cli eval "$(latest decode_model)" "${HUMANEVAL[@]}" \
+    --set evaluation.batch_size=128 --out "$OUT/humaneval_n20_b128"
 }
 
 [ $# -eq 0 ] && set -- decode_1b decode_1b_peers decode_1b_sampled decode_7b decode_model decode_trained humaneval

@@ -235,3 +235,28 @@ def test_cuda_graph_rows_refilled_decode_the_eager_tokens():
         assert [g.tokens for g in graphed] == [e.tokens for e in eager]
     greedy = decode_rows(model, rows, slots=2, compiled=False)
     assert [g.tokens for g in greedy] == [reference_greedy(model, r.prompt, r.limit) for r in rows]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled GPU steps need a GPU")
+def test_gpu_default_steps_over_prompts_spanning_cache_blocks_decode_the_plain_tokens(caplog):
+    """What ``wmtp eval`` runs on a GPU: compiled, captured steps whose attention reads only
+    each row's filled cache blocks, rows of prompts spanning several blocks handed from slot to
+    slot. Greedy, fp32: the plain forward's tokens, with no fallback to whole-cache attention."""
+    import dataclasses
+
+    from tests.eval.tests_eval_helpers import tiny_args
+    from wmtp.models.kv_cache import KV_BLOCK
+    from wmtp.models.llama_mtp import LlamaMTP
+
+    torch.manual_seed(0)  # head_dim 16: the smallest FlexAttention's GPU kernels take
+    model = LlamaMTP(dataclasses.replace(tiny_args(), dim=64, max_seq_len=4 * KV_BLOCK), "sdpa")
+    model.reset_parameters(std=0.3)
+    model = model.eval().cuda()
+    draw = torch.Generator().manual_seed(1)
+    lengths = [2 * KV_BLOCK + 40, 20, KV_BLOCK + 9, 2 * KV_BLOCK - 1, 5]
+    prompts = [torch.randint(48, (n,), generator=draw).tolist() for n in lengths]
+    rows = [Row(p, StopRule(letters), 12) for p in prompts]
+    with caplog.at_level("WARNING", logger="wmtp.models.kv_cache"):
+        decoded = decode_rows(model, rows, slots=2)
+    assert "cannot compile" not in caplog.text
+    assert [d.tokens for d in decoded] == [reference_greedy(model, p, 12) for p in prompts]

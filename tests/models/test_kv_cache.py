@@ -370,6 +370,31 @@ def test_attention_reading_only_each_rows_blocks_equals_the_masked_whole_cache()
     torch.testing.assert_close(blocks, whole, atol=1e-5, rtol=1e-5)
 
 
+@CUDA
+@pytest.mark.parametrize(("B", "S", "blocks"), [(8, 1, 5), (8, 4, 5), (32, 1, 16)])
+def test_compiled_block_skipping_attention_on_the_gpu_equals_the_masked_whole_cache(B, S, blocks):
+    """Compiled (as the GPU steps run it), bf16, at decoding's head shapes: sdpa's output over
+    the whole masked cache, also after the rows' positions move in place (the steps' buffer)."""
+    from wmtp.models.kv_cache import KV_BLOCK, row_attention
+
+    torch.manual_seed(0)
+    H, K, D, L = 16, 8, 128, blocks * KV_BLOCK
+    q = torch.randn(B, H, S, D, device="cuda", dtype=torch.bfloat16)
+    k, v = torch.randn(2, B, K, L, D, device="cuda", dtype=torch.bfloat16)
+    keys_L = torch.arange(L, device="cuda")
+    starts_B = torch.randint(0, L - S, (B,), device="cuda")
+
+    @torch.compile(fullgraph=True, dynamic=False)
+    def attend(q, k, v, starts_B, keys_L):
+        return row_attention(starts_B, S, keys_L, skip_blocks=True)(q, k, v)
+
+    with torch.no_grad():
+        for _ in range(2):
+            whole = row_attention(starts_B, S, keys_L, skip_blocks=False)(q, k, v)
+            torch.testing.assert_close(attend(q, k, v, starts_B, keys_L), whole, atol=1e-2, rtol=0)
+            starts_B.copy_(torch.randint(0, L - S, (B,), device="cuda"))
+
+
 def test_a_step_whose_block_skipping_attention_cannot_compile_falls_back_to_sdpa(tiny_args, caplog):
     """Block-skipping attention, asked of compiled steps on the CPU (on a GPU it is the default):
     where this torch's Inductor cannot compile it (its CPU kernel refuses the 3-token step), the
