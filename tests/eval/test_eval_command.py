@@ -129,6 +129,9 @@ def test_eval_run_directory_writes_samples_summary_and_table(run_dir):
     assert summary["decoding"]["temperature"] == 0.8 and summary["decoding"]["seed"] == 7
     assert summary["settings"]["dtype"] == "float32" and summary["settings"]["device"] == "cpu"
     assert summary["generation"]["completions"] == 4 and summary["generation"]["tokens"] > 0
+    steps = summary["generation"]["steps"]  # 2 problems x 2 samples through one decoder
+    assert steps["rows_started"] == 4 and steps["slots"] == 4 and 0 < steps["slot_occupancy"] <= 1
+    assert steps["steps"] <= 12 and "generation (humaneval): " in result.flat
     assert summary["sandbox"].startswith(("bwrap: ", "rlimits: "))
     wall = summary["wall_s"]
     assert wall["total"] == pytest.approx(wall["generate"] + wall["check"], abs=2e-3)

@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from tests.eval.tests_eval_helpers import letters, make_tiny_model
-from wmtp.eval.generate import Row, Sampling, StopRule, decode_rows, generate, sample_next
+from wmtp.eval.generate import (
+    Row,
+    Sampling,
+    StepTally,
+    StopRule,
+    decode_rows,
+    generate,
+    sample_next,
+)
 from wmtp.models.kv_cache import setup_figures
 
 PROMPTS = [[1, 2, 3], [5, 9, 11, 12, 30, 4], [7], [8, 8, 2], [40, 1, 33]]
@@ -219,6 +227,22 @@ def test_peeking_at_the_last_tokens_ends_rows_where_decoding_everything_does(see
             assert fast.finished(tokens[:n], len(tokens)) == expected
             if expected is not None:
                 break
+
+
+def test_the_step_tally_counts_what_the_slots_did():
+    """Rows of 20, 3, 9, 14 and 5 tokens through 2 slots: every token a busy slot-step, every
+    row started once; the longest row alone keeps the decoder going at the end."""
+    model = make_tiny_model()
+    limits = [20, 3, 9, 14, 5]
+    rows = [Row(p, StopRule(letters), n) for p, n in zip(PROMPTS, limits, strict=True)]
+    tally = StepTally()
+    decoded = decode_rows(model, rows, slots=2, tally=tally)
+    assert [len(d.tokens) for d in decoded] == limits
+    assert (tally.slots, tally.rows_started, tally.busy_slot_steps) == (2, 5, sum(limits))
+    assert max(limits) <= tally.steps < sum(limits)  # two rows at a time, none idle long
+    figures = tally.as_dict()
+    assert figures["slot_occupancy"] == round(sum(limits) / (2 * tally.steps), 4)
+    assert 0 < figures["starting_rows_s"] < figures["seconds"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from wmtp.eval.benchmarks import Benchmark, Problem
-from wmtp.eval.generate import Completion, Row, Sampling, StopRule, decode_rows
+from wmtp.eval.generate import Completion, Row, Sampling, StepTally, StopRule, decode_rows
 from wmtp.eval.prompting import PromptFormat
 from wmtp.eval.speculative import (
     SpeculativeStats,
@@ -41,7 +41,11 @@ class GenerationStats:
     completions: int = 0
     tokens: int = 0
     seconds: float = 0.0
+    setup_s: float = 0.0
+    """Of ``seconds``, compiling and capturing decoding steps (the first steps of a shape)."""
     speculative: SpeculativeStats | None = None
+    steps: StepTally | None = None
+    """Plain decoding's steps: how full, who set the pace."""
 
     def as_dict(self) -> dict:
         out = {
@@ -49,7 +53,10 @@ class GenerationStats:
             "tokens": self.tokens,
             "seconds": round(self.seconds, 3),
             "tokens_per_s": round(self.tokens / self.seconds, 2) if self.seconds > 0 else 0.0,
+            "setup_s": round(self.setup_s, 3),
         }
+        if self.steps is not None:
+            out["steps"] = self.steps.as_dict()
         if self.speculative is not None:
             out["speculative"] = self.speculative.as_dict()
         return out
@@ -127,7 +134,9 @@ def _warn_of_full_contexts(prepared: list[_Problem], context: int, name: str) ->
         )  # fmt: skip
 
 
-def _continuous(model, prepared: list[_Problem], spec, sampling, seed: int, finished) -> None:
+def _continuous(
+    model, prepared: list[_Problem], spec, sampling, seed: int, finished, tally: StepTally
+) -> None:
     """Every problem's rows through one continuously batched decoder (``decode_rows``):
     ``finished(p)`` hears of problem ``p`` once its last row has ended."""
     context = model.args.max_seq_len
@@ -145,9 +154,8 @@ def _continuous(model, prepared: list[_Problem], spec, sampling, seed: int, fini
         if len(prepared[p].completions) == prepared[p].rows:
             finished(p)
 
-    decode_rows(
-        model, rows, slots=min(spec.batch_size, len(rows)), sampling=sampling, on_done=on_done
-    )
+    slots = min(spec.batch_size, len(rows))
+    decode_rows(model, rows, slots=slots, sampling=sampling, on_done=on_done, tally=tally)
 
 
 def speculative_samples(
@@ -212,11 +220,14 @@ def complete_benchmark(
     (else one of its own, unless ``progress`` is false)."""
     from rich.progress import Progress
 
+    from wmtp.models.kv_cache import setup_figures
+
     problems = benchmark.problems if problems is None else problems
     sampling = Sampling(temperature=spec.temperature, top_p=spec.top_p)
     stats = GenerationStats(speculative=SpeculativeStats() if spec.speculative else None)
     prepared = _prepared(tokenizer, benchmark, problems, spec, sampling, shown)
     _warn_of_full_contexts(prepared, model.args.max_seq_len, benchmark.name)
+    setup_before = setup_figures(model)["setup_s"]
     started = time.perf_counter()
     with contextlib.nullcontext(bar) if bar is not None else Progress(disable=not progress) as bar:
         generating = f"{benchmark.name}: generating"
@@ -240,8 +251,10 @@ def complete_benchmark(
                 stats.speculative.add(_speculative(model, item, spec, sampling, seed))
                 finished(p)
         else:
-            _continuous(model, prepared, spec, sampling, seed, finished)
+            stats.steps = StepTally()
+            _continuous(model, prepared, spec, sampling, seed, finished, stats.steps)
     stats.seconds = time.perf_counter() - started
+    stats.setup_s = setup_figures(model)["setup_s"] - setup_before
     results = [
         ProblemCompletions(
             item.problem.task_id,

@@ -13,6 +13,7 @@ tokens do not depend on the rows that decode beside it.
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -218,6 +219,38 @@ class Row:
     its tokens depend on nothing else that decodes with it."""
 
 
+@dataclass
+class StepTally:
+    """Where continuously batched decoding's time went, for a report: whether the device or the
+    host set the pace, how full the slots were, what compiling the steps cost."""
+
+    slots: int = 0
+    steps: int = 0
+    """Decoding steps run (each one token for every busy slot)."""
+    busy_slot_steps: int = 0
+    """Slot-steps that decoded a row (the rest idled: no row left to start)."""
+    rows_started: int = 0
+    waited_s: float = 0.0
+    """Host time blocked on the device for a step's tokens (on a GPU): near the whole time when
+    the device sets the pace, near zero when the host does (it then queues each step late). On
+    a CPU the step runs in the host's own time: near zero."""
+    started_rows_s: float = 0.0
+    """Host time starting rows: prompts' forwards (one per distinct prompt) and cache copies."""
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {
+            "slots": self.slots,
+            "steps": self.steps,
+            "slot_occupancy": round(self.busy_slot_steps / max(1, self.steps * self.slots), 4),
+            "rows_started": self.rows_started,
+            "ms_per_step": round(1e3 * self.seconds / max(1, self.steps), 3),
+            "waited_on_device_s": round(self.waited_s, 3),
+            "starting_rows_s": round(self.started_rows_s, 3),
+            "seconds": round(self.seconds, 3),
+        }
+
+
 @torch.inference_mode()
 def decode_rows(
     model: torch.nn.Module,
@@ -226,6 +259,7 @@ def decode_rows(
     slots: int,
     sampling: Sampling = Sampling(),
     on_done: Callable[[int, Completion], None] | None = None,
+    tally: StepTally | None = None,
     **steps: bool | None,
 ) -> list[Completion]:
     """Every row's completion, decoded ``slots`` rows at a time with continuous batching: a slot
@@ -246,9 +280,11 @@ def decode_rows(
         if on_done is not None:
             on_done(i, completion)
 
+    began = time.perf_counter()
+    tally = tally if tally is not None else StepTally()
     waiting = collections.deque(range(len(rows)))
     decoding = [r for r in rows if r.limit > 0]
-    batch = _Slots(model, decoding, slots, sampling, steps) if decoding else None
+    batch = _Slots(model, decoding, slots, sampling, steps, tally) if decoding else None
     while True:
         while waiting and (rows[waiting[0]].limit == 0 or batch.free()):  # type: ignore[union-attr]
             i = waiting.popleft()
@@ -260,6 +296,7 @@ def decode_rows(
             break
         for i, completion in batch.advance():
             done(i, completion)
+    tally.seconds += time.perf_counter() - began
     assert all(r is not None for r in results)
     return results  # type: ignore[return-value]
 
@@ -269,10 +306,13 @@ class _Slots:
     row each slot holds and its tokens so far, and on the device each slot's logits, position
     and random numbers."""
 
-    def __init__(self, model, rows: list[Row], slots: int, sampling: Sampling, steps: dict):
+    def __init__(
+        self, model, rows: list[Row], slots: int, sampling: Sampling, steps: dict, tally: StepTally
+    ):
         from wmtp.models.kv_cache import make_decoder
 
-        self.model, self.sampling = model, sampling
+        self.model, self.sampling, self.tally = model, sampling, tally
+        tally.slots = slots
         self.device = next(model.parameters()).device
         max_len = max(len(r.prompt) + r.limit for r in rows)
         self.decoder = make_decoder(model, slots, max_len, [1], rows_apart=True, **steps)
@@ -295,6 +335,7 @@ class _Slots:
     def start(self, i: int, row: Row) -> None:
         """Row ``i`` into a free slot: its prompt's keys and values, the logits after it, its
         position, its random numbers."""
+        began = time.perf_counter()
         b = self.held.index(None)
         prefix, last_V = self._prefill(row.prompt)
         self.decoder.load_row(b, prefix)
@@ -307,6 +348,8 @@ class _Slots:
             self.uniforms_BT[b, : row.limit].copy_(drawn, non_blocking=True)
             self.drawn_B[b] = 0
         self.held[b], self.generated[b] = (i, row), []
+        self.tally.rows_started += 1
+        self.tally.started_rows_s += time.perf_counter() - began
 
     def advance(self) -> list[tuple[int, Completion]]:
         """Draw every slot's next token, queue the step after it (where a row goes on), and read
@@ -317,8 +360,13 @@ class _Slots:
             self.logits_BV = self.decoder.step_rows(tokens_B[:, None], heads=[1])[:, -1, 0]
             last = self.decoder.max_len - 1  # idle slots stay inside the cache
             self.decoder.positions.add_(1).clamp_(max=last)
+        self.tally.steps += 1
+        self.tally.busy_slot_steps += sum(h is not None for h in self.held)
+        waiting = time.perf_counter()
+        tokens = self.reader.tokens()
+        self.tally.waited_s += time.perf_counter() - waiting
         ended = []
-        for b, token in enumerate(self.reader.tokens()):
+        for b, token in enumerate(tokens):
             if self.held[b] is None:
                 continue
             i, row = self.held[b]
@@ -385,6 +433,7 @@ __all__ = [
     "Completion",
     "Row",
     "Sampling",
+    "StepTally",
     "StopRule",
     "decode_rows",
     "generate",

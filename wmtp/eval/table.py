@@ -52,7 +52,10 @@ def notes(name: str, summary: dict[str, Any]) -> list[str]:
         + _drawn(split)
         + _no_match(name, split, training)
     ]
-    speculative = summary.get("generation", {}).get("speculative")
+    generation = summary.get("generation", {})
+    if generation.get("seconds"):
+        lines.append(f"generation ({name}): " + _generation(generation))
+    speculative = generation.get("speculative")
     if speculative:
         heads = ", ".join(
             f"head {k} {100 * rate:.1f}%" for k, rate in speculative["acceptance_by_head"].items()
@@ -63,6 +66,20 @@ def notes(name: str, summary: dict[str, Any]) -> list[str]:
             f"{speculative['tokens_per_forward']:.2f} tokens per forward"
         )
     return lines
+
+
+def _generation(generation: dict) -> str:
+    """Its time and speed, the compilation in it, and how full and how long the steps were."""
+    text = f"{generation['seconds']:.1f} s, {generation['tokens_per_s']:,.0f} tokens/s"
+    if generation.get("setup_s"):
+        text += f" ({generation['setup_s']:.1f} s of it compiling decoding steps)"
+    steps = generation.get("steps")
+    if steps:
+        text += (
+            f"; {steps['steps']:,} steps of {steps['slots']} rows, "
+            f"{100 * steps['slot_occupancy']:.0f}% full, {steps['ms_per_step']:.2f} ms each"
+        )
+    return text
 
 
 def _no_match(name: str, split: dict, training: dict) -> str:
