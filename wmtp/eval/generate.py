@@ -411,9 +411,9 @@ class TokenReader:
     CUDA a copy into pinned memory and an event, so the next step runs on the GPU while the host
     checks stop rules (the one read per step). Elsewhere a plain copy."""
 
-    def __init__(self, batch_size: int, device: torch.device):
+    def __init__(self, shape: int | tuple[int, ...], device: torch.device):
         self.cuda = device.type == "cuda"
-        self.host_B = torch.empty(batch_size, dtype=torch.long, pin_memory=self.cuda)
+        self.host_B = torch.empty(shape, dtype=torch.long, pin_memory=self.cuda)
         self.copied = torch.cuda.Event() if self.cuda else None
 
     def start(self, tokens_B: torch.Tensor) -> None:
@@ -422,8 +422,8 @@ class TokenReader:
         if self.copied is not None:
             self.copied.record(torch.cuda.current_stream(tokens_B.device))
 
-    def tokens(self) -> list[int]:
-        """The tokens of the last ``start``, once copied."""
+    def tokens(self) -> list:
+        """The tokens of the last ``start`` (a list, nested as their shape), once copied."""
         if self.copied is not None:
             self.copied.synchronize()
         return self.host_B.tolist()

@@ -22,8 +22,12 @@ forward already holds the next position's draft. Every forward commits at least 
 Batched: ``speculative_generate_batch`` decodes rows of one prompt length together (pass@k's
 samples of one problem), each row verifying its own draft and committing its own number of
 tokens per forward. The verify step is the fixed-shape step with a start position per row
-(``StaticDecoder.step``'s ``starts``), so one forward serves rows that have drifted apart; one
-read per verify step brings every row's accepted count and next draft to the host. Each row
+(``StaticDecoder.step_rows``: each row's position on the device), so one forward serves rows
+that have drifted apart; one read per verify step brings every row's accepted count and next
+draft to the host. Everything the next verification needs (positions, drafts, how many guesses
+each row may be offered, which rows still decode) stays on the device, so it is queued before
+the host reads the last one: the GPU verifies while the host commits tokens and checks stop
+rules. A row that ends at a stop string or EOS runs one verification more, never read. Each row
 draws its own random numbers, from one generator in a fixed order. ``speculative_generate`` is
 the batch of one (the paper's setting: latency of one request).
 """
@@ -186,19 +190,32 @@ def speculative_generate_batch(
     first_token_s = time.perf_counter() - started
     generated: list[list[int]] = [[] for _ in prompts]
     done = [_commit(generated[b], drafts.tokens[b][:1], stop_rule, limit) for b in range(B)]
-    while any(d is None for d in done):
-        active = [b for b in range(B) if done[b] is None]
-        offered = [0] * B  # guesses checked: none for a finished row, fewer near the limit
-        for b in active:
-            offered[b] = min(n - 1, limit - len(generated[b]))
-        starts = [P + len(row) - 1 for row in generated]  # each row's next token's position
-        logits_BTnV = decoder.step(drafts.fed_BT, starts=starts)
-        accepted, following = verify_rows(logits_BTnV, drafts, offered, sampling, generator)
-        for b in active:
-            stats[b].count(offered[b], accepted[b])
-            kept = drafts.tokens[b][1 : 1 + accepted[b]] + following.tokens[b][:1]
+    rows = _RowsOnDevice(decoder, P, limit, n, active=[d is None for d in done])
+
+    def verify_after(drafts: Drafts) -> _InFlight | None:
+        """The verification of ``drafts``, queued, unless no row can still go on (one that has
+        not ended and whose limit lies past the token it commits next)."""
+        going_on = any(d is None and len(generated[b]) + 1 < limit for b, d in enumerate(done))
+        return rows.verify(drafts, sampling, generator) if going_on else None
+
+    checked, in_flight = drafts.tokens, verify_after(drafts)
+    while in_flight is not None:
+        # the next verification is queued before this one is read: the device works while the
+        # host commits (a row that ends here runs once more, its result never read)
+        queued = verify_after(in_flight.drafts)
+        accepted, following = in_flight.read()
+        for b in range(B):
+            if done[b] is not None:
+                continue
+            offered = min(n - 1, limit - len(generated[b]))  # fewer guesses near the limit
+            stats[b].count(offered, accepted[b])
+            kept = checked[b][1 : 1 + accepted[b]] + following[b][:1]
             done[b] = _commit(generated[b], kept, stop_rule, limit)
-        drafts = following
+            if done[b] is not None:
+                rows.end(b)
+        if all(d is not None for d in done):
+            break  # a verification queued for a row that has just ended is left to run
+        checked, in_flight = following, queued
     seconds = time.perf_counter() - started
     for row, tokens in zip(stats, generated, strict=True):
         row.generated, row.seconds, row.first_token_s = len(tokens), seconds, first_token_s
@@ -208,13 +225,66 @@ def speculative_generate_batch(
 def _prefill(model, prompts: list[list[int]], limit: int, steps: dict):
     """A decoder whose rows may advance apart, after the prompts' forward, and that forward's
     logits at the prompts' last position (``[B, 1, n, V]``). A verify step feeds n tokens to
-    every row, finished or near its limit: the cache has room for them."""
+    every row, finished or near its limit, and a row may run one verification past its end
+    (queued before its end was read): the cache has room for both."""
     from wmtp.models.kv_cache import make_decoder
 
     B, P = len(prompts), len(prompts[0])
-    decoder = make_decoder(model, B, P + limit + model.n_heads - 1, rows_apart=True, **steps)
+    decoder = make_decoder(model, B, P + limit + 2 * model.n_heads, rows_apart=True, **steps)
     prompts_BS = torch.tensor(prompts, device=next(model.parameters()).device)
     return decoder, decoder.prefill(prompts_BS)[:, -1:]
+
+
+@dataclass
+class _InFlight:
+    """A queued verification: its next drafts (on the device) and the read of its results."""
+
+    drafts: Drafts
+    reader: object
+
+    def read(self) -> tuple[list[int], list[list[int]]]:
+        """Each row's accepted count and its next ``[token, guesses...]`` (waits for them)."""
+        read_BT = self.reader.tokens()
+        return [row[0] for row in read_BT], [row[1:] for row in read_BT]
+
+
+class _RowsOnDevice:
+    """What the next verification needs, kept on the device so it can be queued before the
+    host has read the last one: each row's next position (the decoder's), its committed count
+    (how many guesses it may be offered before its limit) and whether it still decodes (the
+    host says when a row ends at a stop string or EOS: one verification late)."""
+
+    def __init__(self, decoder, P: int, limit: int, n: int, active: list[bool]):
+        from wmtp.eval.generate import TokenReader
+
+        device = decoder.positions.device
+        self.decoder, self.limit, self.n = decoder, limit, n
+        decoder.positions.fill_(P)  # the first committed token's position
+        self.committed_B = torch.ones(len(active), dtype=torch.long, device=device)
+        self.active_B = torch.tensor(active, device=device)
+        self.readers = [TokenReader((len(active), n + 1), device) for _ in range(2)]
+
+    def verify(self, drafts: Drafts, sampling: Sampling, generator) -> _InFlight:
+        """Queue the verify forward of ``drafts`` and the acceptance after it; advance the rows
+        still decoding by what they commit."""
+        logits_BTnV = self.decoder.step_rows(drafts.fed_BT)
+        room_B = (self.limit - self.committed_B).clamp(0, self.n - 1)
+        offered_B = torch.where(self.active_B, room_B, 0)
+        accepted_B, following = verify_on_device(
+            logits_BTnV, drafts, offered_B, sampling, generator
+        )
+        advance_B = torch.where(self.active_B, accepted_B + 1, 0)
+        self.committed_B += advance_B
+        last = self.decoder.max_len - drafts.fed_BT.shape[1]  # a late row stays in the cache
+        self.decoder.positions.add_(advance_B).clamp_(max=last)
+        reader = self.readers.pop(0)
+        self.readers.append(reader)
+        reader.start(torch.cat([accepted_B[:, None], following.fed_BT], dim=1))
+        return _InFlight(following, reader)
+
+    def end(self, b: int) -> None:
+        """Row ``b`` has ended: later verifications offer it nothing and leave it in place."""
+        self.active_B[b] = False
 
 
 def _commit(
@@ -235,17 +305,33 @@ def verify_rows(
     sampling: Sampling,
     generator: torch.Generator | None,
 ) -> tuple[list[int], Drafts]:
-    """``(accepted, next drafts)``: how many of its guesses each row's head 1 accepts, given every
-    head's logits after each fed token (``[B, T, n, V]``: ``drafts.fed_BT``), and each row's
-    draft at the position after its last accepted guess (the module doc says how, greedy and
-    sampled). Row b's first ``offered[b]`` guesses are checked (fewer near its limit, none once
-    it has finished). With no drafts (``T = 1``: the prompts' last position) it is that
-    position's draft. One read of the device for the whole batch."""
+    """``verify_on_device`` with the host's ``offered`` counts, then its one read: each row's
+    accepted count, and its next drafts with their tokens on the host too."""
+    offered_B = torch.tensor(offered, device=logits_BTnV.device)
+    accepted_B, following = verify_on_device(logits_BTnV, drafts, offered_B, sampling, generator)
+    read_BT = torch.cat([accepted_B[:, None], following.fed_BT], dim=1).tolist()  # the one read
+    following.tokens = [row[1:] for row in read_BT]
+    return [row[0] for row in read_BT], following
+
+
+def verify_on_device(
+    logits_BTnV: torch.Tensor,
+    drafts: Drafts | None,
+    offered_B: torch.Tensor,
+    sampling: Sampling,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, Drafts]:
+    """``(accepted_B, next drafts)``, nothing read from the device: how many of its guesses each
+    row's head 1 accepts, given every head's logits after each fed token (``[B, T, n, V]``:
+    ``drafts.fed_BT``), and each row's draft at the position after its last accepted guess (the
+    module doc says how, greedy and sampled; the drafts' host ``tokens`` are left empty). Row
+    b's first ``offered_B[b]`` guesses are checked (fewer near its limit, none once it has
+    finished). With no drafts (``T = 1``: the prompts' last position) it is that position's
+    draft."""
     B, T = logits_BTnV.shape[:2]
     G, device = T - 1, logits_BTnV.device
     no_guesses_BG = torch.zeros((B, 0), dtype=torch.long, device=device)
     guesses_BG = drafts.fed_BT[:, 1:] if drafts is not None else no_guesses_BG
-    offered_B = torch.tensor(offered, device=device)
     checked_BG = torch.arange(G, device=device) < offered_B[:, None]
     if sampling.greedy:
         choices_BTn = logits_BTnV.argmax(dim=-1)
@@ -259,8 +345,7 @@ def verify_rows(
         q_BGV = next_token_probs(_at(logits_BTnV[:, :, 1:], accepted_B), sampling)
         drafted_BG = _draw(q_BGV, generator)
         fed_BT = torch.cat([next_B1, drafted_BG], dim=1)
-    read_BT = torch.cat([accepted_B[:, None], fed_BT], dim=1).tolist()  # the one read
-    return [row[0] for row in read_BT], Drafts(fed_BT, [row[1:] for row in read_BT], q_BGV)
+    return accepted_B, Drafts(fed_BT, [], q_BGV)
 
 
 def _accepted(passes_BG: torch.Tensor, checked_BG: torch.Tensor) -> torch.Tensor:
@@ -315,5 +400,6 @@ __all__ = [
     "SpeculativeStats",
     "speculative_generate",
     "speculative_generate_batch",
+    "verify_on_device",
     "verify_rows",
 ]
