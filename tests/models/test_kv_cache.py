@@ -138,15 +138,16 @@ def test_make_decoder_is_eager_on_cpu_unless_compiled(tiny_args):
     assert type(apart) is StaticDecoder and not apart.compiled and not apart.cuda_graphs
 
 
-def test_rows_at_one_start_equal_the_shared_step_exactly(tiny_args):
-    """``starts`` all equal to ``length`` is the shared-position step, bit for bit."""
+def test_rows_at_one_position_equal_the_shared_step_exactly(tiny_args):
+    """``step_rows`` with every row's position at ``length`` is the shared-position step, bit
+    for bit."""
     model = LlamaMTP(tiny_args, attention="sdpa").eval()
     tokens = torch.randint(0, tiny_args.vocab_size, (3, 9))
     decoder = StaticDecoder(model, batch_size=3, max_len=9, cuda_graphs=False)
     decoder.prefill(tokens[:, :5])
     shared = decoder.step(tokens[:, 5:8])
-    decoder.rewind(5)
-    assert torch.equal(decoder.step(tokens[:, 5:8], starts=[5, 5, 5]), shared)
+    decoder.positions.fill_(5)
+    assert torch.equal(decoder.step_rows(tokens[:, 5:8]), shared)
 
 
 def test_rows_apart_equal_the_full_forward(tiny_args):
@@ -162,13 +163,12 @@ def test_rows_apart_equal_the_full_forward(tiny_args):
     starts = [5, 5, 5]
     for kept in ([1, 3, 2], [1, 3, 3], [2, 1, 3], [1, 3, 1]):
         fed = torch.stack([tokens[b, s : s + 3] for b, s in enumerate(starts)])
-        logits = decoder.step(fed, starts=starts)
+        decoder.positions.copy_(torch.tensor(starts))
+        logits = decoder.step_rows(fed)
         for b, s in enumerate(starts):
             torch.testing.assert_close(logits[b], full[b, s : s + 3], atol=1e-5, rtol=1e-5)
         starts = [s + k for s, k in zip(starts, kept, strict=True)]
     assert starts == [10, 15, 14]
-    with pytest.raises(RunError, match="exceeds the cache length 18"):
-        decoder.step(tokens[:, :4], starts=starts)
 
 
 def test_cache_lengths_are_shared_by_nearby_prompts():

@@ -407,7 +407,7 @@ class StaticDecoder(Decoder):
     model and shape reuses them, so warming up once keeps compilation and capture out of timed
     regions (``setup_figures`` says what it cost). ``prefill`` stays eager (its length changes
     once per prompt); ``rewind`` works as before (the mask hides what lies past ``length``).
-    ``step(..., starts=...)`` puts each row at its own position, in the same fixed shapes.
+    ``step_rows`` puts each row at its own position (held on the device), in the same shapes.
     ``fused``: q/k/v and w1/w3 as one matmul each, from the model's fused copy of those weights
     (``wmtp.models.fused_projections``; ``None``: on a GPU where the copy fits, ``True``: on a CPU
     too). Neither graphs nor compilation (or a CPU model without ``compiled``) runs the same
@@ -448,28 +448,13 @@ class StaticDecoder(Decoder):
         return super()._advance(tokens_BS, heads)
 
     @torch.no_grad()
-    def step(
-        self,
-        tokens_BS: torch.Tensor,
-        heads: list[int] | None = None,
-        starts: Sequence[int] | None = None,
-    ) -> torch.Tensor:
-        """``Decoder.step``; with ``starts``, row b's tokens go to positions ``starts[b]`` on
-        (rows apart: each attends to its own first ``starts[b]`` positions and the new ones)
-        and ``length`` is left alone, each row's length being the caller's to keep."""
-        S = tokens_BS.shape[1]
+    def step(self, tokens_BS: torch.Tensor, heads: list[int] | None = None) -> torch.Tensor:
+        """``Decoder.step``: every row's tokens at ``length`` on (rows apart: ``step_rows``)."""
+        start = self._check_room(tokens_BS.shape[1], heads)
         self._check_owner()
-        state = self._state
-        if starts is None:
-            start = self._check_room(S, heads)
-            state.start.fill_(start)
-        else:
-            assert len(starts) == len(state.start), (len(starts), len(state.start))
-            self._check_room(S, heads, start=max(starts))
-            state.start.copy_(torch.tensor(starts))
+        self._state.start.fill_(start)
         logits_BSnV = self._replay(tokens_BS, heads)
-        if starts is None:
-            self.length = start + S
+        self.length = start + tokens_BS.shape[1]
         return logits_BSnV
 
     @property
