@@ -10,10 +10,10 @@ multi-token chunks).
 A ``Decoder`` keeps one position for all its rows (a prompt prefilled once). On a GPU,
 ``make_decoder`` returns a ``StaticDecoder``: its fixed-shape steps are compiled once (Inductor)
 and replayed from CUDA graphs captured once per model and shape, then reused by every later
-decoder of that shape. Its rows may each sit at their own position: ``step`` with ``starts``
-(rows that advance by different numbers of tokens, as batched speculative decoding's do), and
-``step_rows`` at positions held on the device, so that continuous batching (``load_row`` copies a
-freshly prefilled prompt into a freed row) reads nothing back to the host between steps.
+decoder of that shape. Its rows may each sit at their own position, held on the device
+(``step_rows``): rows that advance by different numbers of tokens (batched speculative
+decoding's) or that start at different times (continuous batching: ``load_row`` copies a freshly
+prefilled prompt into a freed row), with nothing read back to the host between steps.
 """
 
 from __future__ import annotations
@@ -589,7 +589,7 @@ def make_decoder(
     kernels; ``True`` without graphs compiles the uncaptured fixed-shape step, on a CPU too);
     ``fused``: the fixed-shape steps' fused projections (``StaticDecoder``). With neither graphs
     nor compilation, the eager ``Decoder``, unless ``rows_apart``: rows that advance apart need
-    the fixed-shape step (``StaticDecoder.step``'s ``starts``), run eagerly then."""
+    the fixed-shape step (``StaticDecoder.step_rows``), run eagerly then."""
     on_gpu = next(model.parameters()).device.type == "cuda"
     graphs = on_gpu if cuda_graphs is None else cuda_graphs and on_gpu
     compiled = graphs if compiled is None else compiled
