@@ -215,8 +215,8 @@ def complete_benchmark(
     on_problem: Callable[[ProblemCompletions], None] | None = None,
 ) -> tuple[list[ProblemCompletions], GenerationStats]:
     """Completions of ``problems`` (every problem of ``benchmark`` when None), each prompt shown
-    as ``shown`` lays it out, under the ``[evaluation]`` section ``spec``; ``on_problem`` gets each problem's as soon as they exist
-    (the evaluator checks them meanwhile). ``bar``: a rich ``Progress`` to show progress in
+    as ``shown`` lays it out, under the ``[evaluation]`` section ``spec``; ``on_problem`` gets
+    each problem's as soon as they exist (the evaluator checks them meanwhile). ``bar``: a rich ``Progress`` to show progress in
     (else one of its own, unless ``progress`` is false)."""
     from rich.progress import Progress
 

@@ -413,12 +413,12 @@ class TokenReader:
 
     def __init__(self, shape: int | tuple[int, ...], device: torch.device):
         self.cuda = device.type == "cuda"
-        self.host_B = torch.empty(shape, dtype=torch.long, pin_memory=self.cuda)
+        self.host = torch.empty(shape, dtype=torch.long, pin_memory=self.cuda)
         self.copied = torch.cuda.Event() if self.cuda else None
 
     def start(self, tokens_B: torch.Tensor) -> None:
         """Queue the copy of ``tokens_B``."""
-        self.host_B.copy_(tokens_B, non_blocking=self.cuda)
+        self.host.copy_(tokens_B, non_blocking=self.cuda)
         if self.copied is not None:
             self.copied.record(torch.cuda.current_stream(tokens_B.device))
 
@@ -426,7 +426,7 @@ class TokenReader:
         """The tokens of the last ``start`` (a list, nested as their shape), once copied."""
         if self.copied is not None:
             self.copied.synchronize()
-        return self.host_B.tolist()
+        return self.host.tolist()
 
 
 __all__ = [
