@@ -3,6 +3,8 @@
 # storage/datasets/humaneval; see README "Benchmarks (GPU)"):
 #   bash bench/h200_decode.sh [STAGE...]      (no stage: every stage below, in this order)
 # Stages (none runs past END_S seconds of the call):
+#   cuda_tests      the CUDA-only decoding tests (compiled, captured steps = eager ones and plain
+#                   greedy; block-skipping attention = masked sdpa) -> $OUT/cuda_tests.log
 #   decode_1b       llama-1b-bench, 4 heads, random weights, batch 1: plain vs self-speculative
 #                   greedy, rigged agreeing heads, the weight-bandwidth limit, and the same steps
 #                   without fused projections ($OUT/decode_1b.json)
@@ -12,6 +14,8 @@
 #                   compilation takes minutes)
 #   decode_1b_sampled  the same sampled at 0.2 / top-p 0.95: speculative sampling's acceptance
 #   decode_7b       llama2-7b-mtp: the bandwidth fraction at 7B ($OUT/decode_7b.json)
+#   profile         torch.profiler traces of plain decoding of llama-1b-bench at batch 1 and at
+#                   32 sampled rows across the context, an evaluation's shape ($OUT/profile.tar.gz)
 #   decode_model    a 4-head 1.1B model trained here (recipes/gpu_2x.toml, packed, compiled,
 #                   300 steps), as bench/h100.sh does
 #   decode_trained  that model: plain vs speculative, greedy and sampled
@@ -45,6 +49,18 @@ stage_decode_1b_sampled() {
 stage_decode_7b() {
   step decode_7b 150 "${DECODE[@]}" --flavour llama2-7b-mtp --prompts 2 --new-tokens 128 \
     --out "$OUT/decode_7b.json"
+}
+stage_cuda_tests() {
+  step cuda_tests 240 python3 -m pytest -p no:cacheprovider -q --tb=short -rA \
+    tests/eval/test_generate.py tests/models/test_kv_cache.py tests/eval/test_speculative.py \
+    -k "cuda or gpu or captured"
+  cp "$LOG_DIR/cuda_tests.log" "$OUT/cuda_tests.log"
+}
+stage_profile() {
+  mkdir -p "$WORK/profile"
+  step profile 200 "${DECODE[@]}" --flavour llama-1b-bench --n-future-tokens 4 --prompts 1 \
+    --new-tokens 32 --batch 32 --profile "$WORK/profile/plain" --out "$WORK/profile/decode.json"
+  tar -czf "$OUT/profile.tar.gz" -C "$WORK" profile
 }
 stage_decode_model() {
   local started=$SECONDS
