@@ -142,7 +142,7 @@ def test_eval_and_bench_decode_take_the_export(hf_export, tmp_path):
     assert result.exit_code == 0, result.output
     decoded = json.loads(figures.read_text())
     assert decoded["n_future_tokens"] == 2 and decoded["as_loaded"]["identical_outputs"] == "1/1"
-    assert decoded["prompts"]["template"] == "alpaca"  # HumanEval prompts as wmtp eval shows them
+    assert decoded["prompt_layout"]["template"] == "alpaca"  # HumanEval as wmtp eval shows it
     sets = ["--set", "evaluation.max_problems=1", "--set", "evaluation.max_new_tokens=8"]
     out = tmp_path / "eval"
     args = ["eval", str(hf_export), "--no-progress", "--sandbox", "rlimits", "--out", str(out)]

@@ -267,7 +267,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.checkpoint:
         model, tokenizer, shown = model_from_checkpoint(args.checkpoint, args.recipe, device)
         prompts = humaneval_prompts(tokenizer, args.prompts, shown)
-        source = {"checkpoint": args.checkpoint, "prompts": shown.as_dict()}
+        source = {"checkpoint": args.checkpoint, "prompt_layout": shown.as_dict()}
     else:
         model = model_from_flavour(
             args.flavour, n_future_tokens=args.n_future_tokens, dtype=args.dtype, device=device
