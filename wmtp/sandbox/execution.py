@@ -155,9 +155,10 @@ def _run_launcher(
         timed_out = not _exited_within(proc, timeout_s)
         _kill_group(proc.pid)
         proc.wait()
-        _wait_group_gone(proc.pid)
         if uid is not None:  # the call's own uid: every process of it is ours, setsid or not
-            kill_uid(uid)
+            kill_uid(uid)  # (the launcher, the only one that was root, is gone)
+        else:
+            _wait_group_gone(proc.pid)
     return proc.returncode, timed_out
 
 
