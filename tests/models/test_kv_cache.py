@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -351,6 +353,28 @@ def test_compiled_fused_steps_equal_eager_steps(tiny_args):
     assert decoder.fused
     for a, b in zip(compiled, eager, strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_a_compiled_step_writes_its_keys_into_the_caches_in_place(tiny_args):
+    """A compiled step adds its rows' keys and values to the caches where they lie: it makes no
+    cache-sized buffer (a functional write copied back whole: on the H200, four whole-cache
+    copies per block, 3.3 ms of a 32-row step's ~6 at 2,048 positions). Read off the code
+    Inductor generates for the step."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch.manual_seed(0)
+    model = LlamaMTP(tiny_args, attention="sdpa").eval()
+    decoder = StaticDecoder(model, 4, 300, kept_heads=[1], cuda_graphs=False, compiled=True)
+    decoder.positions.copy_(torch.tensor([3, 50, 100, 7]))
+    tokens = torch.randint(0, tiny_args.vocab_size, (4, 1))
+    with torch.no_grad():
+        _, code = run_and_get_code(decoder.step_rows, tokens, [1])
+    cache = decoder.caches()[0].k_BSKD
+    assert cache.shape[:2] == (4, 384)  # 300 positions in whole blocks
+    generated = "\n".join(code)
+    made = re.findall(r"empty_strided\w*\((\([\d, ]+\))", generated)  # the step's buffers
+    assert made and str(tuple(cache.shape)) not in made, made
+    assert "index_put" in generated
 
 
 def test_attention_reading_only_each_rows_blocks_equals_the_masked_whole_cache():

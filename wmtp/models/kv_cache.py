@@ -249,9 +249,9 @@ def masked_block(
     q/k/v and w1/w3 run as one matmul each."""
     attention = block.attention
     q_BSHD, k_BSKD, v_BSKD = _project_qkv(block, block.attention_norm(x_BSD), rope, cache.fused)
-    index_BSKD = positions_BS[:, :, None, None].expand_as(k_BSKD)
-    cache.k_BSKD.scatter_(1, index_BSKD, k_BSKD)
-    cache.v_BSKD.scatter_(1, index_BSKD, v_BSKD)
+    rows_B1 = torch.arange(len(positions_BS), device=positions_BS.device)[:, None]
+    cache.k_BSKD[rows_B1, positions_BS] = k_BSKD  # index_put_: Inductor writes it in place
+    cache.v_BSKD[rows_B1, positions_BS] = v_BSKD
     q, k, v = (t.transpose(1, 2) for t in (q_BSHD, cache.k_BSKD, cache.v_BSKD))  # -> [B, H, S, D]
     out_BHSD = attend(q, k, v)
     h_BSD = x_BSD + attention.wo(out_BHSD.transpose(1, 2).flatten(2))
