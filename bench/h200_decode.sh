@@ -74,6 +74,12 @@ stage_decode_trained() {
   step decode_trained_sampled 150 "${DECODE[@]}" --checkpoint "$(latest decode_model)" \
     --prompts 5 --new-tokens 256 "${SAMPLED[@]}" --out "$OUT/decode_trained_sampled.json"
 }
+pack_samples() {  # an evaluation's samples and problems as one archive beside its summary (the
+  # device returns 8 files a call)
+  local dir=$1/humaneval
+  [ -f "$dir/samples.jsonl" ] || return 0
+  tar -czf "$1/samples.tar.gz" -C "$dir" samples.jsonl problems.jsonl && rm "$dir"/*.jsonl
+}
 HUMANEVAL=(--no-progress --set evaluation.n_samples=20 --set "evaluation.k=[1,10]"
   --set evaluation.max_new_tokens=512 --set evaluation.temperature=0.2 --set evaluation.top_p=0.95
   --include-seen)
@@ -81,11 +87,13 @@ stage_humaneval() {
   need_humaneval
   step humaneval 400 python3 -m wmtp.cli eval "$(latest decode_model)" "${HUMANEVAL[@]}" \
     --out "$OUT/humaneval_n20"
+  pack_samples "$OUT/humaneval_n20"
 }
 stage_humaneval_wide() {
   need_humaneval
   step humaneval_wide 300 python3 -m wmtp.cli eval "$(latest decode_model)" "${HUMANEVAL[@]}" \
     --set evaluation.batch_size=128 --out "$OUT/humaneval_n20_b128"
+  pack_samples "$OUT/humaneval_n20_b128"
 }
 
 [ $# -eq 0 ] && set -- decode_1b decode_1b_peers decode_1b_sampled decode_7b decode_model decode_trained humaneval

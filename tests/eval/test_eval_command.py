@@ -136,6 +136,7 @@ def test_eval_run_directory_writes_samples_summary_and_table(run_dir):
     wall = summary["wall_s"]
     assert wall["total"] == pytest.approx(wall["generate"] + wall["check"], abs=2e-3)
     assert wall["generate"] > 0 and wall["judging_summed"] > 0
+    assert summary["check_workers"] == 2  # the recipe's evaluation.workers
     assert summary["model"].endswith("checkpoints/step-3") and summary["step"] == 3
     # asked as the run's rows were laid out (its recipe's data.template: the default, alpaca)
     assert (

@@ -186,3 +186,14 @@ def test_problems_are_checked_while_later_ones_are_still_coming(humaneval5):
         return {task: [(v.status, detail(v)) for v in vs] for task, vs in by_task.items()}
 
     assert outcomes(verdicts) == outcomes(at_the_end)
+
+
+def test_checks_run_on_every_core_but_the_decoding_one_unless_the_recipe_says():
+    import os
+
+    from wmtp.eval.evaluator import check_workers
+    from wmtp.recipe.specs.evaluation import EvaluationSpec
+
+    cores = len(os.sched_getaffinity(0))
+    assert check_workers(EvaluationSpec()) == max(1, cores - 1)
+    assert check_workers(EvaluationSpec(workers=3)) == 3

@@ -89,6 +89,24 @@ def test_top_p_keeps_the_nucleus_with_renormalised_probabilities():
     assert sample_next(logits[:3], Sampling(temperature=0.0)).tolist() == [0, 0, 0]
 
 
+def test_a_draw_inverts_the_nucleus_distribution_at_its_uniform():
+    """Uniforms spread evenly over [0, 1) land on each token in proportion to its probability
+    in ``next_token_probs`` (the distribution in vocabulary order, written independently), to
+    within one uniform's step; temperatures and nuclei of several sizes, rows of their own."""
+    from wmtp.eval.generate import next_token_probs
+
+    torch.manual_seed(0)
+    logits_V = torch.randn(200) * 3
+    n = 20_000
+    uniforms_N = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    for sampling in [Sampling(0.7, 0.8), Sampling(1.0, 0.3), Sampling(0.2, 0.95), Sampling(1.5)]:
+        draws_N = sample_next(logits_V.expand(n, -1), sampling, uniforms_N)
+        freq_V = torch.bincount(draws_N, minlength=200).double() / n
+        expected_V = next_token_probs(logits_V, sampling).double()
+        assert (freq_V[expected_V == 0] == 0).all()
+        torch.testing.assert_close(freq_V, expected_V, atol=2.0 / n, rtol=0)
+
+
 def test_sampling_is_reproducible_with_a_seeded_generator():
     model = make_tiny_model()
     sampling = Sampling(temperature=1.0, top_p=0.9)

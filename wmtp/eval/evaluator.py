@@ -172,7 +172,8 @@ def evaluate_benchmark(
     benchmark = scored.benchmark
     if any(problem.judge.runs_code for problem in scored.problems):
         sandbox.require(purpose=f"checking {benchmark.name} completions")  # before decoding
-    limits = {"timeout_s": spec.timeout_s, "memory_mb": spec.memory_mb, "workers": spec.workers}
+    workers = check_workers(spec)
+    limits = {"timeout_s": spec.timeout_s, "memory_mb": spec.memory_mb, "workers": workers}
     started = time.perf_counter()
     with Progress(disable=not progress) as bar, Checker(benchmark, **limits, bar=bar) as checker:
         problems, gen_stats = complete_benchmark(
@@ -196,6 +197,7 @@ def evaluate_benchmark(
         "split": scored.as_dict(),
         "decoding": {**{key: getattr(spec, key) for key in DECODING_KEYS}, "seed": seed},
         "sandbox": sandbox.isolation_line(),
+        "check_workers": workers,
         "generation": gen_stats.as_dict(),
         "wall_s": {  # checks run while generation goes on: "check" is what they add after it
             "generate": round(generated - started, 3),
@@ -206,6 +208,14 @@ def evaluate_benchmark(
     }
     groups = {name: [p.task_id for p in group] for name, group in scored.groups.items()}
     return write_results(folder, samples, verdicts, groups=groups, ks=spec.k, info=info)
+
+
+def check_workers(spec) -> int:
+    """Programs checked at once: ``evaluation.workers``, else every core this process may use
+    but the one that decodes."""
+    from wmtp.sandbox.checks import default_workers
+
+    return spec.workers or max(1, default_workers() - 1)
 
 
 def model_settings(model) -> dict[str, str]:

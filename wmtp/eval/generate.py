@@ -56,15 +56,26 @@ def sample_next(
 ) -> torch.Tensor:
     """Next tokens ``[B]``: argmax when greedy, else a draw from the top-p nucleus by inverting
     its cumulative distribution at each row's uniform in ``[0, 1)`` (``uniforms_B``: a row's own
-    random numbers make its tokens independent of the rows beside it)."""
+    random numbers make its tokens independent of the rows beside it).
+
+    The nucleus is drawn from in the order of its sort, where it is a prefix: one cumulative sum
+    both finds it and is inverted, with no distribution written back in vocabulary order
+    (``next_token_probs``, which speculative sampling needs, does that)."""
     if sampling.greedy:
         return logits_BV.argmax(dim=-1)
     assert uniforms_B is not None, "sampling draws from the rows' uniforms"
-    cdf_BV = next_token_probs(logits_BV, sampling).cumsum(dim=-1)
+    probs_BV = torch.softmax(logits_BV.float() / sampling.temperature, dim=-1)
+    order_BV = None
+    if sampling.top_p < 1.0:
+        probs_BV, order_BV = probs_BV.sort(dim=-1, descending=True)
+    cdf_BV = probs_BV.cumsum(dim=-1)
+    kept_B1 = torch.full_like(uniforms_B[:, None], cdf_BV.shape[-1], dtype=torch.long)
+    if order_BV is not None:  # the nucleus: every token whose mass before it is under top_p
+        kept_B1 = (cdf_BV < sampling.top_p).sum(dim=-1, keepdim=True).add_(1).clamp_(max=kept_B1)
+    at_B1 = uniforms_B[:, None].to(cdf_BV.dtype) * cdf_BV.gather(-1, kept_B1 - 1)
     # the first token whose cumulative mass passes u: zero-probability tokens are never drawn
-    at_B1 = uniforms_B[:, None].to(cdf_BV.dtype) * cdf_BV[:, -1:]
-    drawn_B = torch.searchsorted(cdf_BV, at_B1, right=True).squeeze(-1)
-    return drawn_B.clamp_(max=logits_BV.shape[-1] - 1)
+    drawn_B1 = torch.searchsorted(cdf_BV, at_B1, right=True).clamp_(max=kept_B1 - 1)
+    return (drawn_B1 if order_BV is None else order_BV.gather(-1, drawn_B1)).squeeze(-1)
 
 
 @dataclass

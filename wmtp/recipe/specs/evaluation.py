@@ -40,8 +40,10 @@ class EvaluationSpec(Section):
     """Wall-clock limit of one program's tests."""
     memory_mb: Annotated[int, Field(gt=0)] = 1024
     """Memory limit of one program."""
-    workers: Annotated[int, PERFORMANCE, Field(gt=0)] = 4
-    """Programs executed in parallel."""
+    workers: Annotated[int, PERFORMANCE, Field(gt=0)] | None = None
+    """Programs checked in parallel while decoding goes on; unset: one per core this process may
+    use, less the one that drives the decoding (checks lagged generation by a minute at 4 on a
+    16-core H200 host: ``bench/results/h200_decode.md``)."""
     speculative: Annotated[bool, PERFORMANCE] = False
     """Self-speculative decoding with the extra MTP heads: at temperature 0 the same completions
     as plain greedy decoding; above it, speculative sampling, which keeps head 1's distribution
