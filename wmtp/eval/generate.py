@@ -13,6 +13,7 @@ tokens do not depend on the rows that decode beside it.
 from __future__ import annotations
 
 import collections
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -69,12 +70,13 @@ def sample_next(
     if sampling.top_p < 1.0:
         probs_BV, order_BV = probs_BV.sort(dim=-1, descending=True)
     cdf_BV = probs_BV.cumsum(dim=-1)
-    kept_B1 = torch.full_like(uniforms_B[:, None], cdf_BV.shape[-1], dtype=torch.long)
-    if order_BV is not None:  # the nucleus: every token whose mass before it is under top_p
-        kept_B1 = (cdf_BV < sampling.top_p).sum(dim=-1, keepdim=True).add_(1).clamp_(max=kept_B1)
-    at_B1 = uniforms_B[:, None].to(cdf_BV.dtype) * cdf_BV.gather(-1, kept_B1 - 1)
+    # the nucleus's last token: every token whose mass before it is under top_p is in it (all
+    # of them at top_p = 1, whatever the rounding of their sum)
+    under = sampling.top_p if order_BV is not None else math.inf
+    last_B1 = (cdf_BV < under).sum(dim=-1, keepdim=True).clamp_(max=cdf_BV.shape[-1] - 1)
+    at_B1 = uniforms_B[:, None].to(cdf_BV.dtype) * cdf_BV.gather(-1, last_B1)
     # the first token whose cumulative mass passes u: zero-probability tokens are never drawn
-    drawn_B1 = torch.searchsorted(cdf_BV, at_B1, right=True).clamp_(max=kept_B1 - 1)
+    drawn_B1 = torch.searchsorted(cdf_BV, at_B1, right=True).clamp_(max=last_B1)
     return (drawn_B1 if order_BV is None else order_BV.gather(-1, drawn_B1)).squeeze(-1)
 
 
