@@ -18,6 +18,7 @@ every rank trains its own micro-batches under FSDP2.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,6 +162,12 @@ def profile_calls(fn, path: Path, *, steps: int, device: torch.device) -> None:
     _gzip(path.with_name(path.name + ".trace.json"))
     averages = prof.key_averages()
     tables = [f"{steps} steps profiled\n"]
+    if device.type == "cuda":
+        from wmtp.bench.trace import gpu_timeline, timeline_text
+
+        timeline = gpu_timeline(path.with_name(path.name + ".trace.json.gz"))
+        path.with_name(path.name + ".timeline.json").write_text(json.dumps(timeline, indent=1))
+        tables.append(timeline_text(timeline, per=steps))
     if device.type == "cuda":
         tables += ["by self device time:", averages.table("self_device_time_total", row_limit=40)]
     tables += ["by self host time:", averages.table("self_cpu_time_total", row_limit=25)]

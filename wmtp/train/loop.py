@@ -45,7 +45,7 @@ from wmtp.train.guards import (
 )
 from wmtp.train.metrics import MetricsLogger, read_metrics
 from wmtp.train.optim import build_optimizer, build_scheduler
-from wmtp.train.pipeline import Pipeline
+from wmtp.train.pipeline import Pipeline, phase
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,8 @@ class Trainer:
         """Input tokens of every step so far, all ranks (logged as ``tokens_seen``)."""
         self.saved_step: int | None = None
         self.last_checkpoint: Path | None = None
+        self._grad_norm: torch.Tensor | None = None
+        """The step's gradient norm once :meth:`accumulate` has queued it."""
 
     # --- building --------------------------------------------------------------------------------
     def build(self, batch_source: Callable[[Trainer], Any] | None = None) -> Trainer:
@@ -217,11 +219,17 @@ class Trainer:
 
     def accumulate(self, micro_batches: list) -> Iterator:
         """The step's micro-batches in order, gradient synchronisation across ranks switched on
-        for the last one's backward only (the others accumulate locally)."""
+        for the last one's backward only (the others accumulate locally). Once the pipeline has
+        asked for the batch after the last (a ``for`` loop does), the gradients are complete:
+        their norm and clipping are queued on the device then, before the pipeline reads its
+        figures, so the one wait for the device per step finds them done."""
         last = len(micro_batches) - 1
         for i, batch in enumerate(micro_batches):
             set_gradient_sync(self.model, i == last)
             yield batch
+        faults.before_optimizer_step(self)  # testing hooks; no-op unset
+        with phase("grad_norm"):
+            self._grad_norm = self._queue_clipping()
 
     # --- resume ----------------------------------------------------------------------------------
     def resume(self, checkpoint: Path) -> None:
@@ -339,22 +347,25 @@ class Trainer:
         A step whose loss or gradients are not finite is never applied (:meth:`_bad_step`)."""
         start = time.perf_counter()
         self.model.train()
-        micro_batches = self.batches.next_step()
+        with phase("next_batches"):
+            micro_batches = self.batches.next_step()
         data_s = time.perf_counter() - start
-        out = self.pipeline.forward_backward(self, micro_batches)
+        self._grad_norm = None
+        with phase("forward_backward"):
+            out = self.pipeline.forward_backward(self, micro_batches)
         tokens = self._input_tokens(micro_batches)
         bad = nonfinite_loss(out.loss, out.components)
         if bad:  # the weights this step started from gave it: they are suspect
             return self._bad_step(f"the loss is {out.loss}", bad, weights_suspect=True)
-        faults.before_optimizer_step(self)  # testing hooks; no-op unset
         grad_norm = self._clip_gradients()
         if not math.isfinite(grad_norm):
             parts = nonfinite_gradients(self.model) or ["the gradient norm"]
             return self._bad_step(f"the gradient norm is {grad_norm}", parts, weights_suspect=False)
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        with phase("optimizer"):
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - start
         record = {"loss": out.loss, **out.figures, "lr": lr, "grad_norm": grad_norm}
         self.tokens_seen += tokens
@@ -413,15 +424,26 @@ class Trainer:
         return int(all_reduce_sum(torch.tensor(float(local), device=self.ctx.device)).item())
 
     def _clip_gradients(self) -> float:
-        """The global gradient norm; the gradients are clipped to ``training.grad_clip`` only
-        when it is finite (a NaN norm would spread over every gradient and hide where it began)."""
+        """The global gradient norm, its gradients clipped (queued by :meth:`accumulate`, or
+        now if the pipeline left the batches unfinished)."""
+        norm, self._grad_norm = self._grad_norm, None
+        if norm is None:
+            faults.before_optimizer_step(self)
+            norm = self._queue_clipping()
+        return float(norm)
+
+    def _queue_clipping(self) -> torch.Tensor:
+        """The global gradient norm (a device tensor: nothing waits for it here); the gradients
+        are scaled to ``training.grad_clip`` on the device, and left as they are when the norm is
+        not finite (a NaN would spread over every gradient and hide where it began)."""
         params = [p for p in self.model.parameters() if p.grad is not None]
         total = torch.nn.utils.get_total_norm([p.grad for p in params])
-        norm = float(total.full_tensor() if hasattr(total, "full_tensor") else total)
+        total = total.full_tensor() if hasattr(total, "full_tensor") else total
         clip = self.recipe.training.grad_clip  # 0 (TOML has no null) = measure, never clip
-        if clip and math.isfinite(norm):
-            torch.nn.utils.clip_grads_with_norm_(params, clip, total)
-        return norm
+        if clip:  # a norm of 0 scales by 1: clip / (0 + 1e-6), clamped to 1
+            finite = torch.where(torch.isfinite(total), total, torch.zeros_like(total))
+            torch.nn.utils.clip_grads_with_norm_(params, clip, finite)
+        return total
 
     def flops_per_token(self) -> float:
         """Model FLOPs per input token of a step (``wmtp.models.args.training_flops_per_token``):

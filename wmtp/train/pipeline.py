@@ -49,6 +49,12 @@ if TYPE_CHECKING:
     from wmtp.train.loop import Trainer
 
 
+def phase(name: str):
+    """A named range of the training step (``wmtp.<name>``) in torch.profiler traces, which
+    ``wmtp.bench.trace`` reads to say what the host was doing while the GPU waited."""
+    return torch.profiler.record_function(f"wmtp.{name}")
+
+
 @dataclass
 class MicroBatchWeights:
     """Token weights of one micro-batch (see the module docstring, step 3)."""
@@ -124,8 +130,10 @@ class Pipeline:
         """The weighted MTP loss of one step: weights first, then one backward per micro-batch."""
         n = trainer.n_heads
         cfg = trainer.loss_config
-        batches = [trainer.to_device(b) for b in micro_batches]
-        plans = [self.micro_batch_weights(trainer, b) for b in batches]
+        with phase("to_device"):
+            batches = [trainer.to_device(b) for b in micro_batches]
+        with phase("weights"):
+            plans = [self.micro_batch_weights(trainer, b) for b in batches]
         denom_K = torch.zeros(n, device=trainer.ctx.device)
         for b, plan in zip(batches, plans, strict=True):
             if plan.denominators_K is not None:
@@ -152,7 +160,8 @@ class Pipeline:
             total = stats if total is None else total + stats
         assert total is not None
         total = MTPStats.from_tensor(all_reduce_sum(total.as_tensor()))
-        loss, components, figures = mtp_figures(total, cfg.depth_weights)
+        with phase("figures"):
+            loss, components, figures = mtp_figures(total, cfg.depth_weights)
         figures.update(_mean_figures([p.figures for p in plans]))
         figures.update(self.step_figures(trainer, total))
         return StepOutput(loss, components, figures, tokens=int(total.n_tokens_K[0].item()))
