@@ -360,3 +360,48 @@ def test_the_decode_benchmark_reports_batched_speculative_figures():
     assert figures["batch4_ratio_vs_wmtp"] == round(figures["batch4_tokens_per_s"] / 400, 3)
     assert figures["batch1_tokens_per_s"] > 0 and 0 < figures["batch4_acceptance_rate"] <= 1
     assert 1 <= figures["batch4_tokens_per_forward"] <= 3
+
+
+def test_a_draw_inverts_each_distributions_cumulative_weights_at_its_uniform():
+    """``draw``: uniforms spread evenly over [0, 1) land on each token in proportion to its
+    weight (normalised or not), to within one uniform's step; a token of weight 0 is never drawn,
+    not even at the largest uniform below 1 (where rounding could reach the total)."""
+    from wmtp.eval.speculative import draw
+
+    torch.manual_seed(0)
+    weights_GV = torch.rand(3, 50) * (torch.rand(3, 50) > 0.4)  # zeros in between
+    weights_GV[1] *= 7.0  # not normalised
+    weights_GV[2, 45:] = 0  # zeros at the end
+    n = 20_000
+    uniforms_N = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    uniforms_NG = torch.cat([uniforms_N[:, None].expand(-1, 3), torch.full((1, 3), 1 - 2**-24)])
+    draws_NG = draw(weights_GV.expand(n + 1, -1, -1), uniforms_NG.float())
+    for g in range(3):
+        freq_V = torch.bincount(draws_NG[:n, g], minlength=50).double() / n
+        expected_V = (weights_GV[g] / weights_GV[g].sum()).double()
+        assert (freq_V[expected_V == 0] == 0).all() and weights_GV[g, draws_NG[n, g]] > 0
+        torch.testing.assert_close(freq_V, expected_V, atol=2.0 / n, rtol=0)
+
+
+def test_compiled_sampled_verification_draws_what_the_eager_one_draws():
+    """The compiled verification (Inductor on the CPU) and the eager one, given the same logits,
+    drafts and uniforms, accept the same guesses and draw the same next tokens; their draft
+    distributions agree."""
+    from wmtp.eval.generate import Sampling, next_token_probs
+    from wmtp.eval.speculative import _compiled_sampled_verification, sampled_verification
+
+    torch.manual_seed(3)
+    B, n, V = 6, 4, 64
+    sampling = Sampling(temperature=0.7, top_p=0.9)
+    logits_BTnV = torch.randn(B, n, n, V) * 2
+    near_BGV = logits_BTnV[:, : n - 1, 0] + torch.randn(B, n - 1, V)  # drafts near head 1
+    q_BGV = next_token_probs(near_BGV, sampling)
+    guesses_BG = torch.multinomial(q_BGV.view(-1, V), 1).view(B, n - 1)
+    checked_BG = torch.arange(n - 1) < torch.tensor([3, 3, 2, 3, 0, 3])[:, None]
+    uniforms_BU = torch.rand(B, 2 * n - 1)
+    args = (logits_BTnV, guesses_BG, q_BGV, checked_BG, uniforms_BU, sampling)
+    accepted_B, fed_BT, next_q_BGV = sampled_verification(*args)
+    compiled = _compiled_sampled_verification()(*args)
+    assert torch.equal(compiled[0], accepted_B) and torch.equal(compiled[1], fed_BT)
+    torch.testing.assert_close(compiled[2], next_q_BGV)
+    assert accepted_B[4] == 0 and 0 < accepted_B.sum() < 3 * 5  # some accepted, some not

@@ -47,8 +47,9 @@ def next_token_probs(logits_V: torch.Tensor, sampling: Sampling) -> torch.Tensor
         sorted_V, order_V = probs_V.sort(dim=-1, descending=True)
         mass_before_V = sorted_V.cumsum(dim=-1) - sorted_V
         sorted_V = sorted_V.masked_fill(mass_before_V >= sampling.top_p, 0.0)
+        sorted_V = sorted_V / sorted_V.sum(dim=-1, keepdim=True)  # before the scatter: Inductor
+        # (torch 2.11, CUDA) fails to compile the sum of a scattered tensor
         probs_V = torch.zeros_like(probs_V).scatter(-1, order_V, sorted_V)
-        probs_V = probs_V / probs_V.sum(dim=-1, keepdim=True)
     return probs_V
 
 

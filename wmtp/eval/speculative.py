@@ -34,6 +34,8 @@ the batch of one (the paper's setting: latency of one request).
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -43,6 +45,7 @@ import torch
 from wmtp.eval.generate import Completion, Sampling, StopRule, next_token_probs
 
 GREEDY = Sampling()
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -271,7 +274,7 @@ class _RowsOnDevice:
         room_B = (self.limit - self.committed_B).clamp(0, self.n - 1)
         offered_B = torch.where(self.active_B, room_B, 0)
         accepted_B, following = verify_on_device(
-            logits_BTnV, drafts, offered_B, sampling, generator
+            logits_BTnV, drafts, offered_B, sampling, generator, compiled=self.decoder.compiled
         )
         advance_B = torch.where(self.active_B, accepted_B + 1, 0)
         self.committed_B += advance_B
@@ -320,6 +323,8 @@ def verify_on_device(
     offered_B: torch.Tensor,
     sampling: Sampling,
     generator: torch.Generator | None,
+    *,
+    compiled: bool = False,
 ) -> tuple[torch.Tensor, Drafts]:
     """``(accepted_B, next drafts)``, nothing read from the device: how many of its guesses each
     row's head 1 accepts, given every head's logits after each fed token (``[B, T, n, V]``:
@@ -327,8 +332,11 @@ def verify_on_device(
     module doc says how, greedy and sampled; the drafts' host ``tokens`` are left empty). Row
     b's first ``offered_B[b]`` guesses are checked (fewer near its limit, none once it has
     finished). With no drafts (``T = 1``: the prompts' last position) it is that position's
-    draft."""
-    B, T = logits_BTnV.shape[:2]
+    draft. Sampled, every random number of the verification is drawn first, in one call of
+    ``generator`` (``[B, G + n]``: the acceptance tests, the stopping token, the new guesses),
+    and the rest is one function of them (:func:`sampled_verification`; ``compiled``: compiled
+    by Inductor, a few fused kernels instead of ~50 eager ones)."""
+    B, T, n = logits_BTnV.shape[:3]
     G, device = T - 1, logits_BTnV.device
     no_guesses_BG = torch.zeros((B, 0), dtype=torch.long, device=device)
     guesses_BG = drafts.fed_BT[:, 1:] if drafts is not None else no_guesses_BG
@@ -336,16 +344,69 @@ def verify_on_device(
     if sampling.greedy:
         choices_BTn = logits_BTnV.argmax(dim=-1)
         accepted_B = _accepted(choices_BTn[:, :G, 0] == guesses_BG, checked_BG)
-        fed_BT, q_BGV = _at(choices_BTn, accepted_B), None  # head 1's token, then the drafts
-    else:
-        q_BGV = drafts.q_BGV if drafts is not None else None
-        p_BTV = next_token_probs(logits_BTnV[:, :, 0], sampling)  # head 1 at every position
-        accepted_B = _accepted(_tests(p_BTV, guesses_BG, q_BGV, generator), checked_BG)
-        next_B1 = _next_token(p_BTV, q_BGV, accepted_B, generator)[:, None]
-        q_BGV = next_token_probs(_at(logits_BTnV[:, :, 1:], accepted_B), sampling)
-        drafted_BG = _draw(q_BGV, generator)
-        fed_BT = torch.cat([next_B1, drafted_BG], dim=1)
+        return accepted_B, Drafts(_at(choices_BTn, accepted_B), [])  # head 1's token, drafts
+    uniforms_BU = torch.rand(B, G + n, device=device, generator=generator)
+    q_BGV = drafts.q_BGV if drafts is not None else None
+    args = (logits_BTnV, guesses_BG, q_BGV, checked_BG, uniforms_BU, sampling)
+    accepted_B, fed_BT, q_BGV = _verify_compiled(*args) if compiled else sampled_verification(*args)
     return accepted_B, Drafts(fed_BT, [], q_BGV)
+
+
+def sampled_verification(
+    logits_BTnV: torch.Tensor,
+    guesses_BG: torch.Tensor,
+    q_BGV: torch.Tensor | None,
+    checked_BG: torch.Tensor,
+    uniforms_BU: torch.Tensor,
+    sampling: Sampling,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Speculative sampling's verification given its uniforms (``[B, G + n]``): ``(accepted_B,
+    fed_BT, q_BGV)``, the next verify forward's input ``[token, guesses...]`` and the
+    distributions its guesses were drawn from. Distributions are made only where they are used:
+    head 1's at every position, the drafting heads' at each row's stopping position."""
+    G = guesses_BG.shape[1]
+    p_BTV = next_token_probs(logits_BTnV[:, :, 0], sampling)  # head 1 at every position
+    passes_BG = guesses_BG.bool()
+    if G:  # accepted with probability min(1, p / q) of the guess
+        g_BG1 = guesses_BG[:, :, None]
+        p_BG, q_BG = p_BTV[:, :G].gather(-1, g_BG1)[..., 0], q_BGV.gather(-1, g_BG1)[..., 0]
+        passes_BG = uniforms_BU[:, :G] * q_BG <= p_BG
+    accepted_B = _accepted(passes_BG, checked_BG)
+    next_B1 = _next_token(p_BTV, q_BGV, accepted_B, uniforms_BU[:, G])[:, None]
+    q_BGV = next_token_probs(_at(logits_BTnV[:, :, 1:], accepted_B), sampling)
+    drafted_BG = draw(q_BGV, uniforms_BU[:, G + 1 :])
+    return accepted_B, torch.cat([next_B1, drafted_BG], dim=1), q_BGV
+
+
+@functools.cache
+def _compiled_sampled_verification():
+    """:func:`sampled_verification` compiled (whole graph, static shapes), made once per
+    process: one variant per (batch, draft length, sampling setting)."""
+    return torch.compile(sampled_verification, fullgraph=True, dynamic=False)
+
+
+_COMPILE_FAILED: list[str] = []
+"""Why this torch could not compile the verification (then it runs eagerly, said once)."""
+
+
+def _verify_compiled(*args):
+    """:func:`sampled_verification` compiled, or eager where this torch fails to compile it
+    (the tokens are the same; only the speed differs)."""
+    from wmtp.parallel.checkpointing import compile_failure
+
+    if not _COMPILE_FAILED:
+        try:
+            return _compiled_sampled_verification()(*args)
+        except Exception as exc:  # Dynamo's or Inductor's; anything else is raised
+            reason = compile_failure(exc)
+            if reason is None:
+                raise
+            _COMPILE_FAILED.append(reason)
+            log.warning(
+                "speculative sampling: this torch cannot compile the verification (%s); it "
+                "runs eagerly, with the same tokens, more slowly", reason[:200],
+            )  # fmt: skip
+    return sampled_verification(*args)
 
 
 def _accepted(passes_BG: torch.Tensor, checked_BG: torch.Tensor) -> torch.Tensor:
@@ -359,19 +420,7 @@ def _at(x_BT_: torch.Tensor, at_B: torch.Tensor) -> torch.Tensor:
     return x_BT_.gather(1, index)[:, 0]
 
 
-def _tests(p_BTV, guesses_BG, q_BGV, generator) -> torch.Tensor:
-    """Speculative sampling's acceptance test of every guess ``[B, G]``: accepted with
-    probability min(1, p / q), p head 1's and q the drafting head's probability of it."""
-    B, G = guesses_BG.shape
-    if not G:
-        return guesses_BG.bool()
-    g_BG1 = guesses_BG[:, :, None]
-    p_BG, q_BG = p_BTV[:, :G].gather(-1, g_BG1)[..., 0], q_BGV.gather(-1, g_BG1)[..., 0]
-    u_BG = torch.rand(B, G, device=p_BTV.device, generator=generator)
-    return u_BG * q_BG <= p_BG
-
-
-def _next_token(p_BTV, q_BGV, accepted_B, generator) -> torch.Tensor:
+def _next_token(p_BTV, q_BGV, accepted_B, uniforms_B) -> torch.Tensor:
     """Each row's token at its stopping position ``[B]``: from the residual ``max(p - q, 0)`` at a
     rejected guess, from head 1's p after the last one. A row offered fewer guesses (near its
     limit) may stop after the last one offered, at the residual of an unchecked one: that token
@@ -384,20 +433,30 @@ def _next_token(p_BTV, q_BGV, accepted_B, generator) -> torch.Tensor:
         # p == q (within rounding) leaves nothing: a rejection cannot happen there
         use_residual_B1 = ((accepted_B < G) & (residual_BV.sum(dim=-1) > 0))[:, None]
         p_BV = torch.where(use_residual_B1, residual_BV, p_BV)
-    return _draw(p_BV[:, None], generator)[:, 0]
+    return draw(p_BV[:, None], uniforms_B[:, None])[:, 0]
 
 
-def _draw(probs_BGV: torch.Tensor, generator) -> torch.Tensor:
-    """One token from each ``[B, G, V]`` distribution: ``[B, G]`` (G may be 0)."""
-    B, G, V = probs_BGV.shape
-    if not G:
-        return probs_BGV.new_zeros((B, 0), dtype=torch.long)
-    return torch.multinomial(probs_BGV.reshape(B * G, V), 1, generator=generator).view(B, G)
+def draw(weights_BGV: torch.Tensor, uniforms_BG: torch.Tensor) -> torch.Tensor:
+    """One token from each ``[B, G, V]`` distribution (non-negative weights, normalised or not):
+    ``[B, G]``, by inverting its cumulative sum at the uniform in ``[0, 1)`` of the same place;
+    a token of weight 0 is never drawn (G may be 0)."""
+    cdf_BGV = weights_BGV.cumsum(dim=-1)
+    total_BG1 = cdf_BGV[..., -1:]
+    # the last token with weight: the first whose cumulative sum reaches the total (a draw of
+    # u * total that rounds up to the total lands there, not on the zero weights after it)
+    last_BG1 = (cdf_BGV < total_BG1).sum(dim=-1, keepdim=True)
+    at_BG1 = uniforms_BG[..., None].to(cdf_BGV.dtype) * total_BG1
+    # the first token whose cumulative sum passes the draw: as many as do not (searchsorted's
+    # answer, as one reduction that compiles into the cumulative sum's kernel)
+    drawn_BG1 = (cdf_BGV <= at_BG1).sum(dim=-1, keepdim=True)
+    return torch.minimum(drawn_BG1, last_BG1)[..., 0]
 
 
 __all__ = [
     "Drafts",
     "SpeculativeStats",
+    "draw",
+    "sampled_verification",
     "speculative_generate",
     "speculative_generate_batch",
     "verify_on_device",
