@@ -20,8 +20,18 @@
 #                   HumanEval packed to 2048-token rows, 30 steps) against `wmtp bench step` of
 #                   the same settings ($OUT/run_vs_step/; carry storage/datasets/humaneval)
 #   lora7b_profile  torch.profiler of the LoRA recipe's step at micro-batch 4, eager and compiled
-#                   (`wmtp bench step --profile 2`: $OUT/profile_{eager,compile}/baseline.txt and
-#                   .trace.json.gz)
+#                   (`wmtp bench step --profile 2`)
+#   lora7b_profile_compiled  its compiled half alone
+#   ab              the LoRA recipe's step (compiled, micro-batch 8) and the 1B full fine-tune's
+#                   (micro-batch 16) with the code at AB_OLD=DIR (DIR/wmtp: an earlier package,
+#                   carried) and with this checkout's, one after the other
+#   verifiable_step the production verifiable step (7B LoRA policy, frozen 2.7B critic, random
+#                   weights, micro-batch 4) beside the baseline step of the same settings
+#   vocab128k       wmtp one head and four heads at the 1B shape with a 128,256-token vocabulary
+#                   (micro-batch 8). These three: $OUT/measured.tar.gz
+#   full1b_profile  torch.profiler of the 1B full fine-tune's step (one head, compiled, micro-
+#                   batch 16). Profiles: $OUT/profiles.tar.gz (per profile an operator table and
+#                   GPU timeline .txt, the timeline's .json, the trace where the archive allows)
 #   float8          parallel.float8 against bf16, both compiled (torchao from .whl/): the LoRA
 #                   recipe's step at micro-batch 4 ($OUT/float8/lora7b_{bf16,float8}/), and the 1B
 #                   full fine-tune's side wmtp-1head+float8 at wmtp-1head's best micro-batch (into
@@ -70,8 +80,61 @@ LORA_STEP=(python3 -m wmtp.cli bench step recipes/baseline.toml --set "model.pol
   --set training.micro_batch_size=4 --warmup 3 --repeats 5 --profile 2)
 stage_lora7b_profile() {
   step lora7b_profile_eager 120 "${LORA_STEP[@]}" --set parallel.compile=false \
-    --out "$OUT/profile_eager"
-  step lora7b_profile_compile 200 "${LORA_STEP[@]}" --out "$OUT/profile_compile"
+    --out "$WORK/profiles/lora7b_eager"
+  stage_lora7b_profile_compiled
+}
+stage_lora7b_profile_compiled() {
+  step lora7b_profile_compile 200 "${LORA_STEP[@]}" --out "$WORK/profiles/lora7b_compile"
+  pack_profiles
+}
+full1b_recipe() {  # full1b_recipe MICRO_BATCH: the full1b shape's wmtp recipe as a TOML file
+  python3 -c "import sys, tomli_w; from wmtp.bench.suite import suite_recipe_data as r
+sys.stdout.write(tomli_w.dumps(r('llama-1b-bench', 2048, micro_batch=$1)))" > "$WORK/full1b.toml"
+}
+stage_full1b_profile() {  # the 1B full fine-tune's step (one head, compiled) at micro-batch 16
+  full1b_recipe 16
+  step full1b_profile 200 python3 -m wmtp.cli bench step "$WORK/full1b.toml" --warmup 3 \
+    --repeats 5 --profile 2 --out "$WORK/profiles/full1b"
+  pack_profiles
+}
+MEASURED=$WORK/measured  # stages below write here; measured.tar.gz carries it back
+STEP=(python3 -m wmtp.cli bench step)
+stage_ab() {  # the same two steps with the code at $AB_OLD (an earlier wmtp/) and with this one
+  local when path py lora=("${LORA_STEP[@]:3:${#LORA_STEP[@]}-5}")  # its arguments, no --profile
+  full1b_recipe 16
+  for when in before after; do
+    # -P: no current directory first on sys.path, so PYTHONPATH says which wmtp is imported
+    path=$PYTHONPATH py=(python3 -P -m wmtp.cli)
+    [ "$when" = before ] && path=${AB_OLD:?set AB_OLD to a folder holding the earlier wmtp/}:$path
+    env PYTHONPATH="$path" python3 -P -c "import wmtp; print('$when:', wmtp.__file__)"
+    step "ab_lora7b_$when" 150 env PYTHONPATH="$path" "${py[@]}" "${lora[@]}" \
+      --set training.micro_batch_size=8 --repeats 8 --out "$MEASURED/ab/lora7b_$when"
+    step "ab_full1b_$when" 100 env PYTHONPATH="$path" "${py[@]}" bench step "$WORK/full1b.toml" \
+      --warmup 3 --repeats 10 --out "$MEASURED/ab/full1b_$when"
+  done
+  pack_measured
+}
+STEP_SETS=(--set "model.policy.path=''" --set "tokenizer={kind='byte'}"
+  --set training.grad_accum_steps=1 --set training.micro_batch_size=4 --warmup 3 --repeats 8)
+stage_verifiable_step() {  # the production verifiable step (7B LoRA policy, frozen 2.7B critic)
+  # beside the baseline step of the same settings, both as written (compiled on CUDA)
+  step step_verifiable 150 "${STEP[@]}" recipes/verifiable.toml "${STEP_SETS[@]}" \
+    --set "model.critic.path=''" --set "model.critic.checkpoint=''" \
+    --out "$MEASURED/verifiable_step/verifiable"
+  step step_baseline 150 "${STEP[@]}" recipes/baseline.toml "${STEP_SETS[@]}" \
+    --out "$MEASURED/verifiable_step/baseline"
+  pack_measured
+}
+stage_vocab128k() {  # four heads against one at a 128k vocabulary (the 1B shape, micro-batch 8)
+  step vocab128k 200 "${PEERS[@]/$OUT/$MEASURED/vocab128k}" --shape full1b \
+    --sides wmtp-1head,wmtp-4heads --micro-batches 8 --set model.policy.vocab_size=128256
+  pack_measured
+}
+pack_measured() { tar -czf "$OUT/measured.tar.gz" -C "$WORK" measured 2>/dev/null; }
+pack_profiles() {  # every profile so far (tables, GPU timelines, traces) -> $OUT/profiles.tar.gz
+  tar -czf "$OUT/profiles.tar.gz" -C "$WORK" profiles 2>/dev/null
+  [ "$(stat -c %s "$OUT/profiles.tar.gz")" -lt 16000000 ] ||
+    tar -czf "$OUT/profiles.tar.gz" -C "$WORK" --exclude='*.trace.json.gz' profiles
 }
 VARIANTS=('as_written:parallel.compile="auto"' no_dropout:model.policy.lora.dropout=0
   no_checkpointing:parallel.activation_checkpointing=false

@@ -471,3 +471,29 @@ def test_a_compile_side_is_not_measured_twice_where_the_recipe_already_compiles(
     assert row["error"] == (
         "not measured: the recipe as written compiles its blocks here: the side wmtp-4heads"
     )
+
+
+def test_the_step_summariser_reads_its_figures_from_the_stages_files(tmp_path):
+    """bench/summarise_step.py on the files an H200 call wrote (bench/results/h200_step_20261204):
+    each figure is the ratio of those files' numbers, the 128k one as summarise_h200 reads a
+    four-heads row against a one-head row."""
+    raw = REPO / "bench/results/h200_step_20261204"
+    script = str(REPO / "bench" / "summarise_step.py")
+    subprocess.run([sys.executable, script, "--results", str(raw), "--out", str(tmp_path)],
+                   check=True, capture_output=True)  # fmt: skip
+    summary = json.loads((tmp_path / "h200_step.json").read_text())
+
+    def step(path):
+        return json.loads(next((raw / path).glob("*.json")).read_text())
+
+    for shape in ("lora7b", "full1b"):
+        before, after = step(f"ab/{shape}_before"), step(f"ab/{shape}_after")
+        assert summary["ab"][shape]["ratio"] == after["tokens_per_s"] / before["tokens_per_s"]
+    verifiable = json.loads((raw / "verifiable_step/verifiable.json").read_text())
+    baseline = json.loads((raw / "verifiable_step/baseline.json").read_text())
+    ratio = verifiable["step"]["median_ms"] / baseline["step"]["median_ms"]
+    assert summary["verifiable_step_ratio_vs_baseline"] == ratio
+    rows = json.loads((raw / "vocab128k_full1b.json").read_text())["rows"]
+    assert summary["mtp4_128k"] == summarise_module().mtp4(rows)
+    assert set(summary["profiles"]) == {"full1b", "lora7b_compile"}
+    assert "## What the figures say" not in (tmp_path / "h200_step.md").read_text()

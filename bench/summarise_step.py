@@ -1,0 +1,172 @@
+"""Write h200_step.json and h200_step.md from bench/h200.sh's stages ab, verifiable_step,
+vocab128k, full1b_profile and lora7b_profile_compiled (issue 20: where the step's time goes).
+
+    python bench/summarise_step.py --results DIR [--out DIR] [--note TEXT] [--reading FILE]
+
+DIR holds what those stages write (bench/h200.sh packs them as measured.tar.gz and
+profiles.tar.gz): ab/{lora7b,full1b}_{before,after}/*.json, verifiable_step/{verifiable,
+baseline}.json, vocab128k_full1b.json (`wmtp bench peers` rows) and profiles/*/*.timeline.json.
+Any part may be missing. Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from summarise_h200 import mtp4
+
+
+def _step(path: Path) -> dict | None:
+    """A `wmtp bench step` result (the one JSON in ``path`` or ``path`` itself)."""
+    files = sorted(path.glob("*.json")) if path.is_dir() else [path]
+    if not files or not files[0].is_file():
+        return None
+    r = json.loads(files[0].read_text())
+    return {
+        "tokens_per_s": r["tokens_per_s"],
+        "mfu": r["mfu"],
+        "peak_memory_gib": r["peak_memory_gib"],
+        "step_ms": r["step"]["median_ms"],
+        "min_ms": r["step"]["min_ms"],
+        "max_ms": r["step"]["max_ms"],
+        "micro_batch": r["config"].get("micro_batch_size"),
+    }
+
+
+def ab(folder: Path) -> dict:
+    """Each shape's step with the earlier code and with this one: ``after / before`` tokens/s."""
+    out = {}
+    for shape in ("lora7b", "full1b"):
+        before, after = _step(folder / f"{shape}_before"), _step(folder / f"{shape}_after")
+        if before and after:
+            ratio = after["tokens_per_s"] / before["tokens_per_s"]
+            out[shape] = {"before": before, "after": after, "ratio": ratio}
+    return out
+
+
+def verifiable(folder: Path) -> dict | None:
+    v, b = _step(folder / "verifiable.json"), _step(folder / "baseline.json")
+    if not (v and b):
+        return None
+    return {"verifiable": v, "baseline": b, "step_time_ratio": v["step_ms"] / b["step_ms"]}
+
+
+def vocab128k(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    rows = json.loads(path.read_text())["rows"]
+    return mtp4(rows) or None
+
+
+def timelines(folder: Path) -> dict:
+    return {
+        p.parent.name: json.loads(p.read_text()) for p in sorted(folder.glob("*/*.timeline.json"))
+    }
+
+
+def summarise(folder: Path) -> dict:
+    s: dict = {"ab": ab(folder / "ab")}
+    if (v := verifiable(folder / "verifiable_step")) is not None:
+        s["verifiable_step_ratio_vs_baseline"] = v["step_time_ratio"]
+        s["verifiable_step"] = v
+    if (m := vocab128k(folder / "vocab128k_full1b.json")) is not None:
+        s["mtp4_128k_step_time_over_flop_floor"] = m["step_time_over_flop_floor"]
+        s["mtp4_128k_peak_memory_ratio_vs_ntp"] = m["peak_memory_ratio_vs_ntp"]
+        s["mtp4_128k"] = m
+    s["profiles"] = timelines(folder / "profiles")
+    return s
+
+
+def _ms(us: float, steps: int = 2) -> str:
+    return f"{us / 1e3 / steps:.1f}"
+
+
+def profile_lines(name: str, t: dict, steps: int = 2) -> list[str]:
+    window = t["window_us"]
+    lines = [
+        f"### {name}",
+        "",
+        f"Per step ({steps} profiled): {_ms(window)} ms from first kernel to last; busy "
+        f"{_ms(t['busy_us'])} ms, idle {_ms(t['idle_us'])} ms ({t['idle_us'] / window:.1%}).",
+        "",
+        "| kind of kernel | ms per step | share of busy |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {kind} | {_ms(us)} | {us / t['busy_us']:.0%} |"
+        for kind, us in t["device_us_by_kind"].items()
+    ]
+    lines += ["", "Idle (stalls of 20 us or more) by what the host was doing meanwhile:", ""]
+    lines += [
+        f"- {phase}: {_ms(us)} ms" for phase, us in list(t["stall_us_by_host_phase"].items())[:6]
+    ]
+    return [*lines, ""]
+
+
+def markdown(s: dict, note: str, reading: str = "") -> str:
+    lines = ["# Where the training step's time goes, and what changed it (issue 20)", "", note, ""]
+    lines += ["## The step boundary: one wait for the device per step", ""]
+    for shape, r in s["ab"].items():
+        b, a = r["before"], r["after"]
+        lines.append(
+            f"- {shape} (micro-batch {a['micro_batch']}): {b['tokens_per_s']:,.0f} -> "
+            f"{a['tokens_per_s']:,.0f} tokens/s ({r['ratio']:.3f}x; median step "
+            f"{b['step_ms']:.1f} -> {a['step_ms']:.1f} ms, min {b['min_ms']:.1f} -> "
+            f"{a['min_ms']:.1f}); MFU {a['mfu']:.1%}, peak {a['peak_memory_gib']:.2f} GiB"
+        )
+    if "verifiable_step" in s:
+        v = s["verifiable_step"]
+        lines += [
+            "",
+            "## The verifiable step against the baseline step",
+            "",
+            f"- verifiable {v['verifiable']['step_ms']:.1f} ms ({v['verifiable']['tokens_per_s']:,.0f}"
+            f" tokens/s, {v['verifiable']['peak_memory_gib']:.2f} GiB), baseline "
+            f"{v['baseline']['step_ms']:.1f} ms ({v['baseline']['tokens_per_s']:,.0f} tokens/s, "
+            f"{v['baseline']['peak_memory_gib']:.2f} GiB): **{v['step_time_ratio']:.2f}x** "
+            "(target at most 1.35x)",
+        ]
+    if "mtp4_128k" in s:
+        m = s["mtp4_128k"]
+        lines += [
+            "",
+            "## Four heads at a 128k vocabulary (1B shape)",
+            "",
+            f"- micro-batch {m['micro_batch']}: step time {m['step_time_ratio_vs_ntp']:.3f}x one "
+            f"head's for {m['flop_ratio_vs_ntp']:.3f}x its FLOPs: **{m['step_time_over_flop_floor']:.3f}x** "
+            f"the FLOP floor (target at most 1.03x); peak memory **{m['peak_memory_ratio_vs_ntp']:.2f}x** "
+            "one head's (target at most 1.10x)",
+        ]
+    if s["profiles"]:
+        lines += ["", "## Profiles (`wmtp bench step --profile 2`: the GPU timeline)", ""]
+        for name, t in s["profiles"].items():
+            lines += profile_lines(name, t)
+    if reading:
+        lines += ["## What the figures say", "", reading.strip()]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--results", type=Path, required=True)
+    parser.add_argument(
+        "--out", type=Path, help="Folder for h200_step.json/md (default: --results)."
+    )
+    parser.add_argument(
+        "--note", default="", help="What ran, where and when (the markdown's lead)."
+    )
+    parser.add_argument("--reading", type=Path, help="Markdown read into the figures, at the end.")
+    args = parser.parse_args()
+    out = args.out or args.results
+    s = summarise(args.results)
+    s["note"] = args.note
+    (out / "h200_step.json").write_text(json.dumps(s, indent=1) + "\n")
+    reading = args.reading.read_text() if args.reading else ""
+    (out / "h200_step.md").write_text(markdown(s, args.note, reading))
+    print(f"wrote {out}/h200_step.json and h200_step.md")
+
+
+if __name__ == "__main__":
+    main()
