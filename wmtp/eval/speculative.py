@@ -439,7 +439,9 @@ def _next_token(p_BTV, q_BGV, accepted_B, uniforms_B) -> torch.Tensor:
 def draw(weights_BGV: torch.Tensor, uniforms_BG: torch.Tensor) -> torch.Tensor:
     """One token from each ``[B, G, V]`` distribution (non-negative weights, normalised or not):
     ``[B, G]``, by inverting its cumulative sum at the uniform in ``[0, 1)`` of the same place;
-    a token of weight 0 is never drawn (G may be 0)."""
+    a token of weight 0 is never drawn (G may be 0). Speculative sampling needs distributions in
+    vocabulary order (its ratios and residuals); plain sampling inverts the sorted nucleus
+    instead (``wmtp.eval.generate.sample_next``), with no distribution written back."""
     cdf_BGV = weights_BGV.cumsum(dim=-1)
     total_BG1 = cdf_BGV[..., -1:]
     # the last token with weight: the first whose cumulative sum reaches the total (a draw of
