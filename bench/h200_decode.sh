@@ -14,8 +14,9 @@
 #                   compilation takes minutes)
 #   decode_1b_sampled  the same sampled at 0.2 / top-p 0.95: speculative sampling's acceptance
 #   decode_7b       llama2-7b-mtp: the bandwidth fraction at 7B ($OUT/decode_7b.json)
-#   profile         torch.profiler traces of plain decoding of llama-1b-bench at batch 1 and at
-#                   32 sampled rows across the context, an evaluation's shape ($OUT/profile.tar.gz)
+#   profile         torch.profiler traces of decoding llama-1b-bench: plain at batch 1 and at
+#                   32 sampled rows across the context, an evaluation's shape; self-speculative at
+#                   batch 1, greedy and sampled ($OUT/profile.tar.gz)
 #   decode_model    a 4-head 1.1B model trained here (recipes/gpu_2x.toml, packed, compiled,
 #                   300 steps), as bench/h100.sh does
 #   decode_trained  that model: plain vs speculative, greedy and sampled
@@ -59,7 +60,7 @@ stage_cuda_tests() {
 stage_profile() {
   mkdir -p "$WORK/profile"
   step profile 200 "${DECODE[@]}" --flavour llama-1b-bench --n-future-tokens 4 --prompts 1 \
-    --new-tokens 32 --batch 32 --profile "$WORK/profile/plain" --out "$WORK/profile/decode.json"
+    --new-tokens 32 --batch 32 --profile "$WORK/profile/step" --out "$WORK/profile/decode.json"
   tar -czf "$OUT/profile.tar.gz" -C "$WORK" profile
 }
 stage_decode_model() {

@@ -33,7 +33,8 @@ def test_bench_decode_sampled_reports_acceptance_per_head(tmp_path):
 
 def test_bench_decode_profiles_plain_decoding_at_batch_one_and_at_the_evaluations_shape(tmp_path):
     """--profile: a trace and an operator table per case; the batched case's cache spans the
-    model's context (the tiny flavour's 512), its rows' attention reading every position."""
+    model's context (the tiny flavour's 512), its rows' attention reading every position; the
+    self-speculative cases run every head's layer (the tiny flavour's three heads)."""
     import gzip
 
     out, profile = tmp_path / "decode.json", tmp_path / "prof" / "plain"
@@ -42,7 +43,8 @@ def test_bench_decode_profiles_plain_decoding_at_batch_one_and_at_the_evaluation
     result = CliRunner().invoke(app, [*args, *more])
     assert result.exit_code == 0, result.output
     cases = json.loads(out.read_text())["profiled"]
-    assert cases == ["batch1", "batch3_context512"]
+    speculative = ["batch1_speculative", "batch1_speculative_sampled"]
+    assert cases == ["batch1", "batch3_context512", *speculative]
     for case in cases:
         trace = json.loads(
             gzip.decompress((tmp_path / "prof" / f"plain.{case}.trace.json.gz").read_bytes())
@@ -62,6 +64,10 @@ def test_bench_decode_profiles_plain_decoding_at_batch_one_and_at_the_evaluation
         and len(shape[1]) == 4
     }
     assert max(key_lengths) == 512, key_lengths  # the steps' (the prompt's forward is shorter)
+    for case, draws in zip(speculative, (False, True), strict=True):
+        trace = gzip.decompress((tmp_path / "prof" / f"plain.{case}.trace.json.gz").read_bytes())
+        names = {event.get("name") for event in json.loads(trace)["traceEvents"]}
+        assert ("aten::rand" in names) == draws  # sampled: each verification's uniforms
 
 
 def test_bench_decode_needs_one_model_source():

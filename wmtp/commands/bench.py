@@ -350,8 +350,9 @@ def decode(
     profile: Annotated[
         Path | None,
         typer.Option(
-            help="Also torch.profiler traces of plain decoding (batch 1, and --batch sampled rows "
-            "whose cache spans the context): PATH.<case>.trace.json.gz and PATH.<case>.txt."
+            help="Also torch.profiler traces of decoding (plain at batch 1 and --batch sampled "
+            "rows whose cache spans the context; with extra heads, self-speculative at batch 1, "
+            "greedy and sampled): PATH.<case>.trace.json.gz and PATH.<case>.txt."
         ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="JSON file for the figures.")] = Path(

@@ -178,29 +178,35 @@ def speculative_peer_figures(
     return figures
 
 
-def profile_plain(
+def profile_decoding(
     model, prompt: list[int], new_tokens: int, batch: int, sampling: Sampling, path: Path
 ) -> list[str]:
-    """``torch.profiler`` traces of plain decoding, each after one warm-up call
-    (``wmtp.bench.step.profile_calls``: ``<path>.<case>.trace.json.gz`` and ``.txt``): batch 1
-    greedy on ``prompt``, and ``batch`` sampled rows whose cache spans the model's context, the
-    shape of an evaluation's longest prompts. The cases' names."""
+    """``torch.profiler`` traces of decoding, each after one warm-up call
+    (``wmtp.bench.step.profile_calls``: ``<path>.<case>.trace.json.gz`` and ``.txt``): plain
+    batch 1 greedy on ``prompt``; ``batch`` plain sampled rows whose cache spans the model's
+    context, the shape of an evaluation's longest prompts; and, with extra heads, batch 1
+    self-speculative, greedy and sampled (``batch``'s sampling), whose verify steps run every
+    head and the verification after them. The cases' names."""
     from wmtp.bench.step import profile_calls
 
     device = next(model.parameters()).device
     context = model.args.max_seq_len
     long_prompt = (prompt * (context // len(prompt) + 1))[: context - new_tokens]
     cases = {
-        "batch1": ([prompt], GREEDY),
-        f"batch{batch}_context{context}": ([long_prompt] * batch, sampling),
+        "batch1": (generate, [prompt], GREEDY),
+        f"batch{batch}_context{context}": (generate, [long_prompt] * batch, sampling),
     }
-    for case, (prompts, drawn) in cases.items():
+    if model.n_heads > 1:
+        cases["batch1_speculative"] = (speculative_generate_batch, [prompt], GREEDY)
+        cases["batch1_speculative_sampled"] = (speculative_generate_batch, [prompt], sampling)
+    for case, (decode, prompts, drawn) in cases.items():
 
-        def call(prompts=prompts, drawn=drawn):
+        def call(decode=decode, prompts=prompts, drawn=drawn):
             generator = torch.Generator(device=device).manual_seed(0)
-            generate(
+            rows = {"batch_size": len(prompts)} if decode is generate else {}
+            decode(
                 model, prompts, never_stop(), max_new_tokens=new_tokens, sampling=drawn,
-                generator=generator, batch_size=len(prompts),
+                generator=generator, **rows,
             )  # fmt: skip
 
         call()
@@ -308,7 +314,7 @@ def run(args: argparse.Namespace) -> dict:
             )  # fmt: skip
             result["peers"] = peers
         if args.profile is not None:
-            result["profiled"] = profile_plain(
+            result["profiled"] = profile_decoding(
                 model, prompts[0], args.profile_tokens, args.batch, batch_sampling, args.profile
             )
         if graphs and args.also_eager:
