@@ -405,3 +405,42 @@ def test_compiled_sampled_verification_draws_what_the_eager_one_draws():
     assert torch.equal(compiled[0], accepted_B) and torch.equal(compiled[1], fed_BT)
     torch.testing.assert_close(compiled[2], next_q_BGV)
     assert accepted_B[4] == 0 and 0 < accepted_B.sum() < 3 * 5  # some accepted, some not
+
+
+def test_a_torch_that_cannot_compile_the_verification_runs_it_eagerly_and_says_so_once(
+    monkeypatch, caplog
+):
+    """Where Inductor fails on the verification (as torch 2.11 did on CUDA), speculative sampling
+    goes on eagerly with the same tokens, warning once; any other error is raised."""
+    from torch._inductor.exc import InductorError
+
+    from wmtp.eval import speculative
+    from wmtp.eval.generate import Sampling
+
+    def failing(*args):
+        raise InductorError(TypeError("list indices must be integers"), None)
+
+    monkeypatch.setattr(speculative, "_COMPILE_FAILED", [])
+    monkeypatch.setattr(speculative, "_compiled_sampled_verification", lambda: failing)
+    model, prompt = sampling_model(4), [1, 3, 0, 2]
+    options = {"max_new_tokens": 8, "sampling": Sampling(temperature=1.5)}
+
+    def drawn(**steps):
+        generator = torch.Generator().manual_seed(7)
+        outs, _ = speculative_generate_batch(
+            model, [prompt] * 4, StopRule(letters), generator=generator, **options, **steps
+        )
+        return [out.tokens for out in outs]
+
+    with caplog.at_level("WARNING", logger="wmtp.eval.speculative"):
+        assert drawn(compiled=True) == drawn(compiled=True) == drawn()
+    warnings = [r for r in caplog.records if "cannot compile the verification" in r.message]
+    assert len(warnings) == 1 and "InductorError" in warnings[0].getMessage()
+
+    def broken(*args):
+        raise ValueError("not the compiler's")
+
+    monkeypatch.setattr(speculative, "_COMPILE_FAILED", [])
+    monkeypatch.setattr(speculative, "_compiled_sampled_verification", lambda: broken)
+    with pytest.raises(ValueError, match="not the compiler's"):
+        drawn(compiled=True)
