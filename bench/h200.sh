@@ -27,8 +27,11 @@
 #                   carried) and with this checkout's, one after the other
 #   verifiable_step the production verifiable step (7B LoRA policy, frozen 2.7B critic, random
 #                   weights, micro-batch 4) beside the baseline step of the same settings
+#   lora7b_memory_budget  the LoRA step (compiled) at micro-batch 1 without activation
+#                   checkpointing, and at 1 and 2 checkpointing every 2nd block: less
+#                   recomputation within the best peer's memory (26.2 GiB at micro-batch 8)
 #   vocab128k       wmtp one head and four heads at the 1B shape with a 128,256-token vocabulary
-#                   (micro-batch 8). These three: $OUT/measured.tar.gz
+#                   (micro-batch 8). These four: $OUT/measured.tar.gz
 #   full1b_profile  torch.profiler of the 1B full fine-tune's step (one head, compiled, micro-
 #                   batch 16). Profiles: $OUT/profiles.tar.gz (per profile an operator table and
 #                   GPU timeline .txt, the timeline's .json, the trace where the archive allows)
@@ -41,7 +44,9 @@
 #                   metrics.jsonl as $OUT/float8/loss_{bf16,float8}.jsonl (carry
 #                   storage/datasets/humaneval)
 # Then always: bench/summarise_h200.py -> $OUT/h200.json, h200.md. Results land in $OUT
-# (full1b.json, lora7b.json, h200.json, h200.md, steps.jsonl, logs.tar.gz). PEERS_FROM=DIR first
+# (full1b.json, lora7b.json, h200.json, h200.md, steps.jsonl, logs.tar.gz); after the stages that
+# time or profile single steps also bench/summarise_step.py -> h200_step.json, h200_step.md (its
+# LoRA peer from STEP_PEERS, default bench/results/h200.json). PEERS_FROM=DIR first
 # copies an earlier call's full1b.json / lora7b.json into $OUT, so a second call adds its sides.
 set -u
 source bench/device_setup.sh || exit 1
@@ -146,6 +151,19 @@ stage_lora7b_variants() {
       --out "$OUT/variants/${v%%:*}"
   done
 }
+BUDGET=(mb1_no_checkpointing:1:false mb2_every_2nd:2:2 mb1_every_2nd:1:2)
+stage_lora7b_memory_budget() {  # the LoRA step (compiled) with less recomputation at smaller
+  # micro-batches: which fits the best peer's memory (HF + PEFT + compile at micro-batch 8,
+  # 26.2 GiB) at the most tokens/s (NAME:MICRO_BATCH:ACTIVATION_CHECKPOINTING)
+  local v name mb ac
+  for v in "${BUDGET[@]}"; do
+    IFS=: read -r name mb ac <<< "$v"
+    step "budget_$name" 120 "${LORA_STEP[@]:0:${#LORA_STEP[@]}-2}" --set parallel.compile=true \
+      --set "training.micro_batch_size=$mb" --set "parallel.activation_checkpointing=$ac" \
+      --repeats 8 --out "$MEASURED/memory_budget/$name"
+  done
+  pack_measured
+}
 RUN_SETS=(--set "model.policy.path=''" --set "tokenizer={kind='byte'}"
   --set training.grad_accum_steps=1 --set "data.kind='humaneval'" --set data.packing=true)
 stage_run_vs_step() {
@@ -187,4 +205,9 @@ stage_float8_loss() {  # the same run (seed, data, order) in bf16 and in float8
 run_stages "$@"
 python3 bench/summarise_h200.py --results "$OUT" --script "bash bench/h200.sh $*" \
   2>&1 | tee "$LOG_DIR/summary.log"
+if [ -d "$MEASURED" ] || [ -d "$WORK/profiles" ]; then  # the stages that time or profile steps
+  python3 bench/summarise_step.py --results "$MEASURED" --profiles "$WORK/profiles" --out "$OUT" \
+    --note "bash bench/h200.sh $*" --peers "${STEP_PEERS:-bench/results/h200.json}" \
+    2>&1 | tee -a "$LOG_DIR/summary.log"
+fi
 pack_logs

@@ -1,12 +1,16 @@
 """Write h200_step.json and h200_step.md from bench/h200.sh's stages ab, verifiable_step,
 vocab128k, full1b_profile and lora7b_profile_compiled (issue 20: where the step's time goes).
 
-    python bench/summarise_step.py --results DIR [--out DIR] [--note TEXT] [--reading FILE]
+    python bench/summarise_step.py --results DIR [--out DIR] [--profiles DIR] [--note TEXT]
+                                   [--reading FILE] [--peers h200.json]
 
-DIR holds what those stages write (bench/h200.sh packs them as measured.tar.gz and
-profiles.tar.gz): ab/{lora7b,full1b}_{before,after}/*.json, verifiable_step/{verifiable,
-baseline}.json, vocab128k_full1b.json (`wmtp bench peers` rows) and profiles/*/*.timeline.json.
-Any part may be missing. Standard library only.
+DIR holds what those stages write under $WORK/measured (bench/h200.sh packs it as
+measured.tar.gz): ab/{lora7b,full1b}_{before,after}/, verifiable_step/{verifiable,baseline}/,
+vocab128k/full1b.json (`wmtp bench peers` rows), memory_budget/*/ (the LoRA step with less
+recomputation, against the best LoRA peer of --peers, an h200.json); each folder but vocab128k
+holds one `wmtp bench step` result. Profiles' timelines: --profiles (default DIR/profiles;
+$WORK/profiles, packed as profiles.tar.gz), */*.timeline.json. Any part may be missing.
+Standard library only.
 """
 
 from __future__ import annotations
@@ -18,10 +22,10 @@ from pathlib import Path
 from summarise_h200 import mtp4
 
 
-def _step(path: Path) -> dict | None:
-    """A `wmtp bench step` result (the one JSON in ``path`` or ``path`` itself)."""
-    files = sorted(path.glob("*.json")) if path.is_dir() else [path]
-    if not files or not files[0].is_file():
+def _step(folder: Path) -> dict | None:
+    """The `wmtp bench step` result in ``folder`` (its one JSON file)."""
+    files = sorted(folder.glob("*.json"))
+    if not files:
         return None
     r = json.loads(files[0].read_text())
     return {
@@ -47,7 +51,7 @@ def ab(folder: Path) -> dict:
 
 
 def verifiable(folder: Path) -> dict | None:
-    v, b = _step(folder / "verifiable.json"), _step(folder / "baseline.json")
+    v, b = _step(folder / "verifiable"), _step(folder / "baseline")
     if not (v and b):
         return None
     return {"verifiable": v, "baseline": b, "step_time_ratio": v["step_ms"] / b["step_ms"]}
@@ -60,22 +64,37 @@ def vocab128k(path: Path) -> dict | None:
     return mtp4(rows) or None
 
 
+def memory_budget(folder: Path, peer: dict | None) -> dict:
+    """Each variant's step, and against ``peer`` (tokens/s and peak memory) where given."""
+    out = {}
+    for path in sorted(p for p in folder.glob("*") if p.is_dir()):
+        if (row := _step(path)) is None:
+            continue
+        if peer:
+            row["ratio_vs_peer"] = row["tokens_per_s"] / peer["tokens_per_s"]
+            row["peak_memory_ratio_vs_peer"] = row["peak_memory_gib"] / peer["peak_memory_gib"]
+        out[path.name] = row
+    return out
+
+
 def timelines(folder: Path) -> dict:
     return {
         p.parent.name: json.loads(p.read_text()) for p in sorted(folder.glob("*/*.timeline.json"))
     }
 
 
-def summarise(folder: Path) -> dict:
+def summarise(folder: Path, profiles: Path, peer: dict | None = None) -> dict:
     s: dict = {"ab": ab(folder / "ab")}
+    if budget := memory_budget(folder / "memory_budget", peer):
+        s["lora7b_memory_budget"] = {"peer": peer, "variants": budget}
     if (v := verifiable(folder / "verifiable_step")) is not None:
         s["verifiable_step_ratio_vs_baseline"] = v["step_time_ratio"]
         s["verifiable_step"] = v
-    if (m := vocab128k(folder / "vocab128k_full1b.json")) is not None:
+    if (m := vocab128k(folder / "vocab128k" / "full1b.json")) is not None:
         s["mtp4_128k_step_time_over_flop_floor"] = m["step_time_over_flop_floor"]
         s["mtp4_128k_peak_memory_ratio_vs_ntp"] = m["peak_memory_ratio_vs_ntp"]
         s["mtp4_128k"] = m
-    s["profiles"] = timelines(folder / "profiles")
+    s["profiles"] = timelines(profiles)
     return s
 
 
@@ -103,6 +122,33 @@ def profile_lines(name: str, t: dict, steps: int = 2) -> list[str]:
         f"- {phase}: {_ms(us)} ms" for phase, us in list(t["stall_us_by_host_phase"].items())[:6]
     ]
     return [*lines, ""]
+
+
+def budget_lines(budget: dict) -> list[str]:
+    peer = budget["peer"]
+    against = (
+        f"{peer['side']} at micro-batch {peer['micro_batch']}: {peer['tokens_per_s']:,.0f} "
+        f"tokens/s, {peer['peak_memory_gib']:.2f} GiB"
+        if peer
+        else "no peer given"
+    )
+    lines = [
+        "",
+        "## The LoRA step with less recomputation, against the best LoRA peer",
+        "",
+        f"Peer: {against}.",
+        "",
+        "| variant | micro-batch | tokens/s | peak GiB | / peer tokens/s | / peer memory |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in budget["variants"].items():
+        ratio = f"{r['ratio_vs_peer']:.2f}x" if "ratio_vs_peer" in r else "-"
+        memory = f"{r['peak_memory_ratio_vs_peer']:.2f}" if "ratio_vs_peer" in r else "-"
+        lines.append(
+            f"| {name} | {r['micro_batch']} | {r['tokens_per_s']:,.0f} | "
+            f"{r['peak_memory_gib']:.2f} | {ratio} | {memory} |"
+        )
+    return lines
 
 
 def markdown(s: dict, note: str, reading: str = "") -> str:
@@ -139,6 +185,8 @@ def markdown(s: dict, note: str, reading: str = "") -> str:
             f"the FLOP floor (target at most 1.03x); peak memory **{m['peak_memory_ratio_vs_ntp']:.2f}x** "
             "one head's (target at most 1.10x)",
         ]
+    if "lora7b_memory_budget" in s:
+        lines += budget_lines(s["lora7b_memory_budget"])
     if s["profiles"]:
         lines += ["", "## Profiles (`wmtp bench step --profile 2`: the GPU timeline)", ""]
         for name, t in s["profiles"].items():
@@ -158,9 +206,14 @@ def main() -> None:
         "--note", default="", help="What ran, where and when (the markdown's lead)."
     )
     parser.add_argument("--reading", type=Path, help="Markdown read into the figures, at the end.")
+    parser.add_argument("--peers", type=Path, help="An h200.json: its best LoRA peer.")
+    parser.add_argument("--profiles", type=Path, help="Profiles' folder (default DIR/profiles).")
     args = parser.parse_args()
     out = args.out or args.results
-    s = summarise(args.results)
+    peer = None
+    if args.peers is not None:
+        peer = json.loads(args.peers.read_text()).get("lora7b_best", {}).get("peer")
+    s = summarise(args.results, args.profiles or args.results / "profiles", peer)
     s["note"] = args.note
     (out / "h200_step.json").write_text(json.dumps(s, indent=1) + "\n")
     reading = args.reading.read_text() if args.reading else ""

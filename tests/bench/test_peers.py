@@ -489,11 +489,31 @@ def test_the_step_summariser_reads_its_figures_from_the_stages_files(tmp_path):
     for shape in ("lora7b", "full1b"):
         before, after = step(f"ab/{shape}_before"), step(f"ab/{shape}_after")
         assert summary["ab"][shape]["ratio"] == after["tokens_per_s"] / before["tokens_per_s"]
-    verifiable = json.loads((raw / "verifiable_step/verifiable.json").read_text())
-    baseline = json.loads((raw / "verifiable_step/baseline.json").read_text())
+    verifiable, baseline = step("verifiable_step/verifiable"), step("verifiable_step/baseline")
     ratio = verifiable["step"]["median_ms"] / baseline["step"]["median_ms"]
     assert summary["verifiable_step_ratio_vs_baseline"] == ratio
-    rows = json.loads((raw / "vocab128k_full1b.json").read_text())["rows"]
+    rows = json.loads((raw / "vocab128k/full1b.json").read_text())["rows"]
     assert summary["mtp4_128k"] == summarise_module().mtp4(rows)
     assert set(summary["profiles"]) == {"full1b", "lora7b_compile"}
     assert "## What the figures say" not in (tmp_path / "h200_step.md").read_text()
+
+
+def test_the_step_summariser_sets_each_memory_budget_variant_against_the_best_lora_peer(tmp_path):
+    """memory_budget/<variant>/ (a `wmtp bench step` result; here the H200 call's LoRA step)
+    against the best LoRA peer of an h200.json (the committed one): tokens/s and memory ratios."""
+    import shutil
+
+    raw = REPO / "bench/results/h200_step_20261204/ab/lora7b_after"
+    shutil.copytree(raw, tmp_path / "memory_budget" / "mb8_as_written")
+    script = str(REPO / "bench" / "summarise_step.py")
+    peers = REPO / "bench/results/h200.json"
+    subprocess.run([sys.executable, script, "--results", str(tmp_path), "--peers", str(peers)],
+                   check=True, capture_output=True)  # fmt: skip
+    budget = json.loads((tmp_path / "h200_step.json").read_text())["lora7b_memory_budget"]
+    peer = json.loads(peers.read_text())["lora7b_best"]["peer"]
+    row = json.loads((raw / "baseline.json").read_text())
+    variant = budget["variants"]["mb8_as_written"]
+    assert budget["peer"] == peer and variant["micro_batch"] == 8
+    assert variant["ratio_vs_peer"] == row["tokens_per_s"] / peer["tokens_per_s"]
+    assert variant["peak_memory_ratio_vs_peer"] == row["peak_memory_gib"] / peer["peak_memory_gib"]
+    assert "| mb8_as_written | 8 |" in (tmp_path / "h200_step.md").read_text()
