@@ -168,7 +168,6 @@ def profile_calls(fn, path: Path, *, steps: int, device: torch.device) -> None:
         timeline = gpu_timeline(path.with_name(path.name + ".trace.json.gz"))
         path.with_name(path.name + ".timeline.json").write_text(json.dumps(timeline, indent=1))
         tables.append(timeline_text(timeline, per=steps))
-    if device.type == "cuda":
         tables += ["by self device time:", averages.table("self_device_time_total", row_limit=40)]
     tables += ["by self host time:", averages.table("self_cpu_time_total", row_limit=25)]
     path.with_name(path.name + ".txt").write_text("\n".join(tables) + "\n")

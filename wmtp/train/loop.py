@@ -227,9 +227,7 @@ class Trainer:
         for i, batch in enumerate(micro_batches):
             set_gradient_sync(self.model, i == last)
             yield batch
-        faults.before_optimizer_step(self)  # testing hooks; no-op unset
-        with phase("grad_norm"):
-            self._grad_norm = self._queue_clipping()
+        self._grad_norm = self._gradients_complete()
 
     # --- resume ----------------------------------------------------------------------------------
     def resume(self, checkpoint: Path) -> None:
@@ -427,10 +425,14 @@ class Trainer:
         """The global gradient norm, its gradients clipped (queued by :meth:`accumulate`, or
         now if the pipeline left the batches unfinished)."""
         norm, self._grad_norm = self._grad_norm, None
-        if norm is None:
-            faults.before_optimizer_step(self)
-            norm = self._queue_clipping()
-        return float(norm)
+        return float(norm if norm is not None else self._gradients_complete())
+
+    def _gradients_complete(self) -> torch.Tensor:
+        """The step's gradients are all there: the testing hook between backward and update,
+        then their norm and clipping queued (:meth:`_queue_clipping`)."""
+        faults.before_optimizer_step(self)  # testing hooks; no-op unset
+        with phase("grad_norm"):
+            return self._queue_clipping()
 
     def _queue_clipping(self) -> torch.Tensor:
         """The global gradient norm (a device tensor: nothing waits for it here); the gradients
