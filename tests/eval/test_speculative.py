@@ -215,6 +215,39 @@ def test_cuda_graph_decoding_equals_eager_decoding(n_future_tokens, compiled):
     assert_rows_exactly_greedy(model, SAME_LENGTH, limit, StopRule(letters), **steps)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_captured_sampling_steps_draw_the_eager_steps_tokens_on_the_gpu():
+    """On a GPU (fp32): speculative sampling whose verification is compiled into the captured
+    verify step, and plain sampling whose draw is, give from one seed the tokens that eager steps
+    with the eager verification and draw give, with the same acceptance."""
+    from wmtp.eval.generate import Sampling
+
+    model = make_tiny_model(4, seed=4).cuda()
+    sampling = Sampling(temperature=1.0, top_p=0.9)
+    options = {"max_new_tokens": 24, "sampling": sampling}
+
+    def speculative(**steps):
+        generator = torch.Generator(device="cuda").manual_seed(11)
+        outs, stats = speculative_generate_batch(
+            model, SAME_LENGTH, StopRule(letters), generator=generator, **options, **steps
+        )
+        return [out.tokens for out in outs], SpeculativeStats.of_batch(stats).accepted
+
+    def plain(**steps):
+        generator = torch.Generator(device="cuda").manual_seed(3)
+        outs = generate(model, PROMPTS, StopRule(letters), generator=generator, **options, **steps)
+        return [out.tokens for out in outs]
+
+    eager = {"cuda_graphs": False, "compiled": False}
+    captured = {"cuda_graphs": True, "compiled": True}
+    (tokens, accepted), (reference, reference_accepted) = (
+        speculative(**captured),
+        speculative(**eager),
+    )
+    assert tokens == reference and accepted == reference_accepted > 0
+    assert plain(**captured) == plain(**eager)
+
+
 # --- speculative sampling: head 1's distribution exactly --------------------------------------
 
 SAMPLED = 3
@@ -383,45 +416,46 @@ def test_a_draw_inverts_each_distributions_cumulative_weights_at_its_uniform():
         torch.testing.assert_close(freq_V, expected_V, atol=2.0 / n, rtol=0)
 
 
-def test_compiled_sampled_verification_draws_what_the_eager_one_draws():
-    """The compiled verification (Inductor on the CPU) and the eager one, given the same logits,
-    drafts and uniforms, accept the same guesses and draw the same next tokens; their draft
-    distributions agree."""
-    from wmtp.eval.generate import Sampling, next_token_probs
-    from wmtp.eval.speculative import _compiled_sampled_verification, sampled_verification
+def test_a_sampled_verify_step_compiled_with_its_verification_draws_what_eager_steps_draw():
+    """The verify step compiled with its verification as its tail (Inductor on the CPU, the
+    path a GPU runs minus the graph) and the eager step with the eager verification, from one
+    seed, draw the same tokens; each row accepts some guesses and not others."""
+    from wmtp.eval.generate import Sampling
 
-    torch.manual_seed(3)
-    B, n, V = 6, 4, 64
-    sampling = Sampling(temperature=0.7, top_p=0.9)
-    logits_BTnV = torch.randn(B, n, n, V) * 2
-    near_BGV = logits_BTnV[:, : n - 1, 0] + torch.randn(B, n - 1, V)  # drafts near head 1
-    q_BGV = next_token_probs(near_BGV, sampling)
-    guesses_BG = torch.multinomial(q_BGV.view(-1, V), 1).view(B, n - 1)
-    checked_BG = torch.arange(n - 1) < torch.tensor([3, 3, 2, 3, 0, 3])[:, None]
-    uniforms_BU = torch.rand(B, 2 * n - 1)
-    args = (logits_BTnV, guesses_BG, q_BGV, checked_BG, uniforms_BU, sampling)
-    accepted_B, fed_BT, next_q_BGV = sampled_verification(*args)
-    compiled = _compiled_sampled_verification()(*args)
-    assert torch.equal(compiled[0], accepted_B) and torch.equal(compiled[1], fed_BT)
-    torch.testing.assert_close(compiled[2], next_q_BGV)
-    assert accepted_B[4] == 0 and 0 < accepted_B.sum() < 3 * 5  # some accepted, some not
+    model, prompt = sampling_model(4), [1, 3, 0, 2]
+    sampling = Sampling(temperature=0.9, top_p=0.9)
+
+    def drawn(**steps):
+        generator = torch.Generator().manual_seed(5)
+        outs, stats = speculative_generate_batch(
+            model, [prompt] * 4, StopRule(letters), max_new_tokens=10, sampling=sampling,
+            generator=generator, **steps,
+        )  # fmt: skip
+        return [out.tokens for out in outs], SpeculativeStats.of_batch(stats)
+
+    (compiled, stats), (eager, _) = drawn(compiled=True), drawn()
+    assert compiled == eager and 0 < stats.accepted < stats.drafted
 
 
 def test_a_torch_that_cannot_compile_the_verification_runs_it_eagerly_and_says_so_once(
     monkeypatch, caplog
 ):
-    """Where Inductor fails on the verification (as torch 2.11 did on CUDA), speculative sampling
-    goes on eagerly with the same tokens, warning once; any other error is raised."""
-    from torch._inductor.exc import InductorError
-
+    """Where the compiler fails on the verification (as Inductor of torch 2.11 did on CUDA;
+    here Dynamo, made to meet a graph break in it), speculative sampling goes on with the step
+    compiled and the verification eager, the same tokens, warning once; any other error in the
+    verification is raised."""
     from wmtp.eval import speculative
     from wmtp.eval.generate import Sampling
+    from wmtp.models import kv_cache
 
-    def failing(*args):
-        raise InductorError(TypeError("list indices must be integers"), None)
+    verify = speculative.sampled_verification
 
-    monkeypatch.setattr(speculative, "_COMPILE_FAILED", [])
-    monkeypatch.setattr(speculative, "_compiled_sampled_verification", lambda: failing)
+    def unfusable(*args):
+        torch._dynamo.graph_break()
+        return verify(*args)
+
+    monkeypatch.setattr(kv_cache, "_EAGER_TAILS", set())
+    monkeypatch.setattr(speculative, "sampled_verification", unfusable)
     model, prompt = sampling_model(4), [1, 3, 0, 2]
     options = {"max_new_tokens": 8, "sampling": Sampling(temperature=1.5)}
 
@@ -432,15 +466,17 @@ def test_a_torch_that_cannot_compile_the_verification_runs_it_eagerly_and_says_s
         )
         return [out.tokens for out in outs]
 
-    with caplog.at_level("WARNING", logger="wmtp.eval.speculative"):
+    with caplog.at_level("WARNING", logger="wmtp.models.kv_cache"):
         assert drawn(compiled=True) == drawn(compiled=True) == drawn()
-    warnings = [r for r in caplog.records if "cannot compile the verification" in r.message]
-    assert len(warnings) == 1 and "InductorError" in warnings[0].getMessage()
+    warnings = [r for r in caplog.records if "into the step" in r.message]
+    assert len(warnings) == 1 and "Verification" in warnings[0].getMessage()
 
-    def broken(*args):
-        raise ValueError("not the compiler's")
+    def broken(logits_BTnV, guesses_BG, *args):  # in verify steps: the prompt's passes
+        if guesses_BG.shape[1]:
+            raise ValueError("not the compiler's")
+        return verify(logits_BTnV, guesses_BG, *args)
 
-    monkeypatch.setattr(speculative, "_COMPILE_FAILED", [])
-    monkeypatch.setattr(speculative, "_compiled_sampled_verification", lambda: broken)
+    monkeypatch.setattr(kv_cache, "_EAGER_TAILS", set())
+    monkeypatch.setattr(speculative, "sampled_verification", broken)
     with pytest.raises(ValueError, match="not the compiler's"):
         drawn(compiled=True)

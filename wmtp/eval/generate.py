@@ -81,6 +81,23 @@ def sample_next(
     return (drawn_B1 if order_BV is None else order_BV.gather(-1, drawn_B1)).squeeze(-1)
 
 
+@dataclass(frozen=True)
+class NextTokens:
+    """A plain decoding step's tail (``wmtp.models.kv_cache.StepTail``): head 1's next token of
+    every row after the step's last position (``sample_next``, with each row's uniform when
+    sampled), drawn in the step's own compiled code and CUDA graph."""
+
+    sampling: Sampling
+
+    def __call__(
+        self,
+        tokens_BS: torch.Tensor,
+        logits_BSnV: torch.Tensor,
+        uniforms_B: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return sample_next(logits_BSnV[:, -1, 0], self.sampling, uniforms_B)
+
+
 @dataclass
 class Completion:
     """One generated continuation."""
@@ -317,8 +334,9 @@ def decode_rows(
 
 class _Slots:
     """The rows decoding together: a fixed-shape decoder of ``slots`` rows (keeping head 1), the
-    row each slot holds and its tokens so far, and on the device each slot's logits, position
-    and random numbers."""
+    row each slot holds and its tokens so far, and on the device each slot's next token (drawn,
+    not yet read), position and random numbers. Each step draws the tokens after it as its tail
+    (``NextTokens``); a row's first token comes from its prompt's forward."""
 
     def __init__(
         self, model, rows: list[Row], slots: int, sampling: Sampling, steps: dict, tally: StepTally
@@ -332,8 +350,8 @@ class _Slots:
         self.decoder = make_decoder(model, slots, max_len, [1], rows_apart=True, **steps)
         self.held: list[tuple[int, Row] | None] = [None] * slots
         self.generated: list[list[int]] = [[] for _ in range(slots)]
-        dtype = next(model.parameters()).dtype
-        self.logits_BV = torch.zeros(slots, model.args.vocab_size, dtype=dtype, device=self.device)
+        self.next_B = torch.zeros(slots, dtype=torch.long, device=self.device)
+        self.pick = NextTokens(sampling)
         width = max(r.limit for r in rows)
         self.uniforms_BT = torch.zeros(slots, width, device=self.device)
         self.drawn_B = torch.zeros(slots, dtype=torch.long, device=self.device)
@@ -347,31 +365,36 @@ class _Slots:
         return any(h is None for h in self.held)
 
     def start(self, i: int, row: Row) -> None:
-        """Row ``i`` into a free slot: its prompt's keys and values, the logits after it, its
-        position, its random numbers."""
+        """Row ``i`` into a free slot: its prompt's keys and values, its position, its random
+        numbers, and its first token, drawn from its prompt's last logits."""
         began = time.perf_counter()
         b = self.held.index(None)
         prefix, last_V = self._prefill(row.prompt)
         self.decoder.load_row(b, prefix)
         self.decoder.positions[b] = len(row.prompt)
-        self.logits_BV[b] = last_V
+        uniform_1 = None
         if not self.sampling.greedy:
             drawn = torch.rand(row.limit, generator=torch.Generator().manual_seed(row.seed))
             if self.device.type == "cuda":
                 drawn = drawn.pin_memory()
             self.uniforms_BT[b, : row.limit].copy_(drawn, non_blocking=True)
-            self.drawn_B[b] = 0
+            self.drawn_B[b] = 1
+            uniform_1 = self.uniforms_BT[b, :1]
+        self.next_B[b] = sample_next(last_V[None], self.sampling, uniform_1)[0]
         self.held[b], self.generated[b] = (i, row), []
         self.tally.rows_started += 1
         self.tally.started_rows_s += time.perf_counter() - began
 
     def advance(self) -> list[tuple[int, Completion]]:
-        """Draw every slot's next token, queue the step after it (where a row goes on), and read
-        the tokens: the rows that ended, with their completions; their slots are free."""
-        tokens_B = self._draw()
-        self.reader.start(tokens_B)
+        """Queue the read of every slot's next token and the step after it (where a row goes
+        on: it draws the tokens after those), then read them: the rows that ended, with their
+        completions; their slots are free."""
+        self.reader.start(self.next_B)
         if self._another_step_needed():
-            self.logits_BV = self.decoder.step_rows(tokens_B[:, None], heads=[1])[:, -1, 0]
+            inputs = () if self.sampling.greedy else (self._next_uniforms(),)
+            self.next_B = self.decoder.step_rows(
+                self.next_B[:, None], heads=[1], tail=self.pick, inputs=inputs
+            )
             last = self.decoder.max_len - 1  # idle slots stay inside the cache
             self.decoder.positions.add_(1).clamp_(max=last)
         self.tally.steps += 1
@@ -391,12 +414,11 @@ class _Slots:
                 self.held[b] = None
         return ended
 
-    def _draw(self) -> torch.Tensor:
-        if self.sampling.greedy:
-            return self.logits_BV.argmax(dim=-1)
+    def _next_uniforms(self) -> torch.Tensor:
+        """Each slot's next uniform, ``[B]`` (a row's t-th token draws with its t-th)."""
         uniforms_B = self.uniforms_BT.gather(1, self.drawn_B[:, None]).squeeze(1)
         self.drawn_B.add_(1).clamp_(max=self.uniforms_BT.shape[1] - 1)
-        return sample_next(self.logits_BV, self.sampling, uniforms_B)
+        return uniforms_B
 
     def _another_step_needed(self) -> bool:
         """Whether a row may go on after the tokens being read: one whose limit lies beyond
@@ -445,6 +467,7 @@ class TokenReader:
 
 __all__ = [
     "Completion",
+    "NextTokens",
     "Row",
     "Sampling",
     "StepTally",

@@ -19,6 +19,11 @@ forward already holds the next position's draft. Every forward commits at least 
   only where they are used: head 1's at every position, the drafting heads' at the stopping
   one), and read back together.
 
+The verification (``Verification``) is the verify step's tail (``wmtp.models.kv_cache.StepTail``):
+compiled with the forward and replayed in its CUDA graph, so a verify step launches no kernel of
+its own after the forward. Sampled, its random numbers are drawn first, in one call of the
+generator per step, and handed to the step as an input.
+
 Batched: ``speculative_generate_batch`` decodes rows of one prompt length together (pass@k's
 samples of one problem), each row verifying its own draft and committing its own number of
 tokens per forward. The verify step is the fixed-shape step with a start position per row
@@ -34,8 +39,6 @@ the batch of one (the paper's setting: latency of one request).
 
 from __future__ import annotations
 
-import functools
-import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -45,7 +48,6 @@ import torch
 from wmtp.eval.generate import Completion, Sampling, StopRule, next_token_probs
 
 GREEDY = Sampling()
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -270,12 +272,12 @@ class _RowsOnDevice:
     def verify(self, drafts: Drafts, sampling: Sampling, generator) -> _InFlight:
         """Queue the verify forward of ``drafts`` and the acceptance after it; advance the rows
         still decoding by what they commit."""
-        logits_BTnV = self.decoder.step_rows(drafts.fed_BT)
         room_B = (self.limit - self.committed_B).clamp(0, self.n - 1)
         offered_B = torch.where(self.active_B, room_B, 0)
-        accepted_B, following = verify_on_device(
-            logits_BTnV, drafts, offered_B, sampling, generator, compiled=self.decoder.compiled
-        )
+        verification = Verification(sampling)
+        inputs = verification.inputs(drafts, offered_B, generator, self.n)
+        outputs = self.decoder.step_rows(drafts.fed_BT, tail=verification, inputs=inputs)
+        accepted_B, following = verification.drafts(outputs)
         advance_B = torch.where(self.active_B, accepted_B + 1, 0)
         self.committed_B += advance_B
         last = self.decoder.max_len - drafts.fed_BT.shape[1]  # a late row stays in the cache
@@ -323,33 +325,70 @@ def verify_on_device(
     offered_B: torch.Tensor,
     sampling: Sampling,
     generator: torch.Generator | None,
-    *,
-    compiled: bool = False,
 ) -> tuple[torch.Tensor, Drafts]:
-    """``(accepted_B, next drafts)``, nothing read from the device: how many of its guesses each
-    row's head 1 accepts, given every head's logits after each fed token (``[B, T, n, V]``:
-    ``drafts.fed_BT``), and each row's draft at the position after its last accepted guess (the
-    module doc says how, greedy and sampled; the drafts' host ``tokens`` are left empty). Row
-    b's first ``offered_B[b]`` guesses are checked (fewer near its limit, none once it has
-    finished). With no drafts (``T = 1``: the prompts' last position) it is that position's
-    draft. Sampled, every random number of the verification is drawn first, in one call of
-    ``generator`` (``[B, G + n]``: the acceptance tests, the stopping token, the new guesses),
-    and the rest is one function of them (:func:`sampled_verification`; ``compiled``: compiled
-    by Inductor, a few fused kernels instead of ~50 eager ones)."""
-    B, T, n = logits_BTnV.shape[:3]
-    G, device = T - 1, logits_BTnV.device
-    no_guesses_BG = torch.zeros((B, 0), dtype=torch.long, device=device)
-    guesses_BG = drafts.fed_BT[:, 1:] if drafts is not None else no_guesses_BG
-    checked_BG = torch.arange(G, device=device) < offered_B[:, None]
-    if sampling.greedy:
-        choices_BTn = logits_BTnV.argmax(dim=-1)
-        accepted_B = _accepted(choices_BTn[:, :G, 0] == guesses_BG, checked_BG)
-        return accepted_B, Drafts(_at(choices_BTn, accepted_B), [])  # head 1's token, drafts
-    uniforms_BU = torch.rand(B, G + n, device=device, generator=generator)
-    q_BGV = drafts.q_BGV if drafts is not None else None
-    args = (logits_BTnV, guesses_BG, q_BGV, checked_BG, uniforms_BU, sampling)
-    accepted_B, fed_BT, q_BGV = _verify_compiled(*args) if compiled else sampled_verification(*args)
-    return accepted_B, Drafts(fed_BT, [], q_BGV)
+    """``(accepted_B, next drafts)``, nothing read from the device: ``Verification`` run on
+    logits already made (``[B, T, n, V]``, after each of ``drafts.fed_BT``). With no drafts
+    (``T = 1``: the prompts' last position) it is that position's draft."""
+    B, n = logits_BTnV.shape[0], logits_BTnV.shape[2]
+    verification = Verification(sampling)
+    fed_BT = drafts.fed_BT if drafts is not None else _no_drafts(B, logits_BTnV.device)
+    inputs = verification.inputs(drafts, offered_B, generator, n)
+    return verification.drafts(verification(fed_BT, logits_BTnV, *inputs))
+
+
+def _no_drafts(B: int, device: torch.device) -> torch.Tensor:
+    """A fed input of one token per row and no guesses (its token is not read)."""
+    return torch.zeros((B, 1), dtype=torch.long, device=device)
+
+
+@dataclass(frozen=True)
+class Verification:
+    """A verify step's tail (``wmtp.models.kv_cache.StepTail``): how many of its guesses each
+    row's head 1 accepts, given every head's logits after each fed token (``[B, T, n, V]``,
+    ``fed_BT = [next, guesses...]``), and each row's draft at the position after its last
+    accepted guess (the module doc says how, greedy and sampled). Row b's first ``offered_B[b]``
+    guesses are checked (fewer near its limit, none once it has finished). Its value keys the
+    step's compiled code and graph: one per ``sampling``."""
+
+    sampling: Sampling
+
+    def inputs(self, drafts: Drafts | None, offered_B: torch.Tensor, generator, n: int) -> tuple:
+        """The tail's inputs besides the logits: the rows' offered counts; sampled, the guesses'
+        distributions and every random number of the verification, drawn here in one call of
+        ``generator`` (``[B, G + n]``: the acceptance tests, the stopping token, the new
+        guesses)."""
+        if self.sampling.greedy:
+            return (offered_B,)
+        G = drafts.fed_BT.shape[1] - 1 if drafts is not None else 0
+        uniforms_BU = torch.rand(
+            len(offered_B), G + n, device=offered_B.device, generator=generator
+        )
+        q_BGV = drafts.q_BGV if drafts is not None else None
+        return (offered_B, uniforms_BU) if q_BGV is None else (offered_B, uniforms_BU, q_BGV)
+
+    def __call__(
+        self,
+        fed_BT: torch.Tensor,
+        logits_BTnV: torch.Tensor,
+        offered_B: torch.Tensor,
+        uniforms_BU: torch.Tensor | None = None,
+        q_BGV: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        """``(accepted_B, next fed_BT)``, and sampled the next guesses' distributions."""
+        guesses_BG = fed_BT[:, 1:]
+        G = guesses_BG.shape[1]
+        checked_BG = torch.arange(G, device=fed_BT.device) < offered_B[:, None]
+        if self.sampling.greedy:
+            choices_BTn = logits_BTnV.argmax(dim=-1)
+            accepted_B = _accepted(choices_BTn[:, :G, 0] == guesses_BG, checked_BG)
+            return accepted_B, _at(choices_BTn, accepted_B)  # head 1's token, the drafts
+        args = (logits_BTnV, guesses_BG, q_BGV, checked_BG, uniforms_BU, self.sampling)
+        return sampled_verification(*args)
+
+    def drafts(self, outputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, Drafts]:
+        """``(accepted_B, next drafts)`` from the tail's outputs."""
+        accepted_B, fed_BT, *q_BGV = outputs
+        return accepted_B, Drafts(fed_BT, [], q_BGV[0] if q_BGV else None)
 
 
 def sampled_verification(
@@ -376,37 +415,6 @@ def sampled_verification(
     q_BGV = next_token_probs(_at(logits_BTnV[:, :, 1:], accepted_B), sampling)
     drafted_BG = draw(q_BGV, uniforms_BU[:, G + 1 :])
     return accepted_B, torch.cat([next_B1, drafted_BG], dim=1), q_BGV
-
-
-@functools.cache
-def _compiled_sampled_verification():
-    """:func:`sampled_verification` compiled (whole graph, static shapes), made once per
-    process: one variant per (batch, draft length, sampling setting)."""
-    return torch.compile(sampled_verification, fullgraph=True, dynamic=False)
-
-
-_COMPILE_FAILED: list[str] = []
-"""Why this torch could not compile the verification (then it runs eagerly, said once)."""
-
-
-def _verify_compiled(*args):
-    """:func:`sampled_verification` compiled, or eager where this torch fails to compile it
-    (the tokens are the same; only the speed differs)."""
-    from wmtp.parallel.checkpointing import compile_failure
-
-    if not _COMPILE_FAILED:
-        try:
-            return _compiled_sampled_verification()(*args)
-        except Exception as exc:  # Dynamo's or Inductor's; anything else is raised
-            reason = compile_failure(exc)
-            if reason is None:
-                raise
-            _COMPILE_FAILED.append(reason)
-            log.warning(
-                "speculative sampling: this torch cannot compile the verification (%s); it "
-                "runs eagerly, with the same tokens, more slowly", reason[:200],
-            )  # fmt: skip
-    return sampled_verification(*args)
 
 
 def _accepted(passes_BG: torch.Tensor, checked_BG: torch.Tensor) -> torch.Tensor:
@@ -457,6 +465,7 @@ def draw(weights_BGV: torch.Tensor, uniforms_BG: torch.Tensor) -> torch.Tensor:
 __all__ = [
     "Drafts",
     "SpeculativeStats",
+    "Verification",
     "draw",
     "sampled_verification",
     "speculative_generate",

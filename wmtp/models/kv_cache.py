@@ -39,6 +39,7 @@ from wmtp.models.llama_mtp import (
     rope_frequencies,
     rope_tables,
 )
+from wmtp.parallel.checkpointing import compile_failure
 
 log = logging.getLogger(__name__)
 
@@ -280,21 +281,34 @@ def _feed_forward(block: TransformerBlock, x_BSD, fused: FusedBlock | None):
     return block.feed_forward.w2(F.silu(gate) * up)
 
 
+StepTail = Callable[..., "torch.Tensor | tuple[torch.Tensor, ...]"]
+"""What a fixed-shape step computes from its logits, in the same compiled code and CUDA graph:
+``tail(tokens_BS, logits_BSnV, *inputs)`` -> a tensor or a tuple of them (the next tokens, a
+speculative verification), so that choosing tokens adds no eager kernels and no host launches
+after the step. A frozen dataclass (or a module-level function): its value keys the step's
+compiled variant and graph. It must not read the host: it is captured."""
+
+_EAGER_TAILS: set = set()
+"""Tails this torch failed to compile into a step: they run eagerly after it (said once)."""
+
+
 @dataclass
 class _Captured:
-    """One captured step: its graph and the tensors it reads and writes."""
+    """One captured step: its graph, the tensors it reads (the tokens, the tail's inputs) and
+    what it writes (the logits, or the tail's outputs)."""
 
     graph: torch.cuda.CUDAGraph
     tokens_BS: torch.Tensor
-    logits_BSnV: torch.Tensor
+    inputs: tuple[torch.Tensor, ...]
+    outputs: torch.Tensor | tuple[torch.Tensor, ...]
 
 
 @dataclass
 class StepState:
     """What the fixed-shape steps of one model read and write, for one batch size, cache length,
     set of kept heads and kind of step: the caches, each row's start position (a ``[B]`` device
-    tensor), the RoPE frequencies, and the steps prepared so far (``(S, heads)`` -> its CUDA
-    graph, or None uncaptured). Kept per model and reused by every ``StaticDecoder`` of that
+    tensor), the RoPE frequencies, and the steps prepared so far (``(S, heads, tail)`` -> its
+    CUDA graph, or None uncaptured). Kept per model and reused by every ``StaticDecoder`` of that
     shape, so a graph is captured once and replayed for every later prompt and call. A graph
     holds the addresses of every tensor its step read: each of them must be the state's or the
     model's, never a decoder's own (freed with the decoder, its memory reused). One decoder uses
@@ -305,7 +319,9 @@ class StepState:
     keys_L: torch.Tensor
     inv_freq_F: torch.Tensor
     pool: tuple | None
-    prepared: dict[tuple[int, tuple[int, ...]], _Captured | None] = field(default_factory=dict)
+    prepared: dict[tuple[int, tuple[int, ...], StepTail | None], _Captured | None] = field(
+        default_factory=dict
+    )
     setup_s: float = 0.0
     """Seconds spent preparing steps (compiling, warming up, capturing), outside their timing."""
     owner: weakref.ref | None = None
@@ -463,13 +479,22 @@ class StaticDecoder(Decoder):
         return self._state.start
 
     @torch.no_grad()
-    def step_rows(self, tokens_BS: torch.Tensor, heads: list[int] | None = None) -> torch.Tensor:
+    def step_rows(
+        self,
+        tokens_BS: torch.Tensor,
+        heads: list[int] | None = None,
+        *,
+        tail: StepTail | None = None,
+        inputs: tuple[torch.Tensor, ...] = (),
+    ):
         """``step`` with row b's tokens at ``positions[b]`` on, as the device holds them: no
         value from the host, no read. The caller advances ``positions`` and keeps every row's
-        ``positions + S`` within ``max_len``; ``length`` is left alone."""
+        ``positions + S`` within ``max_len``; ``length`` is left alone. With ``tail``, what
+        ``tail(tokens_BS, logits, *inputs)`` returns (``StepTail``), computed in the step's own
+        compiled code and graph, instead of the logits."""
         self._check_owner()
         self._check_room(tokens_BS.shape[1], heads, start=0)
-        return self._replay(tokens_BS, heads)
+        return self._replay(tokens_BS, heads, tail, inputs)
 
     def load_row(self, row: int, prefix: Decoder) -> None:
         """Row ``row``'s caches from the first ``prefix.length`` positions of ``prefix``'s only
@@ -482,19 +507,28 @@ class StaticDecoder(Decoder):
             mine.k_BSKD[row, :n].copy_(theirs.k_BSKD[0, :n])
             mine.v_BSKD[row, :n].copy_(theirs.v_BSKD[0, :n])
 
-    def _replay(self, tokens_BS: torch.Tensor, heads: list[int] | None) -> torch.Tensor:
-        """The step of this shape at the state's positions: its graph replayed (captured at its
-        first use), or run."""
+    def _replay(
+        self,
+        tokens_BS: torch.Tensor,
+        heads: list[int] | None,
+        tail: StepTail | None = None,
+        inputs: tuple[torch.Tensor, ...] = (),
+    ):
+        """The step of this shape (and tail) at the state's positions: its graph replayed
+        (captured at its first use), or run."""
         state = self._state
-        key = (tokens_BS.shape[1], tuple(heads) if heads is not None else self.kept_heads)
+        key = (tokens_BS.shape[1], tuple(heads) if heads is not None else self.kept_heads, tail)
         if key not in state.prepared:
-            state.prepared[key] = self._prepare(tokens_BS, key[1])
+            state.prepared[key] = self._prepare(tokens_BS, key[1], tail, inputs)
         captured = state.prepared[key]
         if captured is None:
-            return self._run_step(tokens_BS, key[1])
+            return self._run_step(tokens_BS, key[1], tail, inputs)
         captured.tokens_BS.copy_(tokens_BS)
+        for static, given in zip(captured.inputs, inputs, strict=True):
+            static.copy_(given)
         captured.graph.replay()
-        return captured.logits_BSnV.clone()  # the next replay overwrites it
+        outputs = captured.outputs  # the next replay overwrites them
+        return outputs.clone() if isinstance(outputs, torch.Tensor) else _cloned(outputs)
 
     def _check_owner(self) -> None:
         owner = self._state.owner
@@ -502,29 +536,44 @@ class StaticDecoder(Decoder):
             "a newer decoder of this model and shape took over the caches: decode one at a time"
         )
 
-    def _static_step(self, tokens_BS: torch.Tensor, heads: tuple[int, ...]) -> torch.Tensor:
-        """The step at each row's position ``start`` (a device tensor): fixed shapes throughout."""
+    def _static_step(
+        self, tokens_BS: torch.Tensor, heads: tuple[int, ...], tail: StepTail | None, *inputs
+    ):
+        """The step at each row's position ``start`` (a device tensor): fixed shapes throughout;
+        its logits, or what ``tail`` makes of them."""
         S = tokens_BS.shape[1]
         starts_B, keys_L = self._state.start, self._state.keys_L
         positions_BS = starts_B[:, None] + torch.arange(S, device=tokens_BS.device)
         rope = rope_tables(self._state.inv_freq_F, positions_BS)
         attend = row_attention(starts_B, S, keys_L, skip_blocks=self._skips_blocks())
-        return self._run_blocks(
+        logits_BSnV = self._run_blocks(
             tokens_BS,
             heads,
             lambda block, x, cache: masked_block(block, x, rope, cache, positions_BS, attend),
         )
+        return logits_BSnV if tail is None else tail(tokens_BS, logits_BSnV, *inputs)
 
-    def _run_step(self, tokens_BS: torch.Tensor, heads: tuple[int, ...]) -> torch.Tensor:
-        """The fixed-shape step, compiled or eager; never for gradients (captured outside
-        inference mode, so that any later decoder may replay it)."""
+    def _run_step(
+        self,
+        tokens_BS: torch.Tensor,
+        heads: tuple[int, ...],
+        tail: StepTail | None = None,
+        inputs: tuple[torch.Tensor, ...] = (),
+    ):
+        """The fixed-shape step with its tail, compiled or eager; never for gradients (captured
+        outside inference mode, so that any later decoder may replay it)."""
         with torch.no_grad():
             if not self.compiled:
-                return self._static_step(tokens_BS, heads)
+                return self._static_step(tokens_BS, heads, tail, *inputs)
+            if tail is not None and tail in _EAGER_TAILS:
+                return tail(tokens_BS, self._run_step(tokens_BS, heads), *inputs)
             with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
                 try:
-                    return _compiled_static_step()(self, tokens_BS, heads)
+                    return _compiled_static_step()(self, tokens_BS, heads, tail, *inputs)
                 except Exception as exc:  # Inductor's, whichever kind this torch raises
+                    if tail is not None:
+                        self._tail_runs_eagerly(tail, exc)
+                        return self._run_step(tokens_BS, heads, tail, inputs)
                     if not self._skips_blocks():
                         raise
                     self._state.skip_blocks = False  # compiled again, with sdpa
@@ -534,43 +583,65 @@ class StaticDecoder(Decoder):
                         "%d-row step (%s); the decoder's steps read whole caches with sdpa",
                         len(tokens_BS), reason,
                     )  # fmt: skip
-                    return _compiled_static_step()(self, tokens_BS, heads)
+                    return _compiled_static_step()(self, tokens_BS, heads, None)
+
+    @staticmethod
+    def _tail_runs_eagerly(tail: StepTail, exc: Exception) -> None:
+        """After a step with ``tail`` failed to compile: the tail runs eagerly from now on (the
+        same results, more slowly), said once; the step is tried again without it, keeping its
+        own fallback. An error that is not the compiler's is raised."""
+        reason = compile_failure(exc)
+        if reason is None:
+            raise exc
+        _EAGER_TAILS.add(tail)
+        log.warning(
+            "decoding: this torch cannot compile %s into the step (%s); it runs eagerly after "
+            "the step, with the same results, more slowly", tail, reason[:200],
+        )  # fmt: skip
 
     def _skips_blocks(self) -> bool:
         """Compiled GPU steps attend block by block, unless this torch failed to compile it."""
         return self.compiled and self._state.skip_blocks
 
-    def _prepare(self, tokens_BS: torch.Tensor, heads: tuple[int, ...]) -> _Captured | None:
+    def _prepare(
+        self, tokens_BS: torch.Tensor, heads: tuple[int, ...], tail: StepTail | None, inputs: tuple
+    ) -> _Captured | None:
         """A step shape's first use: compile it (run once) and capture it, timed into the state's
         ``setup_s``. The warm-up writes keys only at the positions this step is about to
         overwrite."""
         started = time.perf_counter()
         if self.cuda_graphs:
-            captured = self._capture(tokens_BS, heads)
+            captured = self._capture(tokens_BS, heads, tail, inputs)
             torch.cuda.synchronize(tokens_BS.device)
         else:
             captured = None
             if self.compiled:
-                self._run_step(tokens_BS, heads)
+                self._run_step(tokens_BS, heads, tail, inputs)
         self._state.setup_s += time.perf_counter() - started
         return captured
 
     @torch.inference_mode(False)
-    def _capture(self, tokens_BS: torch.Tensor, heads: tuple[int, ...]) -> _Captured:
+    def _capture(
+        self, tokens_BS: torch.Tensor, heads: tuple[int, ...], tail: StepTail | None, inputs: tuple
+    ) -> _Captured:
         """Warm up on a side stream (as capture requires; the first run compiles), then record
-        one step. Its input and output are ordinary tensors, as the state's are."""
-        static_tokens_BS = tokens_BS.clone()
+        one step. Its inputs and outputs are ordinary tensors, as the state's are."""
+        static_tokens_BS, static_inputs = tokens_BS.clone(), tuple(x.clone() for x in inputs)
         with torch.cuda.device(static_tokens_BS.device):  # the model's GPU, not the current one
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(2):
-                    self._run_step(static_tokens_BS, heads)
+                    self._run_step(static_tokens_BS, heads, tail, static_inputs)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._state.pool):
-                logits_BSnV = self._run_step(static_tokens_BS, heads)
-        return _Captured(graph, static_tokens_BS, logits_BSnV)
+                outputs = self._run_step(static_tokens_BS, heads, tail, static_inputs)
+        return _Captured(graph, static_tokens_BS, static_inputs, outputs)
+
+
+def _cloned(outputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return tuple(x.clone() for x in outputs)
 
 
 def make_decoder(
@@ -606,6 +677,7 @@ __all__ = [
     "KVCache",
     "StaticDecoder",
     "StepState",
+    "StepTail",
     "cache_length",
     "cached_block",
     "make_decoder",
