@@ -86,28 +86,38 @@ def test_memory_of_a_fully_trained_model_by_hand(write):
 
 
 def test_sharding_and_checkpointing_shrink_memory():
-    recipe = load_recipe(RECIPES / "verifiable.toml", ["training.grad_accum_steps=1"]).recipe
+    """Against the verifiable recipe with every block checkpointed at micro-batch 4 (its earlier
+    setting): sharding divides states and frozen weights, checkpointing fewer blocks keeps more
+    activations, and the recipe as written (one sequence, one block in 11) sits between."""
+
+    def verifiable(*sets: str):
+        every_block = ("parallel.activation_checkpointing=true", "training.micro_batch_size=4")
+        return load_recipe(RECIPES / "verifiable.toml", [*every_block, *sets]).recipe
+
+    recipe = verifiable("training.grad_accum_steps=1")
     one, eight = estimate(recipe, 1).memory, estimate(recipe, 8).memory
     assert eight.states == pytest.approx(one.states / 8)
     # Accumulating micro-batches, FSDP2 holds unsharded fp32 gradients instead of sharded ones.
-    accum = load_recipe(RECIPES / "verifiable.toml", ["training.grad_accum_steps=2"]).recipe
+    accum = verifiable("training.grad_accum_steps=2")
     trained = next(m for m in estimate(accum, 8).models if m.role == "policy").trainable
     assert estimate(accum, 8).memory.states == pytest.approx(eight.states + 4 * trained * 7 / 8)
     assert estimate(accum, 1).memory.states == one.states  # one process: plain .grad
     assert eight.frozen_models == pytest.approx(one.frozen_models / 8)
-    no_ac = load_recipe(
-        RECIPES / "verifiable.toml", ["parallel.activation_checkpointing=false"]
-    ).recipe
+    no_ac = verifiable("parallel.activation_checkpointing=false")
     assert estimate(no_ac, 8).memory.activations > 5 * eight.activations
-    every_2 = load_recipe(
-        RECIPES / "verifiable.toml", ["parallel.activation_checkpointing=2"]
-    ).recipe
+    every_2 = verifiable("parallel.activation_checkpointing=2")
     assert (
         eight.activations
         < estimate(every_2, 8).memory.activations
         < estimate(no_ac, 8).memory.activations
     )
     assert 1 < eight.total / GIB < 80  # fits an 80 GB GPU at 8-way sharding
+    as_written = load_recipe(RECIPES / "verifiable.toml").recipe
+    assert as_written.parallel.activation_checkpointing == 11
+    assert as_written.training.micro_batch_size * as_written.training.grad_accum_steps == 32
+    written = estimate(as_written, 1).memory
+    assert written.activations < estimate(no_ac, 1).memory.activations / 4  # one row, not four
+    assert written.total / GIB < 32  # the recipe's comment: under ~32 GB, checkpoint every block
 
 
 def test_sizes_from_a_checkpoint_are_not_guessed(write):
@@ -145,3 +155,49 @@ def test_per_head_under_fsdp_keeps_every_head_layer(write):
     assert args.n_future_tokens > 1
     ratio = args.n_layers / (args.n_trunk_layers + 1)
     assert two.activations == pytest.approx(one.activations * ratio)
+
+
+def test_lora_dropout_masks_by_hand():
+    """Each adapter keeps its dropout mask, a byte per input element: at Llama-2-7B with the
+    production targets, 5 linears read dim, wo reads n_heads * head_dim, w2 the FFN width."""
+    from wmtp.estimate import lora_mask_bytes
+
+    recipe = load_recipe(RECIPES / "baseline.toml").recipe
+    lora = recipe.model.policy.lora
+    args = estimate(recipe).models[0].args
+    assert lora_mask_bytes(lora, args) == 6 * 4096 + 11008
+    assert lora_mask_bytes(lora.model_copy(update={"dropout": 0.0}), args) == 0
+
+
+MEASURED_STEPS = RECIPES.parent / "bench/results/h200_step_20261204"
+"""`wmtp bench step` results of the production LoRA recipes on one H200 (committed), each with
+its settings: micro-batch, accumulation, checkpointing."""
+
+
+@pytest.mark.parametrize(
+    "measured",
+    sorted(MEASURED_STEPS.glob("memory_budget/*/*.json"))
+    + sorted(MEASURED_STEPS.glob("verifiable_step*/*/*.json")),
+    ids=lambda p: f"{p.parent.parent.name}/{p.parent.name}",
+)
+def test_the_memory_estimate_is_within_5_percent_of_each_measured_peak(measured):
+    """`wmtp validate`'s memory per GPU against the peak `wmtp bench step` measured on an H200
+    with the same recipe and settings (the recipes as written and variants of micro-batch,
+    accumulation and checkpointing): from 2% under to 5% over."""
+    import json
+
+    result = json.loads(measured.read_text())
+    config = result["config"]
+    checkpointing = str(config["activation_checkpointing"]).lower()
+    sets = [
+        "model.policy.path=''",
+        "tokenizer={kind='byte'}",
+        f"training.micro_batch_size={config['micro_batch_size']}",
+        f"training.grad_accum_steps={config['grad_accum_steps']}",
+        f"parallel.activation_checkpointing={checkpointing}",
+    ]
+    if config["pipeline"] == "verifiable":
+        sets += ["model.critic.path=''", "model.critic.checkpoint=''"]
+    recipe = load_recipe(RECIPES / f"{config['pipeline']}.toml", sets).recipe
+    ratio = estimate(recipe).memory.total / GIB / result["peak_memory_gib"]
+    assert 0.98 <= ratio <= 1.05, ratio
