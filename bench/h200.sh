@@ -26,10 +26,16 @@
 #                   (micro-batch 16) with the code at AB_OLD=DIR (DIR/wmtp: an earlier package,
 #                   carried) and with this checkout's, one after the other
 #   verifiable_step the production verifiable step (7B LoRA policy, frozen 2.7B critic, random
-#                   weights, micro-batch 4) beside the baseline step of the same settings
+#                   weights, the recipe's micro-batch, one per optimizer step) beside the
+#                   baseline step of the same settings
 #   lora7b_memory_budget  the LoRA step (compiled) at micro-batch 1 without activation
 #                   checkpointing, and at 1 and 2 checkpointing every 2nd block: less
 #                   recomputation within the best peer's memory (26.2 GiB at micro-batch 8)
+#   lora7b_accumulated  the best of those with gradient accumulation, as users train: 8
+#                   sequences per optimizer step (the peer's micro-batch 8) and the recipe's 32,
+#                   beside the previous recipe (micro-batch 4, every block checkpointed, 8 steps)
+#   lora7b_within_memory  micro-batch 1, 32 sequences a step, under the peer's memory: one
+#                   block in 16 or in 11 checkpointed (and none again, for the spread)
 #   vocab128k       wmtp one head and four heads at the 1B shape with a 128,256-token vocabulary
 #                   (micro-batch 8). These four: $OUT/measured.tar.gz
 #   full1b_profile  torch.profiler of the 1B full fine-tune's step (one head, compiled, micro-
@@ -120,7 +126,7 @@ stage_ab() {  # the same two steps with the code at $AB_OLD (an earlier wmtp/) a
   pack_measured
 }
 STEP_SETS=(--set "model.policy.path=''" --set "tokenizer={kind='byte'}"
-  --set training.grad_accum_steps=1 --set training.micro_batch_size=4 --warmup 3 --repeats 8)
+  --set training.grad_accum_steps=1 --warmup 3 --repeats 8)  # the recipes' micro-batch
 stage_verifiable_step() {  # the production verifiable step (7B LoRA policy, frozen 2.7B critic)
   # beside the baseline step of the same settings, both as written (compiled on CUDA)
   step step_verifiable 150 "${STEP[@]}" recipes/verifiable.toml "${STEP_SETS[@]}" \
@@ -151,16 +157,35 @@ stage_lora7b_variants() {
       --out "$OUT/variants/${v%%:*}"
   done
 }
-BUDGET=(mb1_no_checkpointing:1:false mb2_every_2nd:2:2 mb1_every_2nd:1:2)
+BUDGET=(mb1_no_checkpointing:1:false:1 mb2_every_2nd:2:2:1 mb1_every_2nd:1:2:1)
+# the same sequences per optimizer step as the peer (8: its micro-batch) and as the recipe (32)
+ACCUMULATED=(mb1_no_checkpointing_accum8:1:false:8 mb1_no_checkpointing_accum32:1:false:32
+  mb4_every_block_accum8:4:true:8)
+# accumulated gradients (fp32, 0.6 GiB) outlive the micro-batch: ways back under the peer's memory
+WITHIN=(mb1_every_16th_accum32:1:16:32 mb1_every_11th_accum32:1:11:32
+  mb1_no_checkpointing_accum32_again:1:false:32)
+AS_WRITTEN=mb1_every_11th_accum32  # recipes/base.toml's setting: the LoRA target's figures
 stage_lora7b_memory_budget() {  # the LoRA step (compiled) with less recomputation at smaller
   # micro-batches: which fits the best peer's memory (HF + PEFT + compile at micro-batch 8,
-  # 26.2 GiB) at the most tokens/s (NAME:MICRO_BATCH:ACTIVATION_CHECKPOINTING)
-  local v name mb ac
-  for v in "${BUDGET[@]}"; do
-    IFS=: read -r name mb ac <<< "$v"
-    step "budget_$name" 120 "${LORA_STEP[@]:0:${#LORA_STEP[@]}-2}" --set parallel.compile=true \
+  # 26.2 GiB) at the most tokens/s
+  budget_steps 8 "${BUDGET[@]}"
+}
+stage_lora7b_accumulated() {  # the same with gradient accumulation, as a user trains: the
+  # optimizer step's cost shared by as many sequences as the peer's (or the recipe's) step has
+  budget_steps 3 "${ACCUMULATED[@]}"
+}
+stage_lora7b_within_memory() {  # the recipe's 32 sequences a step within the peer's memory
+  budget_steps 3 "${WITHIN[@]}"
+}
+budget_steps() {  # budget_steps REPEATS NAME:MICRO_BATCH:CHECKPOINTING:GRAD_ACCUM...
+  local repeats=$1 v name mb ac accum
+  shift
+  for v in "$@"; do
+    IFS=: read -r name mb ac accum <<< "$v"
+    step "budget_$name" 150 "${LORA_STEP[@]:0:${#LORA_STEP[@]}-4}" --set parallel.compile=true \
       --set "training.micro_batch_size=$mb" --set "parallel.activation_checkpointing=$ac" \
-      --repeats 8 --out "$MEASURED/memory_budget/$name"
+      --set "training.grad_accum_steps=$accum" --warmup 2 --repeats "$repeats" \
+      --out "$MEASURED/memory_budget/$name"
   done
   pack_measured
 }
@@ -208,6 +233,9 @@ python3 bench/summarise_h200.py --results "$OUT" --script "bash bench/h200.sh $*
 if [ -d "$MEASURED" ] || [ -d "$WORK/profiles" ]; then  # the stages that time or profile steps
   python3 bench/summarise_step.py --results "$MEASURED" --profiles "$WORK/profiles" --out "$OUT" \
     --note "bash bench/h200.sh $*" --peers "${STEP_PEERS:-bench/results/h200.json}" \
+    --as-written "$AS_WRITTEN" \
     2>&1 | tee -a "$LOG_DIR/summary.log"
+  [ -f "$OUT/h200.json" ] && python3 bench/summarise_h200.py --from-summary "$OUT/h200.json" \
+    --step "$OUT/h200_step.json" 2>&1 | tee -a "$LOG_DIR/summary.log"
 fi
 pack_logs

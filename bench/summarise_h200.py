@@ -444,8 +444,9 @@ def markdown(s: dict) -> str:
         ("LoRA 7B: best peer (one head)", s.get("lora7b_best_peer") or "not measured"),
         ("LoRA 7B: wmtp four heads' best setting", _setting(s.get("lora7b_best", {}).get("wmtp-4heads"))),
         ("LoRA 7B: wmtp four heads / best peer", _f(s.get("lora7b_ratio_vs_best_peer"), ".2f", "x")),
-        ("LoRA 7B: the recipe as written (four heads; blocks compiled on CUDA) / best peer",
-         _f(s.get("lora7b_as_written_ratio_vs_best_peer"), ".2f", "x")),
+        (_as_written_label(s), _f(s.get("lora7b_as_written_ratio_vs_best_peer"), ".2f", "x")),
+        ("LoRA 7B: the recipe as written / best peer peak memory",
+         _f(s.get("lora7b_as_written_peak_memory_ratio_vs_peer"))),
         ("LoRA 7B: wmtp one head / best peer",
          _f(s.get("lora7b_ntp_ratio_vs_best_peer"), ".2f", "x")),
         (f"LoRA 7B: wmtp four heads / best peer peak memory (both at micro-batch "
@@ -511,14 +512,53 @@ def markdown(s: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _as_written_label(s: dict) -> str:
+    written = s.get("lora7b_as_written")
+    if written is None:
+        return "LoRA 7B: the recipe as written (four heads; blocks compiled on CUDA) / best peer"
+    return (
+        f"LoRA 7B: the recipe as written (four heads, micro-batch {written['micro_batch']}, "
+        f"{written['grad_accum']} accumulated, checkpointing {written['activation_checkpointing']}"
+        "; `wmtp bench step`, h200_step.md) / best peer"
+    )
+
+
+def with_step_figures(summary: dict, step: dict) -> dict:
+    """``summary`` with the LoRA recipe as written measured by ``wmtp bench step`` at its own
+    micro-batch and accumulation (an h200_step.json's ``lora7b_as_written``, against the same
+    best peer), in place of the peers sweep's one-optimizer-step-per-micro-batch rows."""
+    written = step.get("lora7b_as_written")
+    if written is None:
+        return summary
+    return summary | {
+        "lora7b_as_written": written,
+        "lora7b_as_written_ratio_vs_best_peer": written["ratio_vs_peer"],
+        "lora7b_as_written_peak_memory_ratio_vs_peer": written["peak_memory_ratio_vs_peer"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--results", type=Path, required=True, help="wmtp bench peers --out DIR")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--results", type=Path, help="wmtp bench peers --out DIR")
+    source.add_argument(
+        "--from-summary", type=Path, help="An h200.json to write again (with --step's figures)."
+    )
     parser.add_argument("--out", type=Path, help="Folder for h200.json/md (default: --results).")
     parser.add_argument("--script", default="", help="The command that ran the stages.")
+    parser.add_argument(
+        "--step", type=Path, help="An h200_step.json: the LoRA recipe as written, by bench step."
+    )
     args = parser.parse_args()
-    out = args.out or args.results
-    summary = summarise(args.results) | ({"script": args.script} if args.script else {})
+    if args.results is not None:
+        out = args.out or args.results
+        summary = summarise(args.results)
+    else:
+        out = args.out or args.from_summary.parent
+        summary = json.loads(args.from_summary.read_text())
+    summary |= {"script": args.script} if args.script else {}
+    if args.step is not None and args.step.is_file():
+        summary = with_step_figures(summary, json.loads(args.step.read_text()))
     out.mkdir(parents=True, exist_ok=True)
     (out / "h200.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "h200.md").write_text(markdown(summary))

@@ -2,13 +2,14 @@
 vocab128k, full1b_profile and lora7b_profile_compiled (issue 20: where the step's time goes).
 
     python bench/summarise_step.py --results DIR [--out DIR] [--profiles DIR] [--note TEXT]
-                                   [--reading FILE] [--peers h200.json]
+                                   [--reading FILE] [--peers h200.json] [--as-written VARIANT]
 
 DIR holds what those stages write under $WORK/measured (bench/h200.sh packs it as
 measured.tar.gz): ab/{lora7b,full1b}_{before,after}/, verifiable_step/{verifiable,baseline}/,
 vocab128k/full1b.json (`wmtp bench peers` rows), memory_budget/*/ (the LoRA step with less
-recomputation, against the best LoRA peer of --peers, an h200.json); each folder but vocab128k
-holds one `wmtp bench step` result. Profiles' timelines: --profiles (default DIR/profiles;
+recomputation, against the best LoRA peer of --peers, an h200.json; --as-written names the one
+that is the LoRA recipe as now written); each folder but vocab128k holds one `wmtp bench step`
+result. Profiles' timelines: --profiles (default DIR/profiles;
 $WORK/profiles, packed as profiles.tar.gz), */*.timeline.json. Any part may be missing.
 Standard library only.
 """
@@ -36,6 +37,8 @@ def _step(folder: Path) -> dict | None:
         "min_ms": r["step"]["min_ms"],
         "max_ms": r["step"]["max_ms"],
         "micro_batch": r["config"].get("micro_batch_size"),
+        "grad_accum": r["config"].get("grad_accum_steps", 1),
+        "activation_checkpointing": r["config"].get("activation_checkpointing"),
     }
 
 
@@ -83,10 +86,16 @@ def timelines(folder: Path) -> dict:
     }
 
 
-def summarise(folder: Path, profiles: Path, peer: dict | None = None) -> dict:
+def summarise(
+    folder: Path, profiles: Path, peer: dict | None = None, as_written: str | None = None
+) -> dict:
     s: dict = {"ab": ab(folder / "ab")}
     if budget := memory_budget(folder / "memory_budget", peer):
         s["lora7b_memory_budget"] = {"peer": peer, "variants": budget}
+        if (row := budget.get(as_written or "")) and "ratio_vs_peer" in row:
+            s["lora7b_as_written"] = {"variant": as_written, **row}
+            s["lora7b_as_written_ratio_vs_best_peer"] = row["ratio_vs_peer"]
+            s["lora7b_as_written_peak_memory_ratio_vs_peer"] = row["peak_memory_ratio_vs_peer"]
     if (v := verifiable(folder / "verifiable_step")) is not None:
         s["verifiable_step_ratio_vs_baseline"] = v["step_time_ratio"]
         s["verifiable_step"] = v
@@ -138,14 +147,20 @@ def budget_lines(budget: dict) -> list[str]:
         "",
         f"Peer: {against}.",
         "",
-        "| variant | micro-batch | tokens/s | peak GiB | / peer tokens/s | / peer memory |",
-        "|---|---|---|---|---|---|",
+        "The peer takes one optimizer step per micro-batch of 8 sequences; a variant's sequences"
+        " per optimizer step are its micro-batch times its accumulation.",
+        "",
+        "| variant | micro-batch | accumulation | checkpointing | tokens/s | peak GiB "
+        "| / peer tokens/s | / peer memory |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in budget["variants"].items():
+        name = f"**{name}** (the recipe as written)" if name == budget.get("as_written") else name
         ratio = f"{r['ratio_vs_peer']:.2f}x" if "ratio_vs_peer" in r else "-"
         memory = f"{r['peak_memory_ratio_vs_peer']:.2f}" if "ratio_vs_peer" in r else "-"
         lines.append(
-            f"| {name} | {r['micro_batch']} | {r['tokens_per_s']:,.0f} | "
+            f"| {name} | {r['micro_batch']} | {r.get('grad_accum', 1)} | "
+            f"{r.get('activation_checkpointing', '-')} | {r['tokens_per_s']:,.0f} | "
             f"{r['peak_memory_gib']:.2f} | {ratio} | {memory} |"
         )
     return lines
@@ -186,7 +201,8 @@ def markdown(s: dict, note: str, reading: str = "") -> str:
             "one head's (target at most 1.10x)",
         ]
     if "lora7b_memory_budget" in s:
-        lines += budget_lines(s["lora7b_memory_budget"])
+        written = s.get("lora7b_as_written", {}).get("variant")
+        lines += budget_lines({**s["lora7b_memory_budget"], "as_written": written})
     if s["profiles"]:
         lines += ["", "## Profiles (`wmtp bench step --profile 2`: the GPU timeline)", ""]
         for name, t in s["profiles"].items():
@@ -208,12 +224,15 @@ def main() -> None:
     parser.add_argument("--reading", type=Path, help="Markdown read into the figures, at the end.")
     parser.add_argument("--peers", type=Path, help="An h200.json: its best LoRA peer.")
     parser.add_argument("--profiles", type=Path, help="Profiles' folder (default DIR/profiles).")
+    parser.add_argument(
+        "--as-written", help="The memory_budget variant that is the LoRA recipe as written."
+    )
     args = parser.parse_args()
     out = args.out or args.results
     peer = None
     if args.peers is not None:
         peer = json.loads(args.peers.read_text()).get("lora7b_best", {}).get("peer")
-    s = summarise(args.results, args.profiles or args.results / "profiles", peer)
+    s = summarise(args.results, args.profiles or args.results / "profiles", peer, args.as_written)
     s["note"] = args.note
     (out / "h200_step.json").write_text(json.dumps(s, indent=1) + "\n")
     reading = args.reading.read_text() if args.reading else ""

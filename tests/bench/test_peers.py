@@ -500,20 +500,53 @@ def test_the_step_summariser_reads_its_figures_from_the_stages_files(tmp_path):
 
 def test_the_step_summariser_sets_each_memory_budget_variant_against_the_best_lora_peer(tmp_path):
     """memory_budget/<variant>/ (a `wmtp bench step` result; here the H200 call's LoRA step)
-    against the best LoRA peer of an h200.json (the committed one): tokens/s and memory ratios."""
+    against the best LoRA peer of an h200.json (the committed one): tokens/s and memory ratios,
+    and the variant named the recipe as written as the LoRA target's figures."""
     import shutil
 
     raw = REPO / "bench/results/h200_step_20261204/ab/lora7b_after"
     shutil.copytree(raw, tmp_path / "memory_budget" / "mb8_as_written")
     script = str(REPO / "bench" / "summarise_step.py")
     peers = REPO / "bench/results/h200.json"
-    subprocess.run([sys.executable, script, "--results", str(tmp_path), "--peers", str(peers)],
-                   check=True, capture_output=True)  # fmt: skip
-    budget = json.loads((tmp_path / "h200_step.json").read_text())["lora7b_memory_budget"]
+    subprocess.run([sys.executable, script, "--results", str(tmp_path), "--peers", str(peers),
+                    "--as-written", "mb8_as_written"], check=True, capture_output=True)  # fmt: skip
+    summary = json.loads((tmp_path / "h200_step.json").read_text())
+    budget = summary["lora7b_memory_budget"]
     peer = json.loads(peers.read_text())["lora7b_best"]["peer"]
     row = json.loads((raw / "baseline.json").read_text())
     variant = budget["variants"]["mb8_as_written"]
     assert budget["peer"] == peer and variant["micro_batch"] == 8
     assert variant["ratio_vs_peer"] == row["tokens_per_s"] / peer["tokens_per_s"]
     assert variant["peak_memory_ratio_vs_peer"] == row["peak_memory_gib"] / peer["peak_memory_gib"]
-    assert "| mb8_as_written | 8 |" in (tmp_path / "h200_step.md").read_text()
+    assert summary["lora7b_as_written_ratio_vs_best_peer"] == variant["ratio_vs_peer"]
+    memory = summary["lora7b_as_written_peak_memory_ratio_vs_peer"]
+    assert memory == variant["peak_memory_ratio_vs_peer"]
+    md = (tmp_path / "h200_step.md").read_text()
+    assert "| **mb8_as_written** (the recipe as written) | 8 | 1 | True |" in md
+
+
+def test_the_lora_recipe_as_written_comes_from_its_bench_step_at_its_own_accumulation(tmp_path):
+    """summarise_h200 --from-summary (the committed h200.json) --step (an h200_step.json with the
+    recipe as written): the LoRA target's figures are the step's, every other figure stays."""
+    step_dir = tmp_path / "step"
+    raw = REPO / "bench/results/h200_step_20261204"
+    peers = REPO / "bench/results/h200.json"
+    subprocess.run([sys.executable, str(REPO / "bench" / "summarise_step.py"), "--results",
+                    str(raw), "--out", str(tmp_path), "--peers", str(peers), "--as-written",
+                    "mb1_every_11th_accum32"], check=True, capture_output=True)  # fmt: skip
+    subprocess.run([sys.executable, str(REPO / "bench" / "summarise_h200.py"), "--from-summary",
+                    str(peers), "--step", str(tmp_path / "h200_step.json"), "--out",
+                    str(step_dir)], check=True, capture_output=True)  # fmt: skip
+    before, after = json.loads(peers.read_text()), json.loads((step_dir / "h200.json").read_text())
+    row = json.loads((raw / "memory_budget/mb1_every_11th_accum32/baseline.json").read_text())
+    peer = before["lora7b_best"]["peer"]
+    ratio = row["tokens_per_s"] / peer["tokens_per_s"]
+    assert after["lora7b_as_written_ratio_vs_best_peer"] == ratio
+    memory = row["peak_memory_gib"] / peer["peak_memory_gib"]
+    assert after["lora7b_as_written_peak_memory_ratio_vs_peer"] == memory
+    assert after["lora7b_as_written"]["grad_accum"] == row["config"]["grad_accum_steps"] == 32
+    changed = {k for k in before if before[k] != after.get(k)}
+    assert changed <= {"lora7b_as_written_ratio_vs_best_peer"}
+    md = (step_dir / "h200.md").read_text()
+    headline = "32 accumulated, checkpointing 11; `wmtp bench step`, h200_step.md) / best peer"
+    assert f"{headline} | {ratio:.2f}x" in md

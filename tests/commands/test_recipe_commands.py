@@ -63,7 +63,7 @@ def test_validate_every_recipe_by_default(cli):
 def test_validate_prints_derived_quantities(cli):
     result = cli("validate", "recipes/verifiable.toml", "--world-size", "8")
     assert result.exit_code == 0
-    assert "batch 256 sequences/step (4 x 8 accum x 8 GPUs), 524,288 tokens/step" in result.stdout
+    assert "batch 256 sequences/step (1 x 32 accum x 8 GPUs), 524,288 tokens/step" in result.stdout
     assert "model.policy: 6,898,323,456 parameters, 159,907,840 trained" in result.stdout
     assert "full_shard, world size 8" in result.stdout
 
@@ -173,12 +173,14 @@ def test_missing_inputs_are_notes_for_validate_and_problems_for_validate_env(cli
     )
     env = cli("validate", "recipes/verifiable.toml", "--env")
     assert env.exit_code == 2
+    base_lines = (REPO / "recipes/base.toml").read_text().splitlines()
+    data_line = base_lines.index('path = "storage/datasets/codecontests/processed"') + 1
     for located in (
         "recipes/base.toml:13:1: tokenizer.path",
         "recipes/base.toml:18:1: model.policy.path",
         "recipes/verifiable.toml:12:1: model.critic.path",
         "recipes/verifiable.toml:14:1: model.critic.checkpoint",
-        "recipes/base.toml:49:1: data.path",
+        f"recipes/base.toml:{data_line}:1: data.path",
     ):
         assert located in env.stderr, located
     assert f"resolved to {REPO / 'storage/datasets/codecontests/processed'}" in env.stderr
