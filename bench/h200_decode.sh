@@ -19,7 +19,8 @@
 #                   batch 1, greedy and sampled ($OUT/profile.tar.gz)
 #   decode_model    a 4-head 1.1B model trained here (recipes/gpu_2x.toml, packed, compiled,
 #                   300 steps), as bench/h100.sh does
-#   decode_trained  that model: plain vs speculative, greedy and sampled
+#   decode_trained  that model: plain vs speculative, greedy and sampled (sampled also with eager
+#                   steps: the acceptance of the eager verification beside the captured one)
 #   humaneval       `wmtp eval` of that model: 164 problems x 20 samples x 512 tokens, wall times
 #                   (the recipe's `evaluation.batch_size`, 32 rows per step)
 #   humaneval_wide  the same at 128 rows per step ($OUT/humaneval_n20_b128)
@@ -72,8 +73,9 @@ stage_decode_model() {
 stage_decode_trained() {
   step decode_trained 150 "${DECODE[@]}" --checkpoint "$(latest decode_model)" --prompts 5 \
     --new-tokens 256 --out "$OUT/decode_trained.json"
-  step decode_trained_sampled 150 "${DECODE[@]}" --checkpoint "$(latest decode_model)" \
-    --prompts 5 --new-tokens 256 "${SAMPLED[@]}" --out "$OUT/decode_trained_sampled.json"
+  step decode_trained_sampled 240 "${DECODE[@]}" --checkpoint "$(latest decode_model)" \
+    --prompts 5 --new-tokens 256 "${SAMPLED[@]}" --also-eager \
+    --out "$OUT/decode_trained_sampled.json"
 }
 pack_samples() {  # an evaluation's samples and problems as one archive beside its summary (the
   # device returns 8 files a call)

@@ -88,6 +88,9 @@ def summarise(folder: Path) -> dict:
         "sampled_trained_acceptance_by_head": dig(
             trained_sampled, "as_loaded", "speculative", "acceptance_by_head"
         ),
+        "sampled_trained_eager_acceptance_by_head": dig(
+            trained_sampled, "as_loaded_eager", "speculative", "acceptance_by_head"
+        ),
         "trained_model_train_s": load(folder, "decode_model.json").get("train_s"),
         "batch": batch,
         "batch_best_hf": hf_name,
@@ -152,6 +155,7 @@ def markdown(s: dict) -> str:
     for label, key in (
         ("trained, greedy", "trained_acceptance_by_head"),
         ("trained, sampled", "sampled_trained_acceptance_by_head"),
+        ("trained, sampled, eager steps", "sampled_trained_eager_acceptance_by_head"),
     ):
         if s.get(key):
             rates = ", ".join(f"head {h} {r:.1%}" for h, r in s[key].items())
