@@ -527,8 +527,7 @@ class StaticDecoder(Decoder):
         for static, given in zip(captured.inputs, inputs, strict=True):
             static.copy_(given)
         captured.graph.replay()
-        outputs = captured.outputs  # the next replay overwrites them
-        return outputs.clone() if isinstance(outputs, torch.Tensor) else _cloned(outputs)
+        return _cloned(captured.outputs)  # the next replay overwrites them
 
     def _check_owner(self) -> None:
         owner = self._state.owner
@@ -640,7 +639,10 @@ class StaticDecoder(Decoder):
         return _Captured(graph, static_tokens_BS, static_inputs, outputs)
 
 
-def _cloned(outputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+def _cloned(outputs: torch.Tensor | tuple[torch.Tensor, ...]):
+    """A copy of a step's output tensor, or of each of its outputs."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.clone()
     return tuple(x.clone() for x in outputs)
 
 
