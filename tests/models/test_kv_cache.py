@@ -35,6 +35,51 @@ def test_prefill_then_steps_equal_full_forward(tiny_args, attention):
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("prompt", [1, 40, 63, 64])
+def test_a_static_decoders_padded_prefill_equals_the_full_forward(tiny_args, prompt):
+    """``StaticDecoder.prefill`` pads the prompt to a multiple of ``PREFILL_MULTIPLE`` and runs
+    the fixed-shape step (captured on a GPU): its logits are the full forward's, the padding's
+    keys are hidden and overwritten by the steps after it, and steps then continue as the full
+    forward does; a second prompt of the same padded length takes no new step shape; with
+    ``last`` it gives the last position's logits alone."""
+    from wmtp.models.kv_cache import PREFILL_MULTIPLE
+
+    model = LlamaMTP(tiny_args, attention="sdpa").eval()
+    length = min(prompt + 3, tiny_args.max_seq_len)
+    tokens = torch.randint(0, tiny_args.vocab_size, (2, length))
+    with torch.no_grad():
+        full = model(tokens)
+    decoder = StaticDecoder(model, 2, tiny_args.max_seq_len, cuda_graphs=False)
+    assert len(decoder._state.keys_L) >= -(-prompt // PREFILL_MULTIPLE) * PREFILL_MULTIPLE
+    pieces = [decoder.prefill(tokens[:, :prompt])]
+    pieces += [decoder.step(tokens[:, t : t + 1]) for t in range(prompt, length)]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+    prepared = len(decoder._state.prepared)
+    other = StaticDecoder(model, 2, tiny_args.max_seq_len, cuda_graphs=False)
+    other.prefill(tokens[:, : max(1, prompt - 1)])  # the same padded length
+    assert len(other._state.prepared) == prepared
+    last = StaticDecoder(model, 2, tiny_args.max_seq_len, cuda_graphs=False)
+    at_last = last.prefill(tokens[:, :prompt], last=True)  # the graph keeps one position
+    torch.testing.assert_close(at_last, full[:, prompt - 1 : prompt], atol=1e-5, rtol=1e-5)
+    assert last.length == prompt
+
+
+def test_a_prefill_whose_padding_does_not_fit_runs_eagerly(tiny_args):
+    """A prompt continued near the cache's end, where its padding would not fit, is forwarded
+    eagerly: the eager decoder's logits, and no fixed-shape prefill prepared for it."""
+    model = LlamaMTP(tiny_args, attention="sdpa").eval()
+    tokens = torch.randint(0, tiny_args.vocab_size, (1, 90))
+    decoder, eager = StaticDecoder(model, 1, 90, cuda_graphs=False), Decoder(model, 1, 90)
+    cache = len(decoder._state.keys_L)
+    assert cache == 128  # 70 tokens pad to 128: they fit; 20 more from 70 pad to 64: they do not
+    for chunk in (tokens[:, :70], tokens[:, 70:90]):
+        torch.testing.assert_close(
+            decoder.prefill(chunk), eager.prefill(chunk), atol=1e-5, rtol=1e-5
+        )
+    assert decoder.length == 90
+    assert {key[0] for key in decoder._state.prepared} == {128}
+
+
 def test_rewind_replays_identically(tiny_args):
     model = LlamaMTP(tiny_args, attention="sdpa").eval()
     tokens = torch.randint(0, tiny_args.vocab_size, (1, 8))
@@ -267,7 +312,8 @@ def test_cuda_graph_steps_equal_eager_steps(tiny_args, dtype):
     with torch.no_grad():
         eager = _decode_pieces(Decoder(model, batch_size=2, max_len=16), tokens)
         graphed = _decode_pieces(StaticDecoder(model, batch_size=2, max_len=16), tokens)
-    assert setup_figures(model)["prepared_steps"] == 3, "not every step shape was captured"
+    # the prompt's forward (padded to PREFILL_MULTIPLE) and S = 3, 1, 4
+    assert setup_figures(model)["prepared_steps"] == 4, "not every step shape was captured"
     tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
     for a, b in zip(graphed, eager, strict=True):
         torch.testing.assert_close(a, b, **tol)
@@ -288,7 +334,7 @@ def test_compiled_captured_steps_equal_eager_steps_and_are_captured_once(tiny_ar
     for a, b in zip(compiled, eager, strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     graphs, prepared = counters["stats"]["unique_graphs"], setup_figures(model)
-    assert prepared["prepared_steps"] == 3  # S = 3, 1, 4
+    assert prepared["prepared_steps"] == 4  # the padded prompt and S = 3, 1, 4
     with torch.no_grad():
         again = _decode_pieces(StaticDecoder(model, 2, 16, compiled=True), other)
         eager_again = _decode_pieces(Decoder(model, 2, 16), other)

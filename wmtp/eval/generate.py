@@ -430,14 +430,20 @@ class _Slots:
 
     def _prefill(self, prompt: list[int]):
         """A one-row decoder holding ``prompt``'s forward and its logits at the last position;
-        the last prompt's is kept (a problem's samples follow one another)."""
-        from wmtp.models.kv_cache import Decoder
+        the last prompt's is kept (a problem's samples follow one another). The forward is the
+        slots' decoder's fixed-shape prefill (captured where its steps are), in a prefix
+        decoder of its own."""
+        from wmtp.models.kv_cache import StaticDecoder
 
         key = tuple(prompt)
         if self._prefix is None or self._prefix[0] != key:
-            prefix = Decoder(self.model, 1, len(prompt), kept_heads=[1])
+            slots = self.decoder
+            prefix = StaticDecoder(
+                self.model, 1, len(prompt), [1], cuda_graphs=slots.cuda_graphs, compiled=False,
+                fused=slots.fused, prefix=True,
+            )  # fmt: skip
             tokens_1S = torch.tensor([prompt], device=self.device)
-            last_V = prefix.prefill(tokens_1S, heads=[1])[0, -1, 0]
+            last_V = prefix.prefill(tokens_1S, heads=[1], last=True)[0, -1, 0]
             self._prefix = (key, prefix, last_V)
         return self._prefix[1], self._prefix[2]
 

@@ -237,7 +237,7 @@ def _prefill(model, prompts: list[list[int]], limit: int, steps: dict):
     B, P = len(prompts), len(prompts[0])
     decoder = make_decoder(model, B, P + limit + 2 * model.n_heads, rows_apart=True, **steps)
     prompts_BS = torch.tensor(prompts, device=next(model.parameters()).device)
-    return decoder, decoder.prefill(prompts_BS)[:, -1:]
+    return decoder, decoder.prefill(prompts_BS, last=True)
 
 
 @dataclass

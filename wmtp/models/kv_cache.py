@@ -138,10 +138,14 @@ class Decoder:
         return [*self.trunk_caches, *(self.head_caches[k] for k in self.kept_heads)]
 
     @torch.no_grad()
-    def prefill(self, tokens_BS: torch.Tensor, heads: list[int] | None = None) -> torch.Tensor:
-        """Process a prompt (or continue after earlier tokens); logits ``[B, S, n, V]``."""
+    def prefill(
+        self, tokens_BS: torch.Tensor, heads: list[int] | None = None, *, last: bool = False
+    ) -> torch.Tensor:
+        """Process a prompt (or continue after earlier tokens); logits ``[B, S, n, V]``, or at
+        its last position only (``last``: ``[B, 1, n, V]``)."""
         with planless_attention(tokens_BS.device):
-            return self._advance(tokens_BS, heads)
+            logits_BSnV = self._advance(tokens_BS, heads)
+        return logits_BSnV[:, -1:] if last else logits_BSnV
 
     @torch.no_grad()
     def step(self, tokens_BS: torch.Tensor, heads: list[int] | None = None) -> torch.Tensor:
@@ -203,6 +207,10 @@ BlockStep = Callable[[TransformerBlock, torch.Tensor, KVCache], torch.Tensor]
 
 KV_BLOCK = 128
 """Cached positions per block of the compiled step's attention; cache lengths are multiples."""
+
+PREFILL_MULTIPLE = 64
+"""A ``StaticDecoder``'s prompt forward pads the prompt to a multiple of this many tokens: one
+captured prefill per padded length."""
 
 RowAttention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``(q_BHSD, k_BKLD, v_BKLD) -> out_BHSD``: the new queries over the whole cache, each row
@@ -288,6 +296,18 @@ speculative verification), so that choosing tokens adds no eager kernels and no 
 after the step. A frozen dataclass (or a module-level function): its value keys the step's
 compiled variant and graph. It must not read the host: it is captured."""
 
+
+@dataclass(frozen=True)
+class _AtPosition:
+    """A padded prefill's tail: every head's logits at one position, ``[B, 1, n, V]`` (its
+    input ``at_1``), so the graph keeps one position's logits, not the whole prompt's."""
+
+    def __call__(self, tokens_BS, logits_BSnV, at_1):
+        return logits_BSnV.index_select(1, at_1)
+
+
+_AT_POSITION = _AtPosition()
+
 _EAGER_TAILS: set = set()
 """Tails this torch failed to compile into a step: they run eagerly after it (said once)."""
 
@@ -307,8 +327,8 @@ class _Captured:
 class StepState:
     """What the fixed-shape steps of one model read and write, for one batch size, cache length,
     set of kept heads and kind of step: the caches, each row's start position (a ``[B]`` device
-    tensor), the RoPE frequencies, and the steps prepared so far (``(S, heads, tail)`` -> its
-    CUDA graph, or None uncaptured). Kept per model and reused by every ``StaticDecoder`` of that
+    tensor), the RoPE frequencies, and the steps prepared so far (``(S, heads, tail,
+    compiled)`` -> its CUDA graph, or None uncaptured). Kept per model and reused by every ``StaticDecoder`` of that
     shape, so a graph is captured once and replayed for every later prompt and call. A graph
     holds the addresses of every tensor its step read: each of them must be the state's or the
     model's, never a decoder's own (freed with the decoder, its memory reused). One decoder uses
@@ -319,7 +339,7 @@ class StepState:
     keys_L: torch.Tensor
     inv_freq_F: torch.Tensor
     pool: tuple | None
-    prepared: dict[tuple[int, tuple[int, ...], StepTail | None], _Captured | None] = field(
+    prepared: dict[tuple[int, tuple[int, ...], StepTail | None, bool], _Captured | None] = field(
         default_factory=dict
     )
     setup_s: float = 0.0
@@ -421,8 +441,10 @@ class StaticDecoder(Decoder):
     compiled kernels included, and every later step is one replay. Compiled code is made at a
     step's first use and graphs captured there (``StepState``): every later decoder of the same
     model and shape reuses them, so warming up once keeps compilation and capture out of timed
-    regions (``setup_figures`` says what it cost). ``prefill`` stays eager (its length changes
-    once per prompt); ``rewind`` works as before (the mask hides what lies past ``length``).
+    regions (``setup_figures`` says what it cost). ``prefill`` is the same fixed-shape step over
+    the prompt padded to a multiple of ``PREFILL_MULTIPLE`` tokens, captured but never compiled
+    (prompts come in many lengths: each would compile anew, where capturing costs one eager run);
+    ``rewind`` works as before (the mask hides what lies past ``length``).
     ``step_rows`` puts each row at its own position (held on the device), in the same shapes.
     ``fused``: q/k/v and w1/w3 as one matmul each, from the model's fused copy of those weights
     (``wmtp.models.fused_projections``; ``None``: on a GPU where the copy fits, ``True``: on a CPU
@@ -436,9 +458,13 @@ class StaticDecoder(Decoder):
 
     def __init__(self, model: LlamaMTP, batch_size: int, max_len: int,
                  kept_heads: Sequence[int] | None = None, *, cuda_graphs: bool = True,
-                 compiled: bool = False, fused: bool | None = None):  # fmt: skip
+                 compiled: bool = False, fused: bool | None = None,
+                 prefix: bool = False):  # fmt: skip
         self.cuda_graphs = cuda_graphs and next(model.parameters()).device.type == "cuda"
         self.compiled = compiled
+        self.prefix = prefix
+        """A decoder that only forwards prompts, to be copied into another's rows (``load_row``):
+        its own step state, so it never takes over the caches of a decoder of the same shape."""
         self._fused = None if fused is False else fused_projections(model, force=bool(fused))
         super().__init__(model, batch_size, max_len, kept_heads)
         self._state.owner = weakref.ref(self)
@@ -449,7 +475,7 @@ class StaticDecoder(Decoder):
         return self._fused is not None
 
     def _caches(self, batch_size: int) -> BlockCaches:
-        kind = (self.cuda_graphs, self.compiled, self.fused)
+        kind = (self.cuda_graphs, self.compiled, self.fused, self.prefix)
         self._state = step_state(self.model, batch_size, self.max_len, self.kept_heads, kind)
         trunk, heads = self._state.caches
         if self._fused is not None:
@@ -462,6 +488,31 @@ class StaticDecoder(Decoder):
     def _advance(self, tokens_BS: torch.Tensor, heads: list[int] | None) -> torch.Tensor:
         self._check_owner()
         return super()._advance(tokens_BS, heads)
+
+    @torch.no_grad()
+    def prefill(
+        self, tokens_BS: torch.Tensor, heads: list[int] | None = None, *, last: bool = False
+    ) -> torch.Tensor:
+        """``Decoder.prefill`` as the fixed-shape step over the prompt padded to a multiple of
+        ``PREFILL_MULTIPLE`` tokens (the padding's keys land past ``length``, where the mask
+        hides them until later steps write there), captured once per padded length and never
+        compiled. ``last``: the graph keeps the last position's logits only (``_AtPosition``),
+        not every position's. Eager where the padding would not fit the cache."""
+        S = tokens_BS.shape[1]
+        start = self._check_room(S, heads)
+        padded = -(-S // PREFILL_MULTIPLE) * PREFILL_MULTIPLE
+        if start + padded > len(self._state.keys_L):
+            return super().prefill(tokens_BS, heads, last=last)
+        self._check_owner()
+        self._state.start.fill_(start)
+        padded_BS = F.pad(tokens_BS, (0, padded - S))
+        tail, inputs = None, ()
+        if last:
+            tail, inputs = _AT_POSITION, (torch.tensor([S - 1], device=tokens_BS.device),)
+        with planless_attention(tokens_BS.device):
+            logits = self._replay(padded_BS, heads, tail, inputs, compiled=False)
+        self.length = start + S
+        return logits if last else logits[:, :S]
 
     @torch.no_grad()
     def step(self, tokens_BS: torch.Tensor, heads: list[int] | None = None) -> torch.Tensor:
@@ -513,16 +564,21 @@ class StaticDecoder(Decoder):
         heads: list[int] | None,
         tail: StepTail | None = None,
         inputs: tuple[torch.Tensor, ...] = (),
+        *,
+        compiled: bool | None = None,
     ):
         """The step of this shape (and tail) at the state's positions: its graph replayed
-        (captured at its first use), or run."""
+        (captured at its first use), or run; ``compiled``: whether this step is (default: the
+        decoder's setting)."""
         state = self._state
-        key = (tokens_BS.shape[1], tuple(heads) if heads is not None else self.kept_heads, tail)
+        compiled = self.compiled if compiled is None else compiled
+        kept = tuple(heads) if heads is not None else self.kept_heads
+        key = (tokens_BS.shape[1], kept, tail, compiled)
         if key not in state.prepared:
-            state.prepared[key] = self._prepare(tokens_BS, key[1], tail, inputs)
+            state.prepared[key] = self._prepare(tokens_BS, kept, tail, inputs, compiled)
         captured = state.prepared[key]
         if captured is None:
-            return self._run_step(tokens_BS, key[1], tail, inputs)
+            return self._run_step(tokens_BS, kept, tail, inputs, compiled)
         captured.tokens_BS.copy_(tokens_BS)
         for static, given in zip(captured.inputs, inputs, strict=True):
             static.copy_(given)
@@ -536,15 +592,20 @@ class StaticDecoder(Decoder):
         )
 
     def _static_step(
-        self, tokens_BS: torch.Tensor, heads: tuple[int, ...], tail: StepTail | None, *inputs
+        self,
+        tokens_BS: torch.Tensor,
+        heads: tuple[int, ...],
+        tail: StepTail | None,
+        skip_blocks: bool,
+        *inputs,
     ):
         """The step at each row's position ``start`` (a device tensor): fixed shapes throughout;
-        its logits, or what ``tail`` makes of them."""
+        its logits, or what ``tail`` makes of them. ``skip_blocks``: ``row_attention``'s."""
         S = tokens_BS.shape[1]
         starts_B, keys_L = self._state.start, self._state.keys_L
         positions_BS = starts_B[:, None] + torch.arange(S, device=tokens_BS.device)
         rope = rope_tables(self._state.inv_freq_F, positions_BS)
-        attend = row_attention(starts_B, S, keys_L, skip_blocks=self._skips_blocks())
+        attend = row_attention(starts_B, S, keys_L, skip_blocks=skip_blocks)
         logits_BSnV = self._run_blocks(
             tokens_BS,
             heads,
@@ -556,24 +617,28 @@ class StaticDecoder(Decoder):
         self,
         tokens_BS: torch.Tensor,
         heads: tuple[int, ...],
-        tail: StepTail | None = None,
-        inputs: tuple[torch.Tensor, ...] = (),
+        tail: StepTail | None,
+        inputs: tuple[torch.Tensor, ...],
+        compiled: bool,
     ):
         """The fixed-shape step with its tail, compiled or eager; never for gradients (captured
         outside inference mode, so that any later decoder may replay it)."""
         with torch.no_grad():
-            if not self.compiled:
-                return self._static_step(tokens_BS, heads, tail, *inputs)
+            if not compiled:
+                return self._static_step(tokens_BS, heads, tail, False, *inputs)
             if tail is not None and tail in _EAGER_TAILS:
-                return tail(tokens_BS, self._run_step(tokens_BS, heads), *inputs)
+                logits_BSnV = self._run_step(tokens_BS, heads, None, (), compiled)
+                return tail(tokens_BS, logits_BSnV, *inputs)
+            skip_blocks = self._state.skip_blocks
             with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
                 try:
-                    return _compiled_static_step()(self, tokens_BS, heads, tail, *inputs)
+                    step = _compiled_static_step()
+                    return step(self, tokens_BS, heads, tail, skip_blocks, *inputs)
                 except Exception as exc:  # Inductor's, whichever kind this torch raises
                     if tail is not None:
                         self._tail_runs_eagerly(tail, exc)
-                        return self._run_step(tokens_BS, heads, tail, inputs)
-                    if not self._skips_blocks():
+                        return self._run_step(tokens_BS, heads, tail, inputs, compiled)
+                    if not skip_blocks:
                         raise
                     self._state.skip_blocks = False  # compiled again, with sdpa
                     reason = str(exc).strip().splitlines()[0][:200]
@@ -582,7 +647,7 @@ class StaticDecoder(Decoder):
                         "%d-row step (%s); the decoder's steps read whole caches with sdpa",
                         len(tokens_BS), reason,
                     )  # fmt: skip
-                    return _compiled_static_step()(self, tokens_BS, heads, None)
+                    return _compiled_static_step()(self, tokens_BS, heads, None, False)
 
     @staticmethod
     def _tail_runs_eagerly(tail: StepTail, exc: Exception) -> None:
@@ -598,30 +663,36 @@ class StaticDecoder(Decoder):
             "the step, with the same results, more slowly", tail, reason[:200],
         )  # fmt: skip
 
-    def _skips_blocks(self) -> bool:
-        """Compiled GPU steps attend block by block, unless this torch failed to compile it."""
-        return self.compiled and self._state.skip_blocks
-
     def _prepare(
-        self, tokens_BS: torch.Tensor, heads: tuple[int, ...], tail: StepTail | None, inputs: tuple
+        self,
+        tokens_BS: torch.Tensor,
+        heads: tuple[int, ...],
+        tail: StepTail | None,
+        inputs: tuple,
+        compiled: bool,
     ) -> _Captured | None:
         """A step shape's first use: compile it (run once) and capture it, timed into the state's
         ``setup_s``. The warm-up writes keys only at the positions this step is about to
         overwrite."""
         started = time.perf_counter()
         if self.cuda_graphs:
-            captured = self._capture(tokens_BS, heads, tail, inputs)
+            captured = self._capture(tokens_BS, heads, tail, inputs, compiled)
             torch.cuda.synchronize(tokens_BS.device)
         else:
             captured = None
-            if self.compiled:
-                self._run_step(tokens_BS, heads, tail, inputs)
+            if compiled:
+                self._run_step(tokens_BS, heads, tail, inputs, compiled)
         self._state.setup_s += time.perf_counter() - started
         return captured
 
     @torch.inference_mode(False)
     def _capture(
-        self, tokens_BS: torch.Tensor, heads: tuple[int, ...], tail: StepTail | None, inputs: tuple
+        self,
+        tokens_BS: torch.Tensor,
+        heads: tuple[int, ...],
+        tail: StepTail | None,
+        inputs: tuple,
+        compiled: bool,
     ) -> _Captured:
         """Warm up on a side stream (as capture requires; the first run compiles), then record
         one step. Its inputs and outputs are ordinary tensors, as the state's are."""
@@ -631,11 +702,11 @@ class StaticDecoder(Decoder):
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(2):
-                    self._run_step(static_tokens_BS, heads, tail, static_inputs)
+                    self._run_step(static_tokens_BS, heads, tail, static_inputs, compiled)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._state.pool):
-                outputs = self._run_step(static_tokens_BS, heads, tail, static_inputs)
+                outputs = self._run_step(static_tokens_BS, heads, tail, static_inputs, compiled)
         return _Captured(graph, static_tokens_BS, static_inputs, outputs)
 
 
