@@ -312,6 +312,16 @@ _EAGER_TAILS: set = set()
 """Tails this torch failed to compile into a step: they run eagerly after it (said once)."""
 
 
+@dataclass(frozen=True)
+class _Step:
+    """What a fixed-shape step runs besides its length: the heads whose logits it makes, its
+    tail (or none: the logits) and whether it is compiled. With the length, a step's key."""
+
+    heads: tuple[int, ...]
+    tail: StepTail | None = None
+    compiled: bool = False
+
+
 @dataclass
 class _Captured:
     """One captured step: its graph, the tensors it reads (the tokens, the tail's inputs) and
@@ -327,8 +337,8 @@ class _Captured:
 class StepState:
     """What the fixed-shape steps of one model read and write, for one batch size, cache length,
     set of kept heads and kind of step: the caches, each row's start position (a ``[B]`` device
-    tensor), the RoPE frequencies, and the steps prepared so far (``(S, heads, tail,
-    compiled)`` -> its CUDA graph, or None uncaptured). Kept per model and reused by every ``StaticDecoder`` of that
+    tensor), the RoPE frequencies, and the steps prepared so far (``(S, _Step)`` -> its CUDA
+    graph, or None uncaptured). Kept per model and reused by every ``StaticDecoder`` of that
     shape, so a graph is captured once and replayed for every later prompt and call. A graph
     holds the addresses of every tensor its step read: each of them must be the state's or the
     model's, never a decoder's own (freed with the decoder, its memory reused). One decoder uses
@@ -339,9 +349,7 @@ class StepState:
     keys_L: torch.Tensor
     inv_freq_F: torch.Tensor
     pool: tuple | None
-    prepared: dict[tuple[int, tuple[int, ...], StepTail | None, bool], _Captured | None] = field(
-        default_factory=dict
-    )
+    prepared: dict[tuple[int, _Step], _Captured | None] = field(default_factory=dict)
     setup_s: float = 0.0
     """Seconds spent preparing steps (compiling, warming up, capturing), outside their timing."""
     owner: weakref.ref | None = None
@@ -571,14 +579,14 @@ class StaticDecoder(Decoder):
         (captured at its first use), or run; ``compiled``: whether this step is (default: the
         decoder's setting)."""
         state = self._state
-        compiled = self.compiled if compiled is None else compiled
         kept = tuple(heads) if heads is not None else self.kept_heads
-        key = (tokens_BS.shape[1], kept, tail, compiled)
+        step = _Step(kept, tail, self.compiled if compiled is None else compiled)
+        key = (tokens_BS.shape[1], step)
         if key not in state.prepared:
-            state.prepared[key] = self._prepare(tokens_BS, kept, tail, inputs, compiled)
+            state.prepared[key] = self._prepare(tokens_BS, step, inputs)
         captured = state.prepared[key]
         if captured is None:
-            return self._run_step(tokens_BS, kept, tail, inputs, compiled)
+            return self._run_step(tokens_BS, step, inputs)
         captured.tokens_BS.copy_(tokens_BS)
         for static, given in zip(captured.inputs, inputs, strict=True):
             static.copy_(given)
@@ -613,31 +621,25 @@ class StaticDecoder(Decoder):
         )
         return logits_BSnV if tail is None else tail(tokens_BS, logits_BSnV, *inputs)
 
-    def _run_step(
-        self,
-        tokens_BS: torch.Tensor,
-        heads: tuple[int, ...],
-        tail: StepTail | None,
-        inputs: tuple[torch.Tensor, ...],
-        compiled: bool,
-    ):
+    def _run_step(self, tokens_BS: torch.Tensor, step: _Step, inputs: tuple[torch.Tensor, ...]):
         """The fixed-shape step with its tail, compiled or eager; never for gradients (captured
         outside inference mode, so that any later decoder may replay it)."""
+        heads, tail = step.heads, step.tail
         with torch.no_grad():
-            if not compiled:
+            if not step.compiled:
                 return self._static_step(tokens_BS, heads, tail, False, *inputs)
             if tail is not None and tail in _EAGER_TAILS:
-                logits_BSnV = self._run_step(tokens_BS, heads, None, (), compiled)
+                logits_BSnV = self._run_step(tokens_BS, _Step(heads, None, True), ())
                 return tail(tokens_BS, logits_BSnV, *inputs)
             skip_blocks = self._state.skip_blocks
             with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
                 try:
-                    step = _compiled_static_step()
-                    return step(self, tokens_BS, heads, tail, skip_blocks, *inputs)
+                    compiled = _compiled_static_step()
+                    return compiled(self, tokens_BS, heads, tail, skip_blocks, *inputs)
                 except Exception as exc:  # Inductor's, whichever kind this torch raises
                     if tail is not None:
                         self._tail_runs_eagerly(tail, exc)
-                        return self._run_step(tokens_BS, heads, tail, inputs, compiled)
+                        return self._run_step(tokens_BS, step, inputs)
                     if not skip_blocks:
                         raise
                     self._state.skip_blocks = False  # compiled again, with sdpa
@@ -663,37 +665,23 @@ class StaticDecoder(Decoder):
             "the step, with the same results, more slowly", tail, reason[:200],
         )  # fmt: skip
 
-    def _prepare(
-        self,
-        tokens_BS: torch.Tensor,
-        heads: tuple[int, ...],
-        tail: StepTail | None,
-        inputs: tuple,
-        compiled: bool,
-    ) -> _Captured | None:
+    def _prepare(self, tokens_BS: torch.Tensor, step: _Step, inputs: tuple) -> _Captured | None:
         """A step shape's first use: compile it (run once) and capture it, timed into the state's
         ``setup_s``. The warm-up writes keys only at the positions this step is about to
         overwrite."""
         started = time.perf_counter()
         if self.cuda_graphs:
-            captured = self._capture(tokens_BS, heads, tail, inputs, compiled)
+            captured = self._capture(tokens_BS, step, inputs)
             torch.cuda.synchronize(tokens_BS.device)
         else:
             captured = None
-            if compiled:
-                self._run_step(tokens_BS, heads, tail, inputs, compiled)
+            if step.compiled:
+                self._run_step(tokens_BS, step, inputs)
         self._state.setup_s += time.perf_counter() - started
         return captured
 
     @torch.inference_mode(False)
-    def _capture(
-        self,
-        tokens_BS: torch.Tensor,
-        heads: tuple[int, ...],
-        tail: StepTail | None,
-        inputs: tuple,
-        compiled: bool,
-    ) -> _Captured:
+    def _capture(self, tokens_BS: torch.Tensor, step: _Step, inputs: tuple) -> _Captured:
         """Warm up on a side stream (as capture requires; the first run compiles), then record
         one step. Its inputs and outputs are ordinary tensors, as the state's are."""
         static_tokens_BS, static_inputs = tokens_BS.clone(), tuple(x.clone() for x in inputs)
@@ -702,11 +690,11 @@ class StaticDecoder(Decoder):
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(2):
-                    self._run_step(static_tokens_BS, heads, tail, static_inputs, compiled)
+                    self._run_step(static_tokens_BS, step, static_inputs)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._state.pool):
-                outputs = self._run_step(static_tokens_BS, heads, tail, static_inputs, compiled)
+                outputs = self._run_step(static_tokens_BS, step, static_inputs)
         return _Captured(graph, static_tokens_BS, static_inputs, outputs)
 
 
