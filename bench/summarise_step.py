@@ -147,8 +147,9 @@ def budget_lines(budget: dict) -> list[str]:
         "",
         f"Peer: {against}.",
         "",
-        "The peer takes one optimizer step per micro-batch of 8 sequences; a variant's sequences"
-        " per optimizer step are its micro-batch times its accumulation.",
+        "The peer takes one optimizer step per micro-batch"
+        + (f" of {peer['micro_batch']} sequences" if peer else "")
+        + "; a variant's sequences per optimizer step are its micro-batch times its accumulation.",
         "",
         "| variant | micro-batch | accumulation | checkpointing | tokens/s | peak GiB "
         "| / peer tokens/s | / peer memory |",
