@@ -16,9 +16,10 @@
 #   lora7b_variants the LoRA recipe's step at micro-batch 4 as written and with one setting
 #                   changed (LoRA dropout 0; activation checkpointing off, every 2nd block):
 #                   where the time goes ($OUT/variants/<name>.json)
-#   run_vs_step     `wmtp run` of the LoRA recipe (random weights, byte tokenizer, the built-in
-#                   HumanEval packed to 2048-token rows, 30 steps) against `wmtp bench step` of
-#                   the same settings ($OUT/run_vs_step/; carry storage/datasets/humaneval)
+#   run_vs_step     `wmtp run` of the LoRA recipe as written (random weights, byte tokenizer, the
+#                   built-in HumanEval packed to 2048-token rows, 12 optimizer steps of 32
+#                   sequences) against `wmtp bench step` of the same settings ($OUT/run_vs_step/;
+#                   carry storage/datasets/humaneval)
 #   lora7b_profile  torch.profiler of the LoRA recipe's step at micro-batch 4, eager and compiled
 #                   (`wmtp bench step --profile 2`)
 #   lora7b_profile_compiled  its compiled half alone
@@ -190,13 +191,13 @@ budget_steps() {  # budget_steps REPEATS NAME:MICRO_BATCH:CHECKPOINTING:GRAD_ACC
   pack_measured
 }
 RUN_SETS=(--set "model.policy.path=''" --set "tokenizer={kind='byte'}"
-  --set training.grad_accum_steps=1 --set "data.kind='humaneval'" --set data.packing=true)
-stage_run_vs_step() {
+  --set "data.kind='humaneval'" --set data.packing=true)
+stage_run_vs_step() {  # the recipe's own micro-batch and accumulation (32 sequences a step)
   need_humaneval
-  step run_vs_step_bench 150 python3 -m wmtp.cli bench step recipes/baseline.toml "${RUN_SETS[@]}" \
-    --warmup 5 --repeats 10 --out "$OUT/run_vs_step"
+  step run_vs_step_bench 200 python3 -m wmtp.cli bench step recipes/baseline.toml "${RUN_SETS[@]}" \
+    --warmup 2 --repeats 5 --out "$OUT/run_vs_step"
   step run_vs_step_run 300 python3 -m wmtp.cli run recipes/baseline.toml "${RUN_SETS[@]}" \
-    --set training.max_steps=30 --set training.log_every=1 --set training.eval_every=0 \
+    --set training.max_steps=12 --set training.log_every=1 --set training.eval_every=0 \
     --set training.checkpoint_every=1000 --set training.schedule.warmup_steps=1 \
     --set "$(runs run_vs_step)"
   cp "$(latest run_vs_step)/metrics.jsonl" "$OUT/run_vs_step/" 2>/dev/null

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -64,9 +65,33 @@ def test_a_static_decoders_padded_prefill_equals_the_full_forward(tiny_args, pro
     assert last.length == prompt
 
 
-def test_a_prefill_whose_padding_does_not_fit_runs_eagerly(tiny_args):
-    """A prompt continued near the cache's end, where its padding would not fit, is forwarded
-    eagerly: the eager decoder's logits, and no fixed-shape prefill prepared for it."""
+def test_compiled_prompt_steps_of_every_length_are_one_compiled_graph(tiny_args):
+    """With compiled steps the prompt's forward is compiled once, its length dynamic: prompts
+    padded to 64, 128 and 192 tokens run that one graph (no compilation per length, none failed)
+    and give the full forward's logits at their last position."""
+    from torch._dynamo.utils import counters
+
+    from wmtp.models import kv_cache
+
+    args = dataclasses.replace(tiny_args, max_seq_len=256)
+    model = LlamaMTP(args, attention="sdpa").eval()
+    tokens = torch.randint(0, args.vocab_size, (1, 150))
+    with torch.no_grad():
+        full = model(tokens)
+    torch._dynamo.reset()
+    counters.clear()
+    for prompt in (10, 70, 100, 150):
+        decoder = StaticDecoder(model, 1, 256, cuda_graphs=False, compiled=True)
+        at_last = decoder.prefill(tokens[:, :prompt], last=True)
+        torch.testing.assert_close(at_last, full[:, prompt - 1 : prompt], atol=1e-5, rtol=1e-5)
+    assert kv_cache._PROMPT_COMPILE_FAILURES == []
+    assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_a_prefill_that_continues_or_whose_padding_does_not_fit_runs_eagerly(tiny_args):
+    """A prompt continued after earlier tokens (here also near the cache's end, where its
+    padding would not fit) is forwarded eagerly: the eager decoder's logits, and no prompt step
+    prepared for it."""
     model = LlamaMTP(tiny_args, attention="sdpa").eval()
     tokens = torch.randint(0, tiny_args.vocab_size, (1, 90))
     decoder, eager = StaticDecoder(model, 1, 90, cuda_graphs=False), Decoder(model, 1, 90)

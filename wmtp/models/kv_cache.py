@@ -63,13 +63,14 @@ class KVCache:
 
 
 def cached_block(block: TransformerBlock, x_BSD, rope: Rope, cache: KVCache, start: int):
-    """One block on new positions ``start..start+S-1``, attending to all cached ones."""
+    """One block on new positions ``start..start+S-1``, attending to all cached ones (with
+    ``cache.fused``: q/k/v and w1/w3 as one matmul each)."""
     attention = block.attention
-    q_BSHD, k_BSKD, v_BSKD = attention.project_qkv(block.attention_norm(x_BSD), rope)
+    q_BSHD, k_BSKD, v_BSKD = _project_qkv(block, block.attention_norm(x_BSD), rope, cache.fused)
     k_all, v_all = cache.append(start, k_BSKD, v_BSKD)
     out_BSHD = attention.attend(q_BSHD, k_all, v_all, None)
     h_BSD = x_BSD + attention.wo(out_BSHD.flatten(2))  # [B, S, H, D] -> [B, S, H*D]
-    return h_BSD + block.feed_forward(block.ffn_norm(h_BSD))
+    return h_BSD + _feed_forward(block, block.ffn_norm(h_BSD), cache.fused)
 
 
 def planless_attention(device: torch.device) -> contextlib.AbstractContextManager:
@@ -143,9 +144,9 @@ class Decoder:
     ) -> torch.Tensor:
         """Process a prompt (or continue after earlier tokens); logits ``[B, S, n, V]``, or at
         its last position only (``last``: ``[B, 1, n, V]``)."""
+        at_1 = torch.tensor([tokens_BS.shape[1] - 1], device=tokens_BS.device) if last else None
         with planless_attention(tokens_BS.device):
-            logits_BSnV = self._advance(tokens_BS, heads)
-        return logits_BSnV[:, -1:] if last else logits_BSnV
+            return self._advance(tokens_BS, heads, at_1)
 
     @torch.no_grad()
     def step(self, tokens_BS: torch.Tensor, heads: list[int] | None = None) -> torch.Tensor:
@@ -158,16 +159,32 @@ class Decoder:
         assert 0 <= length <= self.length, f"rewind to {length}, cache holds {self.length}"
         self.length = length
 
-    def _advance(self, tokens_BS: torch.Tensor, heads: list[int] | None) -> torch.Tensor:
+    def _advance(
+        self, tokens_BS: torch.Tensor, heads: list[int] | None, at_1: torch.Tensor | None = None
+    ) -> torch.Tensor:
         start = self._check_room(tokens_BS.shape[1], heads)
+        logits = self._forward(tokens_BS, heads, start, at_1)
+        self.length = start + tokens_BS.shape[1]
+        return logits
+
+    def _forward(
+        self,
+        tokens_BS: torch.Tensor,
+        heads: Sequence[int] | None,
+        start: int,
+        at_1: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The blocks over new positions ``start..`` (``cached_block``): logits ``[B, S, n, V]``,
+        or at position ``at_1`` only (``[B, 1, n, V]``: one position unembedded, not S)."""
         B, S = tokens_BS.shape
         positions_BS = torch.arange(start, start + S, device=tokens_BS.device).expand(B, S)
         rope = rope_tables(self.inv_freq_F, positions_BS)
-        logits_BSnV = self._run_blocks(
-            tokens_BS, heads, lambda block, x, cache: cached_block(block, x, rope, cache, start)
+        return self._run_blocks(
+            tokens_BS,
+            heads,
+            lambda block, x, cache: cached_block(block, x, rope, cache, start),
+            at_1,
         )
-        self.length = start + S
-        return logits_BSnV
 
     def _check_room(self, S: int, heads: Sequence[int] | None, start: int | None = None) -> int:
         """The start position of ``S`` new tokens (``length`` unless given), after checking the
@@ -184,11 +201,16 @@ class Decoder:
         return start
 
     def _run_blocks(
-        self, tokens_BS: torch.Tensor, heads: Sequence[int] | None, run_block: BlockStep
+        self,
+        tokens_BS: torch.Tensor,
+        heads: Sequence[int] | None,
+        run_block: BlockStep,
+        at_1: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Embed, run the trunk and every kept head's layer through ``run_block``; the logits of
-        ``heads`` (default: the kept ones) as ``[B, S, n, V]``. The heads' hidden states share
-        one final norm and one unembedding matmul (not one per head)."""
+        ``heads`` (default: the kept ones) as ``[B, S, n, V]``, or at position ``at_1`` only.
+        The heads' hidden states share one final norm and one unembedding matmul (not one per
+        head)."""
         model = self.model
         h_BSD = model.tok_embeddings(tokens_BS)
         for layer, cache in zip(model.layers[:-1], self.trunk_caches, strict=True):
@@ -198,6 +220,8 @@ class Decoder:
         }
         ks = heads if heads is not None else self.kept_heads
         hidden_BSnD = torch.stack([hidden[k] for k in ks], dim=2)  # n x [B, S, D] -> [B, S, n, D]
+        if at_1 is not None:
+            hidden_BSnD = hidden_BSnD.index_select(1, at_1)
         return model.output(model.norm(hidden_BSnD))
 
 
@@ -297,17 +321,6 @@ after the step. A frozen dataclass (or a module-level function): its value keys 
 compiled variant and graph. It must not read the host: it is captured."""
 
 
-@dataclass(frozen=True)
-class _AtPosition:
-    """A padded prefill's tail: every head's logits at one position, ``[B, 1, n, V]`` (its
-    input ``at_1``), so the graph keeps one position's logits, not the whole prompt's."""
-
-    def __call__(self, tokens_BS, logits_BSnV, at_1):
-        return logits_BSnV.index_select(1, at_1)
-
-
-_AT_POSITION = _AtPosition()
-
 _EAGER_TAILS: set = set()
 """Tails this torch failed to compile into a step: they run eagerly after it (said once)."""
 
@@ -320,6 +333,10 @@ class _Step:
     heads: tuple[int, ...]
     tail: StepTail | None = None
     compiled: bool = False
+    prompt: bool = False
+    """A prompt's forward from position 0 (``StaticDecoder.prefill``): its own keys only, causal,
+    compiled once for every length; its one input, the position whose logits it keeps (if
+    any)."""
 
 
 @dataclass
@@ -437,6 +454,17 @@ def _compiled_static_step() -> Callable[..., torch.Tensor]:
     return torch.compile(StaticDecoder._static_step, fullgraph=True, dynamic=False)
 
 
+@functools.cache
+def _compiled_prompt_step() -> Callable[..., torch.Tensor]:
+    """``Decoder._forward`` compiled by Inductor for a prompt's forward (whole graph; the length
+    marked dynamic by the caller, so prompts of every length share one compiled variant)."""
+    return torch.compile(Decoder._forward, fullgraph=True)
+
+
+_PROMPT_COMPILE_FAILURES: list[str] = []
+"""Why this torch failed to compile a prompt's forward: then every prompt's runs eagerly."""
+
+
 class StaticDecoder(Decoder):
     """A ``Decoder`` whose steps have fixed shapes: compiled, and replayed from CUDA graphs.
 
@@ -475,6 +503,7 @@ class StaticDecoder(Decoder):
         its own step state, so it never takes over the caches of a decoder of the same shape."""
         self._fused = None if fused is False else fused_projections(model, force=bool(fused))
         super().__init__(model, batch_size, max_len, kept_heads)
+        self.inv_freq_F = self._state.inv_freq_F  # a graph reads the state's tensors only
         self._state.owner = weakref.ref(self)
 
     @property
@@ -493,33 +522,34 @@ class StaticDecoder(Decoder):
                 cache.fused = self._fused.of(self.model.head_layer(k))
         return self._state.caches
 
-    def _advance(self, tokens_BS: torch.Tensor, heads: list[int] | None) -> torch.Tensor:
+    def _advance(
+        self, tokens_BS: torch.Tensor, heads: list[int] | None, at_1: torch.Tensor | None = None
+    ) -> torch.Tensor:
         self._check_owner()
-        return super()._advance(tokens_BS, heads)
+        return super()._advance(tokens_BS, heads, at_1)
 
     @torch.no_grad()
     def prefill(
         self, tokens_BS: torch.Tensor, heads: list[int] | None = None, *, last: bool = False
     ) -> torch.Tensor:
-        """``Decoder.prefill`` as the fixed-shape step over the prompt padded to a multiple of
-        ``PREFILL_MULTIPLE`` tokens (the padding's keys land past ``length``, where the mask
-        hides them until later steps write there), captured once per padded length and never
-        compiled. ``last``: the graph keeps the last position's logits only (``_AtPosition``),
-        not every position's. Eager where the padding would not fit the cache."""
+        """``Decoder.prefill``; a prompt from position 0 as one step over the prompt padded to a
+        multiple of ``PREFILL_MULTIPLE`` tokens (the padding's keys land past ``length``, where
+        the mask hides them until later steps write there): causal attention over its own keys,
+        compiled once for every length (dynamic shapes) where the steps are, captured once per
+        padded length. ``last``: the step unembeds the last position only. A prompt that
+        continues earlier tokens, or whose padding would not fit the cache, runs eagerly."""
         S = tokens_BS.shape[1]
-        start = self._check_room(S, heads)
         padded = -(-S // PREFILL_MULTIPLE) * PREFILL_MULTIPLE
-        if start + padded > len(self._state.keys_L):
+        if self._check_room(S, heads) > 0 or padded > len(self._state.keys_L):
             return super().prefill(tokens_BS, heads, last=last)
         self._check_owner()
-        self._state.start.fill_(start)
         padded_BS = F.pad(tokens_BS, (0, padded - S))
-        tail, inputs = None, ()
-        if last:
-            tail, inputs = _AT_POSITION, (torch.tensor([S - 1], device=tokens_BS.device),)
+        at_1 = (torch.tensor([S - 1], device=tokens_BS.device),) if last else ()
+        kept = tuple(heads) if heads is not None else self.kept_heads
+        step = _Step(kept, compiled=self.compiled, prompt=True)
         with planless_attention(tokens_BS.device):
-            logits = self._replay(padded_BS, heads, tail, inputs, compiled=False)
-        self.length = start + S
+            logits = self._replay(padded_BS, step, at_1)
+        self.length = S
         return logits if last else logits[:, :S]
 
     @torch.no_grad()
@@ -528,7 +558,7 @@ class StaticDecoder(Decoder):
         start = self._check_room(tokens_BS.shape[1], heads)
         self._check_owner()
         self._state.start.fill_(start)
-        logits_BSnV = self._replay(tokens_BS, heads)
+        logits_BSnV = self._replay(tokens_BS, self._step_of(heads))
         self.length = start + tokens_BS.shape[1]
         return logits_BSnV
 
@@ -553,7 +583,7 @@ class StaticDecoder(Decoder):
         compiled code and graph, instead of the logits."""
         self._check_owner()
         self._check_room(tokens_BS.shape[1], heads, start=0)
-        return self._replay(tokens_BS, heads, tail, inputs)
+        return self._replay(tokens_BS, self._step_of(heads, tail), inputs)
 
     def load_row(self, row: int, prefix: Decoder) -> None:
         """Row ``row``'s caches from the first ``prefix.length`` positions of ``prefix``'s only
@@ -566,21 +596,15 @@ class StaticDecoder(Decoder):
             mine.k_BSKD[row, :n].copy_(theirs.k_BSKD[0, :n])
             mine.v_BSKD[row, :n].copy_(theirs.v_BSKD[0, :n])
 
-    def _replay(
-        self,
-        tokens_BS: torch.Tensor,
-        heads: list[int] | None,
-        tail: StepTail | None = None,
-        inputs: tuple[torch.Tensor, ...] = (),
-        *,
-        compiled: bool | None = None,
-    ):
-        """The step of this shape (and tail) at the state's positions: its graph replayed
-        (captured at its first use), or run; ``compiled``: whether this step is (default: the
-        decoder's setting)."""
-        state = self._state
+    def _step_of(self, heads: list[int] | None, tail: StepTail | None = None) -> _Step:
+        """The decoding step that makes ``heads``' logits (default: the kept heads') and ``tail``."""
         kept = tuple(heads) if heads is not None else self.kept_heads
-        step = _Step(kept, tail, self.compiled if compiled is None else compiled)
+        return _Step(kept, tail, self.compiled)
+
+    def _replay(self, tokens_BS: torch.Tensor, step: _Step, inputs: tuple[torch.Tensor, ...] = ()):
+        """``step`` at ``tokens_BS``' length: its graph replayed (captured at its first use), or
+        run."""
+        state = self._state
         key = (tokens_BS.shape[1], step)
         if key not in state.prepared:
             state.prepared[key] = self._prepare(tokens_BS, step, inputs)
@@ -624,6 +648,8 @@ class StaticDecoder(Decoder):
     def _run_step(self, tokens_BS: torch.Tensor, step: _Step, inputs: tuple[torch.Tensor, ...]):
         """The fixed-shape step with its tail, compiled or eager; never for gradients (captured
         outside inference mode, so that any later decoder may replay it)."""
+        if step.prompt:
+            return self._run_prompt(tokens_BS, step, *inputs)
         heads, tail = step.heads, step.tail
         with torch.no_grad():
             if not step.compiled:
@@ -650,6 +676,28 @@ class StaticDecoder(Decoder):
                         len(tokens_BS), reason,
                     )  # fmt: skip
                     return _compiled_static_step()(self, tokens_BS, heads, None, False)
+
+    def _run_prompt(self, tokens_BS: torch.Tensor, step: _Step, *at_1: torch.Tensor):
+        """A prompt's forward from position 0 (``_Step.prompt``): compiled once for every length
+        (the tokens' length is dynamic), or eager where the step is not compiled or this torch
+        failed to compile it before (said once, then the same results more slowly)."""
+        at = at_1[0] if at_1 else None
+        with torch.no_grad():
+            if step.compiled and not _PROMPT_COMPILE_FAILURES:
+                torch._dynamo.mark_dynamic(tokens_BS, 1)
+                try:
+                    with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+                        return _compiled_prompt_step()(self, tokens_BS, step.heads, 0, at)
+                except Exception as exc:  # Inductor's, whichever kind this torch raises
+                    reason = compile_failure(exc)
+                    if reason is None:
+                        raise
+                    _PROMPT_COMPILE_FAILURES.append(reason)
+                    log.warning(
+                        "decoding: this torch cannot compile a prompt's forward (%s); prompts "
+                        "run eagerly, with the same results, more slowly", reason[:200],
+                    )  # fmt: skip
+            return self._forward(tokens_BS, step.heads, 0, at)
 
     @staticmethod
     def _tail_runs_eagerly(tail: StepTail, exc: Exception) -> None:
