@@ -47,3 +47,30 @@ def test_a_run_pads_its_rows_as_its_blocks_need(tmp_path, compile, caplog):
         longest = int(batch["attention_mask"].sum(1).max())
         length = batch["input_ids"].shape[1]
         assert length == min(-(-longest // multiple) * multiple, max_length)
+
+
+def test_packed_batches_with_other_document_counts_reuse_the_compiled_blocks(tmp_path):
+    """A packed run's batches hold different numbers of documents: the blocks get the layout
+    as their attention reads it (document ids, not ``cu_seqlens``, whose length is the count;
+    ``eager`` here, as ``flex`` on a GPU), so compiled blocks run every batch on the graphs of
+    the first."""
+    from torch._dynamo.utils import counters
+
+    overrides = [
+        "parallel.compile=true", "data.packing=true", "training.micro_batch_size=1",
+        "model.policy.attention='eager'", "data.max_length=2048", "model.policy.max_seq_len=2048",
+    ]  # fmt: skip
+    recipe = load_recipe(TINY, overrides).recipe
+    trainer = Trainer(recipe, "", tmp_path, init_distributed("cpu"), console=False).build()
+    torch._dynamo.reset()
+    counts, graphs = set(), []
+    with torch.no_grad():
+        while len(counts) < 3 and len(graphs) < 24:
+            (batch,) = trainer.batches.next_step()
+            counts.add(len(batch["cu_seqlens"]))
+            seq = trainer.seq_info(batch)
+            assert seq.cu_seqlens is None and seq.document_ids is not None
+            trainer.model.trunk(batch["input_ids"], seq=seq)
+            graphs.append(counters["stats"]["unique_graphs"])
+    assert len(counts) > 1, "the batches should differ in their count of documents"
+    assert graphs[1:] == graphs[:1] * (len(graphs) - 1), graphs

@@ -291,6 +291,10 @@ def kernel(name: str) -> AttendFn:
     return globals()[backend(name).kernel]
 
 
+READS_DOCUMENT_IDS = frozenset({"flex", "eager"})
+"""Packed backends that read a batch's ``document_ids`` (the others its ``cu_seqlens``)."""
+
+
 @dataclass(frozen=True)
 class ResolvedAttention:
     """What a model's attention runs: a backend for plain (and right-padded) batches, one for
@@ -318,6 +322,13 @@ class ResolvedAttention:
         if self.plain == self.packed:
             return self.plain
         return f"{self.plain} ({self.packed} for packed batches)"
+
+    def layout(self, seq: SeqInfo | None) -> SeqInfo | None:
+        """``seq`` as this attention's blocks get it: the document ids alone where the packed
+        backend reads nothing else (flex, eager; ``SeqInfo.by_document_ids``)."""
+        if seq is not None and self.packed in READS_DOCUMENT_IDS:
+            return seq.by_document_ids()
+        return seq
 
     def attend(self, q_BSHD, k_BSKD, v_BSKD, seq: SeqInfo | None = None) -> torch.Tensor:
         fn = self._packed_fn if seq is not None and seq.is_packed else self._plain_fn

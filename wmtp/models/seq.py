@@ -116,6 +116,14 @@ class SeqInfo:
         ids_T = torch.searchsorted(self.cu_seqlens.to(device).long()[1:], token_T, right=True)
         return ids_T.view(B, S)  # [B*S] -> [B, S]
 
+    def by_document_ids(self) -> SeqInfo:
+        """This layout without ``cu_seqlens`` and ``max_seqlen`` where ``document_ids`` say the
+        same: their length and value change with every packed batch, and compiled blocks
+        (static shapes; Dynamo guards on both) would compile anew for each count of documents."""
+        if self.document_ids is None:
+            return self
+        return replace(self, cu_seqlens=None, max_seqlen=None)
+
     def to(self, device: torch.device | str) -> SeqInfo:
         moved = {
             name: getattr(self, name).to(device)

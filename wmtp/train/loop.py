@@ -202,17 +202,19 @@ class Trainer:
         return {k: to_device(v, self.ctx.device) for k, v in batch.items()}
 
     def seq_info(self, batch: dict):
-        """``SeqInfo`` for packed batches; ``None`` for padded ones (right padding needs no mask)."""
+        """``SeqInfo`` for packed batches, as the model's attention reads it
+        (``ResolvedAttention.layout``); ``None`` for padded ones (right padding needs no mask)."""
         if batch.get("cu_seqlens") is None:
             return None
         from wmtp.models.attention import SeqInfo
 
-        return SeqInfo(
+        seq = SeqInfo(
             position_ids=batch.get("position_ids"),
             cu_seqlens=batch.get("cu_seqlens"),
             max_seqlen=batch.get("max_seqlen"),
             document_ids=batch.get("document_ids"),
         )
+        return self.model.attention.layout(seq)
 
     def compute_context(self):
         return compute_context(self.ctx, self.model_spec.dtype)
