@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
 import pytest
@@ -65,27 +64,22 @@ def test_a_static_decoders_padded_prefill_equals_the_full_forward(tiny_args, pro
     assert last.length == prompt
 
 
-def test_compiled_prompt_steps_of_every_length_are_one_compiled_graph(tiny_args):
-    """With compiled steps the prompt's forward is compiled once, its length dynamic: prompts
-    padded to 64, 128 and 192 tokens run that one graph (no compilation per length, none failed)
-    and give the full forward's logits at their last position."""
-    from torch._dynamo.utils import counters
-
-    from wmtp.models import kv_cache
-
-    args = dataclasses.replace(tiny_args, max_seq_len=256)
-    model = LlamaMTP(args, attention="sdpa").eval()
-    tokens = torch.randint(0, args.vocab_size, (1, 150))
+@pytest.mark.parametrize("static", [False, True])
+def test_a_prefill_for_the_last_position_unembeds_that_position_alone(tiny_args, static):
+    """``prefill(last=True)`` (every prompt of generate, speculative decoding and eval) sends one
+    position through the final norm and the unembedding, not the whole prompt, and its logits
+    are the full forward's at that position."""
+    model = LlamaMTP(tiny_args, attention="sdpa").eval()
+    tokens = torch.randint(0, tiny_args.vocab_size, (2, 40))
     with torch.no_grad():
         full = model(tokens)
-    torch._dynamo.reset()
-    counters.clear()
-    for prompt in (10, 70, 100, 150):
-        decoder = StaticDecoder(model, 1, 256, cuda_graphs=False, compiled=True)
-        at_last = decoder.prefill(tokens[:, :prompt], last=True)
-        torch.testing.assert_close(at_last, full[:, prompt - 1 : prompt], atol=1e-5, rtol=1e-5)
-    assert kv_cache._PROMPT_COMPILE_FAILURES == []
-    assert counters["stats"]["unique_graphs"] == 1
+    unembedded = []
+    model.output.register_forward_hook(lambda _, args, __: unembedded.append(args[0].shape[:3]))
+    decoder = StaticDecoder(model, 2, 64, cuda_graphs=False) if static else Decoder(model, 2, 64)
+    at_last = decoder.prefill(tokens, last=True)
+    torch.testing.assert_close(at_last, full[:, -1:], atol=1e-5, rtol=1e-5)
+    assert unembedded == [(2, 1, model.n_heads)]
+    assert decoder.length == 40
 
 
 def test_a_prefill_that_continues_or_whose_padding_does_not_fit_runs_eagerly(tiny_args):

@@ -431,7 +431,7 @@ class _Slots:
     def _prefill(self, prompt: list[int]):
         """A one-row decoder holding ``prompt``'s forward and its logits at the last position;
         the last prompt's is kept (a problem's samples follow one another). The forward is the
-        slots' decoder's prompt step (compiled and captured where its steps are), in a prefix
+        slots' decoder's prompt step (captured where its steps are), in a prefix
         decoder of its own."""
         from wmtp.models.kv_cache import StaticDecoder
 
@@ -439,7 +439,7 @@ class _Slots:
         if self._prefix is None or self._prefix[0] != key:
             slots = self.decoder
             prefix = StaticDecoder(
-                self.model, 1, len(prompt), [1], cuda_graphs=slots.cuda_graphs, compiled=slots.compiled,
+                self.model, 1, len(prompt), [1], cuda_graphs=slots.cuda_graphs, compiled=False,
                 fused=slots.fused, prefix=True,
             )  # fmt: skip
             tokens_1S = torch.tensor([prompt], device=self.device)

@@ -334,9 +334,8 @@ class _Step:
     tail: StepTail | None = None
     compiled: bool = False
     prompt: bool = False
-    """A prompt's forward from position 0 (``StaticDecoder.prefill``): its own keys only, causal,
-    compiled once for every length; its one input, the position whose logits it keeps (if
-    any)."""
+    """A prompt's forward from position 0 (``StaticDecoder.prefill``): causal over its own keys,
+    uncompiled; its one input, the position whose logits it keeps (if any)."""
 
 
 @dataclass
@@ -454,17 +453,6 @@ def _compiled_static_step() -> Callable[..., torch.Tensor]:
     return torch.compile(StaticDecoder._static_step, fullgraph=True, dynamic=False)
 
 
-@functools.cache
-def _compiled_prompt_step() -> Callable[..., torch.Tensor]:
-    """``Decoder._forward`` compiled by Inductor for a prompt's forward (whole graph; the length
-    marked dynamic by the caller, so prompts of every length share one compiled variant)."""
-    return torch.compile(Decoder._forward, fullgraph=True)
-
-
-_PROMPT_COMPILE_FAILURES: list[str] = []
-"""Why this torch failed to compile a prompt's forward: then every prompt's runs eagerly."""
-
-
 class StaticDecoder(Decoder):
     """A ``Decoder`` whose steps have fixed shapes: compiled, and replayed from CUDA graphs.
 
@@ -477,10 +465,10 @@ class StaticDecoder(Decoder):
     compiled kernels included, and every later step is one replay. Compiled code is made at a
     step's first use and graphs captured there (``StepState``): every later decoder of the same
     model and shape reuses them, so warming up once keeps compilation and capture out of timed
-    regions (``setup_figures`` says what it cost). ``prefill`` is the same fixed-shape step over
-    the prompt padded to a multiple of ``PREFILL_MULTIPLE`` tokens, captured but never compiled
-    (prompts come in many lengths: each would compile anew, where capturing costs one eager run);
-    ``rewind`` works as before (the mask hides what lies past ``length``).
+    regions (``setup_figures`` says what it cost). ``prefill`` runs a prompt padded to a
+    multiple of ``PREFILL_MULTIPLE`` tokens, causal over its own keys, captured but never
+    compiled (prompts come in many lengths: each would compile anew, where capturing costs one
+    eager run); ``rewind`` works as before (the mask hides what lies past ``length``).
     ``step_rows`` puts each row at its own position (held on the device), in the same shapes.
     ``fused``: q/k/v and w1/w3 as one matmul each, from the model's fused copy of those weights
     (``wmtp.models.fused_projections``; ``None``: on a GPU where the copy fits, ``True``: on a CPU
@@ -534,10 +522,17 @@ class StaticDecoder(Decoder):
     ) -> torch.Tensor:
         """``Decoder.prefill``; a prompt from position 0 as one step over the prompt padded to a
         multiple of ``PREFILL_MULTIPLE`` tokens (the padding's keys land past ``length``, where
-        the mask hides them until later steps write there): causal attention over its own keys,
-        compiled once for every length (dynamic shapes) where the steps are, captured once per
-        padded length. ``last``: the step unembeds the last position only. A prompt that
-        continues earlier tokens, or whose padding would not fit the cache, runs eagerly."""
+        the mask hides them until later steps write there): the model's causal attention over
+        the prompt's own keys (flash on a GPU; not a mask over the whole cache), captured once
+        per padded length, never compiled. ``last``: only the last position goes through the
+        final norm and the unembedding. A prompt that continues earlier tokens, or whose
+        padding would not fit the cache, runs eagerly.
+
+        Not compiled: compiling it once with a dynamic length (tried) made the GPU decoding
+        tests, a model each, run past 240 s where they took 90: a compilation per model and
+        set of heads that costs more than an evaluation's 164 prompt forwards could save (the
+        first token came 5 ms after a 256-token prompt on the H200, 10.6 ms after 650, with
+        the whole-cache mask this step no longer has)."""
         S = tokens_BS.shape[1]
         padded = -(-S // PREFILL_MULTIPLE) * PREFILL_MULTIPLE
         if self._check_room(S, heads) > 0 or padded > len(self._state.keys_L):
@@ -546,7 +541,7 @@ class StaticDecoder(Decoder):
         padded_BS = F.pad(tokens_BS, (0, padded - S))
         at_1 = (torch.tensor([S - 1], device=tokens_BS.device),) if last else ()
         kept = tuple(heads) if heads is not None else self.kept_heads
-        step = _Step(kept, compiled=self.compiled, prompt=True)
+        step = _Step(kept, prompt=True)
         with planless_attention(tokens_BS.device):
             logits = self._replay(padded_BS, step, at_1)
         self.length = S
@@ -678,26 +673,11 @@ class StaticDecoder(Decoder):
                     return _compiled_static_step()(self, tokens_BS, heads, None, False)
 
     def _run_prompt(self, tokens_BS: torch.Tensor, step: _Step, *at_1: torch.Tensor):
-        """A prompt's forward from position 0 (``_Step.prompt``): compiled once for every length
-        (the tokens' length is dynamic), or eager where the step is not compiled or this torch
-        failed to compile it before (said once, then the same results more slowly)."""
-        at = at_1[0] if at_1 else None
+        """A prompt's forward from position 0 (``_Step.prompt``), never compiled: prompts come
+        in many lengths, and compiling them (even once, with the length dynamic) cost more than
+        it saved (see ``StaticDecoder.prefill``)."""
         with torch.no_grad():
-            if step.compiled and not _PROMPT_COMPILE_FAILURES:
-                torch._dynamo.mark_dynamic(tokens_BS, 1)
-                try:
-                    with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
-                        return _compiled_prompt_step()(self, tokens_BS, step.heads, 0, at)
-                except Exception as exc:  # Inductor's, whichever kind this torch raises
-                    reason = compile_failure(exc)
-                    if reason is None:
-                        raise
-                    _PROMPT_COMPILE_FAILURES.append(reason)
-                    log.warning(
-                        "decoding: this torch cannot compile a prompt's forward (%s); prompts "
-                        "run eagerly, with the same results, more slowly", reason[:200],
-                    )  # fmt: skip
-            return self._forward(tokens_BS, step.heads, 0, at)
+            return self._forward(tokens_BS, step.heads, 0, at_1[0] if at_1 else None)
 
     @staticmethod
     def _tail_runs_eagerly(tail: StepTail, exc: Exception) -> None:
