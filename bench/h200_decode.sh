@@ -77,11 +77,12 @@ stage_decode_trained() {
     --prompts 5 --new-tokens 256 "${SAMPLED[@]}" --also-eager \
     --out "$OUT/decode_trained_sampled.json"
 }
-pack_samples() {  # an evaluation's samples and problems as one archive beside its summary (the
-  # device returns 8 files a call)
+pack_samples() {  # an evaluation's samples and problems as one archive, and its summary beside
+  # it (the device returns 8 files a call, none more than two folders down)
   local dir=$1/humaneval
   [ -f "$dir/samples.jsonl" ] || return 0
   tar -czf "$1/samples.tar.gz" -C "$dir" samples.jsonl problems.jsonl && rm "$dir"/*.jsonl
+  cp "$dir/summary.json" "$1/summary.json" 2>/dev/null
 }
 HUMANEVAL=(--no-progress --set evaluation.n_samples=20 --set "evaluation.k=[1,10]"
   --set evaluation.max_new_tokens=512 --set evaluation.temperature=0.2 --set evaluation.top_p=0.95

@@ -5,7 +5,7 @@
 Reads DIR/decode_1b.json, decode_1b_peers.json (else decode_1b.json's peers),
 decode_1b_sampled.json, decode_7b.json, decode_trained.json,
 decode_trained_sampled.json (`wmtp bench decode`), decode_model.json (the training's seconds)
-and humaneval_n20/humaneval/summary.json (`wmtp eval`); any may be missing, and its figures are
+and the evaluation's summary.json (`wmtp eval`; see ``humaneval_figures``); any may be missing, and its figures are
 then "not measured". Every figure is read from those files, none computed anew except the best
 Hugging Face side of the batched comparison. Standard library only.
 """
@@ -56,7 +56,6 @@ def summarise(folder: Path) -> dict:
     one_b, sampled = load(folder, "decode_1b.json"), load(folder, "decode_1b_sampled.json")
     seven_b, trained = load(folder, "decode_7b.json"), load(folder, "decode_trained.json")
     trained_sampled = load(folder, "decode_trained_sampled.json")
-    humaneval = load(folder, "humaneval_n20/humaneval/summary.json")
     peers = load(folder, "decode_1b_peers.json").get("peers") or one_b.get("peers") or {}
     batch = peers.get("batch")
     hf_name, hf = best_hf(peers)
@@ -105,10 +104,27 @@ def summarise(folder: Path) -> dict:
         "batch_speculative_ratio_vs_plain": speculative.get(f"batch{batch}_ratio_vs_wmtp"),
         "batch_speculative_acceptance_rate": speculative.get(f"batch{batch}_acceptance_rate"),
         "peers": peers or None,
-        "humaneval_n20_generation_s": dig(humaneval, "wall_s", "generate"),
-        "humaneval_n20_check_s": dig(humaneval, "wall_s", "check"),
-        "humaneval_sandbox": humaneval.get("sandbox"),
+        **humaneval_figures(folder),
     }
+
+
+def humaneval_figures(folder: Path) -> dict:
+    """The timed evaluation's wall times and sandbox: from its summary.json (in
+    humaneval_n20/humaneval/, or beside its samples one folder up, where the device returns it),
+    else from the decode summary its own call wrote (humaneval_n20/h200_decode.json), kept
+    where that call's summary.json did not come back."""
+    found = load(folder, "humaneval_n20/humaneval/summary.json") or load(
+        folder, "humaneval_n20/summary.json"
+    )
+    if found:
+        return {
+            "humaneval_n20_generation_s": dig(found, "wall_s", "generate"),
+            "humaneval_n20_check_s": dig(found, "wall_s", "check"),
+            "humaneval_sandbox": found.get("sandbox"),
+        }
+    call = load(folder, "humaneval_n20/h200_decode.json")
+    names = ("humaneval_n20_generation_s", "humaneval_n20_check_s", "humaneval_sandbox")
+    return {name: call.get(name) for name in names}
 
 
 def _f(value, spec: str = ".2f", suffix: str = "") -> str:

@@ -145,6 +145,27 @@ def test_eval_run_directory_writes_samples_summary_and_table(run_dir):
     assert "prompts: alpaca template, instruction 'Complete this Python function.'" in result.flat
 
 
+def test_the_decode_summariser_reads_an_evaluations_summary_where_the_gpu_script_leaves_it(
+    run_dir, tmp_path
+):
+    """bench/h200_decode.sh leaves a timed evaluation's summary.json beside its samples' archive
+    (the device returns nothing deeper); bench/summarise_decode.py reads its wall times there."""
+    import shutil
+    import subprocess
+    import sys
+
+    result = invoke("eval", run_dir, "--no-progress", "--out", tmp_path / "humaneval_n20")
+    assert result.exit_code == 0, result.output
+    shutil.move(tmp_path / "humaneval_n20" / "humaneval", tmp_path / "evaluated")
+    shutil.copy(tmp_path / "evaluated" / "summary.json", tmp_path / "humaneval_n20")
+    script = Path(__file__).resolve().parents[2] / "bench" / "summarise_decode.py"
+    subprocess.run([sys.executable, script, "--results", str(tmp_path)], check=True)
+    figures = json.loads((tmp_path / "h200_decode.json").read_text())
+    wall = summary_of(tmp_path / "humaneval_n20", ".")["wall_s"]
+    assert figures["humaneval_n20_generation_s"] == wall["generate"]
+    assert figures["humaneval_n20_check_s"] == wall["check"]
+
+
 def test_eval_is_reproducible_and_greedy_speculative_matches_greedy(run_dir, tmp_path):
     def completions(out):
         samples = out / "humaneval" / "samples.jsonl"

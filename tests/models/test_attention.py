@@ -238,3 +238,26 @@ def test_a_resolved_pair_runs_packed_batches_on_its_second_backend():
     with torch.no_grad():
         torch.testing.assert_close(pair.attend(q, k, v, packed), eager_attend(q, k, v, packed))
         torch.testing.assert_close(pair.attend(q, k, v), eager_attend(q, k, v))
+
+
+@pytest.mark.parametrize("name", ["eager", "sdpa", "flex"])
+def test_the_layout_a_backend_reads_gives_what_the_whole_layout_gives(name):
+    """``ResolvedAttention.layout``: backends that read document ids (``Backend.reads``) get a
+    packed batch without ``cu_seqlens`` / ``max_seqlen`` (whose length and value change with
+    every batch: compiled blocks would compile anew), and attend exactly as with the whole
+    layout; the others keep it whole."""
+    from wmtp.models.attention import ResolvedAttention
+    from wmtp.models.backends import backend
+
+    torch.manual_seed(0)
+    q, k, v = qkv()
+    seq = SeqInfo.packed([[5, 4, 3], [2, 10]])
+    resolved = ResolvedAttention.fixed(name)
+    layout = resolved.layout(seq)
+    if backend(name).reads == "document_ids":
+        assert layout.cu_seqlens is None and layout.max_seqlen is None
+        assert torch.equal(layout.document_ids, seq.document_ids)
+    else:
+        assert layout is seq
+    with torch.no_grad():
+        torch.testing.assert_close(resolved.attend(q, k, v, layout), resolved.attend(q, k, v, seq))

@@ -291,10 +291,6 @@ def kernel(name: str) -> AttendFn:
     return globals()[backend(name).kernel]
 
 
-READS_DOCUMENT_IDS = frozenset({"flex", "eager"})
-"""Packed backends that read a batch's ``document_ids`` (the others its ``cu_seqlens``)."""
-
-
 @dataclass(frozen=True)
 class ResolvedAttention:
     """What a model's attention runs: a backend for plain (and right-padded) batches, one for
@@ -325,8 +321,8 @@ class ResolvedAttention:
 
     def layout(self, seq: SeqInfo | None) -> SeqInfo | None:
         """``seq`` as this attention's blocks get it: the document ids alone where the packed
-        backend reads nothing else (flex, eager; ``SeqInfo.by_document_ids``)."""
-        if seq is not None and self.packed in READS_DOCUMENT_IDS:
+        backend reads nothing else (``Backend.reads``; ``SeqInfo.by_document_ids``)."""
+        if seq is not None and backend(self.packed).reads == "document_ids":
             return seq.by_document_ids()
         return seq
 

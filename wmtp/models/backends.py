@@ -34,6 +34,9 @@ class Backend:
     """Has a backward on the CPU (can train there)."""
     packed: Literal["native", "masked", "per_document"] = "native"
     """Packed batches: a document-aware kernel, a masked dense one, or one call per document."""
+    reads: Literal["cu_seqlens", "document_ids"] = "cu_seqlens"
+    """What of a packed batch's layout the kernel reads: the documents' boundaries over the
+    flattened batch, or each token's document (``SeqInfo``)."""
     probe: str | None = None
     """Function of :mod:`wmtp.models.attention` saying why the kernel is not installed (or None)."""
     min_compute_capability: int = 0
@@ -95,6 +98,7 @@ BACKENDS: dict[str, Backend] = {
             "Materialised scores, fp32 softmax, explicit masks: the reference.",
             kernel="eager_attend",
             packed="masked",
+            reads="document_ids",
         ),
         Backend(
             "sdpa",
@@ -117,6 +121,7 @@ BACKENDS: dict[str, Backend] = {
             "only on the CPU).",
             kernel="flex_attend",
             cpu_backward=False,
+            reads="document_ids",
         ),
         Backend(
             "varlen",
