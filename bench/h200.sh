@@ -17,9 +17,10 @@
 #                   changed (LoRA dropout 0; activation checkpointing off, every 2nd block):
 #                   where the time goes ($OUT/variants/<name>.json)
 #   run_vs_step     `wmtp run` of the LoRA recipe as written (random weights, byte tokenizer, the
-#                   built-in HumanEval packed to 2048-token rows, 10 optimizer steps of 32
-#                   sequences) against `wmtp bench step` of the same settings ($OUT/run_vs_step/;
-#                   carry storage/datasets/humaneval)
+#                   built-in HumanEval packed into rows of up to 2048 tokens, 15 optimizer steps
+#                   of 32 rows, the first steps compiling each padded row length) against `wmtp
+#                   bench step` of the same settings ($OUT/run_vs_step/; carry
+#                   storage/datasets/humaneval; about 8 minutes)
 #   lora7b_profile  torch.profiler of the LoRA recipe's step at micro-batch 4, eager and compiled
 #                   (`wmtp bench step --profile 2`)
 #   lora7b_profile_compiled  its compiled half alone
@@ -196,8 +197,8 @@ stage_run_vs_step() {  # the recipe's own micro-batch and accumulation (32 seque
   need_humaneval
   step run_vs_step_bench 200 python3 -m wmtp.cli bench step recipes/baseline.toml "${RUN_SETS[@]}" \
     --warmup 2 --repeats 3 --out "$OUT/run_vs_step"
-  step run_vs_step_run 300 python3 -m wmtp.cli run recipes/baseline.toml "${RUN_SETS[@]}" \
-    --set training.max_steps=10 --set training.log_every=1 --set training.eval_every=0 \
+  step run_vs_step_run 420 python3 -m wmtp.cli run recipes/baseline.toml "${RUN_SETS[@]}" \
+    --set training.max_steps=15 --set training.log_every=1 --set training.eval_every=0 \
     --set training.checkpoint_every=1000 --set training.schedule.warmup_steps=1 \
     --set "$(runs run_vs_step)"
   cp "$(latest run_vs_step)/metrics.jsonl" "$OUT/run_vs_step/" 2>/dev/null

@@ -201,11 +201,14 @@ def run_vs_step(folder: Path) -> dict | None:
     (bench/h200.sh's stage ``run_vs_step``); the run's figures are medians of its logged steps
     after :data:`RUN_WARMUP_STEPS`.
 
-    ``ratio``: with packed rows both time the same shapes (micro-batches of ``seq_len``-token
-    rows), so it is bench step's step time over the run's, the loop's own cost (data, clipping,
-    the optimizer, logging inside the step). Padded rows are as long as their longest example in
-    a run, always ``seq_len`` in bench step: then it is only the ratio of their tokens/s. The
-    run's tokens/s counts real tokens (not padding): ``run_fill`` is their share of the rows."""
+    ``ratio``: the run's positions per second (its rows' tokens, padding included: what the
+    model computes over, ``row_tokens`` in its metrics) over bench step's (whose rows are always
+    ``seq_len`` long), so the loop's own cost (data, clipping, the optimizer, logging inside the
+    step) whatever lengths the run's rows have: packed rows are padded to a multiple of the
+    compiled blocks' length, not to ``seq_len``, and padded ones to their longest example.
+    Metrics written before ``row_tokens`` was logged: with packed rows the ratio of step times,
+    padded the ratio of tokens/s. The run's tokens/s counts real tokens (not padding):
+    ``run_fill`` is their share of the rows."""
     import statistics
 
     benches, metrics = sorted(folder.glob("*.json")), folder / "metrics.jsonl"
@@ -221,15 +224,24 @@ def run_vs_step(folder: Path) -> dict | None:
     run_step_s = statistics.median(r["step_time_s"] for r in steps)
     bench_step_s = bench["step"]["median_ms"] / 1000
     run_tps = statistics.median(r["tokens_per_s"] for r in steps)
-    same_shapes = bool(config.get("packing"))
-    return {
-        "ratio": bench_step_s / run_step_s if same_shapes else run_tps / bench["tokens_per_s"],
-        "compared": "step time, same shapes (packed rows)" if same_shapes else "tokens/s",
+    figures = {
         "run_steps": len(steps),
         "run_step_s_median": run_step_s,
         "bench_step_s_median": bench_step_s,
         "run_tokens_per_s_median": run_tps,
         "bench_step_tokens_per_s": bench["tokens_per_s"],
+    }
+    if all("row_tokens" in r for r in steps):
+        positions_per_s = statistics.median(r["row_tokens"] / r["step_time_s"] for r in steps)
+        return figures | {
+            "ratio": positions_per_s / bench["tokens_per_s"],
+            "compared": "positions per second (the rows' tokens, padding included)",
+            "run_fill": statistics.median(r["tokens"] / r["row_tokens"] for r in steps),
+        }
+    same_shapes = bool(config.get("packing"))
+    return figures | {
+        "ratio": bench_step_s / run_step_s if same_shapes else run_tps / bench["tokens_per_s"],
+        "compared": "step time, same shapes (packed rows)" if same_shapes else "tokens/s",
         "run_fill": statistics.median(r["tokens"] for r in steps) / row_tokens,
     }
 

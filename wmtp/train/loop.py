@@ -353,7 +353,7 @@ class Trainer:
         self._grad_norm = None
         with phase("forward_backward"):
             out = self.pipeline.forward_backward(self, micro_batches)
-        tokens = self._input_tokens(micro_batches)
+        tokens, row_tokens = self._input_tokens(micro_batches)
         bad = nonfinite_loss(out.loss, out.components)
         if bad:  # the weights this step started from gave it: they are suspect
             return self._bad_step(f"the loss is {out.loss}", bad, weights_suspect=True)
@@ -370,7 +370,7 @@ class Trainer:
         record = {"loss": out.loss, **out.figures, "lr": lr, "grad_norm": grad_norm}
         self.tokens_seen += tokens
         record["step_time_s"], record["data_time_s"], record["tokens"] = elapsed, data_s, tokens
-        record["tokens_seen"] = self.tokens_seen
+        record["tokens_seen"], record["row_tokens"] = self.tokens_seen, row_tokens
         record["tokens_per_s"] = tokens / elapsed if elapsed > 0 else 0.0
         record["target_tokens_per_s"] = out.tokens / elapsed if elapsed > 0 else 0.0
         record.update(self._utilisation(tokens, elapsed, flops_per_token))
@@ -414,14 +414,20 @@ class Trainer:
             return f"No checkpoint was written before these weights{started}."
         return f"The last good checkpoint is {good[-1]}{started}."
 
-    def _input_tokens(self, micro_batches: list[dict]) -> int:
-        """Tokens the model read this step on all ranks (padding left out): the work done."""
+    def _input_tokens(self, micro_batches: list[dict]) -> tuple[int, int]:
+        """Tokens the model read this step on all ranks (padding left out: the work done), and
+        the positions of their rows (padding included: what the model computed over)."""
         from wmtp.parallel import all_reduce_sum
 
-        local = sum(input_tokens(b) for b in micro_batches)
+        local = [
+            sum(input_tokens(b) for b in micro_batches),
+            sum(row_positions(b) for b in micro_batches),
+        ]
         if not self.ctx.is_distributed:
-            return local
-        return int(all_reduce_sum(torch.tensor(float(local), device=self.ctx.device)).item())
+            return local[0], local[1]
+        summed = all_reduce_sum(torch.tensor(local, dtype=torch.float64, device=self.ctx.device))
+        tokens, row_tokens = summed.tolist()
+        return int(tokens), int(row_tokens)
 
     def _clip_gradients(self) -> float:
         """The global gradient norm, its gradients clipped (queued by :meth:`accumulate`, or
@@ -538,6 +544,13 @@ def to_device(value, device: torch.device):
     if device.type == "cuda" and value.device.type == "cpu":
         return value.pin_memory().to(device, non_blocking=True)
     return value.to(device)
+
+
+def row_positions(batch: dict) -> int:
+    """Positions of a micro-batch's rows, padding included: what the model computes over."""
+    if "chosen" in batch:
+        return row_positions(batch["chosen"]) + row_positions(batch["rejected"])
+    return int(batch["input_ids"].numel())
 
 
 def input_tokens(batch: dict) -> int:
