@@ -534,8 +534,9 @@ class StaticDecoder(Decoder):
         first token came 5 ms after a 256-token prompt on the H200, 10.6 ms after 650, with
         the whole-cache mask this step no longer has)."""
         S = tokens_BS.shape[1]
+        start = self._check_room(S, heads)
         padded = -(-S // PREFILL_MULTIPLE) * PREFILL_MULTIPLE
-        if self._check_room(S, heads) > 0 or padded > len(self._state.keys_L):
+        if start > 0 or padded > len(self._state.keys_L):
             return super().prefill(tokens_BS, heads, last=last)
         self._check_owner()
         padded_BS = F.pad(tokens_BS, (0, padded - S))
@@ -673,9 +674,8 @@ class StaticDecoder(Decoder):
                     return _compiled_static_step()(self, tokens_BS, heads, None, False)
 
     def _run_prompt(self, tokens_BS: torch.Tensor, step: _Step, *at_1: torch.Tensor):
-        """A prompt's forward from position 0 (``_Step.prompt``), never compiled: prompts come
-        in many lengths, and compiling them (even once, with the length dynamic) cost more than
-        it saved (see ``StaticDecoder.prefill``)."""
+        """A prompt's forward from position 0 (``_Step.prompt``), never compiled (why:
+        ``prefill``)."""
         with torch.no_grad():
             return self._forward(tokens_BS, step.heads, 0, at_1[0] if at_1 else None)
 
