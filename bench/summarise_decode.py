@@ -5,8 +5,8 @@
 Reads DIR/decode_1b.json, decode_1b_peers.json (else decode_1b.json's peers),
 decode_1b_sampled.json, decode_7b.json, decode_trained.json,
 decode_trained_sampled.json (`wmtp bench decode`), decode_model.json (the training's seconds)
-and the evaluation's summary.json (`wmtp eval`; see ``humaneval_figures``); any may be missing, and its figures are
-then "not measured". Every figure is read from those files, none computed anew except the best
+and the evaluation's summary.json (`wmtp eval`; see ``humaneval_figures``); any may be missing,
+and its figures are then "not measured". Every figure is read from those files, none computed anew except the best
 Hugging Face side of the batched comparison. Standard library only.
 """
 

@@ -353,7 +353,7 @@ class Trainer:
         self._grad_norm = None
         with phase("forward_backward"):
             out = self.pipeline.forward_backward(self, micro_batches)
-        tokens, row_tokens = self._input_tokens(micro_batches)
+        tokens, row_tokens = self._step_tokens(micro_batches)
         bad = nonfinite_loss(out.loss, out.components)
         if bad:  # the weights this step started from gave it: they are suspect
             return self._bad_step(f"the loss is {out.loss}", bad, weights_suspect=True)
@@ -414,7 +414,7 @@ class Trainer:
             return f"No checkpoint was written before these weights{started}."
         return f"The last good checkpoint is {good[-1]}{started}."
 
-    def _input_tokens(self, micro_batches: list[dict]) -> tuple[int, int]:
+    def _step_tokens(self, micro_batches: list[dict]) -> tuple[int, int]:
         """Tokens the model read this step on all ranks (padding left out: the work done), and
         the positions of their rows (padding included: what the model computed over)."""
         from wmtp.parallel import all_reduce_sum
