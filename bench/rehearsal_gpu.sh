@@ -18,8 +18,9 @@ echo "== rehearsal (cuda, attention auto)"
 WMTP_SANDBOX=rlimits WMTP_REHEARSAL_DEVICE=cuda timeout 420 \
   python3 -m pytest tests/rehearsal -q -p no:cacheprovider -rA -s 2>&1 | tee "$OUT/rehearsal.log" | tail -40
 
-echo "== CUDA tests: models, losses, bench step"
-timeout 240 python3 -m pytest tests/models tests/losses tests/bench/test_step_bench.py \
+echo "== CUDA tests: models, losses, bench step, compiled packed training"
+timeout 300 python3 -m pytest tests/models tests/losses tests/bench/test_step_bench.py \
+  tests/train/test_compiled_shapes.py \
   -q -p no:cacheprovider -x 2>&1 | tee "$OUT/cuda_tests.log" | tail -8
 
 echo "== every attention backend against fp32 eager"

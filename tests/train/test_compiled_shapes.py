@@ -74,3 +74,59 @@ def test_packed_batches_with_other_document_counts_reuse_the_compiled_blocks(tmp
             graphs.append(counters["stats"]["unique_graphs"])
     assert len(counts) > 1, "the batches should differ in their count of documents"
     assert graphs[1:] == graphs[:1] * (len(graphs) - 1), graphs
+
+
+def _packed_trainer(tmp_path, device: str, compile: bool) -> Trainer:
+    overrides = [
+        f"parallel.compile={str(compile).lower()}", f"parallel.device='{device}'",
+        "data.packing=true", "training.micro_batch_size=2", "data.max_length=2048",
+        "model.policy.max_seq_len=2048", "parallel.activation_checkpointing=true",
+    ]  # fmt: skip
+    if device == "cpu":  # sdpa reads cu_seqlens on the CPU; eager reads document ids, as flex
+        overrides.append("model.policy.attention='eager'")
+    recipe = load_recipe(TINY, overrides).recipe
+    ctx = init_distributed(device)
+    return Trainer(recipe, "", tmp_path / str(compile), ctx, console=False).build()
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="flex trains on CUDA"),
+        ),
+    ],
+)
+def test_compiled_packed_steps_reusing_graphs_equal_uncompiled_steps(tmp_path, device):
+    """Packed batches of different document counts run on the first batch's compiled graphs
+    (above): each batch's loss and gradients must be its own, as the uncompiled model's, not
+    the first batch's document mask replayed (on CUDA: flex, the GPU's packed attention)."""
+    from wmtp.losses.mtp import loss_and_backward
+
+    compiled, plain = (_packed_trainer(tmp_path, device, c) for c in (True, False))
+    named = dict(plain.model.named_parameters())
+    for name, p in compiled.model.named_parameters():
+        torch.testing.assert_close(p, named[name.replace("_orig_mod.", "")], rtol=0, atol=0)
+    counts = set()
+    for _ in range(4):
+        (batch,) = compiled.batches.next_step()
+        counts.add(len(batch["cu_seqlens"]))
+        sums = []
+        for trainer in (compiled, plain):
+            b = trainer.to_device(batch)
+            trainer.model.zero_grad(set_to_none=True)
+            stats = loss_and_backward(
+                trainer.model, b["input_ids"], b["labels"], n_heads=trainer.n_heads,
+                seq=trainer.seq_info(b), config=trainer.loss_config,
+            )  # fmt: skip
+            grads = {
+                n.replace("_orig_mod.", ""): p.grad for n, p in trainer.model.named_parameters()
+            }
+            sums.append((stats.as_tensor(), grads))
+        (stats_c, grads_c), (stats_p, grads_p) = sums
+        torch.testing.assert_close(stats_c, stats_p, rtol=1e-4, atol=1e-4)
+        for name, grad in grads_p.items():
+            torch.testing.assert_close(grads_c[name], grad, rtol=1e-3, atol=1e-4, msg=name)
+    assert len(counts) > 1, "the batches should differ in their count of documents"
