@@ -479,7 +479,8 @@ def markdown(s: dict) -> str:
          _f(s.get("float8_lora7b", {}).get("peak_memory_ratio_vs_peer"))),
         (f"float8 / bf16 final loss - 1 (`wmtp run`, mean of the last {LOSS_WINDOW} steps)",
          _f(s.get("float8_loss_rel_diff"), "+.2%")),
-        ("`wmtp run` / `wmtp bench step` speed (the LoRA recipe, packed HumanEval: step time)",
+        ("`wmtp run` / `wmtp bench step` speed (the LoRA recipe, packed HumanEval: "
+         f"{s.get('run_vs_bench_step_detail', {}).get('compared', 'step time')})",
          _f(s.get("run_vs_bench_step"), ".3f")),
     ]  # fmt: skip
     lines += [f"| {name} | {value} |" for name, value in rows]
