@@ -13,7 +13,10 @@
 #                   sampling beside its plain ($OUT/decode_1b_peers.json; its own stage: HF's
 #                   compilation takes minutes)
 #   decode_1b_sampled  the same sampled at 0.2 / top-p 0.95: speculative sampling's acceptance
-#   decode_7b       llama2-7b-mtp: the bandwidth fraction at 7B ($OUT/decode_7b.json)
+#   decode_7b       llama2-7b-mtp: the bandwidth fraction at 7B, and rigged agreeing heads (a
+#                   verify forward's three extra head layers weigh less beside 7B's trunk than
+#                   beside 1B's: how close agreeing heads come to tokens-per-forward there)
+#                   ($OUT/decode_7b.json)
 #   profile         torch.profiler traces of decoding llama-1b-bench: plain at batch 1 and at
 #                   32 sampled rows across the context, an evaluation's shape; self-speculative at
 #                   batch 1, greedy and sampled ($OUT/profile.tar.gz)
@@ -49,8 +52,8 @@ stage_decode_1b_sampled() {
     --out "$OUT/decode_1b_sampled.json"
 }
 stage_decode_7b() {
-  step decode_7b 150 "${DECODE[@]}" --flavour llama2-7b-mtp --prompts 2 --new-tokens 128 \
-    --out "$OUT/decode_7b.json"
+  step decode_7b 300 "${DECODE[@]}" --flavour llama2-7b-mtp --prompts 2 --new-tokens 128 \
+    --agreeing-heads --out "$OUT/decode_7b.json"
 }
 stage_cuda_tests() {
   step cuda_tests 240 python3 -m pytest -p no:cacheprovider -q --tb=short -rA \

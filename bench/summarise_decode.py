@@ -74,6 +74,9 @@ def summarise(folder: Path) -> dict:
         "fused_projections_ratio": ratio_of(one_b, "plain"),
         "fused_projections_speculative_ratio": ratio_of(one_b, "speculative"),
         "speculative_speedup_agreeing": dig(one_b, "agreeing_heads", "speculative", "speedup"),
+        "speculative_speedup_agreeing_7b": dig(
+            seven_b, "agreeing_heads", "speculative", "speedup"
+        ),
         "tokens_per_forward_agreeing": dig(
             one_b, "agreeing_heads", "speculative", "tokens_per_forward"
         ),
@@ -138,6 +141,7 @@ def markdown(s: dict) -> str:
         ("... at llama2-7b-mtp", _f(s["bandwidth_fraction_7b"], ".1%")),
         ("plain greedy with fused projections / without", _f(s.get("fused_projections_ratio"), ".3f", "x")),
         ("self-speculative / plain, agreeing heads", _f(s["speculative_speedup_agreeing"], ".2f", "x")),
+        ("... at llama2-7b-mtp", _f(s.get("speculative_speedup_agreeing_7b"), ".2f", "x")),
         ("self-speculative / plain, the trained model", _f(s["speculative_speedup_trained"], ".2f", "x")),
         ("... greedy outputs identical", s["trained_identical_outputs"] or "not measured"),
         ("speculative sampling / plain sampling, agreeing heads", _f(s["sampled_speedup_agreeing"], ".2f", "x")),

@@ -123,6 +123,7 @@ def test_the_decode_summariser_reads_every_figure_it_finds(tmp_path):
     peers_file = {"peers": figures.pop("peers")}
     (tmp_path / "decode_1b.json").write_text(json.dumps(figures))
     (tmp_path / "decode_1b_peers.json").write_text(json.dumps(peers_file))
+    (tmp_path / "decode_7b.json").write_text(json.dumps(figures))  # the 7B stage's layout
     script = Path(__file__).resolve().parents[2] / "bench" / "summarise_decode.py"
     subprocess.run([sys.executable, script, "--results", str(tmp_path)], check=True)
     summary = json.loads((tmp_path / "h200_decode.json").read_text())
@@ -136,6 +137,8 @@ def test_the_decode_summariser_reads_every_figure_it_finds(tmp_path):
     speculative = sides["wmtp_speculative"]
     assert summary["batch_speculative_ratio_vs_plain"] == speculative["batch20_ratio_vs_wmtp"]
     assert summary["speculative_speedup_agreeing"] > 0
+    agreeing = figures["agreeing_heads"]["speculative"]["speedup"]
+    assert summary["speculative_speedup_agreeing_7b"] == agreeing
     assert summary["speculative_speedup_trained"] is None  # no trained model's file
     plain, unfused = (
         figures[k]["plain"]["tokens_per_s"] for k in ("as_loaded", "as_loaded_unfused")
