@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -261,6 +263,9 @@ def test_the_step_tally_counts_what_the_slots_did():
     figures = tally.as_dict()
     assert figures["slot_occupancy"] == round(sum(limits) / (2 * tally.steps), 4)
     assert 0 < figures["starting_rows_s"] < figures["seconds"]
+    changes = sum(a.prompt != b.prompt for a, b in itertools.pairwise(rows))
+    assert figures["prompts_forwarded"] == 1 + changes  # a prompt once for the rows after it
+    assert 0 < figures["prompt_forward_s"] <= figures["starting_rows_s"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

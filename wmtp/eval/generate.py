@@ -267,6 +267,11 @@ class StepTally:
     a CPU the step runs in the host's own time: near zero."""
     started_rows_s: float = 0.0
     """Host time starting rows: prompts' forwards (one per distinct prompt) and cache copies."""
+    prompts_forwarded: int = 0
+    prompt_forward_s: float = 0.0
+    """Of ``started_rows_s``, the host time of the prompts' forwards (capturing each new padded
+    length included); the rest is copying a forwarded prompt into a slot and drawing its first
+    token."""
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, float | int]:
@@ -278,6 +283,8 @@ class StepTally:
             "ms_per_step": round(1e3 * self.seconds / max(1, self.steps), 3),
             "waited_on_device_s": round(self.waited_s, 3),
             "starting_rows_s": round(self.started_rows_s, 3),
+            "prompts_forwarded": self.prompts_forwarded,
+            "prompt_forward_s": round(self.prompt_forward_s, 3),
             "seconds": round(self.seconds, 3),
         }
 
@@ -437,14 +444,18 @@ class _Slots:
 
         key = tuple(prompt)
         if self._prefix is None or self._prefix[0] != key:
+            began = time.perf_counter()
             slots = self.decoder
             prefix = StaticDecoder(
                 self.model, 1, len(prompt), [1], cuda_graphs=slots.cuda_graphs, compiled=False,
                 fused=slots.fused, prefix=True,
             )  # fmt: skip
-            tokens_1S = torch.tensor([prompt], device=self.device)
+            pinned = self.device.type == "cuda"  # copied without waiting for the queued steps
+            tokens_1S = torch.tensor([prompt], pin_memory=pinned).to(self.device, non_blocking=True)
             last_V = prefix.prefill(tokens_1S, heads=[1], last=True)[0, -1, 0]
             self._prefix = (key, prefix, last_V)
+            self.tally.prompts_forwarded += 1
+            self.tally.prompt_forward_s += time.perf_counter() - began
         return self._prefix[1], self._prefix[2]
 
 
