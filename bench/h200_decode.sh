@@ -71,7 +71,11 @@ stage_decode_model() {
   local started=$SECONDS
   step decode_model 300 python3 -m wmtp.cli run recipes/gpu_2x.toml --set data.packing=true \
     --set parallel.compile=true --set training.max_steps=300 --set "$(runs decode_model)"
-  echo "{\"train_s\": $((SECONDS - started))}" > "$OUT/decode_model.json"
+  local loss  # the last logged loss: trainings of this recipe differ (h200_decode.md)
+  loss=$(python3 -c "import sys; from pathlib import Path; from wmtp.train.metrics import read_metrics
+losses = [m['loss'] for m in read_metrics(Path(sys.argv[1])) if 'loss' in m]
+print(losses[-1] if losses else 'null')" "$(latest decode_model)" 2>/dev/null)
+  echo "{\"train_s\": $((SECONDS - started)), \"final_loss\": ${loss:-null}}" > "$OUT/decode_model.json"
 }
 stage_decode_trained() {
   step decode_trained 150 "${DECODE[@]}" --checkpoint "$(latest decode_model)" --prompts 5 \

@@ -94,6 +94,7 @@ def summarise(folder: Path) -> dict:
             trained_sampled, "as_loaded_eager", "speculative", "acceptance_by_head"
         ),
         "trained_model_train_s": load(folder, "decode_model.json").get("train_s"),
+        "trained_model_final_loss": load(folder, "decode_model.json").get("final_loss"),
         "batch": batch,
         "batch_best_hf": hf_name,
         "batch20_ratio_vs_hf": (
@@ -152,6 +153,7 @@ def markdown(s: dict) -> str:
         ("HumanEval 164 x 20 x 512: generation (s)", _f(s["humaneval_n20_generation_s"], ".1f")),
         ("... checking, after generation (s; checks overlap generation)", _f(s["humaneval_n20_check_s"], ".1f")),
         ("training the 4-head model (s)", _f(s["trained_model_train_s"], ".0f")),
+        ("... its last training loss", _f(s.get("trained_model_final_loss"), ".4f")),
     ]  # fmt: skip
     lines = [
         "# Decoding against its limit and its peer (issue 21)",
