@@ -301,6 +301,11 @@ def test_a_step_reads_only_what_outlives_its_decoder(tiny_args, fused):
     for c in [*state.caches[0], *state.caches[1].values()]:
         owned += [c.k_BSKD, c.v_BSKD, *([c.fused.wqkv, c.fused.w13] if c.fused else [])]
     assert all(c.fused is not None for c in state.caches[0]) == fused
+    stacked = decoder._stacked  # the heads' layers, stacked: the model's fused copy too
+    assert (stacked is not None) == fused
+    if stacked is not None:
+        owned += [stacked.wqkv, stacked.wo, stacked.w13, stacked.w2]
+        owned += [stacked.attention_norm, stacked.ffn_norm]
     step_input = tokens[:, 5:].clone()
     allowed = {t.untyped_storage().data_ptr() for t in [*owned, step_input]}
     with torch.no_grad():
@@ -391,17 +396,33 @@ def test_fused_projections_follow_the_weights_they_copy(tiny_args):
         decoder.step(tokens[:, t : t + 1]) for t in (5, 6, 7)
     ]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+    # the heads' stacked layers (made by that decoder) follow their weights too
+    assert decoder._stacked is not None and fused.refresh() == 0
+    with torch.no_grad():
+        model.head_layer(2).feed_forward.w2.weight.mul_(0.5)
+        model.head_layer(2).ffn_norm.weight.add_(0.5)
+        full = model(tokens)
+    assert fused.refresh() == 1  # layer 2 of the stack, nothing else
+    torch.testing.assert_close(decoder._stacked.w2[1], model.head_layer(2).feed_forward.w2.weight)
+    decoder = StaticDecoder(model, batch_size=1, max_len=8, cuda_graphs=False, fused=True)
+    steps = [decoder.prefill(tokens[:, :5])] + [
+        decoder.step(tokens[:, t : t + 1]) for t in (5, 6, 7)
+    ]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
 def test_only_plain_linear_blocks_are_fused_and_never_on_a_cpu_by_default(tiny_args):
-    from wmtp.models.fused_projections import fusable, fused_projections
+    from wmtp.models.fused_projections import fusable, fused_projections, stackable
     from wmtp.models.lora import apply_lora
 
     model = LlamaMTP(tiny_args, attention="sdpa").eval()
     assert fused_projections(model) is None  # a CPU model: no copy unless forced
     assert StaticDecoder(model, 1, 8, cuda_graphs=False).fused is False
+    heads = tuple(model.head_layer(k) for k in range(1, model.n_heads + 1))
+    assert stackable(heads) and not stackable(heads[:1])
     apply_lora(model, rank=2, alpha=4.0, targets=["wq", "w1"])
     assert not any(fusable(b) for b in model.layers)  # the adapters stay on their path
+    assert not stackable(heads)
     assert fused_projections(model, force=True) is None
 
 

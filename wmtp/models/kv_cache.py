@@ -25,17 +25,24 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from wmtp.errors import RunError
-from wmtp.models.fused_projections import FusedBlock, fused_bytes, fused_projections
+from wmtp.models.fused_projections import (
+    FusedBlock,
+    StackedLayers,
+    fused_bytes,
+    fused_projections,
+)
 from wmtp.models.llama_mtp import (
     LlamaMTP,
     Rope,
     TransformerBlock,
     apply_rope,
+    rms_norm,
     rope_frequencies,
     rope_tables,
 )
@@ -53,6 +60,14 @@ class KVCache:
         self.k_BSKD = torch.zeros(shape, dtype=dtype, device=device)
         self.v_BSKD = torch.zeros(shape, dtype=dtype, device=device)
         self.fused: FusedBlock | None = None
+
+    def rows(self, start: int, count: int) -> KVCache:
+        """Rows ``start..start+count-1`` as a cache of their own, sharing this one's memory."""
+        view = object.__new__(KVCache)
+        view.k_BSKD = self.k_BSKD[start : start + count]
+        view.v_BSKD = self.v_BSKD[start : start + count]
+        view.fused = None
+        return view
 
     def append(self, start: int, k_BSKD: torch.Tensor, v_BSKD: torch.Tensor):
         """Store new keys/values at ``start``; return every key/value up to them."""
@@ -90,8 +105,14 @@ def planless_attention(device: torch.device) -> contextlib.AbstractContextManage
     )
 
 
-BlockCaches = tuple[list[KVCache], dict[int, KVCache]]
-"""The caches of the trunk layers (in order) and of each kept head's layer (head -> cache)."""
+class BlockCaches(NamedTuple):
+    """The caches of the trunk layers (in order) and of each kept head's layer (head -> cache).
+    The heads' caches are consecutive rows of one, ``head_stack`` (kept heads in order, a
+    decoder's batch each), which ``stacked_block`` runs all of at once."""
+
+    trunk: list[KVCache]
+    heads: dict[int, KVCache]
+    head_stack: KVCache
 
 
 def block_caches(
@@ -101,11 +122,13 @@ def block_caches(
     param = next(model.parameters())
     a = model.args
 
-    def cache() -> KVCache:
-        shape = (batch_size, length, a.kv_heads, a.head_dim)
+    def cache(rows: int) -> KVCache:
+        shape = (rows, length, a.kv_heads, a.head_dim)
         return KVCache(*shape, dtype=param.dtype, device=param.device)
 
-    return [cache() for _ in model.layers[:-1]], {k: cache() for k in kept_heads}
+    stack = cache(batch_size * len(kept_heads))
+    heads = {k: stack.rows(i * batch_size, batch_size) for i, k in enumerate(kept_heads)}
+    return BlockCaches([cache(batch_size) for _ in model.layers[:-1]], heads, stack)
 
 
 class Decoder:
@@ -128,7 +151,7 @@ class Decoder:
         self.max_len = max_len
         self.kept_heads = tuple(kept_heads or range(1, model.n_heads + 1))
         self.inv_freq_F = rope_frequencies(model.args, next(model.parameters()).device)
-        self.trunk_caches, self.head_caches = self._caches(batch_size)
+        self.trunk_caches, self.head_caches, _ = self._caches(batch_size)
         self.length = 0
 
     def _caches(self, batch_size: int) -> BlockCaches:
@@ -206,18 +229,25 @@ class Decoder:
         heads: Sequence[int] | None,
         run_block: BlockStep,
         at_1: torch.Tensor | None = None,
+        run_heads: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Embed, run the trunk and every kept head's layer through ``run_block``; the logits of
-        ``heads`` (default: the kept ones) as ``[B, S, n, V]``, or at position ``at_1`` only.
-        The heads' hidden states share one final norm and one unembedding matmul (not one per
-        head)."""
+        """Embed, run the trunk and every kept head's layer through ``run_block`` (or the heads'
+        layers at once through ``run_heads``: trunk output -> ``[n_kept, B, S, D]``); the
+        logits of ``heads`` (default: the kept ones) as ``[B, S, n, V]``, or at position
+        ``at_1`` only. The heads' hidden states share one final norm and one unembedding matmul
+        (not one per head)."""
         model = self.model
         h_BSD = model.tok_embeddings(tokens_BS)
         for layer, cache in zip(model.layers[:-1], self.trunk_caches, strict=True):
             h_BSD = run_block(layer, h_BSD, cache)
-        hidden = {  # every kept head's cache advances, asked for or not
-            k: run_block(model.head_layer(k), h_BSD, self.head_caches[k]) for k in self.kept_heads
-        }
+        # every kept head's cache advances, asked for or not
+        if run_heads is not None:
+            hidden = dict(zip(self.kept_heads, run_heads(h_BSD).unbind(0), strict=True))
+        else:
+            hidden = {
+                k: run_block(model.head_layer(k), h_BSD, self.head_caches[k])
+                for k in self.kept_heads
+            }
         ks = heads if heads is not None else self.kept_heads
         hidden_BSnD = torch.stack([hidden[k] for k in ks], dim=2)  # n x [B, S, D] -> [B, S, n, D]
         if at_1 is not None:
@@ -289,6 +319,41 @@ def masked_block(
     out_BHSD = attend(q, k, v)
     h_BSD = x_BSD + attention.wo(out_BHSD.transpose(1, 2).flatten(2))
     return h_BSD + _feed_forward(block, block.ffn_norm(h_BSD), cache.fused)
+
+
+def stacked_block(
+    layers: StackedLayers, x_BSD, rope: Rope, cache: KVCache, positions_BS, attend: RowAttention
+) -> torch.Tensor:
+    """``masked_block`` of n layers on one input at once (a self-speculative step's head
+    layers, all reading the trunk's output): ``[n, B, S, D]``. Row block i of ``cache`` (``n
+    B`` rows) is layer i's; ``rope`` and ``attend`` are the ``B`` rows' (``positions_BS``).
+    Each projection is one batched matmul over the stacked weights."""
+    n, (B, S, D) = layers.n, x_BSD.shape
+    H, K = layers.q_size // cache.k_BSKD.shape[-1], layers.kv_size // cache.k_BSKD.shape[-1]
+    x_nBSD = x_BSD.expand(n, B, S, D)
+
+    def linear(x_nBSI: torch.Tensor, w_nOI: torch.Tensor) -> torch.Tensor:  # [n, B, S, O]
+        return torch.bmm(x_nBSI.reshape(n, B * S, -1), w_nOI.transpose(1, 2)).view(n, B, S, -1)
+
+    normed = rms_norm(x_nBSD, layers.attention_norm[:, None, None], layers.eps)
+    sizes = (layers.q_size, layers.kv_size, layers.kv_size)
+    q, k, v = linear(normed, layers.wqkv).flatten(0, 1).split(sizes, dim=-1)  # [nB, S, .]
+    rope_n = tuple(t.repeat(n, 1, 1) for t in rope)
+    q_BSHD, k_BSKD = (
+        apply_rope(q.unflatten(-1, (H, -1)), rope_n),
+        apply_rope(k.unflatten(-1, (K, -1)), rope_n),
+    )
+    rows_B1 = torch.arange(n * B, device=positions_BS.device)[:, None]
+    positions_nBS = positions_BS.repeat(n, 1)
+    cache.k_BSKD[rows_B1, positions_nBS] = k_BSKD
+    cache.v_BSKD[rows_B1, positions_nBS] = v.unflatten(-1, (K, -1))
+    q, k, v = (t.transpose(1, 2) for t in (q_BSHD, cache.k_BSKD, cache.v_BSKD))
+    out_nBSQ = attend(q, k, v).transpose(1, 2).flatten(2).view(n, B, S, -1)
+    h_nBSD = x_nBSD + linear(out_nBSQ, layers.wo)
+    gate, up = linear(
+        rms_norm(h_nBSD, layers.ffn_norm[:, None, None], layers.eps), layers.w13
+    ).split(layers.hidden, dim=-1)
+    return h_nBSD + linear(F.silu(gate) * up, layers.w2)
 
 
 def _project_qkv(block: TransformerBlock, x_BSD, rope: Rope, fused: FusedBlock | None):
@@ -491,6 +556,7 @@ class StaticDecoder(Decoder):
         its own step state, so it never takes over the caches of a decoder of the same shape."""
         self._fused = None if fused is False else fused_projections(model, force=bool(fused))
         super().__init__(model, batch_size, max_len, kept_heads)
+        self._stacked = self._stacked_heads()
         self.inv_freq_F = self._state.inv_freq_F  # a graph reads the state's tensors only
         self._state.owner = weakref.ref(self)
 
@@ -499,10 +565,17 @@ class StaticDecoder(Decoder):
         """Whether the steps run the fused projections."""
         return self._fused is not None
 
+    def _stacked_heads(self) -> StackedLayers | None:
+        """The kept heads' layers stacked (``stacked_block``), with the fused projections and
+        two or more heads kept; ``None`` where they cannot be stacked (``stackable``)."""
+        if self._fused is None or len(self.kept_heads) < 2:
+            return None
+        return self._fused.stacked(tuple(self.model.head_layer(k) for k in self.kept_heads))
+
     def _caches(self, batch_size: int) -> BlockCaches:
         kind = (self.cuda_graphs, self.compiled, self.fused, self.prefix)
         self._state = step_state(self.model, batch_size, self.max_len, self.kept_heads, kind)
-        trunk, heads = self._state.caches
+        trunk, heads, _ = self._state.caches
         if self._fused is not None:
             for block, cache in zip(self.model.layers[:-1], trunk, strict=True):
                 cache.fused = self._fused.of(block)
@@ -634,10 +707,20 @@ class StaticDecoder(Decoder):
         positions_BS = starts_B[:, None] + torch.arange(S, device=tokens_BS.device)
         rope = rope_tables(self._state.inv_freq_F, positions_BS)
         attend = row_attention(starts_B, S, keys_L, skip_blocks=skip_blocks)
+        run_heads = None
+        if self._stacked is not None:
+            n = self._stacked.n
+            attend_n = row_attention(starts_B.repeat(n), S, keys_L, skip_blocks=skip_blocks)
+            stack = self._state.caches.head_stack
+            run_heads = functools.partial(
+                stacked_block, self._stacked, rope=rope, cache=stack, positions_BS=positions_BS,
+                attend=attend_n,
+            )  # fmt: skip
         logits_BSnV = self._run_blocks(
             tokens_BS,
             heads,
             lambda block, x, cache: masked_block(block, x, rope, cache, positions_BS, attend),
+            run_heads=run_heads,
         )
         return logits_BSnV if tail is None else tail(tokens_BS, logits_BSnV, *inputs)
 

@@ -34,9 +34,14 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return normed.type_as(x) * self.weight
+        return rms_norm(x, self.weight, self.eps)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``RMSNorm``'s computation with a given ``weight`` (broadcast over ``x``'s last dim)."""
+    x32 = x.float()
+    normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return normed.type_as(x) * weight
 
 
 # RoPE ---------------------------------------------------------------------------------------
@@ -280,6 +285,7 @@ __all__ = [
     "TransformerBlock",
     "apply_rope",
     "resolve_dtype",
+    "rms_norm",
     "rope_frequencies",
     "rope_tables",
 ]
