@@ -127,20 +127,23 @@ def test_partly_agreeing_heads_and_stops():
     assert 0 < total[0] < total[1]
 
 
-def test_compiled_verify_steps_stay_exactly_greedy():
+@pytest.mark.parametrize("fused", [None, True])
+def test_compiled_verify_steps_stay_exactly_greedy(fused):
     """Speculative decoding with compiled fixed-shape verify steps (Inductor on the CPU) gives
-    plain greedy's tokens in fp32, with the recounted statistics."""
-    model = make_tiny_model(2, seed=2)
+    plain greedy's tokens in fp32, with the recounted statistics; ``fused``: with the fused
+    projections and the heads' layers as one batched block, as a GPU runs them."""
+    model = make_tiny_model(3, seed=2)
     limit = 12
     greedy = generate(model, PROMPTS, StopRule(letters), max_new_tokens=limit)
+    steps = {"compiled": True, "fused": fused}
     for prompt, plain in zip(PROMPTS, greedy, strict=True):
         rule = StopRule(letters)
-        out, stats = speculative_generate(model, prompt, rule, max_new_tokens=limit, compiled=True)
+        out, stats = speculative_generate(model, prompt, rule, max_new_tokens=limit, **steps)
         assert out.tokens == plain.tokens
         assert (stats.forwards, stats.drafted, stats.accepted) == reference_counts(
             model, prompt, out.tokens, limit
         )
-    assert_rows_exactly_greedy(model, SAME_LENGTH, limit, StopRule(letters), compiled=True)
+    assert_rows_exactly_greedy(model, SAME_LENGTH, limit, StopRule(letters), **steps)
 
 
 def partly_agreeing_model(seed=11):
