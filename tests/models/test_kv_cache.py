@@ -398,6 +398,7 @@ def test_fused_projections_follow_the_weights_they_copy(tiny_args):
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
     # the heads' stacked layers (made by that decoder) follow their weights too
     assert decoder._stacked is not None and fused.refresh() == 0
+    assert setup_figures(model)["stacked_head_layers"] == model.n_heads
     with torch.no_grad():
         model.head_layer(2).feed_forward.w2.weight.mul_(0.5)
         model.head_layer(2).ffn_norm.weight.add_(0.5)

@@ -246,6 +246,13 @@ def fused_bytes(model: LlamaMTP) -> int:
     return sum(f.nbytes for f in _FUSED.get(model, {}).values() if f is not None)
 
 
+def stacked_layers(model: LlamaMTP) -> int:
+    """Head layers of ``model`` stacked for batched steps (``StackedLayers``), over every set
+    of kept heads, device and dtype it was decoded in."""
+    copies = [f for f in _FUSED.get(model, {}).values() if f is not None]
+    return sum(stack.n for f in copies for _, stack in f._stacks.values())
+
+
 def _weights(layers: list[nn.Module]) -> list[torch.Tensor]:
     return [layer.weight for layer in layers]
 
@@ -271,4 +278,5 @@ __all__ = [
     "fused_bytes",
     "fused_projections",
     "stackable",
+    "stacked_layers",
 ]

@@ -36,6 +36,7 @@ from wmtp.models.fused_projections import (
     StackedLayers,
     fused_bytes,
     fused_projections,
+    stacked_layers,
 )
 from wmtp.models.llama_mtp import (
     LlamaMTP,
@@ -496,13 +497,15 @@ def _new_state(model: LlamaMTP, batch_size: int, length: int, kept_heads: tuple[
 def setup_figures(model: LlamaMTP) -> dict[str, float | int]:
     """What fixed-shape decoding of ``model`` has prepared: step states, step shapes prepared
     (compiled and/or captured), the seconds spent preparing them, and the memory of its fused
-    projections (0 where there are none)."""
+    projections (0 where there are none) and how many head layers of it are stacked into one
+    batched block (``stacked_block``)."""
     states = list(_STATES.get(model, {}).values())
     return {
         "step_states": len(states),
         "prepared_steps": sum(len(s.prepared) for s in states),
         "setup_s": round(sum(s.setup_s for s in states), 3),
         "fused_projections_gib": round(fused_bytes(model) / 2**30, 3),
+        "stacked_head_layers": stacked_layers(model),
     }
 
 
