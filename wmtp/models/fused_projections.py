@@ -75,16 +75,19 @@ class StackedLayers:
     @staticmethod
     @torch.inference_mode(False)
     def empty_like(blocks: tuple[TransformerBlock, ...]) -> StackedLayers:
-        first, block, n = FusedProjections._empty(blocks[0]), blocks[0], len(blocks)
+        block, n = blocks[0], len(blocks)
+        (wq, wk, _), (w1, _) = _sources(block)
+        like = wq.weight
 
-        def stack(t: torch.Tensor) -> torch.Tensor:
-            return torch.empty(n, *t.shape, dtype=t.dtype, device=t.device)
+        def stack(*shape: int) -> torch.Tensor:
+            return torch.empty(n, *shape, dtype=like.dtype, device=like.device)
 
+        dim, q, kv, hidden = like.shape[1], wq.out_features, wk.out_features, w1.out_features
         return StackedLayers(
-            wqkv=stack(first.wqkv), wo=stack(block.attention.wo.weight), w13=stack(first.w13),
-            w2=stack(block.feed_forward.w2.weight), attention_norm=stack(block.attention_norm.weight),
-            ffn_norm=stack(block.ffn_norm.weight), q_size=first.q_size, kv_size=first.kv_size,
-            hidden=first.hidden, eps=block.attention_norm.eps,
+            wqkv=stack(q + 2 * kv, dim), wo=stack(*block.attention.wo.weight.shape),
+            w13=stack(2 * hidden, dim), w2=stack(*block.feed_forward.w2.weight.shape),
+            attention_norm=stack(dim), ffn_norm=stack(dim), q_size=q, kv_size=kv, hidden=hidden,
+            eps=block.attention_norm.eps,
         )  # fmt: skip
 
     def copy_layer(self, i: int, block: TransformerBlock) -> None:
