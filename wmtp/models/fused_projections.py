@@ -93,8 +93,8 @@ class StackedLayers:
     def copy_layer(self, i: int, block: TransformerBlock) -> None:
         """Layer ``i`` of the stack from ``block``'s weights."""
         qkv, w13 = _sources(block)
-        torch.cat([layer.weight for layer in qkv], out=self.wqkv[i])
-        torch.cat([layer.weight for layer in w13], out=self.w13[i])
+        torch.cat(_weights(qkv), out=self.wqkv[i])
+        torch.cat(_weights(w13), out=self.w13[i])
         self.wo[i].copy_(block.attention.wo.weight)
         self.w2[i].copy_(block.feed_forward.w2.weight)
         self.attention_norm[i].copy_(block.attention_norm.weight)
@@ -171,6 +171,11 @@ class FusedProjections:
         """``block``'s fused weights, or ``None`` when it is not fused."""
         found = self._blocks.get(id(block))
         return found[1] if found is not None and found[0] is block else None
+
+    @property
+    def stacked_layers(self) -> int:
+        """Layers stacked so far, over every set of kept heads."""
+        return sum(stack.n for _, stack in self._stacks.values())
 
     def stacked(self, blocks: tuple[TransformerBlock, ...]) -> StackedLayers | None:
         """``blocks`` (the kept heads' layers, in order) stacked, made on first use where they
@@ -252,8 +257,7 @@ def fused_bytes(model: LlamaMTP) -> int:
 def stacked_layers(model: LlamaMTP) -> int:
     """Head layers of ``model`` stacked for batched steps (``StackedLayers``), over every set
     of kept heads, device and dtype it was decoded in."""
-    copies = [f for f in _FUSED.get(model, {}).values() if f is not None]
-    return sum(stack.n for f in copies for _, stack in f._stacks.values())
+    return sum(f.stacked_layers for f in _FUSED.get(model, {}).values() if f is not None)
 
 
 def _weights(layers: list[nn.Module]) -> list[torch.Tensor]:
