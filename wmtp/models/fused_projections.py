@@ -114,13 +114,9 @@ def stackable(blocks: tuple[TransformerBlock, ...]) -> bool:
     if len(blocks) < 2 or not all(fusable(b) for b in blocks):
         return False
     outputs = [m for b in blocks for m in (b.attention.wo, b.feed_forward.w2)]
-    if any(type(m) is not nn.Linear or m.bias is not None for m in outputs):
-        return False
     weights = [w for b in blocks for w in _stacked_weights(b)]
-    if any(type(w) not in (torch.Tensor, nn.Parameter) for w in weights):
-        return False
     eps = {b.attention_norm.eps for b in blocks} | {b.ffn_norm.eps for b in blocks}
-    return len({(w.dtype, w.device) for w in weights}) == 1 and len(eps) == 1
+    return _plain_linears(outputs) and _plain_weights(weights) and len(eps) == 1
 
 
 def _sources(block: TransformerBlock) -> tuple[list[nn.Module], list[nn.Module]]:
@@ -133,9 +129,16 @@ def fusable(block: TransformerBlock) -> bool:
     dtype and device (a LoRA wrapper, a float8 linear or a sharded weight is left alone)."""
     qkv, w13 = _sources(block)
     layers = [*qkv, *w13]
-    if any(type(layer) is not nn.Linear or layer.bias is not None for layer in layers):
-        return False
-    weights = [layer.weight for layer in layers]
+    return _plain_linears(layers) and _plain_weights(_weights(layers))
+
+
+def _plain_linears(layers: list[nn.Module]) -> bool:
+    """Every layer an ``nn.Linear`` without bias (no LoRA wrapper, no float8 linear)."""
+    return all(type(layer) is nn.Linear and layer.bias is None for layer in layers)
+
+
+def _plain_weights(weights: list[torch.Tensor]) -> bool:
+    """Ordinary tensors (no sharded ``DTensor``) of one dtype and device."""
     if any(type(w) not in (torch.Tensor, nn.Parameter) for w in weights):
         return False
     return len({(w.dtype, w.device) for w in weights}) == 1
