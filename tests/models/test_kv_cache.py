@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import re
+from dataclasses import dataclass
 
 import pytest
 import torch
 
 from wmtp.errors import RunError
 from wmtp.models.kv_cache import (
+    Chained,
     Decoder,
     StaticDecoder,
     cache_length,
@@ -235,6 +238,54 @@ def test_rows_apart_equal_the_full_forward(tiny_args):
             torch.testing.assert_close(logits[b], full[b, s : s + 3], atol=1e-5, rtol=1e-5)
         starts = [s + k for s, k in zip(starts, kept, strict=True)]
     assert starts == [10, 15, 14]
+
+
+@dataclass(frozen=True)
+class _ArgmaxSkipping:
+    """A chained tail for the test below: every row feeds its head-1 argmax ``S`` times next,
+    and row b moves on by ``b + 1`` (at most ``S``); it returns the logits."""
+
+    def __call__(self, tokens_BS, logits_BSnV, room_B):
+        S = tokens_BS.shape[1]
+        next_BS = logits_BSnV[:, -1, 0].argmax(dim=-1)[:, None].expand(-1, S).clone()
+        advance_B = torch.arange(1, len(room_B) + 1, device=room_B.device).clamp(max=S)
+        return Chained(next_BS, advance_B, (logits_BSnV,))
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_chained_steps_are_steps_whose_tail_updates_the_rows(tiny_args, compiled):
+    """``chain_rows`` is ``step_rows`` of the ``fed`` tokens followed by what its tail says,
+    done inside the step: the next tokens fed, each row's position moved by its advance (kept
+    within the cache's last S positions) and its budget lowered by as much. Compiled (a first
+    run that compiles, and must leave the rows as they were) and eager chains agree."""
+    model = LlamaMTP(tiny_args, attention="sdpa").eval()
+    B, S, P = 3, 2, 4
+    tokens = torch.randint(0, tiny_args.vocab_size, (B, P + S))
+
+    def started(**steps):  # each on its own copy of the model: its own caches
+        decoder = StaticDecoder(copy.deepcopy(model), B, 16, cuda_graphs=False, **steps)
+        decoder.prefill(tokens[:, :P])
+        decoder.positions.fill_(P)
+        decoder.room.fill_(9)
+        decoder.fed(S).copy_(tokens[:, P:])
+        return decoder
+
+    reference, chained = started(), started(compiled=compiled)
+    L = len(chained._state.keys_L)
+    for _ in range(L // 2):  # far enough for row 2 to reach the cache's end
+        fed_BS = reference.fed(S).clone()
+        logits = reference.step_rows(fed_BS)
+        next_BS, advance_B, _ = _ArgmaxSkipping()(fed_BS, logits, reference.room)
+        reference.fed(S).copy_(next_BS)
+        reference.positions.add_(advance_B).clamp_(max=L - S)
+        reference.room.sub_(advance_B)
+        (chained_logits,) = chained.chain_rows(S, tail=_ArgmaxSkipping())
+        torch.testing.assert_close(chained_logits, logits, atol=1e-5, rtol=1e-5)
+        assert torch.equal(chained.fed(S), reference.fed(S))
+        assert torch.equal(chained.positions, reference.positions)
+        assert torch.equal(chained.room, reference.room)
+    assert chained.positions.tolist() == [P + L // 2, L - S, L - S]
+    assert chained.room.tolist() == [9 - L // 2, 9 - L, 9 - L]
 
 
 def test_cache_lengths_are_shared_by_nearby_prompts():

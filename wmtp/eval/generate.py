@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from wmtp.models.kv_cache import Chained
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -83,9 +85,10 @@ def sample_next(
 
 @dataclass(frozen=True)
 class NextTokens:
-    """A plain decoding step's tail (``wmtp.models.kv_cache.StepTail``): head 1's next token of
-    every row after the step's last position (``sample_next``, with each row's uniform when
-    sampled), drawn in the step's own compiled code and CUDA graph."""
+    """A plain decoding step's tail (``wmtp.models.kv_cache.StepTail``, chained: ``Chained``):
+    head 1's next token of every row after the step's last position (``sample_next``, with each
+    row's uniform when sampled), drawn in the step's own compiled code and CUDA graph and fed
+    to the next step; every row moves on by one."""
 
     sampling: Sampling
 
@@ -93,9 +96,11 @@ class NextTokens:
         self,
         tokens_BS: torch.Tensor,
         logits_BSnV: torch.Tensor,
+        room_B: torch.Tensor,
         uniforms_B: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        return sample_next(logits_BSnV[:, -1, 0], self.sampling, uniforms_B)
+    ) -> Chained:
+        next_B = sample_next(logits_BSnV[:, -1, 0], self.sampling, uniforms_B)
+        return Chained(next_B[:, None], torch.ones_like(next_B), ())
 
 
 @dataclass
@@ -303,7 +308,7 @@ def decode_rows(
     """Every row's completion, decoded ``slots`` rows at a time with continuous batching: a slot
     whose row ends takes the next row at once (its prompt's keys and values copied in, a prompt
     forwarded once for all the rows that continue it), so a step never waits for a batch's
-    longest row. Each slot sits at its own position (``StaticDecoder.step_rows``). ``on_done(i,
+    longest row. Each slot sits at its own position (``StaticDecoder.chain_rows``). ``on_done(i,
     completion)`` hears of row ``i`` as soon as it ends; ``steps``: ``cuda_graphs``,
     ``compiled``, ``fused`` (``wmtp.models.kv_cache.make_decoder``).
 
@@ -357,7 +362,7 @@ class _Slots:
         self.decoder = make_decoder(model, slots, max_len, [1], rows_apart=True, **steps)
         self.held: list[tuple[int, Row] | None] = [None] * slots
         self.generated: list[list[int]] = [[] for _ in range(slots)]
-        self.next_B = torch.zeros(slots, dtype=torch.long, device=self.device)
+        self.next_B = self.decoder.fed(1)[:, 0]  # each slot's next token: the next step's input
         self.pick = NextTokens(sampling)
         width = max(r.limit for r in rows)
         self.uniforms_BT = torch.zeros(slots, width, device=self.device)
@@ -397,13 +402,9 @@ class _Slots:
         on: it draws the tokens after those), then read them: the rows that ended, with their
         completions; their slots are free."""
         self.reader.start(self.next_B)
-        if self._another_step_needed():
+        if self._another_step_needed():  # draws the next tokens over next_B, moves every slot
             inputs = () if self.sampling.greedy else (self._next_uniforms(),)
-            self.next_B = self.decoder.step_rows(
-                self.next_B[:, None], heads=[1], tail=self.pick, inputs=inputs
-            )
-            last = self.decoder.max_len - 1  # idle slots stay inside the cache
-            self.decoder.positions.add_(1).clamp_(max=last)
+            self.decoder.chain_rows(1, heads=[1], tail=self.pick, inputs=inputs)
         self.tally.steps += 1
         self.tally.busy_slot_steps += sum(h is not None for h in self.held)
         waiting = time.perf_counter()

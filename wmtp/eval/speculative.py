@@ -27,11 +27,12 @@ generator per step, and handed to the step as an input.
 Batched: ``speculative_generate_batch`` decodes rows of one prompt length together (pass@k's
 samples of one problem), each row verifying its own draft and committing its own number of
 tokens per forward. The verify step is the fixed-shape step with a start position per row
-(``StaticDecoder.step_rows``: each row's position on the device), so one forward serves rows
+(``StaticDecoder.chain_rows``: each row's position on the device), so one forward serves rows
 that have drifted apart; one read per verify step brings every row's accepted count and next
-draft to the host. Everything the next verification needs (positions, drafts, how many guesses
-each row may be offered, which rows still decode) stays on the device, so it is queued before
-the host reads the last one: the GPU verifies while the host commits tokens and checks stop
+draft to the host. Everything the next verification needs (positions, drafts, each row's budget
+of tokens, so how many guesses it may be offered) stays on the device and is updated inside
+the verify step's own graph, so the next step is queued before the host reads the last one, with
+no kernel between the two: the GPU verifies while the host commits tokens and checks stop
 rules. A row that ends at a stop string or EOS runs one verification more, never read. Each row
 draws its own random numbers, from one generator in a fixed order. ``speculative_generate`` is
 the batch of one (the paper's setting: latency of one request).
@@ -46,6 +47,7 @@ from dataclasses import dataclass, field
 import torch
 
 from wmtp.eval.generate import Completion, Sampling, StopRule, next_token_probs
+from wmtp.models.kv_cache import Chained
 
 GREEDY = Sampling()
 
@@ -134,8 +136,8 @@ class SpeculativeStats:
 
 @dataclass
 class Drafts:
-    """What each row's last verified position offers: the next token (committed at once) and
-    heads 2..n's guesses for the tokens after it. ``fed_BT`` (on the device) is the next verify
+    """What each row's prompt offers (``first_drafts``): the next token (committed at once) and
+    heads 2..n's guesses for the tokens after it. ``fed_BT`` (on the device) is the first verify
     forward's input ``[next, guesses...]``, ``tokens`` the host's copy of it; ``q_BGV``
     (sampling) the distributions the guesses were drawn from."""
 
@@ -191,23 +193,24 @@ def speculative_generate_batch(
     started = time.perf_counter()
     steps = {"cuda_graphs": cuda_graphs, "compiled": compiled, "fused": fused}
     decoder, last_B1nV = _prefill(model, prompts, limit, steps)
-    _, drafts = verify_rows(last_B1nV, None, [0] * B, sampling, generator)
+    drafts = first_drafts(last_B1nV, sampling, generator)
     first_token_s = time.perf_counter() - started
     generated: list[list[int]] = [[] for _ in prompts]
     done = [_commit(generated[b], drafts.tokens[b][:1], stop_rule, limit) for b in range(B)]
-    rows = _RowsOnDevice(decoder, P, limit, n, active=[d is None for d in done])
+    rows = _RowsOnDevice(decoder, P, limit, drafts.fed_BT, active=[d is None for d in done])
 
-    def verify_after(drafts: Drafts) -> _InFlight | None:
-        """The verification of ``drafts``, queued, unless no row can still go on (one that has
-        not ended and whose limit lies past the token it commits next)."""
+    def verify_after(q_BGV: torch.Tensor | None) -> _InFlight | None:
+        """The verification of the drafts on the device (sampled: drawn from ``q_BGV``),
+        queued, unless no row can still go on (one that has not ended and whose limit lies
+        past the token it commits next)."""
         going_on = any(d is None and len(generated[b]) + 1 < limit for b, d in enumerate(done))
-        return rows.verify(drafts, sampling, generator) if going_on else None
+        return rows.verify(q_BGV, sampling, generator) if going_on else None
 
-    checked, in_flight = drafts.tokens, verify_after(drafts)
+    checked, in_flight = drafts.tokens, verify_after(drafts.q_BGV)
     while in_flight is not None:
         # the next verification is queued before this one is read: the device works while the
         # host commits (a row that ends here runs once more, its result never read)
-        queued = verify_after(in_flight.drafts)
+        queued = verify_after(in_flight.q_BGV)
         accepted, following = in_flight.read()
         for b in range(B):
             if done[b] is not None:
@@ -242,9 +245,10 @@ def _prefill(model, prompts: list[list[int]], limit: int, steps: dict):
 
 @dataclass
 class _InFlight:
-    """A queued verification: its next drafts (on the device) and the read of its results."""
+    """A queued verification: its drafts' distributions (sampled; on the device, the step's own
+    buffer: the next verification's input) and the read of its results."""
 
-    drafts: Drafts
+    q_BGV: torch.Tensor | None
     reader: object
 
     def read(self) -> tuple[list[int], list[list[int]]]:
@@ -254,42 +258,36 @@ class _InFlight:
 
 
 class _RowsOnDevice:
-    """What the next verification needs, kept on the device so it can be queued before the
-    host has read the last one: each row's next position (the decoder's), its committed count
-    (how many guesses it may be offered before its limit) and whether it still decodes (the
-    host says when a row ends at a stop string or EOS: one verification late)."""
+    """The rows' verifications as chained steps (``StaticDecoder.chain_rows``): each verify
+    step feeds the drafts its predecessor wrote, moves each row by what it commits and lowers
+    its budget (``room``: the tokens it may still commit, so how many guesses it may be offered;
+    0 once the host has ended it, one verification late, at a stop string or EOS) inside its own
+    graph, so the next one can be queued before the host has read the last one."""
 
-    def __init__(self, decoder, P: int, limit: int, n: int, active: list[bool]):
+    def __init__(self, decoder, P: int, limit: int, fed_BT: torch.Tensor, active: list[bool]):
         from wmtp.eval.generate import TokenReader
 
-        device = decoder.positions.device
-        self.decoder, self.limit, self.n = decoder, limit, n
+        self.decoder, self.n = decoder, fed_BT.shape[1]
         decoder.positions.fill_(P)  # the first committed token's position
-        self.committed_B = torch.ones(len(active), dtype=torch.long, device=device)
-        self.active_B = torch.tensor(active, device=device)
-        self.readers = [TokenReader((len(active), n + 1), device) for _ in range(2)]
+        room = [limit - 1 if going else 0 for going in active]  # the first token is committed
+        decoder.room.copy_(torch.tensor(room))
+        decoder.fed(self.n).copy_(fed_BT)
+        self.readers = [TokenReader((len(active), self.n + 1), fed_BT.device) for _ in range(2)]
 
-    def verify(self, drafts: Drafts, sampling: Sampling, generator) -> _InFlight:
-        """Queue the verify forward of ``drafts`` and the acceptance after it; advance the rows
-        still decoding by what they commit."""
-        room_B = (self.limit - self.committed_B).clamp(0, self.n - 1)
-        offered_B = torch.where(self.active_B, room_B, 0)
+    def verify(self, q_BGV: torch.Tensor | None, sampling: Sampling, generator) -> _InFlight:
+        """Queue the verify step of the fed drafts, and the read of what it accepts and drafts."""
         verification = Verification(sampling)
-        inputs = verification.inputs(drafts, offered_B, generator, self.n)
-        outputs = self.decoder.step_rows(drafts.fed_BT, tail=verification, inputs=inputs)
-        accepted_B, following = verification.drafts(outputs)
-        advance_B = torch.where(self.active_B, accepted_B + 1, 0)
-        self.committed_B += advance_B
-        last = self.decoder.max_len - drafts.fed_BT.shape[1]  # a late row stays in the cache
-        self.decoder.positions.add_(advance_B).clamp_(max=last)
+        fed_BT = self.decoder.fed(self.n)
+        inputs = verification.inputs(q_BGV, len(fed_BT), fed_BT.device, generator, self.n)
+        read_BT, *q = self.decoder.chain_rows(self.n, tail=verification, inputs=inputs)
         reader = self.readers.pop(0)
         self.readers.append(reader)
-        reader.start(torch.cat([accepted_B[:, None], following.fed_BT], dim=1))
-        return _InFlight(following, reader)
+        reader.start(read_BT)
+        return _InFlight(q[0] if q else None, reader)
 
     def end(self, b: int) -> None:
         """Row ``b`` has ended: later verifications offer it nothing and leave it in place."""
-        self.active_B[b] = False
+        self.decoder.room[b] = 0
 
 
 def _commit(
@@ -303,92 +301,69 @@ def _commit(
     return None
 
 
-def verify_rows(
-    logits_BTnV: torch.Tensor,
-    drafts: Drafts | None,
-    offered: list[int],
-    sampling: Sampling,
-    generator: torch.Generator | None,
-) -> tuple[list[int], Drafts]:
-    """``verify_on_device`` with the host's ``offered`` counts, then its one read: each row's
-    accepted count, and its next drafts with their tokens on the host too."""
-    offered_B = torch.tensor(offered, device=logits_BTnV.device)
-    accepted_B, following = verify_on_device(logits_BTnV, drafts, offered_B, sampling, generator)
-    read_BT = torch.cat([accepted_B[:, None], following.fed_BT], dim=1).tolist()  # the one read
-    following.tokens = [row[1:] for row in read_BT]
-    return [row[0] for row in read_BT], following
-
-
-def verify_on_device(
-    logits_BTnV: torch.Tensor,
-    drafts: Drafts | None,
-    offered_B: torch.Tensor,
-    sampling: Sampling,
-    generator: torch.Generator | None,
-) -> tuple[torch.Tensor, Drafts]:
-    """``(accepted_B, next drafts)``, nothing read from the device: ``Verification`` run on
-    logits already made (``[B, T, n, V]``, after each of ``drafts.fed_BT``). With no drafts
-    (``T = 1``: the prompts' last position) it is that position's draft."""
-    B, n = logits_BTnV.shape[0], logits_BTnV.shape[2]
+def first_drafts(
+    last_B1nV: torch.Tensor, sampling: Sampling, generator: torch.Generator | None
+) -> Drafts:
+    """Each row's draft at its prompt's last position (``[B, 1, n, V]``, nothing to verify yet):
+    head 1's next token and heads 2..n's guesses, with their one read to the host."""
+    B, n = last_B1nV.shape[0], last_B1nV.shape[2]
     verification = Verification(sampling)
-    fed_BT = drafts.fed_BT if drafts is not None else _no_drafts(B, logits_BTnV.device)
-    inputs = verification.inputs(drafts, offered_B, generator, n)
-    return verification.drafts(verification(fed_BT, logits_BTnV, *inputs))
-
-
-def _no_drafts(B: int, device: torch.device) -> torch.Tensor:
-    """A fed input of one token per row and no guesses (its token is not read)."""
-    return torch.zeros((B, 1), dtype=torch.long, device=device)
+    device = last_B1nV.device
+    inputs = verification.inputs(None, B, device, generator, n)
+    no_guesses_B1, no_room_B = (torch.zeros(shape, dtype=torch.long, device=device)
+                                for shape in ((B, 1), B))  # fmt: skip
+    fed_BT, _, (read_BT, *q_BGV) = verification(no_guesses_B1, last_B1nV, no_room_B, *inputs)
+    tokens = [row[1:] for row in read_BT.tolist()]  # the one read
+    return Drafts(fed_BT, tokens, q_BGV[0] if q_BGV else None)
 
 
 @dataclass(frozen=True)
 class Verification:
-    """A verify step's tail (``wmtp.models.kv_cache.StepTail``): how many of its guesses each
-    row's head 1 accepts, given every head's logits after each fed token (``[B, T, n, V]``,
-    ``fed_BT = [next, guesses...]``), and each row's draft at the position after its last
-    accepted guess (the module doc says how, greedy and sampled). Row b's first ``offered_B[b]``
-    guesses are checked (fewer near its limit, none once it has finished). Its value keys the
-    step's compiled code and graph: one per ``sampling``."""
+    """A verify step's tail (``wmtp.models.kv_cache.StepTail``, chained: ``Chained``): how many
+    of its guesses each row's head 1 accepts, given every head's logits after each fed token
+    (``[B, T, n, V]``, ``fed_BT = [next, guesses...]``), and each row's draft at the position
+    after its last accepted guess (the module doc says how, greedy and sampled), fed to the next
+    verify step. A row checks as many guesses as its budget allows (``room_B``: fewer near its
+    limit, none once it has ended) and moves on by what it commits (none once ended). Its value
+    keys the step's compiled code and graph: one per ``sampling``."""
 
     sampling: Sampling
 
-    def inputs(self, drafts: Drafts | None, offered_B: torch.Tensor, generator, n: int) -> tuple:
-        """The tail's inputs besides the logits: the rows' offered counts; sampled, the guesses'
-        distributions and every random number of the verification, drawn here in one call of
-        ``generator`` (``[B, G + n]``: the acceptance tests, the stopping token, the new
-        guesses)."""
+    def inputs(self, q_BGV: torch.Tensor | None, B: int, device, generator, n: int) -> tuple:
+        """The tail's inputs besides the logits and budgets: none greedy; sampled, every random
+        number of the verification, drawn here in one call of ``generator`` (``[B, G + n]``:
+        the acceptance tests, the stopping token, the new guesses), and the distributions
+        ``q_BGV`` the guesses were drawn from (none before the first guesses)."""
         if self.sampling.greedy:
-            return (offered_B,)
-        G = drafts.fed_BT.shape[1] - 1 if drafts is not None else 0
-        uniforms_BU = torch.rand(
-            len(offered_B), G + n, device=offered_B.device, generator=generator
-        )
-        q_BGV = drafts.q_BGV if drafts is not None else None
-        return (offered_B, uniforms_BU) if q_BGV is None else (offered_B, uniforms_BU, q_BGV)
+            return ()
+        G = q_BGV.shape[1] if q_BGV is not None else 0
+        uniforms_BU = torch.rand(B, G + n, device=device, generator=generator)
+        return (uniforms_BU,) if q_BGV is None else (uniforms_BU, q_BGV)
 
     def __call__(
         self,
         fed_BT: torch.Tensor,
         logits_BTnV: torch.Tensor,
-        offered_B: torch.Tensor,
+        room_B: torch.Tensor,
         uniforms_BU: torch.Tensor | None = None,
         q_BGV: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, ...]:
-        """``(accepted_B, next fed_BT)``, and sampled the next guesses' distributions."""
+    ) -> Chained:
+        """The next fed tokens, each row's advance, and the outputs: ``[accepted, next fed...]``
+        per row (the one read), sampled also the next guesses' distributions."""
         guesses_BG = fed_BT[:, 1:]
         G = guesses_BG.shape[1]
-        checked_BG = torch.arange(G, device=fed_BT.device) < offered_B[:, None]
+        checked_BG = torch.arange(G, device=fed_BT.device) < room_B[:, None]
         if self.sampling.greedy:
             choices_BTn = logits_BTnV.argmax(dim=-1)
             accepted_B = _accepted(choices_BTn[:, :G, 0] == guesses_BG, checked_BG)
-            return accepted_B, _at(choices_BTn, accepted_B)  # head 1's token, the drafts
-        args = (logits_BTnV, guesses_BG, q_BGV, checked_BG, uniforms_BU, self.sampling)
-        return sampled_verification(*args)
-
-    def drafts(self, outputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, Drafts]:
-        """``(accepted_B, next drafts)`` from the tail's outputs."""
-        accepted_B, fed_BT, *q_BGV = outputs
-        return accepted_B, Drafts(fed_BT, [], q_BGV[0] if q_BGV else None)
+            next_fed_BT, q = _at(choices_BTn, accepted_B), ()  # head 1's token, the drafts
+        else:
+            args = (logits_BTnV, guesses_BG, q_BGV, checked_BG, uniforms_BU, self.sampling)
+            accepted_B, next_fed_BT, next_q_BGV = sampled_verification(*args)
+            q = (next_q_BGV,)
+        advance_B = torch.where(room_B > 0, accepted_B + 1, 0)
+        read_BT = torch.cat([accepted_B[:, None], next_fed_BT], dim=1)
+        return Chained(next_fed_BT, advance_B, (read_BT, *q))
 
 
 def sampled_verification(
@@ -467,9 +442,8 @@ __all__ = [
     "SpeculativeStats",
     "Verification",
     "draw",
+    "first_drafts",
     "sampled_verification",
     "speculative_generate",
     "speculative_generate_batch",
-    "verify_on_device",
-    "verify_rows",
 ]

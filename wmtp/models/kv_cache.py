@@ -14,6 +14,9 @@ decoder of that shape. Its rows may each sit at their own position, held on the 
 (``step_rows``): rows that advance by different numbers of tokens (batched speculative
 decoding's) or that start at different times (continuous batching: ``load_row`` copies a freshly
 prefilled prompt into a freed row), with nothing read back to the host between steps.
+Decoding loops chain their steps (``chain_rows``): each step's tail writes the tokens the next
+step feeds and moves every row's position inside the step's own graph, so a decoding step is one
+graph replay and one small read, with no eager kernel between replays.
 """
 
 from __future__ import annotations
@@ -379,12 +382,23 @@ def _feed_forward(block: TransformerBlock, x_BSD, fused: FusedBlock | None):
     return block.feed_forward.w2(F.silu(gate) * up)
 
 
-StepTail = Callable[..., "torch.Tensor | tuple[torch.Tensor, ...]"]
-"""What a fixed-shape step computes from its logits, in the same compiled code and CUDA graph:
-``tail(tokens_BS, logits_BSnV, *inputs)`` -> a tensor or a tuple of them (the next tokens, a
-speculative verification), so that choosing tokens adds no eager kernels and no host launches
-after the step. A frozen dataclass (or a module-level function): its value keys the step's
-compiled variant and graph. It must not read the host: it is captured."""
+StepTail = Callable[..., "Chained"]
+"""What a chained step (``StaticDecoder.chain_rows``) computes from its logits, in the same
+compiled code and CUDA graph: ``tail(tokens_BS, logits_BSnV, room_B, *inputs)`` -> ``Chained``
+(the next tokens, a speculative verification), so that choosing tokens and moving the rows add
+no eager kernels and no host launches after the step. A frozen dataclass (or a module-level
+function): its value keys the step's compiled variant and graph. It must not read the host: it
+is captured."""
+
+
+class Chained(NamedTuple):
+    """What the tail of a chained step (``StaticDecoder.chain_rows``) returns: the tokens the next
+    step feeds (``[B, S]``, this step's shape), how far each row's position moves (``[B]``; the
+    rows' budgets, ``StaticDecoder.room``, fall by as much) and the outputs the caller reads."""
+
+    fed_BS: torch.Tensor
+    advance_B: torch.Tensor
+    outputs: tuple[torch.Tensor, ...]
 
 
 _EAGER_TAILS: set = set()
@@ -394,7 +408,8 @@ _EAGER_TAILS: set = set()
 @dataclass(frozen=True)
 class _Step:
     """What a fixed-shape step runs besides its length: the heads whose logits it makes, its
-    tail (or none: the logits) and whether it is compiled. With the length, a step's key."""
+    tail (a chained step's, ``chain_rows``; or none: the logits) and whether it is compiled.
+    With the length, a step's key."""
 
     heads: tuple[int, ...]
     tail: StepTail | None = None
@@ -428,10 +443,15 @@ class StepState:
 
     caches: BlockCaches
     start: torch.Tensor
+    room: torch.Tensor
+    """Each row's budget ``[B]`` for chained steps: how many more tokens it may commit (0 once
+    it has ended); the host sets it, every chained step lowers it by what its rows advance."""
     keys_L: torch.Tensor
     inv_freq_F: torch.Tensor
     pool: tuple | None
     prepared: dict[tuple[int, _Step], _Captured | None] = field(default_factory=dict)
+    fed: dict[int, torch.Tensor] = field(default_factory=dict)
+    """S -> the tokens the next chained S-token step feeds (``[B, S]``): its graph's input."""
     setup_s: float = 0.0
     """Seconds spent preparing steps (compiling, warming up, capturing), outside their timing."""
     owner: weakref.ref | None = None
@@ -487,6 +507,7 @@ def _new_state(model: LlamaMTP, batch_size: int, length: int, kept_heads: tuple[
     return StepState(
         caches=block_caches(model, batch_size, length, kept_heads),
         start=torch.zeros(batch_size, dtype=torch.long, device=device),
+        room=torch.zeros(batch_size, dtype=torch.long, device=device),
         keys_L=torch.arange(length, device=device),
         inv_freq_F=rope_frequencies(model.args, device),
         pool=pool,
@@ -514,6 +535,27 @@ _RECOMPILE_LIMIT = 64
 Dynamo's default limit (8) would fall back to eager steps after a few shapes."""
 
 
+def move_rows(
+    fed_BS: torch.Tensor,
+    start_B: torch.Tensor,
+    room_B: torch.Tensor,
+    next_BS: torch.Tensor,
+    advance_B: torch.Tensor,
+    last: int,
+) -> None:
+    """Rows after a chained step, in place: the next tokens fed, each position moved by its
+    advance (at most to ``last``), each budget lowered by as much."""
+    fed_BS.copy_(next_BS)
+    start_B.add_(advance_B).clamp_(max=last)
+    room_B.sub_(advance_B)
+
+
+@functools.cache
+def _compiled_move_rows() -> Callable[..., None]:
+    """``move_rows`` compiled (fewer kernels than four), made once per process."""
+    return torch.compile(move_rows, fullgraph=True, dynamic=False)
+
+
 @functools.cache
 def _compiled_static_step() -> Callable[..., torch.Tensor]:
     """``StaticDecoder._static_step`` compiled by Inductor (whole graph, static shapes), made
@@ -537,7 +579,8 @@ class StaticDecoder(Decoder):
     multiple of ``PREFILL_MULTIPLE`` tokens, causal over its own keys, captured but never
     compiled (prompts come in many lengths: each would compile anew, where capturing costs one
     eager run); ``rewind`` works as before (the mask hides what lies past ``length``).
-    ``step_rows`` puts each row at its own position (held on the device), in the same shapes.
+    ``step_rows`` puts each row at its own position (held on the device), in the same shapes;
+    ``chain_rows`` chains such steps, each one's tail feeding the next and moving the rows.
     ``fused``: q/k/v and w1/w3 as one matmul each, from the model's fused copy of those weights
     (``wmtp.models.fused_projections``; ``None``: on a GPU where the copy fits, ``True``: on a CPU
     too). Neither graphs nor compilation (or a CPU model without ``compiled``) runs the same
@@ -640,22 +683,52 @@ class StaticDecoder(Decoder):
         return self._state.start
 
     @torch.no_grad()
-    def step_rows(
-        self,
-        tokens_BS: torch.Tensor,
-        heads: list[int] | None = None,
-        *,
-        tail: StepTail | None = None,
-        inputs: tuple[torch.Tensor, ...] = (),
-    ):
+    def step_rows(self, tokens_BS: torch.Tensor, heads: list[int] | None = None) -> torch.Tensor:
         """``step`` with row b's tokens at ``positions[b]`` on, as the device holds them: no
-        value from the host, no read. The caller advances ``positions`` and keeps every row's
-        ``positions + S`` within ``max_len``; ``length`` is left alone. With ``tail``, what
-        ``tail(tokens_BS, logits, *inputs)`` returns (``StepTail``), computed in the step's own
-        compiled code and graph, instead of the logits."""
+        value from the host, no read; the logits. The caller advances ``positions`` and keeps
+        every row's ``positions + S`` within ``max_len``; ``length`` is left alone. Decoding
+        loops chain these steps instead (``chain_rows``), the tail choosing tokens and moving
+        the rows inside the step."""
         self._check_owner()
         self._check_room(tokens_BS.shape[1], heads, start=0)
-        return self._replay(tokens_BS, self._step_of(heads, tail), inputs)
+        return self._replay(tokens_BS, self._step_of(heads))
+
+    @property
+    def room(self) -> torch.Tensor:
+        """Each row's budget ``[B]`` on the device (``StepState.room``), for chained steps' tails."""
+        return self._state.room
+
+    @torch.inference_mode(False)
+    def fed(self, S: int) -> torch.Tensor:
+        """The tokens the next chained ``S``-token step feeds, ``[B, S]`` on the device: write a
+        row's first tokens into it; each chained step's tail writes the next ones. The state's
+        own tensor (a graph reads it), kept per ``S``; an ordinary tensor even under inference
+        mode, like the caches."""
+        state = self._state
+        if S not in state.fed:
+            state.fed[S] = torch.zeros((len(state.start), S), dtype=torch.long,
+                                       device=state.start.device)  # fmt: skip
+        return state.fed[S]
+
+    @torch.no_grad()
+    def chain_rows(
+        self,
+        S: int,
+        heads: list[int] | None = None,
+        *,
+        tail: StepTail,
+        inputs: tuple[torch.Tensor, ...] = (),
+    ) -> tuple[torch.Tensor, ...]:
+        """The next step of a decoding loop: ``step_rows`` of the ``fed(S)`` tokens whose tail,
+        ``tail(tokens_BS, logits_BSnV, room_B, *inputs)``, returns ``Chained``; inside the
+        step's graph (``_move_rows``) the next tokens go into ``fed(S)``, each row's
+        position moves by its advance (at most to the cache's last ``S`` positions: an ended
+        row stays in the cache) and its budget (``room``) falls by as much. Nothing runs
+        between two replays but what the caller adds. Returns the tail's outputs: the step's
+        own buffers, overwritten by the next step: read them at once (``TokenReader``)."""
+        self._check_owner()
+        self._check_room(S, heads, start=0)
+        return self._replay(self.fed(S), self._step_of(heads, tail), inputs)
 
     def load_row(self, row: int, prefix: Decoder) -> None:
         """Row ``row``'s caches from the first ``prefix.length`` positions of ``prefix``'s only
@@ -669,7 +742,8 @@ class StaticDecoder(Decoder):
             mine.v_BSKD[row, :n].copy_(theirs.v_BSKD[0, :n])
 
     def _step_of(self, heads: list[int] | None, tail: StepTail | None = None) -> _Step:
-        """The decoding step that makes ``heads``' logits (default: the kept heads') and ``tail``."""
+        """The decoding step that makes ``heads``' logits (default: the kept heads'), or the
+        chained step of ``tail`` (``chain_rows``)."""
         kept = tuple(heads) if heads is not None else self.kept_heads
         return _Step(kept, tail, self.compiled)
 
@@ -683,10 +757,13 @@ class StaticDecoder(Decoder):
         captured = state.prepared[key]
         if captured is None:
             return self._run_step(tokens_BS, step, inputs)
-        captured.tokens_BS.copy_(tokens_BS)
+        if step.tail is None:  # a chained step's tokens are its graph's own input
+            captured.tokens_BS.copy_(tokens_BS)
         for static, given in zip(captured.inputs, inputs, strict=True):
             static.copy_(given)
         captured.graph.replay()
+        if step.tail is not None:  # read at once (chain_rows)
+            return captured.outputs
         return _cloned(captured.outputs)  # the next replay overwrites them
 
     def _check_owner(self) -> None:
@@ -704,7 +781,8 @@ class StaticDecoder(Decoder):
         *inputs,
     ):
         """The step at each row's position ``start`` (a device tensor): fixed shapes throughout;
-        its logits, or what ``tail`` makes of them. ``skip_blocks``: ``row_attention``'s."""
+        its logits, or its tail's outputs after chaining (``_finish``). ``skip_blocks``:
+        ``row_attention``'s."""
         S = tokens_BS.shape[1]
         starts_B, keys_L = self._state.start, self._state.keys_L
         positions_BS = starts_B[:, None] + torch.arange(S, device=tokens_BS.device)
@@ -725,39 +803,60 @@ class StaticDecoder(Decoder):
             lambda block, x, cache: masked_block(block, x, rope, cache, positions_BS, attend),
             run_heads=run_heads,
         )
-        return logits_BSnV if tail is None else tail(tokens_BS, logits_BSnV, *inputs)
+        return logits_BSnV if tail is None else tail(tokens_BS, logits_BSnV, self.room, *inputs)
 
     def _run_step(self, tokens_BS: torch.Tensor, step: _Step, inputs: tuple[torch.Tensor, ...]):
-        """The fixed-shape step with its tail, compiled or eager; never for gradients (captured
-        outside inference mode, so that any later decoder may replay it)."""
+        """The fixed-shape step with its tail, compiled or eager, and for a chained step the
+        rows moved on (``_move_rows``); never for gradients (captured outside inference mode,
+        so that any later decoder may replay it)."""
         if step.prompt:
             return self._run_prompt(tokens_BS, step, *inputs)
-        heads, tail = step.heads, step.tail
         with torch.no_grad():
-            if not step.compiled:
-                return self._static_step(tokens_BS, heads, tail, False, *inputs)
-            if tail is not None and tail in _EAGER_TAILS:
-                logits_BSnV = self._run_step(tokens_BS, _Step(heads, None, True), ())
-                return tail(tokens_BS, logits_BSnV, *inputs)
-            skip_blocks = self._state.skip_blocks
-            with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
-                try:
-                    compiled = _compiled_static_step()
-                    return compiled(self, tokens_BS, heads, tail, skip_blocks, *inputs)
-                except Exception as exc:  # Inductor's, whichever kind this torch raises
-                    if tail is not None:
-                        self._tail_runs_eagerly(tail, exc)
-                        return self._run_step(tokens_BS, step, inputs)
-                    if not skip_blocks:
-                        raise
-                    self._state.skip_blocks = False  # compiled again, with sdpa
-                    reason = str(exc).strip().splitlines()[0][:200]
-                    log.warning(
-                        "decoding: this torch cannot compile block-skipping attention for a "
-                        "%d-row step (%s); the decoder's steps read whole caches with sdpa",
-                        len(tokens_BS), reason,
-                    )  # fmt: skip
-                    return _compiled_static_step()(self, tokens_BS, heads, None, False)
+            result = self._forward_step(tokens_BS, step, inputs)
+            return result if step.tail is None else self._move_rows(tokens_BS, result, step)
+
+    def _forward_step(self, tokens_BS: torch.Tensor, step: _Step, inputs: tuple):
+        """The step's logits, or its tail's ``Chained``: compiled or eager."""
+        heads, tail = step.heads, step.tail
+        if not step.compiled:
+            return self._static_step(tokens_BS, heads, tail, False, *inputs)
+        if tail is not None and tail in _EAGER_TAILS:
+            logits_BSnV = self._forward_step(tokens_BS, _Step(heads, None, True), ())
+            return tail(tokens_BS, logits_BSnV, self.room, *inputs)
+        skip_blocks = self._state.skip_blocks
+        with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+            try:
+                compiled = _compiled_static_step()
+                return compiled(self, tokens_BS, heads, tail, skip_blocks, *inputs)
+            except Exception as exc:  # Inductor's, whichever kind this torch raises
+                if tail is not None:
+                    self._tail_runs_eagerly(tail, exc)
+                    return self._forward_step(tokens_BS, step, inputs)
+                if not skip_blocks:
+                    raise
+                self._state.skip_blocks = False  # compiled again, with sdpa
+                reason = str(exc).strip().splitlines()[0][:200]
+                log.warning(
+                    "decoding: this torch cannot compile block-skipping attention for a "
+                    "%d-row step (%s); the decoder's steps read whole caches with sdpa",
+                    len(tokens_BS), reason,
+                )  # fmt: skip
+                return _compiled_static_step()(self, tokens_BS, heads, None, False)
+
+    def _move_rows(self, tokens_BS: torch.Tensor, chained: Chained, step: _Step):
+        """A chained step's end (``chain_rows``): the tail's next tokens written over
+        ``tokens_BS`` (the state's ``fed``), every row's position moved by its advance (within
+        the cache's last S positions) and its budget lowered by as much; the tail's outputs.
+        Inside the step's CUDA graph but outside its compiled code: inputs that the step's code
+        mutated changed how Inductor fused it (FlexAttention's reductions ran twice as long)."""
+        state = self._state
+        last = len(state.keys_L) - tokens_BS.shape[1]
+        move = move_rows
+        if step.compiled and self.cuda_graphs:  # a kernel less per replay (on a CPU: a compile)
+            move = _compiled_move_rows()
+        with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+            move(tokens_BS, state.start, state.room, chained.fed_BS, chained.advance_B, last)
+        return chained.outputs
 
     def _run_prompt(self, tokens_BS: torch.Tensor, step: _Step, *at_1: torch.Tensor):
         """A prompt's forward from position 0 (``_Step.prompt``), never compiled (why:
@@ -790,21 +889,32 @@ class StaticDecoder(Decoder):
         else:
             captured = None
             if step.compiled:
-                self._run_step(tokens_BS, step, inputs)
+                self._warm_up(tokens_BS, step, inputs)
         self._state.setup_s += time.perf_counter() - started
         return captured
+
+    def _warm_up(self, tokens_BS: torch.Tensor, step: _Step, inputs: tuple) -> None:
+        """One run of ``step`` that leaves the rows as they were: a chained step's tokens,
+        positions and budgets are put back (the run that follows is the real step)."""
+        rows = (tokens_BS, self._state.start, self._state.room) if step.tail else ()
+        kept = [t.clone() for t in rows]
+        self._run_step(tokens_BS, step, inputs)
+        for now, before in zip(rows, kept, strict=True):
+            now.copy_(before)
 
     @torch.inference_mode(False)
     def _capture(self, tokens_BS: torch.Tensor, step: _Step, inputs: tuple) -> _Captured:
         """Warm up on a side stream (as capture requires; the first run compiles), then record
         one step. Its inputs and outputs are ordinary tensors, as the state's are."""
-        static_tokens_BS, static_inputs = tokens_BS.clone(), tuple(x.clone() for x in inputs)
+        # a chained step's tokens are the state's (``fed``): the graph reads and writes them
+        static_tokens_BS = tokens_BS if step.tail is not None else tokens_BS.clone()
+        static_inputs = tuple(x.clone() for x in inputs)
         with torch.cuda.device(static_tokens_BS.device):  # the model's GPU, not the current one
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(2):
-                    self._run_step(static_tokens_BS, step, static_inputs)
+                    self._warm_up(static_tokens_BS, step, static_inputs)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._state.pool):
