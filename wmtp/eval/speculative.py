@@ -310,8 +310,8 @@ def first_drafts(
     verification = Verification(sampling)
     device = last_B1nV.device
     inputs = verification.inputs(None, B, device, generator, n)
-    no_guesses_B1, no_room_B = (torch.zeros(shape, dtype=torch.long, device=device)
-                                for shape in ((B, 1), B))  # fmt: skip
+    no_guesses_B1 = torch.zeros((B, 1), dtype=torch.long, device=device)
+    no_room_B = torch.zeros(B, dtype=torch.long, device=device)
     fed_BT, _, (read_BT, *q_BGV) = verification(no_guesses_B1, last_B1nV, no_room_B, *inputs)
     tokens = [row[1:] for row in read_BT.tolist()]  # the one read
     return Drafts(fed_BT, tokens, q_BGV[0] if q_BGV else None)
