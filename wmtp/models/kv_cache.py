@@ -781,7 +781,7 @@ class StaticDecoder(Decoder):
         *inputs,
     ):
         """The step at each row's position ``start`` (a device tensor): fixed shapes throughout;
-        its logits, or its tail's outputs after chaining (``_finish``). ``skip_blocks``:
+        its logits, or its tail's ``Chained`` (``chain_rows``). ``skip_blocks``:
         ``row_attention``'s."""
         S = tokens_BS.shape[1]
         starts_B, keys_L = self._state.start, self._state.keys_L
@@ -852,7 +852,7 @@ class StaticDecoder(Decoder):
         state = self._state
         last = len(state.keys_L) - tokens_BS.shape[1]
         move = move_rows
-        if step.compiled and self.cuda_graphs:  # a kernel less per replay (on a CPU: a compile)
+        if step.compiled and self.cuda_graphs:  # fewer kernels a replay (on a CPU: a compile)
             move = _compiled_move_rows()
         with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
             move(tokens_BS, state.start, state.room, chained.fed_BS, chained.advance_B, last)
@@ -896,7 +896,7 @@ class StaticDecoder(Decoder):
     def _warm_up(self, tokens_BS: torch.Tensor, step: _Step, inputs: tuple) -> None:
         """One run of ``step`` that leaves the rows as they were: a chained step's tokens,
         positions and budgets are put back (the run that follows is the real step)."""
-        rows = (tokens_BS, self._state.start, self._state.room) if step.tail else ()
+        rows = (tokens_BS, self._state.start, self._state.room) if step.tail is not None else ()
         kept = [t.clone() for t in rows]
         self._run_step(tokens_BS, step, inputs)
         for now, before in zip(rows, kept, strict=True):
