@@ -27,6 +27,10 @@
 #   humaneval       `wmtp eval` of that model: 164 problems x 20 samples x 512 tokens, wall times
 #                   (the recipe's `evaluation.batch_size`, 32 rows per step)
 #   humaneval_wide  the same at 128 rows per step ($OUT/humaneval_n20_b128)
+#   decode_ab       agreeing heads at llama-1b-bench and llama2-7b-mtp with the code at AB_OLD=DIR
+#                   (DIR/wmtp: an earlier package, carried; `git archive REV wmtp | tar -x -C DIR`)
+#                   and with this checkout's, one after the other in this call ($OUT/ab/): across
+#                   calls the same code's speculative figure moves by more than most changes
 # Then always: bench/summarise_decode.py -> $OUT/h200_decode.json, h200_decode.md.
 set -u
 source bench/device_setup.sh || exit 1
@@ -105,6 +109,25 @@ stage_humaneval_wide() {
   step humaneval_wide 300 python3 -m wmtp.cli eval "$(latest decode_model)" "${HUMANEVAL[@]}" \
     --set evaluation.batch_size=128 --out "$OUT/humaneval_n20_b128"
   pack_samples "$OUT/humaneval_n20_b128"
+}
+stage_decode_ab() {  # the agreeing-heads runs with $AB_OLD's package, then with this one
+  local when path
+  mkdir -p "$OUT/ab"
+  for when in before after; do
+    # -P: no current directory first on sys.path, so PYTHONPATH says which wmtp is imported
+    path=$PYTHONPATH
+    [ "$when" = before ] && path=${AB_OLD:?set AB_OLD to a folder holding the earlier wmtp/}:$path
+    env PYTHONPATH="$path" python3 -P -c "import wmtp; print('$when:', wmtp.__file__)"
+    step "ab_1b_$when" 150 env PYTHONPATH="$path" python3 -P -m wmtp.cli bench decode "${ONE_B[@]}" \
+      --agreeing-heads --out "$OUT/ab/decode_1b_$when.json"
+  done
+  for when in before after; do
+    path=$PYTHONPATH
+    [ "$when" = before ] && path=$AB_OLD:$path
+    step "ab_7b_$when" 150 env PYTHONPATH="$path" python3 -P -m wmtp.cli bench decode \
+      --flavour llama2-7b-mtp --prompts 2 --new-tokens 128 --agreeing-heads \
+      --out "$OUT/ab/decode_7b_$when.json"
+  done
 }
 
 [ $# -eq 0 ] && set -- decode_1b decode_1b_peers decode_1b_sampled decode_7b decode_model decode_trained humaneval
