@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+import torch
 from typer.testing import CliRunner
 
 from wmtp.cli import app
@@ -105,6 +107,34 @@ def test_bench_decode_against_hugging_face_generate_and_the_bandwidth_limit(tmp_
     peer_bytes = sum(p.numel() * p.element_size() for p in peer.parameters())
     expected = peer_bytes - embedding.numel() * embedding.element_size()
     assert bandwidth["weight_bytes_per_step"] == expected
+
+
+@pytest.mark.parametrize(
+    ("extra", "cache"), [({}, "DynamicCache"), ({"cache_implementation": "static"}, "StaticCache")]
+)
+def test_the_hugging_face_peer_decodes_from_its_cache(extra, cache):
+    """The peer generates as a user's ``generate`` does: the prompt once, then one new token per
+    forward over its KV cache (dynamic, or static where asked). Built from the training peer
+    (cache off), it re-ran its whole sequence every step until its generation config said
+    otherwise: not the peer at its best."""
+    from wmtp.bench.decode_peers import _hf_generate, hf_peer
+    from wmtp.eval.generate import Sampling
+    from wmtp.eval.speed import model_from_flavour
+
+    model = model_from_flavour("tiny", n_future_tokens=2, dtype="float32", device="cpu")
+    peer, seen = hf_peer(model), []
+    forward = peer.forward
+
+    def watched(*args, **kwargs):
+        held = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers 5.2x / earlier
+        seen.append((kwargs["input_ids"].shape[1], type(held).__name__))
+        return forward(*args, **kwargs)
+
+    peer.forward = watched
+    prompt_BS = torch.randint(0, model.args.vocab_size, (2, 7))
+    out = _hf_generate(peer, prompt_BS, 4, Sampling(), **extra)
+    assert out.shape == (2, 11)
+    assert seen == [(7, cache), (1, cache), (1, cache), (1, cache)]
 
 
 def test_the_decode_summariser_reads_every_figure_it_finds(tmp_path):

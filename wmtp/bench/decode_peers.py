@@ -78,14 +78,18 @@ def bandwidth_figures(model: torch.nn.Module, plain_tokens_per_s: float) -> dict
 
 
 def hf_peer(model: torch.nn.Module) -> torch.nn.Module:
-    """A random ``LlamaForCausalLM`` of plain decoding's shape, in the model's dtype and device."""
+    """A random ``LlamaForCausalLM`` of plain decoding's shape, in the model's dtype and device,
+    that decodes from its KV cache. ``hf_llama`` builds the training peer, cache off; its
+    ``generation_config`` copies that at construction, and ``generate`` reads it there: with the
+    model's config alone switched on, every step re-ran the whole sequence (the figures of
+    2026-12-02 to 12-04 measured that peer)."""
     from wmtp.bench.hf_peer import hf_llama
 
     view = next_token_view(model)
     args = dataclasses.replace(view.args, n_future_tokens=1)
     first = next(model.parameters())
     peer = hf_llama(args, "sdpa", dtype=first.dtype, device=first.device)
-    peer.config.use_cache = True
+    peer.config.use_cache = peer.generation_config.use_cache = True
     return peer.eval()
 
 
@@ -96,6 +100,7 @@ def _hf_generate(peer, prompt_BS: torch.Tensor, new_tokens: int, sampling: Sampl
     return peer.generate(
         prompt_BS,
         attention_mask=torch.ones_like(prompt_BS),
+        use_cache=True,
         max_new_tokens=new_tokens,
         min_new_tokens=new_tokens,
         eos_token_id=None,
