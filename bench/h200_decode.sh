@@ -9,9 +9,9 @@
 #                   greedy, rigged agreeing heads, the weight-bandwidth limit, and the same steps
 #                   without fused projections ($OUT/decode_1b.json)
 #   decode_1b_peers the same model against HF generate (dynamic cache; static cache compiled by
-#                   generate, and by hand) at batch 1 and 20, with wmtp's batched speculative
-#                   sampling beside its plain ($OUT/decode_1b_peers.json; its own stage: HF's
-#                   compilation takes minutes)
+#                   generate, by hand, and by generate with one static cache kept across calls)
+#                   at batch 1 and 20, with wmtp's batched speculative sampling beside its plain
+#                   ($OUT/decode_1b_peers.json; its own call: HF's compilations take minutes)
 #   decode_1b_sampled  the same sampled at 0.2 / top-p 0.95: speculative sampling's acceptance
 #   decode_7b       llama2-7b-mtp: the bandwidth fraction at 7B, and rigged agreeing heads (a
 #                   verify forward's three extra head layers weigh less beside 7B's trunk than
@@ -49,7 +49,7 @@ stage_decode_1b() {
     --out "$OUT/decode_1b.json"
 }
 stage_decode_1b_peers() {
-  step decode_1b_peers 480 "${DECODE[@]}" "${ONE_B[@]}" --peers --out "$OUT/decode_1b_peers.json"
+  step decode_1b_peers 550 "${DECODE[@]}" "${ONE_B[@]}" --peers --out "$OUT/decode_1b_peers.json"
 }
 stage_decode_1b_sampled() {
   step decode_1b_sampled 120 "${DECODE[@]}" "${ONE_B[@]}" --agreeing-heads "${SAMPLED[@]}" \

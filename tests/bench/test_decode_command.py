@@ -97,7 +97,12 @@ def test_bench_decode_against_hugging_face_generate_and_the_bandwidth_limit(tmp_
     assert wmtp["batch3_ratio_vs_hf_dynamic_cache"] == round(
         wmtp["batch3_tokens_per_s"] / hf["batch3_tokens_per_s"], 3
     )
-    for compiled in ("hf_static_cache_generate_compiled", "hf_static_cache_compiled"):
+    compiled_sides = (
+        "hf_static_cache_generate_compiled",
+        "hf_static_cache_compiled",
+        "hf_static_cache_kept_generate_compiled",
+    )
+    for compiled in compiled_sides:
         assert "CUDA only" in peers["sides"][compiled]["not_measured"]
     bandwidth = figures["bandwidth"]
     assert bandwidth["plain_fraction_of_limit"] is None  # the CPU's bandwidth is not measured
@@ -135,6 +140,32 @@ def test_the_hugging_face_peer_decodes_from_its_cache(extra, cache):
     out = _hf_generate(peer, prompt_BS, 4, Sampling(), **extra)
     assert out.shape == (2, 11)
     assert seen == [(7, cache), (1, cache), (1, cache), (1, cache)]
+
+
+def test_the_hugging_face_peer_can_keep_one_static_cache_across_calls():
+    """The kept-cache setting: every call decodes in the one ``StaticCache`` it was handed
+    (reset before each), so a compiled forward meets the same tensors at every call, and it
+    generates the dynamic cache's greedy tokens, call after call."""
+    from wmtp.bench.decode_peers import _hf_generate, hf_peer, kept_static_cache_call
+    from wmtp.eval.generate import Sampling
+    from wmtp.eval.speed import model_from_flavour
+
+    model = model_from_flavour("tiny", n_future_tokens=2, dtype="float32", device="cpu")
+    peer, held = hf_peer(model), []
+    forward = peer.forward
+
+    def watched(*args, **kwargs):
+        held.append(kwargs.get("cache", kwargs.get("past_key_values")))
+        return forward(*args, **kwargs)
+
+    prompt_BS = torch.randint(0, model.args.vocab_size, (2, 7))
+    dynamic = _hf_generate(peer, prompt_BS, 5, Sampling())
+    peer.forward = watched
+    call = kept_static_cache_call(peer, prompt_BS, 5, Sampling())
+    first, second = call(), call()
+    assert torch.equal(first, dynamic) and torch.equal(second, dynamic)
+    assert len(held) == 10 and len({id(cache) for cache in held}) == 1
+    assert type(held[0]).__name__ == "StaticCache"
 
 
 def test_the_decode_summariser_reads_every_figure_it_finds(tmp_path):
