@@ -271,14 +271,15 @@ class _RowsOnDevice:
         decoder.positions.fill_(P)  # the first committed token's position
         room = [limit - 1 if going else 0 for going in active]  # the first token is committed
         decoder.room.copy_(torch.tensor(room))
-        decoder.fed(self.n).copy_(fed_BT)
+        self.fed_BT = decoder.fed(self.n)  # the state's: each verify step writes the next drafts
+        self.fed_BT.copy_(fed_BT)
         self.readers = [TokenReader((len(active), self.n + 1), fed_BT.device) for _ in range(2)]
 
     def verify(self, q_BGV: torch.Tensor | None, sampling: Sampling, generator) -> _InFlight:
         """Queue the verify step of the fed drafts, and the read of what it accepts and drafts."""
         verification = Verification(sampling)
-        fed_BT = self.decoder.fed(self.n)
-        inputs = verification.inputs(q_BGV, len(fed_BT), fed_BT.device, generator, self.n)
+        B, device = len(self.fed_BT), self.fed_BT.device
+        inputs = verification.inputs(q_BGV, B, device, generator, self.n)
         read_BT, *q = self.decoder.chain_rows(self.n, tail=verification, inputs=inputs)
         reader = self.readers.pop(0)
         self.readers.append(reader)
