@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 from collections.abc import Callable
 
 import torch
@@ -157,6 +158,7 @@ def peer_figures(
             _, seconds = wall_seconds(device, call)
             figures[f"{label}_tokens_per_s"] = round(rows * new_tokens / seconds, 2)
         out[name] = figures
+        print(f"decode peers: {name} {figures}", file=sys.stderr, flush=True)  # progress
     for name, figures in out.items():
         if name != "wmtp" and "batch1_tokens_per_s" in figures:
             for label in ("batch1", f"batch{batch}"):
