@@ -532,8 +532,24 @@ def test_attention_reading_only_each_rows_blocks_equals_the_masked_whole_cache()
     torch.testing.assert_close(blocks, whole, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("processors", [1, 78, 132, 170])
+def test_flex_decoding_splits_give_every_multiprocessor_two_programs_and_no_more(processors):
+    """``kv_splits``: rows x key heads x splits programs reach twice the multiprocessors, one
+    split fewer would not; torch's own choice falls to one split once the rows' heads outnumber
+    the multiprocessors (20 rows x 8 key heads on an H200's 132)."""
+    from wmtp.models.kv_cache import kv_splits
+
+    for row_heads in range(1, 4 * processors):
+        splits = kv_splits(row_heads, processors)
+        assert splits >= 1 and row_heads * splits >= 2 * processors
+        assert splits == 1 or row_heads * (splits - 1) < 2 * processors
+    assert kv_splits(20 * 8, 132) == 2 and 132 // (20 * 8) * 2 == 0
+
+
 @CUDA
-@pytest.mark.parametrize(("B", "S", "blocks"), [(8, 1, 5), (8, 4, 5), (32, 1, 16)])
+@pytest.mark.parametrize(
+    ("B", "S", "blocks"), [(8, 1, 5), (8, 4, 5), (20, 1, 4), (32, 1, 16), (32, 4, 16)]
+)
 def test_compiled_block_skipping_attention_on_the_gpu_equals_the_masked_whole_cache(B, S, blocks):
     """Compiled (as the GPU steps run it), bf16, at decoding's head shapes: sdpa's output over
     the whole masked cache, also after the rows' positions move in place (the steps' buffer)."""
