@@ -9,7 +9,7 @@
 #                   greedy, rigged agreeing heads, the weight-bandwidth limit, and the same steps
 #                   without fused projections ($OUT/decode_1b.json)
 #   decode_1b_peers the same model against HF generate (dynamic cache; static cache compiled by
-#                   generate, by hand, and by generate with one static cache kept across calls)
+#                   generate, new in each call or one kept across calls)
 #                   at batch 1 and 20, with wmtp's batched speculative sampling beside its plain
 #                   ($OUT/decode_1b_peers.json; its own call: HF's compilations take minutes)
 #   decode_1b_sampled  the same sampled at 0.2 / top-p 0.95: speculative sampling's acceptance

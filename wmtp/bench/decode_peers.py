@@ -12,14 +12,16 @@ decoding with ``generate`` exactly ``new_tokens`` tokens (no end-of-sequence), a
 batch ``batch`` (sampled as the recipes evaluate: ``n_samples`` rows of one prompt), in each of
 its settings, the best of which is the peer: its dynamic cache; and on CUDA its static cache,
 once with ``generate`` compiling its decoding forward itself (transformers' default for a static
-cache: ``CompileConfig``, ``mode="reduce-overhead"``, CUDA graphs) and once with the forward
-compiled by hand as the transformers inference guide long set it up (``fullgraph=True``,
-``generate``'s own compilation switched off), and once with one ``StaticCache`` made for the
-side and handed to every call (reset before each), ``generate`` compiling: transformers 5.2x
-makes a new static cache in every call, whose new tensors a compiled forward's CUDA graphs
-must be recorded for again; a cache kept across calls is the setting that replays them. The first measurement (2026-12-02, an H200,
-transformers 5.17) had only the hand-compiled setting, with ``generate`` compiling on top of it: it
-ran at half the dynamic cache's speed. wmtp's side is ``wmtp.eval.generate.generate``, as
+cache: ``CompileConfig``, ``mode="reduce-overhead"``, CUDA graphs), and once with one
+``StaticCache`` made for the side and handed to every call (reset before each), ``generate``
+compiling: transformers 5.2x makes a new static cache in every call, whose new tensors a
+compiled forward's CUDA graphs must be recorded for again; a cache kept across calls is the
+setting that replays them. The forward compiled by hand (``fullgraph=True``, CUDA graphs,
+``generate``'s own compilation off), as the transformers inference guide long set it up, is not
+a setting any more: with transformers 5.25 and torch 2.11 (H200, 2026-12-04) its static cache
+adds to a length tensor inside the forward, which CUDA graph trees refuse ("tensor output of
+CUDAGraphs ... overwritten"), and with a step marked before each call the process died of a
+segmentation fault. wmtp's side is ``wmtp.eval.generate.generate``, as
 ``wmtp eval`` calls it.
 """
 
@@ -188,36 +190,12 @@ def _hf_settings(peer, device: torch.device) -> dict[str, CallMaker | str]:
     import copy
 
     settings: dict[str, CallMaker | str] = {"hf_dynamic_cache": _generate_calls(peer)}
-    compiled_sides = (
-        "hf_static_cache_generate_compiled",
-        "hf_static_cache_kept_generate_compiled",
-        "hf_static_cache_compiled",
-    )
+    compiled_sides = ("hf_static_cache_generate_compiled", "hf_static_cache_kept_generate_compiled")
     if device.type != "cuda":
         return settings | dict.fromkeys(compiled_sides, "a compiled static cache: CUDA only")
     settings[compiled_sides[0]] = _generate_calls(copy.copy(peer), cache_implementation="static")
     settings[compiled_sides[1]] = functools.partial(kept_static_cache_call, copy.copy(peer))
-    by_hand = copy.copy(peer)
-    by_hand.forward = _each_call_a_new_step(
-        torch.compile(peer.forward, mode="reduce-overhead", fullgraph=True)
-    )
-    settings[compiled_sides[2]] = _generate_calls(
-        by_hand, cache_implementation="static", disable_compile=True
-    )
     return settings
-
-
-def _each_call_a_new_step(compiled: Callable) -> Callable:
-    """``compiled`` (CUDA graphs) told before each call that a new step begins: transformers
-    5.2x's static cache adds to a length tensor inside the forward, which CUDA graph trees
-    otherwise refuse on the next call ("accessing tensor output of CUDAGraphs that has been
-    overwritten", H200, 2026-12-04)."""
-
-    def forward(*args, **kwargs):
-        torch.compiler.cudagraph_mark_step_begin()
-        return compiled(*args, **kwargs)
-
-    return forward
 
 
 def _generate_calls(peer, **extra) -> CallMaker:

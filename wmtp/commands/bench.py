@@ -342,7 +342,8 @@ def decode(
         bool,
         typer.Option(
             help="Also Hugging Face generate of the same shape (dynamic cache; on CUDA a static "
-            "cache compiled by generate and by hand) against wmtp's generate, at batch 1 and at "
+            "cache compiled by generate, new or kept across calls) against wmtp's generate, at batch 1 "
+            "and at "
             "--batch sampled rows."
         ),
     ] = False,
