@@ -97,11 +97,7 @@ def test_bench_decode_against_hugging_face_generate_and_the_bandwidth_limit(tmp_
     assert wmtp["batch3_ratio_vs_hf_dynamic_cache"] == round(
         wmtp["batch3_tokens_per_s"] / hf["batch3_tokens_per_s"], 3
     )
-    compiled_sides = (
-        "hf_static_cache_generate_compiled",
-        "hf_static_cache_compiled",
-        "hf_static_cache_kept_generate_compiled",
-    )
+    compiled_sides = ("hf_static_cache_generate_compiled", "hf_static_cache_kept_generate_compiled")
     for compiled in compiled_sides:
         assert "CUDA only" in peers["sides"][compiled]["not_measured"]
     bandwidth = figures["bandwidth"]
