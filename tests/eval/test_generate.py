@@ -213,6 +213,27 @@ def test_a_sampled_rows_tokens_depend_only_on_its_seed():
     )
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_rows_of_one_prompt_starting_together_decode_as_each_row_alone(temperature):
+    """An evaluation's ``n_samples`` rows of one prompt take free slots together (one copy of
+    the prompt's keys into all of them, their first tokens drawn at once), between rows of
+    other prompts, and again when slots free up: every row decodes the tokens it decodes
+    alone, with its own seed and limit."""
+    model = make_tiny_model()
+    sampling = Sampling(temperature=temperature, top_p=0.9)
+    rule = StopRule(letters)
+    rows = [
+        *(Row(PROMPTS[0], rule, 6 + s, seed=s) for s in range(4)),
+        Row(PROMPTS[2], rule, 5, seed=11),
+        *(Row(PROMPTS[1], rule, 3 + 2 * s, seed=20 + s) for s in range(5)),
+    ]
+    alone = [decode_rows(model, [row], slots=1, sampling=sampling)[0].tokens for row in rows]
+    for slots in (3, 6, len(rows)):
+        together = decode_rows(model, rows, slots=slots, sampling=sampling)
+        assert [o.tokens for o in together] == alone, slots
+    assert len({tuple(t) for t in alone[:4]}) > 1 or sampling.greedy  # seeds differ
+
+
 def test_rows_of_no_tokens_end_at_once():
     model = make_tiny_model()
     rows = [Row([1, 2], StopRule(letters), 0), Row([3], StopRule(letters), 4)]

@@ -13,6 +13,7 @@ tokens do not depend on the rows that decode beside it.
 from __future__ import annotations
 
 import collections
+import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -329,12 +330,15 @@ def decode_rows(
     decoding = [r for r in rows if r.limit > 0]
     batch = _Slots(model, decoding, slots, sampling, steps, tally) if decoding else None
     while True:
-        while waiting and (rows[waiting[0]].limit == 0 or batch.free()):  # type: ignore[union-attr]
+        starting: list[tuple[int, Row]] = []  # the waiting rows the free slots take, together
+        while waiting and (rows[waiting[0]].limit == 0 or batch.free(len(starting))):  # type: ignore[union-attr]
             i = waiting.popleft()
             if rows[i].limit == 0:
                 done(i, Completion([], "", "length"))
             else:
-                batch.start(i, rows[i])  # type: ignore[union-attr]
+                starting.append((i, rows[i]))
+        if starting:
+            batch.start(starting)  # type: ignore[union-attr]
         if batch is None or not batch.busy():
             break
         for i, completion in batch.advance():
@@ -373,29 +377,55 @@ class _Slots:
     def busy(self) -> bool:
         return any(h is not None for h in self.held)
 
-    def free(self) -> bool:
-        return any(h is None for h in self.held)
+    def free(self, taken: int = 0) -> bool:
+        """Whether a slot is free besides ``taken`` of them (rows about to start)."""
+        return sum(h is None for h in self.held) > taken
 
-    def start(self, i: int, row: Row) -> None:
-        """Row ``i`` into a free slot: its prompt's keys and values, its position, its random
-        numbers, and its first token, drawn from its prompt's last logits."""
+    def start(self, started: Sequence[tuple[int, Row]]) -> None:
+        """Rows ``(i, row)`` into free slots, together: each prompt's keys and values copied
+        into all of its rows' slots at once, their positions, random numbers and first tokens
+        (drawn from the prompt's last logits) set for the group in one operation each. A
+        prompt's ``n_samples`` rows start with a few dozen device operations, not a few dozen
+        each."""
         began = time.perf_counter()
-        b = self.held.index(None)
-        prefix, last_V = self._prefill(row.prompt)
-        self.decoder.load_row(b, prefix)
-        self.decoder.positions[b] = len(row.prompt)
-        uniform_1 = None
-        if not self.sampling.greedy:
-            drawn = torch.rand(row.limit, generator=torch.Generator().manual_seed(row.seed))
-            if self.device.type == "cuda":
-                drawn = drawn.pin_memory()
-            self.uniforms_BT[b, : row.limit].copy_(drawn, non_blocking=True)
-            self.drawn_B[b] = 1
-            uniform_1 = self.uniforms_BT[b, :1]
-        self.next_B[b] = sample_next(last_V[None], self.sampling, uniform_1)[0]
-        self.held[b], self.generated[b] = (i, row), []
-        self.tally.rows_started += 1
+        free = [b for b, held in enumerate(self.held) if held is None]
+        assert len(started) <= len(free), (len(started), len(free))
+        placed = list(zip(free[: len(started)], started, strict=True))
+        for _, group in itertools.groupby(placed, key=lambda placed: placed[1][1].prompt):
+            self._start_group(list(group))
+        for b, (i, row) in placed:
+            self.held[b], self.generated[b] = (i, row), []
+        self.tally.rows_started += len(placed)
         self.tally.started_rows_s += time.perf_counter() - began
+
+    def _start_group(self, placed: list[tuple[int, tuple[int, Row]]]) -> None:
+        """Rows of one prompt into slots ``b``: ``[(b, (i, row)), ...]``."""
+        rows = [row for _, (_, row) in placed]
+        prompt = rows[0].prompt
+        prefix, last_V = self._prefill(prompt)
+        slots_G = self._on_device([b for b, _ in placed])
+        self.decoder.load_rows(slots_G, prefix)
+        self.decoder.positions[slots_G] = len(prompt)
+        uniforms_G = None
+        if not self.sampling.greedy:
+            drawn_GT = torch.zeros(len(rows), self.uniforms_BT.shape[1])
+            for g, row in enumerate(rows):  # each row's own stream: its tokens are its own
+                drawn_GT[g, : row.limit] = torch.rand(
+                    row.limit, generator=torch.Generator().manual_seed(row.seed)
+                )
+            self.uniforms_BT[slots_G] = self._on_device(drawn_GT)
+            self.drawn_B[slots_G] = 1
+            uniforms_G = self.uniforms_BT[slots_G, 0]
+        logits_GV = last_V.expand(len(rows), -1)
+        self.next_B[slots_G] = sample_next(logits_GV, self.sampling, uniforms_G)
+
+    def _on_device(self, values: list[int] | torch.Tensor) -> torch.Tensor:
+        """``values`` on the slots' device, copied without waiting for the steps queued before
+        (from pinned memory on CUDA)."""
+        host = torch.as_tensor(values)
+        if self.device.type == "cuda":
+            host = host.pin_memory()
+        return host.to(self.device, non_blocking=True)
 
     def advance(self) -> list[tuple[int, Completion]]:
         """Queue the read of every slot's next token and the step after it (where a row goes

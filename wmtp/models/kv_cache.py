@@ -12,7 +12,7 @@ A ``Decoder`` keeps one position for all its rows (a prompt prefilled once). On 
 and replayed from CUDA graphs captured once per model and shape, then reused by every later
 decoder of that shape. Its rows may each sit at their own position, held on the device
 (``step_rows``): rows that advance by different numbers of tokens (batched speculative
-decoding's) or that start at different times (continuous batching: ``load_row`` copies a freshly
+decoding's) or that start at different times (continuous batching: ``load_rows`` copies a freshly
 prefilled prompt into a freed row), with nothing read back to the host between steps.
 Decoding loops chain their steps (``chain_rows``): each step's tail writes the tokens the next
 step feeds and moves every row's position inside the step's own graph, so a decoding step is one
@@ -618,7 +618,7 @@ class StaticDecoder(Decoder):
         self.cuda_graphs = cuda_graphs and next(model.parameters()).device.type == "cuda"
         self.compiled = compiled
         self.prefix = prefix
-        """A decoder that only forwards prompts, to be copied into another's rows (``load_row``):
+        """A decoder that only forwards prompts, to be copied into another's rows (``load_rows``):
         its own step state, so it never takes over the caches of a decoder of the same shape."""
         self._fused = None if fused is False else fused_projections(model, force=bool(fused))
         super().__init__(model, batch_size, max_len, kept_heads)
@@ -750,16 +750,18 @@ class StaticDecoder(Decoder):
         self._check_room(S, heads, start=0)
         return self._replay(self.fed(S), self._step_of(heads, tail), inputs)
 
-    def load_row(self, row: int, prefix: Decoder) -> None:
-        """Row ``row``'s caches from the first ``prefix.length`` positions of ``prefix``'s only
-        row (a prompt's forward, made once and copied into each row that continues it). Later
-        positions keep what they held: the causal mask hides them until a step writes them."""
+    def load_rows(self, rows_G: torch.Tensor, prefix: Decoder) -> None:
+        """Rows ``rows_G`` (a device tensor of row indices) take their caches from the first
+        ``prefix.length`` positions of ``prefix``'s only row (a prompt's forward, made once and
+        copied into each row that continues it): one copy per cache tensor for all of them.
+        Later positions keep what they held: the causal mask hides them until a step writes
+        them."""
         self._check_owner()
         assert prefix.kept_heads == self.kept_heads, (prefix.kept_heads, self.kept_heads)
         n = prefix.length
         for mine, theirs in zip(self.caches(), prefix.caches(), strict=True):
-            mine.k_BSKD[row, :n].copy_(theirs.k_BSKD[0, :n])
-            mine.v_BSKD[row, :n].copy_(theirs.v_BSKD[0, :n])
+            mine.k_BSKD[rows_G, :n] = theirs.k_BSKD[0, :n]
+            mine.v_BSKD[rows_G, :n] = theirs.v_BSKD[0, :n]
 
     def _step_of(self, heads: list[int] | None, tail: StepTail | None = None) -> _Step:
         """The decoding step that makes ``heads``' logits (default: the kept heads'), or the
