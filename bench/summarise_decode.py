@@ -174,6 +174,15 @@ def markdown(s: dict) -> str:
             f"(datasheet {bandwidth.get('datasheet_tb_per_s')}); a plain step reads "
             f"{bandwidth.get('weight_bytes_per_step')} bytes of weights.",
         ]
+    sides = dig(s, "peers", "sides") or {}
+    ranged = {n: f for n, f in sides.items() if f"batch{s['batch']}_tokens_per_s_range" in f}
+    if ranged:
+        key = f"batch{s['batch']}_tokens_per_s"
+        spans = ", ".join(
+            f"{name} {f[key]:,.0f} ({f[key + '_range'][0]:,.0f}-{f[key + '_range'][1]:,.0f})"
+            for name, f in ranged.items()
+        )
+        lines += ["", f"Batch {s['batch']}, tokens/s: the median of the timed calls (their range): {spans}."]
     for label, key in (
         ("trained, greedy", "trained_acceptance_by_head"),
         ("trained, sampled", "sampled_trained_acceptance_by_head"),

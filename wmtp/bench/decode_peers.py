@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import statistics
 import sys
 from collections.abc import Callable
 
 import torch
 
-from wmtp.bench.timing import wall_seconds
+from wmtp.bench.timing import wall_seconds_repeated
 from wmtp.eval.generate import Sampling, StopRule, generate, next_token_view
 from wmtp.models.args import HBM_TB_PER_S, datasheet
 
@@ -126,7 +127,8 @@ def peer_figures(
     sampling: Sampling,
 ) -> dict:
     """tokens/s of wmtp's ``generate`` and of each Hugging Face peer at batch 1 (greedy) and at
-    ``batch`` rows of ``prompt`` (``sampling``), each after one warm-up call."""
+    ``batch`` rows of ``prompt`` (``sampling``): each the median of ``TIMED_CALLS`` calls after
+    a warm-up call (``_side_figures``)."""
     device = next(model.parameters()).device
     never = StopRule(lambda ids: "", stop=(), eos_id=None)
 
@@ -168,16 +170,32 @@ def peer_figures(
     return {"batch": batch, "sampling": dataclasses.asdict(sampling), "sides": out}
 
 
+TIMED_CALLS = 3
+"""Timed calls per side and batch after the warm-up: the figure is their median."""
+
+
 def _side_figures(side, device, new_tokens: int, batch: int, sampling: Sampling) -> dict:
-    """tokens/s of one side at batch 1 (greedy) and ``batch`` rows (``sampling``), each
-    timed after one warm-up call (cache allocation, compilation, CUDA graph capture)."""
+    """tokens/s of one side at batch 1 (greedy) and ``batch`` rows (``sampling``): the median
+    of ``TIMED_CALLS`` calls after one warm-up call (cache allocation, compilation, CUDA graph
+    capture), and their range."""
     figures = {}
     for label, rows, drawn in (("batch1", 1, Sampling()), (f"batch{batch}", batch, sampling)):
         call = side(rows, drawn)
         call()
-        _, seconds = wall_seconds(device, call)
-        figures[f"{label}_tokens_per_s"] = round(rows * new_tokens / seconds, 2)
+        figures |= rates(
+            label, rows * new_tokens, wall_seconds_repeated(device, call, TIMED_CALLS)[1]
+        )
     return figures
+
+
+def rates(label: str, tokens: int, seconds: list[float]) -> dict:
+    """``<label>_tokens_per_s`` (the median call's) and ``<label>_tokens_per_s_range`` (the
+    slowest and the fastest call's) of calls that each made ``tokens`` tokens."""
+    per_s = sorted(tokens / s for s in seconds)
+    return {
+        f"{label}_tokens_per_s": round(statistics.median(per_s), 2),
+        f"{label}_tokens_per_s_range": [round(per_s[0], 2), round(per_s[-1], 2)],
+    }
 
 
 CallMaker = Callable[[torch.Tensor, int, Sampling], Callable[[], object]]
@@ -229,4 +247,4 @@ def kept_static_cache_call(
     return call
 
 
-__all__ = ["bandwidth_figures", "copy_bandwidth", "peer_figures", "weight_bytes_per_step"]
+__all__ = ["bandwidth_figures", "copy_bandwidth", "peer_figures", "rates", "weight_bytes_per_step"]

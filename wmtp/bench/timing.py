@@ -92,6 +92,20 @@ def wall_seconds(device: torch.device, call: Callable[[], object]) -> tuple[obje
     return out, time.perf_counter() - start
 
 
+def wall_seconds_repeated(
+    device: torch.device, call: Callable[[], object], repeats: int
+) -> tuple[object, list[float]]:
+    """``(the last call's result, the seconds of each of ``repeats`` calls)``, each timed by
+    :func:`wall_seconds`: a whole generation's time moves from one call to the next (a host
+    loop between steps: by 10% and more for Hugging Face ``generate``), so a figure is the
+    median of several, their range beside it."""
+    seconds = []
+    for _ in range(repeats):
+        out, took = wall_seconds(device, call)
+        seconds.append(took)
+    return out, seconds
+
+
 def memory_added_gib(fn: Callable[[], object]) -> float:
     """Peak CUDA memory allocated while ``fn`` runs, in GiB, above what was allocated before: a
     kernel's working memory (``wmtp bench attention``). Training steps report

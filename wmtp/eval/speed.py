@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from wmtp.bench import decode_peers
-from wmtp.bench.timing import wall_seconds
+from wmtp.bench.timing import wall_seconds, wall_seconds_repeated
 from wmtp.eval.generate import Sampling, StopRule, generate
 from wmtp.eval.speculative import (
     GREEDY,
@@ -154,8 +154,9 @@ def speculative_peer_figures(
 ) -> dict:
     """Batched speculative decoding beside plain decoding's peer figures (``plain``: wmtp's
     side of ``decode_peers.peer_figures``): tokens/s at batch 1 (greedy) and at ``batch`` rows
-    of ``prompt`` (``sampling``, each row accepting its own drafts), each after one warm-up
-    call, with the acceptance of the batched run and the ratio to plain decoding's figure."""
+    of ``prompt`` (``sampling``, each row accepting its own drafts), timed as the peers are
+    (``decode_peers.rates``), with the acceptance of the batched run and the ratio to plain
+    decoding's figure."""
     device = next(model.parameters()).device
     figures: dict[str, object] = {}
     for label, rows, drawn in (("batch1", 1, GREEDY), (f"batch{batch}", batch, sampling)):
@@ -168,9 +169,9 @@ def speculative_peer_figures(
             )  # fmt: skip
 
         call()  # warm-up: step states, compilation, CUDA graph capture
-        (_, row_stats), seconds = wall_seconds(device, call)
-        tokens_per_s = round(rows * new_tokens / seconds, 2)
-        figures[f"{label}_tokens_per_s"] = tokens_per_s
+        (_, row_stats), seconds = wall_seconds_repeated(device, call, decode_peers.TIMED_CALLS)
+        figures |= decode_peers.rates(label, rows * new_tokens, seconds)
+        tokens_per_s = figures[f"{label}_tokens_per_s"]
         figures[f"{label}_ratio_vs_wmtp"] = round(tokens_per_s / plain[f"{label}_tokens_per_s"], 3)
     total = SpeculativeStats.of_batch(row_stats)
     figures[f"batch{batch}_acceptance_rate"] = round(total.acceptance_rate, 4)
