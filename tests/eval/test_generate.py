@@ -213,6 +213,16 @@ def test_a_sampled_rows_tokens_depend_only_on_its_seed():
     )
 
 
+def _rows_of_few_prompts() -> list[Row]:
+    """Rows as an evaluation makes them: several samples of each prompt, limits apart."""
+    rule = StopRule(letters)
+    return [
+        *(Row(PROMPTS[0], rule, 6 + s, seed=s) for s in range(4)),
+        Row(PROMPTS[2], rule, 5, seed=11),
+        *(Row(PROMPTS[1], rule, 3 + 2 * s, seed=20 + s) for s in range(5)),
+    ]
+
+
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_rows_of_one_prompt_starting_together_decode_as_each_row_alone(temperature):
     """An evaluation's ``n_samples`` rows of one prompt take free slots together (one copy of
@@ -221,17 +231,26 @@ def test_rows_of_one_prompt_starting_together_decode_as_each_row_alone(temperatu
     alone, with its own seed and limit."""
     model = make_tiny_model()
     sampling = Sampling(temperature=temperature, top_p=0.9)
-    rule = StopRule(letters)
-    rows = [
-        *(Row(PROMPTS[0], rule, 6 + s, seed=s) for s in range(4)),
-        Row(PROMPTS[2], rule, 5, seed=11),
-        *(Row(PROMPTS[1], rule, 3 + 2 * s, seed=20 + s) for s in range(5)),
-    ]
+    rows = _rows_of_few_prompts()
     alone = [decode_rows(model, [row], slots=1, sampling=sampling)[0].tokens for row in rows]
     for slots in (3, 6, len(rows)):
         together = decode_rows(model, rows, slots=slots, sampling=sampling)
         assert [o.tokens for o in together] == alone, slots
     assert len({tuple(t) for t in alone[:4]}) > 1 or sampling.greedy  # seeds differ
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_rows_starting_together_decode_the_eager_tokens():
+    """On a GPU: rows of one prompt started together (written into the slots the captured
+    steps read) decode, greedy and sampled, the tokens of the same steps run uncaptured at the
+    same batch (the CPU test holds those to each row decoded alone)."""
+    model = make_tiny_model().cuda()
+    rows = _rows_of_few_prompts()
+    for sampling in (Sampling(), Sampling(temperature=1.0, top_p=0.9)):
+        for slots in (3, len(rows)):
+            eager = decode_rows(model, rows, slots=slots, sampling=sampling, cuda_graphs=False)
+            graphed = decode_rows(model, rows, slots=slots, sampling=sampling, compiled=False)
+            assert [g.tokens for g in graphed] == [e.tokens for e in eager], (sampling, slots)
 
 
 def test_rows_of_no_tokens_end_at_once():
