@@ -342,9 +342,8 @@ def decode(
         bool,
         typer.Option(
             help="Also Hugging Face generate of the same shape (dynamic cache; on CUDA a static "
-            "cache compiled by generate, new or kept across calls) against wmtp's generate, at batch 1 "
-            "and at "
-            "--batch sampled rows."
+            "cache compiled by generate, new or kept across calls) against wmtp's generate, at "
+            "batch 1 and at --batch sampled rows; each side the median of three timed calls."
         ),
     ] = False,
     batch: Annotated[int, typer.Option(min=1, help="Rows of the batched comparison.")] = 20,
