@@ -481,8 +481,7 @@ class _Slots:
                 self.model, 1, len(prompt), [1], cuda_graphs=slots.cuda_graphs, compiled=False,
                 fused=slots.fused, prefix=True,
             )  # fmt: skip
-            pinned = self.device.type == "cuda"  # copied without waiting for the queued steps
-            tokens_1S = torch.tensor([prompt], pin_memory=pinned).to(self.device, non_blocking=True)
+            tokens_1S = self._on_device([prompt])
             last_V = prefix.prefill(tokens_1S, heads=[1], last=True)[0, -1, 0]
             self._prefix = (key, prefix, last_V)
             self.tally.prompts_forwarded += 1
