@@ -30,10 +30,10 @@ def dig(data: dict, *keys: str):
     return data
 
 
-def best_hf(peers: dict) -> tuple[str | None, dict | None]:
-    """The Hugging Face side with the most tokens/s at the batched size."""
-    batch = peers.get("batch")
-    key = f"batch{batch}_tokens_per_s"
+def best_hf(peers: dict, label: str) -> tuple[str | None, dict | None]:
+    """The Hugging Face side with the most tokens/s at ``label`` (``batch1``, ``batch20``):
+    each batch size against its own best side."""
+    key = f"{label}_tokens_per_s"
     measured = {
         name: figures
         for name, figures in (peers.get("sides") or {}).items()
@@ -58,7 +58,8 @@ def summarise(folder: Path) -> dict:
     trained_sampled = load(folder, "decode_trained_sampled.json")
     peers = load(folder, "decode_1b_peers.json").get("peers") or one_b.get("peers") or {}
     batch = peers.get("batch")
-    hf_name, hf = best_hf(peers)
+    hf_name, hf = best_hf(peers, f"batch{batch}")
+    hf1_name, hf1 = best_hf(peers, "batch1")
     wmtp = dig(peers, "sides", "wmtp") or {}
     speculative = dig(peers, "sides", "wmtp_speculative") or {}
     batched = f"batch{batch}_tokens_per_s"
@@ -74,9 +75,7 @@ def summarise(folder: Path) -> dict:
         "fused_projections_ratio": ratio_of(one_b, "plain"),
         "fused_projections_speculative_ratio": ratio_of(one_b, "speculative"),
         "speculative_speedup_agreeing": dig(one_b, "agreeing_heads", "speculative", "speedup"),
-        "speculative_speedup_agreeing_7b": dig(
-            seven_b, "agreeing_heads", "speculative", "speedup"
-        ),
+        "speculative_speedup_agreeing_7b": dig(seven_b, "agreeing_heads", "speculative", "speedup"),
         "tokens_per_forward_agreeing": dig(
             one_b, "agreeing_heads", "speculative", "tokens_per_forward"
         ),
@@ -100,9 +99,10 @@ def summarise(folder: Path) -> dict:
         "batch20_ratio_vs_hf": (
             wmtp[batched] / hf[batched] if hf and wmtp.get(batched) and batch == 20 else None
         ),
+        "batch1_best_hf": hf1_name,
         "batch1_ratio_vs_hf": (
-            wmtp["batch1_tokens_per_s"] / hf["batch1_tokens_per_s"]
-            if hf and wmtp.get("batch1_tokens_per_s")
+            wmtp["batch1_tokens_per_s"] / hf1["batch1_tokens_per_s"]
+            if hf1 and wmtp.get("batch1_tokens_per_s")
             else None
         ),
         "batch_speculative_ratio_vs_plain": speculative.get(f"batch{batch}_ratio_vs_wmtp"),
@@ -148,7 +148,7 @@ def markdown(s: dict) -> str:
         ("speculative sampling / plain sampling, agreeing heads", _f(s["sampled_speedup_agreeing"], ".2f", "x")),
         ("speculative sampling / plain sampling, the trained model", _f(s["sampled_speedup_trained"], ".2f", "x")),
         (f"wmtp / best HF generate{f' ({best})' if (best := s['batch_best_hf']) else ''}, batch {s['batch'] or 20} sampled", _f(s["batch20_ratio_vs_hf"], ".2f", "x")),
-        ("wmtp / best HF generate, batch 1 greedy", _f(s["batch1_ratio_vs_hf"], ".2f", "x")),
+        (f"wmtp / best HF generate{f' ({best})' if (best := s['batch1_best_hf']) else ''}, batch 1 greedy", _f(s["batch1_ratio_vs_hf"], ".2f", "x")),
         (f"batched speculative / plain sampling, batch {s['batch'] or 20}", _f(s["batch_speculative_ratio_vs_plain"], ".2f", "x")),
         ("HumanEval 164 x 20 x 512: generation (s)", _f(s["humaneval_n20_generation_s"], ".1f")),
         ("... checking, after generation (s; checks overlap generation)", _f(s["humaneval_n20_check_s"], ".1f")),
@@ -182,7 +182,10 @@ def markdown(s: dict) -> str:
             f"{name} {f[key]:,.0f} ({f[key + '_range'][0]:,.0f}-{f[key + '_range'][1]:,.0f})"
             for name, f in ranged.items()
         )
-        lines += ["", f"Batch {s['batch']}, tokens/s: the median of the timed calls (their range): {spans}."]
+        lines += [
+            "",
+            f"Batch {s['batch']}, tokens/s: the median of the timed calls (their range): {spans}.",
+        ]
     for label, key in (
         ("trained, greedy", "trained_acceptance_by_head"),
         ("trained, sampled", "sampled_trained_acceptance_by_head"),

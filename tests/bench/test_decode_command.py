@@ -212,3 +212,19 @@ def test_the_decode_summariser_reads_every_figure_it_finds(tmp_path):
         f"hf_dynamic_cache {hf['batch20_tokens_per_s']:,.0f} ({slowest:,.0f}-{fastest:,.0f})"
         in ranges
     )
+    # a second side, faster at batch 1 and slower at batch 20: each batch size has its own best
+    faster_alone = hf | {
+        "batch1_tokens_per_s": 2 * hf["batch1_tokens_per_s"],
+        "batch20_tokens_per_s": hf["batch20_tokens_per_s"] / 2,
+    }
+    peers_file["peers"]["sides"]["hf_faster_alone"] = faster_alone
+    (tmp_path / "decode_1b_peers.json").write_text(json.dumps(peers_file))
+    subprocess.run([sys.executable, script, "--results", str(tmp_path)], check=True)
+    summary = json.loads((tmp_path / "h200_decode.json").read_text())
+    assert (summary["batch_best_hf"], summary["batch1_best_hf"]) == (
+        "hf_dynamic_cache",
+        "hf_faster_alone",
+    )
+    assert summary["batch20_ratio_vs_hf"] == expected
+    wmtp_alone = sides["wmtp"]["batch1_tokens_per_s"]
+    assert summary["batch1_ratio_vs_hf"] == wmtp_alone / faster_alone["batch1_tokens_per_s"]

@@ -94,19 +94,67 @@ def test_top_p_keeps_the_nucleus_with_renormalised_probabilities():
 def test_a_draw_inverts_the_nucleus_distribution_at_its_uniform():
     """Uniforms spread evenly over [0, 1) land on each token in proportion to its probability
     in ``next_token_probs`` (the distribution in vocabulary order, written independently), to
-    within one uniform's step; temperatures and nuclei of several sizes, rows of their own."""
+    within one uniform's step; temperatures and nuclei of several sizes, rows of their own.
+    bf16 logits (a decoding step's), many of them tied, as well as fp32: the nucleus is sorted
+    by the logits, ``next_token_probs`` sorts the fp32 probabilities."""
     from wmtp.eval.generate import next_token_probs
 
     torch.manual_seed(0)
     logits_V = torch.randn(200) * 3
     n = 20_000
     uniforms_N = (torch.arange(n, dtype=torch.float64) + 0.5) / n
-    for sampling in [Sampling(0.7, 0.8), Sampling(1.0, 0.3), Sampling(0.2, 0.95), Sampling(1.5)]:
-        draws_N = sample_next(logits_V.expand(n, -1), sampling, uniforms_N)
+    samplings = [Sampling(0.7, 0.8), Sampling(1.0, 0.3), Sampling(0.2, 0.95), Sampling(1.5)]
+    assert len(logits_V.bfloat16().unique()) < 200  # ties among the bf16 logits
+    for dtype, sampling in itertools.product([torch.float32, torch.bfloat16], samplings):
+        draws_N = sample_next(logits_V.to(dtype).expand(n, -1), sampling, uniforms_N)
         freq_V = torch.bincount(draws_N, minlength=200).double() / n
-        expected_V = next_token_probs(logits_V, sampling).double()
+        expected_V = next_token_probs(logits_V.to(dtype), sampling).double()
         assert (freq_V[expected_V == 0] == 0).all()
         torch.testing.assert_close(freq_V, expected_V, atol=2.0 / n, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(5,), (3, 128), (2, 3, 300), (4, 0, 257), (0,)])
+def test_running_sum_is_the_cumulative_sum(shape):
+    """The running sum sampling inverts (triangular products, block by block) equals torch's
+    cumulative sum: lengths under, at and past a block, leading dimensions, empty ones; in
+    fp64 to rounding, in fp32 to fp32's."""
+    from wmtp.eval.generate import running_sum
+
+    x = torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(running_sum(x), x.cumsum(-1))
+    torch.testing.assert_close(running_sum(x.float()), x.cumsum(-1).float())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled GPU steps need a GPU")
+def test_gpu_steps_of_20_sampled_rows_over_32k_tokens_choose_them_inside_the_step(caplog):
+    """The peers' and an evaluation's batch: 20 rows sampled over Llama-2's 32k-token
+    vocabulary, with and without a nucleus, plain and self-speculative. Every step's choice
+    of tokens compiles into the step: torch 2.11's split scan of 20 long rows failed to
+    compile there, and the choice ran eagerly after the step (2026-12-04)."""
+    import dataclasses
+
+    from tests.eval.tests_eval_helpers import tiny_args
+    from wmtp.eval.speculative import speculative_generate_batch
+    from wmtp.models.kv_cache import KV_BLOCK
+    from wmtp.models.llama_mtp import LlamaMTP
+
+    torch.manual_seed(0)
+    args = dataclasses.replace(tiny_args(vocab_size=32000), dim=64, max_seq_len=2 * KV_BLOCK)
+    model = LlamaMTP(args, "sdpa")
+    model.reset_parameters(std=0.3)
+    model = model.eval().cuda()
+    prompt = torch.randint(3, 32000, (40,), generator=torch.Generator().manual_seed(1)).tolist()
+    rule = StopRule(letters)
+    for sampling in (Sampling(0.2, 0.95), Sampling(0.2)):
+        with caplog.at_level("WARNING", logger="wmtp.models.kv_cache"):
+            rows = [Row(prompt, rule, 8, seed=s) for s in range(20)]
+            plain = decode_rows(model, rows, slots=20, sampling=sampling)
+            speculative_generate_batch(
+                model, [prompt] * 20, rule, max_new_tokens=8, sampling=sampling,
+                generator=torch.Generator(device="cuda").manual_seed(0),
+            )  # fmt: skip
+        assert "cannot compile" not in caplog.text, sampling
+        assert all(len(p.tokens) == 8 for p in plain)
 
 
 def test_sampling_is_reproducible_with_a_seeded_generator():

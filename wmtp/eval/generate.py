@@ -39,6 +39,32 @@ class Sampling:
         return self.temperature == 0
 
 
+SCAN_BLOCK = 128
+"""``running_sum`` sums blocks of this many entries, then the blocks' totals."""
+
+
+def running_sum(x_V: torch.Tensor) -> torch.Tensor:
+    """The cumulative sum over the last dimension, as two matrix products with triangles of
+    ones: the running sums within blocks of ``SCAN_BLOCK`` entries, then the sum of the blocks
+    before each. No scan: ``torch.compile`` (2.11, CUDA) fails on a decoding step's scans of
+    20 rows x 32k probabilities (a split scan: ``TypeError``; blocked scans: ``View``), and the
+    step's choice of tokens then ran eagerly after its CUDA graph (one H200, 2026-12-04).
+    In fp64, whatever the TF32 setting: products of ones at least as exact as an fp32 scan."""
+    V = x_V.shape[-1]
+    x64_V = x_V.double()
+    blocks_VB = torch.nn.functional.pad(x64_V, (0, -V % SCAN_BLOCK)).unflatten(-1, (-1, SCAN_BLOCK))
+    within_VB = blocks_VB @ _ones_up_to(SCAN_BLOCK, x64_V, diagonal=0)
+    totals_V = within_VB[..., -1]
+    before_V = totals_V @ _ones_up_to(totals_V.shape[-1], x64_V, diagonal=1)
+    return (within_VB + before_V[..., None]).flatten(-2)[..., :V].to(x_V.dtype)
+
+
+def _ones_up_to(n: int, like: torch.Tensor, diagonal: int) -> torch.Tensor:
+    """``[n, n]`` ones on and above ``diagonal`` (0: the diagonal's too), zeros below: a row
+    vector times it sums, at each column, the entries up to that column (1: before it)."""
+    return torch.ones(n, n, dtype=like.dtype, device=like.device).triu(diagonal)
+
+
 def next_token_probs(logits_V: torch.Tensor, sampling: Sampling) -> torch.Tensor:
     """The distribution a sampled token is drawn from, over the last dimension of ``logits_V``
     (any leading dimensions): softmax at ``temperature``, cut to the top-p nucleus (the smallest
@@ -48,7 +74,7 @@ def next_token_probs(logits_V: torch.Tensor, sampling: Sampling) -> torch.Tensor
     probs_V = torch.softmax(logits_V.float() / sampling.temperature, dim=-1)
     if sampling.top_p < 1.0:
         sorted_V, order_V = probs_V.sort(dim=-1, descending=True)
-        mass_before_V = sorted_V.cumsum(dim=-1) - sorted_V
+        mass_before_V = running_sum(sorted_V) - sorted_V
         sorted_V = sorted_V.masked_fill(mass_before_V >= sampling.top_p, 0.0)
         sorted_V = sorted_V / sorted_V.sum(dim=-1, keepdim=True)  # before the scatter: Inductor
         # (torch 2.11, CUDA) fails to compile the sum of a scattered tensor
@@ -72,8 +98,11 @@ def sample_next(
     probs_BV = torch.softmax(logits_BV.float() / sampling.temperature, dim=-1)
     order_BV = None
     if sampling.top_p < 1.0:
-        probs_BV, order_BV = probs_BV.sort(dim=-1, descending=True)
-    cdf_BV = probs_BV.cumsum(dim=-1)
+        # sorted by the logits in their own dtype: the probabilities' order (a softmax keeps
+        # it), and under bf16 half the radix sort's passes of sorting the fp32 probabilities
+        order_BV = logits_BV.argsort(dim=-1, descending=True)
+        probs_BV = probs_BV.gather(-1, order_BV)
+    cdf_BV = running_sum(probs_BV)
     # the nucleus's last token: every token whose mass before it is under top_p is in it (all
     # of them at top_p = 1, whatever the rounding of their sum)
     under = sampling.top_p if order_BV is not None else math.inf
@@ -523,5 +552,6 @@ __all__ = [
     "generate",
     "next_token_probs",
     "next_token_view",
+    "running_sum",
     "sample_next",
 ]

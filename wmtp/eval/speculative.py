@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from wmtp.eval.generate import Completion, Sampling, StopRule, next_token_probs
+from wmtp.eval.generate import Completion, Sampling, StopRule, next_token_probs, running_sum
 from wmtp.models.kv_cache import Chained
 
 GREEDY = Sampling()
@@ -426,7 +426,7 @@ def draw(weights_BGV: torch.Tensor, uniforms_BG: torch.Tensor) -> torch.Tensor:
     a token of weight 0 is never drawn (G may be 0). Speculative sampling needs distributions in
     vocabulary order (its ratios and residuals); plain sampling inverts the sorted nucleus
     instead (``wmtp.eval.generate.sample_next``), with no distribution written back."""
-    cdf_BGV = weights_BGV.cumsum(dim=-1)
+    cdf_BGV = running_sum(weights_BGV)
     total_BG1 = cdf_BGV[..., -1:]
     # the last token with weight: the first whose cumulative sum reaches the total (a draw of
     # u * total that rounds up to the total lands there, not on the zero weights after it)
