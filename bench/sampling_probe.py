@@ -5,10 +5,9 @@ as ``wmtp bench decode --peers`` reports them). One GPU; prints one JSON line.
 
     python3 bench/sampling_probe.py LABEL
 
-LABEL names the run; ``fp32sort`` times the nucleus sorted by its fp32 probabilities (the
-code before 2026-12-04's bf16 sort) in place of ``sample_next``. For an earlier package beside
-this one, in one call: ``PYTHONPATH=DIR:$PYTHONPATH python3 -P bench/sampling_probe.py before``
-(DIR/wmtp from ``git archive REV wmtp | tar -x -C DIR``)."""
+LABEL names the run. An earlier package beside this one, in the same call:
+``PYTHONPATH=DIR:$PYTHONPATH python3 -P bench/sampling_probe.py before`` (DIR/wmtp from
+``git archive REV wmtp | tar -x -C DIR``)."""
 
 import json
 import sys
@@ -22,34 +21,12 @@ from wmtp.eval.generate import Sampling, StopRule, generate
 from wmtp.eval.speed import model_from_flavour, random_prompts
 
 label = sys.argv[1]
-if label == "fp32sort":  # the nucleus sorted by its fp32 probabilities, as before
-    import math
-
-    import wmtp.eval.generate as g
-
-    def sample_next(logits_BV, sampling, uniforms_B=None):
-        if sampling.greedy:
-            return logits_BV.argmax(dim=-1)
-        probs_BV = torch.softmax(logits_BV.float() / sampling.temperature, dim=-1)
-        order_BV = None
-        if sampling.top_p < 1.0:
-            probs_BV, order_BV = probs_BV.sort(dim=-1, descending=True)
-        cdf_BV = g.running_sum(probs_BV)
-        under = sampling.top_p if order_BV is not None else math.inf
-        last_B1 = (cdf_BV < under).sum(dim=-1, keepdim=True).clamp_(max=cdf_BV.shape[-1] - 1)
-        at_B1 = uniforms_B[:, None].to(cdf_BV.dtype) * cdf_BV.gather(-1, last_B1)
-        drawn_B1 = torch.searchsorted(cdf_BV, at_B1, right=True).clamp_(max=last_B1)
-        return (drawn_B1 if order_BV is None else order_BV.gather(-1, drawn_B1)).squeeze(-1)
-
-    g.sample_next = sample_next
 device = torch.device("cuda")
 model = model_from_flavour("llama-1b-bench", n_future_tokens=4, dtype="bfloat16", device="cuda")
 prompt = random_prompts(32000, 1, 256)[0]
 never = StopRule(lambda ids: "", stop=(), eos_id=None)
 out = {"label": label, "wmtp": wmtp.__file__}
-cases = [(20, Sampling(0.2, 0.95)), (20, Sampling(0.2, 1.0))]
-if label != "fp32sort":
-    cases += [(20, Sampling()), (1, Sampling())]
+cases = [(20, Sampling(0.2, 0.95)), (20, Sampling(0.2, 1.0)), (20, Sampling()), (1, Sampling())]
 with torch.inference_mode():
     for rows, s in cases:
         gen = None if s.greedy else torch.Generator(device=device).manual_seed(0)

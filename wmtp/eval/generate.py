@@ -99,7 +99,7 @@ def sample_next(
     order_BV = None
     if sampling.top_p < 1.0:
         # sorted by the logits in their own dtype: the probabilities' order (a softmax keeps
-        # it), and under bf16 half the radix sort's passes of sorting the fp32 probabilities
+        # it), with 16-bit keys under bf16 where the probabilities are 32-bit
         order_BV = logits_BV.argsort(dim=-1, descending=True)
         probs_BV = probs_BV.gather(-1, order_BV)
     cdf_BV = running_sum(probs_BV)
