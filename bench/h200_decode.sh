@@ -31,6 +31,11 @@
 #                   (DIR/wmtp: an earlier package, carried; `git archive REV wmtp | tar -x -C DIR`)
 #                   and with this checkout's, one after the other in this call ($OUT/ab/): across
 #                   calls the same code's speculative figure moves by more than most changes
+#   attention_ab    whole decoding calls (bench/decode_probe.py --long: batch 20 sampled and
+#                   greedy, batch 1, short and context-filling prompts) with the compiled step's
+#                   attention as shipped (FlexAttention over each row's blocks), as sdpa over the
+#                   whole cache, and as two matrix products Inductor fuses, one process each
+#                   ($OUT/attention_{flex,sdpa,math}.json)
 # Then always: bench/summarise_decode.py -> $OUT/h200_decode.json, h200_decode.md.
 set -u
 source bench/device_setup.sh || exit 1
@@ -64,6 +69,13 @@ stage_cuda_tests() {
     tests/eval/test_generate.py tests/models/test_kv_cache.py tests/eval/test_speculative.py \
     -k "cuda or gpu or captured"
   cp "$LOG_DIR/cuda_tests.log" "$OUT/cuda_tests.log"
+}
+stage_attention_ab() {
+  local kind
+  for kind in flex sdpa math; do
+    step "attention_$kind" 200 python3 bench/decode_probe.py "$kind" --attention "$kind" --long
+    grep "^{" "$LOG_DIR/attention_$kind.log" | tail -1 > "$OUT/attention_$kind.json"
+  done
 }
 stage_profile() {
   mkdir -p "$WORK/profile"

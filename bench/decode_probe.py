@@ -1,0 +1,126 @@
+"""Whole decoding calls timed in one process: ``generate`` of ``llama-1b-bench`` (random
+weights, 256 new tokens) at 20 rows sampled at 0.2 with top-p 0.95 and without, 20 rows greedy
+and 1 row greedy, from one 256-token prompt; with ``--long`` also 1 row and 20 sampled rows
+from a prompt that fills the context with the new tokens (1,792 tokens: a 2,048-position
+cache). Five timed calls each after a warm-up
+(their median and range as ``wmtp bench decode --peers`` reports them). One GPU; prints one
+JSON line, and each figure to stderr as it is measured.
+
+    python3 bench/decode_probe.py LABEL [--attention flex|sdpa|math] [--long]
+    python3 bench/decode_probe.py dry --device cpu --flavour tiny --prompt-len 8 --new-tokens 4
+
+``--attention``: the compiled step's attention over the cache (``kv_cache.row_attention``,
+replaced in this process only): ``flex`` as shipped (FlexAttention, each row's filled blocks);
+``sdpa`` (sdpa with a boolean mask over the whole cache, the shipped fallback); ``math`` (two
+matrix products and a softmax over the whole cache, for Inductor to fuse; checked against the
+masked sdpa first). An earlier package beside this one, in the same call:
+``PYTHONPATH=DIR:$PYTHONPATH python3 -P bench/decode_probe.py before`` (DIR/wmtp from
+``git archive REV wmtp | tar -x -C DIR``)."""
+
+import argparse
+import json
+import sys
+
+import torch
+
+import wmtp
+import wmtp.models.kv_cache as kv_cache
+from wmtp.bench.decode_peers import rates
+from wmtp.bench.timing import wall_seconds_repeated
+from wmtp.eval.generate import Sampling, StopRule, generate
+from wmtp.eval.speed import model_from_flavour, random_prompts
+
+SHIPPED = kv_cache.row_attention
+
+
+def whole_cache(starts_B, S, keys_L, *, skip_blocks):
+    return SHIPPED(starts_B, S, keys_L, skip_blocks=False)
+
+
+def math_attention(starts_B, S, keys_L, *, skip_blocks):
+    """Every query of row b over the cache positions up to its own, each of the ``G`` query
+    heads of a key head beside the others: ``[B, K, G*S, D] @ [B, K, D, L]``, masked, softmax
+    in fp32, times the values."""
+    positions_BS = starts_B[:, None] + torch.arange(S, device=starts_B.device)
+    hidden_B1SL = (keys_L > positions_BS[:, :, None])[:, None]
+
+    def attend(q_BHSD, k_BKLD, v_BKLD):
+        B, H, S, D = q_BHSD.shape
+        K, L = k_BKLD.shape[1], k_BKLD.shape[2]
+        G = H // K
+        scores = q_BHSD.reshape(B, K, G * S, D) @ k_BKLD.transpose(-1, -2)
+        scores = scores.float().view(B, K, G, S, L) * D**-0.5
+        probs = scores.masked_fill(hidden_B1SL[:, :, None], float("-inf")).softmax(dim=-1)
+        out = probs.to(v_BKLD.dtype).view(B, K, G * S, L) @ v_BKLD
+        return out.view(B, H, S, D)
+
+    return attend
+
+
+def check(attention, device) -> float:
+    """The largest difference from the masked sdpa on random rows (bf16, GQA 16/8, 3 rows at
+    spread positions, 1 and 4 queries)."""
+    worst = 0.0
+    for S in (1, 4):
+        g = torch.Generator(device=device).manual_seed(S)
+        q, k, v = (
+            torch.randn(3, n, s, 128, generator=g, device=device, dtype=torch.bfloat16)
+            for n, s in ((16, S), (8, 512), (8, 512))
+        )
+        starts = torch.tensor([0, 200, 511 - S + 1], device=device)
+        keys = torch.arange(512, device=device)
+        want = SHIPPED(starts, S, keys, skip_blocks=False)(q, k, v)
+        got = attention(starts, S, keys, skip_blocks=True)(q, k, v)
+        worst = max(worst, (got.float() - want.float()).abs().max().item())
+    return worst
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("label")
+    parser.add_argument("--attention", choices=("flex", "sdpa", "math"), default="flex")
+    parser.add_argument("--long", action="store_true")
+    parser.add_argument("--flavour", default="llama-1b-bench")
+    parser.add_argument("--prompt-len", type=int, default=256)
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--device", default="cuda", help="cpu: a dry run of the code path")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    out = {"label": args.label, "wmtp": wmtp.__file__, "attention": args.attention}
+    if args.attention != "flex":
+        attention = whole_cache if args.attention == "sdpa" else math_attention
+        out["max_abs_diff_vs_masked_sdpa"] = check(attention, device)
+        kv_cache.row_attention = attention
+    model = model_from_flavour(
+        args.flavour, n_future_tokens=4, dtype="bfloat16", device=args.device
+    )
+    vocab, new = model.args.vocab_size, args.new_tokens
+    short = random_prompts(vocab, 1, args.prompt_len)[0]
+    cases = [
+        ("b20_t0.2_p0.95", short, 20, Sampling(0.2, 0.95)),
+        ("b20_t0.2_p1.0", short, 20, Sampling(0.2, 1.0)),
+        ("b20_t0.0_p1.0", short, 20, Sampling()),
+        ("b1_t0.0_p1.0", short, 1, Sampling()),
+    ]
+    if args.long:
+        long = random_prompts(vocab, 1, model.args.max_seq_len - new, seed=1)[0]
+        cases += [("long_b1", long, 1, Sampling()), ("long_b20", long, 20, Sampling(0.2, 0.95))]
+    never = StopRule(lambda ids: "", stop=(), eos_id=None)
+    with torch.inference_mode():
+        for key, prompt, rows, sampling in cases:
+            gen = None if sampling.greedy else torch.Generator(device=device).manual_seed(0)
+
+            def call(prompt=prompt, rows=rows, sampling=sampling, gen=gen):
+                return generate(
+                    model, [prompt] * rows, never, max_new_tokens=new, sampling=sampling,
+                    generator=gen, batch_size=rows,
+                )  # fmt: skip
+
+            call()
+            out |= rates(key, rows * new, wall_seconds_repeated(device, call, 5)[1])
+            print(args.label, key, out[f"{key}_tokens_per_s"], file=sys.stderr, flush=True)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
