@@ -6,14 +6,15 @@ cache). Five timed calls each after a warm-up
 (their median and range as ``wmtp bench decode --peers`` reports them). One GPU; prints one
 JSON line, and each figure to stderr as it is measured.
 
-    python3 bench/decode_probe.py LABEL [--attention flex|sdpa|math] [--long]
+    python3 bench/decode_probe.py LABEL [--attention flex|sdpa|math] [--kv two|one] [--long]
     python3 bench/decode_probe.py dry --device cpu --flavour tiny --prompt-len 8 --new-tokens 4
 
 ``--attention``: the compiled step's attention over the cache (``kv_cache.row_attention``,
 replaced in this process only): ``flex`` as shipped (FlexAttention, each row's filled blocks);
 ``sdpa`` (sdpa with a boolean mask over the whole cache, the shipped fallback); ``math`` (two
 matrix products and a softmax over the whole cache, for Inductor to fuse; checked against the
-masked sdpa first). An earlier package beside this one, in the same call:
+masked sdpa first). ``--kv one``: each cache's keys and values in one tensor, a plain
+block's new ones written by one ``index_put`` (``one_kv_tensor``). An earlier package beside this one, in the same call:
 ``PYTHONPATH=DIR:$PYTHONPATH python3 -P bench/decode_probe.py before`` (DIR/wmtp from
 ``git archive REV wmtp | tar -x -C DIR``)."""
 
@@ -75,10 +76,43 @@ def check(attention, device) -> float:
     return worst
 
 
+def one_kv_tensor() -> None:
+    """Every cache's keys and values as halves of one ``[B, L, 2, K, D]`` tensor, and the
+    plain blocks' new keys (RoPE applied) and values written into it by one ``index_put``
+    where two wrote them (``masked_block`` and ``KVCache`` replaced in this process only;
+    every other writer goes through the halves, which are views)."""
+
+    def init(self, batch, max_len, kv_heads, head_dim, *, dtype, device):
+        self.kv = torch.zeros(batch, max_len, 2, kv_heads, head_dim, dtype=dtype, device=device)
+        self.k_BSKD, self.v_BSKD = self.kv.unbind(2)
+        self.fused = None
+
+    def rows(self, start, count):
+        view = object.__new__(kv_cache.KVCache)
+        view.kv = self.kv[start : start + count]
+        view.k_BSKD, view.v_BSKD = view.kv.unbind(2)
+        view.fused = None
+        return view
+
+    def masked_block(block, x_BSD, rope, cache, positions_BS, attend):
+        normed = block.attention_norm(x_BSD)
+        q_BSHD, k_BSKD, v_BSKD = kv_cache._project_qkv(block, normed, rope, cache.fused)
+        rows_B1 = torch.arange(len(positions_BS), device=positions_BS.device)[:, None]
+        cache.kv[rows_B1, positions_BS] = torch.stack([k_BSKD, v_BSKD], dim=2)
+        q, k, v = (t.transpose(1, 2) for t in (q_BSHD, cache.k_BSKD, cache.v_BSKD))
+        out_BHSD = attend(q, k, v)
+        h_BSD = x_BSD + block.attention.wo(out_BHSD.transpose(1, 2).flatten(2))
+        return h_BSD + kv_cache._feed_forward(block, block.ffn_norm(h_BSD), cache.fused)
+
+    kv_cache.KVCache.__init__, kv_cache.KVCache.rows = init, rows
+    kv_cache.masked_block = masked_block
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("label")
     parser.add_argument("--attention", choices=("flex", "sdpa", "math"), default="flex")
+    parser.add_argument("--kv", choices=("two", "one"), default="two")
     parser.add_argument("--long", action="store_true")
     parser.add_argument("--flavour", default="llama-1b-bench")
     parser.add_argument("--prompt-len", type=int, default=256)
@@ -86,7 +120,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", help="cpu: a dry run of the code path")
     args = parser.parse_args()
     device = torch.device(args.device)
-    out = {"label": args.label, "wmtp": wmtp.__file__, "attention": args.attention}
+    out = {"label": args.label, "wmtp": wmtp.__file__, "attention": args.attention, "kv": args.kv}
+    if args.kv == "one":
+        one_kv_tensor()
     if args.attention != "flex":
         attention = whole_cache if args.attention == "sdpa" else math_attention
         out["max_abs_diff_vs_masked_sdpa"] = check(attention, device)
@@ -116,7 +152,9 @@ def main() -> None:
                     generator=gen, batch_size=rows,
                 )  # fmt: skip
 
-            call()
+            first = call()
+            if rows == 1:  # the greedy tokens, to hold the variants' outputs side by side
+                out[f"{key}_tokens"] = first[0].tokens[:64]
             out |= rates(key, rows * new, wall_seconds_repeated(device, call, 5)[1])
             print(args.label, key, out[f"{key}_tokens_per_s"], file=sys.stderr, flush=True)
     print(json.dumps(out))
