@@ -2,8 +2,8 @@
 weights, 256 new tokens) at 20 rows sampled at 0.2 with top-p 0.95 and without, 20 rows greedy
 and 1 row greedy, from one 256-token prompt; with ``--long`` also 1 row and 20 sampled rows
 from a prompt that fills the context with the new tokens (1,792 tokens: a 2,048-position
-cache). Five timed calls each after a warm-up
-(their median and range as ``wmtp bench decode --peers`` reports them). One GPU; prints one
+cache). Five timed calls each after a warm-up (their median and range as ``wmtp bench decode
+--peers`` reports them); the first 64 greedy tokens of each batch-1 case. One GPU; prints one
 JSON line, and each figure to stderr as it is measured.
 
     python3 bench/decode_probe.py LABEL [--attention flex|sdpa|math] [--kv two|one] [--long]
@@ -11,10 +11,10 @@ JSON line, and each figure to stderr as it is measured.
 
 ``--attention``: the compiled step's attention over the cache (``kv_cache.row_attention``,
 replaced in this process only): ``flex`` as shipped (FlexAttention, each row's filled blocks);
-``sdpa`` (sdpa with a boolean mask over the whole cache, the shipped fallback); ``math`` (two
-matrix products and a softmax over the whole cache, for Inductor to fuse; checked against the
-masked sdpa first). ``--kv one``: each cache's keys and values in one tensor, a plain
-block's new ones written by one ``index_put`` (``one_kv_tensor``). An earlier package beside this one, in the same call:
+``sdpa`` (sdpa with a boolean mask over the whole cache, the shipped fallback); ``math``
+(``math_attention``, checked against the masked sdpa first). ``--kv one``: each cache's keys
+and values in one tensor, a plain block's new ones written by one ``index_put``
+(``one_kv_tensor``). An earlier package beside this one, in the same call:
 ``PYTHONPATH=DIR:$PYTHONPATH python3 -P bench/decode_probe.py before`` (DIR/wmtp from
 ``git archive REV wmtp | tar -x -C DIR``)."""
 
@@ -39,9 +39,11 @@ def whole_cache(starts_B, S, keys_L, *, skip_blocks):
 
 
 def math_attention(starts_B, S, keys_L, *, skip_blocks):
-    """Every query of row b over the cache positions up to its own, each of the ``G`` query
-    heads of a key head beside the others: ``[B, K, G*S, D] @ [B, K, D, L]``, masked, softmax
-    in fp32, times the values."""
+    """Every query of row b over the whole cache, positions past its own masked, the ``G``
+    query heads of a key head side by side: ``[B, K, G*S, D] @ [B, K, D, L]``, softmax in fp32,
+    times the values; two matrix products and a softmax for Inductor to fuse. The scores leave
+    their product in bf16 (the shipped kernels keep them in fp32): a bound on what such an
+    attention could gain, not a candidate as it stands."""
     positions_BS = starts_B[:, None] + torch.arange(S, device=starts_B.device)
     hidden_B1SL = (keys_L > positions_BS[:, :, None])[:, None]
 
