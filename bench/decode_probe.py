@@ -21,6 +21,7 @@ and values in one tensor, a plain block's new ones written by one ``index_put``
 import argparse
 import json
 import sys
+import time
 
 import torch
 
@@ -120,6 +121,7 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=256)
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--device", default="cuda", help="cpu: a dry run of the code path")
+    parser.add_argument("--cases", default="", help="comma-separated case keys (default: all)")
     args = parser.parse_args()
     device = torch.device(args.device)
     out = {"label": args.label, "wmtp": wmtp.__file__, "attention": args.attention, "kv": args.kv}
@@ -143,6 +145,8 @@ def main() -> None:
     if args.long:
         long = random_prompts(vocab, 1, model.args.max_seq_len - new, seed=1)[0]
         cases += [("long_b1", long, 1, Sampling()), ("long_b20", long, 20, Sampling(0.2, 0.95))]
+    if args.cases:
+        cases = [case for case in cases if case[0] in args.cases.split(",")]
     never = StopRule(lambda ids: "", stop=(), eos_id=None)
     with torch.inference_mode():
         for key, prompt, rows, sampling in cases:
@@ -154,7 +158,9 @@ def main() -> None:
                     generator=gen, batch_size=rows,
                 )  # fmt: skip
 
+            began = time.perf_counter()
             first = call()
+            out[f"{key}_first_call_s"] = round(time.perf_counter() - began, 1)  # with compiling
             if rows == 1:  # the greedy tokens, to hold the variants' outputs side by side
                 out[f"{key}_tokens"] = first[0].tokens[:64]
             out |= rates(key, rows * new, wall_seconds_repeated(device, call, 5)[1])

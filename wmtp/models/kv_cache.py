@@ -577,10 +577,20 @@ def _compiled_move_rows() -> Callable[..., None]:
 
 
 @functools.cache
-def _compiled_static_step() -> Callable[..., torch.Tensor]:
+def _compiled_static_step(one_token: bool = False) -> Callable[..., torch.Tensor]:
     """``StaticDecoder._static_step`` compiled by Inductor (whole graph, static shapes), made
-    once per process: a new decoder with a known shape finds its compiled variant."""
-    return torch.compile(StaticDecoder._static_step, fullgraph=True, dynamic=False)
+    once per process: a new decoder with a known shape finds its compiled variant.
+
+    ``one_token``: for steps of one row and one token (batch-1 plain decoding), whose matrix
+    products are matrix-vector products bound by reading the weights. Coordinate-descent tuning
+    makes Inductor lower those to reductions it generates and tunes (``torch._inductor``'s
+    ``mm`` decomposition does so only with that tuning on) rather than cuBLAS calls: batch-1
+    greedy decoding of ``llama-1b-bench`` went from 1,208 to 1,342 tokens/s (2,048-token
+    context: 1,151 to 1,188), its first call from ~28 to ~52 s with a cold compile cache (one
+    H200, torch 2.11, ``bench/decode_probe.py``, 2026-12-04). Other steps keep cuBLAS and
+    untuned kernels: their products have rows to spare, and their compilation stays as fast."""
+    options = {"coordinate_descent_tuning": True} if one_token else None
+    return torch.compile(StaticDecoder._static_step, fullgraph=True, dynamic=False, options=options)
 
 
 class StaticDecoder(Decoder):
@@ -848,7 +858,7 @@ class StaticDecoder(Decoder):
         skip_blocks = self._state.skip_blocks
         with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
             try:
-                compiled = _compiled_static_step()
+                compiled = _compiled_static_step(tokens_BS.numel() == 1)
                 return compiled(self, tokens_BS, heads, tail, skip_blocks, *inputs)
             except Exception as exc:  # Inductor's, whichever kind this torch raises
                 if tail is not None:
