@@ -25,7 +25,9 @@
 #   decode_trained  that model: plain vs speculative, greedy and sampled (sampled also with eager
 #                   steps: the acceptance of the eager verification beside the captured one)
 #   humaneval       `wmtp eval` of that model: 164 problems x 20 samples x 512 tokens, wall times
-#                   (the recipe's `evaluation.batch_size`, 32 rows per step)
+#                   (the recipe's `evaluation.batch_size`, 32 rows per step; ~110 s: after
+#                   decode_model and decode_trained (~470 s) it needs a call of its own, made
+#                   while the machine is still warm, which keeps $WORK's model)
 #   humaneval_wide  the same at 128 rows per step ($OUT/humaneval_n20_b128)
 #   decode_ab       agreeing heads at llama-1b-bench and llama2-7b-mtp with the code at AB_OLD=DIR
 #                   (DIR/wmtp: an earlier package, carried; `git archive REV wmtp | tar -x -C DIR`)
@@ -65,7 +67,7 @@ stage_decode_7b() {
     --agreeing-heads --out "$OUT/decode_7b.json"
 }
 stage_cuda_tests() {
-  step cuda_tests 240 python3 -m pytest -p no:cacheprovider -q --tb=short -rA \
+  step cuda_tests 300 python3 -m pytest -p no:cacheprovider -q --tb=short -rA \
     tests/eval/test_generate.py tests/models/test_kv_cache.py tests/eval/test_speculative.py \
     -k "cuda or gpu or captured"
   cp "$LOG_DIR/cuda_tests.log" "$OUT/cuda_tests.log"
