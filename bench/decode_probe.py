@@ -16,7 +16,14 @@ replaced in this process only): ``flex`` as shipped (FlexAttention, each row's f
 and values in one tensor, a plain block's new ones written by one ``index_put``
 (``one_kv_tensor``). An earlier package beside this one, in the same call:
 ``PYTHONPATH=DIR:$PYTHONPATH python3 -P bench/decode_probe.py before`` (DIR/wmtp from
-``git archive REV wmtp | tar -x -C DIR``)."""
+``git archive REV wmtp | tar -x -C DIR``).
+
+``--tune all``: Inductor's coordinate-descent tuning for every compiled step (as shipped, only
+one-row, one-token steps). ``--small-m reduce``: a linear layer of 2 to ``SMALL_M`` rows (a
+batch-1 verify step's 4 tokens) as a multiply and a reduction over the weights' rows
+(``reduced_linear``), which Inductor generates (with ``--tune all``, tunes) where cuBLAS ran
+it. ``--speculative``: then, with the heads rigged to agree (``rig_agreeing_heads``: every
+draft accepted), self-speculative greedy decoding at batch 1 against plain, in this process."""
 
 import argparse
 import json
@@ -24,6 +31,7 @@ import sys
 import time
 
 import torch
+import torch._inductor.config
 
 import wmtp
 import wmtp.models.kv_cache as kv_cache
@@ -111,6 +119,52 @@ def one_kv_tensor() -> None:
     kv_cache.masked_block = masked_block
 
 
+SMALL_M = 8
+"""``--small-m reduce`` replaces linear layers of at most this many rows (and at least 2)."""
+
+LINEAR = torch.nn.functional.linear
+
+
+def reduced_linear(x, weight, bias=None):
+    """``F.linear`` for 2 to ``SMALL_M`` rows: ``[N, M]`` sums over each weight row of its
+    products with the rows, in fp32 (each weight read once for all M, the M outputs of one
+    weight row side by side), then transposed; anything else as ``F.linear``."""
+    rows = x.numel() // max(1, x.shape[-1])
+    if not 2 <= rows <= SMALL_M:
+        return LINEAR(x, weight, bias)
+    x_MK = x.reshape(rows, x.shape[-1]).float()
+    out_NM = (weight.float()[:, None, :] * x_MK[None]).sum(-1)
+    out = out_NM.t().reshape(*x.shape[:-1], weight.shape[0]).to(x.dtype)
+    return out if bias is None else out + bias
+
+
+def speculative_case(model, prompt, new: int, device, out: dict, label: str) -> None:
+    """Agreeing heads: self-speculative greedy decoding at batch 1 against plain (medians of 5
+    timed calls after a warm-up each), tokens per forward, into ``out``."""
+    from wmtp.eval.speculative import speculative_generate
+    from wmtp.eval.speed import rig_agreeing_heads
+
+    rig_agreeing_heads(model)
+    never = StopRule(lambda ids: "", stop=(), eos_id=None)
+
+    def plain():
+        return generate(model, [prompt], never, max_new_tokens=new, batch_size=1)
+
+    def speculative():
+        return speculative_generate(model, prompt, never, max_new_tokens=new)
+
+    firsts = {}
+    for key, call in (("agreeing_plain_b1", plain), ("agreeing_speculative_b1", speculative)):
+        firsts[key] = call()
+        out |= rates(key, new, wall_seconds_repeated(device, call, 5)[1])
+        print(label, key, out[f"{key}_tokens_per_s"], file=sys.stderr, flush=True)
+    completion, stats = firsts["agreeing_speculative_b1"]
+    out["agreeing_identical_tokens"] = completion.tokens == firsts["agreeing_plain_b1"][0].tokens
+    out["agreeing_tokens_per_forward"] = round(stats.tokens_per_forward, 3)
+    plain_rate = out["agreeing_plain_b1_tokens_per_s"]
+    out["agreeing_speedup"] = round(out["agreeing_speculative_b1_tokens_per_s"] / plain_rate, 3)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("label")
@@ -122,9 +176,17 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--device", default="cuda", help="cpu: a dry run of the code path")
     parser.add_argument("--cases", default="", help="comma-separated case keys (default: all)")
+    parser.add_argument("--tune", choices=("one_token", "all"), default="one_token")
+    parser.add_argument("--small-m", choices=("cublas", "reduce"), default="cublas")
+    parser.add_argument("--speculative", action="store_true")
     args = parser.parse_args()
     device = torch.device(args.device)
     out = {"label": args.label, "wmtp": wmtp.__file__, "attention": args.attention, "kv": args.kv}
+    out |= {"tune": args.tune, "small_m": args.small_m}
+    if args.tune == "all":
+        torch._inductor.config.coordinate_descent_tuning = True
+    if args.small_m == "reduce":
+        torch.nn.functional.linear = reduced_linear
     if args.kv == "one":
         one_kv_tensor()
     if args.attention != "flex":
@@ -165,6 +227,8 @@ def main() -> None:
                 out[f"{key}_tokens"] = first[0].tokens[:64]
             out |= rates(key, rows * new, wall_seconds_repeated(device, call, 5)[1])
             print(args.label, key, out[f"{key}_tokens_per_s"], file=sys.stderr, flush=True)
+        if args.speculative:
+            speculative_case(model, short, new, device, out, args.label)
     print(json.dumps(out))
 
 

@@ -33,6 +33,14 @@
 #                   (DIR/wmtp: an earlier package, carried; `git archive REV wmtp | tar -x -C DIR`)
 #                   and with this checkout's, one after the other in this call ($OUT/ab/): across
 #                   calls the same code's speculative figure moves by more than most changes
+#   verify_ab       batch 1 with agreeing heads (bench/decode_probe.py --speculative): plain and
+#                   self-speculative greedy as shipped, then with a verify step's 4-row products
+#                   as tuned reductions (--small-m reduce --tune all), one process each
+#                   ($OUT/verify_{shipped,reduce}.json; ~5 minutes)
+#   eval_ab         an evaluation's decoding (bench/eval_probe.py: 164 prompts x 20 sampled rows,
+#                   32 slots, llama-1b-bench random weights): where the host's time goes, what
+#                   synchronises, with this checkout's code and, with AB_OLD=DIR set, an earlier
+#                   package's, in this call ($OUT/eval_{now,before}.json; ~4 minutes)
 #   attention_ab    whole decoding calls (bench/decode_probe.py --long: batch 20 sampled and
 #                   greedy, batch 1, short and context-filling prompts), one process each: as
 #                   shipped; the compiled step's attention as two matrix products Inductor fuses
@@ -80,6 +88,24 @@ stage_attention_ab() {
     step "attention_$variant" 190 python3 bench/decode_probe.py "$variant" ${options[$variant]} --long
     grep "^{" "$LOG_DIR/attention_$variant.log" | tail -1 > "$OUT/attention_$variant.json"
   done
+}
+stage_verify_ab() {
+  local variant
+  local -A options=([shipped]="" [reduce]="--small-m reduce --tune all")
+  for variant in shipped reduce; do
+    # shellcheck disable=SC2086  # the options are words
+    step "verify_$variant" 200 python3 bench/decode_probe.py "$variant" --cases b1_t0.0_p1.0 \
+      --speculative ${options[$variant]}
+    grep "^{" "$LOG_DIR/verify_$variant.log" | tail -1 > "$OUT/verify_$variant.json"
+  done
+}
+stage_eval_ab() {
+  step eval_now 200 python3 bench/eval_probe.py now
+  grep "^{" "$LOG_DIR/eval_now.log" | tail -1 > "$OUT/eval_now.json"
+  [ -n "${AB_OLD:-}" ] || return 0
+  # -P: no current directory first on sys.path, so PYTHONPATH says which wmtp is imported
+  step eval_before 200 env PYTHONPATH="$AB_OLD:$PYTHONPATH" python3 -P bench/eval_probe.py before
+  grep "^{" "$LOG_DIR/eval_before.log" | tail -1 > "$OUT/eval_before.json"
 }
 stage_profile() {
   mkdir -p "$WORK/profile"

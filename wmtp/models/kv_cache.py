@@ -587,7 +587,8 @@ def _compiled_static_step(one_token: bool = False) -> Callable[..., torch.Tensor
     ``mm`` decomposition does so only with that tuning on) rather than cuBLAS calls: batch-1
     greedy decoding of ``llama-1b-bench`` went from 1,208 to 1,342 tokens/s (2,048-token
     context: 1,151 to 1,188), its first call from ~28 to ~52 s with a cold compile cache (one
-    H200, torch 2.11, ``bench/decode_probe.py``, 2026-12-04). Other steps keep cuBLAS and
+    H200, torch 2.11, ``bench/decode_probe.py``, 2026-12-04; the whole step tuned, before
+    chained steps, was slower: ``bench/results/h200_decode.md``). Other steps keep cuBLAS and
     untuned kernels: their products have rows to spare, and their compilation stays as fast."""
     options = {"coordinate_descent_tuning": True} if one_token else None
     return torch.compile(StaticDecoder._static_step, fullgraph=True, dynamic=False, options=options)
