@@ -372,6 +372,24 @@ def test_cuda_graph_rows_refilled_decode_the_eager_tokens():
     assert [g.tokens for g in greedy] == [reference_greedy(model, r.prompt, r.limit) for r in rows]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_gpu_rows_start_and_end_without_waiting_for_the_steps_queued_before():
+    """On a GPU, its steps captured: rows started in free slots (a prompt's keys and values,
+    positions, random numbers, first tokens) and rows ended queue their work behind the steps
+    already queued; nothing makes the host wait for the device but the one token read a step
+    (an event). A wait per start drained the queue an evaluation keeps a step ahead."""
+    from tests.eval.tests_eval_helpers import synchronising_calls
+
+    model = make_tiny_model().cuda()
+    rows = _rows_of_few_prompts()
+    sampling = Sampling(temperature=1.0, top_p=0.9)
+    decode_rows(model, rows, slots=3, sampling=sampling, compiled=False)  # captures the steps
+    again = synchronising_calls(
+        lambda: decode_rows(model, rows, slots=3, sampling=sampling, compiled=False)
+    )
+    assert again == []
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled GPU steps need a GPU")
 def test_gpu_default_steps_over_prompts_spanning_cache_blocks_decode_the_plain_tokens(caplog):
     """What ``wmtp eval`` runs on a GPU: compiled, captured steps whose attention reads only

@@ -196,6 +196,26 @@ def test_batched_rows_advance_apart_and_stop_apart():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_gpu_batched_rows_end_apart_without_waiting_for_the_device():
+    """On a GPU, the verify steps captured: the prompts reach the device and rows that end
+    while others go on (stop strings) leave the batch with no wait for the device but the first
+    drafts' read and each verification's one read (an event, not a synchronisation)."""
+    from tests.eval.tests_eval_helpers import synchronising_calls
+
+    model = partly_agreeing_model().cuda()
+    plain = generate(model, SAME_LENGTH[:1], StopRule(letters), max_new_tokens=30)[0]
+    rule = StopRule(letters, stop=[letters(plain.tokens)[12:14]])
+
+    def decode():
+        return speculative_generate_batch(model, SAME_LENGTH, rule, max_new_tokens=30)
+
+    outs, _ = decode()  # captures the steps
+    assert {out.finish_reason for out in outs} == {"stop", "length"}
+    syncs = synchronising_calls(decode)
+    assert len(syncs) == 1 and "speculative.py" in syncs[0], syncs  # first_drafts' read
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("n_future_tokens", [2, 4])
 @pytest.mark.parametrize("compiled", [False, True])
 def test_cuda_graph_decoding_equals_eager_decoding(n_future_tokens, compiled):

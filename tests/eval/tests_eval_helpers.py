@@ -33,3 +33,23 @@ def make_tiny_model(n_future_tokens: int = 3, seed: int = 0, std: float = 0.3):
 def letters(ids: list[int]) -> str:
     """A toy detokenizer: token i is one character."""
     return "".join(chr(ord("a") + i % 26) if i < 26 else chr(ord("A") + i % 26) for i in ids)
+
+
+def synchronising_calls(run) -> list[str]:
+    """``run()`` on a GPU under torch's sync debug mode: where it made the host wait for the
+    device (an implicit synchronisation: a blocking copy, a read of a value), ``file:line``
+    with the message, in order. Waiting on an event, as a token read does, is not one."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return [
+        f"{w.filename}:{w.lineno}: {str(w.message)[:100]}"
+        for w in caught
+        if "synchroniz" in str(w.message)
+    ]

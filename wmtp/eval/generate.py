@@ -434,7 +434,9 @@ class _Slots:
         prefix, last_V = self._prefill(prompt)
         slots_G = self._on_device([b for b, _ in placed])
         self.decoder.load_rows(slots_G, prefix)
-        self.decoder.positions[slots_G] = len(prompt)
+        # index_fill_, not ``[slots_G] = scalar``: torch 2.11 copies a Python scalar to the
+        # device from pageable memory there, waiting for every step queued before
+        self.decoder.positions.index_fill_(0, slots_G, len(prompt))
         uniforms_G = None
         if not self.sampling.greedy:
             drawn_GT = torch.zeros(len(rows), self.uniforms_BT.shape[1])
@@ -443,18 +445,17 @@ class _Slots:
                     row.limit, generator=torch.Generator().manual_seed(row.seed)
                 )
             self.uniforms_BT[slots_G] = self._on_device(drawn_GT)
-            self.drawn_B[slots_G] = 1
+            self.drawn_B.index_fill_(0, slots_G, 1)
             uniforms_G = self.uniforms_BT[slots_G, 0]
         logits_GV = last_V.expand(len(rows), -1)
         self.next_B[slots_G] = sample_next(logits_GV, self.sampling, uniforms_G)
 
     def _on_device(self, values: list[int] | torch.Tensor) -> torch.Tensor:
         """``values`` on the slots' device, copied without waiting for the steps queued before
-        (from pinned memory on CUDA)."""
-        host = torch.as_tensor(values)
-        if self.device.type == "cuda":
-            host = host.pin_memory()
-        return host.to(self.device, non_blocking=True)
+        (``kv_cache.on_device``)."""
+        from wmtp.models.kv_cache import on_device
+
+        return on_device(values, self.device)
 
     def advance(self) -> list[tuple[int, Completion]]:
         """Queue the read of every slot's next token and the step after it (where a row goes

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 import torch
 
 from wmtp.eval.generate import Completion, Sampling, StopRule, next_token_probs, running_sum
-from wmtp.models.kv_cache import Chained
+from wmtp.models.kv_cache import Chained, on_device
 
 GREEDY = Sampling()
 
@@ -239,7 +239,7 @@ def _prefill(model, prompts: list[list[int]], limit: int, steps: dict):
 
     B, P = len(prompts), len(prompts[0])
     decoder = make_decoder(model, B, P + limit + 2 * model.n_heads, rows_apart=True, **steps)
-    prompts_BS = torch.tensor(prompts, device=next(model.parameters()).device)
+    prompts_BS = on_device(prompts, next(model.parameters()).device)
     return decoder, decoder.prefill(prompts_BS, last=True)
 
 
@@ -270,7 +270,7 @@ class _RowsOnDevice:
         self.decoder, self.n = decoder, fed_BT.shape[1]
         decoder.positions.fill_(P)  # the first committed token's position
         room = [limit - 1 if going else 0 for going in active]  # the first token is committed
-        decoder.room.copy_(torch.tensor(room))
+        decoder.room.copy_(on_device(room, decoder.room.device))
         self.fed_BT = decoder.fed(self.n)  # the state's: each verify step writes the next drafts
         self.fed_BT.copy_(fed_BT)
         self.readers = [TokenReader((len(active), self.n + 1), fed_BT.device) for _ in range(2)]
@@ -288,7 +288,7 @@ class _RowsOnDevice:
 
     def end(self, b: int) -> None:
         """Row ``b`` has ended: later verifications offer it nothing and leave it in place."""
-        self.decoder.room[b] = 0
+        self.decoder.room.narrow(0, b, 1).fill_(0)  # not ``room[b] = 0``: a wait for the device
 
 
 def _commit(

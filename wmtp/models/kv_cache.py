@@ -135,6 +135,23 @@ def block_caches(
     return BlockCaches([cache(batch_size) for _ in model.layers[:-1]], heads, stack)
 
 
+def on_device(values, device: torch.device) -> torch.Tensor:
+    """``values`` (a list, or a CPU tensor) on ``device`` without waiting for the work queued
+    there: on CUDA through pinned memory (a copy from pageable memory, as ``torch.tensor(...,
+    device=...)`` and a Python scalar written through an index make, waits for every queued
+    step first)."""
+    host = torch.as_tensor(values)
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+def _last_index(tokens_BS: torch.Tensor) -> torch.Tensor:
+    """``[S - 1]`` on the tokens' device, made there (no copy from the host)."""
+    last = tokens_BS.shape[1] - 1
+    return torch.full((1,), last, dtype=torch.long, device=tokens_BS.device)
+
+
 class Decoder:
     """Incremental decoding of a LlamaMTP: ``prefill(prompt)``, then ``step(tokens)``.
 
@@ -171,7 +188,7 @@ class Decoder:
     ) -> torch.Tensor:
         """Process a prompt (or continue after earlier tokens); logits ``[B, S, n, V]``, or at
         its last position only (``last``: ``[B, 1, n, V]``)."""
-        at_1 = torch.tensor([tokens_BS.shape[1] - 1], device=tokens_BS.device) if last else None
+        at_1 = _last_index(tokens_BS) if last else None
         with planless_attention(tokens_BS.device):
             return self._advance(tokens_BS, heads, at_1)
 
@@ -690,7 +707,7 @@ class StaticDecoder(Decoder):
             return super().prefill(tokens_BS, heads, last=last)
         self._check_owner()
         padded_BS = F.pad(tokens_BS, (0, padded - S))
-        at_1 = (torch.tensor([S - 1], device=tokens_BS.device),) if last else ()
+        at_1 = (_last_index(tokens_BS),) if last else ()
         kept = tuple(heads) if heads is not None else self.kept_heads
         step = _Step(kept, prompt=True)
         with planless_attention(tokens_BS.device):
@@ -1000,5 +1017,6 @@ __all__ = [
     "cached_block",
     "make_decoder",
     "masked_block",
+    "on_device",
     "setup_figures",
 ]
