@@ -18,7 +18,10 @@ and values in one tensor, a plain block's new ones written by one ``index_put``
 ``PYTHONPATH=DIR:$PYTHONPATH python3 -P bench/decode_probe.py before`` (DIR/wmtp from
 ``git archive REV wmtp | tar -x -C DIR``).
 
-``--tune all``: Inductor's coordinate-descent tuning for every compiled step (as shipped, only
+``--inductor KEY=VALUE`` (repeated): an Inductor setting for every compilation in this
+process, e.g. ``triton.enable_pdl=True`` (Hopper's programmatic dependent launch: a kernel
+starts while the one before it finishes) or ``combo_kernels=True`` (independent kernels
+launched as one). ``--tune all``: Inductor's coordinate-descent tuning for every compiled step (as shipped, only
 one-row, one-token steps). ``--small-m reduce``: a linear layer of 2 to ``SMALL_M`` rows (a
 batch-1 verify step's 4 tokens) as a multiply and a reduction over the weights' rows
 (``reduced_linear``), which Inductor generates (with ``--tune all``, tunes) where cuBLAS ran
@@ -26,6 +29,7 @@ it. ``--speculative``: then, with the heads rigged to agree (``rig_agreeing_head
 draft accepted), self-speculative greedy decoding at batch 1 against plain, in this process."""
 
 import argparse
+import ast
 import json
 import sys
 import time
@@ -138,6 +142,20 @@ def reduced_linear(x, weight, bias=None):
     return out if bias is None else out + bias
 
 
+def set_inductor(setting: str) -> tuple[str, object]:
+    """``KEY=VALUE`` (``KEY`` a dotted path under ``torch._inductor.config``, ``VALUE`` a Python
+    literal) set for this process."""
+    key, _, text = setting.partition("=")
+    value = ast.literal_eval(text)
+    *path, name = key.split(".")
+    section = torch._inductor.config
+    for part in path:
+        section = getattr(section, part)
+    assert hasattr(section, name), f"no Inductor setting {key}"
+    setattr(section, name, value)
+    return key, value
+
+
 def speculative_case(model, prompt, new: int, device, out: dict, label: str) -> None:
     """Agreeing heads: self-speculative greedy decoding at batch 1 against plain (medians of 5
     timed calls after a warm-up each), tokens per forward, into ``out``."""
@@ -179,10 +197,12 @@ def main() -> None:
     parser.add_argument("--tune", choices=("one_token", "all"), default="one_token")
     parser.add_argument("--small-m", choices=("cublas", "reduce"), default="cublas")
     parser.add_argument("--speculative", action="store_true")
+    parser.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     device = torch.device(args.device)
     out = {"label": args.label, "wmtp": wmtp.__file__, "attention": args.attention, "kv": args.kv}
     out |= {"tune": args.tune, "small_m": args.small_m}
+    out["inductor"] = dict(set_inductor(setting) for setting in args.inductor)
     if args.tune == "all":
         torch._inductor.config.coordinate_descent_tuning = True
     if args.small_m == "reduce":

@@ -37,6 +37,10 @@
 #                   self-speculative greedy as shipped, then with a verify step's 4-row products
 #                   as tuned reductions (--small-m reduce --tune all), one process each
 #                   ($OUT/verify_{shipped,reduce}.json; ~5 minutes)
+#   options_ab      batch 1 plain greedy (bench/decode_probe.py) as shipped, with Hopper's
+#                   programmatic dependent launch for Inductor's kernels, and with independent
+#                   kernels combined: the ~14 gaps a block between a step's kernels
+#                   ($OUT/options_{shipped,pdl,combo}.json; ~4 minutes)
 #   eval_ab         an evaluation's decoding (bench/eval_probe.py: 164 prompts x 20 sampled rows,
 #                   32 slots, llama-1b-bench random weights): where the host's time goes, what
 #                   synchronises, with this checkout's code and, with AB_OLD=DIR set, an earlier
@@ -97,6 +101,17 @@ stage_verify_ab() {
     step "verify_$variant" 200 python3 bench/decode_probe.py "$variant" --cases b1_t0.0_p1.0 \
       --speculative ${options[$variant]}
     grep "^{" "$LOG_DIR/verify_$variant.log" | tail -1 > "$OUT/verify_$variant.json"
+  done
+}
+stage_options_ab() {
+  local variant
+  local -A options=([shipped]="" [pdl]="--inductor triton.enable_pdl=True"
+    [combo]="--inductor combo_kernels=True")
+  for variant in shipped pdl combo; do
+    # shellcheck disable=SC2086  # the options are words
+    step "options_$variant" 120 python3 bench/decode_probe.py "$variant" \
+      --cases b1_t0.0_p1.0,long_b1 ${options[$variant]}
+    grep "^{" "$LOG_DIR/options_$variant.log" | tail -1 > "$OUT/options_$variant.json"
   done
 }
 stage_eval_ab() {
