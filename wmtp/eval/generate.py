@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from wmtp.models.kv_cache import Chained
+from wmtp.models.kv_cache import Chained, on_device
 
 
 @dataclass(frozen=True)
@@ -432,7 +432,7 @@ class _Slots:
         rows = [row for _, (_, row) in placed]
         prompt = rows[0].prompt
         prefix, last_V = self._prefill(prompt)
-        slots_G = self._on_device([b for b, _ in placed])
+        slots_G = on_device([b for b, _ in placed], self.device)
         self.decoder.load_rows(slots_G, prefix)
         # index_fill_, not ``[slots_G] = scalar``: torch 2.11 copies a Python scalar to the
         # device from pageable memory there, waiting for every step queued before
@@ -444,18 +444,11 @@ class _Slots:
                 drawn_GT[g, : row.limit] = torch.rand(
                     row.limit, generator=torch.Generator().manual_seed(row.seed)
                 )
-            self.uniforms_BT[slots_G] = self._on_device(drawn_GT)
+            self.uniforms_BT[slots_G] = on_device(drawn_GT, self.device)
             self.drawn_B.index_fill_(0, slots_G, 1)
             uniforms_G = self.uniforms_BT[slots_G, 0]
         logits_GV = last_V.expand(len(rows), -1)
         self.next_B[slots_G] = sample_next(logits_GV, self.sampling, uniforms_G)
-
-    def _on_device(self, values: list[int] | torch.Tensor) -> torch.Tensor:
-        """``values`` on the slots' device, copied without waiting for the steps queued before
-        (``kv_cache.on_device``)."""
-        from wmtp.models.kv_cache import on_device
-
-        return on_device(values, self.device)
 
     def advance(self) -> list[tuple[int, Completion]]:
         """Queue the read of every slot's next token and the step after it (where a row goes
@@ -511,7 +504,7 @@ class _Slots:
                 self.model, 1, len(prompt), [1], cuda_graphs=slots.cuda_graphs, compiled=False,
                 fused=slots.fused, prefix=True,
             )  # fmt: skip
-            tokens_1S = self._on_device([prompt])
+            tokens_1S = on_device([prompt], self.device)
             last_V = prefix.prefill(tokens_1S, heads=[1], last=True)[0, -1, 0]
             self._prefix = (key, prefix, last_V)
             self.tally.prompts_forwarded += 1

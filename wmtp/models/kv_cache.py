@@ -874,9 +874,9 @@ class StaticDecoder(Decoder):
             logits_BSnV = self._forward_step(tokens_BS, _Step(heads, None, True), ())
             return tail(tokens_BS, logits_BSnV, self.room, *inputs)
         skip_blocks = self._state.skip_blocks
+        compiled = _compiled_static_step(one_token=tokens_BS.numel() == 1)
         with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
             try:
-                compiled = _compiled_static_step(tokens_BS.numel() == 1)
                 return compiled(self, tokens_BS, heads, tail, skip_blocks, *inputs)
             except Exception as exc:  # Inductor's, whichever kind this torch raises
                 if tail is not None:
@@ -891,7 +891,7 @@ class StaticDecoder(Decoder):
                     "%d-row step (%s); the decoder's steps read whole caches with sdpa",
                     len(tokens_BS), reason,
                 )  # fmt: skip
-                return _compiled_static_step()(self, tokens_BS, heads, None, False)
+                return compiled(self, tokens_BS, heads, None, False)
 
     def _move_rows(self, tokens_BS: torch.Tensor, chained: Chained, step: _Step):
         """A chained step's end (``chain_rows``): the tail's next tokens written over
