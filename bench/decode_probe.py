@@ -45,6 +45,8 @@ from wmtp.eval.generate import Sampling, StopRule, generate
 from wmtp.eval.speed import model_from_flavour, random_prompts
 
 SHIPPED = kv_cache.row_attention
+NEVER = StopRule(lambda ids: "", stop=(), eos_id=None)
+"""Rows end at their token budget only."""
 
 
 def whole_cache(starts_B, S, keys_L, *, skip_blocks):
@@ -163,13 +165,12 @@ def speculative_case(model, prompt, new: int, device, out: dict, label: str) -> 
     from wmtp.eval.speed import rig_agreeing_heads
 
     rig_agreeing_heads(model)
-    never = StopRule(lambda ids: "", stop=(), eos_id=None)
 
     def plain():
-        return generate(model, [prompt], never, max_new_tokens=new, batch_size=1)
+        return generate(model, [prompt], NEVER, max_new_tokens=new, batch_size=1)
 
     def speculative():
-        return speculative_generate(model, prompt, never, max_new_tokens=new)
+        return speculative_generate(model, prompt, NEVER, max_new_tokens=new)
 
     firsts = {}
     for key, call in (("agreeing_plain_b1", plain), ("agreeing_speculative_b1", speculative)):
@@ -229,14 +230,13 @@ def main() -> None:
         cases += [("long_b1", long, 1, Sampling()), ("long_b20", long, 20, Sampling(0.2, 0.95))]
     if args.cases:
         cases = [case for case in cases if case[0] in args.cases.split(",")]
-    never = StopRule(lambda ids: "", stop=(), eos_id=None)
     with torch.inference_mode():
         for key, prompt, rows, sampling in cases:
             gen = None if sampling.greedy else torch.Generator(device=device).manual_seed(0)
 
             def call(prompt=prompt, rows=rows, sampling=sampling, gen=gen):
                 return generate(
-                    model, [prompt] * rows, never, max_new_tokens=new, sampling=sampling,
+                    model, [prompt] * rows, NEVER, max_new_tokens=new, sampling=sampling,
                     generator=gen, batch_size=rows,
                 )  # fmt: skip
 
