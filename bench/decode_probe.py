@@ -26,13 +26,19 @@ one-row, one-token steps). ``--small-m reduce``: a linear layer of 2 to ``SMALL_
 batch-1 verify step's 4 tokens) as a multiply and a reduction over the weights' rows
 (``reduced_linear``), which Inductor generates (with ``--tune all``, tunes) where cuBLAS ran
 it. ``--speculative``: then, with the heads rigged to agree (``rig_agreeing_heads``: every
-draft accepted), self-speculative greedy decoding at batch 1 against plain, in this process."""
+draft accepted), self-speculative greedy decoding at batch 1 against plain, in this process.
+``--profile DIR``: after timing, each batch-1 case's call once more under ``torch.profiler``:
+``DIR/KEY.txt`` holds the device timeline per new token (busy, idle, by kind of kernel), the
+kernels a step launches, and one step's kernels in order with the idle time before each (the
+trace itself is not kept)."""
 
 import argparse
 import ast
 import json
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch._inductor.config
@@ -158,6 +164,46 @@ def set_inductor(setting: str) -> tuple[str, object]:
     return key, value
 
 
+def profile_case(call, new: int, path: Path, device: torch.device) -> dict:
+    """``call`` under torch.profiler; its device timeline per new token (``wmtp.bench.trace``)
+    and one middle step's kernels in order, written to ``path``; the figures returned (none on
+    a CPU: no device kernels)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from wmtp.bench.trace import device_kernels, gpu_timeline, timeline_text
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        call()
+        if cuda:
+            torch.cuda.synchronize(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        timeline, kernels = gpu_timeline(trace), device_kernels(trace)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [timeline_text(timeline, per=new)]
+    if not kernels:
+        path.write_text("\n".join(lines))
+        return {}
+    per_step = round(len(kernels) / new)
+    middle = kernels[len(kernels) // 2 : len(kernels) // 2 + per_step]
+    lines += [
+        f"{per_step} kernels a new token; one step's from the call's middle (us: idle before, run):"
+    ]
+    previous_end = middle[0]["ts"]
+    for k in middle:
+        lines.append(f"  {k['ts'] - previous_end:6.1f} {k['dur']:7.1f}  {k['name'][:90]}")
+        previous_end = k["ts"] + k["dur"]
+    path.write_text("\n".join(lines) + "\n")
+    return {
+        "step_window_us": round(timeline["window_us"] / new, 1),
+        "step_busy_us": round(timeline["busy_us"] / new, 1),
+        "kernels_per_step": per_step,
+    }
+
+
 def speculative_case(model, prompt, new: int, device, out: dict, label: str) -> None:
     """Agreeing heads: self-speculative greedy decoding at batch 1 against plain (medians of 5
     timed calls after a warm-up each), tokens per forward, into ``out``."""
@@ -199,6 +245,7 @@ def main() -> None:
     parser.add_argument("--small-m", choices=("cublas", "reduce"), default="cublas")
     parser.add_argument("--speculative", action="store_true")
     parser.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR")
     args = parser.parse_args()
     device = torch.device(args.device)
     out = {"label": args.label, "wmtp": wmtp.__file__, "attention": args.attention, "kv": args.kv}
@@ -247,6 +294,10 @@ def main() -> None:
                 out[f"{key}_tokens"] = first[0].tokens[:64]
             out |= rates(key, rows * new, wall_seconds_repeated(device, call, 5)[1])
             print(args.label, key, out[f"{key}_tokens_per_s"], file=sys.stderr, flush=True)
+            if args.profile and rows == 1:
+                path = args.profile / f"{args.label}_{key}.txt"
+                figures = profile_case(call, new, path, device)
+                out |= {f"{key}_{name}": value for name, value in figures.items()}
         if args.speculative:
             speculative_case(model, short, new, device, out, args.label)
     print(json.dumps(out))

@@ -40,7 +40,8 @@
 #   options_ab      batch 1 plain greedy (bench/decode_probe.py) as shipped, with Hopper's
 #                   programmatic dependent launch for Inductor's kernels, and with independent
 #                   kernels combined: the ~14 gaps a block between a step's kernels
-#                   ($OUT/options_{shipped,pdl,combo}.json; ~4 minutes)
+#                   ($OUT/options_{shipped,pdl,combo}.json; each batch-1 case's call profiled:
+#                   kernels a step, idle time before each, $OUT/options_profiles.tar.gz; ~6 minutes)
 #   eval_ab         an evaluation's decoding (bench/eval_probe.py: 164 prompts x 20 sampled rows,
 #                   32 slots, llama-1b-bench random weights): where the host's time goes, what
 #                   synchronises, with this checkout's code and, with AB_OLD=DIR set, an earlier
@@ -109,10 +110,11 @@ stage_options_ab() {
     [combo]="--inductor combo_kernels=True")
   for variant in shipped pdl combo; do
     # shellcheck disable=SC2086  # the options are words
-    step "options_$variant" 120 python3 bench/decode_probe.py "$variant" \
-      --cases b1_t0.0_p1.0,long_b1 ${options[$variant]}
+    step "options_$variant" 150 python3 bench/decode_probe.py "$variant" \
+      --cases b1_t0.0_p1.0,long_b1 --profile "$WORK/options_profiles" ${options[$variant]}
     grep "^{" "$LOG_DIR/options_$variant.log" | tail -1 > "$OUT/options_$variant.json"
   done
+  tar -czf "$OUT/options_profiles.tar.gz" -C "$WORK" options_profiles
 }
 stage_eval_ab() {
   step eval_now 200 python3 bench/eval_probe.py now

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from wmtp.bench.trace import gpu_timeline, kernel_kind, timeline_text
+from wmtp.bench.trace import device_kernels, gpu_timeline, kernel_kind, timeline_text
 
 
 def event(cat: str, name: str, ts: float, dur: float) -> dict:
@@ -48,6 +48,11 @@ def test_idle_time_is_the_window_less_the_union_of_kernels_and_is_charged_to_the
     text = timeline_text(summary, per=2)
     assert "idle      0.20 ms (28.6%)" in text
     assert "0.20 ms  wmtp.optimizer / Optimizer.step#AdamW.step" in text
+
+
+def test_device_kernels_are_the_kernel_events_in_the_order_they_started():
+    names = [k["name"][:10] for k in device_kernels(step_trace())]
+    assert names == ["nvjet_tst_", "sm90_xmma_", "void at::n"]  # no host ranges, no instants
 
 
 def test_a_gzipped_trace_file_reads_like_the_dict(tmp_path):

@@ -70,6 +70,12 @@ def _idle_gaps(kernels: list[dict]) -> tuple[float, float, list[tuple[float, flo
     return reach - start, busy, gaps
 
 
+def device_kernels(trace: Path | dict) -> list[dict]:
+    """The trace's kernels (Chrome trace events: ``name``, ``ts``, ``dur`` in microseconds) in
+    the order they started."""
+    return sorted(_complete(_events(trace), ("kernel",)), key=lambda k: k["ts"])
+
+
 def _phase_at(host: list[dict], t: float) -> str:
     """What the host ran at ``t``: the innermost ``wmtp.*`` range and, inside it, the outermost
     operator (``wmtp.forward_backward / aten::item``); without a range, the outermost operator."""
