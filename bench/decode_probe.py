@@ -21,8 +21,9 @@ and values in one tensor, a plain block's new ones written by one ``index_put``
 ``--inductor KEY=VALUE`` (repeated): an Inductor setting for every compilation in this
 process, e.g. ``triton.enable_pdl=True`` (Hopper's programmatic dependent launch: a kernel
 starts while the one before it finishes) or ``combo_kernels=True`` (independent kernels
-launched as one). ``--tune all``: Inductor's coordinate-descent tuning for every compiled step (as shipped, only
-one-row, one-token steps). ``--small-m reduce``: a linear layer of 2 to ``SMALL_M`` rows (a
+launched as one). ``--tune all``: Inductor's coordinate-descent tuning for every compiled step
+(a one-row product becomes a reduction Inductor generates and tunes; shipped: none, cuBLAS).
+``--small-m reduce``: a linear layer of 2 to ``SMALL_M`` rows (a
 batch-1 verify step's 4 tokens) as a multiply and a reduction over the weights' rows
 (``reduced_linear``), which Inductor generates (with ``--tune all``, tunes) where cuBLAS ran
 it. ``--speculative``: then, with the heads rigged to agree (``rig_agreeing_heads``: every
@@ -241,7 +242,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--device", default="cuda", help="cpu: a dry run of the code path")
     parser.add_argument("--cases", default="", help="comma-separated case keys (default: all)")
-    parser.add_argument("--tune", choices=("one_token", "all"), default="one_token")
+    parser.add_argument("--tune", choices=("none", "all"), default="none")
     parser.add_argument("--small-m", choices=("cublas", "reduce"), default="cublas")
     parser.add_argument("--speculative", action="store_true")
     parser.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE")

@@ -111,7 +111,7 @@ stage_options_ab() {
   for variant in shipped pdl combo; do
     # shellcheck disable=SC2086  # the options are words
     step "options_$variant" 150 python3 bench/decode_probe.py "$variant" \
-      --cases b1_t0.0_p1.0,long_b1 --profile "$WORK/options_profiles" ${options[$variant]}
+      --long --cases b1_t0.0_p1.0,long_b1 --profile "$WORK/options_profiles" ${options[$variant]}
     grep "^{" "$LOG_DIR/options_$variant.log" | tail -1 > "$OUT/options_$variant.json"
   done
   tar -czf "$OUT/options_profiles.tar.gz" -C "$WORK" options_profiles

@@ -594,21 +594,17 @@ def _compiled_move_rows() -> Callable[..., None]:
 
 
 @functools.cache
-def _compiled_static_step(one_token: bool = False) -> Callable[..., torch.Tensor]:
+def _compiled_static_step() -> Callable[..., torch.Tensor]:
     """``StaticDecoder._static_step`` compiled by Inductor (whole graph, static shapes), made
     once per process: a new decoder with a known shape finds its compiled variant.
 
-    ``one_token``: for steps of one row and one token (batch-1 plain decoding), whose matrix
-    products are matrix-vector products bound by reading the weights. Coordinate-descent tuning
-    makes Inductor lower those to reductions it generates and tunes (``torch._inductor``'s
-    ``mm`` decomposition does so only with that tuning on) rather than cuBLAS calls: batch-1
-    greedy decoding of ``llama-1b-bench`` went from 1,208 to 1,342 tokens/s (2,048-token
-    context: 1,151 to 1,188), its first call from ~28 to ~52 s with a cold compile cache (one
-    H200, torch 2.11, ``bench/decode_probe.py``, 2026-12-04; the whole step tuned, before
-    chained steps, was slower: ``bench/results/h200_decode.md``). Other steps keep cuBLAS and
-    untuned kernels: their products have rows to spare, and their compilation stays as fast."""
-    options = {"coordinate_descent_tuning": True} if one_token else None
-    return torch.compile(StaticDecoder._static_step, fullgraph=True, dynamic=False, options=options)
+    Matrix products stay cuBLAS calls, batch 1 included. Inductor's coordinate-descent tuning
+    turns a one-row product into a reduction it generates and tunes; batch-1 decoding of
+    ``llama-1b-bench`` ran at 1,070 to 1,342 tokens/s with it, depending on the compilation
+    (the tuning times candidates, and each compilation fused and tuned the step's kernels
+    anew), against a steady ~1,200 with cuBLAS; ``llama2-7b-mtp`` gained nothing (one H200,
+    torch 2.11, 2026-12-04: ``bench/results/h200_decode.md``, eleventh session)."""
+    return torch.compile(StaticDecoder._static_step, fullgraph=True, dynamic=False)
 
 
 class StaticDecoder(Decoder):
@@ -874,7 +870,7 @@ class StaticDecoder(Decoder):
             logits_BSnV = self._forward_step(tokens_BS, _Step(heads, None, True), ())
             return tail(tokens_BS, logits_BSnV, self.room, *inputs)
         skip_blocks = self._state.skip_blocks
-        compiled = _compiled_static_step(one_token=tokens_BS.numel() == 1)
+        compiled = _compiled_static_step()
         with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
             try:
                 return compiled(self, tokens_BS, heads, tail, skip_blocks, *inputs)
