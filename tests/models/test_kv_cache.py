@@ -419,6 +419,20 @@ def test_compiled_captured_steps_equal_eager_steps_and_are_captured_once(tiny_ar
     assert setup_figures(model) == prepared
 
 
+def test_compiled_batch_1_steps_equal_eager_steps(tiny_args):
+    """A batch-1 decoder's compiled steps (single tokens, as batch-1 plain decoding runs, among
+    chunks and a rewind) give the eager decoder's logits in fp32 (Inductor on the CPU: the
+    GPU's path minus the graphs)."""
+    model = LlamaMTP(tiny_args, attention="sdpa").eval()
+    tokens = torch.randint(0, tiny_args.vocab_size, (1, 14))
+    with torch.no_grad():
+        eager = _decode_pieces(Decoder(model, batch_size=1, max_len=16), tokens)
+        static = StaticDecoder(model, 1, 16, cuda_graphs=False, compiled=True)
+        compiled = _decode_pieces(static, tokens)
+    for a, b in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
 def test_fused_projections_follow_the_weights_they_copy(tiny_args):
     """The fused copy is refreshed when a weight it copies changes in place (a training step
     between evaluations) or is replaced (a loaded checkpoint), and only then; the steps then
