@@ -28,7 +28,10 @@ batch-1 verify step's 4 tokens) as a multiply and a reduction over the weights' 
 (``reduced_linear``), which Inductor generates (with ``--tune all``, tunes) where cuBLAS ran
 it. ``--speculative``: then, with the heads rigged to agree (``rig_agreeing_heads``: every
 draft accepted), self-speculative greedy decoding at batch 1 against plain, in this process.
-``--profile DIR``: after timing, each batch-1 case's call once more under ``torch.profiler``:
+``--kv-splits N``: FlexAttention's decoding kernel splits each row's keys into ``N`` parts for
+every step (shipped: ``kv_cache.kv_splits``, two programs per multiprocessor: 33 parts at
+batch 1 on an H200, most of them past a short context's filled blocks, then combined by two
+reductions). ``--profile DIR``: after timing, each batch-1 case's call once more under ``torch.profiler``:
 ``DIR/KEY.txt`` holds the device timeline per new token (busy, idle, by kind of kernel), the
 kernels a step launches, and one step's kernels in order with the idle time before each (the
 trace itself is not kept)."""
@@ -247,6 +250,7 @@ def main() -> None:
     parser.add_argument("--speculative", action="store_true")
     parser.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR")
+    parser.add_argument("--kv-splits", type=int, default=0, metavar="N")
     args = parser.parse_args()
     device = torch.device(args.device)
     out = {"label": args.label, "wmtp": wmtp.__file__, "attention": args.attention, "kv": args.kv}
@@ -256,6 +260,9 @@ def main() -> None:
         torch._inductor.config.coordinate_descent_tuning = True
     if args.small_m == "reduce":
         torch.nn.functional.linear = reduced_linear
+    if args.kv_splits:
+        out["kv_splits"] = args.kv_splits
+        kv_cache.kv_splits = lambda row_heads, processors: args.kv_splits
     if args.kv == "one":
         one_kv_tensor()
     if args.attention != "flex":

@@ -42,6 +42,10 @@
 #                   kernels combined: the ~14 gaps a block between a step's kernels
 #                   ($OUT/options_{shipped,pdl,combo}.json; each batch-1 case's call profiled:
 #                   kernels a step, idle time before each, $OUT/options_profiles.tar.gz; ~6 minutes)
+#   splits_ab       batch 1 greedy (bench/decode_probe.py --long: a 256-token and a context-filling
+#                   prompt) and batch 20 sampled, with FlexAttention's decoding kernel splitting
+#                   each row's keys as shipped (33 parts at batch 1) and into 4, 8 and 16 parts
+#                   ($OUT/splits_{shipped,4,8,16}.json; ~5 minutes)
 #   eval_ab         an evaluation's decoding (bench/eval_probe.py: 164 prompts x 20 sampled rows,
 #                   32 slots, llama-1b-bench random weights): where the host's time goes, what
 #                   synchronises, with this checkout's code and, with AB_OLD=DIR set, an earlier
@@ -115,6 +119,16 @@ stage_options_ab() {
     grep "^{" "$LOG_DIR/options_$variant.log" | tail -1 > "$OUT/options_$variant.json"
   done
   tar -czf "$OUT/options_profiles.tar.gz" -C "$WORK" options_profiles
+}
+stage_splits_ab() {
+  local splits
+  for splits in shipped 4 8 16; do
+    local option=()
+    [ "$splits" = shipped ] || option=(--kv-splits "$splits")
+    step "splits_$splits" 110 python3 bench/decode_probe.py "$splits" --long \
+      --cases b1_t0.0_p1.0,long_b1,b20_t0.2_p0.95 "${option[@]}"
+    grep "^{" "$LOG_DIR/splits_$splits.log" | tail -1 > "$OUT/splits_$splits.json"
+  done
 }
 stage_eval_ab() {
   step eval_now 200 python3 bench/eval_probe.py now
