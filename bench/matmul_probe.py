@@ -13,7 +13,10 @@ step; 5: a self-speculative verify step with 4 heads), and the time per product 
   `F.linear` of all inputs against all four weights (four times the FLOPs, one kernel).
 Timing: R copies of the weights (600 MB or more, well past the 50 MB L2, so every product reads
 its weights from memory as a decoding step does), one CUDA graph of R products in a row,
-replayed 20 times; bandwidth = weight bytes / time per product.
+replayed 20 times; bandwidth = weight bytes / time per product. `single` also times cuBLAS on
+one copy, R times in a row (`cublas_l2_us`: the weights stay in the L2 where they fit): what a
+product would cost if its weights were brought into the L2 before it ran, the bound on
+prefetching a step's next weights while its attention and small kernels leave memory idle.
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ def single(name: str, out: int, inp: int, m: int) -> dict:
         row[f"{library}_us"] = us_per_product(_linear, ws, xs)
         row[f"{library}_transposed_us"] = us_per_product(torch.mm, wts, xs)
     torch.backends.cuda.preferred_blas_library("cublas")
+    row["cublas_l2_us"] = us_per_product(_linear, ws[:1] * len(ws), xs)
     if m == 1 and name.startswith("1b"):
         torch._dynamo.reset()
         tuned = torch.compile(_linear, mode="max-autotune-no-cudagraphs", dynamic=False)
