@@ -419,6 +419,35 @@ def test_compiled_captured_steps_equal_eager_steps_and_are_captured_once(tiny_ar
     assert setup_figures(model) == prepared
 
 
+@pytest.mark.parametrize("kept_heads", [[1], [1, 2]])
+def test_loaded_rows_hold_the_prompt_in_every_layer_and_other_rows_keep_theirs(
+    tiny_args, kept_heads
+):
+    """``load_rows`` (a row start in continuous batching): rows 0 and 2 of a 3-row decoder take
+    a forwarded prompt's keys and values in every trunk and kept head layer, up to its length;
+    row 1, and the positions past the prompt, keep what they held."""
+    model = LlamaMTP(tiny_args, attention="sdpa").eval()
+    prompt = torch.randint(0, tiny_args.vocab_size, (1, 5))
+    prefix = StaticDecoder(model, 1, 5, kept_heads, cuda_graphs=False, prefix=True)
+    slots = StaticDecoder(model, 3, 16, kept_heads, cuda_graphs=False)
+    for cache in slots.caches():
+        cache.k_BSKD.fill_(7.0)
+        cache.v_BSKD.fill_(-7.0)
+    with torch.no_grad():
+        prefix.prefill(prompt)
+        slots.load_rows(torch.tensor([2, 0]), prefix)
+    assert len(slots.caches()) == len(model.layers) - 1 + len(kept_heads)
+    for mine, theirs in zip(slots.caches(), prefix.caches(), strict=True):
+        for tensor, source, held in (
+            (mine.k_BSKD, theirs.k_BSKD, 7.0),
+            (mine.v_BSKD, theirs.v_BSKD, -7.0),
+        ):
+            for row in (0, 2):
+                assert torch.equal(tensor[row, :5], source[0, :5])
+                assert (tensor[row, 5:] == held).all()
+            assert (tensor[1] == held).all()
+
+
 def test_compiled_batch_1_steps_equal_eager_steps(tiny_args):
     """A batch-1 decoder's compiled steps (single tokens, as batch-1 plain decoding runs, among
     chunks and a rewind) give the eager decoder's logits in fp32 (Inductor on the CPU: the

@@ -111,12 +111,14 @@ def planless_attention(device: torch.device) -> contextlib.AbstractContextManage
 
 class BlockCaches(NamedTuple):
     """The caches of the trunk layers (in order) and of each kept head's layer (head -> cache).
-    The heads' caches are consecutive rows of one, ``head_stack`` (kept heads in order, a
-    decoder's batch each), which ``stacked_block`` runs all of at once."""
+    Each kind's caches are consecutive rows of one, a decoder's batch each: ``trunk_stack``
+    (layers in order; a row start copies a prompt into every layer at once) and ``head_stack``
+    (kept heads in order, which ``stacked_block`` runs all of at once)."""
 
     trunk: list[KVCache]
     heads: dict[int, KVCache]
     head_stack: KVCache
+    trunk_stack: KVCache
 
 
 def block_caches(
@@ -132,7 +134,10 @@ def block_caches(
 
     stack = cache(batch_size * len(kept_heads))
     heads = {k: stack.rows(i * batch_size, batch_size) for i, k in enumerate(kept_heads)}
-    return BlockCaches([cache(batch_size) for _ in model.layers[:-1]], heads, stack)
+    layers = len(model.layers) - 1
+    trunk_stack = cache(batch_size * layers)
+    trunk = [trunk_stack.rows(i * batch_size, batch_size) for i in range(layers)]
+    return BlockCaches(trunk, heads, stack, trunk_stack)
 
 
 def on_device(values, device: torch.device) -> torch.Tensor:
@@ -172,7 +177,8 @@ class Decoder:
         self.max_len = max_len
         self.kept_heads = tuple(kept_heads or range(1, model.n_heads + 1))
         self.inv_freq_F = rope_frequencies(model.args, next(model.parameters()).device)
-        self.trunk_caches, self.head_caches, _ = self._caches(batch_size)
+        caches = self._caches(batch_size)
+        self.trunk_caches, self.head_caches = caches.trunk, caches.heads
         self.length = 0
 
     def _caches(self, batch_size: int) -> BlockCaches:
@@ -665,7 +671,7 @@ class StaticDecoder(Decoder):
     def _caches(self, batch_size: int) -> BlockCaches:
         kind = (self.cuda_graphs, self.compiled, self.fused, self.prefix)
         self._state = step_state(self.model, batch_size, self.max_len, self.kept_heads, kind)
-        trunk, heads, _ = self._state.caches
+        trunk, heads = self._state.caches.trunk, self._state.caches.heads
         if self._fused is not None:
             for block, cache in zip(self.model.layers[:-1], trunk, strict=True):
                 cache.fused = self._fused.of(block)
@@ -774,18 +780,25 @@ class StaticDecoder(Decoder):
         self._check_room(S, heads, start=0)
         return self._replay(self.fed(S), self._step_of(heads, tail), inputs)
 
-    def load_rows(self, rows_G: torch.Tensor, prefix: Decoder) -> None:
+    def load_rows(self, rows_G: torch.Tensor, prefix: StaticDecoder) -> None:
         """Rows ``rows_G`` (a device tensor of row indices) take their caches from the first
         ``prefix.length`` positions of ``prefix``'s only row (a prompt's forward, made once and
-        copied into each row that continues it): one copy per cache tensor for all of them.
-        Later positions keep what they held: the causal mask hides them until a step writes
-        them."""
+        copied into each row that continues it): one copy per stacked cache tensor (the
+        trunk's keys and values, the heads'), every layer and row at once. Later positions keep
+        what they held: the causal mask hides them until a step writes them."""
         self._check_owner()
+        assert isinstance(prefix, StaticDecoder), type(prefix)
         assert prefix.kept_heads == self.kept_heads, (prefix.kept_heads, self.kept_heads)
-        n = prefix.length
-        for mine, theirs in zip(self.caches(), prefix.caches(), strict=True):
-            mine.k_BSKD[rows_G, :n] = theirs.k_BSKD[0, :n]
-            mine.v_BSKD[rows_G, :n] = theirs.v_BSKD[0, :n]
+        n, mine, theirs = prefix.length, self._state.caches, prefix._state.caches
+        assert len(theirs.head_stack.k_BSKD) == len(self.kept_heads), "a one-row prefix"
+        for to, source in (
+            (mine.trunk_stack, theirs.trunk_stack),
+            (mine.head_stack, theirs.head_stack),
+        ):
+            layers = len(source.k_BSKD)  # the prefix's one row of each layer
+            for to_NSKD, source_NSKD in ((to.k_BSKD, source.k_BSKD), (to.v_BSKD, source.v_BSKD)):
+                if layers:  # [layers, B, S, K, D], rows_G of every layer
+                    to_NSKD.unflatten(0, (layers, -1))[:, rows_G, :n] = source_NSKD[:, None, :n]
 
     def _step_of(self, heads: list[int] | None, tail: StepTail | None = None) -> _Step:
         """The decoding step that makes ``heads``' logits (default: the kept heads'), or the
