@@ -305,8 +305,8 @@ class StepTally:
     prompts_forwarded: int = 0
     prompt_forward_s: float = 0.0
     """Of ``started_rows_s``, the host time of the prompts' forwards (capturing each new padded
-    length included); the rest is copying a forwarded prompt into a slot and drawing its first
-    token."""
+    length included) and of drawing the first tokens of all the rows of each; the rest is
+    copying a forwarded prompt and a row's first token and uniforms into its slot."""
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, float | int]:
@@ -357,7 +357,7 @@ def decode_rows(
     tally = tally if tally is not None else StepTally()
     waiting = collections.deque(range(len(rows)))
     decoding = [r for r in rows if r.limit > 0]
-    batch = _Slots(model, decoding, slots, sampling, steps, tally) if decoding else None
+    batch = _Slots(model, rows, slots, sampling, steps, tally) if decoding else None
     while True:
         starting: list[tuple[int, Row]] = []  # the waiting rows the free slots take, together
         while waiting and (rows[waiting[0]].limit == 0 or batch.free(len(starting))):  # type: ignore[union-attr]
@@ -377,31 +377,51 @@ def decode_rows(
     return results  # type: ignore[return-value]
 
 
+@dataclass
+class _Prompt:
+    """A prompt forwarded once for all the rows that continue it (``members``: row index ->
+    its place among them): the one-row decoder holding its keys and values, and every such
+    row's first token (``first_R``) and, sampled, uniforms (``uniforms_RT``), drawn together at
+    the forward; a row start then only gathers its own."""
+
+    key: tuple[int, ...]
+    prefix: object
+    members: dict[int, int]
+    first_R: torch.Tensor
+    uniforms_RT: torch.Tensor | None
+
+
 class _Slots:
     """The rows decoding together: a fixed-shape decoder of ``slots`` rows (keeping head 1), the
     row each slot holds and its tokens so far, and on the device each slot's next token (drawn,
     not yet read), position and random numbers. Each step draws the tokens after it as its tail
-    (``NextTokens``); a row's first token comes from its prompt's forward."""
+    (``NextTokens``); a row's first token comes from its prompt's forward (``_Prompt``)."""
 
     def __init__(
-        self, model, rows: list[Row], slots: int, sampling: Sampling, steps: dict, tally: StepTally
-    ):
+        self, model, rows: Sequence[Row], slots: int, sampling: Sampling, steps: dict,
+        tally: StepTally,
+    ):  # fmt: skip
         from wmtp.models.kv_cache import make_decoder
 
-        self.model, self.sampling, self.tally = model, sampling, tally
+        self.model, self.rows, self.sampling, self.tally = model, rows, sampling, tally
         tally.slots = slots
         self.device = next(model.parameters()).device
-        max_len = max(len(r.prompt) + r.limit for r in rows)
+        decoding = [r for r in rows if r.limit > 0]
+        max_len = max(len(r.prompt) + r.limit for r in decoding)
         self.decoder = make_decoder(model, slots, max_len, [1], rows_apart=True, **steps)
         self.held: list[tuple[int, Row] | None] = [None] * slots
         self.generated: list[list[int]] = [[] for _ in range(slots)]
         self.next_B = self.decoder.fed(1)[:, 0]  # each slot's next token: the next step's input
         self.pick = NextTokens(sampling)
-        width = max(r.limit for r in rows)
-        self.uniforms_BT = torch.zeros(slots, width, device=self.device)
+        self.width = max(r.limit for r in decoding)
+        self.uniforms_BT = torch.zeros(slots, self.width, device=self.device)
         self.drawn_B = torch.zeros(slots, dtype=torch.long, device=self.device)
         self.reader = TokenReader(slots, self.device)
-        self._prefix: tuple[tuple[int, ...], object, torch.Tensor] | None = None
+        self.sharing: dict[tuple[int, ...], list[int]] = collections.defaultdict(list)
+        for i, row in enumerate(rows):  # the rows each prompt's forward serves
+            if row.limit > 0:
+                self.sharing[tuple(row.prompt)].append(i)
+        self._prompt: _Prompt | None = None
 
     def busy(self) -> bool:
         return any(h is not None for h in self.held)
@@ -412,10 +432,10 @@ class _Slots:
 
     def start(self, started: Sequence[tuple[int, Row]]) -> None:
         """Rows ``(i, row)`` into free slots, together: each prompt's keys and values copied
-        into all of its rows' slots at once, their positions, random numbers and first tokens
-        (drawn from the prompt's last logits) set for the group in one operation each. A
-        prompt's ``n_samples`` rows start with a few dozen device operations, not a few dozen
-        each."""
+        into all of its rows' slots at once (every layer in one copy per stacked cache), their
+        positions, random numbers and first tokens (drawn for all of a prompt's rows at its
+        forward) set for the group in one operation each: a row start is about ten device
+        operations."""
         began = time.perf_counter()
         free = [b for b, held in enumerate(self.held) if held is None]
         assert len(started) <= len(free), (len(started), len(free))
@@ -429,26 +449,17 @@ class _Slots:
 
     def _start_group(self, placed: list[tuple[int, tuple[int, Row]]]) -> None:
         """Rows of one prompt into slots ``b``: ``[(b, (i, row)), ...]``."""
-        rows = [row for _, (_, row) in placed]
-        prompt = rows[0].prompt
-        prefix, last_V = self._prefill(prompt)
-        slots_G = on_device([b for b, _ in placed], self.device)
-        self.decoder.load_rows(slots_G, prefix)
+        prompt = self._forwarded(placed[0][1][1].prompt)
+        where = [[b for b, _ in placed], [prompt.members[i] for _, (i, _) in placed]]
+        slots_G, members_G = on_device(where, self.device).unbind(0)
+        self.decoder.load_rows(slots_G, prompt.prefix)
         # index_fill_, not ``[slots_G] = scalar``: torch 2.11 copies a Python scalar to the
         # device from pageable memory there, waiting for every step queued before
-        self.decoder.positions.index_fill_(0, slots_G, len(prompt))
-        uniforms_G = None
-        if not self.sampling.greedy:
-            drawn_GT = torch.zeros(len(rows), self.uniforms_BT.shape[1])
-            for g, row in enumerate(rows):  # each row's own stream: its tokens are its own
-                drawn_GT[g, : row.limit] = torch.rand(
-                    row.limit, generator=torch.Generator().manual_seed(row.seed)
-                )
-            self.uniforms_BT[slots_G] = on_device(drawn_GT, self.device)
-            self.drawn_B.index_fill_(0, slots_G, 1)
-            uniforms_G = self.uniforms_BT[slots_G, 0]
-        logits_GV = last_V.expand(len(rows), -1)
-        self.next_B[slots_G] = sample_next(logits_GV, self.sampling, uniforms_G)
+        self.decoder.positions.index_fill_(0, slots_G, len(prompt.key))
+        if prompt.uniforms_RT is not None:
+            self.uniforms_BT[slots_G] = prompt.uniforms_RT[members_G]
+            self.drawn_B.index_fill_(0, slots_G, 1)  # the first uniform drew the first token
+        self.next_B[slots_G] = prompt.first_R[members_G]
 
     def advance(self) -> list[tuple[int, Completion]]:
         """Queue the read of every slot's next token and the step after it (where a row goes
@@ -489,27 +500,45 @@ class _Slots:
             for held, tokens in zip(self.held, self.generated, strict=True)
         )
 
-    def _prefill(self, prompt: list[int]):
-        """A one-row decoder holding ``prompt``'s forward and its logits at the last position;
-        the last prompt's is kept (a problem's samples follow one another). The forward is the
-        slots' decoder's prompt step (captured where its steps are), in a prefix
-        decoder of its own."""
+    def _forwarded(self, prompt: list[int]) -> _Prompt:
+        """``prompt`` forwarded in a one-row decoder of its own (the slots' decoder's prompt
+        step, captured where its steps are), and the first tokens of all the rows that
+        continue it drawn from its last logits, each with its row's first uniform. The last
+        prompt's is kept: a problem's samples follow one another."""
         from wmtp.models.kv_cache import StaticDecoder
 
         key = tuple(prompt)
-        if self._prefix is None or self._prefix[0] != key:
-            began = time.perf_counter()
-            slots = self.decoder
-            prefix = StaticDecoder(
-                self.model, 1, len(prompt), [1], cuda_graphs=slots.cuda_graphs, compiled=False,
-                fused=slots.fused, prefix=True,
-            )  # fmt: skip
-            tokens_1S = on_device([prompt], self.device)
-            last_V = prefix.prefill(tokens_1S, heads=[1], last=True)[0, -1, 0]
-            self._prefix = (key, prefix, last_V)
-            self.tally.prompts_forwarded += 1
-            self.tally.prompt_forward_s += time.perf_counter() - began
-        return self._prefix[1], self._prefix[2]
+        if self._prompt is not None and self._prompt.key == key:
+            return self._prompt
+        began = time.perf_counter()
+        slots = self.decoder
+        prefix = StaticDecoder(
+            self.model, 1, len(prompt), [1], cuda_graphs=slots.cuda_graphs, compiled=False,
+            fused=slots.fused, prefix=True,
+        )  # fmt: skip
+        last_V = prefix.prefill(on_device([prompt], self.device), heads=[1], last=True)[0, -1, 0]
+        members = self.sharing[key]
+        uniforms_RT = None
+        if not self.sampling.greedy:
+            drawn_RT = torch.zeros(len(members), self.width)
+            for r, i in enumerate(members):  # each row's own stream: its tokens are its own
+                limit, seed = self.rows[i].limit, self.rows[i].seed
+                drawn_RT[r, :limit] = torch.rand(
+                    limit, generator=torch.Generator().manual_seed(seed)
+                )
+            uniforms_RT = on_device(drawn_RT, self.device)
+        chunk, firsts = len(self.held), []  # at most a batch of slots' rows at once (memory)
+        for at in range(0, len(members), chunk):
+            rows = min(chunk, len(members) - at)
+            uniforms_G = None if uniforms_RT is None else uniforms_RT[at : at + rows, 0]
+            firsts.append(sample_next(last_V.expand(rows, -1), self.sampling, uniforms_G))
+        first_R = torch.cat(firsts)
+        self._prompt = _Prompt(
+            key, prefix, {i: r for r, i in enumerate(members)}, first_R, uniforms_RT
+        )
+        self.tally.prompts_forwarded += 1
+        self.tally.prompt_forward_s += time.perf_counter() - began
+        return self._prompt
 
 
 class TokenReader:
