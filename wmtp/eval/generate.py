@@ -518,27 +518,35 @@ class _Slots:
         )  # fmt: skip
         last_V = prefix.prefill(on_device([prompt], self.device), heads=[1], last=True)[0, -1, 0]
         members = self.sharing[key]
-        uniforms_RT = None
-        if not self.sampling.greedy:
-            drawn_RT = torch.zeros(len(members), self.width)
-            for r, i in enumerate(members):  # each row's own stream: its tokens are its own
-                limit, seed = self.rows[i].limit, self.rows[i].seed
-                drawn_RT[r, :limit] = torch.rand(
-                    limit, generator=torch.Generator().manual_seed(seed)
-                )
-            uniforms_RT = on_device(drawn_RT, self.device)
-        chunk, firsts = len(self.held), []  # at most a batch of slots' rows at once (memory)
-        for at in range(0, len(members), chunk):
-            rows = min(chunk, len(members) - at)
-            uniforms_G = None if uniforms_RT is None else uniforms_RT[at : at + rows, 0]
-            firsts.append(sample_next(last_V.expand(rows, -1), self.sampling, uniforms_G))
-        first_R = torch.cat(firsts)
+        uniforms_RT = self._uniforms(members)
         self._prompt = _Prompt(
-            key, prefix, {i: r for r, i in enumerate(members)}, first_R, uniforms_RT
-        )
+            key, prefix, {i: r for r, i in enumerate(members)},
+            self._first_tokens(last_V, uniforms_RT, len(members)), uniforms_RT,
+        )  # fmt: skip
         self.tally.prompts_forwarded += 1
         self.tally.prompt_forward_s += time.perf_counter() - began
         return self._prompt
+
+    def _uniforms(self, members: list[int]) -> torch.Tensor | None:
+        """Rows ``members``' uniforms, ``[R, width]`` on the device, each row's first ``limit``
+        from a generator seeded by its ``seed`` (its tokens are its own); ``None`` greedy."""
+        if self.sampling.greedy:
+            return None
+        drawn_RT = torch.zeros(len(members), self.width)
+        for r, i in enumerate(members):
+            limit, seed = self.rows[i].limit, self.rows[i].seed
+            drawn_RT[r, :limit] = torch.rand(limit, generator=torch.Generator().manual_seed(seed))
+        return on_device(drawn_RT, self.device)
+
+    def _first_tokens(self, last_V, uniforms_RT: torch.Tensor | None, rows: int) -> torch.Tensor:
+        """``rows`` first tokens from a prompt's last logits, each with its row's first uniform;
+        at most a batch of slots' rows at once (sampling's memory grows with the rows)."""
+        chunk, firsts = len(self.held), []
+        for at in range(0, rows, chunk):
+            n = min(chunk, rows - at)
+            uniforms_G = None if uniforms_RT is None else uniforms_RT[at : at + n, 0]
+            firsts.append(sample_next(last_V.expand(n, -1), self.sampling, uniforms_G))
+        return torch.cat(firsts)
 
 
 class TokenReader:
