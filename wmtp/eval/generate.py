@@ -356,7 +356,7 @@ def decode_rows(
     began = time.perf_counter()
     tally = tally if tally is not None else StepTally()
     waiting = collections.deque(range(len(rows)))
-    decoding = [r for r in rows if r.limit > 0]
+    decoding = any(r.limit > 0 for r in rows)
     batch = _Slots(model, rows, slots, sampling, steps, tally) if decoding else None
     while True:
         starting: list[tuple[int, Row]] = []  # the waiting rows the free slots take, together
@@ -413,8 +413,8 @@ class _Slots:
         self.generated: list[list[int]] = [[] for _ in range(slots)]
         self.next_B = self.decoder.fed(1)[:, 0]  # each slot's next token: the next step's input
         self.pick = NextTokens(sampling)
-        self.width = max(r.limit for r in decoding)
-        self.uniforms_BT = torch.zeros(slots, self.width, device=self.device)
+        width = max(r.limit for r in decoding)  # a row's uniforms: one a token
+        self.uniforms_BT = torch.zeros(slots, width, device=self.device)
         self.drawn_B = torch.zeros(slots, dtype=torch.long, device=self.device)
         self.reader = TokenReader(slots, self.device)
         self.sharing: dict[tuple[int, ...], list[int]] = collections.defaultdict(list)
@@ -532,7 +532,7 @@ class _Slots:
         from a generator seeded by its ``seed`` (its tokens are its own); ``None`` greedy."""
         if self.sampling.greedy:
             return None
-        drawn_RT = torch.zeros(len(members), self.width)
+        drawn_RT = torch.zeros(len(members), self.uniforms_BT.shape[1])
         for r, i in enumerate(members):
             limit, seed = self.rows[i].limit, self.rows[i].seed
             drawn_RT[r, :limit] = torch.rand(limit, generator=torch.Generator().manual_seed(seed))
