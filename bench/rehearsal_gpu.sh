@@ -5,6 +5,8 @@
 # code, the GPU check of every attention backend, and the trainer's step at the production shape.
 #
 #   OUT=results_dir bash bench/rehearsal_gpu.sh      (carry .whl; see bench/device_setup.sh)
+#   WMTP_REHEARSAL_NPROC=1,2 OUT=... bash bench/rehearsal_gpu.sh   (two GPUs: the chain again on
+#                                                   both, every command with --nproc-per-node 2)
 #
 # The GPU machine has no bubblewrap: the evaluation's generated programs run under the rlimit
 # isolation, opted into here (WMTP_SANDBOX=rlimits), which says what it does not block.

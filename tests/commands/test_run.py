@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from tests.train.train_helpers import REPO, TINY
 from wmtp.cli import app
-from wmtp.commands.run import torchrun_command
+from wmtp.commands._common import torchrun_command
 
 runner = CliRunner()
 

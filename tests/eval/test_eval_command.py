@@ -376,3 +376,78 @@ def test_prompts_that_fill_the_models_context_are_named(run_dir, tmp_path, caplo
     samples = (tmp_path / "eval" / "humaneval" / "samples.jsonl").read_text().splitlines()
     full = [json.loads(x) for x in samples if '"HumanEval/141"' in x]
     assert [(x["n_tokens"], x["status"]) for x in full] == [(0, "failed")]
+
+
+def wmtp_subprocess(*args) -> subprocess.CompletedProcess:
+    """``python -m wmtp.cli ARGS`` in a child process (torchrun needs one of its own)."""
+    import os
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", WMTP_DIST_TIMEOUT_S="120")
+    return subprocess.run(
+        [sys.executable, "-m", "wmtp.cli", *map(str, args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def written(folder: Path) -> dict:
+    """What an evaluation wrote that does not depend on timing or on the sandbox's folders."""
+    samples = [json.loads(x) for x in (folder / "samples.jsonl").read_text().splitlines()]
+    for sample in samples:
+        del sample["duration_s"], sample["detail"]
+    summary = json.loads((folder / "summary.json").read_text())
+    return {
+        "samples": samples,
+        "problems": (folder / "problems.jsonl").read_text(),
+        "results": summary["results"],
+        "split": summary["split"],
+        "tokens": summary["generation"]["tokens"],
+    }
+
+
+@pytest.mark.slow
+def test_two_processes_write_what_one_writes(run_dir, tmp_path):
+    """``wmtp eval --nproc-per-node 2`` (torchrun, gloo): each rank decodes and checks every
+    other problem, rank 0 writes the lot, in the problems' order: the files one process writes,
+    one table, one warning."""
+    sets = ["--set", "evaluation.max_problems=3"]  # shares of 2 and 1 problems
+    one = invoke("eval", run_dir, "--no-progress", "--out", tmp_path / "one", *sets)
+    assert one.exit_code == 0, one.output
+    two = wmtp_subprocess(
+        "eval", run_dir, "--nproc-per-node", "2", "--out", tmp_path / "two", *sets
+    )
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    assert written(tmp_path / "two" / "humaneval") == written(tmp_path / "one" / "humaneval")
+    generation = summary_of(tmp_path / "two")["generation"]
+    assert generation["ranks"] == 2 and len(generation["seconds_by_rank"]) == 2
+    assert generation["completions"] == 6 and generation["steps"]["rows_started"] == 6
+    flat = " ".join(two.stdout.split())
+    assert flat.count("pass@1") == 1 and "on 2 ranks" in flat
+    assert two.stderr.count("untrusted code runs without bubblewrap") <= 1, two.stderr
+    assert "Traceback" not in two.stdout + two.stderr
+
+
+@pytest.mark.slow
+def test_wmtp_run_of_an_evaluation_recipe_on_two_processes(run_dir, tmp_path):
+    """``wmtp run RECIPE --nproc-per-node 2`` of an evaluation recipe (README: Several GPUs):
+    one problem for two ranks, so rank 1's share is empty; rank 0 writes the run's results."""
+    recipe = tmp_path / "evaluation.toml"
+    evaluation = RECIPE.replace('pipeline = "baseline"', 'pipeline = "evaluation"')
+    evaluation = evaluation.replace(
+        "n_future_tokens = 2", f'n_future_tokens = 2\ncheckpoint = "{run_dir}"'
+    )
+    recipe.write_text(evaluation.replace("max_problems = 2", "max_problems = 1"))
+    done = wmtp_subprocess("run", recipe, "--nproc-per-node", "2")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert " ".join(done.stdout.split()).count("evaluated; results in") == 1
+    summary = summary_of(run_dir / "eval" / "step-3")
+    assert summary["results"]["unseen"]["problems"] == 1
+    assert summary["generation"]["ranks"] == 2 and summary["generation"]["completions"] == 2
+
+
+def test_a_mistake_is_reported_once_before_any_worker_starts(run_dir):
+    result = invoke("eval", run_dir, "--nproc-per-node", "2", "--set", "evaluation.k=[1, 5]")
+    assert result.exit_code == 2 and "n_samples" in result.flat
+    assert "launching" not in result.flat and not (run_dir / "eval").exists()

@@ -197,3 +197,54 @@ def test_checks_run_on_every_core_but_the_decoding_one_unless_the_recipe_says():
     cores = len(os.sched_getaffinity(0))
     assert check_workers(EvaluationSpec()) == max(1, cores - 1)
     assert check_workers(EvaluationSpec(workers=3)) == 3
+
+
+def test_processes_of_one_machine_share_its_check_workers():
+    import os
+
+    from wmtp.eval.evaluator import check_workers
+    from wmtp.recipe.specs.evaluation import EvaluationSpec
+
+    cores = len(os.sched_getaffinity(0))
+    assert check_workers(EvaluationSpec(), local_ranks=2) == max(1, (cores - 2) // 2)
+    assert check_workers(EvaluationSpec(workers=8), local_ranks=4) == 2
+    assert check_workers(EvaluationSpec(workers=3), local_ranks=8) == 1
+
+
+def test_ranks_are_dealt_every_nth_problem_and_together_hold_each_once():
+    from wmtp.eval.ranks import EvalRanks
+
+    problems = [f"p{i}" for i in range(7)]
+    shares = [EvalRanks(rank, 3).share(problems) for rank in range(3)]
+    assert shares == [("p0", "p3", "p6"), ("p1", "p4"), ("p2", "p5")]
+    assert EvalRanks().share(problems) == tuple(problems)
+    assert EvalRanks(2, 8).share(problems[:2]) == ()  # more ranks than problems: nothing
+    assert EvalRanks().gather("mine") == ["mine"]
+
+
+def test_the_ranks_generation_figures_add_up_and_their_time_is_the_slowest():
+    from wmtp.eval.completions import GenerationStats
+    from wmtp.eval.generate import StepTally
+    from wmtp.eval.speculative import SpeculativeStats
+
+    def part(tokens, seconds, steps, busy):
+        tally = StepTally(slots=4, steps=steps, busy_slot_steps=busy, rows_started=2)
+        tally.seconds = seconds
+        return GenerationStats(completions=2, tokens=tokens, seconds=seconds, steps=tally)
+
+    merged = GenerationStats.merged([part(300, 2.0, 100, 350), part(100, 1.0, 50, 100)])
+    figures = merged.as_dict()
+    assert (figures["completions"], figures["tokens"], figures["seconds"]) == (4, 400, 2.0)
+    assert figures["tokens_per_s"] == 200.0  # both ranks' tokens in the slowest rank's time
+    assert (figures["ranks"], figures["seconds_by_rank"]) == (2, [2.0, 1.0])
+    steps = figures["steps"]
+    assert (steps["steps"], steps["rows_started"], steps["slots"]) == (150, 4, 4)
+    assert steps["slot_occupancy"] == 0.75 and steps["ms_per_step"] == 20.0  # 3 s / 150 steps
+    one = part(10, 1.0, 5, 5)
+    assert GenerationStats.merged([one]) is one and "ranks" not in one.as_dict()
+
+    drafted = [GenerationStats(speculative=SpeculativeStats()) for _ in range(2)]
+    for stats, offered in zip(drafted, (4, 6), strict=True):
+        stats.speculative.count(offered, offered - 1)
+    speculative = GenerationStats.merged(drafted).speculative
+    assert speculative.acceptance_rate == pytest.approx(8 / 10)

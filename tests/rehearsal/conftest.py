@@ -13,7 +13,9 @@ state dict under Meta's key names beside a ``params.json`` of Meta's keys, trans
 say ``tiny``. Nothing is downloaded.
 
 ``WMTP_REHEARSAL_DEVICE`` (``cpu`` by default, ``cuda`` on a GPU machine) is the device the
-recipes run on.
+recipes run on. Every recipe runs on one process and again on two, launched as a user launches
+several GPUs (``--nproc-per-node 2``: FSDP2 over gloo on the CPU); ``WMTP_REHEARSAL_NPROC``
+(``1,2`` on the CPU, ``1`` on a GPU machine) lists the process counts to rehearse.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ from tests.rehearsal.stand_in_text import CODE_CORPUS, PROBLEMS
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes"
 DEVICE = os.environ.get("WMTP_REHEARSAL_DEVICE", "cpu")
+NPROCS = tuple(
+    int(n)
+    for n in os.environ.get("WMTP_REHEARSAL_NPROC", "1,2" if DEVICE == "cpu" else "1").split(",")
+)
+"""Processes per ``wmtp run`` / ``wmtp eval``: the whole chain is rehearsed once for each."""
 
 META_DIR = Path("storage/models/llama2-7b-mtp")
 HF_DIR = Path("storage/models/sheared-llama-2.7b")
@@ -180,6 +187,8 @@ class Workdir:
 
     root: Path
     env: dict[str, str]
+    nproc: int = 1
+    """Processes of every ``wmtp run`` and ``wmtp eval`` (:attr:`launch`)."""
     log: list[str] = field(default_factory=list)
     """``command: seconds`` of every CLI call (printed at the end of the module)."""
     failed: dict[str, str] = field(default_factory=dict)
@@ -209,6 +218,11 @@ class Workdir:
             )
         return done
 
+    @property
+    def launch(self) -> tuple[str, ...]:
+        """The arguments that run a command on :attr:`nproc` processes."""
+        return ("--nproc-per-node", str(self.nproc)) if self.nproc > 1 else ()
+
     def latest(self, experiment: str) -> Path:
         """``runs/<experiment>/latest``, resolved to the run it names."""
         return (self.root / "runs" / experiment / "latest").resolve()
@@ -230,10 +244,16 @@ def cli_env(root: Path) -> dict[str, str]:
     return env
 
 
+@pytest.fixture(scope="module", params=NPROCS, ids=lambda n: f"{n}proc")
+def nproc(request) -> int:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Iterator[Workdir]:
+def workdir(tmp_path_factory, nproc) -> Iterator[Workdir]:
     """The stand-ins in a fresh working directory, laid out as the production recipes name them;
-    ``train_metadata.json`` built by the real ``wmtp data index``."""
+    ``train_metadata.json`` built by the real ``wmtp data index``; commands on ``nproc``
+    processes."""
     import torch
 
     from wmtp.data.tokenizers import load_tokenizer
@@ -248,7 +268,7 @@ def workdir(tmp_path_factory) -> Iterator[Workdir]:
     write_meta_checkpoint(root / META_DIR, vocab)
     write_hf_critic(root / HF_DIR, vocab)
     write_dataset(root / DATA_DIR)
-    work = Workdir(root, cli_env(root))
+    work = Workdir(root, cli_env(root), nproc)
     work.wmtp(
         "data",
         "index",

@@ -13,7 +13,9 @@ The chains: ``critic.toml`` -> ``verifiable.toml`` -> ``evaluation.toml`` (which
 its predecessor's run fails (as a setup error naming the predecessor) when that run did.
 
 ``WMTP_REHEARSAL_DEVICE=cuda python -m pytest tests/rehearsal`` runs the same on a GPU, where the
-recipes' ``attention = "auto"`` picks the GPU's backend (on the CPU it resolves to sdpa).
+recipes' ``attention = "auto"`` picks the GPU's backend (on the CPU it resolves to sdpa);
+and the whole chain runs again on two processes per command (``--nproc-per-node 2``: FSDP2 over
+gloo on the CPU; ``WMTP_REHEARSAL_NPROC=1,2`` on a machine with two GPUs).
 """
 
 from __future__ import annotations
@@ -123,6 +125,8 @@ def assert_trained(work: Workdir, name: str) -> Path:
         assert weights & {"model.safetensors", "lora.safetensors"}, (
             f"{name}: {checkpoint} holds no weights ({sorted(weights)})"
         )
+        trainer = json.loads((checkpoint / "trainer.json").read_text())
+        assert trainer["world_size"] == work.nproc, f"{name}: {checkpoint} {trainer}"
     losses = [
         m["loss"]
         for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
@@ -133,7 +137,7 @@ def assert_trained(work: Workdir, name: str) -> Path:
     return run
 
 
-def assert_evaluated(run: Path) -> dict:
+def assert_evaluated(work: Workdir, run: Path) -> dict:
     """``eval/step-<last>/humaneval/summary.json`` has pass@1 and pass@2 of HumanEval over every
     sample generated, on problems the run did not train on (the stand-in data names no HumanEval
     problem, so all 164 are unseen)."""
@@ -145,6 +149,7 @@ def assert_evaluated(run: Path) -> dict:
     assert all(0.0 <= p <= 1.0 for p in result["pass_at_k"].values())
     assert result["problems"] == 2 and sum(result["statuses"].values()) == 4, summary
     assert (out_dir / "samples.jsonl").is_file() and (out_dir / "problems.jsonl").is_file()
+    assert summary["generation"].get("ranks", 1) == work.nproc, summary["generation"]
     settings = summary["settings"]
     assert settings["device"].split(":")[0] == DEVICE, settings  # cpu, cuda:0
     if DEVICE == "cpu":  # the recipes' attention = "auto" on a CPU
@@ -158,7 +163,7 @@ def train(work: Workdir, name: str) -> Path:
     if name in work.failed:
         pytest.fail(f"{name} failed earlier in this module:\n{work.failed[name]}", pytrace=False)
     try:
-        work.wmtp("run", str(recipe_file(name)), *set_args(OVERRIDES[name]))
+        work.wmtp("run", str(recipe_file(name)), *work.launch, *set_args(OVERRIDES[name]))
         return assert_trained(work, name)
     except (pytest.fail.Exception, AssertionError) as exc:
         work.failed[name] = str(exc)
@@ -262,11 +267,13 @@ def test_evaluation_recipe_evaluates_the_verifiable_run(workdir, verifiable_run)
     """evaluation.toml names ``runs/verifiable/latest``; its results go to that run's
     eval/step-N/."""
     name = "evaluation.toml"
-    workdir.wmtp("run", str(recipe_file(name)), *set_args(OVERRIDES[name]))
-    assert_evaluated(verifiable_run)
+    workdir.wmtp("run", str(recipe_file(name)), *workdir.launch, *set_args(OVERRIDES[name]))
+    assert_evaluated(workdir, verifiable_run)
 
 
 @pytest.mark.slow
 def test_baseline_then_eval(workdir, baseline_run):
-    workdir.wmtp("eval", "runs/baseline/latest", "--no-progress", *set_args(EVAL_OF_A_RUN))
-    assert_evaluated(baseline_run)
+    workdir.wmtp(
+        "eval", "runs/baseline/latest", "--no-progress", *workdir.launch, *set_args(EVAL_OF_A_RUN)
+    )
+    assert_evaluated(workdir, baseline_run)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import enum
 import functools
+import sys
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -44,6 +45,56 @@ SandboxOption = Annotated[
 ]
 """The ``--sandbox`` option of every command that runs untrusted code; the command applies it
 first, with ``wmtp.sandbox.choose(sandbox)``."""
+
+
+NprocOption = Annotated[
+    int,
+    typer.Option(
+        "--nproc-per-node", min=1, help="Processes on this machine (> 1 launches torchrun)."
+    ),
+]
+"""The ``--nproc-per-node`` option of the commands that run on several processes."""
+
+
+def torchrun_command(
+    argv: list[str], nproc: int, subcommand: tuple[str, ...] = ("run",)
+) -> list[str]:
+    """The torchrun command line that re-runs ``wmtp SUBCOMMAND`` with ``argv`` (less
+    ``--nproc-per-node``) on ``nproc`` processes."""
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--nproc-per-node":
+            skip = True
+            continue
+        if arg.startswith("--nproc-per-node="):
+            continue
+        rest.append(arg)
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "wmtp.cli",
+        *subcommand,
+        *rest,
+    ]
+
+
+def relaunch(subcommand: tuple[str, ...], nproc: int) -> NoReturn:
+    """Run this command line again as ``nproc`` torchrun workers (``wmtp.train.launcher``: one
+    message per failure, no orphans) and exit with the launcher's code."""
+    from wmtp.train.launcher import Launch
+
+    last = subcommand[-1]
+    argv = sys.argv[sys.argv.index(last) + 1 :] if last in sys.argv else []
+    cmd = torchrun_command(argv, nproc, subcommand)
+    _output.console().print(f"launching: {' '.join(cmd)}", highlight=False)
+    raise typer.Exit(Launch(cmd).run())
 
 
 def __getattr__(name: str) -> Any:

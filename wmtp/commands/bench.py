@@ -5,13 +5,12 @@ from __future__ import annotations
 import enum
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from wmtp.commands._common import SetOption, command, console
+from wmtp.commands._common import SetOption, command, console, relaunch
 from wmtp.errors import WmtpError
 
 bench_app = typer.Typer(
@@ -243,14 +242,7 @@ def step(
     if recipe_obj.pipeline.trains is None:
         raise WmtpError(f"{recipe}: pipeline {recipe_obj.experiment.pipeline!r} trains nothing")
     if nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
-        from wmtp.commands.run import torchrun_command
-
-        argv = sys.argv[sys.argv.index("step") + 1 :]
-        from wmtp.train.launcher import Launch
-
-        cmd = torchrun_command(argv, nproc_per_node, ("bench", "step"))
-        console.print(f"launching: {' '.join(cmd)}", highlight=False)
-        raise typer.Exit(Launch(cmd).run())
+        relaunch(("bench", "step"), nproc_per_node)
     from wmtp.bench.step import bench_step
     from wmtp.parallel import teardown
 

@@ -10,7 +10,14 @@ from typing import Annotated
 
 import typer
 
-from wmtp.commands._common import SandboxOption, SetOption, command, console
+from wmtp.commands._common import (
+    NprocOption,
+    SandboxOption,
+    SetOption,
+    command,
+    console,
+    relaunch,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -59,6 +66,7 @@ def eval_command(
         bool, typer.Option("--progress/--no-progress", help="Show progress bars.")
     ] = True,
     sandbox: SandboxOption = None,
+    nproc_per_node: NprocOption = 1,
 ) -> None:
     """pass@k of a trained policy on the recipe's \\[evaluation] benchmarks, in the sandbox.
 
@@ -66,22 +74,27 @@ def eval_command(
     --include-seen adds the others, reported apart). Generates n samples per problem, checks each
     in the sandbox on a worker pool, writes <run>/eval/step-N/<benchmark>/ (samples.jsonl,
     problems.jsonl, summary.json: pass@k ± standard error, the split, decoding settings,
-    sandbox, wall times), and prints a table.
+    sandbox, wall times), and prints a table. With --nproc-per-node N, N processes (one per
+    GPU) each generate and check a share of the problems: the same samples, N times the speed.
     """
-    from wmtp.eval.target import evaluate_target
+    import os
+
+    from wmtp.eval.target import evaluate_target, prepare_eval
     from wmtp.sandbox import choose
 
     choose(sandbox)
     seen = ["evaluation.include_seen=true"] if include_seen else []
-    resolved, _ = evaluate_target(
-        target,
-        overrides=[*(overrides or []), *seen],
-        recipe=recipe,
-        out=out,
-        progress=progress,
-        console=console,
-    )
-    console.print(f"results in {resolved.out_dir}", highlight=False)
+    settings = {"overrides": [*(overrides or []), *seen], "recipe": recipe, "out": out}
+    if "WORLD_SIZE" in os.environ:  # a torchrun worker: end with torchrun, even a killed one
+        from wmtp.train.launcher import die_with_parent
+
+        die_with_parent()
+    elif nproc_per_node > 1:
+        prepare_eval(target, **settings)  # a mistake is one message, before any worker starts
+        relaunch(("eval",), nproc_per_node)
+    resolved, _ = evaluate_target(target, **settings, progress=progress, console=console)
+    if int(os.environ.get("RANK", "0")) == 0:
+        console.print(f"results in {resolved.out_dir}", highlight=False)
 
 
 def report_command(

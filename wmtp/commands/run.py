@@ -8,47 +8,24 @@ e.g. ``torchrun --nnodes 2 --node-rank 0 --nproc-per-node 8 --rdzv-backend c10d
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from wmtp.commands._common import SandboxOption, SetOption, command, console
+from wmtp.commands._common import (
+    NprocOption,
+    SandboxOption,
+    SetOption,
+    command,
+    console,
+    relaunch,
+)
 
 
 def register(app: typer.Typer) -> None:
     """Add ``run`` to ``app``."""
     command(app, "run", no_args_is_help=True)(run)
-
-
-def torchrun_command(
-    argv: list[str], nproc: int, subcommand: tuple[str, ...] = ("run",)
-) -> list[str]:
-    """The torchrun command line that re-runs ``wmtp SUBCOMMAND`` with ``argv`` (less
-    ``--nproc-per-node``) on ``nproc`` processes."""
-    rest, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        if arg == "--nproc-per-node":
-            skip = True
-            continue
-        if arg.startswith("--nproc-per-node="):
-            continue
-        rest.append(arg)
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc}",
-        "-m",
-        "wmtp.cli",
-        *subcommand,
-        *rest,
-    ]
 
 
 def run(
@@ -72,12 +49,7 @@ def run(
     force: Annotated[
         bool, typer.Option("--force", help="Resume even when the recipe's numerics changed.")
     ] = False,
-    nproc_per_node: Annotated[
-        int,
-        typer.Option(
-            "--nproc-per-node", min=1, help="Processes on this machine (> 1 launches torchrun)."
-        ),
-    ] = 1,
+    nproc_per_node: NprocOption = 1,
     sandbox: SandboxOption = None,
 ) -> None:
     """Train RECIPE: a new run directory runs/<experiment>/<YYYYmmdd-HHMMSS>-<hash8>/ with the
@@ -89,7 +61,7 @@ def run(
     import logging
 
     from wmtp.sandbox import choose
-    from wmtp.train.launcher import Launch, die_with_parent
+    from wmtp.train.launcher import die_with_parent
 
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
@@ -101,10 +73,7 @@ def run(
         prepared = prepare_run(recipe, list(set_ or ()), resume=resume, force=force)
         if prepared.checkpoint is not None:
             os.environ[VERIFIED_ENV] = str(prepared.checkpoint)
-        argv = sys.argv[sys.argv.index("run") + 1 :] if "run" in sys.argv else []
-        cmd = torchrun_command(argv, nproc_per_node)
-        console.print(f"launching: {' '.join(cmd)}", highlight=False)
-        raise typer.Exit(Launch(cmd).run())
+        relaunch(("run",), nproc_per_node)
     if "WORLD_SIZE" in os.environ:  # a torchrun worker: end with torchrun, even a killed one
         die_with_parent()
     from wmtp.train.runner import run_recipe

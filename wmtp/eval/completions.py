@@ -46,6 +46,31 @@ class GenerationStats:
     speculative: SpeculativeStats | None = None
     steps: StepTally | None = None
     """Plain decoding's steps: how full, who set the pace."""
+    rank_seconds: tuple[float, ...] = ()
+    """Each rank's ``seconds``, when several generated (:meth:`merged`)."""
+
+    @classmethod
+    def merged(cls, parts: list[GenerationStats]) -> GenerationStats:
+        """The ranks' statistics as one evaluation's: counts and tallies summed, ``seconds`` and
+        ``setup_s`` the slowest rank's (the ranks run at once), so ``tokens_per_s`` is all the
+        ranks' throughput together."""
+        if len(parts) == 1:
+            return parts[0]
+        out = cls(
+            completions=sum(p.completions for p in parts),
+            tokens=sum(p.tokens for p in parts),
+            seconds=max(p.seconds for p in parts),
+            setup_s=max(p.setup_s for p in parts),
+            rank_seconds=tuple(p.seconds for p in parts),
+        )
+        for part in parts:
+            if part.speculative is not None:
+                out.speculative = out.speculative or SpeculativeStats()
+                out.speculative.add(part.speculative)
+            if part.steps is not None:
+                out.steps = out.steps or StepTally()
+                out.steps.add(part.steps)
+        return out
 
     def as_dict(self) -> dict:
         out = {
@@ -55,6 +80,9 @@ class GenerationStats:
             "tokens_per_s": round(self.tokens / self.seconds, 2) if self.seconds > 0 else 0.0,
             "setup_s": round(self.setup_s, 3),
         }
+        if self.rank_seconds:
+            out["ranks"] = len(self.rank_seconds)
+            out["seconds_by_rank"] = [round(s, 3) for s in self.rank_seconds]
         if self.steps is not None:
             out["steps"] = self.steps.as_dict()
         if self.speculative is not None:
@@ -154,6 +182,8 @@ def _continuous(
         if len(prepared[p].completions) == prepared[p].rows:
             finished(p)
 
+    if not rows:  # a rank whose share is empty
+        return
     slots = min(spec.batch_size, len(rows))
     decode_rows(model, rows, slots=slots, sampling=sampling, on_done=on_done, tally=tally)
 

@@ -3,8 +3,10 @@
 For every benchmark of the ``[evaluation]`` section: the problems to score (the unseen ones, and
 the seen ones when asked: ``wmtp.eval.splits``), n completions per problem
 (``wmtp.eval.completions``), each problem's judged on a worker pool (programs run in
-``wmtp.sandbox``) while the next problems generate, then ``<out>/<benchmark>/`` written (``wmtp.eval.results``) and a table printed
-(``wmtp.eval.table``). ``check_completions`` and ``wmtp.eval.results.write_results`` take
+``wmtp.sandbox``) while the next problems generate, then ``<out>/<benchmark>/`` written
+(``wmtp.eval.results``) and a table printed (``wmtp.eval.table``). Under torchrun each rank
+generates and checks its share of the problems and rank 0 writes (``wmtp.eval.ranks``).
+``check_completions`` and ``wmtp.eval.results.write_results`` take
 completions from anywhere (a test's reference solutions, another tool's samples).
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from wmtp.errors import RecipeError
 from wmtp.eval.benchmarks import Benchmark, load_benchmark
 from wmtp.eval.judges import Verdict
 from wmtp.eval.prompting import PromptFormat, prompt_format
+from wmtp.eval.ranks import EvalRanks
 from wmtp.eval.splits import ScoredProblems, TrainingProblems, choose_problems
 
 DECODING_KEYS = ("n_samples", "temperature", "top_p", "max_new_tokens", "speculative")
@@ -110,10 +114,13 @@ def evaluate(
     benchmark_paths: dict[str, str] | None = None,
     progress: bool = True,
     console=None,
+    ranks: EvalRanks = EvalRanks(),
 ) -> dict[str, dict[str, Any]]:
     """Evaluate ``model`` on every benchmark of ``spec`` (an ``EvaluationSpec``) into
     ``<out_dir>/<benchmark>/``; benchmark -> its summary. ``training`` says which problems are
-    seen; ``step`` is the checkpoint's step (None: not a run's checkpoint).
+    seen; ``step`` is the checkpoint's step (None: not a run's checkpoint). With several
+    ``ranks`` each evaluates its share and rank 0 writes, prints and returns the results (the
+    others return an empty dict).
 
     Benchmarks are named as in ``spec.benchmarks``: ``"humaneval"``, or ``"mbpp=PATH"`` for the
     ones read from a local file (``benchmark_paths`` may give the paths instead).
@@ -144,8 +151,11 @@ def evaluate(
             },
         }
         results[name] = evaluate_benchmark(
-            model, tokenizer, spec, scored, shown, Path(out_dir) / name, seed, context, progress
-        )
+            model, tokenizer, spec, scored, shown, Path(out_dir) / name, seed, context, progress,
+            ranks,
+        )  # fmt: skip
+    if not ranks.is_main:
+        return {}
     print_table(results, console, title=f" · {model_label}")
     return results
 
@@ -160,37 +170,29 @@ def evaluate_benchmark(
     seed: int,
     context,
     progress,
+    ranks: EvalRanks = EvalRanks(),
 ) -> dict[str, Any]:
-    """Generate, check and write one benchmark's scored problems, shown to the model as ``shown``
-    says; its summary."""
-    from rich.progress import Progress
-
+    """Generate and check this rank's share of one benchmark's scored problems, shown to the
+    model as ``shown`` says; on rank 0, gather every share, write the results and return their
+    summary (the other ranks return an empty dict)."""
     from wmtp import sandbox
-    from wmtp.eval.completions import complete_benchmark
+    from wmtp.eval.completions import GenerationStats
     from wmtp.eval.results import write_results
 
     benchmark = scored.benchmark
     if any(problem.judge.runs_code for problem in scored.problems):
         sandbox.require(purpose=f"checking {benchmark.name} completions")  # before decoding
-    workers = check_workers(spec)
-    limits = {"timeout_s": spec.timeout_s, "memory_mb": spec.memory_mb, "workers": workers}
-    started = time.perf_counter()
-    with Progress(disable=not progress) as bar, Checker(benchmark, **limits, bar=bar) as checker:
-        problems, gen_stats = complete_benchmark(
-            model, tokenizer, benchmark, spec, seed=seed, problems=scored.problems, shown=shown,
-            bar=bar,
-            on_problem=lambda p: checker.submit(p.task_id, [c.text for c in p.completions]),
-        )  # fmt: skip
-        generated = time.perf_counter()
-        verdicts = checker.verdicts()
-    checked = time.perf_counter()
-    samples = {
-        p.task_id: [
-            {"completion": c.text, "finish_reason": c.finish_reason, "n_tokens": len(c.tokens)}
-            for c in p.completions
-        ]
-        for p in problems
-    }
+    workers = check_workers(spec, ranks.local_world_size)
+    mine = ranks.share(scored.problems)
+    share = _share(model, tokenizer, spec, benchmark, mine, shown, seed, workers, progress)
+    shares = ranks.gather(share)
+    if shares is None:
+        return {}
+    order = [p.task_id for p in scored.problems]
+    samples = {task: s for share in shares for task, s in share.samples.items()}
+    verdicts = {task: v for share in shares for task, v in share.verdicts.items()}
+    generated = max(share.generate_s for share in shares)  # the ranks run at once
+    total = max(share.total_s for share in shares)
     info = {
         "benchmark": benchmark.name,
         **context,
@@ -198,24 +200,73 @@ def evaluate_benchmark(
         "decoding": {**{key: getattr(spec, key) for key in DECODING_KEYS}, "seed": seed},
         "sandbox": sandbox.isolation_line(),
         "check_workers": workers,
-        "generation": gen_stats.as_dict(),
+        "generation": GenerationStats.merged([share.stats for share in shares]).as_dict(),
         "wall_s": {  # checks run while generation goes on: "check" is what they add after it
-            "generate": round(generated - started, 3),
-            "check": round(checked - generated, 3),
-            "total": round(checked - started, 3),
+            "generate": round(generated, 3),
+            "check": round(total - generated, 3),
+            "total": round(total, 3),
             "judging_summed": round(sum(v.duration_s for vs in verdicts.values() for v in vs), 3),
         },
     }
     groups = {name: [p.task_id for p in group] for name, group in scored.groups.items()}
-    return write_results(folder, samples, verdicts, groups=groups, ks=spec.k, info=info)
+    return write_results(
+        folder,
+        {task: samples[task] for task in order},
+        {task: verdicts[task] for task in order},
+        groups=groups,
+        ks=spec.k,
+        info=info,
+    )
 
 
-def check_workers(spec) -> int:
-    """Programs checked at once: ``evaluation.workers``, else every core this process may use
-    but the one that decodes."""
+@dataclass
+class _Share:
+    """One rank's part of a benchmark: its problems' samples and verdicts, how generation went,
+    and its wall times (generation; generation and the checks after it)."""
+
+    samples: dict[str, list[dict]]
+    verdicts: dict[str, list[Verdict]]
+    stats: Any
+    generate_s: float
+    total_s: float
+
+
+def _share(model, tokenizer, spec, benchmark, problems, shown, seed, workers, progress) -> _Share:
+    """Generate the completions of ``problems`` (of ``benchmark``) and check each problem's in the sandbox as soon as
+    they exist, on ``workers`` threads."""
+    from rich.progress import Progress
+
+    from wmtp.eval.completions import complete_benchmark
+
+    started = time.perf_counter()
+    limits = {"timeout_s": spec.timeout_s, "memory_mb": spec.memory_mb, "workers": workers}
+    with Progress(disable=not progress) as bar, Checker(benchmark, **limits, bar=bar) as checker:
+        done, stats = complete_benchmark(
+            model, tokenizer, benchmark, spec, seed=seed, problems=problems, shown=shown,
+            bar=bar,
+            on_problem=lambda p: checker.submit(p.task_id, [c.text for c in p.completions]),
+        )  # fmt: skip
+        generated = time.perf_counter()
+        verdicts = checker.verdicts()
+    samples = {
+        p.task_id: [
+            {"completion": c.text, "finish_reason": c.finish_reason, "n_tokens": len(c.tokens)}
+            for c in p.completions
+        ]
+        for p in done
+    }
+    now = time.perf_counter()
+    return _Share(samples, verdicts, stats, generated - started, now - started)
+
+
+def check_workers(spec, local_ranks: int = 1) -> int:
+    """Programs one process checks at once: ``evaluation.workers``, else every core this process
+    may use but the one that decodes; shared among the ``local_ranks`` evaluating processes of
+    this machine."""
     from wmtp.sandbox.checks import default_workers
 
-    return spec.workers or max(1, default_workers() - 1)
+    machine = spec.workers or max(1, default_workers() - local_ranks)
+    return max(1, machine // local_ranks)
 
 
 def model_settings(model) -> dict[str, str]:

@@ -309,6 +309,15 @@ class StepTally:
     copying a forwarded prompt and a row's first token and uniforms into its slot."""
     seconds: float = 0.0
 
+    def add(self, other: StepTally) -> None:
+        """Count ``other``'s steps too (another rank's): every figure summed, ``slots`` the
+        widest; ``ms_per_step`` is then the ranks' mean."""
+        summed = ("steps", "busy_slot_steps", "rows_started", "prompts_forwarded", "waited_s",
+                  "started_rows_s", "prompt_forward_s", "seconds")  # fmt: skip
+        for name in summed:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.slots = max(self.slots, other.slots)
+
     def as_dict(self) -> dict[str, float | int]:
         return {
             "slots": self.slots,

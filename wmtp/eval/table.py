@@ -71,6 +71,8 @@ def notes(name: str, summary: dict[str, Any]) -> list[str]:
 def _generation(generation: dict) -> str:
     """Its time and speed, the compilation in it, and how full and how long the steps were."""
     text = f"{generation['seconds']:.1f} s, {generation['tokens_per_s']:,.0f} tokens/s"
+    if generation.get("ranks"):
+        text += f" on {generation['ranks']} ranks"
     if generation.get("setup_s"):
         text += f" ({generation['setup_s']:.1f} s of it compiling decoding steps)"
     steps = generation.get("steps")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from wmtp.errors import CheckpointError, RunError
 from wmtp.models.locate import (
@@ -110,17 +111,6 @@ def _recipe_target(recipe_file: Path, recipe, out: str | Path | None) -> EvalTar
     )
 
 
-def pick_device(setting: str) -> str:
-    """``parallel.device``: ``auto`` is cuda when a GPU is visible, else cpu."""
-    import torch
-
-    if setting == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise RunError("parallel.device = 'cuda' but no GPU is visible (set it to 'cpu' or 'auto')")
-    return setting
-
-
 def load_policy(target: EvalTarget, recipe, device: str, *, fold_adapters: bool = True):
     """The policy model of ``recipe`` with the weights of ``target.checkpoint``, in eval mode,
     and the tokenizer: both through ``wmtp.assembly``, as training builds them.
@@ -155,6 +145,30 @@ def load_policy(target: EvalTarget, recipe, device: str, *, fold_adapters: bool 
     return model.eval(), tokenizer
 
 
+def prepare_eval(
+    path: str | Path,
+    *,
+    overrides: list[str] | tuple[str, ...] = (),
+    recipe: str | Path | None = None,
+    out: str | Path | None = None,
+) -> tuple[EvalTarget, Any]:
+    """Resolve ``path`` and load its recipe (``overrides`` applied), checking the
+    ``[evaluation]`` settings: every mistake found before torch or a model loads."""
+    from wmtp.eval.evaluator import check_settings
+    from wmtp.recipe import load_recipe
+
+    if Path(path).suffix == ".toml" and Path(path).is_file():
+        if recipe is not None:
+            raise RunError(f"{path} is a recipe already: leave out --recipe {recipe}")
+        loaded = load_recipe(path, overrides).recipe
+        target = _recipe_target(Path(path), loaded, out)
+    else:
+        target = resolve_target(path, recipe=recipe, out=out)
+        loaded = load_recipe(target.recipe_file, overrides).recipe
+    check_settings(loaded.evaluation)
+    return target, loaded
+
+
 def evaluate_target(
     path: str | Path,
     *,
@@ -166,37 +180,43 @@ def evaluate_target(
 ) -> tuple[EvalTarget, dict]:
     """``wmtp eval``: resolve ``path``, load its recipe (``overrides`` applied) and policy, evaluate.
 
-    Returns the target and the per-benchmark results written to ``target.out_dir``.
+    Under torchrun every rank loads the policy on its own device and evaluates its share of the
+    problems (``wmtp.eval.ranks``); rank 0 shows progress and writes. Returns the target and, on
+    rank 0, the per-benchmark results written to ``target.out_dir``.
     """
-    from wmtp.eval.evaluator import check_settings, evaluate
+    from wmtp.eval.evaluator import evaluate
+    from wmtp.eval.ranks import EvalRanks
     from wmtp.eval.splits import training_of_checkpoint
-    from wmtp.recipe import load_recipe
+    from wmtp.parallel import init_distributed, teardown
+    from wmtp.train.run_log import exit_without_peers
 
-    if Path(path).suffix == ".toml" and Path(path).is_file():
-        if recipe is not None:
-            raise RunError(f"{path} is a recipe already: leave out --recipe {recipe}")
-        loaded = load_recipe(path, overrides).recipe
-        target = _recipe_target(Path(path), loaded, out)
-    else:
-        target = resolve_target(path, recipe=recipe, out=out)
-        loaded = load_recipe(target.recipe_file, overrides).recipe
-    check_settings(loaded.evaluation)  # before minutes of model loading
-    training = training_of_checkpoint(
-        target.checkpoint, pretrained=target.pretrained, progress=progress
-    )
-    model, tokenizer = load_policy(target, loaded, pick_device(loaded.parallel.device))
-    results = evaluate(
-        model,
-        tokenizer,
-        loaded.evaluation,
-        target.out_dir,
-        seed=loaded.experiment.seed,
-        model_label=str(target.checkpoint),
-        training=training,
-        step=checkpoint_step(target.checkpoint),
-        progress=progress,
-        console=console,
-    )
+    target, loaded = prepare_eval(path, overrides=overrides, recipe=recipe, out=out)
+    ctx = init_distributed(loaded.parallel.device)
+    try:
+        ranks = EvalRanks.joined(ctx)
+        progress = progress and ranks.is_main
+        training = training_of_checkpoint(
+            target.checkpoint, pretrained=target.pretrained, progress=progress
+        )
+        model, tokenizer = load_policy(target, loaded, ctx.device)
+        results = evaluate(
+            model,
+            tokenizer,
+            loaded.evaluation,
+            target.out_dir,
+            seed=loaded.experiment.seed,
+            model_label=str(target.checkpoint),
+            training=training,
+            step=checkpoint_step(target.checkpoint),
+            progress=progress,
+            console=console if ranks.is_main else None,
+            ranks=ranks,
+        )
+    except BaseException as exc:
+        if ctx.is_distributed:  # one record for the launcher, no wait for blocked peers
+            exit_without_peers(exc, ctx.rank)
+        raise
+    teardown()
     return target, results
 
 
@@ -210,6 +230,6 @@ __all__ = [
     "EvalTarget",
     "evaluate_target",
     "load_policy",
-    "pick_device",
+    "prepare_eval",
     "resolve_target",
 ]

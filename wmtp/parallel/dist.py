@@ -50,7 +50,9 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
         from wmtp.errors import RunError
 
         if not torch.cuda.is_available():
-            raise RunError("parallel.device = 'cuda' but no CUDA device is visible")
+            raise RunError(
+                "parallel.device = 'cuda' but no CUDA device is visible (set it to 'cpu' or 'auto')"
+            )
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")

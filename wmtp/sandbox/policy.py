@@ -115,8 +115,9 @@ _warned_lock = threading.Lock()
 
 
 def _warn_once(source: str) -> None:
+    """Once per job: a torchrun worker other than rank 0 leaves it to rank 0."""
     with _warned_lock:
-        if _warned:
+        if _warned or os.environ.get("RANK", "0") != "0":
             return
         _warned.append(True)
     log.warning(

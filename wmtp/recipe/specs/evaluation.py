@@ -43,7 +43,8 @@ class EvaluationSpec(Section):
     workers: Annotated[int, PERFORMANCE, Field(gt=0)] | None = None
     """Programs checked in parallel while decoding goes on; unset: one per core this process may
     use, less the one that drives the decoding (checks lagged generation by a minute at 4 on a
-    16-core H200 host: ``bench/results/h200_decode.md``)."""
+    16-core H200 host: ``bench/results/h200_decode.md``). Several evaluating processes on one
+    machine (``--nproc-per-node``) share them: each checks ``workers / processes``."""
     speculative: Annotated[bool, PERFORMANCE] = False
     """Self-speculative decoding with the extra MTP heads: at temperature 0 the same completions
     as plain greedy decoding; above it, speculative sampling, which keeps head 1's distribution
