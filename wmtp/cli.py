@@ -78,15 +78,28 @@ def __getattr__(name: str) -> Any:
 def main() -> None:
     """Console-script entry point: builds only the module of the command it runs
     (``wmtp validate`` first tries its Typer-free path, see ``wmtp.commands._validate``)."""
-    if sys.argv[1:2] == ["validate"]:
-        from wmtp.commands._validate import fast_main
+    try:
+        if sys.argv[1:2] == ["validate"]:
+            from wmtp.commands._validate import fast_main
 
-        code = fast_main(sys.argv[2:])
-        if code is not None:
-            sys.exit(code)
-    module = module_of(sys.argv[1:])
-    app = build_app((module,)) if module else _full_app()
-    app()
+            code = fast_main(sys.argv[2:])
+            if code is not None:
+                sys.exit(code)
+        module = module_of(sys.argv[1:])
+        app = build_app((module,)) if module else _full_app()
+        app()
+    except BrokenPipeError:
+        _reader_gone()
+
+
+def _reader_gone() -> None:
+    """What reads stdout went away (``wmtp validate | head -1``): stop at once, quietly, with
+    exit code 1, as click does for the Typer commands; stdout goes to /dev/null so that Python's
+    last flush has nowhere to fail."""
+    import os
+
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(1)
 
 
 if __name__ == "__main__":

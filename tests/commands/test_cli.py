@@ -90,3 +90,26 @@ def test_single_command_modules_stay_subcommands():
     result = CliRunner().invoke(app, ["run", "--help"])
     assert result.exit_code == 0, result.output
     assert "run [OPTIONS]" in result.output
+
+
+@pytest.mark.parametrize("args", [["validate", "recipes/tiny.toml"], ["list"], ["--help"]])
+def test_a_reader_that_goes_away_ends_the_command_quietly(args):
+    """``wmtp validate | head -1``: the pipe's reader leaves before wmtp writes (here: at once),
+    so every write fails with EPIPE; wmtp stops with exit 1 and no traceback, Typer-free path
+    (validate) and Typer commands alike."""
+    import os
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first write
+    done = subprocess.run(
+        [sys.executable, "-m", "wmtp.cli", *args],
+        cwd=REPO,
+        stdout=write,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
+        env=dict(os.environ, WMTP_NO_CACHE="1"),
+    )
+    os.close(write)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
