@@ -126,6 +126,22 @@ def test_problem_from_set_names_the_override(write):
     assert "expected KEY=VALUE" in bad.message
 
 
+@pytest.mark.parametrize("override", ["foo.bar=1", "training.foo.bar=1"])
+def test_an_unknown_table_made_by_set_names_the_override(write, override):
+    """``--set foo.bar=1`` makes the table ``foo`` without writing it: the problem with ``foo``
+    is the override's, not the file's."""
+    p = one_problem(write("r.toml", MINIMAL), [override])
+    assert p.file is None and p.origin == f"--set {override}", p.render()
+    assert p.message == "unknown key"
+
+
+def test_a_recipe_saved_with_a_byte_order_mark_loads(write, tmp_path):
+    """Editors on Windows may start a UTF-8 file with a BOM, which TOML does not allow."""
+    path = write("r.toml", MINIMAL)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert load_recipe(path).recipe == load_recipe(write("plain.toml", MINIMAL)).recipe
+
+
 def test_json_form_carries_every_field(write):
     text = MINIMAL.replace("max_steps = 10", "max_steps = 10\ngrad_acum_steps = 2")
     with pytest.raises(RecipeProblems) as info:

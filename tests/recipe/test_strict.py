@@ -82,6 +82,17 @@ def message_of(write, old: str, new: str, overrides=()) -> str:
             "training.betas: expected an array of 2 numbers at least 0 and less than 1, "
             "got the array [0.9, 0.95, 0.99] (e.g. betas = [0.9, 0.95])",
         ),
+        (
+            "max_steps = 10",
+            "max_steps = 10\nlr = inf",
+            "training.lr: expected a number greater than 0, got the number inf (e.g. lr = 1e-05)",
+        ),
+        (
+            "max_steps = 10",
+            "max_steps = 10\ngrad_clip = nan",
+            "training.grad_clip: expected a number at least 0, got the number nan "
+            "(e.g. grad_clip = 1.0)",
+        ),
     ],
     ids=[
         "string",
@@ -94,6 +105,8 @@ def message_of(write, old: str, new: str, overrides=()) -> str:
         "string-for-bool-or-auto",
         "array-item",
         "array-length",
+        "inf",
+        "nan",
     ],
 )
 def test_a_value_of_another_type_says_what_to_write(write, old, new, expected):

@@ -88,6 +88,7 @@ class Section(BaseModel):
         extra="forbid",
         frozen=True,
         strict=True,  # the TOML type must match: "100" is not 100, "yes" is not true
+        allow_inf_nan=False,  # TOML's inf and nan are numbers, but no setting takes them
         use_attribute_docstrings=False,  # docs are read lazily: wmtp.recipe.docs
         validate_default=False,
         # validators are built on first use, and only Recipe's whole one on the validate path

@@ -223,7 +223,8 @@ def _fits(value: Any, tp: Any) -> bool:
     from pydantic import ConfigDict, TypeAdapter, ValidationError
 
     try:
-        TypeAdapter(tp, config=ConfigDict(strict=True)).validate_python(value)
+        config = ConfigDict(strict=True, allow_inf_nan=False)  # as the recipe's sections
+        TypeAdapter(tp, config=config).validate_python(value)
     except ValidationError:
         return False
     return True

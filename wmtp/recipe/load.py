@@ -100,7 +100,7 @@ def read_toml(path: FsPath) -> tuple[dict, dict[Path, Source]]:
     """One TOML file and the source of each of its paths; a located error if it is malformed."""
     shown = display_path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) dropped
     except FileNotFoundError:
         raise single_problem(shown, None, "", "file not found") from None
     except (OSError, UnicodeDecodeError) as exc:

@@ -109,7 +109,12 @@ def value_at(data: Any, path: Path) -> Any:
 
 
 def _source_near(path: Path, tree: Tree) -> Source | None:
-    """The source of ``path`` or of its nearest ancestor written somewhere."""
+    """The source of ``path``; else of the first value written below it (``--set foo.bar=1``
+    makes the table ``foo`` without writing it); else of its nearest ancestor written somewhere."""
+    if path and path not in tree.sources:
+        below = (source for p, source in tree.sources.items() if p[: len(path)] == path)
+        if (first := next(below, None)) is not None:
+            return first
     for end in range(len(path), 0, -1):
         if path[:end] in tree.sources:
             return tree.sources[path[:end]]
