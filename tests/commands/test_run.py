@@ -32,6 +32,18 @@ def test_dry_run_builds_everything_and_writes_the_run_dir(tmp_path):
     assert not (tmp_path / "tiny" / "latest").exists()  # a dry run never becomes latest
 
 
+def test_a_dry_run_with_no_row_to_train_fails_as_the_run_would_naming_the_data(tmp_path):
+    """Every HumanEval row is longer than 64 bytes: nothing trains, and the dry run says so."""
+    result = runner.invoke(
+        app,
+        ["run", str(TINY), "--dry-run", "--set", f"experiment.runs_dir='{tmp_path}'",
+         "--set", "data.max_length=64"],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    flat = " ".join(result.output.split())
+    assert "train.jsonl: no training rows are left" in flat and "Traceback" not in flat
+
+
 def test_resume_with_other_numerics_is_refused_listing_the_keys(tmp_path):
     base = [
         "--set", f"experiment.runs_dir='{tmp_path}'",
@@ -51,6 +63,8 @@ def test_resume_with_other_numerics_is_refused_listing_the_keys(tmp_path):
 def test_user_errors_are_located_messages(tmp_path):
     missing = runner.invoke(app, ["run", "--resume", str(tmp_path)])
     assert missing.exit_code == 2 and "not a run directory" in missing.output
+    gone = runner.invoke(app, ["run", "--resume", str(tmp_path / "gone")])
+    assert gone.exit_code == 2 and "no such run directory" in gone.output
     typo = runner.invoke(app, ["run", str(TINY), "--set", "training.lrr=1"])
     assert typo.exit_code == 2 and "lrr" in typo.output
 
@@ -117,3 +131,52 @@ def test_run_of_a_recipe_whose_frozen_model_was_never_trained_names_the_recipe_t
     assert result.exit_code == 2
     assert "model.critic.checkpoint" in result.output and "tiny_critic" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_run_that_could_not_be_placed_is_refused_before_torch_loads(tmp_path):
+    """A file where runs_dir must be a folder, or a user's folder named `latest` where wmtp
+    keeps its link: said before training (training would fail at its first checkpoint, when it
+    points `latest` at the new run), and nothing of the user's is touched."""
+    import subprocess
+    import sys
+
+    (tmp_path / "afile").write_text("mine")
+    kept = tmp_path / "runs" / "tiny" / "latest"
+    kept.mkdir(parents=True)
+    (kept / "notes.txt").write_text("mine")
+    cases = {
+        "afile": "afile is a file, not a folder",
+        "afile/sub": "afile is a file, not a folder",
+        "runs": "latest is not the symlink wmtp keeps",
+    }
+    for runs_dir, expected in cases.items():
+        done = subprocess.run(
+            [sys.executable, "-c", PROBE, "run", str(TINY), "--set",
+             f"experiment.runs_dir='{tmp_path / runs_dir}'"],
+            cwd=REPO, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.stdout.strip().splitlines()[-1] == "TORCH False EXIT 2", done.stderr
+        flat = " ".join(done.stderr.split())
+        assert "experiment.runs_dir" in flat and expected in flat, flat
+    assert (tmp_path / "afile").read_text() == "mine" and (kept / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir()) == ["latest"]
+
+
+def test_a_frozen_model_from_a_run_that_trained_another_role_is_named(tmp_path):
+    """model.critic.checkpoint naming a baseline run (a policy): said before torch loads, by
+    key and pipeline, not as a list of the state dict's missing keys."""
+    import subprocess
+    import sys
+
+    from tests.eval.tiny_runs import policy, train
+
+    baseline = train(tmp_path, "baseline", "baseline", policy(), steps=1)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, "run", str(REPO / "recipes" / "tiny_verifiable.toml"),
+         "--set", f"model.critic.checkpoint='{baseline}'"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.stdout.strip().splitlines()[-1] == "TORCH False EXIT 2", done.stderr
+    flat = " ".join(done.stderr.split())
+    assert "model.critic.checkpoint" in flat, flat
+    assert "a baseline run, which trained model.policy, not a critic" in flat

@@ -5,7 +5,10 @@ each model's pretrained ``path`` and trained ``checkpoint`` (only the models its
 the training data (``data.path``, ``data.split.heldout_path``) and the local benchmark files of
 ``[evaluation]``. Each comes with its dotted key, the path as written and the absolute path it
 resolved to (relative paths are read from the working directory), located where the recipe set
-it. ``wmtp run`` refuses to start while any is missing; ``wmtp validate --env`` reports them as
+it. The run directory's place is checked the same way: ``experiment.runs_dir`` must be (or be
+creatable as) a directory, and ``<runs_dir>/<name>/latest`` the link wmtp keeps, not a file or
+folder of the user's (training would fail only when it first points that link at the new run,
+at its first checkpoint). ``wmtp run`` refuses to start while any is missing; ``wmtp validate --env`` reports them as
 problems of the recipe; plain ``wmtp validate`` notes them (a committed production recipe points
 at files a fresh clone does not have).
 """
@@ -46,7 +49,7 @@ def missing_inputs(recipe: Any) -> list[MissingInput]:
         if spec is not None:
             found += [_model_path(role, spec), _trained_checkpoint(role, spec)]
     if recipe.pipeline.trains is not None:
-        found += _data(recipe.data)
+        found += [*_data(recipe.data), _run_place(recipe.experiment)]
     else:
         found += _benchmarks(recipe.evaluation)
     return [m for m in found if m is not None]
@@ -70,7 +73,7 @@ def input_problems(loaded: Any) -> list[Any]:
 
 def watched_paths(recipe: Any) -> list[str]:
     """The paths whose presence decides :func:`missing_inputs` (for ``wmtp validate``'s cache):
-    every input's resolved path, and a run directory's ``checkpoints``."""
+    every input's resolved path, a run directory's ``checkpoints``, and where the run goes."""
     written = [getattr(recipe.tokenizer, "path", None)]
     for role in recipe.pipeline.uses:
         spec = getattr(recipe.model, role)
@@ -82,6 +85,9 @@ def watched_paths(recipe: Any) -> list[str]:
     written += [b.partition("=")[2] for b in recipe.evaluation.benchmarks if "=" in b]
     paths = [_resolved(w) for w in written if w]
     paths += [p / "checkpoints" for p in paths]
+    if recipe.pipeline.trains is not None:  # where its run goes (:func:`_run_place`)
+        runs = _resolved(recipe.experiment.runs_dir)
+        paths += [runs, runs / recipe.experiment.name / "latest"]
     return [str(p) for p in paths]
 
 
@@ -126,12 +132,37 @@ def _trained_checkpoint(role: str, spec: Any) -> MissingInput | None:
         return None
     from wmtp.models.locate import find_trained_weights
 
+    key = f"model.{role}.checkpoint"
     try:
-        find_trained_weights(spec.checkpoint)
+        found = find_trained_weights(spec.checkpoint)
     except CheckpointError as exc:
         why = str(exc).removeprefix(f"{spec.checkpoint}: ")
-        return _absent(f"model.{role}.checkpoint", spec.checkpoint, why)
+        return _absent(key, spec.checkpoint, why)
+    trained = _pipeline_that_trained(found.recipe_file)
+    wanted = "critic" if role == "critic" else "policy"
+    if trained is not None and trained[1] != wanted:
+        pipeline, what = trained
+        why = (
+            f"a {pipeline} run, which trained model.{what}, not a {wanted}: "
+            f"name a run of a pipeline that trains the {wanted}"
+        )
+        return _absent(key, spec.checkpoint, why)
     return None
+
+
+def _pipeline_that_trained(recipe_file: Path | None) -> tuple[str, str] | None:
+    """``(pipeline, the role it trained)`` of the recipe beside trained weights; None when there
+    is no recipe, or it names no pipeline that trains (nothing to hold the weights to)."""
+    from wmtp.pipelines import PIPELINES
+    from wmtp.recipe import _toml
+
+    try:
+        recipe = _toml.loads(recipe_file.read_text(encoding="utf-8")) if recipe_file else {}
+    except (OSError, UnicodeDecodeError, _toml.TOMLDecodeError):
+        return None
+    pipeline = recipe.get("experiment", {}).get("pipeline")
+    info = PIPELINES.get(pipeline) if isinstance(pipeline, str) else None
+    return (pipeline, info.trains) if info is not None and info.trains else None
 
 
 def _data(spec: Any) -> list[MissingInput | None]:
@@ -147,6 +178,26 @@ def _data(spec: Any) -> list[MissingInput | None]:
     if heldout is not None and not _resolved(heldout).is_file():
         found.append(_absent("data.split.heldout_path", heldout, "no such file"))
     return found
+
+
+def _run_place(spec: Any) -> MissingInput | None:
+    """Why ``<runs_dir>/<name>/`` cannot hold a new run directory and its ``latest`` link, if
+    it cannot: a file where a folder must be, or a ``latest`` that is not a symlink."""
+    from wmtp.folders import blocking_file
+
+    experiment = _resolved(spec.runs_dir) / spec.name
+    blocking = blocking_file(experiment)
+    if blocking is not None:
+        what = f"{blocking} is a file, not a folder: runs go to <runs_dir>/{spec.name}/"
+        return MissingInput("experiment.runs_dir", spec.runs_dir, what)
+    latest = experiment / "latest"
+    if latest.exists() and not latest.is_symlink():
+        what = (
+            f"{latest} is not the symlink wmtp keeps to the newest run of {spec.name!r}: "
+            "move it away (or set experiment.runs_dir or experiment.name)"
+        )
+        return MissingInput("experiment.runs_dir", spec.runs_dir, what)
+    return None
 
 
 def _benchmarks(spec: Any) -> list[MissingInput | None]:

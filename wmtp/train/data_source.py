@@ -55,8 +55,10 @@ class StepBatches:
         rank: int = 0,
         world_size: int = 1,
         packed: PackedRows | None = None,
+        source: str = "the training data",
     ) -> None:
         self.order_of_epoch, self.make_batch = order_of_epoch, make_batch
+        self.source = source  # named when no row is left to train on
         self.micro, self.accum = micro_batch_size, grad_accum_steps
         self.rank, self.world = rank, world_size
         self.packed = packed
@@ -73,7 +75,9 @@ class StepBatches:
         if self._order_cache is None or self._order_cache[0] != epoch:
             order = self.order_of_epoch(epoch)
             if len(order) == 0:
-                raise DataError("no training rows are left (see the data report above)")
+                raise DataError(
+                    f"{self.source}: no training rows are left (see the data report above)"
+                )
             self._order_cache = (epoch, order)
         return self._order_cache[1]
 

@@ -117,6 +117,7 @@ class Pipeline:
             rank=trainer.ctx.rank,
             world_size=trainer.ctx.world_size,
             packed=packed,
+            source=str(data.train.file.path),
         )
 
     # --- the loss --------------------------------------------------------------------------------

@@ -143,8 +143,14 @@ def read_inputs(run: Path) -> dict[str, str]:
 
 
 def point_latest(run: Path) -> None:
-    """Atomically make ``<experiment>/latest`` a relative symlink to ``run``."""
+    """Atomically make ``<experiment>/latest`` a relative symlink to ``run``; a ``latest`` that
+    is not a symlink (the user's, made since the run started) is left alone and named."""
     link = run.parent / "latest"
+    if link.exists() and not link.is_symlink():
+        raise RunError(
+            f"{link} is not the symlink wmtp keeps to the newest run, so it was left as it is; "
+            f"{run} holds this run: move {link} away to make the link"
+        )
     tmp = run.parent / f".latest-{os.getpid()}"
     if tmp.is_symlink() or tmp.exists():
         tmp.unlink()
@@ -155,6 +161,9 @@ def point_latest(run: Path) -> None:
 def check_run_dir(run: str | Path) -> Path:
     """``run`` as a run directory (a ``latest`` link resolved); a RunError when it is not one."""
     path = Path(run)
+    if not path.exists():
+        dangling = " (a symlink to nothing)" if path.is_symlink() else ""
+        raise RunError(f"{run}: no such run directory{dangling}")
     if not (path / RECIPE_FILE).is_file():
         raise RunError(f"{run}: not a run directory (no {RECIPE_FILE} in it)")
     return path.resolve()

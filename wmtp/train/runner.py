@@ -77,7 +77,7 @@ def prepare_run(
         loaded = replace(loaded, recipe=pin_inputs(check_run_dir(resume), loaded.recipe))
     missing = input_problems(loaded)
     if missing:
-        raise RecipeProblems(f"{loaded.path} (inputs that are not there)", missing)
+        raise RecipeProblems(f"{loaded.path} (paths it names that cannot be used)", missing)
     recipe = loaded.recipe
     return PreparedRun(Path(recipe_path), recipe, checkpoint)
 
@@ -213,6 +213,7 @@ def _train(recipe, text, run_dir, ctx, signals, checkpoint, dry_run, stop_at_ste
     if signals.requested():
         trainer.stop_for_signal(signals.requested())
     if dry_run:
+        trainer.batches.steps_per_epoch()  # no row left to train on fails here, as the run would
         return RunResult(run_dir, 0, {}, dry_run=True)
     if checkpoint is not None:
         trainer.resume(checkpoint)

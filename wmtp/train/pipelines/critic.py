@@ -179,7 +179,8 @@ def pair_batches(trainer, data):
 
     if len(data.epoch_pairs(0)) == 0:
         raise DataError(
-            "no (correct, incorrect) pair of one problem in one length bin among the "
+            f"{data.train.file.path}: no (correct, incorrect) pair of one problem in one length "
+            "bin among the "
             f"{len(data.train_rows)} training rows: the critic needs both kinds per problem "
             f"(data.pairs.length_bins = {list(data.pairs.length_bins)})"
         )
@@ -192,6 +193,7 @@ def pair_batches(trainer, data):
         grad_accum_steps=t.grad_accum_steps,
         rank=trainer.ctx.rank,
         world_size=trainer.ctx.world_size,
+        source=str(data.train.file.path),
     )
 
 
