@@ -310,6 +310,23 @@ def test_benchmarks_from_local_files_join_the_summary(run_dir, tmp_path):
     assert [json.loads(x)["task_id"] for x in lines] == ["gsm8k/1"] * 2 + ["gsm8k/2"] * 2
 
 
+def test_an_evaluation_again_keeps_the_earlier_results(run_dir, tmp_path, caplog):
+    """A quick check (n_samples = 1) after a real evaluation of the same checkpoint: the new
+    results are the folder's, the earlier ones move to previous/<created>/ and are said to."""
+    folder = tmp_path / "eval" / "humaneval"
+    assert invoke("eval", run_dir, "--no-progress", "--out", tmp_path / "eval").exit_code == 0
+    first = (folder / "samples.jsonl").read_text()
+    quick = ["--set", "evaluation.n_samples=1", "--set", "evaluation.k=[1]"]
+    with caplog.at_level("WARNING", logger="wmtp.eval.results"):
+        result = invoke("eval", run_dir, "--no-progress", "--out", tmp_path / "eval", *quick)
+    assert result.exit_code == 0, result.output
+    (kept,) = (folder / "previous").iterdir()
+    assert (kept / "samples.jsonl").read_text() == first
+    assert json.loads((kept / "summary.json").read_text())["decoding"]["n_samples"] == 2
+    assert summary_of(tmp_path / "eval")["decoding"]["n_samples"] == 1
+    assert f"moved to {kept}" in caplog.text
+
+
 def test_user_mistakes_are_located_errors(run_dir, tmp_path):
     result = invoke("eval", run_dir, "--set", "evaluation.k=[1, 5]")
     assert result.exit_code == 2 and "n_samples" in result.flat
@@ -317,7 +334,12 @@ def test_user_mistakes_are_located_errors(run_dir, tmp_path):
     assert result.exit_code == 2 and "no such run directory" in result.flat
     result = invoke("eval", run_dir, "--set", 'evaluation.benchmarks=["humaneva"]')
     assert result.exit_code == 2 and "did you mean 'humaneval'" in result.flat
-    assert not (run_dir / "eval").exists()
+    assert "evaluation.benchmarks[0] = 'humaneva'" in result.flat
+    (tmp_path / "afile").write_text("mine")  # found before the model loads, not at the end
+    result = invoke("eval", run_dir, "--out", tmp_path / "afile" / "results")
+    assert result.exit_code == 2 and "afile is a file, not a folder" in result.flat
+    assert "--out" in result.flat and "Traceback" not in result.output
+    assert not (run_dir / "eval").exists() and (tmp_path / "afile").read_text() == "mine"
 
 
 def test_eval_without_bubblewrap_stops_before_decoding(run_dir, tmp_path, monkeypatch):

@@ -184,6 +184,22 @@ def test_step_option_reports_that_checkpoint(runs, tmp_path):
     assert rows["verifiable"]["evaluated"] == "not evaluated at step 1 (evaluated: 2)"
 
 
+def test_a_step_no_run_was_evaluated_at_or_a_file_as_out_is_an_error(runs, tmp_path):
+    """Exit 2 and a message that lists the evaluated steps, nothing written."""
+    result = invoke("report", runs["baseline"], runs["verifiable"], "--out", tmp_path / "r",
+                    "--step", "999")  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "--step 999: no run was evaluated at that step" in result.flat
+    assert f"{runs['baseline']}: 1, 2" in result.flat and not (tmp_path / "r").exists()
+    assert invoke("report", runs["baseline"], "--out", tmp_path, "--step", "-1").exit_code == 2
+    (tmp_path / "afile").write_text("mine")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        result = invoke("report", runs["baseline"], "--out", out)
+        assert result.exit_code == 2 and "afile is a file, not a folder" in result.flat
+        assert "Traceback" not in result.output
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
 def test_constant_and_zero_series_are_drawn_as_such(tmp_path):
     flat = Panel("kept", "tokens", (Line("run", "C0", [(1, 0.4), (2, 0.4), (3, 0.4)]),))
     zero = Panel(

@@ -107,6 +107,7 @@ def report_command(
         int | None,
         typer.Option(
             "--step",
+            min=0,
             help="Headline pass@k of this checkpoint step (default: each run's newest evaluated).",
         ),
     ] = None,

@@ -90,10 +90,14 @@ def check_completions(
 
 def check_settings(spec) -> None:
     """Reject ``[evaluation]`` settings that cannot work, naming the keys (before any loading)."""
+    from wmtp.errors import ComponentError
     from wmtp.registry import get
 
-    for entry in spec.benchmarks:
-        get("evaluator", parse_benchmark(entry, {})[0])  # did-you-mean for unknown names
+    for i, entry in enumerate(spec.benchmarks):
+        try:
+            get("evaluator", parse_benchmark(entry, {})[0])  # did-you-mean for unknown names
+        except ComponentError as exc:
+            raise RecipeError(f"evaluation.benchmarks[{i}] = {entry!r}: {exc}") from None
     if max(spec.k) > spec.n_samples:
         raise RecipeError(
             f"evaluation.k = {spec.k} needs evaluation.n_samples >= {max(spec.k)}, "

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from wmtp.errors import RunError
 from wmtp.eval.figures import draw
 from wmtp.eval.questions import (
     QUESTIONS,
@@ -214,8 +215,19 @@ def evaluations_table(run: RunRecord) -> str:
 def write_report(
     run_dirs: list[str | Path], out_dir: str | Path, *, step: int | None = None
 ) -> Report:
-    """Read every run, write the figures and ``report.md`` into ``out_dir``."""
+    """Read every run, write the figures and ``report.md`` into ``out_dir``. A ``step`` at which
+    no run was evaluated, or an ``out_dir`` that cannot be a folder, is an error before anything
+    is written."""
+    from wmtp.folders import check_output_folder
+
+    check_output_folder(out_dir, "--out")
     runs = [read_run(path) for path in run_dirs]
+    if step is not None and not any(step in run.evals for run in runs):
+        evaluated = "; ".join(
+            f"{path}: {', '.join(map(str, run.evals)) or 'none'}"
+            for path, run in zip(run_dirs, runs, strict=True)
+        )
+        raise RunError(f"--step {step}: no run was evaluated at that step (evaluated: {evaluated})")
     shown = [
         Shown(r, label, f"C{i % 10}")
         for i, (r, label) in enumerate(zip(runs, display_labels(runs), strict=True))

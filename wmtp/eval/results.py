@@ -7,6 +7,9 @@ checkpoint never replaces them), those of any other model to ``<eval dir>/<bench
   completion, status (passed / failed / timeout / memory), why it failed, finish reason, tokens,
   seconds in the sandbox;
 - ``problems.jsonl``: per problem: ``seen``, samples, passed, pass@k per k, status counts;
+- an earlier evaluation of the same folder is never overwritten: its three files move to
+  ``previous/<its creation time>/`` inside the folder first (``read_eval_dir`` reads only the
+  newest);
 - ``summary.json``: per group of problems (``unseen``, and ``seen`` when scored): problems,
   samples per problem, pass@k per k and its standard error across problems
   (:func:`wmtp.eval.passk.pass_at_k_stderr`), status counts; then the split (how many problems
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import re
 from collections import Counter
@@ -31,6 +35,10 @@ from wmtp.eval.judges import Verdict
 from wmtp.eval.passk import mean_pass_at_k, pass_at_k, pass_at_k_stderr
 
 SAMPLES, PROBLEMS, SUMMARY = "samples.jsonl", "problems.jsonl", "summary.json"
+PREVIOUS = "previous"
+"""The sub-folder that keeps the earlier evaluations of a benchmark folder."""
+
+log = logging.getLogger(__name__)
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
 Verdicts = dict[str, list[Verdict]]
@@ -120,6 +128,7 @@ def write_results(
     (benchmark, model, step, split, decoding, sandbox, ...).
     """
     folder.mkdir(parents=True, exist_ok=True)
+    keep_earlier(folder)
     seen = set(groups.get("seen", ()))
     write_jsonl(folder / SAMPLES, sample_rows(samples, verdicts, seen))
     write_jsonl(folder / PROBLEMS, problem_rows(verdicts, seen, ks))
@@ -133,6 +142,28 @@ def write_results(
     summary = {**first, "results": results, **info, "created": created}
     write_json(folder / SUMMARY, summary)
     return summary
+
+
+def keep_earlier(folder: Path) -> Path | None:
+    """Move an earlier evaluation's files in ``folder`` to ``previous/<its creation time>/`` (a
+    quick check must not cost an evaluation of hours); where they went, or None."""
+    summary = folder / SUMMARY
+    if not summary.is_file():
+        return None
+    try:
+        created = str(json.loads(summary.read_text(encoding="utf-8")).get("created", ""))
+    except (ValueError, AttributeError):
+        created = ""
+    stamp = re.sub(r"[^0-9A-Za-z]", "", created) or f"mtime-{int(summary.stat().st_mtime)}"
+    kept, n = folder / PREVIOUS / stamp, 1
+    while kept.exists():
+        kept, n = folder / PREVIOUS / f"{stamp}-{n}", n + 1
+    kept.mkdir(parents=True)
+    for name in (SAMPLES, PROBLEMS, SUMMARY):
+        if (folder / name).exists():
+            (folder / name).replace(kept / name)
+    log.warning("%s: the earlier results there (created %s) moved to %s", folder, created, kept)
+    return kept
 
 
 # --------------------------------------------------------------------------- reading back
@@ -167,11 +198,13 @@ def checkpoint_results(run_dir: Path) -> dict[int, dict[str, dict[str, Any]]]:
 
 
 __all__ = [
+    "PREVIOUS",
     "PROBLEMS",
     "SAMPLES",
     "SUMMARY",
     "checkpoint_results",
     "group_result",
+    "keep_earlier",
     "read_eval_dir",
     "read_summary",
     "write_results",

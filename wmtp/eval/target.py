@@ -153,8 +153,10 @@ def prepare_eval(
     out: str | Path | None = None,
 ) -> tuple[EvalTarget, Any]:
     """Resolve ``path`` and load its recipe (``overrides`` applied), checking the
-    ``[evaluation]`` settings: every mistake found before torch or a model loads."""
+    ``[evaluation]`` settings and the results' folder: every mistake found before torch or a
+    model loads."""
     from wmtp.eval.evaluator import check_settings
+    from wmtp.folders import check_output_folder
     from wmtp.recipe import load_recipe
 
     if Path(path).suffix == ".toml" and Path(path).is_file():
@@ -166,6 +168,7 @@ def prepare_eval(
         target = resolve_target(path, recipe=recipe, out=out)
         loaded = load_recipe(target.recipe_file, overrides).recipe
     check_settings(loaded.evaluation)
+    check_output_folder(target.out_dir, "--out" if out is not None else "the results' folder")
     return target, loaded
 
 
