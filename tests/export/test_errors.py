@@ -63,25 +63,16 @@ def test_half_written_checkpoints(run_copy, tmp_path):
     assert not out.exists() and leftovers(tmp_path) == []
 
 
-def test_an_existing_output_directory_is_kept_unless_forced(tiny_run, tmp_path):
+def test_an_existing_output_directory_is_kept_even_forced(tiny_run, tmp_path):
+    """Only an earlier export is replaced (``test_output.py``); other folders stay as they are."""
     out = tmp_path / "out"
     out.mkdir()
     (out / "mine.txt").write_text("keep me")
-    result = export(tiny_run, "--to", "hf", "--out", out)
-    assert result.exit_code == 2, result.output
-    assert "exists and is not empty" in result.flat and "--force" in result.flat
-    assert [p.name for p in out.iterdir()] == ["mine.txt"]
-
-    result = export(tiny_run, "--to", "hf", "--out", out, "--force")
-    assert result.exit_code == 0, result.output
-    assert not (out / "mine.txt").exists() and (out / "config.json").is_file()
-    assert leftovers(tmp_path) == []
-
-    result = export(
-        tiny_run / "checkpoints" / "step-3", "--to", "meta", "--out", tiny_run, "--force"
-    )
-    assert result.exit_code == 2 and "replacing it would delete the source" in result.flat
-    assert (tiny_run / "checkpoints" / "step-3" / "model.safetensors").is_file()
+    for force in ([], ["--force"]):
+        result = export(tiny_run, "--to", "hf", "--out", out, *force)
+        assert result.exit_code == 2, result.output
+        assert "is not empty and holds no wmtp_export.json" in result.flat
+        assert [p.name for p in out.iterdir()] == ["mine.txt"] and leftovers(tmp_path) == []
 
 
 def test_command_line_mistakes(tiny_run, tmp_path):

@@ -80,7 +80,12 @@ def export_command(
         typer.Option("--heads", help="all: every prediction head; 1: the next-token model alone."),
     ] = Heads.all,
     force: Annotated[
-        bool, typer.Option("--force", help="Replace --out when it exists and is not empty.")
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace --out when it holds an earlier export (its wmtp_export.json lists "
+            "everything in it).",
+        ),
     ] = False,
     recipe: Annotated[
         Path | None,

@@ -1,10 +1,16 @@
-"""The export's output folder: refused when it holds something (unless replacing is asked for),
-written under a temporary name beside it and renamed when whole. A failed export leaves nothing:
-not the temporary folder, nor parent folders it created."""
+"""The export's output folder: written under a temporary name beside it and renamed when whole. A
+failed export leaves nothing: not the temporary folder, nor parent folders it created.
+
+Every export ends with ``wmtp_export.json`` (``MARKER``), the list of what it wrote. That list is
+what lets ``--force`` replace an earlier export, and only that: a folder without it (a trained run,
+a working directory, someone's notes), or an export a user has since added files to, is refused
+even with ``--force``, since replacing it would delete what a user wrote or trained.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -12,16 +18,27 @@ from pathlib import Path
 
 from wmtp.errors import ExportError
 
+MARKER = "wmtp_export.json"
+WRITTEN_BY = "wmtp export"
+
 
 def check_output(out: Path, *, force: bool, source: Path) -> Path:
-    """The absolute output folder, or an ExportError saying why it cannot be written."""
+    """The absolute output folder, or an ExportError saying why it cannot be written; every
+    check runs before any conversion work.
+
+    ``--out`` may be a new path, an empty folder, or (with ``force``) an earlier export. A
+    symbolic link is refused rather than followed: replacing the link would leave what it pointed
+    to untouched and the link gone (a ``latest`` link would no longer follow its runs), while
+    replacing its target would write somewhere the user did not name."""
     out = Path(out).expanduser().absolute()
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"--out {out}: exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()):
+    _check_parents(out)
+    refusal = _refusal(out)
+    if refusal is not None:
+        raise ExportError(f"--out {out}: {refusal}")
+    if _holds_files(out):
         if not force:
             raise ExportError(
-                f"--out {out}: exists and is not empty; choose another folder, or add --force "
+                f"--out {out}: holds an earlier export; choose another folder, or add --force "
                 "to replace it"
             )
         if source.resolve() == out.resolve() or out.resolve() in source.resolve().parents:
@@ -31,10 +48,75 @@ def check_output(out: Path, *, force: bool, source: Path) -> Path:
     return out
 
 
+def _check_parents(out: Path) -> None:
+    """The nearest existing folder above ``out`` must be a folder: the export creates the rest."""
+    for parent in out.parents:
+        if parent.is_dir():
+            return
+        if parent.exists() or parent.is_symlink():
+            kind = "a broken symbolic link" if not parent.exists() else "not a folder"
+            raise ExportError(f"--out {out}: {parent} is {kind}, so no folder can be made in it")
+
+
+def _refusal(out: Path) -> str | None:
+    """Why ``out`` may not be replaced even with ``--force`` (``None``: it is missing, an empty
+    folder, or an earlier export holding nothing else)."""
+    if out.is_symlink():
+        return f"is a symbolic link (to {os.readlink(out)}); give the folder itself, or a new path"
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        return "exists and is not a folder"
+    if not _holds_files(out):
+        return None
+    written = _written_by_export(out)
+    if written is None:
+        return (
+            f"is not empty and holds no {MARKER} (the list of files an export writes), so it is "
+            "no earlier export and even --force will not replace it: choose a new or empty folder"
+        )
+    others = sorted(set(_entries(out)) - written - {MARKER})
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        return (
+            f"holds an earlier export and files it did not write ({shown}); replacing it would "
+            "delete them: move them out, or choose another folder"
+        )
+    return None
+
+
+def _holds_files(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
+
+
+def _written_by_export(folder: Path) -> set[str] | None:
+    """The paths an earlier export listed in its marker, or ``None`` if the folder is no export."""
+    try:
+        marker = json.loads((folder / MARKER).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(marker, dict) or marker.get("written_by") != WRITTEN_BY:
+        return None
+    files = marker.get("files")
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        return None
+    return set(files)
+
+
+def _entries(folder: Path) -> list[str]:
+    """Every file and folder below ``folder`` as a relative POSIX path (links not followed)."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        base = Path(root).relative_to(folder)
+        found += [(base / name).as_posix() for name in [*dirs, *files]]
+    return found
+
+
 @contextlib.contextmanager
 def staged_output(out: Path) -> Iterator[Path]:
-    """A temporary folder beside ``out`` to write into; renamed to ``out`` (replacing what is
-    there) when the block ends without an error, removed otherwise."""
+    """A temporary folder beside ``out`` to write into; marked as an export and renamed to
+    ``out`` (replacing what ``check_output`` allowed) when the block ends without an error,
+    removed otherwise."""
     created = _missing_parents(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.export-{os.getpid()}"
@@ -42,6 +124,7 @@ def staged_output(out: Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
+        _write_marker(tmp)
         _readable_as_umask_allows(tmp)
         _replace(tmp, out)
     except BaseException:
@@ -50,6 +133,13 @@ def staged_output(out: Path) -> Iterator[Path]:
             with contextlib.suppress(OSError):
                 parent.rmdir()
         raise
+
+
+def _write_marker(folder: Path) -> None:
+    """``MARKER``: what this export wrote, so that a later ``--force`` may replace exactly it."""
+    files = sorted(_entries(folder))
+    marker = {"written_by": WRITTEN_BY, "files": files}
+    (folder / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
 
 
 def _readable_as_umask_allows(folder: Path) -> None:
@@ -67,7 +157,11 @@ def _missing_parents(out: Path) -> list[Path]:
 
 
 def _replace(tmp: Path, out: Path) -> None:
-    """``tmp`` becomes ``out``; an old ``out`` is moved aside first and deleted last."""
+    """``tmp`` becomes ``out``; an old ``out`` is moved aside first and deleted last. Checked
+    again here: the conversion takes minutes, and something may have appeared meanwhile."""
+    refusal = _refusal(out)
+    if refusal is not None:
+        raise ExportError(f"--out {out}: {refusal}")
     old = None
     if out.exists():
         old = out.parent / f".{out.name}.replaced-{os.getpid()}"
@@ -77,4 +171,4 @@ def _replace(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-__all__ = ["check_output", "staged_output"]
+__all__ = ["MARKER", "check_output", "staged_output"]

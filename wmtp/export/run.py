@@ -6,13 +6,14 @@ written under a temporary name, so a refused or failed export leaves nothing beh
 
 1. the source (``wmtp.export.source``): run, checkpoint or model directory, checked whole, and its
    recipe; the model section the recipe trains (``policy``, or ``critic``);
-2. what the target format can hold (``wmtp.export.formats.check_target_holds``), the output folder;
+2. what the target format can hold (``wmtp.export.formats.check_target_holds``), the output folder
+   (new, empty, or with ``--force`` an earlier export: ``wmtp.export.output``);
 3. the model, on the CPU, in the export dtype: ``wmtp.assembly.trained_model`` over the
    consolidated weights (read from DCP ``state/`` when the checkpoint has no consolidated file);
 4. LoRA folded into the weights (or kept apart, ``--to wmtp``), heads kept or cut to head 1;
 5. the weights (``hf``, ``meta``, ``wmtp``), the tokenizer files, ``recipe.toml`` (the training
    recipe reading this folder: ``wmtp eval DIR`` works), ``training_recipe.toml``,
-   ``fingerprint.json`` and ``README.md``.
+   ``fingerprint.json`` and ``README.md``; last ``wmtp_export.json``, the list of what it wrote.
 """
 
 from __future__ import annotations

@@ -1,0 +1,130 @@
+"""``--out``: what an export may write over. A new path or an empty folder; with ``--force``, an
+earlier export (its ``wmtp_export.json`` lists what it wrote) and nothing else: never a trained
+run, a working directory, a symbolic link, or files a user added. Every refusal is exit 2 with the
+path and the reason, and leaves everything as it was."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.export.export_helpers import export
+from tests.export.test_errors import leftovers
+
+
+def tree(folder: Path) -> dict[str, bytes | str]:
+    """Every entry below ``folder``: a file's bytes, a link's target, ``dir`` for a folder."""
+    found: dict[str, bytes | str] = {}
+    for root, dirs, files in os.walk(folder):
+        for name in [*dirs, *files]:
+            path = Path(root) / name
+            key = path.relative_to(folder).as_posix()
+            if path.is_symlink():
+                found[key] = os.readlink(path)
+            else:
+                found[key] = "dir" if path.is_dir() else path.read_bytes()
+    return found
+
+
+@pytest.fixture
+def earlier_export(tiny_run, tmp_path) -> Path:
+    out = tmp_path / "exports" / "tiny"
+    result = export(tiny_run, "--to", "wmtp", "--out", out)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_an_export_lists_what_it_wrote(earlier_export):
+    marker = json.loads((earlier_export / "wmtp_export.json").read_text())
+    assert marker["written_by"] == "wmtp export"
+    on_disk = sorted(p.name for p in earlier_export.iterdir() if p.name != "wmtp_export.json")
+    assert marker["files"] == on_disk and "model.safetensors" in on_disk
+
+
+def test_force_replaces_an_earlier_export(tiny_run, earlier_export):
+    result = export(tiny_run, "--to", "hf", "--out", earlier_export)
+    assert result.exit_code == 2, result.output
+    assert "holds an earlier export" in result.flat and "--force" in result.flat
+    assert (earlier_export / "wmtp_model.json").is_file()
+
+    result = export(tiny_run, "--to", "hf", "--out", earlier_export, "--force")
+    assert result.exit_code == 0, result.output
+    assert (earlier_export / "config.json").is_file()
+    assert not (earlier_export / "wmtp_model.json").exists()
+    assert leftovers(earlier_export.parent) == []
+
+
+def test_force_never_replaces_a_trained_run(tiny_run, tmp_path):
+    other = tmp_path / "runs" / "other"
+    shutil.copytree(tiny_run, other)
+    before = tree(other)
+    result = export(tiny_run, "--to", "wmtp", "--out", other, "--force")
+    assert result.exit_code == 2, result.output
+    assert f"--out {other}: is not empty and holds no wmtp_export.json" in result.flat
+    assert "even --force will not replace it" in result.flat
+    assert tree(other) == before and leftovers(other.parent) == []
+
+
+def test_force_never_replaces_the_working_directory(tiny_run, tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    result = export(tiny_run, "--to", "hf", "--out", ".", "--force")
+    assert result.exit_code == 2, result.output
+    assert f"--out {work}" in result.flat and "holds no wmtp_export.json" in result.flat
+    assert tree(work) == {"notes.txt": b"mine"} and leftovers(tmp_path) == []
+
+
+def test_force_keeps_an_export_that_a_user_added_files_to(tiny_run, earlier_export):
+    (earlier_export / "eval-notes.md").write_text("pass@1 looks low")
+    before = tree(earlier_export)
+    result = export(tiny_run, "--to", "hf", "--out", earlier_export, "--force")
+    assert result.exit_code == 2, result.output
+    assert "files it did not write (eval-notes.md)" in result.flat
+    assert tree(earlier_export) == before
+
+
+def test_an_empty_folder_is_used_without_force(tiny_run, tmp_path):
+    out = tmp_path / "empty"
+    out.mkdir()
+    result = export(tiny_run, "--to", "meta", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert (out / "params.json").is_file() and leftovers(tmp_path) == []
+
+
+def test_force_never_replaces_the_source_export(earlier_export):
+    result = export(earlier_export, "--to", "hf", "--out", earlier_export, "--force")
+    assert result.exit_code == 2, result.output
+    assert "replacing it would delete the source" in result.flat
+    assert (earlier_export / "model.safetensors").is_file()
+
+
+def test_a_symbolic_link_is_refused_and_kept(tiny_run, tmp_path):
+    other = tmp_path / "f" / "runs"
+    shutil.copytree(tiny_run, other / "run-1")
+    (other / "latest").symlink_to("run-1")
+    before = tree(tmp_path / "f")
+    for force in ([], ["--force"]):
+        result = export(tiny_run, "--to", "hf", "--out", other / "latest", *force)
+        assert result.exit_code == 2, result.output
+        assert f"--out {other / 'latest'}: is a symbolic link (to run-1)" in result.flat
+    assert tree(tmp_path / "f") == before  # the link still a link, no .replaced-* beside it
+
+
+def test_a_file_where_a_folder_must_be(tiny_run, tmp_path):
+    (tmp_path / "afile").write_text("not a folder")
+    result = export(tiny_run, "--to", "hf", "--out", tmp_path / "afile" / "sub")
+    assert result.exit_code == 2, result.output
+    assert (
+        f"--out {tmp_path / 'afile' / 'sub'}: {tmp_path / 'afile'} is not a folder" in result.flat
+    )
+    assert tree(tmp_path) == {"afile": b"not a folder"}
+
+    (tmp_path / "gone").symlink_to("nowhere")
+    result = export(tiny_run, "--to", "hf", "--out", tmp_path / "gone" / "sub")
+    assert result.exit_code == 2 and "gone is a broken symbolic link" in result.flat
