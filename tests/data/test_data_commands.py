@@ -92,3 +92,101 @@ def test_humaneval_command_builds_and_reports(tmp_path, monkeypatch, opt_in):
     assert (tmp_path / "he" / "train_metadata.json").is_file()
     info = json.loads((tmp_path / "he" / "build_info.json").read_text())
     assert info["isolation"].startswith("rlimits" if opt_in else "bubblewrap")
+
+
+@pytest.fixture
+def two_problems(monkeypatch):
+    """Two HumanEval problems (a build of seconds, were it to start) and no sandbox choice from
+    the environment: each test opts in to rlimits itself."""
+    everything = he.load_problems()
+    monkeypatch.setattr(
+        he, "load_problems", lambda: {t: everything[t] for t in ["HumanEval/0", "HumanEval/7"]}
+    )
+    monkeypatch.setenv("WMTP_SANDBOX", "")
+
+
+def build_into(out) -> object:
+    """``wmtp data humaneval OUT`` through the CLI, sandboxed by rlimits (usable everywhere)."""
+    args = ["data", "humaneval", str(out), "--heldout-fraction", "0.5", "--sandbox", "rlimits"]
+    return runner.invoke(app, args)
+
+
+@pytest.mark.parametrize(
+    ("out_name", "message"),
+    [("notes.txt", "{out}: not a directory"), ("notes.txt/he", "cannot be created: {file} is")],
+    ids=["out-is-a-file", "parent-is-a-file"],
+)
+def test_humaneval_refuses_an_out_that_is_no_directory_before_any_work(
+    tmp_path, two_problems, out_name, message
+):
+    file = tmp_path / "notes.txt"
+    file.write_text("my notes\n")
+    out = tmp_path / out_name
+    result = build_into(out)
+    assert result.exit_code == 2, result.output
+    flat = result.output.replace("\n", " ")
+    assert message.format(out=out, file=file) in flat and "labelling" not in flat
+    assert file.read_text() == "my notes\n"
+
+
+@pytest.mark.parametrize("users_file", ["train.jsonl", "build_info.json"])
+def test_humaneval_never_replaces_files_it_did_not_write(tmp_path, two_problems, users_file):
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    mine = ds / users_file
+    if users_file == "train.jsonl":
+        write_dataset(mine, problem_rows(2, 1, 1))
+    else:  # a build_info.json of the user's own, not the builder's
+        mine.write_text('{"version": 2, "note": "my dataset"}\n')
+    before = mine.read_bytes()
+    result = build_into(ds)
+    assert result.exit_code == 2, result.output
+    flat = result.output.replace("\n", "")
+    assert f"{ds}: already holds {users_file}, which the HumanEval build would replace" in flat
+    assert "give a new or empty directory, or move those files away first" in flat
+    assert "labelling" not in flat and mine.read_bytes() == before
+    assert sorted(p.name for p in ds.iterdir()) == [users_file]
+
+
+@pytest.mark.slow
+def test_humaneval_rebuilds_its_own_earlier_output(tmp_path, two_problems):
+    out = tmp_path / "he"
+    assert build_into(out).exit_code == 0
+    train = out / "train.jsonl"
+    train.write_text(train.read_text().splitlines()[0] + "\n")  # an earlier build, cut short
+    again = build_into(out)
+    assert again.exit_code == 0, again.output
+    info = json.loads((out / "build_info.json").read_text())
+    assert len(train.read_text().splitlines()) == info["train"]["rows"] > 1  # written anew
+    assert sorted(p.name for p in out.iterdir()) == [
+        "build_info.json",
+        "heldout.jsonl",
+        "heldout_metadata.json",
+        "train.jsonl",
+        "train_metadata.json",
+    ]
+
+
+@pytest.mark.parametrize("given", ["file", "directory"])
+def test_index_refuses_an_empty_dataset_naming_it(tmp_path, given):
+    good = write_dataset(tmp_path / "good.jsonl", problem_rows(2, 1, 1))
+    empty = tmp_path / "train.jsonl"
+    empty.write_text("")
+    result = runner.invoke(app, ["data", "index", str(empty if given == "file" else tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert f"{empty}: empty dataset (no lines)" in result.output.replace("\n", "")
+    assert not (tmp_path / "train_metadata.json").exists()
+    assert not (tmp_path / "good_metadata.json").exists()  # checked before any is indexed
+    assert good.is_file()
+
+
+def test_index_of_a_folder_passes_over_an_empty_heldout_file(tmp_path):
+    """`wmtp data humaneval --heldout-fraction 0` writes an empty heldout.jsonl: the folder is
+    indexed, that file named and left out."""
+    write_dataset(tmp_path / "train.jsonl", problem_rows(2, 1, 1))
+    (tmp_path / "heldout.jsonl").write_text("")
+    result = runner.invoke(app, ["data", "index", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "heldout.jsonl: empty, not indexed" in result.output.replace("\n", "")
+    assert (tmp_path / "train_metadata.json").is_file()
+    assert not (tmp_path / "heldout_metadata.json").exists()

@@ -62,6 +62,7 @@ def index(
 ) -> None:
     """Build <name>_metadata.json beside each JSONL where it is missing; check it where it is."""
     from wmtp.data.dataset import JsonlDataset
+    from wmtp.data.jsonl import refuse_empty
     from wmtp.data.metadata import index_jsonl, metadata_path_for
     from wmtp.data.tokenizers import load_tokenizer
     from wmtp.errors import DataError
@@ -69,6 +70,13 @@ def index(
     files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
     if not files:
         raise DataError(f"{path}: no *.jsonl files")
+    for file in files:  # checked before any is indexed: a file named, or a folder's train.jsonl
+        if file == path or file.name == "train.jsonl":
+            refuse_empty(file)
+    empty = [f for f in files if f.is_file() and f.stat().st_size == 0]
+    for file in empty:  # e.g. the heldout.jsonl of `wmtp data humaneval --heldout-fraction 0`
+        console.print(f"{file}: empty, not indexed", highlight=False)
+    files = [f for f in files if f not in empty]
     tok = load_tokenizer(tokenizer.value, tokenizer_path)
     for file in files:
         meta_path = metadata_path_for(file)
@@ -98,9 +106,10 @@ def humaneval(
     sandbox: SandboxOption = None,
 ) -> None:
     """Build HumanEval train/held-out JSONL with sandbox-labelled correct and incorrect solutions."""
-    from wmtp.data.humaneval import build_humaneval
+    from wmtp.data.humaneval import build_humaneval, check_out_dir
     from wmtp.sandbox import choose, require
 
+    check_out_dir(out_dir)  # before the sandbox is even looked for
     choose(sandbox)
     found = require(purpose=f"building the HumanEval dataset in {out_dir}")  # before any work
     console.print(f"sandbox: {found.kind}: {found.detail}", highlight=False)

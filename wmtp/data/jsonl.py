@@ -38,6 +38,17 @@ def line_offsets(path: Path) -> np.ndarray:
     return offsets
 
 
+def refuse_empty(path: str | Path) -> None:
+    """An empty file is no dataset: refused by name here, or it would pass every check and get
+    metadata for zero rows, to fail later without saying which file was empty."""
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataError(
+            f"{path}: empty dataset (no lines): a dataset needs at least one JSON line with "
+            f"{', '.join(REQUIRED_FIELDS)}"
+        )
+
+
 class JsonlFile:
     """The lines of a JSON Lines file, read one at a time through an offset index."""
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from wmtp.data.examples import TemplateName, encode_example
-from wmtp.data.jsonl import JsonlFile
+from wmtp.data.jsonl import JsonlFile, refuse_empty
 from wmtp.data.tokenizers import Tokenizer
 from wmtp.errors import DataError
 
@@ -232,6 +232,7 @@ def index_jsonl(
     path: str | Path, tokenizer: Tokenizer, template: TemplateName = "alpaca", *, progress=True
 ) -> Path:
     """Build ``<stem>_metadata.json`` for the JSONL at ``path``; returns its path."""
+    refuse_empty(path)
     jsonl = JsonlFile(path)
     rows = scan_rows(jsonl, tokenizer, template, progress=progress)
     meta = build_metadata(rows, jsonl, tokenizer.identity, template)
