@@ -126,6 +126,27 @@ def test_problem_from_set_names_the_override(write):
     assert "expected KEY=VALUE" in bad.message
 
 
+@pytest.mark.parametrize(
+    ("override", "meant"),
+    [
+        ("evaluation.benchmarks=[humaneval, mbpp=m.jsonl]", '["humaneval", "mbpp=m.jsonl"]'),
+        ("weighting={kind=td, lam=0.9}", '{kind = "td", lam = 0.9}'),
+        ("evaluation.k=[1, [2]", "[...]"),
+    ],
+)
+def test_an_array_whose_quotes_the_shell_dropped_says_how_to_quote_it(write, override, meant):
+    """``--set evaluation.benchmarks=["foo"]`` unquoted reaches wmtp as ``[foo]``: not a bare
+    word (a string), but an array that lost its quotes."""
+    p = one_problem(write("r.toml", MINIMAL), [override])
+    key = override.split("=")[0]
+    assert p.file == "--set" and p.key == key
+    assert p.message.endswith(f"unless the whole argument is quoted: --set '{key}={meant}'")
+    if "..." not in meant:  # the suggestion is TOML
+        from wmtp.recipe import _toml
+
+        assert _toml.loads(f"v = {meant}")["v"]
+
+
 @pytest.mark.parametrize("override", ["foo.bar=1", "training.foo.bar=1"])
 def test_an_unknown_table_made_by_set_names_the_override(write, override):
     """``--set foo.bar=1`` makes the table ``foo`` without writing it: the problem with ``foo``

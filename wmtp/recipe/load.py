@@ -257,9 +257,39 @@ def parse_override(text: str) -> tuple[Path, Any]:
         raise single_problem("--set", None, key, str(exc)) from None
     try:
         value = _toml.loads(f"v = {raw}")["v"]
-    except _toml.TOMLDecodeError:
+    except _toml.TOMLDecodeError as exc:
+        if raw[:1] in ("[", "{"):  # an array or table, not a bare word: its quotes were lost
+            why = str(exc).split(" (at ")[0]
+            raise single_problem(
+                "--set", None, key,
+                f"{raw} is not a TOML value ({why}); a shell drops the quotes inside it unless "
+                f"the whole argument is quoted: --set '{key}={_quoted_words(raw)}'",
+            ) from None  # fmt: skip
         value = raw
     return path, value
+
+
+def _quoted_words(raw: str) -> str:
+    """``[humaneval, mbpp]`` -> ``["humaneval", "mbpp"]``, ``{kind=td}`` -> ``{kind="td"}``:
+    what a flat array or table whose quotes the shell removed most likely was (each item, or
+    table value, that is not TOML by itself quoted); ``...`` inside anything else."""
+    inner = raw[1:-1]
+    closing = {"[": "]", "{": "}"}[raw[0]]
+    if raw[-1:] != closing or any(c in inner for c in "[]{}"):
+        return raw[0] + "..." + closing
+    items = [item.strip() for item in inner.split(",")]
+    if raw[0] == "[":
+        return "[" + ", ".join(map(_toml_or_string, items)) + "]"
+    pairs = [item.partition("=") for item in items]
+    return "{" + ", ".join(f"{k.strip()} = {_toml_or_string(v.strip())}" for k, _, v in pairs) + "}"
+
+
+def _toml_or_string(text: str) -> str:
+    try:
+        _toml.loads(f"v = {text}")
+    except _toml.TOMLDecodeError:
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
 
 
 def apply_overrides(tree: Tree, overrides: Iterable[str]) -> None:
