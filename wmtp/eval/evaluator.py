@@ -188,7 +188,13 @@ def evaluate_benchmark(
         sandbox.require(purpose=f"checking {benchmark.name} completions")  # before decoding
     workers = check_workers(spec, ranks.local_world_size)
     mine = ranks.share(scored.problems)
-    share = _share(model, tokenizer, spec, benchmark, mine, shown, seed, workers, progress)
+    note = None
+    if ranks.world_size > 1:
+        note = (
+            f"{benchmark.name}: {len(scored.problems)} problems over {ranks.world_size} ranks; "
+            f"the bars follow this rank's {len(mine)}"
+        )
+    share = _share(model, tokenizer, spec, benchmark, mine, shown, seed, workers, progress, note)
     shares = ranks.gather(share)
     if shares is None:
         return {}
@@ -235,9 +241,12 @@ class _Share:
     total_s: float
 
 
-def _share(model, tokenizer, spec, benchmark, problems, shown, seed, workers, progress) -> _Share:
-    """Generate the completions of ``problems`` (of ``benchmark``) and check each problem's in the sandbox as soon as
-    they exist, on ``workers`` threads."""
+def _share(
+    model, tokenizer, spec, benchmark, problems, shown, seed, workers, progress, note=None
+) -> _Share:
+    """Generate the completions of ``problems`` (of ``benchmark``) and check each problem's in
+    the sandbox as soon as they exist, on ``workers`` threads; ``note`` is printed above the
+    progress bars."""
     from rich.progress import Progress
 
     from wmtp.eval.completions import complete_benchmark
@@ -245,6 +254,8 @@ def _share(model, tokenizer, spec, benchmark, problems, shown, seed, workers, pr
     started = time.perf_counter()
     limits = {"timeout_s": spec.timeout_s, "memory_mb": spec.memory_mb, "workers": workers}
     with Progress(disable=not progress) as bar, Checker(benchmark, **limits, bar=bar) as checker:
+        if progress and note:
+            bar.console.print(note, highlight=False)
         done, stats = complete_benchmark(
             model, tokenizer, benchmark, spec, seed=seed, problems=problems, shown=shown,
             bar=bar,
