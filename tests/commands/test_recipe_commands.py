@@ -251,6 +251,8 @@ def test_schema_writes_and_detects_staleness(cli, tmp_path):
     target.write_text("{}")
     result = cli("schema", "--check", "--output", target)
     assert result.exit_code == 1 and "stale" in result.stderr
+    result = cli("schema", "--check", "--output", tmp_path / "none.json")
+    assert result.exit_code == 1 and "none.json does not exist" in result.stderr
 
 
 # --- list ----------------------------------------------------------------------------------------

@@ -118,6 +118,15 @@ def test_extends_cycle_is_named(write):
     assert p.message == "extends cycle: a.toml -> b.toml -> a.toml"
 
 
+def test_extends_of_a_folder_and_a_dangling_latest_link_say_so(write, tmp_path):
+    (tmp_path / "recipes").mkdir()
+    p = one_problem(write("r.toml", 'extends = "recipes"\n'))
+    assert p.message == "extended recipe is a folder, not a recipe: recipes"
+    (tmp_path / "latest").symlink_to("20991231-000000-gone")  # its run was deleted
+    p = one_problem(tmp_path / "latest")
+    assert p.message == "a symlink to 20991231-000000-gone, which does not exist"
+
+
 def test_problem_from_set_names_the_override(write):
     p = one_problem(write("r.toml", MINIMAL), ["training.lr=fast"])
     assert p.file is None and p.origin == "--set training.lr=fast"

@@ -177,8 +177,9 @@ def schema(
     current = output.read_text(encoding="utf-8") if output.is_file() else None
     if check:
         if current != text:
+            state = "is stale" if current is not None else "does not exist"
             _common.err_console.print(
-                f"{output} is stale: run `wmtp schema`", highlight=False, soft_wrap=True
+                f"{output} {state}: run `wmtp schema`", highlight=False, soft_wrap=True
             )
             raise typer.Exit(1)
         typer.echo(f"{output} is up to date")

@@ -159,7 +159,11 @@ def resolve_file(path: os.PathLike | str) -> FsPath:
 
 def load_tree(path: os.PathLike | str, _chain: tuple[FsPath, ...] = ()) -> tuple[Tree, list[str]]:
     """The merged data of ``path`` and everything it extends, and the files read."""
-    path = FsPath(path).resolve()
+    given = FsPath(path)
+    if given.is_symlink() and not given.exists():  # runs/x/latest of a deleted run, say
+        target = os.readlink(given)
+        raise single_problem(str(given), None, "", f"a symlink to {target}, which does not exist")
+    path = given.resolve()
     if path in _chain:
         cycle = " -> ".join(display_path(p) for p in (*_chain, path))
         raise single_problem(display_path(_chain[0]), None, "extends", f"extends cycle: {cycle}")
@@ -168,9 +172,10 @@ def load_tree(path: os.PathLike | str, _chain: tuple[FsPath, ...] = ()) -> tuple
     for base in _bases(data, sources, path):
         if not base.is_file():
             where = sources.get(("extends",))
+            what = "is a folder, not a recipe" if base.is_dir() else "not found"
             raise RecipeProblems(
                 display_path(path),
-                [problem_at(where, "extends", f"extended recipe not found: {display_path(base)}")],
+                [problem_at(where, "extends", f"extended recipe {what}: {display_path(base)}")],
             )
         base_tree, base_files = load_tree(base, (*_chain, path))
         merge(tree, base_tree.data, base_tree.sources)
