@@ -74,10 +74,14 @@ def test_force_never_replaces_the_working_directory(tiny_run, tmp_path, monkeypa
     work.mkdir()
     (work / "notes.txt").write_text("mine")
     monkeypatch.chdir(work)
-    result = export(tiny_run, "--to", "hf", "--out", ".", "--force")
-    assert result.exit_code == 2, result.output
-    assert f"--out {work}" in result.flat and "holds no wmtp_export.json" in result.flat
+    for out in (".", ".."):  # empty or not, the folder the shell is in stays
+        result = export(tiny_run, "--to", "hf", "--out", out, "--force")
+        assert result.exit_code == 2, result.output
+        assert "holds the working directory" in result.flat
     assert tree(work) == {"notes.txt": b"mine"} and leftovers(tmp_path) == []
+    (work / "notes.txt").unlink()
+    assert export(tiny_run, "--to", "hf", "--out", ".").exit_code == 2  # an empty one too
+    assert work.is_dir() and tree(work) == {}
 
 
 def test_force_keeps_an_export_that_a_user_added_files_to(tiny_run, earlier_export):

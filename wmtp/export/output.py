@@ -31,6 +31,12 @@ def check_output(out: Path, *, force: bool, source: Path) -> Path:
     to untouched and the link gone (a ``latest`` link would no longer follow its runs), while
     replacing its target would write somewhere the user did not name."""
     out = Path(out).expanduser().absolute()
+    here = Path.cwd().resolve()
+    if out.resolve() == here or out.resolve() in here.parents:
+        raise ExportError(
+            f"--out {out}: holds the working directory, which the export would replace under "
+            "your shell; give a folder inside it"
+        )
     _check_parents(out)
     refusal = _refusal(out)
     if refusal is not None:
