@@ -153,7 +153,10 @@ def fault_summary(out: Path, step: dict | None) -> dict:
         "limit_s": step["limit_s"],
         "timed_out": step["rc"] in (124, 137),
         "injected_messages": log.count("injected fault (WMTP_FAULT)"),
-        "root_cause_rank1": "Root Cause" in log and "rank      : 1" in log,
+        # wmtp run --nproc-per-node's launcher says which rank failed, once (torchrun's own
+        # "Root Cause" report is kept out of the way: wmtp/train/launcher.py)
+        "error_lines": log.count("error: rank "),
+        "names_rank1": "error: rank 1 failed" in log,
         "python_tracebacks_of_workers": log.count("Traceback") - log.count("ChildFailedError"),
     }
 
@@ -277,8 +280,8 @@ def markdown(r: dict) -> str:
         if f:
             lines.append(
                 f"- {kind}: rc {f['rc']} after {f['seconds']} s (limit {f['limit_s']} s, timed out: "
-                f"{f['timed_out']}); injected-fault messages: {f['injected_messages']}; torchrun "
-                f"names rank 1 as root cause: {f['root_cause_rank1']}"
+                f"{f['timed_out']}); injected-fault messages: {f['injected_messages']}; "
+                f"error lines: {f['error_lines']}, naming rank 1: {f['names_rank1']}"
             )
     return "\n".join(lines) + "\n"
 
