@@ -16,7 +16,7 @@
 # raw results in $OUT/fsdp_mtp_logs.tar.gz.
 set -u
 source bench/device_setup.sh || exit 1
-OUT=${OUT:?set OUT to the folder for the results}
+OUT=${OUT:?set OUT to the folder for the results}; mkdir -p "$OUT"
 WORK=${WORK:-/tmp/wmtp_fsdp_mtp}
 mkdir -p "$WORK"
 export STEPS_FILE=$WORK/steps.jsonl LOG_DIR=$WORK/logs

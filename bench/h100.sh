@@ -22,7 +22,7 @@
 # Results land in $OUT (decode.json, decode_profile.*, h100_suite.*, attention tables, logs.tar.gz).
 set -u
 source bench/device_setup.sh || exit 1
-OUT=${OUT:?set OUT to the folder for the results}
+OUT=${OUT:?set OUT to the folder for the results}; mkdir -p "$OUT"
 WORK=${WORK:-/tmp/wmtp_h100}
 mkdir -p "$WORK"
 export STEPS_FILE=$OUT/steps.jsonl LOG_DIR=$WORK/logs

@@ -58,7 +58,7 @@
 # copies an earlier call's full1b.json / lora7b.json into $OUT, so a second call adds its sides.
 set -u
 source bench/device_setup.sh || exit 1
-OUT=${OUT:?set OUT to the folder for the results}
+OUT=${OUT:?set OUT to the folder for the results}; mkdir -p "$OUT"
 WORK=${WORK:-/tmp/wmtp_h200}
 mkdir -p "$WORK"
 export STEPS_FILE=$OUT/steps.jsonl LOG_DIR=$WORK/logs

@@ -58,7 +58,7 @@
 # Then always: bench/summarise_decode.py -> $OUT/h200_decode.json, h200_decode.md.
 set -u
 source bench/device_setup.sh || exit 1
-OUT=${OUT:?set OUT to the folder for the results}
+OUT=${OUT:?set OUT to the folder for the results}; mkdir -p "$OUT"
 WORK=${WORK:-/tmp/wmtp_decode}
 mkdir -p "$WORK"
 export STEPS_FILE=$OUT/steps.jsonl LOG_DIR=$WORK/logs

@@ -28,7 +28,7 @@ else
               --set training.micro_batch_size=8)
   ONE_GPU=(env CUDA_VISIBLE_DEVICES=0) OTHER_GPU=(env CUDA_VISIBLE_DEVICES=1)
 fi
-OUT=${OUT:?set OUT to the folder for the results}
+OUT=${OUT:?set OUT to the folder for the results}; mkdir -p "$OUT"
 WORK=${WORK:-/tmp/wmtp_multi_gpu}
 export WMTP_DIST_TIMEOUT_S=${WMTP_DIST_TIMEOUT_S:-60}
 rm -rf "$WORK" && mkdir -p "$WORK" "$OUT/logs"

@@ -30,7 +30,8 @@
 # CodeContests file that cannot be downloaded here), grad_accum_steps = 1 (the figures are per
 # GPU and per micro-batch; 8 accumulation steps would make 50 steps take 8x the device time).
 # The tokenizer is bench/standin_tokenizer.py's 32,000-piece SentencePiece model.
-# WMTP_PRODUCTION_CPU=1: the same script on CPU (gloo) with tiny models and 4-step runs (a check).
+# WMTP_PRODUCTION_CPU=1: the same script on CPU (gloo) with tiny models and 4-step runs (a check;
+# tests/bench/test_production_script.py runs it). WMTP_STANDIN_TOKENIZER: another tokenizer.model.
 set -u
 N=50  # steps of each 4-GPU run
 if [ "${WMTP_PRODUCTION_CPU:-0}" = 1 ]; then
@@ -42,14 +43,14 @@ else
   source bench/device_setup.sh || exit 1
   SMALL=()
 fi
-OUT=${OUT:?set OUT to the folder for the results}
+OUT=${OUT:?set OUT to the folder for the results}; mkdir -p "$OUT"
 WORK=${WORK:-/tmp/wmtp_production}
 mkdir -p "$WORK/estimates"
 export STEPS_FILE=$WORK/steps.jsonl LOG_DIR=$WORK/logs
 source bench/steps.sh
 need_humaneval
 export WMTP_DIST_TIMEOUT_S=${WMTP_DIST_TIMEOUT_S:-600}  # a 7B checkpoint save holds the barrier
-TOKENIZER=storage/models/llama2-7b-mtp/tokenizer.model
+TOKENIZER=${WMTP_STANDIN_TOKENIZER:-storage/models/llama2-7b-mtp/tokenizer.model}
 [ -f "$TOKENIZER" ] || { echo "no $TOKENIZER: run bench/standin_tokenizer.py here and carry storage/models"; exit 1; }
 FOUR=(env CUDA_VISIBLE_DEVICES=0,1,2,3) TWO=(env CUDA_VISIBLE_DEVICES=0,1) ONE=(env CUDA_VISIBLE_DEVICES=0)
 COMMON=(--set "tokenizer.path='$TOKENIZER'" --set "model.policy.path=''"

@@ -12,7 +12,7 @@
 # isolation, opted into here (WMTP_SANDBOX=rlimits), which says what it does not block.
 set -u
 source bench/device_setup.sh || exit 1
-OUT=${OUT:?set OUT to the folder for the results}
+OUT=${OUT:?set OUT to the folder for the results}; mkdir -p "$OUT"
 nvidia-smi -L | tee "$OUT/gpu.txt"
 python3 -c "import torch, pydantic, typer; print('torch', torch.__version__, 'pydantic', pydantic.VERSION, 'typer', typer.__version__)" | tee -a "$OUT/gpu.txt"
 
