@@ -473,3 +473,45 @@ def test_a_mistake_is_reported_once_before_any_worker_starts(run_dir):
     result = invoke("eval", run_dir, "--nproc-per-node", "2", "--set", "evaluation.k=[1, 5]")
     assert result.exit_code == 2 and "n_samples" in result.flat
     assert "launching" not in result.flat and not (run_dir / "eval").exists()
+
+
+@pytest.mark.slow
+def test_an_evaluation_killed_part_way_takes_up_what_it_finished(run_dir, tmp_path):
+    """SIGKILL once a few problems are judged (their samples and verdicts appended to
+    .partial-<key>/rank0.jsonl, the last line cut short here as a kill may leave it), then the
+    same command again: only the other problems decode, and the files equal an uninterrupted
+    run's."""
+    import signal
+    import time
+
+    sets = ["--set", "evaluation.max_problems=16", "--set", "evaluation.max_new_tokens=64",
+            "--set", "evaluation.batch_size=2"]  # fmt: skip  # one problem after another
+    whole = invoke("eval", run_dir, "--no-progress", "--out", tmp_path / "whole", *sets)
+    assert whole.exit_code == 0, whole.output
+
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "wmtp.cli", "eval", str(run_dir), "--no-progress", "--out",
+            str(out), *sets]  # fmt: skip
+    child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, lines = time.monotonic() + 120, []
+    while child.poll() is None and time.monotonic() < deadline and len(lines) < 3:
+        time.sleep(0.02)
+        lines = [line for f in out.glob("humaneval/.partial-*/rank0.jsonl")
+                 for line in f.read_text().splitlines()]  # fmt: skip
+    assert child.poll() is None, "the evaluation ended before it could be interrupted"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    (partial,) = out.glob("humaneval/.partial-*/rank0.jsonl")
+    with partial.open("a") as f:
+        f.write('{"task_id": "HumanEval/1", "samp')  # a line a kill cut short
+
+    again = invoke("eval", run_dir, "--no-progress", "--out", out, *sets)
+    assert again.exit_code == 0, again.output
+    resumed, uninterrupted = written(out / "humaneval"), written(tmp_path / "whole" / "humaneval")
+    assert resumed.pop("tokens") < uninterrupted.pop("tokens")  # tokens decoded by this run
+    assert resumed == uninterrupted  # samples, verdicts, pass@k
+    summary = summary_of(out)
+    finished = summary["resumed_problems"]
+    assert 3 <= finished < 16
+    assert summary["generation"]["completions"] == 2 * (16 - finished)  # only the others decoded
+    assert not list(out.glob("humaneval/.partial-*")), "the partial results stay after the end"

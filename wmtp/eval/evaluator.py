@@ -12,6 +12,8 @@ completions from anywhere (a test's reference solutions, another tool's samples)
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,6 +27,8 @@ from wmtp.eval.prompting import PromptFormat, prompt_format
 from wmtp.eval.ranks import EvalRanks
 from wmtp.eval.splits import ScoredProblems, TrainingProblems, choose_problems
 
+log = logging.getLogger(__name__)
+
 DECODING_KEYS = ("n_samples", "temperature", "top_p", "max_new_tokens", "speculative")
 """The ``[evaluation]`` keys that decide the samples (with the seed), recorded as ``decoding``."""
 
@@ -37,7 +41,9 @@ class Checker:
     manager: leaving it cancels what has not started."""
 
     def __init__(self, benchmark: Benchmark, *, timeout_s: float, memory_mb: int, workers: int,
-                 bar=None):  # fmt: skip
+                 bar=None, on_checked=None):  # fmt: skip
+        self.on_checked = on_checked
+        """``on_checked(task_id, verdicts)``: a problem's verdicts, once all are in (a thread's)."""
         self.name = benchmark.name
         self.judges = {problem.task_id: problem.judge for problem in benchmark.problems}
         self.limits = {"timeout_s": timeout_s, "memory_mb": memory_mb}
@@ -63,6 +69,22 @@ class Checker:
             self.bar.update(self.bar_task, total=self.submitted)
             for future in futures:
                 future.add_done_callback(lambda _: self.bar.advance(self.bar_task))
+        if self.on_checked is not None:
+            self._when_all_done(task_id, futures)
+
+    def _when_all_done(self, task_id: str, futures: list[Future]) -> None:
+        left, lock = [len(futures)], threading.Lock()
+
+        def one_done(_: Future) -> None:
+            with lock:
+                left[0] -= 1
+                if left[0]:
+                    return
+            if all(not f.cancelled() and f.exception() is None for f in futures):
+                self.on_checked(task_id, [f.result() for f in futures])
+
+        for future in futures:
+            future.add_done_callback(one_done)
 
     def verdicts(self) -> dict[str, list[Verdict]]:
         """Every submitted problem's verdicts, in the order of its samples."""
@@ -177,40 +199,86 @@ def evaluate_benchmark(
     ranks: EvalRanks = EvalRanks(),
 ) -> dict[str, Any]:
     """Generate and check this rank's share of one benchmark's scored problems, shown to the
-    model as ``shown`` says; on rank 0, gather every share, write the results and return their
+    model as ``shown`` says, less those an interrupted run of the same evaluation finished
+    (``wmtp.eval.partial``); on rank 0, gather every share, write the results and return their
     summary (the other ranks return an empty dict)."""
     from wmtp import sandbox
-    from wmtp.eval.completions import GenerationStats
-    from wmtp.eval.results import write_results
+    from wmtp.eval.partial import PartialResults
 
     benchmark = scored.benchmark
     if any(problem.judge.runs_code for problem in scored.problems):
         sandbox.require(purpose=f"checking {benchmark.name} completions")  # before decoding
     workers = check_workers(spec, ranks.local_world_size)
+    partial = PartialResults.of(folder, _partial_key(spec, seed, context, benchmark), ranks.rank)
+    before = partial.finished()
     mine = ranks.share(scored.problems)
-    note = None
-    if ranks.world_size > 1:
-        note = (
-            f"{benchmark.name}: {len(scored.problems)} problems over {ranks.world_size} ranks; "
-            f"the bars follow this rank's {len(mine)}"
-        )
-    share = _share(model, tokenizer, spec, benchmark, mine, shown, seed, workers, progress, note)
+    todo = tuple(p for p in mine if p.task_id not in before)
+    resumed = sum(p.task_id in before for p in scored.problems)
+    notes = _notes(benchmark.name, len(scored.problems), resumed, len(todo), partial, ranks)
+    share = _share(
+        model, tokenizer, spec, benchmark, todo, shown, seed, workers, progress, notes, partial
+    )
+    for problem in mine:
+        if problem.task_id in before:
+            share.samples[problem.task_id], share.verdicts[problem.task_id] = before[
+                problem.task_id
+            ]
     shares = ranks.gather(share)
     if shares is None:
         return {}
+    summary = _write(spec, scored, folder, seed, context, workers, shares, resumed)
+    partial.remove()
+    return summary
+
+
+def _partial_key(spec, seed: int, context: dict, benchmark: Benchmark) -> dict:
+    """What decides a problem's samples and verdicts: whose partial results can be taken up."""
+    return {
+        "benchmark": benchmark.name,
+        "source": context["settings"].get("source"),
+        "model": context["model"],
+        "prompts": context["prompts"],
+        "decoding": {**{key: getattr(spec, key) for key in DECODING_KEYS}, "seed": seed},
+        "limits": {"timeout_s": spec.timeout_s, "memory_mb": spec.memory_mb},
+    }
+
+
+def _notes(name: str, scored: int, resumed: int, todo: int, partial, ranks) -> list[str]:
+    """What rank 0 says: problems an interrupted run finished (a warning, so that it is said
+    with or without progress bars), and the ranks' shares (above the bars)."""
+    if resumed and ranks.is_main:
+        log.warning(
+            "%s: %d of %d problems finished by an interrupted run of this evaluation (kept in "
+            "%s); decoding the other %d", name, resumed, scored, partial.folder, scored - resumed,
+        )  # fmt: skip
+    if ranks.world_size == 1:
+        return []
+    return [
+        f"{name}: {scored - resumed} problems to decode over {ranks.world_size} ranks; "
+        f"the bars follow this rank's {todo}"
+    ]
+
+
+def _write(spec, scored, folder, seed, context, workers, shares, resumed) -> dict[str, Any]:
+    """The gathered shares as ``folder``'s results, in the scored problems' order."""
+    from wmtp import sandbox
+    from wmtp.eval.completions import GenerationStats
+    from wmtp.eval.results import write_results
+
     order = [p.task_id for p in scored.problems]
     samples = {task: s for share in shares for task, s in share.samples.items()}
     verdicts = {task: v for share in shares for task, v in share.verdicts.items()}
     generated = max(share.generate_s for share in shares)  # the ranks run at once
     total = max(share.total_s for share in shares)
     info = {
-        "benchmark": benchmark.name,
+        "benchmark": scored.benchmark.name,
         **context,
         "split": scored.as_dict(),
         "decoding": {**{key: getattr(spec, key) for key in DECODING_KEYS}, "seed": seed},
         "sandbox": sandbox.isolation_line(),
         "check_workers": workers,
         "generation": GenerationStats.merged([share.stats for share in shares]).as_dict(),
+        "resumed_problems": resumed,
         "wall_s": {  # checks run while generation goes on: "check" is what they add after it
             "generate": round(generated, 3),
             "check": round(total - generated, 3),
@@ -242,34 +310,41 @@ class _Share:
 
 
 def _share(
-    model, tokenizer, spec, benchmark, problems, shown, seed, workers, progress, note=None
+    model, tokenizer, spec, benchmark, problems, shown, seed, workers, progress, notes, partial
 ) -> _Share:
     """Generate the completions of ``problems`` (of ``benchmark``) and check each problem's in
-    the sandbox as soon as they exist, on ``workers`` threads; ``note`` is printed above the
-    progress bars."""
+    the sandbox as soon as they exist, on ``workers`` threads, recording each finished problem
+    in ``partial``; ``notes`` are printed above the progress bars."""
     from rich.progress import Progress
 
     from wmtp.eval.completions import complete_benchmark
 
     started = time.perf_counter()
+    samples: dict[str, list[dict]] = {}
+
+    def submit(problem) -> None:  # its samples kept, then checked
+        samples[problem.task_id] = [
+            {"completion": c.text, "finish_reason": c.finish_reason, "n_tokens": len(c.tokens)}
+            for c in problem.completions
+        ]
+        checker.submit(problem.task_id, [c.text for c in problem.completions])
+
+    def checked(task_id: str, verdicts: list[Verdict]) -> None:
+        partial.record(task_id, samples[task_id], verdicts)
+
     limits = {"timeout_s": spec.timeout_s, "memory_mb": spec.memory_mb, "workers": workers}
-    with Progress(disable=not progress) as bar, Checker(benchmark, **limits, bar=bar) as checker:
-        if progress and note:
+    with (
+        Progress(disable=not progress) as bar,
+        Checker(benchmark, **limits, bar=bar, on_checked=checked) as checker,
+    ):
+        for note in notes if progress else ():
             bar.console.print(note, highlight=False)
-        done, stats = complete_benchmark(
+        _, stats = complete_benchmark(
             model, tokenizer, benchmark, spec, seed=seed, problems=problems, shown=shown,
-            bar=bar,
-            on_problem=lambda p: checker.submit(p.task_id, [c.text for c in p.completions]),
+            bar=bar, on_problem=submit,
         )  # fmt: skip
         generated = time.perf_counter()
         verdicts = checker.verdicts()
-    samples = {
-        p.task_id: [
-            {"completion": c.text, "finish_reason": c.finish_reason, "n_tokens": len(c.tokens)}
-            for c in p.completions
-        ]
-        for p in done
-    }
     now = time.perf_counter()
     return _Share(samples, verdicts, stats, generated - started, now - started)
 
