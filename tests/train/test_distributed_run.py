@@ -67,6 +67,21 @@ def test_two_ranks_match_one_process_and_the_checkpoint_reshards(tmp_path):
     for key, value in exported.items():
         torch.testing.assert_close(loaded[key], value, rtol=0, atol=0, msg=key)
 
+    # Resumed on one process, the run's recipe would halve the global batch: refused, saying
+    # how to keep it; the split that keeps it (2 x 2 accum x 1) needs no --force.
+    from typer.testing import CliRunner
+
+    from wmtp.cli import app
+    from wmtp.train.runner import prepare_run
+
+    refused = CliRunner().invoke(app, ["run", "--resume", str(two_dir)])
+    flat = " ".join(refused.output.split())
+    assert refused.exit_code == 2, refused.output
+    assert "global batch: 4 rows (2 x 1 accum x 2 processes) -> 2 rows" in flat
+    assert "set training.grad_accum_steps=2 to keep the global batch" in flat
+    for split in ("training.grad_accum_steps=2", "training.micro_batch_size=4"):
+        assert prepare_run(None, [split], resume=two_dir, world_size=1).checkpoint == ckpt
+
 
 def test_a_bad_recipe_is_reported_once_before_any_worker_starts(tmp_path):
     cmd = [sys.executable, "-m", "wmtp.cli", "run", str(TINY), "--nproc-per-node", "2"]

@@ -70,7 +70,9 @@ def run(
         from wmtp.train.runner import VERIFIED_ENV, prepare_run
 
         # Once here, exit 2 and no torch: not once per worker under torchrun's summary.
-        prepared = prepare_run(recipe, list(set_ or ()), resume=resume, force=force)
+        prepared = prepare_run(
+            recipe, list(set_ or ()), resume=resume, force=force, world_size=nproc_per_node
+        )
         if prepared.checkpoint is not None:
             os.environ[VERIFIED_ENV] = str(prepared.checkpoint)
         relaunch(("run",), nproc_per_node)

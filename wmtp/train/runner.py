@@ -51,9 +51,11 @@ def prepare_run(
     *,
     resume: str | Path | None = None,
     force: bool = False,
+    world_size: int | None = None,
 ) -> PreparedRun:
     """The recipe (or the resumed run's own), its inputs and the resume, checked without torch
-    (see the module docstring); a located ``RecipeProblems`` lists every missing input."""
+    (see the module docstring); a located ``RecipeProblems`` lists every missing input.
+    ``world_size``: the processes the run will have (default: torchrun's ``WORLD_SIZE``, or 1)."""
     from wmtp.recipe import RecipeProblems, load_recipe
     from wmtp.recipe.inputs import input_problems
     from wmtp.train.run_dir import RECIPE_FILE, check_run_dir, pin_inputs
@@ -72,7 +74,8 @@ def prepare_run(
                 f"experiment.pipeline = {loaded.recipe.experiment.pipeline!r} "
                 "trains nothing to resume"
             )
-        checkpoint = check_resume(Path(resume), loaded.recipe, force=force)
+        world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+        checkpoint = check_resume(Path(resume), loaded.recipe, force=force, world_size=world_size)
         # the frozen models it started with, wherever `latest` points now
         loaded = replace(loaded, recipe=pin_inputs(check_run_dir(resume), loaded.recipe))
     missing = input_problems(loaded)
@@ -82,28 +85,75 @@ def prepare_run(
     return PreparedRun(Path(recipe_path), recipe, checkpoint)
 
 
-def check_resume(run_dir: Path, recipe: Any, *, force: bool) -> Path:
+def check_resume(run_dir: Path, recipe: Any, *, force: bool, world_size: int = 1) -> Path:
     """The checkpoint to resume ``run_dir`` from: the newest one that matches its manifest (a
     damaged one is named, and the one before it taken, saying so). Refuses a recipe whose
-    numerics differ unless ``force``, and, even forced, a change a resume cannot apply."""
+    numerics differ, or a global batch (micro-batch x accumulation x ``world_size``) other than
+    the checkpoint's, unless ``force``, and, even forced, a change a resume cannot apply. A new
+    split of the same global batch (another world size, micro-batch or accumulation) is no
+    change: every world size trains on the same global batches."""
     from wmtp.recipe import diff_recipes, load_recipe
     from wmtp.train.run_dir import RECIPE_FILE, check_run_dir
 
     run_dir = check_run_dir(run_dir)
     saved = load_recipe(run_dir / RECIPE_FILE).recipe
     changes = diff_recipes(saved, recipe)
-    refused = [c for c in changes if c.category in REFUSED_ON_RESUME]
+    was, now = _global_batch(saved, _trained_world_size(run_dir)), _global_batch(recipe, world_size)
+    if was[0] == now[0]:
+        changes = [c for c in changes if c.key not in BATCH_SPLIT_KEYS]
+    computing = [c for c in changes if c.category in REFUSED_ON_RESUME]
+    refused = [f"{c.key}: {c.old!r} -> {c.new!r} ({c.category})" for c in computing]
+    applied = [f"{c.key} {c.old!r} -> {c.new!r}" for c in computing]
+    if was[0] != now[0]:
+        refused.append(f"global batch: {was[1]} -> {now[1]} (numerics)")
+        applied.append(f"global batch {was[1]} -> {now[1]}")
     if refused and not force:
-        lines = "\n".join(f"  {c.key}: {c.old!r} -> {c.new!r} ({c.category})" for c in refused)
+        lines = "\n".join(f"  {line}" for line in refused)
+        what = (
+            "use the run's recipe" if was[0] == now[0] else _batch_hint(recipe, was[0], world_size)
+        )
         raise RunError(
             f"cannot resume {run_dir}: the recipe differs from the run's in what it computes:\n"
-            f"{lines}\nuse the run's recipe, or pass --force to resume anyway"
+            f"{lines}\n{what}, or pass --force to resume anyway"
         )
     _refuse_what_cannot_apply(run_dir, changes, recipe)
     if refused:
-        listed = ", ".join(f"{c.key} {c.old!r} -> {c.new!r}" for c in refused)
-        log.warning("resuming with --force; applied from the new recipe: %s", listed)
+        log.warning("resuming with --force; applied from the new recipe: %s", ", ".join(applied))
     return intact_checkpoint(run_dir)
+
+
+BATCH_SPLIT_KEYS = ("training.micro_batch_size", "training.grad_accum_steps")
+"""How a global batch is split; changing them with the world size keeps the batch."""
+
+
+def _global_batch(recipe: Any, world_size: int) -> tuple[int, str]:
+    """Rows per optimizer step, and how they are made (``8 rows (4 x 1 accum x 2 processes)``)."""
+    t = recipe.training
+    rows = t.micro_batch_size * t.grad_accum_steps * world_size
+    processes = "process" if world_size == 1 else "processes"
+    how = f"{t.micro_batch_size} x {t.grad_accum_steps} accum x {world_size} {processes}"
+    return rows, f"{rows} rows ({how})"
+
+
+def _trained_world_size(run_dir: Path) -> int:
+    """The world size of the run's newest checkpoint (its ``trainer.json``; 1 when unreadable)."""
+    import json
+
+    from wmtp.models.locate import step_dirs
+
+    steps = step_dirs(run_dir)
+    try:
+        return int(json.loads((steps[-1] / "trainer.json").read_text())["world_size"])
+    except (IndexError, OSError, ValueError, KeyError, TypeError):
+        return 1
+
+
+def _batch_hint(recipe: Any, rows: int, world_size: int) -> str:
+    """How to keep ``rows`` per step at ``world_size``: the accumulation, when one does."""
+    per_step = recipe.training.micro_batch_size * world_size
+    if rows % per_step:
+        return f"set micro_batch_size x grad_accum_steps x {world_size} to {rows} to keep it"
+    return f"set training.grad_accum_steps={rows // per_step} to keep the global batch"
 
 
 def _refuse_what_cannot_apply(run_dir: Path, changes: list, recipe: Any) -> None:
