@@ -292,6 +292,20 @@ def test_evaluation_recipe_names_the_run_to_evaluate(run_dir, tmp_path):
     assert entry["problems"] == 1 and entry["samples_per_problem"] == 3
 
 
+def test_an_evaluation_recipe_whose_inputs_are_missing_says_which_as_wmtp_run_does(tmp_path):
+    """``wmtp eval recipes/evaluation.toml`` where nothing is there: every missing input of the
+    recipe, located, before anything loads (not only the first)."""
+    from tests.train.train_helpers import REPO
+
+    result = invoke("eval", REPO / "recipes" / "evaluation.toml", "--set",
+                    f"experiment.runs_dir='{tmp_path}'")  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "paths it names that cannot be used" in result.flat
+    for key in ("tokenizer.path", "model.policy.path", "model.policy.checkpoint"):
+        assert key in result.flat, key
+    assert "Traceback" not in result.output
+
+
 def test_benchmarks_from_local_files_join_the_summary(run_dir, tmp_path):
     from tests.eval.test_benchmarks import GSM8K_ROWS, MBPP_ROWS, write_jsonl
 

@@ -94,7 +94,9 @@ def eval_command(
         relaunch(("eval",), nproc_per_node)
     resolved, _ = evaluate_target(target, **settings, progress=progress, console=console)
     if int(os.environ.get("RANK", "0")) == 0:
-        console.print(f"results in {resolved.out_dir}", highlight=False)
+        from wmtp.recipe.load import display_path
+
+        console.print(f"results in {display_path(resolved.out_dir)}", highlight=False)
 
 
 def report_command(

@@ -54,7 +54,12 @@ def validate(
     ] = 1,
     overrides: SetOption = None,
     env: Annotated[
-        bool, typer.Option("--env", help="Also check this machine: GPUs, bf16, flash-attn, torch.")
+        bool,
+        typer.Option(
+            "--env",
+            help="Also check this machine (GPUs, bf16, flash-attn, torch, the sandbox), and fail "
+            "on input files the recipe names that are missing (without it: notes).",
+        ),
     ] = False,
     format: FormatOption = OutputFormat.text,
     data: Annotated[

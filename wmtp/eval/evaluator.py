@@ -152,6 +152,7 @@ def evaluate(
     ones read from a local file (``benchmark_paths`` may give the paths instead).
     """
     from wmtp.eval.table import print_table
+    from wmtp.recipe.load import display_path
 
     check_settings(spec)
     shown = prompt_format(spec, training.template)
@@ -182,7 +183,7 @@ def evaluate(
         )  # fmt: skip
     if not ranks.is_main:
         return {}
-    print_table(results, console, title=f" · {model_label}")
+    print_table(results, console, title=f" · {display_path(model_label)}")
     return results
 
 

@@ -157,12 +157,18 @@ def prepare_eval(
     model loads."""
     from wmtp.eval.evaluator import check_settings
     from wmtp.folders import check_output_folder
-    from wmtp.recipe import load_recipe
+    from wmtp.recipe import RecipeProblems, load_recipe
+    from wmtp.recipe.inputs import input_problems
 
     if Path(path).suffix == ".toml" and Path(path).is_file():
         if recipe is not None:
             raise RunError(f"{path} is a recipe already: leave out --recipe {recipe}")
-        loaded = load_recipe(path, overrides).recipe
+        read = load_recipe(path, overrides)
+        loaded = read.recipe
+        if loaded.pipeline.trains is None:  # an evaluation recipe: its inputs, as wmtp run says
+            missing = input_problems(read)
+            if missing:
+                raise RecipeProblems(f"{path} (paths it names that cannot be used)", missing)
         target = _recipe_target(Path(path), loaded, out)
     else:
         target = resolve_target(path, recipe=recipe, out=out)
