@@ -204,8 +204,9 @@ def list_components(
     ] = None,
     format: FormatOption = OutputFormat.text,
 ) -> None:
-    """List registered components by kind, with their recipe parameters and docs, and the model
-    flavours (kind ``flavour``: named sizes for ``model.*.flavour``) with their sizes."""
+    """List registered components by kind, with their recipe parameters and docs.
+
+    Kind flavour: the named model sizes for model.*.flavour, with their sizes."""
     from wmtp.recipe.components import FLAVOUR_KIND, describe_flavours
 
     # flavours alone need no registry, whose components import torch

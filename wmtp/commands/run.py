@@ -52,8 +52,10 @@ def run(
     nproc_per_node: NprocOption = 1,
     sandbox: SandboxOption = None,
 ) -> None:
-    """Train RECIPE: a new run directory runs/<experiment>/<YYYYmmdd-HHMMSS>-<hash8>/ with the
-    resolved recipe, fingerprint, metrics, TensorBoard events and checkpoints.
+    """Train RECIPE into a new run directory (or an evaluation recipe: evaluate).
+
+    The run directory, runs/<experiment>/<YYYYmmdd-HHMMSS>-<hash8>/, holds the resolved recipe,
+    fingerprint, metrics, TensorBoard events and checkpoints.
 
     The recipe, every file it names and the resume are checked first, before torch loads: a
     problem is a located message and exit code 2. The built-in HumanEval dataset (and an
