@@ -211,14 +211,17 @@ def check_out_dir(out_dir: str | Path) -> None:
 def _check_can_create(out: Path) -> None:
     """``out`` is a directory, or can be made one: its nearest existing path is a writable
     directory."""
-    existing = next(p for p in (out, *out.parents) if os.path.lexists(p))
-    if existing == out and not out.is_dir():
+    from wmtp.folders import blocking_file
+
+    blocking = blocking_file(out)
+    if blocking == out.expanduser().absolute():
         raise DataError(
             f"{out}: not a directory: the HumanEval build writes train.jsonl, heldout.jsonl and "
             "their metadata into a directory; give a new or empty directory"
         )
-    if not existing.is_dir():
-        raise DataError(f"{out}: cannot be created: {existing} is not a directory")
+    if blocking is not None:
+        raise DataError(f"{out}: cannot be created: {blocking} is not a directory")
+    existing = next(p for p in (out, *out.parents) if p.exists())
     if not os.access(existing, os.W_OK | os.X_OK):
         raise DataError(f"{out}: cannot be written: {existing} is not writable")
 
