@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.train.train_helpers import REPO, TINY, losses_of, runs_override
+from wmtp.errors import RunError
 
 COMMON = (
     "training.max_steps=3",
@@ -81,6 +82,15 @@ def test_two_ranks_match_one_process_and_the_checkpoint_reshards(tmp_path):
     assert "set training.grad_accum_steps=2 to keep the global batch" in flat
     for split in ("training.grad_accum_steps=2", "training.micro_batch_size=4"):
         assert prepare_run(None, [split], resume=two_dir, world_size=1).checkpoint == ckpt
+
+    # One more step on one process (2 x 2 accum): the next resume holds to that checkpoint's
+    # own split (its recipe.toml and trainer.json), not to the run's first one.
+    more = ["training.grad_accum_steps=2", "training.max_steps=4"]
+    assert run_recipe(None, more, resume=two_dir, force=True, console=False).step == 4
+    accum2 = ["training.grad_accum_steps=2"]
+    assert prepare_run(None, accum2, resume=two_dir, world_size=1).checkpoint.name == "step-4"
+    with pytest.raises(RunError, match=r"global batch: 4 rows \(2 x 2 accum x 1 process\) -> 8"):
+        prepare_run(None, accum2, resume=two_dir, world_size=2)
 
 
 def test_a_bad_recipe_is_reported_once_before_any_worker_starts(tmp_path):

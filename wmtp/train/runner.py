@@ -98,7 +98,7 @@ def check_resume(run_dir: Path, recipe: Any, *, force: bool, world_size: int = 1
     run_dir = check_run_dir(run_dir)
     saved = load_recipe(run_dir / RECIPE_FILE).recipe
     changes = diff_recipes(saved, recipe)
-    was, now = _global_batch(saved, _trained_world_size(run_dir)), _global_batch(recipe, world_size)
+    was, now = _trained_batch(run_dir, saved), _global_batch(recipe, world_size)
     if was[0] == now[0]:
         changes = [c for c in changes if c.key not in BATCH_SPLIT_KEYS]
     computing = [c for c in changes if c.category in REFUSED_ON_RESUME]
@@ -135,17 +135,26 @@ def _global_batch(recipe: Any, world_size: int) -> tuple[int, str]:
     return rows, f"{rows} rows ({how})"
 
 
-def _trained_world_size(run_dir: Path) -> int:
-    """The world size of the run's newest checkpoint (its ``trainer.json``; 1 when unreadable)."""
+def _trained_batch(run_dir: Path, saved: Any) -> tuple[int, str]:
+    """The global batch the run's newest checkpoint trained with: its own ``recipe.toml`` (a
+    resume may have split the batch anew) at its ``trainer.json``'s world size; the run's
+    recipe on one process where the checkpoint does not say."""
     import json
 
     from wmtp.models.locate import step_dirs
+    from wmtp.recipe import load_recipe
 
     steps = step_dirs(run_dir)
+    if not steps:
+        return _global_batch(saved, 1)
+    newest = steps[-1]
     try:
-        return int(json.loads((steps[-1] / "trainer.json").read_text())["world_size"])
-    except (IndexError, OSError, ValueError, KeyError, TypeError):
-        return 1
+        world_size = int(json.loads((newest / "trainer.json").read_text())["world_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        world_size = 1
+    recipe_file = newest / "recipe.toml"
+    trained = load_recipe(recipe_file).recipe if recipe_file.is_file() else saved
+    return _global_batch(trained, world_size)
 
 
 def _batch_hint(recipe: Any, rows: int, world_size: int) -> str:
