@@ -152,7 +152,8 @@ class Trainer:
             )
         one_backward = t.mtp_loss == "per_head" and self.ctx.is_distributed
         how = " (one backward: the model is sharded)" if one_backward else ""
-        log.info("mtp_loss: %s%s", t.mtp_loss, how)
+        if self.recipe.pipeline.trains == "policy":  # a critic's loss is no MTP loss
+            log.info("mtp_loss: %s%s", t.mtp_loss, how)
         return MTPLossConfig(strategy=t.mtp_loss, one_backward=one_backward, depth_weights=depth)
 
     def _frozen(self, role: str) -> torch.nn.Module:
