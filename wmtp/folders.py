@@ -9,9 +9,10 @@ from wmtp.errors import RunError
 
 def blocking_file(folder: str | Path) -> Path | None:
     """What keeps ``folder`` from being a folder: itself or the nearest of its parents that
-    exists, when that is not a directory; None when ``folder`` is one or can be made."""
+    exists (a symlink to nothing counts), when that is not a directory; None when ``folder`` is
+    one or can be made."""
     folder = Path(folder).expanduser().absolute()
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    existing = next((p for p in (folder, *folder.parents) if p.exists() or p.is_symlink()), None)
     return existing if existing is not None and not existing.is_dir() else None
 
 

@@ -33,6 +33,11 @@ DECODING_KEYS = ("n_samples", "temperature", "top_p", "max_new_tokens", "specula
 """The ``[evaluation]`` keys that decide the samples (with the seed), recorded as ``decoding``."""
 
 
+def decoding(spec, seed: int) -> dict[str, Any]:
+    """The settings that decide the samples: the summary's ``decoding``, part of a partial key."""
+    return {**{key: getattr(spec, key) for key in DECODING_KEYS}, "seed": seed}
+
+
 class Checker:
     """Judges completions on ``workers`` threads as they arrive: ``submit`` a problem's samples
     as soon as they exist (generation goes on in the caller's thread, on the GPU, while the
@@ -239,7 +244,7 @@ def _partial_key(spec, seed: int, context: dict, benchmark: Benchmark) -> dict:
         "source": context["settings"].get("source"),
         "model": context["model"],
         "prompts": context["prompts"],
-        "decoding": {**{key: getattr(spec, key) for key in DECODING_KEYS}, "seed": seed},
+        "decoding": decoding(spec, seed),
         "limits": {"timeout_s": spec.timeout_s, "memory_mb": spec.memory_mb},
     }
 
@@ -275,7 +280,7 @@ def _write(spec, scored, folder, seed, context, workers, shares, resumed) -> dic
         "benchmark": scored.benchmark.name,
         **context,
         "split": scored.as_dict(),
-        "decoding": {**{key: getattr(spec, key) for key in DECODING_KEYS}, "seed": seed},
+        "decoding": decoding(spec, seed),
         "sandbox": sandbox.isolation_line(),
         "check_workers": workers,
         "generation": GenerationStats.merged([share.stats for share in shares]).as_dict(),

@@ -56,12 +56,12 @@ def check_output(out: Path, *, force: bool, source: Path) -> Path:
 
 def _check_parents(out: Path) -> None:
     """The nearest existing folder above ``out`` must be a folder: the export creates the rest."""
-    for parent in out.parents:
-        if parent.is_dir():
-            return
-        if parent.exists() or parent.is_symlink():
-            kind = "a broken symbolic link" if not parent.exists() else "not a folder"
-            raise ExportError(f"--out {out}: {parent} is {kind}, so no folder can be made in it")
+    from wmtp.folders import blocking_file
+
+    parent = blocking_file(out.parent)
+    if parent is not None:
+        kind = "a broken symbolic link" if not parent.exists() else "not a folder"
+        raise ExportError(f"--out {out}: {parent} is {kind}, so no folder can be made in it")
 
 
 def _refusal(out: Path) -> str | None:
