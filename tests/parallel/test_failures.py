@@ -110,6 +110,31 @@ def test_a_failing_rank_ends_the_torchrun_job(tmp_path, kind):
 
 
 @pytest.mark.slow
+def test_a_nan_on_one_rank_stops_every_rank_once_naming_that_rank(tmp_path):
+    """Rank 0's gradients turn NaN at step 2: both ranks refuse the step together, and the run's
+    error is said once, as one process says it (exit 2), naming rank 0 rather than whichever
+    rank's record came first; the step-1 checkpoint is kept and named."""
+    sets = ("--set", "training.checkpoint_every=1")
+    done = subprocess.run(
+        [*_cmd(tmp_path, "--nproc-per-node", "2"), *sets],
+        cwd=REPO,
+        env=_env("rank=0,step=2,kind=nan", 60),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = done.stdout + done.stderr
+    (run_dir,) = (tmp_path / "runs" / "tiny").glob("2*")
+    nan = "step 2: the gradient norm is nan (in head 2 on rank 0); the step was not applied"
+    assert done.returncode == 2, output[-3000:]
+    assert output.count(nan) == 1, output[-3000:]
+    assert f"The last good checkpoint is {run_dir / 'checkpoints' / 'step-1'}." in output
+    assert "rank 1 failed" not in output and "Traceback" not in output, output[-3000:]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-1"]
+    assert not processes_naming(str(tmp_path)), "a process of the run outlived the launcher"
+
+
+@pytest.mark.slow
 def test_without_torchrun_the_survivor_fails_on_the_collective_timeout(tmp_path):
     """Ranks started by hand (no torchrun agent to stop them): rank 0's next collective fails
     after ``WMTP_DIST_TIMEOUT_S`` instead of waiting forever."""
@@ -135,12 +160,12 @@ def test_without_torchrun_the_survivor_fails_on_the_collective_timeout(tmp_path)
     assert MESSAGE not in outputs[0]
 
 
-def _launch(tmp_path, *extra: str) -> subprocess.Popen:
+def _launch(tmp_path, *extra: str, env: dict | None = None) -> subprocess.Popen:
     sets = [*SETS, "training.max_steps=400", "training.checkpoint_every=0"]
     sets += [f"experiment.runs_dir='{tmp_path / 'runs'}'"]
     cmd = [sys.executable, "-m", "wmtp.cli", "run", str(TINY), "--nproc-per-node", "2"]
     cmd += [a for s in sets for a in ("--set", s)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WMTP_DIST_TIMEOUT_S": "60"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WMTP_DIST_TIMEOUT_S": "60", **(env or {})}
     return subprocess.Popen(
         [*cmd, *extra], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -176,7 +201,25 @@ def test_sigterm_to_the_launcher_stops_every_rank_with_a_checkpoint(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-3000:]
     assert "stopped: SIGTERM after step" in err and "Traceback" not in err, err[-3000:]
+    assert "not every rank stopped cleanly" not in err, err[-3000:]
     assert list((run / "checkpoints").glob("step-*")), "no checkpoint written on the way out"
+    assert _gone(str(tmp_path), within=30), "a process of the run outlived the launcher"
+
+
+@pytest.mark.slow
+def test_a_stop_that_torchrun_cuts_short_says_no_checkpoint_was_written(tmp_path):
+    """torchrun kills workers still busy ``TORCH_ELASTIC_SHUTDOWN_TIMEOUT`` seconds after it
+    passed the signal on (0 here: at once, as 30 s would a large model's step and checkpoint):
+    the launcher says the stop lost the steps since the last checkpoint instead of exiting 143 as
+    if each rank had written one."""
+    proc = _launch(tmp_path, env={"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "0"})
+    run = _wait_for_training(tmp_path, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert "stopped: SIGTERM, but not every rank stopped cleanly with a checkpoint" in err, err
+    assert "TORCH_ELASTIC_SHUTDOWN_TIMEOUT = 0 s" in err and "Traceback" not in err, err[-3000:]
+    assert not list((run / "checkpoints").glob("step-*"))
     assert _gone(str(tmp_path), within=30), "a process of the run outlived the launcher"
 
 

@@ -94,7 +94,7 @@ def relaunch(subcommand: tuple[str, ...], nproc: int) -> NoReturn:
     argv = sys.argv[sys.argv.index(last) + 1 :] if last in sys.argv else []
     cmd = torchrun_command(argv, nproc, subcommand)
     _output.console().print(f"launching: {' '.join(cmd)}", highlight=False)
-    raise typer.Exit(Launch(cmd).run())
+    raise typer.Exit(Launch(cmd, world_size=nproc).run())
 
 
 def __getattr__(name: str) -> Any:

@@ -47,8 +47,9 @@ def component_of(name: str, model: Any) -> str:
 
 
 def nonfinite_gradients(model: torch.nn.Module) -> list[str]:
-    """The components (:func:`component_of`) holding a NaN or infinite gradient on any rank
-    (collective in a process group: every rank calls it, and all learn the same list)."""
+    """The components (:func:`component_of`) holding a NaN or infinite gradient on any rank,
+    each with the ranks whose gradients (or shards of them) it is on in a process group of
+    several (``head 2 on rank 1``). Collective there: every rank calls it, all learn the same."""
     import torch.distributed as dist
 
     flags: dict[str, bool] = {}
@@ -59,12 +60,26 @@ def nonfinite_gradients(model: torch.nn.Module) -> list[str]:
         part = component_of(name, model)
         flags[part] = flags.get(part, False) or not bool(torch.isfinite(grad).all())
     names = sorted(flags)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        device = next(model.parameters()).device
-        box = torch.tensor([float(flags[n]) for n in names], device=device)
-        dist.all_reduce(box, op=dist.ReduceOp.MAX)
-        return [n for n, bad in zip(names, box.tolist(), strict=True) if bad]
-    return [n for n in names if flags[n]]
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [n for n in names if flags[n]]
+    world, rank = dist.get_world_size(), dist.get_rank()
+    box = torch.zeros(world, len(names), device=next(model.parameters()).device)
+    box[rank] = torch.tensor([float(flags[n]) for n in names], device=box.device)
+    dist.all_reduce(box, op=dist.ReduceOp.MAX)
+    by_part = box.t().tolist()  # one row per component: which ranks hold it non-finite
+    return [
+        f"{name} {on_ranks([r for r, bad in enumerate(row) if bad], world)}"
+        for name, row in zip(names, by_part, strict=True)
+        if any(row)
+    ]
+
+
+def on_ranks(ranks: list[int], world: int) -> str:
+    """``on rank 1``, ``on ranks 0, 2``, ``on every rank``."""
+    if len(ranks) == world:
+        return "on every rank"
+    label = "rank" if len(ranks) == 1 else "ranks"
+    return f"on {label} {', '.join(map(str, ranks))}"
 
 
 def nonfinite_parameters(model: torch.nn.Module) -> list[str]:

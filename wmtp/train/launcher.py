@@ -4,11 +4,18 @@
   the workers it stops) ends when the launcher ends, even by SIGKILL. SIGINT and SIGTERM are
   forwarded to it (its workers then finish their step and write a checkpoint: a clean stop, exit
   128 + the signal); a second one ends its whole session at once. The launcher waits for it.
+  torchrun kills workers that have not ended ``TORCH_ELASTIC_SHUTDOWN_TIMEOUT`` seconds after it
+  passed a signal on (30 by default, less than a large model's step and checkpoint): the launcher
+  gives it the collective timeout instead (``WMTP_DIST_TIMEOUT_S``, 600 s) unless that variable
+  is set, and says so when a stop of training ranks did not end with every rank's checkpoint
+  (``wmtp.train.run_log.mark_rank``).
 - **One message per failure.** Each failed worker leaves a record (``wmtp.train.run_log``); the
   launcher prints the first rank that failed by itself with its error, the others in one line,
-  and exits 1. torchrun's own report of the failure (a traceback and a box naming the "Root
-  Cause") is kept out of the way, read only for a worker that left no record (killed by a
-  signal). The workers' own output passes through as it comes.
+  and exits 1. An error every rank stopped on together (a decision they took collectively: a
+  NaN step, a checkpoint that could not be written) is the run's, not a rank's: printed once as
+  one process would, with its exit code (2). torchrun's own report of the failure (a traceback
+  and a box naming the "Root Cause") is kept out of the way, read only for a worker that left
+  no record (killed by a signal). The workers' own output passes through as it comes.
 """
 
 from __future__ import annotations
@@ -24,9 +31,13 @@ import tempfile
 import threading
 from pathlib import Path
 
-from wmtp.train.run_log import FAILURES_ENV
+from wmtp.train.run_log import FAILURES_ENV, STOPPED_SUFFIX, TRAINING_SUFFIX
 
 PR_SET_PDEATHSIG = 1
+SHUTDOWN_ENV = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"
+"""torchrun's grace, in seconds, between passing a signal to its workers and killing them."""
+STOP_GRACE_ENV, STOP_GRACE_S = "WMTP_DIST_TIMEOUT_S", "600"
+"""What the launcher gives torchrun as that grace (``wmtp.parallel.dist``'s collective timeout)."""
 TORCHRUN_NOISE = re.compile(r"^\[?[WEI]\d{4} [\d:.]+ \d+ .*torch/distributed/")
 """torchrun's own log lines (``W1202 09:00:00.123 4567 torch/distributed/elastic/...``)."""
 
@@ -43,14 +54,16 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
 class Launch:
     """One torchrun job: started by :meth:`run`, which returns the launcher's exit code."""
 
-    def __init__(self, command: list[str]) -> None:
-        self.command = command
-        self.forwarded = 0
+    def __init__(self, command: list[str], world_size: int) -> None:
+        self.command, self.world_size = command, world_size
+        self.forwarded, self.killed = 0, False
         self.failures = Path(tempfile.mkdtemp(prefix="wmtp-failures-"))
         self.report: list[str] = []
 
     def run(self) -> int:
         env = dict(os.environ, **{FAILURES_ENV: str(self.failures)})
+        env.setdefault(SHUTDOWN_ENV, os.environ.get(STOP_GRACE_ENV, STOP_GRACE_S))
+        self.grace = env[SHUTDOWN_ENV]
         self.process = subprocess.Popen(
             self.command,
             env=env,
@@ -73,6 +86,7 @@ class Launch:
 
     def _forward(self, signum: int, frame: object) -> None:
         if self.forwarded:  # a second signal: everything stops now
+            self.killed = True
             os.killpg(self.process.pid, signal.SIGKILL)
             return
         self.forwarded = signum
@@ -94,11 +108,28 @@ class Launch:
 
     def _outcome(self, code: int) -> int:
         if self.forwarded:
+            if self._stop_cut_short():
+                print(unfinished_stop(self.forwarded, self.grace), file=sys.stderr, flush=True)
             return 128 + self.forwarded
         if code == 0:
             return 0
-        print(f"error: {summary(self._records(), self.report)}", file=sys.stderr, flush=True)
+        records = self._records()
+        shared = shared_failure(records, self.world_size)
+        if shared is not None:
+            print(f"error: {shared['message']}", file=sys.stderr, flush=True)
+            return int(shared["exit_code"])
+        print(f"error: {summary(records, self.report)}", file=sys.stderr, flush=True)
         return 1
+
+    def _stop_cut_short(self) -> bool:
+        """Whether training ranks were stopping on the forwarded signal and not every one of
+        them ended with its checkpoint (a second signal, asking for that, aside)."""
+
+        def count(suffix: str) -> int:
+            return len(list(self.failures.glob(f"rank*{suffix}")))
+
+        training = count(TRAINING_SUFFIX)
+        return bool(training) and count(STOPPED_SUFFIX) < self.world_size and not self.killed
 
     def _records(self) -> list[dict]:
         records = []
@@ -108,6 +139,27 @@ class Launch:
             except (OSError, ValueError):
                 continue
         return records
+
+
+def unfinished_stop(signum: int, grace: str) -> str:
+    """What a forwarded signal did when not every rank stopped cleanly with its checkpoint."""
+    name = signal.Signals(signum).name
+    return (
+        f"stopped: {name}, but not every rank stopped cleanly with a checkpoint: a rank still "
+        f"starting ends at once, and torchrun kills one still busy after {SHUTDOWN_ENV} = "
+        f"{grace} s (set it higher to give a stop more time). The steps after the run's newest "
+        "checkpoint are lost; continue from it with: wmtp run --resume RUN_DIR"
+    )
+
+
+def shared_failure(records: list[dict], world_size: int) -> dict | None:
+    """The record of a user-facing error (no traceback) that every one of ``world_size`` ranks
+    stopped on by itself with the same message (none of them lost a peer), else ``None``."""
+    if len(records) != world_size or world_size < 2:
+        return None
+    if any(r["secondary"] or r.get("traceback") for r in records):
+        return None
+    return records[0] if len({r["message"] for r in records}) == 1 else None
 
 
 def summary(records: list[dict], report: list[str]) -> str:
@@ -154,4 +206,4 @@ def _aftermath(record: dict) -> str:
     return line if len(line) <= 120 else line[:117] + "..."
 
 
-__all__ = ["Launch", "die_with_parent", "summary"]
+__all__ = ["Launch", "die_with_parent", "shared_failure", "summary"]

@@ -387,10 +387,11 @@ class Trainer:
         if self.bad_steps < allowed:
             self.bad_steps += 1
             self.scheduler.step()
-            log.warning(
-                "step %d skipped: %s (in %s); %d of training.max_bad_steps = %d used",
-                step, what, where, self.bad_steps, allowed,
-            )  # fmt: skip
+            if self.ctx.is_main:  # every rank skips it together: said once
+                log.warning(
+                    "step %d skipped: %s (in %s); %d of training.max_bad_steps = %d used",
+                    step, what, where, self.bad_steps, allowed,
+                )  # fmt: skip
             return {"skipped": 1.0, "bad_steps": float(self.bad_steps)}
         skipped = f" after {self.bad_steps} skipped bad steps" if self.bad_steps else ""
         raise RunError(

@@ -24,6 +24,9 @@ from wmtp.errors import Interrupted, WmtpError
 
 LOG_FILE = "run.log"
 FAILURES_ENV = "WMTP_FAILURES_DIR"
+TRAINING_SUFFIX, STOPPED_SUFFIX = ".training", ".stopped"
+"""``rank<r>.training`` in that folder: rank r trains, a signal stops it at a step boundary;
+``rank<r>.stopped``: it did, its checkpoint written (the launcher compares the two)."""
 SECONDARY_MARKS = (
     "Connection closed by peer",
     "Connection reset by peer",
@@ -120,6 +123,7 @@ def exit_without_peers(exc: BaseException, rank: int) -> None:
     if isinstance(exc, Interrupted):  # every rank stopped cleanly; rank 0 says so
         if rank == 0:
             print(f"stopped: {exc.render()}", file=sys.stderr)
+        mark_rank(rank, STOPPED_SUFFIX)
         _flush_and_exit(exc.exit_code)
     record = failure_record(exc, rank)
     folder = os.environ.get(FAILURES_ENV)
@@ -133,10 +137,26 @@ def exit_without_peers(exc: BaseException, rank: int) -> None:
     _flush_and_exit(record["exit_code"])
 
 
+def mark_rank(rank: int, suffix: str) -> None:
+    """Tell the launcher (``wmtp.train.launcher``) that this rank trains or stopped cleanly."""
+    folder = os.environ.get(FAILURES_ENV)
+    if folder:
+        (Path(folder) / f"rank{rank}{suffix}").touch()
+
+
 def _flush_and_exit(code: int) -> None:
     sys.stderr.flush()
     sys.stdout.flush()
     os._exit(code)
 
 
-__all__ = ["FAILURES_ENV", "LOG_FILE", "RunLog", "exit_without_peers", "failure_record"]
+__all__ = [
+    "FAILURES_ENV",
+    "LOG_FILE",
+    "STOPPED_SUFFIX",
+    "TRAINING_SUFFIX",
+    "RunLog",
+    "exit_without_peers",
+    "failure_record",
+    "mark_rank",
+]

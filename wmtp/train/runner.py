@@ -239,12 +239,14 @@ def run_recipe(
     from wmtp.parallel import init_distributed, teardown
     from wmtp.recipe import dump_recipe
     from wmtp.train.guards import StopSignals
-    from wmtp.train.run_log import RunLog, exit_without_peers
+    from wmtp.train.run_log import TRAINING_SUFFIX, RunLog, exit_without_peers, mark_rank
 
     text = dump_recipe(recipe)
     ctx = init_distributed(recipe.parallel.device)
     run_dir: Path | None = None
     with StopSignals(ctx) as signals, RunLog() as run_log:
+        if ctx.is_distributed:  # from here a signal stops this rank with a checkpoint
+            mark_rank(ctx.rank, TRAINING_SUFFIX)
         try:
             run_dir = (
                 Path(resume).resolve() if resume is not None else _new_run_dir(ctx, recipe, text)
