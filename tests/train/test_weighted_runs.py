@@ -277,3 +277,39 @@ def test_two_ranks_with_a_sharded_critic_match_one_process(critic_run, tmp_path)
     for g, w in zip(got, want, strict=True):
         for key in ("loss", "weight/mean", "weight/std", "weight/min", "weight/max"):
             assert g[key] == pytest.approx(w[key], rel=1e-4, abs=1e-6), key
+
+
+def test_two_ranks_resume_their_own_control_weights_exactly(critic_run, tmp_path):
+    """Each rank draws the ``shuffled`` control's weights from its own generator: a 2-rank run
+    resumed on 2 ranks from its step-2 checkpoint (through the CLI) gives the uninterrupted
+    run's losses exactly, which needs rank 1's generator back, not rank 0's."""
+    import subprocess
+    import sys
+
+    tmp, _ = critic_run
+    body = _policy() + _critic(tmp, checkpoint=tmp / "runs" / "critic" / "latest")
+    body += '[weighting]\nkind = "shuffled"\nnormalize = { kind = "ema", momentum = 0.3 }\n'
+    recipe = _recipe(tmp_path, "verifiable_rank_state", "verifiable", body)
+    sets = [
+        "training.grad_accum_steps=1",
+        "training.micro_batch_size=2",
+        "training.checkpoint_every=2",
+        "training.schedule.warmup_steps=1",
+        "parallel.sharding='full_shard'",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1", WMTP_DIST_TIMEOUT_S="120")
+
+    def two_ranks(*args: str) -> None:
+        cmd = [sys.executable, "-m", "wmtp.cli", "run", *args, "--nproc-per-node", "2"]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    two_ranks(str(recipe), *(a for s in sets for a in ("--set", s)))
+    whole = (tmp_path / "runs" / "verifiable_rank_state" / "latest").resolve()
+    resumed = tmp_path / "resumed"
+    shutil.copytree(whole, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-4")
+    two_ranks("--resume", str(resumed))
+    losses = lambda run: [(r["step"], r["loss"]) for r in _metrics(run) if "loss" in r]  # noqa: E731
+    assert [s for s, _ in losses(resumed)] == [1, 2, 3, 4]
+    assert losses(resumed) == losses(whole)

@@ -6,8 +6,9 @@ A checkpoint holds
   FSDP2, one file per rank; loadable at another world size, DCP reshards on load);
 - ``model.safetensors`` (or ``lora.safetensors`` when LoRA trains): consolidated weights for
   inference, written by rank 0;
-- ``scheduler.pt``, ``rng/rank{r}.pt`` (Python, NumPy, torch CPU and CUDA generators of every rank),
-  ``trainer.json`` (step, data position, counters) and the resolved ``recipe.toml``.
+- ``scheduler.pt``, ``rng/rank{r}.pt`` (Python, NumPy, torch CPU and CUDA generators of every rank,
+  and that rank's own batch-source state: a weighting's random generator differs per rank),
+  ``trainer.json`` (step, data position of rank 0, counters) and the resolved ``recipe.toml``.
 
 Every rank writes into ``.tmp-step-N/``; after a barrier rank 0 writes ``manifest.json`` (every
 file's size and SHA-256: ``wmtp.train.manifest``), renames the directory to ``step-N`` and only
@@ -44,6 +45,9 @@ from wmtp.models.locate import CHECKPOINTS, FULL_WEIGHTS, LORA_WEIGHTS
 from wmtp.models.locate import step_dirs as checkpoint_dirs
 from wmtp.parallel import barrier
 from wmtp.train.manifest import write_manifest
+
+RANK_DATA = "data"
+"""The key of a rank's own batch-source state in its ``rng/rank{r}.pt``."""
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -145,7 +149,8 @@ def save_checkpoint(
     # DCP's save is collective and fails on every rank alike; the rest are this rank's files.
     failure = failure or _attempt(lambda: _save_state(tmp, model, optimizer))
     full = consolidated_state_dict(model) if lora_state is None else gathered(lora_state)
-    failure = failure or _attempt(lambda: torch.save(rng_state(), _rng_file(tmp)))
+    rank_state = {**rng_state(), RANK_DATA: trainer_state["data"]}
+    failure = failure or _attempt(lambda: torch.save(rank_state, _rng_file(tmp)))
     if _rank() == 0:
         failure = failure or _attempt(
             lambda: _write_rank0_files(tmp, full, lora_state, scheduler, trainer_state, recipe_text)
@@ -234,7 +239,8 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
 ) -> dict[str, Any]:
-    """Restore model, optimizer, scheduler and this rank's RNG; returns ``trainer.json``.
+    """Restore model, optimizer, scheduler and this rank's RNG; returns ``trainer.json``, its
+    ``data`` this rank's own batch-source state where the checkpoint has one.
 
     The checkpoint was verified against its manifest before (``wmtp.train.runner``); whatever
     still fails to load becomes one CheckpointError naming the file."""
@@ -254,8 +260,11 @@ def load_checkpoint(
     )
     rng_file = ckpt / "rng" / f"rank{_rank()}.pt"
     if rng_file.exists():
-        set_rng_state(_load_part(rng_file, lambda: _torch_load(rng_file)))
-    else:  # resumed at a larger world size: this rank had no RNG yet
+        rank_state = _load_part(rng_file, lambda: _torch_load(rng_file))
+        set_rng_state(rank_state)
+        if RANK_DATA in rank_state:  # this rank's own (trainer.json holds rank 0's)
+            trainer["data"] = rank_state[RANK_DATA]
+    else:  # resumed at a larger world size: this rank had no RNG yet (rank 0's data state)
         from wmtp.parallel import seed_everything
 
         seed_everything(trainer.get("seed", 0) + trainer["step"], _rank())
