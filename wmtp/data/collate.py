@@ -8,8 +8,10 @@ every row start a boundary, a row's tail padding a document of its own) and ``ma
 carry ``problem_id`` and ``is_correct`` lists, one entry per real example, in order.
 
 In a packed row, head k at the last tokens of a document would target the first tokens of the next
-one; those are its BOS and prompt, labelled -100, so no target crosses a document as long as every
-document starts with at least ``n_future_tokens - 1`` masked tokens (``min_masked_prefix``).
+one, which are response tokens when that document's BOS and prompt are shorter than k. The MTP loss
+ignores every target in another document than its position (``wmtp.losses.mtp.head_targets`` with
+the batch's ``document_ids``), whatever the prompts' lengths; code that counts head k's targets
+itself must count them so too (``wmtp.losses.mtp.weight_sums``).
 """
 
 from __future__ import annotations

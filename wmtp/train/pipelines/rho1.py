@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 import torch
 
 from wmtp.errors import CheckpointError
-from wmtp.losses.mtp import IGNORE_INDEX, MTPStats, linear_cross_entropy
+from wmtp.losses.mtp import (
+    IGNORE_INDEX,
+    MTPStats,
+    document_ids,
+    linear_cross_entropy,
+    weight_sums,
+)
 from wmtp.train.pipeline import MicroBatchWeights, Pipeline
 from wmtp.weighting.rho1 import n_selected
 from wmtp.weighting.weightings import Rho1Selection
@@ -103,15 +109,16 @@ class Rho1HeadWeights:
         return keep_BT
 
 
-def kept_per_head(labels_BS: torch.Tensor, n_heads: int, k_percent: float) -> torch.Tensor:
+def kept_per_head(
+    labels_BS: torch.Tensor, n_heads: int, k_percent: float, document_ids_BS=None
+) -> torch.Tensor:
     """``[K]`` tokens Rho-1 keeps per head in this micro-batch: ``ceil(k_percent * n_valid)``.
 
-    Known from the labels alone, so the step's loss denominators exist before any forward.
+    Known from the labels alone, so the step's loss denominators exist before any forward;
+    ``n_valid`` counts head k's targets as the loss does (none across a packed row's documents).
     """
-    counts = [
-        n_selected(k_percent, int((labels_BS[:, k:] != IGNORE_INDEX).sum()))
-        for k in range(1, n_heads + 1)
-    ]
+    valid_K = weight_sums(labels_BS, n_heads, None, document_ids_BS).tolist()
+    counts = [n_selected(k_percent, int(n)) for n in valid_K]
     return torch.tensor(counts, dtype=torch.float32, device=labels_BS.device)
 
 
@@ -133,7 +140,12 @@ class Rho1Pipeline(Pipeline):
         )
         return MicroBatchWeights(
             weights=Rho1HeadWeights(self.selection, ref_K),
-            denominators_K=kept_per_head(batch["labels"], n, self.selection.k_percent),
+            denominators_K=kept_per_head(
+                batch["labels"],
+                n,
+                self.selection.k_percent,
+                document_ids(trainer.seq_info(batch), batch["labels"]),
+            ),
         )
 
     def step_figures(self, trainer, stats: MTPStats) -> dict[str, float]:
