@@ -215,7 +215,7 @@ def test_a_packed_batch_gets_the_weights_of_the_same_examples_padded():
     from wmtp.data.examples import Encoded
     from wmtp.models.seq import SeqInfo
     from wmtp.recipe.schema import TDWeightingSpec
-    from wmtp.train.pipelines.verifiable import token_weights
+    from wmtp.train.pipelines.verifiable import step_token_weights
 
     gen = torch.Generator().manual_seed(3)
     examples = []
@@ -230,10 +230,10 @@ def test_a_packed_batch_gets_the_weights_of_the_same_examples_padded():
 
     def weights(batch, seq=None):
         td = registry.get("weighting", "td")(TDWeightingSpec())  # fresh EMA statistics each
-        return token_weights(critic, td, batch, seq)
+        return step_token_weights(critic, td, [batch], [seq])
 
-    w_padded, figures_padded = weights(padded)
-    w_packed, figures_packed = weights(packed, SeqInfo.from_batch(packed))
+    (w_padded,), figures_padded = weights(padded)
+    (w_packed,), figures_packed = weights(packed, SeqInfo.from_batch(packed))
     flat = w_packed.reshape(-1)
     starts = packed["cu_seqlens"][:-1][packed["example_of_document"] >= 0]
     for i, e in enumerate(examples):

@@ -19,7 +19,10 @@ pipeline's implementation: a subclass of :class:`Pipeline` (named by the descrip
    ``sum(w)`` (needed with a callable; computed from the labels and tensor weights otherwise), and
    ``figures`` are extra metrics (averaged over the step's micro-batches and logged). All
    micro-batches of a step are weighted before the first backward, so the loop can normalise
-   every head by its *global* weight sum (all micro-batches, all ranks).
+   every head by its *global* weight sum (all micro-batches, all ranks). A pipeline whose
+   weights depend on the whole step (the verifiable pipeline whitens the step's advantages as
+   one batch) overrides ``step_weights(trainer, batches) -> list[MicroBatchWeights]`` instead,
+   which by default weights each micro-batch on its own.
 4. ``step_figures(trainer, stats)``: extra metrics from the step's summed ``MTPStats``.
 
 A pipeline whose loss is not the MTP loss (the critic) overrides ``forward_backward(trainer,
@@ -124,6 +127,10 @@ class Pipeline:
     def micro_batch_weights(self, trainer: Trainer, batch: dict) -> MicroBatchWeights:
         return MicroBatchWeights()
 
+    def step_weights(self, trainer: Trainer, batches: list[dict]) -> list[MicroBatchWeights]:
+        """The weights of a step's micro-batches (on the device), each weighted on its own."""
+        return [self.micro_batch_weights(trainer, b) for b in batches]
+
     def step_figures(self, trainer: Trainer, stats: MTPStats) -> dict[str, float]:
         return {}
 
@@ -134,7 +141,7 @@ class Pipeline:
         with phase("to_device"):
             batches = [trainer.to_device(b) for b in micro_batches]
         with phase("weights"):
-            plans = [self.micro_batch_weights(trainer, b) for b in batches]
+            plans = self.step_weights(trainer, batches)
         denom_K = torch.zeros(n, device=trainer.ctx.device)
         for b, plan in zip(batches, plans, strict=True):
             if plan.denominators_K is not None:

@@ -90,17 +90,45 @@ class TDWeighting:
     def __call__(
         self, values_BS: torch.Tensor, rewards_B: torch.Tensor, response_mask_BS: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """``(weights_BS, figures)``: weights 0 outside the response, in [min, max] inside."""
+        """``(weights_BS, figures)`` of a step of one micro-batch: weights 0 outside the response,
+        in [min, max] inside."""
+        adv_BS = self.advantages(values_BS, rewards_B, response_mask_BS)
+        (w_BS,), figures = self.step_weights([(adv_BS, response_mask_BS)])
+        return w_BS, figures
+
+    def advantages(
+        self, values_BS: torch.Tensor, rewards_B: torch.Tensor, response_mask_BS: torch.Tensor
+    ) -> torch.Tensor:
+        """GAE advantages ``[B, S]`` of one micro-batch's responses (0 outside them)."""
         s = self.spec
         deltas_BS = td_errors(values_BS, rewards_B, response_mask_BS, gamma=s.gamma)
-        adv_BS = gae(deltas_BS, response_mask_BS, gamma=s.gamma, lam=s.lam)
-        z_BS = self.whitener(adv_BS, response_mask_BS)
-        w_BS = awr_weights(
-            z_BS, response_mask_BS, beta=s.beta, min_weight=s.min_weight, max_weight=s.max_weight
+        return gae(deltas_BS, response_mask_BS, gamma=s.gamma, lam=s.lam)
+
+    def step_weights(
+        self, parts: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> tuple[list[torch.Tensor], dict[str, float]]:
+        """The weights of one optimizer step from its micro-batches' ``(advantages, mask)``.
+
+        The step is one batch: whitened with the statistics of every micro-batch (all ranks
+        together; an EMA updated once), a control drawing from all of it; so one process
+        accumulating N micro-batches weights as N ranks of one micro-batch each do. Returns each
+        micro-batch's ``weights_BS`` and the step's figures.
+        """
+        s = self.spec
+        pieces = [adv_BS[mask_BS].float() for adv_BS, mask_BS in parts]  # valid tokens, in order
+        adv_N = torch.cat(pieces)
+        valid_N = torch.ones_like(adv_N, dtype=torch.bool)
+        z_N = self.whitener(adv_N, valid_N)
+        w_N = awr_weights(
+            z_N, valid_N, beta=s.beta, min_weight=s.min_weight, max_weight=s.max_weight
         )
         if self.control is not None:
-            w_BS = self._apply_control(w_BS, response_mask_BS)
-        return w_BS, self._figures(adv_BS, w_BS, response_mask_BS)
+            w_N = self._apply_control(w_N, valid_N)
+        weights = []
+        for (adv_BS, mask_BS), w_n in zip(parts, w_N.split([len(p) for p in pieces]), strict=True):
+            w_BS = torch.zeros(adv_BS.shape, dtype=torch.float32, device=adv_BS.device)
+            weights.append(w_BS.masked_scatter_(mask_BS, w_n))
+        return weights, self._figures(adv_N, w_N, valid_N)
 
     def _apply_control(self, w_BS: torch.Tensor, mask_BS: torch.Tensor) -> torch.Tensor:
         assert self.generator is not None, "call .seed(...) before using a control weighting"

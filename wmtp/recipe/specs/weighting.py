@@ -15,21 +15,23 @@ class UniformWeightingSpec(Section):
 
 
 class BatchNormalizeSpec(Section):
-    """Whiten advantages with the statistics of the current batch (all ranks)."""
+    """Whiten advantages with the statistics of the optimizer step's batch (all its micro-batches,
+    all ranks)."""
 
     kind: Literal["batch"] = "batch"
     """Normalisation type."""
 
 
 class EMANormalizeSpec(Section):
-    """Whiten advantages with exponential moving averages of mean and variance, synced over ranks."""
+    """Whiten advantages with exponential moving averages of mean and variance, updated once per
+    optimizer step from its batch (all micro-batches, all ranks)."""
 
     kind: Literal["ema"] = "ema"
     """Normalisation type."""
     momentum: Annotated[float, Field(gt=0, le=1)] = 0.1
-    """Weight of the newest batch in the moving averages."""
+    """Weight of the newest step's batch in the moving averages."""
     warmup_steps: Annotated[int, Field(ge=0)] = 10
-    """Steps that use batch statistics while the averages settle."""
+    """Optimizer steps that whiten with their own batch's statistics while the averages settle."""
 
 
 NormalizeSpec = Annotated[Union[BatchNormalizeSpec, EMANormalizeSpec], Field(discriminator="kind")]

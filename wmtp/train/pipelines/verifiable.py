@@ -1,9 +1,10 @@
 """The ``verifiable`` pipeline: MTP weighted token by token by a frozen critic's TD advantages.
 
 Per micro-batch: the frozen critic (no grad, its own dtype and attention backend) gives values
-``[B, S]``; the weighting (``td`` or a control: ``random_matched``, ``shuffled``) turns them into
-TD errors, GAE advantages, whitened advantages (batch or EMA statistics, all-reduced across
-ranks) and AWR weights ``w[t]`` of the target tokens; the MTP loss gives head k at position t the
+``[B, S]``, and the weighting (``td`` or a control: ``random_matched``, ``shuffled``) turns them
+into TD errors and GAE advantages; per step, it whitens the advantages of all the step's
+micro-batches as one batch (batch or EMA statistics, all-reduced across ranks, the EMA updated
+once a step) and turns them into AWR weights ``w[t]`` of the target tokens; the MTP loss gives head k at position t the
 weight ``w[t + k]`` and normalises each head by the sum of its weights over the whole step.
 The reward of a sequence is 1 when its solution is correct, else 0.
 """
@@ -59,30 +60,45 @@ def critic_values(critic, batch: dict, seq=None) -> torch.Tensor:
     return values_BS.float()
 
 
-def token_weights(
-    critic, weighting, batch: dict, seq=None
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """``(weights_BS, figures)`` of one micro-batch from the critic's values.
+def step_token_weights(
+    critic, weighting, batches: list[dict], seqs: list
+) -> tuple[list[torch.Tensor], dict[str, float]]:
+    """``(weights_BS of each micro-batch, figures)`` of one step from the critic's values.
 
-    A packed batch is scored as it is (the critic attends within documents), then its examples
-    are laid out one per row for the weighting, whose TD/GAE recursion and statistics run per
-    sequence exactly as on a padded batch, and the weights are put back in place.
+    Each micro-batch is scored as it is (in a packed one the critic attends within documents);
+    a packed batch's examples are laid out one per row for the TD/GAE recursion, which runs per
+    sequence exactly as on a padded batch. The weighting then turns the whole step's advantages
+    into weights (whitened over the step, every rank's together) and they are put back in place.
     """
-    mask_BS = response_mask_of(batch)
-    values_BS = critic_values(critic, batch, seq)
-    rewards = rewards_of(batch)
-    if batch.get("cu_seqlens") is None:
-        weights_BS, figures = weighting(values_BS, rewards, mask_BS)
-    else:
-        index_DL, valid_DL = (t.to(values_BS.device) for t in documents_of(batch))
-        mask_DL = mask_BS.reshape(-1)[index_DL] & valid_DL
-        weights_DL, figures = weighting(values_BS.reshape(-1)[index_DL], rewards, mask_DL)
-        flat = torch.zeros(mask_BS.numel(), dtype=weights_DL.dtype, device=weights_DL.device)
-        flat[index_DL[valid_DL]] = weights_DL[valid_DL]
-        weights_BS = flat.view_as(mask_BS)
-    value = values_BS[mask_BS]
+    parts, layouts, values = [], [], []
+    for batch, seq in zip(batches, seqs, strict=True):
+        mask_BS = response_mask_of(batch)
+        values_BS = critic_values(critic, batch, seq)
+        values.append(values_BS[mask_BS])
+        layout = None
+        if batch.get("cu_seqlens") is not None:
+            index_DL, valid_DL = (t.to(values_BS.device) for t in documents_of(batch))
+            layout = (index_DL, valid_DL)
+            mask_BS = mask_BS.reshape(-1)[index_DL] & valid_DL
+            values_BS = values_BS.reshape(-1)[index_DL]
+        parts.append((weighting.advantages(values_BS, rewards_of(batch), mask_BS), mask_BS))
+        layouts.append(layout)
+    weights, figures = weighting.step_weights(parts)
+    placed = [
+        w if layout is None else _in_place(w, layout, batch["labels"].shape)
+        for w, layout, batch in zip(weights, layouts, batches, strict=True)
+    ]
+    value = torch.cat(values)
     figures["value/mean"] = float(value.mean()) if value.numel() else 0.0
-    return weights_BS, figures
+    return placed, figures
+
+
+def _in_place(weights_DL: torch.Tensor, layout, shape) -> torch.Tensor:
+    """A packed batch's weights, laid out one example per row, back at their ``[B, S]`` places."""
+    index_DL, valid_DL = layout
+    flat = torch.zeros(shape.numel(), dtype=weights_DL.dtype, device=weights_DL.device)
+    flat[index_DL[valid_DL]] = weights_DL[valid_DL]
+    return flat.view(shape)
 
 
 def loss_figures(stats: MTPStats) -> dict[str, float]:
@@ -153,11 +169,10 @@ class VerifiablePipeline(Pipeline):
     def batch_source(self, trainer, data) -> WeightedBatches:
         return WeightedBatches(super().batch_source(trainer, data), self.weighting)
 
-    def micro_batch_weights(self, trainer, batch: dict) -> MicroBatchWeights:
-        weights_BS, figures = token_weights(
-            self.critic, self.weighting, batch, trainer.seq_info(batch)
-        )
-        return MicroBatchWeights(weights=weights_BS, figures=figures)
+    def step_weights(self, trainer, batches: list[dict]) -> list[MicroBatchWeights]:
+        seqs = [trainer.seq_info(b) for b in batches]
+        weights, figures = step_token_weights(self.critic, self.weighting, batches, seqs)
+        return [MicroBatchWeights(weights=w, figures=figures) for w in weights]
 
     def step_figures(self, trainer, stats: MTPStats) -> dict[str, float]:
         return loss_figures(stats)
