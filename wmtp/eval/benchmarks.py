@@ -29,8 +29,11 @@ from wmtp.errors import DataError
 from wmtp.eval.judges import ExactAnswer, FunctionTests, Judge, StdioTests
 from wmtp.registry import register
 
-CODE_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")
-"""Codex's stop sequences for completing a function body: the next top-level statement."""
+CODE_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
+"""Codex's stop sequences for completing a function body (Chen et al. 2021, section 3.3: "we
+truncate at the first occurrence of '\\nclass', '\\ndef', '\\n#', '\\nif', or '\\nprint'"), no
+more and no fewer: a top-level ``if`` of any kind ends the body, and anything else the model
+writes at the top level (``assert`` lines of its own, say) stays in the program that is judged."""
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,8 @@ def humaneval_canonical(task_ids: list[str] | None = None) -> dict[str, str]:
 
 # --- MBPP -----------------------------------------------------------------------------------
 
-MBPP_STOPS = ("\nclass ", "\nassert ", '\n"""', "\nprint(", "\nif __name__", "\n```")
+MBPP_STOPS = ("\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n<|/", "\n```")
+"""bigcode-evaluation-harness's stop sequences for MBPP (whose prompt layout ``mbpp_prompt`` is)."""
 
 
 def mbpp_prompt(text: str, first_test: str) -> str:
