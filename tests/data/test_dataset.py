@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from tests.data.data_rows import problem_rows, write_dataset
 from wmtp.data.dataset import make_train_data
-from wmtp.data.examples import IGNORE_INDEX
+from wmtp.data.examples import IGNORE_INDEX, encode_example, format_prompt
+from wmtp.data.jsonl import example_from_record
+from wmtp.data.metadata import index_jsonl
 from wmtp.data.samplers import DifficultySampler
 from wmtp.data.tokenizers import ByteTokenizer
 from wmtp.errors import DataError
@@ -112,3 +116,91 @@ def test_heldout_file_must_not_share_problems(train_path, tmp_path):
     clash = write_dataset(tmp_path / "clash.jsonl", problem_rows(2, 1, 0))
     with pytest.raises(DataError, match=r"clash\.jsonl:1: problem 'P0' is also in"):
         make_train_data(train_path, TOK, seed=0, heldout_path=clash)
+
+
+def test_split_is_the_same_whatever_the_order_of_the_rows(train_path, tmp_path):
+    """The held-out problems depend on the seed, not on where a problem's rows sit in the file:
+    the file's lines shuffled give the same split, and no problem is on both sides."""
+    lines = train_path.read_text().splitlines()
+    shuffled = tmp_path / "shuffled" / "train.jsonl"
+    shuffled.parent.mkdir()
+    order = np.random.default_rng(1).permutation(len(lines))
+    shuffled.write_text("".join(lines[i] + "\n" for i in order))
+    splits = []
+    for path in (train_path, shuffled):
+        data = make_train_data(path, TOK, seed=3, heldout_fraction=0.2)
+        rows = data.train.rows
+        trained = {rows.problem_ids[c] for c in rows.problem_of_row[data.train_rows]}
+        held = set(data.heldout_problems)
+        assert not trained & held and len(trained | held) == 20 and len(held) == 4
+        records = [json.loads(x) for x in path.read_text().splitlines()]  # the file itself
+        outputs = {records[int(i)]["output"] for i in data.train_rows}
+        assert outputs == {r["output"] for r in records if r["problem_id"] in trained}
+        splits.append(held)
+    assert splits[0] == splits[1]
+    assert (
+        set(make_train_data(train_path, TOK, seed=4, heldout_fraction=0.2).heldout_problems)
+        != (splits[0])
+    )
+
+
+def test_heldout_rows_too_long_are_counted(train_path):
+    lengths = make_train_data(train_path, TOK, seed=0).train.rows.n_tokens
+    limit = int(np.sort(lengths)[len(lengths) // 2])
+    data = make_train_data(train_path, TOK, seed=0, max_length=limit, heldout_fraction=0.2)
+    whole = make_train_data(train_path, TOK, seed=0, heldout_fraction=0.2)
+    dropped = int((lengths[whole.heldout_rows] > limit).sum())
+    assert dropped > 0 and len(data.heldout_rows) == len(whole.heldout_rows) - dropped
+    assert f"data: left out {dropped} rows: held-out, longer than max_length={limit}" in " ".join(
+        data.report()
+    )
+
+
+def test_truncated_rows_are_reported_and_only_a_full_prompt_leaves_a_row_out(train_path):
+    lengths = make_train_data(train_path, TOK, seed=0).train.rows.n_tokens
+    n_prompt = 1 + len(format_prompt("Solve problem 0."))  # every prompt here is this long
+    limit = n_prompt + 10  # rows with fewer than 10 output bytes keep them all
+    cut = make_train_data(train_path, TOK, seed=0, max_length=limit, truncate=True)
+    assert len(cut.train_rows) == 100
+    n_cut = int((lengths > limit).sum())
+    assert n_cut > 0 and f"data: {n_cut} training rows cut to max_length={limit}" in " ".join(
+        cut.report()
+    )
+    none_left = make_train_data(train_path, TOK, seed=0, max_length=n_prompt, truncate=True)
+    assert len(none_left.train_rows) == 0
+    assert any(
+        f"left out 100 rows: prompt fills max_length={n_prompt}" in line
+        for line in none_left.report()
+    )
+
+
+def test_a_row_edited_after_indexing_is_a_located_error(train_path):
+    """Metadata lengths decide which rows fit: a row whose text changed since `wmtp data index`
+    must stop with its line, never train (or crash) on the stale length."""
+    index_jsonl(train_path, TOK, progress=False)
+    lines = train_path.read_text().splitlines()
+    record = json.loads(lines[6])
+    record["output"] = "y" * 400  # same problem and label: the indices still agree
+    lines[6] = json.dumps(record)
+    train_path.write_text("\n".join(lines) + "\n")
+    data = make_train_data(train_path, TOK, seed=0, max_length=200)
+    assert 6 in data.train_rows  # the metadata's length fits
+    edited = len(encode_example(example_from_record(record, "edited"), TOK))
+    with pytest.raises(DataError) as err:
+        list(data.batches(data.train_rows, 100))
+    assert f"train.jsonl:7: {edited} tokens, but " in str(err.value)
+    assert "train_metadata.json records" in str(err.value) and "--force" in str(err.value)
+
+
+def test_difficulty_sampling_never_draws_unknown_or_unweighted_rows_and_counts_them(tmp_path):
+    rows = problem_rows(12, 2, 0, difficulty=lambda p: [None, 1, 5, 9][p % 4])
+    path = write_dataset(tmp_path / "train.jsonl", rows)
+    sampler = DifficultySampler(
+        {"low": (-10, 4), "mid": (5, 8), "high": (9, 9)}, {"low": 1, "mid": 1, "high": 0}
+    )
+    data = make_train_data(path, TOK, seed=0, sampler=sampler)
+    drawn = {data.train.example(int(i)).difficulty for i in data.epoch_order(0)}
+    assert drawn == {1, 5}  # never unknown (though -1 is in [-10, 4]), never the weight-0 bin
+    report = " ".join(data.report())
+    assert "left out 6 rows: difficulty unknown or in no bin (never drawn)" in report
+    assert "left out 6 rows: in a difficulty bin of weight 0 (never drawn)" in report

@@ -64,3 +64,50 @@ def test_truncation_rules():
     assert encode_example(EXAMPLE, tok, max_length=full.n_prompt, truncate=True) is None
     one = encode_example(EXAMPLE, tok, max_length=full.n_prompt + 1, truncate=True)
     assert sum(y != IGNORE_INDEX for y in one.labels) == 1
+
+
+# Where a prompt ends inside a word, BPE may cut the prompt's end differently once the response
+# follows it ("▁in" alone, "▁i" + "nstruction" whole): every cut of these texts is tried.
+BOUNDARY_TEXTS = [
+    "Write a function that returns the sum of two numbers.",
+    "Below is an instruction that describes a task. Write a response.",
+]
+
+
+def prompt_token_reference(prompt: str, text: str, kind: str, model) -> list[bool]:
+    """Independent reference from the tokenizer library's own offsets: a token is prompt when its
+    text ends inside the prompt; a token reaching past it (merged across) is response."""
+    if kind == "sentencepiece":
+        import sentencepiece
+
+        sp = sentencepiece.SentencePieceProcessor(model_file=str(model))
+        pieces = sp.encode(text, return_type="proto").pieces  # byte offsets into the text
+        return [p.end <= len(prompt.encode()) for p in pieces]
+    import tokenizers
+
+    hf = tokenizers.Tokenizer.from_file(str(model / "tokenizer.json"))
+    offsets = hf.encode(text, add_special_tokens=False).offsets  # character offsets
+    return [end <= len(prompt) for _, end in offsets]
+
+
+def test_no_token_of_prompt_text_alone_is_learned(sentencepiece_model, hf_tokenizer_dir):
+    from wmtp.data.tokenizers import HFTokenizer
+
+    checked = 0
+    for kind, model, tok in [
+        ("sentencepiece", sentencepiece_model, SentencePieceTokenizer(sentencepiece_model)),
+        ("hf", hf_tokenizer_dir, HFTokenizer(hf_tokenizer_dir)),
+    ]:
+        for text in BOUNDARY_TEXTS:
+            for cut in range(1, len(text)):
+                example = Example(text[:cut], text[cut:], "p", True)
+                enc = encode_example(example, tok, template="plain")
+                is_prompt = prompt_token_reference(text[:cut], text, kind, model)
+                assert enc.input_ids == [tok.bos_id, *tok.encode(text), tok.eos_id]
+                expected = [IGNORE_INDEX] + [
+                    IGNORE_INDEX if p else i
+                    for p, i in zip(is_prompt, enc.input_ids[1:-1], strict=True)
+                ]
+                assert enc.labels == [*expected, tok.eos_id], (kind, text[:cut], text[cut:])
+                checked += 1
+    assert checked == 2 * sum(len(t) - 1 for t in BOUNDARY_TEXTS)

@@ -64,6 +64,8 @@ def test_a_million_lines_index_without_loading_them(tmp_path):
         (json.dumps({**ROW, "is_correct": 1}), "field 'is_correct' must be bool"),
         (json.dumps({**ROW, "difficulty": "hard"}), "field 'difficulty' must be int"),
         (json.dumps({**ROW, "difficulty": True}), "field 'difficulty' must be not a boolean"),
+        # -1 is how metadata keeps an unknown difficulty: a row may not claim it
+        (json.dumps({**ROW, "difficulty": -1}), "field 'difficulty' must be 0 or more, got -1"),
         (json.dumps({**ROW, "output": None}), "field 'output' must be str"),
     ],
 )

@@ -4,6 +4,7 @@ packed rows by next fit (window 1) or first fit decreasing over windows of the o
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -154,3 +155,166 @@ def test_the_trainer_packs_fuller_rows_with_a_window(tmp_path):
 
     next_fit, windowed = fill_of(1), fill_of(64)
     assert windowed > next_fit + 0.05, (next_fit, windowed)
+
+
+# --- the training path: a JSONL dataset through assembly.dataset and the pipeline's batch source
+
+
+def write_dataset_dir(root, n_problems=40, *, difficulty=lambda p: p % 3):
+    """``root/train.jsonl`` in the documented layout: per problem 3 correct and 1 incorrect
+    solutions, each output unique (so a batch row names its line), of varied lengths."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for p in range(n_problems):
+        for j in range(4):
+            body = f"# solution {p}.{j}\n" + "x = 1\n" * int(rng.integers(1, 30))
+            record = {"instruction": f"Solve problem {p}.", "input": "", "output": body}
+            record |= {"problem_id": f"P{p}", "is_correct": j < 3}
+            if difficulty(p) is not None:
+                record["difficulty"] = difficulty(p)
+            lines.append(json.dumps(record))
+    (root / "train.jsonl").write_text("".join(line + "\n" for line in lines))
+    return [json.loads(line) for line in lines]
+
+
+def built_source(tmp_path, sets, rank=0, world=1):
+    """``TrainData`` and the baseline pipeline's batch source, as ``Trainer.build`` makes them
+    (this rank of ``world``)."""
+    from types import SimpleNamespace
+
+    from tests.train.train_helpers import TINY
+    from wmtp import assembly
+    from wmtp.recipe import load_recipe
+
+    data_table = f'data={{kind="jsonl", path="{tmp_path / "ds"}", max_length=400}}'
+    recipe = load_recipe(TINY, [data_table, *sets]).recipe
+    data = assembly.dataset(recipe, assembly.tokenizer(recipe), progress=False)
+    trainer = SimpleNamespace(ctx=SimpleNamespace(rank=rank, world_size=world))
+    return data, recipe.pipeline.load()(recipe).batch_source(trainer, data)
+
+
+def documents(batch) -> list[tuple[str, bool]]:
+    """(output, whole) of every example a batch holds, in order: its learned bytes decoded, and
+    whether it runs from BOS to EOS with one prompt then one response."""
+    out = []
+    ids_BS, labels_BS = batch["input_ids"], batch["labels"]
+    for b in range(ids_BS.shape[0]):
+        if "document_ids" in batch:
+            doc = batch["document_ids"][b]
+            spans = [(doc == d).nonzero().flatten() for d in doc.unique()]
+        else:
+            spans = [batch["attention_mask"][b].nonzero().flatten()]
+        for span in spans:
+            ids, labels = ids_BS[b, span].tolist(), labels_BS[b, span].tolist()
+            if all(y == -100 for y in labels):
+                continue  # a packed row's padding
+            n_prompt = next(i for i, y in enumerate(labels) if y != -100)
+            whole = ids[0] == 256 and ids[-1] == 257 and labels[n_prompt:] == ids[n_prompt:]
+            out.append((bytes(y for y in labels if 0 <= y < 256).decode(), whole))
+    return out
+
+
+def global_documents(sources, steps: int) -> list[tuple[str, bool]]:
+    """Every rank's micro-batches of ``steps`` steps in the global batch's order."""
+    out = []
+    for _ in range(steps):
+        per_rank = [s.next_step() for s in sources]
+        for i in range(len(per_rank[0])):
+            for rank_batches in per_rank:
+                out += documents(rank_batches[i])
+    return out
+
+
+def correct_training_outputs(records, data) -> list[str]:
+    """The reference: correct rows of the training problems that fit max_length (by the
+    README: held out by problem, baseline trains correct solutions only)."""
+    held = set(data.heldout_problems)
+    return sorted(
+        r["output"]
+        for r in records
+        if r["is_correct"] and r["problem_id"] not in held and byte_length(r) <= 400
+    )
+
+
+def byte_length(record) -> int:
+    """BOS, the Alpaca prompt (no input) as the README spells it, the output, EOS."""
+    prompt = (
+        "Below is an instruction that describes a task. Write a response that appropriately "
+        f"completes the request.\n\n### Instruction:\n{record['instruction']}\n\n### Response:\n"
+    )
+    return 1 + len((prompt + record["output"]).encode()) + 1
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_an_epoch_gives_every_training_row_to_exactly_one_rank(tmp_path, packing):
+    records = write_dataset_dir(tmp_path / "ds")
+    sets = ["training.micro_batch_size=3", "training.grad_accum_steps=2"]
+    if packing:  # window 1: whole examples in the epoch's order
+        sets += ["data.packing=true", "data.pack_window=1"]
+    built = [built_source(tmp_path, sets, rank=r, world=2) for r in range(2)]
+    data = built[0][0]
+    expected = correct_training_outputs(records, data)
+    assert len(data.heldout_problems) == 2 and len(expected) > 50  # 0.05 of 40 problems
+    docs = global_documents([s for _, s in built], steps=len(expected) // 6 + 2)
+    assert all(whole for _, whole in docs)  # no example split across rows or cut
+    assert sorted(out for out, _ in docs[: len(expected)]) == expected
+    if packing:  # micro_batch_size counts rows of max_length tokens
+        batch = built[0][1].next_step()[0]
+        assert batch["input_ids"].shape == (3, 400)
+    else:  # ... else examples
+        assert built[0][1].next_step()[0]["input_ids"].shape[0] == 3
+
+
+def test_packing_windows_hand_out_each_row_once_per_epoch_whole(tmp_path):
+    records = write_dataset_dir(tmp_path / "ds")
+    sets = ["training.micro_batch_size=2", "data.packing=true", "data.pack_window=16"]
+    built = [built_source(tmp_path, sets, rank=r, world=2) for r in range(2)]
+    data, sources = built[0][0], [s for _, s in built]
+    expected = correct_training_outputs(records, data)
+    docs = []
+    while sources[0].epoch == 0:
+        docs += global_documents(sources, 1)
+    assert all(whole for _, whole in docs)
+    pending = [data.train.example(int(i)).output for row in sources[0].ready for i in row]
+    pending += [data.train.example(int(i)).output for i in sources[0].open]
+    # epoch 0 whole, plus the first `position` rows of epoch 1: none lost, none twice
+    next_epoch = [data.train.example(int(i)).output for i in data.epoch_order(1)]
+    handed = sorted(out for out, _ in docs) + pending
+    assert sorted(handed) == sorted(expected + next_epoch[: sources[0].position])
+
+
+def test_resuming_mid_epoch_repeats_the_batches(tmp_path):
+    write_dataset_dir(tmp_path / "ds")
+    sets = ["training.micro_batch_size=3", "training.grad_accum_steps=2"]
+    _, first = built_source(tmp_path, sets)
+    for _ in range(5):
+        first.next_step()
+    state = json.loads(json.dumps(first.state_dict()))
+    assert state["epoch"] == 0 and state["position"] == 30  # mid-epoch
+    expected = [documents(b) for _ in range(20) for b in first.next_step()]  # into epoch 1
+    _, resumed = built_source(tmp_path, sets)
+    resumed.load_state_dict(state)
+    assert [documents(b) for _ in range(20) for b in resumed.next_step()] == expected
+
+
+def test_difficulty_bins_give_the_weights_proportions_over_epochs(tmp_path):
+    """``data.sampling = { kind = "difficulty", bins, weights }``: each draw's bin has its weight's
+    share (3,600 draws: the binomial sd of a share is at most 0.0083, 0.04 is ~5 sd); rows of
+    unknown difficulty are never drawn, and counted; only correct rows are drawn."""
+    records = write_dataset_dir(tmp_path / "ds", difficulty=lambda p: None if p % 8 == 7 else p % 3)
+    sampling = 'data.sampling={kind="difficulty", bins={a=[0,0], b=[1,1], c=[2,2]}, '
+    sampling += "weights={a=6, b=3, c=1}}"
+    sets = [sampling, "training.micro_batch_size=10", "data.split={heldout_fraction=0.0}"]
+    data, source = built_source(tmp_path, sets)
+    by_output = {r["output"]: r for r in records}
+    drawn = [by_output[out] for out, _ in global_documents([source], 360)]
+    assert all(r["is_correct"] for r in drawn) and all("difficulty" in r for r in drawn)
+    shares = Counter(r["difficulty"] for r in drawn)
+    for d, weight in enumerate((0.6, 0.3, 0.1)):
+        assert abs(shares[d] / len(drawn) - weight) < 0.04, shares
+    unknown = sum("difficulty" not in r and byte_length(r) <= 400 for r in records)
+    assert unknown > 0
+    assert f"data: left out {unknown} rows: difficulty unknown or in no bin (never drawn)" in (
+        data.report()
+    )

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from wmtp.data import samplers
-from wmtp.data.examples import Encoded, Example, TemplateName, encode_example
+from wmtp.data.examples import Encoded, Example, TemplateName, encode_example, fit_to_length
 from wmtp.data.jsonl import JsonlFile
 from wmtp.data.metadata import (
     RowTable,
@@ -50,6 +50,8 @@ class JsonlDataset:
         self.tokenizer, self.template = tokenizer, template
         self.max_length, self.truncate = max_length, truncate
         self.notes: list[str] = []
+        self.lengths_from: Path | None = None
+        """The metadata file whose token lengths ``rows.n_tokens`` holds (None: computed here)."""
         self.rows = self._load_rows(progress)
         self.fits = self._rows_that_fit()
 
@@ -71,6 +73,7 @@ class JsonlDataset:
             check_metadata(meta, rows, self.file, meta_path)
             if same_lengths:
                 rows.n_tokens = lengths_from_metadata(meta, len(rows))
+                self.lengths_from = meta_path
             else:
                 self.notes.append(
                     f"{meta_path.name} has token lengths for tokenizer {meta['tokenizer']!r} and "
@@ -106,14 +109,19 @@ class JsonlDataset:
         return self.file.example(index)
 
     def encode(self, index: int) -> Encoded | None:
-        """Row ``index`` as tokens (``None`` when it does not fit ``max_length``)."""
-        return encode_example(
-            self.example(index),
-            self.tokenizer,
-            template=self.template,
-            max_length=self.max_length,
-            truncate=self.truncate,
-        )
+        """Row ``index`` as tokens (``None`` when it does not fit ``max_length``). Its length must
+        be the one the metadata recorded, which decided whether it fits: a located
+        :class:`DataError` otherwise (a row edited after ``wmtp data index``)."""
+        encoded = encode_example(self.example(index), self.tokenizer, template=self.template)
+        assert encoded is not None and self.rows.n_tokens is not None
+        recorded = int(self.rows.n_tokens[index])
+        if len(encoded) != recorded:
+            raise DataError(
+                f"{self.file.where(index)}: {len(encoded)} tokens, but {self.lengths_from} "
+                f"records {recorded}: the metadata is out of date "
+                f"(`wmtp data index {self.file.path} --force` rebuilds it)"
+            )
+        return fit_to_length(encoded, self.max_length, self.truncate)
 
 
 @dataclass
@@ -141,6 +149,8 @@ class TrainData:
     pad_multiple: int = 1
     """Padded batches round their length up to this multiple (never past ``max_length``): the
     trainer sets ``ParallelSpec.pad_multiple``, so compiled blocks see a few fixed shapes."""
+    truncated: int = 0
+    """Training rows that train cut to ``max_length`` (``data.truncate``): kept, and reported."""
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -160,6 +170,11 @@ class TrainData:
             f"{len(self.heldout_rows)} held-out rows of {len(self.heldout_problems)} problems"
         ]
         lines += [f"data: left out {n} rows: {why}" for why, n in self.counts.items() if n]
+        if self.truncated:
+            lines.append(
+                f"data: {self.truncated} training rows cut to max_length={self.train.max_length} "
+                "(data.truncate)"
+            )
         notes = self.train.notes + (self.heldout.notes if self.heldout else [])
         return lines + [f"data: {note}" for note in notes]
 
@@ -277,11 +292,14 @@ def make_train_data(
         train_ids, heldout_ids = samplers.split_problems(train.problem_ids, heldout_fraction, seed)
         rows, heldout_rows = train.rows_of(train_ids), train.rows_of(heldout_ids)
     source = heldout or train
-    heldout_rows = heldout_rows[source.fits[heldout_rows]]
-    too_long = rows[~train.fits[rows]]
-    counts[f"longer than max_length={max_length} (data.truncate = true keeps them cut)"] = len(
-        too_long
+    too_long = (
+        f"prompt fills max_length={max_length} (nothing left to learn)"
+        if truncate
+        else f"longer than max_length={max_length} (data.truncate = true keeps them cut)"
     )
+    counts[too_long] = int((~train.fits[rows]).sum())
+    counts[f"held-out, {too_long}"] = int((~source.fits[heldout_rows]).sum())
+    heldout_rows = heldout_rows[source.fits[heldout_rows]]
     rows = rows[train.fits[rows]]
     kept = samplers.subsample(rows, n_samples, seed)
     counts[f"beyond n_samples={n_samples}"] = len(rows) - len(kept)
@@ -289,6 +307,8 @@ def make_train_data(
         counts.update(sampler.left_out(kept, train.rows.difficulty))
     data = TrainData(train, kept, heldout, heldout_rows, seed, sampler, pairs, packing, counts)
     data.train_problems = frozenset(train_ids)
+    if truncate and max_length is not None:
+        data.truncated = int((train.rows.n_tokens[kept] > max_length).sum())
     for line in data.report():
         log.info(line)
     return data

@@ -76,6 +76,41 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+def _prompt_tokens(prompt: str, prompt_ids: list[int], full_ids: list[int], tokenizer) -> int:
+    """How many leading tokens of ``full_ids`` (BOS first) are BOS and prompt: the common prefix
+    with the prompt tokenized alone, then any further tokens whose text still lies inside the
+    prompt (BPE may cut the prompt's end differently when a response follows it, ``"▁in"`` alone
+    but ``"▁i" "nstruction"`` whole: ``"▁i"`` is prompt). A token that takes in text of the
+    response, merged across the boundary, is response."""
+    n = _common_prefix(prompt_ids, full_ids)
+    if n >= len(prompt_ids) or n < 1:
+        return n
+    shown = tokenizer.decode(full_ids[1:n])
+    if not prompt.startswith(shown):  # decoding is not exact for this tokenizer: keep the prefix
+        return n
+    while n < len(full_ids):
+        longer = tokenizer.decode(full_ids[1 : n + 1])
+        if len(longer) <= len(shown) or not prompt.startswith(longer):
+            return n
+        n, shown = n + 1, longer
+    return n
+
+
+def fit_to_length(encoded: Encoded, max_length: int | None, truncate: bool) -> Encoded | None:
+    """``encoded`` as it trains under ``max_length``: whole when it fits; else with ``truncate``
+    its end cut (keeping at least one learned token, else ``None``); without, ``None``."""
+    if max_length is None or len(encoded) <= max_length:
+        return encoded
+    if not truncate or encoded.n_prompt >= max_length:
+        return None
+    return Encoded(
+        encoded.input_ids[:max_length],
+        encoded.labels[:max_length],
+        encoded.problem_id,
+        encoded.is_correct,
+    )
+
+
 def encode_example(
     example: Example,
     tokenizer: Tokenizer,
@@ -87,20 +122,18 @@ def encode_example(
     """BOS + prompt + output + EOS as ids, the prompt's labels masked to -100.
 
     The text is tokenized whole (as the model reads it at inference); the prompt's share is the
-    common prefix with the prompt tokenized alone, so a token merged across the boundary counts as
-    response. Over ``max_length``: with ``truncate`` the end is cut (keeping at least one learned
-    token, else ``None``); without, ``None``. Callers count the ``None``s they skip.
+    common prefix with the prompt tokenized alone, and any token after it whose text still lies
+    in the prompt, so a token merged across the boundary counts as response and no token of
+    prompt text alone is learned. Over ``max_length``: :func:`fit_to_length`. Callers count the
+    ``None``s they skip.
     """
     prompt = format_prompt(example.instruction, example.input, template)
     full_ids = tokenizer.encode(prompt + example.output, bos=True, eos=True)
     prompt_ids = tokenizer.encode(prompt, bos=True)
-    n_prompt = _common_prefix(prompt_ids, full_ids)
-    if max_length is not None and len(full_ids) > max_length:
-        if not truncate or n_prompt >= max_length:
-            return None
-        full_ids = full_ids[:max_length]
+    n_prompt = _prompt_tokens(prompt, prompt_ids, full_ids, tokenizer)
     labels = [IGNORE_INDEX] * n_prompt + full_ids[n_prompt:]
-    return Encoded(full_ids, labels, example.problem_id, example.is_correct)
+    encoded = Encoded(full_ids, labels, example.problem_id, example.is_correct)
+    return fit_to_length(encoded, max_length, truncate)
 
 
 def padded_length(longest: int, multiple_of: int = 1, max_length: int | None = None) -> int:

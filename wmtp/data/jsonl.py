@@ -131,6 +131,8 @@ def example_from_record(record: dict, where: str) -> Example:
     difficulty = record.get("difficulty")
     if difficulty is not None:
         difficulty = _typed(record, "difficulty", (int,), where)
+        if difficulty < 0:  # metadata keeps unknown difficulty as -1, in no sampling bin
+            raise DataError(f"{where}: field 'difficulty' must be 0 or more, got {difficulty}")
     return Example(
         instruction=_typed(record, "instruction", (str,), where),
         output=_typed(record, "output", (str,), where),

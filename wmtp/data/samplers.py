@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from wmtp.data.metadata import NO_DIFFICULTY
 from wmtp.errors import DataError
 
 
@@ -52,13 +53,14 @@ def uniform_order(indices: np.ndarray, seed: int, epoch: int) -> np.ndarray:
 def difficulty_bins(
     indices: np.ndarray, difficulty: np.ndarray, bins: Mapping[str, tuple[int, int]]
 ) -> tuple[dict[str, np.ndarray], int]:
-    """Rows of each bin (inclusive ranges), and how many rows fall in no bin (unknown difficulty
-    included)."""
+    """Rows of each bin (inclusive ranges), and how many rows fall in no bin. A row of unknown
+    difficulty (``metadata.NO_DIFFICULTY``) is in no bin, whatever the ranges."""
     members = {}
     covered = np.zeros(len(indices), dtype=bool)
     values = difficulty[indices]
+    known = values != NO_DIFFICULTY
     for name, (low, high) in bins.items():
-        inside = (values >= low) & (values <= high)
+        inside = known & (values >= low) & (values <= high)
         members[name] = indices[inside]
         covered |= inside
     return members, int((~covered).sum())
@@ -168,7 +170,8 @@ class UniformSampler:
 
 class DifficultySampler:
     """Rows drawn by difficulty bin with fixed bin probabilities (as many draws per epoch as there
-    are binned rows); rows in no bin are never drawn, and counted."""
+    are rows in bins of positive weight); rows in no bin, or in a bin of weight 0, are never
+    drawn, and counted."""
 
     def __init__(self, bins: Mapping[str, tuple[int, int]], weights: Mapping[str, float]):
         self.bins, self.weights = dict(bins), dict(weights)
@@ -178,5 +181,9 @@ class DifficultySampler:
         return difficulty_order(members, self.weights, seed, epoch)
 
     def left_out(self, rows: np.ndarray, difficulty: np.ndarray) -> dict[str, int]:
-        _, outside = difficulty_bins(rows, difficulty, self.bins)
-        return {"difficulty unknown or in no bin (never drawn)": outside}
+        members, outside = difficulty_bins(rows, difficulty, self.bins)
+        unweighted = sum(len(m) for name, m in members.items() if self.weights.get(name, 0) <= 0)
+        return {
+            "difficulty unknown or in no bin (never drawn)": outside,
+            "in a difficulty bin of weight 0 (never drawn)": unweighted,
+        }
