@@ -180,3 +180,29 @@ def test_a_frozen_model_from_a_run_that_trained_another_role_is_named(tmp_path):
     flat = " ".join(done.stderr.split())
     assert "model.critic.checkpoint" in flat, flat
     assert "a baseline run, which trained model.policy, not a critic" in flat
+
+
+def test_a_dataset_folders_own_heldout_file_is_named_when_the_recipe_splits_instead(tmp_path):
+    """A folder with train.jsonl and heldout.jsonl, the recipe holding out a fraction of
+    train.jsonl's problems (the default): the run says heldout.jsonl is not read and how to use it."""
+    import subprocess
+    import sys
+
+    from tests.data.data_rows import problem_rows, write_dataset
+
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    write_dataset(folder / "train.jsonl", problem_rows(20, correct=2, incorrect=1))
+    write_dataset(folder / "heldout.jsonl", problem_rows(3, correct=1, incorrect=0))
+    data = (
+        f"data={{kind='jsonl', path='{folder}', max_length=1024, split={{heldout_fraction=0.1}}}}"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "wmtp.cli", "run", str(TINY), "--dry-run",
+         "--set", f"experiment.runs_dir='{tmp_path / 'runs'}'", "--set", data],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    flat = " ".join((done.stdout + done.stderr).split())
+    assert f"data: {folder / 'heldout.jsonl'} is not read" in flat, flat
+    assert f"heldout_path = '{folder / 'heldout.jsonl'}', heldout_fraction = 0" in flat, flat

@@ -262,6 +262,19 @@ class TrainData:
         return encoded
 
 
+def _unread_heldout_note(unused: Path, train_name: str, fraction: float) -> str:
+    """The run log's note on a dataset folder's heldout.jsonl the recipe's split leaves unread."""
+    held = (
+        f"the held-out problems are {fraction:g} of {train_name}'s (data.split.heldout_fraction)"
+        if fraction > 0
+        else "the recipe holds out no problem (data.split.heldout_fraction = 0)"
+    )
+    return (
+        f"{unused} is not read: {held}; to hold out that file's problems instead, set "
+        f"data.split = {{ heldout_path = '{unused}', heldout_fraction = 0 }}"
+    )
+
+
 def make_train_data(
     path: str | Path,
     tokenizer: Tokenizer,
@@ -290,6 +303,9 @@ def make_train_data(
     else:
         heldout = None
         train_ids, heldout_ids = samplers.split_problems(train.problem_ids, heldout_fraction, seed)
+        unused = Path(path).with_name("heldout.jsonl")
+        if unused.is_file():
+            train.notes.append(_unread_heldout_note(unused, Path(path).name, heldout_fraction))
         rows, heldout_rows = train.rows_of(train_ids), train.rows_of(heldout_ids)
     source = heldout or train
     too_long = (
