@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -118,7 +119,10 @@ def test_table_prints_every_k_with_its_standard_error_and_the_split(capsys):
     summary = {
         "results": {"unseen": result},
         "split": {"unseen": 16, "seen": 148, "max_problems": 3, "sample_seed": 0},
-        "training": {"split": "the built-in HumanEval split", "sources": ["runs/x: baseline"]},
+        "training": {
+            "split": "the built-in HumanEval split",
+            "sources": [f"{Path.cwd()}/runs/x: baseline"],
+        },
         "generation": {
             "speculative": {
                 "acceptance_rate": 0.5,
@@ -134,6 +138,7 @@ def test_table_prints_every_k_with_its_standard_error_and_the_split(capsys):
     assert "failed 26, passed 4" in out and "3 of 16 unseen" in out
     assert "16 problems unseen, 148 seen in training, from the built-in HumanEval split" in out
     assert "head 2 75.0%, head 3 25.0%" in out and "1.50 tokens per forward" in out
+    # the summary's absolute path is shown from the working directory
     assert "trained on: runs/x: baseline" in out and "sandbox: bwrap: bubblewrap" in out
 
 

@@ -3,6 +3,7 @@ training data, speculative decoding's acceptance per head and the sandbox's isol
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -114,7 +115,9 @@ def print_table(summaries: dict[str, dict[str, Any]], console=None, *, title: st
     console.print(table)
     lines = [line for name, summary in summaries.items() for line in notes(name, summary)]
     first = next(iter(summaries.values()), {})
-    lines += [f"trained on: {source}" for source in first.get("training", {}).get("sources", [])]
+    here = f"{Path.cwd()}/"  # the summary keeps absolute paths; the table shows them from here
+    sources = first.get("training", {}).get("sources", [])
+    lines += [f"trained on: {source.replace(here, '')}" for source in sources]
     lines += [f"prompts: {first['prompts']['description']}"] if first.get("prompts") else []
     lines += [f"sandbox: {first['sandbox']}"] if first.get("sandbox") else []
     for line in lines:
