@@ -147,7 +147,7 @@ def test_a_sandbox_that_could_not_start_is_retried_but_a_verdict_never_is():
     from wmtp.sandbox import SandboxResult
 
     def results(*stderrs):
-        queue = [SandboxResult("failed", "", e, 0.1, 1, "bwrap") for e in stderrs]
+        queue = [SandboxResult("failed", "", e, 0.1, 1, "bwrap", started=False) for e in stderrs]
         calls = []
 
         def run(**kwargs):
@@ -161,6 +161,26 @@ def test_a_sandbox_that_could_not_start_is_retried_but_a_verdict_never_is():
     assert sandboxed(run, program="x").stderr == "AssertionError\n" and len(calls) == 3
     run, calls = results("Traceback ... BlockingIOError: fork\n", "unused")
     assert sandboxed(run, program="x").stderr.startswith("Traceback") and len(calls) == 1
+
+
+def test_a_program_that_writes_the_sandbox_start_failure_is_run_once():
+    """The retry above is for a sandbox that never started the program: one that ran, failed and
+    wrote bubblewrap's start failure itself is judged once (no second chance for a guesser)."""
+    from wmtp import sandbox
+    from wmtp.eval.judges import SANDBOX_START_FAILURE, sandboxed
+
+    calls = []
+
+    def run(**kwargs):
+        calls.append(kwargs)
+        return sandbox.execute(**kwargs)
+
+    program = (
+        f"import sys\nsys.stderr.write({SANDBOX_START_FAILURE + ' for pid 1'!r})\nsys.exit(1)\n"
+    )
+    result = sandboxed(run, program=program, timeout_s=10)
+    assert result.stderr.startswith(SANDBOX_START_FAILURE) and result.status == "failed"
+    assert result.started and len(calls) == 1
 
 
 def test_problems_are_checked_while_later_ones_are_still_coming(humaneval5):

@@ -53,11 +53,13 @@ START_RETRIES = 3
 def sandboxed(run, **kwargs):
     """``run(**kwargs)`` (a sandbox call), again when the sandbox itself could not start.
 
-    Only the launcher's own failure is retried (the program never ran), never a program's verdict.
+    Only the launcher's own failure is retried (the program never ran: bubblewrap reported no
+    child), never a program's verdict, whatever the program wrote.
     """
     for attempt in range(START_RETRIES + 1):
         result = run(**kwargs)
-        if not result.stderr.startswith(SANDBOX_START_FAILURE) or attempt == START_RETRIES:
+        refused = not result.started and result.stderr.startswith(SANDBOX_START_FAILURE)
+        if not refused or attempt == START_RETRIES:
             return result
         time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")

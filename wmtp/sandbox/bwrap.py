@@ -61,11 +61,14 @@ def _probe(exe: str) -> str | None:
     return None
 
 
-def argv(workdir: Path, program: list[str]) -> list[str]:
-    """The command line that runs ``program`` inside bubblewrap, with ``workdir`` as its folder."""
+def argv(workdir: Path, program: list[str], status_fd: int | None = None) -> list[str]:
+    """The command line that runs ``program`` inside bubblewrap, with ``workdir`` as its folder
+    (and bubblewrap's JSON status, the child's pid first, written to ``status_fd``)."""
+    status = [] if status_fd is None else ["--json-status-fd", str(status_fd)]
     return [
         shutil.which("bwrap") or "bwrap",
         *flags(),
+        *status,
         "--bind", str(workdir), INNER_DIR,
         "--chdir", INNER_DIR,
         "--setenv", "HOME", INNER_DIR,

@@ -45,6 +45,9 @@ class SandboxResult:
     returncode: int
     """The launcher's exit code (128 + n when the program died of signal n)."""
     isolation: IsolationKind
+    started: bool = True
+    """Whether the program's process came to exist (bubblewrap reported it: see ``execute``); a
+    sandbox that could not start it can be retried, a program that ran never is."""
 
     @property
     def passed(self) -> bool:
@@ -79,26 +82,41 @@ def execute(
             if uid is not None:
                 become_subreaper()
             workdir = _prepare(control, program, stdin, files or {}, uid)
-            argv, exec_it = _program_argv(kind, workdir)
+            # bubblewrap writes {"child-pid": N} here once the program's process exists: a
+            # pipe, so nothing the program does can take that line back.
+            status_r, status_w = os.pipe() if kind == "bwrap" else (None, None)
+            argv, exec_it = _program_argv(kind, workdir, status_w)
             limits = rlimits.limits(timeout_s, memory_mb, file_size_mb, max_processes)
             cfg = json.dumps({"limits": limits, "exec": exec_it, "argv": argv, "uid": uid})
             start = time.monotonic()
-            returncode, timed_out = _run_launcher(control, workdir, cfg, timeout_s, uid)
+            returncode, timed_out = _run_launcher(control, workdir, cfg, timeout_s, uid, status_w)
             duration = time.monotonic() - start
+        started = status_r is None or _reported_child(status_r)
         stdout = _read_capped(control / "stdout", max_output_bytes)
         stderr = _read_capped(control / "stderr", max_output_bytes)
     finally:
         shutil.rmtree(control, ignore_errors=True)
     status = _status(returncode, timed_out, stderr)
-    return SandboxResult(status, stdout, stderr, duration, returncode, kind)
+    return SandboxResult(status, stdout, stderr, duration, returncode, kind, started)
 
 
-def _program_argv(kind: IsolationKind, workdir: Path) -> tuple[list[str], bool]:
+def _program_argv(
+    kind: IsolationKind, workdir: Path, status_fd: int | None
+) -> tuple[list[str], bool]:
     """The argv the launcher runs, and whether it execs it (bwrap) or forks it (rlimits)."""
     python = [runner().python, "-I", "program.py"]
     if kind == "rlimits":
         return python, False
-    return bwrap.argv(workdir, python), True
+    return bwrap.argv(workdir, python, status_fd), True
+
+
+def _reported_child(status_r: int) -> bool:
+    """Whether bubblewrap's status pipe (read to its end, then closed) names the child."""
+    chunks = []
+    with open(status_r, "rb") as pipe:  # every writer is gone: the call's processes were killed
+        while chunk := pipe.read(65536):
+            chunks.append(chunk)
+    return b'"child-pid"' in b"".join(chunks)
 
 
 def _environment(workdir: Path) -> dict[str, str]:
@@ -130,7 +148,7 @@ def _prepare(
 
 
 def _run_launcher(
-    control: Path, workdir: Path, cfg: str, timeout_s: float, uid: int | None
+    control: Path, workdir: Path, cfg: str, timeout_s: float, uid: int | None, status_w: int | None
 ) -> tuple[int, bool]:
     argv = [runner().python, "-I", "-S", "-c", rlimits.LAUNCHER, cfg]
     with (
@@ -151,7 +169,10 @@ def _run_launcher(
             env=_environment(workdir),
             start_new_session=True,  # its own process group: one killpg ends the tree
             close_fds=True,
+            pass_fds=() if status_w is None else (status_w,),
         )
+        if status_w is not None:  # bubblewrap holds it now; its end is the pipe's end
+            os.close(status_w)
         timed_out = not _exited_within(proc, timeout_s)
         _kill_group(proc.pid)
         proc.wait()
