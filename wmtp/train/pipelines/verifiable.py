@@ -4,12 +4,15 @@ Per micro-batch: the frozen critic (no grad, its own dtype and attention backend
 ``[B, S]``, and the weighting (``td`` or a control: ``random_matched``, ``shuffled``) turns them
 into TD errors and GAE advantages; per step, it whitens the advantages of all the step's
 micro-batches as one batch (batch or EMA statistics, all-reduced across ranks, the EMA updated
-once a step) and turns them into AWR weights ``w[t]`` of the target tokens; the MTP loss gives head k at position t the
-weight ``w[t + k]`` and normalises each head by the sum of its weights over the whole step.
+once a step) and turns them into AWR weights ``w[t]`` of the target tokens; the MTP loss gives
+head k at position t the weight ``w[t + k]`` and normalises each head by the sum of its weights
+over the whole step.
 The reward of a sequence is 1 when its solution is correct, else 0.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
@@ -70,27 +73,41 @@ def step_token_weights(
     sequence exactly as on a padded batch. The weighting then turns the whole step's advantages
     into weights (whitened over the step, every rank's together) and they are put back in place.
     """
-    parts, layouts, values = [], [], []
-    for batch, seq in zip(batches, seqs, strict=True):
-        mask_BS = response_mask_of(batch)
-        values_BS = critic_values(critic, batch, seq)
-        values.append(values_BS[mask_BS])
-        layout = None
-        if batch.get("cu_seqlens") is not None:
-            index_DL, valid_DL = (t.to(values_BS.device) for t in documents_of(batch))
-            layout = (index_DL, valid_DL)
-            mask_BS = mask_BS.reshape(-1)[index_DL] & valid_DL
-            values_BS = values_BS.reshape(-1)[index_DL]
-        parts.append((weighting.advantages(values_BS, rewards_of(batch), mask_BS), mask_BS))
-        layouts.append(layout)
-    weights, figures = weighting.step_weights(parts)
+    scored = [_scored(critic, weighting, b, seq) for b, seq in zip(batches, seqs, strict=True)]
+    weights, figures = weighting.step_weights([(s.advantages, s.mask) for s in scored])
     placed = [
-        w if layout is None else _in_place(w, layout, batch["labels"].shape)
-        for w, layout, batch in zip(weights, layouts, batches, strict=True)
+        w if s.layout is None else _in_place(w, s.layout, batch["labels"].shape)
+        for w, s, batch in zip(weights, scored, batches, strict=True)
     ]
-    value = torch.cat(values)
+    value = torch.cat([s.response_values for s in scored])
     figures["value/mean"] = float(value.mean()) if value.numel() else 0.0
     return placed, figures
+
+
+class _Scored(NamedTuple):
+    """One micro-batch's advantages, in the weighting's layout: a packed batch's examples one
+    per row (``layout``: their flat places and valid tokens), a padded batch as it is."""
+
+    advantages: torch.Tensor
+    mask: torch.Tensor
+    layout: tuple[torch.Tensor, torch.Tensor] | None
+    response_values: torch.Tensor
+    """The critic's values of the response tokens (for the step's ``value/mean``)."""
+
+
+def _scored(critic, weighting, batch: dict, seq) -> _Scored:
+    """A micro-batch's critic values turned into GAE advantages (see :class:`_Scored`)."""
+    mask_BS = response_mask_of(batch)
+    values_BS = critic_values(critic, batch, seq)
+    response_values = values_BS[mask_BS]
+    layout = None
+    if batch.get("cu_seqlens") is not None:
+        index_DL, valid_DL = (t.to(values_BS.device) for t in documents_of(batch))
+        layout = (index_DL, valid_DL)
+        mask_BS = mask_BS.reshape(-1)[index_DL] & valid_DL
+        values_BS = values_BS.reshape(-1)[index_DL]
+    advantages = weighting.advantages(values_BS, rewards_of(batch), mask_BS)
+    return _Scored(advantages, mask_BS, layout, response_values)
 
 
 def _in_place(weights_DL: torch.Tensor, layout, shape) -> torch.Tensor:
