@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,77 @@ def test_report_refuses_an_empty_directory_and_notes_the_old_layout(tmp_path):
     (old / "eval" / "summary.json").write_text(json.dumps({"benchmarks": {}}))
     (old / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n")
     assert "older wmtp's layout" in read_run(old).notes[0]
+
+
+def report_md(*args) -> str:
+    """``wmtp report ARGS``; its report.md (the last argument after ``--out`` is the folder)."""
+    result = invoke("report", *args)
+    assert result.exit_code == 0, result.output
+    out = Path(args[list(map(str, args)).index("--out") + 1])
+    return (out / "report.md").read_text()
+
+
+def test_a_torn_last_line_of_metrics_is_left_out_and_a_repeated_step_drawn_once(runs, tmp_path):
+    """A crash while writing metrics.jsonl leaves half a line: the report reads the rest and says
+    so; a step logged again (after a resume) is one point, its last value."""
+    run = tmp_path / "runs" / "baseline" / "crashed"
+    shutil.copytree(runs["baseline"], run)
+    again = {"step": 2, "eval/loss/head1": 4.25, "eval/loss/head2": 4.5}
+    with (run / "metrics.jsonl").open("a") as metrics:
+        metrics.write(json.dumps(again) + "\n" + '{"step": 3, "loss": 5.5')
+    text = report_md(run, "--out", tmp_path / "report")
+    assert "metrics.jsonl: its last line (" in text and "is torn" in text
+    ce = read_run(run).scalars["eval/loss/head1"]
+    assert [step for step, _ in ce] == [1, 2] and ce[-1] == (2, 4.25)
+    assert "| 4.250 (step 2) |" in text  # the headline's held-out CE: the value logged last
+    assert "held-out cross-entropy at its last step: head 1: 4.250, head 2: 4.500" in text
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss"\n' + json.dumps(again) + "\n")
+    result = invoke("report", run, "--out", tmp_path / "report")
+    assert result.exit_code == 2 and "metrics.jsonl:1: not valid JSON" in result.flat
+
+
+def shown_runs(**paths: Path) -> list[Shown]:
+    return [Shown(read_run(path), label, f"C{i}") for i, (label, path) in enumerate(paths.items())]
+
+
+@pytest.fixture(scope="module")
+def other_seed(runs) -> Path:
+    """A baseline run of seed 1 (another held-out split of the same file), evaluated with
+    n_samples = 4 on 4 unseen problems (the others: 2 samples of 3 problems)."""
+    run = train(runs["baseline"].parents[2], "seed1", "baseline", policy(), steps=2, seed=1)
+    settings = ("--set", "evaluation.n_samples=4", "--set", "evaluation.max_problems=4")
+    result = invoke("eval", run, "--no-progress", *settings)
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def test_held_out_cross_entropy_of_other_held_out_data_is_said_not_comparable(
+    runs, other_seed, tmp_path
+):
+    alike = report_md(*runs.values(), "--out", tmp_path / "alike")
+    assert "Warning" not in alike  # one data file, one split, one way of evaluating
+    text = report_md(runs["baseline"], runs["verifiable"], other_seed, "--out", tmp_path / "r")
+    warning = (
+        "**Warning: held-out cross-entropy NOT comparable, the held-out data differ: "
+        "experiment.seed: 0 (baseline, verifiable), 1 (seed1).**"
+    )
+    assert warning in text
+    shown = shown_runs(baseline=runs["baseline"], verifiable=runs["verifiable"], seed1=other_seed)
+    (spec,) = [s for s in (q(shown) for q in QUESTIONS) if s and s.file == "cross_entropy.png"]
+    assert warning.strip("*.").removeprefix("Warning: ") in spec.caption
+
+
+def test_pass_at_k_of_evaluations_that_differ_is_said_not_comparable(runs, other_seed, tmp_path):
+    """Other n_samples, other unseen problems: the headline and the pass@k figure say so."""
+    text = report_md(runs["baseline"], runs["verifiable"], other_seed, "--out", tmp_path / "r")
+    assert (
+        "**Warning: humaneval: evaluated differently, pass@k NOT comparable: n_samples: "
+        "2 (baseline step 2, verifiable step 2), 4 (seed1 step 2); unseen problems differ: "
+        "set 1 of 3 (baseline step 2, verifiable step 2), set 2 of 4 (seed1 step 2).**"
+    ) in text
+    # --step 1: only baseline was evaluated there, nothing to compare in the headline
+    text = report_md(runs["baseline"], other_seed, "--out", tmp_path / "s", "--step", "1")
+    assert "pass@k NOT comparable" not in text
+    shown = shown_runs(baseline=runs["baseline"], seed1=other_seed)
+    (spec,) = [s for s in (q(shown) for q in QUESTIONS) if s and s.file == "pass_at_k.png"]
+    assert "n_samples: 2 (baseline step 1, baseline step 2), 4 (seed1 step 2)" in spec.caption

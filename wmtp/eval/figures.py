@@ -68,8 +68,12 @@ class FigureSpec:
 
 def draw(spec: FigureSpec, path: Path):
     """Draw ``spec`` into the PNG ``path``; the matplotlib ``Figure`` (for tests)."""
+    import textwrap
+
     figure, axes = _grid(len(spec.panels), spec.columns)
-    title = spec.title + (f"\n{spec.caption}" if spec.caption else "")
+    width = int(11 * figure.get_figwidth())  # characters of the title's font a line holds
+    lines = [spec.title, *(spec.caption.splitlines() if spec.caption else [])]
+    title = "\n".join(textwrap.fill(line, width) for line in lines)
     figure.suptitle(title, fontsize=11)
     for ax, panel in zip(axes, spec.panels, strict=True):
         _draw_panel(ax, panel)

@@ -70,6 +70,90 @@ def heads_logged(run: RunRecord) -> int:
     return head
 
 
+def _shown_value(value) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_shown_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return "–" if value is None else str(value)
+
+
+def _differences(found: list[tuple[str, dict]]) -> list[str]:
+    """``key: value (who, who), value (who)`` for each key whose value is not the same for every
+    ``(who, values)`` of ``found``."""
+    keys = list(dict.fromkeys(key for _, values in found for key in values))
+    lines = []
+    for key in keys:
+        by_value: dict[str, list[str]] = {}
+        for who, values in found:
+            by_value.setdefault(_shown_value(values.get(key)), []).append(who)
+        if len(by_value) > 1:
+            lines.append(
+                f"{key}: " + ", ".join(f"{v} ({', '.join(w)})" for v, w in by_value.items())
+            )
+    return lines
+
+
+def heldout_differences(runs: list[Shown]) -> str:
+    """Empty when every run with a held-out cross-entropy measured it on the same held-out data
+    (``RunRecord.heldout_data``), else what differs, run by run."""
+    found = [
+        (s.label, s.run.heldout_data or {"recipe.toml": "missing"})
+        for s in runs
+        if ce_series(s.run, 1, "heldout")
+    ]
+    lines = _differences(found)
+    if not lines:
+        return ""
+    return "held-out cross-entropy NOT comparable, the held-out data differ: " + "; ".join(lines)
+
+
+DECODING_KEYS = ("n_samples", "temperature", "top_p", "max_new_tokens")
+
+
+def evaluation_setup(run: RunRecord, step: int, benchmark: str) -> dict[str, object]:
+    """What a pass@k on unseen problems depends on besides the model: the decoding settings
+    and the unseen problems scored (their task ids; their count where problems.jsonl is gone)."""
+    summary = run.evals.get(step, {}).get(benchmark, {})
+    decoding = summary.get("decoding", {})
+    setup: dict[str, object] = {key: decoding.get(key) for key in DECODING_KEYS}
+    tasks = run.eval_problems.get(step, {}).get(benchmark, {}).get("unseen")
+    unseen = summary.get("results", {}).get("unseen", {})
+    setup["unseen problems"] = (
+        f"{len(tasks)} problems: " + ", ".join(sorted(tasks)) if tasks else unseen.get("problems")
+    )
+    return setup
+
+
+def evaluation_differences(evaluated: list[tuple[str, RunRecord, int]], benchmark: str) -> str:
+    """Empty when the ``(label, run, step)`` evaluations of ``benchmark`` decoded alike on the
+    same unseen problems, else what differs (problem sets named by their size)."""
+    found = [
+        (f"{label} step {step}", evaluation_setup(run, step, benchmark))
+        for label, run, step in evaluated
+        if run.evals.get(step, {}).get(benchmark, {}).get("results", {}).get("unseen")
+    ]
+    lines = _differences(found)
+    lines = [
+        line if not line.startswith("unseen problems:") else _problem_sets(found) for line in lines
+    ]
+    if not lines:
+        return ""
+    return f"{benchmark}: evaluated differently, pass@k NOT comparable: " + "; ".join(lines)
+
+
+def _problem_sets(found: list[tuple[str, dict]]) -> str:
+    """Which evaluations scored which unseen problems: sets numbered, with their size."""
+    sets: dict[object, list[str]] = {}
+    for who, setup in found:
+        sets.setdefault(setup["unseen problems"], []).append(who)
+    parts = []
+    for i, (problems, who) in enumerate(sets.items(), start=1):
+        size = str(problems).split(" ")[0]
+        parts.append(f"set {i} of {size} ({', '.join(who)})")
+    return "unseen problems differ: " + ", ".join(parts)
+
+
 def _lines(runs: list[Shown], series_of, **style) -> tuple[Line, ...]:
     """A line per run with data (``series_of(run) -> points``)."""
     found = ((shown, series_of(shown.run)) for shown in runs)
@@ -94,6 +178,8 @@ def cross_entropy(runs: list[Shown]) -> FigureSpec | None:
     caption = "head 1, every target token weighted 1 (verifiable: unweighted; Rho-1: all tokens)"
     if left_out:
         caption += f"; left out (no cross-entropy logged): {', '.join(left_out)}"
+    if differ := heldout_differences(runs):
+        caption += f"\n{differ}"
     return FigureSpec(
         "cross_entropy.png",
         "Next-token cross-entropy, every run on the same footing",
@@ -239,6 +325,10 @@ def pass_at_k(runs: list[Shown]) -> FigureSpec | None:
     caption = (
         "each checkpoint evaluated (wmtp eval); error bars: ± one standard error across problems"
     )
+    for benchmark in benchmarks:
+        evaluated = [(s.label, s.run, step) for s in runs for step in s.run.evals]
+        if differ := evaluation_differences(evaluated, benchmark):
+            caption += f"\n{differ}"
     return FigureSpec(
         "pass_at_k.png",
         "pass@k by checkpoint, on problems the model never trained on",
@@ -301,4 +391,13 @@ QUESTIONS = (cross_entropy, cross_entropy_per_head, token_weights, pass_at_k, th
 """Every figure of a report, in the order report.md shows them."""
 
 
-__all__ = ["QUESTIONS", "Shown", "ce_series", "ce_tag", "evaluated_ks", "heads_logged"]
+__all__ = [
+    "QUESTIONS",
+    "Shown",
+    "ce_series",
+    "ce_tag",
+    "evaluated_ks",
+    "evaluation_differences",
+    "heads_logged",
+    "heldout_differences",
+]

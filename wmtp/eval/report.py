@@ -6,7 +6,9 @@ by checkpoint, training speed, the critic's ranking) and ``report.md``: a headli
 pipeline, heads trained, tokens seen, final held-out cross-entropy, pass@k ± standard error on
 unseen problems at the step it picked), the figures, and per run the details (settings, losses
 per head, every evaluation). pass@k comes from each run's newest evaluated checkpoint, or from
-``step`` when given; the table says which.
+``step`` when given; the table says which. Under the table, a warning where the held-out
+cross-entropies were measured on different held-out data, or the headline pass@k come from
+evaluations that decoded differently or scored other unseen problems.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from wmtp.eval.questions import (
     Shown,
     ce_series,
     evaluated_ks,
+    evaluation_differences,
     heads_logged,
+    heldout_differences,
     pipeline_of,
     trains_policy,
 )
@@ -172,6 +176,16 @@ HEADLINE_NOTES = (
 )
 
 
+def comparability(shown: list[Shown], steps: dict[str, int | None]) -> list[str]:
+    """Warnings under the headline table: held-out cross-entropies measured on different data,
+    and headline pass@k of evaluations that decoded differently or scored other problems."""
+    warnings = [heldout_differences(shown)]
+    for benchmark in evaluated_ks(shown):
+        picked = [(s.label, s.run, steps[s.label]) for s in shown if steps[s.label] is not None]
+        warnings.append(evaluation_differences(picked, benchmark))
+    return [f"**Warning: {w}.**" for w in warnings if w]
+
+
 def run_details(s: Shown) -> str:
     """A run's section: settings, cross-entropy per head, every evaluation, notes."""
     run = s.run
@@ -257,6 +271,7 @@ def markdown(shown: list[Shown], steps, wanted: int | None, figures: list[Path])
         headline(shown, steps, wanted),
         HEADLINE_NOTES,
         "",
+        *(line for warning in comparability(shown, steps) for line in (warning, "")),
         "## Figures",
         "",
         *(f"![{p.stem}]({p.name})" for p in figures),

@@ -197,11 +197,40 @@ def checkpoint_results(run_dir: Path) -> dict[int, dict[str, dict[str, Any]]]:
     return dict(sorted(steps.items()))
 
 
+def scored_problems(folder: Path) -> dict[str, frozenset[str]]:
+    """Group (``unseen``, ``seen``) -> the task ids of ``folder/problems.jsonl``; empty where
+    the file is missing or unreadable (the summary still counts them)."""
+    groups: dict[str, set[str]] = {}
+    try:
+        lines = (folder / PROBLEMS).read_text(encoding="utf-8").splitlines()
+        rows = [json.loads(line) for line in lines if line.strip()]
+    except (OSError, ValueError):
+        return {}
+    for row in rows:
+        if isinstance(row, dict) and isinstance(row.get("task_id"), str):
+            group = "seen" if row.get("seen") else "unseen"
+            groups.setdefault(group, set()).add(row["task_id"])
+    return {group: frozenset(tasks) for group, tasks in groups.items()}
+
+
+def checkpoint_problems(
+    run_dir: Path, evals: dict[int, dict[str, dict[str, Any]]]
+) -> dict[int, dict[str, dict[str, frozenset[str]]]]:
+    """Step -> benchmark -> group -> task ids, for every evaluation in ``evals``
+    (:func:`checkpoint_results`)."""
+    root = run_dir / "eval"
+    return {
+        step: {name: scored_problems(root / f"step-{step}" / name) for name in benchmarks}
+        for step, benchmarks in evals.items()
+    }
+
+
 __all__ = [
     "PREVIOUS",
     "PROBLEMS",
     "SAMPLES",
     "SUMMARY",
+    "checkpoint_problems",
     "checkpoint_results",
     "group_result",
     "keep_earlier",

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from wmtp.errors import DataError, RunError
-from wmtp.eval.results import checkpoint_results
+from wmtp.eval.results import checkpoint_problems, checkpoint_results
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -41,6 +41,11 @@ class RunRecord:
     """Step -> benchmark -> the ``summary.json`` of that checkpoint's evaluation."""
     notes: list[str] = field(default_factory=list)
     """What the report should say about this run's files (an old layout, ...)."""
+    heldout_data: dict[str, Any] | None = None
+    """The recipe values that decide its held-out rows and their tokens (``heldout_data``);
+    None without a recipe. Held-out cross-entropies compare only where these agree."""
+    eval_problems: dict[int, dict[str, dict[str, frozenset[str]]]] = field(default_factory=dict)
+    """Step -> benchmark -> group (``unseen``, ``seen``) -> the task ids scored there."""
 
     @property
     def pipeline(self) -> str | None:
@@ -55,23 +60,35 @@ def _flatten(prefix: str, value: Any, out: dict[str, float]) -> None:
         out[prefix] = float(value)
 
 
-def read_metrics_jsonl(path: Path) -> dict[str, Series]:
-    """Scalar series of a ``metrics.jsonl``; lines without a ``step`` are skipped (headers)."""
+def read_metrics_jsonl(path: Path, notes: list[str] | None = None) -> dict[str, Series]:
+    """Scalar series of a ``metrics.jsonl``; lines without a ``step`` are skipped (headers). A
+    step logged twice (a resume writes the steps after its checkpoint again) keeps its last
+    value. A torn last line (a crash while it was written, as ``wmtp.train.metrics.read_metrics``
+    reads it) is left out and said in ``notes``; a malformed line before it is a ``DataError``."""
     series: dict[str, dict[int, float]] = {}
-    with path.open(encoding="utf-8") as lines:
-        for lineno, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON: {exc.msg}") from None
-            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
-                continue
-            values: dict[str, float] = {}
-            _flatten("", {k: v for k, v in row.items() if k != "step"}, values)
-            for tag, value in values.items():
-                series.setdefault(tag, {})[row["step"]] = value
+    numbered = [
+        (lineno, line)
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if line.strip()
+    ]
+    for index, (lineno, line) in enumerate(numbered):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if index == len(numbered) - 1:
+                if notes is not None:
+                    notes.append(
+                        f"metrics.jsonl: its last line ({lineno}) is torn (the run stopped while "
+                        "writing it) and is left out"
+                    )
+                break
+            raise DataError(f"{path}:{lineno}: not valid JSON: {exc.msg}") from None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            continue
+        values: dict[str, float] = {}
+        _flatten("", {k: v for k, v in row.items() if k != "step"}, values)
+        for tag, value in values.items():
+            series.setdefault(tag, {})[row["step"]] = value
     return {tag: sorted(points.items()) for tag, points in series.items()}
 
 
@@ -107,12 +124,41 @@ SETTING_KEYS = (
 )
 
 
-def read_settings(recipe_path: Path) -> dict[str, Any]:
-    """The ``SETTING_KEYS`` of a resolved recipe, by dotted key (missing keys are left out)."""
+def read_recipe(recipe_path: Path) -> dict[str, Any]:
     try:
-        recipe = tomllib.loads(recipe_path.read_text(encoding="utf-8"))
+        return tomllib.loads(recipe_path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise DataError(f"{recipe_path}: not valid TOML: {exc}") from None
+
+
+HELDOUT_DATA_KEYS = ("kind", "path", "template", "max_length", "truncate", "split")
+"""``[data]`` keys that decide the held-out rows and their tokens (not ``packing``,
+``sampling``, ``pairs``, ``n_samples``: they choose training rows; not the built-in dataset's
+``cache_dir``: its builder splits with a fixed seed wherever it is)."""
+
+
+def heldout_data(recipe: dict[str, Any]) -> dict[str, Any] | None:
+    """What decides a run's held-out rows and their tokens, by dotted key: the dataset, its
+    template and length limit, the split, the tokenizer, and ``experiment.seed`` where it draws
+    the split (a JSONL file split by ``heldout_fraction``). None without a ``[data]`` table."""
+    data = recipe.get("data")
+    if not isinstance(data, dict):
+        return None
+    found = {f"data.{key}": data.get(key) for key in HELDOUT_DATA_KEYS}
+    found["tokenizer"] = recipe.get("tokenizer")
+    split = data.get("split") if isinstance(data.get("split"), dict) else {}
+    if data.get("kind") == "jsonl" and not split.get("heldout_path"):
+        experiment = recipe.get("experiment")
+        found["experiment.seed"] = experiment.get("seed") if isinstance(experiment, dict) else None
+    return found
+
+
+def read_settings(recipe_path: Path) -> dict[str, Any]:
+    """The ``SETTING_KEYS`` of a resolved recipe, by dotted key (missing keys are left out)."""
+    return settings_of(read_recipe(recipe_path))
+
+
+def settings_of(recipe: dict[str, Any]) -> dict[str, Any]:
     settings = {}
     for keys in SETTING_KEYS:
         value: Any = recipe
@@ -136,10 +182,12 @@ def read_run(run_dir: str | Path) -> RunRecord:
     record = RunRecord(path=path, label=run_label(path.resolve()))
     record.scalars = read_tensorboard(path)
     if (path / "metrics.jsonl").is_file():
-        record.scalars.update(read_metrics_jsonl(path / "metrics.jsonl"))
+        record.scalars.update(read_metrics_jsonl(path / "metrics.jsonl", record.notes))
     if (path / "recipe.toml").is_file():
-        record.settings = read_settings(path / "recipe.toml")
+        recipe = read_recipe(path / "recipe.toml")
+        record.settings, record.heldout_data = settings_of(recipe), heldout_data(recipe)
     record.evals = checkpoint_results(path)
+    record.eval_problems = checkpoint_problems(path, record.evals)
     if (path / "eval" / "summary.json").is_file():
         record.notes.append(
             "eval/summary.json is an older wmtp's layout and is not read: evaluate again "
