@@ -302,3 +302,15 @@ def test_pass_at_k_of_evaluations_that_differ_is_said_not_comparable(runs, other
     shown = shown_runs(baseline=runs["baseline"], seed1=other_seed)
     (spec,) = [s for s in (q(shown) for q in QUESTIONS) if s and s.file == "pass_at_k.png"]
     assert "n_samples: 2 (baseline step 1, baseline step 2), 4 (seed1 step 2)" in spec.caption
+
+
+def test_a_pass_at_k_without_a_standard_error_gets_no_error_bar(tmp_path):
+    # one problem leaves the standard error undefined (None): that point must not wear a
+    # zero-width bar, which would read as an exact score; the other point keeps its ±0.05
+    line = Line("run", "C0", [(1, 0.5), (2, 0.6)], errors=(None, 0.05))
+    panel = Panel("pass@1", "pass@1 (% of problems)", (line,), axis="percent")
+    (ax,) = draw(FigureSpec("x.png", "t", (panel,)), tmp_path / "x.png").axes
+    (bars,) = [c for c in ax.collections if len(c.get_segments()) == 2]
+    alone, barred = bars.get_segments()
+    assert all(math.isnan(y) for _, y in alone)
+    assert [y for _, y in barred] == pytest.approx([55.0, 65.0])

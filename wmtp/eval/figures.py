@@ -32,8 +32,8 @@ class Line:
     what: str = ""
     """What the line is when a run has several in the panel (``max``, ``head 2``)."""
     style: str = "-"
-    errors: tuple[float, ...] | None = None
-    """± one standard error per point (pass@k)."""
+    errors: tuple[float | None, ...] | None = None
+    """± one standard error per point (pass@k); None where it is undefined (no bar drawn)."""
 
     @property
     def label(self) -> str:
@@ -152,7 +152,7 @@ def _draw_line(ax, line: Line, axis: AxisKind, offset: float = 0.0) -> None:
         clip_on=False,
     )
     if line.errors is not None:
-        errors = [scale * e for e in line.errors]
+        errors = [math.nan if e is None else scale * e for e in line.errors]  # NaN: no bar
         ax.errorbar(steps, values, yerr=errors, capsize=3, **common)
     else:
         ax.plot(steps, values, **common)
@@ -172,9 +172,9 @@ def _set_y_range(ax, panel: Panel) -> None:
         ax.set_ylim(0, 1.02)
     elif panel.axis == "percent":
         tops = [
-            100 * (v + e)
+            100 * (v + (e or 0.0))
             for line in panel.lines
-            for (_, v), e in zip(line.points, line.errors or [0.0] * len(line.points), strict=True)
+            for (_, v), e in zip(line.points, line.errors or [None] * len(line.points), strict=True)
         ]
         top = min(100.0, max([10.0, *tops]) * 1.15)
         ax.set_ylim(-0.02 * top, top)  # a zero score stands clear of the axis line

@@ -278,13 +278,14 @@ def token_weights(runs: list[Shown]) -> FigureSpec | None:
 
 
 def pass_at_k_points(run: RunRecord, benchmark: str, k: str):
-    """``(step, pass@k)`` and the standard errors of the run's unseen-problem results."""
+    """``(step, pass@k)`` and the standard errors of the run's unseen-problem results (None
+    where one problem leaves it undefined: that point gets no error bar, not a zero-width one)."""
     points, errors = [], []
     for step, benchmarks in run.evals.items():
         result = benchmarks.get(benchmark, {}).get("results", {}).get("unseen")
         if result and k in result["pass_at_k"]:
             points.append((step, result["pass_at_k"][k]))
-            errors.append(result.get("pass_at_k_stderr", {}).get(k) or 0.0)
+            errors.append(result.get("pass_at_k_stderr", {}).get(k))
     return points, tuple(errors)
 
 
