@@ -24,6 +24,15 @@ RESUME = (
 )
 
 
+def tensorboard_losses(run_dir) -> list[tuple[int, float]]:
+    """``(step, loss)`` as TensorBoard shows the run (its reader drops purged points)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars("loss")]
+
+
 def _sets(overrides) -> list[str]:
     return [arg for o in overrides for arg in ("--set", o)]
 
@@ -64,6 +73,9 @@ def test_sigkill_then_resume_gives_the_uninterrupted_losses(tmp_path):
     resumed = run_recipe(None, resume=run_dir, console=False)
     assert resumed.run_dir == run_dir and resumed.step == 8
     assert losses_of(run_dir) == expected  # exactly: same batches, RNG, optimizer state
+    shown = tensorboard_losses(run_dir)  # once a step, none stale (float32 there)
+    assert [s for s, _ in shown] == [s for s, _ in expected]
+    assert [v for _, v in shown] == pytest.approx([v for _, v in expected], rel=1e-6)
     counted = [m["tokens_seen"] for m in read_metrics(run_dir) if "tokens_seen" in m]
     uninterrupted = [m["tokens_seen"] for m in read_metrics(whole.run_dir) if "tokens_seen" in m]
     assert counted == uninterrupted  # the running count went on from the checkpoint
@@ -92,3 +104,19 @@ def test_nan_loss_stops_naming_step_and_component_and_keeps_the_checkpoint(tmp_p
     # step-1's weights (finite, but about 1e29) are what gave the NaN: not called good
     assert "No checkpoint was written before these weights" in str(err.value)
     assert "(step-1 holds the weights this step started from)" in str(err.value)
+
+
+def test_a_resumed_run_replaces_tensorboard_points_after_its_checkpoint(tmp_path):
+    # steps 4-5 were logged, then lost (no checkpoint after step 3): the resumed run logs them
+    # again, and TensorBoard must show each step once, with the resumed run's value
+    from wmtp.train.metrics import MetricsLogger
+
+    first = MetricsLogger(tmp_path, total_steps=5, console=False)
+    for step in range(1, 6):
+        first.log(step, {"loss": float(step)})
+    first.close()
+    resumed = MetricsLogger(tmp_path, total_steps=5, start_step=3, console=False)
+    for step in (4, 5):
+        resumed.log(step, {"loss": 10.0 + step})
+    resumed.close()
+    assert tensorboard_losses(tmp_path) == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 14.0), (5, 15.0)]

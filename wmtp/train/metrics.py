@@ -45,7 +45,10 @@ class MetricsLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(run_dir / "tb"))
+            # resumed at step S: TensorBoard drops the earlier run's points after S (steps
+            # trained again from the checkpoint), as read_metrics keeps a step's last record
+            purge = start_step + 1 if start_step else None
+            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=purge)
         except ImportError:  # tensorboard is a dependency; keep training if it is broken
             self.tb = None
         if console:
