@@ -314,3 +314,19 @@ def test_a_pass_at_k_without_a_standard_error_gets_no_error_bar(tmp_path):
     alone, barred = bars.get_segments()
     assert all(math.isnan(y) for _, y in alone)
     assert [y for _, y in barred] == pytest.approx([55.0, 65.0])
+
+
+def test_runs_that_train_other_tokens_a_step_are_said_not_to_compare_by_step(runs, tmp_path):
+    wide = train(runs["baseline"].parents[2], "wide", "baseline", policy(), steps=2,
+                 micro_batch_size=4)  # fmt: skip
+    text = report_md(runs["baseline"], wide, "--out", tmp_path / "r")
+    per_step = {
+        name: sorted(v for _, v in read_run(path).scalars["tokens"])
+        for name, path in (("baseline", runs["baseline"]), ("wide", wide))
+    }
+    assert per_step["wide"][0] > 1.5 * per_step["baseline"][-1]  # twice the rows a step
+    medians = ", ".join(f"{n} {v[len(v) // 2]:,.0f}" for n, v in per_step.items())
+    assert (
+        "**Warning: the runs train different numbers of tokens a step (median input tokens: "
+        f"{medians}): curves by step compare different amounts of data"
+    ) in text

@@ -55,7 +55,16 @@ def reference(checkpoint: Path) -> str:
     return section + f'n_future_tokens = 1\ncheckpoint = "{checkpoint}"\n'
 
 
-def recipe(tmp_path: Path, name: str, pipeline: str, body: str, *, seed: int = 0, steps: int = 1):
+def recipe(
+    tmp_path: Path,
+    name: str,
+    pipeline: str,
+    body: str,
+    *,
+    seed: int = 0,
+    steps: int = 1,
+    micro_batch_size: int = 2,
+):
     """A recipe file for ``pipeline`` on the tiny dataset; ``body`` adds its models (and more)."""
     data = tmp_path / "train.jsonl"
     if not data.is_file():
@@ -76,7 +85,7 @@ kind = "byte"
 device = "cpu"
 
 [training]
-micro_batch_size = 2
+micro_batch_size = {micro_batch_size}
 max_steps = {steps}
 log_every = 1
 eval_every = 1

@@ -108,6 +108,34 @@ def heldout_differences(runs: list[Shown]) -> str:
     return "held-out cross-entropy NOT comparable, the held-out data differ: " + "; ".join(lines)
 
 
+def tokens_per_step(run: RunRecord) -> float | None:
+    """The median input tokens of the run's logged training steps (all ranks, no padding)."""
+    values = sorted(v for _, v in run.scalars.get("tokens", []))
+    return values[len(values) // 2] if values else None
+
+
+def step_size_differences(runs: list[Shown], tolerance: float = 0.10) -> str:
+    """Empty when the runs that train the same model (policies; critics) each train about as
+    many tokens a step (within ``tolerance`` of the largest), else each run's: curves drawn by
+    step then compare different amounts of data. A critic's pairs are not a policy's step."""
+    found = []
+    for policies in (True, False):
+        sizes = [
+            (s.label, t)
+            for s in runs
+            if trains_policy(s.run) == policies and (t := tokens_per_step(s.run)) is not None
+        ]
+        if len(sizes) > 1 and min(t for _, t in sizes) < (1 - tolerance) * max(t for _, t in sizes):
+            found.append(", ".join(f"{label} {t:,.0f}" for label, t in sizes))
+    if not found:
+        return ""
+    return (
+        "the runs train different numbers of tokens a step (median input tokens: "
+        f"{'; '.join(found)}): curves by step compare different amounts of data; the "
+        "headline's tokens seen says how much each trained"
+    )
+
+
 DECODING_KEYS = ("n_samples", "temperature", "top_p", "max_new_tokens")
 
 

@@ -27,6 +27,7 @@ from wmtp.eval.questions import (
     heads_logged,
     heldout_differences,
     pipeline_of,
+    step_size_differences,
     trains_policy,
 )
 from wmtp.eval.run_data import RunRecord, read_run
@@ -177,9 +178,9 @@ HEADLINE_NOTES = (
 
 
 def comparability(shown: list[Shown], steps: dict[str, int | None]) -> list[str]:
-    """Warnings under the headline table: held-out cross-entropies measured on different data,
-    and headline pass@k of evaluations that decoded differently or scored other problems."""
-    warnings = [heldout_differences(shown)]
+    """Warnings under the headline table: runs whose steps train different numbers of tokens,
+    held-out cross-entropies measured on different data, and headline pass@k of evaluations that decoded differently or scored other problems."""
+    warnings = [step_size_differences(shown), heldout_differences(shown)]
     for benchmark in evaluated_ks(shown):
         picked = [(s.label, s.run, steps[s.label]) for s in shown if steps[s.label] is not None]
         warnings.append(evaluation_differences(picked, benchmark))
