@@ -113,3 +113,24 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(args):
     os.close(write)
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("group", [[], ["bench"], ["data"]])
+def test_command_lists_give_each_summary_as_one_sentence_flow(group):
+    """A command list wraps each entry's first docstring paragraph to the terminal, never at
+    the docstring's own line breaks (which cut ``report`` and ``bench decode`` mid-sentence)."""
+    import inspect
+
+    from typer.main import get_command
+
+    app = build_app(list(COMMANDS))
+    click_group = get_command(app)
+    for name in group:
+        click_group = click_group.commands[name]
+    wide = CliRunner().invoke(app, [*group, "--help"], terminal_width=400, env={"COLUMNS": "400"})
+    assert wide.exit_code == 0, wide.output
+    for name, cmd in click_group.commands.items():
+        summary = " ".join(inspect.cleandoc(cmd.help or "").split("\n\n")[0].split())
+        summary = summary.replace("\\[", "[")  # rich markup's escape, printed as "["
+        (row,) = [line for line in wide.output.splitlines() if line.startswith(f"│ {name} ")]
+        assert summary in row, (name, row)

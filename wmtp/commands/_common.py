@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import inspect
 import sys
 from collections.abc import Callable
 from typing import Annotated, Any, NoReturn
@@ -121,7 +122,16 @@ def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callabl
                 report_error(exc, fmt=str(kw.get("format", "text")))
                 raise typer.Exit(exc.exit_code) from None
 
+        kwargs.setdefault("short_help", first_paragraph(fn.__doc__))
         app.command(name, **kwargs)(wrapper)
         return fn
 
     return decorate
+
+
+def first_paragraph(doc: str | None) -> str | None:
+    """A docstring's first paragraph on one line: a command list's entry (Typer's rich help
+    would keep the docstring's line breaks there)."""
+    if not doc:
+        return None
+    return " ".join(inspect.cleandoc(doc).split("\n\n")[0].split())
