@@ -55,11 +55,12 @@ def model(
     n_future_tokens: int | None = None,
 ) -> Any:
     """``[model.<role>]`` built by its kind's builder (``wmtp.models.components``, which says in
-    what order); a trained ``checkpoint`` must have been trained with this recipe's tokenizer."""
+    what order); a trained ``checkpoint`` must have been trained with this recipe's tokenizer
+    (and, for a value model, its head: :func:`check_checkpoint_recipe`)."""
     spec = getattr(recipe.model, role)
     if spec is None:
         raise RecipeError(f"the recipe has no [model.{role}]")
-    check_checkpoint_tokenizer(role, spec, recipe.tokenizer)
+    check_checkpoint_recipe(role, spec, recipe)
     build = registry.get("model", spec.kind)
     built = build(
         spec,
@@ -123,15 +124,40 @@ def trained_model(
     return model(built, role, tokenizer=tokenizer, device=device, n_future_tokens=heads)
 
 
-def check_checkpoint_tokenizer(role: str, spec: Any, tokenizer_spec: Any) -> None:
-    """A wmtp ``checkpoint`` carries the recipe that trained it; its ``[tokenizer]`` must be this
-    recipe's (another tokenizer gives the same ids other meanings). A CheckpointError if not."""
+def check_checkpoint_recipe(role: str, spec: Any, recipe: Any) -> None:
+    """A wmtp ``checkpoint`` carries the recipe that trained it. What changes the weights'
+    meaning without changing their shapes must agree with this recipe: the ``[tokenizer]``
+    (another gives the same ids other meanings) and a value model's ``head`` (a ``linear`` and a
+    ``sigmoid`` head hold the same tensors, on other scales). A CheckpointError if not."""
     if not spec.checkpoint:
         return
     from wmtp.models.locate import find_trained_weights
-    from wmtp.recipe import load_recipe
 
     trained = find_trained_weights(spec.checkpoint)
+    theirs = _trained_recipe(role, spec, trained)
+    where = f"model.{role}.checkpoint = {spec.checkpoint!r}"
+    if theirs.tokenizer != recipe.tokenizer:
+        raise CheckpointError(
+            f"{where} was trained with tokenizer {theirs.tokenizer.model_dump()} "
+            f"({trained.recipe_file}), but this recipe's [tokenizer] is "
+            f"{recipe.tokenizer.model_dump()}"
+        )
+    their_spec = getattr(theirs.model, role, None)
+    if hasattr(spec, "head") and hasattr(their_spec, "head"):
+        from wmtp.models.value import head_config
+
+        ours, trained_head = head_config(spec.head), head_config(their_spec.head)
+        if ours != trained_head:
+            raise CheckpointError(
+                f"model.{role}.head = {ours}, but {where} was trained with head "
+                f"{trained_head} ({trained.recipe_file}): set model.{role}.head to match"
+            )
+
+
+def _trained_recipe(role: str, spec: Any, trained: Any) -> Any:
+    """The recipe saved beside a wmtp checkpoint (a CheckpointError where there is none)."""
+    from wmtp.recipe import load_recipe
+
     if trained.recipe_file is None:
         raise CheckpointError(
             f"model.{role}.checkpoint = {spec.checkpoint!r}: no recipe.toml beside the weights "
@@ -139,21 +165,15 @@ def check_checkpoint_tokenizer(role: str, spec: Any, tokenizer_spec: Any) -> Non
             "every checkpoint)"
         )
     try:
-        theirs = load_recipe(trained.recipe_file).recipe.tokenizer
+        return load_recipe(trained.recipe_file).recipe
     except RecipeError as exc:
         raise CheckpointError(
             f"{trained.recipe_file}: the checkpoint's recipe does not load: {exc}"
         ) from exc
-    if theirs != tokenizer_spec:
-        raise CheckpointError(
-            f"model.{role}.checkpoint = {spec.checkpoint!r} was trained with tokenizer "
-            f"{theirs.model_dump()} ({trained.recipe_file}), but this recipe's [tokenizer] is "
-            f"{tokenizer_spec.model_dump()}"
-        )
 
 
 __all__ = [
-    "check_checkpoint_tokenizer",
+    "check_checkpoint_recipe",
     "dataset",
     "model",
     "tokenizer",

@@ -202,6 +202,30 @@ def test_critic_of_another_shape_is_refused(critic_run, tmp_path):
         run_recipe(_recipe(tmp_path, "verifiable_bad_shape", "verifiable", body), console=False)
 
 
+def test_critic_with_another_value_head_is_refused_naming_the_key(critic_run, tmp_path):
+    """A sigmoid head holds the linear head's tensors: only the trained run's recipe tells them
+    apart. ``wmtp run`` says which key differs, exit 2, no traceback."""
+    import subprocess
+    import sys
+
+    tmp, _ = critic_run
+    critic = _critic(tmp_path, checkpoint=tmp / "runs" / "critic" / "latest")
+    body = _policy() + critic.replace('"linear"', '"sigmoid"') + '[weighting]\nkind = "td"\n'
+    recipe = _recipe(tmp_path, "verifiable_bad_head", "verifiable", body)
+    done = subprocess.run(
+        [sys.executable, "-m", "wmtp.cli", "run", str(recipe)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        timeout=300,
+    )
+    message = " ".join(done.stderr.split())  # rich wraps long lines
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "model.critic.head = {'kind': 'sigmoid'}, but model.critic.checkpoint" in message
+    assert "was trained with head {'kind': 'linear'}" in message
+    assert "Traceback" not in done.stderr
+
+
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("reference")
