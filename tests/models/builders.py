@@ -55,16 +55,16 @@ def meta_state_dict(params: dict, vocab: int) -> dict[str, torch.Tensor]:
 def tiny_hf_llama(**config):
     import transformers
 
-    cfg = transformers.LlamaConfig(
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=48,
-        vocab_size=VOCAB,
-        rms_norm_eps=1e-5,
-        **config,
-    )
+    sizes = {
+        "hidden_size": 32,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 48,
+        "vocab_size": VOCAB,
+        "rms_norm_eps": 1e-5,
+    }
+    cfg = transformers.LlamaConfig(**(sizes | config))
     model = transformers.LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # HF initialises norms to 1; make them matter
         for name, p in model.named_parameters():

@@ -190,9 +190,10 @@ def test_hf_sharded_and_tied_checkpoints(tmp_path):
         torch.testing.assert_close(model(tokens)[:, :, 0], hf(tokens).logits, atol=1e-4, rtol=1e-4)
 
 
-def test_hf_features_wmtp_lacks_are_refused(tmp_path):
-    tiny_hf_llama(attention_bias=True).save_pretrained(tmp_path)
-    with pytest.raises(CheckpointError, match="attention_bias"):
+@pytest.mark.parametrize("flag", ["attention_bias", "mlp_bias"])
+def test_hf_features_wmtp_lacks_are_refused(tmp_path, flag):
+    tiny_hf_llama(**{flag: True}).save_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match=rf"config\.json: .*{flag} = true is not supported"):
         from_pretrained(tmp_path)
 
 
@@ -233,5 +234,13 @@ def test_meta_params_json_says_only_what_meta_reads(tiny_args):
     assert ModelArgs.from_params_json(params) == tiny_args and "ffn_dim" not in params
     odd_width = dataclasses.replace(tiny_args, ffn_dim=100)
     assert ModelArgs.from_params_json(odd_width.to_params_json()) == odd_width
+    llama32 = dataclasses.replace(tiny_args, rope_scaling=RopeScaling(factor=32.0))
+    params = llama32.to_params_json()  # Meta's llama-models keys for the factor
+    assert params["use_scaled_rope"] is True and params["rope_scaling_factor"] == 32.0
+    assert ModelArgs.from_params_json(params) == llama32
     with pytest.raises(ValueError, match="use_scaled_rope"):
-        dataclasses.replace(tiny_args, rope_scaling=RopeScaling(factor=2.0)).to_params_json()
+        dataclasses.replace(
+            tiny_args, rope_scaling=RopeScaling(low_freq_factor=2.0)
+        ).to_params_json()
+    with pytest.raises(ValueError, match="without use_scaled_rope"):
+        ModelArgs.from_params_json({**tiny_args.to_params_json(), "rope_scaling_factor": 32.0})

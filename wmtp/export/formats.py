@@ -3,7 +3,7 @@
 - ``meta``: ``params.json`` + ``consolidated.pth`` in the layout of Meta's multi-token release
   (trunk ``layers[:-1]``, head 1 ``layers[-1]``, heads 2..n ``extra_heads``, one ``norm`` and
   ``output``): the inverse of wmtp's Meta reader. Its ``params.json`` cannot say a value head,
-  adapters, or RoPE scaling other than Llama-3.1's (``use_scaled_rope``).
+  adapters, or RoPE scaling beyond ``use_scaled_rope`` with Meta's factor keys.
 - ``wmtp``: ``model.safetensors`` + ``wmtp_model.json`` (``save_wmtp``; a value model with its
   head), or, with ``--no-merge-lora``, the adapters alone (``lora.safetensors`` + ``lora.json``)
   as a checkpoint over the recipe's base model.

@@ -10,6 +10,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
+META_PARAMS_UNUSED = ("max_batch_size",)
+"""``params.json`` keys of Meta's inference code that do not change the model's computation."""
+META_ROPE_KEYS = {"rope_scaling_factor": "factor", "rope_high_freq_factor": "high_freq_factor"}
+"""``params.json`` keys of Meta's llama-models that set Llama-3 RoPE scaling factors (with
+``use_scaled_rope``), and the :class:`RopeScaling` field each sets."""
+
 
 @dataclass(frozen=True)
 class RopeScaling:
@@ -43,9 +49,15 @@ class ModelArgs:
     n_future_tokens: int = 1
 
     def __post_init__(self) -> None:
-        assert self.n_heads > 0 and self.dim % self.n_heads == 0, (self.dim, self.n_heads)
-        assert self.n_heads % self.kv_heads == 0, (self.n_heads, self.kv_heads)
-        assert 1 <= self.n_future_tokens <= self.n_layers, (self.n_future_tokens, self.n_layers)
+        assert self.n_heads > 0 and self.dim % self.n_heads == 0, (
+            f"n_heads = {self.n_heads} does not divide dim = {self.dim}"
+        )
+        assert self.n_heads % self.kv_heads == 0, (
+            f"n_kv_heads = {self.kv_heads} does not divide n_heads = {self.n_heads}"
+        )
+        assert 1 <= self.n_future_tokens <= self.n_layers, (
+            f"n_future_tokens = {self.n_future_tokens} is not in 1..n_layers = {self.n_layers}"
+        )
 
     @property
     def kv_heads(self) -> int:
@@ -85,33 +97,48 @@ class ModelArgs:
 
     @classmethod
     def from_params_json(cls, params: dict) -> ModelArgs:
-        """Sizes from a Meta ``params.json`` (unknown keys are ignored by the caller's choice).
+        """Sizes from a Meta ``params.json``; a key wmtp cannot honour is a ValueError naming it.
 
-        ``use_scaled_rope: true`` (Llama-3.1) turns on the default Llama-3 scaling;
+        ``use_scaled_rope: true`` (Llama-3.1) turns on Llama-3 scaling, its factors the defaults
+        unless ``rope_scaling_factor`` / ``rope_high_freq_factor`` say otherwise;
         ``vocab_size: -1`` stays ``-1`` (take it from the tokenizer or the embedding).
         """
         known = {f for f in cls.__dataclass_fields__ if f != "rope_scaling"}
+        honoured = {"use_scaled_rope", *META_ROPE_KEYS, *META_PARAMS_UNUSED}
+        unknown = sorted(params.keys() - known - honoured)
+        if unknown:
+            raise ValueError(f"{', '.join(map(repr, unknown))}: not a size wmtp can honour")
+        factors = {field: params[key] for key, field in META_ROPE_KEYS.items() if key in params}
+        if factors and not params.get("use_scaled_rope"):
+            raise ValueError(f"{', '.join(sorted(params.keys() & META_ROPE_KEYS.keys()))} "
+                             "without use_scaled_rope = true: say whether RoPE is scaled")  # fmt: skip
         sizes = {k: v for k, v in params.items() if k in known}
-        scaling = RopeScaling() if params.get("use_scaled_rope") else None
+        scaling = RopeScaling(**factors) if params.get("use_scaled_rope") else None
         return cls(**sizes, rope_scaling=scaling)
 
     def to_params_json(self) -> dict:
         """Meta's ``params.json`` of these sizes (inverse of :meth:`from_params_json`).
 
         ``ffn_dim`` appears only where ``multiple_of`` / ``ffn_dim_multiplier`` do not give it;
-        RoPE scaling only as ``use_scaled_rope`` (Llama-3.1's factors): a ValueError otherwise.
+        RoPE scaling as ``use_scaled_rope`` and, where they are not Llama-3.1's, the factors
+        Meta's keys can say (``META_ROPE_KEYS``): a ValueError for any other change.
         """
-        if self.rope_scaling not in (None, RopeScaling()):
+        scaling = self.rope_scaling
+        sayable = {field: RopeScaling().__dict__[field] for field in META_ROPE_KEYS.values()}
+        if scaling is not None and replace(scaling, **sayable) != RopeScaling():
             raise ValueError(
-                f"RoPE scaling {self.rope_scaling} is not Llama-3.1's: Meta's params.json can "
-                "only say use_scaled_rope = true (factor 8, low 1, high 4, original 8192)"
+                f"RoPE scaling {scaling}: Meta's params.json can say use_scaled_rope = true with "
+                "rope_scaling_factor and rope_high_freq_factor only (low 1, original 8192)"
             )
         params = asdict(self)
         del params["rope_scaling"]
         if replace(self, ffn_dim=None).hidden_dim == self.hidden_dim:
             del params["ffn_dim"]
-        if self.rope_scaling is not None:
+        if scaling is not None:
             params["use_scaled_rope"] = True
+            for key, field in META_ROPE_KEYS.items():
+                if getattr(scaling, field) != sayable[field]:
+                    params[key] = getattr(scaling, field)
         return params
 
 

@@ -1,7 +1,8 @@
 """Checkpoint formats: read Meta, Hugging Face and wmtp weights; write wmtp (and, for tests, all).
 
-* ``meta``: ``params.json`` + ``consolidated.pth`` (or ``consolidated.00.pth``), the layout of
-  Meta's multi-token-prediction release (``layers``, ``extra_heads``, ``n_future_tokens``).
+* ``meta``: ``params.json`` + ``consolidated.pth`` (or ``consolidated.00.pth`` .. ``.NN.pth``, one per
+  model-parallel rank, merged here), the layout of Meta's multi-token-prediction release
+  (``layers``, ``extra_heads``, ``n_future_tokens``).
 * ``hf``: ``config.json`` + ``model.safetensors`` or sharded ``model-*.safetensors`` with an index;
   HF Llama stores q/k rows permuted for its rotate-half RoPE, undone here. Extra heads written
   beside it by ``wmtp export`` (``mtp_heads.json`` + ``mtp_heads.safetensors``) come back as heads.
@@ -29,6 +30,7 @@ from wmtp.models.hf_convert import (
     MTP_HEADS_WEIGHTS,
     args_from_hf_config,
     extra_heads_beside,
+    hf_name,
     hf_to_wmtp,
     hf_weight_files,
     write_hf,
@@ -98,21 +100,83 @@ def read_checkpoint(path: str | Path, format: str = "auto", dtype=None) -> Check
 
 
 def read_meta(path: Path, dtype=None) -> Checkpoint:
-    """Meta's ``params.json`` + ``consolidated.pth`` (one model-parallel shard)."""
+    """Meta's ``params.json`` + ``consolidated.pth``, or one ``consolidated.NN.pth`` per
+    model-parallel rank, merged as Meta's code splits them (:func:`merge_model_parallel`)."""
     params = _read_json(path / "params.json")
-    shards = sorted(p for p in path.glob("*.pth"))
-    if len(shards) != 1:
-        raise CheckpointError(
-            f"checkpoint {path}: {len(shards)} .pth files ({', '.join(p.name for p in shards)}); "
-            "only single-shard (model-parallel 1) Meta checkpoints are supported"
-        )
     args = _args_or_error(lambda: ModelArgs.from_params_json(params), path / "params.json")
-    try:
-        raw = torch.load(shards[0], map_location="cpu", mmap=True, weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"checkpoint {shards[0]}: cannot be read ({exc})") from exc
-    sd = {k: _cast(v, dtype) for k, v in raw.items() if not k.endswith(IGNORED_META_KEYS)}
+    shards = meta_shards(path)
+    parts = [_load_pth(file, dtype) for file in shards]
+    sd = parts[0] if len(parts) == 1 else merge_model_parallel(parts, shards, args.dim)
+    sd = {k: v for k, v in sd.items() if not k.endswith(IGNORED_META_KEYS)}
     return Checkpoint("meta", path, args, sd)
+
+
+def meta_shards(path: Path) -> list[Path]:
+    """The ``.pth`` files of a Meta directory: one (any name), or ``consolidated.00.pth`` ..
+    ``consolidated.{n-1}.pth`` with none missing."""
+    files = sorted(path.glob("*.pth"))
+    names = [f.name for f in files]
+    expected = [f"consolidated.{rank:02d}.pth" for rank in range(len(files))]
+    if len(files) > 1 and names != expected:
+        raise CheckpointError(
+            f"checkpoint {path}: .pth files {', '.join(names)}; a model-parallel checkpoint "
+            f"holds {', '.join(expected)} (one per rank), so one is missing or misnamed"
+        )
+    return files
+
+
+def _load_pth(file: Path, dtype) -> dict[str, torch.Tensor]:
+    try:
+        raw = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {file}: cannot be read ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"checkpoint {file}: holds a {type(raw).__name__}, not a state dict")
+    return {k: _cast(v, dtype) for k, v in raw.items()}
+
+
+META_SPLIT_DIM = {
+    "attention.wq.weight": 0,
+    "attention.wk.weight": 0,
+    "attention.wv.weight": 0,
+    "feed_forward.w1.weight": 0,
+    "feed_forward.w3.weight": 0,
+    "output.weight": 0,
+    "attention.wo.weight": 1,
+    "feed_forward.w2.weight": 1,
+}
+"""Meta's model parallelism: column-parallel linears are split by output rows (dim 0),
+row-parallel ones (``wo``, ``w2``) by input columns (dim 1); other weights (norms) are replicated."""
+
+
+def merge_model_parallel(parts: list[dict], files: list[Path], dim: int) -> dict:
+    """One state dict from Meta's model-parallel shards (rank order), every shard checked."""
+    keys = parts[0].keys()
+    for file, part in zip(files[1:], parts[1:], strict=True):
+        if part.keys() != keys:
+            odd = sorted(part.keys() ^ keys)[:5]
+            raise CheckpointError(f"checkpoint {file}: keys differ from {files[0].name}'s: {odd}")
+    return {key: _merge_key(key, [p[key] for p in parts], files[0].parent, dim) for key in keys}
+
+
+def _merge_key(key: str, tensors: list[torch.Tensor], path: Path, dim: int) -> torch.Tensor:
+    split = _split_dim(key, tensors[0], len(tensors), dim)
+    shapes = [tuple(t.shape) for t in tensors]
+    if split is None and len(set(shapes)) == 1:
+        return tensors[0]
+    if split is not None and len({s[:split] + s[split + 1 :] for s in shapes}) == 1:
+        return torch.cat(tensors, dim=split)
+    how = "replicated" if split is None else f"split along dim {split}"
+    raise CheckpointError(
+        f"checkpoint {path}: {key!r} is {how}, but its shards have shapes {shapes}"
+    )
+
+
+def _split_dim(key: str, first: torch.Tensor, n_shards: int, dim: int) -> int | None:
+    if key == "tok_embeddings.weight":  # Llama 1/2 split the width, Llama 3 the vocabulary
+        return 1 if first.shape[-1] * n_shards == dim else 0
+    layer = key.startswith(("layers.", "extra_heads.")) and key.count(".") >= 2
+    return META_SPLIT_DIM.get(key.split(".", 2)[2] if layer else key)
 
 
 def read_hf(path: Path, dtype=None) -> Checkpoint:
@@ -147,9 +211,12 @@ def _read_json(file: Path) -> dict:
     if not file.is_file():
         raise CheckpointError(f"checkpoint: {file} is missing")
     try:
-        return json.loads(file.read_text())
+        data = json.loads(file.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{file}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{file}: holds a JSON {type(data).__name__}, not an object of sizes")
+    return data
 
 
 def _args_or_error(make, file: Path) -> ModelArgs:
@@ -184,21 +251,29 @@ def _shape(sd: dict, key: str, path: Path) -> tuple[int, ...]:
 # Checking and loading -----------------------------------------------------------------------
 
 
-def check_state_dict(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
+def check_state_dict(
+    model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str, name_of=repr
+) -> None:
     """CheckpointError listing every missing, extra or mis-shaped key (with both shapes)."""
-    check_shapes({k: tuple(v.shape) for k, v in model.state_dict().items()}, sd, source)
+    check_shapes({k: tuple(v.shape) for k, v in model.state_dict().items()}, sd, source, name_of)
 
 
-def check_shapes(expected: dict[str, tuple], sd: dict[str, torch.Tensor], source: str) -> None:
-    """:func:`check_state_dict` against a ``{key: shape}`` table."""
+def check_shapes(
+    expected: dict[str, tuple], sd: dict[str, torch.Tensor], source: str, name_of=repr
+) -> None:
+    """:func:`check_state_dict` against a ``{key: shape}`` table; ``name_of`` shows a key."""
     problems = [
-        f"missing key {k!r} (model expects shape {s})" for k, s in expected.items() if k not in sd
+        f"missing key {name_of(k)} (model expects shape {s})"
+        for k, s in expected.items()
+        if k not in sd
     ]
     problems += [
-        f"unexpected key {k!r} (shape {tuple(v.shape)})" for k, v in sd.items() if k not in expected
+        f"unexpected key {name_of(k)} (shape {tuple(v.shape)})"
+        for k, v in sd.items()
+        if k not in expected
     ]
     problems += [
-        f"key {k!r}: checkpoint has shape {tuple(v.shape)}, model expects {tuple(expected[k])}"
+        f"key {name_of(k)}: checkpoint has shape {tuple(v.shape)}, model expects {tuple(expected[k])}"
         for k, v in sd.items()
         if k in expected and tuple(v.shape) != tuple(expected[k])
     ]
@@ -209,6 +284,10 @@ def check_shapes(expected: dict[str, tuple], sd: dict[str, torch.Tensor], source
             + "\n  ".join(problems[:12])
             + more
         )
+
+
+def _hf_and_wmtp_name(key: str) -> str:
+    return f"{hf_name(key)!r} (wmtp {key!r})"
 
 
 def load_checked(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
@@ -297,7 +376,7 @@ def build_from_checkpoint(
         args, sd = resize_heads(args, sd, n_future_tokens)
     with torch.device("meta"):
         model = LlamaMTP(args, attention=attention)
-    check_state_dict(model, sd, str(ckpt.path))
+    check_state_dict(model, sd, str(ckpt.path), _hf_and_wmtp_name if ckpt.format == "hf" else repr)
     sd = {k: v.to(device=device, dtype=dtype) for k, v in sd.items()}
     model.load_state_dict(sd, strict=True, assign=True)
     return model

@@ -114,11 +114,7 @@ def hf_to_wmtp(hf_sd: dict, args: ModelArgs, config: dict, path: Path) -> dict[s
         if new is None:
             unknown.append(name)
             continue
-        if new.endswith("attention.wq.weight"):
-            tensor = unpermute_qk(tensor, args.n_heads)
-        elif new.endswith("attention.wk.weight"):
-            tensor = unpermute_qk(tensor, args.kv_heads)
-        sd[new] = tensor
+        sd[new] = _meta_rows(new, tensor, args)
     if unknown:
         raise CheckpointError(
             f"checkpoint {path}: unexpected Hugging Face keys {unknown[:5]}"
@@ -131,6 +127,16 @@ def hf_to_wmtp(hf_sd: dict, args: ModelArgs, config: dict, path: Path) -> dict[s
     ):
         sd["output.weight"] = sd["tok_embeddings.weight"].clone()  # wmtp keeps them untied
     return sd
+
+
+def _meta_rows(name: str, tensor: torch.Tensor, args: ModelArgs) -> torch.Tensor:
+    """q/k rows back in Meta's order; a tensor of the wrong shape is left for the shape check,
+    which names it with both shapes."""
+    heads = {"attention.wq.weight": args.n_heads, "attention.wk.weight": args.kv_heads}
+    n_heads = heads.get(name.split(".", 2)[-1])
+    if n_heads is None or tuple(tensor.shape) != (n_heads * args.head_dim, args.dim):
+        return tensor
+    return unpermute_qk(tensor, n_heads)
 
 
 def _wmtp_name(name: str) -> str | None:
@@ -192,10 +198,14 @@ def hf_weight_files(path: Path) -> list[Path]:
     index = path / HF_INDEX
     if index.is_file():
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{index}: not a safetensors index ({exc})") from exc
-        return [path / name for name in sorted(set(weight_map.values()))]
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"{index}: not a safetensors index ({exc!r})") from exc
+        files = [path / name for name in names]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise CheckpointError(f"{index}: names {', '.join(missing)}, which is missing")
+        return files
     return sorted(p for p in path.glob("*.safetensors") if p.name != MTP_HEADS_WEIGHTS)
 
 
