@@ -113,3 +113,38 @@ def test_rejects_response_at_position_zero_and_split_responses():
         td_errors(
             torch.zeros(1, 4), torch.ones(1), torch.tensor([[False, True, False, True]]), gamma=1.0
         )
+
+
+# Two episodes of one batch, gamma = 1 (DESIGN.md "TD errors and GAE"), padding values 5.0 unread.
+# Row 0: prompt V[0] = 0.2; response 1..3 with V = 0.5, 0.4, (0.9 unread); R = 1.
+#   delta = [0.5 - 0.2, 0.4 - 0.5, R - 0.4] = [0.3, -0.1, 0.6]
+# Row 1: prompt V[0..1] = 0.1, 0.3; response 2..3 with V = 0.6, (0.7 unread); R = 0.
+#   delta = [0.6 - 0.3, 0 - 0.6] = [0.3, -0.6]
+_EPISODE_VALUES = [[0.2, 0.5, 0.4, 0.9, 5.0], [0.1, 0.3, 0.6, 0.7, 5.0]]
+_EPISODE_MASK = [[False, True, True, True, False], [False, False, True, True, False]]
+_EPISODE_ADVANTAGES = {
+    0.0: [[0, 0.3, -0.1, 0.6, 0], [0, 0, 0.3, -0.6, 0]],  # A = delta
+    # A[3] = 0.6, A[2] = -0.1 + 0.95 * 0.6 = 0.47, A[1] = 0.3 + 0.95 * 0.47 = 0.7465;
+    # row 1: A[3] = -0.6, A[2] = 0.3 + 0.95 * -0.6 = -0.27
+    0.95: [[0, 0.7465, 0.47, 0.6, 0], [0, 0, -0.27, -0.6, 0]],
+    1.0: [[0, 0.8, 0.5, 0.6, 0], [0, 0, -0.3, -0.6, 0]],  # A[t] = R - V[t-1]
+}
+
+
+@pytest.mark.parametrize("lam", sorted(_EPISODE_ADVANTAGES))
+def test_worked_episodes_with_gamma_one(lam):
+    values, mask = torch.tensor(_EPISODE_VALUES), torch.tensor(_EPISODE_MASK)
+    deltas = td_errors(values, torch.tensor([1.0, 0.0]), mask, gamma=1.0)
+    want_deltas = torch.tensor(_EPISODE_ADVANTAGES[0.0])
+    torch.testing.assert_close(deltas, want_deltas)
+    adv = gae(deltas, mask, gamma=1.0, lam=lam)
+    torch.testing.assert_close(adv, torch.tensor(_EPISODE_ADVANTAGES[lam]))
+
+
+def test_the_reward_enters_at_the_last_response_token_only():
+    values, mask = torch.tensor(_EPISODE_VALUES), torch.tensor(_EPISODE_MASK)
+    low = td_errors(values, torch.tensor([1.0, 0.0]), mask, gamma=1.0)
+    high = td_errors(values, torch.tensor([3.0, 0.5]), mask, gamma=1.0)
+    changed = (high - low) != 0
+    torch.testing.assert_close(changed, last_response_token(mask))
+    torch.testing.assert_close((high - low)[changed], torch.tensor([2.0, 0.5]))

@@ -112,13 +112,23 @@ def lambda_return_targets(
     )
     # Position t-1 takes the advantage of token t: shift the advantages left by one.
     adv_prev_BS = torch.cat([adv_BS[:, 1:], torch.zeros_like(adv_BS[:, :1])], dim=1)
-    before_BS = torch.cat(
-        [response_mask_BS[:, 1:], torch.zeros_like(response_mask_BS[:, :1])], dim=1
-    )
+    before_BS = _before_response_token(response_mask_BS)
     is_last_BS = last_response_token(response_mask_BS)
     targets_BS = torch.where(before_BS, v_BS + adv_prev_BS, torch.zeros_like(v_BS))
     targets_BS = torch.where(is_last_BS, rewards_B.float()[:, None].expand_as(v_BS), targets_BS)
     return targets_BS, before_BS | is_last_BS
+
+
+def _before_response_token(response_mask_BS: torch.Tensor) -> torch.Tensor:
+    """Bool [B, S]: True at t-1 for every response token t (the values TD reads as V[t-1])."""
+    return torch.cat([response_mask_BS[:, 1:], torch.zeros_like(response_mask_BS[:, :1])], dim=1)
+
+
+def lambda_return_positions(response_mask_BS: torch.Tensor) -> int:
+    """How many values have a lambda-return target: one per response token, plus each row's
+    last response token (from the mask alone, so a step's total is known before any forward)."""
+    where_BS = _before_response_token(response_mask_BS) | last_response_token(response_mask_BS)
+    return int(where_BS.sum())
 
 
 def lambda_return_loss(
@@ -129,8 +139,11 @@ def lambda_return_loss(
     gamma: float = 1.0,
     lam: float = 0.95,
     huber_delta: float = 1.0,
+    positions: float | None = None,
 ) -> torch.Tensor:
-    """Huber loss of the values against their lambda-returns, averaged over the target positions.
+    """Huber loss of the values against their lambda-returns, summed over the target positions
+    and divided by ``positions`` (default: this batch's; a step passes its total over every
+    micro-batch and rank, so accumulating micro-batches equals one larger batch).
 
     ``values_BS`` are in the reward's units (after a sigmoid head's sigmoid). A batch without a
     response token gives 0 (with a gradient path, so every rank runs the same backward).
@@ -142,4 +155,5 @@ def lambda_return_loss(
     # or the gradient.
     v_BS = torch.where(where_BS, values_BS.float(), targets_BS)
     per_token_BS = F.huber_loss(v_BS, targets_BS, reduction="none", delta=huber_delta)
-    return per_token_BS.sum() / where_BS.sum().clamp_min(1)
+    denominator = where_BS.sum().clamp_min(1) if positions is None else max(positions, 1.0)
+    return per_token_BS.sum() / denominator

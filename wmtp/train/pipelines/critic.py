@@ -10,11 +10,14 @@ margin on training and held-out pairs, value statistics of both halves.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from wmtp.errors import DataError
 from wmtp.losses.critic import (
     lambda_return_loss,
+    lambda_return_positions,
     mean_response_score,
     pairwise_loss,
 )
@@ -44,13 +47,40 @@ def _stack_pair(pair: dict) -> tuple[torch.Tensor, torch.Tensor, int]:
     return input_ids, mask, chosen["input_ids"].shape[0]
 
 
-def pair_loss(model, pair: dict, loss_spec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+@dataclass(frozen=True)
+class StepTotals:
+    """What a step's losses are divided by: its pairs and its lambda-return target positions,
+    over every micro-batch and rank."""
+
+    pairs: float
+    lambda_positions: float
+
+
+def step_totals(micro_batches: list[dict], device) -> StepTotals:
+    """The step's :class:`StepTotals`, from the labels alone (summed over ranks)."""
+    from wmtp.parallel import all_reduce_sum
+
+    pairs = sum(b["chosen"]["input_ids"].shape[0] for b in micro_batches)
+    positions = sum(lambda_return_positions(_stack_pair(b)[1]) for b in micro_batches)
+    totals = all_reduce_sum(torch.tensor([float(pairs), float(positions)], device=device))
+    return StepTotals(*totals.tolist())
+
+
+def pair_loss(
+    model, pair: dict, loss_spec, *, step: StepTotals | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``(loss, parts)`` of one pair batch; ``loss_spec`` is ``training.critic_loss``.
 
-    ``parts`` holds detached tensors: ``chosen``/``rejected`` mean response scores ``[P]``,
-    ``pairwise`` and ``lambda_return`` losses, and the response values of each half.
+    Alone (``step`` None) the loss is this batch's: the mean pairwise loss plus the weighted mean
+    lambda-return loss. Within a step, this batch's share of the step's loss: the pairwise loss
+    weighted by its share of the step's pairs, the lambda-return errors summed and divided by the
+    step's target positions (so accumulated micro-batches equal one batch of all their pairs).
+    ``parts`` holds detached tensors: ``chosen``/``rejected`` mean response scores ``[P]``, the
+    ``pairwise`` and ``lambda_return`` (mean) losses, ``lambda_positions`` and the response values
+    of each half.
     """
     input_ids, mask, P = _stack_pair(pair)
+    positions = lambda_return_positions(mask)  # before the move: no wait for the device
     device = next(model.parameters()).device
     input_ids, mask = input_ids.to(device), mask.to(device)
     scores = model.scores(input_ids)  # [2P, S] fp32, pre-activation
@@ -58,24 +88,28 @@ def pair_loss(model, pair: dict, loss_spec) -> tuple[torch.Tensor, dict[str, tor
     chosen_P, rejected_P = mean_2P[:P], mean_2P[P:]
     pairwise = pairwise_loss(chosen_P, rejected_P, kind=loss_spec.pairwise, margin=loss_spec.margin)
     values = model.head.activate(scores)
-    loss = pairwise
-    lam_loss = torch.zeros((), device=device)
+    lam_sum = torch.zeros((), device=device)
     if loss_spec.lambda_return_weight > 0:
         rewards = torch.cat([torch.ones(P, device=device), torch.zeros(P, device=device)])
-        lam_loss = lambda_return_loss(
+        lam_sum = lambda_return_loss(
             values,
             rewards,
             mask,
             gamma=LAMBDA_RETURN_GAMMA,
             lam=loss_spec.lam,
             huber_delta=loss_spec.huber_delta,
+            positions=1.0,  # the sum: divided below
         )
-        loss = loss + loss_spec.lambda_return_weight * lam_loss
+    if step is None:
+        step = StepTotals(pairs=float(P), lambda_positions=float(positions))
+    lam_share = lam_sum / max(step.lambda_positions, 1.0)
+    loss = pairwise * (P / step.pairs) + loss_spec.lambda_return_weight * lam_share
     parts = {
         "chosen": chosen_P.detach(),
         "rejected": rejected_P.detach(),
         "pairwise": pairwise.detach(),
-        "lambda_return": lam_loss.detach(),
+        "lambda_return": lam_sum.detach() / max(positions, 1),
+        "lambda_positions": torch.tensor(float(positions)),
         "values_chosen": values[:P][mask[:P]].detach(),
         "values_rejected": values[P:][mask[P:]].detach(),
     }
@@ -88,6 +122,7 @@ _SUMS = (
     "margin",
     "pairwise",
     "lambda_return",
+    "lambda_positions",
     "chosen_n",
     "chosen_sum",
     "chosen_sq",
@@ -107,7 +142,8 @@ def _sums(parts: dict[str, torch.Tensor]) -> torch.Tensor:
         float((gap > 0).sum()),
         float(gap.sum()),
         float(parts["pairwise"]) * n_pairs,
-        float(parts["lambda_return"]) * n_pairs,
+        float(parts["lambda_return"]) * float(parts["lambda_positions"]),
+        float(parts["lambda_positions"]),
         float(vc.numel()),
         float(vc.sum()),
         float((vc * vc).sum()),
@@ -147,7 +183,7 @@ def pair_figures(
         f"{prefix}/pair_accuracy": s["correct_order"] / n,
         f"{prefix}/pair_margin": s["margin"] / n,
         f"{prefix}/loss_pairwise": s["pairwise"] / n,
-        f"{prefix}/loss_lambda_return": s["lambda_return"] / n,
+        f"{prefix}/loss_lambda_return": s["lambda_return"] / max(s["lambda_positions"], 1.0),
         f"{prefix}/pairs": s["pairs"],
     }
     for half in ("chosen", "rejected"):
@@ -227,20 +263,17 @@ class CriticPipeline(Pipeline):
         return pair_batches(trainer, data)
 
     def forward_backward(self, trainer, micro_batches: list[dict]) -> StepOutput:
-        """Mean loss over the step's pairs (all micro-batches and ranks); one backward each."""
+        """The step's loss (all micro-batches and ranks: pairwise mean over its pairs,
+        lambda-return mean over its target positions); one backward per micro-batch."""
         from wmtp.parallel import all_reduce_sum
 
         spec = self.recipe.training.critic_loss
-        n_pairs = [b["chosen"]["input_ids"].shape[0] for b in micro_batches]
-        total_pairs = float(
-            all_reduce_sum(torch.tensor(float(sum(n_pairs)), device=trainer.ctx.device))
-        )
+        totals = step_totals(micro_batches, trainer.ctx.device)
         parts, tokens = [], 0
-        for pair, n in zip(trainer.accumulate(micro_batches), n_pairs, strict=True):
+        for pair in trainer.accumulate(micro_batches):
             with trainer.compute_context():
-                loss, p = pair_loss(trainer.model, pair, spec)
-            # Gradients are summed over ranks: weight each micro-batch by its share of all pairs.
-            (loss * (n / total_pairs)).backward()
+                loss, p = pair_loss(trainer.model, pair, spec, step=totals)
+            loss.backward()  # this micro-batch's share; gradients are summed over ranks
             parts.append(p)
             tokens += int(p["values_chosen"].numel() + p["values_rejected"].numel())
         figures = pair_figures(parts, "train")
