@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import torch
 
-_CEIL_SLACK = 1e-9
-"""Tolerance below an integer before rounding up, so 0.3 * 10 keeps 3 tokens, not 4."""
-
 
 def n_selected(k_percent: float, n_valid: int) -> int:
-    """``ceil(k_percent * n_valid)``, robust to the float error of the product."""
+    """``ceil(k_percent * n_valid)`` computed exactly, ``k_percent`` read as the decimal a recipe
+    writes (its shortest ``repr``): 0.3 of 10 keeps 3 (the float product is 3.0000000000000004),
+    0.60001 of 40001 keeps 24002 (the product is 24001.00001: a fraction of a token rounds up)."""
     assert 0.0 < k_percent <= 1.0, f"k_percent must be in (0, 1], got {k_percent}"
-    return min(n_valid, math.ceil(k_percent * n_valid - _CEIL_SLACK * max(n_valid, 1)))
+    return math.ceil(Fraction(repr(k_percent)) * n_valid)
 
 
 def rho1_mask(excess: torch.Tensor, mask: torch.Tensor, *, k_percent: float) -> torch.Tensor:
