@@ -127,8 +127,10 @@ def trained_model(
 def check_checkpoint_recipe(role: str, spec: Any, recipe: Any) -> None:
     """A wmtp ``checkpoint`` carries the recipe that trained it. What changes the weights'
     meaning without changing their shapes must agree with this recipe: the ``[tokenizer]``
-    (another gives the same ids other meanings) and a value model's ``head`` (a ``linear`` and a
-    ``sigmoid`` head hold the same tensors, on other scales). A CheckpointError if not."""
+    (another gives the same ids other meanings), a value model's ``head`` (a ``linear`` and a
+    ``sigmoid`` head hold the same tensors, on other scales) and, for LoRA adapters, the base
+    they add to and their ``lora`` settings (alpha and rank scale them). A CheckpointError if
+    not."""
     if not spec.checkpoint:
         return
     from wmtp.models.locate import find_trained_weights
@@ -142,16 +144,45 @@ def check_checkpoint_recipe(role: str, spec: Any, recipe: Any) -> None:
             f"({trained.recipe_file}), but this recipe's [tokenizer] is "
             f"{recipe.tokenizer.model_dump()}"
         )
-    their_spec = getattr(theirs.model, role, None)
-    if hasattr(spec, "head") and hasattr(their_spec, "head"):
-        from wmtp.models.value import head_config
-
-        ours, trained_head = head_config(spec.head), head_config(their_spec.head)
-        if ours != trained_head:
+    their_spec = _trained_section(theirs, role)
+    settings = [("head", _head)] if hasattr(spec, "head") else []
+    if trained.kind == "lora":
+        settings += [("path", _resolved_path), ("format", _plain), ("lora", _adapter_scale)]
+    for field, shown in settings:
+        ours, before = shown(getattr(spec, field)), shown(getattr(their_spec, field, None))
+        if their_spec is not None and ours != before:
             raise CheckpointError(
-                f"model.{role}.head = {ours}, but {where} was trained with head "
-                f"{trained_head} ({trained.recipe_file}): set model.{role}.head to match"
+                f"model.{role}.{field} = {ours!r}, but {where} was trained with {field} = "
+                f"{before!r} ({trained.recipe_file}): set model.{role}.{field} to match"
             )
+
+
+def _trained_section(theirs: Any, role: str) -> Any:
+    """The ``[model.*]`` section of the recipe that trained a checkpoint: the role its
+    pipeline trains (a rho1 ``reference`` was ref_tuning's ``policy``), else ``role``."""
+    from wmtp.pipelines import pipeline_info
+
+    trains = pipeline_info(theirs.experiment.pipeline).trains
+    return getattr(theirs.model, trains or role, None)
+
+
+def _head(head: Any) -> Any:
+    from wmtp.models.value import head_config
+
+    return None if head is None else head_config(head)
+
+
+def _resolved_path(path: Any) -> str | None:
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
+def _plain(value: Any) -> Any:
+    return value
+
+
+def _adapter_scale(lora: Any) -> Any:
+    """What scales LoRA adapters (dropout, a training-time setting, aside)."""
+    return None if lora is None else lora.model_dump(exclude={"dropout"})
 
 
 def _trained_recipe(role: str, spec: Any, trained: Any) -> Any:

@@ -222,7 +222,7 @@ def test_critic_with_another_value_head_is_refused_naming_the_key(critic_run, tm
     message = " ".join(done.stderr.split())  # rich wraps long lines
     assert done.returncode == 2, done.stderr[-2000:]
     assert "model.critic.head = {'kind': 'sigmoid'}, but model.critic.checkpoint" in message
-    assert "was trained with head {'kind': 'linear'}" in message
+    assert "was trained with head = {'kind': 'linear'}" in message
     assert "Traceback" not in done.stderr
 
 
