@@ -234,13 +234,20 @@ def test_meta_params_json_says_only_what_meta_reads(tiny_args):
     assert ModelArgs.from_params_json(params) == tiny_args and "ffn_dim" not in params
     odd_width = dataclasses.replace(tiny_args, ffn_dim=100)
     assert ModelArgs.from_params_json(odd_width.to_params_json()) == odd_width
-    llama32 = dataclasses.replace(tiny_args, rope_scaling=RopeScaling(factor=32.0))
-    params = llama32.to_params_json()  # Meta's llama-models keys for the factor
-    assert params["use_scaled_rope"] is True and params["rope_scaling_factor"] == 32.0
-    assert ModelArgs.from_params_json(params) == llama32
     with pytest.raises(ValueError, match="use_scaled_rope"):
-        dataclasses.replace(
-            tiny_args, rope_scaling=RopeScaling(low_freq_factor=2.0)
-        ).to_params_json()
-    with pytest.raises(ValueError, match="without use_scaled_rope"):
-        ModelArgs.from_params_json({**tiny_args.to_params_json(), "rope_scaling_factor": 32.0})
+        dataclasses.replace(tiny_args, rope_scaling=RopeScaling(factor=32.0)).to_params_json()
+
+
+@pytest.mark.parametrize("key", ["rope_scaling_factor", "rope_high_freq_factor"])
+def test_llama4_rope_factor_keys_are_refused_not_read_as_llama3s(tiny_args, key):
+    """Meta's Llama-3 code fixes ``use_scaled_rope``'s factors (8, 1, 4, 8192) and ignores these
+    keys; Llama 4's code reads them, with defaults 16 and 1 when absent. Neither agrees with
+    reading them over Llama-3's defaults, so wmtp refuses them, and never writes them."""
+    from wmtp.models.args import RopeScaling
+
+    params = {**tiny_args.to_params_json(), "use_scaled_rope": True, key: 32.0}
+    with pytest.raises(ValueError, match=rf"'{key}': not a size wmtp can honour"):
+        ModelArgs.from_params_json(params)
+    del params[key]
+    llama3_constants = RopeScaling(8.0, 1.0, 4.0, 8192)  # llama-models' apply_scaling
+    assert ModelArgs.from_params_json(params).rope_scaling == llama3_constants

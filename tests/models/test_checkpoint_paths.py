@@ -272,7 +272,7 @@ def test_a_recipe_asking_more_heads_than_a_checkpoint_says_so_and_copies_head_1(
     sd = meta_weights(LLAMA2_PARAMS)
     with caplog.at_level("INFO", logger="wmtp.models.checkpoint"):
         model = build(write_meta(tmp_path, LLAMA2_PARAMS, sd), n_future_tokens=4)
-    assert "2 heads -> 4 (any new head copies head 1)" in caplog.text
+    assert "checkpoint: 2 heads, 4 asked: heads 3..4 start as copies of head 1" in caplog.text
     assert model.n_heads == 4 and model.args.n_layers == 6
     with torch.no_grad():
         logits = model(torch.randint(0, VOCAB, (1, 9)))
@@ -343,8 +343,12 @@ def test_a_shard_missing_from_the_index_is_named(tmp_path):
     [
         ({"quantization_args": {}}, "'quantization_args': not a size wmtp can honour"),
         ({"n_future_tokens": 9}, "n_future_tokens = 9 is not in 1..n_layers = 4"),
+        (  # Llama 4's key: Meta's Llama-3 code fixes use_scaled_rope's factor at 8
+            {"use_scaled_rope": True, "rope_scaling_factor": 32.0},
+            "'rope_scaling_factor': not a size wmtp can honour",
+        ),
     ],
-    ids=["unknown_key", "too_many_heads"],
+    ids=["unknown_key", "too_many_heads", "llama4_rope_factor"],
 )
 def test_a_params_json_it_cannot_honour_is_refused(tmp_path, params, why):
     write_meta(tmp_path, dict(LLAMA2_PARAMS, **params), meta_weights(LLAMA2_PARAMS))

@@ -12,9 +12,6 @@ from dataclasses import asdict, dataclass, replace
 
 META_PARAMS_UNUSED = ("max_batch_size",)
 """``params.json`` keys of Meta's inference code that do not change the model's computation."""
-META_ROPE_KEYS = {"rope_scaling_factor": "factor", "rope_high_freq_factor": "high_freq_factor"}
-"""``params.json`` keys of Meta's llama-models that set Llama-3 RoPE scaling factors (with
-``use_scaled_rope``), and the :class:`RopeScaling` field each sets."""
 
 
 @dataclass(frozen=True)
@@ -99,46 +96,36 @@ class ModelArgs:
     def from_params_json(cls, params: dict) -> ModelArgs:
         """Sizes from a Meta ``params.json``; a key wmtp cannot honour is a ValueError naming it.
 
-        ``use_scaled_rope: true`` (Llama-3.1) turns on Llama-3 scaling, its factors the defaults
-        unless ``rope_scaling_factor`` / ``rope_high_freq_factor`` say otherwise;
+        ``use_scaled_rope: true`` means what Meta's Llama-3 code (llama-models ``apply_scaling``)
+        computes: factor 8, low 1, high 4, original 8192, fixed there (:class:`RopeScaling`'s
+        defaults); Llama 4's ``rope_scaling_factor`` / ``rope_high_freq_factor`` are refused.
         ``vocab_size: -1`` stays ``-1`` (take it from the tokenizer or the embedding).
         """
         known = {f for f in cls.__dataclass_fields__ if f != "rope_scaling"}
-        honoured = {"use_scaled_rope", *META_ROPE_KEYS, *META_PARAMS_UNUSED}
-        unknown = sorted(params.keys() - known - honoured)
+        unknown = sorted(params.keys() - known - {"use_scaled_rope", *META_PARAMS_UNUSED})
         if unknown:
             raise ValueError(f"{', '.join(map(repr, unknown))}: not a size wmtp can honour")
-        factors = {field: params[key] for key, field in META_ROPE_KEYS.items() if key in params}
-        if factors and not params.get("use_scaled_rope"):
-            raise ValueError(f"{', '.join(sorted(params.keys() & META_ROPE_KEYS.keys()))} "
-                             "without use_scaled_rope = true: say whether RoPE is scaled")  # fmt: skip
         sizes = {k: v for k, v in params.items() if k in known}
-        scaling = RopeScaling(**factors) if params.get("use_scaled_rope") else None
+        scaling = RopeScaling() if params.get("use_scaled_rope") else None
         return cls(**sizes, rope_scaling=scaling)
 
     def to_params_json(self) -> dict:
         """Meta's ``params.json`` of these sizes (inverse of :meth:`from_params_json`).
 
         ``ffn_dim`` appears only where ``multiple_of`` / ``ffn_dim_multiplier`` do not give it;
-        RoPE scaling as ``use_scaled_rope`` and, where they are not Llama-3.1's, the factors
-        Meta's keys can say (``META_ROPE_KEYS``): a ValueError for any other change.
+        RoPE scaling only as ``use_scaled_rope`` (Llama-3.1's factors): a ValueError otherwise.
         """
-        scaling = self.rope_scaling
-        sayable = {field: RopeScaling().__dict__[field] for field in META_ROPE_KEYS.values()}
-        if scaling is not None and replace(scaling, **sayable) != RopeScaling():
+        if self.rope_scaling not in (None, RopeScaling()):
             raise ValueError(
-                f"RoPE scaling {scaling}: Meta's params.json can say use_scaled_rope = true with "
-                "rope_scaling_factor and rope_high_freq_factor only (low 1, original 8192)"
+                f"RoPE scaling {self.rope_scaling} is not Llama-3.1's: Meta's params.json can "
+                "only say use_scaled_rope = true (factor 8, low 1, high 4, original 8192)"
             )
         params = asdict(self)
         del params["rope_scaling"]
         if replace(self, ffn_dim=None).hidden_dim == self.hidden_dim:
             del params["ffn_dim"]
-        if scaling is not None:
+        if self.rope_scaling is not None:
             params["use_scaled_rope"] = True
-            for key, field in META_ROPE_KEYS.items():
-                if getattr(scaling, field) != sayable[field]:
-                    params[key] = getattr(scaling, field)
         return params
 
 

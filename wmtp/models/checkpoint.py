@@ -108,7 +108,24 @@ def read_meta(path: Path, dtype=None) -> Checkpoint:
     parts = [_load_pth(file, dtype) for file in shards]
     sd = parts[0] if len(parts) == 1 else merge_model_parallel(parts, shards, args.dim)
     sd = {k: v for k, v in sd.items() if not k.endswith(IGNORED_META_KEYS)}
+    _check_meta_heads(params, sd, path / "params.json")
     return Checkpoint("meta", path, args, sd)
+
+
+def _check_meta_heads(params: dict, sd: dict, params_file: Path) -> None:
+    """``params.json``'s ``n_future_tokens`` against the ``extra_heads`` the weights hold."""
+    held = 1 + _extra_heads_held(sd)
+    if held != params.get("n_future_tokens", 1):
+        said = (
+            f"n_future_tokens = {params['n_future_tokens']}"
+            if "n_future_tokens" in params
+            else "no n_future_tokens (one head)"
+        )
+        found = f"extra_heads.0..{held - 2}" if held > 1 else "no extra_heads"
+        raise CheckpointError(
+            f"{params_file}: {said}, but the weights hold {found}, the layout of "
+            f"n_future_tokens = {held}: set it in params.json"
+        )
 
 
 def meta_shards(path: Path) -> list[Path]:
@@ -222,8 +239,10 @@ def _read_json(file: Path) -> dict:
 def _args_or_error(make, file: Path) -> ModelArgs:
     try:
         return make()
-    except (AssertionError, TypeError, KeyError, ValueError) as exc:
-        raise CheckpointError(f"{file}: sizes do not describe a valid model ({exc})") from exc
+    except KeyError as exc:
+        raise CheckpointError(f"{file}: {exc} is missing") from exc
+    except (AssertionError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{file}: {exc}") from exc
 
 
 def _load_safetensors(file: Path, dtype) -> dict[str, torch.Tensor]:
@@ -328,14 +347,16 @@ def load_trained(model: torch.nn.Module, trained: TrainedWeights) -> None:
 
 def heads_in(weights: Path) -> int:
     """Prediction heads of a wmtp weights file (full or LoRA): 1 + its ``extra_heads`` layers."""
-    import re
-
     from safetensors import safe_open
 
     with safe_open(str(weights), framework="pt") as f:
-        keys = list(f.keys())
-    extra = {int(m.group(1)) for k in keys if (m := re.match(r"extra_heads\.(\d+)\.", k))}
-    return 1 + (max(extra) + 1 if extra else 0)
+        return 1 + _extra_heads_held(f.keys())
+
+
+def _extra_heads_held(keys) -> int:
+    """How many ``extra_heads.{j}.`` layers these state-dict keys hold (the largest j, plus 1)."""
+    indices = [key.split(".")[1] for key in keys if key.startswith("extra_heads.")]
+    return 1 + max((int(j) for j in indices if j.isdigit()), default=-1)
 
 
 def resize_heads(args: ModelArgs, sd: dict, n_future_tokens: int) -> tuple[ModelArgs, dict]:
@@ -348,9 +369,16 @@ def resize_heads(args: ModelArgs, sd: dict, n_future_tokens: int) -> tuple[Model
     for j in range(old - 1, n_future_tokens - 1):
         for key in [k for k in sd if k.startswith(head1)]:
             sd[f"extra_heads.{j}." + key[len(head1) :]] = sd[key].clone()
-    log.info("checkpoint: %d heads -> %d (any new head copies head 1)", old, n_future_tokens)
+    log.info("checkpoint: %s", _heads_change(old, n_future_tokens))
     n_layers = args.n_layers - old + n_future_tokens
     return replace(args, n_layers=n_layers, n_future_tokens=n_future_tokens), sd
+
+
+def _heads_change(held: int, asked: int) -> str:
+    said = f"{held} head{'s' * (held != 1)}, {asked} asked"
+    if asked > held:
+        return f"{said}: heads {held + 1}..{asked} start as copies of head 1"
+    return f"{said}: heads {asked + 1}..{held} are left out"
 
 
 def _is_extra_head(key: str, keep: int) -> bool:

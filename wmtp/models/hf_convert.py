@@ -47,13 +47,7 @@ HF_INDEX = "model.safetensors.index.json"
 def args_from_hf_config(config: dict) -> ModelArgs:
     """ModelArgs from a Llama ``config.json`` (older ``rope_theta``/``rope_scaling`` or v5
     ``rope_parameters``); features wmtp does not implement are refused, not ignored."""
-    if config.get("model_type", "llama") != "llama":
-        raise ValueError(f"model_type {config.get('model_type')!r} is not 'llama'")
-    for flag in ("attention_bias", "mlp_bias"):
-        if config.get(flag):
-            raise ValueError(f"{flag} = true is not supported")
-    if config.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"hidden_act {config['hidden_act']!r} is not 'silu'")
+    _refuse_what_wmtp_lacks(config)
     dim, n_heads = config["hidden_size"], config["num_attention_heads"]
     head_dim = config.get("head_dim") or dim // n_heads
     if head_dim != dim // n_heads:
@@ -73,6 +67,19 @@ def args_from_hf_config(config: dict) -> ModelArgs:
         max_seq_len=config.get("max_position_embeddings", 4096),
         n_future_tokens=1,
     )
+
+
+def _refuse_what_wmtp_lacks(config: dict) -> None:
+    """A ValueError naming the first config value whose computation LlamaMTP does not have."""
+    if config.get("model_type", "llama") != "llama":
+        raise ValueError(f"model_type {config.get('model_type')!r} is not 'llama'")
+    for flag in ("attention_bias", "mlp_bias"):
+        if config.get(flag):
+            raise ValueError(f"{flag} = true is not supported")
+    if config.get("attention_dropout"):  # transformers drops attention weights while training
+        raise ValueError(f"attention_dropout = {config['attention_dropout']} is not supported")
+    if config.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"hidden_act {config['hidden_act']!r} is not 'silu'")
 
 
 def _rope_scaling(rope: dict) -> RopeScaling | None:
