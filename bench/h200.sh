@@ -11,6 +11,14 @@
 #   full1b_compile  HF + torch.compile at the 1B shape (its own process: compiled graphs)
 #   full1b_mtp4     wmtp with four heads at the best micro-batch of one head (the FLOP floor)
 #   lora7b_compile  HF + PEFT + torch.compile at the LoRA shape
+#   lora7b_no_checkpointing  HF + PEFT without gradient checkpointing, plain and with Liger, then
+#                   compiled (Hugging Face checkpoints every layer or none: the recipe's one block
+#                   in 11 has no like setting there, so each peer is measured both ways and its
+#                   best counts) at micro-batches LORA_MB (default 1, 2, 4, 8)
+#   lora7b_same_call  wmtp (four heads, then one at four heads' best micro-batch) and HF + PEFT +
+#                   compile, both without activation checkpointing, at LORA_MB (default 1,2,4),
+#                   then the recipe as written (micro-batch 1, 32 a step): one call, so that the
+#                   LoRA ratios compare figures of one machine (STEP_PEERS=$OUT/h200.json)
 #   lora7b_best     the LoRA recipe as written (blocks compiled on CUDA) with four heads and one,
 #                   and HF + PEFT + Liger, at micro-batches LORA_MB (default 4,8)
 #   lora7b_variants the LoRA recipe's step at micro-batch 4 as written and with one setting
@@ -83,6 +91,22 @@ stage_full1b_mtp4() {
 stage_lora7b_compile() {
   step lora7b_compile 240 "${PEERS[@]}" --shape lora7b --sides hf-peft+compile \
     ${LORA_MB:+--micro-batches $LORA_MB}
+}
+stage_lora7b_no_checkpointing() {
+  step lora7b_no_checkpointing 300 "${PEERS[@]}" --shape lora7b \
+    --sides hf-peft+no-checkpointing,hf-peft+liger+no-checkpointing ${LORA_MB:+--micro-batches $LORA_MB}
+  step lora7b_compile_no_checkpointing 240 "${PEERS[@]}" --shape lora7b \
+    --sides hf-peft+compile+no-checkpointing ${LORA_MB:+--micro-batches $LORA_MB}
+}
+stage_lora7b_same_call() {  # wmtp and the fastest LoRA peer, each at its best setting, in one
+  # call: the peer compiled without checkpointing, wmtp the same, then the recipe as written
+  step lora7b_same_call_peer 240 "${PEERS[@]}" --shape lora7b \
+    --sides hf-peft+compile+no-checkpointing --micro-batches ${LORA_MB:-1,2,4}
+  step lora7b_same_call_wmtp 180 "${PEERS[@]}" --shape lora7b \
+    --sides wmtp-4heads+no-checkpointing --micro-batches ${LORA_MB:-1,2,4}
+  step lora7b_same_call_ntp 80 "${PEERS[@]}" --shape lora7b \
+    --sides wmtp-1head+no-checkpointing --micro-batches best:wmtp-4heads+no-checkpointing
+  budget_steps 3 "${WITHIN[1]}"  # the recipe as written: micro-batch 1, 32 a step, 1 block in 11
 }
 stage_lora7b_best() {  # the recipe as written (compiled on CUDA) and the fastest peers
   step lora7b_best 300 "${PEERS[@]}" --shape lora7b \
@@ -228,7 +252,7 @@ stage_float8_loss() {  # the same run (seed, data, order) in bf16 and in float8
   float8_run float8 true
 }
 
-[ $# -eq 0 ] && set -- lora7b full1b full1b_compile full1b_mtp4 lora7b_compile
+[ $# -eq 0 ] && set -- lora7b full1b full1b_compile full1b_mtp4 lora7b_compile lora7b_no_checkpointing
 run_stages "$@"
 python3 bench/summarise_h200.py --results "$OUT" --script "bash bench/h200.sh $*" \
   2>&1 | tee "$LOG_DIR/summary.log"

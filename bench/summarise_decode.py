@@ -52,6 +52,24 @@ def ratio_of(one_b: dict, kind: str) -> float | None:
     return fused / unfused if fused and unfused else None
 
 
+FIGURE_SOURCES = {
+    "plain_tokens_per_s": "decode_1b.json (as_loaded.plain)",
+    "bandwidth_fraction": "decode_1b.json (bandwidth: measured on CUDA only)",
+    "speculative_speedup_agreeing": "decode_1b.json (agreeing_heads: --agreeing-heads)",
+    "speculative_speedup_trained": "decode_trained.json (as_loaded.speculative)",
+    "batch20_ratio_vs_hf": "decode_1b_peers.json or decode_1b.json (peers at --batch 20, "
+    "a Hugging Face side measured)",
+    "humaneval_n20_generation_s": "humaneval_n20/humaneval/summary.json (wall_s.generate)",
+}
+"""Issue 21's figures and the file (and entry) each is read from."""
+
+
+def with_reasons(summary: dict) -> dict:
+    """``summary`` with ``not_measured``: for each null figure of :data:`FIGURE_SOURCES`, why."""
+    missing = {k: f"not measured: nothing in {src}" for k, src in FIGURE_SOURCES.items()}
+    return summary | {"not_measured": {k: why for k, why in missing.items() if summary[k] is None}}
+
+
 def summarise(folder: Path) -> dict:
     one_b, sampled = load(folder, "decode_1b.json"), load(folder, "decode_1b_sampled.json")
     seven_b, trained = load(folder, "decode_7b.json"), load(folder, "decode_trained.json")
@@ -204,7 +222,7 @@ def main() -> None:
     parser.add_argument("--script", default="", help="the command that produced the results")
     args = parser.parse_args()
     out = args.out or args.results
-    summary = summarise(args.results) | {"script": args.script}
+    summary = with_reasons(summarise(args.results)) | {"script": args.script}
     out.mkdir(parents=True, exist_ok=True)
     (out / "h200_decode.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "h200_decode.md").write_text(markdown(summary))

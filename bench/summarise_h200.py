@@ -191,6 +191,49 @@ def not_run(results: dict) -> dict[str, str]:
     return out
 
 
+PEERS = "a peer"
+FIGURE_SIDES = {
+    "best_peer": ("full1b", PEERS),
+    "ratio_vs_best_peer": ("full1b", "wmtp-1head", PEERS),
+    "mfu_ntp": ("full1b", "wmtp-1head"),
+    "mtp4_step_time_over_flop_floor": ("full1b", "wmtp-1head", "wmtp-4heads"),
+    "mtp4_peak_memory_ratio_vs_ntp": ("full1b", "wmtp-1head", "wmtp-4heads"),
+    "lora7b_best_peer": ("lora7b", PEERS),
+    "lora7b_ratio_vs_best_peer": ("lora7b", "wmtp-4heads", PEERS),
+    "lora7b_peak_memory_ratio_vs_peer": ("lora7b", "wmtp-4heads", PEERS),
+}
+"""Issue 20's figures from the peers' rows: the shape and the sides each needs measured."""
+
+
+def why_missing(shapes: dict, shape: str, sides: tuple[str, ...]) -> str:
+    """Why a figure of ``shape`` needing ``sides`` is null: no results file, the sides with no
+    measured row (with their error rows' reasons), else no micro-batch both sides measured."""
+    if shape not in shapes:
+        return f"not measured: no {shape}.json (`wmtp bench peers --shape {shape}`)"
+    results = shapes[shape]
+    unmeasured = not_run(results)
+    peers = [s for s in results["sides"] if not s.startswith("wmtp-")]
+    missing = []
+    for side in sides:
+        if side == PEERS and all(p in unmeasured for p in peers):
+            missing += [f"{p} ({unmeasured[p]})" for p in peers]
+        elif side in unmeasured:
+            missing.append(f"{side} ({unmeasured[side]})")
+    if missing:
+        return f"not measured: no measured row of {'; '.join(missing)} in {shape}.json"
+    return f"not measured: no micro-batch measured by both {' and '.join(sides)} in {shape}.json"
+
+
+def with_reasons(summary: dict, shapes: dict) -> dict:
+    """Every figure of :data:`FIGURE_SIDES` present: its value, or null and, in
+    ``not_measured``, why."""
+    for key, (shape, *sides) in FIGURE_SIDES.items():
+        if summary.get(key) is None:
+            summary[key] = None
+            summary["not_measured"][key] = why_missing(shapes, shape, tuple(sides))
+    return summary
+
+
 RUN_WARMUP_STEPS = 5
 """Steps of a timed `wmtp run` left out (compilation, allocator warm-up), as bench step's warm-up."""
 
@@ -407,6 +450,7 @@ def summarise(folder: Path) -> dict:
         summary["run_vs_bench_step"] = timed["ratio"]
         summary["run_vs_bench_step_detail"] = timed
         del summary["not_measured"]["run_vs_bench_step"]
+    with_reasons(summary, shapes)
     summary["unmeasured_sides"] = {shape: not_run(r) for shape, r in shapes.items()}
     summary["shapes"] = {
         shape: {k: r[k] for k in ("description", "seq_len", "model", "lora", "sides", "commands")}

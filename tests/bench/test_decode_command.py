@@ -199,6 +199,9 @@ def test_the_decode_summariser_reads_every_figure_it_finds(tmp_path):
     agreeing = figures["agreeing_heads"]["speculative"]["speedup"]
     assert summary["speculative_speedup_agreeing_7b"] == agreeing
     assert summary["speculative_speedup_trained"] is None  # no trained model's file
+    assert "decode_trained.json" in summary["not_measured"]["speculative_speedup_trained"]
+    assert "humaneval_n20" in summary["not_measured"]["humaneval_n20_generation_s"]
+    assert "batch20_ratio_vs_hf" not in summary["not_measured"]
     plain, unfused = (
         figures[k]["plain"]["tokens_per_s"] for k in ("as_loaded", "as_loaded_unfused")
     )

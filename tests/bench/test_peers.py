@@ -253,7 +253,7 @@ def test_the_summariser_finds_every_figure_in_a_results_folder(tmp_path, monkeyp
     ):
         assert summary[key] > 0, key
     assert summary["best_peer"].startswith("hf at micro-batch")
-    assert summary["lora7b_best_peer"].startswith("hf-peft at micro-batch")
+    assert summary["lora7b_best_peer"].startswith(("hf-peft at", "hf-peft+no-checkpointing at"))
     assert summary["lora7b_peak_memory_ratio_vs_peer"] == GIB["wmtp"] / GIB["peer"]
     assert summary["mtp4_peak_memory_ratio_vs_ntp"] == 1.0
     assert summary["float8_ratio_vs_bf16"] is None and summary["run_vs_bench_step"] is None
@@ -264,6 +264,7 @@ def test_the_summariser_finds_every_figure_in_a_results_folder(tmp_path, monkeyp
         ("wmtp-4heads", 1),
         ("wmtp-4heads", 2),
         ("hf-peft", 2),
+        ("hf-peft+no-checkpointing", 2),
     }
     md = (tmp_path / "h200.md").read_text()
     for text in ("MFU = tokens/s", "max_memory_allocated", "wmtp bench peers --shape lora7b"):
@@ -470,6 +471,23 @@ def test_a_compile_side_is_not_measured_twice_where_the_recipe_already_compiles(
     assert row["error"] == (
         "not measured: the recipe as written compiles its blocks here: the side wmtp-4heads"
     )
+
+
+def test_wmtp_is_measured_without_checkpointing_as_the_peers_are(tmp_path):
+    """The peers' no-checkpointing sides have a wmtp side of the same setting: the recipe with
+    parallel.activation_checkpointing = false (the recipe as written recomputes one block in 11),
+    and its best row is wmtp's best setting beside the recipe as written."""
+    results = peers.run_shape(
+        "lora7b", tmp_path, sides=["wmtp-4heads", "wmtp-4heads+no-checkpointing"],
+        micro_batches=[1], warmup=0, repeats=1, overrides=TINY["lora7b"], log=lambda line: None,
+    )  # fmt: skip
+    written, without = results["rows"]
+    assert written["error"] is None and without["error"] is None
+    assert written["config"]["activation_checkpointing"] == 11
+    assert without["config"]["activation_checkpointing"] is False
+    rows = [written, without | {"tokens_per_s": written["tokens_per_s"] + 1}]
+    summarise = summarise_module()
+    assert summarise.best_setting(rows, "wmtp-4heads")["side"] == "wmtp-4heads+no-checkpointing"
 
 
 def test_the_step_summariser_reads_its_figures_from_the_stages_files(tmp_path):

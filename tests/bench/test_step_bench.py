@@ -109,3 +109,19 @@ def test_step_bench_under_two_gloo_ranks_counts_both_ranks_tokens(tmp_path):
     assert result["world_size"] == 2 and result["config"]["one_backward"]
     median_s = result["step"]["median_ms"] / 1e3
     assert result["tokens_per_s"] == pytest.approx(2 * 2 * 2 * 32 / median_s)
+
+
+def test_each_document_of_a_packed_synthetic_row_masks_its_own_eighth_as_prompt():
+    """A packed row holds several documents; each masks 1/8 of its own tokens, as an unpacked
+    row does of its tokens (not 1/8 of the row: half of each document at four a row)."""
+    from wmtp.bench.step import DOCUMENTS_PER_ROW, PROMPT_FRACTION, SyntheticBatches
+    from wmtp.data.examples import IGNORE_INDEX
+
+    for packing in (False, True):
+        recipe = tiny("data.max_length=256", f"data.packing={str(packing).lower()}")
+        batches = SyntheticBatches(recipe, vocab_size=259, n_heads=2, rank=0)
+        for batch in batches.next_step():
+            labels_BS = batch["labels"]
+            documents = DOCUMENTS_PER_ROW if packing else 1
+            masked_per_document = (labels_BS == IGNORE_INDEX).sum(dim=1) / documents
+            assert masked_per_document.tolist() == [256 / documents / PROMPT_FRACTION] * 2

@@ -155,7 +155,7 @@ def peer_figures(
             out[name] = {"not_measured": side}
             continue
         try:
-            figures = _side_figures(side, device, new_tokens, batch, sampling)
+            figures = _side_figures(side, device, len(prompt), batch, sampling)
         except Exception as exc:  # a peer setting this transformers cannot run: said, not fatal
             if name == "wmtp":
                 raise
@@ -174,18 +174,27 @@ TIMED_CALLS = 3
 """Timed calls per side and batch after the warm-up: the figure is their median."""
 
 
-def _side_figures(side, device, new_tokens: int, batch: int, sampling: Sampling) -> dict:
+def _side_figures(side, device, prompt_len: int, batch: int, sampling: Sampling) -> dict:
     """tokens/s of one side at batch 1 (greedy) and ``batch`` rows (``sampling``): the median
     of ``TIMED_CALLS`` calls after one warm-up call (cache allocation, compilation, CUDA graph
-    capture), and their range."""
+    capture), and their range; the tokens counted are those each call made
+    (:func:`new_tokens_of`), never the number asked for, and recorded (``<label>_new_tokens``)."""
     figures = {}
     for label, rows, drawn in (("batch1", 1, Sampling()), (f"batch{batch}", batch, sampling)):
         call = side(rows, drawn)
         call()
-        figures |= rates(
-            label, rows * new_tokens, wall_seconds_repeated(device, call, TIMED_CALLS)[1]
-        )
+        out, seconds = wall_seconds_repeated(device, call, TIMED_CALLS)
+        made = new_tokens_of(out, prompt_len)
+        figures |= rates(label, made, seconds) | {f"{label}_new_tokens": made}
     return figures
+
+
+def new_tokens_of(output, prompt_len: int) -> int:
+    """The tokens one call generated, prompts left out: wmtp's completions, or Hugging Face
+    ``generate``'s ``[rows, prompt + new]`` ids (no row stops early: no end-of-sequence)."""
+    if isinstance(output, torch.Tensor):
+        return output.shape[0] * (output.shape[1] - prompt_len)
+    return sum(len(completion.tokens) for completion in output)
 
 
 def rates(label: str, tokens: int, seconds: list[float]) -> dict:
@@ -247,4 +256,11 @@ def kept_static_cache_call(
     return call
 
 
-__all__ = ["bandwidth_figures", "copy_bandwidth", "peer_figures", "rates", "weight_bytes_per_step"]
+__all__ = [
+    "bandwidth_figures",
+    "copy_bandwidth",
+    "new_tokens_of",
+    "peer_figures",
+    "rates",
+    "weight_bytes_per_step",
+]

@@ -3,11 +3,13 @@
 Full fine-tuning: ``LlamaForCausalLM`` (sdpa attention) with fp32 parameters under bf16
 autocast. LoRA: the same model with frozen bf16 weights and PEFT adapters (``peft.LoraConfig``
 with the recipe's rank, alpha, dropout and targets; fp32 adapters, as PEFT makes them) under bf16
-autocast, with gradient checkpointing (non-reentrant) where the recipe checkpoints activations.
-Both: fused AdamW over what trains, gradients clipped at 1.0 (Hugging Face Trainer's
-``max_grad_norm``, the recipes' ``grad_clip``), the loss from ``labels``. Speed-ups, each its
-own peer: ``torch.compile`` of the whole model (as the Trainer's ``torch_compile``), the batch
-dimension marked dynamic so that one compile serves every micro-batch; Liger kernels
+autocast, with gradient checkpointing of every layer (non-reentrant) or none
+(``PeerConfig.gradient_checkpointing``; ``wmtp.bench.peers`` measures both). Both: fused AdamW
+over what trains, gradients clipped at 1.0 (Hugging Face Trainer's ``max_grad_norm``, the
+recipes' ``grad_clip``), the loss from ``labels``: the targets wmtp's synthetic rows train (each
+row's prompt masked, :func:`synthetic_batch`), so both sides train the same task. Speed-ups,
+each its own peer: ``torch.compile`` of the whole model (as the Trainer's ``torch_compile``),
+the batch dimension marked dynamic so that one compile serves every micro-batch; Liger kernels
 (``liger_kernel.transformers.apply_liger_kernel_to_llama``: RoPE, RMSNorm, SwiGLU, fused
 linear cross-entropy). transformers, peft and liger-kernel are dev/bench dependencies only.
 """
@@ -15,13 +17,13 @@ linear cross-entropy). transformers, peft and liger-kernel are dev/bench depende
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from wmtp.bench.sweep import Row, measured_row
+from wmtp.bench.sweep import OUT_OF_MEMORY, Row, measured_row, sweep
 from wmtp.bench.timing import (
     Timing,
     device_peak_tflops,
@@ -65,8 +67,9 @@ class Peer:
     config: PeerConfig
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    step: Callable[[torch.Tensor], int]
-    """One optimizer step on a ``[batch, seq]`` batch of token ids; returns the tokens read."""
+    step: Callable[[torch.Tensor, torch.Tensor], int]
+    """One optimizer step on ``[batch, seq]`` token ids and their labels (``-100``: not a
+    target); returns the tokens read."""
 
 
 def liger_unavailable(device: torch.device) -> str | None:
@@ -162,9 +165,9 @@ def build_peer(args: ModelArgs, config: PeerConfig, device: torch.device) -> Pee
     )
     forward = torch.compile(model) if config.compile else model
 
-    def step(tokens: torch.Tensor) -> int:
+    def step(tokens: torch.Tensor, labels: torch.Tensor) -> int:
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = forward(input_ids=tokens, labels=tokens).loss
+            loss = forward(input_ids=tokens, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
         optimizer.step()
@@ -216,14 +219,18 @@ def measure(
     repeats: int,
     device: torch.device,
 ) -> Row:
-    """Time the peer's step on random ``[micro_batch, seq_len]`` tokens; its row. Peak memory is
-    the absolute peak since this micro-batch began (the model and optimizer built before)."""
-    tokens = torch.randint(0, args.vocab_size, (micro_batch, seq_len), device=device)
+    """Time the peer's step on random ``[micro_batch, seq_len]`` tokens (:func:`synthetic_batch`);
+    its row. Peak memory is the absolute peak since this micro-batch began (the model and
+    optimizer built before)."""
+    tokens, labels = synthetic_batch(args.vocab_size, micro_batch, seq_len, device)
     if peer.config.compile:
-        torch._dynamo.maybe_mark_dynamic(tokens, 0)
+        for tensor in (tokens, labels):
+            torch._dynamo.maybe_mark_dynamic(tensor, 0)
     counted: list[int] = []
     reset_peak_memory(device)
-    timing = time_call(lambda: counted.append(peer.step(tokens)), warmup=warmup, repeats=repeats)
+    timing = time_call(
+        lambda: counted.append(peer.step(tokens, labels)), warmup=warmup, repeats=repeats
+    )
     return measured_row(
         peer.config.name,
         micro_batch,
@@ -241,18 +248,39 @@ def measure(
     )
 
 
+def synthetic_batch(
+    vocab_size: int, rows: int, seq_len: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(tokens_BS, labels_BS)``: random tokens, and as labels the same tokens with each row's
+    prompt masked as wmtp's synthetic rows mask it (one head's: the peers have one)."""
+    from wmtp.bench.step import prompt_tokens
+    from wmtp.data.examples import IGNORE_INDEX
+
+    tokens_BS = torch.randint(0, vocab_size, (rows, seq_len), device=device)
+    labels_BS = tokens_BS.clone()
+    labels_BS[:, : prompt_tokens(seq_len, n_heads=1)] = IGNORE_INDEX
+    return tokens_BS, labels_BS
+
+
 @dataclass(frozen=True)
 class PeerResult:
     name: str
+    micro_batch: int
     tokens_per_s: float
     mfu: float
     peak_tflops: float
     peak_memory_gib: float
     step: Timing
 
+    @classmethod
+    def of_row(cls, row: Row) -> PeerResult:
+        keys = ("tokens_per_s", "mfu", "peak_tflops", "peak_memory_gib")
+        return cls(row["side"], row["micro_batch"], *(row[k] for k in keys), Timing(**row["step"]))
+
     def to_dict(self) -> dict:
         return {
             "name": self.name,
+            "micro_batch": self.micro_batch,
             "tokens_per_s": self.tokens_per_s,
             "mfu": self.mfu,
             "peak_tflops": self.peak_tflops,
@@ -264,28 +292,36 @@ class PeerResult:
 def bench_hf(
     args: ModelArgs,
     *,
-    batch: int,
+    batches: Sequence[int],
     seq_len: int,
     compile: bool,
     attn_implementation: str = "sdpa",
     warmup: int = 5,
     repeats: int = 20,
-) -> PeerResult:
-    """Tokens/s, MFU and peak memory of one full fine-tuning peer at one micro-batch (CUDA)."""
+) -> list[PeerResult]:
+    """Tokens/s, MFU and peak memory of one full fine-tuning peer (CUDA), built once, at each
+    micro-batch of ``batches``, smallest first, up to the first that runs out of memory
+    (:func:`wmtp.bench.sweep.sweep`); the measured ones. Any other failure is raised."""
     device = torch.device("cuda")
     name = f"hf-{attn_implementation}{'+compile' if compile else ''}"
     config = PeerConfig(name, compile=compile, attn_implementation=attn_implementation)
     peer = build_peer(args, config, device)
-    row = measure(
-        peer,
-        args,
-        micro_batch=batch,
-        seq_len=seq_len,
-        warmup=warmup,
-        repeats=repeats,
-        device=device,
-    )
-    timing = Timing(**row["step"])
-    return PeerResult(
-        name, row["tokens_per_s"], row["mfu"], row["peak_tflops"], row["peak_memory_gib"], timing
-    )
+
+    def at(micro_batch: int) -> Row:
+        return measure(
+            peer,
+            args,
+            micro_batch=micro_batch,
+            seq_len=seq_len,
+            warmup=warmup,
+            repeats=repeats,
+            device=device,
+        )
+
+    rows = sweep(name, at, batches)
+    failed = [r for r in rows if r["error"] and not r["error"].startswith(OUT_OF_MEMORY)]
+    if failed:
+        raise RuntimeError(
+            f"{name} at micro-batch {failed[0]['micro_batch']}: {failed[0]['error']}"
+        )
+    return [PeerResult.of_row(row) for row in rows if row["error"] is None]

@@ -8,7 +8,10 @@ checkpointing, bf16, seq 2048; wmtp also with ``parallel.compile = true``) with 
 The sides (:data:`SIDES`): wmtp's trainer through ``wmtp bench step``'s :func:`bench_step`, with
 one head and with four (at ``full1b`` also one head with ``parallel.float8``); the Hugging Face
 peers of :mod:`wmtp.bench.hf_peer` (plain, compiled, with Liger kernels; PEFT LoRA for
-``lora7b``), built as the recipe's model with one head.
+``lora7b``, each with gradient checkpointing and without: Hugging Face checkpoints every layer
+or none, so a recipe that recomputes one block in k has no like setting, and the peer's best is
+whichever is faster), built as the recipe's model with one head. A side is a name and its
+settings, ``+``-separated (:func:`settings`).
 Each side is swept over micro-batches until one runs out of memory (:mod:`wmtp.bench.sweep`).
 
 One MFU formula for every side (:data:`MFU_FORMULA`) and one memory measure
@@ -41,7 +44,8 @@ MFU_FORMULA = (
     "GPUs), the same function (wmtp.models.args.mfu) for every side: 6 FLOPs per weight per token "
     "(2 forward, 2 input gradients, 2 weight gradients), 4 for frozen weights under LoRA (no "
     "weight gradients; the adapters' own FLOPs are not counted), plus causal attention; every head "
-    "counts its unembedding; recomputation (activation checkpointing) is never counted; the peak "
+    "counts its unembedding at every position (wmtp computes it only at the targets it trains, "
+    "the peers at every position); recomputation (activation checkpointing) is never counted; the peak "
     "is the datasheet's dense bf16 figure (wmtp.models.args.BF16_PEAK_TFLOPS)"
 )
 MEMORY_MEASURE = (
@@ -95,14 +99,33 @@ SIDES = {
         "wmtp-4heads+compile": "wmtp's trainer, four heads, parallel.compile = true (what the "
         'recipe as written, compile = "auto", does on CUDA)',
         "wmtp-1head+compile": "wmtp's trainer, one head, parallel.compile = true",
+        "wmtp-4heads+no-checkpointing": "wmtp's trainer, four heads, "
+        "parallel.activation_checkpointing = false (the setting of the peers' no-checkpointing "
+        "sides; blocks compiled as the recipe says)",
+        "wmtp-1head+no-checkpointing": "wmtp's trainer, one head, no activation checkpointing",
         "hf-peft": "transformers + PEFT LoRA (the recipe's r, alpha, dropout, targets), bf16 "
         "frozen weights, gradient checkpointing",
         "hf-peft+compile": "the same under torch.compile (whole model)",
         "hf-peft+liger": "the same with Liger kernels (RoPE, RMSNorm, SwiGLU, fused linear CE)",
+        "hf-peft+no-checkpointing": "hf-peft without gradient checkpointing (Hugging Face's "
+        "default): nothing recomputed, more memory",
+        "hf-peft+compile+no-checkpointing": "hf-peft+compile without gradient checkpointing",
+        "hf-peft+liger+no-checkpointing": "hf-peft+liger without gradient checkpointing",
     },
 }
 
-WMTP_SETTINGS = {"+compile": "parallel.compile=true", "+float8": "parallel.float8=true"}
+
+def settings(side: str) -> set[str]:
+    """A side's settings: the words after its name (``hf-peft+compile+no-checkpointing``:
+    ``{"compile", "no-checkpointing"}``)."""
+    return set(side.split("+")[1:])
+
+
+WMTP_SETTINGS = {
+    "compile": "parallel.compile=true",
+    "float8": "parallel.float8=true",
+    "no-checkpointing": "parallel.activation_checkpointing=false",
+}
 """The ``--set`` of a wmtp side's setting (``wmtp-4heads+compile``), on top of the shape's recipe."""
 
 
@@ -139,13 +162,18 @@ def peer_args(recipe):
 
 
 def peer_config(shape: str, side: str, recipe) -> hf_peer.PeerConfig:
+    """How ``side`` trains: LoRA at ``lora7b``, gradient checkpointing (every layer) where the
+    recipe checkpoints any block and the side does not say ``no-checkpointing``."""
     lora = recipe.model.policy.lora if shape == "lora7b" else None
+    wanted = settings(side)
+    recipe_recomputes = bool(recipe.parallel.activation_checkpointing)  # True, or every k-th
+    recomputes = lora is not None and recipe_recomputes and "no-checkpointing" not in wanted
     return hf_peer.PeerConfig(
         side,
         lora=lora,
-        gradient_checkpointing=lora is not None and recipe.parallel.activation_checkpointing,
-        compile=side.endswith("+compile"),
-        liger=side.endswith("+liger"),
+        gradient_checkpointing=recomputes,
+        compile="compile" in wanted,
+        liger="liger" in wanted,
     )
 
 
@@ -204,7 +232,7 @@ class _PeerSide:
 
 def ordered(sides: Sequence[str]) -> list[str]:
     """``sides`` in the order given, the Liger peers last (their patch cannot be undone)."""
-    return sorted(sides, key=lambda side: side.endswith("+liger"))
+    return sorted(sides, key=lambda side: "liger" in settings(side))
 
 
 def run_shape(
@@ -257,7 +285,7 @@ def run_shape(
             continue
         sweep(side, measure, sizes, on_row=on_row)
         del measure
-        if side.endswith("+compile"):  # the compiled graphs hold the model's weights
+        if "compile" in settings(side):  # the compiled graphs hold the model's weights
             torch._dynamo.reset()
         free_memory()
     return results
@@ -285,14 +313,14 @@ class _Sides:
         as_written = side.removesuffix("+compile")
         if side.startswith("wmtp-") and side != as_written and self._compiles():
             return f"the recipe as written compiles its blocks here: the side {as_written}"
-        if side.endswith("+compile") and self.device.type != "cuda":
+        if "compile" in settings(side) and self.device.type != "cuda":
             return "torch.compile sides are measured on CUDA only (the CPU runs are tests)"
-        if side.endswith("+float8") and (why := float8.why_not(self.device)):
+        if "float8" in settings(side) and (why := float8.why_not(self.device)):
             return f"parallel.float8 {why}"
         if side.startswith("wmtp-"):
             heads = 1 if side.startswith("wmtp-1head") else 4
-            settings = [s for suffix, s in WMTP_SETTINGS.items() if side.endswith(suffix)]
-            overrides = [*settings, *self.overrides]
+            sets = [s for setting, s in WMTP_SETTINGS.items() if setting in settings(side)]
+            overrides = [*sets, *self.overrides]
 
             def recipe_at(b: int):
                 return shape_recipe(self.shape, heads=heads, micro_batch=b, overrides=overrides)

@@ -35,6 +35,13 @@ PROMPT_FRACTION = 8
 DOCUMENTS_PER_ROW = 4
 
 
+def prompt_tokens(example_length: int, n_heads: int) -> int:
+    """The masked prompt of a synthetic example of ``example_length`` tokens (a packed row's
+    document, not the row): its first 1/:data:`PROMPT_FRACTION`, at least one token per head.
+    The Hugging Face peers mask the same prompt (``wmtp.bench.hf_peer.measure``)."""
+    return max(example_length // PROMPT_FRACTION, n_heads)
+
+
 @dataclass(frozen=True)
 class StepResult:
     label: str
@@ -65,8 +72,7 @@ class SyntheticBatches:
     """A trainer's batch source of random tokens in the recipe's shapes (see the module doc)."""
 
     def __init__(self, recipe: Any, *, vocab_size: int, n_heads: int, rank: int, seed: int = 0):
-        self.recipe, self.vocab_size = recipe, vocab_size
-        self.prompt = max(recipe.data.max_length // PROMPT_FRACTION, n_heads)
+        self.recipe, self.vocab_size, self.n_heads = recipe, vocab_size, n_heads
         self.generator = torch.Generator().manual_seed(seed + rank)
 
     def steps_per_epoch(self) -> float:
@@ -84,7 +90,8 @@ class SyntheticBatches:
 
     def _example(self, length: int, correct: bool = True) -> Encoded:
         ids = torch.randint(3, self.vocab_size, (length,), generator=self.generator).tolist()
-        labels = [IGNORE_INDEX] * self.prompt + ids[self.prompt :]
+        prompt = prompt_tokens(length, self.n_heads)
+        labels = [IGNORE_INDEX] * prompt + ids[prompt:]
         return Encoded(ids, labels, problem_id="synthetic", is_correct=correct)
 
     def _micro_batch(self, rows: int) -> dict:

@@ -19,6 +19,8 @@ from wmtp.bench.timing import Timing
 from wmtp.models.args import mfu
 
 Row = dict
+OUT_OF_MEMORY = "out of memory"
+"""How a row's ``error`` begins when its micro-batch ran out of memory."""
 MEASURED = (
     "tokens_per_step",
     "tokens_per_s",
@@ -74,7 +76,7 @@ def describe(exc: BaseException) -> str:
     """One line naming a failure: ``out of memory`` for an allocation failure."""
     first = (str(exc).strip().splitlines() or [""])[0][:300]
     if is_out_of_memory(exc):
-        return f"out of memory ({first})"
+        return f"{OUT_OF_MEMORY} ({first})"
     return f"{type(exc).__name__}: {first}"
 
 

@@ -18,6 +18,9 @@ class Timing:
     min_ms: float
     max_ms: float
     repeats: int
+    warmup_s: float | None = None
+    """Seconds of the warm-up calls before them (compilation, autotuning, CUDA graph capture,
+    the allocator's first growth): left out of the figures, reported beside them."""
 
     def to_dict(self) -> dict:
         return {
@@ -25,6 +28,7 @@ class Timing:
             "min_ms": self.min_ms,
             "max_ms": self.max_ms,
             "repeats": self.repeats,
+            "warmup_s": self.warmup_s,
         }
 
 
@@ -42,16 +46,16 @@ def static_compile_shapes() -> None:
 def time_call(
     fn: Callable[[], object], *, warmup: int = 3, repeats: int = 10, queued: bool = False
 ) -> Timing:
-    """Time ``fn`` after ``warmup`` calls: CUDA events on a GPU, a host clock on the CPU.
+    """Time ``fn`` after ``warmup`` calls: CUDA events on a GPU, a host clock on the CPU. The
+    warm-up's own seconds (the device waited for) are ``Timing.warmup_s``.
 
     ``queued``: on a GPU, launch every repeat back to back (an event pair around each) and wait
     once at the end, as Triton's ``do_bench`` does, so the GPU never idles between repeats
     (idle gaps let its clock move, which shifts whichever kernel runs next). Otherwise each
     repeat waits for the GPU, so the time includes the launch from an idle queue.
     """
-    for _ in range(warmup):
-        fn()
-    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    warmup_s = _warm_up(fn, warmup)
+    cuda = _cuda_in_use()
     if cuda and queued:
         events = [
             (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
@@ -63,7 +67,7 @@ def time_call(
             end.record()
         torch.cuda.synchronize()
         samples = [start.elapsed_time(end) for start, end in events]
-        return Timing(statistics.median(samples), min(samples), max(samples), repeats)
+        return Timing(statistics.median(samples), min(samples), max(samples), repeats, warmup_s)
     samples = []
     for _ in range(repeats):
         if cuda:
@@ -77,7 +81,21 @@ def time_call(
             t0 = time.perf_counter()
             fn()
             samples.append((time.perf_counter() - t0) * 1e3)
-    return Timing(statistics.median(samples), min(samples), max(samples), repeats)
+    return Timing(statistics.median(samples), min(samples), max(samples), repeats, warmup_s)
+
+
+def _cuda_in_use() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
+
+
+def _warm_up(fn: Callable[[], object], calls: int) -> float:
+    """Seconds of ``calls`` calls of ``fn``, the device waited for after them."""
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    if _cuda_in_use():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 def wall_seconds(device: torch.device, call: Callable[[], object]) -> tuple[object, float]:

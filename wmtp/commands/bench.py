@@ -106,8 +106,11 @@ def peer(
     args = lookup(flavour)
     configs = [("sdpa", False), ("eager", False)] + ([("sdpa", True)] if compile else [])
     results = [
-        bench_hf(args, batch=batch, seq_len=seq_len, compile=c, attn_implementation=attn)
+        result
         for attn, c in configs
+        for result in bench_hf(
+            args, batches=[batch], seq_len=seq_len, compile=c, attn_implementation=attn
+        )
     ]
     out.mkdir(parents=True, exist_ok=True)
     (out / "peer.json").write_text(json.dumps([r.to_dict() for r in results], indent=2))
@@ -144,8 +147,10 @@ def peers(
         typer.Option(
             help="Comma-separated sides (default all): full1b wmtp-1head, wmtp-4heads, "
             "wmtp-1head+float8, hf, hf+compile, hf+liger; lora7b wmtp-4heads, wmtp-1head, "
-            "wmtp-4heads+compile, wmtp-1head+compile, hf-peft, hf-peft+compile, hf-peft+liger. "
-            "Liger peers run last."
+            "wmtp-4heads+compile, wmtp-1head+compile, wmtp-4heads+no-checkpointing, "
+            "wmtp-1head+no-checkpointing, hf-peft, hf-peft+compile, hf-peft+liger, "
+            "hf-peft+no-checkpointing, hf-peft+compile+no-checkpointing, "
+            "hf-peft+liger+no-checkpointing. Liger peers run last."
         ),
     ] = None,
     set_: SetOption = None,
@@ -160,9 +165,9 @@ def peers(
     """wmtp against the Hugging Face peers at one shape, every side swept over micro-batches.
 
     Each side (wmtp's trainer with one and four heads; transformers plain, compiled, with Liger
-    kernels; PEFT LoRA at the LoRA shape) runs each micro-batch until one runs out of memory;
-    a side that cannot run here is a row saying why. One MFU formula and one memory measure
-    for all. Rows go to OUT/SHAPE.json as they are measured (`bench/summarise_h200.py` reads
+    kernels; PEFT LoRA at the LoRA shape, with gradient checkpointing and without) runs each
+    micro-batch until one runs out of memory; a side that cannot run here is a row saying why.
+    One MFU formula and one memory measure for all. Rows go to OUT/SHAPE.json as they are measured (`bench/summarise_h200.py` reads
     them); --set changes the shape's wmtp recipe, which every side takes its shape from."""
     from wmtp.bench.peers import SIDES, best_micro_batch, run_shape
     from wmtp.parallel import teardown

@@ -169,8 +169,9 @@ def speculative_peer_figures(
             )  # fmt: skip
 
         call()  # warm-up: step states, compilation, CUDA graph capture
-        (_, row_stats), seconds = wall_seconds_repeated(device, call, decode_peers.TIMED_CALLS)
-        figures |= decode_peers.rates(label, rows * new_tokens, seconds)
+        (made, row_stats), seconds = wall_seconds_repeated(device, call, decode_peers.TIMED_CALLS)
+        # the tokens the rows made (a row stops at the model's context), as the peers count
+        figures |= decode_peers.rates(label, decode_peers.new_tokens_of(made, len(prompt)), seconds)
         tokens_per_s = figures[f"{label}_tokens_per_s"]
         figures[f"{label}_ratio_vs_wmtp"] = round(tokens_per_s / plain[f"{label}_tokens_per_s"], 3)
     total = SpeculativeStats.of_batch(row_stats)
