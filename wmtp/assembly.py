@@ -138,7 +138,7 @@ def check_checkpoint_recipe(role: str, spec: Any, recipe: Any) -> None:
     trained = find_trained_weights(spec.checkpoint)
     theirs = _trained_recipe(role, spec, trained)
     where = f"model.{role}.checkpoint = {spec.checkpoint!r}"
-    if theirs.tokenizer != recipe.tokenizer:
+    if not same_tokenizer(theirs.tokenizer, recipe.tokenizer):
         raise CheckpointError(
             f"{where} was trained with tokenizer {theirs.tokenizer.model_dump()} "
             f"({trained.recipe_file}), but this recipe's [tokenizer] is "
@@ -155,6 +155,25 @@ def check_checkpoint_recipe(role: str, spec: Any, recipe: Any) -> None:
                 f"model.{role}.{field} = {ours!r}, but {where} was trained with {field} = "
                 f"{before!r} ({trained.recipe_file}): set model.{role}.{field} to match"
             )
+
+
+def same_tokenizer(theirs: Any, ours: Any) -> bool:
+    """Whether two ``[tokenizer]`` sections give the same ids: the same section, or the same kind
+    reading files of the same bytes (the tokenizer's ``identity``: an export's copy of the
+    ``tokenizer.model`` it was trained with, a run moved to another folder). A file that cannot
+    be read is no match."""
+    if theirs == ours:
+        return True
+    if theirs.kind != ours.kind:
+        return False
+    from wmtp.data.tokenizers import load_tokenizer
+    from wmtp.errors import DataError
+
+    try:
+        identities = {load_tokenizer(t.kind, t.path).identity for t in (theirs, ours)}
+    except (OSError, DataError):
+        return False
+    return len(identities) == 1
 
 
 def _trained_section(theirs: Any, role: str) -> Any:
@@ -195,8 +214,11 @@ def _trained_recipe(role: str, spec: Any, trained: Any) -> Any:
             f"({trained.directory}), so its tokenizer cannot be checked (wmtp writes one with "
             "every checkpoint)"
         )
+    from wmtp.export.source import own_tokenizer_overrides
+
     try:
-        return load_recipe(trained.recipe_file).recipe
+        own = own_tokenizer_overrides(trained.recipe_file)  # a moved export: its own tokenizer
+        return load_recipe(trained.recipe_file, own).recipe
     except RecipeError as exc:
         raise CheckpointError(
             f"{trained.recipe_file}: the checkpoint's recipe does not load: {exc}"

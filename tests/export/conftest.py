@@ -1,5 +1,6 @@
 """Real runs the export tests share, each trained once per session on the CPU (tiny recipe, a
-few steps): full weights, LoRA over a wmtp base, a critic, and two ranks under FSDP2 (gloo)."""
+few steps): full weights, LoRA over a wmtp base, scaled RoPE, a critic, and two ranks under FSDP2
+(gloo)."""
 
 from __future__ import annotations
 
@@ -35,9 +36,18 @@ def lora_base(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def lora_run(tmp_path_factory, lora_base) -> Path:
-    lora = "model.policy.lora={rank = 4, alpha = 16.0}"
+    lora = "model.policy.lora={rank = 4, alpha = 16.0, dropout = 0.1}"  # scale 4, dropout on
     root = tmp_path_factory.mktemp("lora")
     return train(root, TINY, f"model.policy.path='{lora_base}'", lora, "training.lr=1e-2")
+
+
+@pytest.fixture(scope="session")
+def rope_run(tmp_path_factory) -> Path:
+    """RoPE theta 50,000 with Llama-3 scaling whose original context (64) the prompts pass."""
+    scaling = "{factor = 4.0, low_freq_factor = 1.0, high_freq_factor = 4.0, "
+    scaling += "original_max_position_embeddings = 64}"
+    rope = ("model.policy.rope_theta=50000.0", f"model.policy.rope_scaling={scaling}")
+    return train(tmp_path_factory.mktemp("rope"), TINY, *rope)
 
 
 @pytest.fixture(scope="session")

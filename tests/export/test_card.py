@@ -77,3 +77,52 @@ def test_an_export_of_an_export_keeps_its_provenance_and_eval(tiny_run, tmp_path
         assert (second / name).read_text() == (first / name).read_text(), name
     assert (second / "training_recipe.toml").read_text() == (tiny_run / "recipe.toml").read_text()
     assert "| humaneval | 12.5% |" in (second / "README.md").read_text()
+
+
+def test_a_model_wmtp_did_not_train_is_not_said_to_be_trained(tmp_path):
+    """A model directory with only its tokenizer beside it: the recipe made to read it is an
+    evaluation, which trains nothing, so the card claims no training by wmtp."""
+    from tests.export.test_tokenizers import model_dir
+    from wmtp.export.tokenizer_files import byte_level_tokenizer
+
+    source = model_dir(tmp_path / "base", 259)
+    byte_level_tokenizer().save(str(source / "tokenizer.json"))
+    result = export(source, "--to", "hf", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "trained with wmtp" not in card and "the resolved recipe that trained it" not in card
+    assert f"exported by wmtp from `{source}`, which wmtp did not train" in card
+
+
+def test_an_earlier_checkpoint_with_one_head_in_bf16_is_described_as_written(tmp_path):
+    """The printed summary and the card name the step, dtype, heads and size of what the folder
+    holds, read back from the files; the weights are that step's."""
+    import torch
+    from safetensors.torch import load_file
+
+    from tests.export.export_helpers import logits, train, wmtp_model
+    from tests.train.train_helpers import TINY
+
+    run = train(tmp_path, TINY, "training.checkpoint_every=1", "training.keep_last=3")
+    step_2, out = run / "checkpoints" / "step-2", tmp_path / "out"
+    result = export(step_2, "--to", "hf", "--out", out, "--heads", "1", "--dtype", "bfloat16")
+    assert result.exit_code == 0, result.output
+    assert "(step 2) ->" in result.flat and "(hf, bfloat16, 1 head)" in result.flat
+    weights = load_file(out / "model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.bfloat16}
+    card = (out / "README.md").read_text()
+    size = sum(t.numel() for t in weights.values())
+    assert "its next-token head (of the 2 it trained)" in card
+    assert f"bfloat16, {size:,} parameters" in card and f"run {run.name}, step 2" in card
+    config = json.loads((out / "config.json").read_text())
+    sizes = f"vocabulary {config['vocab_size']}, context {config['max_position_embeddings']})"
+    assert sizes in card  # the context: params.json of --to meta leaves it to Meta's loader
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    tokens = sum(int(r["tokens"]) for r in records if r.get("step") in (1, 2) and "tokens" in r)
+    assert f"- steps: 2\n- input tokens: {tokens:,}\n" in card
+    exported = logits(wmtp_model(out))  # bf16 weights, computed in the recipe's float32
+
+    def rounded(path):
+        return logits(wmtp_model(path).to(torch.bfloat16).float())[:, :, :1]
+
+    assert torch.equal(exported, rounded(step_2)) and not torch.equal(exported, rounded(run))

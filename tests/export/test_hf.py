@@ -72,11 +72,11 @@ def test_the_byte_tokenizer_export_gives_wmtps_ids(hf_export):
 
     from wmtp.data.tokenizers import ByteTokenizer
 
-    text = "def f(x):\n    return x  # héllo, 世界 🙂\n"
     tokenizer = AutoTokenizer.from_pretrained(hf_export)
-    wmtp_ids = ByteTokenizer().encode(text, bos=True)
-    assert tokenizer(text)["input_ids"] == wmtp_ids
-    assert tokenizer.decode(wmtp_ids, skip_special_tokens=True) == text
+    for text in ("def f(x):\n    return x  # héllo, 世界 🙂\n", "s = '<s>a</s><pad>'  # html"):
+        wmtp_ids = ByteTokenizer().encode(text, bos=True)  # special names in text are bytes
+        assert tokenizer(text)["input_ids"] == wmtp_ids, text
+        assert tokenizer.decode(wmtp_ids, skip_special_tokens=True) == text
     assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (
         256,
         257,

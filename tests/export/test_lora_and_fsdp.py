@@ -75,3 +75,23 @@ def test_the_sharded_state_alone_consolidates_without_a_process_group(fsdp_run, 
         assert result.exit_code == 0, result.output
         assert torch.equal(logits(wmtp_model(tmp_path / to)), logits(wmtp_model(fsdp_run)))
     assert not (step / "model.safetensors").exists()  # the source is left as it was
+
+
+def test_adapters_merged_for_a_narrower_dtype_are_rounded_once(lora_run, tmp_path):
+    """An fp32 LoRA run exported in bf16: each weight is ``W + (alpha / r) B A`` computed from
+    the trained fp32 tensors, then rounded to bf16 once (not W and the adapters rounded first)."""
+    from safetensors.torch import load_file
+
+    from wmtp.models.lora import fold_lora
+
+    merged = wmtp_model(lora_run, fold_adapters=False)
+    assert {p.dtype for p in merged.parameters()} == {torch.float32}
+    fold_lora(merged)
+    for to, weights in (("wmtp", "model.safetensors"), ("meta", "consolidated.pth")):
+        out = tmp_path / to
+        assert export(lora_run, "--to", to, "--out", out, "--dtype", "bfloat16").exit_code == 0
+        file = out / weights
+        written = load_file(file) if to == "wmtp" else torch.load(file, weights_only=True)
+        for name, tensor in merged.state_dict().items():
+            assert written[name].dtype == torch.bfloat16, (to, name)
+            assert torch.equal(written[name], tensor.to(torch.bfloat16)), (to, name)

@@ -86,7 +86,7 @@ def test_sentencepiece_exports_as_a_llama_tokenizer(sentencepiece_model, tmp_pat
     assert result.exit_code == 0, result.output
     ours = SentencePieceTokenizer(sentencepiece_model / "tokenizer.model")
     theirs = AutoTokenizer.from_pretrained(out)
-    for text in [*CODE, "x = {'a': [1, 2, 3]}  # ünïcode\n"]:
+    for text in [*CODE, "x = {'a': [1, 2, 3]}  # ünïcode\n", "html = '<s>x</s>'\n"]:
         assert theirs(text)["input_ids"] == ours.encode(text, bos=True), text
         assert theirs.decode(ours.encode(text), skip_special_tokens=True) == text
     assert (out / "tokenizer.model").read_bytes() == (

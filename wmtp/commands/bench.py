@@ -311,7 +311,13 @@ def decode(
         bool, typer.Option(help="Also rig the heads to agree: the speed-up's upper bound.")
     ] = False,
     prompts: Annotated[int, typer.Option(help="Prompts to average over.")] = 5,
-    new_tokens: Annotated[int, typer.Option(help="Tokens decoded per prompt.")] = 256,
+    new_tokens: Annotated[
+        int,
+        typer.Option(
+            help="Tokens decoded per prompt (a prompt longer than the context leaves room for "
+            "keeps its last tokens: prompts_cut_to_context)."
+        ),
+    ] = 256,
     eager: Annotated[
         bool, typer.Option(help="No CUDA graphs: every decoding step launches its kernels.")
     ] = False,

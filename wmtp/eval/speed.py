@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import torch
@@ -231,6 +232,23 @@ def random_prompts(vocab_size: int, n: int, length: int, seed: int = 0) -> list[
     return torch.randint(3, vocab_size, (n, length), generator=generator).tolist()
 
 
+def fit_context(prompts: list[list[int]], context: int, new_tokens: int) -> tuple[list, int]:
+    """The prompts, each cut to its last ``context - new_tokens`` tokens where longer, so that
+    every row decodes all ``new_tokens`` within the model's context (a timed row that stopped
+    early would time less work); and how many were cut. A RunError if ``new_tokens`` leaves no
+    room for a prompt."""
+    from wmtp.errors import RunError
+
+    room = context - new_tokens
+    if room < 1:
+        raise RunError(
+            f"--new-tokens {new_tokens}: the model's context is {context} tokens, so at most "
+            f"{context - 1} new tokens follow a one-token prompt"
+        )
+    cut = sum(len(p) > room for p in prompts)
+    return [p[-room:] for p in prompts], cut
+
+
 def model_from_flavour(name: str, *, n_future_tokens: int | None, dtype: str, device: str):
     """Random weights of a flavour, built by the registry's ``llama_mtp`` builder as a recipe's
     ``[model.policy] flavour = name`` would be (attention ``auto``, for inference)."""
@@ -250,11 +268,10 @@ def model_from_checkpoint(path: str, recipe: str | None, device: str):
     """A trained policy, its tokenizer and how ``wmtp eval`` would show it a problem (run dir,
     step, or checkpoint with a recipe)."""
     from wmtp.eval.prompting import prompt_format
-    from wmtp.eval.target import load_policy, resolve_target
-    from wmtp.recipe import load_recipe
+    from wmtp.eval.target import load_policy, load_target_recipe, resolve_target
 
     target = resolve_target(path, recipe=recipe)
-    loaded = load_recipe(target.recipe_file).recipe
+    loaded = load_target_recipe(target)
     trained_template = None if target.pretrained else loaded.data.template
     shown = prompt_format(loaded.evaluation, trained_template)
     return (*load_policy(target, loaded, device), shown)
@@ -282,6 +299,7 @@ def run(args: argparse.Namespace) -> dict:
         )
         prompts = random_prompts(model.args.vocab_size, args.prompts, args.prompt_len)
         source = {"flavour": args.flavour, "weights": "random"}
+    prompts, cut = fit_context(prompts, model.args.max_seq_len, args.new_tokens)
     result = {
         **source,
         "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
@@ -291,6 +309,7 @@ def run(args: argparse.Namespace) -> dict:
         "parameters": sum(p.numel() for p in model.parameters()),
         "prompts": len(prompts),
         "prompt_tokens_mean": round(statistics.mean(len(p) for p in prompts), 1),
+        "prompts_cut_to_context": cut,  # kept their last (context - new_tokens) tokens
         "new_tokens": args.new_tokens,
         "batch_size": 1,
         "torch": torch.__version__,
@@ -400,7 +419,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         result = run(args)
     except WmtpError as exc:
-        raise SystemExit(f"error: {exc.render()}") from None
+        print(f"error: {exc.render()}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -111,6 +111,16 @@ def _recipe_target(recipe_file: Path, recipe, out: str | Path | None) -> EvalTar
     )
 
 
+def load_target_recipe(target: EvalTarget, overrides: list[str] | tuple[str, ...] = ()):
+    """The recipe of a resolved target, ``overrides`` applied; an export's read with the
+    tokenizer file it holds, wherever the folder now is (``own_tokenizer_overrides``)."""
+    from wmtp.export.source import own_tokenizer_overrides
+    from wmtp.recipe import load_recipe
+
+    own = own_tokenizer_overrides(target.recipe_file)
+    return load_recipe(target.recipe_file, [*own, *overrides]).recipe
+
+
 def load_policy(target: EvalTarget, recipe, device: str, *, fold_adapters: bool = True):
     """The policy model of ``recipe`` with the weights of ``target.checkpoint``, in eval mode,
     and the tokenizer: both through ``wmtp.assembly``, as training builds them.
@@ -172,7 +182,7 @@ def prepare_eval(
         target = _recipe_target(Path(path), loaded, out)
     else:
         target = resolve_target(path, recipe=recipe, out=out)
-        loaded = load_recipe(target.recipe_file, overrides).recipe
+        loaded = load_target_recipe(target, overrides)
     check_settings(loaded.evaluation)
     check_output_folder(target.out_dir, "--out" if out is not None else "the results' folder")
     return target, loaded

@@ -33,6 +33,8 @@ class CardFacts:
     parameters: int
     source: str
     pipeline: str
+    trained_by_wmtp: bool
+    """Whether the source's recipe trains the model (a training pipeline, not ``evaluation``)."""
     lora: str | None
     """How LoRA adapters were exported (``merged``, ``kept apart``), or ``None``."""
     files: list[str]
@@ -77,9 +79,14 @@ def _summary(f: CardFacts) -> str:
     what = "A value model (critic)" if f.kind == "value_model" else f"A LLaMA model with {heads}"
     lora = f" LoRA adapters: {f.lora}." if f.lora else ""
     sizes = ", ".join(f"{k} {v}" for k, v in f.sizes.items())
+    origin = (
+        f"trained with wmtp (pipeline `{f.pipeline}`) and exported from `{f.source}`"
+        if f.trained_by_wmtp
+        else f"exported by wmtp from `{f.source}`, which wmtp did not train,"
+    )
     return (
-        f"{what}, trained with wmtp (pipeline `{f.pipeline}`) and exported from `{f.source}` "
-        f"in {FORMAT_NAMES[f.to]}, {f.dtype}, {f.parameters:,} parameters ({sizes}).{lora}"
+        f"{what}, {origin} in {FORMAT_NAMES[f.to]}, {f.dtype}, {f.parameters:,} parameters "
+        f"({sizes}).{lora}"
     )
 
 
@@ -116,9 +123,14 @@ def _training(f: CardFacts) -> str:
         if t.tokens is not None:
             how = "" if t.tokens_exact else f" (estimated from {t.logged_steps} logged steps)"
             lines.append(f"- input tokens: {t.tokens:,}{how}")
+    what = (
+        "the resolved recipe that trained it"
+        if f.trained_by_wmtp
+        else f"the recipe that describes it; pipeline `{f.pipeline}` trains nothing"
+    )
     lines.append(
-        "- recipe: [`training_recipe.toml`](training_recipe.toml) (the resolved recipe that "
-        "trained it); [`recipe.toml`](recipe.toml) is the same recipe reading this folder"
+        f"- recipe: [`training_recipe.toml`](training_recipe.toml) ({what}); "
+        "[`recipe.toml`](recipe.toml) is the same recipe reading this folder"
     )
     text = "\n".join(lines)
     if f.fingerprint:

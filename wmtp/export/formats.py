@@ -2,7 +2,9 @@
 
 - ``meta``: ``params.json`` + ``consolidated.pth`` in the layout of Meta's multi-token release
   (trunk ``layers[:-1]``, head 1 ``layers[-1]``, heads 2..n ``extra_heads``, one ``norm`` and
-  ``output``): the inverse of wmtp's Meta reader. Its ``params.json`` cannot say a value head,
+  ``output``): the inverse of wmtp's Meta reader, and what Meta's ``Llama.build`` loads
+  (``ModelArgs(max_seq_len=..., max_batch_size=..., **params)``): only keys its ``ModelArgs``
+  has, none it passes itself, no ``null``. Its ``params.json`` cannot say a value head,
   adapters, or RoPE scaling beyond ``use_scaled_rope`` with Meta's factor keys.
 - ``wmtp``: ``model.safetensors`` + ``wmtp_model.json`` (``save_wmtp``; a value model with its
   head), or, with ``--no-merge-lora``, the adapters alone (``lora.safetensors`` + ``lora.json``)
@@ -39,12 +41,41 @@ def check_target_holds(spec, to: str, merge_lora: bool, where: str) -> None:
         )
 
 
+META_RUNTIME_KEYS = ("max_seq_len", "max_batch_size")
+"""Arguments Meta's ``Llama.build`` passes to ``ModelArgs`` itself, beside ``**params``: in
+``params.json`` they make its loader fail ("got multiple values for keyword argument")."""
+
+
 def meta_params(args) -> dict:
-    """``params.json`` of ``args``; an ExportError where Meta's layout cannot say them."""
+    """``params.json`` of ``args`` as Meta's code reads it (the module docstring); an ExportError
+    where Meta's layout cannot say them. A wmtp reader of it takes ``max_seq_len``'s default."""
     try:
-        return args.to_params_json()
+        params = args.to_params_json()
     except ValueError as exc:
         raise ExportError(f"--to meta: {exc}; export it with --to hf or --to wmtp") from None
+    params = {k: v for k, v in params.items() if v is not None and k not in META_RUNTIME_KEYS}
+    return _ffn_width_in_metas_keys(params, args)
+
+
+def _ffn_width_in_metas_keys(params: dict, args) -> dict:
+    """Meta's ``ModelArgs`` has no ``ffn_dim``: its SwiGLU width is LLaMA's rule (``int(8 * dim
+    / 3)``) times ``ffn_dim_multiplier``, rounded up to a multiple of ``multiple_of``. That
+    multiple = the width, with a multiplier below 1 where the rule is wider, gives any width."""
+    import dataclasses
+
+    from wmtp.models.args import ModelArgs
+
+    width = params.pop("ffn_dim", None)
+    if width is None:
+        return params
+    plain = dataclasses.replace(args, ffn_dim=None, ffn_dim_multiplier=None, multiple_of=1)
+    rule = plain.hidden_dim  # int(8 * dim / 3), unrounded
+    params.pop("ffn_dim_multiplier", None)
+    params["multiple_of"] = width
+    if rule > width:
+        params["ffn_dim_multiplier"] = width / rule
+    assert ModelArgs.from_params_json(params).hidden_dim == width, (params, width)
+    return params
 
 
 def write_meta_model(model, directory: Path, *, dtype, progress=True, console=None) -> list[str]:
@@ -83,6 +114,7 @@ def write_wmtp_model(model, directory: Path, *, adapters_only: bool = False) -> 
 
 
 __all__ = [
+    "META_RUNTIME_KEYS",
     "RECIPE_FORMAT",
     "TARGETS",
     "check_target_holds",

@@ -1,5 +1,8 @@
 """The export's output folder: written under a temporary name beside it and renamed when whole. A
-failed export leaves nothing: not the temporary folder, nor parent folders it created.
+failed export leaves nothing: not the temporary folder, nor parent folders it created. SIGINT and
+SIGTERM stop it the same way (an ``Interrupted`` error, exit 128 + the signal); a process killed
+outright (SIGKILL, the OOM killer) leaves its temporary folder, which the next export to the same
+folder on this machine removes.
 
 Every export ends with ``wmtp_export.json`` (``MARKER``), the list of what it wrote. That list is
 what lets ``--force`` replace an earlier export, and only that: a folder without it (a trained run,
@@ -10,16 +13,21 @@ even with ``--force``, since replacing it would delete what a user wrote or trai
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
+import signal
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from wmtp.errors import ExportError
+from wmtp.errors import ExportError, Interrupted
 
 MARKER = "wmtp_export.json"
 WRITTEN_BY = "wmtp export"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def check_output(out: Path, *, force: bool, source: Path) -> Path:
@@ -75,7 +83,7 @@ def _refusal(out: Path) -> str | None:
         return "exists and is not a folder"
     if not _holds_files(out):
         return None
-    written = _written_by_export(out)
+    written = written_by_export(out)
     if written is None:
         return (
             f"is not empty and holds no {MARKER} (the list of files an export writes), so it is "
@@ -95,7 +103,7 @@ def _holds_files(folder: Path) -> bool:
     return folder.is_dir() and any(folder.iterdir())
 
 
-def _written_by_export(folder: Path) -> set[str] | None:
+def written_by_export(folder: Path) -> set[str] | None:
     """The paths an earlier export listed in its marker, or ``None`` if the folder is no export."""
     try:
         marker = json.loads((folder / MARKER).read_text())
@@ -125,11 +133,13 @@ def staged_output(out: Path) -> Iterator[Path]:
     removed otherwise."""
     created = _missing_parents(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.export-{os.getpid()}"
+    _remove_stale_staging(out)
+    tmp = out.parent / f"{_staging_prefix(out)}{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        yield tmp
+        with _stop_signals_raise(out):
+            yield tmp
         _write_marker(tmp)
         _readable_as_umask_allows(tmp)
         _replace(tmp, out)
@@ -139,6 +149,51 @@ def staged_output(out: Path) -> Iterator[Path]:
             with contextlib.suppress(OSError):
                 parent.rmdir()
         raise
+
+
+def _staging_prefix(out: Path) -> str:
+    """The temporary name of ``out`` while written, less the writing process's id."""
+    return f".{out.name}.export-{socket.gethostname()}-"
+
+
+def _remove_stale_staging(out: Path) -> None:
+    """Temporary folders of earlier exports to ``out`` on this machine whose process is gone."""
+    prefix = _staging_prefix(out)
+    for folder in out.parent.glob(glob.escape(prefix) + "*"):
+        pid = folder.name.removeprefix(prefix)
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _stop_signals_raise(out: Path) -> Iterator[None]:
+    """SIGINT and SIGTERM raise ``Interrupted`` while the export writes, so that the temporary
+    folder is removed on the way out (Python's own SIGTERM ends the process where it stands).
+    Only the main thread may set handlers; elsewhere the signals keep theirs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, _frame):
+        name = signal.Signals(signum).name
+        raise Interrupted(f"--out {out}: the export stopped on {name}; nothing was written", signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _write_marker(folder: Path) -> None:
@@ -177,4 +232,4 @@ def _replace(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-__all__ = ["MARKER", "check_output", "staged_output"]
+__all__ = ["MARKER", "check_output", "staged_output", "written_by_export"]

@@ -88,6 +88,7 @@ def card_facts(job: Any, model, files: list[str], tokenizer_files) -> CardFacts:
         parameters=sum(p.numel() for p in model.parameters()),
         source=str(src.weights),
         pipeline=recipe.experiment.pipeline,
+        trained_by_wmtp=recipe.trained_role is not None,
         lora=job.lora,
         files=files,
         tokenizer=tokenizer_files,
@@ -111,6 +112,7 @@ def _sizes(args) -> dict[str, int]:
         "attention heads": args.n_heads,
         "key/value heads": args.kv_heads,
         "vocabulary": args.vocab_size,
+        "context": args.max_seq_len,
     }
 
 

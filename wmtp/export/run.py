@@ -8,9 +8,11 @@ written under a temporary name, so a refused or failed export leaves nothing beh
    recipe; the model section the recipe trains (``policy``, or ``critic``);
 2. what the target format can hold (``wmtp.export.formats.check_target_holds``), the output folder
    (new, empty, or with ``--force`` an earlier export: ``wmtp.export.output``);
-3. the model, on the CPU, in the export dtype: ``wmtp.assembly.trained_model`` over the
-   consolidated weights (read from DCP ``state/`` when the checkpoint has no consolidated file);
-4. LoRA folded into the weights (or kept apart, ``--to wmtp``), heads kept or cut to head 1;
+3. the model, on the CPU, in the export dtype (float32 to fold LoRA adapters trained in another):
+   ``wmtp.assembly.trained_model`` over the consolidated weights (read from DCP ``state/`` when
+   the checkpoint has no consolidated file);
+4. LoRA folded into the weights, then cast to the export dtype (or kept apart, ``--to wmtp``),
+   heads kept or cut to head 1;
 5. the weights (``hf``, ``meta``, ``wmtp``), the tokenizer files, ``recipe.toml`` (the training
    recipe reading this folder: ``wmtp eval DIR`` works), ``training_recipe.toml``,
    ``fingerprint.json`` and ``README.md``; last ``wmtp_export.json``, the list of what it wrote.
@@ -103,7 +105,7 @@ class _Job:
     def run(self, staging: Path, *, merge_lora: bool, heads: str, max_shard_bytes: int):
         from wmtp.export.tokenizer_files import write_tokenizer
 
-        model, tokenizer = self.build(staging)
+        model, tokenizer = self.build(staging, merge_lora=merge_lora)
         self.adapt(model, merge_lora=merge_lora, heads=heads)
         files = self.write_weights(model, tokenizer, staging, max_shard_bytes)
         written = write_tokenizer(self.recipe.tokenizer, tokenizer, staging, model.args.max_seq_len)
@@ -112,8 +114,8 @@ class _Job:
         files += self.write_card(model, staging, files, written)
         return files
 
-    def build(self, staging: Path):
-        """The model as ``wmtp eval`` builds it, on the CPU in the export dtype."""
+    def build(self, staging: Path, *, merge_lora: bool):
+        """The model as ``wmtp eval`` builds it, on the CPU in :meth:`build_dtype`."""
         from wmtp import assembly
         from wmtp.export.consolidate import weights_directory
 
@@ -125,19 +127,28 @@ class _Job:
             weights,
             tokenizer=tokenizer,
             device="cpu",
-            dtype=self.dtype,
+            dtype=self.build_dtype(merge_lora),
             attention="sdpa",  # runs anywhere; the export writes weights, not kernels
         )
         shutil.rmtree(staging / ".consolidated", ignore_errors=True)
         return model, tokenizer
 
+    def build_dtype(self, merge_lora: bool) -> str:
+        """The export dtype, but float32 where LoRA adapters are folded into weights of another
+        dtype than the one they trained in: each merged weight is then rounded once, to the
+        export dtype, rather than its parts first and their sum again."""
+        folds_across = merge_lora and self.spec.lora is not None and self.spec.dtype != self.dtype
+        return "float32" if folds_across else self.dtype
+
     def adapt(self, model, *, merge_lora: bool, heads: str) -> None:
-        """LoRA folded in (or kept), heads kept or cut to head 1."""
+        """LoRA folded in (or kept), in the export dtype; heads kept or cut to head 1."""
+        from wmtp.models.llama_mtp import resolve_dtype
         from wmtp.models.lora import fold_lora
 
         if self.spec.lora is not None:
             if merge_lora:
                 fold_lora(model)
+                model.to(resolve_dtype(self.dtype))
                 self.lora = "merged into the weights"
             else:
                 self.lora = "kept apart (`lora.safetensors` over the recipe's base model)"

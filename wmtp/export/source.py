@@ -8,7 +8,8 @@ A SOURCE is
   ``lora.safetensors`` or a DCP ``state/``, and a ``recipe.toml`` beside it or in its run);
 - a model directory wmtp can load (Meta ``params.json``, Hugging Face ``config.json``, wmtp
   ``wmtp_model.json``), with its ``recipe.toml``, ``--recipe``, or a tokenizer file beside the
-  weights (``tokenizer.model`` or ``tokenizer.json``), from which a recipe is made.
+  weights (``tokenizer.model`` or ``tokenizer.json``), from which a recipe is made. An earlier
+  export's ``recipe.toml`` reads the tokenizer file the export holds, wherever the folder now is.
 
 Torch-free: every check here runs before a model is built.
 """
@@ -168,7 +169,8 @@ def source_recipe(source: Source):
     from wmtp.recipe.schema import Recipe
 
     if source.recipe_file is not None:
-        return load_recipe(source.recipe_file).recipe
+        file = source.recipe_file
+        return load_recipe(file, own_tokenizer_overrides(file)).recipe
     kind, file = _tokenizer_beside(source.weights)
     return Recipe.model_validate(
         {
@@ -177,6 +179,26 @@ def source_recipe(source: Source):
             "model": {"policy": {"kind": "llama_mtp", "path": str(source.weights)}},
         }
     )
+
+
+def own_tokenizer_overrides(recipe_file: Path) -> list[str]:
+    """The ``--set`` that points an export's ``recipe.toml`` at the tokenizer file the export
+    holds, or none. That recipe names its tokenizer by the absolute path the export wrote it to;
+    once the folder is moved, copied or downloaded, that path is gone or another folder's. The
+    export's own file (the one its marker lists under that name) is read instead; a ``--set``
+    of the user's, given after it, still wins."""
+    from wmtp.export.output import written_by_export
+    from wmtp.recipe import load_recipe
+
+    folder = recipe_file.parent
+    listed = written_by_export(folder) if recipe_file.name == RECIPE_FILE else None
+    if not listed:
+        return []
+    path = getattr(load_recipe(recipe_file).recipe.tokenizer, "path", None)  # byte: no file
+    own = folder / Path(path).name if path else None
+    if own is None or Path(path) == own or own.name not in listed:
+        return []
+    return [f"tokenizer.path={json.dumps(str(own))}"]
 
 
 def source_recipe_text(source: Source, recipe) -> str:
