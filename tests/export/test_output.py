@@ -93,6 +93,22 @@ def test_force_keeps_an_export_that_a_user_added_files_to(tiny_run, earlier_expo
     assert tree(earlier_export) == before
 
 
+def test_force_keeps_an_export_whose_files_a_user_edited(tiny_run, earlier_export):
+    """The card edited after the export wrote it (its size and time differ from the marker's
+    record): --force is refused, exit 2, and the edit is kept. Untouched, the same export is
+    replaced (test_force_replaces_an_earlier_export)."""
+    card = earlier_export / "README.md"
+    with card.open("a") as f:
+        f.write("\nEvaluated by hand: see our notes.\n")
+    before = tree(earlier_export)
+    result = export(tiny_run, "--to", "hf", "--out", earlier_export, "--force")
+    assert result.exit_code == 2, result.output
+    assert "files changed after it wrote them (README.md" in result.flat
+    assert tree(earlier_export) == before and leftovers(earlier_export.parent) == []
+    marker = json.loads((earlier_export / "wmtp_export.json").read_text())
+    assert set(marker["stamps"]) == {f for f in marker["files"] if (earlier_export / f).is_file()}
+
+
 def test_an_empty_folder_is_used_without_force(tiny_run, tmp_path):
     out = tmp_path / "empty"
     out.mkdir()

@@ -4,10 +4,11 @@ SIGTERM stop it the same way (an ``Interrupted`` error, exit 128 + the signal); 
 outright (SIGKILL, the OOM killer) leaves its temporary folder, which the next export to the same
 folder on this machine removes.
 
-Every export ends with ``wmtp_export.json`` (``MARKER``), the list of what it wrote. That list is
-what lets ``--force`` replace an earlier export, and only that: a folder without it (a trained run,
-a working directory, someone's notes), or an export a user has since added files to, is refused
-even with ``--force``, since replacing it would delete what a user wrote or trained.
+Every export ends with ``wmtp_export.json`` (``MARKER``), the list of what it wrote, each file's
+size and time beside it. That list is what lets ``--force`` replace an earlier export whose
+files are as it wrote them, and only that: a folder without it (a trained run, a working
+directory, someone's notes), or an export a user has since added files to or edited (its card,
+say), is refused even with ``--force``, since replacing it would lose what a user wrote.
 """
 
 from __future__ import annotations
@@ -91,12 +92,43 @@ def _refusal(out: Path) -> str | None:
         )
     others = sorted(set(_entries(out)) - written - {MARKER})
     if others:
-        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
         return (
-            f"holds an earlier export and files it did not write ({shown}); replacing it would "
-            "delete them: move them out, or choose another folder"
+            f"holds an earlier export and files it did not write ({_listed(others)}); replacing "
+            "it would delete them: move them out, or choose another folder"
+        )
+    changed = _changed_since_written(out)
+    if changed:
+        return (
+            f"holds an earlier export whose files changed after it wrote them ({_listed(changed)}"
+            "; or the folder was copied without their times); replacing it would lose the "
+            "changes: move them out, delete the folder yourself, or choose another folder"
         )
     return None
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def _stamp(path: Path) -> list[int]:
+    """What an edit changes: the file's size and modification time (ns)."""
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _changed_since_written(folder: Path) -> list[str]:
+    """The files an earlier export wrote whose size or time differ from its marker's record
+    (none for a marker without one: an export of an earlier wmtp)."""
+    marker = json.loads((folder / MARKER).read_text())
+    stamps = marker.get("stamps") if isinstance(marker, dict) else None
+    if not isinstance(stamps, dict):
+        return []
+    changed = []
+    for name, stamp in sorted(stamps.items()):
+        path = folder / name
+        if path.is_symlink() or not path.is_file() or _stamp(path) != stamp:
+            changed.append(name)
+    return changed
 
 
 def _holds_files(folder: Path) -> bool:
@@ -199,7 +231,8 @@ def _stop_signals_raise(out: Path) -> Iterator[None]:
 def _write_marker(folder: Path) -> None:
     """``MARKER``: what this export wrote, so that a later ``--force`` may replace exactly it."""
     files = sorted(_entries(folder))
-    marker = {"written_by": WRITTEN_BY, "files": files}
+    stamps = {f: _stamp(folder / f) for f in files if (folder / f).is_file()}
+    marker = {"written_by": WRITTEN_BY, "files": files, "stamps": stamps}
     (folder / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
 
 
