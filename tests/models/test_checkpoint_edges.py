@@ -113,3 +113,56 @@ def test_a_config_json_without_a_size_names_the_key(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=r"config\.json: 'intermediate_size' is missing$"):
         build(tmp_path, n_future_tokens=1)
+
+
+def test_a_stated_context_replaces_the_checkpoints(tmp_path):
+    """``max_seq_len`` set in the recipe over ``path`` is the context generation may fill (the
+    tiny HF checkpoint says 512 positions); unset, the checkpoint's own."""
+    from tests.models.test_checkpoint_paths import build
+
+    tiny_hf_llama(vocab_size=VOCAB).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert build(tmp_path).args.max_seq_len == config["max_position_embeddings"]
+    assert build(tmp_path, max_seq_len=1024).args.max_seq_len == 1024
+
+
+@pytest.mark.parametrize(
+    "stated, says",
+    [
+        ({"rope_theta": 1e6}, "rope_theta = 10000.0, but the recipe says 1000000.0"),
+        ({"norm_eps": 1e-6}, "norm_eps = 1e-05, but the recipe says 1e-06"),
+        ({"rope_scaling": {"factor": 8.0}}, "rope_scaling = None, but the recipe says {'factor'"),
+    ],
+    ids=["rope_theta", "norm_eps", "rope_scaling"],
+)
+def test_numerics_the_recipe_sets_over_a_checkpoint_must_be_its_own(tmp_path, stated, says):
+    """RoPE and norm numerics the recipe sets itself over ``path`` were silently the
+    checkpoint's; now one that differs is refused, naming both values. The same value is taken."""
+    from tests.models.test_checkpoint_paths import build
+
+    tiny_hf_llama(vocab_size=VOCAB).save_pretrained(tmp_path)
+    with pytest.raises(CheckpointError) as err:
+        build(tmp_path, **stated)
+    assert f"checkpoint {tmp_path}: {says}" in str(err.value), str(err.value)
+    assert build(tmp_path, rope_theta=10000.0, norm_eps=1e-5).args.rope_theta == 10000.0
+
+
+def test_wmtp_run_refuses_a_stated_rope_theta_the_checkpoint_lacks_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.models.test_checkpoint_paths import RECIPE
+    from tests.train.train_helpers import REPO
+
+    tiny_hf_llama(vocab_size=300).save_pretrained(tmp_path / "model")
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE.format(path=tmp_path / "model"))
+    sets = ["--set", f"experiment.runs_dir='{tmp_path / 'runs'}'"]
+    sets += ["--set", "model.policy.rope_theta=500000.0"]
+    done = subprocess.run(
+        [sys.executable, "-m", "wmtp.cli", "run", str(recipe), *sets, "--dry-run"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert "rope_theta = 10000.0, but the recipe says 500000.0" in " ".join(done.stderr.split())

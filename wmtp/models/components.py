@@ -8,7 +8,10 @@
   1. attention, resolved once for the device, dtype and use (``wmtp.models.attention.resolve``;
      ``trainable``: gradients flow through it) and handed to everything below;
   2. the base model: ``path`` (Meta, Hugging Face or wmtp format, read on the CPU, then moved), or
-     fresh from the flavour and explicit sizes (initialised on the device);
+     fresh from the flavour and explicit sizes (initialised on the device). Over ``path``, sizes
+     the recipe states must be the checkpoint's; so must RoPE and norm numerics it sets itself
+     (``rope_theta``, ``rope_scaling``, ``norm_eps``: the weights were trained with them); an
+     explicit ``max_seq_len`` (the context generation may fill) replaces the checkpoint's;
   3. (value model) its value head, from the registry's ``value_head`` builders, fresh unless
      ``path`` is a wmtp value checkpoint that holds one;
   4. LoRA adapters (``lora``);
@@ -26,6 +29,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from wmtp.errors import CheckpointError
@@ -82,6 +86,8 @@ def build_llama_mtp_model(
             n_future_tokens=heads,
         )
         _check_sizes_agree(spec, model.args, spec.path)
+        _check_numerics_agree(spec, model.args, spec.path)
+        model.args = _stated_context(spec, model.args)
     else:
         args = _fresh_args(spec, vocab_size, heads)
         with torch.device(device):  # every rank draws the same weights (same seed and device)
@@ -121,6 +127,7 @@ def build_value_model(
             device=device,
         )
         _check_sizes_agree(spec, model.args, spec.path)
+        _check_numerics_agree(spec, model.args, spec.path)  # a critic generates nothing: no context
     else:
         with torch.device(device):
             model = ValueModel(_fresh_args(spec, vocab_size), head=spec.head, attention=attention)
@@ -155,7 +162,6 @@ def _spec_heads(spec) -> int | None:
 
 
 def _fresh_args(spec, vocab_size: int | None, heads: int | None = None):
-    import dataclasses
 
     from wmtp.errors import ComponentError
 
@@ -191,7 +197,6 @@ def _check_sizes_agree(spec, args, path) -> None:
     Widths are compared as derived sizes (FFN width, key/value heads), so equivalent spellings
     agree; ``n_layers`` only when the recipe sets it, since heads may be added or dropped.
     """
-    import dataclasses
 
     stated = spec.resolved_sizes()
     if not {"dim", "n_heads"} <= stated.keys():
@@ -219,6 +224,37 @@ def _check_sizes_agree(spec, args, path) -> None:
                 f"checkpoint {path}: {name} = {have!r}, but the recipe says {want!r}"
                 + (f" (flavour {spec.flavour!r})" if spec.flavour else "")
             )
+
+
+PRETRAINED_NUMERICS = ("rope_theta", "rope_scaling", "norm_eps")
+"""Numerics a pretrained model was trained with: a recipe that sets one over ``path`` must say
+the checkpoint's (wmtp does not retarget RoPE or the norms of loaded weights)."""
+
+
+def _check_numerics_agree(spec, args, path) -> None:
+    """The :data:`PRETRAINED_NUMERICS` the recipe sets itself (not its flavour's) must be the
+    checkpoint's; otherwise they would be silently ignored."""
+    for name in PRETRAINED_NUMERICS:
+        if name not in spec.model_fields_set:
+            continue
+        want, have = getattr(spec, name), getattr(args, name)
+        if name == "rope_scaling":
+            want = want.model_dump() if want is not None else None
+            have = dataclasses.asdict(have) if have is not None else None
+        if want != have:
+            raise CheckpointError(
+                f"checkpoint {path}: {name} = {have!r}, but the recipe says {want!r}; a "
+                f"pretrained model keeps the {name} it was trained with: leave out "
+                f"model.*.{name} or set it to {have!r}"
+            )
+
+
+def _stated_context(spec, args):
+    """``args`` with the recipe's own ``max_seq_len`` (the context ``wmtp eval`` and decoding
+    may fill; RoPE is computed per position, so no weight depends on it)."""
+    if "max_seq_len" not in spec.model_fields_set or spec.max_seq_len == args.max_seq_len:
+        return args
+    return dataclasses.replace(args, max_seq_len=spec.max_seq_len)
 
 
 def _adapters_and_trained(model, spec, trained: TrainedWeights | None) -> None:

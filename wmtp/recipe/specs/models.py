@@ -103,11 +103,13 @@ class ModelSpecBase(Section):
     norm_eps: Annotated[float, NUMERICS, Field(gt=0)] | None = None
     """RMSNorm epsilon."""
     rope_theta: Annotated[float, NUMERICS, Field(gt=0)] | None = None
-    """RoPE base frequency."""
+    """RoPE base frequency (over ``path``: must be the checkpoint's, like ``rope_scaling`` and
+    ``norm_eps``)."""
     rope_scaling: Annotated[RopeScalingSpec | None, NUMERICS] = None
     """Llama-3 RoPE scaling; unset means none."""
     max_seq_len: Annotated[int, NUMERICS, Field(gt=0)] | None = None
-    """Longest sequence the RoPE tables are built for."""
+    """The model's context: the longest sequence ``wmtp eval`` and decoding may fill (RoPE is
+    computed per position). Set over ``path``, it replaces the checkpoint's."""
     path: Annotated[str | None, NUMERICS] = None
     """Pretrained weights: a Meta directory (params.json + consolidated.*.pth), a Hugging Face
     directory, or a safetensors file; unset means random initialisation."""
