@@ -278,6 +278,28 @@ def test_data_fits_the_context(write):
     assert p.key == "data.max_length" and "max_seq_len = 512" in p.message
 
 
+def test_packing_a_pair_pipeline_is_a_located_error(write):
+    """The critic trains on (correct, incorrect) pairs, one per row: data.packing used to be
+    ignored there; now `wmtp validate` says where it is, exit 2."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    tiny_critic = repo / "recipes" / "tiny_critic.toml"
+    path = write("r.toml", f'extends = "{tiny_critic}"\n\n[data]\npacking = true\n')
+    p = one_problem(path)
+    assert (p.key, p.where) == ("data.packing", "r.toml:4:1")
+    assert "'critic' trains on (correct, incorrect) pairs" in p.message
+    done = subprocess.run(
+        [sys.executable, "-m", "wmtp.cli", "validate", str(path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    shown = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 2 and "Traceback" not in shown
+    assert "r.toml:4:1" in shown and "data.packing" in shown
+
+
 def test_several_broken_rules_of_one_section_are_all_reported(write):
     text = MINIMAL.replace("n_future_tokens = 2", 'n_future_tokens = 9\nattention = "flash_attn"')
     keys = {p.key for p in problems_of(write("r.toml", text))}

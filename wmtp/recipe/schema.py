@@ -179,6 +179,16 @@ class Recipe(Section):
             )
         return None
 
+    @rule("data.packing", "experiment.pipeline")
+    def _no_packing_for_pairs(self) -> str | None:
+        if self.pipeline.examples == "pairs" and self.data.packing:
+            return (
+                f"data.packing = true, but experiment.pipeline = {self.experiment.pipeline!r} "
+                "trains on (correct, incorrect) pairs, one pair per row: there is nothing to "
+                "pack; leave out data.packing"
+            )
+        return None
+
     @rule("model.reference.vocab_size", "model.policy.vocab_size")
     def _vocabularies_agree(self) -> str | None:
         sizes = {}
