@@ -15,7 +15,7 @@
 #                   compiled (Hugging Face checkpoints every layer or none: the recipe's one block
 #                   in 11 has no like setting there, so each peer is measured both ways and its
 #                   best counts) at micro-batches LORA_MB (default 1, 2, 4, 8)
-#   lora7b_same_call  wmtp (four heads, then one at four heads' best micro-batch) and HF + PEFT +
+#   lora7b_same_call  wmtp (four heads; last, one head at their best micro-batch) and HF + PEFT +
 #                   compile, both without activation checkpointing, at LORA_MB (default 1,2,4),
 #                   then the recipe as written (micro-batch 1, 32 a step): one call, so that the
 #                   LoRA ratios compare figures of one machine (STEP_PEERS=$OUT/h200.json)
@@ -104,9 +104,9 @@ stage_lora7b_same_call() {  # wmtp and the fastest LoRA peer, each at its best s
     --sides hf-peft+compile+no-checkpointing --micro-batches ${LORA_MB:-1,2,4}
   step lora7b_same_call_wmtp 180 "${PEERS[@]}" --shape lora7b \
     --sides wmtp-4heads+no-checkpointing --micro-batches ${LORA_MB:-1,2,4}
+  budget_steps 3 "${WITHIN[1]}"  # the recipe as written: micro-batch 1, 32 a step, 1 block in 11
   step lora7b_same_call_ntp 80 "${PEERS[@]}" --shape lora7b \
     --sides wmtp-1head+no-checkpointing --micro-batches best:wmtp-4heads+no-checkpointing
-  budget_steps 3 "${WITHIN[1]}"  # the recipe as written: micro-batch 1, 32 a step, 1 block in 11
 }
 stage_lora7b_best() {  # the recipe as written (compiled on CUDA) and the fastest peers
   step lora7b_best 300 "${PEERS[@]}" --shape lora7b \
