@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from wmtp.models.args import ModelArgs, layer_params, param_count
@@ -194,10 +195,11 @@ def _vocab(recipe: Any, notes: list[str]) -> int:
 
 def count_model(role: str, spec: Any, vocab: int, *, trained: bool, notes: list[str]) -> ModelCount:
     """Total and trainable parameters of the model of ``spec``."""
-    try:
-        args = spec.model_args(vocab)
-    except Exception:  # sizes come from the checkpoint: nothing to count without reading it
-        notes.append(f"model.{role}: sizes come from its checkpoint; not counted")
+    args = _model_sizes(spec, vocab)
+    if args is None:
+        notes.append(
+            f"model.{role}: sizes come from its checkpoint, not readable here; not counted"
+        )
         return ModelCount(role, 0, 0, None)
     if spec.kind == "value_model":
         total = param_count(args, with_unembedding=False) + value_head_params(spec.head, args.dim)
@@ -208,6 +210,31 @@ def count_model(role: str, spec: Any, vocab: int, *, trained: bool, notes: list[
     if spec.kind == "value_model" and spec.lora is not None and trained:
         trainable += value_head_params(spec.head, args.dim)
     return ModelCount(role, total + lora, trainable, args)
+
+
+def _model_sizes(spec: Any, vocab: int) -> ModelArgs | None:
+    """The recipe's sizes (flavour, explicit ones), else those its ``path`` describes (its
+    ``params.json``, ``config.json`` or ``wmtp_model.json``, read without the weights), with the
+    recipe's heads; ``None`` when neither is there."""
+    import dataclasses
+
+    from wmtp.errors import CheckpointError, RecipeError
+    from wmtp.models.descriptions import described_args
+
+    try:
+        return spec.model_args(vocab)
+    except RecipeError:  # sizes come from the checkpoint
+        pass
+    if not spec.path:
+        return None
+    try:
+        args = described_args(Path(spec.path).expanduser(), spec.format)
+    except CheckpointError:
+        return None
+    heads = spec.n_future_tokens or args.n_future_tokens
+    layers = args.n_layers - args.n_future_tokens + heads
+    args = dataclasses.replace(args, n_layers=layers, n_future_tokens=heads)
+    return args.with_vocab(vocab) if args.vocab_size == -1 else args
 
 
 def _linear_shapes(args: ModelArgs) -> dict[str, tuple[int, int]]:

@@ -204,7 +204,8 @@ def test_extra_heads_beside_an_hf_model_come_back_as_heads(tmp_path, tiny_args):
 
     from safetensors.torch import save_file
 
-    from wmtp.models.hf_convert import MTP_HEADS_INFO, MTP_HEADS_WEIGHTS, mtp_heads_info, to_hf
+    from wmtp.models.descriptions import MTP_HEADS_INFO, MTP_HEADS_WEIGHTS
+    from wmtp.models.hf_convert import mtp_heads_info, to_hf
 
     model = LlamaMTP(tiny_args, attention="eager").eval()
     one_head = LlamaMTP(dataclasses.replace(tiny_args, n_layers=3, n_future_tokens=1), "eager")

@@ -214,6 +214,7 @@ def _validate_one(
 
     try:
         loaded = load_recipe(path, overrides)
+        _check_models(loaded)
         row = _longest_row(loaded) if data else None
     except RecipeProblems as exc:
         if text:
@@ -261,6 +262,17 @@ def _longest_row(loaded: Any) -> LongestRow | None:
         else:
             problem = problem_at(source, exc.key, exc.message)
         raise RecipeProblems(loaded.path, [problem]) from None
+
+
+def _check_models(loaded: Any) -> None:
+    """The pretrained models the recipe names, as their descriptions say (``model_problems``):
+    present but unusable is a problem of the recipe, not a note."""
+    from wmtp.recipe import RecipeProblems
+    from wmtp.recipe.inputs import model_problems
+
+    problems = model_problems(loaded)
+    if problems:
+        raise RecipeProblems(loaded.path, problems)
 
 
 def _model_configs(recipe: Any) -> list[str]:

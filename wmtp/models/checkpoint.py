@@ -9,7 +9,9 @@
 * ``safetensors`` (wmtp's own): ``model.safetensors`` + ``wmtp_model.json`` (sizes, model kind,
   value head) beside it, and the resolved ``recipe.toml`` when a run wrote it.
 
-Every reader returns the state dict in wmtp (= Meta) names. Loading checks every key and shape
+Each reader reads its format's description first (``wmtp.models.descriptions``, torch-free, what
+``wmtp validate`` checks too), then the weights. Every reader returns the state dict in wmtp
+(= Meta) names. Loading checks every key and shape
 before a single parameter changes, so a failed load leaves nothing half-loaded.
 """
 
@@ -26,24 +28,29 @@ import torch
 from wmtp.errors import CheckpointError
 from wmtp.models.args import ModelArgs
 from wmtp.models.attention import ResolvedAttention
-from wmtp.models.hf_convert import (
+from wmtp.models.descriptions import (
+    ARGS_FILE,
+    FORMAT_VERSION,
+    FORMATS,
     MTP_HEADS_WEIGHTS,
-    args_from_hf_config,
-    extra_heads_beside,
+    WEIGHTS_FILE,
+    args_or_error,
+    described_args,
+    detect_format,
+    read_json,
+    wmtp_description,
+)
+from wmtp.models.hf_convert import (
     hf_name,
     hf_to_wmtp,
     hf_weight_files,
     write_hf,
 )
 from wmtp.models.llama_mtp import LlamaMTP, resolve_dtype
-from wmtp.models.locate import FULL_WEIGHTS, MODEL_INFO, TrainedWeights
+from wmtp.models.locate import TrainedWeights
 
 log = logging.getLogger(__name__)
 
-ARGS_FILE = MODEL_INFO
-WEIGHTS_FILE = FULL_WEIGHTS
-FORMAT_VERSION = 1
-FORMATS = ("meta", "hf", "safetensors")
 IGNORED_META_KEYS = ("rope.freqs",)
 """Buffers some Meta checkpoints carry that wmtp recomputes."""
 
@@ -63,28 +70,6 @@ class Checkpoint:
 # Reading ------------------------------------------------------------------------------------
 
 
-def detect_format(path: str | Path) -> str:
-    """``meta``, ``hf`` or ``safetensors`` from the files at ``path``; CheckpointError otherwise."""
-    path = Path(path)
-    if path.is_file() and path.suffix == ".safetensors":
-        return "safetensors"
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint {path}: no such directory or .safetensors file")
-    names = {p.name for p in path.iterdir()}
-    if ARGS_FILE in names:
-        return "safetensors"
-    if "params.json" in names and any(n.endswith(".pth") for n in names):
-        return "meta"
-    if "config.json" in names and any(n.endswith(".safetensors") for n in names):
-        return "hf"
-    listing = ", ".join(sorted(names)[:12]) or "(empty)"
-    raise CheckpointError(
-        f"checkpoint {path}: unknown format; expected params.json + consolidated.pth (meta), "
-        f"config.json + model*.safetensors (hf) or {ARGS_FILE} + {WEIGHTS_FILE} (wmtp); "
-        f"found {listing}"
-    )
-
-
 def read_checkpoint(path: str | Path, format: str = "auto", dtype=None) -> Checkpoint:
     """Read any supported format (``auto`` detects it); tensors cast to ``dtype`` when given."""
     path = Path(path)
@@ -102,8 +87,8 @@ def read_checkpoint(path: str | Path, format: str = "auto", dtype=None) -> Check
 def read_meta(path: Path, dtype=None) -> Checkpoint:
     """Meta's ``params.json`` + ``consolidated.pth``, or one ``consolidated.NN.pth`` per
     model-parallel rank, merged as Meta's code splits them (:func:`merge_model_parallel`)."""
-    params = _read_json(path / "params.json")
-    args = _args_or_error(lambda: ModelArgs.from_params_json(params), path / "params.json")
+    params = read_json(path / "params.json")
+    args = args_or_error(lambda: ModelArgs.from_params_json(params), path / "params.json")
     shards = meta_shards(path)
     parts = [_load_pth(file, dtype) for file in shards]
     sd = parts[0] if len(parts) == 1 else merge_model_parallel(parts, shards, args.dim)
@@ -199,50 +184,21 @@ def _split_dim(key: str, first: torch.Tensor, n_shards: int, dim: int) -> int | 
 def read_hf(path: Path, dtype=None) -> Checkpoint:
     """A Hugging Face Llama: ``config.json`` + safetensors, converted to wmtp names; with the
     extra heads beside it when ``mtp_heads.json`` names them."""
-    config = _read_json(path / "config.json")
-    args = _args_or_error(lambda: args_from_hf_config(config), path / "config.json")
+    config = read_json(path / "config.json")
+    args = described_args(path, "hf")  # with the extra heads beside it
     hf_sd = {}
     for file in hf_weight_files(path):
         hf_sd.update(_load_safetensors(file, dtype))
-    extra = extra_heads_beside(path)
-    if extra:
+    if args.n_future_tokens > 1:
         hf_sd.update(_load_safetensors(path / MTP_HEADS_WEIGHTS, dtype))
-        args = replace(args, n_layers=args.n_layers + extra, n_future_tokens=1 + extra)
     return Checkpoint("hf", path, args, hf_to_wmtp(hf_sd, args, config, path))
 
 
 def read_wmtp(path: Path, dtype=None) -> Checkpoint:
     """wmtp's ``model.safetensors`` + ``wmtp_model.json`` (a directory or the .safetensors file)."""
-    directory, weights = (path.parent, path) if path.is_file() else (path, path / WEIGHTS_FILE)
-    info = _read_json(directory / ARGS_FILE)
-    if info.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"checkpoint {directory / ARGS_FILE}: format_version {info.get('format_version')!r}, "
-            f"this wmtp reads {FORMAT_VERSION}"
-        )
-    args = _args_or_error(lambda: ModelArgs.from_dict(info["args"]), directory / ARGS_FILE)
+    weights = path if path.is_file() else path / WEIGHTS_FILE
+    info, args = wmtp_description(path)
     return Checkpoint("safetensors", path, args, _load_safetensors(weights, dtype), info)
-
-
-def _read_json(file: Path) -> dict:
-    if not file.is_file():
-        raise CheckpointError(f"checkpoint: {file} is missing")
-    try:
-        data = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{file}:{exc.lineno}: invalid JSON ({exc.msg})") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{file}: holds a JSON {type(data).__name__}, not an object of sizes")
-    return data
-
-
-def _args_or_error(make, file: Path) -> ModelArgs:
-    try:
-        return make()
-    except KeyError as exc:
-        raise CheckpointError(f"{file}: {exc} is missing") from exc
-    except (AssertionError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{file}: {exc}") from exc
 
 
 def _load_safetensors(file: Path, dtype) -> dict[str, torch.Tensor]:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from wmtp.errors import CheckpointError
 from wmtp.models.backends import BACKENDS
+from wmtp.models.descriptions import check_numerics_agree, check_sizes_agree
 from wmtp.recipe.specs.models import (
     LinearHeadSpec,
     LlamaMTPSpec,
@@ -85,8 +86,8 @@ def build_llama_mtp_model(
             device=device,
             n_future_tokens=heads,
         )
-        _check_sizes_agree(spec, model.args, spec.path)
-        _check_numerics_agree(spec, model.args, spec.path)
+        check_sizes_agree(spec, model.args, spec.path)
+        check_numerics_agree(spec, model.args, spec.path)
         model.args = _stated_context(spec, model.args)
     else:
         args = _fresh_args(spec, vocab_size, heads)
@@ -126,8 +127,8 @@ def build_value_model(
             attention=attention,
             device=device,
         )
-        _check_sizes_agree(spec, model.args, spec.path)
-        _check_numerics_agree(spec, model.args, spec.path)  # a critic generates nothing: no context
+        check_sizes_agree(spec, model.args, spec.path)
+        check_numerics_agree(spec, model.args, spec.path)  # a critic generates nothing: no context
     else:
         with torch.device(device):
             model = ValueModel(_fresh_args(spec, vocab_size), head=spec.head, attention=attention)
@@ -189,64 +190,6 @@ def _check_vocabulary(model_vocab: int, tokenizer_vocab: int | None, spec) -> No
             f"{source}: the model has {model_vocab} token embeddings, fewer than the "
             f"tokenizer's {tokenizer_vocab} ids"
         )
-
-
-def _check_sizes_agree(spec, args, path) -> None:
-    """Sizes the recipe states (its flavour's, or explicit ones) must match the checkpoint's.
-
-    Widths are compared as derived sizes (FFN width, key/value heads), so equivalent spellings
-    agree; ``n_layers`` only when the recipe sets it, since heads may be added or dropped.
-    """
-
-    stated = spec.resolved_sizes()
-    if not {"dim", "n_heads"} <= stated.keys():
-        return
-    stated_args = dataclasses.replace(
-        args,
-        **{
-            k: v
-            for k, v in stated.items()
-            if k in ("dim", "n_heads", "n_kv_heads", "multiple_of", "ffn_dim_multiplier", "ffn_dim")
-        },
-    )
-    checks = {
-        "dim": (stated_args.dim, args.dim),
-        "n_heads": (stated_args.n_heads, args.n_heads),
-        "n_kv_heads": (stated_args.kv_heads, args.kv_heads),
-        "ffn width": (stated_args.hidden_dim, args.hidden_dim),
-        "vocab_size": (stated.get("vocab_size", -1), args.vocab_size),
-    }
-    if "n_layers" in spec.model_fields_set:
-        checks["n_layers"] = (spec.n_layers, args.n_layers)
-    for name, (want, have) in checks.items():
-        if not (name == "vocab_size" and want == -1) and want != have:
-            raise CheckpointError(
-                f"checkpoint {path}: {name} = {have!r}, but the recipe says {want!r}"
-                + (f" (flavour {spec.flavour!r})" if spec.flavour else "")
-            )
-
-
-PRETRAINED_NUMERICS = ("rope_theta", "rope_scaling", "norm_eps")
-"""Numerics a pretrained model was trained with: a recipe that sets one over ``path`` must say
-the checkpoint's (wmtp does not retarget RoPE or the norms of loaded weights)."""
-
-
-def _check_numerics_agree(spec, args, path) -> None:
-    """The :data:`PRETRAINED_NUMERICS` the recipe sets itself (not its flavour's) must be the
-    checkpoint's; otherwise they would be silently ignored."""
-    for name in PRETRAINED_NUMERICS:
-        if name not in spec.model_fields_set:
-            continue
-        want, have = getattr(spec, name), getattr(args, name)
-        if name == "rope_scaling":
-            want = want.model_dump() if want is not None else None
-            have = dataclasses.asdict(have) if have is not None else None
-        if want != have:
-            raise CheckpointError(
-                f"checkpoint {path}: {name} = {have!r}, but the recipe says {want!r}; a "
-                f"pretrained model keeps the {name} it was trained with: leave out "
-                f"model.*.{name} or set it to {have!r}"
-            )
 
 
 def _stated_context(spec, args):

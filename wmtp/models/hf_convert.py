@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from wmtp.errors import CheckpointError
-from wmtp.models.args import ModelArgs, RopeScaling
+from wmtp.models.args import ModelArgs
+from wmtp.models.descriptions import MTP_HEADS_FORMAT, MTP_HEADS_WEIGHTS
 
 _LAYER_NAMES = {
     "self_attn.q_proj.weight": "attention.wq.weight",
@@ -38,62 +39,7 @@ _TOP_NAMES = {
 }
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 EXTRA_HEADS = "extra_heads."
-MTP_HEADS_WEIGHTS = "mtp_heads.safetensors"
-MTP_HEADS_INFO = "mtp_heads.json"
-MTP_HEADS_FORMAT = "wmtp-mtp-heads"
 HF_INDEX = "model.safetensors.index.json"
-
-
-def args_from_hf_config(config: dict) -> ModelArgs:
-    """ModelArgs from a Llama ``config.json`` (older ``rope_theta``/``rope_scaling`` or v5
-    ``rope_parameters``); features wmtp does not implement are refused, not ignored."""
-    _refuse_what_wmtp_lacks(config)
-    dim, n_heads = config["hidden_size"], config["num_attention_heads"]
-    head_dim = config.get("head_dim") or dim // n_heads
-    if head_dim != dim // n_heads:
-        raise ValueError(f"head_dim {head_dim} != hidden_size / num_attention_heads")
-    rope = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
-    theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
-    return ModelArgs(
-        dim=dim,
-        n_layers=config["num_hidden_layers"],
-        n_heads=n_heads,
-        n_kv_heads=config.get("num_key_value_heads") or n_heads,
-        vocab_size=config["vocab_size"],
-        ffn_dim=config["intermediate_size"],
-        norm_eps=config.get("rms_norm_eps", 1e-6),
-        rope_theta=float(theta),
-        rope_scaling=_rope_scaling(rope),
-        max_seq_len=config.get("max_position_embeddings", 4096),
-        n_future_tokens=1,
-    )
-
-
-def _refuse_what_wmtp_lacks(config: dict) -> None:
-    """A ValueError naming the first config value whose computation LlamaMTP does not have."""
-    if config.get("model_type", "llama") != "llama":
-        raise ValueError(f"model_type {config.get('model_type')!r} is not 'llama'")
-    for flag in ("attention_bias", "mlp_bias"):
-        if config.get(flag):
-            raise ValueError(f"{flag} = true is not supported")
-    if config.get("attention_dropout"):  # transformers drops attention weights while training
-        raise ValueError(f"attention_dropout = {config['attention_dropout']} is not supported")
-    if config.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"hidden_act {config['hidden_act']!r} is not 'silu'")
-
-
-def _rope_scaling(rope: dict) -> RopeScaling | None:
-    kind = rope.get("rope_type", rope.get("type", "default"))
-    if kind == "default":
-        return None
-    if kind != "llama3":
-        raise ValueError(f"RoPE type {kind!r} is not supported (only default and llama3)")
-    return RopeScaling(
-        factor=rope["factor"],
-        low_freq_factor=rope["low_freq_factor"],
-        high_freq_factor=rope["high_freq_factor"],
-        original_max_position_embeddings=rope["original_max_position_embeddings"],
-    )
 
 
 def unpermute_qk(w_OI: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -214,29 +160,6 @@ def hf_weight_files(path: Path) -> list[Path]:
             raise CheckpointError(f"{index}: names {', '.join(missing)}, which is missing")
         return files
     return sorted(p for p in path.glob("*.safetensors") if p.name != MTP_HEADS_WEIGHTS)
-
-
-def extra_heads_beside(path: Path) -> int:
-    """How many extra heads ``mtp_heads.json`` says are beside an HF model (0 without one)."""
-    info_file = path / MTP_HEADS_INFO
-    if not info_file.is_file():
-        return 0
-    try:
-        info = json.loads(info_file.read_text())
-        n = int(info["n_future_tokens"]) - 1 if info.get("format") == MTP_HEADS_FORMAT else -1
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise CheckpointError(
-            f"{info_file}: not a {MTP_HEADS_FORMAT} description ({exc!r})"
-        ) from exc
-    if n < 0:
-        raise CheckpointError(
-            f"{info_file}: not a {MTP_HEADS_FORMAT} description with n_future_tokens >= 1"
-        )
-    if n and not (path / MTP_HEADS_WEIGHTS).is_file():
-        raise CheckpointError(
-            f"{info_file}: names {n} extra heads, but {MTP_HEADS_WEIGHTS} is missing"
-        )
-    return n
 
 
 def mtp_heads_info(a: ModelArgs) -> dict:

@@ -58,17 +58,53 @@ def missing_inputs(recipe: Any) -> list[MissingInput]:
 def input_problems(loaded: Any) -> list[Any]:
     """The missing inputs of a loaded recipe as problems located where the recipe set them
     (file:line, or the ``--set`` that gave the value)."""
+    return [_located(loaded, m.key, m.message) for m in missing_inputs(loaded.recipe)]
+
+
+def model_problems(loaded: Any) -> list[Any]:
+    """Each pretrained model the pipeline uses (``model.<role>.path``), read from its description
+    as its loader reads it (``wmtp.models.descriptions``: no weights, no torch): one wmtp cannot
+    honour, or whose sizes or numerics disagree with the recipe's, is a problem located where
+    the recipe names the path. A path that is not there is :func:`input_problems`'s."""
+    problems = []
+    for role in loaded.recipe.pipeline.uses:
+        spec = getattr(loaded.recipe.model, role)
+        why = _unusable_model(role, spec) if spec is not None else None
+        if why is not None:
+            problems.append(_located(loaded, f"model.{role}.path", f"{spec.path!r}: {why}"))
+    return problems
+
+
+def _unusable_model(role: str, spec: Any) -> str | None:
+    import dataclasses
+
+    from wmtp.models.descriptions import check_numerics_agree, check_sizes_agree, described_args
+
+    if not spec.path or _model_path(role, spec) is not None:
+        return None
+    try:
+        args = described_args(_resolved(spec.path), spec.format)
+        heads = spec.n_future_tokens  # the builder resizes the heads before it compares
+        if heads:
+            layers = args.n_layers - args.n_future_tokens + heads
+            args = dataclasses.replace(args, n_layers=layers, n_future_tokens=heads)
+        check_sizes_agree(spec, args, spec.path)
+        check_numerics_agree(spec, args, spec.path)
+    except CheckpointError as exc:
+        return str(exc)
+    return None
+
+
+def _located(loaded: Any, key: str, message: str) -> Any:
+    """A problem at ``key`` where the recipe set it (file:line, or the ``--set`` that gave the
+    value), or at the recipe itself for a default."""
     from wmtp.recipe.errors import Problem
     from wmtp.recipe.load import problem_at
 
-    problems = []
-    for missing in missing_inputs(loaded.recipe):
-        source = loaded.provenance.get(missing.key.split("[")[0])
-        problem = problem_at(source, missing.key, missing.message)
-        if problem.file is None and problem.origin is None:  # a default: the recipe itself
-            problem = Problem(loaded.path, None, None, missing.key, missing.message)
-        problems.append(problem)
-    return problems
+    problem = problem_at(loaded.provenance.get(key.split("[")[0]), key, message)
+    if problem.file is None and problem.origin is None:  # a default: the recipe itself
+        problem = Problem(loaded.path, None, None, key, message)
+    return problem
 
 
 def watched_paths(recipe: Any) -> list[str]:
@@ -209,4 +245,10 @@ def _benchmarks(spec: Any) -> list[MissingInput | None]:
     return found
 
 
-__all__ = ["MissingInput", "input_problems", "missing_inputs", "watched_paths"]
+__all__ = [
+    "MissingInput",
+    "input_problems",
+    "missing_inputs",
+    "model_problems",
+    "watched_paths",
+]

@@ -57,7 +57,7 @@ def prepare_run(
     (see the module docstring); a located ``RecipeProblems`` lists every missing input.
     ``world_size``: the processes the run will have (default: torchrun's ``WORLD_SIZE``, or 1)."""
     from wmtp.recipe import RecipeProblems, load_recipe
-    from wmtp.recipe.inputs import input_problems
+    from wmtp.recipe.inputs import input_problems, model_problems
     from wmtp.train.run_dir import RECIPE_FILE, check_run_dir, pin_inputs
 
     if recipe_path is None:
@@ -78,7 +78,7 @@ def prepare_run(
         checkpoint = check_resume(Path(resume), loaded.recipe, force=force, world_size=world_size)
         # the frozen models it started with, wherever `latest` points now
         loaded = replace(loaded, recipe=pin_inputs(check_run_dir(resume), loaded.recipe))
-    missing = input_problems(loaded)
+    missing = input_problems(loaded) + model_problems(loaded)
     if missing:
         raise RecipeProblems(f"{loaded.path} (paths it names that cannot be used)", missing)
     recipe = loaded.recipe

@@ -1,0 +1,103 @@
+"""`wmtp validate` and `wmtp run` read each pretrained model's description (config.json,
+params.json, wmtp_model.json) before any weight: a model wmtp cannot honour, or sizes that
+disagree with the recipe, is an error located at the recipe's model.<role>.path line, exit 2, no
+traceback, before a model is built; and the estimate counts a model whose sizes only its
+checkpoint knows."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.models.builders import tiny_hf_llama
+from tests.models.test_checkpoint_paths import RECIPE
+from tests.train.train_helpers import REPO
+
+PATH_LINE = RECIPE.splitlines().index('path = "{path}"') + 1
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hf")
+    tiny_hf_llama(vocab_size=300).save_pretrained(folder)
+    return folder
+
+
+def _recipe(tmp_path, path) -> str:
+    file = tmp_path / "r.toml"
+    file.write_text(RECIPE.format(path=path))
+    return str(file)
+
+
+def _wmtp(*args, runs) -> subprocess.CompletedProcess:
+    sets = ["--set", f"experiment.runs_dir='{runs}'"]
+    return subprocess.run(
+        [sys.executable, "-m", "wmtp.cli", *map(str, args), *sets],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def _shown(done) -> str:
+    return " ".join((done.stdout + done.stderr).split())
+
+
+def _config_with(hf_dir, tmp_path, **changes):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for file in hf_dir.iterdir():
+        (folder / file.name).symlink_to(file)
+    config = json.loads((hf_dir / "config.json").read_text()) | changes
+    (folder / "config.json").unlink()
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "changes, says",
+    [
+        ({"attention_dropout": 0.1}, "config.json: attention_dropout = 0.1 is not supported"),
+        ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, "RoPE type 'yarn'"),
+    ],
+    ids=["attention_dropout", "yarn"],
+)
+def test_a_config_wmtp_cannot_honour_is_refused_at_the_recipes_path_line(
+    hf_dir, tmp_path, changes, says
+):
+    recipe = _recipe(tmp_path, _config_with(hf_dir, tmp_path, **changes))
+    for command in (["validate", recipe], ["run", recipe, "--dry-run"]):
+        done = _wmtp(*command, runs=tmp_path / "runs")
+        shown = _shown(done)
+        assert done.returncode == 2, shown[-2000:]
+        assert "Traceback" not in shown and says in shown, shown[-2000:]
+        assert f"r.toml:{PATH_LINE}" in shown and "model.policy.path" in shown, shown[-2000:]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_sizes_the_recipe_states_are_checked_against_the_description(hf_dir, tmp_path):
+    recipe, runs = _recipe(tmp_path, hf_dir), tmp_path / "runs"
+    sizes = ["--set", "model.policy.dim=64", "--set", "model.policy.n_heads=4"]
+    done = _wmtp("validate", recipe, *sizes, runs=runs)
+    assert done.returncode == 2
+    assert "dim = 32, but the recipe says 64" in _shown(done)
+    done = _wmtp("validate", recipe, "--set", "model.policy.rope_theta=500000.0", runs=runs)
+    assert done.returncode == 2
+    assert "rope_theta = 10000.0, but the recipe says 500000.0" in _shown(done)
+
+
+def test_the_estimate_counts_a_model_whose_sizes_only_its_checkpoint_knows(hf_dir, tmp_path):
+    from wmtp.models.args import param_count
+    from wmtp.models.descriptions import described_args
+
+    done = _wmtp("validate", _recipe(tmp_path, hf_dir), "--format", "json", runs=tmp_path / "r")
+    assert done.returncode == 0, done.stderr[-2000:]
+    (report,) = json.loads(done.stdout)["recipes"]
+    estimate = report["estimate"]
+    assert not any("not counted" in note for note in estimate["notes"])
+    args = described_args(hf_dir)  # one head; the recipe asks two: one more layer
+    two_heads = dataclasses.replace(args, n_layers=args.n_layers + 1, n_future_tokens=2)
+    assert estimate["parameters"]["policy"]["total"] == param_count(two_heads)
+    assert estimate["memory_gib_per_gpu"] is not None
