@@ -231,7 +231,7 @@ def _model_sizes(spec: Any, vocab: int) -> ModelArgs | None:
         args = described_args(Path(spec.path).expanduser(), spec.format)
     except CheckpointError:
         return None
-    heads = spec.n_future_tokens or args.n_future_tokens
+    heads = getattr(spec, "n_future_tokens", None) or args.n_future_tokens
     layers = args.n_layers - args.n_future_tokens + heads
     args = dataclasses.replace(args, n_layers=layers, n_future_tokens=heads)
     return args.with_vocab(vocab) if args.vocab_size == -1 else args

@@ -101,3 +101,21 @@ def test_the_estimate_counts_a_model_whose_sizes_only_its_checkpoint_knows(hf_di
     two_heads = dataclasses.replace(args, n_layers=args.n_layers + 1, n_future_tokens=2)
     assert estimate["parameters"]["policy"]["total"] == param_count(two_heads)
     assert estimate["memory_gib_per_gpu"] is not None
+
+
+def test_a_critic_over_a_hugging_face_directory_validates_and_is_counted(tmp_path):
+    """recipes/tiny_critic.toml with its critic read from a `save_pretrained` directory of the
+    tiny flavour's sizes (a value model has no n_future_tokens of its own); then the same
+    directory with another width is refused at the path."""
+    tiny = {"hidden_size": 64, "num_hidden_layers": 4, "intermediate_size": 192}
+    tiny_hf_llama(vocab_size=259, **tiny).save_pretrained(tmp_path / "critic")
+    recipe = str(REPO / "recipes" / "tiny_critic.toml")
+    path = ["--set", f"model.critic.path='{tmp_path / 'critic'}'"]
+    done = _wmtp("validate", recipe, *path, "--format", "json", runs=tmp_path / "runs")
+    assert done.returncode == 0, _shown(done)[-2000:]
+    (report,) = json.loads(done.stdout)["recipes"]
+    assert report["estimate"]["parameters"]["critic"]["total"] > 0
+    tiny_hf_llama(vocab_size=259, **(tiny | {"hidden_size": 96})).save_pretrained(tmp_path / "wide")
+    path = ["--set", f"model.critic.path='{tmp_path / 'wide'}'"]
+    done = _wmtp("validate", recipe, *path, runs=tmp_path / "runs")
+    assert done.returncode == 2 and "dim = 96, but the recipe says 64" in _shown(done)

@@ -84,7 +84,7 @@ def _unusable_model(role: str, spec: Any) -> str | None:
         return None
     try:
         args = described_args(_resolved(spec.path), spec.format)
-        heads = spec.n_future_tokens  # the builder resizes the heads before it compares
+        heads = getattr(spec, "n_future_tokens", None)  # a critic has one; resized before compared
         if heads:
             layers = args.n_layers - args.n_future_tokens + heads
             args = dataclasses.replace(args, n_layers=layers, n_future_tokens=heads)
