@@ -216,8 +216,6 @@ def _model_sizes(spec: Any, vocab: int) -> ModelArgs | None:
     """The recipe's sizes (flavour, explicit ones), else those its ``path`` describes (its
     ``params.json``, ``config.json`` or ``wmtp_model.json``, read without the weights), with the
     recipe's heads; ``None`` when neither is there."""
-    import dataclasses
-
     from wmtp.errors import CheckpointError, RecipeError
     from wmtp.models.descriptions import described_args
 
@@ -231,9 +229,7 @@ def _model_sizes(spec: Any, vocab: int) -> ModelArgs | None:
         args = described_args(Path(spec.path).expanduser(), spec.format)
     except CheckpointError:
         return None
-    heads = getattr(spec, "n_future_tokens", None) or args.n_future_tokens
-    layers = args.n_layers - args.n_future_tokens + heads
-    args = dataclasses.replace(args, n_layers=layers, n_future_tokens=heads)
+    args = args.with_heads(getattr(spec, "n_future_tokens", None) or args.n_future_tokens)
     return args.with_vocab(vocab) if args.vocab_size == -1 else args
 
 

@@ -81,6 +81,11 @@ class ModelArgs:
     def with_vocab(self, vocab_size: int) -> ModelArgs:
         return replace(self, vocab_size=vocab_size)
 
+    def with_heads(self, n_future_tokens: int) -> ModelArgs:
+        """The same trunk with ``n_future_tokens`` heads: one layer per head added or dropped."""
+        layers = self.n_layers - self.n_future_tokens + n_future_tokens
+        return replace(self, n_layers=layers, n_future_tokens=n_future_tokens)
+
     def to_dict(self) -> dict:
         return asdict(self)
 

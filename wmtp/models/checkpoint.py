@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -326,8 +326,7 @@ def resize_heads(args: ModelArgs, sd: dict, n_future_tokens: int) -> tuple[Model
         for key in [k for k in sd if k.startswith(head1)]:
             sd[f"extra_heads.{j}." + key[len(head1) :]] = sd[key].clone()
     log.info("checkpoint: %s", _heads_change(old, n_future_tokens))
-    n_layers = args.n_layers - old + n_future_tokens
-    return replace(args, n_layers=n_layers, n_future_tokens=n_future_tokens), sd
+    return args.with_heads(n_future_tokens), sd
 
 
 def _heads_change(held: int, asked: int) -> str:

@@ -64,8 +64,7 @@ def described_args(path: str | Path, format: str = "auto") -> ModelArgs:
     if fmt == "hf":
         config = read_json(path / "config.json")
         args = args_or_error(lambda: args_from_hf_config(config), path / "config.json")
-        extra = extra_heads_beside(path)
-        return dataclasses.replace(args, n_layers=args.n_layers + extra, n_future_tokens=1 + extra)
+        return args.with_heads(1 + extra_heads_beside(path))
     if fmt == "safetensors":
         return wmtp_description(path)[1]
     raise CheckpointError(f"checkpoint {path}: unknown format {fmt!r} (known: {FORMATS})")

@@ -200,7 +200,6 @@ class LlamaMTP(nn.Module):
         """Keep heads 1..n; heads beyond the current ones start as copies of head 1 (its adapters
         included). The trunk is untouched."""
         import copy
-        import dataclasses
 
         old = self.n_heads
         if n == old:
@@ -209,9 +208,7 @@ class LlamaMTP(nn.Module):
         heads = list(self.extra_heads)[: n - 1]
         heads += [copy.deepcopy(self.layers[-1]) for _ in range(n - old)]
         self.extra_heads = nn.ModuleList(heads)
-        self.args = dataclasses.replace(
-            self.args, n_layers=self.args.n_layers - old + n, n_future_tokens=n
-        )
+        self.args = self.args.with_heads(n)
 
     def reset_parameters(self, std: float = 0.02) -> None:
         """Fresh weights: normal(0, std) for matrices, ones for norms (for training from scratch)."""

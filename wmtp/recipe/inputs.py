@@ -76,8 +76,6 @@ def model_problems(loaded: Any) -> list[Any]:
 
 
 def _unusable_model(role: str, spec: Any) -> str | None:
-    import dataclasses
-
     from wmtp.models.descriptions import check_numerics_agree, check_sizes_agree, described_args
 
     if not spec.path or _model_path(role, spec) is not None:
@@ -85,9 +83,7 @@ def _unusable_model(role: str, spec: Any) -> str | None:
     try:
         args = described_args(_resolved(spec.path), spec.format)
         heads = getattr(spec, "n_future_tokens", None)  # a critic has one; resized before compared
-        if heads:
-            layers = args.n_layers - args.n_future_tokens + heads
-            args = dataclasses.replace(args, n_layers=layers, n_future_tokens=heads)
+        args = args.with_heads(heads) if heads else args
         check_sizes_agree(spec, args, spec.path)
         check_numerics_agree(spec, args, spec.path)
     except CheckpointError as exc:
