@@ -231,25 +231,6 @@ def test_two_micro_batches_of_two_pairs_train_as_one_of_four(tmp_path):
         torch.testing.assert_close(got[name], grad, atol=1e-6, rtol=1e-4, msg=name)
 
 
-def test_packing_leaves_a_pair_one_padded_example_per_row(tmp_path):
-    """``data.packing`` packs solutions for the policy pipelines; the critic's rows stay one
-    example each (its values and lambda-returns never run across two solutions)."""
-    from wmtp.parallel import init_distributed
-    from wmtp.recipe import load_recipe
-    from wmtp.train.loop import Trainer
-
-    plain = _trainer(tmp_path / "plain").batches.next_step()
-    text = _recipe_text(tmp_path, '{ kind = "linear" }', 4, 1) + "packing = true\n"
-    (tmp_path / "packed.toml").write_text(text)
-    recipe = load_recipe(tmp_path / "packed.toml").recipe
-    packed = Trainer(recipe, text, tmp_path / "run", init_distributed("cpu"), console=False)
-    (pair,) = packed.build().batches.next_step()
-    for half in ("chosen", "rejected"):
-        assert "cu_seqlens" not in pair[half] and "document_ids" not in pair[half]
-        assert torch.equal(pair[half]["input_ids"], plain[0][half]["input_ids"])
-        assert torch.equal(pair[half]["labels"], plain[0][half]["labels"])
-
-
 @pytest.mark.slow
 def test_two_ranks_of_two_pairs_train_as_one_process_of_four(tmp_path):
     """torchrun, gloo: the pairwise and lambda-return means are over every rank's pairs and

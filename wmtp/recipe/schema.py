@@ -185,7 +185,7 @@ class Recipe(Section):
             return (
                 f"data.packing = true, but experiment.pipeline = {self.experiment.pipeline!r} "
                 "trains on (correct, incorrect) pairs, one pair per row: there is nothing to "
-                "pack; leave out data.packing"
+                "pack; set data.packing = false (here or in the recipe it extends)"
             )
         return None
 
