@@ -114,6 +114,7 @@ def trained_model(
         update: dict[str, Any] = {"checkpoint": str(weights)}
         heads = heads_in(find_trained_weights(weights).file)  # what was trained
     else:
+        check_model_dir_tokenizer(weights, recipe)
         update = {"path": str(weights), "format": format, "checkpoint": None}
         if own_sizes:
             fields = ("flavour", "n_future_tokens", "lora")
@@ -206,27 +207,47 @@ def _adapter_scale(lora: Any) -> Any:
 
 def _trained_recipe(role: str, spec: Any, trained: Any) -> Any:
     """The recipe saved beside a wmtp checkpoint (a CheckpointError where there is none)."""
-    from wmtp.recipe import load_recipe
-
     if trained.recipe_file is None:
         raise CheckpointError(
             f"model.{role}.checkpoint = {spec.checkpoint!r}: no recipe.toml beside the weights "
             f"({trained.directory}), so its tokenizer cannot be checked (wmtp writes one with "
             "every checkpoint)"
         )
+    return _saved_recipe(trained.recipe_file)
+
+
+def _saved_recipe(file: Path) -> Any:
+    """The recipe wmtp saved beside weights (a moved export's read with the tokenizer file it
+    holds); a CheckpointError where it does not load."""
     from wmtp.export.source import own_tokenizer_overrides
+    from wmtp.recipe import load_recipe
 
     try:
-        own = own_tokenizer_overrides(trained.recipe_file)  # a moved export: its own tokenizer
-        return load_recipe(trained.recipe_file, own).recipe
+        return load_recipe(file, own_tokenizer_overrides(file)).recipe
     except RecipeError as exc:
         raise CheckpointError(
-            f"{trained.recipe_file}: the checkpoint's recipe does not load: {exc}"
+            f"{file}: the recipe saved with the weights does not load: {exc}"
         ) from exc
+
+
+def check_model_dir_tokenizer(directory: Path, recipe: Any) -> None:
+    """A model directory holding the recipe wmtp saved with it (a ``wmtp export``) says the
+    tokenizer it was trained with: this recipe's must give the same ids (:func:`same_tokenizer`).
+    A pretrained directory without one is taken as it is."""
+    saved = Path(directory) / "recipe.toml"
+    if not saved.is_file():
+        return
+    theirs = _saved_recipe(saved).tokenizer
+    if not same_tokenizer(theirs, recipe.tokenizer):
+        raise CheckpointError(
+            f"{directory} was trained with tokenizer {theirs.model_dump()} ({saved}), but this "
+            f"recipe's [tokenizer] is {recipe.tokenizer.model_dump()}"
+        )
 
 
 __all__ = [
     "check_checkpoint_recipe",
+    "check_model_dir_tokenizer",
     "dataset",
     "model",
     "tokenizer",

@@ -115,3 +115,31 @@ def test_bench_decode_cuts_prompts_to_the_context_and_refuses_what_cannot_fit(fo
     assert result.exit_code == 2, result.output
     assert f"the model's context is {context} tokens" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "x.json").exists()
+
+
+def _eval_recipe(folder, checkpoint, tokenizer) -> str:
+    path = folder / "evaluation.toml"
+    path.write_text(
+        "[experiment]\nname = 'moved'\npipeline = 'evaluation'\n"
+        f"runs_dir = '{folder / 'runs'}'\n\n"
+        f"[tokenizer]\nkind = 'sentencepiece'\npath = '{tokenizer}'\n\n"
+        f"[model.policy]\nkind = 'llama_mtp'\ncheckpoint = '{checkpoint}'\n\n"
+        "[parallel]\ndevice = 'cpu'\n"
+    )
+    return str(path)
+
+
+def test_an_export_is_evaluated_only_with_the_tokenizer_it_was_trained_with(folders, tmp_path):
+    """An evaluation recipe naming the (moved) export: with a copy of the tokenizer it was
+    trained with, at another path, it runs; with another SentencePiece model (the one now at the
+    export's old path) it is refused, exit 2, no traceback, nothing written."""
+    moved, source, first = folders["moved"], folders["source"], folders["first"]
+    same = _eval_recipe(tmp_path, moved, source / "tokenizer.model")
+    _cli("eval", same, "--no-progress", "--sandbox", "rlimits", "--out", tmp_path / "a", *EVAL_SETS)
+    (tmp_path / "b").mkdir()
+    other = _eval_recipe(tmp_path / "b", moved, first / "tokenizer.model")
+    result = CliRunner().invoke(app, ["eval", other, "--no-progress", "--out", str(tmp_path / "c")])
+    assert result.exit_code == 2, result.output
+    shown = " ".join(result.output.split())
+    assert f"{moved} was trained with tokenizer" in shown and "Traceback" not in shown
+    assert not (tmp_path / "c").exists()
