@@ -258,7 +258,8 @@ def test_the_summariser_finds_every_figure_in_a_results_folder(tmp_path, monkeyp
     assert summary["mtp4_peak_memory_ratio_vs_ntp"] == 1.0
     assert summary["float8_ratio_vs_bf16"] is None and summary["run_vs_bench_step"] is None
     assert summary["unmeasured_sides"]["full1b"]["hf+compile"].startswith("not measured")
-    assert summary["lora7b_best"]["wmtp-4heads"]["side"] == "wmtp-4heads"  # +compile: CUDA only
+    best = summary["lora7b_best"]["wmtp-4heads"]["side"]  # the faster of its CPU settings
+    assert best in ("wmtp-4heads", "wmtp-4heads+no-checkpointing")  # +compile: CUDA only
     assert "CUDA only" in summary["unmeasured_sides"]["lora7b"]["wmtp-4heads+compile"]
     assert {(r["side"], r["micro_batch"]) for r in summary["rows"]["lora7b"]} >= {
         ("wmtp-4heads", 1),
