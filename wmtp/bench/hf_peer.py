@@ -177,6 +177,11 @@ def build_peer(args: ModelArgs, config: PeerConfig, device: torch.device) -> Pee
     return Peer(config, model, optimizer, step)
 
 
+def build_side(args: ModelArgs, config: PeerConfig, seq_len: int, device: torch.device) -> Peer:
+    """:func:`build_peer` as ``wmtp bench peers`` builds a side (its rows' ``seq_len`` unused)."""
+    return build_peer(args, config, device)
+
+
 def _checkpoint_activations(model: torch.nn.Module) -> None:
     """Hugging Face's gradient checkpointing of every decoder layer, non-reentrant (the name of
     the call changed in transformers 5.x: the newer one where it exists)."""

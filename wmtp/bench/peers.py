@@ -10,7 +10,10 @@ one head and with four (at ``full1b`` also one head with ``parallel.float8``); t
 peers of :mod:`wmtp.bench.hf_peer` (plain, compiled, with Liger kernels; PEFT LoRA for
 ``lora7b``, each with gradient checkpointing and without: Hugging Face checkpoints every layer
 or none, so a recipe that recomputes one block in k has no like setting, and the peer's best is
-whichever is faster), built as the recipe's model with one head. A side is a name and its
+whichever is faster), built as the recipe's model with one head; at ``full1b`` also torchtitan's
+own Llama3 at the same shape, at its single-GPU setting (:mod:`wmtp.bench.titan_peer`: its
+per-block compile, FSDP2 mixed precision over one rank, chunked cross-entropy, CUDA graphs;
+run last). A side is a name and its
 settings, ``+``-separated (:func:`settings`).
 Each side is swept over micro-batches until one runs out of memory (:mod:`wmtp.bench.sweep`).
 
@@ -33,7 +36,15 @@ from pathlib import Path
 import torch
 
 from wmtp.bench import hf_peer
-from wmtp.bench.sweep import Row, best, error_row, free_memory, measured_row, sweep
+from wmtp.bench.sweep import (
+    Row,
+    best,
+    error_row,
+    free_memory,
+    installed_version,
+    measured_row,
+    sweep,
+)
 from wmtp.errors import WmtpError
 from wmtp.parallel import float8
 
@@ -92,6 +103,16 @@ SIDES = {
         "hf": "transformers LlamaForCausalLM, sdpa, fp32 weights under bf16 autocast",
         "hf+compile": "the same under torch.compile (whole model)",
         "hf+liger": "the same with Liger kernels (RoPE, RMSNorm, SwiGLU, fused linear CE)",
+        "titan": "torchtitan 0.3.0's Llama3 (wmtp.bench.titan_peer), its single-GPU setting: "
+        "parallelize_llama (apply_compile: each block torch.compile'd; FSDP2 fully_shard over "
+        "one rank, MixedPrecisionPolicy bf16 params / fp32 reduce, fp32 master weights; no "
+        "activation checkpointing), FlexAttention, ChunkedLossWrapper(CrossEntropyLoss, 8 "
+        "chunks, compiled), its fused AdamW and clip_grad_norm_ 1.0, forward + backward "
+        "under its CUDA graph wrapper (its trainer's default)",
+        "titan+no-cuda-graphs": "the same without CUDA graphs (training.disable_cuda_graphs)",
+        "titan+no-compile": "torchtitan's Llama3 eager (no apply_compile, loss not compiled); "
+        "on the CPU (tests) without CUDA graphs and with its ScaledDotProductAttention "
+        "(FlexAttention has no CPU backward)",
     },
     "lora7b": {
         "wmtp-4heads": "wmtp's trainer on the recipe as written: four heads",
@@ -207,17 +228,20 @@ def _wmtp_side(side, recipe_at, *, warmup, repeats, device) -> Callable[[int], R
 
 
 class _PeerSide:
-    """A peer built once (at its first micro-batch) and measured at each micro-batch."""
+    """A peer built once (at its first micro-batch) and measured at each micro-batch: a Hugging
+    Face peer (:mod:`wmtp.bench.hf_peer`) or, with ``build``, ``measure`` and ``close`` of
+    :mod:`wmtp.bench.titan_peer`, torchtitan's (``close``: when the side is done)."""
 
-    def __init__(self, args, config: hf_peer.PeerConfig, seq_len, *, warmup, repeats, device):
+    def __init__(self, args, config, seq_len, *, warmup, repeats, device, module=hf_peer):
         self.args, self.config, self.seq_len = args, config, seq_len
         self.warmup, self.repeats, self.device = warmup, repeats, device
-        self.peer: hf_peer.Peer | None = None
+        self.module = module
+        self.peer = None
 
     def measure(self, micro_batch: int) -> Row:
         if self.peer is None:
-            self.peer = hf_peer.build_peer(self.args, self.config, self.device)
-        row = hf_peer.measure(
+            self.peer = self.module.build_side(self.args, self.config, self.seq_len, self.device)
+        row = self.module.measure(
             self.peer,
             self.args,
             micro_batch=micro_batch,
@@ -229,10 +253,16 @@ class _PeerSide:
         row["config"] |= {"n_future_tokens": 1, "warmup": self.warmup, "repeats": self.repeats}
         return row
 
+    def close(self) -> None:
+        if self.peer is not None and hasattr(self.module, "close_side"):
+            self.module.close_side(self.peer)
+        self.peer = None
+
 
 def ordered(sides: Sequence[str]) -> list[str]:
-    """``sides`` in the order given, the Liger peers last (their patch cannot be undone)."""
-    return sorted(sides, key=lambda side: "liger" in settings(side))
+    """``sides`` in the order given, the Liger peers last (their patch cannot be undone), then
+    torchtitan's (importing it changes process-wide torch settings)."""
+    return sorted(sides, key=lambda side: (side.startswith("titan"), "liger" in settings(side)))
 
 
 def run_shape(
@@ -284,6 +314,8 @@ def run_shape(
             on_row(error_row(side, None, f"not measured: {measure}"))
             continue
         sweep(side, measure, sizes, on_row=on_row)
+        if isinstance(getattr(measure, "__self__", None), _PeerSide):
+            measure.__self__.close()  # a torchtitan side's process group and CUDA graphs
         del measure
         if "compile" in settings(side):  # the compiled graphs hold the model's weights
             torch._dynamo.reset()
@@ -326,12 +358,34 @@ class _Sides:
                 return shape_recipe(self.shape, heads=heads, micro_batch=b, overrides=overrides)
 
             return _wmtp_side(side, recipe_at, device=self.device_name, **self.timing)
+        if side.startswith("titan"):
+            return self._titan(side)
         config = peer_config(self.shape, side, self.one_head)
         reason = hf_peer.unavailable(config, self.device)
         if reason:
             return reason
         peer = _PeerSide(self.args, config, self.seq_len, device=self.device, **self.timing)
         return peer.measure
+
+    def _titan(self, side: str) -> Callable[[int], Row] | str:
+        """torchtitan's peer (:mod:`wmtp.bench.titan_peer`): CUDA graphs on CUDA only (where
+        there is none torchtitan itself runs eager), FlexAttention on CUDA (no CPU backward)."""
+        from wmtp.bench import titan_peer
+
+        wanted, cuda = settings(side), self.device.type == "cuda"
+        config = titan_peer.TitanConfig(
+            side,
+            compile="no-compile" not in wanted,
+            cuda_graphs=cuda and "no-cuda-graphs" not in wanted,
+            attention="flex" if cuda else "sdpa",
+        )
+        reason = titan_peer.unavailable(config, self.args, self.device)
+        if reason:
+            return reason
+        side_of = _PeerSide(
+            self.args, config, self.seq_len, device=self.device, module=titan_peer, **self.timing
+        )
+        return side_of.measure
 
 
 def _allocated_gib(device: torch.device) -> float:
@@ -366,7 +420,7 @@ def _header(shape, path: Path, args, recipe, device, command, sides) -> dict:
         "gpus": 1,
         "versions": {
             "python": platform.python_version(),
-            **{name: _version(name) for name in ("torch", "transformers", "peft", "liger-kernel")},
+            **{name: installed_version(name) for name in PACKAGES},
         },
         "seq_len": recipe.data.max_length,
         "model": args.to_dict(),
@@ -379,13 +433,8 @@ def _header(shape, path: Path, args, recipe, device, command, sides) -> dict:
     }
 
 
-def _version(package: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
+PACKAGES = ("torch", "transformers", "peft", "liger-kernel", "torchtitan")
+"""The packages whose versions a results file records."""
 
 
 def _line(row: Row) -> str:

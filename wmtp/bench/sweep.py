@@ -115,3 +115,13 @@ def best(rows: Sequence[Row]) -> Row | None:
     """The measured row with the most tokens/s (``None`` when nothing was measured)."""
     measured = [r for r in rows if r["error"] is None]
     return max(measured, key=lambda r: r["tokens_per_s"]) if measured else None
+
+
+def installed_version(package: str) -> str | None:
+    """``package``'s installed version (``None``: not installed), as results files record it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
