@@ -112,12 +112,13 @@ stage_lora7b_no_checkpointing() {
 }
 stage_lora7b_same_call() {  # wmtp and the fastest LoRA peer, each at its best setting, in one
   # call: the peer compiled without checkpointing, wmtp the same, then the recipe as written
-  step lora7b_same_call_peer 240 "${PEERS[@]}" --shape lora7b \
+  # (the peer compiles the whole model again at each micro-batch: about 110 s each on an H100)
+  step lora7b_same_call_peer 330 "${PEERS[@]}" --shape lora7b \
     --sides hf-peft+compile+no-checkpointing --micro-batches ${LORA_MB:-1,2,4}
-  step lora7b_same_call_wmtp 180 "${PEERS[@]}" --shape lora7b \
+  step lora7b_same_call_wmtp 120 "${PEERS[@]}" --shape lora7b \
     --sides wmtp-4heads+no-checkpointing --micro-batches ${LORA_MB:-1,2,4}
   budget_steps 3 "${WITHIN[1]}"  # the recipe as written: micro-batch 1, 32 a step, 1 block in 11
-  step lora7b_same_call_ntp 80 "${PEERS[@]}" --shape lora7b \
+  step lora7b_same_call_ntp 60 "${PEERS[@]}" --shape lora7b \
     --sides wmtp-1head+no-checkpointing --micro-batches best:wmtp-4heads+no-checkpointing
 }
 stage_lora7b_best() {  # the recipe as written (compiled on CUDA) and the fastest peers
