@@ -3,10 +3,14 @@ same architecture as wmtp's one-head model, every weight trained, its loss the c
 its logits on the peers' masked labels, its row by the one MFU formula, and a setting it cannot
 run here one row saying why. The compiled, CUDA-graphed side itself runs on GPUs only."""
 
+import json
+
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from wmtp.bench import hf_peer, peers, titan_peer
+from wmtp.cli import app
 from wmtp.data.examples import IGNORE_INDEX
 from wmtp.models.args import mfu, param_count, training_flops_per_token
 
@@ -42,10 +46,12 @@ def built():
 
 
 def test_the_titan_side_is_measured_by_the_one_formula_beside_wmtp(tmp_path):
-    results = peers.run_shape(
-        "full1b", tmp_path, sides=["titan+no-compile", "wmtp-1head"], micro_batches=[2],
-        warmup=0, repeats=1, overrides=TINY, log=lambda line: None,
-    )  # fmt: skip
+    sets = [a for s in TINY for a in ("--set", s)]
+    argv = ["bench", "peers", "--shape", "full1b", "--out", str(tmp_path), "--warmup", "0"]
+    sides = ["--sides", "titan+no-compile,wmtp-1head", "--micro-batches", "2"]
+    result = CliRunner().invoke(app, [*argv, "--repeats", "1", *sets, *sides])
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "full1b.json").read_text())
     rows = {r["side"]: r for r in results["rows"]}
     assert [r["side"] for r in results["rows"]] == ["wmtp-1head", "titan+no-compile"]  # last
     titan, wmtp = rows["titan+no-compile"], rows["wmtp-1head"]
