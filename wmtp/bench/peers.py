@@ -32,6 +32,7 @@ import platform
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -198,15 +199,33 @@ def peer_config(shape: str, side: str, recipe) -> hf_peer.PeerConfig:
     )
 
 
-def _wmtp_side(side, recipe_at, *, warmup, repeats, device) -> Callable[[int], Row]:
-    from wmtp.bench.step import bench_step
+class Side(Protocol):
+    """One side of a comparison: ``measure`` at each micro-batch of the sweep, ``close`` once
+    the sweep is done (whatever the side holds between micro-batches is released)."""
 
-    def measure(micro_batch: int) -> Row:
-        recipe = recipe_at(micro_batch)
-        r = bench_step(recipe, label=side, warmup=warmup, repeats=repeats, device=device)
+    def measure(self, micro_batch: int) -> Row: ...
+
+    def close(self) -> None: ...
+
+
+class _WmtpSide:
+    """wmtp's trainer at one side's recipe, measured at each micro-batch by
+    :func:`wmtp.bench.step.bench_step` (each step builds and frees its own trainer)."""
+
+    def __init__(self, side, recipe_at, *, warmup, repeats, device):
+        self.side, self.recipe_at, self.device = side, recipe_at, device
+        self.warmup, self.repeats = warmup, repeats
+
+    def measure(self, micro_batch: int) -> Row:
+        from wmtp.bench.step import bench_step
+
+        recipe = self.recipe_at(micro_batch)
+        r = bench_step(
+            recipe, label=self.side, warmup=self.warmup, repeats=self.repeats, device=self.device
+        )
         c = r.config
         return measured_row(
-            side,
+            self.side,
             micro_batch,
             tokens_per_step=round(r.tokens_per_s * r.step.median_ms / 1e3),
             step=r.step,
@@ -220,17 +239,19 @@ def _wmtp_side(side, recipe_at, *, warmup, repeats, device) -> Callable[[int], R
             float8=recipe.parallel.float8_scaling(),
             attention=c["attention"],
             mtp_loss=c["mtp_loss"],
-            warmup=warmup,
-            repeats=repeats,
+            warmup=self.warmup,
+            repeats=self.repeats,
         )
 
-    return measure
+    def close(self) -> None:
+        """Nothing held between micro-batches."""
 
 
 class _PeerSide:
     """A peer built once (at its first micro-batch) and measured at each micro-batch: a Hugging
-    Face peer (:mod:`wmtp.bench.hf_peer`) or, with ``build``, ``measure`` and ``close`` of
-    :mod:`wmtp.bench.titan_peer`, torchtitan's (``close``: when the side is done)."""
+    Face peer (:mod:`wmtp.bench.hf_peer`) or torchtitan's (:mod:`wmtp.bench.titan_peer`), each
+    module's ``build_side`` and ``measure``; ``close`` (when the side is done) calls its
+    ``close_side`` where it has one (torchtitan's process group and CUDA graphs)."""
 
     def __init__(self, args, config, seq_len, *, warmup, repeats, device, module=hf_peer):
         self.args, self.config, self.seq_len = args, config, seq_len
@@ -309,14 +330,13 @@ def run_shape(
 
     for side in sides:
         on_row = functools.partial(record, leftover=_allocated_gib(side_of.device))
-        measure = side_of(side)
-        if isinstance(measure, str):
-            on_row(error_row(side, None, f"not measured: {measure}"))
+        measured = side_of(side)
+        if isinstance(measured, str):
+            on_row(error_row(side, None, f"not measured: {measured}"))
             continue
-        sweep(side, measure, sizes, on_row=on_row)
-        if isinstance(getattr(measure, "__self__", None), _PeerSide):
-            measure.__self__.close()  # a torchtitan side's process group and CUDA graphs
-        del measure
+        sweep(side, measured.measure, sizes, on_row=on_row)
+        measured.close()
+        del measured
         if "compile" in settings(side):  # the compiled graphs hold the model's weights
             torch._dynamo.reset()
         free_memory()
@@ -341,7 +361,7 @@ class _Sides:
         """Whether the shape's recipe as written compiles its blocks on this device."""
         return self.one_head.parallel.compiles(self.device.type)
 
-    def __call__(self, side: str) -> Callable[[int], Row] | str:
+    def __call__(self, side: str) -> Side | str:
         as_written = side.removesuffix("+compile")
         if side.startswith("wmtp-") and side != as_written and self._compiles():
             return f"the recipe as written compiles its blocks here: the side {as_written}"
@@ -357,17 +377,16 @@ class _Sides:
             def recipe_at(b: int):
                 return shape_recipe(self.shape, heads=heads, micro_batch=b, overrides=overrides)
 
-            return _wmtp_side(side, recipe_at, device=self.device_name, **self.timing)
+            return _WmtpSide(side, recipe_at, device=self.device_name, **self.timing)
         if side.startswith("titan"):
             return self._titan(side)
         config = peer_config(self.shape, side, self.one_head)
         reason = hf_peer.unavailable(config, self.device)
         if reason:
             return reason
-        peer = _PeerSide(self.args, config, self.seq_len, device=self.device, **self.timing)
-        return peer.measure
+        return _PeerSide(self.args, config, self.seq_len, device=self.device, **self.timing)
 
-    def _titan(self, side: str) -> Callable[[int], Row] | str:
+    def _titan(self, side: str) -> Side | str:
         """torchtitan's peer (:mod:`wmtp.bench.titan_peer`): CUDA graphs on CUDA only (where
         there is none torchtitan itself runs eager), FlexAttention on CUDA (no CPU backward)."""
         from wmtp.bench import titan_peer
@@ -382,10 +401,9 @@ class _Sides:
         reason = titan_peer.unavailable(config, self.args, self.device)
         if reason:
             return reason
-        side_of = _PeerSide(
+        return _PeerSide(
             self.args, config, self.seq_len, device=self.device, module=titan_peer, **self.timing
         )
-        return side_of.measure
 
 
 def _allocated_gib(device: torch.device) -> float:
