@@ -9,11 +9,11 @@
 #   full1b          the 1B full fine-tune: wmtp one head, HF sdpa, HF + Liger, micro-batches
 #                   2, 4, 8, 16 (3 warm-up + 10 timed steps)
 #   full1b_compile  HF + torch.compile at the 1B shape (its own process: compiled graphs)
-#   full1b_titan    wmtp one head, then torchtitan's own Llama3 at the 1B shape, its single-GPU
-#                   setting (per-block compile, FSDP2 bf16 mixed precision over one rank, chunked
-#                   cross-entropy, CUDA graphs) and the same without CUDA graphs, at micro-batches
-#                   FULL_MB (default 8,16,32; torchtitan in its own process, after the
-#                   others; carry .whl holding bench/torchtitan.txt's wheels)
+#   full1b_titan    one call: wmtp one head, HF + Liger (the fastest Hugging Face peer at 1B),
+#                   then torchtitan 0.2.2's own Llama3 at the 1B shape, its trainer's setting on
+#                   one GPU (per-block compile, bf16 autocast, compiled cross-entropy), at
+#                   micro-batches FULL_MB (default 8,16,32; torchtitan in its own process, after
+#                   the others; carry .whl holding bench/torchtitan.txt's wheels)
 #   full1b_mtp4     wmtp with four heads at the best micro-batch of one head (the FLOP floor)
 #   lora7b_compile  HF + PEFT + torch.compile at the LoRA shape
 #   lora7b_no_checkpointing  HF + PEFT without gradient checkpointing, plain and with Liger, then
@@ -90,11 +90,13 @@ stage_full1b() {
 stage_full1b_compile() {
   step full1b_compile 200 "${PEERS[@]}" --shape full1b --sides hf+compile
 }
-stage_full1b_titan() {  # wmtp, then torchtitan in its own process (importing it changes
-  # process-wide settings), at the same micro-batches in one call
+stage_full1b_titan() {  # wmtp and the peers at the same micro-batches in one call; torchtitan
+  # in its own process (importing it changes process-wide settings)
   step full1b_titan_wmtp 150 "${PEERS[@]}" --shape full1b --sides wmtp-1head \
     --micro-batches ${FULL_MB:-8,16,32}
-  step full1b_titan 400 "${PEERS[@]}" --shape full1b --sides titan,titan+no-cuda-graphs \
+  step full1b_titan_liger 150 "${PEERS[@]}" --shape full1b --sides hf+liger \
+    --micro-batches ${FULL_MB:-8,16,32}
+  step full1b_titan 240 "${PEERS[@]}" --shape full1b --sides titan \
     --micro-batches ${FULL_MB:-8,16,32}
 }
 stage_full1b_mtp4() {

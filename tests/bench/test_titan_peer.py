@@ -1,8 +1,9 @@
 """torchtitan's Llama3 as a ``wmtp bench peers`` side (CPU, tiny shape, real torchtitan): the
 same architecture as wmtp's one-head model, every weight trained, its loss the cross-entropy of
 its logits on the peers' masked labels, its row by the one MFU formula, and a setting it cannot
-run here one row saying why. The compiled, CUDA-graphed side itself runs on GPUs only."""
+run here one row saying why. The compiled side itself runs on GPUs only."""
 
+import dataclasses
 import json
 
 import pytest
@@ -12,7 +13,7 @@ from typer.testing import CliRunner
 from wmtp.bench import hf_peer, peers, titan_peer
 from wmtp.cli import app
 from wmtp.data.examples import IGNORE_INDEX
-from wmtp.models.args import mfu, param_count, training_flops_per_token
+from wmtp.models.args import RopeScaling, mfu, param_count, training_flops_per_token
 
 # not a dev dependency (bench/torchtitan.txt says why); CI installs it, so these run there
 pytest.importorskip("torchtitan")
@@ -26,9 +27,7 @@ TINY = (
     "model.policy.vocab_size=512",
 )
 CPU = torch.device("cpu")
-EAGER = titan_peer.TitanConfig(
-    "titan+no-compile", compile=False, cuda_graphs=False, attention="sdpa"
-)
+EAGER = titan_peer.TitanConfig("titan+no-compile", compile=False)
 
 
 def _args():
@@ -38,11 +37,7 @@ def _args():
 @pytest.fixture
 def built():
     args = _args()
-    runtime = titan_peer.TitanRuntime(CPU)
-    try:
-        yield args, titan_peer.build_titan(args, EAGER, SEQ, CPU)
-    finally:
-        runtime.close()
+    return args, titan_peer.build_side(args, EAGER, SEQ, CPU)
 
 
 def test_the_titan_side_is_measured_by_the_one_formula_beside_wmtp(tmp_path):
@@ -63,46 +58,42 @@ def test_the_titan_side_is_measured_by_the_one_formula_beside_wmtp(tmp_path):
     for row in (titan, wmtp):
         assert row["mfu"] == mfu(row["tokens_per_s"], expected, row["peak_tflops"])
     assert titan["config"]["attention"] == "sdpa" and titan["config"]["compile"] is False
-    assert results["versions"]["torchtitan"] == titan["config"]["torchtitan"] == "0.3.0"
-    assert not torch.distributed.is_initialized()  # its process group went with the side
+    assert results["versions"]["torchtitan"] == titan["config"]["torchtitan"] == "0.2.2"
 
 
 def test_it_builds_wmtps_architecture(built):
     args, peer = built
     model = peer.model
     assert sum(p.numel() for p in model.parameters()) == param_count(args)
-    assert model.lm_head.weight is not model.tok_embeddings.weight  # untied, as wmtp
+    assert model.output.weight is not model.tok_embeddings.weight  # untied, as wmtp
     assert len(model.layers) == args.n_layers
     block = model.layers["0"]
     assert block.feed_forward.w1.weight.shape == (args.hidden_dim, args.dim)
     assert block.attention_norm.eps == model.norm.eps == args.norm_eps
+    assert block.attention.n_kv_heads == args.kv_heads
     assert {p.dtype for p in model.parameters()} == {torch.float32}  # fp32 master weights
 
 
 def test_one_step_changes_every_weight(built):
     args, peer = built
-    before = {n: p.detach().full_tensor().clone() for n, p in peer.model.named_parameters()}
-    step = peer.make_step()
-    assert step(*hf_peer.synthetic_batch(args.vocab_size, 2, SEQ, CPU)) == 2 * SEQ
+    before = {n: p.detach().clone() for n, p in peer.model.named_parameters()}
+    assert peer.step(*hf_peer.synthetic_batch(args.vocab_size, 2, SEQ, CPU)) == 2 * SEQ
     for name, p in peer.model.named_parameters():
-        assert not torch.equal(p.detach().full_tensor(), before[name]), name
+        assert not torch.equal(p.detach(), before[name]), name
 
 
 def test_its_loss_is_the_cross_entropy_of_its_logits_on_the_peers_labels(built):
     args, peer = built
     tokens_BS, labels_BS = hf_peer.synthetic_batch(args.vocab_size, 2, SEQ, CPU)
-    model = peer.model
-    model._skip_lm_head = False  # the logits, under the same bf16 mixed precision
-    with torch.no_grad():
-        logits_BSV = model(tokens_BS).float()
-    model._skip_lm_head = True
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # its mixed precision
+        logits_BSV = peer.model(tokens_BS).float()
     # Hugging Face's own shift: position t predicts label t + 1; the prompt is no target
     expected = torch.nn.functional.cross_entropy(
         logits_BSV[:, :-1].reshape(-1, args.vocab_size),
         labels_BS[:, 1:].reshape(-1),
         ignore_index=IGNORE_INDEX,
     )
-    peer.make_step()(tokens_BS, labels_BS)
+    peer.step(tokens_BS, labels_BS)
     assert peer.losses[0].item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-5)
     targets_BS = titan_peer.titan_labels(labels_BS)
     assert (targets_BS != IGNORE_INDEX).sum() == (labels_BS[:, 1:] != IGNORE_INDEX).sum()
@@ -118,7 +109,7 @@ def test_a_setting_it_cannot_run_here_is_one_row_with_the_reason(tmp_path):
     assert row["error"] == (
         "not measured: torch.compile peers are measured on CUDA only (the CPU runs are tests)"
     )
-    flex = titan_peer.TitanConfig("titan+no-compile", compile=False, cuda_graphs=False)
-    assert titan_peer.unavailable(flex, _args(), CPU) == (
-        "FlexAttention has no backward on the CPU: attention sdpa stands in there"
+    scaled = dataclasses.replace(_args(), rope_scaling=RopeScaling())
+    assert titan_peer.unavailable(EAGER, scaled, CPU).startswith(
+        "torchtitan's peer is built without RoPE scaling"
     )

@@ -11,9 +11,9 @@ peers of :mod:`wmtp.bench.hf_peer` (plain, compiled, with Liger kernels; PEFT Lo
 ``lora7b``, each with gradient checkpointing and without: Hugging Face checkpoints every layer
 or none, so a recipe that recomputes one block in k has no like setting, and the peer's best is
 whichever is faster), built as the recipe's model with one head; at ``full1b`` also torchtitan's
-own Llama3 at the same shape, at its single-GPU setting (:mod:`wmtp.bench.titan_peer`: its
-per-block compile, FSDP2 mixed precision over one rank, chunked cross-entropy, CUDA graphs;
-run last). A side is a name and its
+own Llama3 at the same shape, at its trainer's setting on one GPU (:mod:`wmtp.bench.titan_peer`:
+torchtitan 0.2.2, its per-block compile, bf16 autocast over fp32 weights, compiled
+cross-entropy; run last). A side is a name and its
 settings, ``+``-separated (:func:`settings`).
 Each side is swept over micro-batches until one runs out of memory (:mod:`wmtp.bench.sweep`).
 
@@ -104,16 +104,12 @@ SIDES = {
         "hf": "transformers LlamaForCausalLM, sdpa, fp32 weights under bf16 autocast",
         "hf+compile": "the same under torch.compile (whole model)",
         "hf+liger": "the same with Liger kernels (RoPE, RMSNorm, SwiGLU, fused linear CE)",
-        "titan": "torchtitan 0.3.0's Llama3 (wmtp.bench.titan_peer), its single-GPU setting: "
-        "parallelize_llama (apply_compile: each block torch.compile'd; FSDP2 fully_shard over "
-        "one rank, MixedPrecisionPolicy bf16 params / fp32 reduce, fp32 master weights; no "
-        "activation checkpointing), FlexAttention, ChunkedLossWrapper(CrossEntropyLoss, 8 "
-        "chunks, compiled), its fused AdamW and clip_grad_norm_ 1.0, forward + backward "
-        "under its CUDA graph wrapper (its trainer's default)",
-        "titan+no-cuda-graphs": "the same without CUDA graphs (training.disable_cuda_graphs)",
-        "titan+no-compile": "torchtitan's Llama3 eager (no apply_compile, loss not compiled); "
-        "on the CPU (tests) without CUDA graphs and with its ScaledDotProductAttention "
-        "(FlexAttention has no CPU backward)",
+        "titan": "torchtitan 0.2.2's Llama3 (wmtp.bench.titan_peer), its trainer's setting on "
+        "one GPU: parallelize_llama with compile on (apply_compile: each block "
+        "torch.compile'd; no FSDP at a world of one, autocast bf16 over fp32 master weights; no "
+        "activation checkpointing), sdpa attention (cuDNN, then flash), its compiled "
+        "cross-entropy, its fused AdamW and clip_grad_norm_ 1.0",
+        "titan+no-compile": "torchtitan's Llama3 eager (no apply_compile, loss not compiled)",
     },
     "lora7b": {
         "wmtp-4heads": "wmtp's trainer on the recipe as written: four heads",
@@ -250,8 +246,7 @@ class _WmtpSide:
 class _PeerSide:
     """A peer built once (at its first micro-batch) and measured at each micro-batch: a Hugging
     Face peer (:mod:`wmtp.bench.hf_peer`) or torchtitan's (:mod:`wmtp.bench.titan_peer`), each
-    module's ``build_side`` and ``measure``; ``close`` (when the side is done) calls its
-    ``close_side`` where it has one (torchtitan's process group and CUDA graphs)."""
+    module's ``build_side`` and ``measure``; ``close`` (when the side is done) drops the peer."""
 
     def __init__(self, args, config, seq_len, *, warmup, repeats, device, module=hf_peer):
         self.args, self.config, self.seq_len = args, config, seq_len
@@ -275,8 +270,6 @@ class _PeerSide:
         return row
 
     def close(self) -> None:
-        if self.peer is not None and hasattr(self.module, "close_side"):
-            self.module.close_side(self.peer)
         self.peer = None
 
 
@@ -337,8 +330,7 @@ def run_shape(
         sweep(side, measured.measure, sizes, on_row=on_row)
         measured.close()
         del measured
-        if "compile" in settings(side):  # the compiled graphs hold the model's weights
-            torch._dynamo.reset()
+        torch._dynamo.reset()  # compiled graphs (of any side that compiles) hold its weights
         free_memory()
     return results
 
@@ -387,17 +379,10 @@ class _Sides:
         return _PeerSide(self.args, config, self.seq_len, device=self.device, **self.timing)
 
     def _titan(self, side: str) -> Side | str:
-        """torchtitan's peer (:mod:`wmtp.bench.titan_peer`): CUDA graphs on CUDA only (where
-        there is none torchtitan itself runs eager), FlexAttention on CUDA (no CPU backward)."""
+        """torchtitan's peer (:mod:`wmtp.bench.titan_peer`), compiled unless ``no-compile``."""
         from wmtp.bench import titan_peer
 
-        wanted, cuda = settings(side), self.device.type == "cuda"
-        config = titan_peer.TitanConfig(
-            side,
-            compile="no-compile" not in wanted,
-            cuda_graphs=cuda and "no-cuda-graphs" not in wanted,
-            attention="flex" if cuda else "sdpa",
-        )
+        config = titan_peer.TitanConfig(side, compile="no-compile" not in settings(side))
         reason = titan_peer.unavailable(config, self.args, self.device)
         if reason:
             return reason

@@ -1,65 +1,50 @@
 """The torchtitan peer: torchtitan's own Llama3 at the shape of a wmtp model, trained the way
-torchtitan trains it on one GPU.
+torchtitan's trainer trains it on one GPU.
 
-What is built, all through torchtitan's API (:func:`build_titan`):
+torchtitan 0.2.2, the release made against the torch of the GPU machine (2.11): 0.3.0 imports
+``torch.distributed.fsdp.DataParallelMeshDims``, which torch 2.11 lacks (`ImportError` on an H100,
+2026-12-05), so 0.3.0 needs a later torch. ``bench/torchtitan.txt`` pins 0.2.2 and what its
+Llama3 package imports. What is built, all through torchtitan's API (:func:`build_side`):
 
-- the model: ``torchtitan.models.llama3.Llama3Model`` from a ``Llama3Model.Config`` made here
-  with torchtitan's own layer builder (``_build_llama3_layers``, fused QKV) and its parameter
-  inits (those of its untied flavours), at exactly ``args``' shape: dim, layers, heads, key/value
-  heads, SwiGLU width ``args.hidden_dim``, vocabulary, RoPE theta (``ComplexRoPE``, no scaling),
-  RMSNorm eps; embedding and unembedding untied, as wmtp's. Attention is torchtitan's default for
-  Llama3 (``flex``: FlexAttention with its causal, per-document block mask built from each row's
-  positions, as its trainer builds it every step). Built on the meta device in fp32, then
-  ``to_empty`` + ``init_weights``, as its trainer does.
-- its single-GPU parallelisation: ``torchtitan.models.llama3.parallelize_llama`` with its config
-  objects (``ParallelDims`` of a world of one, ``TrainingConfig``, ``ParallelismConfig``,
-  ``CompileConfig``), which applies ``torchtitan.distributed.compile.apply_compile`` (each
-  transformer block ``torch.compile``d, fullgraph; CUDA only) and FSDP2 ``fully_shard`` over a
-  one-rank mesh with its ``MixedPrecisionPolicy``: fp32 master weights, bf16 parameters in the
-  forward and backward, fp32 gradient reduction (``training.mixed_precision_param =
-  "bfloat16"``, ``mixed_precision_reduce = "float32"``, its defaults). No activation
-  checkpointing: at 1B on one 141 GB GPU nothing needs recomputing (``ac_config=None``;
-  torchtitan's Llama3 recipes checkpoint only where memory runs out, and recomputation only
-  costs time).
-- its loss: ``ChunkedLossWrapper`` over ``CrossEntropyLoss`` (8 sequence chunks; the loss every
-  torchtitan Llama3 recipe uses: the unembedding and cross-entropy run chunk by chunk, so the
-  full ``[batch, seq, vocab]`` logits never exist at once), the cross-entropy compiled with the
-  model (``compile.components = ["model", "loss"]``, its default) and normalised by the number of
-  valid targets, as its trainer normalises it.
-- its optimizer: torchtitan's ``OptimizersContainer`` with one AdamW group (fused on CUDA,
-  foreach elsewhere; betas 0.9 / 0.95, no weight decay, the HF peers' settings), and its
-  ``clip_grad_norm_`` at 1.0 (``training.max_norm``).
-- the step as its ``Trainer.train_step`` runs it: gradients zeroed, forward, chunked loss and
-  backward, clip, optimizer step; with ``cuda_graphs`` (its default, ``training.
-  disable_cuda_graphs = False``) the forward + backward runs under its
-  ``torchtitan.distributed.cudagraph.wrap_with_cuda_graph`` (one warm-up call, then captured and
-  replayed; gradients zeroed in place, not freed, as its trainer does then).
+- the model: ``torchtitan.models.llama3.Transformer`` from a ``TransformerModelArgs`` made here
+  (:func:`model_args`) at exactly ``args``' shape: dim, layers, heads, key/value heads, SwiGLU
+  width ``args.hidden_dim``, vocabulary, RoPE theta without scaling (its Llama 3.1 scaling set
+  to a factor of 1), RMSNorm eps; embedding and unembedding untied, as wmtp's. Attention is its
+  default for Llama3, ``sdpa`` (causal; cuDNN's kernel first, then flash, as its wrapper asks).
+  Built on the meta device in fp32, then ``to_empty`` + ``init_weights``, as its trainer does.
+- its parallelisation for one GPU: ``parallelize_llama`` with a ``JobConfig`` whose
+  ``compile.enable`` is on (``apply_compile``: each transformer block ``torch.compile``d,
+  fullgraph; CUDA only) and ``ParallelDims`` of a world of one. There FSDP is off, and its
+  trainer's mixed precision is autocast to bf16 over fp32 master weights
+  (``maybe_enable_amp``, ``training.mixed_precision_param = "bfloat16"``). No activation
+  checkpointing (``activation_checkpoint.mode = "none"``): at 1B on one GPU nothing needs
+  recomputing, and recomputation only costs time.
+- its loss: ``build_cross_entropy_loss`` (cross-entropy of the logits in fp32, summed, compiled
+  with the model: ``compile.components = ["model", "loss"]``), divided by the number of valid
+  targets, as its ``forward_backward_step`` divides it.
+- its optimizer: ``build_optimizers``'s AdamW (fused on CUDA, foreach elsewhere; betas 0.9 /
+  0.95, no weight decay, the HF peers' settings), and its ``clip_grad_norm_`` at 1.0
+  (``training.max_norm``).
+- the step as its ``Trainer.train_step`` runs it: gradients zeroed, forward and loss under
+  autocast, backward, clip, optimizer step.
 
 Those are torchtitan's best settings for this shape on one GPU: its defaults plus per-block
 compile, which its larger recipes turn on for speed. The task is wmtp's: the peers' random rows
 with the prompt masked (:func:`wmtp.bench.hf_peer.synthetic_batch`), the labels shifted by one as
 torchtitan's data loaders shift them, so that the same ``micro_batch x seq`` tokens are read and
 the same next-token targets trained as by the Hugging Face peers. The FLOP count and MFU formula
-are every side's (:func:`wmtp.bench.hf_peer.flops_per_token`).
-
-torch.distributed must be initialised for FSDP2: a one-rank group (nccl on CUDA, gloo on the
-CPU) over an in-process store, made by :class:`TitanRuntime` if none exists and destroyed by its
-``close`` (an existing group, a ``torchrun`` launch's, is reused and left alone). Importing
-torchtitan changes process-wide settings (its compile module patches ``FakeTensorMode``;
-``apply_compile`` sets dynamo's ``capture_scalar_outputs``), so ``wmtp bench peers`` runs the
-torchtitan sides after every other side.
+are every side's (:func:`wmtp.bench.hf_peer.flops_per_token`). Importing torchtitan changes
+process-wide settings, so ``wmtp bench peers`` runs the torchtitan sides after every other side.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from wmtp.bench import hf_peer
 from wmtp.bench.sweep import Row, installed_version, measured_row
@@ -68,10 +53,8 @@ from wmtp.data.examples import IGNORE_INDEX
 from wmtp.models.args import ModelArgs
 
 PACKAGE = "torchtitan"
-ATTENTION = "flex"
-"""torchtitan's default attention backend for Llama3 (``model_registry``)."""
-LOSS_CHUNKS = 8
-"""``ChunkedLossWrapper.Config.num_chunks``'s default."""
+ATTENTION = "sdpa"
+"""torchtitan's default attention for Llama3 (``TransformerModelArgs.attn_type``)."""
 
 
 @dataclass(frozen=True)
@@ -81,11 +64,6 @@ class TitanConfig:
     name: str
     compile: bool = True
     """torchtitan's per-block ``torch.compile`` (``apply_compile``) and its compiled loss."""
-    cuda_graphs: bool = True
-    """The forward + backward under torchtitan's CUDA graph wrapper (its trainer's default)."""
-    attention: str = ATTENTION
-    """``flex`` (torchtitan's default), or ``sdpa``: its ``ScaledDotProductAttention`` (causal),
-    which stands in on the CPU, where FlexAttention has no backward."""
 
 
 def version() -> str | None:
@@ -95,22 +73,18 @@ def version() -> str | None:
 
 def unavailable(config: TitanConfig, args: ModelArgs, device: torch.device) -> str | None:
     """Why this torchtitan peer cannot run here (``None`` when it can): the reason its one row
-    records, the exception's type and message where torchtitan cannot be imported or cannot build
-    the model's config at ``args``."""
+    records, the exception's type and message where torchtitan cannot be imported or cannot take
+    ``args``' shape."""
     if config.compile and device.type != "cuda":
         return "torch.compile peers are measured on CUDA only (the CPU runs are tests)"
-    if config.cuda_graphs and device.type != "cuda":
-        return "torchtitan's CUDA graphs are measured on CUDA only (the CPU runs are tests)"
-    if config.attention == "flex" and device.type != "cuda":
-        return "FlexAttention has no backward on the CPU: attention sdpa stands in there"
     if args.rope_scaling is not None:
         return (
             f"torchtitan's peer is built without RoPE scaling; this shape has {args.rope_scaling}"
         )
     try:
-        model_config(args, seq_len=args.max_seq_len, attention=config.attention)
-        for module in ("components.loss", "distributed.cudagraph", "models.llama3.parallelize"):
+        for module in ("components.loss", "components.optimizer", "models.llama3"):
             importlib.import_module(f"torchtitan.{module}")
+        model_args(args, seq_len=args.max_seq_len)
     except Exception as exc:  # not installed, an install that cannot load here, a refused shape
         return (
             f"torchtitan {version() or '(not installed)'} cannot run: {type(exc).__name__}: {exc}"
@@ -118,93 +92,61 @@ def unavailable(config: TitanConfig, args: ModelArgs, device: torch.device) -> s
     return None
 
 
-def model_config(args: ModelArgs, *, seq_len: int, attention: str = ATTENTION) -> Any:
-    """torchtitan's ``Llama3Model.Config`` of exactly ``args``' shape (one head, untied)."""
-    from torchtitan.models.common import ComplexRoPE, Embedding, Linear, RMSNorm
-    from torchtitan.models.common.attention import ScaledDotProductAttention
-    from torchtitan.models.llama3 import (
-        _EMBEDDING_INIT,
-        _NORM_INIT,
-        _build_llama3_layers,
-        _output_linear_init,
-    )
-    from torchtitan.models.llama3.model import Llama3Model
+def model_args(args: ModelArgs, *, seq_len: int) -> Any:
+    """torchtitan's ``TransformerModelArgs`` of exactly ``args``' shape (one head, untied). Its
+    SwiGLU width is ``multiple_of`` rounding up ``ffn_dim_multiplier x int(8 dim / 3)``: with
+    ``multiple_of = args.hidden_dim`` and a multiplier that keeps the product within it, the
+    width is ``args.hidden_dim``."""
+    from torchtitan.models.llama3 import TransformerModelArgs
+    from torchtitan.models.llama3.model.args import RoPEScalingArgs
 
     assert args.n_future_tokens == 1, f"torchtitan's Llama has one head, not {args}"
-    dim, vocab = args.dim, args.vocab_size
-    layers = _build_llama3_layers(
+    swiglu = int(2 * 4 * args.dim / 3)
+    return TransformerModelArgs(
+        dim=args.dim,
         n_layers=args.n_layers,
-        dim=dim,
         n_heads=args.n_heads,
         n_kv_heads=args.kv_heads,
-        hidden_dim=args.hidden_dim,
-        rope=ComplexRoPE.Config(
-            dim=args.head_dim, max_seq_len=seq_len, theta=args.rope_theta, scaling="none"
-        ),
-        fuse_qkv=True,
-        attn_backend=ATTENTION,
-    )
-    for layer in layers:  # the builder leaves RMSNorm's eps at its default
-        layer.attention_norm = dataclasses.replace(layer.attention_norm, eps=args.norm_eps)
-        layer.ffn_norm = dataclasses.replace(layer.ffn_norm, eps=args.norm_eps)
-        if attention == "sdpa":  # its builder refuses sdpa for language models (packed rows)
-            inner = ScaledDotProductAttention.Config()
-            layer.attention = dataclasses.replace(layer.attention, inner_attention=inner)
-    return Llama3Model.Config(
-        dim=dim,
-        vocab_size=vocab,
-        enable_weight_tying=False,
-        tok_embeddings=Embedding.Config(
-            num_embeddings=vocab, embedding_dim=dim, param_init=_EMBEDDING_INIT
-        ),
-        norm=RMSNorm.Config(normalized_shape=dim, eps=args.norm_eps, param_init=_NORM_INIT),
-        lm_head=Linear.Config(
-            in_features=dim, out_features=vocab, param_init=_output_linear_init(dim)
-        ),
-        layers=layers,
+        vocab_size=args.vocab_size,
+        multiple_of=args.hidden_dim,
+        ffn_dim_multiplier=min(1.0, args.hidden_dim / swiglu),
+        norm_eps=args.norm_eps,
+        rope_theta=args.rope_theta,
+        rope_scaling_args=RoPEScalingArgs(scaling_factor=1.0),  # a factor of 1: no scaling
+        max_seq_len=seq_len,
+        attn_type=ATTENTION,
+        attn_mask_type="causal",
     )
 
 
-class TitanRuntime:
-    """A one-rank process group for FSDP2, made here unless one exists; ``close`` destroys the
-    group it made and drops torchtitan's CUDA graphs and compiled blocks."""
+def job_config(config: TitanConfig, seq_len: int, device: torch.device) -> Any:
+    """torchtitan's ``JobConfig`` for this peer: its defaults, with per-block compile (model and
+    loss), the peers' optimizer settings, no activation checkpointing."""
+    from torchtitan.config import JobConfig
 
-    def __init__(self, device: torch.device):
-        self.made_group = False
-        if not dist.is_initialized():
-            backend = "nccl" if device.type == "cuda" else "gloo"
-            if device.type == "cuda":
-                torch.cuda.set_device(device)
-            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
-            self.made_group = True
-
-    def close(self) -> None:
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            from torchtitan.distributed.cudagraph import cudagraph_teardown
-
-            cudagraph_teardown()
-        torch._dynamo.reset()
-        if self.made_group and dist.is_initialized():
-            dist.destroy_process_group()
-        self.made_group = False
+    job = JobConfig()
+    job.training.seq_len = seq_len
+    job.training.max_norm = hf_peer.GRAD_CLIP
+    job.compile.enable = config.compile
+    job.activation_checkpoint.mode = "none"
+    job.optimizer.lr = 1e-5
+    job.optimizer.weight_decay = 0.0
+    job.optimizer.implementation = "fused" if device.type == "cuda" else "foreach"
+    return job
 
 
 @dataclass
 class TitanPeer:
-    """A built torchtitan peer: its (FSDP2-wrapped) model, optimizers, loss and step."""
+    """A built torchtitan peer: its model, optimizers, loss and step."""
 
     config: TitanConfig
     model: torch.nn.Module
     optimizer: Any
-    loss_fn: Any
-    make_step: Callable[[], Callable[[torch.Tensor, torch.Tensor], int]]
-    """A new step function, for one batch shape: one optimizer step on ``[batch, seq]`` token
-    ids and their unshifted labels (the peers' labels: ``-100`` where no target); returns the
-    tokens read. With CUDA graphs, each call drops the graphs captured before."""
+    step: Callable[[torch.Tensor, torch.Tensor], int]
+    """One optimizer step on ``[batch, seq]`` token ids and their unshifted labels (the peers'
+    labels: ``-100`` where no target); returns the tokens read."""
     losses: list[torch.Tensor]
     """Each step's loss (mean over its targets), detached, as the step returned it."""
-    runtime: TitanRuntime | None = None
-    """The process group a ``wmtp bench peers`` side made for it (:func:`build_side`)."""
 
 
 def titan_labels(labels_BS: torch.Tensor) -> torch.Tensor:
@@ -215,94 +157,49 @@ def titan_labels(labels_BS: torch.Tensor) -> torch.Tensor:
     return shifted_BS
 
 
-def build_titan(
+def build_side(
     args: ModelArgs, config: TitanConfig, seq_len: int, device: torch.device
 ) -> TitanPeer:
-    """torchtitan's model, parallelisation, loss, optimizer and step (see the module doc);
-    torch.distributed must be initialised (:class:`TitanRuntime`)."""
-    from torchtitan.components.loss import ChunkedLossWrapper, CrossEntropyLoss
-    from torchtitan.components.optimizer import default_adamw
-    from torchtitan.config import CompileConfig, ParallelismConfig, TrainingConfig
+    """torchtitan's model, parallelisation, loss, optimizer and step (see the module doc), as
+    ``wmtp bench peers`` builds a side."""
+    from torchtitan.components.loss import build_cross_entropy_loss
+    from torchtitan.components.optimizer import build_optimizers
     from torchtitan.distributed import ParallelDims
     from torchtitan.distributed import utils as dist_utils
-    from torchtitan.models.llama3.parallelize import parallelize_llama
+    from torchtitan.models.llama3 import Transformer, parallelize_llama
 
-    parallelism = ParallelismConfig()
-    training = TrainingConfig(
-        local_batch_size=1,
-        seq_len=seq_len,
-        max_norm=hf_peer.GRAD_CLIP,
-        disable_cuda_graphs=not config.cuda_graphs,
-    )
-    compile_config = CompileConfig(enable=config.compile)
-    parallel_dims = ParallelDims.from_config(parallelism, dist.get_world_size())
-    _build_mesh(parallel_dims, device)
-    dist_utils.set_spmd_backend(parallelism.spmd_backend)
-
+    job = job_config(config, seq_len, device)
+    one_gpu = ParallelDims(
+        dp_replicate=1, dp_shard=1, cp=1, tp=1, pp=1, ep=1, etp=1, world_size=1
+    )  # fmt: skip
     with torch.device("meta"):
-        model = model_config(args, seq_len=seq_len, attention=config.attention).build()
-    model = parallelize_llama(
-        model,
-        parallel_dims=parallel_dims,
-        training=training,
-        parallelism=parallelism,
-        compile_config=compile_config,
-        ac_config=None,
-        dump_folder="",
-    )
+        model = Transformer(model_args(args, seq_len=seq_len))
+    model = parallelize_llama(model, one_gpu, job)
     model.to_empty(device=device)
     with torch.no_grad():
         model.init_weights(buffer_device=None)
     model.train()
-
-    loss_config = ChunkedLossWrapper.Config(
-        num_chunks=LOSS_CHUNKS,
-        loss_fn=CrossEntropyLoss.Config(global_vocab_size=args.vocab_size),
-    )
-    loss_fn = loss_config.build(compile_config=compile_config)
-    loss_fn.set_lm_head(model.lm_head)
-    model._skip_lm_head = True
-
-    optimizer_config = default_adamw(lr=1e-5, weight_decay=0.0)
-    optimizer_config.implementation = "fused" if device.type == "cuda" else "foreach"
-    optimizer = optimizer_config.build(model_parts=[model])
+    loss_fn = build_cross_entropy_loss(job)
+    optimizer = build_optimizers([model], job.optimizer, one_gpu)
     params = list(model.parameters())
-
-    def forward_backward(inputs, labels, valid_tokens, extra):
-        pred = model(inputs, **extra)
-        loss, _ = loss_fn(pred, labels, valid_tokens, positions=extra["positions"])
-        del pred
-        loss.backward()
-        return loss
-
+    amp = dist_utils.maybe_enable_amp(one_gpu, job.training.mixed_precision_param, device.type)
     losses: list[torch.Tensor] = []
 
-    def make_step() -> Callable[[torch.Tensor, torch.Tensor], int]:
-        fwd_bwd = forward_backward
-        if config.cuda_graphs:
-            from torchtitan.distributed.cudagraph import cudagraph_teardown, wrap_with_cuda_graph
+    def step(tokens_BS: torch.Tensor, labels_BS: torch.Tensor) -> int:
+        optimizer.zero_grad()
+        targets_BS = titan_labels(labels_BS)
+        valid_tokens = (targets_BS != IGNORE_INDEX).sum()
+        with amp:
+            pred = model(tokens_BS)
+            loss = loss_fn(pred, targets_BS) / valid_tokens
+        del pred
+        loss.backward()
+        losses.append(loss.detach())
+        dist_utils.clip_grad_norm_(params, job.training.max_norm, foreach=True)
+        optimizer.step()
+        return tokens_BS.numel()
 
-            cudagraph_teardown()  # a graph has one shape: the previous micro-batch's goes
-            fwd_bwd = wrap_with_cuda_graph(forward_backward)
-
-        def step(tokens_BS: torch.Tensor, labels_BS: torch.Tensor) -> int:
-            optimizer.zero_grad(set_to_none=not config.cuda_graphs)
-            targets_BS = titan_labels(labels_BS)
-            valid_tokens = (targets_BS != IGNORE_INDEX).sum()
-            positions_BS = torch.arange(tokens_BS.shape[1], device=tokens_BS.device)
-            positions_BS = positions_BS.expand_as(tokens_BS)
-            extra = {"positions": positions_BS}
-            if config.attention == "flex":  # its causal, per-document block mask
-                extra["attention_masks"] = model.get_attention_masks(positions_BS)
-            loss = fwd_bwd(tokens_BS, targets_BS, valid_tokens, extra)
-            losses.append(loss.detach().clone())  # a graph's output is overwritten by the next
-            dist_utils.clip_grad_norm_(params, training.max_norm, foreach=True)
-            optimizer.step()
-            return tokens_BS.numel()
-
-        return step
-
-    return TitanPeer(config, model, optimizer, loss_fn, make_step, losses)
+    return TitanPeer(config, model, optimizer, step, losses)
 
 
 def measure(
@@ -316,13 +213,13 @@ def measure(
     device: torch.device,
 ) -> Row:
     """Time the peer's step on the peers' random ``[micro_batch, seq_len]`` rows; its row (the
-    figures and memory measure of :func:`wmtp.bench.hf_peer.measure`). With CUDA graphs a new
-    graph is captured at each micro-batch (a graph has one shape), the previous one dropped."""
-    step = peer.make_step()
+    figures and memory measure of :func:`wmtp.bench.hf_peer.measure`)."""
     tokens, labels = hf_peer.synthetic_batch(args.vocab_size, micro_batch, seq_len, device)
     counted: list[int] = []
     reset_peak_memory(device)
-    timing = time_call(lambda: counted.append(step(tokens, labels)), warmup=warmup, repeats=repeats)
+    timing = time_call(
+        lambda: counted.append(peer.step(tokens, labels)), warmup=warmup, repeats=repeats
+    )
     return measured_row(
         peer.config.name,
         micro_batch,
@@ -334,46 +231,9 @@ def measure(
         lora=False,
         gradient_checkpointing=False,
         compile=peer.config.compile,
-        cuda_graphs=peer.config.cuda_graphs,
-        attention=peer.config.attention,
-        loss=f"ChunkedLossWrapper({LOSS_CHUNKS} chunks, CrossEntropyLoss)",
-        mixed_precision="FSDP2 MixedPrecisionPolicy(param bf16, reduce fp32), fp32 master weights",
+        attention=ATTENTION,
+        loss="build_cross_entropy_loss (fp32 logits, summed) / valid targets",
+        mixed_precision="autocast bf16 over fp32 master weights (maybe_enable_amp, one GPU)",
         torchtitan=version(),
         trainable_parameters=sum(p.numel() for p in peer.model.parameters()),
     )
-
-
-def _build_mesh(parallel_dims: Any, device: torch.device) -> None:
-    """``parallel_dims.build_mesh()`` on ``device``'s type: torchtitan takes its meshes' device
-    type from what it found at import, ``cuda`` where it found no accelerator, so on the CPU
-    (the tests) its mesh is made a CPU mesh for this call."""
-    from torchtitan.distributed import parallel_dims as module
-
-    found = module.device_type
-    module.device_type = device.type
-    try:
-        parallel_dims.build_mesh()
-    finally:
-        module.device_type = found
-
-
-def build_side(
-    args: ModelArgs, config: TitanConfig, seq_len: int, device: torch.device
-) -> TitanPeer:
-    """:func:`build_titan` with its process group (:class:`TitanRuntime`), as ``wmtp bench
-    peers`` builds a side; :func:`close_side` when the side is done."""
-    runtime = TitanRuntime(device)
-    try:
-        peer = build_titan(args, config, seq_len, device)
-    except BaseException:
-        runtime.close()
-        raise
-    peer.runtime = runtime
-    return peer
-
-
-def close_side(peer: TitanPeer) -> None:
-    """Drop the side's CUDA graphs and compiled blocks, and the process group it made."""
-    if peer.runtime is not None:
-        peer.runtime.close()
-    peer.runtime = None
