@@ -58,8 +58,9 @@
 #                   GPU timeline .txt, the timeline's .json, the trace where the archive allows)
 #   float8          parallel.float8 against bf16, both compiled (torchao from .whl/): the LoRA
 #                   recipe's step at micro-batch 4 ($OUT/float8/lora7b_{bf16,float8}/), and the 1B
-#                   full fine-tune's side wmtp-1head+float8 at wmtp-1head's best micro-batch (into
-#                   full1b.json: after the full1b stage, or with PEERS_FROM)
+#                   full fine-tune's sides wmtp-1head+float8 and titan+float8 (torchtitan's own
+#                   float8 training) at wmtp-1head's best micro-batch (into full1b.json: after the
+#                   full1b stage, or with PEERS_FROM)
 #   float8_loss     `wmtp run` of recipes/gpu_2x.toml (1.1B, four heads, packed HumanEval,
 #                   compiled, micro-batch 4) for 300 steps in bf16, then in float8: their
 #                   metrics.jsonl as $OUT/float8/loss_{bf16,float8}.jsonl (carry
@@ -248,6 +249,8 @@ stage_float8() {  # tokens/s with and without float8 in one call, both compiled
   step float8_lora7b_float8 150 "${F8_LORA[@]}" --set parallel.float8=true \
     --out "$OUT/float8/lora7b_float8"
   step float8_full1b 150 "${PEERS[@]}" --shape full1b --sides wmtp-1head+float8 \
+    --micro-batches best:wmtp-1head
+  step float8_full1b_titan 150 "${PEERS[@]}" --shape full1b --sides titan+float8 \
     --micro-batches best:wmtp-1head
 }
 F8_RUN=(python3 -m wmtp.cli run recipes/gpu_2x.toml --set data.packing=true

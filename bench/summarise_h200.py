@@ -82,11 +82,15 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def best_peer(results: dict) -> dict | None:
-    """The peer side with the most tokens/s at its best micro-batch."""
+def best_peer(results: dict, *, with_float8: bool = False) -> dict | None:
+    """The peer side with the most tokens/s at its best micro-batch: among the bf16 peers, or with
+    ``with_float8`` among the float8 peers too (``titan+float8``: what wmtp's float8 is set
+    against)."""
     rows = results["rows"]
-    peers = [best(rows, side) for side in results["sides"] if not side.startswith("wmtp-")]
-    peers = [r for r in peers if r is not None]
+    sides = [s for s in results["sides"] if not s.startswith("wmtp-")]
+    if not with_float8:
+        sides = [s for s in sides if "float8" not in s.split("+")[1:]]
+    peers = [r for r in (best(rows, side) for side in sides) if r is not None]
     return max(peers, key=lambda r: r["tokens_per_s"]) if peers else None
 
 
@@ -307,15 +311,16 @@ def run_vs_step_lines(detail: dict | None) -> list[str]:
 def float8_full1b(results: dict) -> dict | None:
     """wmtp one head with ``parallel.float8`` over the same in bf16, at the float8 side's best
     micro-batch where both measured it (bench/h200.sh's stage float8 runs it at wmtp-1head's
-    best), and over the best peer at its own best."""
+    best), and over the best peer at its own best, a float8 peer (torchtitan's) included."""
     rows = results["rows"]
     float8 = best(rows, "wmtp-1head+float8")
     bf16 = float8 and at(rows, "wmtp-1head", float8["micro_batch"])
     if bf16 is None:
         return None
-    peer = best_peer(results)
+    peer = best_peer(results, with_float8=True)
     return {
         "micro_batch": float8["micro_batch"],
+        "best_peer": peer and f"{peer['side']} at micro-batch {peer['micro_batch']}",
         "ratio_vs_bf16": float8["tokens_per_s"] / bf16["tokens_per_s"],
         "ratio_vs_best_peer": ratio(float8["tokens_per_s"], peer and peer["tokens_per_s"]),
         "peak_memory_ratio_vs_bf16": ratio(float8["peak_memory_gib"], bf16["peak_memory_gib"]),

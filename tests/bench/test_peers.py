@@ -568,3 +568,27 @@ def test_the_lora_recipe_as_written_comes_from_its_bench_step_at_its_own_accumul
     md = (step_dir / "h200.md").read_text()
     headline = "32 accumulated, checkpointing 11; `wmtp bench step`, h200_step.md) / best peer"
     assert f"{headline} | {ratio:.2f}x" in md
+
+
+def test_a_float8_peer_is_set_against_wmtps_float8_only():
+    """torchtitan in float8 (titan+float8) is no bf16 peer: the bf16 ratio takes the fastest bf16
+    peer, wmtp's float8 ratio the fastest of all peers."""
+    summarise = summarise_module()
+
+    def row(side: str, tokens_per_s: float) -> dict:
+        figures = {"tokens_per_s": tokens_per_s, "mfu": tokens_per_s / 200, "peak_memory_gib": 40.0}
+        return {
+            "side": side,
+            "micro_batch": 16,
+            "error": None,
+            "step": {"median_ms": 1.0},
+        } | figures
+
+    rows = [row("wmtp-1head", 100.0), row("wmtp-1head+float8", 118.0), row("hf+liger", 93.0)]
+    rows += [row("titan", 99.0), row("titan+float8", 115.0)]
+    results = {"sides": [r["side"] for r in rows], "rows": rows}
+    assert summarise.best_peer(results)["side"] == "titan"
+    assert summarise.best_peer(results, with_float8=True)["side"] == "titan+float8"
+    figures = summarise.float8_full1b(results)
+    assert figures["ratio_vs_best_peer"] == pytest.approx(118.0 / 115.0)
+    assert figures["best_peer"] == "titan+float8 at micro-batch 16"

@@ -118,3 +118,27 @@ def test_a_setting_it_cannot_run_here_is_one_row_with_the_reason(tmp_path):
     assert titan_peer.unavailable(EAGER, scaled, CPU).startswith(
         "torchtitan's peer is built without RoPE scaling"
     )
+
+
+def test_its_float8_training_swaps_every_block_linear_and_trains(tmp_path):
+    """titan+float8: torchtitan's own float8 converter (torchao's Float8Linear, emulated on the
+    CPU) in every block, the unembedding left in bf16; measured like any side."""
+    from torchao.float8.float8_linear import Float8Linear
+
+    args = _args()
+    config = titan_peer.TitanConfig("titan+float8+no-compile", compile=False, float8=True)
+    peer = titan_peer.build_side(args, config, SEQ, CPU)
+    linears = {n: m for n, m in peer.model.named_modules() if isinstance(m, torch.nn.Linear)}
+    swapped = {n for n, m in linears.items() if isinstance(m, Float8Linear)}
+    assert swapped == set(linears) - {"output"} and len(swapped) == 7 * args.n_layers
+    before = peer.model.layers["0"].feed_forward.w1.weight.detach().clone()
+    assert peer.step(*hf_peer.synthetic_batch(args.vocab_size, 2, SEQ, CPU)) == 2 * SEQ
+    assert not torch.equal(peer.model.layers["0"].feed_forward.w1.weight, before)
+
+    results = peers.run_shape(
+        "full1b", tmp_path, sides=["titan+float8+no-compile"], micro_batches=[2],
+        overrides=TINY, warmup=0, repeats=1, log=lambda line: None,
+    )  # fmt: skip
+    (row,) = results["rows"]
+    assert row["error"] is None and row["tokens_per_step"] == 2 * SEQ
+    assert row["config"]["float8"] == "tensorwise, emulated"

@@ -109,7 +109,11 @@ SIDES = {
         "torch.compile'd; no FSDP at a world of one, autocast bf16 over fp32 master weights; no "
         "activation checkpointing), sdpa attention (cuDNN, then flash), its compiled "
         "cross-entropy, its fused AdamW and clip_grad_norm_ 1.0",
+        "titan+float8": "titan with its float8 training (model.converters quantize.linear.float8: "
+        "torchao's tensorwise Float8Linear in every block, output left in bf16 as its Llama3 "
+        "recipes filter it; CUDA compute capability 8.9+)",
         "titan+no-compile": "torchtitan's Llama3 eager (no apply_compile, loss not compiled)",
+        "titan+float8+no-compile": "titan+float8 eager; on the CPU (tests) torchao emulates float8",
     },
     "lora7b": {
         "wmtp-4heads": "wmtp's trainer on the recipe as written: four heads",
@@ -359,9 +363,9 @@ class _Sides:
             return f"the recipe as written compiles its blocks here: the side {as_written}"
         if "compile" in settings(side) and self.device.type != "cuda":
             return "torch.compile sides are measured on CUDA only (the CPU runs are tests)"
-        if "float8" in settings(side) and (why := float8.why_not(self.device)):
-            return f"parallel.float8 {why}"
         if side.startswith("wmtp-"):
+            if "float8" in settings(side) and (why := float8.why_not(self.device)):
+                return f"parallel.float8 {why}"
             heads = 1 if side.startswith("wmtp-1head") else 4
             sets = [s for setting, s in WMTP_SETTINGS.items() if setting in settings(side)]
             overrides = [*sets, *self.overrides]
@@ -379,10 +383,14 @@ class _Sides:
         return _PeerSide(self.args, config, self.seq_len, device=self.device, **self.timing)
 
     def _titan(self, side: str) -> Side | str:
-        """torchtitan's peer (:mod:`wmtp.bench.titan_peer`), compiled unless ``no-compile``."""
+        """torchtitan's peer (:mod:`wmtp.bench.titan_peer`): compiled unless ``no-compile``, its
+        float8 training with ``float8``."""
         from wmtp.bench import titan_peer
 
-        config = titan_peer.TitanConfig(side, compile="no-compile" not in settings(side))
+        wanted = settings(side)
+        config = titan_peer.TitanConfig(
+            side, compile="no-compile" not in wanted, float8="float8" in wanted
+        )
         reason = titan_peer.unavailable(config, self.args, self.device)
         if reason:
             return reason

@@ -51,6 +51,7 @@ from wmtp.bench.sweep import Row, installed_version, measured_row
 from wmtp.bench.timing import device_peak_tflops, peak_allocated_gib, reset_peak_memory, time_call
 from wmtp.data.examples import IGNORE_INDEX
 from wmtp.models.args import ModelArgs
+from wmtp.parallel import float8
 
 PACKAGE = "torchtitan"
 ATTENTION = "sdpa"
@@ -64,6 +65,10 @@ class TitanConfig:
     name: str
     compile: bool = True
     """torchtitan's per-block ``torch.compile`` (``apply_compile``) and its compiled loss."""
+    float8: bool = False
+    """torchtitan's float8 training (``model.converters = ["quantize.linear.float8"]``: torchao's
+    tensorwise ``Float8Linear`` in every block, the unembedding ``output`` left in bf16 as its
+    Llama3 recipes filter it and as wmtp's ``parallel.float8`` leaves it)."""
 
 
 def version() -> str | None:
@@ -77,6 +82,8 @@ def unavailable(config: TitanConfig, args: ModelArgs, device: torch.device) -> s
     ``args``' shape."""
     if config.compile and device.type != "cuda":
         return "torch.compile peers are measured on CUDA only (the CPU runs are tests)"
+    if config.float8 and device.type == "cuda" and (why := float8.why_not(device)):
+        return f"float8 {why}"
     if args.rope_scaling is not None:
         return (
             f"torchtitan's peer is built without RoPE scaling; this shape has {args.rope_scaling}"
@@ -132,6 +139,10 @@ def job_config(config: TitanConfig, seq_len: int, device: torch.device) -> Any:
     job.optimizer.lr = 1e-5
     job.optimizer.weight_decay = 0.0
     job.optimizer.implementation = "fused" if device.type == "cuda" else "foreach"
+    if config.float8:
+        job.model.converters = ["quantize.linear.float8"]
+        job.quantize.linear.float8.filter_fqns = ["output"]
+        job.quantize.linear.float8.emulate = device.type != "cuda"  # torchao's, for CPU tests
     return job
 
 
@@ -167,6 +178,7 @@ def build_side(
     from torchtitan.distributed import ParallelDims
     from torchtitan.distributed import utils as dist_utils
     from torchtitan.models.llama3 import Transformer, parallelize_llama
+    from torchtitan.protocols.model_converter import build_model_converters
 
     job = job_config(config, seq_len, device)
     one_gpu = ParallelDims(
@@ -174,6 +186,8 @@ def build_side(
     )  # fmt: skip
     with torch.device("meta"):
         model = Transformer(model_args(args, seq_len=seq_len))
+    converters = build_model_converters(job, one_gpu)  # float8's swap, before compile
+    converters.convert(model)
     model = parallelize_llama(model, one_gpu, job)
     model.to_empty(device=device)
     with torch.no_grad():
@@ -197,6 +211,7 @@ def build_side(
         losses.append(loss.detach())
         dist_utils.clip_grad_norm_(params, job.training.max_norm, foreach=True)
         optimizer.step()
+        converters.post_optimizer_hook(model)  # its trainer's hook (float8's FSDP scales)
         return tokens_BS.numel()
 
     return TitanPeer(config, model, optimizer, step, losses)
@@ -231,9 +246,17 @@ def measure(
         lora=False,
         gradient_checkpointing=False,
         compile=peer.config.compile,
+        float8=_float8_label(peer.config, device),
         attention=ATTENTION,
         loss="build_cross_entropy_loss (fp32 logits, summed) / valid targets",
         mixed_precision="autocast bf16 over fp32 master weights (maybe_enable_amp, one GPU)",
         torchtitan=version(),
         trainable_parameters=sum(p.numel() for p in peer.model.parameters()),
     )
+
+
+def _float8_label(config: TitanConfig, device: torch.device) -> str | None:
+    """The row's float8 setting: torchao's tensorwise scaling, emulated off CUDA (the tests)."""
+    if not config.float8:
+        return None
+    return "tensorwise" if device.type == "cuda" else "tensorwise, emulated"

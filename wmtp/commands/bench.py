@@ -146,8 +146,8 @@ def peers(
         str | None,
         typer.Option(
             help="Comma-separated sides (default all): full1b wmtp-1head, wmtp-4heads, "
-            "wmtp-1head+float8, hf, hf+compile, hf+liger, titan, titan+no-compile "
-            "(torchtitan's Llama3); lora7b wmtp-4heads, wmtp-1head, "
+            "wmtp-1head+float8, hf, hf+compile, hf+liger, titan, titan+float8, "
+            "titan+no-compile, titan+float8+no-compile (torchtitan's Llama3); lora7b wmtp-4heads, wmtp-1head, "
             "wmtp-4heads+compile, wmtp-1head+compile, wmtp-4heads+no-checkpointing, "
             "wmtp-1head+no-checkpointing, hf-peft, hf-peft+compile, hf-peft+liger, "
             "hf-peft+no-checkpointing, hf-peft+compile+no-checkpointing, "
