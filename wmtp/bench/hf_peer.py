@@ -224,32 +224,63 @@ def measure(
     repeats: int,
     device: torch.device,
 ) -> Row:
-    """Time the peer's step on random ``[micro_batch, seq_len]`` tokens (:func:`synthetic_batch`);
-    its row. Peak memory is the absolute peak since this micro-batch began (the model and
-    optimizer built before)."""
-    tokens, labels = synthetic_batch(args.vocab_size, micro_batch, seq_len, device)
-    if peer.config.compile:
-        for tensor in (tokens, labels):
-            torch._dynamo.maybe_mark_dynamic(tensor, 0)
-    counted: list[int] = []
-    reset_peak_memory(device)
-    timing = time_call(
-        lambda: counted.append(peer.step(tokens, labels)), warmup=warmup, repeats=repeats
-    )
-    return measured_row(
+    """Time the peer's step (:func:`timed_row`); compiled, the batch dimension is marked
+    dynamic, so a later micro-batch reuses the compiled graph."""
+    return timed_row(
         peer.config.name,
-        micro_batch,
-        tokens_per_step=counted[-1],
-        step=timing,
-        flops_per_token=flops_per_token(args, seq_len, lora=peer.config.lora is not None),
-        peak_tflops=device_peak_tflops(device),
-        peak_memory_gib=peak_allocated_gib(device),
+        peer.step,
+        args,
+        micro_batch=micro_batch,
+        seq_len=seq_len,
+        warmup=warmup,
+        repeats=repeats,
+        device=device,
         lora=peer.config.lora is not None,
+        dynamic_batch=peer.config.compile,
         gradient_checkpointing=peer.config.gradient_checkpointing,
         compile=peer.config.compile,
         liger=peer.config.liger,
         attention=peer.config.attn_implementation,
         trainable_parameters=sum(p.numel() for p in peer.model.parameters() if p.requires_grad),
+    )
+
+
+def timed_row(
+    name: str,
+    step: Callable[[torch.Tensor, torch.Tensor], int],
+    args: ModelArgs,
+    *,
+    micro_batch: int,
+    seq_len: int,
+    warmup: int,
+    repeats: int,
+    device: torch.device,
+    lora: bool,
+    dynamic_batch: bool = False,
+    **config: Any,
+) -> Row:
+    """Time a peer's ``step`` (one optimizer step on ``tokens_BS, labels_BS``; returns the tokens
+    read) on random ``[micro_batch, seq_len]`` rows (:func:`synthetic_batch`); its row, with
+    every peer's figures (the one FLOP count, :func:`flops_per_token`) and ``config``. Peak
+    memory is the absolute peak since this micro-batch began (the model and optimizer built
+    before). ``dynamic_batch``: the rows' batch dimension marked dynamic for ``torch.compile``."""
+    tokens, labels = synthetic_batch(args.vocab_size, micro_batch, seq_len, device)
+    if dynamic_batch:
+        for tensor in (tokens, labels):
+            torch._dynamo.maybe_mark_dynamic(tensor, 0)
+    counted: list[int] = []
+    reset_peak_memory(device)
+    timing = time_call(lambda: counted.append(step(tokens, labels)), warmup=warmup, repeats=repeats)
+    return measured_row(
+        name,
+        micro_batch,
+        tokens_per_step=counted[-1],
+        step=timing,
+        flops_per_token=flops_per_token(args, seq_len, lora=lora),
+        peak_tflops=device_peak_tflops(device),
+        peak_memory_gib=peak_allocated_gib(device),
+        lora=lora,
+        **config,
     )
 
 

@@ -47,8 +47,7 @@ from typing import Any
 import torch
 
 from wmtp.bench import hf_peer
-from wmtp.bench.sweep import Row, installed_version, measured_row
-from wmtp.bench.timing import device_peak_tflops, peak_allocated_gib, reset_peak_memory, time_call
+from wmtp.bench.sweep import Row, installed_version
 from wmtp.data.examples import IGNORE_INDEX
 from wmtp.models.args import ModelArgs
 from wmtp.parallel import float8
@@ -227,22 +226,16 @@ def measure(
     repeats: int,
     device: torch.device,
 ) -> Row:
-    """Time the peer's step on the peers' random ``[micro_batch, seq_len]`` rows; its row (the
-    figures and memory measure of :func:`wmtp.bench.hf_peer.measure`)."""
-    tokens, labels = hf_peer.synthetic_batch(args.vocab_size, micro_batch, seq_len, device)
-    counted: list[int] = []
-    reset_peak_memory(device)
-    timing = time_call(
-        lambda: counted.append(peer.step(tokens, labels)), warmup=warmup, repeats=repeats
-    )
-    return measured_row(
+    """Time the peer's step on the peers' random rows (:func:`wmtp.bench.hf_peer.timed_row`)."""
+    return hf_peer.timed_row(
         peer.config.name,
-        micro_batch,
-        tokens_per_step=counted[-1],
-        step=timing,
-        flops_per_token=hf_peer.flops_per_token(args, seq_len, lora=False),
-        peak_tflops=device_peak_tflops(device),
-        peak_memory_gib=peak_allocated_gib(device),
+        peer.step,
+        args,
+        micro_batch=micro_batch,
+        seq_len=seq_len,
+        warmup=warmup,
+        repeats=repeats,
+        device=device,
         lora=False,
         gradient_checkpointing=False,
         compile=peer.config.compile,
