@@ -6,6 +6,9 @@ run here one row saying why. The compiled side itself runs on GPUs only."""
 import dataclasses
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -142,3 +145,20 @@ def test_its_float8_training_swaps_every_block_linear_and_trains(tmp_path):
     (row,) = results["rows"]
     assert row["error"] is None and row["tokens_per_step"] == 2 * SEQ
     assert row["config"]["float8"] == "tensorwise, emulated"
+
+
+def test_its_step_profiles_as_wmtps_does(tmp_path):
+    """bench/profile_titan.py, as a user runs it (a subprocess), on the CPU: the step's operator
+    tables by ``wmtp.bench.step.profile_calls``, the function behind ``wmtp bench step --profile``."""
+    script = Path(__file__).parents[2] / "bench" / "profile_titan.py"
+    sets = [a for s in TINY for a in ("--set", s)]
+    argv = ["--micro-batch", "2", "--warmup", "1", "--steps", "2", "--out", str(tmp_path)]
+    done = subprocess.run(
+        [sys.executable, str(script), *argv, "--device", "cpu", "--no-compile", *sets],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = (tmp_path / "titan_no-compile.txt").read_text()
+    assert text.startswith("2 steps profiled")
+    assert "by self host time:" in text and "aten::mm" in text  # the blocks' matmuls ran
+    assert (tmp_path / "titan_no-compile.trace.json.gz").stat().st_size > 0
