@@ -120,3 +120,18 @@ def test_a_resumed_run_replaces_tensorboard_points_after_its_checkpoint(tmp_path
         resumed.log(step, {"loss": 10.0 + step})
     resumed.close()
     assert tensorboard_losses(tmp_path) == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 14.0), (5, 15.0)]
+
+
+def test_a_resumed_runs_event_file_sorts_after_the_earlier_ones(tmp_path):
+    """TensorBoard reads event files in name order, a name starting with its second: a writer
+    opened in the second of an earlier file waits into the next one, so it sorts last."""
+    from wmtp.train.metrics import after_earlier_event_files
+
+    tb = tmp_path / "tb"
+    tb.mkdir()
+    earlier = f"events.out.tfevents.{int(time.time())}.host.99999.0"
+    (tb / earlier).write_bytes(b"")
+    (tb / "events.out.tfevents.not-a-stamp").write_bytes(b"")  # not TensorBoard's: ignored
+    after_earlier_event_files(tb)
+    later = f"events.out.tfevents.{int(time.time())}.host.1.0"
+    assert sorted([earlier, later])[-1] == later

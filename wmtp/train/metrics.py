@@ -14,12 +14,27 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 METRICS_FILE = "metrics.jsonl"
+
+
+def after_earlier_event_files(tb_dir: Path) -> None:
+    """Wait, if need be, until a new TensorBoard event file sorts after the folder's others.
+
+    TensorBoard reads a run's event files in name order, and a name begins with the second it
+    was opened (then host, process id). A run resumed in the second its killed start opened its
+    file could sort first: TensorBoard would then read the resumed steps before the earlier ones
+    and the purge would drop the resumed ones. Waiting into the next second (at most one) keeps
+    the files in the order they were written."""
+    names = (p.name.split(".") for p in tb_dir.glob("events.out.tfevents.*"))
+    stamps = [int(parts[3]) for parts in names if len(parts) > 3 and parts[3].isdigit()]
+    if stamps and (wait := max(stamps) + 1 - time.time()) > 0:
+        time.sleep(wait)
 
 
 class MetricsLogger:
@@ -48,6 +63,7 @@ class MetricsLogger:
             # resumed at step S: TensorBoard drops the earlier run's points after S (steps
             # trained again from the checkpoint), as read_metrics keeps a step's last record
             purge = start_step + 1 if start_step else None
+            after_earlier_event_files(run_dir / "tb")
             self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=purge)
         except ImportError:  # tensorboard is a dependency; keep training if it is broken
             self.tb = None
