@@ -215,3 +215,47 @@ def test_lora_on_a_model_whose_layers_are_all_heads(strategy, one_backward):
 def test_an_unknown_strategy_is_refused():
     with pytest.raises(AssertionError, match="sequential"):
         MTPLossConfig(strategy="sequential")  # the old name of per_head
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_valid_target_index_lists_each_heads_unignored_targets_in_order(packed):
+    """Head k's valid targets, flat over ``[B, S-k]``: label t+k not ignored and, in a packed
+    batch, in the same document as position t; checked against a loop over the positions."""
+    from wmtp.losses.mtp import valid_target_index
+
+    g = torch.Generator().manual_seed(0)
+    B, S, n = 3, 17, 4
+    labels = torch.randint(0, 50, (B, S), generator=g)
+    labels[torch.rand(B, S, generator=g) < 0.3] = -100
+    docs = torch.randint(0, 3, (B, S), generator=g).sort(dim=1).values if packed else None
+    got = valid_target_index(labels, n, docs)
+    for k in range(1, n + 1):
+        want = [
+            b * (S - k) + t
+            for b in range(B)
+            for t in range(S - k)
+            if labels[b, t + k] != -100 and (docs is None or docs[b, t + k] == docs[b, t])
+        ]
+        assert got[k - 1].tolist() == want
+
+
+def test_a_given_target_index_trains_as_the_one_found_on_the_device():
+    """``loss_and_backward(valid_index_K=...)`` (the pipeline's, computed on the host) gives the
+    loss and gradients of computing the index itself."""
+    from wmtp.losses.mtp import valid_target_index
+
+    torch.manual_seed(0)
+    model = StandIn()
+    tokens, labels, w = make_batch()
+    results = []
+    for index in (None, valid_target_index(labels, N_HEADS)):
+        model.zero_grad(set_to_none=True)
+        stats = loss_and_backward(
+            model, tokens, labels, n_heads=N_HEADS, weights=w, valid_index_K=index
+        )
+        results.append((stats.as_tensor(), grads(model)))
+    (stats_a, grads_a), (stats_b, grads_b) = results
+    torch.testing.assert_close(stats_a, stats_b, rtol=0, atol=0)
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    for name, grad in grads_a.items():
+        torch.testing.assert_close(grads_b[name], grad, rtol=0, atol=0, msg=name)

@@ -180,6 +180,22 @@ def weight_sums(
     return torch.stack(sums)
 
 
+def valid_target_index(
+    labels_BS: torch.Tensor, n_heads: int, document_ids_BS: torch.Tensor | None = None
+) -> list[torch.Tensor]:
+    """Per head k, the flat indices into ``[B * (S-k)]`` of its valid targets (``head_targets``
+    not ignored). Their count decides the loss's shapes, so computing them on a GPU makes the host
+    wait for the device: the training pipeline computes them from the batch on the host before it
+    is copied (:func:`wmtp.train.pipeline.host_target_index`); on the device this is the fallback."""
+    return [
+        (head_targets(labels_BS, k, document_ids_BS) != IGNORE_INDEX)
+        .reshape(-1)
+        .nonzero()
+        .squeeze(1)
+        for k in range(1, n_heads + 1)
+    ]
+
+
 def document_ids(seq, labels_BS: torch.Tensor) -> torch.Tensor | None:
     """The document of every token of a packed batch (``None`` for plain or padded batches)."""
     if seq is None or not seq.is_packed:
@@ -238,14 +254,21 @@ def _score_head(
 
 
 def _plan_heads(
-    labels_BS, n_heads, weights, denominators_K, depth_K, loss_scale, ce_of_head, document_ids_BS
+    labels_BS,
+    n_heads,
+    weights,
+    denominators_K,
+    depth_K,
+    loss_scale,
+    ce_of_head,
+    document_ids_BS,
+    index_K,
 ) -> list[_HeadJob]:
-    """Per head: valid targets, weights (tensor or callable) and ``coef = w * d_k * scale / sum``."""
+    """Per head: valid targets (at ``index_K``, the heads' :func:`valid_target_index`), weights
+    (tensor or callable) and ``coef = w * d_k * scale / sum``."""
     jobs = []
-    for k in range(1, n_heads + 1):
+    for k, index_N in zip(range(1, n_heads + 1), index_K, strict=True):
         targets_BT = head_targets(labels_BS, k, document_ids_BS)
-        valid_flat = (targets_BT != IGNORE_INDEX).reshape(-1)
-        index_N = valid_flat.nonzero().squeeze(1)
         if callable(weights):
             ce_BT = ce_of_head(k, targets_BT, index_N)
             w_BT = torch.where(
@@ -289,6 +312,7 @@ def loss_and_backward(
     config: MTPLossConfig = MTPLossConfig(),
     loss_scale: float = 1.0,
     backward: bool = True,
+    valid_index_K: list[torch.Tensor] | None = None,
 ) -> MTPStats:
     """Compute the weighted MTP loss of one micro-batch and (unless ``backward=False``) its grads.
 
@@ -297,6 +321,8 @@ def loss_and_backward(
     :data:`HeadWeightFn`. ``denominators_K``: per-head ``sum(w)`` over the *global* batch (all
     micro-batches and ranks, see :func:`weight_sums`); ``None`` normalises within this micro-batch.
     ``loss_scale`` multiplies the gradient (e.g. ``1 / grad_accum`` when normalising locally).
+    ``valid_index_K``: the heads' :func:`valid_target_index`, already on the device (computed on
+    the host, nothing here waits for the device); ``None`` computes them here.
     Returns the detached per-head sums; gradients accumulate into ``.grad`` as usual.
     """
     cfg = config
@@ -315,6 +341,9 @@ def loss_and_backward(
             ce_BT = torch.zeros(targets_BT.numel(), device=h_BSD.device)
             return ce_BT.index_copy(0, index_N, ce_N).view_as(targets_BT)
 
+        doc_ids_BS = document_ids(seq, labels_BS)
+        if valid_index_K is None:
+            valid_index_K = valid_target_index(labels_BS, n_heads, doc_ids_BS)
         jobs = _plan_heads(
             labels_BS,
             n_heads,
@@ -323,7 +352,8 @@ def loss_and_backward(
             depth_K,
             loss_scale,
             ce_of_head,
-            document_ids(seq, labels_BS),
+            doc_ids_BS,
+            valid_index_K,
         )
         shared = None
         one_graph_per_head = cfg.strategy == "per_head" and cfg.one_backward

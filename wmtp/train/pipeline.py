@@ -44,12 +44,27 @@ from wmtp.losses.mtp import (
     MTPStats,
     document_ids,
     loss_and_backward,
+    valid_target_index,
     weight_sums,
 )
 from wmtp.parallel import all_reduce_sum
 
 if TYPE_CHECKING:
     from wmtp.train.loop import Trainer
+
+
+def host_target_index(trainer: Trainer, batch: dict) -> list[torch.Tensor] | None:
+    """The heads' valid targets of a micro-batch (:func:`wmtp.losses.mtp.valid_target_index`),
+    computed from its labels on the host before the batch is copied, then copied with it. Their
+    count sets the loss's shapes: found on a GPU, it would make the host wait mid-step for the
+    device to finish the trunk, and the GPU then idle while the host queues the rest of the step.
+    ``None`` for a batch already on the device (the loss computes them there)."""
+    labels_BS = batch["labels"]
+    if labels_BS.device.type != "cpu":
+        return None
+    doc_ids_BS = document_ids(trainer.seq_info(batch), labels_BS)
+    index_K = valid_target_index(labels_BS, trainer.n_heads, doc_ids_BS)
+    return list(trainer.to_device(dict(enumerate(index_K))).values())
 
 
 def phase(name: str):
@@ -139,6 +154,7 @@ class Pipeline:
         n = trainer.n_heads
         cfg = trainer.loss_config
         with phase("to_device"):
+            index_K = [host_target_index(trainer, b) for b in micro_batches]
             batches = [trainer.to_device(b) for b in micro_batches]
         with phase("weights"):
             plans = self.step_weights(trainer, batches)
@@ -153,7 +169,7 @@ class Pipeline:
                 )
         all_reduce_sum(denom_K)
         total: MTPStats | None = None
-        for b, plan in zip(trainer.accumulate(batches), plans, strict=True):
+        for b, plan, index in zip(trainer.accumulate(batches), plans, index_K, strict=True):
             with trainer.compute_context():
                 stats = loss_and_backward(
                     trainer.model,
@@ -164,6 +180,7 @@ class Pipeline:
                     denominators_K=denom_K,
                     seq=trainer.seq_info(b),
                     config=cfg,
+                    valid_index_K=index,
                 )
             total = stats if total is None else total + stats
         assert total is not None
@@ -179,6 +196,7 @@ class Pipeline:
         """Uniform-weight MTP loss on held-out batches: ``eval/loss`` and ``eval/loss/head{k}``."""
         total: MTPStats | None = None
         for batch in batches:
+            index = host_target_index(trainer, batch)
             b = trainer.to_device(batch)
             with trainer.compute_context():
                 stats = loss_and_backward(
@@ -189,6 +207,7 @@ class Pipeline:
                     seq=trainer.seq_info(b),
                     config=trainer.loss_config,
                     backward=False,
+                    valid_index_K=index,
                 )
             total = stats if total is None else total + stats
         if total is None:
