@@ -29,8 +29,9 @@ def after_earlier_event_files(tb_dir: Path) -> None:
     TensorBoard reads a run's event files in name order, and a name begins with the second it
     was opened (then host, process id). A run resumed in the second its killed start opened its
     file could sort first: TensorBoard would then read the resumed steps before the earlier ones
-    and the purge would drop the resumed ones. Waiting into the next second (at most one) keeps
-    the files in the order they were written."""
+    (the curve out of step order, and the killed run's steps after the checkpoint, which the
+    purge is there to drop, kept). Waiting into the next second (at most one) keeps the files in
+    the order they were written."""
     names = (p.name.split(".") for p in tb_dir.glob("events.out.tfevents.*"))
     stamps = [int(parts[3]) for parts in names if len(parts) > 3 and parts[3].isdigit()]
     if stamps and (wait := max(stamps) + 1 - time.time()) > 0:
