@@ -292,7 +292,7 @@ def _stats(jobs: list[_HeadJob], results) -> MTPStats:
                     (job.weights_N * ce_N).sum(),
                     job.weights_N.sum(),
                     ce_N.sum(),
-                    torch.tensor(float(ce_N.numel()), device=ce_N.device),
+                    torch.full((), float(ce_N.numel()), device=ce_N.device),  # no copy: no wait
                     correct_N.sum().float(),
                 ]
             )
@@ -327,7 +327,8 @@ def loss_and_backward(
     """
     cfg = config
     sequential = cfg.strategy == "per_head" and not cfg.one_backward
-    depth_K = _depth_weights(cfg.depth_weights, n_heads, labels_BS.device)
+    # on the host: its entries scale device tensors as scalars, and a copy to a GPU would wait
+    depth_K = _depth_weights(cfg.depth_weights, n_heads, torch.device("cpu"))
     grad_ctx = contextlib.nullcontext() if backward else torch.no_grad()
     with grad_ctx:
         h_BSD = model.trunk(input_ids_BS, seq=seq)
