@@ -10,6 +10,7 @@ from wmtp.errors import CheckpointError, DataError
 from wmtp.losses.mtp import MTPLossConfig, loss_and_backward
 from wmtp.models.args import ModelArgs
 from wmtp.models.llama_mtp import LlamaMTP
+from wmtp.train.figures import read_figures
 from wmtp.train.pipelines.rho1 import Rho1HeadWeights, kept_per_head, reference_ce_by_head
 from wmtp.train.pipelines.verifiable import loss_figures, response_mask_of, rewards_of
 from wmtp.weighting.weightings import Rho1Selection
@@ -90,7 +91,7 @@ def test_rho1_loss_is_the_mean_ce_of_the_kept_tokens():
         excess = (ce - ref_K[k - 1])[valid]
         n_keep = math.ceil(0.3 * int(valid.sum()))
         expected = ce[valid][excess.argsort(descending=True)[:n_keep]].mean()
-        assert fn.n_kept[k - 1] == n_keep == float(denominators[k - 1])
+        assert float(stats.weight_sum_K[k - 1]) == n_keep == float(denominators[k - 1])  # 0/1
         torch.testing.assert_close(stats.head_losses()[k - 1], expected, atol=1e-5, rtol=1e-5)
     assert policy.output.weight.grad is not None
 
@@ -118,9 +119,11 @@ def test_weighted_to_unweighted_ratio():
         n_tokens_K=torch.tensor([5.0, 5.0]),  # unweighted 2, 4
         n_correct_K=torch.tensor([0.0, 0.0]),
     )
-    figures = loss_figures(stats)
+    figures = read_figures(loss_figures(stats))
     assert figures["loss/head2_weighted"] == 3.0 and figures["loss/head2_unweighted"] == 4.0
     assert figures["loss/weighted_to_unweighted"] == pytest.approx(2.5 / 3.0)
+    empty = MTPStats(*(torch.zeros(2) for _ in range(5)))  # no target: a ratio of 0, not NaN
+    assert read_figures(loss_figures(empty))["loss/weighted_to_unweighted"] == 0.0
 
 
 # --- critic -------------------------------------------------------------------------------------
@@ -240,4 +243,5 @@ def test_a_packed_batch_gets_the_weights_of_the_same_examples_padded():
         start = int(starts[i])
         torch.testing.assert_close(flat[start : start + len(e)], w_padded[i, : len(e)])
     assert float(w_packed[packed["labels"] == -100].abs().sum()) == 0.0  # prompts and padding
-    assert figures_packed["value/mean"] == pytest.approx(figures_padded["value/mean"], rel=1e-5)
+    packed_mean, padded_mean = (float(f["value/mean"]) for f in (figures_packed, figures_padded))
+    assert packed_mean == pytest.approx(padded_mean, rel=1e-5)

@@ -117,9 +117,11 @@ class MTPStats:
         return self.n_correct_K / self.n_tokens_K.clamp_min(1)
 
     def total_loss(self, depth_weights: tuple[float, ...] | None = None) -> torch.Tensor:
-        """The optimised objective: head losses averaged with the per-depth weights."""
-        d_K = _depth_weights(depth_weights, self.weighted_ce_K.numel(), self.weighted_ce_K.device)
-        return (self.head_losses() * d_K).sum()
+        """The optimised objective: head losses averaged with the per-depth weights (numbers on
+        the host: a list copied to a GPU would wait for it)."""
+        d_K = _depth_weights(depth_weights, self.weighted_ce_K.numel(), torch.device("cpu"))
+        losses_K = self.head_losses()
+        return torch.stack([loss * d for loss, d in zip(losses_K, d_K.tolist(), strict=True)]).sum()
 
 
 def plain_cross_entropy(

@@ -20,6 +20,17 @@ import torch
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def nonfinite_flag(values: list, device: torch.device) -> torch.Tensor:
+    """``True`` on ``device`` where any of ``values`` (numbers, or one-element tensors on
+    ``device``) is NaN or infinite; the tensors are checked there, nothing is read."""
+    tensors = [v.detach().reshape(()).float() for v in values if isinstance(v, torch.Tensor)]
+    on_host = any(not math.isfinite(v) for v in values if not isinstance(v, torch.Tensor))
+    flag = torch.full((), on_host, dtype=torch.bool, device=device)
+    if tensors:
+        flag = flag | ~torch.isfinite(torch.stack(tensors)).all()
+    return flag
+
+
 def nonfinite_loss(loss: float, components: dict[str, float]) -> list[str]:
     """The parts of a step's loss that are NaN or infinite (``loss`` itself when no part is)."""
     bad = [name for name, value in components.items() if not math.isfinite(value)]
@@ -130,16 +141,23 @@ class StopSignals:
 
     def requested(self) -> int:
         """The signal that asked to stop (0: none), agreed by every rank."""
+        return int(float(self.agreed()))
+
+    def agreed(self) -> int | torch.Tensor:
+        """The signal that asked to stop, agreed by every rank: in a process group a device
+        tensor (the largest rank's), queued and not read, so the trainer reads it with its
+        step's figures (``wmtp.train.figures``); alone, the number."""
         if not self.ctx.is_distributed:
             return self.signum
         from wmtp.parallel import all_reduce_max
 
-        return int(all_reduce_max(torch.tensor(float(self.signum), device=self.ctx.device)))
+        return all_reduce_max(torch.full((), float(self.signum), device=self.ctx.device))
 
 
 __all__ = [
     "StopSignals",
     "component_of",
+    "nonfinite_flag",
     "nonfinite_gradients",
     "nonfinite_loss",
     "nonfinite_parameters",

@@ -5,9 +5,11 @@ the tokenizer, the model the pipeline trains (``wmtp.pipelines`` says which, and
 parallelism, the MTP loss strategy, the frozen models it uses, the weighting, the pipeline's
 hooks, the data and the optimizer. ``Trainer.run()`` then runs per optimizer step: the pipeline's
 ``forward_backward`` (weights, loss, one backward per micro-batch, gradients synchronised across
-ranks on the last one only: :meth:`Trainer.accumulate`), a NaN/Inf check naming the component,
-gradient clipping, the optimizer and scheduler steps, metrics, periodic held-out loss and
-checkpoints. Pipelines change the loop only through the hooks of ``wmtp.train.pipeline``.
+ranks on the last one only: :meth:`Trainer.accumulate`), gradient clipping, the optimizer and
+scheduler steps (a step whose loss or gradient norm is not finite skipped on the device), one read
+of the step's figures (``wmtp.train.figures``) and, for a skipped step, the components that went
+non-finite; then metrics, periodic held-out loss and checkpoints. Pipelines change the loop only
+through the hooks of ``wmtp.train.pipeline``.
 ``wmtp bench step`` times this same step on synthetic batches (``build(batch_source=...)``).
 """
 
@@ -37,15 +39,17 @@ from wmtp.parallel import (
 )
 from wmtp.train import checkpoint as ckpt_io
 from wmtp.train import faults
+from wmtp.train.figures import Figure, PendingFigures
 from wmtp.train.guards import (
     StopSignals,
+    nonfinite_flag,
     nonfinite_gradients,
     nonfinite_loss,
     nonfinite_parameters,
 )
 from wmtp.train.metrics import MetricsLogger, read_metrics
-from wmtp.train.optim import build_optimizer, build_scheduler
-from wmtp.train.pipeline import Pipeline, phase
+from wmtp.train.optim import build_optimizer, build_scheduler, step_unless
+from wmtp.train.pipeline import Pipeline, StepOutput, phase
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +84,11 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self._grad_norm: torch.Tensor | None = None
         """The step's gradient norm once :meth:`accumulate` has queued it."""
+        self.signals: StopSignals | None = None
+        """SIGINT / SIGTERM while :meth:`run` runs."""
+        self.stop_signal = 0
+        """In a process group, the signal every rank agreed, with the last step's figures, had
+        asked to stop (0: none)."""
 
     # --- building --------------------------------------------------------------------------------
     def build(self, batch_source: Callable[[Trainer], Any] | None = None) -> Trainer:
@@ -179,7 +188,6 @@ class Trainer:
             betas=t.betas,
             eps=t.eps,
             weight_decay=t.weight_decay,
-            device=self.ctx.device,
         )
         self.scheduler = build_scheduler(
             self.optimizer,
@@ -283,6 +291,7 @@ class Trainer:
     def run(self, signals: StopSignals | None = None) -> dict[str, Any]:
         """Train to ``max_steps`` (or ``stop_at_step``); with ``signals``, a SIGINT / SIGTERM
         stops it after the current step with a checkpoint (:class:`wmtp.errors.Interrupted`)."""
+        self.signals = signals
         logger = MetricsLogger(
             self.run_dir,
             total_steps=self.max_steps,
@@ -300,13 +309,18 @@ class Trainer:
                 self.step += 1
                 faults.after_step(self)  # testing hooks (WMTP_FAULT, ...); no-op unset
                 self._after_step(logger, last)
-                if signals is not None and (signum := signals.requested()):
+                if signals is not None and (signum := self._stop_requested(signals)):
                     self.stop_for_signal(signum)
             if self.step == self.max_steps:
                 self._finish(logger)
         finally:
             logger.close()
         return {"step": self.step, **last}
+
+    def _stop_requested(self, signals: StopSignals) -> int:
+        """The signal that asked to stop (0: none): alone, as it stands; in a process group, as
+        every rank agreed with the last step's figures (agreeing now would wait for the update)."""
+        return self.stop_signal if self.ctx.is_distributed else signals.requested()
 
     def _after_step(self, logger: MetricsLogger, record: dict[str, Any]) -> None:
         """Log the step; evaluate and checkpoint when they are due."""
@@ -345,7 +359,10 @@ class Trainer:
     def train_step(self, flops_per_token: float | None) -> dict[str, Any]:
         """One optimizer step on the batch source's next micro-batches; its record of figures.
 
-        A step whose loss or gradients are not finite is never applied (:meth:`_bad_step`)."""
+        The host never waits for the device before the update is queued (:meth:`_queue_update`);
+        it then waits for the step's figures alone while the GPU applies the update. A step whose
+        loss or gradient norm is not finite was not applied: it is reported, or stops the run
+        (:meth:`_bad_step`)."""
         start = time.perf_counter()
         self.model.train()
         with phase("next_batches"):
@@ -354,39 +371,60 @@ class Trainer:
         self._grad_norm = None
         with phase("forward_backward"):
             out = self.pipeline.forward_backward(self, micro_batches)
-        tokens, row_tokens = self._step_tokens(micro_batches)
-        bad = nonfinite_loss(out.loss, out.components)
-        if bad:  # the weights this step started from gave it: they are suspect
-            return self._bad_step(f"the loss is {out.loss}", bad, weights_suspect=True)
-        grad_norm = self._clip_gradients()
-        if not math.isfinite(grad_norm):
-            parts = nonfinite_gradients(self.model) or ["the gradient norm"]
-            return self._bad_step(f"the gradient norm is {grad_norm}", parts, weights_suspect=False)
-        lr = self.scheduler.get_last_lr()[0]
-        with phase("optimizer"):
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
+        pending = self._queue_update(out, micro_batches)
+        with phase("figures"):
+            read = pending.wait()
+        step = read["step"]
+        self.stop_signal = int(step["stop"])
+        if step["bad"]:
+            return self._bad_step(step["loss"], read["parts"], step["grad_norm"])
+        self.optimizer.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - start
-        record = {"loss": out.loss, **out.figures, "lr": lr, "grad_norm": grad_norm}
+        record = {"loss": step["loss"], **read["logged"], "lr": step["lr"]}
+        record["grad_norm"] = step["grad_norm"]
+        tokens, row_tokens = int(step["tokens"]), int(step["row_tokens"])
         self.tokens_seen += tokens
         record["step_time_s"], record["data_time_s"], record["tokens"] = elapsed, data_s, tokens
         record["tokens_seen"], record["row_tokens"] = self.tokens_seen, row_tokens
         record["tokens_per_s"] = tokens / elapsed if elapsed > 0 else 0.0
-        record["target_tokens_per_s"] = out.tokens / elapsed if elapsed > 0 else 0.0
+        record["target_tokens_per_s"] = step["target_tokens"] / elapsed if elapsed > 0 else 0.0
         record.update(self._utilisation(tokens, elapsed, flops_per_token))
         return record
 
-    def _bad_step(self, what: str, parts: list[str], *, weights_suspect: bool) -> dict[str, Any]:
-        """A step with a non-finite loss or gradient: not applied. Skipped (the schedule and the
-        data move on) while ``training.max_bad_steps`` allows, else the run stops, naming the
-        step, the parts and the last checkpoint whose weights trained on finitely."""
+    def _queue_update(self, out: StepOutput, micro_batches: list[dict]) -> PendingFigures:
+        """The step's figures on their way to the host, then the optimizer and scheduler steps
+        queued behind them; the update is skipped on the device if the loss, a part of it or the
+        gradient norm is not finite. Nothing here waits for the device."""
+        grad_norm = self._step_grad_norm()
+        bad = nonfinite_flag([out.loss, *out.components.values(), grad_norm], self.ctx.device)
+        tokens, row_tokens = self._step_tokens(micro_batches)
+        stop = self.signals.agreed() if self.signals is not None and self.ctx.is_distributed else 0
+        own = {"loss": out.loss, "grad_norm": grad_norm, "bad": bad, "stop": stop}
+        own.update(tokens=tokens, row_tokens=row_tokens, target_tokens=out.tokens)
+        own["lr"] = self.scheduler.get_last_lr()[0]
+        pending = PendingFigures({"step": own, "parts": out.components, "logged": out.figures})
+        with phase("optimizer"):
+            step_unless(self.optimizer, bad)
+            self.scheduler.step()
+        return pending
+
+    def _bad_step(
+        self, loss: float, components: dict[str, float], grad_norm: float
+    ) -> dict[str, Any]:
+        """A step with a non-finite loss or gradient norm, which the device did not apply.
+        Skipped (the schedule and the data move on) while ``training.max_bad_steps`` allows,
+        else the run stops, naming the step, the parts and the last checkpoint whose weights
+        trained on finitely: before the weights this step started from when the loss itself was
+        not finite (they may be what went wrong)."""
+        parts, what, weights_suspect = nonfinite_loss(loss, components), f"the loss is {loss}", True
+        if not parts:  # the gradients went wrong, not the weights
+            parts = nonfinite_gradients(self.model) or ["the gradient norm"]
+            what, weights_suspect = f"the gradient norm is {grad_norm}", False
         self.optimizer.zero_grad(set_to_none=True)
         step, where = self.step + 1, ", ".join(parts)
         allowed = self.recipe.training.max_bad_steps
         if self.bad_steps < allowed:
             self.bad_steps += 1
-            self.scheduler.step()
             if self.ctx.is_main:  # every rank skips it together: said once
                 log.warning(
                     "step %d skipped: %s (in %s); %d of training.max_bad_steps = %d used",
@@ -416,9 +454,10 @@ class Trainer:
             return f"No checkpoint was written before these weights{started}."
         return f"The last good checkpoint is {good[-1]}{started}."
 
-    def _step_tokens(self, micro_batches: list[dict]) -> tuple[int, int]:
+    def _step_tokens(self, micro_batches: list[dict]) -> tuple[Figure, Figure]:
         """Tokens the model read this step on all ranks (padding left out: the work done), and
-        the positions of their rows (padding included: what the model computed over)."""
+        the positions of their rows (padding included: what the model computed over). In a
+        process group, device tensors summed over ranks, read with the step's figures."""
         from wmtp.parallel import all_reduce_sum
 
         local = [
@@ -427,15 +466,16 @@ class Trainer:
         ]
         if not self.ctx.is_distributed:
             return local[0], local[1]
-        summed = all_reduce_sum(torch.tensor(local, dtype=torch.float64, device=self.ctx.device))
-        tokens, row_tokens = summed.tolist()
-        return int(tokens), int(row_tokens)
+        summed = all_reduce_sum(
+            to_device(torch.tensor(local, dtype=torch.float64), self.ctx.device)
+        )
+        return summed[0], summed[1]
 
-    def _clip_gradients(self) -> float:
-        """The global gradient norm, its gradients clipped (queued by :meth:`accumulate`, or
-        now if the pipeline left the batches unfinished)."""
+    def _step_grad_norm(self) -> torch.Tensor:
+        """The global gradient norm (a device tensor), its gradients clipped: queued by
+        :meth:`accumulate`, or now if the pipeline left the batches unfinished."""
         norm, self._grad_norm = self._grad_norm, None
-        return float(norm if norm is not None else self._gradients_complete())
+        return norm if norm is not None else self._gradients_complete()
 
     def _gradients_complete(self) -> torch.Tensor:
         """The step's gradients are all there: the testing hook between backward and update,

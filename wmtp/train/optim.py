@@ -1,4 +1,5 @@
-"""AdamW (fused where the device supports it) and the learning-rate schedule.
+"""Fused AdamW, its step skipped on the device when the step is bad, and the learning-rate
+schedule.
 
 Schedule: linear warm-up from 0 to ``lr`` over ``warmup_steps``, then cosine or linear decay to
 ``min_lr_ratio * lr`` at ``max_steps``, or constant. Step ``s`` (0-based) uses ``lr * factor(s)``.
@@ -29,22 +30,28 @@ def lr_factor(
     return min_lr_ratio + (1.0 - min_lr_ratio) * decay
 
 
-def build_optimizer(
-    params, *, lr: float, betas, eps: float, weight_decay: float, device: torch.device
-):
-    """AdamW over ``params`` (those with ``requires_grad``); fused on CUDA, foreach elsewhere."""
+def build_optimizer(params, *, lr: float, betas, eps: float, weight_decay: float):
+    """Fused AdamW over ``params`` (those with ``requires_grad``): one kernel per group of
+    tensors on CUDA and on CPU, and the only form that can skip a step on the device
+    (:func:`step_unless`)."""
     trainable = [p for p in params if p.requires_grad]
     assert trainable, "no trainable parameters"
-    fused = device.type == "cuda"
     return torch.optim.AdamW(
-        trainable,
-        lr=lr,
-        betas=tuple(betas),
-        eps=eps,
-        weight_decay=weight_decay,
-        fused=fused or None,
-        foreach=None if fused else True,
+        trainable, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, fused=True
     )
+
+
+def step_unless(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
+    """Queue ``optimizer``'s step, to be skipped on the device where ``skip`` (a one-element
+    tensor, 1 or 0) is 1: weights, moments and step count stay as they were. The host decides
+    nothing and waits for nothing, so the update is queued before the step's figures are read.
+    Fused AdamW reads the flag in its kernel (``found_inf``, the argument ``torch.amp``'s
+    gradient scaler skips steps with)."""
+    optimizer.found_inf = skip.float().reshape(())
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.found_inf
 
 
 def build_scheduler(

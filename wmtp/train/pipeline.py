@@ -25,6 +25,10 @@ pipeline's implementation: a subclass of :class:`Pipeline` (named by the descrip
    which by default weights each micro-batch on its own.
 4. ``step_figures(trainer, stats)``: extra metrics from the step's summed ``MTPStats``.
 
+Figures (``wmtp.train.figures.Figure``) are numbers or one-element device tensors, left unread: the
+trainer reads a step's figures once, after its update is queued, so a hook that reads one
+(``.item()``, ``float(t)``, ``.tolist()``) makes the host wait for the GPU mid-step.
+
 A pipeline whose loss is not the MTP loss (the critic) overrides ``forward_backward(trainer,
 micro_batches) -> StepOutput`` instead: it runs the forward and backward of every micro-batch it
 gets from ``trainer.accumulate(micro_batches)`` (the trainer owns gradient synchronisation across
@@ -48,6 +52,7 @@ from wmtp.losses.mtp import (
     weight_sums,
 )
 from wmtp.parallel import all_reduce_sum
+from wmtp.train.figures import Figure, mean_figures, read_figures
 
 if TYPE_CHECKING:
     from wmtp.train.loop import Trainer
@@ -79,31 +84,34 @@ class MicroBatchWeights:
 
     weights: torch.Tensor | HeadWeightFn | None = None
     denominators_K: torch.Tensor | None = None
-    figures: dict[str, float] = field(default_factory=dict)
+    figures: dict[str, Figure] = field(default_factory=dict)
 
 
 @dataclass
 class StepOutput:
     """What one optimizer step's forward/backward produced (summed over micro-batches and ranks)."""
 
-    loss: float
-    components: dict[str, float]
+    loss: Figure
+    components: dict[str, Figure]
     """Named parts of the loss (``loss/head1`` ...): a non-finite one stops the run by name."""
-    figures: dict[str, float] = field(default_factory=dict)
-    tokens: int = 0
+    figures: dict[str, Figure] = field(default_factory=dict)
+    tokens: Figure = 0
     """Target tokens trained on in this step (all ranks), for tokens/s."""
 
 
-def mtp_figures(stats: MTPStats, depth_weights) -> tuple[float, dict[str, float], dict[str, float]]:
-    """``(loss, components, figures)`` of a step's summed MTP statistics."""
-    losses_K = stats.head_losses().tolist()
-    acc_K = stats.head_accuracy().tolist()
-    components = {f"loss/head{k}": v for k, v in enumerate(losses_K, start=1)}
+def mtp_figures(
+    stats: MTPStats, depth_weights
+) -> tuple[torch.Tensor, dict[str, Figure], dict[str, Figure]]:
+    """``(loss, components, figures)`` of a step's summed MTP statistics, on the device."""
+    losses_K, acc_K, n_K = stats.head_losses(), stats.head_accuracy(), stats.n_tokens_K
+    components: dict[str, Figure] = {
+        f"loss/head{k}": losses_K[k - 1] for k in range(1, len(n_K) + 1)
+    }
     figures = dict(components)
-    for k, (acc, n) in enumerate(zip(acc_K, stats.n_tokens_K.tolist(), strict=True), start=1):
-        figures[f"acc/head{k}"] = acc
-        figures[f"tokens/head{k}"] = n
-    return stats.total_loss(depth_weights).item(), components, figures
+    for k in range(1, len(n_K) + 1):
+        figures[f"acc/head{k}"] = acc_K[k - 1]
+        figures[f"tokens/head{k}"] = n_K[k - 1]
+    return stats.total_loss(depth_weights), components, figures
 
 
 class Pipeline:
@@ -146,7 +154,7 @@ class Pipeline:
         """The weights of a step's micro-batches (on the device), each weighted on its own."""
         return [self.micro_batch_weights(trainer, b) for b in batches]
 
-    def step_figures(self, trainer: Trainer, stats: MTPStats) -> dict[str, float]:
+    def step_figures(self, trainer: Trainer, stats: MTPStats) -> dict[str, Figure]:
         return {}
 
     def forward_backward(self, trainer: Trainer, micro_batches: list[dict]) -> StepOutput:
@@ -185,11 +193,10 @@ class Pipeline:
             total = stats if total is None else total + stats
         assert total is not None
         total = MTPStats.from_tensor(all_reduce_sum(total.as_tensor()))
-        with phase("figures"):
-            loss, components, figures = mtp_figures(total, cfg.depth_weights)
-        figures.update(_mean_figures([p.figures for p in plans]))
+        loss, components, figures = mtp_figures(total, cfg.depth_weights)
+        figures.update(mean_figures([p.figures for p in plans]))
         figures.update(self.step_figures(trainer, total))
-        return StepOutput(loss, components, figures, tokens=int(total.n_tokens_K[0].item()))
+        return StepOutput(loss, components, figures, tokens=total.n_tokens_K[0])
 
     @torch.no_grad()
     def eval_loss(self, trainer: Trainer, batches) -> dict[str, float]:
@@ -214,9 +221,4 @@ class Pipeline:
             total = MTPStats.from_tensor(torch.zeros(5, trainer.n_heads, device=trainer.ctx.device))
         total = MTPStats.from_tensor(all_reduce_sum(total.as_tensor()))
         loss, components, _ = mtp_figures(total, trainer.loss_config.depth_weights)
-        return {"eval/loss": loss, **{f"eval/{k}": v for k, v in components.items()}}
-
-
-def _mean_figures(per_micro: list[dict[str, float]]) -> dict[str, float]:
-    keys = {k for f in per_micro for k in f}
-    return {k: sum(f.get(k, 0.0) for f in per_micro) / len(per_micro) for k in sorted(keys)}
+        return read_figures({"eval/loss": loss, **{f"eval/{k}": v for k, v in components.items()}})

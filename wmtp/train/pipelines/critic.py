@@ -133,25 +133,30 @@ _SUMS = (
 
 
 def _sums(parts: dict[str, torch.Tensor]) -> torch.Tensor:
-    """One micro-batch's figures as float64 sums (they add over micro-batches and ranks)."""
+    """One micro-batch's figures as float64 sums on its device, in ``_SUMS`` order (they add
+    over micro-batches and ranks); nothing is read from the device."""
     gap = (parts["chosen"] - parts["rejected"]).double()
-    n_pairs = float(gap.numel())
     vc, vr = parts["values_chosen"].double(), parts["values_rejected"].double()
+    positions = float(parts["lambda_positions"])  # a host tensor
+
+    def count(n: float) -> torch.Tensor:
+        return torch.full((), float(n), dtype=torch.float64, device=gap.device)
+
     row = [
-        n_pairs,
-        float((gap > 0).sum()),
-        float(gap.sum()),
-        float(parts["pairwise"]) * n_pairs,
-        float(parts["lambda_return"]) * float(parts["lambda_positions"]),
-        float(parts["lambda_positions"]),
-        float(vc.numel()),
-        float(vc.sum()),
-        float((vc * vc).sum()),
-        float(vr.numel()),
-        float(vr.sum()),
-        float((vr * vr).sum()),
+        count(gap.numel()),
+        (gap > 0).sum().double(),
+        gap.sum(),
+        parts["pairwise"].double() * gap.numel(),
+        parts["lambda_return"].double() * positions,
+        count(positions),
+        count(vc.numel()),
+        vc.sum(),
+        (vc * vc).sum(),
+        count(vr.numel()),
+        vr.sum(),
+        (vr * vr).sum(),
     ]
-    return torch.tensor(row, dtype=torch.float64)
+    return torch.stack(row)
 
 
 def _std(n: float, total: float, total_sq: float) -> float:
@@ -172,7 +177,7 @@ def pair_figures(
         torch.stack([_sums(p) for p in parts]).sum(0)
         if parts
         else torch.zeros(len(_SUMS), dtype=torch.float64)
-    )
+    )  # one read below
     if all_reduce:
         from wmtp.parallel import all_reduce_sum
 
@@ -277,7 +282,7 @@ class CriticPipeline(Pipeline):
             parts.append(p)
             tokens += int(p["values_chosen"].numel() + p["values_rejected"].numel())
         figures = pair_figures(parts, "train")
-        total_tokens = int(all_reduce_sum(torch.tensor(float(tokens), device=trainer.ctx.device)))
+        total_tokens = all_reduce_sum(torch.full((), float(tokens), device=trainer.ctx.device))
         pairwise, lam_loss = figures["train/loss_pairwise"], figures["train/loss_lambda_return"]
         loss_value = pairwise + spec.lambda_return_weight * lam_loss
         components = {"loss/pairwise": pairwise, "loss/lambda_return": lam_loss}

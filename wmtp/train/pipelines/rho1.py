@@ -13,7 +13,7 @@ next-token loss (Rho-1's original reference loss). Any other head count is an er
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -25,6 +25,7 @@ from wmtp.losses.mtp import (
     linear_cross_entropy,
     weight_sums,
 )
+from wmtp.train.figures import Figure
 from wmtp.train.pipeline import MicroBatchWeights, Pipeline
 from wmtp.weighting.rho1 import n_selected
 from wmtp.weighting.weightings import Rho1Selection
@@ -87,15 +88,10 @@ def reference_ce_by_head(
 
 @dataclass
 class Rho1HeadWeights:
-    """The ``HeadWeightFn`` of one micro-batch: excess loss -> top-k% selection, per head.
-
-    Records, per head, how many valid targets there were and how many were kept.
-    """
+    """The ``HeadWeightFn`` of one micro-batch: excess loss -> top-k% selection, per head."""
 
     selection: Rho1Selection
     reference_ce_K: list[torch.Tensor]
-    n_valid: list[float] = field(default_factory=list)
-    n_kept: list[float] = field(default_factory=list)
 
     def __call__(self, k: int, ce_BT: torch.Tensor, targets_BT: torch.Tensor) -> torch.Tensor:
         valid_BT = targets_BT != IGNORE_INDEX
@@ -103,10 +99,7 @@ class Rho1HeadWeights:
         assert ref_BT.shape == ce_BT.shape, (
             f"head {k}: reference {tuple(ref_BT.shape)} vs policy {tuple(ce_BT.shape)}"
         )
-        keep_BT = self.selection(ce_BT.float() - ref_BT, valid_BT)
-        self.n_valid.append(float(valid_BT.sum()))
-        self.n_kept.append(float(keep_BT.sum()))
-        return keep_BT
+        return self.selection(ce_BT.float() - ref_BT, valid_BT)
 
 
 def kept_per_head(
@@ -148,13 +141,13 @@ class Rho1Pipeline(Pipeline):
             ),
         )
 
-    def step_figures(self, trainer, stats: MTPStats) -> dict[str, float]:
+    def step_figures(self, trainer, stats: MTPStats) -> dict[str, Figure]:
         """k% and, per head, the fraction of valid targets kept (weights are 0/1)."""
-        kept_K = (stats.weight_sum_K / stats.n_tokens_K.clamp_min(1)).tolist()
-        figures = {"rho1/k_percent": self.selection.k_percent}
-        for k, fraction in enumerate(kept_K, start=1):
-            figures[f"rho1/kept_fraction_head{k}"] = fraction
-        unweighted_K = (stats.ce_sum_K / stats.n_tokens_K.clamp_min(1)).tolist()
-        for k, loss in enumerate(unweighted_K, start=1):
-            figures[f"loss/head{k}_all_tokens"] = loss
+        kept_K = stats.weight_sum_K / stats.n_tokens_K.clamp_min(1)
+        unweighted_K = stats.ce_sum_K / stats.n_tokens_K.clamp_min(1)
+        figures: dict[str, Figure] = {"rho1/k_percent": self.selection.k_percent}
+        for k in range(1, len(kept_K) + 1):
+            figures[f"rho1/kept_fraction_head{k}"] = kept_K[k - 1]
+        for k in range(1, len(kept_K) + 1):
+            figures[f"loss/head{k}_all_tokens"] = unweighted_K[k - 1]
         return figures

@@ -18,6 +18,7 @@ import torch
 
 from wmtp.errors import DataError
 from wmtp.losses.mtp import IGNORE_INDEX, MTPStats
+from wmtp.train.figures import Figure
 from wmtp.train.pipeline import MicroBatchWeights, Pipeline
 
 
@@ -65,7 +66,7 @@ def critic_values(critic, batch: dict, seq=None) -> torch.Tensor:
 
 def step_token_weights(
     critic, weighting, batches: list[dict], seqs: list
-) -> tuple[list[torch.Tensor], dict[str, float]]:
+) -> tuple[list[torch.Tensor], dict[str, Figure]]:
     """``(weights_BS of each micro-batch, figures)`` of one step from the critic's values.
 
     Each micro-batch is scored as it is (in a packed one the critic attends within documents);
@@ -80,7 +81,7 @@ def step_token_weights(
         for w, s, batch in zip(weights, scored, batches, strict=True)
     ]
     value = torch.cat([s.response_values for s in scored])
-    figures["value/mean"] = float(value.mean()) if value.numel() else 0.0
+    figures["value/mean"] = value.mean() if value.numel() else 0.0
     return placed, figures
 
 
@@ -118,23 +119,21 @@ def _in_place(weights_DL: torch.Tensor, layout, shape) -> torch.Tensor:
     return flat.view(shape)
 
 
-def loss_figures(stats: MTPStats) -> dict[str, float]:
-    """Per-head weighted and unweighted losses and the weighted-to-unweighted loss ratio.
+def loss_figures(stats: MTPStats) -> dict[str, Figure]:
+    """Per-head weighted and unweighted losses and the weighted-to-unweighted loss ratio (0
+    when no unweighted loss), on the device.
 
     ``stats`` are the step's summed ``MTPStats`` (all micro-batches and ranks).
     """
     weighted_K = stats.head_losses()
     unweighted_K = stats.ce_sum_K / stats.n_tokens_K.clamp_min(1)
-    figures = {}
-    for k, (w, u) in enumerate(
-        zip(weighted_K.tolist(), unweighted_K.tolist(), strict=True), start=1
-    ):
-        figures[f"loss/head{k}_weighted"] = w
-        figures[f"loss/head{k}_unweighted"] = u
-    total_u = float(unweighted_K.mean())
-    figures["loss/weighted_to_unweighted"] = (
-        float(weighted_K.mean()) / total_u if total_u > 0 else 0.0
-    )
+    figures: dict[str, Figure] = {}
+    for k in range(1, len(weighted_K) + 1):
+        figures[f"loss/head{k}_weighted"] = weighted_K[k - 1]
+        figures[f"loss/head{k}_unweighted"] = unweighted_K[k - 1]
+    total_u = unweighted_K.mean()
+    ratio = weighted_K.mean() / total_u.clamp_min(torch.finfo(total_u.dtype).tiny)
+    figures["loss/weighted_to_unweighted"] = torch.where(total_u > 0, ratio, 0.0)
     return figures
 
 
@@ -191,5 +190,5 @@ class VerifiablePipeline(Pipeline):
         weights, figures = step_token_weights(self.critic, self.weighting, batches, seqs)
         return [MicroBatchWeights(weights=w, figures=figures) for w in weights]
 
-    def step_figures(self, trainer, stats: MTPStats) -> dict[str, float]:
+    def step_figures(self, trainer, stats: MTPStats) -> dict[str, Figure]:
         return loss_figures(stats)
