@@ -38,8 +38,10 @@
 #                   (`wmtp bench step --profile 2`)
 #   lora7b_profile_compiled  its compiled half alone
 #   ab              the LoRA recipe's step (compiled, micro-batch 8) and the 1B full fine-tune's
-#                   (micro-batch 16) with the code at AB_OLD=DIR (DIR/wmtp: an earlier package,
-#                   carried) and with this checkout's, one after the other
+#                   (micro-batch 16) with the code at each of AB_OLD="DIR ..." (DIR/wmtp: an
+#                   earlier package, carried; `git archive REV wmtp | tar -x -C DIR`) and with this
+#                   checkout's, one after the other; AB_SHAPES="full1b" for the 1B step alone,
+#                   AB_SET="--set parallel.float8=true" for its float8 step
 #   verifiable_step the production verifiable step (7B LoRA policy, frozen 2.7B critic, random
 #                   weights, the recipe's micro-batch, one per optimizer step) beside the
 #                   baseline step of the same settings
@@ -152,18 +154,25 @@ stage_full1b_profile() {  # the 1B full fine-tune's step (one head, compiled) at
 }
 MEASURED=$WORK/measured  # stages below write here; measured.tar.gz carries it back
 STEP=(python3 -m wmtp.cli bench step)
-stage_ab() {  # the same two steps with the code at $AB_OLD (an earlier wmtp/) and with this one
+stage_ab() {  # the same steps with the code at each of $AB_OLD (earlier wmtp/) and with this one
   local when path py lora=("${LORA_STEP[@]:3:${#LORA_STEP[@]}-5}")  # its arguments, no --profile
+  local shape shapes=(${AB_SHAPES:-lora7b full1b})
   full1b_recipe 16
-  for when in before after; do
+  for when in ${AB_OLD:?set AB_OLD to folders holding an earlier wmtp/} this; do
     # -P: no current directory first on sys.path, so PYTHONPATH says which wmtp is imported
     path=$PYTHONPATH py=(python3 -P -m wmtp.cli)
-    [ "$when" = before ] && path=${AB_OLD:?set AB_OLD to a folder holding the earlier wmtp/}:$path
+    [ "$when" = this ] || path=$when:$path
     env PYTHONPATH="$path" python3 -P -c "import wmtp; print('$when:', wmtp.__file__)"
-    step "ab_lora7b_$when" 150 env PYTHONPATH="$path" "${py[@]}" "${lora[@]}" \
-      --set training.micro_batch_size=8 --repeats 8 --out "$MEASURED/ab/lora7b_$when"
-    step "ab_full1b_$when" 100 env PYTHONPATH="$path" "${py[@]}" bench step "$WORK/full1b.toml" \
-      --warmup 3 --repeats 10 --out "$MEASURED/ab/full1b_$when"
+    when=$(basename "$when")
+    for shape in "${shapes[@]}"; do
+      if [ "$shape" = lora7b ]; then
+        step "ab_lora7b_$when" 150 env PYTHONPATH="$path" "${py[@]}" "${lora[@]}" \
+          --set training.micro_batch_size=8 --repeats 8 --out "$MEASURED/ab/lora7b_$when"
+      else
+        step "ab_${shape}_$when" 100 env PYTHONPATH="$path" "${py[@]}" bench step \
+          "$WORK/full1b.toml" --warmup 3 --repeats 10 ${AB_SET:-} --out "$MEASURED/ab/${shape}_$when"
+      fi
+    done
   done
   pack_measured
 }

@@ -19,13 +19,21 @@ from wmtp.train.loop import Trainer
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="synchronisations need a GPU")
 
 
+RHO1 = TINY.with_name("tiny_rho1.toml")
+
+
 @pytest.mark.parametrize("packed", [False, True])
-def test_a_training_step_never_waits_for_the_gpu(tmp_path, packed):
+@pytest.mark.parametrize("recipe_path", [TINY, RHO1], ids=["base", "rho1"])
+def test_a_training_step_never_waits_for_the_gpu(tmp_path, recipe_path, packed):
+    """Rho-1 too: its reference scores and its selection work at the valid targets the batch
+    carries from the host, and count what they keep on the device."""
     overrides = [
         "parallel.device='cuda'", "training.micro_batch_size=2", "training.grad_accum_steps=2",
         f"data.packing={str(packed).lower()}",
     ]  # fmt: skip
-    recipe = load_recipe(TINY, overrides).recipe
+    if recipe_path == RHO1:
+        overrides.append("model.reference.checkpoint=''")  # random weights: no reference run
+    recipe = load_recipe(recipe_path, overrides).recipe
     trainer = Trainer(recipe, "", tmp_path, init_distributed("cuda"), console=False).build()
     trainer.train_step(None)  # the first step compiles and allocates
     records: list[dict] = []

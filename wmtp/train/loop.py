@@ -204,11 +204,14 @@ class Trainer:
         return max(1, math.ceil(t.epochs * self.batches.steps_per_epoch()))
 
     # --- helpers for pipelines -------------------------------------------------------------------
-    def to_device(self, batch: dict) -> dict:
-        """``batch``'s tensors on the run's device. To a GPU they go from pinned memory without
-        waiting: a copy from pageable memory would hold the host until the GPU has finished the
-        work queued before it, leaving the GPU idle while the host then queues the step."""
-        return {k: to_device(v, self.ctx.device) for k, v in batch.items()}
+    def to_device(self, value):
+        """``value`` (a tensor, or a batch: a dict of them) on the run's device. To a GPU tensors
+        go from pinned memory without waiting: a copy from pageable memory would hold the host
+        until the GPU has finished the work queued before it, leaving the GPU idle while the host
+        then queues the step."""
+        if isinstance(value, dict):
+            return {k: to_device(v, self.ctx.device) for k, v in value.items()}
+        return to_device(value, self.ctx.device)
 
     def seq_info(self, batch: dict):
         """``SeqInfo`` for packed batches, as the model's attention reads it

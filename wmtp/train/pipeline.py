@@ -12,7 +12,9 @@ pipeline's implementation: a subclass of :class:`Pipeline` (named by the descrip
    object with ``next_step() -> list[batch]`` (this rank's micro-batches of one optimizer step),
    ``steps_per_epoch()`` and ``state_dict()`` / ``load_state_dict()`` (saved in checkpoints);
    default :class:`~wmtp.train.data_source.StepBatches` over the epoch's correct solutions.
-3. ``micro_batch_weights(trainer, batch) -> MicroBatchWeights``: per micro-batch token weights:
+3. ``micro_batch_weights(trainer, batch) -> MicroBatchWeights``: per micro-batch token weights
+   (``batch`` is on the device and carries its heads' valid targets under ``valid_index_K``,
+   found on the host: :func:`batch_on_device`):
    ``weights`` is ``None`` (uniform), a ``weights_BS`` tensor (target-token weights, head k uses
    ``w[t + k]``) or a per-head callable ``fn(k, ce_BT, targets_BT) -> w_BT``
    (``wmtp.losses.HeadWeightFn``); ``denominators_K`` is this micro-batch's share of each head's
@@ -58,6 +60,18 @@ if TYPE_CHECKING:
     from wmtp.train.loop import Trainer
 
 
+VALID_INDEX = "valid_index_K"
+"""The key under which a batch on the device carries its heads' valid targets
+(:func:`batch_on_device`)."""
+
+
+def batch_on_device(trainer: Trainer, batch: dict) -> dict:
+    """``batch`` on the run's device, carrying under :data:`VALID_INDEX` its heads' valid targets
+    found on the host (:func:`host_target_index`): the loss, and a pipeline that selects targets
+    (Rho-1), read them there instead of finding them on the device, which would wait for it."""
+    return {**trainer.to_device(batch), VALID_INDEX: host_target_index(trainer, batch)}
+
+
 def host_target_index(trainer: Trainer, batch: dict) -> list[torch.Tensor] | None:
     """The heads' valid targets of a micro-batch (:func:`wmtp.losses.mtp.valid_target_index`),
     computed from its labels on the host before the batch is copied, then copied with it. Their
@@ -69,7 +83,7 @@ def host_target_index(trainer: Trainer, batch: dict) -> list[torch.Tensor] | Non
         return None
     doc_ids_BS = document_ids(trainer.seq_info(batch), labels_BS)
     index_K = valid_target_index(labels_BS, trainer.n_heads, doc_ids_BS)
-    return list(trainer.to_device(dict(enumerate(index_K))).values())
+    return [trainer.to_device(index_N) for index_N in index_K]
 
 
 def phase(name: str):
@@ -162,14 +176,13 @@ class Pipeline:
         n = trainer.n_heads
         cfg = trainer.loss_config
         with phase("to_device"):
-            index_K = [host_target_index(trainer, b) for b in micro_batches]
-            batches = [trainer.to_device(b) for b in micro_batches]
+            batches = [batch_on_device(trainer, b) for b in micro_batches]
         with phase("weights"):
             plans = self.step_weights(trainer, batches)
         denom_K = torch.zeros(n, device=trainer.ctx.device)
         for b, plan in zip(batches, plans, strict=True):
             if plan.denominators_K is not None:
-                denom_K += plan.denominators_K.to(denom_K.device)
+                denom_K += trainer.to_device(plan.denominators_K)
             else:
                 assert not callable(plan.weights), "a per-head weight callable needs denominators_K"
                 denom_K += weight_sums(
@@ -177,7 +190,7 @@ class Pipeline:
                 )
         all_reduce_sum(denom_K)
         total: MTPStats | None = None
-        for b, plan, index in zip(trainer.accumulate(batches), plans, index_K, strict=True):
+        for b, plan in zip(trainer.accumulate(batches), plans, strict=True):
             with trainer.compute_context():
                 stats = loss_and_backward(
                     trainer.model,
@@ -188,7 +201,7 @@ class Pipeline:
                     denominators_K=denom_K,
                     seq=trainer.seq_info(b),
                     config=cfg,
-                    valid_index_K=index,
+                    valid_index_K=b[VALID_INDEX],
                 )
             total = stats if total is None else total + stats
         assert total is not None
@@ -203,8 +216,7 @@ class Pipeline:
         """Uniform-weight MTP loss on held-out batches: ``eval/loss`` and ``eval/loss/head{k}``."""
         total: MTPStats | None = None
         for batch in batches:
-            index = host_target_index(trainer, batch)
-            b = trainer.to_device(batch)
+            b = batch_on_device(trainer, batch)
             with trainer.compute_context():
                 stats = loss_and_backward(
                     trainer.model,
@@ -214,7 +226,7 @@ class Pipeline:
                     seq=trainer.seq_info(b),
                     config=trainer.loss_config,
                     backward=False,
-                    valid_index_K=index,
+                    valid_index_K=b[VALID_INDEX],
                 )
             total = stats if total is None else total + stats
         if total is None:

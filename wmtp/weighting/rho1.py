@@ -21,17 +21,19 @@ def rho1_mask(excess: torch.Tensor, mask: torch.Tensor, *, k_percent: float) -> 
 
     Counted over the whole tensor (the batch), never True at a masked entry (even when a valid
     excess is -Inf); ties are broken by position. Infinite excesses are ranked as the largest /
-    smallest finite values; NaN is ranked as 0.
+    smallest finite values; NaN is ranked as 0. Computed on the tensors' device without reading
+    anything from it (the count stays there): every entry is ranked, the masked ones last.
     """
     assert excess.shape == mask.shape, f"excess {tuple(excess.shape)} vs mask {tuple(mask.shape)}"
     assert mask.dtype == torch.bool, f"mask must be bool, got {mask.dtype}"
+    assert 0.0 < k_percent <= 1.0, f"k_percent must be in (0, 1], got {k_percent}"
     flat_mask = mask.reshape(-1)
-    valid_idx = flat_mask.nonzero().squeeze(1)
-    k = n_selected(k_percent, int(valid_idx.numel()))
-    selected = torch.zeros_like(flat_mask)
-    if k > 0:
-        # Rank among the valid entries only, so a masked entry can never be chosen.
-        valid_excess = torch.nan_to_num(excess.reshape(-1)[valid_idx].float())
-        order = torch.sort(valid_excess, descending=True, stable=True).indices
-        selected[valid_idx[order[:k]]] = True
-    return selected.view(mask.shape)
+    key = torch.nan_to_num(excess.reshape(-1).float())  # finite: a masked -inf ranks below all
+    key = torch.where(flat_mask, key, -math.inf)
+    order = torch.sort(key, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=order.device)
+    fraction = Fraction(repr(k_percent))  # n_selected's decimal, on the device
+    n_valid = flat_mask.sum()
+    keep = (n_valid * fraction.numerator + fraction.denominator - 1) // fraction.denominator
+    return (flat_mask & (rank < keep)).view(mask.shape)

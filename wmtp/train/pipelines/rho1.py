@@ -23,10 +23,10 @@ from wmtp.losses.mtp import (
     MTPStats,
     document_ids,
     linear_cross_entropy,
-    weight_sums,
+    valid_target_index,
 )
 from wmtp.train.figures import Figure
-from wmtp.train.pipeline import MicroBatchWeights, Pipeline
+from wmtp.train.pipeline import VALID_INDEX, MicroBatchWeights, Pipeline
 from wmtp.weighting.rho1 import n_selected
 from wmtp.weighting.weightings import Rho1Selection
 
@@ -47,12 +47,13 @@ def reference_head_ce(
     h_BSD: torch.Tensor,
     labels_BS: torch.Tensor,
     k: int,
+    index_N: torch.Tensor,
     seq=None,
     chunk_size: int = 1024,
 ) -> torch.Tensor:
-    """``[B, S-k]`` fp32 cross-entropy of the reference's head k on ``labels[:, k:]`` (0 where ignored)."""
+    """``[B, S-k]`` fp32 cross-entropy of the reference's head k on ``labels[:, k:]`` at the
+    flat positions ``index_N`` (head k's valid targets, :func:`valid_target_index`), 0 elsewhere."""
     targets_BT = labels_BS[:, k:]
-    index_N = (targets_BT != IGNORE_INDEX).reshape(-1).nonzero().squeeze(1)
     hidden_BSD = reference.head_hidden(h_BSD, k, seq=seq)
     B, S, D = hidden_BSD.shape
     hidden_ND = (
@@ -68,22 +69,33 @@ def reference_head_ce(
 
 @torch.no_grad()
 def reference_ce_by_head(
-    reference, input_ids_BS, labels_BS, n_heads: int, seq=None, chunk_size: int = 1024
+    reference,
+    input_ids_BS,
+    labels_BS,
+    n_heads: int,
+    seq=None,
+    chunk_size: int = 1024,
+    index_K: list[torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
-    """Per policy head k (1..n): the reference's ``[B, S-k]`` cross-entropy of head k's targets.
+    """Per policy head k (1..n): the reference's ``[B, S-k]`` cross-entropy of head k's valid
+    targets (0 at the others). ``index_K``: the policy heads' :func:`valid_target_index` (the
+    batch carries them from the host); ``None`` finds them here, waiting for the device.
 
     A one-head reference scores target ``t + k`` with its next-token loss at position
-    ``t + k - 1`` (the same token, from its own prefix).
+    ``t + k - 1`` (the same token, from its own prefix, in the same document: among head 1's
+    valid targets).
     """
     check_reference_heads(n_heads, reference.n_heads)
+    if index_K is None:
+        index_K = valid_target_index(labels_BS, n_heads, document_ids(seq, labels_BS))
     h_BSD = reference.trunk(input_ids_BS, seq=seq)
     if reference.n_heads == n_heads:
         return [
-            reference_head_ce(reference, h_BSD, labels_BS, k, seq, chunk_size)
+            reference_head_ce(reference, h_BSD, labels_BS, k, index_K[k - 1], seq, chunk_size)
             for k in range(1, n_heads + 1)
         ]
-    next_BT = reference_head_ce(reference, h_BSD, labels_BS, 1, seq, chunk_size)  # target j at j-1
-    return [next_BT[:, k - 1 :] for k in range(1, n_heads + 1)]
+    next_BT = reference_head_ce(reference, h_BSD, labels_BS, 1, index_K[0], seq, chunk_size)
+    return [next_BT[:, k - 1 :] for k in range(1, n_heads + 1)]  # target j scored at j - 1
 
 
 @dataclass
@@ -103,16 +115,23 @@ class Rho1HeadWeights:
 
 
 def kept_per_head(
-    labels_BS: torch.Tensor, n_heads: int, k_percent: float, document_ids_BS=None
+    labels_BS: torch.Tensor,
+    n_heads: int,
+    k_percent: float,
+    document_ids_BS=None,
+    index_K: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """``[K]`` tokens Rho-1 keeps per head in this micro-batch: ``ceil(k_percent * n_valid)``.
+    """``[K]`` tokens Rho-1 keeps per head in this micro-batch: ``ceil(k_percent * n_valid)``, on
+    the host.
 
     Known from the labels alone, so the step's loss denominators exist before any forward;
-    ``n_valid`` counts head k's targets as the loss does (none across a packed row's documents).
+    ``n_valid`` counts head k's targets as the loss does (none across a packed row's documents):
+    the length of its valid targets ``index_K[k - 1]`` (found here when ``None``).
     """
-    valid_K = weight_sums(labels_BS, n_heads, None, document_ids_BS).tolist()
-    counts = [n_selected(k_percent, int(n)) for n in valid_K]
-    return torch.tensor(counts, dtype=torch.float32, device=labels_BS.device)
+    if index_K is None:
+        index_K = valid_target_index(labels_BS, n_heads, document_ids_BS)
+    counts = [n_selected(k_percent, index_N.numel()) for index_N in index_K]
+    return torch.tensor(counts, dtype=torch.float32)
 
 
 # --- the pipeline -------------------------------------------------------------------------------
@@ -127,17 +146,18 @@ class Rho1Pipeline(Pipeline):
         self.selection = trainer.weighting
 
     def micro_batch_weights(self, trainer, batch: dict) -> MicroBatchWeights:
-        n = trainer.n_heads
+        """The reference's losses at the valid targets the batch carries from the host, and the
+        counts kept from their lengths: nothing waits for the device."""
+        n, seq, labels_BS = trainer.n_heads, trainer.seq_info(batch), batch["labels"]
+        index_K = batch.get(VALID_INDEX)
         ref_K = reference_ce_by_head(
-            self.reference, batch["input_ids"], batch["labels"], n, seq=trainer.seq_info(batch)
+            self.reference, batch["input_ids"], labels_BS, n, seq=seq, index_K=index_K
         )
+        k_percent = self.selection.k_percent
         return MicroBatchWeights(
             weights=Rho1HeadWeights(self.selection, ref_K),
             denominators_K=kept_per_head(
-                batch["labels"],
-                n,
-                self.selection.k_percent,
-                document_ids(trainer.seq_info(batch), batch["labels"]),
+                labels_BS, n, k_percent, document_ids(seq, labels_BS), index_K=index_K
             ),
         )
 
