@@ -73,15 +73,21 @@ def step_token_weights(
     a packed batch's examples are laid out one per row for the TD/GAE recursion, which runs per
     sequence exactly as on a padded batch. The weighting then turns the whole step's advantages
     into weights (whitened over the step, every rank's together) and they are put back in place.
+
+    Every micro-batch's critic forward is queued before any is scored: scoring reads from the
+    device (masks, counts), and each read would otherwise leave the GPU idle while the host
+    queued the next forward.
     """
-    scored = [_scored(critic, weighting, b, seq) for b, seq in zip(batches, seqs, strict=True)]
+    values = [critic_values(critic, b, seq) for b, seq in zip(batches, seqs, strict=True)]
+    scored = [_scored(weighting, b, v) for b, v in zip(batches, values, strict=True)]
     weights, figures = weighting.step_weights([(s.advantages, s.mask) for s in scored])
     placed = [
         w if s.layout is None else _in_place(w, s.layout, batch["labels"].shape)
         for w, s, batch in zip(weights, scored, batches, strict=True)
     ]
-    value = torch.cat([s.response_values for s in scored])
-    figures["value/mean"] = value.mean() if value.numel() else 0.0
+    value_sum = torch.stack([s.response_value_sum for s in scored]).sum()
+    n_values = sum(s.n_response_values for s in scored)
+    figures["value/mean"] = value_sum / n_values.clamp_min(1)  # 0 without a response token
     return placed, figures
 
 
@@ -92,15 +98,17 @@ class _Scored(NamedTuple):
     advantages: torch.Tensor
     mask: torch.Tensor
     layout: tuple[torch.Tensor, torch.Tensor] | None
-    response_values: torch.Tensor
-    """The critic's values of the response tokens (for the step's ``value/mean``)."""
+    response_value_sum: torch.Tensor
+    """The sum of the critic's values of the response tokens (for the step's ``value/mean``)."""
+    n_response_values: torch.Tensor
+    """Their number."""
 
 
-def _scored(critic, weighting, batch: dict, seq) -> _Scored:
+def _scored(weighting, batch: dict, values_BS: torch.Tensor) -> _Scored:
     """A micro-batch's critic values turned into GAE advantages (see :class:`_Scored`)."""
     mask_BS = response_mask_of(batch)
-    values_BS = critic_values(critic, batch, seq)
-    response_values = values_BS[mask_BS]
+    value_sum = torch.where(mask_BS, values_BS, 0.0).sum()
+    n_values = mask_BS.sum()
     layout = None
     if batch.get("cu_seqlens") is not None:
         index_DL, valid_DL = (t.to(values_BS.device) for t in documents_of(batch))
@@ -108,7 +116,7 @@ def _scored(critic, weighting, batch: dict, seq) -> _Scored:
         mask_BS = mask_BS.reshape(-1)[index_DL] & valid_DL
         values_BS = values_BS.reshape(-1)[index_DL]
     advantages = weighting.advantages(values_BS, rewards_of(batch), mask_BS)
-    return _Scored(advantages, mask_BS, layout, response_values)
+    return _Scored(advantages, mask_BS, layout, value_sum, n_values)
 
 
 def _in_place(weights_DL: torch.Tensor, layout, shape) -> torch.Tensor:
