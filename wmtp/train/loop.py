@@ -49,7 +49,7 @@ from wmtp.train.guards import (
 )
 from wmtp.train.metrics import MetricsLogger, read_metrics
 from wmtp.train.optim import build_optimizer, build_scheduler, step_unless
-from wmtp.train.pipeline import Pipeline, StepOutput, phase
+from wmtp.train.pipeline import Pipeline, StepOutput, phase, to_device
 
 log = logging.getLogger(__name__)
 
@@ -580,15 +580,6 @@ class Trainer:
 
             point_latest(self.run_dir)
         return self.last_checkpoint
-
-
-def to_device(value, device: torch.device):
-    """``value`` on ``device`` if it is a tensor (see :meth:`Trainer.to_device`)."""
-    if not isinstance(value, torch.Tensor) or value.device == device:
-        return value
-    if device.type == "cuda" and value.device.type == "cpu":
-        return value.pin_memory().to(device, non_blocking=True)
-    return value.to(device)
 
 
 def row_positions(batch: dict) -> int:

@@ -60,6 +60,17 @@ if TYPE_CHECKING:
     from wmtp.train.loop import Trainer
 
 
+def to_device(value, device: torch.device):
+    """``value`` on ``device`` if it is a tensor. To a GPU it goes from pinned memory without
+    waiting: a copy from pageable memory holds the host until the GPU has finished the work
+    queued before it (:meth:`Trainer.to_device` does this for a whole batch)."""
+    if not isinstance(value, torch.Tensor) or value.device == device:
+        return value
+    if device.type == "cuda" and value.device.type == "cpu":
+        return value.pin_memory().to(device, non_blocking=True)
+    return value.to(device)
+
+
 VALID_INDEX = "valid_index_K"
 """The key under which a batch on the device carries its heads' valid targets
 (:func:`batch_on_device`)."""

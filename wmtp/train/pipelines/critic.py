@@ -22,7 +22,7 @@ from wmtp.losses.critic import (
     pairwise_loss,
 )
 from wmtp.losses.mtp import IGNORE_INDEX
-from wmtp.train.pipeline import Pipeline, StepOutput
+from wmtp.train.pipeline import Pipeline, StepOutput, to_device
 
 LAMBDA_RETURN_GAMMA = 1.0
 """Discount of the critic's lambda-return targets (undiscounted, as the TD weighting's default)."""
@@ -56,14 +56,14 @@ class StepTotals:
     lambda_positions: float
 
 
-def step_totals(micro_batches: list[dict], device) -> StepTotals:
+def step_totals(micro_batches: list[dict]) -> StepTotals:
     """The step's :class:`StepTotals`, from the labels alone (summed over ranks)."""
     from wmtp.parallel import all_reduce_sum
 
     pairs = sum(b["chosen"]["input_ids"].shape[0] for b in micro_batches)
     positions = sum(lambda_return_positions(_stack_pair(b)[1]) for b in micro_batches)
-    totals = all_reduce_sum(torch.tensor([float(pairs), float(positions)], device=device))
-    return StepTotals(*totals.tolist())
+    totals = torch.tensor([float(pairs), float(positions)], dtype=torch.float64)
+    return StepTotals(*all_reduce_sum(totals).tolist())  # alone, nothing crosses to the device
 
 
 def pair_loss(
@@ -82,7 +82,7 @@ def pair_loss(
     input_ids, mask, P = _stack_pair(pair)
     positions = lambda_return_positions(mask)  # before the move: no wait for the device
     device = next(model.parameters()).device
-    input_ids, mask = input_ids.to(device), mask.to(device)
+    input_ids, mask = to_device(input_ids, device), to_device(mask, device)
     scores = model.scores(input_ids)  # [2P, S] fp32, pre-activation
     mean_2P = mean_response_score(scores, mask)
     chosen_P, rejected_P = mean_2P[:P], mean_2P[P:]
@@ -273,7 +273,7 @@ class CriticPipeline(Pipeline):
         from wmtp.parallel import all_reduce_sum
 
         spec = self.recipe.training.critic_loss
-        totals = step_totals(micro_batches, trainer.ctx.device)
+        totals = step_totals(micro_batches)
         parts, tokens = [], 0
         for pair in trainer.accumulate(micro_batches):
             with trainer.compute_context():

@@ -19,7 +19,7 @@ import torch
 from wmtp.errors import DataError
 from wmtp.losses.mtp import IGNORE_INDEX, MTPStats
 from wmtp.train.figures import Figure
-from wmtp.train.pipeline import MicroBatchWeights, Pipeline
+from wmtp.train.pipeline import MicroBatchWeights, Pipeline, to_device
 
 
 def rewards_of(batch: dict) -> torch.Tensor:
@@ -32,7 +32,8 @@ def rewards_of(batch: dict) -> torch.Tensor:
         raise DataError(
             f"the verifiable pipeline needs 'is_correct' for each of the {n} sequences of a batch; got {flags!r}"
         )
-    return torch.tensor([1.0 if bool(f) else 0.0 for f in flags], device=batch["input_ids"].device)
+    rewards = torch.tensor([1.0 if bool(f) else 0.0 for f in flags])
+    return to_device(rewards, batch["input_ids"].device)
 
 
 def response_mask_of(batch: dict) -> torch.Tensor:
