@@ -270,7 +270,9 @@ def timed_row(
             torch._dynamo.maybe_mark_dynamic(tensor, 0)
     counted: list[int] = []
     reset_peak_memory(device)
-    timing = time_call(lambda: counted.append(step(tokens, labels)), warmup=warmup, repeats=repeats)
+    timing = time_call(  # back to back, as wmtp's step is timed (wmtp.bench.step)
+        lambda: counted.append(step(tokens, labels)), warmup=warmup, repeats=repeats, queued=True
+    )
     return measured_row(
         name,
         micro_batch,

@@ -6,7 +6,9 @@ weighting, optimizer, gradient accumulation and clipping. Only the data differ: 
 source (:class:`SyntheticBatches`) hands the trainer random tokens in the recipe's shapes, every
 row ``data.max_length`` tokens (rows of four documents when ``data.packing``; a correct and an
 incorrect solution per pair for the critic), so no dataset has to exist. Warm-up steps first,
-then the median of repeated steps, each waited for on the device (CUDA events). tokens/s counts
+then the median of repeated steps run back to back as a training run runs them (a CUDA event
+pair around each, one wait at the end: ``time_call(queued=True)``, as for every peer), so a step's
+time holds the GPU's idle while the host prepares it, not a start from an idle GPU. tokens/s counts
 the input tokens of every rank; MFU is the one formula (``wmtp.models.args.mfu``): the trainer's
 model FLOPs per token (:meth:`Trainer.flops_per_token`) against the GPUs' dense bf16 peak
 (``wmtp.models.args.BF16_PEAK_TFLOPS``). Peak memory is the absolute peak of
@@ -138,7 +140,7 @@ def bench_step(
         def step() -> None:
             tokens.append(trainer.train_step(flops_per_token)["tokens"])
 
-        timing = time_call(step, warmup=warmup, repeats=repeats)
+        timing = time_call(step, warmup=warmup, repeats=repeats, queued=True)
         memory = peak_allocated_gib(ctx.device)
         if profile is not None and ctx.rank == 0:
             profile_calls(step, profile, steps=profile_steps, device=ctx.device)

@@ -50,9 +50,10 @@ def time_call(
     warm-up's own seconds (the device waited for) are ``Timing.warmup_s``.
 
     ``queued``: on a GPU, launch every repeat back to back (an event pair around each) and wait
-    once at the end, as Triton's ``do_bench`` does, so the GPU never idles between repeats
-    (idle gaps let its clock move, which shifts whichever kernel runs next). Otherwise each
-    repeat waits for the GPU, so the time includes the launch from an idle queue.
+    once at the end, as Triton's ``do_bench`` does and as a training run queues its steps, so
+    the GPU idles between repeats only where ``fn``'s own host work leaves it idle (idle gaps
+    also let its clock move, which shifts whichever kernel runs next). Otherwise each repeat
+    waits for the GPU, so the time includes the launch from an idle queue.
     """
     warmup_s = _warm_up(fn, warmup)
     cuda = _cuda_in_use()
