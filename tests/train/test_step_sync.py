@@ -31,8 +31,11 @@ def test_a_training_step_never_waits_for_the_gpu(tmp_path, recipe_path, packed):
         "parallel.device='cuda'", "training.micro_batch_size=2", "training.grad_accum_steps=2",
         f"data.packing={str(packed).lower()}",
     ]  # fmt: skip
+    if packed:  # the production recipes' attention: the tiny one's sdpa loops over documents
+        overrides.append("model.policy.attention='auto'")
     if recipe_path == RHO1:
         overrides.append("model.reference.checkpoint=''")  # random weights: no reference run
+        overrides.append(f"model.reference.attention='{'auto' if packed else 'sdpa'}'")
     recipe = load_recipe(recipe_path, overrides).recipe
     trainer = Trainer(recipe, "", tmp_path, init_distributed("cuda"), console=False).build()
     trainer.train_step(None)  # the first step compiles and allocates
