@@ -8,12 +8,17 @@ from fractions import Fraction
 import torch
 
 
+def _decimal(k_percent: float) -> Fraction:
+    """``k_percent`` as the decimal a recipe writes (its shortest ``repr``), exactly."""
+    assert 0.0 < k_percent <= 1.0, f"k_percent must be in (0, 1], got {k_percent}"
+    return Fraction(repr(k_percent))
+
+
 def n_selected(k_percent: float, n_valid: int) -> int:
     """``ceil(k_percent * n_valid)`` computed exactly, ``k_percent`` read as the decimal a recipe
-    writes (its shortest ``repr``): 0.3 of 10 keeps 3 (the float product is 3.0000000000000004),
-    0.60001 of 40001 keeps 24002 (the product is 24001.00001: a fraction of a token rounds up)."""
-    assert 0.0 < k_percent <= 1.0, f"k_percent must be in (0, 1], got {k_percent}"
-    return math.ceil(Fraction(repr(k_percent)) * n_valid)
+    writes: 0.3 of 10 keeps 3 (the float product is 3.0000000000000004), 0.60001 of 40001 keeps
+    24002 (the product is 24001.00001: a fraction of a token rounds up)."""
+    return math.ceil(_decimal(k_percent) * n_valid)
 
 
 def rho1_mask(excess: torch.Tensor, mask: torch.Tensor, *, k_percent: float) -> torch.Tensor:
@@ -26,14 +31,13 @@ def rho1_mask(excess: torch.Tensor, mask: torch.Tensor, *, k_percent: float) -> 
     """
     assert excess.shape == mask.shape, f"excess {tuple(excess.shape)} vs mask {tuple(mask.shape)}"
     assert mask.dtype == torch.bool, f"mask must be bool, got {mask.dtype}"
-    assert 0.0 < k_percent <= 1.0, f"k_percent must be in (0, 1], got {k_percent}"
+    fraction = _decimal(k_percent)  # n_selected's rounding, computed on the device
     flat_mask = mask.reshape(-1)
     key = torch.nan_to_num(excess.reshape(-1).float())  # finite: a masked -inf ranks below all
     key = torch.where(flat_mask, key, -math.inf)
     order = torch.sort(key, descending=True, stable=True).indices
     rank = torch.empty_like(order)
     rank[order] = torch.arange(order.numel(), device=order.device)
-    fraction = Fraction(repr(k_percent))  # n_selected's decimal, on the device
     n_valid = flat_mask.sum()
     keep = (n_valid * fraction.numerator + fraction.denominator - 1) // fraction.denominator
     return (flat_mask & (rank < keep)).view(mask.shape)
