@@ -26,7 +26,12 @@ launched as one). ``--tune all``: Inductor's coordinate-descent tuning for every
 ``--small-m reduce``: a linear layer of 2 to ``SMALL_M`` rows (a
 batch-1 verify step's 4 tokens) as a multiply and a reduction over the weights' rows
 (``reduced_linear``), which Inductor generates (with ``--tune all``, tunes) where cuBLAS ran
-it. ``--speculative``: then, with the heads rigged to agree (``rig_agreeing_heads``: every
+it. ``--products split``: a linear layer of 1 to ``SPLIT_ROWS`` rows on a GPU as one ``bmm``
+over slices of its input dimension whose partial sums the next kernel adds (``split_linear``):
+more programs for a short output (``wo``'s 2,048 outputs run as 32 programs of cuBLAS's
+64-column kernel). Measured slower (976 against 1,061 tokens/s at batch 1, one H100,
+``bench/results/h100_decode_split_20261206``); not shipped.
+``--speculative``: then, with the heads rigged to agree (``rig_agreeing_heads``: every
 draft accepted), self-speculative greedy decoding at batch 1 against plain, in this process.
 ``--kv-splits N``: FlexAttention's decoding kernel splits each row's keys into ``N`` parts for
 every step (shipped: ``kv_cache.kv_splits``, two programs per multiprocessor: 33 parts at
@@ -154,6 +159,47 @@ def reduced_linear(x, weight, bias=None):
     return out if bias is None else out + bias
 
 
+SPLIT_ROWS = 8
+"""``--products split`` splits products of at most this many rows."""
+SPLIT_TILE = 64
+"""Output columns per program of cuBLAS's batch-1 products (its ``64x8`` kernels)."""
+PROCESSORS = [0]
+"""The GPU's multiprocessors, read before anything is compiled (``--products split``)."""
+
+
+def split_parts(out_features: int, in_features: int, processors: int) -> int:
+    """Slices of the input dimension for a short product: doubled (to 8 at most) while its
+    programs (one per ``SPLIT_TILE`` outputs and slice) would not cover ``processors``, each
+    slice a multiple of 64 inputs. llama-1b-bench on 132 multiprocessors: q/k/v 4, wo 8, w1/w3
+    1, w2 8, the unembedding 1."""
+    parts = 1
+    while (
+        parts < 8
+        and -(-out_features // SPLIT_TILE) * parts < processors
+        and in_features % (2 * parts * 64) == 0
+    ):
+        parts *= 2
+    return parts
+
+
+def split_linear(x, weight, bias=None):
+    """``F.linear`` of 1 to ``SPLIT_ROWS`` rows on a GPU as ``split_parts`` products over slices
+    of the input dimension: one ``bmm`` on the weight viewed ``[parts, in / parts, out]`` (no
+    copy), the partial sums added in fp32 (Inductor unrolls a sum of 8 or fewer terms into the
+    kernel that reads it: RoPE, the residual add, SwiGLU); anything else as ``F.linear``."""
+    rows = x.numel() // max(1, x.shape[-1])
+    out_features, in_features = weight.shape
+    parts = 1
+    if x.is_cuda and 1 <= rows <= SPLIT_ROWS and bias is None:
+        parts = split_parts(out_features, in_features, PROCESSORS[0])
+    if parts == 1:
+        return LINEAR(x, weight, bias)
+    x_kMI = x.reshape(rows, parts, in_features // parts).transpose(0, 1)
+    w_kIO = weight.view(out_features, parts, in_features // parts).permute(1, 2, 0)
+    summed_MO = torch.bmm(x_kMI, w_kIO).sum(0, dtype=torch.float32)
+    return summed_MO.to(x.dtype).view(*x.shape[:-1], out_features)
+
+
 def set_inductor(setting: str) -> tuple[str, object]:
     """``KEY=VALUE`` (``KEY`` a dotted path under ``torch._inductor.config``, ``VALUE`` a Python
     literal) set for this process."""
@@ -247,6 +293,7 @@ def main() -> None:
     parser.add_argument("--cases", default="", help="comma-separated case keys (default: all)")
     parser.add_argument("--tune", choices=("none", "all"), default="none")
     parser.add_argument("--small-m", choices=("cublas", "reduce"), default="cublas")
+    parser.add_argument("--products", choices=("whole", "split"), default="whole")
     parser.add_argument("--speculative", action="store_true")
     parser.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR")
@@ -254,12 +301,16 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     out = {"label": args.label, "wmtp": wmtp.__file__, "attention": args.attention, "kv": args.kv}
-    out |= {"tune": args.tune, "small_m": args.small_m}
+    out |= {"tune": args.tune, "small_m": args.small_m, "products": args.products}
     out["inductor"] = dict(set_inductor(setting) for setting in args.inductor)
     if args.tune == "all":
         torch._inductor.config.coordinate_descent_tuning = True
     if args.small_m == "reduce":
         torch.nn.functional.linear = reduced_linear
+    if args.products == "split":
+        if device.type == "cuda":
+            PROCESSORS[0] = torch.cuda.get_device_properties(device).multi_processor_count
+        torch.nn.functional.linear = split_linear
     if args.kv_splits:
         out["kv_splits"] = args.kv_splits
         kv_cache.kv_splits = lambda row_heads, processors: args.kv_splits

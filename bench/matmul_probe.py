@@ -11,6 +11,10 @@ step; 5: a self-speculative verify step with 4 heads), and the time per product 
 - `heads`: four head layers' products of one projection: four `F.linear`s, one `bmm` over the
   weights stacked `[4, out, in]` (as `StackedLayers` keeps them) or `[4, in, out]`, and one
   `F.linear` of all inputs against all four weights (four times the FLOPs, one kernel).
+- `split` (`--kinds split`, M = 1, 5 and 20): cuBLAS's product against one `bmm` over k slices
+  of the input dimension (k = 2, 4, 8; the weight viewed, not copied), the k partial sums left
+  to the kernel after it as a compiled decoding step leaves them
+  (`wmtp.models.fused_projections.split_product`).
 Timing: R copies of the weights (600 MB or more, well past the 50 MB L2, so every product reads
 its weights from memory as a decoding step does), one CUDA graph of R products in a row,
 replayed 20 times; bandwidth = weight bytes / time per product. `single` also times cuBLAS on
@@ -108,18 +112,51 @@ def heads(name: str, out: int, inp: int, m: int) -> dict:
     return row
 
 
+SPLITS = (2, 4, 8)
+
+
+def _split_view(w: torch.Tensor, k: int) -> torch.Tensor:
+    """``[out, in]`` as ``[k, in / k, out]``: k slices of the input dimension, no copy."""
+    out, inp = w.shape
+    return w.view(out, k, inp // k).permute(1, 2, 0)
+
+
+def split(name: str, out: int, inp: int, m: int) -> dict:
+    """A product split along its input dimension into k parts: one ``bmm`` of k products (k
+    times the programs for a short output), timed without the sum of the k partial products:
+    a compiled decoding step adds them in the kernel that reads them (the residual add, RoPE,
+    SwiGLU; ``wmtp.models.fused_projections.split_product``)."""
+    ws = _copies((out, inp))
+    xs = [torch.randn(m, inp, device="cuda", dtype=torch.bfloat16) for _ in ws]
+    row: dict = {"kind": "split", "shape": name, "M": m, "weight_mb": out * inp * 2 / 1e6}
+    row["cublas_us"] = us_per_product(_linear, ws, xs)
+    for k in SPLITS:
+        if inp % k:
+            continue
+
+        def parts(x, w, k=k):  # [k, m, out]
+            return torch.bmm(x.view(m, k, -1).transpose(0, 1), _split_view(w, k))
+
+        row[f"split{k}_bmm_us"] = us_per_product(parts, ws, xs)
+        torch.cuda.empty_cache()
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="JSON file for the rows")
-    parser.add_argument("--kinds", default="single,heads", help="single, heads or both")
+    parser.add_argument("--kinds", default="single,heads", help="single, heads, split (any of)")
+    parser.add_argument("--shapes", default="1b,7b", help="the model prefixes of SHAPES to time")
     args = parser.parse_args()
     rows = []
     for kind in args.kinds.split(","):
-        probe = {"single": single, "heads": heads}[kind]
+        probe = {"single": single, "heads": heads, "split": split}[kind]
         for name, (out, inp) in SHAPES.items():
+            if name.split(".")[0] not in args.shapes.split(","):
+                continue
             if kind == "heads" and name.endswith("unembed"):
                 continue  # the heads share one unembedding
-            for m in (1, 5):
+            for m in (1, 5, 20) if kind == "split" else (1, 5):  # 20: a batch of 20 rows
                 row = probe(name, out, inp, m)
                 for key in [k for k in row if k.endswith("_us")]:
                     row[key[:-3] + "_tb_per_s"] = row["weight_mb"] / row[key]  # MB/us = TB/s
