@@ -4,8 +4,10 @@ changes, and the run goes on exactly as one that never had that step."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.train.train_helpers import TINY
@@ -17,9 +19,10 @@ from wmtp.train.loop import Trainer
 SMALL = ["parallel.device='cpu'", "data.max_length=32", "training.max_bad_steps=1"]
 
 
-def _trainer(run_dir: Path) -> Trainer:
-    recipe = load_recipe(TINY, SMALL).recipe
-    trainer = Trainer(recipe, dump_recipe(recipe), run_dir, init_distributed("cpu"), console=False)
+def _trainer(run_dir: Path, device: str = "cpu") -> Trainer:
+    recipe = load_recipe(TINY, [*SMALL, f"parallel.device='{device}'"]).recipe
+    ctx = init_distributed(device)
+    trainer = Trainer(recipe, dump_recipe(recipe), run_dir, ctx, console=False)
     return trainer.build(batch_source=_synthetic)
 
 
@@ -63,3 +66,26 @@ def test_a_nan_step_changes_nothing_and_the_next_step_trains_as_without_it(tmp_p
     clean.train_step(None)
     assert _equal(_state(clean), _state(faulty)) == []
     assert clean.scheduler.get_last_lr() == faulty.scheduler.get_last_lr()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU's fused AdamW needs a GPU")
+def test_a_nan_step_on_the_gpu_changes_nothing_and_training_goes_on(tmp_path, monkeypatch):
+    """The same skip through CUDA's fused AdamW kernel (its ``found_inf`` read on the device):
+    nothing changes at the NaN step, and the next step updates every trained weight."""
+    trainer = _trainer(tmp_path / "gpu", device="cuda")
+    for _ in range(2):
+        trainer.train_step(None)
+        trainer.step += 1
+    before = _state(trainer)
+    assert all(v.is_cuda for v in before.values())
+    monkeypatch.setenv("WMTP_FAULT", "rank=0,step=3,kind=nan")
+    record = trainer.train_step(None)
+    trainer.step += 1
+    monkeypatch.delenv("WMTP_FAULT")
+    assert record == {"skipped": 1.0, "bad_steps": 1.0}
+    assert _equal(before, _state(trainer)) == []
+    record = trainer.train_step(None)
+    assert "skipped" not in record and math.isfinite(record["loss"])
+    changed = _equal(before, _state(trainer))
+    trained = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert {f"w.{n}" for n in trained} <= set(changed)
