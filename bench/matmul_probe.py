@@ -14,7 +14,7 @@ step; 5: a self-speculative verify step with 4 heads), and the time per product 
 - `split` (`--kinds split`, M = 1, 5 and 20): cuBLAS's product against one `bmm` over k slices
   of the input dimension (k = 2, 4, 8; the weight viewed, not copied), the k partial sums left
   to the kernel after it as a compiled decoding step leaves them
-  (`wmtp.models.fused_projections.split_product`).
+  (`bench/decode_probe.py --products split`, measured slower: not shipped).
 Timing: R copies of the weights (600 MB or more, well past the 50 MB L2, so every product reads
 its weights from memory as a decoding step does), one CUDA graph of R products in a row,
 replayed 20 times; bandwidth = weight bytes / time per product. `single` also times cuBLAS on
@@ -125,7 +125,7 @@ def split(name: str, out: int, inp: int, m: int) -> dict:
     """A product split along its input dimension into k parts: one ``bmm`` of k products (k
     times the programs for a short output), timed without the sum of the k partial products:
     a compiled decoding step adds them in the kernel that reads them (the residual add, RoPE,
-    SwiGLU; ``wmtp.models.fused_projections.split_product``)."""
+    SwiGLU; ``decode_probe.split_linear``, measured slower: not shipped)."""
     ws = _copies((out, inp))
     xs = [torch.randn(m, inp, device="cuda", dtype=torch.bfloat16) for _ in ws]
     row: dict = {"kind": "split", "shape": name, "M": m, "weight_mb": out * inp * 2 / 1e6}
