@@ -41,18 +41,25 @@ def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[str]:
     return [k for k in a if not torch.equal(a[k], b[k])]
 
 
-def test_a_nan_step_changes_nothing_and_the_next_step_trains_as_without_it(tmp_path, monkeypatch):
-    faulty = _trainer(tmp_path / "faulty")
+def _nan_third_step(trainer: Trainer, monkeypatch) -> dict[str, torch.Tensor]:
+    """Two good steps, then a third whose gradients are NaN, checked skipped: nothing it
+    touches changed. The state before it."""
     for _ in range(2):
-        faulty.train_step(None)
-        faulty.step += 1
-    before = _state(faulty)
+        trainer.train_step(None)
+        trainer.step += 1
+    before = _state(trainer)
     monkeypatch.setenv("WMTP_FAULT", "rank=0,step=3,kind=nan")  # head 2's gradients become NaN
-    record = faulty.train_step(None)
-    faulty.step += 1
+    record = trainer.train_step(None)
+    trainer.step += 1
     monkeypatch.delenv("WMTP_FAULT")
     assert record == {"skipped": 1.0, "bad_steps": 1.0}
-    assert _equal(before, _state(faulty)) == []  # weights, moments and step counts
+    assert _equal(before, _state(trainer)) == []  # weights, moments and step counts
+    return before
+
+
+def test_a_nan_step_changes_nothing_and_the_next_step_trains_as_without_it(tmp_path, monkeypatch):
+    faulty = _trainer(tmp_path / "faulty")
+    _nan_third_step(faulty, monkeypatch)
     assert all(p.grad is None for p in faulty.model.parameters())
     faulty.train_step(None)
 
@@ -73,17 +80,8 @@ def test_a_nan_step_on_the_gpu_changes_nothing_and_training_goes_on(tmp_path, mo
     """The same skip through CUDA's fused AdamW kernel (its ``found_inf`` read on the device):
     nothing changes at the NaN step, and the next step updates every trained weight."""
     trainer = _trainer(tmp_path / "gpu", device="cuda")
-    for _ in range(2):
-        trainer.train_step(None)
-        trainer.step += 1
-    before = _state(trainer)
+    before = _nan_third_step(trainer, monkeypatch)
     assert all(v.is_cuda for v in before.values())
-    monkeypatch.setenv("WMTP_FAULT", "rank=0,step=3,kind=nan")
-    record = trainer.train_step(None)
-    trainer.step += 1
-    monkeypatch.delenv("WMTP_FAULT")
-    assert record == {"skipped": 1.0, "bad_steps": 1.0}
-    assert _equal(before, _state(trainer)) == []
     record = trainer.train_step(None)
     assert "skipped" not in record and math.isfinite(record["loss"])
     changed = _equal(before, _state(trainer))
