@@ -4,7 +4,12 @@
 # the recipes' own attention = "auto"; then the CUDA tests of the model, loss and benchmark
 # code, the GPU check of every attention backend, and the trainer's step at the production shape.
 #
-#   OUT=results_dir bash bench/rehearsal_gpu.sh      (carry .whl; see bench/device_setup.sh)
+#   OUT=results_dir bash bench/rehearsal_gpu.sh [STAGE...]   (carry .whl, storage/datasets/humaneval;
+#                                                   see bench/device_setup.sh)
+# STAGE: recipes (the production recipes, ~330 s compiled), tests (the CUDA tests), attention
+# (every backend against fp32 eager), step (the trainer's step at the production shape); all four
+# when none is named. The compiled recipes and the rest together pass one 600-s device call, so
+# split them: `... recipes`, then `... tests attention step` on the still-warm machine.
 #   WMTP_REHEARSAL_NPROC=1,2 OUT=... bash bench/rehearsal_gpu.sh   (two GPUs: the chain again on
 #                                                   both, every command with --nproc-per-node 2)
 #
@@ -16,15 +21,23 @@ OUT=${OUT:?set OUT to the folder for the results}; mkdir -p "$OUT"
 nvidia-smi -L | tee "$OUT/gpu.txt"
 python3 -c "import torch, pydantic, typer; print('torch', torch.__version__, 'pydantic', pydantic.VERSION, 'typer', typer.__version__)" | tee -a "$OUT/gpu.txt"
 
+STAGES=${*:-recipes tests attention step}
+stage() { [[ " $STAGES " == *" $1 "* ]]; }
+
+if stage recipes; then
 echo "== rehearsal (cuda, attention auto)"
 WMTP_SANDBOX=rlimits WMTP_REHEARSAL_DEVICE=cuda timeout 420 \
   python3 -m pytest tests/rehearsal -q -p no:cacheprovider -rA -s 2>&1 | tee "$OUT/rehearsal.log" | tail -40
+fi
 
-echo "== CUDA tests: models, losses, bench step, compiled packed training"
+if stage tests; then
+echo "== CUDA tests: models, losses, bench step, compiled packed training, the step's device work"
 timeout 300 python3 -m pytest tests/models tests/losses tests/bench/test_step_bench.py \
-  tests/train/test_compiled_shapes.py \
-  -q -p no:cacheprovider -x 2>&1 | tee "$OUT/cuda_tests.log" | tail -8
+  tests/train/test_compiled_shapes.py tests/train/test_skipped_step.py tests/train/test_step_sync.py \
+  -q -p no:cacheprovider -x -rs 2>&1 | tee "$OUT/cuda_tests.log" | tail -12
+fi
 
+if stage attention; then
 echo "== every attention backend against fp32 eager"
 timeout 180 python3 -m wmtp.models.gpu_check --out "$OUT/gpu_check.json" > "$OUT/gpu_check.log" 2>&1
 python3 - "$OUT/gpu_check.json" <<'EOF'
@@ -33,9 +46,12 @@ report = json.load(open(sys.argv[1]))
 for key, value in report.get("summary", {}).items():
     print(f"{key:24} {value}")
 EOF
+fi
 
+if stage step; then
 echo "== the trainer's step at the production shape (baseline.toml, random weights)"
 timeout 300 python3 -m wmtp.cli bench step recipes/baseline.toml \
   --set "model.policy.path=''" --set "tokenizer={kind='byte'}" --set training.grad_accum_steps=1 \
   --warmup 3 --repeats 10 \
   --out "$OUT" 2>&1 | grep -v "^\s*$" | tail -4
+fi
