@@ -1,5 +1,6 @@
-"""StepBatches: the global batches of a step, split over ranks and micro-batches, resumable;
-packed rows by next fit (window 1) or first fit decreasing over windows of the order."""
+"""StepBatches: the global batches of a step, split over ranks and micro-batches, resumable, built
+a step ahead on request; packed rows by next fit (window 1) or first fit decreasing over windows
+of the order."""
 
 from __future__ import annotations
 
@@ -72,6 +73,35 @@ def test_resuming_from_the_state_repeats_the_rows(window):
     resumed.load_state_dict(state)
     assert [resumed.next_step() for _ in range(8)] == expected
     assert 0 < packed_batches(window=window).steps_per_epoch() < len(LENGTHS) / 2
+
+
+@pytest.mark.parametrize("window", [1, 16])
+def test_a_step_built_ahead_is_the_next_step_and_a_checkpoint_before_it_resumes_at_it(window):
+    """The trainer builds step n + 1 while the device runs step n (``prefetch``); a checkpoint
+    taken in between must hold the state before step n + 1, so the resumed run trains on it."""
+    plain, ahead = packed_batches(window=window), packed_batches(window=window)
+    expected = [plain.next_step() for _ in range(12)]
+    got = []
+    for step in range(12):
+        before = json.loads(json.dumps(ahead.state_dict()))
+        ahead.prefetch()
+        ahead.prefetch()  # a second request builds nothing more
+        assert ahead.state_dict() == before  # the state a checkpoint now saves
+        if step == 5:  # resume from that checkpoint in a new source, as `wmtp run --resume` does
+            resumed = packed_batches(window=window)
+            resumed.load_state_dict(before)
+            assert [resumed.next_step() for _ in range(12 - step)] == expected[step:]
+        got.append(ahead.next_step())
+    assert got == expected
+
+
+def test_loading_a_state_drops_the_step_built_ahead():
+    batches = packed_batches()
+    start = batches.state_dict()
+    first = batches.next_step()
+    batches.prefetch()
+    batches.load_state_dict(start)
+    assert batches.next_step() == first
 
 
 def test_a_state_without_rows_starts_packing_at_its_position():

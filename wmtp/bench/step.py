@@ -31,6 +31,7 @@ import torch
 from wmtp.bench.timing import Timing, device_peak_tflops, peak_allocated_gib, time_call
 from wmtp.data.collate import pack_batch, pad_batch, pair_batch
 from wmtp.data.examples import IGNORE_INDEX, Encoded
+from wmtp.train.data_source import Lookahead
 
 PROMPT_FRACTION = 8
 """A synthetic example masks its first 1/8 tokens as the prompt (and at least one per head)."""
@@ -70,8 +71,9 @@ class StepResult:
         }
 
 
-class SyntheticBatches:
-    """A trainer's batch source of random tokens in the recipe's shapes (see the module doc)."""
+class SyntheticBatches(Lookahead):
+    """A trainer's batch source of random tokens in the recipe's shapes (see the module doc),
+    built ahead as a run's data are (:class:`wmtp.train.data_source.Lookahead`)."""
 
     def __init__(self, recipe: Any, *, vocab_size: int, n_heads: int, rank: int, seed: int = 0):
         self.recipe, self.vocab_size, self.n_heads = recipe, vocab_size, n_heads
@@ -80,13 +82,13 @@ class SyntheticBatches:
     def steps_per_epoch(self) -> float:
         return float("inf")
 
-    def state_dict(self) -> dict:
+    def _state(self) -> dict:
         return {}
 
-    def load_state_dict(self, state: dict) -> None:
+    def _load_state(self, state: dict) -> None:
         pass
 
-    def next_step(self) -> list[dict]:
+    def _build_step(self) -> list[dict]:
         t = self.recipe.training
         return [self._micro_batch(t.micro_batch_size) for _ in range(t.grad_accum_steps)]
 

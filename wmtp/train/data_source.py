@@ -6,7 +6,8 @@ global batch (``micro_batch_size * grad_accum_steps * world_size`` rows) per opt
 rank r taking its own micro-batches of it. Its ``state_dict`` (epoch, position and, when packing,
 the rows packed but not handed out yet) goes into every checkpoint, so a resumed run sees exactly
 the batches an uninterrupted one would, and any world size sees the same global batches (so the
-losses agree).
+losses agree). Both build a step's batches ahead on request (:class:`Lookahead`): the trainer asks
+while the device still runs the step before, so the host's batch building never idles the GPU.
 """
 
 from __future__ import annotations
@@ -34,7 +35,49 @@ class PackedRows:
     """Consecutive examples of the order packed together (``data.pack_window``)."""
 
 
-class StepBatches:
+class Lookahead:
+    """A batch source that can build its next step ahead: :meth:`prefetch` builds it (once), the
+    next :meth:`next_step` returns it. Until then :meth:`state_dict` is the state before it was
+    built, so a checkpoint taken between the two resumes at that step, as a run that never
+    looked ahead would; :meth:`load_state_dict` drops it.
+
+    The trainer prefetches once a step's update is queued, before it waits for the step's
+    figures: the host builds the next batches while the device finishes the step. A subclass
+    implements ``_build_step``, ``_state`` and ``_load_state``; ``_state`` must return a copy."""
+
+    _ahead: tuple[dict, list[dict]] | None = None
+    """The state before the step built ahead, and its micro-batches."""
+
+    def prefetch(self) -> None:
+        if self._ahead is None:
+            state = self._state()
+            self._ahead = (state, self._build_step())
+
+    def next_step(self) -> list[dict]:
+        """This rank's micro-batches of the next optimizer step."""
+        if self._ahead is None:
+            return self._build_step()
+        batches, self._ahead = self._ahead[1], None
+        return batches
+
+    def state_dict(self) -> dict:
+        return self._state() if self._ahead is None else self._ahead[0]
+
+    def load_state_dict(self, state: dict) -> None:
+        self._ahead = None
+        self._load_state(state)
+
+    def _build_step(self) -> list[dict]:
+        raise NotImplementedError
+
+    def _state(self) -> dict:
+        raise NotImplementedError
+
+    def _load_state(self, state: dict) -> None:
+        raise NotImplementedError
+
+
+class StepBatches(Lookahead):
     """Deterministic, resumable micro-batches of one rank, step by step.
 
     A step takes the next ``micro * accum * world`` examples of the epoch's order, or with
@@ -130,7 +173,7 @@ class StepBatches:
         self.ready += rows[:-1]
         self.open = rows[-1]
 
-    def next_step(self) -> list[dict]:
+    def _build_step(self) -> list[dict]:
         """This rank's ``grad_accum_steps`` micro-batches of the next optimizer step."""
         if self.packed is not None:
             rows = self._take_rows(self.global_batch)
@@ -143,13 +186,13 @@ class StepBatches:
             out.append(make(rows[start : start + self.micro]))
         return out
 
-    def state_dict(self) -> dict:
+    def _state(self) -> dict:
         state = {"epoch": self.epoch, "position": self.position}
         if self.packed is not None:
             state |= {"ready": [list(row) for row in self.ready], "open": list(self.open)}
         return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def _load_state(self, state: dict) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         # a state saved before windows had neither: next fit ended every step with no open row
         self.ready = [[int(i) for i in row] for row in state.get("ready", [])]

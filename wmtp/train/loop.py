@@ -363,9 +363,9 @@ class Trainer:
         """One optimizer step on the batch source's next micro-batches; its record of figures.
 
         The host never waits for the device before the update is queued (:meth:`_queue_update`);
-        it then waits for the step's figures alone while the GPU applies the update. A step whose
-        loss or gradient norm is not finite was not applied: it is reported, or stops the run
-        (:meth:`_bad_step`)."""
+        it then builds the next step's batches (:meth:`_build_ahead`) and waits for this step's
+        figures alone while the GPU finishes the step. A step whose loss or gradient norm is not
+        finite was not applied: it is reported, or stops the run (:meth:`_bad_step`)."""
         start = time.perf_counter()
         self.model.train()
         with phase("next_batches"):
@@ -375,6 +375,7 @@ class Trainer:
         with phase("forward_backward"):
             out = self.pipeline.forward_backward(self, micro_batches)
         pending = self._queue_update(out, micro_batches)
+        data_s += self._build_ahead()
         with phase("figures"):
             read = pending.wait()
         step = read["step"]
@@ -410,6 +411,17 @@ class Trainer:
             step_unless(self.optimizer, bad)
             self.scheduler.step()
         return pending
+
+    def _build_ahead(self) -> float:
+        """Build the next step's micro-batches now, while the device finishes this step, where
+        the run trains another step (a checkpoint before it still resumes at it:
+        :class:`wmtp.train.data_source.Lookahead`); the host's seconds spent."""
+        if self.step + 1 >= min(self.max_steps, self.stop_at_step or self.max_steps):
+            return 0.0
+        start = time.perf_counter()
+        with phase("next_batches"):
+            self.batches.prefetch()
+        return time.perf_counter() - start
 
     def _bad_step(
         self, loss: float, components: dict[str, float], grad_norm: float

@@ -3,9 +3,10 @@
 Only rank 0 writes. Every record has ``step``; the trainer logs ``loss``, ``loss/head{k}``,
 ``acc/head{k}``, ``tokens/head{k}``, ``lr``, ``grad_norm``, ``tokens`` (input tokens of the step,
 all ranks, padding left out), ``row_tokens`` (the positions of their rows, padding included),
-``tokens_per_s`` (of the input tokens), ``target_tokens_per_s`` (trained targets:
-prompts are masked), ``step_time_s``, ``data_time_s`` (of it, building the batches), and on a GPU
-``mfu`` (input tokens x training FLOPs per token over the devices' bf16 peak) and
+``tokens_per_s`` (of the input tokens), ``target_tokens_per_s`` (trained targets: prompts are
+masked), ``step_time_s``, ``data_time_s`` (of it, the host's time building batches: the next
+step's, built while the device finishes this one, and this step's where none was built ahead),
+and on a GPU ``mfu`` (input tokens x training FLOPs per token over the devices' bf16 peak) and
 ``peak_memory_gb`` (this rank's, since the model was built), plus whatever a pipeline adds.
 """
 

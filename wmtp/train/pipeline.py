@@ -10,8 +10,11 @@ pipeline's implementation: a subclass of :class:`Pipeline` (named by the descrip
    models (``trainer.frozen[role]``), weighting (``trainer.weighting``) and distributed context.
 2. ``batch_source(trainer, data)``: given the run's ``TrainData`` (``wmtp.data.dataset``), an
    object with ``next_step() -> list[batch]`` (this rank's micro-batches of one optimizer step),
-   ``steps_per_epoch()`` and ``state_dict()`` / ``load_state_dict()`` (saved in checkpoints);
-   default :class:`~wmtp.train.data_source.StepBatches` over the epoch's correct solutions.
+   ``prefetch()`` (build the next step ahead, while the device still works: the trainer asks
+   once a step's update is queued), ``steps_per_epoch()`` and ``state_dict()`` /
+   ``load_state_dict()`` (saved in checkpoints; the state before a step built ahead); default
+   :class:`~wmtp.train.data_source.StepBatches` over the epoch's correct solutions (a
+   :class:`~wmtp.train.data_source.Lookahead`, which implements ``prefetch``).
 3. ``micro_batch_weights(trainer, batch) -> MicroBatchWeights``: per micro-batch token weights
    (``batch`` is on the device and carries its heads' valid targets under ``valid_index_K``,
    found on the host: :func:`batch_on_device`):

@@ -162,6 +162,9 @@ class WeightedBatches:
     def next_step(self) -> list[dict]:
         return self.inner.next_step()
 
+    def prefetch(self) -> None:
+        self.inner.prefetch()
+
     def state_dict(self) -> dict:
         state = dict(self.weighting.state_dict())
         if "generator" in state:  # trainer.json is JSON: the generator state as a list of bytes
