@@ -8,7 +8,7 @@
 #                                                   see bench/device_setup.sh)
 # STAGE: recipes (the production recipes, ~330 s compiled), tests (the CUDA tests), attention
 # (every backend against fp32 eager), step (the trainer's step at the production shape); all four
-# when none is named. The compiled recipes and the rest together pass one 600-s device call, so
+# when none is named. The compiled recipes and the rest together take longer than one 600-s call, so
 # split them: `... recipes`, then `... tests attention step` on the still-warm machine.
 #   WMTP_REHEARSAL_NPROC=1,2 OUT=... bash bench/rehearsal_gpu.sh   (two GPUs: the chain again on
 #                                                   both, every command with --nproc-per-node 2)
