@@ -40,8 +40,11 @@
 #   ab              the LoRA recipe's step (compiled, micro-batch 8) and the 1B full fine-tune's
 #                   (micro-batch 16) with the code at each of AB_OLD="DIR ..." (DIR/wmtp: an
 #                   earlier package, carried; `git archive REV wmtp | tar -x -C DIR`) and with this
-#                   checkout's, one after the other; AB_SHAPES="full1b" for the 1B step alone,
-#                   AB_SET="--set parallel.float8=true" for its float8 step
+#                   checkout's, one after the other (name the earlier folder `before`: results
+#                   ab/<shape>_before/ and ab/<shape>_after/); AB_SHAPES="full1b" for the 1B step alone,
+#                   AB_SET="--set parallel.float8=true" for its float8 step (with AB_TAG=_float8,
+#                   say, so that its logs and results sit beside the bf16 ones); AB_REVERSE=1 times
+#                   this checkout's code first (the order's own effect)
 #   verifiable_step the production verifiable step (7B LoRA policy, frozen 2.7B critic, random
 #                   weights, the recipe's micro-batch, one per optimizer step) beside the
 #                   baseline step of the same settings
@@ -58,6 +61,8 @@
 #   full1b_profile  torch.profiler of the 1B full fine-tune's step (one head, compiled, micro-
 #                   batch 16). Profiles: $OUT/profiles.tar.gz (per profile an operator table and
 #                   GPU timeline .txt, the timeline's .json, the trace where the archive allows)
+#   full1b_float8_profile  the same for the 1B step with parallel.float8, then torchtitan's own
+#                   float8 step (bench/profile_titan.py --float8) summarised by the same function
 #   float8          parallel.float8 against bf16, both compiled (torchao from .whl/): the LoRA
 #                   recipe's step at micro-batch 4 ($OUT/float8/lora7b_{bf16,float8}/), and the 1B
 #                   full fine-tune's sides wmtp-1head+float8 and titan+float8 (torchtitan's own
@@ -152,25 +157,36 @@ stage_full1b_profile() {  # the 1B full fine-tune's step (one head, compiled) at
     --repeats 5 --profile 2 --out "$WORK/profiles/full1b"
   pack_profiles
 }
+stage_full1b_float8_profile() {  # wmtp's float8 step and torchtitan's own, profiled alike
+  full1b_recipe 16
+  step full1b_float8_profile 200 python3 -m wmtp.cli bench step "$WORK/full1b.toml" \
+    --set parallel.float8=true --warmup 3 --repeats 5 --profile 2 \
+    --out "$WORK/profiles/full1b_float8"
+  step titan_float8_profile 200 python3 bench/profile_titan.py --shape full1b --micro-batch 16 \
+    --float8 --out "$WORK/profiles/titan_float8"
+  pack_profiles
+}
 MEASURED=$WORK/measured  # stages below write here; measured.tar.gz carries it back
 STEP=(python3 -m wmtp.cli bench step)
 stage_ab() {  # the same steps with the code at each of $AB_OLD (earlier wmtp/) and with this one
   local when path py lora=("${LORA_STEP[@]:3:${#LORA_STEP[@]}-5}")  # its arguments, no --profile
   local shape shapes=(${AB_SHAPES:-lora7b full1b})
   full1b_recipe 16
-  for when in ${AB_OLD:?set AB_OLD to folders holding an earlier wmtp/} this; do
+  local order="${AB_OLD:?set AB_OLD to folders holding an earlier wmtp/} this"
+  [ -n "${AB_REVERSE:-}" ] && order="this $AB_OLD"  # the same, this checkout's code timed first
+  for when in $order; do
     # -P: no current directory first on sys.path, so PYTHONPATH says which wmtp is imported
     path=$PYTHONPATH py=(python3 -P -m wmtp.cli)
     [ "$when" = this ] || path=$when:$path
     env PYTHONPATH="$path" python3 -P -c "import wmtp; print('$when:', wmtp.__file__)"
-    when=$(basename "$when")
+    when=$(basename "$when"); [ "$when" = this ] && when=after  # bench/summarise_step.py's names
     for shape in "${shapes[@]}"; do
       if [ "$shape" = lora7b ]; then
         step "ab_lora7b_$when" 150 env PYTHONPATH="$path" "${py[@]}" "${lora[@]}" \
           --set training.micro_batch_size=8 --repeats 8 --out "$MEASURED/ab/lora7b_$when"
       else
-        step "ab_${shape}_$when" 100 env PYTHONPATH="$path" "${py[@]}" bench step \
-          "$WORK/full1b.toml" --warmup 3 --repeats 10 ${AB_SET:-} --out "$MEASURED/ab/${shape}_$when"
+        step "ab_${shape}${AB_TAG:-}_$when" 100 env PYTHONPATH="$path" "${py[@]}" bench step \
+          "$WORK/full1b.toml" --warmup 3 --repeats 10 ${AB_SET:-} --out "$MEASURED/ab/${shape}${AB_TAG:-}_$when"
       fi
     done
   done

@@ -43,13 +43,16 @@ def _step(folder: Path) -> dict | None:
 
 
 def ab(folder: Path) -> dict:
-    """Each shape's step with the earlier code and with this one: ``after / before`` tokens/s."""
+    """Each step (a shape, with bench/h200.sh's AB_TAG after it: ``full1b_float8``) with the
+    earlier code (``<step>_before``) and with this one (``<step>_after``): ``after / before``
+    tokens/s."""
     out = {}
-    for shape in ("lora7b", "full1b"):
-        before, after = _step(folder / f"{shape}_before"), _step(folder / f"{shape}_after")
+    for after_dir in sorted(folder.glob("*_after")):
+        name = after_dir.name.removesuffix("_after")
+        before, after = _step(folder / f"{name}_before"), _step(after_dir)
         if before and after:
             ratio = after["tokens_per_s"] / before["tokens_per_s"]
-            out[shape] = {"before": before, "after": after, "ratio": ratio}
+            out[name] = {"before": before, "after": after, "ratio": ratio}
     return out
 
 
@@ -169,7 +172,7 @@ def budget_lines(budget: dict) -> list[str]:
 
 def markdown(s: dict, note: str, reading: str = "") -> str:
     lines = ["# Where the training step's time goes, and what changed it (issue 20)", "", note, ""]
-    lines += ["## The step boundary: one wait for the device per step", ""]
+    lines += ["## The same step with the earlier code and with this one", ""]
     for shape, r in s["ab"].items():
         b, a = r["before"], r["after"]
         lines.append(

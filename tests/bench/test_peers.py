@@ -516,6 +516,23 @@ def test_the_step_summariser_reads_its_figures_from_the_stages_files(tmp_path):
     assert "## What the figures say" not in (tmp_path / "h200_step.md").read_text()
 
 
+def test_the_step_summariser_pairs_every_tagged_step_with_its_earlier_code(tmp_path):
+    """bench/h200.sh's stage ab with AB_TAG (the float8 step beside the bf16 one): each
+    ``ab/<step>_after`` against its ``_before``, as an H100 call wrote them
+    (bench/results/h100_lookahead_20261206)."""
+    raw = REPO / "bench/results/h100_lookahead_20261206"
+    script = str(REPO / "bench" / "summarise_step.py")
+    subprocess.run([sys.executable, script, "--results", str(raw), "--out", str(tmp_path)],
+                   check=True, capture_output=True)  # fmt: skip
+    summary = json.loads((tmp_path / "h200_step.json").read_text())
+    assert set(summary["ab"]) == {"full1b", "full1b_float8"}
+    for name in summary["ab"]:
+        before, after = (json.loads((raw / f"ab/{name}_{when}/full1b.json").read_text())
+                         for when in ("before", "after"))  # fmt: skip
+        assert summary["ab"][name]["ratio"] == after["tokens_per_s"] / before["tokens_per_s"]
+    assert "full1b_float8 (micro-batch 16)" in (tmp_path / "h200_step.md").read_text()
+
+
 def test_the_step_summariser_sets_each_memory_budget_variant_against_the_best_lora_peer(tmp_path):
     """memory_budget/<variant>/ (a `wmtp bench step` result; here the H200 call's LoRA step)
     against the best LoRA peer of an h200.json (the committed one): tokens/s and memory ratios,
