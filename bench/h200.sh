@@ -44,7 +44,12 @@
 #                   ab/<shape>_before/ and ab/<shape>_after/); AB_SHAPES="full1b" for the 1B step alone,
 #                   AB_SET="--set parallel.float8=true" for its float8 step (with AB_TAG=_float8,
 #                   say, so that its logs and results sit beside the bf16 ones); AB_REVERSE=1 times
-#                   this checkout's code first (the order's own effect)
+#                   this checkout's code first (the order's own effect); AB_LORA_MB: the LoRA
+#                   step's micro-batch (default 8)
+#   lora7b_float8_same_call  float8 LoRA in one call: wmtp four heads (the recipe as written, and
+#                   without checkpointing) with parallel.float8, HF + PEFT + compile without
+#                   checkpointing in float8 (torchao on its frozen base linears) and in bf16, at
+#                   micro-batches LORA_MB (default 1,4)
 #   verifiable_step the production verifiable step (7B LoRA policy, frozen 2.7B critic, random
 #                   weights, the recipe's micro-batch, one per optimizer step) beside the
 #                   baseline step of the same settings
@@ -131,6 +136,14 @@ stage_lora7b_same_call() {  # wmtp and the fastest LoRA peer, each at its best s
   step lora7b_same_call_ntp 60 "${PEERS[@]}" --shape lora7b \
     --sides wmtp-1head+no-checkpointing --micro-batches best:wmtp-4heads+no-checkpointing
 }
+stage_lora7b_float8_same_call() {
+  step lora7b_float8_wmtp 200 "${PEERS[@]}" --shape lora7b \
+    --sides wmtp-4heads+float8,wmtp-4heads+no-checkpointing+float8 --micro-batches ${LORA_MB:-1,4}
+  step lora7b_float8_peer 240 "${PEERS[@]}" --shape lora7b \
+    --sides hf-peft+compile+no-checkpointing+float8 --micro-batches ${LORA_MB:-1,4}
+  step lora7b_bf16_peer 240 "${PEERS[@]}" --shape lora7b \
+    --sides hf-peft+compile+no-checkpointing --micro-batches ${LORA_MB:-1,4}
+}
 stage_lora7b_best() {  # the recipe as written (compiled on CUDA) and the fastest peers
   step lora7b_best 300 "${PEERS[@]}" --shape lora7b \
     --sides wmtp-4heads,wmtp-1head,hf-peft+liger --micro-batches ${LORA_MB:-4,8}
@@ -182,8 +195,9 @@ stage_ab() {  # the same steps with the code at each of $AB_OLD (earlier wmtp/) 
     when=$(basename "$when"); [ "$when" = this ] && when=after  # bench/summarise_step.py's names
     for shape in "${shapes[@]}"; do
       if [ "$shape" = lora7b ]; then
-        step "ab_lora7b_$when" 150 env PYTHONPATH="$path" "${py[@]}" "${lora[@]}" \
-          --set training.micro_batch_size=8 --repeats 8 --out "$MEASURED/ab/lora7b_$when"
+        step "ab_lora7b${AB_TAG:-}_$when" 150 env PYTHONPATH="$path" "${py[@]}" "${lora[@]}" \
+          --set training.micro_batch_size=${AB_LORA_MB:-8} --repeats 8 ${AB_SET:-} \
+          --out "$MEASURED/ab/lora7b${AB_TAG:-}_$when"
       else
         step "ab_${shape}${AB_TAG:-}_$when" 100 env PYTHONPATH="$path" "${py[@]}" bench step \
           "$WORK/full1b.toml" --warmup 3 --repeats 10 ${AB_SET:-} --out "$MEASURED/ab/${shape}${AB_TAG:-}_$when"

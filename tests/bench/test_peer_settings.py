@@ -85,3 +85,27 @@ def test_a_peer_trains_the_targets_wmtps_synthetic_rows_train(shape):
     assert peer_targets_BT.shape == wmtp_targets_BT.shape
     assert torch.equal(peer_targets_BT, wmtp_targets_BT)
     assert not peer_targets_BT.all()  # the prompt is masked
+
+
+def test_the_float8_lora_peer_runs_its_frozen_base_linears_in_float8():
+    """hf-peft+...+float8: torchao's float8 on PEFT's frozen base linears only (adapters and the
+    unembedding stay bf16, as wmtp keeps them), and its step trains the adapters alone. On the
+    CPU, where torch runs float8 products for real; the side itself is refused off a float8 GPU."""
+    pytest.importorskip("torchao.float8")
+    from torchao.float8.float8_linear import Float8Linear
+
+    recipe = _recipe("lora7b")
+    args = peers.peer_args(recipe)
+    side = "hf-peft+compile+no-checkpointing+float8"
+    config = peers.peer_config("lora7b", side, recipe)
+    assert config.float8 and config.compile and not config.gradient_checkpointing
+    eager = type(config)("hf-peft+float8", lora=config.lora, float8=True)
+    assert "needs a CUDA GPU" in hf_peer.unavailable(eager, CPU_DEVICE)
+    peer = hf_peer.build_peer(args, eager, CPU_DEVICE)
+    converted = [n for n, m in peer.model.named_modules() if isinstance(m, Float8Linear)]
+    targets = len(recipe.model.policy.lora.targets) * args.n_layers  # one base per target
+    assert len(converted) == targets and all(n.endswith("base_layer") for n in converted)
+    before = {n: p.detach().clone() for n, p in peer.model.named_parameters()}
+    peer.step(*hf_peer.synthetic_batch(args.vocab_size, 2, SEQ, CPU_DEVICE))
+    changed = {n for n, p in peer.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(".lora_" in n for n in changed)

@@ -311,6 +311,116 @@ def compiled_matmuls(module: nn.Module, x: torch.Tensor) -> dict[str, list[int]]
     return counts
 
 
+def lora_linears(model: nn.Module) -> list[nn.Module]:
+    from wmtp.parallel.float8 import Float8LoRALinear
+
+    return [m for m in model.modules() if isinstance(m, Float8LoRALinear)]
+
+
+def outputs_and_input_grads(model: nn.Module, x: torch.Tensor):
+    x = x.detach().requires_grad_()
+    out = model(x)
+    out.float().square().sum().backward()
+    return out.detach(), x.grad
+
+
+def test_a_frozen_base_cast_once_computes_what_casting_at_each_use_does(torchao):
+    """``cast_frozen_bases``: a frozen float8 LoRA base keeps its float8 cast, and the output,
+    the input gradient and the adapters' gradients are bit for bit those of casting the weight at
+    each use; merged, the cast follows the merged weight; after a state dict is loaded, the
+    loaded weight."""
+    from wmtp.parallel.float8 import cast_frozen_bases
+
+    x = torch.randn(2, 16, 64)
+    each_use, once = lora_linear(frozen=True), lora_linear(frozen=True)
+    assert cast_frozen_bases([once]) == 1
+    assert lora_linears(once)[0].weight_float8 is not None
+    assert lora_linears(each_use)[0].weight_float8 is None
+    each_use_results, once_results = (outputs_and_input_grads(m, x) for m in (each_use, once))
+    for a, b in zip(each_use_results, once_results, strict=True):
+        assert torch.equal(a, b)
+    for (name, a), b in zip(each_use.named_parameters(), once.parameters(), strict=True):
+        assert (a.grad is None) == (b.grad is None), name
+        assert a.grad is None or torch.equal(a.grad, b.grad), name
+
+    moved = torch.randn_like(once[0].lora_B) * 0.5  # adapters that move the merged weight
+    with torch.no_grad():
+        for model in (each_use, once):
+            model[0].lora_B.copy_(moved)
+            model[0].merge()
+        assert torch.equal(each_use(x), once(x))
+        for model in (each_use, once):
+            model[0].unmerge()
+        assert torch.equal(each_use(x), once(x))
+
+    other = lora_linear(frozen=True)
+    with torch.no_grad():
+        other[0].weight.mul_(3.0)  # a larger weight: another scale, other float8 values
+    once.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        assert torch.equal(once(x), other(x))
+
+
+def test_only_a_frozen_whole_tensorwise_weight_is_cast_once(torchao):
+    """A trained base weight, and rowwise scaling (the weight is cast along another axis for the
+    input gradient), keep casting at each use."""
+    from wmtp.parallel.float8 import cast_frozen_bases
+
+    assert cast_frozen_bases([lora_linear(frozen=False)]) == 0
+    rowwise = float8_model("rowwise", lora=True)
+    assert cast_frozen_bases(rowwise.blocks()) == 0
+    tensorwise = float8_model(lora=True)
+    assert cast_frozen_bases(tensorwise.blocks()) == len(lora_linears(tensorwise)) == 15
+
+
+def test_a_compiled_frozen_base_cast_once_runs_one_product_each_way(torchao):
+    """Compiled (one graph each way, no break), the cast base runs the output's product and the
+    input gradient's, nothing else in float8; the results are the eager ones."""
+    from wmtp.parallel.float8 import cast_frozen_bases
+
+    module = lora_linear(frozen=True)
+    cast_frozen_bases([module])
+    x = torch.randn(16, 64, requires_grad=True)
+    assert compiled_matmuls(module, x) == {"forward": [1], "backward": [1]}
+    torch._dynamo.reset()
+    try:
+        compiled = outputs_and_input_grads(torch.compile(module), x)
+    finally:
+        torch._dynamo.reset()
+    eager = outputs_and_input_grads(module, x)
+    for a, b in zip(eager, compiled, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_parallelize_casts_each_frozen_base_once_on_the_gpu(torchao):
+    """The trainer's path (``parallelize`` with float8, one process, compiled blocks): every
+    frozen LoRA base of the blocks is cast once on the device, and a compiled step trains the
+    adapters. On a float8 GPU only (the CPU runs are refused before any conversion)."""
+    from wmtp.parallel import init_distributed, parallelize
+    from wmtp.parallel.float8 import why_not
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a GPU")
+    if (why := why_not(torch.device("cuda"))) is not None:
+        pytest.skip(f"parallel.float8 {why}")
+    model = parallelize(tiny_model(lora=True), init_distributed("cuda"), compile=True,
+                        float8="tensorwise")  # fmt: skip
+    bases = lora_linears(model)
+    assert len(bases) == 15
+    for module in bases:
+        cast = module.weight_float8
+        assert cast is not None and cast.device.type == "cuda", module
+        assert cast._data.dtype == torch.float8_e4m3fn and cast.shape == module.weight.t().shape
+    loss = mtp_loss(model, tokens().cuda())
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert (
+        grads
+        and all(".lora_" in n for n in grads)
+        and all(torch.isfinite(g).all() for g in grads.values())
+    )
+
+
 FSDP_WORKER = """
 import sys
 sys.path.insert(0, {repo!r})

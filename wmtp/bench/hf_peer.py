@@ -57,6 +57,8 @@ class PeerConfig:
     gradient_checkpointing: bool = False
     compile: bool = False
     liger: bool = False
+    float8: bool = False
+    """torchao's tensorwise float8 training on the decoder's linears (:func:`_to_float8`)."""
     attn_implementation: str = "sdpa"
 
 
@@ -91,6 +93,10 @@ def unavailable(config: PeerConfig, device: torch.device) -> str | None:
         return "Liger kernels already patched transformers' Llama in this process: run it first"
     if config.compile and device.type != "cuda":
         return "torch.compile peers are measured on CUDA only (the CPU runs are tests)"
+    if config.float8:
+        from wmtp.parallel.float8 import why_not
+
+        return why_not(device)
     return None
 
 
@@ -157,6 +163,8 @@ def build_peer(args: ModelArgs, config: PeerConfig, device: torch.device) -> Pee
         _checkpoint_activations(model)
     if config.lora is not None:
         model = _with_lora(model, config.lora)
+    if config.float8:
+        _to_float8(model, lora=config.lora is not None)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     fused = device.type == "cuda"
@@ -208,6 +216,26 @@ def _with_lora(model: torch.nn.Module, lora: Any) -> torch.nn.Module:
     return get_peft_model(model, peft_config)
 
 
+def _to_float8(model: torch.nn.Module, *, lora: bool) -> int:
+    """torchao's ``convert_to_float8_training`` (tensorwise), as Accelerate's torchao FP8 backend
+    applies it: every decoder linear whose sizes are multiples of 16, ``lm_head`` left in bf16;
+    under LoRA only the frozen base linears (PEFT's ``base_layer``): rank-r adapters gain
+    nothing from the casts. Returns how many linears run in float8."""
+    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+    from torchao.float8.float8_linear import Float8Linear
+
+    def converts(module: torch.nn.Module, fqn: str) -> bool:
+        if type(module) is not torch.nn.Linear or "lm_head" in fqn:
+            return False
+        if module.in_features % 16 or module.out_features % 16:
+            return False
+        return fqn.endswith("base_layer") or not lora
+
+    config = Float8LinearConfig.from_recipe_name("tensorwise")
+    convert_to_float8_training(model, config=config, module_filter_fn=converts)
+    return sum(isinstance(m, Float8Linear) for m in model.modules())
+
+
 def flops_per_token(args: ModelArgs, seq_len: int, *, lora: bool) -> float:
     """The peer's model FLOPs per token: ``training_flops_per_token`` exactly as the trainer
     counts its own (no weight gradients for frozen weights; recomputation not counted)."""
@@ -240,6 +268,7 @@ def measure(
         gradient_checkpointing=peer.config.gradient_checkpointing,
         compile=peer.config.compile,
         liger=peer.config.liger,
+        float8="tensorwise" if peer.config.float8 else False,
         attention=peer.config.attn_implementation,
         trainable_parameters=sum(p.numel() for p in peer.model.parameters() if p.requires_grad),
     )

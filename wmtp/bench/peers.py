@@ -133,6 +133,14 @@ SIDES = {
         "default): nothing recomputed, more memory",
         "hf-peft+compile+no-checkpointing": "hf-peft+compile without gradient checkpointing",
         "hf-peft+liger+no-checkpointing": "hf-peft+liger without gradient checkpointing",
+        "wmtp-4heads+float8": "wmtp's trainer on the recipe as written with parallel.float8 = "
+        "true (the frozen base linears in torchao's tensorwise float8, each cast once; "
+        "adapters in bf16; CUDA compute capability 8.9+)",
+        "wmtp-4heads+no-checkpointing+float8": "wmtp-4heads+float8 without activation "
+        "checkpointing",
+        "hf-peft+compile+no-checkpointing+float8": "hf-peft+compile+no-checkpointing with "
+        "torchao's tensorwise float8 on the frozen base linears (PEFT's base_layer; adapters "
+        "and lm_head in bf16), as Accelerate's torchao FP8 backend converts a model's linears",
     },
 }
 
@@ -196,6 +204,7 @@ def peer_config(shape: str, side: str, recipe) -> hf_peer.PeerConfig:
         gradient_checkpointing=recomputes,
         compile="compile" in wanted,
         liger="liger" in wanted,
+        float8="float8" in wanted,
     )
 
 

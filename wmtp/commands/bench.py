@@ -151,7 +151,9 @@ def peers(
             "wmtp-4heads+compile, wmtp-1head+compile, wmtp-4heads+no-checkpointing, "
             "wmtp-1head+no-checkpointing, hf-peft, hf-peft+compile, hf-peft+liger, "
             "hf-peft+no-checkpointing, hf-peft+compile+no-checkpointing, "
-            "hf-peft+liger+no-checkpointing. Liger peers run last, torchtitan's after them."
+            "hf-peft+liger+no-checkpointing; in float8 wmtp-4heads+float8, "
+            "wmtp-4heads+no-checkpointing+float8, hf-peft+compile+no-checkpointing+float8. "
+            "Liger peers run last, torchtitan's after them."
         ),
     ] = None,
     set_: SetOption = None,
