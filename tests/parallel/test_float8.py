@@ -408,9 +408,11 @@ def test_parallelize_casts_each_frozen_base_once_on_the_gpu(torchao):
     bases = lora_linears(model)
     assert len(bases) == 15
     for module in bases:
-        cast = module.weight_float8
-        assert cast is not None and cast.device.type == "cuda", module
-        assert cast._data.dtype == torch.float8_e4m3fn and cast.shape == module.weight.t().shape
+        for_output, for_input_grad = module.weight_float8
+        assert for_output.shape == module.weight.t().shape
+        assert for_input_grad.shape == module.weight.shape
+        for cast in (for_output, for_input_grad):
+            assert cast.device.type == "cuda" and cast._data.dtype == torch.float8_e4m3fn
     loss = mtp_loss(model, tokens().cuda())
     loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}

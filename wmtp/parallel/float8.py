@@ -164,9 +164,10 @@ class Float8LoRALinear(LoRALinear):
     """torchao's ``Float8LinearConfig``."""
     linear_mm_config: object
     """torchao's ``LinearMMConfig`` (how each of the three matmuls runs)."""
-    weight_float8: torch.Tensor | None = None
-    """The frozen ``weight``, transposed, as torchao's ``Float8TrainingTensor`` (tensorwise
-    scale); ``None``: the weight is cast at each use."""
+    weight_float8: tuple[torch.Tensor, torch.Tensor] | None = None
+    """The frozen ``weight`` as torchao's ``Float8TrainingTensor`` (one tensorwise scale), for
+    the output's product (``W^T``, column-major) and for the input gradient's (``W``,
+    column-major); ``None``: the weight is cast at each use."""
 
     @classmethod
     def take_over(cls, lora: LoRALinear, settings: nn.Module) -> None:
@@ -182,8 +183,6 @@ class Float8LoRALinear(LoRALinear):
         and the input gradient; returns whether it did."""
         from torch.distributed.tensor import DTensor
         from torchao.float8.config import ScalingGranularity, ScalingType
-        from torchao.float8.float8_scaling_utils import hp_tensor_to_float8_dynamic
-        from torchao.float8.float8_training_tensor import GemmInputRole
 
         weight, c = self.weight, self.config
         cast = c.cast_config_weight
@@ -198,25 +197,37 @@ class Float8LoRALinear(LoRALinear):
             self.weight_float8 = None
             return False
         with torch.no_grad():
-            self.weight_float8 = hp_tensor_to_float8_dynamic(
-                weight.t(),
-                cast.target_dtype,
-                self.linear_mm_config,
-                gemm_input_role=GemmInputRole.WEIGHT,
-                scaling_granularity=cast.scaling_granularity,
-                round_scales_to_power_of_2=c.round_scales_to_power_of_2,
-            )
+            # the output's product reads W^T column-major (W's rows), the input gradient's W
+            # column-major (W^T's rows): one copy in each layout, so no step transposes them
+            for_output = self._float8(weight.t())
+            for_input_grad = self._float8(weight.t().contiguous()).t()
+        self.weight_float8 = (for_output, for_input_grad)
         return True
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from torchao.float8.float8_linear import Float8Linear, matmul_with_hp_or_float8_args
+    def _float8(self, hp: torch.Tensor) -> torch.Tensor:
+        from torchao.float8.float8_scaling_utils import hp_tensor_to_float8_dynamic
+        from torchao.float8.float8_training_tensor import GemmInputRole
 
+        c = self.config
+        return hp_tensor_to_float8_dynamic(
+            hp,
+            c.cast_config_weight.target_dtype,
+            self.linear_mm_config,
+            gemm_input_role=GemmInputRole.WEIGHT,
+            scaling_granularity=c.cast_config_weight.scaling_granularity,
+            round_scales_to_power_of_2=c.round_scales_to_power_of_2,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight_float8 is None:
+            from torchao.float8.float8_linear import Float8Linear  # optional: imported when used
+
             return self.with_adapter(x, Float8Linear.forward(self, x))  # the base matmul in float8
         x_in = x.to(torch.get_autocast_gpu_dtype()) if torch.is_autocast_enabled() else x
-        base = matmul_with_hp_or_float8_args.apply(
-            x_in, self.weight_float8, self.linear_mm_config, self.config
-        )  # as Float8Linear.forward, with the weight's cast already made
+        for_output, for_input_grad = self.weight_float8
+        base = _FrozenFloat8Matmul.apply(
+            x_in, for_output, for_input_grad, self.linear_mm_config, self.config
+        )
         return self.with_adapter(x, base)
 
     def merge(self) -> None:
@@ -236,6 +247,46 @@ class Float8LoRALinear(LoRALinear):
         kept cast follows it."""
         if self.weight_float8 is not None:
             self.cast_frozen_weight()
+
+
+class _FrozenFloat8Matmul(torch.autograd.Function):
+    """``x @ W^T`` for a frozen ``W`` kept in float8 in both layouts: torchao's float8 matmul
+    (``matmul_with_hp_or_float8_args``) with its weight arguments already cast, and no weight
+    gradient (nothing saves ``x`` for one)."""
+
+    @staticmethod
+    def forward(ctx, x, for_output, for_input_grad, linear_mm_config, config):
+        ctx.save_for_backward(for_input_grad)
+        ctx.linear_mm_config, ctx.config = linear_mm_config, config
+        x8 = _cast(x.reshape(-1, x.shape[-1]), config, "input", linear_mm_config)
+        out = torch.mm(x8, for_output)
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (for_input_grad,) = ctx.saved_tensors
+        c = ctx.config
+        g = grad_out.reshape(-1, grad_out.shape[-1])
+        g8 = _cast(g, c, "grad_output", ctx.linear_mm_config)
+        grad_in = torch.mm(g8, for_input_grad)
+        return grad_in.reshape(*grad_out.shape[:-1], grad_in.shape[-1]), None, None, None, None
+
+
+def _cast(hp: torch.Tensor, config, role: str, linear_mm_config) -> torch.Tensor:
+    """torchao's dynamic cast of an activation (``role`` ``input``) or an output gradient
+    (``grad_output``) as its float8 matmul makes it, by ``config``'s settings for that role."""
+    from torchao.float8.float8_scaling_utils import hp_tensor_to_float8_dynamic
+    from torchao.float8.float8_training_tensor import GemmInputRole
+
+    cast = getattr(config, f"cast_config_{role}")
+    return hp_tensor_to_float8_dynamic(
+        hp,
+        cast.target_dtype,
+        linear_mm_config,
+        gemm_input_role=getattr(GemmInputRole, role.upper()),
+        scaling_granularity=cast.scaling_granularity,
+        round_scales_to_power_of_2=config.round_scales_to_power_of_2,
+    )
 
 
 __all__ = [
