@@ -134,8 +134,8 @@ SIDES = {
         "hf-peft+compile+no-checkpointing": "hf-peft+compile without gradient checkpointing",
         "hf-peft+liger+no-checkpointing": "hf-peft+liger without gradient checkpointing",
         "wmtp-4heads+float8": "wmtp's trainer on the recipe as written with parallel.float8 = "
-        "true (the frozen base linears in torchao's tensorwise float8, each cast once; "
-        "adapters in bf16; CUDA compute capability 8.9+)",
+        "true (the frozen base linears in torchao's tensorwise float8; adapters in bf16; CUDA "
+        "compute capability 8.9+)",
         "wmtp-4heads+no-checkpointing+float8": "wmtp-4heads+float8 without activation "
         "checkpointing",
         "hf-peft+compile+no-checkpointing+float8": "hf-peft+compile+no-checkpointing with "

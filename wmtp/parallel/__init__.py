@@ -26,7 +26,7 @@ from wmtp.parallel.dist import (
     seed_everything,
     teardown,
 )
-from wmtp.parallel.float8 import apply_float8, cast_frozen_bases, check_float8
+from wmtp.parallel.float8 import apply_float8, check_float8
 from wmtp.parallel.fsdp import apply_fsdp, set_gradient_sync, to_dtype
 
 
@@ -53,8 +53,6 @@ def parallelize(
     if compile:
         apply_compile(blocks)
     cast_parameters(model, ctx.device, to_dtype(dtype))
-    if float8 is not None and not ctx.is_distributed:  # sharded weights are cast when gathered
-        cast_frozen_bases(blocks)
     if ctx.is_distributed:
         apply_fsdp(
             model,
