@@ -89,8 +89,9 @@ def test_a_peer_trains_the_targets_wmtps_synthetic_rows_train(shape):
 
 def test_the_float8_lora_peer_runs_its_frozen_base_linears_in_float8():
     """hf-peft+...+float8: torchao's float8 on PEFT's frozen base linears only (adapters and the
-    unembedding stay bf16, as wmtp keeps them), and its step trains the adapters alone. On the
-    CPU, where torch runs float8 products for real; the side itself is refused off a float8 GPU."""
+    unembedding stay bf16, as wmtp keeps them), and its step trains the adapters alone; a full
+    fine-tuning peer with float8 converts every decoder linear. On the CPU, where torch runs
+    float8 products for real; the side itself is refused off a float8 GPU."""
     pytest.importorskip("torchao.float8")
     from torchao.float8.float8_linear import Float8Linear
 
@@ -109,3 +110,7 @@ def test_the_float8_lora_peer_runs_its_frozen_base_linears_in_float8():
     peer.step(*hf_peer.synthetic_batch(args.vocab_size, 2, SEQ, CPU_DEVICE))
     changed = {n for n, p in peer.model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all(".lora_" in n for n in changed)
+
+    full = hf_peer.build_peer(args, type(config)("hf+float8", float8=True), CPU_DEVICE)
+    converted = [n for n, m in full.model.named_modules() if isinstance(m, Float8Linear)]
+    assert len(converted) == 7 * args.n_layers and not any("lm_head" in n for n in converted)

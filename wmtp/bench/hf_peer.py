@@ -216,24 +216,22 @@ def _with_lora(model: torch.nn.Module, lora: Any) -> torch.nn.Module:
     return get_peft_model(model, peft_config)
 
 
-def _to_float8(model: torch.nn.Module, *, lora: bool) -> int:
+def _to_float8(model: torch.nn.Module, *, lora: bool) -> None:
     """torchao's ``convert_to_float8_training`` (tensorwise), as Accelerate's torchao FP8 backend
-    applies it: every decoder linear whose sizes are multiples of 16, ``lm_head`` left in bf16;
+    applies it: every decoder linear whose sizes suit float8 products, ``lm_head`` left in bf16;
     under LoRA only the frozen base linears (PEFT's ``base_layer``): rank-r adapters gain
-    nothing from the casts. Returns how many linears run in float8."""
+    nothing from the casts (wmtp's ``parallel.float8`` makes the same choices)."""
     from torchao.float8 import Float8LinearConfig, convert_to_float8_training
-    from torchao.float8.float8_linear import Float8Linear
+
+    from wmtp.parallel.float8 import aligned
 
     def converts(module: torch.nn.Module, fqn: str) -> bool:
-        if type(module) is not torch.nn.Linear or "lm_head" in fqn:
-            return False
-        if module.in_features % 16 or module.out_features % 16:
+        if type(module) is not torch.nn.Linear or "lm_head" in fqn or not aligned(module):
             return False
         return fqn.endswith("base_layer") or not lora
 
     config = Float8LinearConfig.from_recipe_name("tensorwise")
     convert_to_float8_training(model, config=config, module_filter_fn=converts)
-    return sum(isinstance(m, Float8Linear) for m in model.modules())
 
 
 def flops_per_token(args: ModelArgs, seq_len: int, *, lora: bool) -> float:
