@@ -29,6 +29,7 @@ from wmtp.bench.timing import (
     device_peak_tflops,
     peak_allocated_gib,
     reset_peak_memory,
+    step_min_seconds,
     time_call,
 )
 from wmtp.models.args import ModelArgs, training_flops_per_token
@@ -298,8 +299,9 @@ def timed_row(
     counted: list[int] = []
     reset_peak_memory(device)
     timing = time_call(  # back to back, as wmtp's step is timed (wmtp.bench.step)
-        lambda: counted.append(step(tokens, labels)), warmup=warmup, repeats=repeats, queued=True
-    )
+        lambda: counted.append(step(tokens, labels)), warmup=warmup, repeats=repeats, queued=True,
+        min_seconds=step_min_seconds(device),
+    )  # fmt: skip
     return measured_row(
         name,
         micro_batch,

@@ -28,7 +28,13 @@ from typing import Any
 
 import torch
 
-from wmtp.bench.timing import Timing, device_peak_tflops, peak_allocated_gib, time_call
+from wmtp.bench.timing import (
+    Timing,
+    device_peak_tflops,
+    peak_allocated_gib,
+    step_min_seconds,
+    time_call,
+)
 from wmtp.data.collate import pack_batch, pad_batch, pair_batch
 from wmtp.data.examples import IGNORE_INDEX, Encoded
 from wmtp.train.data_source import Lookahead
@@ -142,7 +148,10 @@ def bench_step(
         def step() -> None:
             tokens.append(trainer.train_step(flops_per_token)["tokens"])
 
-        timing = time_call(step, warmup=warmup, repeats=repeats, queued=True)
+        timing = time_call(
+            step, warmup=warmup, repeats=repeats, queued=True,
+            min_seconds=step_min_seconds(ctx.device),
+        )  # fmt: skip
         memory = peak_allocated_gib(ctx.device)
         if profile is not None and ctx.rank == 0:
             profile_calls(step, profile, steps=profile_steps, device=ctx.device)

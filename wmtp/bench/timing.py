@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -43,8 +44,27 @@ def static_compile_shapes() -> None:
             setattr(config, name, max(getattr(config, name), 256))
 
 
+STEP_MIN_SECONDS = 5.0
+"""On a GPU a training step is timed over at least this many seconds: short steps get more
+repeats than asked for. The median of eight 150-ms steps (7B LoRA at micro-batch 1) moved by a
+third between two runs of the same code (bench/results/h100_float8_lora_20261206)."""
+MAX_REPEATS = 200
+"""The most repeats ``min_seconds`` adds up to."""
+
+
+def step_min_seconds(device: torch.device) -> float:
+    """``time_call``'s ``min_seconds`` for a training step on ``device``: :data:`STEP_MIN_SECONDS`
+    on a GPU; 0 elsewhere (CPU runs are tests, their repeats as asked)."""
+    return STEP_MIN_SECONDS if device.type == "cuda" else 0.0
+
+
 def time_call(
-    fn: Callable[[], object], *, warmup: int = 3, repeats: int = 10, queued: bool = False
+    fn: Callable[[], object],
+    *,
+    warmup: int = 3,
+    repeats: int = 10,
+    queued: bool = False,
+    min_seconds: float = 0.0,
 ) -> Timing:
     """Time ``fn`` after ``warmup`` calls: CUDA events on a GPU, a host clock on the CPU. The
     warm-up's own seconds (the device waited for) are ``Timing.warmup_s``.
@@ -54,8 +74,17 @@ def time_call(
     the GPU idles between repeats only where ``fn``'s own host work leaves it idle (idle gaps
     also let its clock move, which shifts whichever kernel runs next). Otherwise each repeat
     waits for the GPU, so the time includes the launch from an idle queue.
+
+    ``min_seconds``: time at least this long: one more warm-up call, timed, says how many
+    repeats that takes (at least ``repeats``, at most :data:`MAX_REPEATS`); ``Timing.repeats``
+    is the number run.
     """
     warmup_s = _warm_up(fn, warmup)
+    if min_seconds > 0:
+        call_s = _warm_up(fn, 1)
+        warmup_s += call_s
+        wanted = math.ceil(min_seconds / max(call_s, 1e-6))
+        repeats = max(repeats, min(wanted, MAX_REPEATS))
     cuda = _cuda_in_use()
     if cuda and queued:
         events = [
