@@ -161,7 +161,12 @@ def peers(
         int | None, typer.Option(min=0, help="Steps before timing (full1b 3, lora7b 2).")
     ] = None,
     repeats: Annotated[
-        int | None, typer.Option(min=1, help="Steps timed, median reported (full1b 10, lora7b 5).")
+        int | None,
+        typer.Option(
+            min=1,
+            help="Steps timed, median reported (full1b 10, lora7b 5; on a GPU more where they "
+            "take under 5 s).",
+        ),
     ] = None,
     out: OutDir = Path("bench/results/peers"),
 ) -> None:
@@ -217,7 +222,12 @@ def step(
     set_: SetOption = None,
     out: OutDir = Path("bench/results/step"),
     warmup: Annotated[int, typer.Option(min=0, help="Steps run before timing.")] = 5,
-    repeats: Annotated[int, typer.Option(min=1, help="Steps timed (the median is reported).")] = 20,
+    repeats: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Steps timed, median reported (on a GPU more where they take under 5 s)."
+        ),
+    ] = 20,
     nproc_per_node: Annotated[
         int,
         typer.Option(
