@@ -43,9 +43,15 @@ def best(rows: list[dict], side: str) -> dict | None:
 
 
 def best_setting(rows: list[dict], side: str) -> dict | None:
-    """``side``'s best row over its settings: ``side`` itself (the recipe as written) and any
-    ``side+SETTING`` (``wmtp-4heads+compile``: with ``parallel.compile = true``)."""
-    settings = {r["side"] for r in rows if r["side"] == side or r["side"].startswith(f"{side}+")}
+    """``side``'s best row over its bf16 settings: ``side`` itself (the recipe as written) and any
+    ``side+SETTING`` (``wmtp-4heads+compile``: with ``parallel.compile = true``). Float8 is
+    opt-in and set against float8 peers on its own (:func:`float8_full1b`, :func:`float8_lora7b`)."""
+    settings = {
+        r["side"]
+        for r in rows
+        if (r["side"] == side or r["side"].startswith(f"{side}+"))
+        and "float8" not in r["side"].split("+")[1:]
+    }
     found = [r for r in (best(rows, s) for s in sorted(settings)) if r is not None]
     return max(found, key=lambda r: r["tokens_per_s"]) if found else None
 
@@ -348,9 +354,10 @@ def float8_lora7b(folder: Path) -> dict | None:
 
 
 def float8_lora7b_vs_peer(lora: dict, results: dict) -> dict:
-    """The float8 LoRA step against the best LoRA peer at its own best micro-batch (tokens/s),
-    and against that peer's row at the float8 step's micro-batch (peak memory)."""
-    peer = best_peer(results)
+    """The float8 LoRA step against the best LoRA peer at its own best micro-batch, a float8 peer
+    included (tokens/s), and against that peer's row at the float8 step's micro-batch (peak
+    memory)."""
+    peer = best_peer(results, with_float8=True)
     if peer is None:
         return {}
     same_batch = at(results["rows"], peer["side"], lora["micro_batch"])

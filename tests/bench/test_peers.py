@@ -489,6 +489,13 @@ def test_wmtp_is_measured_without_checkpointing_as_the_peers_are(tmp_path):
     rows = [written, without | {"tokens_per_s": written["tokens_per_s"] + 1}]
     summarise = summarise_module()
     assert summarise.best_setting(rows, "wmtp-4heads")["side"] == "wmtp-4heads+no-checkpointing"
+    # float8 is opt-in, set against float8 peers on its own: never wmtp's best bf16 setting
+    faster = {
+        "side": "wmtp-4heads+no-checkpointing+float8",
+        "tokens_per_s": 10 * written["tokens_per_s"],
+    }
+    rows.append(without | faster)
+    assert summarise.best_setting(rows, "wmtp-4heads")["side"] == "wmtp-4heads+no-checkpointing"
 
 
 def test_the_step_summariser_reads_its_figures_from_the_stages_files(tmp_path):
