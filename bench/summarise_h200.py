@@ -37,6 +37,11 @@ def measured(rows: list[dict], side: str) -> list[dict]:
     return [r for r in rows if r["side"] == side and r["error"] is None]
 
 
+def is_float8(side: str) -> bool:
+    """A side with the ``float8`` setting (``titan+float8``, ``wmtp-4heads+float8``)."""
+    return "float8" in side.split("+")[1:]
+
+
 def best(rows: list[dict], side: str) -> dict | None:
     found = measured(rows, side)
     return max(found, key=lambda r: r["tokens_per_s"]) if found else None
@@ -49,8 +54,7 @@ def best_setting(rows: list[dict], side: str) -> dict | None:
     settings = {
         r["side"]
         for r in rows
-        if (r["side"] == side or r["side"].startswith(f"{side}+"))
-        and "float8" not in r["side"].split("+")[1:]
+        if (r["side"] == side or r["side"].startswith(f"{side}+")) and not is_float8(r["side"])
     }
     found = [r for r in (best(rows, s) for s in sorted(settings)) if r is not None]
     return max(found, key=lambda r: r["tokens_per_s"]) if found else None
@@ -95,7 +99,7 @@ def best_peer(results: dict, *, with_float8: bool = False) -> dict | None:
     rows = results["rows"]
     sides = [s for s in results["sides"] if not s.startswith("wmtp-")]
     if not with_float8:
-        sides = [s for s in sides if "float8" not in s.split("+")[1:]]
+        sides = [s for s in sides if not is_float8(s)]
     peers = [r for r in (best(rows, side) for side in sides) if r is not None]
     return max(peers, key=lambda r: r["tokens_per_s"]) if peers else None
 
@@ -160,7 +164,7 @@ def lora7b_figures(results: dict) -> dict:
     four, one = best_setting(rows, "wmtp-4heads"), best_setting(rows, "wmtp-1head")
     peer = best_peer(results)
     peer_tps = peer and peer["tokens_per_s"]
-    peer_sides = [s for s in results["sides"] if not s.startswith("wmtp-")]
+    peer_sides = [s for s in results["sides"] if not s.startswith("wmtp-") and not is_float8(s)]
     mine = four["side"] if four else "wmtp-4heads"  # wmtp's best setting
     by_peer = {p: memory_ratios(rows, mine, p) for p in peer_sides}
     memory_batch = peer and common_batch(rows, mine, peer["side"], four and four["micro_batch"])
