@@ -4,7 +4,9 @@
 #                                script. No step runs past END_S seconds of the script (its limit
 #                                is cut; with under 20 s left it is skipped, rc -1), so a summary is
 #                                always written within one 600-second command.
-#   run_stages STAGE...          each stage_STAGE function in turn; pack_logs: $LOG_DIR -> $OUT/logs.tar.gz
+#   run_stages STAGE...          each stage_STAGE function in turn; pack_logs: $LOG_DIR -> $OUT/logs.tar.gz,
+#                                then $OUT fitted to what the device brings back (fit_out: at most
+#                                8 files; past that all in results.tar.gz, the summaries beside it)
 #   runs LABEL                   the --set that puts a run's directory under $WORK/LABEL
 #   latest LABEL                 that run's directory
 #   drop_checkpoints LABEL       delete its checkpoints (disk)
@@ -45,9 +47,23 @@ run_stages() {  # run_stages STAGE...: each function stage_STAGE in turn, the GP
     "stage_$stage"
   done
 }
-pack_logs() {  # $LOG_DIR's files as $OUT/logs.tar.gz, then what $OUT holds
+pack_logs() {  # $LOG_DIR's files as $OUT/logs.tar.gz, $OUT fitted to the device, what it holds
   mkdir -p "$OUT/logs"
   cp "$LOG_DIR"/* "$OUT/logs/" 2>/dev/null
   tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs && rm -rf "$OUT/logs"
+  fit_out
   ls -la "$OUT"
+}
+DEVICE_FILES=8  # the device machine brings back at most this many files from $OUT
+fit_out() {  # over DEVICE_FILES files under $OUT: every one of them in $OUT/results.tar.gz, and
+  # beside it only the top-level summaries (*.md, *.json) that fit
+  [ "$(find "$OUT" -type f | wc -l)" -le "$DEVICE_FILES" ] && return
+  tar -czf "$WORK/results.tar.gz" -C "$OUT" . || return
+  local keep f
+  keep=" $(cd "$OUT" && ls -1 -- *.md *.json 2>/dev/null | head -n $((DEVICE_FILES - 1)) | tr '\n' ' ')"
+  for f in "$OUT"/* "$OUT"/.[!.]*; do
+    [ -e "$f" ] || continue
+    case "$keep" in *" $(basename "$f") "*) ;; *) rm -rf "$f" ;; esac
+  done
+  mv "$WORK/results.tar.gz" "$OUT/"
 }

@@ -1,0 +1,42 @@
+"""``bench/steps.sh``'s ``pack_logs``, which ends every GPU bench script: the device machine brings
+back at most eight files from ``$OUT``, so past eight every file goes into one archive, with the
+top-level summaries kept beside it; eight or fewer stay as they are. Run through bash as the
+scripts source it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tarfile
+
+from tests.train.train_helpers import REPO
+
+
+def pack(tmp_path, files: dict[str, str]) -> set[str]:
+    """Write ``files`` under ``$OUT``, run ``pack_logs``; the files ``$OUT`` then holds."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    for name, text in files.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(text)
+    work.mkdir()
+    env = dict(os.environ, OUT=str(out), WORK=str(work), LOG_DIR=str(work / "logs"))
+    script = "source bench/steps.sh && echo log > $LOG_DIR/stage.log && pack_logs"
+    subprocess.run(["bash", "-c", script], cwd=REPO, env=env, check=True, capture_output=True)
+    return {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+
+
+def test_past_eight_files_everything_is_archived_and_the_summaries_stay_beside(tmp_path):
+    files = {"h200.json": "{}", "h200.md": "# s", "h200_step.md": "# t"}
+    files |= {f"peers/row{i}.json": str(i) for i in range(6)}
+    files |= {"profiles.tar.gz": "p"}
+    left = pack(tmp_path, files)
+    # the logs and steps.sh's steps.jsonl are in the archive only
+    assert left == {"results.tar.gz", "h200.json", "h200.md", "h200_step.md"}
+    with tarfile.open(tmp_path / "out" / "results.tar.gz") as archive:
+        names = {n.removeprefix("./") for n in archive.getnames()}
+    assert set(files) | {"logs.tar.gz", "steps.jsonl"} <= names
+
+
+def test_eight_files_or_fewer_stay_as_they_are(tmp_path):
+    files = {"h200.json": "{}", "full1b.json": "{}", "measured.tar.gz": "m"}
+    assert pack(tmp_path, files) == set(files) | {"logs.tar.gz", "steps.jsonl"}
