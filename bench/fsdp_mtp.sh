@@ -61,5 +61,5 @@ done
 mkdir -p "$OUT"
 python3 bench/summarise_fsdp_mtp.py "$WORK" "$OUT"
 tar -czf "$OUT/fsdp_mtp_logs.tar.gz" -C "$WORK" logs steps.jsonl results
-fit_out  # at most the 8 files the device brings back: past that, all in results.tar.gz
+fit_out  # at most the 8 files the device brings back: past that, the rest in results.tar.gz
 exit 0

@@ -97,5 +97,5 @@ for f in "$WORK"/*/*/*/metrics.jsonl; do
     mkdir -p "$d" && cp "$f" "$(dirname "$f")/recipe.toml" "$d/" 2>/dev/null
 done
 tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs && rm -rf "$OUT/logs"
-fit_out  # at most the 8 files the device brings back: past that, all in results.tar.gz
+fit_out  # at most the 8 files the device brings back: past that, the rest in results.tar.gz
 ls -la "$OUT"

@@ -108,4 +108,4 @@ for d in "$WORK"/*/; do
   case $name in *_state) mkdir -p "$OUT/runs/$name" && cp "$d"*.jsonl "$OUT/runs/$name/" ;; esac
 done
 python3 bench/summarise_multi_gpu.py --work "$WORK" --out "$OUT" --device "$DEV"
-fit_out  # at most the 8 files the device brings back: past that, all in results.tar.gz
+fit_out  # at most the 8 files the device brings back: past that, the rest in results.tar.gz

@@ -208,5 +208,5 @@ for d in "$WORK"/*/; do
 done
 cp -r "$WORK/estimates" "$LOG_DIR"/*.log "$LOG_DIR"/*.txt "$STEPS_FILE" "$OUT/logs/" 2>/dev/null
 tar -czf "$OUT/logs.tar.gz" -C "$OUT" logs && rm -rf "$OUT/logs"
-fit_out  # at most the 8 files the device brings back: past that, all in results.tar.gz
+fit_out  # at most the 8 files the device brings back: past that, the rest in results.tar.gz
 ls -la "$OUT"

@@ -6,7 +6,8 @@
 #                                always written within one 600-second command.
 #   run_stages STAGE...          each stage_STAGE function in turn; pack_logs: $LOG_DIR -> $OUT/logs.tar.gz,
 #                                then $OUT fitted to what the device brings back (fit_out: at most
-#                                8 files; past that all in results.tar.gz, the summaries beside it)
+#                                8 files; past that the top-level summaries and archives stay,
+#                                results.tar.gz takes the rest)
 #   runs LABEL                   the --set that puts a run's directory under $WORK/LABEL
 #   latest LABEL                 that run's directory
 #   drop_checkpoints LABEL       delete its checkpoints (disk)
@@ -54,16 +55,17 @@ pack_logs() {  # $LOG_DIR's files as $OUT/logs.tar.gz, $OUT fitted to the device
   fit_out
   ls -la "$OUT"
 }
-DEVICE_FILES=8  # the device machine brings back at most this many files from $OUT
-fit_out() {  # over DEVICE_FILES files under $OUT: every one of them in $OUT/results.tar.gz, and
-  # beside it only the top-level summaries (*.md, *.json) that fit
+DEVICE_FILES=8  # the device machine brings back at most this many files from $OUT (16 MiB each)
+fit_out() {  # over DEVICE_FILES files under $OUT: the top-level summaries (*.md, *.json), then its
+  # archives (*.tar.gz), then its other files stay as they are while they fit beside one more
+  # file, $OUT/results.tar.gz, which takes the rest (folders and all)
   [ "$(find "$OUT" -type f | wc -l)" -le "$DEVICE_FILES" ] && return
-  tar -czf "$WORK/results.tar.gz" -C "$OUT" . || return
-  local keep f
-  keep=" $(cd "$OUT" && ls -1 -- *.md *.json 2>/dev/null | head -n $((DEVICE_FILES - 1)) | tr '\n' ' ')"
+  local keep rest=() f
+  keep=" $(cd "$OUT" && { ls -1 -- *.md *.json; ls -1 -- *.tar.gz; ls -1p | grep -v /; } 2>/dev/null |
+    awk '!seen[$0]++' | head -n $((DEVICE_FILES - 1)) | tr '\n' ' ')"
   for f in "$OUT"/* "$OUT"/.[!.]*; do
     [ -e "$f" ] || continue
-    case "$keep" in *" $(basename "$f") "*) ;; *) rm -rf "$f" ;; esac
+    case "$keep" in *" $(basename "$f") "*) ;; *) rest+=("$(basename "$f")") ;; esac
   done
-  mv "$WORK/results.tar.gz" "$OUT/"
+  tar -czf "$OUT/results.tar.gz" -C "$OUT" -- "${rest[@]}" && (cd "$OUT" && rm -rf -- "${rest[@]}")
 }

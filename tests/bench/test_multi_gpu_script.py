@@ -28,9 +28,9 @@ def test_the_two_gpu_script_runs_on_the_cpu_and_every_check_holds(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((out / "multi_gpu.json").read_text())
-    # what the device machine brings back (8 files at most): every log and run in one archive
+    # what the device machine brings back (8 files at most): the logs and runs in one archive
     assert sorted(p.name for p in out.rglob("*") if p.is_file()) == [
-        "multi_gpu.json", "multi_gpu.md", "results.tar.gz"
+        "multi_gpu.json", "multi_gpu.md", "results.tar.gz", "steps.jsonl"
     ]  # fmt: skip
     failed = {
         k: s["rc"] for k, s in report["steps"].items() if s["rc"] != (1 if "fault" in k else 0)

@@ -1,6 +1,6 @@
 """``bench/steps.sh``'s ``pack_logs``, which ends every GPU bench script: the device machine brings
-back at most eight files from ``$OUT``, so past eight every file goes into one archive, with the
-top-level summaries kept beside it; eight or fewer stay as they are. Run through bash as the
+back at most eight files from ``$OUT``, so past eight the top-level summaries, then archives, then
+other files stay while they fit, and one archive takes the rest; eight or fewer stay as they are. Run through bash as the
 scripts source it."""
 
 from __future__ import annotations
@@ -25,16 +25,27 @@ def pack(tmp_path, files: dict[str, str]) -> set[str]:
     return {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
 
 
-def test_past_eight_files_everything_is_archived_and_the_summaries_stay_beside(tmp_path):
+def test_past_eight_files_the_top_level_stays_and_folders_go_into_one_archive(tmp_path):
     files = {"h200.json": "{}", "h200.md": "# s", "h200_step.md": "# t"}
     files |= {f"peers/row{i}.json": str(i) for i in range(6)}
     files |= {"profiles.tar.gz": "p"}
     left = pack(tmp_path, files)
-    # the logs and steps.sh's steps.jsonl are in the archive only
-    assert left == {"results.tar.gz", "h200.json", "h200.md", "h200_step.md"}
+    kept = {"h200.json", "h200.md", "h200_step.md", "profiles.tar.gz"}
+    assert left == kept | {"logs.tar.gz", "steps.jsonl", "results.tar.gz"}
     with tarfile.open(tmp_path / "out" / "results.tar.gz") as archive:
-        names = {n.removeprefix("./") for n in archive.getnames()}
-    assert set(files) | {"logs.tar.gz", "steps.jsonl"} <= names
+        names = set(archive.getnames())
+    assert {n for n in files if n.startswith("peers/")} <= names
+
+
+def test_summaries_then_archives_are_kept_first_when_the_top_level_is_too_many(tmp_path):
+    files = {f"note{i}.txt": str(i) for i in range(5)}
+    files |= {"a.json": "{}", "b.md": "#", "c.tar.gz": "c", "d.tar.gz": "d"}
+    left = pack(tmp_path, files)  # 11 top-level files with logs.tar.gz and steps.jsonl
+    assert len(left) == 8 and "results.tar.gz" in left
+    assert {"a.json", "b.md", "c.tar.gz", "d.tar.gz", "logs.tar.gz"} <= left
+    with tarfile.open(tmp_path / "out" / "results.tar.gz") as archive:
+        names = set(archive.getnames())
+    assert names | left == set(files) | {"logs.tar.gz", "steps.jsonl", "results.tar.gz"}
 
 
 def test_eight_files_or_fewer_stay_as_they_are(tmp_path):
