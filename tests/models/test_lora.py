@@ -124,3 +124,41 @@ def test_folded_adapters_leave_plain_linears_with_the_same_outputs(tiny_args):
     assert type(model.layers[0].attention.wq) is nn.Linear
     assert set(model.state_dict()) == base_keys
     torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2], ids=["q-k-v-alike", "grouped-query"])
+def test_adapters_and_their_gradients_match_a_plain_reference(tiny_args, kv_heads):
+    """The model with adapters on all seven projections against the plain Meta reference run on
+    ``W + scale B A``, a formula that shares no code with wmtp: the same logits, and the same
+    gradients of every A and B (k and v as wide as q, and narrower)."""
+    import dataclasses
+
+    from tests.models.reference import reference_mtp_logits
+    from tests.models.test_llama_mtp import meta_params
+
+    args = dataclasses.replace(tiny_args, n_kv_heads=kv_heads)
+    model = LlamaMTP(args, attention="sdpa")
+    apply_lora(model, rank=4, alpha=8.0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("lora_B"):
+                p.normal_(0, 0.05)
+    tokens = torch.randint(0, args.vocab_size, (2, 9))
+    logits = model(tokens)
+    (logits * torch.linspace(-1, 1, logits.shape[-1])).sum().backward()
+
+    sd = {k: v.detach() for k, v in model.state_dict().items() if ".lora_" not in k}
+    adapters = {k: v.detach().clone().requires_grad_() for k, v in lora_state_dict(model).items()}
+    for key in sd:
+        prefix = key.removesuffix(".weight")
+        if f"{prefix}.lora_A" in adapters:
+            B, A = adapters[f"{prefix}.lora_B"], adapters[f"{prefix}.lora_A"]
+            sd[key] = sd[key] + 2.0 * B @ A  # alpha / rank = 8 / 4
+    expected = reference_mtp_logits(sd, meta_params(args), tokens)
+    (expected * torch.linspace(-1, 1, expected.shape[-1])).sum().backward()
+
+    torch.testing.assert_close(logits, expected, atol=2e-5, rtol=2e-5)
+    params = dict(model.named_parameters())
+    assert len(adapters) == 2 * 7 * args.n_layers
+    for name, reference in adapters.items():
+        torch.testing.assert_close(params[name].grad, reference.grad, atol=2e-5, rtol=2e-4)
