@@ -36,7 +36,8 @@
 #                   storage/datasets/humaneval; about 8 minutes)
 #   lora7b_profile  torch.profiler of the LoRA recipe's step at micro-batch 4, eager and compiled
 #                   (`wmtp bench step --profile 2`)
-#   lora7b_profile_compiled  its compiled half alone
+#   lora7b_profile_compiled  its compiled half alone; LORA_PROFILE_MB: its micro-batch (default 4;
+#                   1 is the recipe's own)
 #   ab              the LoRA recipe's step (compiled, micro-batch 8) and the 1B full fine-tune's
 #                   (micro-batch 16) with the code at each of AB_OLD="DIR ..." (DIR/wmtp: an
 #                   earlier package, carried; `git archive REV wmtp | tar -x -C DIR`) and with this
@@ -157,7 +158,10 @@ stage_lora7b_profile() {
   stage_lora7b_profile_compiled
 }
 stage_lora7b_profile_compiled() {
-  step lora7b_profile_compile 200 "${LORA_STEP[@]}" --out "$WORK/profiles/lora7b_compile"
+  local mb=${LORA_PROFILE_MB:-4} name=lora7b_compile
+  [ "$mb" = 4 ] || name=lora7b_compile_mb$mb
+  step "lora7b_profile_compile_mb$mb" 200 "${LORA_STEP[@]}" --set "training.micro_batch_size=$mb" \
+    --out "$WORK/profiles/$name"
   pack_profiles
 }
 full1b_recipe() {  # full1b_recipe MICRO_BATCH: the full1b shape's wmtp recipe as a TOML file

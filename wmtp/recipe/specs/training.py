@@ -65,8 +65,11 @@ class ParallelSpec(Section):
     ``wmtp validate``, else when the run starts). Use it with ``parallel.compile``: compiling
     fuses torchao's scaling and casts, and drops the weight-gradient matmul that torchao's eager
     backward computes and discards for a frozen LoRA base. On an H200, compiled, against bf16:
-    1.27x the tokens/s of the production LoRA step, 1.18x at the 1B full fine-tune, the loss of a
-    300-step run 0.38% lower (``bash bench/h200.sh float8 float8_loss``, ``bench/results/h200.md``)."""
+    1.27x the tokens/s of the 7B LoRA step at micro-batch 4, 1.18x at the 1B full fine-tune, the
+    loss of a 300-step run 0.38% lower (``bash bench/h200.sh float8 float8_loss``,
+    ``bench/results/h200.md``). At the LoRA recipes' own micro-batch of 1 it was slower than bf16
+    on H100s (9,758-12,554 tokens/s against 13,165-13,809; ``bench/results/h100_lora_mb1_20261206/``):
+    raise ``training.micro_batch_size`` (and lower ``grad_accum_steps``) where memory allows."""
 
     def float8_scaling(self) -> str | None:
         """torchao's float8 recipe (``tensorwise``, ``rowwise``), or ``None`` when float8 is off."""
