@@ -47,10 +47,11 @@
 #                   say, so that its logs and results sit beside the bf16 ones); AB_REVERSE=1 times
 #                   this checkout's code first (the order's own effect); AB_LORA_MB: the LoRA
 #                   step's micro-batch (default 8)
-#   lora7b_float8_same_call  float8 LoRA in one call: wmtp four heads (the recipe as written, and
-#                   without checkpointing) with parallel.float8, HF + PEFT + compile without
-#                   checkpointing in float8 (torchao on its frozen base linears) and in bf16, at
-#                   micro-batches LORA_MB (default 1,4)
+#   lora7b_float8_same_call  float8 LoRA in one call: HF + PEFT + compile without checkpointing
+#                   in float8 (torchao on its frozen base linears; first, its compile takes over
+#                   240 s), wmtp four heads (the recipe as written, and without checkpointing)
+#                   with parallel.float8, then the peer in bf16, at micro-batches LORA_MB (default
+#                   1,4; LORA_MB=1 END_S=580 fits one call)
 #   verifiable_step the production verifiable step (7B LoRA policy, frozen 2.7B critic, random
 #                   weights, the recipe's micro-batch, one per optimizer step) beside the
 #                   baseline step of the same settings
@@ -137,11 +138,12 @@ stage_lora7b_same_call() {  # wmtp and the fastest LoRA peer, each at its best s
   step lora7b_same_call_ntp 60 "${PEERS[@]}" --shape lora7b \
     --sides wmtp-1head+no-checkpointing --micro-batches best:wmtp-4heads+no-checkpointing
 }
-stage_lora7b_float8_same_call() {
+stage_lora7b_float8_same_call() {  # the float8 peer first: its whole-model compile ran past
+  # 240 s in two H100 calls (bench/results/h100_lora_mb1_20261206)
+  step lora7b_float8_peer 400 "${PEERS[@]}" --shape lora7b \
+    --sides hf-peft+compile+no-checkpointing+float8 --micro-batches ${LORA_MB:-1,4}
   step lora7b_float8_wmtp 200 "${PEERS[@]}" --shape lora7b \
     --sides wmtp-4heads+float8,wmtp-4heads+no-checkpointing+float8 --micro-batches ${LORA_MB:-1,4}
-  step lora7b_float8_peer 240 "${PEERS[@]}" --shape lora7b \
-    --sides hf-peft+compile+no-checkpointing+float8 --micro-batches ${LORA_MB:-1,4}
   step lora7b_bf16_peer 240 "${PEERS[@]}" --shape lora7b \
     --sides hf-peft+compile+no-checkpointing --micro-batches ${LORA_MB:-1,4}
 }
