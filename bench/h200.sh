@@ -172,7 +172,8 @@ stage_lora7b_profile_compiled() {
 }
 stage_lora7b_cudagraphs() {  # the LoRA recipe at its own micro-batch of 1 with Inductor's CUDA
   # graphs and without, alternating (off, on, on, off): a micro-batch is ~4,400 kernels, and the
-  # GPU idles ~11 ms of each 147 ms between them (bench/results/h100_lora_mb1_20261206)
+  # GPU idles ~15 ms of each 147 ms, ~6 of them in short gaps between kernels under the profiler
+  # (bench/results/h100_lora_mb1_20261206)
   local graphs i=0 accum=${CUDAGRAPHS_ACCUM:-1}
   for graphs in 0 1 1 0; do
     i=$((i + 1))
