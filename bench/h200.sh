@@ -37,7 +37,8 @@
 #   lora7b_profile  torch.profiler of the LoRA recipe's step at micro-batch 4, eager and compiled
 #                   (`wmtp bench step --profile 2`)
 #   lora7b_profile_compiled  its compiled half alone; LORA_PROFILE_MB: its micro-batch (default 4;
-#                   1 is the recipe's own)
+#                   1 is the recipe's own); LORA_PROFILE_SET="--set parallel.float8=true" with
+#                   LORA_PROFILE_TAG=_float8 profiles the float8 step beside it
 #   ab              the LoRA recipe's step (compiled, micro-batch 8) and the 1B full fine-tune's
 #                   (micro-batch 16) with the code at each of AB_OLD="DIR ..." (DIR/wmtp: an
 #                   earlier package, carried; `git archive REV wmtp | tar -x -C DIR`) and with this
@@ -166,8 +167,9 @@ stage_lora7b_profile() {
 stage_lora7b_profile_compiled() {
   local mb=${LORA_PROFILE_MB:-4} name=lora7b_compile
   [ "$mb" = 4 ] || name=lora7b_compile_mb$mb
-  step "lora7b_profile_compile_mb$mb" 200 "${LORA_STEP[@]}" --set "training.micro_batch_size=$mb" \
-    --out "$WORK/profiles/$name"
+  name=$name${LORA_PROFILE_TAG:-}
+  step "lora7b_profile_compile_mb$mb${LORA_PROFILE_TAG:-}" 200 "${LORA_STEP[@]}" \
+    --set "training.micro_batch_size=$mb" ${LORA_PROFILE_SET:-} --out "$WORK/profiles/$name"
   pack_profiles
 }
 stage_lora7b_cudagraphs() {  # the LoRA recipe at its own micro-batch of 1 with Inductor's CUDA
