@@ -42,3 +42,25 @@ def test_short_calls_are_timed_over_at_least_min_seconds():
     assert time_call(lambda: None, warmup=0, repeats=1, min_seconds=1.0).repeats == MAX_REPEATS
     assert step_min_seconds(torch.device("cpu")) == 0.0
     assert step_min_seconds(torch.device("cuda")) == STEP_MIN_SECONDS
+
+
+def test_every_timed_call_is_kept_in_order_beside_the_figures():
+    """``Timing.samples_ms``: each timed call's milliseconds, in order; the median and range are
+    theirs, and a row's ``step`` carries them (a few slow calls, or all of them slow)."""
+    import statistics
+
+    from wmtp.bench.timing import Timing
+
+    pauses = iter([0.002, 0.02, 0.002, 0.002, 0.002])
+
+    def one_slow_call():
+        time.sleep(next(pauses))
+
+    timing = time_call(one_slow_call, warmup=0, repeats=5)
+    assert len(timing.samples_ms) == timing.repeats == 5
+    assert max(timing.samples_ms) == timing.samples_ms[1] == timing.max_ms >= 20
+    assert timing.median_ms == statistics.median(timing.samples_ms) < 20
+    assert timing.min_ms == min(timing.samples_ms)
+    row = timing.to_dict()
+    assert row["samples_ms"] == [round(ms, 3) for ms in timing.samples_ms]
+    assert Timing(**row).to_dict() == row  # a row read back (PeerResult.of_row) keeps them

@@ -22,6 +22,9 @@ class Timing:
     warmup_s: float | None = None
     """Seconds of the warm-up calls before them (compilation, autotuning, CUDA graph capture,
     the allocator's first growth): left out of the figures, reported beside them."""
+    samples_ms: tuple[float, ...] = ()
+    """Every timed call's milliseconds, in order: a run whose calls are all slow tells apart
+    from one with a few slow calls, which the median and range alone do not."""
 
     def to_dict(self) -> dict:
         return {
@@ -30,7 +33,20 @@ class Timing:
             "max_ms": self.max_ms,
             "repeats": self.repeats,
             "warmup_s": self.warmup_s,
+            "samples_ms": [round(ms, 3) for ms in self.samples_ms],
         }
+
+    @classmethod
+    def of(cls, samples_ms: list[float], warmup_s: float | None = None) -> Timing:
+        """The figures of ``samples_ms`` (each timed call's milliseconds, in order)."""
+        return cls(
+            statistics.median(samples_ms),
+            min(samples_ms),
+            max(samples_ms),
+            len(samples_ms),
+            warmup_s,
+            tuple(samples_ms),
+        )
 
 
 def static_compile_shapes() -> None:
@@ -96,8 +112,7 @@ def time_call(
             fn()
             end.record()
         torch.cuda.synchronize()
-        samples = [start.elapsed_time(end) for start, end in events]
-        return Timing(statistics.median(samples), min(samples), max(samples), repeats, warmup_s)
+        return Timing.of([start.elapsed_time(end) for start, end in events], warmup_s)
     samples = []
     for _ in range(repeats):
         if cuda:
@@ -111,7 +126,7 @@ def time_call(
             t0 = time.perf_counter()
             fn()
             samples.append((time.perf_counter() - t0) * 1e3)
-    return Timing(statistics.median(samples), min(samples), max(samples), repeats, warmup_s)
+    return Timing.of(samples, warmup_s)
 
 
 def _cuda_in_use() -> bool:
