@@ -81,6 +81,21 @@ def tokens() -> torch.Tensor:
     return torch.randint(0, ARGS.vocab_size, (2, 32), generator=torch.Generator().manual_seed(1))
 
 
+def _float8_gpu() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
+
+
+def _cpu_scaled_mm_scales_rows() -> bool:
+    """Whether this torch's CPU ``_scaled_mm`` takes a scale per row (2.13 does; 2.11, the GPU
+    machine's, takes one per tensor only)."""
+    a = torch.ones(16, 16).to(torch.float8_e4m3fn)
+    try:
+        torch._scaled_mm(a, a.t(), torch.ones(16, 1), torch.ones(1, 16), out_dtype=torch.bfloat16)
+    except RuntimeError:
+        return False
+    return True
+
+
 # the recipe field ---------------------------------------------------------------------------
 
 
@@ -124,10 +139,14 @@ def test_a_bad_value_is_a_located_message_and_float8_counts_as_numerics(tmp_path
             "--set parallel.float8=true: parallel.float8: float8 = true needs a CUDA GPU of "
             'compute capability 8.9 or newer (H100, H200, L40S), but device = "cpu"',
         ),
-        (  # auto, on this machine the CPU: refused when the run builds its model
+        pytest.param(  # auto, on a machine without a GPU: refused when the run builds its model
             "auto",
             "parallel.float8 needs a CUDA GPU of compute capability 8.9 or newer (H100, H200, "
             "L40S); this run is on cpu. Train in the compute dtype: --set parallel.float8=false",
+            marks=pytest.mark.skipif(
+                torch.cuda.is_available(),
+                reason="auto trains on the GPU here (test_a_float8_run_on_the_gpu_trains)",
+            ),
         ),
     ],
 )
@@ -146,6 +165,41 @@ def test_wmtp_run_with_float8_on_the_cpu_is_refused_naming_the_field(
         assert result.exit_code == 2, result.output
         assert expected in " ".join(result.output.split())  # the console wraps long lines
         assert "Traceback" not in result.output
+
+
+def test_a_float8_recipe_whose_rows_can_miss_a_multiple_of_16_is_refused_where_it_says_so():
+    """Float8 rows pad to a multiple of 16 tokens and never past ``data.max_length``, so that
+    must be a multiple of 16: ``wmtp validate`` (and so ``wmtp run``) names it, exit code 2."""
+    sets = ["parallel.float8=true", "parallel.device='auto'", "data.max_length=1000"]
+    options = [a for s in sets for a in ("--set", s)]
+    result = CliRunner().invoke(app, ["validate", str(TINY), *options])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert "--set data.max_length=1000: data.max_length" in said
+    assert "set it to a multiple of 16 (992 or 1008)" in said
+    assert "Traceback" not in result.output
+    ok = CliRunner().invoke(app, ["validate", str(TINY), *options[:-2]])  # max_length 1024
+    assert ok.exit_code == 0, ok.output
+
+
+@pytest.mark.skipif(not _float8_gpu(), reason="float8 matmuls need a GPU of capability 8.9+")
+def test_a_float8_run_on_the_gpu_trains(tmp_path, monkeypatch):
+    """The tiny recipe with float8 on a GPU, as a user runs it: its padded rows (as long as the
+    micro-batch's longest, two rows a micro-batch) are a multiple of 16 tokens, which the float8
+    weight gradients need; before they were, the first step failed in ``torch._scaled_mm``."""
+    from tests.train.train_helpers import FAST, runs_override
+    from wmtp.train.metrics import read_metrics
+
+    monkeypatch.chdir(REPO)
+    sets = [*FAST, "parallel.float8=true", "parallel.device='cuda'", runs_override(tmp_path)]
+    sets += ["training.max_steps=6", "training.schedule.warmup_steps=0"]
+    result = CliRunner().invoke(app, ["run", str(TINY), *[a for s in sets for a in ("--set", s)]])
+    assert result.exit_code == 0, result.output
+    run_dir = (tmp_path / "runs" / "tiny" / "latest").resolve()
+    steps = [m for m in read_metrics(run_dir) if "loss" in m]
+    assert [m["step"] for m in steps] == list(range(1, 7))
+    assert all(m["row_tokens"] % 16 == 0 for m in steps), [m["row_tokens"] for m in steps]
+    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in steps)
 
 
 # the conversion (torchao, on the CPU) -------------------------------------------------------
@@ -223,7 +277,19 @@ def test_lora_keeps_its_adapters_and_its_frozen_base_runs_in_float8(torchao):
     assert F.cosine_similarity(merged.flatten(), unmerged.flatten(), dim=0) > 0.98
 
 
-@pytest.mark.parametrize("scaling", ["tensorwise", "rowwise"])
+@pytest.mark.parametrize(
+    "scaling",
+    [
+        "tensorwise",
+        pytest.param(
+            "rowwise",
+            marks=pytest.mark.skipif(
+                not _cpu_scaled_mm_scales_rows(),
+                reason=f"torch {torch.__version__}'s CPU _scaled_mm scales per tensor only",
+            ),
+        ),
+    ],
+)
 def test_a_float8_step_is_close_to_the_plain_one(torchao, scaling):
     """A real float8 forward and backward (``_scaled_mm`` on the CPU): the loss within 2% of the
     plain model's on the same weights, every gradient finite and pointing the same way."""

@@ -58,7 +58,13 @@ from wmtp.recipe.specs.models import (
     ValueHeadSpec,
     ValueModelSpec,
 )
-from wmtp.recipe.specs.training import CriticLossSpec, ParallelSpec, ScheduleSpec, TrainingSpec
+from wmtp.recipe.specs.training import (
+    FLOAT8_TOKEN_MULTIPLE,
+    CriticLossSpec,
+    ParallelSpec,
+    ScheduleSpec,
+    TrainingSpec,
+)
 from wmtp.recipe.specs.weighting import (
     BatchNormalizeSpec,
     EMANormalizeSpec,
@@ -169,6 +175,19 @@ class Recipe(Section):
                     f"model.{role}.max_seq_len = {limit}"
                 )
         return None
+
+    @rule("data.max_length", "parallel.float8")
+    def _float8_rows_fit_its_matmuls(self) -> str | None:
+        multiple = FLOAT8_TOKEN_MULTIPLE
+        if self.parallel.float8 is False or self.data.max_length % multiple == 0:
+            return None
+        lower = self.data.max_length // multiple * multiple
+        return (
+            f"data.max_length = {self.data.max_length}: parallel.float8 pads rows to a multiple "
+            f"of {multiple} tokens (its weight gradients multiply over them), and a row may be "
+            f"as long as data.max_length; set it to a multiple of {multiple} "
+            f"({lower or multiple} or {lower + multiple})"
+        )
 
     @rule("experiment.pipeline", "data.pairs")
     def _pairs_for_pair_pipelines(self) -> str | None:

@@ -1,5 +1,6 @@
 """``[parallel]`` and ``[training]``: how the work is spread over devices, and the optimisation."""
 
+import math
 from typing import Annotated, Literal
 
 from pydantic import Field
@@ -12,6 +13,10 @@ Beta = Annotated[float, Field(ge=0, lt=1)]
 
 COMPILED_PAD_MULTIPLE = 256
 """Padded lengths of compiled runs round up to this (``ParallelSpec.pad_multiple``)."""
+
+FLOAT8_TOKEN_MULTIPLE = 16
+"""Float8 runs pad rows to a multiple of this many tokens: a float8 weight gradient multiplies over
+a micro-batch's tokens, and ``torch._scaled_mm`` takes only inner dimensions divisible by 16."""
 
 
 class ParallelSpec(Section):
@@ -48,8 +53,12 @@ class ParallelSpec(Section):
         Compiled blocks trace static shapes: with dynamic ones, Inductor's partitioner fails on
         the second length of a LoRA-dropout block under activation checkpointing (torch 2.11 on
         CUDA: "Node convert_element_type_... was invalid, but is output"), and every new length
-        would recompile besides. Eager blocks pad to the longest row only."""
-        return COMPILED_PAD_MULTIPLE if self.compiles(device_type) else 1
+        would recompile besides. Eager blocks pad to the longest row only. Float8 rows are a
+        multiple of :data:`FLOAT8_TOKEN_MULTIPLE` tokens (256 is one)."""
+        multiple = COMPILED_PAD_MULTIPLE if self.compiles(device_type) else 1
+        if self.float8 is not False:
+            multiple = math.lcm(multiple, FLOAT8_TOKEN_MULTIPLE)
+        return multiple
 
     reduce_dtype: Annotated[Literal["float32", "bfloat16"], NUMERICS] = "float32"
     """Dtype of the gradient reduce-scatter / all-reduce across ranks."""
@@ -57,7 +66,8 @@ class ParallelSpec(Section):
     """Float8 matmuls (torchao's float8 training) in the linear layers of every transformer block,
     trunk and heads (wq wk wv wo w1 w2 w3; under LoRA the frozen base weight's matmul, the
     adapters staying in the compute dtype). The embedding and the unembedding stay in the compute
-    dtype, as do layers whose sizes are not multiples of 16. ``true`` is ``"tensorwise"`` (one
+    dtype, as do layers whose sizes are not multiples of 16; training rows pad to a multiple of 16
+    tokens, so ``data.max_length`` must be one. ``true`` is ``"tensorwise"`` (one
     scale per tensor); ``"rowwise"`` scales each row (more accurate, more scaling work). It
     changes the numerics, not the weights: their names and dtypes stay, so checkpoints load
     either way. Needs a CUDA GPU of compute capability 8.9 or newer (H100, H200, L40S) and
