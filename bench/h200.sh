@@ -48,10 +48,6 @@
 #                   say, so that its logs and results sit beside the bf16 ones); AB_REVERSE=1 times
 #                   this checkout's code first (the order's own effect); AB_LORA_MB: the LoRA
 #                   step's micro-batch (default 8)
-#   lora7b_cudagraphs  the LoRA recipe's step at micro-batch 1 without and with Inductor's CUDA
-#                   graphs (TORCHINDUCTOR_CUDAGRAPHS=1; every compiled block's kernels replayed as
-#                   one graph), in the order off, on, on, off ($OUT/measured.tar.gz: cudagraphs/;
-#                   CUDAGRAPHS_ACCUM=32: the recipe's 32 micro-batches a step)
 #   lora7b_float8_same_call  float8 LoRA in one call: HF + PEFT + compile without checkpointing
 #                   in float8 (torchao on its frozen base linears; first, its compile takes over
 #                   240 s), wmtp four heads (the recipe as written, and without checkpointing)
@@ -171,19 +167,6 @@ stage_lora7b_profile_compiled() {
   step "lora7b_profile_compile_mb$mb${LORA_PROFILE_TAG:-}" 200 "${LORA_STEP[@]}" \
     --set "training.micro_batch_size=$mb" ${LORA_PROFILE_SET:-} --out "$WORK/profiles/$name"
   pack_profiles
-}
-stage_lora7b_cudagraphs() {  # the LoRA recipe at its own micro-batch of 1 with Inductor's CUDA
-  # graphs and without, alternating (off, on, on, off): a micro-batch is ~4,400 kernels, and the
-  # GPU idles ~15 ms of each 147 ms, ~6 of them in short gaps between kernels under the profiler
-  # (bench/results/h100_lora_mb1_20261206)
-  local graphs i=0 accum=${CUDAGRAPHS_ACCUM:-1}
-  for graphs in 0 1 1 0; do
-    i=$((i + 1))
-    step "lora7b_cudagraphs${graphs}_$i" 150 env TORCHINDUCTOR_CUDAGRAPHS=$graphs \
-      "${LORA_STEP[@]:0:${#LORA_STEP[@]}-2}" --set training.micro_batch_size=1 \
-      --set training.grad_accum_steps=$accum --out "$MEASURED/cudagraphs/accum${accum}_${graphs}_$i"
-  done
-  pack_measured
 }
 full1b_recipe() {  # full1b_recipe MICRO_BATCH: the full1b shape's wmtp recipe as a TOML file
   python3 -c "import sys, tomli_w; from wmtp.bench.suite import suite_recipe_data as r

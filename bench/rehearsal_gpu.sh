@@ -32,7 +32,7 @@ fi
 
 if stage tests; then
 echo "== CUDA tests: models, losses, bench step, compiled packed training, the step's device work"
-timeout 400 python3 -m pytest tests/models tests/losses tests/bench/test_step_bench.py \
+WMTP_SANDBOX=rlimits timeout 400 python3 -m pytest tests/models tests/losses tests/bench/test_step_bench.py \
   tests/train/test_compiled_shapes.py tests/train/test_skipped_step.py tests/train/test_step_sync.py \
   tests/train/test_build_ahead.py tests/parallel/test_float8.py \
   -p no:cacheprovider -x -rs 2>&1 | tee "$OUT/cuda_tests.log" | grep -E "passed|failed|SKIPPED|Error" | tail -12
