@@ -84,9 +84,8 @@ stage_decode_7b() {
     --agreeing-heads --out "$OUT/decode_7b.json"
 }
 stage_cuda_tests() {
-  step cuda_tests 300 python3 -m pytest -p no:cacheprovider -q --tb=short -rA \
-    tests/eval/test_generate.py tests/models/test_kv_cache.py tests/eval/test_speculative.py \
-    -k "cuda or gpu or captured"
+  step cuda_tests 300 python3 -m pytest -p no:cacheprovider -q --tb=short -rA -m gpu \
+    tests/eval/test_generate.py tests/models/test_kv_cache.py tests/eval/test_speculative.py
   cp "$LOG_DIR/cuda_tests.log" "$OUT/cuda_tests.log"
 }
 stage_attention_ab() {

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.eval.tests_eval_helpers import letters, make_tiny_model
+from tests.gpu import needs_cuda
 from wmtp.eval.generate import (
     Row,
     Sampling,
@@ -125,7 +126,7 @@ def test_running_sum_is_the_cumulative_sum(shape):
     torch.testing.assert_close(running_sum(x.float()), x.cumsum(-1).float())
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled GPU steps need a GPU")
+@needs_cuda("compiled GPU steps need a GPU")
 def test_gpu_steps_of_20_sampled_rows_over_32k_tokens_choose_them_inside_the_step(caplog):
     """The peers' and an evaluation's batch: 20 rows sampled over Llama-2's 32k-token
     vocabulary, with and without a nucleus, plain and self-speculative. Every step's choice
@@ -287,7 +288,7 @@ def test_rows_of_one_prompt_starting_together_decode_as_each_row_alone(temperatu
     assert len({tuple(t) for t in alone[:4]}) > 1 or sampling.greedy  # seeds differ
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@needs_cuda("CUDA graphs need a GPU")
 def test_cuda_graph_rows_starting_together_decode_the_eager_tokens():
     """On a GPU: rows of one prompt started together (written into the slots the captured
     steps read) decode, greedy and sampled, the tokens of the same steps run uncaptured at the
@@ -356,7 +357,7 @@ def test_the_step_tally_counts_what_the_slots_did():
     assert 0 < figures["prompt_forward_s"] <= figures["starting_rows_s"]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@needs_cuda("CUDA graphs need a GPU")
 def test_cuda_graph_rows_refilled_decode_the_eager_tokens():
     """On a GPU: rows handed from slot to slot, decoded from CUDA graphs of the eager step, give
     the tokens of the same step run uncaptured, greedy (the plain forward's too) and sampled."""
@@ -372,7 +373,7 @@ def test_cuda_graph_rows_refilled_decode_the_eager_tokens():
     assert [g.tokens for g in greedy] == [reference_greedy(model, r.prompt, r.limit) for r in rows]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@needs_cuda("CUDA graphs need a GPU")
 def test_gpu_rows_start_and_end_without_waiting_for_the_steps_queued_before():
     """On a GPU, its steps captured: rows started in free slots (a prompt's keys and values,
     positions, random numbers, first tokens) and rows ended queue their work behind the steps
@@ -390,7 +391,7 @@ def test_gpu_rows_start_and_end_without_waiting_for_the_steps_queued_before():
     assert again == []
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled GPU steps need a GPU")
+@needs_cuda("compiled GPU steps need a GPU")
 def test_gpu_default_steps_over_prompts_spanning_cache_blocks_decode_the_plain_tokens(caplog):
     """What ``wmtp eval`` runs on a GPU: compiled, captured steps whose attention reads only
     each row's filled cache blocks, rows of prompts spanning several blocks handed from slot to

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.eval.tests_eval_helpers import letters, make_tiny_model, tiny_args
+from tests.gpu import needs_cuda
 from wmtp.eval.generate import StopRule, generate
 from wmtp.eval.speculative import SpeculativeStats, speculative_generate, speculative_generate_batch
 from wmtp.models.llama_mtp import LlamaMTP
@@ -195,7 +196,7 @@ def test_batched_rows_advance_apart_and_stop_apart():
     assert total.accepted == sum(row.accepted for row in stats) and 0 < total.acceptance_rate < 1
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@needs_cuda("CUDA graphs need a GPU")
 def test_gpu_batched_rows_end_apart_without_waiting_for_the_device():
     """On a GPU, the verify steps captured: the prompts reach the device and rows that end
     while others go on (stop strings) leave the batch with no wait for the device but the first
@@ -215,7 +216,7 @@ def test_gpu_batched_rows_end_apart_without_waiting_for_the_device():
     assert len(syncs) == 1 and "speculative.py" in syncs[0], syncs  # first_drafts' read
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@needs_cuda("CUDA graphs need a GPU")
 @pytest.mark.parametrize("n_future_tokens", [2, 4])
 @pytest.mark.parametrize("compiled", [False, True])
 def test_cuda_graph_decoding_equals_eager_decoding(n_future_tokens, compiled):
@@ -238,7 +239,7 @@ def test_cuda_graph_decoding_equals_eager_decoding(n_future_tokens, compiled):
     assert_rows_exactly_greedy(model, SAME_LENGTH, limit, StopRule(letters), **steps)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@needs_cuda("CUDA graphs need a GPU")
 def test_captured_sampling_steps_draw_the_eager_steps_tokens_on_the_gpu():
     """On a GPU (fp32): speculative sampling whose verification is compiled into the captured
     verify step, and plain sampling whose draw is, give from one seed the tokens that eager steps

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.gpu import cuda_marks, needs_cuda
 from wmtp.losses.linear_ce import (
     SharedWeightGradient,
     accumulate_matmul,
@@ -118,11 +119,9 @@ def test_bf16_weights_get_bf16_gradients_close_to_fp32():
         assert (g16.float() - g32).norm() / g32.norm() < 2e-2
 
 
-@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda_marks("no CUDA here"))])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_accumulated_matmul_adds_the_product_in_fp32(device, dtype):
-    if device == "cuda" and not torch.cuda.is_available():
-        pytest.skip("no CUDA here")
     g = torch.Generator().manual_seed(2)
     a, b = torch.randn(40, 30, generator=g), torch.randn(30, 20, generator=g)
     acc = torch.randn(40, 20, generator=g)
@@ -134,7 +133,7 @@ def test_accumulated_matmul_adds_the_product_in_fp32(device, dtype):
     assert (acc - want).norm() / want.norm() < tol
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled kernels run on CUDA")
+@needs_cuda("the compiled kernels run on CUDA")
 def test_compiled_chunk_kernels_match_eager_on_cuda():
     h, w, targets, coef = inputs(dtype=torch.bfloat16, device="cuda")
     logits = (h @ w.T).detach()

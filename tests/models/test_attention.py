@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.gpu import needs_cuda
 from wmtp.errors import ComponentError, DataError
 from wmtp.models.attention import (
     SeqInfo,
@@ -214,12 +215,11 @@ def test_eager_stays_fp32_under_autocast():
     torch.testing.assert_close(out, eager_attend(q, k, v))
 
 
+@needs_cuda("auto consults the GPU's ranking on CUDA only")
 def test_auto_on_a_gpu_without_flash_attn_is_sdpa_with_flex_for_packed_batches(monkeypatch):
     from wmtp.models.attention import ResolvedAttention, flash_attn_missing
 
     monkeypatch.delenv("WMTP_ATTENTION", raising=False)
-    if not torch.cuda.is_available():
-        pytest.skip("auto consults the GPU's ranking on CUDA only")
     if flash_attn_missing() is None:
         pytest.skip("flash_attn is importable here: auto picks it")
     chosen = resolve("auto", "cuda", torch.bfloat16, training=True)

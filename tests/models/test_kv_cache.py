@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from tests.gpu import needs_cuda
 from wmtp.errors import RunError
 from wmtp.models.kv_cache import (
     Chained,
@@ -158,7 +159,7 @@ def test_every_head_shares_one_norm_and_unembedding_call(tiny_args):
 # StaticDecoder: fixed-shape steps (CUDA graphs on a GPU); the same numbers as the eager decoder
 # --------------------------------------------------------------------------------------------
 
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+CUDA = needs_cuda("CUDA graphs need a GPU")
 
 
 def _decode_pieces(decoder, tokens):

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from typer.testing import CliRunner
 
+from tests.gpu import needs_cuda
 from tests.train.train_helpers import REPO, TINY
 from wmtp.cli import app
 from wmtp.models.args import ModelArgs
@@ -79,10 +80,6 @@ def mtp_loss(model: LlamaMTP, tokens_BS: torch.Tensor) -> torch.Tensor:
 
 def tokens() -> torch.Tensor:
     return torch.randint(0, ARGS.vocab_size, (2, 32), generator=torch.Generator().manual_seed(1))
-
-
-def _float8_gpu() -> bool:
-    return torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
 
 
 def _cpu_scaled_mm_scales_rows() -> bool:
@@ -182,7 +179,7 @@ def test_a_float8_recipe_whose_rows_can_miss_a_multiple_of_16_is_refused_where_i
     assert ok.exit_code == 0, ok.output
 
 
-@pytest.mark.skipif(not _float8_gpu(), reason="float8 matmuls need a GPU of capability 8.9+")
+@needs_cuda("float8 matmuls need a GPU of capability 8.9+", capability=(8, 9))
 def test_a_float8_run_on_the_gpu_trains(tmp_path, monkeypatch):
     """The tiny recipe with float8 on a GPU, as a user runs it: its padded rows (as long as the
     micro-batch's longest, two rows a micro-batch) are a multiple of 16 tokens, which the float8

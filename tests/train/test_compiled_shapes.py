@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.gpu import cuda_marks
 from tests.parallel.parallel_toy import ToyMTP
 from tests.train.train_helpers import TINY
 from wmtp.parallel import init_distributed, parallelize
@@ -95,7 +96,7 @@ def _packed_trainer(tmp_path, device: str, compile: bool) -> Trainer:
         "cpu",
         pytest.param(
             "cuda",
-            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="flex trains on CUDA"),
+            marks=cuda_marks("flex trains on CUDA"),
         ),
     ],
 )

@@ -7,9 +7,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import pytest
 import torch
 
+from tests.gpu import needs_cuda
 from tests.train.train_helpers import TINY
 from wmtp.bench.step import _synthetic
 from wmtp.parallel import init_distributed
@@ -75,7 +75,7 @@ def test_a_nan_step_changes_nothing_and_the_next_step_trains_as_without_it(tmp_p
     assert clean.scheduler.get_last_lr() == faulty.scheduler.get_last_lr()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the GPU's fused AdamW needs a GPU")
+@needs_cuda("the GPU's fused AdamW needs a GPU")
 def test_a_nan_step_on_the_gpu_changes_nothing_and_training_goes_on(tmp_path, monkeypatch):
     """The same skip through CUDA's fused AdamW kernel (its ``found_inf`` read on the device):
     nothing changes at the NaN step, and the next step updates every trained weight."""

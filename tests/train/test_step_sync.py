@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from tests.eval.tests_eval_helpers import synchronising_calls
+from tests.gpu import cuda_marks
 from tests.train.train_helpers import TINY
 from wmtp.parallel import init_distributed
 from wmtp.recipe import load_recipe
 from wmtp.train.loop import Trainer
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="synchronisations need a GPU")
+pytestmark = cuda_marks("synchronisations need a GPU")
 
 
 RHO1 = TINY.with_name("tiny_rho1.toml")
