@@ -1,8 +1,9 @@
 """Faults lose nothing and say what happened: each through the real CLI in a subprocess.
 
 Damaged checkpoints (truncated, altered, missing files), a full disk (a real small tmpfs in a
-mount namespace), a torn metrics line, NaN gradients, a forced change of the learning rate,
-SIGINT / SIGTERM, and a start that fails: a located message, the stated exit code, no traceback,
+mount namespace), a torn metrics line, NaN gradients, running out of memory, a forced change of
+the learning rate, SIGINT / SIGTERM, and a start that fails: a located message, the stated exit
+code, no traceback,
 nothing good deleted, and a resume that matches the uninterrupted run exactly.
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.gpu import needs_cuda
 from tests.train.train_helpers import REPO, TINY, losses_of
 from wmtp.models.locate import step_dirs
 
@@ -246,6 +248,110 @@ def test_a_nan_gradient_names_the_head_and_is_never_applied(tmp_path):
         f"The last good checkpoint is {run / 'checkpoints' / 'step-2'}.",
     )
     assert [s.name for s in step_dirs(run)] == ["step-2"]
+
+
+def test_running_out_of_memory_says_what_to_change_and_that_change_resumes_the_run(tmp_path, whole):
+    """A real allocator failure mid-step (``kind=oom``: the CPU allocator refuses an exbibyte
+    after step 5's backward): one message with the memory it could not get, the checkpoints
+    kept, and the ``wmtp run --resume`` command with half the micro-batch and twice the
+    accumulation; exit 2, run.log keeps the allocator's trace. Following the advice finishes the
+    run on the same batches: the uninterrupted run's losses (step 5 on, the same sums in another
+    order)."""
+    done = wmtp(str(TINY), runs=tmp_path, env={"WMTP_FAULT": "rank=0,step=5,kind=oom"})
+    run = next((tmp_path / "tiny").glob("2*"))
+    options = "--set training.micro_batch_size=1 --set training.grad_accum_steps=2"
+    assert_clean_failure(
+        done,
+        2,
+        "out of memory on the CPU in step 5 (DefaultCPUAllocator: can't allocate memory",
+        "The run stopped; its checkpoints up to step 4 are kept.",
+        f"To use less memory, wmtp run --resume {run} with: {options} (the same 2 sequences",
+        "or train with --set parallel.activation_checkpointing=true",
+    )
+    assert [s.name for s in step_dirs(run)] == ["step-2", "step-4"]
+    log = (run / "run.log").read_text()
+    assert "caused by:" in log and "Traceback (most recent call last)" in log
+    resumed = wmtp("--resume", str(run), *options.split(), runs=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    losses = losses_of(run)
+    assert [s for s, _ in losses] == [s for s, _ in whole]
+    assert losses[:4] == whole[:4]
+    assert [loss for _, loss in losses[4:]] == pytest.approx(
+        [loss for _, loss in whole[4:]], rel=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    ("sets", "advice"),
+    [
+        (  # a micro-batch of 3: the largest smaller one that divides it, the batch kept
+            ["training.micro_batch_size=3", "training.grad_accum_steps=2"],
+            "To use less memory, run again with: --set training.micro_batch_size=1 "
+            "--set training.grad_accum_steps=6 (the same 6 sequences a step)",
+        ),
+        (
+            ["training.micro_batch_size=1"],
+            "To use less memory, run again with: --set parallel.activation_checkpointing=true",
+        ),
+        (  # nothing left to trade at this batch
+            ["training.micro_batch_size=1", "parallel.activation_checkpointing=true"],
+            "To use less memory, train on shorter rows (data.max_length) or on more GPUs",
+        ),
+    ],
+    ids=["smaller-micro-batch", "recompute", "last-resorts"],
+)
+def test_out_of_memory_advice_follows_the_recipe(tmp_path, sets, advice):
+    extra = [a for s in sets for a in ("--set", s)]
+    fault = {"WMTP_FAULT": "rank=0,step=1,kind=oom"}
+    done = wmtp(str(TINY), *extra, runs=tmp_path, env=fault)
+    assert_clean_failure(done, 2, "in step 1", "The run stopped; it wrote no checkpoint.", advice)
+
+
+def test_a_model_too_big_for_the_memory_says_so_while_building(tmp_path):
+    """A real allocator failure while the weights are made (the process may map 6 GiB, the model
+    needs about 13): no step ran, so the advice is more GPUs, not a smaller micro-batch."""
+    import resource
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+
+    sets = [*RUN, f"experiment.runs_dir='{tmp_path}'", "model.policy.dim=8192"]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "wmtp.cli",
+            "run",
+            str(TINY),
+            *[a for s in sets for a in ("--set", s)],
+        ],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limited,
+    )
+    assert_clean_failure(
+        done,
+        2,
+        "out of memory on the CPU while building the model and its optimizer (DefaultCPUAllocator",
+        "The run stopped; it wrote no checkpoint. To use less memory, train on more GPUs",
+    )
+
+
+@needs_cuda("the GPU allocator's failure and figures need a GPU")
+def test_running_out_of_gpu_memory_gives_the_gpus_figures(tmp_path):
+    fault = {"WMTP_FAULT": "rank=0,step=1,kind=oom"}
+    done = wmtp(str(TINY), "--set", "parallel.device='cuda'", runs=tmp_path, env=fault)
+    assert_clean_failure(
+        done,
+        2,
+        "out of memory on the GPU cuda",
+        "GiB allocated at the peak, of its",
+        "in step 1 (CUDA out of memory",
+        "To use less memory, run again with: --set training.micro_batch_size=1",
+    )
 
 
 def test_a_compile_failure_names_the_setting_and_the_log_keeps_its_trace(tmp_path):

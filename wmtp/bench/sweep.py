@@ -17,6 +17,7 @@ import torch
 
 from wmtp.bench.timing import Timing
 from wmtp.models.args import mfu
+from wmtp.train.out_of_memory import is_out_of_memory
 
 Row = dict
 OUT_OF_MEMORY = "out of memory"
@@ -65,11 +66,6 @@ def error_row(side: str, micro_batch: int | None, error: str) -> Row:
     """A micro-batch (or, with ``None``, a whole side) that was not measured, and why."""
     row = {"side": side, "micro_batch": micro_batch, "error": error}
     return row | dict.fromkeys(MEASURED) | {"config": {}}
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """A CUDA allocation failure, however it surfaced (compiled code may wrap it)."""
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 def describe(exc: BaseException) -> str:

@@ -8,7 +8,9 @@ message, instead of hanging in its next collective. Kinds:
 - ``sigkill``: the process kills itself with SIGKILL (no clean-up, like an OOM kill);
 - ``nan``: the gradients of head 2 (the first extra head; head 1 in a one-head model) become NaN
   after the backward of step ``step``, before the optimizer would apply them (the trainer's
-  guard must then refuse the step and name the head).
+  guard must then refuse the step and name the head);
+- ``oom``: after the backward of step ``step``, an allocation of an exbibyte on the run's device:
+  its allocator's own failure, as running out of memory mid-step raises it.
 
 ``rank`` defaults to 1 and ``step`` to 1. Because the variable reaches the workers only through
 the environment, a fault that fires under ``wmtp run --nproc-per-node N`` also shows that torchrun
@@ -45,7 +47,9 @@ RECORDED_ENV = (
     "WMTP_DIST_TIMEOUT_S",
 )
 """Variables whose value each rank records with its first state line (launcher pass-through)."""
-KINDS = ("raise", "sigkill", "nan")
+KINDS = ("raise", "sigkill", "nan", "oom")
+MID_STEP = ("nan", "oom")
+"""Kinds that fire between a step's backward and its update (the others after the update)."""
 
 
 @dataclass(frozen=True)
@@ -85,8 +89,8 @@ def fault_from_env() -> Fault | None:
 
 
 def fire(fault: Fault, rank: int, step: int) -> None:
-    """Fail now if ``fault`` targets this rank and step (``nan`` faults fire before the step)."""
-    if fault.rank != rank or fault.step != step or fault.kind == "nan":
+    """Fail now if ``fault`` targets this rank and step (:data:`MID_STEP` kinds fire earlier)."""
+    if fault.rank != rank or fault.step != step or fault.kind in MID_STEP:
         return
     if fault.kind == "sigkill":
         os.kill(os.getpid(), signal.SIGKILL)
@@ -108,10 +112,14 @@ def record_state(directory: Path, rank: int, step: int, state: dict) -> None:
 def before_optimizer_step(trainer) -> None:
     """The trainer's hook between the backward of step ``trainer.step + 1`` and its update."""
     fault = fault_from_env()
-    if fault is None or fault.kind != "nan":
+    if fault is None or fault.kind not in MID_STEP:
         return
     if fault.rank != trainer.ctx.rank or fault.step != trainer.step + 1:
         return
+    if fault.kind == "oom":
+        import torch
+
+        torch.empty(1 << 60, dtype=torch.uint8, device=trainer.ctx.device)
     model = trainer.model
     heads = getattr(model, "extra_heads", None)
     layer = heads[0] if heads else model.blocks()[-1]

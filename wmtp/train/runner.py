@@ -9,6 +9,7 @@ on one process and under torchrun, where rank 0 creates the run directory and te
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, replace
@@ -270,7 +271,8 @@ def _train(recipe, text, run_dir, ctx, signals, checkpoint, dry_run, stop_at_ste
     from wmtp.train.loop import Trainer
 
     trainer = Trainer(recipe, text, run_dir, ctx, stop_at_step=stop_at_step, console=console)
-    trainer.build()
+    with _told(trainer, "while building the model and its optimizer"):
+        trainer.build()
     if signals.requested():
         trainer.stop_for_signal(signals.requested())
     if dry_run:
@@ -278,14 +280,25 @@ def _train(recipe, text, run_dir, ctx, signals, checkpoint, dry_run, stop_at_ste
         return RunResult(run_dir, 0, {}, dry_run=True)
     if checkpoint is not None:
         trainer.resume(checkpoint)
-    try:
+    with _told(trainer, None):
         out = trainer.run(signals)
+    return RunResult(run_dir, trainer.step, out)
+
+
+@contextlib.contextmanager
+def _told(trainer, doing: str | None):
+    """A failure we can explain (memory, torch.compile) raised as one message that says what to
+    change, from the original (which ``run.log`` keeps); ``doing``: what ran, ``None`` for the
+    step in progress."""
+    from wmtp.train.out_of_memory import out_of_memory_error
+
+    try:
+        yield
     except Exception as exc:
-        error = _compile_error(exc, trainer)
+        error = out_of_memory_error(exc, trainer, doing) or _compile_error(exc, trainer)
         if error is None:
             raise
         raise error from exc
-    return RunResult(run_dir, trainer.step, out)
 
 
 def _compile_error(exc: Exception, trainer) -> RunError | None:
