@@ -8,6 +8,8 @@ decides exit codes. Invariants of our own code stay ``assert``s.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 
 class WmtpError(Exception):
     """Base of every error a user can cause; rendered without a traceback, exit code 2."""
@@ -63,3 +65,21 @@ class Interrupted(RunError):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+def linked_exceptions(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then every exception it was raised from or while handling (``__cause__``,
+    ``__context__``) and a distributed checkpoint's per-rank failures, each once: where a
+    library's wrapper (torch.compile's, DCP's) keeps the failure a message should name."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        todo += [e for e in (current.__cause__, current.__context__) if e is not None]
+        failures = getattr(current, "failures", None)  # DCP's CheckpointException
+        if isinstance(failures, dict):
+            todo += [e for e in failures.values() if isinstance(e, BaseException)]

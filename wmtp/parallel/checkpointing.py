@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
+from wmtp.errors import linked_exceptions
+
 
 def selected_blocks(blocks: Sequence[nn.Module], every: bool | int) -> list[nn.Module]:
     """The blocks to checkpoint: all (``True``), every k-th (``k``: blocks k-1, 2k-1, ...), none."""
@@ -60,12 +62,8 @@ def compile_failure(exc: BaseException) -> str | None:
     from torch._dynamo.exc import TorchDynamoException
     from torch._inductor.exc import InductorError
 
-    chain: list[BaseException] = []
-    link: BaseException | None = exc
-    while link is not None and link not in chain:  # a chain can loop back on itself
-        chain.append(link)
+    for link in linked_exceptions(exc):
         if isinstance(link, (TorchDynamoException, InductorError)):
             lines = str(link).strip().splitlines()
             return f"{type(link).__name__}: {lines[0] if lines else ''}".strip()
-        link = link.__cause__ or link.__context__
     return None

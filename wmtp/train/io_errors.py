@@ -13,6 +13,8 @@ import errno
 import shutil
 from pathlib import Path
 
+from wmtp.errors import linked_exceptions
+
 FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
 NEARLY_FULL_BYTES = 1 << 20
 """Less free space than this, after a failed write, is taken for a full disk."""
@@ -44,21 +46,11 @@ def free_bytes(where: Path) -> int | None:
 def _full_disk(exc: BaseException) -> str | None:
     """The full-disk reason anywhere in ``exc``'s chain (causes, contexts, DCP's per-rank
     failures), else None."""
-    seen: set[int] = set()
-    todo: list[BaseException] = [exc]
-    while todo:
-        current = todo.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
+    for current in linked_exceptions(exc):
         if isinstance(current, OSError) and current.errno in FULL:
             return FULL[current.errno]
         if "No space left on device" in str(current):
             return FULL[errno.ENOSPC]
-        todo += [e for e in (current.__cause__, current.__context__) if e is not None]
-        failures = getattr(current, "failures", None)  # DCP's CheckpointException
-        if isinstance(failures, dict):
-            todo += [e for e in failures.values() if isinstance(e, BaseException)]
     return None
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from wmtp.errors import RunError
+from wmtp.errors import RunError, linked_exceptions
 
 CPU_ALLOCATOR_FAILURE = "can't allocate memory"
 """What torch's CPU allocator says when the operating system refuses it memory."""
@@ -20,16 +20,12 @@ CPU_ALLOCATOR_FAILURE = "can't allocate memory"
 def is_out_of_memory(exc: BaseException) -> bool:
     """An allocation failure of the GPU or the CPU, however it surfaced: the exception or one it
     was raised from (compiled code and torch.compile may wrap it)."""
-    seen: list[BaseException] = []
-    link: BaseException | None = exc
-    while link is not None and link not in seen:  # a chain can loop back on itself
-        seen.append(link)
+    for link in linked_exceptions(exc):
         text = str(link).lower()
         if isinstance(link, torch.OutOfMemoryError) or "out of memory" in text:
             return True
         if CPU_ALLOCATOR_FAILURE in text:  # the CPU's failure is a plain RuntimeError
             return True
-        link = link.__cause__ or link.__context__
     return False
 
 
