@@ -48,6 +48,19 @@ def _env(fault: str, timeout_s: int) -> dict[str, str]:
     )
 
 
+def _two_ranks(tmp_path, fault: str, *extra: str) -> tuple[subprocess.CompletedProcess, str]:
+    """``wmtp run --nproc-per-node 2`` of the tiny recipe with ``fault``; its stdout + stderr."""
+    done = subprocess.run(
+        [*_cmd(tmp_path, "--nproc-per-node", "2"), *extra],
+        cwd=REPO,
+        env=_env(fault, 60),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    return done, done.stdout + done.stderr
+
+
 def processes_naming(text: str) -> list[int]:
     """Live processes whose command line names ``text`` (zombies and this process aside)."""
     found = []
@@ -73,6 +86,24 @@ def test_fault_specs_parse_and_bad_ones_say_what_is_wrong():
         parse_fault("rnak=1")
     with pytest.raises(RunError, match="step must be an integer"):
         parse_fault("step=two")
+
+
+@pytest.mark.slow
+def test_a_rank_out_of_memory_is_one_message_whose_resume_keeps_the_processes(tmp_path):
+    """Rank 1's allocator fails in step 3 (after a checkpoint at step 2): its message once, with
+    the resume command for the same two processes and each process's batch kept."""
+    sets = ("--set", "training.checkpoint_every=2", "--set", "training.max_steps=4")
+    done, output = _two_ranks(tmp_path, "rank=1,step=3,kind=oom", *sets)
+    assert done.returncode == 1, output[-3000:]
+    run_dir = (tmp_path / "runs" / "tiny" / "latest").resolve()
+    message = "error: rank 1 failed: out of memory on the CPU in step 3 (DefaultCPUAllocator"
+    assert output.count(message) == 1, output[-3000:]
+    assert (
+        f"its checkpoints up to step 2 are kept. To use less memory, wmtp run --resume {run_dir} "
+        "--nproc-per-node 2 with: --set training.micro_batch_size=1 "
+        "--set training.grad_accum_steps=2 (the same 2 sequences a step on each process)"
+    ) in " ".join(output.split()), output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
 
 
 @pytest.mark.slow
@@ -114,16 +145,9 @@ def test_a_nan_on_one_rank_stops_every_rank_once_naming_that_rank(tmp_path):
     """Rank 0's gradients turn NaN at step 2: both ranks refuse the step together, and the run's
     error is said once, as one process says it (exit 2), naming rank 0 rather than whichever
     rank's record came first; the step-1 checkpoint is kept and named."""
-    sets = ("--set", "training.checkpoint_every=1")
-    done = subprocess.run(
-        [*_cmd(tmp_path, "--nproc-per-node", "2"), *sets],
-        cwd=REPO,
-        env=_env("rank=0,step=2,kind=nan", 60),
-        capture_output=True,
-        text=True,
-        timeout=120,
+    done, output = _two_ranks(
+        tmp_path, "rank=0,step=2,kind=nan", "--set", "training.checkpoint_every=1"
     )
-    output = done.stdout + done.stderr
     (run_dir,) = (tmp_path / "runs" / "tiny").glob("2*")
     nan = "step 2: the gradient norm is nan (in head 2 on rank 0); the step was not applied"
     assert done.returncode == 2, output[-3000:]

@@ -7,6 +7,7 @@ batch, in the ``wmtp run --resume`` command that continues with them."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -39,13 +40,16 @@ def out_of_memory_error(exc: BaseException, trainer: Any, doing: str | None) -> 
     first = first[first.find("DefaultCPUAllocator") :] if "DefaultCPUAllocator" in first else first
     saved = trainer.saved_step
     kept = f"its checkpoints up to step {saved} are kept" if saved else "it wrote no checkpoint"
-    options, others = less_memory(trainer.recipe)
+    processes = trainer.ctx.world_size
+    options, others = less_memory(trainer.recipe, processes)
     if doing is not None:  # not even a step ran: the batch is not what fills the memory
         options, others = None, [MORE_GPUS]
     if options is None:
         advice = f"To use less memory, train {' or '.join(others)}"
     else:
-        resume = f"wmtp run --resume {trainer.run_dir}" if saved else "run again"
+        resume = (
+            f"wmtp run --resume {trainer.run_dir}{_launch(processes)}" if saved else "run again"
+        )
         advice = f"To use less memory, {resume} with: {options}"
         advice += f"; or train {' or '.join(others)}" if others else ""
     return RunError(
@@ -59,7 +63,7 @@ RECOMPUTE = "--set parallel.activation_checkpointing=true (every block's activat
 MORE_GPUS = 'on more GPUs (wmtp run --nproc-per-node N; parallel.sharding = "full_shard")'
 
 
-def less_memory(recipe: Any) -> tuple[str | None, list[str]]:
+def less_memory(recipe: Any, processes: int = 1) -> tuple[str | None, list[str]]:
     """The ``--set`` options that need less memory for the same batch (``None`` when the recipe
     already runs one sequence a micro-batch, every block recomputed), and the other ways."""
     t, p = recipe.training, recipe.parallel
@@ -71,9 +75,20 @@ def less_memory(recipe: Any) -> tuple[str | None, list[str]]:
     accum = t.grad_accum_steps * t.micro_batch_size // smaller
     options = (
         f"--set training.micro_batch_size={smaller} --set training.grad_accum_steps={accum} "
-        f"(the same {t.micro_batch_size * t.grad_accum_steps} sequences a step)"
+        f"(the same {t.micro_batch_size * t.grad_accum_steps} sequences a step"
+        f"{' on each process' if processes > 1 else ''})"
     )
     return options, [] if recomputes else [f"with {RECOMPUTE}"]
+
+
+def _launch(processes: int) -> str:
+    """How the run was launched, for its resume command: the processes on this node (torchrun's
+    ``LOCAL_WORLD_SIZE``); several nodes are launched as before on each."""
+    if processes == 1:
+        return ""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", processes))
+    each = " on every node, launched as before" if local != processes else ""
+    return f" --nproc-per-node {local}{each}"
 
 
 def _device(device: torch.device) -> str:
