@@ -3,8 +3,7 @@
 Damaged checkpoints (truncated, altered, missing files), a full disk (a real small tmpfs in a
 mount namespace), a torn metrics line, NaN gradients, running out of memory, a forced change of
 the learning rate, SIGINT / SIGTERM, and a start that fails: a located message, the stated exit
-code, no traceback,
-nothing good deleted, and a resume that matches the uninterrupted run exactly.
+code, no traceback, nothing good deleted, and a resume that matches the uninterrupted run exactly.
 """
 
 from __future__ import annotations
@@ -37,9 +36,17 @@ RUN = (
 pytestmark = pytest.mark.slow
 
 
-def wmtp(target: str, *args: str, runs: Path, env: dict | None = None, timeout: int = 300):
+def wmtp(
+    target: str,
+    *args: str,
+    runs: Path,
+    env: dict | None = None,
+    timeout: int = 300,
+    preexec_fn=None,
+):
     """``wmtp run TARGET`` with the settings of :data:`RUN` (then ``args``, which win) in a
-    subprocess; ``TARGET`` ``--resume`` takes a run directory and its own recipe instead."""
+    subprocess (``preexec_fn`` runs in it first: a resource limit, say); ``TARGET`` ``--resume``
+    takes a run directory and its own recipe instead."""
     if target == "--resume":
         cmd = ["--resume", *args]
     else:
@@ -52,6 +59,7 @@ def wmtp(target: str, *args: str, runs: Path, env: dict | None = None, timeout: 
         capture_output=True,
         text=True,
         timeout=timeout,
+        preexec_fn=preexec_fn,
     )
 
 
@@ -315,23 +323,7 @@ def test_a_model_too_big_for_the_memory_says_so_while_building(tmp_path):
     def limited():
         resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
 
-    sets = [*RUN, f"experiment.runs_dir='{tmp_path}'", "model.policy.dim=8192"]
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "wmtp.cli",
-            "run",
-            str(TINY),
-            *[a for s in sets for a in ("--set", s)],
-        ],
-        cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        preexec_fn=limited,
-    )
+    done = wmtp(str(TINY), "--set", "model.policy.dim=8192", runs=tmp_path, preexec_fn=limited)
     assert_clean_failure(
         done,
         2,

@@ -41,8 +41,9 @@ def out_of_memory_error(exc: BaseException, trainer: Any, doing: str | None) -> 
     saved = trainer.saved_step
     kept = f"its checkpoints up to step {saved} are kept" if saved else "it wrote no checkpoint"
     processes = trainer.ctx.world_size
-    options, others = less_memory(trainer.recipe, processes)
-    if doing is not None:  # not even a step ran: the batch is not what fills the memory
+    if doing is None:
+        options, others = less_memory(trainer.recipe, processes)
+    else:  # not even a step ran: the batch is not what fills the memory
         options, others = None, [MORE_GPUS]
     if options is None:
         advice = f"To use less memory, train {' or '.join(others)}"
