@@ -119,3 +119,24 @@ def test_a_critic_over_a_hugging_face_directory_validates_and_is_counted(tmp_pat
     path = ["--set", f"model.critic.path='{tmp_path / 'wide'}'"]
     done = _wmtp("validate", recipe, *path, runs=tmp_path / "runs")
     assert done.returncode == 2 and "dim = 96, but the recipe says 64" in _shown(done)
+
+
+def test_a_production_recipe_over_a_checkpoint_of_other_sizes_says_how_to_take_its_sizes(tmp_path):
+    """recipes/critic.toml names its critic's flavour (sheared-llama-2.7b): a critic of other
+    sizes is refused with the flavour that has them and how to unset the recipe's; with
+    `--set model.critic.flavour=''` the sizes are the checkpoint's and the recipe validates."""
+    tiny = {"hidden_size": 64, "num_hidden_layers": 4, "intermediate_size": 192}
+    tiny_hf_llama(vocab_size=259, **tiny).save_pretrained(tmp_path / "critic")
+    recipe = str(REPO / "recipes" / "critic.toml")
+    path = ["--set", f"model.critic.path='{tmp_path / 'critic'}'"]
+    done = _wmtp("validate", recipe, *path, runs=tmp_path / "runs")
+    shown = _shown(done)
+    assert done.returncode == 2 and "Traceback" not in shown, shown[-2000:]
+    assert "dim = 64, but the recipe says 2560 (flavour 'sheared-llama-2.7b')" in shown
+    assert "to use this checkpoint: flavour = 'tiny' or leave out model.critic.flavour" in shown
+    assert "--set model.critic.flavour=''" in shown
+    unset = ["--set", "model.critic.flavour=''"]
+    done = _wmtp("validate", recipe, *path, *unset, "--format", "json", runs=tmp_path / "runs")
+    assert done.returncode == 0, _shown(done)[-2000:]
+    (report,) = json.loads(done.stdout)["recipes"]
+    assert 0 < report["estimate"]["parameters"]["critic"]["total"] < 10**6  # not 2.7B

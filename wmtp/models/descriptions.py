@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 from wmtp.errors import CheckpointError
-from wmtp.models.args import ModelArgs, RopeScaling
+from wmtp.models.args import FLAVOURS, ModelArgs, RopeScaling
 from wmtp.models.locate import FULL_WEIGHTS, MODEL_INFO
 
 ARGS_FILE = MODEL_INFO
@@ -179,12 +179,27 @@ def extra_heads_beside(path: Path) -> int:
     return n
 
 
-def check_sizes_agree(spec, args, path) -> None:
+COMPARED_SIZES = (
+    "dim",
+    "n_layers",
+    "n_heads",
+    "n_kv_heads",
+    "multiple_of",
+    "ffn_dim_multiplier",
+    "ffn_dim",
+    "vocab_size",
+)
+"""The recipe's size fields :func:`check_sizes_agree` compares (directly or as derived widths)."""
+
+
+def check_sizes_agree(spec, args, path, section: str = "model.<role>") -> None:
     """Sizes the recipe states (its flavour's, or explicit ones) must match the checkpoint's.
 
     Widths are compared as derived sizes (FFN width, key/value heads), so equivalent spellings
     agree; ``n_layers`` only when the recipe sets it, since heads may be added or dropped; the
-    vocabulary where both know it (a Meta ``params.json`` may leave it to the embedding).
+    vocabulary where both know it (a Meta ``params.json`` may leave it to the embedding). The
+    message says how to agree: the flavours of the checkpoint's sizes, or none (``section``,
+    the dotted key of ``spec``, names what to unset).
     """
 
     stated = spec.resolved_sizes()
@@ -212,7 +227,41 @@ def check_sizes_agree(spec, args, path) -> None:
             raise CheckpointError(
                 f"checkpoint {path}: {name} = {have!r}, but the recipe says {want!r}"
                 + (f" (flavour {spec.flavour!r})" if spec.flavour else "")
+                + _sizes_hint(spec, args, section)
             )
+
+
+def _sizes_hint(spec, args, section: str) -> str:
+    """How a recipe comes to agree with a checkpoint of other sizes: a flavour that has its
+    sizes, or none stated (the sizes are then the checkpoint's)."""
+    stated = [n for n in COMPARED_SIZES if n in spec.model_fields_set and getattr(spec, n) != -1]
+    if spec.flavour:  # set here or inherited from a recipe this one extends
+        stated.insert(0, "flavour")
+    ways = [
+        f"flavour = {name!r}"
+        for name, f in FLAVOURS.items()
+        if name != spec.flavour and _same_widths(f, args)
+    ]
+    if stated == ["flavour"]:
+        ways.append(
+            f"leave out {section}.flavour to take the checkpoint's sizes (on the command line: "
+            f"--set {section}.flavour='')"
+        )
+    elif stated:
+        keys = ", ".join(f"{section}.{n}" for n in stated)
+        ways.append(f"leave out {keys} to take the checkpoint's sizes")
+    return f"; to use this checkpoint: {' or '.join(ways)}" if ways else ""
+
+
+def _same_widths(flavour: ModelArgs, args: ModelArgs) -> bool:
+    """``flavour`` has the widths :func:`check_sizes_agree` compares (vocabularies where known)."""
+    vocab_known = -1 not in (flavour.vocab_size, args.vocab_size)
+    same_vocab = not vocab_known or flavour.vocab_size == args.vocab_size
+    return _widths(flavour) == _widths(args) and same_vocab
+
+
+def _widths(args: ModelArgs) -> tuple[int, ...]:
+    return (args.dim, args.n_heads, args.kv_heads, args.hidden_dim)
 
 
 PRETRAINED_NUMERICS = ("rope_theta", "rope_scaling", "norm_eps")

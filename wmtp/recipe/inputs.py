@@ -84,7 +84,7 @@ def _unusable_model(role: str, spec: Any) -> str | None:
         args = described_args(_resolved(spec.path), spec.format)
         heads = getattr(spec, "n_future_tokens", None)  # a critic has one; resized before compared
         args = args.with_heads(heads) if heads else args
-        check_sizes_agree(spec, args, spec.path)
+        check_sizes_agree(spec, args, spec.path, f"model.{role}")
         check_numerics_agree(spec, args, spec.path)
     except CheckpointError as exc:
         return str(exc)

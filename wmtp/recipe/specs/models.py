@@ -8,7 +8,7 @@ import dataclasses
 import functools
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from wmtp.models.args import FLAVOURS, ModelArgs, RopeScaling
 from wmtp.models.backends import BACKENDS, HALF_DTYPES
@@ -20,6 +20,17 @@ DType = Literal["bfloat16", "float16", "float32"]
 Attention = Literal[ATTENTION_CHOICES]  # type: ignore[valid-type]
 """``auto`` and the backends of ``wmtp.models.backends.BACKENDS``."""
 LoraTarget = Literal["wq", "wk", "wv", "wo", "w1", "w2", "w3"]
+
+
+def _unset_if_empty(value: Any) -> Any:
+    """``""`` for unset: TOML has no null, so ``--set KEY=''`` is how a command line unsets."""
+    return None if value == "" else value
+
+
+def _empty_allowed(schema: dict[str, Any]) -> None:
+    """An editor's schema takes ``""`` too (what :func:`_unset_if_empty` reads as unset)."""
+    schema["anyOf"].append({"const": ""})
+
 
 SIZE_FIELDS = (
     "dim",
@@ -82,8 +93,14 @@ class ModelSpecBase(Section):
 
     category = "checkpoint"
 
-    flavour: Flavour | None = None
-    """Named sizes from ``wmtp.models.args.FLAVOURS``; explicit sizes below override it."""
+    flavour: Annotated[
+        Flavour | None,
+        BeforeValidator(_unset_if_empty),
+        Field(json_schema_extra=_empty_allowed),
+    ] = None
+    """Named sizes from ``wmtp.models.args.FLAVOURS``; explicit sizes below override it. ``""``
+    unsets a flavour the recipe inherits (``--set model.policy.flavour=''``): over ``path``, the
+    sizes are then the checkpoint's."""
     dim: Annotated[int, Field(gt=0)] | None = None
     """Model width (hidden size)."""
     n_layers: Annotated[int, Field(gt=0)] | None = None
