@@ -58,13 +58,14 @@ class SandboxError(WmtpError):
 
 
 class Interrupted(RunError):
-    """A run stopped by a signal after a clean step (and a checkpoint): exit 128 + the signal."""
+    """A run stopped by a signal, after a clean step (and a checkpoint) or before its first step:
+    exit 128 + the signal."""
 
     label = "stopped"
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)
-        self.exit_code = 128 + signum
+        self.signum, self.exit_code = signum, 128 + signum
 
 
 def linked_exceptions(exc: BaseException) -> Iterator[BaseException]:

@@ -94,3 +94,32 @@ def test_ensure_builds_once_per_version(tmp_path, problems, monkeypatch):
         second != first
         and json.loads((second / "build_info.json").read_text())["version"] == he.VERSION
     )
+
+
+@pytest.mark.slow
+def test_a_signal_stops_the_build_at_once_and_writes_nothing(tmp_path):
+    """`wmtp data humaneval OUT` stopped by SIGINT while it labels (about a minute on two cores):
+    the queued sandboxed checks are cancelled, so it ends within seconds, exit 130, no
+    traceback, nothing written."""
+    import signal
+    import time
+
+    from tests.train.train_helpers import REPO
+
+    out = tmp_path / "he"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wmtp.cli", "data", "humaneval", str(out), "--workers", "1"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout.readline().startswith("sandbox:")  # the labelling starts next
+        time.sleep(2)
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr[-2000:]
+    assert time.monotonic() - sent < 15, "the queued checks ran on"
+    assert "stopped: SIGINT before the build finished" in stdout and "Traceback" not in stderr
+    assert not out.exists()

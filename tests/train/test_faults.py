@@ -106,6 +106,21 @@ def partial_run(tmp_path, pristine):
     return make
 
 
+def test_run_log_says_how_the_run_ended_and_a_finished_run_resumes_to_nothing(partial_run, whole):
+    """run.log ends with the console's last line; `--resume` of a run that trained all its
+    steps says so, trains nothing and changes nothing."""
+    run = partial_run(6)
+    assert (
+        f"trained 6 steps, loss {whole[-1][1]:.4f}; run directory" in (run / "run.log").read_text()
+    )
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "run.log"}
+    done = wmtp("--resume", str(run), runs=run.parent.parent)
+    said = "nothing to do: the run had trained all its 6 steps (training.max_steps)"
+    assert done.returncode == 0 and said in done.stdout, done.stdout + done.stderr[-2000:]
+    assert {p: p.read_bytes() for p in before} == before
+    assert (run / "run.log").read_text().rstrip().endswith(f"{said}; run directory {run}")
+
+
 # --- damaged checkpoints ------------------------------------------------------------------------
 
 
@@ -394,13 +409,13 @@ CONSTANT = "training.schedule={kind='constant', warmup_steps=1}"
 """Signal tests run long and stop early: a learning rate that does not depend on max_steps."""
 
 
-def _start(runs: Path, *extra: str) -> subprocess.Popen:
+def _start(runs: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
     long_run = (*RUN, CONSTANT, "training.max_steps=400", f"experiment.runs_dir='{runs}'")
     sets = [a for s in long_run for a in ("--set", s)]
     return subprocess.Popen(
         [sys.executable, "-m", "wmtp.cli", "run", str(TINY), *sets, *extra],
         cwd=REPO,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -441,11 +456,27 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_resumes_exactly(tmp
     assert losses_of(run) == losses_of(reference), (stopped_at, err[-1500:], done.stderr[-1500:])
 
 
-def test_a_second_signal_stops_at_once(tmp_path):
-    """The first SIGINT, while the run is being built, asks for a stop at the next step; the
-    second, sent once the first was acknowledged, ends the process there and then."""
-    proc = _start(tmp_path / "runs")
+def test_a_signal_while_the_run_is_built_stops_at_once(tmp_path):
+    """Before the first step there is nothing to wait for: the first SIGINT stops the build at
+    once, says what the run directory keeps (no checkpoint: not `latest`), and run.log says so."""
+    runs = tmp_path / "runs"
+    proc = _start(runs)
     _read_until(proc, "model.policy: trains")  # building: the handlers are in place
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    (run,) = runs.glob("tiny/2*")
+    said = f"stopped: SIGINT before the first step: nothing was trained; {run} keeps its recipe"
+    assert proc.returncode == 130 and said in err and "Traceback" not in err, err[-2000:]
+    assert not (run / "checkpoints").exists() and not (runs / "tiny" / "latest").exists()
+    assert "stopped: SIGINT before the first step" in (run / "run.log").read_text()
+
+
+def test_a_second_signal_stops_a_step_that_never_ends(tmp_path):
+    """The first SIGINT asks for a stop after the step in progress; when that step hangs (a
+    fault: step 2 waits, as for a peer that is gone), the second ends the process there and
+    then, without a checkpoint."""
+    proc = _start(tmp_path / "runs", env={"WMTP_FAULT": "rank=0,step=2,kind=hang"})
+    _wait_for_step(tmp_path / "runs", proc, 1)
     proc.send_signal(signal.SIGINT)
     _read_until(proc, "SIGINT: stopping after this step")
     proc.send_signal(signal.SIGINT)

@@ -113,7 +113,11 @@ def humaneval(
     choose(sandbox)
     found = require(purpose=f"building the HumanEval dataset in {out_dir}")  # before any work
     console.print(f"sandbox: {found.kind}: {found.detail}", highlight=False)
-    out = build_humaneval(out_dir, heldout_fraction=heldout_fraction, workers=workers)
+    try:
+        out = build_humaneval(out_dir, heldout_fraction=heldout_fraction, workers=workers)
+    except KeyboardInterrupt:  # the queued checks were cancelled: it stops at once
+        console.print("stopped: SIGINT before the build finished; run it again to build")
+        raise typer.Exit(130) from None
     info = json.loads((out / "build_info.json").read_text())
     for split in ("train", "heldout"):
         s = info[split]

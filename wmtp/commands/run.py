@@ -90,11 +90,4 @@ def run(
         console.print("stopped: SIGINT while starting; nothing was trained", highlight=False)
         raise typer.Exit(130) from None
     if rank == 0:
-        if result.evaluated:
-            console.print(f"evaluated; results in {result.run_dir}", highlight=False)
-        elif result.dry_run:
-            console.print(f"dry run: every component built; run directory {result.run_dir}")
-        else:
-            loss = result.last.get("loss")
-            shown = f", loss {loss:.4f}" if isinstance(loss, float) else ""
-            console.print(f"trained {result.step} steps{shown}; run directory {result.run_dir}")
+        console.print(result.summary(), highlight=False)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
 import time
@@ -34,6 +35,8 @@ from wmtp.data.jsonl import JsonlFile
 from wmtp.data.metadata import build_metadata, metadata_path_for, scan_rows, write_metadata
 from wmtp.data.tokenizers import ByteTokenizer, Tokenizer
 from wmtp.errors import DataError
+
+log = logging.getLogger(__name__)
 
 VERSION = 2
 """Bump when candidates or labelling change: cached builds of another version are rebuilt."""
@@ -310,13 +313,18 @@ def ensure_humaneval(
         staging = base / f".building-{os.getpid()}"
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(staging)
-        build_humaneval(
-            staging,
-            heldout_fraction=heldout_fraction,
-            workers=workers,
-            progress=progress,
-            labelled_cache=base / f"labelled-v{VERSION}.jsonl",
-        )
+        log.info("building the HumanEval dataset in %s, once (later runs read it)", out)
+        try:
+            build_humaneval(
+                staging,
+                heldout_fraction=heldout_fraction,
+                workers=workers,
+                progress=progress,
+                labelled_cache=base / f"labelled-v{VERSION}.jsonl",
+            )
+        except BaseException:  # a stop signal, a failed check: no half-built folder is left
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         shutil.rmtree(out, ignore_errors=True)
         staging.rename(out)
     return out

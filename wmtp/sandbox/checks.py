@@ -176,8 +176,12 @@ def check_many(
             ): i
             for i, job in enumerate(jobs)
         }
-        for future in as_completed(futures):
-            results[futures[future]] = future.result()
-            bar.advance(task)
+        try:
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                bar.advance(task)
+        except BaseException:  # a stop signal, a failed check: no queued check starts
+            pool.shutdown(cancel_futures=True)
+            raise
     assert all(r is not None for r in results)
     return results  # type: ignore[return-value]

@@ -10,7 +10,9 @@ message, instead of hanging in its next collective. Kinds:
   after the backward of step ``step``, before the optimizer would apply them (the trainer's
   guard must then refuse the step and name the head);
 - ``oom``: after the backward of step ``step``, an allocation of an exbibyte on the run's device:
-  its allocator's own failure, as running out of memory mid-step raises it.
+  its allocator's own failure, as running out of memory mid-step raises it;
+- ``hang``: after the backward of step ``step``, the rank waits (10 minutes), as in a collective
+  whose peer is gone: a step that never ends, which only a second stop signal ends.
 
 ``rank`` defaults to 1 and ``step`` to 1. Because the variable reaches the workers only through
 the environment, a fault that fires under ``wmtp run --nproc-per-node N`` also shows that torchrun
@@ -31,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,9 +50,10 @@ RECORDED_ENV = (
     "WMTP_DIST_TIMEOUT_S",
 )
 """Variables whose value each rank records with its first state line (launcher pass-through)."""
-KINDS = ("raise", "sigkill", "nan", "oom")
-MID_STEP = ("nan", "oom")
+KINDS = ("raise", "sigkill", "nan", "oom", "hang")
+MID_STEP = ("nan", "oom", "hang")
 """Kinds that fire between a step's backward and its update (the others after the update)."""
+HANG_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,9 @@ def before_optimizer_step(trainer) -> None:
         import torch
 
         torch.empty(1 << 60, dtype=torch.uint8, device=trainer.ctx.device)
+    if fault.kind == "hang":
+        time.sleep(HANG_S)
+        return
     model = trainer.model
     heads = getattr(model, "extra_heads", None)
     layer = heads[0] if heads else model.blocks()[-1]

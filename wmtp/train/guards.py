@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from wmtp.errors import Interrupted
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -106,10 +108,15 @@ def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
 class StopSignals:
     """SIGINT and SIGTERM, while this context is active, request a stop instead of ending the
     process; :meth:`requested` tells (the same answer on every rank). A second signal ends the
-    process at once with ``128 + signal``. Outside the main thread it installs nothing."""
+    process at once with ``128 + signal``. Outside the main thread it installs nothing.
+
+    While the run is being built (``building``, until the trainer's first step), a signal stops
+    it at once (:class:`~wmtp.errors.Interrupted`, raised where the build was): nothing is
+    trained yet, so there is nothing to wait for (a dataset build cancels its queued checks)."""
 
     def __init__(self, ctx: Any) -> None:
         self.ctx, self.signum, self._previous = ctx, 0, {}
+        self.building = True
 
     def __enter__(self) -> StopSignals:
         try:
@@ -131,8 +138,10 @@ class StopSignals:
             )
             os._exit(128 + signum)
         self.signum = signum
+        name = signal.Signals(signum).name
+        if self.building:
+            raise Interrupted(f"{name} before the first step", signum)
         if self.ctx.is_main:
-            name = signal.Signals(signum).name
             print(
                 f"\n{name}: stopping after this step with a checkpoint (again to stop at once)",
                 file=sys.stderr,

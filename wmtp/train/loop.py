@@ -50,6 +50,7 @@ from wmtp.train.guards import (
 from wmtp.train.metrics import MetricsLogger, read_metrics
 from wmtp.train.optim import build_optimizer, build_scheduler, step_unless
 from wmtp.train.pipeline import Pipeline, StepOutput, phase, to_device
+from wmtp.train.run_dir import resume_command
 
 log = logging.getLogger(__name__)
 
@@ -355,7 +356,7 @@ class Trainer:
         checkpoint = self.save() if self.saved_step != self.step else self.last_checkpoint
         raise Interrupted(
             f"{name} after step {self.step}: checkpoint {checkpoint} holds every finished step; "
-            f"continue with: wmtp run --resume {self.run_dir}",
+            f"continue with: {resume_command(self.run_dir, self.ctx.world_size)}",
             signum,
         )
 

@@ -7,12 +7,12 @@ batch, in the ``wmtp run --resume`` command that continues with them."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 
 from wmtp.errors import RunError, linked_exceptions
+from wmtp.train.run_dir import resume_command
 
 CPU_ALLOCATOR_FAILURE = "can't allocate memory"
 """What torch's CPU allocator says when the operating system refuses it memory."""
@@ -48,9 +48,7 @@ def out_of_memory_error(exc: BaseException, trainer: Any, doing: str | None) -> 
     if options is None:
         advice = f"To use less memory, train {' or '.join(others)}"
     else:
-        resume = (
-            f"wmtp run --resume {trainer.run_dir}{_launch(processes)}" if saved else "run again"
-        )
+        resume = resume_command(trainer.run_dir, processes) if saved else "run again"
         advice = f"To use less memory, {resume} with: {options}"
         advice += f"; or train {' or '.join(others)}" if others else ""
     return RunError(
@@ -80,16 +78,6 @@ def less_memory(recipe: Any, processes: int = 1) -> tuple[str | None, list[str]]
         f"{' on each process' if processes > 1 else ''})"
     )
     return options, [] if recomputes else [f"with {RECOMPUTE}"]
-
-
-def _launch(processes: int) -> str:
-    """How the run was launched, for its resume command: the processes on this node (torchrun's
-    ``LOCAL_WORLD_SIZE``); several nodes are launched as before on each."""
-    if processes == 1:
-        return ""
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", processes))
-    each = " on every node, launched as before" if local != processes else ""
-    return f" --nproc-per-node {local}{each}"
 
 
 def _device(device: torch.device) -> str:

@@ -158,6 +158,17 @@ def point_latest(run: Path) -> None:
     os.replace(tmp, link)
 
 
+def resume_command(run: Path, processes: int = 1) -> str:
+    """The command that continues ``run`` as it was launched: ``--nproc-per-node`` with the
+    processes of this node (torchrun's ``LOCAL_WORLD_SIZE``); on several nodes, launched as
+    before on each."""
+    if processes == 1:
+        return f"wmtp run --resume {run}"
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", processes))
+    each = " on every node, launched as before" if local != processes else ""
+    return f"wmtp run --resume {run} --nproc-per-node {local}{each}"
+
+
 def check_run_dir(run: str | Path) -> Path:
     """``run`` as a run directory (a ``latest`` link resolved); a RunError when it is not one."""
     path = Path(run)

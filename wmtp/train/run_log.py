@@ -58,10 +58,18 @@ class RunLog:
         self.handler.setLevel(logging.INFO)
         logging.getLogger().addHandler(self.handler)
 
+    def ended(self, message: str) -> None:
+        """Record how the run ended, a clean stop or the end (the console says it its own way)."""
+        if self.handler is not None:
+            self.handler.handle(_record(logging.INFO, message))
+
     def failed(self, exc: BaseException, run_dir: Path | None) -> None:
         """Record why the run ended; a run directory without a checkpoint says it was not made
         ``latest`` and where its log is."""
-        if self.handler is None or run_dir is None or isinstance(exc, Interrupted):
+        if self.handler is None or run_dir is None:
+            return
+        if isinstance(exc, Interrupted):  # said on the console; a stop is no failure
+            self.ended(f"stopped: {exc.render()}")
             return
         message = (
             exc.render() if isinstance(exc, WmtpError) else "".join(traceback.format_exception(exc))

@@ -34,6 +34,24 @@ class RunResult:
     dry_run: bool = False
     evaluated: bool = False
     """The ``evaluation`` pipeline ran: ``run_dir`` is where its results are."""
+    done_before: bool = False
+    """A resumed run that had already trained its ``training.max_steps``: nothing ran."""
+
+    def summary(self) -> str:
+        """How the run ended, as the console and ``run.log`` say it."""
+        if self.evaluated:
+            return f"evaluated; results in {self.run_dir}"
+        if self.dry_run:
+            return f"dry run: every component built; run directory {self.run_dir}"
+        if self.done_before:
+            return (
+                f"nothing to do: the run had trained all its {self.step} steps "
+                f"(training.max_steps); run directory {self.run_dir}"
+            )
+        loss = self.last.get("loss")
+        shown = f", loss {loss:.4f}" if isinstance(loss, float) else ""
+        steps = "1 step" if self.step == 1 else f"{self.step} steps"
+        return f"trained {steps}{shown}; run directory {self.run_dir}"
 
 
 @dataclass(frozen=True)
@@ -253,16 +271,42 @@ def run_recipe(
                 Path(resume).resolve() if resume is not None else _new_run_dir(ctx, recipe, text)
             )
             run_log.attach(run_dir, ctx)
-            return _train(
+            result = _train(
                 recipe, text, run_dir, ctx, signals, checkpoint, dry_run, stop_at_step, console
             )
+            run_log.ended(result.summary())
+            return result
         except BaseException as exc:
-            run_log.failed(exc, run_dir)
+            error = _naming_the_run(exc, signals, ctx, run_dir)
+            run_log.failed(error, run_dir)
             if ctx.is_distributed:
-                exit_without_peers(exc, ctx.rank)
-            raise
+                exit_without_peers(error, ctx.rank)
+            if error is exc:
+                raise
+            raise error from None
         finally:
             teardown()
+
+
+def _naming_the_run(exc: BaseException, signals, ctx, run_dir: Path | None) -> BaseException:
+    """A stop before the first step, said with what the run directory keeps: a new run's has no
+    checkpoint (never ``latest``), a resumed run's checkpoints are as they were. Any other
+    exception as it is."""
+    from wmtp.errors import Interrupted
+    from wmtp.train.run_dir import resume_command
+
+    if not (isinstance(exc, Interrupted) and signals.building):
+        return exc
+    if run_dir is None:
+        kept = "nothing was trained"
+    elif any((run_dir / "checkpoints").glob("step-*")):
+        kept = (
+            f"its checkpoints are as they were; continue with: "
+            f"{resume_command(run_dir, ctx.world_size)}"
+        )
+    else:
+        kept = f"nothing was trained; {run_dir} keeps its recipe and log, no checkpoint"
+    return Interrupted(f"{exc}: {kept}", exc.signum)
 
 
 def _train(recipe, text, run_dir, ctx, signals, checkpoint, dry_run, stop_at_step, console):
@@ -280,6 +324,9 @@ def _train(recipe, text, run_dir, ctx, signals, checkpoint, dry_run, stop_at_ste
         return RunResult(run_dir, 0, {}, dry_run=True)
     if checkpoint is not None:
         trainer.resume(checkpoint)
+        if trainer.step >= trainer.max_steps:
+            return RunResult(run_dir, trainer.step, {}, done_before=True)
+    signals.building = False  # from the first step, a signal stops after a step, checkpointed
     with _told(trainer, None):
         out = trainer.run(signals)
     return RunResult(run_dir, trainer.step, out)
