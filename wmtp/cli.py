@@ -37,6 +37,7 @@ def build_app(modules: Sequence[str] = tuple(COMMANDS)) -> typer.Typer:
         name="wmtp",
         help="Weighted Multi-Token Prediction: train and evaluate code LLMs from TOML recipes.",
         no_args_is_help=True,
+        context_settings={"help_option_names": ["-h", "--help"]},  # every command inherits it
         pretty_exceptions_show_locals=False,
         rich_markup_mode="rich",
     )

@@ -189,8 +189,26 @@ def _vocab(recipe: Any, notes: list[str]) -> int:
         vocab = spec.resolved_sizes().get("vocab_size") if spec else None
         if vocab and vocab > 0:
             return vocab
+    vocab = _tokenizer_vocab(recipe.tokenizer)
+    if vocab is not None:
+        return vocab
     notes.append(f"vocabulary assumed {ASSUMED_VOCAB} (the tokenizer file knows it)")
     return ASSUMED_VOCAB
+
+
+def _tokenizer_vocab(spec: Any) -> int | None:
+    """The vocabulary of the recipe's tokenizer file where it is there and readable (a missing
+    or unreadable file is the inputs' check's to report)."""
+    from wmtp.data.tokenizers import load_tokenizer
+    from wmtp.errors import WmtpError
+
+    path = Path(spec.path).expanduser() if getattr(spec, "path", None) else None
+    if path is None or not path.exists():
+        return None
+    try:
+        return load_tokenizer(spec.kind, path).vocab_size
+    except (WmtpError, OSError, RuntimeError, ValueError):
+        return None
 
 
 def count_model(role: str, spec: Any, vocab: int, *, trained: bool, notes: list[str]) -> ModelCount:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -90,6 +91,21 @@ def test_single_command_modules_stay_subcommands():
     result = CliRunner().invoke(app, ["run", "--help"])
     assert result.exit_code == 0, result.output
     assert "run [OPTIONS]" in result.output
+
+
+@pytest.mark.parametrize("args", [[], ["run"], ["validate"], ["bench", "step"], ["data", "index"]])
+def test_h_is_help_for_every_command(args):
+    """`-h` as `--help`, for the app, its commands and its groups' commands, the console script's
+    way (validate first tries its Typer-free path)."""
+
+    def shown(flag: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "wmtp.cli", *args, flag]
+        env = {**os.environ, "COLUMNS": "100"}
+        return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
+
+    short, long = shown("-h"), shown("--help")
+    assert short.returncode == 0 and short.stdout == long.stdout, short.stderr[-2000:]
+    assert "Usage: " in short.stdout and "[OPTIONS]" in short.stdout
 
 
 @pytest.mark.parametrize("args", [["validate", "recipes/tiny.toml"], ["list"], ["--help"]])

@@ -75,3 +75,32 @@ def test_bad_tokenizer_files_are_located_errors(tmp_path):
         load_tokenizer("hf", tmp_path)
     with pytest.raises(DataError, match="unknown tokenizer kind 'bpe'"):
         load_tokenizer("bpe", tmp_path)
+
+
+def test_validate_reads_the_vocabulary_of_a_tokenizer_file_that_is_there(sentencepiece_model):
+    """A flavour whose vocabulary comes from the tokenizer (-1): `wmtp validate` sizes the
+    embedding by the tokenizer file where it is there, and assumes a size only where it is not."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.train.train_helpers import REPO
+
+    def policy_parameters(tokenizer_path) -> tuple[int, list[str]]:
+        sets = ["tokenizer={kind='sentencepiece', path='" + str(tokenizer_path) + "'}"]
+        command = ["validate", "recipes/tiny.toml", "--format", "json", "--set", *sets]
+        done = subprocess.run(
+            [sys.executable, "-m", "wmtp.cli", *command],
+            cwd=REPO, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        (report,) = json.loads(done.stdout)["recipes"]
+        estimate = report["estimate"]
+        return estimate["parameters"]["policy"]["total"], estimate["notes"]
+
+    there, notes = policy_parameters(sentencepiece_model)
+    assert not any("vocabulary assumed" in note for note in notes), notes
+    absent, notes = policy_parameters(sentencepiece_model.parent / "absent.model")
+    assert any("vocabulary assumed 32000" in note for note in notes), notes
+    tiny_dim = 64  # recipes/tiny.toml's flavour: embedding and output rows of `dim` each
+    assert absent - there == 2 * tiny_dim * (32000 - 400)

@@ -278,6 +278,29 @@ def test_data_fits_the_context(write):
     assert p.key == "data.max_length" and "max_seq_len = 512" in p.message
 
 
+def test_a_broken_rule_is_located_at_the_key_it_names_and_says_what_the_recipe_left_unset(write):
+    """data.max_length left to its default (a `--set` replaced the data table) against a context
+    the recipe sets: the problem's key and line are model.policy.max_seq_len's, and it says that
+    data.max_length is not the recipe's."""
+    text = MINIMAL.replace("n_future_tokens = 2", "n_future_tokens = 2\nmax_seq_len = 1024")
+    path = write("r.toml", text)
+    line = text.splitlines().index("max_seq_len = 1024") + 1
+    (p,) = problems_of(path, ['data={kind="jsonl", path="train.jsonl"}'])
+    assert (p.key, p.line) == ("model.policy.max_seq_len", line), p.render()
+    assert p.message == (
+        "data.max_length = 2048 is longer than model.policy.max_seq_len = 1024 "
+        "(data.max_length: not set in the recipe)"
+    )
+
+
+def test_a_key_of_another_kind_names_that_kind(write):
+    p = one_problem(write("r.toml", MINIMAL), ["data.path=train.jsonl"])
+    assert (p.key, p.message) == (
+        "data.path",
+        'unknown key for kind = "humaneval"; it is a key of kind = "jsonl"',
+    )
+
+
 def test_packing_a_pair_pipeline_is_a_located_error(write):
     """The critic trains on (correct, incorrect) pairs, one per row: data.packing used to be
     ignored there; now `wmtp validate` says where it is, exit 2."""

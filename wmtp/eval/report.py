@@ -281,7 +281,7 @@ def markdown(shown: list[Shown], steps, wanted: int | None, figures: list[Path])
         "",
         *(run_details(s) for s in shown),
     ]
-    return "\n".join(parts)
+    return "\n".join(parts) + "\n"
 
 
 __all__ = ["Report", "display_labels", "headline", "tokens_seen", "write_report"]

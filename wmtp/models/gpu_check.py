@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import json
 import platform
+import sys
 import time
 import traceback
 
@@ -214,8 +215,11 @@ def main(argv: list[str] | None = None) -> int:
         report["summary"] = summary(report["attention"] + report["model"])
     with open(opts.out, "w") as f:
         json.dump(report, f, indent=2)
-    print(json.dumps(report.get("summary", report.get("error")), indent=2))
-    return 0 if "error" not in report else 1
+    if "error" in report:
+        print(report["error"], file=sys.stderr)
+        return 1
+    print(json.dumps(report["summary"], indent=2))
+    return 0
 
 
 def summary(rows: list[dict]) -> dict:

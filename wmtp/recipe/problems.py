@@ -139,10 +139,25 @@ def _problems(err: dict, tree: Tree) -> list[Problem]:
 
 def _unknown_key(err: dict, spot: Spot, tree: Tree) -> Problem:
     known = list(getattr(spot.section, "model_fields", {}) or {})
+    where = _source_near(spot.path, tree)
+    kinds = _kinds_with_key(err["loc"], tree, str(spot.path[-1]))
+    if kinds:  # a key of another kind of this section: say which, not a look-alike elsewhere
+        kind = value_at(tree.data, (*spot.path[:-1], "kind"))
+        message = f"unknown key for kind = {toml_value(kind)}; it is a key of " + " and ".join(
+            f"kind = {toml_value(k)}" for k in kinds
+        )
+        return problem_at(where, dotted(spot.path), message)
     hints = _keys_like(str(spot.path[-1]), known, spot.path)
     expected = None if hints or not known else f"one of {', '.join(known)}"
-    where = _source_near(spot.path, tree)
     return problem_at(where, dotted(spot.path), "unknown key", expected=expected, suggestions=hints)
+
+
+def _kinds_with_key(loc: tuple, tree: Tree, name: str) -> list[str]:
+    """The kinds of the tagged union whose member holds the unknown key ``loc`` that have a key
+    ``name`` (none when the section is no member of a tagged union)."""
+    union = locate(loc[:-1], tree.data).annotation
+    members = sections(union) if union is not None and is_union(union) else []
+    return [tag_of(m) for m in members if name in m.model_fields]
 
 
 def _keys_like(name: str, known: list[str], path: Path) -> tuple[str, ...]:
@@ -273,11 +288,16 @@ _EXPLAINERS = {
 
 
 def _rule_problem(section_path: Path, problem: dict, tree: Tree) -> Problem:
+    """A broken rule at the first of its fields the recipe sets (that field's key and line),
+    saying which of them the recipe never wrote (a default, or a flavour's size)."""
     fields = [(*section_path, *field.split(".")) for field in problem["fields"]]
-    where = next((tree.sources[f] for f in fields if f in tree.sources), None)
-    if where is None:
-        where = _source_near(fields[0], tree)
-    return problem_at(where, dotted(fields[0]), problem["message"])
+    field = next((f for f in fields if f in tree.sources), None)
+    where = tree.sources[field] if field is not None else _source_near(fields[0], tree)
+    unset = [dotted(f) for f in fields if value_at(tree.data, f) is None]
+    message = problem["message"]
+    if unset:
+        message += f" ({' and '.join(unset)}: not set in the recipe)"
+    return problem_at(where, dotted(field or fields[0]), message)
 
 
 def _split_expected(text: str) -> list[str]:
