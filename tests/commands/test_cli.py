@@ -150,3 +150,17 @@ def test_command_lists_give_each_summary_as_one_sentence_flow(group):
         summary = summary.replace("\\[", "[")  # rich markup's escape, printed as "["
         (row,) = [line for line in wide.output.splitlines() if line.startswith(f"│ {name} ")]
         assert summary in row, (name, row)
+
+
+def test_a_commands_help_flows_each_paragraph_to_the_terminal():
+    """`wmtp run --help` at 80 columns: the docstring's own line breaks are gone, so no line of
+    the description stops after a word or two (it had: 'resolved recipe,' alone on a line)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "wmtp.cli", "run", "--help"],
+        cwd=REPO, capture_output=True, text=True, env={**os.environ, "COLUMNS": "80"},
+    )  # fmt: skip
+    description = done.stdout.split("╭")[0]
+    assert "holds the resolved recipe, fingerprint" in " ".join(description.split())
+    lines = [line.strip() for line in description.splitlines() if line.strip()]
+    paragraph_ends = {i for i, line in enumerate(lines) if line.endswith(".")}
+    assert all(len(line) > 60 for i, line in enumerate(lines[1:-1], 1) if i not in paragraph_ends)

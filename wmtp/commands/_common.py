@@ -123,6 +123,7 @@ def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callabl
                 raise typer.Exit(exc.exit_code) from None
 
         kwargs.setdefault("short_help", first_paragraph(fn.__doc__))
+        kwargs.setdefault("help", flowed(fn.__doc__))
         app.command(name, **kwargs)(wrapper)
         return fn
 
@@ -135,3 +136,22 @@ def first_paragraph(doc: str | None) -> str | None:
     if not doc:
         return None
     return " ".join(inspect.cleandoc(doc).split("\n\n")[0].split())
+
+
+def flowed(doc: str | None) -> str | None:
+    """A docstring with each paragraph on one line, so ``--help`` wraps it to the terminal
+    (Typer's rich help keeps a docstring's line breaks: at 80 columns, a sentence broke mid-way).
+    Lines that start a list item or are indented keep their own line."""
+    if not doc:
+        return None
+    paragraphs = []
+    for paragraph in inspect.cleandoc(doc).split("\n\n"):
+        lines: list[str] = []
+        for line in paragraph.splitlines():
+            starts_item = line.startswith(("- ", "* ", " "))
+            if lines and not starts_item:
+                lines[-1] += " " + line.strip()
+            else:
+                lines.append(line)
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
