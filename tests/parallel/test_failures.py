@@ -226,6 +226,7 @@ def test_sigterm_to_the_launcher_stops_every_rank_with_a_checkpoint(tmp_path):
     assert proc.returncode == 143, err[-3000:]
     assert "stopped: SIGTERM after step" in err and "Traceback" not in err, err[-3000:]
     assert "not every rank stopped cleanly" not in err, err[-3000:]
+    assert f"continue with: wmtp run --resume {run} --nproc-per-node 2" in err, err[-3000:]
     assert list((run / "checkpoints").glob("step-*")), "no checkpoint written on the way out"
     assert _gone(str(tmp_path), within=30), "a process of the run outlived the launcher"
 
@@ -243,6 +244,7 @@ def test_a_stop_that_torchrun_cuts_short_says_no_checkpoint_was_written(tmp_path
     assert proc.returncode == 143, err[-3000:]
     assert "stopped: SIGTERM, but not every rank stopped cleanly with a checkpoint" in err, err
     assert "TORCH_ELASTIC_SHUTDOWN_TIMEOUT = 0 s" in err and "Traceback" not in err, err[-3000:]
+    assert "continue from it with: wmtp run --resume RUN_DIR --nproc-per-node 2" in err, err
     assert not list((run / "checkpoints").glob("step-*"))
     assert _gone(str(tmp_path), within=30), "a process of the run outlived the launcher"
 

@@ -222,13 +222,14 @@ def _write_error(final: Path, failure: BaseException | None) -> RunError:
     """What failed while writing ``final``, in one message: the cause (no space left, another
     I/O error, or another rank's failure), the free space there, and what is kept."""
     from wmtp.train.io_errors import describe_write_error
+    from wmtp.train.run_dir import resume_command
 
     cause = describe_write_error(failure, final.parent) if failure else "another rank failed"
     kept = [p.name for p in checkpoint_dirs(final.parent.parent)]
     kept_text = f"earlier checkpoints kept: {', '.join(kept)}" if kept else "no earlier checkpoint"
     return RunError(
         f"cannot write checkpoint {final}: {cause}; the partial checkpoint was removed, "
-        f"{kept_text}; once fixed, continue with: wmtp run --resume {final.parent.parent}"
+        f"{kept_text}; once fixed, continue with: {resume_command(final.parent.parent)}"
     )
 
 

@@ -109,7 +109,8 @@ class Launch:
     def _outcome(self, code: int) -> int:
         if self.forwarded:
             if self._stop_cut_short():
-                print(unfinished_stop(self.forwarded, self.grace), file=sys.stderr, flush=True)
+                stop = unfinished_stop(self.forwarded, self.grace, self.world_size)
+                print(stop, file=sys.stderr, flush=True)
             return 128 + self.forwarded
         if code == 0:
             return 0
@@ -141,14 +142,16 @@ class Launch:
         return records
 
 
-def unfinished_stop(signum: int, grace: str) -> str:
+def unfinished_stop(signum: int, grace: str, processes: int) -> str:
     """What a forwarded signal did when not every rank stopped cleanly with its checkpoint."""
+    from wmtp.train.run_dir import resume_command
+
     name = signal.Signals(signum).name
     return (
         f"stopped: {name}, but not every rank stopped cleanly with a checkpoint: a rank still "
         f"starting ends at once, and torchrun kills one still busy after {SHUTDOWN_ENV} = "
         f"{grace} s (set it higher to give a stop more time). The steps after the run's newest "
-        "checkpoint are lost; continue from it with: wmtp run --resume RUN_DIR"
+        f"checkpoint are lost; continue from it with: {resume_command('RUN_DIR', processes)}"
     )
 
 

@@ -125,10 +125,11 @@ def _writing(path: Path):
     except OSError as exc:
         from wmtp.errors import RunError
         from wmtp.train.io_errors import describe_write_error
+        from wmtp.train.run_dir import resume_command
 
         raise RunError(
             f"cannot write {path}: {describe_write_error(exc, path.parent)}; the checkpoints "
-            f"written so far are complete: continue with wmtp run --resume {path.parent}"
+            f"written so far are complete: continue with {resume_command(path.parent)}"
         ) from None
 
 

@@ -158,10 +158,12 @@ def point_latest(run: Path) -> None:
     os.replace(tmp, link)
 
 
-def resume_command(run: Path, processes: int = 1) -> str:
+def resume_command(run: Path | str, processes: int | None = None) -> str:
     """The command that continues ``run`` as it was launched: ``--nproc-per-node`` with the
     processes of this node (torchrun's ``LOCAL_WORLD_SIZE``); on several nodes, launched as
-    before on each."""
+    before on each. ``processes``: the run's, by default torchrun's ``WORLD_SIZE`` (else 1)."""
+    if processes is None:
+        processes = int(os.environ.get("WORLD_SIZE", "1"))
     if processes == 1:
         return f"wmtp run --resume {run}"
     local = int(os.environ.get("LOCAL_WORLD_SIZE", processes))
