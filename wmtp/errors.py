@@ -68,6 +68,16 @@ class Interrupted(RunError):
         self.signum, self.exit_code = signum, 128 + signum
 
 
+class StopSignal(BaseException):
+    """A stop signal before a run's first step, raised where the build was. A BaseException, as
+    KeyboardInterrupt is, so that no ``except Exception`` on the way (logging's own, a
+    library's) swallows it; the runner says it as :class:`Interrupted`."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def linked_exceptions(exc: BaseException) -> Iterator[BaseException]:
     """``exc``, then every exception it was raised from or while handling (``__cause__``,
     ``__context__``) and a distributed checkpoint's per-rank failures, each once: where a

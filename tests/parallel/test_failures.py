@@ -232,6 +232,25 @@ def test_sigterm_to_the_launcher_stops_every_rank_with_a_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_signal_while_two_ranks_build_the_run_stops_them_at_once(tmp_path):
+    """SIGINT to the launcher before the first step: torchrun passes it on, and each rank stops
+    where its build was (nothing trained, nothing to wait for): one message, exit 130, no
+    checkpoint, no process left."""
+    proc = _launch(tmp_path)
+    for line in proc.stderr:
+        if "model.policy: trains" in line:  # building: every handler is in place
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    (run,) = (tmp_path / "runs").glob("tiny/2*")
+    said = f"stopped: SIGINT before the first step: nothing was trained; {run} keeps its recipe"
+    assert proc.returncode == 130 and err.count(said) == 1, err[-3000:]
+    assert "Traceback" not in err and "not every rank stopped cleanly" not in err, err[-3000:]
+    assert not (run / "checkpoints").exists()
+    assert _gone(str(tmp_path), within=30), "a process of the run outlived the launcher"
+
+
+@pytest.mark.slow
 def test_a_stop_that_torchrun_cuts_short_says_no_checkpoint_was_written(tmp_path):
     """torchrun kills workers still busy ``TORCH_ELASTIC_SHUTDOWN_TIMEOUT`` seconds after it
     passed the signal on (0 here: at once, as 30 s would a large model's step and checkpoint):

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from wmtp.errors import Interrupted
+from wmtp.errors import StopSignal
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -111,7 +111,7 @@ class StopSignals:
     process at once with ``128 + signal``. Outside the main thread it installs nothing.
 
     While the run is being built (``building``, until the trainer's first step), a signal stops
-    it at once (:class:`~wmtp.errors.Interrupted`, raised where the build was): nothing is
+    it at once (:class:`~wmtp.errors.StopSignal`, raised where the build was): nothing is
     trained yet, so there is nothing to wait for (a dataset build cancels its queued checks)."""
 
     def __init__(self, ctx: Any) -> None:
@@ -138,9 +138,9 @@ class StopSignals:
             )
             os._exit(128 + signum)
         self.signum = signum
-        name = signal.Signals(signum).name
         if self.building:
-            raise Interrupted(f"{name} before the first step", signum)
+            raise StopSignal(signum)
+        name = signal.Signals(signum).name
         if self.ctx.is_main:
             print(
                 f"\n{name}: stopping after this step with a checkpoint (again to stop at once)",

@@ -277,7 +277,7 @@ def run_recipe(
             run_log.ended(result.summary())
             return result
         except BaseException as exc:
-            error = _naming_the_run(exc, signals, ctx, run_dir)
+            error = _naming_the_run(exc, ctx, run_dir)
             run_log.failed(error, run_dir)
             if ctx.is_distributed:
                 exit_without_peers(error, ctx.rank)
@@ -288,14 +288,16 @@ def run_recipe(
             teardown()
 
 
-def _naming_the_run(exc: BaseException, signals, ctx, run_dir: Path | None) -> BaseException:
-    """A stop before the first step, said with what the run directory keeps: a new run's has no
-    checkpoint (never ``latest``), a resumed run's checkpoints are as they were. Any other
-    exception as it is."""
-    from wmtp.errors import Interrupted
+def _naming_the_run(exc: BaseException, ctx, run_dir: Path | None) -> BaseException:
+    """A stop before the first step (``StopSignal``), said as ``Interrupted`` with what the run
+    directory keeps: a new run's has no checkpoint (never ``latest``), a resumed run's
+    checkpoints are as they were. Any other exception as it is."""
+    import signal
+
+    from wmtp.errors import Interrupted, StopSignal
     from wmtp.train.run_dir import resume_command
 
-    if not (isinstance(exc, Interrupted) and signals.building):
+    if not isinstance(exc, StopSignal):
         return exc
     if run_dir is None:
         kept = "nothing was trained"
@@ -306,7 +308,8 @@ def _naming_the_run(exc: BaseException, signals, ctx, run_dir: Path | None) -> B
         )
     else:
         kept = f"nothing was trained; {run_dir} keeps its recipe and log, no checkpoint"
-    return Interrupted(f"{exc}: {kept}", exc.signum)
+    name = signal.Signals(exc.signum).name
+    return Interrupted(f"{name} before the first step: {kept}", exc.signum)
 
 
 def _train(recipe, text, run_dir, ctx, signals, checkpoint, dry_run, stop_at_step, console):
