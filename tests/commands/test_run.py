@@ -69,6 +69,25 @@ def test_user_errors_are_located_messages(tmp_path):
     assert typo.exit_code == 2 and "lrr" in typo.output
 
 
+def test_a_cuda_device_without_a_gpu_is_located_where_the_recipe_set_it(tmp_path):
+    """parallel.device = "cuda" on a machine without a GPU: `wmtp run` says where it was set
+    (the --set, or the recipe's line), exit 2, before a run directory is made."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a machine without a GPU refuses the device")
+    runs = f"experiment.runs_dir='{tmp_path}'"
+    by_set = runner.invoke(app, ["run", str(TINY), "--set", "parallel.device=cuda", "--set", runs])
+    said = "parallel.device: 'cuda', but no CUDA device is visible (set it to 'cpu' or 'auto')"
+    assert by_set.exit_code == 2 and f"--set parallel.device=cuda: {said}" in by_set.output
+    recipe = tmp_path / "gpu.toml"
+    recipe.write_text(TINY.read_text().replace('device = "cpu"', 'device = "cuda"'))
+    line = recipe.read_text().splitlines().index('device = "cuda"') + 1
+    in_file = runner.invoke(app, ["run", str(recipe), "--set", runs])
+    assert in_file.exit_code == 2 and f"gpu.toml:{line}:1: {said}" in in_file.output
+    assert not list(tmp_path.glob("*/2*")), "a run directory was made"
+
+
 def test_nproc_relaunches_through_torchrun_with_the_same_arguments():
     cmd = torchrun_command(
         ["recipes/tiny.toml", "--nproc-per-node", "4", "--set", "training.lr=1"], 4

@@ -379,7 +379,9 @@ def _environment_problems(loaded: Any, machine: dict, world_size: int) -> list[s
         device = "cuda" if machine["cuda"] else "cpu"
     problems = []
     if recipe.parallel.device == "cuda" and not machine["cuda"]:
-        problems.append(_at(loaded, "parallel.device", "'cuda', but no CUDA device is visible"))
+        from wmtp.recipe.inputs import NO_CUDA
+
+        problems.append(_at(loaded, "parallel.device", NO_CUDA))
     for role in recipe.pipeline.uses:
         spec = getattr(recipe.model, role)
         if spec is not None:
@@ -421,10 +423,6 @@ def _model_problems(loaded: Any, role: str, spec: Any, device: str, machine: dic
 
 def _at(loaded: Any, key: str, message: str) -> str:
     """``message`` about ``key``, located where the recipe set it."""
-    from wmtp.recipe.errors import Problem
-    from wmtp.recipe.load import problem_at
+    from wmtp.recipe.inputs import located_problem
 
-    problem = problem_at(loaded.provenance.get(key), key, message)
-    if problem.file is None and problem.origin is None:
-        problem = Problem(loaded.path, None, None, key, f"{message} (the default)")
-    return problem.render()
+    return located_problem(loaded, key, message).render()

@@ -58,7 +58,7 @@ def missing_inputs(recipe: Any) -> list[MissingInput]:
 def input_problems(loaded: Any) -> list[Any]:
     """The missing inputs of a loaded recipe as problems located where the recipe set them
     (file:line, or the ``--set`` that gave the value)."""
-    return [_located(loaded, m.key, m.message) for m in missing_inputs(loaded.recipe)]
+    return [located_problem(loaded, m.key, m.message) for m in missing_inputs(loaded.recipe)]
 
 
 def model_problems(loaded: Any) -> list[Any]:
@@ -71,7 +71,7 @@ def model_problems(loaded: Any) -> list[Any]:
         spec = getattr(loaded.recipe.model, role)
         why = _unusable_model(role, spec) if spec is not None else None
         if why is not None:
-            problems.append(_located(loaded, f"model.{role}.path", f"{spec.path!r}: {why}"))
+            problems.append(located_problem(loaded, f"model.{role}.path", f"{spec.path!r}: {why}"))
     return problems
 
 
@@ -91,15 +91,20 @@ def _unusable_model(role: str, spec: Any) -> str | None:
     return None
 
 
-def _located(loaded: Any, key: str, message: str) -> Any:
+NO_CUDA = "'cuda', but no CUDA device is visible (set it to 'cpu' or 'auto')"
+"""What ``parallel.device = "cuda"`` is, on a machine without a GPU (`wmtp validate --env`,
+`wmtp run`)."""
+
+
+def located_problem(loaded: Any, key: str, message: str) -> Any:
     """A problem at ``key`` where the recipe set it (file:line, or the ``--set`` that gave the
-    value), or at the recipe itself for a default."""
+    value), or at the recipe itself for a default, saying so."""
     from wmtp.recipe.errors import Problem
     from wmtp.recipe.load import problem_at
 
     problem = problem_at(loaded.provenance.get(key.split("[")[0]), key, message)
     if problem.file is None and problem.origin is None:  # a default: the recipe itself
-        problem = Problem(loaded.path, None, None, key, message)
+        problem = Problem(loaded.path, None, None, key, f"{message} (the default)")
     return problem
 
 
@@ -242,8 +247,10 @@ def _benchmarks(spec: Any) -> list[MissingInput | None]:
 
 
 __all__ = [
+    "NO_CUDA",
     "MissingInput",
     "input_problems",
+    "located_problem",
     "missing_inputs",
     "model_problems",
     "watched_paths",

@@ -62,6 +62,8 @@ class PreparedRun:
     recipe: Any
     checkpoint: Path | None
     """The checkpoint to resume from (``--resume``)."""
+    loaded: Any = None
+    """The loaded recipe (``wmtp.recipe.LoadedRecipe``): where each value was set."""
 
 
 def prepare_run(
@@ -101,7 +103,7 @@ def prepare_run(
     if missing:
         raise RecipeProblems(f"{loaded.path} (paths it names that cannot be used)", missing)
     recipe = loaded.recipe
-    return PreparedRun(Path(recipe_path), recipe, checkpoint)
+    return PreparedRun(Path(recipe_path), recipe, checkpoint, loaded)
 
 
 def check_resume(run_dir: Path, recipe: Any, *, force: bool, world_size: int = 1) -> Path:
@@ -261,6 +263,7 @@ def run_recipe(
     from wmtp.train.run_log import TRAINING_SUFFIX, RunLog, exit_without_peers, mark_rank
 
     text = dump_recipe(recipe)
+    _check_device(prepared)
     ctx = init_distributed(recipe.parallel.device)
     run_dir: Path | None = None
     with StopSignals(ctx) as signals, RunLog() as run_log:
@@ -286,6 +289,19 @@ def run_recipe(
             raise error from None
         finally:
             teardown()
+
+
+def _check_device(prepared: PreparedRun) -> None:
+    """``parallel.device = "cuda"`` without a visible GPU: a problem of the recipe, located where
+    it was set (as ``wmtp validate --env`` says it), before torch.distributed starts."""
+    import torch
+
+    from wmtp.recipe import RecipeProblems
+    from wmtp.recipe.inputs import NO_CUDA, located_problem
+
+    if prepared.recipe.parallel.device == "cuda" and not torch.cuda.is_available():
+        problem = located_problem(prepared.loaded, "parallel.device", NO_CUDA)
+        raise RecipeProblems(str(prepared.loaded.path), [problem])
 
 
 def _naming_the_run(exc: BaseException, ctx, run_dir: Path | None) -> BaseException:
