@@ -121,6 +121,21 @@ def test_run_log_says_how_the_run_ended_and_a_finished_run_resumes_to_nothing(pa
     assert (run / "run.log").read_text().rstrip().endswith(f"{said}; run directory {run}")
 
 
+def test_an_edited_run_recipe_is_compared_with_the_recipe_that_trained_its_checkpoint(
+    partial_run,
+):
+    """The run's recipe.toml edited by hand (another learning rate) is not taken as what the
+    run trained with: `--resume` sets it against the checkpoint's own recipe and refuses it
+    without --force, naming the key, as for the same change by --set."""
+    run = partial_run(4)
+    recipe = run / "recipe.toml"
+    recipe.write_text(recipe.read_text().replace("lr = 0.003", "lr = 0.001"))
+    done = wmtp("--resume", str(run), runs=run.parent.parent)
+    assert_clean_failure(
+        done, 2, "the recipe differs from the run's", "training.lr: 0.003 -> 0.001"
+    )
+
+
 # --- damaged checkpoints ------------------------------------------------------------------------
 
 

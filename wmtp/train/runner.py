@@ -109,7 +109,7 @@ def prepare_run(
 def check_resume(run_dir: Path, recipe: Any, *, force: bool, world_size: int = 1) -> Path:
     """The checkpoint to resume ``run_dir`` from: the newest one that matches its manifest (a
     damaged one is named, and the one before it taken, saying so). Refuses a recipe whose
-    numerics differ, or a global batch (micro-batch x accumulation x ``world_size``) other than
+    numerics differ from the recipe that trained that checkpoint (its own ``recipe.toml``), or a global batch (micro-batch x accumulation x ``world_size``) other than
     the checkpoint's, unless ``force``, and, even forced, a change a resume cannot apply. A new
     split of the same global batch (another world size, micro-batch or accumulation) is no
     change: every world size trains on the same global batches."""
@@ -117,7 +117,11 @@ def check_resume(run_dir: Path, recipe: Any, *, force: bool, world_size: int = 1
     from wmtp.train.run_dir import RECIPE_FILE, check_run_dir
 
     run_dir = check_run_dir(run_dir)
-    saved = load_recipe(run_dir / RECIPE_FILE).recipe
+    checkpoint = intact_checkpoint(run_dir)
+    # the recipe that trained the checkpoint, which the run's own recipe.toml, a file a user
+    # may edit, must not stand in for
+    trained = checkpoint / RECIPE_FILE
+    saved = load_recipe(trained if trained.is_file() else run_dir / RECIPE_FILE).recipe
     changes = diff_recipes(saved, recipe)
     was, now = _trained_batch(run_dir, saved), _global_batch(recipe, world_size)
     if was[0] == now[0]:
@@ -140,7 +144,7 @@ def check_resume(run_dir: Path, recipe: Any, *, force: bool, world_size: int = 1
     _refuse_what_cannot_apply(run_dir, changes, recipe)
     if refused:
         log.warning("resuming with --force; applied from the new recipe: %s", ", ".join(applied))
-    return intact_checkpoint(run_dir)
+    return checkpoint
 
 
 BATCH_SPLIT_KEYS = ("training.micro_batch_size", "training.grad_accum_steps")
