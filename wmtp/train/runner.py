@@ -340,7 +340,7 @@ def _train(recipe, text, run_dir, ctx, signals, checkpoint, dry_run, stop_at_ste
     trainer = Trainer(recipe, text, run_dir, ctx, stop_at_step=stop_at_step, console=console)
     with _told(trainer, "while building the model and its optimizer"):
         trainer.build()
-    if signals.requested():
+    if signals.requested():  # a StopSignal that code on the way caught (BaseException and all)
         trainer.stop_for_signal(signals.requested())
     if dry_run:
         trainer.batches.steps_per_epoch()  # no row left to train on fails here, as the run would
