@@ -41,7 +41,7 @@ def build_app(modules: Sequence[str] = tuple(COMMANDS)) -> typer.Typer:
         pretty_exceptions_show_locals=False,
         rich_markup_mode="rich",
     )
-    app.callback()(_root)  # always a group of commands, even with a single one registered
+    app.callback()(_root_callback(typer))  # a group of commands, even of a single one
     for name in modules:
         try:
             module = importlib.import_module(name)
@@ -53,8 +53,24 @@ def build_app(modules: Sequence[str] = tuple(COMMANDS)) -> typer.Typer:
     return app
 
 
-def _root() -> None:
-    pass
+def _root_callback(typer: Any) -> Any:
+    """The options of ``wmtp`` itself, before a command: ``--version``."""
+
+    def show_version(value: bool) -> None:
+        if value:
+            from wmtp import __version__
+
+            print(f"wmtp {__version__}")
+            raise typer.Exit()
+
+    def root(
+        version: bool = typer.Option(
+            False, "--version", callback=show_version, is_eager=True, help="Print the version."
+        ),
+    ) -> None:
+        pass
+
+    return root
 
 
 def module_of(argv: Sequence[str]) -> str | None:

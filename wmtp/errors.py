@@ -52,6 +52,11 @@ class ExportError(WmtpError):
     cannot hold the model (a value head in a Hugging Face Llama, adapters in Meta's layout)."""
 
 
+class StorageError(WmtpError):
+    """A write the file system refused: a folder not writable by this user, a read-only or full
+    file system (``wmtp.folders.refused_write``); what was written before it is kept."""
+
+
 class SandboxError(WmtpError):
     """Untrusted code that may not run here: no bubblewrap and no opt-in to rlimits only, or an
     unknown ``WMTP_SANDBOX`` / ``--sandbox`` value."""

@@ -164,3 +164,17 @@ def test_a_commands_help_flows_each_paragraph_to_the_terminal():
     lines = [line.strip() for line in description.splitlines() if line.strip()]
     paragraph_ends = {i for i, line in enumerate(lines) if line.endswith(".")}
     assert all(len(line) > 60 for i, line in enumerate(lines[1:-1], 1) if i not in paragraph_ends)
+
+
+def test_version_is_printed_by_the_console_script():
+    import subprocess
+    import sys
+
+    import wmtp
+
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from wmtp.cli import main; sys.argv[0] = 'wmtp'; main()",
+         "--version"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0 and done.stdout == f"wmtp {wmtp.__version__}\n", done.stderr

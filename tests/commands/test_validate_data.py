@@ -315,7 +315,7 @@ def test_help_documents_data():
 
 PLAIN_REPORT = """\
 padded.toml: ok (padded, pipeline baseline)
-  batch 4 sequences/step (4 x 1 accum x 1 GPUs), 4,096 tokens/step
+  batch 4 sequences/step (4 x 1 accum x 1 GPU), 4,096 tokens/step
   model.policy: {params} parameters, {params} trained
   memory/GPU ~0.29 GiB (full_shard, world size 1): states 0.07, gathered 0.01, activations 0.21, logits 0.01
 """

@@ -107,7 +107,8 @@ def __getattr__(name: str) -> Any:
 
 
 def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callable:
-    """Register a Typer command whose ``WmtpError``s become a message and their exit code (2).
+    """Register a Typer command whose ``WmtpError``s, and writes the file system refused
+    (``wmtp.folders.refused_write``), become a message and their exit code (2).
 
     The wrapped function may take a ``format`` parameter; when it is ``"json"`` the error is
     printed as JSON. Bugs (any other exception) keep their traceback.
@@ -121,6 +122,14 @@ def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callabl
             except WmtpError as exc:
                 report_error(exc, fmt=str(kw.get("format", "text")))
                 raise typer.Exit(exc.exit_code) from None
+            except Exception as exc:  # a write the file system refused is no bug of ours
+                from wmtp.folders import refused_write
+
+                refusal = refused_write(exc)
+                if refusal is None:
+                    raise
+                report_error(refusal, fmt=str(kw.get("format", "text")))
+                raise typer.Exit(refusal.exit_code) from None
 
         kwargs.setdefault("short_help", first_paragraph(fn.__doc__))
         kwargs.setdefault("help", flowed(fn.__doc__))

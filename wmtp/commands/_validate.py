@@ -296,10 +296,12 @@ def _print_estimate(
         print(f"{path}: valid, but cannot run here ({exp.name}, pipeline {exp.pipeline})")
     else:
         print(f"{path}: ok ({exp.name}, pipeline {exp.pipeline})")
+    unit = "process" if recipe.parallel.device == "cpu" else "GPU"
+    units = unit if cost.world_size == 1 else f"{unit}es" if unit == "process" else f"{unit}s"
     print(
         f"  batch {cost.effective_batch} {'pairs' if recipe.pipeline.examples == 'pairs' else 'sequences'}/step "
         f"({recipe.training.micro_batch_size} x {recipe.training.grad_accum_steps} accum "
-        f"x {cost.world_size} GPUs), {cost.tokens_per_step:,} tokens/step"
+        f"x {cost.world_size} {units}), {cost.tokens_per_step:,} tokens/step"
     )
     for model in cost.models:
         if model.args is not None:
@@ -309,7 +311,7 @@ def _print_estimate(
             f"{k} {v / GIB:.2f}" for k, v in cost.memory.parts().items() if k != "total" and v
         )
         print(
-            f"  memory/GPU ~{cost.memory.total / GIB:.2f} GiB ({recipe.parallel.sharding}, "
+            f"  memory/{unit} ~{cost.memory.total / GIB:.2f} GiB ({recipe.parallel.sharding}, "
             f"world size {cost.world_size}): {parts}"
         )
         if row is not None:

@@ -66,6 +66,7 @@ def index(
     from wmtp.data.metadata import index_jsonl, metadata_path_for
     from wmtp.data.tokenizers import load_tokenizer
     from wmtp.errors import DataError
+    from wmtp.folders import why_unwritable
 
     files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
     if not files:
@@ -77,6 +78,11 @@ def index(
     for file in empty:  # e.g. the heldout.jsonl of `wmtp data humaneval --heldout-fraction 0`
         console.print(f"{file}: empty, not indexed", highlight=False)
     files = [f for f in files if f not in empty]
+    for file in files:  # a folder it cannot write in, said before any file is read
+        if force or not metadata_path_for(file).is_file():
+            reason = why_unwritable(file.parent)
+            if reason is not None:
+                raise DataError(f"{file}: its metadata cannot be written beside it: {reason}")
     tok = load_tokenizer(tokenizer.value, tokenizer_path)
     for file in files:
         meta_path = metadata_path_for(file)

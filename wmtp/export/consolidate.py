@@ -41,10 +41,10 @@ def weights_directory(source: Source, spec, staging: Path) -> Path:
         )  # as apply_lora's also_train
         state = {k: v for k, v in state.items() if ".lora_" in k or k.startswith(also_trained)}
         name = LORA_WEIGHTS
-    from safetensors.torch import save_file
+    from wmtp.models import safetensors_file
 
     staging.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(staging / name))
+    safetensors_file.save({k: v.contiguous() for k, v in state.items()}, staging / name)
     shutil.copyfile(source.recipe_file, staging / RECIPE_FILE)
     return staging
 

@@ -99,10 +99,10 @@ def _converted(names, sd, dtype, a, bar: TensorProgress) -> dict[str, torch.Tens
 
 
 def _save(file: str, tensors: dict[str, torch.Tensor], directory: Path, bar) -> None:
-    from safetensors.torch import save_file
+    from wmtp.models import safetensors_file
 
     bar.describe(f"writing {file}")
-    save_file(tensors, str(directory / file), metadata={"format": "pt"})
+    safetensors_file.save(tensors, directory / file, metadata={"format": "pt"})
 
 
 def _index(shards: dict[str, list[str]], sd, dtype: torch.dtype) -> dict:

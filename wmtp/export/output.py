@@ -64,13 +64,17 @@ def check_output(out: Path, *, force: bool, source: Path) -> Path:
 
 
 def _check_parents(out: Path) -> None:
-    """The nearest existing folder above ``out`` must be a folder: the export creates the rest."""
-    from wmtp.folders import blocking_file
+    """The nearest existing folder above ``out`` must be a folder this user can write in: the
+    export is written beside ``out`` and renamed into place, and creates missing parents."""
+    from wmtp.folders import blocking_file, why_unwritable
 
     parent = blocking_file(out.parent)
     if parent is not None:
         kind = "a broken symbolic link" if not parent.exists() else "not a folder"
         raise ExportError(f"--out {out}: {parent} is {kind}, so no folder can be made in it")
+    reason = why_unwritable(out.parent)
+    if reason is not None:
+        raise ExportError(f"--out {out}: {reason}, so the export cannot be written there")
 
 
 def _refusal(out: Path) -> str | None:

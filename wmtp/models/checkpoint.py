@@ -406,7 +406,7 @@ def save_wmtp(
     recipe_toml: str | None = None,
 ) -> Path:
     """Write ``model.safetensors`` + ``wmtp_model.json`` (+ ``recipe.toml``), each file atomically."""
-    from safetensors.torch import save_file
+    from wmtp.models import safetensors_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -414,7 +414,7 @@ def save_wmtp(
     meta = {"format_version": FORMAT_VERSION, "kind": "llama_mtp", **(info or {})}
     meta["args"] = args.to_dict()
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _atomic(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp)))
+    _atomic(directory / WEIGHTS_FILE, lambda tmp: safetensors_file.save(tensors, tmp))
     _atomic(directory / ARGS_FILE, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
     if recipe_toml is not None:
         _atomic(directory / "recipe.toml", lambda tmp: tmp.write_text(recipe_toml))

@@ -133,7 +133,7 @@ _TO_HF_LAYER = {v: k for k, v in _LAYER_NAMES.items()}
 def write_hf(model, directory: str | Path) -> Path:
     """A Hugging Face Llama checkpoint of a one-head model (for tests; ``wmtp export`` writes
     sharded files, the tokenizer and the extra heads)."""
-    from safetensors.torch import save_file
+    from wmtp.models import safetensors_file
 
     a = model.args
     assert a.n_future_tokens == 1, "Hugging Face Llama has one head; drop the extra heads first"
@@ -141,7 +141,7 @@ def write_hf(model, directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     tensors = dict(to_hf(k, v.detach().cpu(), a) for k, v in model.state_dict().items())
     tensors = {k: v.contiguous() for k, v in tensors.items()}
-    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    safetensors_file.save(tensors, directory / "model.safetensors", metadata={"format": "pt"})
     (directory / "config.json").write_text(json.dumps(hf_config(a), indent=2))
     return directory
 

@@ -149,12 +149,12 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_lora(model: nn.Module, directory: str | Path) -> Path:
     """Write the adapters alone (``lora.safetensors``) and their settings (``lora.json``)."""
-    from safetensors.torch import save_file
+    from wmtp.models import safetensors_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in lora_state_dict(model).items()}
-    save_file(tensors, str(directory / LORA_WEIGHTS))
+    safetensors_file.save(tensors, directory / LORA_WEIGHTS)
     (directory / LORA_CONFIG).write_text(json.dumps(model.lora_config, indent=2))
     return directory
 

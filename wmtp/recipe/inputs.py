@@ -5,8 +5,9 @@ each model's pretrained ``path`` and trained ``checkpoint`` (only the models its
 the training data (``data.path``, ``data.split.heldout_path``) and the local benchmark files of
 ``[evaluation]``. Each comes with its dotted key, the path as written and the absolute path it
 resolved to (relative paths are read from the working directory), located where the recipe set
-it. The run directory's place is checked the same way: ``experiment.runs_dir`` must be (or be
-creatable as) a directory, and ``<runs_dir>/<name>/latest`` the link wmtp keeps, not a file or
+it. The places a run writes are checked the same way: ``experiment.runs_dir`` must be (or be
+creatable as) a directory this user can write, a HumanEval dataset not yet built must be
+buildable in ``data.cache_dir``, and ``<runs_dir>/<name>/latest`` the link wmtp keeps, not a file or
 folder of the user's (training would fail only when it first points that link at the new run,
 at its first checkpoint). ``wmtp run`` refuses to start while any is missing; ``wmtp validate --env`` reports them as
 problems of the recipe; plain ``wmtp validate`` notes them (a committed production recipe points
@@ -211,21 +212,40 @@ def _data(spec: Any) -> list[MissingInput | None]:
         elif not p.exists():
             what = "no such file or directory (a .jsonl file, or a directory holding train.jsonl)"
             found.append(_absent("data.path", spec.path, what))
+    elif spec.kind == "humaneval":
+        found.append(_humaneval_cache(spec))
     heldout = spec.split.heldout_path
     if heldout is not None and not _resolved(heldout).is_file():
         found.append(_absent("data.split.heldout_path", heldout, "no such file"))
     return found
 
 
+def _humaneval_cache(spec: Any) -> MissingInput | None:
+    """Why the built-in HumanEval dataset, not yet built in ``data.cache_dir``, cannot be built
+    there (a built one is only read: a read-only shared copy serves)."""
+    from wmtp.folders import why_unwritable
+
+    reason = why_unwritable(Path(spec.cache_dir).expanduser())
+    if reason is None:
+        return None
+    from wmtp.data import humaneval  # (numpy) only for a folder that cannot be written
+
+    if humaneval.is_built(humaneval.built_dir(spec.cache_dir, spec.split.heldout_fraction)):
+        return None
+    what = f"HumanEval is not built there yet, and cannot be: {reason}"
+    return MissingInput("data.cache_dir", spec.cache_dir, what)
+
+
 def _run_place(spec: Any) -> MissingInput | None:
     """Why ``<runs_dir>/<name>/`` cannot hold a new run directory and its ``latest`` link, if
-    it cannot: a file where a folder must be, or a ``latest`` that is not a symlink."""
-    from wmtp.folders import blocking_file
+    it cannot: a file where a folder must be, a folder this user cannot write, or a ``latest``
+    that is not a symlink."""
+    from wmtp.folders import why_unwritable
 
     experiment = _resolved(spec.runs_dir) / spec.name
-    blocking = blocking_file(experiment)
-    if blocking is not None:
-        what = f"{blocking} is a file, not a folder: runs go to <runs_dir>/{spec.name}/"
+    reason = why_unwritable(experiment)
+    if reason is not None:
+        what = f"{reason}: runs go to <runs_dir>/{spec.name}/"
         return MissingInput("experiment.runs_dir", spec.runs_dir, what)
     latest = experiment / "latest"
     if latest.exists() and not latest.is_symlink():

@@ -32,7 +32,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from safetensors.torch import save_file
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -41,6 +40,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from wmtp.errors import CheckpointError, RunError
+from wmtp.models import safetensors_file
 from wmtp.models.locate import CHECKPOINTS, FULL_WEIGHTS, LORA_WEIGHTS
 from wmtp.models.locate import step_dirs as checkpoint_dirs
 from wmtp.parallel import barrier
@@ -190,7 +190,7 @@ def _rng_file(tmp: Path) -> Path:
 
 def _write_rank0_files(tmp, full, lora_state, scheduler, trainer_state, recipe_text) -> None:
     name = LORA_WEIGHTS if lora_state is not None else FULL_WEIGHTS
-    save_file({k: v.detach().cpu().contiguous() for k, v in full.items()}, str(tmp / name))
+    safetensors_file.save({k: v.detach().cpu().contiguous() for k, v in full.items()}, tmp / name)
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=2) + "\n")
     (tmp / "recipe.toml").write_text(recipe_text)
@@ -298,6 +298,6 @@ def export_safetensors(model: torch.nn.Module, path: Path) -> Path:
     full = consolidated_state_dict(model)
     if _rank() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in full.items()}, str(path))
+        safetensors_file.save({k: v.contiguous() for k, v in full.items()}, path)
     barrier()
     return path

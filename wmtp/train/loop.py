@@ -47,7 +47,7 @@ from wmtp.train.guards import (
     nonfinite_loss,
     nonfinite_parameters,
 )
-from wmtp.train.metrics import MetricsLogger, read_metrics
+from wmtp.train.metrics import MetricsLogger, keep_metrics_until
 from wmtp.train.optim import build_optimizer, build_scheduler, step_unless
 from wmtp.train.pipeline import Pipeline, StepOutput, phase, to_device
 from wmtp.train.run_dir import resume_command
@@ -259,11 +259,7 @@ class Trainer:
         self.batches.load_state_dict(state["data"])
         self._apply_optimizer_settings()
         if self.ctx.is_main:  # metrics after the checkpoint will be written again
-            import json
-
-            path = self.run_dir / "metrics.jsonl"
-            kept = [m for m in read_metrics(self.run_dir) if m["step"] <= self.step]
-            path.write_text("".join(json.dumps(m) + "\n" for m in kept))
+            keep_metrics_until(self.run_dir, self.step)
         t = self.recipe.training
         log.info(
             "resumed from %s at step %d: lr %.3g now (peak %.3g, %s, warm-up %d), betas %s, "

@@ -151,3 +151,13 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
             raise DataError(f"{path}:{number}: not a JSON record ({exc.msg})") from None
     return records
+
+
+def keep_metrics_until(run_dir: Path, step: int) -> None:
+    """Keep the records of ``metrics.jsonl`` up to ``step`` (a resumed run writes the later ones
+    again), replacing the file in one rename: a crash meanwhile leaves the old file whole."""
+    path = Path(run_dir) / METRICS_FILE
+    kept = [m for m in read_metrics(run_dir) if m["step"] <= step]
+    tmp = path.with_name(f".{METRICS_FILE}.tmp")
+    tmp.write_text("".join(json.dumps(m) + "\n" for m in kept))
+    tmp.replace(path)

@@ -171,6 +171,25 @@ def resume_command(run: Path | str, processes: int | None = None) -> str:
     return f"wmtp run --resume {run} --nproc-per-node {local}{each}"
 
 
+def check_writable(run: Path) -> None:
+    """A RunError, before anything loads, when ``run`` or what a resume appends to in it (its
+    checkpoints, log, metrics and TensorBoard folder) cannot be written; nothing is changed."""
+    from wmtp.folders import read_only_file_system, unwritable
+    from wmtp.train.metrics import METRICS_FILE
+    from wmtp.train.run_log import LOG_FILE
+
+    if read_only_file_system(run):
+        raise RunError(f"cannot resume {run}: it is on a read-only file system")
+    appended = ("checkpoints", LOG_FILE, METRICS_FILE, "tb")
+    refused = unwritable([run, *(run / name for name in appended)])
+    if refused:
+        names = [p.name if p != run else "the run directory itself" for p in refused]
+        raise RunError(
+            f"cannot resume {run}: this user cannot write {', '.join(names)}; nothing in it "
+            "was changed (resume as the user who trained it, or make them writable)"
+        )
+
+
 def check_run_dir(run: str | Path) -> Path:
     """``run`` as a run directory (a ``latest`` link resolved); a RunError when it is not one."""
     path = Path(run)

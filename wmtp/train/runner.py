@@ -114,9 +114,10 @@ def check_resume(run_dir: Path, recipe: Any, *, force: bool, world_size: int = 1
     split of the same global batch (another world size, micro-batch or accumulation) is no
     change: every world size trains on the same global batches."""
     from wmtp.recipe import diff_recipes, load_recipe
-    from wmtp.train.run_dir import RECIPE_FILE, check_run_dir
+    from wmtp.train.run_dir import RECIPE_FILE, check_run_dir, check_writable
 
     run_dir = check_run_dir(run_dir)
+    check_writable(run_dir)
     checkpoint = intact_checkpoint(run_dir)
     # the recipe that trained the checkpoint, which the run's own recipe.toml, a file a user
     # may edit, must not stand in for
@@ -309,27 +310,39 @@ def _check_device(prepared: PreparedRun) -> None:
 
 
 def _naming_the_run(exc: BaseException, ctx, run_dir: Path | None) -> BaseException:
-    """A stop before the first step (``StopSignal``), said as ``Interrupted`` with what the run
-    directory keeps: a new run's has no checkpoint (never ``latest``), a resumed run's
-    checkpoints are as they were. Any other exception as it is."""
+    """A stop before the first step (``StopSignal``), said as ``Interrupted``, and a write the
+    file system refused, said as ``StorageError`` (its trace kept as the cause, for
+    ``run.log``), each with what the run directory keeps. Any other exception as it is."""
     import signal
 
-    from wmtp.errors import Interrupted, StopSignal
+    from wmtp.errors import Interrupted, StopSignal, StorageError, WmtpError
+    from wmtp.folders import refused_write
+
+    if isinstance(exc, StopSignal):
+        name = signal.Signals(exc.signum).name
+        kept = f"nothing was trained; {_kept(run_dir, ctx)}"
+        return Interrupted(f"{name} before the first step: {kept}", exc.signum)
+    refusal = refused_write(exc) if not isinstance(exc, WmtpError) else None
+    if refusal is None:
+        return exc
+    error = StorageError(f"{refusal.render()}; {_kept(run_dir, ctx)}")
+    error.__cause__ = exc
+    return error
+
+
+def _kept(run_dir: Path | None, ctx) -> str:
+    """What a run that ended early leaves: a new run's directory has no checkpoint (never
+    ``latest``), a resumed run's checkpoints are as they were."""
     from wmtp.train.run_dir import resume_command
 
-    if not isinstance(exc, StopSignal):
-        return exc
     if run_dir is None:
-        kept = "nothing was trained"
-    elif any((run_dir / "checkpoints").glob("step-*")):
-        kept = (
+        return "no run directory was made"
+    if any((run_dir / "checkpoints").glob("step-*")):
+        return (
             f"its checkpoints are as they were; continue with: "
             f"{resume_command(run_dir, ctx.world_size)}"
         )
-    else:
-        kept = f"nothing was trained; {run_dir} keeps its recipe and log, no checkpoint"
-    name = signal.Signals(exc.signum).name
-    return Interrupted(f"{name} before the first step: {kept}", exc.signum)
+    return f"{run_dir} keeps its recipe and log, no checkpoint"
 
 
 def _train(recipe, text, run_dir, ctx, signals, checkpoint, dry_run, stop_at_step, console):
