@@ -97,5 +97,8 @@ def linked_exceptions(exc: BaseException) -> Iterator[BaseException]:
         yield current
         todo += [e for e in (current.__cause__, current.__context__) if e is not None]
         failures = getattr(current, "failures", None)  # DCP's CheckpointException
-        if isinstance(failures, dict):
-            todo += [e for e in failures.values() if isinstance(e, BaseException)]
+        if isinstance(failures, dict):  # rank -> its exception, or (exception, traceback)
+            for failure in failures.values():
+                failure = failure[0] if isinstance(failure, tuple) and failure else failure
+                if isinstance(failure, BaseException):
+                    todo.append(failure)

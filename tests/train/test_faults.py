@@ -411,6 +411,21 @@ def test_force_applies_a_new_learning_rate_and_logs_it(partial_run, tmp_path):
     assert after and all(lr <= 0.0005 for lr in after)  # the cosine decay of the new peak
 
 
+def test_a_forced_change_holds_for_the_resumes_after_it(partial_run, tmp_path):
+    """After `--resume --force` with a new learning rate and a crash, `--resume` alone goes on
+    with the recipe the newest checkpoint trained with (the new rate), neither refused as a
+    change nor back to the run's first recipe."""
+    run = partial_run(2)
+    crash = {"WMTP_FAULT": "rank=0,step=5,kind=raise"}  # after the checkpoint of step 4
+    forced = ("--set", "training.lr=0.0005", "--force")
+    assert wmtp("--resume", str(run), *forced, runs=tmp_path, env=crash).returncode != 0
+    assert "lr = 0.0005" in (run / "checkpoints" / "step-4" / "recipe.toml").read_text()
+    done = wmtp("--resume", str(run), runs=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "(peak 0.0005, cosine, warm-up 1)" in done.stderr
+    assert [s for s, _ in losses_of(run)] == list(range(1, 7))
+
+
 def test_force_refuses_what_a_resume_cannot_apply(partial_run, tmp_path):
     run = partial_run(4)
     done = wmtp("--resume", str(run), "--set", "model.policy.dim=128", "--force", runs=tmp_path)
@@ -500,6 +515,32 @@ def test_a_second_signal_stops_a_step_that_never_ends(tmp_path):
     assert not list((tmp_path / "runs").glob("tiny/2*/checkpoints/step-*"))
 
 
+def test_a_run_in_training_is_not_resumed_twice(tmp_path):
+    """A second `wmtp run --resume` of a run that trains now (here: hung at step 5) is refused
+    before it loads anything, naming the process that trains it; once that process is gone,
+    however it ended, the run resumes (the kernel released its lock)."""
+    runs = tmp_path / "runs"
+    proc = _start(runs, env={"WMTP_FAULT": "rank=0,step=5,kind=hang"})
+    run = _wait_for_step(runs, proc, 4)
+    while not (run / "checkpoints" / "step-4").is_dir():
+        time.sleep(0.05)
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    second = wmtp("--resume", str(run), runs=runs)
+    assert_clean_failure(
+        second, 2, f"cannot resume {run}: it is being trained now (pid {proc.pid} on"
+    )
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before
+    assert "cannot resume" not in (run / "run.log").read_text()  # the first run's log
+    proc.send_signal(signal.SIGINT)  # a stop after the hung step, which never ends
+    _read_until(proc, "SIGINT: stopping after this step")
+    proc.send_signal(signal.SIGINT)  # so: now
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    done = wmtp("--resume", str(run), "--set", "training.max_steps=6", "--force", runs=runs)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [s for s, _ in losses_of(run)] == list(range(1, 7))
+
+
 def _read_until(proc: subprocess.Popen, text: str) -> None:
     for line in proc.stderr:
         if text in line:
@@ -518,3 +559,26 @@ def test_a_failed_start_keeps_its_log_and_does_not_take_latest(tmp_path):
     assert failed != good and not (failed / "checkpoints").exists()
     assert "flex has no backward" in (failed / "run.log").read_text()
     assert (tmp_path / "tiny" / "latest").resolve() == good  # still the run with a checkpoint
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_a_failure_inside_a_distributed_checkpoint_is_told_in_its_own_words(tmp_path):
+    """DCP keeps each rank's failure as (exception, traceback) inside a CheckpointException
+    whose own text is a traceback: the message gives the failure's words, and torch's short
+    write ("unexpected pos") is said as what it is."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    from wmtp.train.io_errors import describe_write_error
+
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where DCP makes its folder")
+    try:
+        dcp.save({"w": torch.zeros(4)}, checkpoint_id=str(blocked / "state"))
+    except BaseException as exc:  # DCP's CheckpointException is a BaseException
+        said = describe_write_error(exc, tmp_path)
+    assert said.startswith("[Errno 20] Not a directory") and "Traceback" not in said, said
+    short = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    assert "the file system took fewer bytes than were written" in describe_write_error(
+        short, tmp_path
+    )

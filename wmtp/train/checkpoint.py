@@ -44,6 +44,7 @@ from wmtp.models import safetensors_file
 from wmtp.models.locate import CHECKPOINTS, FULL_WEIGHTS, LORA_WEIGHTS
 from wmtp.models.locate import step_dirs as checkpoint_dirs
 from wmtp.parallel import barrier
+from wmtp.train.io_errors import describe_write_error
 from wmtp.train.manifest import write_manifest
 
 RANK_DATA = "data"
@@ -157,10 +158,11 @@ def save_checkpoint(
         )
         failure = failure or _attempt(lambda: write_manifest(tmp))  # last: all is written
     if _any_rank(failure is not None):  # every rank reaches this one collective
-        if _rank() == 0:
+        cause = describe_write_error(failure, tmp.parent) if failure else "another rank failed"
+        if _rank() == 0:  # the room was measured first: the partial checkpoint filled it
             shutil.rmtree(tmp, ignore_errors=True)
         barrier()
-        raise _write_error(final, failure)
+        raise _write_error(final, cause)
     if _rank() == 0:
         if final.exists():  # a re-run of the same step after a resume
             shutil.rmtree(final)
@@ -218,13 +220,11 @@ def _any_rank(flag: bool) -> bool:
     return bool(box.item())
 
 
-def _write_error(final: Path, failure: BaseException | None) -> RunError:
-    """What failed while writing ``final``, in one message: the cause (no space left, another
-    I/O error, or another rank's failure), the free space there, and what is kept."""
-    from wmtp.train.io_errors import describe_write_error
+def _write_error(final: Path, cause: str) -> RunError:
+    """What failed while writing ``final``, in one message: the ``cause`` (no space left and
+    the free space, another I/O error, or another rank's failure), and what is kept."""
     from wmtp.train.run_dir import resume_command
 
-    cause = describe_write_error(failure, final.parent) if failure else "another rank failed"
     kept = [p.name for p in checkpoint_dirs(final.parent.parent)]
     kept_text = f"earlier checkpoints kept: {', '.join(kept)}" if kept else "no earlier checkpoint"
     return RunError(

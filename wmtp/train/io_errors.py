@@ -28,8 +28,25 @@ def describe_write_error(exc: BaseException, where: Path) -> str:
     if reason is None and free is not None and free < NEARLY_FULL_BYTES:
         reason = "no space left on device"
     if reason is None:
-        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        reason = _own_words(exc)
     return f"{reason} ({room})" if room else reason
+
+
+SHORT_WRITE = "unexpected pos"
+"""torch's zip writer's words when the file system took fewer bytes than it wrote."""
+
+
+def _own_words(exc: BaseException) -> str:
+    """The failure's message: that of the first exception in the chain that wraps no other
+    rank's (a DCP ``CheckpointException``'s own text is a traceback), on one line."""
+    failure = next((e for e in linked_exceptions(exc) if getattr(e, "failures", None) is None), exc)
+    text = " ".join(str(failure).split())
+    if SHORT_WRITE in text:
+        return (
+            f"the file system took fewer bytes than were written ({text[-60:]}), as a full disk "
+            "or a quota does"
+        )
+    return text[:300] or type(failure).__name__
 
 
 def free_bytes(where: Path) -> int | None:

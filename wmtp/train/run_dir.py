@@ -10,14 +10,18 @@ newest run that wrote a checkpoint.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import platform
+import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from wmtp.errors import RunError
 
@@ -98,6 +102,20 @@ def create_run_dir(
     return run
 
 
+def recipe_in_force(run: Path, checkpoint: Path) -> Path:
+    """The recipe a ``--resume`` without one continues ``run`` with: the one ``checkpoint``
+    trained with (a ``--resume --force`` may have changed it since the run began), unless the
+    user has edited the run's ``recipe.toml`` (its hash no longer the one ``fingerprint.json``
+    recorded): then that edit, which the resume checks as any change."""
+    own, trained = run / RECIPE_FILE, checkpoint / RECIPE_FILE
+    try:
+        started = json.loads((run / FINGERPRINT_FILE).read_text())["recipe_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        started = None
+    edited = started is None or recipe_hash(own.read_text()) != started
+    return own if edited or not trained.is_file() else trained
+
+
 def write_inputs(run: Path, recipe: Any) -> None:
     """Record in ``inputs.json`` the checkpoint each used model's ``checkpoint`` resolved to."""
     from wmtp.models.locate import find_trained_weights
@@ -169,6 +187,48 @@ def resume_command(run: Path | str, processes: int | None = None) -> str:
     local = int(os.environ.get("LOCAL_WORLD_SIZE", processes))
     each = " on every node, launched as before" if local != processes else ""
     return f"wmtp run --resume {run} --nproc-per-node {local}{each}"
+
+
+LOCK_FILE = ".training.lock"
+"""Locked (``flock``) by the process that trains the run, for as long as it trains; it says who
+(empty once that process has ended cleanly)."""
+
+
+@contextlib.contextmanager
+def training_lock(run: Path) -> Iterator[None]:
+    """Hold ``run``'s lock while the block trains it: a second ``wmtp run --resume`` of the same
+    run is refused (:func:`check_not_training`) instead of writing the same checkpoints. The
+    kernel releases the lock when the process ends, however it ends: none is ever stale."""
+    with open(run / LOCK_FILE, "a+", encoding="utf-8") as lock:
+        _take(lock, run)
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%c')}\n")
+        lock.flush()
+        try:
+            yield
+        finally:  # no one holds it now; the kernel lets go of the lock itself at close
+            lock.truncate(0)
+
+
+def check_not_training(run: Path) -> None:
+    """A RunError when a process trains ``run`` now (it holds :func:`training_lock`)."""
+    lock_path = run / LOCK_FILE
+    if not lock_path.is_file():
+        return
+    with open(lock_path, "a+", encoding="utf-8") as lock:
+        _take(lock, run)
+
+
+def _take(lock: IO[str], run: Path) -> None:
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        raise RunError(
+            f"cannot resume {run}: it is being trained now ({holder}); wait until that run "
+            "ends, or stop it (Ctrl-C there writes a checkpoint), then resume"
+        ) from None
 
 
 def check_writable(run: Path) -> None:

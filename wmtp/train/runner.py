@@ -74,57 +74,68 @@ def prepare_run(
     force: bool = False,
     world_size: int | None = None,
 ) -> PreparedRun:
-    """The recipe (or the resumed run's own), its inputs and the resume, checked without torch
-    (see the module docstring); a located ``RecipeProblems`` lists every missing input.
-    ``world_size``: the processes the run will have (default: torchrun's ``WORLD_SIZE``, or 1)."""
+    """The recipe (or the resumed run's own: the one its newest intact checkpoint trained with),
+    its inputs and the resume, checked without torch (see the module docstring); a located
+    ``RecipeProblems`` lists every missing input. ``world_size``: the processes the run will
+    have (default: torchrun's ``WORLD_SIZE``, or 1)."""
     from wmtp.recipe import RecipeProblems, load_recipe
     from wmtp.recipe.inputs import input_problems, model_problems
-    from wmtp.train.run_dir import RECIPE_FILE, check_run_dir, pin_inputs
+    from wmtp.train.run_dir import pin_inputs, recipe_in_force
 
-    if recipe_path is None:
-        if resume is None:
-            raise RunError(
-                "give a RECIPE, or --resume RUN_DIR to continue a run with its own recipe"
-            )
-        recipe_path = check_run_dir(resume) / RECIPE_FILE
-    loaded = load_recipe(recipe_path, overrides)
+    if recipe_path is None and resume is None:
+        raise RunError("give a RECIPE, or --resume RUN_DIR to continue a run with its own recipe")
+    run = _resumable(resume) if resume is not None else None
+    loaded = load_recipe(recipe_path, overrides) if recipe_path is not None else None
     checkpoint = None
-    if resume is not None:
-        if loaded.recipe.pipeline.trains is None:
+    if run is not None:
+        if loaded is not None and loaded.recipe.pipeline.trains is None:
             raise RunError(
                 f"experiment.pipeline = {loaded.recipe.experiment.pipeline!r} "
                 "trains nothing to resume"
             )
+        checkpoint = intact_checkpoint(run)
+        if loaded is None:
+            recipe_path = recipe_in_force(run, checkpoint)
+            loaded = load_recipe(recipe_path, overrides)
         world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
-        checkpoint = check_resume(Path(resume), loaded.recipe, force=force, world_size=world_size)
+        check_resume(run, checkpoint, loaded.recipe, force=force, world_size=world_size)
         # the frozen models it started with, wherever `latest` points now
-        loaded = replace(loaded, recipe=pin_inputs(check_run_dir(resume), loaded.recipe))
+        loaded = replace(loaded, recipe=pin_inputs(run, loaded.recipe))
+    assert loaded is not None and recipe_path is not None
     missing = input_problems(loaded) + model_problems(loaded)
     if missing:
         raise RecipeProblems(f"{loaded.path} (paths it names that cannot be used)", missing)
-    recipe = loaded.recipe
-    return PreparedRun(Path(recipe_path), recipe, checkpoint, loaded)
+    return PreparedRun(Path(recipe_path), loaded.recipe, checkpoint, loaded)
 
 
-def check_resume(run_dir: Path, recipe: Any, *, force: bool, world_size: int = 1) -> Path:
-    """The checkpoint to resume ``run_dir`` from: the newest one that matches its manifest (a
-    damaged one is named, and the one before it taken, saying so). Refuses a recipe whose
-    numerics differ from the recipe that trained that checkpoint (its own ``recipe.toml``), or a global batch (micro-batch x accumulation x ``world_size``) other than
+def _resumable(resume: str | Path) -> Path:
+    """``resume`` as a run directory this user can write and no process trains now."""
+    from wmtp.train.run_dir import check_not_training, check_run_dir, check_writable
+
+    run = check_run_dir(resume)
+    check_writable(run)
+    check_not_training(run)
+    return run
+
+
+def check_resume(
+    run_dir: Path, checkpoint: Path, recipe: Any, *, force: bool, world_size: int = 1
+) -> None:
+    """Whether ``recipe`` may resume ``run_dir`` from ``checkpoint`` (:func:`intact_checkpoint`).
+    Refuses a recipe whose numerics differ from the recipe that trained that checkpoint (its own
+    ``recipe.toml``), or a global batch (micro-batch x accumulation x ``world_size``) other than
     the checkpoint's, unless ``force``, and, even forced, a change a resume cannot apply. A new
     split of the same global batch (another world size, micro-batch or accumulation) is no
     change: every world size trains on the same global batches."""
     from wmtp.recipe import diff_recipes, load_recipe
-    from wmtp.train.run_dir import RECIPE_FILE, check_run_dir, check_writable
+    from wmtp.train.run_dir import RECIPE_FILE
 
-    run_dir = check_run_dir(run_dir)
-    check_writable(run_dir)
-    checkpoint = intact_checkpoint(run_dir)
     # the recipe that trained the checkpoint, which the run's own recipe.toml, a file a user
     # may edit, must not stand in for
     trained = checkpoint / RECIPE_FILE
     saved = load_recipe(trained if trained.is_file() else run_dir / RECIPE_FILE).recipe
     changes = diff_recipes(saved, recipe)
-    was, now = _trained_batch(run_dir, saved), _global_batch(recipe, world_size)
+    was, now = _trained_batch(checkpoint, saved), _global_batch(recipe, world_size)
     if was[0] == now[0]:
         changes = [c for c in changes if c.key not in BATCH_SPLIT_KEYS]
     computing = [c for c in changes if c.category in REFUSED_ON_RESUME]
@@ -145,7 +156,6 @@ def check_resume(run_dir: Path, recipe: Any, *, force: bool, world_size: int = 1
     _refuse_what_cannot_apply(run_dir, changes, recipe)
     if refused:
         log.warning("resuming with --force; applied from the new recipe: %s", ", ".join(applied))
-    return checkpoint
 
 
 BATCH_SPLIT_KEYS = ("training.micro_batch_size", "training.grad_accum_steps")
@@ -161,25 +171,16 @@ def _global_batch(recipe: Any, world_size: int) -> tuple[int, str]:
     return rows, f"{rows} rows ({how})"
 
 
-def _trained_batch(run_dir: Path, saved: Any) -> tuple[int, str]:
-    """The global batch the run's newest checkpoint trained with: its own ``recipe.toml`` (a
-    resume may have split the batch anew) at its ``trainer.json``'s world size; the run's
-    recipe on one process where the checkpoint does not say."""
+def _trained_batch(checkpoint: Path, trained: Any) -> tuple[int, str]:
+    """The global batch ``checkpoint`` trained with: its recipe ``trained`` (a resume may have
+    split the batch anew) at its ``trainer.json``'s world size (one process where it does not
+    say)."""
     import json
 
-    from wmtp.models.locate import step_dirs
-    from wmtp.recipe import load_recipe
-
-    steps = step_dirs(run_dir)
-    if not steps:
-        return _global_batch(saved, 1)
-    newest = steps[-1]
     try:
-        world_size = int(json.loads((newest / "trainer.json").read_text())["world_size"])
+        world_size = int(json.loads((checkpoint / "trainer.json").read_text())["world_size"])
     except (OSError, ValueError, KeyError, TypeError):
         world_size = 1
-    recipe_file = newest / "recipe.toml"
-    trained = load_recipe(recipe_file).recipe if recipe_file.is_file() else saved
     return _global_batch(trained, world_size)
 
 
@@ -265,19 +266,22 @@ def run_recipe(
     from wmtp.parallel import init_distributed, teardown
     from wmtp.recipe import dump_recipe
     from wmtp.train.guards import StopSignals
+    from wmtp.train.run_dir import training_lock
     from wmtp.train.run_log import TRAINING_SUFFIX, RunLog, exit_without_peers, mark_rank
 
     text = dump_recipe(recipe)
     _check_device(prepared)
     ctx = init_distributed(recipe.parallel.device)
     run_dir: Path | None = None
-    with StopSignals(ctx) as signals, RunLog() as run_log:
+    with StopSignals(ctx) as signals, RunLog() as run_log, contextlib.ExitStack() as held:
         if ctx.is_distributed:  # from here a signal stops this rank with a checkpoint
             mark_rank(ctx.rank, TRAINING_SUFFIX)
         try:
             run_dir = (
                 Path(resume).resolve() if resume is not None else _new_run_dir(ctx, recipe, text)
             )
+            if ctx.is_main:  # before its log: a second resume of a run in training writes nothing
+                held.enter_context(training_lock(run_dir))
             run_log.attach(run_dir, ctx)
             result = _train(
                 recipe, text, run_dir, ctx, signals, checkpoint, dry_run, stop_at_step, console
