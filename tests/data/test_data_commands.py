@@ -38,13 +38,25 @@ def test_index_reports_a_bad_line_with_file_and_line(tmp_path):
     assert f"{path}:3: field 'is_correct' must be bool" in result.output.replace("\n", "")
 
 
-def test_index_reports_metadata_that_disagrees(tmp_path):
+def test_index_rebuilds_metadata_of_an_edited_file_and_reports_one_that_disagrees(tmp_path):
+    """Metadata of another version of the file (its sha256) is out of date: rebuilt, said.
+    Metadata without the hash (older) that disagrees with the rows is a located error."""
     path = write_dataset(tmp_path / "train.jsonl", problem_rows(2, 1, 1))
     assert runner.invoke(app, ["data", "index", str(path)]).exit_code == 0
     with open(path, "a") as f:
         f.write(path.read_text().splitlines()[0] + "\n")
     result = runner.invoke(app, ["data", "index", str(path)])
-    assert result.exit_code == 2 and "says n_rows = 4, but" in result.output.replace("\n", "")
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 0 and "out of date (train.jsonl was edited since); rebuilt" in flat
+    meta_path = tmp_path / "train_metadata.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["n_rows"] == 5
+    with open(path, "a") as f:
+        f.write(path.read_text().splitlines()[0] + "\n")
+    del meta["source_sha256"]
+    meta_path.write_text(json.dumps(meta))
+    result = runner.invoke(app, ["data", "index", str(path)])
+    assert result.exit_code == 2 and "says n_rows = 5, but" in result.output.replace("\n", "")
 
 
 def test_humaneval_command_without_bubblewrap_stops_before_any_work(tmp_path):

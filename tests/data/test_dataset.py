@@ -174,15 +174,38 @@ def test_truncated_rows_are_reported_and_only_a_full_prompt_leaves_a_row_out(tra
     )
 
 
-def test_a_row_edited_after_indexing_is_a_located_error(train_path):
-    """Metadata lengths decide which rows fit: a row whose text changed since `wmtp data index`
-    must stop with its line, never train (or crash) on the stale length."""
-    index_jsonl(train_path, TOK, progress=False)
+def _edit_row_6(train_path) -> dict:
+    """Row 6's output made long (same problem and label: the indices still agree)."""
     lines = train_path.read_text().splitlines()
     record = json.loads(lines[6])
-    record["output"] = "y" * 400  # same problem and label: the indices still agree
+    record["output"] = "y" * 400
     lines[6] = json.dumps(record)
     train_path.write_text("\n".join(lines) + "\n")
+    return record
+
+
+def test_metadata_of_an_edited_file_is_not_trusted_but_recomputed_and_said(train_path):
+    """Metadata records the file's sha256: after an edit its lengths (which decide the rows
+    that fit) are recomputed, with a note saying why and how to save them again."""
+    index_jsonl(train_path, TOK, progress=False)
+    _edit_row_6(train_path)
+    data = make_train_data(train_path, TOK, seed=0, max_length=200)
+    assert 6 not in data.train_rows  # its real length, not the metadata's, decided
+    assert data.train.lengths_from is None
+    (note,) = [n for n in data.train.notes if "another version" in n]
+    assert "train_metadata.json was built from another version of train.jsonl" in note
+    assert f"wmtp data index {train_path} --force" in note
+
+
+def test_a_row_edited_after_metadata_without_a_hash_is_a_located_error(train_path):
+    """Metadata from before files were hashed (or a file edited while a run reads it): the
+    length a row encodes to is checked against the recorded one, and a row whose text changed
+    stops with its line, never trains (or crashes) on the stale length."""
+    meta_path = index_jsonl(train_path, TOK, progress=False)
+    meta = json.loads(meta_path.read_text())
+    del meta["source_sha256"]
+    meta_path.write_text(json.dumps(meta))
+    record = _edit_row_6(train_path)
     data = make_train_data(train_path, TOK, seed=0, max_length=200)
     assert 6 in data.train_rows  # the metadata's length fits
     edited = len(encode_example(example_from_record(record, "edited"), TOK))

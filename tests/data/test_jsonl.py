@@ -67,6 +67,11 @@ def test_a_million_lines_index_without_loading_them(tmp_path):
         # -1 is how metadata keeps an unknown difficulty: a row may not claim it
         (json.dumps({**ROW, "difficulty": -1}), "field 'difficulty' must be 0 or more, got -1"),
         (json.dumps({**ROW, "output": None}), "field 'output' must be str"),
+        # JSON's escape of half a UTF-16 pair: no character, which no tokenizer can encode
+        (
+            json.dumps({**ROW, "output": "ok \ud83d"}),
+            "field 'output' holds '\\ud83d' at character 3",
+        ),
     ],
 )
 def test_bad_lines_name_file_and_line(tmp_path, line, message):

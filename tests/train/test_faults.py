@@ -426,6 +426,30 @@ def test_a_forced_change_holds_for_the_resumes_after_it(partial_run, tmp_path):
     assert [s for s, _ in losses_of(run)] == list(range(1, 7))
 
 
+def test_data_edited_since_the_checkpoint_is_refused_on_resume_unless_forced(tmp_path):
+    """The checkpoint records each data file's sha256: a resume after an edit would train on
+    other rows than the interrupted run, so it is refused, naming the file; --force goes on
+    with the data as it is now, saying so."""
+    from tests.data.data_rows import problem_rows, write_dataset
+
+    data = write_dataset(tmp_path / "train.jsonl", problem_rows(8, 2, 1))
+    mine = ("--set", f"data={{kind='jsonl', path='{data}', max_length=1024}}")
+    crash = {"WMTP_FAULT": "rank=0,step=3,kind=raise"}  # after the checkpoint of step 2
+    assert wmtp(str(TINY), *mine, runs=tmp_path, env=crash).returncode != 0
+    run = max((tmp_path / "tiny").glob("2*"))
+    assert [p.name for p in step_dirs(run)] == ["step-2"]
+    with open(data, "a") as f:
+        f.write(data.read_text().splitlines()[0] + "\n")
+    done = wmtp("--resume", str(run), runs=tmp_path)
+    assert_clean_failure(
+        done, 2, f"cannot resume {run}: its data changed since the checkpoint", str(data)
+    )
+    assert "edited since step-2" in done.stderr and "pass --force" in done.stderr
+    forced = wmtp("--resume", str(run), "--force", runs=tmp_path)
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert "resuming with --force on data changed since the checkpoint" in forced.stderr
+
+
 def test_force_refuses_what_a_resume_cannot_apply(partial_run, tmp_path):
     run = partial_run(4)
     done = wmtp("--resume", str(run), "--set", "model.policy.dim=128", "--force", runs=tmp_path)

@@ -63,7 +63,12 @@ def index(
     """Build <name>_metadata.json beside each JSONL where it is missing; check it where it is."""
     from wmtp.data.dataset import JsonlDataset
     from wmtp.data.jsonl import refuse_empty
-    from wmtp.data.metadata import index_jsonl, metadata_path_for
+    from wmtp.data.metadata import (
+        built_from_another_version,
+        index_jsonl,
+        metadata_path_for,
+        read_metadata,
+    )
     from wmtp.data.tokenizers import load_tokenizer
     from wmtp.errors import DataError
     from wmtp.folders import why_unwritable
@@ -88,10 +93,15 @@ def index(
         meta_path = metadata_path_for(file)
         if meta_path.is_file() and not force:
             ds = JsonlDataset(file, tok, template=template.value, progress=True)
-            console.print(f"{meta_path}: agrees with {file.name} ({len(ds)} rows)")
-            for note in ds.notes:
-                console.print(f"  note: {note}")
-            continue
+            if not built_from_another_version(read_metadata(meta_path), ds.file):
+                console.print(f"{meta_path}: agrees with {file.name} ({len(ds)} rows)")
+                for note in ds.notes:
+                    console.print(f"  note: {note}")
+                continue
+            console.print(f"{meta_path}: out of date ({file.name} was edited since); rebuilt")
+            reason = why_unwritable(file.parent)
+            if reason is not None:
+                raise DataError(f"{file}: its metadata cannot be written beside it: {reason}")
         start = time.monotonic()
         written = index_jsonl(file, tok, template.value, progress=True)
         meta = json.loads(written.read_text())

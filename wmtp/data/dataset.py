@@ -21,6 +21,7 @@ from wmtp.data.examples import Encoded, Example, TemplateName, encode_example, f
 from wmtp.data.jsonl import JsonlFile
 from wmtp.data.metadata import (
     RowTable,
+    built_from_another_version,
     check_metadata,
     lengths_from_metadata,
     metadata_path_for,
@@ -57,19 +58,14 @@ class JsonlDataset:
 
     def _load_rows(self, progress: bool) -> RowTable:
         meta_path = metadata_path_for(self.file.path)
-        meta = read_metadata(meta_path) if meta_path.is_file() else None
+        meta = self._usable_metadata(meta_path)
         same_lengths = meta is not None and (meta["tokenizer"], meta["template"]) == (
             self.tokenizer.identity,
             self.template,
         )
         tokenizer = None if same_lengths else self.tokenizer
         rows = scan_rows(self.file, tokenizer, self.template, progress=progress)
-        if meta is None:
-            self.notes.append(
-                f"{self.file.path.name}: no {meta_path.name}; token lengths computed "
-                f"(`wmtp data index {self.file.path}` saves them)"
-            )
-        else:
+        if meta is not None:
             check_metadata(meta, rows, self.file, meta_path)
             if same_lengths:
                 rows.n_tokens = lengths_from_metadata(meta, len(rows))
@@ -81,6 +77,25 @@ class JsonlDataset:
                     f"and {self.template!r}"
                 )
         return rows
+
+    def _usable_metadata(self, meta_path: Path) -> dict | None:
+        """The metadata beside the file; None, said in a note, where there is none or it was
+        built from another version of the file (edited since: its lengths are recomputed)."""
+        if not meta_path.is_file():
+            self.notes.append(
+                f"{self.file.path.name}: no {meta_path.name}; token lengths computed "
+                f"(`wmtp data index {self.file.path}` saves them)"
+            )
+            return None
+        meta = read_metadata(meta_path)
+        if built_from_another_version(meta, self.file):
+            self.notes.append(
+                f"{meta_path.name} was built from another version of {self.file.path.name} "
+                f"(edited since): token lengths recomputed (`wmtp data index {self.file.path} "
+                "--force` saves them)"
+            )
+            return None
+        return meta
 
     def _rows_that_fit(self) -> np.ndarray:
         """Mask of rows that make a training example under ``max_length`` and ``truncate``."""
@@ -155,6 +170,12 @@ class TrainData:
     @property
     def tokenizer(self) -> Tokenizer:
         return self.train.tokenizer
+
+    def files(self) -> dict[str, str]:
+        """Each file this data reads (absolute path) and its sha256: a checkpoint records them,
+        so that a resume tells data edited since (``wmtp.train.runner``)."""
+        files = [self.train.file] + ([self.heldout.file] if self.heldout is not None else [])
+        return {str(f.path.resolve()): f.sha256 for f in files}
 
     @property
     def heldout_problems(self) -> list[str]:

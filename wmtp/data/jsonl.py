@@ -8,6 +8,7 @@ line. Blank lines are errors too: nothing is skipped silently.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,17 +26,24 @@ OPTIONAL_FIELDS = ("input", "difficulty")
 
 def line_offsets(path: Path) -> np.ndarray:
     """Byte offset of the start of every line of ``path`` (a final line may lack its newline)."""
+    return _scan(path)[0]
+
+
+def _scan(path: Path) -> tuple[np.ndarray, str]:
+    """:func:`line_offsets` and the sha256 of the file's bytes, in one read."""
     starts = [np.zeros(1, dtype=np.int64)]
     size = 0
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK_BYTES):
             newlines = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == ord("\n"))
             starts.append(newlines.astype(np.int64) + size + 1)
             size += len(chunk)
+            digest.update(chunk)
     offsets = np.concatenate(starts)
     if offsets[-1] == size:  # the file ends with a newline: no line starts there
         offsets = offsets[:-1]
-    return offsets
+    return offsets, digest.hexdigest()
 
 
 def refuse_empty(path: str | Path) -> None:
@@ -56,7 +64,8 @@ class JsonlFile:
         self.path = Path(path)
         if not self.path.is_file():
             raise DataError(f"dataset file not found: {self.path}")
-        self.offsets = line_offsets(self.path)
+        # sha256: the file's identity, which metadata and checkpoints record to tell a change
+        self.offsets, self.sha256 = _scan(self.path)
         self._size = self.path.stat().st_size
         self._file = open(self.path, "rb")  # noqa: SIM115 (kept open for random access)
 
@@ -68,7 +77,12 @@ class JsonlFile:
             self._file.close()
 
     def __getstate__(self) -> dict:  # data-loader workers reopen the file
-        return {"path": self.path, "offsets": self.offsets, "_size": self._size}
+        return {
+            "path": self.path,
+            "offsets": self.offsets,
+            "sha256": self.sha256,
+            "_size": self._size,
+        }
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -120,7 +134,22 @@ def _typed(record: dict, key: str, types: tuple[type, ...], where: str):
     if not isinstance(value, types):
         expected = " or ".join(t.__name__ for t in types) or "not a boolean"
         raise DataError(f"{where}: field {key!r} must be {expected}, got {value!r:.60}")
+    if isinstance(value, str):
+        _refuse_lone_surrogate(value, key, where)
     return value
+
+
+def _refuse_lone_surrogate(text: str, key: str, where: str) -> None:
+    """JSON's ``\\ud800`` escapes may leave half of a UTF-16 pair, which no tokenizer (nor
+    UTF-8) can encode: said at the line and character, not when a tokenizer meets it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DataError(
+            f"{where}: field {key!r} holds {text[exc.start]!r} at character {exc.start}, half of "
+            "a UTF-16 surrogate pair and no character: write the character itself (or both "
+            "halves of its pair)"
+        ) from None
 
 
 def example_from_record(record: dict, where: str) -> Example:

@@ -108,6 +108,7 @@ def build_metadata(
         "format": FORMAT,
         "version": VERSION,
         "source": jsonl.path.name,
+        "source_sha256": jsonl.sha256,
         "n_rows": len(rows),
         "tokenizer": tokenizer_identity,
         "template": template,
@@ -155,6 +156,13 @@ def read_metadata(path: str | Path) -> dict:
         if key not in meta:
             raise DataError(f"{path}: missing key {key!r}")
     return meta
+
+
+def built_from_another_version(meta: dict, jsonl: JsonlFile) -> bool:
+    """Whether ``meta`` was built from other bytes than ``jsonl`` holds now (metadata written
+    before files were hashed cannot say: False, and :func:`check_metadata` compares rows)."""
+    recorded = meta.get("source_sha256")
+    return recorded is not None and recorded != jsonl.sha256
 
 
 def check_metadata(meta: dict, rows: RowTable, jsonl: JsonlFile, meta_path: Path) -> None:

@@ -50,7 +50,7 @@ from wmtp.train.guards import (
 from wmtp.train.metrics import MetricsLogger, keep_metrics_until
 from wmtp.train.optim import build_optimizer, build_scheduler, step_unless
 from wmtp.train.pipeline import Pipeline, StepOutput, phase, to_device
-from wmtp.train.run_dir import resume_command
+from wmtp.train.run_dir import DATA_FILES, resume_command
 
 log = logging.getLogger(__name__)
 
@@ -567,6 +567,7 @@ class Trainer:
         state = {
             "step": self.step,
             "data": self.batches.state_dict(),
+            DATA_FILES: self.data.files() if self.data is not None else {},
             "seed": self.recipe.experiment.seed,
             "world_size": self.ctx.world_size,
             "bad_steps": self.bad_steps,

@@ -102,6 +102,33 @@ def create_run_dir(
     return run
 
 
+DATA_FILES = "data_files"
+"""The key of a checkpoint's ``trainer.json`` that maps each data file the run read (absolute
+path) to its sha256 when the checkpoint was written."""
+
+
+def changed_data_files(checkpoint: Path) -> list[str]:
+    """The data files ``checkpoint`` trained on that hold other bytes now (or are gone), each
+    said with its sha256 then and now; none for a checkpoint that did not record them."""
+    from wmtp.data.jsonl import JsonlFile
+
+    try:
+        recorded = json.loads((checkpoint / "trainer.json").read_text()).get(DATA_FILES) or {}
+    except (OSError, ValueError, AttributeError):
+        return []
+    changed = []
+    for path, then in recorded.items():
+        if not Path(path).is_file():
+            changed.append(f"{path}: gone (it was read when {checkpoint.name} was written)")
+            continue
+        now = JsonlFile(path).sha256
+        if now != then:
+            changed.append(
+                f"{path}: edited since {checkpoint.name} (sha256 {then[:12]}... -> {now[:12]}...)"
+            )
+    return changed
+
+
 def recipe_in_force(run: Path, checkpoint: Path) -> Path:
     """The recipe a ``--resume`` without one continues ``run`` with: the one ``checkpoint``
     trained with (a ``--resume --force`` may have changed it since the run began), unless the

@@ -156,6 +156,25 @@ def check_resume(
     _refuse_what_cannot_apply(run_dir, changes, recipe)
     if refused:
         log.warning("resuming with --force; applied from the new recipe: %s", ", ".join(applied))
+    _check_data(run_dir, checkpoint, force=force)
+
+
+def _check_data(run_dir: Path, checkpoint: Path, *, force: bool) -> None:
+    """Refuses, unless ``force``, data files edited since ``checkpoint`` was written: the epoch's
+    order and the rows behind the saved position would not be the ones it trained on."""
+    from wmtp.train.run_dir import changed_data_files
+
+    changed = changed_data_files(checkpoint)
+    if not changed:
+        return
+    lines = "\n".join(f"  {line}" for line in changed)
+    if not force:
+        raise RunError(
+            f"cannot resume {run_dir}: its data changed since the checkpoint:\n{lines}\n"
+            "the resumed run would train on other rows than the interrupted one; restore the "
+            "data, or pass --force to go on with it as it is now"
+        )
+    log.warning("resuming with --force on data changed since the checkpoint:\n%s", lines)
 
 
 BATCH_SPLIT_KEYS = ("training.micro_batch_size", "training.grad_accum_steps")
