@@ -181,6 +181,29 @@ def estimate(recipe: Any, world_size: int = 1, *, row_tokens: int | None = None)
     return Estimate(world_size, effective, tokens, models, memory, notes)
 
 
+def memory_shortfall(cost: Estimate, available: int, what: str, processes: int = 1) -> str | None:
+    """Why ``cost`` (per process) times ``processes`` does not fit ``available`` bytes of
+    ``what`` (``"this machine's memory"``, ``"the GPU's memory"``), with what to change; None
+    when it fits or nothing is estimated."""
+    if cost.memory is None or cost.memory.total * processes <= available:
+        return None
+    each = f"{cost.memory.total / GIB:.1f} GiB"
+    need = each if processes == 1 else f"{processes} processes x {each}"
+    return (
+        f"the memory estimate ({need}, `wmtp validate`) is more than {what} "
+        f"({available / GIB:.1f} GiB): lower training.micro_batch_size (and raise "
+        "grad_accum_steps to keep the batch), set parallel.activation_checkpointing, or shorten "
+        "data.max_length"
+    )
+
+
+def host_memory() -> int:
+    """This machine's memory in bytes (what a CPU run's processes share)."""
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def _vocab(recipe: Any, notes: list[str]) -> int:
     if recipe.tokenizer.kind == "byte":
         return BYTE_TOKENIZER_VOCAB

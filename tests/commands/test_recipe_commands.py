@@ -163,6 +163,27 @@ def test_validate_env_says_per_recipe_what_cannot_run_here(cli):
     assert "parallel.float8: needs a CUDA GPU of compute capability 8.9" in float8.stderr
 
 
+def test_validate_env_weighs_the_memory_estimate_against_this_machine(cli):
+    """A micro-batch whose estimate is past this machine's memory (on the CPU the kernel would
+    kill the run without a word): a problem at the key, with what to change; the same recipe
+    on a machine of that much memory (--world-size spreads nothing on one CPU) fits."""
+    from wmtp.estimate import GIB, estimate, host_memory
+    from wmtp.recipe import load_recipe
+
+    fits = cli("validate", "recipes/tiny.toml", "--env")
+    assert fits.exit_code == 0 and "memory estimate" not in fits.stderr
+    per_row = estimate(load_recipe(REPO / "recipes" / "tiny.toml").recipe).memory.total / 4
+    rows = int(2 * host_memory() / per_row)  # past this machine, whatever its size
+    big = cli(
+        "validate", "recipes/tiny.toml", "--env", "--set", f"training.micro_batch_size={rows}"
+    )
+    flat = " ".join(big.stderr.split())
+    assert big.exit_code == 2 and "Traceback" not in big.stderr
+    assert f"--set training.micro_batch_size={rows}: training.micro_batch_size: the memory " in flat
+    assert f"is more than this machine's memory ({round(host_memory() / GIB, 1):.1f} GiB)" in flat
+    assert "raise grad_accum_steps to keep the batch" in flat
+
+
 def test_missing_inputs_are_notes_for_validate_and_problems_for_validate_env(cli, tmp_path):
     """The production recipes name files a clone does not have: plain validate says so and
     passes; --env (and `wmtp run`) fail, each input located with the path it resolved to."""

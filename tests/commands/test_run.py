@@ -225,3 +225,33 @@ def test_a_dataset_folders_own_heldout_file_is_named_when_the_recipe_splits_inst
     flat = " ".join((done.stdout + done.stderr).split())
     assert f"data: {folder / 'heldout.jsonl'} is not read" in flat, flat
     assert f"heldout_path = '{folder / 'heldout.jsonl'}', heldout_fraction = 0" in flat, flat
+
+
+def test_a_cpu_run_past_this_machines_memory_is_warned_before_it_starts(tmp_path):
+    """On the CPU the kernel kills a run past the machine's memory without a word: the run
+    says so first, as a warning located at the micro-batch (the estimate may overshoot, so it
+    is not refused); a dry run builds nothing that size."""
+    import subprocess
+    import sys
+
+    from wmtp.estimate import estimate, host_memory
+    from wmtp.recipe import load_recipe
+
+    per_row = estimate(load_recipe(TINY).recipe).memory.total / 4
+    rows = int(2 * host_memory() / per_row)
+    done = subprocess.run(
+        [sys.executable, "-m", "wmtp.cli", "run", str(TINY), "--dry-run",
+         "--set", f"training.micro_batch_size={rows}",
+         "--set", f"experiment.runs_dir='{tmp_path}'"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    flat = " ".join(done.stderr.split())
+    said = f"warning: --set training.micro_batch_size={rows}: training.micro_batch_size: the memory"
+    assert said in flat and "the kernel stops the run without a message (exit 137)" in flat
+    small = subprocess.run(
+        [sys.executable, "-m", "wmtp.cli", "run", str(TINY), "--dry-run",
+         "--set", f"experiment.runs_dir='{tmp_path}'"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert small.returncode == 0 and "memory estimate" not in small.stderr, small.stderr[-2000:]

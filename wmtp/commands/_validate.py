@@ -345,6 +345,8 @@ def _environment() -> dict[str, Any]:
 
     import torch
 
+    from wmtp.estimate import host_memory
+
     cuda = torch.cuda.is_available()
     flash = importlib.util.find_spec("flash_attn") is not None
     if flash:
@@ -359,9 +361,17 @@ def _environment() -> dict[str, Any]:
         "gpus": torch.cuda.device_count() if cuda else 0,
         "gpu_name": torch.cuda.get_device_name(0) if cuda else None,
         "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
+        "gpu_memory_gib": _gib(torch.cuda.get_device_properties(0).total_memory) if cuda else None,
+        "host_memory_gib": _gib(host_memory()),
         "flash_attn": flash,
         "sandbox": _sandbox_isolation(),
     }
+
+
+def _gib(n: int) -> float:
+    from wmtp.estimate import GIB
+
+    return round(n / GIB, 1)
 
 
 def _sandbox_isolation() -> str:
@@ -392,9 +402,24 @@ def _environment_problems(loaded: Any, machine: dict, world_size: int) -> list[s
         problems += _float8_problems(loaded, device)
     if machine["cuda"] and world_size > machine["gpus"]:
         problems.append(f"--world-size {world_size}, but this machine has {machine['gpus']} GPUs")
+    problems += _memory_problems(loaded, machine, world_size, device)
     if recipe.pipeline.trains is None and machine["sandbox"].startswith("none"):
         problems.append(f"[evaluation] runs generated code: {machine['sandbox']}")
     return problems
+
+
+def _memory_problems(loaded: Any, machine: dict, world_size: int, device: str) -> list[str]:
+    """The estimate per process against a GPU's memory, or on the CPU against this machine's
+    memory shared by the processes (past it the kernel kills a run without a word)."""
+    from wmtp.estimate import GIB, estimate, memory_shortfall
+
+    cost = estimate(loaded.recipe, world_size)
+    if device == "cuda" and machine["gpu_memory_gib"]:
+        why = memory_shortfall(cost, int(machine["gpu_memory_gib"] * GIB), "the GPU's memory")
+    else:
+        host = int(machine["host_memory_gib"] * GIB)
+        why = memory_shortfall(cost, host, "this machine's memory", world_size)
+    return [] if why is None else [_at(loaded, "training.micro_batch_size", why)]
 
 
 def _float8_problems(loaded: Any, device: str) -> list[str]:

@@ -7,6 +7,7 @@ e.g. ``torchrun --nnodes 2 --node-rank 0 --nproc-per-node 8 --rdzv-backend c10d
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Annotated
@@ -60,13 +61,15 @@ def run(
     The recipe, every file it names and the resume are checked first, before torch loads: a
     problem is a located message and exit code 2. The built-in HumanEval dataset (and an
     evaluation recipe) run code in the sandbox: see --sandbox."""
-    import logging
-
     from wmtp.sandbox import choose
     from wmtp.train.launcher import die_with_parent
 
     rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
+    console_log = logging.StreamHandler()
+    console_log.setFormatter(_Said())
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING, handlers=[console_log]
+    )
     choose(sandbox)
     if nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
         from wmtp.train.runner import VERIFIED_ENV, prepare_run
@@ -91,3 +94,12 @@ def run(
         raise typer.Exit(130) from None
     if rank == 0:
         console.print(result.summary(), highlight=False)
+
+
+class _Said(logging.Formatter):
+    """The console's log lines: the message, with ``warning:`` before a warning (the error that
+    ends a run is said once, by the command's boundary)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return f"warning: {text}" if record.levelno >= logging.WARNING else text

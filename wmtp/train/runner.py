@@ -290,6 +290,7 @@ def run_recipe(
 
     text = dump_recipe(recipe)
     _check_device(prepared)
+    _warn_memory(prepared)
     ctx = init_distributed(recipe.parallel.device)
     run_dir: Path | None = None
     with StopSignals(ctx) as signals, RunLog() as run_log, contextlib.ExitStack() as held:
@@ -330,6 +331,26 @@ def _check_device(prepared: PreparedRun) -> None:
     if prepared.recipe.parallel.device == "cuda" and not torch.cuda.is_available():
         problem = located_problem(prepared.loaded, "parallel.device", NO_CUDA)
         raise RecipeProblems(str(prepared.loaded.path), [problem])
+
+
+def _warn_memory(prepared: PreparedRun) -> None:
+    """On the CPU, a run past this machine's memory is killed by the kernel without a word:
+    said before it starts, located (a warning: the estimate may overshoot what a run needs)."""
+    import torch
+
+    from wmtp.estimate import estimate, host_memory, memory_shortfall
+    from wmtp.recipe.inputs import located_problem
+
+    device = prepared.recipe.parallel.device
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        return  # a GPU's out-of-memory error is caught and said (wmtp.train.out_of_memory)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    here = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    cost = estimate(prepared.recipe, world)
+    why = memory_shortfall(cost, host_memory(), "this machine's memory", here)
+    if why is not None:
+        where = located_problem(prepared.loaded, "training.micro_batch_size", why).render()
+        log.warning("%s; past it the kernel stops the run without a message (exit 137)", where)
 
 
 def _naming_the_run(exc: BaseException, ctx, run_dir: Path | None) -> BaseException:
