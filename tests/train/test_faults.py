@@ -185,7 +185,7 @@ def test_no_intact_checkpoint_is_a_located_error_that_deletes_nothing(partial_ru
     assert [s.name for s in step_dirs(run)] == ["step-2", "step-4"]  # nothing good deleted
 
 
-def test_eval_refuses_a_damaged_model_file_naming_it(partial_run):
+def test_eval_refuses_a_damaged_model_file_and_of_a_run_takes_the_newest_whole_one(partial_run):
     run = partial_run(6)
     _truncate(run / "checkpoints" / "step-6" / "model.safetensors")
     done = subprocess.run(
@@ -196,6 +196,20 @@ def test_eval_refuses_a_damaged_model_file_naming_it(partial_run):
         timeout=300,
     )
     assert_clean_failure(done, 2, "step-6 is damaged: model.safetensors has")
+    # the run itself, as a resume does: the newest checkpoint with whole weights, each newer
+    # one named; a checkpoint without its weights file is passed over the same way
+    (run / "checkpoints" / "step-4" / "model.safetensors").unlink()
+    done = subprocess.run(
+        [sys.executable, "-m", "wmtp.cli", "eval", str(run),
+         "--set", "evaluation.max_problems=1", "--set", "evaluation.n_samples=1",
+         "--set", "evaluation.max_new_tokens=8"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    flat = " ".join(done.stderr.split())
+    assert "warning: " in flat and "step-6 is damaged: model.safetensors has" in flat
+    assert "step-4: no model.safetensors or lora.safetensors; using step-2" in flat
+    assert (run / "eval" / "step-2").is_dir() and not (run / "eval" / "step-6").exists()
 
 
 # --- a full disk, a torn metrics line -------------------------------------------------------------

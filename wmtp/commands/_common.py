@@ -117,6 +117,7 @@ def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callabl
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kw: Any) -> Any:
+            _output.console_log()  # a library's warning reads as one
             try:
                 return fn(*args, **kw)
             except WmtpError as exc:

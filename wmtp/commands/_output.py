@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from typing import Any
 
 from wmtp.errors import WmtpError
@@ -36,3 +37,24 @@ def report_error(exc: WmtpError, *, fmt: str = "text") -> None:
         err_console().print(
             f"[bold {color}]{exc.label}:[/] {message}", highlight=False, soft_wrap=True
         )
+
+
+class _Said(logging.Formatter):
+    """The console's log lines: the message, with ``warning:`` before a warning (the error that
+    ends a command is said once, by its boundary: ``report_error``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return f"warning: {text}" if record.levelno >= logging.WARNING else text
+
+
+def console_log(level: int = logging.WARNING) -> None:
+    """Log records of ``level`` and above to stderr, warnings said as such; called again (``wmtp
+    run`` lowers it to INFO on rank 0), it replaces the handler it set before."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h.formatter, _Said)]:
+        root.removeHandler(handler)
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Said())
+    root.addHandler(handler)
+    root.setLevel(level)

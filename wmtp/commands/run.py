@@ -22,6 +22,7 @@ from wmtp.commands._common import (
     console,
     relaunch,
 )
+from wmtp.commands._output import console_log
 
 
 def register(app: typer.Typer) -> None:
@@ -65,11 +66,7 @@ def run(
     from wmtp.train.launcher import die_with_parent
 
     rank = int(os.environ.get("RANK", "0"))
-    console_log = logging.StreamHandler()
-    console_log.setFormatter(_Said())
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING, handlers=[console_log]
-    )
+    console_log(logging.INFO if rank == 0 else logging.WARNING)
     choose(sandbox)
     if nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
         from wmtp.train.runner import VERIFIED_ENV, prepare_run
@@ -94,12 +91,3 @@ def run(
         raise typer.Exit(130) from None
     if rank == 0:
         console.print(result.summary(), highlight=False)
-
-
-class _Said(logging.Formatter):
-    """The console's log lines: the message, with ``warning:`` before a warning (the error that
-    ends a run is said once, by the command's boundary)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        return f"warning: {text}" if record.levelno >= logging.WARNING else text

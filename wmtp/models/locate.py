@@ -3,7 +3,9 @@
 Torch-free: ``wmtp validate --env`` and ``wmtp run`` use it to report missing inputs before any
 model is built. A reference to weights trained by wmtp (``model.*.checkpoint``, ``wmtp eval``) is:
 
-- a run directory (``recipe.toml`` + ``checkpoints/step-N/``): its newest complete checkpoint;
+- a run directory (``recipe.toml`` + ``checkpoints/step-N/``): its newest checkpoint whose
+  weights and recipe match its manifest (as a resume takes the newest intact one), each newer
+  one named in a warning;
 - ``<runs_dir>/<experiment>/latest``: the run that link points at; without the link, the newest
   run directory of the experiment by name;
 - one trainer checkpoint, ``<run>/checkpoints/step-N`` (``model.safetensors`` or, when LoRA
@@ -81,10 +83,7 @@ def find_trained_weights(reference: str | Path) -> TrainedWeights:
             )
         raise CheckpointError(f"{reference}: no such run directory or checkpoint")
     if is_run_dir(path):
-        steps = [s for s in step_dirs(path) if _weights_kind(s)]
-        if not steps:
-            raise CheckpointError(f"{reference}: the run {path} has no checkpoint with weights yet")
-        path = steps[-1]
+        return _newest_intact(reference, path)
     kind = _weights_kind(path)
     if kind is None:
         raise CheckpointError(
@@ -94,6 +93,34 @@ def find_trained_weights(reference: str | Path) -> TrainedWeights:
     found = TrainedWeights(path, kind, _recipe_beside(path))
     _verify(found)
     return found
+
+
+def _newest_intact(reference: str | Path, run: Path) -> TrainedWeights:
+    """The newest checkpoint of ``run`` whose weights and recipe match its manifest, as a
+    resume takes the newest intact one: each newer one is named in a warning (which file, why);
+    none is a CheckpointError listing them."""
+    import logging
+
+    skipped = []
+    for step in reversed(step_dirs(run)):
+        kind = _weights_kind(step)
+        if kind is None:
+            skipped.append(f"{step}: no {FULL_WEIGHTS} or {LORA_WEIGHTS}")
+            continue
+        found = TrainedWeights(step, kind, _recipe_beside(step))
+        try:
+            _verify(found)
+        except CheckpointError as exc:
+            skipped.append(exc.render())
+            continue
+        for why in skipped:
+            logging.getLogger(__name__).warning("%s; using %s, the one before it", why, step.name)
+        return found
+    if not skipped:
+        raise CheckpointError(f"{reference}: the run {run} has no checkpoint with weights yet")
+    raise CheckpointError(
+        f"{reference}: no checkpoint of {run} has whole weights:\n  " + "\n  ".join(skipped)
+    )
 
 
 def _verify(found: TrainedWeights) -> None:
