@@ -339,3 +339,19 @@ def test_help_of_every_recipe_command(cli):
         result = cli(command, "--help")
         assert result.exit_code == 0 and "Usage" in result.stdout
     assert shutil.which("wmtp") is not None
+
+
+def test_a_seed_every_generator_takes_and_an_evaluation_with_rows_to_evaluate(cli):
+    """Two recipe mistakes that used to surface at run time (a traceback from a generator; an
+    eval_every that evaluates nothing, silently): located problems of the recipe."""
+    seed = cli("validate", "recipes/tiny.toml", "--set", "experiment.seed=4294967296")
+    assert seed.exit_code == 2 and "Traceback" not in seed.stderr
+    assert "experiment.seed: expected an integer at least 0 and at most 2147483647" in " ".join(
+        seed.stderr.split()
+    )
+    nothing = cli("validate", "recipes/tiny.toml", "--set", "data.split.heldout_fraction=0")
+    flat = " ".join(nothing.stderr.split())
+    assert nothing.exit_code == 2 and "recipes/tiny.toml:36:1: training.eval_every:" in flat
+    assert "but data.split.heldout_fraction = 0 and no data.split.heldout_path" in flat
+    fixed = ("--set", "data.split.heldout_fraction=0", "--set", "training.eval_every=0")
+    assert cli("validate", "recipes/tiny.toml", *fixed).exit_code == 0

@@ -255,3 +255,30 @@ def test_a_cpu_run_past_this_machines_memory_is_warned_before_it_starts(tmp_path
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert small.returncode == 0 and "memory estimate" not in small.stderr, small.stderr[-2000:]
+
+
+def test_held_out_rows_all_left_out_are_said_when_eval_every_asks_for_them(tmp_path):
+    """Every held-out row longer than max_length: the run says that eval_every will evaluate
+    nothing, beside the data lines that say why."""
+    import subprocess
+    import sys
+
+    from tests.data.data_rows import problem_rows, write_dataset
+    from wmtp.data.examples import Example
+
+    train = write_dataset(tmp_path / "train.jsonl", problem_rows(6, 2, 1))
+    long = [Example("Solve problem H.", "z" * 2000, "H", True)]
+    heldout = write_dataset(tmp_path / "heldout.jsonl", long)
+    data = (
+        f"data={{kind='jsonl', path='{train}', max_length=1024, "
+        f"split={{heldout_fraction=0, heldout_path='{heldout}'}}}}"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "wmtp.cli", "run", str(TINY), "--dry-run", "--set", data,
+         "--set", f"experiment.runs_dir='{tmp_path / 'runs'}'"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    flat = " ".join(done.stderr.split())
+    assert "left out 1 row: held-out, longer than max_length=1024" in flat, flat
+    assert "warning: training.eval_every = 60, but no held-out row is left" in flat

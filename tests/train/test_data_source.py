@@ -336,6 +336,7 @@ def test_difficulty_bins_give_the_weights_proportions_over_epochs(tmp_path):
     sampling = 'data.sampling={kind="difficulty", bins={a=[0,0], b=[1,1], c=[2,2]}, '
     sampling += "weights={a=6, b=3, c=1}}"
     sets = [sampling, "training.micro_batch_size=10", "data.split={heldout_fraction=0.0}"]
+    sets.append("training.eval_every=0")  # nothing held out to evaluate
     data, source = built_source(tmp_path, sets)
     by_output = {r["output"]: r for r in records}
     drawn = [by_output[out] for out, _ in global_documents([source], 360)]

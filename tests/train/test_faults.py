@@ -176,6 +176,15 @@ def test_a_damaged_checkpoint_is_named_and_the_one_before_it_resumes_exactly(
     assert losses_of(run) == whole  # steps 3-6 again from step-2: exactly the same losses
 
 
+def test_resume_of_a_checkpoint_directory_names_the_run_to_resume(partial_run, tmp_path):
+    run = partial_run(4)
+    done = wmtp("--resume", str(run / "checkpoints" / "step-2"), runs=tmp_path)
+    assert_clean_failure(
+        done, 2, "step-2 is a checkpoint of the run", f"wmtp run --resume {run.resolve()}"
+    )
+    assert [p.name for p in step_dirs(run)] == ["step-2", "step-4"]
+
+
 def test_no_intact_checkpoint_is_a_located_error_that_deletes_nothing(partial_run, tmp_path):
     run = partial_run(4)
     for step in step_dirs(run):

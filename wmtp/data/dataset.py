@@ -190,7 +190,7 @@ class TrainData:
             f"({int(self.train.rows.is_correct[self.train_rows].sum())} correct), "
             f"{len(self.heldout_rows)} held-out rows of {len(self.heldout_problems)} problems"
         ]
-        lines += [f"data: left out {n} rows: {why}" for why, n in self.counts.items() if n]
+        lines += [f"data: left out {_rows(n)}: {why}" for why, n in self.counts.items() if n]
         if self.truncated:
             lines.append(
                 f"data: {self.truncated} training rows cut to max_length={self.train.max_length} "
@@ -360,3 +360,7 @@ def _refuse_shared_problems(train: JsonlDataset, heldout: JsonlDataset) -> None:
             f"{heldout.file.where(first)}: problem {example!r} is also in {train.file.path} "
             f"({len(shared)} shared problems): held-out problems must not train"
         )
+
+
+def _rows(n: int) -> str:
+    return "1 row" if n == 1 else f"{n} rows"

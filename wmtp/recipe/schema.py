@@ -189,6 +189,17 @@ class Recipe(Section):
             f"({lower or multiple} or {lower + multiple})"
         )
 
+    @rule("training.eval_every", "data.split.heldout_fraction")
+    def _something_to_evaluate(self) -> str | None:
+        split = self.data.split
+        if self.training.eval_every and not split.heldout_fraction and split.heldout_path is None:
+            return (
+                f"training.eval_every = {self.training.eval_every} evaluates held-out rows, but "
+                "data.split.heldout_fraction = 0 and no data.split.heldout_path hold any out: "
+                "set training.eval_every = 0, or hold rows out"
+            )
+        return None
+
     @rule("experiment.pipeline", "data.pairs")
     def _pairs_for_pair_pipelines(self) -> str | None:
         if self.pipeline.examples == "pairs" and self.data.pairs is None:

@@ -122,6 +122,12 @@ class Trainer:
         if batch_source is None:
             self.data = assembly.dataset(r, self.tokenizer, progress=self.console)
             self.data.pad_multiple = r.parallel.pad_multiple(self.ctx.device.type)
+            if r.training.eval_every and not len(self.data.heldout_rows):
+                log.warning(
+                    "training.eval_every = %d, but no held-out row is left (see the data lines "
+                    "above): nothing will be evaluated",
+                    r.training.eval_every,
+                )
             self.batches = self.pipeline.batch_source(self, self.data)
         else:
             self.batches = batch_source(self)

@@ -110,8 +110,16 @@ def prepare_run(
 
 def _resumable(resume: str | Path) -> Path:
     """``resume`` as a run directory this user can write and no process trains now."""
+    from wmtp.models.locate import CHECKPOINTS, is_run_dir
     from wmtp.train.run_dir import check_not_training, check_run_dir, check_writable
 
+    given = Path(resume).resolve()
+    if given.parent.name == CHECKPOINTS and is_run_dir(given.parent.parent):
+        raise RunError(
+            f"{resume} is a checkpoint of the run {given.parent.parent}: --resume takes the run "
+            "directory, and goes on from its newest intact checkpoint (an older one would have "
+            f"the run's later checkpoints overwritten): wmtp run --resume {given.parent.parent}"
+        )
     run = check_run_dir(resume)
     check_writable(run)
     check_not_training(run)

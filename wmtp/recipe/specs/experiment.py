@@ -23,8 +23,9 @@ class ExperimentSpec(Section):
     Rho-1 reference model), ``ntp`` (next-token-only fine-tuning), ``critic`` (train the value
     model), ``verifiable`` (critic TD-weighted MTP), ``rho1`` (reference-selected tokens),
     ``evaluation`` (pass@k of ``model.policy``)."""
-    seed: Annotated[int, NUMERICS, Field(ge=0)] = 42
-    """Seed of every random number generator (data order, initialisation, dropout, sampling)."""
+    seed: Annotated[int, NUMERICS, Field(ge=0, le=2**31 - 1)] = 42
+    """Seed of every random number generator (data order, initialisation, dropout, sampling);
+    below 2**31, so that every generator (and seed + rank) takes it."""
     runs_dir: str = "runs"
     """Directory that holds run directories, relative to the working directory."""
     description: str = ""
