@@ -140,3 +140,53 @@ def test_a_production_recipe_over_a_checkpoint_of_other_sizes_says_how_to_take_i
     assert done.returncode == 0, _shown(done)[-2000:]
     (report,) = json.loads(done.stdout)["recipes"]
     assert 0 < report["estimate"]["parameters"]["critic"]["total"] < 10**6  # not 2.7B
+
+
+def _cut(file, keep: int) -> None:
+    data = file.read_bytes()
+    file.unlink()  # a symlink to the module's model: cut a copy, never it
+    file.write_bytes(data[:keep])
+
+
+def test_weights_cut_short_are_named_before_anything_loads(hf_dir, tmp_path):
+    """An interrupted download or copy, told from the files' own bookkeeping (a safetensors
+    header's byte ranges, the directory that ends a torch.save zip) by validate and run, at the
+    recipe's path line, before a run directory is made."""
+    import torch
+
+    from tests.models.builders import meta_state_dict
+    from tests.models.test_checkpoint import PARAMS, VOCAB
+
+    hf = _config_with(hf_dir, tmp_path)
+    weights = hf / "model.safetensors"
+    _cut(weights, weights.stat().st_size - 100)
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    (meta / "params.json").write_text(json.dumps(PARAMS))
+    torch.save(meta_state_dict(PARAMS, VOCAB), meta / "consolidated.00.pth")
+    shard = meta / "consolidated.00.pth"
+    _cut(shard, shard.stat().st_size // 2)
+    cases = {hf: "model.safetensors: cut short: ", meta: "consolidated.00.pth: cut short: "}
+    for folder, says in cases.items():
+        recipe = _recipe(tmp_path, folder)
+        for command in (["validate", recipe], ["run", recipe, "--dry-run"]):
+            done = _wmtp(*command, runs=tmp_path / "runs")
+            shown = _shown(done)
+            assert done.returncode == 2 and "Traceback" not in shown, shown[-2000:]
+            assert says in shown and "an interrupted download or copy?" in shown, shown[-2000:]
+            assert f"r.toml:{PATH_LINE}" in shown and "model.policy.path" in shown
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_tokenizer_file_that_does_not_load_is_named_before_anything_loads(hf_dir, tmp_path):
+    bad = tmp_path / "tokenizer.model"
+    bad.write_text("<!DOCTYPE html> a login page saved in its place")
+    recipe = _recipe(tmp_path, hf_dir)
+    tokenizer = f"tokenizer={{kind='sentencepiece', path='{bad}'}}"
+    for command in (["validate", recipe], ["run", recipe, "--dry-run"]):
+        done = _wmtp(*command, "--set", tokenizer, runs=tmp_path / "runs")
+        shown = _shown(done)
+        assert done.returncode == 2 and "Traceback" not in shown, shown[-2000:]
+        assert f"--set {tokenizer}: tokenizer.path:" in shown, shown[-2000:]
+        assert "cannot be loaded" in shown and "not a SentencePiece model" in shown
+    assert not (tmp_path / "runs").exists()

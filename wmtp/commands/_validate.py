@@ -214,7 +214,7 @@ def _validate_one(
 
     try:
         loaded = load_recipe(path, overrides)
-        _check_models(loaded)
+        _check_usable(loaded)
         row = _longest_row(loaded) if data else None
     except RecipeProblems as exc:
         if text:
@@ -223,7 +223,7 @@ def _validate_one(
     from wmtp.recipe.inputs import input_problems, watched_paths
 
     if read is not None:
-        read += [str(Path(f).resolve()) for f in loaded.files] + _model_configs(loaded.recipe)
+        read += [str(Path(f).resolve()) for f in loaded.files] + _model_files(loaded.recipe)
         read += watched_paths(loaded.recipe)  # the inputs' presence decides the notes
     cost = estimate(loaded.recipe, world_size, row_tokens=row.tokens if row else None)
     missing = [p.render() for p in input_problems(loaded)]
@@ -264,25 +264,28 @@ def _longest_row(loaded: Any) -> LongestRow | None:
         raise RecipeProblems(loaded.path, [problem]) from None
 
 
-def _check_models(loaded: Any) -> None:
-    """The pretrained models the recipe names, as their descriptions say (``model_problems``):
-    present but unusable is a problem of the recipe, not a note."""
+def _check_usable(loaded: Any) -> None:
+    """The pretrained models and tokenizer the recipe names, as their loaders read them
+    (``unusable_inputs``): present but unusable is a problem of the recipe, not a note."""
     from wmtp.recipe import RecipeProblems
-    from wmtp.recipe.inputs import model_problems
+    from wmtp.recipe.inputs import unusable_inputs
 
-    problems = model_problems(loaded)
+    problems = unusable_inputs(loaded)
     if problems:
         raise RecipeProblems(loaded.path, problems)
 
 
-def _model_configs(recipe: Any) -> list[str]:
-    """The JSON files beside each model's weights (sizes the estimate may read from them)."""
+def _model_files(recipe: Any) -> list[str]:
+    """The JSON files beside each model's weights (sizes the estimate may read from them) and
+    the weights files (whose completeness the check reads)."""
     found = []
     for role in ("policy", "reference", "critic"):
         spec = getattr(recipe.model, role, None)
         for where in (getattr(spec, "path", None), getattr(spec, "checkpoint", None)):
             if where and Path(where).is_dir():
-                found += [str(p.resolve()) for p in sorted(Path(where).rglob("*.json"))]
+                files = [*Path(where).rglob("*.json"), *Path(where).glob("*.safetensors")]
+                files += Path(where).glob("*.pth")
+                found += [str(p.resolve()) for p in sorted(files)]
     return found
 
 

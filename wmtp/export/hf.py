@@ -17,10 +17,9 @@ from pathlib import Path
 import torch
 
 from wmtp.export.progress import TensorProgress, tensor_progress
-from wmtp.models.descriptions import MTP_HEADS_INFO, MTP_HEADS_WEIGHTS
+from wmtp.models.descriptions import HF_INDEX, MTP_HEADS_INFO, MTP_HEADS_WEIGHTS
 from wmtp.models.hf_convert import (
     EXTRA_HEADS,
-    HF_INDEX,
     hf_config,
     hf_name,
     mtp_heads_info,

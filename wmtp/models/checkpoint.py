@@ -37,13 +37,14 @@ from wmtp.models.descriptions import (
     args_or_error,
     described_args,
     detect_format,
+    hf_weight_files,
+    meta_shards,
     read_json,
     wmtp_description,
 )
 from wmtp.models.hf_convert import (
     hf_name,
     hf_to_wmtp,
-    hf_weight_files,
     write_hf,
 )
 from wmtp.models.llama_mtp import LlamaMTP, resolve_dtype
@@ -111,20 +112,6 @@ def _check_meta_heads(params: dict, sd: dict, params_file: Path) -> None:
             f"{params_file}: {said}, but the weights hold {found}, the layout of "
             f"n_future_tokens = {held}: set it in params.json"
         )
-
-
-def meta_shards(path: Path) -> list[Path]:
-    """The ``.pth`` files of a Meta directory: one (any name), or ``consolidated.00.pth`` ..
-    ``consolidated.{n-1}.pth`` with none missing."""
-    files = sorted(path.glob("*.pth"))
-    names = [f.name for f in files]
-    expected = [f"consolidated.{rank:02d}.pth" for rank in range(len(files))]
-    if len(files) > 1 and names != expected:
-        raise CheckpointError(
-            f"checkpoint {path}: .pth files {', '.join(names)}; a model-parallel checkpoint "
-            f"holds {', '.join(expected)} (one per rank), so one is missing or misnamed"
-        )
-    return files
 
 
 def _load_pth(file: Path, dtype) -> dict[str, torch.Tensor]:

@@ -285,3 +285,83 @@ def check_numerics_agree(spec, args, path) -> None:
                 f"pretrained model keeps the {name} it was trained with: leave out "
                 f"model.*.{name} or set it to {have!r}"
             )
+
+
+# Weights files: which, and whether whole ----------------------------------------------------
+
+HF_INDEX = "model.safetensors.index.json"
+
+
+def meta_shards(path: Path) -> list[Path]:
+    """The ``.pth`` files of a Meta directory: one (any name), or ``consolidated.00.pth`` ..
+    ``consolidated.{n-1}.pth`` with none missing."""
+    files = sorted(path.glob("*.pth"))
+    names = [f.name for f in files]
+    expected = [f"consolidated.{rank:02d}.pth" for rank in range(len(files))]
+    if len(files) > 1 and names != expected:
+        raise CheckpointError(
+            f"checkpoint {path}: .pth files {', '.join(names)}; a model-parallel checkpoint "
+            f"holds {', '.join(expected)} (one per rank), so one is missing or misnamed"
+        )
+    return files
+
+
+def hf_weight_files(path: Path) -> list[Path]:
+    """The model's safetensors: those the index names, else every one but the extra heads'."""
+    index = path / HF_INDEX
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"{index}: not a safetensors index ({exc!r})") from exc
+        files = [path / name for name in names]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise CheckpointError(f"{index}: names {', '.join(missing)}, which is missing")
+        return files
+    return sorted(p for p in path.glob("*.safetensors") if p.name != MTP_HEADS_WEIGHTS)
+
+
+def check_weights_whole(path: Path, fmt: str) -> None:
+    """A CheckpointError naming a weights file that is cut short (an interrupted download or
+    copy), from its own bookkeeping alone, in milliseconds: a safetensors header's byte ranges
+    against the file's size, a ``torch.save`` zip's directory at its end."""
+    if fmt == "meta":
+        for shard in meta_shards(path):
+            _check_zip_whole(shard)
+    elif fmt == "hf":
+        for file in hf_weight_files(path):
+            _check_safetensors_whole(file)
+    elif fmt == "safetensors":
+        _check_safetensors_whole(path if path.is_file() else path / FULL_WEIGHTS)
+
+
+def _check_safetensors_whole(file: Path) -> None:
+    size = file.stat().st_size
+    try:
+        with open(file, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            if not 0 < header_len <= size - 8:
+                raise ValueError(f"a header of {header_len:,} bytes")
+            header = json.loads(f.read(header_len))
+        ends = [e["data_offsets"][1] for k, e in header.items() if k != "__metadata__"]
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise CheckpointError(f"checkpoint {file}: not a whole safetensors file ({exc})") from None
+    need = 8 + header_len + max(ends, default=0)
+    if size < need:
+        raise CheckpointError(
+            f"checkpoint {file}: cut short: {size:,} bytes, its header describes {need:,} "
+            "(an interrupted download or copy?)"
+        )
+
+
+def _check_zip_whole(file: Path) -> None:
+    import zipfile
+
+    with open(file, "rb") as f:
+        zipped = f.read(4) == b"PK\x03\x04"  # torch.save's format; the legacy one is a pickle
+    if zipped and not zipfile.is_zipfile(file):
+        raise CheckpointError(
+            f"checkpoint {file}: cut short: a torch.save file without the directory that ends "
+            "it (an interrupted download or copy?)"
+        )

@@ -39,7 +39,6 @@ _TOP_NAMES = {
 }
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 EXTRA_HEADS = "extra_heads."
-HF_INDEX = "model.safetensors.index.json"
 
 
 def unpermute_qk(w_OI: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -144,22 +143,6 @@ def write_hf(model, directory: str | Path) -> Path:
     safetensors_file.save(tensors, directory / "model.safetensors", metadata={"format": "pt"})
     (directory / "config.json").write_text(json.dumps(hf_config(a), indent=2))
     return directory
-
-
-def hf_weight_files(path: Path) -> list[Path]:
-    """The model's safetensors: those the index names, else every one but the extra heads'."""
-    index = path / HF_INDEX
-    if index.is_file():
-        try:
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-            raise CheckpointError(f"{index}: not a safetensors index ({exc!r})") from exc
-        files = [path / name for name in names]
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise CheckpointError(f"{index}: names {', '.join(missing)}, which is missing")
-        return files
-    return sorted(p for p in path.glob("*.safetensors") if p.name != MTP_HEADS_WEIGHTS)
 
 
 def mtp_heads_info(a: ModelArgs) -> dict:

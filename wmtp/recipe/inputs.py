@@ -62,27 +62,41 @@ def input_problems(loaded: Any) -> list[Any]:
     return [located_problem(loaded, m.key, m.message) for m in missing_inputs(loaded.recipe)]
 
 
-def model_problems(loaded: Any) -> list[Any]:
-    """Each pretrained model the pipeline uses (``model.<role>.path``), read from its description
-    as its loader reads it (``wmtp.models.descriptions``: no weights, no torch): one wmtp cannot
-    honour, or whose sizes or numerics disagree with the recipe's, is a problem located where
-    the recipe names the path. A path that is not there is :func:`input_problems`'s."""
+def unusable_inputs(loaded: Any) -> list[Any]:
+    """Inputs that are there but cannot be used, each a problem located where the recipe names
+    it: each pretrained model the pipeline uses (``model.<role>.path``), read from its
+    description as its loader reads it (``wmtp.models.descriptions``: no weights, no torch), that
+    wmtp cannot honour or whose sizes or numerics disagree with the recipe's; and a tokenizer
+    file that does not load (a truncated download, another file). A path that is not there is
+    :func:`input_problems`'s."""
     problems = []
     for role in loaded.recipe.pipeline.uses:
         spec = getattr(loaded.recipe.model, role)
         why = _unusable_model(role, spec) if spec is not None else None
         if why is not None:
             problems.append(located_problem(loaded, f"model.{role}.path", f"{spec.path!r}: {why}"))
+    tokenizer = loaded.recipe.tokenizer
+    why = _unreadable_tokenizer(tokenizer) if _tokenizer(tokenizer) is None else None
+    if why is not None:
+        problems.append(located_problem(loaded, "tokenizer.path", f"{tokenizer.path!r}: {why}"))
     return problems
 
 
 def _unusable_model(role: str, spec: Any) -> str | None:
-    from wmtp.models.descriptions import check_numerics_agree, check_sizes_agree, described_args
+    from wmtp.models.descriptions import (
+        check_numerics_agree,
+        check_sizes_agree,
+        check_weights_whole,
+        described_args,
+        detect_format,
+    )
 
     if not spec.path or _model_path(role, spec) is not None:
         return None
     try:
-        args = described_args(_resolved(spec.path), spec.format)
+        path = _resolved(spec.path)
+        check_weights_whole(path, detect_format(path) if spec.format == "auto" else spec.format)
+        args = described_args(path, spec.format)
         heads = getattr(spec, "n_future_tokens", None)  # a critic has one; resized before compared
         args = args.with_heads(heads) if heads else args
         check_sizes_agree(spec, args, spec.path, f"model.{role}")
@@ -148,6 +162,21 @@ def _tokenizer(spec: Any) -> MissingInput | None:
     if p.is_dir():
         return _absent("tokenizer.path", path, f"a directory without {name}")
     return _absent("tokenizer.path", path, f"no such file (a {name}, or a directory holding one)")
+
+
+def _unreadable_tokenizer(spec: Any) -> str | None:
+    """Why the tokenizer file the recipe names (and that is there) does not load, if it does
+    not."""
+    from wmtp.data.tokenizers import load_tokenizer
+    from wmtp.errors import WmtpError
+
+    if getattr(spec, "path", None) is None:
+        return None
+    try:
+        load_tokenizer(spec.kind, _resolved(spec.path))
+    except WmtpError as exc:
+        return f"cannot be loaded: {exc.render()}"
+    return None
 
 
 def _model_path(role: str, spec: Any) -> MissingInput | None:
@@ -272,6 +301,6 @@ __all__ = [
     "input_problems",
     "located_problem",
     "missing_inputs",
-    "model_problems",
+    "unusable_inputs",
     "watched_paths",
 ]

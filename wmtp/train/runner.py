@@ -79,7 +79,7 @@ def prepare_run(
     ``RecipeProblems`` lists every missing input. ``world_size``: the processes the run will
     have (default: torchrun's ``WORLD_SIZE``, or 1)."""
     from wmtp.recipe import RecipeProblems, load_recipe
-    from wmtp.recipe.inputs import input_problems, model_problems
+    from wmtp.recipe.inputs import input_problems, unusable_inputs
     from wmtp.train.run_dir import pin_inputs, recipe_in_force
 
     if recipe_path is None and resume is None:
@@ -102,7 +102,7 @@ def prepare_run(
         # the frozen models it started with, wherever `latest` points now
         loaded = replace(loaded, recipe=pin_inputs(run, loaded.recipe))
     assert loaded is not None and recipe_path is not None
-    missing = input_problems(loaded) + model_problems(loaded)
+    missing = input_problems(loaded) + unusable_inputs(loaded)
     if missing:
         raise RecipeProblems(f"{loaded.path} (paths it names that cannot be used)", missing)
     return PreparedRun(Path(recipe_path), loaded.recipe, checkpoint, loaded)
