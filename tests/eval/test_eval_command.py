@@ -529,3 +529,35 @@ def test_an_evaluation_killed_part_way_takes_up_what_it_finished(run_dir, tmp_pa
     assert 3 <= finished < 16
     assert summary["generation"]["completions"] == 2 * (16 - finished)  # only the others decoded
     assert not list(out.glob("humaneval/.partial-*")), "the partial results stay after the end"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_stop_signal_during_an_evaluation_says_what_it_keeps(run_dir, tmp_path, sig):
+    """Ctrl-C or SIGTERM part way: exit 128 + the signal, one line saying how many problems
+    finished and where they are kept (no traceback); the same command takes them up."""
+    import signal
+    import time
+
+    sets = ["--set", "evaluation.max_problems=16", "--set", "evaluation.max_new_tokens=64",
+            "--set", "evaluation.batch_size=2"]  # fmt: skip
+    out = tmp_path / "stopped"
+    args = [sys.executable, "-m", "wmtp.cli", "eval", str(run_dir), "--no-progress", "--out",
+            str(out), *sets]  # fmt: skip
+    child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline, lines = time.monotonic() + 120, []
+    while child.poll() is None and time.monotonic() < deadline and len(lines) < 2:
+        time.sleep(0.02)
+        lines = [line for f in out.glob("humaneval/.partial-*/rank0.jsonl")
+                 for line in f.read_text().splitlines()]  # fmt: skip
+    assert child.poll() is None, "the evaluation ended before it could be stopped"
+    child.send_signal(getattr(signal, sig))
+    _, err = child.communicate(timeout=120)
+    flat = " ".join(err.split())
+    assert child.returncode == 128 + getattr(signal, sig), err[-2000:]
+    assert f"stopped: {sig} during humaneval: " in flat and "Traceback" not in err, err[-2000:]
+    assert "of 16 problems finished are kept in" in flat and "the same command goes on" in flat
+    kept = int(flat.split(f"stopped: {sig} during humaneval: ")[1].split(" of 16")[0])
+    again = invoke("eval", run_dir, "--no-progress", "--out", out, *sets)
+    assert again.exit_code == 0, again.output
+    assert summary_of(out)["resumed_problems"] >= kept >= 2

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wmtp.errors import RecipeError
+from wmtp.errors import Interrupted, RecipeError, StopSignal
 from wmtp.eval.benchmarks import Benchmark, load_benchmark
 from wmtp.eval.judges import Verdict
 from wmtp.eval.prompting import PromptFormat, prompt_format
 from wmtp.eval.ranks import EvalRanks
 from wmtp.eval.splits import ScoredProblems, TrainingProblems, choose_problems
+from wmtp.stopping import signals_raise
 
 log = logging.getLogger(__name__)
 
@@ -221,9 +222,14 @@ def evaluate_benchmark(
     todo = tuple(p for p in mine if p.task_id not in before)
     resumed = sum(p.task_id in before for p in scored.problems)
     notes = _notes(benchmark.name, len(scored.problems), resumed, len(todo), partial, ranks)
-    share = _share(
-        model, tokenizer, spec, benchmark, todo, shown, seed, workers, progress, notes, partial
-    )
+    with signals_raise(StopSignal):  # said with what is kept, not where Python stood
+        try:
+            share = _share(
+                model, tokenizer, spec, benchmark, todo, shown, seed, workers, progress, notes,
+                partial,
+            )  # fmt: skip
+        except StopSignal as stop:
+            raise _stopped(stop.signum, benchmark.name, partial, len(scored.problems)) from None
     for problem in mine:
         if problem.task_id in before:
             share.samples[problem.task_id], share.verdicts[problem.task_id] = before[
@@ -235,6 +241,21 @@ def evaluate_benchmark(
     summary = _write(spec, scored, folder, seed, context, workers, shares, resumed)
     partial.remove()
     return summary
+
+
+def _stopped(signum: int, name: str, partial, total: int) -> Interrupted:
+    """A stop signal during an evaluation, said with the problems it finished: kept, and taken
+    up by the same command."""
+    import signal
+
+    done = len(partial.finished())
+    kept = (
+        f"{done} of {total} problems finished are kept in {partial.folder}, and the same "
+        "command goes on from them"
+        if done
+        else "no problem had finished"
+    )
+    return Interrupted(f"{signal.Signals(signum).name} during {name}: {kept}", signum)
 
 
 def _partial_key(spec, seed: int, context: dict, benchmark: Benchmark) -> dict:

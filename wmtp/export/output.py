@@ -20,15 +20,14 @@ import os
 import shutil
 import signal
 import socket
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from wmtp.errors import ExportError, Interrupted
+from wmtp.stopping import signals_raise
 
 MARKER = "wmtp_export.json"
 WRITTEN_BY = "wmtp export"
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def check_output(out: Path, *, force: bool, source: Path) -> Path:
@@ -174,7 +173,7 @@ def staged_output(out: Path) -> Iterator[Path]:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        with _stop_signals_raise(out):
+        with signals_raise(_stopped(out)):
             yield tmp
         _write_marker(tmp)
         _readable_as_umask_allows(tmp)
@@ -211,25 +210,17 @@ def _running(pid: int) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def _stop_signals_raise(out: Path) -> Iterator[None]:
-    """SIGINT and SIGTERM raise ``Interrupted`` while the export writes, so that the temporary
-    folder is removed on the way out (Python's own SIGTERM ends the process where it stands).
-    Only the main thread may set handlers; elsewhere the signals keep theirs."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+def _stopped(out: Path) -> Callable[[int], Interrupted]:
+    """The error a stop signal raises while the export writes: the temporary folder is removed
+    on the way out (``wmtp.stopping``)."""
 
-    def stop(signum, _frame):
+    def error(signum: int) -> Interrupted:
         name = signal.Signals(signum).name
-        raise Interrupted(f"--out {out}: the export stopped on {name}; nothing was written", signum)
+        return Interrupted(
+            f"--out {out}: the export stopped on {name}; nothing was written", signum
+        )
 
-    previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return error
 
 
 def _write_marker(folder: Path) -> None:

@@ -18,8 +18,7 @@ from typing import Any
 import torch
 
 from wmtp.errors import StopSignal
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+from wmtp.stopping import STOP_SIGNALS
 
 
 def nonfinite_flag(values: list, device: torch.device) -> torch.Tensor:
