@@ -496,7 +496,6 @@ def test_an_evaluation_killed_part_way_takes_up_what_it_finished(run_dir, tmp_pa
     same command again: only the other problems decode, and the files equal an uninterrupted
     run's."""
     import signal
-    import time
 
     sets = ["--set", "evaluation.max_problems=16", "--set", "evaluation.max_new_tokens=64",
             "--set", "evaluation.batch_size=2"]  # fmt: skip  # one problem after another
@@ -507,12 +506,7 @@ def test_an_evaluation_killed_part_way_takes_up_what_it_finished(run_dir, tmp_pa
     args = [sys.executable, "-m", "wmtp.cli", "eval", str(run_dir), "--no-progress", "--out",
             str(out), *sets]  # fmt: skip
     child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, lines = time.monotonic() + 120, []
-    while child.poll() is None and time.monotonic() < deadline and len(lines) < 3:
-        time.sleep(0.02)
-        lines = [line for f in out.glob("humaneval/.partial-*/rank0.jsonl")
-                 for line in f.read_text().splitlines()]  # fmt: skip
-    assert child.poll() is None, "the evaluation ended before it could be interrupted"
+    _wait_for_finished_problems(child, out, 3)
     child.send_signal(signal.SIGKILL)
     child.wait()
     (partial,) = out.glob("humaneval/.partial-*/rank0.jsonl")
@@ -537,7 +531,6 @@ def test_a_stop_signal_during_an_evaluation_says_what_it_keeps(run_dir, tmp_path
     """Ctrl-C or SIGTERM part way: exit 128 + the signal, one line saying how many problems
     finished and where they are kept (no traceback); the same command takes them up."""
     import signal
-    import time
 
     sets = ["--set", "evaluation.max_problems=16", "--set", "evaluation.max_new_tokens=64",
             "--set", "evaluation.batch_size=2"]  # fmt: skip
@@ -545,12 +538,7 @@ def test_a_stop_signal_during_an_evaluation_says_what_it_keeps(run_dir, tmp_path
     args = [sys.executable, "-m", "wmtp.cli", "eval", str(run_dir), "--no-progress", "--out",
             str(out), *sets]  # fmt: skip
     child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline, lines = time.monotonic() + 120, []
-    while child.poll() is None and time.monotonic() < deadline and len(lines) < 2:
-        time.sleep(0.02)
-        lines = [line for f in out.glob("humaneval/.partial-*/rank0.jsonl")
-                 for line in f.read_text().splitlines()]  # fmt: skip
-    assert child.poll() is None, "the evaluation ended before it could be stopped"
+    _wait_for_finished_problems(child, out, 2)
     child.send_signal(getattr(signal, sig))
     _, err = child.communicate(timeout=120)
     flat = " ".join(err.split())
@@ -561,3 +549,16 @@ def test_a_stop_signal_during_an_evaluation_says_what_it_keeps(run_dir, tmp_path
     again = invoke("eval", run_dir, "--no-progress", "--out", out, *sets)
     assert again.exit_code == 0, again.output
     assert summary_of(out)["resumed_problems"] >= kept >= 2
+
+
+def _wait_for_finished_problems(child: subprocess.Popen, out, n: int) -> None:
+    """Until the evaluation ``child`` writing into ``out`` has recorded ``n`` finished problems
+    in its partial results (it must still be running then)."""
+    import time
+
+    deadline, lines = time.monotonic() + 120, []
+    while child.poll() is None and time.monotonic() < deadline and len(lines) < n:
+        time.sleep(0.02)
+        lines = [line for f in out.glob("humaneval/.partial-*/rank0.jsonl")
+                 for line in f.read_text().splitlines()]  # fmt: skip
+    assert child.poll() is None, "the evaluation ended before it could be stopped"
