@@ -202,3 +202,25 @@ def test_index_of_a_folder_passes_over_an_empty_heldout_file(tmp_path):
     assert "heldout.jsonl: empty, not indexed" in result.output.replace("\n", "")
     assert (tmp_path / "train_metadata.json").is_file()
     assert not (tmp_path / "heldout_metadata.json").exists()
+
+
+def test_ctrl_c_during_an_index_says_so_and_leaves_no_metadata(tmp_path):
+    """A command without its own stop handling (wmtp data index) says 'stopped: SIGINT',
+    exit 130, no traceback; the metadata, written whole or not at all, is not there."""
+    import signal
+    import time
+
+    path = tmp_path / "train.jsonl"
+    line = json.dumps({"instruction": "Add.", "output": "x" * 200, "problem_id": "P",
+                       "is_correct": True}) + "\n"  # fmt: skip
+    path.write_text(line * 300_000)  # ~70 MB: seconds of reading
+    child = subprocess.Popen(
+        [sys.executable, "-m", "wmtp.cli", "data", "index", str(path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(2.0)
+    assert child.poll() is None, "the index ended before it could be stopped"
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 130 and "stopped: SIGINT (Ctrl-C)" in err, err[-2000:]
+    assert "Traceback" not in err and sorted(p.name for p in tmp_path.iterdir()) == ["train.jsonl"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import functools
 import inspect
+import signal
 import sys
 from collections.abc import Callable
 from typing import Annotated, Any, NoReturn
@@ -13,7 +14,7 @@ import typer
 
 from wmtp.commands import _output
 from wmtp.commands._output import report_error
-from wmtp.errors import WmtpError
+from wmtp.errors import Interrupted, WmtpError
 
 SetOption = Annotated[
     list[str] | None,
@@ -123,6 +124,10 @@ def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callabl
             except WmtpError as exc:
                 report_error(exc, fmt=str(kw.get("format", "text")))
                 raise typer.Exit(exc.exit_code) from None
+            except KeyboardInterrupt:  # where no handler of the command's says what it keeps
+                stop = Interrupted("SIGINT (Ctrl-C)", signal.SIGINT)
+                report_error(stop, fmt=str(kw.get("format", "text")))
+                raise typer.Exit(stop.exit_code) from None
             except Exception as exc:  # a write the file system refused is no bug of ours
                 from wmtp.folders import refused_write
 
