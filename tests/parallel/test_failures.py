@@ -229,6 +229,18 @@ def test_sigterm_to_the_launcher_stops_every_rank_with_a_checkpoint(tmp_path):
     assert f"continue with: wmtp run --resume {run} --nproc-per-node 2" in err, err[-3000:]
     assert list((run / "checkpoints").glob("step-*")), "no checkpoint written on the way out"
     assert _gone(str(tmp_path), within=30), "a process of the run outlived the launcher"
+    # the command it gave, for two more steps: the launcher and both ranks check that no
+    # process trains the run (at once, under a shared lock), then rank 0 trains it, locked
+    stopped = max(int(p.name.split("-")[1]) for p in (run / "checkpoints").glob("step-*"))
+    more = ["--set", f"training.max_steps={stopped + 2}", "--force"]
+    done = subprocess.run(
+        [sys.executable, "-m", "wmtp.cli", "run", "--resume", str(run), "--nproc-per-node", "2",
+         *more],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "WMTP_DIST_TIMEOUT_S": "60"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"trained {stopped + 2} steps" in " ".join(done.stdout.split()), done.stdout[-2000:]
 
 
 @pytest.mark.slow

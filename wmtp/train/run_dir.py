@@ -238,17 +238,19 @@ def training_lock(run: Path) -> Iterator[None]:
 
 
 def check_not_training(run: Path) -> None:
-    """A RunError when a process trains ``run`` now (it holds :func:`training_lock`)."""
+    """A RunError when a process trains ``run`` now (it holds :func:`training_lock`). A shared
+    lock, taken and let go: the ranks of one launch check at once without tripping each other,
+    and every rank has checked before rank 0 passes the process group's rendezvous to train."""
     lock_path = run / LOCK_FILE
     if not lock_path.is_file():
         return
     with open(lock_path, "a+", encoding="utf-8") as lock:
-        _take(lock, run)
+        _take(lock, run, fcntl.LOCK_SH)
 
 
-def _take(lock: IO[str], run: Path) -> None:
+def _take(lock: IO[str], run: Path, kind: int = fcntl.LOCK_EX) -> None:
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(lock, kind | fcntl.LOCK_NB)
     except BlockingIOError:
         lock.seek(0)
         holder = lock.read().strip() or "another process"
