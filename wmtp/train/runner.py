@@ -80,7 +80,6 @@ def prepare_run(
     have (default: torchrun's ``WORLD_SIZE``, or 1)."""
     from wmtp.recipe import RecipeProblems, load_recipe
     from wmtp.recipe.inputs import input_problems, unusable_inputs
-    from wmtp.train.run_dir import pin_inputs, recipe_in_force
 
     if recipe_path is None and resume is None:
         raise RunError("give a RECIPE, or --resume RUN_DIR to continue a run with its own recipe")
@@ -88,24 +87,31 @@ def prepare_run(
     loaded = load_recipe(recipe_path, overrides) if recipe_path is not None else None
     checkpoint = None
     if run is not None:
-        if loaded is not None and loaded.recipe.pipeline.trains is None:
-            raise RunError(
-                f"experiment.pipeline = {loaded.recipe.experiment.pipeline!r} "
-                "trains nothing to resume"
-            )
-        checkpoint = intact_checkpoint(run)
-        if loaded is None:
-            recipe_path = recipe_in_force(run, checkpoint)
-            loaded = load_recipe(recipe_path, overrides)
         world_size = world_size or int(os.environ.get("WORLD_SIZE", "1"))
-        check_resume(run, checkpoint, loaded.recipe, force=force, world_size=world_size)
-        # the frozen models it started with, wherever `latest` points now
-        loaded = replace(loaded, recipe=pin_inputs(run, loaded.recipe))
-    assert loaded is not None and recipe_path is not None
+        loaded, checkpoint = _resume_of(run, loaded, overrides, force, world_size)
+    assert loaded is not None
     missing = input_problems(loaded) + unusable_inputs(loaded)
     if missing:
         raise RecipeProblems(f"{loaded.path} (paths it names that cannot be used)", missing)
-    return PreparedRun(Path(recipe_path), loaded.recipe, checkpoint, loaded)
+    return PreparedRun(Path(loaded.path), loaded.recipe, checkpoint, loaded)
+
+
+def _resume_of(run: Path, loaded: Any, overrides, force: bool, world_size: int) -> tuple:
+    """The recipe that resumes ``run`` (``loaded``, the one given, or the one in force) with the
+    frozen models the run started with, and the checkpoint it resumes from, every check passed."""
+    from wmtp.recipe import load_recipe
+    from wmtp.train.run_dir import pin_inputs, recipe_in_force
+
+    if loaded is not None and loaded.recipe.pipeline.trains is None:
+        raise RunError(
+            f"experiment.pipeline = {loaded.recipe.experiment.pipeline!r} trains nothing to resume"
+        )
+    checkpoint = intact_checkpoint(run)
+    if loaded is None:
+        loaded = load_recipe(recipe_in_force(run, checkpoint), overrides)
+    check_resume(run, checkpoint, loaded.recipe, force=force, world_size=world_size)
+    # the frozen models it started with, wherever `latest` points now
+    return replace(loaded, recipe=pin_inputs(run, loaded.recipe)), checkpoint
 
 
 def _resumable(resume: str | Path) -> Path:
