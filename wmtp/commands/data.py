@@ -71,7 +71,6 @@ def index(
     )
     from wmtp.data.tokenizers import load_tokenizer
     from wmtp.errors import DataError
-    from wmtp.folders import why_unwritable
 
     files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
     if not files:
@@ -85,9 +84,7 @@ def index(
     files = [f for f in files if f not in empty]
     for file in files:  # a folder it cannot write in, said before any file is read
         if force or not metadata_path_for(file).is_file():
-            reason = why_unwritable(file.parent)
-            if reason is not None:
-                raise DataError(f"{file}: its metadata cannot be written beside it: {reason}")
+            _refuse_unwritable_beside(file)
     tok = load_tokenizer(tokenizer.value, tokenizer_path)
     for file in files:
         meta_path = metadata_path_for(file)
@@ -99,9 +96,7 @@ def index(
                     console.print(f"  note: {note}")
                 continue
             console.print(f"{meta_path}: out of date ({file.name} was edited since); rebuilt")
-            reason = why_unwritable(file.parent)
-            if reason is not None:
-                raise DataError(f"{file}: its metadata cannot be written beside it: {reason}")
+            _refuse_unwritable_beside(file)
         start = time.monotonic()
         written = index_jsonl(file, tok, template.value, progress=True)
         meta = json.loads(written.read_text())
@@ -109,6 +104,16 @@ def index(
             f"{written}: {meta['n_rows']} rows, {len(meta['problem_index_map'])} problems "
             f"({time.monotonic() - start:.1f} s)"
         )
+
+
+def _refuse_unwritable_beside(file: Path) -> None:
+    """A DataError when ``file``'s metadata cannot be written beside it."""
+    from wmtp.errors import DataError
+    from wmtp.folders import why_unwritable
+
+    reason = why_unwritable(file.parent)
+    if reason is not None:
+        raise DataError(f"{file}: its metadata cannot be written beside it: {reason}")
 
 
 def humaneval(

@@ -214,7 +214,7 @@ def check_out_dir(out_dir: str | Path) -> None:
 def _check_can_create(out: Path) -> None:
     """``out`` is a directory, or can be made one: its nearest existing path is a writable
     directory."""
-    from wmtp.folders import blocking_file
+    from wmtp.folders import blocking_file, why_unwritable
 
     blocking = blocking_file(out)
     if blocking == out.expanduser().absolute():
@@ -224,9 +224,9 @@ def _check_can_create(out: Path) -> None:
         )
     if blocking is not None:
         raise DataError(f"{out}: cannot be created: {blocking} is not a directory")
-    existing = next(p for p in (out, *out.parents) if p.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise DataError(f"{out}: cannot be written: {existing} is not writable")
+    reason = why_unwritable(out)
+    if reason is not None:
+        raise DataError(f"{out}: cannot be written: {reason}")
 
 
 def files_written() -> list[str]:
