@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 import wmtp.data.humaneval as he
 from tests.data.data_rows import problem_rows, write_dataset
 from tests.sandbox.isolations import HAS_BWRAP, child_env, path_without_bwrap
+from tests.small_disk import needs_small_disk
 from wmtp.cli import app
 
 runner = CliRunner()
@@ -202,6 +203,46 @@ def test_index_of_a_folder_passes_over_an_empty_heldout_file(tmp_path):
     assert "heldout.jsonl: empty, not indexed" in result.output.replace("\n", "")
     assert (tmp_path / "train_metadata.json").is_file()
     assert not (tmp_path / "heldout_metadata.json").exists()
+
+
+FULL_DISK_INDEX = """
+set -u
+mount -t tmpfs -o size={size}k tmpfs {data}
+cp {jsonl} {data}/train.jsonl
+{wmtp} data index {data}; echo "FIRST EXIT $?"
+ls -a {data}; echo "LISTED"
+cmp {jsonl} {data}/train.jsonl && echo "DATA WHOLE"
+mount -o remount,size=16m {data}
+{wmtp} data index {data}; echo "SECOND EXIT $?"
+ls -a {data}
+"""
+
+
+@needs_small_disk
+def test_a_full_disk_during_an_index_says_so_and_leaves_no_partial_file(tmp_path):
+    """The dataset folder is a tmpfs with room for the JSONL and a fraction of its metadata: the
+    index says which file could not be written and why (exit 2, no traceback), the data is
+    untouched and no partial metadata or temporary file is left; with room, it indexes."""
+    jsonl = tmp_path / "source.jsonl"
+    rows = (json.dumps({"instruction": "Add.", "output": "x" * 20, "problem_id": f"P{i % 500}",
+                        "is_correct": True}) + "\n" for i in range(20_000))  # fmt: skip
+    jsonl.write_text("".join(rows))  # 2 MB; its metadata ~470 kB
+    data = tmp_path / "data"
+    data.mkdir()
+    script = FULL_DISK_INDEX.format(
+        size=jsonl.stat().st_size // 1024 + 128, data=data, jsonl=jsonl,
+        wmtp=f"{sys.executable} -m wmtp.cli",
+    )  # fmt: skip
+    done = subprocess.run(["unshare", "-Urm", "sh", "-c", script], capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    out = done.stdout + done.stderr
+    assert "FIRST EXIT 2" in out, out[-3000:]
+    flat = " ".join(out.split())
+    assert f"cannot write {data}/" in flat and "no space left on device" in flat, out[-3000:]
+    listed = out[out.index("FIRST EXIT") : out.index("LISTED")].split()
+    assert sorted(set(listed) - {"FIRST", "EXIT", "2", ".", ".."}) == ["train.jsonl"], listed
+    assert "DATA WHOLE" in out and "Traceback" not in out
+    assert "SECOND EXIT 0" in out and "20000 rows, 500 problems" in flat, out[-3000:]
 
 
 def test_ctrl_c_during_an_index_says_so_and_leaves_no_metadata(tmp_path):

@@ -497,15 +497,12 @@ def test_an_evaluation_killed_part_way_takes_up_what_it_finished(run_dir, tmp_pa
     run's."""
     import signal
 
-    sets = ["--set", "evaluation.max_problems=16", "--set", "evaluation.max_new_tokens=64",
-            "--set", "evaluation.batch_size=2"]  # fmt: skip  # one problem after another
+    sets = LONGER_EVAL
     whole = invoke("eval", run_dir, "--no-progress", "--out", tmp_path / "whole", *sets)
     assert whole.exit_code == 0, whole.output
 
     out = tmp_path / "killed"
-    args = [sys.executable, "-m", "wmtp.cli", "eval", str(run_dir), "--no-progress", "--out",
-            str(out), *sets]  # fmt: skip
-    child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child = _eval_in_a_child(run_dir, out)
     _wait_for_finished_problems(child, out, 3)
     child.send_signal(signal.SIGKILL)
     child.wait()
@@ -532,12 +529,9 @@ def test_a_stop_signal_during_an_evaluation_says_what_it_keeps(run_dir, tmp_path
     finished and where they are kept (no traceback); the same command takes them up."""
     import signal
 
-    sets = ["--set", "evaluation.max_problems=16", "--set", "evaluation.max_new_tokens=64",
-            "--set", "evaluation.batch_size=2"]  # fmt: skip
+    sets = LONGER_EVAL
     out = tmp_path / "stopped"
-    args = [sys.executable, "-m", "wmtp.cli", "eval", str(run_dir), "--no-progress", "--out",
-            str(out), *sets]  # fmt: skip
-    child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    child = _eval_in_a_child(run_dir, out)
     _wait_for_finished_problems(child, out, 2)
     child.send_signal(getattr(signal, sig))
     _, err = child.communicate(timeout=120)
@@ -549,6 +543,46 @@ def test_a_stop_signal_during_an_evaluation_says_what_it_keeps(run_dir, tmp_path
     again = invoke("eval", run_dir, "--no-progress", "--out", out, *sets)
     assert again.exit_code == 0, again.output
     assert summary_of(out)["resumed_problems"] >= kept >= 2
+
+
+@pytest.mark.slow
+def test_a_second_evaluation_into_the_same_folder_is_refused_while_one_writes(run_dir, tmp_path):
+    """Two `wmtp eval` into one folder: the second is refused at once (exit 2, the first's pid,
+    no traceback) and changes nothing; the first finishes as if alone, and the folder is free
+    again after it."""
+    sets = LONGER_EVAL
+    out = tmp_path / "shared"
+    first = _eval_in_a_child(run_dir, out)
+    _wait_for_finished_problems(first, out, 1)
+    partial_before = {p: p.read_bytes() for p in out.glob("humaneval/.partial-*/rank0.jsonl")}
+
+    second = invoke("eval", run_dir, "--no-progress", "--out", out, *sets)
+    assert second.exit_code == 2, second.output
+    assert f"cannot evaluate into {out}: another evaluation writes its results there now " \
+        f"(pid {first.pid} on " in second.flat and "--out" in second.flat  # fmt: skip
+    assert "Traceback" not in second.output
+    for path, before in partial_before.items():  # the second wrote nothing of its own
+        assert path.read_bytes().startswith(before)
+
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-2000:]
+    assert summary_of(out)["results"]["unseen"]["problems"] == 16
+    assert not (out / ".eval.lock").exists()  # let go and removed
+    again = invoke("eval", run_dir, "--no-progress", "--out", out, *sets)
+    assert again.exit_code == 0, again.output
+
+
+LONGER_EVAL = ["--set", "evaluation.max_problems=16", "--set", "evaluation.max_new_tokens=64",
+               "--set", "evaluation.batch_size=2"]  # fmt: skip  # one problem after another
+"""Settings of an evaluation long enough to be stopped part way (seconds on the CPU)."""
+
+
+def _eval_in_a_child(run_dir, out) -> subprocess.Popen:
+    """``wmtp eval RUN --out OUT`` with :data:`LONGER_EVAL`, started in a child process (its
+    stderr piped, as text)."""
+    args = [sys.executable, "-m", "wmtp.cli", "eval", str(run_dir), "--no-progress", "--out",
+            str(out), *LONGER_EVAL]  # fmt: skip
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def _wait_for_finished_problems(child: subprocess.Popen, out, n: int) -> None:

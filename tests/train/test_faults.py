@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.gpu import needs_cuda
+from tests.small_disk import needs_small_disk
 from tests.train.train_helpers import REPO, TINY, losses_of
 from wmtp.models.locate import step_dirs
 
@@ -224,16 +225,6 @@ def test_eval_refuses_a_damaged_model_file_and_of_a_run_takes_the_newest_whole_o
 # --- a full disk, a torn metrics line -------------------------------------------------------------
 
 
-def _namespace_tmpfs_works() -> bool:
-    if not shutil.which("unshare"):
-        return False
-    probe = subprocess.run(
-        ["unshare", "-Urm", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
-        capture_output=True,
-    )
-    return probe.returncode == 0
-
-
 FULL_DISK = """
 set -u
 mount -t tmpfs -o size={size}k tmpfs {runs}
@@ -245,7 +236,7 @@ cat {runs}/tiny/2*/metrics.jsonl
 """
 
 
-@pytest.mark.skipif(not _namespace_tmpfs_works(), reason="no mount namespace here for a tmpfs")
+@needs_small_disk
 def test_a_full_disk_says_so_keeps_earlier_checkpoints_and_resumes_exactly(
     tmp_path, pristine, whole
 ):

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from wmtp.atomic import write_text
 from wmtp.commands._output import USER_ERROR_EXIT, err_console, report_error
 from wmtp.errors import WmtpError
 
@@ -161,9 +162,7 @@ class ReportCache:
         entry = {"inputs": _digests(sorted(set(read))), "stdout": stdout, "code": code}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(entry))
-            tmp.replace(self.path)  # atomic: a concurrent reader sees the old or the new entry
+            write_text(self.path, json.dumps(entry))  # a concurrent reader: old or new entry
         except OSError:
             pass  # a read-only home: validate without a cache
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wmtp.atomic import write_lines
 from wmtp.data import code_variants, samplers
 from wmtp.data.jsonl import JsonlFile
 from wmtp.data.metadata import build_metadata, metadata_path_for, scan_rows, write_metadata
@@ -153,9 +154,7 @@ def _labelled_rows(
     records = label(cands, problems, workers=workers, progress=progress)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-        tmp.replace(cache)
+        write_lines(cache, (json.dumps(r) + "\n" for r in records))
     return records
 
 
@@ -230,12 +229,11 @@ def _check_can_create(out: Path) -> None:
 
 
 def files_written() -> list[str]:
-    """Names of the files a build writes in its directory (temporaries included): the files it
-    may replace."""
+    """Names of the files a build writes in its directory: the files it may replace (each through
+    a temporary name of its own process, ``wmtp.atomic``)."""
     names = []
     for split in SPLITS:
-        for name in (f"{split}.jsonl", metadata_path_for(f"{split}.jsonl").name):
-            names += [name, f"{name}.tmp"]
+        names += [f"{split}.jsonl", metadata_path_for(f"{split}.jsonl").name]
     return [*names, BUILD_INFO]
 
 
@@ -251,11 +249,7 @@ def _is_earlier_build(out: Path) -> bool:
 
 def _write_split(path: Path, records: list[dict], tokenizer: Tokenizer) -> dict:
     """Write one split with its metadata; its counts for ``build_info.json``."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8"
-    )
-    tmp.replace(path)
+    write_lines(path, (json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     jsonl = JsonlFile(path)
     rows = scan_rows(jsonl, tokenizer, "alpaca")
     write_metadata(

@@ -187,11 +187,9 @@ def example_to_record(example: Example) -> dict:
 
 
 def write_jsonl(path: str | Path, examples: list[Example]) -> Path:
-    """Write ``examples`` one per line (to a temporary name, then renamed)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for example in examples:
-            f.write(json.dumps(example_to_record(example), ensure_ascii=False) + "\n")
-    tmp.replace(path)
-    return path
+    """Write ``examples`` one per line, replacing ``path`` whole (``wmtp.atomic``)."""
+    from wmtp.atomic import write_lines
+
+    return write_lines(
+        path, (json.dumps(example_to_record(e), ensure_ascii=False) + "\n" for e in examples)
+    )

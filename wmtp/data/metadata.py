@@ -133,12 +133,10 @@ def _show(difficulty) -> str:
 
 
 def write_metadata(meta: dict, path: str | Path) -> Path:
-    """Write ``meta`` as JSON (to a temporary name, then renamed)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    """Write ``meta`` as JSON, replacing ``path`` whole (``wmtp.atomic``)."""
+    from wmtp.atomic import write_text
+
+    return write_text(path, json.dumps(meta, indent=1) + "\n")
 
 
 def read_metadata(path: str | Path) -> dict:

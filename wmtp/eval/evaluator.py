@@ -5,22 +5,26 @@ the seen ones when asked: ``wmtp.eval.splits``), n completions per problem
 (``wmtp.eval.completions``), each problem's judged on a worker pool (programs run in
 ``wmtp.sandbox``) while the next problems generate, then ``<out>/<benchmark>/`` written
 (``wmtp.eval.results``) and a table printed (``wmtp.eval.table``). Under torchrun each rank
-generates and checks its share of the problems and rank 0 writes (``wmtp.eval.ranks``).
+generates and checks its share of the problems and rank 0 writes (``wmtp.eval.ranks``),
+holding ``<out>/.eval.lock`` meanwhile: a second evaluation into the same folder is refused
+(``wmtp.locks``) instead of writing the same files.
 ``check_completions`` and ``wmtp.eval.results.write_results`` take
 completions from anywhere (a test's reference solutions, another tool's samples).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wmtp.errors import Interrupted, RecipeError, StopSignal
+from wmtp.errors import Interrupted, RecipeError, RunError, StopSignal
 from wmtp.eval.benchmarks import Benchmark, load_benchmark
 from wmtp.eval.judges import Verdict
 from wmtp.eval.prompting import PromptFormat, prompt_format
@@ -29,6 +33,9 @@ from wmtp.eval.splits import ScoredProblems, TrainingProblems, choose_problems
 from wmtp.stopping import signals_raise
 
 log = logging.getLogger(__name__)
+
+LOCK_FILE = ".eval.lock"
+"""In an evaluation's results folder while rank 0 writes it."""
 
 DECODING_KEYS = ("n_samples", "temperature", "top_p", "max_new_tokens", "speculative")
 """The ``[evaluation]`` keys that decide the samples (with the seed), recorded as ``decoding``."""
@@ -163,34 +170,71 @@ def evaluate(
     check_settings(spec)
     shown = prompt_format(spec, training.template)
     results = {}
-    for entry in spec.benchmarks:
-        name, path = parse_benchmark(entry, benchmark_paths or {})
-        scored = choose_problems(
-            load_benchmark(name, path),
-            training,
-            include_seen=spec.include_seen,
-            max_problems=spec.max_problems,
-        )
-        context = {
-            "prompts": shown.as_dict(),
-            "model": model_label,
-            "step": step,
-            "training": training.as_dict(),
-            "settings": {
-                **spec.model_dump(mode="json"),
-                "seed": seed,
-                "source": path,
-                **model_settings(model),
-            },
-        }
-        results[name] = evaluate_benchmark(
-            model, tokenizer, spec, scored, shown, Path(out_dir) / name, seed, context, progress,
-            ranks,
-        )  # fmt: skip
+    with writing_results(Path(out_dir)) if ranks.is_main else contextlib.nullcontext():
+        for entry in spec.benchmarks:
+            name, path = parse_benchmark(entry, benchmark_paths or {})
+            scored = choose_problems(
+                load_benchmark(name, path),
+                training,
+                include_seen=spec.include_seen,
+                max_problems=spec.max_problems,
+            )
+            context = {
+                "prompts": shown.as_dict(),
+                "model": model_label,
+                "step": step,
+                "training": training.as_dict(),
+                "settings": {
+                    **spec.model_dump(mode="json"),
+                    "seed": seed,
+                    "source": path,
+                    **model_settings(model),
+                },
+            }
+            results[name] = evaluate_benchmark(
+                model, tokenizer, spec, scored, shown, Path(out_dir) / name, seed, context,
+                progress, ranks,
+            )  # fmt: skip
     if not ranks.is_main:
         return {}
     print_table(results, console, title=f" · {display_path(model_label)}")
     return results
+
+
+@contextlib.contextmanager
+def writing_results(out_dir: Path) -> Iterator[None]:
+    """Hold ``out_dir``'s evaluation lock while rank 0 writes it; the folders made for the lock
+    are removed again where the evaluation wrote nothing in them (it stopped before decoding)."""
+    from wmtp.locks import holding
+
+    made = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with holding(out_dir / LOCK_FILE, _being_evaluated(out_dir)):
+            yield
+    finally:
+        for folder in made:  # innermost first
+            try:
+                folder.rmdir()
+            except OSError:  # results in it
+                break
+
+
+def check_not_evaluating(out_dir: Path) -> None:
+    """A RunError when another evaluation writes ``out_dir`` now (:func:`writing_results`)."""
+    from wmtp.locks import check_free
+
+    check_free(Path(out_dir) / LOCK_FILE, _being_evaluated(out_dir))
+
+
+def _being_evaluated(out_dir: Path):
+    def refused(holder: str) -> RunError:
+        return RunError(
+            f"cannot evaluate into {out_dir}: another evaluation writes its results there now "
+            f"({holder}); wait until it ends, or give another --out"
+        )
+
+    return refused
 
 
 def evaluate_benchmark(

@@ -24,12 +24,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from wmtp.atomic import write_lines, write_text
 from wmtp.errors import DataError
 from wmtp.eval.judges import Verdict
 from wmtp.eval.passk import mean_pass_at_k, pass_at_k, pass_at_k_stderr
@@ -46,18 +46,13 @@ Verdicts = dict[str, list[Verdict]]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    """Write through a temporary name, then rename: a crash never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as out:
-        for row in rows:
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    """``rows`` one per line, replacing ``path`` whole (``wmtp.atomic``)."""
+    write_lines(path, (json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def write_json(path: Path, value: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    """``value`` as JSON, replacing ``path`` whole."""
+    write_text(path, json.dumps(value, indent=2) + "\n")
 
 
 def group_result(verdicts: Verdicts, ks: list[int]) -> dict[str, Any]:

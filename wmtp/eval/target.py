@@ -165,7 +165,7 @@ def prepare_eval(
     """Resolve ``path`` and load its recipe (``overrides`` applied), checking the
     ``[evaluation]`` settings and the results' folder: every mistake found before torch or a
     model loads."""
-    from wmtp.eval.evaluator import check_settings
+    from wmtp.eval.evaluator import check_not_evaluating, check_settings
     from wmtp.folders import check_output_folder
     from wmtp.recipe import RecipeProblems, load_recipe
     from wmtp.recipe.inputs import input_problems
@@ -185,6 +185,7 @@ def prepare_eval(
         loaded = load_target_recipe(target, overrides)
     check_settings(loaded.evaluation)
     check_output_folder(target.out_dir, "--out" if out is not None else "the results' folder")
+    check_not_evaluating(target.out_dir)
     return target, loaded
 
 

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from wmtp.atomic import replaced, write_text
 from wmtp.errors import CheckpointError
 from wmtp.models.args import ModelArgs
 from wmtp.models.attention import ResolvedAttention
@@ -401,10 +401,11 @@ def save_wmtp(
     meta = {"format_version": FORMAT_VERSION, "kind": "llama_mtp", **(info or {})}
     meta["args"] = args.to_dict()
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _atomic(directory / WEIGHTS_FILE, lambda tmp: safetensors_file.save(tensors, tmp))
-    _atomic(directory / ARGS_FILE, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
+    with replaced(directory / WEIGHTS_FILE) as tmp:
+        safetensors_file.save(tensors, tmp)
+    write_text(directory / ARGS_FILE, json.dumps(meta, indent=2))
     if recipe_toml is not None:
-        _atomic(directory / "recipe.toml", lambda tmp: tmp.write_text(recipe_toml))
+        write_text(directory / "recipe.toml", recipe_toml)
     return directory
 
 
@@ -415,19 +416,10 @@ def write_meta(model: LlamaMTP, directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     params = model.args.to_params_json()
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    _atomic(directory / "consolidated.pth", lambda tmp: torch.save(sd, tmp))
-    _atomic(directory / "params.json", lambda tmp: tmp.write_text(json.dumps(params)))
+    with replaced(directory / "consolidated.pth") as tmp:
+        torch.save(sd, tmp)
+    write_text(directory / "params.json", json.dumps(params))
     return directory
-
-
-def _atomic(target: Path, write) -> None:
-    """Write through a temporary name, then rename: readers never see half a file."""
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 __all__ = [

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from wmtp.atomic import write_text
 from wmtp.errors import CheckpointError
 
 MANIFEST = "manifest.json"
@@ -52,10 +53,7 @@ def write_manifest(directory: str | Path) -> Path:
     digests = _hashed(directory, names)
     files = {n: {"bytes": (directory / n).stat().st_size, "sha256": digests[n]} for n in names}
     target = directory / MANIFEST
-    tmp = target.with_name(f".{MANIFEST}.tmp")
-    tmp.write_text(json.dumps({"version": VERSION, "files": files}, indent=1) + "\n")
-    os.replace(tmp, target)
-    return target
+    return write_text(target, json.dumps({"version": VERSION, "files": files}, indent=1) + "\n")
 
 
 def verify(directory: str | Path, only: Iterable[str] | None = None) -> None:

@@ -21,6 +21,8 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from wmtp.atomic import write_lines
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -158,6 +160,4 @@ def keep_metrics_until(run_dir: Path, step: int) -> None:
     again), replacing the file in one rename: a crash meanwhile leaves the old file whole."""
     path = Path(run_dir) / METRICS_FILE
     kept = [m for m in read_metrics(run_dir) if m["step"] <= step]
-    tmp = path.with_name(f".{METRICS_FILE}.tmp")
-    tmp.write_text("".join(json.dumps(m) + "\n" for m in kept))
-    tmp.replace(path)
+    write_lines(path, (json.dumps(m) + "\n" for m in kept))

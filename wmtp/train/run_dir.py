@@ -11,19 +11,19 @@ newest run that wrote a checkpoint.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import platform
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from wmtp.atomic import replaced
 from wmtp.errors import RunError
+from wmtp.locks import check_free, holding
 
 RECIPE_FILE = "recipe.toml"
 FINGERPRINT_FILE = "fingerprint.json"
@@ -196,11 +196,8 @@ def point_latest(run: Path) -> None:
             f"{link} is not the symlink wmtp keeps to the newest run, so it was left as it is; "
             f"{run} holds this run: move {link} away to make the link"
         )
-    tmp = run.parent / f".latest-{os.getpid()}"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    tmp.symlink_to(run.name)
-    os.replace(tmp, link)
+    with replaced(link) as tmp:
+        tmp.symlink_to(run.name)
 
 
 def resume_command(run: Path | str, processes: int | None = None) -> str:
@@ -223,41 +220,27 @@ LOCK_FILE = ".training.lock"
 
 @contextlib.contextmanager
 def training_lock(run: Path) -> Iterator[None]:
-    """Hold ``run``'s lock while the block trains it: a second ``wmtp run --resume`` of the same
-    run is refused (:func:`check_not_training`) instead of writing the same checkpoints. The
-    kernel releases the lock when the process ends, however it ends: none is ever stale."""
-    with open(run / LOCK_FILE, "a+", encoding="utf-8") as lock:
-        _take(lock, run)
-        lock.truncate(0)
-        lock.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%c')}\n")
-        lock.flush()
-        try:
-            yield
-        finally:  # no one holds it now; the kernel lets go of the lock itself at close
-            lock.truncate(0)
+    """Hold ``run``'s lock while the block trains it (``wmtp.locks``): a second ``wmtp run
+    --resume`` of the same run is refused (:func:`check_not_training`) instead of writing the
+    same checkpoints."""
+    with holding(run / LOCK_FILE, _being_trained(run)):
+        yield
 
 
 def check_not_training(run: Path) -> None:
-    """A RunError when a process trains ``run`` now (it holds :func:`training_lock`). A shared
-    lock, taken and let go: the ranks of one launch check at once without tripping each other,
-    and every rank has checked before rank 0 passes the process group's rendezvous to train."""
-    lock_path = run / LOCK_FILE
-    if not lock_path.is_file():
-        return
-    with open(lock_path, "a+", encoding="utf-8") as lock:
-        _take(lock, run, fcntl.LOCK_SH)
+    """A RunError when a process trains ``run`` now (it holds :func:`training_lock`); every rank
+    of a launch checks before rank 0 passes the process group's rendezvous to train."""
+    check_free(run / LOCK_FILE, _being_trained(run))
 
 
-def _take(lock: IO[str], run: Path, kind: int = fcntl.LOCK_EX) -> None:
-    try:
-        fcntl.flock(lock, kind | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.seek(0)
-        holder = lock.read().strip() or "another process"
-        raise RunError(
+def _being_trained(run: Path):
+    def refused(holder: str) -> RunError:
+        return RunError(
             f"cannot resume {run}: it is being trained now ({holder}); wait until that run "
             "ends, or stop it (Ctrl-C there writes a checkpoint), then resume"
-        ) from None
+        )
+
+    return refused
 
 
 def check_writable(run: Path) -> None:
