@@ -20,7 +20,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -55,6 +55,32 @@ from wmtp.train.run_dir import DATA_FILES, resume_command
 log = logging.getLogger(__name__)
 
 
+class Gradients(NamedTuple):
+    """A step's complete gradients, as device tensors (nothing waits for them)."""
+
+    norm: torch.Tensor
+    """The global gradient norm, over every rank's shard."""
+    clip_divisor: torch.Tensor | None
+    """What the optimizer divides the gradients by (in its own kernel) to clip them to
+    ``training.grad_clip``: at least 1, and 1 when the norm is not finite (a NaN would spread
+    over every gradient and hide where it began); None without clipping."""
+
+
+def queue_clipping(model: torch.nn.Module, clip: float) -> Gradients:
+    """``model``'s gradient norm, and the divisor clipping them to ``clip`` (0: measured, never
+    clipped). The gradients are not touched: the fused AdamW step divides them as it reads them
+    (``step_unless``), instead of a pass over every gradient to scale it first. The divisor is
+    the inverse of ``torch.nn.utils.clip_grads_with_norm_``'s factor: ``(norm + 1e-6) / clip``,
+    at least 1."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    total = torch.nn.utils.get_total_norm(grads)
+    total = total.full_tensor() if hasattr(total, "full_tensor") else total
+    if not clip:  # 0 (TOML has no null)
+        return Gradients(total, None)
+    finite = torch.where(torch.isfinite(total), total, torch.zeros_like(total))
+    return Gradients(total, ((finite.float() + 1e-6) / clip).clamp_(min=1.0))
+
+
 class Trainer:
     """Holds what a run needs; pipelines read ``ctx``, ``tokenizer``, ``model``, ``recipe``."""
 
@@ -83,8 +109,8 @@ class Trainer:
         """Input tokens of every step so far, all ranks (logged as ``tokens_seen``)."""
         self.saved_step: int | None = None
         self.last_checkpoint: Path | None = None
-        self._grad_norm: torch.Tensor | None = None
-        """The step's gradient norm once :meth:`accumulate` has queued it."""
+        self._gradients: Gradients | None = None
+        """The step's gradient norm and clipping divisor once :meth:`accumulate` has queued them."""
         self.signals: StopSignals | None = None
         """SIGINT / SIGTERM while :meth:`run` runs."""
         self.stop_signal = 0
@@ -248,7 +274,7 @@ class Trainer:
         for i, batch in enumerate(micro_batches):
             set_gradient_sync(self.model, i == last)
             yield batch
-        self._grad_norm = self._gradients_complete()
+        self._gradients = self._gradients_complete()
 
     # --- resume ----------------------------------------------------------------------------------
     def resume(self, checkpoint: Path) -> None:
@@ -374,7 +400,7 @@ class Trainer:
         with phase("next_batches"):
             micro_batches = self.batches.next_step()
         data_s = time.perf_counter() - start
-        self._grad_norm = None
+        self._gradients = None
         with phase("forward_backward"):
             out = self.pipeline.forward_backward(self, micro_batches)
         pending = self._queue_update(out, micro_batches)
@@ -402,7 +428,8 @@ class Trainer:
         """The step's figures on their way to the host, then the optimizer and scheduler steps
         queued behind them; the update is skipped on the device if the loss, a part of it or the
         gradient norm is not finite. Nothing here waits for the device."""
-        grad_norm = self._step_grad_norm()
+        gradients = self._step_gradients()
+        grad_norm = gradients.norm
         bad = nonfinite_flag([out.loss, *out.components.values(), grad_norm], self.ctx.device)
         tokens, row_tokens = self._step_tokens(micro_batches)
         stop = self.signals.agreed() if self.signals is not None and self.ctx.is_distributed else 0
@@ -411,7 +438,7 @@ class Trainer:
         own["lr"] = self.scheduler.get_last_lr()[0]
         pending = PendingFigures({"step": own, "parts": out.components, "logged": out.figures})
         with phase("optimizer"):
-            step_unless(self.optimizer, bad)
+            step_unless(self.optimizer, bad, divide_gradients_by=gradients.clip_divisor)
             self.scheduler.step()
         return pending
 
@@ -489,31 +516,18 @@ class Trainer:
         )
         return summed[0], summed[1]
 
-    def _step_grad_norm(self) -> torch.Tensor:
-        """The global gradient norm (a device tensor), its gradients clipped: queued by
-        :meth:`accumulate`, or now if the pipeline left the batches unfinished."""
-        norm, self._grad_norm = self._grad_norm, None
-        return norm if norm is not None else self._gradients_complete()
+    def _step_gradients(self) -> Gradients:
+        """The global gradient norm and clipping divisor: queued by :meth:`accumulate`, or now if
+        the pipeline left the batches unfinished."""
+        gradients, self._gradients = self._gradients, None
+        return gradients if gradients is not None else self._gradients_complete()
 
-    def _gradients_complete(self) -> torch.Tensor:
+    def _gradients_complete(self) -> Gradients:
         """The step's gradients are all there: the testing hook between backward and update,
-        then their norm and clipping queued (:meth:`_queue_clipping`)."""
+        then their norm and clipping divisor queued (:func:`queue_clipping`)."""
         faults.before_optimizer_step(self)  # testing hooks; no-op unset
         with phase("grad_norm"):
-            return self._queue_clipping()
-
-    def _queue_clipping(self) -> torch.Tensor:
-        """The global gradient norm (a device tensor: nothing waits for it here); the gradients
-        are scaled to ``training.grad_clip`` on the device, and left as they are when the norm is
-        not finite (a NaN would spread over every gradient and hide where it began)."""
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        total = torch.nn.utils.get_total_norm([p.grad for p in params])
-        total = total.full_tensor() if hasattr(total, "full_tensor") else total
-        clip = self.recipe.training.grad_clip  # 0 (TOML has no null) = measure, never clip
-        if clip:  # a norm of 0 scales by 1: clip / (0 + 1e-6), clamped to 1
-            finite = torch.where(torch.isfinite(total), total, torch.zeros_like(total))
-            torch.nn.utils.clip_grads_with_norm_(params, clip, finite)
-        return total
+            return queue_clipping(self.model, self.recipe.training.grad_clip)
 
     def flops_per_token(self) -> float:
         """Model FLOPs per input token of a step (``wmtp.models.args.training_flops_per_token``):

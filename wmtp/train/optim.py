@@ -41,17 +41,26 @@ def build_optimizer(params, *, lr: float, betas, eps: float, weight_decay: float
     )
 
 
-def step_unless(optimizer: torch.optim.Optimizer, skip: torch.Tensor) -> None:
+def step_unless(
+    optimizer: torch.optim.Optimizer,
+    skip: torch.Tensor,
+    divide_gradients_by: torch.Tensor | None = None,
+) -> None:
     """Queue ``optimizer``'s step, to be skipped on the device where ``skip`` (a one-element
     tensor, 1 or 0) is 1: weights, moments and step count stay as they were. The host decides
     nothing and waits for nothing, so the update is queued before the step's figures are read.
-    Fused AdamW reads the flag in its kernel (``found_inf``, the argument ``torch.amp``'s
-    gradient scaler skips steps with)."""
+    ``divide_gradients_by`` (a one-element tensor) scales the gradients as the step reads them:
+    gradient clipping without a pass of its own. Fused AdamW reads both in its kernel
+    (``found_inf`` and ``grad_scale``, the arguments ``torch.amp``'s gradient scaler skips steps
+    and unscales gradients with)."""
     optimizer.found_inf = skip.float().reshape(())
+    if divide_gradients_by is not None:
+        optimizer.grad_scale = divide_gradients_by.float().reshape(())
     try:
         optimizer.step()
     finally:
         del optimizer.found_inf
+        optimizer.__dict__.pop("grad_scale", None)
 
 
 def build_scheduler(
