@@ -579,6 +579,23 @@ def test_a_run_in_training_is_not_resumed_twice(tmp_path):
     assert [s for s, _ in losses_of(run)] == list(range(1, 7))
 
 
+def test_a_run_directory_removed_while_the_run_trains_is_said_so(tmp_path):
+    """The run directory deleted part way (a clean-up script, a wrong `rm -rf`): the next write
+    finds it gone. One message says so and that nothing is left to resume (not "continue with
+    --resume", not "keeps its log"), exit 2; a library thread that failed on the way
+    (TensorBoard's event writer) is one warning line, never a traceback."""
+    proc = _start(tmp_path, "--set", "training.checkpoint_every=100")
+    run = _wait_for_step(tmp_path, proc, 3)
+    shutil.rmtree(run)
+    _, err = proc.communicate(timeout=120)
+    flat = " ".join(err.split())
+    assert proc.returncode == 2, err[-3000:]
+    assert f"the run directory {run} was removed while the run trained" in flat, err[-3000:]
+    assert "nothing of it is left to resume" in flat
+    assert "Traceback" not in err and "--resume" not in flat and "keeps its log" not in flat
+    assert not run.exists() and not (run.parent / "latest").exists()
+
+
 def _read_until(proc: subprocess.Popen, text: str) -> None:
     for line in proc.stderr:
         if text in line:

@@ -2,7 +2,9 @@
 
 - :class:`RunLog`: rank 0's log lines go to ``<run>/run.log`` as well as the console. When a run
   fails before its first checkpoint, the log says why and where it is, and the run directory is
-  not made ``latest`` (only a run with a checkpoint is: ``Trainer.save``).
+  not made ``latest`` (only a run with a checkpoint is: ``Trainer.save``). A library's
+  background thread that fails meanwhile (TensorBoard's event writer, on a full disk) is one
+  warning on the console, its trace in ``run.log``: the run's own error says what it stopped.
 - :func:`exit_without_peers`: a failing rank of a multi-process run writes what happened to
   ``$WMTP_FAILURES_DIR/rank<r>.json`` (set by ``wmtp run --nproc-per-node``, whose launcher
   summarises them: ``wmtp.train.launcher``) and exits at once, without waiting for peers that
@@ -15,6 +17,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -46,6 +49,7 @@ class RunLog:
 
     def __init__(self) -> None:
         self.handler: logging.Handler | None = None
+        self._thread_hook = threading.excepthook
 
     def __enter__(self) -> RunLog:
         return self
@@ -57,6 +61,22 @@ class RunLog:
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         self.handler.setLevel(logging.INFO)
         logging.getLogger().addHandler(self.handler)
+        threading.excepthook = self._thread_failed
+
+    def _thread_failed(self, failure: threading.ExceptHookArgs) -> None:
+        """A background thread's exception: one line on the console and in the log, its trace in
+        the log only (the default hook prints the trace on stderr)."""
+        if failure.exc_type is SystemExit or self.handler is None:
+            return
+        name = failure.thread.name if failure.thread is not None else "a thread"
+        log.warning(
+            "a background thread%s (%s) failed: %s",
+            _library_of(failure.exc_traceback), name, failure.exc_value,
+        )  # fmt: skip
+        trace = traceback.format_exception(
+            failure.exc_type, failure.exc_value, failure.exc_traceback
+        )
+        self.handler.handle(_record(logging.INFO, "".join(trace)))
 
     def ended(self, message: str) -> None:
         """Record how the run ended, a clean stop or the end (the console says it its own way)."""
@@ -79,7 +99,7 @@ class RunLog:
             # a library's own failure behind the message (torch.compile's): the log keeps its trace
             message += "\ncaused by:\n" + "".join(traceback.format_exception(cause))
         self.handler.handle(_record(logging.ERROR, message))
-        if not (run_dir / "checkpoints").is_dir():
+        if run_dir.is_dir() and not (run_dir / "checkpoints").is_dir():
             log.warning(
                 "the run directory %s keeps its log (%s); it has no checkpoint, so "
                 "%s/latest still names the last run that has one",
@@ -87,9 +107,20 @@ class RunLog:
             )  # fmt: skip
 
     def __exit__(self, *exc: object) -> None:
+        threading.excepthook = self._thread_hook
         if self.handler is not None:
             logging.getLogger().removeHandler(self.handler)
             self.handler.close()
+
+
+def _library_of(trace) -> str:
+    """`` of PACKAGE``: the installed package whose code the thread ran (its first frame there),
+    or nothing."""
+    for frame in traceback.extract_tb(trace):
+        _, found, below = frame.filename.partition("-packages/")  # site- or dist-packages
+        if found:
+            return f" of {below.split('/')[0]}"
+    return ""
 
 
 def _record(level: int, message: str) -> logging.LogRecord:

@@ -368,14 +368,22 @@ def _warn_memory(prepared: PreparedRun) -> None:
 
 
 def _naming_the_run(exc: BaseException, ctx, run_dir: Path | None) -> BaseException:
-    """A stop before the first step (``StopSignal``), said as ``Interrupted``, and a write the
+    """A run directory removed while the run trained, said as such (whatever write found it
+    gone); a stop before the first step (``StopSignal``), said as ``Interrupted``; a write the
     file system refused, said as ``StorageError`` (its trace kept as the cause, for
     ``run.log``), each with what the run directory keeps. Any other exception as it is."""
     import signal
 
-    from wmtp.errors import Interrupted, StopSignal, StorageError, WmtpError
+    from wmtp.errors import Interrupted, RunError, StopSignal, StorageError, WmtpError
     from wmtp.folders import refused_write
 
+    if run_dir is not None and not run_dir.exists() and not isinstance(exc, Interrupted):
+        gone = RunError(
+            f"the run directory {run_dir} was removed while the run trained, and this run with "
+            "it: nothing of it is left to resume; start a new run"
+        )
+        gone.__cause__ = exc
+        return gone
     if isinstance(exc, StopSignal):
         name = signal.Signals(exc.signum).name
         kept = f"nothing was trained; {_kept(run_dir, ctx)}"
