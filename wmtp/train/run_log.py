@@ -66,7 +66,10 @@ class RunLog:
     def _thread_failed(self, failure: threading.ExceptHookArgs) -> None:
         """A background thread's exception: one line on the console and in the log, its trace in
         the log only (the default hook prints the trace on stderr)."""
-        if failure.exc_type is SystemExit or self.handler is None:
+        if self.handler is None:  # the log closed meanwhile: as Python says it
+            self._thread_hook(failure)
+            return
+        if failure.exc_type is SystemExit:
             return
         name = failure.thread.name if failure.thread is not None else "a thread"
         log.warning(
