@@ -12,6 +12,7 @@ import pytest
 
 from tests.eval.test_eval_command import invoke, summary_of
 from tests.eval.tiny_runs import critic, policy, reference, train
+from tests.paused import PausedCommand
 from wmtp.errors import RunError
 from wmtp.eval.figures import FigureSpec, Line, Panel, draw
 from wmtp.eval.questions import QUESTIONS, Shown
@@ -194,11 +195,69 @@ def test_a_step_no_run_was_evaluated_at_or_a_file_as_out_is_an_error(runs, tmp_p
     assert f"{runs['baseline']}: 1, 2" in result.flat and not (tmp_path / "r").exists()
     assert invoke("report", runs["baseline"], "--out", tmp_path, "--step", "-1").exit_code == 2
     (tmp_path / "afile").write_text("mine")
-    for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+    for out, said in (
+        (tmp_path / "afile", "afile: exists and is not a folder"),
+        (tmp_path / "afile" / "sub", "afile is not a folder, so no folder can be made in it"),
+    ):
         result = invoke("report", runs["baseline"], "--out", out)
-        assert result.exit_code == 2 and "afile is a file, not a folder" in result.flat
+        assert result.exit_code == 2 and said in result.flat, result.output
         assert "Traceback" not in result.output
     assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_a_report_replaces_an_earlier_report_whole_and_nothing_a_user_wrote(runs, tmp_path):
+    """The same --out again: the earlier report is replaced whole (a figure the new one does not
+    draw is gone). A folder holding a file the report did not write, an edited report, or a
+    folder that is no report are refused (exit 2) and kept as they were."""
+    out = tmp_path / "compare"
+    assert invoke("report", *runs.values(), "--out", out).exit_code == 0
+    assert (out / "critic.png").is_file()
+    marker = json.loads((out / "wmtp_report.json").read_text())
+    assert marker["written_by"] == "wmtp report" and "report.md" in marker["files"]
+
+    alone = invoke("report", runs["baseline"], "--out", out)
+    assert alone.exit_code == 0, alone.output
+    assert not (out / "critic.png").exists() and "baseline" in (out / "report.md").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["compare"]
+
+    (out / "notes.md").write_text("mine")
+    refused = invoke("report", runs["baseline"], "--out", out)
+    assert refused.exit_code == 2 and "files it did not write (notes.md)" in refused.flat
+    (out / "notes.md").unlink()
+    with (out / "report.md").open("a") as f:
+        f.write("my notes\n")
+    refused = invoke("report", runs["baseline"], "--out", out)
+    assert refused.exit_code == 2 and "changed after it wrote them (report.md" in refused.flat
+    assert (out / "report.md").read_text().endswith("my notes\n")
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my own report")
+    refused = invoke("report", runs["baseline"], "--out", mine)
+    assert refused.exit_code == 2 and "holds no wmtp_report.json" in refused.flat
+    assert [p.read_text() for p in mine.iterdir()] == ["my own report"]
+    assert "Traceback" not in refused.output
+
+
+def test_a_second_report_into_a_folder_being_written_is_refused(runs, tmp_path):
+    """Two `wmtp report` into one --out at once: the second is refused (exit 2, the first's pid)
+    and the first's report is whole, not a mix of both."""
+    out = tmp_path / "compare"
+    argv = ["report", runs["baseline"], runs["verifiable"], "--out", out]
+    first = PausedCommand("wmtp.eval.report", "_drawn", argv, tmp_path / "s")
+    first.wait_until_paused()
+
+    second = invoke("report", runs["rho1"], "--out", out)
+    assert second.exit_code == 2, second.output
+    assert f"--out {out}: another wmtp report writes this folder now (pid {first.pid} on " \
+        in second.flat and "Traceback" not in second.output  # fmt: skip
+    assert not out.exists()
+
+    code, said = first.go()
+    assert code == 0, said
+    text = (out / "report.md").read_text()
+    assert "verifiable" in text and "rho1" not in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["compare", "s"]
 
 
 def test_constant_and_zero_series_are_drawn_as_such(tmp_path):

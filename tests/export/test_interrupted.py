@@ -52,7 +52,8 @@ def test_a_killed_exports_staging_is_removed_by_the_next_export(tiny_run, tmp_pa
     out = tmp_path / "tiny"
     done = export_stopped_by(signal.SIGKILL, tiny_run, out)
     assert done.returncode == -signal.SIGKILL
-    (staging,) = tmp_path.iterdir()  # half written, under its temporary name
+    staging, lock = sorted(tmp_path.iterdir())  # half written, under its temporary name
+    assert lock.name == ".tiny.lock"  # left by the killed export; its lock went with it
     assert staging.name.startswith(".tiny.export-") and (staging / "model.safetensors").is_file()
     result = export(tiny_run, "--to", "hf", "--out", out)
     assert result.exit_code == 0, result.output

@@ -14,6 +14,7 @@ import pytest
 
 from tests.export.export_helpers import export
 from tests.export.test_errors import leftovers
+from tests.paused import PausedCommand
 
 
 def tree(folder: Path) -> dict[str, bytes | str]:
@@ -148,3 +149,41 @@ def test_a_file_where_a_folder_must_be(tiny_run, tmp_path):
     (tmp_path / "gone").symlink_to("nowhere")
     result = export(tiny_run, "--to", "hf", "--out", tmp_path / "gone" / "sub")
     assert result.exit_code == 2 and "gone is a broken symbolic link" in result.flat
+
+
+def test_a_second_export_to_a_folder_being_written_is_refused(tiny_run, tmp_path):
+    """Two exports to one --out at once: the second is refused at once (exit 2, the first's pid)
+    and writes nothing; the first ends as if alone."""
+    out = tmp_path / "exports" / "tiny"
+    argv = ["export", tiny_run, "--to", "hf", "--out", out, "--no-progress"]
+    first = PausedCommand("wmtp.export.tokenizer_files", "write_tokenizer", argv, tmp_path / "s")
+    first.wait_until_paused()  # its weights written, under their temporary name
+    staging_before = tree(out.parent)
+
+    second = export(tiny_run, "--to", "wmtp", "--out", out, "--force")
+    assert second.exit_code == 2, second.output
+    assert f"--out {out}: another wmtp export writes this folder now (pid {first.pid} on " \
+        in second.flat and "Traceback" not in second.output  # fmt: skip
+    assert tree(out.parent) == staging_before
+
+    code, said = first.go()
+    assert code == 0, said
+    assert (out / "config.json").is_file() and leftovers(out.parent) == []
+    assert sorted(p.name for p in out.parent.iterdir()) == ["tiny"]  # the lock file gone too
+
+
+def test_an_export_written_meanwhile_is_not_replaced_without_force(tiny_run, tmp_path):
+    """An export that found --out empty while another export wrote it whole before this one got
+    there: refused at the end rather than replacing that export without --force."""
+    out = tmp_path / "tiny"
+    argv = ["export", tiny_run, "--to", "hf", "--out", out, "--no-progress"]
+    late = PausedCommand("wmtp.export.run", "staged_output", argv, tmp_path / "s")
+    late.wait_until_paused()  # its --out checked: empty
+    assert export(tiny_run, "--to", "wmtp", "--out", out).exit_code == 0
+    written = tree(out)
+
+    code, said = late.go()
+    assert code == 2, said
+    assert f"--out {out}: another wmtp export wrote this folder while this one ran" in said
+    assert "--force" in said and "Traceback" not in said
+    assert tree(out) == written and leftovers(tmp_path) == []

@@ -9,6 +9,10 @@ per head, every evaluation). pass@k comes from each run's newest evaluated check
 ``step`` when given; the table says which. Under the table, a warning where the held-out
 cross-entropies were measured on different held-out data, or the headline pass@k come from
 evaluations that decoded differently or scored other unseen problems.
+
+The folder is written whole (``wmtp.output_folder``, as :data:`REPORT`): a new or empty folder, or
+an earlier report, which a new one replaces unless a user added or edited files in it since; one
+report writes it at a time, and one that fails or is stopped leaves the folder as it was.
 """
 
 from __future__ import annotations
@@ -32,8 +36,13 @@ from wmtp.eval.questions import (
 )
 from wmtp.eval.run_data import RunRecord, read_run
 from wmtp.eval.table import percent, problems_cell
+from wmtp.output_folder import Product, check_output, staged_output
 
 HEADLINE_KS = ("1", "10")
+
+REPORT = Product("report", "wmtp_report.json", RunError, replacing_needs_force=False)
+"""What ``wmtp report`` writes: an earlier report is replaced without ``--force`` (it is made from
+the runs again at will), and only while it holds just what it wrote."""
 
 
 @dataclass(frozen=True)
@@ -231,11 +240,9 @@ def write_report(
     run_dirs: list[str | Path], out_dir: str | Path, *, step: int | None = None
 ) -> Report:
     """Read every run, write the figures and ``report.md`` into ``out_dir``. A ``step`` at which
-    no run was evaluated, or an ``out_dir`` that cannot be a folder, is an error before anything
-    is written."""
-    from wmtp.folders import check_output_folder
-
-    check_output_folder(out_dir, "--out")
+    no run was evaluated, or an ``out_dir`` the report may not write (:data:`REPORT`), is an error
+    before anything is written."""
+    out = check_output(Path(out_dir), REPORT, force=False)
     runs = [read_run(path) for path in run_dirs]
     if step is not None and not any(step in run.evals for run in runs):
         evaluated = "; ".join(
@@ -247,22 +254,25 @@ def write_report(
         Shown(r, label, f"C{i % 10}")
         for i, (r, label) in enumerate(zip(runs, display_labels(runs), strict=True))
     ]
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
+    steps = {s.label: picked_step(s.run, step) for s in shown}
+    with staged_output(out, REPORT, force=False) as staging:
+        names = [spec.file for spec in _drawn(shown, staging)]
+        text = markdown(shown, steps, step, names)
+        (staging / "report.md").write_text(text, encoding="utf-8")
+    said = {s.label: step_words(s.run, steps[s.label], step) for s in shown}
+    return Report([*(out / name for name in names), out / "report.md"], steps, said)
+
+
+def _drawn(shown: list[Shown], folder: Path):
+    """Each question's figure that has something to show, drawn into ``folder``."""
     for question in QUESTIONS:
         spec = question(shown)
         if spec is not None:
-            draw(spec, out / spec.file)
-            written.append(out / spec.file)
-    steps = {s.label: picked_step(s.run, step) for s in shown}
-    text = markdown(shown, steps, step, written)
-    (out / "report.md").write_text(text, encoding="utf-8")
-    said = {s.label: step_words(s.run, steps[s.label], step) for s in shown}
-    return Report([*written, out / "report.md"], steps, said)
+            draw(spec, folder / spec.file)
+            yield spec
 
 
-def markdown(shown: list[Shown], steps, wanted: int | None, figures: list[Path]) -> str:
+def markdown(shown: list[Shown], steps, wanted: int | None, figures: list[str]) -> str:
     which = f"step {wanted}" if wanted is not None else "each run's newest evaluated step"
     parts = [
         "# wmtp report",
@@ -275,7 +285,7 @@ def markdown(shown: list[Shown], steps, wanted: int | None, figures: list[Path])
         *(line for warning in comparability(shown, steps) for line in (warning, "")),
         "## Figures",
         "",
-        *(f"![{p.stem}]({p.name})" for p in figures),
+        *(f"![{Path(name).stem}]({name})" for name in figures),
         "",
         "## Runs",
         "",
@@ -284,4 +294,4 @@ def markdown(shown: list[Shown], steps, wanted: int | None, figures: list[Path])
     return "\n".join(parts) + "\n"
 
 
-__all__ = ["Report", "display_labels", "headline", "tokens_seen", "write_report"]
+__all__ = ["REPORT", "Report", "display_labels", "headline", "tokens_seen", "write_report"]

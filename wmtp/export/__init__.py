@@ -5,13 +5,19 @@
 sharded DCP ``state/`` on the CPU), ``hf`` / ``formats`` (the target formats and what they can
 hold), ``tokenizer_files`` (the tokenizer as ``transformers`` reads it), ``recipes`` and ``card``
 (the recipes, fingerprint and model card beside the weights), ``run_info`` (training tokens and
-eval results for the card), ``output`` (the output folder, written whole or not at all).
-Importing this package needs no torch.
+eval results for the card). The output folder is written whole or not at all
+(``wmtp.output_folder``, as :data:`EXPORT`). Importing this package needs no torch.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from wmtp.errors import ExportError
+from wmtp.output_folder import Product
+
+EXPORT = Product("export", "wmtp_export.json", ExportError, replacing_needs_force=True)
+"""What ``wmtp export`` writes: replaced only with ``--force``, by another export."""
 
 
 def __getattr__(name: str) -> Any:
@@ -22,4 +28,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'wmtp.export' has no attribute {name!r}")
 
 
-__all__ = ["ExportResult", "export_model"]
+__all__ = ["EXPORT", "ExportResult", "export_model"]

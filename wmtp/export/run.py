@@ -7,7 +7,7 @@ written under a temporary name, so a refused or failed export leaves nothing beh
 1. the source (``wmtp.export.source``): run, checkpoint or model directory, checked whole, and its
    recipe; the model section the recipe trains (``policy``, or ``critic``);
 2. what the target format can hold (``wmtp.export.formats.check_target_holds``), the output folder
-   (new, empty, or with ``--force`` an earlier export: ``wmtp.export.output``);
+   (new, empty, or with ``--force`` an earlier export: ``wmtp.output_folder``);
 3. the model, on the CPU, in the export dtype (float32 to fold LoRA adapters trained in another):
    ``wmtp.assembly.trained_model`` over the consolidated weights (read from DCP ``state/`` when
    the checkpoint has no consolidated file);
@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from wmtp.errors import ExportError
+from wmtp.export import EXPORT
 from wmtp.export.formats import TARGETS, check_target_holds
 from wmtp.export.hf import DEFAULT_MAX_SHARD_BYTES
-from wmtp.export.output import check_output, staged_output
 from wmtp.export.source import Source, resolve_source, source_recipe, verify_checkpoint
+from wmtp.output_folder import check_output, staged_output
 
 HEADS = ("all", "1")
 
@@ -74,10 +75,10 @@ def export_model(
     if spec is None:
         raise ExportError(f"{src.recipe_file}: [model.{role}] is missing: nothing to export")
     check_target_holds(spec, to, merge_lora, f"{src.weights} (model.{role})")
-    out_dir = check_output(Path(out), force=force, source=src.weights)
+    out_dir = check_output(Path(out), EXPORT, force=force, source=src.weights)
     dtype = dtype or spec.dtype
     job = _Job(src, loaded, role, spec, to, dtype, str(out), out_dir, progress, console)
-    with staged_output(out_dir) as staging:
+    with staged_output(out_dir, EXPORT, force=force) as staging:
         files = job.run(
             staging, merge_lora=merge_lora, heads=heads, max_shard_bytes=max_shard_bytes
         )

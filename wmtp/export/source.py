@@ -187,11 +187,12 @@ def own_tokenizer_overrides(recipe_file: Path) -> list[str]:
     once the folder is moved, copied or downloaded, that path is gone or another folder's. The
     export's own file (the one its marker lists under that name) is read instead; a ``--set``
     of the user's, given after it, still wins."""
-    from wmtp.export.output import written_by_export
+    from wmtp.export import EXPORT
+    from wmtp.output_folder import written_by
     from wmtp.recipe import load_recipe
 
     folder = recipe_file.parent
-    listed = written_by_export(folder) if recipe_file.name == RECIPE_FILE else None
+    listed = written_by(folder, EXPORT) if recipe_file.name == RECIPE_FILE else None
     if not listed:
         return []
     path = getattr(load_recipe(recipe_file).recipe.tokenizer, "path", None)  # byte: no file

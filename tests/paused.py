@@ -1,0 +1,59 @@
+"""A real ``wmtp`` command in a child process, paused at a chosen call until the test lets it go:
+what a second command sees while the first is in the middle of its work."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from tests.train.train_helpers import REPO
+
+
+class PausedCommand:
+    """``wmtp ARGV`` in a child whose ``MODULE.ATTR`` waits, when first called, for the test's
+    :meth:`go`. :meth:`wait_until_paused` returns once the child is waiting there."""
+
+    def __init__(self, module: str, attr: str, argv: list[str], signals: Path):
+        signals.mkdir(parents=True, exist_ok=True)
+        self.ready, self.released = signals / "paused", signals / "go"
+        code = textwrap.dedent(
+            f"""
+            import importlib, pathlib, sys, time
+            module = importlib.import_module({module!r})
+            original = getattr(module, {attr!r})
+            def paused(*args, **kwargs):
+                pathlib.Path({str(self.ready)!r}).touch()
+                while not pathlib.Path({str(self.released)!r}).exists():
+                    time.sleep(0.05)
+                return original(*args, **kwargs)
+            setattr(module, {attr!r}, paused)
+            from wmtp.cli import app
+            sys.argv = ["wmtp", *{[str(a) for a in argv]!r}]
+            app()
+            """
+        )
+        self.child = subprocess.Popen(
+            [sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    @property
+    def pid(self) -> int:
+        return self.child.pid
+
+    def wait_until_paused(self, timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ready.exists():
+            if self.child.poll() is not None:
+                raise AssertionError(f"ended before its pause: {self.child.communicate()}")
+            assert time.monotonic() < deadline, "never reached its pause"
+            time.sleep(0.05)
+
+    def go(self, timeout: float = 300) -> tuple[int, str]:
+        """Let it go on; its exit code and its output (stdout and stderr, one spaced line)."""
+        self.released.touch()
+        out, err = self.child.communicate(timeout=timeout)
+        return self.child.returncode, " ".join((out + err).split())
