@@ -8,9 +8,9 @@ setup:
 tiny:
     wmtp run recipes/tiny.toml
 
-# run the test suite
+# run the test suite (two worker processes; `just test -n 0 ...` for one)
 test *ARGS:
-    python -m pytest {{ARGS}}
+    python -m pytest -n 2 {{ARGS}}
 
 # lint and check formatting
 lint:
