@@ -28,3 +28,29 @@ def test_run_dir_holds_recipe_and_fingerprint_and_is_not_latest_yet(tmp_path):
     assert not (tmp_path / "tiny" / "latest").exists()  # a run becomes latest with a checkpoint
     point_latest(first)
     assert (tmp_path / "tiny" / "latest").resolve() == first.resolve()
+
+
+def _make_run_dir_at_once(text: str, runs_dir: str, start, names) -> None:
+    start.wait()
+    names.put(create_run_dir(text, "tiny", runs_dir).name)
+
+
+def test_runs_of_one_recipe_started_at_once_get_a_directory_each(tmp_path):
+    """Eight processes (a sweep script's launches, say) make the run directory of one recipe at
+    the same instant: each gets its own, none fails on another's."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    start, names = context.Barrier(8), context.Queue()
+    text = TINY.read_text()
+    workers = [
+        context.Process(target=_make_run_dir_at_once, args=(text, str(tmp_path), start, names))
+        for _ in range(8)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [worker.exitcode for worker in workers] == [0] * 8
+    made = sorted(names.get(timeout=5) for _ in workers)
+    assert len(set(made)) == 8 and sorted(p.name for p in (tmp_path / "tiny").iterdir()) == made

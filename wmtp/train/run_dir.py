@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -88,14 +89,14 @@ def create_run_dir(
     """Make a new run directory with ``recipe.toml`` and ``fingerprint.json``. It becomes
     ``latest`` only with its first checkpoint (``point_latest``, called by the trainer): a dry
     run or a failed start never hides the last run that trained."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(runs_dir) / experiment
-    run = base / f"{stamp}-{recipe_hash(recipe_text)[:8]}"
-    suffix = 1
-    while run.exists():  # two runs of one recipe within a second
-        run = base / f"{stamp}-{recipe_hash(recipe_text)[:8]}-{suffix}"
-        suffix += 1
-    run.mkdir(parents=True)
+    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{recipe_hash(recipe_text)[:8]}"
+    for suffix in itertools.count():  # runs of one recipe started within a second: -1, -2, ...
+        run = Path(runs_dir) / experiment / (f"{name}-{suffix}" if suffix else name)
+        try:
+            run.mkdir(parents=True)  # made here or taken by another process: never shared
+            break
+        except FileExistsError:
+            continue
     (run / RECIPE_FILE).write_text(recipe_text)
     fp = fingerprint(recipe_text, world_size)
     (run / FINGERPRINT_FILE).write_text(json.dumps(fp, indent=2) + "\n")
