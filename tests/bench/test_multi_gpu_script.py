@@ -12,6 +12,8 @@ import pytest
 
 from tests.train.train_helpers import REPO
 
+pytestmark = pytest.mark.minutes(3)
+
 
 @pytest.mark.slow
 def test_the_two_gpu_script_runs_on_the_cpu_and_every_check_holds(tmp_path):

@@ -18,6 +18,8 @@ from wmtp.bench import step as step_bench
 from wmtp.bench.sweep import measured_row, sweep
 from wmtp.cli import app
 
+pytestmark = pytest.mark.minutes(1.5)
+
 CPU = ("parallel.device='cpu'", "data.max_length=32", "model.policy.flavour='tiny'")
 TINY = {
     "lora7b": CPU,

@@ -14,6 +14,8 @@ import pytest
 
 from tests.train.train_helpers import REPO
 
+pytestmark = pytest.mark.minutes(2)
+
 
 @pytest.mark.slow
 def test_the_four_gpu_production_script_runs_on_the_cpu(tmp_path):

@@ -15,6 +15,8 @@ from typer.testing import CliRunner
 from tests.sandbox.isolations import child_env, path_without_bwrap
 from wmtp.cli import app
 
+pytestmark = pytest.mark.minutes(1.5)
+
 RECIPE = """
 [experiment]
 name = "tiny-eval"

@@ -12,6 +12,8 @@ import pytest
 from wmtp.eval.benchmarks import humaneval_canonical, load_humaneval
 from wmtp.eval.evaluator import check_completions
 
+pytestmark = pytest.mark.minutes(2)
+
 TASKS = ["HumanEval/0", "HumanEval/2", "HumanEval/4", "HumanEval/12", "HumanEval/53"]
 TIMEOUT_S = 2.0
 

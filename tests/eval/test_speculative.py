@@ -13,6 +13,8 @@ from wmtp.eval.generate import StopRule, generate
 from wmtp.eval.speculative import SpeculativeStats, speculative_generate, speculative_generate_batch
 from wmtp.models.llama_mtp import LlamaMTP
 
+pytestmark = pytest.mark.minutes(1.2)
+
 PROMPTS = [[1, 2, 3], [5, 9, 11, 12, 30, 4], [7], [40, 41, 42, 43]]
 SAME_LENGTH = [[40, 41, 42, 43], [1, 2, 3, 4], [40, 41, 42, 43], [7, 7, 7, 7], [5, 9, 11, 12]]
 """Prompts of one length, one of them twice: a batch of rows that advance apart."""

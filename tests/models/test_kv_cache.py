@@ -21,7 +21,10 @@ from wmtp.models.kv_cache import (
 )
 from wmtp.models.llama_mtp import LlamaMTP
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*flex_attention.*:UserWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*flex_attention.*:UserWarning"),
+    pytest.mark.minutes(2),
+]
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,8 @@ import pytest
 from tests.rehearsal.conftest import DATA_DIR, DEVICE, HF_DIR, META_DIR, RECIPES, Workdir
 from wmtp.recipe import diff_recipes, load_recipe
 
+pytestmark = pytest.mark.minutes(1.5)
+
 STEPS = 2
 """Optimizer steps of every training run (a checkpoint after each)."""
 

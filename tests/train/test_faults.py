@@ -34,7 +34,7 @@ RUN = (
     "training.keep_last=10",
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.minutes(4)]
 
 
 def wmtp(
