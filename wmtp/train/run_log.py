@@ -50,6 +50,10 @@ class RunLog:
     def __init__(self) -> None:
         self.handler: logging.Handler | None = None
         self._thread_hook = threading.excepthook
+        self._closing = threading.Lock()
+        """Held while a failed thread writes to the log, and while the log closes: a thread that
+        fails as the run ends writes to an open log or, once it is closed, says it as Python
+        does (a closed file handler would open its file again, in a run directory maybe gone)."""
 
     def __enter__(self) -> RunLog:
         return self
@@ -66,9 +70,14 @@ class RunLog:
     def _thread_failed(self, failure: threading.ExceptHookArgs) -> None:
         """A background thread's exception: one line on the console and in the log, its trace in
         the log only (the default hook prints the trace on stderr)."""
-        if self.handler is None:  # the log closed meanwhile: as Python says it
-            self._thread_hook(failure)
-            return
+        with self._closing:
+            if self.handler is not None:
+                self._log_thread_failure(self.handler, failure)
+                return
+        self._thread_hook(failure)  # the log closed meanwhile: as Python says it
+
+    @staticmethod
+    def _log_thread_failure(handler: logging.Handler, failure: threading.ExceptHookArgs) -> None:
         if failure.exc_type is SystemExit:
             return
         name = failure.thread.name if failure.thread is not None else "a thread"
@@ -79,7 +88,7 @@ class RunLog:
         trace = traceback.format_exception(
             failure.exc_type, failure.exc_value, failure.exc_traceback
         )
-        self.handler.handle(_record(logging.INFO, "".join(trace)))
+        handler.handle(_record(logging.INFO, "".join(trace)))
 
     def ended(self, message: str) -> None:
         """Record how the run ended, a clean stop or the end (the console says it its own way)."""
@@ -111,9 +120,11 @@ class RunLog:
 
     def __exit__(self, *exc: object) -> None:
         threading.excepthook = self._thread_hook
-        if self.handler is not None:
-            logging.getLogger().removeHandler(self.handler)
-            self.handler.close()
+        with self._closing:
+            handler, self.handler = self.handler, None
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
 
 
 def _library_of(trace) -> str:
