@@ -16,7 +16,16 @@ class PausedCommand:
     """``wmtp ARGV`` in a child whose ``MODULE.ATTR`` waits, when first called, for the test's
     :meth:`go`. :meth:`wait_until_paused` returns once the child is waiting there."""
 
-    def __init__(self, module: str, attr: str, argv: list[str], signals: Path):
+    def __init__(
+        self,
+        module: str,
+        attr: str,
+        argv: list,
+        signals: Path,
+        as_user: tuple[list[str], dict[str, str]] | None = None,
+    ):
+        """``as_user``: the command prefix and environment of another user
+        (``tests.unprivileged.OtherUser.running``); ``signals`` must be a folder it can write."""
         signals.mkdir(parents=True, exist_ok=True)
         self.ready, self.released = signals / "paused", signals / "go"
         code = textwrap.dedent(
@@ -35,8 +44,9 @@ class PausedCommand:
             app()
             """
         )
+        prefix, env = as_user or ([], None)
         self.child = subprocess.Popen(
-            [sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,
+            [*prefix, sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
 

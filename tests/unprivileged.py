@@ -45,11 +45,17 @@ class OtherUser:
     def home(self) -> Path:
         return self.place / "home"
 
-    def wmtp(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    @property
+    def running(self) -> tuple[list[str], dict[str, str]]:
+        """The command prefix that runs a process as this user, and its environment."""
         env = {**os.environ, "HOME": str(self.home), "OMP_NUM_THREADS": "1"}
         env.pop("WMTP_CACHE_DIR", None)
+        return _as_user(), env
+
+    def wmtp(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        prefix, env = self.running
         return subprocess.run(
-            [*_as_user(), sys.executable, "-m", "wmtp.cli", *args],
+            [*prefix, sys.executable, "-m", "wmtp.cli", *args],
             cwd=self.cwd,
             env=env,
             capture_output=True,

@@ -1,4 +1,5 @@
-"""Folders one process writes at a time: a training run's directory, an evaluation's results.
+"""Folders one process writes at a time (a training run's directory, an evaluation's results), and
+folders kept while other processes read them (a checkpoint that ``keep_last`` would prune).
 
 The writer holds an exclusive ``flock`` on a file in the folder (:func:`holding`), with who it is
 written in it; a second writer is refused with that line instead of writing the same files. The
@@ -8,6 +9,10 @@ one); a killed writer leaves it, and the kernel lets the lock go when the proces
 ends: a lock is never stale. ``flock`` over NFS is as good as the server's locking
 (Linux clients map it onto the server's byte-range locks); ranks on several hosts writing one
 shared folder rely on it.
+
+Readers hold a shared lock (:func:`share`) for as long as they read; a remover takes the exclusive
+lock without waiting (:func:`unless_shared`) and removes only when it got it, with the lock file
+inside what it removes, so a reader that waited for it finds the folder gone.
 
 Torch-free.
 """
@@ -55,6 +60,50 @@ def check_free(lock_path: Path, refused: Refusal) -> None:
         _take(lock, fcntl.LOCK_SH, refused)
 
 
+def share(lock_path: Path) -> IO[str] | None:
+    """A shared lock on ``lock_path`` (made when missing), held while the returned file stays open
+    (to the end of the process, when kept): :func:`unless_shared` refuses meanwhile. Waits while a
+    remover holds the exclusive lock (one removal). ``None`` when there is no lock to hold: the
+    folder is gone, or it is not writable and holds no lock file (another user's run)."""
+    while True:
+        try:
+            lock = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115  # the caller keeps it
+        except FileNotFoundError:
+            return None
+        except OSError:  # read-only here: a lock file made by a writer can still be shared
+            try:
+                lock = open(lock_path, encoding="utf-8")  # noqa: SIM115
+            except OSError:
+                return None
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        if _same_file(lock, lock_path):
+            return lock
+        lock.close()  # removed with its folder while we waited
+        if not lock_path.parent.is_dir():
+            return None
+
+
+@contextlib.contextmanager
+def unless_shared(lock_path: Path) -> Iterator[bool]:
+    """The exclusive lock on ``lock_path``, taken without waiting, held through the block: yields
+    True when taken (no process shares it: the block may remove what it guards, the lock file
+    with it), False when a reader holds it."""
+    try:
+        lock = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115  # closed below
+    except OSError:  # nowhere to hold a lock: no reader can hold one either
+        lock = None
+    if lock is None:
+        yield True
+        return
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            taken = True
+        except BlockingIOError:
+            taken = False
+        yield taken
+
+
 @contextlib.contextmanager
 def _locked(lock_path: Path, refused: Refusal) -> Iterator[IO[str]]:
     """``lock_path`` open and exclusively locked, the file the path names now."""
@@ -88,4 +137,4 @@ def _take(lock: IO[str], kind: int, refused: Refusal) -> None:
         raise refused(lock.read().strip() or "another process") from None
 
 
-__all__ = ["Refusal", "check_free", "holding"]
+__all__ = ["Refusal", "check_free", "holding", "share", "unless_shared"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -178,3 +179,17 @@ def test_version_is_printed_by_the_console_script():
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0 and done.stdout == f"wmtp {wmtp.__version__}\n", done.stderr
+
+
+def test_a_warning_logged_after_a_command_in_the_same_process_reaches_stderr_as_it_is_now(
+    capsys, monkeypatch
+):
+    # a notebook: a command, then library code in the same process. The command's console log
+    # must not stay bound to the stderr its runner gave it (closed once the command returned).
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setattr(root, "level", root.level)
+    result = CliRunner().invoke(build_app(), ["validate", str(REPO / "recipes" / "tiny.toml")])
+    assert result.exit_code == 0, result.output
+    logging.getLogger("wmtp.notebook").warning("after the command")
+    assert capsys.readouterr().err == "warning: after the command\n"

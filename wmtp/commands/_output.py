@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import sys
 from typing import Any
 
 from wmtp.errors import WmtpError
@@ -48,13 +49,29 @@ class _Said(logging.Formatter):
         return f"warning: {text}" if record.levelno >= logging.WARNING else text
 
 
+class _ToStderr(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is at each record, not as it was when made: a command run in
+    a notebook or under a test harness that swaps stderr for a while logs where stderr is now."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def console_log(level: int = logging.WARNING) -> None:
     """Log records of ``level`` and above to stderr, warnings said as such; called again (``wmtp
     run`` lowers it to INFO on rank 0), it replaces the handler it set before."""
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h.formatter, _Said)]:
         root.removeHandler(handler)
-    handler = logging.StreamHandler()
+    handler = _ToStderr()
     handler.setFormatter(_Said())
     root.addHandler(handler)
     root.setLevel(level)

@@ -30,6 +30,7 @@ from wmtp.models.locate import (
     STEP_DIR,
     follow_latest,
     is_run_dir,
+    keep_while_read,
     step_dirs,
 )
 from wmtp.recipe.inputs import MODEL_MARKERS, TOKENIZER_FILES
@@ -105,12 +106,16 @@ def resolve_source(path: str | Path, recipe: str | Path | None = None) -> Source
 
 
 def _run_and_checkpoint(path: Path) -> tuple[Path | None, Path]:
+    """The run (if any) and the directory of weights ``path`` names, that checkpoint kept from
+    its run's pruning while this export reads it."""
     if is_run_dir(path):
-        steps = step_dirs(path)
-        if not steps:
-            raise CheckpointError(f"{path}: the run has no complete checkpoint yet")
-        return path, steps[-1]
+        while steps := step_dirs(path):
+            if keep_while_read(steps[-1]):
+                return path, steps[-1]
+        raise CheckpointError(f"{path}: the run has no complete checkpoint yet")
     if path.parent.name == CHECKPOINTS and is_run_dir(path.parent.parent):
+        if not keep_while_read(path):
+            raise CheckpointError(f"{path}: removed just now (its run's keep_last pruned it)")
         return path.parent.parent, path
     return None, path
 

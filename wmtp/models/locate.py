@@ -11,6 +11,10 @@ model is built. A reference to weights trained by wmtp (``model.*.checkpoint``, 
 - one trainer checkpoint, ``<run>/checkpoints/step-N`` (``model.safetensors`` or, when LoRA
   trained, ``lora.safetensors``; written under a temporary name and renamed when complete);
 - a wmtp model directory (``wmtp_model.json`` + ``model.safetensors``, from ``save_wmtp``).
+
+A process that finds weights in a trainer checkpoint holds that checkpoint's readers' lock
+(``step-N/.readers``, shared) until it ends: the run that wrote it, still training, keeps it past
+``keep_last`` meanwhile and prunes it at a later checkpoint (``wmtp.train.checkpoint``).
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
+from wmtp import locks
 from wmtp.errors import CheckpointError
 
 CHECKPOINTS = "checkpoints"
@@ -29,6 +34,10 @@ MODEL_INFO = "wmtp_model.json"
 FULL_WEIGHTS = "model.safetensors"
 LORA_WEIGHTS = "lora.safetensors"
 TRAINER_STATE = "trainer.json"
+READERS_LOCK = ".readers"
+"""In a checkpoint: the lock its readers share, which its trainer's pruning must take alone."""
+
+_read_now: dict[Path, IO[str]] = {}
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,17 @@ def step_dirs(run_dir: str | Path) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name))]
     return [p for _, p in sorted(found)]
+
+
+def keep_while_read(directory: Path) -> bool:
+    """Keep a trainer checkpoint from ``keep_last``'s pruning until this process ends (nothing to
+    keep for other paths); False when it is gone: pruned before it could be kept."""
+    if not (STEP_DIR.match(directory.name) and directory.parent.name == CHECKPOINTS):
+        return True
+    key = directory.resolve()
+    if key not in _read_now and (held := locks.share(directory / READERS_LOCK)) is not None:
+        _read_now[key] = held
+    return directory.is_dir()
 
 
 def is_run_dir(path: Path) -> bool:
@@ -84,6 +104,8 @@ def find_trained_weights(reference: str | Path) -> TrainedWeights:
         raise CheckpointError(f"{reference}: no such run directory or checkpoint")
     if is_run_dir(path):
         return _newest_intact(reference, path)
+    if not keep_while_read(path):
+        raise CheckpointError(f"{reference}: removed just now (its run's keep_last pruned it)")
     kind = _weights_kind(path)
     if kind is None:
         raise CheckpointError(
@@ -103,6 +125,8 @@ def _newest_intact(reference: str | Path, run: Path) -> TrainedWeights:
 
     skipped = []
     for step in reversed(step_dirs(run)):
+        if not keep_while_read(step):
+            continue  # pruned while we looked: a newer one was listed first
         kind = _weights_kind(step)
         if kind is None:
             skipped.append(f"{step}: no {FULL_WEIGHTS} or {LORA_WEIGHTS}")
@@ -159,5 +183,6 @@ __all__ = [
     "find_trained_weights",
     "follow_latest",
     "is_run_dir",
+    "keep_while_read",
     "step_dirs",
 ]

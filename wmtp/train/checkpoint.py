@@ -12,9 +12,11 @@ A checkpoint holds
 
 Every rank writes into ``.tmp-step-N/``; after a barrier rank 0 writes ``manifest.json`` (every
 file's size and SHA-256: ``wmtp.train.manifest``), renames the directory to ``step-N`` and only
-then deletes checkpoints beyond the newest ``keep_last``: a crash never leaves a torn checkpoint,
-never removes the last good one, and a checkpoint damaged later is recognised before it is
-loaded. A write that fails (a full disk) removes the partial directory and says why. On a
+then deletes checkpoints beyond the newest ``keep_last``, except one another process reads now
+(``wmtp export``, ``wmtp eval``, a run using it as a frozen model: they share its readers' lock,
+``wmtp.models.locate.keep_while_read``), deleted at a later checkpoint once free. A crash never
+leaves a torn checkpoint, never removes the last good one, and a checkpoint damaged later is
+recognised before it is loaded. A write that fails (a full disk) removes the partial directory and says why. On a
 multi-node run ``checkpoints/`` must be on a shared file system.
 """
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import random
 import shutil
 import warnings
@@ -39,9 +42,10 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from wmtp import locks
 from wmtp.errors import CheckpointError, RunError
 from wmtp.models import safetensors_file
-from wmtp.models.locate import CHECKPOINTS, FULL_WEIGHTS, LORA_WEIGHTS
+from wmtp.models.locate import CHECKPOINTS, FULL_WEIGHTS, LORA_WEIGHTS, READERS_LOCK
 from wmtp.models.locate import step_dirs as checkpoint_dirs
 from wmtp.parallel import barrier
 from wmtp.train.io_errors import describe_write_error
@@ -157,6 +161,8 @@ def save_checkpoint(
             lambda: _write_rank0_files(tmp, full, lora_state, scheduler, trainer_state, recipe_text)
         )
         failure = failure or _attempt(lambda: write_manifest(tmp))  # last: all is written
+        # made now, for readers who may not write here (a colleague's export): they share it
+        failure = failure or _attempt(lambda: (tmp / READERS_LOCK).touch())
     if _any_rank(failure is not None):  # every rank reaches this one collective
         cause = describe_write_error(failure, tmp.parent) if failure else "another rank failed"
         if _rank() == 0:  # the room was measured first: the partial checkpoint filled it
@@ -168,9 +174,24 @@ def save_checkpoint(
             shutil.rmtree(final)
         tmp.rename(final)
         for old in checkpoint_dirs(run_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove_unless_read(old, keep_last)
     barrier()
     return final
+
+
+def _remove_unless_read(old: Path, keep_last: int) -> None:
+    """Delete a checkpoint beyond ``keep_last``, unless a process reads it now: then it stays
+    until a later checkpoint finds it free (or the run ends with it kept)."""
+    with locks.unless_shared(old / READERS_LOCK) as free:
+        if free:
+            shutil.rmtree(old, ignore_errors=True)
+            return
+    logging.getLogger(__name__).info(
+        "%s kept past keep_last = %d: another wmtp command reads it now; it goes at a later "
+        "checkpoint",
+        old,
+        keep_last,
+    )
 
 
 def _fresh_dir(tmp: Path) -> None:
