@@ -30,6 +30,7 @@ from wmtp.models.locate import (
     STEP_DIR,
     follow_latest,
     is_run_dir,
+    keep_named_checkpoint,
     keep_while_read,
     step_dirs,
 )
@@ -114,8 +115,7 @@ def _run_and_checkpoint(path: Path) -> tuple[Path | None, Path]:
                 return path, steps[-1]
         raise CheckpointError(f"{path}: the run has no complete checkpoint yet")
     if path.parent.name == CHECKPOINTS and is_run_dir(path.parent.parent):
-        if not keep_while_read(path):
-            raise CheckpointError(f"{path}: removed just now (its run's keep_last pruned it)")
+        keep_named_checkpoint(path, path)
         return path.parent.parent, path
     return None, path
 

@@ -76,6 +76,13 @@ def keep_while_read(directory: Path) -> bool:
     return directory.is_dir()
 
 
+def keep_named_checkpoint(directory: Path, reference: str | Path) -> None:
+    """:func:`keep_while_read` for a checkpoint the user named: a CheckpointError when its run,
+    still training, pruned it before it could be kept."""
+    if not keep_while_read(directory):
+        raise CheckpointError(f"{reference}: removed just now (its run's keep_last pruned it)")
+
+
 def is_run_dir(path: Path) -> bool:
     return (path / RECIPE_FILE).is_file() and (path / CHECKPOINTS).is_dir()
 
@@ -104,8 +111,7 @@ def find_trained_weights(reference: str | Path) -> TrainedWeights:
         raise CheckpointError(f"{reference}: no such run directory or checkpoint")
     if is_run_dir(path):
         return _newest_intact(reference, path)
-    if not keep_while_read(path):
-        raise CheckpointError(f"{reference}: removed just now (its run's keep_last pruned it)")
+    keep_named_checkpoint(path, reference)
     kind = _weights_kind(path)
     if kind is None:
         raise CheckpointError(
@@ -183,6 +189,7 @@ __all__ = [
     "find_trained_weights",
     "follow_latest",
     "is_run_dir",
+    "keep_named_checkpoint",
     "keep_while_read",
     "step_dirs",
 ]
