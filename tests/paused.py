@@ -1,5 +1,6 @@
-"""A real ``wmtp`` command in a child process, paused at a chosen call until the test lets it go:
-what a second command sees while the first is in the middle of its work."""
+"""A real ``wmtp`` command in a child process with a call of its own changed (:func:`wmtp_with`):
+paused there until the test lets it go (what a second command sees while the first is in the
+middle of its work), or sent a signal there."""
 
 from __future__ import annotations
 
@@ -10,6 +11,24 @@ import time
 from pathlib import Path
 
 from tests.train.train_helpers import REPO
+
+
+def wmtp_with(module: str, attr: str, before: str, argv: list) -> str:
+    """Python source that runs ``wmtp ARGV`` with ``before`` (statements, which may use
+    ``pathlib``, ``os``, ``signal`` and ``time``) run at each call of ``MODULE.ATTR``, before it."""
+    body = textwrap.indent(textwrap.dedent(before).strip(), " " * 4)
+    return (
+        "import importlib, os, pathlib, signal, sys, time\n"
+        f"module = importlib.import_module({module!r})\n"
+        f"original = getattr(module, {attr!r})\n"
+        "def patched(*args, **kwargs):\n"
+        f"{body}\n"
+        "    return original(*args, **kwargs)\n"
+        f"setattr(module, {attr!r}, patched)\n"
+        "from wmtp.cli import app\n"
+        f"sys.argv = ['wmtp', *{[str(a) for a in argv]!r}]\n"
+        "app()\n"
+    )
 
 
 class PausedCommand:
@@ -28,22 +47,12 @@ class PausedCommand:
         (``tests.unprivileged.OtherUser.running``); ``signals`` must be a folder it can write."""
         signals.mkdir(parents=True, exist_ok=True)
         self.ready, self.released = signals / "paused", signals / "go"
-        code = textwrap.dedent(
-            f"""
-            import importlib, pathlib, sys, time
-            module = importlib.import_module({module!r})
-            original = getattr(module, {attr!r})
-            def paused(*args, **kwargs):
-                pathlib.Path({str(self.ready)!r}).touch()
-                while not pathlib.Path({str(self.released)!r}).exists():
-                    time.sleep(0.05)
-                return original(*args, **kwargs)
-            setattr(module, {attr!r}, paused)
-            from wmtp.cli import app
-            sys.argv = ["wmtp", *{[str(a) for a in argv]!r}]
-            app()
-            """
-        )
+        before = f"""
+            pathlib.Path({str(self.ready)!r}).touch()
+            while not pathlib.Path({str(self.released)!r}).exists():
+                time.sleep(0.05)
+        """
+        code = wmtp_with(module, attr, before, argv)
         prefix, env = as_user or ([], None)
         self.child = subprocess.Popen(
             [*prefix, sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE,

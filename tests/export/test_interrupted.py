@@ -7,32 +7,20 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
 from tests.export.export_helpers import export
+from tests.paused import wmtp_with
 from tests.train.train_helpers import REPO
 
 
 def export_stopped_by(sig: signal.Signals, source, out) -> subprocess.CompletedProcess:
     """``wmtp export SOURCE --to hf --out OUT`` sent ``sig`` by itself once its weights are
     written, as it starts on the tokenizer files."""
-    code = textwrap.dedent(
-        f"""
-        import os, signal, sys
-        import wmtp.export.tokenizer_files as files
-        write = files.write_tokenizer
-        def stopped(*args, **kwargs):
-            os.kill(os.getpid(), signal.{sig.name})
-            return write(*args, **kwargs)
-        files.write_tokenizer = stopped
-        from wmtp.cli import app
-        sys.argv = ["wmtp", "export", {str(source)!r}, "--to", "hf", "--out", {str(out)!r},
-                    "--no-progress"]
-        app()
-        """
-    )
+    before = f"os.kill(os.getpid(), signal.{sig.name})"
+    argv = ["export", source, "--to", "hf", "--out", out, "--no-progress"]
+    code = wmtp_with("wmtp.export.tokenizer_files", "write_tokenizer", before, argv)
     cmd = [sys.executable, "-c", code]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
 
