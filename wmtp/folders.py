@@ -33,6 +33,8 @@ def why_unwritable(folder: str | Path) -> str | None:
     it or a parent must be a folder, or the nearest existing folder not writable by this user
     or on a read-only file system; None when they can."""
     blocking = blocking_file(folder)
+    if blocking is not None and not blocking.exists():
+        return f"{blocking} is a broken symbolic link (to {os.readlink(blocking)})"
     if blocking is not None:
         return f"{blocking} is a file, not a folder"
     folder = Path(folder).expanduser().absolute()

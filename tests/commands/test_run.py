@@ -153,13 +153,15 @@ def test_run_of_a_recipe_whose_frozen_model_was_never_trained_names_the_recipe_t
 
 
 def test_a_run_that_could_not_be_placed_is_refused_before_torch_loads(tmp_path):
-    """A file where runs_dir must be a folder, or a user's folder named `latest` where wmtp
+    """A file or a broken link where runs_dir must be a folder (a run into one spun forever
+    before), or a user's folder named `latest` where wmtp
     keeps its link: said before training (training would fail at its first checkpoint, when it
     points `latest` at the new run), and nothing of the user's is touched."""
     import subprocess
     import sys
 
     (tmp_path / "afile").write_text("mine")
+    (tmp_path / "unmounted").symlink_to("/mnt/not-mounted/runs")  # a disk not mounted now
     kept = tmp_path / "runs" / "tiny" / "latest"
     kept.mkdir(parents=True)
     (kept / "notes.txt").write_text("mine")
@@ -167,6 +169,7 @@ def test_a_run_that_could_not_be_placed_is_refused_before_torch_loads(tmp_path):
         "afile": "afile is a file, not a folder",
         "afile/sub": "afile is a file, not a folder",
         "runs": "latest is not the symlink wmtp keeps",
+        "unmounted": "unmounted is a broken symbolic link (to /mnt/not-mounted/runs)",
     }
     for runs_dir, expected in cases.items():
         done = subprocess.run(
@@ -282,3 +285,16 @@ def test_held_out_rows_all_left_out_are_said_when_eval_every_asks_for_them(tmp_p
     flat = " ".join(done.stderr.split())
     assert "left out 1 row: held-out, longer than max_length=1024" in flat, flat
     assert "warning: training.eval_every = 60, but no held-out row is left" in flat
+
+
+@pytest.mark.parametrize("command", ["run", "show"])
+def test_extends_given_with_set_is_refused_where_it_was_given(command, tmp_path):
+    """``--set extends=...`` was accepted, ignored, and written into the run's recipe.toml and
+    every checkpoint's, whose ``extends`` then kept resume, eval and export from loading them."""
+    override = f"extends='{REPO / 'recipes' / 'base.toml'}'"
+    runs = f"experiment.runs_dir='{tmp_path / 'runs'}'"
+    result = runner.invoke(app, [command, str(TINY), "--set", override, "--set", runs])
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 2, flat
+    assert "--set: extends: extends names the recipes a recipe file builds on" in flat
+    assert not (tmp_path / "runs").exists()

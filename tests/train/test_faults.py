@@ -168,6 +168,7 @@ def test_a_damaged_checkpoint_is_named_and_the_one_before_it_resumes_exactly(
     name, spoil, why = DAMAGE[damage]
     run = partial_run(4)
     spoil(run / "checkpoints" / "step-4" / name)
+    weights = (run / "checkpoints" / "step-4" / "model.safetensors").read_bytes()
     done = wmtp("--resume", str(run), runs=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"step-4 is damaged: {name} {why}" in done.stderr or (
@@ -175,6 +176,10 @@ def test_a_damaged_checkpoint_is_named_and_the_one_before_it_resumes_exactly(
     ), done.stderr[-3000:]
     assert "resuming from step-2, the newest intact checkpoint" in done.stderr
     assert losses_of(run) == whole  # steps 3-6 again from step-2: exactly the same losses
+    # the resumed run's step 4 replaced the damaged one, which is set aside whole, not deleted
+    (aside,) = (run / "checkpoints").glob("step-4.replaced-*")
+    assert (aside / "model.safetensors").read_bytes() == weights
+    assert f"kept as {aside}" in " ".join(done.stderr.split())
 
 
 def test_resume_of_a_checkpoint_directory_names_the_run_to_resume(partial_run, tmp_path):

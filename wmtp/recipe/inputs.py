@@ -271,7 +271,7 @@ def _run_place(spec: Any) -> MissingInput | None:
     that is not a symlink."""
     from wmtp.folders import why_unwritable
 
-    experiment = _resolved(spec.runs_dir) / spec.name
+    experiment = Path(spec.runs_dir).expanduser().absolute() / spec.name  # links as they are
     reason = why_unwritable(experiment)
     if reason is not None:
         what = f"{reason}: runs go to <runs_dir>/{spec.name}/"

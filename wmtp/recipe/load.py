@@ -260,6 +260,12 @@ def parse_override(text: str) -> tuple[Path, Any]:
         path = parse_dotted_key(key)
     except ValueError as exc:
         raise single_problem("--set", None, key, str(exc)) from None
+    if path[0] == "extends":  # resolved before any --set, and written into every run's recipe
+        raise single_problem(
+            "--set", None, key,
+            "extends names the recipes a recipe file builds on; write it in the file (or give "
+            "the other recipe as RECIPE), not with --set",
+        )  # fmt: skip
     try:
         value = _toml.loads(f"v = {raw}")["v"]
     except _toml.TOMLDecodeError as exc:

@@ -27,6 +27,7 @@ import json
 import logging
 import random
 import shutil
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -170,13 +171,28 @@ def save_checkpoint(
         barrier()
         raise _write_error(final, cause)
     if _rank() == 0:
-        if final.exists():  # a re-run of the same step after a resume
-            shutil.rmtree(final)
+        if final.exists():  # a resume from before a damaged checkpoint has reached its step
+            _set_aside(final)
         tmp.rename(final)
         for old in checkpoint_dirs(run_dir)[:-keep_last]:
             _remove_unless_read(old, keep_last)
     barrier()
     return final
+
+
+def _set_aside(replaced: Path) -> None:
+    """Rename a checkpoint this step replaces (one a resume passed over as damaged) out of the
+    run's checkpoints, never deleting it: what of it is whole (its weights, evaluated perhaps)
+    stays for the user to keep or remove."""
+    aside = replaced.with_name(f"{replaced.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    replaced.rename(aside)
+    logging.getLogger(__name__).warning(
+        "%s is replaced by this run's own step %s; the one there before (passed over by the "
+        "resume as damaged) is kept as %s: remove it once nothing of it is wanted",
+        replaced,
+        replaced.name.removeprefix("step-"),
+        aside,
+    )
 
 
 def _remove_unless_read(old: Path, keep_last: int) -> None:

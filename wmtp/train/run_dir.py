@@ -90,10 +90,12 @@ def create_run_dir(
     ``latest`` only with its first checkpoint (``point_latest``, called by the trainer): a dry
     run or a failed start never hides the last run that trained."""
     name = f"{time.strftime('%Y%m%d-%H%M%S')}-{recipe_hash(recipe_text)[:8]}"
+    runs = Path(runs_dir) / experiment
+    runs.mkdir(parents=True, exist_ok=True)  # checked before (a broken link there is refused)
     for suffix in itertools.count():  # runs of one recipe started within a second: -1, -2, ...
-        run = Path(runs_dir) / experiment / (f"{name}-{suffix}" if suffix else name)
+        run = runs / (f"{name}-{suffix}" if suffix else name)
         try:
-            run.mkdir(parents=True)  # made here or taken by another process: never shared
+            run.mkdir()  # made here or taken by another process: never shared
             break
         except FileExistsError:
             continue
