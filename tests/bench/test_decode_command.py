@@ -231,3 +231,23 @@ def test_the_decode_summariser_reads_every_figure_it_finds(tmp_path):
     assert summary["batch20_ratio_vs_hf"] == expected
     wmtp_alone = sides["wmtp"]["batch1_tokens_per_s"]
     assert summary["batch1_ratio_vs_hf"] == wmtp_alone / faster_alone["batch1_tokens_per_s"]
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        (["--flavour", "tiyn"], "unknown model flavour 'tiyn'; did you mean 'tiny'?"),
+        (["--flavour", "tiny", "--n-future-tokens", "9"], "flavour 'tiny' has 4 layers"),
+        (["--flavour", "tiny", "--prompts", "0"], "Invalid value for '--prompts'"),
+        (["--flavour", "tiny", "--new-tokens", "0"], "Invalid value for '--new-tokens'"),
+        (["--flavour", "tiny", "--out", "{tmp}"], "--out {tmp}: a folder; give the JSON file"),
+        (["--checkpoint", "{tmp}", "--n-future-tokens", "2"], "a --checkpoint decodes with the"),
+    ],
+)
+def test_bench_decode_options_a_run_cannot_use_are_refused_before_it_runs(options, said, tmp_path):
+    options = [o.replace("{tmp}", str(tmp_path)) for o in options]
+    result = CliRunner().invoke(app, ["bench", "decode", *options], terminal_width=200)
+    flat = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 2, flat
+    assert said.replace("{tmp}", str(tmp_path)) in flat and "Traceback" not in flat
+    assert list(tmp_path.iterdir()) == []

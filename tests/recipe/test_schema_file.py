@@ -110,3 +110,26 @@ def test_taplo_flags_mistakes_through_the_schema(tmp_path):
     assert result.returncode != 0
     assert "'pipline' was unexpected" in result.stderr
     assert '{"kind":"td","gamma":2.0}' in result.stderr
+
+
+def test_wmtp_schema_writes_its_own_file_and_never_over_anything_else(tmp_path):
+    from typer.testing import CliRunner
+
+    from wmtp.cli import app
+
+    def schema(out):
+        result = CliRunner().invoke(app, ["schema", "-o", str(out)])
+        return result.exit_code, " ".join(result.output.split())
+
+    out = tmp_path / "schemas" / "recipe.schema.json"
+    assert schema(out) == (0, f"wrote {out}")
+    assert schema(out) == (0, f"wrote {out} (unchanged)")
+    assert json.loads(out.read_text()) == json.loads(render_json_schema())
+    mine = tmp_path / "mine.toml"  # a recipe given as -o by mistake: it was overwritten
+    shutil.copy(RECIPES / "tiny.toml", mine)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "bytes.json").write_bytes(b"\xff\xfe")
+    for other in (mine, tmp_path / "folder", tmp_path / "bytes.json"):
+        code, said = schema(other)
+        assert code == 2 and f"--output {other}: holds something other than a recipe schema" in said
+    assert mine.read_text() == (RECIPES / "tiny.toml").read_text()

@@ -319,16 +319,19 @@ def decode(
         str | None,
         typer.Option(help="A trained run directory, checkpoint or `wmtp export` instead."),
     ] = None,
-    n_future_tokens: Annotated[int | None, typer.Option(help="Heads (flavour only).")] = None,
+    n_future_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Heads (flavour only).")
+    ] = None,
     agreeing_heads: Annotated[
         bool, typer.Option(help="Also rig the heads to agree: the speed-up's upper bound.")
     ] = False,
-    prompts: Annotated[int, typer.Option(help="Prompts to average over.")] = 5,
+    prompts: Annotated[int, typer.Option(min=1, help="Prompts to average over.")] = 5,
     new_tokens: Annotated[
         int,
         typer.Option(
+            min=1,
             help="Tokens decoded per prompt (a prompt longer than the context leaves room for "
-            "keeps its last tokens: prompts_cut_to_context)."
+            "keeps its last tokens: prompts_cut_to_context).",
         ),
     ] = 256,
     eager: Annotated[
@@ -382,6 +385,7 @@ def decode(
 
     if (flavour is None) == (checkpoint is None):
         raise WmtpError("give exactly one of --flavour and --checkpoint")
+    _check_decode_options(flavour, n_future_tokens, out)
     argv = ["--out", str(out), "--prompts", str(prompts), "--new-tokens", str(new_tokens)]
     argv += ["--flavour", flavour] if flavour else ["--checkpoint", str(checkpoint)]
     if n_future_tokens is not None:
@@ -394,6 +398,30 @@ def decode(
     argv += ["--peers"] * peers
     argv += ["--profile", str(profile)] if profile is not None else []
     speed.main(argv)
+
+
+def _check_decode_options(flavour: str | None, n_future_tokens: int | None, out: Path) -> None:
+    """What ``bench decode`` would otherwise find out late: a flavour by another name, more
+    heads than its layers, heads asked of a checkpoint (it has its own), an ``--out`` that no
+    file can be written to (found after the whole benchmark ran)."""
+    from wmtp.folders import check_output_folder
+    from wmtp.models.args import flavour as flavour_args
+
+    if flavour is not None:
+        layers = flavour_args(flavour).n_layers  # a did-you-mean error for an unknown name
+        if n_future_tokens is not None and n_future_tokens > layers:
+            raise WmtpError(
+                f"--n-future-tokens {n_future_tokens}: flavour {flavour!r} has {layers} layers, "
+                "and every head is one of them"
+            )
+    elif n_future_tokens is not None:
+        raise WmtpError(
+            "--n-future-tokens sets a flavour's heads; a --checkpoint decodes with the heads it "
+            "trained"
+        )
+    if out.is_dir():
+        raise WmtpError(f"--out {out}: a folder; give the JSON file to write")
+    check_output_folder(out.parent, "--out")
 
 
 def register(app: typer.Typer) -> None:

