@@ -123,3 +123,24 @@ def test_a_signal_stops_the_build_at_once_and_writes_nothing(tmp_path):
     assert time.monotonic() - sent < 15, "the queued checks ran on"
     assert "stopped: SIGINT before the build finished" in stdout and "Traceback" not in stderr
     assert not out.exists()
+
+
+def test_a_damaged_cache_of_labels_is_named_by_line_and_left_for_the_user(tmp_path):
+    """A run whose split must be built from the cached labels (a new heldout_fraction, a split
+    folder removed) read the cache with bare json.loads: a damaged one was a traceback."""
+    from typer.testing import CliRunner
+
+    from tests.train.train_helpers import TINY
+    from wmtp.cli import app
+
+    cache = tmp_path / "humaneval" / f"labelled-v{he.VERSION}.jsonl"
+    cache.parent.mkdir()
+    good = {"problem_id": "HumanEval/0", "is_correct": True}
+    cache.write_text(json.dumps(good) + "\ngarbage\n")
+    sets = [f"data.cache_dir='{cache.parent}'", f"experiment.runs_dir='{tmp_path / 'runs'}'"]
+    args = ["run", str(TINY), *(a for s in sets for a in ("--set", s)), "--dry-run"]
+    result = CliRunner().invoke(app, args)
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 2, flat
+    assert f"{cache}:2: not a labelled HumanEval row: the cache of labels is damaged" in flat
+    assert cache.read_text().endswith("garbage\n")  # the user decides: nothing removed

@@ -138,13 +138,35 @@ def label(
     ]
 
 
+def _cached_labels(cache: Path) -> list[dict]:
+    """The rows a first build labelled; a DataError naming the line where the file is damaged
+    (it is only a cache: removed, it is built again)."""
+    from wmtp.errors import DataError
+
+    rows = []
+    text = cache.read_bytes().decode("utf-8", "replace")
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict) or not {"problem_id", "is_correct"} <= row.keys():
+            raise DataError(
+                f"{cache}:{number}: not a labelled HumanEval row: the cache of labels is damaged; "
+                "remove it and the next run labels every candidate again (in the sandbox, "
+                "minutes)"
+            )
+        rows.append(row)
+    return rows
+
+
 def _labelled_rows(
     cache: Path | None, out: Path, workers: int | None, progress: bool
 ) -> list[dict]:
     """The labelled rows: from ``cache`` when it is there, else by running every candidate, which
     needs the sandbox (``SandboxError`` before any work where it cannot run)."""
     if cache is not None and cache.is_file():
-        return [json.loads(line) for line in cache.read_text(encoding="utf-8").splitlines()]
+        return _cached_labels(cache)
     from wmtp import sandbox
 
     where = cache.parent if cache is not None else out  # the folder the user knows
