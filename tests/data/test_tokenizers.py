@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from wmtp.data.tokenizers import (
@@ -104,3 +106,28 @@ def test_validate_reads_the_vocabulary_of_a_tokenizer_file_that_is_there(sentenc
     assert any("vocabulary assumed 32000" in note for note in notes), notes
     tiny_dim = 64  # recipes/tiny.toml's flavour: embedding and output rows of `dim` each
     assert absent - there == 2 * tiny_dim * (32000 - 400)
+
+
+@pytest.mark.parametrize(
+    ("config", "said"),
+    [
+        ({"eos_token": 5}, "eos_token = 5: a token's text expected"),
+        ({"bos_token": {"content": ["<s>"]}}, 'bos_token = {"content": ["<s>"]}: a token\'s'),
+        ([], "a JSON object of settings expected"),
+    ],
+)
+def test_a_tokenizer_config_of_the_wrong_shape_is_named_by_validate(
+    config, said, hf_tokenizer_dir, tmp_path
+):
+    from typer.testing import CliRunner
+
+    from tests.train.train_helpers import TINY
+    from wmtp.cli import app
+
+    (tmp_path / "tokenizer.json").write_bytes((hf_tokenizer_dir / "tokenizer.json").read_bytes())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    override = f"tokenizer={{kind='hf', path='{tmp_path}'}}"
+    result = CliRunner().invoke(app, ["validate", str(TINY), "--set", override])
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Traceback" not in flat, flat
+    assert f"{tmp_path / 'tokenizer_config.json'}: {said}" in flat

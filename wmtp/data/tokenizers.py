@@ -152,9 +152,21 @@ class HFTokenizer(Tokenizer):
         if not config_path.is_file():
             return {}
         try:
-            return json.loads(config_path.read_text(encoding="utf-8"))
+            config = json.loads(config_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise DataError(f"{config_path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+        if not isinstance(config, dict):
+            raise DataError(f"{config_path}: a JSON object of settings expected, not this")
+        for key in ("bos_token", "eos_token", "pad_token"):
+            value = config.get(key)
+            if isinstance(value, dict):  # {"content": "<s>", ...}
+                value = value.get("content")
+            if value is not None and not isinstance(value, str):
+                raise DataError(
+                    f"{config_path}: {key} = {json.dumps(config[key])}: a token's text expected "
+                    '(a string, or {"content": "..."})'
+                )
+        return config
 
     def _lookup(self, configured, names: tuple[str, ...]) -> int | None:
         if isinstance(configured, dict):  # {"content": "<s>", ...}
