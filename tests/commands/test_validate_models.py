@@ -61,8 +61,24 @@ def _config_with(hf_dir, tmp_path, **changes):
     [
         ({"attention_dropout": 0.1}, "config.json: attention_dropout = 0.1 is not supported"),
         ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, "RoPE type 'yarn'"),
+        # written by hand or another tool: each was a traceback, or validate "ok" then a crash
+        ({"num_attention_heads": 0}, "num_attention_heads = 0: a positive whole number"),
+        ({"vocab_size": None}, "vocab_size = null: a positive whole number expected"),
+        ({"num_hidden_layers": 3.0}, "num_hidden_layers = 3.0: a positive whole number"),
+        ({"hidden_size": "64"}, 'hidden_size = "64": a positive whole number expected'),
+        ({"rope_parameters": [1, 2]}, "rope_parameters = [1, 2]: an object of RoPE settings"),
+        ({"rms_norm_eps": -1e-6}, "norm_eps = -1e-06: a positive number expected"),
     ],
-    ids=["attention_dropout", "yarn"],
+    ids=[
+        "attention_dropout",
+        "yarn",
+        "no_heads",
+        "null_vocab",
+        "float_layers",
+        "text_width",
+        "rope_list",
+        "negative_eps",
+    ],
 )
 def test_a_config_wmtp_cannot_honour_is_refused_at_the_recipes_path_line(
     hf_dir, tmp_path, changes, says

@@ -46,6 +46,7 @@ class ModelArgs:
     n_future_tokens: int = 1
 
     def __post_init__(self) -> None:
+        _check_values(self)
         assert self.n_heads > 0 and self.dim % self.n_heads == 0, (
             f"n_heads = {self.n_heads} does not divide dim = {self.dim}"
         )
@@ -230,6 +231,27 @@ def mfu(tokens_per_s: float, flops_per_token: float, peak_tflops: float, gpus: i
     if peak_tflops <= 0:
         return 0.0
     return tokens_per_s * flops_per_token / (peak_tflops * 1e12 * gpus)
+
+
+_WHOLE = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "ffn_dim")
+_WHOLE += ("max_seq_len", "n_future_tokens")
+_REAL = ("norm_eps", "rope_theta", "ffn_dim_multiplier")
+
+
+def _check_values(args: ModelArgs) -> None:
+    """Each size a positive whole number and each scale a positive number (``vocab_size`` may be
+    -1, optional ones None): a description file written by hand or by another tool says which
+    value is wrong here, not as an error deep inside the model's construction."""
+    for name in (*_WHOLE, *_REAL):
+        value = getattr(args, name)
+        if value is None and name in ("n_kv_heads", "ffn_dim", "ffn_dim_multiplier"):
+            continue
+        if name == "vocab_size" and value == -1:
+            continue
+        kinds = (int,) if name in _WHOLE else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0:
+            kind = "a positive whole number" if name in _WHOLE else "a positive number"
+            raise ValueError(f"{name} = {value!r}: {kind} expected")
 
 
 FLAVOURS: dict[str, ModelArgs] = {

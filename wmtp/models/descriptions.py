@@ -108,25 +108,40 @@ def args_from_hf_config(config: dict) -> ModelArgs:
     """ModelArgs from a Llama ``config.json`` (older ``rope_theta``/``rope_scaling`` or v5
     ``rope_parameters``); features wmtp does not implement are refused, not ignored."""
     _refuse_what_wmtp_lacks(config)
-    dim, n_heads = config["hidden_size"], config["num_attention_heads"]
+    dim, n_heads = _whole(config, "hidden_size"), _whole(config, "num_attention_heads")
     head_dim = config.get("head_dim") or dim // n_heads
     if head_dim != dim // n_heads:
         raise ValueError(f"head_dim {head_dim} != hidden_size / num_attention_heads")
-    rope = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
+    key = "rope_parameters" if config.get("rope_parameters") else "rope_scaling"
+    rope = config.get(key) or {}
+    if not isinstance(rope, dict):
+        raise ValueError(f"{key} = {json.dumps(rope)}: an object of RoPE settings expected")
+    rope = dict(rope)
     theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
     return ModelArgs(
         dim=dim,
-        n_layers=config["num_hidden_layers"],
+        n_layers=_whole(config, "num_hidden_layers"),
         n_heads=n_heads,
-        n_kv_heads=config.get("num_key_value_heads") or n_heads,
-        vocab_size=config["vocab_size"],
-        ffn_dim=config["intermediate_size"],
+        n_kv_heads=_whole(config, "num_key_value_heads", default=n_heads),
+        vocab_size=_whole(config, "vocab_size"),
+        ffn_dim=_whole(config, "intermediate_size"),
         norm_eps=config.get("rms_norm_eps", 1e-6),
         rope_theta=float(theta),
         rope_scaling=_rope_scaling(rope),
-        max_seq_len=config.get("max_position_embeddings", 4096),
+        max_seq_len=_whole(config, "max_position_embeddings", default=4096),
         n_future_tokens=1,
     )
+
+
+def _whole(config: dict, key: str, default: int | None = None) -> int:
+    """``config[key]``, a positive whole number; ``default`` where it is missing or null, else a
+    KeyError."""
+    if default is not None and config.get(key) is None:
+        return default
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{key} = {json.dumps(value)}: a positive whole number expected")
+    return value
 
 
 def _refuse_what_wmtp_lacks(config: dict) -> None:
