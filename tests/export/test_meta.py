@@ -31,7 +31,13 @@ def test_meta_layout_is_the_inverse_of_the_meta_reader(tiny_run, tmp_path):
         2,
     }  # trunk + head 1
     assert {k.split(".")[1] for k in sd if k.startswith("extra_heads.")} == {"0"}
-    assert torch.equal(logits(wmtp_model(out)), logits(wmtp_model(tiny_run)))
+    exported, trained = wmtp_model(out), wmtp_model(tiny_run)
+    assert torch.equal(logits(exported), logits(trained))
+    # params.json cannot hold the context: the export's recipe does, so eval fills the same one
+    assert exported.args.max_seq_len == trained.args.max_seq_len == 1024
+    hf = tmp_path / "tiny-meta-hf"  # and an export of the export keeps it
+    assert export(out, "--to", "hf", "--out", hf).exit_code == 0
+    assert json.loads((hf / "config.json").read_text())["max_position_embeddings"] == 1024
 
 
 def test_one_head_meta_and_wmtp_exports(tiny_run, tmp_path):

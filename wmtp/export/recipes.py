@@ -54,11 +54,13 @@ def reading_recipe(
     out: Path,
     tokenizer_file: str | None,
     adapters_apart: bool,
+    context: int,
 ) -> str:
     """The training recipe with ``model.<role>`` reading ``out`` (its sizes and heads from the
-    files there) and, where the tokenizer is a file, ``tokenizer.path`` the exported one. With
-    the adapters kept apart the section keeps its base ``path`` and ``lora``: the folder is then a
-    checkpoint over that base."""
+    files there; the ``context`` it trained at from the recipe where the format cannot hold it:
+    Meta's ``params.json``) and, where the tokenizer is a file, ``tokenizer.path`` the exported
+    one. With the adapters kept apart the section keeps its base ``path`` and ``lora``: the folder
+    is then a checkpoint over that base."""
     from wmtp.recipe.dump import dumps, recipe_data
 
     data = recipe_data(recipe)
@@ -68,6 +70,10 @@ def reading_recipe(
         for key in (*SIZE_FIELDS, "flavour", "n_future_tokens", "lora"):
             section.pop(key, None)
         section.update(path=str(out), format=RECIPE_FORMAT[to])
+        if to == "meta":  # else a reader takes max_seq_len's default, not the trained context
+            section["max_seq_len"] = context
+            if recipe.data.max_length > context:  # the defaults of a model directory's recipe
+                data.setdefault("data", {})["max_length"] = context
     if tokenizer_file is not None:
         data["tokenizer"]["path"] = str(out / tokenizer_file)
     return HEADER.format(training=TRAINING_RECIPE, role=role) + dumps(data)

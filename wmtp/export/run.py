@@ -111,7 +111,7 @@ class _Job:
         files = self.write_weights(model, tokenizer, staging, max_shard_bytes)
         written = write_tokenizer(self.recipe.tokenizer, tokenizer, staging, model.args.max_seq_len)
         files += written.files
-        files += self.write_recipes(staging, written.tokenizer_file)
+        files += self.write_recipes(staging, written.tokenizer_file, model.args.max_seq_len)
         files += self.write_card(model, staging, files, written)
         return files
 
@@ -184,7 +184,7 @@ class _Job:
     def adapters_apart(self) -> bool:
         return self.lora is not None and self.lora.startswith("kept")
 
-    def write_recipes(self, staging: Path, tokenizer_file: str | None) -> list[str]:
+    def write_recipes(self, staging: Path, tokenizer_file: str | None, context: int) -> list[str]:
         from wmtp.export.recipes import reading_recipe, training_files
         from wmtp.recipe import load_recipe
 
@@ -196,6 +196,7 @@ class _Job:
             out=self.out,
             tokenizer_file=tokenizer_file,
             adapters_apart=self.adapters_apart,
+            context=context,
         )
         (staging / "recipe.toml").write_text(text)
         load_recipe(staging / "recipe.toml")  # loads back (a RecipeError here is a bug of ours)
