@@ -110,3 +110,25 @@ def test_an_invalid_report_is_never_kept(tmp_path, bad):
     for _ in range(2):
         done = _validate(REPO, cache, bad)
         assert done.returncode == 2 and "pydantic" in _imported(done)
+
+
+def test_a_tokenizer_file_edited_inside_the_folder_a_recipe_names_is_read_again(tmp_path):
+    """``tokenizer.path`` naming a folder: the cache saw only the folder's listing, and kept
+    saying ``ok`` for a tokenizer.json damaged since."""
+    from tokenizers import Tokenizer, models
+
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    Tokenizer(models.WordLevel({"<s>": 0, "</s>": 1, "a": 2}, unk_token="a")).save(
+        str(folder / "tokenizer.json")
+    )
+    recipe = tmp_path / "r.toml"
+    tiny = REPO / "recipes" / "tiny.toml"
+    recipe.write_text(f"extends = '{tiny}'\n[tokenizer]\nkind = 'hf'\npath = '{folder}'\n")
+    cache = tmp_path / "cache"
+    first, second = (_validate(REPO, cache, str(recipe)) for _ in range(2))
+    assert first.returncode == second.returncode == 0, first.stdout + first.stderr[-2000:]
+    assert "pydantic" not in _imported(second)  # read back
+    (folder / "tokenizer.json").write_text("garbage")
+    third = _validate(REPO, cache, str(recipe))
+    assert third.returncode == 2 and "tokenizer.json: not a tokenizer.json" in third.stderr

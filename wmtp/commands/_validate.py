@@ -177,20 +177,29 @@ def _pydantic_version_file() -> list[str]:
 
 
 def _digests(files: list[str]) -> dict[str, str]:
-    """sha256 of each file's bytes, of a directory's sorted listing (its entries, not their
-    contents), or ``missing`` for a path that does not exist."""
+    """sha256 of each file's bytes, of a directory's sorted listing (each entry's name, size and
+    time of change: a file edited inside, a tokenizer.json in a tokenizer directory, is seen
+    without reading it), or ``missing`` for a path that does not exist."""
     out = {}
     for f in files:
         path = Path(f)
         try:
             if path.is_dir():
-                listing = "\n".join(sorted(p.name for p in path.iterdir()))
+                listing = "\n".join(sorted(_entry(p) for p in path.iterdir()))
                 out[f] = "dir:" + hashlib.sha256(listing.encode()).hexdigest()
             else:
                 out[f] = hashlib.sha256(path.read_bytes()).hexdigest()
         except OSError:
             out[f] = "missing"
     return out
+
+
+def _entry(path: Path) -> str:
+    try:
+        stat = path.stat()
+    except OSError:  # a broken link
+        return f"{path.name} -"
+    return f"{path.name} {stat.st_size} {stat.st_mtime_ns}"
 
 
 def default_recipes() -> list[Path]:
