@@ -141,36 +141,39 @@ class HFTokenizer(Tokenizer):
             self._tok = tokenizers.Tokenizer.from_file(str(self.path))
         except Exception as exc:  # the Rust side raises plain Exception
             raise DataError(f"{self.path}: not a tokenizer.json ({exc})") from None
-        config = self._config()
-        self.bos_id = self._special("bos", config.get("bos_token"), _BOS_NAMES)
-        self.eos_id = self._special("eos", config.get("eos_token"), _EOS_NAMES)
-        pad = self._lookup(config.get("pad_token"), _PAD_NAMES)
+        named = self._configured_specials()
+        self.bos_id = self._special("bos", named["bos_token"], _BOS_NAMES)
+        self.eos_id = self._special("eos", named["eos_token"], _EOS_NAMES)
+        pad = self._lookup(named["pad_token"], _PAD_NAMES)
         self.pad_id = pad if pad is not None else self.eos_id
 
-    def _config(self) -> dict:
+    def _configured_specials(self) -> dict[str, str | None]:
+        """The text of each special token ``tokenizer_config.json`` names (None where it names
+        none, or there is no such file): a string, or ``{"content": "..."}``."""
+        roles = ("bos_token", "eos_token", "pad_token")
         config_path = self.path.with_name("tokenizer_config.json")
         if not config_path.is_file():
-            return {}
+            return dict.fromkeys(roles)
         try:
             config = json.loads(config_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise DataError(f"{config_path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
         if not isinstance(config, dict):
             raise DataError(f"{config_path}: a JSON object of settings expected, not this")
-        for key in ("bos_token", "eos_token", "pad_token"):
+        named = {}
+        for key in roles:
             value = config.get(key)
-            if isinstance(value, dict):  # {"content": "<s>", ...}
+            if isinstance(value, dict):
                 value = value.get("content")
             if value is not None and not isinstance(value, str):
                 raise DataError(
                     f"{config_path}: {key} = {json.dumps(config[key])}: a token's text expected "
                     '(a string, or {"content": "..."})'
                 )
-        return config
+            named[key] = value
+        return named
 
-    def _lookup(self, configured, names: tuple[str, ...]) -> int | None:
-        if isinstance(configured, dict):  # {"content": "<s>", ...}
-            configured = configured.get("content")
+    def _lookup(self, configured: str | None, names: tuple[str, ...]) -> int | None:
         for name in (configured, *names) if configured else names:
             token_id = self._tok.token_to_id(name)
             if token_id is not None:

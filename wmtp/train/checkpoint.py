@@ -52,6 +52,8 @@ from wmtp.parallel import barrier
 from wmtp.train.io_errors import describe_write_error
 from wmtp.train.manifest import write_manifest
 
+log = logging.getLogger(__name__)
+
 RANK_DATA = "data"
 """The key of a rank's own batch-source state in its ``rng/rank{r}.pt``."""
 
@@ -186,7 +188,7 @@ def _set_aside(replaced: Path) -> None:
     stays for the user to keep or remove."""
     aside = replaced.with_name(f"{replaced.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
     replaced.rename(aside)
-    logging.getLogger(__name__).warning(
+    log.warning(
         "%s is replaced by this run's own step %s; the one there before (passed over by the "
         "resume as damaged) is kept as %s: remove it once nothing of it is wanted",
         replaced,
@@ -202,7 +204,7 @@ def _remove_unless_read(old: Path, keep_last: int) -> None:
         if free:
             shutil.rmtree(old, ignore_errors=True)
             return
-    logging.getLogger(__name__).info(
+    log.info(
         "%s kept past keep_last = %d: another wmtp command reads it now; it goes at a later "
         "checkpoint",
         old,
