@@ -158,3 +158,28 @@ def test_bad_lines_are_located(tmp_path):
         load_mbpp(tmp_path / "missing.jsonl")
     with pytest.raises(DataError, match="give its path"):
         load_gsm8k(None)
+
+
+def test_wrong_types_and_repeated_ids_are_located_in_jsons_words(tmp_path):
+    """A field of the wrong type says what JSON has and wants (not a Python class, not a
+    traceback further on); a task id twice would merge two problems' results."""
+    path = tmp_path / "bench.jsonl"
+    cases = [
+        (load_mbpp, dict(MBPP_ROWS[0], test_list="assert f()"), "'test_list' should be a list, got a string"),
+        (load_mbpp, dict(MBPP_ROWS[0], test_list=[3]), "'test_list' should hold strings, has a whole number"),
+        (load_mbpp, dict(MBPP_ROWS[0], text=5), "'text' should be a string, got a whole number"),
+        (load_mbpp, dict(MBPP_ROWS[1], test_imports="math"), "'test_imports' should be a list"),
+        (load_mbpp, dict(MBPP_ROWS[0], task_id=True), "'task_id' should be a string or a whole number, got true or false"),
+        (load_codecontests, dict(CODECONTESTS_ROWS[0], public_tests={"input": "1 2", "output": ["3"]}),
+         "public_tests: field 'input' should be a list, got a string"),
+        (load_gsm8k, dict(GSM8K_ROWS[0], question=None), "'question' should be a string, got null"),
+    ]  # fmt: skip
+    for load, row, message in cases:
+        write_jsonl(path, [GSM8K_ROWS[1] if load is load_gsm8k else row, row])
+        with pytest.raises(DataError, match=rf"bench.jsonl:\d: .*{message}"):
+            load(path)
+    write_jsonl(path, [MBPP_ROWS[0], MBPP_ROWS[0]])
+    with pytest.raises(DataError, match=r"bench.jsonl: task id 'mbpp/2' is there twice"):
+        load_mbpp(path)
+    with pytest.raises(DataError, match="a folder, not a benchmark's JSONL file"):
+        load_gsm8k(tmp_path)

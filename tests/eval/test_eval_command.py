@@ -326,6 +326,54 @@ def test_benchmarks_from_local_files_join_the_summary(run_dir, tmp_path):
     assert [json.loads(x)["task_id"] for x in lines] == ["gsm8k/1"] * 2 + ["gsm8k/2"] * 2
 
 
+def test_every_benchmark_is_read_before_the_first_generates(run_dir, tmp_path):
+    """A bad second benchmark file stops the evaluation before HumanEval generates (on a 7B
+    model, hours), each bad entry named with the ``--set`` that gave it."""
+    from tests.eval.test_benchmarks import MBPP_ROWS, write_jsonl
+
+    mbpp = write_jsonl(tmp_path / "mbpp.jsonl", [MBPP_ROWS[0], dict(MBPP_ROWS[1], test_list="x")])
+    given = f'evaluation.benchmarks=["humaneval", "mbpp={mbpp}", "gsm8k"]'
+    result = invoke("eval", run_dir, "--no-progress", "--set", given)
+    assert result.exit_code == 2, result.output
+    assert (
+        f"--set {given}: evaluation.benchmarks[1]: 'mbpp={mbpp}': {mbpp}:2: field " in result.flat
+    )
+    assert "'test_list' should be a list, got a string" in result.flat
+    assert "evaluation.benchmarks[2]: 'gsm8k': benchmark 'gsm8k' reads a local JSONL" in result.flat
+    assert not (run_dir / "eval").exists() and "Traceback" not in result.output
+
+
+def test_validate_reads_an_evaluation_recipes_benchmarks(run_dir, tmp_path, monkeypatch):
+    """``wmtp validate`` of an evaluation recipe reads its benchmarks as ``wmtp eval`` will: a
+    problem at the recipe's line, exit 2; a file that is not there is a note, as for any input."""
+    recipe = tmp_path / "evaluation.toml"
+    evaluation = RECIPE.replace('pipeline = "baseline"', 'pipeline = "evaluation"')
+    evaluation = evaluation.replace(
+        "n_future_tokens = 2", f'n_future_tokens = 2\ncheckpoint = "{run_dir}"'
+    )
+    (tmp_path / "mbpp").mkdir()
+    monkeypatch.chdir(tmp_path)  # benchmark paths are read from the working directory
+    monkeypatch.setenv("WMTP_NO_CACHE", "1")
+    bad = '["humaneval", "humaneval=", "mbpp=mbpp"]'
+    recipe.write_text(evaluation.replace('benchmarks = ["humaneval"]', f"benchmarks = {bad}"))
+    result = invoke("validate", recipe)
+    assert result.exit_code == 2, result.output
+    line = 1 + evaluation.splitlines().index('benchmarks = ["humaneval"]')
+    assert (
+        f"evaluation.toml:{line}:1: evaluation.benchmarks[1]: 'humaneval=': 'humaneval' twice"
+        in result.flat
+    )
+    assert (
+        "evaluation.benchmarks[2]: 'mbpp=mbpp': mbpp: a folder, not a benchmark's JSONL"
+        in result.flat
+    )
+    recipe.write_text(evaluation.replace('["humaneval"]', '["humaneval", "mbpp=gone.jsonl"]'))
+    result = invoke("validate", recipe)
+    assert result.exit_code == 0, result.output
+    assert "input not found: evaluation.toml:" in result.flat
+    assert "evaluation.benchmarks[1]: 'gone.jsonl': no mbpp file" in result.flat
+
+
 def test_an_evaluation_again_keeps_the_earlier_results(run_dir, tmp_path, caplog):
     """A quick check (n_samples = 1) after a real evaluation of the same checkpoint: the new
     results are the folder's, the earlier ones move to previous/<created>/ and are said to."""
@@ -350,7 +398,7 @@ def test_user_mistakes_are_located_errors(run_dir, tmp_path):
     assert result.exit_code == 2 and "no such run directory" in result.flat
     result = invoke("eval", run_dir, "--set", 'evaluation.benchmarks=["humaneva"]')
     assert result.exit_code == 2 and "did you mean 'humaneval'" in result.flat
-    assert "evaluation.benchmarks[0] = 'humaneva'" in result.flat
+    assert "evaluation.benchmarks[0]: 'humaneva'" in result.flat
     (tmp_path / "afile").write_text("mine")  # found before the model loads, not at the end
     result = invoke("eval", run_dir, "--out", tmp_path / "afile" / "results")
     assert result.exit_code == 2 and "afile is a file, not a folder" in result.flat

@@ -60,11 +60,11 @@ def test_the_moved_exports_recipe_reads_the_tokenizer_it_holds(folders):
     moved, first = folders["moved"], folders["first"]
     written = tomllib.loads((moved / "recipe.toml").read_text())
     assert written["tokenizer"]["path"] == str(first / "tokenizer.model")  # the stale path
-    recipe = load_target_recipe(resolve_target(moved))
+    recipe = load_target_recipe(resolve_target(moved)).recipe
     assert recipe.tokenizer.path == str(moved / "tokenizer.model")
     # a --set of the user's still wins over the export's own file
     mine = str(folders["source"] / "tokenizer.model")
-    override = load_target_recipe(resolve_target(moved), [f"tokenizer.path='{mine}'"])
+    override = load_target_recipe(resolve_target(moved), [f"tokenizer.path='{mine}'"]).recipe
     assert override.tokenizer.path == mine
 
 

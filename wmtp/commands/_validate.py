@@ -126,6 +126,10 @@ class ReportCache:
         "models/args.py",
         "models/backends.py",
         "models/locate.py",
+        "models/descriptions.py",
+        "data/tokenizers.py",
+        "eval/benchmarks.py",
+        "registry.py",
         "commands/_validate.py",
     )
     """wmtp's code that decides a report (under the package directory)."""

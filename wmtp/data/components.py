@@ -7,9 +7,8 @@ tokenizer (from ``[tokenizer]``) and the experiment seed. Importing this module 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from wmtp.data.dataset import TrainData, make_train_data
-from wmtp.data.samplers import DifficultySampler, UniformSampler
 from wmtp.data.tokenizers import Tokenizer, load_tokenizer
 from wmtp.errors import DataError
 from wmtp.recipe.specs.data import (
@@ -24,6 +23,10 @@ from wmtp.recipe.specs.experiment import (
     SentencePieceTokenizerSpec,
 )
 from wmtp.registry import get, register
+
+if TYPE_CHECKING:  # numpy's import (~0.1 s) waits for a builder that runs
+    from wmtp.data.dataset import TrainData
+    from wmtp.data.samplers import DifficultySampler, UniformSampler
 
 # --------------------------------------------------------------------------- tokenizers
 
@@ -52,12 +55,16 @@ def build_hf_tokenizer(spec: HFTokenizerSpec) -> Tokenizer:
 @register("sampler", "uniform", spec=UniformSamplingSpec)
 def build_uniform_sampler(spec: UniformSamplingSpec) -> UniformSampler:
     """Every training row once per epoch, shuffled anew each epoch."""
+    from wmtp.data.samplers import UniformSampler
+
     return UniformSampler()
 
 
 @register("sampler", "difficulty", spec=DifficultySamplingSpec)
 def build_difficulty_sampler(spec: DifficultySamplingSpec) -> DifficultySampler:
     """Rows drawn by difficulty bin with fixed bin probabilities."""
+    from wmtp.data.samplers import DifficultySampler
+
     return DifficultySampler(spec.bins, spec.weights)
 
 
@@ -100,6 +107,8 @@ def build_jsonl_dataset(
     spec: JsonlDataSpec, *, tokenizer: Tokenizer, seed: int, progress: bool = True
 ) -> TrainData:
     """A ``train.jsonl`` (with ``train_metadata.json`` when present), split by problem."""
+    from wmtp.data.dataset import make_train_data
+
     return make_train_data(
         jsonl_train_file(spec.path),
         tokenizer,
@@ -116,6 +125,7 @@ def build_humaneval_dataset(
     """HumanEval with sandbox-labelled solutions, built and cached on first use. The builder
     splits the problems (``split.heldout_fraction``, a fixed seed, so every run holds out the
     same ones); ``split.heldout_path`` does not apply."""
+    from wmtp.data.dataset import make_train_data
     from wmtp.data.humaneval import ensure_humaneval
 
     if spec.split.heldout_path is not None:

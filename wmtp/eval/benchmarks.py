@@ -56,6 +56,8 @@ class Benchmark:
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, object)`` per non-blank line; a located ``DataError`` for bad JSON."""
+    if path.is_dir():
+        raise DataError(f"{path}: a folder, not a benchmark's JSONL file")
     if not path.is_file():
         raise DataError(f"{path}: benchmark file not found")
     with path.open(encoding="utf-8") as lines:
@@ -73,12 +75,32 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield lineno, row
 
 
+_JSON_TYPES = {bool: "true or false", str: "a string", int: "a whole number", list: "a list"}
+_JSON_TYPES |= {dict: "an object", float: "a number", type(None): "null"}
+
+
+def _json_type(value: Any) -> str:
+    """What ``value`` is, in JSON's words."""
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
 def _field(row: dict, name: str, kind: type | tuple[type, ...], where: str) -> Any:
     if name not in row:
         raise DataError(f"{where}: missing field {name!r} (has: {', '.join(sorted(row))})")
     value = row[name]
-    if not isinstance(value, kind):
-        raise DataError(f"{where}: field {name!r} should be {kind}, got {type(value).__name__}")
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or isinstance(value, bool):
+        wanted = " or ".join(_JSON_TYPES[k] for k in kinds)
+        raise DataError(f"{where}: field {name!r} should be {wanted}, got {_json_type(value)}")
+    return value
+
+
+def _strings(row: dict, name: str, where: str, default: list | None = None) -> list[str]:
+    """Field ``name``: a list of strings (``default`` when absent, if given)."""
+    value = _field(row, name, list, where) if default is None or name in row else default
+    wrong = [v for v in value if not isinstance(v, str)]
+    if wrong:
+        raise DataError(f"{where}: field {name!r} should hold strings, has {_json_type(wrong[0])}")
     return value
 
 
@@ -89,8 +111,14 @@ def _require_path(name: str, path: str | Path | None) -> Path:
 
 
 def _empty_check(name: str, path: Path, problems: list[Problem]) -> None:
+    """Problems there, each task id once (results are kept by task id)."""
     if not problems:
         raise DataError(f"{path}: benchmark {name!r} has no problems")
+    seen: set[str] = set()
+    for problem in problems:
+        if problem.task_id in seen:
+            raise DataError(f"{path}: task id {problem.task_id!r} is there twice")
+        seen.add(problem.task_id)
 
 
 # --- HumanEval ------------------------------------------------------------------------------
@@ -180,17 +208,22 @@ def load_mbpp(path: str | Path | None = None) -> Benchmark:
     problems = []
     for lineno, row in read_jsonl(source):
         where = f"{source}:{lineno}"
-        text = row.get("text", row.get("prompt"))
-        if not isinstance(text, str):
-            raise DataError(f"{where}: missing field 'text' (or 'prompt') with the task")
-        tests = [*_field(row, "test_list", list, where), *row.get("challenge_test_list", [])]
+        if "text" not in row and "prompt" not in row:
+            raise DataError(f"{where}: missing field 'text' (or 'prompt', as the sanitized has)")
+        text = _field(row, "text" if "text" in row else "prompt", str, where)
+        tests = [
+            *_strings(row, "test_list", where),
+            *_strings(row, "challenge_test_list", where, []),
+        ]
         if not tests:
             raise DataError(f"{where}: field 'test_list' is empty")
-        setup = "\n".join(
-            [*row.get("test_imports", []), row.get("test_setup_code", "") or ""]
-        ).strip()
+        setup_code = (
+            _field(row, "test_setup_code", str, where) if row.get("test_setup_code") else ""
+        )
+        setup = "\n".join([*_strings(row, "test_imports", where, []), setup_code]).strip()
         prompt = mbpp_prompt(text, tests[0])
-        entry_point = _mbpp_entry_point(row.get("code", ""), tests, where)
+        code = _field(row, "code", str, where) if "code" in row else ""
+        entry_point = _mbpp_entry_point(code, tests, where)
         judge = FunctionTests(
             prefix=prompt, test=_mbpp_check(setup, tests), entry_point=entry_point
         )
@@ -216,7 +249,8 @@ def _stdio_tests(row: dict, where: str, test_sets: tuple[str, ...]) -> tuple[lis
         tests = row.get(key) or {"input": [], "output": []}
         if not isinstance(tests, dict):
             raise DataError(f"{where}: field {key!r} should be {{'input': [...], 'output': [...]}}")
-        ins, outs = tests.get("input", []), tests.get("output", [])
+        ins = _strings(tests, "input", f"{where}: {key}", [])
+        outs = _strings(tests, "output", f"{where}: {key}", [])
         if len(ins) != len(outs):
             raise DataError(f"{where}: {key} has {len(ins)} inputs but {len(outs)} outputs")
         inputs += ins
@@ -285,11 +319,49 @@ def load_benchmark(name: str, path: str | Path | None = None) -> Benchmark:
     return get("evaluator", name)(path)
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """One ``evaluation.benchmarks`` entry, read: the benchmark and the file it came from."""
+
+    benchmark: Benchmark
+    path: str | None
+    """The entry's ``=PATH``; ``None`` for a built-in copy (HumanEval's)."""
+
+
+def load_benchmarks(loaded: Any) -> list[Loaded]:
+    """Every benchmark of a loaded recipe's ``[evaluation]``: ``"humaneval"`` or ``"NAME=PATH"``
+    (a local file; relative paths from the working directory). All are read before any is
+    evaluated, so a bad second file stops the evaluation before the first one generates. A
+    located ``RecipeProblems`` (file:line, or the ``--set``) names every entry whose evaluator is
+    unknown or whose file does not load."""
+    from wmtp.errors import ComponentError
+    from wmtp.recipe import RecipeProblems
+    from wmtp.recipe.inputs import located_problem
+
+    found, problems, names = [], [], set()
+    for i, entry in enumerate(loaded.recipe.evaluation.benchmarks):
+        name, _, path = (part.strip() for part in entry.partition("="))
+        try:
+            if name in names:
+                raise DataError(f"{name!r} twice: each benchmark's results go to <out>/{name}/")
+            names.add(name)
+            source = Path(path).expanduser() if path else None
+            found.append(Loaded(load_benchmark(name, source), path or None))
+        except (ComponentError, DataError) as exc:
+            key = f"evaluation.benchmarks[{i}]"
+            problems.append(located_problem(loaded, key, f"{entry!r}: {exc}"))
+    if problems:
+        raise RecipeProblems(loaded.path, problems)
+    return found
+
+
 __all__ = [
     "Benchmark",
+    "Loaded",
     "Problem",
     "humaneval_canonical",
     "load_benchmark",
+    "load_benchmarks",
     "load_codecontests",
     "load_gsm8k",
     "load_humaneval",

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wmtp.errors import Interrupted, RecipeError, RunError, StopSignal
-from wmtp.eval.benchmarks import Benchmark, load_benchmark
+from wmtp.errors import Interrupted, RunError, StopSignal
+from wmtp.eval.benchmarks import Benchmark, Loaded
 from wmtp.eval.judges import Verdict
 from wmtp.eval.prompting import PromptFormat, prompt_format
 from wmtp.eval.ranks import EvalRanks
@@ -123,23 +123,6 @@ def check_completions(
         return checker.verdicts()
 
 
-def check_settings(spec) -> None:
-    """Reject ``[evaluation]`` settings that cannot work, naming the keys (before any loading)."""
-    from wmtp.errors import ComponentError
-    from wmtp.registry import get
-
-    for i, entry in enumerate(spec.benchmarks):
-        try:
-            get("evaluator", parse_benchmark(entry, {})[0])  # did-you-mean for unknown names
-        except ComponentError as exc:
-            raise RecipeError(f"evaluation.benchmarks[{i}] = {entry!r}: {exc}") from None
-    if max(spec.k) > spec.n_samples:
-        raise RecipeError(
-            f"evaluation.k = {spec.k} needs evaluation.n_samples >= {max(spec.k)}, "
-            f"got {spec.n_samples}"
-        )
-
-
 def evaluate(
     model,
     tokenizer,
@@ -149,8 +132,8 @@ def evaluate(
     seed: int,
     model_label: str,
     training: TrainingProblems,
+    benchmarks: list[Loaded],
     step: int | None = None,
-    benchmark_paths: dict[str, str] | None = None,
     progress: bool = True,
     console=None,
     ranks: EvalRanks = EvalRanks(),
@@ -161,20 +144,19 @@ def evaluate(
     ``ranks`` each evaluates its share and rank 0 writes, prints and returns the results (the
     others return an empty dict).
 
-    Benchmarks are named as in ``spec.benchmarks``: ``"humaneval"``, or ``"mbpp=PATH"`` for the
-    ones read from a local file (``benchmark_paths`` may give the paths instead).
+    ``benchmarks`` are ``spec.benchmarks`` read (``wmtp.eval.benchmarks.load_benchmarks``),
+    every one before the first generates.
     """
     from wmtp.eval.table import print_table
     from wmtp.recipe.load import display_path
 
-    check_settings(spec)
     shown = prompt_format(spec, training.template)
     results = {}
     with writing_results(Path(out_dir)) if ranks.is_main else contextlib.nullcontext():
-        for entry in spec.benchmarks:
-            name, path = parse_benchmark(entry, benchmark_paths or {})
+        for entry in benchmarks:
+            name, path = entry.benchmark.name, entry.path
             scored = choose_problems(
-                load_benchmark(name, path),
+                entry.benchmark,
                 training,
                 include_seen=spec.include_seen,
                 max_problems=spec.max_problems,
@@ -440,10 +422,4 @@ def model_settings(model) -> dict[str, str]:
     }
 
 
-def parse_benchmark(entry: str, paths: dict[str, str]) -> tuple[str, str | None]:
-    """``"mbpp=data/mbpp.jsonl"`` -> ("mbpp", "data/mbpp.jsonl"); ``"humaneval"`` -> (.., None)."""
-    name, _, path = entry.partition("=")
-    return name.strip(), (path.strip() or paths.get(name.strip()))
-
-
-__all__ = ["Checker", "check_completions", "check_settings", "evaluate", "evaluate_benchmark"]
+__all__ = ["Checker", "check_completions", "evaluate", "evaluate_benchmark"]

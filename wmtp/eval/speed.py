@@ -271,7 +271,7 @@ def model_from_checkpoint(path: str, recipe: str | None, device: str):
     from wmtp.eval.target import load_policy, load_target_recipe, resolve_target
 
     target = resolve_target(path, recipe=recipe)
-    loaded = load_target_recipe(target)
+    loaded = load_target_recipe(target).recipe
     trained_template = None if target.pretrained else loaded.data.template
     shown = prompt_format(loaded.evaluation, trained_template)
     return (*load_policy(target, loaded, device), shown)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from wmtp.errors import CheckpointError, RunError
+from wmtp.eval.benchmarks import Loaded, load_benchmarks
 from wmtp.models.locate import (
     CHECKPOINTS,
     FULL_WEIGHTS,
@@ -112,13 +113,14 @@ def _recipe_target(recipe_file: Path, recipe, out: str | Path | None) -> EvalTar
 
 
 def load_target_recipe(target: EvalTarget, overrides: list[str] | tuple[str, ...] = ()):
-    """The recipe of a resolved target, ``overrides`` applied; an export's read with the
-    tokenizer file it holds, wherever the folder now is (``own_tokenizer_overrides``)."""
+    """The recipe of a resolved target (a ``LoadedRecipe``: where each value was set),
+    ``overrides`` applied; an export's read with the tokenizer file it holds, wherever the folder
+    now is (``own_tokenizer_overrides``)."""
     from wmtp.export.source import own_tokenizer_overrides
     from wmtp.recipe import load_recipe
 
     own = own_tokenizer_overrides(target.recipe_file)
-    return load_recipe(target.recipe_file, [*own, *overrides]).recipe
+    return load_recipe(target.recipe_file, [*own, *overrides])
 
 
 def load_policy(target: EvalTarget, recipe, device: str, *, fold_adapters: bool = True):
@@ -155,17 +157,27 @@ def load_policy(target: EvalTarget, recipe, device: str, *, fold_adapters: bool 
     return model.eval(), tokenizer
 
 
+@dataclass(frozen=True)
+class PreparedEval:
+    """What an evaluation needs before torch or a model loads, every part checked."""
+
+    target: EvalTarget
+    recipe: Any
+    """The recipe in force (``overrides`` applied)."""
+    benchmarks: list[Loaded]
+    """``recipe.evaluation.benchmarks``, every one read."""
+
+
 def prepare_eval(
     path: str | Path,
     *,
     overrides: list[str] | tuple[str, ...] = (),
     recipe: str | Path | None = None,
     out: str | Path | None = None,
-) -> tuple[EvalTarget, Any]:
-    """Resolve ``path`` and load its recipe (``overrides`` applied), checking the
-    ``[evaluation]`` settings and the results' folder: every mistake found before torch or a
-    model loads."""
-    from wmtp.eval.evaluator import check_not_evaluating, check_settings
+) -> PreparedEval:
+    """Resolve ``path`` and load its recipe (``overrides`` applied), read every benchmark and
+    check the results' folder: every mistake found before torch or a model loads."""
+    from wmtp.eval.evaluator import check_not_evaluating
     from wmtp.folders import check_output_folder
     from wmtp.recipe import RecipeProblems, load_recipe
     from wmtp.recipe.inputs import input_problems
@@ -174,19 +186,18 @@ def prepare_eval(
         if recipe is not None:
             raise RunError(f"{path} is a recipe already: leave out --recipe {recipe}")
         read = load_recipe(path, overrides)
-        loaded = read.recipe
-        if loaded.pipeline.trains is None:  # an evaluation recipe: its inputs, as wmtp run says
+        if read.recipe.pipeline.trains is None:  # an evaluation recipe: its inputs, as run says
             missing = input_problems(read)
             if missing:
                 raise RecipeProblems(f"{path} (paths it names that cannot be used)", missing)
-        target = _recipe_target(Path(path), loaded, out)
+        target = _recipe_target(Path(path), read.recipe, out)
     else:
         target = resolve_target(path, recipe=recipe, out=out)
-        loaded = load_target_recipe(target, overrides)
-    check_settings(loaded.evaluation)
+        read = load_target_recipe(target, overrides)
+    benchmarks = load_benchmarks(read)
     check_output_folder(target.out_dir, "--out" if out is not None else "the results' folder")
     check_not_evaluating(target.out_dir)
-    return target, loaded
+    return PreparedEval(target, read.recipe, benchmarks)
 
 
 def evaluate_target(
@@ -210,7 +221,8 @@ def evaluate_target(
     from wmtp.parallel import init_distributed, teardown
     from wmtp.train.run_log import exit_without_peers
 
-    target, loaded = prepare_eval(path, overrides=overrides, recipe=recipe, out=out)
+    prepared = prepare_eval(path, overrides=overrides, recipe=recipe, out=out)
+    target, loaded = prepared.target, prepared.recipe
     ctx = init_distributed(loaded.parallel.device)
     try:
         ranks = EvalRanks.joined(ctx)
@@ -227,6 +239,7 @@ def evaluate_target(
             seed=loaded.experiment.seed,
             model_label=str(target.checkpoint),
             training=training,
+            benchmarks=prepared.benchmarks,
             step=checkpoint_step(target.checkpoint),
             progress=progress,
             console=console if ranks.is_main else None,
@@ -248,6 +261,7 @@ def checkpoint_step(checkpoint: Path) -> int | None:
 
 __all__ = [
     "EvalTarget",
+    "PreparedEval",
     "evaluate_target",
     "load_policy",
     "prepare_eval",

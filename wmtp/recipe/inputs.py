@@ -66,9 +66,10 @@ def unusable_inputs(loaded: Any) -> list[Any]:
     """Inputs that are there but cannot be used, each a problem located where the recipe names
     it: each pretrained model the pipeline uses (``model.<role>.path``), read from its
     description as its loader reads it (``wmtp.models.descriptions``: no weights, no torch), that
-    wmtp cannot honour or whose sizes or numerics disagree with the recipe's; and a tokenizer
-    file that does not load (a truncated download, another file). A path that is not there is
-    :func:`input_problems`'s."""
+    wmtp cannot honour or whose sizes or numerics disagree with the recipe's; a tokenizer
+    file that does not load (a truncated download, another file); and an evaluation recipe's
+    benchmarks, each read (an unknown name, a file with a wrong field). A path that is not there
+    is :func:`input_problems`'s."""
     problems = []
     for role in loaded.recipe.pipeline.uses:
         spec = getattr(loaded.recipe.model, role)
@@ -79,7 +80,22 @@ def unusable_inputs(loaded: Any) -> list[Any]:
     why = _unreadable_tokenizer(tokenizer) if _tokenizer(tokenizer) is None else None
     if why is not None:
         problems.append(located_problem(loaded, "tokenizer.path", f"{tokenizer.path!r}: {why}"))
-    return problems
+    return problems + _unreadable_benchmarks(loaded)
+
+
+def _unreadable_benchmarks(loaded: Any) -> list[Any]:
+    """An evaluation recipe's benchmarks read as its evaluation reads them (once every file it
+    names is there): an unknown evaluator, a missing ``=PATH``, a file that does not load."""
+    from wmtp.eval.benchmarks import load_benchmarks
+    from wmtp.recipe.errors import RecipeProblems
+
+    if loaded.recipe.pipeline.trains is not None or any(_benchmarks(loaded.recipe.evaluation)):
+        return []
+    try:
+        load_benchmarks(loaded)
+    except RecipeProblems as exc:
+        return exc.problems
+    return []
 
 
 def _unusable_model(role: str, spec: Any) -> str | None:
@@ -134,7 +150,7 @@ def watched_paths(recipe: Any) -> list[str]:
     if recipe.data.kind == "jsonl":
         written.append(recipe.data.path)
     written.append(recipe.data.split.heldout_path)
-    written += [b.partition("=")[2] for b in recipe.evaluation.benchmarks if "=" in b]
+    written += [b.partition("=")[2].strip() for b in recipe.evaluation.benchmarks]
     paths = [_resolved(w) for w in written if w]
     paths += [p / "checkpoints" for p in paths]
     if recipe.pipeline.trains is not None:  # where its run goes (:func:`_run_place`)
@@ -289,8 +305,8 @@ def _run_place(spec: Any) -> MissingInput | None:
 def _benchmarks(spec: Any) -> list[MissingInput | None]:
     found: list[MissingInput | None] = []
     for i, entry in enumerate(spec.benchmarks):
-        name, sep, path = entry.partition("=")
-        if sep and not _resolved(path).is_file():
+        name, _, path = (part.strip() for part in entry.partition("="))
+        if path and not _resolved(path).exists():  # there but unreadable: _unreadable_benchmarks
             found.append(_absent(f"evaluation.benchmarks[{i}]", path, f"no {name} file"))
     return found
 
