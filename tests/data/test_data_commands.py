@@ -60,6 +60,74 @@ def test_index_rebuilds_metadata_of_an_edited_file_and_reports_one_that_disagree
     assert result.exit_code == 2 and "says n_rows = 5, but" in result.output.replace("\n", "")
 
 
+WRONG_TYPES = [  # another tool's metadata: each edit and the key the error names
+    (lambda m: m.update(n_rows="9"), 'n_rows should be a whole number, got "9"'),
+    (lambda m: m.update(problem_index_map="oops"), 'problem_index_map should be an object'),
+    (lambda m: m["problem_index_map"].update(P1=[]), 'problem_index_map["P1"] should be an object'),
+    (lambda m: m["problem_index_map"]["P0"].update(correct_indices=["0", "1"]),
+     'problem_index_map["P0"].correct_indices should be a list of whole numbers from 0'),
+    (lambda m: m["problem_index_map"]["P2"].update(incorrect_token_lengths=["a"]),
+     'problem_index_map["P2"].incorrect_token_lengths should be a list of whole numbers from 1'),
+    (lambda m: m["problem_index_map"]["P2"].update(incorrect_token_lengths=[10**12]),
+     'problem_index_map["P2"].incorrect_token_lengths should be a list of whole numbers from 1 to 2^31 - 1, got [1000000000000]'),
+    (lambda m: m["problem_index_map"]["P1"].update(difficulty="hard"), 'problem_index_map["P1"].difficulty should be null or'),
+    (lambda m: m.update(tokenizer=None), "tokenizer should be a string, got null"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("edit", "message"), WRONG_TYPES)
+def test_metadata_of_the_wrong_types_is_refused_naming_the_key(tmp_path, edit, message):
+    """``data index`` (the check) and ``validate --data`` read the metadata as ``run`` does
+    (``JsonlDataset``): a value of the wrong type is a located error with exit 2, never a
+    traceback."""
+    path = write_dataset(tmp_path / "train.jsonl", problem_rows(3, 2, 1))
+    assert runner.invoke(app, ["data", "index", str(path)]).exit_code == 0
+    meta_path = tmp_path / "train_metadata.json"
+    meta = json.loads(meta_path.read_text())
+    edit(meta)
+    meta_path.write_text(json.dumps(meta))
+    recipe = [
+        "recipes/tiny.toml",
+        "--set",
+        f"data={{kind='jsonl', path='{tmp_path}', max_length=512}}",
+    ]
+    for command in (["data", "index", str(path)], ["validate", "--data", *recipe]):
+        result = runner.invoke(app, command)
+        flat = " ".join(result.output.split())
+        assert result.exit_code == 2, (command, result.output)
+        assert f"{meta_path}: {message}" in flat, (command, flat)
+        assert "Traceback" not in result.output
+
+
+def test_index_counts_the_recorded_lengths_again(tmp_path):
+    """Metadata of the same bytes whose token lengths are wrong does not 'agree': the check
+    counts every row and names the first that differs."""
+    path = write_dataset(tmp_path / "train.jsonl", problem_rows(3, 2, 1))
+    assert runner.invoke(app, ["data", "index", str(path)]).exit_code == 0
+    meta_path = tmp_path / "train_metadata.json"
+    meta = json.loads(meta_path.read_text())
+    counted = meta["problem_index_map"]["P1"]["correct_token_lengths"]
+    meta["problem_index_map"]["P1"]["correct_token_lengths"] = [counted[0], 1]
+    meta_path.write_text(json.dumps(meta))
+    result = runner.invoke(app, ["data", "index", str(path)])
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 2 and "agrees" not in flat
+    assert f"{path}:5: {counted[1]} tokens, but {meta_path} records 1" in flat
+    assert "wmtp data index" in flat and "--force` rebuilds it" in flat
+
+
+def test_metadata_that_is_a_folder_is_said(tmp_path):
+    path = write_dataset(tmp_path / "train.jsonl", problem_rows(2, 1, 1))
+    (tmp_path / "train_metadata.json").mkdir()
+    result = runner.invoke(app, ["data", "index", str(path)])
+    flat = " ".join(result.output.split())
+    assert (
+        result.exit_code == 2
+        and "train_metadata.json: not a file, where train.jsonl's metadata goes" in flat
+    )
+    assert "Traceback" not in result.output
+
+
 def test_humaneval_command_without_bubblewrap_stops_before_any_work(tmp_path):
     out = tmp_path / "he"
     done = subprocess.run(

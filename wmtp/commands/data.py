@@ -83,7 +83,10 @@ def index(
         console.print(f"{file}: empty, not indexed", highlight=False)
     files = [f for f in files if f not in empty]
     for file in files:  # a folder it cannot write in, said before any file is read
-        if force or not metadata_path_for(file).is_file():
+        meta_path = metadata_path_for(file)
+        if meta_path.exists() and not meta_path.is_file():
+            raise DataError(f"{meta_path}: not a file, where {file.name}'s metadata goes")
+        if force or not meta_path.is_file():
             _refuse_unwritable_beside(file)
     tok = load_tokenizer(tokenizer.value, tokenizer_path)
     for file in files:
@@ -91,6 +94,7 @@ def index(
         if meta_path.is_file() and not force:
             ds = JsonlDataset(file, tok, template=template.value, progress=True)
             if not built_from_another_version(read_metadata(meta_path), ds.file):
+                ds.check_recorded_lengths(progress=True)
                 console.print(f"{meta_path}: agrees with {file.name} ({len(ds)} rows)")
                 for note in ds.notes:
                     console.print(f"  note: {note}")

@@ -129,14 +129,28 @@ class JsonlDataset:
         :class:`DataError` otherwise (a row edited after ``wmtp data index``)."""
         encoded = encode_example(self.example(index), self.tokenizer, template=self.template)
         assert encoded is not None and self.rows.n_tokens is not None
-        recorded = int(self.rows.n_tokens[index])
-        if len(encoded) != recorded:
-            raise DataError(
-                f"{self.file.where(index)}: {len(encoded)} tokens, but {self.lengths_from} "
-                f"records {recorded}: the metadata is out of date "
-                f"(`wmtp data index {self.file.path} --force` rebuilds it)"
-            )
+        if len(encoded) != int(self.rows.n_tokens[index]):
+            raise self._out_of_date(index, len(encoded))
         return fit_to_length(encoded, self.max_length, self.truncate)
+
+    def check_recorded_lengths(self, *, progress: bool = False) -> None:
+        """Every token length read from the metadata counted again (``wmtp data index``'s
+        check): a located :class:`DataError` at the first row whose count differs."""
+        if self.lengths_from is None:
+            return
+        counted = scan_rows(self.file, self.tokenizer, self.template, progress=progress).n_tokens
+        assert counted is not None and self.rows.n_tokens is not None
+        differ = np.flatnonzero(counted != self.rows.n_tokens)
+        if len(differ):
+            raise self._out_of_date(int(differ[0]), int(counted[differ[0]]))
+
+    def _out_of_date(self, index: int, counted: int) -> DataError:
+        assert self.rows.n_tokens is not None
+        return DataError(
+            f"{self.file.where(index)}: {counted} tokens, but {self.lengths_from} "
+            f"records {int(self.rows.n_tokens[index])}: the metadata is out of date "
+            f"(`wmtp data index {self.file.path} --force` rebuilds it)"
+        )
 
 
 @dataclass

@@ -146,6 +146,8 @@ def read_metadata(path: str | Path) -> dict:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot be read: {exc}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise DataError(f'{path}: not wmtp dataset metadata (expected "format": "{FORMAT}")')
     if meta.get("version") != VERSION:
@@ -153,7 +155,51 @@ def read_metadata(path: str | Path) -> dict:
     for key in ("n_rows", "tokenizer", "template", "problem_index_map"):
         if key not in meta:
             raise DataError(f"{path}: missing key {key!r}")
+    _check_types(meta, path)
     return meta
+
+
+LENGTH_LIMIT = 2**31
+"""Token lengths and row indices are kept as int32."""
+
+
+def _check_types(meta: dict, path: Path) -> None:
+    """Every value of the format's type (another tool may have written the file), else a
+    DataError naming the key: nothing further on meets a string where a number belongs."""
+    if not _whole(meta["n_rows"]):
+        raise DataError(f"{path}: n_rows should be a whole number, got {_short(meta['n_rows'])}")
+    for key in ("tokenizer", "template"):
+        if not isinstance(meta[key], str):
+            raise DataError(f"{path}: {key} should be a string, got {_short(meta[key])}")
+    index_map = meta["problem_index_map"]
+    if not isinstance(index_map, dict):
+        raise DataError(
+            f"{path}: problem_index_map should be an object (problem id -> its rows), "
+            f"got {_short(index_map)}"
+        )
+    for problem_id, entry in index_map.items():
+        where = f"{path}: problem_index_map[{json.dumps(problem_id)}]"
+        if not isinstance(entry, dict):
+            raise DataError(f"{where} should be an object, got {_short(entry)}")
+        for side in ("correct", "incorrect"):
+            for key, least in ((f"{side}_indices", 0), (f"{side}_token_lengths", 1)):
+                values = entry.get(key)
+                if not isinstance(values, list) or not all(
+                    _whole(v) and least <= v < LENGTH_LIMIT for v in values
+                ):
+                    raise DataError(
+                        f"{where}.{key} should be a list of whole numbers from {least} to "
+                        f"2^31 - 1, got {_short(values)}"
+                    )
+        difficulty = entry.get("difficulty")
+        if difficulty is not None and not (_whole(difficulty) and difficulty >= 0):
+            raise DataError(
+                f"{where}.difficulty should be null or a whole number from 0, got {_short(difficulty)}"
+            )
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def built_from_another_version(meta: dict, jsonl: JsonlFile) -> bool:
