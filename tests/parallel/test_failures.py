@@ -94,7 +94,7 @@ def test_a_rank_out_of_memory_is_one_message_whose_resume_keeps_the_processes(tm
     the resume command for the same two processes and each process's batch kept."""
     sets = ("--set", "training.checkpoint_every=2", "--set", "training.max_steps=4")
     done, output = _two_ranks(tmp_path, "rank=1,step=3,kind=oom", *sets)
-    assert done.returncode == 1, output[-3000:]
+    assert done.returncode == 2, output[-3000:]  # as one process exits
     run_dir = (tmp_path / "runs" / "tiny" / "latest").resolve()
     message = "error: rank 1 failed: out of memory on the CPU in step 3 (DefaultCPUAllocator"
     assert output.count(message) == 1, output[-3000:]
@@ -122,7 +122,7 @@ def test_a_failing_rank_ends_the_torchrun_job(tmp_path, kind):
     )
     took = time.monotonic() - start
     output = done.stdout + done.stderr
-    assert done.returncode == 1, output[-3000:]
+    assert done.returncode == (2 if kind == "raise" else 1), output[-3000:]  # a RunError: 2
     if kind == "raise":  # rank 1's message, once, and rank 0's loss of it in one line
         assert output.count(MESSAGE) == 1, output[-3000:]
         assert f"error: rank 1 failed: {MESSAGE}" in output
@@ -289,3 +289,32 @@ def test_sigkill_of_the_launcher_leaves_no_process_behind(tmp_path):
     proc.kill()
     proc.wait()
     assert _gone(str(tmp_path), within=60), processes_naming(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_bad_data_under_two_processes_exits_as_one_process_does(tmp_path):
+    """A dataset line that is not JSON: the rank that read it says where, and the launcher exits
+    2 as one process would (a user's error, not a crash), the other rank's loss in one line."""
+    from tests.data.data_rows import problem_rows, write_dataset
+
+    (tmp_path / "data").mkdir()
+    path = write_dataset(tmp_path / "data" / "train.jsonl", problem_rows(4, 2, 1))
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([*lines[:5], "{not json", *lines[5:]]) + "\n")
+    data = f"data={{kind='jsonl', path='{path.parent}', max_length=512}}"
+    done, output = _two_ranks(tmp_path, "rank=9", "--set", data)
+    assert done.returncode == 2, output[-3000:]
+    assert output.count(f"{path}:6: not valid JSON") == 1, output[-3000:]
+    assert "Traceback" not in output and "Root Cause" not in output, output[-3000:]
+
+
+def test_a_collective_timeout_that_is_no_number_is_refused_before_launch(tmp_path):
+    env = dict(os.environ, WMTP_DIST_TIMEOUT_S="abc", OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        _cmd(tmp_path, "--nproc-per-node", "2"), cwd=REPO, env=env, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-3000:]
+    said = "error: WMTP_DIST_TIMEOUT_S = 'abc': give the collective timeout in seconds, a positive"
+    assert said in " ".join(done.stderr.split()) and "Traceback" not in done.stderr
+    assert "launching" not in done.stdout and not (tmp_path / "runs").exists()

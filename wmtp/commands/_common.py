@@ -95,8 +95,9 @@ def relaunch(subcommand: tuple[str, ...], nproc: int) -> NoReturn:
     last = subcommand[-1]
     argv = sys.argv[sys.argv.index(last) + 1 :] if last in sys.argv else []
     cmd = torchrun_command(argv, nproc, subcommand)
+    launch = Launch(cmd, world_size=nproc)  # its settings checked before anything starts
     _output.console().print(f"launching: {' '.join(cmd)}", highlight=False)
-    raise typer.Exit(Launch(cmd, world_size=nproc).run())
+    raise typer.Exit(launch.run())
 
 
 def __getattr__(name: str) -> Any:

@@ -19,10 +19,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-DEFAULT_TIMEOUT_S = 600.0
-TIMEOUT_ENV = "WMTP_DIST_TIMEOUT_S"
-"""Seconds a collective may wait for the other ranks before failing (default 600)."""
-
 
 @dataclass(frozen=True)
 class DistContext:
@@ -66,11 +62,9 @@ def init_distributed(device: str = "auto", timeout_s: float | None = None) -> Di
     if world_size == 1 and not dist.is_initialized():
         return DistContext(device=dev)
     if not dist.is_initialized():
-        timeout = (
-            timeout_s
-            if timeout_s is not None
-            else float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
-        )
+        from wmtp.train.launcher import collective_timeout_s
+
+        timeout = timeout_s if timeout_s is not None else collective_timeout_s()
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout))
     return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, dev)

@@ -11,9 +11,11 @@
   (``wmtp.train.run_log.mark_rank``).
 - **One message per failure.** Each failed worker leaves a record (``wmtp.train.run_log``); the
   launcher prints the first rank that failed by itself with its error, the others in one line,
-  and exits 1. An error every rank stopped on together (a decision they took collectively: a
-  NaN step, a checkpoint that could not be written) is the run's, not a rank's: printed once as
-  one process would, with its exit code (2). torchrun's own report of the failure (a traceback
+  and exits 1, or the error's own code (2) where every rank that failed by itself stopped on a
+  user's error (bad data rank 0 read; the others lost it). An error every rank stopped on
+  together (a decision they took collectively: a NaN step, a checkpoint that could not be
+  written) is the run's, not a rank's: printed once as one process would, with its exit code
+  (2). torchrun's own report of the failure (a traceback
   and a box naming the "Root Cause") is kept out of the way, read only for a worker that left
   no record (killed by a signal). The workers' own output passes through as it comes.
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import os
 import re
 import signal
@@ -38,6 +41,26 @@ SHUTDOWN_ENV = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"
 """torchrun's grace, in seconds, between passing a signal to its workers and killing them."""
 STOP_GRACE_ENV, STOP_GRACE_S = "WMTP_DIST_TIMEOUT_S", "600"
 """What the launcher gives torchrun as that grace (``wmtp.parallel.dist``'s collective timeout)."""
+
+
+def collective_timeout_s() -> float:
+    """``$WMTP_DIST_TIMEOUT_S``: seconds a collective waits for the other ranks (600 unset),
+    and the grace torchrun gives a stopping worker; a ``RunError`` naming the variable for a
+    value that is not a positive number (before torchrun starts, which would fail on it)."""
+    from wmtp.errors import RunError
+
+    text = os.environ.get(STOP_GRACE_ENV, STOP_GRACE_S)
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise RunError(
+            f"{STOP_GRACE_ENV} = {text!r}: give the collective timeout in seconds, a positive number"
+        )
+    return seconds
+
+
 TORCHRUN_NOISE = re.compile(r"^\[?[WEI]\d{4} [\d:.]+ \d+ .*torch/distributed/")
 """torchrun's own log lines (``W1202 09:00:00.123 4567 torch/distributed/elastic/...``)."""
 
@@ -57,13 +80,14 @@ class Launch:
     def __init__(self, command: list[str], world_size: int) -> None:
         self.command, self.world_size = command, world_size
         self.forwarded, self.killed = 0, False
-        self.failures = Path(tempfile.mkdtemp(prefix="wmtp-failures-"))
         self.report: list[str] = []
+        # torchrun's grace: whole seconds, the collective timeout unless the user set it
+        timeout = collective_timeout_s()  # checked even where torchrun's grace is set
+        self.grace = os.environ.get(SHUTDOWN_ENV) or str(math.ceil(timeout))
 
     def run(self) -> int:
-        env = dict(os.environ, **{FAILURES_ENV: str(self.failures)})
-        env.setdefault(SHUTDOWN_ENV, os.environ.get(STOP_GRACE_ENV, STOP_GRACE_S))
-        self.grace = env[SHUTDOWN_ENV]
+        self.failures = Path(tempfile.mkdtemp(prefix="wmtp-failures-"))
+        env = dict(os.environ, **{FAILURES_ENV: str(self.failures), SHUTDOWN_ENV: self.grace})
         self.process = subprocess.Popen(
             self.command,
             env=env,
@@ -120,7 +144,7 @@ class Launch:
             print(f"error: {shared['message']}", file=sys.stderr, flush=True)
             return int(shared["exit_code"])
         print(f"error: {summary(records, self.report)}", file=sys.stderr, flush=True)
-        return 1
+        return exit_code(records)
 
     def _stop_cut_short(self) -> bool:
         """Whether training ranks were stopping on the forwarded signal and not every one of
@@ -163,6 +187,17 @@ def shared_failure(records: list[dict], world_size: int) -> dict | None:
     if any(r["secondary"] or r.get("traceback") for r in records):
         return None
     return records[0] if len({r["message"] for r in records}) == 1 else None
+
+
+def exit_code(records: list[dict]) -> int:
+    """The launcher's code for ranks that failed apart: the user's error (2) where every rank
+    that failed by itself stopped on one (bad data that rank 0 read, the others losing it);
+    else 1 (a bug, a rank killed without a record)."""
+    own = [r for r in records if not r["secondary"]]
+    codes = {int(r["exit_code"]) for r in own if not r.get("traceback")}
+    if own and len(codes) == 1 and not any(r.get("traceback") for r in own):
+        return codes.pop()
+    return 1
 
 
 def summary(records: list[dict], report: list[str]) -> str:
@@ -209,4 +244,11 @@ def _aftermath(record: dict) -> str:
     return line if len(line) <= 120 else line[:117] + "..."
 
 
-__all__ = ["Launch", "die_with_parent", "shared_failure", "summary"]
+__all__ = [
+    "Launch",
+    "collective_timeout_s",
+    "die_with_parent",
+    "exit_code",
+    "shared_failure",
+    "summary",
+]
