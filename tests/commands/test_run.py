@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from typer.testing import CliRunner
@@ -202,6 +203,20 @@ def test_a_frozen_model_from_a_run_that_trained_another_role_is_named(tmp_path):
     flat = " ".join(done.stderr.split())
     assert "model.critic.checkpoint" in flat, flat
     assert "a baseline run, which trained model.policy, not a critic" in flat
+    # weights copied without the recipe beside them: nothing to check their tokenizer against
+    alone = tmp_path / "weights-alone"
+    alone.mkdir()
+    shutil.copy(baseline / "checkpoints" / "step-1" / "model.safetensors", alone)
+    for given, why in ((baseline, "not a critic"), (alone, "no recipe.toml beside the weights")):
+        sets = ["--set", f"model.critic.checkpoint='{given}'"]
+        for command in (["validate"], ["run", "--dry-run"]):  # the same problem, before torch
+            done = subprocess.run(
+                [sys.executable, "-c", PROBE, *command, str(REPO / "recipes" / "tiny_verifiable.toml"), *sets],
+                cwd=REPO, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert done.stdout.strip().splitlines()[-1] == "TORCH False EXIT 2", done.stderr
+            flat = " ".join((done.stdout + done.stderr).split())
+            assert f"{sets[1]}: model.critic.checkpoint: '{given}': " in flat and why in flat, flat
 
 
 def test_a_dataset_folders_own_heldout_file_is_named_when_the_recipe_splits_instead(tmp_path):

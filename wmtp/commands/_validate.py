@@ -123,6 +123,7 @@ class ReportCache:
         "estimate.py",
         "errors.py",
         "pipelines.py",
+        "assembly.py",
         "models/args.py",
         "models/backends.py",
         "models/locate.py",
@@ -296,6 +297,7 @@ def _model_files(recipe: Any) -> list[str]:
         for where in (getattr(spec, "path", None), getattr(spec, "checkpoint", None)):
             if where and Path(where).is_dir():
                 files = [*Path(where).rglob("*.json"), *Path(where).glob("*.safetensors")]
+                files += Path(where).rglob("recipe.toml")  # what trained a checkpoint
                 files += Path(where).glob("*.pth")
                 found += [str(p.resolve()) for p in sorted(files)]
     return found

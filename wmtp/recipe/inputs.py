@@ -66,7 +66,9 @@ def unusable_inputs(loaded: Any) -> list[Any]:
     """Inputs that are there but cannot be used, each a problem located where the recipe names
     it: each pretrained model the pipeline uses (``model.<role>.path``), read from its
     description as its loader reads it (``wmtp.models.descriptions``: no weights, no torch), that
-    wmtp cannot honour or whose sizes or numerics disagree with the recipe's; a tokenizer
+    wmtp cannot honour or whose sizes or numerics disagree with the recipe's; each trained
+    ``model.<role>.checkpoint`` without intact weights, of another role, or trained with a
+    recipe that disagrees with this one (:func:`_unusable_checkpoint`); a tokenizer
     file that does not load (a truncated download, another file); and an evaluation recipe's
     benchmarks, each read (an unknown name, a file with a wrong field). A path that is not there
     is :func:`input_problems`'s."""
@@ -76,6 +78,11 @@ def unusable_inputs(loaded: Any) -> list[Any]:
         why = _unusable_model(role, spec) if spec is not None else None
         if why is not None:
             problems.append(located_problem(loaded, f"model.{role}.path", f"{spec.path!r}: {why}"))
+        if spec is not None and spec.checkpoint and _trained_checkpoint(role, spec) is None:
+            why = _unusable_checkpoint(role, spec, loaded.recipe)
+            if why is not None:
+                key, written = f"model.{role}.checkpoint", spec.checkpoint
+                problems.append(located_problem(loaded, key, f"{written!r}: {why}"))
     tokenizer = loaded.recipe.tokenizer
     why = _unreadable_tokenizer(tokenizer) if _tokenizer(tokenizer) is None else None
     if why is not None:
@@ -211,25 +218,32 @@ def _model_path(role: str, spec: Any) -> MissingInput | None:
 
 
 def _trained_checkpoint(role: str, spec: Any) -> MissingInput | None:
-    if not spec.checkpoint:
-        return None
+    if not spec.checkpoint or _resolved(spec.checkpoint).exists():
+        return None  # there: whether it can be used is _unusable_checkpoint's
+    return _absent(f"model.{role}.checkpoint", spec.checkpoint, "no such run or checkpoint")
+
+
+def _unusable_checkpoint(role: str, spec: Any, recipe: Any) -> str | None:
+    """Why a trained ``checkpoint`` that is there cannot be this role's: no intact weights in
+    it, weights of another role (a baseline run named as the critic), or a recipe beside them
+    that disagrees with this one (``wmtp.assembly.check_checkpoint_recipe``, which the model's
+    build runs again)."""
+    from wmtp.assembly import check_checkpoint_recipe
     from wmtp.models.locate import find_trained_weights
 
-    key = f"model.{role}.checkpoint"
     try:
         found = find_trained_weights(spec.checkpoint)
+        trained = _pipeline_that_trained(found.recipe_file)
+        wanted = "critic" if role == "critic" else "policy"
+        if trained is not None and trained[1] != wanted:
+            pipeline, what = trained
+            return (
+                f"a {pipeline} run, which trained model.{what}, not a {wanted}: "
+                f"name a run of a pipeline that trains the {wanted}"
+            )
+        check_checkpoint_recipe(role, spec, recipe)
     except CheckpointError as exc:
-        why = str(exc).removeprefix(f"{spec.checkpoint}: ")
-        return _absent(key, spec.checkpoint, why)
-    trained = _pipeline_that_trained(found.recipe_file)
-    wanted = "critic" if role == "critic" else "policy"
-    if trained is not None and trained[1] != wanted:
-        pipeline, what = trained
-        why = (
-            f"a {pipeline} run, which trained model.{what}, not a {wanted}: "
-            f"name a run of a pipeline that trains the {wanted}"
-        )
-        return _absent(key, spec.checkpoint, why)
+        return str(exc).removeprefix(f"{spec.checkpoint}: ")
     return None
 
 
