@@ -102,3 +102,19 @@ def linked_exceptions(exc: BaseException) -> Iterator[BaseException]:
                 failure = failure[0] if isinstance(failure, tuple) and failure else failure
                 if isinstance(failure, BaseException):
                     todo.append(failure)
+
+
+JSON_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+JSON_WORDS |= {list: "a list", dict: "an object", type(None): "null"}
+"""Python's types as JSON says them: messages about a value in a JSON file a user wrote."""
+
+
+def json_kinds(kinds: type | tuple[type, ...]) -> str:
+    """``(str, int)`` -> ``a string or a whole number``."""
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    return " or ".join(JSON_WORDS.get(k, k.__name__) for k in kinds)
+
+
+def json_kind_of(value: object) -> str:
+    """What ``value`` (parsed from JSON) is, in JSON's words."""
+    return json_kinds(type(value))

@@ -36,7 +36,10 @@ def test_index_reports_a_bad_line_with_file_and_line(tmp_path):
     path.write_text("\n".join(lines) + "\n")
     result = runner.invoke(app, ["data", "index", str(path)])
     assert result.exit_code == 2
-    assert f"{path}:3: field 'is_correct' must be bool" in result.output.replace("\n", "")
+    assert (
+        f"{path}:3: field 'is_correct' must be true or false, got \"yes\""
+        in result.output.replace("\n", "")
+    )
 
 
 def test_index_rebuilds_metadata_of_an_edited_file_and_reports_one_that_disagrees(tmp_path):
@@ -333,3 +336,37 @@ def test_ctrl_c_during_an_index_says_so_and_leaves_no_metadata(tmp_path):
     _, err = child.communicate(timeout=60)
     assert child.returncode == 130 and "stopped: SIGINT (Ctrl-C)" in err, err[-2000:]
     assert "Traceback" not in err and sorted(p.name for p in tmp_path.iterdir()) == ["train.jsonl"]
+
+
+def test_a_data_path_that_names_no_rows_says_what_it_names(tmp_path):
+    """The metadata named instead of the rows, or a train.jsonl that is a folder: said as such
+    by data index and validate (a problem at data.path, not a note that it is missing)."""
+    (tmp_path / "ds").mkdir()
+    path = write_dataset(tmp_path / "ds" / "train.jsonl", problem_rows(2, 1, 1))
+    assert runner.invoke(app, ["data", "index", str(path)]).exit_code == 0
+    (tmp_path / "folder" / "train.jsonl").mkdir(parents=True)
+    cases = [
+        (path.with_name("train_metadata.json"), "the rows' metadata, not the rows: give the .jsonl"),
+        (tmp_path / "folder", f"{tmp_path / 'folder' / 'train.jsonl'}: a folder, not the rows' file"),
+        (tmp_path / "folder" / "train.jsonl", "train.jsonl: a folder, not the rows' file"),
+    ]  # fmt: skip
+    for given, said in cases:
+        data = f"data={{kind='jsonl', path='{given}', max_length=512}}"
+        for command in (
+            ["data", "index", str(given)],
+            ["validate", "recipes/tiny.toml", "--set", data],
+        ):
+            result = runner.invoke(app, command)
+            flat = " ".join(result.output.split())
+            assert result.exit_code == 2 and said in flat, (command, flat)
+            assert "input not found" not in flat and "Traceback" not in result.output
+
+
+def test_index_takes_a_tokenizer_path_only_where_it_reads_one(tmp_path):
+    path = write_dataset(tmp_path / "train.jsonl", problem_rows(2, 1, 1))
+    result = runner.invoke(app, ["data", "index", str(path), "--tokenizer-path", "/garbage"])
+    assert result.exit_code == 2 and "the byte tokenizer reads no file" in result.output
+    result = runner.invoke(app, ["data", "index", str(path), "--tokenizer", "sentencepiece"])
+    assert result.exit_code == 2
+    assert "--tokenizer sentencepiece needs --tokenizer-path" in " ".join(result.output.split())
+    assert not (tmp_path / "train_metadata.json").exists()

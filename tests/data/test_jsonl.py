@@ -61,12 +61,18 @@ def test_a_million_lines_index_without_loading_them(tmp_path):
         ("[1, 2]", "expected a JSON object"),
         ("", "empty line"),
         (json.dumps({k: v for k, v in ROW.items() if k != "output"}), "missing field(s) 'output'"),
-        (json.dumps({**ROW, "is_correct": 1}), "field 'is_correct' must be bool"),
-        (json.dumps({**ROW, "difficulty": "hard"}), "field 'difficulty' must be int"),
-        (json.dumps({**ROW, "difficulty": True}), "field 'difficulty' must be not a boolean"),
+        (json.dumps({**ROW, "is_correct": 1}), "field 'is_correct' must be true or false, got 1"),
+        (
+            json.dumps({**ROW, "difficulty": "hard"}),
+            "field 'difficulty' must be a whole number, got \"hard\"",
+        ),
+        (
+            json.dumps({**ROW, "difficulty": True}),
+            "field 'difficulty' must be a whole number, got true",
+        ),
         # -1 is how metadata keeps an unknown difficulty: a row may not claim it
         (json.dumps({**ROW, "difficulty": -1}), "field 'difficulty' must be 0 or more, got -1"),
-        (json.dumps({**ROW, "output": None}), "field 'output' must be str"),
+        (json.dumps({**ROW, "output": None}), "field 'output' must be a string, got null"),
         # JSON's escape of half a UTF-16 pair: no character, which no tokenizer can encode
         (
             json.dumps({**ROW, "output": "ok \ud83d"}),

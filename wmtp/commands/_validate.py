@@ -129,6 +129,7 @@ class ReportCache:
         "models/locate.py",
         "models/descriptions.py",
         "data/tokenizers.py",
+        "data/components.py",
         "eval/benchmarks.py",
         "registry.py",
         "commands/_validate.py",

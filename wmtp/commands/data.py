@@ -61,6 +61,7 @@ def index(
     ] = False,
 ) -> None:
     """Build <name>_metadata.json beside each JSONL where it is missing; check it where it is."""
+    from wmtp.data.components import jsonl_train_file
     from wmtp.data.dataset import JsonlDataset
     from wmtp.data.jsonl import refuse_empty
     from wmtp.data.metadata import (
@@ -72,9 +73,14 @@ def index(
     from wmtp.data.tokenizers import load_tokenizer
     from wmtp.errors import DataError
 
-    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+    _check_tokenizer_options(tokenizer.value, tokenizer_path)
+    is_folder = path.is_dir() and path.suffix != ".jsonl"  # a train.jsonl folder: refused
+    files = sorted(path.glob("*.jsonl")) if is_folder else [jsonl_train_file(path)]
     if not files:
         raise DataError(f"{path}: no *.jsonl files")
+    for file in files:
+        if file.is_dir():
+            raise DataError(f"{file}: a folder, not the rows' file")
     for file in files:  # checked before any is indexed: a file named, or a folder's train.jsonl
         if file == path or file.name == "train.jsonl":
             refuse_empty(file)
@@ -108,6 +114,16 @@ def index(
             f"{written}: {meta['n_rows']} rows, {len(meta['problem_index_map'])} problems "
             f"({time.monotonic() - start:.1f} s)"
         )
+
+
+def _check_tokenizer_options(kind: str, path: Path | None) -> None:
+    """``--tokenizer-path`` given where it is needed, and only there."""
+    from wmtp.errors import RunError
+
+    if kind == "byte" and path is not None:
+        raise RunError(f"--tokenizer-path {path}: the byte tokenizer reads no file (leave it out)")
+    if kind != "byte" and path is None:
+        raise RunError(f"--tokenizer {kind} needs --tokenizer-path (its tokenizer file)")
 
 
 def _refuse_unwritable_beside(file: Path) -> None:

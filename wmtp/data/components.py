@@ -86,15 +86,26 @@ def _common(spec, tokenizer: Tokenizer, seed: int, progress: bool) -> dict:
 
 
 def jsonl_train_file(path: str | Path) -> Path:
-    """``path`` itself, or ``path/train.jsonl`` for a directory."""
+    """``path`` itself, or ``path/train.jsonl`` for a directory; a DataError naming what is
+    wrong (no train.jsonl, one that is a folder, the metadata file named instead of the rows)."""
     p = Path(path).expanduser()
+    if p.name.endswith("_metadata.json"):
+        raise DataError(
+            f"{p}: the rows' metadata, not the rows: give the .jsonl beside it, or the folder "
+            "that holds train.jsonl"
+        )
+    if p.suffix == ".jsonl" and p.is_dir():
+        raise DataError(f"{p}: a folder, not the rows' file")
     if p.is_dir():
         found = sorted(x.name for x in p.glob("*.jsonl"))
-        if not (p / "train.jsonl").is_file():
+        train = p / "train.jsonl"
+        if train.exists() and not train.is_file():
+            raise DataError(f"{train}: a folder, not the rows' file")
+        if not train.is_file():
             raise DataError(
                 f"{p}: a dataset directory needs train.jsonl (it has: {found or 'none'})"
             )
-        return p / "train.jsonl"
+        return train
     if not p.is_file():
         raise DataError(
             f"dataset file not found: {p} (give a .jsonl file, or a directory holding train.jsonl)"

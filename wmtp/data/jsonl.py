@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from wmtp.data.examples import Example
-from wmtp.errors import DataError
+from wmtp.errors import DataError, json_kinds
 
 CHUNK_BYTES = 1 << 24
 
@@ -129,11 +129,12 @@ def _parse_record(raw: bytes, where: str) -> dict:
 
 def _typed(record: dict, key: str, types: tuple[type, ...], where: str):
     value = record[key]
-    if isinstance(value, bool) and bool not in types:  # bool is an int subclass: refuse it
-        types = ()
-    if not isinstance(value, types):
-        expected = " or ".join(t.__name__ for t in types) or "not a boolean"
-        raise DataError(f"{where}: field {key!r} must be {expected}, got {value!r:.60}")
+    refused = isinstance(value, bool) and bool not in types  # bool is an int subclass
+    if refused or not isinstance(value, types):
+        expected = json_kinds(types)
+        shown = json.dumps(value, ensure_ascii=False)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise DataError(f"{where}: field {key!r} must be {expected}, got {shown}")
     if isinstance(value, str):
         _refuse_lone_surrogate(value, key, where)
     return value

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wmtp.errors import DataError
+from wmtp.errors import DataError, json_kind_of, json_kinds
 from wmtp.eval.judges import ExactAnswer, FunctionTests, Judge, StdioTests
 from wmtp.registry import register
 
@@ -75,23 +75,15 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield lineno, row
 
 
-_JSON_TYPES = {bool: "true or false", str: "a string", int: "a whole number", list: "a list"}
-_JSON_TYPES |= {dict: "an object", float: "a number", type(None): "null"}
-
-
-def _json_type(value: Any) -> str:
-    """What ``value`` is, in JSON's words."""
-    return _JSON_TYPES.get(type(value), type(value).__name__)
-
-
 def _field(row: dict, name: str, kind: type | tuple[type, ...], where: str) -> Any:
     if name not in row:
         raise DataError(f"{where}: missing field {name!r} (has: {', '.join(sorted(row))})")
     value = row[name]
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if not isinstance(value, kinds) or isinstance(value, bool):
-        wanted = " or ".join(_JSON_TYPES[k] for k in kinds)
-        raise DataError(f"{where}: field {name!r} should be {wanted}, got {_json_type(value)}")
+        raise DataError(
+            f"{where}: field {name!r} should be {json_kinds(kinds)}, got {json_kind_of(value)}"
+        )
     return value
 
 
@@ -100,7 +92,9 @@ def _strings(row: dict, name: str, where: str, default: list | None = None) -> l
     value = _field(row, name, list, where) if default is None or name in row else default
     wrong = [v for v in value if not isinstance(v, str)]
     if wrong:
-        raise DataError(f"{where}: field {name!r} should hold strings, has {_json_type(wrong[0])}")
+        raise DataError(
+            f"{where}: field {name!r} should hold strings, has {json_kind_of(wrong[0])}"
+        )
     return value
 
 

@@ -87,7 +87,25 @@ def unusable_inputs(loaded: Any) -> list[Any]:
     why = _unreadable_tokenizer(tokenizer) if _tokenizer(tokenizer) is None else None
     if why is not None:
         problems.append(located_problem(loaded, "tokenizer.path", f"{tokenizer.path!r}: {why}"))
-    return problems + _unreadable_benchmarks(loaded)
+    return problems + _unusable_data(loaded) + _unreadable_benchmarks(loaded)
+
+
+def _unusable_data(loaded: Any) -> list[Any]:
+    """A ``data.path`` that is there but holds no rows wmtp can read (a folder without
+    train.jsonl, the metadata file named instead of the rows), as training reads it."""
+    from wmtp.data.components import jsonl_train_file
+    from wmtp.errors import DataError
+
+    spec = loaded.recipe.data
+    if loaded.recipe.pipeline.trains is None or spec.kind != "jsonl":
+        return []
+    if not _resolved(spec.path).exists():  # missing: _data's note
+        return []
+    try:
+        jsonl_train_file(_resolved(spec.path))
+    except DataError as exc:
+        return [located_problem(loaded, "data.path", f"{spec.path!r}: {exc}")]
+    return []
 
 
 def _unreadable_benchmarks(loaded: Any) -> list[Any]:
@@ -264,13 +282,9 @@ def _pipeline_that_trained(recipe_file: Path | None) -> tuple[str, str] | None:
 
 def _data(spec: Any) -> list[MissingInput | None]:
     found: list[MissingInput | None] = []
-    if spec.kind == "jsonl":
-        p = _resolved(spec.path)
-        if p.is_dir() and not (p / "train.jsonl").is_file():
-            found.append(_absent("data.path", spec.path, "a dataset directory without train.jsonl"))
-        elif not p.exists():
-            what = "no such file or directory (a .jsonl file, or a directory holding train.jsonl)"
-            found.append(_absent("data.path", spec.path, what))
+    if spec.kind == "jsonl" and not _resolved(spec.path).exists():  # there: _unusable_data
+        what = "no such file or directory (a .jsonl file, or a directory holding train.jsonl)"
+        found.append(_absent("data.path", spec.path, what))
     elif spec.kind == "humaneval":
         found.append(_humaneval_cache(spec))
     heldout = spec.split.heldout_path
