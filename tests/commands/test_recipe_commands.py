@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -355,3 +356,34 @@ def test_a_seed_every_generator_takes_and_an_evaluation_with_rows_to_evaluate(cl
     assert "but data.split.heldout_fraction = 0 and no data.split.heldout_path" in flat
     fixed = ("--set", "data.split.heldout_fraction=0", "--set", "training.eval_every=0")
     assert cli("validate", "recipes/tiny.toml", *fixed).exit_code == 0
+
+
+def test_recipes_from_a_pipe_a_folder_or_another_encoding_are_said_as_such(tmp_path):
+    """`wmtp validate <(wmtp show R)` reads the pipe (twice, the cache stays out of it); a
+    folder where a recipe is (a run's recipe.toml) and a byte that is not UTF-8 are named, the
+    latter at its line and column."""
+    cmd = f"{sys.executable} -m wmtp.cli"
+    line = f"{cmd} validate <({cmd} show recipes/tiny.toml) && {cmd} diff recipes/tiny.toml <(cat recipes/tiny.toml)"
+    env = dict(os.environ, WMTP_CACHE_DIR=str(tmp_path / "cache"))
+    for _ in range(2):
+        done = subprocess.run(
+            ["bash", "-c", line], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert (
+            ": ok (tiny, pipeline baseline)" in done.stdout and "are the same recipe" in done.stdout
+        )
+    run = tmp_path / "run"
+    (run / "recipe.toml").mkdir(parents=True)
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes('[experiment]\nname = "café"\n'.encode("latin-1"))
+    runner = CliRunner()
+    for args, said in (
+        (["diff", str(TINY), str(run)], f"{run / 'recipe.toml'}: a folder, not a recipe"),
+        (
+            ["validate", str(latin)],
+            f"{latin}:2:12: byte 0xe9 is not UTF-8 (save the recipe as UTF-8)",
+        ),
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and said in " ".join(result.output.split()), result.output

@@ -313,3 +313,14 @@ def test_extends_given_with_set_is_refused_where_it_was_given(command, tmp_path)
     assert result.exit_code == 2, flat
     assert "--set: extends: extends names the recipes a recipe file builds on" in flat
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_runs_dir_no_folder_can_be_made_in_is_one_message(tmp_path):
+    """A runs_dir on a kernel's file system (/proc), which the checks before the run cannot
+    foresee: one located message and exit 2 when the folder is made, not a traceback."""
+    result = CliRunner().invoke(
+        app, ["run", str(TINY), "--dry-run", "--set", "experiment.runs_dir='/proc/wmtp-runs'"]
+    )
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert "experiment.runs_dir = '/proc/wmtp-runs': cannot make /proc/wmtp-runs/tiny:" in flat

@@ -57,7 +57,9 @@ def test_difficulty_order_follows_the_weights():
 
 def test_a_weighted_bin_without_rows_is_an_error():
     members = {"easy": np.arange(3), "hard": np.arange(0)}
-    with pytest.raises(DataError, match=r"bin 'hard' has weight 0\.5 but no examples"):
+    with pytest.raises(
+        DataError, match=r"data.sampling.weights.hard = 0\.5, but no training row's"
+    ):
         samplers.difficulty_order(members, {"easy": 0.5, "hard": 0.5}, 0, 0)
 
 

@@ -399,11 +399,26 @@ def test_user_mistakes_are_located_errors(run_dir, tmp_path):
     result = invoke("eval", run_dir, "--set", 'evaluation.benchmarks=["humaneva"]')
     assert result.exit_code == 2 and "did you mean 'humaneval'" in result.flat
     assert "evaluation.benchmarks[0]: 'humaneva'" in result.flat
+    result = invoke("eval", run_dir, "--set", "model.policy.n_layers=7")  # not a list of keys
+    assert (
+        result.exit_code == 2
+        and "--set model.policy.n_layers=7: model.policy.n_layers: " in result.flat
+    )
+    assert "was trained with n_layers = 4 (flavour 'tiny'): its weights fit only" in result.flat
     (tmp_path / "afile").write_text("mine")  # found before the model loads, not at the end
     result = invoke("eval", run_dir, "--out", tmp_path / "afile" / "results")
     assert result.exit_code == 2 and "afile is a file, not a folder" in result.flat
     assert "--out" in result.flat and "Traceback" not in result.output
     assert not (run_dir / "eval").exists() and (tmp_path / "afile").read_text() == "mine"
+
+
+def test_report_of_a_run_whose_recipe_is_a_folder_says_so(run_dir, tmp_path):
+    (run_dir / "recipe.toml").unlink()
+    (run_dir / "recipe.toml").mkdir()
+    result = invoke("report", run_dir, "--out", tmp_path / "report")
+    assert result.exit_code == 2, result.output
+    assert f"{run_dir / 'recipe.toml'}: a folder, not the recipe the run ran with" in result.flat
+    assert not (tmp_path / "report").exists()
 
 
 def test_eval_without_bubblewrap_stops_before_decoding(run_dir, tmp_path, monkeypatch):

@@ -76,8 +76,10 @@ def fast_main(argv: Sequence[str]) -> int | None:
     paths = args.recipes or default_recipes()
     if unknown or args.world_size < 1 or not paths:
         return None
-    # --env reads the machine, --data the data files: neither is in the cache's key
-    cache = None if args.env or args.data else ReportCache.for_command(list(argv))
+    # --env reads the machine, --data the data files: neither is in the cache's key; a recipe
+    # read from a pipe can be read only once (by the validation)
+    piped = any(p.exists() and not p.is_file() and not p.is_dir() for p in paths)
+    cache = None if args.env or args.data or piped else ReportCache.for_command(list(argv))
     if cache is not None and (hit := cache.lookup()) is not None:
         sys.stdout.write(hit["stdout"])
         return hit["code"]

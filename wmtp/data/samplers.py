@@ -79,9 +79,12 @@ def difficulty_order(
     names = [name for name in sorted(members) if weights.get(name, 0) > 0]
     for name in names:
         if len(members[name]) == 0:
-            raise DataError(f"difficulty bin {name!r} has weight {weights[name]} but no examples")
+            raise DataError(
+                f"data.sampling.weights.{name} = {weights[name]}, but no training row's "
+                f"difficulty is in data.sampling.bins.{name}: set its weight to 0 or widen it"
+            )
     if not names:
-        raise DataError("no difficulty bin with a positive weight has examples")
+        raise DataError("data.sampling.weights: no bin with a positive weight has examples")
     total = n_draws if n_draws is not None else sum(len(members[n]) for n in names)
     rng = rng_for(seed, epoch, "difficulty")
     p = np.array([weights[n] for n in names], dtype=np.float64)

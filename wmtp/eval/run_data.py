@@ -183,7 +183,9 @@ def read_run(run_dir: str | Path) -> RunRecord:
     record.scalars = read_tensorboard(path)
     if (path / "metrics.jsonl").is_file():
         record.scalars.update(read_metrics_jsonl(path / "metrics.jsonl", record.notes))
-    if (path / "recipe.toml").is_file():
+    if (path / "recipe.toml").exists():
+        if not (path / "recipe.toml").is_file():
+            raise RunError(f"{path / 'recipe.toml'}: a folder, not the recipe the run ran with")
         recipe = read_recipe(path / "recipe.toml")
         record.settings, record.heldout_data = settings_of(recipe), heldout_data(recipe)
     record.evals = checkpoint_results(path)

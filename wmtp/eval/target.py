@@ -194,10 +194,50 @@ def prepare_eval(
     else:
         target = resolve_target(path, recipe=recipe, out=out)
         read = load_target_recipe(target, overrides)
+        if overrides and not target.pretrained:
+            _keep_trained_sizes(read, load_target_recipe(target).recipe, target.checkpoint)
     benchmarks = load_benchmarks(read)
     check_output_folder(target.out_dir, "--out" if out is not None else "the results' folder")
     check_not_evaluating(target.out_dir)
     return PreparedEval(target, read.recipe, benchmarks)
+
+
+SIZE_KEYS = ("flavour", "dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of",
+             "ffn_dim_multiplier", "ffn_dim", "lora")  # fmt: skip
+"""``[model.policy]`` keys that give the weights' shapes."""
+
+
+def _keep_trained_sizes(read: Any, trained: Any, checkpoint: Path) -> None:
+    """A located ``RecipeProblems`` for each ``--set`` that changes the shapes of a trained
+    checkpoint's model (its weights fit only the sizes it trained with), before it loads."""
+    from wmtp.recipe import RecipeProblems
+    from wmtp.recipe.inputs import located_problem
+
+    ours, theirs = read.recipe.model.policy, trained.model.policy
+    if ours is None or theirs is None:
+        return
+    problems = [
+        located_problem(
+            read,
+            f"model.policy.{key}",
+            f"{checkpoint} was trained with {_trained_value(theirs, key)}: its weights fit only "
+            "the sizes they trained with (leave this out)",
+        )
+        for key in SIZE_KEYS
+        if getattr(ours, key) != getattr(theirs, key)
+    ]
+    if problems:
+        raise RecipeProblems(str(read.path), problems)
+
+
+def _trained_value(spec: Any, key: str) -> str:
+    """``key = value`` as the trained section has it, or as its flavour gives it."""
+    from wmtp.models.args import flavour
+
+    value = getattr(spec, key)
+    if value is None and spec.flavour and key != "lora":
+        return f"{key} = {getattr(flavour(spec.flavour), key, None)!r} (flavour {spec.flavour!r})"
+    return f"{key} = {value!r}"
 
 
 def evaluate_target(

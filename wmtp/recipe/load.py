@@ -103,7 +103,14 @@ def read_toml(path: FsPath) -> tuple[dict, dict[Path, Source]]:
         text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) dropped
     except FileNotFoundError:
         raise single_problem(shown, None, "", "file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except IsADirectoryError:
+        raise single_problem(shown, None, "", "a folder, not a recipe") from None
+    except UnicodeDecodeError as exc:
+        before = exc.object[: exc.start]
+        line, column = before.count(b"\n") + 1, exc.start - (before.rfind(b"\n") + 1) + 1
+        what = f"byte 0x{exc.object[exc.start]:02x} is not UTF-8 (save the recipe as UTF-8)"
+        raise single_problem(shown, line, "", what, column) from None
+    except OSError as exc:
         raise single_problem(shown, None, "", f"cannot read: {exc}") from None
     return parse_toml(shown, text)
 
@@ -149,7 +156,7 @@ def single_problem(
 def resolve_file(path: os.PathLike | str) -> FsPath:
     """A recipe path, or a run directory holding the ``recipe.toml`` it was run with."""
     path = FsPath(path)
-    if path.is_dir() and (path / "recipe.toml").is_file():
+    if path.is_dir() and (path / "recipe.toml").exists():  # a folder there: said when read
         return path / "recipe.toml"
     return path
 
@@ -164,6 +171,8 @@ def load_tree(path: os.PathLike | str, _chain: tuple[FsPath, ...] = ()) -> tuple
         target = os.readlink(given)
         raise single_problem(str(given), None, "", f"a symlink to {target}, which does not exist")
     path = given.resolve()
+    if not path.exists():  # a pipe (`wmtp validate <(wmtp show ...)`): its /dev/fd name is read
+        path = given.absolute()
     if path in _chain:
         cycle = " -> ".join(display_path(p) for p in (*_chain, path))
         raise single_problem(display_path(_chain[0]), None, "extends", f"extends cycle: {cycle}")

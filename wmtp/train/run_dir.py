@@ -91,7 +91,12 @@ def create_run_dir(
     run or a failed start never hides the last run that trained."""
     name = f"{time.strftime('%Y%m%d-%H%M%S')}-{recipe_hash(recipe_text)[:8]}"
     runs = Path(runs_dir) / experiment
-    runs.mkdir(parents=True, exist_ok=True)  # checked before (a broken link there is refused)
+    try:
+        runs.mkdir(parents=True, exist_ok=True)  # checked before (a broken link is refused)
+    except OSError as exc:  # what the check cannot foresee: a kernel's file system (/proc)
+        raise RunError(
+            f"experiment.runs_dir = {str(runs_dir)!r}: cannot make {runs}: {exc.strerror}"
+        ) from None
     for suffix in itertools.count():  # runs of one recipe started within a second: -1, -2, ...
         run = runs / (f"{name}-{suffix}" if suffix else name)
         try:
