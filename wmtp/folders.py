@@ -39,11 +39,39 @@ def why_unwritable(folder: str | Path) -> str | None:
         return f"{blocking} is a file, not a folder"
     folder = Path(folder).expanduser().absolute()
     existing = next(p for p in (folder, *folder.parents) if p.exists())
+    kernel = kernel_file_system(existing)
+    if kernel is not None:
+        return f"{existing} is on the kernel's {kernel} file system, which holds no folders of ours"
     if not unwritable([existing]):
         return None
     if read_only_file_system(existing):
         return f"{existing} is on a read-only file system"
     return f"{existing} is not writable by this user"
+
+
+KERNEL_FILE_SYSTEMS = {"proc", "sysfs", "cgroup", "cgroup2", "debugfs", "tracefs",
+                       "securityfs", "devpts", "bpf", "configfs", "pstore", "efivarfs"}  # fmt: skip
+"""Mounts the kernel fills (``/proc``, ``/sys``): even root makes no folders there."""
+
+
+def kernel_file_system(path: Path) -> str | None:
+    """The type of the kernel's file system that ``path`` (which exists) is on, if it is one
+    (:data:`KERNEL_FILE_SYSTEMS`; from ``/proc/self/mountinfo``, the longest mount point over
+    it); None elsewhere, or where the mounts cannot be read."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    resolved, best, kind = str(path.resolve()), "", None
+    for line in lines:
+        fields = line.split()
+        if " - " not in line or len(fields) < 5:
+            continue
+        mount = fields[4].replace("\\040", " ")
+        inside = resolved == mount or resolved.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) >= len(best):
+            best, kind = mount, line.split(" - ", 1)[1].split()[0]
+    return kind if kind in KERNEL_FILE_SYSTEMS else None
 
 
 def unwritable(paths: list[Path]) -> list[Path]:

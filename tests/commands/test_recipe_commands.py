@@ -273,6 +273,7 @@ def test_schema_writes_and_detects_staleness(cli, tmp_path):
     target.write_text("{}")
     result = cli("schema", "--check", "--output", target)
     assert result.exit_code == 1 and "stale" in result.stderr
+    assert f"run `wmtp schema -o {target}`" in " ".join(result.stderr.split())  # the same file
     result = cli("schema", "--check", "--output", tmp_path / "none.json")
     assert result.exit_code == 1 and "none.json does not exist" in result.stderr
 

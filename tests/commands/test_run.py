@@ -315,12 +315,16 @@ def test_extends_given_with_set_is_refused_where_it_was_given(command, tmp_path)
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_runs_dir_no_folder_can_be_made_in_is_one_message(tmp_path):
-    """A runs_dir on a kernel's file system (/proc), which the checks before the run cannot
-    foresee: one located message and exit 2 when the folder is made, not a traceback."""
-    result = CliRunner().invoke(
-        app, ["run", str(TINY), "--dry-run", "--set", "experiment.runs_dir='/proc/wmtp-runs'"]
-    )
-    flat = " ".join(result.output.split())
-    assert result.exit_code == 2, result.output
-    assert "experiment.runs_dir = '/proc/wmtp-runs': cannot make /proc/wmtp-runs/tiny:" in flat
+def test_outputs_on_a_kernels_file_system_are_refused_before_any_work(tmp_path):
+    """A runs_dir or --out on /proc (root included, nothing can make a folder there): located,
+    exit 2, before anything starts; not a traceback when the folder is made."""
+    run = ["run", str(TINY), "--dry-run", "--set", "experiment.runs_dir='/proc/wmtp-runs'"]
+    report = ["report", str(tmp_path), "--out", "/proc/wmtp-report"]
+    said = "/proc is on the kernel's proc file system, which holds no folders of ours"
+    for args, where in (
+        (run, "experiment.runs_dir: '/proc/wmtp-runs': "),
+        (report, "--out /proc/wmtp-report: "),
+    ):
+        result = CliRunner().invoke(app, args)
+        flat = " ".join(result.output.split())
+        assert result.exit_code == 2 and f"{where}{said}" in flat, flat

@@ -130,7 +130,7 @@ def test_auto_picks_sdpa_on_cpu_and_says_why(monkeypatch):
     monkeypatch.delenv("WMTP_ATTENTION", raising=False)
     chosen = resolve("auto", "cpu", torch.float32, training=True)
     assert (chosen.plain, chosen.packed, chosen.name) == ("sdpa", "sdpa", "sdpa")
-    assert "auto (recipe): sdpa on cpu" in chosen.reason
+    assert "auto (the recipe): sdpa on cpu" in chosen.reason
 
 
 def test_env_override_wins(monkeypatch):

@@ -162,6 +162,7 @@ def test_opting_in_through_choose_reaches_children(tmp_path):
     done = _run_twice_in_a_child(tmp_path, args="rlimits")
     assert done.returncode == 0 and done.stdout == "rlimits rlimits\n", done.stderr
     assert done.stderr.count(WARNING) == 1
+    assert "as chosen with --sandbox rlimits" in done.stderr  # what the user typed
     refused = _run_twice_in_a_child(tmp_path / "again")
     assert refused.returncode == 1 and "SandboxError" in refused.stderr and not refused.stdout
 

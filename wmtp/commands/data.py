@@ -60,7 +60,8 @@ def index(
         bool, typer.Option("--force", help="Rebuild metadata that exists (else it is checked).")
     ] = False,
 ) -> None:
-    """Build <name>_metadata.json beside each JSONL where it is missing; check it where it is."""
+    """Build <name>_metadata.json beside each JSONL where it is missing or out of date (the
+    JSONL edited since); check it where it is (types, rows, every token length counted again)."""
     from wmtp.data.components import jsonl_train_file
     from wmtp.data.dataset import JsonlDataset
     from wmtp.data.jsonl import refuse_empty

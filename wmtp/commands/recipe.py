@@ -183,8 +183,10 @@ def schema(
         current = output.read_bytes().decode("utf-8", "replace") if output.is_file() else None
         if current != text:
             state = "is stale" if current is not None else "does not exist"
+            default = output == Path("schemas/recipe.schema.json")
+            again = "wmtp schema" if default else f"wmtp schema -o {output}"
             _common.err_console.print(
-                f"{output} {state}: run `wmtp schema`", highlight=False, soft_wrap=True
+                f"{output} {state}: run `{again}`", highlight=False, soft_wrap=True
             )
             raise typer.Exit(1)
         typer.echo(f"{output} is up to date")

@@ -343,14 +343,14 @@ def resolve(
     device_type = torch.device(device).type
     dtype_name = _dtype_name(dtype)
     override = os.environ.get(ENV_OVERRIDE)
-    source = f"{ENV_OVERRIDE}={override}" if override else "recipe"
+    source = f"{ENV_OVERRIDE}={override}" if override else "the recipe"
     name = override or name
     if name == AUTO:
         return auto(device_type, dtype_name, training=training, source=source)
     why_not = backend(name).why_not(device_type, dtype_name, training=training)
     if why_not is not None:
         raise ComponentError(f"attention {name!r} ({source}) cannot run here: {why_not}")
-    return ResolvedAttention(name, name, f"requested by the {source}")
+    return ResolvedAttention(name, name, f"requested by {source}")
 
 
 def runnable(device_type: str, dtype: str, *, training: bool) -> list[str]:
@@ -359,7 +359,7 @@ def runnable(device_type: str, dtype: str, *, training: bool) -> list[str]:
 
 
 def auto(
-    device_type: str, dtype: str, *, training: bool, source: str = "recipe"
+    device_type: str, dtype: str, *, training: bool, source: str = "the recipe"
 ) -> ResolvedAttention:
     """What ``auto`` runs: sdpa off CUDA (flash_attn and varlen need CUDA, flex cannot train on
     the CPU); on CUDA, per layout, :func:`choose_by_layout` from the ranking recorded for this

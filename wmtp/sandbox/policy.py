@@ -43,8 +43,14 @@ def choose(mode: str | None) -> None:
     what ``--sandbox MODE`` does (sets ``$WMTP_SANDBOX``); None leaves it as it is."""
     if mode is None:
         return
+    global _chosen_with
     mode = getattr(mode, "value", mode)  # the CLI's SandboxMode, or a plain string
     os.environ[ENV_VAR] = _checked(mode, f"--sandbox {mode}")
+    _chosen_with = f"--sandbox {mode}"
+
+
+_chosen_with: str | None = None
+"""The option that set ``$WMTP_SANDBOX`` in this process (:func:`choose`), for its warning."""
 
 
 def _checked(mode: str, where: str) -> str:
@@ -97,7 +103,8 @@ def require(requested: str | None = None, *, purpose: str = "running untrusted c
     if found.kind == "none":
         raise SandboxError(_refusal(purpose, requested_mode(requested)))
     if found.kind == "rlimits":
-        _warn_once("as the caller asked" if requested else f"as chosen with {ENV_VAR}=rlimits")
+        chosen = _chosen_with if _chosen_with == "--sandbox rlimits" else f"{ENV_VAR}=rlimits"
+        _warn_once("as the caller asked" if requested else f"as chosen with {chosen}")
     return found
 
 

@@ -193,7 +193,7 @@ class Trainer:
                 f"{self.n_heads} heads"
             )
         one_backward = t.mtp_loss == "per_head" and self.ctx.is_distributed
-        how = " (one backward: the model is sharded)" if one_backward else ""
+        how = " (one backward: gradients are synchronised across processes)" if one_backward else ""
         if self.recipe.pipeline.trains == "policy":  # a critic's loss is no MTP loss
             log.info("mtp_loss: %s%s", t.mtp_loss, how)
         return MTPLossConfig(strategy=t.mtp_loss, one_backward=one_backward, depth_weights=depth)
