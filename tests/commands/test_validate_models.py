@@ -206,3 +206,28 @@ def test_a_tokenizer_file_that_does_not_load_is_named_before_anything_loads(hf_d
         assert f"--set {tokenizer}: tokenizer.path:" in shown, shown[-2000:]
         assert "cannot be loaded" in shown and "not a SentencePiece model" in shown
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_params_json_that_miscounts_the_heads_its_weights_hold_is_named_by_validate(tmp_path):
+    """Meta's params.json saying 4 heads over weights with one extra head: validate reads the
+    head count from the pickle's key names (no tensor, no torch) and says what run says."""
+    import torch
+
+    from tests.models.builders import meta_state_dict
+    from tests.models.test_checkpoint import PARAMS, VOCAB
+
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    held = dict(PARAMS, n_future_tokens=2)
+    torch.save(meta_state_dict(held, VOCAB), meta / "consolidated.00.pth")
+    (meta / "params.json").write_text(json.dumps(dict(held, n_future_tokens=4)))
+    recipe = _recipe(tmp_path, meta)
+    said = "params.json: n_future_tokens = 4, but the weights hold extra_heads.0..0, the layout "
+    for command in (["validate", recipe], ["run", recipe, "--dry-run"]):
+        done = _wmtp(*command, runs=tmp_path / "runs")
+        shown = _shown(done)
+        assert done.returncode == 2 and said in shown and "Traceback" not in shown, shown[-2000:]
+        assert f"r.toml:{PATH_LINE}" in shown and "model.policy.path" in shown
+    (meta / "params.json").write_text(json.dumps(held))  # as the weights are: valid
+    done = _wmtp("validate", recipe, runs=tmp_path / "runs")
+    assert done.returncode == 0, _shown(done)[-2000:]

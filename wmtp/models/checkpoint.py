@@ -37,6 +37,7 @@ from wmtp.models.descriptions import (
     args_or_error,
     described_args,
     detect_format,
+    heads_problem,
     hf_weight_files,
     meta_shards,
     read_json,
@@ -100,18 +101,9 @@ def read_meta(path: Path, dtype=None) -> Checkpoint:
 
 def _check_meta_heads(params: dict, sd: dict, params_file: Path) -> None:
     """``params.json``'s ``n_future_tokens`` against the ``extra_heads`` the weights hold."""
-    held = 1 + _extra_heads_held(sd)
-    if held != params.get("n_future_tokens", 1):
-        said = (
-            f"n_future_tokens = {params['n_future_tokens']}"
-            if "n_future_tokens" in params
-            else "no n_future_tokens (one head)"
-        )
-        found = f"extra_heads.0..{held - 2}" if held > 1 else "no extra_heads"
-        raise CheckpointError(
-            f"{params_file}: {said}, but the weights hold {found}, the layout of "
-            f"n_future_tokens = {held}: set it in params.json"
-        )
+    problem = heads_problem(params, 1 + _extra_heads_held(sd))
+    if problem is not None:
+        raise CheckpointError(f"{params_file}: {problem}")
 
 
 def _load_pth(file: Path, dtype) -> dict[str, torch.Tensor]:

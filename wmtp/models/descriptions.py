@@ -370,6 +370,44 @@ def _check_safetensors_whole(file: Path) -> None:
         )
 
 
+def check_heads_held(path: Path, fmt: str) -> None:
+    """Meta's ``params.json`` ``n_future_tokens`` against the ``extra_heads`` its weights hold,
+    read from the names in the first shard's pickle (no tensor loaded: what ``read_meta``
+    checks, found without torch). A legacy (not zipped) ``.pth`` is left to the loader."""
+    import re
+    import zipfile
+
+    if fmt != "meta":
+        return
+    shard = meta_shards(path)[0]
+    if not zipfile.is_zipfile(shard):
+        return
+    with zipfile.ZipFile(shard) as archive:
+        pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+        names = archive.read(pickles[0]) if pickles else b""
+    indices = {int(j) for j in re.findall(rb"extra_heads\.(\d+)\.", names)}
+    held = 2 + max(indices, default=-1)  # head 1 and extra_heads.0..j
+    problem = heads_problem(read_json(path / "params.json"), held)
+    if problem is not None:
+        raise CheckpointError(f"{path / 'params.json'}: {problem}")
+
+
+def heads_problem(params: dict, held: int) -> str | None:
+    """What is wrong where ``params.json`` and weights holding ``held`` heads disagree."""
+    if held == params.get("n_future_tokens", 1):
+        return None
+    said = (
+        f"n_future_tokens = {params['n_future_tokens']}"
+        if "n_future_tokens" in params
+        else "no n_future_tokens (one head)"
+    )
+    found = f"extra_heads.0..{held - 2}" if held > 1 else "no extra_heads"
+    return (
+        f"{said}, but the weights hold {found}, the layout of n_future_tokens = {held}: "
+        "set it in params.json"
+    )
+
+
 def _check_zip_whole(file: Path) -> None:
     import zipfile
 

@@ -125,6 +125,7 @@ def _unreadable_benchmarks(loaded: Any) -> list[Any]:
 
 def _unusable_model(role: str, spec: Any) -> str | None:
     from wmtp.models.descriptions import (
+        check_heads_held,
         check_numerics_agree,
         check_sizes_agree,
         check_weights_whole,
@@ -136,7 +137,9 @@ def _unusable_model(role: str, spec: Any) -> str | None:
         return None
     try:
         path = _resolved(spec.path)
-        check_weights_whole(path, detect_format(path) if spec.format == "auto" else spec.format)
+        fmt = detect_format(path) if spec.format == "auto" else spec.format
+        check_weights_whole(path, fmt)
+        check_heads_held(path, fmt)
         args = described_args(path, spec.format)
         heads = getattr(spec, "n_future_tokens", None)  # a critic has one; resized before compared
         args = args.with_heads(heads) if heads else args
