@@ -66,6 +66,9 @@ def test_a_checkpoint_being_read_is_kept_past_keep_last_and_read_whole(reader, t
     kept = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert kept == sorted({read.name, "step-3"}), said  # the other one went as keep_last says
     assert f"{read} kept past keep_last = 1: another wmtp command reads it now" in said
+    # the run ended with the reader still reading: no later checkpoint will prune it, said so
+    ends = f"{read} stays past keep_last = 1: another wmtp command still reads it as the run ends"
+    assert ends in " ".join(said.split()), said
 
     code, said = reading.go()
     assert code == 0, said

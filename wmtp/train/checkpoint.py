@@ -199,17 +199,36 @@ def _set_aside(replaced: Path) -> None:
 
 def _remove_unless_read(old: Path, keep_last: int) -> None:
     """Delete a checkpoint beyond ``keep_last``, unless a process reads it now: then it stays
-    until a later checkpoint finds it free (or the run ends with it kept)."""
+    until a later checkpoint (or the run's end, :func:`prune_at_end`) finds it free."""
+    if not _removed_if_free(old):
+        log.info(
+            "%s kept past keep_last = %d: another wmtp command reads it now; it goes at a "
+            "later checkpoint",
+            old,
+            keep_last,
+        )
+
+
+def prune_at_end(run_dir: Path, keep_last: int) -> None:
+    """At the end of a run (rank 0): the checkpoints kept past ``keep_last`` for a reader go
+    now if it is done; one still read stays, said with what to do (no later checkpoint will
+    prune it)."""
+    for old in checkpoint_dirs(run_dir)[:-keep_last]:
+        if not _removed_if_free(old):
+            log.warning(
+                "%s stays past keep_last = %d: another wmtp command still reads it as the run "
+                "ends; remove it once that command is done",
+                old,
+                keep_last,
+            )
+
+
+def _removed_if_free(old: Path) -> bool:
+    """Delete ``old`` unless a process holds its readers' lock; whether it went."""
     with locks.unless_shared(old / READERS_LOCK) as free:
         if free:
             shutil.rmtree(old, ignore_errors=True)
-            return
-    log.info(
-        "%s kept past keep_last = %d: another wmtp command reads it now; it goes at a later "
-        "checkpoint",
-        old,
-        keep_last,
-    )
+        return free
 
 
 def _fresh_dir(tmp: Path) -> None:

@@ -373,6 +373,8 @@ class Trainer:
             logger.log(self.step, self.evaluate())
         if self.saved_step != self.step:
             self.save()
+        if self.ctx.is_main:
+            ckpt_io.prune_at_end(self.run_dir, t.keep_last)
 
     def stop_for_signal(self, signum: int) -> None:
         """A checkpoint of the finished steps (unless one exists), then ``Interrupted``."""
