@@ -206,6 +206,12 @@ def test_missing_inputs_are_notes_for_validate_and_problems_for_validate_env(cli
     ):
         assert located in env.stderr, located
     assert f"resolved to {REPO / 'storage/datasets/codecontests/processed'}" in env.stderr
+    # device = "auto" on this machine: a CPU's processes where it has no GPU, GPUs where it has
+    import torch
+
+    unit = "GPU" if torch.cuda.is_available() else "process"
+    assert f"x 1 {unit}), " in env.stdout and f"memory/{unit} ~" in env.stdout, env.stdout
+    assert f"x 1 GPU), " in plain.stdout  # without --env: the recipe's own target
 
 
 # --- diff ----------------------------------------------------------------------------------------

@@ -249,7 +249,7 @@ def _validate_one(
     else:  # a committed recipe names files a fresh clone does not have: noted, not failed
         cost.notes.extend(f"input not found: {m}" for m in missing)
     if text:
-        _print_estimate(str(path), loaded.recipe, cost, env_problems, row)
+        _print_estimate(str(path), loaded.recipe, cost, env_problems, row, machine)
     return {
         "recipe": str(path),
         "valid": not env_problems,
@@ -307,7 +307,12 @@ def _model_files(recipe: Any) -> list[str]:
 
 
 def _print_estimate(
-    path: str, recipe: Any, cost: Any, env_problems: list[str], row: LongestRow | None = None
+    path: str,
+    recipe: Any,
+    cost: Any,
+    env_problems: list[str],
+    row: LongestRow | None = None,
+    machine: dict | None = None,
 ) -> None:
     from wmtp.estimate import GIB
 
@@ -316,7 +321,9 @@ def _print_estimate(
         print(f"{path}: valid, but cannot run here ({exp.name}, pipeline {exp.pipeline})")
     else:
         print(f"{path}: ok ({exp.name}, pipeline {exp.pipeline})")
-    unit = "process" if recipe.parallel.device == "cpu" else "GPU"
+    device = recipe.parallel.device  # auto runs on the CPU of a machine without a GPU (--env)
+    on_cpu = device == "cpu" or (device == "auto" and machine is not None and not machine["cuda"])
+    unit = "process" if on_cpu else "GPU"
     units = unit if cost.world_size == 1 else f"{unit}es" if unit == "process" else f"{unit}s"
     print(
         f"  batch {cost.effective_batch} {'pairs' if recipe.pipeline.examples == 'pairs' else 'sequences'}/step "
