@@ -211,7 +211,7 @@ def test_missing_inputs_are_notes_for_validate_and_problems_for_validate_env(cli
 
     unit = "GPU" if torch.cuda.is_available() else "process"
     assert f"x 1 {unit}), " in env.stdout and f"memory/{unit} ~" in env.stdout, env.stdout
-    assert f"x 1 GPU), " in plain.stdout  # without --env: the recipe's own target
+    assert "x 1 GPU), " in plain.stdout  # without --env: the recipe's own target
 
 
 # --- diff ----------------------------------------------------------------------------------------

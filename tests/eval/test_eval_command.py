@@ -372,6 +372,12 @@ def test_validate_reads_an_evaluation_recipes_benchmarks(run_dir, tmp_path, monk
     assert result.exit_code == 0, result.output
     assert "input not found: evaluation.toml:" in result.flat
     assert "evaluation.benchmarks[1]: 'gone.jsonl': no mbpp file" in result.flat
+    # a training recipe: its names checked (its run's `wmtp eval` reads them), no file read
+    training = tmp_path / "training.toml"
+    training.write_text(RECIPE.replace('["humaneval"]', '["humaneval", "humaneva", "mbpp=gone"]'))
+    result = invoke("validate", training)
+    assert result.exit_code == 2 and "evaluation.benchmarks[1]: 'humaneva': unknown" in result.flat
+    assert "did you mean 'humaneval'" in result.flat and "gone" not in result.flat
 
 
 def test_an_evaluation_again_keeps_the_earlier_results(run_dir, tmp_path, caplog):

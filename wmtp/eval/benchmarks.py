@@ -322,15 +322,17 @@ class Loaded:
     """The entry's ``=PATH``; ``None`` for a built-in copy (HumanEval's)."""
 
 
-def load_benchmarks(loaded: Any) -> list[Loaded]:
+def load_benchmarks(loaded: Any, *, read: bool = True) -> list[Loaded]:
     """Every benchmark of a loaded recipe's ``[evaluation]``: ``"humaneval"`` or ``"NAME=PATH"``
     (a local file; relative paths from the working directory). All are read before any is
     evaluated, so a bad second file stops the evaluation before the first one generates. A
     located ``RecipeProblems`` (file:line, or the ``--set``) names every entry whose evaluator is
-    unknown or whose file does not load."""
+    unknown, named twice, or whose file does not load. ``read=False``: the names alone, nothing
+    read (a training recipe's, which ``wmtp eval`` of its run reads later); none returned."""
     from wmtp.errors import ComponentError
     from wmtp.recipe import RecipeProblems
     from wmtp.recipe.inputs import located_problem
+    from wmtp.registry import get
 
     found, problems, names = [], [], set()
     for i, entry in enumerate(loaded.recipe.evaluation.benchmarks):
@@ -339,8 +341,10 @@ def load_benchmarks(loaded: Any) -> list[Loaded]:
             if name in names:
                 raise DataError(f"{name!r} twice: each benchmark's results go to <out>/{name}/")
             names.add(name)
-            source = Path(path).expanduser() if path else None
-            found.append(Loaded(load_benchmark(name, source), path or None))
+            load = get("evaluator", name)  # did-you-mean for an unknown name
+            if read:
+                source = Path(path).expanduser() if path else None
+                found.append(Loaded(load(source), path or None))
         except (ComponentError, DataError) as exc:
             key = f"evaluation.benchmarks[{i}]"
             problems.append(located_problem(loaded, key, f"{entry!r}: {exc}"))

@@ -110,14 +110,16 @@ def _unusable_data(loaded: Any) -> list[Any]:
 
 def _unreadable_benchmarks(loaded: Any) -> list[Any]:
     """An evaluation recipe's benchmarks read as its evaluation reads them (once every file it
-    names is there): an unknown evaluator, a missing ``=PATH``, a file that does not load."""
+    names is there): an unknown evaluator, a name twice, a missing ``=PATH``, a file that does
+    not load. A training recipe's names alone (``wmtp eval`` of its run reads them later)."""
     from wmtp.eval.benchmarks import load_benchmarks
     from wmtp.recipe.errors import RecipeProblems
 
-    if loaded.recipe.pipeline.trains is not None or any(_benchmarks(loaded.recipe.evaluation)):
-        return []
+    evaluates = loaded.recipe.pipeline.trains is None
+    if evaluates and any(_benchmarks(loaded.recipe.evaluation)):
+        return []  # a file not there: input_problems says so
     try:
-        load_benchmarks(loaded)
+        load_benchmarks(loaded, read=evaluates)
     except RecipeProblems as exc:
         return exc.problems
     return []
