@@ -5,10 +5,12 @@ import json
 import math
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
 from wmtp.errors import CheckpointError
+from wmtp.recipe.errors import RecipeProblems
 from wmtp.train.manifest import write_manifest
 from wmtp.train.runner import run_recipe
 
@@ -182,8 +184,16 @@ def test_critic_with_another_tokenizer_is_refused(critic_run, tmp_path):
     for step in (copy / "checkpoints").glob("step-*"):  # a run trained so, not a damaged one
         write_manifest(step)
     body = _policy() + _critic(tmp_path, checkpoint=copy) + '[weighting]\nkind = "td"\n'
-    with pytest.raises(CheckpointError, match="tokenizer"):
-        run_recipe(_recipe(tmp_path, "verifiable_bad_tok", "verifiable", body), console=False)
+    recipe = _recipe(tmp_path, "verifiable_bad_tok", "verifiable", body)
+    with pytest.raises(RecipeProblems) as refused:  # before torch, at the recipe's line
+        run_recipe(recipe, console=False)
+    line = 1 + Path(recipe).read_text().splitlines().index(f'checkpoint = "{copy}"')
+    said = refused.value.render()
+    assert f"{recipe}:{line}:1: model.critic.checkpoint: " in said, said
+    assert (
+        "was trained with tokenizer {'kind': 'hf'" in said
+        and "[tokenizer] is {'kind': 'byte'}" in said
+    )
 
 
 def test_a_frozen_critic_with_another_vocabulary_than_the_policy_is_refused(tmp_path):
