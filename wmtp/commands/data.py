@@ -76,12 +76,10 @@ def index(
 
     _check_tokenizer_options(tokenizer.value, tokenizer_path)
     is_folder = path.is_dir() and path.suffix != ".jsonl"  # a train.jsonl folder: refused
-    files = sorted(path.glob("*.jsonl")) if is_folder else [jsonl_train_file(path)]
+    files = sorted(path.glob("*.jsonl")) if is_folder else [path]
     if not files:
         raise DataError(f"{path}: no *.jsonl files")
-    for file in files:
-        if file.is_dir():
-            raise DataError(f"{file}: a folder, not the rows' file")
+    files = [jsonl_train_file(file) for file in files]  # each a file of rows, said otherwise
     for file in files:  # checked before any is indexed: a file named, or a folder's train.jsonl
         if file == path or file.name == "train.jsonl":
             refuse_empty(file)

@@ -94,18 +94,16 @@ def jsonl_train_file(path: str | Path) -> Path:
             f"{p}: the rows' metadata, not the rows: give the .jsonl beside it, or the folder "
             "that holds train.jsonl"
         )
-    if p.suffix == ".jsonl" and p.is_dir():
-        raise DataError(f"{p}: a folder, not the rows' file")
-    if p.is_dir():
-        found = sorted(x.name for x in p.glob("*.jsonl"))
+    if p.is_dir() and p.suffix != ".jsonl":  # a dataset directory
         train = p / "train.jsonl"
-        if train.exists() and not train.is_file():
-            raise DataError(f"{train}: a folder, not the rows' file")
-        if not train.is_file():
+        if not train.exists():
+            found = sorted(x.name for x in p.glob("*.jsonl"))
             raise DataError(
                 f"{p}: a dataset directory needs train.jsonl (it has: {found or 'none'})"
             )
-        return train
+        return jsonl_train_file(train)
+    if p.is_dir():
+        raise DataError(f"{p}: a folder, not the rows' file")
     if not p.is_file():
         raise DataError(
             f"dataset file not found: {p} (give a .jsonl file, or a directory holding train.jsonl)"

@@ -69,9 +69,9 @@ def unusable_inputs(loaded: Any) -> list[Any]:
     wmtp cannot honour or whose sizes or numerics disagree with the recipe's; each trained
     ``model.<role>.checkpoint`` without intact weights, of another role, or trained with a
     recipe that disagrees with this one (:func:`_unusable_checkpoint`); a tokenizer
-    file that does not load (a truncated download, another file); and an evaluation recipe's
-    benchmarks, each read (an unknown name, a file with a wrong field). A path that is not there
-    is :func:`input_problems`'s."""
+    file that does not load (a truncated download, another file); a ``data.path`` that holds no
+    rows (:func:`_unusable_data`); and the benchmarks (:func:`_unreadable_benchmarks`). A path
+    that is not there is :func:`input_problems`'s."""
     problems = []
     for role in loaded.recipe.pipeline.uses:
         spec = getattr(loaded.recipe.model, role)
@@ -99,10 +99,11 @@ def _unusable_data(loaded: Any) -> list[Any]:
     spec = loaded.recipe.data
     if loaded.recipe.pipeline.trains is None or spec.kind != "jsonl":
         return []
-    if not _resolved(spec.path).exists():  # missing: _data's note
+    path = _resolved(spec.path)
+    if not path.exists():  # missing: _data's note
         return []
     try:
-        jsonl_train_file(_resolved(spec.path))
+        jsonl_train_file(path)
     except DataError as exc:
         return [located_problem(loaded, "data.path", f"{spec.path!r}: {exc}")]
     return []
