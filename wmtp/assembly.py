@@ -187,7 +187,7 @@ def _trained_section(theirs: Any, role: str) -> Any:
 
 
 def _head(head: Any) -> Any:
-    from wmtp.models.value import head_config
+    from wmtp.models.value_heads import head_config
 
     return None if head is None else head_config(head)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -328,3 +329,22 @@ def test_outputs_on_a_kernels_file_system_are_refused_before_any_work(tmp_path):
         result = CliRunner().invoke(app, args)
         flat = " ".join(result.output.split())
         assert result.exit_code == 2 and f"{where}{said}" in flat, flat
+
+
+def test_validate_checks_a_frozen_critic_run_without_importing_torch(tmp_path):
+    """A verifiable recipe over a critic run that fits: validate reads the critic's recipe
+    (tokenizer, value head) as the build will, exit 0, and imports no torch to do it."""
+    import subprocess
+    import sys
+
+    from tests.eval.tiny_runs import critic, policy, recipe, train
+
+    critic_run = train(tmp_path, "critic", "critic", critic(), steps=1)
+    body = policy() + critic(critic_run) + '[weighting]\nkind = "td"\n'
+    verifiable = recipe(tmp_path, "verifiable", "verifiable", body)
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, "validate", str(verifiable)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "WMTP_NO_CACHE": "1"},
+    )  # fmt: skip
+    assert done.stdout.strip().splitlines()[-1] == "TORCH False EXIT 0", done.stdout + done.stderr

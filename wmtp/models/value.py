@@ -17,42 +17,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from wmtp.errors import CheckpointError, ComponentError
+from wmtp.errors import CheckpointError
 from wmtp.models.args import ModelArgs
 from wmtp.models.attention import ResolvedAttention, SeqInfo
 from wmtp.models.llama_mtp import LlamaMTP, resolve_dtype
+from wmtp.models.value_heads import head_config, head_spec
 
 log = logging.getLogger(__name__)
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
-
-
-def head_config(head) -> dict:
-    """A value head description as a plain dict (what a wmtp value checkpoint saves): from a kind
-    name, a dict or a recipe spec; checked against the recipe schema (``ValueHeadSpec``)."""
-    if isinstance(head, str):
-        config = {"kind": head}
-    elif isinstance(head, dict):
-        config = dict(head)
-    elif hasattr(head, "model_dump"):
-        config = head.model_dump()
-    else:
-        raise ComponentError(f"value head must be a kind, a dict or a spec; got {head!r}")
-    return head_spec(config).model_dump(exclude_defaults=True) | {"kind": config["kind"]}
-
-
-def head_spec(config: dict):
-    """The recipe spec (``[model.critic] head``) of a head description; a ComponentError for one
-    the schema does not accept."""
-    from pydantic import TypeAdapter, ValidationError
-
-    from wmtp.recipe.specs.models import ValueHeadSpec
-
-    try:
-        return TypeAdapter(ValueHeadSpec).validate_python(config)
-    except ValidationError as exc:
-        problems = "; ".join(e["msg"] for e in exc.errors(include_url=False))
-        raise ComponentError(f"value head {config}: {problems}") from None
 
 
 class LinearValueHead(nn.Module):
