@@ -313,6 +313,13 @@ def load_benchmark(name: str, path: str | Path | None = None) -> Benchmark:
     return get("evaluator", name)(path)
 
 
+def benchmark_entry(entry: str) -> tuple[str, str | None]:
+    """An ``evaluation.benchmarks`` entry: ``"mbpp=data/mbpp.jsonl"`` -> ``("mbpp",
+    "data/mbpp.jsonl")``; ``"humaneval"`` (or ``"humaneval="``) -> ``("humaneval", None)``."""
+    name, _, path = (part.strip() for part in entry.partition("="))
+    return name, path or None
+
+
 @dataclass(frozen=True)
 class Loaded:
     """One ``evaluation.benchmarks`` entry, read: the benchmark and the file it came from."""
@@ -336,15 +343,14 @@ def load_benchmarks(loaded: Any, *, read: bool = True) -> list[Loaded]:
 
     found, problems, names = [], [], set()
     for i, entry in enumerate(loaded.recipe.evaluation.benchmarks):
-        name, _, path = (part.strip() for part in entry.partition("="))
+        name, path = benchmark_entry(entry)
         try:
             if name in names:
                 raise DataError(f"{name!r} twice: each benchmark's results go to <out>/{name}/")
             names.add(name)
             load = get("evaluator", name)  # did-you-mean for an unknown name
             if read:
-                source = Path(path).expanduser() if path else None
-                found.append(Loaded(load(source), path or None))
+                found.append(Loaded(load(Path(path).expanduser() if path else None), path))
         except (ComponentError, DataError) as exc:
             key = f"evaluation.benchmarks[{i}]"
             problems.append(located_problem(loaded, key, f"{entry!r}: {exc}"))
@@ -357,6 +363,7 @@ __all__ = [
     "Benchmark",
     "Loaded",
     "Problem",
+    "benchmark_entry",
     "humaneval_canonical",
     "load_benchmark",
     "load_benchmarks",

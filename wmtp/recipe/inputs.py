@@ -173,6 +173,8 @@ def located_problem(loaded: Any, key: str, message: str) -> Any:
 def watched_paths(recipe: Any) -> list[str]:
     """The paths whose presence decides :func:`missing_inputs` (for ``wmtp validate``'s cache):
     every input's resolved path, a run directory's ``checkpoints``, and where the run goes."""
+    from wmtp.eval.benchmarks import benchmark_entry
+
     written = [getattr(recipe.tokenizer, "path", None)]
     for role in recipe.pipeline.uses:
         spec = getattr(recipe.model, role)
@@ -181,7 +183,7 @@ def watched_paths(recipe: Any) -> list[str]:
     if recipe.data.kind == "jsonl":
         written.append(recipe.data.path)
     written.append(recipe.data.split.heldout_path)
-    written += [b.partition("=")[2].strip() for b in recipe.evaluation.benchmarks]
+    written += [benchmark_entry(b)[1] for b in recipe.evaluation.benchmarks]
     paths = [_resolved(w) for w in written if w]
     paths += [p / "checkpoints" for p in paths]
     if recipe.pipeline.trains is not None:  # where its run goes (:func:`_run_place`)
@@ -337,9 +339,11 @@ def _run_place(spec: Any) -> MissingInput | None:
 
 
 def _benchmarks(spec: Any) -> list[MissingInput | None]:
+    from wmtp.eval.benchmarks import benchmark_entry
+
     found: list[MissingInput | None] = []
     for i, entry in enumerate(spec.benchmarks):
-        name, _, path = (part.strip() for part in entry.partition("="))
+        name, path = benchmark_entry(entry)
         if path and not _resolved(path).exists():  # there but unreadable: _unreadable_benchmarks
             found.append(_absent(f"evaluation.benchmarks[{i}]", path, f"no {name} file"))
     return found
