@@ -109,7 +109,7 @@ def trained_model(
     names = {p.name for p in Path(weights).iterdir()}
     heads = None
     if names & {FULL_WEIGHTS, LORA_WEIGHTS} and not names & set(MODEL_MARKERS):
-        from wmtp.models.checkpoint import heads_in
+        from wmtp.models.descriptions import heads_in
 
         update: dict[str, Any] = {"checkpoint": str(weights)}
         heads = heads_in(find_trained_weights(weights).file)  # what was trained

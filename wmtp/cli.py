@@ -107,6 +107,18 @@ def main() -> None:
         app()
     except BrokenPipeError:
         _reader_gone()
+    finally:
+        _done()
+
+
+def _done() -> None:
+    """The command has ended and said how: a stop signal from here on (Ctrl-C while torch's
+    exit handlers run) changes nothing, so it is ignored rather than ending the process with
+    no message, or a traceback, and another exit code than the command's."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _reader_gone() -> None:

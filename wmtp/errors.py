@@ -39,6 +39,17 @@ class DataError(WmtpError):
     """A dataset file that is malformed or disagrees with its metadata."""
 
 
+class RecipeDataError(DataError):
+    """A data problem traced to the recipe key that decides it (``data.path``,
+    ``tokenizer.path``, ``data.sampling.weights.easy``...), so that ``wmtp validate --data`` and
+    ``wmtp run`` locate it where the recipe set that key
+    (``wmtp.recipe.inputs.located_problem``)."""
+
+    def __init__(self, key: str, message: str):
+        self.key, self.message = key, message
+        super().__init__(f"{key}: {message}")
+
+
 class ComponentError(WmtpError):
     """An unknown component name, or a component that cannot be built."""
 

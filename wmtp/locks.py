@@ -39,13 +39,22 @@ def holding(lock_path: Path, refused: Refusal) -> Iterator[None]:
     """Hold ``lock_path``'s exclusive lock while the block writes; ``refused(holder)`` is raised,
     without waiting, when another process holds it."""
     with _locked(lock_path, refused) as lock:
-        lock.truncate(0)
-        lock.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%c')}\n")
-        lock.flush()
         try:
+            _say_holder(lock, lock_path)
             yield
         finally:  # removed while held; the kernel lets go of the lock itself at close
             lock_path.unlink(missing_ok=True)
+
+
+def _say_holder(lock: IO[str], lock_path: Path) -> None:
+    """Who holds the lock, in its file (what a refused process shows); a write the file system
+    refuses (a full disk) names the lock file."""
+    try:
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%c')}\n")
+        lock.flush()
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(lock_path)) from exc
 
 
 def check_free(lock_path: Path, refused: Refusal) -> None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wmtp.errors import Interrupted, WmtpError
-from wmtp.stopping import signals_raise
+from wmtp.stopping import signals_deferred, signals_raise
 
 
 @dataclass(frozen=True)
@@ -236,12 +236,23 @@ def _staging_prefix(out: Path, product: Product) -> str:
 
 
 def _remove_stale_staging(out: Path, product: Product) -> None:
-    """Temporary folders of earlier writers of ``out`` on this machine whose process is gone."""
+    """Temporary folders of earlier writers of ``out`` on this machine whose process is gone;
+    an old ``out`` one of them had swapped out when it died (SIGKILL between two renames) goes
+    back in its place if nothing took it, else away."""
     prefix = _staging_prefix(out, product)
     for folder in out.parent.glob(glob.escape(prefix) + "*"):
         pid = folder.name.removeprefix(prefix)
         if pid.isdigit() and not _running(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
+    prefix = _replaced_prefix(out)
+    for folder in out.parent.glob(glob.escape(prefix) + "*"):
+        pid = folder.name.removeprefix(prefix)
+        if not pid.isdigit() or _running(int(pid)):
+            continue
+        if out.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        else:
+            folder.rename(out)
 
 
 def _running(pid: int) -> bool:
@@ -301,13 +312,24 @@ def _replace(tmp: Path, out: Path, product: Product, *, force: bool) -> None:
         )
     if refusal is not None:
         raise product.error(f"--out {out}: {refusal}")
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.replaced-{os.getpid()}"
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    with signals_deferred():  # never the old folder hidden and the new one not in its place
+        old = None
+        if out.exists():
+            old = out.parent / f"{_replaced_prefix(out)}{os.getpid()}"
+            out.rename(old)
+        try:
+            tmp.rename(out)
+        except BaseException:
+            if old is not None:
+                old.rename(out)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _replaced_prefix(out: Path) -> str:
+    """The name an old ``out`` has while it is swapped out, less the swapping process's id."""
+    return f".{out.name}.replaced-{socket.gethostname()}-"
 
 
 __all__ = ["Product", "check_output", "staged_output", "written_by"]

@@ -328,3 +328,37 @@ def test_without_data_the_report_is_as_before(workdir):
     assert report["estimate"] == estimate(recipe).to_json()
     params = f"{estimate(recipe).models[0].total:,}"
     assert validate("padded.toml").stdout == PLAIN_REPORT.format(params=params)
+
+
+SAMPLED = BASELINE + (
+    'sampling = { kind = "difficulty", bins = { easy = [1, 5], hard = [6, 20] }, '
+    "weights = { easy = 1.0, hard = 1.0 } }\n"
+)
+"""The baseline drawing by difficulty: ``data.sampling`` on line 22."""
+
+
+@pytest.mark.parametrize(
+    "difficulty, says",
+    [
+        (None, "padded.toml:22:14: data.sampling.kind: 'difficulty', but none of the 3 training "
+         "rows it draws from has a difficulty (train.jsonl's optional field): set "
+         "data.sampling = { kind = 'uniform' }, or give the rows a difficulty"),
+        (1, "padded.toml:22:101: data.sampling.weights.hard: 1.0, but no training row's "
+         "difficulty is in data.sampling.bins.hard: set its weight to 0 or widen the bin"),
+    ],
+    ids=["no_difficulty", "empty_bin"],
+)  # fmt: skip
+def test_difficulty_sampling_that_draws_nothing_from_a_bin_is_located(workdir, difficulty, says):
+    """Rows without the optional ``difficulty`` (or none in a weighted bin) under difficulty
+    sampling: ``validate --data`` and ``run`` say so at the recipe's line, exit 2 (the run said
+    it unlocated, and validate said "no correct training row" or nothing at all)."""
+    (workdir / "padded.toml").write_text(SAMPLED)
+    if difficulty is not None:
+        rows = [{**r, "difficulty": difficulty} for r in PADDED_ROWS]
+        write_rows(workdir / "data" / "train.jsonl", rows)
+    result = validate("padded.toml", "--data")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert says in " ".join(result.stderr.split()), result.stderr
+    run = CliRunner().invoke(app, ["run", "padded.toml", "--set", "training.max_steps=1"])
+    flat = " ".join(run.output.split())
+    assert run.exit_code == 2 and "Traceback" not in flat and says in flat, flat[-3000:]

@@ -18,6 +18,7 @@ from tests.models.test_checkpoint_paths import RECIPE
 from tests.train.train_helpers import REPO
 
 PATH_LINE = RECIPE.splitlines().index('path = "{path}"') + 1
+BYTE_VOCAB = 259  # the ids of RECIPE's byte tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -214,12 +215,12 @@ def test_a_params_json_that_miscounts_the_heads_its_weights_hold_is_named_by_val
     import torch
 
     from tests.models.builders import meta_state_dict
-    from tests.models.test_checkpoint import PARAMS, VOCAB
+    from tests.models.test_checkpoint import PARAMS
 
     meta = tmp_path / "meta"
     meta.mkdir()
     held = dict(PARAMS, n_future_tokens=2)
-    torch.save(meta_state_dict(held, VOCAB), meta / "consolidated.00.pth")
+    torch.save(meta_state_dict(held, BYTE_VOCAB), meta / "consolidated.00.pth")
     (meta / "params.json").write_text(json.dumps(dict(held, n_future_tokens=4)))
     recipe = _recipe(tmp_path, meta)
     said = "params.json: n_future_tokens = 4, but the weights hold extra_heads.0..0, the layout "
@@ -231,3 +232,61 @@ def test_a_params_json_that_miscounts_the_heads_its_weights_hold_is_named_by_val
     (meta / "params.json").write_text(json.dumps(held))  # as the weights are: valid
     done = _wmtp("validate", recipe, runs=tmp_path / "runs")
     assert done.returncode == 0, _shown(done)[-2000:]
+
+
+def test_a_directory_of_another_format_than_the_recipe_states_is_named_as_what_it_is(
+    hf_dir, tmp_path
+):
+    """``format = "meta"`` (the production recipes') over a Hugging Face directory, or over a
+    Meta download whose ``.pth`` never arrived: located at the path line, saying what is there
+    (was an IndexError traceback, exit 1, in validate and run)."""
+    no_pth = tmp_path / "meta_no_pth"
+    no_pth.mkdir()
+    (no_pth / "params.json").write_text(json.dumps({"dim": 32, "n_layers": 2, "n_heads": 4}))
+    cases = [
+        (hf_dir, 'format = "meta" reads params.json + consolidated*.pth, but this is a Hugging '
+         'Face checkpoint (config.json + model*.safetensors): set format = "hf" or "auto"'),
+        (no_pth, 'format = "meta" reads params.json + consolidated*.pth; found params.json'),
+    ]  # fmt: skip
+    for path, says in cases:
+        recipe = _recipe(tmp_path, path)
+        for command in (["validate", recipe], ["run", recipe, "--dry-run"]):
+            done = _wmtp(*command, "--set", "model.policy.format=meta", runs=tmp_path / "runs")
+            shown = _shown(done)
+            assert done.returncode == 2 and "Traceback" not in shown, shown[-2000:]
+            assert says in shown and "model.policy.path" in shown, shown[-2000:]
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "rows, says",
+    [
+        (200, "the model has 200 token embeddings, fewer than the tokenizer's 259 ids"),
+        (300, "params.json's vocab_size = -1 is the tokenizer's, but the embedding has 300 rows "
+         "and the tokenizer 259 ids: is tokenizer.path this model's tokenizer?"),
+    ],
+    ids=["fewer_rows", "another_tokenizer"],
+)  # fmt: skip
+def test_a_meta_embedding_that_is_not_the_tokenizers_is_named_before_anything_loads(
+    tmp_path, rows, says
+):
+    """Meta's ``vocab_size = -1`` means the embedding has exactly the tokenizer's rows: another
+    count (the wrong tokenizer.model) is located at the path line by validate (the rows read
+    from the pickle, no torch) and by run, before a run directory exists."""
+    import torch
+
+    from tests.models.builders import meta_state_dict
+    from tests.models.test_checkpoint import PARAMS
+
+    meta = tmp_path / "meta"
+    meta.mkdir()
+    torch.save(meta_state_dict(PARAMS, rows), meta / "consolidated.pth")
+    (meta / "params.json").write_text(json.dumps(PARAMS))
+    recipe = _recipe(tmp_path, meta)
+    heads = ["--set", f"model.policy.n_future_tokens={PARAMS['n_future_tokens']}"]
+    for command in (["validate", recipe], ["run", recipe, "--dry-run"], ["run", recipe]):
+        done = _wmtp(*command, *heads, runs=tmp_path / "runs")
+        shown = _shown(done)
+        assert done.returncode == 2 and says in shown and "Traceback" not in shown, shown[-2000:]
+        assert f"r.toml:{PATH_LINE}" in shown and "model.policy.path" in shown
+    assert not (tmp_path / "runs").exists()

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from wmtp.data import samplers
-from wmtp.errors import DataError
+from wmtp.data.metadata import NO_DIFFICULTY
+from wmtp.errors import RecipeDataError
 
 
 def test_split_is_by_problem_deterministic_and_seed_dependent():
@@ -55,12 +56,14 @@ def test_difficulty_order_follows_the_weights():
     assert np.array_equal(order, samplers.difficulty_order(members, weights, 0, 0, 20_000))
 
 
-def test_a_weighted_bin_without_rows_is_an_error():
-    members = {"easy": np.arange(3), "hard": np.arange(0)}
-    with pytest.raises(
-        DataError, match=r"data.sampling.weights.hard = 0\.5, but no training row's"
-    ):
-        samplers.difficulty_order(members, {"easy": 0.5, "hard": 0.5}, 0, 0)
+def test_a_weighted_bin_without_rows_is_an_error_at_its_key():
+    sampler = samplers.DifficultySampler({"easy": (0, 5), "hard": (6, 10)}, {"easy": 1, "hard": 1})
+    difficulty = np.array([1, 2, 3, NO_DIFFICULTY])
+    with pytest.raises(RecipeDataError, match=r"^data.sampling.weights.hard: 1, but no training"):
+        sampler.order(np.arange(4), difficulty, seed=0, epoch=0)
+    unknown = np.full(4, NO_DIFFICULTY)
+    with pytest.raises(RecipeDataError, match=r"^data.sampling.kind: 'difficulty', but none of"):
+        sampler.order(np.arange(4), unknown, seed=0, epoch=0)
 
 
 def _pairs_fixture():

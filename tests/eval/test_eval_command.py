@@ -294,6 +294,23 @@ def test_evaluation_recipe_names_the_run_to_evaluate(run_dir, tmp_path):
     assert entry["problems"] == 1 and entry["samples_per_problem"] == 3
 
 
+def test_a_downloaded_model_evaluated_with_a_recipe_keeps_its_folder_as_it_was(tmp_path):
+    """``wmtp eval MODEL_DIR --recipe R`` over a folder wmtp did not write (Meta's layout, no
+    recipe.toml): results go where the recipe's runs go, as through an evaluation recipe."""
+    from wmtp.models.checkpoint import write_meta
+
+    meta = write_meta(tiny_model(), tmp_path / "llama-download")
+    before = sorted(p.name for p in meta.iterdir())
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(RECIPE.replace("seed = 7", f'seed = 7\nruns_dir = "{tmp_path / "runs"}"'))
+    result = invoke("eval", meta, "--recipe", recipe, "--no-progress", "--set",
+                    "evaluation.max_problems=1")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in meta.iterdir()) == before
+    out = tmp_path / "runs" / "tiny-eval" / "eval"
+    assert summary_of(out)["results"] and "results in" in result.flat
+
+
 def test_an_evaluation_recipe_whose_inputs_are_missing_says_which_as_wmtp_run_does(tmp_path):
     """``wmtp eval recipes/evaluation.toml`` where nothing is there: every missing input of the
     recipe, located, before anything loads (not only the first)."""

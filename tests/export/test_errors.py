@@ -63,6 +63,27 @@ def test_half_written_checkpoints(run_copy, tmp_path):
     assert not out.exists() and leftovers(tmp_path) == []
 
 
+def test_a_run_whose_newest_checkpoint_is_damaged_exports_the_one_before_it(tmp_path, caplog):
+    """As ``wmtp eval RUN`` and a resume do: the damaged one named in a warning, the newest
+    whole one exported (it was refused, the intact one before it not mentioned)."""
+    from safetensors.torch import load_file
+
+    from tests.export.export_helpers import TINY, train
+
+    run = train(tmp_path / "train", TINY, "training.checkpoint_every=1", "training.keep_last=3")
+    newest = run / "checkpoints" / "step-3" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:-1000])
+    with caplog.at_level("WARNING", logger="wmtp.models.locate"):
+        result = export(run, "--to", "wmtp", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "step-3 is damaged: model.safetensors has" in caplog.text
+    assert "exporting step-2, the one before it" in caplog.text
+    exported = load_file(tmp_path / "out" / "model.safetensors")
+    trained = load_file(run / "checkpoints" / "step-2" / "model.safetensors")
+    assert exported.keys() == trained.keys()
+    assert all((exported[k] == trained[k].to(exported[k].dtype)).all() for k in exported)
+
+
 def test_an_existing_output_directory_is_kept_even_forced(tiny_run, tmp_path):
     """Only an earlier export is replaced (``test_output.py``); other folders stay as they are."""
     out = tmp_path / "out"

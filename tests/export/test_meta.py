@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 
 import torch
+from typer.testing import CliRunner
 
 from tests.export.export_helpers import export, logits, wmtp_model
+from wmtp.cli import app
 
 
 def test_meta_layout_is_the_inverse_of_the_meta_reader(tiny_run, tmp_path):
@@ -84,6 +86,12 @@ def test_a_value_model_exports_to_wmtp_only(critic_run, tmp_path):
     with torch.no_grad():  # the same weights; the CPU's kernels may round a last bit otherwise
         torch.testing.assert_close(exported(tokens), trained(tokens), rtol=0, atol=1e-6)
     assert "A value model (critic)" in (out / "README.md").read_text()
+    for target in (critic_run, out, critic_run / "checkpoints" / "step-3"):  # nothing to generate
+        result = CliRunner().invoke(app, ["eval", str(target), "--out", str(tmp_path / "e")])
+        flat = " ".join(result.output.split())
+        assert result.exit_code == 2 and "Traceback" not in flat, flat[-2000:]
+        assert "a critic run, which trained model.critic (a value model), not a policy" in flat
+    assert not (tmp_path / "e").exists()
 
 
 def test_rope_scaling_meta_cannot_say_is_refused_and_llama31s_is_written(tmp_path):

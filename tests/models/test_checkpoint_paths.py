@@ -234,7 +234,7 @@ def split_like_meta(sd: dict, ranks: int, embedding_dim: int) -> list[dict]:
 
 @pytest.mark.parametrize("embedding_dim", [1, 0], ids=["llama2_embedding", "llama3_embedding"])
 def test_model_parallel_shards_merge_as_meta_split_them(tmp_path, embedding_dim):
-    params = dict(LLAMA2_PARAMS, n_kv_heads=2)
+    params = dict(LLAMA2_PARAMS, n_kv_heads=2, vocab_size=54)  # stated: more rows than ids
     sd = meta_weights(params)
     for key in ("tok_embeddings.weight", "output.weight"):  # a vocabulary 2 ranks can split
         sd[key] = torch.randn(54, params["dim"])
@@ -269,9 +269,14 @@ def test_a_missing_or_disagreeing_shard_is_named(tmp_path):
 
 
 def test_a_recipe_asking_more_heads_than_a_checkpoint_says_so_and_copies_head_1(tmp_path, caplog):
+    """Heads to train start as copies of head 1; a frozen model is refused them (they would
+    stay untrained copies)."""
     sd = meta_weights(LLAMA2_PARAMS)
+    path = write_meta(tmp_path, LLAMA2_PARAMS, sd)
+    with pytest.raises(CheckpointError, match=r"heads 3\.\.4 would be untrained copies"):
+        build(path, n_future_tokens=4)
     with caplog.at_level("INFO", logger="wmtp.models.checkpoint"):
-        model = build(write_meta(tmp_path, LLAMA2_PARAMS, sd), n_future_tokens=4)
+        model = build(path, n_future_tokens=4, trainable=True)
     assert "checkpoint: 2 heads, 4 asked: heads 3..4 start as copies of head 1" in caplog.text
     assert model.n_heads == 4 and model.args.n_layers == 6
     with torch.no_grad():

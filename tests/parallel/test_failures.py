@@ -80,7 +80,7 @@ def processes_naming(text: str) -> list[int]:
 def test_fault_specs_parse_and_bad_ones_say_what_is_wrong():
     assert parse_fault("rank=0, step=7, kind=sigkill") == Fault(rank=0, step=7, kind="sigkill")
     assert parse_fault("step=2") == Fault(rank=1, step=2, kind="raise")
-    with pytest.raises(RunError, match="kind must be one of raise, sigkill, nan"):
+    with pytest.raises(RunError, match="kind must be one of raise, sigkill, sigint, sigterm, nan"):
         parse_fault("kind=explode")
     with pytest.raises(RunError, match="'rnak=1' is not one of"):
         parse_fault("rnak=1")
@@ -241,6 +241,33 @@ def test_sigterm_to_the_launcher_stops_every_rank_with_a_checkpoint(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"trained {stopped + 2} steps" in " ".join(done.stdout.split()), done.stdout[-2000:]
+
+
+def _worker(marker: str, rank: int) -> int:
+    """The pid of the torchrun worker of ``rank`` among the processes naming ``marker``."""
+    for pid in processes_naming(marker):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ and b"LOCAL_RANK=" + str(rank).encode() in environ:
+            return pid
+    raise AssertionError(f"no worker of rank {rank}")
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_worker_is_the_runs_clean_stop_not_a_failed_rank(tmp_path):
+    """A scheduler's SIGTERM that reaches one worker: the ranks agree to stop at a step and write
+    a checkpoint together, so the launcher exits 143 as for its own SIGTERM, without calling the
+    rank that got it failed (it said "rank 1 failed: exit code 143" and exited 1)."""
+    proc = _launch(tmp_path)
+    run = _wait_for_training(tmp_path, proc)
+    os.kill(_worker(str(tmp_path), 1), signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert "stopped: SIGTERM after step" in err and "failed" not in err, err[-3000:]
+    assert list((run / "checkpoints").glob("step-*")), "no checkpoint written on the way out"
+    assert _gone(str(tmp_path), within=30), "a process of the run outlived the launcher"
 
 
 @pytest.mark.slow

@@ -122,6 +122,23 @@ def test_run_log_says_how_the_run_ended_and_a_finished_run_resumes_to_nothing(pa
     assert (run / "run.log").read_text().rstrip().endswith(f"{said}; run directory {run}")
 
 
+def test_a_resume_removes_a_checkpoint_an_earlier_process_left_half_written(partial_run, whole):
+    """A kill, or a second signal, while step 5's checkpoint was written leaves `.tmp-step-5`;
+    no later save of step 5 clears it (the stop step was no multiple of checkpoint_every), so
+    the resume does, and still matches the uninterrupted run."""
+    run = partial_run(4)
+    half = run / "checkpoints" / ".tmp-step-5"
+    shutil.copytree(run / "checkpoints" / "step-4", half)
+    (half / "manifest.json").unlink()
+    done = wmtp("--resume", str(run), runs=run.parent.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not half.exists() and losses_of(run) == whole
+    assert (
+        f"removed {half}: a checkpoint an earlier process left half written"
+        in (run / "run.log").read_text()
+    )
+
+
 def test_an_edited_run_recipe_is_compared_with_the_recipe_that_trained_its_checkpoint(
     partial_run,
 ):
@@ -169,6 +186,9 @@ def test_a_damaged_checkpoint_is_named_and_the_one_before_it_resumes_exactly(
     run = partial_run(4)
     spoil(run / "checkpoints" / "step-4" / name)
     weights = (run / "checkpoints" / "step-4" / "model.safetensors").read_bytes()
+    evaluated = run / "eval" / "step-4" / "humaneval"  # as `wmtp eval` of that step leaves it
+    evaluated.mkdir(parents=True)
+    (evaluated / "summary.json").write_text('{"of": "the damaged step-4"}')
     done = wmtp("--resume", str(run), runs=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"step-4 is damaged: {name} {why}" in done.stderr or (
@@ -180,6 +200,9 @@ def test_a_damaged_checkpoint_is_named_and_the_one_before_it_resumes_exactly(
     (aside,) = (run / "checkpoints").glob("step-4.replaced-*")
     assert (aside / "model.safetensors").read_bytes() == weights
     assert f"kept as {aside}" in " ".join(done.stderr.split())
+    # its evaluation goes with it: `wmtp report` never shows it as the new step-4's
+    assert not (run / "eval" / "step-4").exists()
+    assert (run / "eval" / aside.name / "humaneval" / "summary.json").is_file()
 
 
 def test_resume_of_a_checkpoint_directory_names_the_run_to_resume(partial_run, tmp_path):
@@ -275,6 +298,40 @@ def test_a_full_disk_says_so_keeps_earlier_checkpoints_and_resumes_exactly(
     records = [json.loads(line) for line in out.splitlines() if line.startswith('{"step"')]
     assert [(r["step"], r["loss"]) for r in records if "loss" in r] == whole
     assert "Traceback" not in out
+
+
+FIRST_FULL = """
+set -u
+mount -t tmpfs -o size={size}k tmpfs {runs}
+{wmtp} {tiny} {sets}; echo "FIRST EXIT $?"
+ls -a {runs}/tiny/2*/checkpoints; echo "LISTED"
+"""
+
+
+@needs_small_disk
+def test_a_full_disk_at_the_first_checkpoint_says_to_start_again_not_to_resume(tmp_path, pristine):
+    """Room for half a checkpoint: the first fails, and with no earlier checkpoint the message
+    says to run the recipe again (it offered a resume, which was then refused)."""
+    runs = tmp_path / "small"
+    runs.mkdir()
+    sets = " ".join(f'--set "{s}"' for s in (*RUN, f"experiment.runs_dir='{runs}'"))
+    script = FIRST_FULL.format(
+        size=_kib(step_dirs(pristine)[0]) // 2 + 64,
+        runs=runs,
+        wmtp=f"{sys.executable} -m wmtp.cli run",
+        tiny=TINY,
+        sets=sets,
+    )
+    done = subprocess.run(
+        ["unshare", "-Urm", "sh", "-c", script], cwd=REPO, capture_output=True, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600,
+    )  # fmt: skip
+    out = " ".join((done.stdout + done.stderr).split())
+    assert "FIRST EXIT 2" in out and "cannot write checkpoint" in out, out[-3000:]
+    assert "there is no earlier checkpoint to resume from: once fixed, run the recipe again" in out
+    assert "continue with" not in out and "Traceback" not in out, out[-3000:]
+    listed = out[out.index("FIRST EXIT") : out.index("LISTED")]
+    assert ".tmp-step" not in listed  # the partial one was removed
 
 
 def _kib(directory: Path) -> int:
@@ -556,6 +613,8 @@ def test_a_second_signal_stops_a_step_that_never_ends(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "SIGINT again: stopping now" in err, err[-2000:]
     assert not list((tmp_path / "runs").glob("tiny/2*/checkpoints/step-*"))
+    (log,) = (tmp_path / "runs").glob("tiny/2*/run.log")  # how the run ended, there too
+    assert "stopped: SIGINT again: stopping now, without a checkpoint" in log.read_text()
 
 
 def test_a_run_in_training_is_not_resumed_twice(tmp_path):
@@ -642,3 +701,25 @@ def test_a_failure_inside_a_distributed_checkpoint_is_told_in_its_own_words(tmp_
     assert "the file system took fewer bytes than were written" in describe_write_error(
         short, tmp_path
     )
+
+
+def test_a_stop_during_the_last_step_finishes_the_run_with_its_held_out_loss(tmp_path):
+    """SIGTERM during the last step (``eval_every`` not dividing ``max_steps``): the run ends as
+    an uninterrupted one does, its last held-out loss and checkpoint included, exit 0 (it
+    stopped there, said to resume, and the resume had nothing to train: the loss never came)."""
+    sets = ("--set", "training.max_steps=4", "--set", "training.eval_every=3")
+    runs = tmp_path / "runs"
+    done = wmtp(str(TINY), *sets, runs=runs, env={"WMTP_FAULT": "rank=0,step=4,kind=sigterm"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "SIGTERM during the last step: finishing the run" in done.stderr, done.stderr[-3000:]
+    (run,) = runs.glob("tiny/2*")
+    reference = train(tmp_path / "reference", *sets)
+
+    def figures(folder: Path) -> list[dict]:
+        lines = (folder / "metrics.jsonl").read_text().splitlines()
+        kept = ("step", "loss", "eval/loss", "grad_norm")
+        return [{k: v for k, v in json.loads(line).items() if k in kept} for line in lines]
+
+    assert [r["step"] for r in figures(run) if "eval/loss" in r] == [3, 4]
+    assert figures(run) == figures(reference)
+    assert step_dirs(run)[-1].name == "step-4"

@@ -127,16 +127,20 @@ def ref_tuning_run(tmp_path_factory) -> tuple[Path, Path]:
     return tmp, base
 
 
-def _rho1_trainer(tmp: Path, base: Path, lora: str = LORA):
+def _rho1_recipe(tmp: Path, base: Path, lora: str = LORA, reference_heads: int = 1) -> Path:
+    latest = tmp / "runs" / "ref_tuning" / "latest"
+    models = _section("policy", base, heads=2)
+    models += _section("reference", base, reference_heads, lora=lora, checkpoint=str(latest))
+    models += '[weighting]\nkind = "rho1"\nk_percent = 0.6\n'
+    return _recipe(tmp, "rho1", models)
+
+
+def _rho1_trainer(tmp: Path, base: Path, lora: str = LORA, reference_heads: int = 1):
     from wmtp.parallel import init_distributed
     from wmtp.recipe import load_recipe
     from wmtp.train.loop import Trainer
 
-    latest = tmp / "runs" / "ref_tuning" / "latest"
-    models = _section("policy", base, heads=2)
-    models += _section("reference", base, heads=1, lora=lora, checkpoint=str(latest))
-    models += '[weighting]\nkind = "rho1"\nk_percent = 0.6\n'
-    path = _recipe(tmp, "rho1", models)
+    path = _rho1_recipe(tmp, base, lora, reference_heads)
     recipe = load_recipe(path).recipe
     return Trainer(
         recipe, path.read_text(), tmp / "rho1_run", init_distributed("cpu"), console=False
@@ -167,3 +171,29 @@ def test_a_reference_whose_lora_scales_the_adapters_otherwise_is_refused(ref_tun
     other = LORA.replace("alpha = 8.0", "alpha = 2.0")
     with pytest.raises(CheckpointError, match=r"model\.reference\.lora"):
         _rho1_trainer(tmp, base, lora=other).build()
+
+
+def test_a_reference_asked_for_heads_ref_tuning_never_trained_is_refused(ref_tuning_run):
+    """The policy's 2 heads asked of a reference whose run trained one: heads 2..n would be
+    untrained copies of head 1, scoring head k's targets with next-token weights. ``validate``
+    and ``run`` say so at the key (exit 2, no traceback); the trainer's build refuses too."""
+    import subprocess
+    import sys
+
+    from wmtp.errors import CheckpointError
+
+    tmp, base = ref_tuning_run
+    recipe = _rho1_recipe(tmp, base, reference_heads=2)
+    line = recipe.read_text().splitlines().index("n_future_tokens = 2", 20) + 1
+    for command in (["validate"], ["run", "--dry-run"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "wmtp.cli", *command, str(recipe)],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        shown = " ".join((done.stdout + done.stderr).split())
+        assert done.returncode == 2 and "Traceback" not in shown, shown[-2000:]
+        assert f"rho1.toml:{line}:1: model.reference.n_future_tokens: 2 heads asked" in shown
+        assert "hold 1 head: a frozen model's head 2 would be an untrained copy of head" in shown
+        assert "(set model.reference.n_future_tokens = 1)" in shown
+    with pytest.raises(CheckpointError, match=r"head 2 would be an untrained copy"):
+        _rho1_trainer(tmp, base, reference_heads=2).build()

@@ -347,3 +347,40 @@ def test_two_ranks_resume_their_own_control_weights_exactly(critic_run, tmp_path
     losses = lambda run: [(r["step"], r["loss"]) for r in _metrics(run) if "loss" in r]  # noqa: E731
     assert [s for s, _ in losses(resumed)] == [1, 2, 3, 4]
     assert losses(resumed) == losses(whole)
+
+
+def test_a_stopped_verifiable_run_keeps_its_critic_checkpoint_from_the_critics_pruning(
+    critic_run, tmp_path, caplog
+):
+    """A verifiable run stopped part way is resumed later, after its critic's run trained on with
+    ``keep_last = 1``: the critic checkpoint it loads stayed (a pin naming the run, dropped once
+    it finishes), so the resume loads the same critic and matches an uninterrupted run. Before,
+    the critic's pruning removed it and the resume was refused for good."""
+    import shutil
+
+    source, _ = critic_run
+    shutil.copytree(  # without the pins of this module's runs that were stopped
+        source / "runs" / "critic", tmp_path / "runs" / "critic", symlinks=True,
+        ignore=shutil.ignore_patterns(".pinned-by"),
+    )  # fmt: skip
+    latest = tmp_path / "runs" / "critic" / "latest"
+    body = _policy() + _critic(tmp_path, checkpoint=latest)
+    body += (
+        '[weighting]\nkind = "td"\nnormalize = { kind = "ema", momentum = 0.3, warmup_steps = 1 }\n'
+    )
+    recipe = _recipe(tmp_path, "verifiable_pinned", "verifiable", body)
+    recipe.write_text(recipe.read_text().replace("checkpoint_every = 0", "checkpoint_every = 2"))
+    whole = _metrics(run_recipe(recipe, console=False).run_dir)
+    critic_step = latest.resolve() / "checkpoints" / "step-4"
+    assert not list((critic_step / ".pinned-by").glob("*"))  # the finished run let it go
+    stopped = run_recipe(recipe, stop_at_step=2, console=False).run_dir
+    assert len(list((critic_step / ".pinned-by").glob("*"))) == 1
+    more = ["training.max_steps=6", "training.checkpoint_every=1", "training.keep_last=1"]
+    with caplog.at_level("INFO", logger="wmtp.train.checkpoint"):
+        run_recipe(None, more, resume=latest.resolve(), force=True, console=False)
+    assert critic_step.is_dir(), "the critic's keep_last pruned the checkpoint a run still needs"
+    assert f"run {stopped} loads it as a frozen model and has not finished" in caplog.text
+    resumed = _metrics(run_recipe(None, resume=stopped, console=False).run_dir)
+    losses = lambda rs: [r["loss"] for r in rs if "weight/mean" in r]  # noqa: E731
+    assert losses(resumed) == pytest.approx(losses(whole), rel=1e-6)
+    assert not list((critic_step / ".pinned-by").glob("*"))

@@ -15,6 +15,7 @@ import typer
 from wmtp.commands import _output
 from wmtp.commands._output import report_error
 from wmtp.errors import Interrupted, WmtpError
+from wmtp.stopping import signals_interrupt
 
 SetOption = Annotated[
     list[str] | None,
@@ -121,12 +122,15 @@ def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callabl
         def wrapper(*args: Any, **kw: Any) -> Any:
             _output.console_log()  # a library's warning reads as one
             try:
-                return fn(*args, **kw)
+                with signals_interrupt():  # SIGTERM too: said, every clean-up run
+                    return fn(*args, **kw)
             except WmtpError as exc:
                 report_error(exc, fmt=str(kw.get("format", "text")))
                 raise typer.Exit(exc.exit_code) from None
-            except KeyboardInterrupt:  # where no handler of the command's says what it keeps
-                stop = Interrupted("SIGINT (Ctrl-C)", signal.SIGINT)
+            except KeyboardInterrupt as exc:  # where no handler of the command's says what it keeps
+                signum = getattr(exc, "signum", signal.SIGINT)
+                name = "SIGINT (Ctrl-C)" if signum == signal.SIGINT else signal.Signals(signum).name
+                stop = Interrupted(name, signum)
                 report_error(stop, fmt=str(kw.get("format", "text")))
                 raise typer.Exit(stop.exit_code) from None
             except Exception as exc:  # a write the file system refused is no bug of ours

@@ -130,6 +130,7 @@ class ReportCache:
         "models/backends.py",
         "models/locate.py",
         "models/descriptions.py",
+        "models/value_heads.py",
         "data/tokenizers.py",
         "data/components.py",
         "eval/benchmarks.py",
@@ -262,21 +263,17 @@ def _validate_one(
 def _longest_row(loaded: Any) -> LongestRow | None:
     """``wmtp.train.lengths.longest_row`` of a recipe that trains (``None`` for evaluation);
     a data problem becomes a problem of the recipe, located where the recipe names the data."""
+    from wmtp.errors import RecipeDataError
     from wmtp.recipe import RecipeProblems
-    from wmtp.recipe.errors import Problem
-    from wmtp.recipe.load import problem_at
-    from wmtp.train.lengths import RecipeDataError, longest_row
+    from wmtp.recipe.inputs import located_problem
+    from wmtp.train.lengths import longest_row
 
     if loaded.recipe.trained_role is None:
         return None
     try:
         return longest_row(loaded.recipe)
     except RecipeDataError as exc:
-        source = loaded.provenance.get(exc.key)
-        if source is None or source.kind == "default":  # located at the recipe itself
-            problem = Problem(loaded.path, None, None, exc.key, exc.message)
-        else:
-            problem = problem_at(source, exc.key, exc.message)
+        problem = located_problem(loaded, exc.key, exc.message)
         raise RecipeProblems(loaded.path, [problem]) from None
 
 
@@ -343,6 +340,8 @@ def _print_estimate(
         )
         if row is not None:
             print(f"  memory sized at rows of {row.tokens:,} tokens ({_row_origin(recipe, row)})")
+    for note in row.notes if row else ():
+        print(f"  note: data: {note}")
     for note in cost.notes:
         print(f"  note: {note}")
     for problem in env_problems:

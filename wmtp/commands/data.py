@@ -97,6 +97,7 @@ def index(
     for file in files:
         meta_path = metadata_path_for(file)
         if meta_path.is_file() and not force:
+            _refuse_other_counting(meta_path, tok.identity, template.value)
             ds = JsonlDataset(file, tok, template=template.value, progress=True)
             if not built_from_another_version(read_metadata(meta_path), ds.file):
                 ds.check_recorded_lengths(progress=True)
@@ -112,6 +113,22 @@ def index(
         console.print(
             f"{written}: {meta['n_rows']} rows, {len(meta['problem_index_map'])} problems "
             f"({time.monotonic() - start:.1f} s)"
+        )
+
+
+def _refuse_other_counting(meta_path: Path, tokenizer: str, template: str) -> None:
+    """Metadata counted by another tokenizer or template than this command's is neither
+    checked ("agrees" would say nothing of these lengths) nor replaced without ``--force``."""
+    from wmtp.data.metadata import read_metadata
+    from wmtp.errors import DataError
+
+    meta = read_metadata(meta_path)
+    if (meta["tokenizer"], meta["template"]) != (tokenizer, template):
+        raise DataError(
+            f"{meta_path}: token lengths counted by tokenizer {meta['tokenizer']!r} and template "
+            f"{meta['template']!r}, but this command counts with {tokenizer!r} and {template!r}: "
+            "give the --tokenizer (and --tokenizer-path, --template) it was built with to check "
+            "it, or --force to rebuild it for these"
         )
 
 

@@ -73,7 +73,11 @@ def export_command(
     ] = True,
     dtype: Annotated[
         DType | None,
-        typer.Option("--dtype", help="dtype of the written weights (default: the recipe's)."),
+        typer.Option(
+            "--dtype",
+            help="dtype of the written weights (default: the recipe's model dtype; bfloat16 "
+            "for a model folder without a recipe, whatever its weights' own).",
+        ),
     ] = None,
     heads: Annotated[
         Heads,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -86,8 +87,10 @@ def run(
         result = run_recipe(
             recipe, list(set_ or ()), resume=resume, force=force, dry_run=dry_run, console=rank == 0
         )
-    except KeyboardInterrupt:  # before the run's own handlers were in place: nothing to keep
-        console.print("stopped: SIGINT while starting; nothing was trained", highlight=False)
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:  # before the run's own handlers were in place
+        signum = getattr(exc, "signum", signal.SIGINT)  # SIGTERM: a stopping.Terminated
+        name = signal.Signals(signum).name
+        console.print(f"stopped: {name} while starting; nothing was trained", highlight=False)
+        raise typer.Exit(128 + signum) from None
     if rank == 0:
         console.print(result.summary(), highlight=False)

@@ -23,6 +23,7 @@ from wmtp.data.metadata import (
     RowTable,
     built_from_another_version,
     check_metadata,
+    index_command,
     lengths_from_metadata,
     metadata_path_for,
     read_metadata,
@@ -74,7 +75,7 @@ class JsonlDataset:
                 self.notes.append(
                     f"{meta_path.name} has token lengths for tokenizer {meta['tokenizer']!r} and "
                     f"template {meta['template']!r}; recomputed for {self.tokenizer.identity!r} "
-                    f"and {self.template!r}"
+                    f"and {self.template!r} (`{self._index_command(force=True)}` saves them)"
                 )
         return rows
 
@@ -84,15 +85,15 @@ class JsonlDataset:
         if not meta_path.is_file():
             self.notes.append(
                 f"{self.file.path.name}: no {meta_path.name}; token lengths computed "
-                f"(`wmtp data index {self.file.path}` saves them)"
+                f"(`{self._index_command()}` saves them)"
             )
             return None
         meta = read_metadata(meta_path)
         if built_from_another_version(meta, self.file):
             self.notes.append(
                 f"{meta_path.name} was built from another version of {self.file.path.name} "
-                f"(edited since): token lengths recomputed (`wmtp data index {self.file.path} "
-                "--force` saves them)"
+                f"(edited since): token lengths recomputed (`{self._index_command(force=True)}` "
+                "saves them)"
             )
             return None
         return meta
@@ -149,8 +150,11 @@ class JsonlDataset:
         return DataError(
             f"{self.file.where(index)}: {counted} tokens, but {self.lengths_from} "
             f"records {int(self.rows.n_tokens[index])}: the metadata is out of date "
-            f"(`wmtp data index {self.file.path} --force` rebuilds it)"
+            f"(`{self._index_command(force=True)}` rebuilds it)"
         )
+
+    def _index_command(self, *, force: bool = False) -> str:
+        return index_command(self.file.path, self.tokenizer, self.template, force=force)
 
 
 @dataclass

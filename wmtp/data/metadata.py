@@ -57,6 +57,20 @@ class RowTable:
         return len(self.is_correct)
 
 
+def index_command(
+    jsonl_path: str | Path, tokenizer: Tokenizer, template: str, *, force: bool = False
+) -> str:
+    """The ``wmtp data index`` command that saves ``jsonl_path``'s token lengths as ``tokenizer``
+    and ``template`` count them (what a run or validate suggests: the recipe's own)."""
+    kind = tokenizer.identity.split(":")[0]
+    words = ["wmtp data index", str(jsonl_path)]
+    if kind != "byte":
+        words += [f"--tokenizer {kind}", f"--tokenizer-path {tokenizer.path}"]
+    if template != "alpaca":
+        words.append(f"--template {template}")
+    return " ".join(words + ["--force"] * force)
+
+
 def scan_rows(
     jsonl: JsonlFile,
     tokenizer: Tokenizer | None = None,

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from wmtp.data.metadata import NO_DIFFICULTY
-from wmtp.errors import DataError
+from wmtp.errors import DataError, RecipeDataError
 
 
 def rng_for(seed: int, epoch: int, purpose: str) -> np.random.Generator:
@@ -77,12 +77,7 @@ def difficulty_order(
     proportional to its weight, then that bin's next row; a bin's rows are reshuffled when used
     up, so rare bins repeat rather than run dry."""
     names = [name for name in sorted(members) if weights.get(name, 0) > 0]
-    for name in names:
-        if len(members[name]) == 0:
-            raise DataError(
-                f"data.sampling.weights.{name} = {weights[name]}, but no training row's "
-                f"difficulty is in data.sampling.bins.{name}: set its weight to 0 or widen it"
-            )
+    assert all(len(members[name]) for name in names), "DifficultySampler.check_drawable first"
     if not names:
         raise DataError("data.sampling.weights: no bin with a positive weight has examples")
     total = n_draws if n_draws is not None else sum(len(members[n]) for n in names)
@@ -180,8 +175,29 @@ class DifficultySampler:
         self.bins, self.weights = dict(bins), dict(weights)
 
     def order(self, rows: np.ndarray, difficulty: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+        self.check_drawable(rows, difficulty)
         members, _ = difficulty_bins(rows, difficulty, self.bins)
         return difficulty_order(members, self.weights, seed, epoch)
+
+    def check_drawable(self, rows: np.ndarray, difficulty: np.ndarray) -> None:
+        """Each bin of positive weight holds some of ``rows``: a :class:`RecipeDataError` at the
+        recipe key to change where one holds none (no row with a difficulty at all: the key
+        that chose difficulty sampling)."""
+        if len(rows) and bool((difficulty[rows] == NO_DIFFICULTY).all()):
+            raise RecipeDataError(
+                "data.sampling.kind",
+                f"'difficulty', but none of the {len(rows):,} training rows it draws from has a "
+                "difficulty (train.jsonl's optional field): set data.sampling = { kind = "
+                "'uniform' }, or give the rows a difficulty",
+            )
+        members, _ = difficulty_bins(rows, difficulty, self.bins)
+        for name in sorted(members):
+            if self.weights.get(name, 0) > 0 and len(members[name]) == 0:
+                raise RecipeDataError(
+                    f"data.sampling.weights.{name}",
+                    f"{self.weights[name]}, but no training row's difficulty is in "
+                    f"data.sampling.bins.{name}: set its weight to 0 or widen the bin",
+                )
 
     def left_out(self, rows: np.ndarray, difficulty: np.ndarray) -> dict[str, int]:
         members, outside = difficulty_bins(rows, difficulty, self.bins)

@@ -30,7 +30,7 @@ from wmtp.eval.judges import Verdict
 from wmtp.eval.prompting import PromptFormat, prompt_format
 from wmtp.eval.ranks import EvalRanks
 from wmtp.eval.splits import ScoredProblems, TrainingProblems, choose_problems
-from wmtp.stopping import signals_raise
+from wmtp.stopping import signals_deferred, signals_raise
 
 log = logging.getLogger(__name__)
 
@@ -264,8 +264,9 @@ def evaluate_benchmark(
     shares = ranks.gather(share)
     if shares is None:
         return {}
-    summary = _write(spec, scored, folder, seed, context, workers, shares, resumed)
-    partial.remove()
+    with signals_deferred():  # the results whole and the partial copy gone, or neither
+        summary = _write(spec, scored, folder, seed, context, workers, shares, resumed)
+        partial.remove()
     return summary
 
 

@@ -7,7 +7,8 @@ Accepted targets:
 - a checkpoint inside a run (``<run>/checkpoints/step-N``): that checkpoint, results in
   ``<run>/eval/step-N/``;
 - any other checkpoint directory (wmtp, Meta or Hugging Face format; a ``wmtp export``) with a
-  ``recipe.toml`` beside its weights, or with ``--recipe``: results in ``<checkpoint>/eval/``;
+  ``recipe.toml`` beside its weights: results in ``<checkpoint>/eval/``; without one (a
+  download), with ``--recipe``: results in ``<runs_dir>/<experiment>/eval/``, never in it;
 - a recipe (``recipes/evaluation.toml``): the run or checkpoint its ``model.policy.checkpoint``
   names (else the pretrained ``model.policy.path``), evaluated with this recipe; results where
   that target keeps them, or ``<runs_dir>/<experiment>/eval/`` for a pretrained model.
@@ -20,6 +21,7 @@ and the ``[evaluation]`` settings (``--set`` overrides any of them).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,9 @@ class EvalTarget:
     pretrained: bool = False
     """A recipe's ``model.policy.path`` (not a trained checkpoint): its format and head count
     come from the recipe."""
+    foreign: bool = False
+    """A model folder wmtp did not write (a download: no ``recipe.toml`` beside its weights):
+    results go where the recipe's runs go, never into it."""
 
 
 def _is_checkpoint(path: Path) -> bool:
@@ -83,7 +88,8 @@ def resolve_target(
     recipe_file = Path(recipe) if recipe is not None else _recipe_of(checkpoint, run)
     default_out = run / "eval" / checkpoint.name if run is not None else checkpoint / "eval"
     out_dir = Path(out) if out is not None else default_out
-    return EvalTarget(checkpoint=checkpoint, recipe_file=recipe_file, out_dir=out_dir)
+    foreign = run is None and not (checkpoint / RECIPE_FILE).is_file()
+    return EvalTarget(checkpoint, recipe_file, out_dir, foreign=foreign)
 
 
 def _recipe_of(checkpoint: Path, run: Path | None) -> Path:
@@ -106,10 +112,14 @@ def _recipe_target(recipe_file: Path, recipe, out: str | Path | None) -> EvalTar
         )
     if policy.checkpoint:
         return resolve_target(policy.checkpoint, recipe=recipe_file, out=out)
-    default_out = Path(recipe.experiment.runs_dir) / recipe.experiment.name / "eval"
     return EvalTarget(
-        Path(policy.path), recipe_file, Path(out) if out else default_out, pretrained=True
+        Path(policy.path), recipe_file, Path(out) if out else _runs_eval(recipe), pretrained=True
     )
+
+
+def _runs_eval(recipe: Any) -> Path:
+    """Where the results of a model wmtp did not train go: ``<runs_dir>/<experiment>/eval``."""
+    return Path(recipe.experiment.runs_dir) / recipe.experiment.name / "eval"
 
 
 def load_target_recipe(target: EvalTarget, overrides: list[str] | tuple[str, ...] = ()):
@@ -193,13 +203,30 @@ def prepare_eval(
         target = _recipe_target(Path(path), read.recipe, out)
     else:
         target = resolve_target(path, recipe=recipe, out=out)
+        _refuse_a_critic(path, target)
         read = load_target_recipe(target, overrides)
         if overrides and not target.pretrained:
             _keep_trained_sizes(read, load_target_recipe(target).recipe, target.checkpoint)
+        if target.foreign and out is None:
+            target = dataclasses.replace(target, out_dir=_runs_eval(read.recipe))
     benchmarks = load_benchmarks(read)
     check_output_folder(target.out_dir, "--out" if out is not None else "the results' folder")
     check_not_evaluating(target.out_dir)
     return PreparedEval(target, read.recipe, benchmarks)
+
+
+def _refuse_a_critic(path: str | Path, target: EvalTarget) -> None:
+    """Weights a critic run trained (a value model: no tokens to generate), said as such
+    before they load, whatever recipe is given with ``--recipe``."""
+    from wmtp.recipe.inputs import wrong_role
+
+    candidates = [target.checkpoint / RECIPE_FILE]
+    if target.checkpoint.parent.name == CHECKPOINTS:  # a checkpoint of a run: the run's recipe
+        candidates.append(target.checkpoint.parent.parent / RECIPE_FILE)
+    trained_by = next((c for c in candidates if c.is_file()), None)
+    wrong = wrong_role(trained_by, "policy")
+    if wrong is not None:
+        raise RunError(f"{path}: {wrong}; wmtp eval scores a policy's generations")
 
 
 SIZE_KEYS = ("flavour", "dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of",

@@ -31,12 +31,12 @@ from wmtp.models.locate import (
     follow_latest,
     is_run_dir,
     keep_named_checkpoint,
-    keep_while_read,
-    step_dirs,
+    newest_whole,
 )
 from wmtp.recipe.inputs import MODEL_MARKERS, TOKENIZER_FILES
 
 DCP_STATE = "state"
+
 HALF_WRITTEN = re.compile(r"^\.tmp-step-\d+$")
 """The name a trainer checkpoint has while it is written (renamed to ``step-N`` when whole)."""
 
@@ -110,14 +110,22 @@ def _run_and_checkpoint(path: Path) -> tuple[Path | None, Path]:
     """The run (if any) and the directory of weights ``path`` names, that checkpoint kept from
     its run's pruning while this export reads it."""
     if is_run_dir(path):
-        while steps := step_dirs(path):
-            if keep_while_read(steps[-1]):
-                return path, steps[-1]
-        raise CheckpointError(f"{path}: the run has no complete checkpoint yet")
+        return path, _newest_whole(path)
     if path.parent.name == CHECKPOINTS and is_run_dir(path.parent.parent):
         keep_named_checkpoint(path, path)
         return path.parent.parent, path
     return None, path
+
+
+def _newest_whole(run: Path) -> Path:
+    """The run's newest checkpoint whose files an export reads are whole (:func:`check_whole`),
+    as ``wmtp eval RUN`` and a resume pass over damaged ones (``locate.newest_whole``)."""
+
+    def whole(step: Path) -> Path:
+        check_whole(step)
+        return step
+
+    return newest_whole(run, run, whole, using="exporting")
 
 
 def _is_training_checkpoint(directory: Path) -> bool:
@@ -153,15 +161,18 @@ def verify_checkpoint(source: Source) -> None:
     """Refuse a training checkpoint that is not whole, before anything is built or written: the
     files export reads (its consolidated weights, or its DCP ``state/`` when it has none; its
     recipe and trainer state) against the checkpoint's manifest (``wmtp.train.manifest``)."""
-    if not source.trained:
-        return
+    if source.trained:
+        check_whole(source.weights)
+
+
+def check_whole(checkpoint: Path) -> None:
+    """A CheckpointError naming the first file an export of ``checkpoint`` reads that does not
+    match its manifest: the consolidated weights, or the DCP ``state/`` where there are none."""
     from wmtp.train.manifest import listed, verify
 
-    if source.consolidated is not None:
-        read = [source.consolidated.name]
-    else:
-        read = [name for name in listed(source.weights) if name.startswith(f"{DCP_STATE}/")]
-    verify(source.weights, only=[*read, "recipe.toml", "trainer.json"])
+    consolidated = [n for n in (FULL_WEIGHTS, LORA_WEIGHTS) if (checkpoint / n).is_file()][:1]
+    read = consolidated or [n for n in listed(checkpoint) if n.startswith(f"{DCP_STATE}/")]
+    verify(checkpoint, only=[*read, "recipe.toml", "trainer.json"])
 
 
 # The recipe ------------------------------------------------------------------------------

@@ -35,8 +35,11 @@ from wmtp.models.descriptions import (
     MTP_HEADS_WEIGHTS,
     WEIGHTS_FILE,
     args_or_error,
+    checkpoint_format,
     described_args,
     detect_format,
+    extra_heads_held,
+    heads_in,
     heads_problem,
     hf_weight_files,
     meta_shards,
@@ -75,10 +78,8 @@ class Checkpoint:
 def read_checkpoint(path: str | Path, format: str = "auto", dtype=None) -> Checkpoint:
     """Read any supported format (``auto`` detects it); tensors cast to ``dtype`` when given."""
     path = Path(path)
-    fmt = detect_format(path) if format == "auto" else format
+    fmt = checkpoint_format(path, format)
     readers = {"meta": read_meta, "hf": read_hf, "safetensors": read_wmtp}
-    if fmt not in readers:
-        raise CheckpointError(f"checkpoint {path}: unknown format {fmt!r} (known: {FORMATS})")
     ckpt = readers[fmt](path, dtype)
     if ckpt.args.vocab_size == -1:  # "from the tokenizer": the embedding has exactly its rows
         rows = _shape(ckpt.state_dict, "tok_embeddings.weight", path)[0]
@@ -101,7 +102,7 @@ def read_meta(path: Path, dtype=None) -> Checkpoint:
 
 def _check_meta_heads(params: dict, sd: dict, params_file: Path) -> None:
     """``params.json``'s ``n_future_tokens`` against the ``extra_heads`` the weights hold."""
-    problem = heads_problem(params, 1 + _extra_heads_held(sd))
+    problem = heads_problem(params, 1 + extra_heads_held(sd))
     if problem is not None:
         raise CheckpointError(f"{params_file}: {problem}")
 
@@ -264,6 +265,8 @@ def load_trained(model: torch.nn.Module, trained: TrainedWeights) -> None:
     except SafetensorError as exc:
         raise CheckpointError(f"checkpoint {trained.file}: cannot be read ({exc})") from exc
     sd = {k: v.to(param.dtype) if v.is_floating_point() else v for k, v in sd.items()}
+    what = "every weight" if trained.kind == "full" else "LoRA adapters"
+    log.info("checkpoint: %s from %s (trained by wmtp)", what, trained.file)
     if trained.kind == "full":
         load_checked(model, sd, str(trained.file))
         return
@@ -278,20 +281,6 @@ def load_trained(model: torch.nn.Module, trained: TrainedWeights) -> None:
     check_shapes(trained_keys, sd, f"{trained.file} (LoRA adapters)")
     with torch.no_grad():
         model.load_state_dict(sd, strict=False)
-
-
-def heads_in(weights: Path) -> int:
-    """Prediction heads of a wmtp weights file (full or LoRA): 1 + its ``extra_heads`` layers."""
-    from safetensors import safe_open
-
-    with safe_open(str(weights), framework="pt") as f:
-        return 1 + _extra_heads_held(f.keys())
-
-
-def _extra_heads_held(keys) -> int:
-    """How many ``extra_heads.{j}.`` layers these state-dict keys hold (the largest j, plus 1)."""
-    indices = [key.split(".")[1] for key in keys if key.startswith("extra_heads.")]
-    return 1 + max((int(j) for j in indices if j.isdigit()), default=-1)
 
 
 def resize_heads(args: ModelArgs, sd: dict, n_future_tokens: int) -> tuple[ModelArgs, dict]:

@@ -34,7 +34,14 @@ from typing import TYPE_CHECKING, Any
 
 from wmtp.errors import CheckpointError
 from wmtp.models.backends import BACKENDS
-from wmtp.models.descriptions import check_numerics_agree, check_sizes_agree
+from wmtp.models.descriptions import (
+    check_numerics_agree,
+    check_sizes_agree,
+    described_args,
+    frozen_heads_problem,
+    heads_in,
+    vocabulary_problem,
+)
 from wmtp.recipe.specs.models import (
     LinearHeadSpec,
     LlamaMTPSpec,
@@ -68,9 +75,11 @@ def build_llama_mtp_model(
     """LLaMA with n future-token heads, built in the order of the module docstring."""
     import torch
 
-    from wmtp.models.checkpoint import from_pretrained, heads_in
+    from wmtp.models.checkpoint import from_pretrained
     from wmtp.models.llama_mtp import LlamaMTP
 
+    if not trainable and not n_future_tokens and (problem := frozen_heads_problem(spec)):
+        raise CheckpointError(problem)
     attention = _attention(spec, device, trainable)
     dtype = _storage_dtype(spec, trainable)
     trained = _trained_weights(spec)
@@ -184,12 +193,14 @@ def _trained_weights(spec) -> TrainedWeights | None:
 
 
 def _check_vocabulary(model_vocab: int, tokenizer_vocab: int | None, spec) -> None:
-    if tokenizer_vocab is not None and model_vocab < tokenizer_vocab:
-        source = spec.path or spec.flavour or "the recipe's sizes"
-        raise CheckpointError(
-            f"{source}: the model has {model_vocab} token embeddings, fewer than the "
-            f"tokenizer's {tokenizer_vocab} ids"
-        )
+    """The model's embedding rows against the tokenizer's ids (``vocabulary_problem``: exact
+    where the pretrained sizes say "the tokenizer's", as Meta's ``vocab_size = -1`` does)."""
+    if tokenizer_vocab is None:
+        return
+    exact = bool(spec.path) and described_args(spec.path, spec.format).vocab_size == -1
+    problem = vocabulary_problem(model_vocab, tokenizer_vocab, exact)
+    if problem is not None:
+        raise CheckpointError(f"{spec.path or spec.flavour or 'the recipe sizes'}: {problem}")
 
 
 def _stated_context(spec, args):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 from pathlib import Path
 
 from wmtp.errors import CheckpointError
@@ -31,33 +32,78 @@ MTP_HEADS_INFO = "mtp_heads.json"
 MTP_HEADS_FORMAT = "wmtp-mtp-heads"
 
 
+FORMAT_FILES = {
+    "meta": "params.json + consolidated*.pth",
+    "hf": "config.json + model*.safetensors",
+    "safetensors": f"{ARGS_FILE} + {WEIGHTS_FILE}",
+}
+"""What each format's directory holds (what :func:`holds_format` looks for)."""
+FORMAT_NAMES = {"meta": "Meta's", "hf": "a Hugging Face", "safetensors": "wmtp's"}
+
+
+def holds_format(path: Path, fmt: str) -> bool:
+    """Whether ``path`` holds the files of format ``fmt`` (:data:`FORMAT_FILES`)."""
+    if fmt == "safetensors" and path.is_file():
+        return path.suffix == ".safetensors"
+    if not path.is_dir():
+        return False
+    names = {p.name for p in path.iterdir()}
+    if fmt == "meta":
+        return "params.json" in names and any(n.endswith(".pth") for n in names)
+    if fmt == "hf":
+        return "config.json" in names and any(n.endswith(".safetensors") for n in names)
+    return fmt == "safetensors" and ARGS_FILE in names
+
+
 def detect_format(path: str | Path) -> str:
     """``meta``, ``hf`` or ``safetensors`` from the files at ``path``; CheckpointError otherwise."""
     path = Path(path)
-    if path.is_file() and path.suffix == ".safetensors":
-        return "safetensors"
-    if not path.is_dir():
+    if not path.exists() or (path.is_file() and path.suffix != ".safetensors"):
         raise CheckpointError(f"checkpoint {path}: no such directory or .safetensors file")
-    names = {p.name for p in path.iterdir()}
-    if ARGS_FILE in names:
-        return "safetensors"
-    if "params.json" in names and any(n.endswith(".pth") for n in names):
-        return "meta"
-    if "config.json" in names and any(n.endswith(".safetensors") for n in names):
-        return "hf"
-    listing = ", ".join(sorted(names)[:12]) or "(empty)"
+    for fmt in ("safetensors", "meta", "hf"):  # wmtp's first: its exports may hold the others'
+        if holds_format(path, fmt):
+            return fmt
+    expected = ", ".join(f"{FORMAT_FILES[f]} ({f})" for f in ("meta", "hf", "safetensors"))
     raise CheckpointError(
-        f"checkpoint {path}: unknown format; expected params.json + consolidated.pth (meta), "
-        f"config.json + model*.safetensors (hf) or {ARGS_FILE} + {WEIGHTS_FILE} (wmtp); "
-        f"found {listing}"
+        f"checkpoint {path}: unknown format; expected {expected}; found {_listing(path)}"
     )
+
+
+def checkpoint_format(path: str | Path, format: str = "auto") -> str:
+    """The format of the weights at ``path``: detected for ``auto``; a stated one checked
+    against the files there, saying what the directory holds instead (a Hugging Face directory
+    under ``format = "meta"``, a Meta download whose ``.pth`` never arrived)."""
+    path = Path(path)
+    if format == "auto":
+        return detect_format(path)
+    if format not in FORMATS:
+        raise CheckpointError(f"checkpoint {path}: unknown format {format!r} (known: {FORMATS})")
+    if holds_format(path, format):
+        return format
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path}: no such directory or .safetensors file")
+    need = f'format = "{format}" reads {FORMAT_FILES[format]}'
+    try:
+        found = detect_format(path)
+    except CheckpointError:
+        raise CheckpointError(f"checkpoint {path}: {need}; found {_listing(path)}") from None
+    raise CheckpointError(
+        f"checkpoint {path}: {need}, but this is {FORMAT_NAMES[found]} checkpoint "
+        f'({FORMAT_FILES[found]}): set format = "{found}" or "auto"'
+    )
+
+
+def _listing(path: Path) -> str:
+    if path.is_file():
+        return f"a file, {path.name}"
+    return ", ".join(sorted(p.name for p in path.iterdir())[:12]) or "(an empty directory)"
 
 
 def described_args(path: str | Path, format: str = "auto") -> ModelArgs:
     """The sizes a model directory (or wmtp ``.safetensors`` file) describes, every key read as
     its reader reads it; ``vocab_size`` -1 where only the embedding knows it (Meta)."""
     path = Path(path)
-    fmt = detect_format(path) if format == "auto" else format
+    fmt = checkpoint_format(path, format)
     if fmt == "meta":
         params = read_json(path / "params.json")
         return args_or_error(lambda: ModelArgs.from_params_json(params), path / "params.json")
@@ -65,9 +111,7 @@ def described_args(path: str | Path, format: str = "auto") -> ModelArgs:
         config = read_json(path / "config.json")
         args = args_or_error(lambda: args_from_hf_config(config), path / "config.json")
         return args.with_heads(1 + extra_heads_beside(path))
-    if fmt == "safetensors":
-        return wmtp_description(path)[1]
-    raise CheckpointError(f"checkpoint {path}: unknown format {fmt!r} (known: {FORMATS})")
+    return wmtp_description(path)[1]
 
 
 def wmtp_description(path: Path) -> tuple[dict, ModelArgs]:
@@ -352,6 +396,19 @@ def check_weights_whole(path: Path, fmt: str) -> None:
 
 
 def _check_safetensors_whole(file: Path) -> None:
+    header_len, header = _safetensors_header(file)
+    ends = [e["data_offsets"][1] for k, e in header.items() if k != "__metadata__"]
+    need = 8 + header_len + max(ends, default=0)
+    if file.stat().st_size < need:
+        raise CheckpointError(
+            f"checkpoint {file}: cut short: {file.stat().st_size:,} bytes, its header describes "
+            f"{need:,} (an interrupted download or copy?)"
+        )
+
+
+def _safetensors_header(file: Path) -> tuple[int, dict]:
+    """A safetensors file's header (its length and its JSON: tensor names to dtype, shape and
+    byte range), read without torch; a CheckpointError for a file that has none."""
     size = file.stat().st_size
     try:
         with open(file, "rb") as f:
@@ -359,37 +416,167 @@ def _check_safetensors_whole(file: Path) -> None:
             if not 0 < header_len <= size - 8:
                 raise ValueError(f"a header of {header_len:,} bytes")
             header = json.loads(f.read(header_len))
-        ends = [e["data_offsets"][1] for k, e in header.items() if k != "__metadata__"]
+        for key, entry in header.items():
+            if key != "__metadata__":
+                entry["data_offsets"][1]
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
         raise CheckpointError(f"checkpoint {file}: not a whole safetensors file ({exc})") from None
-    need = 8 + header_len + max(ends, default=0)
-    if size < need:
-        raise CheckpointError(
-            f"checkpoint {file}: cut short: {size:,} bytes, its header describes {need:,} "
-            "(an interrupted download or copy?)"
+    return header_len, header
+
+
+def heads_in(weights: Path) -> int:
+    """Prediction heads of a wmtp weights file (full or LoRA): 1 + its ``extra_heads`` layers,
+    from the names in its header (no tensor read, no torch)."""
+    return 1 + extra_heads_held(_safetensors_header(weights)[1])
+
+
+def extra_heads_held(keys) -> int:
+    """How many ``extra_heads.{j}.`` layers these state-dict keys hold (the largest j, plus 1)."""
+    indices = [key.split(".")[1] for key in keys if key.startswith("extra_heads.")]
+    return 1 + max((int(j) for j in indices if j.isdigit()), default=-1)
+
+
+def frozen_heads_problem(spec, key: str = "n_future_tokens") -> str | None:
+    """What is wrong where a frozen model (a Rho-1 reference, a model evaluated) is asked for
+    more heads than its weights hold: the builder would give it untrained copies of head 1 as
+    heads 2..n, which a trained model never asks for but a frozen one cannot learn. ``spec``:
+    a ``[model.*]`` section of kind ``llama_mtp``; heads held are the trained ``checkpoint``'s
+    (it decides the model's heads) or else the pretrained ``path``'s."""
+    from wmtp.models.locate import find_trained_weights
+
+    if spec.checkpoint:
+        held = heads_in(find_trained_weights(spec.checkpoint).file)
+        source = f"the weights of checkpoint = {spec.checkpoint!r}"
+    elif spec.path:
+        held = described_args(spec.path, spec.format).n_future_tokens
+        source = f"the weights at path = {spec.path!r}"
+    else:
+        return None  # fresh weights: any number of heads
+    asked = spec.n_future_tokens or (held if spec.checkpoint else None)
+    asked = asked or spec.resolved_sizes().get("n_future_tokens") or held
+    if asked <= held:
+        return None
+    added = (
+        f"head {asked} would be an untrained copy"
+        if asked == held + 1
+        else f"heads {held + 1}..{asked} would be untrained copies"
+    )
+    return (
+        f"{asked} heads asked, but {source} hold {held} head{'s' * (held != 1)}: a frozen "
+        f"model's {added} of head 1 (set {key} = {held})"
+    )
+
+
+def check_vocabulary(path: Path, fmt: str, tokenizer_vocab: int) -> None:
+    """The embedding's rows, as the description gives them (a Meta ``params.json`` saying
+    ``vocab_size = -1``: the rows of ``tok_embeddings``, read by :func:`meta_tensor_shapes`),
+    against the tokenizer's ids (:func:`vocabulary_problem`)."""
+    args = described_args(path, fmt)
+    rows, exact = args.vocab_size, args.vocab_size == -1
+    if exact:  # Meta's "the tokenizer's": the embedding has exactly its rows
+        rows = _meta_embedding_rows(path, args.dim)
+    problem = vocabulary_problem(rows, tokenizer_vocab, exact) if rows else None
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {path}: {problem}")
+
+
+def _meta_embedding_rows(path: Path, dim: int) -> int | None:
+    """``tok_embeddings``' rows across a Meta directory's shards (split by width: each shard
+    holds every row; by vocabulary, as Llama 3's: the shards' rows add up); None where a shard
+    is a legacy pickle."""
+    shapes = [meta_tensor_shapes(shard) for shard in meta_shards(path)]
+    if any(s is None or "tok_embeddings.weight" not in s for s in shapes):
+        return None
+    first_rows, width = shapes[0]["tok_embeddings.weight"]
+    if width < dim:  # split by width
+        return first_rows
+    return sum(s["tok_embeddings.weight"][0] for s in shapes)  # type: ignore[index]
+
+
+def vocabulary_problem(rows: int, tokenizer_vocab: int, exact: bool) -> str | None:
+    """What is wrong where a model with ``rows`` token embeddings meets a tokenizer of
+    ``tokenizer_vocab`` ids: fewer rows than ids (ids without an embedding), or, where the
+    model's sizes say its vocabulary is the tokenizer's (``exact``), any other count (another
+    tokenizer than the model's). More rows than ids is a padded embedding, and fine."""
+    if rows < tokenizer_vocab:
+        return (
+            f"the model has {rows} token embeddings, fewer than the tokenizer's "
+            f"{tokenizer_vocab} ids"
         )
+    if exact and rows != tokenizer_vocab:
+        return (
+            f"params.json's vocab_size = -1 is the tokenizer's, but the embedding has {rows} rows "
+            f"and the tokenizer {tokenizer_vocab} ids: is tokenizer.path this model's tokenizer?"
+        )
+    return None
 
 
 def check_heads_held(path: Path, fmt: str) -> None:
     """Meta's ``params.json`` ``n_future_tokens`` against the ``extra_heads`` its weights hold,
-    read from the names in the first shard's pickle (no tensor loaded: what ``read_meta``
+    read from the first shard's tensor names (:func:`meta_tensor_shapes`: what ``read_meta``
     checks, found without torch). A legacy (not zipped) ``.pth`` is left to the loader."""
-    import re
-    import zipfile
-
     if fmt != "meta":
         return
-    shard = meta_shards(path)[0]
-    if not zipfile.is_zipfile(shard):
+    shapes = meta_tensor_shapes(meta_shards(path)[0])
+    if shapes is None:
         return
-    with zipfile.ZipFile(shard) as archive:
-        pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
-        names = archive.read(pickles[0]) if pickles else b""
-    indices = {int(j) for j in re.findall(rb"extra_heads\.(\d+)\.", names)}
-    held = 2 + max(indices, default=-1)  # head 1 and extra_heads.0..j
-    problem = heads_problem(read_json(path / "params.json"), held)
+    problem = heads_problem(read_json(path / "params.json"), 1 + extra_heads_held(shapes))
     if problem is not None:
         raise CheckpointError(f"{path / 'params.json'}: {problem}")
+
+
+def meta_tensor_shapes(shard: Path) -> dict[str, tuple[int, ...]] | None:
+    """Each tensor's name and shape in a ``torch.save`` zip (Meta's ``consolidated*.pth``), from
+    its pickle alone: no tensor data read, no torch, nothing but a state dict's own classes
+    unpickled. None for a legacy (not zipped) file; a CheckpointError for an unreadable one."""
+    import zipfile
+
+    if not zipfile.is_zipfile(shard):
+        return None
+    try:
+        with zipfile.ZipFile(shard) as archive:
+            pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+            if not pickles:
+                raise ValueError("no data.pkl in it")
+            with archive.open(pickles[0]) as file:
+                state = _ShapesOnly(file).load()
+        return {key: tuple(shape) for key, shape in state.items()}
+    except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, EOFError) as exc:
+        raise CheckpointError(
+            f"checkpoint {shard}: not a state dict torch.save wrote ({exc})"
+        ) from None
+
+
+def _tensor_shape(storage, offset, size, *rest) -> tuple[int, ...]:
+    """Stands for ``torch._utils._rebuild_tensor_v2``: a tensor's shape."""
+    return tuple(size)
+
+
+def _parameter_shape(shape, *rest) -> tuple[int, ...]:
+    """Stands for ``torch._utils._rebuild_parameter``: its tensor's shape."""
+    return shape
+
+
+_STATE_DICT_CLASSES = {
+    ("collections", "OrderedDict"): dict,
+    ("torch._utils", "_rebuild_tensor_v2"): _tensor_shape,
+    ("torch._utils", "_rebuild_parameter"): _parameter_shape,
+}
+
+
+class _ShapesOnly(pickle.Unpickler):
+    """Unpickles a state dict's structure, each tensor as its shape; any class but the few a
+    state dict is made of is refused."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _STATE_DICT_CLASSES:
+            return _STATE_DICT_CLASSES[module, name]
+        if module == "torch" and name.endswith("Storage"):
+            return name  # a storage's type, in its persistent id
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a state dict")
+
+    def persistent_load(self, pid):
+        return None  # a storage: its data is not read
 
 
 def heads_problem(params: dict, held: int) -> str | None:

@@ -19,10 +19,13 @@ A process that finds weights in a trainer checkpoint holds that checkpoint's rea
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Literal, TypeVar
 
 from wmtp import locks
 from wmtp.errors import CheckpointError
@@ -37,7 +40,12 @@ TRAINER_STATE = "trainer.json"
 READERS_LOCK = ".readers"
 """In a checkpoint: the lock its readers share, which its trainer's pruning must take alone."""
 
+PINS = ".pinned-by"
+"""In a checkpoint: one file per run that loads it as a frozen model and may still be resumed
+(:func:`pin`), which its trainer's pruning leaves alone."""
+
 _read_now: dict[Path, IO[str]] = {}
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -68,12 +76,54 @@ def step_dirs(run_dir: str | Path) -> list[Path]:
 def keep_while_read(directory: Path) -> bool:
     """Keep a trainer checkpoint from ``keep_last``'s pruning until this process ends (nothing to
     keep for other paths); False when it is gone: pruned before it could be kept."""
-    if not (STEP_DIR.match(directory.name) and directory.parent.name == CHECKPOINTS):
+    if not _is_trainer_checkpoint(directory):
         return True
     key = directory.resolve()
     if key not in _read_now and (held := locks.share(directory / READERS_LOCK)) is not None:
         _read_now[key] = held
     return directory.is_dir()
+
+
+def pin(directory: Path, run: Path) -> None:
+    """Keep a trainer checkpoint from ``keep_last``'s pruning while ``run``, which loads it as a
+    frozen model (a critic, a Rho-1 reference), has not finished: stopped, it must find the same
+    weights when resumed. A file naming the run in ``directory/.pinned-by``; a checkpoint this
+    user cannot write in is left as it is (its owner's pruning may then remove it)."""
+    if not _is_trainer_checkpoint(directory):
+        return
+    try:
+        (directory / PINS).mkdir(exist_ok=True)
+        (directory / PINS / _pin_name(run)).write_text(str(run.resolve()) + "\n")
+    except OSError:
+        return
+
+
+def unpin(directory: Path, run: Path) -> None:
+    """``run`` has finished: it no longer keeps ``directory`` (:func:`pin`)."""
+    with contextlib.suppress(OSError):
+        (directory / PINS / _pin_name(run)).unlink(missing_ok=True)
+
+
+def pinned_by(directory: Path) -> list[Path]:
+    """The runs that keep ``directory`` (:func:`pin`) and are still there; a pin whose run was
+    removed is dropped."""
+    runs = []
+    for file in sorted((directory / PINS).glob("*")):
+        with contextlib.suppress(OSError):
+            run = Path(file.read_text().strip())
+            if run.is_dir():
+                runs.append(run)
+            else:
+                file.unlink()
+    return runs
+
+
+def _pin_name(run: Path) -> str:
+    return hashlib.sha256(str(run.resolve()).encode()).hexdigest()[:16]
+
+
+def _is_trainer_checkpoint(directory: Path) -> bool:
+    return bool(STEP_DIR.match(directory.name)) and directory.parent.name == CHECKPOINTS
 
 
 def keep_named_checkpoint(directory: Path, reference: str | Path) -> None:
@@ -125,26 +175,39 @@ def find_trained_weights(reference: str | Path) -> TrainedWeights:
 
 def _newest_intact(reference: str | Path, run: Path) -> TrainedWeights:
     """The newest checkpoint of ``run`` whose weights and recipe match its manifest, as a
-    resume takes the newest intact one: each newer one is named in a warning (which file, why);
-    none is a CheckpointError listing them."""
+    resume takes the newest intact one (:func:`newest_whole`)."""
+
+    def intact(step: Path) -> TrainedWeights:
+        kind = _weights_kind(step)
+        if kind is None:
+            raise CheckpointError(f"{step}: no {FULL_WEIGHTS} or {LORA_WEIGHTS}")
+        found = TrainedWeights(step, kind, _recipe_beside(step))
+        _verify(found)
+        return found
+
+    return newest_whole(reference, run, intact, using="using")
+
+
+def newest_whole(reference: str | Path, run: Path, check: Callable[[Path], T], using: str) -> T:
+    """What ``check`` makes of the newest checkpoint of ``run`` it does not refuse (a
+    CheckpointError: a file that does not match its manifest), that checkpoint kept from its
+    run's pruning while read: each newer one is named in a warning (which file, why; "USING
+    step-N, the one before it"); none is a CheckpointError listing them."""
     import logging
 
     skipped = []
     for step in reversed(step_dirs(run)):
         if not keep_while_read(step):
             continue  # pruned while we looked: a newer one was listed first
-        kind = _weights_kind(step)
-        if kind is None:
-            skipped.append(f"{step}: no {FULL_WEIGHTS} or {LORA_WEIGHTS}")
-            continue
-        found = TrainedWeights(step, kind, _recipe_beside(step))
         try:
-            _verify(found)
+            found = check(step)
         except CheckpointError as exc:
             skipped.append(exc.render())
             continue
         for why in skipped:
-            logging.getLogger(__name__).warning("%s; using %s, the one before it", why, step.name)
+            logging.getLogger(__name__).warning(
+                "%s; %s %s, the one before it", why, using, step.name
+            )
         return found
     if not skipped:
         raise CheckpointError(f"{reference}: the run {run} has no checkpoint with weights yet")

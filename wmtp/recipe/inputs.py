@@ -69,25 +69,53 @@ def unusable_inputs(loaded: Any) -> list[Any]:
     wmtp cannot honour or whose sizes or numerics disagree with the recipe's; each trained
     ``model.<role>.checkpoint`` without intact weights, of another role, or trained with a
     recipe that disagrees with this one (:func:`_unusable_checkpoint`); a tokenizer
-    file that does not load (a truncated download, another file); a ``data.path`` that holds no
+    file that does not load (a truncated download, another file); a frozen model asked for more
+    heads than its weights hold (:func:`_added_heads`); a ``data.path`` that holds no
     rows (:func:`_unusable_data`); and the benchmarks (:func:`_unreadable_benchmarks`). A path
     that is not there is :func:`input_problems`'s."""
     problems = []
-    for role in loaded.recipe.pipeline.uses:
-        spec = getattr(loaded.recipe.model, role)
-        why = _unusable_model(role, spec) if spec is not None else None
-        if why is not None:
-            problems.append(located_problem(loaded, f"model.{role}.path", f"{spec.path!r}: {why}"))
-        if spec is not None and spec.checkpoint and _trained_checkpoint(role, spec) is None:
-            why = _unusable_checkpoint(role, spec, loaded.recipe)
-            if why is not None:
-                key, written = f"model.{role}.checkpoint", spec.checkpoint
-                problems.append(located_problem(loaded, key, f"{written!r}: {why}"))
     tokenizer = loaded.recipe.tokenizer
-    why = _unreadable_tokenizer(tokenizer) if _tokenizer(tokenizer) is None else None
+    vocab, why = _tokenizer_vocab(tokenizer) if _tokenizer(tokenizer) is None else (None, None)
     if why is not None:
         problems.append(located_problem(loaded, "tokenizer.path", f"{tokenizer.path!r}: {why}"))
+    for role in loaded.recipe.pipeline.uses:
+        spec = getattr(loaded.recipe.model, role)
+        found = _unusable_weights(loaded, role, spec, vocab) if spec is not None else []
+        if not found and role != loaded.recipe.pipeline.trains:
+            found = _added_heads(loaded, role, spec)
+        problems += found
     return problems + _unusable_data(loaded) + _unreadable_benchmarks(loaded)
+
+
+def _unusable_weights(loaded: Any, role: str, spec: Any, vocab: int | None) -> list[Any]:
+    """``model.<role>.path`` (:func:`_unusable_model`, its embedding against the tokenizer's
+    ``vocab`` ids) and ``checkpoint`` (:func:`_unusable_checkpoint`) that are there but cannot
+    be used, as located problems."""
+    problems = []
+    why = _unusable_model(role, spec, vocab)
+    if why is not None:
+        problems.append(located_problem(loaded, f"model.{role}.path", f"{spec.path!r}: {why}"))
+    if spec.checkpoint and _trained_checkpoint(role, spec) is None:
+        why = _unusable_checkpoint(role, spec, loaded.recipe)
+        if why is not None:
+            key, written = f"model.{role}.checkpoint", spec.checkpoint
+            problems.append(located_problem(loaded, key, f"{written!r}: {why}"))
+    return problems
+
+
+def _added_heads(loaded: Any, role: str, spec: Any) -> list[Any]:
+    """A frozen model asked for heads its weights do not hold
+    (``descriptions.frozen_heads_problem``, which its builder checks again)."""
+    from wmtp.models.descriptions import frozen_heads_problem
+
+    if spec is None or spec.kind != "llama_mtp":
+        return []
+    key = f"model.{role}.n_future_tokens"
+    try:
+        why = frozen_heads_problem(spec, key)
+    except CheckpointError:
+        return []  # the weights themselves are the problem: said above, or by the loader
+    return [] if why is None else [located_problem(loaded, key, why)]
 
 
 def _unusable_data(loaded: Any) -> list[Any]:
@@ -126,28 +154,31 @@ def _unreadable_benchmarks(loaded: Any) -> list[Any]:
     return []
 
 
-def _unusable_model(role: str, spec: Any) -> str | None:
+def _unusable_model(role: str, spec: Any, tokenizer_vocab: int | None) -> str | None:
     from wmtp.models.descriptions import (
         check_heads_held,
         check_numerics_agree,
         check_sizes_agree,
+        check_vocabulary,
         check_weights_whole,
+        checkpoint_format,
         described_args,
-        detect_format,
     )
 
     if not spec.path or _model_path(role, spec) is not None:
         return None
     try:
         path = _resolved(spec.path)
-        fmt = detect_format(path) if spec.format == "auto" else spec.format
+        fmt = checkpoint_format(path, spec.format)
         check_weights_whole(path, fmt)
         check_heads_held(path, fmt)
-        args = described_args(path, spec.format)
+        args = described_args(path, fmt)
         heads = getattr(spec, "n_future_tokens", None)  # a critic has one; resized before compared
         args = args.with_heads(heads) if heads else args
         check_sizes_agree(spec, args, spec.path, f"model.{role}")
         check_numerics_agree(spec, args, spec.path)
+        if tokenizer_vocab is not None:
+            check_vocabulary(path, fmt, tokenizer_vocab)
     except CheckpointError as exc:
         return str(exc)
     return None
@@ -213,19 +244,16 @@ def _tokenizer(spec: Any) -> MissingInput | None:
     return _absent("tokenizer.path", path, f"no such file (a {name}, or a directory holding one)")
 
 
-def _unreadable_tokenizer(spec: Any) -> str | None:
-    """Why the tokenizer file the recipe names (and that is there) does not load, if it does
-    not."""
+def _tokenizer_vocab(spec: Any) -> tuple[int | None, str | None]:
+    """The tokenizer's ids (None where it does not load), and why it does not load, if not."""
     from wmtp.data.tokenizers import load_tokenizer
     from wmtp.errors import WmtpError
 
-    if getattr(spec, "path", None) is None:
-        return None
     try:
-        load_tokenizer(spec.kind, _resolved(spec.path))
+        path = getattr(spec, "path", None)
+        return load_tokenizer(spec.kind, _resolved(path) if path else None).vocab_size, None
     except WmtpError as exc:
-        return f"cannot be loaded: {exc.render()}"
-    return None
+        return None, f"cannot be loaded: {exc.render()}"
 
 
 def _model_path(role: str, spec: Any) -> MissingInput | None:
@@ -259,18 +287,28 @@ def _unusable_checkpoint(role: str, spec: Any, recipe: Any) -> str | None:
 
     try:
         found = find_trained_weights(spec.checkpoint)
-        trained = _pipeline_that_trained(found.recipe_file)
-        wanted = "critic" if role == "critic" else "policy"
-        if trained is not None and trained[1] != wanted:
-            pipeline, what = trained
-            return (
-                f"a {pipeline} run, which trained model.{what}, not a {wanted}: "
-                f"name a run of a pipeline that trains the {wanted}"
-            )
+        wrong = wrong_role(found.recipe_file, "critic" if role == "critic" else "policy")
+        if wrong is not None:
+            return wrong
         check_checkpoint_recipe(role, spec, recipe)
     except CheckpointError as exc:
         return str(exc).removeprefix(f"{spec.checkpoint}: ")
     return None
+
+
+def wrong_role(recipe_file: Path | None, wanted: str) -> str | None:
+    """What is wrong where weights whose recipe is ``recipe_file`` are used as the ``wanted``
+    role's ("policy", "critic"): a critic run named as a policy, a baseline run as the critic.
+    None where they trained that role, or nothing says which they trained."""
+    trained = _pipeline_that_trained(recipe_file)
+    if trained is None or trained[1] == wanted:
+        return None
+    pipeline, what = trained
+    kind = " (a value model)" if what == "critic" else ""
+    return (
+        f"a {pipeline} run, which trained model.{what}{kind}, not a {wanted}: "
+        f"name a run of a pipeline that trains the {wanted}"
+    )
 
 
 def _pipeline_that_trained(recipe_file: Path | None) -> tuple[str, str] | None:

@@ -46,7 +46,7 @@ from torch.distributed.checkpoint.state_dict import (
 from wmtp import locks
 from wmtp.errors import CheckpointError, RunError
 from wmtp.models import safetensors_file
-from wmtp.models.locate import CHECKPOINTS, FULL_WEIGHTS, LORA_WEIGHTS, READERS_LOCK
+from wmtp.models.locate import CHECKPOINTS, FULL_WEIGHTS, LORA_WEIGHTS, READERS_LOCK, pinned_by
 from wmtp.models.locate import step_dirs as checkpoint_dirs
 from wmtp.parallel import barrier
 from wmtp.train.io_errors import describe_write_error
@@ -186,7 +186,8 @@ def _set_aside(replaced: Path) -> None:
     """Rename a checkpoint this step replaces (one a resume passed over as damaged) out of the
     run's checkpoints, never deleting it: what of it is whole (its weights, evaluated perhaps)
     stays for the user to keep or remove."""
-    aside = replaced.with_name(f"{replaced.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    suffix = f".replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+    aside = replaced.with_name(replaced.name + suffix)
     replaced.rename(aside)
     log.warning(
         "%s is replaced by this run's own step %s; the one there before (passed over by the "
@@ -195,18 +196,38 @@ def _set_aside(replaced: Path) -> None:
         replaced.name.removeprefix("step-"),
         aside,
     )
+    evaluated = replaced.parent.parent / "eval" / replaced.name  # its results, not the new one's
+    if evaluated.is_dir():
+        evaluated.rename(evaluated.with_name(evaluated.name + suffix))
+        log.warning("its evaluation goes with it: %s%s", evaluated, suffix)
 
 
 def _remove_unless_read(old: Path, keep_last: int) -> None:
-    """Delete a checkpoint beyond ``keep_last``, unless a process reads it now: then it stays
-    until a later checkpoint (or the run's end, :func:`prune_at_end`) finds it free."""
+    """Delete a checkpoint beyond ``keep_last``, unless a process reads it now, or a run that
+    loads it as a frozen model may still resume (``locate.pin``): then it stays until a later
+    checkpoint (or the run's end, :func:`prune_at_end`) finds it free."""
     if not _removed_if_free(old):
-        log.info(
-            "%s kept past keep_last = %d: another wmtp command reads it now; it goes at a "
-            "later checkpoint",
-            old,
-            keep_last,
+        log.info("%s kept past keep_last = %d: %s", old, keep_last, _kept_for(old))
+
+
+def _kept_for(old: Path) -> str:
+    runs = pinned_by(old)
+    if runs:
+        return (
+            f"run {runs[0]} loads it as a frozen model and has not finished (resumed, it "
+            "needs these weights); it goes at a checkpoint after that run has finished or "
+            "was removed"
         )
+    return "another wmtp command reads it now; it goes at a later checkpoint"
+
+
+def remove_half_written(run_dir: Path) -> None:
+    """Checkpoints an earlier process of this run left half written (``.tmp-step-N``: a second
+    stop signal or a kill while it saved), which no later save of that step would clear. The
+    caller trains the run, under its lock: no other process writes them."""
+    for tmp in sorted((run_dir / "checkpoints").glob(".tmp-step-*")):
+        shutil.rmtree(tmp, ignore_errors=True)
+        log.info("removed %s: a checkpoint an earlier process left half written", tmp)
 
 
 def prune_at_end(run_dir: Path, keep_last: int) -> None:
@@ -214,7 +235,9 @@ def prune_at_end(run_dir: Path, keep_last: int) -> None:
     now if it is done; one still read stays, said with what to do (no later checkpoint will
     prune it)."""
     for old in checkpoint_dirs(run_dir)[:-keep_last]:
-        if not _removed_if_free(old):
+        if pinned_by(old):
+            log.info("%s stays past keep_last = %d: %s", old, keep_last, _kept_for(old))
+        elif not _removed_if_free(old):
             log.warning(
                 "%s stays past keep_last = %d: another wmtp command still reads it as the run "
                 "ends; remove it once that command is done",
@@ -224,7 +247,10 @@ def prune_at_end(run_dir: Path, keep_last: int) -> None:
 
 
 def _removed_if_free(old: Path) -> bool:
-    """Delete ``old`` unless a process holds its readers' lock; whether it went."""
+    """Delete ``old`` unless a process holds its readers' lock or a run that may resume keeps
+    it (``locate.pin``); whether it went."""
+    if pinned_by(old):
+        return False
     with locks.unless_shared(old / READERS_LOCK) as free:
         if free:
             shutil.rmtree(old, ignore_errors=True)
@@ -283,11 +309,16 @@ def _write_error(final: Path, cause: str) -> RunError:
     the free space, another I/O error, or another rank's failure), and what is kept."""
     from wmtp.train.run_dir import resume_command
 
-    kept = [p.name for p in checkpoint_dirs(final.parent.parent)]
-    kept_text = f"earlier checkpoints kept: {', '.join(kept)}" if kept else "no earlier checkpoint"
+    run = final.parent.parent
+    kept = [p.name for p in checkpoint_dirs(run)]
+    then = (
+        f"earlier checkpoints kept: {', '.join(kept)}; once fixed, continue with: "
+        f"{resume_command(run)}"
+        if kept
+        else "there is no earlier checkpoint to resume from: once fixed, run the recipe again"
+    )
     return RunError(
-        f"cannot write checkpoint {final}: {cause}; the partial checkpoint was removed, "
-        f"{kept_text}; once fixed, continue with: {resume_command(final.parent.parent)}"
+        f"cannot write checkpoint {final}: {cause}; the partial checkpoint was removed, {then}"
     )
 
 

@@ -6,6 +6,8 @@ message, instead of hanging in its next collective. Kinds:
 
 - ``raise``: a ``RunError`` ("injected fault ..."), as a user-visible error would be raised;
 - ``sigkill``: the process kills itself with SIGKILL (no clean-up, like an OOM kill);
+- ``sigint`` / ``sigterm``: the process sends itself that signal (a user's Ctrl-C, a scheduler's
+  stop) after step ``step``, which the trainer's own handlers then meet as from outside;
 - ``nan``: the gradients of head 2 (the first extra head; head 1 in a one-head model) become NaN
   after the backward of step ``step``, before the optimizer would apply them (the trainer's
   guard must then refuse the step and name the head);
@@ -50,7 +52,7 @@ RECORDED_ENV = (
     "WMTP_DIST_TIMEOUT_S",
 )
 """Variables whose value each rank records with its first state line (launcher pass-through)."""
-KINDS = ("raise", "sigkill", "nan", "oom", "hang")
+KINDS = ("raise", "sigkill", "sigint", "sigterm", "nan", "oom", "hang")
 MID_STEP = ("nan", "oom", "hang")
 """Kinds that fire between a step's backward and its update (the others after the update)."""
 HANG_S = 600.0
@@ -98,6 +100,9 @@ def fire(fault: Fault, rank: int, step: int) -> None:
         return
     if fault.kind == "sigkill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if fault.kind in ("sigint", "sigterm"):  # a real stop signal, as a user's or scheduler's
+        os.kill(os.getpid(), signal.Signals[fault.kind.upper()])
+        return
     raise RunError(f"injected fault ({FAULT_ENV}): rank {rank} failed after step {step}")
 
 

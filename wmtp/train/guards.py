@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
@@ -132,9 +133,9 @@ class StopSignals:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum:
             name = signal.Signals(signum).name
-            print(
-                f"\n{name} again: stopping now, without a checkpoint", file=sys.stderr, flush=True
-            )
+            said = f"{name} again: stopping now, without a checkpoint"
+            print(f"\n{said}", file=sys.stderr, flush=True)
+            logging.getLogger(__name__).warning("stopped: %s", said)  # run.log says how it ended
             os._exit(128 + signum)
         self.signum = signum
         if self.building:

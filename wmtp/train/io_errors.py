@@ -28,6 +28,11 @@ def describe_write_error(exc: BaseException, where: Path) -> str:
     if reason is None and free is not None and free < NEARLY_FULL_BYTES:
         reason = "no space left on device"
     if reason is None:
+        from wmtp.folders import refused_write
+
+        refused = refused_write(exc)  # permissions, a read-only file system: in plain words
+        if refused is not None:
+            return refused.render()  # the free space says nothing of these
         reason = _own_words(exc)
     return f"{reason} ({room})" if room else reason
 

@@ -8,7 +8,9 @@
   passed a signal on (30 by default, less than a large model's step and checkpoint): the launcher
   gives it the collective timeout instead (``WMTP_DIST_TIMEOUT_S``, 600 s) unless that variable
   is set, and says so when a stop of training ranks did not end with every rank's checkpoint
-  (``wmtp.train.run_log.mark_rank``).
+  (``wmtp.train.run_log.mark_rank``). A signal that reached one worker, or torchrun alone,
+  stops every rank at the same step too: that clean stop is the run's exit 128 + the signal,
+  not a failed rank.
 - **One message per failure.** Each failed worker leaves a record (``wmtp.train.run_log``); the
   launcher prints the first rank that failed by itself with its error, the others in one line,
   and exits 1, or the error's own code (2) where every rank that failed by itself stopped on a
@@ -138,6 +140,9 @@ class Launch:
             return 128 + self.forwarded
         if code == 0:
             return 0
+        stopped = self._stopped_together()
+        if stopped is not None:  # a signal that reached one rank, or torchrun: every rank
+            return stopped  # agreed and checkpointed, and rank 0 said so
         records = self._records()
         shared = shared_failure(records, self.world_size)
         if shared is not None:
@@ -155,6 +160,16 @@ class Launch:
 
         training = count(TRAINING_SUFFIX)
         return bool(training) and count(STOPPED_SUFFIX) < self.world_size and not self.killed
+
+    def _stopped_together(self) -> int | None:
+        """The exit code every rank stopped with after a clean, checkpointed stop (a signal to
+        one worker or to torchrun, which the ranks agree on at a step), else None."""
+        marks = list(self.failures.glob(f"rank*{STOPPED_SUFFIX}"))
+        codes = {m.read_text().strip() for m in marks}
+        if len(marks) != self.world_size or len(codes) != 1:
+            return None
+        code = codes.pop()
+        return int(code) if code.isdigit() else None
 
     def _records(self) -> list[dict]:
         records = []

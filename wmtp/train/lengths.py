@@ -29,16 +29,7 @@ import numpy as np
 
 from wmtp.data import samplers
 from wmtp.data.examples import padded_length
-from wmtp.errors import DataError
-
-
-class RecipeDataError(DataError):
-    """A data problem traced to the recipe key that names the data (``data.path``,
-    ``tokenizer.path``, ...), so that the caller can locate it in the recipe."""
-
-    def __init__(self, key: str, message: str):
-        self.key, self.message = key, message
-        super().__init__(f"{key}: {message}")
+from wmtp.errors import DataError, RecipeDataError
 
 
 @dataclass(frozen=True)
@@ -51,6 +42,9 @@ class LongestRow:
     """``data``: the longest example in the data; ``max_length``: packed rows."""
     of: str
     """What it is the longest of, for people ("771 correct training rows")."""
+    notes: tuple[str, ...] = ()
+    """What reading the data noted (no metadata: lengths counted, and the command that saves
+    them), as a run logs it."""
 
     def to_json(self) -> dict[str, Any]:
         return {"row_tokens": self.tokens, "row_tokens_from": self.source}
@@ -64,8 +58,9 @@ def longest_row(recipe: Any) -> LongestRow:
     """
     spec = recipe.data
     data = _train_data(recipe, _tokenizer(recipe))
+    notes = tuple(data.train.notes + (data.heldout.notes if data.heldout else []))
     if spec.packing:
-        return LongestRow(spec.max_length, "max_length", "packed rows of max_length")
+        return LongestRow(spec.max_length, "max_length", "packed rows of max_length", notes)
     critic = recipe.pipeline.examples == "pairs"
     rows = pairable_rows(data) if critic else drawn_rows(data)
     if len(rows) == 0:
@@ -79,7 +74,7 @@ def longest_row(recipe: Any) -> LongestRow:
     longest = data.example_length(int(rows[np.argmax(data.train.rows.n_tokens[rows])]))
     padded = padded_length(longest, _pad_multiple(recipe), spec.max_length)
     of = f"{len(rows):,} " + ("solutions that can pair" if critic else "correct training rows")
-    return LongestRow(padded, "data", of)
+    return LongestRow(padded, "data", of, notes)
 
 
 def _pad_multiple(recipe: Any) -> int:
@@ -96,6 +91,7 @@ def drawn_rows(data: Any) -> np.ndarray:
     rows = data.train_rows[table.is_correct[data.train_rows]]
     sampler = data.sampler
     if isinstance(sampler, samplers.DifficultySampler):
+        sampler.check_drawable(rows, table.difficulty)
         members, _ = samplers.difficulty_bins(rows, table.difficulty, sampler.bins)
         drawn = [m for name, m in members.items() if sampler.weights.get(name, 0) > 0]
         rows = np.concatenate([rows[:0], *drawn])
@@ -138,6 +134,8 @@ def _train_data(recipe: Any, tokenizer: Any) -> Any:
         _require_built_humaneval(spec)
     try:
         return assembly.dataset(recipe, tokenizer, progress=False)
+    except RecipeDataError:
+        raise
     except DataError as exc:
         raise RecipeDataError(_dataset_key(spec), exc.render()) from None
 

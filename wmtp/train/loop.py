@@ -50,7 +50,7 @@ from wmtp.train.guards import (
 from wmtp.train.metrics import MetricsLogger, keep_metrics_until
 from wmtp.train.optim import build_optimizer, build_scheduler, step_unless
 from wmtp.train.pipeline import Pipeline, StepOutput, phase, to_device
-from wmtp.train.run_dir import DATA_FILES, resume_command
+from wmtp.train.run_dir import DATA_FILES, pin_inputs_against_pruning, resume_command
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +292,7 @@ class Trainer:
         self._apply_optimizer_settings()
         if self.ctx.is_main:  # metrics after the checkpoint will be written again
             keep_metrics_until(self.run_dir, self.step)
+            ckpt_io.remove_half_written(self.run_dir)
         t = self.recipe.training
         log.info(
             "resumed from %s at step %d: lr %.3g now (peak %.3g, %s, warm-up %d), betas %s, "
@@ -342,7 +343,7 @@ class Trainer:
                 faults.after_step(self)  # testing hooks (WMTP_FAULT, ...); no-op unset
                 self._after_step(logger, last)
                 if signals is not None and (signum := self._stop_requested(signals)):
-                    self.stop_for_signal(signum)
+                    self._stop_or_finish(signum)
             if self.step == self.max_steps:
                 self._finish(logger)
         finally:
@@ -373,8 +374,28 @@ class Trainer:
             logger.log(self.step, self.evaluate())
         if self.saved_step != self.step:
             self.save()
+        self.finished()
+
+    def finished(self) -> None:
+        """The run has trained all its steps: rank 0 prunes what ``keep_last`` kept for a
+        reader, and lets go of its frozen models' checkpoints (``pin_inputs_against_pruning``)."""
         if self.ctx.is_main:
-            ckpt_io.prune_at_end(self.run_dir, t.keep_last)
+            ckpt_io.prune_at_end(self.run_dir, self.recipe.training.keep_last)
+            pin_inputs_against_pruning(self.run_dir, finished=True)
+
+    def _stop_or_finish(self, signum: int) -> None:
+        """A stop asked before the last step stops (:meth:`stop_for_signal`); one asked during
+        the last step lets the run finish, its last held-out loss included, which a resume would
+        not make up (it has nothing left to train). A second signal still stops at once."""
+        import signal
+
+        if self.step < self.max_steps:
+            self.stop_for_signal(signum)
+        log.warning(
+            "%s during the last step: finishing the run (its held-out loss and checkpoint); a "
+            "second one stops now",
+            signal.Signals(signum).name,
+        )
 
     def stop_for_signal(self, signum: int) -> None:
         """A checkpoint of the finished steps (unless one exists), then ``Interrupted``."""

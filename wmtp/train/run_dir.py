@@ -186,6 +186,16 @@ def pin_inputs(run: Path, recipe: Any) -> Any:
     return recipe.model_copy(update={"model": recipe.model.model_copy(update=models)})
 
 
+def pin_inputs_against_pruning(run: Path, *, finished: bool = False) -> None:
+    """Keep each trained checkpoint the run loads (``inputs.json``) from its own run's
+    ``keep_last`` until this run has ``finished`` (``wmtp.models.locate.pin``): a run stopped
+    and resumed later must load the same frozen weights."""
+    from wmtp.models.locate import pin, unpin
+
+    for resolved in read_inputs(run).values():
+        (unpin if finished else pin)(Path(resolved), run)
+
+
 def read_inputs(run: Path) -> dict[str, str]:
     """``inputs.json`` of a run: dotted key -> the resolved checkpoint (empty when absent)."""
     try:

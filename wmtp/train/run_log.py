@@ -171,12 +171,13 @@ def exit_without_peers(exc: BaseException, rank: int) -> None:
     Leaving the process group cleanly would wait for peers blocked in a collective (NCCL then
     hangs until its timeout); exiting lets torchrun see the failure and stop every other rank.
     """
-    if isinstance(exc, KeyboardInterrupt | SystemExit):
-        _flush_and_exit(130 if isinstance(exc, KeyboardInterrupt) else 1)
+    if isinstance(exc, KeyboardInterrupt | SystemExit):  # SIGTERM's: a stopping.Terminated
+        signum = getattr(exc, "signum", 2)
+        _flush_and_exit(128 + signum if isinstance(exc, KeyboardInterrupt) else 1)
     if isinstance(exc, Interrupted):  # every rank stopped cleanly; rank 0 says so
         if rank == 0:
             print(f"stopped: {exc.render()}", file=sys.stderr)
-        mark_rank(rank, STOPPED_SUFFIX)
+        mark_rank(rank, STOPPED_SUFFIX, str(exc.exit_code))
         _flush_and_exit(exc.exit_code)
     record = failure_record(exc, rank)
     folder = os.environ.get(FAILURES_ENV)
@@ -190,11 +191,12 @@ def exit_without_peers(exc: BaseException, rank: int) -> None:
     _flush_and_exit(record["exit_code"])
 
 
-def mark_rank(rank: int, suffix: str) -> None:
-    """Tell the launcher (``wmtp.train.launcher``) that this rank trains or stopped cleanly."""
+def mark_rank(rank: int, suffix: str, text: str = "") -> None:
+    """Tell the launcher (``wmtp.train.launcher``) that this rank trains or stopped cleanly
+    (``text``: the exit code it stops with)."""
     folder = os.environ.get(FAILURES_ENV)
     if folder:
-        (Path(folder) / f"rank{rank}{suffix}").touch()
+        (Path(folder) / f"rank{rank}{suffix}").write_text(text)
 
 
 def _flush_and_exit(code: int) -> None:

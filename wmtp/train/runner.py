@@ -299,7 +299,7 @@ def run_recipe(
     from wmtp.parallel import init_distributed, teardown
     from wmtp.recipe import dump_recipe
     from wmtp.train.guards import StopSignals
-    from wmtp.train.run_dir import training_lock
+    from wmtp.train.run_dir import pin_inputs_against_pruning, training_lock
     from wmtp.train.run_log import TRAINING_SUFFIX, RunLog, exit_without_peers, mark_rank
 
     text = dump_recipe(recipe)
@@ -316,6 +316,7 @@ def run_recipe(
             )
             if ctx.is_main:  # before its log: a second resume of a run in training writes nothing
                 held.enter_context(training_lock(run_dir))
+                pin_inputs_against_pruning(run_dir)  # its frozen models' checkpoints, till it ends
             run_log.attach(run_dir, ctx)
             result = _train(
                 recipe, text, run_dir, ctx, signals, checkpoint, dry_run, stop_at_step, console
@@ -323,7 +324,7 @@ def run_recipe(
             run_log.ended(result.summary())
             return result
         except BaseException as exc:
-            error = _naming_the_run(exc, ctx, run_dir)
+            error = _located(_naming_the_run(exc, ctx, run_dir), prepared.loaded)
             run_log.failed(error, run_dir)
             if ctx.is_distributed:
                 exit_without_peers(error, ctx.rank)
@@ -396,6 +397,21 @@ def _naming_the_run(exc: BaseException, ctx, run_dir: Path | None) -> BaseExcept
     return error
 
 
+def _located(exc: BaseException, loaded: Any) -> BaseException:
+    """A data problem that names the recipe key deciding it (``RecipeDataError``: a difficulty
+    bin with weight and no rows) as a problem of the recipe, at that key's file:line or
+    ``--set``, as ``wmtp validate --data`` says it; any other exception as it is."""
+    from wmtp.errors import RecipeDataError
+    from wmtp.recipe import RecipeProblems
+    from wmtp.recipe.inputs import located_problem
+
+    if not isinstance(exc, RecipeDataError) or loaded is None:
+        return exc
+    located = RecipeProblems(loaded.path, [located_problem(loaded, exc.key, exc.message)])
+    located.__cause__ = exc
+    return located
+
+
 def _kept(run_dir: Path | None, ctx) -> str:
     """What a run that ended early leaves: a new run's directory has no checkpoint (never
     ``latest``), a resumed run's checkpoints are as they were."""
@@ -408,7 +424,8 @@ def _kept(run_dir: Path | None, ctx) -> str:
             f"its checkpoints are as they were; continue with: "
             f"{resume_command(run_dir, ctx.world_size)}"
         )
-    return f"{run_dir} keeps its recipe and log, no checkpoint"
+    kept = "its recipe and log" if (run_dir / "run.log").is_file() else "its recipe"
+    return f"{run_dir} keeps {kept}, no checkpoint"
 
 
 def _train(recipe, text, run_dir, ctx, signals, checkpoint, dry_run, stop_at_step, console):
@@ -427,6 +444,7 @@ def _train(recipe, text, run_dir, ctx, signals, checkpoint, dry_run, stop_at_ste
     if checkpoint is not None:
         trainer.resume(checkpoint)
         if trainer.step >= trainer.max_steps:
+            trainer.finished()
             return RunResult(run_dir, trainer.step, {}, done_before=True)
     signals.building = False  # from the first step, a signal stops after a step, checkpointed
     with _told(trainer, None):
