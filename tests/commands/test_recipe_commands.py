@@ -243,6 +243,21 @@ def test_diff_json_and_run_directory(cli, tmp_path):
     ]
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("max_seq_len", "2048"), ("rope_theta", "500000.0"), ("norm_eps", "1e-06")],
+)
+def test_diff_classes_an_optional_models_numerics_as_numerics(cli, tmp_path, key, value):
+    """A model's context, RoPE base and norm epsilon are numerics (a checkpoint loads with
+    another context; the other two are checked against it): optional fields, whose category
+    pydantic keeps inside the union, were all said to be "checkpoint" shapes."""
+    shown = cli("show", "recipes/tiny.toml", "--set", f"model.policy.{key}={value}").stdout
+    (tmp_path / "r.toml").write_text(shown)
+    result = cli("diff", "recipes/tiny.toml", tmp_path / "r.toml", "--format", "json")
+    (change,) = json.loads(result.stdout)["changes"]
+    assert change["key"] == f"model.policy.{key}" and change["category"] == "numerics"
+
+
 # --- show ----------------------------------------------------------------------------------------
 
 

@@ -215,6 +215,20 @@ def test_speculative_sampling_at_the_recipes_temperature(run_dir, tmp_path):
     assert "speculative decoding (humaneval): drafts accepted head 2" in result.flat
 
 
+def test_speculative_decoding_of_a_one_head_model_says_it_changed_nothing(run_dir, tmp_path):
+    """No head past the first, nothing to draft: said so, not "0.0%" acceptance that reads
+    like a measurement."""
+    one_head = tmp_path / "one_head"
+    exported = invoke("export", run_dir, "--to", "wmtp", "--heads", "1", "--out", one_head,
+                      "--no-progress")  # fmt: skip
+    assert exported.exit_code == 0, exported.output
+    result = invoke("eval", one_head, "--no-progress", "--out", tmp_path / "e", "--set",
+                    "evaluation.speculative=true", "--set", "evaluation.max_problems=1")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "the model has no head past the first to draft with" in result.flat
+    assert "0.0%" not in result.flat
+
+
 @pytest.mark.parametrize("trained_heads", [2, 1])
 def test_training_checkpoint_without_model_json_loads_through_the_recipe(tmp_path, trained_heads):
     """A trainer's step-N (bare model.safetensors), also with fewer heads than the recipe says
@@ -485,6 +499,50 @@ def test_wmtp_run_of_an_evaluation_recipe_evaluates(run_dir, tmp_path):
     assert "evaluated; results in" in result.flat
     summary = summary_of(run_dir / "eval" / "step-3")
     assert set(summary["results"]["unseen"]["pass_at_k"]) == {"1", "2"}
+
+
+def test_a_dry_run_of_an_evaluation_recipe_builds_and_evaluates_nothing(run_dir, tmp_path):
+    """`wmtp run EVAL_RECIPE --dry-run` stops once the model is built, as for training: no
+    decoding, no code run, no results written or moved aside (it ran the whole evaluation)."""
+    recipe = tmp_path / "evaluation.toml"
+    evaluation = RECIPE.replace('pipeline = "baseline"', 'pipeline = "evaluation"')
+    evaluation = evaluation.replace(
+        "n_future_tokens = 2", f'n_future_tokens = 2\ncheckpoint = "{run_dir}"'
+    )
+    recipe.write_text(evaluation)
+    result = invoke("run", recipe, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "dry run: the model and benchmarks built, nothing evaluated" in result.flat
+    assert not (run_dir / "eval").exists()
+
+
+def test_an_evaluation_into_a_log_file_says_how_far_it_is_in_plain_lines(run_dir, tmp_path):
+    """Output to a file (nohup, a batch job): rich draws its bars only at the end there, so each
+    task also prints plain lines as it goes (every WMTP_PROGRESS_EVERY_S seconds, 0 here)."""
+    import os
+
+    done = subprocess.run(
+        [sys.executable, "-m", "wmtp.cli", "eval", str(run_dir), "--out", str(tmp_path / "e"),
+         "--set", "evaluation.max_problems=2"],
+        env={**os.environ, "OMP_NUM_THREADS": "1", "WMTP_PROGRESS_EVERY_S": "0"},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    said = [line for line in lines if line.startswith("humaneval: generating:")]
+    assert "humaneval: generating: 1/2 (50%)" in said[0] and "2/2 (100%)" in said[-1], lines
+    table = next(i for i, line in enumerate(lines) if "pass@" in line)
+    assert lines.index(said[0]) < table  # said while it ran, before the results
+
+
+def test_a_file_where_a_benchmarks_results_go_is_named_before_the_model_loads(run_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "humaneval").write_text("my notes")
+    result = invoke("eval", run_dir, "--no-progress", "--out", out)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert f"--out {out}: humaneval there is a file, where the results of benchmark" in result.flat
+    assert (out / "humaneval").read_text() == "my notes"
 
 
 def test_prompts_that_fill_the_models_context_are_named(run_dir, tmp_path, caplog):

@@ -248,9 +248,8 @@ def complete_benchmark(
     as ``shown`` lays it out, under the ``[evaluation]`` section ``spec``; ``on_problem`` gets
     each problem's as soon as they exist (the evaluator checks them meanwhile). ``bar``: a rich ``Progress`` to show progress in
     (else one of its own, unless ``progress`` is false)."""
-    from rich.progress import Progress
-
     from wmtp.models.kv_cache import setup_figures
+    from wmtp.progress import Bar
 
     problems = benchmark.problems if problems is None else problems
     sampling = Sampling(temperature=spec.temperature, top_p=spec.top_p)
@@ -259,7 +258,7 @@ def complete_benchmark(
     _warn_of_full_contexts(prepared, model.args.max_seq_len, benchmark.name)
     setup_before = setup_figures(model)["setup_s"]
     started = time.perf_counter()
-    with contextlib.nullcontext(bar) if bar is not None else Progress(disable=not progress) as bar:
+    with contextlib.nullcontext(bar) if bar is not None else Bar(disable=not progress) as bar:
         generating = f"{benchmark.name}: generating"
         first = generating
         if next(model.parameters()).device.type == "cuda":  # compiled, graphed decoding steps

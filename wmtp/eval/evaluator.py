@@ -114,10 +114,10 @@ def check_completions(
     progress: bool = True,
 ) -> dict[str, list[Verdict]]:
     """Judge every completion (task id -> its samples) on ``workers`` threads, in order."""
-    from rich.progress import Progress
+    from wmtp.progress import Bar
 
     limits = {"timeout_s": timeout_s, "memory_mb": memory_mb, "workers": workers}
-    with Progress(disable=not progress) as bar, Checker(benchmark, **limits, bar=bar) as checker:
+    with Bar(disable=not progress) as bar, Checker(benchmark, **limits, bar=bar) as checker:
         for task, texts in completions.items():
             checker.submit(task, texts)
         return checker.verdicts()
@@ -255,7 +255,8 @@ def evaluate_benchmark(
                 partial,
             )  # fmt: skip
         except StopSignal as stop:
-            raise _stopped(stop.signum, benchmark.name, partial, len(scored.problems)) from None
+            total = len(scored.problems)
+            raise _stopped(stop.signum, benchmark.name, partial, total, ranks.world_size) from None
     for problem in mine:
         if problem.task_id in before:
             share.samples[problem.task_id], share.verdicts[problem.task_id] = before[
@@ -270,14 +271,16 @@ def evaluate_benchmark(
     return summary
 
 
-def _stopped(signum: int, name: str, partial, total: int) -> Interrupted:
+def _stopped(signum: int, name: str, partial, total: int, world_size: int = 1) -> Interrupted:
     """A stop signal during an evaluation, said with the problems it finished: kept, and taken
-    up by the same command."""
+    up by the same command. With several processes, the count is what had landed when this
+    one stopped: another's last problem may still land ("at least")."""
     import signal
 
     done = len(partial.finished())
+    count = f"at least {done}" if world_size > 1 else str(done)
     kept = (
-        f"{done} of {total} problems finished are kept in {partial.folder}, and the same "
+        f"{count} of {total} problems finished are kept in {partial.folder}, and the same "
         "command goes on from them"
         if done
         else "no problem had finished"
@@ -369,9 +372,8 @@ def _share(
     """Generate the completions of ``problems`` (of ``benchmark``) and check each problem's in
     the sandbox as soon as they exist, on ``workers`` threads, recording each finished problem
     in ``partial``; ``notes`` are printed above the progress bars."""
-    from rich.progress import Progress
-
     from wmtp.eval.completions import complete_benchmark
+    from wmtp.progress import Bar
 
     started = time.perf_counter()
     samples: dict[str, list[dict]] = {}
@@ -388,7 +390,7 @@ def _share(
 
     limits = {"timeout_s": spec.timeout_s, "memory_mb": spec.memory_mb, "workers": workers}
     with (
-        Progress(disable=not progress) as bar,
+        Bar(disable=not progress) as bar,
         Checker(benchmark, **limits, bar=bar, on_checked=checked) as checker,
     ):
         for note in notes if progress else ():

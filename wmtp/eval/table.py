@@ -57,12 +57,17 @@ def notes(name: str, summary: dict[str, Any]) -> list[str]:
     if generation.get("seconds"):
         lines.append(f"generation ({name}): " + _generation(generation))
     speculative = generation.get("speculative")
-    if speculative:
+    if speculative and not speculative["acceptance_by_head"]:  # one head: nothing to draft
+        lines.append(
+            f"speculative decoding ({name}): the model has no head past the first to draft "
+            "with, so evaluation.speculative changed nothing (plain decoding)"
+        )
+    elif speculative:
         heads = ", ".join(
             f"head {k} {100 * rate:.1f}%" for k, rate in speculative["acceptance_by_head"].items()
         )
         lines.append(
-            f"speculative decoding ({name}): drafts accepted {heads or 'none drafted'} "
+            f"speculative decoding ({name}): drafts accepted {heads} "
             f"(all heads {100 * speculative['acceptance_rate']:.1f}%); "
             f"{speculative['tokens_per_forward']:.2f} tokens per forward"
         )

@@ -210,7 +210,15 @@ def prepare_eval(
         if target.foreign and out is None:
             target = dataclasses.replace(target, out_dir=_runs_eval(read.recipe))
     benchmarks = load_benchmarks(read)
-    check_output_folder(target.out_dir, "--out" if out is not None else "the results' folder")
+    what = "--out" if out is not None else "the results' folder"
+    check_output_folder(target.out_dir, what)
+    for entry in benchmarks:  # each benchmark's results go into a folder of its name
+        place = target.out_dir / entry.benchmark.name
+        if place.exists() and not place.is_dir():
+            raise RunError(
+                f"{what} {target.out_dir}: {place.name} there is a file, where the results of "
+                f"benchmark {entry.benchmark.name!r} go (a folder): move it, or give another --out"
+            )
     check_not_evaluating(target.out_dir)
     return PreparedEval(target, read.recipe, benchmarks)
 
@@ -275,8 +283,10 @@ def evaluate_target(
     out: str | Path | None = None,
     progress: bool = True,
     console=None,
+    dry_run: bool = False,
 ) -> tuple[EvalTarget, dict]:
-    """``wmtp eval``: resolve ``path``, load its recipe (``overrides`` applied) and policy, evaluate.
+    """``wmtp eval``: resolve ``path``, load its recipe (``overrides`` applied) and policy, evaluate
+    (``dry_run``: stop once the policy is built; nothing decoded, run or written).
 
     Under torchrun every rank loads the policy on its own device and evaluates its share of the
     problems (``wmtp.eval.ranks``); rank 0 shows progress and writes. Returns the target and, on
@@ -298,6 +308,9 @@ def evaluate_target(
             target.checkpoint, pretrained=target.pretrained, progress=progress
         )
         model, tokenizer = load_policy(target, loaded, ctx.device)
+        if dry_run:
+            teardown()
+            return target, {}
         results = evaluate(
             model,
             tokenizer,

@@ -122,7 +122,8 @@ def _newest_whole(run: Path) -> Path:
     as ``wmtp eval RUN`` and a resume pass over damaged ones (``locate.newest_whole``)."""
 
     def whole(step: Path) -> Path:
-        check_whole(step)
+        if _is_training_checkpoint(step):  # a model folder has no manifest to check
+            check_whole(step)
         return step
 
     return newest_whole(run, run, whole, using="exporting")

@@ -24,7 +24,7 @@ loader points at the line of the first one.
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, model_validator
 from pydantic_core import PydanticCustomError
@@ -114,8 +114,12 @@ class Section(BaseModel):
 
     @classmethod
     def field_category(cls, name: str) -> CategoryName:
-        """The diff category of field ``name``."""
-        for meta in cls.model_fields[name].metadata:
+        """The diff category of field ``name``: declared on the field, or inside an optional
+        one (``Annotated[int, NUMERICS, ...] | None``, where pydantic keeps it in the union),
+        else the section's."""
+        field = cls.model_fields[name]
+        inner = [get_args(a)[1:] for a in get_args(field.annotation) if get_origin(a) is Annotated]
+        for meta in [*field.metadata, *(m for group in inner for m in group)]:
             if isinstance(meta, Category):
                 return meta.name
         return cls.category

@@ -155,13 +155,13 @@ def check_many(
     """
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
-    from rich.progress import Progress
+    from wmtp.progress import Bar
 
     kind = require(isolation_kind, purpose=description).kind  # once, before the pool starts
     results: list[SandboxResult | None] = [None] * len(jobs)
     with (
         ThreadPoolExecutor(max_workers=workers or default_workers()) as pool,
-        Progress(disable=not progress, transient=False) as bar,
+        Bar(disable=not progress, transient=False) as bar,
     ):
         task = bar.add_task(description, total=len(jobs))
         futures = {

@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
 from wmtp.atomic import write_lines
+from wmtp.progress import Bar
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -72,7 +73,7 @@ class MetricsLogger:
         except ImportError:  # tensorboard is a dependency; keep training if it is broken
             self.tb = None
         if console:
-            self.progress = Progress(
+            self.progress = Bar(
                 TextColumn("[bold]train"),
                 BarColumn(),
                 MofNCompleteColumn(),

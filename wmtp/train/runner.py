@@ -39,6 +39,11 @@ class RunResult:
 
     def summary(self) -> str:
         """How the run ended, as the console and ``run.log`` say it."""
+        if self.evaluated and self.dry_run:
+            return (
+                "dry run: the model and benchmarks built, nothing evaluated; results would go "
+                f"to {self.run_dir}"
+            )
         if self.evaluated:
             return f"evaluated; results in {self.run_dir}"
         if self.dry_run:
@@ -295,7 +300,7 @@ def run_recipe(
     prepared = prepare_run(recipe_path, overrides, resume=resume, force=force)  # no torch yet
     recipe, checkpoint = prepared.recipe, prepared.checkpoint
     if recipe.pipeline.trains is None:
-        return _evaluate(prepared.recipe_path, overrides, console=console)
+        return _evaluate(prepared.recipe_path, overrides, console=console, dry_run=dry_run)
     from wmtp.parallel import init_distributed, teardown
     from wmtp.recipe import dump_recipe
     from wmtp.train.guards import StopSignals
@@ -501,8 +506,9 @@ def _new_run_dir(ctx, recipe: Any, text: str) -> Path:
     return _shared_run_dir(ctx, make)
 
 
-def _evaluate(recipe_path, overrides, *, console: bool) -> RunResult:
-    """The ``evaluation`` pipeline: what ``wmtp eval RECIPE`` does (the recipe names the model)."""
+def _evaluate(recipe_path, overrides, *, console: bool, dry_run: bool = False) -> RunResult:
+    """The ``evaluation`` pipeline: what ``wmtp eval RECIPE`` does (the recipe names the model);
+    a dry run builds the model and reads the benchmarks, and evaluates nothing."""
     from wmtp.commands._common import console as rich_console
     from wmtp.eval.target import evaluate_target
 
@@ -511,5 +517,6 @@ def _evaluate(recipe_path, overrides, *, console: bool) -> RunResult:
         overrides=overrides,
         progress=console,
         console=rich_console if console else None,
+        dry_run=dry_run,
     )
-    return RunResult(run_dir=Path(target.out_dir), step=0, last={}, evaluated=True)
+    return RunResult(Path(target.out_dir), 0, {}, dry_run=dry_run, evaluated=True)
