@@ -95,6 +95,7 @@ def __getattr__(name: str) -> Any:
 def main() -> None:
     """Console-script entry point: builds only the module of the command it runs
     (``wmtp validate`` first tries its Typer-free path, see ``wmtp.commands._validate``)."""
+    _wide_help_off_a_terminal(sys.argv[1:])
     try:
         if sys.argv[1:2] == ["validate"]:
             from wmtp.commands._validate import fast_main
@@ -109,6 +110,20 @@ def main() -> None:
         _reader_gone()
     finally:
         _done()
+
+
+HELP_WIDTH = "200"
+"""Columns of ``--help`` read through a pipe or in a file, where rich's default (80) cuts the
+options' descriptions short with "…"."""
+
+
+def _wide_help_off_a_terminal(argv: Sequence[str]) -> None:
+    """``wmtp COMMAND --help | less`` (or into a file): help as wide as its longest line, so no
+    description is cut; a terminal keeps its own width, and ``COLUMNS`` set by the user wins."""
+    import os
+
+    if ("--help" in argv or "-h" in argv) and not sys.stdout.isatty():
+        os.environ.setdefault("COLUMNS", HELP_WIDTH)
 
 
 def _done() -> None:

@@ -167,6 +167,20 @@ def test_a_commands_help_flows_each_paragraph_to_the_terminal():
     assert all(len(line) > 60 for i, line in enumerate(lines[1:-1], 1) if i not in paragraph_ends)
 
 
+@pytest.mark.parametrize("command", ["eval", "export", "run"])
+def test_help_read_through_a_pipe_cuts_no_description_short(command):
+    """`wmtp eval --help | less` or into a file: rich's 80 columns cut options' descriptions
+    with "…" (eval's --out lost its defaults); off a terminal the help is as wide as it needs."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    done = subprocess.run(
+        [sys.executable, "-m", "wmtp.cli", command, "--help"],
+        cwd=REPO, capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0 and "…" not in done.stdout, done.stdout
+    if command == "eval":
+        assert "<runs_dir>/<experiment>/eval for a pretrained model" in done.stdout
+
+
 def test_version_is_printed_by_the_console_script():
     import subprocess
     import sys

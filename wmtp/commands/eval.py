@@ -50,8 +50,9 @@ def eval_command(
         Path | None,
         typer.Option(
             "--out",
-            help="Folder for the <benchmark>/ result folders "
-            "(default: <run>/eval/step-N, or <checkpoint>/eval).",
+            help="Folder for the <benchmark>/ result folders (default: <run>/eval/step-N; "
+            "<checkpoint>/eval for a checkpoint with its recipe.toml, such as an export; "
+            "<runs_dir>/<experiment>/eval for a pretrained model).",
         ),
     ] = None,
     include_seen: Annotated[
