@@ -45,6 +45,7 @@ PINS = ".pinned-by"
 (:func:`pin`), which its trainer's pruning leaves alone."""
 
 _read_now: dict[Path, IO[str]] = {}
+_verified: set[tuple] = set()
 T = TypeVar("T")
 
 
@@ -220,11 +221,17 @@ def _verify(found: TrainedWeights) -> None:
     """A trainer checkpoint's weights and recipe against its manifest (``wmtp.train.manifest``):
     a truncated or altered file is named before anything loads. Weights without a trainer
     checkpoint around them (a hand-made directory) have no manifest to check."""
-    from wmtp.train.manifest import has_manifest, verify
+    from wmtp.train.manifest import MANIFEST, has_manifest, verify
 
     directory = found.directory
-    if has_manifest(directory) or (directory / TRAINER_STATE).is_file():
-        verify(directory, only=[found.file.name, RECIPE_FILE])
+    if not (has_manifest(directory) or (directory / TRAINER_STATE).is_file()):
+        return
+    files = (found.file, directory / RECIPE_FILE, directory / MANIFEST)
+    seen = tuple((f, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file())
+    if seen in _verified:  # hashed once a process: validation, the build and eval all ask
+        return
+    verify(directory, only=[found.file.name, RECIPE_FILE])
+    _verified.add(seen)
 
 
 def _weights_kind(directory: Path) -> Literal["full", "lora"] | None:
