@@ -593,10 +593,19 @@ def move_rows(
     room_B.sub_(advance_B)
 
 
+# Inductor options of the decoding steps' compiled code. Programmatic dependent launch: each
+# generated kernel starts while the previous one drains and waits on the device only before its
+# first dependent read (Hopper and later; Inductor leaves it out on older GPUs and the CPU). A
+# batch-1 step is a chain of short kernels, so the overlap is a share of the step: 1,071 and 1,076
+# -> 1,098 and 1,098 tokens/s, `llama-1b-bench` plain greedy, alternating processes (one H100,
+# torch 2.11, 2026-12-07: bench/results/h100_decode_pdl_20261207/). Training steps gained nothing.
+DECODE_INDUCTOR_OPTIONS = {"triton.enable_pdl": True}
+
+
 @functools.cache
 def _compiled_move_rows() -> Callable[..., None]:
     """``move_rows`` compiled (fewer kernels than four), made once per process."""
-    return torch.compile(move_rows, fullgraph=True, dynamic=False)
+    return torch.compile(move_rows, fullgraph=True, dynamic=False, options=DECODE_INDUCTOR_OPTIONS)
 
 
 @functools.cache
@@ -610,7 +619,9 @@ def _compiled_static_step() -> Callable[..., torch.Tensor]:
     (the tuning times candidates, and each compilation fused and tuned the step's kernels
     anew), against a steady ~1,200 with cuBLAS; ``llama2-7b-mtp`` gained nothing (one H200,
     torch 2.11, 2026-12-04: ``bench/results/h200_decode.md``, eleventh session)."""
-    return torch.compile(StaticDecoder._static_step, fullgraph=True, dynamic=False)
+    return torch.compile(
+        StaticDecoder._static_step, fullgraph=True, dynamic=False, options=DECODE_INDUCTOR_OPTIONS
+    )
 
 
 class StaticDecoder(Decoder):
