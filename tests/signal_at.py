@@ -9,25 +9,28 @@ from __future__ import annotations
 
 import functools
 import importlib
+import itertools
 import os
 import signal
 import sys
+import threading
 
 
 def arrange(spec: str) -> None:
     module_name, function, when, name, *nth = spec.split(":")
     owner = importlib.import_module(module_name)
     original = getattr(owner, function)
-    calls = [0]
+    calls, counting = itertools.count(1), threading.Lock()
     at = int(nth[0]) if nth else 1
 
     @functools.wraps(original)
     def signalled(*args, **kwargs):
-        calls[0] += 1
-        if when == "before" and calls[0] == at:
+        with counting:  # a function called from several threads: each call its own number
+            call = next(calls)
+        if when == "before" and call == at:
             os.kill(os.getpid(), signal.Signals[name])
         result = original(*args, **kwargs)
-        if when == "after" and calls[0] == at:
+        if when == "after" and call == at:
             os.kill(os.getpid(), signal.Signals[name])
         return result
 

@@ -94,7 +94,11 @@ def __getattr__(name: str) -> Any:
 
 def main() -> None:
     """Console-script entry point: builds only the module of the command it runs
-    (``wmtp validate`` first tries its Typer-free path, see ``wmtp.commands._validate``)."""
+    (``wmtp validate`` first tries its Typer-free path, see ``wmtp.commands._validate``).
+    A reader of stdout or stderr that goes away never stops the command (``wmtp.streams``)."""
+    from wmtp.streams import outlive_readers
+
+    outlive_readers()
     _wide_help_off_a_terminal(sys.argv[1:])
     try:
         if sys.argv[1:2] == ["validate"]:
@@ -106,8 +110,6 @@ def main() -> None:
         module = module_of(sys.argv[1:])
         app = build_app((module,)) if module else _full_app()
         app()
-    except BrokenPipeError:
-        _reader_gone()
     finally:
         _done()
 
@@ -134,16 +136,6 @@ def _done() -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
-
-
-def _reader_gone() -> None:
-    """What reads stdout went away (``wmtp validate | head -1``): stop at once, quietly, with
-    exit code 1, as click does for the Typer commands; stdout goes to /dev/null so that Python's
-    last flush has nowhere to fail."""
-    import os
-
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """What a recipe will cost, from its numbers alone (no torch): batch, tokens, parameters, memory.
 
 Only ``row_tokens`` (optional) brings in the data: without it every row is ``data.max_length``.
+A recipe that trains nothing (the ``evaluation`` pipeline) has no batch or tokens per step: its
+memory is that of decoding (below, "Memory per GPU of an evaluation").
 
 Batch and tokens
     effective batch   = micro_batch_size * grad_accum_steps * world_size   (examples per step;
@@ -48,6 +50,19 @@ Memory per GPU of the trained model, in bytes (S = world_size for full_shard / s
                                              masked prompts are not targets)
     frozen models (critic, reference) = b * P / S each, no gradients or optimizer state.
 
+Memory per GPU of an evaluation, in bytes (every process holds the whole policy; b = bytes of
+its dtype, P its parameters)
+
+    weights     = b * P
+    kv_cache    = 2 * L * kv_heads * head_dim * b * rows * C
+                  keys and values of every cached layer L (``wmtp.models.kv_cache``): the trunk
+                  and head 1's layer, every head's with ``evaluation.speculative``; for the rows
+                  decoded together: ``evaluation.batch_size`` slots, fewer where fewer rows
+                  exist (a problem's ``n_samples``, one when greedy; every problem's share the
+                  slots, ``max_problems`` of them, twice with ``include_seen``, except
+                  speculative decoding, which decodes one problem at a time); C = the model's
+                  ``max_seq_len``, a bound: a row holds its prompt and ``max_new_tokens``.
+
 These are estimates for planning: allocator fragmentation, CUDA context (~0.5-1 GiB),
 communication buffers and temporary tensors come on top. ``parallel.compile`` saves fewer
 activations than counted (inductor recomputes pointwise results in the backward): a compiled,
@@ -59,7 +74,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from wmtp.models.args import ModelArgs, layer_params, param_count
 
@@ -86,6 +101,13 @@ class ModelCount:
 @dataclass(frozen=True)
 class Memory:
     """Estimated bytes per GPU of the trained model, by part (see the module docstring)."""
+
+    KEY: ClassVar[str] = "training.micro_batch_size"
+    """The recipe key to change first where it does not fit (:func:`memory_shortfall`)."""
+    CHANGE: ClassVar[str] = (
+        "lower training.micro_batch_size (and raise grad_accum_steps to keep the batch), set "
+        "parallel.activation_checkpointing, or shorten data.max_length"
+    )
 
     states: float
     frozen: float
@@ -118,19 +140,46 @@ class Memory:
 
 
 @dataclass(frozen=True)
+class EvalMemory:
+    """Estimated bytes per GPU of an evaluation: the policy's weights and the KV cache of the
+    rows decoded together (see the module docstring)."""
+
+    KEY: ClassVar[str] = "evaluation.batch_size"
+    CHANGE: ClassVar[str] = (
+        "lower evaluation.batch_size (the rows decoded together, each with its KV cache)"
+    )
+
+    weights: float
+    kv_cache: float
+    rows: int
+    """Rows decoded together, each with its KV cache."""
+    positions: int
+    """Positions each row's KV cache holds (the model's context)."""
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.kv_cache
+
+    def parts(self) -> dict[str, float]:
+        return {"weights": self.weights, "kv_cache": self.kv_cache, "total": self.total}
+
+
+@dataclass(frozen=True)
 class Estimate:
     """Derived quantities of a recipe at a world size."""
 
     world_size: int
-    effective_batch: int
-    tokens_per_step: int
+    effective_batch: int | None
+    """``None`` for a recipe that trains nothing (evaluation), as ``tokens_per_step``."""
+    tokens_per_step: int | None
     models: list[ModelCount] = field(default_factory=list)
-    memory: Memory | None = None
-    """``None`` for evaluation, or when the trained model's sizes come from its checkpoint."""
+    memory: Memory | EvalMemory | None = None
+    """Training's, or an evaluation's; ``None`` when the model's sizes come from its
+    checkpoint."""
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "world_size": self.world_size,
             "effective_batch": self.effective_batch,
             "tokens_per_step": self.tokens_per_step,
@@ -144,56 +193,98 @@ class Estimate:
             ),
             "notes": self.notes,
         }
+        if isinstance(self.memory, EvalMemory):
+            out["decoding"] = {"rows": self.memory.rows, "positions": self.memory.positions}
+        return out
 
 
 def estimate(recipe: Any, world_size: int = 1, *, row_tokens: int | None = None) -> Estimate:
-    """Batch, tokens, parameter counts and memory per GPU of ``recipe`` on ``world_size`` GPUs.
+    """Batch, tokens, parameter counts and memory per GPU of ``recipe`` on ``world_size`` GPUs
+    (for a recipe that trains nothing: parameters and the memory of its evaluation).
 
     ``row_tokens`` sizes the activations and logits (rows of that many tokens instead of
     ``data.max_length``, see the module docstring); tokens per step stay the max_length bound.
     """
     assert world_size >= 1, world_size
     assert row_tokens is None or row_tokens >= 1, row_tokens
+    pipeline = recipe.pipeline  # wmtp.pipelines: what it uses, trains, and reads per example
+    notes: list[str] = []
+    models = _counted_models(recipe, notes)
+    if pipeline.trains is None:
+        policy = next((m for m in models if m.role == "policy"), None)
+        memory = _eval_memory(recipe, policy, notes)
+        return Estimate(world_size, None, None, models, memory, notes)
     row_length = recipe.data.max_length if row_tokens is None else row_tokens
     t = recipe.training
-    pipeline = recipe.pipeline  # wmtp.pipelines: what it uses, trains, and reads per example
     rows_per_micro = t.micro_batch_size * pipeline.rows_per_example
     effective = t.micro_batch_size * t.grad_accum_steps * world_size
     tokens = effective * recipe.data.max_length * pipeline.rows_per_example
-    notes: list[str] = []
+    memory = None
+    trained = next((m for m in models if m.role == pipeline.trains), None)
+    if trained is not None and trained.args is not None:
+        frozen = [m for m in models if m.role != trained.role and m.role in pipeline.uses]
+        memory = _memory(recipe, trained, frozen, world_size, rows_per_micro, row_length)
+        notes += _memory_notes(recipe, trained)
+    return Estimate(world_size, effective, tokens, models, memory, notes)
+
+
+def _counted_models(recipe: Any, notes: list[str]) -> list[ModelCount]:
+    """The parameters of each model the recipe has (a note for one its pipeline does not use)."""
+    pipeline = recipe.pipeline
     vocab = _vocab(recipe, notes)
-    trained = pipeline.trains
     models = []
-    used = pipeline.uses
     for role in ("policy", "reference", "critic"):
         spec = getattr(recipe.model, role)
         if spec is None:
             continue
-        models.append(count_model(role, spec, vocab, trained=(role == trained), notes=notes))
-        if role not in used:
+        trained = role == pipeline.trains
+        models.append(count_model(role, spec, vocab, trained=trained, notes=notes))
+        if role not in pipeline.uses:
             notes.append(f"model.{role} is not used by the {recipe.experiment.pipeline} pipeline")
-    memory = None
-    trained_count = next((m for m in models if m.role == trained), None)
-    if trained_count is not None and trained_count.args is not None:
-        frozen = [m for m in models if m.role != trained and m.role in used]
-        memory = _memory(recipe, trained_count, frozen, world_size, rows_per_micro, row_length)
-        notes += _memory_notes(recipe, trained_count)
-    return Estimate(world_size, effective, tokens, models, memory, notes)
+    return models
+
+
+def _eval_memory(recipe: Any, policy: ModelCount | None, notes: list[str]) -> EvalMemory | None:
+    """The memory per GPU of evaluating the policy (see the module docstring); ``None`` when its
+    sizes come from its checkpoint."""
+    if policy is None or policy.args is None:
+        return None
+    args, spec = policy.args, recipe.evaluation
+    b = DTYPE_BYTES[recipe.model.policy.dtype]
+    layers = args.n_layers if spec.speculative else args.n_trunk_layers + 1
+    rows, positions = _decoded_rows(spec), args.max_seq_len
+    kv_cache = 2 * layers * args.kv_heads * args.head_dim * b * rows * positions
+    notes.append(
+        f"KV cache counted at model.policy.max_seq_len = {positions:,} positions a row (a bound: "
+        f"a row holds its prompt and evaluation.max_new_tokens = {spec.max_new_tokens:,})"
+    )
+    return EvalMemory(b * policy.total, kv_cache, rows, positions)
+
+
+def _decoded_rows(spec: Any) -> int:
+    """The rows an ``[evaluation]`` section decodes together, at most (``wmtp.eval.completions``):
+    a problem's samples (one when greedy), every problem's sharing ``batch_size`` slots, except
+    speculative decoding's, one problem at a time."""
+    per_problem = 1 if spec.temperature == 0 else spec.n_samples
+    if spec.speculative:
+        return min(spec.batch_size, per_problem)
+    if spec.max_problems is None:
+        return spec.batch_size
+    problems = spec.max_problems * (2 if spec.include_seen else 1)
+    return min(spec.batch_size, problems * per_problem)
 
 
 def memory_shortfall(cost: Estimate, available: int, what: str, processes: int = 1) -> str | None:
     """Why ``cost`` (per process) times ``processes`` does not fit ``available`` bytes of
-    ``what`` (``"this machine's memory"``, ``"the GPU's memory"``), with what to change; None
-    when it fits or nothing is estimated."""
+    ``what`` (``"this machine's memory"``, ``"the GPU's memory"``), with what to change (its
+    ``KEY`` first); None when it fits or nothing is estimated."""
     if cost.memory is None or cost.memory.total * processes <= available:
         return None
     each = f"{cost.memory.total / GIB:.1f} GiB"
     need = each if processes == 1 else f"{processes} processes x {each}"
     return (
         f"the memory estimate ({need}, `wmtp validate`) is more than {what} "
-        f"({available / GIB:.1f} GiB): lower training.micro_batch_size (and raise "
-        "grad_accum_steps to keep the batch), set parallel.activation_checkpointing, or shorten "
-        "data.max_length"
+        f"({available / GIB:.1f} GiB): {cost.memory.CHANGE}"
     )
 
 

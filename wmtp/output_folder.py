@@ -180,6 +180,19 @@ def written_by(folder: Path, product: Product) -> set[str] | None:
     return set(files)
 
 
+def made_from(folder: Path, product: Product) -> dict:
+    """What ``product`` recorded in ``folder``'s marker as made from (empty where the folder has
+    no marker of ``product``, or it recorded nothing)."""
+    try:
+        marker = json.loads((folder / product.marker).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    if not isinstance(marker, dict) or marker.get("written_by") != product.written_by:
+        return {}
+    recorded = marker.get("made_from")
+    return recorded if isinstance(recorded, dict) else {}
+
+
 def _entries(folder: Path) -> list[str]:
     """Every file and folder below ``folder`` as a relative POSIX path (links not followed)."""
     found = []
@@ -190,10 +203,13 @@ def _entries(folder: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def staged_output(out: Path, product: Product, *, force: bool) -> Iterator[Path]:
+def staged_output(
+    out: Path, product: Product, *, force: bool, made_from: dict | None = None
+) -> Iterator[Path]:
     """A temporary folder beside ``out`` to write into, while this process holds ``out``'s lock;
     marked and renamed to ``out`` (replacing what ``check_output`` allowed) when the block ends
-    without an error, removed otherwise."""
+    without an error, removed otherwise. ``made_from``: what the folder was made from, kept in
+    its marker for programs to read (:func:`made_from`)."""
     from wmtp.locks import holding
 
     created = _missing_parents(out)
@@ -207,7 +223,7 @@ def staged_output(out: Path, product: Product, *, force: bool) -> Iterator[Path]
             try:
                 with signals_raise(_stopped(out, product)):
                     yield tmp
-                _write_marker(tmp, product)
+                _write_marker(tmp, product, made_from)
                 _readable_as_umask_allows(tmp)
                 _replace(tmp, out, product, force=force)
             except BaseException:
@@ -278,11 +294,14 @@ def _stopped(out: Path, product: Product) -> Callable[[int], Interrupted]:
     return error
 
 
-def _write_marker(folder: Path, product: Product) -> None:
-    """The marker: what this command wrote, so that a later run may replace exactly it."""
+def _write_marker(folder: Path, product: Product, made_from: dict | None) -> None:
+    """The marker: what this command wrote, so that a later run may replace exactly it, and
+    what it was made from."""
     files = sorted(_entries(folder))
     stamps = {f: _stamp(folder / f) for f in files if (folder / f).is_file()}
     marker = {"written_by": product.written_by, "files": files, "stamps": stamps}
+    if made_from is not None:
+        marker["made_from"] = made_from
     (folder / product.marker).write_text(json.dumps(marker, indent=2) + "\n")
 
 
@@ -332,4 +351,4 @@ def _replaced_prefix(out: Path) -> str:
     return f".{out.name}.replaced-{socket.gethostname()}-"
 
 
-__all__ = ["Product", "check_output", "staged_output", "written_by"]
+__all__ = ["Product", "check_output", "made_from", "staged_output", "written_by"]

@@ -4,7 +4,8 @@ rich draws a bar in place on a terminal; written to a file (``> eval.log``, ``no
 batch job's log) it draws nothing until the work ends. :class:`Bar` is rich's ``Progress`` that,
 off a terminal, also prints each task's state as a plain line every :data:`PLAIN_EVERY_S`
 seconds and when it finishes: hours of generation or training leave a sign of life in the log.
-``WMTP_PROGRESS_EVERY_S`` sets another interval.
+``WMTP_PROGRESS_EVERY_S`` sets another interval. Left by an exception (a stop signal, an error),
+every task not finished is said as ``(stopped)`` where it stood, on a terminal or off it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,20 @@ class Bar(Progress):
         self._plain = not self.disable and not self.console.is_terminal
         self._every = _interval()
         self._said: dict[TaskID, float] = {}
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is not None:
+            self._stopped()
+        super().__exit__(exc_type, exc, traceback)
+
+    def _stopped(self) -> None:
+        """Every unfinished task marked as stopped (its last state is shown, and must not read
+        as work that went on or ended), with its plain line off a terminal."""
+        for task in self.tasks:
+            if not task.finished:
+                super().update(task.id, description=f"{task.description} (stopped)")
+                self._said[task.id] = float("-inf")  # said now, whatever the interval
+                self._say(task.id)
 
     def add_task(self, description: str, *args: Any, **kwargs: Any) -> TaskID:
         task = super().add_task(description, *args, **kwargs)

@@ -193,6 +193,33 @@ def test_eval_is_reproducible_and_greedy_speculative_matches_greedy(run_dir, tmp
     assert "speculative decoding (humaneval): drafts accepted head 2" in result.flat
 
 
+def test_speculative_tokens_per_forward_counts_the_verify_forwards_only(tmp_path):
+    """Heads that always agree (every block the identity, unembedding = embedding: greedy repeats
+    the prompt's last token, every draft accepted) commit 2 tokens per verify forward with 2
+    heads, and the summary's counts give its figure: the prompt forward's first token apart."""
+    from wmtp.models.checkpoint import save_wmtp
+
+    model = tiny_model()
+    with torch.no_grad():
+        for block in model.blocks():
+            block.attention.wo.weight.zero_()
+            block.feed_forward.w2.weight.zero_()
+        model.output.weight.copy_(model.tok_embeddings.weight)
+    run = tmp_path / "runs" / "tiny-eval" / "20261122-060000-0123abcd"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "recipe.toml").write_text(RECIPE)
+    save_wmtp(model, run / "checkpoints" / "step-3", recipe_toml=RECIPE)
+    result = invoke("eval", run, "--no-progress", "--out", tmp_path / "e", "--set",
+                    "evaluation.temperature=0", "--set", "evaluation.speculative=true", "--set",
+                    "evaluation.max_problems=1", "--set", "evaluation.max_new_tokens=13")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    speculative = summary_of(tmp_path / "e")["generation"]["speculative"]
+    assert speculative["acceptance_rate"] == 1.0 and speculative["generated"] == 13
+    assert speculative["prompt_forwards"] == 1 and speculative["forwards"] == 6  # 13 = 1 + 6 x 2
+    assert speculative["tokens_per_forward"] == 2.0
+    assert "2.00 tokens per verify forward" in result.flat
+
+
 def test_speculative_sampling_at_the_recipes_temperature(run_dir, tmp_path):
     """At temperature > 0 the heads draft and head 1 accepts or resamples: n_samples distinct
     draws per problem, seeded (the same twice), with acceptance per head reported."""
@@ -227,6 +254,28 @@ def test_speculative_decoding_of_a_one_head_model_says_it_changed_nothing(run_di
     assert result.exit_code == 0, result.output
     assert "the model has no head past the first to draft with" in result.flat
     assert "0.0%" not in result.flat
+
+
+def test_an_evaluation_of_an_export_records_the_step_it_was_exported_from(tmp_path):
+    """An export's folder has no ``step-N`` name: its marker records the step it was made from,
+    and an export of that export keeps it."""
+    import json
+
+    from tests.eval.tiny_runs import policy, train
+
+    run = train(tmp_path, "tiny", "baseline", policy(), steps=2)
+    exported, again = tmp_path / "hf", tmp_path / "hf_again"
+    done = invoke("export", run, "--to", "hf", "--out", exported, "--no-progress")
+    assert done.exit_code == 0, done.output
+    marker = json.loads((exported / "wmtp_export.json").read_text())
+    assert marker["made_from"]["step"] == 2 and marker["made_from"]["run"] == str(run.resolve())
+    done = invoke("export", exported, "--to", "hf", "--out", again, "--no-progress")
+    assert done.exit_code == 0, done.output
+    for folder in (exported, again):
+        result = invoke("eval", folder, "--no-progress", "--set", "evaluation.max_problems=1")
+        assert result.exit_code == 0, result.output
+        summary = summary_of(folder / "eval")
+        assert summary["model"] == str(folder) and summary["step"] == 2, folder
 
 
 @pytest.mark.parametrize("trained_heads", [2, 1])
@@ -535,6 +584,26 @@ def test_an_evaluation_into_a_log_file_says_how_far_it_is_in_plain_lines(run_dir
     assert lines.index(said[0]) < table  # said while it ran, before the results
 
 
+def test_a_narrow_terminal_shows_the_checkpoint_and_results_paths_whole(run_dir, tmp_path):
+    """At 60 columns the paths (longer than that) are never folded inside a word: folded in the
+    table's title, ``.../checkpoints/step-12`` then ``0`` read as step 12."""
+    import os
+
+    out = tmp_path / "a_results_folder_whose_path_is_longer_than_the_terminal_is_wide"
+    done = subprocess.run(
+        [sys.executable, "-m", "wmtp.cli", "eval", str(run_dir), "--out", str(out),
+         "--no-progress", "--set", "evaluation.max_problems=1"],
+        env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "60"},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    checkpoint = str(run_dir / "checkpoints" / "step-3")
+    assert len(checkpoint) > 60 and any(line.endswith(f" {checkpoint}") for line in lines)
+    assert f"results in {out}" in lines, done.stdout
+    assert any("pass@1" in line for line in lines)
+
+
 def test_a_file_where_a_benchmarks_results_go_is_named_before_the_model_loads(run_dir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -690,6 +759,28 @@ def test_a_stop_signal_during_an_evaluation_says_what_it_keeps(run_dir, tmp_path
     again = invoke("eval", run_dir, "--no-progress", "--out", out, *sets)
     assert again.exit_code == 0, again.output
     assert summary_of(out)["resumed_problems"] >= kept >= 2
+
+
+def test_the_progress_of_a_stopped_evaluation_says_it_stopped_where_it_stood(run_dir, tmp_path):
+    """Ctrl-C once the first problem's two samples are checked: the bars (drawn at the end, off a
+    terminal) say stopped, at what was done of all the problems' checks, never 100%."""
+    import os
+    import re
+
+    sets = ["--set", "evaluation.max_problems=4", "--set", "evaluation.max_new_tokens=64",
+            "--set", "evaluation.batch_size=2"]  # fmt: skip  # one problem after another
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.signal_at", "wmtp.sandbox:check:after:SIGINT:2", "--",
+         "eval", str(run_dir), "--out", str(tmp_path / "e"), *sets],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert "stopped: SIGINT during humaneval: 1 of 4 problems finished" in done.stderr
+    bars = [line for line in done.stdout.splitlines() if line.startswith("humaneval: ")]
+    checked = re.search(r"^humaneval: checking \(stopped\): (\d+)/8 ", done.stdout, re.M)
+    assert checked and 2 <= int(checked.group(1)) < 8, done.stdout  # 4 problems x 2 samples
+    assert any(line.startswith("humaneval: generating (stopped)") for line in bars), bars
+    assert not [line for line in bars if "100%" in line], bars
 
 
 @pytest.mark.slow

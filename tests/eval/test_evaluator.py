@@ -102,7 +102,29 @@ def test_mbpp_and_codecontests_judges_run_programs(tmp_path):
     ]
     verdicts = check_completions(contests, {problem.task_id: programs}, **CHECK)[problem.task_id]
     assert [v.status for v in verdicts] == ["passed", "passed", "failed", "failed"]
-    assert verdicts[3].detail.startswith("test 1: expected '7")
+    assert verdicts[3].detail.startswith("test 2 of 3: expected '7")  # counted from 1
+
+
+def test_a_codecontests_failure_names_its_test_counted_from_1(tmp_path):
+    """Tests 1 2 -> 3, 5 5 -> 10, -1 1 -> 0: ``print(3)`` fails the second and crashing on a
+    sum of 10 crashes there too; each detail names test 2 (of 3), as a traceback counts lines."""
+    row = {
+        "name": "sum",
+        "description": "Print the sum of two integers.",
+        "public_tests": {"input": ["1 2\n", "5 5\n", "-1 1\n"], "output": ["3\n", "10\n", "0\n"]},
+    }
+    contests = load_codecontests(write_jsonl(tmp_path / "cc.jsonl", [row]))
+    programs = [
+        "print(3)\n",
+        "a, b = map(int, input().split())\nassert a + b != 10, 'ten'\nprint(a + b)\n",
+        "a, b = map(int, input().split())\nprint(a + b)\n",
+    ]
+    verdicts = check_completions(contests, {"sum": programs}, **CHECK)["sum"]
+    assert [v.status for v in verdicts] == ["failed", "failed", "passed"]
+    assert verdicts[0].detail == "test 2 of 3: expected '10', got '3'"
+    assert verdicts[1].detail.startswith("test 2 of 3: ")
+    assert "AssertionError: ten" in verdicts[1].detail
+    assert verdicts[2].detail == "3 tests"
 
 
 def test_table_prints_every_k_with_its_standard_error_and_the_split(capsys):
@@ -137,7 +159,7 @@ def test_table_prints_every_k_with_its_standard_error_and_the_split(capsys):
     assert "pass@1" in out and "pass@10" in out and "25.00 ± 12.50" in out and "50.00 " in out
     assert "failed 26, passed 4" in out and "3 of 16 unseen" in out
     assert "16 problems unseen, 148 seen in training, from the built-in HumanEval split" in out
-    assert "head 2 75.0%, head 3 25.0%" in out and "1.50 tokens per forward" in out
+    assert "head 2 75.0%, head 3 25.0%" in out and "1.50 tokens per verify forward" in out
     # the summary's absolute path is shown from the working directory
     assert "trained on: runs/x: baseline" in out and "sandbox: bwrap: bubblewrap" in out
 

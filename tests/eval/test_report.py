@@ -17,7 +17,7 @@ from wmtp.errors import RunError
 from wmtp.eval.figures import FigureSpec, Line, Panel, draw
 from wmtp.eval.questions import QUESTIONS, Shown
 from wmtp.eval.report import display_labels, write_report
-from wmtp.eval.run_data import read_run
+from wmtp.eval.run_data import read_run, read_runs
 from wmtp.eval.table import percent
 
 pytestmark = pytest.mark.slow  # five training runs and three evaluations: about 20 s
@@ -389,3 +389,66 @@ def test_runs_that_train_other_tokens_a_step_are_said_not_to_compare_by_step(run
         "**Warning: the runs train different numbers of tokens a step (median input tokens: "
         f"{medians}): curves by step compare different amounts of data"
     ) in text
+
+
+def humaneval_file(path: Path, numbers: range) -> Path:
+    """A humaneval-format file of problems no tiny run trained on: ``Local/N`` returns N."""
+    rows = [
+        {
+            "task_id": f"Local/{n}",
+            "prompt": f"def f{n}():\n",
+            "test": f"def check(candidate):\n    assert candidate() == {n}\n",
+            "entry_point": f"f{n}",
+        }
+        for n in numbers
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_evaluations_of_one_benchmark_name_from_other_files_are_told_apart(runs, tmp_path):
+    """A run evaluated on ``humaneval=a.jsonl`` at step 1 and ``humaneval=b.jsonl`` at step 2,
+    beside a run evaluated on the built-in HumanEval: each source is its own headline column,
+    pass@k panel and row of the run's table, named by its file, and report.md says so; never one
+    ``humaneval`` line from one file's problems to another's."""
+    run = tmp_path / "runs" / "baseline" / "two_files"
+    shutil.copytree(runs["baseline"], run)
+    files = {1: humaneval_file(tmp_path / "a.jsonl", range(3)),
+             2: humaneval_file(tmp_path / "b.jsonl", range(3, 5))}  # fmt: skip
+    for step, file in files.items():
+        entry = f'evaluation.benchmarks=["humaneval={file}"]'
+        result = invoke("eval", run / "checkpoints" / f"step-{step}", "--no-progress",
+                        "--set", entry)  # fmt: skip
+        assert result.exit_code == 0, result.output
+    text = report_md(runs["baseline"], run, "--out", tmp_path / "r")
+
+    keys = {source: f"humaneval ({source})" for source in ("built-in", *map(str, files.values()))}
+    assert (
+        f"**Note: humaneval was evaluated on 3 sources of problems ({', '.join(sorted(keys))}), "
+        "whose pass@k do not compare: each is its own column, pass@k panel and row, named "
+        "humaneval (SOURCE), never one curve.**"
+    ) in text
+    rows = headline_rows(text)
+    assert {f"{key} pass@1 (%)" for key in keys.values()} <= set(next(iter(rows.values())))
+    own = summary_of(run / "eval" / "step-2")["results"]["unseen"]
+    expected = percent(own["pass_at_k"]["1"], own["pass_at_k_stderr"]["1"])
+    assert rows["baseline/two_files"][f"humaneval ({files[2]}) pass@1 (%)"] == expected
+    assert rows["baseline/two_files"]["humaneval (built-in) pass@1 (%)"] == "not evaluated"
+    for step, file, problems in ((1, files[1], 3), (2, files[2], 2)):  # each with its file
+        assert f"| {step} | humaneval | {file} | all {problems} unseen |" in text
+    assert "| 2 | humaneval | built-in | 3 of " in text  # the other run's
+
+    shown = [Shown(r, r.label, f"C{i}") for i, r in enumerate(read_runs([runs["baseline"], run]))]
+    (spec,) = [s for s in (q(shown) for q in QUESTIONS) if s and s.file == "pass_at_k.png"]
+    curves = {
+        p.title.removesuffix(": pass@1 on unseen problems"): {
+            line.run: line.points for line in p.lines
+        }
+        for p in spec.panels
+        if p.title.endswith("pass@1 on unseen problems")
+    }
+    assert set(curves) == set(keys.values())
+    for step, file in files.items():
+        own = summary_of(run / "eval" / f"step-{step}")["results"]["unseen"]["pass_at_k"]["1"]
+        assert curves[keys[str(file)]] == {"baseline/two_files": [(step, own)]}
+    assert [step for step, _ in curves[keys["built-in"]][shown[0].label]] == [1, 2]

@@ -104,8 +104,9 @@ def test_agreeing_heads_accept_every_draft():
     assert out.tokens == plain.tokens
     assert stats.acceptance_rate == 1.0
     assert stats.acceptance_by_head() == {2: 1.0, 3: 1.0, 4: 1.0}
-    # 1 token from the prompt's forward, then 1 + 3 per forward: 21 = 1 + 5 * 4
-    assert stats.forwards == 5 and stats.tokens_per_forward == pytest.approx(21 / 6)
+    # 1 token from the prompt's forward, then 1 + 3 per verify forward: 21 = 1 + 5 * 4
+    assert stats.prompt_forwards == 1 and stats.forwards == 5
+    assert stats.tokens_per_forward == 4.0  # per verify forward: as many as the heads
 
 
 def test_partly_agreeing_heads_and_stops():
@@ -172,7 +173,7 @@ def assert_rows_exactly_greedy(model, prompts, limit, rule, **steps):
             counted = reference_counts(model, prompt, out.tokens, limit, by_head)
             assert (row.forwards, row.drafted, row.accepted) == counted
             assert row.acceptance_by_head() == {k: a / d for k, (d, a) in by_head.items() if d}
-        assert row.generated >= len(out.tokens) and row.rows == 1
+        assert row.generated >= len(out.tokens) and row.prompt_forwards == 1
     return outs, stats
 
 
@@ -194,7 +195,7 @@ def test_batched_rows_advance_apart_and_stop_apart():
     assert {out.finish_reason for out in outs} == {"stop", "length"}
     assert len({(row.forwards, row.accepted) for row in stats}) > 2  # rows went apart
     total = SpeculativeStats.of_batch(stats)
-    assert total.rows == len(SAME_LENGTH) and total.seconds == stats[0].seconds
+    assert total.prompt_forwards == len(SAME_LENGTH) and total.seconds == stats[0].seconds
     assert total.accepted == sum(row.accepted for row in stats) and 0 < total.acceptance_rate < 1
 
 
@@ -402,7 +403,8 @@ def test_the_evaluator_draws_its_samples_in_speculative_batches():
         by_hand, rows = by_hand + outs, rows + batch_rows
     assert [c.tokens for c in completions] == [c.tokens for c in by_hand]
     assert [c.tokens for c in sampled()[0]] == [c.tokens for c in completions]
-    assert stats.rows == 5 and stats.generated == sum(row.generated for row in rows) == 30
+    assert stats.prompt_forwards == 5  # a row's first token each
+    assert stats.generated == sum(row.generated for row in rows) == 30
     assert stats.accepted == sum(row.accepted for row in rows) and stats.acceptance_by_head()
 
 

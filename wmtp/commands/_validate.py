@@ -243,7 +243,7 @@ def _validate_one(
         read += [str(Path(f).resolve()) for f in loaded.files] + _model_files(loaded.recipe)
         read += watched_paths(loaded.recipe)  # the inputs' presence decides the notes
     cost = estimate(loaded.recipe, world_size, row_tokens=row.tokens if row else None)
-    missing = [p.render() for p in input_problems(loaded)]
+    missing = [p.render() for p in input_problems(loaded, benchmarks=True)]
     env_problems = []
     if machine:  # --env: the inputs must be here, and the recipe's choices must run here
         env_problems = missing + _environment_problems(loaded, machine, world_size)
@@ -278,12 +278,13 @@ def _longest_row(loaded: Any) -> LongestRow | None:
 
 
 def _check_usable(loaded: Any) -> None:
-    """The pretrained models and tokenizer the recipe names, as their loaders read them
-    (``unusable_inputs``): present but unusable is a problem of the recipe, not a note."""
+    """The pretrained models, tokenizer and benchmarks the recipe names, as their loaders read
+    them (``unusable_inputs``): present but unusable is a problem of the recipe, not a note.
+    A training recipe's benchmark files too: ``wmtp eval`` of its run reads them."""
     from wmtp.recipe import RecipeProblems
     from wmtp.recipe.inputs import unusable_inputs
 
-    problems = unusable_inputs(loaded)
+    problems = unusable_inputs(loaded, benchmarks=True)
     if problems:
         raise RecipeProblems(loaded.path, problems)
 
@@ -321,22 +322,19 @@ def _print_estimate(
     device = recipe.parallel.device  # auto runs on the CPU of a machine without a GPU (--env)
     on_cpu = device == "cpu" or (device == "auto" and machine is not None and not machine["cuda"])
     unit = "process" if on_cpu else "GPU"
-    units = unit if cost.world_size == 1 else f"{unit}es" if unit == "process" else f"{unit}s"
-    print(
-        f"  batch {cost.effective_batch} {'pairs' if recipe.pipeline.examples == 'pairs' else 'sequences'}/step "
-        f"({recipe.training.micro_batch_size} x {recipe.training.grad_accum_steps} accum "
-        f"x {cost.world_size} {units}), {cost.tokens_per_step:,} tokens/step"
-    )
+    trains = recipe.pipeline.trains is not None
+    if trains:  # an evaluation has no optimizer step
+        _print_batch(recipe, cost, unit)
     for model in cost.models:
         if model.args is not None:
-            print(f"  model.{model.role}: {model.total:,} parameters, {model.trainable:,} trained")
+            trained = f", {model.trainable:,} trained" if trains else ""
+            print(f"  model.{model.role}: {model.total:,} parameters{trained}")
     if cost.memory is not None:
         parts = ", ".join(
             f"{k} {v / GIB:.2f}" for k, v in cost.memory.parts().items() if k != "total" and v
         )
         print(
-            f"  memory/{unit} ~{cost.memory.total / GIB:.2f} GiB ({recipe.parallel.sharding}, "
-            f"world size {cost.world_size}): {parts}"
+            f"  memory/{unit} ~{cost.memory.total / GIB:.2f} GiB ({_memory_of(recipe, cost)}): {parts}"
         )
         if row is not None:
             print(f"  memory sized at rows of {row.tokens:,} tokens ({_row_origin(recipe, row)})")
@@ -346,6 +344,28 @@ def _print_estimate(
         print(f"  note: {note}")
     for problem in env_problems:
         _print_problem("cannot run here:", problem, indent="  ")
+
+
+def _print_batch(recipe: Any, cost: Any, unit: str) -> None:
+    """The line of a training recipe's optimizer step: examples and tokens."""
+    units = unit if cost.world_size == 1 else f"{unit}es" if unit == "process" else f"{unit}s"
+    examples = "pairs" if recipe.pipeline.examples == "pairs" else "sequences"
+    print(
+        f"  batch {cost.effective_batch} {examples}/step "
+        f"({recipe.training.micro_batch_size} x {recipe.training.grad_accum_steps} accum "
+        f"x {cost.world_size} {units}), {cost.tokens_per_step:,} tokens/step"
+    )
+
+
+def _memory_of(recipe: Any, cost: Any) -> str:
+    """What the memory line counts: training's sharding and world size, or the rows an
+    evaluation decodes together and the positions of each one's KV cache."""
+    from wmtp.estimate import EvalMemory
+
+    if isinstance(cost.memory, EvalMemory):
+        rows, positions = cost.memory.rows, cost.memory.positions
+        return f"evaluation: KV cache of {rows} rows x {positions:,} positions"
+    return f"{recipe.parallel.sharding}, world size {cost.world_size}"
 
 
 def _row_origin(recipe: Any, row: LongestRow) -> str:
@@ -445,7 +465,7 @@ def _memory_problems(loaded: Any, machine: dict, world_size: int, device: str) -
     else:
         host = int(machine["host_memory_gib"] * GIB)
         why = memory_shortfall(cost, host, "this machine's memory", world_size)
-    return [] if why is None else [_at(loaded, "training.micro_batch_size", why)]
+    return [] if why is None else [_at(loaded, cost.memory.KEY, why)]
 
 
 def _float8_problems(loaded: Any, device: str) -> list[str]:

@@ -97,7 +97,8 @@ def eval_command(
     if int(os.environ.get("RANK", "0")) == 0:
         from wmtp.recipe.load import display_path
 
-        console.print(f"results in {display_path(resolved.out_dir)}", highlight=False)
+        where = display_path(resolved.out_dir)
+        console.print(f"results in {where}", highlight=False, soft_wrap=True)  # the path whole
 
 
 def report_command(

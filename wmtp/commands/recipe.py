@@ -7,14 +7,17 @@ and the registered components; ``list flavour`` reads only the flavour table).
 from __future__ import annotations
 
 import enum
+import itertools
 import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 from wmtp.commands import _common
 from wmtp.commands._common import SetOption, command
+from wmtp.commands._output import USER_ERROR_EXIT
 
 
 class OutputFormat(str, enum.Enum):
@@ -34,7 +37,7 @@ FormatOption = Annotated[
 
 def register(app: typer.Typer) -> None:
     """Add the recipe commands to ``app``."""
-    command(app, "validate", no_args_is_help=False)(validate)
+    command(app, "validate", no_args_is_help=False, cls=JsonUsageErrors)(validate)
     command(app, "diff", no_args_is_help=True)(diff)
     command(app, "show", no_args_is_help=True)(show)
     command(app, "schema")(schema)
@@ -42,6 +45,47 @@ def register(app: typer.Typer) -> None:
 
 
 # --- validate --------------------------------------------------------------------------------
+
+
+UsageError: type[Exception] = typer.BadParameter.__base__
+"""Click's ``UsageError``, the base of every usage error, of the Click that Typer runs (a copy
+of its own since Typer 0.2x, the ``click`` package before)."""
+
+
+class JsonUsageErrors(TyperCommand):
+    """A command whose usage errors (an option's bad value, an unknown option, no recipes) are,
+    with ``--format json``, one JSON document on stdout in the shape of its other errors
+    (``report_error``'s), exit 2, rather than Typer's box on stderr: a machine reader of
+    ``--format json`` parses every outcome."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        json_asked = _asks_for_json(args)  # before parsing, which may consume ``args``
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except UsageError as exc:
+            if not json_asked:
+                raise
+            raise _said_as_json(exc) from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UsageError as exc:
+            if str(ctx.params.get("format")) != OutputFormat.json.value:
+                raise
+            raise _said_as_json(exc) from None
+
+
+def _asks_for_json(args: list[str]) -> bool:
+    """Whether a command line gives ``--format json`` (read before Click parses it)."""
+    pairs = itertools.pairwise(args)
+    return "--format=json" in args or any(a == "--format" and b == "json" for a, b in pairs)
+
+
+def _said_as_json(exc: Any) -> typer.Exit:
+    """A usage error printed as JSON on stdout; the exit that ends the command."""
+    print(json.dumps({"error": "UsageError", "message": exc.format_message()}, indent=2))
+    return typer.Exit(USER_ERROR_EXIT)
 
 
 def validate(
@@ -76,7 +120,10 @@ def validate(
 
     Every problem of a recipe is reported at once, each with file:line:column, the dotted key,
     what was expected and did-you-mean suggestions. Valid recipes show the effective batch,
-    tokens per optimizer step, parameters of each model and estimated memory per GPU.
+    tokens per optimizer step, parameters of each model and estimated memory per GPU; a recipe
+    that only evaluates, its model's parameters and the memory per GPU of evaluating (weights
+    and the KV cache of the rows decoded together). A training recipe's benchmark files are
+    read too, as `wmtp eval` of its run will read them.
     """
     from wmtp.commands import _validate
 

@@ -93,4 +93,4 @@ def run(
         console.print(f"stopped: {name} while starting; nothing was trained", highlight=False)
         raise typer.Exit(128 + signum) from None
     if rank == 0:
-        console.print(result.summary(), highlight=False)
+        console.print(result.summary(), highlight=False, soft_wrap=True)  # paths whole

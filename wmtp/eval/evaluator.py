@@ -51,10 +51,12 @@ class Checker:
     as soon as they exist (generation goes on in the caller's thread, on the GPU, while the
     sandboxed programs run on the CPUs), ``verdicts`` waits for the rest. Each judge runs its
     programs in their own sandboxed processes, so threads keep the cores busy. A context
-    manager: leaving it cancels what has not started."""
+    manager: leaving it cancels what has not started. ``bar`` shows the checks done of
+    ``total``, the completions to check when known ahead (else of those submitted so far): an
+    evaluation stopped part way leaves it where it stood, not at 100% of what had arrived."""
 
     def __init__(self, benchmark: Benchmark, *, timeout_s: float, memory_mb: int, workers: int,
-                 bar=None, on_checked=None):  # fmt: skip
+                 bar=None, on_checked=None, total: int = 0):  # fmt: skip
         self.on_checked = on_checked
         """``on_checked(task_id, verdicts)``: a problem's verdicts, once all are in (a thread's)."""
         self.name = benchmark.name
@@ -63,8 +65,9 @@ class Checker:
         self.pool = ThreadPoolExecutor(max_workers=workers)
         self.futures: dict[str, list[Future]] = {}
         self.submitted = 0
+        self.total = total
         self.bar = bar
-        self.bar_task = None if bar is None else bar.add_task(f"{self.name}: checking", total=0)
+        self.bar_task = None if bar is None else bar.add_task(f"{self.name}: checking", total=total)
 
     def __enter__(self) -> Checker:
         return self
@@ -79,11 +82,16 @@ class Checker:
         self.futures.setdefault(task_id, []).extend(futures)
         self.submitted += len(futures)
         if self.bar is not None:
-            self.bar.update(self.bar_task, total=self.submitted)
+            self.bar.update(self.bar_task, total=max(self.total, self.submitted))
             for future in futures:
-                future.add_done_callback(lambda _: self.bar.advance(self.bar_task))
+                future.add_done_callback(self._checked)
         if self.on_checked is not None:
             self._when_all_done(task_id, futures)
+
+    def _checked(self, future: Future) -> None:
+        """One check has ended: the bar moves on, unless it was cancelled before it started."""
+        if not future.cancelled():
+            self.bar.advance(self.bar_task)
 
     def _when_all_done(self, task_id: str, futures: list[Future]) -> None:
         left, lock = [len(futures)], threading.Lock()
@@ -117,7 +125,11 @@ def check_completions(
     from wmtp.progress import Bar
 
     limits = {"timeout_s": timeout_s, "memory_mb": memory_mb, "workers": workers}
-    with Bar(disable=not progress) as bar, Checker(benchmark, **limits, bar=bar) as checker:
+    total = sum(len(texts) for texts in completions.values())
+    with (
+        Bar(disable=not progress) as bar,
+        Checker(benchmark, **limits, bar=bar, total=total) as checker,
+    ):
         for task, texts in completions.items():
             checker.submit(task, texts)
         return checker.verdicts()
@@ -140,9 +152,9 @@ def evaluate(
 ) -> dict[str, dict[str, Any]]:
     """Evaluate ``model`` on every benchmark of ``spec`` (an ``EvaluationSpec``) into
     ``<out_dir>/<benchmark>/``; benchmark -> its summary. ``training`` says which problems are
-    seen; ``step`` is the checkpoint's step (None: not a run's checkpoint). With several
-    ``ranks`` each evaluates its share and rank 0 writes, prints and returns the results (the
-    others return an empty dict).
+    seen; ``step`` is the checkpoint's step (None: unknown, neither a run's checkpoint nor an
+    export of one). With several ``ranks`` each evaluates its share and rank 0 writes, prints
+    and returns the results (the others return an empty dict).
 
     ``benchmarks`` are ``spec.benchmarks`` read (``wmtp.eval.benchmarks.load_benchmarks``),
     every one before the first generates.
@@ -179,7 +191,7 @@ def evaluate(
             )  # fmt: skip
     if not ranks.is_main:
         return {}
-    print_table(results, console, title=f" · {display_path(model_label)}")
+    print_table(results, console, model=display_path(model_label))
     return results
 
 
@@ -389,9 +401,10 @@ def _share(
         partial.record(task_id, samples[task_id], verdicts)
 
     limits = {"timeout_s": spec.timeout_s, "memory_mb": spec.memory_mb, "workers": workers}
+    total = len(problems) * spec.n_samples  # every problem's samples, greedy ones too
     with (
         Bar(disable=not progress) as bar,
-        Checker(benchmark, **limits, bar=bar, on_checked=checked) as checker,
+        Checker(benchmark, **limits, bar=bar, on_checked=checked, total=total) as checker,
     ):
         for note in notes if progress else ():
             bar.console.print(note, highlight=False)

@@ -105,7 +105,8 @@ def outputs_match(expected: str, actual: str) -> bool:
 class StdioTests:
     """CodeContests-style: the program reads each input on stdin and must print its output.
 
-    Tests run one at a time, stopping at the first that does not pass.
+    Tests run one at a time, stopping at the first that does not pass; a failure names it
+    counting from 1 (``test 2 of 3: ...``), as a traceback numbers lines.
     """
 
     prefix: str
@@ -121,7 +122,8 @@ class StdioTests:
 
         program = self.prefix + completion
         started = time.perf_counter()
-        for index, (stdin, expected) in enumerate(zip(self.inputs, self.outputs, strict=True)):
+        pairs = zip(self.inputs, self.outputs, strict=True)
+        for number, (stdin, expected) in enumerate(pairs, start=1):
             result = sandboxed(
                 sandbox.execute,
                 program=program,
@@ -130,11 +132,12 @@ class StdioTests:
                 memory_mb=memory_mb,
             )
             elapsed = time.perf_counter() - started
+            which = f"test {number} of {len(self.inputs)}"
             if result.status != "passed":
-                return Verdict(result.status, f"test {index}: {_tail(result.stderr)}", elapsed)
+                return Verdict(result.status, f"{which}: {_tail(result.stderr)}", elapsed)
             if not outputs_match(expected, result.stdout):
-                detail = f"test {index}: expected {_tail(expected, 80)!r}, got {_tail(result.stdout, 80)!r}"
-                return Verdict("failed", detail, elapsed)
+                got = f"expected {_tail(expected, 80)!r}, got {_tail(result.stdout, 80)!r}"
+                return Verdict("failed", f"{which}: {got}", elapsed)
         return Verdict("passed", f"{len(self.inputs)} tests", time.perf_counter() - started)
 
 

@@ -8,7 +8,9 @@ unseen problems at the step it picked), the figures, and per run the details (se
 per head, every evaluation). pass@k comes from each run's newest evaluated checkpoint, or from
 ``step`` when given; the table says which. Under the table, a warning where the held-out
 cross-entropies were measured on different held-out data, or the headline pass@k come from
-evaluations that decoded differently or scored other unseen problems.
+evaluations that decoded differently or scored other unseen problems. A benchmark evaluated on
+several sources (the built-in HumanEval and a local ``humaneval=FILE``, two files) is told apart
+by source (``humaneval (FILE)``: its own column, panel and row), and a note says so.
 
 The folder is written whole (``wmtp.output_folder``, as :data:`REPORT`): a new or empty folder, or
 an earlier report, which a new one replaces unless a user added or edited files in it since; one
@@ -34,7 +36,13 @@ from wmtp.eval.questions import (
     step_size_differences,
     trains_policy,
 )
-from wmtp.eval.run_data import RunRecord, read_run
+from wmtp.eval.run_data import (
+    RunRecord,
+    benchmark_name,
+    benchmark_source,
+    read_runs,
+    sources_by_name,
+)
 from wmtp.eval.table import percent, problems_cell
 from wmtp.output_folder import Product, check_output, staged_output
 
@@ -196,6 +204,19 @@ def comparability(shown: list[Shown], steps: dict[str, int | None]) -> list[str]
     return [f"**Warning: {w}.**" for w in warnings if w]
 
 
+def source_notes(shown: list[Shown]) -> list[str]:
+    """A note per benchmark name whose evaluations came from several sources (keyed apart by
+    ``read_runs``): their problems differ, so each source has its own column, panel and row."""
+    sources = sources_by_name([s.run for s in shown])
+    return [
+        f"**Note: {name} was evaluated on {len(found)} sources of problems "
+        f"({', '.join(sorted(found))}), whose pass@k do not compare: each is its own column, "
+        f"pass@k panel and row, named {name} (SOURCE), never one curve.**"
+        for name, found in sorted(sources.items())
+        if len(found) > 1
+    ]
+
+
 def run_details(s: Shown) -> str:
     """A run's section: settings, cross-entropy per head, every evaluation, notes."""
     run = s.run
@@ -218,10 +239,12 @@ def run_details(s: Shown) -> str:
 
 
 def evaluations_table(run: RunRecord) -> str:
-    """Every evaluation of the run: step, benchmark, group, problems, pass@k, decoding."""
+    """Every evaluation of the run: step, benchmark and its source (the file, or ``built-in``),
+    group, problems, pass@k, decoding."""
     rows = []
     for step, benchmarks in run.evals.items():
-        for name, summary in benchmarks.items():
+        for key, summary in benchmarks.items():
+            name, source = benchmark_name(key, summary), benchmark_source(summary)
             decoding = summary.get("decoding", {})
             settings = ", ".join(f"{k} = {v}" for k, v in decoding.items())
             for group, result in summary["results"].items():
@@ -231,8 +254,8 @@ def evaluations_table(run: RunRecord) -> str:
                 )
                 available = summary.get("split", {}).get(group, result["problems"])
                 problems = problems_cell(group, result["problems"], available)
-                rows.append([str(step), name, problems, scores, settings])
-    header = ["step", "benchmark", "problems", "pass@k (%) ± s.e.", "decoding"]
+                rows.append([str(step), name, source, problems, scores, settings])
+    header = ["step", "benchmark", "source", "problems", "pass@k (%) ± s.e.", "decoding"]
     return _table(header, rows)
 
 
@@ -243,7 +266,7 @@ def write_report(
     no run was evaluated, or an ``out_dir`` the report may not write (:data:`REPORT`), is an error
     before anything is written."""
     out = check_output(Path(out_dir), REPORT, force=False)
-    runs = [read_run(path) for path in run_dirs]
+    runs = read_runs(run_dirs)
     if step is not None and not any(step in run.evals for run in runs):
         evaluated = "; ".join(
             f"{path}: {', '.join(map(str, run.evals)) or 'none'}"
@@ -283,6 +306,7 @@ def markdown(shown: list[Shown], steps, wanted: int | None, figures: list[str]) 
         HEADLINE_NOTES,
         "",
         *(line for warning in comparability(shown, steps) for line in (warning, "")),
+        *(line for note in source_notes(shown) for line in (note, "")),
         "## Figures",
         "",
         *(f"![{Path(name).stem}]({name})" for name in figures),

@@ -4,7 +4,9 @@ A run directory (``runs/<experiment>/<id>/``) holds TensorBoard event files, ``m
 (one JSON object a line with a ``step`` and scalar values, nested objects flattened with ``/``),
 ``recipe.toml`` and ``eval/step-N/<benchmark>/summary.json`` (``wmtp.eval.results``). Both scalar
 sources are read and merged; where a tag is in both, ``metrics.jsonl`` wins (it is the one
-written without loss of precision). Torch-free.
+written without loss of precision). A benchmark's evaluations whose problems came from different
+sources (the built-in HumanEval, a local ``humaneval=FILE``, two files) are told apart
+(:func:`read_runs`). Torch-free.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ class RunRecord:
     settings: dict[str, Any] = field(default_factory=dict)
     """A few recipe values worth a line: pipeline, weighting kind, n_future_tokens, ..."""
     evals: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    """Step -> benchmark -> the ``summary.json`` of that checkpoint's evaluation."""
+    """Step -> benchmark -> the ``summary.json`` of that checkpoint's evaluation. The benchmark is
+    its name, or ``name (source)`` where :func:`read_runs` found that name on several sources."""
     notes: list[str] = field(default_factory=list)
     """What the report should say about this run's files (an old layout, ...)."""
     heldout_data: dict[str, Any] | None = None
@@ -202,4 +205,67 @@ def read_run(run_dir: str | Path) -> RunRecord:
     return record
 
 
-__all__ = ["RunRecord", "Series", "read_metrics_jsonl", "read_run"]
+BUILT_IN = "built-in"
+"""The source of an evaluation of a benchmark's built-in copy (HumanEval's, no ``=PATH``)."""
+
+
+def benchmark_source(summary: dict[str, Any]) -> str:
+    """Where an evaluation's problems came from: the file its ``evaluation.benchmarks`` entry
+    named (``humaneval=PATH``, the path as given), or :data:`BUILT_IN`."""
+    settings = summary.get("settings")
+    source = settings.get("source") if isinstance(settings, dict) else None
+    return str(source) if source else BUILT_IN
+
+
+def benchmark_name(key: str, summary: dict[str, Any]) -> str:
+    """The benchmark's name of an evaluation keyed ``key`` in ``RunRecord.evals``."""
+    return str(summary.get("benchmark") or key)
+
+
+def read_runs(run_dirs: list[str | Path]) -> list[RunRecord]:
+    """Every run of ``run_dirs`` (:func:`read_run`). A benchmark name evaluated on more than one
+    source across them (a local ``humaneval=FILE`` at one step, the built-in HumanEval at
+    another) is keyed ``name (source)`` in each run's ``evals``: every source its own curve,
+    column and row, never one line through another file's problems."""
+    runs = [read_run(path) for path in run_dirs]
+    shared = {name for name, found in sources_by_name(runs).items() if len(found) > 1}
+    for run in runs:
+        _key_by_source(run, shared)
+    return runs
+
+
+def sources_by_name(runs: list[RunRecord]) -> dict[str, set[str]]:
+    """Benchmark name -> the sources of its evaluations in ``runs`` (:func:`benchmark_source`)."""
+    found: dict[str, set[str]] = {}
+    for run in runs:
+        for benchmarks in run.evals.values():
+            for key, summary in benchmarks.items():
+                found.setdefault(benchmark_name(key, summary), set()).add(benchmark_source(summary))
+    return found
+
+
+def _key_by_source(run: RunRecord, shared: set[str]) -> None:
+    """Key the evaluations (and their scored problems) of the ``shared`` names by source."""
+    for step, benchmarks in list(run.evals.items()):
+        keys = {
+            key: f"{name} ({benchmark_source(summary)})"
+            if (name := benchmark_name(key, summary)) in shared
+            else key
+            for key, summary in benchmarks.items()
+        }
+        run.evals[step] = {keys[key]: summary for key, summary in benchmarks.items()}
+        problems = run.eval_problems.get(step, {})
+        run.eval_problems[step] = {keys.get(key, key): ids for key, ids in problems.items()}
+
+
+__all__ = [
+    "BUILT_IN",
+    "RunRecord",
+    "Series",
+    "benchmark_name",
+    "benchmark_source",
+    "read_metrics_jsonl",
+    "read_run",
+    "read_runs",
+    "sources_by_name",
+]

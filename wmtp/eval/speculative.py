@@ -56,16 +56,19 @@ GREEDY = Sampling()
 class SpeculativeStats:
     """What the draft heads bought."""
 
-    rows: int = 0
-    """Rows decoded (each row's first token comes from its prompt's forward)."""
+    prompt_forwards: int = 0
+    """Prompt forwards, per row: each gives its row's first token (none for a row that may
+    decode nothing)."""
     forwards: int = 0
-    """Verify forwards after the prompt's, per row: one verifying B rows' drafts counts B."""
+    """Verify (decoding) forwards after the prompt's, per row: one verifying B rows' drafts
+    counts B."""
     drafted: int = 0
     """Draft tokens offered to head 1 for verification."""
     accepted: int = 0
     """Draft tokens head 1 agreed with."""
     generated: int = 0
-    """Tokens committed (the completion, plus a stop string's tokens)."""
+    """Tokens committed (the completion, plus a stop string's tokens): each row's first, from
+    its prompt forward, and those of its verify forwards."""
     seconds: float = 0.0
     first_token_s: float = 0.0
     """Time from the call until the first token is known (the prompt's forward)."""
@@ -96,8 +99,10 @@ class SpeculativeStats:
 
     @property
     def tokens_per_forward(self) -> float:
-        """Tokens a row commits per forward, the prompt's included."""
-        return self.generated / max(1, self.forwards + self.rows)
+        """Tokens a verify forward commits, on average (1 to the number of heads): those after
+        each row's first (its prompt forward's), per verify forward; 0 with no verify forward."""
+        decoded = self.generated - self.prompt_forwards
+        return decoded / self.forwards if self.forwards else 0.0
 
     @property
     def tokens_per_s(self) -> float:
@@ -105,8 +110,8 @@ class SpeculativeStats:
 
     def add(self, other: SpeculativeStats) -> None:
         """Count ``other`` in (decoded after this one: the times add up)."""
-        names = ("rows", "forwards", "drafted", "accepted", "generated", "seconds", "first_token_s")
-        for name in names:
+        names = ("prompt_forwards", "forwards", "drafted", "accepted", "generated")
+        for name in (*names, "seconds", "first_token_s"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.drafted_by_head.update(other.drafted_by_head)
         self.accepted_by_head.update(other.accepted_by_head)
@@ -123,6 +128,7 @@ class SpeculativeStats:
 
     def as_dict(self) -> dict[str, object]:
         return {
+            "prompt_forwards": self.prompt_forwards,
             "forwards": self.forwards,
             "drafted": self.drafted,
             "accepted": self.accepted,
@@ -187,7 +193,7 @@ def speculative_generate_batch(
     assert len({len(p) for p in prompts}) == 1, "the rows of a batch share a prompt length"
     B, P, n = len(prompts), len(prompts[0]), model.n_heads
     limit = max(0, min(max_new_tokens, (max_length or model.args.max_seq_len) - P))
-    stats = [SpeculativeStats(rows=1) for _ in prompts]
+    stats = [SpeculativeStats(prompt_forwards=int(limit > 0)) for _ in prompts]  # no room: none
     if limit == 0:
         return [Completion([], "", "length") for _ in prompts], stats
     started = time.perf_counter()

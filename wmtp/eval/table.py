@@ -69,7 +69,7 @@ def notes(name: str, summary: dict[str, Any]) -> list[str]:
         lines.append(
             f"speculative decoding ({name}): drafts accepted {heads} "
             f"(all heads {100 * speculative['acceptance_rate']:.1f}%); "
-            f"{speculative['tokens_per_forward']:.2f} tokens per forward"
+            f"{speculative['tokens_per_forward']:.2f} tokens per verify forward"
         )
     return lines
 
@@ -104,14 +104,18 @@ def _drawn(split: dict) -> str:
     return f"; max_problems = {split['max_problems']} drawn with seed {split['sample_seed']}"
 
 
-def print_table(summaries: dict[str, dict[str, Any]], console=None, *, title: str = "") -> None:
-    """Print the results of ``summaries`` (benchmark -> summary) and the lines under them."""
+def print_table(summaries: dict[str, dict[str, Any]], console=None, *, model: str = "") -> None:
+    """Print the results of ``summaries`` (benchmark -> summary) and the lines under them, after
+    a line naming the ``model`` evaluated (its path whole, however narrow the terminal: a path
+    folded inside the table's title would misname it, ``step-12`` + ``0``)."""
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console()
+    if model:
+        console.print(f"model: {model}", highlight=False, soft_wrap=True)
     ks = _ks(summaries)
-    table = Table(title=f"pass@k (%) ± standard error{title}")
+    table = Table(title="pass@k (%) ± standard error")
     for column in ["benchmark", "problems", "n", *(f"pass@{k}" for k in ks), "statuses"]:
         table.add_column(column, justify="right" if column in ("n",) else "left")
     for name, summary in summaries.items():

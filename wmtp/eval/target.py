@@ -124,13 +124,14 @@ def _runs_eval(recipe: Any) -> Path:
 
 def load_target_recipe(target: EvalTarget, overrides: list[str] | tuple[str, ...] = ()):
     """The recipe of a resolved target (a ``LoadedRecipe``: where each value was set),
-    ``overrides`` applied; an export's read with the tokenizer file it holds, wherever the folder
-    now is (``own_tokenizer_overrides``)."""
+    ``overrides`` applied, read to evaluate (a training recipe's rules of training, such as
+    ``data.max_length`` within ``max_seq_len``, unchecked); an export's read with the tokenizer
+    file it holds, wherever the folder now is (``own_tokenizer_overrides``)."""
     from wmtp.export.source import own_tokenizer_overrides
     from wmtp.recipe import load_recipe
 
     own = own_tokenizer_overrides(target.recipe_file)
-    return load_recipe(target.recipe_file, [*own, *overrides])
+    return load_recipe(target.recipe_file, [*own, *overrides], evaluating=True)
 
 
 def load_policy(target: EvalTarget, recipe, device: str, *, fold_adapters: bool = True):
@@ -334,9 +335,22 @@ def evaluate_target(
 
 
 def checkpoint_step(checkpoint: Path) -> int | None:
-    """N of a run's ``checkpoints/step-N``; None for any other model directory."""
+    """N of a run's ``checkpoints/step-N``; for a ``wmtp export``, the step it was exported from;
+    None for any other model directory."""
     match = STEP_DIR.match(checkpoint.name)
-    return int(match.group(1)) if match and checkpoint.parent.name == CHECKPOINTS else None
+    if match and checkpoint.parent.name == CHECKPOINTS:
+        return int(match.group(1))
+    return exported_step(checkpoint)
+
+
+def exported_step(folder: Path) -> int | None:
+    """The training step a ``wmtp export`` in ``folder`` was made from, as its marker records
+    it; None for any other folder."""
+    from wmtp.export import EXPORT
+    from wmtp.output_folder import made_from
+
+    step = made_from(folder, EXPORT).get("step")
+    return step if isinstance(step, int) else None
 
 
 __all__ = [

@@ -108,7 +108,8 @@ def card_facts(job: Any, model, files: list[str], tokenizer_files) -> CardFacts:
 def _title(src: Source, recipe, step: int | None) -> str:
     if src.run is None:
         return f"{recipe.experiment.name}: {src.weights.name}"
-    return f"{recipe.experiment.name}: run {src.run.name}, step {step}"
+    at_step = "" if step is None else f", step {step}"
+    return f"{recipe.experiment.name}: run {src.run.name}{at_step}"
 
 
 def _sizes(args) -> dict[str, int]:

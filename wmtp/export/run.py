@@ -15,7 +15,8 @@ written under a temporary name, so a refused or failed export leaves nothing beh
    heads kept or cut to head 1;
 5. the weights (``hf``, ``meta``, ``wmtp``), the tokenizer files, ``recipe.toml`` (the training
    recipe reading this folder: ``wmtp eval DIR`` works), ``training_recipe.toml``,
-   ``fingerprint.json`` and ``README.md``; last ``wmtp_export.json``, the list of what it wrote.
+   ``fingerprint.json`` and ``README.md``; last ``wmtp_export.json``, the list of what it wrote
+   and what it was made from (checkpoint, run, step: ``wmtp eval`` of the export reads the step).
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def export_model(
     out_dir = check_output(Path(out), EXPORT, force=force, source=src.weights)
     dtype = dtype or spec.dtype
     job = _Job(src, loaded, role, spec, to, dtype, str(out), out_dir, progress, console)
-    with staged_output(out_dir, EXPORT, force=force) as staging:
+    made_from = {"checkpoint": str(src.weights), "run": src.run and str(src.run), "step": src.step}
+    with staged_output(out_dir, EXPORT, force=force, made_from=made_from) as staging:
         files = job.run(
             staging, merge_lora=merge_lora, heads=heads, max_shard_bytes=max_shard_bytes
         )

@@ -56,7 +56,8 @@ class Source:
 
     @property
     def step(self) -> int | None:
-        """The training step of a checkpoint: ``trainer.json``'s, else its ``step-N`` name."""
+        """The training step of a checkpoint: ``trainer.json``'s, else its ``step-N`` name; of an
+        earlier export, the step it was made from."""
         trainer = self.weights / "trainer.json"
         if trainer.is_file():
             try:
@@ -64,7 +65,11 @@ class Source:
             except (ValueError, KeyError, TypeError):
                 pass
         match = STEP_DIR.match(self.weights.name)
-        return int(match.group(1)) if match else None
+        if match:
+            return int(match.group(1))
+        from wmtp.eval.target import exported_step  # an export of an export: its source's step
+
+        return exported_step(self.weights)
 
     @property
     def consolidated(self) -> Path | None:

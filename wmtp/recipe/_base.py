@@ -18,7 +18,11 @@ Cross-field rules are methods decorated with ``@rule("field_a", "field_b")`` tha
 naming both fields when the rule is broken (``None`` otherwise). One validator runs every rule of a
 section and reports all broken ones together (pydantic stops at the first raising validator, and a
 recipe's report must hold every problem); each problem carries the fields it concerns, so the
-loader points at the line of the first one.
+loader points at the line of the first one. A rule of settings only training reads
+(``@rule(..., training=True)``: ``data.max_length``) is not checked where the recipe trains
+nothing: its pipeline evaluates, or it is read to evaluate the weights it trained
+(``load_recipe(..., evaluating=True)``, which validates with :data:`EVALUATING` in pydantic's
+context).
 """
 
 import functools
@@ -26,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationInfo, model_validator
 from pydantic_core import PydanticCustomError
 
 CategoryName = Literal["numerics", "performance", "cosmetic", "checkpoint"]
@@ -59,11 +63,19 @@ RULE_ERROR = "cross_field"
 """The pydantic error type of broken rules; its ``ctx["problems"]`` lists ``{fields, message}``."""
 
 
-def rule(*fields: str) -> Callable[[Callable[[Any], str | None]], Callable[[Any], str | None]]:
-    """Mark a method as a cross-field rule about ``fields`` (dotted, relative to the section)."""
+EVALUATING = "evaluating"
+"""The key of pydantic's validation context that reads a recipe to evaluate, not to train."""
+
+
+def rule(
+    *fields: str, training: bool = False
+) -> Callable[[Callable[[Any], str | None]], Callable[[Any], str | None]]:
+    """Mark a method as a cross-field rule about ``fields`` (dotted, relative to the section);
+    ``training``: a rule of settings only training reads (see the module docstring)."""
 
     def decorate(fn: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
         fn.__rule_fields__ = fields  # type: ignore[attr-defined]
+        fn.__rule_training__ = training  # type: ignore[attr-defined]
         return fn
 
     return decorate
@@ -100,9 +112,12 @@ class Section(BaseModel):
     """The diff category of fields that do not say otherwise."""
 
     @model_validator(mode="after")
-    def _check_rules(self) -> "Section":
+    def _check_rules(self, info: ValidationInfo) -> "Section":
         problems = []
+        trains = self.checks_training(info.context)
         for fn in _rules_of(type(self)):
+            if fn.__rule_training__ and not trains:
+                continue
             if message := fn(self):
                 problems.append({"fields": fn.__rule_fields__, "message": message})
         if problems:
@@ -111,6 +126,11 @@ class Section(BaseModel):
                 RULE_ERROR, "{summary}", {"summary": summary, "problems": problems}
             )
         return self
+
+    def checks_training(self, context: dict | None) -> bool:
+        """Whether the recipe is read to train (its ``training=True`` rules checked): not where
+        ``context`` says it is read to evaluate."""
+        return not (context or {}).get(EVALUATING)
 
     @classmethod
     def field_category(cls, name: str) -> CategoryName:

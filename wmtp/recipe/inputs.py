@@ -3,7 +3,9 @@
 :func:`missing_inputs` lists every input a recipe names that is not there: the tokenizer file,
 each model's pretrained ``path`` and trained ``checkpoint`` (only the models its pipeline uses),
 the training data (``data.path``, ``data.split.heldout_path``) and the local benchmark files of
-``[evaluation]``. Each comes with its dotted key, the path as written and the absolute path it
+``[evaluation]`` (an evaluation recipe's; a training recipe's only with ``benchmarks=True``:
+``wmtp validate`` checks them for the ``wmtp eval`` of its run, ``wmtp run`` trains without
+them). Each comes with its dotted key, the path as written and the absolute path it
 resolved to (relative paths are read from the working directory), located where the recipe set
 it. The places a run writes are checked the same way: ``experiment.runs_dir`` must be (or be
 creatable as) a directory this user can write, a HumanEval dataset not yet built must be
@@ -42,8 +44,9 @@ class MissingInput:
         return f"{self.written!r}: {self.why}"
 
 
-def missing_inputs(recipe: Any) -> list[MissingInput]:
-    """Every input of ``recipe`` that is not there (see the module docstring), in key order."""
+def missing_inputs(recipe: Any, *, benchmarks: bool = False) -> list[MissingInput]:
+    """Every input of ``recipe`` that is not there (see the module docstring), in key order;
+    ``benchmarks``: a training recipe's benchmark files too."""
     found = [_tokenizer(recipe.tokenizer)]
     for role in recipe.pipeline.uses:
         spec = getattr(recipe.model, role)
@@ -51,18 +54,26 @@ def missing_inputs(recipe: Any) -> list[MissingInput]:
             found += [_model_path(role, spec), _trained_checkpoint(role, spec)]
     if recipe.pipeline.trains is not None:
         found += [*_data(recipe.data), _run_place(recipe.experiment)]
-    else:
+    if _reads_benchmarks(recipe, benchmarks):
         found += _benchmarks(recipe.evaluation)
     return [m for m in found if m is not None]
 
 
-def input_problems(loaded: Any) -> list[Any]:
+def _reads_benchmarks(recipe: Any, benchmarks: bool) -> bool:
+    """Whether the benchmark files are the recipe's inputs: an evaluation recipe's always, a
+    training recipe's when asked (``wmtp validate``: its run's ``wmtp eval`` reads them)."""
+    return recipe.pipeline.trains is None or benchmarks
+
+
+def input_problems(loaded: Any, *, benchmarks: bool = False) -> list[Any]:
     """The missing inputs of a loaded recipe as problems located where the recipe set them
-    (file:line, or the ``--set`` that gave the value)."""
-    return [located_problem(loaded, m.key, m.message) for m in missing_inputs(loaded.recipe)]
+    (file:line, or the ``--set`` that gave the value); ``benchmarks``: as
+    :func:`missing_inputs`."""
+    missing = missing_inputs(loaded.recipe, benchmarks=benchmarks)
+    return [located_problem(loaded, m.key, m.message) for m in missing]
 
 
-def unusable_inputs(loaded: Any) -> list[Any]:
+def unusable_inputs(loaded: Any, *, benchmarks: bool = False) -> list[Any]:
     """Inputs that are there but cannot be used, each a problem located where the recipe names
     it: each pretrained model the pipeline uses (``model.<role>.path``), read from its
     description as its loader reads it (``wmtp.models.descriptions``: no weights, no torch), that
@@ -71,8 +82,9 @@ def unusable_inputs(loaded: Any) -> list[Any]:
     recipe that disagrees with this one (:func:`_unusable_checkpoint`); a tokenizer
     file that does not load (a truncated download, another file); a frozen model asked for more
     heads than its weights hold (:func:`_added_heads`); a ``data.path`` that holds no
-    rows (:func:`_unusable_data`); and the benchmarks (:func:`_unreadable_benchmarks`). A path
-    that is not there is :func:`input_problems`'s."""
+    rows (:func:`_unusable_data`); and the benchmarks (:func:`_unreadable_benchmarks`; a
+    training recipe's files with ``benchmarks``, as :func:`missing_inputs`). A path that is not
+    there is :func:`input_problems`'s."""
     problems = []
     tokenizer = loaded.recipe.tokenizer
     vocab, why = _tokenizer_vocab(tokenizer) if _tokenizer(tokenizer) is None else (None, None)
@@ -84,7 +96,7 @@ def unusable_inputs(loaded: Any) -> list[Any]:
         if not found and role != loaded.recipe.pipeline.trains:
             found = _added_heads(loaded, role, spec)
         problems += found
-    return problems + _unusable_data(loaded) + _unreadable_benchmarks(loaded)
+    return problems + _unusable_data(loaded) + _unreadable_benchmarks(loaded, benchmarks)
 
 
 def _unusable_weights(loaded: Any, role: str, spec: Any, vocab: int | None) -> list[Any]:
@@ -137,18 +149,18 @@ def _unusable_data(loaded: Any) -> list[Any]:
     return []
 
 
-def _unreadable_benchmarks(loaded: Any) -> list[Any]:
-    """An evaluation recipe's benchmarks read as its evaluation reads them (once every file it
-    names is there): an unknown evaluator, a name twice, a missing ``=PATH``, a file that does
-    not load. A training recipe's names alone (``wmtp eval`` of its run reads them later)."""
+def _unreadable_benchmarks(loaded: Any, benchmarks: bool) -> list[Any]:
+    """The benchmarks read as an evaluation reads them: an unknown evaluator, a name twice, a
+    missing ``=PATH``, a file that does not load. Their names alone while a file they name is
+    not there (:func:`input_problems` says so), and for a training recipe unless
+    ``benchmarks`` (``wmtp run`` trains without them)."""
     from wmtp.eval.benchmarks import load_benchmarks
     from wmtp.recipe.errors import RecipeProblems
 
-    evaluates = loaded.recipe.pipeline.trains is None
-    if evaluates and any(_benchmarks(loaded.recipe.evaluation)):
-        return []  # a file not there: input_problems says so
+    recipe = loaded.recipe
+    read = _reads_benchmarks(recipe, benchmarks) and not any(_benchmarks(recipe.evaluation))
     try:
-        load_benchmarks(loaded, read=evaluates)
+        load_benchmarks(loaded, read=read)
     except RecipeProblems as exc:
         return exc.problems
     return []

@@ -351,9 +351,13 @@ def _all_paths(data: dict, prefix: Path = ()) -> list[Path]:
 # --- the entry point ---------------------------------------------------------------------------
 
 
-def load_recipe(path: os.PathLike | str, overrides: Sequence[str] = ()) -> LoadedRecipe:
+def load_recipe(
+    path: os.PathLike | str, overrides: Sequence[str] = (), *, evaluating: bool = False
+) -> LoadedRecipe:
     """Read, merge, override and validate a recipe (or the recipe of a run directory).
 
+    ``evaluating``: read to evaluate the weights it trained (``wmtp eval RUN``), so the rules
+    of settings only training reads (``data.max_length``) are not checked.
     Raises ``RecipeProblems`` (a ``RecipeError``) listing every problem, each located.
     """
     from wmtp.recipe.validate import provenance_of, validate_tree
@@ -361,5 +365,5 @@ def load_recipe(path: os.PathLike | str, overrides: Sequence[str] = ()) -> Loade
     file = resolve_file(path)
     tree, files = load_tree(file)
     apply_overrides(tree, overrides)
-    recipe = validate_tree(tree, display_path(file))
+    recipe = validate_tree(tree, display_path(file), evaluating=evaluating)
     return LoadedRecipe(recipe, provenance_of(recipe, tree), str(path), tuple(files))

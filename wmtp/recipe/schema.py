@@ -164,7 +164,7 @@ class Recipe(Section):
             )
         return None
 
-    @rule("data.max_length", "model.policy.max_seq_len")
+    @rule("data.max_length", "model.policy.max_seq_len", training=True)
     def _data_fits_context(self) -> str | None:
         for role in ("policy", "reference", "critic"):
             spec = getattr(self.model, role)
@@ -176,7 +176,7 @@ class Recipe(Section):
                 )
         return None
 
-    @rule("data.max_length", "parallel.float8")
+    @rule("data.max_length", "parallel.float8", training=True)
     def _float8_rows_fit_its_matmuls(self) -> str | None:
         multiple = FLOAT8_TOKEN_MULTIPLE
         if self.parallel.float8 is False or self.data.max_length % multiple == 0:
@@ -231,6 +231,11 @@ class Recipe(Section):
             listed = ", ".join(f"model.{r}.vocab_size = {v}" for r, v in sizes.items())
             return f"every model shares the tokenizer, but {listed}"
         return None
+
+    def checks_training(self, context: dict | None) -> bool:
+        """Whether the recipe is read to train: its pipeline trains a model, and it is not read
+        to evaluate the weights it trained (``load_recipe(..., evaluating=True)``)."""
+        return self.pipeline.trains is not None and super().checks_training(context)
 
     @property
     def trained_role(self) -> str | None:

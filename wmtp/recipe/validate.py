@@ -14,15 +14,17 @@ from wmtp.recipe.load import Source, Tree, dotted
 from wmtp.recipe.positions import Path
 
 
-def validate_tree(tree: Tree, name: str) -> Any:
-    """The ``Recipe`` of merged ``tree``; ``RecipeProblems`` with every problem otherwise."""
+def validate_tree(tree: Tree, name: str, *, evaluating: bool = False) -> Any:
+    """The ``Recipe`` of merged ``tree``; ``RecipeProblems`` with every problem otherwise.
+    ``evaluating``: read to evaluate, its rules of training unchecked (``wmtp.recipe._base``)."""
     from pydantic import ValidationError
 
+    from wmtp.recipe._base import EVALUATING
     from wmtp.recipe.schema import Recipe
 
     try:
         with _without_pydantic_plugins():
-            return Recipe.model_validate(tree.data)
+            return Recipe.model_validate(tree.data, context={EVALUATING: evaluating})
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
     from wmtp.recipe.problems import problems_of
