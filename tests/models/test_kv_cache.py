@@ -18,6 +18,7 @@ from wmtp.models.kv_cache import (
     cache_length,
     make_decoder,
     setup_figures,
+    step_state,
 )
 from wmtp.models.llama_mtp import LlamaMTP
 
@@ -297,6 +298,25 @@ def test_cache_lengths_are_shared_by_nearby_prompts():
     assert cache_length(300, 2048) == cache_length(512, 2048) == 512
     assert cache_length(300, 400) == 512  # never past the model's length in whole blocks ...
     assert cache_length(3000, 2048) == 3072  # ... unless asked for
+
+
+@pytest.mark.parametrize(("flavour", "early"), [("llama-1b-bench", True), ("llama2-7b-mtp", False)])
+def test_a_small_models_steps_launch_early_and_a_large_ones_do_not(flavour, early):
+    """Programmatic dependent launch paid at 1B (+2.5%) and cost at 7B (-2.3%): the measured
+    shapes, four heads each, on either side of the rule (no weights are made: meta tensors)."""
+    from wmtp.eval.speed import model_from_flavour
+    from wmtp.models.kv_cache import PDL_MAX_MODEL_BYTES, launches_early
+
+    model = model_from_flavour(flavour, n_future_tokens=4, dtype="bfloat16", device="meta")
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert launches_early(model) is early is (size <= PDL_MAX_MODEL_BYTES)
+
+
+def test_a_cpu_state_never_launches_early(tiny_args):
+    """The tiny model is small, but its state's steps compile without PDL off a GPU."""
+    model = LlamaMTP(tiny_args).eval()
+    state = step_state(model, 1, 32, (1,), (False, True, False))
+    assert not state.pdl and state.skip_blocks is False
 
 
 def test_static_decoders_of_one_shape_share_their_state(tiny_args):

@@ -502,6 +502,8 @@ class StepState:
     """Whether compiled steps attend block by block (``row_attention``): on a GPU, until this
     torch fails to compile that kernel for one of the state's steps. Not on a CPU: Inductor's CPU
     kernel takes few of the steps' shapes, and the caches there are short."""
+    pdl: bool = False
+    """Whether the compiled steps launch early (:func:`launches_early`: on a GPU, a small model)."""
 
 
 _STATES: weakref.WeakKeyDictionary[LlamaMTP, dict[tuple, StepState]] = weakref.WeakKeyDictionary()
@@ -555,6 +557,7 @@ def _new_state(model: LlamaMTP, batch_size: int, length: int, kept_heads: tuple[
         inv_freq_F=rope_frequencies(model.args, device),
         pool=pool,
         skip_blocks=device.type == "cuda",
+        pdl=device.type == "cuda" and launches_early(model),
     )
 
 
@@ -593,25 +596,40 @@ def move_rows(
     room_B.sub_(advance_B)
 
 
-# Inductor options of the decoding steps' compiled code. Programmatic dependent launch: each
-# generated kernel starts while the previous one drains and waits on the device only before its
-# first dependent read (Hopper and later; Inductor leaves it out on older GPUs and the CPU). A
-# batch-1 step is a chain of short kernels, so the overlap is a share of the step: 1,071 and 1,076
-# -> 1,098 and 1,098 tokens/s, `llama-1b-bench` plain greedy, alternating processes (one H100,
-# torch 2.11, 2026-12-07: bench/results/h100_decode_pdl_20261207/). Training steps gained nothing.
-DECODE_INDUCTOR_OPTIONS = {"triton.enable_pdl": True}
+PDL_MAX_MODEL_BYTES = 4 * 10**9
+"""Decoding steps of a model whose weights take at most this many bytes are compiled with
+programmatic dependent launch (Inductor's ``triton.enable_pdl``, Hopper and later; Inductor
+leaves it out on older GPUs and the CPU): each generated kernel starts while the previous one
+drains and waits on the device only before its first dependent read. A small model's step is a
+chain of short kernels whose launch gaps it hides: `llama-1b-bench` (1.8 GB with its four heads)
+plain greedy 1,074 -> 1,101 tokens/s, +2.5%, and its verify step +3%. A large model's step is
+its matrix products reading the weights, which the early-started kernels slow: `llama2-7b-mtp`
+(13.5 GB) plain 191.6 -> 187.2 tokens/s, -2.3%, its verify step unchanged (each the mean of two
+processes, alternating with the code without it; one H100, torch 2.11, 2026-12-07:
+bench/results/h100_decode_pdl_20261207/). Where between the two it stops paying is not
+measured. Training steps gained nothing from it (h100_full1b_inductor_options_20261207/)."""
+
+
+def launches_early(model: torch.nn.Module) -> bool:
+    """Whether ``model``'s decoding steps are compiled with programmatic dependent launch
+    (:data:`PDL_MAX_MODEL_BYTES`)."""
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    return size <= PDL_MAX_MODEL_BYTES
 
 
 @functools.cache
-def _compiled_move_rows() -> Callable[..., None]:
-    """``move_rows`` compiled (fewer kernels than four), made once per process."""
-    return torch.compile(move_rows, fullgraph=True, dynamic=False, options=DECODE_INDUCTOR_OPTIONS)
+def _compiled_move_rows(pdl: bool) -> Callable[..., None]:
+    """``move_rows`` compiled (fewer kernels than four), made once per process and ``pdl``
+    (programmatic dependent launch: :func:`launches_early`)."""
+    options = {"triton.enable_pdl": pdl}
+    return torch.compile(move_rows, fullgraph=True, dynamic=False, options=options)
 
 
 @functools.cache
-def _compiled_static_step() -> Callable[..., torch.Tensor]:
+def _compiled_static_step(pdl: bool) -> Callable[..., torch.Tensor]:
     """``StaticDecoder._static_step`` compiled by Inductor (whole graph, static shapes), made
-    once per process: a new decoder with a known shape finds its compiled variant.
+    once per process and ``pdl`` (programmatic dependent launch: :func:`launches_early`): a new
+    decoder with a known shape finds its compiled variant.
 
     Matrix products stay cuBLAS calls, batch 1 included. Inductor's coordinate-descent tuning
     turns a one-row product into a reduction it generates and tunes; batch-1 decoding of
@@ -619,9 +637,8 @@ def _compiled_static_step() -> Callable[..., torch.Tensor]:
     (the tuning times candidates, and each compilation fused and tuned the step's kernels
     anew), against a steady ~1,200 with cuBLAS; ``llama2-7b-mtp`` gained nothing (one H200,
     torch 2.11, 2026-12-04: ``bench/results/h200_decode.md``, eleventh session)."""
-    return torch.compile(
-        StaticDecoder._static_step, fullgraph=True, dynamic=False, options=DECODE_INDUCTOR_OPTIONS
-    )
+    options = {"triton.enable_pdl": pdl}
+    return torch.compile(StaticDecoder._static_step, fullgraph=True, dynamic=False, options=options)
 
 
 class StaticDecoder(Decoder):
@@ -894,7 +911,7 @@ class StaticDecoder(Decoder):
             logits_BSnV = self._forward_step(tokens_BS, _Step(heads, None, True), ())
             return tail(tokens_BS, logits_BSnV, self.room, *inputs)
         skip_blocks = self._state.skip_blocks
-        compiled = _compiled_static_step()
+        compiled = _compiled_static_step(self._state.pdl)
         with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
             try:
                 return compiled(self, tokens_BS, heads, tail, skip_blocks, *inputs)
@@ -923,7 +940,7 @@ class StaticDecoder(Decoder):
         last = len(state.keys_L) - tokens_BS.shape[1]
         move = move_rows
         if step.compiled and self.cuda_graphs:  # fewer kernels a replay (on a CPU: a compile)
-            move = _compiled_move_rows()
+            move = _compiled_move_rows(state.pdl)
         with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
             move(tokens_BS, state.start, state.room, chained.fed_BS, chained.advance_B, last)
         return chained.outputs
