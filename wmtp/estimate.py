@@ -62,6 +62,9 @@ its dtype, P its parameters)
                   slots, ``max_problems`` of them, twice with ``include_seen``, except
                   speculative decoding, which decodes one problem at a time); C = the model's
                   ``max_seq_len``, a bound: a row holds its prompt and ``max_new_tokens``.
+                  ``wmtp validate --env`` refuses an evaluation only where the least it needs
+                  (C = ``max_new_tokens``) does not fit: the bound would refuse evaluations
+                  that fit (HumanEval's prompts fill a fraction of a 4,096-token context).
 
 These are estimates for planning: allocator fragmentation, CUDA context (~0.5-1 GiB),
 communication buffers and temporary tensors come on top. ``parallel.compile`` saves fewer
@@ -155,10 +158,19 @@ class EvalMemory:
     """Rows decoded together, each with its KV cache."""
     positions: int
     """Positions each row's KV cache holds (the model's context)."""
+    new_tokens: int = 0
+    """``evaluation.max_new_tokens``: the fewest positions a row's KV cache holds."""
 
     @property
     def total(self) -> float:
         return self.weights + self.kv_cache
+
+    @property
+    def least(self) -> float:
+        """What any evaluation of this section needs: the weights and every row's KV cache of
+        ``max_new_tokens`` positions. ``total`` counts the whole context, which a row fills
+        only with a prompt of ``max_seq_len - max_new_tokens`` tokens."""
+        return self.weights + self.kv_cache * min(1.0, self.new_tokens / self.positions)
 
     def parts(self) -> dict[str, float]:
         return {"weights": self.weights, "kv_cache": self.kv_cache, "total": self.total}
@@ -258,7 +270,7 @@ def _eval_memory(recipe: Any, policy: ModelCount | None, notes: list[str]) -> Ev
         f"KV cache counted at model.policy.max_seq_len = {positions:,} positions a row (a bound: "
         f"a row holds its prompt and evaluation.max_new_tokens = {spec.max_new_tokens:,})"
     )
-    return EvalMemory(b * policy.total, kv_cache, rows, positions)
+    return EvalMemory(b * policy.total, kv_cache, rows, positions, spec.max_new_tokens)
 
 
 def _decoded_rows(spec: Any) -> int:
@@ -278,12 +290,21 @@ def memory_shortfall(cost: Estimate, available: int, what: str, processes: int =
     """Why ``cost`` (per process) times ``processes`` does not fit ``available`` bytes of
     ``what`` (``"this machine's memory"``, ``"the GPU's memory"``), with what to change (its
     ``KEY`` first); None when it fits or nothing is estimated."""
-    if cost.memory is None or cost.memory.total * processes <= available:
+    if cost.memory is None:
         return None
-    each = f"{cost.memory.total / GIB:.1f} GiB"
+    evaluating = isinstance(cost.memory, EvalMemory)
+    needed = cost.memory.least if evaluating else cost.memory.total
+    if needed * processes <= available:
+        return None
+    each = f"{needed / GIB:.1f} GiB"
     need = each if processes == 1 else f"{processes} processes x {each}"
+    what_is_counted = (
+        "the least an evaluation needs, its rows' KV caches at evaluation.max_new_tokens positions"
+        if evaluating
+        else "the memory estimate"
+    )
     return (
-        f"the memory estimate ({need}, `wmtp validate`) is more than {what} "
+        f"{what_is_counted} ({need}, `wmtp validate`) is more than {what} "
         f"({available / GIB:.1f} GiB): {cost.memory.CHANGE}"
     )
 

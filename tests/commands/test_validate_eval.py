@@ -132,24 +132,42 @@ def test_a_tiny_evaluation_counts_the_rows_its_problems_decode(cli, tmp_path):
 
 
 def test_validate_env_weighs_an_evaluations_memory_at_its_batch_size(cli, tmp_path):
-    """Rows past this machine's memory (on the CPU the kernel kills a process past it without a
-    word): a problem at the key to change, evaluation.batch_size, not a training key."""
+    """Rows past this machine's memory even at max_new_tokens (16) positions each (on the CPU
+    the kernel kills a process past it without a word): a problem at the key to change,
+    evaluation.batch_size, not a training key."""
     from wmtp.estimate import host_memory
 
     recipe = tmp_path / "tiny_eval.toml"
     recipe.write_text(TINY_EVAL)
-    per_row = 2 * 3 * 2 * 16 * 4 * 1024  # tiny's KV cache, 3 cached layers, float32
-    rows = int(2 * host_memory() / per_row)  # past this machine, whatever its size
+    least_per_row = 2 * 3 * 2 * 16 * 4 * 16  # tiny's KV cache, 3 cached layers, float32
+    rows = int(2 * host_memory() / least_per_row)  # past this machine, whatever its size
     sets = [f"evaluation.batch_size={rows}", f"evaluation.max_problems={rows}"]
     result = cli(recipe, "--env", *[a for s in sets for a in ("--set", s)])
     assert result.exit_code == 2, result.output
     assert (
-        f"--set evaluation.batch_size={rows}: evaluation.batch_size: the memory estimate"
-        in result.flat
+        f"--set evaluation.batch_size={rows}: evaluation.batch_size: the least an evaluation "
+        "needs, its rows' KV caches at evaluation.max_new_tokens positions" in result.flat
     )
     assert "is more than this machine's memory" in result.flat
     assert "lower evaluation.batch_size (the rows decoded together" in result.flat
     assert "Traceback" not in result.output
+
+
+def test_validate_env_does_not_refuse_an_evaluation_whose_bound_alone_is_past_memory(cli, tmp_path):
+    """The estimate counts every row's cache at the whole context (1,024), a bound: rows whose
+    bound is twice this machine's memory but whose caches at max_new_tokens (16) positions fit
+    are printed at the bound and not refused."""
+    from wmtp.estimate import host_memory
+
+    recipe = tmp_path / "tiny_eval.toml"
+    recipe.write_text(TINY_EVAL)
+    bound_per_row = 2 * 3 * 2 * 16 * 4 * 1024
+    rows = int(2 * host_memory() / bound_per_row)
+    sets = [f"evaluation.batch_size={rows}", f"evaluation.max_problems={rows}"]
+    result = cli(recipe, "--env", *[a for s in sets for a in ("--set", s)])
+    assert result.exit_code == 0, result.output
+    assert "more than this machine's memory" not in result.flat
+    assert f"(evaluation: KV cache of {rows:,} rows x 1,024 positions)" in result.flat
 
 
 def test_an_evaluation_recipe_is_not_refused_for_the_training_rows_max_length(cli, tmp_path):

@@ -364,7 +364,7 @@ def _memory_of(recipe: Any, cost: Any) -> str:
 
     if isinstance(cost.memory, EvalMemory):
         rows, positions = cost.memory.rows, cost.memory.positions
-        return f"evaluation: KV cache of {rows} rows x {positions:,} positions"
+        return f"evaluation: KV cache of {rows:,} rows x {positions:,} positions"
     return f"{recipe.parallel.sharding}, world size {cost.world_size}"
 
 

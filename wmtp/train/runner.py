@@ -369,7 +369,7 @@ def _warn_memory(prepared: PreparedRun) -> None:
     cost = estimate(prepared.recipe, world)
     why = memory_shortfall(cost, host_memory(), "this machine's memory", here)
     if why is not None:
-        where = located_problem(prepared.loaded, "training.micro_batch_size", why).render()
+        where = located_problem(prepared.loaded, cost.memory.KEY, why).render()
         log.warning("%s; past it the kernel stops the run without a message (exit 137)", where)
 
 
