@@ -31,6 +31,8 @@ def test_an_evaluation_of_a_shorter_context_runs_and_names_the_prompts_that_fill
         result = invoke("eval", run, "--no-progress", *args, "--out", out)
     assert result.exit_code == 0, result.output
     assert "2 of 2 prompts fill the model's context of 64 tokens (max_seq_len)" in caplog.text
+    assert "generation (humaneval): no token generated (no decoding step ran)" in result.flat
+    assert "0 tokens/s" not in result.flat
     samples = (out / "humaneval" / "samples.jsonl").read_text().splitlines()
     assert [(json.loads(x)["n_tokens"], json.loads(x)["status"]) for x in samples] == [
         (0, "failed")

@@ -82,6 +82,8 @@ def _generation(generation: dict) -> str:
     if generation.get("setup_s"):
         text += f" ({generation['setup_s']:.1f} s of it compiling decoding steps)"
     steps = generation.get("steps")
+    if steps and not steps["steps"]:  # every prompt filled the context: nothing to time
+        return "no token generated (no decoding step ran)"
     if steps:
         text += (
             f"; {steps['steps']:,} steps of {steps['slots']} rows, "
