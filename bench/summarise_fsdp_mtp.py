@@ -14,6 +14,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from summarise_h200 import _f, ratio
+
 from wmtp.models.args import flavour, training_flops_per_token
 
 SHAPES = {"small": "llama-1b-bench", "7b": "llama2-7b-mtp"}
@@ -55,7 +57,7 @@ def comparisons(runs: dict[str, dict]) -> list[dict]:
                 "vocab": vocab,
                 "mtp_loss": four["config"]["strategy"],
                 "step_time_ratio_vs_ntp": time_ratio,
-                "peak_memory_ratio_vs_ntp": four["peak_memory_gib"] / one["peak_memory_gib"],
+                "peak_memory_ratio_vs_ntp": ratio(four["peak_memory_gib"], one["peak_memory_gib"]),
                 "flop_floor": floor,
                 "time_ratio_over_floor": time_ratio / floor,
             }
@@ -84,8 +86,8 @@ def markdown(runs: dict[str, dict], rows: list[dict]) -> str:
     ]
     for label, r in runs.items():
         lines.append(
-            f"| {label} | {r['world_size']} | {r['tokens_per_s']:.0f} | {r['mfu']:.1%} | "
-            f"{r['peak_memory_gib']:.2f} | {r['step']['median_ms']:.1f} |"
+            f"| {label} | {r['world_size']} | {r['tokens_per_s']:.0f} | {_f(r['mfu'], '.1%')} | "
+            f"{_f(r['peak_memory_gib'])} | {r['step']['median_ms']:.1f} |"
         )
     lines += [
         "",
@@ -95,7 +97,7 @@ def markdown(runs: dict[str, dict], rows: list[dict]) -> str:
     for c in rows:
         lines.append(
             f"| {c['run']} | {c['shape']} | {c['vocab']} | {c['step_time_ratio_vs_ntp']:.3f}x | "
-            f"{c['peak_memory_ratio_vs_ntp']:.3f}x | {c['flop_floor']:.3f}x | "
+            f"{_f(c['peak_memory_ratio_vs_ntp'], '.3f', 'x')} | {c['flop_floor']:.3f}x | "
             f"{c['time_ratio_over_floor']:.3f}x |"
         )
     return "\n".join(lines) + "\n"

@@ -569,7 +569,7 @@ def markdown(s: dict) -> str:
                 continue
             lines.append(
                 f"| {r['side']} | {r['micro_batch']} | {r['tokens_per_s']:,.0f} | "
-                f"{r['mfu']:.1%} | {r['peak_memory_gib']:.2f} | {r['step']['median_ms']:.1f} |"
+                f"{_f(r['mfu'], '.1%')} | {_f(r['peak_memory_gib'])} | {r['step']['median_ms']:.1f} |"
             )
         missing = s["unmeasured_sides"].get(shape, {})
         if missing:

@@ -20,7 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
-from summarise_h200 import mtp4
+from summarise_h200 import _f, mtp4, ratio
 
 
 def _step(folder: Path) -> dict | None:
@@ -78,7 +78,9 @@ def memory_budget(folder: Path, peer: dict | None) -> dict:
             continue
         if peer:
             row["ratio_vs_peer"] = row["tokens_per_s"] / peer["tokens_per_s"]
-            row["peak_memory_ratio_vs_peer"] = row["peak_memory_gib"] / peer["peak_memory_gib"]
+            row["peak_memory_ratio_vs_peer"] = ratio(
+                row["peak_memory_gib"], peer["peak_memory_gib"]
+            )
         out[path.name] = row
     return out
 
@@ -140,7 +142,7 @@ def budget_lines(budget: dict) -> list[str]:
     peer = budget["peer"]
     against = (
         f"{peer['side']} at micro-batch {peer['micro_batch']}: {peer['tokens_per_s']:,.0f} "
-        f"tokens/s, {peer['peak_memory_gib']:.2f} GiB"
+        f"tokens/s, {_f(peer['peak_memory_gib'], '.2f', ' GiB')}"
         if peer
         else "no peer given"
     )
@@ -161,11 +163,11 @@ def budget_lines(budget: dict) -> list[str]:
     for name, r in budget["variants"].items():
         name = f"**{name}** (the recipe as written)" if name == budget.get("as_written") else name
         ratio = f"{r['ratio_vs_peer']:.2f}x" if "ratio_vs_peer" in r else "-"
-        memory = f"{r['peak_memory_ratio_vs_peer']:.2f}" if "ratio_vs_peer" in r else "-"
+        memory = _f(r["peak_memory_ratio_vs_peer"]) if "ratio_vs_peer" in r else "-"
         lines.append(
             f"| {name} | {r['micro_batch']} | {r.get('grad_accum', 1)} | "
             f"{r.get('activation_checkpointing', '-')} | {r['tokens_per_s']:,.0f} | "
-            f"{r['peak_memory_gib']:.2f} | {ratio} | {memory} |"
+            f"{_f(r['peak_memory_gib'])} | {ratio} | {memory} |"
         )
     return lines
 
@@ -179,7 +181,7 @@ def markdown(s: dict, note: str, reading: str = "") -> str:
             f"- {shape} (micro-batch {a['micro_batch']}): {b['tokens_per_s']:,.0f} -> "
             f"{a['tokens_per_s']:,.0f} tokens/s ({r['ratio']:.3f}x; median step "
             f"{b['step_ms']:.1f} -> {a['step_ms']:.1f} ms, min {b['min_ms']:.1f} -> "
-            f"{a['min_ms']:.1f}); MFU {a['mfu']:.1%}, peak {a['peak_memory_gib']:.2f} GiB"
+            f"{a['min_ms']:.1f}); MFU {_f(a['mfu'], '.1%')}, peak {_f(a['peak_memory_gib'], '.2f', ' GiB')}"
         )
     if "verifiable_step" in s:
         v = s["verifiable_step"]
@@ -188,9 +190,9 @@ def markdown(s: dict, note: str, reading: str = "") -> str:
             "## The verifiable step against the baseline step",
             "",
             f"- verifiable {v['verifiable']['step_ms']:.1f} ms ({v['verifiable']['tokens_per_s']:,.0f}"
-            f" tokens/s, {v['verifiable']['peak_memory_gib']:.2f} GiB), baseline "
+            f" tokens/s, {_f(v['verifiable']['peak_memory_gib'], '.2f', ' GiB')}), baseline "
             f"{v['baseline']['step_ms']:.1f} ms ({v['baseline']['tokens_per_s']:,.0f} tokens/s, "
-            f"{v['baseline']['peak_memory_gib']:.2f} GiB): **{v['step_time_ratio']:.2f}x** "
+            f"{_f(v['baseline']['peak_memory_gib'], '.2f', ' GiB')}): **{v['step_time_ratio']:.2f}x** "
             "(target at most 1.35x)",
         ]
     if "mtp4_128k" in s:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -236,12 +237,12 @@ def test_humaneval_never_replaces_files_it_did_not_write(tmp_path, two_problems,
 def test_humaneval_rebuilds_its_own_earlier_output(tmp_path, two_problems):
     out = tmp_path / "he"
     assert build_into(out).exit_code == 0
-    train = out / "train.jsonl"
-    train.write_text(train.read_text().splitlines()[0] + "\n")  # an earlier build, cut short
+    (out / "heldout.jsonl").unlink()  # a file of the earlier build removed: nothing to lose
     again = build_into(out)
     assert again.exit_code == 0, again.output
     info = json.loads((out / "build_info.json").read_text())
-    assert len(train.read_text().splitlines()) == info["train"]["rows"] > 1  # written anew
+    train = out / "train.jsonl"
+    assert len(train.read_text().splitlines()) == info["train"]["rows"] > 1
     assert sorted(p.name for p in out.iterdir()) == [
         "build_info.json",
         "heldout.jsonl",
@@ -249,6 +250,37 @@ def test_humaneval_rebuilds_its_own_earlier_output(tmp_path, two_problems):
         "train.jsonl",
         "train_metadata.json",
     ]
+
+
+USERS_ROW = {"instruction": "MY OWN ROW", "input": "", "output": "pass", "problem_id": "MINE",
+             "is_correct": True}  # fmt: skip
+
+
+@pytest.mark.parametrize("recorded_by", ["build_info", "metadata"])
+def test_humaneval_refuses_to_replace_its_files_edited_since(tmp_path, two_problems, recorded_by):
+    """A row the user added to an earlier build's train.jsonl was lost to a rebuild: the
+    rebuild is refused, naming the file and --force, which replaces it. Builds that recorded
+    no sha256 in build_info.json are told by the one their metadata records."""
+    out = tmp_path / "he"
+    assert build_into(out).exit_code == 0
+    if recorded_by == "metadata":  # a build_info.json of before the sha256 were recorded
+        info = json.loads((out / "build_info.json").read_text())
+        info.pop("sha256", None)
+        (out / "build_info.json").write_text(json.dumps(info))
+    train = out / "train.jsonl"
+    with open(train, "a") as f:
+        f.write(json.dumps(USERS_ROW) + "\n")
+    edited = train.read_bytes()
+    result = build_into(out)
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 2, flat
+    assert f"{out}: train.jsonl changed since the earlier `wmtp data humaneval` wrote" in flat
+    assert "give --force to replace them" in flat and "labelling" not in flat
+    assert train.read_bytes() == edited and "Traceback" not in result.output
+    forced = runner.invoke(app, ["data", "humaneval", str(out), "--heldout-fraction", "0.5",
+                                 "--sandbox", "rlimits", "--force"])  # fmt: skip
+    assert forced.exit_code == 0, forced.output
+    assert "MY OWN ROW" not in train.read_text()
 
 
 @pytest.mark.parametrize("given", ["file", "directory"])
@@ -274,6 +306,63 @@ def test_index_of_a_folder_passes_over_an_empty_heldout_file(tmp_path):
     assert "heldout.jsonl: empty, not indexed" in result.output.replace("\n", "")
     assert (tmp_path / "train_metadata.json").is_file()
     assert not (tmp_path / "heldout_metadata.json").exists()
+
+
+def test_index_of_a_folder_indexes_what_training_reads_and_names_the_rest(tmp_path):
+    """`wmtp data index DIR` stopped at an unrelated *.jsonl (a log), leaving train.jsonl
+    unindexed; a folder without train.jsonl had its other files indexed, though no run reads
+    them. Now: train.jsonl and heldout.jsonl, the rest named; no train.jsonl: refused as a
+    run refuses it."""
+    write_dataset(tmp_path / "train.jsonl", problem_rows(2, 1, 1))
+    rows = problem_rows(3, 1, 1)[4:]  # problem P2 only
+    write_dataset(tmp_path / "heldout.jsonl", rows)
+    (tmp_path / "a_log.jsonl").write_text('{"note": "my log"}\n')
+    result = runner.invoke(app, ["data", "index", str(tmp_path)])
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 0, flat
+    assert f"{tmp_path}: not indexed: a_log.jsonl" in flat
+    assert (tmp_path / "train_metadata.json").is_file()
+    assert json.loads((tmp_path / "heldout_metadata.json").read_text())["n_rows"] == 2
+    assert not (tmp_path / "a_log_metadata.json").exists()
+    other = tmp_path / "other"
+    other.mkdir()
+    write_dataset(other / "mydata.jsonl", problem_rows(2, 1, 1))
+    result = runner.invoke(app, ["data", "index", str(other)])
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 2, flat
+    assert f"{other}: a dataset directory needs train.jsonl (it has: ['mydata.jsonl'])" in flat
+    assert not (other / "mydata_metadata.json").exists()
+
+
+def jsonl_recipe_args(command: str, data: Path, tmp_path: Path) -> list[str]:
+    """``wmtp COMMAND recipes/tiny.toml`` over the JSONL dataset ``data``."""
+    sets = [f"data={{kind='jsonl', path='{data}', max_length=512}}",
+            f"experiment.runs_dir='{tmp_path / 'runs'}'"]  # fmt: skip
+    return [*command.split(), "recipes/tiny.toml", *(a for s in sets for a in ("--set", s))]
+
+
+@pytest.mark.parametrize("command", ["validate --data", "run --dry-run"])
+def test_an_empty_train_file_is_said_to_be_empty_by_run_and_validate(tmp_path, command):
+    """They said "no training rows are left" (or "no correct training row to draw"), and
+    suggested a `wmtp data index` that then refused the file as empty."""
+    (tmp_path / "empty").mkdir()
+    empty = tmp_path / "empty" / "train.jsonl"
+    empty.write_text("")
+    result = runner.invoke(app, jsonl_recipe_args(command, empty.parent, tmp_path))
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 2, flat
+    assert f"{empty}: empty dataset (no lines)" in flat, flat
+    assert "no training rows are left" not in flat and "no correct training row" not in flat
+    assert "Traceback" not in result.output
+
+
+def test_the_data_report_counts_one_row_in_the_singular(tmp_path):
+    """It said "1 training rows (0 correct), 0 held-out rows of 0 problems"."""
+    data = write_dataset(tmp_path / "train.jsonl", problem_rows(1, 0, 1))
+    result = runner.invoke(app, jsonl_recipe_args("validate --data", data, tmp_path))
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 2 and "no correct training row to draw" in flat, flat
+    assert "data: 1 training row (0 correct), 0 held-out rows of 0 problems" in flat
 
 
 FULL_DISK_INDEX = """

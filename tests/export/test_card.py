@@ -120,9 +120,62 @@ def test_an_earlier_checkpoint_with_one_head_in_bf16_is_described_as_written(tmp
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     tokens = sum(int(r["tokens"]) for r in records if r.get("step") in (1, 2) and "tokens" in r)
     assert f"- steps: 2\n- input tokens: {tokens:,}\n" in card
-    exported = logits(wmtp_model(out))  # bf16 weights, computed in the recipe's float32
+    exported = logits(wmtp_model(out))  # bf16 weights, computed in bf16 as the export's recipe says
 
     def rounded(path):
-        return logits(wmtp_model(path).to(torch.bfloat16).float())[:, :, :1]
+        return logits(wmtp_model(path).to(torch.bfloat16))[:, :, :1]
 
     assert torch.equal(exported, rounded(step_2)) and not torch.equal(exported, rounded(run))
+
+
+def test_an_export_of_an_export_names_the_run_and_its_training_when_the_run_is_gone(
+    tiny_run, tmp_path
+):
+    """The first export's marker records the run, step and training facts it was made from;
+    the second export's card shows them, though the run is gone by then."""
+    run = tmp_path / "runs" / tiny_run.name
+    shutil.copytree(tiny_run, run)
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert export(run, "--to", "meta", "--out", first).exit_code == 0
+    shutil.rmtree(run)
+    result = export(first, "--to", "hf", "--out", second)
+    assert result.exit_code == 0, result.output
+    card, first_card = (second / "README.md").read_text(), (first / "README.md").read_text()
+    assert f"# tiny: run {run.name}, step 3\n" in card
+    assert "wmtp_export.json" in result.flat and "- `wmtp_export.json`" in card  # the marker too
+    training = first_card.split("## Training")[1].split("- recipe:")[0]
+    assert "- steps: 3\n- input tokens: " in training and training in card
+    made_from = json.loads((second / "wmtp_export.json").read_text())["made_from"]
+    assert (made_from["checkpoint"], made_from["run"], made_from["step"]) == (
+        str(first),
+        str(run),
+        3,
+    )
+
+
+def test_a_critic_export_says_how_a_critic_is_used_and_gives_no_generation_advice(
+    critic_run, tmp_path
+):
+    """A value model generates nothing: its card names no `wmtp eval` / `bench decode` (both
+    refuse it) and gives the `[model.critic]` section a later recipe uses, which loads."""
+    from typer.testing import CliRunner
+
+    from tests.export.export_helpers import in_repo
+    from wmtp.cli import app
+    from wmtp.recipe._toml import loads as toml_loads
+
+    out = tmp_path / "critic"
+    result = export(critic_run, "--to", "wmtp", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "(wmtp, float32, value model)" in result.flat and "1 head" not in result.flat
+    card = (out / "README.md").read_text()
+    usage = card.split("## Use it")[1].split("## Tokenizer")[0]
+    assert "wmtp eval " not in usage and "wmtp bench decode --checkpoint" not in usage
+    assert "Generation stops" not in card and "text-generation" not in card
+    section = toml_loads(usage.split("```toml")[1].split("```")[0])["model"]["critic"]
+    assert section["path"] == str(out) and section["kind"] == "value_model"
+    sets = [f"model.critic.path='{section['path']}'", "model.critic.checkpoint=''"]
+    args = ["validate", "recipes/tiny_verifiable.toml", "--env"]
+    with in_repo():
+        result = CliRunner().invoke(app, [*args, *[a for s in sets for a in ("--set", s)]])
+    assert result.exit_code == 0, result.output

@@ -109,3 +109,17 @@ def test_sizes_of_max_shard_size():
 
     assert parse_size("5GB") == 5 * 10**9 and parse_size("2GiB") == 2 * 2**30
     assert parse_size("500mb") == 500 * 10**6 and parse_size("1000") == 1000
+
+
+def test_options_that_would_do_nothing_are_refused(tiny_run, tmp_path):
+    """--max-shard-size shards --to hf only; --no-merge-lora keeps adapters apart, which a run
+    without LoRA does not have: each refused, naming the option, before anything is written."""
+    out = tmp_path / "out"
+    for to in ("meta", "wmtp"):
+        result = export(tiny_run, "--to", to, "--out", out, "--max-shard-size", "1MB")
+        assert result.exit_code == 2 and "--max-shard-size" in result.flat, result.output
+        assert f"--to {to} writes its weights as one file" in result.flat
+    result = export(tiny_run, "--to", "wmtp", "--out", out, "--no-merge-lora")
+    assert result.exit_code == 2, result.output
+    assert "--no-merge-lora:" in result.flat and "trained no LoRA adapters" in result.flat
+    assert not out.exists() and leftovers(tmp_path) == []

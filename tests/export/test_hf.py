@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.export.export_helpers import TOKENS, export, logits, wmtp_model
+from wmtp.recipe._toml import loads as toml_loads
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +130,8 @@ def test_bfloat16_export_is_the_fp32_weights_rounded(tiny_run, hf_export, tmp_pa
     for name, tensor in full.items():
         assert torch.equal(half[name], tensor.to(torch.bfloat16)), name
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    exported = toml_loads((out / "recipe.toml").read_text())["model"]["policy"]
+    assert exported["dtype"] == "bfloat16"  # wmtp eval and bench decode run it as written
 
 
 def test_eval_and_bench_decode_take_the_export(hf_export, tmp_path):

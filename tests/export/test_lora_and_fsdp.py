@@ -42,6 +42,47 @@ def test_lora_kept_apart_is_a_checkpoint_over_the_base(lora_run, tmp_path):
     assert not (tmp_path / "no").exists()
 
 
+def test_lora_kept_apart_names_its_base_and_a_missing_base_is_located(lora_base, tmp_path):
+    """The card lists the files the folder holds and names the base model it needs; the export
+    exports again; with the base gone, eval and export say where the recipe names it."""
+    from typer.testing import CliRunner
+
+    from tests.export.export_helpers import train
+    from tests.train.train_helpers import TINY
+    from wmtp.cli import app
+
+    base = tmp_path / "models" / "base"
+    shutil.copytree(lora_base, base)
+    lora = "model.policy.lora={rank = 4, alpha = 16.0}"
+    run = train(tmp_path / "lora", TINY, f"model.policy.path='{base}'", lora)
+    out = tmp_path / "adapters"
+    result = export(run, "--to", "wmtp", "--no-merge-lora", "--out", out)
+    assert result.exit_code == 0, result.output
+    card = (out / "README.md").read_text()
+    assert "model.safetensors" not in card and "wmtp_model.json" not in card
+    assert f"over the base model `{base}`" in card and "`lora.safetensors` + `lora.json`" in card
+    again = export(out, "--to", "hf", "--out", tmp_path / "merged")  # an export of the export
+    assert again.exit_code == 0, again.output
+    assert torch.equal(logits(wmtp_model(tmp_path / "merged")), logits(wmtp_model(run)))
+
+    shutil.move(base, tmp_path / "moved-away")
+    line = _line_of(out / "recipe.toml", f'path = "{base}"')
+    eval_args = ["eval", str(out), "--no-progress", "--set", "evaluation.max_problems=1"]
+    for result in (
+        export(out, "--to", "hf", "--out", tmp_path / "no"),
+        CliRunner().invoke(app, eval_args),
+    ):
+        flat = " ".join(result.output.split())
+        assert result.exit_code == 2 and "Traceback" not in flat, flat
+        assert f"{out / 'recipe.toml'}:{line}:1: model.policy.path:" in flat, flat
+        assert "the base model that the LoRA adapters in" in flat and "reading" not in flat
+    assert not (tmp_path / "no").exists()
+
+
+def _line_of(file, text: str) -> int:
+    return next(n for n, line in enumerate(file.read_text().splitlines(), 1) if line == text)
+
+
 def test_a_two_rank_fsdp_run_exports_from_its_consolidated_file(fsdp_run, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -133,3 +133,16 @@ def test_wmtp_schema_writes_its_own_file_and_never_over_anything_else(tmp_path):
         code, said = schema(other)
         assert code == 2 and f"--output {other}: holds something other than a recipe schema" in said
     assert mine.read_text() == (RECIPES / "tiny.toml").read_text()
+
+
+def test_the_jsonl_dataset_is_described_as_its_reader_reads_it(schema):
+    """Editors show these descriptions: the row fields the reader takes and the folder layout
+    it needs (they said ``prompt, solution`` and "a directory of ``*.jsonl``")."""
+    from wmtp.data.jsonl import OPTIONAL_FIELDS, REQUIRED_FIELDS
+
+    jsonl = schema["definitions"]["JsonlDataSpec"]
+    for field in REQUIRED_FIELDS + OPTIONAL_FIELDS:
+        assert f"``{field}``" in jsonl["description"], field
+    assert "prompt" not in jsonl["description"] and "solution," not in jsonl["description"]
+    for text in (jsonl["description"], jsonl["properties"]["path"]["description"]):
+        assert "a directory holding ``train.jsonl``" in text

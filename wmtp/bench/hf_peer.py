@@ -334,9 +334,10 @@ class PeerResult:
     name: str
     micro_batch: int
     tokens_per_s: float
-    mfu: float
-    peak_tflops: float
-    peak_memory_gib: float
+    mfu: float | None
+    """None (not measured) off CUDA, or on a GPU of unknown peak."""
+    peak_tflops: float | None
+    peak_memory_gib: float | None
     step: Timing
 
     @classmethod

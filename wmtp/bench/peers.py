@@ -46,6 +46,7 @@ from wmtp.bench.sweep import (
     measured_row,
     sweep,
 )
+from wmtp.bench.timing import shown
 from wmtp.errors import WmtpError
 from wmtp.parallel import float8
 
@@ -462,6 +463,6 @@ def _line(row: Row) -> str:
     if row["error"] is not None:
         return f"{where:<22} {row['error']}"
     return (
-        f"{where:<22} {row['tokens_per_s']:10.0f} tok/s  MFU {row['mfu']:6.1%}  "
-        f"peak {row['peak_memory_gib']:6.2f} GiB  step {row['step']['median_ms']:9.1f} ms"
+        f"{where:<22} {row['tokens_per_s']:10.0f} tok/s  MFU {shown(row['mfu'], '6.1%')}  "
+        f"peak {shown(row['peak_memory_gib'], '6.2f')} GiB  step {row['step']['median_ms']:9.1f} ms"
     )

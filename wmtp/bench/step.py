@@ -34,6 +34,7 @@ from wmtp.bench.timing import (
     peak_allocated_gib,
     step_min_seconds,
     time_call,
+    utilisation,
 )
 from wmtp.data.collate import pack_batch, pad_batch, pair_batch
 from wmtp.data.examples import IGNORE_INDEX, Encoded
@@ -56,18 +57,22 @@ class StepResult:
     label: str
     tokens_per_s: float
     """Of the whole job: every rank's input tokens."""
-    mfu: float
-    """Per GPU (0 off CUDA)."""
-    peak_tflops: float
-    peak_memory_gib: float
+    mfu: float | None
+    """Per GPU; None (written null) where not measured: off CUDA, or a GPU of unknown peak."""
+    peak_tflops: float | None
+    peak_memory_gib: float | None
+    """None off CUDA."""
     step: Timing
     config: dict = field(default_factory=dict)
     world_size: int = 1
+    device: str = "cuda"
+    """The processes' device type: ``cuda`` or ``cpu``."""
 
     def to_dict(self) -> dict:
         return {
             "label": self.label,
             "world_size": self.world_size,
+            "device": self.device,
             "tokens_per_s": self.tokens_per_s,
             "mfu": self.mfu,
             "peak_tflops": self.peak_tflops,
@@ -128,12 +133,12 @@ def bench_step(
 ) -> StepResult:
     """Build the recipe's trainer on synthetic batches and time its step (see the module doc).
 
-    ``device`` overrides ``parallel.device`` (``cpu`` runs the same step, for tests; memory is
-    then 0, and so is MFU unless the peak of :func:`device_peak_tflops` is known).
+    ``device`` overrides ``parallel.device`` (``cpu`` runs the same step, for tests; memory and
+    MFU are then None, not measured, as MFU is on a GPU whose peak :func:`device_peak_tflops`
+    does not know).
     ``profile``: after timing, run ``profile_steps`` more steps under ``torch.profiler`` and write
     ``<profile>.trace.json.gz`` (a Chrome / Perfetto trace) and ``<profile>.txt`` (operators by
     device time, then by host time), on rank 0."""
-    from wmtp.models.args import mfu
     from wmtp.parallel import init_distributed
     from wmtp.recipe import dump_recipe
     from wmtp.train.loop import Trainer
@@ -157,11 +162,12 @@ def bench_step(
             profile_calls(step, profile, steps=profile_steps, device=ctx.device)
         tokens_per_s = tokens[-1] / (timing.median_ms / 1e3)  # every rank's: one global count
         peak = device_peak_tflops(ctx.device)
-        utilisation = mfu(tokens_per_s, flops_per_token, peak, ctx.world_size)
+        model_flops = utilisation(tokens_per_s, flops_per_token, peak, ctx.world_size)
         config = _config(recipe, trainer)
     return StepResult(
-        label, tokens_per_s, utilisation, peak, memory, timing, config, ctx.world_size
-    )
+        label, tokens_per_s, model_flops, peak, memory, timing, config, ctx.world_size,
+        ctx.device.type,
+    )  # fmt: skip
 
 
 def profile_calls(fn, path: Path, *, steps: int, device: torch.device) -> None:

@@ -22,7 +22,7 @@ import torch
 
 from wmtp.bench.hf_peer import bench_hf
 from wmtp.bench.step import StepResult, bench_step
-from wmtp.bench.timing import static_compile_shapes
+from wmtp.bench.timing import shown, static_compile_shapes
 from wmtp.models.args import flavour, training_flops_per_token
 
 MICRO_BATCHES = (2, 4, 8)
@@ -35,8 +35,8 @@ PEER_SETTINGS = (("sdpa", True), ("sdpa", False), ("eager", False))
 def _print(result) -> None:
     name = getattr(result, "label", None) or result.name
     print(
-        f"{name:<34} {result.tokens_per_s:10.0f} tok/s  MFU {result.mfu:6.1%}  "
-        f"peak {result.peak_memory_gib:6.2f} GiB  step {result.step.median_ms:8.2f} ms",
+        f"{name:<34} {result.tokens_per_s:10.0f} tok/s  MFU {shown(result.mfu, '6.1%')}  "
+        f"peak {shown(result.peak_memory_gib, '6.2f')} GiB  step {result.step.median_ms:8.2f} ms",
         flush=True,
     )
 

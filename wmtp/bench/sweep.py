@@ -15,8 +15,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from wmtp.bench.timing import Timing
-from wmtp.models.args import mfu
+from wmtp.bench.timing import Timing, utilisation
 from wmtp.train.out_of_memory import is_out_of_memory
 
 Row = dict
@@ -40,12 +39,12 @@ def measured_row(
     tokens_per_step: int,
     step: Timing,
     flops_per_token: float,
-    peak_tflops: float,
-    peak_memory_gib: float,
+    peak_tflops: float | None,
+    peak_memory_gib: float | None,
     **config,
 ) -> Row:
     """The row of one measured micro-batch: tokens/s of the median step, MFU by the one formula
-    (``wmtp.models.args.mfu``), the absolute peak memory."""
+    (``wmtp.models.args.mfu``), the absolute peak memory; None where not measured (off CUDA)."""
     tokens_per_s = tokens_per_step / (step.median_ms / 1e3)
     return {
         "side": side,
@@ -53,7 +52,7 @@ def measured_row(
         "error": None,
         "tokens_per_step": tokens_per_step,
         "tokens_per_s": tokens_per_s,
-        "mfu": mfu(tokens_per_s, flops_per_token, peak_tflops),
+        "mfu": utilisation(tokens_per_s, flops_per_token, peak_tflops),
         "peak_tflops": peak_tflops,
         "peak_memory_gib": peak_memory_gib,
         "flops_per_token": flops_per_token,

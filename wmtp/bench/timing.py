@@ -189,23 +189,38 @@ def reset_peak_memory(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def peak_allocated_gib(device: torch.device) -> float:
+def peak_allocated_gib(device: torch.device) -> float | None:
     """The absolute peak of ``torch.cuda.max_memory_allocated()`` since :func:`reset_peak_memory`
     (weights, gradients, optimizer state and activations alike), in GiB: the figure ``wmtp run``
     logs as ``peak_memory_gb`` and every training benchmark reports as ``peak_memory_gib``.
-    0 off CUDA."""
+    None (not measured) off CUDA."""
     if device.type != "cuda":
-        return 0.0
+        return None
     torch.cuda.synchronize(device)
     return torch.cuda.max_memory_allocated(device) / 2**30
 
 
-def device_peak_tflops(device: torch.device) -> float:
+def device_peak_tflops(device: torch.device) -> float | None:
     """The dense bf16 peak of ``device``'s GPU (``wmtp.models.args.BF16_PEAK_TFLOPS``, the table the
-    training logs use too); 0 off CUDA or for a GPU the table lacks (MFU is then 0)."""
+    training logs use too); None off CUDA or for a GPU the table lacks (MFU is then None too:
+    :func:`utilisation`)."""
     from wmtp.models.args import bf16_peak_tflops
 
     if device.type != "cuda":
-        return 0.0
+        return None
     found = bf16_peak_tflops(torch.cuda.get_device_name(device))
-    return found[0] if found else 0.0
+    return found[0] if found else None
+
+
+def utilisation(
+    tokens_per_s: float, flops_per_token: float, peak_tflops: float | None, gpus: int = 1
+) -> float | None:
+    """MFU by the one formula (``wmtp.models.args.mfu``); None where the peak is not known."""
+    from wmtp.models.args import mfu
+
+    return None if peak_tflops is None else mfu(tokens_per_s, flops_per_token, peak_tflops, gpus)
+
+
+def shown(value: float | None, spec: str) -> str:
+    """``value`` formatted by ``spec`` (``.1%``); ``n/a`` where it was not measured (None)."""
+    return "n/a" if value is None else f"{value:{spec}}"

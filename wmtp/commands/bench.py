@@ -6,7 +6,7 @@ import enum
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NamedTuple
 
 import typer
 
@@ -18,7 +18,33 @@ bench_app = typer.Typer(
     no_args_is_help=True,
 )
 
-OutDir = Annotated[Path, typer.Option("--out", help="Folder for the JSON and markdown results.")]
+
+def out_folder(files: str) -> Any:
+    """The ``--out`` option of a subcommand that writes ``files`` into a folder."""
+    return Annotated[Path, typer.Option("--out", help=f"Folder for {files}.")]
+
+
+def check_out_folder(out: Path) -> None:
+    """Refuse (exit 2, at ``--out``) a results folder no file can be written in, before any
+    measurement: a file where a folder must be, a read-only or kernel file system."""
+    from wmtp.folders import check_output_folder
+
+    check_output_folder(out, "--out")
+
+
+def write_result(out: Path, path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` (under ``--out`` ``out``); a write refused this late (the
+    folder taken away or filled during the benchmark) prints the figures so they are not lost,
+    then is an error located at ``--out``."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as exc:
+        print(text)
+        raise WmtpError(
+            f"--out {out}: cannot write {path} ({exc.strerror or exc}); the figures are printed "
+            "above"
+        ) from None
 
 
 def _need_cuda() -> None:
@@ -30,7 +56,7 @@ def _need_cuda() -> None:
 
 @command(bench_app, "attention")
 def attention(
-    out: OutDir = Path("bench/results/attention"),
+    out: out_folder("attention.json and attention.md") = Path("bench/results/attention"),
     dtype: Annotated[str, typer.Option(help="bfloat16 or float16.")] = "bfloat16",
     sweep: Annotated[bool, typer.Option(help="Also sweep FlexAttention kernel options.")] = True,
     rounds: Annotated[
@@ -58,6 +84,7 @@ def attention(
         result = _read_result(from_json)
         source = f"wmtp bench attention --rounds {result.get('rounds', '?')} ({from_json})"
     else:
+        check_out_folder(out)
         _need_cuda()
         import torch
 
@@ -92,13 +119,14 @@ def _read_result(path: Path) -> dict:
 
 @command(bench_app, "peer")
 def peer(
-    out: OutDir = Path("bench/results/peer"),
+    out: out_folder("peer.json") = Path("bench/results/peer"),
     flavour: Annotated[str, typer.Option(help="Model shape (a flavour name).")] = "llama-1b-bench",
     batch: Annotated[int, typer.Option(help="Micro-batch size.")] = 2,
     seq_len: Annotated[int, typer.Option(help="Sequence length.")] = 2048,
     compile: Annotated[bool, typer.Option(help="Also run with torch.compile.")] = True,
 ) -> None:
     """A Hugging Face transformers Llama of the same shape: tokens/s and MFU (sdpa, eager)."""
+    check_out_folder(out)
     _need_cuda()
     from wmtp.bench.hf_peer import bench_hf
     from wmtp.models.args import flavour as lookup
@@ -112,10 +140,11 @@ def peer(
             args, batches=[batch], seq_len=seq_len, compile=c, attn_implementation=attn
         )
     ]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "peer.json").write_text(json.dumps([r.to_dict() for r in results], indent=2))
+    from wmtp.bench.timing import shown
+
+    write_result(out, out / "peer.json", json.dumps([r.to_dict() for r in results], indent=2))
     for r in results:
-        console.print(f"{r.name:<20} {r.tokens_per_s:10.0f} tokens/s  MFU {r.mfu:6.1%}")
+        console.print(f"{r.name:<20} {r.tokens_per_s:10.0f} tokens/s  MFU {shown(r.mfu, '.1%')}")
 
 
 class PeerShape(str, enum.Enum):
@@ -168,7 +197,7 @@ def peers(
             "take under 5 s).",
         ),
     ] = None,
-    out: OutDir = Path("bench/results/peers"),
+    out: out_folder("SHAPE.json, rewritten after every row") = Path("bench/results/peers"),
 ) -> None:
     """wmtp against the Hugging Face peers at one shape, every side swept over micro-batches.
 
@@ -180,6 +209,7 @@ def peers(
     from wmtp.bench.peers import SIDES, best_micro_batch, run_shape
     from wmtp.parallel import teardown
 
+    check_out_folder(out)
     names = [s.strip() for s in sides.split(",")] if sides else list(SIDES[shape.value])
     sizes = None
     if micro_batches and micro_batches.startswith("best:"):
@@ -220,7 +250,10 @@ def step(
         typer.Argument(help="Recipe whose training step is measured, as `wmtp run` builds it."),
     ],
     set_: SetOption = None,
-    out: OutDir = Path("bench/results/step"),
+    out: out_folder(
+        "STEM.json (STEM-Ngpu.json, or STEM-Ncpu.json without CUDA, for N processes; with "
+        "--profile also STEM.txt and STEM.trace.json.gz)"
+    ) = Path("bench/results/step"),
     warmup: Annotated[int, typer.Option(min=0, help="Steps run before timing.")] = 5,
     repeats: Annotated[
         int,
@@ -233,7 +266,8 @@ def step(
         typer.Option(
             "--nproc-per-node",
             min=1,
-            help="GPUs of this machine (> 1 launches torchrun and measures the FSDP2 step).",
+            help="Processes on this machine, one per GPU (without CUDA, CPU processes under "
+            "gloo); > 1 launches torchrun and measures the FSDP2 step.",
         ),
     ] = 1,
     profile: Annotated[
@@ -259,13 +293,15 @@ def step(
     recipe_obj = load_recipe(recipe, overrides=tuple(set_ or ())).recipe
     if recipe_obj.pipeline.trains is None:
         raise WmtpError(f"{recipe}: pipeline {recipe_obj.experiment.pipeline!r} trains nothing")
+    check_out_folder(out)
     if nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
         relaunch(("bench", "step"), nproc_per_node)
     from wmtp.bench.step import bench_step
     from wmtp.parallel import teardown
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    stem = recipe.stem if world == 1 else f"{recipe.stem}-{world}gpu"
+    processes = _processes(world, recipe_obj.parallel.device)
+    stem = recipe.stem if world == 1 else f"{recipe.stem}-{world}{processes.suffix}"
     try:
         result = bench_step(
             recipe_obj,
@@ -279,34 +315,60 @@ def step(
         teardown()
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(result.to_dict(), indent=2))
-    gpus = f" on {result.world_size} GPUs" if result.world_size > 1 else ""
-    mfu = f", MFU {result.mfu:.1%} (of {result.peak_tflops:.0f} TFLOP/s bf16)" if result.mfu else ""
-    memory = f", peak {result.peak_memory_gib:.2f} GiB" if result.peak_memory_gib else ""
+    write_result(out, out / f"{stem}.json", json.dumps(result.to_dict(), indent=2))
     console.print(
-        f"{result.label}{gpus}: {result.tokens_per_s:.0f} tokens/s{mfu}{memory}, "
-        f"step {result.step.median_ms:.1f} ms (median of {result.step.repeats}) -> {out}/{stem}.json",
+        f"{result.label}{processes.shown}: {result.tokens_per_s:.0f} tokens/s{_mfu(result)}"
+        f"{_memory(result)}, step {result.step.median_ms:.1f} ms (median of "
+        f"{result.step.repeats}) -> {out}/{stem}.json",
         highlight=False,
     )
     if profile:
         console.print(f"profile of {profile} steps -> {out}/{stem}.txt, {stem}.trace.json.gz")
 
 
+class Processes(NamedTuple):
+    shown: str
+    """After the recipe's name on the console: `` on 2 GPUs``; nothing for one."""
+    suffix: str
+    """After ``-N`` in the result's file name: ``gpu`` or ``cpu``."""
+
+
+def _processes(world: int, device: str) -> Processes:
+    """What ``world`` processes of ``bench step`` run on: GPUs, or (``parallel.device`` 'cpu',
+    or 'auto' without CUDA) CPU processes."""
+    import torch
+
+    on_gpus = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    shown, suffix = ("GPUs", "gpu") if on_gpus else ("CPU processes", "cpu")
+    return Processes(f" on {world} {shown}" if world > 1 else "", suffix)
+
+
+def _mfu(result) -> str:
+    if result.mfu is None:
+        return ""
+    return f", MFU {result.mfu:.1%} (of {result.peak_tflops:.0f} TFLOP/s bf16)"
+
+
+def _memory(result) -> str:
+    return "" if result.peak_memory_gib is None else f", peak {result.peak_memory_gib:.2f} GiB"
+
+
 @command(bench_app, "suite")
 def suite(
-    out: OutDir = Path("bench/results"),
+    out: out_folder("DEVICE_suite.json and DEVICE_suite.md") = Path("bench/results"),
     flavour: Annotated[str, typer.Option(help="Model shape (a flavour name).")] = "llama-1b-bench",
     seq_len: Annotated[int, typer.Option(help="Sequence length.")] = 2048,
 ) -> None:
     """The project's GPU figures side by side: HF peer, ntp, mtp4 (32k/128k vocab), verifiable."""
+    check_out_folder(out)
     _need_cuda()
     from wmtp.bench.suite import run_suite
+    from wmtp.bench.timing import shown
 
     result = run_suite(out, base=flavour, seq_len=seq_len)
     console.print(
         f"ratio vs HF sdpa+compile: {result['step_tokens_per_s_ratio_vs_hf_compile']:.2f}x, "
-        f"MFU {result['mfu_ntp']:.1%}"
+        f"MFU {shown(result['mfu_ntp'], '.1%')}"
     )
 
 
@@ -374,9 +436,17 @@ def decode(
             "greedy and sampled): PATH.<case>.trace.json.gz and PATH.<case>.txt."
         ),
     ] = None,
-    out: Annotated[Path, typer.Option("--out", help="JSON file for the figures.")] = Path(
-        "bench/results/decode.json"
-    ),
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="JSON file for the figures; an existing file is replaced only where it is an "
+            "earlier `wmtp bench decode` result (or with --force).",
+        ),
+    ] = Path("bench/results/decode.json"),
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an --out file of any other content.")
+    ] = False,
 ) -> None:
     """Batch-1 decoding: plain vs self-speculative (MTP heads draft, head 1 verifies), greedy or
     sampled; time to first token, acceptance per head. On a GPU the steps are compiled and
@@ -385,7 +455,8 @@ def decode(
 
     if (flavour is None) == (checkpoint is None):
         raise WmtpError("give exactly one of --flavour and --checkpoint")
-    _check_decode_options(flavour, n_future_tokens, out)
+    _check_decode_options(flavour, n_future_tokens)
+    check_out_file(out, force=force)
     argv = ["--out", str(out), "--prompts", str(prompts), "--new-tokens", str(new_tokens)]
     argv += ["--flavour", flavour] if flavour else ["--checkpoint", str(checkpoint)]
     if n_future_tokens is not None:
@@ -397,14 +468,15 @@ def decode(
     argv += ["--temperature", str(temperature), "--top-p", str(top_p), "--batch", str(batch)]
     argv += ["--peers"] * peers
     argv += ["--profile", str(profile)] if profile is not None else []
-    speed.main(argv)
+    text = json.dumps(speed.run(speed.parse_args(argv)), indent=2)
+    write_result(out.parent, out, text + "\n")
+    print(text)
+    typer.echo(f"-> {out}", err=True)  # stdout stays one JSON document
 
 
-def _check_decode_options(flavour: str | None, n_future_tokens: int | None, out: Path) -> None:
+def _check_decode_options(flavour: str | None, n_future_tokens: int | None) -> None:
     """What ``bench decode`` would otherwise find out late: a flavour by another name, more
-    heads than its layers, heads asked of a checkpoint (it has its own), an ``--out`` that no
-    file can be written to (found after the whole benchmark ran)."""
-    from wmtp.folders import check_output_folder
+    heads than its layers, heads asked of a checkpoint (it has its own)."""
     from wmtp.models.args import flavour as flavour_args
 
     if flavour is not None:
@@ -419,9 +491,32 @@ def _check_decode_options(flavour: str | None, n_future_tokens: int | None, out:
             "--n-future-tokens sets a flavour's heads; a --checkpoint decodes with the heads it "
             "trained"
         )
+
+
+DECODE_RESULT_KEYS = frozenset({"as_loaded", "new_tokens", "n_future_tokens"})
+"""Keys every ``wmtp bench decode`` result holds (``wmtp.eval.speed.run``)."""
+
+
+def check_out_file(out: Path, *, force: bool) -> None:
+    """Refuse, before any measurement, an ``--out`` JSON file that cannot be written (a folder,
+    a folder no file can be made in) or that holds something other than an earlier result of
+    this command (unless ``force``): the user's file is never replaced unasked."""
     if out.is_dir():
         raise WmtpError(f"--out {out}: a folder; give the JSON file to write")
-    check_output_folder(out.parent, "--out")
+    check_out_folder(out.parent)
+    if out.exists() and not force and not _is_decode_result(out):
+        raise WmtpError(
+            f"--out {out}: exists and is not an earlier `wmtp bench decode` result; give "
+            "another file, or --force to replace it"
+        )
+
+
+def _is_decode_result(path: Path) -> bool:
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(found, dict) and found.keys() >= DECODE_RESULT_KEYS
 
 
 def register(app: typer.Typer) -> None:

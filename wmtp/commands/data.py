@@ -46,7 +46,11 @@ def register(app: typer.Typer) -> None:
 
 def index(
     path: Annotated[
-        Path, typer.Argument(help="A train.jsonl, or a directory: every *.jsonl in it.")
+        Path,
+        typer.Argument(
+            help="A .jsonl file, or a dataset folder: its train.jsonl and, when there, its "
+            "heldout.jsonl."
+        ),
     ],
     tokenizer: Annotated[
         TokenizerKind, typer.Option(help="Tokenizer that counts the token lengths.")
@@ -62,7 +66,6 @@ def index(
 ) -> None:
     """Build <name>_metadata.json beside each JSONL where it is missing or out of date (the
     JSONL edited since); check it where it is (types, rows, every token length counted again)."""
-    from wmtp.data.components import jsonl_train_file
     from wmtp.data.dataset import JsonlDataset
     from wmtp.data.jsonl import refuse_empty
     from wmtp.data.metadata import (
@@ -75,14 +78,8 @@ def index(
     from wmtp.errors import DataError
 
     _check_tokenizer_options(tokenizer.value, tokenizer_path)
-    is_folder = path.is_dir() and path.suffix != ".jsonl"  # a train.jsonl folder: refused
-    files = sorted(path.glob("*.jsonl")) if is_folder else [path]
-    if not files:
-        raise DataError(f"{path}: no *.jsonl files")
-    files = [jsonl_train_file(file) for file in files]  # each a file of rows, said otherwise
-    for file in files:  # checked before any is indexed: a file named, or a folder's train.jsonl
-        if file == path or file.name == "train.jsonl":
-            refuse_empty(file)
+    files = _files_to_index(path)
+    refuse_empty(files[0])  # the file named, or a folder's train.jsonl: before any is indexed
     empty = [f for f in files if f.is_file() and f.stat().st_size == 0]
     for file in empty:  # e.g. the heldout.jsonl of `wmtp data humaneval --heldout-fraction 0`
         console.print(f"{file}: empty, not indexed", highlight=False)
@@ -114,6 +111,28 @@ def index(
             f"{written}: {meta['n_rows']} rows, {len(meta['problem_index_map'])} problems "
             f"({time.monotonic() - start:.1f} s)"
         )
+
+
+def _files_to_index(path: Path) -> list[Path]:
+    """``path`` itself, or a dataset folder's ``train.jsonl`` and, when there, its
+    ``heldout.jsonl``: the files a run reads from it (``data.path``, ``data.split.heldout_path``).
+    Its other ``*.jsonl`` are named as not indexed; a DataError where ``path`` names no rows."""
+    from wmtp.data.components import jsonl_train_file
+
+    train = jsonl_train_file(path)  # a folder without train.jsonl, a metadata file: refused
+    if train == path.expanduser():
+        return [train]
+    heldout = train.with_name("heldout.jsonl")
+    files = [train, jsonl_train_file(heldout)] if heldout.exists() else [train]
+    others = sorted(set(train.parent.glob("*.jsonl")) - set(files))
+    if others:
+        names = ", ".join(other.name for other in others)
+        console.print(
+            f"{train.parent}: not indexed: {names} (a dataset folder's rows are its train.jsonl "
+            "and heldout.jsonl; give a file's path to index it)",
+            highlight=False,
+        )
+    return files
 
 
 def _refuse_other_counting(meta_path: Path, tokenizer: str, template: str) -> None:
@@ -161,17 +180,30 @@ def humaneval(
         int | None, typer.Option(min=1, help="Parallel sandboxed checks (default: one per core).")
     ] = None,
     sandbox: SandboxOption = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace the files of an earlier build in OUT_DIR that were edited since "
+            "(never files no build wrote).",
+        ),
+    ] = False,
 ) -> None:
-    """Build HumanEval train/held-out JSONL with sandbox-labelled correct and incorrect solutions."""
+    """Build HumanEval train/held-out JSONL with sandbox-labelled correct and incorrect solutions.
+
+    An earlier build in OUT_DIR is rebuilt; one whose files were edited since is refused unless
+    --force."""
     from wmtp.data.humaneval import build_humaneval, check_out_dir
     from wmtp.sandbox import choose, require
 
-    check_out_dir(out_dir)  # before the sandbox is even looked for
+    check_out_dir(out_dir, force=force)  # before the sandbox is even looked for
     choose(sandbox)
     found = require(purpose=f"building the HumanEval dataset in {out_dir}")  # before any work
     console.print(f"sandbox: {found.kind}: {found.detail}", highlight=False)
     try:
-        out = build_humaneval(out_dir, heldout_fraction=heldout_fraction, workers=workers)
+        out = build_humaneval(
+            out_dir, heldout_fraction=heldout_fraction, workers=workers, force=force
+        )
     except KeyboardInterrupt:  # the queued checks were cancelled: it stops at once
         console.print("stopped: SIGINT before the build finished; run it again to build")
         raise typer.Exit(130) from None

@@ -36,6 +36,7 @@ class Heads(str, enum.Enum):
 
 SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10}
 SIZE_UNITS |= {"MIB": 2**20, "GIB": 2**30}
+DEFAULT_SHARD_SIZE = "5GB"
 
 
 def register(app: typer.Typer) -> None:
@@ -68,15 +69,17 @@ def export_command(
         typer.Option(
             "--merge-lora/--no-merge-lora",
             help="Fold trained LoRA adapters into the weights, or (--to wmtp) keep them apart "
-            "over the recipe's base model.",
+            "over the recipe's base model, which the export then needs (refused for a model "
+            "without adapters).",
         ),
     ] = True,
     dtype: Annotated[
         DType | None,
         typer.Option(
             "--dtype",
-            help="dtype of the written weights (default: the recipe's model dtype; bfloat16 "
-            "for a model folder without a recipe, whatever its weights' own).",
+            help="dtype of the written weights, which the export's recipe.toml computes in "
+            "(default: the recipe's model dtype; bfloat16 for a model folder without a recipe, "
+            "whatever its weights' own).",
         ),
     ] = None,
     heads: Annotated[
@@ -99,11 +102,14 @@ def export_command(
         ),
     ] = None,
     max_shard_size: Annotated[
-        str,
+        str | None,
         typer.Option(
-            "--max-shard-size", help="--to hf: largest safetensors file (5GB, 500MB, 2GiB...)."
+            "--max-shard-size",
+            help="--to hf only: largest safetensors file (5GB, 500MB, 2GiB...); meta and wmtp "
+            "write one file.",
+            show_default=DEFAULT_SHARD_SIZE,
         ),
-    ] = "5GB",
+    ] = None,
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show progress while writing.")
     ] = True,
@@ -112,10 +118,12 @@ def export_command(
 
     The model is built as training and `wmtp eval` build it (its recipe, its checkpoint), on the
     CPU, then written under a temporary name and renamed when complete. `wmtp eval DIR` and
-    `wmtp bench decode --checkpoint DIR` take the export as they take a run.
+    `wmtp bench decode --checkpoint DIR` take a policy's export as they take a run; a critic's
+    (a value model) is the `[model.critic]` of a later recipe (its model card says how).
     """
     from wmtp.export import export_model
 
+    max_shard_bytes = shard_bytes(max_shard_size, to)
     result = export_model(
         source,
         to=to.value,
@@ -125,16 +133,37 @@ def export_command(
         heads=heads.value,
         force=force,
         recipe=recipe,
-        max_shard_bytes=parse_size(max_shard_size),
+        max_shard_bytes=max_shard_bytes,
         progress=progress,
         console=console,
     )
     step = f" (step {result.source.step})" if result.source.trained else ""
     console.print(
         f"exported {result.source.weights}{step} -> {result.out} ({result.to}, {result.dtype}, "
-        f"{result.heads} head{'s' * (result.heads > 1)}): {', '.join(sorted(result.files))}",
+        f"{_what(result)}): {', '.join(sorted(result.files))}",
         highlight=False,
     )
+
+
+def _what(result) -> str:
+    """``2 heads``, ``1 head``, or ``value model`` (a critic predicts no tokens)."""
+    if result.kind == "value_model":
+        return "value model"
+    return f"{result.heads} head{'s' * (result.heads > 1)}"
+
+
+def shard_bytes(text: str | None, to: Target) -> int:
+    """``--max-shard-size`` in bytes (the default where not given); refused for a format that
+    writes its weights as one file, where it would do nothing."""
+    if text is None:
+        return parse_size(DEFAULT_SHARD_SIZE)
+    if to != Target.hf:
+        raise typer.BadParameter(
+            f"shards the safetensors of --to hf only; --to {to.value} writes its weights as "
+            "one file: leave it out",
+            param_hint="--max-shard-size",
+        )
+    return parse_size(text)
 
 
 def parse_size(text: str) -> int:

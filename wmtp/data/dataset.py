@@ -18,7 +18,7 @@ import numpy as np
 
 from wmtp.data import samplers
 from wmtp.data.examples import Encoded, Example, TemplateName, encode_example, fit_to_length
-from wmtp.data.jsonl import JsonlFile
+from wmtp.data.jsonl import JsonlFile, refuse_empty
 from wmtp.data.metadata import (
     RowTable,
     built_from_another_version,
@@ -30,7 +30,7 @@ from wmtp.data.metadata import (
     scan_rows,
 )
 from wmtp.data.tokenizers import Tokenizer
-from wmtp.errors import DataError
+from wmtp.errors import DataError, RecipeDataError
 
 log = logging.getLogger(__name__)
 
@@ -204,15 +204,18 @@ class TrainData:
     def report(self) -> list[str]:
         """Lines for the run log: sizes, what was left out and why, notes on metadata."""
         lines = [
-            f"data: {len(self.train_rows)} training rows "
+            f"data: {_count(len(self.train_rows), 'training row')} "
             f"({int(self.train.rows.is_correct[self.train_rows].sum())} correct), "
-            f"{len(self.heldout_rows)} held-out rows of {len(self.heldout_problems)} problems"
+            f"{_count(len(self.heldout_rows), 'held-out row')} of "
+            f"{_count(len(self.heldout_problems), 'problem')}"
         ]
-        lines += [f"data: left out {_rows(n)}: {why}" for why, n in self.counts.items() if n]
+        lines += [
+            f"data: left out {_count(n, 'row')}: {why}" for why, n in self.counts.items() if n
+        ]
         if self.truncated:
             lines.append(
-                f"data: {self.truncated} training rows cut to max_length={self.train.max_length} "
-                "(data.truncate)"
+                f"data: {_count(self.truncated, 'training row')} cut to "
+                f"max_length={self.train.max_length} (data.truncate)"
             )
         notes = self.train.notes + (self.heldout.notes if self.heldout else [])
         return lines + [f"data: {note}" for note in notes]
@@ -332,11 +335,11 @@ def make_train_data(
 ) -> TrainData:
     """Load ``path`` (and ``heldout_path``) and decide the training rows, counting what is left out."""
     kw = dict(template=template, max_length=max_length, truncate=truncate, progress=progress)
+    refuse_empty(path)  # said as such, not as "no training rows are left" later
     train = JsonlDataset(path, tokenizer, **kw)
     counts: dict[str, int] = {}
     if heldout_path is not None:
-        heldout = JsonlDataset(heldout_path, tokenizer, **kw)
-        _refuse_shared_problems(train, heldout)
+        heldout = _heldout_dataset(heldout_path, tokenizer, train, kw)
         rows, heldout_rows = np.arange(len(train)), np.arange(len(heldout))
         train_ids = set(train.problem_ids)
     else:
@@ -369,6 +372,19 @@ def make_train_data(
     return data
 
 
+def _heldout_dataset(
+    path: str | Path, tokenizer: Tokenizer, train: JsonlDataset, kw: dict
+) -> JsonlDataset:
+    """The held-out file, sharing no problem with ``train``; a problem of it is located at
+    ``data.split.heldout_path``, the recipe key that names it."""
+    try:
+        heldout = JsonlDataset(path, tokenizer, **kw)
+        _refuse_shared_problems(train, heldout)
+    except DataError as exc:
+        raise RecipeDataError("data.split.heldout_path", exc.render()) from None
+    return heldout
+
+
 def _refuse_shared_problems(train: JsonlDataset, heldout: JsonlDataset) -> None:
     shared = set(train.problem_ids) & set(heldout.problem_ids)
     if shared:
@@ -380,5 +396,6 @@ def _refuse_shared_problems(train: JsonlDataset, heldout: JsonlDataset) -> None:
         )
 
 
-def _rows(n: int) -> str:
-    return "1 row" if n == 1 else f"{n} rows"
+def _count(n: int, thing: str) -> str:
+    """``1 row``, ``2 rows``."""
+    return f"1 {thing}" if n == 1 else f"{n} {thing}s"

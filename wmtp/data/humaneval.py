@@ -188,12 +188,14 @@ def build_humaneval(
     progress: bool = True,
     tokenizer: Tokenizer | None = None,
     labelled_cache: str | Path | None = None,
+    force: bool = False,
 ) -> Path:
     """Build ``train.jsonl`` / ``heldout.jsonl`` (with metadata and ``build_info.json``) in
-    ``out_dir``; returns ``out_dir``. ``labelled_cache`` keeps the sandbox's labels for reuse."""
+    ``out_dir``; returns ``out_dir``. ``labelled_cache`` keeps the sandbox's labels for reuse;
+    ``force`` replaces an earlier build's files edited since (see :func:`check_out_dir`)."""
     start = time.monotonic()
     out = Path(out_dir)
-    check_out_dir(out)  # before the minutes of labelling
+    check_out_dir(out, force=force)  # before the minutes of labelling
     cache = Path(labelled_cache) if labelled_cache is not None else None
     records = _labelled_rows(cache, out, workers, progress)
     out.mkdir(parents=True, exist_ok=True)
@@ -205,6 +207,7 @@ def build_humaneval(
         rows = [r for r in records if r["problem_id"] in ids]
         info[name] = _write_split(out / f"{name}.jsonl", rows, tokenizer)
     info["heldout_problems"] = sorted(heldout_ids)
+    info["sha256"] = {name: _sha256(out / name) for name in files_written() if name != BUILD_INFO}
     info["origins"] = dict(Counter(f"{r['origin']} -> {r['sandbox_status']}" for r in records))
     info["build_seconds"] = round(time.monotonic() - start, 1)
     from wmtp.sandbox import isolation
@@ -214,14 +217,25 @@ def build_humaneval(
     return out
 
 
-def check_out_dir(out_dir: str | Path) -> None:
+def check_out_dir(out_dir: str | Path, *, force: bool = False) -> None:
     """Refuse, before any work, a directory the build cannot create or write, or one holding
     files of the same names that an earlier build did not write: the build replaces its files,
     and a user's ``train.jsonl`` must never be lost to it. An earlier build's own output (known
-    by its ``build_info.json``) may be rebuilt."""
+    by its ``build_info.json``) may be rebuilt, unless a file it wrote was edited since: that
+    one is replaced only with ``force``."""
     out = Path(out_dir)
     _check_can_create(out)
-    if not out.is_dir() or _is_earlier_build(out):
+    if not out.is_dir():
+        return
+    info = _earlier_build_info(out)
+    if info is not None:
+        edited = _edited_since_build(out, info)
+        if edited and not force:
+            raise DataError(
+                f"{out}: {', '.join(edited)} changed since the earlier `wmtp data humaneval` "
+                "wrote them, and the build would replace them; nothing was changed: move them "
+                "away first, or give --force to replace them"
+            )
         return
     clash = [name for name in files_written() if os.path.lexists(out / name)]
     if clash:
@@ -259,14 +273,58 @@ def files_written() -> list[str]:
     return [*names, BUILD_INFO]
 
 
-def _is_earlier_build(out: Path) -> bool:
-    """Whether ``out`` holds a build of this builder (any version): a ``build_info.json`` with
-    the keys it writes."""
+def _earlier_build_info(out: Path) -> dict | None:
+    """The ``build_info.json`` of a build of this builder (any version) in ``out``: one with the
+    keys it writes; None where there is none."""
     try:
         info = json.loads((out / BUILD_INFO).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return info if isinstance(info, dict) and info.keys() >= BUILD_INFO_KEYS else None
+
+
+def _edited_since_build(out: Path, info: dict) -> list[str]:
+    """Names of the files an earlier build wrote in ``out`` that differ now from what it wrote
+    (a file since removed is not: nothing of it can be lost)."""
+    written = _written_sha256(out, info)
+    return [name for name, sha in written.items() if _differs(out / name, sha)]
+
+
+def _differs(path: Path, sha256: str) -> bool:
+    """Whether ``path`` is there and is not the file of that sha256 (a link or a folder now)."""
+    if not os.path.lexists(path):
         return False
-    return isinstance(info, dict) and info.keys() >= BUILD_INFO_KEYS
+    try:
+        return path.is_symlink() or not path.is_file() or _sha256(path) != sha256
+    except OSError:  # unreadable: not known to be the build's
+        return True
+
+
+def _written_sha256(out: Path, info: dict) -> dict[str, str]:
+    """The sha256 of each file the build wrote, as its ``build_info.json`` records them; a build
+    that recorded none (before they were) has its JSONL files' in their metadata."""
+    recorded = info.get("sha256")
+    if isinstance(recorded, dict):
+        return {name: sha for name, sha in recorded.items() if name in files_written()}
+    written = {}
+    for split in SPLITS:
+        meta_path = out / metadata_path_for(f"{split}.jsonl").name
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            sha = json.loads(meta_path.read_text(encoding="utf-8")).get("source_sha256")
+            if isinstance(sha, str):
+                written[f"{split}.jsonl"] = sha
+    return written
+
+
+def _sha256(path: Path) -> str:
+    """The sha256 of ``path``'s bytes, read in chunks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _write_split(path: Path, records: list[dict], tokenizer: Tokenizer) -> dict:

@@ -157,7 +157,10 @@ def example_from_record(record: dict, where: str) -> Example:
     """Validate one parsed line; ``where`` (``file:line``) locates any error."""
     missing = [k for k in REQUIRED_FIELDS if k not in record]
     if missing:
-        raise DataError(f"{where}: missing field(s) {', '.join(map(repr, missing))}")
+        raise DataError(
+            f"{where}: missing field(s) {', '.join(map(repr, missing))} (the row has: "
+            f"{', '.join(map(repr, record)) or 'no field'})"
+        )
     difficulty = record.get("difficulty")
     if difficulty is not None:
         difficulty = _typed(record, "difficulty", (int,), where)

@@ -127,11 +127,13 @@ def load_target_recipe(target: EvalTarget, overrides: list[str] | tuple[str, ...
     ``overrides`` applied, read to evaluate (a training recipe's rules of training, such as
     ``data.max_length`` within ``max_seq_len``, unchecked); an export's read with the tokenizer
     file it holds, wherever the folder now is (``own_tokenizer_overrides``)."""
-    from wmtp.export.source import own_tokenizer_overrides
+    from wmtp.export.source import check_adapters_base, own_tokenizer_overrides
     from wmtp.recipe import load_recipe
 
     own = own_tokenizer_overrides(target.recipe_file)
-    return load_recipe(target.recipe_file, [*own, *overrides], evaluating=True)
+    loaded = load_recipe(target.recipe_file, [*own, *overrides], evaluating=True)
+    check_adapters_base(loaded, "policy", target.checkpoint)  # before any data is read
+    return loaded
 
 
 def load_policy(target: EvalTarget, recipe, device: str, *, fold_adapters: bool = True):

@@ -15,6 +15,8 @@ FORMAT_NAMES = {
     "meta": "Meta's multi-token-prediction layout (`params.json` + `consolidated.pth`)",
     "wmtp": "wmtp's own format (`model.safetensors` + `wmtp_model.json`)",
 }
+ADAPTERS_ONLY = "wmtp's format, its LoRA adapters alone (`lora.safetensors` + `lora.json`)"
+"""The format of a ``--to wmtp --no-merge-lora`` export: no base weights."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,13 @@ class CardFacts:
     trained_by_wmtp: bool
     """Whether the source's recipe trains the model (a training pipeline, not ``evaluation``)."""
     lora: str | None
-    """How LoRA adapters were exported (``merged``, ``kept apart``), or ``None``."""
+    """How LoRA adapters were exported (``merged into the weights``, ``kept apart``), or
+    ``None``."""
+    base: str | None
+    """With the adapters kept apart: the base model they apply to (``model.<role>.path`` of the
+    export's ``recipe.toml``), which the folder needs and does not hold."""
+    model_section: str
+    """The ``[model.<role>]`` section of the export's ``recipe.toml`` (it reads the folder)."""
     files: list[str]
     tokenizer: TokenizerFiles
     training: TrainingSummary | None
@@ -47,13 +55,15 @@ class CardFacts:
 
 def model_card(f: CardFacts) -> str:
     """The card's markdown."""
+    value_model = f.kind == "value_model"
+    tokenizer = f.tokenizer.note + ("" if value_model else f.tokenizer.decoding)
     parts = [
         _front_matter(f),
         f"# {f.title}\n\n{_summary(f)}",
-        "## Use it\n\n" + _usage(f),
-        "## Tokenizer\n\n" + f.tokenizer.note,
+        "## Use it\n\n" + (_critic_usage(f) if value_model else _usage(f)),
+        "## Tokenizer\n\n" + tokenizer,
         "## Training\n\n" + _training(f),
-        "## Evaluation\n\n" + _evaluation(f.results),
+        "## Evaluation\n\n" + (CRITIC_EVALUATION if value_model else _evaluation(f.results)),
         "## Files\n\n" + "\n".join(f"- `{name}`" for name in sorted(set(f.files))),
     ]
     return "\n\n".join(parts) + "\n"
@@ -63,8 +73,11 @@ def _front_matter(f: CardFacts) -> str:
     lines = ["---"]
     if f.to == "hf":
         lines.append("library_name: transformers")
-    lines += ["pipeline_tag: text-generation", "tags:"]
+    if f.kind != "value_model":  # a value model generates nothing
+        lines.append("pipeline_tag: text-generation")
     tags = ["wmtp", "llama", "code"] + (["multi-token-prediction"] if f.heads_trained > 1 else [])
+    tags += ["value-model"] if f.kind == "value_model" else []
+    lines.append("tags:")
     lines += [f"- {tag}" for tag in tags]
     return "\n".join([*lines, "---"])
 
@@ -76,8 +89,17 @@ def _summary(f: CardFacts) -> str:
         else "its next-token head"
         + (f" (of the {f.heads_trained} it trained)" if f.heads_trained > 1 else "")
     )
-    what = "A value model (critic)" if f.kind == "value_model" else f"A LLaMA model with {heads}"
+    what = (
+        "A value model (critic), a LLaMA trunk with a value head (one value per token)"
+        if f.kind == "value_model"
+        else f"A LLaMA model with {heads}"
+    )
     lora = f" LoRA adapters: {f.lora}." if f.lora else ""
+    if f.base:
+        lora = (
+            f" LoRA adapters: kept apart, over the base model `{f.base}` (`model.policy.path` "
+            "in `recipe.toml`), which this folder needs and does not hold."
+        )
     sizes = ", ".join(f"{k} {v}" for k, v in f.sizes.items())
     origin = (
         f"trained with wmtp (pipeline `{f.pipeline}`) and exported from `{f.source}`"
@@ -85,14 +107,22 @@ def _summary(f: CardFacts) -> str:
         else f"exported by wmtp from `{f.source}`, which wmtp did not train,"
     )
     return (
-        f"{what}, {origin} in {FORMAT_NAMES[f.to]}, {f.dtype}, {f.parameters:,} parameters "
+        f"{what}, {origin} in {ADAPTERS_ONLY if f.base else FORMAT_NAMES[f.to]}, {f.dtype}, "
+        f"{f.parameters:,} parameters "
         f"({sizes}).{lora}"
     )
 
 
 def _usage(f: CardFacts) -> str:
+    reads = (
+        f"`recipe.toml` here reads the adapters in this folder over the base model `{f.base}`, "
+        "which must be there; if it moves, give its new path as `model.policy.path` in "
+        "`recipe.toml`"
+        if f.base
+        else "`recipe.toml` here names this folder and its tokenizer"
+    )
     wmtp = (
-        "With wmtp (`recipe.toml` here names this folder and its tokenizer):\n\n"
+        f"With wmtp ({reads}):\n\n"
         f"```bash\nwmtp eval {f.out}\nwmtp bench decode --checkpoint {f.out}\n```"
     )
     if f.to != "hf":
@@ -113,6 +143,27 @@ def _usage(f: CardFacts) -> str:
             "decoding (`evaluation.speculative = true`) works from this folder."
         )
     return f"```python\n{snippet}\n```{heads}\n\n{wmtp}"
+
+
+def _critic_usage(f: CardFacts) -> str:
+    return (
+        "A value model scores text (one value per token: how likely the solution so far is to "
+        "be correct) and generates nothing, so `wmtp eval` and `wmtp bench decode`, which run a "
+        "policy's generations, do not take it. In wmtp it is the frozen critic of a "
+        "`verifiable` recipe (its values give the TD/GAE advantages that weight the policy's "
+        "tokens), or the starting weights of another `critic` run. The `[model.critic]` "
+        "section of `recipe.toml` here reads this folder; use it in place of that recipe's "
+        "own (with no `checkpoint` or `flavour`: the trained weights and sizes are this "
+        f"folder's):\n\n```toml\n{f.model_section.strip()}\n```\n\n"
+        "Then `wmtp validate --env RECIPE` checks that it loads."
+    )
+
+
+CRITIC_EVALUATION = (
+    "`wmtp eval` scores a policy's generations; a value model has none. Its run's "
+    "`metrics.jsonl` logs how often it ranks the correct solution of a pair above the incorrect "
+    "one (`wmtp report` of the run plots it in `critic.png`)."
+)
 
 
 def _training(f: CardFacts) -> str:

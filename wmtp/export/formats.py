@@ -33,6 +33,11 @@ def check_target_holds(spec, to: str, merge_lora: bool, where: str) -> None:
             f"--to {to}: {where} is a value model (kind = 'value_model', a {spec.head.kind} "
             f"value head), which {held} cannot hold; export it with --to wmtp"
         )
+    if spec.lora is None and not merge_lora:
+        raise ExportError(
+            f"--no-merge-lora: {where} trained no LoRA adapters (no lora in its recipe "
+            "section), so there are none to keep apart: leave out --no-merge-lora"
+        )
     if spec.lora is not None and not merge_lora and to != "wmtp":
         raise ExportError(
             f"--to {to} --no-merge-lora: {where} trained LoRA adapters, and {to} holds plain "

@@ -5,13 +5,14 @@ the run's fingerprint, and the facts of the model card."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from wmtp.export.card import CardFacts
 from wmtp.export.formats import RECIPE_FORMAT
-from wmtp.export.run_info import eval_results, training_summary
+from wmtp.export.run_info import Lineage, eval_results
 from wmtp.export.source import Source, source_recipe_text
 from wmtp.recipe.specs.models import SIZE_FIELDS
 
@@ -55,18 +56,24 @@ def reading_recipe(
     tokenizer_file: str | None,
     adapters_apart: bool,
     context: int,
+    dtype: str,
 ) -> str:
-    """The training recipe with ``model.<role>`` reading ``out`` (its sizes and heads from the
-    files there; the ``context`` it trained at from the recipe where the format cannot hold it:
+    """The training recipe with ``model.<role>`` reading ``out`` in the export's ``dtype`` (its
+    sizes and heads from the files there; the ``context`` it trained at from the recipe where the
+    format cannot hold it:
     Meta's ``params.json``) and, where the tokenizer is a file, ``tokenizer.path`` the exported
-    one. With the adapters kept apart the section keeps its base ``path`` and ``lora``: the folder
-    is then a checkpoint over that base."""
+    one. With the adapters kept apart the section keeps its base ``path`` (made absolute: it is
+    read from wherever the export is used) and ``lora``: the folder is then a checkpoint over that
+    base."""
     from wmtp.recipe.dump import dumps, recipe_data
 
     data = recipe_data(recipe)
     section = data["model"][role]
     section.pop("checkpoint", None)
-    if not adapters_apart:
+    _compute_in(section, dtype)
+    if adapters_apart:
+        section["path"] = base_path(section["path"])
+    else:
         for key in (*SIZE_FIELDS, "flavour", "n_future_tokens", "lora"):
             section.pop(key, None)
         section.update(path=str(out), format=RECIPE_FORMAT[to])
@@ -79,12 +86,30 @@ def reading_recipe(
     return HEADER.format(training=TRAINING_RECIPE, role=role) + dumps(data)
 
 
-def card_facts(job: Any, model, files: list[str], tokenizer_files) -> CardFacts:
-    """The model card's facts of an export job (``wmtp.export.run._Job``)."""
-    src, recipe = job.src, job.recipe
-    step = src.step if src.trained else None
+def _compute_in(section: dict, dtype: str) -> None:
+    """The model section computing in ``dtype``, the weights' own: ``wmtp eval`` and ``wmtp
+    bench decode`` of the export run it as written. An attention backend that runs in half
+    precision only becomes ``auto`` for a float32 export."""
+    from wmtp.models.backends import BACKENDS, HALF_DTYPES
+
+    section["dtype"] = dtype
+    backend = BACKENDS.get(section.get("attention", "auto"))
+    if backend is not None and backend.half_only and dtype not in HALF_DTYPES:
+        section["attention"] = "auto"
+
+
+def base_path(path: str) -> str:
+    """The base model ``path`` of a recipe as an absolute path (relative ones are read from the
+    working directory)."""
+    return os.path.abspath(Path(path).expanduser())
+
+
+def card_facts(job: Any, model, files: list[str], tokenizer_files, reading: Path) -> CardFacts:
+    """The model card's facts of an export job (``wmtp.export.run._Job``) whose ``recipe.toml``
+    is ``reading``."""
+    src, recipe, origin = job.src, job.recipe, job.origin
     return CardFacts(
-        title=_title(src, recipe, step),
+        title=_title(src, recipe, origin),
         to=job.to,
         out=job.out_as_given,
         kind=job.spec.kind,
@@ -96,20 +121,32 @@ def card_facts(job: Any, model, files: list[str], tokenizer_files) -> CardFacts:
         pipeline=recipe.experiment.pipeline,
         trained_by_wmtp=recipe.trained_role is not None,
         lora=job.lora,
+        base=base_path(job.spec.path) if job.adapters_apart else None,
+        model_section=_model_section(reading, job.role),
         files=files,
         tokenizer=tokenizer_files,
-        training=training_summary(src.run, step),
-        results=eval_results(src.weights, src.run, step),
+        training=origin.training,
+        results=eval_results(src.weights, src.run, origin.step),
         fingerprint=_fingerprint(src),
         sizes=_sizes(model.args),
     )
 
 
-def _title(src: Source, recipe, step: int | None) -> str:
-    if src.run is None:
+def _title(src: Source, recipe, origin: Lineage) -> str:
+    """The run and step the weights come from (through an earlier export), else the folder."""
+    if origin.run is None:
         return f"{recipe.experiment.name}: {src.weights.name}"
-    at_step = "" if step is None else f", step {step}"
-    return f"{recipe.experiment.name}: run {src.run.name}{at_step}"
+    at_step = "" if origin.step is None else f", step {origin.step}"
+    return f"{recipe.experiment.name}: run {origin.run.name}{at_step}"
+
+
+def _model_section(reading: Path, role: str) -> str:
+    """``[model.<role>]`` of the recipe ``reading``, as TOML."""
+    from wmtp.recipe._toml import loads
+    from wmtp.recipe.dump import dumps
+
+    section = loads(reading.read_text())["model"][role]
+    return dumps({"model": {role: section}})
 
 
 def _sizes(args) -> dict[str, int]:

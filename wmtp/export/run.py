@@ -16,7 +16,9 @@ written under a temporary name, so a refused or failed export leaves nothing beh
 5. the weights (``hf``, ``meta``, ``wmtp``), the tokenizer files, ``recipe.toml`` (the training
    recipe reading this folder: ``wmtp eval DIR`` works), ``training_recipe.toml``,
    ``fingerprint.json`` and ``README.md``; last ``wmtp_export.json``, the list of what it wrote
-   and what it was made from (checkpoint, run, step: ``wmtp eval`` of the export reads the step).
+   and what it was made from (checkpoint; the run, step and training facts it traces back to,
+   through an earlier export: ``wmtp eval`` of the export reads the step, an export of it the
+   rest; ``wmtp.export.run_info.Lineage``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,14 @@ from wmtp.errors import ExportError
 from wmtp.export import EXPORT
 from wmtp.export.formats import TARGETS, check_target_holds
 from wmtp.export.hf import DEFAULT_MAX_SHARD_BYTES
-from wmtp.export.source import Source, resolve_source, source_recipe, verify_checkpoint
+from wmtp.export.run_info import Lineage, lineage
+from wmtp.export.source import (
+    Source,
+    is_export,
+    resolve_source,
+    source_recipe,
+    verify_checkpoint,
+)
 from wmtp.output_folder import check_output, staged_output
 
 HEADS = ("all", "1")
@@ -45,6 +54,8 @@ class ExportResult:
     files: list[str]
     heads: int
     dtype: str
+    kind: str
+    """``llama_mtp``, or ``value_model`` (a critic: no heads to predict tokens with)."""
     source: Source
 
 
@@ -78,13 +89,21 @@ def export_model(
     check_target_holds(spec, to, merge_lora, f"{src.weights} (model.{role})")
     out_dir = check_output(Path(out), EXPORT, force=force, source=src.weights)
     dtype = dtype or spec.dtype
-    job = _Job(src, loaded, role, spec, to, dtype, str(out), out_dir, progress, console)
-    made_from = {"checkpoint": str(src.weights), "run": src.run and str(src.run), "step": src.step}
+    origin = _lineage(src)
+    job = _Job(src, loaded, role, spec, to, dtype, str(out), out_dir, origin, progress, console)
+    made_from = origin.made_from(src.weights)
     with staged_output(out_dir, EXPORT, force=force, made_from=made_from) as staging:
         files = job.run(
             staging, merge_lora=merge_lora, heads=heads, max_shard_bytes=max_shard_bytes
         )
-    return ExportResult(out_dir, to, files, job.heads_exported, dtype, src)
+    files = [*files, EXPORT.marker]  # written last, by staged_output
+    return ExportResult(out_dir, to, files, job.heads_exported, dtype, spec.kind, src)
+
+
+def _lineage(src: Source) -> Lineage:
+    """The run and step ``src`` comes from (through an earlier export), and its training facts."""
+    step = src.step if src.trained or is_export(src.weights) else None
+    return lineage(src.weights, src.run, step)
 
 
 @dataclass
@@ -99,6 +118,7 @@ class _Job:
     dtype: str
     out_as_given: str
     out: Path
+    origin: Lineage
     progress: bool
     console: Any
     heads_trained: int = 1
@@ -154,7 +174,7 @@ class _Job:
                 model.to(resolve_dtype(self.dtype))
                 self.lora = "merged into the weights"
             else:
-                self.lora = "kept apart (`lora.safetensors` over the recipe's base model)"
+                self.lora = "kept apart"
         self.heads_trained = getattr(model, "n_heads", 1)
         if heads == "1" and self.heads_trained > 1:
             model.set_heads(1)
@@ -184,7 +204,7 @@ class _Job:
 
     @property
     def adapters_apart(self) -> bool:
-        return self.lora is not None and self.lora.startswith("kept")
+        return self.lora == "kept apart"
 
     def write_recipes(self, staging: Path, tokenizer_file: str | None, context: int) -> list[str]:
         from wmtp.export.recipes import reading_recipe, training_files
@@ -199,6 +219,7 @@ class _Job:
             tokenizer_file=tokenizer_file,
             adapters_apart=self.adapters_apart,
             context=context,
+            dtype=self.dtype,
         )
         (staging / "recipe.toml").write_text(text)
         load_recipe(staging / "recipe.toml")  # loads back (a RecipeError here is a bug of ours)
@@ -208,7 +229,8 @@ class _Job:
         from wmtp.export.card import model_card
         from wmtp.export.recipes import card_facts
 
-        facts = card_facts(self, model, [*files, "README.md"], tokenizer_files)
+        written = [*files, "README.md", EXPORT.marker]
+        facts = card_facts(self, model, written, tokenizer_files, staging / "recipe.toml")
         (staging / "README.md").write_text(model_card(facts))
         return ["README.md"]
 

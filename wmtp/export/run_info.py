@@ -10,6 +10,7 @@ train on, with its standard error across problems.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,48 @@ class EvalResult:
     file: Path
     details: dict = field(default_factory=dict)
     """Problems, samples per problem, settings, as the summary gives them."""
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """The run and training step an export's weights come from, through any earlier export, and
+    that run's training facts (``None`` where unknown: a model wmtp did not train)."""
+
+    run: Path | None
+    step: int | None
+    training: TrainingSummary | None
+
+    def made_from(self, weights: Path) -> dict:
+        """What the export's marker records (``wmtp.output_folder.made_from``): the folder it
+        read, the run and step it traces back to, and that run's steps and tokens, which an
+        export of this export shows when the run is gone."""
+        training = dataclasses.asdict(self.training) if self.training else None
+        run = str(self.run) if self.run else None
+        return {"checkpoint": str(weights), "run": run, "step": self.step, "training": training}
+
+
+def lineage(weights: Path, run: Path | None, step: int | None) -> Lineage:
+    """Of a checkpoint ``weights`` (its ``run`` and ``step``, ``None`` for a model directory); an
+    earlier export (a model directory too) gives what its marker records it was made from."""
+    from wmtp.export import EXPORT
+    from wmtp.output_folder import made_from
+
+    earlier = made_from(weights, EXPORT)
+    if run is None and isinstance(earlier.get("run"), str):
+        run = Path(earlier["run"])
+    recorded = _recorded_training(earlier.get("training"))
+    return Lineage(run, step, recorded or training_summary(run, step))
+
+
+def _recorded_training(record) -> TrainingSummary | None:
+    """The training facts an earlier export recorded; ``None`` for none, or another wmtp's."""
+    fields = {f.name for f in dataclasses.fields(TrainingSummary)}
+    if not isinstance(record, dict) or set(record) != fields:
+        return None
+    numbers = (record["steps"], record["logged_steps"], record["tokens"] or 0)
+    if not all(isinstance(n, int) for n in numbers):
+        return None
+    return TrainingSummary(**record)
 
 
 def training_summary(run: Path | None, step: int | None) -> TrainingSummary | None:
@@ -99,4 +142,11 @@ def _json_lines(file: Path) -> list[dict]:
     return records
 
 
-__all__ = ["EvalResult", "TrainingSummary", "eval_results", "training_summary"]
+__all__ = [
+    "EvalResult",
+    "Lineage",
+    "TrainingSummary",
+    "eval_results",
+    "lineage",
+    "training_summary",
+]

@@ -166,9 +166,19 @@ def _tokenizer_beside(directory: Path) -> tuple[str, Path] | None:
 def verify_checkpoint(source: Source) -> None:
     """Refuse a training checkpoint that is not whole, before anything is built or written: the
     files export reads (its consolidated weights, or its DCP ``state/`` when it has none; its
-    recipe and trainer state) against the checkpoint's manifest (``wmtp.train.manifest``)."""
-    if source.trained:
+    recipe and trainer state) against the checkpoint's manifest (``wmtp.train.manifest``). An
+    earlier export's adapters (``--no-merge-lora``) have no manifest: an export is written whole
+    or not at all."""
+    if source.trained and not is_export(source.weights):
         check_whole(source.weights)
+
+
+def is_export(folder: Path) -> bool:
+    """Whether ``folder`` is a ``wmtp export`` (its marker lists what it wrote)."""
+    from wmtp.export import EXPORT
+    from wmtp.output_folder import written_by
+
+    return written_by(folder, EXPORT) is not None
 
 
 def check_whole(checkpoint: Path) -> None:
@@ -192,7 +202,9 @@ def source_recipe(source: Source):
 
     if source.recipe_file is not None:
         file = source.recipe_file
-        return load_recipe(file, own_tokenizer_overrides(file)).recipe
+        loaded = load_recipe(file, own_tokenizer_overrides(file))
+        check_adapters_base(loaded, loaded.recipe.trained_role or "policy", source.weights)
+        return loaded.recipe
     kind, file = _tokenizer_beside(source.weights)
     return Recipe.model_validate(
         {
@@ -201,6 +213,35 @@ def source_recipe(source: Source):
             "model": {"policy": {"kind": "llama_mtp", "path": str(source.weights)}},
         }
     )
+
+
+def check_adapters_base(loaded, role: str, weights: Path) -> None:
+    """A located ``RecipeProblems`` where ``weights`` holds LoRA adapters alone (a LoRA run's
+    checkpoint, a ``--no-merge-lora`` export) and the base model they apply to, the recipe's
+    ``model.<role>.path``, does not load: said at that key, before anything reads data or builds
+    a model."""
+    from wmtp.models.descriptions import checkpoint_format
+    from wmtp.recipe import RecipeProblems
+    from wmtp.recipe.inputs import located_problem
+
+    spec = getattr(loaded.recipe.model, role, None)
+    if spec is None or spec.lora is None or not spec.path:
+        return
+    if not (weights / LORA_WEIGHTS).is_file() or (weights / FULL_WEIGHTS).is_file():
+        return
+    base = Path(spec.path).expanduser()
+    try:
+        checkpoint_format(base, spec.format)
+    except CheckpointError as exc:
+        why = str(exc).removeprefix(f"checkpoint {base}: ")
+        if str(base.resolve()) != spec.path:
+            why += f" (resolved to {base.resolve()})"
+        message = (
+            f"{spec.path!r}: the base model that the LoRA adapters in {weights} apply to: {why}:"
+            " put it back there, or point this key at it"
+        )
+        problem = located_problem(loaded, f"model.{role}.path", message)
+        raise RecipeProblems(str(loaded.path), [problem]) from None
 
 
 def own_tokenizer_overrides(recipe_file: Path) -> list[str]:
@@ -235,6 +276,8 @@ def source_recipe_text(source: Source, recipe) -> str:
 
 __all__ = [
     "Source",
+    "check_adapters_base",
+    "is_export",
     "resolve_source",
     "source_recipe",
     "source_recipe_text",

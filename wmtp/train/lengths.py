@@ -5,7 +5,8 @@ instead of ``data.max_length``. The tokenizer and the data are assembled exactly
 assembles them (``wmtp.assembly``). Importing this module and calling :func:`longest_row` need
 no torch.
 
-- Packed data (``data.packing = true``): rows are always ``max_length`` tokens.
+- Packed data (``data.packing = true``): rows are always ``max_length`` tokens (if any row is
+  left to draw).
 - Padded examples (``TrainData.batches`` -> ``collate.pad_batch``): a micro-batch is as long as
   its longest example, so the bound is the longest example an epoch can draw (correct solutions,
   as every pipeline but the critic trains on; under difficulty sampling, those of a bin of
@@ -59,22 +60,40 @@ def longest_row(recipe: Any) -> LongestRow:
     spec = recipe.data
     data = _train_data(recipe, _tokenizer(recipe))
     notes = tuple(data.train.notes + (data.heldout.notes if data.heldout else []))
-    if spec.packing:
-        return LongestRow(spec.max_length, "max_length", "packed rows of max_length", notes)
     critic = recipe.pipeline.examples == "pairs"
     rows = pairable_rows(data) if critic else drawn_rows(data)
     if len(rows) == 0:
-        report = "; ".join(data.report())
-        if critic:
-            raise RecipeDataError(
-                "data.pairs.length_bins",
-                f"no (correct, incorrect) pair of one problem in one length bin ({report})",
-            )
-        raise RecipeDataError(_dataset_key(spec), f"no correct training row to draw ({report})")
-    longest = data.example_length(int(rows[np.argmax(data.train.rows.n_tokens[rows])]))
+        raise _nothing_to_draw(data, spec, critic)
+    if spec.packing:  # packed or not, training needs a row to draw
+        return LongestRow(spec.max_length, "max_length", "packed rows of max_length", notes)
+    longest = _longest_example(data, spec, rows)
     padded = padded_length(longest, _pad_multiple(recipe), spec.max_length)
     of = f"{len(rows):,} " + ("solutions that can pair" if critic else "correct training rows")
     return LongestRow(padded, "data", of, notes)
+
+
+def _nothing_to_draw(data: Any, spec: Any, critic: bool) -> RecipeDataError:
+    """No row (or pair) an epoch can draw: where ``wmtp run`` stops with "no training rows are
+    left", with the data report that says why."""
+    report = "; ".join(data.report())
+    if critic:
+        return RecipeDataError(
+            "data.pairs.length_bins",
+            f"no (correct, incorrect) pair of one problem in one length bin ({report})",
+        )
+    return RecipeDataError(
+        _dataset_key(spec),
+        f"no training rows are left: no correct training row to draw ({report})",
+    )
+
+
+def _longest_example(data: Any, spec: Any, rows: np.ndarray) -> int:
+    """Tokens of the longest of ``rows`` as it trains; a row whose count disagrees with the
+    metadata's (edited by hand, or out of date) is a problem of the dataset key."""
+    try:
+        return data.example_length(int(rows[np.argmax(data.train.rows.n_tokens[rows])]))
+    except DataError as exc:
+        raise RecipeDataError(_dataset_key(spec), exc.render()) from None
 
 
 def _pad_multiple(recipe: Any) -> int:

@@ -79,7 +79,8 @@ class SplitSpec(Section):
     heldout_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.05
     """Fraction of problems (not solutions) held out, chosen with the experiment seed."""
     heldout_path: str | None = None
-    """A separate held-out JSONL file; when set, ``heldout_fraction`` must be 0."""
+    """A separate held-out ``.jsonl`` file (rows as in ``data.path``, no problem shared with
+    it); when set, ``heldout_fraction`` must be 0."""
 
     @rule("heldout_path", "heldout_fraction")
     def _one_way(self) -> str | None:
@@ -129,13 +130,16 @@ class HumanEvalDataSpec(DataSpecBase):
 
 
 class JsonlDataSpec(DataSpecBase):
-    """JSON Lines files with one solution per line (prompt, solution, problem_id, is_correct,
-    difficulty): a file or a directory of ``*.jsonl``."""
+    """Your own solutions in JSON Lines, one object per line with ``instruction``, ``output``,
+    ``problem_id``, ``is_correct`` (and optionally ``input``, ``difficulty``; other keys are
+    ignored): a ``.jsonl`` file, or a directory holding ``train.jsonl``."""
 
     kind: Literal["jsonl"] = "jsonl"
     """Dataset type."""
     path: str
-    """The JSONL file or directory."""
+    """The rows' ``.jsonl`` file, or a directory holding ``train.jsonl`` (its other ``*.jsonl``
+    are not read; a ``heldout.jsonl`` there is read only as ``split.heldout_path``). Its
+    ``train_metadata.json`` (``wmtp data index``) is used when present."""
 
 
 DataSpec = Annotated[Union[HumanEvalDataSpec, JsonlDataSpec], Field(discriminator="kind")]
