@@ -289,8 +289,16 @@ def test_a_broken_rule_is_located_at_the_key_it_names_and_says_what_the_recipe_l
     assert (p.key, p.line) == ("model.policy.max_seq_len", line), p.render()
     assert p.message == (
         "data.max_length = 2048 is longer than model.policy.max_seq_len = 1024 "
-        "(data.max_length: not set in the recipe)"
+        """(data.max_length: not set: `--set data={kind="jsonl", path="train.jsonl"}` """
+        "replaced [data] whole, its keys too)"
     )
+    (p,) = problems_of(path, ["data.kind=jsonl", "data.path=train.jsonl"])
+    assert p.message.endswith(
+        "(data.max_length: not set: `--set data.kind=jsonl` replaced [data] whole, its keys too)"
+    )
+    text = text.replace("max_length = 256\n", "")  # the recipe's own table, without the key
+    (p,) = problems_of(write("r2.toml", text), [])
+    assert p.message.endswith("(data.max_length: not set in the recipe)"), p.message
 
 
 def test_a_key_of_another_kind_names_that_kind(write):

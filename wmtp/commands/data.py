@@ -214,6 +214,7 @@ def humaneval(
             f"{split}: {s['problems']} problems, {s['rows']} rows "
             f"({s['correct']} correct, {s['incorrect']} incorrect), "
             f"{s['unique_pairs']} unique correct/incorrect pairs, "
-            f"{s['length_balanced_pairs']} length-balanced pairs"
+            f"{s['length_balanced_pairs']} length-balanced pairs",
+            soft_wrap=True,  # one line per split, whatever the width (a log file's is 80)
         )
-    console.print(f"built in {info['build_seconds']} s -> {out}")
+    console.print(f"built in {info['build_seconds']} s -> {out}", soft_wrap=True)

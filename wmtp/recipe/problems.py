@@ -293,11 +293,22 @@ def _rule_problem(section_path: Path, problem: dict, tree: Tree) -> Problem:
     fields = [(*section_path, *field.split(".")) for field in problem["fields"]]
     field = next((f for f in fields if f in tree.sources), None)
     where = tree.sources[field] if field is not None else _source_near(fields[0], tree)
-    unset = [dotted(f) for f in fields if value_at(tree.data, f) is None]
+    unset = [f for f in fields if value_at(tree.data, f) is None]
     message = problem["message"]
     if unset:
-        message += f" ({' and '.join(unset)}: not set in the recipe)"
+        message += f" ({'; '.join(_why_unset(f, tree) for f in unset)})"
     return problem_at(where, dotted(field or fields[0]), message)
+
+
+def _why_unset(field: Path, tree: Tree) -> str:
+    """Why the recipe has no value at ``field``: never written, or dropped with its table when
+    a ``--set`` of the table's ``kind`` replaced it whole (``wmtp.recipe.load``)."""
+    for depth in range(len(field) - 1, 0, -1):
+        kind = tree.sources.get((*field[:depth], "kind"))
+        if kind is not None and kind.kind == "cli":
+            table = dotted(field[:depth])
+            return f"{dotted(field)}: not set: `{kind}` replaced [{table}] whole, its keys too"
+    return f"{dotted(field)}: not set in the recipe"
 
 
 def _split_expected(text: str) -> list[str]:
