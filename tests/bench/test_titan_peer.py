@@ -63,8 +63,9 @@ def test_the_titan_side_is_measured_by_the_one_formula_beside_wmtp(tmp_path):
     assert titan["flops_per_token"] == wmtp["flops_per_token"] == expected
     assert titan["tokens_per_step"] == 2 * SEQ
     assert titan["tokens_per_s"] == pytest.approx(2 * SEQ / (titan["step"]["median_ms"] / 1e3))
-    for row in (titan, wmtp):
-        assert row["mfu"] == mfu(row["tokens_per_s"], expected, row["peak_tflops"])
+    for row in (titan, wmtp):  # no peak off CUDA (or for a GPU the table lacks): no MFU
+        peak = row["peak_tflops"]
+        assert row["mfu"] == (None if peak is None else mfu(row["tokens_per_s"], expected, peak))
     assert titan["config"]["attention"] == "sdpa" and titan["config"]["compile"] is False
     assert results["versions"]["torchtitan"] == titan["config"]["torchtitan"] == "0.2.2"
 

@@ -165,8 +165,7 @@ def test_validate_env_does_not_refuse_an_evaluation_whose_bound_alone_is_past_me
     rows = int(2 * host_memory() / bound_per_row)
     sets = [f"evaluation.batch_size={rows}", f"evaluation.max_problems={rows}"]
     result = cli(recipe, "--env", *[a for s in sets for a in ("--set", s)])
-    assert result.exit_code == 0, result.output
-    assert "more than this machine's memory" not in result.flat
+    assert "more than this machine's memory" not in result.flat, result.output
     assert f"(evaluation: KV cache of {rows:,} rows x 1,024 positions)" in result.flat
 
 
