@@ -92,6 +92,12 @@ def test_a_value_model_exports_to_wmtp_only(critic_run, tmp_path):
         assert result.exit_code == 2 and "Traceback" not in flat, flat[-2000:]
         assert "a critic run, which trained model.critic (a value model), not a policy" in flat
     assert not (tmp_path / "e").exists()
+    timed = CliRunner().invoke(
+        app, ["bench", "decode", "--checkpoint", str(critic_run), "--out", str(tmp_path / "d")]
+    )
+    flat = " ".join(timed.output.split())
+    assert timed.exit_code == 2 and "Traceback" not in flat, flat[-2000:]
+    assert "(a value model), not a policy" in flat and "bench decode times a policy's" in flat
 
 
 def test_rope_scaling_meta_cannot_say_is_refused_and_llama31s_is_written(tmp_path):

@@ -268,9 +268,10 @@ def model_from_checkpoint(path: str, recipe: str | None, device: str):
     """A trained policy, its tokenizer and how ``wmtp eval`` would show it a problem (run dir,
     step, or checkpoint with a recipe)."""
     from wmtp.eval.prompting import prompt_format
-    from wmtp.eval.target import load_policy, load_target_recipe, resolve_target
+    from wmtp.eval.target import load_policy, load_target_recipe, refuse_a_critic, resolve_target
 
     target = resolve_target(path, recipe=recipe)
+    refuse_a_critic(path, target, "wmtp bench decode times a policy's decoding")
     loaded = load_target_recipe(target).recipe
     trained_template = None if target.pretrained else loaded.data.template
     shown = prompt_format(loaded.evaluation, trained_template)

@@ -206,7 +206,7 @@ def prepare_eval(
         target = _recipe_target(Path(path), read.recipe, out)
     else:
         target = resolve_target(path, recipe=recipe, out=out)
-        _refuse_a_critic(path, target)
+        refuse_a_critic(path, target, "wmtp eval scores a policy's generations")
         read = load_target_recipe(target, overrides)
         if overrides and not target.pretrained:
             _keep_trained_sizes(read, load_target_recipe(target).recipe, target.checkpoint)
@@ -226,9 +226,10 @@ def prepare_eval(
     return PreparedEval(target, read.recipe, benchmarks)
 
 
-def _refuse_a_critic(path: str | Path, target: EvalTarget) -> None:
+def refuse_a_critic(path: str | Path, target: EvalTarget, needs: str) -> None:
     """Weights a critic run trained (a value model: no tokens to generate), said as such
-    before they load, whatever recipe is given with ``--recipe``."""
+    before they load, whatever recipe is given with ``--recipe``; ``needs``: why the command
+    needs a policy."""
     from wmtp.recipe.inputs import wrong_role
 
     candidates = [target.checkpoint / RECIPE_FILE]
@@ -237,7 +238,7 @@ def _refuse_a_critic(path: str | Path, target: EvalTarget) -> None:
     trained_by = next((c for c in candidates if c.is_file()), None)
     wrong = wrong_role(trained_by, "policy")
     if wrong is not None:
-        raise RunError(f"{path}: {wrong}; wmtp eval scores a policy's generations")
+        raise RunError(f"{path}: {wrong}; {needs}")
 
 
 SIZE_KEYS = ("flavour", "dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of",
