@@ -343,17 +343,9 @@ def checkpoint_step(checkpoint: Path) -> int | None:
     match = STEP_DIR.match(checkpoint.name)
     if match and checkpoint.parent.name == CHECKPOINTS:
         return int(match.group(1))
+    from wmtp.export import exported_step
+
     return exported_step(checkpoint)
-
-
-def exported_step(folder: Path) -> int | None:
-    """The training step a ``wmtp export`` in ``folder`` was made from, as its marker records
-    it; None for any other folder."""
-    from wmtp.export import EXPORT
-    from wmtp.output_folder import made_from
-
-    step = made_from(folder, EXPORT).get("step")
-    return step if isinstance(step, int) else None
 
 
 __all__ = [

@@ -11,13 +11,21 @@ eval results for the card). The output folder is written whole or not at all
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from wmtp.errors import ExportError
-from wmtp.output_folder import Product
+from wmtp.output_folder import Product, made_from
 
 EXPORT = Product("export", "wmtp_export.json", ExportError, replacing_needs_force=True)
 """What ``wmtp export`` writes: replaced only with ``--force``, by another export."""
+
+
+def exported_step(folder: Path) -> int | None:
+    """The training step the ``wmtp export`` in ``folder`` was made from, as its marker records
+    it (through any earlier export); None for any other folder."""
+    step = made_from(folder, EXPORT).get("step")
+    return step if isinstance(step, int) else None
 
 
 def __getattr__(name: str) -> Any:
@@ -28,4 +36,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'wmtp.export' has no attribute {name!r}")
 
 
-__all__ = ["EXPORT", "ExportResult", "export_model"]
+__all__ = ["EXPORT", "ExportResult", "export_model", "exported_step"]

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wmtp.errors import CheckpointError, ExportError
+from wmtp.export import exported_step
 from wmtp.models.locate import (
     CHECKPOINTS,
     FULL_WEIGHTS,
@@ -67,9 +68,7 @@ class Source:
         match = STEP_DIR.match(self.weights.name)
         if match:
             return int(match.group(1))
-        from wmtp.eval.target import exported_step  # an export of an export: its source's step
-
-        return exported_step(self.weights)
+        return exported_step(self.weights)  # an export of an export: its source's step
 
     @property
     def consolidated(self) -> Path | None:
