@@ -168,13 +168,7 @@ def _holds_files(folder: Path) -> bool:
 def written_by(folder: Path, product: Product) -> set[str] | None:
     """The paths an earlier ``product`` listed in its marker in ``folder``, or ``None`` if the
     folder is no such product."""
-    try:
-        marker = json.loads((folder / product.marker).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    if not isinstance(marker, dict) or marker.get("written_by") != product.written_by:
-        return None
-    files = marker.get("files")
+    files = _marker_of(folder, product).get("files")
     if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
         return None
     return set(files)
@@ -183,14 +177,19 @@ def written_by(folder: Path, product: Product) -> set[str] | None:
 def made_from(folder: Path, product: Product) -> dict:
     """What ``product`` recorded in ``folder``'s marker as made from (empty where the folder has
     no marker of ``product``, or it recorded nothing)."""
+    recorded = _marker_of(folder, product).get("made_from")
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def _marker_of(folder: Path, product: Product) -> dict:
+    """``product``'s marker in ``folder`` (empty where there is none, or another's)."""
     try:
         marker = json.loads((folder / product.marker).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return {}
     if not isinstance(marker, dict) or marker.get("written_by") != product.written_by:
         return {}
-    recorded = marker.get("made_from")
-    return recorded if isinstance(recorded, dict) else {}
+    return marker
 
 
 def _entries(folder: Path) -> list[str]:
