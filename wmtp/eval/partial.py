@@ -7,7 +7,9 @@ limits), so only an evaluation that would write the same samples takes them up a
 again after a Ctrl-C, a kill or a crash, it reads every rank's file (at any number of ranks),
 decodes only the problems not in them, and writes results equal to an uninterrupted run's
 (each sample's random stream depends only on the seed, its problem and its index). A line cut
-short by a kill is skipped. Rank 0 removes the folder once the results are written. Torch-free.
+short by a kill is skipped. Each rank closes its file once it has stopped checking (a finished
+share, or a stop): nothing lands after, so a stop counts exactly what is kept. Rank 0 removes the
+folder once the results are written. Torch-free.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class PartialResults:
     folder: Path
     rank: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _closed: bool = field(default=False, repr=False)
 
     @classmethod
     def of(cls, benchmark_folder: Path, key: dict[str, Any], rank: int = 0) -> PartialResults:
@@ -63,9 +66,17 @@ class PartialResults:
         }
         line = json.dumps(row, ensure_ascii=False) + "\n"
         with self._lock:
+            if self._closed:  # its check ended after the stop was counted: not kept
+                return
             self.folder.mkdir(parents=True, exist_ok=True)
             with (self.folder / f"rank{self.rank}.jsonl").open("a", encoding="utf-8") as out:
                 out.write(line)
+
+    def close(self) -> None:
+        """Record nothing more: what this rank keeps is final. A check that a second Ctrl-C
+        stopped waiting for still ends in its thread, later; its problem is decoded again."""
+        with self._lock:
+            self._closed = True
 
     def remove(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -9,8 +9,11 @@ per head, every evaluation). pass@k comes from each run's newest evaluated check
 ``step`` when given; the table says which. Under the table, a warning where the held-out
 cross-entropies were measured on different held-out data, or the headline pass@k come from
 evaluations that decoded differently or scored other unseen problems. A benchmark evaluated on
-several sources (the built-in HumanEval and a local ``humaneval=FILE``, two files) is told apart
-by source (``humaneval (FILE)``: its own column, panel and row), and a note says so.
+several sources (the built-in HumanEval and a local ``humaneval=FILE``, two files, a file edited
+in place) is told apart by source (``humaneval (FILE)``: its own column, panel and row), and a
+note says so; sources are told apart by the digest of the file each evaluation read, not by the
+path that named it (``wmtp.eval.run_data.SourceIndex``). A note says where evaluations written
+before digests were recorded are told apart by path instead.
 
 The folder is written whole (``wmtp.output_folder``, as :data:`REPORT`): a new or empty folder, or
 an earlier report, which a new one replaces unless a user added or edited files in it since; one
@@ -39,9 +42,11 @@ from wmtp.eval.questions import (
 from wmtp.eval.run_data import (
     RunRecord,
     benchmark_name,
-    benchmark_source,
     read_runs,
+    shown_source,
+    source_labels,
     sources_by_name,
+    undigested,
 )
 from wmtp.eval.table import percent, problems_cell
 from wmtp.output_folder import Product, check_output, staged_output
@@ -206,15 +211,30 @@ def comparability(shown: list[Shown], steps: dict[str, int | None]) -> list[str]
 
 def source_notes(shown: list[Shown]) -> list[str]:
     """A note per benchmark name whose evaluations came from several sources (keyed apart by
-    ``read_runs``): their problems differ, so each source has its own column, panel and row."""
-    sources = sources_by_name([s.run for s in shown])
-    return [
+    ``read_runs``: by the content of their files): their problems differ, so each source has its
+    own column, panel and row. And one per name whose evaluations recorded no digest of their
+    file, since the report then goes by the path that named it."""
+    runs = [s.run for s in shown]
+    several = [
         f"**Note: {name} was evaluated on {len(found)} sources of problems "
-        f"({', '.join(sorted(found))}), whose pass@k do not compare: each is its own column, "
-        f"pass@k panel and row, named {name} (SOURCE), never one curve.**"
-        for name, found in sorted(sources.items())
+        f"({', '.join(sorted(source_labels(found).values()))}), whose pass@k do not compare: "
+        f"each is its own column, pass@k panel and row, named {name} (SOURCE), never one curve.**"
+        for name, found in sorted(sources_by_name(runs).items())
         if len(found) > 1
     ]
+    return several + [undigested_note(name, n) for name, n in sorted(undigested(runs).items())]
+
+
+def undigested_note(name: str, count: int) -> str:
+    """What the report assumed of ``count`` evaluations of ``name`` that recorded no digest."""
+    which = "evaluation" if count == 1 else "evaluations"
+    return (
+        f"**Note: {count} {which} of {name} recorded no digest of the benchmark file (an older "
+        "wmtp wrote them): each is taken to hold the problems that the evaluations naming the "
+        "same path recorded a digest of, where they agree on one, else told apart by that path "
+        "alone, so that one file named by two paths counts as two sources, and a file edited in "
+        "place as one. Evaluate them again to compare by content.**"
+    )
 
 
 def run_details(s: Shown) -> str:
@@ -239,12 +259,13 @@ def run_details(s: Shown) -> str:
 
 
 def evaluations_table(run: RunRecord) -> str:
-    """Every evaluation of the run: step, benchmark and its source (the file, or ``built-in``),
-    group, problems, pass@k, decoding."""
+    """Every evaluation of the run: step, benchmark and its source (the file, or ``built-in``;
+    as its column names it where the benchmark has several), group, problems, pass@k,
+    decoding."""
     rows = []
     for step, benchmarks in run.evals.items():
         for key, summary in benchmarks.items():
-            name, source = benchmark_name(key, summary), benchmark_source(summary)
+            name, source = benchmark_name(key, summary), shown_source(key, summary)
             decoding = summary.get("decoding", {})
             settings = ", ".join(f"{k} = {v}" for k, v in decoding.items())
             for group, result in summary["results"].items():

@@ -5,7 +5,8 @@ A run directory (``runs/<experiment>/<id>/``) holds TensorBoard event files, ``m
 ``recipe.toml`` and ``eval/step-N/<benchmark>/summary.json`` (``wmtp.eval.results``). Both scalar
 sources are read and merged; where a tag is in both, ``metrics.jsonl`` wins (it is the one
 written without loss of precision). A benchmark's evaluations whose problems came from different
-sources (the built-in HumanEval, a local ``humaneval=FILE``, two files) are told apart
+sources (the built-in HumanEval, a local ``humaneval=FILE``, two files, one file edited in place)
+are told apart by the digest of the file each read, not by the path that named it
 (:func:`read_runs`). Torch-free.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,11 +212,20 @@ BUILT_IN = "built-in"
 
 
 def benchmark_source(summary: dict[str, Any]) -> str:
-    """Where an evaluation's problems came from: the file its ``evaluation.benchmarks`` entry
-    named (``humaneval=PATH``, the path as given), or :data:`BUILT_IN`."""
+    """Where an evaluation's problems came from, as the user named it: the file its
+    ``evaluation.benchmarks`` entry named (``humaneval=PATH``, the path as given), or
+    :data:`BUILT_IN`. Shown, never compared: :func:`source_digest` tells sources apart."""
     settings = summary.get("settings")
     source = settings.get("source") if isinstance(settings, dict) else None
     return str(source) if source else BUILT_IN
+
+
+def source_digest(summary: dict[str, Any]) -> str | None:
+    """The SHA-256 of the benchmark file an evaluation read, as it recorded it; None where it
+    recorded none (an older wmtp's evaluation)."""
+    settings = summary.get("settings")
+    digest = settings.get("source_sha256") if isinstance(settings, dict) else None
+    return str(digest) if digest else None
 
 
 def benchmark_name(key: str, summary: dict[str, Any]) -> str:
@@ -222,37 +233,112 @@ def benchmark_name(key: str, summary: dict[str, Any]) -> str:
     return str(summary.get("benchmark") or key)
 
 
-def read_runs(run_dirs: list[str | Path]) -> list[RunRecord]:
-    """Every run of ``run_dirs`` (:func:`read_run`). A benchmark name evaluated on more than one
-    source across them (a local ``humaneval=FILE`` at one step, the built-in HumanEval at
-    another) is keyed ``name (source)`` in each run's ``evals``: every source its own curve,
-    column and row, never one line through another file's problems."""
-    runs = [read_run(path) for path in run_dirs]
-    shared = {name for name, found in sources_by_name(runs).items() if len(found) > 1}
-    for run in runs:
-        _key_by_source(run, shared)
-    return runs
-
-
-def sources_by_name(runs: list[RunRecord]) -> dict[str, set[str]]:
-    """Benchmark name -> the sources of its evaluations in ``runs`` (:func:`benchmark_source`)."""
-    found: dict[str, set[str]] = {}
+def evaluations(runs: list[RunRecord]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(benchmark name, summary) of every evaluation of ``runs``."""
     for run in runs:
         for benchmarks in run.evals.values():
             for key, summary in benchmarks.items():
-                found.setdefault(benchmark_name(key, summary), set()).add(benchmark_source(summary))
+                yield benchmark_name(key, summary), summary
+
+
+@dataclass(frozen=True)
+class SourceIndex:
+    """Which source of problems each evaluation of ``runs`` read, by content: the digest of the
+    benchmark file it recorded, whatever path named the file (relative or absolute, a link, a
+    copy); a file edited in place is another source. An evaluation that recorded no digest (an
+    older wmtp's) takes the one digest that evaluations naming the same path recorded, where
+    they agree; else it is told apart by that path alone, as older reports did."""
+
+    digests: dict[tuple[str, str], set[str]]
+    """(benchmark name, path as given) -> the digests recorded by evaluations that named it."""
+
+    @classmethod
+    def of(cls, runs: list[RunRecord]) -> SourceIndex:
+        digests: dict[tuple[str, str], set[str]] = {}
+        for name, summary in evaluations(runs):
+            digest = source_digest(summary)
+            if digest:
+                digests.setdefault((name, benchmark_source(summary)), set()).add(digest)
+        return cls(digests)
+
+    def identity(self, name: str, summary: dict[str, Any]) -> str:
+        """``sha256:<hex>`` of the evaluation's source, else ``path:<path as given>``."""
+        digest = source_digest(summary)
+        if digest is None:
+            agreed = self.digests.get((name, benchmark_source(summary)), set())
+            digest = next(iter(agreed)) if len(agreed) == 1 else None
+        return f"sha256:{digest}" if digest else f"path:{benchmark_source(summary)}"
+
+
+def sources_by_name(runs: list[RunRecord]) -> dict[str, dict[str, set[str]]]:
+    """Benchmark name -> its sources in ``runs`` (:meth:`SourceIndex.identity`) -> the paths as
+    given that named each."""
+    index = SourceIndex.of(runs)
+    found: dict[str, dict[str, set[str]]] = {}
+    for name, summary in evaluations(runs):
+        paths = found.setdefault(name, {}).setdefault(index.identity(name, summary), set())
+        paths.add(benchmark_source(summary))
     return found
 
 
-def _key_by_source(run: RunRecord, shared: set[str]) -> None:
-    """Key the evaluations (and their scored problems) of the ``shared`` names by source."""
+def source_labels(sources: dict[str, set[str]]) -> dict[str, str]:
+    """How the report names each of one benchmark's ``sources`` (identity -> paths): the paths
+    that named it (``a.jsonl = /data/a.jsonl``: one file), and where one of them also named
+    another source (a file edited in place), its digest's first digits or ``no digest``."""
+    labels = {}
+    for identity, paths in sources.items():
+        label = " = ".join(sorted(paths))
+        if any(paths & other for i, other in sources.items() if i != identity):
+            kind, _, value = identity.partition(":")
+            label += f" @ sha256 {value[:8]}" if kind == "sha256" else " @ no digest"
+        labels[identity] = label
+    return labels
+
+
+def undigested(runs: list[RunRecord]) -> dict[str, int]:
+    """Benchmark name -> its evaluations in ``runs`` that recorded no digest of their file."""
+    found: dict[str, int] = {}
+    for name, summary in evaluations(runs):
+        if source_digest(summary) is None:
+            found[name] = found.get(name, 0) + 1
+    return found
+
+
+def read_runs(run_dirs: list[str | Path]) -> list[RunRecord]:
+    """Every run of ``run_dirs`` (:func:`read_run`). A benchmark name evaluated on more than one
+    source across them (:class:`SourceIndex`: a local ``humaneval=FILE`` at one step, the
+    built-in HumanEval at another) is keyed ``name (source)`` in each run's ``evals``
+    (:func:`source_labels`): every source its own curve, column and row, never one line
+    through another file's problems."""
+    runs = [read_run(path) for path in run_dirs]
+    index = SourceIndex.of(runs)
+    labels = {
+        name: source_labels(sources)
+        for name, sources in sources_by_name(runs).items()
+        if len(sources) > 1
+    }
+    for run in runs:
+        _key_by_source(run, index, labels)
+    return runs
+
+
+def shown_source(key: str, summary: dict[str, Any]) -> str:
+    """The source of the evaluation keyed ``key`` in ``RunRecord.evals``, as the report names
+    it: the label :func:`read_runs` keyed it by, else the path as given (or ``built-in``)."""
+    name = benchmark_name(key, summary)
+    if key.startswith(f"{name} (") and key.endswith(")"):
+        return key[len(name) + 2 : -1]
+    return benchmark_source(summary)
+
+
+def _key_by_source(run: RunRecord, index: SourceIndex, labels: dict[str, dict[str, str]]) -> None:
+    """Key the evaluations (and their scored problems) of the names in ``labels`` by source."""
     for step, benchmarks in list(run.evals.items()):
-        keys = {
-            key: f"{name} ({benchmark_source(summary)})"
-            if (name := benchmark_name(key, summary)) in shared
-            else key
-            for key, summary in benchmarks.items()
-        }
+        keys = {}
+        for key, summary in benchmarks.items():
+            name = benchmark_name(key, summary)
+            own = labels.get(name)
+            keys[key] = f"{name} ({own[index.identity(name, summary)]})" if own else key
         run.evals[step] = {keys[key]: summary for key, summary in benchmarks.items()}
         problems = run.eval_problems.get(step, {})
         run.eval_problems[step] = {keys.get(key, key): ids for key, ids in problems.items()}
@@ -262,10 +348,16 @@ __all__ = [
     "BUILT_IN",
     "RunRecord",
     "Series",
+    "SourceIndex",
     "benchmark_name",
     "benchmark_source",
+    "evaluations",
     "read_metrics_jsonl",
     "read_run",
     "read_runs",
+    "shown_source",
+    "source_digest",
+    "source_labels",
     "sources_by_name",
+    "undigested",
 ]
