@@ -129,9 +129,10 @@ def check_checkpoint_recipe(role: str, spec: Any, recipe: Any) -> None:
     """A wmtp ``checkpoint`` carries the recipe that trained it. What changes the weights'
     meaning without changing their shapes must agree with this recipe: the ``[tokenizer]``
     (another gives the same ids other meanings), a value model's ``head`` (a ``linear`` and a
-    ``sigmoid`` head hold the same tensors, on other scales) and, for LoRA adapters, the base
-    they add to and their ``lora`` settings (alpha and rank scale them). A CheckpointError if
-    not."""
+    ``sigmoid`` head hold the same tensors, on other scales) and, for LoRA adapters, their
+    ``lora`` settings (alpha and rank scale them) and the base they add to: the path they
+    trained over, or that model moved, known by the identity their run recorded
+    (:func:`_check_base`). A CheckpointError if not."""
     if not spec.checkpoint:
         return
     from wmtp.models.locate import find_trained_weights
@@ -145,10 +146,11 @@ def check_checkpoint_recipe(role: str, spec: Any, recipe: Any) -> None:
             f"({trained.recipe_file}), but this recipe's [tokenizer] is "
             f"{recipe.tokenizer.model_dump()}"
         )
-    their_spec = _trained_section(theirs, role)
+    their_role = _trained_role(theirs, role)
+    their_spec = getattr(theirs.model, their_role, None)
+    adapters = trained.kind == "lora" and their_spec is not None
     settings = [("head", _head)] if hasattr(spec, "head") else []
-    if trained.kind == "lora":
-        settings += [("path", _resolved_path), ("format", _plain), ("lora", _adapter_scale)]
+    settings += [("format", _plain), ("lora", _adapter_scale)] if adapters else []
     for field, shown in settings:
         ours, before = shown(getattr(spec, field)), shown(getattr(their_spec, field, None))
         if their_spec is not None and ours != before:
@@ -156,6 +158,8 @@ def check_checkpoint_recipe(role: str, spec: Any, recipe: Any) -> None:
                 f"model.{role}.{field} = {ours!r}, but {where} was trained with {field} = "
                 f"{before!r} ({trained.recipe_file}): set model.{role}.{field} to match"
             )
+    if adapters:
+        _check_base(role, spec, trained, their_role, their_spec.path)
 
 
 def same_tokenizer(theirs: Any, ours: Any) -> bool:
@@ -177,13 +181,133 @@ def same_tokenizer(theirs: Any, ours: Any) -> bool:
     return len(identities) == 1
 
 
-def _trained_section(theirs: Any, role: str) -> Any:
-    """The ``[model.*]`` section of the recipe that trained a checkpoint: the role its
-    pipeline trains (a rho1 ``reference`` was ref_tuning's ``policy``), else ``role``."""
+def _trained_role(theirs: Any, role: str) -> str:
+    """The ``[model.*]`` section of the recipe that trained a checkpoint that holds its weights:
+    the role its pipeline trains (a rho1 ``reference`` was ref_tuning's ``policy``), else
+    ``role``."""
     from wmtp.pipelines import pipeline_info
 
-    trains = pipeline_info(theirs.experiment.pipeline).trains
-    return getattr(theirs.model, trains or role, None)
+    return pipeline_info(theirs.experiment.pipeline).trains or role
+
+
+# The base model of LoRA adapters ---------------------------------------------------------
+
+
+def check_lora_base(role: str, spec: Any, weights: Path) -> None:
+    """``model.<role>.path`` as the base model of the LoRA adapters alone in ``weights`` (a LoRA
+    run's checkpoint, a ``--no-merge-lora`` export): a CheckpointError where no model is there
+    (saying what to do) or it is not the base they trained over (:func:`_check_base`). Asked
+    before anything reads data, by ``wmtp.recipe.inputs.lora_base_problem``; weights or a
+    recipe beside them that do not load are said where they load."""
+    from wmtp.models.descriptions import checkpoint_format
+    from wmtp.models.locate import find_trained_weights
+
+    try:
+        trained = find_trained_weights(weights)
+        theirs = _trained_recipe(role, spec, trained)
+    except CheckpointError:
+        return
+    their_role = _trained_role(theirs, role)
+    their_spec = getattr(theirs.model, their_role, None)
+    if their_spec is None:
+        return
+    try:
+        checkpoint_format(Path(spec.path).expanduser(), spec.format)
+    except CheckpointError as exc:
+        raise _no_base(role, spec, trained, their_role, their_spec.path, str(exc)) from None
+    _check_base(role, spec, trained, their_role, their_spec.path)
+
+
+def _no_base(
+    role: str, spec: Any, trained: Any, their_role: str, trained_over: str | None, why: str
+) -> CheckpointError:
+    """No model at ``model.<role>.path``, the base of the adapters in ``trained``: why, and the
+    ways to give it back. Pointing the key at a copy elsewhere is one only where their run
+    recorded the base's identity (:func:`_check_base`)."""
+    from wmtp.export.run_info import recorded_base
+
+    base = Path(spec.path).expanduser()
+    why = why.removeprefix(f"checkpoint {base}: ")
+    if str(base.resolve()) != spec.path:
+        why += f" (resolved to {base.resolve()})"
+    said = f"{spec.path!r}: the base model that the LoRA adapters in {trained.directory} apply to"
+    if _resolved_path(spec.path) != _resolved_path(trained_over):
+        return CheckpointError(f"{said}: {why} (they trained over {trained_over!r})")
+    fix = "put it back there, or make that path a link to where it is now"
+    if recorded_base(trained.directory, f"model.{their_role}.path") is not None:
+        fix += (
+            f", or set model.{role}.path to where it is now (--set model.{role}.path=NEW): "
+            "the model there is checked against the base they trained over"
+        )
+    return CheckpointError(f"{said}: {why}: {fix}")
+
+
+def _check_base(role: str, spec: Any, trained: Any, their_role: str, trained_over: Any) -> None:
+    """``model.<role>.path`` must be the base the LoRA adapters in ``trained`` trained over,
+    ``trained_over`` as their recipe names it. Where their run recorded the base's identity
+    (``wmtp.models.descriptions.base_identity``), that model at any path (found elsewhere: said
+    once, :func:`_say_found`), and not another model put at their path since
+    (:func:`_check_identity`). Where none was recorded (a run of an older wmtp), their path,
+    whatever it holds now. A CheckpointError otherwise."""
+    from wmtp.export.run_info import recorded_base
+
+    ours, theirs = _resolved_path(spec.path), _resolved_path(trained_over)
+    recorded = recorded_base(trained.directory, f"model.{their_role}.path") if ours else None
+    if recorded is not None:
+        _check_identity(role, spec, trained, trained_over, recorded)
+    elif ours != theirs:
+        where = (
+            f"model.{role}.checkpoint = {spec.checkpoint!r}"
+            if spec.checkpoint
+            else f"the LoRA adapters in {trained.directory}"
+        )
+        raise CheckpointError(
+            f"model.{role}.path = {ours!r}, but {where} was trained with path = {theirs!r} "
+            f"({trained.recipe_file}): set model.{role}.path to match"
+        )
+
+
+def _check_identity(role: str, spec: Any, trained: Any, trained_over: Any, recorded: dict):
+    """The model at ``model.<role>.path`` against the ``recorded`` identity of the base the
+    adapters in ``trained`` trained over: a CheckpointError naming what differs."""
+    from wmtp.models.descriptions import base_identity, identity_difference
+
+    moved = _resolved_path(spec.path) != _resolved_path(trained_over)
+    try:
+        found = base_identity(spec.path, spec.format)
+    except CheckpointError:
+        if not moved:  # gone from their path: said as such (inputs.lora_base_problem)
+            return
+        raise
+    difference = identity_difference(recorded, found)
+    if difference is not None:
+        raise CheckpointError(
+            f"model.{role}.path = {spec.path!r} is not the base model the LoRA adapters in "
+            f"{trained.directory} trained over ({trained_over!r}): {difference}"
+        )
+    if moved:
+        _say_found(role, spec.path, trained.directory, trained_over)
+
+
+_found: set[tuple[str, str]] = set()
+"""(adapters, base) pairs :func:`_say_found` has said: once a process, however often checked."""
+
+
+def _say_found(role: str, path: str, adapters: Path, trained_over: Any) -> None:
+    """One line where the base of LoRA adapters is found at another path than they trained
+    over: the user sees which model is used, and that it was checked."""
+    said = (str(adapters), str(_resolved_path(path)))
+    if said in _found:
+        return
+    _found.add(said)
+    log.warning(
+        "model.%s.path = %r: the base model the LoRA adapters in %s trained over (at %r then), "
+        "found here: its files are the ones their run recorded",
+        role,
+        path,
+        adapters,
+        trained_over,
+    )
 
 
 def _head(head: Any) -> Any:
@@ -247,6 +371,7 @@ def check_model_dir_tokenizer(directory: Path, recipe: Any) -> None:
 
 __all__ = [
     "check_checkpoint_recipe",
+    "check_lora_base",
     "check_model_dir_tokenizer",
     "dataset",
     "model",

@@ -58,6 +58,12 @@ class RunError(WmtpError):
     """A training run that cannot start, resume or continue (NaN loss, refused resume, ...)."""
 
 
+class LibraryFailure(RunError):
+    """A failure of the machine or a library (out of memory, torch.compile) said as what to
+    change, its trace kept in ``run.log``: no input of the user's, so a failed start keeps its
+    run directory (``wmtp.train.runner``)."""
+
+
 class ExportError(WmtpError):
     """An export that cannot be written as asked: the output folder exists, or the target format
     cannot hold the model (a value head in a Hugging Face Llama, adapters in Meta's layout)."""

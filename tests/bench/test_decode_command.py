@@ -242,6 +242,7 @@ def test_the_decode_summariser_reads_every_figure_it_finds(tmp_path):
         (["--flavour", "tiny", "--new-tokens", "0"], "Invalid value for '--new-tokens'"),
         (["--flavour", "tiny", "--out", "{tmp}"], "--out {tmp}: a folder; give the JSON file"),
         (["--checkpoint", "{tmp}", "--n-future-tokens", "2"], "a --checkpoint decodes with the"),
+        (["--flavour", "tiny", "--set", "model.policy.path='/m'"], "a --flavour has none"),
     ],
 )
 def test_bench_decode_options_a_run_cannot_use_are_refused_before_it_runs(options, said, tmp_path):

@@ -245,7 +245,7 @@ def test_a_directory_of_another_format_than_the_recipe_states_is_named_as_what_i
     (no_pth / "params.json").write_text(json.dumps({"dim": 32, "n_layers": 2, "n_heads": 4}))
     cases = [
         (hf_dir, 'format = "meta" reads params.json + consolidated*.pth, but this is a Hugging '
-         'Face checkpoint (config.json + model*.safetensors): set format = "hf" or "auto"'),
+         'Face checkpoint (config.json + model*.safetensors or pytorch_model*.bin): set format = "hf" or "auto"'),
         (no_pth, 'format = "meta" reads params.json + consolidated*.pth; found params.json'),
     ]  # fmt: skip
     for path, says in cases:

@@ -71,6 +71,53 @@ def test_hf_checkpoint_gives_transformers_logits(tmp_path, rope):
         torch.testing.assert_close(model(tokens)[:, :, 0], expected, atol=1e-4, rtol=1e-4)
 
 
+def save_before_safetensors(hf, directory, shards: int = 1) -> list[str]:
+    """``hf`` as transformers 4 wrote it with ``safe_serialization=False`` (transformers 5 writes
+    safetensors only): ``config.json``, the state dict in ``torch.save`` shards, and where there
+    are several, ``pytorch_model.bin.index.json`` mapping each tensor to its shard."""
+    hf.config.save_pretrained(directory)
+    names = list(hf.state_dict())
+    if shards == 1:
+        torch.save(hf.state_dict(), directory / "pytorch_model.bin")
+        return ["pytorch_model.bin"]
+    files = [f"pytorch_model-{i + 1:05d}-of-{shards:05d}.bin" for i in range(shards)]
+    weight_map = {name: files[i * shards // len(names)] for i, name in enumerate(names)}
+    for file in files:
+        torch.save(
+            {n: hf.state_dict()[n] for n, f in weight_map.items() if f == file}, directory / file
+        )
+    total = sum(t.numel() * t.element_size() for t in hf.state_dict().values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (directory / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    return files
+
+
+@pytest.mark.parametrize("shards", [1, 3], ids=["one_file", "sharded_with_index"])
+def test_hf_checkpoint_saved_before_safetensors_gives_transformers_logits(tmp_path, shards):
+    """An older upload holds ``torch.save`` shards (``pytorch_model*.bin``, with their index when
+    sharded) where a newer one holds safetensors: read the same, as transformers reads it."""
+    hf = tiny_hf_llama()
+    save_before_safetensors(hf, tmp_path, shards)
+    assert detect_format(tmp_path) == "hf"
+    model = from_pretrained(tmp_path, dtype="float32", attention="sdpa")
+    tokens = torch.randint(0, VOCAB, (2, 40))
+    with torch.no_grad():
+        expected = transformers.LlamaForCausalLM.from_pretrained(tmp_path).eval()(tokens).logits
+        torch.testing.assert_close(expected, hf(tokens).logits)  # the layout transformers reads
+        torch.testing.assert_close(model(tokens)[:, :, 0], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_an_older_hf_checkpoint_cut_short_is_named(tmp_path):
+    """A ``pytorch_model.bin`` whose download stopped part-way: named, from the file's own end."""
+    from wmtp.models.descriptions import check_weights_whole
+
+    save_before_safetensors(tiny_hf_llama(), tmp_path)
+    weights = tmp_path / "pytorch_model.bin"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"pytorch_model\.bin: cut short"):
+        check_weights_whole(tmp_path, "hf")
+
+
 def test_hf_writer_round_trips_through_transformers(tmp_path, tiny_args):
     import dataclasses
 

@@ -447,6 +447,7 @@ def decode(
     force: Annotated[
         bool, typer.Option("--force", help="Replace an --out file of any other content.")
     ] = False,
+    set_: SetOption = None,
 ) -> None:
     """Batch-1 decoding: plain vs self-speculative (MTP heads draft, head 1 verifies), greedy or
     sampled; time to first token, acceptance per head. On a GPU the steps are compiled and
@@ -455,7 +456,7 @@ def decode(
 
     if (flavour is None) == (checkpoint is None):
         raise WmtpError("give exactly one of --flavour and --checkpoint")
-    _check_decode_options(flavour, n_future_tokens)
+    _check_decode_options(flavour, n_future_tokens, set_)
     check_out_file(out, force=force)
     argv = ["--out", str(out), "--prompts", str(prompts), "--new-tokens", str(new_tokens)]
     argv += ["--flavour", flavour] if flavour else ["--checkpoint", str(checkpoint)]
@@ -468,17 +469,26 @@ def decode(
     argv += ["--temperature", str(temperature), "--top-p", str(top_p), "--batch", str(batch)]
     argv += ["--peers"] * peers
     argv += ["--profile", str(profile)] if profile is not None else []
+    argv += [a for s in set_ or () for a in ("--set", s)]
     text = json.dumps(speed.run(speed.parse_args(argv)), indent=2)
     write_result(out.parent, out, text + "\n")
     print(text)
     typer.echo(f"-> {out}", err=True)  # stdout stays one JSON document
 
 
-def _check_decode_options(flavour: str | None, n_future_tokens: int | None) -> None:
-    """What ``bench decode`` would otherwise find out late: a flavour by another name, more
-    heads than its layers, heads asked of a checkpoint (it has its own)."""
+def _check_decode_options(
+    flavour: str | None, n_future_tokens: int | None, overrides: list[str] | None
+) -> None:
+    """What ``bench decode`` would otherwise find out late or not at all: a flavour by another
+    name, more heads than its layers, heads asked of a checkpoint (it has its own), ``--set``
+    given a flavour (it has no recipe to set)."""
     from wmtp.models.args import flavour as flavour_args
 
+    if flavour is not None and overrides:
+        raise WmtpError(
+            "--set changes a checkpoint's recipe; a --flavour has none (random weights of a "
+            "named shape): leave out --set, or decode a --checkpoint"
+        )
     if flavour is not None:
         layers = flavour_args(flavour).n_layers  # a did-you-mean error for an unknown name
         if n_future_tokens is not None and n_future_tokens > layers:

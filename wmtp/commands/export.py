@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from wmtp.commands._common import command, console
+from wmtp.commands._common import SetOption, command, console
 
 
 class Target(str, enum.Enum):
@@ -105,21 +105,22 @@ def export_command(
         str | None,
         typer.Option(
             "--max-shard-size",
-            help="--to hf only: largest safetensors file (5GB, 500MB, 2GiB...); meta and wmtp "
-            "write one file.",
-            show_default=DEFAULT_SHARD_SIZE,
+            help="--to hf only: largest safetensors file, such as 500MB or 2GiB "
+            f"({DEFAULT_SHARD_SIZE} when not given); meta and wmtp write one file.",
+            show_default=False,
         ),
     ] = None,
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show progress while writing.")
     ] = True,
+    overrides: SetOption = None,
 ) -> None:
     """Write a trained model in a format other tools load, with its tokenizer and a model card.
 
     The model is built as training and `wmtp eval` build it (its recipe, its checkpoint), on the
     CPU, then written under a temporary name and renamed when complete. `wmtp eval DIR` and
     `wmtp bench decode --checkpoint DIR` take a policy's export as they take a run; a critic's
-    (a value model) is the `[model.critic]` of a later recipe (its model card says how).
+    (a value model) is the `\\[model.critic]` of a later recipe (its model card says how).
     """
     from wmtp.export import export_model
 
@@ -133,6 +134,7 @@ def export_command(
         heads=heads.value,
         force=force,
         recipe=recipe,
+        overrides=tuple(overrides or ()),
         max_shard_bytes=max_shard_bytes,
         progress=progress,
         console=console,
@@ -142,6 +144,7 @@ def export_command(
         f"exported {result.source.weights}{step} -> {result.out} ({result.to}, {result.dtype}, "
         f"{_what(result)}): {', '.join(sorted(result.files))}",
         highlight=False,
+        soft_wrap=True,  # paths whole, off a terminal too
     )
 
 

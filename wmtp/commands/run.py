@@ -50,7 +50,13 @@ def run(
         ),
     ] = None,
     force: Annotated[
-        bool, typer.Option("--force", help="Resume even when the recipe's numerics changed.")
+        bool,
+        typer.Option(
+            "--force",
+            help="Resume even when the recipe's numerics, the global batch or the data files "
+            "changed since the checkpoint (other shapes, another pipeline or another source "
+            "of the trained weights are refused even so).",
+        ),
     ] = False,
     nproc_per_node: NprocOption = 1,
     sandbox: SandboxOption = None,
@@ -61,7 +67,9 @@ def run(
     fingerprint, metrics, TensorBoard events and checkpoints.
 
     The recipe, every file it names and the resume are checked first, before torch loads: a
-    problem is a located message and exit code 2. The built-in HumanEval dataset (and an
+    problem is a located message and exit code 2. So is one the start meets later (a malformed
+    data line, a model that cannot be built here): a new run then leaves no run directory; any
+    other failure keeps the run's log, run.log, in it. The built-in HumanEval dataset (and an
     evaluation recipe) run code in the sandbox: see --sandbox."""
     from wmtp.sandbox import choose
     from wmtp.train.launcher import die_with_parent

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wmtp.data.tokenizers import Tokenizer, load_tokenizer
-from wmtp.errors import DataError
+from wmtp.errors import DataError, RecipeDataError
 from wmtp.recipe.specs.data import (
     DifficultySamplingSpec,
     HumanEvalDataSpec,
@@ -142,12 +142,27 @@ def build_humaneval_dataset(
             "data.split.heldout_path does not apply to kind = 'humaneval': its builder splits "
             "the problems (set data.split.heldout_fraction)"
         )
-    built = ensure_humaneval(
-        spec.cache_dir, heldout_fraction=spec.split.heldout_fraction, progress=progress
-    )
-    return make_train_data(
-        built / "train.jsonl",
-        tokenizer,
-        heldout_path=built / "heldout.jsonl",
-        **_common(spec, tokenizer, seed, progress),
-    )
+    fraction = spec.split.heldout_fraction
+    built = ensure_humaneval(spec.cache_dir, heldout_fraction=fraction, progress=progress)
+    try:
+        return make_train_data(
+            built / "train.jsonl",
+            tokenizer,
+            heldout_path=built / "heldout.jsonl",
+            **_common(spec, tokenizer, seed, progress),
+        )
+    except DataError as exc:
+        raise _damaged_build(exc, built, fraction) from None
+
+
+def _damaged_build(exc: DataError, built: Path, fraction: float) -> DataError:
+    """A file of the cached HumanEval build that does not read (edited or cut short since it was
+    built) as a problem of ``data.cache_dir``, the folder the user chose: its held-out file is
+    the builder's, not a ``data.split.heldout_path`` the recipe set. Any other key's problem
+    (a difficulty bin with weight and no rows) stays as it is."""
+    from wmtp.data.humaneval import damaged_build
+
+    if isinstance(exc, RecipeDataError) and exc.key != "data.split.heldout_path":
+        return exc
+    said = exc.message if isinstance(exc, RecipeDataError) else exc.render()
+    return RecipeDataError("data.cache_dir", damaged_build(said, built, fraction))

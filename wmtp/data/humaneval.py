@@ -394,7 +394,7 @@ def ensure_humaneval(
                 heldout_fraction=heldout_fraction,
                 workers=workers,
                 progress=progress,
-                labelled_cache=base / f"labelled-v{VERSION}.jsonl",
+                labelled_cache=saved_labels(base),
             )
         except BaseException:  # a stop signal, a failed check: no half-built folder is left
             shutil.rmtree(staging, ignore_errors=True)
@@ -402,6 +402,35 @@ def ensure_humaneval(
         shutil.rmtree(out, ignore_errors=True)
         staging.rename(out)
     return out
+
+
+def saved_labels(cache_dir: Path) -> Path:
+    """The file in ``cache_dir`` that keeps the sandbox's verdicts on every candidate, so a build
+    of another split (or a rebuild) runs no code: one per builder version."""
+    return cache_dir / f"labelled-v{VERSION}.jsonl"
+
+
+def needs_sandbox(cache_dir: str | Path | None, heldout_fraction: float) -> bool:
+    """Whether :func:`ensure_humaneval` would run code in the sandbox: the split is not built
+    and no labels are saved beside it."""
+    out = built_dir(cache_dir, heldout_fraction)
+    return not is_built(out) and not saved_labels(out.parent).is_file()
+
+
+def damaged_build(said: str, built: Path, heldout_fraction: float) -> str:
+    """What to say of a file of the build in ``built`` that does not read (``said``: which file,
+    which line, why), with the two ways to build it again."""
+    return (
+        f"{said}: the HumanEval dataset built in {built} is damaged (edited or cut short since "
+        f"it was built): build it again with `{build_command(built, heldout_fraction)} --force`, "
+        "or remove that folder: the next run builds it again"
+    )
+
+
+def build_command(built: Path, heldout_fraction: float) -> str:
+    """The command that builds the dataset of ``heldout_fraction`` in ``built``
+    (:func:`built_dir`)."""
+    return f"wmtp data humaneval {built} --heldout-fraction {heldout_fraction:g}"
 
 
 def built_dir(

@@ -264,15 +264,16 @@ def model_from_flavour(name: str, *, n_future_tokens: int | None, dtype: str, de
     return build(spec, vocab_size=32000, device=device)  # vocab -1: Llama-2's vocabulary
 
 
-def model_from_checkpoint(path: str, recipe: str | None, device: str):
+def model_from_checkpoint(path: str, recipe: str | None, device: str, overrides=()):
     """A trained policy, its tokenizer and how ``wmtp eval`` would show it a problem (run dir,
-    step, or checkpoint with a recipe)."""
+    step, or checkpoint with a recipe; ``overrides``: ``--set`` on that recipe, a LoRA base
+    moved elsewhere)."""
     from wmtp.eval.prompting import prompt_format
     from wmtp.eval.target import load_policy, load_target_recipe, refuse_a_critic, resolve_target
 
     target = resolve_target(path, recipe=recipe)
     refuse_a_critic(path, target, "wmtp bench decode times a policy's decoding")
-    loaded = load_target_recipe(target).recipe
+    loaded = load_target_recipe(target, overrides).recipe
     trained_template = None if target.pretrained else loaded.data.template
     shown = prompt_format(loaded.evaluation, trained_template)
     return (*load_policy(target, loaded, device), shown)
@@ -291,7 +292,9 @@ def run(args: argparse.Namespace) -> dict:
         args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     )
     if args.checkpoint:
-        model, tokenizer, shown = model_from_checkpoint(args.checkpoint, args.recipe, device)
+        model, tokenizer, shown = model_from_checkpoint(
+            args.checkpoint, args.recipe, device, args.overrides
+        )
         prompts = humaneval_prompts(tokenizer, args.prompts, shown)
         source = {"checkpoint": args.checkpoint, "prompt_layout": shown.as_dict()}
     else:
@@ -361,6 +364,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--flavour", help="model flavour with random weights (wmtp.models.args)")
     source.add_argument("--checkpoint", help="run dir, checkpoints/step-N, or checkpoint dir")
     parser.add_argument("--recipe", help="recipe for a checkpoint without one beside it")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        help="dotted.key=VALUE on its recipe",
+    )
     parser.add_argument("--n-future-tokens", type=int, help="heads (flavour only)")
     parser.add_argument("--dtype", default="bfloat16", help="flavour only (default bfloat16)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

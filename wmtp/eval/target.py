@@ -126,14 +126,24 @@ def load_target_recipe(target: EvalTarget, overrides: list[str] | tuple[str, ...
     """The recipe of a resolved target (a ``LoadedRecipe``: where each value was set),
     ``overrides`` applied, read to evaluate (a training recipe's rules of training, such as
     ``data.max_length`` within ``max_seq_len``, unchecked); an export's read with the tokenizer
-    file it holds, wherever the folder now is (``own_tokenizer_overrides``)."""
-    from wmtp.export.source import check_adapters_base, own_tokenizer_overrides
+    file it holds, wherever the folder now is (``own_tokenizer_overrides``). LoRA adapters'
+    base is checked at the path in force (a moved one given with ``--set``)."""
+    from wmtp.export.source import check_adapters_base
+
+    loaded = _read_target_recipe(target, overrides)
+    check_adapters_base(loaded, "policy", target.checkpoint)  # before any data is read
+    return loaded
+
+
+def _read_target_recipe(target: EvalTarget, overrides: list[str] | tuple[str, ...] = ()):
+    """:func:`load_target_recipe`, its inputs unchecked: the recipe as the target trained with
+    it, whose sizes a ``--set`` must keep (:func:`_keep_trained_sizes`), where its base may
+    have moved since."""
+    from wmtp.export.source import own_tokenizer_overrides
     from wmtp.recipe import load_recipe
 
     own = own_tokenizer_overrides(target.recipe_file)
-    loaded = load_recipe(target.recipe_file, [*own, *overrides], evaluating=True)
-    check_adapters_base(loaded, "policy", target.checkpoint)  # before any data is read
-    return loaded
+    return load_recipe(target.recipe_file, [*own, *overrides], evaluating=True)
 
 
 def load_policy(target: EvalTarget, recipe, device: str, *, fold_adapters: bool = True):
@@ -209,7 +219,7 @@ def prepare_eval(
         refuse_a_critic(path, target, "wmtp eval scores a policy's generations")
         read = load_target_recipe(target, overrides)
         if overrides and not target.pretrained:
-            _keep_trained_sizes(read, load_target_recipe(target).recipe, target.checkpoint)
+            _keep_trained_sizes(read, _read_target_recipe(target).recipe, target.checkpoint)
         if target.foreign and out is None:
             target = dataclasses.replace(target, out_dir=_runs_eval(read.recipe))
     benchmarks = load_benchmarks(read)

@@ -20,9 +20,15 @@ TRAINING_RECIPE = "training_recipe.toml"
 FINGERPRINT = "fingerprint.json"
 HEADER = (
     "# Written by `wmtp export`: the recipe that trained this model ({training}), reading the\n"
-    "# exported folder. `wmtp eval` and `wmtp bench decode --checkpoint` use it; when the\n"
-    "# folder moves, give the new paths with --set (model.{role}.path, tokenizer.path).\n"
+    "# exported folder. `wmtp eval` and `wmtp bench decode --checkpoint` use it wherever the\n"
+    "# folder is (the tokenizer file it holds is read).\n"
 )
+OVER_A_BASE = (
+    "# The LoRA adapters here apply to the base model at model.{role}.path. Where it has moved,\n"
+    "# `wmtp eval` takes --set model.{role}.path=NEW if wmtp_export.json records the identity of\n"
+    "# the base they trained over (made_from.bases): the model there is checked against it.\n"
+)
+"""The header's words for an export whose adapters are kept apart (``--no-merge-lora``)."""
 
 
 def training_files(src: Source, recipe, staging: Path) -> list[str]:
@@ -83,7 +89,8 @@ def reading_recipe(
                 data.setdefault("data", {})["max_length"] = context
     if tokenizer_file is not None:
         data["tokenizer"]["path"] = str(out / tokenizer_file)
-    return HEADER.format(training=TRAINING_RECIPE, role=role) + dumps(data)
+    header = HEADER + (OVER_A_BASE if adapters_apart else "")
+    return header.format(training=TRAINING_RECIPE, role=role) + dumps(data)
 
 
 def _compute_in(section: dict, dtype: str) -> None:

@@ -69,6 +69,7 @@ def export_model(
     heads: str = "all",
     force: bool = False,
     recipe: str | Path | None = None,
+    overrides: tuple[str, ...] = (),
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     progress: bool = True,
     console: Any = None,
@@ -76,12 +77,13 @@ def export_model(
     """Export ``source`` to ``out`` in format ``to`` (the module docstring says how).
 
     ``dtype``: of the written weights (default: the recipe's model dtype); ``heads``: ``all``, or
-    ``1`` for the next-token model alone; ``recipe``: for a source without one beside it.
+    ``1`` for the next-token model alone; ``recipe``: for a source without one beside it;
+    ``overrides``: the user's ``--set`` on the source's recipe (a LoRA base moved elsewhere).
     """
     assert to in TARGETS and heads in HEADS, (to, heads)
     src = resolve_source(source, recipe)
     verify_checkpoint(src)
-    loaded = source_recipe(src)
+    loaded = source_recipe(src, overrides)
     role = loaded.trained_role or "policy"
     spec = getattr(loaded.model, role)
     if spec is None:

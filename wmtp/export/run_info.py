@@ -46,14 +46,19 @@ class Lineage:
     run: Path | None
     step: int | None
     training: TrainingSummary | None
+    bases: dict = field(default_factory=dict)
+    """The base model the run's LoRA adapters trained over, with its identity, as the run
+    recorded it (``wmtp.train.run_dir.read_bases``): an export that keeps them apart is read
+    over that base, wherever it is then (:func:`recorded_base`)."""
 
     def made_from(self, weights: Path) -> dict:
         """What the export's marker records (``wmtp.output_folder.made_from``): the folder it
-        read, the run and step it traces back to, and that run's steps and tokens, which an
-        export of this export shows when the run is gone."""
+        read, the run and step it traces back to, that run's steps and tokens, which an export of
+        this export shows when the run is gone, and its LoRA base's identity."""
         training = dataclasses.asdict(self.training) if self.training else None
         run = str(self.run) if self.run else None
-        return {"checkpoint": str(weights), "run": run, "step": self.step, "training": training}
+        made = {"checkpoint": str(weights), "run": run, "step": self.step, "training": training}
+        return made | ({"bases": self.bases} if self.bases else {})
 
 
 def lineage(weights: Path, run: Path | None, step: int | None) -> Lineage:
@@ -66,7 +71,36 @@ def lineage(weights: Path, run: Path | None, step: int | None) -> Lineage:
     if run is None and isinstance(earlier.get("run"), str):
         run = Path(earlier["run"])
     recorded = _recorded_training(earlier.get("training"))
-    return Lineage(run, step, recorded or training_summary(run, step))
+    training = recorded or training_summary(run, step)
+    return Lineage(run, step, training, _recorded_bases(weights))
+
+
+def recorded_base(weights: Path, key: str) -> dict | None:
+    """The identity (``wmtp.models.descriptions.base_identity``) of the base model that the LoRA
+    adapters in ``weights`` trained over as ``key`` (``model.<role>.path``): recorded by their
+    run for its checkpoint (``inputs.json``), carried in an export's marker. None where none was
+    recorded (a run of an older wmtp, adapters copied elsewhere) or it cannot be compared."""
+    from wmtp.models.descriptions import recorded_identity
+
+    entry = _recorded_bases(weights).get(key)
+    return recorded_identity(entry.get("identity")) if isinstance(entry, dict) else None
+
+
+def _recorded_bases(weights: Path) -> dict:
+    """``model.<role>.path`` -> the base recorded for ``weights``: an export's marker's, else the
+    run's of a checkpoint in it (``<run>/checkpoints/step-N``)."""
+    from wmtp.export import EXPORT
+    from wmtp.models.locate import CHECKPOINTS
+    from wmtp.output_folder import made_from
+    from wmtp.train.run_dir import read_bases
+
+    earlier = made_from(weights, EXPORT)
+    if earlier:
+        bases = earlier.get("bases")
+        return bases if isinstance(bases, dict) else {}
+    if weights.parent.name == CHECKPOINTS:
+        return read_bases(weights.parent.parent)
+    return {}
 
 
 def _recorded_training(record) -> TrainingSummary | None:
@@ -148,5 +182,6 @@ __all__ = [
     "TrainingSummary",
     "eval_results",
     "lineage",
+    "recorded_base",
     "training_summary",
 ]

@@ -193,15 +193,16 @@ def check_whole(checkpoint: Path) -> None:
 # The recipe ------------------------------------------------------------------------------
 
 
-def source_recipe(source: Source):
-    """The recipe that describes the source: its own, or one made from a model directory's
-    tokenizer (an ``evaluation`` recipe whose policy is the directory)."""
+def source_recipe(source: Source, overrides: list[str] | tuple[str, ...] = ()):
+    """The recipe that describes the source: its own (``overrides``, the user's ``--set``,
+    applied: a LoRA base moved elsewhere, ``model.<role>.path=NEW``), or one made from a model
+    directory's tokenizer (an ``evaluation`` recipe whose policy is the directory)."""
     from wmtp.recipe import load_recipe
     from wmtp.recipe.schema import Recipe
 
     if source.recipe_file is not None:
         file = source.recipe_file
-        loaded = load_recipe(file, own_tokenizer_overrides(file))
+        loaded = load_recipe(file, [*own_tokenizer_overrides(file), *overrides])
         check_adapters_base(loaded, loaded.recipe.trained_role or "policy", source.weights)
         return loaded.recipe
     kind, file = _tokenizer_beside(source.weights)
@@ -216,31 +217,16 @@ def source_recipe(source: Source):
 
 def check_adapters_base(loaded, role: str, weights: Path) -> None:
     """A located ``RecipeProblems`` where ``weights`` holds LoRA adapters alone (a LoRA run's
-    checkpoint, a ``--no-merge-lora`` export) and the base model they apply to, the recipe's
-    ``model.<role>.path``, does not load: said at that key, before anything reads data or builds
-    a model."""
-    from wmtp.models.descriptions import checkpoint_format
+    checkpoint, a ``--no-merge-lora`` export) and the recipe's ``model.<role>.path`` is not
+    their base: no model there, or not the one they trained over (``inputs.lora_base_problem``,
+    which ``wmtp run`` and ``wmtp validate`` ask of a recipe's ``checkpoint`` too): said at that
+    key, before anything reads data or builds a model."""
     from wmtp.recipe import RecipeProblems
-    from wmtp.recipe.inputs import located_problem
+    from wmtp.recipe.inputs import lora_base_problem
 
-    spec = getattr(loaded.recipe.model, role, None)
-    if spec is None or spec.lora is None or not spec.path:
-        return
-    if not (weights / LORA_WEIGHTS).is_file() or (weights / FULL_WEIGHTS).is_file():
-        return
-    base = Path(spec.path).expanduser()
-    try:
-        checkpoint_format(base, spec.format)
-    except CheckpointError as exc:
-        why = str(exc).removeprefix(f"checkpoint {base}: ")
-        if str(base.resolve()) != spec.path:
-            why += f" (resolved to {base.resolve()})"
-        message = (
-            f"{spec.path!r}: the base model that the LoRA adapters in {weights} apply to: {why}:"
-            " put it back there, or point this key at it"
-        )
-        problem = located_problem(loaded, f"model.{role}.path", message)
-        raise RecipeProblems(str(loaded.path), [problem]) from None
+    problem = lora_base_problem(loaded, role, weights)
+    if problem is not None:
+        raise RecipeProblems(str(loaded.path), [problem])
 
 
 def own_tokenizer_overrides(recipe_file: Path) -> list[str]:

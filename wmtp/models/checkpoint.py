@@ -162,13 +162,14 @@ def _split_dim(key: str, first: torch.Tensor, n_shards: int, dim: int) -> int | 
 
 
 def read_hf(path: Path, dtype=None) -> Checkpoint:
-    """A Hugging Face Llama: ``config.json`` + safetensors, converted to wmtp names; with the
-    extra heads beside it when ``mtp_heads.json`` names them."""
+    """A Hugging Face Llama: ``config.json`` + safetensors (or ``pytorch_model*.bin``), converted
+    to wmtp names; with the extra heads beside it when ``mtp_heads.json`` names them."""
     config = read_json(path / "config.json")
     args = described_args(path, "hf")  # with the extra heads beside it
     hf_sd = {}
-    for file in hf_weight_files(path):
-        hf_sd.update(_load_safetensors(file, dtype))
+    for file in hf_weight_files(path):  # safetensors, or an older checkpoint's torch.save shards
+        load = _load_pth if file.suffix == ".bin" else _load_safetensors
+        hf_sd.update(load(file, dtype))
     if args.n_future_tokens > 1:
         hf_sd.update(_load_safetensors(path / MTP_HEADS_WEIGHTS, dtype))
     return Checkpoint("hf", path, args, hf_to_wmtp(hf_sd, args, config, path))

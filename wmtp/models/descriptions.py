@@ -34,7 +34,7 @@ MTP_HEADS_FORMAT = "wmtp-mtp-heads"
 
 FORMAT_FILES = {
     "meta": "params.json + consolidated*.pth",
-    "hf": "config.json + model*.safetensors",
+    "hf": "config.json + model*.safetensors or pytorch_model*.bin",
     "safetensors": f"{ARGS_FILE} + {WEIGHTS_FILE}",
 }
 """What each format's directory holds (what :func:`holds_format` looks for)."""
@@ -51,8 +51,16 @@ def holds_format(path: Path, fmt: str) -> bool:
     if fmt == "meta":
         return "params.json" in names and any(n.endswith(".pth") for n in names)
     if fmt == "hf":
-        return "config.json" in names and any(n.endswith(".safetensors") for n in names)
+        return "config.json" in names and any(_hf_weights_name(n) for n in names)
     return fmt == "safetensors" and ARGS_FILE in names
+
+
+def _hf_weights_name(name: str) -> bool:
+    """A Hugging Face weights file: safetensors, or the ``torch.save`` shards of a checkpoint
+    saved before safetensors (``pytorch_model.bin``, ``pytorch_model-00001-of-00002.bin``)."""
+    return name.endswith(".safetensors") or (
+        name.startswith("pytorch_model") and name.endswith(".bin")
+    )
 
 
 def detect_format(path: str | Path) -> str:
@@ -349,6 +357,7 @@ def check_numerics_agree(spec, args, path) -> None:
 # Weights files: which, and whether whole ----------------------------------------------------
 
 HF_INDEX = "model.safetensors.index.json"
+HF_BIN_INDEX = "pytorch_model.bin.index.json"
 
 
 def meta_shards(path: Path) -> list[Path]:
@@ -366,19 +375,30 @@ def meta_shards(path: Path) -> list[Path]:
 
 
 def hf_weight_files(path: Path) -> list[Path]:
-    """The model's safetensors: those the index names, else every one but the extra heads'."""
-    index = path / HF_INDEX
-    if index.is_file():
-        try:
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-            raise CheckpointError(f"{index}: not a safetensors index ({exc!r})") from exc
-        files = [path / name for name in names]
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise CheckpointError(f"{index}: names {', '.join(missing)}, which is missing")
-        return files
-    return sorted(p for p in path.glob("*.safetensors") if p.name != MTP_HEADS_WEIGHTS)
+    """The model's weights files: its safetensors (those the index names, else every one but the
+    extra heads'); where there are none, as ``transformers`` reads an older checkpoint, its
+    ``pytorch_model*.bin`` shards (those their index names, else every one)."""
+    if (path / HF_INDEX).is_file():
+        return _indexed_files(path / HF_INDEX)
+    safetensors = sorted(p for p in path.glob("*.safetensors") if p.name != MTP_HEADS_WEIGHTS)
+    if safetensors:
+        return safetensors
+    if (path / HF_BIN_INDEX).is_file():
+        return _indexed_files(path / HF_BIN_INDEX)
+    return sorted(path.glob("pytorch_model*.bin"))
+
+
+def _indexed_files(index: Path) -> list[Path]:
+    """The weights files a Hugging Face index names (its ``weight_map``), each there."""
+    try:
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{index}: not a weights index ({exc!r})") from exc
+    files = [index.parent / name for name in names]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise CheckpointError(f"{index}: names {', '.join(missing)}, which is missing")
+    return files
 
 
 def check_weights_whole(path: Path, fmt: str) -> None:
@@ -390,7 +410,10 @@ def check_weights_whole(path: Path, fmt: str) -> None:
             _check_zip_whole(shard)
     elif fmt == "hf":
         for file in hf_weight_files(path):
-            _check_safetensors_whole(file)
+            if file.suffix == ".bin":
+                _check_zip_whole(file)
+            else:
+                _check_safetensors_whole(file)
     elif fmt == "safetensors":
         _check_safetensors_whole(path if path.is_file() else path / FULL_WEIGHTS)
 
@@ -605,3 +628,94 @@ def _check_zip_whole(file: Path) -> None:
             f"checkpoint {file}: cut short: a torch.save file without the directory that ends "
             "it (an interrupted download or copy?)"
         )
+
+
+# The identity of a pretrained model -------------------------------------------------------
+
+IDENTITY_VERSION = 1
+"""How :func:`base_identity` reads a model; an identity recorded another way is not compared."""
+FIRST_BYTES = 1 << 20
+SPREAD_READS, SPREAD_BYTES = 64, 16 << 10
+
+
+def base_identity(path: str | Path, format: str = "auto") -> dict:
+    """What tells the pretrained model at ``path`` from any other, read in milliseconds even for
+    13 GB: its format and each file it is read from (its description, index and weights), by
+    name, size and :func:`_sampled_sha256`. A LoRA run records its base's
+    (``wmtp.train.run_dir.write_inputs``), so that a copy at another path is known as the base
+    its adapters trained over, and another model of the same shapes (Llama-2-7b against
+    CodeLlama-7b) is not. A CheckpointError where no model is there (:func:`checkpoint_format`)."""
+    path = Path(path).expanduser()
+    fmt = checkpoint_format(path, format)
+    files = _model_files(path, fmt)
+    return {
+        "version": IDENTITY_VERSION,
+        "format": fmt,
+        "files": {f.name: {"bytes": f.stat().st_size, "sha256": _sampled_sha256(f)} for f in files},
+    }
+
+
+def _model_files(path: Path, fmt: str) -> list[Path]:
+    """The files a model of format ``fmt`` at ``path`` is read from, its description first."""
+    if fmt == "meta":
+        return [path / "params.json", *meta_shards(path)]
+    if fmt == "hf":
+        named = (HF_INDEX, HF_BIN_INDEX, MTP_HEADS_INFO, MTP_HEADS_WEIGHTS)
+        beside = [path / name for name in named if (path / name).is_file()]
+        return [path / "config.json", *beside, *hf_weight_files(path)]
+    return [path] if path.is_file() else [path / ARGS_FILE, path / WEIGHTS_FILE]
+
+
+def _sampled_sha256(file: Path) -> str:
+    """sha256 of the file's first MiB and of 16 KiB at each of 64 places spread over the rest:
+    the whole of a small file. Not the first MiB alone: a fine-tune whose first tensor (the
+    embedding) did not train starts with the same bytes as its base."""
+    import hashlib
+
+    digest, size = hashlib.sha256(), file.stat().st_size
+    with open(file, "rb") as f:
+        digest.update(f.read(FIRST_BYTES))
+        rest = size - FIRST_BYTES
+        if rest > SPREAD_READS * SPREAD_BYTES:
+            for i in range(SPREAD_READS):
+                f.seek(FIRST_BYTES + i * (rest - SPREAD_BYTES) // (SPREAD_READS - 1))
+                digest.update(f.read(SPREAD_BYTES))
+        else:
+            digest.update(f.read())
+    return digest.hexdigest()
+
+
+def identity_difference(recorded: dict, found: dict) -> str | None:
+    """What differs between the model an identity was ``recorded`` of and the one ``found``
+    (both :func:`base_identity`'s), said for the user; None where they are the same model."""
+    if recorded["format"] != found["format"]:
+        return f"its format is {found['format']}, the base's was {recorded['format']}"
+    theirs, ours = recorded["files"], found["files"]
+    if set(theirs) != set(ours):
+        return f"it holds {_names(ours)}, the base held {_names(theirs)}"
+    for name, then in theirs.items():
+        now = ours[name]
+        if now["bytes"] != then["bytes"]:
+            return f"its {name} has {now['bytes']:,} bytes, the base's had {then['bytes']:,}"
+        if now["sha256"] != then["sha256"]:
+            return f"its {name} holds other bytes than the base's, of the same size"
+    return None
+
+
+def _names(files: dict) -> str:
+    return ", ".join(sorted(files)) or "no files"
+
+
+def recorded_identity(record: object) -> dict | None:
+    """``record`` (read from a file) where it is an identity of this version that
+    :func:`identity_difference` can compare; None for one recorded another way, or torn."""
+    if not isinstance(record, dict) or record.get("version") != IDENTITY_VERSION:
+        return None
+    files = record.get("files")
+    if not isinstance(record.get("format"), str) or not isinstance(files, dict):
+        return None
+    whole = all(
+        isinstance(f, dict) and isinstance(f.get("bytes"), int) and isinstance(f.get("sha256"), str)
+        for f in files.values()
+    )
+    return record if whole else None

@@ -68,9 +68,36 @@ def _reads_benchmarks(recipe: Any, benchmarks: bool) -> bool:
 def input_problems(loaded: Any, *, benchmarks: bool = False) -> list[Any]:
     """The missing inputs of a loaded recipe as problems located where the recipe set them
     (file:line, or the ``--set`` that gave the value); ``benchmarks``: as
-    :func:`missing_inputs`."""
+    :func:`missing_inputs`. A missing ``model.<role>.path`` under the LoRA adapters that role's
+    ``checkpoint`` holds is said as their base (:func:`lora_base_problem`)."""
     missing = missing_inputs(loaded.recipe, benchmarks=benchmarks)
-    return [located_problem(loaded, m.key, m.message) for m in missing]
+    return [
+        _missing_lora_base(loaded, m.key) or located_problem(loaded, m.key, m.message)
+        for m in missing
+    ]
+
+
+def _missing_lora_base(loaded: Any, key: str) -> Any | None:
+    """The problem of a missing ``key`` that is the base model of LoRA adapters a checkpoint of
+    this recipe holds: which checkpoint needs it, and what to do; None for any other key."""
+    roles = {f"model.{role}.path": role for role in loaded.recipe.pipeline.uses}
+    role = roles.get(key)
+    spec = getattr(loaded.recipe.model, role) if role is not None else None
+    if spec is None or not spec.checkpoint:
+        return None
+    adapters = _trained_directory(spec.checkpoint)
+    return lora_base_problem(loaded, role, adapters) if adapters is not None else None
+
+
+def _trained_directory(checkpoint: str) -> Path | None:
+    """The directory of the weights ``checkpoint`` names; None where there are none (said by
+    :func:`_trained_checkpoint` or :func:`_unusable_checkpoint`)."""
+    from wmtp.models.locate import find_trained_weights
+
+    try:
+        return find_trained_weights(checkpoint).directory
+    except CheckpointError:
+        return None
 
 
 def unusable_inputs(loaded: Any, *, benchmarks: bool = False) -> list[Any]:
@@ -108,11 +135,24 @@ def _unusable_weights(loaded: Any, role: str, spec: Any, vocab: int | None) -> l
     if why is not None:
         problems.append(located_problem(loaded, f"model.{role}.path", f"{spec.path!r}: {why}"))
     if spec.checkpoint and _trained_checkpoint(role, spec) is None:
-        why = _unusable_checkpoint(role, spec, loaded.recipe)
-        if why is not None:
-            key, written = f"model.{role}.checkpoint", spec.checkpoint
-            problems.append(located_problem(loaded, key, f"{written!r}: {why}"))
+        problems += _unusable_trained(loaded, role, spec, usable_path=why is None)
     return problems
+
+
+def _unusable_trained(loaded: Any, role: str, spec: Any, *, usable_path: bool) -> list[Any]:
+    """The role's ``checkpoint`` that cannot be used (:func:`_unusable_checkpoint`), or, first,
+    a ``usable_path`` that is not the base of the LoRA adapters it holds: said at the path,
+    which the user gave to point at that base (:func:`lora_base_problem`). A path that is not
+    there is :func:`input_problems`'s."""
+    there = usable_path and spec.path and _model_path(role, spec) is None
+    adapters = _trained_directory(spec.checkpoint) if there else None
+    base = lora_base_problem(loaded, role, adapters) if adapters is not None else None
+    if base is not None:
+        return [base]
+    why = _unusable_checkpoint(role, spec, loaded.recipe)
+    if why is None:
+        return []
+    return [located_problem(loaded, f"model.{role}.checkpoint", f"{spec.checkpoint!r}: {why}")]
 
 
 def _added_heads(loaded: Any, role: str, spec: Any) -> list[Any]:
@@ -213,6 +253,34 @@ def located_problem(loaded: Any, key: str, message: str) -> Any:
     return problem
 
 
+def lora_base_problem(loaded: Any, role: str, weights: Path) -> Any | None:
+    """A problem at ``model.<role>.path`` where ``weights`` holds LoRA adapters alone (a LoRA
+    run's checkpoint, a ``--no-merge-lora`` export) and that key's path is not their base: no
+    model there, or not the one they trained over (``assembly.check_lora_base``: a copy of it
+    at another path is, where their run recorded its identity); None otherwise. Asked of the
+    adapters' own recipe by ``wmtp export`` and ``wmtp eval``
+    (``export.source.check_adapters_base``), of a recipe whose ``model.<role>.checkpoint``
+    names them by :func:`input_problems` and :func:`unusable_inputs`."""
+    from wmtp.assembly import check_lora_base
+
+    spec = getattr(loaded.recipe.model, role, None)
+    if spec is None or spec.lora is None or not spec.path or not _adapters_alone(weights):
+        return None
+    try:
+        check_lora_base(role, spec, weights)
+    except CheckpointError as exc:
+        message = str(exc).removeprefix(f"model.{role}.path = ")  # the problem's key says it
+        return located_problem(loaded, f"model.{role}.path", message)
+    return None
+
+
+def _adapters_alone(weights: Path) -> bool:
+    """Whether ``weights`` holds LoRA adapters without the base weights they apply to."""
+    from wmtp.models.locate import FULL_WEIGHTS, LORA_WEIGHTS
+
+    return (weights / LORA_WEIGHTS).is_file() and not (weights / FULL_WEIGHTS).is_file()
+
+
 def watched_paths(recipe: Any) -> list[str]:
     """The paths whose presence decides :func:`missing_inputs` (for ``wmtp validate``'s cache):
     every input's resolved path, a run directory's ``checkpoints``, and where the run goes."""
@@ -278,7 +346,7 @@ def _model_path(role: str, spec: Any) -> MissingInput | None:
         return _absent(key, spec.path, "no such directory (pretrained weights)")
     names = {child.name for child in p.iterdir()} if p.is_dir() else set()
     if not names & set(MODEL_MARKERS):
-        wanted = "params.json + consolidated.pth (meta), config.json + *.safetensors (hf)"
+        wanted = "params.json + consolidated.pth (meta), config.json + *.safetensors or .bin (hf)"
         return _absent(key, spec.path, f"no model in it: expected {wanted} or wmtp_model.json")
     return None
 
@@ -404,6 +472,7 @@ __all__ = [
     "MissingInput",
     "input_problems",
     "located_problem",
+    "lora_base_problem",
     "missing_inputs",
     "unusable_inputs",
     "watched_paths",

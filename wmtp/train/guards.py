@@ -112,11 +112,19 @@ class StopSignals:
 
     While the run is being built (``building``, until the trainer's first step), a signal stops
     it at once (:class:`~wmtp.errors.StopSignal`, raised where the build was): nothing is
-    trained yet, so there is nothing to wait for (a dataset build cancels its queued checks)."""
+    trained yet, so there is nothing to wait for (a dataset build cancels its queued checks).
+    Once the run has failed (:meth:`run_failed`), a first signal changes nothing."""
 
     def __init__(self, ctx: Any) -> None:
         self.ctx, self.signum, self._previous = ctx, 0, {}
         self.building = True
+        self.failing = False
+
+    def run_failed(self) -> None:
+        """The run failed and says so (its log, its run directory kept or removed, its rank's
+        record): a first signal now would only cut that short, and torchrun sends one to every
+        rank of a launch once one has failed; a second still ends the process at once."""
+        self.failing = True
 
     def __enter__(self) -> StopSignals:
         try:
@@ -138,6 +146,8 @@ class StopSignals:
             logging.getLogger(__name__).warning("stopped: %s", said)  # run.log says how it ended
             os._exit(128 + signum)
         self.signum = signum
+        if self.failing:
+            return
         if self.building:
             raise StopSignal(signum)
         name = signal.Signals(signum).name

@@ -191,6 +191,6 @@ def _unbuilt_humaneval(spec: Any) -> str | None:
         f"the HumanEval dataset for data.split.heldout_fraction = "
         f"{spec.split.heldout_fraction:g} is not built in {built}, so its rows were not read "
         f"(memory sized by data.max_length): the first `wmtp run` of this recipe builds it, or "
-        f"`wmtp data humaneval {built} --heldout-fraction {spec.split.heldout_fraction:g}` now "
-        f"(about 80 s on two cores)"
+        f"`{humaneval.build_command(built, spec.split.heldout_fraction)}` now "
+        "(about 80 s on two cores)"
     )

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from wmtp.errors import RunError, linked_exceptions
+from wmtp.errors import LibraryFailure, linked_exceptions
 from wmtp.train.run_dir import resume_command
 
 CPU_ALLOCATOR_FAILURE = "can't allocate memory"
@@ -30,10 +30,13 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return False
 
 
-def out_of_memory_error(exc: BaseException, trainer: Any, doing: str | None) -> RunError | None:
-    """``exc`` as a :class:`RunError` saying what to change when it is an allocation failure of
-    ``trainer``'s run: in its step in progress (``doing = None``) or while ``doing`` (``"building
-    the model"``: then the weights and optimizer state alone do not fit); else ``None``."""
+def out_of_memory_error(
+    exc: BaseException, trainer: Any, doing: str | None
+) -> LibraryFailure | None:
+    """``exc`` as a :class:`~wmtp.errors.LibraryFailure` saying what to change when it is
+    an allocation failure of ``trainer``'s run: in its step in progress (``doing = None``) or
+    while ``doing`` (``"building the model"``: then the weights and optimizer state alone do not
+    fit); else ``None``."""
     if not is_out_of_memory(exc):
         return None
     first = " ".join((str(exc).strip().splitlines() or [""])[0].split())
@@ -51,7 +54,7 @@ def out_of_memory_error(exc: BaseException, trainer: Any, doing: str | None) -> 
         resume = resume_command(trainer.run_dir, processes) if saved else "run again"
         advice = f"To use less memory, {resume} with: {options}"
         advice += f"; or train {' or '.join(others)}" if others else ""
-    return RunError(
+    return LibraryFailure(
         f"out of memory on {_device(trainer.ctx.device)} "
         f"{doing or f'in step {trainer.step + 1}'} ({first[:240]}). "
         f"The run stopped; {kept}. {advice}"

@@ -2,10 +2,11 @@
 
 A run directory is created with the resolved ``recipe.toml`` (loads back to the identical recipe)
 and ``fingerprint.json`` (recipe hash, wmtp and torch versions, git SHA, devices); the trainer
-adds ``inputs.json`` (the trained checkpoints its models loaded, resolved), ``metrics.jsonl``,
+adds ``inputs.json`` (the trained checkpoints its models loaded, resolved, and the identity of
+the base model its LoRA adapters train over), ``metrics.jsonl``,
 TensorBoard events under ``tb/``, ``checkpoints/step-N/`` and ``run.log`` (the log of the run, a
-failed start's included). A ``latest`` symlink per experiment points at the
-newest run that wrote a checkpoint.
+failed start's included, unless the user's input failed it: :func:`remove_failed_start`). A
+``latest`` symlink per experiment points at the newest run that wrote a checkpoint.
 """
 
 from __future__ import annotations
@@ -25,12 +26,15 @@ from typing import Any
 from wmtp.atomic import replaced
 from wmtp.errors import RunError
 from wmtp.locks import check_free, holding
+from wmtp.train.run_log import LOG_FILE
 
 RECIPE_FILE = "recipe.toml"
 FINGERPRINT_FILE = "fingerprint.json"
 INPUTS_FILE = "inputs.json"
 """The trained weights each ``model.<role>.checkpoint`` named when the run started, resolved
-(``runs/critic/latest`` -> the checkpoint it was): what the run really used, for later readers."""
+(``runs/critic/latest`` -> the checkpoint it was): what the run really used, for later readers;
+and, for LoRA, ``model.<role>.path`` with the identity of the base its adapters train over
+(:func:`read_bases`)."""
 
 
 def recipe_hash(recipe_text: str) -> str:
@@ -152,7 +156,8 @@ def recipe_in_force(run: Path, checkpoint: Path) -> Path:
 
 
 def write_inputs(run: Path, recipe: Any) -> None:
-    """Record in ``inputs.json`` the checkpoint each used model's ``checkpoint`` resolved to."""
+    """Record in ``inputs.json`` the checkpoint each used model's ``checkpoint`` resolved to, and
+    the base model LoRA adapters train over (:func:`_lora_base`)."""
     from wmtp.models.locate import find_trained_weights
 
     resolved = {}
@@ -164,21 +169,39 @@ def write_inputs(run: Path, recipe: Any) -> None:
                 "written": spec.checkpoint,
                 "resolved": str(found.directory.resolve()),
             }
+    resolved.update(_lora_base(recipe))
     (run / INPUTS_FILE).write_text(json.dumps(resolved, indent=2) + "\n")
+
+
+def _lora_base(recipe: Any) -> dict:
+    """``model.<role>.path`` of the role that trains LoRA adapters, with the identity of that
+    base (``descriptions.base_identity``): its checkpoints hold the adapters alone, and a later
+    reader given the base at another path knows it by this (a resume never changes it). Nothing
+    without LoRA, or where the base does not load (its build then says why)."""
+    from wmtp.errors import CheckpointError
+    from wmtp.models.descriptions import base_identity
+
+    role = recipe.pipeline.trains
+    spec = getattr(recipe.model, role) if role is not None else None
+    if spec is None or spec.lora is None or not spec.path:
+        return {}
+    try:
+        identity = base_identity(spec.path, spec.format)
+    except (CheckpointError, OSError):
+        return {}
+    resolved = str(Path(spec.path).expanduser().resolve())
+    entry = {"written": spec.path, "resolved": resolved, "identity": identity}
+    return {f"model.{role}.path": entry}
 
 
 def pin_inputs(run: Path, recipe: Any) -> Any:
     """``recipe`` with each model ``checkpoint`` the run recorded in ``inputs.json`` replaced by
     what it resolved to then, so a resumed run keeps its frozen models when ``latest`` has moved.
     A checkpoint written differently from the recorded one is the caller's new choice: kept."""
-    try:
-        recorded = json.loads((Path(run) / INPUTS_FILE).read_text())
-    except (OSError, ValueError):
-        return recipe
     models = {}
-    for key, entry in recorded.items():
+    for key, entry in _recorded(run).items():
         role = key.split(".")[1]
-        spec = getattr(recipe.model, role, None)
+        spec = getattr(recipe.model, role, None) if key.endswith(".checkpoint") else None
         if spec is not None and spec.checkpoint == entry.get("written") and "resolved" in entry:
             models[role] = spec.model_copy(update={"checkpoint": entry["resolved"]})
     if not models:
@@ -197,12 +220,31 @@ def pin_inputs_against_pruning(run: Path, *, finished: bool = False) -> None:
 
 
 def read_inputs(run: Path) -> dict[str, str]:
-    """``inputs.json`` of a run: dotted key -> the resolved checkpoint (empty when absent)."""
+    """``inputs.json`` of a run: ``model.<role>.checkpoint`` -> the resolved checkpoint (empty
+    when absent)."""
+    return {
+        key: entry["resolved"]
+        for key, entry in _recorded(run).items()
+        if key.endswith(".checkpoint") and isinstance(entry.get("resolved"), str)
+    }
+
+
+def read_bases(run: Path) -> dict[str, dict]:
+    """``inputs.json`` of a run: ``model.<role>.path`` -> the base model its LoRA adapters
+    trained over (``written``, ``resolved``, ``identity``); empty for a run without LoRA or of an
+    older wmtp."""
+    return {key: entry for key, entry in _recorded(run).items() if key.endswith(".path")}
+
+
+def _recorded(run: Path) -> dict[str, dict]:
+    """``inputs.json`` of a run, each entry an object (empty when absent or torn)."""
     try:
         data = json.loads((Path(run) / INPUTS_FILE).read_text())
     except (OSError, ValueError):
         return {}
-    return {key: entry["resolved"] for key, entry in data.items() if "resolved" in entry}
+    if not isinstance(data, dict):
+        return {}
+    return {key: entry for key, entry in data.items() if isinstance(entry, dict)}
 
 
 def point_latest(run: Path) -> None:
@@ -261,12 +303,38 @@ def _being_trained(run: Path):
     return refused
 
 
+START_FILES = (RECIPE_FILE, FINGERPRINT_FILE, INPUTS_FILE, LOG_FILE, LOCK_FILE)
+"""All a new run directory holds until its first step, each written by the run's own start."""
+
+
+def holds_only_its_start(run: Path) -> bool:
+    """Whether ``run`` holds nothing but :data:`START_FILES`: no step ran in it, and nobody else
+    put anything there."""
+    try:
+        return all(p.name in START_FILES and p.is_file() for p in run.iterdir())
+    except OSError:  # gone, or unreadable: not ours to remove
+        return False
+
+
+def remove_failed_start(run: Path) -> None:
+    """Remove the new run directory ``run`` (:func:`holds_only_its_start`, its lock and log
+    closed) whose start failed on the user's input: its log holds nothing the error does not
+    say, and each failed try would leave one more directory of it. Its frozen models' pins
+    (:func:`pin_inputs_against_pruning`) go first; a file that appeared since keeps it."""
+    pin_inputs_against_pruning(run, finished=True)
+    try:
+        for name in START_FILES:
+            (run / name).unlink(missing_ok=True)
+        run.rmdir()
+    except OSError:  # what could not go stays: the error being said is the one that matters
+        pass
+
+
 def check_writable(run: Path) -> None:
     """A RunError, before anything loads, when ``run`` or what a resume appends to in it (its
     checkpoints, log, metrics and TensorBoard folder) cannot be written; nothing is changed."""
     from wmtp.folders import read_only_file_system, unwritable
     from wmtp.train.metrics import METRICS_FILE
-    from wmtp.train.run_log import LOG_FILE
 
     if read_only_file_system(run):
         raise RunError(f"cannot resume {run}: it is on a read-only file system")

@@ -2,9 +2,11 @@
 
 - :class:`RunLog`: rank 0's log lines go to ``<run>/run.log`` as well as the console. When a run
   fails before its first checkpoint, the log says why and where it is, and the run directory is
-  not made ``latest`` (only a run with a checkpoint is: ``Trainer.save``). A library's
-  background thread that fails meanwhile (TensorBoard's event writer, on a full disk) is one
-  warning on the console, its trace in ``run.log``: the run's own error says what it stopped.
+  not made ``latest`` (only a run with a checkpoint is: ``Trainer.save``). A new run whose start
+  failed on the user's input leaves no run directory at all: its error says all that its log
+  would (``wmtp.train.runner``). A library's background thread that fails meanwhile
+  (TensorBoard's event writer, on a full disk) is one warning on the console, its trace in
+  ``run.log``: the run's own error says what it stopped.
 - :func:`exit_without_peers`: a failing rank of a multi-process run writes what happened to
   ``$WMTP_FAILURES_DIR/rank<r>.json`` (set by ``wmtp run --nproc-per-node``, whose launcher
   summarises them: ``wmtp.train.launcher``) and exits at once, without waiting for peers that
@@ -119,6 +121,11 @@ class RunLog:
             )  # fmt: skip
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop writing ``run.log`` (again: nothing): as the run ends, or before a failed start
+        removes its run directory."""
         threading.excepthook = self._thread_hook
         with self._closing:
             handler, self.handler = self.handler, None
@@ -152,8 +159,9 @@ def is_secondary(exc: BaseException) -> bool:
     return isinstance(exc, DistError) or any(mark in text for mark in SECONDARY_MARKS)
 
 
-def failure_record(exc: BaseException, rank: int) -> dict[str, Any]:
-    """What one rank's failure was, for the launcher's summary."""
+def failure_record(exc: BaseException, rank: int, failed_start: bool = False) -> dict[str, Any]:
+    """What one rank's failure was, for the launcher's summary; ``failed_start``: the user's
+    input failed the new run's start (:func:`peer_failed_start`)."""
     user_error = isinstance(exc, WmtpError)
     return {
         "rank": rank,
@@ -162,11 +170,28 @@ def failure_record(exc: BaseException, rank: int) -> dict[str, Any]:
         "secondary": is_secondary(exc),
         "traceback": None if user_error else "".join(traceback.format_exception(exc)),
         "exit_code": exc.exit_code if user_error else 1,
+        "failed_start": failed_start,
     }
 
 
-def exit_without_peers(exc: BaseException, rank: int) -> None:
+def peer_failed_start(rank: int) -> bool:
+    """Whether another rank's record says the user's input failed the new run's start: then the
+    stop torchrun sent ``rank`` is that failure's, which the launcher says."""
+    folder = os.environ.get(FAILURES_ENV)
+    for path in Path(folder).glob("rank*.json") if folder else ():
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("rank") != rank and record.get("failed_start"):
+            return True
+    return False
+
+
+def exit_without_peers(exc: BaseException, rank: int, *, failed_start: bool = False) -> None:
     """A failing rank of a multi-process run: its record (or its message) and ``os._exit``.
+    ``failed_start``: the user's input failed the new run's start, on this rank or (for an
+    ``Interrupted`` one, stopped by torchrun) on a peer.
 
     Leaving the process group cleanly would wait for peers blocked in a collective (NCCL then
     hangs until its timeout); exiting lets torchrun see the failure and stop every other rank.
@@ -175,11 +200,11 @@ def exit_without_peers(exc: BaseException, rank: int) -> None:
         signum = getattr(exc, "signum", 2)
         _flush_and_exit(128 + signum if isinstance(exc, KeyboardInterrupt) else 1)
     if isinstance(exc, Interrupted):  # every rank stopped cleanly; rank 0 says so
-        if rank == 0:
+        if rank == 0 and not failed_start:  # else the launcher says the peer's error
             print(f"stopped: {exc.render()}", file=sys.stderr)
         mark_rank(rank, STOPPED_SUFFIX, str(exc.exit_code))
         _flush_and_exit(exc.exit_code)
-    record = failure_record(exc, rank)
+    record = failure_record(exc, rank, failed_start)
     folder = os.environ.get(FAILURES_ENV)
     if folder:
         path = Path(folder) / f"rank{rank}.json"
@@ -214,4 +239,5 @@ __all__ = [
     "exit_without_peers",
     "failure_record",
     "mark_rank",
+    "peer_failed_start",
 ]

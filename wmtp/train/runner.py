@@ -5,6 +5,8 @@ the resumed run's), every input file it names (``wmtp.recipe.inputs``) and the r
 there is a located error, exit 2, in about the time ``wmtp validate`` takes. :func:`run_recipe` is
 the Python entry point (tests call it in-process): it prepares, then trains; it works the same
 on one process and under torchrun, where rank 0 creates the run directory and tells the others.
+A new run whose start fails on the user's input (data, a model that cannot be built) leaves no
+run directory: its error says all its log would (:func:`_removed`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from wmtp.errors import RunError
+from wmtp.errors import LibraryFailure, RunError
 
 log = logging.getLogger(__name__)
 
@@ -329,15 +331,56 @@ def run_recipe(
             run_log.ended(result.summary())
             return result
         except BaseException as exc:
-            error = _located(_naming_the_run(exc, ctx, run_dir), prepared.loaded)
-            run_log.failed(error, run_dir)
+            signals.run_failed()
+            new_start = resume is None and signals.building  # no step ran: nothing to keep
+            error = _located(_naming_the_run(exc, ctx, run_dir, new_start), prepared.loaded)
+            failed_start = new_start and _failed_on_input(error, ctx)
+            if not (failed_start and _removed(run_dir, ctx, held, run_log)):
+                run_log.failed(error, run_dir)
             if ctx.is_distributed:
-                exit_without_peers(error, ctx.rank)
+                exit_without_peers(error, ctx.rank, failed_start=failed_start)
             if error is exc:
                 raise
             raise error from None
         finally:
             teardown()
+
+
+def _input_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a problem of the user's input (the recipe, its data, a checkpoint or
+    tokenizer it names), which its located message says whole: a ``WmtpError`` other than a stop
+    (``Interrupted``), a write the file system refused (``StorageError``) or a
+    ``LibraryFailure``, whose log says more than the message."""
+    from wmtp.errors import Interrupted, StorageError, WmtpError
+
+    kept = (Interrupted, StorageError, LibraryFailure)
+    return isinstance(exc, WmtpError) and not isinstance(exc, kept)
+
+
+def _failed_on_input(error: BaseException, ctx) -> bool:
+    """Whether the user's input failed this start: ``error`` is such a problem, or the stop
+    torchrun sent this rank (``Interrupted``) after a peer's start failed on one, maybe before
+    this rank met the same."""
+    from wmtp.errors import Interrupted
+    from wmtp.train.run_log import peer_failed_start
+
+    if _input_error(error):
+        return True
+    return ctx.is_distributed and isinstance(error, Interrupted) and peer_failed_start(ctx.rank)
+
+
+def _removed(run_dir: Path | None, ctx, held: contextlib.ExitStack, run_log) -> bool:
+    """Remove the new run directory of a start the user's input failed, its lock and log closed
+    first (rank 0's, which made it); ``False``, keeping it, where it holds anything a step or
+    someone else wrote (``wmtp.train.run_dir.holds_only_its_start``)."""
+    from wmtp.train.run_dir import holds_only_its_start, remove_failed_start
+
+    if not ctx.is_main or run_dir is None or not holds_only_its_start(run_dir):
+        return False
+    held.close()  # the training lock, a file of the directory
+    run_log.close()
+    remove_failed_start(run_dir)
+    return True
 
 
 def _check_device(prepared: PreparedRun) -> None:
@@ -373,17 +416,23 @@ def _warn_memory(prepared: PreparedRun) -> None:
         log.warning("%s; past it the kernel stops the run without a message (exit 137)", where)
 
 
-def _naming_the_run(exc: BaseException, ctx, run_dir: Path | None) -> BaseException:
+def _naming_the_run(
+    exc: BaseException, ctx, run_dir: Path | None, new_start: bool
+) -> BaseException:
     """A run directory removed while the run trained, said as such (whatever write found it
     gone); a stop before the first step (``StopSignal``), said as ``Interrupted``; a write the
     file system refused, said as ``StorageError`` (its trace kept as the cause, for
-    ``run.log``), each with what the run directory keeps. Any other exception as it is."""
+    ``run.log``), each with what the run directory keeps. Any other exception as it is.
+    ``new_start``: a new run before its first step, which writes nothing that could fail for its
+    directory being gone, and whose rank 0 removes that directory when the start failed on the
+    user's input (the other ranks' own error says why)."""
     import signal
 
     from wmtp.errors import Interrupted, RunError, StopSignal, StorageError, WmtpError
     from wmtp.folders import refused_write
 
-    if run_dir is not None and not run_dir.exists() and not isinstance(exc, Interrupted):
+    removed = run_dir is not None and not new_start and not run_dir.exists()
+    if removed and not isinstance(exc, Interrupted):
         gone = RunError(
             f"the run directory {run_dir} was removed while the run trained, and this run with "
             "it: nothing of it is left to resume; start a new run"
@@ -473,7 +522,7 @@ def _told(trainer, doing: str | None):
         raise error from exc
 
 
-def _compile_error(exc: Exception, trainer) -> RunError | None:
+def _compile_error(exc: Exception, trainer) -> LibraryFailure | None:
     """A failure of torch.compile as one message naming ``parallel.compile`` (the full trace goes
     to the run's ``run.log``); ``None`` for any other exception."""
     from wmtp.parallel.checkpointing import compile_failure
@@ -486,7 +535,7 @@ def _compile_error(exc: Exception, trainer) -> RunError | None:
     )
     setting = trainer.recipe.parallel.compile
     setting = '"auto"' if setting == "auto" else str(setting).lower()
-    return RunError(
+    return LibraryFailure(
         f"torch.compile of the transformer blocks failed at step {trainer.step + 1} "
         f"(parallel.compile = {setting}): {failure}. "
         f"The run stopped{kept}; train without compiling: --set parallel.compile=false"
