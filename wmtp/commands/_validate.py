@@ -430,7 +430,8 @@ def _sandbox_isolation() -> str:
 def _environment_problems(loaded: Any, machine: dict, world_size: int) -> list[str]:
     """What in the recipe cannot run on this machine, each located where the recipe set it:
     the device, each model's attention backend (for its use: the trained model's gradients
-    flow through it) and dtype, float8, the world size, and code execution for an evaluation."""
+    flow through it) and dtype, float8, the world size, the memory estimate, and code the
+    sandbox runs (an evaluation's, or the labelling of a HumanEval build)."""
     recipe = loaded.recipe
     device = recipe.parallel.device
     if device == "auto":
@@ -449,9 +450,40 @@ def _environment_problems(loaded: Any, machine: dict, world_size: int) -> list[s
     if machine["cuda"] and world_size > machine["gpus"]:
         problems.append(f"--world-size {world_size}, but this machine has {machine['gpus']} GPUs")
     problems += _memory_problems(loaded, machine, world_size, device)
-    if recipe.pipeline.trains is None and machine["sandbox"].startswith("none"):
-        problems.append(f"[evaluation] runs generated code: {machine['sandbox']}")
+    if machine["sandbox"].startswith("none"):
+        problems += _sandbox_problems(loaded, machine["sandbox"])
     return problems
+
+
+def _sandbox_problems(loaded: Any, isolation: str) -> list[str]:
+    """Code this recipe runs where the sandbox cannot (``isolation``, the machine's ``none: ...``
+    line): an evaluation's generated code, or a training recipe's built-in HumanEval that is not
+    built yet, whose candidates ``wmtp run`` labels in the sandbox once the model is built."""
+    recipe = loaded.recipe
+    if recipe.pipeline.trains is None:
+        return [f"[evaluation] runs generated code: {isolation}"]
+    built = _humaneval_to_build(recipe.data)
+    if built is None:
+        return []
+    why = isolation.removeprefix("none: ")
+    message = (
+        f"HumanEval is not built in {built} yet, and its build runs code in the sandbox: {why}"
+    )
+    return [_at(loaded, "data.cache_dir", message)]
+
+
+def _humaneval_to_build(spec: Any) -> Path | None:
+    """The folder ``wmtp run`` builds the built-in HumanEval in, labelling its candidates in the
+    sandbox; None where it runs no code: other data, a build there already, or its labels kept
+    beside it from an earlier build (``humaneval.ensure_humaneval``)."""
+    if spec.kind != "humaneval":
+        return None
+    from wmtp.data import humaneval
+
+    fraction = spec.split.heldout_fraction
+    if not humaneval.needs_sandbox(spec.cache_dir, fraction):
+        return None
+    return humaneval.built_dir(spec.cache_dir, fraction)
 
 
 def _memory_problems(loaded: Any, machine: dict, world_size: int, device: str) -> list[str]:

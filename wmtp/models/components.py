@@ -72,7 +72,9 @@ def build_llama_mtp_model(
     trainable: bool = False,
     n_future_tokens: int | None = None,
 ) -> LlamaMTP:
-    """LLaMA with n future-token heads, built in the order of the module docstring."""
+    """LLaMA with n future-token heads, built in this order: attention, the base weights
+    (``path``, or fresh from the sizes), LoRA adapters, the trained ``checkpoint``, then the heads
+    (beyond the loaded ones, copies of head 1)."""
     import torch
 
     from wmtp.models.checkpoint import from_pretrained
@@ -119,8 +121,10 @@ def build_value_model(
     trainable: bool = False,
     n_future_tokens: int | None = None,
 ) -> ValueModel:
-    """The critic: a LLaMA backbone (``path`` in any format, or fresh) and a value head, built in
-    the order of the module docstring (``n_future_tokens`` does not apply: one value per token)."""
+    """The critic: a LLaMA backbone and a value head, built in this order: attention, the
+    backbone (``path`` in any format, or fresh from the sizes), the value head (fresh unless
+    ``path`` holds one), LoRA adapters, the trained ``checkpoint`` (``n_future_tokens`` does not
+    apply: one value per token)."""
     import torch
 
     from wmtp.models.value import ValueModel

@@ -19,10 +19,8 @@ class ExperimentSpec(Section):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=100)]
     """Experiment name; runs go to ``<runs_dir>/<name>/<YYYYmmdd-HHMMSS>-<hash8>/``."""
     pipeline: Annotated[Pipeline, NUMERICS] = "baseline"
-    """What the run does: ``baseline`` (uniform-weight MTP fine-tuning), ``ref_tuning`` (train the
-    Rho-1 reference model), ``ntp`` (next-token-only fine-tuning), ``critic`` (train the value
-    model), ``verifiable`` (critic TD-weighted MTP), ``rho1`` (reference-selected tokens),
-    ``evaluation`` (pass@k of ``model.policy``)."""
+    """What the run does, by the name of its pipeline (``wmtp.pipelines.PIPELINES``): ``wmtp list
+    pipeline`` says what each trains, the models it uses and the weighting kinds it accepts."""
     seed: Annotated[int, NUMERICS, Field(ge=0, le=2**31 - 1)] = 42
     """Seed of every random number generator (data order, initialisation, dropout, sampling);
     below 2**31, so that every generator (and seed + rank) takes it."""

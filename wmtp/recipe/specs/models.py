@@ -128,20 +128,23 @@ class ModelSpecBase(Section):
     """The model's context: the longest sequence ``wmtp eval`` and decoding may fill (RoPE is
     computed per position). Set over ``path``, it replaces the checkpoint's."""
     path: Annotated[str | None, NUMERICS] = None
-    """Pretrained weights: a Meta directory (params.json + consolidated.*.pth), a Hugging Face
-    directory, or a safetensors file; unset means random initialisation."""
+    """Pretrained weights: a Meta directory (params.json + consolidated*.pth), a Hugging Face
+    directory (config.json + model*.safetensors, or pytorch_model*.bin), or wmtp's own (``model.safetensors`` +
+    ``wmtp_model.json``, as ``wmtp export --to wmtp`` writes; or a ``.safetensors`` file with
+    ``wmtp_model.json`` beside it); unset means random initialisation."""
     format: Annotated[Literal["auto", "meta", "hf", "safetensors"], NUMERICS] = "auto"
     """Layout of ``path``; ``auto`` tells them apart by their files."""
     checkpoint: Annotated[str | None, NUMERICS] = None
     """Weights trained by wmtp, loaded after ``path``: a run directory, ``<run>/checkpoints/step-N``,
     or ``runs/<experiment>/latest`` (the newest run of an experiment under the runs directory)."""
     dtype: Annotated[DType, NUMERICS] = "bfloat16"
-    """Compute dtype, and the storage dtype of frozen weights; trained weights keep fp32 masters
-    when sharded."""
+    """Compute dtype, and the storage dtype of frozen weights (a LoRA base too); a model that
+    trains in full keeps fp32 master weights."""
     attention: Annotated[Attention, PERFORMANCE] = "auto"
     """Attention backend (``wmtp list attention``); ``auto`` runs, per layout (plain or packed
     batches), the fastest backend measured on this GPU that can run here (the ranking of
-    ``wmtp bench attention --record``), sdpa where none was recorded or off CUDA."""
+    ``wmtp bench attention --record``); where none was recorded, sdpa for plain batches and
+    flash_attn (where it can run, else flex) for packed ones; sdpa off CUDA."""
     lora: LoraSpec | None = None
     """Low-rank adapters; unset trains (or keeps) the full weights."""
 
