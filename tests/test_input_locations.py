@@ -9,25 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.export.export_helpers import train
-from tests.train.train_helpers import REPO, TINY
+from tests.train.train_helpers import REPO, TINY, cli
 
 pytestmark = pytest.mark.minutes(2)
-
-
-def cli(*args: object) -> tuple[int, str]:
-    """``wmtp ARGS`` in a subprocess: its exit code and its output with line breaks undone."""
-    done = subprocess.run(
-        [sys.executable, "-m", "wmtp.cli", *map(str, args)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    return done.returncode, " ".join((done.stdout + done.stderr).split())
 
 
 def line_of(file: Path, text: str) -> int:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ import torch
 
 from tests.export.export_helpers import train
 from tests.models.builders import meta_state_dict, tiny_hf_llama
-from tests.train.train_helpers import REPO, TINY
+from tests.train.train_helpers import TINY, cli
 
 pytestmark = [pytest.mark.minutes(3), pytest.mark.slow]
 
@@ -48,15 +46,6 @@ def meta_base(folder: Path, seed: int) -> Path:
     (folder / "params.json").write_text(json.dumps(PARAMS))
     torch.save(meta_state_dict(PARAMS, BYTE_IDS), folder / SHARD)
     return folder
-
-
-def cli(*args: object) -> tuple[int, str]:
-    """``wmtp ARGS`` in a subprocess: its exit code and its output with line breaks undone."""
-    done = subprocess.run(
-        [sys.executable, "-m", "wmtp.cli", *map(str, args)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    return done.returncode, " ".join((done.stdout + done.stderr).split())
 
 
 def completions(out: Path) -> list[tuple[str, str]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,3 +25,13 @@ def losses_of(run_dir: Path) -> list[tuple[int, float]]:
     from wmtp.train.metrics import read_metrics
 
     return [(m["step"], m["loss"]) for m in read_metrics(run_dir) if "loss" in m]
+
+
+def cli(*args: object) -> tuple[int, str]:
+    """``wmtp ARGS`` in a subprocess from the repository: its exit code and its output (stdout,
+    then stderr) with line breaks undone, as a located message reads whatever the width."""
+    done = subprocess.run(
+        [sys.executable, "-m", "wmtp.cli", *map(str, args)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    return done.returncode, " ".join((done.stdout + done.stderr).split())
