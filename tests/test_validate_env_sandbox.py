@@ -1,6 +1,7 @@
-"""`wmtp validate --env` of a training recipe whose built-in HumanEval is not built yet: `wmtp
-run` labels its candidates in the sandbox once the model is built, so where bubblewrap cannot
-run, validate says so first, at `data.cache_dir`, and exits 2 (as the run would stop)."""
+"""`wmtp validate --env` where bubblewrap cannot run: a training recipe whose built-in HumanEval
+is not built yet (`wmtp run` labels its candidates in the sandbox once the model is built) is
+said first, at `data.cache_dir`; an evaluation recipe at `evaluation.benchmarks`, whose generated
+programs run there. Both exit 2, as the command would stop."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from tests.sandbox.isolations import REPO, child_env, path_without_bwrap
 from wmtp.data import humaneval
 
 
-def validate_env(tmp_path, cache, **env: str) -> subprocess.CompletedProcess:
-    recipe = REPO / "recipes" / "tiny.toml"
-    args = ["validate", "--env", str(recipe), "--set", f"data.cache_dir={cache}"]
+def validate_env(
+    tmp_path, cache, recipe: str = "tiny.toml", **env: str
+) -> subprocess.CompletedProcess:
+    args = ["validate", "--env", str(REPO / "recipes" / recipe)]
+    args += ["--set", f"data.cache_dir={cache}"] if cache is not None else []
     return subprocess.run(
         [sys.executable, "-m", "wmtp.cli", *args],
         env=child_env(path_without_bwrap(tmp_path), WMTP_NO_CACHE="1", **env),
@@ -45,9 +48,18 @@ def test_a_humaneval_build_that_runs_no_code_or_runs_it_under_rlimits_can(tmp_pa
     assert opted_in.returncode == 0, opted_in.stdout + opted_in.stderr
     assert "tiny.toml: ok" in opted_in.stdout
     cache.mkdir()
-    (cache / f"labelled-v{humaneval.VERSION}.jsonl").write_text(
-        ""
-    )  # labels kept beside: the build reads them
+    humaneval.saved_labels(cache).write_text("")  # labels kept beside: the build reads them
     labelled = validate_env(tmp_path, cache)
     assert labelled.returncode == 0, labelled.stdout + labelled.stderr
     assert "tiny.toml: ok" in labelled.stdout
+
+
+def test_an_evaluation_without_a_sandbox_is_located_at_its_benchmarks(tmp_path):
+    done = validate_env(tmp_path, None, "evaluation.toml")
+    flat = " ".join(done.stderr.split())
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert (
+        "evaluation.toml:13:1: evaluation.benchmarks: the benchmarks' generated programs run in "
+        "the sandbox: bubblewrap unusable (bwrap is not installed: not found on PATH)" in flat
+    )
+    assert "Traceback" not in done.stderr

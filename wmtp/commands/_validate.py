@@ -461,7 +461,9 @@ def _sandbox_problems(loaded: Any, isolation: str) -> list[str]:
     built yet, whose candidates ``wmtp run`` labels in the sandbox once the model is built."""
     recipe = loaded.recipe
     if recipe.pipeline.trains is None:
-        return [f"[evaluation] runs generated code: {isolation}"]
+        why = isolation.removeprefix("none: ")
+        message = f"the benchmarks' generated programs run in the sandbox: {why}"
+        return [_at(loaded, "evaluation.benchmarks", message)]
     built = _humaneval_to_build(recipe.data)
     if built is None:
         return []
