@@ -209,6 +209,31 @@ def pin_inputs(run: Path, recipe: Any) -> Any:
     return recipe.model_copy(update={"model": recipe.model.model_copy(update=models)})
 
 
+def record_moved_bases(run: Path, recipe: Any) -> None:
+    """Where ``recipe`` (a resume's, its checks passed) names a LoRA base that ``inputs.json``
+    recorded at another path (the base moved, and was found to be the recorded one:
+    ``wmtp.train.runner.check_resume``), record the new place as ``written`` and ``resolved``,
+    keep the identity as recorded, and each earlier place in ``moved_from``, oldest first."""
+    try:
+        data = json.loads((run / INPUTS_FILE).read_text())
+    except (OSError, ValueError):
+        return
+    moved = {}
+    for key, entry in read_bases(run).items():
+        spec = getattr(recipe.model, key.split(".")[1], None)
+        if spec is None or not spec.path or not isinstance(data, dict):
+            continue
+        resolved = str(Path(spec.path).expanduser().resolve())
+        if (spec.path, resolved) == (entry.get("written"), entry.get("resolved")):
+            continue
+        earlier = [e for e in entry.get("moved_from", []) if isinstance(e, dict)]
+        earlier.append({"written": entry.get("written"), "resolved": entry.get("resolved")})
+        moved[key] = {**entry, "written": spec.path, "resolved": resolved, "moved_from": earlier}
+    if moved:
+        with replaced(run / INPUTS_FILE) as tmp:
+            tmp.write_text(json.dumps({**data, **moved}, indent=2) + "\n")
+
+
 def pin_inputs_against_pruning(run: Path, *, finished: bool = False) -> None:
     """Keep each trained checkpoint the run loads (``inputs.json``) from its own run's
     ``keep_last`` until this run has ``finished`` (``wmtp.models.locate.pin``): a run stopped

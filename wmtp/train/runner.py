@@ -116,7 +116,7 @@ def _resume_of(run: Path, loaded: Any, overrides, force: bool, world_size: int) 
     checkpoint = intact_checkpoint(run)
     if loaded is None:
         loaded = load_recipe(recipe_in_force(run, checkpoint), overrides)
-    check_resume(run, checkpoint, loaded.recipe, force=force, world_size=world_size)
+    check_resume(run, checkpoint, loaded.recipe, force=force, world_size=world_size, loaded=loaded)
     # the frozen models it started with, wherever `latest` points now
     return replace(loaded, recipe=pin_inputs(run, loaded.recipe)), checkpoint
 
@@ -140,14 +140,22 @@ def _resumable(resume: str | Path) -> Path:
 
 
 def check_resume(
-    run_dir: Path, checkpoint: Path, recipe: Any, *, force: bool, world_size: int = 1
+    run_dir: Path,
+    checkpoint: Path,
+    recipe: Any,
+    *,
+    force: bool,
+    world_size: int = 1,
+    loaded: Any = None,
 ) -> None:
     """Whether ``recipe`` may resume ``run_dir`` from ``checkpoint`` (:func:`intact_checkpoint`).
     Refuses a recipe whose numerics differ from the recipe that trained that checkpoint (its own
     ``recipe.toml``), or a global batch (micro-batch x accumulation x ``world_size``) other than
     the checkpoint's, unless ``force``, and, even forced, a change a resume cannot apply. A new
     split of the same global batch (another world size, micro-batch or accumulation) is no
-    change: every world size trains on the same global batches."""
+    change: every world size trains on the same global batches. Nor is a LoRA run's base model
+    given at another path (``loaded``, the recipe as loaded, says where), where it is the one the
+    run recorded (:func:`_without_moved_base`)."""
     from wmtp.recipe import diff_recipes, load_recipe
     from wmtp.train.run_dir import RECIPE_FILE
 
@@ -155,7 +163,7 @@ def check_resume(
     # may edit, must not stand in for
     trained = checkpoint / RECIPE_FILE
     saved = load_recipe(trained if trained.is_file() else run_dir / RECIPE_FILE).recipe
-    changes = diff_recipes(saved, recipe)
+    changes = _without_moved_base(diff_recipes(saved, recipe), saved, recipe, checkpoint, loaded)
     was, now = _trained_batch(checkpoint, saved), _global_batch(recipe, world_size)
     if was[0] == now[0]:
         changes = [c for c in changes if c.key not in BATCH_SPLIT_KEYS]
@@ -178,6 +186,34 @@ def check_resume(
     if refused:
         log.warning("resuming with --force; applied from the new recipe: %s", ", ".join(applied))
     _check_data(run_dir, checkpoint, force=force)
+
+
+def _without_moved_base(
+    changes: list, saved: Any, recipe: Any, checkpoint: Path, loaded: Any
+) -> list:
+    """``changes`` less the trained role's ``path`` where it is the base of LoRA adapters (the
+    trained weights are the adapters in ``checkpoint``; the base stays frozen) and the model at
+    the new path is the base the run recorded: checked as every reader of the adapters checks it
+    (``wmtp.recipe.inputs.lora_base_problem``, which says once that it was found there). Another
+    model there, no model, or a run that recorded no identity: a ``RecipeProblems`` at the key,
+    before anything of the run changes."""
+    from wmtp.models.locate import LORA_WEIGHTS
+
+    role = recipe.pipeline.trains
+    key = f"model.{role}.path"
+    if loaded is None or role is None or not any(c.key == key for c in changes):
+        return changes
+    theirs, ours = getattr(saved.model, role, None), getattr(recipe.model, role, None)
+    adapters = (checkpoint / LORA_WEIGHTS).is_file()
+    if not (adapters and theirs and ours and theirs.lora and ours.lora and ours.path):
+        return changes
+    from wmtp.recipe import RecipeProblems
+    from wmtp.recipe.inputs import lora_base_problem
+
+    problem = lora_base_problem(loaded, role, checkpoint)
+    if problem is not None:
+        raise RecipeProblems(str(loaded.path), [problem])
+    return [c for c in changes if c.key != key]
 
 
 def _check_data(run_dir: Path, checkpoint: Path, *, force: bool) -> None:
@@ -306,7 +342,11 @@ def run_recipe(
     from wmtp.parallel import init_distributed, teardown
     from wmtp.recipe import dump_recipe
     from wmtp.train.guards import StopSignals
-    from wmtp.train.run_dir import pin_inputs_against_pruning, training_lock
+    from wmtp.train.run_dir import (
+        pin_inputs_against_pruning,
+        record_moved_bases,
+        training_lock,
+    )
     from wmtp.train.run_log import TRAINING_SUFFIX, RunLog, exit_without_peers, mark_rank
 
     text = dump_recipe(recipe)
@@ -324,6 +364,8 @@ def run_recipe(
             if ctx.is_main:  # before its log: a second resume of a run in training writes nothing
                 held.enter_context(training_lock(run_dir))
                 pin_inputs_against_pruning(run_dir)  # its frozen models' checkpoints, till it ends
+                if resume is not None and not dry_run:
+                    record_moved_bases(run_dir, recipe)  # a LoRA base found at another path
             run_log.attach(run_dir, ctx)
             result = _train(
                 recipe, text, run_dir, ctx, signals, checkpoint, dry_run, stop_at_step, console
