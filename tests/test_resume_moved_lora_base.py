@@ -132,3 +132,21 @@ def test_resume_over_another_base_is_refused_at_the_set_and_changes_nothing(move
         assert f"--set {given}: model.policy.path: " in shown, shown[-3000:]
         assert said in shown and FOUND not in shown, shown[-3000:]
         assert files_of(run) == before
+
+
+def test_resume_over_another_model_put_at_the_base_path_is_refused(moved, tmp_path):
+    """No --set: the base's path is unchanged, but another model of the same shapes was put there
+    since. Its identity is not the recorded one: refused, located, the run unchanged (was
+    trained on over the other model's weights)."""
+    run = tmp_path / "runs" / "tiny" / moved["stopped"].name
+    shutil.copytree(moved["stopped"], run, symlinks=True)
+    before = files_of(run)
+    shutil.copytree(moved["other"], moved["old"])
+    try:
+        code, shown = cli("run", "--resume", run)
+    finally:
+        shutil.rmtree(moved["old"])
+    assert code == 2 and "Traceback" not in shown, shown[-3000:]
+    assert "model.policy.path: " in shown and "is not the base model" in shown, shown[-3000:]
+    assert f"its {SHARD} holds other bytes than the base's" in shown, shown[-3000:]
+    assert files_of(run) == before

@@ -193,15 +193,16 @@ def _without_moved_base(
 ) -> list:
     """``changes`` less the trained role's ``path`` where it is the base of LoRA adapters (the
     trained weights are the adapters in ``checkpoint``; the base stays frozen) and the model at
-    the new path is the base the run recorded: checked as every reader of the adapters checks it
-    (``wmtp.recipe.inputs.lora_base_problem``, which says once that it was found there). Another
-    model there, no model, or a run that recorded no identity: a ``RecipeProblems`` at the key,
-    before anything of the run changes."""
+    that path, new or not, is the base the run recorded: checked as every reader of the adapters
+    checks it (``wmtp.recipe.inputs.lora_base_problem``, which says once that it was found at a
+    new path). Another model there (also one put at the old path since), no model, or a new path
+    where the run recorded no identity: a ``RecipeProblems`` at the key, before anything of the
+    run changes."""
     from wmtp.models.locate import LORA_WEIGHTS
 
     role = recipe.pipeline.trains
     key = f"model.{role}.path"
-    if loaded is None or role is None or not any(c.key == key for c in changes):
+    if loaded is None or role is None:
         return changes
     theirs, ours = getattr(saved.model, role, None), getattr(recipe.model, role, None)
     adapters = (checkpoint / LORA_WEIGHTS).is_file()
