@@ -69,12 +69,18 @@ def moved(tmp_path_factory) -> dict:
         code, shown = cli("eval", target, *EVAL, "--out", root / f"before-{name}")
         assert code == 0, shown[-3000:]
         before[name] = completions(root / f"before-{name}")
+    new, other = move_away(base, root)
+    return {"root": root, "run": run, "export": export, "old": base, "new": new,
+            "other": other, "before": before}  # fmt: skip
+
+
+def move_away(base: Path, root: Path) -> tuple[Path, Path]:
+    """``base`` moved under ``root/elsewhere``, and under ``root/other`` another model of the same
+    shapes (other weights): where the base is now, and the model that is not it."""
     new = root / "elsewhere" / "base"
     new.parent.mkdir()
     shutil.move(base, new)
-    other = meta_base(root / "other" / "base", seed=1)
-    return {"root": root, "run": run, "export": export, "old": base, "new": new,
-            "other": other, "before": before}  # fmt: skip
+    return new, meta_base(root / "other" / "base", seed=1)
 
 
 def test_the_run_and_its_export_record_the_base_they_trained_over(moved):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_moved_lora_base import EVAL, FOUND, LORA, SHARD, meta_base
+from tests.test_moved_lora_base import EVAL, FOUND, LORA, SHARD, meta_base, move_away
 from tests.train.train_helpers import FAST, REPO, TINY, cli, losses_of, runs_override
 
 pytestmark = [pytest.mark.minutes(3), pytest.mark.slow]
@@ -71,10 +71,7 @@ def moved(tmp_path_factory) -> dict:
     assert stopped_at < 8, "the run finished before it was stopped; nothing to resume"
     stopped = root / "stopped-copy" / run.name
     shutil.copytree(run, stopped, symlinks=True)
-    new = root / "elsewhere" / "base"
-    new.parent.mkdir()
-    shutil.move(base, new)
-    other = meta_base(root / "other" / "base", seed=1)
+    new, other = move_away(base, root)
     return {"root": root, "whole": whole, "run": run, "stopped": stopped, "old": base,
             "new": new, "other": other}  # fmt: skip
 
