@@ -189,9 +189,12 @@ def _lora_base(recipe: Any) -> dict:
         identity = base_identity(spec.path, spec.format)
     except (CheckpointError, OSError):
         return {}
-    resolved = str(Path(spec.path).expanduser().resolve())
-    entry = {"written": spec.path, "resolved": resolved, "identity": identity}
-    return {f"model.{role}.path": entry}
+    return {f"model.{role}.path": {**_place(spec.path), "identity": identity}}
+
+
+def _place(path: str) -> dict[str, str]:
+    """Where a recorded model is: ``path`` as the recipe wrote it, and resolved."""
+    return {"written": path, "resolved": str(Path(path).expanduser().resolve())}
 
 
 def pin_inputs(run: Path, recipe: Any) -> Any:
@@ -214,24 +217,21 @@ def record_moved_bases(run: Path, recipe: Any) -> None:
     recorded at another path (the base moved, and was found to be the recorded one:
     ``wmtp.train.runner.check_resume``), record the new place as ``written`` and ``resolved``,
     keep the identity as recorded, and each earlier place in ``moved_from``, oldest first."""
-    try:
-        data = json.loads((run / INPUTS_FILE).read_text())
-    except (OSError, ValueError):
-        return
+    recorded = _recorded(run)
     moved = {}
-    for key, entry in read_bases(run).items():
-        spec = getattr(recipe.model, key.split(".")[1], None)
-        if spec is None or not spec.path or not isinstance(data, dict):
+    for key, entry in recorded.items():
+        spec = getattr(recipe.model, key.split(".")[1], None) if key.endswith(".path") else None
+        if spec is None or not spec.path:
             continue
-        resolved = str(Path(spec.path).expanduser().resolve())
-        if (spec.path, resolved) == (entry.get("written"), entry.get("resolved")):
+        now = _place(spec.path)
+        was = {"written": entry.get("written"), "resolved": entry.get("resolved")}
+        if now == was:
             continue
         earlier = [e for e in entry.get("moved_from", []) if isinstance(e, dict)]
-        earlier.append({"written": entry.get("written"), "resolved": entry.get("resolved")})
-        moved[key] = {**entry, "written": spec.path, "resolved": resolved, "moved_from": earlier}
+        moved[key] = {**entry, **now, "moved_from": [*earlier, was]}
     if moved:
         with replaced(run / INPUTS_FILE) as tmp:
-            tmp.write_text(json.dumps({**data, **moved}, indent=2) + "\n")
+            tmp.write_text(json.dumps({**recorded, **moved}, indent=2) + "\n")
 
 
 def pin_inputs_against_pruning(run: Path, *, finished: bool = False) -> None:
