@@ -33,8 +33,11 @@ def build_app(modules: Sequence[str] = tuple(COMMANDS)) -> typer.Typer:
     """A Typer app with the commands of ``modules`` (every area by default)."""
     import typer
 
+    from wmtp.commands._common import Group
+
     app = typer.Typer(
         name="wmtp",
+        cls=Group,  # --help without Typer's type names, as every command's
         help="Weighted Multi-Token Prediction: train and evaluate code LLMs from TOML recipes.",
         no_args_is_help=True,
         context_settings={"help_option_names": ["-h", "--help"]},  # every command inherits it

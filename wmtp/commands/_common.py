@@ -11,16 +11,24 @@ from collections.abc import Callable
 from typing import Annotated, Any, NoReturn
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from wmtp.commands import _output
 from wmtp.commands._output import report_error
 from wmtp.errors import Interrupted, WmtpError
 from wmtp.stopping import signals_interrupt
 
+
+def choices(values: type[enum.Enum]) -> str:
+    """The metavar of an option that takes one of ``values``: ``[bwrap|rlimits]``."""
+    return "[" + "|".join(str(v.value) for v in values) + "]"
+
+
 SetOption = Annotated[
     list[str] | None,
     typer.Option(
         "--set",
+        metavar="KEY=VALUE",
         help="Override a recipe value: dotted.key=VALUE (read as TOML; a bare word is a string). "
         "Repeatable; wins over the recipe and what it extends.",
     ),
@@ -40,6 +48,7 @@ SandboxOption = Annotated[
     SandboxMode | None,
     typer.Option(
         "--sandbox",
+        metavar=choices(SandboxMode),
         help="How untrusted code is isolated: bwrap (bubblewrap, the default; an error where "
         "it cannot run) or rlimits (resource limits only: no network or file isolation). Sets "
         "WMTP_SANDBOX for this process and its children.",
@@ -53,7 +62,10 @@ first, with ``wmtp.sandbox.choose(sandbox)``."""
 NprocOption = Annotated[
     int,
     typer.Option(
-        "--nproc-per-node", min=1, help="Processes on this machine (> 1 launches torchrun)."
+        "--nproc-per-node",
+        min=1,
+        metavar="N",
+        help="Processes on this machine (> 1 launches torchrun).",
     ),
 ]
 """The ``--nproc-per-node`` option of the commands that run on several processes."""
@@ -109,12 +121,48 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'wmtp.commands._common' has no attribute {name!r}")
 
 
+class _PlainHelp:
+    """``--help`` without Typer's type names (Typer 0.29 writes ``<bool>``, ``<list[str]>``,
+    ``<path>``): a flag (ours, ``--help``, ``--install-completion``) shows no type, an argument
+    its upper-case name (``RECIPE``, as ``Usage:`` does) and no type beside it. An option that
+    takes a value shows the metavar its declaration gives: ``metavar="N"``, ``"DIR"``,
+    ``choices(SomeEnum)``. ``tests/commands/test_help_rendering.py`` holds every command to it."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) or getattr(param, "count", False):
+                if param.metavar is None:
+                    param.metavar = ""  # takes no value: nothing to show
+            elif param.param_type_name == "argument" and hasattr(param, "display_type_rich"):
+                # Typer >= 0.29 (up to 0.26 Click's metavar reads RECIPE already; 0.27 and
+                # 0.28 show <path> whatever the metavar)
+                if param.metavar is None:
+                    param.metavar = param.name.upper()
+                param.display_type_rich = _no_type
+        return params
+
+
+def _no_type(ctx: Any) -> None:
+    """An argument's type in ``--help``: none (its name says what it is)."""
+    return None
+
+
+class Command(_PlainHelp, TyperCommand):
+    """Every ``wmtp`` command (``command()`` gives it)."""
+
+
+class Group(_PlainHelp, TyperGroup):
+    """``wmtp`` and its groups of commands (``typer.Typer(cls=Group)``)."""
+
+
 def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callable:
     """Register a Typer command whose ``WmtpError``s, and writes the file system refused
     (``wmtp.folders.refused_write``), become a message and their exit code (2).
 
     The wrapped function may take a ``format`` parameter; when it is ``"json"`` the error is
-    printed as JSON. Bugs (any other exception) keep their traceback.
+    printed as JSON. Bugs (any other exception) keep their traceback. Its class is
+    :class:`Command`, or ``cls=`` a subclass of it.
     """
 
     def decorate(fn: Callable) -> Callable:
@@ -144,6 +192,7 @@ def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callabl
 
         kwargs.setdefault("short_help", first_paragraph(fn.__doc__))
         kwargs.setdefault("help", flowed(fn.__doc__))
+        kwargs.setdefault("cls", Command)
         app.command(name, **kwargs)(wrapper)
         return fn
 

@@ -10,10 +10,11 @@ from typing import Annotated, Any, NamedTuple
 
 import typer
 
-from wmtp.commands._common import SetOption, command, console, relaunch
+from wmtp.commands._common import Group, SetOption, choices, command, console, relaunch
 from wmtp.errors import WmtpError
 
 bench_app = typer.Typer(
+    cls=Group,
     help="Benchmarks: attention backends, training steps, Hugging Face peers, decoding.",
     no_args_is_help=True,
 )
@@ -21,7 +22,7 @@ bench_app = typer.Typer(
 
 def out_folder(files: str) -> Any:
     """The ``--out`` option of a subcommand that writes ``files`` into a folder."""
-    return Annotated[Path, typer.Option("--out", help=f"Folder for {files}.")]
+    return Annotated[Path, typer.Option("--out", metavar="DIR", help=f"Folder for {files}.")]
 
 
 def check_out_folder(out: Path) -> None:
@@ -57,22 +58,25 @@ def _need_cuda() -> None:
 @command(bench_app, "attention")
 def attention(
     out: out_folder("attention.json and attention.md") = Path("bench/results/attention"),
-    dtype: Annotated[str, typer.Option(help="bfloat16 or float16.")] = "bfloat16",
+    dtype: Annotated[str, typer.Option(metavar="DTYPE", help="bfloat16 or float16.")] = "bfloat16",
     sweep: Annotated[bool, typer.Option(help="Also sweep FlexAttention kernel options.")] = True,
     rounds: Annotated[
-        int, typer.Option(min=1, help="Rounds of timings, every backend in turn in each.")
+        int,
+        typer.Option(min=1, metavar="N", help="Rounds of timings, every backend in turn in each."),
     ] = 3,
     record: Annotated[
         Path | None,
         typer.Option(
+            metavar="TABLE",
             help="Rank the backends measured here per layout and record them for this GPU in "
-            "this table (auto reads $WMTP_ATTENTION_TABLE, then wmtp/models/attention_table.json)."
+            "this table (auto reads $WMTP_ATTENTION_TABLE, then wmtp/models/attention_table.json).",
         ),
     ] = None,
     from_json: Annotated[
         Path | None,
         typer.Option(
             "--from-json",
+            metavar="FILE",
             help="Measure nothing: take the rows of an earlier attention.json (with --record).",
         ),
     ] = None,
@@ -120,9 +124,11 @@ def _read_result(path: Path) -> dict:
 @command(bench_app, "peer")
 def peer(
     out: out_folder("peer.json") = Path("bench/results/peer"),
-    flavour: Annotated[str, typer.Option(help="Model shape (a flavour name).")] = "llama-1b-bench",
-    batch: Annotated[int, typer.Option(help="Micro-batch size.")] = 2,
-    seq_len: Annotated[int, typer.Option(help="Sequence length.")] = 2048,
+    flavour: Annotated[
+        str, typer.Option(metavar="NAME", help="Model shape (a flavour name).")
+    ] = "llama-1b-bench",
+    batch: Annotated[int, typer.Option(metavar="N", help="Micro-batch size.")] = 2,
+    seq_len: Annotated[int, typer.Option(metavar="N", help="Sequence length.")] = 2048,
     compile: Annotated[bool, typer.Option(help="Also run with torch.compile.")] = True,
 ) -> None:
     """A Hugging Face transformers Llama of the same shape: tokens/s and MFU (sdpa, eager)."""
@@ -159,14 +165,16 @@ def peers(
     shape: Annotated[
         PeerShape,
         typer.Option(
+            metavar=choices(PeerShape),
             help="full1b: the 1B full fine-tune (llama-1b-bench); lora7b: the production LoRA "
-            "recipe (recipes/baseline.toml, Llama-2-7B MTP)."
+            "recipe (recipes/baseline.toml, Llama-2-7B MTP).",
         ),
     ],
     micro_batches: Annotated[
         str | None,
         typer.Option(
             "--micro-batches",
+            metavar="N,...",
             help="Comma-separated micro-batches to sweep (default full1b 2,4,8,16; lora7b "
             "1,2,4,8), or best:SIDE: the best micro-batch of SIDE in --out's results.",
         ),
@@ -174,6 +182,7 @@ def peers(
     sides: Annotated[
         str | None,
         typer.Option(
+            metavar="SIDE,...",
             help="Comma-separated sides (default all): full1b wmtp-1head, wmtp-4heads, "
             "wmtp-1head+float8, hf, hf+compile, hf+liger, titan, titan+float8, "
             "titan+no-compile, titan+float8+no-compile (torchtitan's Llama3); lora7b wmtp-4heads, wmtp-1head, "
@@ -182,17 +191,19 @@ def peers(
             "hf-peft+no-checkpointing, hf-peft+compile+no-checkpointing, "
             "hf-peft+liger+no-checkpointing; in float8 wmtp-4heads+float8, "
             "wmtp-4heads+no-checkpointing+float8, hf-peft+compile+no-checkpointing+float8. "
-            "Liger peers run last, torchtitan's after them."
+            "Liger peers run last, torchtitan's after them.",
         ),
     ] = None,
     set_: SetOption = None,
     warmup: Annotated[
-        int | None, typer.Option(min=0, help="Steps before timing (full1b 3, lora7b 2).")
+        int | None,
+        typer.Option(min=0, metavar="N", help="Steps before timing (full1b 3, lora7b 2)."),
     ] = None,
     repeats: Annotated[
         int | None,
         typer.Option(
             min=1,
+            metavar="N",
             help="Steps timed, median reported (full1b 10, lora7b 5; on a GPU more where they "
             "take under 5 s).",
         ),
@@ -254,11 +265,13 @@ def step(
         "STEM.json (STEM-Ngpu.json, or STEM-Ncpu.json without CUDA, for N processes; with "
         "--profile also STEM.txt and STEM.trace.json.gz)"
     ) = Path("bench/results/step"),
-    warmup: Annotated[int, typer.Option(min=0, help="Steps run before timing.")] = 5,
+    warmup: Annotated[int, typer.Option(min=0, metavar="N", help="Steps run before timing.")] = 5,
     repeats: Annotated[
         int,
         typer.Option(
-            min=1, help="Steps timed, median reported (on a GPU more where they take under 5 s)."
+            min=1,
+            metavar="N",
+            help="Steps timed, median reported (on a GPU more where they take under 5 s).",
         ),
     ] = 20,
     nproc_per_node: Annotated[
@@ -266,6 +279,7 @@ def step(
         typer.Option(
             "--nproc-per-node",
             min=1,
+            metavar="N",
             help="Processes on this machine, one per GPU (without CUDA, CPU processes under "
             "gloo); > 1 launches torchrun and measures the FSDP2 step.",
         ),
@@ -274,8 +288,9 @@ def step(
         int,
         typer.Option(
             min=0,
-            help="After timing, profile this many steps with torch.profiler: "
-            "OUT/STEM.trace.json.gz (open in Perfetto) and OUT/STEM.txt (operators by time).",
+            metavar="N",
+            help="After timing, profile N steps with torch.profiler: "
+            "DIR/STEM.trace.json.gz (open in Perfetto) and DIR/STEM.txt (operators by time).",
         ),
     ] = 0,
 ) -> None:
@@ -356,8 +371,10 @@ def _memory(result) -> str:
 @command(bench_app, "suite")
 def suite(
     out: out_folder("DEVICE_suite.json and DEVICE_suite.md") = Path("bench/results"),
-    flavour: Annotated[str, typer.Option(help="Model shape (a flavour name).")] = "llama-1b-bench",
-    seq_len: Annotated[int, typer.Option(help="Sequence length.")] = 2048,
+    flavour: Annotated[
+        str, typer.Option(metavar="NAME", help="Model shape (a flavour name).")
+    ] = "llama-1b-bench",
+    seq_len: Annotated[int, typer.Option(metavar="N", help="Sequence length.")] = 2048,
 ) -> None:
     """The project's GPU figures side by side: HF peer, ntp, mtp4 (32k/128k vocab), verifiable."""
     check_out_folder(out)
@@ -375,23 +392,27 @@ def suite(
 @command(bench_app, "decode")
 def decode(
     flavour: Annotated[
-        str | None, typer.Option(help="Model shape with random weights (a flavour name).")
+        str | None,
+        typer.Option(metavar="NAME", help="Model shape with random weights (a flavour name)."),
     ] = None,
     checkpoint: Annotated[
         str | None,
-        typer.Option(help="A trained run directory, checkpoint or `wmtp export` instead."),
+        typer.Option(
+            metavar="PATH", help="A trained run directory, checkpoint or `wmtp export` instead."
+        ),
     ] = None,
     n_future_tokens: Annotated[
-        int | None, typer.Option(min=1, help="Heads (flavour only).")
+        int | None, typer.Option(min=1, metavar="N", help="Heads (flavour only).")
     ] = None,
     agreeing_heads: Annotated[
         bool, typer.Option(help="Also rig the heads to agree: the speed-up's upper bound.")
     ] = False,
-    prompts: Annotated[int, typer.Option(min=1, help="Prompts to average over.")] = 5,
+    prompts: Annotated[int, typer.Option(min=1, metavar="N", help="Prompts to average over.")] = 5,
     new_tokens: Annotated[
         int,
         typer.Option(
             min=1,
+            metavar="N",
             help="Tokens decoded per prompt (a prompt longer than the context leaves room for "
             "keeps its last tokens: prompts_cut_to_context).",
         ),
@@ -416,9 +437,13 @@ def decode(
     ] = False,
     temperature: Annotated[
         float,
-        typer.Option(min=0.0, help="0: greedy; above: sampled, and speculative sampling."),
+        typer.Option(
+            min=0.0, metavar="T", help="0: greedy; above: sampled, and speculative sampling."
+        ),
     ] = 0.0,
-    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus when sampled.")] = 1.0,
+    top_p: Annotated[
+        float, typer.Option(min=0.0, max=1.0, metavar="P", help="Nucleus when sampled.")
+    ] = 1.0,
     peers: Annotated[
         bool,
         typer.Option(
@@ -427,19 +452,23 @@ def decode(
             "batch 1 and at --batch sampled rows; each side the median of three timed calls."
         ),
     ] = False,
-    batch: Annotated[int, typer.Option(min=1, help="Rows of the batched comparison.")] = 20,
+    batch: Annotated[
+        int, typer.Option(min=1, metavar="N", help="Rows of the batched comparison.")
+    ] = 20,
     profile: Annotated[
         Path | None,
         typer.Option(
+            metavar="PATH",
             help="Also torch.profiler traces of decoding (plain at batch 1 and --batch sampled "
             "rows whose cache spans the context; with extra heads, self-speculative at batch 1, "
-            "greedy and sampled): PATH.<case>.trace.json.gz and PATH.<case>.txt."
+            "greedy and sampled): PATH.<case>.trace.json.gz and PATH.<case>.txt.",
         ),
     ] = None,
     out: Annotated[
         Path,
         typer.Option(
             "--out",
+            metavar="FILE",
             help="JSON file for the figures; an existing file is replaced only where it is an "
             "earlier `wmtp bench decode` result (or with --force).",
         ),

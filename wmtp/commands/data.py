@@ -13,10 +13,11 @@ from typing import Annotated
 
 import typer
 
-from wmtp.commands._common import SandboxOption, command, console
+from wmtp.commands._common import Group, SandboxOption, choices, command, console
 
 data_app = typer.Typer(
     name="data",
+    cls=Group,
     help="Build dataset metadata and the built-in HumanEval dataset.",
     no_args_is_help=True,
 )
@@ -53,13 +54,20 @@ def index(
         ),
     ],
     tokenizer: Annotated[
-        TokenizerKind, typer.Option(help="Tokenizer that counts the token lengths.")
+        TokenizerKind,
+        typer.Option(
+            metavar=choices(TokenizerKind), help="Tokenizer that counts the token lengths."
+        ),
     ] = TokenizerKind.byte,
     tokenizer_path: Annotated[
         Path | None,
-        typer.Option(help="tokenizer.model / tokenizer.json (for sentencepiece / hf)."),
+        typer.Option(
+            metavar="FILE", help="tokenizer.model / tokenizer.json (for sentencepiece / hf)."
+        ),
     ] = None,
-    template: Annotated[Template, typer.Option(help="Prompt template.")] = Template.alpaca,
+    template: Annotated[
+        Template, typer.Option(metavar=choices(Template), help="Prompt template.")
+    ] = Template.alpaca,
     force: Annotated[
         bool, typer.Option("--force", help="Rebuild metadata that exists (else it is checked).")
     ] = False,
@@ -174,10 +182,12 @@ def _refuse_unwritable_beside(file: Path) -> None:
 def humaneval(
     out_dir: Annotated[Path, typer.Argument(help="Directory to write the dataset into.")],
     heldout_fraction: Annotated[
-        float, typer.Option(min=0.0, max=0.9, help="Fraction of problems held out.")
+        float,
+        typer.Option(min=0.0, max=0.9, metavar="FRACTION", help="Fraction of problems held out."),
     ] = 0.1,
     workers: Annotated[
-        int | None, typer.Option(min=1, help="Parallel sandboxed checks (default: one per core).")
+        int | None,
+        typer.Option(min=1, metavar="N", help="Parallel sandboxed checks (default: one per core)."),
     ] = None,
     sandbox: SandboxOption = None,
     force: Annotated[

@@ -42,6 +42,7 @@ def eval_command(
         Path | None,
         typer.Option(
             "--recipe",
+            metavar="FILE",
             help="Recipe to use instead of the one beside the checkpoint (tokenizer, "
             "dtype, \\[evaluation]).",
         ),
@@ -50,6 +51,7 @@ def eval_command(
         Path | None,
         typer.Option(
             "--out",
+            metavar="DIR",
             help="Folder for the <benchmark>/ result folders (default: <run>/eval/step-N; "
             "<checkpoint>/eval for a checkpoint with its recipe.toml, such as an export; "
             "<runs_dir>/<experiment>/eval for a pretrained model).",
@@ -106,12 +108,15 @@ def report_command(
         list[Path],
         typer.Argument(help="Run directories to compare.", show_default=False),
     ],
-    out: Annotated[Path, typer.Option("--out", help="Folder for the figures and report.md.")],
+    out: Annotated[
+        Path, typer.Option("--out", metavar="DIR", help="Folder for the figures and report.md.")
+    ],
     step: Annotated[
         int | None,
         typer.Option(
             "--step",
             min=0,
+            metavar="N",
             help="Headline pass@k of this checkpoint step (default: each run's newest evaluated).",
         ),
     ] = None,

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from wmtp.commands._common import SetOption, command, console
+from wmtp.commands._common import SetOption, choices, command, console
 
 
 class Target(str, enum.Enum):
@@ -58,12 +58,15 @@ def export_command(
         Target,
         typer.Option(
             "--to",
+            metavar=choices(Target),
             help="hf: a plain LlamaForCausalLM (trunk + head 1; heads 2..n beside it); meta: "
             "params.json + consolidated.pth, Meta's multi-token layout; wmtp: wmtp's own format.",
             show_default=False,
         ),
     ],
-    out: Annotated[Path, typer.Option("--out", help="Folder to write (must be new or empty).")],
+    out: Annotated[
+        Path, typer.Option("--out", metavar="DIR", help="Folder to write (must be new or empty).")
+    ],
     merge_lora: Annotated[
         bool,
         typer.Option(
@@ -77,6 +80,7 @@ def export_command(
         DType | None,
         typer.Option(
             "--dtype",
+            metavar=choices(DType),
             help="dtype of the written weights, which the export's recipe.toml computes in "
             "(default: the recipe's model dtype; bfloat16 for a model folder without a recipe, "
             "whatever its weights' own).",
@@ -84,7 +88,11 @@ def export_command(
     ] = None,
     heads: Annotated[
         Heads,
-        typer.Option("--heads", help="all: every prediction head; 1: the next-token model alone."),
+        typer.Option(
+            "--heads",
+            metavar=choices(Heads),
+            help="all: every prediction head; 1: the next-token model alone.",
+        ),
     ] = Heads.all,
     force: Annotated[
         bool,
@@ -98,6 +106,7 @@ def export_command(
         Path | None,
         typer.Option(
             "--recipe",
+            metavar="FILE",
             help="Recipe of a source without one beside it (its tokenizer and model section).",
         ),
     ] = None,
@@ -105,6 +114,7 @@ def export_command(
         str | None,
         typer.Option(
             "--max-shard-size",
+            metavar="SIZE",
             help="--to hf only: largest safetensors file, such as 500MB or 2GiB "
             f"({DEFAULT_SHARD_SIZE} when not given); meta and wmtp write one file.",
             show_default=False,

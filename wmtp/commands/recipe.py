@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperCommand
 
 from wmtp.commands import _common
-from wmtp.commands._common import SetOption, command
+from wmtp.commands._common import Command, SetOption, command
 from wmtp.commands._output import USER_ERROR_EXIT
 
 
@@ -31,7 +30,12 @@ class OutputFormat(str, enum.Enum):
 
 
 FormatOption = Annotated[
-    OutputFormat, typer.Option("--format", help="text for people, json for machines.")
+    OutputFormat,
+    typer.Option(
+        "--format",
+        metavar=_common.choices(OutputFormat),
+        help="text for people, json for machines.",
+    ),
 ]
 
 
@@ -52,7 +56,7 @@ UsageError: type[Exception] = typer.BadParameter.__base__
 of its own since Typer 0.2x, the ``click`` package before)."""
 
 
-class JsonUsageErrors(TyperCommand):
+class JsonUsageErrors(Command):
     """A command whose usage errors (an option's bad value, an unknown option, no recipes) are,
     with ``--format json``, one JSON document on stdout in the shape of its other errors
     (``report_error``'s), exit 2, rather than Typer's box on stderr: a machine reader of
@@ -94,7 +98,8 @@ def validate(
         typer.Argument(help="Recipe files (default: every recipes/*.toml).", show_default=False),
     ] = None,
     world_size: Annotated[
-        int, typer.Option("--world-size", "-n", min=1, help="GPUs to estimate memory for.")
+        int,
+        typer.Option("--world-size", "-n", min=1, metavar="N", help="GPUs to estimate memory for."),
     ] = 1,
     overrides: SetOption = None,
     env: Annotated[
@@ -216,7 +221,7 @@ def show(
 
 def schema(
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Where to write the JSON schema.")
+        Path, typer.Option("--output", "-o", metavar="FILE", help="Where to write the JSON schema.")
     ] = Path("schemas/recipe.schema.json"),
     check: Annotated[
         bool, typer.Option("--check", help="Write nothing; exit 1 when the file is stale.")
