@@ -1,6 +1,6 @@
 """`wmtp validate --env` where bubblewrap cannot run: a training recipe whose built-in HumanEval
 is not built yet (`wmtp run` labels its candidates in the sandbox once the model is built) is
-said first, at `data.cache_dir`; an evaluation recipe at `evaluation.benchmarks`, whose generated
+said first, at `data.cache_dir`, in the words `wmtp run` stops with; an evaluation recipe at `evaluation.benchmarks`, whose generated
 programs run there. Both exit 2, as the command would stop."""
 
 from __future__ import annotations
@@ -38,7 +38,10 @@ def test_a_humaneval_build_without_a_sandbox_cannot_run_here(tmp_path):
         f"{humaneval.built_dir(cache, 0.1)} yet, and its build runs code in the sandbox: bubblewrap "
         "unusable (bwrap is not installed: not found on PATH)" in flat
     )
-    assert "WMTP_SANDBOX=rlimits" in flat and "Traceback" not in done.stderr
+    built = humaneval.built_dir(cache, 0.1)  # the ways out `wmtp run` gives, word for word
+    assert "--sandbox rlimits (or WMTP_SANDBOX=rlimits)" in flat
+    assert f"`{humaneval.build_command(built, 0.1)}`, and bring that folder here" in flat
+    assert "Traceback" not in done.stderr
     assert not cache.exists()  # validate builds nothing
 
 

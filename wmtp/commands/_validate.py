@@ -458,34 +458,19 @@ def _environment_problems(loaded: Any, machine: dict, world_size: int) -> list[s
 def _sandbox_problems(loaded: Any, isolation: str) -> list[str]:
     """Code this recipe runs where the sandbox cannot (``isolation``, the machine's ``none: ...``
     line): an evaluation's generated code, or a training recipe's built-in HumanEval that is not
-    built yet, whose candidates ``wmtp run`` labels in the sandbox once the model is built."""
+    built yet, whose candidates ``wmtp run`` would label in the sandbox (the message it stops
+    with, ``humaneval.sandbox_refusal``)."""
     recipe = loaded.recipe
     if recipe.pipeline.trains is None:
         why = isolation.removeprefix("none: ")
         message = f"the benchmarks' generated programs run in the sandbox: {why}"
         return [_at(loaded, "evaluation.benchmarks", message)]
-    built = _humaneval_to_build(recipe.data)
-    if built is None:
+    if recipe.data.kind != "humaneval":
         return []
-    why = isolation.removeprefix("none: ")
-    message = (
-        f"HumanEval is not built in {built} yet, and its build runs code in the sandbox: {why}"
-    )
-    return [_at(loaded, "data.cache_dir", message)]
-
-
-def _humaneval_to_build(spec: Any) -> Path | None:
-    """The folder ``wmtp run`` builds the built-in HumanEval in, labelling its candidates in the
-    sandbox; None where it runs no code: other data, a build there already, or its labels kept
-    beside it from an earlier build (``humaneval.ensure_humaneval``)."""
-    if spec.kind != "humaneval":
-        return None
     from wmtp.data import humaneval
 
-    fraction = spec.split.heldout_fraction
-    if not humaneval.needs_sandbox(spec.cache_dir, fraction):
-        return None
-    return humaneval.built_dir(spec.cache_dir, fraction)
+    message = humaneval.sandbox_refusal(recipe.data.cache_dir, recipe.data.split.heldout_fraction)
+    return [] if message is None else [_at(loaded, "data.cache_dir", message)]
 
 
 def _memory_problems(loaded: Any, machine: dict, world_size: int, device: str) -> list[str]:

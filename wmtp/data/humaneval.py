@@ -417,6 +417,29 @@ def needs_sandbox(cache_dir: str | Path | None, heldout_fraction: float) -> bool
     return not is_built(out) and not saved_labels(out.parent).is_file()
 
 
+def sandbox_refusal(cache_dir: str | Path | None, heldout_fraction: float) -> str | None:
+    """Why :func:`ensure_humaneval` cannot build the dataset of ``heldout_fraction`` in
+    ``cache_dir`` here: it would label candidates in the sandbox (:func:`needs_sandbox`) and no
+    isolation may run them; with the ways out. None where it runs no code, or code may run.
+    Raises ``SandboxError`` for an unknown ``WMTP_SANDBOX`` value (which names itself)."""
+    from wmtp import sandbox
+    from wmtp.sandbox import bwrap, rlimits
+
+    if not needs_sandbox(cache_dir, heldout_fraction):
+        return None
+    why = sandbox.refusal_reason()
+    if why is None:
+        return None
+    built = built_dir(cache_dir, heldout_fraction)
+    return (
+        f"HumanEval is not built in {built} yet, and its build runs code in the sandbox: {why}; "
+        f"nothing was built. Make bubblewrap work here ({bwrap.INSTALL_HINT}); or accept weaker "
+        f"isolation with --sandbox rlimits (or {sandbox.ENV_VAR}=rlimits): "
+        f"{rlimits.weaknesses()}; or build it where bubblewrap works, with "
+        f"`{build_command(built, heldout_fraction)}`, and bring that folder here to {built}"
+    )
+
+
 def damaged_build(said: str, built: Path, heldout_fraction: float) -> str:
     """What to say of a file of the build in ``built`` that does not read (``said``: which file,
     which line, why), with the two ways to build it again."""

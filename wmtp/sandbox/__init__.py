@@ -25,6 +25,7 @@ from wmtp.sandbox.policy import (
     choose,
     isolation,
     isolation_line,
+    refusal_reason,
     require,
 )
 
@@ -42,5 +43,6 @@ __all__ = [
     "execute",
     "isolation",
     "isolation_line",
+    "refusal_reason",
     "require",
 ]

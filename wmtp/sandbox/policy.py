@@ -74,14 +74,33 @@ def isolation(requested: str | None = None) -> Isolation:
     mode = requested_mode(requested)
     if mode == "rlimits":
         return Isolation("rlimits", f"{rlimits.summary()} (opted in); {rlimits.weaknesses()}")
+    why = _unusable(mode)
+    if why is None:
+        return Isolation("bwrap", f"bubblewrap{runner().note}: {bwrap.SUMMARY}")
+    return Isolation("none", f"{why}; set {ENV_VAR}=rlimits to run with rlimits only")
+
+
+def refusal_reason(requested: str | None = None) -> str | None:
+    """Why no isolation may run code here, in a phrase (``WMTP_SANDBOX=bwrap but bubblewrap
+    unusable (bwrap is not installed: not found on PATH)``), for a message that says itself what
+    to do; None where code may run (bubblewrap works, or rlimits only was opted in to)."""
+    mode = requested_mode(requested)
+    return None if mode == "rlimits" else _unusable(mode)
+
+
+def _unusable(mode: str | None) -> str | None:
+    """Why bubblewrap cannot run here, naming what insisted on it; None where it can."""
     problem = bwrap.probe()
     if problem is None:
-        return Isolation("bwrap", f"bubblewrap{runner().note}: {bwrap.SUMMARY}")
-    forced = f"{ENV_VAR}=bwrap but " if mode == "bwrap" else ""
-    return Isolation(
-        "none",
-        f"{forced}bubblewrap unusable ({problem}); set {ENV_VAR}=rlimits to run with rlimits only",
-    )
+        return None
+    forced = f"{_bwrap_forced_by()} but " if mode == "bwrap" else ""
+    return f"{forced}bubblewrap unusable ({problem})"
+
+
+def _bwrap_forced_by() -> str:
+    """What insisted on bubblewrap, as the user said it: ``--sandbox bwrap`` (:func:`choose`)
+    in this process, else ``WMTP_SANDBOX=bwrap``."""
+    return _chosen_with if _chosen_with == "--sandbox bwrap" else f"{ENV_VAR}=bwrap"
 
 
 def isolation_line() -> str:
@@ -109,7 +128,7 @@ def require(requested: str | None = None, *, purpose: str = "running untrusted c
 
 
 def _refusal(purpose: str, mode: str | None) -> str:
-    forced = f" ({ENV_VAR}=bwrap)" if mode == "bwrap" else ""
+    forced = f" ({_bwrap_forced_by()})" if mode == "bwrap" else ""
     return (
         f"sandbox: {purpose} needs bubblewrap{forced}, which cannot run here: {bwrap.probe()}. "
         f"Install it ({bwrap.INSTALL_HINT}), or accept weaker isolation with {OPT_IN}: "

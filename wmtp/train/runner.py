@@ -352,6 +352,7 @@ def run_recipe(
 
     text = dump_recipe(recipe)
     _check_device(prepared)
+    _check_sandbox(prepared)
     _warn_memory(prepared)
     ctx = init_distributed(recipe.parallel.device)
     run_dir: Path | None = None
@@ -436,6 +437,23 @@ def _check_device(prepared: PreparedRun) -> None:
 
     if prepared.recipe.parallel.device == "cuda" and not torch.cuda.is_available():
         problem = located_problem(prepared.loaded, "parallel.device", NO_CUDA)
+        raise RecipeProblems(str(prepared.loaded.path), [problem])
+
+
+def _check_sandbox(prepared: PreparedRun) -> None:
+    """The built-in HumanEval to build where the sandbox that labels its candidates cannot run:
+    said at ``data.cache_dir`` before the models are built, as ``wmtp validate --env`` says it
+    (the dataset's builder says it too, for a build whose saved labels went since)."""
+    from wmtp.data.humaneval import sandbox_refusal
+    from wmtp.recipe import RecipeProblems
+    from wmtp.recipe.inputs import located_problem
+
+    data = prepared.recipe.data
+    if data.kind != "humaneval":
+        return
+    why = sandbox_refusal(data.cache_dir, data.split.heldout_fraction)
+    if why is not None:
+        problem = located_problem(prepared.loaded, "data.cache_dir", why)
         raise RecipeProblems(str(prepared.loaded.path), [problem])
 
 
