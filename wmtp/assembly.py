@@ -200,10 +200,10 @@ def check_lora_base(role: str, spec: Any, weights: Path) -> None:
     before anything reads data, by ``wmtp.recipe.inputs.lora_base_problem``; weights or a
     recipe beside them that do not load are said where they load."""
     from wmtp.models.descriptions import checkpoint_format
-    from wmtp.models.locate import find_trained_weights
+    from wmtp.models.locate import find_trained_weights, sharded_adapters
 
     try:
-        trained = find_trained_weights(weights)
+        trained = sharded_adapters(weights) or find_trained_weights(weights)
         theirs = _trained_recipe(role, spec, trained)
     except CheckpointError:
         return

@@ -10,23 +10,25 @@ and dtypes its ``.metadata`` records; only the ``model`` entries are read, never
 from __future__ import annotations
 
 import contextlib
-import shutil
 import warnings
 from pathlib import Path
 
 import torch
 
 from wmtp.errors import CheckpointError
-from wmtp.export.source import DCP_STATE, Source
-from wmtp.models.locate import FULL_WEIGHTS, LORA_WEIGHTS, RECIPE_FILE
+from wmtp.export.source import Source
+from wmtp.models.locate import DCP_STATE, FULL_WEIGHTS, LORA_WEIGHTS, RECIPE_FILE
 
 MODEL_PREFIX = "model."
 """The trainer saves ``{"model": ..., "optimizer": ...}``; DCP flattens keys to ``model.<fqn>``."""
 
 
-def weights_directory(source: Source, spec, staging: Path) -> Path:
+def weights_directory(source: Source, spec, staging: Path, recipe_text: str) -> Path:
     """A directory whose consolidated weights wmtp's loader reads: the checkpoint itself, or
-    ``staging`` holding the file the trainer would have written, made from ``state/``.
+    ``staging`` holding the file the trainer would have written, made from ``state/``, beside
+    ``recipe_text``: the export's recipe, the checkpoint's own with the user's ``--set`` (a LoRA
+    base found at another path, checked against the checkpoint's run already:
+    ``source.check_adapters_base``).
 
     ``spec`` is the trained model's recipe section: under LoRA the file holds the adapters
     (and, for a value model, its head, which trains beside them), else every parameter.
@@ -45,7 +47,7 @@ def weights_directory(source: Source, spec, staging: Path) -> Path:
 
     staging.mkdir(parents=True)
     safetensors_file.save({k: v.contiguous() for k, v in state.items()}, staging / name)
-    shutil.copyfile(source.recipe_file, staging / RECIPE_FILE)
+    (staging / RECIPE_FILE).write_text(recipe_text)
     return staging
 
 

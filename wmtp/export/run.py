@@ -143,8 +143,10 @@ class _Job:
         """The model as ``wmtp eval`` builds it, on the CPU in :meth:`build_dtype`."""
         from wmtp import assembly
         from wmtp.export.consolidate import weights_directory
+        from wmtp.recipe import dump_recipe
 
-        weights = weights_directory(self.src, self.spec, staging / ".consolidated")
+        staged = staging / ".consolidated"
+        weights = weights_directory(self.src, self.spec, staged, dump_recipe(self.recipe))
         tokenizer = assembly.tokenizer(self.recipe)
         model = assembly.trained_model(
             self.recipe,
@@ -155,7 +157,7 @@ class _Job:
             dtype=self.build_dtype(merge_lora),
             attention="sdpa",  # runs anywhere; the export writes weights, not kernels
         )
-        shutil.rmtree(staging / ".consolidated", ignore_errors=True)
+        shutil.rmtree(staged, ignore_errors=True)
         return model, tokenizer
 
     def build_dtype(self, merge_lora: bool) -> str:

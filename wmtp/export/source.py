@@ -25,6 +25,7 @@ from wmtp.errors import CheckpointError, ExportError
 from wmtp.export import exported_step
 from wmtp.models.locate import (
     CHECKPOINTS,
+    DCP_STATE,
     FULL_WEIGHTS,
     LORA_WEIGHTS,
     RECIPE_FILE,
@@ -35,8 +36,6 @@ from wmtp.models.locate import (
     newest_whole,
 )
 from wmtp.recipe.inputs import MODEL_MARKERS, TOKENIZER_FILES
-
-DCP_STATE = "state"
 
 HALF_WRITTEN = re.compile(r"^\.tmp-step-\d+$")
 """The name a trainer checkpoint has while it is written (renamed to ``step-N`` when whole)."""

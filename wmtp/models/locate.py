@@ -37,6 +37,10 @@ MODEL_INFO = "wmtp_model.json"
 FULL_WEIGHTS = "model.safetensors"
 LORA_WEIGHTS = "lora.safetensors"
 TRAINER_STATE = "trainer.json"
+DCP_STATE = "state"
+"""In a training checkpoint: its sharded state (torch.distributed.checkpoint), the trained
+weights and the optimizer's, which a resume loads and ``wmtp export`` reads where the
+consolidated file is missing."""
 READERS_LOCK = ".readers"
 """In a checkpoint: the lock its readers share, which its trainer's pruning must take alone."""
 
@@ -242,6 +246,16 @@ def _weights_kind(directory: Path) -> Literal["full", "lora"] | None:
     return None
 
 
+def sharded_adapters(directory: Path) -> TrainedWeights | None:
+    """A training checkpoint whose weights are only in its :data:`DCP_STATE` (no
+    consolidated file), as the LoRA adapters it holds where its recipe trained LoRA (which the
+    caller knows); None for any other folder. Their base is checked before they are read
+    (``wmtp.assembly.check_lora_base``)."""
+    if _weights_kind(directory) is not None or not (directory / DCP_STATE).is_dir():
+        return None
+    return TrainedWeights(directory, "lora", _recipe_beside(directory))
+
+
 def _recipe_beside(directory: Path) -> Path | None:
     """A checkpoint's resolved recipe: in the checkpoint, else in its run directory."""
     for candidate in (directory / RECIPE_FILE, directory.parent.parent / RECIPE_FILE):
@@ -251,6 +265,7 @@ def _recipe_beside(directory: Path) -> Path | None:
 
 
 __all__ = [
+    "DCP_STATE",
     "FULL_WEIGHTS",
     "LORA_WEIGHTS",
     "MODEL_INFO",
@@ -261,5 +276,6 @@ __all__ = [
     "is_run_dir",
     "keep_named_checkpoint",
     "keep_while_read",
+    "sharded_adapters",
     "step_dirs",
 ]

@@ -275,10 +275,12 @@ def lora_base_problem(loaded: Any, role: str, weights: Path) -> Any | None:
 
 
 def _adapters_alone(weights: Path) -> bool:
-    """Whether ``weights`` holds LoRA adapters without the base weights they apply to."""
-    from wmtp.models.locate import FULL_WEIGHTS, LORA_WEIGHTS
+    """Whether ``weights`` holds LoRA adapters without the base weights they apply to (of a
+    recipe that trained LoRA): in their file, or in a checkpoint's sharded state alone."""
+    from wmtp.models.locate import FULL_WEIGHTS, LORA_WEIGHTS, sharded_adapters
 
-    return (weights / LORA_WEIGHTS).is_file() and not (weights / FULL_WEIGHTS).is_file()
+    alone = (weights / LORA_WEIGHTS).is_file() and not (weights / FULL_WEIGHTS).is_file()
+    return alone or sharded_adapters(weights) is not None
 
 
 def watched_paths(recipe: Any) -> list[str]:

@@ -46,7 +46,15 @@ from torch.distributed.checkpoint.state_dict import (
 from wmtp import locks
 from wmtp.errors import CheckpointError, RunError
 from wmtp.models import safetensors_file
-from wmtp.models.locate import CHECKPOINTS, FULL_WEIGHTS, LORA_WEIGHTS, READERS_LOCK, pinned_by
+from wmtp.models.locate import (
+    CHECKPOINTS,
+    DCP_STATE,
+    FULL_WEIGHTS,
+    LORA_WEIGHTS,
+    READERS_LOCK,
+    TRAINER_STATE,
+    pinned_by,
+)
 from wmtp.models.locate import step_dirs as checkpoint_dirs
 from wmtp.parallel import barrier
 from wmtp.train.io_errors import describe_write_error
@@ -267,7 +275,7 @@ def _fresh_dir(tmp: Path) -> None:
 def _save_state(tmp: Path, model, optimizer) -> None:
     model_sd, optim_sd = get_state_dict(model, optimizer)
     with _single_process_quiet():
-        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp / "state"))
+        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(tmp / DCP_STATE))
 
 
 def _rng_file(tmp: Path) -> Path:
@@ -278,7 +286,7 @@ def _write_rank0_files(tmp, full, lora_state, scheduler, trainer_state, recipe_t
     name = LORA_WEIGHTS if lora_state is not None else FULL_WEIGHTS
     safetensors_file.save({k: v.detach().cpu().contiguous() for k, v in full.items()}, tmp / name)
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    (tmp / "trainer.json").write_text(json.dumps(trainer_state, indent=2) + "\n")
+    (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2) + "\n")
     (tmp / "recipe.toml").write_text(recipe_text)
 
 
@@ -335,18 +343,18 @@ def load_checkpoint(
     The checkpoint was verified against its manifest before (``wmtp.train.runner``); whatever
     still fails to load becomes one CheckpointError naming the file."""
     ckpt = Path(ckpt)
-    if not (ckpt / "trainer.json").is_file() or not (ckpt / "state").is_dir():
+    if not (ckpt / TRAINER_STATE).is_file() or not (ckpt / DCP_STATE).is_dir():
         raise CheckpointError(f"{ckpt}: not a complete training checkpoint (no trainer.json/state)")
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optimizer": optim_sd}
-    _load_part(ckpt / "state", lambda: _dcp_load(state, ckpt / "state"))
+    _load_part(ckpt / DCP_STATE, lambda: _dcp_load(state, ckpt / DCP_STATE))
     set_state_dict(
         model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
     )
     scheduler_state = _load_part(ckpt / "scheduler.pt", lambda: _torch_load(ckpt / "scheduler.pt"))
     scheduler.load_state_dict(scheduler_state)
     trainer = _load_part(
-        ckpt / "trainer.json", lambda: json.loads((ckpt / "trainer.json").read_text())
+        ckpt / TRAINER_STATE, lambda: json.loads((ckpt / TRAINER_STATE).read_text())
     )
     rng_file = ckpt / "rng" / f"rank{_rank()}.pt"
     if rng_file.exists():
