@@ -12,7 +12,6 @@ are told apart by the digest of the file each read, not by the path that named i
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections.abc import Iterator
@@ -68,26 +67,19 @@ def _flatten(prefix: str, value: Any, out: dict[str, float]) -> None:
 def read_metrics_jsonl(path: Path, notes: list[str] | None = None) -> dict[str, Series]:
     """Scalar series of a ``metrics.jsonl``; lines without a ``step`` are skipped (headers). A
     step logged twice (a resume writes the steps after its checkpoint again) keeps its last
-    value. A torn last line (a crash while it was written, as ``wmtp.train.metrics.read_metrics``
-    reads it) is left out and said in ``notes``; a malformed line before it is a ``DataError``."""
+    value. Read as a resume reads it (``wmtp.train.metrics.read_records``): a torn last line (a
+    crash while it was written) is left out and said in ``notes``; a malformed line before it
+    (bytes that are not UTF-8 included) is a ``DataError`` at its line."""
+    from wmtp.train.metrics import read_records
+
     series: dict[str, dict[int, float]] = {}
-    numbered = [
-        (lineno, line)
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
-        if line.strip()
-    ]
-    for index, (lineno, line) in enumerate(numbered):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if index == len(numbered) - 1:
-                if notes is not None:
-                    notes.append(
-                        f"metrics.jsonl: its last line ({lineno}) is torn (the run stopped while "
-                        "writing it) and is left out"
-                    )
-                break
-            raise DataError(f"{path}:{lineno}: not valid JSON: {exc.msg}") from None
+    rows, torn = read_records(path)
+    if torn is not None and notes is not None:
+        notes.append(
+            f"metrics.jsonl: its last line ({torn}) is torn (the run stopped while writing it) "
+            "and is left out"
+        )
+    for row in rows:
         if not isinstance(row, dict) or not isinstance(row.get("step"), int):
             continue
         values: dict[str, float] = {}
@@ -98,8 +90,11 @@ def read_metrics_jsonl(path: Path, notes: list[str] | None = None) -> dict[str, 
 
 
 def read_tensorboard(run_dir: Path) -> dict[str, Series]:
-    """Scalar series of every TensorBoard event file under ``run_dir``."""
-    files = sorted(run_dir.rglob("events.out.tfevents.*"))
+    """Scalar series of the run's TensorBoard event files (``tb/``): never of a folder below
+    it, which is not this run's (an experiment's folder holds its runs')."""
+    from wmtp.train.metrics import TB_FOLDER
+
+    files = sorted((run_dir / TB_FOLDER).glob("events.out.tfevents.*"))
     if not files:
         return {}
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -201,10 +196,19 @@ def read_run(run_dir: str | Path) -> RunRecord:
             "(results now go to eval/step-N/<benchmark>/)"
         )
     if not record.scalars and not record.evals:
-        raise RunError(
-            f"{path}: no metrics.jsonl, TensorBoard events or eval/step-N/ results to report on"
-        )
+        raise RunError(f"{path}: {_nothing_to_report(path)}")
     return record
+
+
+def _nothing_to_report(path: Path) -> str:
+    """Why ``path`` is no run to report on: a folder of runs (``runs/<experiment>``), naming one
+    to give instead, or a folder without a run's records."""
+    runs = sorted(p for p in path.iterdir() if (p / "recipe.toml").is_file() and not p.is_symlink())
+    if not runs:
+        return "no metrics.jsonl, TensorBoard events or eval/step-N/ results to report on"
+    newest = path / "latest" if (path / "latest").is_dir() else runs[-1]
+    count = f"{len(runs)} run" + ("s" if len(runs) > 1 else "")
+    return f"a folder of {count}, not a run: name one, such as {newest}"
 
 
 BUILT_IN = "built-in"

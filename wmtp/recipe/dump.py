@@ -56,7 +56,22 @@ def _table_lines(data: dict, path: tuple[str, ...], comment: Comment | None) -> 
 
 
 def _key(key: str) -> str:
-    return key if _BARE_KEY.match(key) else json.dumps(key)
+    return key if _BARE_KEY.match(key) else _basic_string(key)
+
+
+def _basic_string(text: str) -> str:
+    """``text`` as a TOML basic string, in ASCII (whatever the locale a file is written in):
+    JSON's escapes for quotes, backslashes and control characters (TOML has the same), and
+    ``\\uXXXX`` / ``\\UXXXXXXXX`` for every other character past ``~``. Not ``json.dumps``
+    alone: it writes a character beyond U+FFFF as a surrogate pair, which TOML refuses, and DEL
+    raw, which TOML forbids."""
+    quoted = json.dumps(text, ensure_ascii=False)
+    return "".join(c if c < "\x7f" else _escaped(c) for c in quoted)
+
+
+def _escaped(character: str) -> str:
+    code = ord(character)
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def toml_value(value: Any) -> str:
@@ -72,7 +87,7 @@ def toml_value(value: Any) -> str:
             return "inf" if value > 0 else "-inf"
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
+        return _basic_string(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):  # inside arrays (and inline in problem messages)

@@ -25,6 +25,8 @@ from wmtp.atomic import write_lines
 from wmtp.progress import Bar
 
 METRICS_FILE = "metrics.jsonl"
+TB_FOLDER = "tb"
+"""In a run directory: the TensorBoard event files of its steps."""
 
 
 def after_earlier_event_files(tb_dir: Path) -> None:
@@ -68,8 +70,8 @@ class MetricsLogger:
             # resumed at step S: TensorBoard drops the earlier run's points after S (steps
             # trained again from the checkpoint), as read_metrics keeps a step's last record
             purge = start_step + 1 if start_step else None
-            after_earlier_event_files(run_dir / "tb")
-            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=purge)
+            after_earlier_event_files(run_dir / TB_FOLDER)
+            self.tb = SummaryWriter(str(run_dir / TB_FOLDER), purge_step=purge)
         except ImportError:  # tensorboard is a dependency; keep training if it is broken
             self.tb = None
         if console:
@@ -96,7 +98,7 @@ class MetricsLogger:
         with _writing(self.path):
             self.file.write(json.dumps({"step": step, **clean}) + "\n")
         if self.tb is not None:
-            with _writing(self.path.parent / "tb"):
+            with _writing(self.path.parent / TB_FOLDER):
                 for key, value in clean.items():
                     if isinstance(value, float) and math.isfinite(value):
                         self.tb.add_scalar(key, value, step)
@@ -112,7 +114,7 @@ class MetricsLogger:
         if self.progress is not None:
             self.progress.stop()
         if self.tb is not None:
-            with _writing(self.path.parent / "tb"):
+            with _writing(self.path.parent / TB_FOLDER):
                 self.tb.close()
         if self.file is not None:
             with _writing(self.path):
@@ -137,23 +139,30 @@ def _writing(path: Path):
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    """Every record of a run's metrics.jsonl, in order. A torn last line (a crash in the middle
-    of writing it) is left out; a malformed line before the last is a DataError naming it."""
+    """Every record of a run's metrics.jsonl, in order (:func:`read_records`; none where there
+    is no file yet)."""
     path = Path(run_dir) / METRICS_FILE
-    if not path.exists():
-        return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    return read_records(path)[0] if path.exists() else []
+
+
+def read_records(path: Path) -> tuple[list[dict], int | None]:
+    """Every record of the metrics.jsonl at ``path``, in order, and the line of a torn last line
+    left out (a crash while it was written; None where the file is whole). A malformed line
+    before the last, bytes that are not UTF-8 included, is a DataError at its file:line. The
+    one reader of the file: a resume's and ``wmtp report``'s."""
+    from wmtp.errors import DataError
+
+    text = path.read_bytes().decode("utf-8", errors="replace")  # damaged bytes: a bad line
+    numbered = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
     records = []
-    for number, line in enumerate(lines, start=1):
+    for index, (number, line) in enumerate(numbered):
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as exc:
-            if number == len(lines):
-                break  # torn by a crash while it was written
-            from wmtp.errors import DataError
-
-            raise DataError(f"{path}:{number}: not a JSON record ({exc.msg})") from None
-    return records
+            if index == len(numbered) - 1:
+                return records, number
+            raise DataError(f"{path}:{number}: not valid JSON: {exc.msg}") from None
+    return records, None
 
 
 def keep_metrics_until(run_dir: Path, step: int) -> None:

@@ -359,11 +359,12 @@ def check_writable(run: Path) -> None:
     """A RunError, before anything loads, when ``run`` or what a resume appends to in it (its
     checkpoints, log, metrics and TensorBoard folder) cannot be written; nothing is changed."""
     from wmtp.folders import read_only_file_system, unwritable
-    from wmtp.train.metrics import METRICS_FILE
+    from wmtp.models.locate import CHECKPOINTS
+    from wmtp.train.metrics import METRICS_FILE, TB_FOLDER
 
     if read_only_file_system(run):
         raise RunError(f"cannot resume {run}: it is on a read-only file system")
-    appended = ("checkpoints", LOG_FILE, METRICS_FILE, "tb")
+    appended = (CHECKPOINTS, LOG_FILE, METRICS_FILE, TB_FOLDER)
     refused = unwritable([run, *(run / name for name in appended)])
     if refused:
         names = [p.name if p != run else "the run directory itself" for p in refused]
