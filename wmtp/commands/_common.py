@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import enum
 import functools
 import inspect
@@ -134,18 +135,33 @@ class _PlainHelp:
             if getattr(param, "is_flag", False) or getattr(param, "count", False):
                 if param.metavar is None:
                     param.metavar = ""  # takes no value: nothing to show
-            elif param.param_type_name == "argument" and hasattr(param, "display_type_rich"):
-                # Typer >= 0.29 (up to 0.26 Click's metavar reads RECIPE already; 0.27 and
-                # 0.28 show <path> whatever the metavar)
-                if param.metavar is None:
-                    param.metavar = param.name.upper()
-                param.display_type_rich = _no_type
+            elif param.param_type_name == "argument":
+                _untyped_argument(param)
         return params
 
 
+def _untyped_argument(param: Any) -> None:
+    """An argument shown by its upper-case name, without the ``<path>`` Typer 0.27 and later
+    add beside it: 0.29 from ``display_type_rich``, 0.27 and 0.28 from its type's metavar
+    (Click's own rendering, up to Typer 0.26, shows ``RECIPE  PATH``)."""
+    if param.metavar is None:
+        param.metavar = param.name.upper()
+    param.display_type_rich = _no_type
+    kind = getattr(param, "type", None)  # Typer 0.29's arguments convert values by annotation
+    if kind is not None and not getattr(kind, "untyped", False):
+        param.type = copy.copy(kind)  # converts values as before
+        param.type.get_metavar = _no_metavar
+        param.type.untyped = True
+
+
 def _no_type(ctx: Any) -> None:
-    """An argument's type in ``--help``: none (its name says what it is)."""
+    """An argument's type in ``--help`` (Typer 0.29): none, its name says what it is."""
     return None
+
+
+def _no_metavar(*args: Any, **kwargs: Any) -> str:
+    """An argument's type's metavar (Typer 0.27, 0.28): empty, shown as nothing."""
+    return ""
 
 
 class Command(_PlainHelp, TyperCommand):
