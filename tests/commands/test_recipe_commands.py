@@ -311,6 +311,20 @@ def test_list_shows_components_with_parameters(cli):
     assert "  rho1  " in out and "k_percent = 0.6" in out
 
 
+def test_list_shows_defaults_as_a_recipe_writes_them(cli):
+    """Each ``name = default`` line pastes into a recipe: TOML (was Python's repr:
+    ``{'kind': 'ema', ...}``, ``'auto'``, ``False``), ``(unset)`` for a field off until set."""
+    import tomllib
+
+    every = cli("list").stdout
+    lines = [line.strip().split("  ")[0] for line in every.splitlines() if " = " in line]
+    pasted = [line for line in lines if not line.endswith(("(required)", "(unset)"))]
+    assert len(pasted) > 30 and all(tomllib.loads(line) for line in pasted), pasted
+    normalize = tomllib.loads(next(line for line in lines if line.startswith("normalize =")))
+    assert normalize["normalize"] == {"kind": "ema", "momentum": 0.1, "warmup_steps": 10}
+    assert any(line.endswith("= (unset)") for line in lines)
+
+
 def test_list_json_and_unknown_kind(cli):
     entries = json.loads(cli("list", "--format", "json").stdout)
     kinds = {e["kind"] for e in entries}

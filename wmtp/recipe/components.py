@@ -44,12 +44,22 @@ def spec_parameters(spec: type) -> list[dict[str, Any]]:
 
 
 def _default(info: Any) -> str:
+    """A field's default as a recipe writes it (TOML: ``"auto"``, ``true``, an inline table),
+    to copy into one; ``(required)``, or ``(unset)`` where the field is off until set."""
+    from pydantic_core import to_jsonable_python
+
+    from wmtp.recipe.dump import toml_value
+
     if info.default_factory is not None:
         value = info.default_factory()
-        return repr(value.model_dump() if hasattr(value, "model_dump") else value)
-    if info.default is PydanticUndefined:
+    elif info.default is PydanticUndefined:
         return "(required)"
-    return repr(info.default)
+    else:
+        value = info.default
+    if hasattr(value, "model_dump"):  # a section: its set values, as the recipe dump has them
+        value = value.model_dump(mode="json", exclude_none=True)
+    value = to_jsonable_python(value)
+    return "(unset)" if value is None else toml_value(value)
 
 
 def _type_name(annotation: Any) -> str:
