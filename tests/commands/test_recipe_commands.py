@@ -311,6 +311,13 @@ def test_list_shows_components_with_parameters(cli):
     assert "  rho1  " in out and "k_percent = 0.6" in out
 
 
+def test_a_folder_given_as_a_recipe_names_the_recipes_in_it(cli):
+    result = cli("validate", "recipes")
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert "recipes: a folder, not a recipe: name one of the recipes in it (base.toml, " in said
+
+
 def test_list_shows_defaults_as_a_recipe_writes_them(cli):
     """Each ``name = default`` line pastes into a recipe: TOML (was Python's repr:
     ``{'kind': 'ema', ...}``, ``'auto'``, ``False``), ``(unset)`` for a field off until set."""

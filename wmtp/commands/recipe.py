@@ -95,7 +95,11 @@ def _said_as_json(exc: Any) -> typer.Exit:
 def validate(
     recipes: Annotated[
         list[Path] | None,
-        typer.Argument(help="Recipe files (default: every recipes/*.toml).", show_default=False),
+        typer.Argument(
+            help="Recipe files, or run directories (their recipe.toml); default: every "
+            "recipes/*.toml.",
+            show_default=False,
+        ),
     ] = None,
     world_size: Annotated[
         int,

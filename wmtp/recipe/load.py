@@ -96,6 +96,15 @@ def dotted(path: Path) -> str:
 # --- reading files ---------------------------------------------------------------------------
 
 
+def _folder_not_recipe(folder: FsPath) -> str:
+    """What a folder given as a recipe is, with the recipes in it to name instead."""
+    names = sorted(p.name for p in folder.glob("*.toml"))
+    if not names:
+        return "a folder, not a recipe"
+    shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+    return f"a folder, not a recipe: name one of the recipes in it ({shown})"
+
+
 def read_toml(path: FsPath) -> tuple[dict, dict[Path, Source]]:
     """One TOML file and the source of each of its paths; a located error if it is malformed."""
     shown = display_path(path)
@@ -104,7 +113,7 @@ def read_toml(path: FsPath) -> tuple[dict, dict[Path, Source]]:
     except FileNotFoundError:
         raise single_problem(shown, None, "", "file not found") from None
     except IsADirectoryError:
-        raise single_problem(shown, None, "", "a folder, not a recipe") from None
+        raise single_problem(shown, None, "", _folder_not_recipe(path)) from None
     except UnicodeDecodeError as exc:
         before = exc.object[: exc.start]
         line, column = before.count(b"\n") + 1, exc.start - (before.rfind(b"\n") + 1) + 1
