@@ -1,16 +1,19 @@
 """`wmtp report` given what is not one whole run: an experiment's folder of runs, a metrics.jsonl
-with bytes that are not UTF-8. Each is one located message, exit 2, no traceback, nothing
-written; a real run of two steps, read through the real command."""
+with bytes that are not UTF-8 (each one located message, exit 2, no traceback, nothing written),
+and a run stopped short of its plan (reported, with a warning that says so). Real runs, read
+through the real command."""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.eval.tiny_runs import policy, train
-from tests.train.train_helpers import cli
+from tests.eval.tiny_runs import policy, recipe, train
+from tests.train.train_helpers import REPO, cli
 
 
 @pytest.fixture(scope="module")
@@ -46,3 +49,21 @@ def test_metrics_with_bytes_that_are_not_utf8_are_located_or_left_out(run, tmp_p
     code, said = cli("report", copy, "--out", tmp_path / "again")
     assert code == 2 and f"{metrics}:1: not valid JSON" in said, said
     assert "Traceback" not in said and not (tmp_path / "again").exists()
+
+
+def test_a_run_stopped_short_of_its_plan_is_said_under_the_headline(tmp_path):
+    """A run stopped by a real SIGTERM after its first of three steps reads as one that trained
+    1 of its 3 steps (its checkpoint's trainer.json records the plan), not as a finished run."""
+    path = recipe(tmp_path, "stopped", "baseline", policy(), steps=3)
+    stop = "wmtp.train.faults:after_step:after:SIGTERM:1"
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.signal_at", stop, "--", "run", str(path), "--set",
+         "training.eval_every=0"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 143, done.stdout + done.stderr
+    run = tmp_path / "runs" / "stopped" / "latest"
+    code, said = cli("report", run, "--out", tmp_path / "report")
+    assert code == 0, said
+    report = " ".join((tmp_path / "report" / "report.md").read_text().split())
+    assert "**Warning: stopped trained 1 of its 3 steps (stopped, or training still" in report

@@ -202,11 +202,27 @@ HEADLINE_NOTES = (
 def comparability(shown: list[Shown], steps: dict[str, int | None]) -> list[str]:
     """Warnings under the headline table: runs whose steps train different numbers of tokens,
     held-out cross-entropies measured on different data, and headline pass@k of evaluations that decoded differently or scored other problems."""
-    warnings = [step_size_differences(shown), heldout_differences(shown)]
+    warnings = [unfinished_runs(shown), step_size_differences(shown), heldout_differences(shown)]
     for benchmark in evaluated_ks(shown):
         picked = [(s.label, s.run, steps[s.label]) for s in shown if steps[s.label] is not None]
         warnings.append(evaluation_differences(picked, benchmark))
     return [f"**Warning: {w}.**" for w in warnings if w]
+
+
+def unfinished_runs(shown: list[Shown]) -> str | None:
+    """The runs whose newest checkpoint is short of their planned steps (stopped, or training
+    still), beside runs that may have finished: their figures are of fewer steps."""
+    short = [
+        f"{s.label} trained {s.run.unfinished[0]:,} of its {s.run.unfinished[1]:,} steps"
+        for s in shown
+        if s.run.unfinished is not None
+    ]
+    if not short:
+        return None
+    return (
+        "; ".join(short) + " (stopped, or training still: `wmtp run --resume RUN` continues "
+        "it), so its figures are of fewer steps than planned"
+    )
 
 
 def source_notes(shown: list[Shown]) -> list[str]:

@@ -12,6 +12,7 @@ are told apart by the digest of the file each read, not by the path that named i
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from collections.abc import Iterator
@@ -50,6 +51,9 @@ class RunRecord:
     None without a recipe. Held-out cross-entropies compare only where these agree."""
     eval_problems: dict[int, dict[str, dict[str, frozenset[str]]]] = field(default_factory=dict)
     """Step -> benchmark -> group (``unseen``, ``seen``) -> the task ids scored there."""
+    unfinished: tuple[int, int] | None = None
+    """(step, planned steps) where the newest checkpoint is short of the run's plan: it was
+    stopped, or is training still (:func:`training_progress`)."""
 
     @property
     def pipeline(self) -> str | None:
@@ -190,6 +194,9 @@ def read_run(run_dir: str | Path) -> RunRecord:
         record.settings, record.heldout_data = settings_of(recipe), heldout_data(recipe)
     record.evals = checkpoint_results(path)
     record.eval_problems = checkpoint_problems(path, record.evals)
+    progress = training_progress(path)
+    if progress is not None and progress[0] < progress[1]:
+        record.unfinished = progress
     if (path / "eval" / "summary.json").is_file():
         record.notes.append(
             "eval/summary.json is an older wmtp's layout and is not read: evaluate again "
@@ -198,6 +205,20 @@ def read_run(run_dir: str | Path) -> RunRecord:
     if not record.scalars and not record.evals:
         raise RunError(f"{path}: {_nothing_to_report(path)}")
     return record
+
+
+def training_progress(run_dir: Path) -> tuple[int, int] | None:
+    """(step, planned steps) of the run's newest checkpoint, as its ``trainer.json`` records
+    them; None without a checkpoint, or one of an older wmtp, which recorded no plan."""
+    from wmtp.models.locate import TRAINER_STATE, step_dirs
+
+    checkpoints = step_dirs(run_dir)
+    try:
+        state = json.loads((checkpoints[-1] / TRAINER_STATE).read_text()) if checkpoints else {}
+    except (OSError, ValueError):
+        return None
+    step, planned = state.get("step"), state.get("max_steps")
+    return (step, planned) if isinstance(step, int) and isinstance(planned, int) else None
 
 
 def _nothing_to_report(path: Path) -> str:

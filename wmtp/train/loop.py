@@ -615,6 +615,7 @@ class Trainer:
             "world_size": self.ctx.world_size,
             "bad_steps": self.bad_steps,
             "tokens_seen": self.tokens_seen,
+            "max_steps": self.max_steps,  # the plan: a report tells a stopped run from a done one
         }
         self.last_checkpoint = ckpt_io.save_checkpoint(
             self.run_dir,
