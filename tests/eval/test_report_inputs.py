@@ -32,6 +32,18 @@ def test_an_experiments_folder_of_runs_is_no_run_and_names_one(run, tmp_path):
     assert "Traceback" not in said and not (tmp_path / "report").exists()
 
 
+def test_a_checkpoint_or_a_run_given_twice_is_refused_naming_the_run(run, tmp_path):
+    """A checkpoint (``RUN/checkpoints/step-N``) names its run to give instead; one run given as
+    ``latest`` and by its id would be drawn as two runs."""
+    step = sorted((run / "checkpoints").iterdir())[-1]
+    code, said = cli("report", step, "--out", tmp_path / "report")
+    assert code == 2 and f"{step}: a checkpoint of the run {run}, not a run: give the run" in said
+    latest = run.parent / "latest"
+    code, said = cli("report", run, latest, "--out", tmp_path / "report")
+    assert code == 2 and f"{run} and {latest} are the same run, given twice" in said, said
+    assert "Traceback" not in said and not (tmp_path / "report").exists()
+
+
 def test_metrics_with_bytes_that_are_not_utf8_are_located_or_left_out(run, tmp_path):
     """A damaged metrics.jsonl (bytes no UTF-8 text holds): a last line of them is torn, left
     out and noted; a line before the last is an error at its file and line."""

@@ -219,9 +219,10 @@ def unfinished_runs(shown: list[Shown]) -> str | None:
     ]
     if not short:
         return None
+    which = "its" if len(short) == 1 else "their"
     return (
         "; ".join(short) + " (stopped, or training still: `wmtp run --resume RUN` continues "
-        "it), so its figures are of fewer steps than planned"
+        f"a stopped run), so {which} figures are of fewer steps than planned"
     )
 
 

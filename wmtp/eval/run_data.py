@@ -224,6 +224,13 @@ def training_progress(run_dir: Path) -> tuple[int, int] | None:
 def _nothing_to_report(path: Path) -> str:
     """Why ``path`` is no run to report on: a folder of runs (``runs/<experiment>``), naming one
     to give instead, or a folder without a run's records."""
+    from wmtp.models.locate import CHECKPOINTS
+
+    if path.parent.name == CHECKPOINTS:
+        return (
+            f"a checkpoint of the run {path.parent.parent}, not a run: give the run (its "
+            "evaluated steps are all reported; --step N picks the one the headline shows)"
+        )
     runs = sorted(p for p in path.iterdir() if (p / "recipe.toml").is_file() and not p.is_symlink())
     if not runs:
         return "no metrics.jsonl, TensorBoard events or eval/step-N/ results to report on"
@@ -335,6 +342,7 @@ def read_runs(run_dirs: list[str | Path]) -> list[RunRecord]:
     built-in HumanEval at another) is keyed ``name (source)`` in each run's ``evals``
     (:func:`source_labels`): every source its own curve, column and row, never one line
     through another file's problems."""
+    _refuse_repeated(run_dirs)
     runs = [read_run(path) for path in run_dirs]
     index = SourceIndex.of(runs)
     labels = {
@@ -345,6 +353,16 @@ def read_runs(run_dirs: list[str | Path]) -> list[RunRecord]:
     for run in runs:
         _key_by_source(run, index, labels)
     return runs
+
+
+def _refuse_repeated(run_dirs: list[str | Path]) -> None:
+    """A ``RunError`` where two of ``run_dirs`` are one run (``latest`` and its id, a link): it
+    would be drawn twice, as two runs."""
+    seen: dict[Path, str | Path] = {}
+    for given in run_dirs:
+        first = seen.setdefault(Path(given).resolve(), given)
+        if first is not given:
+            raise RunError(f"{first} and {given} are the same run, given twice: name it once")
 
 
 def shown_source(key: str, summary: dict[str, Any]) -> str:
