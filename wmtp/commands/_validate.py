@@ -465,11 +465,9 @@ def _sandbox_problems(loaded: Any, isolation: str) -> list[str]:
         why = isolation.removeprefix("none: ")
         message = f"the benchmarks' generated programs run in the sandbox: {why}"
         return [_at(loaded, "evaluation.benchmarks", message)]
-    if recipe.data.kind != "humaneval":
-        return []
     from wmtp.data import humaneval
 
-    message = humaneval.sandbox_refusal(recipe.data.cache_dir, recipe.data.split.heldout_fraction)
+    message = humaneval.sandbox_refusal(recipe.data)
     return [] if message is None else [_at(loaded, "data.cache_dir", message)]
 
 

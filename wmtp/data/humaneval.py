@@ -27,6 +27,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -417,14 +418,18 @@ def needs_sandbox(cache_dir: str | Path | None, heldout_fraction: float) -> bool
     return not is_built(out) and not saved_labels(out.parent).is_file()
 
 
-def sandbox_refusal(cache_dir: str | Path | None, heldout_fraction: float) -> str | None:
-    """Why :func:`ensure_humaneval` cannot build the dataset of ``heldout_fraction`` in
-    ``cache_dir`` here: it would label candidates in the sandbox (:func:`needs_sandbox`) and no
-    isolation may run them; with the ways out. None where it runs no code, or code may run.
-    Raises ``SandboxError`` for an unknown ``WMTP_SANDBOX`` value (which names itself)."""
+def sandbox_refusal(data: Any) -> str | None:
+    """Why a recipe's ``[data]`` cannot be built here: the built-in HumanEval, not built in its
+    ``cache_dir`` yet, whose build labels candidates in the sandbox (:func:`needs_sandbox`)
+    where no isolation may run them; with the ways out. None for other data, or where it runs
+    no code, or code may run. Raises ``SandboxError`` for an unknown ``WMTP_SANDBOX`` value
+    (which names itself). ``wmtp run`` and ``wmtp validate --env`` both say it."""
     from wmtp import sandbox
     from wmtp.sandbox import bwrap, rlimits
 
+    if data.kind != "humaneval":
+        return None
+    cache_dir, heldout_fraction = data.cache_dir, data.split.heldout_fraction
     if not needs_sandbox(cache_dir, heldout_fraction):
         return None
     why = sandbox.refusal_reason()

@@ -360,9 +360,10 @@ def _refuse_repeated(run_dirs: list[str | Path]) -> None:
     would be drawn twice, as two runs."""
     seen: dict[Path, str | Path] = {}
     for given in run_dirs:
-        first = seen.setdefault(Path(given).resolve(), given)
-        if first is not given:
-            raise RunError(f"{first} and {given} are the same run, given twice: name it once")
+        key = Path(given).resolve()
+        if key in seen:
+            raise RunError(f"{seen[key]} and {given} are the same run, given twice: name it once")
+        seen[key] = given
 
 
 def shown_source(key: str, summary: dict[str, Any]) -> str:

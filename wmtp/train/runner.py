@@ -442,16 +442,12 @@ def _check_device(prepared: PreparedRun) -> None:
 
 def _check_sandbox(prepared: PreparedRun) -> None:
     """The built-in HumanEval to build where the sandbox that labels its candidates cannot run:
-    said at ``data.cache_dir`` before the models are built, as ``wmtp validate --env`` says it
-    (the dataset's builder says it too, for a build whose saved labels went since)."""
+    said at ``data.cache_dir`` before the models are built, as ``wmtp validate --env`` says it."""
     from wmtp.data.humaneval import sandbox_refusal
     from wmtp.recipe import RecipeProblems
     from wmtp.recipe.inputs import located_problem
 
-    data = prepared.recipe.data
-    if data.kind != "humaneval":
-        return
-    why = sandbox_refusal(data.cache_dir, data.split.heldout_fraction)
+    why = sandbox_refusal(prepared.recipe.data)
     if why is not None:
         problem = located_problem(prepared.loaded, "data.cache_dir", why)
         raise RecipeProblems(str(prepared.loaded.path), [problem])
