@@ -86,6 +86,26 @@ ARGUMENTS = {
 the list of arguments shows it with no type beside it (``test_no_help_shows_a_type_name``)."""
 
 
+def variadic_arguments() -> dict[str, list[str]]:
+    """Each command's arguments that take any number of values, by their upper-case name."""
+    import typer.main
+
+    from wmtp import cli
+
+    found = {}
+    for command, path in _commands(typer.main.get_command(cli.app)):
+        params = [p for p in command.params if p.param_type_name == "argument" and p.nargs != 1]
+        if params:
+            found[" ".join(["wmtp", *path])] = [p.name.upper() for p in params]
+    return found
+
+
+def _commands(command, path=()):
+    yield command, path
+    for name, sub in sorted(getattr(command, "commands", {}).items()):  # a group's commands
+        yield from _commands(sub, (*path, name))
+
+
 @pytest.fixture(scope="module", params=list(RENDERINGS))
 def helps(request) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in FORCED_COLOUR}
@@ -141,3 +161,14 @@ def test_arguments_show_their_name(helps, command):
     name = ARGUMENTS[command]
     usage = helps[command].split("Usage:", 1)[1].split("\n", 1)[0]
     assert re.search(rf"\b{name}\b", usage), usage
+
+
+def test_variadic_arguments_keep_their_ellipsis(helps):
+    """``wmtp report {RUNS}...``, ``wmtp validate [RECIPES]...``: Typer 0.26 to 0.28 dropped the
+    ``...`` of an argument given a metavar, as ``_PlainHelp`` gives each."""
+    variadic = variadic_arguments()
+    assert {"wmtp report", "wmtp validate"} <= set(variadic)
+    for command, names in variadic.items():
+        usage = helps[command].split("Usage:", 1)[1].split("\n", 1)[0]
+        for name in names:
+            assert re.search(rf"\b{name}[]}}]?\.\.\.", usage), (command, usage)

@@ -312,7 +312,7 @@ def test_extends_given_with_set_is_refused_where_it_was_given(command, tmp_path)
     result = runner.invoke(app, [command, str(TINY), "--set", override, "--set", runs])
     flat = " ".join(result.output.split())
     assert result.exit_code == 2, flat
-    assert "--set: extends: extends names the recipes a recipe file builds on" in flat
+    assert f"--set {override}: extends: extends names the recipes a recipe file builds on" in flat
     assert not (tmp_path / "runs").exists()
 
 
@@ -348,3 +348,32 @@ def test_validate_checks_a_frozen_critic_run_without_importing_torch(tmp_path):
         env={**os.environ, "WMTP_NO_CACHE": "1"},
     )  # fmt: skip
     assert done.stdout.strip().splitlines()[-1] == "TORCH False EXIT 0", done.stdout + done.stderr
+
+
+def test_a_run_given_as_the_recipe_is_said_to_start_a_new_run_and_how_to_continue_it(tmp_path):
+    """`wmtp run RUN` (without --resume) trains a new run from RUN's recipe: a user who meant to
+    continue RUN is told so at the start, with the command that does; a recipe file is not."""
+    import subprocess
+    import sys
+
+    def wmtp_run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "wmtp.cli", "run", *args,
+             "--set", f"experiment.runs_dir='{tmp_path}'"],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    trained = wmtp_run(
+        str(TINY), "--set", "training.max_steps=2", "--set", "training.schedule.warmup_steps=1"
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "warning:" not in trained.stderr, trained.stderr[-2000:]
+    latest = tmp_path / "tiny" / "latest"
+    again = wmtp_run(str(latest), "--dry-run")
+    assert again.returncode == 0, again.stderr[-3000:]
+    flat = " ".join(again.stderr.split())
+    assert (
+        f"warning: {latest} is a run: this starts a new run from its recipe.toml; to continue "
+        f"that run instead: wmtp run --resume {latest}"
+    ) in flat
+    assert len(list((tmp_path / "tiny").glob("2*"))) == 2  # the run itself untouched, a new one

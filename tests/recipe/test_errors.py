@@ -148,7 +148,7 @@ def test_an_array_whose_quotes_the_shell_dropped_says_how_to_quote_it(write, ove
     word (a string), but an array that lost its quotes."""
     p = one_problem(write("r.toml", MINIMAL), [override])
     key = override.split("=")[0]
-    assert p.file == "--set" and p.key == key
+    assert p.file is None and p.origin == f"--set {override}" and p.key == key
     assert p.message.endswith(f"unless the whole argument is quoted: --set '{key}={meant}'")
     if "..." not in meant:  # the suggestion is TOML
         from wmtp.recipe import _toml

@@ -146,12 +146,20 @@ def _untyped_argument(param: Any) -> None:
     (Click's own rendering, up to Typer 0.26, shows ``RECIPE  PATH``)."""
     if param.metavar is None:
         param.metavar = param.name.upper()
+        if param.nargs != 1:  # the metavar, Typer 0.26 to 0.28's usage line, loses its "..."
+            param.get_usage_pieces = functools.partial(_variadic_usage, param.get_usage_pieces)
     param.display_type_rich = _no_type
     kind = getattr(param, "type", None)  # Typer 0.29's arguments convert values by annotation
     if kind is not None and not getattr(kind, "untyped", False):
         param.type = copy.copy(kind)  # converts values as before
         param.type.get_metavar = _no_metavar
         param.type.untyped = True
+
+
+def _variadic_usage(usage_pieces: Callable[[Any], list[str]], ctx: Any) -> list[str]:
+    """A variadic argument in ``Usage:``, ``RUNS...`` (``{RUNS}...``, ``[RECIPES]...``) as Typer
+    writes one without a metavar."""
+    return [piece if piece.endswith("...") else piece + "..." for piece in usage_pieces(ctx)]
 
 
 def _no_type(ctx: Any) -> None:

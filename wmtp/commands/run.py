@@ -77,6 +77,8 @@ def run(
     rank = int(os.environ.get("RANK", "0"))
     console_log(logging.INFO if rank == 0 else logging.WARNING)
     choose(sandbox)
+    if recipe is not None and resume is None:
+        _warn_if_a_run(recipe, rank)
     if nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
         from wmtp.train.runner import VERIFIED_ENV, prepare_run
 
@@ -102,3 +104,20 @@ def run(
         raise typer.Exit(128 + signum) from None
     if rank == 0:
         console.print(result.summary(), highlight=False, soft_wrap=True)  # paths whole
+
+
+def _warn_if_a_run(recipe: Path, rank: int) -> None:
+    """A run directory given as RECIPE trains a new run from its ``recipe.toml``: said, since a
+    user who meant to continue it (``--resume``) would otherwise find out only from the new
+    run's folder. Once: not again by the workers ``--nproc-per-node`` launches."""
+    from wmtp.models.locate import follow_latest, is_run_dir
+    from wmtp.train.run_log import FAILURES_ENV
+
+    if rank != 0 or FAILURES_ENV in os.environ or not is_run_dir(follow_latest(recipe)):
+        return
+    logging.getLogger(__name__).warning(
+        "%s is a run: this starts a new run from its recipe.toml; to continue that run "
+        "instead: wmtp run --resume %s",
+        recipe,
+        recipe,
+    )

@@ -70,6 +70,11 @@ class RecipeProblems(RecipeError):
         head = f"{self.recipe}: {count} problem{'s' if count != 1 else ''}"
         return "\n".join([head, *(f"  {p.render()}" for p in self.problems)])
 
+    def of_recipe(self, recipe: str) -> RecipeProblems:
+        """The same problems, reported as problems of ``recipe`` (the one given, when they were
+        found reading what it extends or the ``--set`` applied to it)."""
+        return RecipeProblems(recipe, self.problems)
+
     def to_json(self) -> dict:
         return {
             "error": type(self).__name__,

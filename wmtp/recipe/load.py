@@ -13,6 +13,7 @@ value (arrays included) replaces the inherited one. Two exceptions keep inherita
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import os
 from collections.abc import Iterable, Sequence
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from wmtp.recipe import _toml
 from wmtp.recipe.errors import Problem, RecipeProblems
-from wmtp.recipe.positions import Path, key_positions, parse_dotted_key
+from wmtp.recipe.positions import Path, defined_twice, key_positions, parse_dotted_key
 
 if TYPE_CHECKING:
     from wmtp.recipe.schema import Recipe
@@ -99,10 +100,16 @@ def dotted(path: Path) -> str:
 def _folder_not_recipe(folder: FsPath) -> str:
     """What a folder given as a recipe is, with the recipes in it to name instead."""
     names = sorted(p.name for p in folder.glob("*.toml"))
-    if not names:
-        return "a folder, not a recipe"
-    shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
-    return f"a folder, not a recipe: name one of the recipes in it ({shown})"
+    runs = sorted(p.parent.name for p in folder.glob("*/recipe.toml"))  # an experiment's runs
+    if names:
+        return f"a folder, not a recipe: name one of the recipes in it ({_some(names)})"
+    if runs:
+        return f"a folder of runs, not a run: name one of them ({_some(runs)})"
+    return "a folder, not a recipe"
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
 
 
 def read_toml(path: FsPath) -> tuple[dict, dict[Path, Source]]:
@@ -135,6 +142,11 @@ def parse_toml(shown: str, text: str) -> tuple[dict, dict[Path, Source]]:
         data = _toml.loads(text)
     except _toml.TOMLDecodeError as exc:
         line, column = _toml_error_position(exc)
+        twice = defined_twice(text, line) if line else None
+        if twice:
+            path, first, second = twice
+            message = f"given twice (first at line {first.line}): keep one"
+            raise single_problem(shown, line, dotted(path), message, second.column) from None
         message = str(exc).split(" (at ")[0]
         raise single_problem(shown, line, "", f"TOML syntax error: {message}", column) from None
     positions = key_positions(text)
@@ -182,27 +194,47 @@ def load_tree(path: os.PathLike | str, _chain: tuple[FsPath, ...] = ()) -> tuple
     path = given.resolve()
     if not path.exists():  # a pipe (`wmtp validate <(wmtp show ...)`): its /dev/fd name is read
         path = given.absolute()
-    if path in _chain:
-        cycle = " -> ".join(display_path(p) for p in (*_chain, path))
-        raise single_problem(display_path(_chain[0]), None, "extends", f"extends cycle: {cycle}")
     data, sources = read_toml(path)
     tree, files = Tree({}, {}), [display_path(path)]
-    for base in _bases(data, sources, path):
-        if not base.is_file():
-            where = sources.get(("extends",))
-            what = "is a folder, not a recipe" if base.is_dir() else "not found"
-            raise RecipeProblems(
-                display_path(path),
-                [problem_at(where, "extends", f"extended recipe {what}: {display_path(base)}")],
-            )
-        base_tree, base_files = load_tree(base, (*_chain, path))
+    for base, extends_at in _bases(data, sources, path):
+        _check_base(base, (*_chain, path), extends_at)
+        try:
+            base_tree, base_files = load_tree(base, (*_chain, path))
+        except RecipeProblems as exc:  # said as a problem of the recipe given
+            problems = [_read_because(p, base, extends_at) for p in exc.problems]
+            raise RecipeProblems(display_path(path), problems) from None
         merge(tree, base_tree.data, base_tree.sources)
         files += [f for f in base_files if f not in files]
     merge(tree, {k: v for k, v in data.items() if k != "extends"}, sources)
     return tree, files
 
 
-def _bases(data: dict, sources: dict[Path, Source], path: FsPath) -> list[FsPath]:
+def _check_base(base: FsPath, chain: tuple[FsPath, ...], extends_at: Source | None) -> None:
+    """A base that is no recipe file, or one already being read: said at the ``extends`` that
+    names it (``chain``: the recipe given, then each base down to the one extending ``base``)."""
+    if base in chain:
+        what = "extends cycle: " + " -> ".join(display_path(p) for p in (*chain, base))
+    elif base.is_dir():
+        what = f"extended recipe is a folder, not a recipe: {display_path(base)}"
+    elif not base.is_file():
+        what = f"extended recipe not found: {display_path(base)}"
+    else:
+        return
+    raise RecipeProblems(display_path(chain[-1]), [problem_at(extends_at, "extends", what)])
+
+
+def _read_because(problem: Problem, base: FsPath, extends_at: Source | None) -> Problem:
+    """A problem of reading ``base`` itself (its syntax, its encoding) with the ``extends`` that
+    had it read: a file no one meant as a recipe (``extends = "notes.txt"``) says why it is read."""
+    if problem.file != display_path(base) or problem.key or extends_at is None:
+        return problem
+    return dataclasses.replace(problem, message=f"{problem.message} (extended at {extends_at})")
+
+
+def _bases(
+    data: dict, sources: dict[Path, Source], path: FsPath
+) -> list[tuple[FsPath, Source | None]]:
+    """The recipes ``path`` extends, each with where its name is written."""
     extends = data.get("extends")
     if extends is None:
         return []
@@ -213,7 +245,11 @@ def _bases(data: dict, sources: dict[Path, Source], path: FsPath) -> list[FsPath
             display_path(path),
             [problem_at(where, "extends", "extends must be a file name or a list of them")],
         )
-    return [(path.parent / name).resolve() for name in names]
+    where = sources.get(("extends",))
+    return [
+        ((path.parent / name).resolve(), sources.get(("extends", i), where))
+        for i, name in enumerate(names)
+    ]
 
 
 def problem_at(source: Source | None, key: str, message: str, **extra: Any) -> Problem:
@@ -273,14 +309,14 @@ def parse_override(text: str) -> tuple[Path, Any]:
     key, sep, raw = text.partition("=")
     key, raw = key.strip(), raw.strip()
     if not sep or not key:
-        raise single_problem("--set", None, key, f"expected KEY=VALUE, got {text!r}")
+        raise override_problem(text, key, f"expected KEY=VALUE, got {text!r}")
     try:
         path = parse_dotted_key(key)
     except ValueError as exc:
-        raise single_problem("--set", None, key, str(exc)) from None
+        raise override_problem(text, key, str(exc)) from None
     if path[0] == "extends":  # resolved before any --set, and written into every run's recipe
-        raise single_problem(
-            "--set", None, key,
+        raise override_problem(
+            text, key,
             "extends names the recipes a recipe file builds on; write it in the file (or give "
             "the other recipe as RECIPE), not with --set",
         )  # fmt: skip
@@ -289,13 +325,19 @@ def parse_override(text: str) -> tuple[Path, Any]:
     except _toml.TOMLDecodeError as exc:
         if raw[:1] in ("[", "{"):  # an array or table, not a bare word: its quotes were lost
             why = str(exc).split(" (at ")[0]
-            raise single_problem(
-                "--set", None, key,
+            raise override_problem(
+                text, key,
                 f"{raw} is not a TOML value ({why}); a shell drops the quotes inside it unless "
                 f"the whole argument is quoted: --set '{key}={_quoted_words(raw)}'",
             ) from None  # fmt: skip
         value = raw
     return path, value
+
+
+def override_problem(text: str, key: str, message: str) -> RecipeProblems:
+    """A ``--set`` argument (``text``) that cannot apply, said where ``--set`` values are."""
+    problem = Problem(None, None, None, key, message, origin=f"--set {text}")
+    return RecipeProblems("--set", [problem])
 
 
 def _quoted_words(raw: str) -> str:
@@ -329,9 +371,8 @@ def apply_overrides(tree: Tree, overrides: Iterable[str]) -> None:
         for part in path[:-1]:
             child = parent.setdefault(part, {})
             if not isinstance(child, dict):
-                raise single_problem(
-                    "--set", None, dotted(path), f"{dotted(path[:-1])!r} is not a table"
-                )
+                message = f"{dotted(path[:-1])!r} is not a table"
+                raise override_problem(text, dotted(path), message)
             parent = child
         source = Source("cli", text=text)
         nested, nested_sources = _nest(path, value, source)
@@ -373,6 +414,9 @@ def load_recipe(
 
     file = resolve_file(path)
     tree, files = load_tree(file)
-    apply_overrides(tree, overrides)
+    try:
+        apply_overrides(tree, overrides)
+    except RecipeProblems as exc:
+        raise exc.of_recipe(display_path(file)) from None
     recipe = validate_tree(tree, display_path(file), evaluating=evaluating)
     return LoadedRecipe(recipe, provenance_of(recipe, tree), str(path), tuple(files))

@@ -33,6 +33,22 @@ def key_positions(text: str) -> dict[Path, Pos]:
     return _Scanner(text).scan()
 
 
+def defined_twice(text: str, line: int) -> tuple[Path, Pos, Pos] | None:
+    """A key or table ``text`` defines on ``line`` and before (where ``tomllib`` says it
+    "cannot overwrite a value" or "declare ... twice"): its path, its first and its second
+    position; ``None`` when none is (or the text is not TOML this scanner can walk)."""
+    scanner = _Scanner(text)
+    try:
+        scanner.scan()
+    except (AssertionError, IndexError):
+        return None
+    for path, pos in scanner.defined:
+        first = scanner.found[path]  # a key's first position, as a table or inside a dotted key
+        if pos.line == line and (first.line, first.column) < (pos.line, pos.column):
+            return path, first, pos
+    return None
+
+
 def parse_dotted_key(text: str) -> Path:
     """``'model."odd.name".dim'`` -> ``("model", "odd.name", "dim")``; ``ValueError`` if not a key."""
     try:
@@ -51,6 +67,8 @@ class _Scanner:
         self.line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
         self.found: dict[Path, Pos] = {}
         self.array_tables: dict[Path, int] = {}
+        self.defined: list[tuple[Path, Pos]] = []
+        """Every table header's and key's full path where it is written, in order."""
 
     def pos(self, i: int) -> Pos:
         line = bisect.bisect_right(self.line_starts, i)
@@ -137,6 +155,8 @@ class _Scanner:
         path: Path = tuple(name for name, _ in parts)
         for k, (_, start) in enumerate(parts):
             self.record(path[: k + 1], start)
+        if not array:
+            self.defined.append((path, self.pos(parts[0][1])))
         if array:
             index = self.array_tables.get(path, -1) + 1
             self.array_tables[path] = index
@@ -151,6 +171,7 @@ class _Scanner:
         for name, start in parts:
             path = (*path, name)
             self.record(path, start)
+        self.defined.append((path, self.pos(parts[0][1])))
         assert self.s[j] == "=", f"no '=' at line {self.pos(j).line}"
         return self.value(self.skip_spaces(j + 1), path)
 
