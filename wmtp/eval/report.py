@@ -113,10 +113,14 @@ def heads_trained(run: RunRecord) -> str:
 
 
 def tokens_seen(run: RunRecord) -> str:
-    """Input tokens trained on: the trainer's running count (``tokens_seen``) at the last logged
-    step; for runs without it, the sum of ``tokens`` when every step was logged, else the mean
-    logged step's times the last step (marked ``≈``)."""
+    """Input tokens trained on: the trainer's running count (``tokens_seen``) at the run's last
+    step, logged or checkpointed (a run stopped by a signal checkpoints a step it may not have
+    logged); for runs without it, the sum of ``tokens`` when every step was logged, else the
+    mean logged step's times the last step (marked ``≈``)."""
     counted = run.scalars.get("tokens_seen", [])
+    saved = run.checkpointed_tokens
+    if saved is not None and (not counted or saved[0] >= counted[-1][0]):
+        return _count(saved[1])
     if counted:
         return _count(counted[-1][1])
     points = run.scalars.get("tokens", [])

@@ -54,6 +54,9 @@ class RunRecord:
     unfinished: tuple[int, int] | None = None
     """(step, planned steps) where the newest checkpoint is short of the run's plan: it was
     stopped, or is training still (:func:`training_progress`)."""
+    checkpointed_tokens: tuple[int, int] | None = None
+    """(step, tokens seen) of the newest checkpoint (:func:`checkpointed_tokens`): a run stopped
+    by a signal checkpoints a step it may not have logged, so its count is the run's last."""
 
     @property
     def pipeline(self) -> str | None:
@@ -194,9 +197,11 @@ def read_run(run_dir: str | Path) -> RunRecord:
         record.settings, record.heldout_data = settings_of(recipe), heldout_data(recipe)
     record.evals = checkpoint_results(path)
     record.eval_problems = checkpoint_problems(path, record.evals)
-    progress = training_progress(path)
+    state = newest_trainer_state(path)
+    progress = training_progress(state)
     if progress is not None and progress[0] < progress[1]:
         record.unfinished = progress
+    record.checkpointed_tokens = checkpointed_tokens(state)
     if (path / "eval" / "summary.json").is_file():
         record.notes.append(
             "eval/summary.json is an older wmtp's layout and is not read: evaluate again "
@@ -207,18 +212,35 @@ def read_run(run_dir: str | Path) -> RunRecord:
     return record
 
 
-def training_progress(run_dir: Path) -> tuple[int, int] | None:
-    """(step, planned steps) of the run's newest checkpoint, as its ``trainer.json`` records
-    them; None without a checkpoint, or one of an older wmtp, which recorded no plan."""
+def newest_trainer_state(run_dir: Path) -> dict[str, Any]:
+    """The ``trainer.json`` of the run's newest checkpoint; empty without a checkpoint, or where
+    it does not read."""
     from wmtp.models.locate import TRAINER_STATE, step_dirs
 
     checkpoints = step_dirs(run_dir)
     try:
         state = json.loads((checkpoints[-1] / TRAINER_STATE).read_text()) if checkpoints else {}
     except (OSError, ValueError):
-        return None
-    step, planned = state.get("step"), state.get("max_steps")
-    return (step, planned) if isinstance(step, int) and isinstance(planned, int) else None
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def training_progress(state: dict[str, Any]) -> tuple[int, int] | None:
+    """(step, planned steps) of a checkpoint's ``trainer.json`` (:func:`newest_trainer_state`);
+    None without one, or one of an older wmtp, which recorded no plan."""
+    return _ints(state, "step", "max_steps")
+
+
+def checkpointed_tokens(state: dict[str, Any]) -> tuple[int, int] | None:
+    """(step, tokens seen) of a checkpoint's ``trainer.json``: the trainer's running count of
+    input tokens (the ``tokens_seen`` it logs) at the checkpoint's step."""
+    return _ints(state, "step", "tokens_seen")
+
+
+def _ints(state: dict[str, Any], *keys: str) -> tuple[int, int] | None:
+    values = tuple(state.get(key) for key in keys)
+    ok = all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+    return values if ok else None  # type: ignore[return-value]
 
 
 def _nothing_to_report(path: Path) -> str:

@@ -74,8 +74,15 @@ def step_dirs(run_dir: str | Path) -> list[Path]:
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name))]
+    found = [(step_number(p), p) for p in root.iterdir() if STEP_DIR.match(p.name)]
     return [p for _, p in sorted(found)]
+
+
+def step_number(checkpoint: Path) -> int:
+    """N of a checkpoint directory named ``step-N``."""
+    match = STEP_DIR.match(checkpoint.name)
+    assert match is not None, checkpoint
+    return int(match.group(1))
 
 
 def keep_while_read(directory: Path) -> bool:

@@ -9,11 +9,11 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -119,6 +119,10 @@ class StopSignals:
         self.ctx, self.signum, self._previous = ctx, 0, {}
         self.building = True
         self.failing = False
+        self.kept: Callable[[], str] = lambda: "without a checkpoint"
+        """What a stop at once keeps, in words (the trainer names its newest checkpoint)."""
+        self.record: Callable[[str], None] = lambda said: None
+        """Writes how the run ended to its ``run.log`` alone (the console has it already)."""
 
     def run_failed(self) -> None:
         """The run failed and says so (its log, its run directory kept or removed, its rank's
@@ -140,10 +144,9 @@ class StopSignals:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum:
-            name = signal.Signals(signum).name
-            said = f"{name} again: stopping now, without a checkpoint"
+            said = f"{signal.Signals(signum).name} again: stopping now, {self.kept()}"
             print(f"\n{said}", file=sys.stderr, flush=True)
-            logging.getLogger(__name__).warning("stopped: %s", said)  # run.log says how it ended
+            self.record(f"stopped: {said}")
             os._exit(128 + signum)
         self.signum = signum
         if self.failing:

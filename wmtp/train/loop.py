@@ -325,6 +325,8 @@ class Trainer:
         """Train to ``max_steps`` (or ``stop_at_step``); with ``signals``, a SIGINT / SIGTERM
         stops it after the current step with a checkpoint (:class:`wmtp.errors.Interrupted`)."""
         self.signals = signals
+        if signals is not None:
+            signals.kept = self.kept_if_stopped_now
         logger = MetricsLogger(
             self.run_dir,
             total_steps=self.max_steps,
@@ -409,6 +411,22 @@ class Trainer:
             f"{name} after step {self.step}: checkpoint {checkpoint} holds every finished step; "
             f"continue with: {resume_command(self.run_dir, self.ctx.world_size)}",
             signum,
+        )
+
+    def kept_if_stopped_now(self) -> str:
+        """What a stop at once (a second signal) keeps, in words: the newest checkpoint of the
+        finished steps, as the disk has it (one written a moment ago included), and how to
+        continue from it."""
+        from wmtp.models.locate import step_dirs, step_number
+
+        saved = [p for p in step_dirs(self.run_dir) if step_number(p) <= self.step]
+        if not saved:
+            return "without a checkpoint"
+        step = step_number(saved[-1])
+        held = "every finished step" if step == self.step else f"the steps up to step {step}"
+        return (
+            f"checkpoint {saved[-1]} holds {held}; continue with: "
+            f"{resume_command(self.run_dir, self.ctx.world_size)}"
         )
 
     def train_step(self, flops_per_token: float | None) -> dict[str, Any]:
@@ -508,13 +526,10 @@ class Trainer:
     def _last_good(self, weights_suspect: bool = True) -> str:
         """The newest checkpoint to go back to: before the weights this step started from when
         they gave a non-finite loss (they may be what went wrong), else the newest."""
-        from wmtp.models.locate import step_dirs
-
-        def step_of(path: Path) -> int:
-            return int(path.name.split("-")[1])
+        from wmtp.models.locate import step_dirs, step_number
 
         limit = self.step if weights_suspect else self.step + 1
-        good = [p for p in step_dirs(self.run_dir) if step_of(p) < limit]
+        good = [p for p in step_dirs(self.run_dir) if step_number(p) < limit]
         started = ""
         if weights_suspect and self.saved_step == self.step:
             started = f" (step-{self.step} holds the weights this step started from)"

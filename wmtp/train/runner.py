@@ -357,6 +357,7 @@ def run_recipe(
     ctx = init_distributed(recipe.parallel.device)
     run_dir: Path | None = None
     with StopSignals(ctx) as signals, RunLog() as run_log, contextlib.ExitStack() as held:
+        signals.record = run_log.ended  # a second signal's stop, said on the console already
         if ctx.is_distributed:  # from here a signal stops this rank with a checkpoint
             mark_rank(ctx.rank, TRAINING_SUFFIX)
         try:
