@@ -459,3 +459,21 @@ def test_index_takes_a_tokenizer_path_only_where_it_reads_one(tmp_path):
     assert result.exit_code == 2
     assert "--tokenizer sentencepiece needs --tokenizer-path" in " ".join(result.output.split())
     assert not (tmp_path / "train_metadata.json").exists()
+
+
+def test_a_byte_that_is_not_utf8_is_said_at_its_line_and_byte(tmp_path):
+    """A row saved in Latin-1 (``café`` as one byte 0xe9): its line and byte, in words a user
+    acts on, not a decoder's message; no metadata is written."""
+    path = write_dataset(tmp_path / "train.jsonl", problem_rows(2, 1, 1))
+    lines = path.read_bytes().splitlines()
+    lines[1] = lines[1].replace(b"Solve problem 0.", b"Solve caf\xe9.")
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    at = lines[1].index(b"\xe9") + 1
+    done = subprocess.run(
+        [sys.executable, "-m", "wmtp.cli", "data", "index", str(path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    flat = " ".join(done.stderr.split())
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"{path}:2: not UTF-8 text: byte 0xe9 at byte {at} of the line" in flat, flat
+    assert not (tmp_path / "train_metadata.json").exists()

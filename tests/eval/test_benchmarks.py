@@ -179,7 +179,9 @@ def test_wrong_types_and_repeated_ids_are_located_in_jsons_words(tmp_path):
         with pytest.raises(DataError, match=rf"bench.jsonl:\d: .*{message}"):
             load(path)
     write_jsonl(path, [MBPP_ROWS[0], MBPP_ROWS[0]])
-    with pytest.raises(DataError, match=r"bench.jsonl: task id 'mbpp/2' is there twice"):
+    with pytest.raises(
+        DataError, match=r"bench.jsonl:2: task id 'mbpp/2' is there twice \(first at line 1\)"
+    ):
         load_mbpp(path)
     with pytest.raises(DataError, match="a folder, not a benchmark's JSONL file"):
         load_gsm8k(tmp_path)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from wmtp.data.examples import Example
+from wmtp.data.text import refuse_lone_surrogate, utf8_line
 from wmtp.errors import DataError, json_kinds
 
 CHUNK_BYTES = 1 << 24
@@ -119,8 +120,8 @@ def _parse_record(raw: bytes, where: str) -> dict:
     if not raw.strip():
         raise DataError(f"{where}: empty line")
     try:
-        record = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        record = json.loads(utf8_line(raw, where))
+    except json.JSONDecodeError as exc:
         raise DataError(f"{where}: not valid JSON ({exc})") from None
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
@@ -136,21 +137,8 @@ def _typed(record: dict, key: str, types: tuple[type, ...], where: str):
         shown = shown if len(shown) <= 60 else shown[:57] + "..."
         raise DataError(f"{where}: field {key!r} must be {expected}, got {shown}")
     if isinstance(value, str):
-        _refuse_lone_surrogate(value, key, where)
+        refuse_lone_surrogate(value, key, where)
     return value
-
-
-def _refuse_lone_surrogate(text: str, key: str, where: str) -> None:
-    """JSON's ``\\ud800`` escapes may leave half of a UTF-16 pair, which no tokenizer (nor
-    UTF-8) can encode: said at the line and character, not when a tokenizer meets it."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise DataError(
-            f"{where}: field {key!r} holds {text[exc.start]!r} at character {exc.start}, half of "
-            "a UTF-16 surrogate pair and no character: write the character itself (or both "
-            "halves of its pair)"
-        ) from None
 
 
 def example_from_record(record: dict, where: str) -> Example:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from wmtp.data.text import refuse_lone_surrogate, utf8_line
 from wmtp.errors import DataError, json_kind_of, json_kinds
 from wmtp.eval.judges import ExactAnswer, FunctionTests, Judge, StdioTests
 from wmtp.registry import register
@@ -61,19 +62,37 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         raise DataError(f"{path}: a folder, not a benchmark's JSONL file")
     if not path.is_file():
         raise DataError(f"{path}: benchmark file not found")
-    with path.open(encoding="utf-8") as lines:
-        for lineno, line in enumerate(lines, start=1):
+    with path.open("rb") as lines:
+        for lineno, raw in enumerate(lines, start=1):
+            where = f"{path}:{lineno}"
+            line = utf8_line(raw, where)
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON: {exc.msg}") from None
+                raise DataError(f"{where}: not valid JSON: {exc.msg}") from None
             if not isinstance(row, dict):
-                raise DataError(
-                    f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}"
-                )
+                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            _refuse_lone_surrogates(row, where)
             yield lineno, row
+
+
+def _refuse_lone_surrogates(row: dict, where: str) -> None:
+    """Half a UTF-16 pair (JSON's ``\\ud800`` alone) in any text of the row, said at its field:
+    no tokenizer nor the sandbox's program file can encode it."""
+    for key, value in row.items():
+        for text in _texts_in(value):
+            refuse_lone_surrogate(text, key, where)
+
+
+def _texts_in(value: Any) -> Iterator[str]:
+    """Every string in a JSON value, nested in lists and objects included."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list | dict):
+        for item in value.values() if isinstance(value, dict) else value:
+            yield from _texts_in(item)
 
 
 def _field(row: dict, name: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -105,15 +124,38 @@ def _require_path(name: str, path: str | Path | None) -> Path:
     return Path(path)
 
 
-def _empty_check(name: str, path: Path, problems: list[Problem]) -> None:
-    """Problems there, each task id once (results are kept by task id)."""
-    if not problems:
+def _text(row: dict, name: str, where: str) -> str:
+    """Field ``name``: a string with more than whitespace in it."""
+    value = _field(row, name, str, where)
+    if not value.strip():
+        raise DataError(f"{where}: field {name!r} is empty")
+    return value
+
+
+def _task_id(row: dict, name: str, where: str) -> str:
+    """Field ``name``, a problem's id: a string or a whole number, not empty."""
+    task_id = str(_field(row, name, (str, int), where))
+    if not task_id.strip():
+        raise DataError(f"{where}: field {name!r} is empty")
+    return task_id
+
+
+def _each_id_once(
+    name: str, path: Path, numbered: list[tuple[int, Problem]]
+) -> tuple[Problem, ...]:
+    """The problems of ``(line, problem)``, there and each task id once (results are kept by
+    task id): a DataError at the line that repeats one, naming the line that had it first."""
+    if not numbered:
         raise DataError(f"{path}: benchmark {name!r} has no problems")
-    seen: set[str] = set()
-    for problem in problems:
-        if problem.task_id in seen:
-            raise DataError(f"{path}: task id {problem.task_id!r} is there twice")
-        seen.add(problem.task_id)
+    first_line: dict[str, int] = {}
+    for lineno, problem in numbered:
+        if problem.task_id in first_line:
+            raise DataError(
+                f"{path}:{lineno}: task id {problem.task_id!r} is there twice (first at line "
+                f"{first_line[problem.task_id]})"
+            )
+        first_line[problem.task_id] = lineno
+    return tuple(problem for _, problem in numbered)
 
 
 # --- HumanEval ------------------------------------------------------------------------------
@@ -135,15 +177,14 @@ def load_humaneval(path: str | Path | None = None) -> Benchmark:
     problems = []
     for lineno, row in rows:
         where = f"{source}:{lineno}"
-        prompt = _field(row, "prompt", str, where)
+        prompt = _text(row, "prompt", where)
         judge = FunctionTests(
             prefix=prompt,
-            test=_field(row, "test", str, where),
-            entry_point=_field(row, "entry_point", str, where),
+            test=_text(row, "test", where),
+            entry_point=_text(row, "entry_point", where),
         )
-        problems.append(Problem(str(_field(row, "task_id", (str, int), where)), prompt, judge))
-    _empty_check("humaneval", source, problems)
-    return Benchmark("humaneval", tuple(problems), CODE_STOPS)
+        problems.append((lineno, Problem(_task_id(row, "task_id", where), prompt, judge)))
+    return Benchmark("humaneval", _each_id_once("humaneval", source, problems), CODE_STOPS)
 
 
 def builtin_humaneval() -> Path:
@@ -214,7 +255,7 @@ def load_mbpp(path: str | Path | None = None) -> Benchmark:
         where = f"{source}:{lineno}"
         if "text" not in row and "prompt" not in row:
             raise DataError(f"{where}: missing field 'text' (or 'prompt', as the sanitized has)")
-        text = _field(row, "text" if "text" in row else "prompt", str, where)
+        text = _text(row, "text" if "text" in row else "prompt", where)
         tests = [
             *_strings(row, "test_list", where),
             *_strings(row, "challenge_test_list", where, []),
@@ -231,9 +272,9 @@ def load_mbpp(path: str | Path | None = None) -> Benchmark:
         judge = FunctionTests(
             prefix=prompt, test=_mbpp_check(setup, tests), entry_point=entry_point
         )
-        problems.append(Problem(f"mbpp/{_field(row, 'task_id', (str, int), where)}", prompt, judge))
-    _empty_check("mbpp", source, problems)
-    return Benchmark("mbpp", tuple(problems), MBPP_STOPS)
+        task_id = f"mbpp/{_task_id(row, 'task_id', where)}"
+        problems.append((lineno, Problem(task_id, prompt, judge)))
+    return Benchmark("mbpp", _each_id_once("mbpp", source, problems), MBPP_STOPS)
 
 
 # --- CodeContests ---------------------------------------------------------------------------
@@ -280,13 +321,13 @@ def load_codecontests(
     problems = []
     for lineno, row in read_jsonl(source):
         where = f"{source}:{lineno}"
-        name = _field(row, "name", str, where)
-        prompt = codecontests_prompt(name, _field(row, "description", str, where))
+        name = _text(row, "name", where)
+        prompt = codecontests_prompt(name, _text(row, "description", where))
         inputs, outputs = _stdio_tests(row, where, test_sets)
         judge = StdioTests(prefix="", inputs=tuple(inputs), outputs=tuple(outputs))
-        problems.append(Problem(name, prompt, judge))
-    _empty_check("codecontests", source, problems)
-    return Benchmark("codecontests", tuple(problems), CODECONTESTS_STOPS)
+        problems.append((lineno, Problem(name, prompt, judge)))
+    checked = _each_id_once("codecontests", source, problems)
+    return Benchmark("codecontests", checked, CODECONTESTS_STOPS)
 
 
 # --- GSM8K ----------------------------------------------------------------------------------
@@ -309,11 +350,10 @@ def load_gsm8k(path: str | Path | None = None) -> Benchmark:
         if "####" not in answer:
             raise DataError(f"{where}: field 'answer' has no '#### <final answer>' line")
         final = answer.rsplit("####", 1)[1].strip()
-        task_id = str(row.get("task_id", f"gsm8k/{lineno}"))
-        prompt = gsm8k_prompt(_field(row, "question", str, where))
-        problems.append(Problem(task_id, prompt, ExactAnswer(final)))
-    _empty_check("gsm8k", source, problems)
-    return Benchmark("gsm8k", tuple(problems), GSM8K_STOPS)
+        task_id = _task_id(row, "task_id", where) if "task_id" in row else f"gsm8k/{lineno}"
+        prompt = gsm8k_prompt(_text(row, "question", where))
+        problems.append((lineno, Problem(task_id, prompt, ExactAnswer(final))))
+    return Benchmark("gsm8k", _each_id_once("gsm8k", source, problems), GSM8K_STOPS)
 
 
 def load_benchmark(name: str, path: str | Path | None = None) -> Benchmark:

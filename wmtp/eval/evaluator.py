@@ -346,11 +346,18 @@ def _partial_key(spec, seed: int, context: dict, benchmark: Benchmark) -> dict:
 
 def _notes(name: str, scored: int, resumed: int, todo: int, partial, ranks) -> list[str]:
     """What rank 0 says: problems an interrupted run finished (a warning, so that it is said
-    with or without progress bars), and the ranks' shares (above the bars)."""
+    with or without progress bars), those an interrupted run of other settings left beside them
+    (kept for it), and the ranks' shares (above the bars)."""
     if resumed and ranks.is_main:
         log.warning(
             "%s: %d of %d problems finished by an interrupted run of this evaluation (kept in "
             "%s); decoding the other %d", name, resumed, scored, partial.folder, scored - resumed,
+        )  # fmt: skip
+    for other, finished in partial.others().items() if ranks.is_main else ():
+        log.warning(
+            "%s: %d problems finished by an interrupted evaluation with other settings (or "
+            "another content of the benchmark file) are kept in %s, not taken up here: this "
+            "one starts afresh; the command that stopped goes on from them", name, finished, other,
         )  # fmt: skip
     if ranks.world_size == 1:
         return []

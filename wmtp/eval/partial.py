@@ -54,6 +54,14 @@ class PartialResults:
                     continue
         return found
 
+    def others(self) -> dict[Path, int]:
+        """The partial results beside these, of evaluations with other settings (or of another
+        content of the benchmark file): folder -> problems finished there. None is taken up
+        here; each stays for the command that stopped."""
+        siblings = sorted(self.folder.parent.glob(f"{PREFIX}*"))
+        found = {s: len(PartialResults(s).finished()) for s in siblings if s != self.folder}
+        return {folder: done for folder, done in found.items() if done}
+
     def record(self, task_id: str, samples: list[dict], verdicts: list[Verdict]) -> None:
         """Append one finished problem (called from the checking threads)."""
         row = {

@@ -141,24 +141,32 @@ def write_results(
 
 def keep_earlier(folder: Path) -> Path | None:
     """Move an earlier evaluation's files in ``folder`` to ``previous/<its creation time>/`` (a
-    quick check must not cost an evaluation of hours); where they went, or None."""
-    summary = folder / SUMMARY
-    if not summary.is_file():
+    quick check must not cost an evaluation of hours); where they went, or None. Any of the
+    three files there moves, a summary or not (one deleted, or a ``samples.jsonl`` of the
+    user's): nothing is written over."""
+    earlier = [folder / name for name in (SAMPLES, PROBLEMS, SUMMARY) if (folder / name).exists()]
+    if not earlier:
         return None
-    try:
-        created = str(json.loads(summary.read_text(encoding="utf-8")).get("created", ""))
-    except (ValueError, AttributeError):
-        created = ""
-    stamp = re.sub(r"[^0-9A-Za-z]", "", created) or f"mtime-{int(summary.stat().st_mtime)}"
+    created = _created(folder / SUMMARY)
+    newest = max(int(path.stat().st_mtime) for path in earlier)
+    stamp = re.sub(r"[^0-9A-Za-z]", "", created) or f"mtime-{newest}"
     kept, n = folder / PREVIOUS / stamp, 1
     while kept.exists():
         kept, n = folder / PREVIOUS / f"{stamp}-{n}", n + 1
     kept.mkdir(parents=True)
-    for name in (SAMPLES, PROBLEMS, SUMMARY):
-        if (folder / name).exists():
-            (folder / name).replace(kept / name)
-    log.warning("%s: the earlier results there (created %s) moved to %s", folder, created, kept)
+    for path in earlier:
+        path.replace(kept / path.name)
+    when = f"created {created}" if created else f"{', '.join(p.name for p in earlier)}, no summary"
+    log.warning("%s: the earlier results there (%s) moved to %s", folder, when, kept)
     return kept
+
+
+def _created(summary: Path) -> str:
+    """The ``created`` time a summary records; "" where there is none to read."""
+    try:
+        return str(json.loads(summary.read_text(encoding="utf-8")).get("created", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
 
 
 # --------------------------------------------------------------------------- reading back

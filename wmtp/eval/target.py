@@ -79,10 +79,7 @@ def resolve_target(
     elif _is_checkpoint(path):
         run, checkpoint = None, path
     else:
-        raise RunError(
-            f"{path}: neither a run directory (recipe.toml + checkpoints/) nor a checkpoint "
-            f"(one of {', '.join(WEIGHT_FILES + PRETRAINED_MARKERS)})"
-        )
+        raise RunError(_not_a_target(path))
     if not _is_checkpoint(checkpoint):
         raise CheckpointError(f"{checkpoint}: holds no weights ({', '.join(WEIGHT_FILES)})")
     recipe_file = Path(recipe) if recipe is not None else _recipe_of(checkpoint, run)
@@ -90,6 +87,18 @@ def resolve_target(
     out_dir = Path(out) if out is not None else default_out
     foreign = run is None and not (checkpoint / RECIPE_FILE).is_file()
     return EvalTarget(checkpoint, recipe_file, out_dir, foreign=foreign)
+
+
+def _not_a_target(path: Path) -> str:
+    """Why ``path`` is nothing ``wmtp eval`` takes; a file of a checkpoint names its folder."""
+    takes = (
+        "neither a run directory (recipe.toml + checkpoints/) nor a checkpoint (one of "
+        f"{', '.join(WEIGHT_FILES + PRETRAINED_MARKERS)})"
+    )
+    if not path.is_file():
+        return f"{path}: {takes}"
+    folder = f": give its folder, {path.parent}" if _is_checkpoint(path.parent) else ""
+    return f"{path}: a file, {takes}, nor an evaluation recipe (.toml){folder}"
 
 
 def _recipe_of(checkpoint: Path, run: Path | None) -> Path:
