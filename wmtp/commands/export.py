@@ -65,7 +65,13 @@ def export_command(
         ),
     ],
     out: Annotated[
-        Path, typer.Option("--out", metavar="DIR", help="Folder to write (must be new or empty).")
+        Path,
+        typer.Option(
+            "--out",
+            metavar="DIR",
+            help="Folder to write: a new or empty one (or, with --force, an earlier export), "
+            "outside the run's checkpoints/.",
+        ),
     ],
     merge_lora: Annotated[
         bool,

@@ -44,6 +44,12 @@ def check_target_holds(spec, to: str, merge_lora: bool, where: str) -> None:
             "weights only: merge them (--merge-lora, the default), or keep them apart with "
             "--to wmtp"
         )
+    if spec.lora is not None and not merge_lora and not spec.path:
+        raise ExportError(
+            f"--no-merge-lora: {where} trained LoRA adapters over a random initialisation (no "
+            "path in its recipe section), which no model folder holds: adapters kept apart "
+            "would have no base to load over; merge them (--merge-lora, the default)"
+        )
 
 
 META_RUNTIME_KEYS = ("max_seq_len", "max_batch_size")

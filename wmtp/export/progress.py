@@ -1,4 +1,5 @@
-"""Progress of an export on large models: a rich bar over the bytes of the tensors written."""
+"""Progress of an export on large models: a line saying what it reads and builds (minutes for a
+large model on the CPU), then a rich bar over the bytes of the tensors written."""
 
 from __future__ import annotations
 
@@ -22,6 +23,19 @@ class TensorProgress:
 
 
 @contextlib.contextmanager
+def stage(text: str, enabled: bool, console=None) -> Iterator[None]:
+    """A spinner saying ``text`` while a step with nothing to count runs (nothing when not
+    ``enabled``, or off a terminal)."""
+    if not enabled:
+        yield
+        return
+    from rich.console import Console
+
+    with (console or Console(stderr=True)).status(text):
+        yield
+
+
+@contextlib.contextmanager
 def tensor_progress(total_bytes: int, enabled: bool, console=None) -> Iterator[TensorProgress]:
     """A bar of ``total_bytes`` (nothing shown when not ``enabled``)."""
     if not enabled:
@@ -40,4 +54,4 @@ def tensor_progress(total_bytes: int, enabled: bool, console=None) -> Iterator[T
         yield TensorProgress(progress, progress.add_task("export", total=total_bytes))
 
 
-__all__ = ["TensorProgress", "tensor_progress"]
+__all__ = ["TensorProgress", "stage", "tensor_progress"]

@@ -23,6 +23,7 @@ written under a temporary name, so a refused or failed export leaves nothing beh
 
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,14 +36,19 @@ from wmtp.export.hf import DEFAULT_MAX_SHARD_BYTES
 from wmtp.export.run_info import Lineage, lineage
 from wmtp.export.source import (
     Source,
+    check_base_kept,
+    check_out_apart,
     is_export,
+    planned_steps,
     resolve_source,
     source_recipe,
+    training_now,
     verify_checkpoint,
 )
 from wmtp.output_folder import check_output, staged_output
 
 HEADS = ("all", "1")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -89,7 +95,10 @@ def export_model(
     if spec is None:
         raise ExportError(f"{src.recipe_file}: [model.{role}] is missing: nothing to export")
     check_target_holds(spec, to, merge_lora, f"{src.weights} (model.{role})")
+    check_base_kept(src, spec, role)
+    check_out_apart(Path(out), src)
     out_dir = check_output(Path(out), EXPORT, force=force, source=src.weights)
+    _say_if_training(src)
     dtype = dtype or spec.dtype
     origin = _lineage(src)
     job = _Job(src, loaded, role, spec, to, dtype, str(out), out_dir, origin, progress, console)
@@ -100,6 +109,23 @@ def export_model(
         )
     files = [*files, EXPORT.marker]  # written last, by staged_output
     return ExportResult(out_dir, to, files, job.heads_exported, dtype, spec.kind, src)
+
+
+def _say_if_training(src: Source) -> None:
+    """A warning where the source's run trains now: its checkpoint is a snapshot of it."""
+    holder = training_now(src)
+    if holder is None:
+        return
+    planned = planned_steps(src)
+    of = f" of {planned} planned" if planned else ""
+    log.warning(
+        "%s is still training (%s): exporting step %s%s, its checkpoint so far; export again "
+        "once the run ends for its final weights",
+        src.run,
+        holder,
+        src.step,
+        of,
+    )
 
 
 def _lineage(src: Source) -> Lineage:
@@ -128,9 +154,12 @@ class _Job:
     lora: str | None = None
 
     def run(self, staging: Path, *, merge_lora: bool, heads: str, max_shard_bytes: int):
+        from wmtp.export.progress import stage
         from wmtp.export.tokenizer_files import write_tokenizer
 
-        model, tokenizer = self.build(staging, merge_lora=merge_lora)
+        reading = f"reading {self.src.weights} into a model on the CPU"
+        with stage(reading, self.progress, self.console):
+            model, tokenizer = self.build(staging, merge_lora=merge_lora)
         self.adapt(model, merge_lora=merge_lora, heads=heads)
         files = self.write_weights(model, tokenizer, staging, max_shard_bytes)
         written = write_tokenizer(self.recipe.tokenizer, tokenizer, staging, model.args.max_seq_len)

@@ -34,6 +34,7 @@ from wmtp.models.locate import (
     is_run_dir,
     keep_named_checkpoint,
     newest_whole,
+    step_dirs,
 )
 from wmtp.recipe.inputs import MODEL_MARKERS, TOKENIZER_FILES
 
@@ -83,8 +84,10 @@ def resolve_source(path: str | Path, recipe: str | Path | None = None) -> Source
     given = path
     path = follow_latest(path)
     if not path.exists():
-        raise CheckpointError(f"{given}: no such run directory, checkpoint or model directory")
+        raise CheckpointError(f"{given}: {_why_missing(path)}")
     path = path.resolve()
+    if path.is_file():
+        raise CheckpointError(f"{given}: {_why_not_a_file(path)}")
     if HALF_WRITTEN.match(path.name):
         raise CheckpointError(
             f"{path}: a half-written checkpoint (the trainer writes .tmp-step-N and renames it "
@@ -107,6 +110,28 @@ def resolve_source(path: str | Path, recipe: str | Path | None = None) -> Source
             + "; give one with --recipe (its [tokenizer] and model section describe the model)"
         )
     return Source(weights, run, recipe_file, trained)
+
+
+def _why_missing(path: Path) -> str:
+    """What a SOURCE that does not exist should have been: a step of a run names the steps the
+    run has (``keep_last`` pruned the others)."""
+    run = path.parent.parent
+    if STEP_DIR.match(path.name) and path.parent.name == CHECKPOINTS and is_run_dir(run):
+        steps = [p.name for p in step_dirs(run)]
+        held = f"its checkpoints are {', '.join(steps)}" if steps else "it has no checkpoint yet"
+        return (
+            f"no such checkpoint in the run {run.resolve()}: {held} (training keeps the newest "
+            "keep_last of them); give one of those, or the run for its newest"
+        )
+    return "no such run directory, checkpoint or model directory"
+
+
+def _why_not_a_file(path: Path) -> str:
+    """A file given as SOURCE: the folder that holds it, where that is what export reads."""
+    folder = path.parent
+    if is_run_dir(folder) or _is_training_checkpoint(folder) or _is_model_dir(folder):
+        return f"a file; export reads the folder that holds it: give {folder}"
+    return "a file, not a run directory, checkpoint or model directory (export reads a folder)"
 
 
 def _run_and_checkpoint(path: Path) -> tuple[Path | None, Path]:
@@ -158,6 +183,47 @@ def _tokenizer_beside(directory: Path) -> tuple[str, Path] | None:
     return None
 
 
+def check_out_apart(out: Path, source: Source) -> None:
+    """An ExportError where ``--out`` lies in the source run's ``checkpoints/``: the trainer's
+    folder, whose ``step-N`` folders training deletes past ``keep_last`` (an export in one with
+    them) and a resume adds to."""
+    if source.run is None:
+        return
+    checkpoints = (source.run / CHECKPOINTS).resolve()
+    target = Path(out).expanduser().absolute().resolve()
+    if target == checkpoints or checkpoints in target.parents:
+        raise ExportError(
+            f"--out {out}: inside the run's {checkpoints}, which holds the trainer's checkpoints "
+            "only: training deletes those past keep_last, and whatever is in them; write the "
+            "export outside the run's checkpoints (such as exports/NAME)"
+        )
+
+
+def training_now(source: Source) -> str | None:
+    """Who trains the source's run now (the line its training lock holds), or None: its
+    newest checkpoint is then a snapshot, not the run's end."""
+    from wmtp.errors import RunError
+    from wmtp.locks import check_free
+    from wmtp.train.run_dir import LOCK_FILE
+
+    if source.run is None:
+        return None
+    try:
+        check_free(source.run / LOCK_FILE, RunError)
+    except RunError as held:
+        return str(held)
+    return None
+
+
+def planned_steps(source: Source) -> int | None:
+    """The steps the checkpoint's run was to train (its ``trainer.json``), if it says."""
+    try:
+        planned = json.loads((source.weights / "trainer.json").read_text()).get("max_steps")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return planned if isinstance(planned, int) else None
+
+
 # Completeness ------------------------------------------------------------------------------
 
 
@@ -169,6 +235,24 @@ def verify_checkpoint(source: Source) -> None:
     or not at all."""
     if source.trained and not is_export(source.weights):
         check_whole(source.weights)
+
+
+def base_only_in_state(source: Source, spec) -> bool:
+    """Whether the source's adapters trained over a random initialisation (LoRA, no ``path``):
+    its ``lora.safetensors`` holds the adapters alone, and the base they add to is in its DCP
+    ``state/`` only (a model built anew would draw another)."""
+    return source.trained and spec.lora is not None and not spec.path
+
+
+def check_base_kept(source: Source, spec, role: str) -> None:
+    """A CheckpointError, before any model is built, where :func:`base_only_in_state` and the
+    checkpoint has no ``state/`` to read that base from."""
+    if base_only_in_state(source, spec) and not (source.weights / DCP_STATE).is_dir():
+        raise CheckpointError(
+            f"{source.weights}: its LoRA adapters trained over a random initialisation (no "
+            f"model.{role}.path), which only the checkpoint's {DCP_STATE}/ holds, and it has "
+            f"none: export a checkpoint of the run that still has {DCP_STATE}/"
+        )
 
 
 def is_export(folder: Path) -> bool:
@@ -260,10 +344,15 @@ def source_recipe_text(source: Source, recipe) -> str:
 
 __all__ = [
     "Source",
+    "base_only_in_state",
     "check_adapters_base",
+    "check_base_kept",
+    "check_out_apart",
     "is_export",
+    "planned_steps",
     "resolve_source",
     "source_recipe",
     "source_recipe_text",
+    "training_now",
     "verify_checkpoint",
 ]

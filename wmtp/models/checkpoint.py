@@ -17,8 +17,10 @@ before a single parameter changes, so a failed load leaves nothing half-loaded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,7 +54,7 @@ from wmtp.models.hf_convert import (
     write_hf,
 )
 from wmtp.models.llama_mtp import LlamaMTP, resolve_dtype
-from wmtp.models.locate import TrainedWeights
+from wmtp.models.locate import DCP_STATE, TrainedWeights
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +284,62 @@ def load_trained(model: torch.nn.Module, trained: TrainedWeights) -> None:
     check_shapes(trained_keys, sd, f"{trained.file} (LoRA adapters)")
     with torch.no_grad():
         model.load_state_dict(sd, strict=False)
+
+
+# Sharded state ---------------------------------------------------------------------------------
+
+MODEL_PREFIX = "model."
+"""The trainer saves ``{"model": ..., "optimizer": ...}``; DCP flattens keys to ``model.<fqn>``."""
+
+
+def load_base_from_state(model: torch.nn.Module, trained: TrainedWeights) -> None:
+    """LoRA adapters trained over a random initialisation (no ``path``): their
+    ``lora.safetensors`` holds the adapters alone, and the base they add to only the
+    checkpoint's DCP ``state/``, read whole into ``model`` (a model built anew draws another)."""
+    state_dir = trained.directory / DCP_STATE
+    if not state_dir.is_dir():
+        raise CheckpointError(
+            f"{trained.directory}: its LoRA adapters trained over a random initialisation (no "
+            f"path in its recipe section), which only the checkpoint's {DCP_STATE}/ holds, and "
+            f"it has none: use a checkpoint of the run that still has {DCP_STATE}/"
+        )
+    state = read_dcp_model_state(state_dir)
+    log.info("checkpoint: the base of its LoRA adapters from %s", state_dir)
+    with torch.no_grad():
+        model.load_state_dict(state)
+
+
+def read_dcp_model_state(state_dir: Path) -> dict[str, torch.Tensor]:
+    """Every model tensor of a DCP checkpoint, whole, on the CPU (in the dtypes it was saved)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    try:
+        metadata = FileSystemReader(str(state_dir)).read_metadata()
+    except Exception as exc:  # DCP raises plain errors for a missing or torn .metadata
+        raise CheckpointError(f"{state_dir}: not a readable DCP checkpoint ({exc})") from exc
+    model = {
+        key.removeprefix(MODEL_PREFIX): torch.empty(meta.size, dtype=meta.properties.dtype)
+        for key, meta in metadata.state_dict_metadata.items()
+        if key.startswith(MODEL_PREFIX) and isinstance(meta, TensorStorageMetadata)
+    }
+    if not model:
+        raise CheckpointError(f"{state_dir}: holds no model state (keys {MODEL_PREFIX}*)")
+    try:
+        with _one_process_is_the_intent():
+            dcp.load({"model": model}, checkpoint_id=str(state_dir), no_dist=True)
+    except Exception as exc:
+        raise CheckpointError(f"{state_dir}: cannot be read ({exc})") from exc
+    return model
+
+
+@contextlib.contextmanager
+def _one_process_is_the_intent():
+    """DCP warns that it assumes one process without a process group: that is the point here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single")
+        yield
 
 
 def resize_heads(args: ModelArgs, sd: dict, n_future_tokens: int) -> tuple[ModelArgs, dict]:

@@ -230,8 +230,10 @@ def _adapters_and_trained(model, spec, trained: TrainedWeights | None) -> None:
             also_train=("head.",) if spec.kind == "value_model" else (),  # a critic's head trains
         )
     if trained is not None:
-        from wmtp.models.checkpoint import load_trained
+        from wmtp.models.checkpoint import load_base_from_state, load_trained
 
+        if trained.kind == "lora" and not spec.path:  # over a random initialisation
+            load_base_from_state(model, trained)
         load_trained(model, trained)
 
 
