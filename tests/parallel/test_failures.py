@@ -112,10 +112,11 @@ def test_a_failing_rank_ends_the_torchrun_job(tmp_path, kind):
     """Under ``wmtp run --nproc-per-node 2`` torchrun stops rank 0 as soon as rank 1 dies; the
     fault reaching rank 1 at all shows the launcher's environment passes through to workers."""
     start = time.monotonic()
+    step = 1 if kind == "raise" else 2  # killed after the step-1 checkpoint
     done = subprocess.run(
-        _cmd(tmp_path, "--nproc-per-node", "2"),
+        [*_cmd(tmp_path, "--nproc-per-node", "2"), "--set", "training.checkpoint_every=1"],
         cwd=REPO,
-        env=_env(f"rank=1,step=1,kind={kind}", 60),
+        env=_env(f"rank=1,step={step},kind={kind}", 60),
         capture_output=True,
         text=True,
         timeout=120,
@@ -127,15 +128,22 @@ def test_a_failing_rank_ends_the_torchrun_job(tmp_path, kind):
         assert output.count(MESSAGE) == 1, output[-3000:]
         assert f"error: rank 1 failed: {MESSAGE}" in output
         assert "(the other ranks stopped with it: rank 0: lost its connection" in output
-    else:  # no message of its own: what torchrun saw
+    else:  # no message of its own: what torchrun saw, and what continues the run
         assert "error: rank 1 failed: killed by SIGKILL" in output, output[-3000:]
+        (run_dir,) = (tmp_path / "runs" / "tiny").glob("2*")
+        kept = f"checkpoint {run_dir / 'checkpoints' / 'step-1'} holds the steps up to step 1"
+        resume = f"continue with: wmtp run --resume {run_dir} --nproc-per-node 2"
+        assert f"{kept}; {resume}" in " ".join(output.split()), output[-3000:]
+    # torchrun's SIGTERM to rank 0 is no stop with a checkpoint: rank 0 said one would follow
+    assert "stopping after this step with a checkpoint" not in output, output[-3000:]
     # one message: no traceback, not torchrun's report of the failure
     assert "Traceback" not in output and "Root Cause" not in output, output[-3000:]
-    # Rank 0 never got past step 1 (step 2 needs rank 1; it may be stopped before logging step 1).
+    # Rank 0 never got past the failed step (the next needs rank 1; it may be stopped before
+    # logging that one).
     from wmtp.train.metrics import read_metrics
 
-    (run_dir,) = (tmp_path / "runs" / "tiny").glob("2*")  # no checkpoint: not made latest
-    assert {m["step"] for m in read_metrics(run_dir)} <= {1}
+    (run_dir,) = (tmp_path / "runs" / "tiny").glob("2*")
+    assert {m["step"] for m in read_metrics(run_dir)} <= set(range(1, step + 1))
     assert not processes_naming(str(tmp_path)), "a process of the run outlived the launcher"
     assert took < 120
 
@@ -184,14 +192,22 @@ def test_without_torchrun_the_survivor_fails_on_the_collective_timeout(tmp_path)
     assert MESSAGE not in outputs[0]
 
 
-def _launch(tmp_path, *extra: str, env: dict | None = None) -> subprocess.Popen:
+def _launch(
+    tmp_path, *extra: str, env: dict | None = None, new_session: bool = False
+) -> subprocess.Popen:
     sets = [*SETS, "training.max_steps=400", "training.checkpoint_every=0"]
     sets += [f"experiment.runs_dir='{tmp_path / 'runs'}'"]
     cmd = [sys.executable, "-m", "wmtp.cli", "run", str(TINY), "--nproc-per-node", "2"]
     cmd += [a for s in sets for a in ("--set", s)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WMTP_DIST_TIMEOUT_S": "60", **(env or {})}
     return subprocess.Popen(
-        [*cmd, *extra], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*cmd, *extra],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=new_session,  # a terminal's process group: the launcher's own
     )
 
 
@@ -304,6 +320,27 @@ def test_a_stop_that_torchrun_cuts_short_says_no_checkpoint_was_written(tmp_path
     assert "TORCH_ELASTIC_SHUTDOWN_TIMEOUT = 0 s" in err and "Traceback" not in err, err[-3000:]
     assert "continue from it with: wmtp run --resume RUN_DIR --nproc-per-node 2" in err, err
     assert not list((run / "checkpoints").glob("step-*"))
+    assert _gone(str(tmp_path), within=30), "a process of the run outlived the launcher"
+
+
+@pytest.mark.slow
+def test_ctrl_c_twice_stops_every_rank_at_once_said_once(tmp_path):
+    """A terminal's Ctrl-C reaches the launcher's process group; a second one, during the stop
+    the first asked for, stops every rank at once: the launcher passes it to the workers, so
+    the stop is said once, as SIGINT, naming the checkpoint and the resume command (it killed
+    torchrun, whose death reached each rank as a SIGTERM: "SIGTERM again", said by each)."""
+    proc = _launch(tmp_path, "--set", "training.checkpoint_every=1", new_session=True)
+    run = _wait_for_training(tmp_path, proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    for line in proc.stderr:
+        if "SIGINT: stopping after this step" in line:
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    said = f"SIGINT again: stopping now, checkpoint {run / 'checkpoints' / 'step-'}"
+    assert proc.returncode == 130 and err.count(said) == 1, err[-3000:]
+    assert f"continue with: wmtp run --resume {run} --nproc-per-node 2" in err, err[-3000:]
+    assert "SIGTERM" not in err and "Traceback" not in err, err[-3000:]
     assert _gone(str(tmp_path), within=30), "a process of the run outlived the launcher"
 
 

@@ -3,7 +3,10 @@
 - **No orphans.** torchrun starts in a session of its own with a parent-death signal, so it (and
   the workers it stops) ends when the launcher ends, even by SIGKILL. SIGINT and SIGTERM are
   forwarded to it (its workers then finish their step and write a checkpoint: a clean stop, exit
-  128 + the signal); a second one ends its whole session at once. The launcher waits for it.
+  128 + the signal); a second one goes to the workers themselves, which stop at once naming the
+  checkpoint that holds the run (said once, not by every rank), and whatever still runs
+  ``KILL_AFTER_S`` later (or at a third signal) is killed, torchrun with it. The launcher waits
+  for it.
   torchrun kills workers that have not ended ``TORCH_ELASTIC_SHUTDOWN_TIMEOUT`` seconds after it
   passed a signal on (30 by default, less than a large model's step and checkpoint): the launcher
   gives it the collective timeout instead (``WMTP_DIST_TIMEOUT_S``, 600 s) unless that variable
@@ -13,17 +16,21 @@
   not a failed rank.
 - **One message per failure.** Each failed worker leaves a record (``wmtp.train.run_log``); the
   launcher prints the first rank that failed by itself with its error, the others in one line,
-  and exits 1, or the error's own code (2) where every rank that failed by itself stopped on a
-  user's error (bad data rank 0 read; the others lost it). An error every rank stopped on
+  and exits 1 (naming the run's newest checkpoint and the command that continues from it), or
+  the error's own code (2) where every rank that failed by itself stopped on a user's error (bad
+  data rank 0 read; the others lost it). An error every rank stopped on
   together (a decision they took collectively: a NaN step, a checkpoint that could not be
   written) is the run's, not a rank's: printed once as one process would, with its exit code
   (2). torchrun's own report of the failure (a traceback
   and a box naming the "Root Cause") is kept out of the way, read only for a worker that left
-  no record (killed by a signal). The workers' own output passes through as it comes.
+  no record (killed by a signal). The workers' own output passes through as it comes, but for
+  rank 0's notice that it stops after its step with a checkpoint where torchrun stops the ranks
+  because one failed (no checkpoint follows: the failure is said instead).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import math
@@ -36,7 +43,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from wmtp.train.run_log import FAILURES_ENV, STOPPED_SUFFIX, TRAINING_SUFFIX
+from wmtp.train.run_log import FAILURES_ENV, RUN_DIR_FILE, STOPPED_SUFFIX, TRAINING_SUFFIX
 
 PR_SET_PDEATHSIG = 1
 SHUTDOWN_ENV = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"
@@ -65,6 +72,16 @@ def collective_timeout_s() -> float:
 
 TORCHRUN_NOISE = re.compile(r"^\[?[WEI]\d{4} [\d:.]+ \d+ .*torch/distributed/")
 """torchrun's own log lines (``W1202 09:00:00.123 4567 torch/distributed/elastic/...``)."""
+TORCHRUN_STOPS_WORKERS = re.compile(r"Sending process \d+ closing signal")
+"""torchrun's log line as it stops a worker: because another failed, or on a signal it got."""
+TORCHRUN_GOT_SIGNAL = "death signal, shutting down workers"
+"""torchrun's log line for a signal it got (``Received Signals.SIGTERM death signal, ...``)."""
+STOP_NOTICE = "stopping after this step with a checkpoint"
+"""Rank 0's notice that a signal stops the run at its next step (``wmtp.train.guards``)."""
+STOP_NOW = " again: stopping now, "
+"""A worker's word that a second signal ends it at once (every rank says the same line)."""
+KILL_AFTER_S = 10.0
+"""How long a second signal gives the workers to stop at once before they are killed."""
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> None:
@@ -83,6 +100,12 @@ class Launch:
         self.command, self.world_size = command, world_size
         self.forwarded, self.killed = 0, False
         self.report: list[str] = []
+        self.workers: list[int] = []
+        self.deadline = threading.Timer(KILL_AFTER_S, self._kill_everything)
+        """Started by a second signal: what still runs then is killed."""
+        self.said: set[str] = set()
+        self.torchrun_signalled = False  # torchrun got a signal (not from the launcher)
+        self.stopping_survivors = False  # torchrun stops the ranks because one failed
         # torchrun's grace: whole seconds, the collective timeout unless the user set it
         timeout = collective_timeout_s()  # checked even where torchrun's grace is set
         self.grace = os.environ.get(SHUTDOWN_ENV) or str(math.ceil(timeout))
@@ -104,6 +127,9 @@ class Launch:
         relay.start()
         try:
             code = self.process.wait()
+            if self.killed:
+                self.deadline.cancel()  # its groups' ids may be another's later
+                self._kill_everything()  # a worker torchrun left behind
             relay.join(timeout=10)
         finally:
             for sig, handler in previous.items():
@@ -111,12 +137,34 @@ class Launch:
         return self._outcome(code)
 
     def _forward(self, signum: int, frame: object) -> None:
-        if self.forwarded:  # a second signal: everything stops now
-            self.killed = True
-            os.killpg(self.process.pid, signal.SIGKILL)
+        if self.killed:  # a third signal: no more waiting
+            self._kill_everything()
+        elif self.forwarded:  # a second signal: everything stops now
+            self._stop_now(signum)
+        else:
+            self.forwarded = signum
+            self.process.send_signal(signum)
+
+    def _stop_now(self, signum: int) -> None:
+        """A second signal, passed to the workers (torchrun's children, each in a session of its
+        own): each stops at once, saying which checkpoint holds the run. What still runs
+        ``KILL_AFTER_S`` later (a rank deep in a collective), or at a third signal, is killed,
+        torchrun with it; torchrun's death would otherwise reach them as a SIGTERM, said as such by every rank."""
+        self.killed = True
+        self.workers = children(self.process.pid)
+        for pid in self.workers:
+            _signal(pid, signum)
+        if not self.workers:  # none started yet: nothing to say
+            self._kill_everything()
             return
-        self.forwarded = signum
-        self.process.send_signal(signum)
+        self.deadline.daemon = True
+        self.deadline.start()
+
+    def _kill_everything(self) -> None:
+        """SIGKILL to torchrun's session and to each worker's (their own children included)."""
+        for group in (self.process.pid, *self.workers):
+            with contextlib.suppress(ProcessLookupError, PermissionError):  # gone already
+                os.killpg(group, signal.SIGKILL)
 
     def _relay(self) -> None:
         """Workers' stderr as it comes; torchrun's log lines and final report held back."""
@@ -125,12 +173,36 @@ class Launch:
         for line in self.process.stderr:
             in_report = in_report or line.startswith("Traceback (most recent call last)")
             if in_report or TORCHRUN_NOISE.match(line):
+                self._note_torchrun(line)
                 self.report.append(line)
+                continue
+            if self._held_back(line):
                 continue
             sys.stderr.write(line)
             sys.stderr.flush()
         if not any("torch.distributed" in line for line in self.report):  # not torchrun's
             sys.stderr.writelines(line for line in self.report if not TORCHRUN_NOISE.match(line))
+
+    def _note_torchrun(self, line: str) -> None:
+        """Whether torchrun stops the ranks by itself, no signal asked: then one failed."""
+        if TORCHRUN_GOT_SIGNAL in line:
+            self.torchrun_signalled = True
+        elif TORCHRUN_STOPS_WORKERS.search(line):
+            asked = self.forwarded or self.torchrun_signalled
+            self.stopping_survivors = self.stopping_survivors or not asked
+
+    def _held_back(self, line: str) -> bool:
+        """A worker's line that would mislead: rank 0's notice of a stop with a checkpoint when
+        torchrun's SIGTERM to the survivors of a failed rank caused it (the failure is said at
+        the end, and no checkpoint follows), and a second signal's stop said again by another
+        rank."""
+        if STOP_NOTICE in line:
+            return self.stopping_survivors
+        if STOP_NOW in line:
+            if line in self.said:
+                return True
+            self.said.add(line)
+        return False
 
     def _outcome(self, code: int) -> int:
         if self.forwarded:
@@ -149,7 +221,29 @@ class Launch:
             print(f"error: {shared['message']}", file=sys.stderr, flush=True)
             return int(shared["exit_code"])
         print(f"error: {summary(records, self.report)}", file=sys.stderr, flush=True)
-        return exit_code(records)
+        code = exit_code(records)
+        kept = self._kept() if code == 1 else None  # a user's error says what to change
+        if kept is not None:
+            print(kept, file=sys.stderr, flush=True)
+        return code
+
+    def _kept(self) -> str | None:
+        """After a crash or a killed rank: the run's newest checkpoint and the command that
+        continues from it (None without one: rank 0 said where its log is)."""
+        from wmtp.models.locate import step_dirs, step_number
+        from wmtp.train.run_dir import resume_command
+
+        try:
+            run = Path((self.failures / RUN_DIR_FILE).read_text())
+        except OSError:  # rank 0 had no run directory yet
+            return None
+        saved = step_dirs(run)
+        if not saved:
+            return None
+        return (
+            f"checkpoint {saved[-1]} holds the steps up to step {step_number(saved[-1])}; "
+            f"continue with: {resume_command(run, self.world_size)}"
+        )
 
     def _stop_cut_short(self) -> bool:
         """Whether training ranks were stopping on the forwarded signal and not every one of
@@ -179,6 +273,24 @@ class Launch:
             except (OSError, ValueError):
                 continue
         return records
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux's ``/proc``; none found elsewhere)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # after "pid (name) state": the parent
+            found.append(int(entry.name))
+    return found
+
+
+def _signal(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # gone already
+        os.kill(pid, signum)
 
 
 def unfinished_stop(signum: int, grace: str, processes: int) -> str:

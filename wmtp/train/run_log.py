@@ -32,6 +32,9 @@ FAILURES_ENV = "WMTP_FAILURES_DIR"
 TRAINING_SUFFIX, STOPPED_SUFFIX = ".training", ".stopped"
 """``rank<r>.training`` in that folder: rank r trains, a signal stops it at a step boundary;
 ``rank<r>.stopped``: it did, its checkpoint written (the launcher compares the two)."""
+RUN_DIR_FILE = "run_dir"
+"""In that folder: the run directory rank 0 writes (the launcher names its newest checkpoint
+after a rank crashed or was killed)."""
 SECONDARY_MARKS = (
     "Connection closed by peer",
     "Connection reset by peer",
@@ -63,6 +66,9 @@ class RunLog:
     def attach(self, run_dir: Path, ctx: Any) -> None:
         if not ctx.is_main:
             return
+        folder = os.environ.get(FAILURES_ENV)
+        if folder:
+            (Path(folder) / RUN_DIR_FILE).write_text(str(run_dir))
         self.handler = logging.FileHandler(run_dir / LOG_FILE)
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         self.handler.setLevel(logging.INFO)
@@ -233,6 +239,7 @@ def _flush_and_exit(code: int) -> None:
 __all__ = [
     "FAILURES_ENV",
     "LOG_FILE",
+    "RUN_DIR_FILE",
     "STOPPED_SUFFIX",
     "TRAINING_SUFFIX",
     "RunLog",
