@@ -49,9 +49,24 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
             raise RunError(
                 "parallel.device = 'cuda' but no CUDA device is visible (set it to 'cpu' or 'auto')"
             )
+        _one_gpu_per_process()
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
+
+
+def _one_gpu_per_process() -> None:
+    """Each rank of a node computes on its own GPU, ``cuda:LOCAL_RANK``: more processes there
+    than GPUs is a RunError on every rank (one message, exit 2), not a CUDA error on some."""
+    from wmtp.errors import RunError
+
+    here, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count()
+    if here > gpus:
+        raise RunError(
+            f"--nproc-per-node {here}: {here} processes on this node, but {gpus} CUDA "
+            f"device{'s are' if gpus > 1 else ' is'} visible: one process per GPU, so "
+            f"--nproc-per-node {gpus} at most (CUDA_VISIBLE_DEVICES chooses which)"
+        )
 
 
 def init_distributed(device: str = "auto", timeout_s: float | None = None) -> DistContext:
