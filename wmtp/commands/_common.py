@@ -6,6 +6,7 @@ import copy
 import enum
 import functools
 import inspect
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -197,6 +198,7 @@ def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callabl
                 with signals_interrupt():  # SIGTERM too: said, every clean-up run
                     return fn(*args, **kw)
             except WmtpError as exc:
+                _leave_it_to_the_launcher(exc)
                 report_error(exc, fmt=str(kw.get("format", "text")))
                 raise typer.Exit(exc.exit_code) from None
             except KeyboardInterrupt as exc:  # where no handler of the command's says what it keeps
@@ -221,6 +223,16 @@ def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callabl
         return fn
 
     return decorate
+
+
+def _leave_it_to_the_launcher(exc: WmtpError) -> None:
+    """A rank that ``--nproc-per-node`` started (``wmtp.train.launcher``), failing on a user's
+    error before its command's own handling (a device check, say): its record for the launcher,
+    which says it once with its exit code, instead of a message from every rank."""
+    from wmtp.train.run_log import FAILURES_ENV, exit_without_peers
+
+    if FAILURES_ENV in os.environ and "RANK" in os.environ:
+        exit_without_peers(exc, int(os.environ["RANK"]))
 
 
 def first_paragraph(doc: str | None) -> str | None:
