@@ -6,9 +6,9 @@ from __future__ import annotations
 def pytest_collection_modifyitems(config, items) -> None:
     """Test files marked ``minutes(N)`` run first, the longest first; the rest keep their order.
 
-    Under ``-n 3`` each file runs whole in one worker, which takes the next file when it is done
+    Under ``-n 2`` each file runs whole in one worker, which takes the next file when it is done
     (``--no-loadscope-reorder`` keeps this order). A file of minutes taken last would leave the
-    other workers idle for its minutes; taken first, the short files fill in beside it."""
+    other worker idle for its minutes; taken first, the short files fill in beside it."""
     minutes: dict = {}
     for item in items:
         mark = item.get_closest_marker("minutes")

@@ -12,7 +12,7 @@ import pytest
 
 from tests.train.train_helpers import REPO
 
-pytestmark = pytest.mark.minutes(3)
+pytestmark = [pytest.mark.minutes(3), pytest.mark.long]
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import pytest
 
 from tests.train.train_helpers import REPO
 
-pytestmark = pytest.mark.minutes(2)
+pytestmark = [pytest.mark.minutes(2), pytest.mark.long]
 
 
 @pytest.mark.slow

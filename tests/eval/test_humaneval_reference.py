@@ -137,6 +137,7 @@ def test_programs_that_tamper_with_the_tests_get_the_official_verdict():
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_every_problem_against_the_official_harness():
     """All 164 problems: the canonical solution, a wrong answer and the programs whose verdict
     depends on each problem's tests (minutes). The other wrong kinds fail by what they are, not
