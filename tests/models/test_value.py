@@ -122,3 +122,26 @@ def test_bfloat16_value_model(tiny_args, tmp_path):
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     values = model(torch.randint(0, tiny_args.vocab_size, (2, 5)))
     assert values.dtype == torch.float32 and torch.isfinite(values).all()
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+@pytest.mark.parametrize("autocast", [False, True], ids=["bf16-weights", "bf16-autocast"])
+def test_a_bfloat16_critics_scores_are_its_head_in_fp32(tiny_args, kind, autocast):
+    """TD errors are differences of neighbouring values: the head's last ``dim -> 1`` product is
+    computed and returned in fp32 (a bf16 output rounds a score near 0.5 to steps of 0.002), with
+    bf16 weights (FSDP's compute dtype) and under bf16 autocast (one process without FSDP)."""
+    torch.manual_seed(0)
+    model = ValueModel(tiny_args, head=kind, attention="sdpa")
+    last = model.head.proj if kind == "linear" else model.head.mlp[-1]
+    with torch.no_grad():
+        last.bias.fill_(0.5)  # scores near 0.5, where bf16's steps are 2^-8 wide
+    if not autocast:
+        model = model.to(torch.bfloat16)
+    tokens = torch.randint(0, tiny_args.vocab_size, (2, 9))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), torch.no_grad():
+        scores = model.scores(tokens)
+        h = model.hidden(tokens)
+        into_last = h if kind == "linear" else model.head.mlp[:-1](h)
+    reference = into_last.double() @ last.weight.double().T + last.bias.double()
+    assert scores.dtype == torch.float32
+    torch.testing.assert_close(scores.double(), reference.squeeze(-1), rtol=0, atol=1e-6)

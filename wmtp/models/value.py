@@ -28,6 +28,15 @@ log = logging.getLogger(__name__)
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
 
 
+def score_in_fp32(proj: nn.Linear, h_BSD: torch.Tensor) -> torch.Tensor:
+    """``proj(h)`` to one score per token, ``[B, S]``, computed in fp32 whatever the model's
+    dtype or autocast: TD errors are differences of neighbouring values, and a bf16 output would
+    round a score near 0.5 to steps of 0.002 (a ``dim -> 1`` product: fp32 costs nothing)."""
+    bias = None if proj.bias is None else proj.bias.float()
+    with torch.autocast(h_BSD.device.type, enabled=False):
+        return nn.functional.linear(h_BSD.float(), proj.weight.float(), bias).squeeze(-1)
+
+
 class LinearValueHead(nn.Module):
     """``score = w . h + b``; the value is the score."""
 
@@ -36,7 +45,7 @@ class LinearValueHead(nn.Module):
         self.proj = nn.Linear(dim, 1)
 
     def score(self, h_BSD: torch.Tensor) -> torch.Tensor:
-        return self.proj(h_BSD).squeeze(-1).float()  # [B, S, 1] -> [B, S]
+        return score_in_fp32(self.proj, h_BSD)
 
     def activate(self, score_BS: torch.Tensor) -> torch.Tensor:
         return score_BS
@@ -64,7 +73,7 @@ class MLPValueHead(nn.Module):
         self.mlp = nn.Sequential(*layers)
 
     def score(self, h_BSD: torch.Tensor) -> torch.Tensor:
-        return self.mlp(h_BSD).squeeze(-1).float()  # [B, S, 1] -> [B, S]
+        return score_in_fp32(self.mlp[-1], self.mlp[:-1](h_BSD))
 
     def activate(self, score_BS: torch.Tensor) -> torch.Tensor:
         return score_BS

@@ -82,7 +82,9 @@ class Rho1WeightingSpec(Section):
     kind: Literal["rho1"] = "rho1"
     """Weighting type."""
     k_percent: Annotated[float, Field(gt=0, le=1)] = 0.6
-    """Fraction of valid target tokens kept per head and batch (0 < k_percent <= 1)."""
+    """Fraction (not a percentage: 0.6 keeps 60%) of the valid target tokens each head keeps in
+    each micro-batch, the largest excess losses first; at most 9 decimal places are read exactly
+    (a longer decimal: the nearest fraction with a denominator up to 10^9)."""
 
 
 WeightingSpec = Annotated[
