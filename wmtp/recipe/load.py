@@ -364,19 +364,29 @@ def _toml_or_string(text: str) -> str:
 
 
 def apply_overrides(tree: Tree, overrides: Iterable[str]) -> None:
-    """Apply ``--set`` overrides in order; each replaces the value at its dotted key."""
+    """Apply ``--set`` overrides as one layer over the recipe: the overrides merge among
+    themselves in order (a later one wins at its key), then the layer merges over the recipe as
+    a recipe over what it extends. So ``--set training.schedule.warmup_steps=3 --set
+    training.schedule.kind=linear`` keeps the 3 in either order: a changed ``kind`` replaces
+    the recipe's table, not what the command line set in it."""
+    layer = Tree({}, {})
     for text in overrides:
         path, value = parse_override(text)
-        parent = tree.data
-        for part in path[:-1]:
-            child = parent.setdefault(part, {})
-            if not isinstance(child, dict):
-                message = f"{dotted(path[:-1])!r} is not a table"
-                raise override_problem(text, dotted(path), message)
-            parent = child
-        source = Source("cli", text=text)
-        nested, nested_sources = _nest(path, value, source)
-        merge(tree, nested, nested_sources)
+        _check_parents(text, path, layer.data, tree.data)
+        nested, nested_sources = _nest(path, value, Source("cli", text=text))
+        merge(layer, nested, nested_sources)
+    merge(tree, layer.data, layer.sources)
+
+
+def _check_parents(text: str, path: Path, *tables: dict) -> None:
+    """A RecipeProblems naming the ``--set`` whose dotted key runs through a value that is not a
+    table, in the overrides before it or, where they set none, in the recipe."""
+    for depth, part in enumerate(path[:-1]):
+        found = [table[part] for table in tables if part in table][:1]
+        if found and not isinstance(found[0], dict):
+            message = f"{dotted(path[: depth + 1])!r} is not a table"
+            raise override_problem(text, dotted(path), message)
+        tables = tuple(table[part] for table in tables if isinstance(table.get(part), dict))
 
 
 def _nest(path: Path, value: Any, source: Source) -> tuple[dict, dict[Path, Source]]:
