@@ -109,6 +109,7 @@ class StepBatches(Lookahead):
         self.ready: list[list[int]] = []  # packed rows not handed out yet
         self.open: list[int] = []  # the row the next window fills first
         self._order_cache: tuple[int, np.ndarray] | None = None
+        self._rows_per_epoch: int | None = None  # packed: see steps_per_epoch
 
     @property
     def global_batch(self) -> int:
@@ -125,23 +126,41 @@ class StepBatches(Lookahead):
         return self._order_cache[1]
 
     def steps_per_epoch(self) -> float:
-        if self.packed is not None:  # rows are filled to at most row_length: a lower bound
-            tokens = sum(self.packed.length_of(int(i)) for i in self._order(0))
-            return tokens / (self.global_batch * self.packed.row_length)
+        """Steps of one pass over the order: its examples, or packed, the rows epoch 0 packs
+        into (rows never span two epochs; a later epoch's order packs into about as many)."""
+        if self.packed is not None:
+            return self._rows_of_first_epoch() / self.global_batch
         return len(self._order(0)) / self.global_batch
 
+    def _rows_of_first_epoch(self) -> int:
+        """The rows epoch 0 packs into, as a run packs them from its start (once per source)."""
+        if self._rows_per_epoch is None:
+            packer = StepBatches(
+                self.order_of_epoch, self.make_batch, micro_batch_size=self.micro,
+                grad_accum_steps=self.accum, packed=self.packed, source=self.source,
+            )  # fmt: skip
+            packer._order_cache = (0, self._order(0))
+            while packer.epoch == 0:
+                packer._pack_window()
+            self._rows_per_epoch = len(packer.ready)
+        return self._rows_per_epoch
+
     def _take(self, n: int) -> np.ndarray:
+        """The next ``n`` examples of the order, on into the next epochs."""
         taken: list[np.ndarray] = []
-        need = n
-        while need:
-            order = self._order(self.epoch)
-            chunk = order[self.position : self.position + need]
-            taken.append(chunk)
-            need -= len(chunk)
-            self.position += len(chunk)
-            if self.position >= len(order):
-                self.epoch, self.position = self.epoch + 1, 0
+        while n:
+            taken.append(self._take_in_epoch(n))
+            n -= len(taken[-1])
         return np.concatenate(taken)
+
+    def _take_in_epoch(self, n: int) -> np.ndarray:
+        """The next ``n`` examples of the order, fewer where the epoch ends before."""
+        order = self._order(self.epoch)
+        chunk = order[self.position : self.position + n]
+        self.position += len(chunk)
+        if self.position >= len(order):
+            self.epoch, self.position = self.epoch + 1, 0
+        return chunk
 
     def _take_rows(self, n: int) -> list[np.ndarray]:
         """The next ``n`` rows of at most ``packed.row_length`` tokens, packed window by window."""
@@ -151,14 +170,17 @@ class StepBatches(Lookahead):
         return [np.asarray(row) for row in rows]
 
     def _pack_window(self) -> None:
-        """Pack the next ``packed.window`` examples of the order (on into the next epoch) by first
-        fit decreasing: longest first (ties in order), each into the first row with room, the open
-        row first, else into a new row. Every row but the last opened is then ready, in the order
-        opened; the last stays open for the next window (so a window of 1 is next fit)."""
+        """Pack the next ``packed.window`` examples of the order (fewer where the epoch ends) by
+        first fit decreasing: longest first (ties in order), each into the first row with room,
+        the open row first, else into a new row. Every row but the last opened is then ready, in
+        the order opened; the last stays open for the next window (so a window of 1 is next fit)
+        unless the epoch ended: rows never span two epochs, so an epoch's steps train its
+        examples once each."""
         assert self.packed is not None
         rows = [list(self.open)] if self.open else []
         used = [sum(self.packed.length_of(i) for i in self.open)] if self.open else []
-        window = [int(i) for i in self._take(self.packed.window)]
+        epoch = self.epoch
+        window = [int(i) for i in self._take_in_epoch(self.packed.window)]
         sizes = [self.packed.length_of(i) for i in window]
         for k in sorted(range(len(window)), key=lambda k: -sizes[k]):
             row = next(
@@ -170,8 +192,12 @@ class StepBatches(Lookahead):
                 row = len(rows) - 1
             rows[row].append(window[k])
             used[row] += sizes[k]
-        self.ready += rows[:-1]
-        self.open = rows[-1]
+        if self.epoch != epoch:  # the epoch's last window: its last row is ready too
+            self.ready += rows
+            self.open = []
+        else:
+            self.ready += rows[:-1]
+            self.open = rows[-1]
 
     def _build_step(self) -> list[dict]:
         """This rank's ``grad_accum_steps`` micro-batches of the next optimizer step."""

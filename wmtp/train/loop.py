@@ -358,9 +358,11 @@ class Trainer:
         return self.stop_signal if self.ctx.is_distributed else signals.requested()
 
     def _after_step(self, logger: MetricsLogger, record: dict[str, Any]) -> None:
-        """Log the step; evaluate and checkpoint when they are due."""
+        """Log the step; evaluate and checkpoint when they are due. A skipped step is logged
+        whatever ``log_every`` says: it is a record of what happened, not a sample of a curve."""
         t = self.recipe.training
-        if self.step % t.log_every == 0 or self.step == 1 or self.step == self.max_steps:
+        due = self.step % t.log_every == 0 or self.step in (1, self.max_steps)
+        if due or "skipped" in record:
             logger.log(self.step, record)
         else:
             logger.advance(self.step)

@@ -36,8 +36,9 @@ class RunResult:
     dry_run: bool = False
     evaluated: bool = False
     """The ``evaluation`` pipeline ran: ``run_dir`` is where its results are."""
-    done_before: bool = False
-    """A resumed run that had already trained its ``training.max_steps``: nothing ran."""
+    done_before: str = ""
+    """A resumed run that had already trained all its steps: nothing ran. The setting that
+    planned them (``training.max_steps``, ``training.epochs = 2``)."""
 
     def summary(self) -> str:
         """How the run ended, as the console and ``run.log`` say it."""
@@ -53,7 +54,7 @@ class RunResult:
         if self.done_before:
             return (
                 f"nothing to do: the run had trained all its {self.step} steps "
-                f"(training.max_steps); run directory {self.run_dir}"
+                f"({self.done_before}); run directory {self.run_dir}"
             )
         loss = self.last.get("loss")
         shown = f", loss {loss:.4f}" if isinstance(loss, float) else ""
@@ -557,11 +558,17 @@ def _train(recipe, text, run_dir, ctx, signals, checkpoint, dry_run, stop_at_ste
         trainer.resume(checkpoint)
         if trainer.step >= trainer.max_steps:
             trainer.finished()
-            return RunResult(run_dir, trainer.step, {}, done_before=True)
+            return RunResult(run_dir, trainer.step, {}, done_before=_planned_length(recipe))
     signals.building = False  # from the first step, a signal stops after a step, checkpointed
     with _told(trainer, None):
         out = trainer.run(signals)
     return RunResult(run_dir, trainer.step, out)
+
+
+def _planned_length(recipe: Any) -> str:
+    """The setting that planned a run's steps, in words."""
+    epochs = recipe.training.epochs
+    return "training.max_steps" if epochs is None else f"training.epochs = {epochs:g}"
 
 
 @contextlib.contextmanager

@@ -149,7 +149,7 @@ class TrainingSpec(Section):
     grad_clip: Annotated[float, Field(ge=0)] = 1.0
     """Clip the global gradient norm to this; 0 = no clipping."""
     log_every: Annotated[PositiveInt, COSMETIC] = 10
-    """Optimizer steps between metric logs."""
+    """Optimizer steps between metric logs (the first and last steps, and a skipped one, always)."""
     eval_every: Annotated[Annotated[int, Field(ge=0)], COSMETIC] = 0
     """Optimizer steps between held-out evaluations; 0 = only at the end."""
     checkpoint_every: Annotated[Annotated[int, Field(ge=0)], COSMETIC] = 0
