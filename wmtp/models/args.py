@@ -135,12 +135,40 @@ class ModelArgs:
         return params
 
 
+def layer_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
+    """Each parameter of one transformer block (attention, SwiGLU, two RMSNorm weights) by its
+    name within the block (Meta's, as ``LlamaMTP`` names it), and its shape."""
+    d, ffn = args.dim, args.hidden_dim
+    q, kv = args.n_heads * args.head_dim, args.kv_heads * args.head_dim
+    return {
+        "attention.wq.weight": (q, d),
+        "attention.wk.weight": (kv, d),
+        "attention.wv.weight": (kv, d),
+        "attention.wo.weight": (d, q),
+        "feed_forward.w1.weight": (ffn, d),
+        "feed_forward.w2.weight": (d, ffn),
+        "feed_forward.w3.weight": (ffn, d),
+        "attention_norm.weight": (d,),
+        "ffn_norm.weight": (d,),
+    }
+
+
+def parameter_shapes(args: ModelArgs) -> dict[str, tuple[int, ...]]:
+    """Every parameter of a ``LlamaMTP`` of these sizes by its name, and its shape: what a
+    checkpoint of them holds (Meta's names: trunk and head 1 ``layers``, heads 2..n
+    ``extra_heads``). ``vocab_size`` -1 stays -1 in the embedding's rows."""
+    blocks = [f"layers.{i}." for i in range(args.n_trunk_layers + 1)]
+    blocks += [f"extra_heads.{j}." for j in range(args.n_future_tokens - 1)]
+    shapes = {"tok_embeddings.weight": (args.vocab_size, args.dim)}
+    shapes |= {
+        block + name: shape for block in blocks for name, shape in layer_shapes(args).items()
+    }
+    return shapes | {"norm.weight": (args.dim,), "output.weight": (args.vocab_size, args.dim)}
+
+
 def layer_params(args: ModelArgs) -> int:
     """Parameters of one transformer block (attention, SwiGLU, two RMSNorm weights)."""
-    d, hd = args.dim, args.head_dim
-    attention = d * args.n_heads * hd + 2 * d * args.kv_heads * hd + args.n_heads * hd * d
-    ffn = 3 * d * args.hidden_dim
-    return attention + ffn + 2 * d
+    return sum(math.prod(shape) for shape in layer_shapes(args).values())
 
 
 def param_count(args: ModelArgs, *, with_unembedding: bool = True) -> int:
@@ -330,6 +358,8 @@ __all__ = [
     "bf16_peak_tflops",
     "flavour",
     "layer_params",
+    "layer_shapes",
     "param_count",
+    "parameter_shapes",
     "training_flops_per_token",
 ]

@@ -34,22 +34,26 @@ from wmtp.models.descriptions import (
     ARGS_FILE,
     FORMAT_VERSION,
     FORMATS,
+    IGNORED_META_KEYS,
     MTP_HEADS_WEIGHTS,
     WEIGHTS_FILE,
     args_or_error,
+    check_shape_table,
+    check_weights_whole,
     checkpoint_format,
     described_args,
     detect_format,
     extra_heads_held,
     heads_in,
     heads_problem,
+    hf_and_wmtp_name,
     hf_weight_files,
     meta_shards,
     read_json,
+    torch_save_layout,
     wmtp_description,
 )
 from wmtp.models.hf_convert import (
-    hf_name,
     hf_to_wmtp,
     write_hf,
 )
@@ -57,9 +61,6 @@ from wmtp.models.llama_mtp import LlamaMTP, resolve_dtype
 from wmtp.models.locate import DCP_STATE, TrainedWeights
 
 log = logging.getLogger(__name__)
-
-IGNORED_META_KEYS = ("rope.freqs",)
-"""Buffers some Meta checkpoints carry that wmtp recomputes."""
 
 
 @dataclass
@@ -81,6 +82,7 @@ def read_checkpoint(path: str | Path, format: str = "auto", dtype=None) -> Check
     """Read any supported format (``auto`` detects it); tensors cast to ``dtype`` when given."""
     path = Path(path)
     fmt = checkpoint_format(path, format)
+    check_weights_whole(path, fmt)  # a file cut short or not weights at all, named before reading
     readers = {"meta": read_meta, "hf": read_hf, "safetensors": read_wmtp}
     ckpt = readers[fmt](path, dtype)
     if ckpt.args.vocab_size == -1:  # "from the tokenizer": the embedding has exactly its rows
@@ -110,8 +112,11 @@ def _check_meta_heads(params: dict, sd: dict, params_file: Path) -> None:
 
 
 def _load_pth(file: Path, dtype) -> dict[str, torch.Tensor]:
+    """A ``torch.save`` state dict, memory-mapped where its layout allows (zip: torch 1.6 and
+    later), else read whole (the legacy pickle stream, which torch cannot map)."""
+    mmap = torch_save_layout(file) == "zip"
     try:
-        raw = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+        raw = torch.load(file, map_location="cpu", mmap=mmap, weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"checkpoint {file}: cannot be read ({exc})") from exc
     if not isinstance(raw, dict):
@@ -220,32 +225,7 @@ def check_shapes(
     expected: dict[str, tuple], sd: dict[str, torch.Tensor], source: str, name_of=repr
 ) -> None:
     """:func:`check_state_dict` against a ``{key: shape}`` table; ``name_of`` shows a key."""
-    problems = [
-        f"missing key {name_of(k)} (model expects shape {s})"
-        for k, s in expected.items()
-        if k not in sd
-    ]
-    problems += [
-        f"unexpected key {name_of(k)} (shape {tuple(v.shape)})"
-        for k, v in sd.items()
-        if k not in expected
-    ]
-    problems += [
-        f"key {name_of(k)}: checkpoint has shape {tuple(v.shape)}, model expects {tuple(expected[k])}"
-        for k, v in sd.items()
-        if k in expected and tuple(v.shape) != tuple(expected[k])
-    ]
-    if problems:
-        more = f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else ""
-        raise CheckpointError(
-            f"checkpoint {source} does not fit the model ({len(problems)} problems):\n  "
-            + "\n  ".join(problems[:12])
-            + more
-        )
-
-
-def _hf_and_wmtp_name(key: str) -> str:
-    return f"{hf_name(key)!r} (wmtp {key!r})"
+    check_shape_table(expected, {k: tuple(v.shape) for k, v in sd.items()}, source, name_of)
 
 
 def load_checked(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
@@ -386,7 +366,7 @@ def build_from_checkpoint(
         args, sd = resize_heads(args, sd, n_future_tokens)
     with torch.device("meta"):
         model = LlamaMTP(args, attention=attention)
-    check_state_dict(model, sd, str(ckpt.path), _hf_and_wmtp_name if ckpt.format == "hf" else repr)
+    check_state_dict(model, sd, str(ckpt.path), hf_and_wmtp_name if ckpt.format == "hf" else repr)
     sd = {k: v.to(device=device, dtype=dtype) for k, v in sd.items()}
     model.load_state_dict(sd, strict=True, assign=True)
     return model

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -136,8 +137,7 @@ def wmtp_description(path: Path) -> tuple[dict, ModelArgs]:
 
 
 def read_json(file: Path) -> dict:
-    if not file.is_file():
-        raise CheckpointError(f"checkpoint: {file} is missing")
+    require_file(file)
     try:
         data = json.loads(file.read_text())
     except json.JSONDecodeError as exc:
@@ -145,6 +145,21 @@ def read_json(file: Path) -> dict:
     if not isinstance(data, dict):
         raise CheckpointError(f"{file}: holds a JSON {type(data).__name__}, not an object of sizes")
     return data
+
+
+def require_file(file: Path) -> None:
+    """A CheckpointError where ``file`` is not there to read: missing, or a symbolic link whose
+    target is gone (a Hugging Face cache snapshot, whose files link to ``../../blobs/``, copied
+    without them)."""
+    if file.is_file():
+        return
+    if file.is_symlink():
+        raise CheckpointError(
+            f"checkpoint {file}: a symbolic link to {os.readlink(file)}, which is not there (a "
+            "Hugging Face cache snapshot copied without the blobs its files link to? copy it "
+            "with `cp -rL`, which copies what the links name)"
+        )
+    raise CheckpointError(f"checkpoint: {file} is missing")
 
 
 def args_or_error(make, file: Path) -> ModelArgs:
@@ -164,12 +179,7 @@ def args_from_hf_config(config: dict) -> ModelArgs:
     head_dim = config.get("head_dim") or dim // n_heads
     if head_dim != dim // n_heads:
         raise ValueError(f"head_dim {head_dim} != hidden_size / num_attention_heads")
-    key = "rope_parameters" if config.get("rope_parameters") else "rope_scaling"
-    rope = config.get(key) or {}
-    if not isinstance(rope, dict):
-        raise ValueError(f"{key} = {json.dumps(rope)}: an object of RoPE settings expected")
-    rope = dict(rope)
-    theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
+    theta, scaling = _rope(config)
     return ModelArgs(
         dim=dim,
         n_layers=_whole(config, "num_hidden_layers"),
@@ -178,8 +188,8 @@ def args_from_hf_config(config: dict) -> ModelArgs:
         vocab_size=_whole(config, "vocab_size"),
         ffn_dim=_whole(config, "intermediate_size"),
         norm_eps=config.get("rms_norm_eps", 1e-6),
-        rope_theta=float(theta),
-        rope_scaling=_rope_scaling(rope),
+        rope_theta=theta,
+        rope_scaling=scaling,
         max_seq_len=_whole(config, "max_position_embeddings", default=4096),
         n_future_tokens=1,
     )
@@ -207,6 +217,33 @@ def _refuse_what_wmtp_lacks(config: dict) -> None:
         raise ValueError(f"attention_dropout = {config['attention_dropout']} is not supported")
     if config.get("hidden_act", "silu") != "silu":
         raise ValueError(f"hidden_act {config['hidden_act']!r} is not 'silu'")
+
+
+ROPE_KEYS = ("rope_scaling", "rope_parameters")
+"""Where a ``config.json`` holds its RoPE settings: transformers 4's key, and 5's, which
+transformers 5 reads only where ``rope_scaling`` is not set."""
+
+
+def _rope(config: dict) -> tuple[float, RopeScaling | None]:
+    """RoPE's theta and scaling as transformers reads a config (:data:`ROPE_KEYS`); a config
+    whose two keys say different things (one saved by transformers 5, edited under the other
+    key) is refused, naming both: transformers would run ``rope_scaling`` alone, its theta the
+    top-level ``rope_theta`` or 10000, whatever ``rope_parameters`` says."""
+    said = {key: _rope_under(config, key) for key in ROPE_KEYS if config.get(key)}
+    if len(set(said.values())) > 1:
+        both = " and ".join(f"{key} = {json.dumps(config[key])}" for key in said)
+        raise ValueError(
+            f"{both} say different RoPE settings (transformers runs rope_scaling alone, "
+            "with the top-level rope_theta): delete the one you do not mean"
+        )
+    return next(iter(said.values()), (float(config.get("rope_theta", 10000.0)), None))
+
+
+def _rope_under(config: dict, key: str) -> tuple[float, RopeScaling | None]:
+    rope = config[key]
+    if not isinstance(rope, dict):
+        raise ValueError(f"{key} = {json.dumps(rope)}: an object of RoPE settings expected")
+    return float(rope.get("rope_theta", config.get("rope_theta", 10000.0))), _rope_scaling(rope)
 
 
 def _rope_scaling(rope: dict) -> RopeScaling | None:
@@ -404,18 +441,24 @@ def _indexed_files(index: Path) -> list[Path]:
 def check_weights_whole(path: Path, fmt: str) -> None:
     """A CheckpointError naming a weights file that is cut short (an interrupted download or
     copy), from its own bookkeeping alone, in milliseconds: a safetensors header's byte ranges
-    against the file's size, a ``torch.save`` zip's directory at its end."""
+    against the file's size, a ``torch.save`` zip's directory at its end; and one that is not
+    there (:func:`require_file`) or not weights at all (a Git LFS pointer, another file)."""
+    for file in weight_files(path, fmt):
+        require_file(file)
+        if file.suffix == ".safetensors":
+            _check_safetensors_whole(file)
+        else:
+            _check_zip_whole(file)
+
+
+def weight_files(path: Path, fmt: str) -> list[Path]:
+    """The weights files a model of format ``fmt`` at ``path`` is read from (its heads beside
+    an HF model aside)."""
     if fmt == "meta":
-        for shard in meta_shards(path):
-            _check_zip_whole(shard)
-    elif fmt == "hf":
-        for file in hf_weight_files(path):
-            if file.suffix == ".bin":
-                _check_zip_whole(file)
-            else:
-                _check_safetensors_whole(file)
-    elif fmt == "safetensors":
-        _check_safetensors_whole(path if path.is_file() else path / FULL_WEIGHTS)
+        return meta_shards(path)
+    if fmt == "hf":
+        return hf_weight_files(path)
+    return [path if path.is_file() else path / FULL_WEIGHTS]
 
 
 def _check_safetensors_whole(file: Path) -> None:
@@ -443,8 +486,24 @@ def _safetensors_header(file: Path) -> tuple[int, dict]:
             if key != "__metadata__":
                 entry["data_offsets"][1]
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
-        raise CheckpointError(f"checkpoint {file}: not a whole safetensors file ({exc})") from None
+        why = _git_lfs_pointer(file) or f"not a whole safetensors file ({exc})"
+        raise CheckpointError(f"checkpoint {file}: {why}") from None
     return header_len, header
+
+
+GIT_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+def _git_lfs_pointer(file: Path) -> str | None:
+    """What a weights file is where it is the small text Git LFS leaves in a clone made without
+    ``git lfs`` (a Hugging Face repository cloned with plain ``git``), else None."""
+    with open(file, "rb") as f:
+        if f.read(len(GIT_LFS_POINTER)) != GIT_LFS_POINTER:
+            return None
+    return (
+        "a Git LFS pointer, not the weights (a clone made without git-lfs): run `git lfs pull` "
+        "in that repository, or download the file itself"
+    )
 
 
 def heads_in(weights: Path) -> int:
@@ -535,17 +594,128 @@ def vocabulary_problem(rows: int, tokenizer_vocab: int, exact: bool) -> str | No
 
 
 def check_heads_held(path: Path, fmt: str) -> None:
-    """Meta's ``params.json`` ``n_future_tokens`` against the ``extra_heads`` its weights hold,
-    read from the first shard's tensor names (:func:`meta_tensor_shapes`: what ``read_meta``
-    checks, found without torch). A legacy (not zipped) ``.pth`` is left to the loader."""
-    if fmt != "meta":
+    """The weights against their description: Meta's ``params.json`` ``n_future_tokens``
+    against the ``extra_heads`` its weights hold (read from the first shard's tensor names:
+    what ``read_meta`` checks, found without torch), then every tensor's name and shape
+    (:func:`check_tensors_described`). A legacy (not zipped) ``.pth`` is left to the loader."""
+    if fmt == "meta":
+        shapes = meta_tensor_shapes(meta_shards(path)[0])
+        held = 1 + extra_heads_held(shapes) if shapes is not None else None
+        problem = heads_problem(read_json(path / "params.json"), held) if held else None
+        if problem is not None:
+            raise CheckpointError(f"{path / 'params.json'}: {problem}")
+    check_tensors_described(path, fmt)
+
+
+IGNORED_META_KEYS = ("rope.freqs",)
+"""Buffers some Meta checkpoints carry that wmtp recomputes."""
+
+
+def check_tensors_described(path: Path, fmt: str) -> None:
+    """Every tensor a model's description implies, each of its shape, and no other, in its
+    weights files (a ``config.json`` or ``params.json`` of another model than the weights
+    beside it, shards of two downloads): read from their safetensors headers and ``torch.save``
+    pickles alone, in milliseconds, no torch. What the loader checks before it copies a weight
+    (``checkpoint.check_state_dict``), found before anything loads. Left to the loader: a Meta
+    checkpoint of several shards (the loader merges them), a legacy ``torch.save`` file, a
+    wmtp value model."""
+    from wmtp.models.args import parameter_shapes
+
+    found = _tensor_shapes(path, fmt)
+    if found is None:
         return
-    shapes = meta_tensor_shapes(meta_shards(path)[0])
-    if shapes is None:
-        return
-    problem = heads_problem(read_json(path / "params.json"), 1 + extra_heads_held(shapes))
-    if problem is not None:
-        raise CheckpointError(f"{path / 'params.json'}: {problem}")
+    args = described_args(path, fmt)
+    if args.vocab_size == -1 and "tok_embeddings.weight" in found:
+        args = args.with_vocab(found["tok_embeddings.weight"][0])
+    name_of = hf_and_wmtp_name if fmt == "hf" else repr
+    check_shape_table(parameter_shapes(args), found, str(path), name_of)
+
+
+def _tensor_shapes(path: Path, fmt: str) -> dict[str, tuple[int, ...]] | None:
+    """Each tensor of the weights at ``path`` by its wmtp name, and its shape; None where they
+    cannot be read without loading them (:func:`check_tensors_described`)."""
+    if fmt == "meta":
+        shards = meta_shards(path)
+        shapes = meta_tensor_shapes(shards[0]) if len(shards) == 1 else None
+        if shapes is None:
+            return None
+        return {k: s for k, s in shapes.items() if not k.endswith(IGNORED_META_KEYS)}
+    if fmt == "hf":
+        return _hf_tensor_shapes(path)
+    info, _ = wmtp_description(path)
+    if info.get("kind", "llama_mtp") != "llama_mtp":
+        return None
+    return _safetensors_shapes(weight_files(path, fmt)[0])
+
+
+def _hf_tensor_shapes(path: Path) -> dict[str, tuple[int, ...]] | None:
+    """An HF model's tensors (with the extra heads beside it) under wmtp's names, the tied
+    unembedding as the embedding; None where a ``.bin`` cannot be read without torch."""
+    from wmtp.models.hf_convert import tied_output, wmtp_names
+
+    files = hf_weight_files(path)
+    if extra_heads_beside(path):
+        files.append(path / MTP_HEADS_WEIGHTS)
+    held: dict[str, tuple[int, ...]] = {}
+    for file in files:
+        shapes = _safetensors_shapes(file) if file.suffix == ".safetensors" else _bin_shapes(file)
+        if shapes is None:
+            return None
+        held |= shapes
+    found = {new: held[old] for old, new in wmtp_names(held, path).items()}
+    if tied_output(read_json(path / "config.json"), found):
+        found["output.weight"] = found["tok_embeddings.weight"]
+    return found
+
+
+def _bin_shapes(file: Path) -> dict[str, tuple[int, ...]] | None:
+    """A ``pytorch_model*.bin``'s shapes (:func:`meta_tensor_shapes`); None where its pickle
+    holds more than a state dict's classes: the loader, torch's, reads it."""
+    try:
+        return meta_tensor_shapes(file)
+    except CheckpointError:
+        return None
+
+
+def _safetensors_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+    header = _safetensors_header(file)[1]
+    return {key: tuple(entry["shape"]) for key, entry in header.items() if key != "__metadata__"}
+
+
+def hf_and_wmtp_name(key: str) -> str:
+    """A wmtp parameter said by its Hugging Face name, wmtp's beside it."""
+    from wmtp.models.hf_convert import hf_name
+
+    return f"{hf_name(key)!r} (wmtp {key!r})"
+
+
+def check_shape_table(
+    expected: dict[str, tuple], found: dict[str, tuple], source: str, name_of=repr
+) -> None:
+    """CheckpointError listing every missing, extra or mis-shaped key (with both shapes) of the
+    tensors ``found`` against the ``expected`` ``{key: shape}`` table; ``name_of`` shows a key."""
+    problems = [
+        f"missing key {name_of(k)} (model expects shape {s})"
+        for k, s in expected.items()
+        if k not in found
+    ]
+    problems += [
+        f"unexpected key {name_of(k)} (shape {tuple(s)})"
+        for k, s in found.items()
+        if k not in expected
+    ]
+    problems += [
+        f"key {name_of(k)}: checkpoint has shape {tuple(s)}, model expects {tuple(expected[k])}"
+        for k, s in found.items()
+        if k in expected and tuple(s) != tuple(expected[k])
+    ]
+    if problems:
+        more = f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else ""
+        raise CheckpointError(
+            f"checkpoint {source} does not fit the model ({len(problems)} problems):\n  "
+            + "\n  ".join(problems[:12])
+            + more
+        )
 
 
 def meta_tensor_shapes(shard: Path) -> dict[str, tuple[int, ...]] | None:
@@ -580,8 +750,13 @@ def _parameter_shape(shape, *rest) -> tuple[int, ...]:
     return shape
 
 
+class _StateDict(dict):
+    """Stands for ``collections.OrderedDict``: ``model.state_dict()`` pickles one with its
+    ``_metadata`` attribute set, which a plain dict cannot hold."""
+
+
 _STATE_DICT_CLASSES = {
-    ("collections", "OrderedDict"): dict,
+    ("collections", "OrderedDict"): _StateDict,
     ("torch._utils", "_rebuild_tensor_v2"): _tensor_shape,
     ("torch._utils", "_rebuild_parameter"): _parameter_shape,
 }
@@ -621,13 +796,28 @@ def heads_problem(params: dict, held: int) -> str | None:
 def _check_zip_whole(file: Path) -> None:
     import zipfile
 
-    with open(file, "rb") as f:
-        zipped = f.read(4) == b"PK\x03\x04"  # torch.save's format; the legacy one is a pickle
-    if zipped and not zipfile.is_zipfile(file):
+    if torch_save_layout(file) == "zip" and not zipfile.is_zipfile(file):
         raise CheckpointError(
             f"checkpoint {file}: cut short: a torch.save file without the directory that ends "
             "it (an interrupted download or copy?)"
         )
+
+
+def torch_save_layout(file: Path) -> str:
+    """How ``torch.save`` wrote ``file``, from its first bytes: ``"zip"`` (torch 1.6 and later)
+    or ``"legacy"`` (a pickle stream, as before, or with ``_use_new_zipfile_serialization=False``);
+    a CheckpointError for a file that is neither (empty, an HTML error page, another format)."""
+    with open(file, "rb") as f:
+        head = f.read(4)
+    if head == b"PK\x03\x04":
+        return "zip"
+    if head[:1] == b"\x80":  # a pickle's PROTO opcode: torch.save's legacy layout starts so
+        return "legacy"
+    why = _git_lfs_pointer(file) or (
+        f"not a file torch.save wrote (it starts with {head!r}, neither a zip nor a pickle): a "
+        "damaged download, or another file under this name?"
+    )
+    raise CheckpointError(f"checkpoint {file}: {why}")
 
 
 # The identity of a pretrained model -------------------------------------------------------
@@ -658,12 +848,12 @@ def base_identity(path: str | Path, format: str = "auto") -> dict:
 def _model_files(path: Path, fmt: str) -> list[Path]:
     """The files a model of format ``fmt`` at ``path`` is read from, its description first."""
     if fmt == "meta":
-        return [path / "params.json", *meta_shards(path)]
+        return [path / "params.json", *weight_files(path, fmt)]
     if fmt == "hf":
         named = (HF_INDEX, HF_BIN_INDEX, MTP_HEADS_INFO, MTP_HEADS_WEIGHTS)
         beside = [path / name for name in named if (path / name).is_file()]
-        return [path / "config.json", *beside, *hf_weight_files(path)]
-    return [path] if path.is_file() else [path / ARGS_FILE, path / WEIGHTS_FILE]
+        return [path / "config.json", *beside, *weight_files(path, fmt)]
+    return [path] if path.is_file() else [path / ARGS_FILE, *weight_files(path, fmt)]
 
 
 def _sampled_sha256(file: Path) -> str:

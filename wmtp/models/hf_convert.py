@@ -13,13 +13,16 @@ same way) and ``mtp_heads.json`` says how they attach (:func:`mtp_heads_info`).
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Iterable
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from wmtp.errors import CheckpointError
 from wmtp.models.args import ModelArgs
 from wmtp.models.descriptions import MTP_HEADS_FORMAT, MTP_HEADS_WEIGHTS
+
+if TYPE_CHECKING:  # the names alone are read without torch (``wmtp validate``)
+    import torch
 
 _LAYER_NAMES = {
     "self_attn.q_proj.weight": "attention.wq.weight",
@@ -57,28 +60,41 @@ def permute_qk(w_OI: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 def hf_to_wmtp(hf_sd: dict, args: ModelArgs, config: dict, path: Path) -> dict[str, torch.Tensor]:
     """HF parameter names and q/k rows -> wmtp's; unknown names are a CheckpointError."""
-    sd: dict[str, torch.Tensor] = {}
-    unknown = []
-    for name, tensor in hf_sd.items():
+    names = wmtp_names(hf_sd, path)
+    sd = {new: _meta_rows(new, hf_sd[old], args) for old, new in names.items()}
+    if tied_output(config, sd):
+        sd["output.weight"] = sd["tok_embeddings.weight"].clone()  # wmtp keeps them untied
+    return sd
+
+
+def wmtp_names(hf_names: Iterable[str], path: Path) -> dict[str, str]:
+    """Each HF parameter name with its wmtp name (HF's rotary buffers left out); a
+    CheckpointError naming those of no plain Llama."""
+    names, unknown = {}, []
+    for name in hf_names:
         if name.endswith(_IGNORED_SUFFIXES):
             continue
         new = _wmtp_name(name)
         if new is None:
             unknown.append(name)
-            continue
-        sd[new] = _meta_rows(new, tensor, args)
+        else:
+            names[name] = new
     if unknown:
         raise CheckpointError(
             f"checkpoint {path}: unexpected Hugging Face keys {unknown[:5]}"
             f"{' ...' if len(unknown) > 5 else ''} (not a plain Llama)"
         )
-    if (
-        "output.weight" not in sd
-        and config.get("tie_word_embeddings")
-        and "tok_embeddings.weight" in sd
-    ):
-        sd["output.weight"] = sd["tok_embeddings.weight"].clone()  # wmtp keeps them untied
-    return sd
+    return names
+
+
+def tied_output(config: dict, wmtp_keys: Collection[str]) -> bool:
+    """Whether the unembedding is the embedding: ``tie_word_embeddings`` and no
+    ``lm_head.weight`` in the files (one there is used, as transformers uses it)."""
+    return (
+        "output.weight" not in wmtp_keys
+        and bool(config.get("tie_word_embeddings"))
+        and "tok_embeddings.weight" in wmtp_keys
+    )
 
 
 def _meta_rows(name: str, tensor: torch.Tensor, args: ModelArgs) -> torch.Tensor:
