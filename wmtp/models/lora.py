@@ -2,8 +2,12 @@
 
 A LoRALinear *is* an ``nn.Linear`` (same ``weight`` name, so base checkpoints still load) with
 ``lora_A [r, in]`` and ``lora_B [out, r]`` beside it. ``B`` starts at zero, so a fresh adapter
-changes nothing. Merging folds ``B A`` into ``W`` (in fp32) for inference; unmerging takes it out.
-Adapters are saved and loaded on their own, with their settings in a json beside them.
+changes nothing; ``A`` is drawn by ``kaiming_uniform_(a=sqrt(5))`` (uniform on +-1/sqrt(in)).
+Rank, alpha, dropout, targets and both initialisations mean what Hugging Face PEFT's
+``LoraConfig(r, lora_alpha, lora_dropout, target_modules)`` means by default (no rsLoRA, no DoRA;
+``tests/models/test_lora_vs_peft.py``); only ``wq``/``wk``'s ``B`` rows are in Meta's RoPE order,
+as their weights are. Merging folds ``B A`` into ``W`` (in fp32) for inference; unmerging takes
+it out. Adapters are saved and loaded on their own, with their settings in a json beside them.
 """
 
 from __future__ import annotations
