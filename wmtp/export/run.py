@@ -95,7 +95,7 @@ def export_model(
     if spec is None:
         raise ExportError(f"{src.recipe_file}: [model.{role}] is missing: nothing to export")
     check_target_holds(spec, to, merge_lora, f"{src.weights} (model.{role})")
-    check_base_kept(src, spec, role)
+    check_base_kept(src, spec)
     check_out_apart(Path(out), src)
     out_dir = check_output(Path(out), EXPORT, force=force, source=src.weights)
     _say_if_training(src)

@@ -34,6 +34,7 @@ from wmtp.models.locate import (
     is_run_dir,
     keep_named_checkpoint,
     newest_whole,
+    require_base_state,
     step_dirs,
 )
 from wmtp.recipe.inputs import MODEL_MARKERS, TOKENIZER_FILES
@@ -244,15 +245,11 @@ def base_only_in_state(source: Source, spec) -> bool:
     return source.trained and spec.lora is not None and not spec.path
 
 
-def check_base_kept(source: Source, spec, role: str) -> None:
+def check_base_kept(source: Source, spec) -> None:
     """A CheckpointError, before any model is built, where :func:`base_only_in_state` and the
     checkpoint has no ``state/`` to read that base from."""
-    if base_only_in_state(source, spec) and not (source.weights / DCP_STATE).is_dir():
-        raise CheckpointError(
-            f"{source.weights}: its LoRA adapters trained over a random initialisation (no "
-            f"model.{role}.path), which only the checkpoint's {DCP_STATE}/ holds, and it has "
-            f"none: export a checkpoint of the run that still has {DCP_STATE}/"
-        )
+    if base_only_in_state(source, spec):
+        require_base_state(source.weights)
 
 
 def is_export(folder: Path) -> bool:

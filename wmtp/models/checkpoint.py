@@ -58,7 +58,7 @@ from wmtp.models.hf_convert import (
     write_hf,
 )
 from wmtp.models.llama_mtp import LlamaMTP, resolve_dtype
-from wmtp.models.locate import DCP_STATE, TrainedWeights
+from wmtp.models.locate import TrainedWeights, require_base_state
 
 log = logging.getLogger(__name__)
 
@@ -276,13 +276,7 @@ def load_base_from_state(model: torch.nn.Module, trained: TrainedWeights) -> Non
     """LoRA adapters trained over a random initialisation (no ``path``): their
     ``lora.safetensors`` holds the adapters alone, and the base they add to only the
     checkpoint's DCP ``state/``, read whole into ``model`` (a model built anew draws another)."""
-    state_dir = trained.directory / DCP_STATE
-    if not state_dir.is_dir():
-        raise CheckpointError(
-            f"{trained.directory}: its LoRA adapters trained over a random initialisation (no "
-            f"path in its recipe section), which only the checkpoint's {DCP_STATE}/ holds, and "
-            f"it has none: use a checkpoint of the run that still has {DCP_STATE}/"
-        )
+    state_dir = require_base_state(trained.directory)
     state = read_dcp_model_state(state_dir)
     log.info("checkpoint: the base of its LoRA adapters from %s", state_dir)
     with torch.no_grad():

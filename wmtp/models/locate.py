@@ -69,6 +69,20 @@ class TrainedWeights:
         return self.directory / (FULL_WEIGHTS if self.kind == "full" else LORA_WEIGHTS)
 
 
+def require_base_state(directory: Path) -> Path:
+    """The ``state/`` of a checkpoint whose LoRA adapters trained over a random initialisation
+    (no ``path`` in its recipe's model section): their base lives there alone. A
+    CheckpointError where the checkpoint has none (every loader and ``wmtp export`` say it so)."""
+    state = directory / DCP_STATE
+    if not state.is_dir():
+        raise CheckpointError(
+            f"{directory}: its LoRA adapters trained over a random initialisation (no path in "
+            f"its recipe's model section), which only the checkpoint's {DCP_STATE}/ holds, and "
+            f"it has none: use a checkpoint of the run that still has {DCP_STATE}/"
+        )
+    return state
+
+
 def step_dirs(run_dir: str | Path) -> list[Path]:
     """The complete checkpoints of a run (``checkpoints/step-N``), oldest first."""
     root = Path(run_dir) / CHECKPOINTS
