@@ -23,6 +23,7 @@ from tests.gpu import needs_cuda
 from tests.small_disk import needs_small_disk
 from tests.train.train_helpers import REPO, TINY, losses_of
 from wmtp.models.locate import step_dirs
+from wmtp.train.metrics import read_metrics
 
 RUN = (
     "training.micro_batch_size=2",
@@ -352,16 +353,25 @@ def test_a_torn_last_metrics_line_is_dropped_on_resume(partial_run, tmp_path, wh
 
 
 def test_a_nan_gradient_names_the_head_and_is_never_applied(tmp_path):
-    done = wmtp(str(TINY), runs=tmp_path, env={"WMTP_FAULT": "rank=0,step=3,kind=nan"})
+    """The stop names the checkpoint to go back to and the command that skips the step; that
+    command, the bad step met again, skips it (logged) and trains on to the end."""
+    nan_at_3 = {"WMTP_FAULT": "rank=0,step=3,kind=nan"}
+    done = wmtp(str(TINY), runs=tmp_path, env=nan_at_3)
     run = next((tmp_path / "tiny").glob("2*"))
+    skip = "--set training.max_bad_steps=1 --force"
     assert_clean_failure(
         done,
         2,
         "step 3: the gradient norm is nan (in head 2); the step was not applied",
         # the loss was finite: the weights step 3 started from are good
         f"The last good checkpoint is {run / 'checkpoints' / 'step-2'}.",
+        f"To skip such a step and go on from it: wmtp run --resume {run} {skip}",
     )
     assert [s.name for s in step_dirs(run)] == ["step-2"]
+    done = wmtp("--resume", str(run), *skip.split(), runs=tmp_path, env=nan_at_3)
+    assert done.returncode == 0, done.stderr[-3000:]
+    by_step = {record["step"]: record for record in read_metrics(run)}
+    assert by_step[3]["skipped"] == 1.0 and sorted(by_step) == [1, 2, 3, 4, 5, 6], by_step
 
 
 def test_running_out_of_memory_says_what_to_change_and_that_change_resumes_the_run(tmp_path, whole):

@@ -522,22 +522,30 @@ class Trainer:
         skipped = f" after {self.bad_steps} skipped bad steps" if self.bad_steps else ""
         raise RunError(
             f"step {step}: {what} (in {where}); the step was not applied and the run "
-            f"stopped{skipped}. {self._last_good(weights_suspect)}"
+            f"stopped{skipped}. {self._last_good(weights_suspect, self.bad_steps)}"
         )
 
-    def _last_good(self, weights_suspect: bool = True) -> str:
+    def _last_good(self, weights_suspect: bool = True, skipped_so_far: int | None = None) -> str:
         """The newest checkpoint to go back to: before the weights this step started from when
-        they gave a non-finite loss (they may be what went wrong), else the newest."""
+        they gave a non-finite loss (they may be what went wrong), else the newest. For a bad
+        step (``skipped_so_far``: the steps ``training.max_bad_steps`` skipped), where that
+        checkpoint is the newest, which ``--resume`` continues from, the command that skips it."""
         from wmtp.models.locate import step_dirs, step_number
 
         limit = self.step if weights_suspect else self.step + 1
-        good = [p for p in step_dirs(self.run_dir) if step_number(p) < limit]
+        every = step_dirs(self.run_dir)
+        good = [p for p in every if step_number(p) < limit]
         started = ""
         if weights_suspect and self.saved_step == self.step:
             started = f" (step-{self.step} holds the weights this step started from)"
         if not good:
             return f"No checkpoint was written before these weights{started}."
-        return f"The last good checkpoint is {good[-1]}{started}."
+        said = f"The last good checkpoint is {good[-1]}{started}."
+        if skipped_so_far is None or good[-1] != every[-1]:
+            return said
+        skip = f"--set training.max_bad_steps={skipped_so_far + 1} --force"
+        resume = resume_command(self.run_dir, self.ctx.world_size, skip)
+        return f"{said} To skip such a step and go on from it: {resume}"
 
     def _step_tokens(self, micro_batches: list[dict]) -> tuple[Figure, Figure]:
         """Tokens the model read this step on all ranks (padding left out: the work done), and

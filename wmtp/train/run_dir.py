@@ -285,17 +285,19 @@ def point_latest(run: Path) -> None:
         tmp.symlink_to(run.name)
 
 
-def resume_command(run: Path | str, processes: int | None = None) -> str:
+def resume_command(run: Path | str, processes: int | None = None, options: str = "") -> str:
     """The command that continues ``run`` as it was launched: ``--nproc-per-node`` with the
     processes of this node (torchrun's ``LOCAL_WORLD_SIZE``); on several nodes, launched as
-    before on each. ``processes``: the run's, by default torchrun's ``WORLD_SIZE`` (else 1)."""
+    before on each. ``processes``: the run's, by default torchrun's ``WORLD_SIZE`` (else 1).
+    ``options``: more of the command line (``--set KEY=VALUE --force``)."""
     if processes is None:
         processes = int(os.environ.get("WORLD_SIZE", "1"))
+    command = f"wmtp run --resume {run}{' ' + options if options else ''}"
     if processes == 1:
-        return f"wmtp run --resume {run}"
+        return command
     local = int(os.environ.get("LOCAL_WORLD_SIZE", processes))
     each = " on every node, launched as before" if local != processes else ""
-    return f"wmtp run --resume {run} --nproc-per-node {local}{each}"
+    return f"{command} --nproc-per-node {local}{each}"
 
 
 LOCK_FILE = ".training.lock"
