@@ -145,3 +145,19 @@ def test_a_bfloat16_critics_scores_are_its_head_in_fp32(tiny_args, kind, autocas
     reference = into_last.double() @ last.weight.double().T + last.bias.double()
     assert scores.dtype == torch.float32
     torch.testing.assert_close(scores.double(), reference.squeeze(-1), rtol=0, atol=1e-6)
+
+
+def test_an_hf_backbone_that_does_not_fit_is_said_in_hugging_face_names(tmp_path):
+    """A critic's Hugging Face directory whose config.json says another width than its weights:
+    each key named as the directory names it, wmtp's beside it, as the policy's are."""
+    tiny_hf_llama().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(config | {"intermediate_size": 64}))
+    with pytest.raises(CheckpointError) as err:
+        ValueModel.from_pretrained(tmp_path, head="mlp", dtype="float32", attention="sdpa")
+    said = str(err.value)
+    assert (
+        "'model.layers.0.mlp.gate_proj.weight' (wmtp 'backbone.layers.0.feed_forward.w1.weight')"
+        in said
+    ), said
+    assert "checkpoint has shape (48, 32), model expects (64, 32)" in said, said

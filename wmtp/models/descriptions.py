@@ -683,10 +683,16 @@ def _safetensors_shapes(file: Path) -> dict[str, tuple[int, ...]]:
 
 
 def hf_and_wmtp_name(key: str) -> str:
-    """A wmtp parameter said by its Hugging Face name, wmtp's beside it."""
-    from wmtp.models.hf_convert import hf_name
+    """A wmtp parameter said by its Hugging Face name, wmtp's beside it (a value model's under
+    ``backbone.``); a key with no Hugging Face name as it is."""
+    from wmtp.models.hf_convert import hf_name_of
 
-    return f"{hf_name(key)!r} (wmtp {key!r})"
+    hf = hf_name_of(key.removeprefix(BACKBONE))
+    return f"{hf!r} (wmtp {key!r})" if hf else repr(key)
+
+
+BACKBONE = "backbone."
+"""A value model's backbone parameters' prefix (``ValueModel.backbone``)."""
 
 
 def check_shape_table(

@@ -133,12 +133,20 @@ def to_hf(name: str, tensor: torch.Tensor, a: ModelArgs) -> tuple[str, torch.Ten
 def hf_name(name: str) -> str:
     """The HF name of a wmtp parameter; an extra head's layer keeps ``extra_heads.{j}.`` before
     HF's layer names."""
+    found = hf_name_of(name)
+    assert found is not None, f"{name!r} has no Hugging Face name"
+    return found
+
+
+def hf_name_of(name: str) -> str | None:
+    """:func:`hf_name`, or None for a name that is no wmtp parameter (one to name as it is)."""
     if name in _TO_HF_TOP:
         return _TO_HF_TOP[name]
-    group, i, rest = name.split(".", 2)  # layers.{i}.{rest} or extra_heads.{j}.{rest}
-    assert group in ("layers", "extra_heads") and rest in _TO_HF_LAYER, name
-    prefix = "model.layers." if group == "layers" else EXTRA_HEADS
-    return f"{prefix}{i}.{_TO_HF_LAYER[rest]}"
+    parts = name.split(".", 2)  # layers.{i}.{rest} or extra_heads.{j}.{rest}
+    if len(parts) != 3 or parts[0] not in ("layers", "extra_heads") or parts[2] not in _TO_HF_LAYER:
+        return None
+    prefix = "model.layers." if parts[0] == "layers" else EXTRA_HEADS
+    return f"{prefix}{parts[1]}.{_TO_HF_LAYER[parts[2]]}"
 
 
 _TO_HF_TOP = {v: k for k, v in _TOP_NAMES.items()}

@@ -20,6 +20,7 @@ from torch import nn
 from wmtp.errors import CheckpointError
 from wmtp.models.args import ModelArgs
 from wmtp.models.attention import ResolvedAttention, SeqInfo
+from wmtp.models.descriptions import BACKBONE, hf_and_wmtp_name
 from wmtp.models.llama_mtp import LlamaMTP, resolve_dtype
 from wmtp.models.value_heads import head_config, head_spec
 
@@ -161,7 +162,7 @@ class ValueModel(nn.Module):
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         if fresh_head:
             expected = {k: s for k, s in expected.items() if not k.startswith("head.")}
-        check_shapes(expected, sd, str(path))
+        check_shapes(expected, sd, str(path), hf_and_wmtp_name if ckpt.format == "hf" else repr)
         sd = {k: v.to(device=device, dtype=dtype) for k, v in sd.items()}
         model.load_state_dict(sd, strict=not fresh_head, assign=True)
         if fresh_head:
@@ -183,7 +184,7 @@ def _backbone_state_dict(ckpt) -> dict[str, torch.Tensor]:
         ckpt.args.n_future_tokens,
     )
     ckpt.args, sd = resize_heads(ckpt.args, ckpt.state_dict, 1)
-    return {f"backbone.{k}": v for k, v in sd.items() if k != "output.weight"}
+    return {f"{BACKBONE}{k}": v for k, v in sd.items() if k != "output.weight"}
 
 
 __all__ = [
