@@ -121,11 +121,13 @@ def encode_example(
 ) -> Encoded | None:
     """BOS + prompt + output + EOS as ids, the prompt's labels masked to -100.
 
-    The text is tokenized whole (as the model reads it at inference); the prompt's share is the
-    common prefix with the prompt tokenized alone, and any token after it whose text still lies
-    in the prompt, so a token merged across the boundary counts as response and no token of
-    prompt text alone is learned. Over ``max_length``: :func:`fit_to_length`. Callers count the
-    ``None``s they skip.
+    The text is tokenized whole; the prompt's share is the common prefix with the prompt
+    tokenized alone, and any token after it whose text still lies in the prompt, so a token
+    merged across the boundary counts as response and no token of prompt text alone is learned.
+    ``wmtp eval`` feeds the prompt tokenized alone: the same ids unless a token spans the
+    boundary (never for SentencePiece after the templates' closing newline; a byte-level BPE
+    whose pre-tokenizer joins a newline to the indentation after it does). Over ``max_length``:
+    :func:`fit_to_length`. Callers count the ``None``s they skip.
     """
     prompt = format_prompt(example.instruction, example.input, template)
     full_ids = tokenizer.encode(prompt + example.output, bos=True, eos=True)

@@ -116,7 +116,12 @@ class SentencePieceTokenizer(Tokenizer):
         return self._sp.encode(text)
 
     def decode(self, ids: list[int]) -> str:
-        return self._sp.decode([i for i in ids if i not in (self.bos_id, self.eos_id)])
+        """Text of ``ids``; BOS, EOS and ids past the last piece (rows of a padded embedding,
+        which a model may sample) have none, as Hugging Face's decoder drops unknown ids."""
+        pieces = self.vocab_size
+        return self._sp.decode(
+            [i for i in ids if 0 <= i < pieces and i not in (self.bos_id, self.eos_id)]
+        )
 
     @cached_property
     def identity(self) -> str:

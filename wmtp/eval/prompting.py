@@ -57,7 +57,7 @@ def prompt_format(spec, trained_template: str | None) -> PromptFormat:
     """The format ``[evaluation]`` (``spec``) asks for; ``trained_template`` is the
     ``data.template`` of the run that trained the evaluated weights (None: not trained by wmtp).
     """
-    instruction = spec.instruction or HUMANEVAL_INSTRUCTION
+    instruction = HUMANEVAL_INSTRUCTION if spec.instruction is None else spec.instruction
     chosen = spec.prompt_template
     if chosen == "none":
         return PromptFormat(None, instruction, "evaluation.prompt_template = 'none'")
