@@ -237,7 +237,7 @@ def _validate_one(
         if text:
             _print_problem("invalid:", exc.render())
         return {"recipe": str(path), "valid": False, **exc.to_json()}
-    from wmtp.recipe.inputs import input_problems, watched_paths
+    from wmtp.recipe.inputs import input_problems, tokenizer_warnings, watched_paths
 
     if read is not None:
         read += [str(Path(f).resolve()) for f in loaded.files] + _model_files(loaded.recipe)
@@ -249,6 +249,7 @@ def _validate_one(
         env_problems = missing + _environment_problems(loaded, machine, world_size)
     else:  # a committed recipe names files a fresh clone does not have: noted, not failed
         cost.notes.extend(f"input not found: {m}" for m in missing)
+    cost.notes.extend(w.render() for w in tokenizer_warnings(loaded))
     if text:
         _print_estimate(str(path), loaded.recipe, cost, env_problems, row, machine)
     return {

@@ -214,6 +214,25 @@ class HFTokenizer(Tokenizer):
         return f"hf:{_file_digest(self.path)}"
 
 
+CODE_WHITESPACE = "def f(x):\n\tif x:\n        return  [x,\n                1]\n"
+"""Code's whitespace (a tab, runs of spaces, line breaks) that a tokenizer for code must keep."""
+
+
+def whitespace_lost(tokenizer: Tokenizer) -> str | None:
+    """How ``tokenizer`` changes the whitespace of code (:data:`CODE_WHITESPACE`) through encode
+    and decode, in words; None where it keeps it. A SentencePiece model trained with the
+    library's defaults (NFKC, extra whitespace removed) joins code's lines and indentation."""
+    back = tokenizer.decode(tokenizer.encode(CODE_WHITESPACE))
+    if back == CODE_WHITESPACE:
+        return None
+    return (
+        f"it does not give code back: {CODE_WHITESPACE!r} decodes as {back!r}, so code trained "
+        "or evaluated with it loses its indentation, line breaks or characters (a SentencePiece "
+        "model trained with the library's defaults? train it with normalization_rule_name="
+        "identity, remove_extra_whitespaces=false and byte_fallback, as Llama-2's was)"
+    )
+
+
 def load_tokenizer(kind: str, path: str | Path | None = None) -> Tokenizer:
     """The tokenizer of ``kind`` ("byte", "sentencepiece", "hf"), read from ``path``."""
     if kind == "byte":

@@ -309,6 +309,25 @@ def _resolved(path: str) -> Path:
     return Path(path).expanduser().resolve()
 
 
+def tokenizer_warnings(loaded: Any) -> list[Any]:
+    """What the recipe's tokenizer does to code that a user should know before training on it
+    (:func:`wmtp.data.tokenizers.whitespace_lost`), located at ``tokenizer.path``: warnings,
+    not problems, as a tokenizer for text may mean it. None where it does not load (that is
+    :func:`unusable_inputs`'s)."""
+    from wmtp.data.tokenizers import load_tokenizer, whitespace_lost
+    from wmtp.errors import WmtpError
+
+    spec = loaded.recipe.tokenizer
+    path = getattr(spec, "path", None)
+    if path is None or _tokenizer(spec) is not None:
+        return []
+    try:
+        why = whitespace_lost(load_tokenizer(spec.kind, _resolved(path)))
+    except WmtpError:
+        return []
+    return [] if why is None else [located_problem(loaded, "tokenizer.path", f"{path!r}: {why}")]
+
+
 def _absent(key: str, written: str, what: str) -> MissingInput:
     return MissingInput(key, written, f"{what} (resolved to {_resolved(written)})")
 

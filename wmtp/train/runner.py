@@ -355,6 +355,7 @@ def run_recipe(
     _check_device(prepared)
     _check_sandbox(prepared)
     _warn_memory(prepared)
+    _warn_tokenizer(prepared)
     ctx = init_distributed(recipe.parallel.device)
     run_dir: Path | None = None
     with StopSignals(ctx) as signals, RunLog() as run_log, contextlib.ExitStack() as held:
@@ -473,6 +474,14 @@ def _warn_memory(prepared: PreparedRun) -> None:
     if why is not None:
         where = located_problem(prepared.loaded, cost.memory.KEY, why).render()
         log.warning("%s; past it the kernel stops the run without a message (exit 137)", where)
+
+
+def _warn_tokenizer(prepared: PreparedRun) -> None:
+    """A tokenizer that loses code's whitespace, said before the run starts (located)."""
+    from wmtp.recipe.inputs import tokenizer_warnings
+
+    for warning in tokenizer_warnings(prepared.loaded):
+        log.warning("%s", warning.render())
 
 
 def _naming_the_run(
