@@ -103,6 +103,15 @@ def test_mbpp_both_public_layouts(tmp_path):
     assert second.judge.test.startswith("def check(candidate):\n    import math\n")
 
 
+def test_mbpp_is_judged_by_its_test_list_as_published_figures_are(tmp_path):
+    """MBPP's challenge_test_list (harder tests of a few problems) is left out, as the MBPP paper
+    and bigcode-evaluation-harness leave it out: pass@k compares with published figures."""
+    row = MBPP_ROWS[0] | {"challenge_test_list": ["assert similar_elements((1,), (2,)) == (9,)"]}
+    (problem,) = load_mbpp(write_jsonl(tmp_path / "mbpp.jsonl", [row])).problems
+    assert "challenge" not in problem.judge.test and "(9,)" not in problem.judge.test
+    assert problem.judge.test.count("assert ") == len(row["test_list"])
+
+
 def test_codecontests_test_sets(tmp_path):
     path = write_jsonl(tmp_path / "cc.jsonl", CODECONTESTS_ROWS)
     (problem,) = load_codecontests(path).problems

