@@ -295,3 +295,15 @@ def test_the_ranks_generation_figures_add_up_and_their_time_is_the_slowest():
         stats.speculative.count(offered, offered - 1)
     speculative = GenerationStats.merged(drafted).speculative
     assert speculative.acceptance_rate == pytest.approx(8 / 10)
+
+
+def test_identical_completions_of_a_problem_are_judged_once_and_share_its_verdict(humaneval5):
+    """Greedy decoding's one text stands for every sample (and sampling repeats short ones):
+    judged once, every copy has that verdict. A program whose verdict is a coin toss shows it:
+    judged 24 times apart, its copies would disagree (all alike once in 2^23)."""
+    canonical = humaneval_canonical(["HumanEval/0"])["HumanEval/0"]
+    coin = "    import random\n    assert random.random() < 0.5\n" + canonical
+    completions = {"HumanEval/0": [coin] * 24 + [canonical]}
+    (verdicts,) = check_completions(humaneval5, completions, **CHECK).values()
+    assert len(verdicts) == 25 and verdicts[-1].passed
+    assert len({(v.status, v.detail) for v in verdicts[:24]}) == 1, verdicts[:24]

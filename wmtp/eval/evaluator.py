@@ -77,9 +77,16 @@ class Checker:
         self.pool.shutdown(cancel_futures=True)
 
     def submit(self, task_id: str, texts: list[str]) -> None:
+        """Check a problem's completions, each distinct text once (greedy decoding's one text
+        stands for all its samples; sampling repeats short ones): its copies share its verdict,
+        so a program near its timeout cannot pass in some copies and fail in others."""
         assert task_id in self.judges, f"completions for a problem not in {self.name}: {task_id}"
         judge = self.judges[task_id].judge
-        futures = [self.pool.submit(judge, text, **self.limits) for text in texts]
+        checks: dict[str, Future] = {}
+        for text in texts:
+            if text not in checks:
+                checks[text] = self.pool.submit(judge, text, **self.limits)
+        futures = [checks[text] for text in texts]
         self.futures.setdefault(task_id, []).extend(futures)
         self.submitted += len(futures)
         if self.bar is not None:
