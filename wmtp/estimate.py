@@ -79,7 +79,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from wmtp.models.args import ModelArgs, layer_params, param_count
+from wmtp.models.args import ModelArgs, layer_params, layer_shapes, param_count
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 BYTE_TOKENIZER_VOCAB = 259
@@ -387,21 +387,12 @@ def _model_sizes(spec: Any, vocab: int) -> ModelArgs | None:
 
 
 def _linear_shapes(args: ModelArgs) -> dict[str, tuple[int, int]]:
-    """Each LoRA target's ``(in, out)`` features."""
-    d, q, kv, f = (
-        args.dim,
-        args.n_heads * args.head_dim,
-        args.kv_heads * args.head_dim,
-        args.hidden_dim,
-    )
+    """Each LoRA target's ``(in, out)`` features, from the block's weights (``layer_shapes``:
+    ``attention.wq.weight`` of shape ``(out, in)`` is target ``wq``)."""
     return {
-        "wq": (d, q),
-        "wk": (d, kv),
-        "wv": (d, kv),
-        "wo": (q, d),
-        "w1": (d, f),
-        "w3": (d, f),
-        "w2": (f, d),
+        name.split(".")[1]: (shape[1], shape[0])
+        for name, shape in layer_shapes(args).items()
+        if len(shape) == 2
     }
 
 
