@@ -18,6 +18,7 @@ at files a fresh clone does not have).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -314,7 +315,7 @@ def tokenizer_warnings(loaded: Any) -> list[Any]:
     (:func:`wmtp.data.tokenizers.whitespace_lost`), located at ``tokenizer.path``: warnings,
     not problems, as a tokenizer for text may mean it. None where it does not load (that is
     :func:`unusable_inputs`'s)."""
-    from wmtp.data.tokenizers import load_tokenizer, whitespace_lost
+    from wmtp.data.tokenizers import whitespace_lost
     from wmtp.errors import WmtpError
 
     spec = loaded.recipe.tokenizer
@@ -322,7 +323,7 @@ def tokenizer_warnings(loaded: Any) -> list[Any]:
     if path is None or _tokenizer(spec) is not None:
         return []
     try:
-        why = whitespace_lost(load_tokenizer(spec.kind, _resolved(path)))
+        why = whitespace_lost(_tokenizer_of(spec.kind, _resolved(path)))
     except WmtpError:
         return []
     return [] if why is None else [located_problem(loaded, "tokenizer.path", f"{path!r}: {why}")]
@@ -347,14 +348,28 @@ def _tokenizer(spec: Any) -> MissingInput | None:
 
 def _tokenizer_vocab(spec: Any) -> tuple[int | None, str | None]:
     """The tokenizer's ids (None where it does not load), and why it does not load, if not."""
-    from wmtp.data.tokenizers import load_tokenizer
     from wmtp.errors import WmtpError
 
     try:
         path = getattr(spec, "path", None)
-        return load_tokenizer(spec.kind, _resolved(path) if path else None).vocab_size, None
+        return _tokenizer_of(spec.kind, _resolved(path) if path else None).vocab_size, None
     except WmtpError as exc:
         return None, f"cannot be loaded: {exc.render()}"
+
+
+def _tokenizer_of(kind: str, path: Path | None) -> Any:
+    """The tokenizer at ``path``, loaded once for the checks of a command (its ids, what it does
+    to code) while its files stay as they were."""
+    files = [path] if path is None or path.is_file() else sorted(path.iterdir())
+    stamp = tuple((f, f.stat().st_mtime_ns, f.stat().st_size) for f in files if f and f.is_file())
+    return _loaded_tokenizer(kind, path, stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _loaded_tokenizer(kind: str, path: Path | None, stamp: tuple) -> Any:
+    from wmtp.data.tokenizers import load_tokenizer
+
+    return load_tokenizer(kind, path)
 
 
 def _model_path(role: str, spec: Any) -> MissingInput | None:
