@@ -62,6 +62,29 @@ def test_resume_with_other_numerics_is_refused_listing_the_keys(tmp_path):
     assert "Traceback" not in result.output
 
 
+def test_a_resume_takes_new_evaluation_settings_without_force(tmp_path):
+    """Training never reads ``[evaluation]``: a resume that changes it (more samples for the
+    evaluation after training) goes on without ``--force``, and the run's checkpoints then hold
+    the new settings, which ``wmtp eval RUN`` reads."""
+    from wmtp.recipe import load_recipe
+
+    base = [
+        "--set", f"experiment.runs_dir='{tmp_path}'", "--set", "training.micro_batch_size=1",
+        "--set", "training.eval_every=0", "--set", "training.schedule.warmup_steps=0",
+        "--set", "training.checkpoint_every=1", "--set", "training.max_steps=2",
+    ]  # fmt: skip
+    first = runner.invoke(app, ["run", str(TINY), *base])
+    assert first.exit_code == 0, first.output
+    run_dir = (tmp_path / "tiny" / "latest").resolve()
+    shutil.rmtree(run_dir / "checkpoints" / "step-2")  # a crash after step 1: work to resume
+    changed = ["--set", "evaluation.n_samples=3"]
+    result = runner.invoke(app, ["run", str(TINY), "--resume", str(run_dir), *base, *changed])
+    assert result.exit_code == 0, result.output
+    assert "--force" not in result.output
+    saved = load_recipe(run_dir / "checkpoints" / "step-2" / "recipe.toml").recipe
+    assert saved.evaluation.n_samples == 3
+
+
 def test_user_errors_are_located_messages(tmp_path):
     missing = runner.invoke(app, ["run", "--resume", str(tmp_path)])
     assert missing.exit_code == 2 and "not a run directory" in missing.output

@@ -152,7 +152,9 @@ def check_resume(
     """Whether ``recipe`` may resume ``run_dir`` from ``checkpoint`` (:func:`intact_checkpoint`).
     Refuses a recipe whose numerics differ from the recipe that trained that checkpoint (its own
     ``recipe.toml``), or a global batch (micro-batch x accumulation x ``world_size``) other than
-    the checkpoint's, unless ``force``, and, even forced, a change a resume cannot apply. A new
+    the checkpoint's, unless ``force``, and, even forced, a change a resume cannot apply. A change
+    of ``[evaluation]`` is none of these where the pipeline trains: it is read only by the
+    evaluation after training, which the resumed run's recipe then gives. A new
     split of the same global batch (another world size, micro-batch or accumulation) is no
     change: every world size trains on the same global batches. Nor is a LoRA run's base model
     given at another path (``loaded``, the recipe as loaded, says where), where it is the one the
@@ -168,6 +170,8 @@ def check_resume(
     was, now = _trained_batch(checkpoint, saved), _global_batch(recipe, world_size)
     if was[0] == now[0]:
         changes = [c for c in changes if c.key not in BATCH_SPLIT_KEYS]
+    if recipe.pipeline.trains is not None:  # training never reads [evaluation]: `wmtp eval` does
+        changes = [c for c in changes if not c.key.startswith("evaluation.")]
     computing = [c for c in changes if c.category in REFUSED_ON_RESUME]
     refused = [f"{c.key}: {c.old!r} -> {c.new!r} ({c.category})" for c in computing]
     applied = [f"{c.key} {c.old!r} -> {c.new!r}" for c in computing]
