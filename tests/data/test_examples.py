@@ -74,40 +74,55 @@ BOUNDARY_TEXTS = [
 ]
 
 
-def prompt_token_reference(prompt: str, text: str, kind: str, model) -> list[bool]:
-    """Independent reference from the tokenizer library's own offsets: a token is prompt when its
-    text ends inside the prompt; a token reaching past it (merged across) is response."""
-    if kind == "sentencepiece":
-        import sentencepiece
+def sentencepiece_prompt_tokens(prompt: str, text: str, model) -> list[bool]:
+    """Independent reference from SentencePiece's own byte offsets: a piece is prompt when its
+    text ends inside the prompt; a piece reaching past it (merged across) is response."""
+    import sentencepiece
 
-        sp = sentencepiece.SentencePieceProcessor(model_file=str(model))
-        pieces = sp.encode(text, return_type="proto").pieces  # byte offsets into the text
-        return [p.end <= len(prompt.encode()) for p in pieces]
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(model))
+    pieces = sp.encode(text, return_type="proto").pieces  # byte offsets into the text
+    return [p.end <= len(prompt.encode()) for p in pieces]
+
+
+def test_no_sentencepiece_piece_of_prompt_text_alone_is_learned(sentencepiece_model):
+    """SentencePiece's dummy prefix would put a space into the text were the response tokenized
+    alone: a row is the text tokenized whole, and a piece merged across the cut is response."""
+    tok = SentencePieceTokenizer(sentencepiece_model)
+    for text in BOUNDARY_TEXTS:
+        for cut in range(1, len(text)):
+            enc = encode_example(Example(text[:cut], text[cut:], "p", True), tok, template="plain")
+            is_prompt = sentencepiece_prompt_tokens(text[:cut], text, sentencepiece_model)
+            assert enc.input_ids == [tok.bos_id, *tok.encode(text), tok.eos_id]
+            expected = [IGNORE_INDEX] + [
+                IGNORE_INDEX if p else i
+                for p, i in zip(is_prompt, enc.input_ids[1:-1], strict=True)
+            ]
+            assert enc.labels == [*expected, tok.eos_id], (text[:cut], text[cut:])
+
+
+def test_a_byte_level_bpe_row_starts_with_its_prompt_tokenized_alone(hf_tokenizer_dir):
+    """A byte-level BPE has no dummy prefix: at every cut the row is the prompt's ids as
+    ``wmtp eval`` feeds them (tokenized alone), then the response's, which learn; the text is
+    the example's exactly, and where no token spans the cut the ids are the text's whole."""
     import tokenizers
 
-    hf = tokenizers.Tokenizer.from_file(str(model / "tokenizer.json"))
-    offsets = hf.encode(text, add_special_tokens=False).offsets  # character offsets
-    return [end <= len(prompt) for _, end in offsets]
-
-
-def test_no_token_of_prompt_text_alone_is_learned(sentencepiece_model, hf_tokenizer_dir):
     from wmtp.data.tokenizers import HFTokenizer
 
-    checked = 0
-    for kind, model, tok in [
-        ("sentencepiece", sentencepiece_model, SentencePieceTokenizer(sentencepiece_model)),
-        ("hf", hf_tokenizer_dir, HFTokenizer(hf_tokenizer_dir)),
-    ]:
-        for text in BOUNDARY_TEXTS:
-            for cut in range(1, len(text)):
-                example = Example(text[:cut], text[cut:], "p", True)
-                enc = encode_example(example, tok, template="plain")
-                is_prompt = prompt_token_reference(text[:cut], text, kind, model)
-                assert enc.input_ids == [tok.bos_id, *tok.encode(text), tok.eos_id]
-                expected = [IGNORE_INDEX] + [
-                    IGNORE_INDEX if p else i
-                    for p, i in zip(is_prompt, enc.input_ids[1:-1], strict=True)
-                ]
-                assert enc.labels == [*expected, tok.eos_id], (kind, text[:cut], text[cut:])
-                checked += 1
-    assert checked == 2 * sum(len(t) - 1 for t in BOUNDARY_TEXTS)
+    tok = HFTokenizer(hf_tokenizer_dir)
+    reference = tokenizers.Tokenizer.from_file(str(hf_tokenizer_dir / "tokenizer.json"))
+    spanned = 0
+    for text in BOUNDARY_TEXTS:
+        for cut in range(1, len(text)):
+            prompt, response = text[:cut], text[cut:]
+            enc = encode_example(Example(prompt, response, "p", True), tok, template="plain")
+            asked = [tok.bos_id, *reference.encode(prompt, add_special_tokens=False).ids]
+            assert enc.input_ids[: enc.n_prompt] == asked and enc.labels[: enc.n_prompt] == [
+                IGNORE_INDEX
+            ] * len(asked)
+            assert enc.labels[enc.n_prompt :] == enc.input_ids[enc.n_prompt :]
+            assert reference.decode(enc.input_ids) == text and enc.input_ids[-1] == tok.eos_id
+            whole = reference.encode(text, add_special_tokens=False).ids
+            spanned += whole[: len(asked) - 1] != asked[1:]
+            if whole[: len(asked) - 1] == asked[1:]:
+                assert enc.input_ids == [tok.bos_id, *whole, tok.eos_id]
+    assert spanned > 0  # cuts inside a word that BPE merges whole

@@ -95,6 +95,57 @@ def test_eval_prompt_is_the_training_prefix_and_the_learned_part_is_the_body(
         assert body == problem["canonical_solution"], task_id
 
 
+@pytest.fixture(scope="module")
+def byte_level_bpe(tmp_path_factory, humaneval_rows):
+    """A GPT-2-style byte-level BPE ``tokenizer.json`` (as StarCoder's) trained on HumanEval's
+    code, built as a recipe's ``[tokenizer] kind = "hf"`` builds it. Its pre-tokenizer joins a
+    newline to the indentation after it (all but the last space), so ``"\\n    return"`` whole
+    is ``"\\n   "`` ``" return"``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=800, special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )  # fmt: skip
+    text = [r["prompt"] + r["canonical_solution"] for r in humaneval_rows.values()]
+    tok.train_from_iterator(text, trainer)
+    out = tmp_path_factory.mktemp("bpe")
+    tok.save(str(out / "tokenizer.json"))
+    config = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+    return registry.get("tokenizer", "hf")(HFTokenizerSpec(path=str(out)))
+
+
+def test_a_byte_level_bpe_row_trains_on_the_prompt_ids_eval_feeds(byte_level_bpe, humaneval_rows):
+    """Every built-in row: its text tokenized whole would put a token across the prompt's last
+    newline and the body's indentation, ids ``wmtp eval``'s prompt (tokenized alone) never ends
+    with. The row starts with the prompt's ids as eval feeds them, and the learned ids, decoded
+    as eval decodes a completion, are the body exactly, indentation included."""
+    from wmtp.eval.completions import continuation_decoder
+    from wmtp.eval.prompting import prompt_format
+    from wmtp.recipe.specs.evaluation import EvaluationSpec
+
+    tokenizer = byte_level_bpe
+    shown = prompt_format(EvaluationSpec(), trained_template="alpaca")
+    spanned = 0
+    for task_id, problem in humaneval_rows.items():
+        encoded = encode_example(built_in_row(problem), tokenizer, template="alpaca")
+        text = shown.text(problem["prompt"])
+        asked = tokenizer.encode(text, bos=True)
+        whole = tokenizer.encode(text + problem["canonical_solution"], bos=True)
+        spanned += whole[: len(asked)] != asked
+        assert encoded.input_ids[: encoded.n_prompt] == asked, task_id
+        assert tokenizer.decode(encoded.input_ids) == text + problem["canonical_solution"]
+        learned = encoded.labels[encoded.n_prompt :]
+        assert IGNORE_INDEX not in learned and learned[-1] == tokenizer.eos_id
+        body = continuation_decoder(tokenizer, asked)(learned[:-1])
+        assert body == problem["canonical_solution"], task_id
+    assert spanned > 100  # the case this test is about: most rows
+
+
 def sentencepiece_prompt_pieces(model, prompt: str, text: str) -> list[bool]:
     """Per piece of ``text``, whether it is prompt, from SentencePiece's own byte spans. A
     byte-fallback piece before the last byte of its character has an empty span at the

@@ -119,23 +119,36 @@ def encode_example(
     max_length: int | None = None,
     truncate: bool = False,
 ) -> Encoded | None:
-    """BOS + prompt + output + EOS as ids, the prompt's labels masked to -100.
-
-    The text is tokenized whole; the prompt's share is the common prefix with the prompt
-    tokenized alone, and any token after it whose text still lies in the prompt, so a token
-    merged across the boundary counts as response and no token of prompt text alone is learned.
-    ``wmtp eval`` feeds the prompt tokenized alone: the same ids unless a token spans the
-    boundary (never for SentencePiece after the templates' closing newline; a byte-level BPE
-    whose pre-tokenizer joins a newline to the indentation after it does). Over ``max_length``:
-    :func:`fit_to_length`. Callers count the ``None``s they skip.
+    """BOS + prompt + output + EOS as ids, the prompt's labels masked to -100: the prompt's ids
+    as ``wmtp eval`` feeds them wherever the text allows (:func:`_ids_and_prompt_length`). Over
+    ``max_length``: :func:`fit_to_length`. Callers count the ``None``s they skip.
     """
     prompt = format_prompt(example.instruction, example.input, template)
-    full_ids = tokenizer.encode(prompt + example.output, bos=True, eos=True)
-    prompt_ids = tokenizer.encode(prompt, bos=True)
-    n_prompt = _prompt_tokens(prompt, prompt_ids, full_ids, tokenizer)
-    labels = [IGNORE_INDEX] * n_prompt + full_ids[n_prompt:]
-    encoded = Encoded(full_ids, labels, example.problem_id, example.is_correct)
+    ids, n_prompt = _ids_and_prompt_length(prompt, example.output, tokenizer)
+    labels = [IGNORE_INDEX] * n_prompt + ids[n_prompt:]
+    encoded = Encoded(ids, labels, example.problem_id, example.is_correct)
     return fit_to_length(encoded, max_length, truncate)
+
+
+def _ids_and_prompt_length(prompt: str, output: str, tokenizer: Tokenizer) -> tuple[list[int], int]:
+    """The ids a row trains on and how many lead with BOS and prompt.
+
+    ``wmtp eval`` feeds the prompt tokenized alone, so a row starts with those ids wherever the
+    text allows. Prompt + output tokenized whole, where the prompt's ids lead it (SentencePiece
+    after the templates' closing newline); else the prompt's ids, then the output's tokenized
+    alone, where the two decode as the whole text does (a byte-level BPE, whose pre-tokenizer
+    joins a newline to the indentation after it: whole, one token would span the boundary, and
+    evaluation would ask the model to go on from ids it never saw before a response). Neither
+    (a SentencePiece dummy prefix would put a space into the text): the text tokenized whole,
+    its prompt share found by :func:`_prompt_tokens`."""
+    full_ids = tokenizer.encode(prompt + output, bos=True, eos=True)
+    prompt_ids = tokenizer.encode(prompt, bos=True)
+    if full_ids[: len(prompt_ids)] == prompt_ids:
+        return full_ids, len(prompt_ids)
+    apart = prompt_ids + tokenizer.encode(output, eos=True)
+    if tokenizer.decode(apart) == tokenizer.decode(full_ids):
+        return apart, len(prompt_ids)
+    return full_ids, _prompt_tokens(prompt, prompt_ids, full_ids, tokenizer)
 
 
 def padded_length(longest: int, multiple_of: int = 1, max_length: int | None = None) -> int:
