@@ -175,6 +175,17 @@ def _decode_pieces(decoder, tokens):
     return torch.cat(pieces[:-1], dim=1)[:, :10], pieces[-1]
 
 
+def _single_steps(decoder, tokens):
+    """Prefill 6, single steps, a rewind and single steps again, past the old positions: two
+    step shapes, so a compiled decoder compiles two graphs (Inductor's C++ on the CPU takes
+    seconds a graph)."""
+    pieces = [decoder.prefill(tokens[:, :6])]
+    pieces += [decoder.step(tokens[:, t : t + 1]) for t in range(6, 11)]
+    decoder.rewind(8)
+    replayed = [decoder.step(tokens[:, t : t + 1]) for t in range(8, 14)]
+    return torch.cat(pieces, dim=1), torch.cat(replayed, dim=1)
+
+
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
 @pytest.mark.parametrize("fused", [False, True])
 def test_static_steps_equal_full_forward(tiny_args, attention, fused):
@@ -473,15 +484,15 @@ def test_loaded_rows_hold_the_prompt_in_every_layer_and_other_rows_keep_theirs(
 
 
 def test_compiled_batch_1_steps_equal_eager_steps(tiny_args):
-    """A batch-1 decoder's compiled steps (single tokens, as batch-1 plain decoding runs, among
-    chunks and a rewind) give the eager decoder's logits in fp32 (Inductor on the CPU: the
-    GPU's path minus the graphs)."""
+    """A batch-1 decoder's compiled steps (single tokens, as batch-1 plain decoding runs, around
+    a rewind) give the eager decoder's logits in fp32 (Inductor on the CPU: the GPU's path
+    minus the graphs; chunks of several tokens: the fused test below)."""
     model = LlamaMTP(tiny_args, attention="sdpa").eval()
     tokens = torch.randint(0, tiny_args.vocab_size, (1, 14))
     with torch.no_grad():
-        eager = _decode_pieces(Decoder(model, batch_size=1, max_len=16), tokens)
+        eager = _single_steps(Decoder(model, batch_size=1, max_len=16), tokens)
         static = StaticDecoder(model, 1, 16, cuda_graphs=False, compiled=True)
-        compiled = _decode_pieces(static, tokens)
+        compiled = _single_steps(static, tokens)
     for a, b in zip(compiled, eager, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
